@@ -1,0 +1,161 @@
+//! The one interface every energy source implements, and the values it trades in.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// What part of the machine a source measures.
+///
+/// Totals never count a domain twice: `Core` and `Uncore` lie inside `Package`, and `Psys`
+/// overlaps everything on client parts, so only `Package`, `Dram` and `Gpu` enter totals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Domain {
+    Package,
+    Core,
+    Uncore,
+    Dram,
+    Psys,
+    Gpu,
+}
+
+impl Domain {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Domain::Package => "package",
+            Domain::Core => "core",
+            Domain::Uncore => "uncore",
+            Domain::Dram => "dram",
+            Domain::Psys => "psys",
+            Domain::Gpu => "gpu",
+        }
+    }
+}
+
+/// How a source's joules come about. Reports carry this label for every figure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// A hardware energy counter (RAPL, NVML total energy).
+    Counter,
+    /// Power readings integrated over time (trapezoid).
+    IntegratedPower,
+    /// A model, not a measurement (utilisation times TDP).
+    Estimate,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Counter => "counter",
+            Method::IntegratedPower => "integrated-power",
+            Method::Estimate => "estimate",
+        }
+    }
+}
+
+/// How to turn a raw counter value into joules, and where it wraps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CounterSpec {
+    /// Joules per counter unit (1e-6 for powercap's µJ, 1e-3 for NVML's mJ, 2^-ESU for an MSR).
+    pub joules_per_unit: f64,
+    /// The counter counts 0..wrap and then starts again at 0. `None`: it never wraps in practice.
+    pub wrap: Option<u64>,
+}
+
+/// Everything known about a source before it is read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceInfo {
+    /// Stable and unique within a process, e.g. `powercap:intel-rapl:0`, `msr:0:package`,
+    /// `perf:energy-pkg:0`, `nvml:0`, `estimate:cpu`.
+    pub id: String,
+    /// `powercap`, `msr`, `perf`, `nvml` or `estimate`.
+    pub backend: &'static str,
+    pub domain: Domain,
+    /// Physical package number, or GPU index as NVML numbers it.
+    pub index: u32,
+    /// For people: `package-0`, `dram (package 0)`, `NVIDIA H100 80GB HBM3 [GPU-1234…]`.
+    pub label: String,
+    pub method: Method,
+    /// Present exactly when `method` is `Counter`.
+    pub counter: Option<CounterSpec>,
+    /// How often this source should be polled by default.
+    pub interval: Duration,
+    /// The file or library read, for messages.
+    pub path: Option<PathBuf>,
+}
+
+/// One read of a source.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reading {
+    /// The raw counter value, in the units of `SourceInfo::counter`.
+    Counter(u64),
+    /// Instantaneous (or short-window average) power in watts.
+    Power(f64),
+}
+
+/// A thing that can be read for energy. Implementations keep their files open and read them
+/// with `pread`; `read` must be cheap and must not block for long.
+pub trait EnergySource: Send {
+    fn info(&self) -> &SourceInfo;
+    fn read(&mut self) -> Result<Reading, Error>;
+}
+
+/// A source that was looked for and could not be used, with what the user can do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable {
+    /// `powercap`, `msr`, `perf`, `nvml` or `estimate`.
+    pub backend: &'static str,
+    /// What was looked at, e.g. `/sys/class/powercap/intel-rapl:0/energy_uj`.
+    pub what: String,
+    /// Why it cannot be used, in one sentence.
+    pub reason: String,
+    /// What to do about it; empty when nothing can be done.
+    pub hint: String,
+}
+
+/// What one backend found.
+#[derive(Default)]
+pub struct Found {
+    pub sources: Vec<Box<dyn EnergySource>>,
+    pub unavailable: Vec<Unavailable>,
+}
+
+/// Where the sensors look. Every path can be moved, which is how tests point the real code at
+/// simulated hardware.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Roots {
+    /// `/sys` by default (`CARBONCTX_SYSFS_ROOT`).
+    pub sys: PathBuf,
+    /// `/dev` by default (`CARBONCTX_DEV_ROOT`).
+    pub dev: PathBuf,
+    /// `/proc` by default (`CARBONCTX_PROC_ROOT`).
+    pub proc: PathBuf,
+    /// The NVML library to load (`CARBONCTX_NVML_LIBRARY`); `libnvidia-ml.so.1` through the
+    /// loader's search path by default.
+    pub nvml_library: Option<PathBuf>,
+}
+
+impl Default for Roots {
+    fn default() -> Self {
+        Roots {
+            sys: PathBuf::from("/sys"),
+            dev: PathBuf::from("/dev"),
+            proc: PathBuf::from("/proc"),
+            nvml_library: None,
+        }
+    }
+}
+
+impl Roots {
+    /// The defaults, with each `CARBONCTX_*` override that is set and not empty.
+    pub fn from_env() -> Self {
+        let get = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let d = Roots::default();
+        Roots {
+            sys: get("CARBONCTX_SYSFS_ROOT").unwrap_or(d.sys),
+            dev: get("CARBONCTX_DEV_ROOT").unwrap_or(d.dev),
+            proc: get("CARBONCTX_PROC_ROOT").unwrap_or(d.proc),
+            nvml_library: get("CARBONCTX_NVML_LIBRARY"),
+        }
+    }
+}
