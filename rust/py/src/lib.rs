@@ -1,7 +1,331 @@
+//! Python bindings: argument conversion, one call into the core, result conversion. No logic.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use carbonctx_sampler::discover::{self as disc, EstimateMode, Options};
+use carbonctx_sampler::sampler::{self, Config};
+use carbonctx_sampler::{Roots, SourceInfo, Unavailable};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+fn info_dict<'py>(py: Python<'py>, i: &SourceInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("id", &i.id)?;
+    d.set_item("backend", i.backend)?;
+    d.set_item("domain", i.domain.as_str())?;
+    d.set_item("index", i.index)?;
+    d.set_item("label", &i.label)?;
+    d.set_item("method", i.method.as_str())?;
+    d.set_item("interval_s", i.interval.as_secs_f64())?;
+    d.set_item("path", i.path.as_ref().map(|p| p.display().to_string()))?;
+    d.set_item("joules_per_unit", i.counter.map(|c| c.joules_per_unit))?;
+    d.set_item("wrap", i.counter.and_then(|c| c.wrap))?;
+    Ok(d)
+}
+
+fn unavailable_dict<'py>(py: Python<'py>, u: &Unavailable) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("backend", u.backend)?;
+    d.set_item("what", &u.what)?;
+    d.set_item("reason", &u.reason)?;
+    d.set_item("hint", &u.hint)?;
+    Ok(d)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn options(
+    sys_root: Option<PathBuf>,
+    dev_root: Option<PathBuf>,
+    proc_root: Option<PathBuf>,
+    nvml_library: Option<PathBuf>,
+    cpu_backends: Option<Vec<String>>,
+    nvml: bool,
+    estimate: &str,
+) -> PyResult<Options> {
+    let env = Roots::from_env();
+    let roots = Roots {
+        sys: sys_root.unwrap_or(env.sys),
+        dev: dev_root.unwrap_or(env.dev),
+        proc: proc_root.unwrap_or(env.proc),
+        nvml_library: nvml_library.or(env.nvml_library),
+    };
+    let estimate = match estimate {
+        "auto" => EstimateMode::Auto,
+        "never" => EstimateMode::Never,
+        "always" => EstimateMode::Always,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "estimate must be 'auto', 'never' or 'always', not {other:?}"
+            )))
+        }
+    };
+    let mut opts = Options {
+        roots,
+        nvml,
+        estimate,
+        ..Options::default()
+    };
+    if let Some(b) = cpu_backends {
+        for name in &b {
+            if !disc::DEFAULT_CPU_BACKENDS.contains(&name.as_str()) {
+                return Err(PyValueError::new_err(format!(
+                    "unknown CPU backend {name:?}: use any of {:?}",
+                    disc::DEFAULT_CPU_BACKENDS
+                )));
+            }
+        }
+        opts.cpu_backends = b;
+    }
+    Ok(opts)
+}
+
+/// Find energy sources without starting anything.
+#[pyfunction]
+#[pyo3(signature = (*, sys_root=None, dev_root=None, proc_root=None, nvml_library=None,
+                    cpu_backends=None, nvml=true, estimate="auto"))]
+#[allow(clippy::too_many_arguments)]
+fn discover<'py>(
+    py: Python<'py>,
+    sys_root: Option<PathBuf>,
+    dev_root: Option<PathBuf>,
+    proc_root: Option<PathBuf>,
+    nvml_library: Option<PathBuf>,
+    cpu_backends: Option<Vec<String>>,
+    nvml: bool,
+    estimate: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    let opts = options(
+        sys_root,
+        dev_root,
+        proc_root,
+        nvml_library,
+        cpu_backends,
+        nvml,
+        estimate,
+    )?;
+    let found = py.detach(|| disc::discover(&opts));
+    let d = PyDict::new(py);
+    let chosen: PyResult<Vec<_>> = found
+        .chosen
+        .iter()
+        .map(|s| info_dict(py, s.info()))
+        .collect();
+    d.set_item("sources", chosen?)?;
+    let alts: PyResult<Vec<_>> = found
+        .alternatives
+        .iter()
+        .map(|i| info_dict(py, i))
+        .collect();
+    d.set_item("alternatives", alts?)?;
+    let un: PyResult<Vec<_>> = found
+        .unavailable
+        .iter()
+        .map(|u| unavailable_dict(py, u))
+        .collect();
+    d.set_item("unavailable", un?)?;
+    Ok(d)
+}
+
+/// The native sampler thread. See `carbonctx/_native.pyi`.
+#[pyclass(frozen, module = "carbonctx._native")]
+struct Sampler {
+    inner: sampler::Sampler,
+    alternatives: Vec<SourceInfo>,
+    unavailable: Vec<Unavailable>,
+}
+
+#[pymethods]
+impl Sampler {
+    #[new]
+    #[pyo3(signature = (*, sys_root=None, dev_root=None, proc_root=None, nvml_library=None,
+                        cpu_backends=None, nvml=true, estimate="auto", intervals=None,
+                        timeline_capacity=None, settle_s=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        sys_root: Option<PathBuf>,
+        dev_root: Option<PathBuf>,
+        proc_root: Option<PathBuf>,
+        nvml_library: Option<PathBuf>,
+        cpu_backends: Option<Vec<String>>,
+        nvml: bool,
+        estimate: &str,
+        intervals: Option<Vec<(String, f64)>>,
+        timeline_capacity: Option<usize>,
+        settle_s: Option<f64>,
+    ) -> PyResult<Self> {
+        let opts = options(
+            sys_root,
+            dev_root,
+            proc_root,
+            nvml_library,
+            cpu_backends,
+            nvml,
+            estimate,
+        )?;
+        let mut config = Config::default();
+        for (backend, secs) in intervals.unwrap_or_default() {
+            if !(secs.is_finite() && secs > 0.0) {
+                return Err(PyValueError::new_err(format!(
+                    "interval for {backend:?} must be a positive number of seconds, not {secs}"
+                )));
+            }
+            config
+                .intervals
+                .push((backend, Duration::from_secs_f64(secs)));
+        }
+        if let Some(c) = timeline_capacity {
+            config.timeline_capacity = c;
+        }
+        if let Some(s) = settle_s {
+            if !(s.is_finite() && s >= 0.0) {
+                return Err(PyValueError::new_err(format!(
+                    "settle_s must be a non-negative number of seconds, not {s}"
+                )));
+            }
+            config.settle = Duration::from_secs_f64(s);
+        }
+        let started = py.detach(move || {
+            let found = disc::discover(&opts);
+            sampler::Sampler::start(found.chosen, config).map(|(s, mut un)| {
+                let mut all = found.unavailable;
+                all.append(&mut un);
+                (s, found.alternatives, all)
+            })
+        });
+        let (inner, alternatives, unavailable) =
+            started.map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok(Sampler {
+            inner,
+            alternatives,
+            unavailable,
+        })
+    }
+
+    /// The sources polled, in the order every result lists them.
+    #[getter]
+    fn sources<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.inner
+            .sources()
+            .iter()
+            .map(|i| info_dict(py, i))
+            .collect()
+    }
+
+    #[getter]
+    fn alternatives<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.alternatives.iter().map(|i| info_dict(py, i)).collect()
+    }
+
+    #[getter]
+    fn unavailable<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.unavailable
+            .iter()
+            .map(|u| unavailable_dict(py, u))
+            .collect()
+    }
+
+    fn begin(&self) -> u64 {
+        self.inner.begin()
+    }
+
+    fn end(&self, id: u64) -> u64 {
+        self.inner.end(id)
+    }
+
+    fn begin_at(&self, t_ns: u64) -> u64 {
+        self.inner.begin_at(t_ns)
+    }
+
+    fn end_at(&self, id: u64, t_ns: u64) {
+        self.inner.end_at(id, t_ns)
+    }
+
+    /// Resolved regions: (id, t0_ns, t1_ns, joules per source, uncertainty per source).
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let done = self.inner.drain();
+        let out = PyList::empty(py);
+        for r in done {
+            out.append((r.id, r.t0_ns, r.t1_ns, r.joules, r.uncertainty))?;
+        }
+        Ok(out)
+    }
+
+    /// Wait (without the GIL) until every mark at or before `t_ns` is resolved.
+    fn wait(&self, py: Python<'_>, t_ns: u64, timeout_s: f64) -> bool {
+        let timeout = Duration::from_secs_f64(timeout_s.clamp(0.0, 86_400.0));
+        py.detach(|| self.inner.wait_until_resolved(t_ns, timeout))
+    }
+
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.inner
+            .status()
+            .iter()
+            .map(|s| {
+                let d = PyDict::new(py);
+                d.set_item("reads", s.reads)?;
+                d.set_item("errors", s.errors)?;
+                d.set_item("failed", s.failed)?;
+                d.set_item("last_error", s.last_error.clone())?;
+                d.set_item("late_polls", s.late_polls)?;
+                d.set_item("max_late_s", s.max_late_ns as f64 * 1e-9)?;
+                d.set_item("skipped_polls", s.skipped_polls)?;
+                d.set_item("wraps", s.wraps)?;
+                d.set_item("resets", s.resets)?;
+                d.set_item("joules", s.joules)?;
+                d.set_item("gaps", s.gaps.clone())?;
+                d.set_item("interval_s", s.interval_ns as f64 * 1e-9)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("started_ns", s.started_ns)?;
+        d.set_item("loops", s.loops)?;
+        d.set_item("regions_begun", s.regions_begun)?;
+        d.set_item("regions_resolved", s.regions_resolved)?;
+        d.set_item("dropped_regions", s.dropped_regions)?;
+        d.set_item("frontier_ns", s.frontier_ns)?;
+        Ok(d)
+    }
+
+    /// Timeline points (t_ns, joules) of source `index` after `since_ns`.
+    #[pyo3(signature = (index, since_ns=0, max=1_000_000))]
+    fn timeline(&self, index: usize, since_ns: u64, max: usize) -> Vec<(u64, f64)> {
+        self.inner
+            .timeline(index, since_ns, max)
+            .into_iter()
+            .map(|p| (p.t_ns, p.joules))
+            .collect()
+    }
+
+    /// Stop polling; every open mark is resolved. Idempotent.
+    fn stop(&self, py: Python<'_>) {
+        py.detach(|| self.inner.stop())
+    }
+
+    #[getter]
+    fn running(&self) -> bool {
+        self.inner.is_running()
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of every timestamp the sampler gives.
+#[pyfunction]
+fn now_ns() -> u64 {
+    carbonctx_sampler::now_ns()
+}
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<Sampler>()?;
+    m.add_function(wrap_pyfunction!(discover, m)?)?;
+    m.add_function(wrap_pyfunction!(now_ns, m)?)?;
     Ok(())
 }

@@ -146,7 +146,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A running sampler. Dropping it stops and joins the thread.
 pub struct Sampler {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     infos: Vec<SourceInfo>,
 }
 
@@ -194,7 +194,7 @@ impl Sampler {
             Ok((infos, unavailable)) => Ok((
                 Sampler {
                     shared,
-                    thread: Some(thread),
+                    thread: Mutex::new(Some(thread)),
                     infos,
                 },
                 unavailable,
@@ -299,13 +299,14 @@ impl Sampler {
     }
 
     /// Stop the thread now: one last poll, every open mark resolved, the thread joined.
-    pub fn stop(&mut self) {
+    pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         {
             let _g = lock(&self.shared.sleep);
             self.shared.wake.notify_all();
         }
-        if let Some(t) = self.thread.take() {
+        let thread = lock(&self.thread).take();
+        if let Some(t) = thread {
             // The thread catches its own panics; a join error cannot carry anything useful.
             let _ = t.join();
         }
@@ -315,7 +316,7 @@ impl Sampler {
     }
 
     pub fn is_running(&self) -> bool {
-        self.thread.is_some()
+        lock(&self.thread).is_some()
     }
 }
 

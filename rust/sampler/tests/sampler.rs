@@ -208,7 +208,7 @@ fn a_source_failing_its_first_read_is_reported_not_polled() {
 #[test]
 fn stop_resolves_open_marks_and_joins() {
     let t0 = now_ns();
-    let (mut s, _) = Sampler::start(
+    let (s, _) = Sampler::start(
         vec![Box::new(Synthetic::new("pkg", t0, u64::MAX))],
         Config::default(),
     )
