@@ -1,0 +1,391 @@
+//! The NVML backend against the stand-in library (`tests/fakes/fake_nvml.c`).
+
+mod common_nvml;
+
+use std::thread::sleep;
+use std::time::Duration;
+
+use carbonctx_sampler::nvml::{discover, discover_with};
+use carbonctx_sampler::{now_ns, CounterSpec, Domain, Error, Found, Method, Reading, Roots};
+use common_nvml::{ms_since, FakeNvml, Trace};
+
+const TRACE: Trace = Trace {
+    low_w: 40.0,
+    high_w: 120.0,
+    period_ms: 50.0,
+    duty: 0.4,
+    base_mj: 1_000_000,
+};
+
+fn ids(found: &Found) -> Vec<String> {
+    found.sources.iter().map(|s| s.info().id.clone()).collect()
+}
+
+fn reasons(found: &Found) -> String {
+    found
+        .unavailable
+        .iter()
+        .map(|u| format!("{} | {} | {} | {}", u.backend, u.what, u.reason, u.hint))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Four GPUs with distinct UUIDs, for `CUDA_VISIBLE_DEVICES`.
+fn four_gpus() -> FakeNvml {
+    FakeNvml::new(
+        "devices=4\n\
+         gpu0.uuid=GPU-aaaa0000-0000-0000-0000-000000000000\n\
+         gpu1.uuid=GPU-bbbb0000-0000-0000-0000-000000000001\n\
+         gpu2.uuid=GPU-bbbc0000-0000-0000-0000-000000000002\n\
+         gpu3.uuid=GPU-cccc0000-0000-0000-0000-000000000003\n",
+    )
+}
+
+#[test]
+fn discovers_two_gpus_with_names_and_uuids() {
+    let fake = FakeNvml::new(
+        "devices=2\n\
+         gpu0.name=NVIDIA H100 80GB HBM3\n\
+         gpu0.uuid=GPU-11111111-2222-3333-4444-555555555555\n\
+         gpu1.name=NVIDIA A100-SXM4-40GB\n\
+         gpu1.uuid=GPU-66666666-7777-8888-9999-000000000000\n",
+    );
+    let found = discover_with(&fake.roots(), None, None);
+    assert!(found.unavailable.is_empty(), "{}", reasons(&found));
+    assert_eq!(ids(&found), ["nvml:0", "nvml:1"]);
+    let a = found.sources[0].info();
+    assert_eq!(a.backend, "nvml");
+    assert_eq!(a.domain, Domain::Gpu);
+    assert_eq!(a.index, 0);
+    assert_eq!(
+        a.label,
+        "NVIDIA H100 80GB HBM3 [GPU-11111111-2222-3333-4444-555555555555]"
+    );
+    assert_eq!(a.method, Method::Counter);
+    assert_eq!(
+        a.counter,
+        Some(CounterSpec {
+            joules_per_unit: 1e-3,
+            wrap: None
+        })
+    );
+    assert_eq!(a.interval, Duration::from_millis(20));
+    assert_eq!(a.path.as_deref(), Some(fake.lib.as_path()));
+    let b = found.sources[1].info();
+    assert_eq!(b.index, 1);
+    assert_eq!(
+        b.label,
+        "NVIDIA A100-SXM4-40GB [GPU-66666666-7777-8888-9999-000000000000]"
+    );
+}
+
+#[test]
+fn energy_counter_follows_the_trace() {
+    let t0 = now_ns();
+    let fake = FakeNvml::new(&format!(
+        "devices=1\nt0_ns={t0}\nenergy_update_ms=20\n{}",
+        TRACE.config(0)
+    ));
+    let mut found = discover_with(&fake.roots(), None, None);
+    assert_eq!(ids(&found), ["nvml:0"], "{}", reasons(&found));
+    let src = &mut found.sources[0];
+    assert_eq!(src.info().method, Method::Counter);
+    let mut last = 0;
+    for _ in 0..6 {
+        let before = ms_since(t0, now_ns());
+        let Reading::Counter(mj) = src.read().expect("read the energy counter") else {
+            panic!("an energy source reads a counter");
+        };
+        let after = ms_since(t0, now_ns());
+        // The counter is the trace's integral at the last update before the read.
+        let lo = TRACE.counter_mj(before, 20.0);
+        let hi = TRACE.counter_mj(after, 20.0);
+        assert!(
+            lo.saturating_sub(1) <= mj && mj <= hi + 1,
+            "{mj} mJ outside [{lo}, {hi}] for a read between {before} and {after} ms"
+        );
+        // ... so within one update period's energy of the exact integral.
+        let exact = TRACE.base_mj as f64 + TRACE.energy_mj(before);
+        assert!(
+            (mj as f64 - exact).abs() <= TRACE.high_w * 20.0 + 1.0,
+            "{mj} mJ vs {exact} mJ exact"
+        );
+        assert!(mj >= last, "the counter went backwards: {last} then {mj}");
+        last = mj;
+        sleep(Duration::from_millis(37));
+    }
+    assert!(last > TRACE.base_mj, "the counter never moved");
+}
+
+#[test]
+fn gpu_without_energy_counter_reads_power() {
+    let t0 = now_ns();
+    let fake = FakeNvml::new(&format!(
+        "devices=2\nt0_ns={t0}\npower_update_ms=10\ngpu1.has_energy=0\n{}",
+        TRACE.config(1)
+    ));
+    let mut found = discover_with(&fake.roots(), None, None);
+    assert_eq!(ids(&found), ["nvml:0", "nvml:1"], "{}", reasons(&found));
+    assert_eq!(found.sources[0].info().method, Method::Counter);
+    let src = &mut found.sources[1];
+    assert_eq!(src.info().method, Method::IntegratedPower);
+    assert_eq!(src.info().counter, None);
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let q = |ms: f64| (ms / 10.0).floor() * 10.0;
+        let before = q(ms_since(t0, now_ns()));
+        let Reading::Power(w) = src.read().expect("read power") else {
+            panic!("a power source reads watts");
+        };
+        let after = q(ms_since(t0, now_ns()));
+        let expected = [TRACE.power_w(before), TRACE.power_w(after)];
+        assert!(
+            expected.contains(&w),
+            "{w} W, expected one of {expected:?} between {before} and {after} ms"
+        );
+        seen.push(w);
+        sleep(Duration::from_millis(13));
+    }
+    assert!(seen.iter().all(|w| *w == TRACE.low_w || *w == TRACE.high_w));
+}
+
+#[test]
+fn gpu_with_neither_reading_is_unavailable() {
+    let fake = FakeNvml::new("devices=2\ngpu0.has_energy=0\ngpu0.has_power=0\n");
+    let found = discover_with(&fake.roots(), None, None);
+    assert_eq!(ids(&found), ["nvml:1"]);
+    assert_eq!(found.unavailable.len(), 1);
+    let u = &found.unavailable[0];
+    assert_eq!(u.backend, "nvml");
+    assert!(u.what.contains("Fake GPU 0"), "{}", u.what);
+    assert!(u.reason.contains("Not Supported"), "{}", u.reason);
+    assert!(u.reason.contains("code 3"), "{}", u.reason);
+    assert!(!u.hint.is_empty());
+}
+
+#[test]
+fn missing_library_is_a_reason_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let roots = Roots {
+        nvml_library: Some(dir.path().join("no-such-libnvidia-ml.so.1")),
+        ..Roots::default()
+    };
+    let found = discover_with(&roots, None, None);
+    assert!(found.sources.is_empty());
+    assert_eq!(found.unavailable.len(), 1);
+    let u = &found.unavailable[0];
+    assert_eq!(u.backend, "nvml");
+    assert!(u.what.contains("no-such-libnvidia-ml.so.1"), "{}", u.what);
+    assert!(u.reason.contains("cannot load"), "{}", u.reason);
+    assert!(u.hint.contains("NVIDIA driver"), "{}", u.hint);
+    assert!(u.hint.contains("CARBONCTX_NVML_LIBRARY"), "{}", u.hint);
+}
+
+#[test]
+fn a_library_that_is_not_nvml_is_a_reason() {
+    // Any shared library without the NVML calls: the C library will do.
+    let roots = Roots {
+        nvml_library: Some("libc.so.6".into()),
+        ..Roots::default()
+    };
+    let found = discover_with(&roots, None, None);
+    assert!(found.sources.is_empty());
+    assert_eq!(found.unavailable.len(), 1);
+    assert!(
+        found.unavailable[0].reason.contains("nvmlInit_v2"),
+        "{}",
+        reasons(&found)
+    );
+}
+
+#[test]
+fn init_error_is_a_reason_with_nvml_message() {
+    let fake = FakeNvml::new("devices=2\ninit_error=9\n");
+    let found = discover_with(&fake.roots(), None, None);
+    assert!(found.sources.is_empty());
+    assert_eq!(found.unavailable.len(), 1);
+    let u = &found.unavailable[0];
+    assert!(u.reason.contains("nvmlInit_v2"), "{}", u.reason);
+    assert!(u.reason.contains("Driver Not Loaded"), "{}", u.reason);
+    assert!(u.reason.contains("code 9"), "{}", u.reason);
+    assert!(u.hint.contains("driver"), "{}", u.hint);
+    // A failed init is not shut down.
+    assert_eq!(fake.init_count(), 0);
+}
+
+#[test]
+fn read_errors_carry_code_message_and_hint() {
+    let t0 = now_ns();
+    let fake = FakeNvml::new(&format!(
+        "devices=2\nt0_ns={t0}\n\
+         gpu0.energy_error=15\ngpu0.energy_error_after_ms=1000\n\
+         gpu1.has_energy=0\ngpu1.power_error=18\ngpu1.power_error_after_ms=1000\n"
+    ));
+    let mut found = discover_with(&fake.roots(), None, None);
+    assert_eq!(ids(&found), ["nvml:0", "nvml:1"], "{}", reasons(&found));
+    assert_eq!(found.sources[1].info().method, Method::IntegratedPower);
+    if ms_since(t0, now_ns()) < 900.0 {
+        assert!(found.sources[0].read().is_ok());
+        assert!(found.sources[1].read().is_ok());
+    }
+    while ms_since(t0, now_ns()) < 1050.0 {
+        sleep(Duration::from_millis(20));
+    }
+    match found.sources[0].read() {
+        Err(Error::Nvml {
+            call,
+            code,
+            message,
+            hint,
+        }) => {
+            assert_eq!(call, "nvmlDeviceGetTotalEnergyConsumption");
+            assert_eq!(code, 15);
+            assert_eq!(message, "GPU is lost");
+            assert!(hint.contains("reboot"), "{hint}");
+        }
+        other => panic!("expected an NVML error, got {other:?}"),
+    }
+    let err = found.sources[1]
+        .read()
+        .expect_err("power read after the error time");
+    let text = err.to_string();
+    assert!(text.contains("nvmlDeviceGetPowerUsage"), "{text}");
+    assert!(text.contains("code 18"), "{text}");
+    assert!(text.contains("version mismatch"), "{text}");
+    assert!(text.contains("reload the nvidia kernel modules"), "{text}");
+}
+
+#[test]
+fn one_read_is_one_nvml_call_and_shutdown_waits_for_the_last_source() {
+    let fake = FakeNvml::new("devices=2\ngpu1.has_energy=0\n");
+    let mut found = discover_with(&fake.roots(), None, None);
+    assert_eq!(fake.init_count(), 1);
+    for src in &mut found.sources {
+        let before = fake.call_count();
+        src.read().expect("read");
+        assert_eq!(fake.call_count() - before, 1, "{}", src.info().id);
+    }
+    let mut sources = found.sources;
+    let last = sources.pop().unwrap();
+    drop(sources);
+    assert_eq!(fake.init_count(), 1, "NVML shut down while a source lives");
+    // Sources move to the sampler thread.
+    let mut last = std::thread::spawn(move || {
+        let mut last = last;
+        last.read().expect("read on another thread");
+        last
+    })
+    .join()
+    .unwrap();
+    last.read().expect("read after moving back");
+    drop(last);
+    assert_eq!(
+        fake.init_count(),
+        0,
+        "NVML not shut down after the last source"
+    );
+}
+
+#[test]
+fn no_gpu_is_a_reason() {
+    let fake = FakeNvml::new("devices=0\n");
+    let found = discover_with(&fake.roots(), None, None);
+    assert!(found.sources.is_empty());
+    assert!(reasons(&found).contains("no GPU"), "{}", reasons(&found));
+    assert_eq!(fake.init_count(), 0);
+}
+
+#[test]
+fn cuda_visible_devices_indices_keep_their_order() {
+    let fake = four_gpus();
+    let found = discover_with(&fake.roots(), Some("2, 0"), None);
+    assert!(found.unavailable.is_empty(), "{}", reasons(&found));
+    assert_eq!(ids(&found), ["nvml:2", "nvml:0"]);
+    // Indices are read in PCI order, which CUDA follows only when told to.
+    let label = &found.sources[0].info().label;
+    assert!(label.contains("CUDA_DEVICE_ORDER=PCI_BUS_ID"), "{label}");
+    let found = discover_with(&fake.roots(), Some("2,0"), Some("PCI_BUS_ID"));
+    assert_eq!(ids(&found), ["nvml:2", "nvml:0"]);
+    let label = &found.sources[0].info().label;
+    assert!(!label.contains("CUDA_DEVICE_ORDER"), "{label}");
+}
+
+#[test]
+fn cuda_visible_devices_uuids_and_prefixes() {
+    let fake = four_gpus();
+    let found = discover_with(
+        &fake.roots(),
+        Some("GPU-cccc0000-0000-0000-0000-000000000003,GPU-aaaa"),
+        None,
+    );
+    assert!(found.unavailable.is_empty(), "{}", reasons(&found));
+    assert_eq!(ids(&found), ["nvml:3", "nvml:0"]);
+    assert!(!found.sources[0].info().label.contains("CUDA_DEVICE_ORDER"));
+
+    // `GPU-bbb` matches two GPUs: ambiguous, so the list ends there.
+    let found = discover_with(&fake.roots(), Some("1,GPU-bbb,0"), None);
+    assert_eq!(ids(&found), ["nvml:1"]);
+    assert!(reasons(&found).contains("GPU-bbb"), "{}", reasons(&found));
+    let found = discover_with(&fake.roots(), Some("GPU-bbbc"), None);
+    assert_eq!(ids(&found), ["nvml:2"]);
+}
+
+#[test]
+fn cuda_visible_devices_stops_at_an_invalid_entry() {
+    let fake = four_gpus();
+    let found = discover_with(&fake.roots(), Some("1,7,2"), None);
+    assert_eq!(ids(&found), ["nvml:1"]);
+    assert_eq!(found.unavailable.len(), 1);
+    let u = &found.unavailable[0];
+    assert!(u.what.contains("\"7\""), "{}", u.what);
+    assert!(u.reason.contains("7,2"), "{}", u.reason);
+    assert!(!u.hint.is_empty());
+
+    for value in ["-1", "none", "0,0,1", "GPU-ffff"] {
+        let found = discover_with(&fake.roots(), Some(value), None);
+        let expected: &[&str] = if value == "0,0,1" { &["nvml:0"] } else { &[] };
+        assert_eq!(ids(&found), expected, "CUDA_VISIBLE_DEVICES={value:?}");
+        assert!(!found.unavailable.is_empty(), "{value:?}");
+    }
+}
+
+#[test]
+fn empty_cuda_visible_devices_means_no_gpu() {
+    let fake = four_gpus();
+    let found = discover_with(&fake.roots(), Some(""), None);
+    assert!(found.sources.is_empty());
+    assert_eq!(found.unavailable.len(), 1);
+    let u = &found.unavailable[0];
+    assert!(u.reason.contains("CUDA_VISIBLE_DEVICES"), "{}", u.reason);
+    assert!(u.hint.contains("unset CUDA_VISIBLE_DEVICES"), "{}", u.hint);
+    assert_eq!(fake.init_count(), 0);
+}
+
+#[test]
+fn mig_instances_are_unavailable() {
+    let fake = four_gpus();
+    let mig = "MIG-aaaa0000-0000-0000-0000-000000000000";
+    let found = discover_with(&fake.roots(), Some(mig), None);
+    assert!(found.sources.is_empty());
+    let text = reasons(&found);
+    assert!(text.contains(mig), "{text}");
+    assert!(text.contains("MIG instance"), "{text}");
+
+    let found = discover_with(&fake.roots(), Some(&format!("{mig},3")), None);
+    assert_eq!(ids(&found), ["nvml:3"]);
+    assert_eq!(found.unavailable.len(), 1);
+}
+
+#[test]
+fn discover_reads_the_environment_without_changing_it() {
+    // The environment of this process is not set by any test, so `discover` sees every GPU
+    // unless whoever runs the tests restricts them.
+    let fake = FakeNvml::new("devices=2\n");
+    let expected = discover_with(
+        &fake.roots(),
+        std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+        None,
+    );
+    let found = discover(&fake.roots());
+    assert_eq!(ids(&found), ids(&expected));
+}

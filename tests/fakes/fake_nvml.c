@@ -1,0 +1,668 @@
+/*
+ * A stand-in for libnvidia-ml.so.1: the NVML ABI over simulated GPUs whose power follows a
+ * square wave, so that energy readings have a closed form tests can check.
+ *
+ * Build: cc -shared -fPIC -O2 -Wall -Wextra -o <dir>/libnvidia-ml.so.1 fake_nvml.c
+ * Configuration: see README.md next to this file.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* Return codes, as NVML numbers them. */
+enum {
+    OK = 0,
+    E_UNINITIALIZED = 1,
+    E_INVALID_ARGUMENT = 2,
+    E_NOT_SUPPORTED = 3,
+    E_INSUFFICIENT_SIZE = 7,
+    E_UNKNOWN = 999,
+};
+
+#define MAX_DEVICES 64
+#define NAME_LEN 96
+#define UUID_LEN 96
+
+typedef struct fake_device {
+    unsigned int index;
+    char name[NAME_LEN];
+    char uuid[UUID_LEN];
+    int has_energy;
+    int has_power;
+    double low_w, high_w;
+    double period_ms, duty;
+    unsigned long long base_mj;
+    unsigned int limit_w;
+    unsigned long long memory_mib;
+    int energy_error;
+    double energy_error_after_ms;
+    int power_error;
+    double power_error_after_ms;
+} fake_device;
+
+typedef struct fake_state {
+    int init_count;
+    unsigned int devices;
+    unsigned long long t0_ns;
+    double energy_update_ms, power_update_ms;
+    char driver_version[80];
+    fake_device dev[MAX_DEVICES];
+} fake_state;
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static fake_state st;
+static unsigned long long calls;
+
+/* Every exported NVML entry point counts itself here. */
+#define COUNT() __atomic_add_fetch(&calls, 1, __ATOMIC_RELAXED)
+
+static unsigned long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------------- configuration */
+
+static void defaults(void) {
+    memset(&st.dev, 0, sizeof st.dev);
+    st.devices = 1;
+    st.t0_ns = 0;
+    st.energy_update_ms = 20.0;
+    st.power_update_ms = 20.0;
+    snprintf(st.driver_version, sizeof st.driver_version, "%s", "999.99.99");
+    for (unsigned int i = 0; i < MAX_DEVICES; i++) {
+        fake_device *d = &st.dev[i];
+        d->index = i;
+        snprintf(d->name, sizeof d->name, "Fake GPU %u", i);
+        snprintf(d->uuid, sizeof d->uuid, "GPU-00000000-0000-0000-0000-%012x", i);
+        d->has_energy = 1;
+        d->has_power = 1;
+        d->low_w = 50.0;
+        d->high_w = 150.0;
+        d->period_ms = 100.0;
+        d->duty = 0.5;
+        d->base_mj = 0;
+        d->limit_w = 300;
+        d->memory_mib = 16384;
+    }
+}
+
+static char *trim(char *s) {
+    while (*s == ' ' || *s == '\t') s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
+        s[--n] = '\0';
+    return s;
+}
+
+static int parse_double(const char *v, double *out) {
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end) return 0;
+    *out = x;
+    return 1;
+}
+
+static int parse_ull(const char *v, unsigned long long *out) {
+    char *end;
+    errno = 0;
+    if (*v == '-') return 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || end == v || *end) return 0;
+    *out = x;
+    return 1;
+}
+
+static int parse_int(const char *v, int *out) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < INT_MIN || x > INT_MAX) return 0;
+    *out = (int)x;
+    return 1;
+}
+
+/* Applies one key=value; returns 1 when understood. */
+static int apply(const char *key, const char *val, int *init_error) {
+    unsigned long long u;
+    double x;
+    if (!strcmp(key, "devices")) {
+        if (!parse_ull(val, &u) || u > MAX_DEVICES) return 0;
+        st.devices = (unsigned int)u;
+        return 1;
+    }
+    if (!strcmp(key, "t0_ns")) return parse_ull(val, &st.t0_ns);
+    if (!strcmp(key, "energy_update_ms"))
+        return parse_double(val, &st.energy_update_ms) && st.energy_update_ms >= 0;
+    if (!strcmp(key, "power_update_ms"))
+        return parse_double(val, &st.power_update_ms) && st.power_update_ms >= 0;
+    if (!strcmp(key, "init_error")) return parse_int(val, init_error);
+    if (!strcmp(key, "driver_version")) {
+        snprintf(st.driver_version, sizeof st.driver_version, "%s", val);
+        return 1;
+    }
+    unsigned int k;
+    int used = 0;
+    if (sscanf(key, "gpu%u.%n", &k, &used) != 1 || used == 0 || k >= MAX_DEVICES) return 0;
+    fake_device *d = &st.dev[k];
+    const char *f = key + used;
+    if (!strcmp(f, "name")) return snprintf(d->name, sizeof d->name, "%s", val) < NAME_LEN;
+    if (!strcmp(f, "uuid")) return snprintf(d->uuid, sizeof d->uuid, "%s", val) < UUID_LEN;
+    if (!strcmp(f, "has_energy")) return parse_int(val, &d->has_energy);
+    if (!strcmp(f, "has_power")) return parse_int(val, &d->has_power);
+    if (!strcmp(f, "low_w")) return parse_double(val, &d->low_w) && d->low_w >= 0;
+    if (!strcmp(f, "high_w")) return parse_double(val, &d->high_w) && d->high_w >= 0;
+    if (!strcmp(f, "period_ms")) return parse_double(val, &d->period_ms) && d->period_ms >= 0;
+    if (!strcmp(f, "duty")) return parse_double(val, &d->duty) && d->duty >= 0 && d->duty <= 1;
+    if (!strcmp(f, "base_mj")) return parse_ull(val, &d->base_mj);
+    if (!strcmp(f, "limit_w")) {
+        if (!parse_ull(val, &u) || u > 100000) return 0;
+        d->limit_w = (unsigned int)u;
+        return 1;
+    }
+    if (!strcmp(f, "memory_mib")) return parse_ull(val, &d->memory_mib);
+    if (!strcmp(f, "energy_error")) return parse_int(val, &d->energy_error);
+    if (!strcmp(f, "energy_error_after_ms"))
+        return parse_double(val, &x) && x >= 0 && ((d->energy_error_after_ms = x), 1);
+    if (!strcmp(f, "power_error")) return parse_int(val, &d->power_error);
+    if (!strcmp(f, "power_error_after_ms"))
+        return parse_double(val, &x) && x >= 0 && ((d->power_error_after_ms = x), 1);
+    return 0;
+}
+
+/* The config file: $FAKE_NVML_CONFIG, else fake_nvml.conf beside this library, else none. */
+static int config_path(char *out, size_t len) {
+    const char *env = getenv("FAKE_NVML_CONFIG");
+    if (env && *env) return snprintf(out, len, "%s", env) < (int)len;
+    Dl_info info;
+    if (!dladdr((void *)&config_path, &info) || !info.dli_fname) return 0;
+    const char *slash = strrchr(info.dli_fname, '/');
+    if (!slash) return 0;
+    int n = (int)(slash - info.dli_fname);
+    if (snprintf(out, len, "%.*s/fake_nvml.conf", n, info.dli_fname) >= (int)len) return 0;
+    FILE *probe = fopen(out, "r");
+    if (!probe) return 0;
+    fclose(probe);
+    return 1;
+}
+
+/* Loads the configuration; returns the code nvmlInit should return. Caller holds the lock. */
+static int load_config(void) {
+    defaults();
+    int init_error = 0;
+    char path[4096];
+    if (config_path(path, sizeof path)) {
+        FILE *fp = fopen(path, "r");
+        if (!fp) {
+            fprintf(stderr, "fake_nvml: cannot open config %s: %s\n", path, strerror(errno));
+            return E_UNKNOWN;
+        }
+        char line[1024];
+        unsigned int lineno = 0;
+        while (fgets(line, sizeof line, fp)) {
+            lineno++;
+            char *s = trim(line);
+            if (!*s || *s == '#') continue;
+            char *eq = strchr(s, '=');
+            if (!eq) {
+                fprintf(stderr, "fake_nvml: %s:%u: expected key=value\n", path, lineno);
+                fclose(fp);
+                return E_UNKNOWN;
+            }
+            *eq = '\0';
+            char *key = trim(s), *val = trim(eq + 1);
+            if (!apply(key, val, &init_error)) {
+                fprintf(stderr, "fake_nvml: %s:%u: bad key or value: %s=%s\n", path, lineno, key,
+                        val);
+                fclose(fp);
+                return E_UNKNOWN;
+            }
+        }
+        fclose(fp);
+    }
+    if (!st.t0_ns) st.t0_ns = now_ns();
+    return init_error;
+}
+
+/* ---------------------------------------------------------------- the power trace */
+
+/* floor() for the non-negative values used here, so the library needs no libm. */
+static double floor_nn(double x) { return x < 1.8e19 ? (double)(unsigned long long)x : x; }
+
+static double ms_since_t0(unsigned long long t) {
+    return t > st.t0_ns ? (double)(t - st.t0_ns) / 1e6 : 0.0;
+}
+
+static double quantise(double ms, double step_ms) {
+    return step_ms > 0 ? floor_nn(ms / step_ms) * step_ms : ms;
+}
+
+static double power_w(const fake_device *d, double ms) {
+    if (d->period_ms <= 0) return d->low_w;
+    double phase = ms - floor_nn(ms / d->period_ms) * d->period_ms;
+    return phase < d->duty * d->period_ms ? d->high_w : d->low_w;
+}
+
+/* Millijoules from t0 to `ms` after it. */
+static double energy_mj(const fake_device *d, double ms) {
+    if (d->period_ms <= 0) return d->low_w * ms;
+    double high_ms = d->duty * d->period_ms;
+    double per_period = d->high_w * high_ms + d->low_w * (d->period_ms - high_ms);
+    double n = floor_nn(ms / d->period_ms);
+    double rem = ms - n * d->period_ms;
+    double part = rem < high_ms ? d->high_w * rem : d->high_w * high_ms + d->low_w * (rem - high_ms);
+    return n * per_period + part;
+}
+
+static int injected(int code, double after_ms, double ms) {
+    return code != 0 && ms >= after_ms ? code : 0;
+}
+
+/* Looks a handle up; caller holds the lock. */
+static fake_device *device(void *handle) {
+    if (st.init_count <= 0) return NULL;
+    for (unsigned int i = 0; i < st.devices; i++)
+        if (handle == (void *)&st.dev[i]) return &st.dev[i];
+    return NULL;
+}
+
+#define WITH_DEVICE(handle, d)                                                                     \
+    pthread_mutex_lock(&lock);                                                                     \
+    if (st.init_count <= 0) {                                                                      \
+        pthread_mutex_unlock(&lock);                                                               \
+        return E_UNINITIALIZED;                                                                    \
+    }                                                                                              \
+    fake_device *d = device(handle);                                                               \
+    if (!d) {                                                                                      \
+        pthread_mutex_unlock(&lock);                                                               \
+        return E_INVALID_ARGUMENT;                                                                 \
+    }
+
+#define DONE(code)                                                                                 \
+    do {                                                                                           \
+        pthread_mutex_unlock(&lock);                                                               \
+        return (code);                                                                             \
+    } while (0)
+
+static int copy_string(char *out, unsigned int len, const char *s) {
+    if (!out) return E_INVALID_ARGUMENT;
+    if (strlen(s) + 1 > len) return E_INSUFFICIENT_SIZE;
+    memcpy(out, s, strlen(s) + 1);
+    return OK;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static int init_common(void) {
+    pthread_mutex_lock(&lock);
+    int ret = OK;
+    if (st.init_count == 0) {
+        ret = load_config();
+        if (ret == OK) st.init_count = 1;
+    } else {
+        st.init_count++;
+    }
+    pthread_mutex_unlock(&lock);
+    return ret;
+}
+
+EXPORT int nvmlInit(void) { COUNT(); return init_common(); }
+EXPORT int nvmlInit_v2(void) { COUNT(); return init_common(); }
+EXPORT int nvmlInitWithFlags(unsigned int flags) { (void)flags; COUNT(); return init_common(); }
+
+EXPORT int nvmlShutdown(void) {
+    COUNT();
+    pthread_mutex_lock(&lock);
+    int ret = st.init_count > 0 ? OK : E_UNINITIALIZED;
+    if (st.init_count > 0) st.init_count--;
+    pthread_mutex_unlock(&lock);
+    return ret;
+}
+
+EXPORT const char *nvmlErrorString(int code) {
+    COUNT();
+    switch (code) {
+    case 0: return "Success";
+    case 1: return "Uninitialized";
+    case 2: return "Invalid Argument";
+    case 3: return "Not Supported";
+    case 4: return "Insufficient Permissions";
+    case 5: return "Already Initialized";
+    case 6: return "Not Found";
+    case 7: return "Insufficient Size";
+    case 8: return "Insufficient External Power";
+    case 9: return "Driver Not Loaded";
+    case 10: return "Timeout";
+    case 11: return "Interrupt request issue";
+    case 12: return "NVML Shared Library Not Found";
+    case 13: return "Function Not Found";
+    case 14: return "Corrupted infoROM";
+    case 15: return "GPU is lost";
+    case 16: return "GPU requires restart";
+    case 17: return "The operating system has blocked the request";
+    case 18: return "RM has detected an NVML/RM version mismatch";
+    case 19: return "In use by another client";
+    case 20: return "Insufficient Memory";
+    case 21: return "No data";
+    default: return "Unknown Error";
+    }
+}
+
+/* ---------------------------------------------------------------- system */
+
+EXPORT int nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+    COUNT();
+    pthread_mutex_lock(&lock);
+    int ret = st.init_count > 0 ? copy_string(version, length, st.driver_version) : E_UNINITIALIZED;
+    DONE(ret);
+}
+
+EXPORT int nvmlSystemGetNVMLVersion(char *version, unsigned int length) {
+    COUNT();
+    return copy_string(version, length, "12.999.99");
+}
+
+static int cuda_version(int *v) {
+    COUNT();
+    if (!v) return E_INVALID_ARGUMENT;
+    *v = 12040;
+    return OK;
+}
+EXPORT int nvmlSystemGetCudaDriverVersion(int *v) { return cuda_version(v); }
+EXPORT int nvmlSystemGetCudaDriverVersion_v2(int *v) { return cuda_version(v); }
+
+/* ---------------------------------------------------------------- enumeration */
+
+static int get_count(unsigned int *count) {
+    COUNT();
+    if (!count) return E_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    if (st.init_count <= 0) DONE(E_UNINITIALIZED);
+    *count = st.devices;
+    DONE(OK);
+}
+EXPORT int nvmlDeviceGetCount(unsigned int *count) { return get_count(count); }
+EXPORT int nvmlDeviceGetCount_v2(unsigned int *count) { return get_count(count); }
+
+static int by_index(unsigned int index, void **handle) {
+    COUNT();
+    if (!handle) return E_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    if (st.init_count <= 0) DONE(E_UNINITIALIZED);
+    if (index >= st.devices) DONE(E_INVALID_ARGUMENT);
+    *handle = &st.dev[index];
+    DONE(OK);
+}
+EXPORT int nvmlDeviceGetHandleByIndex(unsigned int i, void **h) { return by_index(i, h); }
+EXPORT int nvmlDeviceGetHandleByIndex_v2(unsigned int i, void **h) { return by_index(i, h); }
+
+EXPORT int nvmlDeviceGetHandleByUUID(const char *uuid, void **handle) {
+    COUNT();
+    if (!uuid || !handle) return E_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    if (st.init_count <= 0) DONE(E_UNINITIALIZED);
+    for (unsigned int i = 0; i < st.devices; i++) {
+        if (!strcmp(st.dev[i].uuid, uuid)) {
+            *handle = &st.dev[i];
+            DONE(OK);
+        }
+    }
+    DONE(6 /* NOT_FOUND */);
+}
+
+/* ---------------------------------------------------------------- identity */
+
+EXPORT int nvmlDeviceGetIndex(void *h, unsigned int *index) {
+    COUNT();
+    if (!index) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    *index = d->index;
+    DONE(OK);
+}
+
+EXPORT int nvmlDeviceGetName(void *h, char *name, unsigned int length) {
+    COUNT();
+    WITH_DEVICE(h, d);
+    DONE(copy_string(name, length, d->name));
+}
+
+EXPORT int nvmlDeviceGetUUID(void *h, char *uuid, unsigned int length) {
+    COUNT();
+    WITH_DEVICE(h, d);
+    DONE(copy_string(uuid, length, d->uuid));
+}
+
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} pci_info_v3;
+
+EXPORT int nvmlDeviceGetPciInfo_v3(void *h, pci_info_v3 *pci) {
+    COUNT();
+    if (!pci) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    memset(pci, 0, sizeof *pci);
+    pci->bus = d->index + 1;
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "0000:%02X:00.0", pci->bus);
+    snprintf(pci->busId, sizeof pci->busId, "00000000:%02X:00.0", pci->bus);
+    DONE(OK);
+}
+
+/* ---------------------------------------------------------------- power and energy */
+
+EXPORT int nvmlDeviceGetTotalEnergyConsumption(void *h, unsigned long long *energy) {
+    COUNT();
+    if (!energy) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    if (!d->has_energy) DONE(E_NOT_SUPPORTED);
+    double ms = ms_since_t0(now_ns());
+    int err = injected(d->energy_error, d->energy_error_after_ms, ms);
+    if (err) DONE(err);
+    *energy = d->base_mj + (unsigned long long)floor_nn(energy_mj(d, quantise(ms, st.energy_update_ms)));
+    DONE(OK);
+}
+
+static unsigned int milliwatts(double w) { return (unsigned int)(w * 1000.0 + 0.5); }
+
+EXPORT int nvmlDeviceGetPowerUsage(void *h, unsigned int *power) {
+    COUNT();
+    if (!power) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    if (!d->has_power) DONE(E_NOT_SUPPORTED);
+    double ms = ms_since_t0(now_ns());
+    int err = injected(d->power_error, d->power_error_after_ms, ms);
+    if (err) DONE(err);
+    *power = milliwatts(power_w(d, quantise(ms, st.power_update_ms)));
+    DONE(OK);
+}
+
+static int power_limit(void *h, unsigned int *limit) {
+    COUNT();
+    if (!limit) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    *limit = d->limit_w * 1000u;
+    DONE(OK);
+}
+EXPORT int nvmlDeviceGetPowerManagementLimit(void *h, unsigned int *l) { return power_limit(h, l); }
+EXPORT int nvmlDeviceGetEnforcedPowerLimit(void *h, unsigned int *l) { return power_limit(h, l); }
+
+typedef union {
+    double dVal;
+    int siVal;
+    unsigned int uiVal;
+    unsigned long ulVal;
+    unsigned long long ullVal;
+    signed long long sllVal;
+    unsigned short usVal;
+} nvml_value;
+
+typedef struct {
+    unsigned int fieldId;
+    unsigned int scopeId;
+    long long timestamp;
+    long long latencyUsec;
+    int valueType;
+    int nvmlReturn;
+    nvml_value value;
+} nvml_field_value;
+
+#define FI_POWER_AVERAGE 185
+#define FI_POWER_INSTANT 186
+#define VALUE_TYPE_UNSIGNED_INT 1
+
+EXPORT int nvmlDeviceGetFieldValues(void *h, int count, nvml_field_value *values) {
+    COUNT();
+    if (count <= 0 || !values) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    double ms = ms_since_t0(now_ns());
+    for (int i = 0; i < count; i++) {
+        nvml_field_value *v = &values[i];
+        v->timestamp = (long long)wall.tv_sec * 1000000LL + wall.tv_nsec / 1000;
+        v->latencyUsec = 0;
+        v->value.ullVal = 0;
+        int err = injected(d->power_error, d->power_error_after_ms, ms);
+        if (v->fieldId != FI_POWER_INSTANT && v->fieldId != FI_POWER_AVERAGE) {
+            v->nvmlReturn = E_NOT_SUPPORTED;
+        } else if (!d->has_power) {
+            v->nvmlReturn = E_NOT_SUPPORTED;
+        } else if (err) {
+            v->nvmlReturn = err;
+        } else {
+            /* Instant power is the trace now; the average is what nvmlDeviceGetPowerUsage says. */
+            double at = v->fieldId == FI_POWER_INSTANT ? ms : quantise(ms, st.power_update_ms);
+            v->valueType = VALUE_TYPE_UNSIGNED_INT;
+            v->value.uiVal = milliwatts(power_w(d, at));
+            v->nvmlReturn = OK;
+        }
+    }
+    DONE(OK);
+}
+
+/* ---------------------------------------------------------------- other common queries */
+
+typedef struct {
+    unsigned long long total, free, used;
+} memory_v1;
+
+typedef struct {
+    unsigned int version;
+    unsigned long long total, reserved, free, used;
+} memory_v2;
+
+EXPORT int nvmlDeviceGetMemoryInfo(void *h, memory_v1 *m) {
+    COUNT();
+    if (!m) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    m->total = d->memory_mib << 20;
+    m->free = m->total;
+    m->used = 0;
+    DONE(OK);
+}
+
+EXPORT int nvmlDeviceGetMemoryInfo_v2(void *h, memory_v2 *m) {
+    COUNT();
+    if (!m) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    m->total = d->memory_mib << 20;
+    m->reserved = 0;
+    m->free = m->total;
+    m->used = 0;
+    DONE(OK);
+}
+
+typedef struct {
+    unsigned int gpu, memory;
+} utilization;
+
+EXPORT int nvmlDeviceGetUtilizationRates(void *h, utilization *u) {
+    COUNT();
+    if (!u) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    /* Busy while the trace is high. */
+    int high = d->period_ms > 0 && power_w(d, ms_since_t0(now_ns())) == d->high_w;
+    u->gpu = high ? 100 : 0;
+    u->memory = high ? 50 : 0;
+    DONE(OK);
+}
+
+EXPORT int nvmlDeviceGetTemperature(void *h, int sensor, unsigned int *temp) {
+    COUNT();
+    if (!temp || sensor != 0) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    *temp = 40 + d->index;
+    DONE(OK);
+}
+
+static int no_processes(void *h, unsigned int *count, void *infos) {
+    COUNT();
+    (void)infos;
+    if (!count) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    (void)d;
+    *count = 0;
+    DONE(OK);
+}
+EXPORT int nvmlDeviceGetComputeRunningProcesses(void *h, unsigned int *c, void *i) {
+    return no_processes(h, c, i);
+}
+EXPORT int nvmlDeviceGetComputeRunningProcesses_v2(void *h, unsigned int *c, void *i) {
+    return no_processes(h, c, i);
+}
+EXPORT int nvmlDeviceGetComputeRunningProcesses_v3(void *h, unsigned int *c, void *i) {
+    return no_processes(h, c, i);
+}
+
+/* Queries the stand-in does not model. */
+static int unsupported(void) { COUNT(); return E_NOT_SUPPORTED; }
+EXPORT int nvmlDeviceGetClockInfo(void *h, int t, unsigned int *c) {
+    (void)h, (void)t, (void)c;
+    return unsupported();
+}
+EXPORT int nvmlDeviceGetArchitecture(void *h, unsigned int *a) { (void)h, (void)a; return unsupported(); }
+EXPORT int nvmlDeviceGetCudaComputeCapability(void *h, int *major, int *minor) {
+    (void)h, (void)major, (void)minor;
+    return unsupported();
+}
+EXPORT int nvmlDeviceGetComputeMode(void *h, int *m) { (void)h, (void)m; return unsupported(); }
+EXPORT int nvmlDeviceGetMigMode(void *h, unsigned int *c, unsigned int *p) {
+    (void)h, (void)c, (void)p;
+    return unsupported();
+}
+
+/* ---------------------------------------------------------------- for tests */
+
+/* How many NVML entry points have been called since the library was loaded (or last reset). */
+EXPORT unsigned long long fake_nvml_call_count(void) {
+    return __atomic_load_n(&calls, __ATOMIC_RELAXED);
+}
+
+EXPORT void fake_nvml_reset_call_count(void) { __atomic_store_n(&calls, 0, __ATOMIC_RELAXED); }
+
+/* The trace origin in CLOCK_MONOTONIC ns (0 before the first nvmlInit). */
+EXPORT unsigned long long fake_nvml_t0_ns(void) {
+    pthread_mutex_lock(&lock);
+    unsigned long long t0 = st.t0_ns;
+    pthread_mutex_unlock(&lock);
+    return t0;
+}
+
+/* How many nvmlInit calls are not yet balanced by nvmlShutdown. */
+EXPORT int fake_nvml_init_count(void) {
+    pthread_mutex_lock(&lock);
+    int n = st.init_count;
+    pthread_mutex_unlock(&lock);
+    return n;
+}
