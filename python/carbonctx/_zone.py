@@ -1,0 +1,251 @@
+"""Which electricity zone this process runs in, and why we think so.
+
+A zone is an Electricity Maps-style code (``DE``, ``DK-DK1``, ``US-CAL-CISO``, ``GB``). The first
+rule that gives an answer wins:
+
+1. an explicit argument;
+2. ``CARBONCTX_ZONE``;
+3. a cloud region from the environment (``AWS_REGION``, ``AWS_DEFAULT_REGION``,
+   ``GOOGLE_CLOUD_REGION``, ``FUNCTION_REGION``, Azure App Service's ``REGION_NAME``), through the
+   bundled region table;
+4. the system time zone (``TZ``, ``/etc/localtime``, ``/etc/timezone``) mapped to its country;
+5. the world average.
+
+No IP geolocation: it silently picks a wrong country behind proxies and firewalls.
+
+>>> resolve_zone(env={"CARBONCTX_ZONE": "dk-dk1"})
+ZoneChoice(zone='DK-DK1', rule='CARBONCTX_ZONE', cloud=None, cloud_region=None)
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+import attrs
+
+from carbonctx.errors import ConfigurationError
+
+__all__ = ["WORLD", "ZoneChoice", "normalize_zone", "resolve_zone"]
+
+#: The zone code used when nothing better is known.
+WORLD = "WORLD"
+
+_ZONE_RE = re.compile(r"^[A-Z]{2,3}(-[A-Z0-9]+)*$")
+
+# (environment variable, cloud) in the order they are consulted.
+_CLOUD_VARS: tuple[tuple[str, str], ...] = (
+    ("AWS_REGION", "aws"),  # Lambda, ECS, CodeBuild set it
+    ("AWS_DEFAULT_REGION", "aws"),  # AWS CLI / SDK configuration
+    ("GOOGLE_CLOUD_REGION", "gcp"),  # set by users and some tooling
+    ("FUNCTION_REGION", "gcp"),  # Cloud Functions (older runtimes)
+    ("REGION_NAME", "azure"),  # App Service / Functions, e.g. "West Europe"
+)
+
+# Used only where the system's zone.tab / zone1970.tab cannot be read.
+_TZ_FALLBACK: dict[str, str] = {
+    "Europe/London": "GB",
+    "Europe/Dublin": "IE",
+    "Europe/Lisbon": "PT",
+    "Europe/Madrid": "ES",
+    "Europe/Paris": "FR",
+    "Europe/Brussels": "BE",
+    "Europe/Amsterdam": "NL",
+    "Europe/Luxembourg": "LU",
+    "Europe/Berlin": "DE",
+    "Europe/Zurich": "CH",
+    "Europe/Vienna": "AT",
+    "Europe/Rome": "IT",
+    "Europe/Copenhagen": "DK",
+    "Europe/Oslo": "NO",
+    "Europe/Stockholm": "SE",
+    "Europe/Helsinki": "FI",
+    "Europe/Warsaw": "PL",
+    "Europe/Prague": "CZ",
+    "Europe/Budapest": "HU",
+    "Europe/Athens": "GR",
+    "Europe/Istanbul": "TR",
+    "Europe/Kyiv": "UA",
+    "Europe/Kiev": "UA",
+    "America/New_York": "US",
+    "America/Chicago": "US",
+    "America/Denver": "US",
+    "America/Phoenix": "US",
+    "America/Los_Angeles": "US",
+    "America/Anchorage": "US",
+    "Pacific/Honolulu": "US",
+    "America/Toronto": "CA",
+    "America/Vancouver": "CA",
+    "America/Montreal": "CA",
+    "America/Mexico_City": "MX",
+    "America/Sao_Paulo": "BR",
+    "America/Argentina/Buenos_Aires": "AR",
+    "America/Santiago": "CL",
+    "Asia/Tokyo": "JP",
+    "Asia/Seoul": "KR",
+    "Asia/Shanghai": "CN",
+    "Asia/Hong_Kong": "HK",
+    "Asia/Taipei": "TW",
+    "Asia/Singapore": "SG",
+    "Asia/Kolkata": "IN",
+    "Asia/Calcutta": "IN",
+    "Asia/Jakarta": "ID",
+    "Asia/Dubai": "AE",
+    "Asia/Jerusalem": "IL",
+    "Australia/Sydney": "AU",
+    "Australia/Melbourne": "AU",
+    "Australia/Brisbane": "AU",
+    "Australia/Perth": "AU",
+    "Pacific/Auckland": "NZ",
+    "Africa/Johannesburg": "ZA",
+}
+
+
+@attrs.frozen
+class ZoneChoice:
+    """The zone used for carbon intensity, and the rule that chose it.
+
+    ``rule`` is one of ``"argument"``, ``"CARBONCTX_ZONE"``,
+    ``"cloud region (AWS_REGION=eu-west-1)"``, ``"time zone Europe/Berlin"``, ``"world average"``.
+    ``cloud`` and ``cloud_region`` are set when a cloud region chose the zone.
+    """
+
+    zone: str
+    rule: str
+    cloud: str | None = None
+    cloud_region: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "zone": self.zone,
+            "rule": self.rule,
+            "cloud": self.cloud,
+            "cloud_region": self.cloud_region,
+        }
+
+
+def normalize_zone(value: str, setting: str) -> str:
+    """Upper-case and check a zone code; ``setting`` names where it came from for the error."""
+    zone = value.strip().upper()
+    if zone in ("WORLD", "WORLD-AVERAGE"):
+        return WORLD
+    if not _ZONE_RE.match(zone):
+        raise ConfigurationError(
+            f"{setting}={value!r} is not a zone code. Use an Electricity Maps zone such as "
+            "'DE', 'GB', 'DK-DK1' or 'US-CAL-CISO' (a country's ISO 3166 code works), or unset "
+            "it to detect the zone."
+        )
+    return zone
+
+
+def _read_csv(name: str) -> list[dict[str, str]]:
+    text = resources.files("carbonctx").joinpath("data").joinpath(name).read_text(encoding="utf-8")
+    return list(csv.DictReader(text.splitlines()))
+
+
+@functools.lru_cache(maxsize=1)
+def cloud_region_zones() -> dict[tuple[str, str], str]:
+    """``(cloud, normalized region) -> zone`` from the bundled ``cloud-region-zones.csv``."""
+    return {
+        (row["provider"], _norm_region(row["provider"], row["region"])): row["zone"]
+        for row in _read_csv("cloud-region-zones.csv")
+    }
+
+
+def _norm_region(cloud: str, region: str) -> str:
+    region = region.strip().lower()
+    if cloud == "azure":  # "West Europe", "westeurope" and "WestEurope" are one region
+        region = region.replace(" ", "").replace("-", "")
+    return region
+
+
+def _zone_from_cloud(env: Mapping[str, str]) -> ZoneChoice | None:
+    table = cloud_region_zones()
+    for var, cloud in _CLOUD_VARS:
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        zone = table.get((cloud, _norm_region(cloud, raw)))
+        if zone is not None:
+            return ZoneChoice(
+                zone=zone,
+                rule=f"cloud region ({var}={raw})",
+                cloud=cloud,
+                cloud_region=_norm_region(cloud, raw),
+            )
+    return None
+
+
+def _tz_name(env: Mapping[str, str], localtime: Path, timezone_file: Path) -> str | None:
+    tz = env.get("TZ", "").strip().lstrip(":")
+    if tz:
+        if "zoneinfo/" in tz:  # TZ=/usr/share/zoneinfo/Europe/Berlin
+            tz = tz.split("zoneinfo/", 1)[1]
+        return tz if "/" in tz else None  # POSIX rules ("CET-1CEST") name no place
+    try:
+        target = os.readlink(localtime)
+    except OSError:
+        target = ""
+    if "zoneinfo/" in target:
+        return target.split("zoneinfo/", 1)[1]
+    try:
+        name = timezone_file.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return name or None
+
+
+@functools.lru_cache(maxsize=4)
+def _tz_countries(zoneinfo_dir: str) -> dict[str, str]:
+    """tz name -> ISO country from the system tz database (zone.tab, then zone1970.tab)."""
+    mapping: dict[str, str] = {}
+    # zone1970.tab first, so that zone.tab's one-country-per-line entries override it.
+    for name in ("zone1970.tab", "zone.tab"):
+        try:
+            lines = (Path(zoneinfo_dir) / name).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split("\t")
+            if len(fields) >= 3:
+                # zone1970.tab lists several countries; the first is where the zone's city is.
+                mapping[fields[2]] = fields[0].split(",")[0]
+    return mapping
+
+
+def country_for_tz(tz: str, zoneinfo_dir: str = "/usr/share/zoneinfo") -> str | None:
+    """ISO 3166 alpha-2 country of an IANA time zone name, or None."""
+    return _tz_countries(zoneinfo_dir).get(tz) or _TZ_FALLBACK.get(tz)
+
+
+def resolve_zone(
+    explicit: str | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    localtime: str | os.PathLike[str] = "/etc/localtime",
+    timezone_file: str | os.PathLike[str] = "/etc/timezone",
+    zoneinfo_dir: str = "/usr/share/zoneinfo",
+) -> ZoneChoice:
+    """Choose the zone by the rules in the module docstring (first match wins)."""
+    env = os.environ if env is None else env
+    if explicit is not None:
+        return ZoneChoice(normalize_zone(explicit, "zone"), "argument")
+    from_env = env.get("CARBONCTX_ZONE", "").strip()
+    if from_env:
+        return ZoneChoice(normalize_zone(from_env, "CARBONCTX_ZONE"), "CARBONCTX_ZONE")
+    cloud = _zone_from_cloud(env)
+    if cloud is not None:
+        return cloud
+    tz = _tz_name(env, Path(localtime), Path(timezone_file))
+    if tz:
+        country = country_for_tz(tz, zoneinfo_dir)
+        if country:
+            return ZoneChoice(country, f"time zone {tz}")
+    return ZoneChoice(WORLD, "world average")

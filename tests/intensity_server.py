@@ -1,0 +1,268 @@
+"""A local HTTP server that answers like the carbon-intensity providers, failures included.
+
+It speaks the documented request and response shapes of Electricity Maps v3, the GB carbon
+intensity API and Energi Data Service, with values from ``value(provider, t)`` around the time
+given by a shared :class:`FakeClock`. ``modes`` makes a path fail on purpose::
+
+    with FakeServer(clock) as srv:
+        srv.modes["/v3/"] = "500"          # every Electricity Maps request gets HTTP 500
+        srv.count("/v3/carbon-intensity/latest")
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+UTC = timezone.utc
+
+#: modes a path can be put in
+MODES = ("ok", "timeout", "401", "403", "429", "500", "malformed", "unknown-zone", "empty")
+
+
+class FakeClock:
+    """A settable Unix-seconds clock shared by the server and the code under test."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def closed_port_url() -> str:
+    """The URL of a port on 127.0.0.1 where nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+class Request:
+    def __init__(self, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> None:
+        self.path = path
+        self.query = query
+        self.headers = headers
+
+
+def _z(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _gb(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _parse_gb(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%MZ").replace(tzinfo=UTC)
+
+
+def _floor(t: datetime, minutes: int) -> datetime:
+    t = t.replace(second=0, microsecond=0)
+    return t - timedelta(minutes=t.minute % minutes)
+
+
+class FakeServer:
+    def __init__(self, clock: FakeClock, value: Callable[[str, float], float] | None = None):
+        self.clock = clock
+        self.value: Callable[[str, float], float] = value or (lambda provider, t: 100.0)
+        self.modes: dict[str, str] = {}
+        self.retry_after = "7"
+        self.requests: list[Request] = []
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer._handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(10)
+
+    def count(self, path_part: str = "") -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if path_part in r.path)
+
+    def last(self, path_part: str = "") -> Request:
+        with self._lock:
+            return [r for r in self.requests if path_part in r.path][-1]
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _mode(self, path: str) -> str:
+        for prefix, mode in self.modes.items():
+            if path.startswith(prefix):
+                return mode
+        return "ok"
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(h.path)
+        req = Request(
+            parts.path, parse_qs(parts.query), {k.lower(): v for k, v in h.headers.items()}
+        )
+        with self._lock:
+            self.requests.append(req)
+        mode = self._mode(parts.path)
+        if mode == "timeout":
+            self.release.wait(10)
+            return
+        if mode in ("401", "403", "500"):
+            return self._send(h, int(mode), {"error": "nope"})
+        if mode == "429":
+            return self._send(h, 429, {"error": "slow down"}, {"Retry-After": self.retry_after})
+        if mode == "malformed":
+            return self._send_raw(h, 200, b"{not json")
+        try:
+            body = self._answer(req, mode)
+        except LookupError as exc:
+            return self._send(h, 404, {"error": str(exc)})
+        self._send(h, *body)
+
+    def _send(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: object,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._send_raw(h, status, json.dumps(body).encode(), headers)
+
+    def _send_raw(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        data: bytes,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        try:
+            h.send_response(status)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(data)
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ provider answers
+
+    def _answer(self, req: Request, mode: str) -> tuple[int, object]:
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        p = req.path
+        if p.startswith("/v3/carbon-intensity/"):
+            zone = req.query.get("zone", [""])[0]
+            if mode == "unknown-zone":
+                # Electricity Maps answers a zone it does not know with a client error.
+                return 404, {"status": "error", "message": f"Zone '{zone}' does not exist."}
+            hour = _floor(now, 60)
+            if p.endswith("/latest"):
+                return 200, self._em_item(zone, hour, now) | {"zone": zone}
+            if p.endswith("/history"):
+                items = [
+                    self._em_item(zone, hour - timedelta(hours=k), now) for k in range(24, 0, -1)
+                ]
+                return 200, {"zone": zone, "history": items}
+            if p.endswith("/forecast"):
+                items = [
+                    {
+                        "carbonIntensity": self.value(
+                            "electricitymaps", (hour + timedelta(hours=k)).timestamp()
+                        ),
+                        "datetime": _z(hour + timedelta(hours=k)),
+                    }
+                    for k in range(24)
+                ]
+                return 200, {"zone": zone, "forecast": items, "updatedAt": _z(now)}
+        if p.startswith("/intensity/"):
+            segs = p.split("/")[2:]
+            start = _parse_gb(segs[0])
+            if segs[1] == "fw48h":
+                end, forecast_only = start + timedelta(hours=48), True
+            else:
+                end, forecast_only = _parse_gb(segs[1]), False
+            t = _floor(start, 30)
+            data = []
+            while t < end if forecast_only else t <= end:
+                v = self.value("gb", t.timestamp())
+                past = t + timedelta(minutes=30) <= now and not forecast_only
+                data.append(
+                    {
+                        "from": _gb(t),
+                        "to": _gb(t + timedelta(minutes=30)),
+                        "intensity": {
+                            "forecast": v + 5,
+                            "actual": v if past else None,
+                            "index": "moderate",
+                        },
+                    }
+                )
+                t += timedelta(minutes=30)
+            return 200, {"data": [] if mode == "empty" else data}
+        if p.startswith("/dataset/"):
+            dataset = p.rsplit("/", 1)[1]
+            flt = json.loads(req.query["filter"][0])
+            start = datetime.fromisoformat(req.query["start"][0]).replace(tzinfo=UTC)
+            end = datetime.fromisoformat(req.query["end"][0]).replace(tzinfo=UTC)
+            t = _floor(start, 5)
+            records = []
+            while t < end:
+                if dataset == "CO2EmisProg" or t + timedelta(minutes=5) <= now:
+                    for area in flt["PriceArea"]:
+                        records.append(
+                            {
+                                "Minutes5UTC": t.strftime("%Y-%m-%dT%H:%M:%S"),
+                                "Minutes5DK": (t + timedelta(hours=1)).strftime(
+                                    "%Y-%m-%dT%H:%M:%S"
+                                ),
+                                "PriceArea": area,
+                                "CO2Emission": self.value("dk", t.timestamp()),
+                            }
+                        )
+                t += timedelta(minutes=5)
+            if mode == "empty":
+                records = []
+            return 200, {
+                "total": len(records),
+                "limit": 1000,
+                "dataset": dataset,
+                "records": records,
+            }
+        raise LookupError(f"no route {p}")
+
+    def _em_item(self, zone: str, t: datetime, now: datetime) -> dict[str, object]:
+        return {
+            "zone": zone,
+            "carbonIntensity": self.value("electricitymaps", t.timestamp()),
+            "datetime": _z(t),
+            "updatedAt": _z(now),
+            "createdAt": _z(t),
+            "emissionFactorType": "lifecycle",
+            "isEstimated": False,
+            "estimationMethod": None,
+        }
