@@ -1,5 +1,141 @@
-"""carbonctx: energy and CO2 of your code, down to a single training step."""
+"""carbonctx: how much energy and CO2 your code costs, down to a single training step.
 
+::
+
+    import carbonctx
+
+    with carbonctx.track("epoch") as m:
+        train_one_epoch()
+    print(m.energy_j, m.cpu_j, m.gpu_j, m.co2_g)
+
+    @carbonctx.tracked
+    def train_step(batch): ...
+
+    print(carbonctx.stats())
+
+A native sampler thread reads RAPL (powercap, MSR, perf) and NVML energy counters; regions are
+resolved against its timeline, so entering and leaving one costs about a microsecond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from carbonctx import _runtime
 from carbonctx._native import __version__
+from carbonctx._report import Measurement, NameStats, SourceEnergy, StatsTable, Summary
+from carbonctx._settings import Settings
+from carbonctx._tracker import Region, Tracker, current, track, tracked
+from carbonctx.errors import (
+    CarbonctxError,
+    CarbonctxWarning,
+    ConfigurationError,
+    IntensityLookupError,
+    SamplerError,
+    SourcePermissionError,
+    SourceUnavailableError,
+)
 
-__all__ = ["__version__"]
+__all__ = [
+    "CarbonctxError",
+    "CarbonctxWarning",
+    "ConfigurationError",
+    "IntensityLookupError",
+    "Measurement",
+    "NameStats",
+    "Region",
+    "SamplerError",
+    "Settings",
+    "SourceEnergy",
+    "SourcePermissionError",
+    "SourceUnavailableError",
+    "StatsTable",
+    "Summary",
+    "Tracker",
+    "__version__",
+    "configure",
+    "current",
+    "devices",
+    "flush",
+    "recent",
+    "stats",
+    "track",
+    "tracked",
+    "write_trace",
+]
+
+
+def configure(
+    *,
+    cpu_backends: Sequence[str] | None = None,
+    gpu: bool | None = None,
+    estimate: str | None = None,
+    intervals: Mapping[str, float] | None = None,
+    output: str | None = None,
+    strict: bool | None = None,
+    window: int | None = None,
+    on_fork: str | None = None,
+    summary_at_exit: bool | None = None,
+    zone: str | None = None,
+    pue: float | None = None,
+    providers: Sequence[str] | None = None,
+    electricitymaps_token: str | None = None,
+    urls: Mapping[str, str] | None = None,
+    cache_dir: str | None = None,
+    sys_root: str | None = None,
+    dev_root: str | None = None,
+    proc_root: str | None = None,
+    nvml_library: str | None = None,
+) -> Settings:
+    """Set process-wide options; unset ones keep their value (from ``CARBONCTX_*`` or default).
+
+    Sources: ``cpu_backends`` (preference order of ``"powercap"``, ``"perf"``, ``"msr"``),
+    ``gpu`` (read NVML), ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter,
+    ``"never"``, ``"always"``), ``intervals`` (seconds per backend, e.g. ``{"nvml": 0.02}``).
+    Output: ``output`` (a JSON Lines path, one record per region), ``summary_at_exit``.
+    Behaviour: ``strict`` (raise instead of degrading), ``window`` (recent regions kept),
+    ``on_fork`` (``"restart"``: a forked child starts its own sampler; ``"disable"``).
+    Carbon: ``zone``, ``pue``, ``providers``, ``electricitymaps_token``, ``urls``, ``cache_dir``.
+    Hardware roots (for simulated hardware): ``sys_root``, ``dev_root``, ``proc_root``,
+    ``nvml_library``.
+
+    A running sampler is stopped (its regions resolved) and restarts with the new settings on
+    the next region. Raises :class:`ConfigurationError` for a value that cannot be used.
+    """
+    given: dict[str, Any] = {k: v for k, v in locals().items() if v is not None}
+    return _runtime.configure(given)
+
+
+def stats() -> StatsTable:
+    """Per-name statistics of every region resolved so far (waits for recent ones)."""
+    return _runtime.runtime().stats()
+
+
+def flush(timeout: float = _runtime.RESULT_TIMEOUT_S) -> bool:
+    """Resolve and record every region that has ended. Returns False on timeout."""
+    rt = _runtime.current_runtime()
+    return True if rt is None else rt.flush(timeout)
+
+
+def recent() -> list[Measurement]:
+    """Measurements of the most recent regions (``configure(window=...)`` of them)."""
+    rt = _runtime.current_runtime()
+    if rt is None:
+        return []
+    rt.flush()
+    return rt.recent_measurements()
+
+
+def devices() -> dict[str, Any]:
+    """What was found: sources in use, alternatives, and what could not be used with why."""
+    return _runtime.runtime().describe()
+
+
+def write_trace(path: str) -> str:
+    """Write a Chrome trace / Perfetto JSON of recent regions and per-source power."""
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(_runtime.runtime().trace(), f)
+    return path

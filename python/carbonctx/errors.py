@@ -9,12 +9,16 @@ are what it raises when asked, and what configuration mistakes raise straight aw
     │   └── SourcePermissionError     (also PermissionError) it exists but cannot be read
     ├── SamplerError                  the native sampler failed or was stopped
     └── IntensityLookupError          no carbon-intensity figure could be found
+
+Degraded measurement (a source that failed, an estimate in place of a counter) is reported
+with a :class:`CarbonctxWarning`, once per cause, and in every affected result.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "CarbonctxError",
+    "CarbonctxWarning",
     "ConfigurationError",
     "IntensityLookupError",
     "SamplerError",
@@ -28,7 +32,7 @@ class CarbonctxError(Exception):
 
 
 class ConfigurationError(CarbonctxError, ValueError):
-    """A setting (argument or ``CARBONCTX_*`` variable) that cannot be used. The message names it."""
+    """A setting (argument or ``CARBONCTX_*`` variable) that cannot be used; it is named."""
 
 
 class SourceUnavailableError(CarbonctxError):
@@ -45,3 +49,7 @@ class SamplerError(CarbonctxError):
 
 class IntensityLookupError(CarbonctxError):
     """No carbon-intensity figure could be found for a zone and time."""
+
+
+class CarbonctxWarning(RuntimeWarning):
+    """Measurement is degraded: a source failed or is missing, or a figure is an estimate."""

@@ -1,5 +1,7 @@
 //! Python bindings: argument conversion, one call into the core, result conversion. No logic.
 
+mod sim;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -325,6 +327,7 @@ fn now_ns() -> u64 {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Sampler>()?;
+    m.add_class::<sim::SimMachine>()?;
     m.add_function(wrap_pyfunction!(discover, m)?)?;
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
     Ok(())

@@ -18,7 +18,9 @@ pub mod sim;
 pub mod source;
 
 pub use error::{Error, Result};
-pub use source::{CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable};
+pub use source::{
+    CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
+};
 
 /// Nanoseconds on CLOCK_MONOTONIC: the clock every timestamp in this crate is on
 /// (Python's `time.monotonic_ns()` and `time.perf_counter_ns()` read the same clock on Linux).

@@ -149,7 +149,11 @@ impl Default for Roots {
 impl Roots {
     /// The defaults, with each `CARBONCTX_*` override that is set and not empty.
     pub fn from_env() -> Self {
-        let get = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let get = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let d = Roots::default();
         Roots {
             sys: get("CARBONCTX_SYSFS_ROOT").unwrap_or(d.sys),

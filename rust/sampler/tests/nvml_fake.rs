@@ -1,4 +1,4 @@
-//! The NVML backend against the stand-in library (`tests/fakes/fake_nvml.c`).
+//! The NVML backend against the stand-in library (`python/carbonctx/_fakes/fake_nvml.c`).
 
 mod common_nvml;
 

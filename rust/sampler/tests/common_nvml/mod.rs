@@ -1,4 +1,4 @@
-//! The NVML stand-in (`tests/fakes/fake_nvml.c`), built for tests.
+//! The NVML stand-in (`python/carbonctx/_fakes/fake_nvml.c`), built for tests.
 //!
 //! The library is compiled once per test binary. Each [`FakeNvml`] copies it into a directory
 //! of its own next to a `fake_nvml.conf`, which the stand-in reads at `nvmlInit`; separate
@@ -15,7 +15,7 @@ use carbonctx_sampler::Roots;
 
 /// The stand-in's source.
 pub fn source_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fakes/fake_nvml.c")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/carbonctx/_fakes/fake_nvml.c")
 }
 
 /// Compiles the stand-in into `dir/libnvidia-ml.so.1` with `cc` from PATH and returns that path.

@@ -1,0 +1,92 @@
+"""The native sampler (Rust). Hand-written stub: keep in step with rust/py/src."""
+
+from os import PathLike
+from typing import Any, final
+
+__version__: str
+
+def now_ns() -> int:
+    """CLOCK_MONOTONIC in ns: the clock of every timestamp the sampler gives."""
+
+def discover(
+    *,
+    sys_root: str | PathLike[str] | None = None,
+    dev_root: str | PathLike[str] | None = None,
+    proc_root: str | PathLike[str] | None = None,
+    nvml_library: str | PathLike[str] | None = None,
+    cpu_backends: list[str] | None = None,
+    nvml: bool = True,
+    estimate: str = "auto",
+) -> dict[str, list[dict[str, Any]]]:
+    """Find energy sources without starting anything: sources, alternatives, unavailable."""
+
+@final
+class Sampler:
+    """The native sampler thread; it starts when constructed and stops with :meth:`stop`."""
+
+    def __init__(
+        self,
+        *,
+        sys_root: str | PathLike[str] | None = None,
+        dev_root: str | PathLike[str] | None = None,
+        proc_root: str | PathLike[str] | None = None,
+        nvml_library: str | PathLike[str] | None = None,
+        cpu_backends: list[str] | None = None,
+        nvml: bool = True,
+        estimate: str = "auto",
+        intervals: list[tuple[str, float]] | None = None,
+        timeline_capacity: int | None = None,
+        settle_s: float | None = None,
+    ) -> None: ...
+    @property
+    def sources(self) -> list[dict[str, Any]]: ...
+    @property
+    def alternatives(self) -> list[dict[str, Any]]: ...
+    @property
+    def unavailable(self) -> list[dict[str, Any]]: ...
+    @property
+    def running(self) -> bool: ...
+    def begin(self) -> int: ...
+    def end(self, id: int) -> int: ...
+    def begin_at(self, t_ns: int) -> int: ...
+    def end_at(self, id: int, t_ns: int) -> None: ...
+    def drain(self) -> list[tuple[int, int, int, list[float], list[float]]]:
+        """Resolved regions: (id, t0_ns, t1_ns, joules per source, uncertainty per source)."""
+    def wait(self, t_ns: int, timeout_s: float) -> bool: ...
+    def status(self) -> list[dict[str, Any]]: ...
+    def stats(self) -> dict[str, int]: ...
+    def timeline(
+        self, index: int, since_ns: int = 0, max: int = 1_000_000
+    ) -> list[tuple[int, float]]: ...
+    def stop(self) -> None: ...
+
+@final
+class SimMachine:
+    """Simulated RAPL hardware kept current by a writer thread."""
+
+    def __init__(
+        self,
+        root: str | PathLike[str],
+        *,
+        packages: int = 1,
+        zones: list[tuple[str, int, float, float, float, float, int | None, float | None]] = ...,
+        update_period_s: float = 0.001,
+        powercap: bool = True,
+        msr: bool = True,
+        perf: bool = True,
+        model_name: str | None = None,
+        cpu_model: int | None = None,
+    ) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    @property
+    def t0_ns(self) -> int: ...
+    @property
+    def running(self) -> bool: ...
+    def roots(self) -> dict[str, str]: ...
+    def truth_j(self, domain_name: str, package: int, t_a: int, t_b: int) -> float: ...
+    def write_count(self) -> int: ...
+    def last_error(self) -> str | None: ...
+    def energy_path(self, domain_name: str, package: int) -> str: ...
+    def remove_zone(self, domain_name: str, package: int) -> None: ...
+    def fail_reads(self, domain_name: str, package: int, fail: bool) -> None: ...

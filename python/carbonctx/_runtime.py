@@ -1,0 +1,634 @@
+"""The process-wide runtime: the native sampler, the resolver, statistics and outputs.
+
+One :class:`Runtime` exists per process. It starts the sampler on the first region, turns
+resolved regions into statistics (always) and :class:`Measurement` objects (when someone holds
+the region or output is on), and writes JSON Lines as results arrive. Nothing here runs on the
+hot path except :meth:`Runtime.sampler_or_start`'s attribute check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
+
+from carbonctx import _native
+from carbonctx._report import (
+    J_PER_KWH,
+    Measurement,
+    NameAggregate,
+    SourceEnergy,
+    StatsTable,
+    chrome_trace,
+)
+from carbonctx._settings import Settings
+from carbonctx.errors import (
+    CarbonctxWarning,
+    SamplerError,
+    SourceUnavailableError,
+)
+
+#: How long reading an unresolved result may wait for the sampler before giving up.
+RESULT_TIMEOUT_S = 10.0
+#: How often the resolver thread collects results.
+RESOLVE_PERIOD_S = 0.05
+#: How often a power record is written to JSON Lines (for trace counter tracks).
+POWER_PERIOD_S = 0.1
+
+TOTAL_DOMAINS = ("package", "dram", "gpu")
+
+# A pending region: name, the Region handle if one was handed out, thread, parent id, tags.
+Pending = tuple[str, Any, int, "int | None", "Mapping[str, Any] | None"]
+
+
+class Runtime:
+    """Everything carbonctx keeps per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.dead = False
+        self.sampler: _native.Sampler | None = None
+        self.start_error: str | None = None
+        self.started = False
+        self.sources: list[dict[str, Any]] = []
+        self.unavailable: list[dict[str, Any]] = []
+        self.alternatives: list[dict[str, Any]] = []
+        self.pending: dict[int, Pending] = {}
+        self.aggs: dict[str, NameAggregate] = {}
+        # Raw records of the most recent regions; Measurements are built from them on demand.
+        self.recent: deque[tuple[Any, ...]] = deque(maxlen=settings.window)
+        self.regions_total = 0
+        self._lock = threading.RLock()
+        self._start_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._out: IO[str] | None = None
+        self._intensity: Any = None
+        self._intensity_error: str | None = None
+        self._g_per_j: float | None = None
+        self._g_per_j_at = 0.0
+        self._warned: set[str] = set()
+        self._warnings: list[str] = []
+        self.notes: dict[str, str] = {}
+        self.warn_due = False
+        # CLOCK_MONOTONIC → Unix time
+        self._offset = time.time() - time.monotonic_ns() * 1e-9
+        self._power_since: list[int] = []
+        self._power_last: list[tuple[int, float] | None] = []
+        self._power_at = 0.0
+        self._idx: dict[str, list[int]] = {d: [] for d in TOTAL_DOMAINS}
+        self._estimated: set[int] = set()
+
+    # ------------------------------------------------------------------ start and stop
+
+    def sampler_or_start(self) -> _native.Sampler | None:
+        s = self.sampler
+        if s is not None or self.started:
+            return s
+        return self._start()
+
+    def _start(self) -> _native.Sampler | None:
+        with self._start_lock:
+            if self.started:
+                return self.sampler
+            st = self.settings
+            intervals = list(st.intervals.items())
+            try:
+                s = _native.Sampler(
+                    sys_root=st.sys_root,
+                    dev_root=st.dev_root,
+                    proc_root=st.proc_root,
+                    nvml_library=st.nvml_library,
+                    cpu_backends=list(st.cpu_backends),
+                    nvml=st.gpu,
+                    estimate=st.estimate,
+                    intervals=intervals,
+                )
+            except Exception as e:  # the sampler must never break the program
+                self.start_error = f"the native sampler could not start: {e}"
+                self.note("sampler", self.start_error)
+                self.started = True
+                return None
+            self.sources = list(s.sources)
+            self.unavailable = list(s.unavailable)
+            self.alternatives = list(s.alternatives)
+            for i, src in enumerate(self.sources):
+                if src["domain"] in self._idx:
+                    self._idx[src["domain"]].append(i)
+                if src["method"] == "estimate":
+                    self._estimated.add(i)
+                    self.note(
+                        f"estimate:{src['id']}",
+                        f"no energy counter for the CPU: {src['label']}. "
+                        "Run `carbonctx devices` to see why counters are unavailable.",
+                    )
+            if not self.sources:
+                self.note(
+                    "no-sources",
+                    "no energy source could be used; results have no energy figures. "
+                    "Run `carbonctx devices` for the reasons and what to do.",
+                )
+            self._power_since = [0] * len(self.sources)
+            self._power_last = [None] * len(self.sources)
+            if st.output:
+                try:
+                    d = os.path.dirname(os.path.abspath(st.output))
+                    os.makedirs(d, exist_ok=True)
+                    self._out = open(st.output, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+                except OSError as e:
+                    self.note("output", f"cannot write {st.output}: {e}; regions are not recorded")
+            self.sampler = s
+            self.started = True
+            self._thread = threading.Thread(
+                target=self._resolver_loop, name="carbonctx-resolver", daemon=True
+            )
+            self._thread.start()
+            return s
+
+    def shutdown(self) -> None:
+        """Stop the sampler, resolve and record everything, close the output. Idempotent."""
+        if self.dead:
+            return
+        self._stop.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=5)
+        s = self.sampler
+        if s is not None:
+            s.stop()
+            self.drain()
+            self._write_power(force=True)
+        with self._lock:
+            if self._out is not None:
+                self._out.close()
+                self._out = None
+        if self._intensity is not None:
+            with contextlib.suppress(Exception):
+                self._intensity.close()
+
+    def abandon(self) -> None:
+        """In a forked child: never touch the parent's sampler or threads again."""
+        self.dead = True
+        self.sampler = None
+        self._out = None
+
+    # ------------------------------------------------------------------ warnings and notes
+
+    def note(self, key: str, message: str) -> None:
+        """Record a degradation; it is warned once, from the user's thread, and reported."""
+        if key in self.notes:
+            return
+        self.notes[key] = message
+        self._warnings.append(message)
+        self.warn_due = True
+
+    def emit_warnings(self) -> None:
+        self.warn_due = False
+        msgs, self._warnings = self._warnings, []
+        for m in msgs:
+            if m not in self._warned:
+                self._warned.add(m)
+                warnings.warn(m, CarbonctxWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ intensity
+
+    def intensity(self) -> Any:
+        if self._intensity is None and self._intensity_error is None:
+            try:
+                from carbonctx._intensity import IntensityService
+
+                self._intensity = IntensityService(**self.settings.intensity_kwargs())
+            except Exception as e:
+                self._intensity_error = f"no carbon intensity: {e}"
+                self.note("intensity", self._intensity_error)
+        return self._intensity
+
+    def _grams_per_joule(self) -> float | None:
+        now = time.monotonic()
+        if self._g_per_j is None or now - self._g_per_j_at > 10.0:
+            svc = self.intensity()
+            if svc is not None:
+                try:
+                    cur = svc.current()
+                    pue = float(getattr(svc, "pue", 1.0) or 1.0)
+                    self._g_per_j = cur.g_per_kwh * pue / J_PER_KWH
+                except Exception as e:
+                    self.note("intensity-current", f"carbon intensity lookup failed: {e}")
+            self._g_per_j_at = now
+        return self._g_per_j
+
+    # ------------------------------------------------------------------ resolving
+
+    def _resolver_loop(self) -> None:
+        while not self._stop.wait(RESOLVE_PERIOD_S):
+            try:
+                self.drain()
+                self._write_power()
+            except Exception as e:  # keep resolving; say what went wrong once
+                self.note(f"resolver:{type(e).__name__}", f"carbonctx resolver error: {e!r}")
+
+    def wait_resolved(self, t_ns: int, timeout: float = RESULT_TIMEOUT_S) -> bool:
+        s = self.sampler
+        if s is None:
+            return True
+        ok = s.wait(t_ns, timeout)
+        self.drain()
+        return ok
+
+    def flush(self, timeout: float = RESULT_TIMEOUT_S) -> bool:
+        """Resolve every region ended so far (waits about one sampling interval)."""
+        return self.wait_resolved(_native.now_ns(), timeout)
+
+    def drain(self) -> None:
+        s = self.sampler
+        if s is None:
+            return
+        with self._lock:
+            done = s.drain()
+            if not done:
+                return
+            g_per_j = self._grams_per_joule()
+            lines: list[str] = []
+            for rid, t0, t1, joules, unc in done:
+                p = self.pending.pop(rid, None)
+                if p is None:
+                    continue
+                self._process(rid, t0, t1, joules, unc, p, g_per_j, lines)
+            if lines and self._out is not None:
+                try:
+                    self._out.write("".join(lines))
+                    self._out.flush()
+                except (OSError, ValueError) as e:
+                    self.note(
+                        "output-write", f"cannot write regions to {self.settings.output}: {e}"
+                    )
+
+    def _totals(self, joules: Sequence[float]) -> tuple[float, float, float, list[str]]:
+        missing: list[str] = []
+        sums = []
+        for d in TOTAL_DOMAINS:
+            t = 0.0
+            for i in self._idx[d]:
+                j = joules[i]
+                if math.isnan(j):
+                    missing.append(self.sources[i]["id"])
+                else:
+                    t += j
+            sums.append(t)
+        return sums[0], sums[1], sums[2], missing
+
+    def _process(
+        self,
+        rid: int,
+        t0: int,
+        t1: int,
+        joules: Sequence[float],
+        unc: Sequence[float],
+        p: Pending,
+        g_per_j: float | None,
+        lines: list[str],
+    ) -> None:
+        name, handle, thread, parent, tags = p
+        cpu, dram, gpu, missing = self._totals(joules)
+        energy = cpu + dram + gpu
+        duration = (t1 - t0) * 1e-9
+        estimated = any(i in self._estimated for d in TOTAL_DOMAINS for i in self._idx[d])
+        self.regions_total += 1
+        agg = self.aggs.get(name)
+        if agg is None:
+            agg = self.aggs[name] = NameAggregate(name)
+        for sid in missing:
+            self.note(
+                f"missing:{sid}",
+                f"energy source {sid} failed; regions after it lack its figures "
+                f"({self._status_error(sid)})",
+            )
+        raw = (
+            rid,
+            t0,
+            t1,
+            joules,
+            unc,
+            name,
+            thread,
+            parent,
+            tags,
+            cpu,
+            dram,
+            gpu,
+            missing,
+            estimated,
+        )
+        self.recent.append(raw)
+        if handle is None and self._out is None:
+            agg.add(energy, duration, energy * g_per_j if g_per_j is not None else None, estimated)
+            return
+        m = self._measurement(*raw)
+        agg.add(energy, duration, m.co2_g, estimated)
+        if handle is not None:
+            handle._set_result(m)
+        if self._out is not None:
+            lines.append(json.dumps(m.to_dict(), allow_nan=False, default=_json_default) + "\n")
+
+    def _status_error(self, sid: str) -> str:
+        s = self.sampler
+        if s is None:
+            return "sampler stopped"
+        for src, st in zip(self.sources, s.status(), strict=False):
+            if src["id"] == sid:
+                return str(st.get("last_error") or "no reads")
+        return "unknown"
+
+    def _measurement(
+        self,
+        rid: int,
+        t0: int,
+        t1: int,
+        joules: Sequence[float],
+        unc: Sequence[float],
+        name: str,
+        thread: int,
+        parent: int | None,
+        tags: Mapping[str, Any] | None,
+        cpu: float,
+        dram: float,
+        gpu: float,
+        missing: list[str],
+        estimated: bool,
+    ) -> Measurement:
+        by_source: dict[str, SourceEnergy] = {}
+        u_total = 0.0
+        u_known = True
+        for i, src in enumerate(self.sources):
+            j = joules[i]
+            u = unc[i]
+            failed = math.isnan(j)
+            if src["domain"] in TOTAL_DOMAINS and not failed:
+                if math.isnan(u):
+                    u_known = False
+                else:
+                    u_total += u
+            by_source[src["id"]] = SourceEnergy(
+                id=src["id"],
+                label=src["label"],
+                backend=src["backend"],
+                domain=src["domain"],
+                method=src["method"],
+                joules=None if failed else j,
+                uncertainty_j=None if (failed or math.isnan(u)) else u,
+                note="source failed before the region ended" if failed else None,
+            )
+        start = t0 * 1e-9 + self._offset
+        end = t1 * 1e-9 + self._offset
+        energy = cpu + dram + gpu
+        co2_g: float | None = None
+        intensity: float | None = None
+        zone: str | None = None
+        carbon: dict[str, Any] | None = None
+        svc = self.intensity()
+        if svc is not None:
+            try:
+                c = svc.co2(energy, start, end)
+                co2_g = c.co2_g
+                intensity = c.intensity_g_per_kwh
+                zone = c.zone.zone
+                carbon = c.to_dict()
+            except Exception as e:
+                self.note("co2", f"CO2 could not be computed: {e}")
+        return Measurement(
+            name=name,
+            id=rid,
+            pid=self.pid,
+            thread=thread,
+            parent=parent,
+            start=start,
+            end=end,
+            duration_s=(t1 - t0) * 1e-9,
+            energy_j=energy,
+            cpu_j=cpu,
+            dram_j=dram,
+            gpu_j=gpu,
+            uncertainty_j=u_total if u_known and self.sources else None,
+            by_source=by_source,
+            co2_g=co2_g,
+            intensity=intensity,
+            zone=zone,
+            carbon=carbon,
+            missing=tuple(missing),
+            estimated=estimated,
+            tags=dict(tags) if tags else {},
+        )
+
+    # ------------------------------------------------------------------ power records
+
+    def _write_power(self, force: bool = False) -> None:
+        s = self.sampler
+        if s is None or self._out is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._power_at < POWER_PERIOD_S:
+            return
+        self._power_at = now
+        watts: dict[str, float] = {}
+        t_last = 0
+        for i, src in enumerate(self.sources):
+            pts = s.timeline(i, self._power_since[i], 1_000_000)
+            if not pts:
+                continue
+            self._power_since[i] = pts[-1][0]
+            prev = self._power_last[i]
+            self._power_last[i] = pts[-1]
+            if prev is None:
+                continue
+            dt = (pts[-1][0] - prev[0]) * 1e-9
+            if dt > 0:
+                watts[src["id"]] = (pts[-1][1] - prev[1]) / dt
+                t_last = max(t_last, pts[-1][0])
+        if watts:
+            rec = {
+                "kind": "power",
+                "pid": self.pid,
+                "t": t_last * 1e-9 + self._offset,
+                "watts": watts,
+            }
+            with self._lock:
+                if self._out is not None:
+                    self._out.write(json.dumps(rec) + "\n")
+
+    # ------------------------------------------------------------------ views
+
+    def recent_measurements(self) -> list[Measurement]:
+        with self._lock:
+            raws = list(self.recent)
+        return [self._measurement(*raw) for raw in raws]
+
+    def stats(self) -> StatsTable:
+        self.flush()
+        with self._lock:
+            return StatsTable(a.freeze() for a in self.aggs.values())
+
+    def trace(self) -> dict[str, Any]:
+        """A Chrome trace of the recent regions and the power of every source."""
+        self.flush()
+        regions = [m.to_dict() for m in self.recent_measurements()]
+        power: list[dict[str, Any]] = []
+        s = self.sampler
+        if s is not None:
+            series = [s.timeline(i, 0, 1_000_000) for i in range(len(self.sources))]
+            step = 10_000_000  # 10 ms
+            for i, pts in enumerate(series):
+                last: tuple[int, float] | None = None
+                for t, j in pts:
+                    if last is None:
+                        last = (t, j)
+                        continue
+                    if t - last[0] >= step:
+                        w = (j - last[1]) / ((t - last[0]) * 1e-9)
+                        power.append(
+                            {"t": t * 1e-9 + self._offset, "watts": {self.sources[i]["id"]: w}}
+                        )
+                        last = (t, j)
+        return chrome_trace(regions, power)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.sampler_or_start()
+        status = s.status() if s is not None else []
+        return {
+            "sources": [
+                {**src, "status": st} for src, st in zip(self.sources, status, strict=False)
+            ],
+            "alternatives": self.alternatives,
+            "unavailable": self.unavailable,
+            "notes": dict(self.notes),
+            "start_error": self.start_error,
+        }
+
+
+def _json_default(o: object) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if hasattr(o, "isoformat"):
+        return o.isoformat()
+    return str(o)
+
+
+# ---------------------------------------------------------------------------------- the singleton
+
+_RT: Runtime | None = None
+_SETTINGS: Settings | None = None
+_ZOMBIES: list[Runtime] = []
+_LOCK = threading.Lock()
+_hooks_installed = False
+
+
+def runtime() -> Runtime:
+    global _RT
+    rt = _RT
+    if rt is not None:
+        return rt
+    with _LOCK:
+        if _RT is None:
+            from carbonctx import _settings
+
+            global _SETTINGS
+            if _SETTINGS is None:
+                _SETTINGS = _settings.build(None, {})
+            _RT = Runtime(_SETTINGS)
+            _install_hooks()
+        return _RT
+
+
+def current_runtime() -> Runtime | None:
+    return _RT
+
+
+def configure(overrides: Mapping[str, Any]) -> Settings:
+    """Apply settings; a running sampler is stopped and restarts with them on the next region."""
+    global _RT, _SETTINGS
+    from carbonctx import _settings
+
+    new = _settings.build(_SETTINGS, overrides)
+    with _LOCK:
+        old = _RT
+        _SETTINGS = new
+        _RT = None
+    if old is not None:
+        old.shutdown()
+    return new
+
+
+def reset() -> None:
+    """Stop everything and forget all settings and statistics (for tests)."""
+    global _RT, _SETTINGS
+    with _LOCK:
+        old, _RT, _SETTINGS = _RT, None, None
+    if old is not None:
+        old.shutdown()
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    import atexit
+
+    atexit.register(_at_exit)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _at_exit() -> None:
+    rt = _RT
+    if rt is None or rt.dead:
+        return
+    try:
+        rt.shutdown()
+        if rt.settings.summary_at_exit and rt.aggs:
+            print(_summary_text(rt), file=sys.stderr)
+    except Exception as e:  # never fail the interpreter's exit
+        print(f"carbonctx: error at exit: {e!r}", file=sys.stderr)
+
+
+def _summary_text(rt: Runtime) -> str:
+    table = StatsTable(a.freeze() for a in rt.aggs.values())
+    return "carbonctx summary\n" + str(table)
+
+
+_fork_listeners: list[Callable[[], None]] = []
+
+
+def _after_fork_in_child() -> None:
+    global _RT, _SETTINGS
+    old = _RT
+    if old is not None:
+        old.abandon()
+        _ZOMBIES.append(old)  # never dropped: its native thread does not exist here
+    _RT = None
+    settings = _SETTINGS if _SETTINGS is not None else (old.settings if old else None)
+    if settings is not None and settings.on_fork == "disable":
+        rt = Runtime(settings)
+        rt.started = True
+        rt.start_error = "measurement is off in forked children (on_fork='disable')"
+        _RT = rt
+    for f in _fork_listeners:
+        f()
+
+
+def start_error_or_raise(rt: Runtime, strict: bool) -> None:
+    if strict:
+        if rt.start_error is not None:
+            raise SamplerError(rt.start_error)
+        if not rt.sources:
+            raise SourceUnavailableError(
+                "no energy source could be used (strict=True). Run `carbonctx devices` to see why."
+            )

@@ -1,0 +1,342 @@
+"""``track()`` and ``@tracked``: the regions users measure.
+
+Entering and leaving a region takes a monotonic timestamp on the native side and records the
+region as pending; nothing waits for hardware. Results resolve once the sampler has passed the
+region's end, and reading a field of an unresolved result waits for that.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+from carbonctx import _runtime
+from carbonctx._report import Measurement, SourceEnergy
+from carbonctx.errors import CarbonctxError, SamplerError, SourceUnavailableError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_current: contextvars.ContextVar[Region | None] = contextvars.ContextVar(
+    "carbonctx_region", default=None
+)
+_get_ident = threading.get_ident
+
+
+def _sync_cuda() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class Region:
+    """A measured region: what ``with track(...) as m`` gives.
+
+    Its fields (``duration_s``, ``energy_j``, ``cpu_j``, ``dram_j``, ``gpu_j``, ``by_source``,
+    ``co2_g``, ...) are those of its :class:`~carbonctx.Measurement`; reading one after the
+    region has ended waits for the sampler to pass its end (about one sampling interval).
+    """
+
+    __slots__ = ("_event", "_result", "_rt", "_strict", "_t1", "_token", "id", "name", "parent")
+
+    def __init__(self, name: str, rt: _runtime.Runtime, strict: bool) -> None:
+        self.name = name
+        self._rt = rt
+        self._strict = strict
+        self.id = 0
+        self.parent: int | None = None
+        self._t1 = 0
+        self._result: Measurement | None = None
+        self._event: threading.Event | None = None
+        self._token: contextvars.Token[Region | None] | None = None
+
+    def __repr__(self) -> str:
+        if self._result is not None:
+            r = self._result
+            return f"<Region {self.name!r} {r.duration_s:.6f} s {r.energy_j:.6g} J>"
+        state = "running" if self._t1 == 0 else "resolving"
+        return f"<Region {self.name!r} {state}>"
+
+    def _set_result(self, m: Measurement) -> None:
+        self._result = m
+
+    @property
+    def done(self) -> bool:
+        """Whether the region has ended and its result is known."""
+        return self._result is not None
+
+    def result(self, timeout: float = _runtime.RESULT_TIMEOUT_S) -> Measurement:
+        """The frozen :class:`Measurement`, waiting for the sampler if needed."""
+        r = self._result
+        if r is not None:
+            if self._strict and r.missing:
+                raise SourceUnavailableError(
+                    f"region {self.name!r}: no figures from {', '.join(r.missing)} (strict=True)"
+                )
+            return r
+        if self._t1 == 0:
+            raise CarbonctxError(
+                f"region {self.name!r} is still running: read its results after it ends"
+            )
+        rt = self._rt
+        if rt.sampler is None:
+            raise SamplerError(
+                f"region {self.name!r} has no measurement: {rt.start_error or 'no sampler'}"
+            )
+        rt.wait_resolved(self._t1, timeout)
+        r = self._result
+        if r is None:
+            raise SamplerError(
+                f"region {self.name!r} was not resolved within {timeout} s: the sampler is stalled"
+            )
+        return self.result()
+
+    # The contract's fields, each from the result.
+    @property
+    def duration_s(self) -> float:
+        return self.result().duration_s
+
+    @property
+    def energy_j(self) -> float:
+        return self.result().energy_j
+
+    @property
+    def energy_kwh(self) -> float:
+        return self.result().energy_kwh
+
+    @property
+    def cpu_j(self) -> float:
+        return self.result().cpu_j
+
+    @property
+    def dram_j(self) -> float:
+        return self.result().dram_j
+
+    @property
+    def gpu_j(self) -> float:
+        return self.result().gpu_j
+
+    @property
+    def uncertainty_j(self) -> float | None:
+        return self.result().uncertainty_j
+
+    @property
+    def by_source(self) -> Mapping[str, SourceEnergy]:
+        return self.result().by_source
+
+    @property
+    def co2_g(self) -> float | None:
+        return self.result().co2_g
+
+    @property
+    def intensity(self) -> float | None:
+        return self.result().intensity
+
+    @property
+    def zone(self) -> str | None:
+        return self.result().zone
+
+    @property
+    def carbon(self) -> Mapping[str, Any] | None:
+        return self.result().carbon
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return self.result().missing
+
+    @property
+    def estimated(self) -> bool:
+        return self.result().estimated
+
+
+class Tracker:
+    """What :func:`track` returns: a context manager (``with``, ``async with``) and a decorator.
+
+    Each ``with`` block and each call of a decorated function is one region.
+    """
+
+    __slots__ = ("_stack", "name", "strict", "sync", "tags")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        strict: bool | None = None,
+        tags: Mapping[str, Any] | None = None,
+        sync: bool = False,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a region needs a non-empty name (str), not {name!r}")
+        self.name = name
+        self.strict = strict
+        self.tags = dict(tags) if tags else None
+        self.sync = sync
+        self._stack: list[Region] = []
+
+    def __repr__(self) -> str:
+        return f"Tracker({self.name!r})"
+
+    # ------------------------------------------------------------------ context manager
+
+    def __enter__(self) -> Region:
+        rt = _runtime._RT or _runtime.runtime()
+        s = rt.sampler or rt.sampler_or_start()
+        strict = rt.settings.strict if self.strict is None else self.strict
+        if strict and (s is None or not rt.sources):
+            _runtime.start_error_or_raise(rt, True)
+        if rt.warn_due:
+            rt.emit_warnings()
+        region = Region(self.name, rt, strict)
+        parent = _current.get()
+        if parent is not None:
+            region.parent = parent.id
+        region._token = _current.set(region)
+        self._stack.append(region)
+        if self.sync:
+            _sync_cuda()
+        if s is not None:
+            region.id = s.begin()
+        return region
+
+    def __exit__(self, *exc: object) -> None:
+        region = self._stack.pop()
+        if self.sync:
+            _sync_cuda()
+        rt = region._rt
+        s = rt.sampler
+        if region._token is not None:
+            try:  # noqa: SIM105 - faster than contextlib.suppress on the hot path
+                _current.reset(region._token)
+            except ValueError:  # exited in another context (e.g. a different task)
+                pass
+        if s is None or rt.dead or region.id == 0:
+            region._t1 = -1
+            return
+        rt.pending[region.id] = (self.name, region, _get_ident(), region.parent, self.tags)
+        region._t1 = s.end(region.id)
+        if rt.warn_due:
+            rt.emit_warnings()
+
+    async def __aenter__(self) -> Region:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
+
+    # ------------------------------------------------------------------ decorator
+
+    def __call__(self, fn: F) -> F:
+        name = self.name
+        tags = self.tags
+        sync = self.sync
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                with Tracker(name, strict=self.strict, tags=tags, sync=sync):
+                    return await fn(*args, **kwargs)
+
+            return awrapper  # type: ignore[return-value]
+
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"@tracked cannot measure the generator function {fn.__qualname__}: "
+                "wrap the loop that consumes it in `with carbonctx.track(...)` instead"
+            )
+
+        strict_opt = self.strict
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            rt = _runtime._RT or _runtime.runtime()
+            s = rt.sampler or rt.sampler_or_start()
+            if s is None or sync or (strict_opt or rt.settings.strict):
+                with Tracker(name, strict=strict_opt, tags=tags, sync=sync):
+                    return fn(*args, **kwargs)
+            parent = _current.get()
+            rid = s.begin()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                rt.pending[rid] = (name, None, _get_ident(), parent.id if parent else None, tags)
+                s.end(rid)
+                if rt.warn_due:
+                    rt.emit_warnings()
+
+        return wrapper  # type: ignore[return-value]
+
+
+def track(
+    name: str,
+    *,
+    strict: bool | None = None,
+    tags: Mapping[str, Any] | None = None,
+    sync: bool = False,
+) -> Tracker:
+    """Measure a region::
+
+        with carbonctx.track("epoch") as m:
+            train_one_epoch()
+        print(m.energy_j, m.co2_g)
+
+    Also ``async with``, and as a decorator (``@carbonctx.track("step")``). ``strict=True`` raises
+    instead of degrading when a source is missing; ``tags`` are copied into every record;
+    ``sync=True`` waits for queued CUDA work (PyTorch) at both edges, so GPU energy is
+    attributed to the region that launched it.
+    """
+    return Tracker(name, strict=strict, tags=tags, sync=sync)
+
+
+@overload
+def tracked(fn: F, /) -> F: ...
+
+
+@overload
+def tracked(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    strict: bool | None = None,
+    tags: Mapping[str, Any] | None = None,
+    sync: bool = False,
+) -> Callable[[F], F]: ...
+
+
+def tracked(
+    fn: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    strict: bool | None = None,
+    tags: Mapping[str, Any] | None = None,
+    sync: bool = False,
+) -> F | Callable[[F], F]:
+    """Measure every call of a function as one region, named after it by default::
+
+    @carbonctx.tracked
+    def train_step(batch): ...
+
+    @carbonctx.tracked(name="step", tags={"model": "resnet"})
+    async def step(batch): ...
+    """
+
+    def deco(f: F) -> F:
+        return Tracker(name or f.__qualname__, strict=strict, tags=tags, sync=sync)(f)
+
+    if fn is not None:
+        if not callable(fn):
+            raise TypeError(f"@tracked decorates a function, not {fn!r}")
+        return deco(fn)
+    return deco
+
+
+def current() -> Region | None:
+    """The innermost region open in this thread or task, if any."""
+    return _current.get()
