@@ -343,3 +343,25 @@ def test_dk_no_records_is_reported(
     with pytest.warns(IntensityWarning, match="no CO2Emis records for DK1"):
         s.refresh(wait=True)
     assert s.current().g_per_kwh == 143.3  # Ember Denmark
+
+
+def test_dk_request_limit_holds_back_a_retry_without_warning(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.modes["/dataset/"] = "429"
+    server.retry_after = "5"
+    s = make("dk", server.url, tmp_path, client, clock, background=True)
+    with pytest.warns(IntensityWarning, match="HTTP 429"):
+        s.refresh(wait=True)
+    clock.advance(6)  # Retry-After has passed, but the last request was 6 s ago
+    server.modes.clear()
+    s.refresh(wait=True)  # held back by the one-request-per-minute limit: nothing sent
+    assert server.count("/dataset/CO2Emis") == 1
+    s.current()  # and lookups do not keep starting threads meanwhile
+    assert s._thread is None
+    clock.advance(60)
+    assert s.current().source == "table"  # answers at once, refreshes in the background
+    s._join_refresh()
+    assert server.count("/dataset/CO2Emis") == 2
+    assert s.current().source == "live"
+    s.close()

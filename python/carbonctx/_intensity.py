@@ -347,6 +347,7 @@ class _Series:
     starts: list[float] = attrs.field(factory=list)
     fetched_at: float | None = None
     failure: _Failure | None = None
+    hold_until: float = 0.0  # held back by a provider's request limit (not a failure)
 
     def set_periods(self, periods: dict[float, Intensity]) -> None:
         self.periods = periods
@@ -627,6 +628,8 @@ class IntensityService:
         series = self._series[kind]
         if series.failure is not None and now < series.failure.until:
             return False
+        if now < series.hold_until:
+            return False
         return force or not self._fresh(series, now)
 
     def _start_thread(self, force: bool) -> None:
@@ -683,8 +686,10 @@ class IntensityService:
         return text
 
     def _record_failure(self, prov: Provider, kind: str, exc: ProviderError, now: float) -> None:
-        if exc.kind == "throttled":
-            return  # not a failure: the previous request was under a minute ago
+        if exc.kind == "throttled":  # not a failure: the previous request was moments ago
+            with self._lock:
+                self._series[kind].hold_until = now + (exc.retry_after or 60.0)
+            return
         with self._lock:
             series = self._series[kind]
             attempts = series.failure.attempts + 1 if series.failure is not None else 1
