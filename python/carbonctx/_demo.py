@@ -1,0 +1,84 @@
+"""``carbonctx demo``: a small training-like loop, measured per step and per epoch."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import warnings
+
+import numpy as np
+
+import carbonctx
+from carbonctx import _native
+from carbonctx.testing import SimulatedMachine, Wave
+
+
+def run_demo(
+    *, steps: int, epochs: int, simulate: str, output: str | None, trace: str | None
+) -> int:
+    found = _native.discover()
+    counters = [s for s in found["sources"] if s["method"] != "estimate"]
+    sim: SimulatedMachine | None = None
+    if simulate == "yes" or (simulate == "auto" and not counters):
+        gpus = 1 if shutil.which("cc") or shutil.which("gcc") else 0
+        sim = SimulatedMachine(package=Wave(35.0, 110.0, 0.05), gpus=gpus).start()
+        carbonctx.configure(**sim.settings(), output=output)
+        what = "RAPL package and DRAM" + (" and one GPU" if gpus else "")
+        print(
+            f"No energy counters here: measuring SIMULATED hardware ({what}) that follows a "
+            "35/110 W square wave.\nRun `carbonctx devices` to see what this machine has and why.\n"
+        )
+    else:
+        carbonctx.configure(output=output)
+        print("Measuring this machine's energy sources (see `carbonctx devices`).\n")
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((256, 256)) * 0.05
+    w2 = rng.standard_normal((256, 10)) * 0.05
+
+    @carbonctx.tracked(name="train_step")
+    def train_step(x: np.ndarray) -> float:
+        nonlocal w1
+        h = np.tanh(x @ w1)
+        y = h @ w2
+        grad = x.T @ (h * (1 - h * h)) * 1e-4
+        w1 -= grad
+        return float(np.mean(y * y))
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", carbonctx.CarbonctxWarning)
+            for epoch in range(epochs):
+                with carbonctx.track("epoch", tags={"epoch": epoch}) as m:
+                    loss = 0.0
+                    for _ in range(steps):
+                        loss = train_step(rng.standard_normal((128, 256)))
+                r = m.result()
+                print(
+                    f"epoch {epoch}: {r.duration_s:6.2f} s  {r.energy_j:8.2f} J "
+                    f"(cpu {r.cpu_j:.2f}, dram {r.dram_j:.2f}, gpu {r.gpu_j:.2f})  "
+                    f"± {r.uncertainty_j or 0:.2f} J  "
+                    f"{r.co2_g or 0:.4f} gCO2e  loss {loss:.4f}"
+                )
+            print()
+            print(carbonctx.stats())
+            last = carbonctx.recent()[-1]
+            if last.carbon is not None:
+                z = last.carbon["zone"]
+                p = last.carbon["periods"][0]
+                print(
+                    f"\ncarbon intensity {last.intensity:.0f} gCO2e/kWh for zone {z['zone']} "
+                    f"(chosen by: {z['rule']}; from: {p['dataset']}, {p['source']})"
+                )
+            if trace:
+                carbonctx.write_trace(trace)
+                print(f"timeline: {trace} (open it in https://ui.perfetto.dev)")
+            if output:
+                carbonctx.flush()
+                print(f"records:  {output} (try: carbonctx report {output})")
+    finally:
+        carbonctx.configure()  # stop the sampler before the simulated hardware goes away
+        if sim is not None:
+            sim.close()
+    sys.stdout.flush()
+    return 0

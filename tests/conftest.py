@@ -1,0 +1,53 @@
+"""Shared fixtures: a clean carbonctx per test, and simulated hardware for the real sampler."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from carbonctx import _runtime
+from carbonctx.testing import SimulatedMachine, Wave, build_fake_nvml
+
+HAS_CC = shutil.which("cc") is not None or shutil.which("gcc") is not None
+
+
+@pytest.fixture(autouse=True)
+def _clean_carbonctx(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for k in list(os.environ):
+        if k.startswith("CARBONCTX_") or k in ("CUDA_VISIBLE_DEVICES", "AWS_REGION", "TZ"):
+            monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("CARBONCTX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CARBONCTX_ZONE", "DE")
+    _runtime.reset()
+    yield
+    _runtime.reset()
+
+
+@pytest.fixture(scope="session")
+def fake_nvml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not HAS_CC:
+        pytest.skip("needs a C compiler to build the stand-in NVML library")
+    return build_fake_nvml(tmp_path_factory.mktemp("nvml"))
+
+
+@pytest.fixture
+def sim(tmp_path: Path, fake_nvml: Path) -> Iterator[SimulatedMachine]:
+    """A one-package machine (40/120 W square wave at 50 ms, 6 W DRAM) and one GPU, running."""
+    m = SimulatedMachine(
+        tmp_path / "hw",
+        package=Wave(40.0, 120.0, 0.05),
+        dram=Wave.constant(6.0),
+        gpus=1,
+        nvml_library=fake_nvml,
+    )
+    m.start()
+    import carbonctx
+
+    carbonctx.configure(**m.settings())
+    yield m
+    _runtime.reset()
+    m.close()

@@ -1,0 +1,292 @@
+"""track() and @tracked against the real native sampler reading simulated hardware."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+
+import pytest
+
+import carbonctx
+from carbonctx.testing import SimulatedMachine
+
+
+def edges(m: carbonctx.Region) -> tuple[int, int]:
+    """The region's CLOCK_MONOTONIC edges, recovered from its result."""
+    r = m.result()
+    rt = m._rt
+    t0 = round((r.start - rt._offset) * 1e9)
+    t1 = round((r.end - rt._offset) * 1e9)
+    return t0, t1
+
+
+def test_a_region_measures_every_source_against_the_truth(sim: SimulatedMachine) -> None:
+    with carbonctx.track("epoch") as m:
+        time.sleep(0.3)
+    t0, t1 = edges(m)
+    pkg = sim.truth_j("package", 0, t0, t1)
+    dram = sim.truth_j("dram", 0, t0, t1)
+    gpu = sim.gpu_truth_j(0, t0, t1)
+    assert m.cpu_j == pytest.approx(pkg, rel=0.01)
+    assert m.dram_j == pytest.approx(dram, rel=0.01)
+    # The GPU counter moves every 100 ms: each edge may be off by up to one update's energy.
+    assert abs(m.gpu_j - gpu) <= m.by_source["nvml:0"].uncertainty_j + 1.0
+    assert m.energy_j == pytest.approx(m.cpu_j + m.dram_j + m.gpu_j)
+    assert m.duration_s == pytest.approx(0.3, abs=0.2)
+    assert set(m.by_source) == {"powercap:intel-rapl:0", "powercap:intel-rapl:0:0", "nvml:0"}
+    assert {s.method for s in m.by_source.values()} == {"counter"}
+    assert m.by_source["powercap:intel-rapl:0"].domain == "package"
+    assert not m.estimated and m.missing == ()
+    # CO2 with the table figure for the zone set in conftest (DE), PUE 1.
+    assert m.zone == "DE"
+    assert m.co2_g == pytest.approx(m.energy_j / 3.6e6 * m.intensity)
+    assert m.carbon is not None and m.carbon["zone"]["rule"] == "CARBONCTX_ZONE"
+
+
+def test_contiguous_short_regions_are_accurate_and_sum_to_the_span(sim: SimulatedMachine) -> None:
+    regions = []
+    for _ in range(100):
+        with carbonctx.track("step") as m:
+            deadline = time.monotonic() + 0.02
+            while time.monotonic() < deadline:
+                pass
+        regions.append(m)
+    errors = []
+    total = truth_total = 0.0
+    for m in regions:
+        t0, t1 = edges(m)
+        truth = sim.truth_j("package", 0, t0, t1)
+        errors.append(abs(m.cpu_j - truth) / truth)
+        total += m.cpu_j
+        truth_total += truth
+    a, _ = edges(regions[0])
+    _, b = edges(regions[-1])
+    span = sim.truth_j("package", 0, a, b)
+    assert statistics.median(errors) < 0.01, errors
+    assert max(errors) < 0.05, errors
+    # Contiguous regions leave tiny gaps between exit and the next enter; the span covers them.
+    assert total == pytest.approx(truth_total, rel=0.002)
+    assert total <= span * 1.002
+
+
+def test_regions_nest_and_know_their_parent(sim: SimulatedMachine) -> None:
+    with carbonctx.track("outer") as outer:
+        with carbonctx.track("inner") as inner:
+            assert carbonctx.current() is inner
+            time.sleep(0.02)
+        time.sleep(0.02)
+    assert carbonctx.current() is None
+    assert inner.result().parent == outer.result().id
+    assert outer.energy_j > inner.energy_j > 0
+    assert outer.duration_s > inner.duration_s
+
+
+def test_regions_overlap_across_threads(sim: SimulatedMachine) -> None:
+    results: dict[int, carbonctx.Region] = {}
+
+    def work(i: int) -> None:
+        with carbonctx.track(f"thread-{i}") as m:
+            time.sleep(0.05)
+        results[i] = m
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    idents = {results[i].result().thread for i in range(4)}
+    assert len(idents) == 4
+    for m in results.values():
+        assert m.cpu_j > 0 and m.result().parent is None
+
+
+def test_async_regions_follow_their_task_across_awaits(sim: SimulatedMachine) -> None:
+    @carbonctx.tracked(name="fetch")
+    async def fetch(delay: float) -> float:
+        await asyncio.sleep(delay)
+        return delay
+
+    async def main() -> list[carbonctx.Region]:
+        async def one(delay: float) -> carbonctx.Region:
+            async with carbonctx.track("task") as m:
+                await fetch(delay)
+            return m
+
+        return list(await asyncio.gather(one(0.05), one(0.1)))
+
+    a, b = asyncio.run(main())
+    assert a.duration_s == pytest.approx(0.05, abs=0.04)
+    assert b.duration_s == pytest.approx(0.1, abs=0.04)
+    s = carbonctx.stats()
+    assert s["fetch"].count == 2
+    assert s["task"].count == 2
+
+
+def test_tracked_bare_and_with_options(sim: SimulatedMachine) -> None:
+    @carbonctx.tracked
+    def step(x: int) -> int:
+        return x + 1
+
+    @carbonctx.tracked(name="custom", tags={"model": "m"})
+    def other() -> None:
+        time.sleep(0.01)
+
+    assert step(1) == 2 and step.__name__ == "step"
+    for i in range(50):
+        step(i)
+    other()
+    s = carbonctx.stats()
+    name = step.__qualname__
+    assert s[name].count == 51
+    assert s["custom"].count == 1
+    st = s[name]
+    assert st.energy_j.total >= 0 and st.duration_s.max >= st.duration_s.p95 >= st.duration_s.p50
+    assert carbonctx.recent()[-1].tags == {"model": "m"}
+
+
+def test_tracked_propagates_exceptions_and_still_measures(sim: SimulatedMachine) -> None:
+    @carbonctx.tracked(name="boom")
+    def boom() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        boom()
+    with pytest.raises(ZeroDivisionError), carbonctx.track("fails"):
+        _ = 1 / 0
+    s = carbonctx.stats()
+    assert s["boom"].count == 1 and s["fails"].count == 1
+
+
+def test_stats_are_exact_for_known_values(sim: SimulatedMachine) -> None:
+    for _ in range(20):
+        with carbonctx.track("s"):
+            time.sleep(0.005)
+    st = carbonctx.stats()["s"]
+    energies = [m.energy_j for m in carbonctx.recent() if m.name == "s"]
+    assert st.count == 20
+    assert st.energy_j.total == pytest.approx(sum(energies))
+    assert st.energy_j.mean == pytest.approx(statistics.mean(energies))
+    assert st.energy_j.std == pytest.approx(statistics.stdev(energies))
+    assert st.energy_j.p50 == pytest.approx(statistics.median(energies))
+    assert st.energy_j.max == pytest.approx(max(energies))
+    assert st.co2_g == pytest.approx(sum(m.co2_g or 0 for m in carbonctx.recent() if m.name == "s"))
+    rows = carbonctx.stats().to_dicts()
+    assert rows[0]["name"] == "s" and rows[0]["count"] == 20
+    assert "s" in str(carbonctx.stats())
+
+
+def test_stats_as_a_dataframe(sim: SimulatedMachine) -> None:
+    pd = pytest.importorskip("pandas")
+    with carbonctx.track("x"):
+        pass
+    df = carbonctx.stats().to_pandas()
+    assert isinstance(df, pd.DataFrame) and df.loc["x", "count"] == 1
+
+
+def test_reading_a_running_region_is_a_clear_error(sim: SimulatedMachine) -> None:
+    with carbonctx.track("open") as m:
+        with pytest.raises(carbonctx.CarbonctxError, match="still running"):
+            _ = m.energy_j
+    assert m.energy_j >= 0
+
+
+def test_a_vanishing_zone_warns_once_and_results_say_what_is_missing(
+    sim: SimulatedMachine,
+) -> None:
+    with carbonctx.track("before") as before:
+        time.sleep(0.02)
+    assert before.missing == ()
+    sim.remove_zone("dram", 0)
+    time.sleep(0.1)  # let the sampler give up on it
+    with pytest.warns(carbonctx.CarbonctxWarning, match="intel-rapl:0:0"):
+        with carbonctx.track("after") as after:
+            time.sleep(0.02)
+        assert after.missing == ("powercap:intel-rapl:0:0",)
+        with carbonctx.track("after2"):
+            pass
+    assert after.by_source["powercap:intel-rapl:0:0"].joules is None
+    assert after.cpu_j > 0 and after.dram_j == 0
+    # The same region in strict mode raises instead.
+    with carbonctx.track("strict", strict=True) as s:
+        time.sleep(0.01)
+    with pytest.raises(carbonctx.SourceUnavailableError, match="intel-rapl:0:0"):
+        _ = s.energy_j
+
+
+def test_no_source_at_all_degrades_and_strict_raises(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    carbonctx.configure(
+        sys_root=str(tmp_path), dev_root=str(tmp_path), proc_root=str(tmp_path),
+        nvml_library=str(tmp_path / "none.so"), estimate="never",
+    )
+    with pytest.warns(carbonctx.CarbonctxWarning, match="no energy source"):
+        with carbonctx.track("nothing") as m:
+            pass
+    assert m.energy_j == 0 and m.by_source == {}
+    with pytest.raises(carbonctx.SourceUnavailableError, match="carbonctx devices"):
+        with carbonctx.track("strict", strict=True):
+            pass
+    info = carbonctx.devices()
+    backends = {u["backend"] for u in info["unavailable"]}
+    assert {"powercap", "msr", "perf", "nvml"} <= backends
+    assert all(u["reason"] for u in info["unavailable"])
+
+
+def test_this_machine_as_it_is_uses_a_labelled_estimate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No counters (the real /proc, empty /sys and /dev): the estimate is used and labelled."""
+    carbonctx.configure(
+        sys_root=str(tmp_path), dev_root=str(tmp_path), nvml_library=str(tmp_path / "none.so")
+    )
+    with pytest.warns(carbonctx.CarbonctxWarning, match="estimate"):
+        with carbonctx.track("vm") as m:
+            time.sleep(0.25)
+    assert m.estimated
+    (src,) = m.by_source.values()
+    assert src.method == "estimate" and "estimate" in src.label
+    assert m.cpu_j >= 0
+
+
+def test_configure_rejects_bad_values_with_clear_errors() -> None:
+    with pytest.raises(carbonctx.ConfigurationError, match="cpu_backends"):
+        carbonctx.configure(cpu_backends=["rapl"])
+    with pytest.raises(carbonctx.ConfigurationError, match="estimate"):
+        carbonctx.configure(estimate="sometimes")
+    with pytest.raises(carbonctx.ConfigurationError, match="nvml"):
+        carbonctx.configure(intervals={"nvml": -1})
+    with pytest.raises(TypeError):
+        carbonctx.track("")
+
+
+def test_environment_settings_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from carbonctx import _settings
+
+    monkeypatch.setenv("CARBONCTX_INTERVALS", "powercap=2,nvml=50")
+    monkeypatch.setenv("CARBONCTX_GPU", "off")
+    monkeypatch.setenv("CARBONCTX_CPU_BACKENDS", "perf,powercap")
+    s = _settings.build(None, {})
+    assert s.intervals == {"powercap": 0.002, "nvml": 0.05}
+    assert s.gpu is False and s.cpu_backends == ("perf", "powercap")
+    monkeypatch.setenv("CARBONCTX_INTERVALS", "powercap=fast")
+    with pytest.raises(carbonctx.ConfigurationError, match="CARBONCTX_INTERVALS"):
+        _settings.build(None, {})
+
+
+def test_many_calls_keep_memory_flat(sim: SimulatedMachine) -> None:
+    import resource
+
+    @carbonctx.tracked
+    def tiny() -> None:
+        pass
+
+    for _ in range(20_000):
+        tiny()
+    carbonctx.stats()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(200_000):
+        tiny()
+    assert carbonctx.stats()[tiny.__qualname__].count == 220_000
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 10 * 1024, f"resident memory grew by {grown_kb} KiB"
+    rt = carbonctx._runtime.current_runtime()
+    assert rt is not None and len(rt.pending) < 1000 and len(rt.recent) <= 1000
