@@ -356,7 +356,8 @@ pub fn discover(roots: &Roots) -> Found {
                     if fatal {
                         return found;
                     }
-                    continue;
+                    // The other CPUs would fail the same way: one entry per event is enough.
+                    break;
                 }
             };
             let label = match event.domain {

@@ -510,17 +510,26 @@ fn perf_event_name(domain: Domain) -> (&'static str, u32) {
 }
 
 impl SimMachine {
-    /// Writes the file tree described by `spec` (replacing the parts of an earlier one) and
-    /// sets `t0` to now. The counters do not move until [`Self::start`] (or
+    /// Writes the file tree described by `spec` (first removing the simulated parts an earlier
+    /// machine left under the same root) and sets `t0` to now. The counters do not move until [`Self::start`] (or
     /// [`Self::write_at`]).
     pub fn new(spec: SimSpec) -> Result<SimMachine, Error> {
         spec.validate()?;
         let root = &spec.root;
+        refuse_live_system(root)?;
         let sys = root.join("sys");
         let cpu_count = (spec.packages * spec.cpus_per_package) as usize;
 
-        // Topology, cpuinfo, stat.
+        // Clear what an earlier machine under the same root left.
         let cpu_dir = sys.join("devices/system/cpu");
+        let virt = sys.join("devices/virtual/powercap/intel-rapl");
+        let class = sys.join("class/powercap");
+        let pmu = sys.join("bus/event_source/devices/power");
+        for dir in [&cpu_dir, &virt, &class, &pmu, &root.join("dev/cpu")] {
+            remove_any(dir)?;
+        }
+
+        // Topology, cpuinfo, stat.
         mkdir(&cpu_dir)?;
         write_file(&cpu_dir.join("online"), &format!("0-{}\n", cpu_count - 1))?;
         let mut cpuinfo = String::new();
@@ -543,11 +552,7 @@ impl SimMachine {
         write_file(&root.join("proc/stat"), &stat)?;
 
         // Zones, numbered as real machines number them.
-        let virt = sys.join("devices/virtual/powercap/intel-rapl");
-        let class = sys.join("class/powercap");
         if spec.powercap {
-            remove_any(&virt)?;
-            remove_any(&class)?;
             mkdir(&virt)?;
             mkdir(&class)?;
             write_file(&virt.join("enabled"), "1\n")?;
@@ -669,8 +674,6 @@ impl SimMachine {
 
         // The perf power PMU's description.
         if spec.perf {
-            let pmu = sys.join("bus/event_source/devices/power");
-            remove_any(&pmu)?;
             write_file(&pmu.join("type"), &format!("{SIM_PERF_TYPE}\n"))?;
             let mask: Vec<String> = (0..spec.packages)
                 .map(|p| (p * spec.cpus_per_package).to_string())
@@ -874,6 +877,24 @@ impl Drop for SimMachine {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Refuses a root that holds the running system's `/proc`, `/sys` or `/dev` (such as `/`):
+/// the simulation writes and deletes files there, and writing to a real MSR device changes the
+/// hardware.
+fn refuse_live_system(root: &Path) -> Result<(), Error> {
+    let canonical = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let live = canonical == Path::new("/")
+        || root.join("proc/self/stat").exists()
+        || root.join("sys/kernel").exists()
+        || root.join("dev/null").exists();
+    if live {
+        return Err(Error::Invalid(format!(
+            "{} holds a live system tree; give the simulated machine an empty directory",
+            root.display()
+        )));
+    }
+    Ok(())
 }
 
 fn symlink(target: &Path, link: &Path) -> Result<(), Error> {

@@ -386,4 +386,24 @@ fn invalid_specs_are_refused() {
     }
     let sim = SimMachine::new(SimSpec::new(dir.path(), 1)).unwrap();
     assert!(sim.truth_j(Domain::Package, 0, 0, now_ns()).is_err());
+    // Never on the live system.
+    let err = SimMachine::new(SimSpec::new("/", 1)).unwrap_err();
+    assert!(err.to_string().contains("live system"), "{err}");
+    // A second machine on the same root replaces the first one's tree.
+    drop(sim);
+    let small = SimSpec::new(dir.path(), 1).with_zone(SimZone::new(
+        Domain::Package,
+        0,
+        SquareWave::constant(1.0),
+    ));
+    let big = SimSpec::server(
+        dir.path(),
+        2,
+        SquareWave::constant(1.0),
+        SquareWave::constant(1.0),
+    );
+    drop(SimMachine::new(big).unwrap());
+    let sim = SimMachine::new(small).unwrap();
+    assert_eq!(powercap::discover(&sim.roots()).sources.len(), 1);
+    assert_eq!(msr::discover(&sim.roots()).sources.len(), 1);
 }
