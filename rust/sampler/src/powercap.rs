@@ -43,6 +43,9 @@ estimated.";
 const READ_HINT: &str = "The powercap zone stopped answering (driver unloaded or zone removed); \
 restart the measurement once the zone is back.";
 
+/// How many times a counter that does not parse is read again before the error is reported.
+pub const PARSE_RETRIES: u32 = 5;
+
 /// One powercap zone's energy counter, kept open.
 #[derive(Debug)]
 pub struct PowercapSource {
@@ -66,32 +69,53 @@ impl PowercapSource {
         Ok(src)
     }
 
+    /// Reads the counter. A value that does not parse is read again, up to
+    /// [`PARSE_RETRIES`] times (after yielding twice, then sleeping 20 µs, 200 µs and 2 ms)
+    /// before it is reported: a file rewritten in place (as the simulated machine does) can be
+    /// caught between two writes; sysfs never is. Only a counter that stays unparseable costs
+    /// the wait (about 2.2 ms).
     fn read_uj(&mut self) -> Result<u64, Error> {
         let mut buf = [0u8; 32];
-        let n = self
-            .file
-            .read_at(&mut buf, 0)
-            .map_err(|e| Error::io(&self.path, e, READ_HINT))?;
-        if n == 0 {
-            return Err(Error::Io {
-                path: self.path.clone(),
-                source: io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the counter file is empty: the zone was removed or its driver unloaded",
-                ),
-            });
+        let mut attempt = 0;
+        loop {
+            let n = self
+                .file
+                .read_at(&mut buf, 0)
+                .map_err(|e| Error::io(&self.path, e, READ_HINT))?;
+            if n == 0 {
+                return Err(Error::Io {
+                    path: self.path.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the counter file is empty: the zone was removed or its driver unloaded",
+                    ),
+                });
+            }
+            // A full buffer may hold a value cut short: no counter is that long.
+            let parsed = if n == buf.len() {
+                None
+            } else {
+                parse_counter(&buf[..n])
+            };
+            match parsed {
+                Some(v) => return Ok(v),
+                None if attempt < PARSE_RETRIES => {
+                    // Give a writer caught half-way (perhaps preempted there) time to finish.
+                    match attempt {
+                        0 | 1 => std::thread::yield_now(),
+                        n => std::thread::sleep(Duration::from_micros(20 * 10u64.pow(n - 2))),
+                    }
+                    attempt += 1;
+                }
+                None => {
+                    return Err(Error::Parse {
+                        path: self.path.clone(),
+                        what: "an energy counter in microjoules",
+                        text: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    })
+                }
+            }
         }
-        // A full buffer may hold a value cut short: no counter is that long.
-        let parsed = if n == buf.len() {
-            None
-        } else {
-            parse_counter(&buf[..n])
-        };
-        parsed.ok_or_else(|| Error::Parse {
-            path: self.path.clone(),
-            what: "an energy counter in microjoules",
-            text: String::from_utf8_lossy(&buf[..n]).into_owned(),
-        })
     }
 }
 

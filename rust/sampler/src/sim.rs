@@ -57,10 +57,18 @@
 //! writer takes the *actual* current time `t` and writes each zone's energy
 //! `E = offset_j + wave.energy_j(t − t0)`: `energy_uj` as `floor(E / 1 µJ) mod
 //! (max_energy_range_uj + 1)`, zero-padded to the width of `max_energy_range_uj` plus a newline
-//! with one `pwrite` at offset 0 (so a reader never sees a shorter, torn number), and each MSR as
+//! (a fixed length, so a reader never sees a shorter number), and each MSR as
 //! `floor(E / unit) mod 2^32`. The time of every write is kept ([`SimMachine::write_times`]).
 //! `t0` is the moment [`SimMachine::new`] returned; the files hold `E(t0)` until the first
 //! update.
+//!
+//! Unlike sysfs, a regular file rewritten in place can be read half-written: a single `pwrite`
+//! racing a `pread` lets the reader see some bytes of the old number and some of the new (a
+//! value off by a carry, seen about once in 10^6 reads of a file updated every 10 µs). So
+//! `energy_uj` is updated in three writes that leave it unparseable in between (see
+//! `write_guarded`), and the powercap reader reads again when a value does not parse. The MSR
+//! files are written with one `pwrite` each: on x86-64 a counter inside one aligned 8-byte
+//! word is not torn, which holds for every register but psys (0x64D).
 //!
 //! # Failures
 //!
@@ -353,6 +361,9 @@ struct ZoneState {
     msr_cpus: Vec<usize>,
     removed: bool,
     failing: bool,
+    /// What `energy_uj` holds: `Some(Some(µJ))`, `Some(None)` for the failing text, `None`
+    /// before the first write. Unchanged content is not rewritten.
+    written: Option<Option<u64>>,
 }
 
 struct Inner {
@@ -371,20 +382,34 @@ impl Inner {
         for z in &mut self.zones {
             let e = z.spec.offset_j + z.spec.wave.energy_j(elapsed);
             if let (Some(file), false) = (&z.energy, z.removed) {
-                let mut buf = [b' '; 32];
-                let len = if z.failing {
-                    let text = b"error";
-                    buf[..text.len()].copy_from_slice(text);
-                    z.width
+                let content = if z.failing {
+                    None
                 } else {
-                    let uj = ((e * 1e6).floor() as u64) % z.wrap_uj;
-                    write_padded(&mut buf, uj, z.width)
+                    Some(((e * 1e6).floor() as u64) % z.wrap_uj)
                 };
-                buf[len] = b'\n';
-                if let Err(err) = file.write_at(&buf[..=len], 0) {
-                    first_err.get_or_insert_with(|| {
-                        Error::io(z.dir.clone().unwrap_or_default().join("energy_uj"), err, "")
-                    });
+                if z.written != Some(content) {
+                    let mut buf = [b' '; 32];
+                    let len = match content {
+                        None => {
+                            let text = b"error";
+                            buf[..text.len()].copy_from_slice(text);
+                            z.width
+                        }
+                        Some(uj) => write_padded(&mut buf, uj, z.width),
+                    };
+                    buf[len] = b'\n';
+                    match write_guarded(file, &buf[..=len]) {
+                        Ok(()) => z.written = Some(content),
+                        Err(err) => {
+                            first_err.get_or_insert_with(|| {
+                                Error::io(
+                                    z.dir.clone().unwrap_or_default().join("energy_uj"),
+                                    err,
+                                    "",
+                                )
+                            });
+                        }
+                    }
                 }
             }
             let raw = ((e / z.msr_unit_j).floor() as u64) & (msr::COUNTER_WRAP - 1);
@@ -410,6 +435,25 @@ impl Inner {
             None => Ok(()),
         }
     }
+}
+
+/// Replaces the content of a counter file (always the same length, ending in a newline) so
+/// that a concurrent reader sees the old value, the new value, or text that does not parse, but
+/// never a mix of the two numbers' digits. One `pwrite` can be torn against a concurrent
+/// `pread` (the reader may copy some bytes before the write and some after), so the update
+/// takes three: the newline becomes `x` (one byte, which cannot be torn; from here the content
+/// does not parse), the digits are written, the newline comes back (one byte: the new value).
+/// The reader reads again when a value does not parse ([`crate::powercap::PARSE_RETRIES`]).
+/// This relies on a reader that sees a later store also seeing the earlier ones, which holds on
+/// x86-64; on weaker memory orders a torn read stays possible, if far rarer.
+fn write_guarded(file: &File, text: &[u8]) -> io::Result<()> {
+    let Some(last) = text.len().checked_sub(1) else {
+        return Ok(());
+    };
+    file.write_at(b"x", last as u64)?;
+    file.write_at(&text[..last], 0)?;
+    file.write_at(&text[last..], last as u64)?;
+    Ok(())
 }
 
 /// Writes `v` zero-padded to `width` digits at the start of `buf`; returns the length written.
@@ -647,6 +691,7 @@ impl SimMachine {
                 msr_cpus,
                 removed: false,
                 failing: false,
+                written: None,
             });
         }
 
