@@ -195,7 +195,8 @@ class Equivalent:
         return f"{self.per_unit:g} {self.per_unit_unit}, {self.source}, {self.year} ({self.url})"
 
     def __str__(self) -> str:
-        return f"{_fmt_num(self.value)} {self.unit} {self.label}"
+        value, unit = _readable(self.value, self.unit)
+        return f"{_fmt_num(value)} {unit} {self.label}"
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self)
@@ -287,6 +288,31 @@ def pue_suggestion(cloud: str | None) -> PueSuggestion | None:
 
 # ---------------------------------------------------------------------------------------------
 # Formatting
+
+
+_SMALLER: dict[str, tuple[tuple[str, float], ...]] = {
+    "km": (("m", 1e-3),),
+    "days": (("hours", 1 / 24), ("minutes", 1 / 1440), ("seconds", 1 / 86400)),
+}
+
+
+def _readable(value: float, unit: str) -> tuple[float, str]:
+    """Small amounts in a smaller unit: 0.004 km is 4 m, 0.01 days about 14 minutes."""
+    for smaller, size in _SMALLER.get(unit, ()):
+        if abs(value) >= 1:
+            break
+        value, unit = value * (_unit_size(unit) / size), smaller
+    return value, unit
+
+
+def _unit_size(unit: str) -> float:
+    for base, options in _SMALLER.items():
+        if unit == base:
+            return 1.0
+        for name, size in options:
+            if name == unit:
+                return size
+    return 1.0
 
 
 def _fmt_num(x: float) -> str:
@@ -651,10 +677,7 @@ class Run:
         c = last.carbon
         sources = ", ".join(c.get("sources") or [])
         zone = (c.get("zone") or {}).get("zone")
-        return (
-            f"measured epochs: {sources or 'intensity'} for zone {zone}, "
-            f"PUE {c.get('pue')}: {c.get('pue_source')}"
-        )
+        return f"{sources or 'intensity'} values for zone {zone}"
 
     def _check_budget(self, fc: Estimate, i: int) -> None:
         if self.budget_exceeded is not None:
@@ -730,7 +753,9 @@ class Run:
                 "pue_source": svc.pue_source,
                 "pue_suggestion": sugg.to_dict() if sugg else None,
                 "actual_basis": actual.intensity_basis,
-                "forecast_basis": self.forecast.intensity_basis if self.forecast else None,
+                "forecast_basis": (
+                    self.first_forecast.intensity_basis if self.first_forecast else None
+                ),
             }
         return {
             "kind": "run",

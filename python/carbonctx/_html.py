@@ -166,7 +166,7 @@ def _svg(width: int, height: int, body: Sequence[str], label: str) -> str:
 
 def _polyline(points: Sequence[tuple[float, float]], colour: str, **attrs: str) -> str:
     pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    extra = "".join(f' {k.replace("_", "-")}="{v}"' for k, v in attrs.items())
+    extra = "".join(f' {k.rstrip("_").replace("_", "-")}="{v}"' for k, v in attrs.items())
     return f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2"{extra}/>'
 
 
@@ -241,7 +241,7 @@ def forecast_chart(
     core = [p[1] for p in pts] + [actual] + ([budget_j] if budget_j else [])
     top = max(core, default=1.0) * 1.25
     unit, per = energy_unit(max(core, default=1.0))
-    n_x = max(r.epochs_planned if not pts else pts[-1][0], 2)
+    n_x = max(r.epochs_planned, pts[-1][0] if pts else 1, 2)
     ax = _Axes(width, height, (1, n_x), (0.0, top / per), left=64)
     title = _shorten(_run_label(r, index), 52)
     body = ax.frame("epochs measured", f"forecast total ({unit})", title)
@@ -270,7 +270,11 @@ def forecast_chart(
         f'<line class="actual" x1="{pl}" y1="{ya:.1f}" x2="{x_end}" y2="{ya:.1f}" '
         'stroke="#222" stroke-width="1.5" stroke-dasharray="6 4"/>'
     )
-    label = "actual total" if r.stop_reason is None else f"actual ({len(r.epochs)} epochs, stopped)"
+    label = (
+        "actual total"
+        if r.stop_reason is None
+        else f"actual ({len(r.epochs)} epoch{'s' if len(r.epochs) != 1 else ''}, stopped)"
+    )
     body.append(
         f'<text x="{x_end - 4}" y="{ya - 6:.1f}" text-anchor="end" font-size="12" '
         f'fill="#222">{_e(label)} {_e(_fmt_num(actual / per))} {unit}</text>'
@@ -353,19 +357,19 @@ def _provenance(runs: Sequence[RunLog]) -> str:
             continue
         z = c.get("zone") or {}
         text = (
-            f"zone {z.get('zone')} (chosen by: {z.get('rule')}); PUE {c.get('pue')} "
-            f"({c.get('pue_source')})"
+            f"Zone {z.get('zone')}, chosen by {z.get('rule')}. PUE {c.get('pue')}: "
+            f"{c.get('pue_source')}."
         )
         basis = c.get("actual_basis")
         if basis:
-            text += f"; {basis}"
+            text += f" Intensity of the measured epochs: {basis}."
         fb = c.get("forecast_basis")
         if fb:
-            text += f"; forecast CO2 used {fb}"
+            text += f" The first forecast's CO2 used {fb}."
         s = c.get("pue_suggestion")
         if s:
             text += (
-                f". Suggested, not applied: {s['provider']} publishes a PUE of {s['pue']} "
+                f" Suggested, not applied: {s['provider']} publishes a PUE of {s['pue']} "
                 f"({s['kind']}, {s['year']}; {s['source']}, {s['url']})"
             )
         if text not in seen:
