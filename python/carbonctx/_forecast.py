@@ -505,6 +505,7 @@ class Run:
             )
         self._started = True
         self._open_log()
+        self._warm_up()
         completed = False
         try:
             for i in range(self.n):
@@ -528,6 +529,14 @@ class Run:
                     "(break or exception); that epoch is not counted"
                 )
             self._finish()
+
+    def _warm_up(self) -> None:
+        """Start the sampler and let it settle before the first epoch, whose energy the first
+        forecast extrapolates: a region that opens as the sampler starts is less exact."""
+        with contextlib.suppress(Exception):
+            rt = _runtime.runtime()
+            if rt.sampler_or_start() is not None:
+                rt.flush(timeout=1.0)
 
     # ------------------------------------------------------------------ per epoch
 
