@@ -6,11 +6,12 @@ import csv
 import io
 import json
 import math
-import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import attrs
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "Measurement",
@@ -190,9 +191,9 @@ class StatsTable(Mapping[str, NameStats]):
 
 
 class _Dist:
-    """Running moments and a bounded uniform sample of one quantity."""
+    """Running moments and a bounded uniform sample (reservoir) of one quantity."""
 
-    __slots__ = ("_m2", "_mean", "_rng", "_sample", "_total", "count", "max")
+    __slots__ = ("_m2", "_mean", "_n_sample", "_rng", "_sample", "_total", "count", "max")
 
     CAP = 4096
 
@@ -202,28 +203,45 @@ class _Dist:
         self._mean = 0.0
         self._m2 = 0.0
         self.max = -math.inf
-        self._sample: list[float] = []
-        self._rng = random.Random(seed)
+        self._sample = np.empty(self.CAP)
+        self._n_sample = 0
+        self._rng = np.random.default_rng(seed)
 
     def add(self, x: float) -> None:
-        self.count += 1
-        self._total += x
-        d = x - self._mean
-        self._mean += d / self.count
-        self._m2 += d * (x - self._mean)
-        if x > self.max:
-            self.max = x
-        if len(self._sample) < self.CAP:
-            self._sample.append(x)
-        else:
-            k = self._rng.randrange(self.count)
-            if k < self.CAP:
-                self._sample[k] = x
+        self.add_many(np.array([x], dtype=np.float64))
+
+    def add_many(self, xs: npt.NDArray[np.float64]) -> None:
+        n = len(xs)
+        if n == 0:
+            return
+        mean_b = float(xs.mean())
+        m2_b = float(((xs - mean_b) ** 2).sum())
+        before = self.count
+        total = before + n
+        delta = mean_b - self._mean
+        self._mean += delta * n / total
+        self._m2 += m2_b + delta * delta * before * n / total
+        self.count = total
+        self._total += float(xs.sum())
+        self.max = max(self.max, float(xs.max()))
+        space = self.CAP - self._n_sample
+        if space > 0:
+            k = min(space, n)
+            self._sample[self._n_sample : self._n_sample + k] = xs[:k]
+            self._n_sample += k
+            xs = xs[k:]
+            before += k
+        if len(xs):
+            # Item i (1-based overall index j) replaces a random slot with probability CAP / j.
+            j = before + np.arange(1, len(xs) + 1)
+            slots = (self._rng.random(len(xs)) * j).astype(np.int64)
+            keep = slots < self.CAP
+            self._sample[slots[keep]] = xs[keep]
 
     def summary(self) -> Summary:
         n = self.count
         std = math.sqrt(self._m2 / (n - 1)) if n > 1 else 0.0
-        s = sorted(self._sample)
+        s = np.sort(self._sample[: self._n_sample]).tolist()
         return Summary(
             total=self._total,
             mean=self._mean if n else 0.0,
@@ -261,6 +279,18 @@ class NameAggregate:
         self.duration.add(duration_s)
         if co2_g is not None:
             self.co2_g += co2_g
+        self.estimated = self.estimated or estimated
+
+    def add_many(
+        self,
+        energy_j: npt.NDArray[np.float64],
+        duration_s: npt.NDArray[np.float64],
+        co2_g: float,
+        estimated: bool,
+    ) -> None:
+        self.energy.add_many(energy_j)
+        self.duration.add_many(duration_s)
+        self.co2_g += co2_g
         self.estimated = self.estimated or estimated
 
     def freeze(self) -> NameStats:

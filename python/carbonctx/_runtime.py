@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
+import numpy as np
+
 from carbonctx import _native
 from carbonctx._report import (
     J_PER_KWH,
@@ -38,6 +40,8 @@ from carbonctx.errors import (
 
 #: How long reading an unresolved result may wait for the sampler before giving up.
 RESULT_TIMEOUT_S = 10.0
+#: Resolved regions taken from the sampler at a time.
+DRAIN_BATCH = 50_000
 #: How often the resolver thread collects results.
 RESOLVE_PERIOD_S = 0.05
 #: How often a power record is written to JSON Lines (for trace counter tracks).
@@ -56,6 +60,8 @@ class Runtime:
         self.settings = settings
         self.pid = os.getpid()
         self.dead = False
+        # Decorated functions record thread and parent only when something will show them.
+        self.detailed = settings.strict or bool(settings.output)
         self.sampler: _native.Sampler | None = None
         self.start_error: str | None = None
         self.started = False
@@ -87,6 +93,10 @@ class Runtime:
         self._power_at = 0.0
         self._idx: dict[str, list[int]] = {d: [] for d in TOTAL_DOMAINS}
         self._estimated: set[int] = set()
+        self._counted: set[int] = set()
+        # Interned region names; tag 0 means "look in pending".
+        self.names: list[str] = [""]
+        self._name_tags: dict[str, int] = {}
 
     # ------------------------------------------------------------------ start and stop
 
@@ -124,6 +134,7 @@ class Runtime:
             for i, src in enumerate(self.sources):
                 if src["domain"] in self._idx:
                     self._idx[src["domain"]].append(i)
+                    self._counted.add(i)
                 if src["method"] == "estimate":
                     self._estimated.add(i)
                     self.note(
@@ -253,91 +264,145 @@ class Runtime:
         if s is None:
             return
         with self._lock:
-            done = s.drain()
-            if not done:
-                return
-            g_per_j = self._grams_per_joule()
-            lines: list[str] = []
-            for rid, t0, t1, joules, unc in done:
-                p = self.pending.pop(rid, None)
-                if p is None:
-                    continue
-                self._process(rid, t0, t1, joules, unc, p, g_per_j, lines)
-            if lines and self._out is not None:
-                try:
-                    self._out.write("".join(lines))
-                    self._out.flush()
-                except (OSError, ValueError) as e:
-                    self.note(
-                        "output-write", f"cannot write regions to {self.settings.output}: {e}"
-                    )
+            while True:
+                n, ids, tags, t0, t1, joules, unc = s.drain(DRAIN_BATCH)
+                if n == 0:
+                    return
+                self._process_batch(n, ids, tags, t0, t1, joules, unc)
+                if n < DRAIN_BATCH:
+                    return
 
-    def _totals(self, joules: Sequence[float]) -> tuple[float, float, float, list[str]]:
-        missing: list[str] = []
+    def _process_batch(
+        self,
+        n: int,
+        ids_b: bytes,
+        tags_b: bytes,
+        t0_b: bytes,
+        t1_b: bytes,
+        j_b: bytes,
+        u_b: bytes,
+    ) -> None:
+        """Turn a batch of resolved regions into statistics, results and records.
+
+        A region closed with a tag (an interned name) needs nothing more: it goes straight
+        into its name's statistics. Others have a pending entry with their handle and details.
+        """
+        width = len(self.sources)
+        ids = np.frombuffer(ids_b, dtype=np.uint64).tolist()
+        tag_arr = np.frombuffer(tags_b, dtype=np.uint32)
+        t0 = np.frombuffer(t0_b, dtype=np.uint64)
+        t1 = np.frombuffer(t1_b, dtype=np.uint64)
+        joules = np.frombuffer(j_b, dtype=np.float64).reshape(n, width)
+        unc = np.frombuffer(u_b, dtype=np.float64).reshape(n, width)
+        duration = (t1 - t0).astype(np.float64) * 1e-9
         sums = []
         for d in TOTAL_DOMAINS:
-            t = 0.0
-            for i in self._idx[d]:
-                j = joules[i]
-                if math.isnan(j):
-                    missing.append(self.sources[i]["id"])
-                else:
-                    t += j
-            sums.append(t)
-        return sums[0], sums[1], sums[2], missing
-
-    def _process(
-        self,
-        rid: int,
-        t0: int,
-        t1: int,
-        joules: Sequence[float],
-        unc: Sequence[float],
-        p: Pending,
-        g_per_j: float | None,
-        lines: list[str],
-    ) -> None:
-        name, handle, thread, parent, tags = p
-        cpu, dram, gpu, missing = self._totals(joules)
+            cols = self._idx[d]
+            sums.append(np.nansum(joules[:, cols], axis=1) if cols else np.zeros(n))
+        cpu, dram, gpu = sums
         energy = cpu + dram + gpu
-        duration = (t1 - t0) * 1e-9
-        estimated = any(i in self._estimated for d in TOTAL_DOMAINS for i in self._idx[d])
-        self.regions_total += 1
+        nan = np.isnan(joules)
+        if nan.any():
+            for i in np.flatnonzero(nan.any(axis=0)).tolist():
+                sid = self.sources[i]["id"]
+                self.note(
+                    f"missing:{sid}",
+                    f"energy source {sid} failed; regions after it lack its figures "
+                    f"({self._status_error(sid)})",
+                )
+        g_per_j = self._grams_per_joule()
+        estimated = bool(self._estimated)
+        pending = self.pending
+        names = self.names
+        self.regions_total += n
+        out = self._out
+        window = self.recent.maxlen or 0
+        first_kept = max(0, n - window)
+        tagged = tag_arr != 0
+        infos: list[Pending | None] = [None] * n
+        for k in np.flatnonzero(~tagged).tolist():
+            infos[k] = pending.pop(ids[k], None)
+        if tagged.any():
+            for tag in np.unique(tag_arr[tagged]).tolist():
+                sel = np.flatnonzero(tag_arr == tag)
+                e = energy[sel]
+                co2 = float(e.sum()) * g_per_j if g_per_j is not None else 0.0
+                self._agg(names[tag]).add_many(e, duration[sel], co2, estimated)
+            for k in range(first_kept, n):
+                if tag_arr[k]:
+                    infos[k] = (names[int(tag_arr[k])], None, 0, None, None)
+        full: list[int] = []
+        for k, p in enumerate(infos):
+            if p is None:
+                continue
+            if p[1] is None and out is None:
+                if tag_arr[k] == 0:
+                    self._agg(p[0]).add(
+                        float(energy[k]),
+                        float(duration[k]),
+                        float(energy[k]) * g_per_j if g_per_j is not None else None,
+                        estimated,
+                    )
+                if k >= first_kept:
+                    full.append(k)
+            else:
+                full.append(k)
+        lines: list[str] = []
+        for k in full:
+            name, handle, thread, parent, tags = infos[k]  # type: ignore[misc]
+            missing = [
+                self.sources[i]["id"] for i in np.flatnonzero(nan[k]).tolist() if i in self._counted
+            ]
+            raw = (
+                ids[k],
+                int(t0[k]),
+                int(t1[k]),
+                joules[k].tolist(),
+                unc[k].tolist(),
+                name,
+                thread,
+                parent,
+                tags,
+                float(cpu[k]),
+                float(dram[k]),
+                float(gpu[k]),
+                missing,
+                estimated,
+            )
+            if k >= first_kept:
+                self.recent.append(raw)
+            if handle is None and (out is None or tag_arr[k]):
+                continue  # already in the statistics
+            m = self._measurement(*raw)
+            self._agg(name).add(m.energy_j, m.duration_s, m.co2_g, estimated)
+            if handle is not None:
+                handle._set_result(m)
+            if out is not None:
+                lines.append(json.dumps(m.to_dict(), allow_nan=False, default=_json_default) + "\n")
+        if lines and self._out is not None:
+            try:
+                self._out.write("".join(lines))
+                self._out.flush()
+            except (OSError, ValueError) as e:
+                self.note("output-write", f"cannot write regions to {self.settings.output}: {e}")
+
+    def tag_of(self, name: str) -> int:
+        """The tag (u32, never 0) that stands for ``name`` in the sampler."""
+        tag = self._name_tags.get(name)
+        if tag is None:
+            with self._lock:
+                tag = self._name_tags.get(name)
+                if tag is None:
+                    tag = len(self.names)
+                    self.names.append(name)
+                    self._name_tags[name] = tag
+        return tag
+
+    def _agg(self, name: str) -> NameAggregate:
         agg = self.aggs.get(name)
         if agg is None:
             agg = self.aggs[name] = NameAggregate(name)
-        for sid in missing:
-            self.note(
-                f"missing:{sid}",
-                f"energy source {sid} failed; regions after it lack its figures "
-                f"({self._status_error(sid)})",
-            )
-        raw = (
-            rid,
-            t0,
-            t1,
-            joules,
-            unc,
-            name,
-            thread,
-            parent,
-            tags,
-            cpu,
-            dram,
-            gpu,
-            missing,
-            estimated,
-        )
-        self.recent.append(raw)
-        if handle is None and self._out is None:
-            agg.add(energy, duration, energy * g_per_j if g_per_j is not None else None, estimated)
-            return
-        m = self._measurement(*raw)
-        agg.add(energy, duration, m.co2_g, estimated)
-        if handle is not None:
-            handle._set_result(m)
-        if self._out is not None:
-            lines.append(json.dumps(m.to_dict(), allow_nan=False, default=_json_default) + "\n")
+        return agg
 
     def _status_error(self, sid: str) -> str:
         s = self.sampler

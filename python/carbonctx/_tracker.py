@@ -251,21 +251,24 @@ class Tracker:
             )
 
         strict_opt = self.strict
+        cache: list[Any] = [None, 0]  # (runtime, tag of this name in it)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             rt = _runtime._RT or _runtime.runtime()
             s = rt.sampler or rt.sampler_or_start()
-            if s is None or sync or (strict_opt or rt.settings.strict):
+            if s is None or sync or strict_opt or tags or rt.detailed:
+                # Full records (thread, parent, tags) or strict checks: the general path.
                 with Tracker(name, strict=strict_opt, tags=tags, sync=sync):
                     return fn(*args, **kwargs)
-            parent = _current.get()
+            if cache[0] is not rt:
+                cache[0] = rt
+                cache[1] = rt.tag_of(name)
             rid = s.begin()
             try:
                 return fn(*args, **kwargs)
             finally:
-                rt.pending[rid] = (name, None, _get_ident(), parent.id if parent else None, tags)
-                s.end(rid)
+                s.end_tagged(rid, cache[1])
                 if rt.warn_due:
                     rt.emit_warnings()
 

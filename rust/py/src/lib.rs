@@ -10,7 +10,7 @@ use carbonctx_sampler::sampler::{self, Config};
 use carbonctx_sampler::{Roots, SourceInfo, Unavailable};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict};
 
 fn info_dict<'py>(py: Python<'py>, i: &SourceInfo) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -143,7 +143,7 @@ impl Sampler {
     #[new]
     #[pyo3(signature = (*, sys_root=None, dev_root=None, proc_root=None, nvml_library=None,
                         cpu_backends=None, nvml=true, estimate="auto", intervals=None,
-                        timeline_capacity=None, settle_s=None))]
+                        timeline_capacity=None, settle_s=None, phase_lock=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -157,6 +157,7 @@ impl Sampler {
         intervals: Option<Vec<(String, f64)>>,
         timeline_capacity: Option<usize>,
         settle_s: Option<f64>,
+        phase_lock: bool,
     ) -> PyResult<Self> {
         let opts = options(
             sys_root,
@@ -167,7 +168,10 @@ impl Sampler {
             nvml,
             estimate,
         )?;
-        let mut config = Config::default();
+        let mut config = Config {
+            phase_lock,
+            ..Config::default()
+        };
         for (backend, secs) in intervals.unwrap_or_default() {
             if !(secs.is_finite() && secs > 0.0) {
                 return Err(PyValueError::new_err(format!(
@@ -237,6 +241,10 @@ impl Sampler {
         self.inner.end(id)
     }
 
+    fn end_tagged(&self, id: u64, tag: u32) -> u64 {
+        self.inner.end_tagged(id, tag)
+    }
+
     fn begin_at(&self, t_ns: u64) -> u64 {
         self.inner.begin_at(t_ns)
     }
@@ -245,14 +253,39 @@ impl Sampler {
         self.inner.end_at(id, t_ns)
     }
 
-    /// Resolved regions: (id, t0_ns, t1_ns, joules per source, uncertainty per source).
-    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let done = self.inner.drain();
-        let out = PyList::empty(py);
-        for r in done {
-            out.append((r.id, r.t0_ns, r.t1_ns, r.joules, r.uncertainty))?;
-        }
-        Ok(out)
+    /// Up to `max` resolved regions in columns: (n, ids, tags, t0_ns, t1_ns, joules,
+    /// uncertainty), each the native-endian bytes of a u64, u32 or f64 array.
+    #[pyo3(signature = (max=100_000))]
+    #[allow(clippy::type_complexity)]
+    fn drain<'py>(
+        &self,
+        py: Python<'py>,
+        max: usize,
+    ) -> (
+        usize,
+        Bound<'py, PyBytes>,
+        Bound<'py, PyBytes>,
+        Bound<'py, PyBytes>,
+        Bound<'py, PyBytes>,
+        Bound<'py, PyBytes>,
+        Bound<'py, PyBytes>,
+    ) {
+        let p = self.inner.drain_packed(max);
+        (
+            p.len(),
+            u64_bytes(py, &p.ids),
+            PyBytes::new(
+                py,
+                &p.tags
+                    .iter()
+                    .flat_map(|x| x.to_ne_bytes())
+                    .collect::<Vec<u8>>(),
+            ),
+            u64_bytes(py, &p.t0_ns),
+            u64_bytes(py, &p.t1_ns),
+            f64_bytes(py, &p.joules),
+            f64_bytes(py, &p.uncertainty),
+        )
     }
 
     /// Wait (without the GIL) until every mark at or before `t_ns` is resolved.
@@ -315,6 +348,16 @@ impl Sampler {
     fn running(&self) -> bool {
         self.inner.is_running()
     }
+}
+
+fn u64_bytes<'py>(py: Python<'py>, v: &[u64]) -> Bound<'py, PyBytes> {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
+    PyBytes::new(py, &bytes)
+}
+
+fn f64_bytes<'py>(py: Python<'py>, v: &[f64]) -> Bound<'py, PyBytes> {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
+    PyBytes::new(py, &bytes)
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of every timestamp the sampler gives.

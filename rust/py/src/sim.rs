@@ -135,6 +135,11 @@ impl SimMachine {
         self.with(|m| m.truth_j(d, package, t_a, t_b)).map_err(err)
     }
 
+    /// CLOCK_MONOTONIC instants of the most recent counter updates.
+    fn write_times(&self) -> Vec<u64> {
+        self.with(|m| m.write_times())
+    }
+
     fn write_count(&self) -> u64 {
         self.with(|m| m.write_count())
     }

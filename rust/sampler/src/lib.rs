@@ -12,6 +12,7 @@ pub mod integrate;
 pub mod msr;
 pub mod nvml;
 pub mod perf;
+pub mod phase;
 pub mod powercap;
 pub mod sampler;
 pub mod sim;

@@ -7,7 +7,7 @@
 //! or after it (or has shown no change for a settling time), so results arrive within about one
 //! update period of a region's end.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::integrate::{Accumulator, Estimate, Point, Step, Timeline};
+use crate::phase::PhaseLock;
 use crate::source::{EnergySource, SourceInfo, Unavailable};
 
 /// How the sampler runs. Every field has a working default.
@@ -29,8 +30,13 @@ pub struct Config {
     /// A source whose counter shows no change for this long after a mark is taken to have been
     /// idle: the mark resolves with the last value. At least ten poll intervals are used.
     pub settle: Duration,
-    /// Consecutive read errors after which a source counts as failed.
+    /// A source counts as failed after this many consecutive read errors spanning at least
+    /// `fail_time` (a single bad read, or a short stall of whatever updates it, is retried).
     pub fail_after: u32,
+    pub fail_time: Duration,
+    /// Learn when each counter updates and poll just after (see [`crate::phase`]); when off,
+    /// counters are polled at their fixed interval.
+    pub phase_lock: bool,
     /// How often a failed source is tried again.
     pub retry: Duration,
     /// Resolved regions kept for the caller to drain; beyond it the oldest are dropped and
@@ -45,6 +51,8 @@ impl Default for Config {
             timeline_capacity: 1 << 16,
             settle: Duration::from_millis(100),
             fail_after: 5,
+            fail_time: Duration::from_millis(250),
+            phase_lock: true,
             retry: Duration::from_secs(1),
             max_resolved: 1 << 20,
         }
@@ -87,6 +95,45 @@ pub struct Stats {
     pub frontier_ns: u64,
 }
 
+/// Resolved regions in columns, oldest first: what [`Sampler::drain_packed`] hands over.
+/// Row `i`'s joules are `joules[i * n_sources .. (i + 1) * n_sources]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Packed {
+    pub ids: Vec<u64>,
+    /// The tag given when each region was closed ([`Sampler::end_tagged`]).
+    pub tags: Vec<u32>,
+    pub t0_ns: Vec<u64>,
+    pub t1_ns: Vec<u64>,
+    pub joules: Vec<f64>,
+    pub uncertainty: Vec<f64>,
+}
+
+impl Packed {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Move out the oldest `n` rows (all if fewer), keeping the rest.
+    fn take_front(&mut self, n: usize, width: usize) -> Packed {
+        if n >= self.len() {
+            return std::mem::take(self);
+        }
+        let rest = Packed {
+            ids: self.ids.split_off(n),
+            tags: self.tags.split_off(n),
+            t0_ns: self.t0_ns.split_off(n),
+            t1_ns: self.t1_ns.split_off(n),
+            joules: self.joules.split_off(n * width),
+            uncertainty: self.uncertainty.split_off(n * width),
+        };
+        std::mem::replace(self, rest)
+    }
+}
+
 /// A region whose energy is known.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resolved {
@@ -110,13 +157,14 @@ struct Mark {
     id: u64,
     t_ns: u64,
     edge: Edge,
+    tag: u32,
 }
 
 #[derive(Default)]
 struct Regions {
     pending: Vec<Mark>,
     open: HashMap<u64, (u64, Vec<Estimate>)>,
-    done: VecDeque<Resolved>,
+    done: Packed,
     frontier_ns: u64,
     stopped: bool,
     begun: u64,
@@ -157,8 +205,11 @@ struct Polled {
     settle_ns: u64,
     due_ns: u64,
     consecutive_errors: u32,
+    first_error_ns: u64,
     last_poll_ns: u64,
     failed_since: Option<u64>,
+    /// Phase-locked polling, for counters (see [`crate::phase`]).
+    phase: Option<PhaseLock>,
 }
 
 impl Sampler {
@@ -218,42 +269,70 @@ impl Sampler {
     #[inline]
     pub fn begin(&self) -> u64 {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        self.mark(id, crate::now_ns(), Edge::Enter);
+        self.mark(id, crate::now_ns(), Edge::Enter, 0);
         id
     }
 
     /// Close region `id` now. Returns the timestamp used.
     #[inline]
     pub fn end(&self, id: u64) -> u64 {
+        self.end_tagged(id, 0)
+    }
+
+    /// Close region `id` now with a caller's tag (e.g. an interned name), handed back with
+    /// the result so the caller need not keep its own record of the region.
+    #[inline]
+    pub fn end_tagged(&self, id: u64, tag: u32) -> u64 {
         let t = crate::now_ns();
-        self.mark(id, t, Edge::Exit);
+        self.mark(id, t, Edge::Exit, tag);
         t
     }
 
     /// Open a region at a given instant (CLOCK_MONOTONIC ns), e.g. one taken earlier.
     pub fn begin_at(&self, t_ns: u64) -> u64 {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        self.mark(id, t_ns, Edge::Enter);
+        self.mark(id, t_ns, Edge::Enter, 0);
         id
     }
 
     /// Close region `id` at a given instant.
     pub fn end_at(&self, id: u64, t_ns: u64) {
-        self.mark(id, t_ns, Edge::Exit);
+        self.mark(id, t_ns, Edge::Exit, 0);
     }
 
     #[inline]
-    fn mark(&self, id: u64, t_ns: u64, edge: Edge) {
+    fn mark(&self, id: u64, t_ns: u64, edge: Edge, tag: u32) {
         let mut r = lock(&self.shared.regions);
         if edge == Edge::Enter {
             r.begun += 1;
         }
-        r.pending.push(Mark { id, t_ns, edge });
+        r.pending.push(Mark {
+            id,
+            t_ns,
+            edge,
+            tag,
+        });
     }
 
     /// Take every region resolved so far.
     pub fn drain(&self) -> Vec<Resolved> {
-        lock(&self.shared.regions).done.drain(..).collect()
+        let p = self.drain_packed(usize::MAX);
+        let w = self.infos.len();
+        (0..p.len())
+            .map(|i| Resolved {
+                id: p.ids[i],
+                t0_ns: p.t0_ns[i],
+                t1_ns: p.t1_ns[i],
+                joules: p.joules[i * w..(i + 1) * w].to_vec(),
+                uncertainty: p.uncertainty[i * w..(i + 1) * w].to_vec(),
+            })
+            .collect()
+    }
+
+    /// Take up to `max` of the oldest resolved regions, in columns (no allocation per region).
+    pub fn drain_packed(&self, max: usize) -> Packed {
+        let w = self.infos.len();
+        lock(&self.shared.regions).done.take_front(max, w)
     }
 
     /// Wait until every mark made at or before `t_ns` is resolved, or `timeout` passes.
@@ -390,8 +469,11 @@ fn start_sources(
                     settle_ns: (config.settle.as_nanos() as u64).max(10 * interval_ns),
                     due_ns: t + interval_ns,
                     consecutive_errors: 0,
+                    first_error_ns: 0,
                     last_poll_ns: t,
                     failed_since: None,
+                    phase: (config.phase_lock && info.counter.is_some())
+                        .then(|| PhaseLock::new(interval_ns)),
                 });
             }
             Err(e) => unavailable.push(Unavailable {
@@ -423,7 +505,8 @@ fn poll_loop(shared: &Shared, mut polled: Vec<Polled>, config: &Config) {
             let mut timelines = lock(&shared.timelines);
             let mut status = lock(&shared.status);
             for (i, p) in polled.iter_mut().enumerate() {
-                if p.due_ns > now && !stopping {
+                // Sources due within a few tens of µs share this wake-up.
+                if p.due_ns > now + COALESCE_NS && !stopping {
                     continue;
                 }
                 poll_one(p, &mut timelines[i], &mut status[i], now, config, retry_ns);
@@ -450,6 +533,9 @@ fn poll_loop(shared: &Shared, mut polled: Vec<Polled>, config: &Config) {
         }
     }
 }
+
+/// Sources due this close together are read in one wake-up.
+const COALESCE_NS: u64 = 30_000;
 
 fn poll_one(
     p: &mut Polled,
@@ -479,8 +565,23 @@ fn poll_one(
                 push_gap(st, since, t_read);
                 p.acc.rebaseline();
             }
-            match p.acc.push(t_read, reading) {
-                Step::First(pt) | Step::Changed(pt) => tl.push(pt),
+            let prev_read = p.last_poll_ns;
+            let step = p.acc.push(t_read, reading);
+            let changed = matches!(step, Step::Changed(_));
+            let stamp = match (&mut p.phase, &step) {
+                (Some(ph), Step::Changed(_) | Step::Unchanged) => {
+                    ph.observe(prev_read, t_read, changed)
+                }
+                _ => None,
+            };
+            match step {
+                Step::First(pt) => tl.push(pt),
+                Step::Changed(mut pt) => {
+                    if let Some(s) = stamp {
+                        pt.t_ns = s.clamp(prev_read + 1, t_read);
+                    }
+                    tl.push(pt)
+                }
                 Step::Reset(pt) => {
                     push_gap(st, p.last_poll_ns, t_read);
                     tl.push(pt);
@@ -495,21 +596,30 @@ fn poll_one(
         Err(e) => {
             st.errors += 1;
             st.last_error = Some(e.to_string());
+            if p.consecutive_errors == 0 {
+                p.first_error_ns = t_after;
+            }
             p.consecutive_errors += 1;
-            if p.consecutive_errors >= config.fail_after && p.failed_since.is_none() {
+            if p.consecutive_errors >= config.fail_after
+                && t_after - p.first_error_ns >= config.fail_time.as_nanos() as u64
+                && p.failed_since.is_none()
+            {
                 p.failed_since = Some(p.last_poll_ns);
                 st.failed = true;
             }
         }
     }
-    let step = if p.failed_since.is_some() {
-        retry_ns
-    } else {
-        p.interval_ns
-    };
-    p.due_ns += step;
+    if p.failed_since.is_some() {
+        p.due_ns = t_after + retry_ns;
+        return;
+    }
+    if let Some(ph) = p.phase.as_ref() {
+        p.due_ns = ph.due(t_after).max(t_after + 1);
+        return;
+    }
+    p.due_ns += p.interval_ns;
     if p.due_ns <= t_after {
-        p.due_ns = t_after + step;
+        p.due_ns = t_after + p.interval_ns;
     }
 }
 
@@ -568,27 +678,23 @@ fn resolve(shared: &Shared, polled: &[Polled], stopping: bool, max_resolved: usi
                 let Some((t0, e0)) = r.open.remove(&m.id) else {
                     continue;
                 };
-                let (joules, uncertainty) = e0
-                    .iter()
-                    .zip(est.iter())
-                    .map(|(a, b)| {
-                        let j = b.joules - a.joules;
-                        let u = 0.5 * ((b.high - b.low) + (a.high - a.low));
-                        (j, if u.is_finite() { u } else { f64::NAN })
-                    })
-                    .unzip();
                 if r.done.len() >= max_resolved.max(1) {
-                    r.done.pop_front();
+                    // Nobody is draining: count the region rather than grow without bound.
                     r.dropped += 1;
+                    continue;
                 }
                 r.resolved += 1;
-                r.done.push_back(Resolved {
-                    id: m.id,
-                    t0_ns: t0,
-                    t1_ns: m.t_ns,
-                    joules,
-                    uncertainty,
-                });
+                let done = &mut r.done;
+                done.ids.push(m.id);
+                done.tags.push(m.tag);
+                done.t0_ns.push(t0);
+                done.t1_ns.push(m.t_ns);
+                for (a, b) in e0.iter().zip(est.iter()) {
+                    done.joules.push(b.joules - a.joules);
+                    let u = 0.5 * ((b.high - b.low) + (a.high - a.low));
+                    done.uncertainty
+                        .push(if u.is_finite() { u } else { f64::NAN });
+                }
             }
         }
     }
