@@ -31,5 +31,6 @@ mount --bind "$SIM/dev/cpu" /dev/cpu
 mount --bind "$SIM/proc/cpuinfo" /proc/cpuinfo
 # In a fresh network namespace only loopback exists, and it starts down.
 ip link set lo up 2>/dev/null || true
+export PATH="$SIM/bin:$PATH"
 export LD_LIBRARY_PATH="$SIM/nvml-shim${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 exec "$@"

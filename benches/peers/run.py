@@ -30,10 +30,13 @@ ORDER = ["carbonctx", "zeus", "codecarbon", "pyjoules", "carbontracker"]
 SOURCES = ["package", "dram", "gpu", "cpu+dram"]
 
 # The load: package 40/120 W square wave, 50 ms period (as in DESIGN.md); DRAM constant 6 W;
-# one GPU 50/250 W, 100 ms period, energy counter updating every 100 ms (an H100's cadence).
+# one GPU 50/250 W, 200 ms period, energy counter updating every 100 ms (an H100's cadence). The
+# GPU period is not the update period: the stand-in's power reading is the trace at the last
+# update, so equal periods would always read the high phase and bias every power-sampling peer.
 PACKAGE = (40.0, 120.0, 0.05)
 DRAM_W = 6.0
 GPU_UPDATE_S = 0.1
+GPU_WAVE = (50.0, 250.0, 0.2)
 # "Wraps every second": the package averages 80 W, so an 80 J range wraps about once a second.
 WRAP_UJ = 80_000_000
 
@@ -62,7 +65,7 @@ class Machine:
             root,
             package=Wave(*PACKAGE),
             dram=Wave.constant(DRAM_W),
-            gpus=[GpuSpec(wave=Wave(50.0, 250.0, 0.1))],
+            gpus=[GpuSpec(wave=Wave(*GPU_WAVE))],
             gpu_update_s=GPU_UPDATE_S,
             wrap_uj=WRAP_UJ if wrap else None,
             update_period_s=0.001,
@@ -87,6 +90,14 @@ class Machine:
             (d / "max_energy_range_uj").write_text(f"{self.wrap_range - 1}\n")
         self.sim.start()
         build_nvml_shim(self.sim)
+        # Some peers decide there is an NVIDIA GPU only if `nvidia-smi --help` runs.
+        (root / "bin").mkdir()
+        smi = root / "bin/nvidia-smi"
+        smi.write_text("#!/bin/sh\n# stand-in for the peer benchmark: answers --help only\n"
+                       "if [ \"$1\" = --help ]; then echo 'NVIDIA System Management Interface "
+                       "(stand-in)'; exit 0; fi\necho 'nvidia-smi stand-in: only --help' >&2; "
+                       "exit 9\n")
+        smi.chmod(0o755)
         exe = build / "rapl_writer"
         if not exe.exists() or exe.stat().st_mtime < (HERE / "rapl_writer.c").stat().st_mtime:
             subprocess.run([shutil.which("cc") or "gcc", "-O2", "-o", str(exe),
@@ -301,6 +312,12 @@ def main() -> int:
     if args.install_log and Path(args.install_log).exists():
         installs = json.loads(Path(args.install_log).read_text())
 
+    # Warm the file cache for every contender's modules (untimed), so that no contender's
+    # import time pays for a cold disk because it was installed last.
+    for n in names:
+        mod = contenders.make(n).module
+        subprocess.run([sys.executable, "-c", f"import {mod}"], capture_output=True, check=False)
+
     started = time.monotonic()
     results: dict[str, dict[str, Any]] = {n: {} for n in names}
     for phase, wrap in (("main", False), ("wrap", True)):
@@ -331,7 +348,7 @@ def main() -> int:
         "installs": installs,
         "setup": {
             "package_wave_w_period_s": PACKAGE, "dram_w": DRAM_W,
-            "gpu_wave": [50.0, 250.0, 0.1], "gpu_update_s": GPU_UPDATE_S,
+            "gpu_wave": GPU_WAVE, "gpu_update_s": GPU_UPDATE_S,
             "rapl_update_s": 0.001, "wrap_uj": WRAP_UJ, "scale": args.scale,
         },
         "suite_wall_s": time.monotonic() - started,
