@@ -192,9 +192,11 @@ def test_stats_as_a_dataframe(sim: SimulatedMachine) -> None:
 
 
 def test_reading_a_running_region_is_a_clear_error(sim: SimulatedMachine) -> None:
-    with carbonctx.track("open") as m:
-        with pytest.raises(carbonctx.CarbonctxError, match="still running"):
-            _ = m.energy_j
+    with (
+        carbonctx.track("open") as m,
+        pytest.raises(carbonctx.CarbonctxError, match="still running"),
+    ):
+        _ = m.energy_j
     assert m.energy_j >= 0
 
 
@@ -229,13 +231,17 @@ def test_no_source_at_all_degrades_and_strict_raises(tmp_path) -> None:  # type:
         nvml_library=str(tmp_path / "none.so"),
         estimate="never",
     )
-    with pytest.warns(carbonctx.CarbonctxWarning, match="no energy source"):
-        with carbonctx.track("nothing") as m:
-            pass
+    with (
+        pytest.warns(carbonctx.CarbonctxWarning, match="no energy source"),
+        carbonctx.track("nothing") as m,
+    ):
+        pass
     assert m.energy_j == 0 and m.by_source == {}
-    with pytest.raises(carbonctx.SourceUnavailableError, match="carbonctx devices"):
-        with carbonctx.track("strict", strict=True):
-            pass
+    with (
+        pytest.raises(carbonctx.SourceUnavailableError, match="carbonctx devices"),
+        carbonctx.track("strict", strict=True),
+    ):
+        pass
     info = carbonctx.devices()
     backends = {u["backend"] for u in info["unavailable"]}
     assert {"powercap", "msr", "perf", "nvml"} <= backends

@@ -23,6 +23,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from carbonctx import _runtime
+from carbonctx._forecast import (
+    Equivalent,
+    Estimate,
+    PueSuggestion,
+    Run,
+    epochs,
+    equivalents,
+    pue_suggestion,
+)
 from carbonctx._native import __version__
 from carbonctx._report import Measurement, NameStats, SourceEnergy, StatsTable, Summary
 from carbonctx._settings import Settings
@@ -41,10 +50,14 @@ __all__ = [
     "CarbonctxError",
     "CarbonctxWarning",
     "ConfigurationError",
+    "Equivalent",
+    "Estimate",
     "IntensityLookupError",
     "Measurement",
     "NameStats",
+    "PueSuggestion",
     "Region",
+    "Run",
     "SamplerError",
     "Settings",
     "SourceEnergy",
@@ -57,7 +70,10 @@ __all__ = [
     "configure",
     "current",
     "devices",
+    "epochs",
+    "equivalents",
     "flush",
+    "pue_suggestion",
     "recent",
     "stats",
     "track",

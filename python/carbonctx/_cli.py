@@ -1,10 +1,10 @@
 """The ``carbonctx`` command.
 
-    carbonctx demo                       # a built-in training-like example, measured
-    carbonctx run -- python train.py     # measure a whole command
-    carbonctx devices                    # what was found, what was not, why, and what to do
-    carbonctx report run.jsonl --trace trace.json
-    carbonctx intensity --forecast --hours 6
+carbonctx demo                       # a built-in training-like example, measured
+carbonctx run -- python train.py     # measure a whole command
+carbonctx devices                    # what was found, what was not, why, and what to do
+carbonctx report run.jsonl --trace trace.json
+carbonctx intensity --forecast --hours 6
 """
 
 from __future__ import annotations
@@ -88,23 +88,41 @@ def cmd_run(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 proc.send_signal(signal.SIGINT)
     r = m.result()
-    rows = [[sid, s.method, f"{s.joules:.2f} J" if s.joules is not None else "missing"]
-            for sid, s in r.by_source.items()]
-    print(f"\ncarbonctx: `{' '.join(cmd)}` exited with {rc} after {r.duration_s:.2f} s", file=sys.stderr)
+    rows = [
+        [sid, s.method, f"{s.joules:.2f} J" if s.joules is not None else "missing"]
+        for sid, s in r.by_source.items()
+    ]
+    print(
+        f"\ncarbonctx: `{' '.join(cmd)}` exited with {rc} after {r.duration_s:.2f} s",
+        file=sys.stderr,
+    )
     print("scope: the whole machine (every process), not the command alone", file=sys.stderr)
     if rows:
         print(format_table(["source", "method", "energy"], rows), file=sys.stderr)
     co2 = f"{r.co2_g:.3f} gCO2e" if r.co2_g is not None else "CO2 unknown"
     zone = f" (zone {r.zone}, {r.intensity:.0f} g/kWh)" if r.intensity is not None else ""
     est = " — includes an ESTIMATE" if r.estimated else ""
-    print(f"total: {r.energy_j:.2f} J = {r.energy_kwh * 1e3:.4f} Wh, {co2}{zone}{est}", file=sys.stderr)
+    print(
+        f"total: {r.energy_j:.2f} J = {r.energy_kwh * 1e3:.4f} Wh, {co2}{zone}{est}",
+        file=sys.stderr,
+    )
     if args.output:
         print(f"records: {args.output}", file=sys.stderr)
     return rc if rc >= 0 else 128 - rc
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from carbonctx._report import chrome_trace, format_stats, read_jsonl, stats_from_records, write_csv
+    if os.path.isdir(args.file):
+        from carbonctx._forecast import report_dir
+
+        return report_dir(args.file, args.html)
+    from carbonctx._report import (
+        chrome_trace,
+        format_stats,
+        read_jsonl,
+        stats_from_records,
+        write_csv,
+    )
 
     try:
         regions, power, bad = read_jsonl(args.file)
@@ -113,7 +131,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     total_j = sum(float(r.get("energy_j") or 0.0) for r in regions if r.get("parent") is None)
     total_g = sum(float(r.get("co2_g") or 0.0) for r in regions if r.get("parent") is None)
-    print(f"{args.file}: {len(regions)} regions" + (f", {bad} unreadable lines skipped" if bad else ""))
+    print(
+        f"{args.file}: {len(regions)} regions"
+        + (f", {bad} unreadable lines skipped" if bad else "")
+    )
     print(f"top-level total: {total_j:.2f} J ({total_j / 3.6e6 * 1e3:.4f} Wh), {total_g:.4f} gCO2e")
     print()
     print(format_stats(stats_from_records(regions).values()))
@@ -165,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     r.set_defaults(func=cmd_run)
 
-    rep = sub.add_parser("report", help="summarise a JSON Lines file")
-    rep.add_argument("file")
+    rep = sub.add_parser("report", help="summarise a JSON Lines file, or a directory of run logs")
+    rep.add_argument("file", help="a JSON Lines file, or a directory of epochs() run logs")
+    rep.add_argument("--html", help="with a directory: write a one-page HTML report here")
     rep.add_argument("--trace", help="write a Chrome trace / Perfetto JSON timeline here")
     rep.add_argument("--csv", help="write the regions as CSV here")
     rep.set_defaults(func=cmd_report)

@@ -40,11 +40,13 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
-import httpx
+
+if TYPE_CHECKING:
+    import httpx
 
 from carbonctx._providers import (
     DkProvider,
@@ -651,6 +653,8 @@ class IntensityService:
             thread.join(timeout)
 
     def _get_client(self) -> httpx.Client:
+        import httpx
+
         if self._client is None:
             self._client = httpx.Client(
                 timeout=httpx.Timeout(10.0, connect=5.0),

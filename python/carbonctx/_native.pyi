@@ -51,8 +51,9 @@ class Sampler:
     def end(self, id: int) -> int: ...
     def begin_at(self, t_ns: int) -> int: ...
     def end_at(self, id: int, t_ns: int) -> None: ...
-    def end_tagged(self, id: int, tag: int) -> int:
-        """Close a region with a tag (u32) that :meth:`drain` hands back with its result."""
+    def end_tagged(self, id: int, tag: int) -> bool:
+        """Close a region with a tag (u32) that :meth:`drain` hands back with its result.
+        True when many resolved regions wait to be drained: drain now."""
     def drain(self, max: int = 100_000) -> tuple[int, bytes, bytes, bytes, bytes, bytes, bytes]:
         """Up to ``max`` resolved regions in columns: (n, ids, tags, t0_ns, t1_ns, joules,
         uncertainty), the native-endian bytes of u64, u32, u64, u64, f64 and f64 arrays

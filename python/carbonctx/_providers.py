@@ -15,10 +15,12 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
-import httpx
+
+if TYPE_CHECKING:
+    import httpx
 
 from carbonctx._zone import WORLD, ZoneChoice, _read_csv
 
@@ -302,6 +304,8 @@ def _get_json(
     unknown_zone: Callable[[httpx.Response], bool] | None = None,
 ) -> Any:
     """GET and decode JSON, mapping every failure to a :class:`ProviderError`."""
+    import httpx  # only live providers need it; keep it off the import path
+
     try:
         response = client.get(url, params=params, headers=headers)
     except httpx.TimeoutException:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from carbonctx import _native
 from carbonctx._report import (
@@ -40,10 +41,12 @@ from carbonctx.errors import (
 
 #: How long reading an unresolved result may wait for the sampler before giving up.
 RESULT_TIMEOUT_S = 10.0
+#: Regions waiting for the resolver above which the thread that ends one drains them itself.
+BACKLOG_HIGH = 1 << 15
 #: Resolved regions taken from the sampler at a time.
-DRAIN_BATCH = 50_000
+DRAIN_BATCH = 8192
 #: How often the resolver thread collects results.
-RESOLVE_PERIOD_S = 0.05
+RESOLVE_PERIOD_S = 0.02
 #: How often a power record is written to JSON Lines (for trace counter tracks).
 POWER_PERIOD_S = 0.1
 
@@ -71,7 +74,7 @@ class Runtime:
         self.pending: dict[int, Pending] = {}
         self.aggs: dict[str, NameAggregate] = {}
         # Raw records of the most recent regions; Measurements are built from them on demand.
-        self.recent: deque[tuple[Any, ...]] = deque(maxlen=settings.window)
+        self.recent: deque[tuple[_Batch, int]] = deque(maxlen=settings.window)
         self.regions_total = 0
         self._lock = threading.RLock()
         self._start_lock = threading.Lock()
@@ -157,6 +160,10 @@ class Runtime:
                     self._out = open(st.output, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
                 except OSError as e:
                     self.note("output", f"cannot write {st.output}: {e}; regions are not recorded")
+            # The intensity service (table, cache) is set up here, on the caller's thread: the
+            # resolver thread competes for the GIL with a busy caller and must not import.
+            self.intensity()
+            self._grams_per_joule()
             self.sampler = s
             self.started = True
             self._thread = threading.Thread(
@@ -288,7 +295,7 @@ class Runtime:
         into its name's statistics. Others have a pending entry with their handle and details.
         """
         width = len(self.sources)
-        ids = np.frombuffer(ids_b, dtype=np.uint64).tolist()
+        ids = np.frombuffer(ids_b, dtype=np.uint64)
         tag_arr = np.frombuffer(tags_b, dtype=np.uint32)
         t0 = np.frombuffer(t0_b, dtype=np.uint64)
         t1 = np.frombuffer(t1_b, dtype=np.uint64)
@@ -318,66 +325,49 @@ class Runtime:
         out = self._out
         window = self.recent.maxlen or 0
         first_kept = max(0, n - window)
-        tagged = tag_arr != 0
+        # Every row's name: tagged rows carry it (grouped in bulk), the others have a pending
+        # entry (looked up one by one; these are the regions with a handle or details).
         infos: list[Pending | None] = [None] * n
-        for k in np.flatnonzero(~tagged).tolist():
-            infos[k] = pending.pop(ids[k], None)
-        if tagged.any():
-            for tag in np.unique(tag_arr[tagged]).tolist():
-                sel = np.flatnonzero(tag_arr == tag)
-                e = energy[sel]
-                co2 = float(e.sum()) * g_per_j if g_per_j is not None else 0.0
-                self._agg(names[tag]).add_many(e, duration[sel], co2, estimated)
-            for k in range(first_kept, n):
-                if tag_arr[k]:
-                    infos[k] = (names[int(tag_arr[k])], None, 0, None, None)
-        full: list[int] = []
-        for k, p in enumerate(infos):
+        groups: dict[str, npt.NDArray[np.intp]] = {}
+        untagged = np.flatnonzero(tag_arr == 0)
+        if len(untagged) < n:
+            for tag in np.unique(tag_arr).tolist():
+                if tag:
+                    groups[names[tag]] = np.flatnonzero(tag_arr == tag)
+        if len(untagged):
+            by_name: dict[str, list[int]] = {}
+            for k in untagged.tolist():
+                p = pending.pop(int(ids[k]), None)
+                if p is not None:
+                    infos[k] = p
+                    by_name.setdefault(p[0], []).append(k)
+            for name, rows in by_name.items():
+                sel = np.asarray(rows, dtype=np.intp)
+                groups[name] = np.concatenate([groups[name], sel]) if name in groups else sel
+        for name, sel in groups.items():
+            e = energy[sel]
+            co2 = float(e.sum()) * g_per_j if g_per_j is not None else 0.0
+            self._agg(name).add_many(e, duration[sel], co2, estimated)
+        # The recent window, the handles handed out and the output file keep a reference to
+        # the batch and a row; a Measurement is built only when someone reads it or it is
+        # written.
+        batch = _Batch(ids, t0, t1, joules, unc, cpu, dram, gpu, nan, infos, tag_arr, estimated)
+        recent = self.recent
+        for k in range(first_kept, n):
+            if infos[k] is not None or tag_arr[k]:
+                recent.append((batch, k))
+        lines: list[str] = []
+        for k in untagged.tolist():
+            p = infos[k]
             if p is None:
                 continue
-            if p[1] is None and out is None:
-                if tag_arr[k] == 0:
-                    self._agg(p[0]).add(
-                        float(energy[k]),
-                        float(duration[k]),
-                        float(energy[k]) * g_per_j if g_per_j is not None else None,
-                        estimated,
-                    )
-                if k >= first_kept:
-                    full.append(k)
-            else:
-                full.append(k)
-        lines: list[str] = []
-        for k in full:
-            name, handle, thread, parent, tags = infos[k]  # type: ignore[misc]
-            missing = [
-                self.sources[i]["id"] for i in np.flatnonzero(nan[k]).tolist() if i in self._counted
-            ]
-            raw = (
-                ids[k],
-                int(t0[k]),
-                int(t1[k]),
-                joules[k].tolist(),
-                unc[k].tolist(),
-                name,
-                thread,
-                parent,
-                tags,
-                float(cpu[k]),
-                float(dram[k]),
-                float(gpu[k]),
-                missing,
-                estimated,
-            )
-            if k >= first_kept:
-                self.recent.append(raw)
-            if handle is None and (out is None or tag_arr[k]):
-                continue  # already in the statistics
-            m = self._measurement(*raw)
-            self._agg(name).add(m.energy_j, m.duration_s, m.co2_g, estimated)
+            handle = p[1]
             if handle is not None:
-                handle._set_result(m)
+                handle._raw = (batch, k)
             if out is not None:
+                m = self._measurement(*self.raw(batch, k))
+                if handle is not None:
+                    handle._result = m
                 lines.append(json.dumps(m.to_dict(), allow_nan=False, default=_json_default) + "\n")
         if lines and self._out is not None:
             try:
@@ -385,6 +375,34 @@ class Runtime:
                 self._out.flush()
             except (OSError, ValueError) as e:
                 self.note("output-write", f"cannot write regions to {self.settings.output}: {e}")
+
+    def raw(self, batch: _Batch, k: int) -> tuple[Any, ...]:
+        """Row ``k`` of a batch as the arguments of :meth:`_measurement`."""
+        p = batch.infos[k]
+        if p is None:
+            p = (self.names[int(batch.tags[k])], None, 0, None, None)
+        name, _handle, thread, parent, tags = p
+        missing = [
+            self.sources[i]["id"]
+            for i in np.flatnonzero(batch.nan[k]).tolist()
+            if i in self._counted
+        ]
+        return (
+            int(batch.ids[k]),
+            int(batch.t0[k]),
+            int(batch.t1[k]),
+            batch.joules[k].tolist(),
+            batch.unc[k].tolist(),
+            name,
+            thread,
+            parent,
+            tags,
+            float(batch.cpu[k]),
+            float(batch.dram[k]),
+            float(batch.gpu[k]),
+            missing,
+            batch.estimated,
+        )
 
     def tag_of(self, name: str) -> int:
         """The tag (u32, never 0) that stands for ``name`` in the sampler."""
@@ -533,8 +551,8 @@ class Runtime:
 
     def recent_measurements(self) -> list[Measurement]:
         with self._lock:
-            raws = list(self.recent)
-        return [self._measurement(*raw) for raw in raws]
+            rows = list(self.recent)
+        return [self._measurement(*self.raw(b, k)) for b, k in rows]
 
     def stats(self) -> StatsTable:
         self.flush()
@@ -576,6 +594,53 @@ class Runtime:
             "notes": dict(self.notes),
             "start_error": self.start_error,
         }
+
+
+class _Batch:
+    """Columns of one drained batch of regions (rows are looked up when needed)."""
+
+    __slots__ = (
+        "cpu",
+        "dram",
+        "estimated",
+        "gpu",
+        "ids",
+        "infos",
+        "joules",
+        "nan",
+        "t0",
+        "t1",
+        "tags",
+        "unc",
+    )
+
+    def __init__(
+        self,
+        ids: Any,
+        t0: Any,
+        t1: Any,
+        joules: Any,
+        unc: Any,
+        cpu: Any,
+        dram: Any,
+        gpu: Any,
+        nan: Any,
+        infos: list[Any],
+        tags: Any,
+        estimated: bool,
+    ) -> None:
+        self.ids = ids
+        self.t0 = t0
+        self.t1 = t1
+        self.joules = joules
+        self.unc = unc
+        self.cpu = cpu
+        self.dram = dram
+        self.gpu = gpu
+        self.nan = nan
+        self.infos = infos
+        self.tags = tags
+        self.estimated = estimated
 
 
 def _json_default(o: object) -> Any:

@@ -42,7 +42,7 @@ class Region:
     region has ended waits for the sampler to pass its end (about one sampling interval).
     """
 
-    __slots__ = ("_event", "_result", "_rt", "_strict", "_t1", "_token", "id", "name", "parent")
+    __slots__ = ("_raw", "_result", "_rt", "_strict", "_t1", "_token", "id", "name", "parent")
 
     def __init__(self, name: str, rt: _runtime.Runtime, strict: bool) -> None:
         self.name = name
@@ -52,27 +52,27 @@ class Region:
         self.parent: int | None = None
         self._t1 = 0
         self._result: Measurement | None = None
-        self._event: threading.Event | None = None
+        self._raw: tuple[Any, int] | None = None  # (batch, row), set when resolved
         self._token: contextvars.Token[Region | None] | None = None
 
     def __repr__(self) -> str:
-        if self._result is not None:
-            r = self._result
+        if self.done:
+            r = self.result()
             return f"<Region {self.name!r} {r.duration_s:.6f} s {r.energy_j:.6g} J>"
         state = "running" if self._t1 == 0 else "resolving"
         return f"<Region {self.name!r} {state}>"
 
-    def _set_result(self, m: Measurement) -> None:
-        self._result = m
-
     @property
     def done(self) -> bool:
         """Whether the region has ended and its result is known."""
-        return self._result is not None
+        return self._result is not None or self._raw is not None
 
     def result(self, timeout: float = _runtime.RESULT_TIMEOUT_S) -> Measurement:
         """The frozen :class:`Measurement`, waiting for the sampler if needed."""
         r = self._result
+        if r is None and self._raw is not None:
+            rt = self._rt
+            r = self._result = rt._measurement(*rt.raw(*self._raw))
         if r is not None:
             if self._strict and r.missing:
                 raise SourceUnavailableError(
@@ -89,8 +89,7 @@ class Region:
                 f"region {self.name!r} has no measurement: {rt.start_error or 'no sampler'}"
             )
         rt.wait_resolved(self._t1, timeout)
-        r = self._result
-        if r is None:
+        if self._raw is None and self._result is None:
             raise SamplerError(
                 f"region {self.name!r} was not resolved within {timeout} s: the sampler is stalled"
             )
@@ -217,8 +216,11 @@ class Tracker:
         if s is None or rt.dead or region.id == 0:
             region._t1 = -1
             return
-        rt.pending[region.id] = (self.name, region, _get_ident(), region.parent, self.tags)
+        pending = rt.pending
+        pending[region.id] = (self.name, region, _get_ident(), region.parent, self.tags)
         region._t1 = s.end(region.id)
+        if len(pending) > _runtime.BACKLOG_HIGH:
+            rt.drain()  # a backlog: the resolver thread cannot keep up
         if rt.warn_due:
             rt.emit_warnings()
 
@@ -268,7 +270,8 @@ class Tracker:
             try:
                 return fn(*args, **kwargs)
             finally:
-                s.end_tagged(rid, cache[1])
+                if s.end_tagged(rid, cache[1]):
+                    rt.drain()  # a backlog: the resolver thread cannot keep up
                 if rt.warn_due:
                     rt.emit_warnings()
 

@@ -241,7 +241,7 @@ impl Sampler {
         self.inner.end(id)
     }
 
-    fn end_tagged(&self, id: u64, tag: u32) -> u64 {
+    fn end_tagged(&self, id: u64, tag: u32) -> bool {
         self.inner.end_tagged(id, tag)
     }
 
@@ -326,6 +326,9 @@ impl Sampler {
         d.set_item("regions_resolved", s.regions_resolved)?;
         d.set_item("dropped_regions", s.dropped_regions)?;
         d.set_item("frontier_ns", s.frontier_ns)?;
+        d.set_item("pending_marks", s.pending_marks)?;
+        d.set_item("open_regions", s.open_regions)?;
+        d.set_item("undrained", s.undrained)?;
         Ok(d)
     }
 

@@ -93,6 +93,10 @@ pub struct Stats {
     pub dropped_regions: u64,
     /// The instant up to which every mark can be resolved.
     pub frontier_ns: u64,
+    /// Marks not yet resolved, regions open, and resolved regions not yet drained.
+    pub pending_marks: usize,
+    pub open_regions: usize,
+    pub undrained: usize,
 }
 
 /// Resolved regions in columns, oldest first: what [`Sampler::drain_packed`] hands over.
@@ -133,6 +137,10 @@ impl Packed {
         std::mem::replace(self, rest)
     }
 }
+
+/// Resolved regions waiting to be drained above which [`Sampler::end_tagged`] asks the caller
+/// to drain.
+pub const BACKLOG_HIGH: usize = 1 << 15;
 
 /// A region whose energy is known.
 #[derive(Clone, Debug, PartialEq)]
@@ -276,16 +284,19 @@ impl Sampler {
     /// Close region `id` now. Returns the timestamp used.
     #[inline]
     pub fn end(&self, id: u64) -> u64 {
-        self.end_tagged(id, 0)
+        let t = crate::now_ns();
+        self.mark(id, t, Edge::Exit, 0);
+        t
     }
 
     /// Close region `id` now with a caller's tag (e.g. an interned name), handed back with
-    /// the result so the caller need not keep its own record of the region.
+    /// the result so the caller need not keep its own record of the region. Returns true when
+    /// more than [`BACKLOG_HIGH`] resolved regions wait to be drained: the caller should drain
+    /// (a producer faster than its consumer must not grow memory without bound).
     #[inline]
-    pub fn end_tagged(&self, id: u64, tag: u32) -> u64 {
+    pub fn end_tagged(&self, id: u64, tag: u32) -> bool {
         let t = crate::now_ns();
-        self.mark(id, t, Edge::Exit, tag);
-        t
+        self.mark(id, t, Edge::Exit, tag) > BACKLOG_HIGH
     }
 
     /// Open a region at a given instant (CLOCK_MONOTONIC ns), e.g. one taken earlier.
@@ -301,7 +312,7 @@ impl Sampler {
     }
 
     #[inline]
-    fn mark(&self, id: u64, t_ns: u64, edge: Edge, tag: u32) {
+    fn mark(&self, id: u64, t_ns: u64, edge: Edge, tag: u32) -> usize {
         let mut r = lock(&self.shared.regions);
         if edge == Edge::Enter {
             r.begun += 1;
@@ -312,6 +323,7 @@ impl Sampler {
             edge,
             tag,
         });
+        r.done.len()
     }
 
     /// Take every region resolved so far.
@@ -361,6 +373,9 @@ impl Sampler {
             regions_resolved: r.resolved,
             dropped_regions: r.dropped,
             frontier_ns: r.frontier_ns,
+            pending_marks: r.pending.len(),
+            open_regions: r.open.len(),
+            undrained: r.done.len(),
         }
     }
 
