@@ -3,6 +3,8 @@
 from os import PathLike
 from typing import Any, final
 
+__all__ = ["Sampler", "SimMachine", "__version__", "discover", "now_ns"]
+
 __version__: str
 
 def now_ns() -> int:
@@ -24,8 +26,8 @@ def discover(
 class Sampler:
     """The native sampler thread; it starts when constructed and stops with :meth:`stop`."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         sys_root: str | PathLike[str] | None = None,
         dev_root: str | PathLike[str] | None = None,
@@ -38,7 +40,7 @@ class Sampler:
         timeline_capacity: int | None = None,
         settle_s: float | None = None,
         phase_lock: bool = True,
-    ) -> None: ...
+    ) -> Sampler: ...
     @property
     def sources(self) -> list[dict[str, Any]]: ...
     @property
@@ -70,8 +72,8 @@ class Sampler:
 class SimMachine:
     """Simulated RAPL hardware kept current by a writer thread."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         root: str | PathLike[str],
         *,
         packages: int = 1,
@@ -82,7 +84,7 @@ class SimMachine:
         perf: bool = True,
         model_name: str | None = None,
         cpu_model: int | None = None,
-    ) -> None: ...
+    ) -> SimMachine: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
     @property
