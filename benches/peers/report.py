@@ -216,6 +216,30 @@ def write(doc: dict, out: Path) -> None:
         L += fails
         L += [f"- {x}" for x in extra]
         L.append("")
+    L.append("## How each contender was used")
+    L.append("")
+    L += [
+        "- carbonctx: `with carbonctx.track(...) as m`, default settings; figures from `m.result()`.",
+        "- Zeus: `ZeusMonitor(gpu_indices=[0], cpu_indices=[0], approx_instant_energy=True)`, "
+        "`begin_window`/`end_window`. The stand-in NVML lacks `nvmlDeviceGetArchitecture`, which "
+        "Zeus needs; `nvml_arch_shim.c` adds it (answers Hopper) in front of the stand-in, for "
+        "every contender alike.",
+        "- CodeCarbon: `OfflineEmissionsTracker(country_iso_code=\"USA\", gpu_ids=[0], "
+        "save_to_file=False)`, `start_task`/`stop_task`; kWh converted to J. Its RAM figure is "
+        "its model of this machine's installed memory, not the DRAM counter (marked estimate). "
+        "It detects NVIDIA GPUs by running `nvidia-smi --help`: a stand-in script answers that.",
+        "- pyJoules: `EnergyContext` with `RaplPackageDomain(0)`, `RaplDramDomain(0)`, "
+        "`NvidiaGPUDomain(0)` and a handler that keeps the trace.",
+        "- Carbontracker: `CarbonTracker(epochs=..., components=\"all\", update_interval=1)`, "
+        "`epoch_start`/`epoch_end`; an epoch's energy is the average power it logs per "
+        "component times the epoch's duration (what its logs and predictor use), read from its "
+        "components, without its PUE factor. Its CPU component covers package and DRAM.",
+        "- Every contender runs in its own process, in a private mount and network namespace "
+        "(no network), reading `/sys/class/powercap`, `/dev/cpu` and `libnvidia-ml.so.1` from the "
+        "loader path. The powercap counters are written by `rapl_writer.c` in one whole-value "
+        "write per update, as reads of real sysfs always parse.",
+    ]
+    L.append("")
     L.append("Raw numbers: `peers-latest.json`; chart: `peers-error.png`.")
     L.append("")
     (out / "peers-latest.md").write_text("\n".join(L), encoding="utf-8")
