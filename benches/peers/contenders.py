@@ -10,6 +10,7 @@ than measures is listed in ``estimated``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from typing import Any
@@ -148,10 +149,8 @@ class CodeCarbon:
         return {"package": cpu * J_PER_KWH, "dram": ram * J_PER_KWH, "gpu": gpu * J_PER_KWH}
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.tr.stop()
-        except Exception:
-            pass
 
 
 class _Collect:
@@ -186,7 +185,7 @@ class PyJoules:
             # Constructing a context probes the domains; a missing one raises here.
             with EnergyContext(handler=_Collect(), domains=self.domains, start_tag="probe"):
                 pass
-        except Exception as e:  # noqa: BLE001 - recorded, measured without the GPU
+        except Exception as e:
             self.notes.append(f"NVIDIA domain unusable, GPU left out: {type(e).__name__}: {e}")
             self.domains = self.domains[:2]
         self.handler = _Collect()
@@ -262,10 +261,8 @@ class Carbontracker:
         return out
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.tr.stop()
-        except Exception:
-            pass
 
 
 ALL = {c.name: c for c in (Carbonctx, Zeus, CodeCarbon, PyJoules, Carbontracker)}

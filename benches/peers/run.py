@@ -24,7 +24,9 @@ REPO = HERE.parent.parent
 RESULTS = REPO / "benches" / "results"
 sys.path.insert(0, str(HERE))
 
-import contenders  # noqa: E402
+import contextlib
+
+import contenders
 
 ORDER = ["carbonctx", "zeus", "codecarbon", "pyjoules", "carbontracker"]
 SOURCES = ["package", "dram", "gpu", "cpu+dram"]
@@ -81,8 +83,11 @@ class Machine:
         # Links as on real sysfs; they resolve inside the contender's namespace, where this
         # tree is bind-mounted at /sys/devices/virtual/powercap and /sys/class/powercap.
         os.symlink("/sys/class/powercap", dev / "subsystem")
-        for name, rel in (("intel-rapl", "intel-rapl"), ("intel-rapl:0", "intel-rapl/intel-rapl:0"),
-                          ("intel-rapl:0:0", "intel-rapl/intel-rapl:0/intel-rapl:0:0")):
+        for name, rel in (
+            ("intel-rapl", "intel-rapl"),
+            ("intel-rapl:0", "intel-rapl/intel-rapl:0"),
+            ("intel-rapl:0:0", "intel-rapl/intel-rapl:0/intel-rapl:0:0"),
+        ):
             os.symlink(f"/sys/devices/virtual/powercap/{rel}", cls / name)
         for dom, d in zones.items():
             (d / "name").write_text(("package-0" if dom == "package" else "dram") + "\n")
@@ -93,21 +98,39 @@ class Machine:
         # Some peers decide there is an NVIDIA GPU only if `nvidia-smi --help` runs.
         (root / "bin").mkdir()
         smi = root / "bin/nvidia-smi"
-        smi.write_text("#!/bin/sh\n# stand-in for the peer benchmark: answers --help only\n"
-                       "if [ \"$1\" = --help ]; then echo 'NVIDIA System Management Interface "
-                       "(stand-in)'; exit 0; fi\necho 'nvidia-smi stand-in: only --help' >&2; "
-                       "exit 9\n")
+        smi.write_text(
+            "#!/bin/sh\n# stand-in for the peer benchmark: answers --help only\n"
+            'if [ "$1" = --help ]; then echo \'NVIDIA System Management Interface '
+            "(stand-in)'; exit 0; fi\necho 'nvidia-smi stand-in: only --help' >&2; "
+            "exit 9\n"
+        )
         smi.chmod(0o755)
         exe = build / "rapl_writer"
         if not exe.exists() or exe.stat().st_mtime < (HERE / "rapl_writer.c").stat().st_mtime:
-            subprocess.run([shutil.which("cc") or "gcc", "-O2", "-o", str(exe),
-                            str(HERE / "rapl_writer.c"), "-lm"], check=True)
+            subprocess.run(
+                [
+                    shutil.which("cc") or "gcc",
+                    "-O2",
+                    "-o",
+                    str(exe),
+                    str(HERE / "rapl_writer.c"),
+                    "-lm",
+                ],
+                check=True,
+            )
         self.stop_file = root / ".stop-writer"
         args = [str(exe), str(self.sim.t0_ns), "1000000", str(self.stop_file)]
         for dom, d in zones.items():
             w = self.waves[dom]
-            args += [str(d / "energy_uj"), repr(w.low_w), repr(w.high_w), repr(w.period_s),
-                     repr(w.duty), repr(OFFSET_J), str(self.wrap_range)]
+            args += [
+                str(d / "energy_uj"),
+                repr(w.low_w),
+                repr(w.high_w),
+                repr(w.period_s),
+                repr(w.duty),
+                repr(OFFSET_J),
+                str(self.wrap_range),
+            ]
         self.writer = subprocess.Popen(args)
         time.sleep(0.05)
         if self.writer.poll() is not None:
@@ -154,9 +177,19 @@ def build_nvml_shim(sim: Any) -> None:
     shutil.copyfile(src / "fake_nvml.conf", d / "fake_nvml.conf")
     cc = shutil.which("cc") or shutil.which("gcc")
     subprocess.run(
-        [cc, "-shared", "-fPIC", "-O2", "-o", str(d / "libnvidia-ml.so.1"),
-         str(HERE / "nvml_arch_shim.c"), "-Wl,--no-as-needed", f"-L{d}",
-         "-l:libccx_fake_nvml.so", "-Wl,-rpath,$ORIGIN"],
+        [
+            cc,
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-o",
+            str(d / "libnvidia-ml.so.1"),
+            str(HERE / "nvml_arch_shim.c"),
+            "-Wl,--no-as-needed",
+            f"-L{d}",
+            "-l:libccx_fake_nvml.so",
+            "-Wl,-rpath,$ORIGIN",
+        ],
         check=True,
     )
 
@@ -167,25 +200,40 @@ def run_worker(name: str, phase: str, sim_root: Path, out: Path, timeout_s: floa
     for k in [k for k in env if k.startswith("CARBONCTX_") and k.endswith("ROOT")]:
         del env[k]  # every contender reads the real paths
     cmd = [
-        "unshare", "-m", "--propagation", "private", "-n", "--",
-        "bash", str(HERE / "ns_exec.sh"), str(sim_root),
-        sys.executable, str(HERE / "worker.py"), name, phase, str(out),
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "-n",
+        "--",
+        "bash",
+        str(HERE / "ns_exec.sh"),
+        str(sim_root),
+        sys.executable,
+        str(HERE / "worker.py"),
+        name,
+        phase,
+        str(out),
     ]
     log = out.with_suffix(".log")
     t0 = time.monotonic()
     with open(log, "w", encoding="utf-8") as lf:
-        p = subprocess.Popen(cmd, env=env, stdout=lf, stderr=subprocess.STDOUT,
-                             start_new_session=True, cwd=str(out.parent))
+        p = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=lf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(out.parent),
+        )
         try:
             p.wait(timeout=timeout_s)
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
         # Helper processes a contender leaves behind share the worker's process group.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         p.wait()
     res: dict[str, Any] = {}
     if out.exists():
@@ -198,7 +246,8 @@ def run_worker(name: str, phase: str, sim_root: Path, out: Path, timeout_s: floa
     if timed_out:
         res["ok"] = False
         res["error"] = f"timed out after {timeout_s:.0f} s" + (
-            f" (last completed step saved)" if res.get("load_s") is not None else "")
+            " (last completed step saved)" if res.get("load_s") is not None else ""
+        )
     if not res.get("ok") and "error" not in res:
         res["error"] = "worker died: " + log.read_text()[-1500:]
     res["log_tail"] = log.read_text()[-1500:]
@@ -244,7 +293,9 @@ def score(sim: Any, res: dict) -> None:
             a = sorted(abs(e) for e in errs)
             out[src] = {
                 "n": len(a),
-                "median_abs": a[len(a) // 2] if len(a) % 2 else (a[len(a) // 2 - 1] + a[len(a) // 2]) / 2,
+                "median_abs": a[len(a) // 2]
+                if len(a) % 2
+                else (a[len(a) // 2 - 1] + a[len(a) // 2]) / 2,
                 "worst_abs": a[-1],
                 "sum_err": sums[src][0] / sums[src][1] - 1 if sums[src][1] else None,
             }
@@ -262,10 +313,8 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[c.name] = "not installed"
     for extra in ("nvidia-ml-py", "psutil", "matplotlib"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[extra] = metadata.version(extra)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -294,14 +343,21 @@ def main() -> int:
     args = ap.parse_args()
 
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        print("peers benchmark: needs root and unshare(1) to bind simulated hardware over "
-              "/sys/class/powercap in a private mount namespace; skipped.")
+        print(
+            "peers benchmark: needs root and unshare(1) to bind simulated hardware over "
+            "/sys/class/powercap in a private mount namespace; skipped."
+        )
         return 0
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "-n", "true"],
-                           capture_output=True, text=True, check=False)
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "-n", "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if probe.returncode != 0:
-        print(f"peers benchmark: unshare -m -n does not work here ({probe.stderr.strip()}); "
-              "skipped.")
+        print(
+            f"peers benchmark: unshare -m -n does not work here ({probe.stderr.strip()}); skipped."
+        )
         return 0
 
     os.environ["CCX_BENCH_SCALE"] = str(args.scale)
@@ -327,8 +383,10 @@ def main() -> int:
         try:
             for n in names:
                 if installs.get(n, {}).get("ok") is False:
-                    results[n][phase] = {"ok": False, "error": "not installed: "
-                                         + installs[n].get("error", "")[-300:]}
+                    results[n][phase] = {
+                        "ok": False,
+                        "error": "not installed: " + installs[n].get("error", "")[-300:],
+                    }
                     continue
                 print(f"[{time.monotonic() - started:6.1f}s] {phase:5s} {n} ...", flush=True)
                 limit = 150 * max(args.scale, 0.3) if phase == "main" else 60
@@ -347,9 +405,13 @@ def main() -> int:
         "versions": versions(),
         "installs": installs,
         "setup": {
-            "package_wave_w_period_s": PACKAGE, "dram_w": DRAM_W,
-            "gpu_wave": GPU_WAVE, "gpu_update_s": GPU_UPDATE_S,
-            "rapl_update_s": 0.001, "wrap_uj": WRAP_UJ, "scale": args.scale,
+            "package_wave_w_period_s": PACKAGE,
+            "dram_w": DRAM_W,
+            "gpu_wave": GPU_WAVE,
+            "gpu_update_s": GPU_UPDATE_S,
+            "rapl_update_s": 0.001,
+            "wrap_uj": WRAP_UJ,
+            "scale": args.scale,
         },
         "suite_wall_s": time.monotonic() - started,
         "results": results,
@@ -359,8 +421,10 @@ def main() -> int:
     import report
 
     report.write(doc, RESULTS)
-    print(f"wrote {RESULTS / 'peers-latest.md'} and peers-error.png "
-          f"({time.monotonic() - started:.0f} s)")
+    print(
+        f"wrote {RESULTS / 'peers-latest.md'} and peers-error.png "
+        f"({time.monotonic() - started:.0f} s)"
+    )
     return 0
 
 

@@ -56,6 +56,9 @@ class Sampler:
     def end_tagged(self, id: int, tag: int) -> bool:
         """Close a region with a tag (u32) that :meth:`drain` hands back with its result.
         True when many resolved regions wait to be drained: drain now."""
+    def end_span(self, t0_ns: int, tag: int) -> bool:
+        """Record a region that began at ``t0_ns`` (from :func:`now_ns`) and ends now, with a
+        tag; no id. True when many resolved regions wait to be drained: drain now."""
     def drain(self, max: int = 100_000) -> tuple[int, bytes, bytes, bytes, bytes, bytes, bytes]:
         """Up to ``max`` resolved regions in columns: (n, ids, tags, t0_ns, t1_ns, joules,
         uncertainty), the native-endian bytes of u64, u32, u64, u64, f64 and f64 arrays

@@ -11,6 +11,7 @@ from typing import IO, Any
 
 import attrs
 import numpy as np
+import numpy.random  # imported here, never lazily in the resolver thread (fork safety)
 import numpy.typing as npt
 
 __all__ = [

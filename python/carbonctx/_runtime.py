@@ -63,6 +63,7 @@ class Runtime:
         self.settings = settings
         self.pid = os.getpid()
         self.dead = False
+        self._parent_sampler: _native.Sampler | None = None
         # Decorated functions record thread and parent only when something will show them.
         self.detailed = settings.strict or bool(settings.output)
         self.sampler: _native.Sampler | None = None
@@ -196,6 +197,9 @@ class Runtime:
     def abandon(self) -> None:
         """In a forked child: never touch the parent's sampler or threads again."""
         self.dead = True
+        # Keep the parent's native sampler referenced: dropping it here would try to stop a
+        # thread this process does not have. (The native side also refuses, by pid.)
+        self._parent_sampler = self.sampler
         self.sampler = None
         self._out = None
 
@@ -258,9 +262,12 @@ class Runtime:
         s = self.sampler
         if s is None:
             return True
-        ok = s.wait(t_ns, timeout)
-        self.drain()
-        return ok
+        deadline = time.monotonic() + timeout
+        while True:
+            ok = s.wait(t_ns, max(0.0, deadline - time.monotonic()))
+            self.drain()
+            if ok or time.monotonic() >= deadline:
+                return ok
 
     def flush(self, timeout: float = RESULT_TIMEOUT_S) -> bool:
         """Resolve every region ended so far (waits about one sampling interval)."""
@@ -331,7 +338,7 @@ class Runtime:
         groups: dict[str, npt.NDArray[np.intp]] = {}
         untagged = np.flatnonzero(tag_arr == 0)
         if len(untagged) < n:
-            for tag in np.unique(tag_arr).tolist():
+            for tag in np.flatnonzero(np.bincount(tag_arr)).tolist():
                 if tag:
                     groups[names[tag]] = np.flatnonzero(tag_arr == tag)
         if len(untagged):

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
-from carbonctx import _runtime
+from carbonctx import _native, _runtime
 from carbonctx._report import Measurement, SourceEnergy
 from carbonctx.errors import CarbonctxError, SamplerError, SourceUnavailableError
 
@@ -24,6 +24,7 @@ _current: contextvars.ContextVar[Region | None] = contextvars.ContextVar(
     "carbonctx_region", default=None
 )
 _get_ident = threading.get_ident
+_now_ns = _native.now_ns
 
 
 def _sync_cuda() -> None:
@@ -266,11 +267,11 @@ class Tracker:
             if cache[0] is not rt:
                 cache[0] = rt
                 cache[1] = rt.tag_of(name)
-            rid = s.begin()
+            t0 = _now_ns()
             try:
                 return fn(*args, **kwargs)
             finally:
-                if s.end_tagged(rid, cache[1]):
+                if s.end_span(t0, cache[1]):
                     rt.drain()  # a backlog: the resolver thread cannot keep up
                 if rt.warn_due:
                     rt.emit_warnings()

@@ -245,6 +245,10 @@ impl Sampler {
         self.inner.end_tagged(id, tag)
     }
 
+    fn end_span(&self, t0_ns: u64, tag: u32) -> bool {
+        self.inner.end_span(t0_ns, tag)
+    }
+
     fn begin_at(&self, t_ns: u64) -> u64 {
         self.inner.begin_at(t_ns)
     }

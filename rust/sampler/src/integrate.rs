@@ -407,3 +407,90 @@ mod tests {
         assert_eq!(tl.last().unwrap().t_ns, 9);
     }
 }
+
+/// A fine timeline of recent points and a coarse one reaching far back, so that the start of a
+/// long region can be found after the fine ring has moved on.
+#[derive(Clone, Debug)]
+pub struct History {
+    fine: Timeline,
+    coarse: Timeline,
+    step_ns: u64,
+}
+
+impl History {
+    /// `fine` points of full resolution; `coarse` points at least `step_ns` apart.
+    pub fn new(fine: usize, coarse: usize, step_ns: u64) -> Self {
+        History {
+            fine: Timeline::with_capacity(fine),
+            coarse: Timeline::with_capacity(coarse),
+            step_ns,
+        }
+    }
+
+    pub fn push(&mut self, p: Point) {
+        self.fine.push(p);
+        if self
+            .coarse
+            .last()
+            .is_none_or(|c| p.t_ns >= c.t_ns.saturating_add(self.step_ns))
+        {
+            self.coarse.push(p);
+        }
+    }
+
+    pub fn last(&self) -> Option<Point> {
+        self.fine.last()
+    }
+
+    /// Points of full resolution stamped after `since_ns`.
+    pub fn since(&self, since_ns: u64, max: usize) -> Vec<Point> {
+        self.fine.since(since_ns, max)
+    }
+
+    /// Joules at `t_ns` (see [`Timeline::at`]); before the fine ring, from the coarse one.
+    pub fn at(&self, t_ns: u64) -> Option<Estimate> {
+        let first = self.fine.first()?;
+        if t_ns >= first.t_ns {
+            return self.fine.at(t_ns);
+        }
+        let e = self.coarse.at(t_ns)?;
+        if !e.high.is_infinite() {
+            return Some(e);
+        }
+        // Between the last coarse point and the first fine one.
+        let lo = self.coarse.last()?;
+        if first.t_ns <= lo.t_ns {
+            return Some(e);
+        }
+        let frac = (t_ns - lo.t_ns) as f64 / (first.t_ns - lo.t_ns) as f64;
+        Some(Estimate {
+            joules: lo.joules + (first.joules - lo.joules) * frac,
+            low: lo.joules,
+            high: first.joules,
+        })
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    #[test]
+    fn old_instants_come_from_the_coarse_ring() {
+        let mut h = History::new(4, 16, 10);
+        for t in 0..40u64 {
+            h.push(Point {
+                t_ns: t,
+                joules: 2.0 * t as f64,
+            });
+        }
+        // The fine ring holds 36..39; 15 is found between coarse points 10 and 20.
+        let e = h.at(15).unwrap();
+        assert!((e.joules - 30.0).abs() < 1e-9);
+        assert_eq!((e.low, e.high), (20.0, 40.0));
+        // Between the last coarse point (30) and the first fine one (36).
+        let e = h.at(33).unwrap();
+        assert!((e.joules - 66.0).abs() < 1e-9);
+        assert!((h.at(38).unwrap().joules - 76.0).abs() < 1e-9);
+    }
+}

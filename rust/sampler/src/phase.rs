@@ -28,6 +28,9 @@ pub struct PhaseLock {
     /// Predicted updates in a row that did not come (an idle counter is read once a period).
     idle: u32,
     mismatches: u32,
+    /// Read every `stride`-th update (1: every one). Above 1 the phase is not re-anchored; it
+    /// coasts on the learned period until reads come at every update again.
+    stride: u32,
     /// Updates whose time was bracketed closely (re-anchors of the phase).
     pub anchors: u64,
     /// Times the lock was lost and the period learned again.
@@ -58,7 +61,33 @@ impl PhaseLock {
             mismatches: 0,
             anchors: 0,
             relocks: 0,
+            stride: 1,
         }
+    }
+
+    /// Read every `k`-th update from now on (at least 1).
+    pub fn set_stride(&mut self, k: u32) {
+        self.stride = k.max(1);
+    }
+
+    /// How many updates apart reads should be for them to be at least `interval_ns` apart.
+    pub fn stride_for(&self, interval_ns: u64) -> u32 {
+        match self.period {
+            Some(p) if self.locked && p > 0.0 => ((interval_ns as f64 / p).round() as u32).max(1),
+            _ => 1,
+        }
+    }
+
+    /// Re-aim at the first predicted update at or after `now` (after reading sparsely, to
+    /// read the next update again).
+    pub fn resync(&mut self, now: u64) {
+        let Some(p) = self.period.filter(|_| self.locked) else {
+            return;
+        };
+        let now = now as f64;
+        let k = ((now - self.next) / p).ceil();
+        self.next += k * p;
+        self.chases = 0;
     }
 
     pub fn is_locked(&self) -> bool {
@@ -153,7 +182,7 @@ impl PhaseLock {
             let p = self.period.unwrap_or(p);
             // Drift faster than the period may be wrong, so that polls keep landing early.
             self.drift = (g / 8.0).max(2.0 * perr);
-            self.next = mid + p - self.drift;
+            self.next = mid + self.ahead(p);
             self.mismatches = 0;
             return Some(mid as u64);
         }
@@ -162,7 +191,7 @@ impl PhaseLock {
         let cand = self.next + k * p;
         if cand > prevf && cand <= tf {
             self.mismatches = 0;
-            self.next = cand + p - self.drift;
+            self.next = cand + self.ahead(p);
             // The prediction runs early by up to a guard; the update lies in [cand, cand + g].
             let stamp = (cand + g / 2.0).min(tf);
             return Some(stamp as u64);
@@ -178,6 +207,16 @@ impl PhaseLock {
 
     /// Re-estimate the period from the first close bracket and this one (`u`, of `width`);
     /// returns how far off the period may still be.
+    /// From one read update to the next to read: `stride` periods, less the drift that keeps
+    /// reads landing early when every update is read.
+    fn ahead(&self, p: f64) -> f64 {
+        if self.stride == 1 {
+            p - self.drift
+        } else {
+            f64::from(self.stride) * p
+        }
+    }
+
     fn refine(&mut self, u: f64, width: f64) -> f64 {
         let Some(p) = self.period else { return 0.0 };
         match self.base {

@@ -8,14 +8,14 @@
 //! update period of a region's end.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::integrate::{Accumulator, Estimate, Point, Step, Timeline};
+use crate::integrate::{Accumulator, Estimate, History, Point, Step};
 use crate::phase::PhaseLock;
 use crate::source::{EnergySource, SourceInfo, Unavailable};
 
@@ -37,6 +37,11 @@ pub struct Config {
     /// Learn when each counter updates and poll just after (see [`crate::phase`]); when off,
     /// counters are polled at their fixed interval.
     pub phase_lock: bool,
+    /// While no region mark has come for `fast_hold`, phase-locked counters are read about this
+    /// often instead of at every update (the phase and period are kept, so the first mark after
+    /// a quiet spell is timed as precisely as any). Zero: always read every update.
+    pub quiet_interval: Duration,
+    pub fast_hold: Duration,
     /// How often a failed source is tried again.
     pub retry: Duration,
     /// Resolved regions kept for the caller to drain; beyond it the oldest are dropped and
@@ -53,6 +58,8 @@ impl Default for Config {
             fail_after: 5,
             fail_time: Duration::from_millis(250),
             phase_lock: true,
+            quiet_interval: Duration::from_millis(20),
+            fast_hold: Duration::from_millis(250),
             retry: Duration::from_secs(1),
             max_resolved: 1 << 20,
         }
@@ -138,9 +145,13 @@ impl Packed {
     }
 }
 
+/// The coarse history: a point every 5 s, 16384 of them (about 22 hours).
+const COARSE_STEP_NS: u64 = 5_000_000_000;
+const COARSE_POINTS: usize = 16_384;
+
 /// Resolved regions waiting to be drained above which [`Sampler::end_tagged`] asks the caller
 /// to drain.
-pub const BACKLOG_HIGH: usize = 1 << 15;
+pub const BACKLOG_HIGH: usize = 1 << 13;
 
 /// A region whose energy is known.
 #[derive(Clone, Debug, PartialEq)]
@@ -168,9 +179,25 @@ struct Mark {
     tag: u32,
 }
 
+/// A region closed in one go ([`Sampler::end_span`]): both edges wait in one entry.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    t0_ns: u64,
+    /// t1 − t0; a longer region goes through the marks instead.
+    dur_ns: u32,
+    tag: u32,
+}
+
+impl Span {
+    fn t1_ns(&self) -> u64 {
+        self.t0_ns + u64::from(self.dur_ns)
+    }
+}
+
 #[derive(Default)]
 struct Regions {
     pending: Vec<Mark>,
+    spans: Vec<Span>,
     open: HashMap<u64, (u64, Vec<Estimate>)>,
     done: Packed,
     frontier_ns: u64,
@@ -182,15 +209,35 @@ struct Regions {
 
 struct Shared {
     stop: AtomicBool,
+    /// The sampler reads sparsely and sleeps long: a new mark must wake it.
+    quiet: AtomicBool,
     sleep: Mutex<()>,
     wake: Condvar,
     regions: Mutex<Regions>,
     resolved: Condvar,
-    timelines: Mutex<Vec<Timeline>>,
+    timelines: Mutex<Vec<History>>,
     status: Mutex<Vec<SourceStatus>>,
     next_id: AtomicU64,
     loops: AtomicU64,
+    /// Callers blocked in `wait_until_resolved` (the thread notifies only when there are some).
+    waiters: AtomicUsize,
     started_ns: u64,
+}
+
+/// Counts a waiter for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -204,6 +251,7 @@ pub struct Sampler {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     infos: Vec<SourceInfo>,
+    owner_pid: i32,
 }
 
 struct Polled {
@@ -231,6 +279,7 @@ impl Sampler {
         let started_ns = crate::now_ns();
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
             regions: Mutex::new(Regions {
@@ -241,6 +290,7 @@ impl Sampler {
             timelines: Mutex::new(Vec::new()),
             status: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
+            waiters: AtomicUsize::new(0),
             loops: AtomicU64::new(0),
             started_ns,
         });
@@ -255,6 +305,8 @@ impl Sampler {
                     shared,
                     thread: Mutex::new(Some(thread)),
                     infos,
+                    // SAFETY: getpid has no preconditions.
+                    owner_pid: unsafe { libc::getpid() },
                 },
                 unavailable,
             )),
@@ -296,7 +348,38 @@ impl Sampler {
     #[inline]
     pub fn end_tagged(&self, id: u64, tag: u32) -> bool {
         let t = crate::now_ns();
-        self.mark(id, t, Edge::Exit, tag) > BACKLOG_HIGH
+        self.mark(id, t, Edge::Exit, tag) >= BACKLOG_HIGH
+    }
+
+    /// Record a region that began at `t0_ns` (taken with [`crate::now_ns`]) and ends now,
+    /// with a caller's tag: one entry instead of two marks, and no id. Returns true when the
+    /// caller should drain (see [`Sampler::end_tagged`]).
+    #[inline]
+    pub fn end_span(&self, t0_ns: u64, tag: u32) -> bool {
+        let t1_ns = crate::now_ns();
+        let Ok(dur_ns) = u32::try_from(t1_ns.saturating_sub(t0_ns)) else {
+            // Longer than 4.29 s: its start is resolved on its own, as an opened region's is.
+            let id = self.begin_at(t0_ns);
+            return self.mark(id, t1_ns, Edge::Exit, tag) >= BACKLOG_HIGH;
+        };
+        let mut r = lock(&self.shared.regions);
+        r.begun += 1;
+        r.spans.push(Span { t0_ns, dur_ns, tag });
+        let backlog = r.done.len();
+        drop(r);
+        self.wake_if_quiet();
+        backlog >= BACKLOG_HIGH
+    }
+
+    #[inline]
+    fn wake_if_quiet(&self) {
+        // Only the first mark after a quiet spell pays for waking the thread.
+        if self.shared.quiet.load(Ordering::Relaxed)
+            && self.shared.quiet.swap(false, Ordering::AcqRel)
+        {
+            let _g = lock(&self.shared.sleep);
+            self.shared.wake.notify_all();
+        }
     }
 
     /// Open a region at a given instant (CLOCK_MONOTONIC ns), e.g. one taken earlier.
@@ -323,7 +406,10 @@ impl Sampler {
             edge,
             tag,
         });
-        r.done.len()
+        let backlog = r.done.len();
+        drop(r);
+        self.wake_if_quiet();
+        backlog
     }
 
     /// Take every region resolved so far.
@@ -347,16 +433,22 @@ impl Sampler {
         lock(&self.shared.regions).done.take_front(max, w)
     }
 
-    /// Wait until every mark made at or before `t_ns` is resolved, or `timeout` passes.
-    /// Returns whether it was.
+    /// Wait until every region that ended at or before `t_ns` is resolved, `timeout` passes,
+    /// or the resolved rows are full (drain, then wait again). Returns whether all are
+    /// resolved.
     pub fn wait_until_resolved(&self, t_ns: u64, timeout: Duration) -> bool {
+        let caught_up = |r: &Regions| {
+            r.stopped || (r.frontier_ns >= t_ns && r.spans.first().is_none_or(|s| s.t1_ns() > t_ns))
+        };
         let r = lock(&self.shared.regions);
+        let _waiting = Waiting::new(&self.shared.waiters);
+        // Also return when the resolved rows are full: the caller must drain to make room.
         let (r, _) = self
             .shared
             .resolved
-            .wait_timeout_while(r, timeout, |r| r.frontier_ns < t_ns && !r.stopped)
+            .wait_timeout_while(r, timeout, |r| !caught_up(r) && r.done.len() < BACKLOG_HIGH)
             .unwrap_or_else(|p| p.into_inner());
-        r.frontier_ns >= t_ns || r.stopped
+        caught_up(&r)
     }
 
     /// The health of each source, in the order of [`Sampler::sources`].
@@ -373,7 +465,7 @@ impl Sampler {
             regions_resolved: r.resolved,
             dropped_regions: r.dropped,
             frontier_ns: r.frontier_ns,
-            pending_marks: r.pending.len(),
+            pending_marks: r.pending.len() + r.spans.len(),
             open_regions: r.open.len(),
             undrained: r.done.len(),
         }
@@ -400,6 +492,12 @@ impl Sampler {
             self.shared.wake.notify_all();
         }
         let thread = lock(&self.thread).take();
+        // SAFETY: getpid has no preconditions.
+        if unsafe { libc::getpid() } != self.owner_pid {
+            // A forked child holds a copy of this object but not the thread: never join it.
+            std::mem::forget(thread);
+            return;
+        }
         if let Some(t) = thread {
             // The thread catches its own panics; a join error cannot carry anything useful.
             let _ = t.join();
@@ -467,7 +565,7 @@ fn start_sources(
                 let interval = interval_for(&info, config);
                 let interval_ns = interval.as_nanos() as u64;
                 let mut acc = Accumulator::new(info.counter, interval_ns);
-                let mut tl = Timeline::with_capacity(config.timeline_capacity);
+                let mut tl = History::new(config.timeline_capacity, COARSE_POINTS, COARSE_STEP_NS);
                 if let Step::First(p) = acc.push(t, reading) {
                     tl.push(p);
                 }
@@ -513,9 +611,25 @@ fn start_sources(
 fn poll_loop(shared: &Shared, mut polled: Vec<Polled>, config: &Config) {
     set_timer_slack();
     let retry_ns = config.retry.as_nanos() as u64;
+    let quiet_ns = config.quiet_interval.as_nanos() as u64;
+    let hold_ns = config.fast_hold.as_nanos() as u64;
+    let mut fast_until = crate::now_ns() + hold_ns;
+    let mut fast = true;
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         let now = crate::now_ns();
+        // A mark woke a quiet sampler: read every counter now and every update from here.
+        if !fast && !shared.quiet.load(Ordering::Acquire) {
+            fast = true;
+            fast_until = now + hold_ns;
+            for p in polled.iter_mut() {
+                if let Some(ph) = p.phase.as_mut() {
+                    ph.set_stride(1);
+                    ph.resync(now);
+                    p.due_ns = now;
+                }
+            }
+        }
         {
             let mut timelines = lock(&shared.timelines);
             let mut status = lock(&shared.status);
@@ -528,19 +642,34 @@ fn poll_loop(shared: &Shared, mut polled: Vec<Polled>, config: &Config) {
             }
         }
         shared.loops.fetch_add(1, Ordering::Relaxed);
-        resolve(shared, &polled, stopping, config.max_resolved);
+        let marks = resolve(shared, &polled, stopping, config.max_resolved);
         if stopping {
             return;
+        }
+        let now = crate::now_ns();
+        if marks > 0 {
+            fast_until = now + hold_ns;
+        }
+        if fast && quiet_ns > 0 && now > fast_until {
+            // Quiet: read counters sparsely until the next mark.
+            fast = false;
+            shared.quiet.store(true, Ordering::Release);
+            for p in polled.iter_mut() {
+                if let Some(ph) = p.phase.as_mut() {
+                    let k = ph.stride_for(quiet_ns);
+                    ph.set_stride(k);
+                }
+            }
         }
         let next = polled
             .iter()
             .map(|p| p.due_ns)
             .min()
             .unwrap_or(now + retry_ns);
-        let now = crate::now_ns();
         if next > now {
             let g = lock(&shared.sleep);
-            if !shared.stop.load(Ordering::SeqCst) {
+            let woken = !fast && !shared.quiet.load(Ordering::Acquire);
+            if !shared.stop.load(Ordering::SeqCst) && !woken {
                 let _ = shared
                     .wake
                     .wait_timeout(g, Duration::from_nanos(next - now));
@@ -554,7 +683,7 @@ const COALESCE_NS: u64 = 30_000;
 
 fn poll_one(
     p: &mut Polled,
-    tl: &mut Timeline,
+    tl: &mut History,
     st: &mut SourceStatus,
     now: u64,
     config: &Config,
@@ -647,12 +776,12 @@ fn push_gap(st: &mut SourceStatus, from: u64, to: u64) {
 
 /// The instant up to which source `p` can answer: its last point, or, when its counter has not
 /// moved for the settling time, its last poll less that time.
-fn covered_until(p: &Polled, tl: &Timeline) -> u64 {
+fn covered_until(p: &Polled, tl: &History) -> u64 {
     let last_point = tl.last().map_or(0, |pt| pt.t_ns);
     last_point.max(p.last_poll_ns.saturating_sub(p.settle_ns))
 }
 
-fn resolve(shared: &Shared, polled: &[Polled], stopping: bool, max_resolved: usize) {
+fn resolve(shared: &Shared, polled: &[Polled], stopping: bool, max_resolved: usize) -> usize {
     let timelines = lock(&shared.timelines);
     let frontier = if stopping {
         u64::MAX
@@ -666,8 +795,14 @@ fn resolve(shared: &Shared, polled: &[Polled], stopping: bool, max_resolved: usi
             .unwrap_or_else(crate::now_ns)
     };
     let mut r = lock(&shared.regions);
+    let marks = r.pending.len() + r.spans.len();
+    let through = frontier.max(r.frontier_ns);
+    resolve_spans(&mut r, polled, &timelines, through, max_resolved, stopping);
     if frontier <= r.frontier_ns && !stopping {
-        return;
+        if shared.waiters.load(Ordering::Acquire) > 0 {
+            shared.resolved.notify_all();
+        }
+        return marks;
     }
     let mut ready: Vec<Mark> = Vec::new();
     r.pending.retain(|m| {
@@ -717,10 +852,56 @@ fn resolve(shared: &Shared, polled: &[Polled], stopping: bool, max_resolved: usi
     if stopping {
         r.frontier_ns = u64::MAX;
     }
-    shared.resolved.notify_all();
+    if stopping || shared.waiters.load(Ordering::Acquire) > 0 {
+        shared.resolved.notify_all();
+    }
+    marks
 }
 
-fn estimate(p: &Polled, tl: &Timeline, t_ns: u64) -> Estimate {
+/// Resolve every span that ends at or before `frontier` (spans come in order of their end).
+fn resolve_spans(
+    r: &mut Regions,
+    polled: &[Polled],
+    timelines: &[History],
+    frontier: u64,
+    max_resolved: usize,
+    all: bool,
+) {
+    // Resolve no more than the caller can take soon: a burst (a slow counter moving the
+    // frontier by 100 ms over a million short regions a second) waits here, compactly, rather
+    // than as resolved rows.
+    let room = if all {
+        usize::MAX
+    } else {
+        BACKLOG_HIGH.saturating_sub(r.done.len())
+    };
+    let ready = r.spans.partition_point(|s| s.t1_ns() <= frontier).min(room);
+    if ready == 0 {
+        return;
+    }
+    let spans: Vec<Span> = r.spans.drain(..ready).collect();
+    for s in spans {
+        if r.done.len() >= max_resolved.max(1) {
+            r.dropped += 1;
+            continue;
+        }
+        r.resolved += 1;
+        let done = &mut r.done;
+        done.ids.push(0);
+        done.tags.push(s.tag);
+        done.t0_ns.push(s.t0_ns);
+        done.t1_ns.push(s.t1_ns());
+        for (p, tl) in polled.iter().zip(timelines.iter()) {
+            let (a, b) = (estimate(p, tl, s.t0_ns), estimate(p, tl, s.t1_ns()));
+            done.joules.push(b.joules - a.joules);
+            let u = 0.5 * ((b.high - b.low) + (a.high - a.low));
+            done.uncertainty
+                .push(if u.is_finite() { u } else { f64::NAN });
+        }
+    }
+}
+
+fn estimate(p: &Polled, tl: &History, t_ns: u64) -> Estimate {
     let Some(e) = tl.at(t_ns) else {
         return Estimate::exact(f64::NAN);
     };
