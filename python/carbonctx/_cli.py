@@ -72,15 +72,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        print("carbonctx run: give a command after --, e.g. carbonctx run -- python train.py")
+        print(
+            "usage: carbonctx run [-o OUTPUT] [--name NAME] -- CMD [ARGS...]\n"
+            "carbonctx run: give a command after --, e.g. carbonctx run -- python train.py",
+            file=sys.stderr,
+        )
         return 2
     carbonctx.configure(output=args.output, window=10)
-    try:
-        proc = subprocess.Popen(cmd)
-    except OSError as e:
-        print(f"carbonctx run: cannot start {cmd[0]!r}: {e}", file=sys.stderr)
-        return 127
+    # The region opens (and the sampler starts) before the command does, so that all of the
+    # command is measured, its start-up included.
     with carbonctx.track(args.name, tags={"command": cmd}) as m:
+        try:
+            proc = subprocess.Popen(cmd)
+        except OSError as e:
+            print(f"carbonctx run: cannot start {cmd[0]!r}: {e}", file=sys.stderr)
+            return 127
         while True:
             try:
                 rc = proc.wait()
