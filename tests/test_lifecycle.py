@@ -157,11 +157,6 @@ def test_a_forked_child_with_fork_disabled_reports_it_has_no_sampler(
     assert doc["parent_before"] > 0 and doc["parent_after"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Runtime.abandon() sets self.sampler = None in the child, dropping the parent's "
-    "native Sampler there: its Drop joins a thread the child does not have (Rust panics)",
-)
 def test_forking_never_drops_the_parents_native_sampler_in_the_child(
     sim: SimulatedMachine, tmp_path: Path
 ) -> None:
@@ -258,9 +253,8 @@ MP_SCRIPT = """
     if __name__ == "__main__":
         for i in range(3):
             load(i)  # the parent has measured before forking
-        # Settle the parent's first resolution before forking (see
-        # test_the_resolver_thread_never_imports for the race this avoids).
-        carbonctx.stats()
+        # Fork at once, while the parent's resolver thread handles its first results: a fork
+        # during an import there would leave the workers a lock that is never released.
         ctx = mp.get_context("fork")
         mode = sys.argv[1] if len(sys.argv) > 1 else "pool"
         if mode == "pool":
@@ -452,11 +446,6 @@ def test_sigkill_leaves_every_finished_region_in_a_readable_file(
     assert all(rec["energy_j"] > 0 for rec in steps)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the resolver thread imports numpy.ma (np.unique) and numpy.random (NameAggregate) "
-    "on first use: a fork at that moment leaves the child a module lock that is never released",
-)
 def test_the_resolver_thread_never_imports(sim: SimulatedMachine, tmp_path: Path) -> None:
     """A fork while a thread is importing leaves the child with that module's import lock held
     by a thread that does not exist there: the child hangs on its next use of the module (seen
