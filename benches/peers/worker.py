@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import contenders  # noqa: E402
+import contenders
 
 mono = time.monotonic_ns
 pc = time.perf_counter_ns
@@ -56,7 +56,7 @@ def regions(a: Any, lengths: list[float]) -> list[dict[str, Any]]:
         try:
             v = a.value(raw)
             out.append({"len": L, "ta": ta, "tb": tb, "got": v})
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             out.append({"len": L, "ta": ta, "tb": tb, "got": None, "error": repr(e)})
     return out
 
@@ -183,7 +183,7 @@ def main() -> int:
         res["notes"] += a.notes
         a.close()
         res["ok"] = True
-    except BaseException as e:  # noqa: BLE001 - recorded and reported, never hidden
+    except BaseException as e:
         res["ok"] = False
         res["error"] = f"{type(e).__name__}: {e}"
         res["traceback"] = traceback.format_exc()[-4000:]

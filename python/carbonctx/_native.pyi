@@ -53,9 +53,9 @@ class Sampler:
     def end(self, id: int) -> int: ...
     def begin_at(self, t_ns: int) -> int: ...
     def end_at(self, id: int, t_ns: int) -> None: ...
-    def end_tagged(self, id: int, tag: int) -> bool:
-        """Close a region with a tag (u32) that :meth:`drain` hands back with its result.
-        True when many resolved regions wait to be drained: drain now."""
+    def end_tagged(self, id: int, tag: int) -> int:
+        """Close a region with a tag (u32) that :meth:`drain` hands back with its result;
+        returns the timestamp used."""
     def end_span(self, t0_ns: int, tag: int) -> bool:
         """Record a region that began at ``t0_ns`` (from :func:`now_ns`) and ends now, with a
         tag; no id. True when many resolved regions wait to be drained: drain now."""

@@ -52,8 +52,9 @@ POWER_PERIOD_S = 0.1
 
 TOTAL_DOMAINS = ("package", "dram", "gpu")
 
-# A pending region: name, the Region handle if one was handed out, thread, parent id, tags.
-Pending = tuple[str, Any, int, "int | None", "Mapping[str, Any] | None"]
+# A pending region: the Tracker that measured it (name, thread, parent, tags; its result goes
+# back to it).
+Pending = Any
 
 
 class Runtime:
@@ -332,8 +333,8 @@ class Runtime:
         out = self._out
         window = self.recent.maxlen or 0
         first_kept = max(0, n - window)
-        # Every row's name: tagged rows carry it (grouped in bulk), the others have a pending
-        # entry (looked up one by one; these are the regions with a handle or details).
+        # Every row's name: tagged rows carry it (grouped in bulk); untagged ones have only the
+        # pending Tracker. Rows with an id have a Tracker waiting for its result.
         infos: list[Pending | None] = [None] * n
         groups: dict[str, npt.NDArray[np.intp]] = {}
         untagged = np.flatnonzero(tag_arr == 0)
@@ -341,13 +342,16 @@ class Runtime:
             for tag in np.flatnonzero(np.bincount(tag_arr)).tolist():
                 if tag:
                     groups[names[tag]] = np.flatnonzero(tag_arr == tag)
+        with_id = np.flatnonzero(ids != 0)
+        if len(with_id):
+            for k, rid in zip(with_id.tolist(), ids[with_id].tolist(), strict=True):
+                infos[k] = pending.pop(rid, None)
         if len(untagged):
             by_name: dict[str, list[int]] = {}
             for k in untagged.tolist():
-                p = pending.pop(int(ids[k]), None)
+                p = infos[k]
                 if p is not None:
-                    infos[k] = p
-                    by_name.setdefault(p[0], []).append(k)
+                    by_name.setdefault(p.name, []).append(k)
             for name, rows in by_name.items():
                 sel = np.asarray(rows, dtype=np.intp)
                 groups[name] = np.concatenate([groups[name], sel]) if name in groups else sel
@@ -364,17 +368,14 @@ class Runtime:
             if infos[k] is not None or tag_arr[k]:
                 recent.append((batch, k))
         lines: list[str] = []
-        for k in untagged.tolist():
+        for k in with_id.tolist():
             p = infos[k]
             if p is None:
                 continue
-            handle = p[1]
-            if handle is not None:
-                handle._raw = (batch, k)
+            p._raw = (batch, k)
             if out is not None:
                 m = self._measurement(*self.raw(batch, k))
-                if handle is not None:
-                    handle._result = m
+                p._result = m
                 lines.append(json.dumps(m.to_dict(), allow_nan=False, default=_json_default) + "\n")
         if lines and self._out is not None:
             try:
@@ -387,8 +388,9 @@ class Runtime:
         """Row ``k`` of a batch as the arguments of :meth:`_measurement`."""
         p = batch.infos[k]
         if p is None:
-            p = (self.names[int(batch.tags[k])], None, 0, None, None)
-        name, _handle, thread, parent, tags = p
+            name, thread, parent, tags = self.names[int(batch.tags[k])], 0, None, None
+        else:
+            name, thread, parent, tags = p.name, p.thread, p.parent, p.tags
         missing = [
             self.sources[i]["id"]
             for i in np.flatnonzero(batch.nan[k]).tolist()

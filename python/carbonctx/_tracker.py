@@ -20,7 +20,7 @@ from carbonctx.errors import CarbonctxError, SamplerError, SourceUnavailableErro
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_current: contextvars.ContextVar[Region | None] = contextvars.ContextVar(
+_current: contextvars.ContextVar[Tracker | None] = contextvars.ContextVar(
     "carbonctx_region", default=None
 )
 _get_ident = threading.get_ident
@@ -35,33 +35,65 @@ def _sync_cuda() -> None:
         torch.cuda.synchronize()
 
 
-class Region:
-    """A measured region: what ``with track(...) as m`` gives.
+class Tracker:
+    """A measured region, and what :func:`track` returns.
 
-    Its fields (``duration_s``, ``energy_j``, ``cpu_j``, ``dram_j``, ``gpu_j``, ``by_source``,
-    ``co2_g``, ...) are those of its :class:`~carbonctx.Measurement`; reading one after the
-    region has ended waits for the sampler to pass its end (about one sampling interval).
+    Use it as a context manager (``with``, ``async with``: it gives itself as ``m``) or as a
+    decorator (each call is a region of its own). Its fields (``duration_s``, ``energy_j``,
+    ``cpu_j``, ``dram_j``, ``gpu_j``, ``by_source``, ``co2_g``, ...) are those of its
+    :class:`~carbonctx.Measurement`; reading one after the region has ended waits for the
+    sampler to pass its end (about one sampling interval). Entering the same object again
+    measures a new region, handed out by that ``with``.
     """
 
-    __slots__ = ("_raw", "_result", "_rt", "_strict", "_t1", "_token", "id", "name", "parent")
+    __slots__ = (
+        "_clones",
+        "_raw",
+        "_result",
+        "_rt",
+        "_strict",
+        "_t1",
+        "_token",
+        "id",
+        "name",
+        "parent",
+        "strict",
+        "sync",
+        "tags",
+        "thread",
+    )
 
-    def __init__(self, name: str, rt: _runtime.Runtime, strict: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        strict: bool | None = None,
+        tags: Mapping[str, Any] | None = None,
+        sync: bool = False,
+    ) -> None:
+        if type(name) is not str or not name:
+            raise TypeError(f"a region needs a non-empty name (str), not {name!r}")
         self.name = name
-        self._rt = rt
-        self._strict = strict
+        self.strict = strict
+        self.tags = dict(tags) if tags else None
+        self.sync = sync
         self.id = 0
         self.parent: int | None = None
+        self.thread = 0
         self._t1 = 0
-        self._result: Measurement | None = None
         self._raw: tuple[Any, int] | None = None  # (batch, row), set when resolved
-        self._token: contextvars.Token[Region | None] | None = None
+        self._result: Measurement | None = None
+        self._rt: _runtime.Runtime | None = None
+        self._strict = False
+        self._token: contextvars.Token[Tracker | None] | None = None
+        self._clones: list[Tracker] | None = None
 
     def __repr__(self) -> str:
         if self.done:
             r = self.result()
-            return f"<Region {self.name!r} {r.duration_s:.6f} s {r.energy_j:.6g} J>"
-        state = "running" if self._t1 == 0 else "resolving"
-        return f"<Region {self.name!r} {state}>"
+            return f"<Tracker {self.name!r} {r.duration_s:.6f} s {r.energy_j:.6g} J>"
+        state = "new" if self._rt is None else "running" if self._t1 == 0 else "resolving"
+        return f"<Tracker {self.name!r} {state}>"
 
     @property
     def done(self) -> bool:
@@ -71,8 +103,8 @@ class Region:
     def result(self, timeout: float = _runtime.RESULT_TIMEOUT_S) -> Measurement:
         """The frozen :class:`Measurement`, waiting for the sampler if needed."""
         r = self._result
-        if r is None and self._raw is not None:
-            rt = self._rt
+        rt = self._rt
+        if r is None and self._raw is not None and rt is not None:
             r = self._result = rt._measurement(*rt.raw(*self._raw))
         if r is not None:
             if self._strict and r.missing:
@@ -80,11 +112,10 @@ class Region:
                     f"region {self.name!r}: no figures from {', '.join(r.missing)} (strict=True)"
                 )
             return r
-        if self._t1 == 0:
+        if rt is None or self._t1 == 0:
             raise CarbonctxError(
                 f"region {self.name!r} is still running: read its results after it ends"
             )
-        rt = self._rt
         if rt.sampler is None:
             raise SamplerError(
                 f"region {self.name!r} has no measurement: {rt.start_error or 'no sampler'}"
@@ -153,79 +184,63 @@ class Region:
     def estimated(self) -> bool:
         return self.result().estimated
 
-
-class Tracker:
-    """What :func:`track` returns: a context manager (``with``, ``async with``) and a decorator.
-
-    Each ``with`` block and each call of a decorated function is one region.
-    """
-
-    __slots__ = ("_stack", "name", "strict", "sync", "tags")
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        strict: bool | None = None,
-        tags: Mapping[str, Any] | None = None,
-        sync: bool = False,
-    ) -> None:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"a region needs a non-empty name (str), not {name!r}")
-        self.name = name
-        self.strict = strict
-        self.tags = dict(tags) if tags else None
-        self.sync = sync
-        self._stack: list[Region] = []
-
-    def __repr__(self) -> str:
-        return f"Tracker({self.name!r})"
-
     # ------------------------------------------------------------------ context manager
 
-    def __enter__(self) -> Region:
-        rt = _runtime._RT or _runtime.runtime()
+    def __enter__(self) -> Tracker:
+        if self._rt is not None:
+            # This object measured a region already: measure this block as a new one.
+            clone = Tracker(self.name, strict=self.strict, tags=self.tags, sync=self.sync)
+            if self._clones is None:
+                self._clones = []
+            self._clones.append(clone)
+            return clone.__enter__()
+        rt = self._rt = _runtime._RT or _runtime.runtime()
         s = rt.sampler or rt.sampler_or_start()
-        strict = rt.settings.strict if self.strict is None else self.strict
-        if strict and (s is None or not rt.sources):
-            _runtime.start_error_or_raise(rt, True)
+        if self.strict or (self.strict is None and rt.settings.strict):
+            self._strict = True
+            if s is None or not rt.sources:
+                _runtime.start_error_or_raise(rt, True)
         if rt.warn_due:
             rt.emit_warnings()
-        region = Region(self.name, rt, strict)
         parent = _current.get()
         if parent is not None:
-            region.parent = parent.id
-        region._token = _current.set(region)
-        self._stack.append(region)
+            self.parent = parent.id
+        self._token = _current.set(self)
         if self.sync:
             _sync_cuda()
         if s is not None:
-            region.id = s.begin()
-        return region
+            self.id = s.begin()
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        region = self._stack.pop()
+        clones = self._clones
+        if clones:
+            clones.pop().__exit__(*exc)
+            return
         if self.sync:
             _sync_cuda()
-        rt = region._rt
-        s = rt.sampler
-        if region._token is not None:
+        token = self._token
+        if token is not None:
+            self._token = None
             try:  # noqa: SIM105 - faster than contextlib.suppress on the hot path
-                _current.reset(region._token)
+                _current.reset(token)
             except ValueError:  # exited in another context (e.g. a different task)
                 pass
-        if s is None or rt.dead or region.id == 0:
-            region._t1 = -1
+        rt = self._rt
+        s = rt.sampler if rt is not None else None
+        if s is None or rt is None or rt.dead or self.id == 0:
+            self._t1 = -1
             return
+        self.thread = _get_ident()
         pending = rt.pending
-        pending[region.id] = (self.name, region, _get_ident(), region.parent, self.tags)
-        region._t1 = s.end(region.id)
+        pending[self.id] = self
+        self._t1 = s.end_tagged(self.id, rt.tag_of(self.name))
         if len(pending) > _runtime.BACKLOG_HIGH:
             rt.drain()  # a backlog: the resolver thread cannot keep up
         if rt.warn_due:
             rt.emit_warnings()
 
-    async def __aenter__(self) -> Region:
+    async def __aenter__(self) -> Tracker:
         return self.__enter__()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -344,6 +359,10 @@ def tracked(
     return deco
 
 
-def current() -> Region | None:
+#: What ``with track(...) as m`` gives: the tracker itself.
+Region = Tracker
+
+
+def current() -> Tracker | None:
     """The innermost region open in this thread or task, if any."""
     return _current.get()

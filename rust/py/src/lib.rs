@@ -241,7 +241,7 @@ impl Sampler {
         self.inner.end(id)
     }
 
-    fn end_tagged(&self, id: u64, tag: u32) -> bool {
+    fn end_tagged(&self, id: u64, tag: u32) -> u64 {
         self.inner.end_tagged(id, tag)
     }
 
@@ -316,6 +316,8 @@ impl Sampler {
                 d.set_item("joules", s.joules)?;
                 d.set_item("gaps", s.gaps.clone())?;
                 d.set_item("interval_s", s.interval_ns as f64 * 1e-9)?;
+                d.set_item("update_period_s", s.update_period_ns * 1e-9)?;
+                d.set_item("phase_anchors", s.phase_anchors)?;
                 Ok(d)
             })
             .collect()

@@ -182,7 +182,8 @@ pub fn discover(roots: &Roots) -> Found {
             found.unavailable.push(unavailable(
                 cpuinfo_path.display().to_string(),
                 format!("cannot read it to tell the processor vendor: {e}"),
-                "",
+                "The MSR backend needs /proc/cpuinfo to know which registers exist; use the \
+                 powercap or perf sources, or check that /proc is mounted.",
             ));
             return found;
         }
@@ -198,7 +199,8 @@ pub fn discover(roots: &Roots) -> Found {
                     v.unwrap_or("unknown"),
                     f.map_or("unknown".to_string(), |f| format!("{f:#x}"))
                 ),
-                "",
+                "Nothing to do for this processor: its energy, if any, comes from powercap or \
+                 perf where the kernel exposes them.",
             ));
             return found;
         }
@@ -226,7 +228,11 @@ pub fn discover(roots: &Roots) -> Found {
                         "Load the msr module (`modprobe msr`, as root); prefer the powercap or \
                          perf sources where they exist.",
                     ),
-                    _ => (format!("cannot open the MSR device: {e}"), ""),
+                    _ => (
+                        format!("cannot open the MSR device: {e}"),
+                        "Check that the msr module is loaded (`modprobe msr`); prefer the powercap \
+                         or perf sources where they exist.",
+                    ),
                 };
                 found
                     .unavailable
@@ -251,7 +257,8 @@ pub fn discover(roots: &Roots) -> Found {
                     if matches!(e, Error::Permission { .. }) {
                         PERMISSION_HINT
                     } else {
-                        ""
+                        "The processor may not implement RAPL (virtual machines usually do not); \
+                         use the powercap or perf sources where they exist."
                     },
                 ));
                 continue;
@@ -278,7 +285,7 @@ pub fn discover(roots: &Roots) -> Found {
                     found.unavailable.push(unavailable(
                         path.display().to_string(),
                         format!("cannot duplicate the MSR file descriptor: {e}"),
-                        "",
+                        "The process may be out of file descriptors; raise `ulimit -n`.",
                     ));
                     continue;
                 }

@@ -119,6 +119,13 @@ pub fn parse_scale(text: &str) -> Option<f64> {
 }
 
 fn unavailable(what: impl Into<String>, reason: impl Into<String>, hint: &str) -> Unavailable {
+    let hint = if hint.is_empty() {
+        "The kernel's description of the perf power PMU is incomplete or unusual; use the \
+         powercap source where it exists, or report the files under \
+         /sys/bus/event_source/devices/power."
+    } else {
+        hint
+    };
     Unavailable {
         backend: BACKEND,
         what: what.into(),

@@ -88,6 +88,10 @@ pub struct SourceStatus {
     pub gaps: Vec<(u64, u64)>,
     /// The poll interval in use, ns.
     pub interval_ns: u64,
+    /// The counter's update period as learned by phase-locked polling, ns (0: not learned).
+    pub update_period_ns: f64,
+    /// Close brackets of an update instant that re-anchored the phase.
+    pub phase_anchors: u64,
 }
 
 /// Counters of the sampler as a whole.
@@ -149,8 +153,8 @@ impl Packed {
 const COARSE_STEP_NS: u64 = 5_000_000_000;
 const COARSE_POINTS: usize = 16_384;
 
-/// Resolved regions waiting to be drained above which [`Sampler::end_tagged`] asks the caller
-/// to drain.
+/// Resolved regions waiting to be drained above which [`Sampler::end_span`] asks the caller to
+/// drain.
 pub const BACKLOG_HIGH: usize = 1 << 13;
 
 /// A region whose energy is known.
@@ -342,18 +346,18 @@ impl Sampler {
     }
 
     /// Close region `id` now with a caller's tag (e.g. an interned name), handed back with
-    /// the result so the caller need not keep its own record of the region. Returns true when
-    /// more than [`BACKLOG_HIGH`] resolved regions wait to be drained: the caller should drain
-    /// (a producer faster than its consumer must not grow memory without bound).
+    /// the result. Returns the timestamp used.
     #[inline]
-    pub fn end_tagged(&self, id: u64, tag: u32) -> bool {
+    pub fn end_tagged(&self, id: u64, tag: u32) -> u64 {
         let t = crate::now_ns();
-        self.mark(id, t, Edge::Exit, tag) >= BACKLOG_HIGH
+        self.mark(id, t, Edge::Exit, tag);
+        t
     }
 
     /// Record a region that began at `t0_ns` (taken with [`crate::now_ns`]) and ends now,
     /// with a caller's tag: one entry instead of two marks, and no id. Returns true when the
-    /// caller should drain (see [`Sampler::end_tagged`]).
+    /// caller should drain (a producer faster than its consumer must not grow memory without
+    /// bound).
     #[inline]
     pub fn end_span(&self, t0_ns: u64, tag: u32) -> bool {
         let t1_ns = crate::now_ns();
@@ -655,8 +659,15 @@ fn poll_loop(shared: &Shared, mut polled: Vec<Polled>, config: &Config) {
             fast = false;
             shared.quiet.store(true, Ordering::Release);
             for p in polled.iter_mut() {
+                // An NVML energy read costs milliseconds of CPU in the driver (3 ms measured on
+                // an H100): while quiet, read it once a second.
+                let q = if p.source.info().backend == "nvml" {
+                    quiet_ns.max(1_000_000_000)
+                } else {
+                    quiet_ns
+                };
                 if let Some(ph) = p.phase.as_mut() {
-                    let k = ph.stride_for(quiet_ns);
+                    let k = ph.stride_for(q);
                     ph.set_stride(k);
                 }
             }
@@ -733,6 +744,10 @@ fn poll_one(
                 Step::Unchanged => {}
             }
             p.last_poll_ns = t_read;
+            if let Some(ph) = &p.phase {
+                st.update_period_ns = ph.period_ns().unwrap_or(0.0);
+                st.phase_anchors = ph.anchors;
+            }
             st.joules = p.acc.joules();
             st.wraps = p.acc.wraps;
             st.resets = p.acc.resets;
