@@ -10,6 +10,7 @@ Writes ``OUT_DIR/gpu-device.md`` and ``OUT_DIR/gpu-device.json``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -67,8 +68,8 @@ def nvml_latency_and_cadence(out: dict[str, Any]) -> None:
         if last_p is not None and p != last_p:
             changes_p.append(t)
         last_e, last_p = e, p
-    de = [(b - a) / 1e6 for a, b in zip(changes_e, changes_e[1:], strict=False)]
-    dp = [(b - a) / 1e6 for a, b in zip(changes_p, changes_p[1:], strict=False)]
+    de = [(b - a) / 1e6 for a, b in itertools.pairwise(changes_e)]
+    dp = [(b - a) / 1e6 for a, b in itertools.pairwise(changes_p)]
     out["cadence"] = {
         "reads_in_3s": reads,
         "energy_changes": len(changes_e),
