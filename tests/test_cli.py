@@ -111,11 +111,6 @@ def test_devices_json_without_hardware_gives_reason_and_hint(
     assert "CARBONCTX_NVML_LIBRARY" in un["nvml"]["hint"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="msr discovery gives no hint when /proc/cpuinfo cannot be read "
-    "(rust/sampler/src/msr.rs passes an empty hint)",
-)
 def test_every_unavailable_backend_has_a_hint(no_hardware: dict[str, str]) -> None:
     r = cli("devices", "--json", env=no_hardware)
     info = json.loads(r.stdout)
