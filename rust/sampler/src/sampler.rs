@@ -658,6 +658,10 @@ fn poll_loop(shared: &Shared, mut polled: Vec<Polled>, config: &Config) {
             // Quiet: read counters sparsely until the next mark.
             fast = false;
             shared.quiet.store(true, Ordering::Release);
+        }
+        if !fast {
+            // (Re)computed every loop: a counter's period may be learned only after the
+            // sampler went quiet.
             for p in polled.iter_mut() {
                 // An NVML energy read costs milliseconds of CPU in the driver (3 ms measured on
                 // an H100): while quiet, read it once a second.
