@@ -347,13 +347,13 @@ def test_uncertainty_of_short_regions_bounds_their_error(sim: SimulatedMachine) 
         assert all(s.uncertainty_j is None or s.uncertainty_j >= 0 for s in m.by_source.values())
         t0, t1 = edges(m)
         err = abs(pkg.joules - sim.truth_j("package", 0, t0, t1))
-        # The figure is a half-width: the counter brackets each edge, so the error can never
-        # exceed twice it, and it usually stays within it.
+        # The figure is the width of the counter brackets at both edges added: the error stays
+        # within it unless a read came late enough to blur an edge.
         assert err <= 2 * pkg.uncertainty_j + 1e-9, (err, pkg.uncertainty_j)
         within += err <= pkg.uncertainty_j
-        # ...and it is informative: a small part of a 20 ms region's ~1.6 J.
-        assert pkg.uncertainty_j < 0.2 * pkg.joules
-    assert within >= 0.7 * len(regions), within
+        # ...and it is informative: well below a 20 ms region's energy (0.8 to 2.4 J).
+        assert pkg.uncertainty_j < 0.4 * pkg.joules
+    assert within >= 0.9 * len(regions), within
     assert not any(math.isnan(m.energy_j) for m in regions)
 
 

@@ -53,8 +53,10 @@ class Measurement:
 
     ``cpu_j`` is CPU package energy summed over packages, ``dram_j`` DRAM energy, ``gpu_j`` the
     tracked GPUs; ``energy_j`` is their sum. Core, uncore and psys zones appear in ``by_source``
-    but never in totals (they overlap the package). ``uncertainty_j`` bounds what the sampling
-    interval lets anyone know about a short region's edges. ``missing`` names sources whose
+    but never in totals (they overlap the package). ``uncertainty_j`` is how far the true
+    energy can be from the figure given when the counters changed around the region's edges (the
+    widths of the brackets at both edges, added); it does not cover the error of integrating
+    power between readings, nor of an estimate. ``missing`` names sources whose
     figures are absent, and ``estimated`` is true when any total includes an estimate.
     """
 

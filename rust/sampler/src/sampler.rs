@@ -165,7 +165,8 @@ pub struct Resolved {
     pub t1_ns: u64,
     /// Joules per source, in the order of [`Sampler::sources`]; NaN where a source had failed.
     pub joules: Vec<f64>,
-    /// Half-width of the interval the true joules lie in, per source (NaN: unknown).
+    /// How far the true joules can be from the figure, per source: the widths of the counter
+    /// brackets around both edges added (NaN: unknown).
     pub uncertainty: Vec<f64>,
 }
 
@@ -860,7 +861,7 @@ fn resolve(shared: &Shared, polled: &[Polled], stopping: bool, max_resolved: usi
                 done.t1_ns.push(m.t_ns);
                 for (a, b) in e0.iter().zip(est.iter()) {
                     done.joules.push(b.joules - a.joules);
-                    let u = 0.5 * ((b.high - b.low) + (a.high - a.low));
+                    let u = (b.high - b.low) + (a.high - a.low);
                     done.uncertainty
                         .push(if u.is_finite() { u } else { f64::NAN });
                 }
@@ -913,7 +914,7 @@ fn resolve_spans(
         for (p, tl) in polled.iter().zip(timelines.iter()) {
             let (a, b) = (estimate(p, tl, s.t0_ns), estimate(p, tl, s.t1_ns()));
             done.joules.push(b.joules - a.joules);
-            let u = 0.5 * ((b.high - b.low) + (a.high - a.low));
+            let u = (b.high - b.low) + (a.high - a.low);
             done.uncertainty
                 .push(if u.is_finite() { u } else { f64::NAN });
         }
