@@ -40,6 +40,7 @@ class Sampler:
         timeline_capacity: int | None = None,
         settle_s: float | None = None,
         phase_lock: bool = True,
+        quiet_s: float | None = None,
     ) -> Sampler: ...
     @property
     def sources(self) -> list[dict[str, Any]]: ...

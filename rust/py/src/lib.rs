@@ -143,7 +143,7 @@ impl Sampler {
     #[new]
     #[pyo3(signature = (*, sys_root=None, dev_root=None, proc_root=None, nvml_library=None,
                         cpu_backends=None, nvml=true, estimate="auto", intervals=None,
-                        timeline_capacity=None, settle_s=None, phase_lock=true))]
+                        timeline_capacity=None, settle_s=None, phase_lock=true, quiet_s=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -158,6 +158,7 @@ impl Sampler {
         timeline_capacity: Option<usize>,
         settle_s: Option<f64>,
         phase_lock: bool,
+        quiet_s: Option<f64>,
     ) -> PyResult<Self> {
         let opts = options(
             sys_root,
@@ -181,6 +182,14 @@ impl Sampler {
             config
                 .intervals
                 .push((backend, Duration::from_secs_f64(secs)));
+        }
+        if let Some(q) = quiet_s {
+            if !(q.is_finite() && q >= 0.0) {
+                return Err(PyValueError::new_err(format!(
+                    "quiet_s must be a non-negative number of seconds (0: never quiet), not {q}"
+                )));
+            }
+            config.quiet_interval = Duration::from_secs_f64(q);
         }
         if let Some(c) = timeline_capacity {
             config.timeline_capacity = c;
@@ -333,7 +342,6 @@ impl Sampler {
         d.set_item("dropped_regions", s.dropped_regions)?;
         d.set_item("frontier_ns", s.frontier_ns)?;
         d.set_item("pending_marks", s.pending_marks)?;
-        d.set_item("open_regions", s.open_regions)?;
         d.set_item("undrained", s.undrained)?;
         Ok(d)
     }

@@ -31,6 +31,8 @@ pub struct PhaseLock {
     /// Read every `stride`-th update (1: every one). Above 1 the phase is not re-anchored; it
     /// coasts on the learned period until reads come at every update again.
     stride: u32,
+    /// After coasting: read just before the next predicted update, to re-anchor at once.
+    probe: bool,
     /// Updates whose time was bracketed closely (re-anchors of the phase).
     pub anchors: u64,
     /// Times the lock was lost and the period learned again.
@@ -62,6 +64,7 @@ impl PhaseLock {
             anchors: 0,
             relocks: 0,
             stride: 1,
+            probe: false,
         }
     }
 
@@ -88,6 +91,9 @@ impl PhaseLock {
         let k = ((now - self.next) / p).ceil();
         self.next += k * p;
         self.chases = 0;
+        // The phase may have drifted while coasting: look just before the next update, so that
+        // the quick re-reads that follow bracket it closely.
+        self.probe = true;
     }
 
     pub fn is_locked(&self) -> bool {
@@ -135,6 +141,7 @@ impl PhaseLock {
         let was_unchanged = std::mem::replace(&mut self.prev_unchanged, false);
         self.chases = 0;
         self.idle = 0;
+        self.probe = false;
         if !self.locked {
             // Learning: polls come at half the interval, so each update is seen on its own.
             if let Some(last) = self.last_change_mid {
@@ -243,6 +250,10 @@ impl PhaseLock {
     pub fn due(&self, t: u64) -> u64 {
         if !self.locked {
             return t + self.interval / 2;
+        }
+        if self.probe {
+            let early = (self.next - 2.0 * self.guard as f64) as u64;
+            return if early > t { early } else { t + self.guard };
         }
         let target = self.next + self.guard as f64;
         if target <= t as f64 && self.idle < 2 {

@@ -104,9 +104,8 @@ pub struct Stats {
     pub dropped_regions: u64,
     /// The instant up to which every mark can be resolved.
     pub frontier_ns: u64,
-    /// Marks not yet resolved, regions open, and resolved regions not yet drained.
+    /// Marks and spans not yet resolved, and resolved regions not yet drained.
     pub pending_marks: usize,
-    pub open_regions: usize,
     pub undrained: usize,
 }
 
@@ -203,7 +202,6 @@ impl Span {
 struct Regions {
     pending: Vec<Mark>,
     spans: Vec<Span>,
-    open: HashMap<u64, (u64, Vec<Estimate>)>,
     done: Packed,
     frontier_ns: u64,
     stopped: bool,
@@ -471,7 +469,6 @@ impl Sampler {
             dropped_regions: r.dropped,
             frontier_ns: r.frontier_ns,
             pending_marks: r.pending.len() + r.spans.len(),
-            open_regions: r.open.len(),
             undrained: r.done.len(),
         }
     }
@@ -620,6 +617,7 @@ fn poll_loop(shared: &Shared, mut polled: Vec<Polled>, config: &Config) {
     let hold_ns = config.fast_hold.as_nanos() as u64;
     let mut fast_until = crate::now_ns() + hold_ns;
     let mut fast = true;
+    let mut open = OpenRegions::new();
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         let now = crate::now_ns();
@@ -647,7 +645,7 @@ fn poll_loop(shared: &Shared, mut polled: Vec<Polled>, config: &Config) {
             }
         }
         shared.loops.fetch_add(1, Ordering::Relaxed);
-        let marks = resolve(shared, &polled, stopping, config.max_resolved);
+        let marks = resolve(shared, &polled, &mut open, stopping, config.max_resolved);
         if stopping {
             return;
         }
@@ -801,7 +799,19 @@ fn covered_until(p: &Polled, tl: &History) -> u64 {
     last_point.max(p.last_poll_ns.saturating_sub(p.settle_ns))
 }
 
-fn resolve(shared: &Shared, polled: &[Polled], stopping: bool, max_resolved: usize) -> usize {
+/// Enter marks resolved whose exit is not yet: kept by the sampler thread alone.
+type OpenRegions = HashMap<u64, (u64, Vec<Estimate>)>;
+
+/// Resolve what the frontier has passed. The regions lock is held only to take the work and to
+/// hand the results over, never while estimating: a thread marking a region never waits for
+/// more than a copy.
+fn resolve(
+    shared: &Shared,
+    polled: &[Polled],
+    open: &mut OpenRegions,
+    stopping: bool,
+    max_resolved: usize,
+) -> usize {
     let timelines = lock(&shared.timelines);
     let frontier = if stopping {
         u64::MAX
@@ -814,59 +824,113 @@ fn resolve(shared: &Shared, polled: &[Polled], stopping: bool, max_resolved: usi
             .min()
             .unwrap_or_else(crate::now_ns)
     };
-    let mut r = lock(&shared.regions);
-    let marks = r.pending.len() + r.spans.len();
-    let through = frontier.max(r.frontier_ns);
-    resolve_spans(&mut r, polled, &timelines, through, max_resolved, stopping);
-    if frontier <= r.frontier_ns && !stopping {
-        if shared.waiters.load(Ordering::Acquire) > 0 {
-            shared.resolved.notify_all();
-        }
-        return marks;
-    }
-    let mut ready: Vec<Mark> = Vec::new();
-    r.pending.retain(|m| {
-        if m.t_ns <= frontier {
-            ready.push(*m);
-            false
+    // 1. Take the work.
+    let (marks, mut ready, spans) = {
+        let mut r = lock(&shared.regions);
+        let marks = r.pending.len() + r.spans.len();
+        let through = frontier.max(r.frontier_ns);
+        // Resolve no more spans than the caller can take soon: a burst (a slow counter moving
+        // the frontier by 100 ms over a million short regions a second) waits compactly as
+        // spans rather than as resolved rows.
+        let room = if stopping {
+            usize::MAX
         } else {
-            true
+            BACKLOG_HIGH.saturating_sub(r.done.len())
+        };
+        let n_spans = r.spans.partition_point(|s| s.t1_ns() <= through).min(room);
+        let spans: Vec<Span> = r.spans.drain(..n_spans).collect();
+        let mut ready: Vec<Mark> = Vec::new();
+        if frontier > r.frontier_ns || stopping {
+            r.pending.retain(|m| {
+                if m.t_ns <= frontier {
+                    ready.push(*m);
+                    false
+                } else {
+                    true
+                }
+            });
         }
-    });
-    ready.sort_by_key(|m| (m.t_ns, m.edge == Edge::Exit));
-    for m in ready {
-        let est: Vec<Estimate> = polled
+        (marks, ready, spans)
+    };
+    // 2. Estimate, without the lock.
+    let width = polled.len();
+    let mut out = Packed::default();
+    let push = |out: &mut Packed,
+                id: u64,
+                tag: u32,
+                t0: u64,
+                t1: u64,
+                e0: &[Estimate],
+                e1: &[Estimate]| {
+        out.ids.push(id);
+        out.tags.push(tag);
+        out.t0_ns.push(t0);
+        out.t1_ns.push(t1);
+        for (a, b) in e0.iter().zip(e1.iter()) {
+            out.joules.push(b.joules - a.joules);
+            let u = (b.high - b.low) + (a.high - a.low);
+            out.uncertainty
+                .push(if u.is_finite() { u } else { f64::NAN });
+        }
+    };
+    let at = |t: u64| -> Vec<Estimate> {
+        polled
             .iter()
             .zip(timelines.iter())
-            .map(|(p, tl)| estimate(p, tl, m.t_ns))
-            .collect();
+            .map(|(p, tl)| estimate(p, tl, t))
+            .collect()
+    };
+    for sp in &spans {
+        push(
+            &mut out,
+            0,
+            sp.tag,
+            sp.t0_ns,
+            sp.t1_ns(),
+            &at(sp.t0_ns),
+            &at(sp.t1_ns()),
+        );
+    }
+    ready.sort_by_key(|m| (m.t_ns, m.edge == Edge::Exit));
+    for m in ready {
+        let est = at(m.t_ns);
         match m.edge {
             Edge::Enter => {
-                r.open.insert(m.id, (m.t_ns, est));
+                open.insert(m.id, (m.t_ns, est));
             }
             Edge::Exit => {
-                let Some((t0, e0)) = r.open.remove(&m.id) else {
-                    continue;
-                };
-                if r.done.len() >= max_resolved.max(1) {
-                    // Nobody is draining: count the region rather than grow without bound.
-                    r.dropped += 1;
-                    continue;
-                }
-                r.resolved += 1;
-                let done = &mut r.done;
-                done.ids.push(m.id);
-                done.tags.push(m.tag);
-                done.t0_ns.push(t0);
-                done.t1_ns.push(m.t_ns);
-                for (a, b) in e0.iter().zip(est.iter()) {
-                    done.joules.push(b.joules - a.joules);
-                    let u = (b.high - b.low) + (a.high - a.low);
-                    done.uncertainty
-                        .push(if u.is_finite() { u } else { f64::NAN });
+                if let Some((t0, e0)) = open.remove(&m.id) {
+                    push(&mut out, m.id, m.tag, t0, m.t_ns, &e0, &est);
                 }
             }
         }
+    }
+    drop(timelines);
+    // 3. Hand the results over.
+    let mut r = lock(&shared.regions);
+    let n = out.len();
+    let keep = n.min(max_resolved.max(1).saturating_sub(r.done.len()));
+    if keep < n {
+        // Nobody is draining: count the regions rather than grow without bound.
+        r.dropped += (n - keep) as u64;
+        out.ids.truncate(keep);
+        out.tags.truncate(keep);
+        out.t0_ns.truncate(keep);
+        out.t1_ns.truncate(keep);
+        out.joules.truncate(keep * width);
+        out.uncertainty.truncate(keep * width);
+    }
+    r.resolved += keep as u64;
+    if r.done.is_empty() {
+        r.done = out;
+    } else {
+        let d = &mut r.done;
+        d.ids.extend_from_slice(&out.ids);
+        d.tags.extend_from_slice(&out.tags);
+        d.t0_ns.extend_from_slice(&out.t0_ns);
+        d.t1_ns.extend_from_slice(&out.t1_ns);
+        d.joules.extend_from_slice(&out.joules);
+        d.uncertainty.extend_from_slice(&out.uncertainty);
     }
     r.frontier_ns = r.frontier_ns.max(frontier.min(crate::now_ns()));
     if stopping {
@@ -876,49 +940,6 @@ fn resolve(shared: &Shared, polled: &[Polled], stopping: bool, max_resolved: usi
         shared.resolved.notify_all();
     }
     marks
-}
-
-/// Resolve every span that ends at or before `frontier` (spans come in order of their end).
-fn resolve_spans(
-    r: &mut Regions,
-    polled: &[Polled],
-    timelines: &[History],
-    frontier: u64,
-    max_resolved: usize,
-    all: bool,
-) {
-    // Resolve no more than the caller can take soon: a burst (a slow counter moving the
-    // frontier by 100 ms over a million short regions a second) waits here, compactly, rather
-    // than as resolved rows.
-    let room = if all {
-        usize::MAX
-    } else {
-        BACKLOG_HIGH.saturating_sub(r.done.len())
-    };
-    let ready = r.spans.partition_point(|s| s.t1_ns() <= frontier).min(room);
-    if ready == 0 {
-        return;
-    }
-    let spans: Vec<Span> = r.spans.drain(..ready).collect();
-    for s in spans {
-        if r.done.len() >= max_resolved.max(1) {
-            r.dropped += 1;
-            continue;
-        }
-        r.resolved += 1;
-        let done = &mut r.done;
-        done.ids.push(0);
-        done.tags.push(s.tag);
-        done.t0_ns.push(s.t0_ns);
-        done.t1_ns.push(s.t1_ns());
-        for (p, tl) in polled.iter().zip(timelines.iter()) {
-            let (a, b) = (estimate(p, tl, s.t0_ns), estimate(p, tl, s.t1_ns()));
-            done.joules.push(b.joules - a.joules);
-            let u = (b.high - b.low) + (a.high - a.low);
-            done.uncertainty
-                .push(if u.is_finite() { u } else { f64::NAN });
-        }
-    }
 }
 
 fn estimate(p: &Polled, tl: &History, t_ns: u64) -> Estimate {
