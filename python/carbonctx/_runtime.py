@@ -67,6 +67,7 @@ class Runtime:
         self._parent_sampler: _native.Sampler | None = None
         # Decorated functions record thread and parent only when something will show them.
         self.detailed = settings.strict or bool(settings.output)
+        self.strict = settings.strict
         self.sampler: _native.Sampler | None = None
         self.start_error: str | None = None
         self.started = False
@@ -342,10 +343,16 @@ class Runtime:
             for tag in np.flatnonzero(np.bincount(tag_arr)).tolist():
                 if tag:
                     groups[names[tag]] = np.flatnonzero(tag_arr == tag)
-        with_id = np.flatnonzero(ids != 0)
-        if len(with_id):
-            for k, rid in zip(with_id.tolist(), ids[with_id].tolist(), strict=True):
-                infos[k] = pending.pop(rid, None)
+        # The recent window, the handles handed out and the output file keep a reference to
+        # the batch and a row; a Measurement is built only when someone reads it or it is
+        # written.
+        batch = _Batch(ids, t0, t1, joules, unc, cpu, dram, gpu, nan, infos, tag_arr, estimated)
+        with_id = np.flatnonzero(ids != 0).tolist()
+        for k, rid in zip(with_id, ids[with_id].tolist(), strict=True):
+            p = pending.pop(rid, None)
+            if p is not None:
+                infos[k] = p
+                p._raw = (batch, k)
         if len(untagged):
             by_name: dict[str, list[int]] = {}
             for k in untagged.tolist():
@@ -359,21 +366,17 @@ class Runtime:
             e = energy[sel]
             co2 = float(e.sum()) * g_per_j if g_per_j is not None else 0.0
             self._agg(name).add_many(e, duration[sel], co2, estimated)
-        # The recent window, the handles handed out and the output file keep a reference to
-        # the batch and a row; a Measurement is built only when someone reads it or it is
-        # written.
-        batch = _Batch(ids, t0, t1, joules, unc, cpu, dram, gpu, nan, infos, tag_arr, estimated)
-        recent = self.recent
-        for k in range(first_kept, n):
-            if infos[k] is not None or tag_arr[k]:
-                recent.append((batch, k))
+        # Rows without a name (an untagged region nobody waits for) are not kept.
+        kept = tag_arr[first_kept:].tolist()
+        self.recent.extend(
+            (batch, k) for k, tag in enumerate(kept, first_kept) if tag or infos[k] is not None
+        )
         lines: list[str] = []
-        for k in with_id.tolist():
-            p = infos[k]
-            if p is None:
-                continue
-            p._raw = (batch, k)
-            if out is not None:
+        if out is not None:
+            for k in with_id:
+                p = infos[k]
+                if p is None:
+                    continue
                 m = self._measurement(*self.raw(batch, k))
                 p._result = m
                 lines.append(json.dumps(m.to_dict(), allow_nan=False, default=_json_default) + "\n")

@@ -196,7 +196,7 @@ class Tracker:
             return clone.__enter__()
         rt = self._rt = _runtime._RT or _runtime.runtime()
         s = rt.sampler or rt.sampler_or_start()
-        if self.strict or (self.strict is None and rt.settings.strict):
+        if self.strict or (self.strict is None and rt.strict):
             self._strict = True
             if s is None or not rt.sources:
                 _runtime.start_error_or_raise(rt, True)
@@ -234,7 +234,8 @@ class Tracker:
         self.thread = _get_ident()
         pending = rt.pending
         pending[self.id] = self
-        self._t1 = s.end_tagged(self.id, rt.tag_of(self.name))
+        tag = rt._name_tags.get(self.name) or rt.tag_of(self.name)
+        self._t1 = s.end_tagged(self.id, tag)
         if len(pending) > _runtime.BACKLOG_HIGH:
             rt.drain()  # a backlog: the resolver thread cannot keep up
         if rt.warn_due:
