@@ -303,10 +303,12 @@ def test_many_calls_keep_memory_flat(sim: SimulatedMachine) -> None:
         tiny()
     carbonctx.stats()
     before = _rss_kb()
-    for _ in range(600_000):
+    for _ in range(1_000_000):
         tiny()
-    assert carbonctx.stats()[tiny.__qualname__].count == 800_000
+    assert carbonctx.stats()[tiny.__qualname__].count == 1_200_000
     grown_kb = _rss_kb() - before
-    assert grown_kb < 10 * 1024, f"resident memory grew by {grown_kb} KiB"
+    # A leak of 16 bytes a region would show as 16 MB here. (The bench measures the issue's
+    # figure, from the first call: benches/results/memory.md.)
+    assert grown_kb < 16 * 1024, f"resident memory grew by {grown_kb} KiB"
     rt = carbonctx._runtime.current_runtime()
     assert rt is not None and len(rt.pending) < 1000 and len(rt.recent) <= 1000

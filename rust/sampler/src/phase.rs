@@ -68,6 +68,11 @@ impl PhaseLock {
         }
     }
 
+    /// Every how many updates it reads.
+    pub fn stride(&self) -> u32 {
+        self.stride
+    }
+
     /// Read every `k`-th update from now on (at least 1).
     pub fn set_stride(&mut self, k: u32) {
         self.stride = k.max(1);

@@ -202,6 +202,8 @@ impl Span {
 struct Regions {
     pending: Vec<Mark>,
     spans: Vec<Span>,
+    /// Marks or spans taken by the sampler thread and not yet handed back as results.
+    in_flight: bool,
     done: Packed,
     frontier_ns: u64,
     stopped: bool,
@@ -269,7 +271,12 @@ struct Polled {
     failed_since: Option<u64>,
     /// Phase-locked polling, for counters (see [`crate::phase`]).
     phase: Option<PhaseLock>,
+    /// How long a read takes, smoothed (ns).
+    read_cost_ns: u64,
 }
+
+/// A read slower than this is expensive: it is made sparingly while quiet.
+const EXPENSIVE_READ_NS: u64 = 500_000;
 
 impl Sampler {
     /// Start the thread. Each source is read once before this returns: a source that fails that
@@ -441,7 +448,10 @@ impl Sampler {
     /// resolved.
     pub fn wait_until_resolved(&self, t_ns: u64, timeout: Duration) -> bool {
         let caught_up = |r: &Regions| {
-            r.stopped || (r.frontier_ns >= t_ns && r.spans.first().is_none_or(|s| s.t1_ns() > t_ns))
+            r.stopped
+                || (r.frontier_ns >= t_ns
+                    && !r.in_flight
+                    && r.spans.first().is_none_or(|s| s.t1_ns() > t_ns))
         };
         let r = lock(&self.shared.regions);
         let _waiting = Waiting::new(&self.shared.waiters);
@@ -589,6 +599,7 @@ fn start_sources(
                     failed_since: None,
                     phase: (config.phase_lock && info.counter.is_some())
                         .then(|| PhaseLock::new(interval_ns)),
+                    read_cost_ns: 0,
                 });
             }
             Err(e) => unavailable.push(Unavailable {
@@ -626,7 +637,7 @@ fn poll_loop(shared: &Shared, mut polled: Vec<Polled>, config: &Config) {
             fast = true;
             fast_until = now + hold_ns;
             for p in polled.iter_mut() {
-                if let Some(ph) = p.phase.as_mut() {
+                if let Some(ph) = p.phase.as_mut().filter(|ph| ph.stride() > 1) {
                     ph.set_stride(1);
                     ph.resync(now);
                     p.due_ns = now;
@@ -662,16 +673,19 @@ fn poll_loop(shared: &Shared, mut polled: Vec<Polled>, config: &Config) {
             // (Re)computed every loop: a counter's period may be learned only after the
             // sampler went quiet.
             for p in polled.iter_mut() {
-                // An NVML energy read costs milliseconds of CPU in the driver (3 ms measured on
-                // an H100): while quiet, read it once a second.
-                let q = if p.source.info().backend == "nvml" {
+                // A read that costs real CPU (an NVML energy read takes about 3 ms of it in the
+                // driver on an H100) is made once a second while quiet; cheap reads keep the
+                // quiet interval.
+                let q = if p.read_cost_ns > EXPENSIVE_READ_NS {
                     quiet_ns.max(1_000_000_000)
                 } else {
                     quiet_ns
                 };
                 if let Some(ph) = p.phase.as_mut() {
+                    // Reading every second or third update saves little and lets the phase
+                    // drift: stride only where it pays.
                     let k = ph.stride_for(q);
-                    ph.set_stride(k);
+                    ph.set_stride(if k >= 4 { k } else { 1 });
                 }
             }
         }
@@ -712,6 +726,7 @@ fn poll_one(
     let t_before = crate::now_ns();
     let result = p.source.read();
     let t_after = crate::now_ns();
+    p.read_cost_ns = (p.read_cost_ns * 7 + (t_after - t_before)) / 8;
     // The read happened somewhere in [t_before, t_after].
     let t_read = t_before + (t_after - t_before) / 2;
     match result {
@@ -738,7 +753,7 @@ fn poll_one(
                     if let Some(s) = stamp {
                         pt.t_ns = s.clamp(prev_read + 1, t_read);
                     }
-                    tl.push(pt)
+                    tl.push(pt);
                 }
                 Step::Reset(pt) => {
                     push_gap(st, p.last_poll_ns, t_read);
@@ -850,6 +865,7 @@ fn resolve(
                 }
             });
         }
+        r.in_flight = !spans.is_empty() || !ready.is_empty();
         (marks, ready, spans)
     };
     // 2. Estimate, without the lock.
@@ -908,6 +924,7 @@ fn resolve(
     drop(timelines);
     // 3. Hand the results over.
     let mut r = lock(&shared.regions);
+    r.in_flight = false;
     let n = out.len();
     let keep = n.min(max_resolved.max(1).saturating_sub(r.done.len()));
     if keep < n {
