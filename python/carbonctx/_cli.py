@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Uses the machine's counters where it has them and simulated hardware otherwise.",
     )
     demo.add_argument("--epochs", type=int, default=3)
-    demo.add_argument("--steps", type=int, default=50)
+    demo.add_argument("--steps", type=int, default=150)
     demo.add_argument(
         "--simulate",
         choices=["auto", "yes", "no"],

@@ -21,12 +21,15 @@ def run_demo(
     sim: SimulatedMachine | None = None
     if simulate == "yes" or (simulate == "auto" and not counters):
         gpus = 1 if shutil.which("cc") or shutil.which("gcc") else 0
-        sim = SimulatedMachine(package=Wave(35.0, 110.0, 0.05), gpus=gpus).start()
+        sim = SimulatedMachine(
+            package=Wave(35.0, 110.0, 0.05), gpus=gpus, gpu_update_s=0.02
+        ).start()
         carbonctx.configure(**sim.settings(), output=output)
         what = "RAPL package and DRAM" + (" and one GPU" if gpus else "")
         print(
             f"No energy counters here: measuring SIMULATED hardware ({what}) that follows a "
-            "35/110 W square wave.\nRun `carbonctx devices` to see what this machine has and why.\n"
+            "35/110 W square wave (its GPU counter moves every 20 ms).\n"
+            "Run `carbonctx devices` to see what this machine has and why.\n"
         )
     else:
         carbonctx.configure(output=output)
