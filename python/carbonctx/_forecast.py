@@ -47,7 +47,15 @@ from typing import IO, Any
 import attrs
 
 from carbonctx import _runtime
-from carbonctx._report import J_PER_KWH, Measurement, _fmt_g, _fmt_j, _fmt_s, format_table
+from carbonctx._report import (
+    J_PER_KWH,
+    Measurement,
+    _fmt_g,
+    _fmt_j,
+    _fmt_s,
+    format_table,
+    read_json_lines,
+)
 from carbonctx._tracker import Region, Tracker
 from carbonctx.errors import CarbonctxError, CarbonctxWarning, ConfigurationError
 
@@ -1085,27 +1093,15 @@ def read_run_log(path: str | os.PathLike[str]) -> RunLog | None:
     start: dict[str, Any] | None = None
     final: dict[str, Any] | None = None
     eps: list[dict[str, Any]] = []
-    bad = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if not isinstance(rec, dict):
-                bad += 1
-                continue
-            kind = rec.get("kind")
-            if kind == "run-start":
-                start = rec
-            elif kind == "epoch":
-                eps.append(rec)
-            elif kind == "run":
-                final = rec
+    records, bad = read_json_lines(path)
+    for rec in records:
+        kind = rec.get("kind")
+        if kind == "run-start":
+            start = rec
+        elif kind == "epoch":
+            eps.append(rec)
+        elif kind == "run":
+            final = rec
     if start is None and final is None and not eps:
         return None
     src = final or start or {}

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
@@ -417,13 +418,12 @@ def write_csv(records: Iterable[Mapping[str, Any]], out: IO[str]) -> int:
     return n
 
 
-def read_jsonl(path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """Read a JSON Lines file: (region records, power records, lines that could not be parsed).
+def read_json_lines(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], int]:
+    """Every JSON object in a JSON Lines file, and how many lines were not one.
 
     A file cut short by a killed process is read up to its last complete line.
     """
-    regions: list[dict[str, Any]] = []
-    power: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     bad = 0
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -435,12 +435,18 @@ def read_jsonl(path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], i
             except json.JSONDecodeError:
                 bad += 1
                 continue
-            if not isinstance(rec, dict):
+            if isinstance(rec, dict):
+                records.append(rec)
+            else:
                 bad += 1
-            elif rec.get("kind", "region") == "region":
-                regions.append(rec)
-            elif rec.get("kind") == "power":
-                power.append(rec)
+    return records, bad
+
+
+def read_jsonl(path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Read a JSON Lines file: (region records, power records, lines that could not be parsed)."""
+    records, bad = read_json_lines(path)
+    regions = [r for r in records if r.get("kind", "region") == "region"]
+    power = [r for r in records if r.get("kind") == "power"]
     return regions, power, bad
 
 
