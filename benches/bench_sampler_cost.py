@@ -36,7 +36,9 @@ def one(sim: SimulatedMachine, phase_lock: bool, busy: bool = False) -> dict[str
         phase_lock=phase_lock,
     )
     assert len(s.sources) == 4, s.sources
-    time.sleep(0.5)  # start-up and phase learning are not the steady state
+    time.sleep(
+        2.5
+    )  # start-up, phase learning and the 2 s after the last mark are not the steady state
     c0 = thread_cpu_s("carbonctx-sampler")
     reads0 = sum(st["reads"] for st in s.status())
     w0 = time.monotonic()

@@ -59,7 +59,7 @@ impl Default for Config {
             fail_time: Duration::from_millis(250),
             phase_lock: true,
             quiet_interval: Duration::from_millis(20),
-            fast_hold: Duration::from_millis(250),
+            fast_hold: Duration::from_secs(2),
             retry: Duration::from_secs(1),
             max_resolved: 1 << 20,
         }
