@@ -79,9 +79,18 @@ impl PhaseLock {
     }
 
     /// How many updates apart reads should be for them to be at least `interval_ns` apart.
+    /// Reading every second or third update saves little and lets the phase drift, so below
+    /// four updates apart this is 1.
     pub fn stride_for(&self, interval_ns: u64) -> u32 {
         match self.period {
-            Some(p) if self.locked && p > 0.0 => ((interval_ns as f64 / p).round() as u32).max(1),
+            Some(p) if self.locked && p > 0.0 => {
+                let k = (interval_ns as f64 / p).round() as u32;
+                if k >= 4 {
+                    k
+                } else {
+                    1
+                }
+            }
             _ => 1,
         }
     }

@@ -682,10 +682,8 @@ fn poll_loop(shared: &Shared, mut polled: Vec<Polled>, config: &Config) {
                     quiet_ns
                 };
                 if let Some(ph) = p.phase.as_mut() {
-                    // Reading every second or third update saves little and lets the phase
-                    // drift: stride only where it pays.
                     let k = ph.stride_for(q);
-                    ph.set_stride(if k >= 4 { k } else { 1 });
+                    ph.set_stride(k);
                 }
             }
         }
