@@ -312,3 +312,34 @@ def test_many_calls_keep_memory_flat(sim: SimulatedMachine) -> None:
     assert grown_kb < 16 * 1024, f"resident memory grew by {grown_kb} KiB"
     rt = carbonctx._runtime.current_runtime()
     assert rt is not None and len(rt.pending) < 1000 and len(rt.recent) <= 1000
+
+
+def test_with_regions_nobody_holds_are_freed_with_their_batches(sim: SimulatedMachine) -> None:
+    """Regions are not collectable (collections over them would cost more than the regions), so
+    nothing may hold one in a cycle: once resolved and dropped, a region and the batch that
+    resolved it are freed by reference counting alone, with the collector switched off."""
+    import gc
+
+    from carbonctx import _runtime
+
+    held = []
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(30_000):
+            with carbonctx.track("step") as m:
+                pass
+            if i % 10_000 == 0:
+                held.append(m)  # a few handles kept: their batches stay, the rest go
+        carbonctx.flush()
+        rt = _runtime.current_runtime()
+        assert rt is not None and not rt.pending
+        assert not gc.is_tracked(held[-1])
+        batches = [o for o in gc.get_objects() if isinstance(o, _runtime._Batch)]
+        chunks = len(rt.recent._chunks)
+        assert len(batches) <= chunks + len(held), (len(batches), chunks)
+        assert [h.result().name for h in held] == ["step"] * len(held)
+        assert len(carbonctx.recent()) == 1000
+        assert carbonctx.stats()["step"].count == 30_000
+    finally:
+        gc.enable()

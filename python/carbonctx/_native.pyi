@@ -1,9 +1,22 @@
 """The native sampler (Rust). Hand-written stub: keep in step with rust/py/src."""
 
+from collections.abc import Mapping
+from contextvars import ContextVar
 from os import PathLike
 from typing import Any, final
 
-__all__ = ["Sampler", "SimMachine", "__version__", "discover", "now_ns"]
+from typing_extensions import Self, disjoint_base
+
+__all__ = [
+    "Region",
+    "Sampler",
+    "SimMachine",
+    "__version__",
+    "claim_regions",
+    "current_region",
+    "discover",
+    "now_ns",
+]
 
 __version__: str
 
@@ -21,6 +34,46 @@ def discover(
     estimate: str = "auto",
 ) -> dict[str, list[dict[str, Any]]]:
     """Find energy sources without starting anything: sources, alternatives, unavailable."""
+
+#: The innermost open region of this thread or task (``carbonctx.current()``).
+current_region: ContextVar[Any]
+
+@disjoint_base
+class Region:
+    """A measured region, entered and left natively; ``carbonctx.Tracker`` subclasses it and
+    provides ``_enter_slow`` / ``_exit_slow`` for everything but the common case."""
+
+    @property
+    def name(self) -> str: ...
+    strict: bool | None
+    tags: dict[str, Any] | None
+    sync: bool
+    id: int
+    parent: int | None
+    thread: int
+    _t1: int
+    _raw: tuple[Any, int] | None
+    _result: Any
+    _rt: Any
+    _strict: bool
+    _token: Any
+    _clones: list[Any] | None
+    def __new__(
+        cls,
+        name: str,
+        *,
+        strict: bool | None = None,
+        tags: Mapping[str, Any] | None = None,
+        sync: bool = False,
+    ) -> Self: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, exc_type: object = None, exc: object = None, tb: object = None) -> None: ...
+
+def claim_regions(
+    pending: dict[int, Any], ids: bytes, batch: Any, infos: list[Any]
+) -> tuple[list[int], list[Region]]:
+    """Claims the regions a drained batch resolves (pops them from ``pending``, points each at
+    ``(batch, row)``, fills ``infos[row]``): the rows claimed and their regions."""
 
 @final
 class Sampler:

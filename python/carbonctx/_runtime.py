@@ -77,7 +77,7 @@ class Runtime:
         self.pending: dict[int, Pending] = {}
         self.aggs: dict[str, NameAggregate] = {}
         # Raw records of the most recent regions; Measurements are built from them on demand.
-        self.recent: deque[tuple[_Batch, int]] = deque(maxlen=settings.window)
+        self.recent = _Recent(settings.window)
         self.regions_total = 0
         self._lock = threading.RLock()
         self._start_lock = threading.Lock()
@@ -332,11 +332,14 @@ class Runtime:
         names = self.names
         self.regions_total += n
         out = self._out
-        window = self.recent.maxlen or 0
+        window = self.recent.maxlen
         first_kept = max(0, n - window)
         # Every row's name: tagged rows carry it (grouped in bulk); untagged ones have only the
-        # pending Tracker. Rows with an id have a Tracker waiting for its result.
-        infos: list[Pending | None] = [None] * n
+        # pending Tracker. Rows with an id have a Tracker waiting for its result. What records
+        # need of those (name, thread, parent, tags) is kept in the batch; the Trackers are not
+        # (a Tracker keeps its batch, and the two must not make a cycle: Trackers are not
+        # collectable).
+        infos: list[tuple[str, int, int | None, Any] | None] = [None] * n
         groups: dict[str, npt.NDArray[np.intp]] = {}
         untagged = np.flatnonzero(tag_arr == 0)
         if len(untagged) < n:
@@ -347,18 +350,13 @@ class Runtime:
         # the batch and a row; a Measurement is built only when someone reads it or it is
         # written.
         batch = _Batch(ids, t0, t1, joules, unc, cpu, dram, gpu, nan, infos, tag_arr, estimated)
-        with_id = np.flatnonzero(ids != 0).tolist()
-        for k, rid in zip(with_id, ids[with_id].tolist(), strict=True):
-            p = pending.pop(rid, None)
-            if p is not None:
-                infos[k] = p
-                p._raw = (batch, k)
+        rows, handles = _native.claim_regions(pending, ids_b, batch, infos)
         if len(untagged):
             by_name: dict[str, list[int]] = {}
             for k in untagged.tolist():
-                p = infos[k]
-                if p is not None:
-                    by_name.setdefault(p.name, []).append(k)
+                info = infos[k]
+                if info is not None:
+                    by_name.setdefault(info[0], []).append(k)
             for name, rows in by_name.items():
                 sel = np.asarray(rows, dtype=np.intp)
                 groups[name] = np.concatenate([groups[name], sel]) if name in groups else sel
@@ -368,15 +366,12 @@ class Runtime:
             self._agg(name).add_many(e, duration[sel], co2, estimated)
         # Rows without a name (an untagged region nobody waits for) are not kept.
         kept = tag_arr[first_kept:].tolist()
-        self.recent.extend(
-            (batch, k) for k, tag in enumerate(kept, first_kept) if tag or infos[k] is not None
+        self.recent.add(
+            batch, [k for k, tag in enumerate(kept, first_kept) if tag or infos[k] is not None]
         )
         lines: list[str] = []
         if out is not None:
-            for k in with_id:
-                p = infos[k]
-                if p is None:
-                    continue
+            for k, p in zip(rows, handles, strict=True):
                 m = self._measurement(*self.raw(batch, k))
                 p._result = m
                 lines.append(json.dumps(m.to_dict(), allow_nan=False, default=_json_default) + "\n")
@@ -389,11 +384,11 @@ class Runtime:
 
     def raw(self, batch: _Batch, k: int) -> tuple[Any, ...]:
         """Row ``k`` of a batch as the arguments of :meth:`_measurement`."""
-        p = batch.infos[k]
-        if p is None:
+        info = batch.infos[k]
+        if info is None:
             name, thread, parent, tags = self.names[int(batch.tags[k])], 0, None, None
         else:
-            name, thread, parent, tags = p.name, p.thread, p.parent, p.tags
+            name, thread, parent, tags = info
         missing = [
             self.sources[i]["id"]
             for i in np.flatnonzero(batch.nan[k]).tolist()
@@ -563,7 +558,7 @@ class Runtime:
 
     def recent_measurements(self) -> list[Measurement]:
         with self._lock:
-            rows = list(self.recent)
+            rows = self.recent.rows()
         return [self._measurement(*self.raw(b, k)) for b, k in rows]
 
     def stats(self) -> StatsTable:
@@ -606,6 +601,33 @@ class Runtime:
             "notes": dict(self.notes),
             "start_error": self.start_error,
         }
+
+
+class _Recent:
+    """The most recent ``maxlen`` resolved rows, kept as (batch, row indices) per batch: no
+    object per row, so a tight loop of regions leaves the garbage collector nothing to track."""
+
+    __slots__ = ("_chunks", "_total", "maxlen")
+
+    def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
+        self._chunks: deque[tuple[_Batch, list[int]]] = deque()
+        self._total = 0
+
+    def add(self, batch: _Batch, rows: list[int]) -> None:
+        if not rows or not self.maxlen:
+            return
+        self._chunks.append((batch, rows))
+        self._total += len(rows)
+        while self._total - len(self._chunks[0][1]) >= self.maxlen:
+            self._total -= len(self._chunks.popleft()[1])
+
+    def rows(self) -> list[tuple[_Batch, int]]:
+        out = [(b, k) for b, ks in self._chunks for k in ks]
+        return out[-self.maxlen :] if self.maxlen else []
+
+    def __len__(self) -> int:
+        return min(self._total, self.maxlen)
 
 
 class _Batch:

@@ -20,9 +20,8 @@ from carbonctx.errors import CarbonctxError, SamplerError, SourceUnavailableErro
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_current: contextvars.ContextVar[Tracker | None] = contextvars.ContextVar(
-    "carbonctx_region", default=None
-)
+# The innermost open region of this thread or task (made natively: the hot path reads it).
+_current: contextvars.ContextVar[Tracker | None] = _native.current_region
 _get_ident = threading.get_ident
 _now_ns = _native.now_ns
 
@@ -35,8 +34,16 @@ def _sync_cuda() -> None:
         torch.cuda.synchronize()
 
 
-class Tracker:
-    """A measured region, and what :func:`track` returns.
+class Tracker(_native.Region):
+    """A measured region: ``carbonctx.track(name)`` makes one::
+
+        with carbonctx.track("epoch") as m:
+            train_one_epoch()
+        print(m.energy_j, m.co2_g)
+
+    ``strict=True`` raises instead of degrading when a source is missing; ``tags`` are copied
+    into every record; ``sync=True`` waits for queued CUDA work (PyTorch) at both edges, so GPU
+    energy is attributed to the region that launched it.
 
     Use it as a context manager (``with``, ``async with``: it gives itself as ``m``) or as a
     decorator (each call is a region of its own). Its fields (``duration_s``, ``energy_j``,
@@ -44,49 +51,13 @@ class Tracker:
     :class:`~carbonctx.Measurement`; reading one after the region has ended waits for the
     sampler to pass its end (about one sampling interval). Entering the same object again
     measures a new region, handed out by that ``with``.
+
+    Entering and leaving run in native code (``_native.Region``) in the usual case; the rest
+    (first region of the process, strict checks, CUDA synchronisation, warnings due, an object
+    entered twice) comes back here, to ``_enter_slow`` and ``_exit_slow``.
     """
 
-    __slots__ = (
-        "_clones",
-        "_raw",
-        "_result",
-        "_rt",
-        "_strict",
-        "_t1",
-        "_token",
-        "id",
-        "name",
-        "parent",
-        "strict",
-        "sync",
-        "tags",
-        "thread",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        strict: bool | None = None,
-        tags: Mapping[str, Any] | None = None,
-        sync: bool = False,
-    ) -> None:
-        if type(name) is not str or not name:
-            raise TypeError(f"a region needs a non-empty name (str), not {name!r}")
-        self.name = name
-        self.strict = strict
-        self.tags = dict(tags) if tags else None
-        self.sync = sync
-        self.id = 0
-        self.parent: int | None = None
-        self.thread = 0
-        self._t1 = 0
-        self._raw: tuple[Any, int] | None = None  # (batch, row), set when resolved
-        self._result: Measurement | None = None
-        self._rt: _runtime.Runtime | None = None
-        self._strict = False
-        self._token: contextvars.Token[Tracker | None] | None = None
-        self._clones: list[Tracker] | None = None
+    __slots__ = ()
 
     def __repr__(self) -> str:
         if self.done:
@@ -102,8 +73,8 @@ class Tracker:
 
     def result(self, timeout: float = _runtime.RESULT_TIMEOUT_S) -> Measurement:
         """The frozen :class:`Measurement`, waiting for the sampler if needed."""
-        r = self._result
-        rt = self._rt
+        r: Measurement | None = self._result
+        rt: _runtime.Runtime | None = self._rt
         if r is None and self._raw is not None and rt is not None:
             r = self._result = rt._measurement(*rt.raw(*self._raw))
         if r is not None:
@@ -186,7 +157,7 @@ class Tracker:
 
     # ------------------------------------------------------------------ context manager
 
-    def __enter__(self) -> Tracker:
+    def _enter_slow(self) -> Tracker:
         if self._rt is not None:
             # This object measured a region already: measure this block as a new one.
             clone = Tracker(self.name, strict=self.strict, tags=self.tags, sync=self.sync)
@@ -212,7 +183,7 @@ class Tracker:
             self.id = s.begin()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def _exit_slow(self, *exc: object) -> None:
         clones = self._clones
         if clones:
             clones.pop().__exit__(*exc)
@@ -295,25 +266,14 @@ class Tracker:
         return wrapper  # type: ignore[return-value]
 
 
-def track(
-    name: str,
-    *,
-    strict: bool | None = None,
-    tags: Mapping[str, Any] | None = None,
-    sync: bool = False,
-) -> Tracker:
-    """Measure a region::
-
-        with carbonctx.track("epoch") as m:
-            train_one_epoch()
-        print(m.energy_j, m.co2_g)
-
-    Also ``async with``, and as a decorator (``@carbonctx.track("step")``). ``strict=True`` raises
-    instead of degrading when a source is missing; ``tags`` are copied into every record;
-    ``sync=True`` waits for queued CUDA work (PyTorch) at both edges, so GPU energy is
-    attributed to the region that launched it.
-    """
-    return Tracker(name, strict=strict, tags=tags, sync=sync)
+#: ``carbonctx.track(name, *, strict=None, tags=None, sync=False)`` measures a region::
+#:
+#:     with carbonctx.track("epoch") as m:
+#:         train_one_epoch()
+#:     print(m.energy_j, m.co2_g)
+#:
+#: It is the :class:`Tracker` class itself (a function in between would cost a call per region).
+track = Tracker
 
 
 @overload

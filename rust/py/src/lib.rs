@@ -1,5 +1,6 @@
 //! Python bindings: argument conversion, one call into the core, result conversion. No logic.
 
+mod region;
 mod sim;
 
 use std::path::PathBuf;
@@ -388,6 +389,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Sampler>()?;
     m.add_class::<sim::SimMachine>()?;
+    m.add_class::<region::Region>()?;
+    m.add_function(wrap_pyfunction!(region::claim_regions, m)?)?;
+    m.add(
+        "current_region",
+        region::current_var(m.py())?.clone_ref(m.py()),
+    )?;
     m.add_function(wrap_pyfunction!(discover, m)?)?;
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
     Ok(())

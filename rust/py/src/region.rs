@@ -1,0 +1,375 @@
+//! The hot path of `with carbonctx.track(...)`: the region object, entered and left in native
+//! code. Everything that is not the common case (a runtime not started yet, strict checks,
+//! CUDA synchronisation, warnings due, an object entered twice) is handed to the Python
+//! subclass (`carbonctx._tracker.Tracker`) through its `_enter_slow` / `_exit_slow` methods, so
+//! the behaviour lives in one place and this file only makes the usual case cheap.
+
+use std::ffi::CString;
+use std::ptr;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::{ffi, intern};
+
+use crate::Sampler;
+
+// The context-variable C API (CPython 3.7 and later, unchanged since). It is left out of the
+// limited API's headers but exported by every CPython this package supports; calling the
+// ContextVar's Python methods instead would cost a method lookup and call each.
+extern "C" {
+    fn PyContextVar_New(
+        name: *const std::ffi::c_char,
+        def: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+    fn PyContextVar_Get(
+        var: *mut ffi::PyObject,
+        default_value: *mut ffi::PyObject,
+        value: *mut *mut ffi::PyObject,
+    ) -> std::ffi::c_int;
+    fn PyContextVar_Set(var: *mut ffi::PyObject, value: *mut ffi::PyObject) -> *mut ffi::PyObject;
+    fn PyContextVar_Reset(var: *mut ffi::PyObject, token: *mut ffi::PyObject) -> std::ffi::c_int;
+}
+
+/// What the hot path reads on every region: the runtime module (its `_RT` is the process's
+/// runtime) and its backlog limit.
+struct Hooks {
+    runtime: Py<PyModule>,
+    backlog_high: usize,
+}
+
+static HOOKS: PyOnceLock<Hooks> = PyOnceLock::new();
+static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn hooks(py: Python<'_>) -> PyResult<&'static Hooks> {
+    HOOKS.get_or_try_init(py, || {
+        let runtime = py.import("carbonctx._runtime")?;
+        let backlog_high = runtime.getattr("BACKLOG_HIGH")?.extract()?;
+        Ok(Hooks {
+            runtime: runtime.unbind(),
+            backlog_high,
+        })
+    })
+}
+
+/// The context variable that holds the innermost open region (`carbonctx.current()`).
+pub(crate) fn current_var(py: Python<'_>) -> PyResult<&'static Py<PyAny>> {
+    CURRENT.get_or_try_init(py, || {
+        let name = CString::new("carbonctx_region").expect("no NUL in the name");
+        // SAFETY: the name is a valid C string and the default is Py_None (borrowed by the
+        // call); the new reference is owned by the returned object.
+        unsafe {
+            let var = PyContextVar_New(name.as_ptr(), ffi::Py_None());
+            Bound::from_owned_ptr_or_err(py, var).map(Bound::unbind)
+        }
+    })
+}
+
+fn context_get<'py>(py: Python<'py>, var: &Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let mut out: *mut ffi::PyObject = ptr::null_mut();
+    // SAFETY: `var` is a ContextVar (made by `current_var`); on success `out` is a new
+    // reference (the default, None, when unset).
+    unsafe {
+        if PyContextVar_Get(var.as_ptr(), ptr::null_mut(), &mut out) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        Bound::from_owned_ptr_or_err(py, out)
+    }
+}
+
+fn context_set<'py>(
+    py: Python<'py>,
+    var: &Py<PyAny>,
+    value: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `var` is a ContextVar; the token returned is a new reference.
+    unsafe { Bound::from_owned_ptr_or_err(py, PyContextVar_Set(var.as_ptr(), value.as_ptr())) }
+}
+
+/// Resets the variable to where `token` found it. A token made in another context (the region
+/// was left in a different task or thread) is ignored, as the Python API would refuse it.
+fn context_reset(py: Python<'_>, var: &Py<PyAny>, token: &Py<PyAny>) -> PyResult<()> {
+    // SAFETY: `var` is a ContextVar and `token` one of its tokens.
+    if unsafe { PyContextVar_Reset(var.as_ptr(), token.as_ptr()) } < 0 {
+        let err = PyErr::fetch(py);
+        if !err.is_instance_of::<PyValueError>(py) && !err.is_instance_of::<PyRuntimeError>(py) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+fn thread_ident() -> u64 {
+    // `threading.get_ident()` on POSIX is the pthread handle.
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+/// Takes a region out of the garbage collector's lists. Python makes every subclass defined by
+/// a `class` statement collectable, but a region can be in no cycle: its own fields are not
+/// visited (the native base has no traverse), the subclass adds no slots and no `__dict__`, and
+/// nothing the runtime stores in a region refers back to it (a batch keeps its regions'
+/// details, not the regions). Regions are made, kept pending for a sampling interval and
+/// resolved tens of thousands of times a second in a tight loop; collections over them cost
+/// more than the regions themselves.
+fn untrack(obj: &Bound<'_, PyAny>) {
+    // SAFETY: only objects whose type has the GC flag have the header PyObject_GC_UnTrack
+    // reads; untracking an untracked object does nothing, and the deallocator of such a type
+    // accepts an untracked object.
+    unsafe {
+        if ffi::PyType_HasFeature(ffi::Py_TYPE(obj.as_ptr()), ffi::Py_TPFLAGS_HAVE_GC) != 0 {
+            ffi::PyObject_GC_UnTrack(obj.as_ptr().cast());
+        }
+    }
+}
+
+/// Everything but the common case of entering is Python's (`Tracker._enter_slow`).
+fn enter_slow(slf: &Bound<'_, Region>) -> PyResult<Py<PyAny>> {
+    slf.call_method0(intern!(slf.py(), "_enter_slow"))
+        .map(Bound::unbind)
+}
+
+/// A measured region. Subclassed by `carbonctx._tracker.Tracker`, which adds the results.
+/// Not collectable (see [`untrack`]).
+#[pyclass(subclass, module = "carbonctx._native")]
+pub(crate) struct Region {
+    #[pyo3(get)]
+    name: Py<PyString>,
+    #[pyo3(get, set)]
+    strict: Option<bool>,
+    #[pyo3(get, set)]
+    tags: Option<Py<PyAny>>,
+    #[pyo3(get, set)]
+    sync: bool,
+    #[pyo3(get, set)]
+    id: u64,
+    #[pyo3(get, set)]
+    parent: Option<u64>,
+    #[pyo3(get, set)]
+    thread: u64,
+    /// End of the region (monotonic ns): 0 while it runs, -1 when nothing measured it.
+    #[pyo3(get, set, name = "_t1")]
+    t1: i64,
+    /// The resolved row: its batch and index (read from Python as `_raw`, a tuple).
+    raw_batch: Option<Py<PyAny>>,
+    raw_row: usize,
+    #[pyo3(get, set, name = "_result")]
+    result: Option<Py<PyAny>>,
+    #[pyo3(get, set, name = "_rt")]
+    rt: Option<Py<PyAny>>,
+    #[pyo3(get, set, name = "_strict")]
+    strict_now: bool,
+    #[pyo3(get, set, name = "_token")]
+    token: Option<Py<PyAny>>,
+    #[pyo3(get, set, name = "_clones")]
+    clones: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl Region {
+    /// The batch and row that resolved the region, or None while it is not resolved.
+    #[getter(_raw)]
+    fn raw(&self, py: Python<'_>) -> Option<(Py<PyAny>, usize)> {
+        self.raw_batch
+            .as_ref()
+            .map(|b| (b.clone_ref(py), self.raw_row))
+    }
+
+    #[setter(_raw)]
+    fn set_raw(&mut self, raw: Option<(Py<PyAny>, usize)>) {
+        (self.raw_batch, self.raw_row) = match raw {
+            Some((b, k)) => (Some(b), k),
+            None => (None, 0),
+        };
+    }
+
+    #[new]
+    #[pyo3(signature = (name, *, strict=None, tags=None, sync=false))]
+    fn new(
+        name: &Bound<'_, PyAny>,
+        strict: Option<bool>,
+        tags: Option<&Bound<'_, PyAny>>,
+        sync: bool,
+    ) -> PyResult<Self> {
+        let py = name.py();
+        let name = match name.cast_exact::<PyString>() {
+            Ok(s) if s.len()? > 0 => s.clone().unbind(),
+            _ => {
+                return Err(PyTypeError::new_err(format!(
+                    "a region needs a non-empty name (str), not {}",
+                    name.repr()?
+                )))
+            }
+        };
+        let tags = match tags {
+            Some(t) if t.is_truthy()? => Some(py.get_type::<PyDict>().call1((t,))?.unbind()),
+            _ => None,
+        };
+        Ok(Region {
+            name,
+            strict,
+            tags,
+            sync,
+            id: 0,
+            parent: None,
+            thread: 0,
+            t1: 0,
+            raw_batch: None,
+            raw_row: 0,
+            result: None,
+            rt: None,
+            strict_now: false,
+            token: None,
+            clones: None,
+        })
+    }
+
+    fn __enter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        {
+            let me = slf.borrow();
+            if me.rt.is_some() || me.sync || me.strict == Some(true) {
+                drop(me);
+                return enter_slow(slf);
+            }
+        }
+        let h = hooks(py)?;
+        let rt = h.runtime.bind(py).getattr(intern!(py, "_RT"))?;
+        if rt.is_none() {
+            return enter_slow(slf);
+        }
+        let sampler = rt.getattr(intern!(py, "sampler"))?;
+        let Ok(sampler) = sampler.cast_into::<Sampler>() else {
+            return enter_slow(slf);
+        };
+        let strict_default = slf.borrow().strict.is_none();
+        if (strict_default && rt.getattr(intern!(py, "strict"))?.is_truthy()?)
+            || rt.getattr(intern!(py, "warn_due"))?.is_truthy()?
+        {
+            return enter_slow(slf);
+        }
+        untrack(slf.as_any());
+        let var = current_var(py)?;
+        let parent = context_get(py, var)?;
+        let parent_id = if parent.is_none() {
+            None
+        } else if let Ok(p) = parent.cast::<Region>() {
+            Some(p.borrow().id)
+        } else {
+            Some(parent.getattr(intern!(py, "id"))?.extract()?)
+        };
+        let token = context_set(py, var, slf.as_any())?;
+        let id = sampler.get().inner.begin();
+        let mut me = slf.borrow_mut();
+        me.rt = Some(rt.unbind());
+        me.parent = parent_id;
+        me.token = Some(token.unbind());
+        me.id = id;
+        drop(me);
+        Ok(slf.clone().into_any().unbind())
+    }
+
+    #[pyo3(signature = (exc_type=None, exc=None, tb=None))]
+    fn __exit__(
+        slf: &Bound<'_, Self>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        exc: Option<&Bound<'_, PyAny>>,
+        tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let (token, rt, id) = {
+            let mut me = slf.borrow_mut();
+            if me.sync || me.clones.is_some() {
+                drop(me);
+                slf.call_method1(intern!(py, "_exit_slow"), (exc_type, exc, tb))?;
+                return Ok(());
+            }
+            (
+                me.token.take(),
+                me.rt.as_ref().map(|r| r.clone_ref(py)),
+                me.id,
+            )
+        };
+        if let Some(token) = token {
+            context_reset(py, current_var(py)?, &token)?;
+        }
+        let Some(rt) = rt.map(|r| r.into_bound(py)) else {
+            slf.borrow_mut().t1 = -1;
+            return Ok(());
+        };
+        let sampler = rt.getattr(intern!(py, "sampler"))?;
+        let sampler = match sampler.cast_into::<Sampler>() {
+            Ok(s) if id != 0 && !rt.getattr(intern!(py, "dead"))?.is_truthy()? => s,
+            _ => {
+                slf.borrow_mut().t1 = -1;
+                return Ok(());
+            }
+        };
+        let pending = rt.getattr(intern!(py, "pending"))?.cast_into::<PyDict>()?;
+        pending.set_item(id, slf)?;
+        let name = slf.borrow().name.clone_ref(py);
+        let tags = rt
+            .getattr(intern!(py, "_name_tags"))?
+            .cast_into::<PyDict>()?;
+        let tag: u32 = match tags.get_item(&name)? {
+            Some(t) => t.extract()?,
+            None => rt.call_method1(intern!(py, "tag_of"), (name,))?.extract()?,
+        };
+        slf.borrow_mut().thread = thread_ident();
+        let t1 = sampler.get().inner.end_tagged(id, tag);
+        slf.borrow_mut().t1 = i64::try_from(t1).unwrap_or(i64::MAX);
+        if pending.len() > hooks(py)?.backlog_high {
+            rt.call_method0(intern!(py, "drain"))?;
+        }
+        if rt.getattr(intern!(py, "warn_due"))?.is_truthy()? {
+            rt.call_method0(intern!(py, "emit_warnings"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Claims the regions a drained batch resolves: for each row `k` whose id (native-endian u64s
+/// in `ids`) is waiting in `pending`, pops it, points it at `(batch, k)` and puts its details
+/// (name, thread, parent, tags) in `infos[k]`. Returns the rows claimed and their regions.
+/// One call per batch, so a region costs the resolver no Python bytecode.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub(crate) fn claim_regions<'py>(
+    pending: &Bound<'py, PyDict>,
+    ids: &[u8],
+    batch: &Bound<'py, PyAny>,
+    infos: &Bound<'py, PyList>,
+) -> PyResult<(Vec<usize>, Vec<Bound<'py, Region>>)> {
+    let py = pending.py();
+    let (mut rows, mut regions) = (Vec::new(), Vec::new());
+    if pending.is_empty() {
+        return Ok((rows, regions));
+    }
+    for (k, chunk) in ids.chunks_exact(8).enumerate() {
+        let id = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+        if id == 0 {
+            continue;
+        }
+        let Some(p) = pending.get_item(id)? else {
+            continue;
+        };
+        pending.del_item(id)?;
+        let region = p.cast_into::<Region>()?;
+        {
+            let mut r = region.borrow_mut();
+            r.raw_batch = Some(batch.clone().unbind());
+            r.raw_row = k;
+            let details = (
+                r.name.clone_ref(py),
+                r.thread,
+                r.parent,
+                r.tags.as_ref().map(|t| t.clone_ref(py)),
+            );
+            infos.set_item(k, details)?;
+        }
+        rows.push(k);
+        regions.push(region);
+    }
+    Ok((rows, regions))
+}
