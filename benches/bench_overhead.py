@@ -89,9 +89,9 @@ runs). The timer itself is in every figure, baseline included, and cancels in th
 | `with carbonctx.track("step"):` | **{(m["track"] - m["empty"]) / 1e3:.2f} µs** | {(a["track"] - a["empty"]) / 1e3:.2f} µs | empty `with`: median {m["empty"]:.0f} ns |
 | `@carbonctx.tracked` call | **{(m["tracked"] - m["plain"]) / 1e3:.2f} µs** | {(a["tracked"] - a["plain"]) / 1e3:.2f} µs | plain call: median {m["plain"]:.0f} ns |
 
-The mean carries what each region costs later: the resolver thread turning it into statistics
-(under the GIL) and collections of the garbage a `with` block leaves (a `Tracker` and a context
-token). A decorated call leaves none. Regions measured: {counts["step"].count:,} `with`,
+The mean carries what each region costs later: the resolver thread claiming it and turning it
+into statistics (under the GIL), and the garbage collector. A `with` block leaves a handle
+waiting for its result (kept out of the collector); a decorated call leaves none. Regions measured: {counts["step"].count:,} `with`,
 {counts["call"].count:,} calls.
 """
     print(text)
