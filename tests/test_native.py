@@ -88,12 +88,13 @@ def wait_for(pred: Any, timeout: float = 10.0) -> bool:
 def test_five_seconds_of_square_wave_within_a_thousandth_with_fast_wrapping_counters(
     tmp_path: Path, fake_nvml: Path, samplers: list[_native.Sampler]
 ) -> None:
-    # 80 W mean over a 40 J range: the package counter wraps twice a second.
+    # 80 W mean over a 60 J range: the package counter wraps every 0.75 s (often enough to
+    # wrap seven times, rarely enough that a loaded machine does not stall a thread past one).
     with SimulatedMachine(
         tmp_path / "hw",
         package=Wave(40.0, 120.0, 0.05),
         dram=Wave.constant(6.0),
-        wrap_uj=40_000_000,
+        wrap_uj=60_000_000,
         gpus=1,
         gpu_update_s=0.01,
         nvml_library=fake_nvml,
@@ -101,7 +102,7 @@ def test_five_seconds_of_square_wave_within_a_thousandth_with_fast_wrapping_coun
         s = sampler_for(sim, intervals=[("nvml", 0.002)])
         samplers.append(s)
         assert [src["id"] for src in s.sources] == [PKG, DRAM, GPU]
-        assert s.sources[0]["wrap"] == 40_000_001
+        assert s.sources[0]["wrap"] == 60_000_001
         time.sleep(0.2)  # past the start: the sampler learns each counter's cadence
         t0, t1, joules, unc = between(s, 5.0)
         truth = {
@@ -112,9 +113,9 @@ def test_five_seconds_of_square_wave_within_a_thousandth_with_fast_wrapping_coun
         for sid, want in truth.items():
             assert joules[sid] == pytest.approx(want, rel=1e-3), sid
             assert unc[sid] >= 0
-        assert truth[PKG] > 350  # ~400 J: about ten wraps of the 40 J counter
+        assert truth[PKG] > 350  # ~400 J: six or seven wraps of the 60 J counter
         pkg = status_of(s, PKG)
-        assert pkg["wraps"] >= 8
+        assert pkg["wraps"] >= 5
         assert pkg["errors"] == 0 and not pkg["failed"] and pkg["resets"] == 0
         for sid in (DRAM, GPU):
             assert status_of(s, sid)["failed"] is False

@@ -35,7 +35,7 @@ def test_a_region_measures_every_source_against_the_truth(sim: SimulatedMachine)
     # The GPU counter moves every 100 ms: each edge may be off by up to one update's energy.
     assert abs(m.gpu_j - gpu) <= m.by_source["nvml:0"].uncertainty_j + 1.0
     assert m.energy_j == pytest.approx(m.cpu_j + m.dram_j + m.gpu_j)
-    assert m.duration_s == pytest.approx(0.3, abs=0.2)
+    assert m.duration_s >= 0.3  # at least the sleep (no upper bound: the machine may be busy)
     assert set(m.by_source) == {"powercap:intel-rapl:0", "powercap:intel-rapl:0:0", "nvml:0"}
     assert {s.method for s in m.by_source.values()} == {"counter"}
     assert m.by_source["powercap:intel-rapl:0"].domain == "package"
@@ -123,8 +123,11 @@ def test_async_regions_follow_their_task_across_awaits(sim: SimulatedMachine) ->
         return list(await asyncio.gather(one(0.05), one(0.1)))
 
     a, b = asyncio.run(main())
-    assert a.duration_s == pytest.approx(0.05, abs=0.04)
-    assert b.duration_s == pytest.approx(0.1, abs=0.04)
+    # Each task's region spans its own awaits (no upper bounds: the machine may be busy), and
+    # the shorter sleep's region ends first.
+    assert a.duration_s >= 0.05 and b.duration_s >= 0.1
+    assert a.result().end < b.result().end
+    assert a.result().parent is None and b.result().parent is None
     s = carbonctx.stats()
     assert s["fetch"].count == 2
     assert s["task"].count == 2

@@ -89,8 +89,9 @@ fn wait_resolved(s: &Sampler, t: u64) {
 #[test]
 fn regions_match_the_trace_and_survive_fast_wraparound() {
     let t0 = now_ns();
-    // 80 W on average: a 40 J range wraps twice a second.
-    let src = Synthetic::new("pkg", t0, 40_000_000);
+    // 80 W on average: a 60 J range wraps every 0.75 s (often enough to wrap six times, rarely
+    // enough that a loaded machine does not stall the sampler thread past a wrap).
+    let src = Synthetic::new("pkg", t0, 60_000_000);
     let (s, unavailable) = Sampler::start(vec![Box::new(src)], Config::default()).unwrap();
     assert!(unavailable.is_empty());
     assert_eq!(s.sources().len(), 1);
@@ -122,7 +123,7 @@ fn regions_match_the_trace_and_survive_fast_wraparound() {
     assert!((total_measured - total_truth).abs() / total_truth < 1e-3);
     let st = &s.status()[0];
     assert!(
-        st.wraps >= 8,
+        st.wraps >= 5,
         "expected the counter to wrap, saw {}",
         st.wraps
     );
@@ -179,6 +180,12 @@ fn a_failing_source_is_marked_and_its_figures_are_nan() {
     assert_eq!(done.len(), 1);
     assert!(done[0].joules[0] > 0.0);
     assert!(done[0].joules[1].is_nan());
+    // Marked once its errors have persisted (a few polls over some milliseconds): wait for it
+    // rather than assume the sampler thread was scheduled often enough during the region.
+    let deadline = now_ns() + 10_000_000_000;
+    while !s.status()[1].failed && now_ns() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let st = s.status();
     assert!(st[1].failed);
     assert!(st[1]
