@@ -1,25 +1,13 @@
 //! The utilisation × TDP estimate: table matching, /proc/stat snapshots, labels and failures.
 
+mod common_fs;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use carbonctx_sampler::estimate::{self, CpuTimes, TdpSource, DEFAULT_TDP_W};
-use carbonctx_sampler::{Domain, Method, Reading, Roots};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn roots_at(root: &Path) -> Roots {
-    Roots {
-        sys: root.join("sys"),
-        dev: root.join("dev"),
-        proc: root.join("proc"),
-        nvml_library: None,
-    }
-}
+use carbonctx_sampler::{Domain, Method, Reading};
+use common_fs::{fixture, roots_at};
 
 fn power(r: Reading) -> f64 {
     match r {

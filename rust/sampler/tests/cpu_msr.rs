@@ -1,27 +1,15 @@
 //! The MSR backend against committed fixture trees and temporary ones (sparse files stand in
 //! for `/dev/cpu/N/msr`: 8 little-endian bytes at each register's address).
 
+mod common_fs;
+
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use carbonctx_sampler::msr;
-use carbonctx_sampler::{Domain, Found, Method, Reading, Roots};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn roots_at(root: &Path) -> Roots {
-    Roots {
-        sys: root.join("sys"),
-        dev: root.join("dev"),
-        proc: root.join("proc"),
-        nvml_library: None,
-    }
-}
+use carbonctx_sampler::{Domain, Found, Method, Reading};
+use common_fs::{fixture, roots_at};
 
 fn summary(found: &Found) -> Vec<(String, Domain, u32, String, f64)> {
     found

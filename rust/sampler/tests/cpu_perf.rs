@@ -1,31 +1,18 @@
 //! The perf power PMU backend: parsing its description, and failing cleanly where the PMU
 //! cannot be opened (there is none on the machines these tests run on).
 
+mod common_fs;
+
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use carbonctx_sampler::perf::{self, PerfEvent};
 use carbonctx_sampler::sim::{SimMachine, SimSpec, SquareWave, SIM_PERF_TYPE};
-use carbonctx_sampler::{Domain, Roots};
+use carbonctx_sampler::Domain;
+use common_fs::{fixture, roots_at};
 
 /// 2^-32 J, the scale the kernel publishes (`2.3283064365386962890625e-10`).
 fn scale() -> f64 {
     2f64.powi(-32)
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn roots_at(root: &Path) -> Roots {
-    Roots {
-        sys: root.join("sys"),
-        dev: root.join("dev"),
-        proc: root.join("proc"),
-        nvml_library: None,
-    }
 }
 
 fn event(name: &'static str, domain: Domain, config: u64) -> PerfEvent {

@@ -1,26 +1,14 @@
 //! The powercap backend against committed fixture trees and temporary ones.
 
+mod common_fs;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use carbonctx_sampler::powercap;
 use carbonctx_sampler::sim::{SimMachine, SimSpec, SquareWave};
-use carbonctx_sampler::{CounterSpec, Domain, Error, Found, Method, Reading, Roots};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn roots_at(root: &Path) -> Roots {
-    Roots {
-        sys: root.join("sys"),
-        dev: root.join("dev"),
-        proc: root.join("proc"),
-        nvml_library: None,
-    }
-}
+use carbonctx_sampler::{CounterSpec, Domain, Error, Found, Method, Reading};
+use common_fs::{fixture, roots_at};
 
 fn summary(found: &Found) -> Vec<(String, Domain, u32, String)> {
     found
