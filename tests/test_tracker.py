@@ -108,6 +108,42 @@ def test_regions_overlap_across_threads(sim: SimulatedMachine) -> None:
         assert m.cpu_j > 0 and m.result().parent is None
 
 
+def test_a_region_left_in_another_thread_or_task_stops_being_current(
+    sim: SimulatedMachine,
+) -> None:
+    """Leaving a region in another thread resets that thread's context, not the one it was
+    entered in; the entering thread must still stop treating it as open."""
+    with carbonctx.track("outer") as outer:
+        crossing = carbonctx.track("crossing")
+        crossing.__enter__()
+        assert carbonctx.current() is crossing
+        t = threading.Thread(target=crossing.__exit__, args=(None, None, None))
+        t.start()
+        t.join()
+        assert carbonctx.current() is outer
+        with carbonctx.track("after") as after:
+            assert carbonctx.current() is after
+    assert after.result().parent == outer.id
+    assert crossing.result().parent == outer.id
+    assert carbonctx.current() is None
+
+    async def main() -> carbonctx.Region:
+        async def later(started: asyncio.Event) -> carbonctx.Region:
+            await started.wait()
+            await asyncio.sleep(0.01)
+            async with carbonctx.track("in-task") as m:
+                return m
+
+        started = asyncio.Event()
+        async with carbonctx.track("spawner"):
+            task = asyncio.create_task(later(started))  # outlives the region it began in
+        started.set()
+        return await task
+
+    in_task = asyncio.run(main())
+    assert in_task.result().parent is None
+
+
 def test_async_regions_follow_their_task_across_awaits(sim: SimulatedMachine) -> None:
     @carbonctx.tracked(name="fetch")
     async def fetch(delay: float) -> float:

@@ -13,6 +13,7 @@ __all__ = [
     "SimMachine",
     "__version__",
     "claim_regions",
+    "current",
     "current_region",
     "discover",
     "now_ns",
@@ -58,6 +59,7 @@ class Region:
     _strict: bool
     _token: Any
     _clones: list[Any] | None
+    _prev: Any
     def __new__(
         cls,
         name: str,
@@ -68,6 +70,9 @@ class Region:
     ) -> Self: ...
     def __enter__(self) -> Self: ...
     def __exit__(self, exc_type: object = None, exc: object = None, tb: object = None) -> None: ...
+
+def current() -> Any:
+    """The innermost region still open in this thread or task (one left elsewhere is skipped)."""
 
 def claim_regions(
     pending: dict[int, Any], ids: bytes, batch: Any, infos: list[Any]

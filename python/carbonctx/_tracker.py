@@ -173,9 +173,10 @@ class Tracker(_native.Region):
                 _runtime.start_error_or_raise(rt, True)
         if rt.warn_due:
             rt.emit_warnings()
-        parent = _current.get()
+        parent = _native.current()
         if parent is not None:
             self.parent = parent.id
+            self._prev = parent
         self._token = _current.set(self)
         if self.sync:
             _sync_cuda()
@@ -325,5 +326,7 @@ Region = Tracker
 
 
 def current() -> Tracker | None:
-    """The innermost region open in this thread or task, if any."""
-    return _current.get()
+    """The innermost region open in this thread or task, if any (a region left in another
+    thread or task no longer counts here)."""
+    r: Tracker | None = _native.current()
+    return r

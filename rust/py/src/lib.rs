@@ -391,6 +391,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sim::SimMachine>()?;
     m.add_class::<region::Region>()?;
     m.add_function(wrap_pyfunction!(region::claim_regions, m)?)?;
+    m.add_function(wrap_pyfunction!(region::current, m)?)?;
     m.add(
         "current_region",
         region::current_var(m.py())?.clone_ref(m.py()),

@@ -100,6 +100,36 @@ fn context_reset(py: Python<'_>, var: &Py<PyAny>, token: &Py<PyAny>) -> PyResult
     Ok(())
 }
 
+/// The innermost region still open here: the context variable's value, or, where that region
+/// has ended (it was left in another thread or task, whose context was the one reset), the region
+/// that was open when it was entered, and so on. None when there is none.
+pub(crate) fn open_region(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let mut v = context_get(py, current_var(py)?)?;
+    loop {
+        let next = match v.cast::<Region>() {
+            Ok(r) => {
+                let r = r.borrow();
+                if r.t1 == 0 {
+                    break;
+                }
+                match &r.prev {
+                    Some(p) => p.clone_ref(py).into_bound(py),
+                    None => py.None().into_bound(py),
+                }
+            }
+            Err(_) => break,
+        };
+        v = next;
+    }
+    Ok(v)
+}
+
+/// `carbonctx.current()`: see [`open_region`].
+#[pyfunction]
+pub(crate) fn current(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    open_region(py)
+}
+
 fn thread_ident() -> u64 {
     // `threading.get_ident()` on POSIX is the pthread handle.
     // SAFETY: pthread_self has no preconditions.
@@ -164,6 +194,9 @@ pub(crate) struct Region {
     token: Option<Py<PyAny>>,
     #[pyo3(get, set, name = "_clones")]
     clones: Option<Py<PyAny>>,
+    /// The region that was open where this one was entered (it outlives this one's entry).
+    #[pyo3(get, set, name = "_prev")]
+    prev: Option<Py<PyAny>>,
 }
 
 #[pymethods]
@@ -222,6 +255,7 @@ impl Region {
             strict_now: false,
             token: None,
             clones: None,
+            prev: None,
         })
     }
 
@@ -251,7 +285,7 @@ impl Region {
         }
         untrack(slf.as_any());
         let var = current_var(py)?;
-        let parent = context_get(py, var)?;
+        let parent = open_region(py)?;
         let parent_id = if parent.is_none() {
             None
         } else if let Ok(p) = parent.cast::<Region>() {
@@ -264,6 +298,7 @@ impl Region {
         let mut me = slf.borrow_mut();
         me.rt = Some(rt.unbind());
         me.parent = parent_id;
+        me.prev = (!parent.is_none()).then(|| parent.unbind());
         me.token = Some(token.unbind());
         me.id = id;
         drop(me);
