@@ -1,7 +1,6 @@
 """The native sampler (Rust). Hand-written stub: keep in step with rust/py/src."""
 
 from collections.abc import Mapping
-from contextvars import ContextVar
 from os import PathLike
 from typing import Any, final
 
@@ -14,7 +13,6 @@ __all__ = [
     "__version__",
     "claim_regions",
     "current",
-    "current_region",
     "discover",
     "now_ns",
 ]
@@ -35,9 +33,6 @@ def discover(
     estimate: str = "auto",
 ) -> dict[str, list[dict[str, Any]]]:
     """Find energy sources without starting anything: sources, alternatives, unavailable."""
-
-#: The innermost open region of this thread or task (``carbonctx.current()``).
-current_region: ContextVar[Any]
 
 @disjoint_base
 class Region:
@@ -68,6 +63,8 @@ class Region:
         tags: Mapping[str, Any] | None = None,
         sync: bool = False,
     ) -> Self: ...
+    def _enter_core(self, rt: Any, sampler: Sampler | None) -> None: ...
+    def _exit_core(self) -> None: ...
     def __enter__(self) -> Self: ...
     def __exit__(self, exc_type: object = None, exc: object = None, tb: object = None) -> None: ...
 

@@ -7,10 +7,8 @@ region's end, and reading a field of an unresolved result waits for that.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
@@ -20,9 +18,6 @@ from carbonctx.errors import CarbonctxError, SamplerError, SourceUnavailableErro
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The innermost open region of this thread or task (made natively: the hot path reads it).
-_current: contextvars.ContextVar[Tracker | None] = _native.current_region
-_get_ident = threading.get_ident
 _now_ns = _native.now_ns
 
 
@@ -173,15 +168,9 @@ class Tracker(_native.Region):
                 _runtime.start_error_or_raise(rt, True)
         if rt.warn_due:
             rt.emit_warnings()
-        parent = _native.current()
-        if parent is not None:
-            self.parent = parent.id
-            self._prev = parent
-        self._token = _current.set(self)
         if self.sync:
             _sync_cuda()
-        if s is not None:
-            self.id = s.begin()
+        self._enter_core(rt, s)
         return self
 
     def _exit_slow(self, *exc: object) -> None:
@@ -191,27 +180,7 @@ class Tracker(_native.Region):
             return
         if self.sync:
             _sync_cuda()
-        token = self._token
-        if token is not None:
-            self._token = None
-            try:  # noqa: SIM105 - faster than contextlib.suppress on the hot path
-                _current.reset(token)
-            except ValueError:  # exited in another context (e.g. a different task)
-                pass
-        rt = self._rt
-        s = rt.sampler if rt is not None else None
-        if s is None or rt is None or rt.dead or self.id == 0:
-            self._t1 = -1
-            return
-        self.thread = _get_ident()
-        pending = rt.pending
-        pending[self.id] = self
-        tag = rt._name_tags.get(self.name) or rt.tag_of(self.name)
-        self._t1 = s.end_tagged(self.id, tag)
-        if len(pending) > _runtime.BACKLOG_HIGH:
-            rt.drain()  # a backlog: the resolver thread cannot keep up
-        if rt.warn_due:
-            rt.emit_warnings()
+        self._exit_core()
 
     async def __aenter__(self) -> Tracker:
         return self.__enter__()

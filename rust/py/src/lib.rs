@@ -392,10 +392,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<region::Region>()?;
     m.add_function(wrap_pyfunction!(region::claim_regions, m)?)?;
     m.add_function(wrap_pyfunction!(region::current, m)?)?;
-    m.add(
-        "current_region",
-        region::current_var(m.py())?.clone_ref(m.py()),
-    )?;
     m.add_function(wrap_pyfunction!(discover, m)?)?;
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
     Ok(())

@@ -54,7 +54,7 @@ fn hooks(py: Python<'_>) -> PyResult<&'static Hooks> {
 }
 
 /// The context variable that holds the innermost open region (`carbonctx.current()`).
-pub(crate) fn current_var(py: Python<'_>) -> PyResult<&'static Py<PyAny>> {
+fn current_var(py: Python<'_>) -> PyResult<&'static Py<PyAny>> {
     CURRENT.get_or_try_init(py, || {
         let name = CString::new("carbonctx_region").expect("no NUL in the name");
         // SAFETY: the name is a valid C string and the default is Py_None (borrowed by the
@@ -283,26 +283,26 @@ impl Region {
         {
             return enter_slow(slf);
         }
-        untrack(slf.as_any());
-        let var = current_var(py)?;
-        let parent = open_region(py)?;
-        let parent_id = if parent.is_none() {
-            None
-        } else if let Ok(p) = parent.cast::<Region>() {
-            Some(p.borrow().id)
-        } else {
-            Some(parent.getattr(intern!(py, "id"))?.extract()?)
-        };
-        let token = context_set(py, var, slf.as_any())?;
-        let id = sampler.get().inner.begin();
-        let mut me = slf.borrow_mut();
-        me.rt = Some(rt.unbind());
-        me.parent = parent_id;
-        me.prev = (!parent.is_none()).then(|| parent.unbind());
-        me.token = Some(token.unbind());
-        me.id = id;
-        drop(me);
+        enter_core(slf, rt, Some(sampler))?;
         Ok(slf.clone().into_any().unbind())
+    }
+
+    /// The part of entering that every path shares (`Tracker._enter_slow` calls it once it has
+    /// started the runtime and made its checks): the parent, the context, the begin mark.
+    #[pyo3(name = "_enter_core")]
+    fn py_enter_core(
+        slf: &Bound<'_, Self>,
+        rt: Bound<'_, PyAny>,
+        sampler: Option<Bound<'_, Sampler>>,
+    ) -> PyResult<()> {
+        enter_core(slf, rt, sampler)
+    }
+
+    /// The part of leaving that every path shares (`Tracker._exit_slow` calls it after CUDA
+    /// synchronisation): the context reset, the end mark, the pending entry.
+    #[pyo3(name = "_exit_core")]
+    fn py_exit_core(slf: &Bound<'_, Self>) -> PyResult<()> {
+        exit_core(slf)
     }
 
     #[pyo3(signature = (exc_type=None, exc=None, tb=None))]
@@ -313,55 +313,97 @@ impl Region {
         tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let py = slf.py();
-        let (token, rt, id) = {
-            let mut me = slf.borrow_mut();
-            if me.sync || me.clones.is_some() {
-                drop(me);
-                slf.call_method1(intern!(py, "_exit_slow"), (exc_type, exc, tb))?;
-                return Ok(());
-            }
-            (
-                me.token.take(),
-                me.rt.as_ref().map(|r| r.clone_ref(py)),
-                me.id,
-            )
+        let slow = {
+            let me = slf.borrow();
+            me.sync || me.clones.is_some()
         };
-        if let Some(token) = token {
-            context_reset(py, current_var(py)?, &token)?;
+        if slow {
+            slf.call_method1(intern!(py, "_exit_slow"), (exc_type, exc, tb))?;
+            return Ok(());
         }
-        let Some(rt) = rt.map(|r| r.into_bound(py)) else {
+        exit_core(slf)
+    }
+}
+
+/// Marks the region's start: its parent (the innermost region still open here), the context
+/// variable, and a begin mark when there is a sampler.
+fn enter_core(
+    slf: &Bound<'_, Region>,
+    rt: Bound<'_, PyAny>,
+    sampler: Option<Bound<'_, Sampler>>,
+) -> PyResult<()> {
+    let py = slf.py();
+    untrack(slf.as_any());
+    let var = current_var(py)?;
+    let parent = open_region(py)?;
+    let parent_id = if parent.is_none() {
+        None
+    } else if let Ok(p) = parent.cast::<Region>() {
+        Some(p.borrow().id)
+    } else {
+        Some(parent.getattr(intern!(py, "id"))?.extract()?)
+    };
+    let token = context_set(py, var, slf.as_any())?;
+    let id = sampler.map(|s| s.get().inner.begin());
+    let mut me = slf.borrow_mut();
+    me.rt = Some(rt.unbind());
+    me.parent = parent_id;
+    me.prev = (!parent.is_none()).then(|| parent.unbind());
+    me.token = Some(token.unbind());
+    if let Some(id) = id {
+        me.id = id;
+    }
+    Ok(())
+}
+
+/// Marks the region's end: resets the context variable, and with a live sampler puts the region
+/// in the runtime's pending map under its name's tag and ends it (`_t1`; -1 when nothing
+/// measured it).
+fn exit_core(slf: &Bound<'_, Region>) -> PyResult<()> {
+    let py = slf.py();
+    let (token, rt, id) = {
+        let mut me = slf.borrow_mut();
+        (
+            me.token.take(),
+            me.rt.as_ref().map(|r| r.clone_ref(py)),
+            me.id,
+        )
+    };
+    if let Some(token) = token {
+        context_reset(py, current_var(py)?, &token)?;
+    }
+    let Some(rt) = rt.map(|r| r.into_bound(py)) else {
+        slf.borrow_mut().t1 = -1;
+        return Ok(());
+    };
+    let sampler = rt.getattr(intern!(py, "sampler"))?;
+    let sampler = match sampler.cast_into::<Sampler>() {
+        Ok(s) if id != 0 && !rt.getattr(intern!(py, "dead"))?.is_truthy()? => s,
+        _ => {
             slf.borrow_mut().t1 = -1;
             return Ok(());
-        };
-        let sampler = rt.getattr(intern!(py, "sampler"))?;
-        let sampler = match sampler.cast_into::<Sampler>() {
-            Ok(s) if id != 0 && !rt.getattr(intern!(py, "dead"))?.is_truthy()? => s,
-            _ => {
-                slf.borrow_mut().t1 = -1;
-                return Ok(());
-            }
-        };
-        let pending = rt.getattr(intern!(py, "pending"))?.cast_into::<PyDict>()?;
-        pending.set_item(id, slf)?;
-        let name = slf.borrow().name.clone_ref(py);
-        let tags = rt
-            .getattr(intern!(py, "_name_tags"))?
-            .cast_into::<PyDict>()?;
-        let tag: u32 = match tags.get_item(&name)? {
-            Some(t) => t.extract()?,
-            None => rt.call_method1(intern!(py, "tag_of"), (name,))?.extract()?,
-        };
-        slf.borrow_mut().thread = thread_ident();
-        let t1 = sampler.get().inner.end_tagged(id, tag);
-        slf.borrow_mut().t1 = i64::try_from(t1).unwrap_or(i64::MAX);
-        if pending.len() > hooks(py)?.backlog_high {
-            rt.call_method0(intern!(py, "drain"))?;
         }
-        if rt.getattr(intern!(py, "warn_due"))?.is_truthy()? {
-            rt.call_method0(intern!(py, "emit_warnings"))?;
-        }
-        Ok(())
+    };
+    let pending = rt.getattr(intern!(py, "pending"))?.cast_into::<PyDict>()?;
+    pending.set_item(id, slf)?;
+    let name = slf.borrow().name.clone_ref(py);
+    let tags = rt
+        .getattr(intern!(py, "_name_tags"))?
+        .cast_into::<PyDict>()?;
+    let tag: u32 = match tags.get_item(&name)? {
+        Some(t) => t.extract()?,
+        None => rt.call_method1(intern!(py, "tag_of"), (name,))?.extract()?,
+    };
+    slf.borrow_mut().thread = thread_ident();
+    let t1 = sampler.get().inner.end_tagged(id, tag);
+    slf.borrow_mut().t1 = i64::try_from(t1).unwrap_or(i64::MAX);
+    if pending.len() > hooks(py)?.backlog_high {
+        rt.call_method0(intern!(py, "drain"))?;
     }
+    if rt.getattr(intern!(py, "warn_due"))?.is_truthy()? {
+        rt.call_method0(intern!(py, "emit_warnings"))?;
+    }
+    Ok(())
 }
 
 /// Claims the regions a drained batch resolves: for each row `k` whose id (native-endian u64s

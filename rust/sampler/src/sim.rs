@@ -656,13 +656,7 @@ impl SimMachine {
             let energy = match &dir {
                 Some(dir) => {
                     let path = dir.join("energy_uj");
-                    let f = OpenOptions::new()
-                        .create(true)
-                        .truncate(true)
-                        .read(true)
-                        .write(true)
-                        .open(&path)
-                        .map_err(|e| Error::io(&path, e, ""))?;
+                    let f = create_rw(&path)?;
                     f.set_permissions(fs::Permissions::from_mode(0o644))
                         .map_err(|e| Error::io(&path, e, ""))?;
                     Some(f)
@@ -704,13 +698,7 @@ impl SimMachine {
                 if let Some(parent) = path.parent() {
                     mkdir(parent)?;
                 }
-                let f = OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| Error::io(&path, e, ""))?;
+                let f = create_rw(&path)?;
                 f.write_at(&unit_value.to_le_bytes(), msr::MSR_RAPL_POWER_UNIT)
                     .map_err(|e| Error::io(&path, e, ""))?;
                 msr_files.push(f);
@@ -950,6 +938,17 @@ fn symlink(target: &Path, link: &Path) -> Result<(), Error> {
 /// The writer thread: update at absolute deadlines until told to stop.
 /// Makes the calling thread update on time as hardware would: real-time priority where the
 /// process may have it (root, CAP_SYS_NICE), and a 1 µs timer slack. Best effort.
+/// Creates (or empties) a file the simulation writes and the backends read.
+fn create_rw(path: &Path) -> Result<File, Error> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e, ""))
+}
+
 fn act_like_hardware() {
     // SAFETY: both calls affect only the calling thread and take plain values; failure is
     // reported through the return value, which is ignored (the writer then runs as before).
