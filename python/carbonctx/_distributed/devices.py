@@ -1,0 +1,294 @@
+"""Which GPUs this rank reports: its own, never another rank's.
+
+The caller lists the machine's GPUs as the energy backend sees them (:class:`Gpu`: NVML's index,
+UUID, name). ``CUDA_VISIBLE_DEVICES`` decides which of them this process sees and in which order
+(device ordinal 0 is the first listed): indices, ``GPU-`` UUIDs (a unique prefix is enough, as
+for CUDA), ``MIG-`` instance UUIDs (reported as their parent GPU: a MIG instance has no energy
+counter of its own), an empty value for none; CUDA stops reading the list at its first invalid
+entry, and so does this. For AMD, ``ROCR_VISIBLE_DEVICES`` filters the GPUs first and
+``HIP_VISIBLE_DEVICES`` (or ``CUDA_VISIBLE_DEVICES``) then picks among those.
+
+Rules, first that applies:
+
+1. ``override`` (a setting): the device ordinals (as this process numbers them, like
+   ``torch.device("cuda", i)``) or UUIDs listed; an empty list reports no GPU.
+2. A process that is not part of a distributed job reports every visible GPU (today's behaviour).
+3. No GPU visible: none.
+4. torch is already imported and has initialised CUDA (never imported or initialised here): the
+   device it has made current, unless more local ranks than GPUs share them (rule 6). Except:
+   when that is ordinal 0 while the local rank is not 0 and maps to another GPU, the script most
+   likely never called ``torch.cuda.set_device`` and put its tensors on ``cuda:LOCAL_RANK``; the
+   local-rank rule is then used and the reason says so.
+5. Exactly one GPU visible (the launcher or the user gave each rank its own): that one.
+6. The local rank's GPU, ordinal ``local_rank``, one GPU per rank:
+
+   - local world size equal to the visible count: the usual one rank per GPU;
+   - fewer ranks than GPUs: rank ``l`` reports GPU ``l``, the rest belong to no rank (a rank
+     that uses several GPUs should say so with the setting: guessing blocks of GPUs would make
+     ranks report each other's GPUs whenever they use ``cuda:LOCAL_RANK``);
+   - more ranks than GPUs: ranks share GPUs (``local_rank % count``); each GPU is reported once,
+     by the lowest local rank on it, the others report none (``shared`` is set), so that adding
+     up the ranks counts each GPU once;
+   - no local rank known: ``rank % count``, right for consecutive ranks filling one GPU each.
+
+CUDA numbers devices fastest first unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; NVML numbers them by
+PCI bus. Indices in ``CUDA_VISIBLE_DEVICES`` are taken as NVML indices, which is right when the
+order is ``PCI_BUS_ID`` or the GPUs are alike; the reason notes it otherwise. UUIDs are exact.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from carbonctx._distributed.ranks import RankInfo
+from carbonctx.errors import ConfigurationError
+
+__all__ = ["Gpu", "GpuOwnership", "owned_gpus", "visible_gpus"]
+
+
+@attrs.frozen(slots=True)
+class Gpu:
+    """One physical GPU as the energy backend numbers it."""
+
+    index: int
+    uuid: str | None = None
+    name: str | None = None
+    #: UUIDs of its MIG instances (``MIG-...``), if any.
+    mig_uuids: tuple[str, ...] = ()
+
+
+@attrs.frozen(slots=True)
+class GpuOwnership:
+    """The GPUs this rank reports, as backend indices, and why.
+
+    ``ordinals`` are the same GPUs as this process numbers them (after ``*_VISIBLE_DEVICES``).
+    ``shared`` is true when other processes of the job use a reported GPU too, or a GPU this
+    rank uses is reported by another rank.
+    """
+
+    indices: tuple[int, ...]
+    ordinals: tuple[int, ...]
+    rule: str
+    reason: str
+    shared: bool = False
+    visible: tuple[int, ...] = ()
+
+
+def _match(entry: str, gpus: Sequence[Gpu]) -> Gpu | None:
+    """The GPU a visible-devices entry names, or None when it names none (CUDA stops there)."""
+    if re.fullmatch(r"\d+", entry):
+        i = int(entry)
+        return next((g for g in gpus if g.index == i), None)
+    low = entry.lower()
+    if low.startswith("mig-"):
+        # Legacy form MIG-GPU-<uuid>/<gi>/<ci> names the parent; the current form MIG-<uuid>
+        # names an instance.
+        legacy = re.fullmatch(r"mig-(gpu-[0-9a-f-]+)/\d+/\d+", low)
+        if legacy is not None:
+            parent = legacy.group(1)
+            return next((g for g in gpus if g.uuid is not None and g.uuid.lower() == parent), None)
+        return next((g for g in gpus if any(m.lower() == low for m in g.mig_uuids)), None)
+    if low.startswith("gpu-"):
+        found = [g for g in gpus if g.uuid is not None and g.uuid.lower().startswith(low)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _filter(value: str, gpus: Sequence[Gpu]) -> list[Gpu]:
+    out: list[Gpu] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            break
+        g = _match(entry, gpus)
+        if g is None:
+            break
+        if g not in out:
+            out.append(g)
+    return out
+
+
+def visible_gpus(
+    gpus: Sequence[Gpu], env: Mapping[str, str] = os.environ, *, vendor: str = "nvidia"
+) -> list[Gpu]:
+    """The GPUs this process sees, in its device-ordinal order."""
+    if vendor == "nvidia":
+        value = env.get("CUDA_VISIBLE_DEVICES")
+        return list(gpus) if value is None else _filter(value, gpus)
+    if vendor == "amd":
+        seen = list(gpus)
+        rocr = env.get("ROCR_VISIBLE_DEVICES")
+        if rocr is not None:
+            seen = _filter(rocr, seen)
+        hip = env.get("HIP_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES"))
+        if hip is not None:
+            # HIP indices count among the GPUs ROCr left visible.
+            renumbered = [attrs.evolve(g, index=i) for i, g in enumerate(seen)]
+            picked = _filter(hip, renumbered)
+            seen = [seen[g.index] for g in picked]
+        return seen
+    raise ValueError(f"unknown GPU vendor {vendor!r}; use 'nvidia' or 'amd'")
+
+
+def _torch_current_device(modules: Mapping[str, Any]) -> int | None:
+    """torch's current CUDA device, only if torch is imported and CUDA already initialised."""
+    torch = modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        cuda = torch.cuda
+        if not cuda.is_initialized():
+            return None
+        return int(cuda.current_device())
+    except Exception:
+        return None
+
+
+def _order_note(visible: Sequence[Gpu], env: Mapping[str, str], vendor: str) -> str:
+    if vendor != "nvidia" or env.get("CUDA_DEVICE_ORDER", "").strip().upper() == "PCI_BUS_ID":
+        return ""
+    names = {g.name for g in visible if g.name}
+    if len(names) > 1:
+        return (
+            " (the GPUs differ and CUDA_DEVICE_ORDER is not PCI_BUS_ID, so CUDA's device numbers "
+            "may not follow NVML's: set CUDA_DEVICE_ORDER=PCI_BUS_ID)"
+        )
+    return ""
+
+
+def _pick(
+    visible: Sequence[Gpu], ordinals: Sequence[int], rule: str, reason: str, shared: bool = False
+) -> GpuOwnership:
+    return GpuOwnership(
+        indices=tuple(visible[o].index for o in ordinals),
+        ordinals=tuple(ordinals),
+        rule=rule,
+        reason=reason,
+        shared=shared,
+        visible=tuple(g.index for g in visible),
+    )
+
+
+def owned_gpus(
+    info: RankInfo,
+    gpus: Sequence[Gpu],
+    env: Mapping[str, str] = os.environ,
+    *,
+    override: Sequence[int | str] | None = None,
+    modules: Mapping[str, Any] = sys.modules,
+    vendor: str = "nvidia",
+) -> GpuOwnership:
+    """The GPUs of ``gpus`` that this rank reports (see the module's rules).
+
+    Raises :class:`ConfigurationError` when ``override`` names a GPU this process cannot see.
+    """
+    visible = visible_gpus(gpus, env, vendor=vendor)
+    n = len(visible)
+    note = _order_note(visible, env, vendor)
+
+    if override is not None:
+        ordinals: list[int] = []
+        for item in override:
+            if isinstance(item, int) and not isinstance(item, bool):
+                if not 0 <= item < n:
+                    raise ConfigurationError(
+                        f"the GPU setting names device {item}, but this process sees {n} GPU(s) "
+                        "(numbered from 0 after CUDA_VISIBLE_DEVICES); list device numbers "
+                        "below that, or GPU UUIDs"
+                    )
+                o = item
+            else:
+                g = _match(str(item).strip(), visible)
+                if g is None:
+                    raise ConfigurationError(
+                        f"the GPU setting names {item!r}, which is none of the GPUs this "
+                        "process sees; list device numbers or GPU-/MIG- UUIDs"
+                    )
+                o = visible.index(g)
+            if o not in ordinals:
+                ordinals.append(o)
+        return _pick(visible, ordinals, "setting", "the GPU setting lists them" + note)
+
+    if not info.distributed:
+        return _pick(
+            visible, range(n), "all-visible", "not part of a distributed job: every GPU it sees"
+        )
+    if n == 0:
+        return _pick(visible, [], "none-visible", "this process sees no GPU")
+
+    local, local_world = info.local_rank, info.local_world_size
+    sharing = local_world is not None and local_world > n
+    current = None if sharing else _torch_current_device(modules)
+    if current is not None and 0 <= current < n:
+        by_local = local % n if local is not None else None
+        if not (current == 0 and local is not None and local > 0 and by_local not in (None, 0)):
+            return _pick(
+                visible,
+                [current],
+                "torch-current",
+                f"torch's current CUDA device is {current}" + note,
+            )
+        fallback_note = (
+            "; torch's current CUDA device is 0, as when torch.cuda.set_device was never "
+            "called, so the local rank decides"
+        )
+    else:
+        fallback_note = ""
+
+    if n == 1:
+        return _pick(visible, [0], "only-visible", "the one GPU this rank sees" + fallback_note)
+
+    if local is None:
+        o = info.rank % n
+        return _pick(
+            visible,
+            [o],
+            "rank-modulo",
+            f"no local rank is known: rank {info.rank} % {n} visible GPUs; set LOCAL_RANK or "
+            "the GPU setting if that is not this rank's GPU" + fallback_note + note,
+        )
+    if sharing:
+        o = local % n
+        if local < n:
+            return _pick(
+                visible,
+                [o],
+                "local-rank-shared",
+                f"{local_world} local ranks share {n} GPUs: local rank {local} reports GPU {o} "
+                "for every rank on it" + fallback_note + note,
+                shared=True,
+            )
+        return _pick(
+            visible,
+            [],
+            "local-rank-shared",
+            f"{local_world} local ranks share {n} GPUs: GPU {o} is reported by local rank {o}"
+            + fallback_note,
+            shared=True,
+        )
+    if local >= n:
+        return _pick(
+            visible,
+            [],
+            "local-rank-beyond",
+            f"local rank {local} has no GPU of its own among the {n} it sees; set the GPU "
+            "setting if it uses one" + fallback_note,
+        )
+    extra = ""
+    if local_world is not None and local_world < n:
+        extra = (
+            f"; {n - local_world} of the {n} visible GPUs belong to no local rank (set the GPU "
+            "setting if a rank uses several)"
+        )
+    return _pick(
+        visible,
+        [local],
+        "local-rank",
+        f"local rank {local}'s GPU among the {n} it sees" + extra + fallback_note + note,
+    )
