@@ -19,7 +19,10 @@ Rules, first that applies:
    when that is ordinal 0 while the local rank is not 0 and maps to another GPU, the script most
    likely never called ``torch.cuda.set_device`` and put its tensors on ``cuda:LOCAL_RANK``; the
    local-rank rule is then used and the reason says so.
-5. Exactly one GPU visible (the launcher or the user gave each rank its own): that one.
+5. Exactly one GPU visible: that one, unless the machine has only that GPU and more local
+   ranks than one (then rule 6 shares it). One GPU visible out of several is taken as the
+   launcher's per-rank assignment (Slurm's ``--gpus-per-task``, a wrapper setting
+   ``CUDA_VISIBLE_DEVICES=$LOCAL_RANK``).
 6. The local rank's GPU, ordinal ``local_rank``, one GPU per rank:
 
    - local world size equal to the visible count: the usual one rank per GPU;
@@ -223,7 +226,10 @@ def owned_gpus(
         return _pick(visible, [], "none-visible", "this process sees no GPU")
 
     local, local_world = info.local_rank, info.local_world_size
-    sharing = local_world is not None and local_world > n
+    # One GPU left visible out of several is the launcher's per-rank assignment (Slurm's
+    # --gpus-per-task, a wrapper script); one GPU on the machine is shared by its ranks.
+    per_rank_assignment = n == 1 and len(gpus) > 1
+    sharing = local_world is not None and local_world > n and not per_rank_assignment
     current = None if sharing else _torch_current_device(modules)
     if current is not None and 0 <= current < n:
         by_local = local % n if local is not None else None
@@ -241,7 +247,7 @@ def owned_gpus(
     else:
         fallback_note = ""
 
-    if n == 1:
+    if n == 1 and not sharing:
         return _pick(visible, [0], "only-visible", "the one GPU this rank sees" + fallback_note)
 
     if local is None:

@@ -1,0 +1,148 @@
+"""One rank of a real distributed test job; also the launcher helpers the tests use.
+
+Run as ``python dist_worker.py ENGINE OUT_DIR``: ENGINE is ``torch`` (torch.distributed with
+gloo, from the env:// variables torchrun or the test sets) or ``mpi`` (mpi4py under mpiexec).
+Each rank writes ``OUT_DIR/rank<N>.json`` with what the carbonctx._distributed functions gave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+#: Seconds a whole test job may take before its processes are killed (pytest allows 60).
+JOB_TIMEOUT = 40.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_processes(
+    commands: Sequence[Sequence[str]],
+    envs: Sequence[Mapping[str, str]],
+    *,
+    timeout: float = JOB_TIMEOUT,
+) -> list[tuple[int, str]]:
+    """Start every command (each in its own session), wait for all; kill all on timeout.
+
+    Returns (exit code, output) per command. Raises AssertionError on timeout, after killing.
+    """
+    procs = [
+        subprocess.Popen(
+            list(cmd),
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for cmd, env in zip(commands, envs, strict=True)
+    ]
+    results: list[tuple[int, str]] = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=timeout)
+            results.append((p.returncode, out))
+    except subprocess.TimeoutExpired:
+        outputs = []
+        for p in procs:
+            _kill_group(p)
+            out, _ = p.communicate()
+            outputs.append(out)
+        raise AssertionError(
+            f"distributed test job did not finish in {timeout} s; output:\n" + "\n".join(outputs)
+        ) from None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                _kill_group(p)
+                p.wait()
+    return results
+
+
+def _kill_group(p: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGKILL)
+
+
+def read_results(out_dir: Path, n: int) -> list[dict[str, Any]]:
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(n)]
+
+
+# ---------------------------------------------------------------------------- the rank itself
+
+
+def _run(engine: str, out_dir: Path) -> None:
+    from carbonctx._distributed import (
+        Gpu,
+        allreduce_sum,
+        any_rank,
+        detect_ranks,
+        expand_path,
+        gather_objects,
+        owned_gpus,
+        world,
+    )
+    from carbonctx._distributed import engine as current_engine
+
+    record: dict[str, Any] = {}
+    if engine == "torch":
+        import torch.distributed as dist
+
+        # Imported but not initialised yet: the collectives stay local.
+        record["engine_before_init"] = current_engine()
+        record["local_sum"] = allreduce_sum([1.0, 2.0])
+        dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+    else:
+        from mpi4py import MPI
+
+        assert MPI.Is_initialized()
+        record["torch_imported"] = "torch" in sys.modules
+
+    rank, size = world()
+    info = detect_ranks(os.environ)
+    record["pid"] = os.getpid()
+    record["engine"] = current_engine()
+    record["world"] = [rank, size]
+    record["info"] = {
+        "rank": info.rank,
+        "world_size": info.world_size,
+        "local_rank": info.local_rank,
+        "local_world_size": info.local_world_size,
+        "node_rank": info.node_rank,
+        "launcher": info.launcher,
+        "job": info.job,
+        "job_key": info.job_key,
+        "distributed": info.distributed,
+        "problems": list(info.problems),
+    }
+    # 1e15 + small integers are exact in float64 but not in float32.
+    record["sum"] = allreduce_sum([rank + 1.0, 0.25, 1e15 + rank])
+    record["any_last"] = any_rank(rank == size - 1)
+    record["any_none"] = any_rank(False)
+    record["gathered"] = gather_objects({"rank": rank, "pid": os.getpid()})
+    gpus = [Gpu(index=i, uuid=f"GPU-{i:08d}-0000-0000-0000-000000000000") for i in range(size)]
+    record["gpus"] = list(owned_gpus(info, gpus, {}).indices)
+    record["path"] = str(expand_path("out/{job}/r{rank}.json", info))
+
+    (out_dir / f"rank{rank}.json").write_text(json.dumps(record))
+    if engine == "torch":
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _run(sys.argv[1], Path(sys.argv[2]))
