@@ -57,6 +57,7 @@ def test_a_process_outside_a_job_is_rank_0_of_1(proc: Path) -> None:
     assert info.host == "gpu01"
     assert info.boot_id == BOOT
     assert info.problems == ()
+    assert hash(info) == hash(detect({"HOME": "/root", "PATH": "/usr/bin"}, proc))
 
 
 def test_world_size_one_is_not_distributed() -> None:
@@ -298,6 +299,14 @@ def test_a_batch_script_is_one_process_in_an_allocation() -> None:
     assert (info.rank, info.world_size) == (0, 1)
     assert info.launcher == "none"
     assert info.job == "200505"
+
+
+@pytest.mark.parametrize("step", ["batch", "4294967291", "4294967292", "extern"])
+def test_slurm_special_steps_are_not_task_steps(step: str) -> None:
+    env = {"SLURM_JOB_ID": "9", "SLURM_STEP_ID": step, "SLURM_PROCID": "0", "SLURM_NTASKS": "8"}
+    info = detect(env)
+    assert not info.distributed
+    assert info.job == "9"
 
 
 def test_parse_slurm_tasks_per_node() -> None:

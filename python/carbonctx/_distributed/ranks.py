@@ -116,7 +116,7 @@ class RankInfo:
     job_key: str = ""
     launcher: str = "none"
     distributed: bool = False
-    sources: Mapping[str, str] = attrs.field(factory=dict)
+    sources: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     problems: tuple[str, ...] = ()
 
 
@@ -240,7 +240,13 @@ def _slurm_job(env: Mapping[str, str]) -> tuple[str, str] | None:
 def _read_slurm(env: Mapping[str, str]) -> _Reading | None:
     job = _slurm_job(env)
     step_name = next((n for n in ("SLURM_STEP_ID", "SLURM_STEPID") if n in env), None)
-    is_step = step_name is not None or "SLURM_STEP_NUM_TASKS" in env
+    step_text = env.get(step_name, "").strip() if step_name else ""
+    # Slurm numbers its batch, extern and interactive steps from 0xfffffff0 up; only srun's
+    # steps (0, 1, ...) run tasks of a job.
+    task_step = step_text.isdigit() and int(step_text) < 0xFFFFFFF0
+    is_step = task_step or "SLURM_STEP_NUM_TASKS" in env
+    if not task_step:
+        step_name = None
     if not is_step:
         if job is None:
             return None
@@ -248,7 +254,7 @@ def _read_slurm(env: Mapping[str, str]) -> _Reading | None:
         return _Reading("slurm-allocation", job=job)
     r = _Reading("slurm")
     if job is not None:
-        step = env.get(step_name, "").strip() if step_name else ""
+        step = step_text if step_name else ""
         r.job = (
             f"{job[0]}.{step}" if step else job[0],
             f"{job[1]}.{step_name}" if step else job[1],
