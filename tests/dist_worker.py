@@ -112,7 +112,8 @@ def _run(engine: str, out_dir: Path) -> None:
         record["torch_imported"] = "torch" in sys.modules
 
     rank, size = world()
-    info = detect_ranks(os.environ)
+    # DIST_TEST_NODE stands for the node setting (CARBONCTX_NODE): simulated nodes on one machine.
+    info = detect_ranks(os.environ, node=os.environ.get("DIST_TEST_NODE"))
     record["pid"] = os.getpid()
     record["engine"] = current_engine()
     record["world"] = [rank, size]
@@ -134,7 +135,7 @@ def _run(engine: str, out_dir: Path) -> None:
     record["any_none"] = any_rank(False)
     record["gathered"] = gather_objects({"rank": rank, "pid": os.getpid()})
     gpus = [Gpu(index=i, uuid=f"GPU-{i:08d}-0000-0000-0000-000000000000") for i in range(size)]
-    record["gpus"] = list(owned_gpus(info, gpus, {}).indices)
+    record["gpus"] = list(owned_gpus(info, gpus[: info.local_world_size or size], {}).indices)
     record["path"] = str(expand_path("out/{job}/r{rank}.json", info))
 
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record))

@@ -36,7 +36,8 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def check_job(results: list[dict[str, Any]], n: int, engine: str) -> None:
+def check_job(results: list[dict[str, Any]], n: int, engine: str, nodes: int = 1) -> None:
+    per_node = n // nodes
     expected_sum = [n * (n + 1) / 2, 0.25 * n, 1e15 * n + n * (n - 1) / 2]
     pids = [r["pid"] for r in results]
     assert len(set(pids)) == n
@@ -45,44 +46,55 @@ def check_job(results: list[dict[str, Any]], n: int, engine: str) -> None:
         assert r["world"] == [rank, n]
         info = r["info"]
         assert (info["rank"], info["world_size"], info["distributed"]) == (rank, n, True)
-        assert (info["local_rank"], info["local_world_size"]) == (rank, n)
+        assert (info["local_rank"], info["local_world_size"]) == (rank % per_node, per_node)
         assert info["problems"] == []
         # The same answers on every rank; float64 keeps 1e15 + small integers exact.
         assert r["sum"] == expected_sum
         assert r["any_last"] is True
         assert r["any_none"] is False
         assert r["gathered"] == [{"rank": i, "pid": pids[i]} for i in range(n)]
-        # One simulated GPU per rank on this one node: its own.
-        assert r["gpus"] == [rank]
-    # One node, one job: one sampler key.
-    assert len({r["info"]["job_key"] for r in results}) == 1
+        # One simulated GPU per local rank on each node: its own.
+        assert r["gpus"] == [rank % per_node]
+    # One sampler key per node of the job, shared by the node's ranks.
+    keys = [r["info"]["job_key"] for r in results]
+    assert len(set(keys)) == nodes
+    for node in range(nodes):
+        assert len(set(keys[node * per_node : (node + 1) * per_node])) == 1
 
 
 @needs_torch
-@pytest.mark.parametrize("n", [2, 4])
-def test_torch_gloo_job(n: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("n", "nodes"), [(2, 1), (4, 1), (4, 2)])
+def test_torch_gloo_job(n: int, nodes: int, tmp_path: Path) -> None:
+    """n ranks as torchrun sets them; with 2 nodes, each simulated by its own node setting."""
     port = str(dist_worker.free_port())
+    per_node = n // nodes
     envs = []
     for rank in range(n):
         env = base_env()
         env.update(
             RANK=str(rank),
             WORLD_SIZE=str(n),
-            LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(n),
+            LOCAL_RANK=str(rank % per_node),
+            LOCAL_WORLD_SIZE=str(per_node),
+            GROUP_RANK=str(rank // per_node),
+            TORCHELASTIC_RUN_ID="test-job",
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=port,
         )
+        if nodes > 1:
+            env["DIST_TEST_NODE"] = f"sim-node-{rank // per_node}"
         envs.append(env)
     cmd = [sys.executable, WORKER, "torch", str(tmp_path)]
     for code, out in dist_worker.run_processes([cmd] * n, envs):
         assert code == 0, out
     results = dist_worker.read_results(tmp_path, n)
-    check_job(results, n, "torch")
-    for r in results:
+    check_job(results, n, "torch", nodes)
+    for rank, r in enumerate(results):
         assert r["engine_before_init"] == "local"
         assert r["local_sum"] == [1.0, 2.0]
-        assert r["info"]["launcher"] == "torch-env"
+        assert r["info"]["launcher"] == "torchrun"
+        assert r["info"]["node_rank"] == rank // per_node
+        assert r["path"] == f"out/test-job/r{rank}.json"
 
 
 @needs_torch
