@@ -35,9 +35,12 @@ Precedence: the launcher closest to the process describes it. ``torchrun`` (or t
 variables) inside an ``srun`` step or an allocation wins over Slurm, since torchrun started these
 processes and Slurm started torchrun; an MPI launcher wins over Slurm for the same reason
 (``mpirun`` inside an allocation); Slurm wins over bare PMIx. Fields the chosen launcher leaves
-out (a local rank, a node rank) are taken from another launcher only when that one names the
-same rank and world size, so it describes the same processes (``srun --mpi=pmi2`` sets
-``PMI_RANK``/``PMI_SIZE`` and Slurm's local variables). The job id is the chosen launcher's own,
+out (a local rank, a node rank, the world size) are taken from another launcher only when that
+one names the same rank (and the same world size where both name one), so it describes the same
+processes (``srun --mpi=pmi2`` sets ``PMI_RANK``/``PMI_SIZE`` and Slurm's local variables); a
+process without a job id keys its node's sampler by torch's rendezvous address
+(``MASTER_ADDR:MASTER_PORT``) or else its parent process (Hydra's proxy, torchrun's agent,
+slurmstepd: common to the node's ranks). The job id is the chosen launcher's own,
 else the closest enclosing launcher's (torchrun's default ``none`` under Slurm gives Slurm's job).
 
 Explicit settings (``rank``, ``local_rank``, ``world_size``, ``local_world_size``, ``node``,
