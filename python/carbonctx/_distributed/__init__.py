@@ -3,6 +3,21 @@
 A self-contained layer for the runtime to build on (see DESIGN.md, "Distributed jobs"). Pure
 functions over an environment mapping; nothing here imports torch or mpi4py: the collectives use
 them only when the program has already imported and initialised them.
+
+Wiring it into the runtime (not done here):
+
+- settings ``rank``, ``local_rank``, ``world_size``, ``local_world_size``, ``node``, ``job``
+  (``CARBONCTX_RANK`` ... ``CARBONCTX_NODE``, ``CARBONCTX_JOB``) go to :func:`detect_ranks`,
+  called once per process (again in a forked child), with ``proc_root`` from the settings;
+- a ``gpus`` setting (``CARBONCTX_GPUS``: device numbers or UUIDs, empty for none) goes to
+  :func:`owned_gpus` with the NVML devices as :class:`Gpu`, called lazily at the first region
+  (torch may make its device current after carbonctx is imported); the rank samples and reports
+  only ``GpuOwnership.indices``, and its rule and reason go into provenance;
+- the ``output`` setting goes through :func:`expand_path` (check it with :func:`placeholders`
+  when it is configured);
+- ``epochs()`` and a ``job_total()`` call :func:`allreduce_sum` on each epoch's figures and
+  :func:`any_rank` on the budget decision, on every rank, at every epoch boundary;
+- ``RankInfo.job_key`` names the node's sampler (lock file and shared-memory segment).
 """
 
 from __future__ import annotations
