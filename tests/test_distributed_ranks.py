@@ -516,3 +516,13 @@ def test_importing_the_package_loads_neither_torch_nor_mpi4py() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+def test_module_examples() -> None:
+    import doctest
+
+    from carbonctx._distributed import paths, ranks
+
+    for module in (ranks, paths):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
