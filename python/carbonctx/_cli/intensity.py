@@ -17,13 +17,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from carbonctx._intensity import (
-    Intensity,
-    IntensityService,
-    Window,
-    lowest_carbon_window,
-    mean_over,
-)
+from carbonctx._carbon.intensity import Intensity
+from carbonctx._carbon.service import IntensityService
+from carbonctx._carbon.windows import Window, lowest_carbon_window, mean_over
 from carbonctx.errors import ConfigurationError
 
 __all__ = ["register", "run"]
