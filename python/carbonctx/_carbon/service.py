@@ -165,6 +165,10 @@ class IntensityService:
 
     # ------------------------------------------------------------------ public lookups
 
+    def now(self) -> float:
+        """The service's clock (Unix seconds): the time its lookups take as now."""
+        return self._clock()
+
     def co2(self, energy_j: float, start: float, end: float) -> Co2:
         """CO2 for ``energy_j`` joules used evenly over ``[start, end]`` (Unix seconds).
 

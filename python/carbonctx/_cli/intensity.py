@@ -94,7 +94,7 @@ def run(
     try:
         svc.refresh(wait=True, forecast=bool(args.forecast))
         current = svc.current()
-        now = svc._clock()
+        now = svc.now()
         window: Window | None = None
         now_mean: float | None = None
         periods: list[Intensity] | None = None
