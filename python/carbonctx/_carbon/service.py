@@ -306,7 +306,7 @@ class IntensityService:
         prov = self.provider
         if prov is None:
             return self._table
-        with self._lock():
+        with self._series_lock():
             recent, fc = self._series["recent"], self._series["forecast"]
             p = recent.at(now)
             if p is not None:
@@ -335,7 +335,9 @@ class IntensityService:
         if self.provider is None:
             return self._make_co2(energy_j, [(self._table, 1.0)])
         segments: list[tuple[Intensity, float]] = []
-        with self._lock():  # a consistent view while the refresh thread may update the series
+        with (
+            self._series_lock()
+        ):  # a consistent view while the refresh thread may update the series
             series_list = [
                 s for s in (self._series["recent"], self._series["forecast"]) if s.starts
             ]
@@ -388,7 +390,7 @@ class IntensityService:
             periods=tuple(periods),
         )
 
-    def _lock(self) -> threading.RLock:
+    def _series_lock(self) -> threading.RLock:
         ref = self._refresher
         assert ref is not None
         return ref.lock

@@ -27,7 +27,7 @@ class RunTotals:
     intensity is known). ``*_low`` / ``*_high`` bound each figure: for a forecast, a
     ``confidence`` prediction interval for the whole run; for the actual, the measurement's own
     uncertainty. ``method`` says how the interval was found, ``intensity_basis`` which intensity
-    the CO2 used.
+    the CO2 used. (Formerly ``Estimate``, a name kept as an alias.)
     """
 
     epochs_done: int

@@ -31,7 +31,10 @@ __all__ = [
 
 @attrs.frozen(slots=True)
 class Distribution:
-    """How one quantity is distributed over the regions of a name: total, mean, spread."""
+    """How one quantity is distributed over the regions of a name: total, mean, spread.
+
+    (Formerly ``Summary``, a name kept as an alias.)
+    """
 
     total: float
     mean: float
