@@ -29,7 +29,6 @@ yearly table; the world average. Each :class:`Intensity` says which (``source``)
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +40,7 @@ import attrs
 from carbonctx import _config
 from carbonctx._carbon.cache import CachedSeries, DiskCache
 from carbonctx._carbon.intensity import Intensity
+from carbonctx._carbon.live import LiveValues
 from carbonctx._carbon.providers import Provider, build_providers
 from carbonctx._carbon.refresh import Refresher
 from carbonctx._carbon.tables import table_intensity
@@ -146,6 +146,7 @@ class IntensityService:
         )
         self._table = table_intensity(self.zone_choice)
         self._refresher: Refresher | None = None
+        self._live: LiveValues | None = None
         if self.provider is not None:
             self._refresher = Refresher(
                 self.provider,
@@ -156,6 +157,7 @@ class IntensityService:
                 background=background,
                 secrets=(token,) if token else (),
             )
+            self._live = LiveValues(self.provider, self._refresher, self.zone_choice)
 
     def __repr__(self) -> str:
         return (
@@ -190,7 +192,7 @@ class IntensityService:
         try:
             now = self._clock()
             self._housekeeping(now)
-            return self._best_current(now)
+            return self._live.current(now) if self._live is not None else self._table
         except Exception as exc:
             return table_intensity(
                 self.zone_choice, note=f"internal error ({type(exc).__name__}); used the table"
@@ -205,25 +207,12 @@ class IntensityService:
         try:
             prov = self.provider
             ref = self._refresher
-            if prov is None or ref is None or not prov.has_forecast:
+            if prov is None or ref is None or self._live is None or not prov.has_forecast:
                 return None
             now = self._clock()
             ref.want_forecast = True
             self._housekeeping(now)
-            with ref.lock:
-                series = ref.series["forecast"]
-                fresh = ref.fresh(series, now)
-                found = [
-                    p
-                    for s in series.starts
-                    if (p := series.periods[s]).valid_to is not None
-                    and p.valid_from is not None
-                    and p.valid_to.timestamp() > start
-                    and p.valid_from.timestamp() < end
-                ]
-            if not found:
-                return None
-            return found if fresh else [attrs.evolve(p, source="cached") for p in found]
+            return self._live.forecast(start, end, now)
         except Exception:
             return None
 
@@ -277,102 +266,15 @@ class IntensityService:
         if self._refresher is not None:
             self._refresher.housekeeping(now)
 
-    def _fresh(self, series: CachedSeries, now: float) -> bool:
-        return self._refresher is not None and self._refresher.fresh(series, now)
-
-    # ------------------------------------------------------------------ lookups
-
-    def _mark(self, p: Intensity, series: CachedSeries, now: float) -> Intensity:
-        """``p`` as served now: ``"cached"``, with the reason, once its fetch is not fresh."""
-        if self._fresh(series, now):
-            return p
-        if series.failure is not None:
-            why = f"kept from an earlier fetch; {series.failure.reason}"
-        else:
-            why = "kept from an earlier fetch; a refresh is due"
-        return attrs.evolve(p, source="cached", note=why)
-
-    def _unavailable(self, now: float) -> str:
-        prov = self.provider
-        assert prov is not None
-        series = self._series["recent"]
-        if series.failure is not None:
-            return series.failure.reason
-        if series.fetched_at is None:
-            return f"{prov.id} has not answered yet"
-        return f"{prov.id} has no value for now"
-
-    def _best_current(self, now: float) -> Intensity:
-        prov = self.provider
-        if prov is None:
-            return self._table
-        with self._series_lock():
-            recent, fc = self._series["recent"], self._series["forecast"]
-            p = recent.at(now)
-            if p is not None:
-                return self._mark(p, recent, now)
-            p = fc.at(now)
-            if p is not None:
-                return self._mark(p, fc, now)
-            latest = recent.latest_before(now)
-            reason = self._unavailable(now)
-        if (
-            latest is not None
-            and latest.valid_to is not None
-            and latest.valid_from is not None
-            and now - latest.valid_to.timestamp() <= prov.max_age_s
-        ):
-            marked = self._mark(latest, recent, now)
-            newest = f"newest {prov.id} value is for {latest.valid_from:%Y-%m-%d %H:%M}Z"
-            return attrs.evolve(marked, note=f"{newest}; {marked.note}" if marked.note else newest)
-        return table_intensity(
-            self.zone_choice, note=f"live value unavailable ({reason}); used the yearly table"
-        )
-
     def _co2(self, energy_j: float, start: float, end: float, now: float) -> Co2:
         if end < start:
             start, end = end, start
-        if self.provider is None:
+        if self._live is None:
             return self._make_co2(energy_j, [(self._table, 1.0)])
-        segments: list[tuple[Intensity, float]] = []
-        with (
-            self._series_lock()
-        ):  # a consistent view while the refresh thread may update the series
-            series_list = [
-                s for s in (self._series["recent"], self._series["forecast"]) if s.starts
-            ]
-            if not (end - start > 0 and math.isfinite(end - start)):
-                for series in series_list:
-                    p = series.at(start)
-                    if p is not None:
-                        return self._make_co2(energy_j, [(self._mark(p, series, now), 1.0)])
-                return self._make_co2(energy_j, [(self._best_current(now), 1.0)])
-            fallback: Intensity | None = None
-            t = start
-            while t < end:
-                used: Intensity | None = None
-                seg_end = end
-                for series in series_list:
-                    p = series.at(t)
-                    if p is not None and p.valid_to is not None:
-                        used = self._mark(p, series, now)
-                        seg_end = min(end, p.valid_to.timestamp())
-                        break
-                if used is None:
-                    for series in series_list:
-                        n = series.next_start(t)
-                        if n is not None:
-                            seg_end = min(seg_end, n)
-                    if fallback is None:
-                        fallback = self._best_current(now)
-                    used = fallback
-                if seg_end <= t:  # cannot happen with well-formed periods; stay finite anyway
-                    seg_end = end
-                segments.append((used, seg_end - t))
-                t = seg_end
-        return self._make_co2(energy_j, segments)
+        return self._make_co2(energy_j, self._live.segments(start, end, now))
 
     def _make_co2(self, energy_j: float, segments: list[tuple[Intensity, float]]) -> Co2:
+        """Time-weighted mean intensity over the segments, times the energy and the PUE."""
         total = sum(w for _, w in segments)
         mean = sum(p.g_per_kwh * w for p, w in segments) / total if total > 0 else 0.0
         periods: list[Intensity] = []
@@ -389,8 +291,3 @@ class IntensityService:
             zone=self.zone_choice,
             periods=tuple(periods),
         )
-
-    def _series_lock(self) -> threading.RLock:
-        ref = self._refresher
-        assert ref is not None
-        return ref.lock
