@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from carbonctx._output.jsonl import dumps, read_json_lines
+from carbonctx._results.equivalents import equivalents
 from carbonctx._results.runs import RunLog, RunTotals
 from carbonctx._runs.forecast import Epoch
 
-__all__ = ["RunLogWriter", "epoch_record", "read_run_log", "read_run_logs"]
+__all__ = [
+    "RunLogWriter",
+    "epoch_record",
+    "final_record",
+    "read_run_log",
+    "read_run_logs",
+    "start_record",
+]
 
 
 class RunLogWriter:
@@ -56,6 +65,69 @@ class RunLogWriter:
             with contextlib.suppress(OSError):
                 self._log.close()
             self._log = None
+
+
+def start_record(
+    *,
+    run_id: str,
+    name: str,
+    epochs_planned: int,
+    forecast_after: int,
+    budget_kwh: float | None,
+    budget_co2_kg: float | None,
+    tags: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``run-start`` record, written when the loop starts."""
+    return {
+        "kind": "run-start",
+        "run": run_id,
+        "name": name,
+        "epochs_planned": epochs_planned,
+        "forecast_after": forecast_after,
+        "budget_kwh": budget_kwh,
+        "budget_co2_kg": budget_co2_kg,
+        "pid": os.getpid(),
+        "started": time.time(),
+        "tags": tags,
+    }
+
+
+def final_record(
+    *,
+    run_id: str,
+    name: str,
+    epochs_planned: int,
+    epochs_done: int,
+    stop_reason: str | None,
+    actual: RunTotals,
+    first_forecast: RunTotals | None,
+    forecast: RunTotals | None,
+    budget: Mapping[str, Any],
+    carbon: Mapping[str, Any] | None,
+    notes: Sequence[str],
+    tags: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The final ``run`` record: actual and forecast side by side, the budget, why the run
+    stopped, everyday equivalents of the actual and where the CO2 figures came from."""
+    eqs = equivalents(co2_g=actual.co2_g, energy_j=actual.energy_j)
+    return {
+        "kind": "run",
+        "run": run_id,
+        "name": name,
+        "epochs_planned": epochs_planned,
+        "epochs_done": epochs_done,
+        "completed": epochs_done == epochs_planned,
+        "stop_reason": stop_reason,
+        "actual": actual.to_dict(),
+        "forecast_first": first_forecast.to_dict() if first_forecast else None,
+        "forecast": forecast.to_dict() if forecast else None,
+        "budget": budget,
+        "equivalents": [e.to_dict() for e in eqs],
+        "carbon": carbon,
+        "notes": list(notes),
+        "tags": tags,
+        "ended": time.time(),
+    }
 
 
 def epoch_record(run_id: str, ep: Epoch, fc: RunTotals | None) -> dict[str, Any]:

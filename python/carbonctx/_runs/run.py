@@ -42,13 +42,12 @@ from typing import Any
 from carbonctx import _config
 from carbonctx._measure import process
 from carbonctx._measure.region import Region, Tracker
-from carbonctx._results.equivalents import equivalents
 from carbonctx._results.measurement import Measurement
 from carbonctx._results.runs import RunTotals
 from carbonctx._runs import intensity
 from carbonctx._runs.budget import Budget, OnBudget, check_limit
 from carbonctx._runs.forecast import Epoch, actual_totals, forecast_totals
-from carbonctx._runs.log import RunLogWriter, epoch_record
+from carbonctx._runs.log import RunLogWriter, epoch_record, final_record, start_record
 from carbonctx._runs.progress import ProgressLine, final_text, forecast_text, say
 from carbonctx.errors import CarbonctxError, CarbonctxWarning, ConfigurationError
 
@@ -276,7 +275,6 @@ class Run:
     def final_record(self) -> dict[str, Any]:
         """The final log record: actual and forecast side by side, budget, reason, provenance."""
         actual = self.actual
-        eqs = equivalents(co2_g=actual.co2_g, energy_j=actual.energy_j)
         svc = None
         with contextlib.suppress(Exception):
             svc = self._service()
@@ -287,24 +285,20 @@ class Run:
                 actual.intensity_basis,
                 self.first_forecast.intensity_basis if self.first_forecast else None,
             )
-        return {
-            "kind": "run",
-            "run": self.run_id,
-            "name": self.name,
-            "epochs_planned": self.n,
-            "epochs_done": len(self._epochs),
-            "completed": len(self._epochs) == self.n,
-            "stop_reason": self.stop_reason,
-            "actual": actual.to_dict(),
-            "forecast_first": self.first_forecast.to_dict() if self.first_forecast else None,
-            "forecast": self.forecast.to_dict() if self.forecast else None,
-            "budget": self.budget.to_dict(),
-            "equivalents": [e.to_dict() for e in eqs],
-            "carbon": carbon,
-            "notes": list(self._notes),
-            "tags": self.tags,
-            "ended": time.time(),
-        }
+        return final_record(
+            run_id=self.run_id,
+            name=self.name,
+            epochs_planned=self.n,
+            epochs_done=len(self._epochs),
+            stop_reason=self.stop_reason,
+            actual=actual,
+            first_forecast=self.first_forecast,
+            forecast=self.forecast,
+            budget=self.budget.to_dict(),
+            carbon=carbon,
+            notes=self._notes,
+            tags=self.tags,
+        )
 
     # ------------------------------------------------------------------ notes and the log
 
@@ -314,22 +308,18 @@ class Run:
             warnings.warn(f"carbonctx run {self.run_id}: {msg}", CarbonctxWarning, stacklevel=4)
 
     def _open_log(self) -> None:
-        if not self._log.open(self.run_id):
-            return
-        self._log.write(
-            {
-                "kind": "run-start",
-                "run": self.run_id,
-                "name": self.name,
-                "epochs_planned": self.n,
-                "forecast_after": self.forecast_after,
-                "budget_kwh": self.budget.kwh,
-                "budget_co2_kg": self.budget.co2_kg,
-                "pid": os.getpid(),
-                "started": time.time(),
-                "tags": self.tags,
-            }
-        )
+        if self._log.open(self.run_id):
+            self._log.write(
+                start_record(
+                    run_id=self.run_id,
+                    name=self.name,
+                    epochs_planned=self.n,
+                    forecast_after=self.forecast_after,
+                    budget_kwh=self.budget.kwh,
+                    budget_co2_kg=self.budget.co2_kg,
+                    tags=self.tags,
+                )
+            )
 
 
 def epochs(
