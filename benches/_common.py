@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import carbonctx
-from carbonctx import _runtime
+from carbonctx._measure import process as _runtime
 from carbonctx.testing import SimulatedMachine, Wave
 
 RESULTS = Path(__file__).parent / "results"

@@ -68,7 +68,7 @@ def main() -> None:
     out: dict[str, object] = {k: statistics.median(v) for k, v in res.items()}
     out["label"] = sys.argv[1] if len(sys.argv) > 1 else ""
     out["torch"] = torch is not None
-    rt = carbonctx._runtime.current_runtime()
+    rt = carbonctx._measure.process.current_runtime()
     out["sources"] = [s["id"] for s in rt.sources] if rt is not None else []
     print(json.dumps(out))
 

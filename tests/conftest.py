@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from carbonctx import _runtime
+from carbonctx._measure import process as _runtime
 from carbonctx.testing import SimulatedMachine, Wave, build_fake_nvml
 
 HAS_CC = shutil.which("cc") is not None or shutil.which("gcc") is not None

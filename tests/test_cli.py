@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import carbonctx
-from carbonctx import _cli, _runtime
+from carbonctx import _cli
+from carbonctx._measure import process as _runtime
 from carbonctx.testing import SimulatedMachine
 
 #: Generous bound on a command that should take about a second: a hang fails the test.

@@ -14,9 +14,12 @@ from typing import Any
 import pytest
 
 import carbonctx
-from carbonctx import _forecast, _runtime
-from carbonctx._forecast import Run, epochs, equivalents, pue_suggestion, t975
-from carbonctx._providers import Intensity
+from carbonctx import _config
+from carbonctx._carbon.intensity import Intensity
+from carbonctx._measure import process as _runtime
+from carbonctx._results.equivalents import equivalents, pue_suggestion
+from carbonctx._runs.forecast import Epoch, t975
+from carbonctx._runs.run import Run, epochs
 from carbonctx.errors import CarbonctxWarning, ConfigurationError
 from carbonctx.testing import SimulatedMachine, Wave
 
@@ -238,11 +241,11 @@ def test_progress_default_follows_the_terminal_and_the_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    assert _forecast._progress_enabled(None) is True
-    assert _forecast._progress_enabled(False) is False
+    assert _config.progress(None) is True
+    assert _config.progress(False) is False
     monkeypatch.setenv("CARBONCTX_PROGRESS", "0")
-    assert _forecast._progress_enabled(None) is False
-    assert _forecast._progress_enabled(True) is True
+    assert _config.progress(None) is False
+    assert _config.progress(True) is True
 
 
 def test_log_dir_from_the_environment(
@@ -267,7 +270,7 @@ def test_t_quantiles() -> None:
 
 
 def _fake_epoch(i: int, energy: float, start: float, dur: float = 1.0) -> Any:
-    return _forecast._Epoch(i, start, start + dur, dur, energy, 0.1, None, None)
+    return Epoch(i, start, start + dur, dur, energy, 0.1, None, None)
 
 
 def test_prediction_interval_widens_honestly_with_few_epochs() -> None:
@@ -293,7 +296,7 @@ class _StubService:
     pue_source = "default"
 
     def __init__(self) -> None:
-        from carbonctx._zone import ZoneChoice
+        from carbonctx._carbon.zones import ZoneChoice
 
         self.zone_choice = ZoneChoice("GB", "argument")
         now = datetime.now(timezone.utc)
@@ -312,7 +315,7 @@ class _StubService:
         return [self.period]
 
     def co2(self, energy_j: float, start: float, end: float) -> Any:
-        from carbonctx._intensity import Co2
+        from carbonctx._carbon.service import Co2
 
         kwh = energy_j / 3.6e6
         return Co2(kwh * 100.0, kwh, 100.0, 1.0, "default", self.zone_choice, (self.period,))

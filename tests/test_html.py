@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 import carbonctx
-from carbonctx import _runtime
-from carbonctx._forecast import epochs, read_run_logs, report_dir
-from carbonctx._html import energy_unit, nice_ticks, render_report
+from carbonctx._cli.report import report_dir
+from carbonctx._measure import process as _runtime
+from carbonctx._output.html import energy_unit, nice_ticks, render_report
+from carbonctx._runs.log import read_run_logs
+from carbonctx._runs.run import epochs
 from carbonctx.testing import SimulatedMachine, Wave
 
 
@@ -75,7 +77,7 @@ def test_report_dir_prints_totals_and_writes_the_html(
     for r in runs:
         assert r.run in page
     # The totals shown are the runs' actual figures.
-    from carbonctx._forecast import fmt_kwh
+    from carbonctx._results.units import format_kwh as fmt_kwh
 
     assert fmt_kwh(total_j) in page
     assert "European Environment Agency" in page and "2022" in page

@@ -11,14 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from carbonctx._intensity import (
-    Intensity,
-    IntensityService,
-    Window,
-    lowest_carbon_window,
-    mean_over,
-)
-from carbonctx._zone import ZoneChoice, resolve_zone
+from carbonctx._carbon.intensity import Intensity
+from carbonctx._carbon.service import IntensityService
+from carbonctx._carbon.windows import Window, lowest_carbon_window, mean_over
+from carbonctx._carbon.zones import ZoneChoice, resolve_zone
 from carbonctx.errors import ConfigurationError
 
 UTC = timezone.utc

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from carbonctx._intensity import IntensityService
-from carbonctx._intensity_cli import register, run
+from carbonctx._carbon.service import IntensityService
+from carbonctx._cli.intensity import register, run
 from intensity_server import FakeClock, FakeServer
 
 UTC = timezone.utc

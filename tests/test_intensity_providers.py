@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from carbonctx._intensity import IntensityService, IntensityWarning
-from carbonctx.errors import CarbonctxWarning
+from carbonctx._carbon.service import IntensityService
+from carbonctx.errors import CarbonctxWarning, IntensityWarning
 from intensity_server import FakeClock, FakeServer, closed_port_url
 
 UTC = timezone.utc

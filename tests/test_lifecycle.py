@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from carbonctx._report import read_jsonl
+from carbonctx._output.jsonl import read_jsonl
 from carbonctx.testing import SimulatedMachine
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -230,7 +230,7 @@ def test_nvml_errors_never_reach_the_users_regions(tmp_path: Path, fake_nvml: Pa
         assert m.cpu_j > 0 and m.gpu_j == 0 and m.by_source[GPU].joules is None
         assert m.by_source[GPU].note
         assert m.energy_j == pytest.approx(m.cpu_j + m.dram_j)
-        carbonctx._runtime.reset()
+        carbonctx._measure.process.reset()
 
 
 def test_nvml_absent_is_listed_with_a_hint(tmp_path: Path, samplers: list[_native.Sampler]) -> None:

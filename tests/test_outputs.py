@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 import carbonctx
-from carbonctx import _runtime
-from carbonctx._report import CSV_FIELDS, write_csv
+from carbonctx._measure import process as _runtime
+from carbonctx._output.csv import CSV_FIELDS, write_csv
 from carbonctx.testing import SimulatedMachine
 
 #: Bound on waiting for the resolver thread to write a record (it runs every 20 ms).

@@ -312,7 +312,7 @@ def test_configure_rejects_bad_values_with_clear_errors() -> None:
 
 
 def test_environment_settings_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from carbonctx import _settings
+    from carbonctx import _config as _settings
 
     monkeypatch.setenv("CARBONCTX_INTERVALS", "powercap=2,nvml=50")
     monkeypatch.setenv("CARBONCTX_GPU", "off")
@@ -349,7 +349,7 @@ def test_many_calls_keep_memory_flat(sim: SimulatedMachine) -> None:
     # A leak of 16 bytes a region would show as 16 MB here. (The bench measures the issue's
     # figure, from the first call: benches/results/memory.md.)
     assert grown_kb < 16 * 1024, f"resident memory grew by {grown_kb} KiB"
-    rt = carbonctx._runtime.current_runtime()
+    rt = carbonctx._measure.process.current_runtime()
     assert rt is not None and len(rt.pending) < 1000 and len(rt.recent) <= 1000
 
 
@@ -359,7 +359,8 @@ def test_with_regions_nobody_holds_are_freed_with_their_batches(sim: SimulatedMa
     resolved it are freed by reference counting alone, with the collector switched off."""
     import gc
 
-    from carbonctx import _runtime
+    from carbonctx._measure import process as _runtime
+    from carbonctx._measure.batch import Batch
 
     held = []
     gc.collect()
@@ -374,7 +375,7 @@ def test_with_regions_nobody_holds_are_freed_with_their_batches(sim: SimulatedMa
         rt = _runtime.current_runtime()
         assert rt is not None and not rt.pending
         assert not gc.is_tracked(held[-1])
-        batches = [o for o in gc.get_objects() if isinstance(o, _runtime._Batch)]
+        batches = [o for o in gc.get_objects() if isinstance(o, Batch)]
         chunks = len(rt.recent._chunks)
         assert len(batches) <= chunks + len(held), (len(batches), chunks)
         assert [h.result().name for h in held] == ["step"] * len(held)

@@ -22,42 +22,51 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from carbonctx import _runtime
-from carbonctx._forecast import (
+from carbonctx._config import Settings
+from carbonctx._measure import process as _process
+from carbonctx._measure.region import Region, Tracker, current, track, tracked
+from carbonctx._native import __version__
+from carbonctx._results.equivalents import (
     Equivalent,
-    Estimate,
     PueSuggestion,
-    Run,
-    epochs,
     equivalents,
     pue_suggestion,
 )
-from carbonctx._native import __version__
-from carbonctx._report import Measurement, NameStats, SourceEnergy, StatsTable, Summary
-from carbonctx._settings import Settings
-from carbonctx._tracker import Region, Tracker, current, track, tracked
+from carbonctx._results.measurement import Measurement, SourceEnergy
+from carbonctx._results.runs import RunTotals
+from carbonctx._results.statistics import Distribution, NameStats, StatsTable
+from carbonctx._runs.run import Run, epochs
 from carbonctx.errors import (
     CarbonctxError,
     CarbonctxWarning,
     ConfigurationError,
     IntensityLookupError,
+    IntensityWarning,
     SamplerError,
     SourcePermissionError,
     SourceUnavailableError,
 )
 
+#: Former name of :class:`RunTotals` (a run's forecast or actual figures); kept for old code.
+Estimate = RunTotals
+#: Former name of :class:`Distribution`; kept for old code.
+Summary = Distribution
+
 __all__ = [
     "CarbonctxError",
     "CarbonctxWarning",
     "ConfigurationError",
+    "Distribution",
     "Equivalent",
     "Estimate",
     "IntensityLookupError",
+    "IntensityWarning",
     "Measurement",
     "NameStats",
     "PueSuggestion",
     "Region",
     "Run",
+    "RunTotals",
     "SamplerError",
     "Settings",
     "SourceEnergy",
@@ -120,23 +129,23 @@ def configure(
     the next region. Raises :class:`ConfigurationError` for a value that cannot be used.
     """
     given: dict[str, Any] = {k: v for k, v in locals().items() if v is not None}
-    return _runtime.configure(given)
+    return _process.configure(given)
 
 
 def stats() -> StatsTable:
     """Per-name statistics of every region resolved so far (waits for recent ones)."""
-    return _runtime.runtime().stats()
+    return _process.runtime().stats()
 
 
-def flush(timeout: float = _runtime.RESULT_TIMEOUT_S) -> bool:
+def flush(timeout: float = _process.RESULT_TIMEOUT_S) -> bool:
     """Resolve and record every region that has ended. Returns False on timeout."""
-    rt = _runtime.current_runtime()
+    rt = _process.current_runtime()
     return True if rt is None else rt.flush(timeout)
 
 
 def recent() -> list[Measurement]:
     """Measurements of the most recent regions (``configure(window=...)`` of them)."""
-    rt = _runtime.current_runtime()
+    rt = _process.current_runtime()
     if rt is None:
         return []
     rt.flush()
@@ -145,7 +154,7 @@ def recent() -> list[Measurement]:
 
 def devices() -> dict[str, Any]:
     """What was found: sources in use, alternatives, and what could not be used with why."""
-    return _runtime.runtime().describe()
+    return _process.runtime().describe()
 
 
 def write_trace(path: str) -> str:
@@ -153,5 +162,24 @@ def write_trace(path: str) -> str:
     import json
 
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(_runtime.runtime().trace(), f)
+        json.dump(_process.runtime().trace(), f)
     return path
+
+
+# Public classes from private modules say where users find them (help(), reprs, pickles), not
+# where they are defined. (Errors and warnings stay in their public module, carbonctx.errors.)
+for _cls in (
+    Distribution,
+    Equivalent,
+    Measurement,
+    NameStats,
+    PueSuggestion,
+    Run,
+    RunTotals,
+    Settings,
+    SourceEnergy,
+    StatsTable,
+    Tracker,
+):
+    _cls.__module__ = "carbonctx"
+del _cls

@@ -11,7 +11,10 @@ are what it raises when asked, and what configuration mistakes raise straight aw
     └── IntensityLookupError          no carbon-intensity figure could be found
 
 Degraded measurement (a source that failed, an estimate in place of a counter) is reported
-with a :class:`CarbonctxWarning`, once per cause, and in every affected result.
+with a :class:`CarbonctxWarning`, once per cause, and in every affected result::
+
+    CarbonctxWarning                  (a RuntimeWarning) measurement is degraded
+    └── IntensityWarning              a carbon-intensity provider failed; fallbacks are used
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ __all__ = [
     "CarbonctxWarning",
     "ConfigurationError",
     "IntensityLookupError",
+    "IntensityWarning",
     "SamplerError",
     "SourcePermissionError",
     "SourceUnavailableError",
@@ -53,3 +57,7 @@ class IntensityLookupError(CarbonctxError):
 
 class CarbonctxWarning(RuntimeWarning):
     """Measurement is degraded: a source failed or is missing, or a figure is an estimate."""
+
+
+class IntensityWarning(CarbonctxWarning):
+    """A carbon-intensity provider failed; figures fall back to cached or tabulated values."""

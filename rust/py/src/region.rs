@@ -44,7 +44,7 @@ static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn hooks(py: Python<'_>) -> PyResult<&'static Hooks> {
     HOOKS.get_or_try_init(py, || {
-        let runtime = py.import("carbonctx._runtime")?;
+        let runtime = py.import("carbonctx._measure.process")?;
         let backlog_high = runtime.getattr("BACKLOG_HIGH")?.extract()?;
         Ok(Hooks {
             runtime: runtime.unbind(),

@@ -17,13 +17,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from carbonctx._intensity import (
-    Intensity,
-    IntensityService,
-    Window,
-    lowest_carbon_window,
-    mean_over,
-)
+from carbonctx._carbon.intensity import Intensity
+from carbonctx._carbon.service import IntensityService
+from carbonctx._carbon.windows import Window, lowest_carbon_window, mean_over
 from carbonctx.errors import ConfigurationError
 
 __all__ = ["register", "run"]
@@ -98,7 +94,7 @@ def run(
     try:
         svc.refresh(wait=True, forecast=bool(args.forecast))
         current = svc.current()
-        now = svc._clock()
+        now = svc.now()
         window: Window | None = None
         now_mean: float | None = None
         periods: list[Intensity] | None = None

@@ -12,8 +12,10 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
-from carbonctx import _native, _runtime
-from carbonctx._report import Measurement, SourceEnergy
+from carbonctx import _native
+from carbonctx._measure import process
+from carbonctx._measure.runtime import RESULT_TIMEOUT_S, Runtime
+from carbonctx._results.measurement import Measurement, SourceEnergy
 from carbonctx.errors import CarbonctxError, SamplerError, SourceUnavailableError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,12 +68,12 @@ class Tracker(_native.Region):
         """Whether the region has ended and its result is known."""
         return self._result is not None or self._raw is not None
 
-    def result(self, timeout: float = _runtime.RESULT_TIMEOUT_S) -> Measurement:
+    def result(self, timeout: float = RESULT_TIMEOUT_S) -> Measurement:
         """The frozen :class:`Measurement`, waiting for the sampler if needed."""
         r: Measurement | None = self._result
-        rt: _runtime.Runtime | None = self._rt
+        rt: Runtime | None = self._rt
         if r is None and self._raw is not None and rt is not None:
-            r = self._result = rt._measurement(*rt.raw(*self._raw))
+            r = self._result = rt.measurement(*self._raw)
         if r is not None:
             if self._strict and r.missing:
                 raise SourceUnavailableError(
@@ -160,12 +162,12 @@ class Tracker(_native.Region):
                 self._clones = []
             self._clones.append(clone)
             return clone.__enter__()
-        rt = self._rt = _runtime._RT or _runtime.runtime()
+        rt = self._rt = process._RT or process.runtime()
         s = rt.sampler or rt.sampler_or_start()
         if self.strict or (self.strict is None and rt.strict):
             self._strict = True
             if s is None or not rt.sources:
-                _runtime.start_error_or_raise(rt, True)
+                rt.start_error_or_raise(True)
         if rt.warn_due:
             rt.emit_warnings()
         if self.sync:
@@ -215,7 +217,7 @@ class Tracker(_native.Region):
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            rt = _runtime._RT or _runtime.runtime()
+            rt = process._RT or process.runtime()
             s = rt.sampler or rt.sampler_or_start()
             if s is None or sync or strict_opt or tags or rt.detailed:
                 # Full records (thread, parent, tags) or strict checks: the general path.

@@ -1,7 +1,7 @@
 """A one-page, self-contained HTML report of runs: tables and inline SVG charts, no scripts.
 
-:func:`render_report` takes runs read back from their logs (:func:`carbonctx._forecast.
-read_run_logs`) and draws two charts: energy per epoch for every run, and, per run, the forecast
+:func:`render_report` takes runs read back from their logs (``carbonctx._runs.log.
+read_run_logs``) and draws two charts: energy per epoch for every run, and, per run, the forecast
 of the total after each epoch converging on the actual total (with its interval and the budget).
 """
 
@@ -11,12 +11,10 @@ import html
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from carbonctx._report import _fmt_g, _fmt_s
-
-if TYPE_CHECKING:
-    from carbonctx._forecast import RunLog
+from carbonctx._results.equivalents import equivalents
+from carbonctx._results.runs import RunLog
+from carbonctx._results.units import format_grams, format_kwh, format_seconds
 
 __all__ = ["energy_unit", "nice_ticks", "render_report"]
 
@@ -302,9 +300,7 @@ def _fmt_num(x: float) -> str:
 
 
 def _kwh(j: float) -> str:
-    from carbonctx._forecast import fmt_kwh
-
-    return fmt_kwh(j)
+    return format_kwh(j)
 
 
 def _runs_table(runs: Sequence[RunLog]) -> str:
@@ -337,9 +333,9 @@ def _runs_table(runs: Sequence[RunLog]) -> str:
             f'<td><span class="swatch" style="background:{colour}"></span></td>'
             f"<td>{_e(_run_label(r, i))}</td>"
             f'<td class="num">{len(r.epochs)}/{r.epochs_planned}</td>'
-            f'<td class="num">{_e(_fmt_s(r.duration_s))}</td>'
+            f'<td class="num">{_e(format_seconds(r.duration_s))}</td>'
             f'<td class="num">{_e(_kwh(r.energy_j))}</td>'
-            f'<td class="num">{_e(_fmt_g(co2)) if co2 is not None else "–"}</td>'
+            f'<td class="num">{_e(format_grams(co2)) if co2 is not None else "–"}</td>'
             f'<td class="num">{_e(fc)}</td>'
             f"<td>{_e(budget or '–')}</td>"
             f"<td>{_e(status)}</td>"
@@ -382,7 +378,6 @@ def _provenance(runs: Sequence[RunLog]) -> str:
 
 def render_report(runs: Sequence[RunLog], title: str = "carbonctx report") -> str:
     """The whole page as a string."""
-    from carbonctx._forecast import equivalents
 
     total_j = sum(r.energy_j for r in runs)
     co2s = [r.co2_g for r in runs]
@@ -425,9 +420,9 @@ table.runs td.num {{ text-align: right; white-space: nowrap; }}
 <p class="sub">{len(runs)} runs · generated {_e(stamp)} by carbonctx</p>
 <div class="totals">
 <div>energy<b>{_e(_kwh(total_j))}</b></div>
-<div>CO2e<b>{_e(_fmt_g(total_g))}</b></div>
+<div>CO2e<b>{_e(format_grams(total_g))}</b></div>
 <div>epochs<b>{sum(len(r.epochs) for r in runs)}</b></div>
-<div>time in runs<b>{_e(_fmt_s(sum(r.duration_s for r in runs)))}</b></div>
+<div>time in runs<b>{_e(format_seconds(sum(r.duration_s for r in runs)))}</b></div>
 </div>
 <p class="note">Total CO2e{_e(co2_note)} and energy, in everyday terms:</p>
 <ul>{eq_html}</ul>

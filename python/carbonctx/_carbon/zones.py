@@ -29,9 +29,10 @@ from pathlib import Path
 
 import attrs
 
+from carbonctx import _config
 from carbonctx.errors import ConfigurationError
 
-__all__ = ["WORLD", "ZoneChoice", "normalize_zone", "resolve_zone"]
+__all__ = ["WORLD", "ZoneChoice", "normalize_zone", "read_bundled_csv", "resolve_zone"]
 
 #: The zone code used when nothing better is known.
 WORLD = "WORLD"
@@ -143,7 +144,7 @@ def normalize_zone(value: str, setting: str) -> str:
     return zone
 
 
-def _read_csv(name: str) -> list[dict[str, str]]:
+def read_bundled_csv(name: str) -> list[dict[str, str]]:
     text = resources.files("carbonctx").joinpath("data").joinpath(name).read_text(encoding="utf-8")
     return list(csv.DictReader(text.splitlines()))
 
@@ -153,7 +154,7 @@ def cloud_region_zones() -> dict[tuple[str, str], str]:
     """``(cloud, normalized region) -> zone`` from the bundled ``cloud-region-zones.csv``."""
     return {
         (row["provider"], _norm_region(row["provider"], row["region"])): row["zone"]
-        for row in _read_csv("cloud-region-zones.csv")
+        for row in read_bundled_csv("cloud-region-zones.csv")
     }
 
 
@@ -234,7 +235,7 @@ def resolve_zone(
     zoneinfo_dir: str = "/usr/share/zoneinfo",
 ) -> ZoneChoice:
     """Choose the zone by the rules in the module docstring (first match wins)."""
-    env = os.environ if env is None else env
+    env = _config.environ(env)
     if explicit is not None:
         return ZoneChoice(normalize_zone(explicit, "zone"), "argument")
     from_env = env.get("CARBONCTX_ZONE", "").strip()

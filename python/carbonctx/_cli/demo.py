@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 import warnings
@@ -11,6 +12,38 @@ import numpy as np
 import carbonctx
 from carbonctx import _native
 from carbonctx.testing import SimulatedMachine, Wave
+
+__all__ = ["register", "run_demo"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="measure a built-in training-like example",
+        description="Run a small training-like loop (NumPy) with tracked steps and epochs. "
+        "Uses the machine's counters where it has them and simulated hardware otherwise.",
+    )
+    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--steps", type=int, default=150)
+    demo.add_argument(
+        "--simulate",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="simulated hardware: auto (when no counter is found), yes, no",
+    )
+    demo.add_argument("-o", "--output", default="carbonctx-demo.jsonl")
+    demo.add_argument("--trace", default="carbonctx-demo.trace.json")
+    demo.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(
+        steps=args.steps,
+        epochs=args.epochs,
+        simulate=args.simulate,
+        output=args.output,
+        trace=args.trace,
+    )
 
 
 def run_demo(

@@ -1,0 +1,142 @@
+"""The intensity cache: periods per provider, zone and kind, in memory and on disk.
+
+Memory holds a :class:`CachedSeries` per kind (``"recent"``, ``"forecast"``); :class:`DiskCache`
+keeps each in ``<cache_dir>/<provider>-<zone>-<kind>.json`` so that other processes (and later
+runs) find what one has fetched, and honour its back-off.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from carbonctx._carbon.intensity import Intensity
+
+__all__ = ["CachedSeries", "DiskCache", "Failure", "atomic_write_json"]
+
+
+@attrs.define
+class Failure:
+    """The last failure of a series: its kind, why, how many in a row, and when to try again."""
+
+    kind: str
+    reason: str
+    attempts: int
+    until: float
+
+    def to_dict(self) -> dict[str, object]:
+        return attrs.asdict(self)
+
+
+@attrs.define
+class CachedSeries:
+    """Cached periods of one provider, zone and kind, keyed by the start of each period."""
+
+    periods: dict[float, Intensity] = attrs.field(factory=dict)
+    starts: list[float] = attrs.field(factory=list)
+    fetched_at: float | None = None
+    failure: Failure | None = None
+    hold_until: float = 0.0  # held back by a provider's request limit (not a failure)
+
+    def set_periods(self, periods: dict[float, Intensity]) -> None:
+        self.periods = periods
+        self.starts = sorted(periods)
+
+    def at(self, t: float) -> Intensity | None:
+        i = bisect.bisect_right(self.starts, t) - 1
+        if i < 0:
+            return None
+        p = self.periods[self.starts[i]]
+        return p if p.covers(t) else None
+
+    def next_start(self, t: float) -> float | None:
+        i = bisect.bisect_right(self.starts, t)
+        return self.starts[i] if i < len(self.starts) else None
+
+    def latest_before(self, t: float) -> Intensity | None:
+        i = bisect.bisect_right(self.starts, t) - 1
+        return self.periods[self.starts[i]] if i >= 0 else None
+
+    def merge_from_disk(
+        self,
+        kind: str,
+        zone: str,
+        fetched_at: object,
+        periods: list[Intensity],
+        fail: Failure | None,
+    ) -> None:
+        """Take what another process wrote when it is newer than what is held here."""
+        if isinstance(fetched_at, (int, float)) and (
+            self.fetched_at is None or fetched_at > self.fetched_at
+        ):
+            merged = dict(self.periods) if kind == "recent" else {}
+            for p in periods:
+                if p.valid_from is not None and p.zone == zone:
+                    merged[p.valid_from.timestamp()] = p
+            self.set_periods(merged)
+            self.fetched_at = float(fetched_at)
+            self.failure = None
+        if fail is not None and (self.failure is None or fail.until > self.failure.until):
+            self.failure = fail
+
+
+@attrs.define
+class DiskCache:
+    """One JSON file per kind for a provider and zone; unreadable or unwritable files are
+    skipped (a read-only home must not stop measurement)."""
+
+    directory: Path
+    provider_id: str
+    zone: str
+
+    def path(self, kind: str) -> Path:
+        return self.directory / f"{self.provider_id}-{self.zone}-{kind}.json"
+
+    def snapshot(self, kind: str, series: CachedSeries) -> dict[str, Any]:
+        """What :meth:`write` stores (take it under the series' lock)."""
+        return {
+            "format": 1,
+            "provider": self.provider_id,
+            "zone": self.zone,
+            "kind": kind,
+            "fetched_at": series.fetched_at,
+            "failure": series.failure.to_dict() if series.failure else None,
+            "periods": [series.periods[s].to_dict() for s in series.starts],
+        }
+
+    def write(self, kind: str, data: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            atomic_write_json(self.path(kind), data)
+
+    def read(self, kind: str) -> tuple[object, list[Intensity], Failure | None] | None:
+        """(fetched_at, periods, failure) from disk, or None when there is nothing usable."""
+        try:
+            data: Any = json.loads(self.path(kind).read_text(encoding="utf-8"))
+            fetched_at = data.get("fetched_at")
+            failure = data.get("failure")
+            periods = [Intensity.from_dict(d) for d in data.get("periods", [])]
+            fail = Failure(**failure) if isinstance(failure, dict) else None
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+        return fetched_at, periods, fail
+
+
+def atomic_write_json(path: Path, data: object) -> None:
+    """Write ``data`` as JSON so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

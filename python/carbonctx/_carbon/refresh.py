@@ -1,0 +1,277 @@
+"""Keeping the cache fresh: fetch from the zone's provider off the caller's thread, back off
+after failures, and warn once per provider and kind of failure.
+
+:class:`Refresher` owns the cached series (memory and disk), the one refresh thread and the HTTP
+client; the service reads the series under :attr:`Refresher.lock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from carbonctx._carbon.cache import CachedSeries, DiskCache, Failure
+from carbonctx._carbon.intensity import Intensity
+from carbonctx._carbon.providers import Provider, ProviderError
+from carbonctx.errors import IntensityWarning
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["BACKOFF_BASE", "BACKOFF_MAX", "KEEP_HISTORY_S", "Refresher"]
+
+#: First back-off delay per kind of failure, in seconds; it doubles with each further failure.
+BACKOFF_BASE: dict[str, float] = {
+    "timeout": 60.0,
+    "connection": 60.0,
+    "server": 60.0,
+    "rate-limited": 60.0,
+    "malformed": 300.0,
+    "no-data": 300.0,
+    "http": 600.0,
+    "error": 600.0,
+    "auth": 3600.0,
+    "unknown-zone": 86400.0,
+}
+BACKOFF_MAX = 6 * 3600.0
+KEEP_HISTORY_S = 48 * 3600.0
+
+_HINTS: dict[str, str] = {
+    "auth": "Check CARBONCTX_ELECTRICITYMAPS_TOKEN and that your plan covers this zone.",
+    "unknown-zone": "Check the zone (CARBONCTX_ZONE or the zone argument).",
+    "timeout": "Check the network, or the provider's CARBONCTX_<ID>_URL.",
+    "connection": "Check the network, or the provider's CARBONCTX_<ID>_URL.",
+}
+
+
+class Refresher:
+    """Fetches ``provider``'s values for ``zone`` into the cache, at most one fetch at a time."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        zone: str,
+        disk: DiskCache,
+        *,
+        client: httpx.Client | None,
+        clock: Callable[[], float],
+        background: bool,
+        secrets: tuple[str, ...],
+    ) -> None:
+        self.provider = provider
+        self.zone = zone
+        self.disk = disk
+        self.clock = clock
+        self.background = background
+        self.series: dict[str, CachedSeries] = {
+            "recent": CachedSeries(),
+            "forecast": CachedSeries(),
+        }
+        self.want_forecast = False
+        self.closed = False
+        self._secrets = secrets
+        self._client = client
+        self._owns_client = client is None
+        self._warned: set[tuple[str, str]] = set()
+        self._pending: list[str] = []
+        self._init_threading()
+        for kind in self.series:
+            self.reload_disk(kind)
+
+    def _init_threading(self) -> None:
+        self._pid = os.getpid()
+        self.lock = threading.RLock()  # guards series, _pending, thread
+        self._refresh_mutex = threading.Lock()  # one fetch at a time
+        self.thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ what the service calls
+
+    def refresh(self, *, wait: bool, force: bool) -> None:
+        if self.closed:
+            return
+        self.check_fork()
+        if wait:
+            self.run(force)
+            self.emit_warnings(swallow=False)
+        else:
+            self.start_thread(force)
+
+    def housekeeping(self, now: float) -> None:
+        """Before a lookup: start a background refresh when one is due; pass on warnings."""
+        self.check_fork()
+        if self.background and not self.closed:
+            thread = self.thread
+            if (thread is None or not thread.is_alive()) and any(
+                self.due(kind, now, False) for kind in self.kinds()
+            ):
+                self.start_thread(False)
+        if self._pending:
+            self.emit_warnings(swallow=True)
+
+    def fresh(self, series: CachedSeries, now: float) -> bool:
+        return series.fetched_at is not None and (
+            series.fetched_at <= now < series.fetched_at + self.provider.ttl_s
+        )
+
+    def close(self) -> None:
+        self.closed = True
+        thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def join(self, timeout: float = 30.0) -> None:
+        """Wait for a background refresh to finish (for tests and orderly shutdown)."""
+        thread = self.thread
+        if thread is not None:
+            thread.join(timeout)
+
+    # ------------------------------------------------------------------ scheduling
+
+    def check_fork(self) -> None:
+        if os.getpid() != self._pid:  # forked: the parent's thread and locks are not ours
+            self._init_threading()
+            if self._owns_client:
+                self._client = None  # its sockets belong to the parent
+
+    def kinds(self) -> list[str]:
+        if self.provider.has_forecast and self.want_forecast:
+            return ["recent", "forecast"]
+        return ["recent"]
+
+    def due(self, kind: str, now: float, force: bool) -> bool:
+        series = self.series[kind]
+        if series.failure is not None and now < series.failure.until:
+            return False
+        if now < series.hold_until:
+            return False
+        return force or not self.fresh(series, now)
+
+    def start_thread(self, force: bool) -> None:
+        with self.lock:
+            if self.thread is not None and self.thread.is_alive():
+                return
+            self.thread = threading.Thread(
+                target=self.run,
+                args=(force,),
+                name="carbonctx-intensity-refresh",
+                daemon=True,
+            )
+            self.thread.start()
+
+    def _get_client(self) -> httpx.Client:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.Client(
+                timeout=httpx.Timeout(10.0, connect=5.0),
+                headers={"user-agent": "carbonctx"},
+            )
+        return self._client
+
+    # ------------------------------------------------------------------ fetching
+
+    def run(self, force: bool) -> None:
+        prov = self.provider
+        with self._refresh_mutex:
+            for kind in self.kinds():
+                if self.closed:
+                    return
+                now = self.clock()
+                try:
+                    self.reload_disk(kind)  # another process may have fetched it already
+                    if not self.due(kind, now, force):
+                        continue
+                    periods = prov.fetch(self._get_client(), self.zone, kind, now)
+                except ProviderError as exc:
+                    self._record_failure(kind, exc, now)
+                except Exception as exc:  # a bug must not kill the thread or the caller
+                    err = ProviderError("error", f"{prov.id}: {type(exc).__name__}")
+                    self._record_failure(kind, err, now)
+                else:
+                    self._record_success(kind, periods, now)
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _record_failure(self, kind: str, exc: ProviderError, now: float) -> None:
+        prov = self.provider
+        if exc.kind == "throttled":  # not a failure: the previous request was moments ago
+            with self.lock:
+                self.series[kind].hold_until = now + (exc.retry_after or 60.0)
+            return
+        with self.lock:
+            series = self.series[kind]
+            attempts = series.failure.attempts + 1 if series.failure is not None else 1
+            if exc.retry_after is not None:
+                delay = max(1.0, exc.retry_after)
+            elif exc.kind == "unknown-zone":
+                delay = BACKOFF_BASE["unknown-zone"]
+            else:
+                base = BACKOFF_BASE.get(exc.kind, 600.0)
+                delay = min(BACKOFF_MAX, base * 2.0 ** min(attempts - 1, 20))
+            reason = self._scrub(exc.reason)
+            series.failure = Failure(exc.kind, reason, attempts, now + delay)
+            if (prov.id, exc.kind) not in self._warned:
+                self._warned.add((prov.id, exc.kind))
+                hint = _HINTS.get(exc.kind, "")
+                what = "forecast" if kind == "forecast" else "live carbon intensity"
+                self._pending.append(
+                    f"carbonctx: {what} for zone {self.zone} is unavailable: "
+                    f"{reason}. Using cached values, then the yearly table; next try in "
+                    f"{delay:.0f} s. {hint}".rstrip()
+                )
+        self.write_disk(kind)
+
+    def _record_success(self, kind: str, periods: list[Intensity], now: float) -> None:
+        with self.lock:
+            series = self.series[kind]
+            merged = dict(series.periods) if kind == "recent" else {}
+            for p in periods:
+                if p.valid_from is not None:
+                    merged[p.valid_from.timestamp()] = p
+            horizon = now - KEEP_HISTORY_S
+            merged = {
+                s: p
+                for s, p in merged.items()
+                if p.valid_to is not None and p.valid_to.timestamp() > horizon
+            }
+            series.set_periods(merged)
+            series.fetched_at = now
+            series.failure = None
+        self.write_disk(kind)
+
+    def emit_warnings(self, *, swallow: bool) -> None:
+        with self.lock:
+            pending, self._pending = self._pending, []
+        for message in pending:
+            if swallow:
+                # co2()/current() never raise, even where warnings are turned into errors;
+                # the reason stays in each result's note.
+                with contextlib.suppress(Warning):
+                    warnings.warn(message, IntensityWarning, stacklevel=5)
+            else:
+                warnings.warn(message, IntensityWarning, stacklevel=4)
+
+    # ------------------------------------------------------------------ disk
+
+    def write_disk(self, kind: str) -> None:
+        with self.lock:
+            data = self.disk.snapshot(kind, self.series[kind])
+        self.disk.write(kind, data)
+
+    def reload_disk(self, kind: str) -> None:
+        found = self.disk.read(kind)
+        if found is None:
+            return
+        fetched_at, periods, fail = found
+        with self.lock:
+            self.series[kind].merge_from_disk(kind, self.zone, fetched_at, periods, fail)

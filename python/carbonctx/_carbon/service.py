@@ -1,0 +1,293 @@
+"""Carbon intensity: turn joules into grams of CO2e, and say where the figure came from.
+
+:class:`IntensityService` resolves the zone, keeps live values from the configured providers in
+a cache (memory and disk) and refreshes it off the caller's thread. Its lookups never touch the
+network and never raise::
+
+    svc = IntensityService(zone="DE")                 # nothing configured: the yearly table
+    result = svc.co2(energy_j=3.6e6, start=t0, end=t1)  # 1 kWh
+    result.co2_g, result.intensity_g_per_kwh, result.periods[0].source   # ..., 342.06, "table"
+
+Live providers are opt-in: Electricity Maps when a token is given (or it is listed), ``gb`` and
+``dk`` when listed. Settings come from arguments first, then the environment (both validated
+in ``carbonctx._config``):
+
+========================================  ==========================================================
+``CARBONCTX_ZONE``                        zone code (``DE``, ``DK-DK1``, ``US-CAL-CISO``)
+``CARBONCTX_PUE``                         power usage effectiveness, >= 1 (default 1.0)
+``CARBONCTX_PROVIDERS``                   comma list of ``electricitymaps``, ``gb``, ``dk``
+``CARBONCTX_ELECTRICITYMAPS_TOKEN``       Electricity Maps API token
+``CARBONCTX_<ID>_URL``                    provider base URL (scheme and host)
+``CARBONCTX_CACHE_DIR``                   where fetched values are kept between runs
+========================================  ==========================================================
+
+Fallbacks, in order: a fresh live value; a cached one (older than the provider's cadence); the
+yearly table; the world average. Each :class:`Intensity` says which (``source``) and why
+(``note``). Provider failures back off and warn once per provider and kind of failure with an
+:class:`IntensityWarning`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+from carbonctx import _config
+from carbonctx._carbon.cache import CachedSeries, DiskCache
+from carbonctx._carbon.intensity import Intensity
+from carbonctx._carbon.live import LiveValues
+from carbonctx._carbon.providers import Provider, build_providers
+from carbonctx._carbon.refresh import Refresher
+from carbonctx._carbon.tables import table_intensity
+from carbonctx._carbon.zones import ZoneChoice, resolve_zone
+from carbonctx._results.units import J_PER_KWH
+
+if TYPE_CHECKING:
+    import threading
+
+    import httpx
+
+__all__ = ["Co2", "IntensityService"]
+
+
+@attrs.frozen
+class Co2:
+    """Grams of CO2e for an amount of energy over a span of time, and how they were found.
+
+    ``co2_g = energy_kwh * intensity_g_per_kwh * pue``, where the intensity is the time-weighted
+    mean of ``periods`` (energy is taken as spread evenly over the span).
+    """
+
+    co2_g: float
+    energy_kwh: float
+    intensity_g_per_kwh: float
+    pue: float
+    pue_source: str
+    zone: ZoneChoice
+    periods: tuple[Intensity, ...]
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The distinct ``source`` values of the periods used, in order of first use."""
+        return tuple(dict.fromkeys(p.source for p in self.periods))
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The distinct notes (why a fallback was used) of the periods used."""
+        return tuple(dict.fromkeys(p.note for p in self.periods if p.note))
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-safe form for reports."""
+        return {
+            "co2_g": self.co2_g,
+            "energy_kwh": self.energy_kwh,
+            "intensity_g_per_kwh": self.intensity_g_per_kwh,
+            "pue": self.pue,
+            "pue_source": self.pue_source,
+            "zone": self.zone.to_dict(),
+            "sources": list(self.sources),
+            "periods": [p.to_dict() for p in self.periods],
+        }
+
+
+class IntensityService:
+    """Carbon intensity for one zone: live when configured, else the yearly table.
+
+    ``co2()``, ``current()`` and ``forecast()`` never wait for the network and never raise:
+    when a cached value is stale they start a background refresh (one daemon thread at a time,
+    see :class:`~carbonctx._carbon.refresh.Refresher`) and answer with the best value at hand.
+    ``refresh(wait=True)`` fetches in the caller's thread; pass ``background=False`` to fetch
+    only when asked. Settings are checked at construction and raise
+    :class:`carbonctx.errors.ConfigurationError` naming the setting.
+    """
+
+    def __init__(
+        self,
+        *,
+        zone: str | None = None,
+        pue: float | None = None,
+        providers: Sequence[str] | None = None,
+        electricitymaps_token: str | None = None,
+        urls: Mapping[str, str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        client: httpx.Client | None = None,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] | None = None,
+        background: bool = True,
+    ) -> None:
+        env = _config.environ(env)
+        self._clock: Callable[[], float] = clock if clock is not None else time.time
+        self.zone_choice: ZoneChoice = resolve_zone(zone, env)
+        cs = _config.carbon_settings(
+            pue=pue,
+            providers=providers,
+            electricitymaps_token=electricitymaps_token,
+            urls=urls,
+            cache_dir=cache_dir,
+            env=env,
+        )
+        self.pue, self.pue_source = cs.pue, cs.pue_source
+        self.provider_ids: tuple[str, ...] = cs.provider_ids
+        self.urls: dict[str, str] = dict(cs.urls)
+        self.cache_dir: Path = cs.cache_dir
+        token = cs.electricitymaps_token
+        self._providers: tuple[Provider, ...] = build_providers(
+            cs.provider_ids, cs.urls, token, self._clock
+        )
+        zone_code = self.zone_choice.zone
+        #: the live provider used for this zone (the first listed that covers it), if any
+        self.provider: Provider | None = next(
+            (p for p in self._providers if p.covers(zone_code)), None
+        )
+        self._table = table_intensity(self.zone_choice)
+        self._refresher: Refresher | None = None
+        self._live: LiveValues | None = None
+        if self.provider is not None:
+            self._refresher = Refresher(
+                self.provider,
+                zone_code,
+                DiskCache(self.cache_dir, self.provider.id, zone_code),
+                client=client,
+                clock=self._clock,
+                background=background,
+                secrets=(token,) if token else (),
+            )
+            self._live = LiveValues(self.provider, self._refresher, self.zone_choice)
+
+    def __repr__(self) -> str:
+        return (
+            f"IntensityService(zone={self.zone_choice.zone!r}, rule={self.zone_choice.rule!r}, "
+            f"providers={self.provider_ids!r}, pue={self.pue!r})"
+        )
+
+    # ------------------------------------------------------------------ public lookups
+
+    def now(self) -> float:
+        """The service's clock (Unix seconds): the time its lookups take as now."""
+        return self._clock()
+
+    def co2(self, energy_j: float, start: float, end: float) -> Co2:
+        """CO2 for ``energy_j`` joules used evenly over ``[start, end]`` (Unix seconds).
+
+        Time-resolved over the intensity periods known for that span; the best current value
+        fills any part no period covers. Never blocks on the network and never raises.
+        """
+        try:
+            now = self._clock()
+            self._housekeeping(now)
+            return self._co2(float(energy_j), float(start), float(end), now)
+        except Exception as exc:  # never break the measured program
+            fallback = table_intensity(
+                self.zone_choice, note=f"internal error ({type(exc).__name__}); used the table"
+            )
+            return self._make_co2(float(energy_j), [(fallback, 1.0)])
+
+    def current(self) -> Intensity:
+        """The best value for now, without waiting for the network."""
+        try:
+            now = self._clock()
+            self._housekeeping(now)
+            return self._live.current(now) if self._live is not None else self._table
+        except Exception as exc:
+            return table_intensity(
+                self.zone_choice, note=f"internal error ({type(exc).__name__}); used the table"
+            )
+
+    def forecast(self, start: float, end: float) -> list[Intensity] | None:
+        """Forecast periods overlapping ``[start, end]`` (Unix seconds), in time order.
+
+        None when no configured provider gives a forecast for this zone, or none has been
+        fetched yet (the first call asks for one in the background).
+        """
+        try:
+            prov = self.provider
+            ref = self._refresher
+            if prov is None or ref is None or self._live is None or not prov.has_forecast:
+                return None
+            now = self._clock()
+            ref.want_forecast = True
+            self._housekeeping(now)
+            return self._live.forecast(start, end, now)
+        except Exception:
+            return None
+
+    def refresh(self, *, wait: bool = False, force: bool = False, forecast: bool = False) -> None:
+        """Fetch what is stale now: in a background thread, or here when ``wait=True``.
+
+        ``force=True`` fetches even values that are still fresh (back-off after failures and
+        the providers' request limits still apply); ``forecast=True`` fetches the forecast too.
+        """
+        ref = self._refresher
+        if ref is None:
+            return
+        if forecast:
+            ref.want_forecast = True
+        ref.refresh(wait=wait, force=force)
+
+    def close(self) -> None:
+        """Stop refreshing and close the HTTP client if this service made it."""
+        if self._refresher is not None:
+            self._refresher.close()
+
+    def __enter__(self) -> IntensityService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the refresher's state
+
+    @property
+    def _series(self) -> dict[str, CachedSeries]:
+        """The cached series by kind (empty ones when there is no live provider)."""
+        ref = self._refresher
+        return (
+            ref.series
+            if ref is not None
+            else {"recent": CachedSeries(), "forecast": CachedSeries()}
+        )
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        ref = self._refresher
+        return ref.thread if ref is not None else None
+
+    def _join_refresh(self, timeout: float = 30.0) -> None:
+        """Wait for a background refresh to finish (for tests and orderly shutdown)."""
+        if self._refresher is not None:
+            self._refresher.join(timeout)
+
+    def _housekeeping(self, now: float) -> None:
+        if self._refresher is not None:
+            self._refresher.housekeeping(now)
+
+    def _co2(self, energy_j: float, start: float, end: float, now: float) -> Co2:
+        if end < start:
+            start, end = end, start
+        if self._live is None:
+            return self._make_co2(energy_j, [(self._table, 1.0)])
+        return self._make_co2(energy_j, self._live.segments(start, end, now))
+
+    def _make_co2(self, energy_j: float, segments: list[tuple[Intensity, float]]) -> Co2:
+        """Time-weighted mean intensity over the segments, times the energy and the PUE."""
+        total = sum(w for _, w in segments)
+        mean = sum(p.g_per_kwh * w for p, w in segments) / total if total > 0 else 0.0
+        periods: list[Intensity] = []
+        for p, _ in segments:
+            if not periods or periods[-1] != p:
+                periods.append(p)
+        energy_kwh = energy_j / J_PER_KWH
+        return Co2(
+            co2_g=energy_kwh * mean * self.pue,
+            energy_kwh=energy_kwh,
+            intensity_g_per_kwh=mean,
+            pue=self.pue,
+            pue_source=self.pue_source,
+            zone=self.zone_choice,
+            periods=tuple(periods),
+        )

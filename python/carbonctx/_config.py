@@ -1,0 +1,371 @@
+"""Every setting, read and validated once: ``configure(...)`` over ``CARBONCTX_*`` over defaults.
+
+This is the one module that reads the process environment. Everything else receives values
+(or, for zone detection, the environment mapping handed down from here):
+
+==========================================  =======================================================
+``CARBONCTX_CPU_BACKENDS``, ``_GPU``,        the sampler (:class:`Settings`, :func:`from_env`)
+``_ESTIMATE``, ``_INTERVALS``, ``_OUTPUT``,
+``_STRICT``, ``_SUMMARY``, ``_ON_FORK``
+``CARBONCTX_PUE``, ``_PROVIDERS``,           carbon intensity (:func:`carbon_settings`)
+``_ELECTRICITYMAPS_TOKEN``, ``_<ID>_URL``,
+``_CACHE_DIR`` (and ``XDG_CACHE_HOME``)
+``CARBONCTX_ZONE`` (and cloud region, TZ)    zone rules, in ``_carbon.zones``, from :func:`environ`
+``CARBONCTX_LOG_DIR``, ``_PROGRESS``         runs of epochs (:func:`log_dir`, :func:`progress`)
+==========================================  =======================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from carbonctx.errors import ConfigurationError
+
+
+def environ(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """``env`` if given (tests pass their own), else the process environment."""
+    return os.environ if env is None else env
+
+
+CPU_BACKENDS = ("powercap", "perf", "msr")
+BACKENDS = (*CPU_BACKENDS, "nvml", "estimate")
+ESTIMATE_MODES = ("auto", "never", "always")
+FORK_MODES = ("restart", "disable")
+
+
+@attrs.frozen(slots=True)
+class Settings:
+    """Everything ``configure()`` accepts. Unset fields fall back to the environment."""
+
+    cpu_backends: tuple[str, ...] = CPU_BACKENDS
+    gpu: bool = True
+    estimate: str = "auto"
+    intervals: Mapping[str, float] = attrs.field(factory=dict)
+    output: str | None = None
+    strict: bool = False
+    window: int = 1000
+    on_fork: str = "restart"
+    summary_at_exit: bool = False
+    sys_root: str | None = None
+    dev_root: str | None = None
+    proc_root: str | None = None
+    nvml_library: str | None = None
+    # Carbon intensity (passed to the intensity service)
+    zone: str | None = None
+    pue: float | None = None
+    providers: tuple[str, ...] | None = None
+    electricitymaps_token: str | None = attrs.field(default=None, repr=False)
+    urls: Mapping[str, str] | None = None
+    cache_dir: str | None = None
+
+    def intensity_kwargs(self) -> dict[str, Any]:
+        return {
+            "zone": self.zone,
+            "pue": self.pue,
+            "providers": self.providers,
+            "electricitymaps_token": self.electricitymaps_token,
+            "urls": self.urls,
+            "cache_dir": self.cache_dir,
+        }
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigurationError(f"{name}={value!r}: use 1/0, true/false, yes/no or on/off")
+
+
+def _list(name: str, value: str, allowed: Sequence[str]) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in value.split(",") if x.strip())
+    for x in items:
+        if x not in allowed:
+            raise ConfigurationError(
+                f"{name}: unknown value {x!r}; use any of {', '.join(allowed)}"
+            )
+    return items
+
+
+def _intervals(name: str, value: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        key, sep, ms = part.partition("=")
+        key = key.strip()
+        if not sep or key not in BACKENDS:
+            raise ConfigurationError(
+                f"{name}: {part!r} is not BACKEND=MILLISECONDS (backends: {', '.join(BACKENDS)})"
+            )
+        try:
+            v = float(ms) / 1e3
+        except ValueError:
+            raise ConfigurationError(f"{name}: {ms!r} is not a number of milliseconds") from None
+        if not v > 0:
+            raise ConfigurationError(f"{name}: the interval for {key} must be positive")
+        out[key] = v
+    return out
+
+
+def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Settings found in ``CARBONCTX_*`` variables, as ``configure()`` keyword arguments."""
+    e = environ(env)
+    out: dict[str, Any] = {}
+
+    def get(name: str) -> str | None:
+        v = e.get(name)
+        return v if v not in (None, "") else None
+
+    if (v := get("CARBONCTX_CPU_BACKENDS")) is not None:
+        out["cpu_backends"] = _list("CARBONCTX_CPU_BACKENDS", v, CPU_BACKENDS)
+    if (v := get("CARBONCTX_GPU")) is not None:
+        out["gpu"] = _bool("CARBONCTX_GPU", v)
+    if (v := get("CARBONCTX_ESTIMATE")) is not None:
+        out["estimate"] = v
+    if (v := get("CARBONCTX_INTERVALS")) is not None:
+        out["intervals"] = _intervals("CARBONCTX_INTERVALS", v)
+    if (v := get("CARBONCTX_OUTPUT")) is not None:
+        out["output"] = v
+    if (v := get("CARBONCTX_STRICT")) is not None:
+        out["strict"] = _bool("CARBONCTX_STRICT", v)
+    if (v := get("CARBONCTX_SUMMARY")) is not None:
+        out["summary_at_exit"] = _bool("CARBONCTX_SUMMARY", v)
+    if (v := get("CARBONCTX_ON_FORK")) is not None:
+        out["on_fork"] = v
+    return out
+
+
+def build(
+    current: Settings | None, overrides: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> Settings:
+    """New settings: defaults, then the environment, then earlier ``configure()`` calls, then
+    ``overrides``. Raises ConfigurationError naming a bad value."""
+    fields = {f.name for f in attrs.fields(Settings)}
+    for k in overrides:
+        if k not in fields:
+            raise ConfigurationError(
+                f"configure() got an unknown setting {k!r}; known: {', '.join(sorted(fields))}"
+            )
+    base = attrs.evolve(Settings(), **from_env(env)) if current is None else current
+    s = attrs.evolve(base, **overrides)
+    s = attrs.evolve(
+        s,
+        cpu_backends=tuple(s.cpu_backends),
+        intervals=dict(s.intervals),
+        providers=tuple(s.providers) if s.providers is not None else None,
+    )
+    validate(s)
+    return s
+
+
+def validate(s: Settings) -> None:
+    for b in s.cpu_backends:
+        if b not in CPU_BACKENDS:
+            raise ConfigurationError(
+                f"cpu_backends: unknown backend {b!r}; use any of {CPU_BACKENDS}"
+            )
+    if s.estimate not in ESTIMATE_MODES:
+        raise ConfigurationError(f"estimate={s.estimate!r}: use one of {ESTIMATE_MODES}")
+    if s.on_fork not in FORK_MODES:
+        raise ConfigurationError(f"on_fork={s.on_fork!r}: use one of {FORK_MODES}")
+    for k, v in s.intervals.items():
+        if k not in BACKENDS:
+            raise ConfigurationError(f"intervals: unknown backend {k!r}; use any of {BACKENDS}")
+        if not (isinstance(v, (int, float)) and v > 0):
+            raise ConfigurationError(f"intervals[{k!r}]={v!r}: give a positive number of seconds")
+    if not (isinstance(s.window, int) and s.window >= 0):
+        raise ConfigurationError(f"window={s.window!r}: give a non-negative number of regions")
+
+
+# ---------------------------------------------------------------------------------------------
+# Carbon intensity
+
+#: Provider ids and their default base URLs (override with ``CARBONCTX_<ID>_URL``).
+DEFAULT_URLS: dict[str, str] = {
+    "electricitymaps": "https://api.electricitymaps.com",
+    "gb": "https://api.carbonintensity.org.uk",
+    "dk": "https://api.energidataservice.dk",
+}
+PROVIDER_IDS: tuple[str, ...] = tuple(DEFAULT_URLS)
+
+PUE_DEFAULT_SOURCE = "default (1.0: facility overhead not counted)"
+
+
+@attrs.frozen(slots=True)
+class CarbonSettings:
+    """The intensity service's settings, validated: arguments first, then the environment."""
+
+    pue: float
+    pue_source: str
+    electricitymaps_token: str | None = attrs.field(repr=False)
+    provider_ids: tuple[str, ...]
+    urls: Mapping[str, str]
+    cache_dir: Path
+
+
+def carbon_settings(
+    *,
+    pue: float | None = None,
+    providers: Sequence[str] | None = None,
+    electricitymaps_token: str | None = None,
+    urls: Mapping[str, str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> CarbonSettings:
+    """Validate the carbon settings; raises ConfigurationError naming the setting."""
+    env = environ(env)
+    if pue is not None:
+        pue_value, pue_source = parse_pue(pue, "pue"), "argument"
+    elif env.get("CARBONCTX_PUE", "").strip():
+        pue_value = parse_pue(env["CARBONCTX_PUE"].strip(), "CARBONCTX_PUE")
+        pue_source = "CARBONCTX_PUE"
+    else:
+        pue_value, pue_source = 1.0, PUE_DEFAULT_SOURCE
+
+    if electricitymaps_token is not None:
+        token = check_token(electricitymaps_token, "electricitymaps_token")
+    else:
+        token = check_token(
+            env.get("CARBONCTX_ELECTRICITYMAPS_TOKEN", ""), "CARBONCTX_ELECTRICITYMAPS_TOKEN"
+        )
+
+    if providers is not None:
+        ids = parse_providers(providers, "providers")
+    elif env.get("CARBONCTX_PROVIDERS", "").strip():
+        ids = parse_providers(env["CARBONCTX_PROVIDERS"], "CARBONCTX_PROVIDERS")
+    else:
+        ids = ("electricitymaps",) if token else ()
+
+    url_args = dict(urls or {})
+    for key in url_args:
+        if key not in DEFAULT_URLS:
+            raise ConfigurationError(
+                f"urls has an unknown provider {key!r}; known: {', '.join(PROVIDER_IDS)}."
+            )
+    resolved: dict[str, str] = {}
+    for pid, default in DEFAULT_URLS.items():
+        var = f"CARBONCTX_{pid.upper()}_URL"
+        if pid in url_args:
+            resolved[pid] = parse_url(url_args[pid], f"urls[{pid!r}]")
+        elif env.get(var, "").strip():
+            resolved[pid] = parse_url(env[var], var)
+        else:
+            resolved[pid] = default
+
+    if cache_dir is not None:
+        cache = Path(cache_dir)
+    elif env.get("CARBONCTX_CACHE_DIR", "").strip():
+        cache = Path(env["CARBONCTX_CACHE_DIR"].strip()).expanduser()
+    else:
+        cache = default_cache_dir(env)
+    return CarbonSettings(
+        pue=pue_value,
+        pue_source=pue_source,
+        electricitymaps_token=token,
+        provider_ids=ids,
+        urls=resolved,
+        cache_dir=cache,
+    )
+
+
+def parse_pue(value: object, setting: str) -> float:
+    try:
+        pue = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        pue = math.nan
+    if not math.isfinite(pue) or pue < 1.0:
+        raise ConfigurationError(
+            f"{setting}={value!r} is not a usable PUE. PUE is a data centre's total energy over "
+            "its IT energy, a number of at least 1: set it to your facility's published figure "
+            "(e.g. 1.1), or leave it unset for 1.0 (overhead not counted)."
+        )
+    return pue
+
+
+def parse_providers(value: str | Sequence[str], setting: str) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for item in items:
+        pid = str(item).strip().lower()
+        if not pid:
+            continue
+        if pid not in DEFAULT_URLS:
+            raise ConfigurationError(
+                f"{setting} names an unknown provider {pid!r}. Known providers: "
+                f"{', '.join(PROVIDER_IDS)} (a comma-separated list, e.g. 'gb,dk')."
+            )
+        if pid not in out:
+            out.append(pid)
+    return tuple(out)
+
+
+def parse_url(value: str, setting: str) -> str:
+    text = value.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"{setting}={value!r} is not a base URL. Give the scheme and host (and port), "
+            "e.g. 'https://api.electricitymaps.com'; the API paths are added by carbonctx."
+        )
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigurationError(f"{setting}={value!r} has an invalid port number.") from None
+    return text.rstrip("/")
+
+
+def check_token(value: str, setting: str) -> str | None:
+    token = value.strip()
+    if not token:
+        return None
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        # Say nothing of the token itself: it is a secret.
+        raise ConfigurationError(
+            f"{setting} holds characters that cannot go in an HTTP header (spaces, line breaks "
+            "or non-ASCII). Copy the token again from your Electricity Maps account."
+        )
+    return token
+
+
+def default_cache_dir(env: Mapping[str, str]) -> Path:
+    """``$XDG_CACHE_HOME/carbonctx``, else ``~/.cache/carbonctx``."""
+    xdg = env.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg) if xdg else Path(env.get("HOME") or Path.home()) / ".cache"
+    return base / "carbonctx"
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs of epochs
+
+
+def log_dir(
+    given: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
+) -> Path | None:
+    """Where run logs go: the argument, else ``CARBONCTX_LOG_DIR``, else nowhere."""
+    if given is None:
+        value = environ(env).get("CARBONCTX_LOG_DIR", "").strip()
+        given = value or None
+    return Path(given) if given is not None else None
+
+
+def progress(given: bool | None, env: Mapping[str, str] | None = None) -> bool:
+    """Whether to draw the progress line: the argument, else off when ``CARBONCTX_PROGRESS``
+    is 0/false/no/off, else when stderr is a terminal."""
+    if given is not None:
+        return bool(given)
+    if environ(env).get("CARBONCTX_PROGRESS", "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,190 @@
+"""Resolving: drained batches of regions become per-name statistics, results for the regions
+someone holds, the recent window and output records.
+
+A region closed with a tag (an interned name) needs nothing more: it goes straight into its
+name's statistics. Others have a pending entry (their region object, which gets its result).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from carbonctx import _native
+from carbonctx._measure.batch import Batch, RecentWindow
+from carbonctx._measure.carbon import RegionCarbon
+from carbonctx._measure.recorder import RegionRecorder
+from carbonctx._measure.rows import MeasurementBuilder
+from carbonctx._measure.sources import SourceColumns
+from carbonctx._results.statistics import NameAccumulator
+
+__all__ = ["DRAIN_BATCH", "Resolver"]
+
+#: Resolved regions taken from the sampler at a time.
+DRAIN_BATCH = 8192
+
+# A pending region: the Tracker that measured it (name, thread, parent, tags; its result goes
+# back to it).
+Pending = Any
+
+
+class Resolver:
+    """Everything done with regions once the sampler has resolved them, for one runtime."""
+
+    def __init__(
+        self,
+        window: int,
+        lock: threading.RLock,
+        note: Callable[[str, str], None],
+        carbon: RegionCarbon,
+        offset: float,
+        pid: int,
+    ) -> None:
+        self.lock = lock
+        self.note = note
+        self.carbon = carbon
+        self.columns = SourceColumns()
+        self.pending: dict[int, Pending] = {}
+        self.accumulators: dict[str, NameAccumulator] = {}
+        # Raw records of the most recent regions; Measurements are built from them on demand.
+        self.recent = RecentWindow(window)
+        self.regions_total = 0
+        # Interned region names; tag 0 means "look in pending".
+        self.names: list[str] = [""]
+        self.name_tags: dict[str, int] = {}
+        self.recorder: RegionRecorder | None = None
+        self.builder = MeasurementBuilder(
+            self.columns, self.names, pid=pid, offset=offset, carbon=carbon
+        )
+        self._status_error: Callable[[str], str] = lambda sid: "unknown"
+
+    def start(
+        self,
+        columns: SourceColumns,
+        recorder: RegionRecorder | None,
+        status_error: Callable[[str], str],
+        *,
+        pid: int,
+        offset: float,
+    ) -> None:
+        """The sampler has started with these sources (and output, if any)."""
+        self.columns = columns
+        self.recorder = recorder if recorder is not None and recorder.is_open else None
+        self.builder = MeasurementBuilder(
+            columns, self.names, pid=pid, offset=offset, carbon=self.carbon
+        )
+        self._status_error = status_error
+
+    def tag_of(self, name: str) -> int:
+        """The tag (u32, never 0) that stands for ``name`` in the sampler."""
+        tag = self.name_tags.get(name)
+        if tag is None:
+            with self.lock:
+                tag = self.name_tags.get(name)
+                if tag is None:
+                    tag = len(self.names)
+                    self.names.append(name)
+                    self.name_tags[name] = tag
+        return tag
+
+    def drain(self, sampler: _native.Sampler) -> None:
+        with self.lock:
+            while True:
+                n, ids, tags, t0, t1, joules, unc = sampler.drain(DRAIN_BATCH)
+                if n == 0:
+                    return
+                self.process_batch(n, ids, tags, t0, t1, joules, unc)
+                if n < DRAIN_BATCH:
+                    return
+
+    def process_batch(
+        self,
+        n: int,
+        ids_b: bytes,
+        tags_b: bytes,
+        t0_b: bytes,
+        t1_b: bytes,
+        j_b: bytes,
+        u_b: bytes,
+    ) -> None:
+        """Turn a batch of resolved regions into statistics, results and records."""
+        columns = self.columns
+        width = len(columns)
+        ids = np.frombuffer(ids_b, dtype=np.uint64)
+        tag_arr = np.frombuffer(tags_b, dtype=np.uint32)
+        t0 = np.frombuffer(t0_b, dtype=np.uint64)
+        t1 = np.frombuffer(t1_b, dtype=np.uint64)
+        joules = np.frombuffer(j_b, dtype=np.float64).reshape(n, width)
+        unc = np.frombuffer(u_b, dtype=np.float64).reshape(n, width)
+        duration = (t1 - t0).astype(np.float64) * 1e-9
+        cpu, dram, gpu = columns.totals(joules, n)
+        energy = cpu + dram + gpu
+        nan = np.isnan(joules)
+        if nan.any():
+            for i in np.flatnonzero(nan.any(axis=0)).tolist():
+                sid = columns.sources[i]["id"]
+                self.note(
+                    f"missing:{sid}",
+                    f"energy source {sid} failed; regions after it lack its figures "
+                    f"({self._status_error(sid)})",
+                )
+        g_per_j = self.carbon.grams_per_joule()
+        estimated = bool(columns.estimated)
+        pending = self.pending
+        names = self.names
+        self.regions_total += n
+        recorder = self.recorder
+        window = self.recent.maxlen
+        first_kept = max(0, n - window)
+        # Every row's name: tagged rows carry it (grouped in bulk); untagged ones have only the
+        # pending Tracker. Rows with an id have a Tracker waiting for its result. What records
+        # need of those (name, thread, parent, tags) is kept in the batch; the Trackers are not
+        # (a Tracker keeps its batch, and the two must not make a cycle: Trackers are not
+        # collectable).
+        infos: list[tuple[str, int, int | None, Any] | None] = [None] * n
+        groups: dict[str, npt.NDArray[np.intp]] = {}
+        untagged = np.flatnonzero(tag_arr == 0)
+        if len(untagged) < n:
+            for tag in np.flatnonzero(np.bincount(tag_arr)).tolist():
+                if tag:
+                    groups[names[tag]] = np.flatnonzero(tag_arr == tag)
+        # The recent window, the handles handed out and the output file keep a reference to
+        # the batch and a row; a Measurement is built only when someone reads it or it is
+        # written.
+        batch = Batch(ids, t0, t1, joules, unc, cpu, dram, gpu, nan, infos, tag_arr, estimated)
+        rows, handles = _native.claim_regions(pending, ids_b, batch, infos)
+        if len(untagged):
+            by_name: dict[str, list[int]] = {}
+            for k in untagged.tolist():
+                info = infos[k]
+                if info is not None:
+                    by_name.setdefault(info[0], []).append(k)
+            for name, sel_rows in by_name.items():
+                sel = np.asarray(sel_rows, dtype=np.intp)
+                groups[name] = np.concatenate([groups[name], sel]) if name in groups else sel
+        for name, sel in groups.items():
+            e = energy[sel]
+            co2 = float(e.sum()) * g_per_j if g_per_j is not None else 0.0
+            self._accumulator(name).add_many(e, duration[sel], co2, estimated)
+        # Rows without a name (an untagged region nobody waits for) are not kept.
+        kept = tag_arr[first_kept:].tolist()
+        self.recent.add(
+            batch, [k for k, tag in enumerate(kept, first_kept) if tag or infos[k] is not None]
+        )
+        if recorder is not None:
+            records: list[dict[str, Any]] = []
+            for k, p in zip(rows, handles, strict=True):
+                m = self.builder.build(batch, k)
+                p._result = m
+                records.append(m.to_dict())
+            recorder.write_records(records)
+
+    def _accumulator(self, name: str) -> NameAccumulator:
+        acc = self.accumulators.get(name)
+        if acc is None:
+            acc = self.accumulators[name] = NameAccumulator(name)
+        return acc

@@ -1,0 +1,291 @@
+"""The process's runtime: starts the native sampler on the first region, runs the resolver
+thread, and answers what the public functions ask (stats, recent results, traces, devices).
+
+One :class:`Runtime` exists per process (see ``_measure.process``). The native region code
+reads a few of its attributes on every slow-path enter and exit: ``sampler``, ``strict``,
+``warn_due``, ``pending``, ``_name_tags``, ``dead`` (and calls ``tag_of``, ``drain`` and
+``emit_warnings``); they stay plain attributes here. Nothing else runs on the hot path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from carbonctx import _native
+from carbonctx._config import Settings
+from carbonctx._measure.batch import Batch
+from carbonctx._measure.carbon import RegionCarbon
+from carbonctx._measure.recorder import RegionRecorder, power_points
+from carbonctx._measure.resolver import Resolver
+from carbonctx._measure.sources import SourceColumns
+from carbonctx._output.trace import chrome_trace
+from carbonctx._results.measurement import Measurement
+from carbonctx._results.statistics import StatsTable
+from carbonctx.errors import CarbonctxWarning, SamplerError, SourceUnavailableError
+
+if TYPE_CHECKING:
+    from carbonctx._carbon.service import IntensityService
+
+__all__ = ["BACKLOG_HIGH", "RESOLVE_PERIOD_S", "RESULT_TIMEOUT_S", "Runtime"]
+
+#: How long reading an unresolved result may wait for the sampler before giving up.
+RESULT_TIMEOUT_S = 10.0
+#: Regions waiting for the resolver above which the thread that ends one drains them itself.
+BACKLOG_HIGH = 1 << 15
+#: How often the resolver thread collects results.
+RESOLVE_PERIOD_S = 0.02
+
+
+class Runtime:
+    """Everything carbonctx keeps per process: settings, the sampler and the resolver."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.dead = False
+        self._parent_sampler: _native.Sampler | None = None
+        # Decorated functions record thread and parent only when something will show them.
+        self.detailed = settings.strict or bool(settings.output)
+        self.strict = settings.strict
+        self.sampler: _native.Sampler | None = None
+        self.start_error: str | None = None
+        self.started = False
+        self.sources: list[dict[str, Any]] = []
+        self.unavailable: list[dict[str, Any]] = []
+        self.alternatives: list[dict[str, Any]] = []
+        self._lock = threading.RLock()
+        self._start_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned: set[str] = set()
+        self._warnings: list[str] = []
+        self.notes: dict[str, str] = {}
+        self.warn_due = False
+        # CLOCK_MONOTONIC → Unix time
+        self._offset = time.time() - time.monotonic_ns() * 1e-9
+        self.carbon = RegionCarbon(settings, self.note)
+        self.recorder: RegionRecorder | None = None
+        self.resolver = Resolver(
+            settings.window, self._lock, self.note, self.carbon, self._offset, self.pid
+        )
+        # Shared with the resolver, read by the native region code.
+        self.pending = self.resolver.pending
+        self._name_tags = self.resolver.name_tags
+        self.recent = self.resolver.recent
+
+    # ------------------------------------------------------------------ start and stop
+
+    def sampler_or_start(self) -> _native.Sampler | None:
+        s = self.sampler
+        if s is not None or self.started:
+            return s
+        return self._start()
+
+    def _start(self) -> _native.Sampler | None:
+        with self._start_lock:
+            if self.started:
+                return self.sampler
+            st = self.settings
+            try:
+                s = _native.Sampler(
+                    sys_root=st.sys_root,
+                    dev_root=st.dev_root,
+                    proc_root=st.proc_root,
+                    nvml_library=st.nvml_library,
+                    cpu_backends=list(st.cpu_backends),
+                    nvml=st.gpu,
+                    estimate=st.estimate,
+                    intervals=list(st.intervals.items()),
+                )
+            except Exception as e:  # the sampler must never break the program
+                self.start_error = f"the native sampler could not start: {e}"
+                self.note("sampler", self.start_error)
+                self.started = True
+                return None
+            self.sources = list(s.sources)
+            self.unavailable = list(s.unavailable)
+            self.alternatives = list(s.alternatives)
+            columns = SourceColumns(self.sources)
+            for i in sorted(columns.estimated):
+                src = self.sources[i]
+                self.note(
+                    f"estimate:{src['id']}",
+                    f"no energy counter for the CPU: {src['label']}. "
+                    "Run `carbonctx devices` to see why counters are unavailable.",
+                )
+            if not self.sources:
+                self.note(
+                    "no-sources",
+                    "no energy source could be used; results have no energy figures. "
+                    "Run `carbonctx devices` for the reasons and what to do.",
+                )
+            if st.output:
+                self.recorder = RegionRecorder(
+                    st.output, pid=self.pid, offset=self._offset, lock=self._lock, note=self.note
+                )
+            self.resolver.start(
+                columns, self.recorder, self._status_error, pid=self.pid, offset=self._offset
+            )
+            # The intensity service (table, cache) is set up here, on the caller's thread: the
+            # resolver thread competes for the GIL with a busy caller and must not import.
+            self.carbon.service()
+            self.carbon.grams_per_joule()
+            self.sampler = s
+            self.started = True
+            self._thread = threading.Thread(
+                target=self._resolver_loop, name="carbonctx-resolver", daemon=True
+            )
+            self._thread.start()
+            return s
+
+    def shutdown(self) -> None:
+        """Stop the sampler, resolve and record everything, close the output. Idempotent."""
+        if self.dead:
+            return
+        self._stop.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=5)
+        s = self.sampler
+        if s is not None:
+            s.stop()
+            self.drain()
+            if self.recorder is not None:
+                self.recorder.write_power(s, self.sources, force=True)
+        if self.recorder is not None:
+            self.recorder.close()
+        self.carbon.close()
+
+    def abandon(self) -> None:
+        """In a forked child: never touch the parent's sampler or threads again."""
+        self.dead = True
+        # Keep the parent's native sampler referenced: dropping it here would try to stop a
+        # thread this process does not have. (The native side also refuses, by pid.)
+        self._parent_sampler = self.sampler
+        self.sampler = None
+        if self.recorder is not None:
+            self.recorder.abandon()
+
+    def start_error_or_raise(self, strict: bool) -> None:
+        """With ``strict``: raise when the sampler did not start or has no source."""
+        if strict:
+            if self.start_error is not None:
+                raise SamplerError(self.start_error)
+            if not self.sources:
+                raise SourceUnavailableError(
+                    "no energy source could be used (strict=True). "
+                    "Run `carbonctx devices` to see why."
+                )
+
+    # ------------------------------------------------------------------ warnings and notes
+
+    def note(self, key: str, message: str) -> None:
+        """Record a degradation; it is warned once, from the user's thread, and reported."""
+        if key in self.notes:
+            return
+        self.notes[key] = message
+        self._warnings.append(message)
+        self.warn_due = True
+
+    def emit_warnings(self) -> None:
+        self.warn_due = False
+        msgs, self._warnings = self._warnings, []
+        for m in msgs:
+            if m not in self._warned:
+                self._warned.add(m)
+                warnings.warn(m, CarbonctxWarning, stacklevel=3)
+
+    def intensity(self) -> IntensityService | None:
+        """The intensity service regions are priced with (None when it could not be made)."""
+        return self.carbon.service()
+
+    # ------------------------------------------------------------------ resolving
+
+    def _resolver_loop(self) -> None:
+        while not self._stop.wait(RESOLVE_PERIOD_S):
+            try:
+                self.drain()
+                s = self.sampler
+                if s is not None and self.recorder is not None:
+                    self.recorder.write_power(s, self.sources)
+            except Exception as e:  # keep resolving; say what went wrong once
+                self.note(f"resolver:{type(e).__name__}", f"carbonctx resolver error: {e!r}")
+
+    def wait_resolved(self, t_ns: int, timeout: float = RESULT_TIMEOUT_S) -> bool:
+        s = self.sampler
+        if s is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            ok = s.wait(t_ns, max(0.0, deadline - time.monotonic()))
+            self.drain()
+            if ok or time.monotonic() >= deadline:
+                return ok
+
+    def flush(self, timeout: float = RESULT_TIMEOUT_S) -> bool:
+        """Resolve every region ended so far (waits about one sampling interval)."""
+        return self.wait_resolved(_native.now_ns(), timeout)
+
+    def drain(self) -> None:
+        s = self.sampler
+        if s is not None:
+            self.resolver.drain(s)
+
+    def tag_of(self, name: str) -> int:
+        """The tag (u32, never 0) that stands for ``name`` in the sampler."""
+        return self.resolver.tag_of(name)
+
+    def measurement(self, batch: Batch, k: int) -> Measurement:
+        """The Measurement of row ``k`` of a resolved batch."""
+        return self.resolver.builder.build(batch, k)
+
+    def _status_error(self, sid: str) -> str:
+        s = self.sampler
+        if s is None:
+            return "sampler stopped"
+        for src, st in zip(self.sources, s.status(), strict=False):
+            if src["id"] == sid:
+                return str(st.get("last_error") or "no reads")
+        return "unknown"
+
+    # ------------------------------------------------------------------ views
+
+    def recent_measurements(self) -> list[Measurement]:
+        with self._lock:
+            rows = self.recent.rows()
+        build = self.resolver.builder.build
+        return [build(b, k) for b, k in rows]
+
+    def stats(self) -> StatsTable:
+        self.flush()
+        with self._lock:
+            return self.stats_now()
+
+    def stats_now(self) -> StatsTable:
+        """The statistics resolved so far, without waiting."""
+        return StatsTable(a.freeze() for a in self.resolver.accumulators.values())
+
+    def trace(self) -> dict[str, Any]:
+        """A Chrome trace of the recent regions and the power of every source."""
+        self.flush()
+        regions = [m.to_dict() for m in self.recent_measurements()]
+        s = self.sampler
+        power = power_points(s, self.sources, self._offset) if s is not None else []
+        return chrome_trace(regions, power)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.sampler_or_start()
+        status = s.status() if s is not None else []
+        return {
+            "sources": [
+                {**src, "status": st} for src, st in zip(self.sources, status, strict=False)
+            ],
+            "alternatives": self.alternatives,
+            "unavailable": self.unavailable,
+            "notes": dict(self.notes),
+            "start_error": self.start_error,
+        }

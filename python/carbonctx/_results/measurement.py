@@ -1,0 +1,106 @@
+"""One region's result: :class:`Measurement` and its per-source :class:`SourceEnergy`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from carbonctx._results.units import J_PER_KWH
+
+__all__ = ["Measurement", "SourceEnergy"]
+
+
+@attrs.frozen(slots=True)
+class SourceEnergy:
+    """Joules from one source over one region, and how they came about.
+
+    ``method`` is ``"counter"`` (a hardware energy counter), ``"integrated-power"`` (power
+    readings integrated over time) or ``"estimate"`` (utilisation times TDP: a model, not a
+    measurement). ``joules`` is ``None`` where the source had failed; ``note`` says why.
+    """
+
+    id: str
+    label: str
+    backend: str
+    domain: str
+    method: str
+    joules: float | None
+    uncertainty_j: float | None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen(slots=True)
+class Measurement:
+    """The energy and CO2 of one region.
+
+    ``cpu_j`` is CPU package energy summed over packages, ``dram_j`` DRAM energy, ``gpu_j`` the
+    tracked GPUs; ``energy_j`` is their sum. Core, uncore and psys zones appear in ``by_source``
+    but never in totals (they overlap the package). ``uncertainty_j`` is how far the true
+    energy can be from the figure given when the counters changed around the region's edges (the
+    widths of the brackets at both edges, added); it does not cover the error of integrating
+    power between readings, nor of an estimate. ``missing`` names sources whose
+    figures are absent, and ``estimated`` is true when any total includes an estimate.
+    """
+
+    name: str
+    id: int
+    pid: int
+    thread: int
+    parent: int | None
+    start: float
+    end: float
+    duration_s: float
+    energy_j: float
+    cpu_j: float
+    dram_j: float
+    gpu_j: float
+    uncertainty_j: float | None
+    by_source: Mapping[str, SourceEnergy]
+    co2_g: float | None
+    intensity: float | None
+    zone: str | None
+    carbon: Mapping[str, Any] | None
+    missing: tuple[str, ...] = ()
+    estimated: bool = False
+    tags: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def energy_kwh(self) -> float:
+        return self.energy_j / J_PER_KWH
+
+    @property
+    def power_w(self) -> float:
+        """Mean power over the region."""
+        return self.energy_j / self.duration_s if self.duration_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: the record written to JSON Lines."""
+        return {
+            "kind": "region",
+            "name": self.name,
+            "id": self.id,
+            "pid": self.pid,
+            "thread": self.thread,
+            "parent": self.parent,
+            "start": self.start,
+            "end": self.end,
+            "duration_s": self.duration_s,
+            "energy_j": self.energy_j,
+            "cpu_j": self.cpu_j,
+            "dram_j": self.dram_j,
+            "gpu_j": self.gpu_j,
+            "uncertainty_j": self.uncertainty_j,
+            "co2_g": self.co2_g,
+            "intensity": self.intensity,
+            "zone": self.zone,
+            "carbon": dict(self.carbon) if self.carbon is not None else None,
+            "missing": list(self.missing),
+            "estimated": self.estimated,
+            "by_source": {k: v.to_dict() for k, v in self.by_source.items()},
+            "tags": dict(self.tags),
+        }

@@ -1,0 +1,200 @@
+"""Run logs: ``<log_dir>/<run-id>.jsonl`` written as a run goes (``run-start``, one ``epoch``
+record each, a final ``run`` record), and read back as :class:`~carbonctx._results.runs.RunLog`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from carbonctx._output.jsonl import dumps, read_json_lines
+from carbonctx._results.equivalents import equivalents
+from carbonctx._results.runs import RunLog, RunTotals
+from carbonctx._runs.forecast import Epoch
+
+__all__ = [
+    "RunLogWriter",
+    "epoch_record",
+    "final_record",
+    "read_run_log",
+    "read_run_logs",
+    "start_record",
+]
+
+
+class RunLogWriter:
+    """Appends a run's records to its log; a failure is noted once and logging stops."""
+
+    __slots__ = ("_directory", "_log", "_note", "path")
+
+    def __init__(self, directory: Path | None, note: Callable[[str], None]) -> None:
+        self._directory = directory
+        self._note = note
+        self._log: IO[str] | None = None
+        self.path: Path | None = None
+
+    def open(self, run_id: str) -> bool:
+        """Create ``<directory>/<run_id>.jsonl``; False when there is no log (or it failed)."""
+        if self._directory is None:
+            return False
+        try:
+            self._directory.mkdir(parents=True, exist_ok=True)
+            self.path = self._directory / f"{run_id}.jsonl"
+            self._log = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        except OSError as e:
+            self._log = None
+            self._note(f"cannot write the run log in {self._directory}: {e}")
+            return False
+        return True
+
+    def write(self, rec: Mapping[str, Any]) -> None:
+        if self._log is None:
+            return
+        try:
+            self._log.write(dumps(rec))
+            self._log.flush()
+        except (OSError, ValueError) as e:
+            self._log = None
+            self._note(f"cannot write the run log {self.path}: {e}")
+
+    def close(self) -> None:
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+            self._log = None
+
+
+def start_record(
+    *,
+    run_id: str,
+    name: str,
+    epochs_planned: int,
+    forecast_after: int,
+    budget_kwh: float | None,
+    budget_co2_kg: float | None,
+    tags: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``run-start`` record, written when the loop starts."""
+    return {
+        "kind": "run-start",
+        "run": run_id,
+        "name": name,
+        "epochs_planned": epochs_planned,
+        "forecast_after": forecast_after,
+        "budget_kwh": budget_kwh,
+        "budget_co2_kg": budget_co2_kg,
+        "pid": os.getpid(),
+        "started": time.time(),
+        "tags": tags,
+    }
+
+
+def final_record(
+    *,
+    run_id: str,
+    name: str,
+    epochs_planned: int,
+    epochs_done: int,
+    stop_reason: str | None,
+    actual: RunTotals,
+    first_forecast: RunTotals | None,
+    forecast: RunTotals | None,
+    budget: Mapping[str, Any],
+    carbon: Mapping[str, Any] | None,
+    notes: Sequence[str],
+    tags: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The final ``run`` record: actual and forecast side by side, the budget, why the run
+    stopped, everyday equivalents of the actual and where the CO2 figures came from."""
+    eqs = equivalents(co2_g=actual.co2_g, energy_j=actual.energy_j)
+    return {
+        "kind": "run",
+        "run": run_id,
+        "name": name,
+        "epochs_planned": epochs_planned,
+        "epochs_done": epochs_done,
+        "completed": epochs_done == epochs_planned,
+        "stop_reason": stop_reason,
+        "actual": actual.to_dict(),
+        "forecast_first": first_forecast.to_dict() if first_forecast else None,
+        "forecast": forecast.to_dict() if forecast else None,
+        "budget": budget,
+        "equivalents": [e.to_dict() for e in eqs],
+        "carbon": carbon,
+        "notes": list(notes),
+        "tags": tags,
+        "ended": time.time(),
+    }
+
+
+def epoch_record(run_id: str, ep: Epoch, fc: RunTotals | None) -> dict[str, Any]:
+    """The ``epoch`` record: the epoch's figures and the forecast after it."""
+    m = ep.measurement
+    return {
+        "kind": "epoch",
+        "run": run_id,
+        "epoch": ep.index,
+        "start": ep.start,
+        "end": ep.end,
+        "duration_s": ep.duration_s,
+        "energy_j": ep.energy_j,
+        "cpu_j": m.cpu_j if m else None,
+        "dram_j": m.dram_j if m else None,
+        "gpu_j": m.gpu_j if m else None,
+        "uncertainty_j": ep.uncertainty_j,
+        "co2_g": ep.co2_g,
+        "intensity": m.intensity if m else None,
+        "zone": m.zone if m else None,
+        "estimated": m.estimated if m else None,
+        "missing": list(m.missing) if m else None,
+        "forecast": fc.to_dict() if fc else None,
+    }
+
+
+def read_run_log(path: str | os.PathLike[str]) -> RunLog | None:
+    """Read one run log; None when the file holds no run records."""
+    start: dict[str, Any] | None = None
+    final: dict[str, Any] | None = None
+    eps: list[dict[str, Any]] = []
+    records, bad = read_json_lines(path)
+    for rec in records:
+        kind = rec.get("kind")
+        if kind == "run-start":
+            start = rec
+        elif kind == "epoch":
+            eps.append(rec)
+        elif kind == "run":
+            final = rec
+    if start is None and final is None and not eps:
+        return None
+    src = final or start or {}
+    run = str(src.get("run") or (eps[0].get("run") if eps else None) or Path(path).stem)
+    planned = int(src.get("epochs_planned") or len(eps))
+    eps.sort(key=lambda e: int(e.get("epoch", 0)))
+    return RunLog(
+        path=str(path),
+        run=run,
+        name=str(src.get("name") or "epoch"),
+        epochs_planned=planned,
+        epochs=tuple(eps),
+        final=final,
+        start=start,
+        bad_lines=bad,
+    )
+
+
+def read_run_logs(directory: str | os.PathLike[str]) -> list[RunLog]:
+    """Every run log (``*.jsonl`` with run records) in ``directory``, oldest first."""
+    runs: list[RunLog] = []
+    for p in sorted(Path(directory).glob("*.jsonl")):
+        try:
+            r = read_run_log(p)
+        except (OSError, UnicodeDecodeError):
+            continue
+        if r is not None:
+            runs.append(r)
+    runs.sort(key=lambda r: (r.started, r.run))
+    return runs
