@@ -1,13 +1,31 @@
 #!/usr/bin/env bash
-# Every check CI runs: formatting, lints, type checks, Rust tests, Python tests.
+# Every check CI runs: formatting, lints (clippy with the minimum Rust version), type checks, Rust
+# tests, the release build (one abi3 manylinux_2_28 wheel and an sdist), and the Python tests run
+# against that wheel installed in a clean environment without Rust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+t0=$SECONDS
+step() { printf '\n== %s  [%ds]\n' "$1" $((SECONDS - t0)); }
+
+step "tools (.venv)"
+bash scripts/setup.sh --tools-only
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+
+step "Rust: fmt, clippy (incompatible_msrv denied), minimum Rust version, cargo test"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test -p carbonctx-sampler
-.venv/bin/ruff check python tests benches
-.venv/bin/ruff format --check python tests benches
+.venv/bin/python scripts/check_msrv.py
+# carbonctx-py is an extension module: it links against Python only when loaded by it.
+cargo test --workspace --exclude carbonctx-py
+
+step "Python: ruff, mypy"
+.venv/bin/ruff check python tests benches scripts
+.venv/bin/ruff format --check python tests benches scripts
 .venv/bin/mypy
-.venv/bin/python -m pytest
+
+step "build: wheel and sdist"
+bash scripts/build-dist.sh
+
+step "pytest against the installed wheel, no Rust on PATH"
+bash scripts/test-wheel.sh
+step "done"
