@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check CI runs: formatting, lints (clippy with the minimum Rust version), type checks, Rust
-# tests, the release build (one abi3 manylinux_2_28 wheel and an sdist), and the Python tests run
-# against that wheel installed in a clean environment without Rust.
+# tests, the release build (one abi3 manylinux_2_28 wheel and an sdist, which must build too), and
+# the Python tests run against that wheel installed in a clean environment without Rust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$SECONDS
@@ -25,6 +25,11 @@ step "Python: ruff, mypy"
 
 step "build: wheel and sdist"
 bash scripts/build-dist.sh
+
+step "the sdist builds (as pip does where no wheel fits)"
+rm -rf target/sdist-wheel
+CARGO_TARGET_DIR=target/sdist-check .venv/bin/python -m pip wheel -q --disable-pip-version-check \
+    --no-deps -w target/sdist-wheel dist/*.tar.gz
 
 step "pytest against the installed wheel, no Rust on PATH"
 bash scripts/test-wheel.sh
