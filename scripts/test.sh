@@ -14,7 +14,7 @@ rustup component list --installed 2>/dev/null | grep -q clippy || rustup compone
 step "Rust: fmt, clippy (incompatible_msrv denied), minimum Rust version, cargo test"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-.venv/bin/python scripts/check_msrv.py
+.venv/bin/python scripts/check_crates.py
 # carbonctx-py is an extension module: it links against Python only when loaded by it.
 cargo test --workspace --exclude carbonctx-py
 

@@ -1,4 +1,5 @@
-"""Check the minimum supported Rust version (MSRV) against what cargo knows.
+"""Check the workspace's crates against what cargo knows: the minimum supported Rust version
+(MSRV), and the licence notices of the crates compiled into the wheel.
 
 Only one toolchain is installed here, so the MSRV cannot be checked by building with it. What is
 checked instead (scripts/test.sh runs this after clippy):
@@ -8,13 +9,15 @@ checked instead (scripts/test.sh runs this after clippy):
 2. every crate compiled into the wheel (normal and build dependencies of the workspace crates,
    as locked in Cargo.lock) declares a rust-version no newer than ours;
 3. nothing turns `incompatible_msrv` off (an `allow` in code or Cargo.toml, or a clippy.toml
-   `msrv` that overrides Cargo.toml's).
+   `msrv` that overrides Cargo.toml's);
+4. every crate linked into the native module (normal dependencies, proc-macros left out) is
+   named in LICENSE, which carries their notices.
 
 Clippy's `incompatible_msrv` (run with -D warnings) is the other half: it flags standard-library
 APIs stabilised after our rust-version. Neither checks language features; CONTRIBUTING.md says so.
 The versions needed by dev-dependencies (to run `cargo test`) are printed, not enforced.
 
-Usage: python scripts/check_msrv.py   (needs cargo on PATH)
+Usage: python scripts/check_crates.py   (needs cargo on PATH)
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def workspace_msrv() -> tuple[int, ...]:
     section = re.search(r"^\[workspace\.package\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
     found = section and re.search(r'^rust-version\s*=\s*"([0-9.]+)"', section.group(1), re.M)
     if not found:
-        sys.exit("check_msrv: /Cargo.toml has no rust-version in [workspace.package]")
+        sys.exit("check_crates: /Cargo.toml has no rust-version in [workspace.package]")
     return version(found.group(1))
 
 
@@ -51,12 +54,14 @@ def host_triple() -> str:
     return next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("host: "))
 
 
-def closure(start: list[str], nodes: dict[str, dict], kinds: set[str | None]) -> set[str]:
+def closure(
+    start: list[str], nodes: dict[str, dict], kinds: set[str | None], skip: object = None
+) -> set[str]:
     seen: set[str] = set()
     todo = list(start)
     while todo:
         pkg = todo.pop()
-        if pkg in seen:
+        if pkg in seen or (callable(skip) and skip(pkg)):
             continue
         seen.add(pkg)
         for dep in nodes[pkg]["deps"]:
@@ -131,13 +136,24 @@ def main() -> int:
             if "target" not in path.parts and re.search(r"^\s*msrv\s*=", path.read_text(), re.M):
                 problems.append(f"{path.relative_to(ROOT)} sets an msrv apart from Cargo.toml")
 
+    def proc_macro(pid: str) -> bool:
+        return any("proc-macro" in t["kind"] for t in packages[pid]["targets"])
+
+    linked = closure(members, nodes, {None}, skip=proc_macro) - set(members)
+    licence = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    for pid in sorted(linked):
+        name = packages[pid]["name"]
+        if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", licence):
+            problems.append(f"{name} is linked into the native module but LICENSE does not name it")
+
     print(
-        f"check_msrv: rust-version {show(msrv)} on {len(members)} workspace crates; "
+        f"check_crates: {len(linked)} crates linked into the native module; "
+        f"rust-version {show(msrv)} on {len(members)} workspace crates; "
         f"newest among {len(shipped)} shipped dependencies: {newest[1]} ({show(newest[0])}); "
         f"dev-dependencies need {show(dev_newest[0])} ({dev_newest[1]}) to run cargo test"
     )
     for p in problems:
-        print(f"check_msrv: {p}", file=sys.stderr)
+        print(f"check_crates: {p}", file=sys.stderr)
     return 1 if problems else 0
 
 
