@@ -27,9 +27,11 @@ step "build: wheel and sdist"
 bash scripts/build-dist.sh
 
 step "the sdist builds (as pip does where no wheel fits)"
-rm -rf target/sdist-wheel
+# Unpacked to a fixed path (pip would use a temporary one) so that cargo reuses its cache.
+rm -rf target/sdist-src target/sdist-wheel && mkdir -p target/sdist-src
+tar -xzf dist/*.tar.gz -C target/sdist-src
 CARGO_TARGET_DIR=target/sdist-check .venv/bin/python -m pip wheel -q --disable-pip-version-check \
-    --no-deps -w target/sdist-wheel dist/*.tar.gz
+    --no-deps -w target/sdist-wheel target/sdist-src/*/
 
 step "pytest against the installed wheel, no Rust on PATH"
 bash scripts/test-wheel.sh
