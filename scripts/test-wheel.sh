@@ -35,4 +35,4 @@ for f in (carbonctx.__file__, n.__file__):
         sys.exit(f"test-wheel: {f} is not under {site}")
 print("test-wheel: carbonctx", carbonctx.__version__, "from", site)
 '
-CARBONCTX_TEST_DIST=$PWD/dist run "$venv/bin/python" -m pytest "${@:2}"
+DIST_UNDER_TEST=$(cd "$(dirname "$wheel")" && pwd) run "$venv/bin/python" -m pytest "${@:2}"

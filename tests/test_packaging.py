@@ -2,8 +2,9 @@
 LICENSE; the wheel carries what the tests and users need and links no vendor library; the minimum
 Rust version the docs state is the one Cargo.toml declares.
 
-The checks on built files run when ``CARBONCTX_TEST_DIST`` names the folder scripts/build-dist.sh
-wrote (scripts/test.sh sets it, running this suite against the installed wheel)."""
+The checks on built files run when ``DIST_UNDER_TEST`` names the folder scripts/build-dist.sh
+wrote (scripts/test-wheel.sh sets it, running this suite against the installed wheel). Not a
+``CARBONCTX_*`` name: those are carbonctx's settings, and conftest clears them for every test."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import pytest
 import carbonctx
 
 REPO = Path(__file__).resolve().parents[1]
-DIST = os.environ.get("CARBONCTX_TEST_DIST")
-needs_dist = pytest.mark.skipif(not DIST, reason="CARBONCTX_TEST_DIST not set (scripts/test.sh)")
+DIST = os.environ.get("DIST_UNDER_TEST")
+needs_dist = pytest.mark.skipif(not DIST, reason="DIST_UNDER_TEST not set (scripts/test.sh)")
 
 OLDEST_GLIBC_TAG = (2, 28)  # PyTorch's wheels need glibc 2.28; ours must load wherever they do
 LEGACY_TAGS = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
