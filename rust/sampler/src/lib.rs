@@ -15,7 +15,7 @@
 //!   each: hot path)  has seen past them
 //! ```
 //!
-//! - [`sensors`]: [`EnergySource`], [`Roots`], [`discover`](sensors::discover), and the
+//! - [`sensors`]: [`EnergySource`], [`Roots`], [`discover`], and the
 //!   backends [`powercap`], [`msr`], [`perf`], [`nvml`] and [`tdp_model`];
 //! - [`timeline`]: [`accumulate`](timeline::accumulate) (deltas, wraparound, change-time
 //!   stamps) and [`history`](timeline::history) (rings, the energy at an instant);

@@ -1,11 +1,11 @@
 //! Regions: the marks callers take, waiting until the sampler has seen past them, and their
 //! resolution into joules per source, handed back in columns.
 //!
-//! Marking is the hot path: a mark is a timestamp pushed onto [`Regions::pending`] (a region
-//! closed in one go is one [`Span`]) under an uncontended lock held for a push. The sampler
-//! thread takes what its frontier has passed ([`Regions::take_ready`]), computes the energy at
-//! each edge without the lock ([`resolve_into_columns`]), and hands the rows back
-//! ([`Regions::hand_over`]) for [`crate::Sampler::drain_packed`]. Names are interned by the
+//! Marking is the hot path: a mark is a timestamp pushed onto `Regions::pending` (a region
+//! closed in one go is one `Span`) under an uncontended lock held for a push. The sampler
+//! thread takes what its frontier has passed (`Regions::take_ready`), computes the energy at
+//! each edge without the lock (`resolve_into_columns`), and hands the rows back
+//! (`Regions::hand_over`) for [`crate::Sampler::drain_packed`]. Names are interned by the
 //! caller: a region carries a `u32` tag, returned with its row.
 
 use std::collections::HashMap;

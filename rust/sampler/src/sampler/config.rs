@@ -31,7 +31,7 @@ pub struct Config {
     /// How often a failed source is tried again.
     pub retry: Duration,
     /// Resolved regions kept for the caller to drain; beyond it the oldest are dropped and
-    /// counted in [`Stats::dropped_regions`].
+    /// counted in [`crate::Stats::dropped_regions`].
     pub max_resolved: usize,
 }
 

@@ -4,7 +4,7 @@
 //! - [`handle`]: the [`Sampler`] itself: the start handshake, marks, drain, wait, status, stop,
 //!   `Drop`;
 //! - [`config`]: how it runs ([`Config`]);
-//! - [`schedule`]: the thread's poll loop (full rate while regions are marked, sparse while
+//! - `schedule`: the thread's poll loop (full rate while regions are marked, sparse while
 //!   quiet), failure and retry, and the resolution pass;
 //! - [`phase`]: phase-locked polling (read each counter just after it updates).
 
