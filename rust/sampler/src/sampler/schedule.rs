@@ -20,7 +20,8 @@ use crate::timeline::{Accumulator, EnergyAt, History, Step};
 const COARSE_STEP_NS: u64 = 5_000_000_000;
 const COARSE_POINTS: usize = 16_384;
 
-pub(super) struct Polled {
+/// One source as the thread polls it: the source, its accumulator, and when it is due.
+struct Polled {
     source: Box<dyn EnergySource>,
     acc: Accumulator,
     interval_ns: u64,
@@ -39,6 +40,8 @@ pub(super) struct Polled {
 /// A read slower than this is expensive: it is made sparingly while quiet.
 const EXPENSIVE_READ_NS: u64 = 500_000;
 
+/// The thread's body: read every source once and answer the start handshake on `tx`, then poll
+/// until stopped. A panic is caught and marks the sampler stopped.
 pub(super) fn run(
     shared: Arc<Shared>,
     sources: Vec<Box<dyn EnergySource>>,
