@@ -16,9 +16,10 @@
 //! written), energy counter (mJ), power (mW, what `nvmlDeviceGetPowerUsage` says), instantaneous
 //! power (mW, field 186), busy (1 while the wave is in its high part), three reserved words.
 //!
-//! A slot is written (its first word 0, the values, then its first word) before the header's
-//! last-tick word moves past it, each word in one aligned 8-byte `pwrite`; a reader takes the
-//! header's last tick, reads the slot, and retries when its first word is not that tick plus one.
+//! A slot is written whole (one `pwrite`) before the header's last-tick word (one aligned 8-byte
+//! `pwrite`) moves past it, and is rewritten only [`RING_SLOTS`] ticks later, a second after any
+//! reader could want it; a reader takes the header's last tick, reads the slot, and reads again
+//! when its first word is not that tick plus one.
 
 use std::fs::File;
 use std::io;
@@ -188,12 +189,23 @@ impl GpuFiles {
             for (g, gpu) in self.gpus.iter().enumerate() {
                 let v = gpu_tick(gpu, k, self.energy_update_ns, self.power_update_ns);
                 let at = HEADER_BYTES + (g as u64 * RING_SLOTS + k % RING_SLOTS) * SLOT_BYTES;
-                self.file.write_all_at(&word(0), at)?;
-                let values = [v.energy_mj, v.power_mw, v.instant_mw, u64::from(v.busy)];
-                for (i, x) in values.iter().enumerate() {
-                    self.file.write_all_at(&word(*x), at + 8 * (i as u64 + 1))?;
+                let words = [
+                    k + 1,
+                    v.energy_mj,
+                    v.power_mw,
+                    v.instant_mw,
+                    u64::from(v.busy),
+                    0,
+                    0,
+                    0,
+                ];
+                let mut slot = [0u8; SLOT_BYTES as usize];
+                for (chunk, w) in slot.chunks_exact_mut(8).zip(words) {
+                    chunk.copy_from_slice(&word(w));
                 }
-                self.file.write_all_at(&word(k + 1), at)?;
+                // One write per slot: no reader looks at a slot until the header's last tick
+                // has moved past it, which happens after this write.
+                self.file.write_all_at(&slot, at)?;
             }
         }
         self.file

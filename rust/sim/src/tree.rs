@@ -17,8 +17,8 @@ pub const SIM_PERF_TYPE: u32 = 0x7fff_fff0;
 
 /// Writes the tree described by `spec` (first removing the simulated parts an earlier machine
 /// left under the same root). Returns each zone's state and the MSR device files, one per CPU.
+/// The spec must have been validated.
 pub(crate) fn build(spec: &SimSpec) -> Result<(Vec<ZoneState>, Vec<File>), Error> {
-    spec.validate()?;
     let root = &spec.root;
     refuse_live_system(root)?;
     let sys = root.join("sys");
