@@ -2,9 +2,10 @@
 thread, and answers what the public functions ask (stats, recent results, traces, devices).
 
 One :class:`Runtime` exists per process (see ``_measure.process``). The native region code
-reads a few of its attributes on every slow-path enter and exit: ``sampler``, ``strict``,
-``warn_due``, ``pending``, ``_name_tags``, ``dead`` (and calls ``tag_of``, ``drain`` and
-``emit_warnings``); they stay plain attributes here. Nothing else runs on the hot path.
+sees it through one typed object, :class:`carbonctx._native.RegionHub` (``Runtime.core``): the
+sampler, the flags (``strict``, ``warn_due``, ``dead``), the regions waiting for the resolver,
+the name tags and the three callbacks it may need (``tag_of``, ``drain``, ``emit_warnings``).
+``warn_due`` and ``dead`` live in the hub; the runtime's properties of those names read it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pid = os.getpid()
-        self.dead = False
         self._parent_sampler: _native.Sampler | None = None
         # Decorated functions record thread and parent only when something will show them.
         self.detailed = settings.strict or bool(settings.output)
@@ -64,7 +64,6 @@ class Runtime:
         self._warned: set[str] = set()
         self._warnings: list[str] = []
         self.notes: dict[str, str] = {}
-        self.warn_due = False
         # CLOCK_MONOTONIC → Unix time
         self._offset = time.time() - time.monotonic_ns() * 1e-9
         self.carbon = RegionCarbon(settings, self.note)
@@ -72,10 +71,29 @@ class Runtime:
         self.resolver = Resolver(
             settings.window, self._lock, self.note, self.carbon, self._offset, self.pid
         )
-        # Shared with the resolver, read by the native region code.
         self.pending = self.resolver.pending
-        self._name_tags = self.resolver.name_tags
         self.recent = self.resolver.recent
+        # What the native region code reads on every region, as one typed object.
+        self.core = _native.RegionHub(
+            self,
+            strict=settings.strict,
+            pending=self.pending,
+            name_tags=self.resolver.name_tags,
+            tag_of=self.tag_of,
+            drain=self.drain,
+            emit_warnings=self.emit_warnings,
+            backlog_high=BACKLOG_HIGH,
+        )
+
+    @property
+    def warn_due(self) -> bool:
+        """Warnings are waiting to be issued from the user's thread."""
+        return self.core.warn_due
+
+    @property
+    def dead(self) -> bool:
+        """Shut down, or inherited by a forked child: never to measure again."""
+        return self.core.dead
 
     # ------------------------------------------------------------------ start and stop
 
@@ -135,6 +153,7 @@ class Runtime:
             self.carbon.service()
             self.carbon.grams_per_joule()
             self.sampler = s
+            self.core.sampler = s
             self.started = True
             self._thread = threading.Thread(
                 target=self._resolver_loop, name="carbonctx-resolver", daemon=True
@@ -162,7 +181,7 @@ class Runtime:
 
     def abandon(self) -> None:
         """In a forked child: never touch the parent's sampler or threads again."""
-        self.dead = True
+        self.core.dead = True
         # Keep the parent's native sampler referenced: dropping it here would try to stop a
         # thread this process does not have. (The native side also refuses, by pid.)
         self._parent_sampler = self.sampler
@@ -189,10 +208,10 @@ class Runtime:
             return
         self.notes[key] = message
         self._warnings.append(message)
-        self.warn_due = True
+        self.core.warn_due = True
 
     def emit_warnings(self) -> None:
-        self.warn_due = False
+        self.core.warn_due = False
         msgs, self._warnings = self._warnings, []
         for m in msgs:
             if m not in self._warned:
