@@ -32,9 +32,13 @@ def discover(
     dev_root: str | PathLike[str] | None = None,
     proc_root: str | PathLike[str] | None = None,
     nvml_library: str | PathLike[str] | None = None,
+    cuda_visible_devices: str | None = None,
+    cuda_device_order: str | None = None,
+    cpu_tdp_w: str | None = None,
     cpu_backends: list[str] | None = None,
     nvml: bool = True,
     estimate: str = "auto",
+    gpus: list[str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Find energy sources without starting anything: sources, alternatives, unavailable."""
 
@@ -119,9 +123,13 @@ class Sampler:
         dev_root: str | PathLike[str] | None = None,
         proc_root: str | PathLike[str] | None = None,
         nvml_library: str | PathLike[str] | None = None,
+        cuda_visible_devices: str | None = None,
+        cuda_device_order: str | None = None,
+        cpu_tdp_w: str | None = None,
         cpu_backends: list[str] | None = None,
         nvml: bool = True,
         estimate: str = "auto",
+        gpus: list[str] | None = None,
         intervals: list[tuple[str, float]] | None = None,
         timeline_capacity: int | None = None,
         settle_s: float | None = None,

@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from carbonctx import _native
+from carbonctx import _config, _native
 from carbonctx._config import Settings
 from carbonctx._measure.batch import Batch
 from carbonctx._measure.carbon import RegionCarbon
@@ -110,10 +110,7 @@ class Runtime:
             st = self.settings
             try:
                 s = _native.Sampler(
-                    sys_root=st.sys_root,
-                    dev_root=st.dev_root,
-                    proc_root=st.proc_root,
-                    nvml_library=st.nvml_library,
+                    **_config.machine(st),
                     cpu_backends=list(st.cpu_backends),
                     nvml=st.gpu,
                     estimate=st.estimate,

@@ -445,13 +445,8 @@ fn enter_core(
     untrack(slf.as_any());
     let var = current_var(py)?;
     let parent = open_region(py)?;
-    let parent_id = if parent.is_none() {
-        None
-    } else if let Ok(p) = parent.cast::<Region>() {
-        Some(p.borrow().id)
-    } else {
-        Some(parent.getattr(intern!(py, "id"))?.extract()?)
-    };
+    // Only regions are ever put in the context variable.
+    let parent_id = parent.cast::<Region>().ok().map(|p| p.borrow().id);
     let token = context_set(py, var, slf.as_any())?;
     let id = sampler.map(|s| s.get().inner.begin());
     let mut me = slf.borrow_mut();
