@@ -84,7 +84,7 @@ def test_odd_tag_values_never_drop_a_batch_nor_raise(
             pass
         handles.append(m)
     for m in handles:
-        assert math.isfinite(m.energy_j)
+        assert math.isfinite(m.energy_j) and m.recorded is True
     assert carbonctx.flush()
     recs = regions(path)
     assert len(recs) == 200
@@ -127,3 +127,86 @@ def test_json_safe_bounds_nesting() -> None:
         depth += 1
     assert node == "<nested too deeply>" and depth < 100
     assert json_safe({"ok": [1, 2.5, "x", None, True]}) == {"ok": [1, 2.5, "x", None, True]}
+
+
+# ----------------------------------------------------------------------- item 11: output paths
+
+
+def test_a_fifo_as_output_warns_once_and_never_hangs(
+    cpu_sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    carbonctx.configure(output=str(fifo))
+    # Opening a FIFO for writing used to wait for a reader: this region never began.
+    with pytest.warns(carbonctx.CarbonctxWarning, match="FIFO") as caught:
+        with carbonctx.track("first") as m:
+            pass
+        for _ in range(3):
+            with carbonctx.track("more"):
+                pass
+    assert len([w for w in caught if "FIFO" in str(w.message)]) == 1
+    assert math.isfinite(m.energy_j) and m.energy_j > 0
+    assert m.recorded is False  # the result says its record was not written
+    assert "FIFO" in carbonctx.devices()["notes"]["output"]
+
+
+def test_a_directory_as_output_warns_and_measures(
+    cpu_sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    carbonctx.configure(output=str(tmp_path))
+    with pytest.warns(carbonctx.CarbonctxWarning, match="regular file"), carbonctx.track("x") as m:
+        pass
+    assert m.recorded is False and m.energy_j > 0
+
+
+def test_a_removed_output_directory_stops_recording_with_one_warning(
+    cpu_sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "run"
+    path = out_dir / "regions.jsonl"
+    carbonctx.configure(output=str(path))
+    with carbonctx.track("before") as before:
+        pass
+    assert before.recorded is True
+    assert [r["name"] for r in regions(path)] == ["before"]
+    path.unlink()
+    out_dir.rmdir()
+    with carbonctx.track("after") as after:
+        pass
+    assert after.recorded is False  # not silently written into the removed file
+    with pytest.warns(carbonctx.CarbonctxWarning, match="was removed") as caught:
+        for _ in range(3):
+            with carbonctx.track("later") as later:
+                pass
+    assert len(caught) == 1
+    assert later.recorded is False
+    assert not out_dir.exists()  # nothing recreated behind the user's back
+
+
+def test_a_write_error_stops_recording_with_one_warning(
+    cpu_sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    path = tmp_path / "regions.jsonl"
+    carbonctx.configure(output=str(path))
+    with carbonctx.track("ok") as ok:
+        pass
+    assert ok.recorded is True
+    rec = _runtime.runtime().recorder
+    assert rec is not None
+    # The disk fills up: the descriptor now writes to /dev/full (ENOSPC).
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(full, rec._fd)  # type: ignore[arg-type]
+    finally:
+        os.close(full)
+    with carbonctx.track("full") as m:
+        pass
+    assert m.recorded is False and m.energy_j > 0
+    with pytest.warns(carbonctx.CarbonctxWarning, match="cannot write regions") as caught:
+        for _ in range(3):
+            with carbonctx.track("later"):
+                pass
+    assert len(caught) == 1

@@ -24,6 +24,7 @@ class Batch:
         "infos",
         "joules",
         "nan",
+        "recorded",
         "t0",
         "t1",
         "tags",
@@ -57,6 +58,8 @@ class Batch:
         self.infos = infos
         self.tags = tags
         self.estimated = estimated
+        #: Whether the rows' records were written to the output file (None: no output).
+        self.recorded: bool | None = None
 
 
 class RecentWindow:

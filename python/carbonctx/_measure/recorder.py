@@ -2,18 +2,28 @@
 a power record per source every ``POWER_PERIOD_S`` (the trace's counter tracks).
 
 Also the power series of the sampler's timelines that :func:`power_points` gives traces.
+
+The file must be a regular file: anything else (a FIFO, a device, a directory) is refused with
+one warning when the runtime starts, and regions are not recorded (opening a FIFO for writing
+would wait for a reader: the first region would hang). While recording, the path is checked
+before each batch is written: a file or directory removed (or replaced) under the writer, or a
+write that fails, stops recording with one warning. Every result says whether its record was
+written (``Measurement.recorded``).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import Any
 
 from carbonctx import _native
+from carbonctx._measure.batch import Batch
 from carbonctx._output.jsonl import dumps
 
 __all__ = ["POWER_PERIOD_S", "RegionRecorder", "power_points"]
@@ -22,6 +32,29 @@ __all__ = ["POWER_PERIOD_S", "RegionRecorder", "power_points"]
 POWER_PERIOD_S = 0.1
 #: Spacing of the power points of a trace.
 TRACE_POWER_STEP_NS = 10_000_000
+
+
+def _open_regular(path: str) -> int:
+    """An append-only descriptor of the regular file at ``path`` (created if missing).
+
+    Never blocks: a FIFO is opened non-blocking (no reader: ENXIO) and refused like any other
+    file that is not a regular one.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise OSError(e.errno, "it is a FIFO (a named pipe), not a regular file") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = "a FIFO (a named pipe)" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+        raise OSError(errno.EINVAL, f"it is {kind}")
+    os.set_blocking(fd, True)
+    return fd
 
 
 class RegionRecorder:
@@ -41,36 +74,98 @@ class RegionRecorder:
         self._offset = offset
         self._lock = lock
         self._note = note
-        self._out: IO[str] | None = None
+        self._fd: int | None = None
+        self._ident: tuple[int, int] | None = None
         self._power_since: list[int] = []
         self._power_last: list[tuple[int, float] | None] = []
         self._power_at = 0.0
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._out = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            fd = _open_regular(path)
         except OSError as e:
-            note("output", f"cannot write {path}: {e}; regions are not recorded")
+            why = e.strerror or str(e)
+            note(
+                "output",
+                f"cannot write {path}: {why}; regions are not recorded. "
+                "Give output= the path of a regular file.",
+            )
+            return
+        st = os.fstat(fd)
+        self._fd = fd
+        self._ident = (st.st_dev, st.st_ino)
 
     @property
     def is_open(self) -> bool:
-        return self._out is not None
+        return self._fd is not None
 
-    def write_records(self, records: Sequence[dict[str, Any]]) -> None:
-        """Region records, one line each (called with the runtime's lock held)."""
-        if not records or self._out is None:
-            return
+    def _stop(self, key: str, message: str) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._note(key, message + "; regions are not recorded from here on")
+
+    def _still_there(self) -> bool:
+        """The path still names the file being written (not removed, moved or replaced)."""
         try:
-            self._out.write("".join(dumps(r) for r in records))
-            self._out.flush()
-        except (OSError, ValueError) as e:
-            self._note("output-write", f"cannot write regions to {self.path}: {e}")
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._ident
+
+    def _write(self, data: str) -> bool:
+        fd = self._fd
+        if fd is None:
+            return False
+        if not self._still_there():
+            self._stop("output-removed", f"output {self.path} was removed or replaced")
+            return False
+        buf = memoryview(data.encode("utf-8"))
+        try:
+            while buf:
+                buf = buf[os.write(fd, buf) :]
+        except OSError as e:
+            self._stop("output-write", f"cannot write regions to {self.path}: {e}")
+            return False
+        return True
+
+    def write_records(self, records: Sequence[dict[str, Any]]) -> bool:
+        """Region records, one line each (called with the runtime's lock held). False when
+        they could not be written."""
+        if not records:
+            return self._fd is not None
+        if self._fd is None:
+            return False
+        return self._write("".join(dumps(r) for r in records))
+
+    def record(
+        self,
+        batch: Batch,
+        rows: Sequence[int],
+        handles: Sequence[Any],
+        build: Callable[[Batch, int], Any],
+    ) -> None:
+        """Write the records of a resolved batch's claimed rows and hand each region its
+        result; the batch (so every result built from it) says whether they were written."""
+        if self._fd is None:
+            batch.recorded = False
+            return
+        batch.recorded = True
+        records: list[dict[str, Any]] = []
+        for k, p in zip(rows, handles, strict=True):
+            m = build(batch, k)
+            p._result = m
+            records.append(m.to_dict())
+        if not self.write_records(records):
+            batch.recorded = False
+            for p in handles:
+                p._result = None  # built again from the batch, which says it was not written
 
     def write_power(
         self, sampler: _native.Sampler, sources: Sequence[dict[str, Any]], force: bool = False
     ) -> None:
         """A power record (mean watts per source since the last one), at most every
         ``POWER_PERIOD_S`` unless ``force``."""
-        if self._out is None:
+        if self._fd is None:
             return
         now = time.monotonic()
         if not force and now - self._power_at < POWER_PERIOD_S:
@@ -102,18 +197,18 @@ class RegionRecorder:
                 "watts": watts,
             }
             with self._lock:
-                if self._out is not None:
-                    self._out.write(json.dumps(rec) + "\n")
+                self._write(dumps(rec))
 
     def close(self) -> None:
         with self._lock:
-            if self._out is not None:
-                self._out.close()
-                self._out = None
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def abandon(self) -> None:
-        """In a forked child: the file object is the parent's; never write or close it."""
-        self._out = None
+        """In a forked child: the descriptor is the parent's; never write or close it."""
+        self._fd = None
 
 
 def power_points(
@@ -133,3 +228,4 @@ def power_points(
                 power.append({"t": t * 1e-9 + offset, "watts": {sources[i]["id"]: w}})
                 last = (t, j)
     return power
+

@@ -152,6 +152,10 @@ class Tracker(_native.Region):
     def estimated(self) -> bool:
         return self.result().estimated
 
+    @property
+    def recorded(self) -> bool | None:
+        return self.result().recorded
+
     # ------------------------------------------------------------------ context manager
 
     def _enter_slow(self) -> Tracker:

@@ -73,7 +73,7 @@ class Resolver:
     ) -> None:
         """The sampler has started with these sources (and output, if any)."""
         self.columns = columns
-        self.recorder = recorder if recorder is not None and recorder.is_open else None
+        self.recorder = recorder  # one that could not open says so in every result
         self.builder = MeasurementBuilder(
             columns, self.names, pid=pid, offset=offset, carbon=self.carbon
         )
@@ -176,12 +176,7 @@ class Resolver:
             batch, [k for k, tag in enumerate(kept, first_kept) if tag or infos[k] is not None]
         )
         if recorder is not None:
-            records: list[dict[str, Any]] = []
-            for k, p in zip(rows, handles, strict=True):
-                m = self.builder.build(batch, k)
-                p._result = m
-                records.append(m.to_dict())
-            recorder.write_records(records)
+            recorder.record(batch, rows, handles, self.builder.build)
 
     def _accumulator(self, name: str) -> NameAccumulator:
         acc = self.accumulators.get(name)

@@ -72,4 +72,5 @@ class MeasurementBuilder:
             missing=tuple(self._columns.missing(batch.nan[k])),
             estimated=batch.estimated,
             tags=dict(tags) if tags else {},
+            recorded=batch.recorded,
         )

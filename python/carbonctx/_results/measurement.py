@@ -44,7 +44,10 @@ class Measurement:
     energy can be from the figure given when the counters changed around the region's edges (the
     widths of the brackets at both edges, added); it does not cover the error of integrating
     power between readings, nor of an estimate. ``missing`` names sources whose
-    figures are absent, and ``estimated`` is true when any total includes an estimate.
+    figures are absent (``"sampler"`` when no sampler ran: then every figure is NaN), and
+    ``estimated`` is true when any total includes an estimate. ``recorded`` says whether the
+    region's record was written to the output file: None without ``output``, False when the
+    file could not be written (see the warning), or not from the moment it was removed.
     """
 
     name: str
@@ -68,6 +71,7 @@ class Measurement:
     missing: tuple[str, ...] = ()
     estimated: bool = False
     tags: Mapping[str, Any] = attrs.field(factory=dict)
+    recorded: bool | None = None
 
     @property
     def energy_kwh(self) -> float:
