@@ -210,3 +210,81 @@ def test_a_write_error_stops_recording_with_one_warning(
             with carbonctx.track("later"):
                 pass
     assert len(caught) == 1
+
+
+# ----------------------------------------------------------------------- item 6: traces
+
+
+def test_write_trace_says_what_it_covers_and_warns_once_when_regions_were_dropped(
+    cpu_sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    carbonctx.configure(window=50)
+
+    @carbonctx.tracked
+    def step() -> None:
+        pass
+
+    for epoch in range(5):
+        with carbonctx.track("epoch", tags={"epoch": epoch}):
+            for _ in range(20):
+                step()
+    trace = tmp_path / "t.json"
+    with pytest.warns(carbonctx.CarbonctxWarning, match="most recent 50 of 105 regions"):
+        carbonctx.write_trace(str(trace))
+    doc = json.loads(trace.read_text())
+    cover = doc["otherData"]
+    assert cover["regions"] == 50 and cover["regions_ended"] == 105 and cover["dropped"] == 55
+    assert "window" in cover["note"]
+    assert len([e for e in doc["traceEvents"] if e["ph"] == "X"]) == 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        carbonctx.write_trace(str(trace))  # said once
+
+
+def test_write_trace_of_every_region_says_so_without_warning(
+    cpu_sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    for _ in range(3):
+        with carbonctx.track("epoch"):
+            pass
+    trace = tmp_path / "t.json"
+    carbonctx.write_trace(str(trace))
+    cover = json.loads(trace.read_text())["otherData"]
+    assert cover["regions"] == cover["regions_ended"] == 3 and "dropped" not in cover
+
+
+UPDATE_NS = 100_000_000
+
+
+def test_the_first_trace_power_point_is_not_inflated(tmp_path: Path) -> None:
+    """The timeline's baseline is stamped when first read while the counter's value dates from
+    its last update: with a counter that moves every 100 ms, power taken against it read up to
+    ten times the wave's highest level. Each of several fresh samplers must start right."""
+    with SimulatedMachine(
+        tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=None, update_period_s=0.1
+    ) as sim:
+        carbonctx.configure(**sim.settings())
+        for attempt in range(5):
+            carbonctx.configure(window=10)  # a fresh runtime and sampler each time
+            # Start late in an update period, so that the baseline's value is old: the
+            # counter moves at sim.t0_ns + k * 100 ms.
+            phase = (_native.now_ns() - sim.t0_ns) % UPDATE_NS
+            time.sleep(((UPDATE_NS * 7 // 10 - phase) % UPDATE_NS) * 1e-9)
+            with carbonctx.track("run"):
+                # Three counter updates: two intervals between changes.
+                rt = _runtime.runtime()
+                assert rt.sampler is not None
+                deadline = time.monotonic() + WAIT_S
+                while len(rt.sampler.timeline(0, 0, 100)) < 4:
+                    assert time.monotonic() < deadline, "the simulated counter stopped moving"
+                    time.sleep(0.01)
+            doc = _runtime.runtime().trace()
+            watts = [
+                e["args"]["powercap:intel-rapl:0"]
+                for e in doc["traceEvents"]
+                if e["ph"] == "C" and "powercap:intel-rapl:0" in e["args"]
+            ]
+            assert watts, attempt
+            # Over whole update periods the wave averages between its levels.
+            assert all(40 * 0.8 <= w <= 120 * 1.1 for w in watts), (attempt, watts)
+    _runtime.reset()

@@ -158,11 +158,23 @@ def devices() -> dict[str, Any]:
 
 
 def write_trace(path: str) -> str:
-    """Write a Chrome trace / Perfetto JSON of recent regions and per-source power."""
-    import json
+    """Write a Chrome trace / Perfetto JSON of recent regions and per-source power.
 
+    It holds the most recent ``configure(window=...)`` regions (1000 by default); its
+    ``otherData`` says how many of how many ended, and when older ones were left out a
+    :class:`CarbonctxWarning` says so once. For every region of a run, record them with
+    ``configure(output=FILE)`` and use ``carbonctx report FILE --trace TRACE``.
+    """
+    from carbonctx._output.jsonl import dumps
+
+    rt = _process.runtime()
+    doc = rt.trace()
+    note = doc.get("otherData", {}).get("note")
+    if note:
+        rt.note("trace-window", f"write_trace({path!r}): {note}")
+        rt.emit_warnings()
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(_process.runtime().trace(), f)
+        f.write(dumps(doc))
     return path
 
 

@@ -177,7 +177,10 @@ class RegionRecorder:
         watts: dict[str, float] = {}
         t_last = 0
         for i, src in enumerate(sources):
-            pts = sampler.timeline(i, self._power_since[i], 1_000_000)
+            since = self._power_since[i]
+            pts = sampler.timeline(i, since, 1_000_000)
+            if since == 0:
+                pts = pts[1:]  # the baseline: stamped when read, not when the counter changed
             if not pts:
                 continue
             self._power_since[i] = pts[-1][0]
@@ -214,9 +217,15 @@ class RegionRecorder:
 def power_points(
     sampler: _native.Sampler, sources: Sequence[dict[str, Any]], offset: float
 ) -> list[dict[str, Any]]:
-    """``{"t": unix_s, "watts": {source: W}}`` about every 10 ms of each source's timeline."""
+    """``{"t": unix_s, "watts": {source: W}}`` about every 10 ms of each source's timeline.
+
+    A timeline's first point is the sampler's baseline: stamped when the counter was first
+    read, while its value dates from the counter's last update (up to one update period
+    earlier; 100 ms for many GPUs). Power taken against it is inflated, so the series starts
+    at the first point that records a change.
+    """
     power: list[dict[str, Any]] = []
-    series = [sampler.timeline(i, 0, 1_000_000) for i in range(len(sources))]
+    series = [sampler.timeline(i, 0, 1_000_000)[1:] for i in range(len(sources))]
     for i, pts in enumerate(series):
         last: tuple[int, float] | None = None
         for t, j in pts:
@@ -229,3 +238,25 @@ def power_points(
                 last = (t, j)
     return power
 
+
+def trace_coverage(kept: int, seen: int, settings: Any) -> dict[str, Any]:
+    """What a trace of the recent window covers: ``regions`` of ``regions_ended``, and when
+    older ones have left the window, ``dropped`` and a ``note`` on how to get them all."""
+    cover: dict[str, Any] = {
+        "carbonctx_trace": "recent regions",
+        "regions": kept,
+        "regions_ended": max(seen, kept),
+        "window": settings.window,
+    }
+    if seen > kept:
+        cover["dropped"] = seen - kept
+        where = (
+            f"`carbonctx report {settings.output} --trace FILE` writes them all"
+            if settings.output
+            else "configure(output=FILE) records them all for `carbonctx report FILE --trace`"
+        )
+        cover["note"] = (
+            f"the trace holds the most recent {kept} of {seen} regions (configure(window=N) "
+            f"keeps N, now {settings.window}); {where}"
+        )
+    return cover

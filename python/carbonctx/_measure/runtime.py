@@ -20,7 +20,7 @@ from carbonctx import _config, _native
 from carbonctx._config import Settings
 from carbonctx._measure.batch import Batch
 from carbonctx._measure.carbon import RegionCarbon
-from carbonctx._measure.recorder import RegionRecorder, power_points
+from carbonctx._measure.recorder import RegionRecorder, power_points, trace_coverage
 from carbonctx._measure.resolver import Resolver
 from carbonctx._measure.sources import SourceColumns
 from carbonctx._output.trace import chrome_trace
@@ -286,12 +286,15 @@ class Runtime:
         return StatsTable(a.freeze() for a in self.resolver.accumulators.values())
 
     def trace(self) -> dict[str, Any]:
-        """A Chrome trace of the recent regions and the power of every source."""
+        """A Chrome trace of the recent regions and the power of every source; its
+        ``otherData`` says how many regions it holds of how many ended."""
         self.flush()
         regions = [m.to_dict() for m in self.recent_measurements()]
         s = self.sampler
         power = power_points(s, self.sources, self._offset) if s is not None else []
-        return chrome_trace(regions, power)
+        doc = chrome_trace(regions, power)
+        doc["otherData"] = trace_coverage(len(regions), self.resolver.regions_total, self.settings)
+        return doc
 
     def describe(self) -> dict[str, Any]:
         s = self.sampler_or_start()
