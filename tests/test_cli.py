@@ -296,3 +296,16 @@ def test_no_command_is_a_usage_error() -> None:
     r = cli()
     assert r.returncode == 2
     assert "usage:" in r.stderr
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("argv", [["devices"], ["run", "--", "true"]])
+def test_an_interval_no_sampler_can_use_is_a_clear_error(
+    argv: list[str], sim: SimulatedMachine
+) -> None:
+    r = cli(*argv, env={**sim.env(), "CARBONCTX_INTERVALS": "powercap=2e22"})
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "CARBONCTX_INTERVALS" in r.stderr and "at most" in r.stderr

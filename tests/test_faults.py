@@ -288,3 +288,21 @@ def test_the_first_trace_power_point_is_not_inflated(tmp_path: Path) -> None:
             # Over whole update periods the wave averages between its levels.
             assert all(40 * 0.8 <= w <= 120 * 1.1 for w in watts), (attempt, watts)
     _runtime.reset()
+
+
+# ----------------------------------------------------------------------- items 8 and 9: settings
+
+
+@pytest.mark.parametrize("seconds", [2e19, 1e300, math.inf, math.nan, 3601.0, 0.0, -1.0])
+def test_intervals_no_sampler_can_use_are_refused_up_front(seconds: float) -> None:
+    with pytest.raises(carbonctx.ConfigurationError, match=r"intervals\['powercap'\]"):
+        carbonctx.configure(intervals={"powercap": seconds})
+
+
+@pytest.mark.parametrize("value", ["powercap=2e22", "powercap=inf", "nvml=nan", "nvml=4e6"])
+def test_interval_variables_no_sampler_can_use_are_refused_up_front(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CARBONCTX_INTERVALS", value)
+    with pytest.raises(carbonctx.ConfigurationError, match=r"CARBONCTX_INTERVALS.*at most"):
+        carbonctx.configure()

@@ -39,6 +39,8 @@ CPU_BACKENDS = ("powercap", "perf", "msr")
 BACKENDS = (*CPU_BACKENDS, "nvml", "estimate")
 ESTIMATE_MODES = ("auto", "never", "always")
 FORK_MODES = ("restart", "disable")
+#: The longest polling interval accepted, in seconds (counters wrap within minutes).
+MAX_INTERVAL_S = 3600.0
 
 
 @attrs.frozen(slots=True)
@@ -113,8 +115,11 @@ def _intervals(name: str, value: str) -> dict[str, float]:
             v = float(ms) / 1e3
         except ValueError:
             raise ConfigurationError(f"{name}: {ms!r} is not a number of milliseconds") from None
-        if not v > 0:
-            raise ConfigurationError(f"{name}: the interval for {key} must be positive")
+        if not 0 < v <= MAX_INTERVAL_S:
+            raise ConfigurationError(
+                f"{name}: the interval for {key} ({ms.strip()} ms) must be above 0 and at most "
+                f"{MAX_INTERVAL_S * 1e3:.0f} ms"
+            )
         out[key] = v
     return out
 
@@ -226,8 +231,13 @@ def validate(s: Settings) -> None:
     for k, v in s.intervals.items():
         if k not in BACKENDS:
             raise ConfigurationError(f"intervals: unknown backend {k!r}; use any of {BACKENDS}")
-        if not (isinstance(v, (int, float)) and v > 0):
-            raise ConfigurationError(f"intervals[{k!r}]={v!r}: give a positive number of seconds")
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            raise ConfigurationError(f"intervals[{k!r}]={v!r}: give a number of seconds")
+        if not 0 < v <= MAX_INTERVAL_S:  # also NaN and infinities
+            raise ConfigurationError(
+                f"intervals[{k!r}]={v!r}: give a number of seconds above 0 and at most "
+                f"{MAX_INTERVAL_S:g}"
+            )
     if not (isinstance(s.window, int) and s.window >= 0):
         raise ConfigurationError(f"window={s.window!r}: give a non-negative number of regions")
 
