@@ -309,3 +309,19 @@ def test_an_interval_no_sampler_can_use_is_a_clear_error(
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     assert "CARBONCTX_INTERVALS" in r.stderr and "at most" in r.stderr
+
+
+def test_run_without_a_sampler_exits_with_the_commands_status(
+    sim: SimulatedMachine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from carbonctx import _native
+
+    def refuse(**kwargs: object) -> None:
+        raise carbonctx.SamplerError("the sampler refused to start (simulated)")
+
+    monkeypatch.setattr(_native, "Sampler", refuse)
+    with pytest.warns(carbonctx.CarbonctxWarning, match="could not start"):
+        rc = _cli.main(["run", "--", sys.executable, "-c", "import sys; sys.exit(4)"])
+    assert rc == 4
+    err = capsys.readouterr().err
+    assert "exited with 4" in err and "not measured" in err and "refused" in err

@@ -306,3 +306,30 @@ def test_interval_variables_no_sampler_can_use_are_refused_up_front(
     monkeypatch.setenv("CARBONCTX_INTERVALS", value)
     with pytest.raises(carbonctx.ConfigurationError, match=r"CARBONCTX_INTERVALS.*at most"):
         carbonctx.configure()
+
+
+@pytest.mark.parametrize("gpu", [0, 1, "no", 0.0])
+def test_gpu_must_be_a_bool(gpu: object) -> None:
+    with pytest.raises(carbonctx.ConfigurationError, match=r"gpu=.*True or False"):
+        carbonctx.configure(gpu=gpu)
+
+
+def test_without_a_sampler_results_say_so_and_never_raise(
+    cpu_sim: SimulatedMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sampler that cannot start (here: the native side refuses its arguments) costs the
+    figures, never the program: one warning, results full of NaN, missing says why."""
+
+    def refuse(**kwargs: Any) -> None:
+        raise carbonctx.SamplerError("the sampler refused to start (simulated)")
+
+    monkeypatch.setattr(_native, "Sampler", refuse)
+    with pytest.warns(carbonctx.CarbonctxWarning, match="could not start"):
+        with carbonctx.track("x", tags={"k": 1}) as m:
+            pass
+        assert m.missing == ("sampler",)
+        assert math.isnan(m.energy_j) and math.isnan(m.duration_s) and m.co2_g is None
+        assert m.result().tags == {"k": 1} and m.by_source == {}
+    # strict still raises
+    with pytest.raises(carbonctx.SamplerError, match="refused"), carbonctx.track("y", strict=True):
+        pass

@@ -238,6 +238,8 @@ def validate(s: Settings) -> None:
                 f"intervals[{k!r}]={v!r}: give a number of seconds above 0 and at most "
                 f"{MAX_INTERVAL_S:g}"
             )
+    if not isinstance(s.gpu, bool):
+        raise ConfigurationError(f"gpu={s.gpu!r}: give True or False")
     if not (isinstance(s.window, int) and s.window >= 0):
         raise ConfigurationError(f"window={s.window!r}: give a non-negative number of regions")
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+from carbonctx._measure import process as _process
 from carbonctx._results.units import format_table
 
 __all__ = ["register"]
@@ -54,6 +55,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 proc.send_signal(signal.SIGINT)
     r = m.result()
+    if "sampler" in r.missing:
+        rt = _process.current_runtime()
+        why = (rt.start_error if rt is not None else None) or "no sampler"
+        print(
+            f"\ncarbonctx: `{' '.join(cmd)}` exited with {rc}; it was not measured: {why}",
+            file=sys.stderr,
+        )
+        return rc if rc >= 0 else 128 - rc
     rows = [
         [sid, s.method, f"{s.joules:.2f} J" if s.joules is not None else "missing"]
         for sid, s in r.by_source.items()

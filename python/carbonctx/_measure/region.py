@@ -85,9 +85,12 @@ class Tracker(_native.Region):
                 f"region {self.name!r} is still running: read its results after it ends"
             )
         if rt.sampler is None:
-            raise SamplerError(
-                f"region {self.name!r} has no measurement: {rt.start_error or 'no sampler'}"
-            )
+            why = rt.start_error or "no sampler"
+            if self._strict:
+                raise SamplerError(f"region {self.name!r} has no measurement: {why}")
+            # Nothing measured it (the runtime has warned why): say so, invent nothing.
+            r = self._result = _unmeasured(self, rt.pid)
+            return r
         rt.wait_resolved(self._t1, timeout)
         if self._raw is None and self._result is None:
             raise SamplerError(
@@ -241,6 +244,33 @@ class Tracker(_native.Region):
                     rt.emit_warnings()
 
         return wrapper  # type: ignore[return-value]
+
+
+def _unmeasured(region: Tracker, pid: int) -> Measurement:
+    """The result of a region no sampler measured: every figure NaN, ``missing`` says why."""
+    nan = float("nan")
+    return Measurement(
+        name=region.name,
+        id=region.id,
+        pid=pid,
+        thread=region.thread,
+        parent=region.parent,
+        start=nan,
+        end=nan,
+        duration_s=nan,
+        energy_j=nan,
+        cpu_j=nan,
+        dram_j=nan,
+        gpu_j=nan,
+        uncertainty_j=None,
+        by_source={},
+        co2_g=None,
+        intensity=None,
+        zone=None,
+        carbon=None,
+        missing=("sampler",),
+        tags=dict(region.tags) if region.tags else {},
+    )
 
 
 #: ``carbonctx.track(name, *, strict=None, tags=None, sync=False)`` measures a region::
