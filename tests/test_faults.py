@@ -333,3 +333,54 @@ def test_without_a_sampler_results_say_so_and_never_raise(
     # strict still raises
     with pytest.raises(carbonctx.SamplerError, match="refused"), carbonctx.track("y", strict=True):
         pass
+
+
+# ----------------------------------------------------------------------- item 15: friction
+
+
+def test_warnings_point_at_the_users_line(tmp_path: Path) -> None:
+    """A region entered inside carbonctx's own code (a decorated function with tags goes
+    through a `with` in the decorator) warns at the user's call, not at carbonctx's file."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    carbonctx.configure(
+        sys_root=str(empty),
+        dev_root=str(empty),
+        proc_root=str(empty),
+        nvml_library=str(empty / "none.so"),
+        estimate="never",
+    )
+
+    @carbonctx.tracked(tags={"k": 1})
+    def step() -> None:
+        pass
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = _line() + 1
+        step()
+    (w,) = [w for w in caught if issubclass(w.category, carbonctx.CarbonctxWarning)]
+    assert "no energy source" in str(w.message)
+    assert (w.filename, w.lineno) == (__file__, line)
+
+
+def _line() -> int:
+    import inspect
+
+    frame = inspect.currentframe()
+    assert frame is not None and frame.f_back is not None
+    return frame.f_back.f_lineno
+
+
+def test_the_demo_writes_a_fresh_file_each_run(tmp_path: Path) -> None:
+    from carbonctx._cli.demo import run_demo
+
+    out = tmp_path / "demo.jsonl"
+    out.write_text('{"kind": "region", "name": "an earlier run"}\n')
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", carbonctx.CarbonctxWarning)
+            assert run_demo(steps=3, epochs=1, simulate="yes", output=str(out), trace=None) == 0
+    names = [r["name"] for r in regions(out)]
+    assert names.count("epoch") == 1 and names.count("train_step") == 3
+    assert "an earlier run" not in names

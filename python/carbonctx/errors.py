@@ -19,6 +19,10 @@ with a :class:`CarbonctxWarning`, once per cause, and in every affected result::
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 __all__ = [
     "CarbonctxError",
     "CarbonctxWarning",
@@ -61,3 +65,24 @@ class CarbonctxWarning(RuntimeWarning):
 
 class IntensityWarning(CarbonctxWarning):
     """A carbon-intensity provider failed; figures fall back to cached or tabulated values."""
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: The command line is carbonctx's own user: warnings may point at its lines.
+_CLI_DIR = _PACKAGE_DIR + "_cli" + os.sep
+
+
+def _inside(filename: str) -> bool:
+    return filename.startswith(_PACKAGE_DIR) and not filename.startswith(_CLI_DIR)
+
+
+def warn(message: str, category: type[Warning] = CarbonctxWarning) -> None:
+    """Issue a warning attributed to the user's line: the first caller outside carbonctx
+    (``stacklevel`` found by walking out of the package's frames; the command line counts as
+    a user). Not public API."""
+    f = sys._getframe(1)
+    level = 2
+    while f.f_back is not None and _inside(f.f_code.co_filename):
+        f = f.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import warnings
@@ -49,6 +50,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def run_demo(
     *, steps: int, epochs: int, simulate: str, output: str | None, trace: str | None
 ) -> int:
+    if output:
+        # The demo's records are this run's only: a second `carbonctx report` of the file
+        # must not merge two runs (configure(output=...) appends, as a training job wants).
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+            with open(output, "w", encoding="utf-8"):
+                pass
+        except OSError as e:
+            print(f"carbonctx demo: cannot write {output}: {e}; no records", file=sys.stderr)
+            output = None
     found = _native.discover(**_config.machine(_config.build(None, {})))
     counters = [s for s in found["sources"] if s["method"] != "estimate"]
     sim: SimulatedMachine | None = None
@@ -108,10 +119,13 @@ def run_demo(
                 )
             if trace:
                 carbonctx.write_trace(trace)
-                print(f"timeline: {trace} (open it in https://ui.perfetto.dev)")
+                print(f"timeline: {os.path.abspath(trace)} (open it in https://ui.perfetto.dev)")
             if output:
                 carbonctx.flush()
-                print(f"records:  {output} (try: carbonctx report {output})")
+                print(
+                    f"records:  {os.path.abspath(output)} (this run's only; "
+                    f"try: carbonctx report {output})"
+                )
     finally:
         carbonctx.configure()  # stop the sampler before the simulated hardware goes away
         if sim is not None:

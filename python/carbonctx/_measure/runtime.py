@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import warnings
 from typing import TYPE_CHECKING, Any
 
 from carbonctx import _config, _native
@@ -26,7 +25,7 @@ from carbonctx._measure.sources import SourceColumns
 from carbonctx._output.trace import chrome_trace
 from carbonctx._results.measurement import Measurement
 from carbonctx._results.statistics import StatsTable
-from carbonctx.errors import CarbonctxWarning, SamplerError, SourceUnavailableError
+from carbonctx.errors import SamplerError, SourceUnavailableError, warn
 
 if TYPE_CHECKING:
     from carbonctx._carbon.service import IntensityService
@@ -213,7 +212,7 @@ class Runtime:
         for m in msgs:
             if m not in self._warned:
                 self._warned.add(m)
-                warnings.warn(m, CarbonctxWarning, stacklevel=3)
+                warn(m)  # attributed to the user's line, however deep carbonctx's frames
 
     def intensity(self) -> IntensityService | None:
         """The intensity service regions are priced with (None when it could not be made)."""
