@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -325,3 +326,93 @@ def test_run_without_a_sampler_exits_with_the_commands_status(
     assert rc == 4
     err = capsys.readouterr().err
     assert "exited with 4" in err and "not measured" in err and "refused" in err
+
+
+# ------------------------------------------------------------------------------------ signals
+
+#: The command: says it started (its pid in a file), then sleeps; SIGTERM ends it by default.
+CHILD = """
+import os, sys, time
+mode = sys.argv[2]
+if mode == "ignore":
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+elif mode == "clean":
+    import signal
+    def bye(sig, frame):
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, bye)
+    signal.signal(signal.SIGHUP, bye)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+for _ in range(600):
+    time.sleep(0.1)
+"""
+
+
+def _run_and_signal(
+    sim: SimulatedMachine, tmp_path: Path, sig: int, mode: str, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], int, Path]:
+    out = tmp_path / "run.jsonl"
+    pidfile = tmp_path / "child.pid"
+    child_argv = [sys.executable, "-c", CHILD, str(pidfile), mode]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "carbonctx", "run", "-o", str(out), *extra, "--", *child_argv],
+        env={**os.environ, **sim.env()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not pidfile.exists():
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "the command never started"
+            time.sleep(0.02)
+        child = int(pidfile.read_text())
+        p.send_signal(sig)
+        stdout, stderr = p.communicate(timeout=WAIT_S)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr), child, out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_run_forwards_a_signal_records_the_region_and_exits_as_the_command(
+    sig: int, sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    r, child, out = _run_and_signal(sim, tmp_path, sig, "default")
+    # The command died of the signal (SIGINT: Python's KeyboardInterrupt exits 1 or by the
+    # signal), and carbonctx passes that on instead of dying first and orphaning it.
+    assert r.returncode in ((128 + sig, 1) if sig == signal.SIGINT else (128 + sig,)), r.stderr
+    assert _gone(child), "the command was left running"
+    assert f"forwarded {signal.Signals(sig).name}" in r.stderr
+    (rec,) = [json.loads(ln) for ln in out.read_text().splitlines() if '"region"' in ln]
+    assert rec["name"] == "run" and rec["energy_j"] > 0
+
+
+def test_run_passes_on_a_clean_exit_after_a_signal(sim: SimulatedMachine, tmp_path: Path) -> None:
+    r, child, _ = _run_and_signal(sim, tmp_path, signal.SIGTERM, "clean")
+    assert r.returncode == 0, r.stderr
+    assert "exited with 0" in r.stderr and _gone(child)
+
+
+def test_run_kills_a_command_that_ignores_the_signal_after_the_bound(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    r, child, out = _run_and_signal(sim, tmp_path, signal.SIGTERM, "ignore", "--kill-after", "0.2")
+    assert r.returncode == 128 + signal.SIGKILL, r.stderr
+    assert "killing it" in r.stderr and _gone(child)
+    (rec,) = [json.loads(ln) for ln in out.read_text().splitlines() if '"region"' in ln]
+    assert rec["name"] == "run"

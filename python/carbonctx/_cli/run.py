@@ -3,14 +3,68 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
-import subprocess
 import sys
+import time
 
 from carbonctx._measure import process as _process
 from carbonctx._results.units import format_table
 
-__all__ = ["register"]
+__all__ = ["KILL_AFTER_S", "register"]
+
+#: How long a command may take to exit after a forwarded signal before it is killed (default).
+KILL_AFTER_S = 10.0
+#: Signals forwarded to the command.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_WAITED = {*FORWARDED, signal.SIGCHLD}
+#: Signals Python ignores that a command must get back at their defaults (as Popen does).
+_RESTORED = tuple(
+    getattr(signal, n) for n in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, n)
+)
+#: si_code of a signal the kernel sent (a key typed at the terminal, a hangup): the terminal's
+#: foreground process group, the command included, got it too.
+_SI_KERNEL = 0x80
+#: Longest sleep between checks of the command (a SIGCHLD can go to a thread that was started
+#: before this command blocked it).
+_WAKE_S = 0.5
+
+
+def _wait(pid: int, kill_after: float) -> int:
+    """Wait for the command, forwarding signals; its exit code (-N when signal N ended it)."""
+    deadline: float | None = None
+    killed = False
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        now = time.monotonic()
+        if deadline is not None and now >= deadline and not killed:
+            print(
+                f"carbonctx run: the command did not exit {kill_after:g} s after the signal; "
+                "killing it (SIGKILL)",
+                file=sys.stderr,
+            )
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+        timeout = _WAKE_S if deadline is None or killed else min(_WAKE_S, deadline - now)
+        info = signal.sigtimedwait(_WAITED, max(0.0, timeout))
+        if info is None or info.si_signo == signal.SIGCHLD:
+            continue
+        name = signal.Signals(info.si_signo).name
+        if info.si_code == _SI_KERNEL:
+            continue  # typed at the terminal: the command got it already, and decides
+        try:
+            os.kill(pid, info.si_signo)
+        except ProcessLookupError:
+            continue
+        if deadline is None:
+            deadline = time.monotonic() + kill_after
+        print(
+            f"carbonctx run: forwarded {name} to the command; waiting up to {kill_after:g} s "
+            "for it to exit",
+            file=sys.stderr,
+        )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,10 +72,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "run",
         help="measure a command",
         description="Run a command and measure the machine's energy while it runs. "
-        "Exit status is the command's.",
+        "Exit status is the command's (128 + N when signal N ended it). SIGTERM, SIGINT and "
+        "SIGHUP sent to carbonctx are forwarded to the command, which is killed if it has not "
+        "exited --kill-after seconds later; the region is recorded either way.",
     )
     r.add_argument("-o", "--output", default=None, help="append a JSON Lines record here")
     r.add_argument("--name", default="run", help="region name (default: run)")
+    r.add_argument(
+        "--kill-after",
+        type=float,
+        default=KILL_AFTER_S,
+        metavar="SECONDS",
+        help="after forwarding SIGTERM, SIGINT or SIGHUP to the command, wait this long for "
+        f"it to exit, then kill it (SIGKILL) (default: {KILL_AFTER_S:g})",
+    )
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     r.set_defaults(func=cmd_run)
 
@@ -40,20 +104,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 2
     carbonctx.configure(output=args.output, window=10)
-    # The region opens (and the sampler starts) before the command does, so that all of the
-    # command is measured, its start-up included.
-    with carbonctx.track(args.name, tags={"command": cmd}) as m:
-        try:
-            proc = subprocess.Popen(cmd)
-        except OSError as e:
-            print(f"carbonctx run: cannot start {cmd[0]!r}: {e}", file=sys.stderr)
-            return 127
-        while True:
+    # SIGTERM, SIGINT and SIGHUP are taken synchronously (sigtimedwait), with SIGCHLD: they are
+    # blocked before the sampler's threads start, so that those threads inherit the mask and
+    # a signal to this process waits for the loop below instead of killing it.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
+    try:
+        # The region opens (and the sampler starts) before the command does, so that all of
+        # the command is measured, its start-up included.
+        with carbonctx.track(args.name, tags={"command": cmd}) as m:
             try:
-                rc = proc.wait()
-                break
-            except KeyboardInterrupt:
-                proc.send_signal(signal.SIGINT)
+                pid = os.posix_spawnp(
+                    cmd[0],
+                    cmd,
+                    os.environ,
+                    setsigmask=old_mask,
+                    setsigdef=_RESTORED,
+                )
+            except OSError as e:
+                print(f"carbonctx run: cannot start {cmd[0]!r}: {e}", file=sys.stderr)
+                return 127
+            rc = _wait(pid, args.kill_after)
+    finally:
+        while signal.sigtimedwait(_WAITED, 0) is not None:
+            pass  # signals that came after the command ended: this process is ending anyway
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     r = m.result()
     if "sampler" in r.missing:
         rt = _process.current_runtime()
