@@ -22,9 +22,7 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (the test extra)")
-needs_mpi4py = pytest.mark.skipif(
-    not HAS_MPI4PY, reason="mpi4py is not installed (the test extra)"
-)
+needs_mpi4py = pytest.mark.skipif(not HAS_MPI4PY, reason="mpi4py is not installed (the test extra)")
 
 
 def base_env() -> dict[str, str]:
