@@ -14,11 +14,11 @@ and writes ``OUT_DIR/rank<rank>.json``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 #: How long a rank waits for the test's go before giving up (the test kills it sooner).
 WAIT_S = 30.0
@@ -60,7 +60,17 @@ def _region(out_dir: Path) -> None:
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record, default=str))
 
 
+def _rank_env() -> None:
+    """Under mpiexec every rank gets the same environment: ``RANK_ENV_FILE`` maps each rank
+    (``PMI_RANK``) to its own variables (its simulated node)."""
+    path = os.environ.get("RANK_ENV_FILE")
+    if path:
+        rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "0"
+        os.environ.update(json.loads(Path(path).read_text())[rank])
+
+
 def _epochs(engine: str, out_dir: Path, n: int, epoch_s: float, budget: float | None) -> None:
+    _rank_env()
     if engine == "torch":
         import torch.distributed as dist
 
@@ -70,18 +80,18 @@ def _epochs(engine: str, out_dir: Path, n: int, epoch_s: float, budget: float | 
 
         assert MPI.Is_initialized()
     import carbonctx
-
-    run = carbonctx.epochs(n, budget_kwh=budget, quiet=True, log_dir=str(out_dir / "logs"))
-    seen: list[dict[str, Any]] = []
-    for _ in run:
-        time.sleep(epoch_s)
-    for ep in run.job_epochs:
-        seen.append({"energy_j": ep.energy_j, "co2_g": ep.co2_g})
-    job = carbonctx.job_total()
     from carbonctx._measure import process
 
     rt = process.runtime()
     rank = rt.rank_info.rank
+    # BUDGET_RANKS: the ranks that have the budget (all by default): the stop is joint.
+    holders = os.environ.get("BUDGET_RANKS")
+    if holders is not None and str(rank) not in holders.split(","):
+        budget = None
+    run = carbonctx.epochs(n, budget_kwh=budget, quiet=True, log_dir=str(out_dir / "logs"))
+    for _ in run:
+        time.sleep(epoch_s)
+    job = carbonctx.job_total()
     record = {
         "rank": rank,
         "epochs_done": run.epochs_done,
@@ -96,9 +106,12 @@ def _epochs(engine: str, out_dir: Path, n: int, epoch_s: float, budget: float | 
                 "t1_ns": round((e.end - rt._offset) * 1e9),
                 "energy_j": e.energy_j,
             }
-            for e in run.rank_epochs
+            for e in run._rank_epochs
         ],
-        "job_epochs": seen,
+        "job_epoch_energy_j": run.epoch_energy_j,
+        "engine": run.engine,
+        "run_id": run.run_id,
+        "local_rank": rt.rank_info.local_rank,
         "log_path": str(run.log_path),
     }
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record))

@@ -23,6 +23,7 @@ Wiring it into the runtime (not done here):
 from __future__ import annotations
 
 from carbonctx._distributed.collectives import (
+    Engine,
     allreduce_sum,
     any_rank,
     engine,
@@ -34,6 +35,7 @@ from carbonctx._distributed.paths import distinguishes_ranks, expand_path, place
 from carbonctx._distributed.ranks import RankInfo, detect_ranks, parse_slurm_tasks_per_node
 
 __all__ = [
+    "Engine",
     "Gpu",
     "GpuOwnership",
     "RankInfo",

@@ -1,0 +1,139 @@
+"""A distributed job's run logs merged: the job's total, per node and per rank.
+
+Each rank of a job writes its own log (``epochs(log_dir=...)``), from any number of nodes; the
+logs of one run share its run id. A rank's figures are its own GPUs plus its share of its node's
+CPU and DRAM, so the ranks' figures add up to each node counted once: a node's figure is the sum
+of its ranks', the job's the sum of its nodes'. (The shares' rule is in each epoch record's
+``shares``; ``node_joules`` there is the node's raw figure, should it be wanted.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from carbonctx._results.runs import RunLog
+
+__all__ = ["FIGURES", "JobReport", "merge_job", "merge_jobs"]
+
+FIGURES = ("energy_j", "cpu_j", "dram_j", "gpu_j", "co2_g")
+
+
+def _figures(run: RunLog) -> dict[str, float]:
+    """One rank's figures over its epochs (the final record's where there is one)."""
+    out = dict.fromkeys(FIGURES, 0.0)
+    for e in run.epochs:
+        for k in ("cpu_j", "dram_j", "gpu_j"):
+            out[k] += float(e.get(k) or 0.0)
+    out["energy_j"] = run.energy_j
+    out["co2_g"] = float(run.co2_g or 0.0)
+    return out
+
+
+def _rank_fields(run: RunLog) -> dict[str, Any]:
+    src = run.final or run.start or (run.epochs[0] if run.epochs else {})
+    return {k: src.get(k) for k in ("rank", "local_rank", "world_size", "node", "job")}
+
+
+def _add(into: dict[str, float], more: dict[str, float]) -> None:
+    for k in FIGURES:
+        into[k] = into.get(k, 0.0) + more[k]
+
+
+@attrs.frozen(slots=True)
+class JobReport:
+    """One run of a job, merged over its ranks' logs."""
+
+    run: str
+    job: str | None
+    world_size: int | None
+    total: dict[str, float]
+    nodes: dict[str, dict[str, float]]
+    ranks: dict[str, dict[str, Any]]
+    complete: bool
+    missing_ranks: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"job": ..., "nodes": ..., "ranks": ...}`` (what ``report DIR --json`` prints)."""
+        return {
+            "job": {
+                **self.total,
+                "id": self.job,
+                "run": self.run,
+                "ranks": len(self.ranks),
+                "world_size": self.world_size,
+                "complete": self.complete,
+                "missing_ranks": list(self.missing_ranks),
+            },
+            "nodes": self.nodes,
+            "ranks": self.ranks,
+        }
+
+    def lines(self) -> list[str]:
+        """The report's text: the job total, per node, per rank."""
+
+        def fmt(f: dict[str, Any]) -> str:
+            return (
+                f"{f['energy_j']:12.2f} J  (CPU {f['cpu_j']:.2f} J, DRAM {f['dram_j']:.2f} J, "
+                f"GPU {f['gpu_j']:.2f} J)  {f['co2_g']:.4f} gCO2e"
+            )
+
+        head = f"job {self.job or '(no id)'}, run {self.run}: {len(self.ranks)} ranks"
+        if self.missing_ranks:
+            head += f" (no log from ranks {', '.join(map(str, self.missing_ranks))})"
+        out = [head, f"  job total  {fmt(self.total)}"]
+        for node, f in sorted(self.nodes.items()):
+            out.append(f"  node {node}: {fmt(f)}")
+        for rank, f in sorted(self.ranks.items(), key=lambda kv: int(kv[0])):
+            out.append(f"    rank {rank:>4} ({f.get('node')}): {fmt(f)}")
+        out.append(
+            "  (each rank: its own GPUs and its share of its node's CPU and DRAM; a node is "
+            "the sum of its ranks, so its shared sources count once)"
+        )
+        return out
+
+
+def merge_job(run_id: str, logs: Sequence[RunLog]) -> JobReport:
+    """The job's figures from its ranks' logs of one run."""
+    total = dict.fromkeys(FIGURES, 0.0)
+    nodes: dict[str, dict[str, float]] = {}
+    ranks: dict[str, dict[str, Any]] = {}
+    job = None
+    world: int | None = None
+    for log in logs:
+        fields = _rank_fields(log)
+        f = _figures(log)
+        rank = fields["rank"] if fields["rank"] is not None else 0
+        node = str(fields["node"] or "")
+        job = job or fields["job"]
+        world = world or fields["world_size"]
+        if str(rank) in ranks:
+            continue  # the same rank's log twice (copied from two places): count it once
+        ranks[str(rank)] = {**f, "node": node, "local_rank": fields["local_rank"]}
+        _add(nodes.setdefault(node, dict.fromkeys(FIGURES, 0.0)), f)
+        _add(total, f)
+    missing: tuple[int, ...] = ()
+    if world is not None:
+        missing = tuple(r for r in range(world) if str(r) not in ranks)
+    return JobReport(
+        run=run_id,
+        job=job,
+        world_size=world,
+        total=total,
+        nodes=nodes,
+        ranks=ranks,
+        complete=all(log.complete for log in logs) and not missing,
+        missing_ranks=missing,
+    )
+
+
+def merge_jobs(logs: Iterable[RunLog]) -> list[JobReport]:
+    """Every run of a distributed job among ``logs`` (those with rank fields), oldest first."""
+    by_run: dict[str, list[RunLog]] = {}
+    for log in logs:
+        if _rank_fields(log)["rank"] is None:
+            continue
+        by_run.setdefault(log.run, []).append(log)
+    return [merge_job(run, group) for run, group in by_run.items()]
