@@ -15,6 +15,8 @@ __all__ = [
     "current",
     "discover",
     "now_ns",
+    "square_wave_energy_j",
+    "square_wave_power_w",
 ]
 
 __version__: str
@@ -129,7 +131,8 @@ class Sampler:
 
 @final
 class SimMachine:
-    """Simulated RAPL hardware kept current by a writer thread."""
+    """Simulated RAPL hardware (and NVIDIA GPUs, published for the fake libnvidia-ml) kept
+    current by a writer thread."""
 
     def __new__(
         cls,
@@ -143,6 +146,8 @@ class SimMachine:
         perf: bool = True,
         model_name: str | None = None,
         cpu_model: int | None = None,
+        gpus: list[tuple[str, bool, int, float, float, float, float]] = ...,
+        gpu_update_s: float = 0.02,
     ) -> SimMachine: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -152,9 +157,22 @@ class SimMachine:
     def running(self) -> bool: ...
     def roots(self) -> dict[str, str]: ...
     def truth_j(self, domain_name: str, package: int, t_a: int, t_b: int) -> float: ...
+    def gpu_truth_j(self, index: int, t_a: int, t_b: int) -> float: ...
+    def nvml_dir(self) -> str: ...
+    def nvml_config(self) -> str | None: ...
     def write_times(self) -> list[int]: ...
     def write_count(self) -> int: ...
     def last_error(self) -> str | None: ...
     def energy_path(self, domain_name: str, package: int) -> str: ...
     def remove_zone(self, domain_name: str, package: int) -> None: ...
     def fail_reads(self, domain_name: str, package: int, fail: bool) -> None: ...
+
+def square_wave_power_w(
+    low_w: float, high_w: float, period_s: float, duty: float, elapsed_s: float
+) -> float:
+    """Power of a square wave ``elapsed_s`` after its start (the one definition, in Rust)."""
+
+def square_wave_energy_j(
+    low_w: float, high_w: float, period_s: float, duty: float, elapsed_s: float
+) -> float:
+    """Exact energy of a square wave from its start to ``elapsed_s``."""

@@ -37,7 +37,10 @@ __all__ = ["GpuSpec", "SimulatedMachine", "Wave", "build_fake_nvml"]
 @attrs.frozen(slots=True)
 class Wave:
     """A square-wave power trace: ``high_w`` for the first ``duty`` of every ``period_s``, then
-    ``low_w``. ``period_s=0`` is a constant ``low_w * (1 - duty) + high_w * duty``."""
+    ``low_w``. ``period_s=0`` is a constant ``low_w * (1 - duty) + high_w * duty``.
+
+    The trace is defined once, in Rust (``carbonctx-sim``): :meth:`power_w` and :meth:`energy_j`
+    call it, and the simulated CPU counters and GPUs follow it. Times are whole nanoseconds."""
 
     low_w: float
     high_w: float
@@ -49,23 +52,16 @@ class Wave:
         return cls(watts, watts, 0.0, 1.0)
 
     def power_w(self, elapsed_s: float) -> float:
-        if self.period_s <= 0:
-            return self.high_w * self.duty + self.low_w * (1 - self.duty)
-        return (
-            self.high_w if (elapsed_s % self.period_s) < self.duty * self.period_s else self.low_w
+        """Power ``elapsed_s`` after the trace's start."""
+        return _native.square_wave_power_w(
+            self.low_w, self.high_w, self.period_s, self.duty, elapsed_s
         )
 
     def energy_j(self, elapsed_s: float) -> float:
-        """Exact energy from the trace's start to ``elapsed_s``."""
-        if elapsed_s <= 0:
-            return 0.0
-        if self.period_s <= 0:
-            return self.power_w(0.0) * elapsed_s
-        high = self.duty * self.period_s
-        full, rem = divmod(elapsed_s, self.period_s)
-        per = self.high_w * high + self.low_w * (self.period_s - high)
-        part = self.high_w * rem if rem <= high else self.high_w * high + self.low_w * (rem - high)
-        return full * per + part
+        """Exact energy from the trace's start to ``elapsed_s`` (0 before the start)."""
+        return _native.square_wave_energy_j(
+            self.low_w, self.high_w, self.period_s, self.duty, elapsed_s
+        )
 
 
 @attrs.frozen(slots=True)
@@ -139,6 +135,12 @@ class SimulatedMachine:
         if psys is not None:
             self.waves["psys"] = psys
             zones.append(("psys", 0, psys.low_w, psys.high_w, psys.period_s, psys.duty, None, None))
+        self.gpus: list[GpuSpec] = (
+            [GpuSpec() for _ in range(gpus)] if isinstance(gpus, int) else list(gpus)
+        )
+        self.gpu_update_s = gpu_update_s
+        # The native simulator publishes the GPUs' traces and writes the fake library's
+        # configuration (nvml/fake_nvml.conf) next to where the library goes.
         self._sim = _native.SimMachine(
             self.root,
             packages=packages,
@@ -146,40 +148,28 @@ class SimulatedMachine:
             update_period_s=update_period_s,
             powercap=powercap,
             msr=msr,
+            gpus=[
+                (
+                    f"{g.name} {k}",
+                    g.energy_counter,
+                    g.base_mj,
+                    g.wave.low_w,
+                    g.wave.high_w,
+                    g.wave.period_s,
+                    g.wave.duty,
+                )
+                for k, g in enumerate(self.gpus)
+            ],
+            gpu_update_s=gpu_update_s,
         )
-        self.gpus: list[GpuSpec] = (
-            [GpuSpec() for _ in range(gpus)] if isinstance(gpus, int) else list(gpus)
-        )
-        self.gpu_update_s = gpu_update_s
         self.nvml_library: Path | None = None
         if self.gpus:
-            gdir = self.root / "nvml"
+            gdir = Path(self._sim.nvml_dir())
             if nvml_library is not None:
-                gdir.mkdir(parents=True, exist_ok=True)
                 self.nvml_library = gdir / "libnvidia-ml.so.1"
                 shutil.copyfile(nvml_library, self.nvml_library)
             else:
                 self.nvml_library = build_fake_nvml(gdir)
-            self._write_nvml_config(gdir / "fake_nvml.conf")
-
-    def _write_nvml_config(self, path: Path) -> None:
-        lines = [
-            f"devices={len(self.gpus)}",
-            f"t0_ns={self.t0_ns}",
-            f"energy_update_ms={self.gpu_update_s * 1e3:g}",
-            f"power_update_ms={self.gpu_update_s * 1e3:g}",
-        ]
-        for k, g in enumerate(self.gpus):
-            lines += [
-                f"gpu{k}.name={g.name} {k}",
-                f"gpu{k}.has_energy={int(g.energy_counter)}",
-                f"gpu{k}.low_w={g.wave.low_w:g}",
-                f"gpu{k}.high_w={g.wave.high_w:g}",
-                f"gpu{k}.period_ms={g.wave.period_s * 1e3:g}",
-                f"gpu{k}.duty={g.wave.duty:g}",
-                f"gpu{k}.base_mj={g.base_mj}",
-            ]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     @property
     def t0_ns(self) -> int:
@@ -236,8 +226,7 @@ class SimulatedMachine:
     def gpu_truth_j(self, index: int, t_a_ns: int, t_b_ns: int) -> float:
         """Exact energy of a simulated GPU between two instants (its counter lags this by up
         to one update period)."""
-        w = self.gpus[index].wave
-        return w.energy_j((t_b_ns - self.t0_ns) * 1e-9) - w.energy_j((t_a_ns - self.t0_ns) * 1e-9)
+        return float(self._sim.gpu_truth_j(index, t_a_ns, t_b_ns))
 
     def remove_zone(self, domain: str, package: int = 0) -> None:
         """Make a zone vanish mid-run, as a hot-unplugged or unloaded driver would."""

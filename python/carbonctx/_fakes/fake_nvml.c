@@ -1,6 +1,10 @@
 /*
- * A stand-in for libnvidia-ml.so.1: the NVML ABI over simulated GPUs whose power follows a
- * square wave, so that energy readings have a closed form tests can check.
+ * A stand-in for libnvidia-ml.so.1: the NVML ABI over simulated GPUs.
+ *
+ * It computes no power trace. The simulator (the carbonctx-sim crate's writer thread) publishes
+ * what each GPU reports at every millisecond tick in a state file (`state=` in the
+ * configuration); a read looks up the slot of the tick it falls in. The one definition of the
+ * waveforms is in rust/sim/src/wave.rs. Without a state file, GPUs read 0 mJ and 0 W.
  *
  * Build: cc -shared -fPIC -O2 -Wall -Wextra -o <dir>/libnvidia-ml.so.1 fake_nvml.c
  * Configuration: see README.md next to this file.
@@ -8,12 +12,14 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -37,9 +43,6 @@ typedef struct fake_device {
     char uuid[UUID_LEN];
     int has_energy;
     int has_power;
-    double low_w, high_w;
-    double period_ms, duty;
-    unsigned long long base_mj;
     unsigned int limit_w;
     unsigned long long memory_mib;
     int energy_error;
@@ -52,13 +55,15 @@ typedef struct fake_state {
     int init_count;
     unsigned int devices;
     unsigned long long t0_ns;
-    double energy_update_ms, power_update_ms;
+    char state_path[4096];
+    int state_fd;
+    unsigned long long tick_ns, ring_slots, state_devices;
     char driver_version[80];
     fake_device dev[MAX_DEVICES];
 } fake_state;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static fake_state st;
+static fake_state st = {.state_fd = -1};
 static unsigned long long calls;
 
 /* Every exported NVML entry point counts itself here. */
@@ -76,8 +81,7 @@ static void defaults(void) {
     memset(&st.dev, 0, sizeof st.dev);
     st.devices = 1;
     st.t0_ns = 0;
-    st.energy_update_ms = 20.0;
-    st.power_update_ms = 20.0;
+    st.state_path[0] = '\0';
     snprintf(st.driver_version, sizeof st.driver_version, "%s", "999.99.99");
     for (unsigned int i = 0; i < MAX_DEVICES; i++) {
         fake_device *d = &st.dev[i];
@@ -86,11 +90,6 @@ static void defaults(void) {
         snprintf(d->uuid, sizeof d->uuid, "GPU-00000000-0000-0000-0000-%012x", i);
         d->has_energy = 1;
         d->has_power = 1;
-        d->low_w = 50.0;
-        d->high_w = 150.0;
-        d->period_ms = 100.0;
-        d->duty = 0.5;
-        d->base_mj = 0;
         d->limit_w = 300;
         d->memory_mib = 16384;
     }
@@ -142,10 +141,8 @@ static int apply(const char *key, const char *val, int *init_error) {
         return 1;
     }
     if (!strcmp(key, "t0_ns")) return parse_ull(val, &st.t0_ns);
-    if (!strcmp(key, "energy_update_ms"))
-        return parse_double(val, &st.energy_update_ms) && st.energy_update_ms >= 0;
-    if (!strcmp(key, "power_update_ms"))
-        return parse_double(val, &st.power_update_ms) && st.power_update_ms >= 0;
+    if (!strcmp(key, "state"))
+        return snprintf(st.state_path, sizeof st.state_path, "%s", val) < (int)sizeof st.state_path;
     if (!strcmp(key, "init_error")) return parse_int(val, init_error);
     if (!strcmp(key, "driver_version")) {
         snprintf(st.driver_version, sizeof st.driver_version, "%s", val);
@@ -160,11 +157,6 @@ static int apply(const char *key, const char *val, int *init_error) {
     if (!strcmp(f, "uuid")) return snprintf(d->uuid, sizeof d->uuid, "%s", val) < UUID_LEN;
     if (!strcmp(f, "has_energy")) return parse_int(val, &d->has_energy);
     if (!strcmp(f, "has_power")) return parse_int(val, &d->has_power);
-    if (!strcmp(f, "low_w")) return parse_double(val, &d->low_w) && d->low_w >= 0;
-    if (!strcmp(f, "high_w")) return parse_double(val, &d->high_w) && d->high_w >= 0;
-    if (!strcmp(f, "period_ms")) return parse_double(val, &d->period_ms) && d->period_ms >= 0;
-    if (!strcmp(f, "duty")) return parse_double(val, &d->duty) && d->duty >= 0 && d->duty <= 1;
-    if (!strcmp(f, "base_mj")) return parse_ull(val, &d->base_mj);
     if (!strcmp(f, "limit_w")) {
         if (!parse_ull(val, &u) || u > 100000) return 0;
         d->limit_w = (unsigned int)u;
@@ -195,6 +187,8 @@ static int config_path(char *out, size_t len) {
     fclose(probe);
     return 1;
 }
+
+static int open_state(void);
 
 /* Loads the configuration; returns the code nvmlInit should return. Caller holds the lock. */
 static int load_config(void) {
@@ -230,38 +224,86 @@ static int load_config(void) {
         }
         fclose(fp);
     }
+    if (st.state_path[0] && init_error == 0) {
+        int ret = open_state();
+        if (ret != OK) return ret;
+    }
     if (!st.t0_ns) st.t0_ns = now_ns();
     return init_error;
 }
 
-/* ---------------------------------------------------------------- the power trace */
+/* ---------------------------------------------------------------- the published trace */
 
-/* floor() for the non-negative values used here, so the library needs no libm. */
-static double floor_nn(double x) { return x < 1.8e19 ? (double)(unsigned long long)x : x; }
+/* The state file's layout (native-endian 64-bit words; see rust/sim/src/gpu.rs): a header of 8
+ * words (magic "CCXGPU01", version 1, tick ns, t0 ns, GPUs, slots per GPU, last tick published
+ * plus one, reserved), then per GPU a ring of slots of 8 words (tick plus one, energy mJ, power
+ * mW, instantaneous power mW, busy, reserved x3). */
+#define STATE_MAGIC 0x3130555047584343ull /* "CCXGPU01" read as a little-endian word */
+#define HEADER_WORDS 8
+#define SLOT_WORDS 8
+#define LAST_TICK_WORD 6
+
+typedef struct trace_point {
+    unsigned long long energy_mj, power_mw, instant_mw, busy;
+} trace_point;
+
+static int read_words(unsigned long long *out, size_t n, unsigned long long word) {
+    size_t len = n * sizeof *out;
+    return pread(st.state_fd, out, len, (off_t)(word * sizeof *out)) == (ssize_t)len;
+}
+
+/* Opens the state file and reads its header; caller holds the lock. */
+static int open_state(void) {
+    st.state_fd = open(st.state_path, O_RDONLY | O_CLOEXEC);
+    if (st.state_fd < 0) {
+        fprintf(stderr, "fake_nvml: cannot open state %s: %s\n", st.state_path, strerror(errno));
+        return E_UNKNOWN;
+    }
+    unsigned long long h[HEADER_WORDS];
+    if (!read_words(h, HEADER_WORDS, 0) || h[0] != STATE_MAGIC || h[1] != 1 || !h[2] || !h[5]) {
+        fprintf(stderr, "fake_nvml: %s is not a carbonctx-sim GPU state file\n", st.state_path);
+        close(st.state_fd);
+        st.state_fd = -1;
+        return E_UNKNOWN;
+    }
+    st.tick_ns = h[2];
+    if (!st.t0_ns) st.t0_ns = h[3];
+    st.state_devices = h[4];
+    st.ring_slots = h[5];
+    return OK;
+}
+
+static void close_state(void) {
+    if (st.state_fd >= 0) close(st.state_fd);
+    st.state_fd = -1;
+}
+
+/* What device `d` reports now: the published slot of the current tick, or of the last tick
+ * published when the simulator is behind or stopped. Caller holds the lock. */
+static int trace_now(const fake_device *d, trace_point *p) {
+    memset(p, 0, sizeof *p);
+    if (st.state_fd < 0 || d->index >= st.state_devices) return OK;
+    unsigned long long now = now_ns();
+    unsigned long long tick = now > st.t0_ns ? (now - st.t0_ns) / st.tick_ns : 0;
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        unsigned long long last, w[SLOT_WORDS];
+        if (!read_words(&last, 1, LAST_TICK_WORD)) return E_UNKNOWN;
+        if (last == 0) return OK;
+        unsigned long long t = tick < last - 1 ? tick : last - 1;
+        unsigned long long slot = d->index * st.ring_slots + t % st.ring_slots;
+        if (!read_words(w, SLOT_WORDS, HEADER_WORDS + slot * SLOT_WORDS)) return E_UNKNOWN;
+        if (w[0] != t + 1) continue; /* being rewritten: read again */
+        p->energy_mj = w[1];
+        p->power_mw = w[2];
+        p->instant_mw = w[3];
+        p->busy = w[4];
+        return OK;
+    }
+    return E_UNKNOWN;
+}
 
 static double ms_since_t0(unsigned long long t) {
     return t > st.t0_ns ? (double)(t - st.t0_ns) / 1e6 : 0.0;
-}
-
-static double quantise(double ms, double step_ms) {
-    return step_ms > 0 ? floor_nn(ms / step_ms) * step_ms : ms;
-}
-
-static double power_w(const fake_device *d, double ms) {
-    if (d->period_ms <= 0) return d->low_w;
-    double phase = ms - floor_nn(ms / d->period_ms) * d->period_ms;
-    return phase < d->duty * d->period_ms ? d->high_w : d->low_w;
-}
-
-/* Millijoules from t0 to `ms` after it. */
-static double energy_mj(const fake_device *d, double ms) {
-    if (d->period_ms <= 0) return d->low_w * ms;
-    double high_ms = d->duty * d->period_ms;
-    double per_period = d->high_w * high_ms + d->low_w * (d->period_ms - high_ms);
-    double n = floor_nn(ms / d->period_ms);
-    double rem = ms - n * d->period_ms;
-    double part = rem < high_ms ? d->high_w * rem : d->high_w * high_ms + d->low_w * (rem - high_ms);
-    return n * per_period + part;
 }
 
 static int injected(int code, double after_ms, double ms) {
@@ -324,7 +366,7 @@ EXPORT int nvmlShutdown(void) {
     COUNT();
     pthread_mutex_lock(&lock);
     int ret = st.init_count > 0 ? OK : E_UNINITIALIZED;
-    if (st.init_count > 0) st.init_count--;
+    if (st.init_count > 0 && --st.init_count == 0) close_state();
     pthread_mutex_unlock(&lock);
     return ret;
 }
@@ -469,11 +511,12 @@ EXPORT int nvmlDeviceGetTotalEnergyConsumption(void *h, unsigned long long *ener
     double ms = ms_since_t0(now_ns());
     int err = injected(d->energy_error, d->energy_error_after_ms, ms);
     if (err) DONE(err);
-    *energy = d->base_mj + (unsigned long long)floor_nn(energy_mj(d, quantise(ms, st.energy_update_ms)));
+    trace_point p;
+    err = trace_now(d, &p);
+    if (err) DONE(err);
+    *energy = p.energy_mj;
     DONE(OK);
 }
-
-static unsigned int milliwatts(double w) { return (unsigned int)(w * 1000.0 + 0.5); }
 
 EXPORT int nvmlDeviceGetPowerUsage(void *h, unsigned int *power) {
     COUNT();
@@ -483,7 +526,10 @@ EXPORT int nvmlDeviceGetPowerUsage(void *h, unsigned int *power) {
     double ms = ms_since_t0(now_ns());
     int err = injected(d->power_error, d->power_error_after_ms, ms);
     if (err) DONE(err);
-    *power = milliwatts(power_w(d, quantise(ms, st.power_update_ms)));
+    trace_point p;
+    err = trace_now(d, &p);
+    if (err) DONE(err);
+    *power = (unsigned int)p.power_mw;
     DONE(OK);
 }
 
@@ -528,6 +574,8 @@ EXPORT int nvmlDeviceGetFieldValues(void *h, int count, nvml_field_value *values
     struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);
     double ms = ms_since_t0(now_ns());
+    trace_point p;
+    int trace_err = trace_now(d, &p);
     for (int i = 0; i < count; i++) {
         nvml_field_value *v = &values[i];
         v->timestamp = (long long)wall.tv_sec * 1000000LL + wall.tv_nsec / 1000;
@@ -538,13 +586,12 @@ EXPORT int nvmlDeviceGetFieldValues(void *h, int count, nvml_field_value *values
             v->nvmlReturn = E_NOT_SUPPORTED;
         } else if (!d->has_power) {
             v->nvmlReturn = E_NOT_SUPPORTED;
-        } else if (err) {
-            v->nvmlReturn = err;
+        } else if (err || trace_err) {
+            v->nvmlReturn = err ? err : trace_err;
         } else {
             /* Instant power is the trace now; the average is what nvmlDeviceGetPowerUsage says. */
-            double at = v->fieldId == FI_POWER_INSTANT ? ms : quantise(ms, st.power_update_ms);
             v->valueType = VALUE_TYPE_UNSIGNED_INT;
-            v->value.uiVal = milliwatts(power_w(d, at));
+            v->value.uiVal = (unsigned int)(v->fieldId == FI_POWER_INSTANT ? p.instant_mw : p.power_mw);
             v->nvmlReturn = OK;
         }
     }
@@ -592,7 +639,10 @@ EXPORT int nvmlDeviceGetUtilizationRates(void *h, utilization *u) {
     if (!u) return E_INVALID_ARGUMENT;
     WITH_DEVICE(h, d);
     /* Busy while the trace is high. */
-    int high = d->period_ms > 0 && power_w(d, ms_since_t0(now_ns())) == d->high_w;
+    trace_point p;
+    int err = trace_now(d, &p);
+    if (err) DONE(err);
+    int high = p.busy != 0;
     u->gpu = high ? 100 : 0;
     u->memory = high ? 50 : 0;
     DONE(OK);

@@ -6,7 +6,7 @@ mod sim;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use carbonctx_sampler::discover::{self as disc, EstimateMode, Options};
+use carbonctx_sampler::discover::{self as disc, Options, TdpModelUse};
 use carbonctx_sampler::sampler::{self, Config};
 use carbonctx_sampler::{Roots, SourceInfo, Unavailable};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -47,17 +47,31 @@ fn options(
     nvml: bool,
     estimate: &str,
 ) -> PyResult<Options> {
-    let env = Roots::from_env();
-    let roots = Roots {
-        sys: sys_root.unwrap_or(env.sys),
-        dev: dev_root.unwrap_or(env.dev),
-        proc: proc_root.unwrap_or(env.proc),
-        nvml_library: nvml_library.or(env.nvml_library),
+    // TEMPORARY: the core reads no environment variable, so the binding fills what it used to
+    // read here, until the Python settings module reads these once and passes them in.
+    let env_path = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
     };
-    let estimate = match estimate {
-        "auto" => EstimateMode::Auto,
-        "never" => EstimateMode::Never,
-        "always" => EstimateMode::Always,
+    let env_text = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+    let defaults = Roots::default();
+    let roots = Roots {
+        sys: sys_root
+            .or_else(|| env_path("CARBONCTX_SYSFS_ROOT"))
+            .unwrap_or(defaults.sys),
+        dev: dev_root
+            .or_else(|| env_path("CARBONCTX_DEV_ROOT"))
+            .unwrap_or(defaults.dev),
+        proc: proc_root
+            .or_else(|| env_path("CARBONCTX_PROC_ROOT"))
+            .unwrap_or(defaults.proc),
+        nvml_library: nvml_library.or_else(|| env_path("CARBONCTX_NVML_LIBRARY")),
+    };
+    let tdp_model = match estimate {
+        "auto" => TdpModelUse::Auto,
+        "never" => TdpModelUse::Never,
+        "always" => TdpModelUse::Always,
         other => {
             return Err(PyValueError::new_err(format!(
                 "estimate must be 'auto', 'never' or 'always', not {other:?}"
@@ -67,7 +81,11 @@ fn options(
     let mut opts = Options {
         roots,
         nvml,
-        estimate,
+        tdp_model,
+        // TEMPORARY, as above: read here until the Python settings pass them in.
+        cuda_visible_devices: env_text("CUDA_VISIBLE_DEVICES"),
+        cuda_device_order: env_text("CUDA_DEVICE_ORDER"),
+        cpu_tdp_w: env_text("CARBONCTX_CPU_TDP_W"),
         ..Options::default()
     };
     if let Some(b) = cpu_backends {
@@ -394,5 +412,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(region::current, m)?)?;
     m.add_function(wrap_pyfunction!(discover, m)?)?;
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
+    m.add_function(wrap_pyfunction!(sim::square_wave_power_w, m)?)?;
+    m.add_function(wrap_pyfunction!(sim::square_wave_energy_j, m)?)?;
     Ok(())
 }

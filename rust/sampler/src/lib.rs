@@ -1,25 +1,41 @@
 //! carbonctx-sampler: energy counters read on a native thread and turned into joules.
 //!
-//! The crate never sees Python. Sensors (`powercap`, `msr`, `perf`, `nvml`, `estimate`) implement
-//! [`source::EnergySource`]; [`discover`] finds them under a set of [`source::Roots`]; the
-//! [`sampler::Sampler`] polls them on its own thread and answers "how many joules between these
-//! two instants" through [`integrate`].
+//! The crate never sees Python and reads no environment variable: everything it depends on comes
+//! in through [`discover::Options`] and [`sampler::Config`]. Each folder owns one step of the
+//! flow, and imports run one way (a step uses the ones before it, never those after):
+//!
+//! ```text
+//!  hardware counters      sensors/               sampler/                timeline/
+//!  (powercap, MSR,  ───►  EnergySource  ───►     a named thread:   ───►  cumulative joules per
+//!   perf, NVML,           + discover             poll loop, phase        source against time
+//!   utilisation×TDP)      (one per domain)       lock, quiet/fast        (rings; energy at t)
+//!                                                      │                         │
+//!  region marks ──► regions.rs: marks & spans ─────────┴──► E(t_exit) − E(t_enter) per source,
+//!  (a timestamp      wait until the sampler                 in columns, drained by the caller
+//!   each: hot path)  has seen past them
+//! ```
+//!
+//! - [`sensors`]: [`EnergySource`], [`Roots`], [`discover`], and the
+//!   backends [`powercap`], [`msr`], [`perf`], [`nvml`] and [`tdp_model`];
+//! - [`timeline`]: [`accumulate`](timeline::accumulate) (deltas, wraparound, change-time
+//!   stamps) and [`history`](timeline::history) (rings, the energy at an instant);
+//! - [`sampler`]: [`Sampler`], its [`Config`], the poll loop and phase-locked polling;
+//! - [`regions`]: marks, spans and their resolution into [`Packed`] columns;
+//! - [`error`]: the one [`Error`] enum, with a hint per variant.
+//!
+//! The simulated hardware tests point these sensors at lives in the `carbonctx-sim` crate.
 
-pub mod discover;
 pub mod error;
-pub mod estimate;
-pub mod integrate;
-pub mod msr;
-pub mod nvml;
-pub mod perf;
-pub mod phase;
-pub mod powercap;
+pub mod regions;
 pub mod sampler;
-pub mod sim;
-pub mod source;
+pub mod sensors;
+pub mod timeline;
 
 pub use error::{Error, Result};
-pub use source::{
+pub use regions::{Packed, Resolved};
+pub use sampler::{Config, Sampler, SourceStatus, Stats};
+pub use sensors::{discover, msr, nvml, perf, powercap, tdp_model};
+pub use sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };
 

@@ -6,8 +6,8 @@ mod common_fs;
 use std::fs;
 
 use carbonctx_sampler::perf::{self, PerfEvent};
-use carbonctx_sampler::sim::{SimMachine, SimSpec, SquareWave, SIM_PERF_TYPE};
 use carbonctx_sampler::Domain;
+use carbonctx_sim::{SimMachine, SimSpec, SquareWave, SIM_PERF_TYPE};
 use common_fs::{fixture, roots_at};
 
 /// 2^-32 J, the scale the kernel publishes (`2.3283064365386962890625e-10`).

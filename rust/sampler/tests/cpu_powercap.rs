@@ -6,8 +6,8 @@ use std::fs;
 use std::path::Path;
 
 use carbonctx_sampler::powercap;
-use carbonctx_sampler::sim::{SimMachine, SimSpec, SquareWave};
 use carbonctx_sampler::{CounterSpec, Domain, Error, Found, Method, Reading};
+use carbonctx_sim::{SimMachine, SimSpec, SquareWave};
 use common_fs::{fixture, roots_at};
 
 fn summary(found: &Found) -> Vec<(String, Domain, u32, String)> {

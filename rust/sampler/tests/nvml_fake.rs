@@ -5,9 +5,10 @@ mod common_nvml;
 use std::thread::sleep;
 use std::time::Duration;
 
-use carbonctx_sampler::nvml::{discover, discover_with};
+use carbonctx_sampler::nvml::discover;
 use carbonctx_sampler::{now_ns, CounterSpec, Domain, Error, Found, Method, Reading, Roots};
-use common_nvml::{ms_since, FakeNvml, Trace};
+use carbonctx_sim::{SimGpu, SquareWave};
+use common_nvml::{ms_since, sim_with_gpus, FakeNvml, Trace};
 
 const TRACE: Trace = Trace {
     low_w: 40.0,
@@ -50,7 +51,7 @@ fn discovers_two_gpus_with_names_and_uuids() {
          gpu1.name=NVIDIA A100-SXM4-40GB\n\
          gpu1.uuid=GPU-66666666-7777-8888-9999-000000000000\n",
     );
-    let found = discover_with(&fake.roots(), None, None);
+    let found = discover(&fake.roots(), None, None);
     assert!(found.unavailable.is_empty(), "{}", reasons(&found));
     assert_eq!(ids(&found), ["nvml:0", "nvml:1"]);
     let a = found.sources[0].info();
@@ -81,12 +82,10 @@ fn discovers_two_gpus_with_names_and_uuids() {
 
 #[test]
 fn energy_counter_follows_the_trace() {
-    let t0 = now_ns();
-    let fake = FakeNvml::new(&format!(
-        "devices=1\nt0_ns={t0}\nenergy_update_ms=20\n{}",
-        TRACE.config(0)
-    ));
-    let mut found = discover_with(&fake.roots(), None, None);
+    let (_dir, sim) = sim_with_gpus(vec![TRACE.gpu(true)], 20, 20);
+    let t0 = sim.t0_ns();
+    let fake = FakeNvml::for_sim(&sim, "");
+    let mut found = discover(&fake.roots(), None, None);
     assert_eq!(ids(&found), ["nvml:0"], "{}", reasons(&found));
     let src = &mut found.sources[0];
     assert_eq!(src.info().method, Method::Counter);
@@ -119,12 +118,16 @@ fn energy_counter_follows_the_trace() {
 
 #[test]
 fn gpu_without_energy_counter_reads_power() {
-    let t0 = now_ns();
-    let fake = FakeNvml::new(&format!(
-        "devices=2\nt0_ns={t0}\npower_update_ms=10\ngpu1.has_energy=0\n{}",
-        TRACE.config(1)
-    ));
-    let mut found = discover_with(&fake.roots(), None, None);
+    let other = SimGpu::new(SquareWave {
+        low_w: 50.0,
+        high_w: 150.0,
+        period_ns: 100_000_000,
+        duty: 0.5,
+    });
+    let (_dir, sim) = sim_with_gpus(vec![other, TRACE.gpu(false)], 20, 10);
+    let t0 = sim.t0_ns();
+    let fake = FakeNvml::for_sim(&sim, "");
+    let mut found = discover(&fake.roots(), None, None);
     assert_eq!(ids(&found), ["nvml:0", "nvml:1"], "{}", reasons(&found));
     assert_eq!(found.sources[0].info().method, Method::Counter);
     let src = &mut found.sources[1];
@@ -152,7 +155,7 @@ fn gpu_without_energy_counter_reads_power() {
 #[test]
 fn gpu_with_neither_reading_is_unavailable() {
     let fake = FakeNvml::new("devices=2\ngpu0.has_energy=0\ngpu0.has_power=0\n");
-    let found = discover_with(&fake.roots(), None, None);
+    let found = discover(&fake.roots(), None, None);
     assert_eq!(ids(&found), ["nvml:1"]);
     assert_eq!(found.unavailable.len(), 1);
     let u = &found.unavailable[0];
@@ -170,7 +173,7 @@ fn missing_library_is_a_reason_not_an_error() {
         nvml_library: Some(dir.path().join("no-such-libnvidia-ml.so.1")),
         ..Roots::default()
     };
-    let found = discover_with(&roots, None, None);
+    let found = discover(&roots, None, None);
     assert!(found.sources.is_empty());
     assert_eq!(found.unavailable.len(), 1);
     let u = &found.unavailable[0];
@@ -188,7 +191,7 @@ fn a_library_that_is_not_nvml_is_a_reason() {
         nvml_library: Some("libc.so.6".into()),
         ..Roots::default()
     };
-    let found = discover_with(&roots, None, None);
+    let found = discover(&roots, None, None);
     assert!(found.sources.is_empty());
     assert_eq!(found.unavailable.len(), 1);
     assert!(
@@ -201,7 +204,7 @@ fn a_library_that_is_not_nvml_is_a_reason() {
 #[test]
 fn init_error_is_a_reason_with_nvml_message() {
     let fake = FakeNvml::new("devices=2\ninit_error=9\n");
-    let found = discover_with(&fake.roots(), None, None);
+    let found = discover(&fake.roots(), None, None);
     assert!(found.sources.is_empty());
     assert_eq!(found.unavailable.len(), 1);
     let u = &found.unavailable[0];
@@ -221,7 +224,7 @@ fn read_errors_carry_code_message_and_hint() {
          gpu0.energy_error=15\ngpu0.energy_error_after_ms=1000\n\
          gpu1.has_energy=0\ngpu1.power_error=18\ngpu1.power_error_after_ms=1000\n"
     ));
-    let mut found = discover_with(&fake.roots(), None, None);
+    let mut found = discover(&fake.roots(), None, None);
     assert_eq!(ids(&found), ["nvml:0", "nvml:1"], "{}", reasons(&found));
     assert_eq!(found.sources[1].info().method, Method::IntegratedPower);
     if ms_since(t0, now_ns()) < 900.0 {
@@ -258,7 +261,7 @@ fn read_errors_carry_code_message_and_hint() {
 #[test]
 fn one_read_is_one_nvml_call_and_shutdown_waits_for_the_last_source() {
     let fake = FakeNvml::new("devices=2\ngpu1.has_energy=0\n");
-    let mut found = discover_with(&fake.roots(), None, None);
+    let mut found = discover(&fake.roots(), None, None);
     assert_eq!(fake.init_count(), 1);
     for src in &mut found.sources {
         let before = fake.call_count();
@@ -289,7 +292,7 @@ fn one_read_is_one_nvml_call_and_shutdown_waits_for_the_last_source() {
 #[test]
 fn no_gpu_is_a_reason() {
     let fake = FakeNvml::new("devices=0\n");
-    let found = discover_with(&fake.roots(), None, None);
+    let found = discover(&fake.roots(), None, None);
     assert!(found.sources.is_empty());
     assert!(reasons(&found).contains("no GPU"), "{}", reasons(&found));
     assert_eq!(fake.init_count(), 0);
@@ -298,13 +301,13 @@ fn no_gpu_is_a_reason() {
 #[test]
 fn cuda_visible_devices_indices_keep_their_order() {
     let fake = four_gpus();
-    let found = discover_with(&fake.roots(), Some("2, 0"), None);
+    let found = discover(&fake.roots(), Some("2, 0"), None);
     assert!(found.unavailable.is_empty(), "{}", reasons(&found));
     assert_eq!(ids(&found), ["nvml:2", "nvml:0"]);
     // Indices are read in PCI order, which CUDA follows only when told to.
     let label = &found.sources[0].info().label;
     assert!(label.contains("CUDA_DEVICE_ORDER=PCI_BUS_ID"), "{label}");
-    let found = discover_with(&fake.roots(), Some("2,0"), Some("PCI_BUS_ID"));
+    let found = discover(&fake.roots(), Some("2,0"), Some("PCI_BUS_ID"));
     assert_eq!(ids(&found), ["nvml:2", "nvml:0"]);
     let label = &found.sources[0].info().label;
     assert!(!label.contains("CUDA_DEVICE_ORDER"), "{label}");
@@ -313,7 +316,7 @@ fn cuda_visible_devices_indices_keep_their_order() {
 #[test]
 fn cuda_visible_devices_uuids_and_prefixes() {
     let fake = four_gpus();
-    let found = discover_with(
+    let found = discover(
         &fake.roots(),
         Some("GPU-cccc0000-0000-0000-0000-000000000003,GPU-aaaa"),
         None,
@@ -323,17 +326,17 @@ fn cuda_visible_devices_uuids_and_prefixes() {
     assert!(!found.sources[0].info().label.contains("CUDA_DEVICE_ORDER"));
 
     // `GPU-bbb` matches two GPUs: ambiguous, so the list ends there.
-    let found = discover_with(&fake.roots(), Some("1,GPU-bbb,0"), None);
+    let found = discover(&fake.roots(), Some("1,GPU-bbb,0"), None);
     assert_eq!(ids(&found), ["nvml:1"]);
     assert!(reasons(&found).contains("GPU-bbb"), "{}", reasons(&found));
-    let found = discover_with(&fake.roots(), Some("GPU-bbbc"), None);
+    let found = discover(&fake.roots(), Some("GPU-bbbc"), None);
     assert_eq!(ids(&found), ["nvml:2"]);
 }
 
 #[test]
 fn cuda_visible_devices_stops_at_an_invalid_entry() {
     let fake = four_gpus();
-    let found = discover_with(&fake.roots(), Some("1,7,2"), None);
+    let found = discover(&fake.roots(), Some("1,7,2"), None);
     assert_eq!(ids(&found), ["nvml:1"]);
     assert_eq!(found.unavailable.len(), 1);
     let u = &found.unavailable[0];
@@ -342,7 +345,7 @@ fn cuda_visible_devices_stops_at_an_invalid_entry() {
     assert!(!u.hint.is_empty());
 
     for value in ["-1", "none", "0,0,1", "GPU-ffff"] {
-        let found = discover_with(&fake.roots(), Some(value), None);
+        let found = discover(&fake.roots(), Some(value), None);
         let expected: &[&str] = if value == "0,0,1" { &["nvml:0"] } else { &[] };
         assert_eq!(ids(&found), expected, "CUDA_VISIBLE_DEVICES={value:?}");
         assert!(!found.unavailable.is_empty(), "{value:?}");
@@ -352,7 +355,7 @@ fn cuda_visible_devices_stops_at_an_invalid_entry() {
 #[test]
 fn empty_cuda_visible_devices_means_no_gpu() {
     let fake = four_gpus();
-    let found = discover_with(&fake.roots(), Some(""), None);
+    let found = discover(&fake.roots(), Some(""), None);
     assert!(found.sources.is_empty());
     assert_eq!(found.unavailable.len(), 1);
     let u = &found.unavailable[0];
@@ -365,27 +368,59 @@ fn empty_cuda_visible_devices_means_no_gpu() {
 fn mig_instances_are_unavailable() {
     let fake = four_gpus();
     let mig = "MIG-aaaa0000-0000-0000-0000-000000000000";
-    let found = discover_with(&fake.roots(), Some(mig), None);
+    let found = discover(&fake.roots(), Some(mig), None);
     assert!(found.sources.is_empty());
     let text = reasons(&found);
     assert!(text.contains(mig), "{text}");
     assert!(text.contains("MIG instance"), "{text}");
 
-    let found = discover_with(&fake.roots(), Some(&format!("{mig},3")), None);
+    let found = discover(&fake.roots(), Some(&format!("{mig},3")), None);
     assert_eq!(ids(&found), ["nvml:3"]);
     assert_eq!(found.unavailable.len(), 1);
 }
 
 #[test]
-fn discover_reads_the_environment_without_changing_it() {
-    // The environment of this process is not set by any test, so `discover` sees every GPU
-    // unless whoever runs the tests restricts them.
-    let fake = FakeNvml::new("devices=2\n");
-    let expected = discover_with(
-        &fake.roots(),
-        std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
-        None,
+fn period_zero_is_the_mean_power_in_rust_and_in_the_fake_library() {
+    // One definition of the wave: a constant (period 0) trace is `high · duty + low · (1 − duty)`
+    // in the simulator, and the fake library reports what the simulator publishes.
+    let wave = SquareWave {
+        low_w: 40.0,
+        high_w: 120.0,
+        period_ns: 0,
+        duty: 0.25,
+    };
+    assert_eq!(wave.power_w(0), 60.0);
+    let mut power_only = SimGpu::new(wave);
+    power_only.energy_counter = false;
+    let (_dir, sim) = sim_with_gpus(vec![SimGpu::new(wave), power_only], 20, 20);
+    let fake = FakeNvml::for_sim(&sim, "");
+    let mut found = discover(&fake.roots(), None, None);
+    assert_eq!(ids(&found), ["nvml:0", "nvml:1"], "{}", reasons(&found));
+    assert_eq!(found.sources[1].read().unwrap(), Reading::Power(60.0));
+    let Reading::Counter(a) = found.sources[0].read().unwrap() else {
+        panic!("an energy source reads a counter");
+    };
+    let ta = now_ns();
+    sleep(Duration::from_millis(200));
+    let Reading::Counter(b) = found.sources[0].read().unwrap() else {
+        panic!("an energy source reads a counter");
+    };
+    let tb = now_ns();
+    // 60 W, within one 20 ms update (1.2 J) and a tick either side.
+    let expected_mj = 60.0 * (tb - ta) as f64 * 1e-6;
+    assert!(
+        ((b - a) as f64 - expected_mj).abs() <= 1_200.0 + 120.0 + 1.0,
+        "{} mJ vs {expected_mj} mJ at 60 W",
+        b - a
     );
-    let found = discover(&fake.roots());
-    assert_eq!(ids(&found), ids(&expected));
+}
+
+#[test]
+fn without_a_published_trace_a_gpu_reads_idle() {
+    // The fake computes no wave: with no state file its GPUs read 0 mJ and 0 W.
+    let fake = FakeNvml::new("devices=2\ngpu1.has_energy=0\n");
+    let mut found = discover(&fake.roots(), None, None);
+    assert_eq!(ids(&found), ["nvml:0", "nvml:1"], "{}", reasons(&found));
+    assert_eq!(found.sources[0].read().unwrap(), Reading::Counter(0));
+    assert_eq!(found.sources[1].read().unwrap(), Reading::Power(0.0));
 }

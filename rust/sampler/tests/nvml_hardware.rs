@@ -18,7 +18,15 @@ fn median(v: &mut [f64]) -> f64 {
 #[test]
 #[ignore = "needs an NVIDIA GPU and driver"]
 fn real_gpus_report_energy_or_power() {
-    let mut found = discover(&Roots::from_env());
+    // The test reads the environment the way the binding does; the crate itself reads none.
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let roots = Roots {
+        nvml_library: env("CARBONCTX_NVML_LIBRARY").map(Into::into),
+        ..Roots::default()
+    };
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let order = env("CUDA_DEVICE_ORDER");
+    let mut found = discover(&roots, visible.as_deref(), order.as_deref());
     for u in &found.unavailable {
         println!("unavailable: {} | {} | {}", u.what, u.reason, u.hint);
     }

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use carbonctx_sampler::Roots;
+use carbonctx_sim::{SimGpu, SimMachine, SimSpec, SquareWave};
 
 /// The stand-in's source.
 pub fn source_path() -> PathBuf {
@@ -59,13 +60,19 @@ pub struct FakeNvml {
 }
 
 impl FakeNvml {
-    /// A copy configured by `config` (`key=value` lines; see `tests/fakes/README.md`).
+    /// A copy configured by `config` (`key=value` lines; see `python/carbonctx/_fakes/README.md`).
     pub fn new(config: &str) -> FakeNvml {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let lib = dir.path().join("libnvidia-ml.so.1");
         std::fs::copy(built(), &lib).expect("copy the fake NVML library");
         std::fs::write(dir.path().join("fake_nvml.conf"), config).expect("write fake_nvml.conf");
         FakeNvml { dir, lib }
+    }
+
+    /// A copy whose GPUs are those `sim` publishes, with `extra` configuration lines.
+    pub fn for_sim(sim: &SimMachine, extra: &str) -> FakeNvml {
+        let config = sim.nvml_config().expect("the simulated machine has GPUs");
+        FakeNvml::new(&format!("{config}{extra}"))
     }
 
     /// Roots that point NVML at this copy.
@@ -100,7 +107,8 @@ impl FakeNvml {
     }
 }
 
-/// The trace the stand-in simulates, for expected values.
+/// A GPU power trace in the units the tests think in (ms, mJ), for expected values. Its wave is
+/// `carbonctx_sim::SquareWave`, the one definition the stand-in's published state comes from.
 #[derive(Clone, Copy, Debug)]
 pub struct Trace {
     pub low_w: f64,
@@ -110,29 +118,28 @@ pub struct Trace {
     pub base_mj: u64,
 }
 
+fn ms_to_ns(ms: f64) -> u64 {
+    carbonctx_sim::secs_to_ns(ms * 1e-3)
+}
+
 impl Trace {
+    pub fn wave(&self) -> SquareWave {
+        SquareWave {
+            low_w: self.low_w,
+            high_w: self.high_w,
+            period_ns: ms_to_ns(self.period_ms),
+            duty: self.duty,
+        }
+    }
+
     /// Power (W) `ms` after t0.
     pub fn power_w(&self, ms: f64) -> f64 {
-        let phase = ms - (ms / self.period_ms).floor() * self.period_ms;
-        if phase < self.duty * self.period_ms {
-            self.high_w
-        } else {
-            self.low_w
-        }
+        self.wave().power_w(ms_to_ns(ms))
     }
 
     /// Energy (mJ, without the base) from t0 to `ms` after it.
     pub fn energy_mj(&self, ms: f64) -> f64 {
-        let high_ms = self.duty * self.period_ms;
-        let per_period = self.high_w * high_ms + self.low_w * (self.period_ms - high_ms);
-        let n = (ms / self.period_ms).floor();
-        let rem = ms - n * self.period_ms;
-        let part = if rem < high_ms {
-            self.high_w * rem
-        } else {
-            self.high_w * high_ms + self.low_w * (rem - high_ms)
-        };
-        n * per_period + part
+        self.wave().energy_j(ms_to_ns(ms)) * 1e3
     }
 
     /// The counter the stand-in reports at `ms` after t0, with updates every `update_ms`.
@@ -141,13 +148,32 @@ impl Trace {
         self.base_mj + self.energy_mj(q).floor() as u64
     }
 
-    /// The config lines for GPU `k` following this trace.
-    pub fn config(&self, k: u32) -> String {
-        format!(
-            "gpu{k}.low_w={}\ngpu{k}.high_w={}\ngpu{k}.period_ms={}\ngpu{k}.duty={}\ngpu{k}.base_mj={}\n",
-            self.low_w, self.high_w, self.period_ms, self.duty, self.base_mj
-        )
+    /// A simulated GPU following this trace.
+    pub fn gpu(&self, energy_counter: bool) -> SimGpu {
+        SimGpu {
+            name: "Fake GPU".to_string(),
+            wave: self.wave(),
+            energy_counter,
+            base_mj: self.base_mj,
+        }
     }
+}
+
+/// A running simulated machine (one package, no CPU zone) publishing `gpus`, with the GPUs'
+/// energy and power update periods.
+pub fn sim_with_gpus(
+    gpus: Vec<SimGpu>,
+    energy_update_ms: u64,
+    power_update_ms: u64,
+) -> (tempfile::TempDir, SimMachine) {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let mut spec = SimSpec::new(dir.path(), 1);
+    spec.gpus = gpus;
+    spec.gpu_energy_update_ns = energy_update_ms * 1_000_000;
+    spec.gpu_power_update_ns = power_update_ms * 1_000_000;
+    let mut sim = SimMachine::new(spec).expect("simulate GPUs");
+    sim.start().expect("start the writer");
+    (dir, sim)
 }
 
 /// Milliseconds from `t0_ns` to `t_ns` (0 before it).

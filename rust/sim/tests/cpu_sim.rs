@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use carbonctx_sampler::sim::{SimMachine, SimSpec, SimZone, SquareWave, SIM_PERF_TYPE};
 use carbonctx_sampler::{msr, now_ns, powercap, Domain, EnergySource, Reading};
+use carbonctx_sim::{SimMachine, SimSpec, SimZone, SquareWave, SIM_PERF_TYPE};
 
 fn numeric_energy(w: &SquareWave, elapsed_ns: u64, step_ns: u64) -> f64 {
     // Midpoint rule on a grid fine against the period.

@@ -1,10 +1,14 @@
 //! Finds every energy source on the machine and chooses one per measured domain.
+//!
+//! Everything discovery depends on comes in through [`Options`]: the roots, the backends, and the
+//! values of the settings that used to be read from the environment here (`CUDA_VISIBLE_DEVICES`,
+//! `CUDA_DEVICE_ORDER`, `CARBONCTX_CPU_TDP_W`). This crate reads no environment variable.
 
-use crate::source::{Domain, EnergySource, Found, Roots, SourceInfo, Unavailable};
+use crate::sensors::{Domain, EnergySource, Found, Roots, SourceInfo, Unavailable};
 
-/// Whether to fall back to the utilisation × TDP estimate.
+/// When to use the utilisation × TDP model ([`crate::sensors::tdp_model`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EstimateMode {
+pub enum TdpModelUse {
     /// Only when no CPU package counter can be read.
     Auto,
     Never,
@@ -18,7 +22,14 @@ pub struct Options {
     /// CPU counter backends in order of preference; backends not listed are not used.
     pub cpu_backends: Vec<String>,
     pub nvml: bool,
-    pub estimate: EstimateMode,
+    pub tdp_model: TdpModelUse,
+    /// The value of `CUDA_VISIBLE_DEVICES` (`None`: unset): which GPUs this process sees.
+    pub cuda_visible_devices: Option<String>,
+    /// The value of `CUDA_DEVICE_ORDER` (`None`: unset).
+    pub cuda_device_order: Option<String>,
+    /// The TDP setting per package in watts, as text (`CARBONCTX_CPU_TDP_W`; `None` or empty:
+    /// unset). A value that does not parse is reported as unavailable and ignored.
+    pub cpu_tdp_w: Option<String>,
 }
 
 impl Default for Options {
@@ -27,7 +38,10 @@ impl Default for Options {
             roots: Roots::default(),
             cpu_backends: DEFAULT_CPU_BACKENDS.iter().map(|s| s.to_string()).collect(),
             nvml: true,
-            estimate: EstimateMode::Auto,
+            tdp_model: TdpModelUse::Auto,
+            cuda_visible_devices: None,
+            cuda_device_order: None,
+            cpu_tdp_w: None,
         }
     }
 }
@@ -66,14 +80,19 @@ pub fn discover(opts: &Options) -> Discovered {
     };
     for backend in &opts.cpu_backends {
         match backend.as_str() {
-            "powercap" => take(crate::powercap::discover(&opts.roots), &mut all),
-            "perf" => take(crate::perf::discover(&opts.roots), &mut all),
-            "msr" => take(crate::msr::discover(&opts.roots), &mut all),
+            "powercap" => take(super::powercap::discover(&opts.roots), &mut all),
+            "perf" => take(super::perf::discover(&opts.roots), &mut all),
+            "msr" => take(super::msr::discover(&opts.roots), &mut all),
             _ => {}
         }
     }
     if opts.nvml {
-        take(crate::nvml::discover(&opts.roots), &mut all);
+        let nvml = super::nvml::discover(
+            &opts.roots,
+            opts.cuda_visible_devices.as_deref(),
+            opts.cuda_device_order.as_deref(),
+        );
+        take(nvml, &mut all);
     }
     all.sort_by_key(|s| rank(s.info(), &opts.cpu_backends));
     let mut covered: Vec<(Domain, u32)> = Vec::new();
@@ -87,13 +106,13 @@ pub fn discover(opts: &Options) -> Discovered {
         }
     }
     let has_package = covered.iter().any(|(d, _)| *d == Domain::Package);
-    let want_estimate = match opts.estimate {
-        EstimateMode::Always => true,
-        EstimateMode::Never => false,
-        EstimateMode::Auto => !has_package,
+    let want_model = match opts.tdp_model {
+        TdpModelUse::Always => true,
+        TdpModelUse::Never => false,
+        TdpModelUse::Auto => !has_package,
     };
-    if want_estimate {
-        let found = crate::estimate::discover(&opts.roots);
+    if want_model {
+        let found = super::tdp_model::discover(&opts.roots, opts.cpu_tdp_w.as_deref());
         out.chosen.extend(found.sources);
         out.unavailable.extend(found.unavailable);
     }

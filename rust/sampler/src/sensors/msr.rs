@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::source::{
+use crate::sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };
 
@@ -177,7 +177,7 @@ pub fn discover(roots: &Roots) -> Found {
     let mut found = Found::default();
     let cpuinfo_path = roots.proc.join("cpuinfo");
     let cpuinfo = match std::fs::read_to_string(&cpuinfo_path) {
-        Ok(t) => crate::estimate::parse_cpuinfo(&t),
+        Ok(t) => crate::sensors::tdp_model::parse_cpuinfo(&t),
         Err(e) => {
             found.unavailable.push(unavailable(
                 cpuinfo_path.display().to_string(),

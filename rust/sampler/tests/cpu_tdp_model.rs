@@ -1,11 +1,11 @@
-//! The utilisation × TDP estimate: table matching, /proc/stat snapshots, labels and failures.
+//! The utilisation × TDP model: table matching, /proc/stat snapshots, labels and failures.
 
 mod common_fs;
 
 use std::fs;
 use std::path::Path;
 
-use carbonctx_sampler::estimate::{self, CpuTimes, TdpSource, DEFAULT_TDP_W};
+use carbonctx_sampler::tdp_model::{self, CpuTimes, TdpSource, DEFAULT_TDP_W};
 use carbonctx_sampler::{Domain, Method, Reading};
 use common_fs::{fixture, roots_at};
 
@@ -55,7 +55,7 @@ fn matches_real_model_strings() {
         ),
     ];
     for (model, name, tdp) in cases {
-        assert_eq!(estimate::lookup_tdp(model), Some((name, tdp)), "{model}");
+        assert_eq!(tdp_model::lookup_tdp(model), Some((name, tdp)), "{model}");
     }
     // Not in the table: generic virtual CPUs, a bare family name, an AMD-only bare number
     // inside an Intel name, a model that only shares a prefix with a table name.
@@ -66,14 +66,14 @@ fn matches_real_model_strings() {
         "Intel(R) Core(TM) i7-9700KS CPU @ 3.60GHz",
         "",
     ] {
-        assert_eq!(estimate::lookup_tdp(model), None, "{model}");
+        assert_eq!(tdp_model::lookup_tdp(model), None, "{model}");
     }
 }
 
 #[test]
 fn parses_proc_stat_and_utilisation() {
     let text = fs::read_to_string(fixture("intel-server-2s/proc/stat")).unwrap();
-    let t = estimate::parse_proc_stat(&text).unwrap();
+    let t = tdp_model::parse_proc_stat(&text).unwrap();
     // user nice system idle iowait irq softirq steal = 4705 150 1120 16250 520 0 45 0
     assert_eq!(
         t,
@@ -82,12 +82,12 @@ fn parses_proc_stat_and_utilisation() {
             total: 4705 + 150 + 1120 + 16250 + 520 + 45
         }
     );
-    assert_eq!(estimate::parse_proc_stat("cpu0 1 2 3 4\n"), None);
-    assert_eq!(estimate::parse_proc_stat("cpu  1 2 x 4\n"), None);
-    assert_eq!(estimate::parse_proc_stat("cpu  1 2 3\n"), None);
+    assert_eq!(tdp_model::parse_proc_stat("cpu0 1 2 3 4\n"), None);
+    assert_eq!(tdp_model::parse_proc_stat("cpu  1 2 x 4\n"), None);
+    assert_eq!(tdp_model::parse_proc_stat("cpu  1 2 3\n"), None);
     // Four fields are enough (very old kernels).
     assert_eq!(
-        estimate::parse_proc_stat("cpu  1 2 3 4\n"),
+        tdp_model::parse_proc_stat("cpu  1 2 3 4\n"),
         Some(CpuTimes { busy: 6, total: 10 })
     );
     let a = CpuTimes {
@@ -98,9 +98,9 @@ fn parses_proc_stat_and_utilisation() {
         busy: 175,
         total: 1100,
     };
-    assert_eq!(estimate::utilisation(a, b), Some(0.75));
-    assert_eq!(estimate::utilisation(a, a), None);
-    assert_eq!(estimate::utilisation(b, a), None);
+    assert_eq!(tdp_model::utilisation(a, b), Some(0.75));
+    assert_eq!(tdp_model::utilisation(a, a), None);
+    assert_eq!(tdp_model::utilisation(b, a), None);
 }
 
 fn machine(dir: &Path, model: &str, packages: u32) {
@@ -129,7 +129,7 @@ fn stat(dir: &Path, busy: u64, total: u64) {
 fn power_from_two_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     machine(dir.path(), "Intel(R) Core(TM) i7-9700K CPU @ 3.60GHz", 2);
-    let mut found = estimate::discover_with(&roots_at(dir.path()), Some("50"));
+    let mut found = tdp_model::discover(&roots_at(dir.path()), Some("50"));
     assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
     assert_eq!(found.sources.len(), 1);
     let src = &mut found.sources[0];
@@ -165,7 +165,7 @@ fn power_from_two_snapshots() {
 
 #[test]
 fn tdp_from_the_table_and_the_default() {
-    let (tdp, problem) = estimate::choose_tdp(&roots_at(&fixture("intel-server-2s")), None);
+    let (tdp, problem) = tdp_model::choose_tdp(&roots_at(&fixture("intel-server-2s")), None);
     assert!(problem.is_none());
     assert_eq!(tdp.source, TdpSource::Table);
     assert_eq!(tdp.packages, 2);
@@ -179,12 +179,12 @@ fn tdp_from_the_table_and_the_default() {
         tdp.label()
     );
 
-    let (tdp, _) = estimate::choose_tdp(&roots_at(&fixture("amd-epyc-2s")), None);
+    let (tdp, _) = tdp_model::choose_tdp(&roots_at(&fixture("amd-epyc-2s")), None);
     assert_eq!((tdp.tdp_w, tdp.total_w), (280.0, 560.0));
 
     let dir = tempfile::tempdir().unwrap();
     machine(dir.path(), "QEMU Virtual CPU version 2.5+", 1);
-    let found = estimate::discover_with(&roots_at(dir.path()), None);
+    let found = tdp_model::discover(&roots_at(dir.path()), None);
     let label = &found.sources[0].info().label;
     assert!(label.contains("not in the TDP table"), "{label}");
     assert!(label.contains("QEMU Virtual CPU"), "{label}");
@@ -195,7 +195,7 @@ fn tdp_from_the_table_and_the_default() {
 #[test]
 fn a_bad_setting_is_reported_and_ignored() {
     for bad in ["lots", "-5", "0", "NaN", "inf"] {
-        let found = estimate::discover_with(&roots_at(&fixture("intel-client")), Some(bad));
+        let found = tdp_model::discover(&roots_at(&fixture("intel-client")), Some(bad));
         assert_eq!(found.sources.len(), 1);
         assert_eq!(found.unavailable.len(), 1, "{bad}");
         let u = &found.unavailable[0];
@@ -206,14 +206,14 @@ fn a_bad_setting_is_reported_and_ignored() {
             .label
             .contains("Intel Core i7-9700K"));
     }
-    assert_eq!(estimate::parse_tdp_setting(" 125.5 "), Some(125.5));
+    assert_eq!(tdp_model::parse_tdp_setting(" 125.5 "), Some(125.5));
 }
 
 #[test]
 fn missing_files() {
     let dir = tempfile::tempdir().unwrap();
     // No cpuinfo: the default TDP and one package; no stat: unavailable.
-    let found = estimate::discover_with(&roots_at(dir.path()), None);
+    let found = tdp_model::discover(&roots_at(dir.path()), None);
     assert!(found.sources.is_empty());
     assert_eq!(found.unavailable.len(), 1);
     assert!(found.unavailable[0].what.ends_with("proc/stat"));
@@ -222,11 +222,11 @@ fn missing_files() {
         "{:?}",
         found.unavailable[0]
     );
-    assert!(estimate::describe(&roots_at(dir.path())).is_none());
+    assert!(tdp_model::describe(&roots_at(dir.path()), None).is_none());
 
     fs::create_dir_all(dir.path().join("proc")).unwrap();
     fs::write(dir.path().join("proc/stat"), "intr 1 2\n").unwrap();
-    let found = estimate::discover_with(&roots_at(dir.path()), None);
+    let found = tdp_model::discover(&roots_at(dir.path()), None);
     assert!(found.sources.is_empty());
     assert!(
         found.unavailable[0].reason.contains("cpu line"),
@@ -237,11 +237,9 @@ fn missing_files() {
 
 #[test]
 fn describe_the_fixtures() {
-    let d = estimate::describe(&roots_at(&fixture("intel-client"))).unwrap();
+    let d = tdp_model::describe(&roots_at(&fixture("intel-client")), None).unwrap();
     assert_eq!(d.model, "Intel(R) Core(TM) i7-9700K CPU @ 3.60GHz");
     assert_eq!(d.packages, 1);
-    if std::env::var_os("CARBONCTX_CPU_TDP_W").is_none() {
-        assert_eq!(d.tdp_w, 95.0);
-        assert_eq!(d.source.as_str(), "table");
-    }
+    assert_eq!(d.tdp_w, 95.0);
+    assert_eq!(d.source.as_str(), "table");
 }

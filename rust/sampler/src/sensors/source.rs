@@ -1,4 +1,5 @@
-//! The one interface every energy source implements, and the values it trades in.
+//! The one interface every energy source implements ([`EnergySource`]), the values it trades in,
+//! and where sensors look ([`Roots`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -121,17 +122,19 @@ pub struct Found {
 }
 
 /// Where the sensors look. Every path can be moved, which is how tests point the real code at
-/// simulated hardware.
+/// simulated hardware. The caller fills it (the Python settings map `CARBONCTX_SYSFS_ROOT`,
+/// `CARBONCTX_DEV_ROOT`, `CARBONCTX_PROC_ROOT` and `CARBONCTX_NVML_LIBRARY` onto it); this crate
+/// reads no environment variable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Roots {
-    /// `/sys` by default (`CARBONCTX_SYSFS_ROOT`).
+    /// `/sys` by default.
     pub sys: PathBuf,
-    /// `/dev` by default (`CARBONCTX_DEV_ROOT`).
+    /// `/dev` by default.
     pub dev: PathBuf,
-    /// `/proc` by default (`CARBONCTX_PROC_ROOT`).
+    /// `/proc` by default.
     pub proc: PathBuf,
-    /// The NVML library to load (`CARBONCTX_NVML_LIBRARY`); `libnvidia-ml.so.1` through the
-    /// loader's search path by default.
+    /// The NVML library to load; `libnvidia-ml.so.1` through the loader's search path by
+    /// default.
     pub nvml_library: Option<PathBuf>,
 }
 
@@ -142,24 +145,6 @@ impl Default for Roots {
             dev: PathBuf::from("/dev"),
             proc: PathBuf::from("/proc"),
             nvml_library: None,
-        }
-    }
-}
-
-impl Roots {
-    /// The defaults, with each `CARBONCTX_*` override that is set and not empty.
-    pub fn from_env() -> Self {
-        let get = |name: &str| {
-            std::env::var_os(name)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let d = Roots::default();
-        Roots {
-            sys: get("CARBONCTX_SYSFS_ROOT").unwrap_or(d.sys),
-            dev: get("CARBONCTX_DEV_ROOT").unwrap_or(d.dev),
-            proc: get("CARBONCTX_PROC_ROOT").unwrap_or(d.proc),
-            nvml_library: get("CARBONCTX_NVML_LIBRARY"),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! CPU power estimated from utilisation and TDP, for machines without energy counters.
+//! The utilisation × TDP model: CPU power for machines without energy counters.
 //!
 //! The estimate is `TDP × packages × utilisation`, where utilisation is the busy share of all
 //! CPU time in `/proc/stat` since the previous read (busy = total − idle − iowait). It is a
@@ -6,7 +6,8 @@
 //! label says which TDP was used and where it came from.
 //!
 //! The TDP per package comes from, in order:
-//! 1. the `CARBONCTX_CPU_TDP_W` setting (watts per package, read by [`discover`]);
+//! 1. the `CARBONCTX_CPU_TDP_W` setting (watts per package), which the caller passes to
+//!    [`discover`] as text (this crate reads no environment variable);
 //! 2. the embedded table `data/cpu-tdp.csv` matched against `model name` in `/proc/cpuinfo`
 //!    (see [`lookup_tdp`]);
 //! 3. [`DEFAULT_TDP_W`].
@@ -28,7 +29,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::source::{Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable};
+use crate::sensors::{
+    Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
+};
 
 const BACKEND: &str = "estimate";
 
@@ -41,7 +44,7 @@ pub const DEFAULT_TDP_W: f64 = 100.0;
 
 /// The embedded TDP table (`Name,TDP`; names as vendors write them). Attribution in the module
 /// documentation and in `data/SOURCES.md`. Rows without a positive TDP are skipped.
-const TDP_TABLE: &str = include_str!("../data/cpu-tdp.csv");
+const TDP_TABLE: &str = include_str!("../../data/cpu-tdp.csv");
 
 /// What `/proc/cpuinfo` says about the processor.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -348,14 +351,13 @@ pub fn choose_tdp(roots: &Roots, setting: Option<&str>) -> (CpuTdp, Option<Unava
     )
 }
 
-/// The TDP choice [`discover`] would make, reading `CARBONCTX_CPU_TDP_W`. `None` when
-/// `/proc/cpuinfo` cannot be read.
-pub fn describe(roots: &Roots) -> Option<CpuTdp> {
+/// The TDP choice [`discover`] would make with the TDP setting `setting` (the value of
+/// `CARBONCTX_CPU_TDP_W`, if any). `None` when `/proc/cpuinfo` cannot be read.
+pub fn describe(roots: &Roots, setting: Option<&str>) -> Option<CpuTdp> {
     if !roots.proc.join("cpuinfo").is_file() {
         return None;
     }
-    let setting = std::env::var(TDP_SETTING).ok().filter(|s| !s.is_empty());
-    Some(choose_tdp(roots, setting.as_deref()).0)
+    Some(choose_tdp(roots, setting.filter(|s| !s.is_empty())).0)
 }
 
 /// The estimated CPU power of the whole machine.
@@ -365,7 +367,7 @@ pub fn describe(roots: &Roots) -> Option<CpuTdp> {
 /// discovery. When no clock tick passed between two reads (reads closer than the kernel's tick),
 /// the previous value is returned again (0 W before any).
 #[derive(Debug)]
-pub struct EstimateSource {
+pub struct TdpModelSource {
     info: SourceInfo,
     tdp: CpuTdp,
     file: File,
@@ -375,9 +377,9 @@ pub struct EstimateSource {
     last_w: f64,
 }
 
-impl EstimateSource {
+impl TdpModelSource {
     /// Opens `<proc>/stat` and takes the first snapshot.
-    pub fn open(proc: &Path, tdp: CpuTdp) -> Result<EstimateSource, Error> {
+    pub fn open(proc: &Path, tdp: CpuTdp) -> Result<TdpModelSource, Error> {
         let path = proc.join("stat");
         let file = File::open(&path).map_err(|e| Error::io(&path, e, ""))?;
         let mut buf = vec![0u8; 4096];
@@ -393,7 +395,7 @@ impl EstimateSource {
             interval: Duration::from_millis(100),
             path: Some(path.clone()),
         };
-        Ok(EstimateSource {
+        Ok(TdpModelSource {
             info,
             tdp,
             file,
@@ -436,7 +438,7 @@ fn read_times(file: &File, path: &Path, buf: &mut [u8]) -> Result<CpuTimes, Erro
     })
 }
 
-impl EnergySource for EstimateSource {
+impl EnergySource for TdpModelSource {
     fn info(&self) -> &SourceInfo {
         &self.info
     }
@@ -454,13 +456,14 @@ impl EnergySource for EstimateSource {
     }
 }
 
-/// The estimate source, with the TDP setting given explicitly instead of read from the
-/// environment (for tests and for callers that hold their own settings).
-pub fn discover_with(roots: &Roots, tdp_setting: Option<&str>) -> Found {
+/// The model's source for the machine under `roots`, with the TDP setting `tdp_setting` (the
+/// text of `CARBONCTX_CPU_TDP_W`, if set; empty counts as unset). A setting that does not parse
+/// is reported in [`Found::unavailable`] and the table or default is used.
+pub fn discover(roots: &Roots, tdp_setting: Option<&str>) -> Found {
     let mut found = Found::default();
-    let (tdp, problem) = choose_tdp(roots, tdp_setting);
+    let (tdp, problem) = choose_tdp(roots, tdp_setting.filter(|s| !s.is_empty()));
     found.unavailable.extend(problem);
-    match EstimateSource::open(&roots.proc, tdp) {
+    match TdpModelSource::open(&roots.proc, tdp) {
         Ok(src) => found.sources.push(Box::new(src)),
         Err(e) => found.unavailable.push(Unavailable {
             backend: BACKEND,
@@ -470,12 +473,6 @@ pub fn discover_with(roots: &Roots, tdp_setting: Option<&str>) -> Found {
         }),
     }
     found
-}
-
-/// The CPU estimate for the machine under `roots`, reading `CARBONCTX_CPU_TDP_W`.
-pub fn discover(roots: &Roots) -> Found {
-    let setting = std::env::var(TDP_SETTING).ok().filter(|s| !s.is_empty());
-    discover_with(roots, setting.as_deref())
 }
 
 #[cfg(test)]

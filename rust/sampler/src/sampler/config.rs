@@ -1,0 +1,65 @@
+//! How the sampler runs: poll intervals, timeline size, settling, failure and quiet-mode
+//! thresholds. Every field has a working default.
+
+use std::time::Duration;
+
+use crate::sensors::SourceInfo;
+
+/// How the sampler runs. Every field has a working default.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Poll interval per backend (`powercap`, `msr`, `perf`, `nvml`, `estimate`); a backend not
+    /// listed uses its source's own default.
+    pub intervals: Vec<(String, Duration)>,
+    /// Points kept per source (memory is fixed: 16 bytes a point).
+    pub timeline_capacity: usize,
+    /// A source whose counter shows no change for this long after a mark is taken to have been
+    /// idle: the mark resolves with the last value. At least ten poll intervals are used.
+    pub settle: Duration,
+    /// A source counts as failed after this many consecutive read errors spanning at least
+    /// `fail_time` (a single bad read, or a short stall of whatever updates it, is retried).
+    pub fail_after: u32,
+    pub fail_time: Duration,
+    /// Learn when each counter updates and poll just after (see [`crate::sampler::phase`]); when off,
+    /// counters are polled at their fixed interval.
+    pub phase_lock: bool,
+    /// While no region mark has come for `fast_hold`, phase-locked counters are read about this
+    /// often instead of at every update (the phase and period are kept, so the first mark after
+    /// a quiet spell is timed as precisely as any). Zero: always read every update.
+    pub quiet_interval: Duration,
+    pub fast_hold: Duration,
+    /// How often a failed source is tried again.
+    pub retry: Duration,
+    /// Resolved regions kept for the caller to drain; beyond it the oldest are dropped and
+    /// counted in [`crate::Stats::dropped_regions`].
+    pub max_resolved: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            intervals: Vec::new(),
+            timeline_capacity: 1 << 16,
+            settle: Duration::from_millis(100),
+            fail_after: 5,
+            fail_time: Duration::from_millis(250),
+            phase_lock: true,
+            quiet_interval: Duration::from_millis(20),
+            fast_hold: Duration::from_secs(2),
+            retry: Duration::from_secs(1),
+            max_resolved: 1 << 20,
+        }
+    }
+}
+
+/// The poll interval for a source: its backend's entry in [`Config::intervals`], else the
+/// source's own default; never below 50 µs.
+pub(crate) fn interval_for(info: &SourceInfo, config: &Config) -> Duration {
+    config
+        .intervals
+        .iter()
+        .find(|(b, _)| b == info.backend)
+        .map(|(_, d)| *d)
+        .unwrap_or(info.interval)
+        .max(Duration::from_micros(50))
+}

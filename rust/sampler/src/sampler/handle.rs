@@ -1,0 +1,358 @@
+//! The sampler handle: the start handshake, region marks (the hot path), draining results,
+//! waiting, status, and stop (also on `Drop`).
+//!
+//! Marking a region is the hot path: [`Sampler::begin`] and [`Sampler::end`] take a monotonic
+//! timestamp and push it onto a short queue under an uncontended lock; no counter is read and
+//! nothing waits for hardware. The thread resolves a mark once every live source has a point at
+//! or after it (or has shown no change for a settling time), so results arrive within about one
+//! update period of a region's end.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::config::Config;
+use super::lock;
+use super::schedule::run;
+use crate::error::{Error, Result};
+use crate::regions::{Edge, Mark, Packed, Regions, Resolved, Span, BACKLOG_HIGH};
+use crate::sensors::{EnergySource, SourceInfo, Unavailable};
+use crate::timeline::{EnergyAt, History, Point};
+
+/// The health of one source, as the sampler saw it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceStatus {
+    pub reads: u64,
+    pub errors: u64,
+    pub failed: bool,
+    pub last_error: Option<String>,
+    /// Polls that started more than one interval after they were due.
+    pub late_polls: u64,
+    /// The latest a poll started after it was due, in ns.
+    pub max_late_ns: u64,
+    /// Due polls that were merged into a later one because the thread fell behind.
+    pub skipped_polls: u64,
+    pub wraps: u64,
+    pub resets: u64,
+    /// Cumulative joules since the sampler started.
+    pub joules: f64,
+    /// Intervals (ns, ns) whose energy could not be measured: the source failed or its counter
+    /// was reset. The most recent 32 are kept.
+    pub gaps: Vec<(u64, u64)>,
+    /// The poll interval in use, ns.
+    pub interval_ns: u64,
+    /// The counter's update period as learned by phase-locked polling, ns (0: not learned).
+    pub update_period_ns: f64,
+    /// Close brackets of an update instant that re-anchored the phase.
+    pub phase_anchors: u64,
+}
+
+/// Counters of the sampler as a whole.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub started_ns: u64,
+    pub loops: u64,
+    pub regions_begun: u64,
+    pub regions_resolved: u64,
+    pub dropped_regions: u64,
+    /// The instant up to which every mark can be resolved.
+    pub frontier_ns: u64,
+    /// Marks and spans not yet resolved, and resolved regions not yet drained.
+    pub pending_marks: usize,
+    pub undrained: usize,
+}
+
+pub(super) struct Shared {
+    pub(super) stop: AtomicBool,
+    /// The sampler reads sparsely and sleeps long: a new mark must wake it.
+    pub(super) quiet: AtomicBool,
+    pub(super) sleep: Mutex<()>,
+    pub(super) wake: Condvar,
+    pub(super) regions: Mutex<Regions>,
+    pub(super) resolved: Condvar,
+    pub(super) timelines: Mutex<Vec<History>>,
+    pub(super) status: Mutex<Vec<SourceStatus>>,
+    pub(super) next_id: AtomicU64,
+    pub(super) loops: AtomicU64,
+    /// Callers blocked in `wait_until_resolved` (the thread notifies only when there are some).
+    pub(super) waiters: AtomicUsize,
+    pub(super) started_ns: u64,
+}
+
+/// Counts a waiter for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A running sampler. Dropping it stops and joins the thread.
+pub struct Sampler {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    infos: Vec<SourceInfo>,
+    owner_pid: i32,
+}
+
+impl Sampler {
+    /// Start the thread. Each source is read once before this returns: a source that fails that
+    /// first read is left out and comes back in the second element, with the reason.
+    pub fn start(
+        sources: Vec<Box<dyn EnergySource>>,
+        config: Config,
+    ) -> Result<(Sampler, Vec<Unavailable>)> {
+        let (tx, rx) = mpsc::channel::<(Vec<SourceInfo>, Vec<Unavailable>)>();
+        let started_ns = crate::now_ns();
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+            regions: Mutex::new(Regions {
+                frontier_ns: started_ns,
+                ..Regions::default()
+            }),
+            resolved: Condvar::new(),
+            timelines: Mutex::new(Vec::new()),
+            status: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            waiters: AtomicUsize::new(0),
+            loops: AtomicU64::new(0),
+            started_ns,
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("carbonctx-sampler".into())
+            .spawn(move || run(thread_shared, sources, config, tx))
+            .map_err(|e| Error::Thread(e.to_string()))?;
+        match rx.recv() {
+            Ok((infos, unavailable)) => Ok((
+                Sampler {
+                    shared,
+                    thread: Mutex::new(Some(thread)),
+                    infos,
+                    // SAFETY: getpid has no preconditions.
+                    owner_pid: unsafe { libc::getpid() },
+                },
+                unavailable,
+            )),
+            Err(_) => {
+                let why = match thread.join() {
+                    Err(_) => "it panicked during start-up".to_string(),
+                    Ok(()) => "it ended during start-up".to_string(),
+                };
+                Err(Error::Thread(why))
+            }
+        }
+    }
+
+    /// The sources being polled; results list joules in this order.
+    pub fn sources(&self) -> &[SourceInfo] {
+        &self.infos
+    }
+
+    /// Open a region now. Returns its id.
+    #[inline]
+    pub fn begin(&self) -> u64 {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        self.mark(id, crate::now_ns(), Edge::Enter, 0);
+        id
+    }
+
+    /// Close region `id` now. Returns the timestamp used.
+    #[inline]
+    pub fn end(&self, id: u64) -> u64 {
+        let t = crate::now_ns();
+        self.mark(id, t, Edge::Exit, 0);
+        t
+    }
+
+    /// Close region `id` now with a caller's tag (e.g. an interned name), handed back with
+    /// the result. Returns the timestamp used.
+    #[inline]
+    pub fn end_tagged(&self, id: u64, tag: u32) -> u64 {
+        let t = crate::now_ns();
+        self.mark(id, t, Edge::Exit, tag);
+        t
+    }
+
+    /// Record a region that began at `t0_ns` (taken with [`crate::now_ns`]) and ends now,
+    /// with a caller's tag: one entry instead of two marks, and no id. Returns true when the
+    /// caller should drain (a producer faster than its consumer must not grow memory without
+    /// bound).
+    #[inline]
+    pub fn end_span(&self, t0_ns: u64, tag: u32) -> bool {
+        let t1_ns = crate::now_ns();
+        let Ok(dur_ns) = u32::try_from(t1_ns.saturating_sub(t0_ns)) else {
+            // Longer than 4.29 s: its start is resolved on its own, as an opened region's is.
+            let id = self.begin_at(t0_ns);
+            return self.mark(id, t1_ns, Edge::Exit, tag) >= BACKLOG_HIGH;
+        };
+        let mut r = lock(&self.shared.regions);
+        r.begun += 1;
+        r.spans.push(Span { t0_ns, dur_ns, tag });
+        let backlog = r.done.len();
+        drop(r);
+        self.wake_if_quiet();
+        backlog >= BACKLOG_HIGH
+    }
+
+    #[inline]
+    fn wake_if_quiet(&self) {
+        // Only the first mark after a quiet spell pays for waking the thread.
+        if self.shared.quiet.load(Ordering::Relaxed)
+            && self.shared.quiet.swap(false, Ordering::AcqRel)
+        {
+            let _g = lock(&self.shared.sleep);
+            self.shared.wake.notify_all();
+        }
+    }
+
+    /// Open a region at a given instant (CLOCK_MONOTONIC ns), e.g. one taken earlier.
+    pub fn begin_at(&self, t_ns: u64) -> u64 {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        self.mark(id, t_ns, Edge::Enter, 0);
+        id
+    }
+
+    /// Close region `id` at a given instant.
+    pub fn end_at(&self, id: u64, t_ns: u64) {
+        self.mark(id, t_ns, Edge::Exit, 0);
+    }
+
+    #[inline]
+    fn mark(&self, id: u64, t_ns: u64, edge: Edge, tag: u32) -> usize {
+        let mut r = lock(&self.shared.regions);
+        if edge == Edge::Enter {
+            r.begun += 1;
+        }
+        r.pending.push(Mark {
+            id,
+            t_ns,
+            edge,
+            tag,
+        });
+        let backlog = r.done.len();
+        drop(r);
+        self.wake_if_quiet();
+        backlog
+    }
+
+    /// Take every region resolved so far.
+    pub fn drain(&self) -> Vec<Resolved> {
+        let p = self.drain_packed(usize::MAX);
+        let w = self.infos.len();
+        (0..p.len())
+            .map(|i| Resolved {
+                id: p.ids[i],
+                t0_ns: p.t0_ns[i],
+                t1_ns: p.t1_ns[i],
+                joules: p.joules[i * w..(i + 1) * w].to_vec(),
+                uncertainty: p.uncertainty[i * w..(i + 1) * w].to_vec(),
+            })
+            .collect()
+    }
+
+    /// Take up to `max` of the oldest resolved regions, in columns (no allocation per region).
+    pub fn drain_packed(&self, max: usize) -> Packed {
+        let w = self.infos.len();
+        lock(&self.shared.regions).done.take_front(max, w)
+    }
+
+    /// Wait until every region that ended at or before `t_ns` is resolved, `timeout` passes,
+    /// or the resolved rows are full (drain, then wait again). Returns whether all are
+    /// resolved.
+    pub fn wait_until_resolved(&self, t_ns: u64, timeout: Duration) -> bool {
+        let caught_up = |r: &Regions| {
+            r.stopped
+                || (r.frontier_ns >= t_ns
+                    && !r.in_flight
+                    && r.spans.first().is_none_or(|s| s.t1_ns() > t_ns))
+        };
+        let r = lock(&self.shared.regions);
+        let _waiting = Waiting::new(&self.shared.waiters);
+        // Also return when the resolved rows are full: the caller must drain to make room.
+        let (r, _) = self
+            .shared
+            .resolved
+            .wait_timeout_while(r, timeout, |r| !caught_up(r) && r.done.len() < BACKLOG_HIGH)
+            .unwrap_or_else(|p| p.into_inner());
+        caught_up(&r)
+    }
+
+    /// The health of each source, in the order of [`Sampler::sources`].
+    pub fn status(&self) -> Vec<SourceStatus> {
+        lock(&self.shared.status).clone()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let r = lock(&self.shared.regions);
+        Stats {
+            started_ns: self.shared.started_ns,
+            loops: self.shared.loops.load(Ordering::Relaxed),
+            regions_begun: r.begun,
+            regions_resolved: r.resolved,
+            dropped_regions: r.dropped,
+            frontier_ns: r.frontier_ns,
+            pending_marks: r.pending.len() + r.spans.len(),
+            undrained: r.done.len(),
+        }
+    }
+
+    /// Timeline points of source `index` stamped after `since_ns`, oldest first, at most `max`.
+    pub fn timeline(&self, index: usize, since_ns: u64, max: usize) -> Vec<Point> {
+        lock(&self.shared.timelines)
+            .get(index)
+            .map(|tl| tl.since(since_ns, max))
+            .unwrap_or_default()
+    }
+
+    /// Joules of source `index` at instant `t_ns`, from the timeline (None if not covered).
+    pub fn energy_at(&self, index: usize, t_ns: u64) -> Option<EnergyAt> {
+        lock(&self.shared.timelines).get(index)?.at(t_ns)
+    }
+
+    /// Stop the thread now: one last poll, every open mark resolved, the thread joined.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        {
+            let _g = lock(&self.shared.sleep);
+            self.shared.wake.notify_all();
+        }
+        let thread = lock(&self.thread).take();
+        // SAFETY: getpid has no preconditions.
+        if unsafe { libc::getpid() } != self.owner_pid {
+            // A forked child holds a copy of this object but not the thread: never join it.
+            std::mem::forget(thread);
+            return;
+        }
+        if let Some(t) = thread {
+            // The thread catches its own panics; a join error cannot carry anything useful.
+            let _ = t.join();
+        }
+        let mut r = lock(&self.shared.regions);
+        r.stopped = true;
+        self.shared.resolved.notify_all();
+    }
+
+    pub fn is_running(&self) -> bool {
+        lock(&self.thread).is_some()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

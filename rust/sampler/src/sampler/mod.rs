@@ -1,0 +1,26 @@
+//! The sampler: a named native thread that polls every source at its own rate, keeps a
+//! timeline per source, and resolves region marks into joules once it has seen past them.
+//!
+//! - [`handle`]: the [`Sampler`] itself: the start handshake, marks, drain, wait, status, stop,
+//!   `Drop`;
+//! - [`config`]: how it runs ([`Config`]);
+//! - `schedule`: the thread's poll loop (full rate while regions are marked, sparse while
+//!   quiet), failure and retry, and the resolution pass;
+//! - [`phase`]: phase-locked polling (read each counter just after it updates).
+
+pub mod config;
+pub mod handle;
+pub mod phase;
+mod schedule;
+
+use std::sync::{Mutex, MutexGuard};
+
+pub use crate::regions::{Packed, Resolved, BACKLOG_HIGH};
+pub use config::Config;
+pub use handle::{Sampler, SourceStatus, Stats};
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock cannot leave these structures half-updated in a way that
+    // matters more than losing the sampler, so a poisoned lock is used as it is.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

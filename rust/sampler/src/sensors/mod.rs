@@ -1,0 +1,25 @@
+//! Sensors: everything that reads hardware, behind one small interface.
+//!
+//! Each backend implements [`EnergySource`] and finds its sources under a set of [`Roots`] (the
+//! seam through which tests point real code at simulated hardware); [`discover`] asks each
+//! backend and keeps one source per measured domain.
+//!
+//! ```text
+//! powercap (sysfs) ─┐
+//! msr (/dev/cpu)   ─┤
+//! perf (syscall)   ─┼─► discover ─► Vec<Box<dyn EnergySource>> ─► sampler
+//! nvml (dlopen)    ─┤
+//! tdp_model        ─┘   (utilisation × TDP, where no CPU counter can be read)
+//! ```
+
+pub mod discover;
+pub mod msr;
+pub mod nvml;
+pub mod perf;
+pub mod powercap;
+pub mod source;
+pub mod tdp_model;
+
+pub use source::{
+    CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
+};

@@ -1,0 +1,208 @@
+//! NVIDIA GPUs through NVML, loaded at run time.
+//!
+//! The library (`libnvidia-ml.so.1`, or `Roots::nvml_library`) is opened with `dlopen` when
+//! [`discover`] runs; nothing links against it, so a machine without the driver simply reports
+//! the backend as unavailable. Each visible GPU becomes one source, `nvml:<index>` with NVML's
+//! index:
+//!
+//! - where the GPU has the total-energy counter (Volta and later), a [`Method::Counter`] source
+//!   reading millijoules;
+//! - otherwise a [`Method::IntegratedPower`] source reading board power in watts.
+//!
+//! # Which GPUs are visible
+//!
+//! `CUDA_VISIBLE_DEVICES` is honoured the way CUDA reads it: unset means every GPU; an empty
+//! value means none; otherwise a comma-separated list of indices, `GPU-…` UUIDs or unique UUID
+//! prefixes, and the list ends at the first entry that names no GPU. `MIG-…` entries are
+//! reported as unavailable: NVML's energy and power cover the whole GPU, not one instance.
+//!
+//! Indices are read in NVML's order, which is PCI bus order. CUDA's default order
+//! (`CUDA_DEVICE_ORDER=FASTEST_FIRST`) can differ on machines with unlike GPUs, so index `0`
+//! may name a different GPU for CUDA than for NVML unless `CUDA_DEVICE_ORDER=PCI_BUS_ID` is
+//! set. UUIDs are exact; where indices select GPUs and the order is not `PCI_BUS_ID`, each
+//! source's label says so.
+
+mod ffi;
+mod visible;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::sensors::{
+    CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
+};
+use ffi::{error_message, hint_for, nvml_code, Handle, Nvml, ERROR_NOT_SUPPORTED};
+
+const BACKEND: &str = "nvml";
+/// NVML calls serialise in the driver; polling faster buys little and slows other users.
+const INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Energy,
+    Power,
+}
+
+/// One GPU, read through NVML.
+struct GpuSource {
+    nvml: Arc<Nvml>,
+    dev: Handle,
+    kind: Kind,
+    info: SourceInfo,
+}
+
+impl EnergySource for GpuSource {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn read(&mut self) -> Result<Reading, Error> {
+        match self.kind {
+            Kind::Energy => self
+                .nvml
+                .read_energy(self.dev)
+                .map(Reading::Counter)
+                .map_err(|rc| self.nvml.error("nvmlDeviceGetTotalEnergyConsumption", rc)),
+            Kind::Power => self
+                .nvml
+                .read_power(self.dev)
+                .map(Reading::Power)
+                .map_err(|rc| self.nvml.error("nvmlDeviceGetPowerUsage", rc)),
+        }
+    }
+}
+
+/// Finds the GPUs NVML can measure, given the values of `CUDA_VISIBLE_DEVICES` and
+/// `CUDA_DEVICE_ORDER` (`None`: unset; see the module documentation). The caller reads them
+/// (the Python settings do); this crate reads no environment variable.
+///
+/// Never fails: a missing library, driver or GPU is reported in [`Found::unavailable`] with
+/// what to do about it.
+pub fn discover(
+    roots: &Roots,
+    cuda_visible_devices: Option<&str>,
+    cuda_device_order: Option<&str>,
+) -> Found {
+    let mut found = Found::default();
+    let nvml = match ffi::open(roots) {
+        Ok(nvml) => Arc::new(nvml),
+        Err(u) => {
+            found.unavailable.push(*u);
+            return found;
+        }
+    };
+    let lib = nvml.path.display().to_string();
+    let count = match nvml.count() {
+        Ok(n) => n,
+        Err(e) => {
+            found.unavailable.push(nvml.unavailable(
+                lib,
+                format!("cannot count GPUs: {e}"),
+                hint_for(nvml_code(&e)),
+            ));
+            return found;
+        }
+    };
+    if count == 0 {
+        found.unavailable.push(nvml.unavailable(
+            lib,
+            "NVML reports no GPU".into(),
+            "check that the GPUs are visible to this machine or container (nvidia-smi)".into(),
+        ));
+        return found;
+    }
+
+    let selection = visible::select(&nvml, count, cuda_visible_devices);
+    found.unavailable.extend(selection.unavailable);
+    if selection.indices.is_empty() && cuda_visible_devices.is_some() {
+        found.unavailable.push(nvml.unavailable(
+            format!(
+                "CUDA_VISIBLE_DEVICES={:?}",
+                cuda_visible_devices.unwrap_or("")
+            ),
+            "CUDA_VISIBLE_DEVICES leaves no measurable GPU visible to this process".into(),
+            "unset CUDA_VISIBLE_DEVICES or list the GPUs to measure in it".into(),
+        ));
+    }
+    let pci_order = cuda_device_order.map(str::trim) == Some("PCI_BUS_ID");
+    for (index, by_index) in selection.indices {
+        match gpu_source(&nvml, index, by_index && !pci_order) {
+            Ok(s) => found.sources.push(Box::new(s)),
+            Err(u) => found.unavailable.push(*u),
+        }
+    }
+    found
+}
+
+fn gpu_source(
+    nvml: &Arc<Nvml>,
+    index: u32,
+    order_note: bool,
+) -> Result<GpuSource, Box<Unavailable>> {
+    let what = format!("GPU {index} ({})", nvml.path.display());
+    let dev = nvml.handle(index).map_err(|e| {
+        Box::new(nvml.unavailable(what.clone(), e.to_string(), hint_for(nvml_code(&e))))
+    })?;
+    let name = nvml
+        .string(nvml.fns.name, dev)
+        .unwrap_or_else(|| "NVIDIA GPU".into());
+    let uuid = nvml.string(nvml.fns.uuid, dev);
+    let mut label = match &uuid {
+        Some(u) => format!("{name} [{u}]"),
+        None => format!("{name} [index {index}]"),
+    };
+    if order_note {
+        label.push_str(
+            " (chosen by CUDA_VISIBLE_DEVICES index in PCI order; set \
+             CUDA_DEVICE_ORDER=PCI_BUS_ID or use UUIDs so CUDA agrees)",
+        );
+    }
+    let (kind, method, counter) = match nvml.read_energy(dev) {
+        Ok(_) => (
+            Kind::Energy,
+            Method::Counter,
+            Some(CounterSpec {
+                joules_per_unit: 1e-3,
+                wrap: None,
+            }),
+        ),
+        Err(energy_rc) => match nvml.read_power(dev) {
+            Ok(_) => (Kind::Power, Method::IntegratedPower, None),
+            Err(power_rc) => {
+                let energy = error_message(nvml.fns.error_string, energy_rc);
+                let power = error_message(nvml.fns.error_string, power_rc);
+                let code = if power_rc == ERROR_NOT_SUPPORTED {
+                    energy_rc
+                } else {
+                    power_rc
+                };
+                return Err(Box::new(nvml.unavailable(
+                    format!("{label} ({})", nvml.path.display()),
+                    format!(
+                        "neither the energy counter nor power can be read: \
+                         nvmlDeviceGetTotalEnergyConsumption: {energy} (code {energy_rc}); \
+                         nvmlDeviceGetPowerUsage: {power} (code {power_rc})"
+                    ),
+                    hint_for(code),
+                )));
+            }
+        },
+    };
+    Ok(GpuSource {
+        nvml: Arc::clone(nvml),
+        dev,
+        kind,
+        info: SourceInfo {
+            id: format!("nvml:{index}"),
+            backend: BACKEND,
+            domain: Domain::Gpu,
+            index,
+            label,
+            method,
+            counter,
+            interval: INTERVAL,
+            path: Some(nvml.path.clone()),
+        },
+    })
+}

@@ -1,0 +1,232 @@
+//! Accumulate: from raw readings to cumulative joules, one point per change.
+//!
+//! A counter is read more often than it changes (RAPL about every millisecond, NVML every 10 to
+//! 100 ms). A value is stamped with *when it changed*, not when it was read: the change happened
+//! between the previous read, which still showed the old value, and this one. Points stamped that
+//! way lie on the true energy curve to within half a poll interval, and linear interpolation
+//! between them estimates the energy at a region's edge far better than interpolation between
+//! read times does (see `DESIGN.md`, "What limits short regions").
+//!
+//! Power readings (a GPU without an energy counter, the utilisation × TDP model) are integrated
+//! with the trapezoid rule and stamped at their read time. Counters that wrap are unwrapped with
+//! their range; a counter that goes back though it never wraps is a reset (no energy invented).
+
+use super::Point;
+use crate::sensors::{CounterSpec, Reading};
+
+/// What the accumulator made of one reading.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Step {
+    /// The first reading: the baseline point (zero joules).
+    First(Point),
+    /// The energy changed: a new point.
+    Changed(Point),
+    /// A counter read that showed the same value as before.
+    Unchanged,
+    /// A counter went backwards though it never wraps (driver reload, device reset): the
+    /// accumulator re-baselines and the energy of the interval is lost; the caller records it.
+    Reset(Point),
+}
+
+/// Turns the readings of one source into cumulative joules, handling wraparound.
+#[derive(Clone, Debug)]
+pub struct Accumulator {
+    counter: Option<CounterSpec>,
+    /// How often the source is expected to change, in ns (bounds the change-time estimate).
+    update_ns: u64,
+    last_read_ns: Option<u64>,
+    last_raw: u64,
+    last_watts: f64,
+    /// Cumulative counter units (exact integer arithmetic for counters).
+    units: u128,
+    /// Cumulative joules (integrated power).
+    joules: f64,
+    /// Number of counter wraps seen.
+    pub wraps: u64,
+    /// Number of times a counter went backwards though it never wraps.
+    pub resets: u64,
+}
+
+impl Accumulator {
+    /// `counter`: the counter's spec, or `None` for a source that gives power.
+    /// `update_ns`: the interval at which the source is expected to change (its poll interval
+    /// when unknown).
+    pub fn new(counter: Option<CounterSpec>, update_ns: u64) -> Self {
+        Accumulator {
+            counter,
+            update_ns: update_ns.max(1),
+            last_read_ns: None,
+            last_raw: 0,
+            last_watts: 0.0,
+            units: 0,
+            joules: 0.0,
+            wraps: 0,
+            resets: 0,
+        }
+    }
+
+    /// Forget the previous reading, so that the next one is a new baseline (after a gap in
+    /// which the source could not be read). Energy so far is kept.
+    pub fn rebaseline(&mut self) {
+        self.last_read_ns = None;
+    }
+
+    /// Cumulative joules so far.
+    pub fn joules(&self) -> f64 {
+        match self.counter {
+            Some(spec) => self.units as f64 * spec.joules_per_unit,
+            None => self.joules,
+        }
+    }
+
+    /// Take one reading made at `t_ns`.
+    pub fn push(&mut self, t_ns: u64, reading: Reading) -> Step {
+        let Some(prev_ns) = self.last_read_ns else {
+            self.last_read_ns = Some(t_ns);
+            match reading {
+                Reading::Counter(raw) => self.last_raw = raw,
+                Reading::Power(w) => self.last_watts = sanitize_watts(w),
+            }
+            return Step::First(Point {
+                t_ns,
+                joules: self.joules(),
+            });
+        };
+        let t_ns = t_ns.max(prev_ns);
+        self.last_read_ns = Some(t_ns);
+        match (reading, self.counter) {
+            (Reading::Counter(raw), Some(spec)) => {
+                let prev = self.last_raw;
+                self.last_raw = raw;
+                if raw == prev {
+                    return Step::Unchanged;
+                }
+                let delta = if raw > prev {
+                    raw - prev
+                } else if let Some(wrap) = spec.wrap {
+                    self.wraps += 1;
+                    (wrap - prev.min(wrap)) + raw
+                } else {
+                    self.resets += 1;
+                    return Step::Reset(Point {
+                        t_ns,
+                        joules: self.joules(),
+                    });
+                };
+                self.units += u128::from(delta);
+                // The change happened after the previous read; when reads were late, it most
+                // likely happened within the last update period.
+                let gap = t_ns - prev_ns;
+                let stamp = t_ns - gap.min(self.update_ns) / 2;
+                Step::Changed(Point {
+                    t_ns: stamp,
+                    joules: self.joules(),
+                })
+            }
+            (Reading::Power(w), _) => {
+                let w = sanitize_watts(w);
+                let dt = (t_ns - prev_ns) as f64 * 1e-9;
+                self.joules += 0.5 * (self.last_watts + w) * dt;
+                self.last_watts = w;
+                Step::Changed(Point {
+                    t_ns,
+                    joules: self.joules(),
+                })
+            }
+            (Reading::Counter(_), None) => Step::Unchanged,
+        }
+    }
+}
+
+fn sanitize_watts(w: f64) -> f64 {
+    if w.is_finite() && w > 0.0 {
+        w
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn counter(wrap: Option<u64>) -> Accumulator {
+        Accumulator::new(
+            Some(CounterSpec {
+                joules_per_unit: 1e-6,
+                wrap,
+            }),
+            MS,
+        )
+    }
+
+    #[test]
+    fn counter_changes_are_stamped_between_reads() {
+        let mut a = counter(None);
+        assert_eq!(
+            a.push(10 * MS, Reading::Counter(1_000)),
+            Step::First(Point {
+                t_ns: 10 * MS,
+                joules: 0.0
+            })
+        );
+        assert_eq!(a.push(11 * MS, Reading::Counter(1_000)), Step::Unchanged);
+        match a.push(12 * MS, Reading::Counter(3_000)) {
+            Step::Changed(p) => {
+                assert_eq!(p.t_ns, 11 * MS + MS / 2);
+                assert!((p.joules - 0.002).abs() < 1e-12);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn late_read_stamps_within_one_update_period() {
+        let mut a = counter(None);
+        a.push(0, Reading::Counter(0));
+        match a.push(30 * MS, Reading::Counter(30_000)) {
+            Step::Changed(p) => assert_eq!(p.t_ns, 30 * MS - MS / 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn wraparound_adds_the_remaining_range() {
+        let mut a = counter(Some(1_000_000));
+        a.push(0, Reading::Counter(999_000));
+        a.push(MS, Reading::Counter(500));
+        assert_eq!(a.wraps, 1);
+        assert!((a.joules() - 0.0015).abs() < 1e-12);
+        a.push(2 * MS, Reading::Counter(999_999));
+        a.push(3 * MS, Reading::Counter(0));
+        assert_eq!(a.wraps, 2);
+        assert!((a.joules() - 1.001).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_counter_that_never_wraps_and_goes_back_is_a_reset() {
+        let mut a = counter(None);
+        a.push(0, Reading::Counter(5_000));
+        a.push(MS, Reading::Counter(7_000));
+        assert!(matches!(
+            a.push(2 * MS, Reading::Counter(10)),
+            Step::Reset(_)
+        ));
+        assert_eq!(a.resets, 1);
+        assert!((a.joules() - 0.002).abs() < 1e-12);
+        a.push(3 * MS, Reading::Counter(1_010));
+        assert!((a.joules() - 0.003).abs() < 1e-12);
+    }
+
+    #[test]
+    fn power_is_integrated_with_the_trapezoid_rule() {
+        let mut a = Accumulator::new(None, 20 * MS);
+        a.push(0, Reading::Power(100.0));
+        a.push(1_000 * MS, Reading::Power(200.0));
+        assert!((a.joules() - 150.0).abs() < 1e-9);
+        a.push(2_000 * MS, Reading::Power(f64::NAN));
+        assert!((a.joules() - 250.0).abs() < 1e-9);
+    }
+}

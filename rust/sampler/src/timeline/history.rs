@@ -1,0 +1,262 @@
+//! History: bounded rings of timeline points, and the energy at any instant with the bracket it
+//! lies in.
+
+use super::Point;
+
+/// A bounded ring of timeline points, oldest first. Memory is fixed at construction.
+#[derive(Clone, Debug)]
+pub struct Timeline {
+    points: Vec<Point>,
+    start: usize,
+    len: usize,
+}
+
+impl Timeline {
+    pub fn with_capacity(capacity: usize) -> Self {
+        let capacity = capacity.max(2);
+        Timeline {
+            points: vec![
+                Point {
+                    t_ns: 0,
+                    joules: 0.0
+                };
+                capacity
+            ],
+            start: 0,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The i-th point, oldest first.
+    pub fn get(&self, i: usize) -> Point {
+        self.points[(self.start + i) % self.points.len()]
+    }
+
+    pub fn first(&self) -> Option<Point> {
+        (self.len > 0).then(|| self.get(0))
+    }
+
+    pub fn last(&self) -> Option<Point> {
+        (self.len > 0).then(|| self.get(self.len - 1))
+    }
+
+    /// Append a point; times never go backwards (a point stamped before the last one is moved
+    /// to the last one's time).
+    pub fn push(&mut self, mut p: Point) {
+        if let Some(last) = self.last() {
+            p.t_ns = p.t_ns.max(last.t_ns);
+        }
+        let cap = self.points.len();
+        if self.len == cap {
+            self.points[self.start] = p;
+            self.start = (self.start + 1) % cap;
+        } else {
+            self.points[(self.start + self.len) % cap] = p;
+            self.len += 1;
+        }
+    }
+
+    /// Index of the first point stamped at or after `t_ns` (`len` if none).
+    fn lower_bound(&self, t_ns: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.len);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.get(mid).t_ns < t_ns {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Joules at `t_ns`, linearly interpolated between the points around it, with the bracket
+    /// `(low, high)` the true value lies in (energy never decreases). Before the first point
+    /// the first value is used; after the last, the last (and the bracket is open above: `high`
+    /// is infinite). `None` if the timeline is empty.
+    pub fn at(&self, t_ns: u64) -> Option<EnergyAt> {
+        let first = self.first()?;
+        if t_ns <= first.t_ns {
+            return Some(EnergyAt::exact(first.joules));
+        }
+        let i = self.lower_bound(t_ns);
+        if i == self.len {
+            let last = self.get(self.len - 1);
+            return Some(EnergyAt {
+                joules: last.joules,
+                low: last.joules,
+                high: f64::INFINITY,
+            });
+        }
+        let hi = self.get(i);
+        if hi.t_ns == t_ns {
+            return Some(EnergyAt::exact(hi.joules));
+        }
+        let lo = self.get(i - 1);
+        let frac = (t_ns - lo.t_ns) as f64 / (hi.t_ns - lo.t_ns) as f64;
+        Some(EnergyAt {
+            joules: lo.joules + (hi.joules - lo.joules) * frac,
+            low: lo.joules,
+            high: hi.joules,
+        })
+    }
+
+    /// Points stamped after `since_ns`, oldest first, at most `max` of them.
+    pub fn since(&self, since_ns: u64, max: usize) -> Vec<Point> {
+        let i = self.lower_bound(since_ns.saturating_add(1));
+        (i..self.len).take(max).map(|k| self.get(k)).collect()
+    }
+}
+
+/// The energy at an instant (interpolated) and the bracket `[low, high]` it lies in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EnergyAt {
+    pub joules: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl EnergyAt {
+    pub fn exact(joules: f64) -> Self {
+        EnergyAt {
+            joules,
+            low: joules,
+            high: joules,
+        }
+    }
+}
+
+/// A fine timeline of recent points and a coarse one reaching far back, so that the start of a
+/// long region can be found after the fine ring has moved on.
+#[derive(Clone, Debug)]
+pub struct History {
+    fine: Timeline,
+    coarse: Timeline,
+    step_ns: u64,
+}
+
+impl History {
+    /// `fine` points of full resolution; `coarse` points at least `step_ns` apart.
+    pub fn new(fine: usize, coarse: usize, step_ns: u64) -> Self {
+        History {
+            fine: Timeline::with_capacity(fine),
+            coarse: Timeline::with_capacity(coarse),
+            step_ns,
+        }
+    }
+
+    pub fn push(&mut self, p: Point) {
+        self.fine.push(p);
+        if self
+            .coarse
+            .last()
+            .is_none_or(|c| p.t_ns >= c.t_ns.saturating_add(self.step_ns))
+        {
+            self.coarse.push(p);
+        }
+    }
+
+    pub fn last(&self) -> Option<Point> {
+        self.fine.last()
+    }
+
+    /// Points of full resolution stamped after `since_ns`.
+    pub fn since(&self, since_ns: u64, max: usize) -> Vec<Point> {
+        self.fine.since(since_ns, max)
+    }
+
+    /// Joules at `t_ns` (see [`Timeline::at`]); before the fine ring, from the coarse one.
+    pub fn at(&self, t_ns: u64) -> Option<EnergyAt> {
+        let first = self.fine.first()?;
+        if t_ns >= first.t_ns {
+            return self.fine.at(t_ns);
+        }
+        let e = self.coarse.at(t_ns)?;
+        if !e.high.is_infinite() {
+            return Some(e);
+        }
+        // Between the last coarse point and the first fine one.
+        let lo = self.coarse.last()?;
+        if first.t_ns <= lo.t_ns {
+            return Some(e);
+        }
+        let frac = (t_ns - lo.t_ns) as f64 / (first.t_ns - lo.t_ns) as f64;
+        Some(EnergyAt {
+            joules: lo.joules + (first.joules - lo.joules) * frac,
+            low: lo.joules,
+            high: first.joules,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_interpolates_and_brackets() {
+        let mut tl = Timeline::with_capacity(4);
+        assert!(tl.at(5).is_none());
+        for (t, j) in [(10, 0.0), (20, 1.0), (30, 3.0)] {
+            tl.push(Point { t_ns: t, joules: j });
+        }
+        assert_eq!(tl.at(0).unwrap(), EnergyAt::exact(0.0));
+        let e = tl.at(25).unwrap();
+        assert!((e.joules - 2.0).abs() < 1e-12);
+        assert_eq!((e.low, e.high), (1.0, 3.0));
+        assert_eq!(tl.at(20).unwrap(), EnergyAt::exact(1.0));
+        let after = tl.at(40).unwrap();
+        assert_eq!(after.joules, 3.0);
+        assert!(after.high.is_infinite());
+    }
+
+    #[test]
+    fn timeline_is_bounded_and_keeps_the_newest() {
+        let mut tl = Timeline::with_capacity(3);
+        for t in 0..10u64 {
+            tl.push(Point {
+                t_ns: t,
+                joules: t as f64,
+            });
+        }
+        assert_eq!(tl.len(), 3);
+        assert_eq!(tl.first().unwrap().t_ns, 7);
+        assert_eq!(
+            tl.since(7, 10).iter().map(|p| p.t_ns).collect::<Vec<_>>(),
+            vec![8, 9]
+        );
+        // Out-of-order stamps are clamped, never reorder the ring.
+        tl.push(Point {
+            t_ns: 1,
+            joules: 10.0,
+        });
+        assert_eq!(tl.last().unwrap().t_ns, 9);
+    }
+
+    #[test]
+    fn old_instants_come_from_the_coarse_ring() {
+        let mut h = History::new(4, 16, 10);
+        for t in 0..40u64 {
+            h.push(Point {
+                t_ns: t,
+                joules: 2.0 * t as f64,
+            });
+        }
+        // The fine ring holds 36..39; 15 is found between coarse points 10 and 20.
+        let e = h.at(15).unwrap();
+        assert!((e.joules - 30.0).abs() < 1e-9);
+        assert_eq!((e.low, e.high), (20.0, 40.0));
+        // Between the last coarse point (30) and the first fine one (36).
+        let e = h.at(33).unwrap();
+        assert!((e.joules - 66.0).abs() < 1e-9);
+        assert!((h.at(38).unwrap().joules - 76.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,19 @@
+//! The timeline of each source: cumulative joules against CLOCK_MONOTONIC time.
+//!
+//! [`accumulate`] turns readings into points (deltas, wraparound, resets, change-time stamps);
+//! [`history`] keeps them in fixed-size rings and answers "how many joules at this instant, and
+//! within what bracket" ([`EnergyAt`]).
+
+pub mod accumulate;
+pub mod history;
+
+pub use accumulate::{Accumulator, Step};
+pub use history::{EnergyAt, History, Timeline};
+
+/// One point of a source's timeline: cumulative joules since the source was first read, and the
+/// monotonic instant (ns) at which the energy had that value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    pub t_ns: u64,
+    pub joules: f64,
+}

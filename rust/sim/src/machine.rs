@@ -1,0 +1,254 @@
+//! [`SimMachine`]: a simulated machine's file tree, its writer thread, and the truth to compare
+//! measurements with.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use carbonctx_sampler::{now_ns, Domain, Error, Roots};
+
+use crate::gpu::{GpuFiles, CONFIG_FILE};
+use crate::spec::SimSpec;
+use crate::tree::{self, remove_any};
+use crate::writer::{lock, writer, Inner, Shared};
+
+/// A simulated machine: its file tree and the thread that moves its counters.
+pub struct SimMachine {
+    spec: SimSpec,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SimMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimMachine")
+            .field("spec", &self.spec)
+            .field("running", &self.thread.is_some())
+            .finish()
+    }
+}
+
+impl SimMachine {
+    /// Writes the file tree described by `spec` (first removing the simulated parts an earlier
+    /// machine left under the same root) and sets `t0` to now. The counters do not move until
+    /// [`Self::start`] (or [`Self::write_at`]).
+    pub fn new(spec: SimSpec) -> Result<SimMachine, Error> {
+        spec.validate()?;
+        let (zones, msr_files) = tree::build(&spec)?;
+        let t0 = now_ns();
+        let mut inner = Inner {
+            t0,
+            zones,
+            msr_files,
+            write_times: VecDeque::new(),
+            writes: 0,
+            last_error: None,
+            gpus: GpuFiles::create(&spec, t0)?,
+        };
+        if let Some(g) = &inner.gpus {
+            tree::write_file(&spec.root.join("nvml").join(CONFIG_FILE), &g.config())?;
+        }
+        inner.write_at(t0)?;
+        inner.write_times.clear();
+        inner.writes = 0;
+        Ok(SimMachine {
+            spec,
+            shared: Arc::new(Shared {
+                inner: Mutex::new(inner),
+                stop: Mutex::new(false),
+                wake: Condvar::new(),
+            }),
+            thread: None,
+        })
+    }
+
+    /// The spec this machine was built from.
+    pub fn spec(&self) -> &SimSpec {
+        &self.spec
+    }
+
+    /// Roots pointing into the simulated tree (`<root>/sys`, `<root>/dev`, `<root>/proc`).
+    pub fn roots(&self) -> Roots {
+        Roots {
+            sys: self.spec.root.join("sys"),
+            dev: self.spec.root.join("dev"),
+            proc: self.spec.root.join("proc"),
+            nvml_library: None,
+        }
+    }
+
+    /// The start of every trace, monotonic nanoseconds (see [`carbonctx_sampler::now_ns`]).
+    pub fn t0_ns(&self) -> u64 {
+        lock(&self.shared.inner).t0
+    }
+
+    /// Starts the writer thread. Does nothing when it already runs.
+    pub fn start(&mut self) -> Result<(), Error> {
+        if self.thread.is_some() {
+            return Ok(());
+        }
+        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        let shared = Arc::clone(&self.shared);
+        let period = self.spec.update_period_ns;
+        let handle = std::thread::Builder::new()
+            .name("carbonctx-sim".to_string())
+            .spawn(move || writer(&shared, period))
+            .map_err(|e| Error::Thread(format!("carbonctx-sim: {e}")))?;
+        self.thread = Some(handle);
+        Ok(())
+    }
+
+    /// Stops the writer thread and waits for it. The files keep their last values.
+    pub fn stop(&mut self) {
+        if let Some(handle) = self.thread.take() {
+            *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            self.shared.wake.notify_all();
+            let _ = handle.join();
+        }
+    }
+
+    /// Whether the writer thread runs.
+    pub fn is_running(&self) -> bool {
+        self.thread.is_some()
+    }
+
+    /// Writes every counter as of monotonic time `t_ns`, by hand (for step-by-step tests with
+    /// the thread stopped). Times before `t0` count as `t0`.
+    pub fn write_at(&self, t_ns: u64) -> Result<(), Error> {
+        lock(&self.shared.inner).write_at(t_ns)
+    }
+
+    /// The times of the writes so far (the latest [`crate::WRITE_TIMES_KEPT`]).
+    pub fn write_times(&self) -> Vec<u64> {
+        lock(&self.shared.inner)
+            .write_times
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// How many updates have been written since [`Self::new`].
+    pub fn write_count(&self) -> u64 {
+        lock(&self.shared.inner).writes
+    }
+
+    /// The last error the writer met, if any (it keeps going).
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.shared.inner).last_error.clone()
+    }
+
+    fn zone_index(&self, domain: Domain, package: u32) -> Result<usize, Error> {
+        self.spec
+            .zones
+            .iter()
+            .position(|z| z.domain == domain && z.package == package)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the simulated machine has no {} zone for package {package}",
+                    domain.as_str()
+                ))
+            })
+    }
+
+    /// The exact energy of a zone's trace between two monotonic instants, joules. Instants
+    /// before `t0` count as `t0`. Negative when `t_b < t_a`.
+    pub fn truth_j(&self, domain: Domain, package: u32, t_a: u64, t_b: u64) -> Result<f64, Error> {
+        let i = self.zone_index(domain, package)?;
+        let t0 = self.t0_ns();
+        let wave = self.spec.zones[i].wave;
+        Ok(wave.energy_j(t_b.saturating_sub(t0)) - wave.energy_j(t_a.saturating_sub(t0)))
+    }
+
+    /// The exact energy of GPU `index`'s trace between two monotonic instants, joules (its
+    /// energy counter lags this by up to one update period). Instants before `t0` count as `t0`.
+    pub fn gpu_truth_j(&self, index: usize, t_a: u64, t_b: u64) -> Result<f64, Error> {
+        let gpu = self.spec.gpus.get(index).ok_or_else(|| {
+            Error::Invalid(format!(
+                "the simulated machine has {} GPUs, not one numbered {index}",
+                self.spec.gpus.len()
+            ))
+        })?;
+        let t0 = self.t0_ns();
+        let wave = gpu.wave;
+        Ok(wave.energy_j(t_b.saturating_sub(t0)) - wave.energy_j(t_a.saturating_sub(t0)))
+    }
+
+    /// The directory of the GPUs' files (`<root>/nvml`): the state file and the fake library's
+    /// configuration; the fake library goes here too, so that it finds its configuration.
+    pub fn nvml_dir(&self) -> PathBuf {
+        self.spec.root.join("nvml")
+    }
+
+    /// The fake library's configuration for this machine's GPUs (also written to
+    /// `<root>/nvml/fake_nvml.conf`); `None` without GPUs.
+    pub fn nvml_config(&self) -> Option<String> {
+        lock(&self.shared.inner).gpus.as_ref().map(|g| g.config())
+    }
+
+    /// The powercap counter value the machine writes for a zone at time `t_ns`, µJ.
+    pub fn counter_uj_at(&self, domain: Domain, package: u32, t_ns: u64) -> Result<u64, Error> {
+        let i = self.zone_index(domain, package)?;
+        let z = &self.spec.zones[i];
+        let e = z.offset_j + z.wave.energy_j(t_ns.saturating_sub(self.t0_ns()));
+        Ok(((e * 1e6).floor() as u64) % z.max_energy_range_uj.saturating_add(1))
+    }
+
+    /// The powercap zone directory of a zone (the real directory the class symlink points to).
+    pub fn zone_dir(&self, domain: Domain, package: u32) -> Result<PathBuf, Error> {
+        let i = self.zone_index(domain, package)?;
+        lock(&self.shared.inner).zones[i]
+            .dir
+            .clone()
+            .ok_or_else(|| Error::Invalid("the powercap tree is not simulated".into()))
+    }
+
+    /// `energy_uj` of a zone.
+    pub fn energy_path(&self, domain: Domain, package: u32) -> Result<PathBuf, Error> {
+        Ok(self.zone_dir(domain, package)?.join("energy_uj"))
+    }
+
+    /// Makes a zone vanish, as when its driver is unloaded: its `energy_uj` is emptied (readers
+    /// holding it open read nothing), and its directory and class symlink are removed. Removing
+    /// a package zone removes its sub-zones too. Its MSR counters keep moving.
+    pub fn remove_zone(&self, domain: Domain, package: u32) -> Result<(), Error> {
+        let i = self.zone_index(domain, package)?;
+        let mut inner = lock(&self.shared.inner);
+        let Some(dir) = inner.zones[i].dir.clone() else {
+            return Err(Error::Invalid("the powercap tree is not simulated".into()));
+        };
+        for z in inner.zones.iter_mut() {
+            let inside = z.dir.as_ref().is_some_and(|d| d.starts_with(&dir));
+            if inside && !z.removed {
+                z.removed = true;
+                if let Some(f) = &z.energy {
+                    let _ = f.set_len(0);
+                }
+                if let Some(link) = &z.link {
+                    remove_any(link)?;
+                }
+            }
+        }
+        remove_any(&dir)
+    }
+
+    /// Makes a zone's `energy_uj` read as non-numeric text from the next update on (`true`), or
+    /// as its counter again (`false`). Effective at once when the thread is stopped.
+    pub fn fail_reads(&self, domain: Domain, package: u32, fail: bool) -> Result<(), Error> {
+        let i = self.zone_index(domain, package)?;
+        let mut inner = lock(&self.shared.inner);
+        inner.zones[i].failing = fail;
+        let now = now_ns();
+        if self.thread.is_none() {
+            // Rewrite at once; the thread is not there to do it.
+            inner.write_at(now)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SimMachine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
