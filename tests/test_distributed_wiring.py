@@ -5,6 +5,9 @@ job_total() outside a job, and a lone process left as it was."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,3 +197,40 @@ def test_a_lone_process_is_as_before(sim: SimulatedMachine) -> None:
         assert not {"share", "share_rule", "node_joules"} & set(s)
     rank = carbonctx.devices()["rank"]
     assert rank["distributed"] is False and rank["gpus"] is None
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    return subprocess.run(
+        [sys.executable, *args],
+        env={**base, **env, "PYTHONWARNINGS": "default"},
+        capture_output=True,
+        text=True,
+        timeout=30,  # a hang fails well within pytest's limit
+        check=False,
+    )
+
+
+def test_devices_command_in_a_job(sim2: SimulatedMachine) -> None:
+    r = _run(["-m", "carbonctx", "devices"], {**sim2.env(), **TORCHRUN})
+    assert r.returncode == 0, r.stderr
+    assert "Job: rank 1 of 2 (local rank 1 of 2)" in r.stdout
+    assert "GPUs it reports: nvml:1 (local-rank" in r.stdout
+    assert "share 0.5 of the node" in r.stdout and "its own sampler" in r.stdout
+
+
+SCRIPT = """
+import time, carbonctx
+run = carbonctx.epochs(2, quiet=True)
+for _ in run:
+    time.sleep(0.05)
+print("done", run.epochs_done, run.engine)
+"""
+
+
+def test_inconsistent_variables_in_a_real_process(sim2: SimulatedMachine) -> None:
+    r = _run(["-c", SCRIPT], {**sim2.env(), "RANK": "1", "LOCAL_RANK": "0"})
+    assert r.returncode == 0, r.stderr
+    assert "done 2 local" in r.stdout
+    assert r.stderr.count("inconsistent") == 1, r.stderr
+    assert "RANK=1 is set but no world size is" in r.stderr
