@@ -156,6 +156,24 @@ def test_torch_job_total_and_report(nodes: list[SimulatedMachine], tmp_path: Pat
     for key in ("energy_j", "cpu_j", "dram_j", "gpu_j", "co2_g"):
         assert rep["job"][key] == pytest.approx(sum(v[key] for v in rep["nodes"].values()))
         assert rep["job"][key] == pytest.approx(sum(v[key] for v in rep["ranks"].values()))
+    # Each node's shared sources once: its CPU is its truth, not once per rank.
+    for k, sim in enumerate(nodes):
+        ranks = [r for r in results if r["rank"] // PER_NODE == k]
+        cpu = 0.0
+        for i in range(2):
+            a = sum(r["epochs"][i]["t0_ns"] for r in ranks) // PER_NODE
+            b = sum(r["epochs"][i]["t1_ns"] for r in ranks) // PER_NODE
+            cpu += sim.truth_j("package", 0, a, b)
+        assert rep["nodes"][f"sim-node-{k}"]["cpu_j"] == pytest.approx(cpu, rel=0.005)
+    text = subprocess.run(
+        [sys.executable, "-m", "carbonctx", "report", str(tmp_path / "logs")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "job job-t" in text and "4 ranks" in text
+    assert "node sim-node-0" in text and "node sim-node-1" in text and "rank    3" in text
 
 
 @needs_torch

@@ -17,7 +17,7 @@ from carbonctx._output.trace import chrome_trace
 from carbonctx._results.runs import RunLog
 from carbonctx._results.statistics import format_stats, stats_from_records
 from carbonctx._runs.log import read_run_logs
-from carbonctx._runs.merge import FIGURES, JobReport, merge_jobs
+from carbonctx._runs.merge import FIGURES, JobReport, is_rank_log, merge_jobs
 
 __all__ = ["register", "report_dir"]
 
@@ -95,8 +95,11 @@ def report_dir(
     if as_json:
         print(json.dumps(_job_json(runs, jobs), indent=2))
         return 0
-    print(f"{d}: {len(runs)} runs")
-    print(format_runs(runs))
+    # A job's rank logs are shown merged (each holds the rank's part and the job's forecast).
+    alone = [r for r in runs if not is_rank_log(r)]
+    print(f"{d}: {len(runs)} runs" + (f" ({len(runs) - len(alone)} logs of ranks)" if jobs else ""))
+    if alone:
+        print(format_runs(alone))
     for job in jobs:
         print()
         print("\n".join(job.lines()))

@@ -16,7 +16,7 @@ import attrs
 
 from carbonctx._results.runs import RunLog
 
-__all__ = ["FIGURES", "JobReport", "merge_job", "merge_jobs"]
+__all__ = ["FIGURES", "JobReport", "is_rank_log", "merge_job", "merge_jobs"]
 
 FIGURES = ("energy_j", "cpu_j", "dram_j", "gpu_j", "co2_g")
 
@@ -37,6 +37,11 @@ def _rank_fields(run: RunLog) -> dict[str, Any]:
     return {k: src.get(k) for k in ("rank", "local_rank", "world_size", "node", "job")}
 
 
+def is_rank_log(run: RunLog) -> bool:
+    """Whether a log is one rank's of a distributed job."""
+    return _rank_fields(run)["rank"] is not None
+
+
 def _add(into: dict[str, float], more: dict[str, float]) -> None:
     for k in FIGURES:
         into[k] = into.get(k, 0.0) + more[k]
@@ -54,6 +59,8 @@ class JobReport:
     ranks: dict[str, dict[str, Any]]
     complete: bool
     missing_ranks: tuple[int, ...] = ()
+    #: The job's first forecast of its energy (every rank's log has it), if any.
+    first_forecast_j: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """``{"job": ..., "nodes": ..., "ranks": ...}`` (what ``report DIR --json`` prints)."""
@@ -84,6 +91,12 @@ class JobReport:
         if self.missing_ranks:
             head += f" (no log from ranks {', '.join(map(str, self.missing_ranks))})"
         out = [head, f"  job total  {fmt(self.total)}"]
+        if self.first_forecast_j:
+            diff = self.total["energy_j"] / self.first_forecast_j - 1
+            out.append(
+                f"  first forecast of the job: {self.first_forecast_j:.2f} J "
+                f"(actual {diff:+.1%}{'' if self.complete else ', run incomplete'})"
+            )
         for node, f in sorted(self.nodes.items()):
             out.append(f"  node {node}: {fmt(f)}")
         for rank, f in sorted(self.ranks.items(), key=lambda kv: int(kv[0])):
@@ -117,8 +130,10 @@ def merge_job(run_id: str, logs: Sequence[RunLog]) -> JobReport:
     missing: tuple[int, ...] = ()
     if world is not None:
         missing = tuple(r for r in range(world) if str(r) not in ranks)
+    first = next((log.first_forecast for log in logs if log.first_forecast), None)
     return JobReport(
         run=run_id,
+        first_forecast_j=float(first["energy_j"]) if first else None,
         job=job,
         world_size=world,
         total=total,
@@ -133,7 +148,7 @@ def merge_jobs(logs: Iterable[RunLog]) -> list[JobReport]:
     """Every run of a distributed job among ``logs`` (those with rank fields), oldest first."""
     by_run: dict[str, list[RunLog]] = {}
     for log in logs:
-        if _rank_fields(log)["rank"] is None:
+        if not is_rank_log(log):
             continue
         by_run.setdefault(log.run, []).append(log)
     return [merge_job(run, group) for run, group in by_run.items()]
