@@ -36,7 +36,7 @@ def _region(out_dir: Path) -> None:
     import carbonctx
     from carbonctx._measure import process
 
-    with carbonctx.track("warm-up"):
+    with carbonctx.track("warm-up") as w:
         time.sleep(0.05)
     carbonctx.flush()
     rt = process.runtime()
@@ -57,6 +57,7 @@ def _region(out_dir: Path) -> None:
     record["t0_ns"] = round((r.start - rt._offset) * 1e9)
     record["t1_ns"] = round((r.end - rt._offset) * 1e9)
     record["devices"] = carbonctx.devices()["rank"]
+    record["warm_up"] = w.result().to_dict()
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record, default=str))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,7 @@ def test_ranks_add_up_to_the_node(n: int, tmp_path: Path, fake_nvml: Path) -> No
                 LOCAL_WORLD_SIZE=str(n),
                 GROUP_RANK="0",
                 TORCHELASTIC_RUN_ID="measure",
+                CARBONCTX_OUTPUT=str(tmp_path / "out" / "{node}" / "r{rank}.jsonl"),
             )
             for r in range(n)
         ]
@@ -129,6 +131,22 @@ def test_ranks_add_up_to_the_node(n: int, tmp_path: Path, fake_nvml: Path) -> No
         assert pkg["share"] == pytest.approx(1 / n)
         assert pkg["node_joules"] == pytest.approx(pkg["joules"] * n)
         assert f"1/{n}" in pkg["share_rule"]
+        files = list((tmp_path / "out").rglob(f"r{rank}.jsonl"))
+        assert len(files) == 1, files
         dev = r["devices"]
         assert dev["gpus"]["indices"] == [rank] and dev["gpus"]["rule"] == "local-rank"
         assert dev["launcher"] == "torchrun" and dev["rank"] == rank
+
+    # The ranks' region files, merged: the job's figures, each node's CPU once.
+    out = subprocess.run(
+        [sys.executable, "-m", "carbonctx", "report", str(tmp_path / "out"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    rep = json.loads(out.stdout)
+    assert rep["job"]["id"] == "measure" and len(rep["ranks"]) == n and len(rep["nodes"]) == 1
+    for key in ("energy_j", "cpu_j", "dram_j", "gpu_j"):
+        want = sum(r[key] + r["warm_up"][key] for r in results)
+        assert rep["job"][key] == pytest.approx(want, rel=1e-9), key

@@ -17,7 +17,13 @@ from carbonctx._output.trace import chrome_trace
 from carbonctx._results.runs import RunLog
 from carbonctx._results.statistics import format_stats, stats_from_records
 from carbonctx._runs.log import read_run_logs
-from carbonctx._runs.merge import FIGURES, JobReport, is_rank_log, merge_jobs
+from carbonctx._runs.merge import (
+    FIGURES,
+    JobReport,
+    is_rank_log,
+    merge_jobs,
+    merge_region_records,
+)
 
 __all__ = ["register", "report_dir"]
 
@@ -81,29 +87,34 @@ def report_dir(
         return 2
     try:
         runs = read_run_logs(d)
+        region_jobs = merge_region_records(_region_records(d)) if not runs else []
     except OSError as e:
         print(f"carbonctx report: cannot read {d}: {e}", file=sys.stderr)
         return 2
-    if not runs:
+    if not runs and not region_jobs:
         print(
             f"carbonctx report: no run logs in {d} (runs write them with "
-            "carbonctx.epochs(..., log_dir=DIR) or CARBONCTX_LOG_DIR)",
+            "carbonctx.epochs(..., log_dir=DIR) or CARBONCTX_LOG_DIR), and no region records "
+            "of a distributed job's ranks",
             file=sys.stderr,
         )
         return 2
-    jobs = merge_jobs(runs)
+    jobs = merge_jobs(runs) or region_jobs
     if as_json:
         print(json.dumps(_job_json(runs, jobs), indent=2))
         return 0
     # A job's rank logs are shown merged (each holds the rank's part and the job's forecast).
     alone = [r for r in runs if not is_rank_log(r)]
-    print(f"{d}: {len(runs)} runs" + (f" ({len(runs) - len(alone)} logs of ranks)" if jobs else ""))
+    if runs:
+        print(f"{d}: {len(runs)} runs" + (f" ({len(runs) - len(alone)} of ranks)" if jobs else ""))
+    else:
+        print(f"{d}: region records of a distributed job's ranks (top-level regions)")
     if alone:
         print(format_runs(alone))
     for job in jobs:
         print()
         print("\n".join(job.lines()))
-    if html_out is not None:
+    if html_out is not None and runs:
         page = render_report(runs, title=f"carbonctx report: {d.name or d}")
         try:
             Path(html_out).write_text(page, encoding="utf-8")
@@ -113,6 +124,18 @@ def report_dir(
         print(f"\nHTML report written to {html_out}")
     sys.stdout.flush()
     return 0
+
+
+def _region_records(d: Path) -> list[dict[str, Any]]:
+    """Region records of every JSON Lines file under ``d`` (the ranks' ``output`` files)."""
+    out: list[dict[str, Any]] = []
+    for p in sorted(d.rglob("*.jsonl")):
+        try:
+            regions, _, _ = read_jsonl(str(p))
+        except (OSError, UnicodeDecodeError):
+            continue
+        out.extend(regions)
+    return out
 
 
 def _job_json(runs: list[RunLog], jobs: list[JobReport]) -> dict[str, Any]:

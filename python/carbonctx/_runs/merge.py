@@ -16,7 +16,14 @@ import attrs
 
 from carbonctx._results.runs import RunLog
 
-__all__ = ["FIGURES", "JobReport", "is_rank_log", "merge_job", "merge_jobs"]
+__all__ = [
+    "FIGURES",
+    "JobReport",
+    "is_rank_log",
+    "merge_job",
+    "merge_jobs",
+    "merge_region_records",
+]
 
 FIGURES = ("energy_j", "cpu_j", "dram_j", "gpu_j", "co2_g")
 
@@ -152,3 +159,37 @@ def merge_jobs(logs: Iterable[RunLog]) -> list[JobReport]:
             continue
         by_run.setdefault(log.run, []).append(log)
     return [merge_job(run, group) for run, group in by_run.items()]
+
+
+def merge_region_records(regions: Iterable[dict[str, Any]]) -> list[JobReport]:
+    """Jobs from region records (the ``output`` files of a job's ranks): each rank's figures are
+    its top-level regions' (those without a parent), as ``report FILE`` totals one file; one
+    report per job id. Records without rank fields (a lone process) are left out."""
+    by_job: dict[str | None, dict[str, Any]] = {}
+    for r in regions:
+        if r.get("rank") is None or r.get("parent") is not None:
+            continue
+        job = by_job.setdefault(
+            r.get("job"), {"ranks": {}, "nodes": {}, "total": dict.fromkeys(FIGURES, 0.0)}
+        )
+        f = {k: float(r.get(k) or 0.0) for k in FIGURES}
+        key = str(r["rank"])
+        node = str(r.get("node") or "")
+        rank = job["ranks"].setdefault(
+            key, {**dict.fromkeys(FIGURES, 0.0), "node": node, "local_rank": r.get("local_rank")}
+        )
+        _add(rank, f)
+        _add(job["nodes"].setdefault(node, dict.fromkeys(FIGURES, 0.0)), f)
+        _add(job["total"], f)
+    return [
+        JobReport(
+            run="(regions)",
+            job=job_id,
+            world_size=None,
+            total=j["total"],
+            nodes=j["nodes"],
+            ranks=j["ranks"],
+            complete=True,
+        )
+        for job_id, j in by_job.items()
+    ]
