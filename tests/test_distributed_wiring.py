@@ -234,3 +234,37 @@ def test_inconsistent_variables_in_a_real_process(sim2: SimulatedMachine) -> Non
     assert "done 2 local" in r.stdout
     assert r.stderr.count("inconsistent") == 1, r.stderr
     assert "RANK=1 is set but no world size is" in r.stderr
+
+
+class _FakeCuda:
+    def __init__(self, device: int) -> None:
+        self.device = device
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def is_available(self) -> bool:
+        return True
+
+    def current_device(self) -> int:
+        return self.device
+
+
+class _FakeTorch:
+    def __init__(self, device: int) -> None:
+        self.cuda = _FakeCuda(device)
+
+
+def test_torchs_current_device_is_read_at_the_first_region(
+    monkeypatch: pytest.MonkeyPatch, sim2: SimulatedMachine
+) -> None:
+    # Local rank 0 whose script made GPU 1 current after importing carbonctx (and configuring
+    # it): ownership is decided at the first region, so torch's choice counts.
+    launch(monkeypatch, **{**TORCHRUN, "RANK": "0", "LOCAL_RANK": "0"})
+    carbonctx.configure(**sim2.settings())  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "torch", _FakeTorch(1))
+    with carbonctx.track("step") as m:
+        time.sleep(0.02)
+    assert [s.id for s in m.by_source.values() if s.domain == "gpu"] == ["nvml:1"]
+    gpus = carbonctx.devices()["rank"]["gpus"]
+    assert gpus["rule"] == "torch-current" and gpus["indices"] == [1]
