@@ -51,6 +51,7 @@ from typing import Any
 from carbonctx import _config
 from carbonctx._distributed import Engine, any_rank, engine, expand_path, gather_objects
 from carbonctx._measure import process
+from carbonctx._measure.ranks import rank_fields
 from carbonctx._measure.region import Region, Tracker
 from carbonctx._results.measurement import Measurement
 from carbonctx._results.runs import RunTotals
@@ -255,8 +256,6 @@ class Run:
                 "rank's only, and budget decisions are not joint"
             )
         if info is not None and info.distributed:
-            from carbonctx._measure.ranks import rank_fields
-
             self._rank = rank_fields(info)
         directory = self._log_dir
         if directory is not None and info is not None:
