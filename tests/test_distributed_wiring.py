@@ -129,8 +129,11 @@ def test_a_rank_reports_its_gpu_and_its_share(
     assert (m.rank, m.local_rank, m.job) == (1, 1, "wiring")
     d = m.to_dict()
     assert d["rank"] == 1 and d["by_source"][pkg.id]["share"] == 0.5
-    rank = carbonctx.devices()["rank"]
+    info = carbonctx.devices()
+    rank = info["rank"]
     assert rank["gpus"]["indices"] == [1] and rank["gpus"]["rule"] == "local-rank"
+    # The sampler reads only this rank's GPU (its gpus argument), not every GPU it can see.
+    assert [s["id"] for s in info["sources"] if s["domain"] == "gpu"] == ["nvml:1"]
     assert rank["launcher"] == "torchrun" and "own sampler" in rank["sampler"]
     assert rank["shared_sources"]["share"] == 0.5
 

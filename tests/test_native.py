@@ -373,3 +373,44 @@ def test_the_stub_matches_the_module() -> None:
         check=False,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_bad_durations_are_configuration_errors_not_panics() -> None:
+    # A value no duration holds (beyond ~584 years, negative, NaN) used to reach a Rust panic.
+    for kw in (
+        {"intervals": [("powercap", 1e30)]},
+        {"intervals": [("nvml", -1.0)]},
+        {"quiet_s": float("nan")},
+        {"settle_s": -0.5},
+    ):
+        with pytest.raises(carbonctx.ConfigurationError, match="seconds"):
+            _native.Sampler(nvml=False, cpu_backends=[], estimate="never", **kw)  # type: ignore[arg-type]
+    with pytest.raises(carbonctx.ConfigurationError, match="estimate"):
+        _native.Sampler(nvml=False, estimate="sometimes")
+
+
+def test_the_core_reads_no_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Roots, TDP and CUDA variables reach the sampler only as arguments: the settings module
+    reads the environment, once; a variable set behind its back changes nothing natively."""
+    with SimulatedMachine(tmp_path / "hw") as sim:
+        sys_root = sim.settings()["sys_root"]
+        monkeypatch.setenv("CARBONCTX_SYSFS_ROOT", sys_root)
+        monkeypatch.setenv("CARBONCTX_CPU_TDP_W", "not-a-number")
+        found = _native.discover(nvml=False)
+        assert not [s for s in found["sources"] if str(sim.root) in str(s["path"] or "")]
+        assert not [u for u in found["unavailable"] if "not-a-number" in u["reason"]]
+        # The settings module is where the variables are read.
+        machine = carbonctx._config.machine(carbonctx._config.build(None, {}))
+        assert machine["sys_root"] == sys_root
+        assert machine["cpu_tdp_w"] == "not-a-number"
+        found = _native.discover(**machine, nvml=False)
+        assert [s for s in found["sources"] if str(sim.root) in str(s["path"] or "")]
+
+
+def test_the_binding_looks_nothing_up_by_name() -> None:
+    """Python and the binding meet through typed objects (the region hub), never through a
+    module imported or an attribute read by its name."""
+    src = "\n".join(p.read_text() for p in sorted((REPO / "rust" / "py" / "src").glob("*.rs")))
+    assert "py.import(" not in src and ".import(" not in src
+    assert "getattr(" not in src
+    assert "std::env" not in src

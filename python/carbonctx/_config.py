@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 import attrs
@@ -71,6 +71,8 @@ class Settings:
     dev_root: str | None = None
     proc_root: str | None = None
     nvml_library: str | None = None
+    #: CPU TDP in watts per package for the utilisation x TDP model (text, as the variable).
+    cpu_tdp_w: str | None = None
     # Carbon intensity (passed to the intensity service)
     zone: str | None = None
     pue: float | None = None
@@ -213,7 +215,50 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     # An empty CARBONCTX_GPUS is a choice (no GPU), as for CUDA_VISIBLE_DEVICES.
     if (raw := e.get("CARBONCTX_GPUS")) is not None:
         out["gpus"] = parse_gpus("CARBONCTX_GPUS", raw)
+    for field, name in ROOT_VARIABLES.items():
+        if (v := get(name)) is not None:
+            out[field] = v
+    if (v := get("CARBONCTX_CPU_TDP_W")) is not None:
+        out["cpu_tdp_w"] = v
     return out
+
+
+#: Settings that say where the hardware is, and their variables (simulated hardware in tests).
+ROOT_VARIABLES = {
+    "sys_root": "CARBONCTX_SYSFS_ROOT",
+    "dev_root": "CARBONCTX_DEV_ROOT",
+    "proc_root": "CARBONCTX_PROC_ROOT",
+    "nvml_library": "CARBONCTX_NVML_LIBRARY",
+}
+
+
+class MachineArgs(TypedDict):
+    """Where the hardware is, as ``_native.Sampler`` and ``_native.discover`` take it."""
+
+    sys_root: str | None
+    dev_root: str | None
+    proc_root: str | None
+    nvml_library: str | None
+    cpu_tdp_w: str | None
+    cuda_visible_devices: str | None
+    cuda_device_order: str | None
+
+
+def machine(s: Settings, env: Mapping[str, str] | None = None) -> MachineArgs:
+    """What the native sampler needs to find the hardware: the settings' roots and TDP, and
+    the CUDA variables as they are now (read when the sampler starts, since a program may set
+    them after configuring carbonctx). Keyword arguments of ``_native.Sampler`` and
+    ``_native.discover``."""
+    e = environ(env)
+    return MachineArgs(
+        sys_root=s.sys_root,
+        dev_root=s.dev_root,
+        proc_root=s.proc_root,
+        nvml_library=s.nvml_library,
+        cpu_tdp_w=s.cpu_tdp_w,
+        cuda_visible_devices=e.get("CUDA_VISIBLE_DEVICES"),
+        cuda_device_order=e.get("CUDA_DEVICE_ORDER"),
+    )
 
 
 def build(

@@ -1,6 +1,6 @@
 """The native sampler (Rust). Hand-written stub: keep in step with rust/py/src."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from os import PathLike
 from typing import Any, final
 
@@ -8,6 +8,7 @@ from typing_extensions import Self, disjoint_base
 
 __all__ = [
     "Region",
+    "RegionHub",
     "Sampler",
     "SimMachine",
     "__version__",
@@ -15,6 +16,7 @@ __all__ = [
     "current",
     "discover",
     "now_ns",
+    "set_hub",
     "square_wave_energy_j",
     "square_wave_power_w",
 ]
@@ -30,9 +32,13 @@ def discover(
     dev_root: str | PathLike[str] | None = None,
     proc_root: str | PathLike[str] | None = None,
     nvml_library: str | PathLike[str] | None = None,
+    cuda_visible_devices: str | None = None,
+    cuda_device_order: str | None = None,
+    cpu_tdp_w: str | None = None,
     cpu_backends: list[str] | None = None,
     nvml: bool = True,
     estimate: str = "auto",
+    gpus: list[str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Find energy sources without starting anything: sources, alternatives, unavailable."""
 
@@ -52,7 +58,8 @@ class Region:
     _t1: int
     _raw: tuple[Any, int] | None
     _result: Any
-    _rt: Any
+    @property
+    def _rt(self) -> Any: ...
     _strict: bool
     _token: Any
     _clones: list[Any] | None
@@ -65,10 +72,36 @@ class Region:
         tags: Mapping[str, Any] | None = None,
         sync: bool = False,
     ) -> Self: ...
-    def _enter_core(self, rt: Any, sampler: Sampler | None) -> None: ...
+    def _enter_core(self, hub: RegionHub, sampler: Sampler | None) -> None: ...
     def _exit_core(self) -> None: ...
     def __enter__(self) -> Self: ...
     def __exit__(self, exc_type: object = None, exc: object = None, tb: object = None) -> None: ...
+
+@final
+class RegionHub:
+    """What the native region code needs of a runtime, as one object (``Runtime.core``)."""
+
+    @property
+    def sampler(self) -> Sampler | None: ...
+    @sampler.setter
+    def sampler(self, sampler: Sampler) -> None: ...
+    warn_due: bool
+    dead: bool
+    def __new__(
+        cls,
+        runtime: Any,
+        *,
+        strict: bool,
+        pending: dict[int, Any],
+        name_tags: dict[str, int],
+        tag_of: Callable[[str], int],
+        drain: Callable[[], None],
+        emit_warnings: Callable[[], None],
+        backlog_high: int,
+    ) -> Self: ...
+
+def set_hub(hub: RegionHub | None) -> None:
+    """Make ``hub`` the one the region code uses (the process's current runtime's)."""
 
 def current() -> Any:
     """The innermost region still open in this thread or task (one left elsewhere is skipped)."""
@@ -90,9 +123,13 @@ class Sampler:
         dev_root: str | PathLike[str] | None = None,
         proc_root: str | PathLike[str] | None = None,
         nvml_library: str | PathLike[str] | None = None,
+        cuda_visible_devices: str | None = None,
+        cuda_device_order: str | None = None,
+        cpu_tdp_w: str | None = None,
         cpu_backends: list[str] | None = None,
         nvml: bool = True,
         estimate: str = "auto",
+        gpus: list[str] | None = None,
         intervals: list[tuple[str, float]] | None = None,
         timeline_capacity: int | None = None,
         settle_s: float | None = None,

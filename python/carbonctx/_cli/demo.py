@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 import carbonctx
-from carbonctx import _native
+from carbonctx import _config, _native
 from carbonctx.testing import SimulatedMachine, Wave
 
 __all__ = ["register", "run_demo"]
@@ -49,7 +49,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def run_demo(
     *, steps: int, epochs: int, simulate: str, output: str | None, trace: str | None
 ) -> int:
-    found = _native.discover()
+    found = _native.discover(**_config.machine(_config.build(None, {})))
     counters = [s for s in found["sources"] if s["method"] != "estimate"]
     sim: SimulatedMachine | None = None
     if simulate == "yes" or (simulate == "auto" and not counters):

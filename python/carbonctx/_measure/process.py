@@ -2,8 +2,8 @@
 ``configure()``, shut down at interpreter exit, abandoned (and, by ``on_fork``, replaced) in a
 forked child.
 
-The native region code imports this module and reads ``_RT`` (the runtime, or None) and
-``BACKLOG_HIGH`` from it.
+Whenever the runtime changes, its hub (``Runtime.core``) is handed to the native region code
+(``_native.set_hub``), which reads nothing from this module.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from carbonctx import _config
+from carbonctx import _config, _native
 from carbonctx._config import Settings
 from carbonctx._distributed import placeholders
 from carbonctx._measure.ranks import forget_rank_info, process_rank_info
-from carbonctx._measure.runtime import BACKLOG_HIGH, RESULT_TIMEOUT_S, Runtime
+from carbonctx._measure.runtime import RESULT_TIMEOUT_S, Runtime
 
 __all__ = [
-    "BACKLOG_HIGH",
     "RESULT_TIMEOUT_S",
     "configure",
     "current_runtime",
@@ -52,6 +51,7 @@ def runtime() -> Runtime:
             if _SETTINGS is None:
                 _SETTINGS = _checked(_config.build(None, {}))
             _RT = _new_runtime(_SETTINGS)
+            _native.set_hub(_RT.core)
             _install_hooks()
         return _RT
 
@@ -69,6 +69,7 @@ def configure(overrides: Mapping[str, Any]) -> Settings:
         old = _RT
         _SETTINGS = new
         _RT = None
+        _native.set_hub(None)
     if old is not None:
         old.shutdown()
     return new
@@ -101,6 +102,7 @@ def reset() -> None:
         old, _RT, _SETTINGS = _RT, None, None
         _RANKS_WARNED.clear()
         forget_rank_info()
+        _native.set_hub(None)
     if old is not None:
         old.shutdown()
 
@@ -136,11 +138,13 @@ def _after_fork_in_child() -> None:
         old.abandon()
         _ZOMBIES.append(old)  # never dropped: its native thread does not exist here
     _RT = None
+    _native.set_hub(None)
     settings = _SETTINGS if _SETTINGS is not None else (old.settings if old else None)
     if settings is not None and settings.on_fork == "disable":
         rt = Runtime(settings, process_rank_info(settings), warn_ranks=False)
         rt.started = True
         rt.start_error = "measurement is off in forked children (on_fork='disable')"
         _RT = rt
+        _native.set_hub(rt.core)
     for f in fork_listeners:
         f()

@@ -16,8 +16,6 @@ comes with one sampler per node.) A GPU is not shared: a rank reports its own GP
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import re
 import sys
@@ -26,7 +24,7 @@ from typing import Any
 
 import attrs
 
-from carbonctx import _native
+from carbonctx import _config, _native
 from carbonctx._config import Settings
 from carbonctx._distributed import Gpu, GpuOwnership, RankInfo, detect_ranks, owned_gpus
 
@@ -119,26 +117,6 @@ def gpus_of(sources: Sequence[Mapping[str, Any]]) -> list[Gpu]:
     return out
 
 
-def _nvml_count(library: str | None) -> int | None:
-    """How many GPUs NVML sees on the machine, CUDA_VISIBLE_DEVICES aside (None: unknown)."""
-    try:
-        lib = ctypes.CDLL(library or "libnvidia-ml.so.1")
-        init = getattr(lib, "nvmlInit_v2", None) or lib.nvmlInit
-        get_count = getattr(lib, "nvmlDeviceGetCount_v2", None) or lib.nvmlDeviceGetCount
-        if init() != 0:
-            return None
-        try:
-            n = ctypes.c_uint(0)
-            if get_count(ctypes.byref(n)) != 0:
-                return None
-            return int(n.value)
-        finally:
-            with contextlib.suppress(Exception):
-                lib.nvmlShutdown()
-    except (OSError, AttributeError):
-        return None
-
-
 @attrs.frozen(slots=True)
 class RankPlan:
     """What the sampler of one rank reads and how its figures are shared."""
@@ -217,28 +195,14 @@ def plan_gpus(
     share, rule = share_of(info)
     if not settings.gpu or (not info.distributed and settings.gpus is None):
         return RankPlan(info, None, None, share, rule)
-    found = _native.discover(
-        sys_root=settings.sys_root,
-        dev_root=settings.dev_root,
-        proc_root=settings.proc_root,
-        nvml_library=settings.nvml_library,
-        cpu_backends=[],
-        nvml=True,
-        estimate="never",
-    )
-    visible = gpus_of(found["sources"])
-    machine: list[Gpu] = list(visible)
-    if len(visible) == 1 and e.get("CUDA_VISIBLE_DEVICES") is not None:
-        # One visible GPU: the launcher's per-rank assignment when the machine has more.
-        count = _nvml_count(settings.nvml_library)
-        if count is not None and count > 1:
-            machine += [Gpu(index=-1 - k) for k in range(count - 1)]
-    # The native side has applied CUDA_VISIBLE_DEVICES already: the list is the visible one.
-    own_env = {k: v for k, v in e.items() if k != "CUDA_VISIBLE_DEVICES"}
-    if len(machine) > len(visible):
-        own_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g.index) for g in visible)
-    ownership = owned_gpus(info, machine, own_env, override=settings.gpus, modules=mods)
-    chosen = [next(g for g in visible if g.index == i) for i in ownership.indices]
+    # Every GPU of the machine (CUDA_VISIBLE_DEVICES aside): owned_gpus applies that variable
+    # itself, and needs to know whether one visible GPU is one of several.
+    machine = _config.machine(settings, e)
+    machine["cuda_visible_devices"] = None
+    found = _native.discover(**machine, cpu_backends=[], nvml=True, estimate="never")
+    gpus = gpus_of(found["sources"])
+    ownership = owned_gpus(info, gpus, e, override=settings.gpus, modules=mods)
+    chosen = [next(g for g in gpus if g.index == i) for i in ownership.indices]
     entries = [g.uuid if g.uuid else str(g.index) for g in chosen]
     return RankPlan(info, ownership, entries, share, rule)
 

@@ -162,7 +162,7 @@ class Tracker(_native.Region):
                 self._clones = []
             self._clones.append(clone)
             return clone.__enter__()
-        rt = self._rt = process._RT or process.runtime()
+        rt = process._RT or process.runtime()
         s = rt.sampler or rt.sampler_or_start()
         if self.strict or (self.strict is None and rt.strict):
             self._strict = True
@@ -172,7 +172,7 @@ class Tracker(_native.Region):
             rt.emit_warnings()
         if self.sync:
             _sync_cuda()
-        self._enter_core(rt, s)
+        self._enter_core(rt.core, s)
         return self
 
     def _exit_slow(self, *exc: object) -> None:
@@ -213,7 +213,7 @@ class Tracker(_native.Region):
             )
 
         strict_opt = self.strict
-        cache: list[Any] = [None, 0]  # (runtime, tag of this name in it)
+        cache: list[Any] = [None, 0, None]  # (runtime, tag of this name in it, its hub)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -226,13 +226,14 @@ class Tracker(_native.Region):
             if cache[0] is not rt:
                 cache[0] = rt
                 cache[1] = rt.tag_of(name)
+                cache[2] = rt.core
             t0 = _now_ns()
             try:
                 return fn(*args, **kwargs)
             finally:
                 if s.end_span(t0, cache[1]):
                     rt.drain()  # a backlog: the resolver thread cannot keep up
-                if rt.warn_due:
+                if cache[2].warn_due:
                     rt.emit_warnings()
 
         return wrapper  # type: ignore[return-value]

@@ -2,9 +2,10 @@
 thread, and answers what the public functions ask (stats, recent results, traces, devices).
 
 One :class:`Runtime` exists per process (see ``_measure.process``). The native region code
-reads a few of its attributes on every slow-path enter and exit: ``sampler``, ``strict``,
-``warn_due``, ``pending``, ``_name_tags``, ``dead`` (and calls ``tag_of``, ``drain`` and
-``emit_warnings``); they stay plain attributes here. Nothing else runs on the hot path.
+sees it through one typed object, :class:`carbonctx._native.RegionHub` (``Runtime.core``): the
+sampler, the flags (``strict``, ``warn_due``, ``dead``), the regions waiting for the resolver,
+the name tags and the three callbacks it may need (``tag_of``, ``drain``, ``emit_warnings``).
+``warn_due`` and ``dead`` live in the hub; the runtime's properties of those names read it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from carbonctx import _native
+from carbonctx import _config, _native
 from carbonctx._config import Settings
 from carbonctx._distributed import RankInfo, expand_path
 from carbonctx._measure.batch import Batch
@@ -67,7 +68,6 @@ class Runtime:
         #: GPU ownership and shares, fixed when the sampler starts.
         self.plan: RankPlan | None = None
         self.pid = os.getpid()
-        self.dead = False
         self._parent_sampler: _native.Sampler | None = None
         # Decorated functions record thread and parent only when something will show them.
         self.detailed = settings.strict or bool(settings.output)
@@ -85,7 +85,6 @@ class Runtime:
         self._warned: set[str] = set()
         self._warnings: list[str] = []
         self.notes: dict[str, str] = {}
-        self.warn_due = False
         # CLOCK_MONOTONIC → Unix time
         self._offset = time.time() - time.monotonic_ns() * 1e-9
         self.carbon = RegionCarbon(settings, self.note)
@@ -93,13 +92,32 @@ class Runtime:
         self.resolver = Resolver(
             settings.window, self._lock, self.note, self.carbon, self._offset, self.pid
         )
-        # Shared with the resolver, read by the native region code.
         self.pending = self.resolver.pending
-        self._name_tags = self.resolver.name_tags
         self.recent = self.resolver.recent
+        # What the native region code reads on every region, as one typed object.
+        self.core = _native.RegionHub(
+            self,
+            strict=settings.strict,
+            pending=self.pending,
+            name_tags=self.resolver.name_tags,
+            tag_of=self.tag_of,
+            drain=self.drain,
+            emit_warnings=self.emit_warnings,
+            backlog_high=BACKLOG_HIGH,
+        )
         msg = inconsistency_message(self.rank_info)
         if msg is not None and warn_ranks:
             self.note("ranks", msg)
+
+    @property
+    def warn_due(self) -> bool:
+        """Warnings are waiting to be issued from the user's thread."""
+        return self.core.warn_due
+
+    @property
+    def dead(self) -> bool:
+        """Shut down, or inherited by a forked child: never to measure again."""
+        return self.core.dead
 
     # ------------------------------------------------------------------ start and stop
 
@@ -116,10 +134,7 @@ class Runtime:
             st = self.settings
             plan = self._plan()
             kwargs: dict[str, Any] = {
-                "sys_root": st.sys_root,
-                "dev_root": st.dev_root,
-                "proc_root": st.proc_root,
-                "nvml_library": st.nvml_library,
+                **_config.machine(st),
                 "cpu_backends": list(st.cpu_backends),
                 "nvml": st.gpu,
                 "estimate": st.estimate,
@@ -170,6 +185,7 @@ class Runtime:
             self.carbon.service()
             self.carbon.grams_per_joule()
             self.sampler = s
+            self.core.sampler = s
             self.started = True
             self._thread = threading.Thread(
                 target=self._resolver_loop, name="carbonctx-resolver", daemon=True
@@ -196,16 +212,10 @@ class Runtime:
         if gpus is None or not self.settings.gpu:
             return _native.Sampler(**kwargs)
         if not gpus:
-            # No GPU of its own: read none (the columns skip any the sampler reads anyway).
+            # No GPU of its own: read none.
             return _native.Sampler(**{**kwargs, "nvml": False})
-        try:
-            return _native.Sampler(**kwargs, gpus=gpus)  # type: ignore[call-arg,unused-ignore]
-        except TypeError as e:
-            if "gpus" not in str(e):
-                raise
-            # A native module without the keyword reads every visible GPU; the columns count
-            # only this rank's.
-            return _native.Sampler(**kwargs)
+        # Only this rank's GPUs are read (UUIDs where known); the columns count only them too.
+        return _native.Sampler(**kwargs, gpus=gpus)
 
     def shutdown(self) -> None:
         """Stop the sampler, resolve and record everything, close the output. Idempotent."""
@@ -227,7 +237,7 @@ class Runtime:
 
     def abandon(self) -> None:
         """In a forked child: never touch the parent's sampler or threads again."""
-        self.dead = True
+        self.core.dead = True
         # Keep the parent's native sampler referenced: dropping it here would try to stop a
         # thread this process does not have. (The native side also refuses, by pid.)
         self._parent_sampler = self.sampler
@@ -254,10 +264,10 @@ class Runtime:
             return
         self.notes[key] = message
         self._warnings.append(message)
-        self.warn_due = True
+        self.core.warn_due = True
 
     def emit_warnings(self) -> None:
-        self.warn_due = False
+        self.core.warn_due = False
         msgs, self._warnings = self._warnings, []
         for m in msgs:
             if m not in self._warned:

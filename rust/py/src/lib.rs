@@ -1,5 +1,6 @@
 //! Python bindings: argument conversion, one call into the core, result conversion. No logic.
 
+mod errors;
 mod region;
 mod sim;
 
@@ -9,7 +10,6 @@ use std::time::Duration;
 use carbonctx_sampler::discover::{self as disc, Options, TdpModelUse};
 use carbonctx_sampler::sampler::{self, Config};
 use carbonctx_sampler::{Roots, SourceInfo, Unavailable};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -37,43 +37,41 @@ fn unavailable_dict<'py>(py: Python<'py>, u: &Unavailable) -> PyResult<Bound<'py
     Ok(d)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn options(
+/// Where the counters are and what the environment says about them: every value comes from
+/// the caller (the Python settings module reads the environment, once); nothing is read here.
+#[derive(Default)]
+struct Machine {
     sys_root: Option<PathBuf>,
     dev_root: Option<PathBuf>,
     proc_root: Option<PathBuf>,
     nvml_library: Option<PathBuf>,
+    cuda_visible_devices: Option<String>,
+    cuda_device_order: Option<String>,
+    cpu_tdp_w: Option<String>,
+}
+
+/// Converts the arguments into discovery options. `gpus` (NVML indices or UUIDs, in
+/// CUDA_VISIBLE_DEVICES syntax) replaces the visible-device list: the GPUs this process reports.
+fn options(
+    machine: Machine,
     cpu_backends: Option<Vec<String>>,
     nvml: bool,
     estimate: &str,
+    gpus: Option<Vec<String>>,
 ) -> PyResult<Options> {
-    // TEMPORARY: the core reads no environment variable, so the binding fills what it used to
-    // read here, until the Python settings module reads these once and passes them in.
-    let env_path = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let env_text = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
     let defaults = Roots::default();
     let roots = Roots {
-        sys: sys_root
-            .or_else(|| env_path("CARBONCTX_SYSFS_ROOT"))
-            .unwrap_or(defaults.sys),
-        dev: dev_root
-            .or_else(|| env_path("CARBONCTX_DEV_ROOT"))
-            .unwrap_or(defaults.dev),
-        proc: proc_root
-            .or_else(|| env_path("CARBONCTX_PROC_ROOT"))
-            .unwrap_or(defaults.proc),
-        nvml_library: nvml_library.or_else(|| env_path("CARBONCTX_NVML_LIBRARY")),
+        sys: machine.sys_root.unwrap_or(defaults.sys),
+        dev: machine.dev_root.unwrap_or(defaults.dev),
+        proc: machine.proc_root.unwrap_or(defaults.proc),
+        nvml_library: machine.nvml_library,
     };
     let tdp_model = match estimate {
         "auto" => TdpModelUse::Auto,
         "never" => TdpModelUse::Never,
         "always" => TdpModelUse::Always,
         other => {
-            return Err(PyValueError::new_err(format!(
+            return Err(errors::configuration(format!(
                 "estimate must be 'auto', 'never' or 'always', not {other:?}"
             )))
         }
@@ -82,30 +80,30 @@ fn options(
         roots,
         nvml,
         tdp_model,
-        // TEMPORARY, as above: read here until the Python settings pass them in.
-        cuda_visible_devices: env_text("CUDA_VISIBLE_DEVICES"),
-        cuda_device_order: env_text("CUDA_DEVICE_ORDER"),
-        cpu_tdp_w: env_text("CARBONCTX_CPU_TDP_W"),
+        cuda_visible_devices: gpus.map(|g| g.join(",")).or(machine.cuda_visible_devices),
+        cuda_device_order: machine.cuda_device_order,
+        cpu_tdp_w: machine.cpu_tdp_w,
         ..Options::default()
     };
     if let Some(b) = cpu_backends {
-        for name in &b {
-            if !disc::DEFAULT_CPU_BACKENDS.contains(&name.as_str()) {
-                return Err(PyValueError::new_err(format!(
-                    "unknown CPU backend {name:?}: use any of {:?}",
-                    disc::DEFAULT_CPU_BACKENDS
-                )));
-            }
-        }
         opts.cpu_backends = b;
     }
     Ok(opts)
 }
 
+/// Seconds as a Duration; a value no Duration holds (negative, NaN, over ~584 years) is a
+/// configuration error instead of a panic.
+fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        errors::configuration(format!("{what}: {secs} is not a usable number of seconds"))
+    })
+}
+
 /// Find energy sources without starting anything.
 #[pyfunction]
 #[pyo3(signature = (*, sys_root=None, dev_root=None, proc_root=None, nvml_library=None,
-                    cpu_backends=None, nvml=true, estimate="auto"))]
+                    cuda_visible_devices=None, cuda_device_order=None, cpu_tdp_w=None,
+                    cpu_backends=None, nvml=true, estimate="auto", gpus=None))]
 #[allow(clippy::too_many_arguments)]
 fn discover<'py>(
     py: Python<'py>,
@@ -113,19 +111,24 @@ fn discover<'py>(
     dev_root: Option<PathBuf>,
     proc_root: Option<PathBuf>,
     nvml_library: Option<PathBuf>,
+    cuda_visible_devices: Option<String>,
+    cuda_device_order: Option<String>,
+    cpu_tdp_w: Option<String>,
     cpu_backends: Option<Vec<String>>,
     nvml: bool,
     estimate: &str,
+    gpus: Option<Vec<String>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let opts = options(
+    let machine = Machine {
         sys_root,
         dev_root,
         proc_root,
         nvml_library,
-        cpu_backends,
-        nvml,
-        estimate,
-    )?;
+        cuda_visible_devices,
+        cuda_device_order,
+        cpu_tdp_w,
+    };
+    let opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
     let found = py.detach(|| disc::discover(&opts));
     let d = PyDict::new(py);
     let chosen: PyResult<Vec<_>> = found
@@ -161,8 +164,10 @@ struct Sampler {
 impl Sampler {
     #[new]
     #[pyo3(signature = (*, sys_root=None, dev_root=None, proc_root=None, nvml_library=None,
-                        cpu_backends=None, nvml=true, estimate="auto", intervals=None,
-                        timeline_capacity=None, settle_s=None, phase_lock=true, quiet_s=None))]
+                        cuda_visible_devices=None, cuda_device_order=None, cpu_tdp_w=None,
+                        cpu_backends=None, nvml=true, estimate="auto", gpus=None,
+                        intervals=None, timeline_capacity=None, settle_s=None, phase_lock=true,
+                        quiet_s=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -170,56 +175,50 @@ impl Sampler {
         dev_root: Option<PathBuf>,
         proc_root: Option<PathBuf>,
         nvml_library: Option<PathBuf>,
+        cuda_visible_devices: Option<String>,
+        cuda_device_order: Option<String>,
+        cpu_tdp_w: Option<String>,
         cpu_backends: Option<Vec<String>>,
         nvml: bool,
         estimate: &str,
+        gpus: Option<Vec<String>>,
         intervals: Option<Vec<(String, f64)>>,
         timeline_capacity: Option<usize>,
         settle_s: Option<f64>,
         phase_lock: bool,
         quiet_s: Option<f64>,
     ) -> PyResult<Self> {
-        let opts = options(
+        let machine = Machine {
             sys_root,
             dev_root,
             proc_root,
             nvml_library,
-            cpu_backends,
-            nvml,
-            estimate,
-        )?;
+            cuda_visible_devices,
+            cuda_device_order,
+            cpu_tdp_w,
+        };
+        let opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
         let mut config = Config {
             phase_lock,
             ..Config::default()
         };
         for (backend, secs) in intervals.unwrap_or_default() {
-            if !(secs.is_finite() && secs > 0.0) {
-                return Err(PyValueError::new_err(format!(
+            let d = seconds(&format!("interval for {backend:?}"), secs)?;
+            if d.is_zero() {
+                return Err(errors::configuration(format!(
                     "interval for {backend:?} must be a positive number of seconds, not {secs}"
                 )));
             }
-            config
-                .intervals
-                .push((backend, Duration::from_secs_f64(secs)));
+            config.intervals.push((backend, d));
         }
         if let Some(q) = quiet_s {
-            if !(q.is_finite() && q >= 0.0) {
-                return Err(PyValueError::new_err(format!(
-                    "quiet_s must be a non-negative number of seconds (0: never quiet), not {q}"
-                )));
-            }
-            config.quiet_interval = Duration::from_secs_f64(q);
+            config.quiet_interval = seconds("quiet_s", q)?;
         }
         if let Some(c) = timeline_capacity {
             config.timeline_capacity = c;
         }
         if let Some(s) = settle_s {
-            if !(s.is_finite() && s >= 0.0) {
-                return Err(PyValueError::new_err(format!(
-                    "settle_s must be a non-negative number of seconds, not {s}"
-                )));
-            }
-            config.settle = Duration::from_secs_f64(s);
+            config.settle = seconds("settle_s", s)?;
         }
         let started = py.detach(move || {
             let found = disc::discover(&opts);
@@ -229,8 +228,7 @@ impl Sampler {
                 (s, found.alternatives, all)
             })
         });
-        let (inner, alternatives, unavailable) =
-            started.map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        let (inner, alternatives, unavailable) = started.map_err(errors::from_core)?;
         Ok(Sampler {
             inner,
             alternatives,
@@ -408,6 +406,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Sampler>()?;
     m.add_class::<sim::SimMachine>()?;
     m.add_class::<region::Region>()?;
+    m.add_class::<region::RegionHub>()?;
+    m.add_function(wrap_pyfunction!(region::set_hub, m)?)?;
     m.add_function(wrap_pyfunction!(region::claim_regions, m)?)?;
     m.add_function(wrap_pyfunction!(region::current, m)?)?;
     m.add_function(wrap_pyfunction!(discover, m)?)?;

@@ -1,17 +1,19 @@
 //! The hot path of `with carbonctx.track(...)`: the region object, entered and left in native
 //! code. Everything that is not the common case (a runtime not started yet, strict checks,
 //! CUDA synchronisation, warnings due, an object entered twice) is handed to the Python
-//! subclass (`carbonctx._tracker.Tracker`) through its `_enter_slow` / `_exit_slow` methods, so
+//! subclass (`carbonctx._measure.region.Tracker`) through its `_enter_slow` / `_exit_slow` methods, so
 //! the behaviour lives in one place and this file only makes the usual case cheap.
 
 use std::ffi::CString;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString};
-use pyo3::{ffi, intern};
+use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use crate::Sampler;
 
@@ -32,26 +34,127 @@ extern "C" {
     fn PyContextVar_Reset(var: *mut ffi::PyObject, token: *mut ffi::PyObject) -> std::ffi::c_int;
 }
 
-/// What the hot path reads on every region: the runtime module (its `_RT` is the process's
-/// runtime) and its backlog limit.
-struct Hooks {
-    runtime: Py<PyModule>,
+/// What the region code needs of the process's runtime, handed over as one typed object
+/// (`carbonctx._measure.runtime.Runtime` makes it and installs it with [`set_hub`]): the
+/// runtime itself (a region's `_rt`), its sampler once started, its flags, the map of regions
+/// waiting for the resolver, the name tags, and the three callbacks the exit path may need.
+/// Its fields are read on every region; nothing is looked up by name. Frozen: the flags are
+/// atomics and the sampler is set once, so no borrow is checked and none can collide.
+#[pyclass(frozen, module = "carbonctx._native")]
+pub(crate) struct RegionHub {
+    runtime: Py<PyAny>,
+    sampler: OnceLock<Py<Sampler>>,
+    strict: bool,
+    warn_due: AtomicBool,
+    dead: AtomicBool,
+    pending: Py<PyDict>,
+    name_tags: Py<PyDict>,
+    tag_of: Py<PyAny>,
+    drain: Py<PyAny>,
+    emit_warnings: Py<PyAny>,
     backlog_high: usize,
 }
 
-static HOOKS: PyOnceLock<Hooks> = PyOnceLock::new();
-static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-fn hooks(py: Python<'_>) -> PyResult<&'static Hooks> {
-    HOOKS.get_or_try_init(py, || {
-        let runtime = py.import("carbonctx._measure.process")?;
-        let backlog_high = runtime.getattr("BACKLOG_HIGH")?.extract()?;
-        Ok(Hooks {
-            runtime: runtime.unbind(),
+#[pymethods]
+impl RegionHub {
+    #[new]
+    #[pyo3(signature = (runtime, *, strict, pending, name_tags, tag_of, drain, emit_warnings,
+                        backlog_high))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        runtime: Py<PyAny>,
+        strict: bool,
+        pending: Py<PyDict>,
+        name_tags: Py<PyDict>,
+        tag_of: Py<PyAny>,
+        drain: Py<PyAny>,
+        emit_warnings: Py<PyAny>,
+        backlog_high: usize,
+    ) -> Self {
+        RegionHub {
+            runtime,
+            sampler: OnceLock::new(),
+            strict,
+            warn_due: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            pending,
+            name_tags,
+            tag_of,
+            drain,
+            emit_warnings,
             backlog_high,
-        })
-    })
+        }
+    }
+
+    /// The runtime's sampler, once it has started (set once).
+    #[getter]
+    fn sampler(&self, py: Python<'_>) -> Option<Py<Sampler>> {
+        self.sampler.get().map(|s| s.clone_ref(py))
+    }
+
+    #[setter]
+    fn set_sampler(&self, sampler: Py<Sampler>) -> PyResult<()> {
+        self.sampler
+            .set(sampler)
+            .map_err(|_| PyRuntimeError::new_err("the hub's sampler is set once"))
+    }
+
+    #[getter]
+    fn warn_due(&self) -> bool {
+        self.warn_due.load(Ordering::Relaxed)
+    }
+
+    #[setter]
+    fn set_warn_due(&self, due: bool) {
+        self.warn_due.store(due, Ordering::Relaxed);
+    }
+
+    #[getter]
+    fn dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+
+    #[setter]
+    fn set_dead(&self, dead: bool) {
+        self.dead.store(dead, Ordering::Relaxed);
+    }
+
+    /// The hub and its runtime refer to each other; the collector breaks that cycle through
+    /// the runtime (an ordinary object), so visiting is enough.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.runtime)?;
+        if let Some(s) = self.sampler.get() {
+            visit.call(s)?;
+        }
+        visit.call(&self.pending)?;
+        visit.call(&self.name_tags)?;
+        visit.call(&self.tag_of)?;
+        visit.call(&self.drain)?;
+        visit.call(&self.emit_warnings)
+    }
 }
+
+/// The hub of the process's current runtime (None before the first region, after
+/// `configure()` until the next one, and in a forked child until it makes its own).
+static HUB: Mutex<Option<Py<RegionHub>>> = Mutex::new(None);
+
+fn hub_slot() -> std::sync::MutexGuard<'static, Option<Py<RegionHub>>> {
+    HUB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Installs the current runtime's hub (`None`: no runtime).
+#[pyfunction]
+#[pyo3(signature = (hub))]
+pub(crate) fn set_hub(hub: Option<Py<RegionHub>>) {
+    let old = std::mem::replace(&mut *hub_slot(), hub);
+    drop(old);
+}
+
+fn current_hub(py: Python<'_>) -> Option<Bound<'_, RegionHub>> {
+    hub_slot().as_ref().map(|h| h.clone_ref(py).into_bound(py))
+}
+
+static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// The context variable that holds the innermost open region (`carbonctx.current()`).
 fn current_var(py: Python<'_>) -> PyResult<&'static Py<PyAny>> {
@@ -160,7 +263,7 @@ fn enter_slow(slf: &Bound<'_, Region>) -> PyResult<Py<PyAny>> {
         .map(Bound::unbind)
 }
 
-/// A measured region. Subclassed by `carbonctx._tracker.Tracker`, which adds the results.
+/// A measured region. Subclassed by `carbonctx._measure.region.Tracker`, which adds the results.
 /// Not collectable (see [`untrack`]).
 #[pyclass(subclass, module = "carbonctx._native")]
 pub(crate) struct Region {
@@ -186,8 +289,8 @@ pub(crate) struct Region {
     raw_row: usize,
     #[pyo3(get, set, name = "_result")]
     result: Option<Py<PyAny>>,
-    #[pyo3(get, set, name = "_rt")]
-    rt: Option<Py<PyAny>>,
+    /// The hub of the runtime that measures it (set when it is entered).
+    hub: Option<Py<RegionHub>>,
     #[pyo3(get, set, name = "_strict")]
     strict_now: bool,
     #[pyo3(get, set, name = "_token")]
@@ -215,6 +318,12 @@ impl Region {
             Some((b, k)) => (Some(b), k),
             None => (None, 0),
         };
+    }
+
+    /// The runtime that measures the region (None until it is entered).
+    #[getter(_rt)]
+    fn rt(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.hub.as_ref().map(|h| h.get().runtime.clone_ref(py))
     }
 
     #[new]
@@ -251,7 +360,7 @@ impl Region {
             raw_batch: None,
             raw_row: 0,
             result: None,
-            rt: None,
+            hub: None,
             strict_now: false,
             token: None,
             clones: None,
@@ -263,27 +372,27 @@ impl Region {
         let py = slf.py();
         {
             let me = slf.borrow();
-            if me.rt.is_some() || me.sync || me.strict == Some(true) {
+            if me.hub.is_some() || me.sync || me.strict == Some(true) {
                 drop(me);
                 return enter_slow(slf);
             }
         }
-        let h = hooks(py)?;
-        let rt = h.runtime.bind(py).getattr(intern!(py, "_RT"))?;
-        if rt.is_none() {
-            return enter_slow(slf);
-        }
-        let sampler = rt.getattr(intern!(py, "sampler"))?;
-        let Ok(sampler) = sampler.cast_into::<Sampler>() else {
+        let Some(hub) = current_hub(py) else {
             return enter_slow(slf);
         };
+        let h = hub.get();
         let strict_default = slf.borrow().strict.is_none();
-        if (strict_default && rt.getattr(intern!(py, "strict"))?.is_truthy()?)
-            || rt.getattr(intern!(py, "warn_due"))?.is_truthy()?
-        {
-            return enter_slow(slf);
-        }
-        enter_core(slf, rt, Some(sampler))?;
+        let sampler = match h.sampler.get() {
+            Some(s)
+                if !((strict_default && h.strict)
+                    || h.warn_due.load(Ordering::Relaxed)
+                    || h.dead.load(Ordering::Relaxed)) =>
+            {
+                s.bind(py).clone()
+            }
+            _ => return enter_slow(slf),
+        };
+        enter_core(slf, hub, Some(sampler))?;
         Ok(slf.clone().into_any().unbind())
     }
 
@@ -292,10 +401,10 @@ impl Region {
     #[pyo3(name = "_enter_core")]
     fn py_enter_core(
         slf: &Bound<'_, Self>,
-        rt: Bound<'_, PyAny>,
+        hub: Bound<'_, RegionHub>,
         sampler: Option<Bound<'_, Sampler>>,
     ) -> PyResult<()> {
-        enter_core(slf, rt, sampler)
+        enter_core(slf, hub, sampler)
     }
 
     /// The part of leaving that every path shares (`Tracker._exit_slow` calls it after CUDA
@@ -329,24 +438,19 @@ impl Region {
 /// variable, and a begin mark when there is a sampler.
 fn enter_core(
     slf: &Bound<'_, Region>,
-    rt: Bound<'_, PyAny>,
+    hub: Bound<'_, RegionHub>,
     sampler: Option<Bound<'_, Sampler>>,
 ) -> PyResult<()> {
     let py = slf.py();
     untrack(slf.as_any());
     let var = current_var(py)?;
     let parent = open_region(py)?;
-    let parent_id = if parent.is_none() {
-        None
-    } else if let Ok(p) = parent.cast::<Region>() {
-        Some(p.borrow().id)
-    } else {
-        Some(parent.getattr(intern!(py, "id"))?.extract()?)
-    };
+    // Only regions are ever put in the context variable.
+    let parent_id = parent.cast::<Region>().ok().map(|p| p.borrow().id);
     let token = context_set(py, var, slf.as_any())?;
     let id = sampler.map(|s| s.get().inner.begin());
     let mut me = slf.borrow_mut();
-    me.rt = Some(rt.unbind());
+    me.hub = Some(hub.unbind());
     me.parent = parent_id;
     me.prev = (!parent.is_none()).then(|| parent.unbind());
     me.token = Some(token.unbind());
@@ -361,47 +465,41 @@ fn enter_core(
 /// measured it).
 fn exit_core(slf: &Bound<'_, Region>) -> PyResult<()> {
     let py = slf.py();
-    let (token, rt, id) = {
+    let (token, hub, id) = {
         let mut me = slf.borrow_mut();
         (
             me.token.take(),
-            me.rt.as_ref().map(|r| r.clone_ref(py)),
+            me.hub.as_ref().map(|h| h.bind(py).clone()),
             me.id,
         )
     };
     if let Some(token) = token {
         context_reset(py, current_var(py)?, &token)?;
     }
-    let Some(rt) = rt.map(|r| r.into_bound(py)) else {
+    let (Some(hub), true) = (hub, id != 0) else {
         slf.borrow_mut().t1 = -1;
         return Ok(());
     };
-    let sampler = rt.getattr(intern!(py, "sampler"))?;
-    let sampler = match sampler.cast_into::<Sampler>() {
-        Ok(s) if id != 0 && !rt.getattr(intern!(py, "dead"))?.is_truthy()? => s,
-        _ => {
-            slf.borrow_mut().t1 = -1;
-            return Ok(());
-        }
+    let h = hub.get();
+    let Some(sampler) = h.sampler.get().filter(|_| !h.dead.load(Ordering::Relaxed)) else {
+        slf.borrow_mut().t1 = -1;
+        return Ok(());
     };
-    let pending = rt.getattr(intern!(py, "pending"))?.cast_into::<PyDict>()?;
+    let pending = h.pending.bind(py);
     pending.set_item(id, slf)?;
     let name = slf.borrow().name.clone_ref(py);
-    let tags = rt
-        .getattr(intern!(py, "_name_tags"))?
-        .cast_into::<PyDict>()?;
-    let tag: u32 = match tags.get_item(&name)? {
+    let tag: u32 = match h.name_tags.bind(py).get_item(&name)? {
         Some(t) => t.extract()?,
-        None => rt.call_method1(intern!(py, "tag_of"), (name,))?.extract()?,
+        None => h.tag_of.call1(py, (name,))?.extract(py)?,
     };
     slf.borrow_mut().thread = thread_ident();
     let t1 = sampler.get().inner.end_tagged(id, tag);
     slf.borrow_mut().t1 = i64::try_from(t1).unwrap_or(i64::MAX);
-    if pending.len() > hooks(py)?.backlog_high {
-        rt.call_method0(intern!(py, "drain"))?;
+    if pending.len() > h.backlog_high {
+        h.drain.call0(py)?;
     }
-    if rt.getattr(intern!(py, "warn_due"))?.is_truthy()? {
-        rt.call_method0(intern!(py, "emit_warnings"))?;
+    if h.warn_due.load(Ordering::Relaxed) {
+        h.emit_warnings.call0(py)?;
     }
     Ok(())
 }

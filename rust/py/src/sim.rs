@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use carbonctx_sampler::Domain;
 use carbonctx_sim::{secs_to_ns, SimGpu, SimMachine as Machine, SimSpec, SimZone, SquareWave};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -26,7 +26,7 @@ fn domain(name: &str) -> PyResult<Domain> {
 }
 
 fn err(e: carbonctx_sampler::Error) -> PyErr {
-    PyRuntimeError::new_err(e.to_string())
+    crate::errors::from_core(e)
 }
 
 /// A zone: (domain, package, low_w, high_w, period_s, duty, max_energy_range_uj, offset_j).
