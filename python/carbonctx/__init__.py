@@ -33,9 +33,10 @@ from carbonctx._results.equivalents import (
     pue_suggestion,
 )
 from carbonctx._results.measurement import Measurement, SourceEnergy
-from carbonctx._results.runs import RunTotals
+from carbonctx._results.runs import JobTotal, RunTotals
 from carbonctx._results.statistics import Distribution, NameStats, StatsTable
 from carbonctx._runs.run import Run, epochs
+from carbonctx._runs.total import job_total
 from carbonctx.errors import (
     CarbonctxError,
     CarbonctxWarning,
@@ -61,6 +62,7 @@ __all__ = [
     "Estimate",
     "IntensityLookupError",
     "IntensityWarning",
+    "JobTotal",
     "Measurement",
     "NameStats",
     "PueSuggestion",
@@ -82,6 +84,7 @@ __all__ = [
     "epochs",
     "equivalents",
     "flush",
+    "job_total",
     "pue_suggestion",
     "recent",
     "stats",
@@ -112,6 +115,13 @@ def configure(
     dev_root: str | None = None,
     proc_root: str | None = None,
     nvml_library: str | None = None,
+    rank: int | None = None,
+    local_rank: int | None = None,
+    world_size: int | None = None,
+    local_world_size: int | None = None,
+    node: str | None = None,
+    job: str | None = None,
+    gpus: Sequence[int | str] | None = None,
 ) -> Settings:
     """Set process-wide options; unset ones keep their value (from ``CARBONCTX_*`` or default).
 
@@ -124,6 +134,11 @@ def configure(
     Carbon: ``zone``, ``pue``, ``providers``, ``electricitymaps_token``, ``urls``, ``cache_dir``.
     Hardware roots (for simulated hardware): ``sys_root``, ``dev_root``, ``proc_root``,
     ``nvml_library``.
+    Distributed jobs (each overrides what the launcher says): ``rank``, ``local_rank``,
+    ``world_size``, ``local_world_size``, ``node`` (the node's name; default host name and boot
+    id), ``job`` (the job's id), ``gpus`` (the GPUs this rank reports: device numbers as this
+    process numbers them, or UUIDs; ``[]`` for none). ``output`` may use ``{rank}``,
+    ``{local_rank}``, ``{node}`` and ``{job}``.
 
     A running sampler is stopped (its regions resolved) and restarts with the new settings on
     the next region. Raises :class:`ConfigurationError` for a value that cannot be used.
@@ -153,7 +168,9 @@ def recent() -> list[Measurement]:
 
 
 def devices() -> dict[str, Any]:
-    """What was found: sources in use, alternatives, and what could not be used with why."""
+    """What was found: sources in use, alternatives, and what could not be used with why;
+    under ``"rank"``, which rank and node of which job this process is (from which launcher),
+    which GPUs it reports and by which rule, and how node-wide sources are shared."""
     return _process.runtime().describe()
 
 
@@ -183,6 +200,7 @@ def write_trace(path: str) -> str:
 for _cls in (
     Distribution,
     Equivalent,
+    JobTotal,
     Measurement,
     NameStats,
     PueSuggestion,

@@ -12,6 +12,9 @@ This is the one module that reads the process environment. Everything else recei
 ``_CACHE_DIR`` (and ``XDG_CACHE_HOME``)
 ``CARBONCTX_ZONE`` (and cloud region, TZ)    zone rules, in ``_carbon.zones``, from :func:`environ`
 ``CARBONCTX_LOG_DIR``, ``_PROGRESS``         runs of epochs (:func:`log_dir`, :func:`progress`)
+``CARBONCTX_RANK``, ``_LOCAL_RANK``,         this process's place in a distributed job (override
+``_WORLD_SIZE``, ``_LOCAL_WORLD_SIZE``,      the launcher's variables; see ``_distributed.ranks``)
+``_NODE``, ``_JOB``, ``_GPUS``               and the GPUs this rank reports
 ==========================================  =======================================================
 """
 
@@ -41,6 +44,16 @@ ESTIMATE_MODES = ("auto", "never", "always")
 FORK_MODES = ("restart", "disable")
 #: The longest polling interval accepted, in seconds (counters wrap within minutes).
 MAX_INTERVAL_S = 3600.0
+#: Settings that place this process in a distributed job, and their variables.
+RANK_SETTINGS = {
+    "rank": "CARBONCTX_RANK",
+    "local_rank": "CARBONCTX_LOCAL_RANK",
+    "world_size": "CARBONCTX_WORLD_SIZE",
+    "local_world_size": "CARBONCTX_LOCAL_WORLD_SIZE",
+    "node": "CARBONCTX_NODE",
+    "job": "CARBONCTX_JOB",
+}
+_INT_RANK_SETTINGS = ("rank", "local_rank", "world_size", "local_world_size")
 
 
 @attrs.frozen(slots=True)
@@ -69,6 +82,19 @@ class Settings:
     electricitymaps_token: str | None = attrs.field(default=None, repr=False)
     urls: Mapping[str, str] | None = None
     cache_dir: str | None = None
+    # Distributed jobs (None: what the launcher says; see _distributed)
+    rank: int | None = None
+    local_rank: int | None = None
+    world_size: int | None = None
+    local_world_size: int | None = None
+    node: str | None = None
+    job: str | None = None
+    #: GPUs this rank reports: device numbers (after CUDA_VISIBLE_DEVICES) or UUIDs; () none.
+    gpus: tuple[int | str, ...] | None = None
+
+    def rank_kwargs(self) -> dict[str, Any]:
+        """The settings :func:`carbonctx._distributed.detect_ranks` takes."""
+        return {name: getattr(self, name) for name in RANK_SETTINGS}
 
     def intensity_kwargs(self) -> dict[str, Any]:
         return {
@@ -124,6 +150,45 @@ def _intervals(name: str, value: str) -> dict[str, float]:
     return out
 
 
+def _count(name: str, value: str) -> int:
+    v = value.strip()
+    if not v.isdigit():
+        raise ConfigurationError(f"{name}={value!r}: give a non-negative integer")
+    return int(v)
+
+
+def parse_gpus(name: str, value: str | Sequence[int | str]) -> tuple[int | str, ...]:
+    """The GPU setting: device numbers (as this process numbers them, after
+    ``CUDA_VISIBLE_DEVICES``) or ``GPU-``/``MIG-`` UUIDs; empty or ``none`` for no GPU."""
+    items: list[int | str] = []
+    raw = value.split(",") if isinstance(value, str) else list(value)
+    if isinstance(value, str) and value.strip().lower() == "none":
+        raw = []
+    for item in raw:
+        if isinstance(item, bool):
+            raise ConfigurationError(f"{name}: {item!r} is not a device number or GPU UUID")
+        if isinstance(item, int):
+            if item < 0:
+                raise ConfigurationError(f"{name}: device number {item} is negative")
+            out: int | str = item
+        else:
+            text = str(item).strip()
+            if not text:
+                continue
+            if text.isdigit():
+                out = int(text)
+            elif text.lower().startswith(("gpu-", "mig-")):
+                out = text
+            else:
+                raise ConfigurationError(
+                    f"{name}: {text!r} is neither a device number nor a GPU-/MIG- UUID "
+                    "(list them comma-separated, like 0,1 or GPU-5f1c...)"
+                )
+        if out not in items:
+            items.append(out)
+    return tuple(items)
+
+
 def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Settings found in ``CARBONCTX_*`` variables, as ``configure()`` keyword arguments."""
     e = environ(env)
@@ -149,6 +214,12 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["summary_at_exit"] = _bool("CARBONCTX_SUMMARY", v)
     if (v := get("CARBONCTX_ON_FORK")) is not None:
         out["on_fork"] = v
+    for key, var in RANK_SETTINGS.items():
+        if (v := get(var)) is not None:
+            out[key] = _count(var, v) if key in _INT_RANK_SETTINGS else v
+    # An empty CARBONCTX_GPUS is a choice (no GPU), as for CUDA_VISIBLE_DEVICES.
+    if (raw := e.get("CARBONCTX_GPUS")) is not None:
+        out["gpus"] = parse_gpus("CARBONCTX_GPUS", raw)
     for field, name in ROOT_VARIABLES.items():
         if (v := get(name)) is not None:
             out[field] = v
@@ -213,6 +284,7 @@ def build(
         cpu_backends=tuple(s.cpu_backends),
         intervals=dict(s.intervals),
         providers=tuple(s.providers) if s.providers is not None else None,
+        gpus=parse_gpus("gpus", s.gpus) if s.gpus is not None else None,
     )
     validate(s)
     return s
@@ -242,6 +314,30 @@ def validate(s: Settings) -> None:
         raise ConfigurationError(f"gpu={s.gpu!r}: give True or False")
     if not (isinstance(s.window, int) and s.window >= 0):
         raise ConfigurationError(f"window={s.window!r}: give a non-negative number of regions")
+    for key in _INT_RANK_SETTINGS:
+        v = getattr(s, key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ConfigurationError(f"{key}={v!r}: give a non-negative integer (or None)")
+    for key in ("node", "job"):
+        v = getattr(s, key)
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise ConfigurationError(f"{key}={v!r}: give a non-empty name (or None)")
+    if s.world_size is not None and s.world_size < 1:
+        raise ConfigurationError(f"world_size={s.world_size}: a job has at least one process")
+    if s.local_world_size is not None and s.local_world_size < 1:
+        raise ConfigurationError(
+            f"local_world_size={s.local_world_size}: a node runs at least one process of the job"
+        )
+    if s.rank is not None and s.world_size is not None and s.rank >= s.world_size:
+        raise ConfigurationError(f"rank={s.rank} must be below world_size={s.world_size}")
+    if (
+        s.local_rank is not None
+        and s.local_world_size is not None
+        and s.local_rank >= s.local_world_size
+    ):
+        raise ConfigurationError(
+            f"local_rank={s.local_rank} must be below local_world_size={s.local_world_size}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.set_defaults(func=cmd_devices)
 
 
+def _print_rank(rank: dict[str, Any], out: Any) -> None:
+    if not rank.get("distributed"):
+        print("Job: this process is not part of a distributed job.", file=out)
+        if rank.get("problems"):
+            print(f"  (launcher variables ignored: {'; '.join(rank['problems'])})", file=out)
+        return
+    local = (
+        f"local rank {rank['local_rank']} of {rank['local_world_size']}"
+        if rank.get("local_rank") is not None
+        else "local rank unknown"
+    )
+    print(
+        f"Job: rank {rank['rank']} of {rank['world_size']} ({local}) on node {rank['node']}, "
+        f"job {rank['job'] or '(no id)'}, launcher {rank['launcher']}",
+        file=out,
+    )
+    gpus = rank.get("gpus")
+    if gpus is not None:
+        owned = ", ".join(f"nvml:{i}" for i in gpus["indices"]) or "none"
+        print(f"  GPUs it reports: {owned} ({gpus['rule']}: {gpus['reason']})", file=out)
+    shared = rank.get("shared_sources") or {}
+    print(
+        f"  CPU and DRAM (node-wide): share {shared.get('share', 1.0):.4g} of the node "
+        f"({rank.get('share_rule')})",
+        file=out,
+    )
+    print(f"  Sampler: {rank.get('sampler')}", file=out)
+
+
 def _print_devices(info: dict[str, Any], out: Any) -> None:
+    if info.get("rank"):
+        _print_rank(info["rank"], out)
+        print(file=out)
     srcs = info["sources"]
     if srcs:
         print("Energy sources in use:", file=out)

@@ -4,7 +4,8 @@ A self-contained layer for the runtime to build on (see DESIGN.md, "Distributed 
 functions over an environment mapping; nothing here imports torch or mpi4py: the collectives use
 them only when the program has already imported and initialised them.
 
-Wiring it into the runtime (not done here):
+How the runtime wires it in (``_measure.ranks``, ``_measure.runtime``, ``_runs.run``,
+``_runs.jobs``, ``_runs.merge``; the node's sampler in shared memory is still to come):
 
 - settings ``rank``, ``local_rank``, ``world_size``, ``local_world_size``, ``node``, ``job``
   (``CARBONCTX_RANK`` ... ``CARBONCTX_NODE``, ``CARBONCTX_JOB``) go to :func:`detect_ranks`,
@@ -23,6 +24,7 @@ Wiring it into the runtime (not done here):
 from __future__ import annotations
 
 from carbonctx._distributed.collectives import (
+    Engine,
     allreduce_sum,
     any_rank,
     engine,
@@ -34,6 +36,7 @@ from carbonctx._distributed.paths import distinguishes_ranks, expand_path, place
 from carbonctx._distributed.ranks import RankInfo, detect_ranks, parse_slurm_tasks_per_node
 
 __all__ = [
+    "Engine",
     "Gpu",
     "GpuOwnership",
     "RankInfo",

@@ -66,14 +66,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
 
+from carbonctx._distributed.launchers import (
+    READERS,
+    parse_slurm_tasks_per_node,
+    same_processes,
+)
 from carbonctx.errors import CarbonctxWarning, ConfigurationError
 
 __all__ = [
@@ -123,24 +127,6 @@ class RankInfo:
     problems: tuple[str, ...] = ()
 
 
-def parse_slurm_tasks_per_node(value: str) -> list[int]:
-    """Expand Slurm's tasks-per-node form: ``"2(x3),1"`` is ``[2, 2, 2, 1]``.
-
-    Raises ValueError on anything else.
-    """
-    out: list[int] = []
-    for part in value.strip().split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:\(x(\d+)\))?\s*", part)
-        if m is None:
-            raise ValueError(f"not Slurm's tasks-per-node form: {value!r}")
-        count = int(m.group(1))
-        repeat = int(m.group(2)) if m.group(2) is not None else 1
-        if repeat < 1:
-            raise ValueError(f"not Slurm's tasks-per-node form: {value!r}")
-        out.extend([count] * repeat)
-    return out
-
-
 def read_boot_id(proc_root: str | os.PathLike[str] = "/proc") -> str | None:
     """This machine's boot id (changes at every boot), or None where it cannot be read."""
     try:
@@ -148,191 +134,6 @@ def read_boot_id(proc_root: str | os.PathLike[str] = "/proc") -> str | None:
     except OSError:
         return None
     return text or None
-
-
-# ---------------------------------------------------------------------------- launcher readings
-
-
-@attrs.define
-class _Reading:
-    """What one launcher's variables say. A field is (value, variable name)."""
-
-    launcher: str
-    fields: dict[str, tuple[int, str]] = attrs.field(factory=dict)
-    job: tuple[str, str] | None = None
-    # (message, the field it makes unusable, if one): a setting for that field fixes it.
-    problems: list[tuple[str, str | None]] = attrs.field(factory=list)
-    bad: set[str] = attrs.field(factory=set)
-
-    def get(self, name: str) -> int | None:
-        v = self.fields.get(name)
-        return None if v is None else v[0]
-
-    @property
-    def claims_ranks(self) -> bool:
-        return bool(self.fields) or bool(self.bad)
-
-
-def _read_int(r: _Reading, env: Mapping[str, str], field: str, *names: str) -> None:
-    for name in names:
-        raw = env.get(name)
-        if raw is None:
-            continue
-        value = raw.strip()
-        if re.fullmatch(r"\d+", value):
-            r.fields[field] = (int(value), name)
-        else:
-            r.problems.append((f"{name}={raw!r} is not a non-negative integer", field))
-            r.bad.add(field)
-        return
-
-
-def _read_torch(env: Mapping[str, str]) -> _Reading | None:
-    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-    elastic = "TORCHELASTIC_RUN_ID" in env or "GROUP_RANK" in env
-    if not elastic and not any(n in env for n in names):
-        return None
-    r = _Reading("torchrun" if elastic else "torch-env")
-    _read_int(r, env, "rank", "RANK")
-    _read_int(r, env, "world_size", "WORLD_SIZE")
-    _read_int(r, env, "local_rank", "LOCAL_RANK")
-    _read_int(r, env, "local_world_size", "LOCAL_WORLD_SIZE")
-    _read_int(r, env, "node_rank", "GROUP_RANK", "NODE_RANK")
-    run_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
-    if run_id and run_id.lower() != "none":
-        r.job = (run_id, "TORCHELASTIC_RUN_ID")
-    return r
-
-
-def _read_openmpi(env: Mapping[str, str]) -> _Reading | None:
-    if "OMPI_COMM_WORLD_RANK" not in env and "OMPI_COMM_WORLD_SIZE" not in env:
-        return None
-    r = _Reading("openmpi")
-    _read_int(r, env, "rank", "OMPI_COMM_WORLD_RANK")
-    _read_int(r, env, "world_size", "OMPI_COMM_WORLD_SIZE")
-    _read_int(r, env, "local_rank", "OMPI_COMM_WORLD_LOCAL_RANK")
-    _read_int(r, env, "local_world_size", "OMPI_COMM_WORLD_LOCAL_SIZE")
-    for name in ("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "OMPI_MCA_orte_ess_jobid"):
-        if env.get(name, "").strip():
-            r.job = (env[name].strip(), name)
-            break
-    return r
-
-
-def _read_pmi(env: Mapping[str, str]) -> _Reading | None:
-    if "PMI_RANK" not in env and "PMI_SIZE" not in env:
-        return None
-    hydra = "MPI_LOCALRANKID" in env or "MPI_LOCALNRANKS" in env
-    intel = any(k.startswith("I_MPI_") for k in env)
-    name = "intel-mpi" if intel else ("mpich" if hydra else "pmi")
-    r = _Reading(name)
-    _read_int(r, env, "rank", "PMI_RANK")
-    _read_int(r, env, "world_size", "PMI_SIZE")
-    _read_int(r, env, "local_rank", "MPI_LOCALRANKID")
-    _read_int(r, env, "local_world_size", "MPI_LOCALNRANKS")
-    return r
-
-
-def _slurm_job(env: Mapping[str, str]) -> tuple[str, str] | None:
-    for name in ("SLURM_JOB_ID", "SLURM_JOBID"):
-        if env.get(name, "").strip():
-            return env[name].strip(), name
-    return None
-
-
-def _read_slurm(env: Mapping[str, str]) -> _Reading | None:
-    job = _slurm_job(env)
-    step_name = next((n for n in ("SLURM_STEP_ID", "SLURM_STEPID") if n in env), None)
-    step_text = env.get(step_name, "").strip() if step_name else ""
-    # Slurm numbers its batch, extern and interactive steps from 0xfffffff0 up; only srun's
-    # steps (0, 1, ...) run tasks of a job.
-    task_step = step_text.isdigit() and int(step_text) < 0xFFFFFFF0
-    is_step = task_step or "SLURM_STEP_NUM_TASKS" in env
-    if not task_step:
-        step_name = None
-    if not is_step:
-        if job is None:
-            return None
-        # A batch script or salloc shell: one process inside an allocation, not a rank.
-        return _Reading("slurm-allocation", job=job)
-    r = _Reading("slurm")
-    if job is not None:
-        step = step_text if step_name else ""
-        r.job = (
-            f"{job[0]}.{step}" if step else job[0],
-            f"{job[1]}.{step_name}" if step else job[1],
-        )
-    _read_int(r, env, "rank", "SLURM_PROCID")
-    _read_int(r, env, "world_size", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS")
-    _read_int(r, env, "local_rank", "SLURM_LOCALID")
-    _read_int(r, env, "node_rank", "SLURM_NODEID")
-    for name in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"):
-        raw = env.get(name)
-        if raw is None:
-            continue
-        try:
-            counts = parse_slurm_tasks_per_node(raw)
-        except ValueError:
-            r.problems.append(
-                (
-                    f"{name}={raw!r} is not Slurm's tasks-per-node form (like 2(x3),1)",
-                    "local_world_size",
-                )
-            )
-            r.bad.add("local_world_size")
-            break
-        if len(counts) == 1:
-            r.fields["local_world_size"] = (counts[0], name)
-            break
-        node = r.get("node_rank")
-        if node is None:
-            r.problems.append(
-                (
-                    f"{name}={raw!r} lists several nodes but SLURM_NODEID is not set",
-                    "local_world_size",
-                )
-            )
-            r.bad.add("local_world_size")
-        elif node >= len(counts):
-            r.problems.append(
-                (
-                    f"SLURM_NODEID={node} is past the {len(counts)} nodes in {name}={raw!r}",
-                    "local_world_size",
-                )
-            )
-            r.bad.add("local_world_size")
-        else:
-            r.fields["local_world_size"] = (counts[node], f"{name}[SLURM_NODEID]")
-        break
-    return r
-
-
-def _read_pmix(env: Mapping[str, str]) -> _Reading | None:
-    if "PMIX_RANK" not in env:
-        return None
-    r = _Reading("pmix")
-    _read_int(r, env, "rank", "PMIX_RANK")
-    if env.get("PMIX_NAMESPACE", "").strip():
-        r.job = (env["PMIX_NAMESPACE"].strip(), "PMIX_NAMESPACE")
-    return r
-
-
-#: Closest launcher first.
-_READERS: tuple[Callable[[Mapping[str, str]], _Reading | None], ...] = (
-    _read_torch,
-    _read_openmpi,
-    _read_pmi,
-    _read_slurm,
-    _read_pmix,
-)
-
-
-def _same_processes(a: _Reading, b: _Reading) -> bool:
-    ra, rb = a.get("rank"), b.get("rank")
-    if ra is None or rb is None or ra != rb:
-        return False
-    wa, wb = a.get("world_size"), b.get("world_size")
-    return wa is None or wb is None or wa == wb
 
 
 # ---------------------------------------------------------------------------- the answer
@@ -438,7 +239,7 @@ def detect_ranks(
         if text is not None and not text.strip():
             raise ConfigurationError(f"{SETTING_NAMES[name]} must not be empty; unset it instead")
 
-    readings = [r for r in (reader(env) for reader in _READERS) if r is not None]
+    readings = [r for r in (reader(env) for reader in READERS) if r is not None]
     primary = next((r for r in readings if r.claims_ranks), None)
 
     values: dict[str, tuple[int, str]] = {}
@@ -453,7 +254,7 @@ def detect_ranks(
             if field is None or overrides.get(field) is None
         )
         for other in readings:
-            if other is primary or not _same_processes(primary, other):
+            if other is primary or not same_processes(primary, other):
                 continue
             for f in _FIELDS:
                 if f not in values and f not in primary.bad and f in other.fields:

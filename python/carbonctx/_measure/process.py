@@ -16,6 +16,8 @@ from typing import Any
 
 from carbonctx import _config, _native
 from carbonctx._config import Settings
+from carbonctx._distributed import placeholders
+from carbonctx._measure.ranks import forget_rank_info, process_rank_info
 from carbonctx._measure.runtime import RESULT_TIMEOUT_S, Runtime
 
 __all__ = [
@@ -31,6 +33,8 @@ _SETTINGS: Settings | None = None
 _ZOMBIES: list[Runtime] = []
 _LOCK = threading.Lock()
 _hooks_installed = False
+# The process (pid) whose inconsistent launcher variables have been warned about.
+_RANKS_WARNED: set[int] = set()
 
 #: Called in a forked child after the runtime has been replaced.
 fork_listeners: list[Callable[[], None]] = []
@@ -45,8 +49,8 @@ def runtime() -> Runtime:
     with _LOCK:
         if _RT is None:
             if _SETTINGS is None:
-                _SETTINGS = _config.build(None, {})
-            _RT = Runtime(_SETTINGS)
+                _SETTINGS = _checked(_config.build(None, {}))
+            _RT = _new_runtime(_SETTINGS)
             _native.set_hub(_RT.core)
             _install_hooks()
         return _RT
@@ -60,7 +64,7 @@ def current_runtime() -> Runtime | None:
 def configure(overrides: Mapping[str, Any]) -> Settings:
     """Apply settings; a running sampler is stopped and restarts with them on the next region."""
     global _RT, _SETTINGS
-    new = _config.build(_SETTINGS, overrides)
+    new = _checked(_config.build(_SETTINGS, overrides))
     with _LOCK:
         old = _RT
         _SETTINGS = new
@@ -71,11 +75,33 @@ def configure(overrides: Mapping[str, Any]) -> Settings:
     return new
 
 
+def _checked(s: Settings) -> Settings:
+    """Settings checked against what the distributed layer accepts: the output path's
+    placeholders and the rank settings against the launcher's (ConfigurationError)."""
+    if s.output:
+        placeholders(s.output)
+    process_rank_info(s)
+    return s
+
+
+def _new_runtime(settings: Settings) -> Runtime:
+    """A runtime with this process's rank; inconsistent launcher variables warn once per
+    process (through the runtime's warn-once path)."""
+    info = process_rank_info(settings)
+    pid = os.getpid()
+    warn = pid not in _RANKS_WARNED
+    if info.problems:
+        _RANKS_WARNED.add(pid)
+    return Runtime(settings, info, warn_ranks=warn)
+
+
 def reset() -> None:
     """Stop everything and forget all settings and statistics (for tests)."""
     global _RT, _SETTINGS
     with _LOCK:
         old, _RT, _SETTINGS = _RT, None, None
+        _RANKS_WARNED.clear()
+        forget_rank_info()
         _native.set_hub(None)
     if old is not None:
         old.shutdown()
@@ -115,7 +141,7 @@ def _after_fork_in_child() -> None:
     _native.set_hub(None)
     settings = _SETTINGS if _SETTINGS is not None else (old.settings if old else None)
     if settings is not None and settings.on_fork == "disable":
-        rt = Runtime(settings)
+        rt = Runtime(settings, process_rank_info(settings), warn_ranks=False)
         rt.started = True
         rt.start_error = "measurement is off in forked children (on_fork='disable')"
         _RT = rt

@@ -70,12 +70,14 @@ class Resolver:
         *,
         pid: int,
         offset: float,
+        rank: dict[str, Any] | None = None,
     ) -> None:
-        """The sampler has started with these sources (and output, if any)."""
+        """The sampler has started with these sources (and output, if any); ``rank`` is what
+        each result says about the rank (``_measure.ranks.rank_fields``)."""
         self.columns = columns
         self.recorder = recorder  # one that could not open says so in every result
         self.builder = MeasurementBuilder(
-            columns, self.names, pid=pid, offset=offset, carbon=self.carbon
+            columns, self.names, pid=pid, offset=offset, carbon=self.carbon, rank=rank
         )
         self._status_error = status_error
 
@@ -118,8 +120,10 @@ class Resolver:
         tag_arr = np.frombuffer(tags_b, dtype=np.uint32)
         t0 = np.frombuffer(t0_b, dtype=np.uint64)
         t1 = np.frombuffer(t1_b, dtype=np.uint64)
-        joules = np.frombuffer(j_b, dtype=np.float64).reshape(n, width)
-        unc = np.frombuffer(u_b, dtype=np.float64).reshape(n, width)
+        joules, unc = columns.scale(
+            np.frombuffer(j_b, dtype=np.float64).reshape(n, width),
+            np.frombuffer(u_b, dtype=np.float64).reshape(n, width),
+        )
         duration = (t1 - t0).astype(np.float64) * 1e-9
         cpu, dram, gpu = columns.totals(joules, n)
         energy = cpu + dram + gpu

@@ -3,6 +3,8 @@ is written, from the batch's columns."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from carbonctx._measure.batch import Batch
 from carbonctx._measure.carbon import RegionCarbon
 from carbonctx._measure.sources import SourceColumns
@@ -10,11 +12,13 @@ from carbonctx._results.measurement import Measurement
 
 __all__ = ["MeasurementBuilder"]
 
+_RANK_FIELDS = ("rank", "local_rank", "node", "job")
+
 
 class MeasurementBuilder:
     """Builds Measurements of one runtime's rows (its sources, names, pid and clock offset)."""
 
-    __slots__ = ("_carbon", "_columns", "_names", "_offset", "_pid")
+    __slots__ = ("_carbon", "_columns", "_names", "_offset", "_pid", "_rank")
 
     def __init__(
         self,
@@ -24,7 +28,9 @@ class MeasurementBuilder:
         pid: int,
         offset: float,
         carbon: RegionCarbon,
+        rank: dict[str, Any] | None = None,
     ) -> None:
+        self._rank = {k: v for k, v in (rank or {}).items() if k in _RANK_FIELDS}
         self._columns = columns
         self._names = names
         self._pid = pid
@@ -73,4 +79,5 @@ class MeasurementBuilder:
             estimated=batch.estimated,
             tags=dict(tags) if tags else {},
             recorded=batch.recorded,
+            **self._rank,
         )

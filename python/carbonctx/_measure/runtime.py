@@ -17,15 +17,29 @@ from typing import TYPE_CHECKING, Any
 
 from carbonctx import _config, _native
 from carbonctx._config import Settings
+from carbonctx._distributed import RankInfo, expand_path
 from carbonctx._measure.batch import Batch
 from carbonctx._measure.carbon import RegionCarbon
+from carbonctx._measure.ranks import (
+    RankPlan,
+    column_shares,
+    inconsistency_message,
+    plan_gpus,
+    rank_fields,
+    share_of,
+)
 from carbonctx._measure.recorder import RegionRecorder, power_points, trace_coverage
 from carbonctx._measure.resolver import Resolver
 from carbonctx._measure.sources import SourceColumns
 from carbonctx._output.trace import chrome_trace
 from carbonctx._results.measurement import Measurement
 from carbonctx._results.statistics import StatsTable
-from carbonctx.errors import SamplerError, SourceUnavailableError, warn
+from carbonctx.errors import (
+    ConfigurationError,
+    SamplerError,
+    SourceUnavailableError,
+    warn,
+)
 
 if TYPE_CHECKING:
     from carbonctx._carbon.service import IntensityService
@@ -43,8 +57,15 @@ RESOLVE_PERIOD_S = 0.02
 class Runtime:
     """Everything carbonctx keeps per process: settings, the sampler and the resolver."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, rank_info: RankInfo | None = None, warn_ranks: bool = True
+    ) -> None:
         self.settings = settings
+        #: This process's place in a job (``_distributed.detect_ranks``); a lone process is
+        #: rank 0 of 1.
+        self.rank_info = rank_info if rank_info is not None else RankInfo()
+        #: GPU ownership and shares, fixed when the sampler starts.
+        self.plan: RankPlan | None = None
         self.pid = os.getpid()
         self._parent_sampler: _native.Sampler | None = None
         # Decorated functions record thread and parent only when something will show them.
@@ -83,6 +104,9 @@ class Runtime:
             emit_warnings=self.emit_warnings,
             backlog_high=BACKLOG_HIGH,
         )
+        msg = inconsistency_message(self.rank_info)
+        if msg is not None and warn_ranks:
+            self.note("ranks", msg)
 
     @property
     def warn_due(self) -> bool:
@@ -107,14 +131,16 @@ class Runtime:
             if self.started:
                 return self.sampler
             st = self.settings
+            plan = self._plan()
+            kwargs: dict[str, Any] = {
+                **_config.machine(st),
+                "cpu_backends": list(st.cpu_backends),
+                "nvml": st.gpu,
+                "estimate": st.estimate,
+                "intervals": list(st.intervals.items()),
+            }
             try:
-                s = _native.Sampler(
-                    **_config.machine(st),
-                    cpu_backends=list(st.cpu_backends),
-                    nvml=st.gpu,
-                    estimate=st.estimate,
-                    intervals=list(st.intervals.items()),
-                )
+                s = self._sampler(kwargs, plan)
             except Exception as e:  # the sampler must never break the program
                 self.start_error = f"the native sampler could not start: {e}"
                 self.note("sampler", self.start_error)
@@ -123,7 +149,7 @@ class Runtime:
             self.sources = list(s.sources)
             self.unavailable = list(s.unavailable)
             self.alternatives = list(s.alternatives)
-            columns = SourceColumns(self.sources)
+            columns = SourceColumns(self.sources, column_shares(self.sources, plan))
             for i in sorted(columns.estimated):
                 src = self.sources[i]
                 self.note(
@@ -139,10 +165,19 @@ class Runtime:
                 )
             if st.output:
                 self.recorder = RegionRecorder(
-                    st.output, pid=self.pid, offset=self._offset, lock=self._lock, note=self.note
+                    str(expand_path(st.output, self.rank_info)),
+                    pid=self.pid,
+                    offset=self._offset,
+                    lock=self._lock,
+                    note=self.note,
                 )
             self.resolver.start(
-                columns, self.recorder, self._status_error, pid=self.pid, offset=self._offset
+                columns,
+                self.recorder,
+                self._status_error,
+                pid=self.pid,
+                offset=self._offset,
+                rank=rank_fields(self.rank_info),
             )
             # The intensity service (table, cache) is set up here, on the caller's thread: the
             # resolver thread competes for the GIL with a busy caller and must not import.
@@ -156,6 +191,30 @@ class Runtime:
             )
             self._thread.start()
             return s
+
+    def _plan(self) -> RankPlan:
+        """GPU ownership and shares, at sampler start (after torch may have set its device)."""
+        try:
+            plan = plan_gpus(self.rank_info, self.settings)
+        except ConfigurationError:
+            raise
+        except Exception as e:  # never break the program; never report another rank's GPU
+            self.note(
+                "gpu-ownership", f"which GPUs this rank owns is unknown ({e}); no GPU is read"
+            )
+            plan = RankPlan(self.rank_info, None, [], *share_of(self.rank_info))
+        self.plan = plan
+        return plan
+
+    def _sampler(self, kwargs: dict[str, Any], plan: RankPlan) -> _native.Sampler:
+        gpus = plan.sampler_gpus
+        if gpus is None or not self.settings.gpu:
+            return _native.Sampler(**kwargs)
+        if not gpus:
+            # No GPU of its own: read none.
+            return _native.Sampler(**{**kwargs, "nvml": False})
+        # Only this rank's GPUs are read (UUIDs where known); the columns count only them too.
+        return _native.Sampler(**kwargs, gpus=gpus)
 
     def shutdown(self) -> None:
         """Stop the sampler, resolve and record everything, close the output. Idempotent."""
@@ -298,7 +357,9 @@ class Runtime:
     def describe(self) -> dict[str, Any]:
         s = self.sampler_or_start()
         status = s.status() if s is not None else []
+        plan = self.plan or RankPlan(self.rank_info, None, None, *share_of(self.rank_info))
         return {
+            "rank": plan.describe(),
             "sources": [
                 {**src, "status": st} for src, st in zip(self.sources, status, strict=False)
             ],

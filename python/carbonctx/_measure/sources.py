@@ -20,16 +20,36 @@ TOTAL_DOMAINS = ("package", "dram", "gpu")
 
 
 class SourceColumns:
-    """One column per source of the sampler, in its order (``sources`` are its dicts)."""
+    """One column per source of the sampler, in its order (``sources`` are its dicts).
 
-    __slots__ = ("by_domain", "counted", "estimated", "sources")
+    ``shares`` (one ``(factor, rule)`` per column, from ``_measure.ranks``) scale a column for a
+    rank of a distributed job: a node-wide source by the rank's share, a GPU of another rank by
+    0 (it is then left out of the totals and of ``by_source``). :meth:`scale` applies them to a
+    drained batch, once per batch.
+    """
 
-    def __init__(self, sources: Sequence[dict[str, Any]] = ()) -> None:
+    __slots__ = ("by_domain", "counted", "estimated", "factors", "rules", "skipped", "sources")
+
+    def __init__(
+        self,
+        sources: Sequence[dict[str, Any]] = (),
+        shares: Sequence[tuple[float, str | None]] | None = None,
+    ) -> None:
         self.sources: list[dict[str, Any]] = list(sources)
         self.by_domain: dict[str, list[int]] = {d: [] for d in TOTAL_DOMAINS}
         self.estimated: set[int] = set()
         self.counted: set[int] = set()
+        pairs = list(shares) if shares is not None else [(1.0, None)] * len(self.sources)
+        self.rules: list[str | None] = [r for _, r in pairs]
+        self.skipped: set[int] = {i for i, (f, _) in enumerate(pairs) if f == 0.0}
+        factors = np.asarray([f for f, _ in pairs], dtype=np.float64)
+        # None when nothing is scaled: a single process pays nothing per batch.
+        self.factors: npt.NDArray[np.float64] | None = (
+            None if bool(np.all(factors == 1.0)) else factors
+        )
         for i, src in enumerate(self.sources):
+            if i in self.skipped:
+                continue
             if src["domain"] in self.by_domain:
                 self.by_domain[src["domain"]].append(i)
                 self.counted.add(i)
@@ -38,6 +58,21 @@ class SourceColumns:
 
     def __len__(self) -> int:
         return len(self.sources)
+
+    def scale(
+        self, joules: npt.NDArray[np.float64], unc: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """This rank's share of a block of joules and uncertainties (unchanged outside a job)."""
+        f = self.factors
+        if f is None:
+            return joules, unc
+        j = joules * f
+        u = unc * f
+        if self.skipped:
+            cols = sorted(self.skipped)
+            j[:, cols] = 0.0
+            u[:, cols] = 0.0
+        return j, u
 
     def totals(
         self, joules: npt.NDArray[np.float64], n: int
@@ -64,7 +99,10 @@ class SourceColumns:
         by_source: dict[str, SourceEnergy] = {}
         u_total = 0.0
         u_known = True
+        factors = self.factors
         for i, src in enumerate(self.sources):
+            if i in self.skipped:
+                continue
             j = joules[i]
             u = unc[i]
             failed = math.isnan(j)
@@ -82,5 +120,12 @@ class SourceColumns:
                 joules=None if failed else j,
                 uncertainty_j=None if (failed or math.isnan(u)) else u,
                 note="source failed before the region ended" if failed else None,
+                share=1.0 if factors is None else float(factors[i]),
+                share_rule=self.rules[i],
+                node_joules=(
+                    None
+                    if failed or factors is None or factors[i] == 0.0
+                    else j / float(factors[i])
+                ),
             )
         return by_source, (u_total if u_known and self.sources else None)

@@ -19,6 +19,10 @@ class SourceEnergy:
     ``method`` is ``"counter"`` (a hardware energy counter), ``"integrated-power"`` (power
     readings integrated over time) or ``"estimate"`` (utilisation times TDP: a model, not a
     measurement). ``joules`` is ``None`` where the source had failed; ``note`` says why.
+
+    In a distributed job ``joules`` is this rank's part: ``share`` of the node's figure
+    (``node_joules``) for a source the node's ranks share (CPU package, DRAM), 1 for the rank's
+    own GPU; ``share_rule`` says how the share was found (None outside a job).
     """
 
     id: str
@@ -29,9 +33,16 @@ class SourceEnergy:
     joules: float | None
     uncertainty_j: float | None
     note: str | None = None
+    share: float = 1.0
+    share_rule: str | None = None
+    node_joules: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        d = attrs.asdict(self)
+        if self.share_rule is None:
+            # Outside a job a record is as it always was.
+            del d["share"], d["share_rule"], d["node_joules"]
+        return d
 
 
 @attrs.frozen(slots=True)
@@ -48,6 +59,11 @@ class Measurement:
     ``estimated`` is true when any total includes an estimate. ``recorded`` says whether the
     region's record was written to the output file: None without ``output``, False when the
     file could not be written (see the warning), or not from the moment it was removed.
+
+    In a distributed job ``rank``, ``local_rank``, ``node`` and ``job`` say whose figures these
+    are (None otherwise), and each figure is this rank's part: its own GPUs and a stated share
+    of the node's CPU and DRAM (see ``by_source``), so that adding up the ranks' figures of
+    concurrent regions counts each node once.
     """
 
     name: str
@@ -71,6 +87,10 @@ class Measurement:
     missing: tuple[str, ...] = ()
     estimated: bool = False
     tags: Mapping[str, Any] = attrs.field(factory=dict)
+    rank: int | None = None
+    local_rank: int | None = None
+    node: str | None = None
+    job: str | None = None
     recorded: bool | None = None
 
     @property
@@ -107,4 +127,14 @@ class Measurement:
             "estimated": self.estimated,
             "by_source": {k: v.to_dict() for k, v in self.by_source.items()},
             "tags": dict(self.tags),
+            **(
+                {
+                    "rank": self.rank,
+                    "local_rank": self.local_rank,
+                    "node": self.node,
+                    "job": self.job,
+                }
+                if self.node is not None
+                else {}
+            ),
         }

@@ -10,7 +10,7 @@ import attrs
 
 from carbonctx._results.units import J_PER_KWH, format_grams, format_kwh, format_seconds
 
-__all__ = ["CONFIDENCE", "RunLog", "RunTotals", "format_run_totals"]
+__all__ = ["CONFIDENCE", "JobTotal", "RunLog", "RunTotals", "format_run_totals"]
 
 #: Confidence level of forecast intervals.
 CONFIDENCE = 0.95
@@ -168,3 +168,42 @@ class RunLog:
         if self.epochs:
             return float(self.epochs[0].get("start") or 0.0)
         return 0.0
+
+
+@attrs.frozen(slots=True)
+class JobTotal:
+    """Energy and CO2 summed over every rank of a distributed job (:func:`carbonctx.job_total`).
+
+    ``ranks`` is how many processes were summed (1 outside a job), ``engine`` what summed them
+    (``"torch"``, ``"mpi"`` or ``"local"``). ``co2_g`` is None when a rank had no CO2 figure.
+    ``of`` says what was totalled; ``forecast`` is the job's forecast when a run was totalled.
+    """
+
+    of: str
+    ranks: int
+    engine: str
+    energy_j: float
+    cpu_j: float
+    dram_j: float
+    gpu_j: float
+    uncertainty_j: float
+    co2_g: float | None
+    forecast: RunTotals | None = None
+
+    @property
+    def energy_kwh(self) -> float:
+        return self.energy_j / J_PER_KWH
+
+    @property
+    def co2_kg(self) -> float | None:
+        return None if self.co2_g is None else self.co2_g / 1e3
+
+    def to_dict(self) -> dict[str, Any]:
+        d = attrs.asdict(self, recurse=False)
+        d["forecast"] = self.forecast.to_dict() if self.forecast is not None else None
+        d["energy_kwh"] = self.energy_kwh
+        return d
+
+    def __str__(self) -> str:
+        co2 = format_grams(self.co2_g) + " CO2e" if self.co2_g is not None else "CO2e unknown"
+        return f"job total over {self.ranks} ranks: {format_kwh(self.energy_j)}, {co2}"

@@ -1,5 +1,11 @@
 """Run logs: ``<log_dir>/<run-id>.jsonl`` written as a run goes (``run-start``, one ``epoch``
-record each, a final ``run`` record), and read back as :class:`~carbonctx._results.runs.RunLog`."""
+record each, a final ``run`` record), and read back as :class:`~carbonctx._results.runs.RunLog`.
+
+In a distributed job every record also carries ``rank``, ``local_rank``, ``world_size``,
+``local_world_size``, ``node`` and ``job``; an epoch's own figures are the rank's (its GPUs and
+its share of the node's CPU and DRAM), its ``job`` the job's (summed over the ranks); the final
+record's ``actual`` is the rank's, ``job_actual`` the job's, and ``forecast`` the job's.
+"""
 
 from __future__ import annotations
 
@@ -106,6 +112,8 @@ def final_record(
     carbon: Mapping[str, Any] | None,
     notes: Sequence[str],
     tags: Mapping[str, Any],
+    job_actual: RunTotals | None = None,
+    engine: str | None = None,
 ) -> dict[str, Any]:
     """The final ``run`` record: actual and forecast side by side, the budget, why the run
     stopped, everyday equivalents of the actual and where the CO2 figures came from."""
@@ -127,12 +135,44 @@ def final_record(
         "notes": list(notes),
         "tags": tags,
         "ended": time.time(),
+        **({"job_actual": job_actual.to_dict()} if job_actual is not None else {}),
+        **({"engine": engine} if engine is not None else {}),
     }
 
 
-def epoch_record(run_id: str, ep: Epoch, fc: RunTotals | None) -> dict[str, Any]:
-    """The ``epoch`` record: the epoch's figures and the forecast after it."""
+def epoch_record(
+    run_id: str,
+    ep: Epoch,
+    fc: RunTotals | None,
+    *,
+    job: Epoch | None = None,
+    parts: Mapping[str, float | None] | None = None,
+) -> dict[str, Any]:
+    """The ``epoch`` record: the epoch's figures and the forecast after it; in a job, the
+    job's figures (``job``: the epoch summed over the ranks, with its ``parts``) too, and how
+    this rank's node-wide sources were shared."""
     m = ep.measurement
+    extra: dict[str, Any] = {}
+    if job is not None:
+        extra["job"] = {
+            "energy_j": job.energy_j,
+            "cpu_j": (parts or {}).get("cpu_j"),
+            "dram_j": (parts or {}).get("dram_j"),
+            "gpu_j": (parts or {}).get("gpu_j"),
+            "uncertainty_j": job.uncertainty_j,
+            "co2_g": job.co2_g,
+        }
+    if m is not None and any(s.share_rule for s in m.by_source.values()):
+        extra["shares"] = {
+            sid: {
+                "domain": s.domain,
+                "share": s.share,
+                "rule": s.share_rule,
+                "joules": s.joules,
+                "node_joules": s.node_joules,
+            }
+            for sid, s in m.by_source.items()
+        }
     return {
         "kind": "epoch",
         "run": run_id,
@@ -151,6 +191,7 @@ def epoch_record(run_id: str, ep: Epoch, fc: RunTotals | None) -> dict[str, Any]
         "estimated": m.estimated if m else None,
         "missing": list(m.missing) if m else None,
         "forecast": fc.to_dict() if fc else None,
+        **extra,
     }
 
 
@@ -187,9 +228,10 @@ def read_run_log(path: str | os.PathLike[str]) -> RunLog | None:
 
 
 def read_run_logs(directory: str | os.PathLike[str]) -> list[RunLog]:
-    """Every run log (``*.jsonl`` with run records) in ``directory``, oldest first."""
+    """Every run log (``*.jsonl`` with run records) in ``directory`` and the folders under it
+    (a job's ranks write one folder each; logs copied from several nodes), oldest first."""
     runs: list[RunLog] = []
-    for p in sorted(Path(directory).glob("*.jsonl")):
+    for p in sorted(Path(directory).rglob("*.jsonl")):
         try:
             r = read_run_log(p)
         except (OSError, UnicodeDecodeError):

@@ -25,6 +25,14 @@ With ``log_dir`` (or ``CARBONCTX_LOG_DIR``) each run writes ``<log_dir>/<run-id>
 ``run-start`` record, an ``epoch`` record per epoch (with the forecast after it) and a final
 ``run`` record (actual and forecast side by side, budget, stop reason, equivalents, and where the
 zone, intensity and PUE came from). ``carbonctx report DIR`` summarises a directory of such logs.
+
+In a distributed job (torch.distributed initialised, or MPI through mpi4py, when the loop
+starts) every rank must run the same ``epochs()`` loop: each epoch's figures are summed over the
+ranks at its end (one ``allreduce``), so ``run.actual``, ``run.forecast`` and the budget are the
+job's on every rank (``run.rank_actual`` is this rank's), and whether to stop is decided jointly
+(one more ``allreduce``): every rank stops at the same epoch boundary. The ranks share rank 0's
+run id; each writes its own log (``log_dir`` may use ``{rank}``, ``{node}``, ``{job}``; a plain
+directory gets a ``rank<N>`` folder per rank), with its own figures and the job's.
 """
 
 from __future__ import annotations
@@ -35,23 +43,35 @@ import re
 import secrets
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from carbonctx import _config
+from carbonctx._distributed import Engine, any_rank, engine, expand_path, gather_objects
 from carbonctx._measure import process
+from carbonctx._measure.ranks import rank_fields
 from carbonctx._measure.region import Region, Tracker
 from carbonctx._results.measurement import Measurement
 from carbonctx._results.runs import RunTotals
 from carbonctx._runs import intensity
 from carbonctx._runs.budget import Budget, OnBudget, check_limit
 from carbonctx._runs.forecast import Epoch, actual_totals, forecast_totals
+from carbonctx._runs.jobs import reduce_epoch, stop_reason_of_others
 from carbonctx._runs.log import RunLogWriter, epoch_record, final_record, start_record
 from carbonctx._runs.progress import ProgressLine, final_text, forecast_text, say
 from carbonctx.errors import CarbonctxError, CarbonctxWarning, ConfigurationError
 
-__all__ = ["Run", "epochs"]
+__all__ = ["Run", "epochs", "last_run"]
+
+_LAST_RUN: list[weakref.ref[Run]] = []
+
+
+def last_run() -> Run | None:
+    """The run of ``epochs()`` this process iterated last (what ``job_total()`` totals)."""
+    return _LAST_RUN[0]() if _LAST_RUN else None
+
 
 _ID_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -97,12 +117,21 @@ class Run:
         self.forecast: RunTotals | None = None
         self.first_forecast: RunTotals | None = None
         self.stop_reason: str | None = None
+        # The job's epochs (this rank's outside a job) and this rank's; the job's parts
+        # (cpu_j, dram_j, gpu_j) per epoch.
         self._epochs: list[Epoch] = []
+        self._rank_epochs: list[Epoch] = []
+        self._job_parts: list[dict[str, float | None]] = []
+        self._rank: dict[str, Any] = {}
+        #: Where the job's figures come from: "torch", "mpi", or "local" (this process alone).
+        self.engine: Engine = "local"
         self._started = False
         self._finished = False
         self._stop_requested: str | None = None
         self._notes: list[str] = []
-        self._log = RunLogWriter(_config.log_dir(log_dir), self._note)
+        self._log_dir = _config.log_dir(log_dir)
+        self._run_id_given = run_id is not None
+        self._log = RunLogWriter(None, self._note)
         self._progress = ProgressLine(_config.progress(progress))
 
     def __repr__(self) -> str:
@@ -138,13 +167,31 @@ class Run:
 
     @property
     def epoch_energy_j(self) -> list[float]:
-        """Energy of each finished epoch, in joules."""
+        """Energy of each finished epoch, in joules (the job's, in a distributed job)."""
         return [e.energy_j for e in self._epochs]
 
     @property
     def actual(self) -> RunTotals:
-        """Duration, energy and CO2 of the epochs so far (interval: measurement uncertainty)."""
+        """Duration, energy and CO2 of the epochs so far (interval: measurement uncertainty);
+        in a distributed job, the job's (every rank's figures added up)."""
         return actual_totals(self._epochs, self.n, self._actual_basis())
+
+    @property
+    def rank_actual(self) -> RunTotals:
+        """This rank's part of :attr:`actual` (the same outside a distributed job)."""
+        return actual_totals(self._rank_epochs, self.n, self._actual_basis())
+
+    @property
+    def rank_parts(self) -> dict[str, float]:
+        """This rank's cpu_j, dram_j and gpu_j over the epochs so far."""
+        out = {"cpu_j": 0.0, "dram_j": 0.0, "gpu_j": 0.0}
+        for e in self._rank_epochs:
+            m = e.measurement
+            if m is not None:
+                out["cpu_j"] += m.cpu_j
+                out["dram_j"] += m.dram_j
+                out["gpu_j"] += m.gpu_j
+        return out
 
     def stop(self, reason: str = "stopped by the program") -> None:
         """End the loop after the current epoch, recording ``reason`` (e.g. from a callback)."""
@@ -160,8 +207,11 @@ class Run:
                 "for a new run"
             )
         self._started = True
-        self._open_log()
+        _LAST_RUN[:] = [weakref.ref(self)]
+        # Warm up first: joining the job is a collective, so the ranks start epoch 0 together.
         self._warm_up()
+        self._join_job()
+        self._open_log()
         completed = False
         try:
             for i in range(self.n):
@@ -186,6 +236,33 @@ class Run:
                 )
             self._finish()
 
+    def _join_job(self) -> None:
+        """In a distributed job: the engine for the job's figures, rank 0's run id, and this
+        rank's log directory. (A collective when an engine is initialised.)"""
+        rt = None
+        with contextlib.suppress(Exception):
+            rt = process.runtime()
+        info = rt.rank_info if rt is not None else None
+        self.engine = engine()
+        if self.engine != "local":
+            ids = gather_objects(self.run_id)
+            if not self._run_id_given and ids:
+                self.run_id = str(ids[0])
+        elif info is not None and info.distributed:
+            self._note(
+                "this process is rank "
+                f"{info.rank} of {info.world_size}, but neither torch.distributed nor MPI "
+                "(mpi4py) is initialised when the loop starts: the run's figures are this "
+                "rank's only, and budget decisions are not joint"
+            )
+        if info is not None and info.distributed:
+            self._rank = rank_fields(info)
+        directory = self._log_dir
+        if directory is not None and info is not None:
+            # A directory: a plain one gets a rank<N> folder per rank in a job.
+            directory = expand_path(str(directory).rstrip("/\\") + "/", info)
+        self._log = RunLogWriter(directory, self._note)
+
     def _warm_up(self) -> None:
         """Start the sampler and let it settle before the first epoch, whose energy the first
         forecast extrapolates: a region that opens as the sampler starts is less exact."""
@@ -202,8 +279,33 @@ class Run:
         except CarbonctxError as e:
             self._note(f"epoch {i}: no measurement ({e}); it counts as 0 J")
             m = None
+        ep = self._rank_epoch(i, m)
+        self._rank_epochs.append(ep)
+        job_ep = ep
+        parts: dict[str, float | None] = {}
+        if self.engine != "local":
+            # Every rank reaches this point once per epoch: the sum is a collective.
+            job_ep, parts = reduce_epoch(ep, m)
+        self._epochs.append(job_ep)
+        self._job_parts.append(parts)
+        fc: RunTotals | None = None
+        try:
+            fc = self._after_epoch(i)
+        finally:
+            if self.engine != "local":
+                # Jointly: every rank stops at the same boundary (a collective).
+                stop = any_rank(self._stop_requested is not None)
+                if stop and self._stop_requested is None:
+                    self._stop_requested = stop_reason_of_others()
+        self._log.write(
+            epoch_record(self.run_id, ep, fc, job=job_ep if parts else None, parts=parts)
+            | self._rank
+        )
+        self._progress.show(self.name, self.n, self.actual, self.forecast)
+
+    def _rank_epoch(self, i: int, m: Measurement | None) -> Epoch:
         if m is not None:
-            ep = Epoch(
+            return Epoch(
                 index=i,
                 start=m.start,
                 end=m.end,
@@ -213,11 +315,12 @@ class Run:
                 co2_g=m.co2_g,
                 measurement=m,
             )
-        else:
-            now = time.time()
-            prev_end = self._epochs[-1].end if self._epochs else now
-            ep = Epoch(i, prev_end, now, now - prev_end, 0.0, 0.0, None, None)
-        self._epochs.append(ep)
+        now = time.time()
+        prev_end = self._rank_epochs[-1].end if self._rank_epochs else now
+        return Epoch(i, prev_end, now, now - prev_end, 0.0, 0.0, None, None)
+
+    def _after_epoch(self, i: int) -> RunTotals | None:
+        """The forecast after epoch ``i`` and the budget check against it."""
         fc: RunTotals | None = None
         if len(self._epochs) >= self.forecast_after:
             try:
@@ -232,8 +335,7 @@ class Run:
                         self._progress.clear()
                         say(forecast_text(self.name, self.n, fc))
                 self.budget.check(fc, i, self.n, self.run_id, self.stop, self)
-        self._log.write(epoch_record(self.run_id, ep, fc))
-        self._progress.show(self.name, self.n, self.actual, self.forecast)
+        return fc
 
     def _make_forecast(self) -> RunTotals:
         return forecast_totals(self._epochs, self.n, self.actual, self._remaining_intensity)
@@ -267,14 +369,14 @@ class Run:
                 fc = self._make_forecast()
                 self.forecast = fc
         rec = self.final_record()
-        self._log.write(rec)
+        self._log.write(rec | self._rank)
         self._log.close()
         if not self.quiet and self._epochs:
             say(final_text(self.name, self.n, self.actual, self.first_forecast, self.stop_reason))
 
     def final_record(self) -> dict[str, Any]:
         """The final log record: actual and forecast side by side, budget, reason, provenance."""
-        actual = self.actual
+        actual = self.rank_actual
         svc = None
         with contextlib.suppress(Exception):
             svc = self._service()
@@ -298,6 +400,8 @@ class Run:
             carbon=carbon,
             notes=self._notes,
             tags=self.tags,
+            job_actual=self.actual if self.engine != "local" else None,
+            engine=self.engine if self._rank else None,
         )
 
     # ------------------------------------------------------------------ notes and the log
@@ -319,6 +423,7 @@ class Run:
                     budget_co2_kg=self.budget.co2_kg,
                     tags=self.tags,
                 )
+                | self._rank
             )
 
 

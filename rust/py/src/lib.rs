@@ -1,6 +1,7 @@
 //! Python bindings: argument conversion, one call into the core, result conversion. No logic.
 
 mod errors;
+mod hub;
 mod region;
 mod sim;
 
@@ -406,8 +407,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Sampler>()?;
     m.add_class::<sim::SimMachine>()?;
     m.add_class::<region::Region>()?;
-    m.add_class::<region::RegionHub>()?;
-    m.add_function(wrap_pyfunction!(region::set_hub, m)?)?;
+    m.add_class::<hub::RegionHub>()?;
+    m.add_function(wrap_pyfunction!(hub::set_hub, m)?)?;
     m.add_function(wrap_pyfunction!(region::claim_regions, m)?)?;
     m.add_function(wrap_pyfunction!(region::current, m)?)?;
     m.add_function(wrap_pyfunction!(discover, m)?)?;

@@ -1,0 +1,232 @@
+"""This process's place in a distributed job, as the runtime uses it: which rank and node it
+is (once per process), which GPUs it reports, and what share of the node's CPU and DRAM energy
+its figures carry.
+
+Everything here runs at sampler start (the first region) or once per process, never per region.
+
+The share rule (stated in every result, per source, in ``SourceEnergy.share`` and
+``share_rule``): a node-wide source (CPU package, DRAM, core, uncore, psys, a CPU estimate) is
+split equally among the job's local ranks on the node, ``1/local_world_size``. That is exact for
+the usual SPMD job, where every rank runs the same region at the same time: the ranks' figures
+of concurrent regions add up to the node's energy, counted once. (A finer rule, splitting among
+the ranks inside a region at each instant, needs every rank's region marks in one place: that
+comes with one sampler per node.) A GPU is not shared: a rank reports its own GPUs whole
+(``_distributed.devices`` says which and why) and never another rank's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from carbonctx import _config, _native
+from carbonctx._config import Settings
+from carbonctx._distributed import Gpu, GpuOwnership, RankInfo, detect_ranks, owned_gpus
+
+__all__ = [
+    "SHARED_DOMAINS",
+    "RankPlan",
+    "column_shares",
+    "forget_rank_info",
+    "inconsistency_message",
+    "plan_gpus",
+    "process_rank_info",
+    "rank_fields",
+    "share_of",
+]
+
+#: Source domains that carry the node's figure, split among its local ranks. (GPUs are owned.)
+SHARED_DOMAINS = ("package", "dram", "core", "uncore", "psys")
+
+_UUID = re.compile(r"\[((?:GPU|MIG)-[0-9A-Fa-f-]+)\]")
+
+# detect_ranks once per process (again in a forked child) and per distinct rank settings.
+_CACHE: dict[tuple[Any, ...], RankInfo] = {}
+
+
+def process_rank_info(settings: Settings, env: Mapping[str, str] | None = None) -> RankInfo:
+    """This process's :class:`RankInfo` (launcher variables and the rank settings); cached per
+    process. Inconsistent launcher variables are not warned here: ``RankInfo.problems`` has
+    them, and the runtime warns once. Raises ConfigurationError for unusable settings."""
+    e = os.environ if env is None else env
+    key = (os.getpid(), tuple(sorted(settings.rank_kwargs().items())), settings.proc_root)
+    info = _CACHE.get(key)
+    if info is None or env is not None:
+        info = detect_ranks(
+            e,
+            **settings.rank_kwargs(),
+            proc_root=settings.proc_root or "/proc",
+            warn=False,
+        )
+        if env is None:
+            _CACHE.clear()
+            _CACHE[key] = info
+    return info
+
+
+def forget_rank_info() -> None:
+    """Detect again on next use (tests change the environment between runtimes)."""
+    _CACHE.clear()
+
+
+def inconsistency_message(info: RankInfo) -> str | None:
+    """The one warning for inconsistent launcher variables (None when they are fine)."""
+    if not info.problems:
+        return None
+    return (
+        f"carbonctx: the launcher's variables are inconsistent ({info.launcher}): "
+        f"{'; '.join(info.problems)}. This process is measured on its own, as if it were not "
+        "part of a job, so the ranks' figures cannot be added up. Fix the launcher's variables, "
+        "or set CARBONCTX_RANK, CARBONCTX_WORLD_SIZE, CARBONCTX_LOCAL_RANK and "
+        "CARBONCTX_LOCAL_WORLD_SIZE."
+    )
+
+
+def rank_fields(info: RankInfo) -> dict[str, Any]:
+    """What records carry about the rank (empty when not distributed)."""
+    if not info.distributed:
+        return {}
+    return {
+        "rank": info.rank,
+        "local_rank": info.local_rank,
+        "world_size": info.world_size,
+        "local_world_size": info.local_world_size,
+        "node": info.node,
+        "job": info.job,
+    }
+
+
+# ---------------------------------------------------------------------------- GPUs
+
+
+def gpus_of(sources: Sequence[Mapping[str, Any]]) -> list[Gpu]:
+    """The NVIDIA GPUs among discovered sources, as :class:`Gpu` (NVML index, UUID, name)."""
+    out: list[Gpu] = []
+    for src in sources:
+        if src.get("domain") != "gpu" or src.get("backend") != "nvml":
+            continue
+        label = str(src.get("label") or "")
+        m = _UUID.search(label)
+        name = label.split(" [", 1)[0] or None
+        out.append(Gpu(index=int(src["index"]), uuid=m.group(1) if m else None, name=name))
+    return out
+
+
+@attrs.frozen(slots=True)
+class RankPlan:
+    """What the sampler of one rank reads and how its figures are shared."""
+
+    info: RankInfo
+    ownership: GpuOwnership | None
+    #: Entries for the Sampler's ``gpus`` keyword (UUIDs where known), None for every GPU.
+    sampler_gpus: list[str] | None
+    share: float
+    share_rule: str
+
+    def describe(self) -> dict[str, Any]:
+        """For ``carbonctx.devices()``."""
+        info = self.info
+        own = self.ownership
+        return {
+            "distributed": info.distributed,
+            "rank": info.rank,
+            "world_size": info.world_size,
+            "local_rank": info.local_rank,
+            "local_world_size": info.local_world_size,
+            "node_rank": info.node_rank,
+            "node": info.node,
+            "host": info.host,
+            "job": info.job,
+            "launcher": info.launcher,
+            "sources": dict(info.sources),
+            "problems": list(info.problems),
+            "gpus": None
+            if own is None
+            else {
+                "indices": list(own.indices),
+                "ordinals": list(own.ordinals),
+                "rule": own.rule,
+                "reason": own.reason,
+                "shared": own.shared,
+                "visible": list(own.visible),
+            },
+            "shared_sources": {"domains": list(SHARED_DOMAINS), "share": self.share},
+            "share_rule": self.share_rule,
+            "sampler": (
+                "this rank runs its own sampler (one sampler per node is a later step)"
+                if info.distributed
+                else "this process runs its own sampler"
+            ),
+        }
+
+
+def share_of(info: RankInfo) -> tuple[float, str]:
+    if not info.distributed:
+        return 1.0, "not part of a distributed job: the whole node"
+    lw = info.local_world_size
+    if lw is None:
+        return 1.0, (
+            "the node's figure, not split: no launcher says how many ranks run on this node "
+            "(set LOCAL_WORLD_SIZE or CARBONCTX_LOCAL_WORLD_SIZE), so adding up ranks counts "
+            "the node once per rank"
+        )
+    return 1.0 / lw, (
+        f"equal split among the node's {lw} local ranks (1/{lw}): exact when every rank "
+        "runs its regions at the same time (SPMD)"
+    )
+
+
+def plan_gpus(
+    info: RankInfo,
+    settings: Settings,
+    env: Mapping[str, str] | None = None,
+    modules: Mapping[str, Any] | None = None,
+) -> RankPlan:
+    """Which GPUs this rank reports (lazily: at the first region, after torch may have made
+    its device current) and its share of node-wide sources. Raises ConfigurationError when the
+    GPU setting names a GPU this process cannot see."""
+    e = os.environ if env is None else env
+    mods = sys.modules if modules is None else modules
+    share, rule = share_of(info)
+    if not settings.gpu or (not info.distributed and settings.gpus is None):
+        return RankPlan(info, None, None, share, rule)
+    # Every GPU of the machine (CUDA_VISIBLE_DEVICES aside): owned_gpus applies that variable
+    # itself, and needs to know whether one visible GPU is one of several.
+    machine = _config.machine(settings, e)
+    machine["cuda_visible_devices"] = None
+    found = _native.discover(**machine, cpu_backends=[], nvml=True, estimate="never")
+    gpus = gpus_of(found["sources"])
+    ownership = owned_gpus(info, gpus, e, override=settings.gpus, modules=mods)
+    chosen = [next(g for g in gpus if g.index == i) for i in ownership.indices]
+    entries = [g.uuid if g.uuid else str(g.index) for g in chosen]
+    return RankPlan(info, ownership, entries, share, rule)
+
+
+def column_shares(
+    sources: Sequence[Mapping[str, Any]], plan: RankPlan | None
+) -> list[tuple[float, str | None]]:
+    """(factor, rule) per source column: the share of it this rank's figures carry (0 for a GPU
+    this rank does not report)."""
+    out: list[tuple[float, str | None]] = []
+    for src in sources:
+        domain = src.get("domain")
+        if plan is None or (not plan.info.distributed and plan.ownership is None):
+            out.append((1.0, None))
+        elif domain == "gpu":
+            own = plan.ownership
+            if own is None:
+                out.append((1.0, None))
+            elif int(src.get("index", -1)) in own.indices:
+                out.append((1.0, f"this rank's GPU ({own.rule}): {own.reason}"))
+            else:
+                out.append((0.0, f"not this rank's GPU ({own.rule}): {own.reason}"))
+        elif domain in SHARED_DOMAINS and plan.info.distributed:
+            out.append((plan.share, plan.share_rule))
+        else:
+            out.append((1.0, None))
+    return out

@@ -1,0 +1,131 @@
+//! The typed object through which the process's runtime and the region code meet.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::Sampler;
+
+/// What the region code needs of the process's runtime, handed over as one typed object
+/// (`carbonctx._measure.runtime.Runtime` makes it and installs it with [`set_hub`]): the
+/// runtime itself (a region's `_rt`), its sampler once started, its flags, the map of regions
+/// waiting for the resolver, the name tags, and the three callbacks the exit path may need.
+/// Its fields are read on every region; nothing is looked up by name. Frozen: the flags are
+/// atomics and the sampler is set once, so no borrow is checked and none can collide.
+#[pyclass(frozen, module = "carbonctx._native")]
+pub(crate) struct RegionHub {
+    pub(crate) runtime: Py<PyAny>,
+    pub(crate) sampler: OnceLock<Py<Sampler>>,
+    pub(crate) strict: bool,
+    pub(crate) warn_due: AtomicBool,
+    pub(crate) dead: AtomicBool,
+    pub(crate) pending: Py<PyDict>,
+    pub(crate) name_tags: Py<PyDict>,
+    pub(crate) tag_of: Py<PyAny>,
+    pub(crate) drain: Py<PyAny>,
+    pub(crate) emit_warnings: Py<PyAny>,
+    pub(crate) backlog_high: usize,
+}
+
+#[pymethods]
+impl RegionHub {
+    #[new]
+    #[pyo3(signature = (runtime, *, strict, pending, name_tags, tag_of, drain, emit_warnings,
+                        backlog_high))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        runtime: Py<PyAny>,
+        strict: bool,
+        pending: Py<PyDict>,
+        name_tags: Py<PyDict>,
+        tag_of: Py<PyAny>,
+        drain: Py<PyAny>,
+        emit_warnings: Py<PyAny>,
+        backlog_high: usize,
+    ) -> Self {
+        RegionHub {
+            runtime,
+            sampler: OnceLock::new(),
+            strict,
+            warn_due: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            pending,
+            name_tags,
+            tag_of,
+            drain,
+            emit_warnings,
+            backlog_high,
+        }
+    }
+
+    /// The runtime's sampler, once it has started (set once).
+    #[getter]
+    fn sampler(&self, py: Python<'_>) -> Option<Py<Sampler>> {
+        self.sampler.get().map(|s| s.clone_ref(py))
+    }
+
+    #[setter]
+    fn set_sampler(&self, sampler: Py<Sampler>) -> PyResult<()> {
+        self.sampler
+            .set(sampler)
+            .map_err(|_| PyRuntimeError::new_err("the hub's sampler is set once"))
+    }
+
+    #[getter]
+    fn warn_due(&self) -> bool {
+        self.warn_due.load(Ordering::Relaxed)
+    }
+
+    #[setter]
+    fn set_warn_due(&self, due: bool) {
+        self.warn_due.store(due, Ordering::Relaxed);
+    }
+
+    #[getter]
+    fn dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+
+    #[setter]
+    fn set_dead(&self, dead: bool) {
+        self.dead.store(dead, Ordering::Relaxed);
+    }
+
+    /// The hub and its runtime refer to each other; the collector breaks that cycle through
+    /// the runtime (an ordinary object), so visiting is enough.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.runtime)?;
+        if let Some(s) = self.sampler.get() {
+            visit.call(s)?;
+        }
+        visit.call(&self.pending)?;
+        visit.call(&self.name_tags)?;
+        visit.call(&self.tag_of)?;
+        visit.call(&self.drain)?;
+        visit.call(&self.emit_warnings)
+    }
+}
+
+/// The hub of the process's current runtime (None before the first region, after
+/// `configure()` until the next one, and in a forked child until it makes its own).
+static HUB: Mutex<Option<Py<RegionHub>>> = Mutex::new(None);
+
+fn hub_slot() -> std::sync::MutexGuard<'static, Option<Py<RegionHub>>> {
+    HUB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Installs the current runtime's hub (`None`: no runtime).
+#[pyfunction]
+#[pyo3(signature = (hub))]
+pub(crate) fn set_hub(hub: Option<Py<RegionHub>>) {
+    let old = std::mem::replace(&mut *hub_slot(), hub);
+    drop(old);
+}
+
+pub(crate) fn current_hub(py: Python<'_>) -> Option<Bound<'_, RegionHub>> {
+    hub_slot().as_ref().map(|h| h.clone_ref(py).into_bound(py))
+}
