@@ -5,6 +5,7 @@ forking never touches the pytest process and exit behaviour is the real one."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import signal
@@ -80,6 +81,7 @@ FORK_SCRIPT = """
                 out["cpu_j"] = res.cpu_j
                 out["result_pid"] = res.pid
                 out["sources"] = sorted(res.by_source)
+                out["missing"] = list(res.missing)
             except carbonctx.CarbonctxError as e:
                 out["error"] = type(e).__name__
                 out["message"] = str(e)
@@ -150,9 +152,10 @@ def test_a_forked_child_with_fork_disabled_reports_it_has_no_sampler(
     child = doc["child"]
     assert child is not None, f"the child never answered:\n{r.stderr}"
     assert "fatal" not in child, child
-    # The region ran (the program is never broken); reading it says why there is no figure.
-    assert child["error"] == "SamplerError"
-    assert "on_fork" in child["message"]
+    # The region ran (the program is never broken); reading it raises nothing (strict is off):
+    # its figures are NaN, it says the sampler is missing, and the runtime says why.
+    assert "error" not in child, child
+    assert child["missing"] == ["sampler"] and math.isnan(child["cpu_j"])
     assert "on_fork" in child["start_error"]
     assert doc["parent_before"] > 0 and doc["parent_after"] > 0
 
