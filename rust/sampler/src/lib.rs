@@ -29,6 +29,7 @@ pub mod error;
 pub mod regions;
 pub mod sampler;
 pub mod sensors;
+pub mod shared;
 pub mod timeline;
 
 pub use error::{Error, Result};
@@ -38,6 +39,7 @@ pub use sensors::{discover, msr, nvml, perf, powercap, tdp_model};
 pub use sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };
+pub use shared::NodeConfig;
 
 /// Nanoseconds on CLOCK_MONOTONIC: the clock every timestamp in this crate is on
 /// (Python's `time.monotonic_ns()` and `time.perf_counter_ns()` read the same clock on Linux).

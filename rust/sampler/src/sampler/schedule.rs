@@ -376,7 +376,10 @@ fn energy_at(p: &Polled, tl: &History, t_ns: u64) -> EnergyAt {
         if p.failed_since.is_some_and(|since| since < t_ns) {
             return EnergyAt::exact(f64::NAN);
         }
-        return EnergyAt::exact(e.joules);
+        return EnergyAt {
+            gaps: e.gaps,
+            ..EnergyAt::exact(e.joules)
+        };
     }
     e
 }
