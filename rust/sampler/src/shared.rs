@@ -549,6 +549,12 @@ impl Segment {
         self.word(H_GENERATION).fetch_add(1, Ordering::AcqRel) + 1
     }
 
+    /// The owner stops (its process goes on, or exits normally): the segment names no owner,
+    /// so that once nobody takes it over it can be reclaimed without waiting for `stale_after`.
+    pub fn release(&self) {
+        self.word(H_OWNER).store(0, Ordering::Release);
+    }
+
     // ---- readers ----
 
     pub fn owner_pid(&self) -> i32 {
