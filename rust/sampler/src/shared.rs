@@ -46,7 +46,8 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicI32, AtomicU64, Ordering};
+use std::sync::Once;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -658,14 +659,49 @@ fn static_backend(name: &str) -> &'static str {
 }
 
 /// An open lock file, perhaps locked.
+///
+/// A `flock` belongs to the open file, which a forked child shares: a DataLoader worker forked
+/// from the owner would keep the node's lock after the owner died, and nobody would take over.
+/// So a fork handler points the child's copy of every lock file's descriptor at `/dev/null`
+/// (the number stays valid for whatever closes it later; the lock stays with the parent).
 pub struct LockFile {
     file: File,
     path: PathBuf,
 }
 
+/// Descriptors of the lock files open in this process (-1: a free slot), for the fork handler.
+static LOCK_FDS: [AtomicI32; 64] = [const { AtomicI32::new(-1) }; 64];
+static AT_FORK: Once = Once::new();
+
+extern "C" fn forget_locks_in_child() {
+    for slot in &LOCK_FDS {
+        let fd = slot.load(Ordering::Relaxed);
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: open, dup2 and close are async-signal-safe, as a fork handler needs; `fd` was
+        // open in the parent at the fork, so it is open here, and dup2 only replaces what it
+        // refers to.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            if null >= 0 {
+                libc::dup2(null, fd);
+                libc::close(null);
+            }
+        }
+    }
+}
+
 impl LockFile {
     /// Open (creating) the lock file.
     pub fn open(path: &Path) -> Result<LockFile> {
+        AT_FORK.call_once(|| {
+            // SAFETY: registers a handler that only makes async-signal-safe calls; it is never
+            // unregistered, and the static it reads lives for the whole process.
+            unsafe {
+                libc::pthread_atfork(None, None, Some(forget_locks_in_child));
+            }
+        });
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -674,6 +710,12 @@ impl LockFile {
             .mode(0o600)
             .open(path)
             .map_err(|e| io_err(path, e))?;
+        let fd = file.as_raw_fd();
+        // No free slot (64 lock files open at once): the child keeps this one; rare enough.
+        let _ = LOCK_FDS.iter().find(|s| {
+            s.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        });
         Ok(LockFile {
             file,
             path: path.to_path_buf(),
@@ -695,9 +737,24 @@ impl LockFile {
             if same {
                 return Ok(true);
             }
-            *self = LockFile::open(&self.path)?;
+            let path = self.path.clone();
+            *self = LockFile::open(&path)?;
         }
         Ok(false)
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let fd = self.file.as_raw_fd();
+        for slot in &LOCK_FDS {
+            if slot
+                .compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
+            }
+        }
     }
 }
 
@@ -914,6 +971,50 @@ mod tests {
             }
             assert_eq!(seen, n);
         });
+    }
+
+    #[test]
+    fn a_forked_child_does_not_keep_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let mut a = LockFile::open(&path).unwrap();
+        assert!(a.try_lock().unwrap());
+        let mut ready = [0i32; 2];
+        // SAFETY: a valid array of two descriptors for pipe to fill.
+        assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
+        // SAFETY: the child makes only async-signal-safe calls (write, nanosleep, _exit).
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let ts = libc::timespec {
+                tv_sec: 30,
+                tv_nsec: 0,
+            };
+            // SAFETY: as above; the child never returns into the test harness. The fork
+            // handlers have run once fork returns here: say so.
+            unsafe {
+                libc::write(ready[1], b"x".as_ptr().cast(), 1);
+                libc::nanosleep(&ts, std::ptr::null_mut());
+                libc::_exit(0);
+            }
+        }
+        assert!(child > 0);
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a local from our end of the pipe.
+        unsafe {
+            libc::read(ready[0], (&mut byte as *mut u8).cast(), 1);
+            libc::close(ready[0]);
+            libc::close(ready[1]);
+        }
+        drop(a);
+        // The child lives on; the lock went with the parent's file.
+        let mut b = LockFile::open(&path).unwrap();
+        let taken = b.try_lock().unwrap();
+        // SAFETY: our own child, not yet waited for.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert!(taken, "a forked child kept the lock");
     }
 
     #[test]

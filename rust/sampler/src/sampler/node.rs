@@ -145,7 +145,8 @@ struct Ctx {
 /// Take the lock (None: this process is the owner) or find the owner's segment.
 fn elect(node: &NodeConfig, lockf: &mut LockFile) -> Result<Option<Segment>> {
     let deadline = crate::now_ns() + node.wait_for_owner.as_nanos() as u64;
-    let grace = node.reclaim_grace.as_nanos() as u64;
+    // An owner beats at least every 100 ms; one silent for this long is not there.
+    let grace = node.reclaim_grace.max(Duration::from_secs(2)).as_nanos() as u64;
     loop {
         if lockf.try_lock()? {
             return Ok(None);

@@ -140,11 +140,6 @@ pub(super) fn settle_ns(config: &Config, interval_ns: u64) -> u64 {
     (config.settle.as_nanos() as u64).max(10 * interval_ns)
 }
 
-/// The owner of a node's shared timelines publishes into this (see [`crate::shared`]).
-pub(super) struct Publish<'a> {
-    pub(super) seg: &'a Segment,
-}
-
 /// Append `pt` to source `i`'s timeline (after a gap from `gap_from`, if any) and publish it.
 pub(super) fn append(
     i: usize,
@@ -275,6 +270,7 @@ pub(super) fn poll_loop(
     let hold_ns = config.fast_hold.as_nanos() as u64;
     let mut fast_until = crate::now_ns() + hold_ns;
     let mut fast = true;
+    let mut status_due = 0;
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         let now = crate::now_ns();
@@ -303,7 +299,6 @@ pub(super) fn poll_loop(
                 if p.due_ns > now + COALESCE_NS && !stopping {
                     continue;
                 }
-                let publish = node.map(|seg| Publish { seg });
                 poll_one(
                     p,
                     i,
@@ -312,12 +307,19 @@ pub(super) fn poll_loop(
                     now,
                     config,
                     retry_ns,
-                    publish.as_ref(),
+                    node,
                 );
             }
         }
         if let Some(seg) = node {
             seg.heartbeat(now);
+            if now >= status_due {
+                status_due = now + NODE_STATUS_NS;
+                if let Some(st) = lock(&shared.node).as_mut() {
+                    st.generation = seg.generation();
+                    st.node_reads = (0..seg.source_count()).map(|i| seg.reads(i)).collect();
+                }
+            }
         }
         shared.loops.fetch_add(1, Ordering::Relaxed);
         let covers: Vec<Cover> = polled.iter().map(Polled::cover).collect();
@@ -374,6 +376,9 @@ pub(super) fn poll_loop(
     }
 }
 
+/// How often an owner refreshes the node's figures in its [`super::NodeStatus`].
+const NODE_STATUS_NS: u64 = 200_000_000;
+
 /// Sources due this close together are read in one wake-up.
 const COALESCE_NS: u64 = 30_000;
 
@@ -386,9 +391,8 @@ fn poll_one(
     now: u64,
     config: &Config,
     retry_ns: u64,
-    publish: Option<&Publish<'_>>,
+    seg: Option<&Segment>,
 ) {
-    let seg = publish.map(|p| p.seg);
     let late = now.saturating_sub(p.due_ns);
     if late > p.interval_ns {
         st.late_polls += 1;
