@@ -488,3 +488,38 @@ fn a_killed_job_blocks_nobody_and_its_segment_is_reclaimed() {
     let t = s.end(id);
     assert!(s.wait_until_resolved(t, WAIT));
 }
+
+#[test]
+fn an_owner_that_stops_hands_over_to_a_follower() {
+    let dir = tempfile::tempdir().unwrap();
+    let shm = tempfile::tempdir().unwrap();
+    let sim = node_sim(dir.path(), 0);
+    let node = node_config(shm.path(), "job-handover");
+    let owner = start(options(dir.path(), None, None), node.clone());
+    let follower = start(options(dir.path(), None, None), node.clone());
+    assert_eq!(role(&follower), Role::Follower);
+    drop(owner);
+    wait_for("the follower took over", || role(&follower) == Role::Owner);
+    let st = follower.node_status().unwrap();
+    assert_eq!((st.generation, st.takeovers), (2, 1));
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = now_ns();
+    std::thread::sleep(Duration::from_millis(500));
+    let t1 = now_ns();
+    let (joules, unc) = region_with_uncertainty(&follower, t0, t1);
+    for ((info, j), u) in follower.sources().iter().zip(&joules).zip(&unc) {
+        let want = truth(&sim, &info.id, t0, t1);
+        assert!(
+            close(*j, want, 0.01, *u, 0.5 * 120.0 * 0.001),
+            "{}: {j} J (± {u}), truth {want} J",
+            info.id
+        );
+    }
+    // A late process of the job finds the new owner.
+    let late = start(options(dir.path(), None, None), node);
+    let st = late.node_status().unwrap();
+    assert_eq!(
+        (st.role, st.generation, st.owner_pid),
+        (Role::Follower, 2, std::process::id() as i32)
+    );
+}
