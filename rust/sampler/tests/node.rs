@@ -523,3 +523,38 @@ fn an_owner_that_stops_hands_over_to_a_follower() {
         (Role::Follower, 2, std::process::id() as i32)
     );
 }
+
+#[test]
+fn a_follower_that_falls_a_ring_behind_records_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let shm = tempfile::tempdir().unwrap();
+    let _sim = node_sim(dir.path(), 0);
+    // A ring of 4 points: a follower that copies every 20 ms while the owner publishes a point
+    // every millisecond misses most of them.
+    let node = NodeConfig {
+        ring_points: 4,
+        ..node_config(shm.path(), "job-behind")
+    };
+    let owner = start(options(dir.path(), None, None), node.clone());
+    let quiet = Config {
+        fast_hold: Duration::from_millis(10),
+        ..Config::default()
+    };
+    let (follower, _) =
+        Sampler::start_on_node(options(dir.path(), None, None), quiet, node).unwrap();
+    assert_eq!(role(&follower), Role::Follower);
+    let t0 = now_ns();
+    wait_for("a gap recorded by the follower", || {
+        // The owner marks regions: it reads every update.
+        let id = owner.begin();
+        std::thread::sleep(Duration::from_millis(5));
+        owner.end(id);
+        follower.status()[0].gaps.iter().any(|g| g.0 >= t0)
+    });
+    let (g0, g1) = follower.status()[0].gaps[0];
+    assert!(g0 < g1);
+    // Nothing invented: a region across the gap has no figure for the source.
+    let (joules, _) = region_with_uncertainty(&follower, g0.saturating_sub(1), g1 + 1);
+    assert!(joules[0].is_nan(), "{joules:?}");
+    assert!(owner.status()[0].gaps.is_empty());
+}
