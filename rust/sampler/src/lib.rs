@@ -21,6 +21,9 @@
 //!   stamps) and [`history`](timeline::history) (rings, the energy at an instant);
 //! - [`sampler`]: [`Sampler`], its [`Config`], the poll loop and phase-locked polling;
 //! - [`regions`]: marks, spans and their resolution into [`Packed`] columns;
+//! - [`shared`]: the node's timelines in shared memory (one writer, seqlock rings, the `flock`
+//!   election, reclaim of stale segments), for [`Sampler::start_on_node`]: one sampler per
+//!   node, shared by the processes of a job ([`sampler::node`]);
 //! - [`error`]: the one [`Error`] enum, with a hint per variant.
 //!
 //! The simulated hardware tests point these sensors at lives in the `carbonctx-sim` crate.
