@@ -21,6 +21,9 @@
 //!   stamps) and [`history`](timeline::history) (rings, the energy at an instant);
 //! - [`sampler`]: [`Sampler`], its [`Config`], the poll loop and phase-locked polling;
 //! - [`regions`]: marks, spans and their resolution into [`Packed`] columns;
+//! - [`shared`]: the node's timelines in shared memory (one writer, seqlock rings, the `flock`
+//!   election, reclaim of stale segments), for [`Sampler::start_on_node`]: one sampler per
+//!   node, shared by the processes of a job ([`sampler::node`]);
 //! - [`error`]: the one [`Error`] enum, with a hint per variant.
 //!
 //! The simulated hardware tests point these sensors at lives in the `carbonctx-sim` crate.
@@ -29,15 +32,17 @@ pub mod error;
 pub mod regions;
 pub mod sampler;
 pub mod sensors;
+pub mod shared;
 pub mod timeline;
 
 pub use error::{Error, Result};
 pub use regions::{Packed, Resolved};
-pub use sampler::{Config, Sampler, SourceStatus, Stats};
+pub use sampler::{Config, NodeStatus, Role, Sampler, SourceStatus, Stats};
 pub use sensors::{discover, msr, nvml, perf, powercap, tdp_model};
 pub use sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };
+pub use shared::NodeConfig;
 
 /// Nanoseconds on CLOCK_MONOTONIC: the clock every timestamp in this crate is on
 /// (Python's `time.monotonic_ns()` and `time.perf_counter_ns()` read the same clock on Linux).

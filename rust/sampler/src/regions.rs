@@ -225,6 +225,12 @@ pub(crate) fn resolve_into_columns(
         out.t0_ns.push(t0);
         out.t1_ns.push(t1);
         for (a, b) in e0.iter().zip(e1.iter()) {
+            if a.gaps != b.gaps {
+                // The region crossed an interval the source was not measured in.
+                out.joules.push(f64::NAN);
+                out.uncertainty.push(f64::NAN);
+                continue;
+            }
             out.joules.push(b.joules - a.joules);
             let u = (b.high - b.low) + (a.high - a.low);
             out.uncertainty

@@ -1,11 +1,11 @@
 //! Imports run one way through the crate's layers: a layer may use the ones before it in
-//! `LAYERS`, never those after (the flow of data: sensors, timeline, regions, sampler).
+//! `LAYERS`, never those after (the flow of data: sensors, timeline, regions, the node's shared timelines, sampler).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Folders or files under `src`, lowest first, and the `crate::` paths that name each.
-const LAYERS: [(&str, &[&str]); 5] = [
+const LAYERS: [(&str, &[&str]); 6] = [
     ("error.rs", &["crate::error"]),
     (
         "sensors",
@@ -18,6 +18,7 @@ const LAYERS: [(&str, &[&str]); 5] = [
     ),
     ("timeline", &["crate::timeline"]),
     ("regions.rs", &["crate::regions"]),
+    ("shared.rs", &["crate::shared", "crate::NodeConfig"]),
     (
         "sampler",
         &["crate::sampler", "crate::Sampler", "crate::Config"],

@@ -51,6 +51,7 @@ impl Synthetic {
                 }),
                 interval: Duration::from_millis(1),
                 path: None,
+                uuid: None,
             },
             t0,
             update: MS,

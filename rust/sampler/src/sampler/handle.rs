@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use super::config::Config;
 use super::lock;
-use super::schedule::run;
+use super::node::NodeStatus;
+use super::schedule::{run, Handshake};
 use crate::error::{Error, Result};
 use crate::regions::{Edge, Mark, Packed, Regions, Resolved, Span, BACKLOG_HIGH};
 use crate::sensors::{EnergySource, SourceInfo, Unavailable};
@@ -79,6 +80,10 @@ pub(super) struct Shared {
     /// Callers blocked in `wait_until_resolved` (the thread notifies only when there are some).
     pub(super) waiters: AtomicUsize,
     pub(super) started_ns: u64,
+    /// Where this process stands in its node's shared sampler (None: not shared).
+    pub(super) node: Mutex<Option<NodeStatus>>,
+    /// Why the thread ended during start-up, when it can say.
+    pub(super) start_error: Mutex<Option<Error>>,
 }
 
 /// Counts a waiter for as long as it lives.
@@ -102,6 +107,8 @@ pub struct Sampler {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     infos: Vec<SourceInfo>,
+    /// The index of each of `infos` among the sources the thread keeps timelines of.
+    view: Vec<usize>,
     owner_pid: i32,
 }
 
@@ -112,7 +119,14 @@ impl Sampler {
         sources: Vec<Box<dyn EnergySource>>,
         config: Config,
     ) -> Result<(Sampler, Vec<Unavailable>)> {
-        let (tx, rx) = mpsc::channel::<(Vec<SourceInfo>, Vec<Unavailable>)>();
+        Sampler::spawn(move |shared, tx| run(shared, sources, config, tx))
+    }
+
+    /// Start a sampler thread running `body`, which answers the handshake on its sender.
+    pub(super) fn spawn(
+        body: impl FnOnce(Arc<Shared>, mpsc::Sender<Handshake>) + Send + 'static,
+    ) -> Result<(Sampler, Vec<Unavailable>)> {
+        let (tx, rx) = mpsc::channel::<Handshake>();
         let started_ns = crate::now_ns();
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -130,18 +144,21 @@ impl Sampler {
             waiters: AtomicUsize::new(0),
             loops: AtomicU64::new(0),
             started_ns,
+            node: Mutex::new(None),
+            start_error: Mutex::new(None),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("carbonctx-sampler".into())
-            .spawn(move || run(thread_shared, sources, config, tx))
+            .spawn(move || body(thread_shared, tx))
             .map_err(|e| Error::Thread(e.to_string()))?;
         match rx.recv() {
-            Ok((infos, unavailable)) => Ok((
+            Ok((infos, view, unavailable)) => Ok((
                 Sampler {
                     shared,
                     thread: Mutex::new(Some(thread)),
                     infos,
+                    view,
                     // SAFETY: getpid has no preconditions.
                     owner_pid: unsafe { libc::getpid() },
                 },
@@ -149,10 +166,12 @@ impl Sampler {
             )),
             Err(_) => {
                 let why = match thread.join() {
-                    Err(_) => "it panicked during start-up".to_string(),
-                    Ok(()) => "it ended during start-up".to_string(),
+                    Err(_) => Error::Thread("it panicked during start-up".to_string()),
+                    Ok(()) => lock(&shared.start_error)
+                        .take()
+                        .unwrap_or_else(|| Error::Thread("it ended during start-up".to_string())),
                 };
-                Err(Error::Thread(why))
+                Err(why)
             }
         }
     }
@@ -293,7 +312,17 @@ impl Sampler {
 
     /// The health of each source, in the order of [`Sampler::sources`].
     pub fn status(&self) -> Vec<SourceStatus> {
-        lock(&self.shared.status).clone()
+        let st = lock(&self.shared.status);
+        self.view
+            .iter()
+            .map(|&i| st.get(i).cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Where this process stands in its node's shared sampler; `None` for a sampler started
+    /// with [`Sampler::start`].
+    pub fn node_status(&self) -> Option<NodeStatus> {
+        lock(&self.shared.node).clone()
     }
 
     pub fn stats(&self) -> Stats {
@@ -312,15 +341,19 @@ impl Sampler {
 
     /// Timeline points of source `index` stamped after `since_ns`, oldest first, at most `max`.
     pub fn timeline(&self, index: usize, since_ns: u64, max: usize) -> Vec<Point> {
+        let Some(&i) = self.view.get(index) else {
+            return Vec::new();
+        };
         lock(&self.shared.timelines)
-            .get(index)
+            .get(i)
             .map(|tl| tl.since(since_ns, max))
             .unwrap_or_default()
     }
 
     /// Joules of source `index` at instant `t_ns`, from the timeline (None if not covered).
     pub fn energy_at(&self, index: usize, t_ns: u64) -> Option<EnergyAt> {
-        lock(&self.shared.timelines).get(index)?.at(t_ns)
+        let i = *self.view.get(index)?;
+        lock(&self.shared.timelines).get(i)?.at(t_ns)
     }
 
     /// Stop the thread now: one last poll, every open mark resolved, the thread joined.

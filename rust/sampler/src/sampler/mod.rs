@@ -6,10 +6,13 @@
 //! - [`config`]: how it runs ([`Config`]);
 //! - `schedule`: the thread's poll loop (full rate while regions are marked, sparse while
 //!   quiet), failure and retry, and the resolution pass;
-//! - [`phase`]: phase-locked polling (read each counter just after it updates).
+//! - [`phase`]: phase-locked polling (read each counter just after it updates);
+//! - [`node`]: one sampler per node, shared by the processes of a job through
+//!   [`crate::shared`] (owner, followers, takeover).
 
 pub mod config;
 pub mod handle;
+pub mod node;
 pub mod phase;
 mod schedule;
 
@@ -18,6 +21,7 @@ use std::sync::{Mutex, MutexGuard};
 pub use crate::regions::{Packed, Resolved, BACKLOG_HIGH};
 pub use config::Config;
 pub use handle::{Sampler, SourceStatus, Stats};
+pub use node::{NodeStatus, Role};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock cannot leave these structures half-updated in a way that

@@ -304,6 +304,7 @@ pub fn discover(roots: &Roots) -> Found {
                     }),
                     interval: Duration::from_millis(1),
                     path: Some(path.clone()),
+                    uuid: None,
                 },
                 file,
                 path: path.clone(),

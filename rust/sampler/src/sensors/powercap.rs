@@ -306,6 +306,7 @@ pub fn discover(roots: &Roots) -> Found {
             }),
             interval: Duration::from_millis(1),
             path: Some(energy_path.clone()),
+            uuid: None,
         };
         match PowercapSource::open(info, energy_path.clone()) {
             Ok(src) => found.sources.push(Box::new(src)),

@@ -83,6 +83,8 @@ pub struct SourceInfo {
     pub interval: Duration,
     /// The file or library read, for messages.
     pub path: Option<PathBuf>,
+    /// A GPU's UUID as NVML gives it (`GPU-…`), which `CUDA_VISIBLE_DEVICES` may name.
+    pub uuid: Option<String>,
 }
 
 /// One read of a source.

@@ -394,6 +394,7 @@ impl TdpModelSource {
             counter: None,
             interval: Duration::from_millis(100),
             path: Some(path.clone()),
+            uuid: None,
         };
         Ok(TdpModelSource {
             info,

@@ -41,6 +41,9 @@ pub struct Accumulator {
     units: u128,
     /// Cumulative joules (integrated power).
     joules: f64,
+    /// Joules counted before this accumulator started (another process's sampler counted
+    /// them, see [`Accumulator::continue_from`]).
+    base_j: f64,
     /// Number of counter wraps seen.
     pub wraps: u64,
     /// Number of times a counter went backwards though it never wraps.
@@ -60,6 +63,7 @@ impl Accumulator {
             last_watts: 0.0,
             units: 0,
             joules: 0.0,
+            base_j: 0.0,
             wraps: 0,
             resets: 0,
         }
@@ -71,12 +75,20 @@ impl Accumulator {
         self.last_read_ns = None;
     }
 
+    /// Start counting at `joules` instead of zero: a sampler that takes over a timeline
+    /// another one kept continues its cumulative joules (the interval between is a gap).
+    pub fn continue_from(mut self, joules: f64) -> Self {
+        self.base_j = if joules.is_finite() { joules } else { 0.0 };
+        self
+    }
+
     /// Cumulative joules so far.
     pub fn joules(&self) -> f64 {
-        match self.counter {
-            Some(spec) => self.units as f64 * spec.joules_per_unit,
-            None => self.joules,
-        }
+        self.base_j
+            + match self.counter {
+                Some(spec) => self.units as f64 * spec.joules_per_unit,
+                None => self.joules,
+            }
     }
 
     /// Take one reading made at `t_ns`.

@@ -1,6 +1,8 @@
 //! History: bounded rings of timeline points, and the energy at any instant with the bracket it
 //! lies in.
 
+use std::collections::VecDeque;
+
 use super::Point;
 
 /// A bounded ring of timeline points, oldest first. Memory is fixed at construction.
@@ -94,6 +96,7 @@ impl Timeline {
                 joules: last.joules,
                 low: last.joules,
                 high: f64::INFINITY,
+                gaps: 0,
             });
         }
         let hi = self.get(i);
@@ -106,6 +109,7 @@ impl Timeline {
             joules: lo.joules + (hi.joules - lo.joules) * frac,
             low: lo.joules,
             high: hi.joules,
+            gaps: 0,
         })
     }
 
@@ -122,6 +126,10 @@ pub struct EnergyAt {
     pub joules: f64,
     pub low: f64,
     pub high: f64,
+    /// Gaps (unmeasured intervals) of the source that ended at or before the instant: two
+    /// instants with different counts have a gap between them, so the energy between them is
+    /// unknown.
+    pub gaps: u64,
 }
 
 impl EnergyAt {
@@ -130,6 +138,7 @@ impl EnergyAt {
             joules,
             low: joules,
             high: joules,
+            gaps: 0,
         }
     }
 }
@@ -141,6 +150,8 @@ pub struct History {
     fine: Timeline,
     coarse: Timeline,
     step_ns: u64,
+    gaps: VecDeque<(u64, u64)>,
+    gaps_dropped: u64,
 }
 
 impl History {
@@ -150,6 +161,8 @@ impl History {
             fine: Timeline::with_capacity(fine),
             coarse: Timeline::with_capacity(coarse),
             step_ns,
+            gaps: VecDeque::new(),
+            gaps_dropped: 0,
         }
     }
 
@@ -173,8 +186,8 @@ impl History {
         self.fine.since(since_ns, max)
     }
 
-    /// Joules at `t_ns` (see [`Timeline::at`]); before the fine ring, from the coarse one.
-    pub fn at(&self, t_ns: u64) -> Option<EnergyAt> {
+    /// Joules at `t_ns` from the points alone; before the fine ring, from the coarse one.
+    fn at_points(&self, t_ns: u64) -> Option<EnergyAt> {
         let first = self.fine.first()?;
         if t_ns >= first.t_ns {
             return self.fine.at(t_ns);
@@ -193,9 +206,44 @@ impl History {
             joules: lo.joules + (first.joules - lo.joules) * frac,
             low: lo.joules,
             high: first.joules,
+            gaps: 0,
         })
     }
+
+    /// Record that the energy between `from_ns` and `to_ns` was not measured (the source
+    /// failed, its counter was reset, or the node's sampler died and another took over). The
+    /// points on either side stay; an instant inside the gap has no energy (NaN), and instants
+    /// on either side of it count different [`EnergyAt::gaps`], so a region across it is known
+    /// to have crossed it. The newest [`GAPS_KEPT`] are kept.
+    pub fn push_gap(&mut self, from_ns: u64, to_ns: u64) {
+        if self.gaps.len() >= GAPS_KEPT {
+            self.gaps.pop_front();
+            self.gaps_dropped += 1;
+        }
+        self.gaps.push_back((from_ns, to_ns.max(from_ns)));
+    }
+
+    /// The gaps recorded (the newest [`GAPS_KEPT`]), oldest first.
+    pub fn gaps(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.gaps.iter().copied()
+    }
+
+    /// Joules at `t_ns` (see [`Timeline::at`]), with the gaps that ended by then counted;
+    /// NaN inside a gap.
+    pub fn at(&self, t_ns: u64) -> Option<EnergyAt> {
+        let mut e = self.at_points(t_ns)?;
+        e.gaps = self.gaps_dropped + self.gaps.iter().filter(|g| g.1 <= t_ns).count() as u64;
+        if self.gaps.iter().any(|g| g.0 < t_ns && t_ns < g.1) {
+            e.joules = f64::NAN;
+            e.low = f64::NAN;
+            e.high = f64::NAN;
+        }
+        Some(e)
+    }
 }
+
+/// Gaps a [`History`] remembers.
+pub const GAPS_KEPT: usize = 256;
 
 #[cfg(test)]
 mod tests {
@@ -258,5 +306,35 @@ mod tests {
         let e = h.at(33).unwrap();
         assert!((e.joules - 66.0).abs() < 1e-9);
         assert!((h.at(38).unwrap().joules - 76.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_gap_makes_instants_inside_unknown_and_counts_across() {
+        let mut h = History::new(16, 16, 100);
+        h.push(Point {
+            t_ns: 0,
+            joules: 0.0,
+        });
+        h.push(Point {
+            t_ns: 10,
+            joules: 1.0,
+        });
+        h.push_gap(12, 20);
+        h.push(Point {
+            t_ns: 20,
+            joules: 1.0,
+        });
+        h.push(Point {
+            t_ns: 30,
+            joules: 2.0,
+        });
+        let before = h.at(5).unwrap();
+        assert_eq!(before.gaps, 0);
+        assert!((before.joules - 0.5).abs() < 1e-12);
+        assert!(h.at(15).unwrap().joules.is_nan());
+        let after = h.at(25).unwrap();
+        assert_eq!(after.gaps, 1);
+        assert!((after.joules - 1.5).abs() < 1e-12);
+        assert_eq!(h.gaps().collect::<Vec<_>>(), vec![(12, 20)]);
     }
 }

@@ -135,6 +135,29 @@ pub fn discover(
     found
 }
 
+/// The GPUs among `gpus` (NVML index and UUID of each, as a node's sampler published them)
+/// that `CUDA_VISIBLE_DEVICES` (`None`: unset) makes visible, in its order, read exactly as
+/// [`discover`] reads it; and the entries that name nothing usable. Indices are NVML's.
+pub fn visible_among(
+    gpus: &[(u32, Option<String>)],
+    cuda_visible_devices: Option<&str>,
+) -> (Vec<u32>, Vec<Unavailable>) {
+    let count = gpus.iter().map(|g| g.0 + 1).max().unwrap_or(0);
+    let uuids = || {
+        (0..count)
+            .map(|i| gpus.iter().find(|g| g.0 == i).and_then(|g| g.1.clone()))
+            .collect()
+    };
+    let sel = visible::choose(count, uuids, |_| None, cuda_visible_devices);
+    let indices = sel
+        .indices
+        .into_iter()
+        .map(|(i, _)| i)
+        .filter(|i| gpus.iter().any(|g| g.0 == *i))
+        .collect();
+    (indices, sel.unavailable)
+}
+
 fn gpu_source(
     nvml: &Arc<Nvml>,
     index: u32,
@@ -203,6 +226,7 @@ fn gpu_source(
             counter,
             interval: INTERVAL,
             path: Some(nvml.path.clone()),
+            uuid,
         },
     })
 }

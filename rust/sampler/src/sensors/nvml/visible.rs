@@ -13,6 +13,26 @@ pub(super) struct Selection {
 }
 
 pub(super) fn select(nvml: &Nvml, count: u32, visible: Option<&str>) -> Selection {
+    choose(
+        count,
+        || all_uuids(nvml, count),
+        |entry| by_uuid(nvml, entry, count),
+        visible,
+    )
+}
+
+/// `CUDA_VISIBLE_DEVICES` resolved against `count` GPUs whose UUIDs `uuids` gives (asked for
+/// only when an entry names a UUID; `None` where unknown), the way CUDA reads it; `exact`
+/// finds a GPU by full UUID where the list does not (NVML's own lookup, or nothing). The one
+/// place the variable is interpreted: discovery uses it with NVML, and a process sharing the
+/// node's sampler uses it with the GPUs that sampler published
+/// ([`crate::nvml::visible_among`]).
+pub(super) fn choose(
+    count: u32,
+    uuids: impl FnOnce() -> Vec<Option<String>>,
+    exact: impl Fn(&str) -> Option<u32>,
+    visible: Option<&str>,
+) -> Selection {
     let mut sel = Selection {
         indices: Vec::new(),
         unavailable: Vec::new(),
@@ -25,23 +45,22 @@ pub(super) fn select(nvml: &Nvml, count: u32, visible: Option<&str>) -> Selectio
         return sel;
     }
     let entries: Vec<&str> = visible.split(',').map(str::trim).collect();
+    let mut uuids_fn = Some(uuids);
     let mut uuids: Option<Vec<Option<String>>> = None;
     for (pos, entry) in entries.iter().enumerate() {
         let resolved = if entry.starts_with("MIG-") {
-            sel.unavailable.push(
-                nvml.unavailable(
-                    format!("CUDA_VISIBLE_DEVICES entry {entry}"),
-                    "a MIG instance cannot be measured on its own: NVML's energy and power cover \
+            sel.unavailable.push(unavailable(
+                format!("CUDA_VISIBLE_DEVICES entry {entry}"),
+                "a MIG instance cannot be measured on its own: NVML's energy and power cover \
                  the whole GPU"
-                        .into(),
-                    "list the parent GPU's UUID in CUDA_VISIBLE_DEVICES to measure the whole GPU"
-                        .into(),
-                ),
-            );
+                    .into(),
+                "list the parent GPU's UUID in CUDA_VISIBLE_DEVICES to measure the whole GPU"
+                    .into(),
+            ));
             continue;
         } else if entry.starts_with("GPU-") {
-            let uuids = uuids.get_or_insert_with(|| all_uuids(nvml, count));
-            resolve_uuid(nvml, entry, uuids).map(|i| (i, false))
+            let uuids = uuids.get_or_insert_with(|| uuids_fn.take().map_or_else(Vec::new, |f| f()));
+            resolve_uuid(entry, uuids, &exact).map(|i| (i, false))
         } else if let Ok(i) = entry.parse::<u32>() {
             (i < count).then_some((i, true))
         } else {
@@ -53,7 +72,7 @@ pub(super) fn select(nvml: &Nvml, count: u32, visible: Option<&str>) -> Selectio
             }
             _ => {
                 let ignored = entries[pos..].join(",");
-                sel.unavailable.push(nvml.unavailable(
+                sel.unavailable.push(unavailable(
                     format!("CUDA_VISIBLE_DEVICES entry {entry:?}"),
                     format!(
                         "it names no GPU (or one already listed), so CUDA ignores it and every \
@@ -68,6 +87,15 @@ pub(super) fn select(nvml: &Nvml, count: u32, visible: Option<&str>) -> Selectio
     sel
 }
 
+fn unavailable(what: String, reason: String, hint: String) -> Unavailable {
+    Unavailable {
+        backend: "nvml",
+        what,
+        reason,
+        hint,
+    }
+}
+
 fn all_uuids(nvml: &Nvml, count: u32) -> Vec<Option<String>> {
     (0..count)
         .map(|i| {
@@ -79,7 +107,11 @@ fn all_uuids(nvml: &Nvml, count: u32) -> Vec<Option<String>> {
 }
 
 /// A full UUID or a prefix that matches exactly one GPU, as CUDA accepts.
-fn resolve_uuid(nvml: &Nvml, entry: &str, uuids: &[Option<String>]) -> Option<u32> {
+fn resolve_uuid(
+    entry: &str,
+    uuids: &[Option<String>],
+    exact: impl Fn(&str) -> Option<u32>,
+) -> Option<u32> {
     let lower = entry.to_ascii_lowercase();
     let matches: Vec<u32> = uuids
         .iter()
@@ -96,7 +128,12 @@ fn resolve_uuid(nvml: &Nvml, entry: &str, uuids: &[Option<String>]) -> Option<u3
     if !matches.is_empty() {
         return None;
     }
-    // Not among the UUIDs read (the call may be missing): ask NVML for an exact match.
+    // Not among the UUIDs read (the call may be missing): ask for an exact match.
+    exact(entry)
+}
+
+/// NVML's exact lookup of a UUID, as an index below `count`.
+fn by_uuid(nvml: &Nvml, entry: &str, count: u32) -> Option<u32> {
     let by_uuid = nvml.fns.by_uuid?;
     let c = std::ffi::CString::new(entry).ok()?;
     let mut dev: Device = std::ptr::null_mut();
@@ -105,5 +142,5 @@ fn resolve_uuid(nvml: &Nvml, entry: &str, uuids: &[Option<String>]) -> Option<u3
     if rc != SUCCESS {
         return None;
     }
-    (0..uuids.len() as u32).find(|&i| nvml.handle(i).is_ok_and(|h| h.0 == dev))
+    (0..count).find(|&i| nvml.handle(i).is_ok_and(|h| h.0 == dev))
 }
