@@ -1,0 +1,379 @@
+"""Hugging Face ``Trainer``: energy and CO2 in every log, epoch totals and a budget stop.
+
+::
+
+    from carbonctx.integrations.huggingface import attach
+
+    trainer = Trainer(model, args, train_dataset=train, eval_dataset=val)
+    cb = attach(trainer, budget_kwh=50)      # or callbacks=[CarbonctxCallback()] (see below)
+    trainer.train()
+    print(cb.total_j, cb.epochs)
+
+The training run is cut into contiguous regions (``hf.train``, ``hf.eval``) from
+``on_train_begin`` to the final log. Entering and leaving a region costs about a microsecond and
+nothing waits for the hardware inside a step: figures are read when the Trainer logs. Each log
+then carries what was spent since the previous log:
+
+* training logs: ``energy_j``, ``co2_g``, ``energy_j_per_sample`` (optimizer steps × the global
+  batch, capped at the dataset's length per epoch), ``energy_j_per_token`` (when the Trainer
+  counts tokens: ``include_num_input_tokens_seen``), ``energy_forecast_kwh`` (what the whole run
+  will cost at the rate so far), and, in the first log after an epoch, ``epoch_energy_j`` and
+  ``epoch_co2_g`` (its evaluation included; the last epoch's in the final log);
+* evaluation logs during training: ``eval_energy_j``, ``eval_co2_g``, ``eval_energy_j_per_sample``
+  (prefix as the metrics'), the evaluation alone;
+* the final log: ``energy_j`` and ``co2_g`` since the previous log, and ``train_energy_j``,
+  ``train_co2_g`` for the whole run. The ``energy_j`` and ``eval_energy_j`` values of all logs
+  add up to ``train_energy_j``.
+
+**Order.** The Trainer calls its callbacks in list order with one ``logs`` dict, and the
+reporting callbacks (W&B, MLflow, TensorBoard, Comet...) come before those passed in
+``callbacks=``: they would have written their logs before this callback adds to them.
+:func:`attach` puts the callback right after ``DefaultFlowCallback`` (which decides when to log
+and evaluate) and before every reporter. Passed in ``callbacks=``, the figures still reach
+``trainer.state.log_history`` and later callbacks, and a warning says the reporters missed them.
+
+**Distributed jobs.** Under ``torch.distributed`` the figures are the job's (summed over ranks
+at every log, a collective: the Trainer logs on every rank at the same steps), so rank 0's
+reporters log the job's energy; ``job_totals=False`` keeps each rank's own. The budget decision
+is joint: every rank stops after the same step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import TrainerCallback
+
+import carbonctx
+from carbonctx._distributed import collectives
+
+__all__ = ["CarbonctxCallback", "attach"]
+
+_J_PER_KWH = 3.6e6
+
+
+def _phase_of(logs: Mapping[str, Any]) -> str:
+    """``"final"``, ``"train"`` or an evaluation's metric prefix (``"eval"``, ``"test"``...)."""
+    if "train_loss" in logs and "total_flos" in logs:
+        return "final"
+    for key in logs:
+        if key.endswith("_runtime") and not key.startswith("train_"):
+            return key[: -len("_runtime")]
+    return "train"
+
+
+class CarbonctxCallback(TrainerCallback):
+    """Adds energy and CO2 figures to the Trainer's logs (see the module's documentation).
+
+    ``name`` prefixes the regions' names (``hf.train``, ``hf.eval``: they appear in
+    ``carbonctx.stats()``); ``tags`` are copied into every region's record. ``budget_kwh`` and
+    ``budget_co2_kg`` stop training (``control.should_training_stop``) after the first log at
+    which the run's forecast exceeds them.
+    Epochs run from one ``on_epoch_begin`` to the next (the closing log, evaluation and save
+    of an epoch are its own); an epoch's totals go with the first log after it.
+
+    After training: ``total_j``, ``total_co2_g``, ``epochs`` (one dict per epoch: ``epoch``,
+    ``energy_j``, ``co2_g``), ``budget_exceeded`` (None or what was exceeded).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "hf",
+        tags: Mapping[str, Any] | None = None,
+        budget_kwh: float | None = None,
+        budget_co2_kg: float | None = None,
+        job_totals: bool = True,
+    ) -> None:
+        self.name = name
+        self.tags = dict(tags) if tags else None
+        self.budget_kwh = budget_kwh
+        self.budget_co2_kg = budget_co2_kg
+        self.job_totals = job_totals
+        self.attached = False
+        self.total_j = 0.0
+        self.total_co2_g = 0.0
+        self.epochs: list[dict[str, float]] = []
+        self.budget_exceeded: dict[str, Any] | None = None
+        self._early = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._open: Any = None
+        self._phase = "train"
+        self._epoch_index = 0
+        # Regions ended and not yet read: (phase, epoch index, region).
+        self._closed: list[tuple[str, int, Any]] = []
+        # Local figures not yet emitted, per phase ("train"/"eval"): [J, g].
+        self._pending: dict[str, list[float]] = {"train": [0.0, 0.0], "eval": [0.0, 0.0]}
+        self._epoch_local: dict[int, list[float]] = {}
+        self._epochs_emitted = 0
+        self._eval_next = False
+        self._epochs_begun = 0
+        self._dataset_len: int | None = None
+        self._samples = 0
+        self._epoch_samples = 0
+        self._samples_logged = 0
+        self._tokens_logged = 0
+        self._last_log_step = -1
+        self._warned_order = False
+
+    # ------------------------------------------------------------------ regions
+
+    def _split(self, phase: str) -> None:
+        """End the open region (if any) and open the next one, for ``phase``."""
+        if self._open is not None:
+            self._open.__exit__(None, None, None)
+            self._closed.append((self._phase, self._epoch_index, self._open))
+        self._phase = phase
+        self._open = carbonctx.track(f"{self.name}.{phase}", tags=self.tags).__enter__()
+
+    def _stop_regions(self) -> None:
+        if self._open is not None:
+            self._open.__exit__(None, None, None)
+            self._closed.append((self._phase, self._epoch_index, self._open))
+            self._open = None
+
+    def _read_closed(self) -> None:
+        """Read every ended region (waits for the sampler to pass the last one's end)."""
+        for phase, epoch, region in self._closed:
+            m = region.result()
+            j = m.energy_j
+            g = m.co2_g if m.co2_g is not None else math.nan
+            pend = self._pending[phase]
+            pend[0] += j
+            pend[1] += g
+            ep = self._epoch_local.setdefault(epoch, [0.0, 0.0])
+            ep[0] += j
+            ep[1] += g
+        self._closed.clear()
+
+    def _job(self, values: list[float]) -> list[float]:
+        if not self.job_totals:
+            return values
+        return collectives.allreduce_sum(values)
+
+    # ------------------------------------------------------------------ Trainer events
+
+    def begin(self) -> None:
+        """Start measuring a training run now (``attach`` calls it when ``train()`` is called,
+        so that the Trainer's setup before ``on_train_begin`` is measured too)."""
+        self._reset()
+        self.total_j = self.total_co2_g = 0.0
+        self.epochs = []
+        self.budget_exceeded = None
+        self._split("train")
+        self._early = True
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self._early:
+            self.begin()
+        self._early = False
+        dl = kwargs.get("train_dataloader")
+        try:
+            self._dataset_len = len(dl.dataset) if dl is not None else None
+        except TypeError:
+            self._dataset_len = None
+        self._tokens_logged = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        if not self.attached and not self._warned_order and _reports(args):
+            self._warned_order = True
+            warnings.warn(
+                "CarbonctxCallback was passed in callbacks=, so the Trainer's reporting "
+                "callbacks run before it and never see its figures (log_history does): use "
+                "carbonctx.integrations.huggingface.attach(trainer) instead",
+                carbonctx.CarbonctxWarning,
+                stacklevel=2,
+            )
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._epoch_samples = 0
+        if self._open is not None and self._epochs_begun > 0:
+            # The previous epoch (its closing log, evaluation and save included) ends here.
+            self._split(self._phase)
+            self._epoch_index += 1
+        self._epochs_begun += 1
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        batch = args.train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        if self._dataset_len is not None:
+            batch = max(0, min(batch, self._dataset_len - self._epoch_samples))
+        self._epoch_samples += batch
+        self._samples += batch
+        self._plan_eval(state, control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._plan_eval(state, control)
+
+    def _plan_eval(self, state: Any, control: Any) -> None:
+        """An evaluation follows (after the log, if one is due): measure it on its own."""
+        if not control.should_evaluate or self._open is None:
+            return
+        if control.should_log and state.global_step > self._last_log_step:
+            self._eval_next = True  # the log comes first and switches
+        elif self._phase != "eval":
+            self._split("eval")
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
+        if logs is None or self._open is None:
+            return
+        kind = _phase_of(logs)
+        before = set(logs)
+        if kind == "final":
+            self._stop_regions()
+        elif kind == "train":
+            self._last_log_step = state.global_step
+            self._split("eval" if self._eval_next else "train")
+            self._eval_next = False
+        else:
+            self._split("train")
+        self._read_closed()
+        added = self._emit(kind, state, control, logs, kw.get("eval_dataloader"))
+        # The Trainer appended a copy of ``logs`` to log_history before calling back.
+        hist = getattr(state, "log_history", None)
+        if hist and hist[-1].get("step") == state.global_step and before <= set(hist[-1]):
+            hist[-1].update(added)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Normally the final log has ended the last region already.
+        self._stop_regions()
+        self._closed.clear()
+
+    # ------------------------------------------------------------------ figures
+
+    def _emit(
+        self, kind: str, state: Any, control: Any, logs: dict[str, Any], eval_loader: Any
+    ) -> dict[str, float]:
+        is_eval = kind not in ("train", "final")
+        ph = "eval" if is_eval else "train"
+        local = list(self._pending[ph])
+        last = self._epoch_index + 1 if kind == "final" else self._epoch_index
+        ready = sorted(e for e in self._epoch_local if self._epochs_emitted <= e < last)
+        vec = local + [v for e in ready for v in self._epoch_local[e]]
+        summed = self._job(vec)
+        self._pending[ph] = [0.0, 0.0]
+        for e in ready:
+            del self._epoch_local[e]
+        j, g = summed[0], summed[1]
+        self.total_j += j
+        self.total_co2_g += g
+        out: dict[str, float] = {}
+        prefix = f"{kind}_" if is_eval else ""
+        _put(out, f"{prefix}energy_j", j)
+        _put(out, f"{prefix}co2_g", g)
+        if is_eval:
+            n = _length(eval_loader)
+            if n:
+                _put(out, f"{prefix}energy_j_per_sample", j / n)
+        else:
+            samples = self._samples - self._samples_logged
+            self._samples_logged = self._samples
+            if samples > 0:
+                _put(out, "energy_j_per_sample", j / samples)
+            tokens_now = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+            tokens = tokens_now - self._tokens_logged
+            self._tokens_logged = tokens_now
+            if tokens > 0:
+                _put(out, "energy_j_per_token", j / tokens)
+        for i, e in enumerate(ready):
+            ej, eg = summed[2 + 2 * i], summed[3 + 2 * i]
+            self.epochs.append({"epoch": float(e + 1), "energy_j": ej, "co2_g": eg})
+            _put(out, "epoch_energy_j", ej)
+            _put(out, "epoch_co2_g", eg)
+        self._epochs_emitted = last
+        if kind == "final":
+            _put(out, "train_energy_j", self.total_j)
+            _put(out, "train_co2_g", self.total_co2_g)
+        elif kind == "train":
+            self._forecast_and_budget(state, control, out)
+        logs.update(out)
+        return out
+
+    def _forecast_and_budget(self, state: Any, control: Any, out: dict[str, float]) -> None:
+        done, total = state.global_step, state.max_steps
+        if not (done > 0 and total and total > 0):
+            return
+        scale = total / done
+        fc_kwh = self.total_j * scale / _J_PER_KWH
+        fc_co2_kg = self.total_co2_g * scale / 1e3
+        _put(out, "energy_forecast_kwh", fc_kwh)
+        if self.budget_kwh is None and self.budget_co2_kg is None:
+            return
+        over: list[str] = []
+        if self.budget_kwh is not None and fc_kwh > self.budget_kwh:
+            over.append(f"forecast energy {fc_kwh:.4g} kWh exceeds budget_kwh={self.budget_kwh:g}")
+        if self.budget_co2_kg is not None and fc_co2_kg > self.budget_co2_kg:
+            over.append(
+                f"forecast CO2e {fc_co2_kg:.4g} kg exceeds budget_co2_kg={self.budget_co2_kg:g}"
+            )
+        # A joint decision: every rank stops after the same step.
+        if collectives.any_rank(bool(over)) and self.budget_exceeded is None:
+            self.budget_exceeded = {
+                "step": done,
+                "message": "; ".join(over) or "another rank's forecast exceeds the budget",
+                "forecast_kwh": fc_kwh,
+                "forecast_co2_kg": fc_co2_kg,
+            }
+            control.should_training_stop = True
+
+
+def _length(dl: Any) -> int | None:
+    try:
+        return len(dl.dataset) if dl is not None else None
+    except (TypeError, AttributeError):
+        return None
+
+
+def _put(out: dict[str, float], key: str, value: float) -> None:
+    if math.isfinite(value):
+        out[key] = float(value)
+
+
+def _reports(args: Any) -> bool:
+    report_to = getattr(args, "report_to", None)
+    if not report_to:
+        return False
+    if isinstance(report_to, str):
+        report_to = [report_to]
+    return any(r not in ("none", None) for r in report_to)
+
+
+def attach(trainer: Any, callback: CarbonctxCallback | None = None, **kwargs: Any) -> Any:
+    """Put ``callback`` (or a new ``CarbonctxCallback(**kwargs)``) into ``trainer``'s callbacks
+    right after ``DefaultFlowCallback``, before the reporting callbacks; returns it. A
+    CarbonctxCallback already there (passed in ``callbacks=``) is moved, not duplicated.
+
+    It also wraps ``trainer.train`` (on this instance) so that measuring starts when ``train()``
+    is called: the Trainer's setup before its first callback (optimizer, data loaders,
+    accelerator) is part of the run's figures."""
+    from transformers.trainer_callback import DefaultFlowCallback
+
+    handler = trainer.callback_handler
+    cbs: list[Any] = handler.callbacks
+    existing = [c for c in cbs if isinstance(c, CarbonctxCallback)]
+    if callback is None:
+        callback = existing[0] if existing and not kwargs else CarbonctxCallback(**kwargs)
+    for c in existing:
+        cbs.remove(c)
+    at = next((i + 1 for i, c in enumerate(cbs) if isinstance(c, DefaultFlowCallback)), 0)
+    cbs.insert(at, callback)
+    if not callback.attached:
+        callback.attached = True
+        train = trainer.train
+
+        @functools.wraps(train)
+        def measured_train(*args: Any, **kw: Any) -> Any:
+            # The Trainer builds its optimizer and data loaders before the first callback.
+            callback.begin()
+            try:
+                return train(*args, **kw)
+            finally:
+                callback.on_train_end(None, None, None)
+
+        trainer.train = measured_train
+    return callback
