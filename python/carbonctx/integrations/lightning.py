@@ -1,0 +1,260 @@
+"""Lightning (``lightning.pytorch``): energy and CO2 per step and per epoch through ``self.log``.
+
+::
+
+    from carbonctx.integrations.lightning import CarbonctxCallback
+
+    cb = CarbonctxCallback(budget_kwh=50)
+    trainer = L.Trainer(max_epochs=10, callbacks=[cb])
+    trainer.fit(model, train_loader, val_loader)
+    print(trainer.logged_metrics["epoch_energy_j"], cb.total_j, cb.epochs)
+
+Every figure goes through ``pl_module.log(..., sync_dist=True, reduce_fx="sum")``, so that the
+loggers (and ``trainer.logged_metrics``, ``trainer.callback_metrics``) get the job's figures
+summed over ranks:
+
+* per training step: ``energy_j`` and ``co2_g``, with ``energy_j_per_sample`` (averaged over
+  ranks). Nothing waits inside a step: a step's figures are logged as soon as the sampler has
+  resolved them, normally at the next step (RAPL counters move every millisecond; a GPU's every
+  20-100 ms), so a step's value is what was resolved since the previous one;
+* per epoch (at ``on_train_epoch_end``, exact, after one wait): ``epoch_energy_j`` and
+  ``epoch_co2_g`` (the epoch's training steps, its validation and the data loading in between),
+  and ``energy_forecast_kwh`` (the whole run at the rate so far, with ``max_epochs`` or
+  ``max_steps`` set);
+* per validation run (at ``on_validation_epoch_end``): ``val_energy_j`` and ``val_co2_g``.
+
+The run is cut into contiguous regions (``lightning.train``, ``lightning.val`` in
+``carbonctx.stats()``) from ``setup`` to the end of fit; the epochs' figures add up to all of it
+except what runs after the last epoch ends (the last checkpoint, ``on_fit_end``), which is in
+:attr:`CarbonctxCallback.total_j` but cannot be logged. A budget (``budget_kwh``,
+``budget_co2_kg``) is checked against the forecast at each epoch's end and stops training through
+``trainer.should_stop``; the decision is joint over ranks (every rank stops after the same epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from lightning.pytorch import Callback
+
+import carbonctx
+from carbonctx._distributed import collectives
+
+__all__ = ["CarbonctxCallback"]
+
+_J_PER_KWH = 3.6e6
+
+
+def _batch_size(batch: Any) -> int:
+    try:
+        from lightning.pytorch.utilities.data import extract_batch_size
+
+        return int(extract_batch_size(batch))
+    except Exception:
+        return 0
+
+
+class CarbonctxCallback(Callback):
+    """Logs energy and CO2 per step, per validation run and per epoch (see the module's
+    documentation). ``name`` prefixes the regions' names; ``tags`` go into every record.
+
+    After fit: ``total_j``, ``total_co2_g`` (the rank's own figures, everything from ``setup``
+    to the end of fit), ``epochs`` (one dict per epoch with the job's ``energy_j`` and
+    ``co2_g``), ``budget_exceeded`` (None, or what was exceeded).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "lightning",
+        tags: Mapping[str, Any] | None = None,
+        budget_kwh: float | None = None,
+        budget_co2_kg: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.tags = dict(tags) if tags else None
+        self.budget_kwh = budget_kwh
+        self.budget_co2_kg = budget_co2_kg
+        self.total_j = 0.0
+        self.total_co2_g = 0.0
+        self.epochs: list[dict[str, float]] = []
+        self.budget_exceeded: dict[str, Any] | None = None
+        self._open: Any = None
+        self._phase = "train"
+        self._samples = 0
+        # Ended regions not yet logged per step: (region, samples in it).
+        self._steps: list[tuple[Any, int]] = []
+        # Ended regions of this epoch, not yet counted in its total.
+        self._epoch: list[Any] = []
+        self._val: list[Any] = []
+
+    # ------------------------------------------------------------------ regions
+
+    def _split(self, phase: str) -> Any:
+        """End the open region, file it, open the next one for ``phase``; the ended one."""
+        ended = self._open
+        if ended is not None:
+            ended.__exit__(None, None, None)
+            self._epoch.append(ended)
+            if self._phase == "train":
+                self._steps.append((ended, self._samples))
+            else:
+                self._val.append(ended)
+        self._samples = 0
+        self._phase = phase
+        self._open = carbonctx.track(f"{self.name}.{phase}", tags=self.tags).__enter__()
+        return ended
+
+    def _end(self) -> None:
+        if self._open is not None:
+            self._open.__exit__(None, None, None)
+            self._epoch.append(self._open)
+            self._open = None
+        for r in self._epoch:
+            self._add_total(r.result())
+        self._epoch.clear()
+        self._steps.clear()
+        self._val.clear()
+
+    def _add_total(self, m: Any) -> None:
+        self.total_j += m.energy_j
+        self.total_co2_g += m.co2_g if m.co2_g is not None else math.nan
+
+    @staticmethod
+    def _log(pl_module: Any, key: str, value: float, *, on_step: bool, **kw: Any) -> None:
+        kw.setdefault("reduce_fx", "sum")
+        pl_module.log(
+            key,
+            float(value),
+            on_step=on_step,
+            on_epoch=not on_step,
+            sync_dist=True,
+            batch_size=1,
+            **kw,
+        )
+
+    # ------------------------------------------------------------------ hooks
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            self.total_j = self.total_co2_g = 0.0
+            self.epochs = []
+            self.budget_exceeded = None
+            self._epoch.clear()
+            self._steps.clear()
+            self._val.clear()
+            self._open = None
+            self._split("train")
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._open is None:
+            return
+        self._samples += _batch_size(batch)
+        self._split("train")
+        # Log what the sampler has resolved; never wait inside a step. Every rank logs at
+        # every step (zeros included): sync_dist is a collective.
+        j = g = 0.0
+        n = 0
+        while self._steps and self._steps[0][0].done:
+            region, samples = self._steps.pop(0)
+            m = region.result()
+            j += m.energy_j
+            g += m.co2_g if m.co2_g is not None else math.nan
+            n += samples
+        self._log(pl_module, "energy_j", j, on_step=True)
+        self._log(pl_module, "co2_g", g, on_step=True)
+        if n > 0:
+            self._log(pl_module, "energy_j_per_sample", j / n, on_step=True, reduce_fx="mean")
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._open is not None and not trainer.sanity_checking:
+            self._split("val")
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._open is None or trainer.sanity_checking or self._phase != "val":
+            return
+        self._split("train")
+        j = g = 0.0
+        for region in self._val:
+            m = region.result()
+            j += m.energy_j
+            g += m.co2_g if m.co2_g is not None else math.nan
+        self._val.clear()
+        self._log(pl_module, "val_energy_j", j, on_step=False)
+        self._log(pl_module, "val_co2_g", g, on_step=False)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._open is None:
+            return
+        self._split("train")
+        j = g = 0.0
+        for region in self._epoch:
+            m = region.result()
+            j += m.energy_j
+            g += m.co2_g if m.co2_g is not None else math.nan
+            self._add_total(m)
+        self._epoch.clear()
+        job_j, job_g = collectives.allreduce_sum([j, g])
+        spent_j = math.fsum(e["energy_j"] for e in self.epochs) + job_j
+        spent_g = math.fsum(e["co2_g"] for e in self.epochs) + job_g
+        self.epochs.append(
+            {"epoch": float(trainer.current_epoch), "energy_j": job_j, "co2_g": job_g}
+        )
+        # Each rank logs its own; sync_dist sums them into the job's, as logged per step.
+        self._log(pl_module, "epoch_energy_j", j, on_step=False)
+        self._log(pl_module, "epoch_co2_g", g, on_step=False)
+        scale = _remaining_scale(trainer)
+        if scale is None:
+            return
+        fc_kwh = spent_j * scale / _J_PER_KWH
+        fc_co2_kg = spent_g * scale / 1e3
+        self._log(pl_module, "energy_forecast_kwh", fc_kwh, on_step=False, reduce_fx="mean")
+        self._check_budget(trainer, fc_kwh, fc_co2_kg)
+
+    def _check_budget(self, trainer: Any, fc_kwh: float, fc_co2_kg: float) -> None:
+        if self.budget_kwh is None and self.budget_co2_kg is None:
+            return
+        over: list[str] = []
+        if self.budget_kwh is not None and fc_kwh > self.budget_kwh:
+            over.append(f"forecast energy {fc_kwh:.4g} kWh exceeds budget_kwh={self.budget_kwh:g}")
+        if self.budget_co2_kg is not None and fc_co2_kg > self.budget_co2_kg:
+            over.append(
+                f"forecast CO2e {fc_co2_kg:.4g} kg exceeds budget_co2_kg={self.budget_co2_kg:g}"
+            )
+        if collectives.any_rank(bool(over)) and self.budget_exceeded is None:
+            self.budget_exceeded = {
+                "epoch": len(self.epochs),
+                "message": "; ".join(over) or "another rank's forecast exceeds the budget",
+                "forecast_kwh": fc_kwh,
+                "forecast_co2_kg": fc_co2_kg,
+            }
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._end()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._end()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            self._end()
+
+
+def _remaining_scale(trainer: Any) -> float | None:
+    """(the whole run) / (what has run), from max_steps or max_epochs; None if unbounded."""
+    done_steps = trainer.global_step
+    if trainer.max_steps is not None and trainer.max_steps > 0 and done_steps > 0:
+        by_steps: float | None = trainer.max_steps / done_steps
+    else:
+        by_steps = None
+    epochs_done = trainer.current_epoch + 1
+    max_epochs = trainer.max_epochs
+    by_epochs = max_epochs / epochs_done if max_epochs is not None and max_epochs > 0 else None
+    options = [s for s in (by_steps, by_epochs) if s is not None]
+    return min(options) if options else None

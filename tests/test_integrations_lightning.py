@@ -1,0 +1,165 @@
+"""The Lightning callback on a real (tiny) training run on the CPU, on simulated hardware.
+
+The figures it logs (through ``self.log``, read back from a logger) must add up, within 1 %, to
+the same run measured with ``track()`` around ``trainer.fit()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+L = pytest.importorskip("lightning.pytorch")
+
+import carbonctx  # noqa: E402
+from carbonctx._measure import process as _runtime  # noqa: E402
+from carbonctx.integrations.lightning import CarbonctxCallback  # noqa: E402
+from carbonctx.testing import SimulatedMachine, Wave  # noqa: E402
+
+pytestmark = [
+    # Lightning's own advice about this tiny CPU setup (no workers in the data loaders; GPU
+    # available but unused on device hosts); not about the callback.
+    pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
+    pytest.mark.filterwarnings("ignore:.*GPU available but not used.*"),
+    # Lightning 2.6 builds torch.utils._pytree.LeafSpec, which torch 2.10+ deprecates.
+    pytest.mark.filterwarnings("ignore:.*isinstance\\(treespec, LeafSpec\\).*:FutureWarning"),
+]
+
+
+@pytest.fixture
+def cpu_sim(tmp_path: Path) -> Iterator[SimulatedMachine]:
+    """A machine without a GPU (see the Hugging Face test: the final wait for a GPU counter
+    is several per cent of a run this short)."""
+    m = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6.0))
+    m.start()
+    carbonctx.configure(**m.settings())
+    yield m
+    _runtime.reset()
+    m.close()
+
+
+class Memory(L.loggers.Logger):  # type: ignore[misc]
+    """A logger that keeps every (step, metrics) it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.append((step, dict(metrics)))
+
+    def values(self, key: str) -> list[float]:
+        return [m[key] for _, m in self.rows if key in m]
+
+
+class Regression(L.LightningModule):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(16, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1)
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _loaders() -> tuple[Any, Any]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1800, 16, generator=g)
+    y = x.sum(dim=1, keepdim=True)
+    train = torch.utils.data.TensorDataset(x[:1600], y[:1600])
+    val = torch.utils.data.TensorDataset(x[1600:], y[1600:])
+    return (
+        torch.utils.data.DataLoader(train, batch_size=8),  # 200 steps per epoch
+        torch.utils.data.DataLoader(val, batch_size=40),
+    )
+
+
+def _trainer(cb: CarbonctxCallback, logger: Memory, tmp_path: Path, epochs: int) -> Any:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        callbacks=[cb],
+        logger=logger,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+
+
+def test_logged_figures_add_up_to_the_run_measured_around_fit(
+    cpu_sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    cb, logger = CarbonctxCallback(), Memory()
+    trainer = _trainer(cb, logger, tmp_path, epochs=3)
+    train, val = _loaders()
+    model = Regression()
+    with carbonctx.track("whole") as whole:
+        trainer.fit(model, train, val)
+    epochs = logger.values("epoch_energy_j")
+    assert len(epochs) == 3 and all(e > 0 for e in epochs)
+    # Lightning keeps logged values as float32 tensors.
+    assert epochs == pytest.approx([e["energy_j"] for e in cb.epochs], rel=1e-6)
+    logged = math.fsum(epochs)
+    logged_co2 = math.fsum(logger.values("epoch_co2_g"))
+    err = abs(logged - whole.energy_j) / whole.energy_j
+    err_co2 = abs(logged_co2 - whole.co2_g) / whole.co2_g
+    print(f"Lightning: logged {logged:.3f} J, track() {whole.energy_j:.3f} J: {err:.4%}")
+    assert err < 0.01 and err_co2 < 0.01
+    # What runs after the last epoch is in the callback's total, not in the logs.
+    assert cb.total_j == pytest.approx(whole.energy_j, rel=0.01)
+    # Per step: one value per step (zeros while the sampler had nothing new), never more than
+    # the epochs' total; validation runs on their own.
+    steps = logger.values("energy_j")
+    assert len(steps) == 600
+    assert 0.5 * logged < math.fsum(steps) <= logged
+    assert all(v >= 0 for v in steps)
+    assert len(logger.values("val_energy_j")) == 3
+    assert 0 < math.fsum(logger.values("val_energy_j")) < logged
+    # The framework's own record of what was logged last.
+    metrics = trainer.logged_metrics
+    for key in ("epoch_energy_j", "epoch_co2_g", "val_energy_j", "energy_forecast_kwh"):
+        assert float(metrics[key]) > 0
+    assert {"lightning.train", "lightning.val"} <= set(carbonctx.stats())
+
+
+def test_budget_stops_training_after_the_first_epoch(
+    cpu_sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    cb, logger = CarbonctxCallback(budget_kwh=1e-9), Memory()
+    trainer = _trainer(cb, logger, tmp_path, epochs=5)
+    train, val = _loaders()
+    trainer.fit(Regression(), train, val)
+    assert cb.budget_exceeded is not None and cb.budget_exceeded["epoch"] == 1
+    assert len(cb.epochs) == 1
+    assert trainer.current_epoch == 1
