@@ -1,0 +1,273 @@
+"""Prometheus metrics: the endpoint scraped over loopback, by a real Prometheus server when
+Debian's ``prometheus`` package is installed, and pushes to a Pushgateway.
+
+Simulated hardware without a GPU (package 40/120 W square wave, DRAM 6 W): the exported
+counters must match the simulated truth over the exporter's life within 1 %.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+prometheus_client = pytest.importorskip("prometheus_client")
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+import carbonctx  # noqa: E402
+from carbonctx._measure import process as _runtime  # noqa: E402
+from carbonctx.integrations import prometheus  # noqa: E402
+from carbonctx.testing import SimulatedMachine, Wave  # noqa: E402
+
+
+@pytest.fixture
+def cpu_sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimulatedMachine]:
+    m = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6.0))
+    m.start()
+    carbonctx.configure(**m.settings())
+    for k in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)  # pushes go over loopback, never a proxy
+    yield m
+    prometheus.shutdown()
+    _runtime.reset()
+    m.close()
+
+
+def _truth(sim: SimulatedMachine, t0: int, t1: int) -> dict[str, float]:
+    return {"cpu": sim.truth_j("package", 0, t0, t1), "dram": sim.truth_j("dram", 0, t0, t1)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+
+
+def _get(url: str, timeout: float = 5.0) -> str:
+    with _LOOPBACK.open(url, timeout=timeout) as r:
+        return str(r.read().decode())
+
+
+def _until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """Poll ``check`` until it returns something truthy (a generous limit: the machine may be
+    loaded; nothing here depends on how fast it is)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = check()
+        except (OSError, ValueError, KeyError, IndexError):
+            got = None
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _series(samples: dict[Any, float], name: str, **labels: str) -> list[float]:
+    return [
+        v
+        for (n, lab), v in samples.items()
+        if n == name and all(dict(lab).get(k) == x for k, x in labels.items())
+    ]
+
+
+def test_endpoint_serves_counters_that_match_the_simulated_truth(
+    cpu_sim: SimulatedMachine,
+) -> None:
+    registry = prometheus_client.CollectorRegistry()
+    with carbonctx.track("warm-up"):  # the sampler runs before the exporter's first region
+        pass
+    t0 = time.monotonic_ns()
+    server, _ = prometheus.start_http_server(0, "127.0.0.1", interval=0.1, registry=registry)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    with carbonctx.track("step"):
+        time.sleep(1.0)
+    # A few intervals have been counted.
+    _until("two updates", lambda: prometheus.exporter().energy_j["cpu"] > 0)
+    prometheus.exporter().stop()
+    t1 = time.monotonic_ns()
+    samples = _samples(_get(url))
+    server.shutdown()
+    server.server_close()
+    truth = _truth(cpu_sim, t0, t1)
+    for src in ("cpu", "dram"):
+        (got,) = _series(samples, "carbonctx_energy_joules_total", source=src, region="process")
+        err = abs(got - truth[src]) / truth[src]
+        print(f"Prometheus endpoint {src}: {got:.3f} J, truth {truth[src]:.3f} J: {err:.4%}")
+        assert err < 0.01
+    (gpu,) = _series(samples, "carbonctx_energy_joules_total", source="gpu", region="process")
+    assert gpu == 0.0
+    (co2,) = _series(samples, "carbonctx_co2_grams_total", source="cpu", region="process")
+    assert co2 > 0
+    (step,) = _series(samples, "carbonctx_energy_joules_total", source="total", region="step")
+    assert step == pytest.approx(carbonctx.stats()["step"].energy_j.total)
+    labels = dict(next(lab for (n, lab) in samples if n == "carbonctx_energy_joules_total"))
+    assert labels["rank"] == "0" and labels["node"] == socket.gethostname()
+    assert _series(samples, "carbonctx_power_watts", source="cpu")[0] > 0
+    (ci,) = _series(samples, "carbonctx_carbon_intensity_grams_per_kwh", zone="DE")
+    assert ci > 0
+
+
+def test_push_to_gateway_sends_every_metric(cpu_sim: SimulatedMachine) -> None:
+    got: list[tuple[str, str, bytes]] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append((self.command, self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        prometheus.exporter(interval=60, registry=prometheus_client.CollectorRegistry())
+        time.sleep(0.2)
+        prometheus.push_to_gateway(f"127.0.0.1:{httpd.server_port}", job="train")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    ((method, path, body),) = got
+    assert method == "PUT"
+    assert path.startswith("/metrics/job/train/")
+    parts = path.split("/")[4:]
+    assert dict(zip(parts[::2], parts[1::2], strict=True)) == {
+        "rank": "0",
+        "node": socket.gethostname(),
+    }
+    assert b"carbonctx_energy_joules_total" in body
+
+
+PROMETHEUS = shutil.which("prometheus")
+PUSHGATEWAY = shutil.which("prometheus-pushgateway")
+
+
+def _start(cmd: list[str], tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
+    with open(tmp_path / f"{name}.log", "wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+
+def _stop(p: subprocess.Popen[bytes]) -> None:
+    p.terminate()
+    try:
+        p.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(
+    PROMETHEUS is None,
+    reason="needs a Prometheus server: Debian's `prometheus` package (apt-get install "
+    "--no-install-recommends prometheus)",
+)
+def test_a_real_prometheus_server_scrapes_the_truth(
+    cpu_sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    assert PROMETHEUS is not None
+    registry = prometheus_client.CollectorRegistry()
+    with carbonctx.track("warm-up"):
+        pass
+    t0 = time.monotonic_ns()
+    server, _ = prometheus.start_http_server(0, "127.0.0.1", interval=0.2, registry=registry)
+    target = f"127.0.0.1:{server.server_port}"
+    web = f"127.0.0.1:{_free_port()}"
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        f"scrape_configs:\n  - job_name: carbonctx\n    static_configs:\n"
+        f"      - targets: ['{target}']\n"
+    )
+    prom = _start(
+        [
+            PROMETHEUS,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address={web}",
+        ],
+        tmp_path,
+        "prometheus",
+    )
+    query = 'sum(carbonctx_energy_joules_total{region="process"})'
+
+    def scraped() -> float | None:
+        q = urllib.parse.urlencode({"query": query})
+        doc = json.loads(_get(f"http://{web}/api/v1/query?{q}"))
+        result = doc["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    try:
+        _until("Prometheus ready", lambda: "Ready" in _get(f"http://{web}/-/ready"))
+        _until("a first scrape with energy in it", scraped)
+        prometheus.exporter().stop()
+        t1 = time.monotonic_ns()
+        exported = sum(prometheus.exporter().energy_j.values())
+        # The server scrapes every second: wait until it holds the final figure.
+        final = _until(
+            "the final figure scraped",
+            lambda: (v := scraped()) is not None and abs(v - exported) < 1e-6 * exported and v,
+        )
+    finally:
+        _stop(prom)
+        server.shutdown()
+        server.server_close()
+    truth = sum(_truth(cpu_sim, t0, t1).values())
+    err = abs(final - truth) / truth
+    print(f"Prometheus server: {query} = {final:.3f} J, truth {truth:.3f} J: {err:.4%}")
+    assert err < 0.01
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(
+    PUSHGATEWAY is None,
+    reason="needs Debian's `prometheus-pushgateway` package",
+)
+def test_a_real_pushgateway_holds_what_was_pushed(
+    cpu_sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    assert PUSHGATEWAY is not None
+    web = f"127.0.0.1:{_free_port()}"
+    gw = _start([PUSHGATEWAY, f"--web.listen-address={web}"], tmp_path, "pushgateway")
+    try:
+        _until("Pushgateway ready", lambda: "OK" in _get(f"http://{web}/-/ready"))
+        prometheus.exporter(interval=60, registry=prometheus_client.CollectorRegistry())
+        with carbonctx.track("batch"):
+            time.sleep(0.2)
+        prometheus.push_to_gateway(web, job="nightly")
+        samples = _samples(_get(f"http://{web}/metrics"))
+    finally:
+        _stop(gw)
+    pushed = prometheus.exporter().energy_j["cpu"]
+    (got,) = _series(
+        samples, "carbonctx_energy_joules_total", job="nightly", source="cpu", region="process"
+    )
+    assert got == pytest.approx(pushed) and got > 0
+    (batch,) = _series(samples, "carbonctx_energy_joules_total", job="nightly", region="batch")
+    assert batch == pytest.approx(carbonctx.stats()["batch"].energy_j.total)
