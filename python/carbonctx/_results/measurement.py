@@ -102,6 +102,12 @@ class Measurement:
         """Mean power over the region."""
         return self.energy_j / self.duration_s if self.duration_s > 0 else 0.0
 
+    def _repr_html_(self) -> str:
+        """How a notebook shows it: totals, then one row per source."""
+        from carbonctx._results.notebook import measurement_html
+
+        return measurement_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: the record written to JSON Lines."""
         return {

@@ -105,6 +105,12 @@ class StatsTable(Mapping[str, NameStats]):
     def __str__(self) -> str:
         return format_stats(self.values())
 
+    def _repr_html_(self) -> str:
+        """How a notebook shows it: the text table's columns as an HTML table."""
+        from carbonctx._results.notebook import stats_html
+
+        return stats_html(self.values())
+
 
 class RunningDistribution:
     """Running moments and a bounded uniform sample (reservoir) of one quantity."""

@@ -1,0 +1,103 @@
+"""Notebooks and pandas: HTML display of results, the IPython magics in a real InteractiveShell,
+and the per-region DataFrame."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import carbonctx
+from carbonctx.testing import SimulatedMachine
+
+
+@pytest.fixture
+def shell(sim: SimulatedMachine) -> Iterator[Any]:
+    interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
+    from traitlets.config import Config
+
+    cfg = Config()
+    cfg.HistoryManager.enabled = False  # no SQLite history file
+    ip = interactiveshell.InteractiveShell.instance(config=cfg)
+    ip.extension_manager.load_extension("carbonctx.integrations.ipython")
+    yield ip
+    interactiveshell.InteractiveShell.clear_instance()
+
+
+def _html(ip: Any, obj: Any) -> str:
+    data, _ = ip.display_formatter.format(obj)
+    return str(data["text/html"])
+
+
+def test_a_cell_is_a_region_and_shows_its_measurement(shell: Any) -> None:
+    res = shell.run_cell("%%carbonctx --tag model=tiny train\nx = sum(range(200_000))\n")
+    assert res.success, res.error_in_exec
+    m = res.result
+    assert isinstance(m, carbonctx.Measurement)
+    assert m.name == "train" and m.tags == {"model": "tiny"} and m.energy_j > 0
+    assert shell.user_ns["x"] == sum(range(200_000))  # the cell ran in the user's namespace
+    assert shell.user_ns["_carbonctx"] is m
+    html = _html(shell, m)
+    assert "carbonctx region &#x27;train&#x27;" in html and "<table>" in html
+    assert "package" in html.lower() and "counter" in html
+
+
+def test_a_line_is_a_region_and_an_empty_line_shows_the_statistics(shell: Any) -> None:
+    res = shell.run_cell("%carbonctx y = [i * i for i in range(10_000)]")
+    assert res.success, res.error_in_exec
+    assert res.result.name == "line" and len(shell.user_ns["y"]) == 10_000
+    res = shell.run_cell("%carbonctx")
+    table = res.result
+    assert isinstance(table, carbonctx.StatsTable) and "line" in table
+    html = _html(shell, table)
+    assert '<td style="text-align:left">line</td>' in html
+
+
+def test_a_failing_cell_raises_as_usual_and_is_still_measured(shell: Any) -> None:
+    res = shell.run_cell("%%carbonctx --quiet boom\nraise KeyError('x')\n")
+    assert res.result is None
+    assert shell.user_ns["_carbonctx"].name == "boom"
+    assert shell.user_ns["_carbonctx"].duration_s > 0
+
+
+def test_bad_options_say_what_is_accepted(shell: Any) -> None:
+    res = shell.run_cell("%%carbonctx --bogus name\npass\n")
+    assert isinstance(res.error_in_exec, ValueError)
+    assert "--tag key=value" in str(res.error_in_exec)
+
+
+def test_html_escapes_names_and_shows_missing_sources(sim: SimulatedMachine) -> None:
+    with carbonctx.track("<b>step</b>") as t:
+        pass
+    m = t.result()
+    html = m._repr_html_()
+    assert "&lt;b&gt;step&lt;/b&gt;" in html and "<b>step" not in html
+    empty = carbonctx.StatsTable([])._repr_html_()
+    assert "no regions measured" in empty
+
+
+def test_a_dataframe_has_a_row_per_region_with_fields_sources_and_tags(
+    sim: SimulatedMachine,
+) -> None:
+    pytest.importorskip("pandas")
+    from carbonctx.integrations.frames import frame, recent_frame
+
+    with carbonctx.track("a", tags={"model": "x"}) as a:
+        pass
+    for _ in range(3):
+        with carbonctx.track("b"):
+            pass
+    df = recent_frame()
+    assert len(df) == 4 and list(df["name"]) == ["a", "b", "b", "b"]
+    assert df.index.name == "id" and df.loc[a.id, "energy_j"] == a.energy_j
+    assert df.loc[a.id, "tag.model"] == "x"
+    assert df["tag.model"].isna().sum() == 3
+    sources = [c for c in df.columns if c.startswith("joules.")]
+    assert sources and math.isclose(
+        df.loc[a.id, sources].sum(skipna=True), sum(s.joules or 0 for s in a.by_source.values())
+    )
+    assert {"duration_s", "cpu_j", "dram_j", "gpu_j", "co2_g", "zone", "missing"} <= set(df.columns)
+    one = frame([a])
+    assert list(one.index) == [a.id]
