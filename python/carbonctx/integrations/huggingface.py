@@ -296,14 +296,10 @@ class CarbonctxCallback(TrainerCallback):
 
     def _forecast_and_budget(self, state: Any, control: Any, out: dict[str, float]) -> None:
         done, total = state.global_step, state.max_steps
-        if not (done > 0 and total and total > 0):
-            return
-        scale = total / done
+        scale = total / done if done > 0 and total and total > 0 else math.nan
         fc_kwh = self.total_j * scale / _J_PER_KWH
         fc_co2_kg = self.total_co2_g * scale / 1e3
         _put(out, "energy_forecast_kwh", fc_kwh)
-        if self.budget_kwh is None and self.budget_co2_kg is None:
-            return
         over: list[str] = []
         if self.budget_kwh is not None and fc_kwh > self.budget_kwh:
             over.append(f"forecast energy {fc_kwh:.4g} kWh exceeds budget_kwh={self.budget_kwh:g}")
@@ -311,7 +307,9 @@ class CarbonctxCallback(TrainerCallback):
             over.append(
                 f"forecast CO2e {fc_co2_kg:.4g} kg exceeds budget_co2_kg={self.budget_co2_kg:g}"
             )
-        # A joint decision: every rank stops after the same step.
+        # A joint decision: every rank stops after the same step. Every rank takes part at
+        # every training log, with a budget or not (a collective skipped by one rank would
+        # leave the others waiting).
         if collectives.any_rank(bool(over)) and self.budget_exceeded is None:
             self.budget_exceeded = {
                 "step": done,

@@ -209,16 +209,16 @@ class CarbonctxCallback(Callback):
         self._log(pl_module, "epoch_energy_j", j, on_step=False)
         self._log(pl_module, "epoch_co2_g", g, on_step=False)
         scale = _remaining_scale(trainer)
-        if scale is None:
-            return
-        fc_kwh = spent_j * scale / _J_PER_KWH
-        fc_co2_kg = spent_g * scale / 1e3
-        self._log(pl_module, "energy_forecast_kwh", fc_kwh, on_step=False, reduce_fx="mean")
+        fc_kwh = fc_co2_kg = math.nan
+        if scale is not None:
+            fc_kwh = spent_j * scale / _J_PER_KWH
+            fc_co2_kg = spent_g * scale / 1e3
+            self._log(pl_module, "energy_forecast_kwh", fc_kwh, on_step=False, reduce_fx="mean")
         self._check_budget(trainer, fc_kwh, fc_co2_kg)
 
     def _check_budget(self, trainer: Any, fc_kwh: float, fc_co2_kg: float) -> None:
-        if self.budget_kwh is None and self.budget_co2_kg is None:
-            return
+        # Every rank takes part at every epoch's end, with a budget or not: a collective that
+        # one rank skipped would leave the others waiting.
         over: list[str] = []
         if self.budget_kwh is not None and fc_kwh > self.budget_kwh:
             over.append(f"forecast energy {fc_kwh:.4g} kWh exceeds budget_kwh={self.budget_kwh:g}")

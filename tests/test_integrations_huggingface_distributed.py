@@ -1,0 +1,128 @@
+"""The Hugging Face callback in a real 2-rank job: torch.distributed over gloo on the CPU.
+
+Each rank runs the same tiny Trainer (its own half of the data, as the Trainer's sampler gives
+it) on one simulated machine. The figures each rank logs are the job's: the same on both ranks,
+and the sum of what each rank measured itself. A budget given to one rank only stops both after
+the same step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dist_worker
+from carbonctx.testing import SimulatedMachine, Wave
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None,
+    reason="needs torch and transformers (the test extra)",
+)
+
+WORKER = r"""
+import json, sys
+import torch, transformers
+import carbonctx
+from carbonctx.integrations.huggingface import attach
+
+out, budget = sys.argv[1], sys.argv[2]
+VOCAB, SEQ = 64, 16
+class Tokens(torch.utils.data.Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = (torch.randint(0, VOCAB, (n, 1), generator=g) + torch.arange(SEQ)) % VOCAB
+    def __len__(self):
+        return len(self.ids)
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+torch.manual_seed(0)
+config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=32, n_layer=2,
+                                 n_head=2, bos_token_id=0, eos_token_id=0)
+args = transformers.TrainingArguments(
+    output_dir=out + "/hf", per_device_train_batch_size=8, num_train_epochs=2, logging_steps=2,
+    save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, ddp_backend="gloo",
+    dataloader_num_workers=0, seed=0)
+trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
+                               train_dataset=Tokens(64, 1))
+cb = attach(trainer, budget_kwh=None if budget == "none" else float(budget))
+trainer.train()
+st = carbonctx.stats()
+rank = torch.distributed.get_rank()
+with open(f"{out}/rank{rank}.json", "w") as f:
+    json.dump({
+        "rank": rank,
+        "world": torch.distributed.get_world_size(),
+        "hist": trainer.state.log_history,
+        "own_j": sum(st[n].energy_j.total for n in ("hf.train", "hf.eval") if n in st),
+        "total_j": cb.total_j,
+        "step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "exceeded": cb.budget_exceeded,
+    }, f)
+"""
+
+
+def _job(tmp_path: Path, budgets: list[str]) -> list[dict[str, Any]]:
+    sim = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6))
+    sim.start()
+    try:
+        script = tmp_path / "worker.py"
+        script.write_text(WORKER)
+        port = str(dist_worker.free_port())
+        envs = []
+        for rank in range(2):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONCTX_")}
+            for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+                env.pop(k, None)
+            env.update(sim.env())
+            env.update(
+                CARBONCTX_ZONE="DE",
+                CARBONCTX_CACHE_DIR=str(tmp_path / "cache"),
+                CARBONCTX_NODE_DIR=os.environ["CARBONCTX_NODE_DIR"],
+                RANK=str(rank),
+                WORLD_SIZE="2",
+                LOCAL_RANK=str(rank),
+                LOCAL_WORLD_SIZE="2",
+                TORCHELASTIC_RUN_ID="hf-job",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+                GLOO_SOCKET_IFNAME="lo",
+                OMP_NUM_THREADS="1",
+                HF_HUB_OFFLINE="1",
+                TRANSFORMERS_OFFLINE="1",
+                PYTHONWARNINGS="ignore",
+            )
+            envs.append(env)
+        cmds = [[sys.executable, str(script), str(tmp_path), b] for b in budgets]
+        for code, out in dist_worker.run_processes(cmds, envs):
+            assert code == 0, out
+    finally:
+        sim.close()
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_each_rank_logs_the_jobs_figures(tmp_path: Path) -> None:
+    r0, r1 = _job(tmp_path, ["none", "none"])
+    assert (r0["world"], r1["world"]) == (2, 2)
+    logged = [[h.get("energy_j") for h in r["hist"]] for r in (r0, r1)]
+    assert logged[0] == pytest.approx(logged[1], rel=1e-12)  # the same job figures on each
+    job = r0["own_j"] + r1["own_j"]  # what each rank measured of its own
+    total = sum(v for v in logged[0] if v is not None)
+    assert total == pytest.approx(job, rel=1e-9)
+    assert r0["hist"][-1]["train_energy_j"] == pytest.approx(job, rel=1e-9)
+    assert r0["step"] == r1["step"] == r0["max_steps"]
+
+
+def test_a_budget_on_one_rank_stops_both_after_the_same_step(tmp_path: Path) -> None:
+    r0, r1 = _job(tmp_path, ["none", "1e-12"])
+    assert r1["exceeded"] is not None and r0["exceeded"] is not None
+    assert "another rank" in r0["exceeded"]["message"]
+    assert r0["step"] == r1["step"] == 2  # the first log
+    assert r0["step"] < r0["max_steps"]
