@@ -93,6 +93,9 @@ class CarbonctxMagics(Magics):
             # The region ended, whether the cell failed or not (unless it never began).
             with contextlib.suppress(carbonctx.CarbonctxError):
                 ns["_carbonctx"] = region.result()
+            # IPython keeps a failed cell's traceback, and with it this frame: it must not hold
+            # the region (and through it the runtime's resolved batches) for ever.
+            del region
         if value is not None:
             display(value)
         return None if quiet else ns["_carbonctx"]
