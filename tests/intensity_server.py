@@ -23,7 +23,21 @@ from urllib.parse import parse_qs, urlsplit
 UTC = timezone.utc
 
 #: modes a path can be put in
-MODES = ("ok", "timeout", "401", "403", "429", "500", "malformed", "unknown-zone", "empty")
+MODES = (
+    "ok",
+    "timeout",
+    "401",
+    "403",
+    "404",
+    "429",
+    "500",
+    "malformed",
+    "unknown-zone",
+    "empty",
+    "slow",  # headers, then one byte every ``slow_interval`` seconds
+    "huge",  # a 200 answer without Content-Length that never ends (``huge_bytes`` at most)
+    "huge-declared",  # a 200 answer announcing ``huge_bytes`` in Content-Length
+)
 
 
 class FakeClock:
@@ -77,6 +91,11 @@ class FakeServer:
         self.value: Callable[[str, float], float] = value or (lambda provider, t: 100.0)
         self.modes: dict[str, str] = {}
         self.retry_after = "7"
+        #: the body of 401/403/404 answers (each provider documents its own)
+        self.error_body: object = {"error": "nope"}
+        self.slow_interval = 0.2
+        self.huge_bytes = 600 * 1024 * 1024
+        self.sent_bytes = 0
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -117,7 +136,7 @@ class FakeServer:
     # ------------------------------------------------------------------ dispatch
 
     def _mode(self, path: str) -> str:
-        for prefix, mode in self.modes.items():
+        for prefix, mode in sorted(self.modes.items(), key=lambda kv: -len(kv[0])):
             if path.startswith(prefix):
                 return mode
         return "ok"
@@ -133,8 +152,14 @@ class FakeServer:
         if mode == "timeout":
             self.release.wait(10)
             return
-        if mode in ("401", "403", "500"):
-            return self._send(h, int(mode), {"error": "nope"})
+        if mode in ("401", "403", "404"):
+            return self._send(h, int(mode), self.error_body)
+        if mode == "500":
+            return self._send(h, 500, {"error": "nope"})
+        if mode == "slow":
+            return self._slow(h)
+        if mode in ("huge", "huge-declared"):
+            return self._huge(h, declared=mode == "huge-declared")
         if mode == "429":
             return self._send(h, 429, {"error": "slow down"}, {"Retry-After": self.retry_after})
         if mode == "malformed":
@@ -171,6 +196,38 @@ class FakeServer:
             h.wfile.write(data)
         except OSError:
             pass
+
+    def _slow(self, h: BaseHTTPRequestHandler) -> None:
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", "100000")
+            h.end_headers()
+            while not self.release.wait(self.slow_interval):
+                h.wfile.write(b" ")
+                h.wfile.flush()
+        except OSError:
+            pass
+
+    def _huge(self, h: BaseHTTPRequestHandler, declared: bool) -> None:
+        chunk = b"[" * 65536
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            if declared:
+                h.send_header("Content-Length", str(self.huge_bytes))
+            else:
+                h.send_header("Connection", "close")
+            h.end_headers()
+            sent = 0
+            while sent < self.huge_bytes and not self.release.is_set():
+                h.wfile.write(chunk)
+                sent += len(chunk)
+                with self._lock:
+                    self.sent_bytes = sent
+        except OSError:
+            pass
+        h.close_connection = True
 
     # ------------------------------------------------------------------ provider answers
 

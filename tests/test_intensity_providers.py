@@ -155,7 +155,7 @@ def test_time_weighted_co2_across_a_change_of_intensity(
 
 FAILURES = [
     ("401", "auth", "HTTP 401"),
-    ("403", "auth", "HTTP 403"),
+    ("403", "forbidden", "HTTP 403"),
     ("429", "rate-limited", "HTTP 429"),
     ("500", "server", "HTTP 500"),
     ("malformed", "malformed", "not JSON"),

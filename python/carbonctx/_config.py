@@ -364,6 +364,13 @@ class CarbonSettings:
     provider_ids: tuple[str, ...]
     urls: Mapping[str, str]
     cache_dir: Path
+    #: which intensity CO2 uses: "average" (of the generation mix) or "marginal"
+    signal: str = "average"
+    #: seconds one provider request may take in all, however slowly its bytes arrive
+    deadline_s: float = 20.0
+
+
+SIGNALS: tuple[str, ...] = ("average", "marginal")
 
 
 def carbon_settings(
@@ -373,6 +380,8 @@ def carbon_settings(
     electricitymaps_token: str | None = None,
     urls: Mapping[str, str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    signal: str | None = None,
+    deadline_s: float | None = None,
     env: Mapping[str, str] | None = None,
 ) -> CarbonSettings:
     """Validate the carbon settings; raises ConfigurationError naming the setting."""
@@ -421,6 +430,20 @@ def carbon_settings(
         cache = Path(env["CARBONCTX_CACHE_DIR"].strip()).expanduser()
     else:
         cache = default_cache_dir(env)
+    if signal is not None:
+        signal_value = parse_signal(signal, "signal")
+    else:
+        signal_value = parse_signal(
+            env.get("CARBONCTX_SIGNAL", "") or "average", "CARBONCTX_SIGNAL"
+        )
+    if deadline_s is not None:
+        deadline = parse_deadline(deadline_s, "deadline_s")
+    elif env.get("CARBONCTX_INTENSITY_DEADLINE", "").strip():
+        deadline = parse_deadline(
+            env["CARBONCTX_INTENSITY_DEADLINE"].strip(), "CARBONCTX_INTENSITY_DEADLINE"
+        )
+    else:
+        deadline = 20.0
     return CarbonSettings(
         pue=pue_value,
         pue_source=pue_source,
@@ -428,7 +451,32 @@ def carbon_settings(
         provider_ids=ids,
         urls=resolved,
         cache_dir=cache,
+        signal=signal_value,
+        deadline_s=deadline,
     )
+
+
+def parse_signal(value: object, setting: str) -> str:
+    text = str(value).strip().lower()
+    if text not in SIGNALS:
+        raise ConfigurationError(
+            f"{setting}={value!r}: use 'average' (emissions of the generation mix per kWh, the "
+            "default) or 'marginal' (of the generation that answers a change in demand)."
+        )
+    return text
+
+
+def parse_deadline(value: object, setting: str) -> float:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= 600):
+        raise ConfigurationError(
+            f"{setting}={value!r}: give the seconds one provider request may take in all, "
+            "more than 0 and at most 600 (default 20)."
+        )
+    return seconds
 
 
 def parse_pue(value: object, setting: str) -> float:

@@ -41,7 +41,7 @@ from carbonctx import _config
 from carbonctx._carbon.cache import CachedSeries, DiskCache
 from carbonctx._carbon.intensity import Intensity
 from carbonctx._carbon.live import LiveValues
-from carbonctx._carbon.providers import Provider, build_providers
+from carbonctx._carbon.providers import Limits, Provider, build_providers
 from carbonctx._carbon.refresh import Refresher
 from carbonctx._carbon.tables import table_intensity
 from carbonctx._carbon.zones import ZoneChoice, resolve_zone
@@ -115,6 +115,8 @@ class IntensityService:
         electricitymaps_token: str | None = None,
         urls: Mapping[str, str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        signal: str | None = None,
+        deadline_s: float | None = None,
         client: httpx.Client | None = None,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] | None = None,
@@ -129,6 +131,8 @@ class IntensityService:
             electricitymaps_token=electricitymaps_token,
             urls=urls,
             cache_dir=cache_dir,
+            signal=signal,
+            deadline_s=deadline_s,
             env=env,
         )
         self.pue, self.pue_source = cs.pue, cs.pue_source
@@ -136,8 +140,10 @@ class IntensityService:
         self.urls: dict[str, str] = dict(cs.urls)
         self.cache_dir: Path = cs.cache_dir
         token = cs.electricitymaps_token
+        self.signal: str = cs.signal
+        limits = Limits(deadline_s=cs.deadline_s, read_s=min(5.0, cs.deadline_s))
         self._providers: tuple[Provider, ...] = build_providers(
-            cs.provider_ids, cs.urls, token, self._clock
+            cs.provider_ids, cs.urls, token, self._clock, limits
         )
         zone_code = self.zone_choice.zone
         #: the live provider used for this zone (the first listed that covers it), if any
@@ -215,6 +221,21 @@ class IntensityService:
             return self._live.forecast(start, end, now)
         except Exception:
             return None
+
+    def forecast_unavailable(self) -> str:
+        """Why :meth:`forecast` gives nothing, in words: what the provider said when it refused
+        or failed, else that no configured provider gives a forecast for this zone."""
+        prov, ref = self.provider, self._refresher
+        if prov is None or ref is None or not prov.has_forecast:
+            return "no configured provider gives one for this zone"
+        with ref.lock:
+            series = ref.series["forecast"]
+            failure, fetched = series.failure, series.fetched_at is not None
+        if failure is not None:
+            return failure.reason
+        if not fetched:
+            return f"{prov.name} has not answered yet"
+        return f"{prov.name} gave no forecast periods ahead for zone {self.zone_choice.zone}"
 
     def refresh(self, *, wait: bool = False, force: bool = False, forecast: bool = False) -> None:
         """Fetch what is stale now: in a background thread, or here when ``wait=True``.

@@ -115,6 +115,8 @@ def run(
             "pue_source": svc.pue_source,
         }
         if args.forecast:
+            if not periods:
+                doc["forecast_unavailable"] = svc.forecast_unavailable()
             doc["forecast"] = (
                 None
                 if not periods
@@ -135,12 +137,15 @@ def run(
             print(f"  note: {current.note}", file=out)
         if args.forecast:
             if not periods:
-                print(
-                    "No forecast: no configured provider gives one for this zone. Forecasts "
-                    "come from Electricity Maps (CARBONCTX_ELECTRICITYMAPS_TOKEN), gb (zone GB) "
-                    "and dk (zones DK-DK1, DK-DK2); list them in CARBONCTX_PROVIDERS.",
-                    file=out,
+                reason = svc.forecast_unavailable()
+                hint = (
+                    " Forecasts come from Electricity Maps (CARBONCTX_ELECTRICITYMAPS_TOKEN), "
+                    "gb (zone GB) and dk (zones DK-DK1, DK-DK2); list them in "
+                    "CARBONCTX_PROVIDERS."
+                    if svc.provider is None or not svc.provider.has_forecast
+                    else ""
                 )
+                print(f"No forecast: {reason}.{hint}", file=out)
             elif window is None:
                 print(
                     f"The forecast ({periods[0].dataset}) is shorter than {args.hours:g} h; "
