@@ -96,6 +96,11 @@ class FakeServer:
         self.slow_interval = 0.2
         self.huge_bytes = 600 * 1024 * 1024
         self.sent_bytes = 0
+        #: WattTime: the account, the tokens it has issued (clear to expire them), the regions
+        #: its plan gives co2_moer for (a free plan: CAISO_NORTH only)
+        self.watttime_login = ("wt-user", "wt-Pa55word")
+        self.watttime_tokens: set[str] = set()
+        self.watttime_regions = {"CAISO_NORTH"}
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -234,6 +239,8 @@ class FakeServer:
     def _answer(self, req: Request, mode: str) -> tuple[int, object]:
         now = datetime.fromtimestamp(self.clock(), UTC)
         p = req.path
+        if p == "/login" or (p.startswith("/v3/") and not p.startswith("/v3/carbon-intensity")):
+            return self._watttime(req, now)
         if p.startswith("/v3/carbon-intensity/"):
             zone = req.query.get("zone", [""])[0]
             if mode == "unknown-zone":
@@ -312,6 +319,62 @@ class FakeServer:
                 "dataset": dataset,
                 "records": records,
             }
+        raise LookupError(f"no route {p}")
+
+    def _watttime(self, req: Request, now: datetime) -> tuple[int, object]:
+        """WattTime v3: basic-auth login for a bearer token, then data with the token."""
+        import base64
+
+        p = req.path
+        if p == "/login":
+            user, password = self.watttime_login
+            expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            if req.headers.get("authorization") != expected:
+                return 403, {"error": "Forbidden", "message": "Invalid username or password."}
+            with self._lock:
+                token = f"wt-jwt-{len(self.watttime_tokens) + len(self.requests)}"
+                self.watttime_tokens.add(token)
+            return 200, {"token": token}
+        auth = req.headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in self.watttime_tokens:
+            return 401, {"error": "Unauthorized", "message": "Token is invalid or expired."}
+        q = {k: v[0] for k, v in req.query.items()}
+        if p == "/v3/region-from-loc":
+            lat, lon = float(q["latitude"]), float(q["longitude"])
+            if not (36 < lat < 42 and -125 < lon < -119):
+                return 400, {"error": "Bad Request", "message": "Coordinates not in a region."}
+            return 200, {
+                "region": "CAISO_NORTH",
+                "region_full_name": "California ISO Northern",
+                "signal_type": q["signal_type"],
+            }
+        region = q.get("region", "")
+        t = _floor(now, 5)
+        meta = {
+            "region": region,
+            "signal_type": q.get("signal_type"),
+            "data_point_period_seconds": 300,
+            "generated_at": _z(t),
+            "model": {"date": "2026-01-01"},
+        }
+        if p == "/v3/signal-index":
+            point = {"point_time": t.isoformat(), "value": 43.0}
+            return 200, {"data": [point], "meta": meta | {"units": "percentile"}}
+        if p == "/v3/forecast":
+            if region not in self.watttime_regions:
+                return 403, {
+                    "error": "Forbidden",
+                    "message": f"Your plan does not include access to co2_moer for {region}.",
+                }
+            n = 1 if q.get("horizon_hours") == "0" else 24 * 12
+            data = [
+                {
+                    "point_time": (t + timedelta(minutes=5 * k)).isoformat(),
+                    "value": self.value("watttime", (t + timedelta(minutes=5 * k)).timestamp()),
+                }
+                for k in range(n)
+            ]
+            return 200, {"data": data, "meta": meta | {"units": "lbs_co2_per_mwh"}}
         raise LookupError(f"no route {p}")
 
     def _em_item(self, zone: str, t: datetime, now: datetime) -> dict[str, object]:

@@ -208,6 +208,7 @@ def test_url_precedence() -> None:
         "electricitymaps": "https://api.electricitymaps.com",
         "gb": "https://api.carbonintensity.org.uk",
         "dk": "https://api.energidataservice.dk",
+        "watttime": "https://api.watttime.org",
     }
 
 

@@ -348,6 +348,7 @@ DEFAULT_URLS: dict[str, str] = {
     "electricitymaps": "https://api.electricitymaps.com",
     "gb": "https://api.carbonintensity.org.uk",
     "dk": "https://api.energidataservice.dk",
+    "watttime": "https://api.watttime.org",
 }
 PROVIDER_IDS: tuple[str, ...] = tuple(DEFAULT_URLS)
 
@@ -368,6 +369,13 @@ class CarbonSettings:
     signal: str = "average"
     #: seconds one provider request may take in all, however slowly its bytes arrive
     deadline_s: float = 20.0
+    watttime_username: str | None = attrs.field(default=None, repr=False)
+    watttime_password: str | None = attrs.field(default=None, repr=False)
+    #: a WattTime region (``CAISO_NORTH``); else found from the coordinates
+    watttime_region: str | None = None
+    #: where the machine is (degrees), for providers that find a region from coordinates
+    latitude: float | None = None
+    longitude: float | None = None
 
 
 SIGNALS: tuple[str, ...] = ("average", "marginal")
@@ -382,6 +390,11 @@ def carbon_settings(
     cache_dir: str | os.PathLike[str] | None = None,
     signal: str | None = None,
     deadline_s: float | None = None,
+    watttime_username: str | None = None,
+    watttime_password: str | None = None,
+    watttime_region: str | None = None,
+    latitude: float | None = None,
+    longitude: float | None = None,
     env: Mapping[str, str] | None = None,
 ) -> CarbonSettings:
     """Validate the carbon settings; raises ConfigurationError naming the setting."""
@@ -406,7 +419,30 @@ def carbon_settings(
     elif env.get("CARBONCTX_PROVIDERS", "").strip():
         ids = parse_providers(env["CARBONCTX_PROVIDERS"], "CARBONCTX_PROVIDERS")
     else:
-        ids = ("electricitymaps",) if token else ()
+        ids = ()
+    wt_user = _secret(watttime_username, "watttime_username", env, "CARBONCTX_WATTTIME_USERNAME")
+    wt_pass = _secret(watttime_password, "watttime_password", env, "CARBONCTX_WATTTIME_PASSWORD")
+    if not ids:
+        ids = (("electricitymaps",) if token else ()) + (
+            ("watttime",) if wt_user and wt_pass else ()
+        )
+    if "watttime" in ids and not (wt_user and wt_pass):
+        raise ConfigurationError(
+            "The watttime provider needs CARBONCTX_WATTTIME_USERNAME and "
+            "CARBONCTX_WATTTIME_PASSWORD (or watttime_username and watttime_password)."
+        )
+    region = watttime_region or env.get("CARBONCTX_WATTTIME_REGION", "").strip() or None
+    if region is not None and not (region.replace("_", "").replace("-", "").isalnum()):
+        raise ConfigurationError(
+            f"watttime_region={region!r}: give a WattTime region code, e.g. 'CAISO_NORTH'."
+        )
+    lat = _coordinate(latitude, "latitude", env, "CARBONCTX_LATITUDE", 90.0)
+    lon = _coordinate(longitude, "longitude", env, "CARBONCTX_LONGITUDE", 180.0)
+    if (lat is None) != (lon is None):
+        raise ConfigurationError(
+            "Give both latitude and longitude (CARBONCTX_LATITUDE, CARBONCTX_LONGITUDE), or "
+            "neither."
+        )
 
     url_args = dict(urls or {})
     for key in url_args:
@@ -453,7 +489,39 @@ def carbon_settings(
         cache_dir=cache,
         signal=signal_value,
         deadline_s=deadline,
+        watttime_username=wt_user,
+        watttime_password=wt_pass,
+        watttime_region=region,
+        latitude=lat,
+        longitude=lon,
     )
+
+
+def _secret(given: str | None, name: str, env: Mapping[str, str], var: str) -> str | None:
+    if given is not None:
+        return check_token(given, name)
+    return check_token(env.get(var, ""), var)
+
+
+def _coordinate(
+    given: float | None, name: str, env: Mapping[str, str], var: str, limit: float
+) -> float | None:
+    value: object = given
+    setting = name
+    if value is None:
+        text = env.get(var, "").strip()
+        if not text:
+            return None
+        value, setting = text, var
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        x = math.nan
+    if not (math.isfinite(x) and -limit <= x <= limit):
+        raise ConfigurationError(
+            f"{setting}={value!r}: give degrees between -{limit:g} and {limit:g}."
+        )
+    return x
 
 
 def parse_signal(value: object, setting: str) -> str:
@@ -533,7 +601,7 @@ def check_token(value: str, setting: str) -> str | None:
         # Say nothing of the token itself: it is a secret.
         raise ConfigurationError(
             f"{setting} holds characters that cannot go in an HTTP header (spaces, line breaks "
-            "or non-ASCII). Copy the token again from your Electricity Maps account."
+            "or non-ASCII). Copy it again from your provider account."
         )
     return token
 

@@ -8,15 +8,21 @@ network and never raise::
     result = svc.co2(energy_j=3.6e6, start=t0, end=t1)  # 1 kWh
     result.co2_g, result.intensity_g_per_kwh, result.periods[0].source   # ..., 342.06, "table"
 
-Live providers are opt-in: Electricity Maps when a token is given (or it is listed), ``gb`` and
-``dk`` when listed. Settings come from arguments first, then the environment (both validated
+Live providers are opt-in: Electricity Maps when a token is given (or it is listed), WattTime
+when its login is given, ``gb`` and ``dk`` when listed. Settings come from arguments first, then the environment (both validated
 in ``carbonctx._config``):
 
 ========================================  ==========================================================
 ``CARBONCTX_ZONE``                        zone code (``DE``, ``DK-DK1``, ``US-CAL-CISO``)
 ``CARBONCTX_PUE``                         power usage effectiveness, >= 1 (default 1.0)
-``CARBONCTX_PROVIDERS``                   comma list of ``electricitymaps``, ``gb``, ``dk``
+``CARBONCTX_PROVIDERS``                   comma list of ``electricitymaps``, ``gb``, ``dk``,
+                                          ``watttime``
+``CARBONCTX_SIGNAL``                      ``average`` (default) or ``marginal``: which CO2 uses
 ``CARBONCTX_ELECTRICITYMAPS_TOKEN``       Electricity Maps API token
+``CARBONCTX_WATTTIME_USERNAME``,          WattTime login (marginal ``co2_moer``), and its
+``_PASSWORD``, ``_REGION``                region (else found from the coordinates)
+``CARBONCTX_LATITUDE``, ``_LONGITUDE``    where the machine is, in degrees
+``CARBONCTX_INTENSITY_DEADLINE``          seconds one provider request may take (default 20)
 ``CARBONCTX_<ID>_URL``                    provider base URL (scheme and host)
 ``CARBONCTX_CACHE_DIR``                   where fetched values are kept between runs
 ========================================  ==========================================================
@@ -70,6 +76,15 @@ class Co2:
     pue_source: str
     zone: ZoneChoice
     periods: tuple[Intensity, ...]
+    #: the signal the settings chose (``"average"`` or ``"marginal"``); see :attr:`signal`
+    signal_chosen: str = "average"
+
+    @property
+    def signal(self) -> str:
+        """The signal the figure is: ``"average"``, ``"marginal"``, or ``"mixed"`` when a
+        marginal series had gaps filled with average values."""
+        found = {p.signal for p in self.periods}
+        return found.pop() if len(found) == 1 else "mixed"
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -91,6 +106,8 @@ class Co2:
             "pue_source": self.pue_source,
             "zone": self.zone.to_dict(),
             "sources": list(self.sources),
+            "signal": self.signal,
+            "signal_chosen": self.signal_chosen,
             "periods": [p.to_dict() for p in self.periods],
         }
 
@@ -117,6 +134,11 @@ class IntensityService:
         cache_dir: str | os.PathLike[str] | None = None,
         signal: str | None = None,
         deadline_s: float | None = None,
+        watttime_username: str | None = None,
+        watttime_password: str | None = None,
+        watttime_region: str | None = None,
+        latitude: float | None = None,
+        longitude: float | None = None,
         client: httpx.Client | None = None,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] | None = None,
@@ -133,6 +155,11 @@ class IntensityService:
             cache_dir=cache_dir,
             signal=signal,
             deadline_s=deadline_s,
+            watttime_username=watttime_username,
+            watttime_password=watttime_password,
+            watttime_region=watttime_region,
+            latitude=latitude,
+            longitude=longitude,
             env=env,
         )
         self.pue, self.pue_source = cs.pue, cs.pue_source
@@ -142,15 +169,24 @@ class IntensityService:
         token = cs.electricitymaps_token
         self.signal: str = cs.signal
         limits = Limits(deadline_s=cs.deadline_s, read_s=min(5.0, cs.deadline_s))
-        self._providers: tuple[Provider, ...] = build_providers(
-            cs.provider_ids, cs.urls, token, self._clock, limits
-        )
+        self._providers: tuple[Provider, ...] = build_providers(cs, self._clock, limits)
         zone_code = self.zone_choice.zone
-        #: the live provider used for this zone (the first listed that covers it), if any
+        covering = [p for p in self._providers if p.covers(zone_code)]
+        #: the live provider used for this zone: the first listed that covers it and gives the
+        #: chosen signal, else (average is better than nothing) the first that covers it
         self.provider: Provider | None = next(
-            (p for p in self._providers if p.covers(zone_code)), None
+            (p for p in covering if p.signal == self.signal), covering[0] if covering else None
         )
-        self._table = table_intensity(self.zone_choice)
+        #: why the signal used differs from the one chosen, if it does
+        self.signal_note: str | None = None
+        if self.signal == "marginal" and (
+            self.provider is None or self.provider.signal != "marginal"
+        ):
+            self.signal_note = (
+                f"no configured provider gives a marginal intensity for zone {zone_code} "
+                "(WattTime does, with a region or coordinates); average used"
+            )
+        self._table = table_intensity(self.zone_choice, note=self.signal_note)
         self._refresher: Refresher | None = None
         self._live: LiveValues | None = None
         if self.provider is not None:
@@ -161,7 +197,7 @@ class IntensityService:
                 client=client,
                 clock=self._clock,
                 background=background,
-                secrets=(token,) if token else (),
+                secrets=tuple(x for x in (token, cs.watttime_username, cs.watttime_password) if x),
             )
             self._live = LiveValues(self.provider, self._refresher, self.zone_choice)
 
@@ -311,4 +347,5 @@ class IntensityService:
             pue_source=self.pue_source,
             zone=self.zone_choice,
             periods=tuple(periods),
+            signal_chosen=self.signal,
         )
