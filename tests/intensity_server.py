@@ -85,6 +85,55 @@ def _floor(t: datetime, minutes: int) -> datetime:
     return t - timedelta(minutes=t.minute % minutes)
 
 
+class _Raw:
+    """A body sent as it is (XML, HTML), not as JSON."""
+
+    def __init__(self, data: bytes, content_type: str) -> None:
+        self.data = data
+        self.content_type = content_type
+
+
+def _entsoe_time(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _entsoe_series(
+    psr: str,
+    start: datetime,
+    end: datetime,
+    minutes: int,
+    points: list[tuple[int, float]],
+    curve: str,
+    out_domain: str | None = None,
+) -> str:
+    domain = (
+        f'<outBiddingZone_Domain.mRID codingScheme="A01">{out_domain}</outBiddingZone_Domain.mRID>'
+        if out_domain
+        else '<inBiddingZone_Domain.mRID codingScheme="A01">X</inBiddingZone_Domain.mRID>'
+    )
+    pts = "".join(
+        f"<Point><position>{pos}</position><quantity>{mw:g}</quantity></Point>"
+        for pos, mw in points
+    )
+    return (
+        f"<TimeSeries><mRID>{psr}</mRID><businessType>A01</businessType>{domain}"
+        f"<quantity_Measure_Unit.name>MAW</quantity_Measure_Unit.name><curveType>{curve}</curveType>"
+        f"<MktPSRType><psrType>{psr}</psrType></MktPSRType><Period><timeInterval>"
+        f"<start>{_entsoe_time(start)}</start><end>{_entsoe_time(end)}</end></timeInterval>"
+        f"<resolution>PT{minutes}M</resolution>{pts}</Period></TimeSeries>"
+    )
+
+
+def _entsoe_ack(code: str, text: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<Acknowledgement_MarketDocument xmlns="urn:iec62325.351:tc57wg16:451-1:'
+        'acknowledgementdocument:7:0"><mRID>ack</mRID>'
+        f"<Reason><code>{code}</code><text>{text}</text></Reason>"
+        "</Acknowledgement_MarketDocument>"
+    ).encode()
+
+
 class FakeServer:
     def __init__(self, clock: FakeClock, value: Callable[[str, float], float] | None = None):
         self.clock = clock
@@ -101,6 +150,9 @@ class FakeServer:
         self.watttime_login = ("wt-user", "wt-Pa55word")
         self.watttime_tokens: set[str] = set()
         self.watttime_regions = {"CAISO_NORTH"}
+        #: ENTSO-E: the security token it accepts, and MW per production type
+        self.entsoe_token = "entsoe-S3cret-T0ken"
+        self.entsoe_mw = {"B04": 300.0, "B19": 100.0, "B16": 100.0}
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -170,10 +222,12 @@ class FakeServer:
         if mode == "malformed":
             return self._send_raw(h, 200, b"{not json")
         try:
-            body = self._answer(req, mode)
+            status, body = self._answer(req, mode)
         except LookupError as exc:
             return self._send(h, 404, {"error": str(exc)})
-        self._send(h, *body)
+        if isinstance(body, _Raw):
+            return self._send_raw(h, status, body.data, content_type=body.content_type)
+        self._send(h, status, body)
 
     def _send(
         self,
@@ -190,10 +244,11 @@ class FakeServer:
         status: int,
         data: bytes,
         headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
     ) -> None:
         try:
             h.send_response(status)
-            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Type", content_type)
             h.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 h.send_header(k, v)
@@ -241,6 +296,8 @@ class FakeServer:
         p = req.path
         if p == "/login" or (p.startswith("/v3/") and not p.startswith("/v3/carbon-intensity")):
             return self._watttime(req, now)
+        if p == "/api":
+            return self._entsoe(req, now)
         if p.startswith("/v3/carbon-intensity/"):
             zone = req.query.get("zone", [""])[0]
             if mode == "unknown-zone":
@@ -320,6 +377,43 @@ class FakeServer:
                 "records": records,
             }
         raise LookupError(f"no route {p}")
+
+    def _entsoe(self, req: Request, now: datetime) -> tuple[int, object]:
+        """ENTSO-E A75: XML documents, an acknowledgement when there is no data."""
+        q = {k: v[0] for k, v in req.query.items()}
+        if q.get("securityToken") != self.entsoe_token:
+            return 401, _Raw(b"<html><body><h1>Unauthorized</h1></body></html>", "text/html")
+        if q.get("documentType") != "A75" or q.get("processType") != "A16":
+            return 400, _Raw(_entsoe_ack("999", "Invalid document type"), "text/xml")
+        domain = q.get("in_Domain", "")
+        if domain not in ("10Y1001A1001A82H", "10YDK-1--------W"):
+            text = f"No matching data found for Data item ACTUAL_GENERATION [{domain}]"
+            return 200, _Raw(_entsoe_ack("999", text), "text/xml")
+        start = datetime.strptime(q["periodStart"], "%Y%m%d%H%M").replace(tzinfo=UTC)
+        end = min(
+            datetime.strptime(q["periodEnd"], "%Y%m%d%H%M").replace(tzinfo=UTC), _floor(now, 15)
+        )
+        series = []
+        for psr, mw in self.entsoe_mw.items():
+            hourly = psr == "B04"
+            step = 60 if hourly else 15
+            stop = _floor(end, 60) if hourly else end
+            n = int((stop - start).total_seconds() // (step * 60))
+            # curve A03 (B16): only changes are given
+            points = [(1, mw)] if psr == "B16" else [(k + 1, mw) for k in range(n)]
+            series.append(
+                _entsoe_series(psr, start, stop, step, points, "A03" if psr == "B16" else "A01")
+            )
+        # pumping: consumption, to be left out
+        series.append(_entsoe_series("B10", start, end, 15, [(1, 500.0)], "A03", out_domain=domain))
+        doc = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<GL_MarketDocument xmlns="urn:iec62325.351:tc57wg16:451-6:generationloaddocument:3:0">'
+            "<mRID>fake</mRID><type>A75</type><process.processType>A16</process.processType>"
+            + "".join(series)
+            + "</GL_MarketDocument>"
+        )
+        return 200, _Raw(doc.encode(), "text/xml")
 
     def _watttime(self, req: Request, now: datetime) -> tuple[int, object]:
         """WattTime v3: basic-auth login for a bearer token, then data with the token."""

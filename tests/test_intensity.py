@@ -163,11 +163,14 @@ def test_bundled_data_carries_its_attribution() -> None:
         "us-states-egrid2023.csv",
         "gcp-regions-2024.csv",
         "cloud-region-zones.csv",
+        "entsoe-lifecycle-factors.csv",
     ):
         assert (DATA / name).is_file()
         assert name in sources
-    for licence in ("CC BY 4.0", "public domain", "Apache-2.0"):
+    for licence in ("CC BY 4.0", "public domain", "Apache-2.0", "IPCC"):
         assert licence in sources
+    licence_file = (DATA.parent.parent.parent / "LICENSE").read_text(encoding="utf-8")
+    assert "entsoe-lifecycle-factors.csv" in licence_file
 
 
 # --------------------------------------------------------------------------- settings
@@ -209,6 +212,7 @@ def test_url_precedence() -> None:
         "gb": "https://api.carbonintensity.org.uk",
         "dk": "https://api.energidataservice.dk",
         "watttime": "https://api.watttime.org",
+        "entsoe": "https://web-api.tp.entsoe.eu",
     }
 
 

@@ -349,6 +349,7 @@ DEFAULT_URLS: dict[str, str] = {
     "gb": "https://api.carbonintensity.org.uk",
     "dk": "https://api.energidataservice.dk",
     "watttime": "https://api.watttime.org",
+    "entsoe": "https://web-api.tp.entsoe.eu",
 }
 PROVIDER_IDS: tuple[str, ...] = tuple(DEFAULT_URLS)
 
@@ -369,6 +370,7 @@ class CarbonSettings:
     signal: str = "average"
     #: seconds one provider request may take in all, however slowly its bytes arrive
     deadline_s: float = 20.0
+    entsoe_token: str | None = attrs.field(default=None, repr=False)
     watttime_username: str | None = attrs.field(default=None, repr=False)
     watttime_password: str | None = attrs.field(default=None, repr=False)
     #: a WattTime region (``CAISO_NORTH``); else found from the coordinates
@@ -390,6 +392,7 @@ def carbon_settings(
     cache_dir: str | os.PathLike[str] | None = None,
     signal: str | None = None,
     deadline_s: float | None = None,
+    entsoe_token: str | None = None,
     watttime_username: str | None = None,
     watttime_password: str | None = None,
     watttime_region: str | None = None,
@@ -422,9 +425,12 @@ def carbon_settings(
         ids = ()
     wt_user = _secret(watttime_username, "watttime_username", env, "CARBONCTX_WATTTIME_USERNAME")
     wt_pass = _secret(watttime_password, "watttime_password", env, "CARBONCTX_WATTTIME_PASSWORD")
+    entsoe = _secret(entsoe_token, "entsoe_token", env, "CARBONCTX_ENTSOE_TOKEN")
     if not ids:
-        ids = (("electricitymaps",) if token else ()) + (
-            ("watttime",) if wt_user and wt_pass else ()
+        ids = (
+            (("electricitymaps",) if token else ())
+            + (("watttime",) if wt_user and wt_pass else ())
+            + (("entsoe",) if entsoe else ())
         )
     if "watttime" in ids and not (wt_user and wt_pass):
         raise ConfigurationError(
@@ -489,6 +495,7 @@ def carbon_settings(
         cache_dir=cache,
         signal=signal_value,
         deadline_s=deadline,
+        entsoe_token=entsoe,
         watttime_username=wt_user,
         watttime_password=wt_pass,
         watttime_region=region,

@@ -8,17 +8,19 @@ network and never raise::
     result = svc.co2(energy_j=3.6e6, start=t0, end=t1)  # 1 kWh
     result.co2_g, result.intensity_g_per_kwh, result.periods[0].source   # ..., 342.06, "table"
 
-Live providers are opt-in: Electricity Maps when a token is given (or it is listed), WattTime
-when its login is given, ``gb`` and ``dk`` when listed. Settings come from arguments first, then the environment (both validated
+Live providers are opt-in: Electricity Maps and ENTSO-E when a token is given (or listed),
+WattTime when its login is given, ``gb`` and ``dk`` when listed. Settings come from arguments
+first, then the environment (both validated
 in ``carbonctx._config``):
 
 ========================================  ==========================================================
 ``CARBONCTX_ZONE``                        zone code (``DE``, ``DK-DK1``, ``US-CAL-CISO``)
 ``CARBONCTX_PUE``                         power usage effectiveness, >= 1 (default 1.0)
 ``CARBONCTX_PROVIDERS``                   comma list of ``electricitymaps``, ``gb``, ``dk``,
-                                          ``watttime``
+                                          ``watttime``, ``entsoe``
 ``CARBONCTX_SIGNAL``                      ``average`` (default) or ``marginal``: which CO2 uses
 ``CARBONCTX_ELECTRICITYMAPS_TOKEN``       Electricity Maps API token
+``CARBONCTX_ENTSOE_TOKEN``                ENTSO-E Transparency Platform security token
 ``CARBONCTX_WATTTIME_USERNAME``,          WattTime login (marginal ``co2_moer``), and its
 ``_PASSWORD``, ``_REGION``                region (else found from the coordinates)
 ``CARBONCTX_LATITUDE``, ``_LONGITUDE``    where the machine is, in degrees
@@ -134,6 +136,7 @@ class IntensityService:
         cache_dir: str | os.PathLike[str] | None = None,
         signal: str | None = None,
         deadline_s: float | None = None,
+        entsoe_token: str | None = None,
         watttime_username: str | None = None,
         watttime_password: str | None = None,
         watttime_region: str | None = None,
@@ -155,6 +158,7 @@ class IntensityService:
             cache_dir=cache_dir,
             signal=signal,
             deadline_s=deadline_s,
+            entsoe_token=entsoe_token,
             watttime_username=watttime_username,
             watttime_password=watttime_password,
             watttime_region=watttime_region,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from carbonctx._carbon.providers.base import FAILURE_KINDS, Fetched, Provider, ProviderError
 from carbonctx._carbon.providers.dk import DkProvider
 from carbonctx._carbon.providers.electricitymaps import ElectricityMapsProvider
+from carbonctx._carbon.providers.entsoe import EntsoeProvider
 from carbonctx._carbon.providers.gb import GbProvider
 from carbonctx._carbon.providers.http import DEFAULT_LIMITS, Limits
 from carbonctx._carbon.providers.watttime import WattTimeProvider
@@ -24,6 +25,7 @@ __all__ = [
     "FAILURE_KINDS",
     "DkProvider",
     "ElectricityMapsProvider",
+    "EntsoeProvider",
     "Fetched",
     "GbProvider",
     "Limits",
@@ -46,6 +48,8 @@ def build_providers(
             built.append(ElectricityMapsProvider(urls[pid], token=token, limits=limits))
         elif pid == "gb":
             built.append(GbProvider(urls[pid], limits=limits))
+        elif pid == "entsoe":
+            built.append(EntsoeProvider(urls[pid], token=cs.entsoe_token, limits=limits))
         elif pid == "watttime":
             built.append(
                 WattTimeProvider(
