@@ -48,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Show the carbon intensity of electricity for a zone: the value used now, where it "
             "came from and how the zone was chosen. With --forecast, also the start of the "
             "lowest-carbon window of --hours in the provider's forecast. Live values need a "
-            "provider (CARBONCTX_PROVIDERS, CARBONCTX_ELECTRICITYMAPS_TOKEN); without one the "
-            "yearly table is shown."
+            "provider (CARBONCTX_PROVIDERS and its token: CARBONCTX_ELECTRICITYMAPS_TOKEN, "
+            "CARBONCTX_ENTSOE_TOKEN, CARBONCTX_WATTTIME_USERNAME/_PASSWORD); without one the "
+            "yearly table is shown. CARBONCTX_SIGNAL=marginal prefers a marginal source."
         ),
     )
     p.add_argument("--zone", help="zone code, e.g. DE, GB, DK-DK1 (default: detected)")
@@ -140,8 +141,8 @@ def run(
                 reason = svc.forecast_unavailable()
                 hint = (
                     " Forecasts come from Electricity Maps (CARBONCTX_ELECTRICITYMAPS_TOKEN), "
-                    "gb (zone GB) and dk (zones DK-DK1, DK-DK2); list them in "
-                    "CARBONCTX_PROVIDERS."
+                    "WattTime (CARBONCTX_WATTTIME_USERNAME, _PASSWORD), gb (zone GB) and dk "
+                    "(zones DK-DK1, DK-DK2); list them in CARBONCTX_PROVIDERS."
                     if svc.provider is None or not svc.provider.has_forecast
                     else ""
                 )
