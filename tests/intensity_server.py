@@ -153,6 +153,10 @@ class FakeServer:
         #: ENTSO-E: the security token it accepts, and MW per production type
         self.entsoe_token = "entsoe-S3cret-T0ken"
         self.entsoe_mw = {"B04": 300.0, "B19": 100.0, "B16": 100.0}
+        #: US EIA: the API key it accepts, MWh per fuel each hour, how late hours are published
+        self.eia_key = "eia-K3y-0001"
+        self.eia_mwh: dict[str, object] = {"NG": "600", "SUN": 200, "WND": 200.0, "BAT": -50}
+        self.eia_lag_h = 3
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -298,6 +302,8 @@ class FakeServer:
             return self._watttime(req, now)
         if p == "/api":
             return self._entsoe(req, now)
+        if p == "/v2/electricity/rto/fuel-type-data/data/":
+            return self._eia(req, now)
         if p.startswith("/v3/carbon-intensity/"):
             zone = req.query.get("zone", [""])[0]
             if mode == "unknown-zone":
@@ -414,6 +420,50 @@ class FakeServer:
             + "</GL_MarketDocument>"
         )
         return 200, _Raw(doc.encode(), "text/xml")
+
+    def _eia(self, req: Request, now: datetime) -> tuple[int, object]:
+        """US EIA v2 fuel-type-data: hour-ending periods, newest first."""
+        q = {k: v[0] for k, v in req.query.items()}
+        if q.get("api_key") != self.eia_key:
+            return 403, {
+                "error": {
+                    "code": "API_KEY_INVALID",
+                    "message": "An invalid api_key was supplied. Get one at https://api.eia.gov:443",
+                }
+            }
+        respondent = q.get("facets[respondent][]", "")
+        data: list[dict[str, object]] = []
+        if respondent in ("CISO", "PJM"):
+            newest = _floor(now, 60) - timedelta(hours=self.eia_lag_h)
+            start = datetime.strptime(q["start"], "%Y-%m-%dT%H").replace(tzinfo=UTC)
+            t = newest
+            while t > start:
+                for fuel, mwh in self.eia_mwh.items():
+                    if t == newest and fuel != "NG":
+                        continue  # the newest hour: only gas has reported yet
+                    data.append(
+                        {
+                            "period": t.strftime("%Y-%m-%dT%H"),
+                            "respondent": respondent,
+                            "respondent-name": "California Independent System Operator",
+                            "fueltype": fuel,
+                            "type-name": fuel,
+                            "value": mwh,
+                            "value-units": "megawatthours",
+                        }
+                    )
+                t -= timedelta(hours=1)
+        return 200, {
+            "response": {
+                "total": len(data),
+                "dateFormat": 'YYYY-MM-DD"T"HH24',
+                "frequency": "hourly",
+                "data": data,
+                "description": "Hourly net generation by balancing authority and energy source.",
+            },
+            "request": {"command": "/v2/electricity/rto/fuel-type-data/data/"},
+            "apiVersion": "2.1.8",
+        }
 
     def _watttime(self, req: Request, now: datetime) -> tuple[int, object]:
         """WattTime v3: basic-auth login for a bearer token, then data with the token."""

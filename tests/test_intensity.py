@@ -213,6 +213,7 @@ def test_url_precedence() -> None:
         "dk": "https://api.energidataservice.dk",
         "watttime": "https://api.watttime.org",
         "entsoe": "https://web-api.tp.entsoe.eu",
+        "eia": "https://api.eia.gov",
     }
 
 

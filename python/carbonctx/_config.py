@@ -350,6 +350,7 @@ DEFAULT_URLS: dict[str, str] = {
     "dk": "https://api.energidataservice.dk",
     "watttime": "https://api.watttime.org",
     "entsoe": "https://web-api.tp.entsoe.eu",
+    "eia": "https://api.eia.gov",
 }
 PROVIDER_IDS: tuple[str, ...] = tuple(DEFAULT_URLS)
 
@@ -371,6 +372,7 @@ class CarbonSettings:
     #: seconds one provider request may take in all, however slowly its bytes arrive
     deadline_s: float = 20.0
     entsoe_token: str | None = attrs.field(default=None, repr=False)
+    eia_key: str | None = attrs.field(default=None, repr=False)
     watttime_username: str | None = attrs.field(default=None, repr=False)
     watttime_password: str | None = attrs.field(default=None, repr=False)
     #: a WattTime region (``CAISO_NORTH``); else found from the coordinates
@@ -393,6 +395,7 @@ def carbon_settings(
     signal: str | None = None,
     deadline_s: float | None = None,
     entsoe_token: str | None = None,
+    eia_key: str | None = None,
     watttime_username: str | None = None,
     watttime_password: str | None = None,
     watttime_region: str | None = None,
@@ -426,11 +429,13 @@ def carbon_settings(
     wt_user = _secret(watttime_username, "watttime_username", env, "CARBONCTX_WATTTIME_USERNAME")
     wt_pass = _secret(watttime_password, "watttime_password", env, "CARBONCTX_WATTTIME_PASSWORD")
     entsoe = _secret(entsoe_token, "entsoe_token", env, "CARBONCTX_ENTSOE_TOKEN")
+    eia = _secret(eia_key, "eia_key", env, "CARBONCTX_EIA_KEY")
     if not ids:
         ids = (
             (("electricitymaps",) if token else ())
             + (("watttime",) if wt_user and wt_pass else ())
             + (("entsoe",) if entsoe else ())
+            + (("eia",) if eia else ())
         )
     if "watttime" in ids and not (wt_user and wt_pass):
         raise ConfigurationError(
@@ -496,6 +501,7 @@ def carbon_settings(
         signal=signal_value,
         deadline_s=deadline,
         entsoe_token=entsoe,
+        eia_key=eia,
         watttime_username=wt_user,
         watttime_password=wt_pass,
         watttime_region=region,

@@ -8,7 +8,7 @@ network and never raise::
     result = svc.co2(energy_j=3.6e6, start=t0, end=t1)  # 1 kWh
     result.co2_g, result.intensity_g_per_kwh, result.periods[0].source   # ..., 342.06, "table"
 
-Live providers are opt-in: Electricity Maps and ENTSO-E when a token is given (or listed),
+Live providers are opt-in: Electricity Maps, ENTSO-E and EIA when a key is given (or listed),
 WattTime when its login is given, ``gb`` and ``dk`` when listed. Settings come from arguments
 first, then the environment (both validated
 in ``carbonctx._config``):
@@ -17,10 +17,11 @@ in ``carbonctx._config``):
 ``CARBONCTX_ZONE``                        zone code (``DE``, ``DK-DK1``, ``US-CAL-CISO``)
 ``CARBONCTX_PUE``                         power usage effectiveness, >= 1 (default 1.0)
 ``CARBONCTX_PROVIDERS``                   comma list of ``electricitymaps``, ``gb``, ``dk``,
-                                          ``watttime``, ``entsoe``
+                                          ``watttime``, ``entsoe``, ``eia``
 ``CARBONCTX_SIGNAL``                      ``average`` (default) or ``marginal``: which CO2 uses
 ``CARBONCTX_ELECTRICITYMAPS_TOKEN``       Electricity Maps API token
 ``CARBONCTX_ENTSOE_TOKEN``                ENTSO-E Transparency Platform security token
+``CARBONCTX_EIA_KEY``                     US EIA Open Data API key
 ``CARBONCTX_WATTTIME_USERNAME``,          WattTime login (marginal ``co2_moer``), and its
 ``_PASSWORD``, ``_REGION``                region (else found from the coordinates)
 ``CARBONCTX_LATITUDE``, ``_LONGITUDE``    where the machine is, in degrees
@@ -137,6 +138,7 @@ class IntensityService:
         signal: str | None = None,
         deadline_s: float | None = None,
         entsoe_token: str | None = None,
+        eia_key: str | None = None,
         watttime_username: str | None = None,
         watttime_password: str | None = None,
         watttime_region: str | None = None,
@@ -159,6 +161,7 @@ class IntensityService:
             signal=signal,
             deadline_s=deadline_s,
             entsoe_token=entsoe_token,
+            eia_key=eia_key,
             watttime_username=watttime_username,
             watttime_password=watttime_password,
             watttime_region=watttime_region,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from carbonctx._carbon.providers.base import FAILURE_KINDS, Fetched, Provider, ProviderError
 from carbonctx._carbon.providers.dk import DkProvider
+from carbonctx._carbon.providers.eia import EiaProvider
 from carbonctx._carbon.providers.electricitymaps import ElectricityMapsProvider
 from carbonctx._carbon.providers.entsoe import EntsoeProvider
 from carbonctx._carbon.providers.gb import GbProvider
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FAILURE_KINDS",
     "DkProvider",
+    "EiaProvider",
     "ElectricityMapsProvider",
     "EntsoeProvider",
     "Fetched",
@@ -48,6 +50,8 @@ def build_providers(
             built.append(ElectricityMapsProvider(urls[pid], token=token, limits=limits))
         elif pid == "gb":
             built.append(GbProvider(urls[pid], limits=limits))
+        elif pid == "eia":
+            built.append(EiaProvider(urls[pid], key=cs.eia_key, limits=limits))
         elif pid == "entsoe":
             built.append(EntsoeProvider(urls[pid], token=cs.entsoe_token, limits=limits))
         elif pid == "watttime":
