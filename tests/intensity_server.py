@@ -304,7 +304,7 @@ class FakeServer:
             return self._entsoe(req, now)
         if p == "/v2/electricity/rto/fuel-type-data/data/":
             return self._eia(req, now)
-        if p.startswith("/v3/carbon-intensity/"):
+        if p.startswith(("/v3/carbon-intensity/", "/v4/carbon-intensity/")):
             zone = req.query.get("zone", [""])[0]
             if mode == "unknown-zone":
                 # Electricity Maps answers a zone it does not know with a client error.
@@ -327,7 +327,10 @@ class FakeServer:
                     }
                     for k in range(24)
                 ]
-                return 200, {"zone": zone, "forecast": items, "updatedAt": _z(now)}
+                body: dict[str, object] = {"zone": zone, "forecast": items, "updatedAt": _z(now)}
+                if p.startswith("/v4/"):
+                    body["temporalGranularity"] = req.query.get("temporalGranularity", ["?"])[0]
+                return 200, body
         if p.startswith("/intensity/"):
             segs = p.split("/")[2:]
             start = _parse_gb(segs[0])

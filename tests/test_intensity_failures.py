@@ -406,3 +406,32 @@ def test_a_cached_back_off_cannot_hold_for_ever(
     with pytest.warns(IntensityWarning, match="a back-off of more than a day"):
         s.refresh(wait=True)
     assert server.count("/latest") == 1 and s.current().source == "live"
+
+
+def test_interpreter_exit_does_not_wait_for_a_slow_fetch(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    server.modes["/v3/"] = "slow"
+    server.slow_interval = 0.2
+    code = textwrap.dedent(
+        f"""
+        import time, warnings
+        warnings.simplefilter("ignore")
+        from carbonctx._carbon.service import IntensityService
+        s = IntensityService(zone="DE", providers=["electricitymaps"],
+            electricitymaps_token="t0k", urls={{"electricitymaps": {server.url!r}}},
+            cache_dir={str(tmp_path / "c")!r}, env={{}})
+        s.current()          # starts the background fetch, which the server holds
+        time.sleep(0.5)
+        s.close()            # as configure() and exit do
+        """
+    )
+    t = time.monotonic()
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+    assert (
+        time.monotonic() - t < 8.0
+    )  # interpreter start and import included; not the 20 s deadline

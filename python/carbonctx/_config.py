@@ -373,6 +373,8 @@ class CarbonSettings:
     deadline_s: float = 20.0
     entsoe_token: str | None = attrs.field(default=None, repr=False)
     eia_key: str | None = attrs.field(default=None, repr=False)
+    #: Electricity Maps API version: "v3" or "v4"
+    electricitymaps_api: str = "v3"
     watttime_username: str | None = attrs.field(default=None, repr=False)
     watttime_password: str | None = attrs.field(default=None, repr=False)
     #: a WattTime region (``CAISO_NORTH``); else found from the coordinates
@@ -396,6 +398,7 @@ def carbon_settings(
     deadline_s: float | None = None,
     entsoe_token: str | None = None,
     eia_key: str | None = None,
+    electricitymaps_api: str | None = None,
     watttime_username: str | None = None,
     watttime_password: str | None = None,
     watttime_region: str | None = None,
@@ -430,6 +433,11 @@ def carbon_settings(
     wt_pass = _secret(watttime_password, "watttime_password", env, "CARBONCTX_WATTTIME_PASSWORD")
     entsoe = _secret(entsoe_token, "entsoe_token", env, "CARBONCTX_ENTSOE_TOKEN")
     eia = _secret(eia_key, "eia_key", env, "CARBONCTX_EIA_KEY")
+    em_api = (electricitymaps_api or env.get("CARBONCTX_ELECTRICITYMAPS_API", "") or "v3").strip()
+    if em_api.lower() not in ("v3", "v4"):
+        raise ConfigurationError(
+            f"electricitymaps_api={em_api!r} (CARBONCTX_ELECTRICITYMAPS_API): use 'v3' or 'v4'."
+        )
     if not ids:
         ids = (
             (("electricitymaps",) if token else ())
@@ -502,6 +510,7 @@ def carbon_settings(
         deadline_s=deadline,
         entsoe_token=entsoe,
         eia_key=eia,
+        electricitymaps_api=em_api.lower(),
         watttime_username=wt_user,
         watttime_password=wt_pass,
         watttime_region=region,

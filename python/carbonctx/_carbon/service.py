@@ -20,6 +20,7 @@ in ``carbonctx._config``):
                                           ``watttime``, ``entsoe``, ``eia``
 ``CARBONCTX_SIGNAL``                      ``average`` (default) or ``marginal``: which CO2 uses
 ``CARBONCTX_ELECTRICITYMAPS_TOKEN``       Electricity Maps API token
+``CARBONCTX_ELECTRICITYMAPS_API``         ``v3`` (default) or ``v4``
 ``CARBONCTX_ENTSOE_TOKEN``                ENTSO-E Transparency Platform security token
 ``CARBONCTX_EIA_KEY``                     US EIA Open Data API key
 ``CARBONCTX_WATTTIME_USERNAME``,          WattTime login (marginal ``co2_moer``), and its
@@ -139,6 +140,7 @@ class IntensityService:
         deadline_s: float | None = None,
         entsoe_token: str | None = None,
         eia_key: str | None = None,
+        electricitymaps_api: str | None = None,
         watttime_username: str | None = None,
         watttime_password: str | None = None,
         watttime_region: str | None = None,
@@ -162,6 +164,7 @@ class IntensityService:
             deadline_s=deadline_s,
             entsoe_token=entsoe_token,
             eia_key=eia_key,
+            electricitymaps_api=electricitymaps_api,
             watttime_username=watttime_username,
             watttime_password=watttime_password,
             watttime_region=watttime_region,

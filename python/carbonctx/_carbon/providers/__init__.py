@@ -47,7 +47,11 @@ def build_providers(
     for pid in cs.provider_ids:
         if pid == "electricitymaps":
             token = cs.electricitymaps_token
-            built.append(ElectricityMapsProvider(urls[pid], token=token, limits=limits))
+            built.append(
+                ElectricityMapsProvider(
+                    urls[pid], token=token, version=cs.electricitymaps_api, limits=limits
+                )
+            )
         elif pid == "gb":
             built.append(GbProvider(urls[pid], limits=limits))
         elif pid == "eia":

@@ -1,4 +1,8 @@
-"""Electricity Maps (API v3): hourly history, latest and forecast for any zone it knows."""
+"""Electricity Maps (API v3, or v4): hourly history, latest and forecast for any zone it knows.
+
+v4 keeps v3's paths and answers (``/v4/carbon-intensity/{latest,history,forecast}?zone=Z``,
+``carbonIntensity``/``datetime`` entries under ``history``/``forecast``) and takes
+``temporalGranularity`` (asked for ``hourly`` here)."""
 
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ __all__ = ["ElectricityMapsProvider"]
 
 @attrs.define(repr=False)
 class ElectricityMapsProvider:
-    """Electricity Maps API v3: ``/v3/carbon-intensity/{latest,history,forecast}?zone=Z``.
+    """Electricity Maps API ``version`` (``"v3"`` or ``"v4"``):
+    ``/<version>/carbon-intensity/{latest,history,forecast}?zone=Z``.
 
     Hourly values; the token goes in the ``auth-token`` header and nowhere else. ``latest`` is
     the value that counts: a ``history`` refused (a free plan allows ``latest`` only) leaves the
@@ -36,6 +41,7 @@ class ElectricityMapsProvider:
     base_url: str
     limits: Limits = attrs.field(default=DEFAULT_LIMITS, kw_only=True)
     _token: str | None = attrs.field(default=None, alias="token")
+    version: str = attrs.field(default="v3", kw_only=True)
     #: endpoint -> (failures in a row, not asked again before)
     _held: dict[str, tuple[int, float]] = attrs.field(factory=dict, init=False)
 
@@ -67,10 +73,12 @@ class ElectricityMapsProvider:
     def _get(self, client: httpx.Client, path: str, zone: str, now: float) -> Any:
         return get_json(
             client,
-            f"{self.base_url}/v3/carbon-intensity/{path}",
+            f"{self.base_url}/{self.version}/carbon-intensity/{path}",
             name=f"{self.name} {path}",
             now=now,
-            params={"zone": zone},
+            params={"zone": zone, "temporalGranularity": "hourly"}
+            if self.version == "v4"
+            else {"zone": zone},
             headers=self._headers(),
             unknown_zone=self._unknown_zone if path == "latest" else None,
             limits=self.limits,
@@ -115,11 +123,13 @@ class ElectricityMapsProvider:
         fetched = utc_from_timestamp(now)
         if kind == "forecast":
             body = self._get(client, "forecast", zone, now)
-            ds = "Electricity Maps v3 forecast"
+            ds = f"Electricity Maps {self.version} forecast"
             return Fetched(self._periods(body, "forecast", zone, fetched, ds))
         latest = self._get(client, "latest", zone, now)
         try:
-            periods = [self._period(latest, zone, fetched, "Electricity Maps v3 latest")]
+            periods = [
+                self._period(latest, zone, fetched, f"Electricity Maps {self.version} latest")
+            ]
         except (KeyError, TypeError, ValueError) as exc:
             raise malformed(f"{self.name} latest", str(exc)) from None
         hist, problem = self._secondary(client, "history", zone, now)
@@ -128,7 +138,7 @@ class ElectricityMapsProvider:
         if hist is None:
             return Fetched(periods)
         try:
-            ds = "Electricity Maps v3 history"
+            ds = f"Electricity Maps {self.version} history"
             older = self._periods(hist, "history", zone, fetched, ds)
         except ProviderError as exc:
             return Fetched(periods, ((f"{self.name} history", exc),))
