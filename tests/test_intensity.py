@@ -334,3 +334,24 @@ def test_lowest_carbon_window_respects_not_before_and_gaps() -> None:
     w1 = lowest_carbon_window(periods, 1, not_before=T0 + 1800)
     assert w1 is not None and w1.start == datetime.fromtimestamp(T0 + 3 * 3600, UTC)
     assert lowest_carbon_window(periods, 0) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "zone", "table"),
+    [
+        ({"AWS_REGION": "us-west-2"}, "US-NW-BPAT", "United States"),  # Oregon: BPA
+        ({"GOOGLE_CLOUD_REGION": "us-west1"}, "US-NW-BPAT", None),  # Google's own 2024 row
+        ({"REGION_NAME": "West US 2"}, "US-NW-GCPD", "Washington"),  # Quincy, WA
+        ({"REGION_NAME": "West US 3"}, "US-SW-AZPS", "Arizona"),
+        ({"REGION_NAME": "North Central US"}, "US-MIDA-PJM", "United States"),  # Illinois
+        ({"AWS_REGION": "eu-central-2"}, "CH", "Switzerland"),  # opened since the CCF table
+        ({"AWS_REGION": "ap-southeast-4"}, "AU-VIC", "Australia"),
+        ({"REGION_NAME": "Italy North"}, "IT-NO", "Italy"),
+        ({"GOOGLE_CLOUD_REGION": "me-west1"}, "IL", None),  # Google's own row
+    ],
+)
+def test_cloud_regions_map_to_their_grid(env: dict[str, str], zone: str, table: str | None) -> None:
+    s = svc(env=env)
+    assert s.zone_choice.zone == zone
+    if table is not None:
+        assert s.current().dataset.endswith(table)
