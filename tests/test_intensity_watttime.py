@@ -192,3 +192,43 @@ def test_settings_are_checked(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert PASSWORD not in repr(s) and PASSWORD not in repr(s.provider)
+
+
+def test_results_carry_the_other_signal_too(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    kw = {
+        "providers": ["electricitymaps", "watttime"],
+        "electricitymaps_token": "em-tok",
+        "watttime_region": "CAISO_NORTH",
+    }
+    for chosen, other, g, g_other in (
+        ("marginal", "average", G, 300.0),
+        ("average", "marginal", 300.0, G),
+    ):
+        s = make(server, tmp_path, client, clock, signal=chosen, **kw)  # type: ignore[arg-type]
+        s.refresh(wait=True)
+        r = s.co2(3.6e6, clock() - 60, clock())
+        assert (r.signal, r.co2_g) == (chosen, pytest.approx(g))
+        (alt,) = r.alternatives
+        assert (alt.signal, alt.co2_g) == (other, pytest.approx(g_other))
+        d = r.to_dict()["alternatives"][0]  # type: ignore[index]
+        assert d["signal"] == other and d["sources"] == ["live"]
+
+    # Marginal from WattTime alone: the yearly average comes beside it.
+    s = make(server, tmp_path, client, clock, watttime_region="CAISO_NORTH")
+    s.refresh(wait=True)
+    r = s.co2(3.6e6, clock() - 60, clock())
+    (alt,) = r.alternatives
+    assert r.signal == "marginal" and alt.signal == "average" and alt.sources == ("table",)
+    # Average alone: nothing beside it.
+    avg = make(
+        server,
+        tmp_path,
+        client,
+        clock,
+        providers=["electricitymaps"],
+        electricitymaps_token="t",
+        signal="average",
+    )
+    assert avg.co2(3.6e6, clock() - 60, clock()).alternatives == ()

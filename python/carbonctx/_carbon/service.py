@@ -82,6 +82,9 @@ class Co2:
     periods: tuple[Intensity, ...]
     #: the signal the settings chose (``"average"`` or ``"marginal"``); see :attr:`signal`
     signal_chosen: str = "average"
+    #: the same energy's CO2 by the other signal, where a source for it is configured (or, for
+    #: a marginal figure, the yearly average): the figure not chosen, for comparison
+    alternatives: tuple[Co2, ...] = ()
 
     @property
     def signal(self) -> str:
@@ -112,6 +115,16 @@ class Co2:
             "sources": list(self.sources),
             "signal": self.signal,
             "signal_chosen": self.signal_chosen,
+            "alternatives": [
+                {
+                    "signal": a.signal,
+                    "co2_g": a.co2_g,
+                    "intensity_g_per_kwh": a.intensity_g_per_kwh,
+                    "sources": list(a.sources),
+                    "providers": list(dict.fromkeys(p.provider for p in a.periods)),
+                }
+                for a in self.alternatives
+            ],
             "periods": [p.to_dict() for p in self.periods],
         }
 
@@ -197,19 +210,48 @@ class IntensityService:
                 "(WattTime does, with a region or coordinates); average used"
             )
         self._table = table_intensity(self.zone_choice, note=self.signal_note)
-        self._refresher: Refresher | None = None
-        self._live: LiveValues | None = None
-        if self.provider is not None:
-            self._refresher = Refresher(
-                self.provider,
+        secrets = tuple(
+            x
+            for x in (
+                token,
+                cs.entsoe_token,
+                cs.eia_key,
+                cs.watttime_username,
+                cs.watttime_password,
+            )
+            if x
+        )
+
+        def live(prov: Provider) -> tuple[Refresher, LiveValues]:
+            ref = Refresher(
+                prov,
                 zone_code,
-                DiskCache(self.cache_dir, self.provider.id, zone_code),
+                DiskCache(self.cache_dir, prov.id, zone_code),
                 client=client,
                 clock=self._clock,
                 background=background,
-                secrets=tuple(x for x in (token, cs.watttime_username, cs.watttime_password) if x),
+                secrets=secrets,
             )
-            self._live = LiveValues(self.provider, self._refresher, self.zone_choice)
+            return ref, LiveValues(prov, ref, self.zone_choice)
+
+        self._refresher: Refresher | None = None
+        self._live: LiveValues | None = None
+        if self.provider is not None:
+            self._refresher, self._live = live(self.provider)
+        #: a provider of the other signal (average beside marginal), whose figure results
+        #: carry as an alternative; with a marginal provider and no live average, the table
+        other = next(
+            (p for p in covering if self.provider is not None and p.signal != self.provider.signal),
+            None,
+        )
+        self._other: tuple[Refresher, LiveValues] | None = None if other is None else live(other)
+        self._other_table = (
+            other is None and self.provider is not None and self.provider.signal == "marginal"
+        )
+
+    def _refreshers(self) -> list[Refresher]:
+        refs = [self._refresher] if self._refresher is not None else []
+        return refs + ([self._other[0]] if self._other is not None else [])
 
     def __repr__(self) -> str:
         return (
@@ -289,17 +331,15 @@ class IntensityService:
         ``force=True`` fetches even values that are still fresh (back-off after failures and
         the providers' request limits still apply); ``forecast=True`` fetches the forecast too.
         """
-        ref = self._refresher
-        if ref is None:
-            return
-        if forecast:
-            ref.want_forecast = True
-        ref.refresh(wait=wait, force=force)
+        for i, ref in enumerate(self._refreshers()):
+            if forecast and i == 0:
+                ref.want_forecast = True
+            ref.refresh(wait=wait, force=force)
 
     def close(self) -> None:
         """Stop refreshing and close the HTTP client if this service made it."""
-        if self._refresher is not None:
-            self._refresher.close()
+        for ref in self._refreshers():
+            ref.close()
 
     def __enter__(self) -> IntensityService:
         return self
@@ -330,15 +370,22 @@ class IntensityService:
             self._refresher.join(timeout)
 
     def _housekeeping(self, now: float) -> None:
-        if self._refresher is not None:
-            self._refresher.housekeeping(now)
+        for ref in self._refreshers():
+            ref.housekeeping(now)
 
     def _co2(self, energy_j: float, start: float, end: float, now: float) -> Co2:
         if end < start:
             start, end = end, start
         if self._live is None:
             return self._make_co2(energy_j, [(self._table, 1.0)])
-        return self._make_co2(energy_j, self._live.segments(start, end, now))
+        result = self._make_co2(energy_j, self._live.segments(start, end, now))
+        if self._other is not None:
+            alt = self._make_co2(energy_j, self._other[1].segments(start, end, now))
+        elif self._other_table:
+            alt = self._make_co2(energy_j, [(table_intensity(self.zone_choice), 1.0)])
+        else:
+            return result
+        return attrs.evolve(result, alternatives=(alt,))
 
     def _make_co2(self, energy_j: float, segments: list[tuple[Intensity, float]]) -> Co2:
         """Time-weighted mean intensity over the segments, times the energy and the PUE."""
