@@ -22,6 +22,8 @@ def _clean_carbonctx(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterato
             monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("CARBONCTX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CARBONCTX_ZONE", "DE")
+    # The node's shared sampler keeps its segment and lock files here, not in /dev/shm.
+    monkeypatch.setenv("CARBONCTX_NODE_DIR", str(tmp_path / "shm"))
     _runtime.reset()
     yield
     _runtime.reset()

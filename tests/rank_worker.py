@@ -57,6 +57,8 @@ def _region(out_dir: Path) -> None:
     record["t0_ns"] = round((r.start - rt._offset) * 1e9)
     record["t1_ns"] = round((r.end - rt._offset) * 1e9)
     record["devices"] = carbonctx.devices()["rank"]
+    sampler = rt.sampler
+    record["own_reads"] = sum(st["reads"] for st in sampler.status()) if sampler else None
     record["warm_up"] = w.result().to_dict()
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record, default=str))
 

@@ -31,6 +31,8 @@ def base_env() -> dict[str, str]:
         env.pop(k, None)
     # Loopback only, few threads: the machine is shared.
     env.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # The node's shared sampler keeps its files in the test's folder (conftest), not /dev/shm.
+    env["CARBONCTX_NODE_DIR"] = os.environ["CARBONCTX_NODE_DIR"]
     return env
 
 

@@ -1,5 +1,5 @@
 """Ranks of a job on one simulated node, measured for real: each a subprocess started with the
-variables torchrun sets, each with its own sampler, against one SimulatedMachine.
+variables torchrun sets, against one SimulatedMachine, sharing the node's one sampler.
 
 The ranks measure concurrent regions over the same span of CLOCK_MONOTONIC (the test hands them
 the start), so the node's truth over that span is what their figures must add up to.
@@ -37,6 +37,7 @@ def rank_env(sim: SimulatedMachine, tmp: Path, **launcher: str) -> dict[str, str
     env.update(
         CARBONCTX_ZONE="DE",
         CARBONCTX_CACHE_DIR=str(tmp / "cache"),
+        CARBONCTX_NODE_DIR=str(tmp / "shm"),
         PYTHONUNBUFFERED="1",
         OMP_NUM_THREADS="1",
     )
@@ -136,6 +137,18 @@ def test_ranks_add_up_to_the_node(n: int, tmp_path: Path, fake_nvml: Path) -> No
         dev = r["devices"]
         assert dev["gpus"]["indices"] == [rank] and dev["gpus"]["rule"] == "local-rank"
         assert dev["launcher"] == "torchrun" and dev["rank"] == rank
+
+    # One sampler for the node: one rank owns it and reads the counters, the others read
+    # none, so the node's counter reads do not grow with its ranks.
+    roles = sorted(r["devices"]["node_sampler"]["role"] for r in results)
+    assert roles == ["follower"] * (n - 1) + ["owner"], roles
+    owners = {r["devices"]["node_sampler"]["owner_pid"] for r in results}
+    assert len(owners) == 1
+    for r in results:
+        if r["devices"]["node_sampler"]["role"] == "follower":
+            assert r["own_reads"] == 0, r["own_reads"]
+        else:
+            assert r["own_reads"] > 0
 
     # The ranks' region files, merged: the job's figures, each node's CPU once.
     out = subprocess.run(

@@ -52,6 +52,7 @@ def node_env(sim: SimulatedMachine, k: int, tmp: Path) -> dict[str, str]:
         "CARBONCTX_NODE": f"sim-node-{k}",
         "CARBONCTX_ZONE": "DE",
         "CARBONCTX_CACHE_DIR": str(tmp / "cache"),
+        "CARBONCTX_NODE_DIR": str(tmp / "shm"),
     }
 
 

@@ -134,7 +134,9 @@ def test_a_rank_reports_its_gpu_and_its_share(
     assert rank["gpus"]["indices"] == [1] and rank["gpus"]["rule"] == "local-rank"
     # The sampler reads only this rank's GPU (its gpus argument), not every GPU it can see.
     assert [s["id"] for s in info["sources"] if s["domain"] == "gpu"] == ["nvml:1"]
-    assert rank["launcher"] == "torchrun" and "own sampler" in rank["sampler"]
+    # Two local ranks: the node's shared sampler, this lone process its owner.
+    assert rank["launcher"] == "torchrun" and "node's shared sampler" in rank["sampler"]
+    assert rank["node_sampler"]["role"] == "owner"
     assert rank["shared_sources"]["share"] == 0.5
 
 
@@ -219,7 +221,7 @@ def test_devices_command_in_a_job(sim2: SimulatedMachine) -> None:
     assert r.returncode == 0, r.stderr
     assert "Job: rank 1 of 2 (local rank 1 of 2)" in r.stdout
     assert "GPUs it reports: nvml:1 (local-rank" in r.stdout
-    assert "share 0.5 of the node" in r.stdout and "its own sampler" in r.stdout
+    assert "share 0.5 of the node" in r.stdout and "the node's shared sampler" in r.stdout
 
 
 SCRIPT = """

@@ -91,6 +91,10 @@ class Settings:
     job: str | None = None
     #: GPUs this rank reports: device numbers (after CUDA_VISIBLE_DEVICES) or UUIDs; () none.
     gpus: tuple[int | str, ...] | None = None
+    #: One sampler per node, shared by the job's processes there (None: on in a job whose node
+    #: runs several of its processes); where its segment and lock files go (None: /dev/shm).
+    node_sampler: bool | None = None
+    node_dir: str | None = None
 
     def rank_kwargs(self) -> dict[str, Any]:
         """The settings :func:`carbonctx._distributed.detect_ranks` takes."""
@@ -225,6 +229,10 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             out[field] = v
     if (v := get("CARBONCTX_CPU_TDP_W")) is not None:
         out["cpu_tdp_w"] = v
+    if (v := get("CARBONCTX_NODE_SAMPLER")) is not None:
+        out["node_sampler"] = _bool("CARBONCTX_NODE_SAMPLER", v)
+    if (v := get("CARBONCTX_NODE_DIR")) is not None:
+        out["node_dir"] = v
     return out
 
 
@@ -291,6 +299,10 @@ def build(
 
 
 def validate(s: Settings) -> None:
+    if s.node_sampler is not None and not isinstance(s.node_sampler, bool):
+        raise ConfigurationError(
+            f"node_sampler={s.node_sampler!r}: use True, False or None (on in a multi-rank node)"
+        )
     for b in s.cpu_backends:
         if b not in CPU_BACKENDS:
             raise ConfigurationError(

@@ -135,7 +135,11 @@ class Sampler:
         settle_s: float | None = None,
         phase_lock: bool = True,
         quiet_s: float | None = None,
+        node_key: str | None = None,
+        node_dir: str | PathLike[str] | None = None,
     ) -> Sampler: ...
+    def node_status(self) -> dict[str, Any] | None:
+        """This process's part in its node's shared sampler; None when it samples alone."""
     @property
     def sources(self) -> list[dict[str, Any]]: ...
     @property

@@ -157,12 +157,19 @@ class RankPlan:
             },
             "shared_sources": {"domains": list(SHARED_DOMAINS), "share": self.share},
             "share_rule": self.share_rule,
-            "sampler": (
-                "this rank runs its own sampler (one sampler per node is a later step)"
-                if info.distributed
-                else "this process runs its own sampler"
-            ),
+            "sampler": "this process runs its own sampler",
         }
+
+
+def node_sampler(info: RankInfo, settings: Settings) -> tuple[str, str | None] | None:
+    """The Sampler's ``node_key`` and ``node_dir`` when this process shares its node's sampler
+    with the job's other processes there, else None. On by default in a job whose node runs
+    several of its processes (or says nothing about how many); ``node_sampler`` overrides."""
+    on = settings.node_sampler
+    if on is None:
+        lw = info.local_world_size
+        on = info.distributed and (lw is None or lw > 1)
+    return (info.job_key, settings.node_dir) if on else None
 
 
 def share_of(info: RankInfo) -> tuple[float, str]:

@@ -24,6 +24,7 @@ from carbonctx._measure.ranks import (
     RankPlan,
     column_shares,
     inconsistency_message,
+    node_sampler,
     plan_gpus,
     rank_fields,
     share_of,
@@ -208,6 +209,11 @@ class Runtime:
 
     def _sampler(self, kwargs: dict[str, Any], plan: RankPlan) -> _native.Sampler:
         gpus = plan.sampler_gpus
+        node = node_sampler(self.rank_info, self.settings)
+        if node is not None:
+            # One sampler per node: every process asks with the same discovery options (a
+            # follower may take over), and names the GPUs it reports (none: an empty list).
+            return _native.Sampler(**kwargs, node_key=node[0], node_dir=node[1], gpus=gpus)
         if gpus is None or not self.settings.gpu:
             return _native.Sampler(**kwargs)
         if not gpus:
@@ -358,8 +364,17 @@ class Runtime:
         s = self.sampler_or_start()
         status = s.status() if s is not None else []
         plan = self.plan or RankPlan(self.rank_info, None, None, *share_of(self.rank_info))
+        rank = plan.describe()
+        node = s.node_status() if s is not None else None
+        if node is not None:
+            rank["sampler"] = (
+                f"the node's shared sampler: this process is its {node['role']} "
+                f"(the owner is pid {node['owner_pid']}, generation {node['generation']}; "
+                f"segment {node['segment']})"
+            )
+            rank["node_sampler"] = node
         return {
-            "rank": plan.describe(),
+            "rank": rank,
             "sources": [
                 {**src, "status": st} for src, st in zip(self.sources, status, strict=False)
             ],

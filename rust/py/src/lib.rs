@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use carbonctx_sampler::discover::{self as disc, Options, TdpModelUse};
 use carbonctx_sampler::sampler::{self, Config};
-use carbonctx_sampler::{Roots, SourceInfo, Unavailable};
+use carbonctx_sampler::{NodeConfig, Roots, SourceInfo, Unavailable};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -26,6 +26,7 @@ fn info_dict<'py>(py: Python<'py>, i: &SourceInfo) -> PyResult<Bound<'py, PyDict
     d.set_item("path", i.path.as_ref().map(|p| p.display().to_string()))?;
     d.set_item("joules_per_unit", i.counter.map(|c| c.joules_per_unit))?;
     d.set_item("wrap", i.counter.and_then(|c| c.wrap))?;
+    d.set_item("uuid", i.uuid.as_deref())?;
     Ok(d)
 }
 
@@ -168,7 +169,7 @@ impl Sampler {
                         cuda_visible_devices=None, cuda_device_order=None, cpu_tdp_w=None,
                         cpu_backends=None, nvml=true, estimate="auto", gpus=None,
                         intervals=None, timeline_capacity=None, settle_s=None, phase_lock=true,
-                        quiet_s=None))]
+                        quiet_s=None, node_key=None, node_dir=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -188,6 +189,8 @@ impl Sampler {
         settle_s: Option<f64>,
         phase_lock: bool,
         quiet_s: Option<f64>,
+        node_key: Option<String>,
+        node_dir: Option<PathBuf>,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -221,13 +224,25 @@ impl Sampler {
         if let Some(s) = settle_s {
             config.settle = seconds("settle_s", s)?;
         }
-        let started = py.detach(move || {
-            let found = disc::discover(&opts);
-            sampler::Sampler::start(found.chosen, config).map(|(s, mut un)| {
-                let mut all = found.unavailable;
-                all.append(&mut un);
-                (s, found.alternatives, all)
-            })
+        let node = node_key.map(|key| {
+            let n = NodeConfig::new(key);
+            match node_dir {
+                Some(dir) => n.in_dir(dir),
+                None => n,
+            }
+        });
+        let started = py.detach(move || match node {
+            // One sampler per node: the owner reads, the others copy (discovery is its own).
+            Some(node) => sampler::Sampler::start_on_node(opts, config, node)
+                .map(|(s, un)| (s, Vec::new(), un)),
+            None => {
+                let found = disc::discover(&opts);
+                sampler::Sampler::start(found.chosen, config).map(|(s, mut un)| {
+                    let mut all = found.unavailable;
+                    all.append(&mut un);
+                    (s, found.alternatives, all)
+                })
+            }
         });
         let (inner, alternatives, unavailable) = started.map_err(errors::from_core)?;
         Ok(Sampler {
@@ -235,6 +250,29 @@ impl Sampler {
             alternatives,
             unavailable,
         })
+    }
+
+    /// This process's part in its node's shared sampler (None when it samples on its own).
+    fn node_status<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(n) = self.inner.node_status() else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("role", n.role.as_str())?;
+        d.set_item("owner_pid", n.owner_pid)?;
+        d.set_item("generation", n.generation)?;
+        d.set_item("takeovers", n.takeovers)?;
+        d.set_item("segment", n.segment.display().to_string())?;
+        let sources: PyResult<Vec<_>> = n.node_sources.iter().map(|i| info_dict(py, i)).collect();
+        d.set_item("node_sources", sources?)?;
+        d.set_item("node_reads", n.node_reads)?;
+        let reclaimed: Vec<String> = n
+            .reclaimed
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        d.set_item("reclaimed", reclaimed)?;
+        Ok(Some(d))
     }
 
     /// The sources polled, in the order every result lists them.
