@@ -46,13 +46,13 @@ def make(
     kw.setdefault("signal", "marginal")
     kw.setdefault("watttime_username", USER)
     kw.setdefault("watttime_password", PASSWORD)
+    kw.setdefault("background", False)
     return IntensityService(  # type: ignore[arg-type]
         urls={"watttime": server.url, "electricitymaps": server.url},
         cache_dir=tmp_path / "cache",
         client=client,
         env={},
         clock=clock,
-        background=False,
         **kw,
     )
 
@@ -232,3 +232,27 @@ def test_results_carry_the_other_signal_too(
         signal="average",
     )
     assert avg.co2(3.6e6, clock() - 60, clock()).alternatives == ()
+
+
+def test_cli_shows_the_signal(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    import functools
+    import io
+    import json
+
+    from carbonctx._cli.intensity import run
+    from test_intensity_cli import parse
+
+    factory = functools.partial(make, server, tmp_path, client, clock)
+    out = io.StringIO()
+    args = parse("--zone", "US-CAL-CISO")
+    factory_wt = functools.partial(factory, watttime_region="CAISO_NORTH")
+    assert run(args, service_factory=factory_wt, out=out) == 0
+    text = out.getvalue()
+    assert f"Now: {G:.1f} gCO2e/kWh (live; WattTime v3 co2_moer CAISO_NORTH; marginal)" in text
+    out = io.StringIO()
+    assert run(parse("--zone", "DE", "--json"), service_factory=factory, out=out) == 0
+    doc = json.loads(out.getvalue())
+    assert doc["signal_chosen"] == "marginal" and doc["current"]["signal"] == "average"
+    assert "no configured provider gives a marginal" in doc["current"]["note"]

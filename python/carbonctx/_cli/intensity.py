@@ -74,7 +74,7 @@ def _fmt_time(w: Any) -> str:
 
 
 def _describe(i: Intensity) -> str:
-    return f"{i.g_per_kwh:.1f} gCO2e/kWh ({i.source}; {i.dataset})"
+    return f"{i.g_per_kwh:.1f} gCO2e/kWh ({i.source}; {i.dataset}; {i.signal})"
 
 
 def run(
@@ -114,6 +114,7 @@ def run(
             "current": current.to_dict(),
             "pue": svc.pue,
             "pue_source": svc.pue_source,
+            "signal_chosen": svc.signal,
         }
         if args.forecast:
             if not periods:
@@ -136,6 +137,8 @@ def run(
         print(f"Now: {_describe(current)}", file=out)
         if current.note:
             print(f"  note: {current.note}", file=out)
+        if svc.signal_note and svc.signal_note not in (current.note or ""):
+            print(f"  note: {svc.signal_note}", file=out)
         if args.forecast:
             if not periods:
                 reason = svc.forecast_unavailable()
