@@ -109,6 +109,19 @@ def test_free_plan_latest_is_used_history_and_forecast_refusals_say_why(
         clock.advance(3601)
         s.refresh(wait=True)
         assert server.count("/latest") == 3 and server.count("/history") == 2
+        clock.advance(3601)
+        s.refresh(wait=True)  # asked again, refused again: still not news
+        assert server.count("/history") == 3
+
+    # History comes back, then is refused again: that is news.
+    del server.modes["/v3/carbon-intensity/history"]
+    clock.advance(4 * 3600 + 1)
+    s.refresh(wait=True)
+    assert server.count("/history") == 4
+    server.modes["/v3/carbon-intensity/history"] = "403"
+    clock.advance(3601)
+    with pytest.warns(IntensityWarning, match="history .*HTTP 403"):
+        s.refresh(wait=True)
 
 
 def test_cli_forecast_message_gives_the_providers_reason(

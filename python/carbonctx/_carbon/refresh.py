@@ -243,6 +243,11 @@ class Refresher:
                     self._record_success(kind, got.periods, now)
                     for endpoint, problem in got.problems:
                         self._warn_partial(kind, endpoint, problem)
+                    if got.complete and not got.problems:  # all worked: refusals are news
+                        with self.lock:
+                            self._warned = {
+                                k for k in self._warned if not k[0].startswith(f"{kind}/")
+                            }
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

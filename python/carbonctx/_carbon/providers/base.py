@@ -49,6 +49,8 @@ class Fetched:
 
     periods: list[Intensity]
     problems: tuple[tuple[str, ProviderError], ...] = ()
+    #: False when a secondary request was not sent (held back after a refusal)
+    complete: bool = True
 
 
 class Provider(Protocol):

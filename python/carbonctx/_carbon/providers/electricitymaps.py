@@ -135,8 +135,8 @@ class ElectricityMapsProvider:
         hist, problem = self._secondary(client, "history", zone, now)
         if problem is not None:
             return Fetched(periods, ((f"{self.name} history", problem),))
-        if hist is None:
-            return Fetched(periods)
+        if hist is None:  # held back after a refusal
+            return Fetched(periods, complete=False)
         try:
             ds = f"Electricity Maps {self.version} history"
             older = self._periods(hist, "history", zone, fetched, ds)

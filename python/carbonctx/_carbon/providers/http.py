@@ -195,6 +195,7 @@ def get_bytes(
                 if size > cap:
                     if status < 300:
                         raise _too_large(name, limits)
+                    chunks.append(chunk[: len(chunk) - (size - cap)])  # enough for a message
                     break
                 chunks.append(chunk)
             if left() <= 0 and status < 300:
