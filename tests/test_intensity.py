@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import carbonctx
 from carbonctx._carbon.intensity import Intensity
 from carbonctx._carbon.service import IntensityService
 from carbonctx._carbon.windows import Window, lowest_carbon_window, mean_over
@@ -355,3 +356,20 @@ def test_cloud_regions_map_to_their_grid(env: dict[str, str], zone: str, table: 
     assert s.zone_choice.zone == zone
     if table is not None:
         assert s.current().dataset.endswith(table)
+
+
+def test_carbon_settings_reach_configure_and_are_checked_there() -> None:
+    """The live providers' settings are configure() keywords, checked when given."""
+    with pytest.raises(carbonctx.ConfigurationError, match="signal"):
+        carbonctx.configure(signal="bogus")
+    s = carbonctx.configure(signal="marginal", latitude=55.7, longitude=12.6, deadline_s=5.0)
+    kw = s.intensity_kwargs()
+    assert (kw["signal"], kw["latitude"], kw["longitude"], kw["deadline_s"]) == (
+        "marginal",
+        55.7,
+        12.6,
+        5.0,
+    )
+    secret = "tok-" + "x" * 12
+    s = carbonctx.configure(entsoe_token=secret)
+    assert secret not in repr(s)

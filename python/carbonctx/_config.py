@@ -82,6 +82,16 @@ class Settings:
     electricitymaps_token: str | None = attrs.field(default=None, repr=False)
     urls: Mapping[str, str] | None = None
     cache_dir: str | None = None
+    signal: str | None = None
+    deadline_s: float | None = None
+    entsoe_token: str | None = attrs.field(default=None, repr=False)
+    eia_key: str | None = attrs.field(default=None, repr=False)
+    electricitymaps_api: str | None = None
+    watttime_username: str | None = attrs.field(default=None, repr=False)
+    watttime_password: str | None = attrs.field(default=None, repr=False)
+    watttime_region: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
     # Distributed jobs (None: what the launcher says; see _distributed)
     rank: int | None = None
     local_rank: int | None = None
@@ -108,7 +118,24 @@ class Settings:
             "electricitymaps_token": self.electricitymaps_token,
             "urls": self.urls,
             "cache_dir": self.cache_dir,
+            **{name: getattr(self, name) for name in LIVE_CARBON_SETTINGS},
         }
+
+
+#: Carbon settings of the live providers, passed to the intensity service as they are (the
+#: service validates them with their variables, in ``carbon_settings``).
+LIVE_CARBON_SETTINGS = (
+    "signal",
+    "deadline_s",
+    "entsoe_token",
+    "eia_key",
+    "electricitymaps_api",
+    "watttime_username",
+    "watttime_password",
+    "watttime_region",
+    "latitude",
+    "longitude",
+)
 
 
 def _bool(name: str, value: str) -> bool:
@@ -299,6 +326,11 @@ def build(
 
 
 def validate(s: Settings) -> None:
+    # The carbon settings are checked where the intensity service checks them, now rather than
+    # at the first region (a bad value is a ConfigurationError naming it).
+    carbon = s.intensity_kwargs()
+    del carbon["zone"]
+    carbon_settings(**carbon)
     if s.node_sampler is not None and not isinstance(s.node_sampler, bool):
         raise ConfigurationError(
             f"node_sampler={s.node_sampler!r}: use True, False or None (on in a multi-rank node)"
