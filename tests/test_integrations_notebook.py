@@ -101,3 +101,24 @@ def test_a_dataframe_has_a_row_per_region_with_fields_sources_and_tags(
     assert {"duration_s", "cpu_j", "dram_j", "gpu_j", "co2_g", "zone", "missing"} <= set(df.columns)
     one = frame([a])
     assert list(one.index) == [a.id]
+
+
+def test_load_ext_carbonctx_and_the_public_frame(sim: SimulatedMachine) -> None:
+    """``%load_ext carbonctx`` (the package itself) gives the magics; ``carbonctx.recent_frame()``
+    is the per-region DataFrame."""
+    interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
+    pytest.importorskip("pandas")
+    from traitlets.config import Config
+
+    cfg = Config()
+    cfg.HistoryManager.enabled = False
+    ip = interactiveshell.InteractiveShell.instance(config=cfg)
+    try:
+        ip.run_line_magic("load_ext", "carbonctx")
+        res = ip.run_cell("%%carbonctx cell\ny = 2 + 2\n")
+        assert res.success, res.error_in_exec
+        assert isinstance(res.result, carbonctx.Measurement) and res.result.name == "cell"
+    finally:
+        interactiveshell.InteractiveShell.clear_instance()
+    df = carbonctx.recent_frame()
+    assert "cell" in list(df["name"])

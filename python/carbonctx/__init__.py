@@ -19,6 +19,7 @@ resolved against its timeline, so entering and leaving one costs about a microse
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from carbonctx._results.equivalents import (
     pue_suggestion,
 )
 from carbonctx._results.measurement import Measurement, SourceEnergy
+from carbonctx._results.notebook import measurements_frame as _measurements_frame
 from carbonctx._results.runs import JobTotal, RunTotals
 from carbonctx._results.statistics import Distribution, NameStats, StatsTable
 from carbonctx._runs.run import Run, epochs
@@ -87,6 +89,7 @@ __all__ = [
     "job_total",
     "pue_suggestion",
     "recent",
+    "recent_frame",
     "stats",
     "track",
     "tracked",
@@ -187,6 +190,19 @@ def recent() -> list[Measurement]:
         return []
     rt.flush()
     return rt.recent_measurements()
+
+
+def recent_frame() -> Any:
+    """The most recent regions as a pandas DataFrame, one row per region (indexed by id): every
+    field, ``joules.<source>`` and ``tag.<key>`` columns. Needs pandas (``carbonctx[pandas]``)."""
+    return _measurements_frame(recent())
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext carbonctx``: the ``%%carbonctx`` (a cell is a region) and ``%carbonctx``
+    magics (see :mod:`carbonctx.integrations.ipython`)."""
+    # Imported by name: the integrations sit above the public API and need IPython.
+    importlib.import_module("carbonctx.integrations.ipython").load_ipython_extension(ipython)
 
 
 def devices() -> dict[str, Any]:
