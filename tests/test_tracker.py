@@ -383,3 +383,16 @@ def test_with_regions_nobody_holds_are_freed_with_their_batches(sim: SimulatedMa
         assert carbonctx.stats()["step"].count == 30_000
     finally:
         gc.enable()
+
+
+def test_configure_takes_every_setting() -> None:
+    """Each field of the settings is a keyword of carbonctx.configure (and nothing else is)."""
+    import inspect
+
+    import attrs
+
+    fields = {f.name for f in attrs.fields(carbonctx.Settings)}
+    params = set(inspect.signature(carbonctx.configure).parameters)
+    assert params == fields, (fields - params, params - fields)
+    s = carbonctx.configure(node_sampler=False, node_dir="/tmp/x", cpu_tdp_w=65)
+    assert (s.node_sampler, s.node_dir, s.cpu_tdp_w) == (False, "/tmp/x", "65")

@@ -122,6 +122,9 @@ def configure(
     node: str | None = None,
     job: str | None = None,
     gpus: Sequence[int | str] | None = None,
+    node_sampler: bool | None = None,
+    node_dir: str | None = None,
+    cpu_tdp_w: str | float | None = None,
 ) -> Settings:
     """Set process-wide options; unset ones keep their value (from ``CARBONCTX_*`` or default).
 
@@ -138,12 +141,17 @@ def configure(
     ``world_size``, ``local_world_size``, ``node`` (the node's name; default host name and boot
     id), ``job`` (the job's id), ``gpus`` (the GPUs this rank reports: device numbers as this
     process numbers them, or UUIDs; ``[]`` for none). ``output`` may use ``{rank}``,
-    ``{local_rank}``, ``{node}`` and ``{job}``.
+    ``{local_rank}``, ``{node}`` and ``{job}``. ``node_sampler`` (one sampler per node, shared
+    by the job's processes there; on by default where a node runs several) and ``node_dir``
+    (its files; ``/dev/shm``). ``cpu_tdp_w``: the CPU's TDP per package for the utilisation ×
+    TDP estimate.
 
     A running sampler is stopped (its regions resolved) and restarts with the new settings on
     the next region. Raises :class:`ConfigurationError` for a value that cannot be used.
     """
     given: dict[str, Any] = {k: v for k, v in locals().items() if v is not None}
+    if "cpu_tdp_w" in given:
+        given["cpu_tdp_w"] = str(given["cpu_tdp_w"])
     return _process.configure(given)
 
 

@@ -73,6 +73,7 @@ from pathlib import Path
 
 import attrs
 
+from carbonctx._config import RANK_SETTINGS
 from carbonctx._distributed.launchers import (
     READERS,
     parse_slurm_tasks_per_node,
@@ -88,14 +89,7 @@ __all__ = [
 ]
 
 #: The settings that override launchers, as the user names them.
-SETTING_NAMES = {
-    "rank": "CARBONCTX_RANK",
-    "local_rank": "CARBONCTX_LOCAL_RANK",
-    "world_size": "CARBONCTX_WORLD_SIZE",
-    "local_world_size": "CARBONCTX_LOCAL_WORLD_SIZE",
-    "node": "CARBONCTX_NODE",
-    "job": "CARBONCTX_JOB",
-}
+SETTING_NAMES = RANK_SETTINGS
 
 _FIELDS = ("rank", "world_size", "local_rank", "local_world_size", "node_rank")
 
