@@ -54,6 +54,6 @@ with simulated(gpus=1, core=Wave.constant(20.0)):
         print(
             sys.argv[1],
             nm,
-            "worst ms %.2f p99.9 us %.0f median us %.1f"
-            % (xs[-1] / 1e6, xs[int(len(xs) * 0.999)] / 1e3, xs[len(xs) // 2] / 1e3),
+            f"worst ms {xs[-1] / 1e6:.2f} p99.9 us {xs[int(len(xs) * 0.999)] / 1e3:.0f} "
+            f"median us {xs[len(xs) // 2] / 1e3:.1f}",
         )
