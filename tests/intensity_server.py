@@ -23,7 +23,21 @@ from urllib.parse import parse_qs, urlsplit
 UTC = timezone.utc
 
 #: modes a path can be put in
-MODES = ("ok", "timeout", "401", "403", "429", "500", "malformed", "unknown-zone", "empty")
+MODES = (
+    "ok",
+    "timeout",
+    "401",
+    "403",
+    "404",
+    "429",
+    "500",
+    "malformed",
+    "unknown-zone",
+    "empty",
+    "slow",  # headers, then one byte every ``slow_interval`` seconds
+    "huge",  # a 200 answer without Content-Length that never ends (``huge_bytes`` at most)
+    "huge-declared",  # a 200 answer announcing ``huge_bytes`` in Content-Length
+)
 
 
 class FakeClock:
@@ -71,12 +85,78 @@ def _floor(t: datetime, minutes: int) -> datetime:
     return t - timedelta(minutes=t.minute % minutes)
 
 
+class _Raw:
+    """A body sent as it is (XML, HTML), not as JSON."""
+
+    def __init__(self, data: bytes, content_type: str) -> None:
+        self.data = data
+        self.content_type = content_type
+
+
+def _entsoe_time(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _entsoe_series(
+    psr: str,
+    start: datetime,
+    end: datetime,
+    minutes: int,
+    points: list[tuple[int, float]],
+    curve: str,
+    out_domain: str | None = None,
+) -> str:
+    domain = (
+        f'<outBiddingZone_Domain.mRID codingScheme="A01">{out_domain}</outBiddingZone_Domain.mRID>'
+        if out_domain
+        else '<inBiddingZone_Domain.mRID codingScheme="A01">X</inBiddingZone_Domain.mRID>'
+    )
+    pts = "".join(
+        f"<Point><position>{pos}</position><quantity>{mw:g}</quantity></Point>"
+        for pos, mw in points
+    )
+    return (
+        f"<TimeSeries><mRID>{psr}</mRID><businessType>A01</businessType>{domain}"
+        f"<quantity_Measure_Unit.name>MAW</quantity_Measure_Unit.name><curveType>{curve}</curveType>"
+        f"<MktPSRType><psrType>{psr}</psrType></MktPSRType><Period><timeInterval>"
+        f"<start>{_entsoe_time(start)}</start><end>{_entsoe_time(end)}</end></timeInterval>"
+        f"<resolution>PT{minutes}M</resolution>{pts}</Period></TimeSeries>"
+    )
+
+
+def _entsoe_ack(code: str, text: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<Acknowledgement_MarketDocument xmlns="urn:iec62325.351:tc57wg16:451-1:'
+        'acknowledgementdocument:7:0"><mRID>ack</mRID>'
+        f"<Reason><code>{code}</code><text>{text}</text></Reason>"
+        "</Acknowledgement_MarketDocument>"
+    ).encode()
+
+
 class FakeServer:
     def __init__(self, clock: FakeClock, value: Callable[[str, float], float] | None = None):
         self.clock = clock
         self.value: Callable[[str, float], float] = value or (lambda provider, t: 100.0)
         self.modes: dict[str, str] = {}
         self.retry_after = "7"
+        #: the body of 401/403/404 answers (each provider documents its own)
+        self.error_body: object = {"error": "nope"}
+        self.slow_interval = 0.2
+        self.huge_bytes = 600 * 1024 * 1024
+        self.sent_bytes = 0
+        #: WattTime: the account, the tokens it has issued (clear to expire them), the regions
+        #: its plan gives co2_moer for (a free plan: CAISO_NORTH only)
+        self.watttime_login = ("wt-user", "wt-Pa55word")
+        self.watttime_tokens: set[str] = set()
+        self.watttime_regions = {"CAISO_NORTH"}
+        #: ENTSO-E: the security token it accepts, and MW per production type
+        self.entsoe_token = "entsoe-S3cret-T0ken"
+        self.entsoe_mw = {"B04": 300.0, "B19": 100.0, "B16": 100.0}
+        #: US EIA: the API key it accepts, MWh per fuel each hour, how late hours are published
+        self.eia_key = "eia-K3y-0001"
+        self.eia_mwh: dict[str, object] = {"NG": "600", "SUN": 200, "WND": 200.0, "BAT": -50}
+        self.eia_lag_h = 3
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -117,7 +197,7 @@ class FakeServer:
     # ------------------------------------------------------------------ dispatch
 
     def _mode(self, path: str) -> str:
-        for prefix, mode in self.modes.items():
+        for prefix, mode in sorted(self.modes.items(), key=lambda kv: -len(kv[0])):
             if path.startswith(prefix):
                 return mode
         return "ok"
@@ -133,17 +213,25 @@ class FakeServer:
         if mode == "timeout":
             self.release.wait(10)
             return
-        if mode in ("401", "403", "500"):
-            return self._send(h, int(mode), {"error": "nope"})
+        if mode in ("401", "403", "404"):
+            return self._send(h, int(mode), self.error_body)
+        if mode == "500":
+            return self._send(h, 500, {"error": "nope"})
+        if mode == "slow":
+            return self._slow(h)
+        if mode in ("huge", "huge-declared"):
+            return self._huge(h, declared=mode == "huge-declared")
         if mode == "429":
             return self._send(h, 429, {"error": "slow down"}, {"Retry-After": self.retry_after})
         if mode == "malformed":
             return self._send_raw(h, 200, b"{not json")
         try:
-            body = self._answer(req, mode)
+            status, body = self._answer(req, mode)
         except LookupError as exc:
             return self._send(h, 404, {"error": str(exc)})
-        self._send(h, *body)
+        if isinstance(body, _Raw):
+            return self._send_raw(h, status, body.data, content_type=body.content_type)
+        self._send(h, status, body)
 
     def _send(
         self,
@@ -160,10 +248,11 @@ class FakeServer:
         status: int,
         data: bytes,
         headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
     ) -> None:
         try:
             h.send_response(status)
-            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Type", content_type)
             h.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 h.send_header(k, v)
@@ -172,12 +261,50 @@ class FakeServer:
         except OSError:
             pass
 
+    def _slow(self, h: BaseHTTPRequestHandler) -> None:
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", "100000")
+            h.end_headers()
+            while not self.release.wait(self.slow_interval):
+                h.wfile.write(b" ")
+                h.wfile.flush()
+        except OSError:
+            pass
+
+    def _huge(self, h: BaseHTTPRequestHandler, declared: bool) -> None:
+        chunk = b"[" * 65536
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            if declared:
+                h.send_header("Content-Length", str(self.huge_bytes))
+            else:
+                h.send_header("Connection", "close")
+            h.end_headers()
+            sent = 0
+            while sent < self.huge_bytes and not self.release.is_set():
+                h.wfile.write(chunk)
+                sent += len(chunk)
+                with self._lock:
+                    self.sent_bytes = sent
+        except OSError:
+            pass
+        h.close_connection = True
+
     # ------------------------------------------------------------------ provider answers
 
     def _answer(self, req: Request, mode: str) -> tuple[int, object]:
         now = datetime.fromtimestamp(self.clock(), UTC)
         p = req.path
-        if p.startswith("/v3/carbon-intensity/"):
+        if p == "/login" or (p.startswith("/v3/") and not p.startswith("/v3/carbon-intensity")):
+            return self._watttime(req, now)
+        if p == "/api":
+            return self._entsoe(req, now)
+        if p == "/v2/electricity/rto/fuel-type-data/data/":
+            return self._eia(req, now)
+        if p.startswith(("/v3/carbon-intensity/", "/v4/carbon-intensity/")):
             zone = req.query.get("zone", [""])[0]
             if mode == "unknown-zone":
                 # Electricity Maps answers a zone it does not know with a client error.
@@ -200,7 +327,10 @@ class FakeServer:
                     }
                     for k in range(24)
                 ]
-                return 200, {"zone": zone, "forecast": items, "updatedAt": _z(now)}
+                body: dict[str, object] = {"zone": zone, "forecast": items, "updatedAt": _z(now)}
+                if p.startswith("/v4/"):
+                    body["temporalGranularity"] = req.query.get("temporalGranularity", ["?"])[0]
+                return 200, body
         if p.startswith("/intensity/"):
             segs = p.split("/")[2:]
             start = _parse_gb(segs[0])
@@ -255,6 +385,143 @@ class FakeServer:
                 "dataset": dataset,
                 "records": records,
             }
+        raise LookupError(f"no route {p}")
+
+    def _entsoe(self, req: Request, now: datetime) -> tuple[int, object]:
+        """ENTSO-E A75: XML documents, an acknowledgement when there is no data."""
+        q = {k: v[0] for k, v in req.query.items()}
+        if q.get("securityToken") != self.entsoe_token:
+            return 401, _Raw(b"<html><body><h1>Unauthorized</h1></body></html>", "text/html")
+        if q.get("documentType") != "A75" or q.get("processType") != "A16":
+            return 400, _Raw(_entsoe_ack("999", "Invalid document type"), "text/xml")
+        domain = q.get("in_Domain", "")
+        if domain not in ("10Y1001A1001A82H", "10YDK-1--------W"):
+            text = f"No matching data found for Data item ACTUAL_GENERATION [{domain}]"
+            return 200, _Raw(_entsoe_ack("999", text), "text/xml")
+        start = datetime.strptime(q["periodStart"], "%Y%m%d%H%M").replace(tzinfo=UTC)
+        end = min(
+            datetime.strptime(q["periodEnd"], "%Y%m%d%H%M").replace(tzinfo=UTC), _floor(now, 15)
+        )
+        series = []
+        for psr, mw in self.entsoe_mw.items():
+            hourly = psr == "B04"
+            step = 60 if hourly else 15
+            stop = _floor(end, 60) if hourly else end
+            n = int((stop - start).total_seconds() // (step * 60))
+            # curve A03 (B16): only changes are given
+            points = [(1, mw)] if psr == "B16" else [(k + 1, mw) for k in range(n)]
+            series.append(
+                _entsoe_series(psr, start, stop, step, points, "A03" if psr == "B16" else "A01")
+            )
+        # pumping: consumption, to be left out
+        series.append(_entsoe_series("B10", start, end, 15, [(1, 500.0)], "A03", out_domain=domain))
+        doc = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<GL_MarketDocument xmlns="urn:iec62325.351:tc57wg16:451-6:generationloaddocument:3:0">'
+            "<mRID>fake</mRID><type>A75</type><process.processType>A16</process.processType>"
+            + "".join(series)
+            + "</GL_MarketDocument>"
+        )
+        return 200, _Raw(doc.encode(), "text/xml")
+
+    def _eia(self, req: Request, now: datetime) -> tuple[int, object]:
+        """US EIA v2 fuel-type-data: hour-ending periods, newest first."""
+        q = {k: v[0] for k, v in req.query.items()}
+        if q.get("api_key") != self.eia_key:
+            return 403, {
+                "error": {
+                    "code": "API_KEY_INVALID",
+                    "message": "An invalid api_key was supplied. Get one at https://api.eia.gov:443",
+                }
+            }
+        respondent = q.get("facets[respondent][]", "")
+        data: list[dict[str, object]] = []
+        if respondent in ("CISO", "PJM"):
+            newest = _floor(now, 60) - timedelta(hours=self.eia_lag_h)
+            start = datetime.strptime(q["start"], "%Y-%m-%dT%H").replace(tzinfo=UTC)
+            t = newest
+            while t > start:
+                for fuel, mwh in self.eia_mwh.items():
+                    if t == newest and fuel != "NG":
+                        continue  # the newest hour: only gas has reported yet
+                    data.append(
+                        {
+                            "period": t.strftime("%Y-%m-%dT%H"),
+                            "respondent": respondent,
+                            "respondent-name": "California Independent System Operator",
+                            "fueltype": fuel,
+                            "type-name": fuel,
+                            "value": mwh,
+                            "value-units": "megawatthours",
+                        }
+                    )
+                t -= timedelta(hours=1)
+        return 200, {
+            "response": {
+                "total": len(data),
+                "dateFormat": 'YYYY-MM-DD"T"HH24',
+                "frequency": "hourly",
+                "data": data,
+                "description": "Hourly net generation by balancing authority and energy source.",
+            },
+            "request": {"command": "/v2/electricity/rto/fuel-type-data/data/"},
+            "apiVersion": "2.1.8",
+        }
+
+    def _watttime(self, req: Request, now: datetime) -> tuple[int, object]:
+        """WattTime v3: basic-auth login for a bearer token, then data with the token."""
+        import base64
+
+        p = req.path
+        if p == "/login":
+            user, password = self.watttime_login
+            expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            if req.headers.get("authorization") != expected:
+                return 403, {"error": "Forbidden", "message": "Invalid username or password."}
+            with self._lock:
+                token = f"wt-jwt-{len(self.watttime_tokens) + len(self.requests)}"
+                self.watttime_tokens.add(token)
+            return 200, {"token": token}
+        auth = req.headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in self.watttime_tokens:
+            return 401, {"error": "Unauthorized", "message": "Token is invalid or expired."}
+        q = {k: v[0] for k, v in req.query.items()}
+        if p == "/v3/region-from-loc":
+            lat, lon = float(q["latitude"]), float(q["longitude"])
+            if not (36 < lat < 42 and -125 < lon < -119):
+                return 400, {"error": "Bad Request", "message": "Coordinates not in a region."}
+            return 200, {
+                "region": "CAISO_NORTH",
+                "region_full_name": "California ISO Northern",
+                "signal_type": q["signal_type"],
+            }
+        region = q.get("region", "")
+        t = _floor(now, 5)
+        meta = {
+            "region": region,
+            "signal_type": q.get("signal_type"),
+            "data_point_period_seconds": 300,
+            "generated_at": _z(t),
+            "model": {"date": "2026-01-01"},
+        }
+        if p == "/v3/signal-index":
+            point = {"point_time": t.isoformat(), "value": 43.0}
+            return 200, {"data": [point], "meta": meta | {"units": "percentile"}}
+        if p == "/v3/forecast":
+            if region not in self.watttime_regions:
+                return 403, {
+                    "error": "Forbidden",
+                    "message": f"Your plan does not include access to co2_moer for {region}.",
+                }
+            n = 1 if q.get("horizon_hours") == "0" else 24 * 12
+            data = [
+                {
+                    "point_time": (t + timedelta(minutes=5 * k)).isoformat(),
+                    "value": self.value("watttime", (t + timedelta(minutes=5 * k)).timestamp()),
+                }
+                for k in range(n)
+            ]
+            return 200, {"data": data, "meta": meta | {"units": "lbs_co2_per_mwh"}}
         raise LookupError(f"no route {p}")
 
     def _em_item(self, zone: str, t: datetime, now: datetime) -> dict[str, object]:

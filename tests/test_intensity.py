@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import carbonctx
 from carbonctx._carbon.intensity import Intensity
 from carbonctx._carbon.service import IntensityService
 from carbonctx._carbon.windows import Window, lowest_carbon_window, mean_over
@@ -163,11 +164,14 @@ def test_bundled_data_carries_its_attribution() -> None:
         "us-states-egrid2023.csv",
         "gcp-regions-2024.csv",
         "cloud-region-zones.csv",
+        "entsoe-lifecycle-factors.csv",
     ):
         assert (DATA / name).is_file()
         assert name in sources
-    for licence in ("CC BY 4.0", "public domain", "Apache-2.0"):
+    for licence in ("CC BY 4.0", "public domain", "Apache-2.0", "IPCC"):
         assert licence in sources
+    licence_file = (DATA.parent.parent.parent / "LICENSE").read_text(encoding="utf-8")
+    assert "entsoe-lifecycle-factors.csv" in licence_file
 
 
 # --------------------------------------------------------------------------- settings
@@ -208,6 +212,9 @@ def test_url_precedence() -> None:
         "electricitymaps": "https://api.electricitymaps.com",
         "gb": "https://api.carbonintensity.org.uk",
         "dk": "https://api.energidataservice.dk",
+        "watttime": "https://api.watttime.org",
+        "entsoe": "https://web-api.tp.entsoe.eu",
+        "eia": "https://api.eia.gov",
     }
 
 
@@ -328,3 +335,41 @@ def test_lowest_carbon_window_respects_not_before_and_gaps() -> None:
     w1 = lowest_carbon_window(periods, 1, not_before=T0 + 1800)
     assert w1 is not None and w1.start == datetime.fromtimestamp(T0 + 3 * 3600, UTC)
     assert lowest_carbon_window(periods, 0) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "zone", "table"),
+    [
+        ({"AWS_REGION": "us-west-2"}, "US-NW-BPAT", "United States"),  # Oregon: BPA
+        ({"GOOGLE_CLOUD_REGION": "us-west1"}, "US-NW-BPAT", None),  # Google's own 2024 row
+        ({"REGION_NAME": "West US 2"}, "US-NW-GCPD", "Washington"),  # Quincy, WA
+        ({"REGION_NAME": "West US 3"}, "US-SW-AZPS", "Arizona"),
+        ({"REGION_NAME": "North Central US"}, "US-MIDA-PJM", "United States"),  # Illinois
+        ({"AWS_REGION": "eu-central-2"}, "CH", "Switzerland"),  # opened since the CCF table
+        ({"AWS_REGION": "ap-southeast-4"}, "AU-VIC", "Australia"),
+        ({"REGION_NAME": "Italy North"}, "IT-NO", "Italy"),
+        ({"GOOGLE_CLOUD_REGION": "me-west1"}, "IL", None),  # Google's own row
+    ],
+)
+def test_cloud_regions_map_to_their_grid(env: dict[str, str], zone: str, table: str | None) -> None:
+    s = svc(env=env)
+    assert s.zone_choice.zone == zone
+    if table is not None:
+        assert s.current().dataset.endswith(table)
+
+
+def test_carbon_settings_reach_configure_and_are_checked_there() -> None:
+    """The live providers' settings are configure() keywords, checked when given."""
+    with pytest.raises(carbonctx.ConfigurationError, match="signal"):
+        carbonctx.configure(signal="bogus")
+    s = carbonctx.configure(signal="marginal", latitude=55.7, longitude=12.6, deadline_s=5.0)
+    kw = s.intensity_kwargs()
+    assert (kw["signal"], kw["latitude"], kw["longitude"], kw["deadline_s"]) == (
+        "marginal",
+        55.7,
+        12.6,
+        5.0,
+    )
+    secret = "tok-" + "x" * 12
+    s = carbonctx.configure(entsoe_token=secret)
+    assert secret not in repr(s)

@@ -49,7 +49,7 @@ def test_current_value_from_the_table(clean_env: None, capsys: pytest.CaptureFix
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "Zone DE (chosen by argument)" in out
-    assert "342.1 gCO2e/kWh (table; Ember yearly 2024 (CC BY 4.0): Germany)" in out
+    assert "342.1 gCO2e/kWh (table; Ember yearly 2024 (CC BY 4.0): Germany; average)" in out
 
 
 def test_json_output(clean_env: None, capsys: pytest.CaptureFixture[str]) -> None:

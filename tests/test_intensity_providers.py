@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from carbonctx._carbon.service import IntensityService
-from carbonctx.errors import CarbonctxWarning, IntensityWarning
+from carbonctx.errors import CarbonctxWarning, ConfigurationError, IntensityWarning
 from intensity_server import FakeClock, FakeServer, closed_port_url
 
 UTC = timezone.utc
@@ -155,7 +155,7 @@ def test_time_weighted_co2_across_a_change_of_intensity(
 
 FAILURES = [
     ("401", "auth", "HTTP 401"),
-    ("403", "auth", "HTTP 403"),
+    ("403", "forbidden", "HTTP 403"),
     ("429", "rate-limited", "HTTP 429"),
     ("500", "server", "HTTP 500"),
     ("malformed", "malformed", "not JSON"),
@@ -365,3 +365,21 @@ def test_dk_request_limit_holds_back_a_retry_without_warning(
     assert server.count("/dataset/CO2Emis") == 2
     assert s.current().source == "live"
     s.close()
+
+
+def test_em_v4_beside_v3(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.value = lambda provider, t: 210.0
+    s = make("electricitymaps", server.url, tmp_path, client, clock, electricitymaps_api="v4")
+    s.refresh(wait=True, forecast=True)
+    req = server.last("/v4/carbon-intensity/latest")
+    assert req.query == {"zone": ["DE"], "temporalGranularity": ["hourly"]}
+    assert req.headers["auth-token"] == TOKEN
+    assert server.count("/v3/") == 0 and server.count("/v4/carbon-intensity/history") == 1
+    cur = s.current()
+    assert cur.g_per_kwh == 210.0 and cur.dataset == "Electricity Maps v4 latest"
+    fc = s.forecast(clock(), clock() + 3 * 3600)
+    assert fc is not None and fc[0].dataset == "Electricity Maps v4 forecast"
+    with pytest.raises(ConfigurationError, match="'v3' or 'v4'"):
+        IntensityService(env={"CARBONCTX_ELECTRICITYMAPS_API": "v5"})

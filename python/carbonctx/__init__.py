@@ -111,6 +111,16 @@ def configure(
     electricitymaps_token: str | None = None,
     urls: Mapping[str, str] | None = None,
     cache_dir: str | None = None,
+    signal: str | None = None,
+    deadline_s: float | None = None,
+    entsoe_token: str | None = None,
+    eia_key: str | None = None,
+    electricitymaps_api: str | None = None,
+    watttime_username: str | None = None,
+    watttime_password: str | None = None,
+    watttime_region: str | None = None,
+    latitude: float | None = None,
+    longitude: float | None = None,
     sys_root: str | None = None,
     dev_root: str | None = None,
     proc_root: str | None = None,
@@ -134,7 +144,11 @@ def configure(
     Output: ``output`` (a JSON Lines path, one record per region), ``summary_at_exit``.
     Behaviour: ``strict`` (raise instead of degrading), ``window`` (recent regions kept),
     ``on_fork`` (``"restart"``: a forked child starts its own sampler; ``"disable"``).
-    Carbon: ``zone``, ``pue``, ``providers``, ``electricitymaps_token``, ``urls``, ``cache_dir``.
+    Carbon: ``zone``, ``pue``, ``providers``, ``electricitymaps_token``, ``urls``, ``cache_dir``,
+    ``signal`` (``"average"`` or ``"marginal"``: which intensity CO2 uses), ``deadline_s`` (per
+    request), ``entsoe_token``, ``eia_key``, ``electricitymaps_api`` (``"v3"``, ``"v4"``),
+    ``watttime_username``, ``watttime_password``, ``watttime_region``, ``latitude`` and
+    ``longitude`` (where the machine is, for providers that take coordinates).
     Hardware roots (for simulated hardware): ``sys_root``, ``dev_root``, ``proc_root``,
     ``nvml_library``.
     Distributed jobs (each overrides what the launcher says): ``rank``, ``local_rank``,

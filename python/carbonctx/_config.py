@@ -82,6 +82,16 @@ class Settings:
     electricitymaps_token: str | None = attrs.field(default=None, repr=False)
     urls: Mapping[str, str] | None = None
     cache_dir: str | None = None
+    signal: str | None = None
+    deadline_s: float | None = None
+    entsoe_token: str | None = attrs.field(default=None, repr=False)
+    eia_key: str | None = attrs.field(default=None, repr=False)
+    electricitymaps_api: str | None = None
+    watttime_username: str | None = attrs.field(default=None, repr=False)
+    watttime_password: str | None = attrs.field(default=None, repr=False)
+    watttime_region: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
     # Distributed jobs (None: what the launcher says; see _distributed)
     rank: int | None = None
     local_rank: int | None = None
@@ -108,7 +118,24 @@ class Settings:
             "electricitymaps_token": self.electricitymaps_token,
             "urls": self.urls,
             "cache_dir": self.cache_dir,
+            **{name: getattr(self, name) for name in LIVE_CARBON_SETTINGS},
         }
+
+
+#: Carbon settings of the live providers, passed to the intensity service as they are (the
+#: service validates them with their variables, in ``carbon_settings``).
+LIVE_CARBON_SETTINGS = (
+    "signal",
+    "deadline_s",
+    "entsoe_token",
+    "eia_key",
+    "electricitymaps_api",
+    "watttime_username",
+    "watttime_password",
+    "watttime_region",
+    "latitude",
+    "longitude",
+)
 
 
 def _bool(name: str, value: str) -> bool:
@@ -299,6 +326,11 @@ def build(
 
 
 def validate(s: Settings) -> None:
+    # The carbon settings are checked where the intensity service checks them, now rather than
+    # at the first region (a bad value is a ConfigurationError naming it).
+    carbon = s.intensity_kwargs()
+    del carbon["zone"]
+    carbon_settings(**carbon)
     if s.node_sampler is not None and not isinstance(s.node_sampler, bool):
         raise ConfigurationError(
             f"node_sampler={s.node_sampler!r}: use True, False or None (on in a multi-rank node)"
@@ -360,6 +392,9 @@ DEFAULT_URLS: dict[str, str] = {
     "electricitymaps": "https://api.electricitymaps.com",
     "gb": "https://api.carbonintensity.org.uk",
     "dk": "https://api.energidataservice.dk",
+    "watttime": "https://api.watttime.org",
+    "entsoe": "https://web-api.tp.entsoe.eu",
+    "eia": "https://api.eia.gov",
 }
 PROVIDER_IDS: tuple[str, ...] = tuple(DEFAULT_URLS)
 
@@ -376,6 +411,24 @@ class CarbonSettings:
     provider_ids: tuple[str, ...]
     urls: Mapping[str, str]
     cache_dir: Path
+    #: which intensity CO2 uses: "average" (of the generation mix) or "marginal"
+    signal: str = "average"
+    #: seconds one provider request may take in all, however slowly its bytes arrive
+    deadline_s: float = 20.0
+    entsoe_token: str | None = attrs.field(default=None, repr=False)
+    eia_key: str | None = attrs.field(default=None, repr=False)
+    #: Electricity Maps API version: "v3" or "v4"
+    electricitymaps_api: str = "v3"
+    watttime_username: str | None = attrs.field(default=None, repr=False)
+    watttime_password: str | None = attrs.field(default=None, repr=False)
+    #: a WattTime region (``CAISO_NORTH``); else found from the coordinates
+    watttime_region: str | None = None
+    #: where the machine is (degrees), for providers that find a region from coordinates
+    latitude: float | None = None
+    longitude: float | None = None
+
+
+SIGNALS: tuple[str, ...] = ("average", "marginal")
 
 
 def carbon_settings(
@@ -385,6 +438,16 @@ def carbon_settings(
     electricitymaps_token: str | None = None,
     urls: Mapping[str, str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    signal: str | None = None,
+    deadline_s: float | None = None,
+    entsoe_token: str | None = None,
+    eia_key: str | None = None,
+    electricitymaps_api: str | None = None,
+    watttime_username: str | None = None,
+    watttime_password: str | None = None,
+    watttime_region: str | None = None,
+    latitude: float | None = None,
+    longitude: float | None = None,
     env: Mapping[str, str] | None = None,
 ) -> CarbonSettings:
     """Validate the carbon settings; raises ConfigurationError naming the setting."""
@@ -409,7 +472,40 @@ def carbon_settings(
     elif env.get("CARBONCTX_PROVIDERS", "").strip():
         ids = parse_providers(env["CARBONCTX_PROVIDERS"], "CARBONCTX_PROVIDERS")
     else:
-        ids = ("electricitymaps",) if token else ()
+        ids = ()
+    wt_user = _secret(watttime_username, "watttime_username", env, "CARBONCTX_WATTTIME_USERNAME")
+    wt_pass = _secret(watttime_password, "watttime_password", env, "CARBONCTX_WATTTIME_PASSWORD")
+    entsoe = _secret(entsoe_token, "entsoe_token", env, "CARBONCTX_ENTSOE_TOKEN")
+    eia = _secret(eia_key, "eia_key", env, "CARBONCTX_EIA_KEY")
+    em_api = (electricitymaps_api or env.get("CARBONCTX_ELECTRICITYMAPS_API", "") or "v3").strip()
+    if em_api.lower() not in ("v3", "v4"):
+        raise ConfigurationError(
+            f"electricitymaps_api={em_api!r} (CARBONCTX_ELECTRICITYMAPS_API): use 'v3' or 'v4'."
+        )
+    if not ids:
+        ids = (
+            (("electricitymaps",) if token else ())
+            + (("watttime",) if wt_user and wt_pass else ())
+            + (("entsoe",) if entsoe else ())
+            + (("eia",) if eia else ())
+        )
+    if "watttime" in ids and not (wt_user and wt_pass):
+        raise ConfigurationError(
+            "The watttime provider needs CARBONCTX_WATTTIME_USERNAME and "
+            "CARBONCTX_WATTTIME_PASSWORD (or watttime_username and watttime_password)."
+        )
+    region = watttime_region or env.get("CARBONCTX_WATTTIME_REGION", "").strip() or None
+    if region is not None and not (region.replace("_", "").replace("-", "").isalnum()):
+        raise ConfigurationError(
+            f"watttime_region={region!r}: give a WattTime region code, e.g. 'CAISO_NORTH'."
+        )
+    lat = _coordinate(latitude, "latitude", env, "CARBONCTX_LATITUDE", 90.0)
+    lon = _coordinate(longitude, "longitude", env, "CARBONCTX_LONGITUDE", 180.0)
+    if (lat is None) != (lon is None):
+        raise ConfigurationError(
+            "Give both latitude and longitude (CARBONCTX_LATITUDE, CARBONCTX_LONGITUDE), or "
+            "neither."
+        )
 
     url_args = dict(urls or {})
     for key in url_args:
@@ -433,6 +529,20 @@ def carbon_settings(
         cache = Path(env["CARBONCTX_CACHE_DIR"].strip()).expanduser()
     else:
         cache = default_cache_dir(env)
+    if signal is not None:
+        signal_value = parse_signal(signal, "signal")
+    else:
+        signal_value = parse_signal(
+            env.get("CARBONCTX_SIGNAL", "") or "average", "CARBONCTX_SIGNAL"
+        )
+    if deadline_s is not None:
+        deadline = parse_deadline(deadline_s, "deadline_s")
+    elif env.get("CARBONCTX_INTENSITY_DEADLINE", "").strip():
+        deadline = parse_deadline(
+            env["CARBONCTX_INTENSITY_DEADLINE"].strip(), "CARBONCTX_INTENSITY_DEADLINE"
+        )
+    else:
+        deadline = 20.0
     return CarbonSettings(
         pue=pue_value,
         pue_source=pue_source,
@@ -440,7 +550,67 @@ def carbon_settings(
         provider_ids=ids,
         urls=resolved,
         cache_dir=cache,
+        signal=signal_value,
+        deadline_s=deadline,
+        entsoe_token=entsoe,
+        eia_key=eia,
+        electricitymaps_api=em_api.lower(),
+        watttime_username=wt_user,
+        watttime_password=wt_pass,
+        watttime_region=region,
+        latitude=lat,
+        longitude=lon,
     )
+
+
+def _secret(given: str | None, name: str, env: Mapping[str, str], var: str) -> str | None:
+    if given is not None:
+        return check_token(given, name)
+    return check_token(env.get(var, ""), var)
+
+
+def _coordinate(
+    given: float | None, name: str, env: Mapping[str, str], var: str, limit: float
+) -> float | None:
+    value: object = given
+    setting = name
+    if value is None:
+        text = env.get(var, "").strip()
+        if not text:
+            return None
+        value, setting = text, var
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        x = math.nan
+    if not (math.isfinite(x) and -limit <= x <= limit):
+        raise ConfigurationError(
+            f"{setting}={value!r}: give degrees between -{limit:g} and {limit:g}."
+        )
+    return x
+
+
+def parse_signal(value: object, setting: str) -> str:
+    text = str(value).strip().lower()
+    if text not in SIGNALS:
+        raise ConfigurationError(
+            f"{setting}={value!r}: use 'average' (emissions of the generation mix per kWh, the "
+            "default) or 'marginal' (of the generation that answers a change in demand)."
+        )
+    return text
+
+
+def parse_deadline(value: object, setting: str) -> float:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= 600):
+        raise ConfigurationError(
+            f"{setting}={value!r}: give the seconds one provider request may take in all, "
+            "more than 0 and at most 600 (default 20)."
+        )
+    return seconds
 
 
 def parse_pue(value: object, setting: str) -> float:
@@ -497,7 +667,7 @@ def check_token(value: str, setting: str) -> str | None:
         # Say nothing of the token itself: it is a secret.
         raise ConfigurationError(
             f"{setting} holds characters that cannot go in an HTTP header (spaces, line breaks "
-            "or non-ASCII). Copy the token again from your Electricity Maps account."
+            "or non-ASCII). Copy it again from your provider account."
         )
     return token
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -19,7 +20,14 @@ import attrs
 
 from carbonctx._carbon.intensity import Intensity
 
-__all__ = ["CachedSeries", "DiskCache", "Failure", "atomic_write_json"]
+__all__ = ["CachedSeries", "DiskCache", "Failure", "UnusableCache", "atomic_write_json"]
+
+#: A cache file larger than this is not read.
+MAX_CACHE_BYTES = 16 * 1024 * 1024
+
+
+class UnusableCache(Exception):
+    """A cache file is there but cannot be trusted (damaged, or values no provider gives)."""
 
 
 @attrs.define
@@ -115,17 +123,78 @@ class DiskCache:
         with contextlib.suppress(OSError):
             atomic_write_json(self.path(kind), data)
 
-    def read(self, kind: str) -> tuple[object, list[Intensity], Failure | None] | None:
-        """(fetched_at, periods, failure) from disk, or None when there is nothing usable."""
+    def read(self, kind: str) -> tuple[float | None, list[Intensity], Failure | None] | None:
+        """(fetched_at, periods, failure) from disk; None when there is no file or it cannot be
+        opened; raises :class:`UnusableCache` (saying why) when it is there but not usable:
+        every value is checked (finite, non-negative, plausible, of the right type)."""
+        path = self.path(kind)
         try:
-            data: Any = json.loads(self.path(kind).read_text(encoding="utf-8"))
-            fetched_at = data.get("fetched_at")
-            failure = data.get("failure")
-            periods = [Intensity.from_dict(d) for d in data.get("periods", [])]
-            fail = Failure(**failure) if isinstance(failure, dict) else None
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            with open(path, "rb") as f:
+                raw = f.read(MAX_CACHE_BYTES + 1)
+        except OSError:
             return None
-        return fetched_at, periods, fail
+        try:
+            if len(raw) > MAX_CACHE_BYTES:
+                raise ValueError("the file is too large")
+            data: Any = json.loads(raw, parse_constant=_refuse_constant)
+            return self._check(kind, data)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise UnusableCache(f"{path}: {why or type(exc).__name__}") from None
+
+    def _check(self, kind: str, data: Any) -> tuple[float | None, list[Intensity], Failure | None]:
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        if (data.get("format"), data.get("provider"), data.get("zone"), data.get("kind")) != (
+            1,
+            self.provider_id,
+            self.zone,
+            kind,
+        ):
+            raise ValueError("written for another format, provider, zone or kind")
+        fetched_at = data.get("fetched_at")
+        if fetched_at is not None and not _finite(fetched_at):
+            raise TypeError("fetched_at is not a time")
+        failure = data.get("failure")
+        fail: Failure | None = None
+        if failure is not None:
+            if not isinstance(failure, dict) or set(failure) != {
+                "kind",
+                "reason",
+                "attempts",
+                "until",
+            }:
+                raise TypeError("failure is not a failure record")
+            ok = (
+                isinstance(failure["kind"], str)
+                and isinstance(failure["reason"], str)
+                and isinstance(failure["attempts"], int)
+                and not isinstance(failure["attempts"], bool)
+                and _finite(failure["until"])
+            )
+            if not ok:
+                raise TypeError("failure has values of the wrong type")
+            fail = Failure(**failure)
+        items = data.get("periods")
+        if not isinstance(items, list):
+            raise TypeError("periods is not a list")
+        periods = []
+        for d in items:
+            if not isinstance(d, dict):
+                raise TypeError("a period is not an object")
+            p = Intensity.from_dict(d)
+            if p.zone != self.zone:
+                raise ValueError("a period is for another zone")
+            periods.append(p)
+        return (None if fetched_at is None else float(fetched_at)), periods, fail
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} in the file")
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def atomic_write_json(path: Path, data: object) -> None:

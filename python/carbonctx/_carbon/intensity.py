@@ -3,15 +3,29 @@ providers share to read and write one."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 import attrs
 
-__all__ = ["UTC", "Intensity", "iso_or_none", "parse_time", "utc_from_timestamp"]
+__all__ = [
+    "MAX_G_PER_KWH",
+    "SIGNALS",
+    "UTC",
+    "Intensity",
+    "iso_or_none",
+    "parse_time",
+    "utc_from_timestamp",
+]
 
 UTC = timezone.utc
+#: The highest intensity taken as real: above any grid's (lignite is about 1,100 g/kWh
+#: lifecycle; marginal signals reach about 1,500). Larger values are rejected as errors.
+MAX_G_PER_KWH = 3000.0
+#: The kinds of intensity: of the generation mix, or of the generation that answers a change.
+SIGNALS = ("average", "marginal")
 
 
 @attrs.frozen
@@ -35,6 +49,9 @@ class Intensity:
     fetched_at: datetime | None
     is_estimated: bool | None = None
     note: str | None = None
+    #: ``"average"`` (emissions of the generation mix per kWh) or ``"marginal"`` (of the
+    #: generation that would answer one more kWh now)
+    signal: str = "average"
 
     def covers(self, t: float) -> bool:
         """Whether Unix time ``t`` lies in ``[valid_from, valid_to)``."""
@@ -55,17 +72,31 @@ class Intensity:
             "fetched_at": iso_or_none(self.fetched_at),
             "is_estimated": self.is_estimated,
             "note": self.note,
+            "signal": self.signal,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Intensity:
-        """Inverse of :meth:`to_dict` (used by the disk cache)."""
+        """Inverse of :meth:`to_dict` (used by the disk cache); raises ValueError or TypeError
+        for anything that :meth:`to_dict` would not have written, or an unusable value."""
+        g = d["g_per_kwh"]
+        if isinstance(g, bool) or not isinstance(g, (int, float)):
+            raise TypeError("g_per_kwh is not a number")
+        if not (math.isfinite(g) and 0.0 <= g <= MAX_G_PER_KWH):
+            raise ValueError("g_per_kwh is not a usable intensity")
+        for key in ("zone", "source", "provider", "dataset"):
+            if not isinstance(d[key], str):
+                raise TypeError(f"{key} is not a string")
+        signal = d.get("signal", "average")
+        if signal not in SIGNALS:
+            raise ValueError("unknown signal")
         return cls(
-            g_per_kwh=float(d["g_per_kwh"]),
-            zone=str(d["zone"]),
-            source=str(d["source"]),
-            provider=str(d["provider"]),
-            dataset=str(d["dataset"]),
+            g_per_kwh=float(g),
+            signal=signal,
+            zone=d["zone"],
+            source=d["source"],
+            provider=d["provider"],
+            dataset=d["dataset"],
             valid_from=parse_time(d["valid_from"]) if d.get("valid_from") else None,
             valid_to=parse_time(d["valid_to"]) if d.get("valid_to") else None,
             fetched_at=parse_time(d["fetched_at"]) if d.get("fetched_at") else None,

@@ -1,5 +1,6 @@
 """Keeping the cache fresh: fetch from the zone's provider off the caller's thread, back off
-after failures, and warn once per provider and kind of failure.
+after failures, and warn once per series (and endpoint) and kind of failure, again after that
+series has worked in between (a token revoked later is warned).
 
 :class:`Refresher` owns the cached series (memory and disk), the one refresh thread and the HTTP
 client; the service reads the series under :attr:`Refresher.lock`.
@@ -14,15 +15,15 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from carbonctx._carbon.cache import CachedSeries, DiskCache, Failure
+from carbonctx._carbon.cache import CachedSeries, DiskCache, Failure, UnusableCache
 from carbonctx._carbon.intensity import Intensity
-from carbonctx._carbon.providers import Provider, ProviderError
+from carbonctx._carbon.providers import Fetched, Provider, ProviderError
 from carbonctx.errors import IntensityWarning
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["BACKOFF_BASE", "BACKOFF_MAX", "KEEP_HISTORY_S", "Refresher"]
+__all__ = ["BACKOFF_BASE", "BACKOFF_MAX", "KEEP_HISTORY_S", "Refresher", "backoff"]
 
 #: First back-off delay per kind of failure, in seconds; it doubles with each further failure.
 BACKOFF_BASE: dict[str, float] = {
@@ -35,17 +36,43 @@ BACKOFF_BASE: dict[str, float] = {
     "http": 600.0,
     "error": 600.0,
     "auth": 3600.0,
+    "forbidden": 3600.0,
     "unknown-zone": 86400.0,
 }
 BACKOFF_MAX = 6 * 3600.0
+#: The longest any back-off holds, even one read from another process's cache file.
+HOLD_MAX = 86400.0
 KEEP_HISTORY_S = 48 * 3600.0
+#: How long ``close()`` waits for a fetch in flight; the thread is a daemon and finishes (or
+#: not) on its own, within the request's deadline.
+CLOSE_WAIT_S = 1.0
 
-_HINTS: dict[str, str] = {
-    "auth": "Check CARBONCTX_ELECTRICITYMAPS_TOKEN and that your plan covers this zone.",
-    "unknown-zone": "Check the zone (CARBONCTX_ZONE or the zone argument).",
-    "timeout": "Check the network, or the provider's CARBONCTX_<ID>_URL.",
-    "connection": "Check the network, or the provider's CARBONCTX_<ID>_URL.",
-}
+
+def _hint(provider: Provider, kind: str) -> str:
+    credentials = getattr(provider, "credentials", "")
+    url = f"CARBONCTX_{provider.id.upper()}_URL"
+    if kind == "auth" and credentials:
+        return f"Check {credentials}."
+    if kind == "forbidden":
+        return "Check that your plan covers this zone and data" + (
+            f" ({credentials})." if credentials else "."
+        )
+    if kind == "unknown-zone":
+        return "Check the zone (CARBONCTX_ZONE or the zone argument)."
+    if kind in ("timeout", "connection"):
+        return f"Check the network, or {url}."
+    return ""
+
+
+def backoff(exc: ProviderError, attempts: int) -> float:
+    """Seconds before asking again after ``attempts`` failures in a row, the last ``exc``: the
+    provider's ``Retry-After`` where it gave one (capped), else doubling from the kind's base."""
+    if exc.retry_after is not None:
+        return min(BACKOFF_MAX, max(1.0, exc.retry_after))
+    if exc.kind == "unknown-zone":
+        return BACKOFF_BASE["unknown-zone"]
+    base = BACKOFF_BASE.get(exc.kind, 600.0)
+    return min(BACKOFF_MAX, base * 2.0 ** min(attempts - 1, 20))
 
 
 class Refresher:
@@ -76,7 +103,8 @@ class Refresher:
         self._secrets = secrets
         self._client = client
         self._owns_client = client is None
-        self._warned: set[tuple[str, str]] = set()
+        self._warned: set[tuple[str, str]] = set()  # (series or endpoint, kind of failure)
+        self._unusable_warned = False
         self._pending: list[str] = []
         self._init_threading()
         for kind in self.series:
@@ -118,13 +146,21 @@ class Refresher:
         )
 
     def close(self) -> None:
+        """Stop refreshing. A fetch in flight gets ``CLOSE_WAIT_S`` to finish; past that it
+        is left to its daemon thread, which closes the client when it is done."""
         self.closed = True
         thread = self.thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=30)
-        if self._owns_client and self._client is not None:
-            self._client.close()
-            self._client = None
+            thread.join(timeout=CLOSE_WAIT_S)
+            if thread.is_alive():
+                return  # the thread closes the client (see run)
+        self._close_client()
+
+    def _close_client(self) -> None:
+        with self.lock:
+            client, self._client = self._client, None
+        if self._owns_client and client is not None:
+            client.close()
 
     def join(self, timeout: float = 30.0) -> None:
         """Wait for a background refresh to finish (for tests and orderly shutdown)."""
@@ -178,6 +214,13 @@ class Refresher:
     # ------------------------------------------------------------------ fetching
 
     def run(self, force: bool) -> None:
+        try:
+            self._run(force)
+        finally:
+            if self.closed and threading.current_thread() is self.thread:
+                self._close_client()  # close() did not wait for this fetch
+
+    def _run(self, force: bool) -> None:
         prov = self.provider
         with self._refresh_mutex:
             for kind in self.kinds():
@@ -188,14 +231,23 @@ class Refresher:
                     self.reload_disk(kind)  # another process may have fetched it already
                     if not self.due(kind, now, force):
                         continue
-                    periods = prov.fetch(self._get_client(), self.zone, kind, now)
+                    got = prov.fetch(self._get_client(), self.zone, kind, now)
                 except ProviderError as exc:
                     self._record_failure(kind, exc, now)
                 except Exception as exc:  # a bug must not kill the thread or the caller
                     err = ProviderError("error", f"{prov.id}: {type(exc).__name__}")
                     self._record_failure(kind, err, now)
                 else:
-                    self._record_success(kind, periods, now)
+                    if not isinstance(got, Fetched):
+                        got = Fetched(list(got))
+                    self._record_success(kind, got.periods, now)
+                    for endpoint, problem in got.problems:
+                        self._warn_partial(kind, endpoint, problem)
+                    if got.complete and not got.problems:  # all worked: refusals are news
+                        with self.lock:
+                            self._warned = {
+                                k for k in self._warned if not k[0].startswith(f"{kind}/")
+                            }
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -211,25 +263,38 @@ class Refresher:
         with self.lock:
             series = self.series[kind]
             attempts = series.failure.attempts + 1 if series.failure is not None else 1
-            if exc.retry_after is not None:
-                delay = max(1.0, exc.retry_after)
-            elif exc.kind == "unknown-zone":
-                delay = BACKOFF_BASE["unknown-zone"]
-            else:
-                base = BACKOFF_BASE.get(exc.kind, 600.0)
-                delay = min(BACKOFF_MAX, base * 2.0 ** min(attempts - 1, 20))
+            delay = backoff(exc, attempts)
             reason = self._scrub(exc.reason)
             series.failure = Failure(exc.kind, reason, attempts, now + delay)
-            if (prov.id, exc.kind) not in self._warned:
-                self._warned.add((prov.id, exc.kind))
-                hint = _HINTS.get(exc.kind, "")
-                what = "forecast" if kind == "forecast" else "live carbon intensity"
+            if (kind, exc.kind) not in self._warned:
+                self._warned.add((kind, exc.kind))
+                hint = _hint(prov, exc.kind)
+                if kind == "forecast":
+                    what, then = "the forecast", "No forecast until it works"
+                else:
+                    what, then = (
+                        "live carbon intensity",
+                        "Using cached values, then the yearly table",
+                    )
                 self._pending.append(
                     f"carbonctx: {what} for zone {self.zone} is unavailable: "
-                    f"{reason}. Using cached values, then the yearly table; next try in "
-                    f"{delay:.0f} s. {hint}".rstrip()
+                    f"{reason}. {then}; next try in {delay:.0f} s. {hint}".rstrip()
                 )
         self.write_disk(kind)
+
+    def _warn_partial(self, kind: str, endpoint: str, exc: ProviderError) -> None:
+        """A secondary request failed while the fetch as a whole worked: warn once per
+        endpoint and kind of failure."""
+        with self.lock:
+            key = (f"{kind}/{endpoint}", exc.kind)
+            if key in self._warned:
+                return
+            self._warned.add(key)
+            self._pending.append(
+                f"carbonctx: {endpoint} for zone {self.zone} is unavailable: "
+                f"{self._scrub(exc.reason)}. The values that came are used. "
+                f"{_hint(self.provider, exc.kind)}".rstrip()
+            )
 
     def _record_success(self, kind: str, periods: list[Intensity], now: float) -> None:
         with self.lock:
@@ -247,7 +312,19 @@ class Refresher:
             series.set_periods(merged)
             series.fetched_at = now
             series.failure = None
+            # it works again: a later failure of any kind is news, and warned
+            self._warned = {k for k in self._warned if k[0] != kind}
         self.write_disk(kind)
+
+    def _warn_unusable(self, why: str) -> None:
+        with self.lock:
+            if self._unusable_warned:  # one warning, however many files
+                return
+            self._unusable_warned = True
+            self._pending.append(
+                f"carbonctx: ignored an unusable intensity cache file ({self._scrub(why)}); "
+                "it is replaced on the next fetch."
+            )
 
     def emit_warnings(self, *, swallow: bool) -> None:
         with self.lock:
@@ -269,9 +346,21 @@ class Refresher:
         self.disk.write(kind, data)
 
     def reload_disk(self, kind: str) -> None:
-        found = self.disk.read(kind)
+        try:
+            found = self.disk.read(kind)
+        except UnusableCache as exc:
+            self._warn_unusable(str(exc))
+            return
         if found is None:
             return
         fetched_at, periods, fail = found
+        now = self.clock()
+        if fetched_at is not None and fetched_at > now + 300:
+            self._warn_unusable(f"{self.disk.path(kind)}: fetched in the future")
+            return
+        if fail is not None and fail.until > now + HOLD_MAX:
+            # no back-off this code writes holds that long: not to be trusted
+            self._warn_unusable(f"{self.disk.path(kind)}: a back-off of more than a day")
+            return
         with self.lock:
             self.series[kind].merge_from_disk(kind, self.zone, fetched_at, periods, fail)

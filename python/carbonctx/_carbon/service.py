@@ -8,15 +8,25 @@ network and never raise::
     result = svc.co2(energy_j=3.6e6, start=t0, end=t1)  # 1 kWh
     result.co2_g, result.intensity_g_per_kwh, result.periods[0].source   # ..., 342.06, "table"
 
-Live providers are opt-in: Electricity Maps when a token is given (or it is listed), ``gb`` and
-``dk`` when listed. Settings come from arguments first, then the environment (both validated
+Live providers are opt-in: Electricity Maps, ENTSO-E and EIA when a key is given (or listed),
+WattTime when its login is given, ``gb`` and ``dk`` when listed. Settings come from arguments
+first, then the environment (both validated
 in ``carbonctx._config``):
 
 ========================================  ==========================================================
 ``CARBONCTX_ZONE``                        zone code (``DE``, ``DK-DK1``, ``US-CAL-CISO``)
 ``CARBONCTX_PUE``                         power usage effectiveness, >= 1 (default 1.0)
-``CARBONCTX_PROVIDERS``                   comma list of ``electricitymaps``, ``gb``, ``dk``
+``CARBONCTX_PROVIDERS``                   comma list of ``electricitymaps``, ``gb``, ``dk``,
+                                          ``watttime``, ``entsoe``, ``eia``
+``CARBONCTX_SIGNAL``                      ``average`` (default) or ``marginal``: which CO2 uses
 ``CARBONCTX_ELECTRICITYMAPS_TOKEN``       Electricity Maps API token
+``CARBONCTX_ELECTRICITYMAPS_API``         ``v3`` (default) or ``v4``
+``CARBONCTX_ENTSOE_TOKEN``                ENTSO-E Transparency Platform security token
+``CARBONCTX_EIA_KEY``                     US EIA Open Data API key
+``CARBONCTX_WATTTIME_USERNAME``,          WattTime login (marginal ``co2_moer``), and its
+``_PASSWORD``, ``_REGION``                region (else found from the coordinates)
+``CARBONCTX_LATITUDE``, ``_LONGITUDE``    where the machine is, in degrees
+``CARBONCTX_INTENSITY_DEADLINE``          seconds one provider request may take (default 20)
 ``CARBONCTX_<ID>_URL``                    provider base URL (scheme and host)
 ``CARBONCTX_CACHE_DIR``                   where fetched values are kept between runs
 ========================================  ==========================================================
@@ -41,7 +51,7 @@ from carbonctx import _config
 from carbonctx._carbon.cache import CachedSeries, DiskCache
 from carbonctx._carbon.intensity import Intensity
 from carbonctx._carbon.live import LiveValues
-from carbonctx._carbon.providers import Provider, build_providers
+from carbonctx._carbon.providers import Limits, Provider, build_providers
 from carbonctx._carbon.refresh import Refresher
 from carbonctx._carbon.tables import table_intensity
 from carbonctx._carbon.zones import ZoneChoice, resolve_zone
@@ -70,6 +80,18 @@ class Co2:
     pue_source: str
     zone: ZoneChoice
     periods: tuple[Intensity, ...]
+    #: the signal the settings chose (``"average"`` or ``"marginal"``); see :attr:`signal`
+    signal_chosen: str = "average"
+    #: the same energy's CO2 by the other signal, where a source for it is configured (or, for
+    #: a marginal figure, the yearly average): the figure not chosen, for comparison
+    alternatives: tuple[Co2, ...] = ()
+
+    @property
+    def signal(self) -> str:
+        """The signal the figure is: ``"average"``, ``"marginal"``, or ``"mixed"`` when a
+        marginal series had gaps filled with average values."""
+        found = {p.signal for p in self.periods}
+        return found.pop() if len(found) == 1 else "mixed"
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -91,6 +113,18 @@ class Co2:
             "pue_source": self.pue_source,
             "zone": self.zone.to_dict(),
             "sources": list(self.sources),
+            "signal": self.signal,
+            "signal_chosen": self.signal_chosen,
+            "alternatives": [
+                {
+                    "signal": a.signal,
+                    "co2_g": a.co2_g,
+                    "intensity_g_per_kwh": a.intensity_g_per_kwh,
+                    "sources": list(a.sources),
+                    "providers": list(dict.fromkeys(p.provider for p in a.periods)),
+                }
+                for a in self.alternatives
+            ],
             "periods": [p.to_dict() for p in self.periods],
         }
 
@@ -115,6 +149,16 @@ class IntensityService:
         electricitymaps_token: str | None = None,
         urls: Mapping[str, str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        signal: str | None = None,
+        deadline_s: float | None = None,
+        entsoe_token: str | None = None,
+        eia_key: str | None = None,
+        electricitymaps_api: str | None = None,
+        watttime_username: str | None = None,
+        watttime_password: str | None = None,
+        watttime_region: str | None = None,
+        latitude: float | None = None,
+        longitude: float | None = None,
         client: httpx.Client | None = None,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] | None = None,
@@ -129,6 +173,16 @@ class IntensityService:
             electricitymaps_token=electricitymaps_token,
             urls=urls,
             cache_dir=cache_dir,
+            signal=signal,
+            deadline_s=deadline_s,
+            entsoe_token=entsoe_token,
+            eia_key=eia_key,
+            electricitymaps_api=electricitymaps_api,
+            watttime_username=watttime_username,
+            watttime_password=watttime_password,
+            watttime_region=watttime_region,
+            latitude=latitude,
+            longitude=longitude,
             env=env,
         )
         self.pue, self.pue_source = cs.pue, cs.pue_source
@@ -136,28 +190,68 @@ class IntensityService:
         self.urls: dict[str, str] = dict(cs.urls)
         self.cache_dir: Path = cs.cache_dir
         token = cs.electricitymaps_token
-        self._providers: tuple[Provider, ...] = build_providers(
-            cs.provider_ids, cs.urls, token, self._clock
-        )
+        self.signal: str = cs.signal
+        limits = Limits(deadline_s=cs.deadline_s, read_s=min(5.0, cs.deadline_s))
+        self._providers: tuple[Provider, ...] = build_providers(cs, self._clock, limits)
         zone_code = self.zone_choice.zone
-        #: the live provider used for this zone (the first listed that covers it), if any
+        covering = [p for p in self._providers if p.covers(zone_code)]
+        #: the live provider used for this zone: the first listed that covers it and gives the
+        #: chosen signal, else (average is better than nothing) the first that covers it
         self.provider: Provider | None = next(
-            (p for p in self._providers if p.covers(zone_code)), None
+            (p for p in covering if p.signal == self.signal), covering[0] if covering else None
         )
-        self._table = table_intensity(self.zone_choice)
-        self._refresher: Refresher | None = None
-        self._live: LiveValues | None = None
-        if self.provider is not None:
-            self._refresher = Refresher(
-                self.provider,
+        #: why the signal used differs from the one chosen, if it does
+        self.signal_note: str | None = None
+        if self.signal == "marginal" and (
+            self.provider is None or self.provider.signal != "marginal"
+        ):
+            self.signal_note = (
+                f"no configured provider gives a marginal intensity for zone {zone_code} "
+                "(WattTime does, with a region or coordinates); average used"
+            )
+        self._table = table_intensity(self.zone_choice, note=self.signal_note)
+        secrets = tuple(
+            x
+            for x in (
+                token,
+                cs.entsoe_token,
+                cs.eia_key,
+                cs.watttime_username,
+                cs.watttime_password,
+            )
+            if x
+        )
+
+        def live(prov: Provider) -> tuple[Refresher, LiveValues]:
+            ref = Refresher(
+                prov,
                 zone_code,
-                DiskCache(self.cache_dir, self.provider.id, zone_code),
+                DiskCache(self.cache_dir, prov.id, zone_code),
                 client=client,
                 clock=self._clock,
                 background=background,
-                secrets=(token,) if token else (),
+                secrets=secrets,
             )
-            self._live = LiveValues(self.provider, self._refresher, self.zone_choice)
+            return ref, LiveValues(prov, ref, self.zone_choice)
+
+        self._refresher: Refresher | None = None
+        self._live: LiveValues | None = None
+        if self.provider is not None:
+            self._refresher, self._live = live(self.provider)
+        #: a provider of the other signal (average beside marginal), whose figure results
+        #: carry as an alternative; with a marginal provider and no live average, the table
+        other = next(
+            (p for p in covering if self.provider is not None and p.signal != self.provider.signal),
+            None,
+        )
+        self._other: tuple[Refresher, LiveValues] | None = None if other is None else live(other)
+        self._other_table = (
+            other is None and self.provider is not None and self.provider.signal == "marginal"
+        )
+
+    def _refreshers(self) -> list[Refresher]:
+        refs = [self._refresher] if self._refresher is not None else []
+        return refs + ([self._other[0]] if self._other is not None else [])
 
     def __repr__(self) -> str:
         return (
@@ -216,23 +310,36 @@ class IntensityService:
         except Exception:
             return None
 
+    def forecast_unavailable(self) -> str:
+        """Why :meth:`forecast` gives nothing, in words: what the provider said when it refused
+        or failed, else that no configured provider gives a forecast for this zone."""
+        prov, ref = self.provider, self._refresher
+        if prov is None or ref is None or not prov.has_forecast:
+            return "no configured provider gives one for this zone"
+        with ref.lock:
+            series = ref.series["forecast"]
+            failure, fetched = series.failure, series.fetched_at is not None
+        if failure is not None:
+            return failure.reason
+        if not fetched:
+            return f"{prov.name} has not answered yet"
+        return f"{prov.name} gave no forecast periods ahead for zone {self.zone_choice.zone}"
+
     def refresh(self, *, wait: bool = False, force: bool = False, forecast: bool = False) -> None:
         """Fetch what is stale now: in a background thread, or here when ``wait=True``.
 
         ``force=True`` fetches even values that are still fresh (back-off after failures and
         the providers' request limits still apply); ``forecast=True`` fetches the forecast too.
         """
-        ref = self._refresher
-        if ref is None:
-            return
-        if forecast:
-            ref.want_forecast = True
-        ref.refresh(wait=wait, force=force)
+        for i, ref in enumerate(self._refreshers()):
+            if forecast and i == 0:
+                ref.want_forecast = True
+            ref.refresh(wait=wait, force=force)
 
     def close(self) -> None:
         """Stop refreshing and close the HTTP client if this service made it."""
-        if self._refresher is not None:
-            self._refresher.close()
+        for ref in self._refreshers():
+            ref.close()
 
     def __enter__(self) -> IntensityService:
         return self
@@ -263,15 +370,22 @@ class IntensityService:
             self._refresher.join(timeout)
 
     def _housekeeping(self, now: float) -> None:
-        if self._refresher is not None:
-            self._refresher.housekeeping(now)
+        for ref in self._refreshers():
+            ref.housekeeping(now)
 
     def _co2(self, energy_j: float, start: float, end: float, now: float) -> Co2:
         if end < start:
             start, end = end, start
         if self._live is None:
             return self._make_co2(energy_j, [(self._table, 1.0)])
-        return self._make_co2(energy_j, self._live.segments(start, end, now))
+        result = self._make_co2(energy_j, self._live.segments(start, end, now))
+        if self._other is not None:
+            alt = self._make_co2(energy_j, self._other[1].segments(start, end, now))
+        elif self._other_table:
+            alt = self._make_co2(energy_j, [(table_intensity(self.zone_choice), 1.0)])
+        else:
+            return result
+        return attrs.evolve(result, alternatives=(alt,))
 
     def _make_co2(self, energy_j: float, segments: list[tuple[Intensity, float]]) -> Co2:
         """Time-weighted mean intensity over the segments, times the energy and the PUE."""
@@ -290,4 +404,5 @@ class IntensityService:
             pue_source=self.pue_source,
             zone=self.zone_choice,
             periods=tuple(periods),
+            signal_chosen=self.signal,
         )

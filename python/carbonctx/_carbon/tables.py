@@ -58,6 +58,20 @@ _US_BA_STATE: tuple[tuple[str, str], ...] = (
     ("US-TEX-ERCO", "TX"),
     ("US-NY-NYIS", "NY"),
     ("US-FLA-", "FL"),
+    ("US-NW-GCPD", "WA"),
+    ("US-NW-CHPD", "WA"),
+    ("US-NW-DOPD", "WA"),
+    ("US-NW-SCL", "WA"),
+    ("US-NW-TPWR", "WA"),
+    ("US-NW-PSEI", "WA"),
+    ("US-NW-PGE", "OR"),
+    ("US-NW-NEVP", "NV"),
+    ("US-SW-AZPS", "AZ"),
+    ("US-SW-SRP", "AZ"),
+    ("US-SW-TEPC", "AZ"),
+    ("US-CAR-SCEG", "SC"),
+    ("US-CAR-SC", "SC"),
+    ("US-MIDW-LGEE", "KY"),
 )
 _COUNTRY_ALIASES = {"UK": "GB"}
 

@@ -48,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Show the carbon intensity of electricity for a zone: the value used now, where it "
             "came from and how the zone was chosen. With --forecast, also the start of the "
             "lowest-carbon window of --hours in the provider's forecast. Live values need a "
-            "provider (CARBONCTX_PROVIDERS, CARBONCTX_ELECTRICITYMAPS_TOKEN); without one the "
-            "yearly table is shown."
+            "provider (CARBONCTX_PROVIDERS and its token: CARBONCTX_ELECTRICITYMAPS_TOKEN, "
+            "CARBONCTX_ENTSOE_TOKEN, CARBONCTX_WATTTIME_USERNAME/_PASSWORD); without one the "
+            "yearly table is shown. CARBONCTX_SIGNAL=marginal prefers a marginal source."
         ),
     )
     p.add_argument("--zone", help="zone code, e.g. DE, GB, DK-DK1 (default: detected)")
@@ -73,7 +74,7 @@ def _fmt_time(w: Any) -> str:
 
 
 def _describe(i: Intensity) -> str:
-    return f"{i.g_per_kwh:.1f} gCO2e/kWh ({i.source}; {i.dataset})"
+    return f"{i.g_per_kwh:.1f} gCO2e/kWh ({i.source}; {i.dataset}; {i.signal})"
 
 
 def run(
@@ -113,8 +114,11 @@ def run(
             "current": current.to_dict(),
             "pue": svc.pue,
             "pue_source": svc.pue_source,
+            "signal_chosen": svc.signal,
         }
         if args.forecast:
+            if not periods:
+                doc["forecast_unavailable"] = svc.forecast_unavailable()
             doc["forecast"] = (
                 None
                 if not periods
@@ -133,14 +137,19 @@ def run(
         print(f"Now: {_describe(current)}", file=out)
         if current.note:
             print(f"  note: {current.note}", file=out)
+        if svc.signal_note and svc.signal_note not in (current.note or ""):
+            print(f"  note: {svc.signal_note}", file=out)
         if args.forecast:
             if not periods:
-                print(
-                    "No forecast: no configured provider gives one for this zone. Forecasts "
-                    "come from Electricity Maps (CARBONCTX_ELECTRICITYMAPS_TOKEN), gb (zone GB) "
-                    "and dk (zones DK-DK1, DK-DK2); list them in CARBONCTX_PROVIDERS.",
-                    file=out,
+                reason = svc.forecast_unavailable()
+                hint = (
+                    " Forecasts come from Electricity Maps (CARBONCTX_ELECTRICITYMAPS_TOKEN), "
+                    "WattTime (CARBONCTX_WATTTIME_USERNAME, _PASSWORD), gb (zone GB) and dk "
+                    "(zones DK-DK1, DK-DK2); list them in CARBONCTX_PROVIDERS."
+                    if svc.provider is None or not svc.provider.has_forecast
+                    else ""
                 )
+                print(f"No forecast: {reason}.{hint}", file=out)
             elif window is None:
                 print(
                     f"The forecast ({periods[0].dataset}) is shorter than {args.hours:g} h; "

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+import attrs
+
 if TYPE_CHECKING:
     import httpx
 
     from carbonctx._carbon.intensity import Intensity
 
-__all__ = ["FAILURE_KINDS", "Provider", "ProviderError"]
+__all__ = ["FAILURE_KINDS", "Fetched", "Provider", "ProviderError"]
 
 
 class ProviderError(Exception):
@@ -27,7 +29,8 @@ class ProviderError(Exception):
 FAILURE_KINDS = {
     "timeout": "the request timed out",
     "connection": "could not connect",
-    "auth": "the token was refused",
+    "auth": "the credentials were refused (HTTP 401)",
+    "forbidden": "access refused: the plan, zone or token does not allow it (HTTP 403)",
     "rate-limited": "the provider asked us to slow down",
     "server": "the provider had a server error",
     "malformed": "the answer could not be read",
@@ -37,6 +40,17 @@ FAILURE_KINDS = {
     "throttled": "held back to respect the provider's request limit",
     "error": "an unexpected error",
 }
+
+
+@attrs.frozen
+class Fetched:
+    """What one fetch gave: its periods, and the failures of secondary requests that did not
+    stop it (``(endpoint, error)``: a history refused while the latest value came)."""
+
+    periods: list[Intensity]
+    problems: tuple[tuple[str, ProviderError], ...] = ()
+    #: False when a secondary request was not sent (held back after a refusal)
+    complete: bool = True
 
 
 class Provider(Protocol):
@@ -49,9 +63,11 @@ class Provider(Protocol):
     #: how long past its period a value may stand in for "now" when nothing newer is known
     max_age_s: ClassVar[float]
     has_forecast: ClassVar[bool]
+    #: what its values are: "average" (of the generation mix) or "marginal"
+    signal: ClassVar[str]
 
     def covers(self, zone: str) -> bool: ...
 
-    def fetch(self, client: httpx.Client, zone: str, kind: str, now: float) -> list[Intensity]:
+    def fetch(self, client: httpx.Client, zone: str, kind: str, now: float) -> Fetched:
         """Periods for ``zone``: ``kind="recent"`` (past day up to now) or ``"forecast"``."""
         ...

@@ -11,8 +11,14 @@ from typing import TYPE_CHECKING, ClassVar
 import attrs
 
 from carbonctx._carbon.intensity import Intensity, parse_time, utc_from_timestamp
-from carbonctx._carbon.providers.base import ProviderError
-from carbonctx._carbon.providers.http import get_json, intensity_number, malformed
+from carbonctx._carbon.providers.base import Fetched, ProviderError
+from carbonctx._carbon.providers.http import (
+    DEFAULT_LIMITS,
+    Limits,
+    get_json,
+    intensity_number,
+    malformed,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -29,6 +35,7 @@ class DkProvider:
     """
 
     base_url: str
+    limits: Limits = attrs.field(default=DEFAULT_LIMITS, kw_only=True)
     clock: Callable[[], float]
     min_interval_s: float = 60.0
     _last: dict[str, float] = attrs.field(factory=dict, init=False)
@@ -39,6 +46,7 @@ class DkProvider:
     ttl_s: ClassVar[float] = 300.0
     max_age_s: ClassVar[float] = 3600.0
     has_forecast: ClassVar[bool] = True
+    signal: ClassVar[str] = "average"
     _AREAS: ClassVar[dict[str, str]] = {"DK-DK1": "DK1", "DK-DK2": "DK2"}
     _STEP: ClassVar[timedelta] = timedelta(minutes=5)
 
@@ -58,7 +66,7 @@ class DkProvider:
                 )
             self._last[dataset] = now
 
-    def fetch(self, client: httpx.Client, zone: str, kind: str, now: float) -> list[Intensity]:
+    def fetch(self, client: httpx.Client, zone: str, kind: str, now: float) -> Fetched:
         area = self._AREAS[zone]
         t = utc_from_timestamp(now).replace(second=0, microsecond=0)
         if kind == "forecast":
@@ -75,7 +83,12 @@ class DkProvider:
             "limit": "1000",
         }
         body = get_json(
-            client, f"{self.base_url}/dataset/{dataset}", name=self.name, now=now, params=params
+            client,
+            f"{self.base_url}/dataset/{dataset}",
+            name=self.name,
+            now=now,
+            params=params,
+            limits=self.limits,
         )
         fetched = utc_from_timestamp(now)
         out: list[Intensity] = []
@@ -104,4 +117,4 @@ class DkProvider:
             raise malformed(self.name, str(exc)) from None
         if not out:
             raise ProviderError("no-data", f"{self.name}: no {dataset} records for {area}")
-        return out
+        return Fetched(out)

@@ -1,4 +1,8 @@
-"""Electricity Maps (API v3): hourly history, latest and forecast for any zone it knows."""
+"""Electricity Maps (API v3, or v4): hourly history, latest and forecast for any zone it knows.
+
+v4 keeps v3's paths and answers (``/v4/carbon-intensity/{latest,history,forecast}?zone=Z``,
+``carbonIntensity``/``datetime`` entries under ``history``/``forecast``) and takes
+``temporalGranularity`` (asked for ``hourly`` here)."""
 
 from __future__ import annotations
 
@@ -8,8 +12,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 from carbonctx._carbon.intensity import Intensity, parse_time, utc_from_timestamp
-from carbonctx._carbon.providers.base import ProviderError
-from carbonctx._carbon.providers.http import get_json, intensity_number, malformed
+from carbonctx._carbon.providers.base import Fetched, ProviderError
+from carbonctx._carbon.providers.http import (
+    DEFAULT_LIMITS,
+    Limits,
+    get_json,
+    intensity_number,
+    malformed,
+)
 from carbonctx._carbon.zones import WORLD
 
 if TYPE_CHECKING:
@@ -20,19 +30,28 @@ __all__ = ["ElectricityMapsProvider"]
 
 @attrs.define(repr=False)
 class ElectricityMapsProvider:
-    """Electricity Maps API v3: ``/v3/carbon-intensity/{latest,history,forecast}?zone=Z``.
+    """Electricity Maps API ``version`` (``"v3"`` or ``"v4"``):
+    ``/<version>/carbon-intensity/{latest,history,forecast}?zone=Z``.
 
-    Hourly values; the token goes in the ``auth-token`` header and nowhere else.
+    Hourly values; the token goes in the ``auth-token`` header and nowhere else. ``latest`` is
+    the value that counts: a ``history`` refused (a free plan allows ``latest`` only) leaves the
+    latest value standing, is reported once, and is not asked again for an hour (doubling).
     """
 
     base_url: str
+    limits: Limits = attrs.field(default=DEFAULT_LIMITS, kw_only=True)
     _token: str | None = attrs.field(default=None, alias="token")
+    version: str = attrs.field(default="v3", kw_only=True)
+    #: endpoint -> (failures in a row, not asked again before)
+    _held: dict[str, tuple[int, float]] = attrs.field(factory=dict, init=False)
 
     id: ClassVar[str] = "electricitymaps"
     name: ClassVar[str] = "Electricity Maps"
     ttl_s: ClassVar[float] = 3600.0
     max_age_s: ClassVar[float] = 6 * 3600.0
     has_forecast: ClassVar[bool] = True
+    signal: ClassVar[str] = "average"
+    credentials: ClassVar[str] = "CARBONCTX_ELECTRICITYMAPS_TOKEN"
     _HOUR: ClassVar[timedelta] = timedelta(hours=1)
 
     def __repr__(self) -> str:
@@ -46,19 +65,40 @@ class ElectricityMapsProvider:
         return {"auth-token": self._token} if self._token else {}
 
     @staticmethod
-    def _unknown_zone(response: httpx.Response) -> bool:
-        return response.status_code in (400, 404)
+    def _unknown_zone(status: int, said: str) -> bool:
+        # Only ``latest`` is read this way: a refused history or forecast says nothing of the
+        # zone. Electricity Maps answers a zone it does not know with 400 or 404.
+        return status in (400, 404) and ("zone" in said.lower() or not said)
 
     def _get(self, client: httpx.Client, path: str, zone: str, now: float) -> Any:
         return get_json(
             client,
-            f"{self.base_url}/v3/carbon-intensity/{path}",
-            name=self.name,
+            f"{self.base_url}/{self.version}/carbon-intensity/{path}",
+            name=f"{self.name} {path}",
             now=now,
-            params={"zone": zone},
+            params={"zone": zone, "temporalGranularity": "hourly"}
+            if self.version == "v4"
+            else {"zone": zone},
             headers=self._headers(),
-            unknown_zone=self._unknown_zone,
+            unknown_zone=self._unknown_zone if path == "latest" else None,
+            limits=self.limits,
         )
+
+    def _secondary(
+        self, client: httpx.Client, path: str, zone: str, now: float
+    ) -> tuple[Any, ProviderError | None]:
+        """An endpoint whose refusal must not cost the latest value: (answer or None, error)."""
+        fails, until = self._held.get(path, (0, 0.0))
+        if now < until:
+            return None, None
+        try:
+            body = self._get(client, path, zone, now)
+        except ProviderError as exc:
+            fails += 1
+            self._held[path] = (fails, now + min(6 * 3600.0, 3600.0 * 2 ** min(fails - 1, 10)))
+            return None, exc
+        self._held.pop(path, None)
+        return body, None
 
     def _period(self, item: object, zone: str, fetched: datetime, dataset: str) -> Intensity:
         if not isinstance(item, dict):
@@ -79,31 +119,52 @@ class ElectricityMapsProvider:
             else (True if "forecast" in dataset else None),
         )
 
-    def fetch(self, client: httpx.Client, zone: str, kind: str, now: float) -> list[Intensity]:
+    def fetch(self, client: httpx.Client, zone: str, kind: str, now: float) -> Fetched:
         fetched = utc_from_timestamp(now)
+        if kind == "forecast":
+            body = self._get(client, "forecast", zone, now)
+            ds = f"Electricity Maps {self.version} forecast"
+            return Fetched(self._periods(body, "forecast", zone, fetched, ds))
+        latest = self._get(client, "latest", zone, now)
         try:
-            if kind == "forecast":
-                body = self._get(client, "forecast", zone, now)
-                items = body["forecast"]
-                if not isinstance(items, list):
-                    raise ValueError("forecast is not a list")
-                ds = "Electricity Maps v3 forecast"
-                return [self._period(i, zone, fetched, ds) for i in items if _has_value(i)]
-            latest = self._get(client, "latest", zone, now)
-            periods = [self._period(latest, zone, fetched, "Electricity Maps v3 latest")]
-            try:
-                hist = self._get(client, "history", zone, now)
-            except ProviderError as exc:
-                if exc.kind in ("timeout", "connection"):
-                    raise
-                return periods  # a token without history access still gives the latest value
-            items = hist["history"]
-            if not isinstance(items, list):
-                raise ValueError("history is not a list")
-            ds = "Electricity Maps v3 history"
-            return [self._period(i, zone, fetched, ds) for i in items if _has_value(i)] + periods
+            periods = [
+                self._period(latest, zone, fetched, f"Electricity Maps {self.version} latest")
+            ]
         except (KeyError, TypeError, ValueError) as exc:
-            raise malformed(self.name, str(exc)) from None
+            raise malformed(f"{self.name} latest", str(exc)) from None
+        hist, problem = self._secondary(client, "history", zone, now)
+        if problem is not None:
+            return Fetched(periods, ((f"{self.name} history", problem),))
+        if hist is None:  # held back after a refusal
+            return Fetched(periods, complete=False)
+        try:
+            ds = f"Electricity Maps {self.version} history"
+            older = self._periods(hist, "history", zone, fetched, ds)
+        except ProviderError as exc:
+            return Fetched(periods, ((f"{self.name} history", exc),))
+        return Fetched(older + periods)
+
+    def _periods(
+        self, body: Any, key: str, zone: str, fetched: datetime, dataset: str
+    ) -> list[Intensity]:
+        """The usable periods of a ``history`` or ``forecast`` answer; entries without a
+        usable value are skipped, an answer with none raises."""
+        try:
+            items = body[key]
+            if not isinstance(items, list):
+                raise TypeError(f"{key} is not a list")
+        except (KeyError, TypeError) as exc:
+            raise malformed(f"{self.name} {key}", str(exc)) from None
+        out: list[Intensity] = []
+        for item in items:
+            if _has_value(item):
+                try:
+                    out.append(self._period(item, zone, fetched, dataset))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        if items and not out:
+            raise malformed(f"{self.name} {key}", "no entry has a usable value")
+        return out
 
 
 def _has_value(item: object) -> bool:

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, ClassVar
 import attrs
 
 from carbonctx._carbon.intensity import Intensity, parse_time, utc_from_timestamp
-from carbonctx._carbon.providers.http import get_json, intensity_number, malformed
+from carbonctx._carbon.providers.base import Fetched
+from carbonctx._carbon.providers.http import (
+    DEFAULT_LIMITS,
+    Limits,
+    get_json,
+    intensity_number,
+    malformed,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -21,12 +28,14 @@ class GbProvider:
     """GB National Energy System Operator carbon intensity API (national, half-hourly)."""
 
     base_url: str
+    limits: Limits = attrs.field(default=DEFAULT_LIMITS, kw_only=True)
 
     id: ClassVar[str] = "gb"
     name: ClassVar[str] = "GB carbon intensity API"
     ttl_s: ClassVar[float] = 1800.0
     max_age_s: ClassVar[float] = 2 * 3600.0
     has_forecast: ClassVar[bool] = True
+    signal: ClassVar[str] = "average"
 
     def covers(self, zone: str) -> bool:
         return zone == "GB"
@@ -35,13 +44,13 @@ class GbProvider:
     def _fmt(t: datetime) -> str:
         return t.strftime("%Y-%m-%dT%H:%MZ")
 
-    def fetch(self, client: httpx.Client, zone: str, kind: str, now: float) -> list[Intensity]:
+    def fetch(self, client: httpx.Client, zone: str, kind: str, now: float) -> Fetched:
         t = utc_from_timestamp(now).replace(second=0, microsecond=0)
         if kind == "forecast":
             path = f"/intensity/{self._fmt(t)}/fw48h"
         else:
             path = f"/intensity/{self._fmt(t - timedelta(hours=24))}/{self._fmt(t)}"
-        body = get_json(client, self.base_url + path, name=self.name, now=now)
+        body = get_json(client, self.base_url + path, name=self.name, now=now, limits=self.limits)
         fetched = utc_from_timestamp(now)
         out: list[Intensity] = []
         try:
@@ -71,4 +80,4 @@ class GbProvider:
                 )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise malformed(self.name, str(exc)) from None
-        return out
+        return Fetched(out)

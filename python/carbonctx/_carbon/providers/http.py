@@ -1,37 +1,245 @@
-"""HTTP for providers: GET and decode JSON, mapping every failure to a ProviderError."""
+"""HTTP for providers: GET with an overall deadline and a size limit, decode the answer, and map
+every failure to a :class:`ProviderError` that says what the provider said.
+
+Every request is bounded twice over: ``Limits.deadline_s`` counts from the request to the last
+byte of the answer, however slowly the bytes arrive (the body is streamed and the deadline checked
+after every read; one read waits at most ``Limits.read_s``, so a request ends by
+``deadline_s + read_s`` at the latest); ``Limits.max_bytes`` stops
+an answer that grows past it (announced or not).
+"""
 
 from __future__ import annotations
 
 import email.utils
 import json
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from carbonctx._carbon.intensity import UTC
+import attrs
+
+from carbonctx._carbon.intensity import MAX_G_PER_KWH, UTC
 from carbonctx._carbon.providers.base import ProviderError
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["get_json", "intensity_number", "malformed", "retry_after"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "RETRY_AFTER_MAX_S",
+    "Limits",
+    "error_message",
+    "get_bytes",
+    "get_json",
+    "intensity_number",
+    "malformed",
+    "retry_after",
+]
+
+#: A ``Retry-After`` longer than this (or unreadable as a finite delay) counts as this.
+RETRY_AFTER_MAX_S = 3600.0
+#: How much of a provider's error answer a message quotes.
+_QUOTE_CHARS = 200
+
+
+@attrs.frozen
+class Limits:
+    """Bounds on one request: total seconds (``deadline_s``), seconds per read (``read_s``),
+    and the largest answer read (``max_bytes``)."""
+
+    deadline_s: float = 20.0
+    read_s: float = 5.0
+    max_bytes: int = 4 * 1024 * 1024
+
+
+DEFAULT_LIMITS = Limits()
 
 
 def retry_after(response: httpx.Response, now: float) -> float | None:
-    value = response.headers.get("retry-after")
+    """The ``Retry-After`` delay in seconds, in ``[0, RETRY_AFTER_MAX_S]``; None when absent or
+    unreadable. ``inf`` and huge values are capped; negative ones and past dates count as 0."""
+    value = response.headers.get("retry-after", "").strip()
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    if math.isnan(seconds):
+        return RETRY_AFTER_MAX_S
+    return min(RETRY_AFTER_MAX_S, max(0.0, seconds))
+
+
+def error_message(data: bytes) -> str:
+    """What a provider's error answer says, quoted briefly: a JSON ``message``/``error``/
+    ``detail`` field where there is one, else the first line of text; "" when it says nothing."""
+    text = data[:4096].decode("utf-8", "replace")
+    said: object = None
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        doc = None
+    if isinstance(doc, dict):
+        for key in ("message", "error", "detail", "error_description", "reason"):
+            v = doc.get(key)
+            if isinstance(v, dict):
+                v = v.get("message")
+            if isinstance(v, str) and v.strip():
+                said = v
+                break
+    elif doc is None and not text.lstrip().startswith("<"):
+        said = text.strip().splitlines()[0] if text.strip() else None
+    if not isinstance(said, str):
+        return ""
+    clean = "".join(c if c.isprintable() else " " for c in said).strip()
+    return clean[:_QUOTE_CHARS] + ("..." if len(clean) > _QUOTE_CHARS else "")
+
+
+def _status_error(
+    status: int,
+    body: bytes,
+    response: httpx.Response,
+    *,
+    name: str,
+    now: float,
+    unknown_zone: Callable[[int, str], bool] | None,
+) -> ProviderError:
+    said = error_message(body)
+    quoted = f': "{said}"' if said else ""
+    if status == 401:
+        return ProviderError("auth", f"{name}: HTTP 401, the credentials were refused{quoted}")
+    if status == 403:
+        return ProviderError(
+            "forbidden", f"{name}: HTTP 403, access refused (plan, zone or token){quoted}"
+        )
+    if status == 429:
+        ra = retry_after(response, now)
+        tail = f"; retry after {ra:.0f} s" if ra is not None else ""
+        return ProviderError(
+            "rate-limited", f"{name}: HTTP 429, request limit reached{quoted}{tail}", ra
+        )
+    if status >= 500:
+        ra = retry_after(response, now) if status == 503 else None
+        return ProviderError("server", f"{name}: HTTP {status} server error{quoted}", ra)
+    if unknown_zone is not None and unknown_zone(status, said):
+        return ProviderError("unknown-zone", f"{name}: HTTP {status}, zone not known{quoted}")
+    return ProviderError("http", f"{name}: HTTP {status}, request refused{quoted}")
+
+
+def get_bytes(
+    client: httpx.Client,
+    url: str,
+    *,
+    name: str,
+    now: float,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    auth: tuple[str, str] | None = None,
+    unknown_zone: Callable[[int, str], bool] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> bytes:
+    """GET ``url`` and return the body of a 2xx answer; every failure is a ProviderError."""
+    import httpx  # only live providers need it; keep it off the import path
+
+    start = time.monotonic()
+
+    def left() -> float:
+        return limits.deadline_s - (time.monotonic() - start)
+
+    def timeout() -> httpx.Timeout:
+        base = client.timeout
+        cap = max(0.001, min(left(), limits.read_s))
+
+        def lim(x: float | None) -> float:
+            return cap if x is None else min(x, cap)
+
+        return httpx.Timeout(
+            connect=lim(base.connect),
+            read=lim(base.read),
+            write=lim(base.write),
+            pool=lim(base.pool),
+        )
+
+    too_slow = ProviderError(
+        "timeout", f"{name}: no complete answer within {limits.deadline_s:g} s"
+    )
+    chunks: list[bytes] = []
+    size = 0
+    sent = {"accept-encoding": "gzip", **(headers or {})}
+    try:
+        with client.stream(
+            "GET", url, params=params, headers=sent, auth=auth, timeout=timeout()
+        ) as response:
+            status = response.status_code
+            declared = response.headers.get("content-length", "")
+            if status < 300 and declared.isdigit() and int(declared) > limits.max_bytes:
+                raise _too_large(name, limits)
+            # Error answers are read only as far as a message goes.
+            cap = limits.max_bytes if status < 300 else 4096
+            stream = response.iter_raw()
+            while True:
+                if left() <= 0:
+                    raise too_slow
+                try:
+                    chunk = next(stream)
+                except StopIteration:
+                    break
+                size += len(chunk)
+                if size > cap:
+                    if status < 300:
+                        raise _too_large(name, limits)
+                    chunks.append(chunk[: len(chunk) - (size - cap)])  # enough for a message
+                    break
+                chunks.append(chunk)
+            if left() <= 0 and status < 300:
+                raise too_slow
+    except httpx.TimeoutException:
+        raise (
+            too_slow if left() <= 0 else ProviderError("timeout", f"{name}: the request timed out")
+        ) from None
+    except httpx.TransportError as exc:
+        # The message is the OS's ("[Errno 111] Connection refused"); it never holds headers.
+        raise ProviderError("connection", f"{name}: could not connect ({exc})") from None
+    except httpx.StreamError as exc:
+        raise ProviderError(
+            "connection", f"{name}: the answer was cut ({type(exc).__name__})"
+        ) from None
+    body = b"".join(chunks)
+    if status >= 300:
+        raise _status_error(status, body, response, name=name, now=now, unknown_zone=unknown_zone)
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding and encoding != "identity":
+        body = _decode(body, encoding, name, limits)
+    return body
+
+
+def _too_large(name: str, limits: Limits) -> ProviderError:
+    return ProviderError(
+        "malformed", f"{name}: the answer is larger than {limits.max_bytes // 1024} KiB"
+    )
+
+
+def _decode(body: bytes, encoding: str, name: str, limits: Limits) -> bytes:
+    """Undo gzip/deflate with the size limit applied to what comes out."""
+    import zlib
+
+    if encoding not in ("gzip", "deflate", "x-gzip"):
+        raise ProviderError("malformed", f"{name}: unsupported content-encoding {encoding!r}")
+    d = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
+    try:
+        out = d.decompress(body, limits.max_bytes + 1)
+    except zlib.error:
+        raise ProviderError("malformed", f"{name}: the answer could not be decompressed") from None
+    if len(out) > limits.max_bytes:
+        raise _too_large(name, limits)
+    return out
 
 
 def get_json(
@@ -42,34 +250,34 @@ def get_json(
     now: float,
     params: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
-    unknown_zone: Callable[[httpx.Response], bool] | None = None,
+    auth: tuple[str, str] | None = None,
+    unknown_zone: Callable[[int, str], bool] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Any:
-    """GET and decode JSON, mapping every failure to a :class:`ProviderError`."""
-    import httpx  # only live providers need it; keep it off the import path
+    """GET and decode JSON (see :func:`get_bytes`); NaN, infinities and deep nesting are
+    refused as malformed."""
+    body = get_bytes(
+        client,
+        url,
+        name=name,
+        now=now,
+        params=params,
+        headers=headers,
+        auth=auth,
+        unknown_zone=unknown_zone,
+        limits=limits,
+    )
+    return parse_json(body, name)
 
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed")
+
+
+def parse_json(body: bytes, name: str) -> Any:
     try:
-        response = client.get(url, params=params, headers=headers)
-    except httpx.TimeoutException:
-        raise ProviderError("timeout", f"{name}: the request timed out") from None
-    except httpx.TransportError as exc:
-        # The message is the OS's ("[Errno 111] Connection refused"); it never holds headers.
-        raise ProviderError("connection", f"{name}: could not connect ({exc})") from None
-    status = response.status_code
-    if status in (401, 403):
-        raise ProviderError("auth", f"{name}: HTTP {status}, the token was refused")
-    if status == 429:
-        ra = retry_after(response, now)
-        tail = f", retry after {ra:.0f} s" if ra is not None else ""
-        raise ProviderError("rate-limited", f"{name}: HTTP 429 too many requests{tail}", ra)
-    if status >= 500:
-        raise ProviderError("server", f"{name}: HTTP {status} server error")
-    if status >= 400:
-        if unknown_zone is not None and unknown_zone(response):
-            raise ProviderError("unknown-zone", f"{name}: HTTP {status}, zone not known")
-        raise ProviderError("http", f"{name}: HTTP {status}")
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        return json.loads(body, parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
         raise ProviderError("malformed", f"{name}: the answer is not JSON") from None
 
 
@@ -78,9 +286,13 @@ def malformed(name: str, what: str) -> ProviderError:
 
 
 def intensity_number(value: object) -> float:
+    """A usable intensity in g/kWh: a finite number in ``[0, MAX_G_PER_KWH]``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"not a number: {value!r}")
-    x = float(value)
-    if not math.isfinite(x) or x < 0:
-        raise ValueError(f"not a usable intensity: {value!r}")
+    try:
+        x = float(value)
+    except OverflowError:
+        raise ValueError("not a usable intensity: too large") from None
+    if not (math.isfinite(x) and 0.0 <= x <= MAX_G_PER_KWH):
+        raise ValueError(f"not a usable intensity: {x!r} g/kWh")
     return x

@@ -1,0 +1,258 @@
+"""ENTSO-E Transparency Platform: actual generation per production type (document A75, process
+A16) for a European bidding zone, turned into an average lifecycle intensity.
+
+``GET /api?securityToken=T&documentType=A75&processType=A16&in_Domain=EIC&periodStart=
+yyyyMMddHHmm&periodEnd=...`` answers a ``GL_MarketDocument`` (XML): one ``TimeSeries`` per
+production type (``MktPSRType/psrType``, ``B01``..``B20``), each with ``Period``s of
+``Point``s (``position``, ``quantity`` in MW) at a ``resolution`` (``PT15M``, ``PT30M``,
+``PT60M``). Series with an ``outBiddingZone_Domain`` are consumption (pumping) and are left
+out. No data is an ``Acknowledgement_MarketDocument`` whose ``Reason/text`` says why.
+
+Intensity of each step: the generation-weighted mean of the lifecycle factors per production
+type in ``carbonctx/data/entsoe-lifecycle-factors.csv`` (IPCC AR5 medians, with the
+assumptions it names). A step where fewer than 80% of the types have reported yet is left out.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from datetime import timedelta
+from typing import TYPE_CHECKING, ClassVar
+from xml.etree import ElementTree
+
+import attrs
+
+from carbonctx._carbon.intensity import Intensity, parse_time, utc_from_timestamp
+from carbonctx._carbon.providers.base import Fetched, ProviderError
+from carbonctx._carbon.providers.http import (
+    DEFAULT_LIMITS,
+    Limits,
+    get_bytes,
+    intensity_number,
+    malformed,
+)
+from carbonctx._carbon.zones import read_bundled_csv
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["BIDDING_ZONES", "EntsoeProvider", "lifecycle_factors"]
+
+#: carbonctx zone -> ENTSO-E area (EIC code) whose generation per type is published
+BIDDING_ZONES: dict[str, str] = {
+    "AT": "10YAT-APG------L",
+    "BE": "10YBE----------2",
+    "BG": "10YCA-BULGARIA-R",
+    "CH": "10YCH-SWISSGRIDZ",
+    "CZ": "10YCZ-CEPS-----N",
+    "DE": "10Y1001A1001A82H",
+    "DK-DK1": "10YDK-1--------W",
+    "DK-DK2": "10YDK-2--------M",
+    "EE": "10Y1001A1001A39I",
+    "ES": "10YES-REE------0",
+    "FI": "10YFI-1--------U",
+    "FR": "10YFR-RTE------C",
+    "GR": "10YGR-HTSO-----Y",
+    "HR": "10YHR-HEP------M",
+    "HU": "10YHU-MAVIR----U",
+    "IE": "10Y1001A1001A59C",
+    "IT": "10YIT-GRTN-----B",
+    "IT-NO": "10Y1001A1001A73I",
+    "LT": "10YLT-1001A0008Q",
+    "LV": "10YLV-1001A00074",
+    "NL": "10YNL----------L",
+    "NO-NO1": "10YNO-1--------2",
+    "NO-NO2": "10YNO-2--------T",
+    "NO-NO3": "10YNO-3--------J",
+    "NO-NO4": "10YNO-4--------9",
+    "NO-NO5": "10Y1001A1001A48H",
+    "PL": "10YPL-AREA-----S",
+    "PT": "10YPT-REN------W",
+    "RO": "10YRO-TEL------P",
+    "RS": "10YCS-SERBIATSOV",
+    "SE-SE1": "10Y1001A1001A44P",
+    "SE-SE2": "10Y1001A1001A45N",
+    "SE-SE3": "10Y1001A1001A46L",
+    "SE-SE4": "10Y1001A1001A47J",
+    "SI": "10YSI-ELES-----O",
+    "SK": "10YSK-SEPS-----K",
+}
+_RESOLUTIONS = {"PT15M": 900, "PT30M": 1800, "PT60M": 3600}
+#: every series is read in steps of this many seconds, so that types published at different
+#: resolutions (15 min, 1 h) add up step by step
+_STEP = 900
+_COMPLETE = 0.8
+_DATASET = "ENTSO-E Transparency A75 x IPCC AR5 lifecycle factors"
+
+
+@functools.lru_cache(maxsize=1)
+def lifecycle_factors() -> dict[str, float]:
+    """psrType -> lifecycle gCO2e/kWh, from the bundled table."""
+    return {
+        r["psr_type"]: float(r["g_co2e_per_kwh"])
+        for r in read_bundled_csv("entsoe-lifecycle-factors.csv")
+    }
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child(el: ElementTree.Element, *names: str) -> ElementTree.Element | None:
+    for name in names:
+        found = next((c for c in el if _local(c.tag) == name), None)
+        if found is None:
+            return None
+        el = found
+    return el
+
+
+def _text(el: ElementTree.Element, *names: str) -> str | None:
+    found = _child(el, *names)
+    return None if found is None or found.text is None else found.text.strip()
+
+
+@attrs.define(repr=False)
+class EntsoeProvider:
+    """ENTSO-E Transparency Platform REST API (security token in the query, never logged)."""
+
+    base_url: str
+    _token: str | None = attrs.field(default=None, alias="token")
+    limits: Limits = attrs.field(default=DEFAULT_LIMITS, kw_only=True)
+
+    id: ClassVar[str] = "entsoe"
+    name: ClassVar[str] = "ENTSO-E"
+    ttl_s: ClassVar[float] = 900.0
+    max_age_s: ClassVar[float] = 3 * 3600.0  # publication lags up to about an hour
+    has_forecast: ClassVar[bool] = False
+    signal: ClassVar[str] = "average"
+    credentials: ClassVar[str] = "CARBONCTX_ENTSOE_TOKEN"
+
+    def __repr__(self) -> str:
+        return f"EntsoeProvider(base_url={self.base_url!r}, token={'***' if self._token else None})"
+
+    def covers(self, zone: str) -> bool:
+        return bool(self._token) and zone in BIDDING_ZONES
+
+    def fetch(self, client: httpx.Client, zone: str, kind: str, now: float) -> Fetched:
+        t = utc_from_timestamp(now).replace(minute=0, second=0, microsecond=0)
+        start, end = t - timedelta(hours=24), t + timedelta(hours=1)
+        params = {
+            "securityToken": self._token or "",
+            "documentType": "A75",
+            "processType": "A16",
+            "in_Domain": BIDDING_ZONES[zone],
+            "periodStart": start.strftime("%Y%m%d%H%M"),
+            "periodEnd": end.strftime("%Y%m%d%H%M"),
+        }
+        try:
+            body = get_bytes(
+                client,
+                f"{self.base_url}/api",
+                name=self.name,
+                now=now,
+                params=params,
+                limits=self.limits,
+            )
+        except ProviderError as exc:
+            raise self._scrubbed(exc) from None
+        return Fetched(self._parse(body, zone, now))
+
+    def _scrubbed(self, exc: ProviderError) -> ProviderError:
+        if self._token and self._token in exc.reason:
+            return ProviderError(exc.kind, exc.reason.replace(self._token, "***"), exc.retry_after)
+        return exc
+
+    def _parse(self, body: bytes, zone: str, now: float) -> list[Intensity]:
+        try:
+            root = ElementTree.fromstring(body)
+        except (ElementTree.ParseError, ValueError) as exc:
+            raise malformed(self.name, f"not XML ({type(exc).__name__})") from None
+        if _local(root.tag) == "Acknowledgement_MarketDocument":
+            code = _text(root, "Reason", "code") or "?"
+            text = (_text(root, "Reason", "text") or "").replace(self._token or "\0", "***")
+            text = re.sub(r"\s+", " ", text)[:200]
+            kind = "no-data" if code == "999" else "http"
+            raise ProviderError(kind, f'{self.name}: reason {code}: "{text}"')
+        if _local(root.tag) != "GL_MarketDocument":
+            raise malformed(self.name, f"unexpected document {_local(root.tag)!r}")
+        factors = lifecycle_factors()
+        # step start -> {psrType: MW}, and each step's length
+        steps: dict[float, dict[str, float]] = {}
+        length: dict[float, float] = {}
+        types: set[str] = set()
+        for ts in (c for c in root if _local(c.tag) == "TimeSeries"):
+            if _child(ts, "outBiddingZone_Domain.mRID") is not None:
+                continue  # consumption (pumping), not generation
+            psr = _text(ts, "MktPSRType", "psrType")
+            if psr is None:
+                continue
+            types.add(psr)
+            for period in (c for c in ts if _local(c.tag) == "Period"):
+                self._read_period(period, psr, _text(ts, "curveType"), steps, length)
+        out: list[Intensity] = []
+        fetched = utc_from_timestamp(now)
+        for s in sorted(steps):
+            mix = steps[s]
+            total = sum(mix.values())
+            if len(mix) < _COMPLETE * len(types) or total <= 0 or s + length[s] > now + 1:
+                continue
+            g = sum(mw * factors.get(psr, factors["B20"]) for psr, mw in mix.items()) / total
+            begin = utc_from_timestamp(s)
+            out.append(
+                Intensity(
+                    g_per_kwh=intensity_number(g),
+                    zone=zone,
+                    source="live",
+                    provider=self.id,
+                    dataset=_DATASET,
+                    valid_from=begin,
+                    valid_to=begin + timedelta(seconds=length[s]),
+                    fetched_at=fetched,
+                    is_estimated=False,
+                )
+            )
+        if not out:
+            raise ProviderError("no-data", f"{self.name}: no complete generation mix for {zone}")
+        return out
+
+    def _read_period(
+        self,
+        period: ElementTree.Element,
+        psr: str,
+        curve: str | None,
+        steps: dict[float, dict[str, float]],
+        length: dict[float, float],
+    ) -> None:
+        try:
+            start = parse_time(_text(period, "timeInterval", "start")).timestamp()
+            end = parse_time(_text(period, "timeInterval", "end")).timestamp()
+            step = _RESOLUTIONS[_text(period, "resolution") or ""]
+        except (KeyError, ValueError) as exc:
+            raise malformed(self.name, f"period: {exc}") from None
+        points: dict[int, float] = {}
+        for p in (c for c in period if _local(c.tag) == "Point"):
+            try:
+                pos = int(_text(p, "position") or "")
+                mw = float(_text(p, "quantity") or "")
+            except ValueError:
+                continue
+            if math.isfinite(mw) and mw >= 0 and 1 <= pos <= 10_000:
+                points[pos] = mw
+        count = int((end - start) // step)
+        last: float | None = None
+        for pos in range(1, min(count, 10_000) + 1):
+            got = points.get(pos)
+            if got is None and curve == "A03":
+                got = last  # curve A03: a value holds until the next point given
+            if got is None:
+                continue
+            last = got
+            first = start + (pos - 1) * step
+            for k in range(step // _STEP):
+                s = first + k * _STEP
+                mix = steps.setdefault(s, {})
+                mix[psr] = mix.get(psr, 0.0) + got
+                length[s] = _STEP

@@ -1,0 +1,99 @@
+"""US EIA Open Data v2 (hourly generation by fuel per balancing authority) against a real HTTP
+server on 127.0.0.1 that answers in its documented format, failures included."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from carbonctx._carbon.service import IntensityService
+from carbonctx.errors import IntensityWarning
+from intensity_server import FakeClock, FakeServer
+
+UTC = timezone.utc
+T0 = datetime(2026, 6, 1, 10, 40, tzinfo=UTC).timestamp()
+KEY = "eia-K3y-0001"
+# 600 MWh gas (490 g), 200 solar (48 g), 200 onshore wind (11 g); the battery left out
+MIX = (600 * 490 + 200 * 48 + 200 * 11) / 1000
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def server(clock: FakeClock) -> Iterator[FakeServer]:
+    with FakeServer(clock) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=2.0, trust_env=False) as c:
+        yield c
+
+
+def make(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock, **kw: object
+) -> IntensityService:
+    kw.setdefault("zone", "US-CAL-CISO")
+    kw.setdefault("eia_key", KEY)
+    return IntensityService(  # type: ignore[arg-type]
+        urls={"eia": server.url},
+        cache_dir=tmp_path / "cache",
+        client=client,
+        env={},
+        clock=clock,
+        background=False,
+        **kw,
+    )
+
+
+def test_hourly_generation_by_fuel_becomes_a_live_intensity(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    s = make(server, tmp_path, client, clock)
+    assert s.provider_ids == ("eia",) and s.provider is not None
+    s.refresh(wait=True)
+    req = server.last("/v2/")
+    assert req.query["facets[respondent][]"] == ["CISO"]
+    assert req.query["frequency"] == ["hourly"] and req.query["data[0]"] == ["value"]
+    assert req.query["end"] == ["2026-06-01T10"]
+    cur = s.current()
+    assert cur.provider == "eia" and cur.signal == "average"
+    assert cur.g_per_kwh == pytest.approx(MIX)
+    # Published three hours late; the newest hour (07:00, only gas so far) is left out, so the
+    # value is for 05:00-06:00 (hour ending 06), and says how old it is.
+    assert cur.valid_from == datetime(2026, 6, 1, 5, 0, tzinfo=UTC)
+    assert cur.note is not None and "newest eia value is for 2026-06-01 05:00Z" in cur.note
+    r = s.co2(3.6e6, clock() - 60, clock())
+    assert r.co2_g == pytest.approx(MIX)
+    assert "EIA-930" in r.periods[0].dataset
+
+
+def test_bad_key_quotes_the_error_and_never_shows_the_key(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    s = make(server, tmp_path, client, clock, eia_key="wrong-K3y-77")
+    with pytest.warns(IntensityWarning, match="HTTP 403.*An invalid api_key was supplied") as rec:
+        s.refresh(wait=True)
+    message = str(rec[0].message)
+    assert "CARBONCTX_EIA_KEY" in message and "wrong-K3y-77" not in message
+    cache = "".join(p.read_text() for p in (tmp_path / "cache").glob("*"))
+    assert "wrong-K3y-77" not in cache
+    assert "wrong-K3y-77" not in repr(s.provider)
+
+
+def test_unknown_authority_has_no_data(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    s = make(server, tmp_path, client, clock, zone="US-SW-XXXX")
+    with pytest.warns(IntensityWarning, match="no complete hour of generation for XXXX"):
+        s.refresh(wait=True)
+    assert s.current().source == "table"
+    assert make(server, tmp_path, client, clock, zone="DE").provider is None

@@ -1,0 +1,118 @@
+"""ENTSO-E Transparency Platform (A75 generation per production type, XML) against a real HTTP
+server on 127.0.0.1 that answers in its documented format, failures included."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from carbonctx._carbon.providers.entsoe import lifecycle_factors
+from carbonctx._carbon.service import IntensityService
+from carbonctx.errors import IntensityWarning
+from intensity_server import FakeClock, FakeServer
+
+UTC = timezone.utc
+T0 = datetime(2026, 6, 1, 10, 40, tzinfo=UTC).timestamp()
+TOKEN = "entsoe-S3cret-T0ken"
+# 300 MW gas (490 g), 100 MW onshore wind (11 g), 100 MW solar (48 g); pumping left out
+MIX = (300 * 490 + 100 * 11 + 100 * 48) / 500
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def server(clock: FakeClock) -> Iterator[FakeServer]:
+    with FakeServer(clock) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=2.0, trust_env=False) as c:
+        yield c
+
+
+def make(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock, **kw: object
+) -> IntensityService:
+    kw.setdefault("zone", "DE")
+    kw.setdefault("entsoe_token", TOKEN)
+    return IntensityService(  # type: ignore[arg-type]
+        urls={"entsoe": server.url},
+        cache_dir=tmp_path / "cache",
+        client=client,
+        env={},
+        clock=clock,
+        background=False,
+        **kw,
+    )
+
+
+def test_factors_are_bundled_with_every_production_type() -> None:
+    f = lifecycle_factors()
+    assert {f"B{n:02d}" for n in range(1, 21)} <= set(f)
+    assert f["B14"] == 12 and f["B04"] == 490 and f["B19"] == 11
+
+
+def test_generation_mix_becomes_a_live_intensity(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    s = make(server, tmp_path, client, clock)
+    assert s.provider_ids == ("entsoe",) and s.provider is not None
+    s.refresh(wait=True)
+    req = server.last("/api")
+    assert req.query["documentType"] == ["A75"] and req.query["processType"] == ["A16"]
+    assert req.query["in_Domain"] == ["10Y1001A1001A82H"]
+    assert req.query["periodStart"] == ["202605311000"]
+    assert req.query["periodEnd"] == ["202606011100"]
+    cur = s.current()
+    assert cur.provider == "entsoe" and cur.signal == "average"
+    assert cur.g_per_kwh == pytest.approx(MIX)
+    assert "ENTSO-E" in cur.dataset and "IPCC AR5" in cur.dataset
+    # 10:00-10:30 lacks the hourly gas figure (not published yet): left out, so "now" is the
+    # newest complete step, 09:45-10:00.
+    assert cur.valid_from == datetime(2026, 6, 1, 9, 45, tzinfo=UTC)
+    assert cur.source == "live"
+    r = s.co2(3.6e6, clock() - 60, clock())
+    assert r.co2_g == pytest.approx(MIX)
+
+
+def test_no_data_acknowledgement_is_reported(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    s = make(server, tmp_path, client, clock, zone="FR")
+    with pytest.warns(IntensityWarning, match="reason 999.*No matching data found") as rec:
+        s.refresh(wait=True)
+    assert len(rec) == 1 and TOKEN not in str(rec[0].message)
+    assert s.current().source == "table"
+
+
+def test_bad_token_is_refused_and_never_shown(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    s = make(server, tmp_path, client, clock, entsoe_token="wrong-T0ken-42")
+    with pytest.warns(IntensityWarning, match="HTTP 401") as rec:
+        s.refresh(wait=True)
+    message = str(rec[0].message)
+    assert "CARBONCTX_ENTSOE_TOKEN" in message and "wrong-T0ken-42" not in message
+    assert "wrong-T0ken-42" not in repr(s.provider)
+    cache = "".join(p.read_text() for p in (tmp_path / "cache").glob("*"))
+    assert "wrong-T0ken-42" not in cache and "securityToken" not in cache
+
+
+def test_not_xml_and_zones_not_covered(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.modes["/api"] = "malformed"
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="not XML"):
+        s.refresh(wait=True)
+    assert make(server, tmp_path, client, clock, zone="GB").provider is None
+    assert make(server, tmp_path, client, clock, zone="US-CAL-CISO").provider is None
