@@ -47,7 +47,6 @@ __all__ = [
 FORMAT = 2
 _TOTALS = ("package", "dram", "gpu")
 _FAILED = "source failed before the region ended"
-_PROV_KEYS = ("intensity_g_per_kwh", "pue", "pue_source", "zone", "sources", "periods")
 
 
 def ceil2(u: float) -> float:
@@ -199,9 +198,13 @@ def _carbon(
 ) -> tuple[float | None, float | None, str | None, dict[str, Any] | None]:
     carbon = r.get("carbon")
     if carbon is None and prov is not None:
-        energy_kwh = energy / J_PER_KWH
-        co2 = energy_kwh * float(prov["intensity_g_per_kwh"]) * float(prov["pue"])
-        carbon = {"co2_g": co2, "energy_kwh": energy_kwh, **{k: prov[k] for k in _PROV_KEYS}}
+        kwh = energy / J_PER_KWH
+        pue = float(prov["pue"])
+        carbon = {"co2_g": kwh * float(prov["intensity_g_per_kwh"]) * pue, "energy_kwh": kwh}
+        for k, v in prov.items():
+            if k == "alternatives" and isinstance(v, list):
+                v = [_with_co2(a, kwh, pue) for a in v]
+            carbon[k] = v
     if carbon is None:
         return None, None, None, None
     zone = carbon.get("zone")
@@ -213,8 +216,29 @@ def _carbon(
     )
 
 
+def _with_co2(alt: dict[str, Any], kwh: float, pue: float) -> dict[str, Any]:
+    """An alternative signal's figures for one region: its CO2 put back after its name."""
+    out: dict[str, Any] = {}
+    for k, v in alt.items():
+        out[k] = v
+        if k == "signal":
+            out["co2_g"] = kwh * float(alt["intensity_g_per_kwh"]) * pue
+    return out
+
+
 def provenance(carbon: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A region's carbon details without its own figures (what the context record holds)."""
+    """A region's carbon details without its own figures (what the context record holds): all
+    but ``co2_g`` and ``energy_kwh``, and each alternative signal's ``co2_g``."""
     if carbon is None:
         return None
-    return {k: carbon[k] for k in _PROV_KEYS if k in carbon}
+    out: dict[str, Any] = {}
+    for k, v in carbon.items():
+        if k in ("co2_g", "energy_kwh"):
+            continue
+        if k == "alternatives" and isinstance(v, list):
+            v = [
+                {ak: av for ak, av in a.items() if ak != "co2_g"} if isinstance(a, dict) else a
+                for a in v
+            ]
+        out[k] = v
+    return out
