@@ -45,7 +45,10 @@ def test_report_dir_prints_totals_and_writes_the_html(
 ) -> None:
     runs = read_run_logs(three_runs)
     assert [r.run for r in runs] == ["run-1", "run-2", "run-3"]
-    assert [len(r.epochs) for r in runs] == [6, 5, 1]
+    # The budget is over from the first forecast on; the decision lags (an epoch end never
+    # waits for the sampler), so run-3 stops after 2 epochs or a few more.
+    k = len(runs[2].epochs)
+    assert [len(r.epochs) for r in runs[:2]] == [6, 5] and 2 <= k < 8
     assert runs[2].stop_reason is not None and "budget" in runs[2].stop_reason
 
     out_html = tmp_path / "report.html"
@@ -55,7 +58,7 @@ def test_report_dir_prints_totals_and_writes_the_html(
         assert r.run in out
     total_j = sum(r.energy_j for r in runs)
     assert f"({total_j:.6g} J)" in out
-    assert "total: 3 runs, 12 epochs" in out
+    assert f"total: 3 runs, {11 + k} epochs" in out
     assert "driven by an average new car in the EU" in out
     assert "over budget" in out
     assert str(out_html) in out
@@ -67,8 +70,8 @@ def test_report_dir_prints_totals_and_writes_the_html(
     )
     # One energy chart and one forecast panel per run, all inline SVG.
     assert page.count("<svg") == 1 + 3
-    assert page.count('class="series"') == 2  # run-3 has a single epoch: a point, no line
-    assert page.count('class="forecast"') == 2
+    assert page.count('class="series"') == 3
+    assert page.count('class="forecast"') == 3
     assert page.count('class="interval"') == 3
     assert page.count('class="actual"') == 3
     assert page.count('class="budget"') == 1

@@ -21,6 +21,7 @@ import pytest
 import carbonctx
 from carbonctx._measure import process as _runtime
 from carbonctx._output.csv import CSV_FIELDS, write_csv
+from carbonctx._output.jsonl import read_jsonl
 from carbonctx.testing import SimulatedMachine
 
 #: Bound on waiting for the resolver thread to write a record (it runs every 20 ms).
@@ -43,13 +44,13 @@ def edges(m: carbonctx.Region) -> tuple[int, int]:
 def region_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
-            rec = json.loads(line)  # every complete line parses
-            if rec.get("kind") == "region":
-                out.append(rec)
-    return out
+            json.loads(line)  # every complete line parses
+    # Records in the full form, whichever form the file holds (compact: _output.compact).
+    regions, _power, bad = read_jsonl(str(path))
+    assert bad == 0
+    return regions
 
 
 # ------------------------------------------------------------------------------------ JSON Lines

@@ -24,6 +24,9 @@ from typing import Any
 
 from carbonctx import _native
 from carbonctx._measure.batch import Batch
+from carbonctx._measure.carbon import RegionCarbon
+from carbonctx._measure.compact import CompactForm
+from carbonctx._measure.sources import SourceColumns
 from carbonctx._output.jsonl import dumps
 
 __all__ = ["POWER_PERIOD_S", "RegionRecorder", "power_points"]
@@ -79,6 +82,9 @@ class RegionRecorder:
         self._power_since: list[int] = []
         self._power_last: list[tuple[int, float] | None] = []
         self._power_at = 0.0
+        #: Region records not written because output could not keep up (see ``shed``).
+        self.shed_total = 0
+        self._form: CompactForm | None = None
         try:
             fd = _open_regular(path)
         except OSError as e:
@@ -137,28 +143,61 @@ class RegionRecorder:
             return False
         return self._write("".join(dumps(r) for r in records))
 
-    def record(
+    def configure(
         self,
-        batch: Batch,
-        rows: Sequence[int],
-        handles: Sequence[Any],
+        columns: SourceColumns,
+        rank: dict[str, Any],
+        carbon: RegionCarbon,
         build: Callable[[Batch, int], Any],
     ) -> None:
-        """Write the records of a resolved batch's claimed rows and hand each region its
-        result; the batch (so every result built from it) says whether they were written."""
-        if self._fd is None:
+        """The sampler's sources, the rank's fields and the carbon figures records are written
+        with (the context of compact records: ``_output.compact``)."""
+        self._form = CompactForm(self._pid, self._offset, columns, rank, carbon, build)
+
+    def record(self, batch: Batch, rows: Sequence[int]) -> None:
+        """Write the records of a resolved batch's claimed rows (compact; see
+        ``_output.compact``); the batch (so every result built from it) says whether they were
+        written."""
+        if self._fd is None or self._form is None:
             batch.recorded = False
             return
         batch.recorded = True
-        records: list[dict[str, Any]] = []
-        for k, p in zip(rows, handles, strict=True):
-            m = build(batch, k)
-            p._result = m
-            records.append(m.to_dict())
-        if not self.write_records(records):
+        if not rows:
+            return
+        if not self._write(self._form.lines(batch, rows)):
             batch.recorded = False
-            for p in handles:
-                p._result = None  # built again from the batch, which says it was not written
+
+    def shed(self, batch: Batch, n: int, names: Sequence[str]) -> None:
+        """A batch whose records are not written because the output fell behind (the resolver
+        sheds them rather than hold regions without bound or make a user thread write): its
+        regions are counted, warned about once, and recorded as one ``shed`` record (how many,
+        per name, and the span of time they cover); their statistics and results are kept."""
+        batch.recorded = False
+        if self._fd is None or n == 0:
+            return
+        self.shed_total += n
+        by_name: dict[str, int] = {}
+        for k in range(n):
+            info = batch.infos[k]
+            name = info[0] if info is not None else names[int(batch.tags[k])]
+            by_name[name] = by_name.get(name, 0) + 1
+        self._note(
+            "output-shed",
+            f"output {self.path} fell behind the regions: some region records were not "
+            "written (each gap is a 'shed' record with the count per name; statistics and "
+            "results include them)",
+        )
+        rec = {
+            "kind": "shed",
+            "pid": self._pid,
+            "regions": n,
+            "names": by_name,
+            "start": int(batch.t0.min()) * 1e-9 + self._offset,
+            "end": int(batch.t1.max()) * 1e-9 + self._offset,
+            "shed_total": self.shed_total,
+        }
+        with self._lock:
+            self._write(dumps(rec))
 
     def write_power(
         self, sampler: _native.Sampler, sources: Sequence[dict[str, Any]], force: bool = False

@@ -239,7 +239,7 @@ class Tracker(_native.Region):
                 return fn(*args, **kwargs)
             finally:
                 if s.end_span(t0, cache[1]):
-                    rt.drain()  # a backlog: the resolver thread cannot keep up
+                    rt.wake_resolver()  # a backlog: never drained on the user's thread
                 if cache[2].warn_due:
                     rt.emit_warnings()
 

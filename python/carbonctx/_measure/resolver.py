@@ -8,6 +8,7 @@ name's statistics. Others have a pending entry (their region object, which gets 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,10 +23,18 @@ from carbonctx._measure.rows import MeasurementBuilder
 from carbonctx._measure.sources import SourceColumns
 from carbonctx._results.statistics import NameAccumulator
 
-__all__ = ["DRAIN_BATCH", "Resolver"]
+__all__ = ["DRAIN_BATCH", "DRAIN_SLICE", "SHED_AFTER", "Resolver"]
 
 #: Resolved regions taken from the sampler at a time.
 DRAIN_BATCH = 8192
+#: Taken at a time by the resolver thread, which lets other threads have the GIL in between:
+#: a user thread leaving a region waits for no more than one slice.
+DRAIN_SLICE = 512
+#: Regions resolved in one pass of the resolver thread beyond which it stops writing their
+#: records (it keeps their statistics and results): output that cannot keep up is shed,
+#: counted, warned about and recorded, rather than held without bound or written by a user
+#: thread.
+SHED_AFTER = 1 << 17
 
 # A pending region: the Tracker that measured it (name, thread, parent, tags; its result goes
 # back to it).
@@ -80,6 +89,8 @@ class Resolver:
             columns, self.names, pid=pid, offset=offset, carbon=self.carbon, rank=rank
         )
         self._status_error = status_error
+        if recorder is not None:
+            recorder.configure(columns, rank or {}, self.carbon, self.builder.build)
 
     def tag_of(self, name: str) -> int:
         """The tag (u32, never 0) that stands for ``name`` in the sampler."""
@@ -94,6 +105,7 @@ class Resolver:
         return tag
 
     def drain(self, sampler: _native.Sampler) -> None:
+        """Everything resolved so far (a caller that asked to wait: flush, stats, shutdown)."""
         with self.lock:
             while True:
                 n, ids, tags, t0, t1, joules, unc = sampler.drain(DRAIN_BATCH)
@@ -102,6 +114,21 @@ class Resolver:
                 self.process_batch(n, ids, tags, t0, t1, joules, unc)
                 if n < DRAIN_BATCH:
                     return
+
+    def drain_background(self, sampler: _native.Sampler) -> None:
+        """The resolver thread's pass: slices of ``DRAIN_SLICE``, the GIL given up between
+        them; past ``SHED_AFTER`` regions in one pass, records are shed (see there)."""
+        done = 0
+        while True:
+            with self.lock:
+                n, ids, tags, t0, t1, joules, unc = sampler.drain(DRAIN_SLICE)
+                if n == 0:
+                    return
+                self.process_batch(n, ids, tags, t0, t1, joules, unc, shed=done >= SHED_AFTER)
+            done += n
+            if n < DRAIN_SLICE:
+                return
+            time.sleep(0)  # let a thread waiting for the GIL have it
 
     def process_batch(
         self,
@@ -112,6 +139,7 @@ class Resolver:
         t1_b: bytes,
         j_b: bytes,
         u_b: bytes,
+        shed: bool = False,
     ) -> None:
         """Turn a batch of resolved regions into statistics, results and records."""
         columns = self.columns
@@ -160,7 +188,7 @@ class Resolver:
         # the batch and a row; a Measurement is built only when someone reads it or it is
         # written.
         batch = Batch(ids, t0, t1, joules, unc, cpu, dram, gpu, nan, infos, tag_arr, estimated)
-        rows, handles = _native.claim_regions(pending, ids_b, batch, infos)
+        rows, _handles = _native.claim_regions(pending, ids_b, batch, infos)
         if len(untagged):
             by_name: dict[str, list[int]] = {}
             for k in untagged.tolist():
@@ -180,7 +208,10 @@ class Resolver:
             batch, [k for k, tag in enumerate(kept, first_kept) if tag or infos[k] is not None]
         )
         if recorder is not None:
-            recorder.record(batch, rows, handles, self.builder.build)
+            if shed:
+                recorder.shed(batch, n, names)
+            else:
+                recorder.record(batch, rows)
 
     def _accumulator(self, name: str) -> NameAccumulator:
         acc = self.accumulators.get(name)

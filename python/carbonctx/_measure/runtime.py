@@ -49,7 +49,8 @@ __all__ = ["BACKLOG_HIGH", "RESOLVE_PERIOD_S", "RESULT_TIMEOUT_S", "Runtime"]
 
 #: How long reading an unresolved result may wait for the sampler before giving up.
 RESULT_TIMEOUT_S = 10.0
-#: Regions waiting for the resolver above which the thread that ends one drains them itself.
+#: Regions waiting for the resolver above which the thread that ends one wakes it (it never
+#: drains them itself: no user thread waits for output or resolution).
 BACKLOG_HIGH = 1 << 15
 #: How often the resolver thread collects results.
 RESOLVE_PERIOD_S = 0.02
@@ -81,6 +82,7 @@ class Runtime:
         self._lock = threading.RLock()
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned: set[str] = set()
         self._warnings: list[str] = []
@@ -101,7 +103,7 @@ class Runtime:
             pending=self.pending,
             name_tags=self.resolver.name_tags,
             tag_of=self.tag_of,
-            drain=self.drain,
+            drain=self.wake_resolver,
             emit_warnings=self.emit_warnings,
             backlog_high=BACKLOG_HIGH,
         )
@@ -227,6 +229,7 @@ class Runtime:
         if self.dead:
             return
         self._stop.set()
+        self._wake.set()
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout=5)
@@ -285,11 +288,22 @@ class Runtime:
 
     # ------------------------------------------------------------------ resolving
 
+    def wake_resolver(self) -> None:
+        """A backlog: have the resolver thread drain now rather than at its next period (what
+        the thread that ended a region does instead of draining; costs it no wait)."""
+        if not self._wake.is_set():
+            self._wake.set()
+
     def _resolver_loop(self) -> None:
-        while not self._stop.wait(RESOLVE_PERIOD_S):
+        while True:
+            self._wake.wait(RESOLVE_PERIOD_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
-                self.drain()
                 s = self.sampler
+                if s is not None:
+                    self.resolver.drain_background(s)
                 if s is not None and self.recorder is not None:
                     self.recorder.write_power(s, self.sources)
             except Exception as e:  # keep resolving; say what went wrong once

@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any
 
-__all__ = ["dumps", "json_default", "json_safe", "read_json_lines", "read_jsonl"]
+__all__ = ["dumps", "dumps_compact", "json_default", "json_safe", "read_json_lines", "read_jsonl"]
 
 #: Nesting deeper than this is written as a placeholder string.
 MAX_DEPTH = 64
@@ -109,6 +109,14 @@ def dumps(record: object) -> str:
         return json.dumps(json_safe(record), allow_nan=False) + "\n"
 
 
+def dumps_compact(o: object) -> str:
+    """:func:`dumps` without spaces or newline (values inside compact region lines)."""
+    try:
+        return json.dumps(o, default=json_default, allow_nan=False, separators=(",", ":"))
+    except Exception:
+        return json.dumps(json_safe(o), allow_nan=False, separators=(",", ":"))
+
+
 def read_json_lines(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], int]:
     """Every JSON object in a JSON Lines file, and how many lines were not one.
 
@@ -134,8 +142,15 @@ def read_json_lines(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]],
 
 
 def read_jsonl(path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """Read a JSON Lines file: (region records, power records, lines that could not be parsed)."""
+    """Read a JSON Lines file: (region records, power records, lines that could not be parsed).
+
+    Region records come out in the full form (:meth:`carbonctx.Measurement.to_dict`) whether
+    the file holds that form or the compact one (``_output.compact``).
+    """
+    from carbonctx._output.compact import expand_records
+
     records, bad = read_json_lines(path)
+    records = expand_records(records)
     regions = [r for r in records if r.get("kind", "region") == "region"]
     power = [r for r in records if r.get("kind") == "power"]
     return regions, power, bad

@@ -10,7 +10,7 @@ from typing import Any
 from carbonctx._results.runs import RunTotals
 from carbonctx.errors import CarbonctxWarning, ConfigurationError
 
-__all__ = ["Budget", "check_limit"]
+__all__ = ["Budget", "check_epochs_args", "check_limit"]
 
 #: ``"stop"``, ``"warn"`` or a callable taking the run.
 OnBudget = str | Callable[[Any], object]
@@ -92,3 +92,25 @@ class Budget:
             "on_budget": self.action,
             "exceeded": self.exceeded,
         }
+
+
+def check_epochs_args(
+    n: object, forecast_after: object, on_budget: object, name: object, progress: object
+) -> None:
+    """Raise :class:`ConfigurationError` for arguments of ``epochs()`` that cannot be used."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigurationError(f"epochs(n={n!r}): n is the number of epochs, an int >= 1")
+    if isinstance(forecast_after, bool) or not isinstance(forecast_after, int):
+        raise ConfigurationError(f"forecast_after={forecast_after!r} must be an int >= 1")
+    if not 1 <= forecast_after <= n:
+        raise ConfigurationError(
+            f"forecast_after={forecast_after} must be between 1 and the number of epochs ({n})"
+        )
+    if not (on_budget in ("stop", "warn") or callable(on_budget)):
+        raise ConfigurationError(
+            f"on_budget={on_budget!r}: use 'stop', 'warn', or a function taking the run"
+        )
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"name={name!r} must be a non-empty string")
+    if progress is not None and not isinstance(progress, bool):
+        raise ConfigurationError(f"progress={progress!r} must be True, False or None")

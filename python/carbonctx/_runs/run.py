@@ -15,10 +15,13 @@ the measurement's uncertainty, and the forecast says it is a single-epoch extrap
 for the remaining epochs uses the provider's intensity forecast over the predicted span when the
 zone's provider has one, else the current (or tabulated) value; the forecast says which.
 
-A budget (``budget_kwh``, ``budget_co2_kg``) is compared with the central forecast after every
-epoch. When it is exceeded: ``on_budget="stop"`` ends the loop normally after that epoch,
-``"warn"`` warns once (:class:`~carbonctx.CarbonctxWarning`), a callable is called once with the
-run. Nothing here raises into the loop, except for arguments that cannot be used
+An epoch end never waits for the sampler: the figures counted there are those of the earlier
+epochs already resolved (``_runs.lag``), so the forecast and the budget lag one epoch behind the
+loop (more for epochs shorter than the sampler's lag). A budget (``budget_kwh``,
+``budget_co2_kg``) is compared with the central forecast after every epoch counted. When it is
+exceeded: ``on_budget="stop"`` ends the loop normally after the epoch running then, ``"warn"``
+warns once (:class:`~carbonctx.CarbonctxWarning`), a callable is called once with the run.
+Nothing here raises into the loop, except for arguments that cannot be used
 (:class:`~carbonctx.ConfigurationError`).
 
 With ``log_dir`` (or ``CARBONCTX_LOG_DIR``) each run writes ``<log_dir>/<run-id>.jsonl``: a
@@ -56,12 +59,13 @@ from carbonctx._measure.region import Region, Tracker
 from carbonctx._results.measurement import Measurement
 from carbonctx._results.runs import RunTotals
 from carbonctx._runs import intensity
-from carbonctx._runs.budget import Budget, OnBudget, check_limit
+from carbonctx._runs.budget import Budget, OnBudget, check_epochs_args, check_limit
 from carbonctx._runs.forecast import Epoch, actual_totals, forecast_totals
 from carbonctx._runs.jobs import reduce_epoch, stop_reason_of_others
+from carbonctx._runs.lag import EpochLag
 from carbonctx._runs.log import RunLogWriter, epoch_record, final_record, start_record
 from carbonctx._runs.progress import ProgressLine, final_text, forecast_text, say
-from carbonctx.errors import CarbonctxError, CarbonctxWarning, ConfigurationError
+from carbonctx.errors import CarbonctxError, CarbonctxWarning
 
 __all__ = ["Run", "epochs", "last_run"]
 
@@ -133,6 +137,7 @@ class Run:
         self._run_id_given = run_id is not None
         self._log = RunLogWriter(None, self._note)
         self._progress = ProgressLine(_config.progress(progress))
+        self._lag = EpochLag()
 
     def __repr__(self) -> str:
         state = "finished" if self._finished else f"{self.epochs_done}/{self.n} epochs"
@@ -213,6 +218,7 @@ class Run:
         self._join_job()
         self._open_log()
         completed = False
+        joint = self.engine != "local"
         try:
             for i in range(self.n):
                 tracker = Tracker(self.name, tags={**self.tags, "run": self.run_id, "epoch": i})
@@ -221,20 +227,40 @@ class Run:
                     yield i
                 finally:
                     tracker.__exit__(None, None, None)
-                self._epoch_done(i, region)
+                # Never waits for the sampler: the epochs counted now are earlier ones (_runs.lag).
+                for k, r in self._lag.ended(i, region, joint):
+                    self._epoch_done(k, r, joint)
+                if joint and i == 0:
+                    self._joint_stop()  # the same collectives at every epoch end, on every rank
                 reason = self._stop_requested
                 if reason is not None and i < self.n - 1:
                     self.stop_reason = reason
                     break
             completed = True
+            self._count_rest(joint)  # every rank is here: the loop ended or stopped jointly
         finally:
-            if not completed and self.stop_reason is None:
-                done = len(self._epochs)
-                self.stop_reason = (
-                    f"the loop was left during epoch {done + 1} of {self.n} "
-                    "(break or exception); that epoch is not counted"
-                )
+            if not completed:
+                done = len(self._epochs) + len(self._lag)
+                self._count_rest(False)  # not every rank may be here: no collective
+                if self.stop_reason is None:
+                    self.stop_reason = (
+                        f"the loop was left during epoch {done + 1} of {self.n} "
+                        "(break or exception); that epoch is not counted"
+                    )
             self._finish()
+
+    def _count_rest(self, joint: bool) -> None:
+        """The ended epochs not counted yet (waits for the sampler: the loop is over)."""
+        reason = self._stop_requested
+        rest = self._lag.rest()
+        if rest and not joint and self.engine != "local":
+            self._note(
+                f"epoch {rest[0][0]} was counted after the loop was left: this rank's figures "
+                "only, not summed over the job's ranks"
+            )
+        for k, r in rest:
+            self._epoch_done(k, r, joint)
+        self._stop_requested = reason  # the loop is over: nothing more to stop
 
     def _join_job(self) -> None:
         """In a distributed job: the engine for the job's figures, rank 0's run id, and this
@@ -273,7 +299,13 @@ class Run:
 
     # ------------------------------------------------------------------ per epoch
 
-    def _epoch_done(self, i: int, region: Region) -> None:
+    def _joint_stop(self) -> None:
+        """Whether any rank asked to stop (a collective)."""
+        stop = any_rank(self._stop_requested is not None)
+        if stop and self._stop_requested is None:
+            self._stop_requested = stop_reason_of_others()
+
+    def _epoch_done(self, i: int, region: Region, joint: bool) -> None:
         try:
             m: Measurement | None = region.result()
         except CarbonctxError as e:
@@ -283,7 +315,7 @@ class Run:
         self._rank_epochs.append(ep)
         job_ep = ep
         parts: dict[str, float | None] = {}
-        if self.engine != "local":
+        if joint:
             # Every rank reaches this point once per epoch: the sum is a collective.
             job_ep, parts = reduce_epoch(ep, m)
         self._epochs.append(job_ep)
@@ -292,11 +324,8 @@ class Run:
         try:
             fc = self._after_epoch(i)
         finally:
-            if self.engine != "local":
-                # Jointly: every rank stops at the same boundary (a collective).
-                stop = any_rank(self._stop_requested is not None)
-                if stop and self._stop_requested is None:
-                    self._stop_requested = stop_reason_of_others()
+            if joint:
+                self._joint_stop()  # every rank stops at the same boundary
         self._log.write(
             epoch_record(self.run_id, ep, fc, job=job_ep if parts else None, parts=parts)
             | self._rank
@@ -457,22 +486,7 @@ def epochs(
     (default: when stderr is a terminal and ``CARBONCTX_PROGRESS`` is not ``0``; True forces it).
     ``quiet``: no forecast or summary lines on stderr. ``tags`` go into every epoch's record.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigurationError(f"epochs(n={n!r}): n is the number of epochs, an int >= 1")
-    if isinstance(forecast_after, bool) or not isinstance(forecast_after, int):
-        raise ConfigurationError(f"forecast_after={forecast_after!r} must be an int >= 1")
-    if not 1 <= forecast_after <= n:
-        raise ConfigurationError(
-            f"forecast_after={forecast_after} must be between 1 and the number of epochs ({n})"
-        )
-    if not (on_budget in ("stop", "warn") or callable(on_budget)):
-        raise ConfigurationError(
-            f"on_budget={on_budget!r}: use 'stop', 'warn', or a function taking the run"
-        )
-    if not isinstance(name, str) or not name:
-        raise ConfigurationError(f"name={name!r} must be a non-empty string")
-    if progress is not None and not isinstance(progress, bool):
-        raise ConfigurationError(f"progress={progress!r} must be True, False or None")
+    check_epochs_args(n, forecast_after, on_budget, name, progress)
     return Run(
         n,
         budget_kwh=check_limit(budget_kwh, "budget_kwh"),

@@ -1,0 +1,244 @@
+"""Compact region records in JSON Lines (format 2): what is the same for every region of a run
+is written once, in a ``context`` record, and each region's line carries only its own figures.
+
+A writer appends, per process (``pid``):
+
+* ``{"kind": "context", "format": 2, "pid", "offset", "sources", "estimated", "rank",
+  "carbon"}`` when the output is opened and whenever any of it changes (the carbon intensity's
+  provenance, for instance): the sources' ids, labels, backends, domains, methods and shares,
+  the clock's offset to Unix time, and the carbon details without the per-region figures;
+* ``{"kind": "threads", "pid", "threads": {"index": ident}}`` when threads appear;
+* ``{"kind": "batch", "pid", "t0": ns}`` before each batch of region lines (one write each);
+* region lines: ``{"kind": "region", "name", "id", "parent", "t", "dt", "energy_j", "j", "u"}``
+  and ``th`` (thread index; written when it differs from the previous line's in the batch),
+  ``tags`` (when there are some) and ``carbon`` (only for a region whose carbon details differ
+  from the context's: one that spans two intensity periods). ``t`` is the start in ns after
+  the previous line's end (the batch's ``t0`` for its first line), ``dt`` the duration in ns
+  (exact: start and end are found as the full form has them); ``j`` is each context source's
+  joules in whole microjoules (null where the source had failed), ``u`` each one's uncertainty
+  in joules rounded *up* to two significant digits (so it still bounds the error);
+  ``energy_j`` is the sum of the counted ``j`` (package, DRAM, GPU), in joules.
+
+:func:`expand_records` turns a file's records of either form into full region records (those of
+:meth:`carbonctx.Measurement.to_dict`): every reader goes through it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from carbonctx._results.units import J_PER_KWH
+
+__all__ = [
+    "FORMAT",
+    "ceil2",
+    "ceil2_array",
+    "expand_records",
+    "is_compact",
+    "provenance",
+]
+
+#: The compact form's version, in its context records.
+FORMAT = 2
+_TOTALS = ("package", "dram", "gpu")
+_FAILED = "source failed before the region ended"
+
+
+def ceil2(u: float) -> float:
+    """``u`` rounded up to two significant digits (an uncertainty that still bounds)."""
+    if not math.isfinite(u) or u <= 0.0:
+        return u
+    e = math.floor(math.log10(u)) - 1
+    return float(f"{math.ceil(u / 10.0**e - 1e-9)}e{e}")
+
+
+def ceil2_array(u: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """:func:`ceil2` of a block of uncertainties (NaN, infinities and zeros as they are); the
+    result is to be written with two significant digits (``%.2g``)."""
+    with np.errstate(all="ignore"):
+        ok = np.isfinite(u) & (u > 0.0)
+        e = np.where(ok, np.floor(np.log10(np.where(ok, u, 1.0))) - 1.0, 0.0)
+        scale = 10.0**e
+        return np.where(ok, np.ceil(u / scale - 1e-9) * scale, u)
+
+
+def is_compact(rec: dict[str, Any]) -> bool:
+    """A compact region line (``t`` and ``j`` instead of ``start`` and ``by_source``)."""
+    return rec.get("kind") == "region" and "j" in rec and "by_source" not in rec
+
+
+class _Pid:
+    __slots__ = ("base", "ctx", "th", "threads")
+
+    def __init__(self) -> None:
+        self.ctx: dict[str, Any] | None = None
+        self.base = 0  # the end of the previous line (the batch's t0 first), ns
+        self.th: Any = None  # the previous line's thread index
+        self.threads: dict[str, int] = {}
+
+
+def expand_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every record, compact region lines made full (in file order); context, thread and batch
+    records are consumed. A compact line without a context before it (a file cut at the
+    front) is kept as it is."""
+    out: list[dict[str, Any]] = []
+    by_pid: dict[Any, _Pid] = {}
+    last: _Pid | None = None
+    for rec in records:
+        kind = rec.get("kind")
+        if kind in ("context", "threads", "batch"):
+            st = by_pid.get(rec.get("pid"))
+            if st is None:
+                st = by_pid[rec.get("pid")] = _Pid()
+            last = st
+            if kind == "context":
+                st.ctx = rec
+            elif kind == "threads":
+                st.threads.update(rec.get("threads") or {})
+            else:
+                st.base = int(rec.get("t0") or 0)
+                st.th = None
+            continue
+        if is_compact(rec) and last is not None and last.ctx is not None:
+            try:
+                out.append(_expand(rec, last))
+                continue
+            except (TypeError, ValueError, KeyError, IndexError):
+                pass
+        out.append(rec)
+    return out
+
+
+def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
+    ctx = st.ctx
+    assert ctx is not None
+    offset = float(ctx["offset"])
+    t0 = st.base + int(r["t"])
+    t1 = t0 + int(r["dt"])
+    st.base = t1
+    if "th" in r:
+        st.th = r["th"]
+    sums = {"package": 0, "dram": 0, "gpu": 0}
+    u_total = 0.0
+    u_known = True
+    missing: list[str] = []
+    by_source: dict[str, Any] = {}
+    sources: Sequence[dict[str, Any]] = ctx["sources"]
+    for src, jv, uv in zip(sources, r["j"], r["u"], strict=True):
+        failed = jv is None
+        j = None if failed else int(jv) / 1e6
+        u = None if failed or uv is None else float(uv)
+        dom = src["domain"]
+        if dom in _TOTALS:
+            if failed:
+                missing.append(src["id"])
+            else:
+                sums[dom] += int(jv)
+                if u is None:
+                    u_known = False
+                else:
+                    u_total += u
+        d: dict[str, Any] = {
+            "id": src["id"],
+            "label": src["label"],
+            "backend": src["backend"],
+            "domain": dom,
+            "method": src["method"],
+            "joules": j,
+            "uncertainty_j": u,
+            "note": _FAILED if failed else None,
+        }
+        if src.get("share_rule") is not None:
+            share = float(src.get("share", 1.0))
+            d["share"] = share
+            d["share_rule"] = src["share_rule"]
+            d["node_joules"] = (
+                None if j is None or not src.get("scaled") or share == 0.0 else j / share
+            )
+        by_source[src["id"]] = d
+    cpu, dram, gpu = (sums[d] / 1e6 for d in _TOTALS)
+    energy = (sums["package"] + sums["dram"] + sums["gpu"]) / 1e6
+    co2_g, intensity, zone, carbon = _carbon(r, ctx.get("carbon"), energy)
+    rank = ctx.get("rank") or {}
+    th = st.th
+    return {
+        "kind": "region",
+        "name": r["name"],
+        "id": r["id"],
+        "pid": ctx["pid"],
+        "thread": st.threads.get(str(th), 0) if th else 0,
+        "parent": r.get("parent"),
+        "start": t0 * 1e-9 + offset,
+        "end": t1 * 1e-9 + offset,
+        "duration_s": (t1 - t0) * 1e-9,
+        "energy_j": energy,
+        "cpu_j": cpu,
+        "dram_j": dram,
+        "gpu_j": gpu,
+        "uncertainty_j": u_total if u_known and sources else None,
+        "co2_g": co2_g,
+        "intensity": intensity,
+        "zone": zone,
+        "carbon": carbon,
+        "missing": missing,
+        "estimated": bool(ctx.get("estimated")),
+        "by_source": by_source,
+        "tags": r.get("tags") or {},
+        **({k: rank.get(k) for k in ("rank", "local_rank", "node", "job")} if rank else {}),
+    }
+
+
+def _carbon(
+    r: dict[str, Any], prov: dict[str, Any] | None, energy: float
+) -> tuple[float | None, float | None, str | None, dict[str, Any] | None]:
+    carbon = r.get("carbon")
+    if carbon is None and prov is not None:
+        kwh = energy / J_PER_KWH
+        pue = float(prov["pue"])
+        carbon = {"co2_g": kwh * float(prov["intensity_g_per_kwh"]) * pue, "energy_kwh": kwh}
+        for k, v in prov.items():
+            if k == "alternatives" and isinstance(v, list):
+                v = [_with_co2(a, kwh, pue) for a in v]
+            carbon[k] = v
+    if carbon is None:
+        return None, None, None, None
+    zone = carbon.get("zone")
+    return (
+        carbon.get("co2_g"),
+        carbon.get("intensity_g_per_kwh"),
+        zone.get("zone") if isinstance(zone, dict) else zone,
+        carbon,
+    )
+
+
+def _with_co2(alt: dict[str, Any], kwh: float, pue: float) -> dict[str, Any]:
+    """An alternative signal's figures for one region: its CO2 put back after its name."""
+    out: dict[str, Any] = {}
+    for k, v in alt.items():
+        out[k] = v
+        if k == "signal":
+            out["co2_g"] = kwh * float(alt["intensity_g_per_kwh"]) * pue
+    return out
+
+
+def provenance(carbon: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A region's carbon details without its own figures (what the context record holds): all
+    but ``co2_g`` and ``energy_kwh``, and each alternative signal's ``co2_g``."""
+    if carbon is None:
+        return None
+    out: dict[str, Any] = {}
+    for k, v in carbon.items():
+        if k in ("co2_g", "energy_kwh"):
+            continue
+        if k == "alternatives" and isinstance(v, list):
+            v = [
+                {ak: av for ak, av in a.items() if ak != "co2_g"} if isinstance(a, dict) else a
+                for a in v
+            ]
+        out[k] = v
+    return out
