@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Source domains that carry the node's figure, split among its local ranks. (GPUs are owned.)
-SHARED_DOMAINS = ("package", "dram", "core", "uncore", "psys")
+SHARED_DOMAINS = ("package", "dram", "core", "uncore", "psys", "module", "rail", "node")
 
 _UUID = re.compile(r"\[((?:GPU|MIG)-[0-9A-Fa-f-]+)\]")
 

@@ -637,13 +637,16 @@ impl Segment {
     }
 }
 
-const DOMAINS: [Domain; 6] = [
+const DOMAINS: [Domain; 9] = [
     Domain::Package,
     Domain::Core,
     Domain::Uncore,
     Domain::Dram,
     Domain::Psys,
     Domain::Gpu,
+    Domain::Module,
+    Domain::Rail,
+    Domain::Node,
 ];
 const METHODS: [Method; 3] = [Method::Counter, Method::IntegratedPower, Method::Estimate];
 
@@ -653,6 +656,9 @@ fn static_backend(name: &str) -> &'static str {
         "msr" => "msr",
         "perf" => "perf",
         "nvml" => "nvml",
+        "amdsmi" => "amdsmi",
+        "hwmon" => "hwmon",
+        "redfish" => "redfish",
         "estimate" => "estimate",
         _ => "other",
     }

@@ -157,8 +157,14 @@ impl SimSpec {
         }
         for (i, z) in self.zones.iter().enumerate() {
             z.wave.validate()?;
-            if z.domain == Domain::Gpu {
-                return Err(Error::Invalid("a simulated CPU has no GPU zone".into()));
+            if matches!(
+                z.domain,
+                Domain::Gpu | Domain::Module | Domain::Rail | Domain::Node
+            ) {
+                return Err(Error::Invalid(format!(
+                    "a simulated CPU has no {} zone (RAPL zones: package, core, uncore, dram, psys)",
+                    z.domain.as_str()
+                )));
             }
             if z.package >= self.packages {
                 return Err(Error::Invalid(format!(

@@ -219,7 +219,10 @@ fn msr_address(domain: Domain) -> u64 {
         Domain::Core => msr::MSR_PP0_ENERGY_STATUS,
         Domain::Uncore => msr::MSR_PP1_ENERGY_STATUS,
         Domain::Dram => msr::MSR_DRAM_ENERGY_STATUS,
-        Domain::Psys | Domain::Gpu => msr::MSR_PLATFORM_ENERGY_STATUS,
+        // Not RAPL domains; `SimSpec::validate` refuses them before a tree is made.
+        Domain::Psys | Domain::Gpu | Domain::Module | Domain::Rail | Domain::Node => {
+            msr::MSR_PLATFORM_ENERGY_STATUS
+        }
     }
 }
 
@@ -228,7 +231,9 @@ fn perf_event_name(domain: Domain) -> (&'static str, u32) {
         Domain::Core => ("energy-cores", 1),
         Domain::Package => ("energy-pkg", 2),
         Domain::Dram => ("energy-ram", 3),
-        Domain::Uncore | Domain::Gpu => ("energy-gpu", 4),
+        Domain::Uncore => ("energy-gpu", 4),
+        // Not RAPL domains; `SimSpec::validate` refuses them before a tree is made.
+        Domain::Gpu | Domain::Module | Domain::Rail | Domain::Node => ("energy-gpu", 4),
         Domain::Psys => ("energy-psys", 5),
     }
 }

@@ -10,6 +10,10 @@ use crate::error::Error;
 ///
 /// Totals never count a domain twice: `Core` and `Uncore` lie inside `Package`, and `Psys`
 /// overlaps everything on client parts, so only `Package`, `Dram` and `Gpu` enter totals.
+/// `Module` (a board or superchip module holding CPU and GPU, such as a Grace Hopper module),
+/// `Rail` (one supply rail of a board, such as a Jetson's INA3221 channels) and `Node` (the
+/// node's wall power, from a BMC or a platform power meter) contain or overlap the others: they
+/// are shown beside the components, never added to them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Domain {
     Package,
@@ -18,6 +22,9 @@ pub enum Domain {
     Dram,
     Psys,
     Gpu,
+    Module,
+    Rail,
+    Node,
 }
 
 impl Domain {
@@ -29,6 +36,9 @@ impl Domain {
             Domain::Dram => "dram",
             Domain::Psys => "psys",
             Domain::Gpu => "gpu",
+            Domain::Module => "module",
+            Domain::Rail => "rail",
+            Domain::Node => "node",
         }
     }
 }
