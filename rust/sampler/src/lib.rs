@@ -38,7 +38,7 @@ pub mod timeline;
 pub use error::{Error, Result};
 pub use regions::{Packed, Resolved};
 pub use sampler::{Config, NodeStatus, Role, Sampler, SourceStatus, Stats};
-pub use sensors::{discover, msr, nvml, perf, powercap, tdp_model};
+pub use sensors::{amd, discover, msr, nvml, perf, powercap, tdp_model};
 pub use sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };

@@ -2,7 +2,13 @@
 //!
 //! Everything discovery depends on comes in through [`Options`]: the roots, the backends, and the
 //! values of the settings that used to be read from the environment here (`CUDA_VISIBLE_DEVICES`,
-//! `CUDA_DEVICE_ORDER`, `CARBONCTX_CPU_TDP_W`). This crate reads no environment variable.
+//! `CUDA_DEVICE_ORDER`, `CARBONCTX_CPU_TDP_W`, the AMD visible-device variables). This crate reads
+//! no environment variable.
+//!
+//! Two sources measure the same thing when they have the same domain and index and, for GPUs,
+//! the same vendor (an NVIDIA and an AMD GPU can both be GPU 0): see [`same_device`].
+
+use std::path::PathBuf;
 
 use crate::sensors::{Domain, EnergySource, Found, Roots, SourceInfo, Unavailable};
 
@@ -30,6 +36,15 @@ pub struct Options {
     /// The TDP setting per package in watts, as text (`CARBONCTX_CPU_TDP_W`; `None` or empty:
     /// unset). A value that does not parse is reported as unavailable and ignored.
     pub cpu_tdp_w: Option<String>,
+    /// AMD GPUs: AMD SMI, else the amdgpu hwmon files ([`crate::sensors::amd`]).
+    pub amd: bool,
+    /// The AMD SMI library (`None`: `libamd_smi.so` through the loader's search path).
+    pub amdsmi_library: Option<PathBuf>,
+    /// The value of `ROCR_VISIBLE_DEVICES` (`None`: unset).
+    pub rocr_visible_devices: Option<String>,
+    /// What HIP reads: `HIP_VISIBLE_DEVICES`, or `CUDA_VISIBLE_DEVICES` where that is unset
+    /// (`None`: both unset).
+    pub hip_visible_devices: Option<String>,
 }
 
 impl Default for Options {
@@ -42,6 +57,10 @@ impl Default for Options {
             cuda_visible_devices: None,
             cuda_device_order: None,
             cpu_tdp_w: None,
+            amd: true,
+            amdsmi_library: None,
+            rocr_visible_devices: None,
+            hip_visible_devices: None,
         }
     }
 }
@@ -53,12 +72,31 @@ pub const DEFAULT_CPU_BACKENDS: [&str; 3] = ["powercap", "perf", "msr"];
 /// Everything discovery found.
 #[derive(Default)]
 pub struct Discovered {
-    /// One source per (domain, index): what the sampler should read.
+    /// One source per measured device (see [`same_device`]): what the sampler should read.
     pub chosen: Vec<Box<dyn EnergySource>>,
     /// Sources that measure a domain already covered by a chosen one.
     pub alternatives: Vec<SourceInfo>,
     /// What was looked for and could not be used, with reasons and remedies.
     pub unavailable: Vec<Unavailable>,
+}
+
+/// What a source measures: domain, index, and for a GPU its vendor.
+pub type DeviceKey = (Domain, u32, String);
+
+/// The device a source measures. GPUs of one vendor share a numbering (NVML's for `nvml`, the
+/// ROCm runtime's for AMD SMI and amdgpu hwmon); a GPU source of any other backend is a device
+/// of its own, never taken for another.
+pub fn same_device(info: &SourceInfo) -> DeviceKey {
+    let vendor = if info.domain != Domain::Gpu {
+        String::new()
+    } else if info.backend == "nvml" {
+        "nvidia".into()
+    } else if super::amd::is_amd_gpu(info) {
+        "amd".into()
+    } else {
+        info.id.clone()
+    };
+    (info.domain, info.index, vendor)
 }
 
 fn rank(info: &SourceInfo, backends: &[String]) -> (usize, bool) {
@@ -94,10 +132,19 @@ pub fn discover(opts: &Options) -> Discovered {
         );
         take(nvml, &mut all);
     }
+    if opts.amd {
+        let amd = super::amd::AmdOptions {
+            library: opts.amdsmi_library.as_deref(),
+            rocr_visible_devices: opts.rocr_visible_devices.as_deref(),
+            hip_visible_devices: opts.hip_visible_devices.as_deref(),
+        };
+        take(super::amd::discover(&opts.roots.sys, &amd), &mut all);
+    }
+    // A stable sort: within a rank, the order found (AMD SMI before hwmon).
     all.sort_by_key(|s| rank(s.info(), &opts.cpu_backends));
-    let mut covered: Vec<(Domain, u32)> = Vec::new();
+    let mut covered: Vec<DeviceKey> = Vec::new();
     for s in all {
-        let key = (s.info().domain, s.info().index);
+        let key = same_device(s.info());
         if covered.contains(&key) {
             out.alternatives.push(s.info().clone());
         } else {
@@ -105,7 +152,7 @@ pub fn discover(opts: &Options) -> Discovered {
             out.chosen.push(s);
         }
     }
-    let has_package = covered.iter().any(|(d, _)| *d == Domain::Package);
+    let has_package = covered.iter().any(|k| k.0 == Domain::Package);
     let want_model = match opts.tdp_model {
         TdpModelUse::Always => true,
         TdpModelUse::Never => false,

@@ -9,9 +9,12 @@
 //! msr (/dev/cpu)   ─┤
 //! perf (syscall)   ─┼─► discover ─► Vec<Box<dyn EnergySource>> ─► sampler
 //! nvml (dlopen)    ─┤
+//! amd (dlopen AMD SMI, else amdgpu hwmon)
+//!                  ─┤
 //! tdp_model        ─┘   (utilisation × TDP, where no CPU counter can be read)
 //! ```
 
+pub mod amd;
 pub mod discover;
 pub mod msr;
 pub mod nvml;
