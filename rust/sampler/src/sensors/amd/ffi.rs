@@ -411,27 +411,37 @@ fn version(f: Option<VersionFn>) -> (String, PowerLayout) {
     (format!("{a}.{b}.{c}"), layout)
 }
 
+/// Why the library could not be used; `loaded` is false when it could not even be loaded.
+pub(super) struct OpenError {
+    pub(super) loaded: bool,
+    pub(super) unavailable: Box<Unavailable>,
+}
+
 /// Loads the library, resolves the calls, and initialises it for AMD GPUs.
-pub(super) fn open(library: Option<&std::path::Path>) -> Result<AmdSmi, Box<Unavailable>> {
+pub(super) fn open(library: Option<&std::path::Path>) -> Result<AmdSmi, OpenError> {
     let path = library.map_or_else(|| PathBuf::from(DEFAULT_LIBRARY), |p| p.to_path_buf());
     let what = path.display().to_string();
-    let fail = |reason: String, hint: &str| {
-        Box::new(Unavailable {
+    let fail = |reason: String, hint: &str| OpenError {
+        loaded: true,
+        unavailable: Box::new(Unavailable {
             backend: BACKEND,
             what: what.clone(),
             reason,
             hint: hint.to_string(),
-        })
+        }),
     };
     // SAFETY: loading runs the library's initialisers, which set up its own state only.
     let lib = match unsafe { Library::new(&path) } {
         Ok(lib) => lib,
         Err(e) => {
-            return Err(fail(
-                format!("cannot load the AMD SMI library: {e}"),
-                "install ROCm's amd-smi-lib (it provides libamd_smi.so, usually in \
-                 /opt/rocm/lib), or set CARBONCTX_AMDSMI_LIBRARY to its path",
-            ))
+            return Err(OpenError {
+                loaded: false,
+                ..fail(
+                    format!("cannot load the AMD SMI library: {e}"),
+                    "install ROCm's amd-smi-lib (it provides libamd_smi.so, usually in \
+                     /opt/rocm/lib), or set CARBONCTX_AMDSMI_LIBRARY to its path",
+                )
+            })
         }
     };
     // SAFETY (every resolution below): each type alias is the C signature of the named

@@ -136,13 +136,18 @@ struct Gpu {
 }
 
 /// Finds the AMD GPUs this process may see. Never fails: what cannot be used is in
-/// [`Found::unavailable`] with what to do about it.
+/// [`Found::unavailable`] with what to do about it. A machine with neither the library (at its
+/// default name) nor any sign of an AMD GPU in sysfs (the amdgpu driver, a KFD GPU node) has
+/// nothing to report.
 pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
     let mut found = Found::default();
     let smi = match ffi::open(opts.library) {
         Ok(s) => Some(Arc::new(s)),
-        Err(u) => {
-            found.unavailable.push(*u);
+        Err(e) => {
+            // No library and no sign of an AMD GPU: nothing to measure, nothing to explain.
+            if e.loaded || opts.library.is_some() || sysfs::amd_gpu_present(sys) {
+                found.unavailable.push(*e.unavailable);
+            }
             None
         }
     };

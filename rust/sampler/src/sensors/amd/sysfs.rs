@@ -53,6 +53,11 @@ pub(super) fn kfd_gpus(sys: &Path) -> Vec<KfdGpu> {
     nodes.into_iter().map(|(_, g)| g).collect()
 }
 
+/// Whether sysfs shows an AMD GPU: the amdgpu driver loaded, or a GPU node in the KFD topology.
+pub(super) fn amd_gpu_present(sys: &Path) -> bool {
+    sys.join("module/amdgpu").exists() || !kfd_gpus(sys).is_empty()
+}
+
 /// ROCr's UUID for a unique id.
 pub(super) fn rocr_uuid(unique_id: u64) -> String {
     format!("GPU-{unique_id:016X}")
