@@ -138,11 +138,14 @@ def configure(
     node_sampler: bool | None = None,
     node_dir: str | None = None,
     cpu_tdp_w: str | float | None = None,
+    amdsmi: bool | None = None,
+    amdsmi_library: str | None = None,
 ) -> Settings:
     """Set process-wide options; unset ones keep their value (from ``CARBONCTX_*`` or default).
 
     Sources: ``cpu_backends`` (preference order of ``"powercap"``, ``"perf"``, ``"msr"``),
-    ``gpu`` (read NVML), ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter,
+    ``gpu`` (read GPUs: NVML, AMD SMI), ``amdsmi`` (AMD GPUs through AMD SMI, else the amdgpu
+    hwmon files; on by default), ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter,
     ``"never"``, ``"always"``), ``intervals`` (seconds per backend, e.g. ``{"nvml": 0.02}``).
     Output: ``output`` (a JSON Lines path, one record per region), ``summary_at_exit``.
     Behaviour: ``strict`` (raise instead of degrading), ``window`` (recent regions kept),
@@ -153,7 +156,7 @@ def configure(
     ``watttime_username``, ``watttime_password``, ``watttime_region``, ``latitude`` and
     ``longitude`` (where the machine is, for providers that take coordinates).
     Hardware roots (for simulated hardware): ``sys_root``, ``dev_root``, ``proc_root``,
-    ``nvml_library``.
+    ``nvml_library``, ``amdsmi_library``.
     Distributed jobs (each overrides what the launcher says): ``rank``, ``local_rank``,
     ``world_size``, ``local_world_size``, ``node`` (the node's name; default host name and boot
     id), ``job`` (the job's id), ``gpus`` (the GPUs this rank reports: device numbers as this

@@ -6,7 +6,8 @@ This is the one module that reads the process environment. Everything else recei
 ==========================================  =======================================================
 ``CARBONCTX_CPU_BACKENDS``, ``_GPU``,        the sampler (:class:`Settings`, :func:`from_env`)
 ``_ESTIMATE``, ``_INTERVALS``, ``_OUTPUT``,
-``_STRICT``, ``_SUMMARY``, ``_ON_FORK``
+``_STRICT``, ``_SUMMARY``, ``_ON_FORK``,
+``_AMDSMI``, ``_AMDSMI_LIBRARY``
 ``CARBONCTX_PUE``, ``_PROVIDERS``,           carbon intensity (:func:`carbon_settings`)
 ``_ELECTRICITYMAPS_TOKEN``, ``_<ID>_URL``,
 ``_CACHE_DIR`` (and ``XDG_CACHE_HOME``)
@@ -39,7 +40,7 @@ def environ(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
 
 
 CPU_BACKENDS = ("powercap", "perf", "msr")
-BACKENDS = (*CPU_BACKENDS, "nvml", "estimate")
+BACKENDS = (*CPU_BACKENDS, "nvml", "amdsmi", "hwmon", "estimate")
 ESTIMATE_MODES = ("auto", "never", "always")
 FORK_MODES = ("restart", "disable")
 #: The longest polling interval accepted, in seconds (counters wrap within minutes).
@@ -75,6 +76,9 @@ class Settings:
     nvml_library: str | None = None
     #: CPU TDP in watts per package for the utilisation x TDP model (text, as the variable).
     cpu_tdp_w: str | None = None
+    #: AMD GPUs (AMD SMI, else the amdgpu hwmon files); off with ``gpu=False`` too.
+    amdsmi: bool = True
+    amdsmi_library: str | None = None
     # Carbon intensity (passed to the intensity service)
     zone: str | None = None
     pue: float | None = None
@@ -256,6 +260,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             out[field] = v
     if (v := get("CARBONCTX_CPU_TDP_W")) is not None:
         out["cpu_tdp_w"] = v
+    if (v := get("CARBONCTX_AMDSMI")) is not None:
+        out["amdsmi"] = _bool("CARBONCTX_AMDSMI", v)
     if (v := get("CARBONCTX_NODE_SAMPLER")) is not None:
         out["node_sampler"] = _bool("CARBONCTX_NODE_SAMPLER", v)
     if (v := get("CARBONCTX_NODE_DIR")) is not None:
@@ -269,6 +275,7 @@ ROOT_VARIABLES = {
     "dev_root": "CARBONCTX_DEV_ROOT",
     "proc_root": "CARBONCTX_PROC_ROOT",
     "nvml_library": "CARBONCTX_NVML_LIBRARY",
+    "amdsmi_library": "CARBONCTX_AMDSMI_LIBRARY",
 }
 
 
@@ -282,13 +289,17 @@ class MachineArgs(TypedDict):
     cpu_tdp_w: str | None
     cuda_visible_devices: str | None
     cuda_device_order: str | None
+    amdsmi_library: str | None
+    rocr_visible_devices: str | None
+    hip_visible_devices: str | None
 
 
 def machine(s: Settings, env: Mapping[str, str] | None = None) -> MachineArgs:
     """What the native sampler needs to find the hardware: the settings' roots and TDP, and
-    the CUDA variables as they are now (read when the sampler starts, since a program may set
-    them after configuring carbonctx). Keyword arguments of ``_native.Sampler`` and
-    ``_native.discover``."""
+    the CUDA and ROCm variables as they are now (read when the sampler starts, since a program
+    may set them after configuring carbonctx). HIP reads ``CUDA_VISIBLE_DEVICES`` where
+    ``HIP_VISIBLE_DEVICES`` is unset, and so does ``hip_visible_devices``. Keyword arguments of
+    ``_native.Sampler`` and ``_native.discover``."""
     e = environ(env)
     return MachineArgs(
         sys_root=s.sys_root,
@@ -298,6 +309,9 @@ def machine(s: Settings, env: Mapping[str, str] | None = None) -> MachineArgs:
         cpu_tdp_w=s.cpu_tdp_w,
         cuda_visible_devices=e.get("CUDA_VISIBLE_DEVICES"),
         cuda_device_order=e.get("CUDA_DEVICE_ORDER"),
+        amdsmi_library=s.amdsmi_library,
+        rocr_visible_devices=e.get("ROCR_VISIBLE_DEVICES"),
+        hip_visible_devices=e.get("HIP_VISIBLE_DEVICES", e.get("CUDA_VISIBLE_DEVICES")),
     )
 
 
@@ -356,6 +370,8 @@ def validate(s: Settings) -> None:
             )
     if not isinstance(s.gpu, bool):
         raise ConfigurationError(f"gpu={s.gpu!r}: give True or False")
+    if not isinstance(s.amdsmi, bool):
+        raise ConfigurationError(f"amdsmi={s.amdsmi!r}: give True or False")
     if not (isinstance(s.window, int) and s.window >= 0):
         raise ConfigurationError(f"window={s.window!r}: give a non-negative number of regions")
     for key in _INT_RANK_SETTINGS:

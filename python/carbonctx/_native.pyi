@@ -39,6 +39,11 @@ def discover(
     nvml: bool = True,
     estimate: str = "auto",
     gpus: list[str] | None = None,
+    amd: bool = True,
+    amdsmi_library: str | PathLike[str] | None = None,
+    rocr_visible_devices: str | None = None,
+    hip_visible_devices: str | None = None,
+    amd_gpus: list[str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Find energy sources without starting anything: sources, alternatives, unavailable."""
 
@@ -137,6 +142,11 @@ class Sampler:
         quiet_s: float | None = None,
         node_key: str | None = None,
         node_dir: str | PathLike[str] | None = None,
+        amd: bool = True,
+        amdsmi_library: str | PathLike[str] | None = None,
+        rocr_visible_devices: str | None = None,
+        hip_visible_devices: str | None = None,
+        amd_gpus: list[str] | None = None,
     ) -> Sampler: ...
     def node_status(self) -> dict[str, Any] | None:
         """This process's part in its node's shared sampler; None when it samples alone."""

@@ -32,10 +32,11 @@ def _print_rank(rank: dict[str, Any], out: Any) -> None:
         f"job {rank['job'] or '(no id)'}, launcher {rank['launcher']}",
         file=out,
     )
-    gpus = rank.get("gpus")
-    if gpus is not None:
-        owned = ", ".join(f"nvml:{i}" for i in gpus["indices"]) or "none"
-        print(f"  GPUs it reports: {owned} ({gpus['rule']}: {gpus['reason']})", file=out)
+    for key, prefix in (("gpus", "nvml"), ("amd_gpus", "amdsmi")):
+        gpus = rank.get(key)
+        if gpus is not None:
+            owned = ", ".join(f"{prefix}:{i}" for i in gpus["indices"]) or "none"
+            print(f"  GPUs it reports: {owned} ({gpus['rule']}: {gpus['reason']})", file=out)
     shared = rank.get("shared_sources") or {}
     print(
         f"  CPU and DRAM (node-wide): share {shared.get('share', 1.0):.4g} of the node "

@@ -139,6 +139,7 @@ class Runtime:
                 **_config.machine(st),
                 "cpu_backends": list(st.cpu_backends),
                 "nvml": st.gpu,
+                "amd": st.gpu and st.amdsmi,
                 "estimate": st.estimate,
                 "intervals": list(st.intervals.items()),
             }
@@ -210,19 +211,24 @@ class Runtime:
         return plan
 
     def _sampler(self, kwargs: dict[str, Any], plan: RankPlan) -> _native.Sampler:
-        gpus = plan.sampler_gpus
+        gpus, amd_gpus = plan.sampler_gpus, plan.amd_sampler_gpus
         node = node_sampler(self.rank_info, self.settings)
         if node is not None:
             # One sampler per node: every process asks with the same discovery options (a
             # follower may take over), and names the GPUs it reports (none: an empty list).
-            return _native.Sampler(**kwargs, node_key=node[0], node_dir=node[1], gpus=gpus)
-        if gpus is None or not self.settings.gpu:
+            return _native.Sampler(
+                **kwargs, node_key=node[0], node_dir=node[1], gpus=gpus, amd_gpus=amd_gpus
+            )
+        if not self.settings.gpu:
             return _native.Sampler(**kwargs)
-        if not gpus:
-            # No GPU of its own: read none.
-            return _native.Sampler(**{**kwargs, "nvml": False})
         # Only this rank's GPUs are read (UUIDs where known); the columns count only them too.
-        return _native.Sampler(**kwargs, gpus=gpus)
+        # No GPU of its own (an empty list): that vendor's GPUs are not read at all.
+        own = dict(kwargs)
+        if gpus is not None:
+            own.update({"gpus": gpus} if gpus else {"nvml": False})
+        if amd_gpus is not None:
+            own.update({"amd_gpus": amd_gpus} if amd_gpus else {"amd": False})
+        return _native.Sampler(**own)
 
     def shutdown(self) -> None:
         """Stop the sampler, resolve and record everything, close the output. Idempotent."""

@@ -50,6 +50,18 @@ struct Machine {
     cuda_visible_devices: Option<String>,
     cuda_device_order: Option<String>,
     cpu_tdp_w: Option<String>,
+    amd: AmdArgs,
+}
+
+/// The AMD GPU arguments: whether to look, the library, the ROCm visible-device variables, and
+/// the GPUs this process reports (ROCr UUIDs or indices; they replace both variables).
+#[derive(Default)]
+struct AmdArgs {
+    amd: bool,
+    amdsmi_library: Option<PathBuf>,
+    rocr_visible_devices: Option<String>,
+    hip_visible_devices: Option<String>,
+    amd_gpus: Option<Vec<String>>,
 }
 
 /// Converts the arguments into discovery options. `gpus` (NVML indices or UUIDs, in
@@ -78,6 +90,11 @@ fn options(
             )))
         }
     };
+    let amd = machine.amd;
+    let (rocr_visible_devices, hip_visible_devices) = match amd.amd_gpus {
+        Some(g) => (Some(g.join(",")), None),
+        None => (amd.rocr_visible_devices, amd.hip_visible_devices),
+    };
     let mut opts = Options {
         roots,
         nvml,
@@ -85,6 +102,10 @@ fn options(
         cuda_visible_devices: gpus.map(|g| g.join(",")).or(machine.cuda_visible_devices),
         cuda_device_order: machine.cuda_device_order,
         cpu_tdp_w: machine.cpu_tdp_w,
+        amd: amd.amd,
+        amdsmi_library: amd.amdsmi_library,
+        rocr_visible_devices,
+        hip_visible_devices,
         ..Options::default()
     };
     if let Some(b) = cpu_backends {
@@ -105,7 +126,9 @@ fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
 #[pyfunction]
 #[pyo3(signature = (*, sys_root=None, dev_root=None, proc_root=None, nvml_library=None,
                     cuda_visible_devices=None, cuda_device_order=None, cpu_tdp_w=None,
-                    cpu_backends=None, nvml=true, estimate="auto", gpus=None))]
+                    cpu_backends=None, nvml=true, estimate="auto", gpus=None, amd=true,
+                    amdsmi_library=None, rocr_visible_devices=None, hip_visible_devices=None,
+                    amd_gpus=None))]
 #[allow(clippy::too_many_arguments)]
 fn discover<'py>(
     py: Python<'py>,
@@ -120,6 +143,11 @@ fn discover<'py>(
     nvml: bool,
     estimate: &str,
     gpus: Option<Vec<String>>,
+    amd: bool,
+    amdsmi_library: Option<PathBuf>,
+    rocr_visible_devices: Option<String>,
+    hip_visible_devices: Option<String>,
+    amd_gpus: Option<Vec<String>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let machine = Machine {
         sys_root,
@@ -129,6 +157,13 @@ fn discover<'py>(
         cuda_visible_devices,
         cuda_device_order,
         cpu_tdp_w,
+        amd: AmdArgs {
+            amd,
+            amdsmi_library,
+            rocr_visible_devices,
+            hip_visible_devices,
+            amd_gpus,
+        },
     };
     let opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
     let found = py.detach(|| disc::discover(&opts));
@@ -169,7 +204,9 @@ impl Sampler {
                         cuda_visible_devices=None, cuda_device_order=None, cpu_tdp_w=None,
                         cpu_backends=None, nvml=true, estimate="auto", gpus=None,
                         intervals=None, timeline_capacity=None, settle_s=None, phase_lock=true,
-                        quiet_s=None, node_key=None, node_dir=None))]
+                        quiet_s=None, node_key=None, node_dir=None, amd=true,
+                        amdsmi_library=None, rocr_visible_devices=None,
+                        hip_visible_devices=None, amd_gpus=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -191,6 +228,11 @@ impl Sampler {
         quiet_s: Option<f64>,
         node_key: Option<String>,
         node_dir: Option<PathBuf>,
+        amd: bool,
+        amdsmi_library: Option<PathBuf>,
+        rocr_visible_devices: Option<String>,
+        hip_visible_devices: Option<String>,
+        amd_gpus: Option<Vec<String>>,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -200,6 +242,13 @@ impl Sampler {
             cuda_visible_devices,
             cuda_device_order,
             cpu_tdp_w,
+            amd: AmdArgs {
+                amd,
+                amdsmi_library,
+                rocr_visible_devices,
+                hip_visible_devices,
+                amd_gpus,
+            },
         };
         let opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
         let mut config = Config {
