@@ -238,7 +238,7 @@ def plan_gpus(
     machine["rocr_visible_devices"] = None
     machine["hip_visible_devices"] = None
     found = _native.discover(
-        **machine, cpu_backends=[], nvml=True, amd=settings.amdsmi, estimate="never"
+        **machine, cpu_backends=[], nvml=True, amdsmi=settings.amdsmi, estimate="never"
     )
     gpus = gpus_of(found["sources"])
     amd = gpus_of(found["sources"], "amd")

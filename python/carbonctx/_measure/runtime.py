@@ -139,7 +139,7 @@ class Runtime:
                 **_config.machine(st),
                 "cpu_backends": list(st.cpu_backends),
                 "nvml": st.gpu,
-                "amd": st.gpu and st.amdsmi,
+                "amdsmi": st.gpu and st.amdsmi,
                 "estimate": st.estimate,
                 "intervals": list(st.intervals.items()),
             }
@@ -227,7 +227,7 @@ class Runtime:
         if gpus is not None:
             own.update({"gpus": gpus} if gpus else {"nvml": False})
         if amd_gpus is not None:
-            own.update({"amd_gpus": amd_gpus} if amd_gpus else {"amd": False})
+            own.update({"amd_gpus": amd_gpus} if amd_gpus else {"amdsmi": False})
         return _native.Sampler(**own)
 
     def shutdown(self) -> None:

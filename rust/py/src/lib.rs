@@ -57,7 +57,7 @@ struct Machine {
 /// the GPUs this process reports (ROCr UUIDs or indices; they replace both variables).
 #[derive(Default)]
 struct AmdArgs {
-    amd: bool,
+    amdsmi: bool,
     amdsmi_library: Option<PathBuf>,
     rocr_visible_devices: Option<String>,
     hip_visible_devices: Option<String>,
@@ -102,7 +102,7 @@ fn options(
         cuda_visible_devices: gpus.map(|g| g.join(",")).or(machine.cuda_visible_devices),
         cuda_device_order: machine.cuda_device_order,
         cpu_tdp_w: machine.cpu_tdp_w,
-        amd: amd.amd,
+        amd: amd.amdsmi,
         amdsmi_library: amd.amdsmi_library,
         rocr_visible_devices,
         hip_visible_devices,
@@ -126,7 +126,7 @@ fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
 #[pyfunction]
 #[pyo3(signature = (*, sys_root=None, dev_root=None, proc_root=None, nvml_library=None,
                     cuda_visible_devices=None, cuda_device_order=None, cpu_tdp_w=None,
-                    cpu_backends=None, nvml=true, estimate="auto", gpus=None, amd=true,
+                    cpu_backends=None, nvml=true, estimate="auto", gpus=None, amdsmi=true,
                     amdsmi_library=None, rocr_visible_devices=None, hip_visible_devices=None,
                     amd_gpus=None))]
 #[allow(clippy::too_many_arguments)]
@@ -143,7 +143,7 @@ fn discover<'py>(
     nvml: bool,
     estimate: &str,
     gpus: Option<Vec<String>>,
-    amd: bool,
+    amdsmi: bool,
     amdsmi_library: Option<PathBuf>,
     rocr_visible_devices: Option<String>,
     hip_visible_devices: Option<String>,
@@ -158,7 +158,7 @@ fn discover<'py>(
         cuda_device_order,
         cpu_tdp_w,
         amd: AmdArgs {
-            amd,
+            amdsmi,
             amdsmi_library,
             rocr_visible_devices,
             hip_visible_devices,
@@ -204,7 +204,7 @@ impl Sampler {
                         cuda_visible_devices=None, cuda_device_order=None, cpu_tdp_w=None,
                         cpu_backends=None, nvml=true, estimate="auto", gpus=None,
                         intervals=None, timeline_capacity=None, settle_s=None, phase_lock=true,
-                        quiet_s=None, node_key=None, node_dir=None, amd=true,
+                        quiet_s=None, node_key=None, node_dir=None, amdsmi=true,
                         amdsmi_library=None, rocr_visible_devices=None,
                         hip_visible_devices=None, amd_gpus=None))]
     #[allow(clippy::too_many_arguments)]
@@ -228,7 +228,7 @@ impl Sampler {
         quiet_s: Option<f64>,
         node_key: Option<String>,
         node_dir: Option<PathBuf>,
-        amd: bool,
+        amdsmi: bool,
         amdsmi_library: Option<PathBuf>,
         rocr_visible_devices: Option<String>,
         hip_visible_devices: Option<String>,
@@ -243,7 +243,7 @@ impl Sampler {
             cuda_device_order,
             cpu_tdp_w,
             amd: AmdArgs {
-                amd,
+                amdsmi,
                 amdsmi_library,
                 rocr_visible_devices,
                 hip_visible_devices,
