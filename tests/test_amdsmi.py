@@ -231,8 +231,12 @@ def test_a_rank_reports_its_own_amd_gpu(
     with carbonctx.track("step") as m:
         time.sleep(0.05)
     assert gpu_ids(m) == ["amdsmi:1"], reasons()
-    rank = carbonctx.devices()["rank"]
+    info = carbonctx.devices()
+    rank = info["rank"]
     assert rank["amd_gpus"]["indices"] == [1] and rank["amd_gpus"]["rule"] == "local-rank"
+    # The node's shared sampler (two local ranks): this process reports only its GPU.
+    assert rank["node_sampler"]["role"] == "owner"
+    assert [s["id"] for s in info["sources"] if s["domain"] == "gpu"] == ["amdsmi:1"]
     process.reset()
     # ROCR_VISIBLE_DEVICES leaving one GPU: the launcher's per-rank assignment.
     monkeypatch.setenv("ROCR_VISIBLE_DEVICES", "0")

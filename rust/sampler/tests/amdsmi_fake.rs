@@ -30,11 +30,13 @@ fn built() -> &'static Path {
     LIB.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-amdsmi");
         fs::create_dir_all(&dir).expect("create the build directory");
-        let src =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/carbonctx/_fakes/fake_amdsmi.c");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../python/carbonctx/_fakes/fake_amdsmi.c");
         let tmp = dir.join(format!("libamd_smi.so.{}.tmp", std::process::id()));
         let out = Command::new("cc")
-            .args(["-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+            .args([
+                "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
+            ])
             .arg(&tmp)
             .arg(&src)
             .output()
@@ -92,7 +94,10 @@ impl Machine {
             fs::create_dir_all(nodes.join(n.to_string())).unwrap();
             fs::write(nodes.join(n.to_string()).join("properties"), text).unwrap();
         };
-        node(0, "cpu_cores_count 64\nsimd_count 0\nlocation_id 0\n".into());
+        node(
+            0,
+            "cpu_cores_count 64\nsimd_count 0\nlocation_id 0\n".into(),
+        );
         for (k, (bdf, id)) in gpus.iter().enumerate() {
             let p: Vec<u64> = bdf
                 .split([':', '.'])
@@ -187,7 +192,10 @@ const TWO_GPUS: &str = "devices=2\n\
 fn gpus_are_numbered_as_rocr_numbers_them_with_its_uuids() {
     let m = Machine::new(TWO_GPUS);
     // The topology lists c1:00.0 first: ROCr's GPU 0, whatever the bus order.
-    m.kfd(&[("0000:c1:00.0", 0xd38b_8b5d_9ee2_ae01), ("0000:03:00.0", 0x42)]);
+    m.kfd(&[
+        ("0000:c1:00.0", 0xd38b_8b5d_9ee2_ae01),
+        ("0000:03:00.0", 0x42),
+    ]);
     let found = m.discover(None, None);
     assert_eq!(ids(&found), ["amdsmi:0", "amdsmi:1"], "{}", reasons(&found));
     let by_index = |i: u32| {
@@ -246,7 +254,11 @@ fn the_energy_accumulator_follows_the_trace() {
 #[test]
 fn power_only_gpus_integrate_the_field_their_release_fills() {
     let (_dir, sim) = sim_with_gpus(vec![TRACE.gpu(true), TRACE.gpu(true)], 20, 10);
-    for (version, field) in [("24.7.1", "average"), ("26.1.0", "socket"), ("25.3.0", "current")] {
+    for (version, field) in [
+        ("24.7.1", "average"),
+        ("26.1.0", "socket"),
+        ("25.3.0", "current"),
+    ] {
         let extra = format!(
             "version={version}\ngpu0.has_energy=0\ngpu0.power_field={field}\n\
              gpu1.has_energy=0\ngpu1.has_power=0\n"
@@ -298,7 +310,8 @@ fn a_die_that_reads_zero_is_no_measurement_and_names_its_partner() {
         .find(|u| u.what.contains("0000:2c:00.0"))
         .expect("the zero die is explained");
     assert!(
-        zero.reason.contains("energy reported on its partner die, GPU 0"),
+        zero.reason
+            .contains("energy reported on its partner die, GPU 0"),
         "{}",
         zero.reason
     );
@@ -346,7 +359,15 @@ fn rocr_filters_first_and_hip_indexes_what_is_left() {
     assert!(reasons(&found).contains("leave no AMD GPU visible"));
     // What a process sharing the node's sampler sees among the published GPUs.
     let published: Vec<(u32, Option<String>)> = (0..4)
-        .map(|i| (i, Some(format!("GPU-000000000000{}", ["AAAA", "BBBB", "CCCC", "DDDD"][i as usize]))))
+        .map(|i| {
+            (
+                i,
+                Some(format!(
+                    "GPU-000000000000{}",
+                    ["AAAA", "BBBB", "CCCC", "DDDD"][i as usize]
+                )),
+            )
+        })
         .collect();
     let (v, _) = amd::visible_among(&published, Some("GPU-000000000000DD,0"), Some("1"));
     assert_eq!(v, [0]);
@@ -372,8 +393,16 @@ fn without_amd_smi_hwmon_measures_and_with_it_hwmon_is_an_alternative() {
     assert_eq!(h.uuid.as_deref(), Some("GPU-0000000000000077"));
     assert_eq!(d.chosen[0].read().unwrap(), Reading::Power(187.0));
     let text: Vec<String> = d.unavailable.iter().map(|u| u.reason.clone()).collect();
-    assert!(text.iter().any(|r| r.contains("cannot load the AMD SMI library")), "{text:?}");
-    assert!(text.iter().any(|r| r.contains("no power1_input or power1_average")), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|r| r.contains("cannot load the AMD SMI library")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|r| r.contains("no power1_input or power1_average")),
+        "{text:?}"
+    );
     assert!(text.iter().any(|r| r.contains("reads 0 W")), "{text:?}");
     // With AMD SMI: it measures; hwmon is listed as the alternative for the same GPU.
     let d = discover::discover(&m.options());
@@ -386,10 +415,7 @@ fn without_amd_smi_hwmon_measures_and_with_it_hwmon_is_an_alternative() {
 #[test]
 fn an_amd_and_an_nvidia_gpu_with_the_same_index_are_both_measured() {
     let (_dir, sim) = sim_with_gpus(vec![TRACE.gpu(true), TRACE.gpu(true)], 20, 20);
-    let nv = FakeNvml::new(&format!(
-        "{}devices=1\n",
-        sim.nvml_config().expect("gpus")
-    ));
+    let nv = FakeNvml::new(&format!("{}devices=1\n", sim.nvml_config().expect("gpus")));
     let m = Machine::for_sim(&sim, &[1], "");
     let mut opts = m.options();
     opts.nvml = true;
@@ -414,12 +440,19 @@ fn failures_are_reasons_and_read_errors_carry_the_status() {
     let found = m.discover(None, None);
     assert!(found.sources.is_empty());
     let r = reasons(&found);
-    assert!(r.contains("amdsmi_init(AMDSMI_INIT_AMD_GPUS) failed"), "{r}");
+    assert!(
+        r.contains("amdsmi_init(AMDSMI_INIT_AMD_GPUS) failed"),
+        "{r}"
+    );
     assert!(r.contains("DRIVER_NOT_LOADED"), "{r}");
     assert!(r.contains("load the amdgpu kernel driver"), "{r}");
 
     let (_dir, sim) = sim_with_gpus(vec![TRACE.gpu(true)], 20, 20);
-    let m = Machine::for_sim(&sim, &[0], "gpu0.energy_error=10\ngpu0.energy_error_after_ms=0\n");
+    let m = Machine::for_sim(
+        &sim,
+        &[0],
+        "gpu0.energy_error=10\ngpu0.energy_error_after_ms=0\n",
+    );
     let found = m.discover(None, None);
     // Probing the counter failed: power is used instead.
     assert_eq!(found.sources[0].info().method, Method::IntegratedPower);
@@ -431,7 +464,11 @@ fn failures_are_reasons_and_read_errors_carry_the_status() {
     {
         let mut found = m.discover(None, None);
         assert!(found.sources[0].read().is_ok());
-        assert_eq!(m.init_count(), 1, "the sources hold the library initialised");
+        assert_eq!(
+            m.init_count(),
+            1,
+            "the sources hold the library initialised"
+        );
     }
     assert_eq!(m.init_count(), 0, "the last source shuts the library down");
     let late = format!(

@@ -450,8 +450,7 @@ pub(super) fn open(library: Option<&std::path::Path>) -> Result<AmdSmi, OpenErro
     let init: Option<InitFn> = unsafe { symbol(&lib, "amdsmi_init") };
     let shut_down: Option<ShutDownFn> = unsafe { symbol(&lib, "amdsmi_shut_down") };
     let sockets: Option<SocketsFn> = unsafe { symbol(&lib, "amdsmi_get_socket_handles") };
-    let processors: Option<ProcessorsFn> =
-        unsafe { symbol(&lib, "amdsmi_get_processor_handles") };
+    let processors: Option<ProcessorsFn> = unsafe { symbol(&lib, "amdsmi_get_processor_handles") };
     let (Some(init), Some(shut_down), Some(sockets), Some(processors)) =
         (init, shut_down, sockets, processors)
     else {

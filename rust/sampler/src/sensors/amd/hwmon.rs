@@ -41,10 +41,7 @@ pub(super) fn find(sys: &Path) -> Vec<AmdgpuHwmon> {
                 return None;
             }
             let bdf = pci_address(&dir.join("device"))?;
-            let power = POWER_FILES
-                .iter()
-                .map(|f| dir.join(f))
-                .find(|p| p.exists());
+            let power = POWER_FILES.iter().map(|f| dir.join(f)).find(|p| p.exists());
             Some(AmdgpuHwmon { dir, bdf, power })
         })
         .collect();
@@ -116,10 +113,7 @@ mod tests {
         fs::create_dir_all(d.join("virt")).unwrap();
         std::os::unix::fs::symlink(&pci, d.join("gpu")).unwrap();
         std::os::unix::fs::symlink(d.join("virt"), d.join("other")).unwrap();
-        assert_eq!(
-            pci_address(&d.join("gpu")).as_deref(),
-            Some("0000:c1:00.0")
-        );
+        assert_eq!(pci_address(&d.join("gpu")).as_deref(), Some("0000:c1:00.0"));
         assert_eq!(pci_address(&d.join("other")), None);
         fs::remove_dir_all(&d).unwrap();
     }

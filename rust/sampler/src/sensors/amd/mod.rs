@@ -185,11 +185,7 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
         return found;
     }
     let uuids: Vec<Option<String>> = gpus.iter().map(|g| g.uuid.clone()).collect();
-    let sel = visible::select(
-        &uuids,
-        opts.rocr_visible_devices,
-        opts.hip_visible_devices,
-    );
+    let sel = visible::select(&uuids, opts.rocr_visible_devices, opts.hip_visible_devices);
     found.unavailable.extend(sel.unavailable);
     if sel.indices.is_empty()
         && (opts.rocr_visible_devices.is_some() || opts.hip_visible_devices.is_some())
@@ -348,7 +344,10 @@ fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, name: &str) -> Probe {
     };
     let energy_rc = energy.map(|_| ());
     let power_rc = power.map(|_| ());
-    let code = energy_rc.err().or(power_rc.err()).unwrap_or(ffi::STATUS_NOT_SUPPORTED);
+    let code = energy_rc
+        .err()
+        .or(power_rc.err())
+        .unwrap_or(ffi::STATUS_NOT_SUPPORTED);
     let layout_note = if smi.layout == ffi::PowerLayout::Unknown {
         format!(
             " (power is not read from AMD SMI {}: its power structure is not known here)",
@@ -420,7 +419,10 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
             backend: HWMON_BACKEND,
             domain: Domain::Gpu,
             index: g.index,
-            label: format!("{} (amdgpu hwmon {file_name}, power integrated)", label(name, g)),
+            label: format!(
+                "{} (amdgpu hwmon {file_name}, power integrated)",
+                label(name, g)
+            ),
             method: Method::IntegratedPower,
             counter: None,
             interval: HWMON_INTERVAL,

@@ -95,7 +95,14 @@ pub(super) fn number(sys: &Path, bdfs: &[String]) -> Vec<Numbered> {
         .collect();
     let mut order: Vec<usize> = (0..bdfs.len()).collect();
     order.sort_by(|&a, &b| {
-        let key = |i: usize| (slots[i].is_none(), slots[i].unwrap_or(0), bdfs[i].clone(), i);
+        let key = |i: usize| {
+            (
+                slots[i].is_none(),
+                slots[i].unwrap_or(0),
+                bdfs[i].clone(),
+                i,
+            )
+        };
         key(a).cmp(&key(b))
     });
     let mut out = vec![
@@ -131,14 +138,22 @@ mod tests {
     fn numbers_follow_the_kfd_topology() {
         let tmp = tempfile_dir();
         let sys = tmp.as_path();
-        node(sys, 0, "cpu_cores_count 64\nsimd_count 0\nlocation_id 0\ndomain 0\n");
+        node(
+            sys,
+            0,
+            "cpu_cores_count 64\nsimd_count 0\nlocation_id 0\ndomain 0\n",
+        );
         // Node 1 is the GPU at c1:00.0, node 2 the one at 03:00.0 (order not by bus).
         node(
             sys,
             1,
             "simd_count 440\nlocation_id 49408\ndomain 0\nunique_id 1311768467463790320\n",
         );
-        node(sys, 2, "simd_count 440\nlocation_id 768\ndomain 0\nunique_id 0\n");
+        node(
+            sys,
+            2,
+            "simd_count 440\nlocation_id 768\ndomain 0\nunique_id 0\n",
+        );
         let bdfs = vec![
             "0000:03:00.0".to_string(),
             "0000:c1:00.0".to_string(),

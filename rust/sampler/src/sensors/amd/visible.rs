@@ -19,11 +19,7 @@ pub(super) struct Selection {
 }
 
 /// `gpus[i]` is the UUID of the GPU with index `i` (None: unknown).
-pub(super) fn select(
-    gpus: &[Option<String>],
-    rocr: Option<&str>,
-    hip: Option<&str>,
-) -> Selection {
+pub(super) fn select(gpus: &[Option<String>], rocr: Option<&str>, hip: Option<&str>) -> Selection {
     let mut sel = Selection {
         indices: (0..gpus.len() as u32).collect(),
         unavailable: Vec::new(),
