@@ -32,7 +32,7 @@ def _print_rank(rank: dict[str, Any], out: Any) -> None:
         f"job {rank['job'] or '(no id)'}, launcher {rank['launcher']}",
         file=out,
     )
-    for key, prefix in (("gpus", "nvml"), ("amd_gpus", "amdsmi")):
+    for key, prefix in (("gpus", "nvml"), ("amd_gpus", "amd")):
         gpus = rank.get(key)
         if gpus is not None:
             owned = ", ".join(f"{prefix}:{i}" for i in gpus["indices"]) or "none"

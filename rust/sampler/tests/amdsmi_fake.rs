@@ -332,6 +332,35 @@ fn a_die_that_reads_zero_is_no_measurement_and_names_its_partner() {
 }
 
 #[test]
+fn partitions_without_readings_of_their_own_point_at_the_first() {
+    // An MI300X in a partitioned mode: four processors at one PCI address, only the first
+    // reading; and another device whose only GPU reads nothing (its own reason stays).
+    let mut config = String::from("devices=5\n");
+    for k in 0..4 {
+        config.push_str(&format!(
+            "gpu{k}.name=AMD Instinct MI300X\ngpu{k}.bdf=0000:05:00.0\n"
+        ));
+        if k > 0 {
+            config.push_str(&format!("gpu{k}.has_energy=0\ngpu{k}.has_power=0\n"));
+        }
+    }
+    config.push_str("gpu4.bdf=0000:85:00.0\ngpu4.has_energy=0\ngpu4.has_power=0\n");
+    let m = Machine::new(&config);
+    let found = m.discover(None, None);
+    assert_eq!(ids(&found), ["amdsmi:0"], "{}", reasons(&found));
+    let label = &found.sources[0].info().label;
+    assert!(label.contains("paired die(s) GPU 1, 2, 3"), "{label}");
+    let r = reasons(&found);
+    assert_eq!(
+        r.matches("energy reported on its partner die, GPU 0")
+            .count(),
+        3,
+        "{r}"
+    );
+    assert!(r.contains("0000:85:00.0") && r.contains("neither the energy counter nor power"));
+}
+
+#[test]
 fn rocr_filters_first_and_hip_indexes_what_is_left() {
     let m = Machine::new(
         "devices=4\ngpu0.bdf=0000:03:00.0\ngpu1.bdf=0000:23:00.0\n\

@@ -21,12 +21,14 @@
 //! # Paired dies
 //!
 //! Some parts hold two or more GPUs in one package and report the package's energy and power on
-//! one of them: the MI250X's second GCD, and all but the first partition of an MI300X in a
-//! partitioned mode, read 0. The rule: a GPU whose every reading (energy count and power) is
-//! 0 at discovery is no measurement. It is reported as unavailable (its energy is reported by
-//! its partner die: the nearest lower-numbered GPU of the same name that reads) and its
-//! partner's label says that it covers the package. So nothing is counted twice, and no zero is
-//! shown as a GPU that used no energy.
+//! one of them: the MI250X's second GCD reads 0, and the partitions of an MI300X in a
+//! partitioned mode (which share its PCI address) other than the first read 0 or nothing. The
+//! rule: a GPU whose every reading (energy count and power) is 0 at discovery, or that has no
+//! reading at all while a lower-numbered GPU at its PCI address is measured, is no measurement.
+//! It is reported as unavailable, naming its partner die (the nearest lower-numbered measured
+//! GPU of the same name for a zero reader, at the same address for one without readings), and
+//! the partner's label says that it covers the package. So nothing is counted twice, and no zero
+//! is shown as a GPU that used no energy.
 //!
 //! # Which GPUs are visible
 //!
@@ -201,16 +203,28 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
         });
     }
     // Measured GPUs with their names, for pairing the dies that read zero.
-    let mut measured: Vec<(String, SmiGpu)> = Vec::new();
-    let mut zero: Vec<(u32, String, String)> = Vec::new();
+    let mut measured: Vec<Measured> = Vec::new();
+    let mut unmeasured: Vec<Unmeasured> = Vec::new();
     let mut from_hwmon: Vec<hwmon::HwmonGpu> = Vec::new();
     for &i in &sel.indices {
         let g = &gpus[i as usize];
         if let (Some(smi), Some((p, name))) = (&smi, &g.smi) {
             match smi_source(smi, *p, g, name) {
-                Probe::Source(s) => measured.push((name.clone(), *s)),
-                Probe::Zero => zero.push((g.index, name.clone(), label(name, g))),
-                Probe::Unusable(u) => found.unavailable.push(*u),
+                Probe::Source(s) => measured.push(Measured {
+                    name: name.clone(),
+                    bdf: g.bdf.clone(),
+                    source: *s,
+                }),
+                probe => unmeasured.push(Unmeasured {
+                    index: g.index,
+                    name: name.clone(),
+                    bdf: g.bdf.clone(),
+                    label: label(name, g),
+                    unusable: match probe {
+                        Probe::Unusable(u) => Some(u),
+                        _ => None,
+                    },
+                }),
             }
         }
         if let Some(h) = &g.hwmon {
@@ -220,11 +234,11 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
             }
         }
     }
-    pair_zero_dies(&mut found.unavailable, &mut measured, zero);
+    pair_dies(&mut found.unavailable, &mut measured, unmeasured);
     // AMD SMI's first: discovery keeps the first source of a device and lists the rest as
     // alternatives.
-    for (_, s) in measured {
-        found.sources.push(Box::new(s));
+    for m in measured {
+        found.sources.push(Box::new(m.source));
     }
     for s in from_hwmon {
         found.sources.push(Box::new(s));
@@ -434,50 +448,86 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
     })
 }
 
-/// Reports each GPU that reads zero as unavailable, naming its partner die (the nearest
-/// lower-numbered measured GPU of the same name), and notes on the partner's label that it
-/// covers the package.
-fn pair_zero_dies(
+/// A GPU AMD SMI measures.
+struct Measured {
+    name: String,
+    bdf: String,
+    source: SmiGpu,
+}
+
+/// A GPU AMD SMI lists but does not measure: every reading 0 (`unusable` None), or none
+/// readable.
+struct Unmeasured {
+    index: u32,
+    name: String,
+    bdf: String,
+    label: String,
+    unusable: Option<Box<Unavailable>>,
+}
+
+/// Reports each GPU AMD SMI does not measure as unavailable, naming its partner where it has
+/// one, and notes on the partner's label that it covers the package. The partner of a die that
+/// reads 0 is the nearest lower-numbered measured GPU of the same name (an MI250X's GCDs sit at
+/// different PCI addresses); a GPU with no reading at all has a partner only at its own PCI
+/// address (a partition of one device), else it keeps its own reason.
+fn pair_dies(
     unavailable: &mut Vec<Unavailable>,
-    measured: &mut [(String, SmiGpu)],
-    zero: Vec<(u32, String, String)>,
+    measured: &mut [Measured],
+    unmeasured: Vec<Unmeasured>,
 ) {
     let mut partners: Vec<(usize, Vec<u32>)> = Vec::new();
-    for (index, name, label) in zero {
+    for u in unmeasured {
         let partner = measured
             .iter()
             .enumerate()
-            .filter(|(_, (n, s))| s.info.index < index && *n == name)
-            .max_by_key(|(_, (_, s))| s.info.index)
-            .map(|(slot, (_, s))| (slot, s.info.index));
-        let reason = match partner {
-            Some((slot, p)) => {
+            .filter(|(_, m)| {
+                m.source.info.index < u.index
+                    && if u.unusable.is_some() {
+                        m.bdf == u.bdf
+                    } else {
+                        m.name == u.name
+                    }
+            })
+            .max_by_key(|(_, m)| m.source.info.index)
+            .map(|(slot, m)| (slot, m.source.info.index));
+        let reads = if u.unusable.is_some() {
+            "it has no energy or power reading of its own"
+        } else {
+            "its energy counter and power read 0"
+        };
+        let reason = match (partner, u.unusable) {
+            (Some((slot, p)), _) => {
                 match partners.iter_mut().find(|(s, _)| *s == slot) {
-                    Some((_, v)) => v.push(index),
-                    None => partners.push((slot, vec![index])),
+                    Some((_, v)) => v.push(u.index),
+                    None => partners.push((slot, vec![u.index])),
                 }
                 format!(
-                    "its energy counter and power read 0: energy reported on its partner die, \
-                     GPU {p} (paired-die parts such as the MI250X or a partitioned MI300X \
-                     report a package's energy on one die); counted there, once"
+                    "{reads}: energy reported on its partner die, GPU {p} (paired-die parts \
+                     such as the MI250X or a partitioned MI300X report a package's energy on \
+                     one die); counted there, once"
                 )
             }
-            None => "its energy counter and power read 0: a paired die whose partner is not \
-                     visible to this process (paired-die parts such as the MI250X report a \
-                     package's energy on one die); not counted"
-                .to_string(),
+            (None, Some(own)) => {
+                unavailable.push(*own);
+                continue;
+            }
+            (None, None) => format!(
+                "{reads}: a paired die whose partner is not visible to this process \
+                 (paired-die parts such as the MI250X report a package's energy on one die); \
+                 not counted"
+            ),
         };
         unavailable.push(Unavailable {
             backend: BACKEND,
-            what: label,
+            what: u.label,
             reason,
             hint: String::new(),
         });
     }
     for (slot, dies) in partners {
         let list: Vec<String> = dies.iter().map(u32::to_string).collect();
-        measured[slot].1.info.label.push_str(&format!(
-            " (covers its package: paired die(s) GPU {} read 0)",
+        measured[slot].source.info.label.push_str(&format!(
+            " (covers its package: paired die(s) GPU {} report nothing of their own)",
             list.join(", ")
         ));
     }
