@@ -32,10 +32,10 @@ def _print_rank(rank: dict[str, Any], out: Any) -> None:
         f"job {rank['job'] or '(no id)'}, launcher {rank['launcher']}",
         file=out,
     )
-    for key, prefix in (("gpus", "nvml"), ("amd_gpus", "amd")):
+    for key, name in (("gpus", "nvml:{}"), ("amd_gpus", "AMD GPU {}")):
         gpus = rank.get(key)
         if gpus is not None:
-            owned = ", ".join(f"{prefix}:{i}" for i in gpus["indices"]) or "none"
+            owned = ", ".join(name.format(i) for i in gpus["indices"]) or "none"
             print(f"  GPUs it reports: {owned} ({gpus['rule']}: {gpus['reason']})", file=out)
     shared = rank.get("shared_sources") or {}
     print(
