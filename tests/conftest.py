@@ -22,6 +22,7 @@ def _clean_carbonctx(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterato
             "CUDA_VISIBLE_DEVICES",
             "HIP_VISIBLE_DEVICES",
             "ROCR_VISIBLE_DEVICES",
+            "GPU_DEVICE_ORDINAL",
             "AWS_REGION",
             "TZ",
         ):

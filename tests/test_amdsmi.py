@@ -107,6 +107,7 @@ def test_a_power_only_gpu_is_integrated_within_a_percent(tmp_path: Path) -> None
         ),
         ({"CUDA_VISIBLE_DEVICES": "1"}, ["amdsmi:1"]),
         ({"HIP_VISIBLE_DEVICES": "0", "CUDA_VISIBLE_DEVICES": "1"}, ["amdsmi:0"]),
+        ({"GPU_DEVICE_ORDINAL": "1"}, ["amdsmi:1"]),
         ({"ROCR_VISIBLE_DEVICES": ""}, []),
     ],
 )

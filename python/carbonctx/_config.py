@@ -294,12 +294,20 @@ class MachineArgs(TypedDict):
     hip_visible_devices: str | None
 
 
+def hip_visible_devices(env: Mapping[str, str]) -> str | None:
+    """The device list HIP reads: ``HIP_VISIBLE_DEVICES``, else ``CUDA_VISIBLE_DEVICES``, else
+    ``GPU_DEVICE_ORDINAL`` (None: all unset)."""
+    for name in ("HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"):
+        if name in env:
+            return env[name]
+    return None
+
+
 def machine(s: Settings, env: Mapping[str, str] | None = None) -> MachineArgs:
     """What the native sampler needs to find the hardware: the settings' roots and TDP, and
     the CUDA and ROCm variables as they are now (read when the sampler starts, since a program
-    may set them after configuring carbonctx). HIP reads ``CUDA_VISIBLE_DEVICES`` where
-    ``HIP_VISIBLE_DEVICES`` is unset, and so does ``hip_visible_devices``. Keyword arguments of
-    ``_native.Sampler`` and ``_native.discover``."""
+    may set them after configuring carbonctx; see :func:`hip_visible_devices`). Keyword
+    arguments of ``_native.Sampler`` and ``_native.discover``."""
     e = environ(env)
     return MachineArgs(
         sys_root=s.sys_root,
@@ -311,7 +319,7 @@ def machine(s: Settings, env: Mapping[str, str] | None = None) -> MachineArgs:
         cuda_device_order=e.get("CUDA_DEVICE_ORDER"),
         amdsmi_library=s.amdsmi_library,
         rocr_visible_devices=e.get("ROCR_VISIBLE_DEVICES"),
-        hip_visible_devices=e.get("HIP_VISIBLE_DEVICES", e.get("CUDA_VISIBLE_DEVICES")),
+        hip_visible_devices=hip_visible_devices(e),
     )
 
 

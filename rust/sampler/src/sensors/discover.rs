@@ -42,8 +42,8 @@ pub struct Options {
     pub amdsmi_library: Option<PathBuf>,
     /// The value of `ROCR_VISIBLE_DEVICES` (`None`: unset).
     pub rocr_visible_devices: Option<String>,
-    /// What HIP reads: `HIP_VISIBLE_DEVICES`, or `CUDA_VISIBLE_DEVICES` where that is unset
-    /// (`None`: both unset).
+    /// What HIP reads: `HIP_VISIBLE_DEVICES`, else `CUDA_VISIBLE_DEVICES`, else
+    /// `GPU_DEVICE_ORDINAL` (`None`: all unset).
     pub hip_visible_devices: Option<String>,
 }
 

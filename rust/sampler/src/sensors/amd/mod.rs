@@ -70,7 +70,8 @@ pub struct AmdOptions<'a> {
     pub library: Option<&'a Path>,
     /// `ROCR_VISIBLE_DEVICES` (`None`: unset).
     pub rocr_visible_devices: Option<&'a str>,
-    /// `HIP_VISIBLE_DEVICES`, or `CUDA_VISIBLE_DEVICES` where that is unset (`None`: both unset).
+    /// What HIP reads: `HIP_VISIBLE_DEVICES`, else `CUDA_VISIBLE_DEVICES`, else
+    /// `GPU_DEVICE_ORDINAL` (`None`: all unset).
     pub hip_visible_devices: Option<&'a str>,
 }
 

@@ -6,9 +6,9 @@
 //!    accepted, as `strtol` reads it) or UUIDs (`GPU-` and a unique prefix of the 16 hex digits,
 //!    any case). The list ends at its first entry that names no GPU or one already listed, and
 //!    at most as many entries as there are GPUs are read. The GPUs are numbered in list order.
-//! 2. `HIP_VISIBLE_DEVICES` (HIP, then; `CUDA_VISIBLE_DEVICES` where it is unset, as HIP reads
-//!    it: the caller passes whichever applies) picks among the GPUs ROCr left, by their new
-//!    numbers or UUIDs, with the same rules.
+//! 2. `HIP_VISIBLE_DEVICES` (HIP, then; `CUDA_VISIBLE_DEVICES` where it is unset, then
+//!    `GPU_DEVICE_ORDINAL`, as HIP reads them: the caller passes whichever applies) picks among
+//!    the GPUs ROCr left, by their new numbers (or UUIDs), with the same rules.
 
 use crate::sensors::Unavailable;
 
