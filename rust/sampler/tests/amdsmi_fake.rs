@@ -302,6 +302,8 @@ fn a_die_that_reads_zero_is_no_measurement_and_names_its_partner() {
                  gpu1.name=AMD Instinct MI250X\ngpu1.bdf=0000:2c:00.0\ngpu1.zero=1\n\
                  gpu2.name=AMD Instinct MI250X\ngpu2.bdf=0000:2f:00.0\n";
     let m = Machine::for_sim(&sim, &[0, 0, 0], extra);
+    // Even where the zero die's hwmon reads something, the die is not counted.
+    m.hwmon(5, "0000:2c:00.0", Some(("power1_average", 5_000_000)));
     let found = m.discover(None, None);
     assert_eq!(ids(&found), ["amdsmi:0", "amdsmi:2"], "{}", reasons(&found));
     let zero = found

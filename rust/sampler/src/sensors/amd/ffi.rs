@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use libloading::Library;
 
+use super::layout::{decode_power, layout_of, u32_at, PowerField, PowerLayout};
 use super::BACKEND;
 use crate::error::Error;
 use crate::sensors::Unavailable;
@@ -30,8 +31,6 @@ const UUID_BUFFER: usize = 64;
 const STRUCT_BUFFER: usize = 2048;
 /// `amdsmi_asic_info_t` begins with `char market_name[256]` in every release.
 const MARKET_NAME_LEN: usize = 256;
-/// What an unsupported `uint32_t` member of `amdsmi_power_info_t` holds.
-const UNSUPPORTED_U32: u32 = u32::MAX;
 
 type Handle = *mut c_void;
 type InitFn = unsafe extern "C" fn(u64) -> Status;
@@ -45,37 +44,6 @@ type BdfFn = unsafe extern "C" fn(Handle, *mut u64) -> Status;
 type UuidFn = unsafe extern "C" fn(Handle, *mut c_uint, *mut c_char) -> Status;
 type StructFn = unsafe extern "C" fn(Handle, *mut u8) -> Status;
 type EnergyFn = unsafe extern "C" fn(Handle, *mut u64, *mut c_float, *mut u64) -> Status;
-
-/// Where `amdsmi_power_info_t` keeps the socket power (whole watts) in this library's release.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum PowerLayout {
-    /// Releases 24.x (ROCm 6.1 to 6.3): `uint32_t current_socket_power, average_socket_power`
-    /// first.
-    V24,
-    /// Releases 25.x and later (ROCm 6.4, 7.x): `uint64_t socket_power` first (watts on bare
-    /// metal from 26.x), then `uint32_t current_socket_power, average_socket_power`.
-    V25,
-    /// Older releases, or a version that cannot be read: power is not read from this library.
-    Unknown,
-}
-
-/// One field of `amdsmi_power_info_t`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum PowerField {
-    Current,
-    Average,
-    Socket,
-}
-
-impl PowerField {
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            PowerField::Current => "current_socket_power",
-            PowerField::Average => "average_socket_power",
-            PowerField::Socket => "socket_power",
-        }
-    }
-}
 
 /// The entry points used. Plain function pointers, valid while `AmdSmi::_lib` is loaded.
 struct Fns {
@@ -312,52 +280,6 @@ impl AmdSmi {
     }
 }
 
-fn u32_at(buf: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(buf: &[u8], at: usize) -> u64 {
-    u64::from_ne_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
-}
-
-fn watts32(v: u32) -> Option<f64> {
-    (v != UNSUPPORTED_U32).then_some(f64::from(v))
-}
-
-/// The fields of an `amdsmi_power_info_t` read into `buf`, in order of preference: the current
-/// (instantaneous) socket power, the average, and (26.x and later) `socket_power`.
-fn decode_power(buf: &[u8], layout: PowerLayout, version: &str) -> Vec<(PowerField, Option<f64>)> {
-    match layout {
-        PowerLayout::V24 => vec![
-            (PowerField::Current, watts32(u32_at(buf, 0))),
-            (PowerField::Average, watts32(u32_at(buf, 4))),
-        ],
-        PowerLayout::V25 => {
-            let mut out = vec![
-                (PowerField::Current, watts32(u32_at(buf, 8))),
-                (PowerField::Average, watts32(u32_at(buf, 12))),
-            ];
-            // In 25.x `socket_power` is for virtualisation hosts (µW); from 26.x it is the
-            // bare-metal socket power in watts.
-            if major(version) >= 26 {
-                let v = u64_at(buf, 0);
-                let ok = v != u64::MAX && v != u64::from(u32::MAX);
-                out.push((PowerField::Socket, ok.then_some(v as f64)));
-            }
-            out
-        }
-        PowerLayout::Unknown => Vec::new(),
-    }
-}
-
-fn major(version: &str) -> u32 {
-    version
-        .split('.')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 /// `amdsmi_bdf_t`: function in bits 0-2, device 3-7, bus 8-15, domain 16-63.
 pub(super) fn format_bdf(raw: u64) -> String {
     format!(
@@ -403,12 +325,7 @@ fn version(f: Option<VersionFn>) -> (String, PowerLayout) {
         return ("unknown".into(), PowerLayout::Unknown);
     }
     let (a, b, c) = (u32_at(&buf, 0), u32_at(&buf, 4), u32_at(&buf, 8));
-    let layout = match a {
-        24 => PowerLayout::V24,
-        25..=99 => PowerLayout::V25,
-        _ => PowerLayout::Unknown,
-    };
-    (format!("{a}.{b}.{c}"), layout)
+    (format!("{a}.{b}.{c}"), layout_of(a))
 }
 
 /// Why the library could not be used; `loaded` is false when it could not even be loaded.
@@ -518,24 +435,5 @@ mod tests {
         // domain 0x0001, bus 0xc1, device 0x1f, function 3
         let raw = (1u64 << 16) | (0xc1 << 8) | (0x1f << 3) | 3;
         assert_eq!(format_bdf(raw), "0001:c1:1f.3");
-    }
-
-    #[test]
-    fn power_layouts() {
-        let mut buf = vec![0u8; 64];
-        buf[0..4].copy_from_slice(&250u32.to_ne_bytes());
-        buf[4..8].copy_from_slice(&u32::MAX.to_ne_bytes());
-        let v24 = decode_power(&buf, PowerLayout::V24, "24.7.1");
-        assert_eq!(v24[0], (PowerField::Current, Some(250.0)));
-        assert_eq!(v24[1], (PowerField::Average, None));
-        let mut buf = vec![0u8; 64];
-        buf[0..8].copy_from_slice(&300u64.to_ne_bytes());
-        buf[8..12].copy_from_slice(&u32::MAX.to_ne_bytes());
-        buf[12..16].copy_from_slice(&180u32.to_ne_bytes());
-        let v25 = decode_power(&buf, PowerLayout::V25, "25.3.0");
-        assert_eq!(v25.len(), 2, "socket_power is for hosts in 25.x");
-        assert_eq!(v25[1], (PowerField::Average, Some(180.0)));
-        let v26 = decode_power(&buf, PowerLayout::V25, "26.0.0");
-        assert_eq!(v26[2], (PowerField::Socket, Some(300.0)));
     }
 }

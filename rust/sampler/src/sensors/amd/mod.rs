@@ -38,6 +38,8 @@
 
 mod ffi;
 mod hwmon;
+mod layout;
+mod pairs;
 mod sysfs;
 mod visible;
 
@@ -50,7 +52,9 @@ use crate::error::Error;
 use crate::sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, SourceInfo, Unavailable,
 };
-use ffi::{AmdSmi, PowerField, Processor};
+use ffi::{AmdSmi, Processor};
+use layout::PowerField;
+use pairs::{pair_dies, Measured, Unmeasured};
 
 const BACKEND: &str = "amdsmi";
 const HWMON_BACKEND: &str = "hwmon";
@@ -209,6 +213,7 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
     let mut from_hwmon: Vec<hwmon::HwmonGpu> = Vec::new();
     for &i in &sel.indices {
         let g = &gpus[i as usize];
+        let mut paired = false;
         if let (Some(smi), Some((p, name))) = (&smi, &g.smi) {
             match smi_source(smi, *p, g, name) {
                 Probe::Source(s) => measured.push(Measured {
@@ -216,19 +221,23 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
                     bdf: g.bdf.clone(),
                     source: *s,
                 }),
-                probe => unmeasured.push(Unmeasured {
-                    index: g.index,
-                    name: name.clone(),
-                    bdf: g.bdf.clone(),
-                    label: label(name, g),
-                    unusable: match probe {
-                        Probe::Unusable(u) => Some(u),
-                        _ => None,
-                    },
-                }),
+                probe => {
+                    paired = matches!(probe, Probe::Zero);
+                    unmeasured.push(Unmeasured {
+                        index: g.index,
+                        name: name.clone(),
+                        bdf: g.bdf.clone(),
+                        label: label(name, g),
+                        unusable: match probe {
+                            Probe::Unusable(u) => Some(u),
+                            _ => None,
+                        },
+                    })
+                }
             }
         }
-        if let Some(h) = &g.hwmon {
+        // A die that AMD SMI reads as 0 reports on its partner: hwmon must not count it either.
+        if let (Some(h), false) = (&g.hwmon, paired) {
             match hwmon_source(h, g) {
                 Ok(s) => from_hwmon.push(s),
                 Err(u) => found.unavailable.push(*u),
@@ -363,7 +372,7 @@ fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, name: &str) -> Probe {
         .err()
         .or(power_rc.err())
         .unwrap_or(ffi::STATUS_NOT_SUPPORTED);
-    let layout_note = if smi.layout == ffi::PowerLayout::Unknown {
+    let layout_note = if smi.layout == layout::PowerLayout::Unknown {
         format!(
             " (power is not read from AMD SMI {}: its power structure is not known here)",
             smi.version
@@ -447,89 +456,4 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
         file,
         path,
     })
-}
-
-/// A GPU AMD SMI measures.
-struct Measured {
-    name: String,
-    bdf: String,
-    source: SmiGpu,
-}
-
-/// A GPU AMD SMI lists but does not measure: every reading 0 (`unusable` None), or none
-/// readable.
-struct Unmeasured {
-    index: u32,
-    name: String,
-    bdf: String,
-    label: String,
-    unusable: Option<Box<Unavailable>>,
-}
-
-/// Reports each GPU AMD SMI does not measure as unavailable, naming its partner where it has
-/// one, and notes on the partner's label that it covers the package. The partner of a die that
-/// reads 0 is the nearest lower-numbered measured GPU of the same name (an MI250X's GCDs sit at
-/// different PCI addresses); a GPU with no reading at all has a partner only at its own PCI
-/// address (a partition of one device), else it keeps its own reason.
-fn pair_dies(
-    unavailable: &mut Vec<Unavailable>,
-    measured: &mut [Measured],
-    unmeasured: Vec<Unmeasured>,
-) {
-    let mut partners: Vec<(usize, Vec<u32>)> = Vec::new();
-    for u in unmeasured {
-        let partner = measured
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| {
-                m.source.info.index < u.index
-                    && if u.unusable.is_some() {
-                        m.bdf == u.bdf
-                    } else {
-                        m.name == u.name
-                    }
-            })
-            .max_by_key(|(_, m)| m.source.info.index)
-            .map(|(slot, m)| (slot, m.source.info.index));
-        let reads = if u.unusable.is_some() {
-            "it has no energy or power reading of its own"
-        } else {
-            "its energy counter and power read 0"
-        };
-        let reason = match (partner, u.unusable) {
-            (Some((slot, p)), _) => {
-                match partners.iter_mut().find(|(s, _)| *s == slot) {
-                    Some((_, v)) => v.push(u.index),
-                    None => partners.push((slot, vec![u.index])),
-                }
-                format!(
-                    "{reads}: energy reported on its partner die, GPU {p} (paired-die parts \
-                     such as the MI250X or a partitioned MI300X report a package's energy on \
-                     one die); counted there, once"
-                )
-            }
-            (None, Some(own)) => {
-                unavailable.push(*own);
-                continue;
-            }
-            (None, None) => format!(
-                "{reads}: a paired die whose partner is not visible to this process \
-                 (paired-die parts such as the MI250X report a package's energy on one die); \
-                 not counted"
-            ),
-        };
-        unavailable.push(Unavailable {
-            backend: BACKEND,
-            what: u.label,
-            reason,
-            hint: String::new(),
-        });
-    }
-    for (slot, dies) in partners {
-        let list: Vec<String> = dies.iter().map(u32::to_string).collect();
-        measured[slot].source.info.label.push_str(&format!(
-            " (covers its package: paired die(s) GPU {} report nothing of their own)",
-            list.join(", ")
-        ));
-    }
 }
