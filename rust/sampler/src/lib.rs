@@ -7,7 +7,7 @@
 //! ```text
 //!  hardware counters      sensors/               sampler/                timeline/
 //!  (powercap, MSR,  ───►  EnergySource  ───►     a named thread:   ───►  cumulative joules per
-//!   perf, NVML,           + discover             poll loop, phase        source against time
+//!   perf, NVML, AMD SMI,  + discover             poll loop, phase        source against time
 //!   utilisation×TDP)      (one per domain)       lock, quiet/fast        (rings; energy at t)
 //!                                                      │                         │
 //!  region marks ──► regions.rs: marks & spans ─────────┴──► E(t_exit) − E(t_enter) per source,
@@ -16,7 +16,7 @@
 //! ```
 //!
 //! - [`sensors`]: [`EnergySource`], [`Roots`], [`discover`], and the
-//!   backends [`powercap`], [`msr`], [`perf`], [`nvml`] and [`tdp_model`];
+//!   backends [`powercap`], [`msr`], [`perf`], [`nvml`], [`amd`] and [`tdp_model`];
 //! - [`timeline`]: [`accumulate`](timeline::accumulate) (deltas, wraparound, change-time
 //!   stamps) and [`history`](timeline::history) (rings, the energy at an instant);
 //! - [`sampler`]: [`Sampler`], its [`Config`], the poll loop and phase-locked polling;

@@ -2,15 +2,15 @@
 //!
 //! Each backend implements [`EnergySource`] and finds its sources under a set of [`Roots`] (the
 //! seam through which tests point real code at simulated hardware); [`discover`] asks each
-//! backend and keeps one source per measured domain.
+//! backend and keeps one source per measured device (domain, index, and a GPU's vendor).
 //!
 //! ```text
 //! powercap (sysfs) ─┐
 //! msr (/dev/cpu)   ─┤
 //! perf (syscall)   ─┼─► discover ─► Vec<Box<dyn EnergySource>> ─► sampler
 //! nvml (dlopen)    ─┤
-//! amd (dlopen AMD SMI, else amdgpu hwmon)
-//!                  ─┤
+//! amd (AMD SMI     ─┤   (dlopen; the amdgpu hwmon files where it is absent)
+//!   or hwmon)       │
 //! tdp_model        ─┘   (utilisation × TDP, where no CPU counter can be read)
 //! ```
 

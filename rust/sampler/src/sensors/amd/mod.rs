@@ -32,9 +32,14 @@
 //!
 //! # Which GPUs are visible
 //!
-//! See [`visible`]: `ROCR_VISIBLE_DEVICES` first, then `HIP_VISIBLE_DEVICES` (or
-//! `CUDA_VISIBLE_DEVICES`, which HIP reads where `HIP_VISIBLE_DEVICES` is unset) among what it
-//! left.
+//! As the ROCm runtime reads the variables (the caller passes their values):
+//!
+//! 1. `ROCR_VISIBLE_DEVICES` first: unset means every GPU, empty none; otherwise indices (ROCr's
+//!    numbering of every GPU; `0x` hex as `strtol` reads it) or UUIDs (`GPU-` and a unique
+//!    prefix of the 16 hex digits, any case), the GPUs then numbered in list order. The list ends
+//!    at its first entry that names no GPU or repeats one (reported as unavailable).
+//! 2. Then HIP's list (`HIP_VISIBLE_DEVICES`, else `CUDA_VISIBLE_DEVICES`, else
+//!    `GPU_DEVICE_ORDINAL`) picks among the GPUs ROCr left, by their new numbers, same rules.
 
 mod ffi;
 mod hwmon;
