@@ -514,3 +514,58 @@ fn failures_are_reasons_and_read_errors_carry_the_status() {
     assert!(err.contains("NO_PERM"), "{err}");
     assert!(err.contains("/dev/kfd"), "{err}");
 }
+
+#[test]
+fn processes_sharing_the_nodes_sampler_report_the_amd_gpus_they_see() {
+    use carbonctx_sampler::{Config, NodeConfig, Role, Sampler};
+    let (_dir, sim) = sim_with_gpus(vec![TRACE.gpu(true), TRACE.gpu(true)], 20, 20);
+    let m = Machine::for_sim(
+        &sim,
+        &[0, 1],
+        "gpu0.bdf=0000:03:00.0\ngpu1.bdf=0000:83:00.0\n",
+    );
+    m.kfd(&[("0000:03:00.0", 0xaa), ("0000:83:00.0", 0xbb)]);
+    let shm = tempfile::tempdir().unwrap();
+    let node = NodeConfig {
+        takeover_poll: Duration::from_millis(100),
+        ..NodeConfig::new("job-amd alice boot-x").in_dir(shm.path())
+    };
+    let start = |rocr: Option<&str>, hip: Option<&str>| {
+        let opts = Options {
+            rocr_visible_devices: rocr.map(str::to_string),
+            hip_visible_devices: hip.map(str::to_string),
+            ..m.options()
+        };
+        let (s, unavailable) =
+            Sampler::start_on_node(opts, Config::default(), node.clone()).expect("start");
+        (s, unavailable)
+    };
+    let gpu_ids = |s: &Sampler| -> Vec<String> {
+        s.sources()
+            .iter()
+            .filter(|i| i.domain == Domain::Gpu)
+            .map(|i| i.id.clone())
+            .collect()
+    };
+    // The owner reads every GPU of the node; this process reports only the one it sees.
+    let (owner, _) = start(Some("1"), None);
+    assert_eq!(owner.node_status().unwrap().role, Role::Owner);
+    assert_eq!(owner.node_status().unwrap().node_sources.len(), 2);
+    assert_eq!(gpu_ids(&owner), ["amdsmi:1"]);
+    let (by_uuid, _) = start(Some("GPU-00000000000000AA"), None);
+    assert_eq!(by_uuid.node_status().unwrap().role, Role::Follower);
+    assert_eq!(gpu_ids(&by_uuid), ["amdsmi:0"]);
+    let (hip, _) = start(None, Some("1,0"));
+    assert_eq!(gpu_ids(&hip), ["amdsmi:0", "amdsmi:1"]);
+    let (bad, unavailable) = start(Some("5"), None);
+    assert!(gpu_ids(&bad).is_empty());
+    assert!(
+        unavailable
+            .iter()
+            .any(|u| u.what.contains("ROCR_VISIBLE_DEVICES entry")),
+        "{unavailable:?}"
+    );
+    for s in [&bad, &hip, &by_uuid, &owner] {
+        s.stop();
+    }
+}
