@@ -16,7 +16,7 @@
 //! ```
 //!
 //! - [`sensors`]: [`EnergySource`], [`Roots`], [`discover`], and the
-//!   backends [`powercap`], [`msr`], [`perf`], [`nvml`] and [`tdp_model`];
+//!   backends [`powercap`], [`msr`], [`perf`], [`nvml`], [`hwmon`] and [`tdp_model`];
 //! - [`timeline`]: [`accumulate`](timeline::accumulate) (deltas, wraparound, change-time
 //!   stamps) and [`history`](timeline::history) (rings, the energy at an instant);
 //! - [`sampler`]: [`Sampler`], its [`Config`], the poll loop and phase-locked polling;
@@ -38,7 +38,7 @@ pub mod timeline;
 pub use error::{Error, Result};
 pub use regions::{Packed, Resolved};
 pub use sampler::{Config, NodeStatus, Role, Sampler, SourceStatus, Stats};
-pub use sensors::{discover, msr, nvml, perf, powercap, tdp_model};
+pub use sensors::{discover, hwmon, msr, nvml, perf, powercap, tdp_model};
 pub use sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };

@@ -22,6 +22,9 @@ pub struct Options {
     /// CPU counter backends in order of preference; backends not listed are not used.
     pub cpu_backends: Vec<String>,
     pub nvml: bool,
+    /// Read hwmon's energy and power channels (Intel GPUs, amd_energy, ACPI power meters,
+    /// INA3221 rails).
+    pub hwmon: bool,
     pub tdp_model: TdpModelUse,
     /// The value of `CUDA_VISIBLE_DEVICES` (`None`: unset): which GPUs this process sees.
     pub cuda_visible_devices: Option<String>,
@@ -38,6 +41,7 @@ impl Default for Options {
             roots: Roots::default(),
             cpu_backends: DEFAULT_CPU_BACKENDS.iter().map(|s| s.to_string()).collect(),
             nvml: true,
+            hwmon: true,
             tdp_model: TdpModelUse::Auto,
             cuda_visible_devices: None,
             cuda_device_order: None,
@@ -93,6 +97,16 @@ pub fn discover(opts: &Options) -> Discovered {
             opts.cuda_device_order.as_deref(),
         );
         take(nvml, &mut all);
+    }
+    if opts.hwmon {
+        // Intel GPUs are numbered after the GPUs found so far: never paired with one of them.
+        let gpu_base = all
+            .iter()
+            .filter(|s| s.info().domain == Domain::Gpu)
+            .map(|s| s.info().index.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        take(super::hwmon::discover(&opts.roots, gpu_base), &mut all);
     }
     all.sort_by_key(|s| rank(s.info(), &opts.cpu_backends));
     let mut covered: Vec<(Domain, u32)> = Vec::new();

@@ -9,10 +9,12 @@
 //! msr (/dev/cpu)   ─┤
 //! perf (syscall)   ─┼─► discover ─► Vec<Box<dyn EnergySource>> ─► sampler
 //! nvml (dlopen)    ─┤
+//! hwmon (sysfs)    ─┤   (Intel GPUs, amd_energy, ACPI power meters, INA3221 rails)
 //! tdp_model        ─┘   (utilisation × TDP, where no CPU counter can be read)
 //! ```
 
 pub mod discover;
+pub mod hwmon;
 pub mod msr;
 pub mod nvml;
 pub mod perf;
