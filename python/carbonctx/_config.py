@@ -39,7 +39,7 @@ def environ(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
 
 
 CPU_BACKENDS = ("powercap", "perf", "msr")
-BACKENDS = (*CPU_BACKENDS, "nvml", "estimate")
+BACKENDS = (*CPU_BACKENDS, "nvml", "hwmon", "estimate")
 ESTIMATE_MODES = ("auto", "never", "always")
 FORK_MODES = ("restart", "disable")
 #: The longest polling interval accepted, in seconds (counters wrap within minutes).

@@ -9,6 +9,9 @@ from typing import Any
 
 __all__ = ["register"]
 
+#: Domains that contain or overlap the components (a module, a supply rail, the node's power).
+_BESIDE = ("module", "rail", "node")
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = sub.add_parser("devices", help="list energy sources, and why others cannot be used")
@@ -72,6 +75,13 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
             print(f"  [{u['backend']}] {u['what']}: {u['reason']}", file=out)
             if u.get("hint"):
                 print(f"      what to do: {u['hint']}", file=out)
+    beside = sorted({s["domain"] for s in srcs if s["domain"] in _BESIDE})
+    if beside:
+        print(
+            f"\n{', '.join(beside).capitalize()} figures contain or overlap the components: "
+            "shown beside them, never added to totals.",
+            file=out,
+        )
     if any(s["method"] == "estimate" for s in srcs):
         print(
             "\nCPU energy is an ESTIMATE (utilisation × TDP), labelled so in every result.",
