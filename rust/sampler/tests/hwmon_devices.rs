@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use carbonctx_sampler::discover;
-use carbonctx_sampler::hwmon::{self, CORE_INDEX_BASE};
+use carbonctx_sampler::hwmon;
 use carbonctx_sampler::{Domain, Method, Reading};
 use common_fs::roots_at;
 use common_hwmon::{chip, is_root, options, read, summary};
@@ -179,39 +179,124 @@ fn amd_chip(root: &Path, sockets: &[(u32, &str)], cores: u32) -> PathBuf {
     chip(root, AMD_ENERGY, 2, &refs)
 }
 
+/// The CPU topology the kernel publishes: `nodes[k]` lists node k's CPUs, `packages[c]` is
+/// CPU c's package.
+fn topology(root: &Path, nodes: &[&str], packages: &[u32]) {
+    let sys = root.join("sys/devices/system");
+    for (k, cpus) in nodes.iter().enumerate() {
+        let dir = sys.join(format!("node/node{k}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cpulist"), format!("{cpus}\n")).unwrap();
+    }
+    for (c, p) in packages.iter().enumerate() {
+        let dir = sys.join(format!("cpu/cpu{c}/topology"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("physical_package_id"), format!("{p}\n")).unwrap();
+    }
+}
+
 #[test]
-fn amd_energy_sockets_and_cores() {
+fn amd_energy_packages_and_their_cores() {
     let tmp = tempfile::tempdir().unwrap();
-    amd_chip(tmp.path(), &[(0, "5000000\n"), (1, "6000000\n")], 3);
+    amd_chip(tmp.path(), &[(0, "5000000\n"), (1, "6000000\n")], 4);
+    topology(
+        tmp.path(),
+        &["0-1,4-5", "2-3,6-7"],
+        &[0, 0, 1, 1, 0, 0, 1, 1],
+    );
     let mut found = hwmon::discover(&roots_at(tmp.path()), 0);
     assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
-    let s = summary(&found);
-    assert_eq!(s.len(), 5);
-    assert!(s.contains(&(
-        "hwmon:amd_energy:amd_energy.0:Esocket1".into(),
-        Domain::Package,
-        1,
-        "package-1 (amd_energy)".into()
-    )));
-    assert!(s.contains(&(
-        "hwmon:amd_energy:amd_energy.0:Ecore002".into(),
-        Domain::Core,
-        CORE_INDEX_BASE + 2,
-        "core 2 (amd_energy)".into()
-    )));
-    let sock = found
-        .sources
-        .iter()
-        .find(|s| s.info().id.ends_with("Esocket0"))
-        .unwrap()
-        .info()
-        .clone();
+    assert_eq!(
+        summary(&found),
+        vec![
+            (
+                "hwmon:amd_energy:amd_energy.0:Esocket0".into(),
+                Domain::Package,
+                0,
+                "package-0 (amd_energy)".into()
+            ),
+            (
+                "hwmon:amd_energy:amd_energy.0:Esocket1".into(),
+                Domain::Package,
+                1,
+                "package-1 (amd_energy)".into()
+            ),
+            (
+                "hwmon:amd_energy:amd_energy.0:cores-package0".into(),
+                Domain::Core,
+                0,
+                "cores of package-0 (2 counters, amd_energy)".into()
+            ),
+            (
+                "hwmon:amd_energy:amd_energy.0:cores-package1".into(),
+                Domain::Core,
+                1,
+                "cores of package-1 (2 counters, amd_energy)".into()
+            ),
+        ]
+    );
+    let sock = found.sources[0].info().clone();
     assert_eq!(sock.interval, Duration::from_millis(1));
+    assert_eq!(sock.method, Method::Counter);
     assert_eq!(sock.counter.unwrap().joules_per_unit, 1e-6);
     assert_eq!(
         read(&mut found, "hwmon:amd_energy:amd_energy.0:Esocket0"),
         Reading::Counter(5_000_000)
     );
+    // Cores 2 and 3 (1000 µJ apart from the first two) are package 1's.
+    assert_eq!(
+        read(&mut found, "hwmon:amd_energy:amd_energy.0:cores-package0"),
+        Reading::Counter(1000 + 2000)
+    );
+    assert_eq!(
+        read(&mut found, "hwmon:amd_energy:amd_energy.0:cores-package1"),
+        Reading::Counter(3000 + 4000)
+    );
+}
+
+#[test]
+fn amd_energy_with_several_numa_nodes_per_socket_counts_each_package_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // NPS2 on one socket: the driver shows the package counter for each of the two nodes.
+    amd_chip(tmp.path(), &[(0, "5000000\n"), (1, "5000000\n")], 2);
+    topology(tmp.path(), &["0", "1"], &[0, 0]);
+    let found = hwmon::discover(&roots_at(tmp.path()), 0);
+    let ids: Vec<_> = summary(&found).into_iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(
+        ids,
+        vec![
+            (
+                "hwmon:amd_energy:amd_energy.0:Esocket0".to_string(),
+                Domain::Package
+            ),
+            (
+                "hwmon:amd_energy:amd_energy.0:cores-package0".to_string(),
+                Domain::Core
+            ),
+        ]
+    );
+    assert_eq!(found.unavailable.len(), 1, "{:?}", found.unavailable);
+    let u = &found.unavailable[0];
+    assert!(u.what.ends_with("energy4_input"), "{u:?}");
+    assert!(u.reason.contains("repeats Esocket0"), "{u:?}");
+}
+
+#[test]
+fn amd_energy_without_cpu_topology() {
+    // One socket: its cores are its own.
+    let tmp = tempfile::tempdir().unwrap();
+    amd_chip(tmp.path(), &[(0, "5000000\n")], 2);
+    let found = hwmon::discover(&roots_at(tmp.path()), 0);
+    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+    assert_eq!(found.sources.len(), 2);
+    // Two sockets: nodes are taken as packages, and the cores cannot be placed: said so.
+    let tmp = tempfile::tempdir().unwrap();
+    amd_chip(tmp.path(), &[(0, "5\n"), (1, "6\n")], 2);
+    let found = hwmon::discover(&roots_at(tmp.path()), 0);
+    let packages: Vec<_> = summary(&found).into_iter().map(|s| (s.1, s.2)).collect();
+    assert_eq!(packages, vec![(Domain::Package, 0), (Domain::Package, 1)]);
+    assert_eq!(found.unavailable.len(), 1, "{:?}", found.unavailable);
+    assert!(found.unavailable[0].reason.contains("cores [0, 1]"));
 }
 
 #[test]
@@ -247,12 +332,16 @@ fn amd_energy_counters_wrapping_at_32_bits_count_on() {
 fn amd_energy_beside_powercap_keeps_one_package_counter() {
     let tmp = tempfile::tempdir().unwrap();
     amd_chip(tmp.path(), &[(0, "5000000\n"), (1, "6000000\n")], 2);
-    for p in 0..2 {
-        let z = tmp
-            .path()
-            .join(format!("sys/class/powercap/intel-rapl:{p}"));
+    topology(tmp.path(), &["0", "1"], &[0, 1]);
+    // AMD's RAPL zones: a package zone per socket, and a core zone in package 0.
+    for (zone, name) in [
+        ("intel-rapl:0", "package-0"),
+        ("intel-rapl:0:0", "core"),
+        ("intel-rapl:1", "package-1"),
+    ] {
+        let z = tmp.path().join("sys/class/powercap").join(zone);
         fs::create_dir_all(&z).unwrap();
-        fs::write(z.join("name"), format!("package-{p}\n")).unwrap();
+        fs::write(z.join("name"), format!("{name}\n")).unwrap();
         fs::write(z.join("energy_uj"), "1000\n").unwrap();
         fs::write(z.join("max_energy_range_uj"), "65532610987\n").unwrap();
     }
@@ -277,13 +366,21 @@ fn amd_energy_beside_powercap_keeps_one_package_counter() {
         alts.contains(&"hwmon:amd_energy:amd_energy.0:Esocket1"),
         "{alts:?}"
     );
-    // Per-core counters are read (nothing else measures one core).
-    let cores = d
+    // Package 0's cores pair with its RAPL core zone; package 1 has none, so its sum is read.
+    let cores: Vec<_> = d
         .chosen
         .iter()
         .filter(|s| s.info().domain == Domain::Core)
-        .count();
-    assert_eq!(cores, 2);
+        .map(|s| s.info().id.clone())
+        .collect();
+    assert_eq!(
+        cores,
+        vec![
+            "powercap:intel-rapl:0:0",
+            "hwmon:amd_energy:amd_energy.0:cores-package1"
+        ]
+    );
+    assert!(alts.contains(&"hwmon:amd_energy:amd_energy.0:cores-package0"));
 
     // Without powercap, amd_energy's socket counters are the packages.
     let mut opts = options(tmp.path());

@@ -8,10 +8,6 @@ use super::read::read_text;
 use super::{Chip, Unavailable, BACKEND};
 use crate::sensors::Domain;
 
-/// Per-core amd_energy counters are numbered from here, so that one core's counter never pairs
-/// with a package-wide `core` zone (which is numbered by package) as two views of one thing.
-pub const CORE_INDEX_BASE: u32 = 1 << 16;
-
 /// A channel to read, before its files are opened.
 #[derive(Debug)]
 pub(super) struct Plan {
@@ -29,9 +25,10 @@ pub(super) struct Plan {
 pub(super) enum Kind {
     /// A microjoule counter that never wraps in practice.
     Energy(PathBuf),
-    /// A microjoule counter that wraps at one of `ranges` (µJ); at most `max_watts`.
-    EnergyUnwrapped {
-        path: PathBuf,
+    /// The sum of microjoule counters that each wrap at one of `ranges` (µJ) and each show
+    /// at most `max_watts`.
+    EnergySum {
+        paths: Vec<PathBuf>,
         ranges: Vec<u64>,
         max_watts: f64,
     },
@@ -42,7 +39,7 @@ pub(super) enum Kind {
 }
 
 /// Channels numbered `<prefix>N<suffix>` in `dir`, in order of N.
-fn channels(dir: &Path, prefix: &str, suffix: &str) -> Vec<u32> {
+pub(super) fn channels(dir: &Path, prefix: &str, suffix: &str) -> Vec<u32> {
     let mut out: Vec<u32> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -62,7 +59,7 @@ fn channels(dir: &Path, prefix: &str, suffix: &str) -> Vec<u32> {
     out
 }
 
-fn unavailable(what: &Path, reason: &str, hint: &str) -> Unavailable {
+pub(super) fn unavailable(what: &Path, reason: &str, hint: &str) -> Unavailable {
     Unavailable {
         backend: BACKEND,
         what: what.display().to_string(),
@@ -117,74 +114,6 @@ pub(super) fn intel_gpu(chip: &Chip, out: &mut Vec<Plan>, un: &mut Vec<Unavailab
     }
     plans.sort_by_key(|(o, _)| *o);
     out.extend(plans.into_iter().map(|(_, p)| p));
-}
-
-/// The µJ values amd_energy can wrap at: its counters are 32-bit registers in units of
-/// 2^-ESU J, shown as `raw × 10^6 / 2^ESU` µJ, so a counter read as it is wraps at
-/// `2^32 × 10^6 / 2^ESU` µJ, and one the driver accumulates into 64 bits overflows its
-/// multiplication at `2^(64-ESU)` µJ. ESU is not published; these are the candidates.
-pub fn amd_energy_ranges() -> Vec<u64> {
-    let mut r: Vec<u64> = (8..=24u32)
-        .flat_map(|esu| [15_625u64 << (38 - esu), 1u64 << (64 - esu)])
-        .collect();
-    r.sort_unstable();
-    r.dedup();
-    r
-}
-
-/// `amd_energy` (AMD Family 17h/19h, Linux 5.8 to 5.12 and the out-of-tree module): channels
-/// labelled `EsocketN` (a socket's package energy) and `EcoreNNN` (one core's), in µJ.
-pub(super) fn amd_energy(chip: &Chip, out: &mut Vec<Plan>, un: &mut Vec<Unavailable>) {
-    let found = channels(&chip.dir, "energy", "_input");
-    if found.is_empty() {
-        un.push(unavailable(
-            &chip.dir,
-            "amd_energy publishes no energy counter",
-            "Check that the amd_energy module loaded without errors (dmesg).",
-        ));
-        return;
-    }
-    let ranges = amd_energy_ranges();
-    for n in found {
-        let label_path = chip.dir.join(format!("energy{n}_label"));
-        let Some(label) = read_text(&label_path) else {
-            un.push(unavailable(
-                &label_path,
-                "the channel has no readable label, so its scope (socket or core) is unknown",
-                "Check that the amd_energy module is healthy (dmesg).",
-            ));
-            continue;
-        };
-        let path = chip.dir.join(format!("energy{n}_input"));
-        let (domain, index, text, interval, max_watts) = if let Some(k) = label
-            .strip_prefix("Esocket")
-            .and_then(|k| k.parse::<u32>().ok())
-        {
-            let text = format!("package-{k} (amd_energy)");
-            (Domain::Package, k, text, Duration::from_millis(1), 2000.0)
-        } else if let Some(k) = label
-            .strip_prefix("Ecore")
-            .and_then(|k| k.parse::<u32>().ok())
-        {
-            let text = format!("core {k} (amd_energy)");
-            let index = CORE_INDEX_BASE.saturating_add(k);
-            (Domain::Core, index, text, Duration::from_millis(100), 500.0)
-        } else {
-            continue;
-        };
-        out.push(Plan {
-            channel: label.clone(),
-            domain,
-            index: Some(index),
-            label: text,
-            kind: Kind::EnergyUnwrapped {
-                path,
-                ranges: ranges.clone(),
-                max_watts,
-            },
-            interval,
-        });
-    }
 }
 
 /// What an NVIDIA Grace meter's `power1_oem_info` (`<Kind> Power Socket <N>`) says it
@@ -339,14 +268,5 @@ mod tests {
         assert_eq!(grace_meter("Module Power Socket 0 extra"), None);
         assert_eq!(grace_meter("Fan Power Socket 0"), None);
         assert_eq!(grace_meter(""), None);
-    }
-
-    #[test]
-    fn amd_energy_ranges_include_the_usual_unit() {
-        let r = amd_energy_ranges();
-        // ESU 16 (15.3 µJ): the 32-bit register wraps at 65.536 kJ.
-        assert!(r.contains(&65_536_000_000));
-        assert!(r.contains(&(1u64 << 48)));
-        assert!(r.windows(2).all(|w| w[0] < w[1]));
     }
 }

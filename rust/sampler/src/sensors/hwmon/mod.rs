@@ -3,12 +3,14 @@
 //! Each `hwmonN` directory has a `name` (the driver's prefix) and a `device` link to the
 //! device it belongs to. Drivers read here (see [`chips`] for what their files mean):
 //!
-//! | `name`        | files                              | domain                          |
-//! |---------------|------------------------------------|---------------------------------|
-//! | `i915`, `xe`  | `energyN_input` µJ (`_label` card/pkg) | GPU (counter)               |
-//! | `amd_energy`  | `energyN_input` µJ, `EsocketN`/`EcoreNNN` | package / core (counter) |
-//! | `power_meter` | `power1_average` µW, `power1_oem_info` | node, or Grace module / package / core / uncore (power) |
-//! | `ina3221`     | `inN_input` mV × `currN_input` mA, `inN_label` | rail, or module for `VDD_IN` (power) |
+//! - `i915`, `xe` (Intel discrete GPUs): `energyN_input` µJ counters, labelled `card` and
+//!   `pkg` by xe → GPU;
+//! - `amd_energy`: `energyN_input` µJ counters labelled `EsocketN` and `EcoreNNN` → package,
+//!   and the cores summed per package → core ([`amd_energy`]);
+//! - `power_meter` (ACPI): `power1_average` µW → the node's power, or for NVIDIA Grace (named
+//!   in `power1_oem_info`) module, package, core or uncore;
+//! - `ina3221` (Jetson): `inN_input` mV × `currN_input` mA, named by `inN_label` → rail, or
+//!   module for the module's input (`VDD_IN`).
 //!
 //! Module, rail and node figures contain or overlap the components and are shown beside them,
 //! never added to totals. Source ids are `hwmon:<name>:<device>:<channel>`, where `<device>`
@@ -19,6 +21,7 @@
 //! their device names, so that an Intel GPU never pairs with an NVIDIA one as two views of one
 //! device. `amdgpu` is not read here.
 
+mod amd_energy;
 mod chips;
 mod read;
 
@@ -26,7 +29,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use chips::{amd_energy_ranges, grace_meter, CORE_INDEX_BASE};
+pub use amd_energy::ranges as amd_energy_ranges;
+pub use chips::grace_meter;
 pub use read::parse_int;
 
 use crate::error::Error;
@@ -67,7 +71,7 @@ pub fn discover(roots: &Roots, gpu_index_base: u32) -> Found {
         let mut out = Vec::new();
         match chip.name.as_str() {
             "i915" | "xe" => chips::intel_gpu(chip, &mut out, &mut found.unavailable),
-            "amd_energy" => chips::amd_energy(chip, &mut out, &mut found.unavailable),
+            "amd_energy" => amd_energy::plans(chip, &roots.sys, &mut out, &mut found.unavailable),
             "power_meter" => chips::power_meter(chip, &mut out, &mut found.unavailable),
             "ina3221" => chips::ina3221(chip, &mut out, &mut found.unavailable),
             _ => continue,
@@ -123,23 +127,22 @@ fn open(chip: &Chip, plan: Plan) -> Result<HwmonSource, Box<Unavailable>> {
             };
             (Probe::Counter(a), Method::Counter, Some(spec), path)
         }
-        Kind::EnergyUnwrapped {
-            path,
+        Kind::EnergySum {
+            paths,
             ranges,
             max_watts,
         } => {
-            let (a, raw) = open_counter(&path).map_err(|e| fail(&path, e))?;
+            let mut parts = Vec::with_capacity(paths.len());
+            for path in &paths {
+                let (a, raw) = open_counter(path).map_err(|e| fail(path, e))?;
+                parts.push((a, Unwrap::new(ranges.clone(), 1e6, max_watts, raw)));
+            }
             let spec = CounterSpec {
                 joules_per_unit: 1e-6,
                 wrap: None,
             };
-            let unwrap = Unwrap::new(ranges, 1e6, max_watts, raw);
-            (
-                Probe::Unwrapped(a, unwrap),
-                Method::Counter,
-                Some(spec),
-                path,
-            )
+            let first = paths.into_iter().next().unwrap_or_default();
+            (Probe::Sum(parts), Method::Counter, Some(spec), first)
         }
         Kind::MicroWatts(path) => {
             let (a, _) = Attr::open(&path).map_err(|e| fail(&path, e))?;

@@ -121,7 +121,7 @@ pub(super) fn read_text(path: &Path) -> Option<String> {
 }
 
 /// Undoes the wraparound of a counter whose range is not published but is one of a known set
-/// (see [`super::chips`] for amd_energy's). The extended value counts on from where the raw
+/// (see [`super::amd_energy`]). The extended value counts on from where the raw
 /// one wrapped; a step back that no candidate range and no plausible power explains is a
 /// reset, passed on as a step back (so that the sampler records a gap and invents nothing).
 #[derive(Debug)]
@@ -175,8 +175,9 @@ impl Unwrap {
 pub(super) enum Probe {
     /// An energy counter in the units of the source's `CounterSpec`.
     Counter(Attr),
-    /// An energy counter whose wraparound is undone here (its spec says it never wraps).
-    Unwrapped(Attr, Unwrap),
+    /// The sum of energy counters whose wraparound is undone here (its spec says it never
+    /// wraps; a counter reset shows as a step back of the sum).
+    Sum(Vec<(Attr, Unwrap)>),
     /// Power in microwatts.
     MicroWatts(Attr),
     /// Bus voltage in millivolts and current in milliamperes (power = V × I).
@@ -198,9 +199,13 @@ impl EnergySource for HwmonSource {
     fn read(&mut self) -> Result<Reading, Error> {
         match &mut self.probe {
             Probe::Counter(a) => Ok(Reading::Counter(counter(a)?)),
-            Probe::Unwrapped(a, u) => {
-                let raw = counter(a)?;
-                Ok(Reading::Counter(u.push(raw, Instant::now())))
+            Probe::Sum(parts) => {
+                let now = Instant::now();
+                let mut total: u64 = 0;
+                for (a, u) in parts.iter_mut() {
+                    total = total.saturating_add(u.push(counter(a)?, now));
+                }
+                Ok(Reading::Counter(total))
             }
             Probe::MicroWatts(a) => Ok(Reading::Power(a.read()? as f64 * 1e-6)),
             Probe::VoltsAmps(v, i) => {
