@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,8 +38,16 @@ def _chip(
 
 
 def _counter(path: Path, uj: int) -> None:
-    with open(path, "r+b") as f:
-        f.write(f"{uj:0{WIDTH}d}\n".encode())
+    """Rewrite a counter in place so that a concurrent read sees the old value, the new one or
+    text that does not parse (and reads again), never a mix of both numbers' digits: the
+    newline becomes ``x``, the digits are written, the newline comes back (one byte each)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"x", WIDTH)
+        os.pwrite(fd, f"{uj:0{WIDTH}d}".encode(), 0)
+        os.pwrite(fd, b"\n", WIDTH)
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -93,6 +102,12 @@ def machine(tmp_path: Path) -> Path:
     return hw
 
 
+def _status(source_id: str) -> dict[str, Any]:
+    """The sampler's status of one source (its cumulative joules among them)."""
+    src = next(s for s in carbonctx.devices()["sources"] if s["id"] == source_id)
+    return dict(src["status"])
+
+
 GRACE_MODULE = "hwmon:power_meter:ACPI000D:00:power1"
 GRACE_CPU = "hwmon:power_meter:ACPI000D:01:power1"
 GRACE_RAIL = "hwmon:power_meter:ACPI000D:02:power1"
@@ -129,11 +144,14 @@ def test_hwmon_sources_in_a_measurement(machine: Path) -> None:
     for sid, watts in ((GRACE_MODULE, 300.0), (NODE, 500.0), (VDD_IN, 10.0), (RAIL, 2.0)):
         joules = m.by_source[sid].joules
         assert joules == pytest.approx(watts * d, rel=0.01), sid
-    assert m.gpu_j == pytest.approx(5.0, abs=1e-6)
+    # A counter that steps once is placed within its bracket (the step is known only to lie
+    # between two reads; when the region's start was settled before it, the figure is exact).
+    assert abs(m.gpu_j - 5.0) <= m.by_source[CARD].uncertainty_j + 1e-6
+    assert _status(CARD)["joules"] == pytest.approx(5.0, abs=1e-6)
     assert m.cpu_j == pytest.approx(100.0 * d, rel=0.01)
     # Module, rail and node figures (and the core rail) stay out of the totals.
     assert m.energy_j == pytest.approx(m.cpu_j + m.dram_j + m.gpu_j)
-    assert m.energy_j == pytest.approx(100.0 * d + 5.0, rel=0.01)
+    assert m.energy_j == pytest.approx(100.0 * d + m.gpu_j, rel=0.01)
     assert not m.estimated and m.missing == ()
 
 
@@ -167,3 +185,45 @@ def test_devices_command_shows_them_beside_the_totals(machine: Path, tmp_path: P
     assert r.returncode == 0, r.stderr
     ids = {s["id"] for s in json.loads(r.stdout)["sources"]}
     assert {GRACE_MODULE, GRACE_CPU, NODE, VDD_IN, RAIL, CARD} <= ids
+
+
+def test_amd_energy_counter_across_its_wrap(tmp_path: Path) -> None:
+    """An amd_energy socket counter (ESU 16: it wraps at 65 536 000 000 µJ) is the package; a
+    wrap within a region counts on."""
+    sys_root = tmp_path / "sys"
+    hw = _chip(
+        sys_root,
+        "platform/amd_energy.0",
+        0,
+        {"name": "amd_energy\n", "energy1_label": "Ecore000\n", "energy2_label": "Esocket0\n"},
+    )
+    for f in ("energy1_input", "energy2_input"):
+        (hw / f).write_text("0" * WIDTH + "\n")
+    _counter(hw / "energy2_input", 65_535_500_000)
+    carbonctx.configure(
+        sys_root=str(sys_root),
+        dev_root=str(tmp_path / "dev"),
+        proc_root=str(tmp_path / "proc"),
+        nvml_library=str(tmp_path / "none.so"),
+        estimate="never",
+    )
+    with carbonctx.track("warm-up"):
+        time.sleep(0.2)
+    with carbonctx.track("work") as m:
+        time.sleep(0.3)
+        _counter(hw / "energy2_input", 500_000)  # 0.5 J to the wrap, 0.5 J after it
+        _counter(hw / "energy1_input", 250_000)
+        time.sleep(0.5)
+    sock = "hwmon:amd_energy:amd_energy.0:Esocket0"
+    cores = "hwmon:amd_energy:amd_energy.0:cores-package0"
+    assert m.by_source[sock].domain == "package"
+    assert m.by_source[cores].domain == "core"
+    # The step is placed within its bracket; the source counted exactly what the counter moved
+    # across its wrap (a reset would count nothing, a wrong range kilojoules).
+    assert abs(m.cpu_j - 1.0) <= m.by_source[sock].uncertainty_j + 1e-6
+    status = _status(sock)
+    assert status["joules"] == pytest.approx(1.0, abs=1e-6)
+    assert status["resets"] == 0 and not status["failed"]
+    assert _status(cores)["joules"] == pytest.approx(0.25, abs=1e-6)
+    # The cores lie inside the package: not added.
+    assert m.energy_j == pytest.approx(m.cpu_j)
