@@ -1,4 +1,5 @@
-//! The hwmon backend: Intel GPUs (i915, xe) and amd_energy, on temporary sysfs trees laid out as the kernel makes them.
+//! The hwmon backend: Intel GPUs (i915, xe) and amd_energy, on temporary sysfs trees laid out
+//! as the kernel makes them.
 
 // Each test file uses part of the shared helpers.
 #[allow(dead_code)]

@@ -1,4 +1,5 @@
-//! The hwmon backend: ACPI power meters (servers, NVIDIA Grace), INA3221 rails (Jetson) and broken trees, on temporary sysfs trees laid out as the kernel makes them.
+//! The hwmon backend: ACPI power meters (servers, NVIDIA Grace), INA3221 rails (Jetson) and
+//! broken trees, on temporary sysfs trees laid out as the kernel makes them.
 
 // Each test file uses part of the shared helpers.
 #[allow(dead_code)]

@@ -132,7 +132,8 @@ pub fn grace_meter(oem: &str) -> Option<(Domain, u32, String)> {
     let (domain, what) = match kind.to_ascii_lowercase().as_str() {
         // The whole superchip module: CPU, GPU, memory and the module's regulators.
         "module" => (Domain::Module, "Grace module power"),
-        // The Grace CPU's total: its CPU and SysIO rails (and their memory).
+        // The Grace socket: its CPU and SysIO rails and its LPDDR5X memory (no DRAM source
+        // of its own on Grace, so nothing is counted twice).
         "grace" => (Domain::Package, "Grace CPU power"),
         "cpu" => (Domain::Core, "Grace CPU rail"),
         "sysio" => (Domain::Uncore, "Grace SysIO rail"),
