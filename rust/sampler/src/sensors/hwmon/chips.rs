@@ -32,8 +32,8 @@ pub(super) enum Kind {
         ranges: Vec<u64>,
         max_watts: f64,
     },
-    /// Power in microwatts.
-    MicroWatts(PathBuf),
+    /// An ACPI meter's power in microwatts (read on a thread of its own: such reads can block).
+    Meter(PathBuf),
     /// Bus voltage (mV) and current (mA).
     VoltsAmps(PathBuf, PathBuf),
 }
@@ -186,7 +186,7 @@ pub(super) fn power_meter(chip: &Chip, out: &mut Vec<Plan>, un: &mut Vec<Unavail
         domain,
         index,
         label,
-        kind: Kind::MicroWatts(dir.join("power1_average")),
+        kind: Kind::Meter(dir.join("power1_average")),
         interval,
     });
 }

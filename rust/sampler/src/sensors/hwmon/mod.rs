@@ -8,7 +8,8 @@
 //! - `amd_energy`: `energyN_input` µJ counters labelled `EsocketN` and `EcoreNNN` → package,
 //!   and the cores summed per package → core ([`amd_energy`]);
 //! - `power_meter` (ACPI): `power1_average` µW → the node's power, or for NVIDIA Grace (named
-//!   in `power1_oem_info`) module, package, core or uncore;
+//!   in `power1_oem_info`) module, package, core or uncore; read on a thread of its own, since
+//!   the firmware may take long to answer ([`background`]);
 //! - `ina3221` (Jetson): `inN_input` mV × `currN_input` mA, named by `inN_label` → rail, or
 //!   module for the module's input (`VDD_IN`).
 //!
@@ -22,6 +23,7 @@
 //! device. `amdgpu` is not read here.
 
 mod amd_energy;
+mod background;
 mod chips;
 mod read;
 
@@ -35,6 +37,7 @@ pub use read::parse_int;
 
 use crate::error::Error;
 use crate::sensors::{CounterSpec, Domain, Found, Method, Roots, SourceInfo, Unavailable};
+use background::Background;
 use chips::{Kind, Plan};
 use read::{Attr, HwmonSource, Probe, Unwrap};
 
@@ -144,9 +147,14 @@ fn open(chip: &Chip, plan: Plan) -> Result<HwmonSource, Box<Unavailable>> {
             let first = paths.into_iter().next().unwrap_or_default();
             (Probe::Sum(parts), Method::Counter, Some(spec), first)
         }
-        Kind::MicroWatts(path) => {
-            let (a, _) = Attr::open(&path).map_err(|e| fail(&path, e))?;
-            (Probe::MicroWatts(a), Method::IntegratedPower, None, path)
+        Kind::Meter(path) => {
+            let (a, v) = Attr::open(&path).map_err(|e| fail(&path, e))?;
+            let probe = match Background::start(a, v, plan.interval, &chip.device) {
+                Ok(b) => Probe::MicroWattsBackground(b),
+                // No thread to be had: read it in the sampler's thread.
+                Err(_) => Probe::MicroWatts(Attr::open(&path).map_err(|e| fail(&path, e))?.0),
+            };
+            (probe, Method::IntegratedPower, None, path)
         }
         Kind::VoltsAmps(v, i) => {
             let (va, _) = Attr::open(&v).map_err(|e| fail(&v, e))?;

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::background::Background;
 use crate::error::Error;
 use crate::sensors::{EnergySource, Reading, SourceInfo};
 
@@ -35,6 +36,11 @@ impl Attr {
         };
         let v = attr.read()?;
         Ok((attr, v))
+    }
+
+    /// The file's path.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Reads the file's integer (hwmon values are signed decimal integers).
@@ -180,6 +186,8 @@ pub(super) enum Probe {
     Sum(Vec<(Attr, Unwrap)>),
     /// Power in microwatts.
     MicroWatts(Attr),
+    /// Power in microwatts, read on a thread of its own (a meter whose reads can block).
+    MicroWattsBackground(Background),
     /// Bus voltage in millivolts and current in milliamperes (power = V × I).
     VoltsAmps(Attr, Attr),
 }
@@ -208,6 +216,7 @@ impl EnergySource for HwmonSource {
                 Ok(Reading::Counter(total))
             }
             Probe::MicroWatts(a) => Ok(Reading::Power(a.read()? as f64 * 1e-6)),
+            Probe::MicroWattsBackground(b) => Ok(Reading::Power(b.latest()? as f64 * 1e-6)),
             Probe::VoltsAmps(v, i) => {
                 let mv = v.read()? as f64;
                 let ma = i.read()? as f64;
