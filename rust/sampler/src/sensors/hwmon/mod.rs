@@ -1,15 +1,15 @@
 //! Energy and power through the kernel's hwmon class (`/sys/class/hwmon/hwmon*`).
 //!
 //! Each `hwmonN` directory has a `name` (the driver's prefix) and a `device` link to the
-//! device it belongs to. Drivers read here (see [`chips`] for what their files mean):
+//! device it belongs to. Drivers read here (`chips.rs` says what their files mean):
 //!
 //! - `i915`, `xe` (Intel discrete GPUs): `energyN_input` µJ counters, labelled `card` and
 //!   `pkg` by xe → GPU;
 //! - `amd_energy`: `energyN_input` µJ counters labelled `EsocketN` and `EcoreNNN` → package,
-//!   and the cores summed per package → core ([`amd_energy`]);
+//!   and the cores summed per package → core (`amd_energy.rs`);
 //! - `power_meter` (ACPI): `power1_average` µW → the node's power, or for NVIDIA Grace (named
 //!   in `power1_oem_info`) module, package, core or uncore; read on a thread of its own, since
-//!   the firmware may take long to answer ([`background`]);
+//!   the firmware may take long to answer (`background.rs`);
 //! - `ina3221` (Jetson): `inN_input` mV × `currN_input` mA, named by `inN_label` → rail, or
 //!   module for the module's input (`VDD_IN`).
 //!
