@@ -7,6 +7,11 @@ given by a shared :class:`FakeClock`. ``modes`` makes a path fail on purpose::
     with FakeServer(clock) as srv:
         srv.modes["/v3/"] = "500"          # every Electricity Maps request gets HTTP 500
         srv.count("/v3/carbon-intensity/latest")
+
+The provider tests share its fixtures (``tests/conftest.py`` loads this module as a plugin):
+``clock`` (starting at the test module's ``T0``), ``server`` (values from the module's
+``server_value(provider, t)``, if it has one) and ``client`` (an ``httpx.Client`` with the
+module's ``CLIENT_TIMEOUT``, default 2 s); :func:`service` builds an intensity service on them.
 """
 
 from __future__ import annotations
@@ -14,13 +19,22 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
+import pytest
+
+from carbonctx._carbon.service import IntensityService
+
 UTC = timezone.utc
+#: The fake clock's start unless a test module sets ``T0``: ten minutes into an hour, inside a
+#: half hour, on a five-minute step.
+T0 = datetime(2026, 6, 1, 10, 10, tzinfo=UTC).timestamp()
 
 #: modes a path can be put in
 MODES = (
@@ -157,6 +171,8 @@ class FakeServer:
         self.eia_key = "eia-K3y-0001"
         self.eia_mwh: dict[str, object] = {"NG": "600", "SUN": 200, "WND": 200.0, "BAT": -50}
         self.eia_lag_h = 3
+        #: Electricity Maps: the zone found at ("lat", "lon") as sent (4 decimals)
+        self.em_zones_at: dict[tuple[str, str], str] = {}
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -306,6 +322,11 @@ class FakeServer:
             return self._eia(req, now)
         if p.startswith(("/v3/carbon-intensity/", "/v4/carbon-intensity/")):
             zone = req.query.get("zone", [""])[0]
+            if "lat" in req.query:  # by coordinates: the zone Electricity Maps finds there
+                where = (req.query["lat"][0], req.query.get("lon", [""])[0])
+                if where not in self.em_zones_at:
+                    return 404, {"status": "error", "message": "No zone found for coordinates."}
+                zone = self.em_zones_at[where]
             if mode == "unknown-zone":
                 # Electricity Maps answers a zone it does not know with a client error.
                 return 404, {"status": "error", "message": f"Zone '{zone}' does not exist."}
@@ -535,3 +556,41 @@ class FakeServer:
             "isEstimated": False,
             "estimationMethod": None,
         }
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def clock(request: pytest.FixtureRequest) -> FakeClock:
+    return FakeClock(getattr(request.module, "T0", T0))
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[FakeServer]:
+    with FakeServer(clock, getattr(request.module, "server_value", None)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=getattr(request.module, "CLIENT_TIMEOUT", 2.0), trust_env=False) as c:
+        yield c
+
+
+def service(
+    server: FakeServer | None,
+    tmp_path: Path,
+    client: httpx.Client | None,
+    clock: FakeClock,
+    **kw: Any,
+) -> IntensityService:
+    """An intensity service whose providers all live at ``server``, with no environment, a cache
+    in ``tmp_path`` and the fake clock; fetching only when asked unless ``background=True``."""
+    kw.setdefault("background", False)
+    if server is not None:
+        kw.setdefault("urls", {pid: server.url for pid in _PROVIDERS})
+    return IntensityService(cache_dir=tmp_path / "cache", client=client, env={}, clock=clock, **kw)
+
+
+_PROVIDERS = ("electricitymaps", "gb", "dk", "watttime", "entsoe", "eia")
