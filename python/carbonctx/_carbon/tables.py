@@ -7,7 +7,7 @@ import functools
 import attrs
 
 from carbonctx._carbon.intensity import Intensity
-from carbonctx._carbon.zones import WORLD, ZoneChoice, read_bundled_csv
+from carbonctx._carbon.zones import WORLD, ZoneChoice, cloud_region_states, read_bundled_csv
 
 __all__ = ["table_intensity", "world_average"]
 
@@ -81,6 +81,12 @@ def _table_row(choice: ZoneChoice) -> _Row | None:
     zone = choice.zone
     if choice.cloud == "gcp" and choice.cloud_region and choice.cloud_region in gcp:
         return gcp[choice.cloud_region]
+    if choice.cloud and choice.cloud_region:
+        # A region's grid zone may span several states; its published location's state is
+        # finer where the table has it (AWS us-east-1, Ashburn: Virginia, not all of PJM).
+        state = cloud_region_states().get((choice.cloud, choice.cloud_region), "")
+        if state.startswith("US-") and state[3:] in states:
+            return states[state[3:]]
     if zone.startswith("US-"):
         rest = zone[3:]
         if len(rest) == 2 and rest in states:

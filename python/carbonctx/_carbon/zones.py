@@ -36,7 +36,15 @@ from carbonctx import _config
 from carbonctx._carbon.geo import BOUNDARIES, zone_at
 from carbonctx.errors import ConfigurationError
 
-__all__ = ["WORLD", "ZoneChoice", "normalize_zone", "read_bundled_csv", "resolve_zone"]
+__all__ = [
+    "WORLD",
+    "ZoneChoice",
+    "cloud_region_states",
+    "cloud_region_zones",
+    "normalize_zone",
+    "read_bundled_csv",
+    "resolve_zone",
+]
 
 #: The zone code used when nothing better is known.
 WORLD = "WORLD"
@@ -160,6 +168,18 @@ def cloud_region_zones() -> dict[tuple[str, str], str]:
     return {
         (row["provider"], _norm_region(row["provider"], row["region"])): row["zone"]
         for row in read_bundled_csv("cloud-region-zones.csv")
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def cloud_region_states() -> dict[tuple[str, str], str]:
+    """``(cloud, normalized region) -> state`` (``US-VA``, ``CA-QC``, ``AU-NSW``) for the
+    regions in a country whose states the tables or providers know: the published location's
+    state, which the yearly tables may hold where the grid zone spans several states."""
+    return {
+        (row["provider"], _norm_region(row["provider"], row["region"])): row["state"]
+        for row in read_bundled_csv("cloud-region-zones.csv")
+        if row.get("state")
     }
 
 
