@@ -16,6 +16,7 @@ module's ``CLIENT_TIMEOUT``, default 2 s); :func:`service` builds an intensity s
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
@@ -51,6 +52,11 @@ MODES = (
     "slow",  # headers, then one byte every ``slow_interval`` seconds
     "huge",  # a 200 answer without Content-Length that never ends (``huge_bytes`` at most)
     "huge-declared",  # a 200 answer announcing ``huge_bytes`` in Content-Length
+    "gzip",  # the usual answer, gzip-compressed (Content-Encoding: gzip)
+    "gzip-bomb",  # a small gzip body that inflates to ``bomb_bytes``
+    "br",  # an answer in an encoding that was not asked for
+    "cut",  # the connection closes a few bytes into a longer declared answer
+    "503",  # service unavailable, with ``retry_after``
 )
 
 
@@ -158,6 +164,7 @@ class FakeServer:
         self.error_body: object = {"error": "nope"}
         self.slow_interval = 0.2
         self.huge_bytes = 600 * 1024 * 1024
+        self.bomb_bytes = 64 * 1024 * 1024
         self.sent_bytes = 0
         #: WattTime: the account, the tokens it has issued (clear to expire them), the regions
         #: its plan gives co2_moer for (a free plan: CAISO_NORTH only)
@@ -241,12 +248,24 @@ class FakeServer:
             return self._send(h, 429, {"error": "slow down"}, {"Retry-After": self.retry_after})
         if mode == "malformed":
             return self._send_raw(h, 200, b"{not json")
+        if mode == "503":
+            return self._send(h, 503, {"message": "maintenance"}, {"Retry-After": self.retry_after})
+        if mode == "gzip-bomb":
+            bomb = gzip.compress(b" " * self.bomb_bytes, compresslevel=9)
+            return self._send_raw(h, 200, bomb, {"Content-Encoding": "gzip"})
+        if mode == "br":
+            return self._send_raw(h, 200, b"\x1b\x03\x00\xf8", {"Content-Encoding": "br"})
+        if mode == "cut":
+            return self._cut(h)
         try:
             status, body = self._answer(req, mode)
         except LookupError as exc:
             return self._send(h, 404, {"error": str(exc)})
         if isinstance(body, _Raw):
             return self._send_raw(h, status, body.data, content_type=body.content_type)
+        if mode == "gzip":
+            data = gzip.compress(json.dumps(body).encode())
+            return self._send_raw(h, status, data, {"Content-Encoding": "gzip"})
         self._send(h, status, body)
 
     def _send(
@@ -288,6 +307,18 @@ class FakeServer:
                 h.wfile.flush()
         except OSError:
             pass
+
+    def _cut(self, h: BaseHTTPRequestHandler) -> None:
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", "5000")
+            h.end_headers()
+            h.wfile.write(b'{"zone": "DE", "carbonIn')
+            h.wfile.flush()
+        except OSError:
+            pass
+        h.close_connection = True
 
     def _huge(self, h: BaseHTTPRequestHandler, declared: bool) -> None:
         chunk = b"[" * 65536
