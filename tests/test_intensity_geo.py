@@ -94,6 +94,7 @@ def test_coordinates_choose_the_table_row_offline(tmp_path: Path) -> None:
         ({"latitude": math.nan, "longitude": 0.0}, "latitude=nan"),
         ({"latitude": 0.0, "longitude": math.inf}, "longitude=inf"),
         ({"latitude": "north", "longitude": 0.0}, "latitude='north'"),
+        ({"latitude": True, "longitude": 0.0}, "latitude=True"),
         ({"latitude": 10.0}, "Give both latitude and longitude"),
     ],
 )
@@ -207,3 +208,11 @@ def test_coordinates_electricity_maps_does_not_know_fall_back_to_the_table(
     assert (now.zone, now.source) == ("AU-VIC", "table")
     assert now.note is not None and "No zone found for coordinates" in now.note
     s.close()
+
+
+def test_the_boundaries_carry_their_source() -> None:
+    data = Path(carbonctx.__file__).parent / "data"
+    sources = (data / "SOURCES.md").read_text()
+    assert "boundaries-naturalearth.tsv" in sources and "Natural Earth" in sources
+    first = (data / "boundaries-naturalearth.tsv").read_text().splitlines()[0]
+    assert first.startswith("#") and "Natural Earth" in first

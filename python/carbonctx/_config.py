@@ -608,7 +608,7 @@ def _coordinate(
             return None
         value, setting = text, var
     try:
-        x = float(value)  # type: ignore[arg-type]
+        x = math.nan if isinstance(value, bool) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         x = math.nan
     if not (math.isfinite(x) and -limit <= x <= limit):

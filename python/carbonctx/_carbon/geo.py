@@ -34,7 +34,7 @@ __all__ = ["BOUNDARIES", "Area", "check_coordinates", "zone_at"]
 #: How far off a coast (degrees) a point still counts as the nearest area's: simplified
 #: coastlines cut off harbour cities and small islands.
 COAST_REACH_DEG = 0.15
-BOUNDARIES = "approximate boundaries (Natural Earth 1:50m, within about 3 km)"
+BOUNDARIES = "approximate boundaries: Natural Earth 1:50m, within about 3 km"
 
 
 @attrs.frozen

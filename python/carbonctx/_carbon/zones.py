@@ -124,7 +124,7 @@ class ZoneChoice:
     """The zone used for carbon intensity, and the rule that chose it.
 
     ``rule`` is one of ``"argument"``, ``"CARBONCTX_ZONE"``,
-    ``"coordinates 48.14, 11.58 (Germany, approximate boundaries ...)"``,
+    ``"coordinates 48.14, 11.58 (Germany; approximate boundaries: ...)"``,
     ``"cloud region (AWS_REGION=eu-west-1)"``, ``"time zone Europe/Berlin"``, ``"world average"``.
     ``cloud`` and ``cloud_region`` are set when a cloud region chose the zone.
     """
@@ -273,7 +273,7 @@ def resolve_zone(
         if area is not None:
             return ZoneChoice(
                 normalize_zone(area.zone, "coordinates"),
-                f"coordinates {lat:g}, {lon:g} ({area.name}, {BOUNDARIES})",
+                f"coordinates {lat:g}, {lon:g} ({area.name}; {BOUNDARIES})",
             )
     cloud = _zone_from_cloud(env)
     if cloud is not None:
