@@ -346,7 +346,7 @@ def test_lowest_carbon_window_respects_not_before_and_gaps() -> None:
         ({"REGION_NAME": "West US 3"}, "US-SW-AZPS", "Arizona"),
         ({"REGION_NAME": "North Central US"}, "US-MIDA-PJM", "Illinois"),  # Chicago: PJM
         ({"AWS_REGION": "eu-central-2"}, "CH", "Switzerland"),  # opened since the CCF table
-        ({"AWS_REGION": "ap-southeast-4"}, "AU-VIC", "Australia"),
+        ({"AWS_REGION": "ap-southeast-4"}, "AU-VIC", "Victoria"),  # the state's own row
         ({"REGION_NAME": "Italy North"}, "IT-NO", "Italy"),
         ({"GOOGLE_CLOUD_REGION": "me-west1"}, "IL", None),  # Google's own row
     ],

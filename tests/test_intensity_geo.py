@@ -80,10 +80,19 @@ def test_coordinates_choose_the_table_row_offline(tmp_path: Path) -> None:
         now = s.current()
     assert (now.zone, now.source) == ("US-VA", "table")
     assert "eGRID2023" in now.dataset and "Virginia" in now.dataset
+    # Australia's states have their own yearly rows.
+    with IntensityService(latitude=-31.95, longitude=115.86, env={}, cache_dir=tmp_path) as s:
+        wa = s.current()
+    assert (wa.zone, wa.g_per_kwh) == ("AU-WA", 510.0)
+    assert "National Greenhouse Accounts Factors 2024" in wa.dataset
+    assert "South West Interconnected System" in wa.dataset
     # A province the yearly tables do not hold uses its country's row, and says which.
     with IntensityService(latitude=45.5, longitude=-73.57, env={}, cache_dir=tmp_path) as s:
         qc = s.current()
     assert qc.zone == "CA-QC" and qc.source == "table" and "Canada" in qc.dataset
+    # Canada is not California (whose eGRID key is "CA" too).
+    with IntensityService(zone="CA", env={}, cache_dir=tmp_path) as s:
+        assert s.current().dataset.endswith(": Canada")
 
 
 @pytest.mark.parametrize(

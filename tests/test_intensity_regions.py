@@ -69,6 +69,8 @@ def test_region_gets_the_finest_yearly_figure(row: dict[str, str], tmp_path: Pat
     if row["state"].startswith("US-"):
         assert row["state"][3:] in STATES
         assert "eGRID" in now.dataset, f"{row['region']}: {now.dataset}"
+    elif row["state"].startswith("AU-"):
+        assert "National Greenhouse Accounts" in now.dataset, now.dataset
     else:
         assert "Ember" in now.dataset
 
@@ -87,7 +89,7 @@ def test_region_gets_the_finest_yearly_figure(row: dict[str, str], tmp_path: Pat
         ("azure", "southcentralus", "US-TEX-ERCO", "Texas"),
         ("aws", "ca-west-1", "CA-AB", "Canada"),
         ("azure", "norwaywest", "NO-NO2", "Norway"),  # Stavanger: NO2, not Oslo's NO1
-        ("azure", "australiacentral", "AU-NSW", "Australia"),  # Canberra: NSW's grid
+        ("azure", "australiacentral", "AU-NSW", "Australian Capital Territory"),  # NSW's grid
     ],
 )
 def test_regions_that_were_wrong_or_coarse(

@@ -49,6 +49,15 @@ def _tables() -> tuple[dict[str, _Row], dict[str, _Row], dict[str, _Row], _Row]:
     }
     if world is None:  # pragma: no cover - the bundled file has it
         raise RuntimeError("the bundled ember-yearly.csv has no World row")
+    # States of other countries, by zone code (``AU-NSW``): added to the US states' dict,
+    # whose two-letter keys cannot collide with them.
+    for r in read_bundled_csv("au-states-nga2024.csv"):
+        states[r["state"].upper()] = _Row(
+            float(r["g_co2e_per_kwh"]),
+            "Australian National Greenhouse Accounts Factors 2024, scope 2, operational "
+            "(CC BY 4.0)",
+            r["name"],
+        )
     return countries, states, gcp, world
 
 
@@ -87,6 +96,10 @@ def _table_row(choice: ZoneChoice) -> _Row | None:
         state = cloud_region_states().get((choice.cloud, choice.cloud_region), "")
         if state.startswith("US-") and state[3:] in states:
             return states[state[3:]]
+        if "-" in state and state in states:
+            return states[state]
+    if "-" in zone and zone in states:  # a state of another country (AU-NSW)
+        return states[zone]
     if zone.startswith("US-"):
         rest = zone[3:]
         if len(rest) == 2 and rest in states:
