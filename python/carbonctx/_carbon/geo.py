@@ -30,10 +30,10 @@ from carbonctx.errors import ConfigurationError
 
 __all__ = ["BOUNDARIES", "Area", "check_coordinates", "zone_at"]
 
-#: What the boundaries are, for rules and notes.
 #: How far off a coast (degrees) a point still counts as the nearest area's: simplified
 #: coastlines cut off harbour cities and small islands.
 COAST_REACH_DEG = 0.15
+#: What the boundaries are, for rules and notes.
 BOUNDARIES = "approximate boundaries: Natural Earth 1:50m, within about 3 km"
 
 
@@ -111,8 +111,9 @@ def _distance2(x: float, y: float, ring: tuple[tuple[int, int], ...]) -> float:
 def check_coordinates(latitude: object, longitude: object, setting: str = "coordinates") -> None:
     """Raise ConfigurationError unless both are finite degrees in range."""
     for value, name, limit in ((latitude, "latitude", 90.0), (longitude, "longitude", 180.0)):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (ok and math.isfinite(float(value)) and -limit <= float(value) <= limit):  # type: ignore[arg-type]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        x = float(value) if number and isinstance(value, (int, float)) else math.nan
+        if not (math.isfinite(x) and -limit <= x <= limit):
             raise ConfigurationError(
                 f"{setting}: {name}={value!r}; give degrees between -{limit:g} and {limit:g}."
             )
