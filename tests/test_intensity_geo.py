@@ -39,7 +39,10 @@ PLACES = [
     ("Luxembourg", 49.61, 6.13, "LU"),
     ("Dublin", 53.35, -6.26, "IE"),
     ("Belfast", 54.60, -5.93, "GB"),
-    ("Copenhagen", 55.68, 12.57, "DK"),
+    ("Copenhagen", 55.68, 12.57, "DK-DK2"),  # Zealand: east of the Great Belt
+    ("Aarhus", 56.16, 10.20, "DK-DK1"),  # Jutland: west of it
+    ("Odense", 55.40, 10.39, "DK-DK1"),  # Funen
+    ("Bornholm (Ronne)", 55.10, 14.70, "DK-DK2"),
     ("Singapore", 1.35, 103.82, "SG"),
     ("Hong Kong", 22.30, 114.17, "HK"),
     ("Maseru, Lesotho (inside South Africa)", -29.31, 27.48, "LS"),
@@ -225,3 +228,16 @@ def test_the_boundaries_carry_their_source() -> None:
     assert "boundaries-naturalearth.tsv" in sources and "Natural Earth" in sources
     first = (data / "boundaries-naturalearth.tsv").read_text().splitlines()[0]
     assert first.startswith("#") and "Natural Earth" in first
+
+
+def test_danish_coordinates_reach_the_price_area_provider(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.value = lambda provider, t: 95.0
+    s = service(server, tmp_path, client, clock, providers=["dk"], latitude=55.68, longitude=12.57)
+    assert s.zone_choice.zone == "DK-DK2" and "Great Belt" in s.zone_choice.rule
+    s.refresh(wait=True)
+    assert '"DK2"' in server.last("/dataset/").query["filter"][0]
+    now = s.current()
+    assert (now.g_per_kwh, now.source, now.zone) == (95.0, "live", "DK-DK2")
+    s.close()

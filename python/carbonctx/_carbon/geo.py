@@ -8,6 +8,7 @@ within about 3 km (0.03 degree); public domain, see ``data/SOURCES.md``. Rings a
 hundredths of a degree (longitude, latitude), the first as ``x,y`` and each next one as its step
 from the one before, separated by ``|``; a point is in an area when it is inside an odd number
 of its rings. The first area that holds the point wins, so a state comes before its country.
+Denmark is split into its two price areas (DK1, DK2) along the Great Belt.
 
 At this scale a border can be some kilometres off: a point near one may land in the neighbour.
 A point outside every area but within :data:`COAST_REACH_DEG` of one (a harbour city the
@@ -108,6 +109,21 @@ def _distance2(x: float, y: float, ring: tuple[tuple[int, int], ...]) -> float:
     return best
 
 
+def _split(area: Area, latitude: float, longitude: float) -> Area:
+    """A country whose grid is split in zones that a line describes well enough.
+
+    Denmark: price area DK1 is Jutland and Funen, west of the Great Belt; DK2 is Zealand,
+    Lolland-Falster and Bornholm, east of it (Energinet). The Great Belt runs along about
+    11.0 degrees east."""
+    if area.zone == "DK":
+        west = longitude < 11.0
+        return Area(
+            "DK-DK1" if west else "DK-DK2",
+            f"{area.name}, {'west' if west else 'east'} of the Great Belt",
+        )
+    return area
+
+
 def check_coordinates(latitude: object, longitude: object, setting: str = "coordinates") -> None:
     """Raise ConfigurationError unless both are finite degrees in range."""
     for value, name, limit in ((latitude, "latitude", 90.0), (longitude, "longitude", 180.0)):
@@ -131,9 +147,9 @@ def zone_at(latitude: float, longitude: float) -> Area | None:
         if not (x0 - reach <= x <= x1 + reach and y0 - reach <= y <= y1 + reach):
             continue
         if x0 <= x <= x1 and y0 <= y <= y1 and sum(_inside(x, y, r) for r in shape.rings) % 2:
-            return shape.area
+            return _split(shape.area, latitude, longitude)
         d2 = min(_distance2(x, y, r) for r in shape.rings)
         if d2 <= reach * reach and (near is None or d2 < near[0]):
             near = (d2, shape.area)
     # Outside every simplified area but close to one: a coast the simplification cut off.
-    return near[1] if near is not None else None
+    return _split(near[1], latitude, longitude) if near is not None else None
