@@ -38,7 +38,11 @@ PLACES = [
     ("Zurich", 47.37, 8.54, "CH"),
     ("Luxembourg", 49.61, 6.13, "LU"),
     ("Dublin", 53.35, -6.26, "IE"),
-    ("Belfast", 54.60, -5.93, "GB"),
+    ("Belfast", 54.60, -5.93, "GB-NIR"),  # the all-island grid, not Great Britain's
+    ("Derry", 55.00, -7.32, "GB-NIR"),
+    ("Land's End", 50.07, -5.70, "GB"),
+    ("Stranraer", 54.90, -5.02, "GB"),
+    ("Campbeltown (Kintyre)", 55.42, -5.60, "GB"),
     ("Copenhagen", 55.68, 12.57, "DK-DK2"),  # Zealand: east of the Great Belt
     ("Aarhus", 56.16, 10.20, "DK-DK1"),  # Jutland: west of it
     ("Odense", 55.40, 10.39, "DK-DK1"),  # Funen

@@ -8,7 +8,8 @@ within about 3 km (0.03 degree); public domain, see ``data/SOURCES.md``. Rings a
 hundredths of a degree (longitude, latitude), the first as ``x,y`` and each next one as its step
 from the one before, separated by ``|``; a point is in an area when it is inside an odd number
 of its rings. The first area that holds the point wins, so a state comes before its country.
-Denmark is split into its two price areas (DK1, DK2) along the Great Belt.
+Denmark is split into its two price areas (DK1, DK2) along the Great Belt, and Northern Ireland
+(on the island of Ireland's grid) from Great Britain.
 
 At this scale a border can be some kilometres off: a point near one may land in the neighbour.
 A point outside every area but within :data:`COAST_REACH_DEG` of one (a harbour city the
@@ -112,9 +113,16 @@ def _distance2(x: float, y: float, ring: tuple[tuple[int, int], ...]) -> float:
 def _split(area: Area, latitude: float, longitude: float) -> Area:
     """A country whose grid is split in zones that a line describes well enough.
 
+    The United Kingdom: Northern Ireland is on the all-island grid of Ireland (``GB-NIR``),
+    apart from Great Britain's (``GB``, the zone of the GB carbon intensity API).
+
     Denmark: price area DK1 is Jutland and Funen, west of the Great Belt; DK2 is Zealand,
     Lolland-Falster and Bornholm, east of it (Energinet). The Great Belt runs along about
     11.0 degrees east."""
+    if area.zone == "GB" and 53.9 < latitude < 55.2 and longitude < -5.4:
+        # Northern Ireland: on the island of Ireland's grid, not Great Britain's. No part of
+        # Great Britain lies west of 5.4 degrees west between 53.9 and 55.2 degrees north.
+        return Area("GB-NIR", "Northern Ireland")
     if area.zone == "DK":
         west = longitude < 11.0
         return Area(
