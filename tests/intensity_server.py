@@ -362,13 +362,16 @@ class FakeServer:
                 # Electricity Maps answers a zone it does not know with a client error.
                 return 404, {"status": "error", "message": f"Zone '{zone}' does not exist."}
             hour = _floor(now, 60)
+            # v4 adds the granularity asked for to each answer and entry.
+            v4 = {"temporalGranularity": "hourly"} if p.startswith("/v4/") else {}
             if p.endswith("/latest"):
-                return 200, self._em_item(zone, hour, now) | {"zone": zone}
+                return 200, self._em_item(zone, hour, now) | {"zone": zone} | v4
             if p.endswith("/history"):
                 items = [
-                    self._em_item(zone, hour - timedelta(hours=k), now) for k in range(24, 0, -1)
+                    self._em_item(zone, hour - timedelta(hours=k), now) | v4
+                    for k in range(24, 0, -1)
                 ]
-                return 200, {"zone": zone, "history": items}
+                return 200, {"zone": zone, "history": items} | v4
             if p.endswith("/forecast"):
                 items = [
                     {
