@@ -120,6 +120,77 @@ def test_every_unavailable_backend_has_a_hint(no_hardware: dict[str, str]) -> No
     assert missing == []
 
 
+# ------------------------------------------------------------------------------ devices --check
+
+
+def test_devices_check_json_measures_each_source(sim: SimulatedMachine) -> None:
+    r = cli("devices", "--check", "--json", "--duration", "1", env=sim.env())
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["duration_s"] == 1.0 and "100 x max(update period" in info["rule"]
+    by_id = {s["id"]: s for s in info["sources"]}
+    assert set(by_id) == {"powercap:intel-rapl:0", "powercap:intel-rapl:0:0", "nvml:0"}
+    # The simulated counters update every 1 ms (RAPL) and every 100 ms (the GPU): generous
+    # bounds, since a loaded machine reads late.
+    expected = {"powercap:intel-rapl:0": 0.001, "powercap:intel-rapl:0:0": 0.001, "nvml:0": 0.1}
+    for sid, period in expected.items():
+        s = by_id[sid]
+        assert s["errors"] == 0 and s["reads"] > 3, s
+        assert period / 3 < s["update_period_s"] < period * 3, s
+        assert 0 < s["read_cost_s"] < 0.05, s
+        assert s["reading"] == "averaged", s
+        # The stated rule: 100 x max(update, poll interval) + 200 x read cost.
+        rule = 100 * max(s["update_period_s"], s["poll_interval_s"]) + 200 * s["read_cost_s"]
+        assert s["shortest_region_s"] == pytest.approx(rule, rel=1e-6), s
+    pkg = by_id["powercap:intel-rapl:0"]
+    # The powercap range in joules, and how long it lasts at the power seen (40-120 W).
+    assert pkg["wrap_j"] == pytest.approx(pkg["wrap"] * 1e-6)
+    assert 30 < pkg["mean_power_w"] < 130, pkg
+    assert pkg["wrap_after_s"] == pytest.approx(pkg["wrap_j"] / pkg["mean_power_w"], rel=1e-6)
+    assert by_id["nvml:0"]["wrap_j"] is None  # NVML's 64-bit millijoule counter never wraps
+    assert by_id["nvml:0"]["shortest_region_s"] > 3 > pkg["shortest_region_s"]
+
+
+def test_devices_check_prints_a_table(sim: SimulatedMachine) -> None:
+    r = cli("devices", "--check", "--duration", "0.5", env=sim.env())
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "Checked 3 source(s), each read for 0.5 s:" in out
+    header = next(ln for ln in out.splitlines() if ln.strip().startswith("source"))
+    for col in ("domain", "reading", "updates every", "read cost", "wraps after", "shortest ~1%"):
+        assert col in header, col
+    for sid in ("powercap:intel-rapl:0 ", "powercap:intel-rapl:0:0", "nvml:0"):
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(sid.strip() + " "))
+        assert "averaged" in line and " ms" in line, line
+    gpu = next(ln for ln in out.splitlines() if ln.strip().startswith("nvml:0"))
+    assert "no wrap" in gpu
+    assert "Rule: shortest region within ~1%" in out
+
+
+def test_devices_check_without_hardware_says_so(no_hardware: dict[str, str]) -> None:
+    r = cli("devices", "--check", "--duration", "0.2", env=no_hardware)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to check" in r.stdout and "[powercap]" in r.stdout
+    r = cli("devices", "--check", "--json", "--duration", "0.2", env=no_hardware)
+    info = json.loads(r.stdout)
+    assert info["sources"] == [] and info["unavailable"]
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "nan", "inf", "601"])
+def test_devices_check_refuses_a_bad_duration(bad: str, no_hardware: dict[str, str]) -> None:
+    r = cli("devices", "--check", f"--duration={bad}", env=no_hardware)
+    assert r.returncode == 2
+    assert "--duration takes a number of seconds above 0 and at most 600" in r.stderr
+    assert repr(bad) in r.stderr
+    assert r.stdout == ""
+
+
+def test_devices_duration_needs_check(no_hardware: dict[str, str]) -> None:
+    r = cli("devices", "--duration", "3", env=no_hardware)
+    assert r.returncode == 2
+    assert "--duration applies to --check" in r.stderr
+
+
 # ------------------------------------------------------------------------------------ run
 
 
