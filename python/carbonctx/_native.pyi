@@ -12,6 +12,7 @@ __all__ = [
     "Sampler",
     "SimMachine",
     "__version__",
+    "check_sources",
     "claim_regions",
     "current",
     "discover",
