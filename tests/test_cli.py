@@ -66,6 +66,9 @@ def test_devices_lists_the_simulated_sources(sim: SimulatedMachine) -> None:
         assert domain in line and "counter" in line and "[ok]" in line
     # The MSR files read the same domains: listed as alternatives, not double-counted.
     assert "Also available" in out and "msr:0:package" in out
+    # Each alternative says which source in use measures the same thing.
+    alt = next(ln for ln in out.splitlines() if ln.strip().startswith("msr:0:package"))
+    assert "(measures what powercap:intel-rapl:0 measures)" in alt, alt
     assert "ESTIMATE" not in out
 
 
@@ -118,6 +121,23 @@ def test_every_unavailable_backend_has_a_hint(no_hardware: dict[str, str]) -> No
     info = json.loads(r.stdout)
     missing = [u["backend"] for u in info["unavailable"] if not u["hint"]]
     assert missing == []
+
+
+def test_devices_in_a_container_that_hides_the_zones(tmp_path: Path) -> None:
+    tree = Path(__file__).parent.parent / "rust/sampler/tests/fixtures/container-masked"
+    env = {
+        "CARBONCTX_SYSFS_ROOT": str(tree / "sys"),
+        "CARBONCTX_DEV_ROOT": str(tmp_path),
+        "CARBONCTX_PROC_ROOT": str(tree / "proc"),
+        "CARBONCTX_NVML_LIBRARY": str(tmp_path / "libnvidia-ml.so.1"),
+    }
+    r = cli("devices", env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.strip().startswith("[powercap]"))
+    assert "intel-rapl:0, intel-rapl:0:0" in lines[at] and "cannot see" in lines[at]
+    assert "container" in lines[at]
+    assert "systempaths=unconfined" in lines[at + 1] and "what to do:" in lines[at + 1]
 
 
 # ------------------------------------------------------------------------------ devices --check

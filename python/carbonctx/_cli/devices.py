@@ -80,7 +80,12 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
     if info.get("alternatives"):
         print("\nAlso available (same domains, not read):", file=out)
         for s in info["alternatives"]:
-            print(f"  {s['id']:<28} {s['domain']:<8} {s['label']}", file=out)
+            same = next(
+                (c["id"] for c in srcs if (c["domain"], c["index"]) == (s["domain"], s["index"])),
+                None,
+            )
+            why = f"  (measures what {same} measures)" if same else ""
+            print(f"  {s['id']:<28} {s['domain']:<8} {s['label']}{why}", file=out)
     if info.get("unavailable"):
         print("\nNot usable:", file=out)
         for u in info["unavailable"]:
