@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::zones::{self, Dangling, ZoneDir, ZoneKind, RAPL_CONTROLS};
-use super::{parse_counter, PowercapSource, BACKEND, MISSING_HINT, PERMISSION_HINT};
-use crate::error::Error;
+use super::{
+    read_number, unavailable_from_error, unavailable_io, PowercapSource, BACKEND, DRIVER_HINT,
+    MISSING_HINT,
+};
 use crate::sensors::{CounterSpec, Domain, Found, Method, Roots, SourceInfo, Unavailable};
 
 /// What to do when the class directory's links point at targets this process cannot see.
@@ -18,8 +19,6 @@ pub const CONTAINER_HINT: &str = "Measure on the host, or let this container see
 `--privileged`), Podman `--security-opt unmask=/sys/devices/virtual/powercap`, Kubernetes a \
 privileged container. energy_uj stays readable by root only. Otherwise the perf power PMU \
 (kernel.perf_event_paranoid <= 0 or CAP_PERFMON) reads the same counters without sysfs.";
-
-const DRIVER_HINT: &str = "Check that the intel_rapl driver is healthy (dmesg).";
 
 /// What a RAPL zone measures.
 struct Scope {
@@ -363,81 +362,6 @@ fn other_control(base: &Path, control: &str, zones: &[&ZoneDir]) -> Unavailable 
                them."
             .to_string(),
     }
-}
-
-/// Turns an error met while opening or probing `energy_uj` into an [`Unavailable`] entry; a
-/// permission error says who may read the file and carries [`PERMISSION_HINT`].
-pub fn unavailable_from_error(path: &Path, err: Error) -> Unavailable {
-    match err {
-        Error::Permission { .. } => Unavailable {
-            backend: BACKEND,
-            what: path.display().to_string(),
-            reason: format!(
-                "permission denied reading the energy counter{}",
-                mode_of(path)
-            ),
-            hint: PERMISSION_HINT.to_string(),
-        },
-        Error::Io { source, .. } => unavailable_io(path, &source, "cannot read the energy counter"),
-        Error::Parse { text, .. } => Unavailable {
-            backend: BACKEND,
-            what: path.display().to_string(),
-            reason: format!("the energy counter does not read as a number: {text:?}"),
-            hint: DRIVER_HINT.to_string(),
-        },
-        other => Unavailable {
-            backend: BACKEND,
-            what: path.display().to_string(),
-            reason: other.to_string(),
-            hint: String::new(),
-        },
-    }
-}
-
-/// ` (mode 0400, owner uid 0)` for a file that can be looked at; empty otherwise.
-fn mode_of(path: &Path) -> String {
-    fs::metadata(path).map_or_else(
-        |_| String::new(),
-        |m| {
-            let root_only = if m.mode() & 0o044 == 0 && m.uid() == 0 {
-                ": readable by root only"
-            } else {
-                ""
-            };
-            format!(
-                " (mode {:04o}, owner uid {}{root_only})",
-                m.mode() & 0o7777,
-                m.uid()
-            )
-        },
-    )
-}
-
-fn unavailable_io(path: &Path, e: &io::Error, what_failed: &str) -> Unavailable {
-    if e.kind() == io::ErrorKind::PermissionDenied {
-        return Unavailable {
-            backend: BACKEND,
-            what: path.display().to_string(),
-            reason: format!("{what_failed}: permission denied{}", mode_of(path)),
-            hint: PERMISSION_HINT.to_string(),
-        };
-    }
-    Unavailable {
-        backend: BACKEND,
-        what: path.display().to_string(),
-        reason: format!("{what_failed}: {e}"),
-        hint: DRIVER_HINT.to_string(),
-    }
-}
-
-fn read_number(path: &Path) -> Result<u64, String> {
-    let text = fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
-    parse_counter(&text).ok_or_else(|| {
-        format!(
-            "it does not read as a number: {:?}",
-            String::from_utf8_lossy(&text)
-        )
-    })
 }
 
 #[cfg(test)]

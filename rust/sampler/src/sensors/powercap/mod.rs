@@ -15,18 +15,20 @@
 mod find;
 pub mod zones;
 
-pub use find::{die_of, discover, domain_of_name, unavailable_from_error};
+pub use find::{die_of, discover, domain_of_name, CONTAINER_HINT};
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::sensors::{EnergySource, Reading, SourceInfo};
+use crate::sensors::{EnergySource, Reading, SourceInfo, Unavailable};
 
 const BACKEND: &str = "powercap";
+
+const DRIVER_HINT: &str = "Check that the intel_rapl driver is healthy (dmesg).";
 
 /// What to do when `energy_uj` cannot be read for lack of permission.
 pub const PERMISSION_HINT: &str = "Since Linux 5.10 (and the stable updates of older kernels \
@@ -160,6 +162,81 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace() && *b != 0)
         .map_or(start, |p| p + 1);
     &bytes[start..end.max(start)]
+}
+
+/// Turns an error met while opening or probing `energy_uj` into an [`Unavailable`] entry; a
+/// permission error says who may read the file and carries [`PERMISSION_HINT`].
+pub fn unavailable_from_error(path: &Path, err: Error) -> Unavailable {
+    match err {
+        Error::Permission { .. } => Unavailable {
+            backend: BACKEND,
+            what: path.display().to_string(),
+            reason: format!(
+                "permission denied reading the energy counter{}",
+                mode_of(path)
+            ),
+            hint: PERMISSION_HINT.to_string(),
+        },
+        Error::Io { source, .. } => unavailable_io(path, &source, "cannot read the energy counter"),
+        Error::Parse { text, .. } => Unavailable {
+            backend: BACKEND,
+            what: path.display().to_string(),
+            reason: format!("the energy counter does not read as a number: {text:?}"),
+            hint: DRIVER_HINT.to_string(),
+        },
+        other => Unavailable {
+            backend: BACKEND,
+            what: path.display().to_string(),
+            reason: other.to_string(),
+            hint: String::new(),
+        },
+    }
+}
+
+/// ` (mode 0400, owner uid 0)` for a file that can be looked at; empty otherwise.
+fn mode_of(path: &Path) -> String {
+    fs::metadata(path).map_or_else(
+        |_| String::new(),
+        |m| {
+            let root_only = if m.mode() & 0o044 == 0 && m.uid() == 0 {
+                ": readable by root only"
+            } else {
+                ""
+            };
+            format!(
+                " (mode {:04o}, owner uid {}{root_only})",
+                m.mode() & 0o7777,
+                m.uid()
+            )
+        },
+    )
+}
+
+pub(super) fn unavailable_io(path: &Path, e: &io::Error, what_failed: &str) -> Unavailable {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        return Unavailable {
+            backend: BACKEND,
+            what: path.display().to_string(),
+            reason: format!("{what_failed}: permission denied{}", mode_of(path)),
+            hint: PERMISSION_HINT.to_string(),
+        };
+    }
+    Unavailable {
+        backend: BACKEND,
+        what: path.display().to_string(),
+        reason: format!("{what_failed}: {e}"),
+        hint: DRIVER_HINT.to_string(),
+    }
+}
+
+pub(super) fn read_number(path: &Path) -> Result<u64, String> {
+    let text = fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    parse_counter(&text).ok_or_else(|| {
+        format!(
+            "it does not read as a number: {:?}",
+            String::from_utf8_lossy(&text)
+        )
+    })
 }
 
 #[cfg(test)]
