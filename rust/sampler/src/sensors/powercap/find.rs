@@ -64,7 +64,7 @@ pub fn die_of(label: &str) -> Option<u32> {
 ///
 /// Zones come back in a stable order (control type, then zone ids). Every zone found and not
 /// measured becomes an [`Unavailable`] entry with the reason and what to do: zones whose files
-/// cannot be read (a permission error carries [`PERMISSION_HINT`]), links into a directory this
+/// cannot be read (a permission error carries [`PERMISSION_HINT`](super::PERMISSION_HINT)), links into a directory this
 /// process cannot see (a container's masked `/sys/devices/virtual/powercap`, with
 /// [`CONTAINER_HINT`]), names this version does not know, zones that repeat a counter (AMD's per
 /// package counter under per-CCD zones) or that do not measure what their name suggests (AMD's
