@@ -171,6 +171,19 @@ def test_devices_check_json_measures_each_source(sim: SimulatedMachine) -> None:
     assert by_id["nvml:0"]["shortest_region_s"] > 3 > pkg["shortest_region_s"]
 
 
+def test_devices_check_uses_the_configured_poll_interval(sim: SimulatedMachine) -> None:
+    # Polled every 10 ms, a 1 ms counter's edges are placed to 5 ms: regions need about 1 s.
+    env = {**sim.env(), "CARBONCTX_INTERVALS": "powercap=10"}
+    r = cli("devices", "--check", "--json", "--duration", "0.5", env=env)
+    assert r.returncode == 0, r.stderr
+    by_id = {s["id"]: s for s in json.loads(r.stdout)["sources"]}
+    pkg = by_id["powercap:intel-rapl:0"]
+    assert pkg["poll_interval_s"] == pytest.approx(0.01)
+    assert 0.0003 < pkg["update_period_s"] < 0.003, pkg  # still seen at its own rate
+    assert 1.0 <= pkg["shortest_region_s"] < 1.1, pkg
+    assert by_id["nvml:0"]["poll_interval_s"] == pytest.approx(0.02)
+
+
 def test_devices_check_prints_a_table(sim: SimulatedMachine) -> None:
     r = cli("devices", "--check", "--duration", "0.5", env=sim.env())
     assert r.returncode == 0, r.stderr
