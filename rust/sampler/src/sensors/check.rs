@@ -348,6 +348,55 @@ mod tests {
         assert!(s >= Duration::from_secs_f64(100.0 * u), "{c:?}");
     }
 
+    /// Fails every read, or panics, as asked.
+    struct Broken {
+        info: SourceInfo,
+        panic: bool,
+    }
+
+    impl EnergySource for Broken {
+        fn info(&self) -> &SourceInfo {
+            &self.info
+        }
+        fn read(&mut self) -> Result<Reading, Error> {
+            assert!(!self.panic, "a source that panics");
+            Err(Error::Invalid("the counter is gone".into()))
+        }
+    }
+
+    #[test]
+    fn failing_sources_are_reported_not_raised() {
+        let failing = Broken {
+            info: info(Method::Counter, "/x/energy_uj"),
+            panic: false,
+        };
+        let panicking = Broken {
+            info: info(Method::IntegratedPower, "/h/power1_input"),
+            panic: true,
+        };
+        let out = check(
+            vec![Box::new(failing), Box::new(panicking)],
+            Duration::from_millis(50),
+            &[("test".into(), Duration::from_millis(5))],
+        );
+        assert_eq!(out.len(), 2);
+        let f = &out[0];
+        assert!(f.reads >= 1 && f.errors == f.reads, "{f:?}");
+        assert!(f
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("the counter is gone"));
+        assert_eq!(f.poll_interval, Duration::from_millis(5));
+        assert_eq!(
+            (f.update_period, f.shortest_region, f.mean_power_w),
+            (None, None, None)
+        );
+        let p = &out[1];
+        assert_eq!(p.last_error.as_deref(), Some("reading the source panicked"));
+        assert_eq!((p.reading, p.shortest_region), ("instantaneous", None));
+    }
+
     #[test]
     fn the_rule_and_the_labels() {
         let ms = Duration::from_millis;
