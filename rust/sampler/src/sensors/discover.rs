@@ -109,17 +109,27 @@ pub fn discover(opts: &Options) -> Discovered {
         take(super::hwmon::discover(&opts.roots, gpu_base), &mut all);
     }
     all.sort_by_key(|s| rank(s.info(), &opts.cpu_backends));
-    let mut covered: Vec<(Domain, u32)> = Vec::new();
+    // A source covers the same domain of the same package; one that measures a die (a package
+    // whose RAPL counters are per die) covers that die only, and a whole-package source covers
+    // every die of its package.
+    let mut covered: Vec<(Domain, u32, Option<u32>)> = Vec::new();
     for s in all {
-        let key = (s.info().domain, s.info().index);
-        if covered.contains(&key) {
+        let key = (
+            s.info().domain,
+            s.info().index,
+            super::powercap::die_of(&s.info().label),
+        );
+        let taken = covered.iter().any(|c| {
+            (c.0, c.1) == (key.0, key.1) && (c.2 == key.2 || c.2.is_none() || key.2.is_none())
+        });
+        if taken {
             out.alternatives.push(s.info().clone());
         } else {
             covered.push(key);
             out.chosen.push(s);
         }
     }
-    let has_package = covered.iter().any(|(d, _)| *d == Domain::Package);
+    let has_package = covered.iter().any(|(d, _, _)| *d == Domain::Package);
     let want_model = match opts.tdp_model {
         TdpModelUse::Always => true,
         TdpModelUse::Never => false,

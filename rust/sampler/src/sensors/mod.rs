@@ -2,7 +2,8 @@
 //!
 //! Each backend implements [`EnergySource`] and finds its sources under a set of [`Roots`] (the
 //! seam through which tests point real code at simulated hardware); [`discover`] asks each
-//! backend and keeps one source per measured domain.
+//! backend and keeps one source per measured domain; [`check`] measures how good each source is
+//! (update period, read cost, wrap, the shortest region it measures to about 1%).
 //!
 //! ```text
 //! powercap (sysfs) ─┐
@@ -13,6 +14,7 @@
 //! tdp_model        ─┘   (utilisation × TDP, where no CPU counter can be read)
 //! ```
 
+pub mod check;
 pub mod discover;
 pub mod hwmon;
 pub mod msr;
