@@ -154,8 +154,8 @@ def test_hwmon_measures_where_amd_smi_is_absent_and_is_the_alternative_where_pre
         carbonctx.configure(**{**sim.settings(), "amdsmi_library": str(tmp_path / "absent.so")})
         with carbonctx.track("step") as m:
             time.sleep(0.5)
-        assert gpu_ids(m) == ["hwmon:amdgpu:0000:c1:00.0"], reasons()
-        src = m.by_source["hwmon:amdgpu:0000:c1:00.0"]
+        assert gpu_ids(m) == ["hwmon:amdgpu:0000:c1:00.0:power1"], reasons()
+        src = m.by_source["hwmon:amdgpu:0000:c1:00.0:power1"]
         assert src.method == "integrated-power"
         assert src.joules == pytest.approx(150.0 * m.duration_s, rel=0.01)
         assert "cannot load the AMD SMI library" in reasons()
@@ -165,7 +165,7 @@ def test_hwmon_measures_where_amd_smi_is_absent_and_is_the_alternative_where_pre
             time.sleep(0.05)
         assert gpu_ids(m) == ["amdsmi:0"]
         alts = [a["id"] for a in carbonctx.devices()["alternatives"] if a["domain"] == "gpu"]
-        assert alts == ["hwmon:amdgpu:0000:c1:00.0"]
+        assert alts == ["hwmon:amdgpu:0000:c1:00.0:power1"]
         process.reset()
 
 

@@ -15,8 +15,9 @@
 //!   each: hot path)  has seen past them
 //! ```
 //!
-//! - [`sensors`]: [`EnergySource`], [`Roots`], [`discover`], and the
-//!   backends [`powercap`], [`msr`], [`perf`], [`nvml`], [`amd`] and [`tdp_model`];
+//! - [`sensors`]: [`EnergySource`], [`Roots`], [`discover`], [`check`] (how good each source
+//!   is), and the backends [`powercap`], [`msr`], [`perf`], [`nvml`], [`amd`], [`hwmon`] and
+//!   [`tdp_model`];
 //! - [`timeline`]: [`accumulate`](timeline::accumulate) (deltas, wraparound, change-time
 //!   stamps) and [`history`](timeline::history) (rings, the energy at an instant);
 //! - [`sampler`]: [`Sampler`], its [`Config`], the poll loop and phase-locked polling;
@@ -38,7 +39,7 @@ pub mod timeline;
 pub use error::{Error, Result};
 pub use regions::{Packed, Resolved};
 pub use sampler::{Config, NodeStatus, Role, Sampler, SourceStatus, Stats};
-pub use sensors::{amd, discover, msr, nvml, perf, powercap, tdp_model};
+pub use sensors::{amd, check, discover, hwmon, msr, nvml, perf, powercap, tdp_model};
 pub use sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };

@@ -418,7 +418,7 @@ fn without_amd_smi_hwmon_measures_and_with_it_hwmon_is_an_alternative() {
     let chosen: Vec<_> = d.chosen.iter().map(|s| s.info().clone()).collect();
     assert_eq!(chosen.len(), 1, "{:?}", d.unavailable);
     let h = &chosen[0];
-    assert_eq!(h.id, "hwmon:amdgpu:0000:c1:00.0");
+    assert_eq!(h.id, "hwmon:amdgpu:0000:c1:00.0:power1");
     assert_eq!(h.backend, "hwmon");
     assert_eq!(h.method, Method::IntegratedPower);
     assert_eq!(h.uuid.as_deref(), Some("GPU-0000000000000077"));
@@ -440,7 +440,7 @@ fn without_amd_smi_hwmon_measures_and_with_it_hwmon_is_an_alternative() {
     let chosen: Vec<String> = d.chosen.iter().map(|s| s.info().id.clone()).collect();
     assert_eq!(chosen, ["amdsmi:0"]);
     let alts: Vec<String> = d.alternatives.iter().map(|i| i.id.clone()).collect();
-    assert_eq!(alts, ["hwmon:amdgpu:0000:c1:00.0"]);
+    assert_eq!(alts, ["hwmon:amdgpu:0000:c1:00.0:power1"]);
 }
 
 #[test]

@@ -28,6 +28,9 @@ pub struct Options {
     /// CPU counter backends in order of preference; backends not listed are not used.
     pub cpu_backends: Vec<String>,
     pub nvml: bool,
+    /// Read hwmon's energy and power channels (Intel GPUs, amd_energy, ACPI power meters,
+    /// INA3221 rails).
+    pub hwmon: bool,
     pub tdp_model: TdpModelUse,
     /// The value of `CUDA_VISIBLE_DEVICES` (`None`: unset): which GPUs this process sees.
     pub cuda_visible_devices: Option<String>,
@@ -53,6 +56,7 @@ impl Default for Options {
             roots: Roots::default(),
             cpu_backends: DEFAULT_CPU_BACKENDS.iter().map(|s| s.to_string()).collect(),
             nvml: true,
+            hwmon: true,
             tdp_model: TdpModelUse::Auto,
             cuda_visible_devices: None,
             cuda_device_order: None,
@@ -84,8 +88,9 @@ pub struct Discovered {
 pub type DeviceKey = (Domain, u32, String);
 
 /// The device a source measures. GPUs of one vendor share a numbering (NVML's for `nvml`, the
-/// ROCm runtime's for AMD SMI and amdgpu hwmon); a GPU source of any other backend is a device
-/// of its own, never taken for another.
+/// ROCm runtime's for AMD SMI and amdgpu hwmon); other GPU sources share their backend's (the
+/// Intel GPUs of hwmon, numbered after every other GPU, whose card and package channels are
+/// two views of one GPU).
 pub fn same_device(info: &SourceInfo) -> DeviceKey {
     let vendor = if info.domain != Domain::Gpu {
         String::new()
@@ -94,7 +99,7 @@ pub fn same_device(info: &SourceInfo) -> DeviceKey {
     } else if super::amd::is_amd_gpu(info) {
         "amd".into()
     } else {
-        info.id.clone()
+        info.backend.to_string()
     };
     (info.domain, info.index, vendor)
 }
@@ -140,19 +145,38 @@ pub fn discover(opts: &Options) -> Discovered {
         };
         take(super::amd::discover(&opts.roots.sys, &amd), &mut all);
     }
-    // A stable sort: within a rank, the order found (AMD SMI before hwmon).
+    if opts.hwmon {
+        // Intel GPUs are numbered after the GPUs found so far: never paired with one of them.
+        let gpu_base = all
+            .iter()
+            .filter(|s| s.info().domain == Domain::Gpu)
+            .map(|s| s.info().index.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        take(super::hwmon::discover(&opts.roots, gpu_base), &mut all);
+    }
+    // A stable sort: within a rank, the order found (AMD SMI before amdgpu hwmon).
     all.sort_by_key(|s| rank(s.info(), &opts.cpu_backends));
-    let mut covered: Vec<DeviceKey> = Vec::new();
+    // A source covers the same device (see `same_device`); one that measures a die (a package
+    // whose RAPL counters are per die) covers that die only, and a whole-package source covers
+    // every die of its package.
+    let mut covered: Vec<(DeviceKey, Option<u32>)> = Vec::new();
     for s in all {
-        let key = same_device(s.info());
-        if covered.contains(&key) {
+        let key = (
+            same_device(s.info()),
+            super::powercap::die_of(&s.info().label),
+        );
+        let taken = covered
+            .iter()
+            .any(|c| c.0 == key.0 && (c.1 == key.1 || c.1.is_none() || key.1.is_none()));
+        if taken {
             out.alternatives.push(s.info().clone());
         } else {
             covered.push(key);
             out.chosen.push(s);
         }
     }
-    let has_package = covered.iter().any(|k| k.0 == Domain::Package);
+    let has_package = covered.iter().any(|c| c.0 .0 == Domain::Package);
     let want_model = match opts.tdp_model {
         TdpModelUse::Always => true,
         TdpModelUse::Never => false,

@@ -2,7 +2,9 @@
 //!
 //! Each backend implements [`EnergySource`] and finds its sources under a set of [`Roots`] (the
 //! seam through which tests point real code at simulated hardware); [`discover`] asks each
-//! backend and keeps one source per measured device (domain, index, and a GPU's vendor).
+//! backend and keeps one source per measured device (domain, index, and a GPU's vendor);
+//! [`check`] measures how good each source is (update period, read cost, wrap, the shortest
+//! region it measures to about 1%).
 //!
 //! ```text
 //! powercap (sysfs) ─┐
@@ -11,11 +13,14 @@
 //! nvml (dlopen)    ─┤
 //! amd (AMD SMI     ─┤   (dlopen; the amdgpu hwmon files where it is absent)
 //!   or hwmon)       │
+//! hwmon (sysfs)    ─┤   (Intel GPUs, amd_energy, ACPI power meters, INA3221 rails)
 //! tdp_model        ─┘   (utilisation × TDP, where no CPU counter can be read)
 //! ```
 
 pub mod amd;
+pub mod check;
 pub mod discover;
+pub mod hwmon;
 pub mod msr;
 pub mod nvml;
 pub mod perf;

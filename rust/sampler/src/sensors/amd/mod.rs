@@ -11,7 +11,7 @@
 //!   joules = count × `counter_resolution` µJ, a 64-bit count, so no wrap in practice: a step
 //!   back is handled as a reset) as a [`Method::Counter`]; where there is no counter, the socket
 //!   power of `amdsmi_get_power_info` (whole watts) integrated, [`Method::IntegratedPower`].
-//! - `hwmon:amdgpu:<pci address>`, where AMD SMI is absent or does not list the GPU: the board
+//! - `hwmon:amdgpu:<pci address>:power1`, where AMD SMI is absent or does not list the GPU: the board
 //!   power in `power1_input` or `power1_average` (µW), integrated. Where AMD SMI measures the
 //!   same GPU (same PCI address) the hwmon source is an alternative, never added.
 //!
@@ -444,7 +444,7 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
     let name = "AMD GPU";
     Ok(hwmon::HwmonGpu {
         info: SourceInfo {
-            id: format!("{HWMON_ID_PREFIX}{}", g.bdf),
+            id: format!("{HWMON_ID_PREFIX}{}:power1", g.bdf),
             backend: HWMON_BACKEND,
             domain: Domain::Gpu,
             index: g.index,
