@@ -1,6 +1,7 @@
 //! Python bindings: argument conversion, one call into the core, result conversion. No logic.
 
 mod errors;
+mod feed;
 mod hub;
 mod region;
 mod sim;
@@ -169,7 +170,7 @@ impl Sampler {
                         cuda_visible_devices=None, cuda_device_order=None, cpu_tdp_w=None,
                         cpu_backends=None, nvml=true, estimate="auto", gpus=None,
                         intervals=None, timeline_capacity=None, settle_s=None, phase_lock=true,
-                        quiet_s=None, node_key=None, node_dir=None))]
+                        quiet_s=None, node_key=None, node_dir=None, external=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -191,6 +192,7 @@ impl Sampler {
         quiet_s: Option<f64>,
         node_key: Option<String>,
         node_dir: Option<PathBuf>,
+        external: Option<Vec<PyRef<'_, feed::Feed>>>,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -201,7 +203,12 @@ impl Sampler {
             cuda_device_order,
             cpu_tdp_w,
         };
-        let opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
+        let mut opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
+        opts.external = external
+            .unwrap_or_default()
+            .iter()
+            .map(|f| f.inner.clone())
+            .collect();
         let mut config = Config {
             phase_lock,
             ..Config::default()
@@ -443,6 +450,7 @@ fn now_ns() -> u64 {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Sampler>()?;
+    m.add_class::<feed::Feed>()?;
     m.add_class::<sim::SimMachine>()?;
     m.add_class::<region::Region>()?;
     m.add_class::<hub::RegionHub>()?;

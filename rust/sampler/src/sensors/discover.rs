@@ -30,6 +30,9 @@ pub struct Options {
     /// The TDP setting per package in watts, as text (`CARBONCTX_CPU_TDP_W`; `None` or empty:
     /// unset). A value that does not parse is reported as unavailable and ignored.
     pub cpu_tdp_w: Option<String>,
+    /// Sources the caller feeds (see [`super::external`]): always chosen, never deduplicated
+    /// (their domains, such as the node's wall power, are shown beside the others).
+    pub external: Vec<super::external::Feed>,
 }
 
 impl Default for Options {
@@ -42,6 +45,7 @@ impl Default for Options {
             cuda_visible_devices: None,
             cuda_device_order: None,
             cpu_tdp_w: None,
+            external: Vec::new(),
         }
     }
 }
@@ -116,6 +120,8 @@ pub fn discover(opts: &Options) -> Discovered {
         out.chosen.extend(found.sources);
         out.unavailable.extend(found.unavailable);
     }
+    out.chosen
+        .extend(opts.external.iter().map(super::external::Feed::source));
     out.chosen.sort_by(|a, b| {
         let (a, b) = (a.info(), b.info());
         (a.domain, a.index, &a.id).cmp(&(b.domain, b.index, &b.id))

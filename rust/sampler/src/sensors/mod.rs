@@ -9,10 +9,12 @@
 //! msr (/dev/cpu)   ─┤
 //! perf (syscall)   ─┼─► discover ─► Vec<Box<dyn EnergySource>> ─► sampler
 //! nvml (dlopen)    ─┤
-//! tdp_model        ─┘   (utilisation × TDP, where no CPU counter can be read)
+//! tdp_model        ─┤   (utilisation × TDP, where no CPU counter can be read)
+//! external (feed)  ─┘   (power pushed by the caller: the node's BMC over Redfish)
 //! ```
 
 pub mod discover;
+pub mod external;
 pub mod msr;
 pub mod nvml;
 pub mod perf;

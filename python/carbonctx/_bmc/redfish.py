@@ -1,0 +1,234 @@
+"""The node's wall power from its BMC, as DMTF Redfish describes it.
+
+Where the reading is, in the order tried for the chosen chassis:
+
+1. ``EnvironmentMetrics`` (Redfish 2020.4 on): ``EnergykWh.Reading`` (an energy counter, kWh)
+   and ``PowerWatts.Reading`` (W);
+2. the legacy ``Power`` resource: ``PowerControl[0].PowerConsumedWatts`` (the chassis's power
+   now), else ``PowerControl[0].PowerMetrics.AverageConsumedWatts`` (a mean over the last
+   ``IntervalInMin`` minutes, labelled as such);
+3. ``PowerSubsystem`` (the successor of ``Power``): the ``InputPowerWatts.Reading`` of each of
+   its ``PowerSupplies``' ``Metrics``, added up (the power the supplies draw from the wall).
+
+A link the chassis does not have, or one that answers HTTP 404, is skipped. The chassis is the
+one the URL names (``https://bmc/redfish/v1/Chassis/1``), else the first of
+``/redfish/v1/Chassis`` that gives a reading among those of a node's type (``RackMount``,
+``Blade``, ``StandAlone``, ...; or none given): an enclosure's or a rack's figure would hold other
+nodes', and a component's (``Card``, ``Drawer``) only part of this one, so those are read only
+when the URL names them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+from carbonctx._bmc.transport import RedfishError, Transport
+
+__all__ = ["Locator", "Reading", "RedfishPower"]
+
+#: Chassis types that hold one node, preferred over enclosures, racks and components.
+NODE_TYPES = ("RackMount", "Blade", "StandAlone", "Sled", "Tower", "Desktop", "Module")
+#: Chassis looked at, at most.
+MAX_CHASSIS = 16
+#: Power supplies read, at most.
+MAX_SUPPLIES = 16
+J_PER_KWH = 3.6e6
+
+
+@attrs.frozen
+class Reading:
+    """One answer: watts (None: the BMC gave none) and its energy counter in joules (None:
+    it has none, or gave none this time)."""
+
+    watts: float | None
+    energy_j: float | None = None
+
+
+@attrs.frozen
+class Locator:
+    """Where the reading is: ``kind`` (``environment``, ``power``, ``power-average``,
+    ``supplies``), the resource(s) read each time, and what the label says."""
+
+    kind: str
+    paths: tuple[str, ...]
+    chassis: str
+    what: str
+
+
+def _link(doc: dict[str, Any], key: str) -> str | None:
+    v = doc.get(key)
+    if isinstance(v, dict) and isinstance(v.get("@odata.id"), str):
+        return str(v["@odata.id"])
+    return None
+
+
+def _members(doc: dict[str, Any]) -> list[str]:
+    out = []
+    for m in doc.get("Members") or []:
+        if isinstance(m, dict) and isinstance(m.get("@odata.id"), str):
+            out.append(str(m["@odata.id"]))
+    return out
+
+
+def _number(v: Any) -> float | None:
+    """A finite, non-negative reading; None for null, text, NaN or a negative number."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    x = float(v)
+    return x if math.isfinite(x) and x >= 0 else None
+
+
+def _excerpt(doc: dict[str, Any], key: str) -> tuple[bool, float | None]:
+    """(the property is there, its ``Reading``) of a sensor excerpt such as ``PowerWatts``."""
+    v = doc.get(key)
+    if not isinstance(v, dict) or "Reading" not in v:
+        return False, None
+    return True, _number(v.get("Reading"))
+
+
+def _control(doc: dict[str, Any]) -> dict[str, Any] | None:
+    pc = doc.get("PowerControl")
+    if isinstance(pc, list) and pc and isinstance(pc[0], dict):
+        return pc[0]
+    return None
+
+
+class RedfishPower:
+    """Reads the node's power from one BMC; finds where on first use (and again after the
+    resource disappears). Every failure is a :class:`RedfishError`."""
+
+    def __init__(self, transport: Transport, chassis: str | None = None) -> None:
+        self.t = transport
+        self.chassis = chassis
+        self.locator: Locator | None = None
+
+    def __repr__(self) -> str:
+        return f"<carbonctx Redfish power reader for {self.t.host}>"
+
+    # ---------------------------------------------------------------- where
+
+    def locate(self) -> Locator:
+        if self.chassis is not None:
+            candidates = [self.chassis]
+        else:
+            root = self.t.get("/redfish/v1/")
+            coll = _link(root, "Chassis") or "/redfish/v1/Chassis"
+            candidates = _members(self.t.get(coll))[:MAX_CHASSIS]
+            if not candidates:
+                raise self.t.error(
+                    f"the BMC at {self.t.host} lists no chassis at {coll}", permanent=True
+                )
+        docs = [(c, self.t.get(c)) for c in candidates]
+        tried: list[str] = []
+        others: list[str] = []
+        for path, doc in docs:
+            kind = doc.get("ChassisType")
+            if self.chassis is None and kind is not None and kind not in NODE_TYPES:
+                others.append(f"{path} ({kind})")
+                continue
+            loc = self._locate_in(path, doc, tried)
+            if loc is not None:
+                return loc
+        skipped = (
+            f"; not read, as they may hold more than this node: {', '.join(others)}"
+            if others
+            else ""
+        )
+        raise self.t.error(
+            f"no power reading on the BMC at {self.t.host} (looked at "
+            f"{', '.join(tried) or 'no power resource'}{skipped}). Name a chassis with a reading "
+            "in the URL, e.g. https://BMC/redfish/v1/Chassis/1",
+            permanent=True,
+        )
+
+    def _locate_in(self, chassis: str, doc: dict[str, Any], tried: list[str]) -> Locator | None:
+        env = _link(doc, "EnvironmentMetrics")
+        if env is not None:
+            tried.append(env)
+            if (em := self._get_or_none(env)) is not None:
+                has_e, _ = _excerpt(em, "EnergykWh")
+                has_p, _ = _excerpt(em, "PowerWatts")
+                if has_e or has_p:
+                    what = "EnergykWh" if has_e else "PowerWatts"
+                    return Locator("environment", (env,), chassis, f"EnvironmentMetrics {what}")
+        power = _link(doc, "Power")
+        if power is not None:
+            tried.append(power)
+            if (pw := self._get_or_none(power)) is not None and (pc := _control(pw)) is not None:
+                if "PowerConsumedWatts" in pc:
+                    return Locator("power", (power,), chassis, "Power PowerConsumedWatts")
+                pm = pc.get("PowerMetrics")
+                if isinstance(pm, dict) and "AverageConsumedWatts" in pm:
+                    window = _number(pm.get("IntervalInMin"))
+                    over = f" over {window:g} min" if window else ""
+                    return Locator(
+                        "power-average",
+                        (power,),
+                        chassis,
+                        f"Power AverageConsumedWatts (a mean{over}: smooths changes)",
+                    )
+        sub = _link(doc, "PowerSubsystem")
+        if sub is not None:
+            tried.append(sub)
+            if (ps := self._get_or_none(sub)) is not None:
+                supplies = _link(ps, "PowerSupplies")
+                coll = self._get_or_none(supplies) if supplies else None
+                metrics = []
+                for m in _members(coll or {})[:MAX_SUPPLIES]:
+                    supply = self._get_or_none(m)
+                    if supply is not None and (link := _link(supply, "Metrics")) is not None:
+                        metrics.append(link)
+                if metrics:
+                    return Locator(
+                        "supplies",
+                        tuple(metrics),
+                        chassis,
+                        f"PowerSubsystem: InputPowerWatts of {len(metrics)} power supplies",
+                    )
+        return None
+
+    def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        try:
+            return self.t.get(path)
+        except RedfishError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    # ---------------------------------------------------------------- reading
+
+    def read(self) -> Reading:
+        loc = self.locator
+        if loc is None:
+            loc = self.locator = self.locate()
+        try:
+            return self._read(loc)
+        except RedfishError as e:
+            if e.status == 404:
+                self.locator = None  # moved (firmware update): look again next time
+            raise
+
+    def _read(self, loc: Locator) -> Reading:
+        if loc.kind == "environment":
+            doc = self.t.get(loc.paths[0])
+            _, energy = _excerpt(doc, "EnergykWh")
+            _, watts = _excerpt(doc, "PowerWatts")
+            return Reading(watts, None if energy is None else energy * J_PER_KWH)
+        if loc.kind in ("power", "power-average"):
+            pc = _control(self.t.get(loc.paths[0])) or {}
+            if loc.kind == "power":
+                return Reading(_number(pc.get("PowerConsumedWatts")))
+            pm = pc.get("PowerMetrics")
+            return Reading(
+                _number(pm.get("AverageConsumedWatts")) if isinstance(pm, dict) else None
+            )
+        total = 0.0
+        for path in loc.paths:
+            _, w = _excerpt(self.t.get(path), "InputPowerWatts")
+            if w is None:
+                return Reading(None)  # one supply without a figure: no total
+            total += w
+        return Reading(total)
