@@ -439,3 +439,69 @@ def test_settings_are_checked_and_read_from_the_environment(
     monkeypatch.setenv("CARBONCTX_REDFISH_VERIFY", str(cert[0]))
     assert _config.redfish(_config.build(None, {}))["verify"] == str(cert[0])  # type: ignore[index]
     assert _config.redfish(_config.build(None, {"redfish_url": None})) is None
+
+
+# ---------------------------------------------------------------------------- a job
+
+
+def test_one_process_per_node_reads_the_bmc_and_ranks_share_its_figure(
+    cert: tuple[Path, Path], machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    worker = str(Path(__file__).resolve().parent / "redfish_worker.py")
+    with RedfishServer(cert, power=lambda t: 400.0) as srv:
+        procs = []
+        for rank in (0, 1):
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("CARBONCTX_", "SLURM_", "OMPI_", "PMI_"))
+                and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+            }
+            env.update(machine.env())
+            env.update(
+                CARBONCTX_ZONE="DE",
+                CARBONCTX_CACHE_DIR=str(tmp_path / "cache"),
+                CARBONCTX_NODE_DIR=str(tmp_path / "shm"),
+                CARBONCTX_GPU="0",
+                CARBONCTX_REDFISH_URL=srv.url,
+                CARBONCTX_REDFISH_USER=srv.user,
+                CARBONCTX_REDFISH_PASSWORD=srv.password,
+                CARBONCTX_REDFISH_VERIFY=str(cert[0]),
+                CARBONCTX_REDFISH_PERIOD="1",
+                RANK=str(rank),
+                WORLD_SIZE="2",
+                LOCAL_RANK=str(rank),
+                LOCAL_WORLD_SIZE="2",
+                GROUP_RANK="0",
+                TORCHELASTIC_RUN_ID="bmc-job",
+                PYTHONUNBUFFERED="1",
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, worker, str(tmp_path)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        for p in procs:
+            output, _ = p.communicate(timeout=WAIT_S)
+            assert p.returncode == 0, output
+        recs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+        # One process read the BMC: one session, and the other never fetched.
+        assert len(srv.issued) == 1
+        assert sorted(r["role"] for r in recs) == ["follower", "owner"]
+        for r in recs:
+            if r["role"] == "follower":
+                assert r["feed_reads"] == 0 and r["readings"] == 0
+            else:
+                assert r["readings"] >= 2
+            # Each rank reports half of the node's figure, which is the node's wall power.
+            assert r["share"] == 0.5
+            assert r["node_joules"] == pytest.approx(400.0 * r["duration_s"], rel=0.05)
+            assert r["joules"] == pytest.approx(0.5 * r["node_joules"])
