@@ -8,7 +8,9 @@ a chassis whose power is in one of ``layout``:
 - ``"power"``: the legacy ``Power`` resource, ``PowerControl[0].PowerConsumedWatts`` and
   ``PowerMetrics``;
 - ``"subsystem"``: the chassis links ``Power`` but it answers 404; ``PowerSubsystem`` has two
-  power supplies whose ``Metrics`` give ``InputPowerWatts`` (``split`` of the served power).
+  power supplies whose ``Metrics`` give ``InputPowerWatts`` (``split`` of the served power);
+- ``"sensors"``: only the ``Sensors`` collection: a temperature, one supply's power, and the
+  chassis's total power and energy (``EnergyJoules``).
 
 Authentication: ``POST /redfish/v1/SessionService/Sessions`` returns 201 with ``X-Auth-Token``
 and ``Location`` (``sessions=False``: 404, so clients use HTTP Basic), and every resource but the
@@ -257,6 +259,44 @@ class RedfishServer:
                     }
                 ],
             }
+        if self.layout == "sensors":
+            sens = f"{CHASSIS}/Sensors"
+            if path == sens:
+                names = ("CPU1Temp", "PSU0InputPower", "TotalPower", "TotalEnergy")
+                return {
+                    "@odata.id": sens,
+                    "@odata.type": "#SensorCollection.SensorCollection",
+                    "Members@odata.count": len(names),
+                    "Members": [{"@odata.id": f"{sens}/{n}"} for n in names],
+                }
+            sensor: dict[str, Any] = {"@odata.id": path, "@odata.type": "#Sensor.v1_7_0.Sensor"}
+            if path == f"{sens}/CPU1Temp":
+                return {**sensor, "ReadingType": "Temperature", "Reading": 61.0}
+            if path == f"{sens}/PSU0InputPower":  # one supply's: not the chassis's total
+                return {
+                    **sensor,
+                    "ReadingType": "Power",
+                    "ReadingUnits": "W",
+                    "PhysicalContext": "PowerSupply",
+                    "Reading": 999.0,
+                }
+            if path == f"{sens}/TotalPower":
+                return {
+                    **sensor,
+                    "ReadingType": "Power",
+                    "ReadingUnits": "W",
+                    "PhysicalContext": "Chassis",
+                    "ElectricalContext": "Total",
+                    "Reading": None if null else self.power(t) + self.power_watts_offset,
+                }
+            if path == f"{sens}/TotalEnergy":
+                return {
+                    **sensor,
+                    "ReadingType": "EnergyJoules",
+                    "ReadingUnits": "J",
+                    "PhysicalContext": "Chassis",
+                    "Reading": None if null else self.energy_j(),
+                }
         if self.layout == "subsystem":
             sub = f"{CHASSIS}/PowerSubsystem"
             if path == sub:

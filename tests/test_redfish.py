@@ -151,6 +151,22 @@ def test_power_gone_falls_back_to_the_power_subsystem(
         assert srv.requests(f"{CHASSIS}/Power"), "the legacy resource was tried first"
 
 
+def test_chassis_sensors_when_there_is_no_power_resource(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    # The total-power sensor says 750 W; the energy sensor integrates 250 W: the counter wins.
+    with RedfishServer(
+        cert, layout="sensors", power=lambda t: 250.0, power_watts_offset=500.0
+    ) as srv:
+        configure(srv, machine, cert)
+        bmc_readings(4)
+        m = region(1.0)
+        node = m.by_source[NODE]
+        assert node.joules == pytest.approx(250.0 * m.duration_s, rel=0.05)
+        assert node.note is not None and "TotalEnergy" in node.note and "TotalPower" in node.note
+        assert not srv.requests(f"{CHASSIS}/Sensors/CPU1Temp"), "only power and energy sensors"
+
+
 def test_a_step_in_power_is_followed_within_a_reading(
     cert: tuple[Path, Path], machine: SimulatedMachine
 ) -> None:
@@ -505,3 +521,39 @@ def test_one_process_per_node_reads_the_bmc_and_ranks_share_its_figure(
             assert r["share"] == 0.5
             assert r["node_joules"] == pytest.approx(400.0 * r["duration_s"], rel=0.05)
             assert r["joules"] == pytest.approx(0.5 * r["node_joules"])
+
+
+# ---------------------------------------------------------------------------- the power pushed
+
+
+def test_the_energy_counter_is_preferred_unless_too_coarse() -> None:
+    from carbonctx._bmc import BmcSource
+    from carbonctx._bmc.redfish import Reading
+
+    notes: list[str] = []
+    b = BmcSource(
+        "https://127.0.0.1:1", None, None, verify=True, period_s=1.0,
+        note=lambda k, m: notes.append(m),
+    )  # fmt: skip
+    w = b._watts
+    assert w(Reading(300.0, 1000.0), 0.0) == 300.0  # first sight: the power reading
+    assert w(Reading(300.0, 1000.0), 1.0) == 300.0
+    assert w(Reading(300.0, 1400.0), 2.0) == 300.0  # the first update only dates the counter
+    assert w(Reading(300.0, 1800.0), 3.0) == pytest.approx(400.0)  # its mean power since
+    assert w(Reading(300.0, 1800.0), 4.0) == pytest.approx(400.0)  # held until it moves
+    assert w(Reading(300.0, 2600.0), 12.0) == 300.0  # 9 s for a step: too coarse
+    assert w(Reading(None, 3400.0), 20.0) == pytest.approx(100.0)  # unless there is no other
+    assert w(Reading(250.0, 10.0), 21.0) == 250.0  # a reset: the power reading again
+    assert w(Reading(None, None), 22.0) is None
+    assert not notes
+
+
+def test_links_to_another_host_are_not_followed(cert: tuple[Path, Path]) -> None:
+    with RedfishServer(cert) as srv:
+        t = Transport(srv.url, srv.user, srv.password, verify=str(cert[0]))
+        assert t.get(srv.url + "/redfish/v1/")["Id"] == "RootService"  # the same BMC: fine
+        for elsewhere in ("https://198.51.100.7/redfish/v1/Chassis", "//198.51.100.7/x"):
+            with pytest.raises(RedfishError, match="elsewhere"):
+                t.get(elsewhere)
+        assert not [e for e in srv.log if "198.51" in e[2]]
+        t.close()

@@ -44,6 +44,9 @@ WANTED_WITHIN_S = 3.0
 #: The key of the one warning about failures: the resolver's note about a source without a
 #: figure has the same key, so that a failing BMC warns once.
 NOTE_KEY = f"missing:{SOURCE_ID}"
+#: An energy counter that moves less often than every this many readings is too coarse to
+#: follow the power: the power reading is used instead (see ``BmcSource._watts``).
+COUNTER_MAX_PERIODS = 4
 #: The longest wait between tries after repeated failures.
 MAX_BACKOFF_S = 300.0
 
@@ -94,6 +97,7 @@ class BmcSource:
         self._energy: tuple[float, float] | None = None
         self._counter_w: float | None = None
         self._dated = False
+        self._counter_dt = 0.0
         if verify is False:
             note(
                 "redfish-verify",
@@ -111,8 +115,9 @@ class BmcSource:
         return (
             f"the node's wall power from its BMC at {self.host} over Redfish{src}, read every "
             f"{self.period_s:g} s and held between readings: a region shorter than a few "
-            "readings gets an interpolated figure, one across a failed reading none. Node-wide; "
-            "shown beside the components, never added to energy_j."
+            "readings gets the held power times its duration (interpolated, not measured on its "
+            "own), one across a failed reading no figure. Node-wide; shown beside the "
+            "components, never added to energy_j."
         )
 
     def describe(self) -> dict[str, Any]:
@@ -219,8 +224,11 @@ class BmcSource:
             elif e > last[1]:
                 if self._dated and t > last[0]:
                     self._counter_w = (e - last[1]) / (t - last[0])
+                    self._counter_dt = t - last[0]
                 self._energy = (t, e)
                 self._dated = True
-        if self._counter_w is not None:
+        if self._counter_w is not None and (
+            r.watts is None or self._counter_dt <= COUNTER_MAX_PERIODS * self.period_s
+        ):
             return self._counter_w
         return r.watts

@@ -8,7 +8,10 @@ Where the reading is, in the order tried for the chosen chassis:
    now), else ``PowerControl[0].PowerMetrics.AverageConsumedWatts`` (a mean over the last
    ``IntervalInMin`` minutes, labelled as such);
 3. ``PowerSubsystem`` (the successor of ``Power``): the ``InputPowerWatts.Reading`` of each of
-   its ``PowerSupplies``' ``Metrics``, added up (the power the supplies draw from the wall).
+   its ``PowerSupplies``' ``Metrics``, added up (the power the supplies draw from the wall);
+4. the chassis's ``Sensors``: one of ``ReadingType`` ``EnergykWh`` or ``EnergyJoules`` and one of
+   ``Power``, of the whole chassis (``PhysicalContext`` ``Chassis``, ``ElectricalContext``
+   ``Total``, or unstated), among the sensors whose names speak of power or energy.
 
 A link the chassis does not have, or one that answers HTTP 404, is skipped. The chassis is the
 one the URL names (``https://bmc/redfish/v1/Chassis/1``), else the first of
@@ -36,6 +39,11 @@ MAX_CHASSIS = 16
 #: Power supplies read, at most.
 MAX_SUPPLIES = 16
 J_PER_KWH = 3.6e6
+#: Sensor reading types that count energy, and joules per unit of each.
+ENERGY_UNITS = {"EnergykWh": J_PER_KWH, "EnergyJoules": 1.0}
+#: Sensors read, at most, and the words in a sensor's name that make it worth reading.
+MAX_SENSORS = 16
+SENSOR_WORDS = ("power", "energy", "watt", "pwr")
 
 
 @attrs.frozen
@@ -50,7 +58,7 @@ class Reading:
 @attrs.frozen
 class Locator:
     """Where the reading is: ``kind`` (``environment``, ``power``, ``power-average``,
-    ``supplies``), the resource(s) read each time, and what the label says."""
+    ``supplies``, ``sensors``), the resource(s) read each time, and what the label says."""
 
     kind: str
     paths: tuple[str, ...]
@@ -188,13 +196,48 @@ class RedfishPower:
                         chassis,
                         f"PowerSubsystem: InputPowerWatts of {len(metrics)} power supplies",
                     )
+        sensors = _link(doc, "Sensors")
+        if sensors is not None:
+            tried.append(sensors)
+            return self._locate_sensors(chassis, sensors)
         return None
 
+    def _locate_sensors(self, chassis: str, collection: str) -> Locator | None:
+        """The chassis's own power and energy sensors (``ReadingType`` ``Power``, ``EnergykWh``
+        or ``EnergyJoules``, of the whole chassis), among the members whose names speak of
+        power or energy (at most ``MAX_SENSORS`` read)."""
+        coll = self._get_or_none(collection)
+        named = [
+            m
+            for m in _members(coll or {})
+            if any(w in m.rsplit("/", 1)[-1].lower() for w in SENSOR_WORDS)
+        ][:MAX_SENSORS]
+        energy: str | None = None
+        power: str | None = None
+        for m in named:
+            doc = self._get_or_none(m)
+            if doc is None or doc.get("PhysicalContext") not in (None, "Chassis"):
+                continue
+            if doc.get("ElectricalContext") not in (None, "Total"):
+                continue
+            kind = doc.get("ReadingType")
+            if kind in ENERGY_UNITS and energy is None:
+                energy = m
+            elif kind == "Power" and power is None:
+                power = m
+        if energy is None and power is None:
+            return None
+        what = " and ".join(
+            f"sensor {p.rsplit('/', 1)[-1]}" for p in (energy, power) if p is not None
+        )
+        return Locator("sensors", (energy or "", power or ""), chassis, what)
+
     def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        """The resource, or None where it is not there (404) or not for this account (403)."""
         try:
             return self.t.get(path)
         except RedfishError as e:
-            if e.status == 404:
+            if e.status in (403, 404):
                 return None
             raise
 
@@ -225,6 +268,17 @@ class RedfishPower:
             return Reading(
                 _number(pm.get("AverageConsumedWatts")) if isinstance(pm, dict) else None
             )
+        if loc.kind == "sensors":
+            energy_path, power_path = loc.paths
+            energy = watts = None
+            if energy_path:
+                doc = self.t.get(energy_path)
+                e = _number(doc.get("Reading"))
+                per = ENERGY_UNITS.get(str(doc.get("ReadingType")), 0.0)
+                energy = None if e is None else e * per
+            if power_path:
+                watts = _number(self.t.get(power_path).get("Reading"))
+            return Reading(watts, energy)
         total = 0.0
         for path in loc.paths:
             _, w = _excerpt(self.t.get(path), "InputPowerWatts")

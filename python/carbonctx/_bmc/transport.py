@@ -147,6 +147,33 @@ class Transport:
             return (self._user, self._password or "")
         return None
 
+    def _url(self, method: str, path: str) -> str:
+        """The URL of a path the BMC gave (a link, a session's ``Location``): on this BMC only,
+        so that a link elsewhere never receives the credentials."""
+        import httpx
+
+        if path.startswith("/") and not path.startswith("//"):
+            return self.base_url + path
+        try:
+            url = httpx.URL(path)
+            base = httpx.URL(self.base_url)
+        except (httpx.InvalidURL, TypeError, ValueError):
+            url = base = None
+        if (
+            url is None
+            or base is None
+            or (url.scheme, url.host, url.port)
+            != (
+                base.scheme,
+                base.host,
+                base.port,
+            )
+        ):
+            raise self.error(
+                f"{method}: the BMC at {self.host} links to a resource elsewhere; not followed"
+            )
+        return str(url)
+
     def request(
         self, method: str, path: str, body: Any = None, *, authed: bool = True
     ) -> tuple[int, Any, httpx.Headers]:
@@ -154,7 +181,7 @@ class Transport:
         is a RedfishError that says what the BMC said (never the credentials)."""
         import httpx
 
-        url = path if path.startswith(("http://", "https://")) else self.base_url + path
+        url = self._url(method, path)
         start = time.monotonic()
         lim = self.limits
 
