@@ -362,6 +362,14 @@ def test_credentials_appear_in_no_output(
             with carbonctx.track("after"):
                 pass
             described = json.dumps(rt.describe(), default=str)
+            import io
+
+            from carbonctx._cli.devices import _print_devices
+
+            text = io.StringIO()
+            _print_devices(rt.describe(), text)  # what `carbonctx devices` prints
+            assert "Node power (BMC, Redfish)" in text.getvalue()
+            described += text.getvalue()
             reprs = [repr(settings), str(settings), repr(rt.bmc), repr(rt.settings)]
             carbonctx.flush()
         texts = [out.read_text(), described, json.dumps(m.to_dict()), *reprs]

@@ -154,21 +154,12 @@ class Transport:
 
         if path.startswith("/") and not path.startswith("//"):
             return self.base_url + path
+        base = httpx.URL(self.base_url)
         try:
-            url = httpx.URL(path)
-            base = httpx.URL(self.base_url)
+            url: httpx.URL | None = httpx.URL(path)
         except (httpx.InvalidURL, TypeError, ValueError):
-            url = base = None
-        if (
-            url is None
-            or base is None
-            or (url.scheme, url.host, url.port)
-            != (
-                base.scheme,
-                base.host,
-                base.port,
-            )
-        ):
+            url = None
+        if url is None or (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
             raise self.error(
                 f"{method}: the BMC at {self.host} links to a resource elsewhere; not followed"
             )

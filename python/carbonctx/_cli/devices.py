@@ -72,6 +72,10 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
             print(f"  [{u['backend']}] {u['what']}: {u['reason']}", file=out)
             if u.get("hint"):
                 print(f"      what to do: {u['hint']}", file=out)
+    if info.get("bmc"):
+        b = info["bmc"]
+        print(f"\nNode power (BMC, Redfish): {b['note']}", file=out)
+        print(f"  readings {b['readings']}, failed tries {b['failures']}", file=out)
     if any(s["method"] == "estimate" for s in srcs):
         print(
             "\nCPU energy is an ESTIMATE (utilisation × TDP), labelled so in every result.",
