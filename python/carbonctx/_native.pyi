@@ -117,8 +117,8 @@ def claim_regions(
 class Feed:
     """The Python end of an external source: power read elsewhere (the node's BMC over
     Redfish) and pushed in; the sampler reads the latest push every ``interval_s`` and
-    integrates it, holds it for at most ``stale_s``, and waits up to ``first_wait_s`` for
-    the first one when it starts."""
+    integrates it, and holds it for at most ``stale_s``; a sampler's first read waits for the
+    first push until ``first_wait_s`` after the feed was made."""
 
     def __new__(
         cls,

@@ -9,6 +9,10 @@ sampler reads like any power sensor, and a thread that fetches the reading over 
   invented energy) until the BMC answers again.
 - With an energy counter (``EnergykWh``) the power pushed is the counter's mean power between
   its last two updates; without one, the BMC's power reading.
+- The sampler's start (the first region) waits, once per process and at most the request
+  deadline (``min(5 s, period)``, at least 1 s), for the BMC's first answer, so that a region
+  around the whole run is covered; a BMC slower than that leaves a gap at the start (that
+  region gets no node figure) and is read from its first answer on.
 - The thread fetches only while a sampler of this process reads the feed
   (:meth:`Feed.wanted`): in a job sharing one sampler per node, that is the owner's process
   alone, and a process that takes the node over starts fetching.

@@ -38,7 +38,10 @@ struct State {
 struct Inner {
     info: SourceInfo,
     stale_ns: u64,
-    first_wait: Duration,
+    /// The first read waits for the first push until this instant (the feed's making plus
+    /// `first_wait`): a sampler started with the feed waits, one that takes a node over
+    /// later does not hold its locks for it.
+    first_by_ns: u64,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -50,13 +53,14 @@ pub struct Feed(Arc<Inner>);
 impl Feed {
     /// A feed for the source described by `info` (its `method` should be
     /// [`crate::Method::IntegratedPower`] and `counter` `None`; `interval` is how often the
-    /// sampler reads the held value). A reading is held for at most `stale`; the sampler's
-    /// first read waits up to `first_wait` for the first push.
+    /// sampler reads the held value). A reading is held for at most `stale`; a sampler's
+    /// first read waits for the first push until `first_wait` after the feed was made.
     pub fn new(info: SourceInfo, stale: Duration, first_wait: Duration) -> Feed {
         Feed(Arc::new(Inner {
             info,
             stale_ns: stale.as_nanos().min(u128::from(u64::MAX)) as u64,
-            first_wait,
+            first_by_ns: crate::now_ns()
+                .saturating_add(first_wait.as_nanos().min(u128::from(u64::MAX)) as u64),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         }))
@@ -148,12 +152,13 @@ impl EnergySource for External {
         st.reads += 1;
         let first = st.reads == 1;
         inner.changed.notify_all();
-        if first && st.watts.is_none() && !st.closed {
+        let wait = Duration::from_nanos(inner.first_by_ns.saturating_sub(st.read_ns));
+        if first && st.watts.is_none() && !st.closed && !wait.is_zero() {
             // The first read (the sampler's start) waits a little for the caller's first
             // reading, so that the first region is covered.
             st = inner
                 .changed
-                .wait_timeout_while(st, inner.first_wait, |st| {
+                .wait_timeout_while(st, wait, |st| {
                     st.watts.is_none() && !st.closed && st.error.is_none()
                 })
                 .unwrap_or_else(|p| p.into_inner())
@@ -252,5 +257,15 @@ mod tests {
         assert_eq!(src.read().unwrap(), Reading::Power(123.0));
         t.join().unwrap();
         assert_eq!(feed.reads(), 1);
+    }
+
+    #[test]
+    fn a_late_first_read_does_not_wait() {
+        // A sampler that takes a node over long after the feed was made: no wait.
+        let feed = Feed::new(info(), Duration::from_secs(10), Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(150));
+        let t = std::time::Instant::now();
+        assert!(feed.source().read().is_err());
+        assert!(t.elapsed() < Duration::from_secs(5));
     }
 }
