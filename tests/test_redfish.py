@@ -25,6 +25,7 @@ import carbonctx
 from carbonctx import _config
 from carbonctx._bmc import STOP_WAIT_S, RedfishError, RedfishPower, Transport
 from carbonctx._measure import process as _process
+from carbonctx._output.jsonl import read_jsonl
 from carbonctx._results.measurement import Measurement, SourceEnergy
 from carbonctx.errors import ConfigurationError
 from carbonctx.testing import SimulatedMachine, Wave
@@ -121,8 +122,17 @@ def test_node_power_from_the_energy_counter_beside_the_components(
         assert "every 1 s" in node.note and "EnergykWh" in node.note
         assert "interpolated" in node.note
         carbonctx.flush()
-        lines = [json.loads(x) for x in out.read_text().splitlines()]
-        assert any(NODE in json.dumps(x) for x in lines)
+        _process.reset()
+        # The record, read back, says what the result says of the node.
+        regions, _, bad = read_jsonl(str(out))
+        assert bad == 0
+        got = next(r for r in regions if r["id"] == m.id)["by_source"][NODE]
+        want = m.to_dict()["by_source"][NODE]
+        assert {k: got[k] for k in ("label", "backend", "domain", "method", "note")} == {
+            k: want[k] for k in ("label", "backend", "domain", "method", "note")
+        }
+        assert got["joules"] == pytest.approx(want["joules"], abs=1e-5)
+        assert got["joules"] not in (None, 0.0)
 
 
 def test_legacy_power_resource_with_http_basic(
