@@ -9,6 +9,7 @@ a chassis whose power is in one of ``layout``:
   ``PowerMetrics``;
 - ``"subsystem"``: the chassis links ``Power`` but it answers 404; ``PowerSubsystem`` has two
   power supplies whose ``Metrics`` give ``InputPowerWatts`` (``split`` of the served power);
+- ``"both"``: ``EnvironmentMetrics`` and ``Power``;
 - ``"sensors"``: only the ``Sensors`` collection: a temperature, one supply's power, and the
   chassis's total power and energy (``EnergyJoules``).
 
@@ -214,14 +215,14 @@ class RedfishServer:
                 "ChassisType": "RackMount",
                 "Sensors": {"@odata.id": f"{CHASSIS}/Sensors"},
             }
-            if self.layout == "environment":
+            if self.layout in ("environment", "both"):
                 doc["EnvironmentMetrics"] = {"@odata.id": f"{CHASSIS}/EnvironmentMetrics"}
-            if self.layout in ("power", "subsystem"):
+            if self.layout in ("power", "subsystem", "both"):
                 doc["Power"] = {"@odata.id": f"{CHASSIS}/Power"}
             if self.layout == "subsystem":
                 doc["PowerSubsystem"] = {"@odata.id": f"{CHASSIS}/PowerSubsystem"}
             return doc
-        if path == f"{CHASSIS}/EnvironmentMetrics" and self.layout == "environment":
+        if path == f"{CHASSIS}/EnvironmentMetrics" and self.layout in ("environment", "both"):
             return {
                 "@odata.id": path,
                 "@odata.type": "#EnvironmentMetrics.v1_3_0.EnvironmentMetrics",
@@ -236,7 +237,7 @@ class RedfishServer:
                     "Reading": None if null else self.energy_j() / 3.6e6,
                 },
             }
-        if path == f"{CHASSIS}/Power" and self.layout == "power":
+        if path == f"{CHASSIS}/Power" and self.layout in ("power", "both"):
             return {
                 "@odata.id": path,
                 "@odata.type": "#Power.v1_7_1.Power",

@@ -161,6 +161,16 @@ def test_power_gone_falls_back_to_the_power_subsystem(
         assert srv.requests(f"{CHASSIS}/Power"), "the legacy resource was tried first"
 
 
+def test_null_readings_give_way_to_a_resource_with_a_number(cert: tuple[Path, Path]) -> None:
+    with RedfishServer(cert, layout="both", power=lambda t: 275.0) as srv:
+        srv.modes[ENV] = "null"
+        t = Transport(srv.url, srv.user, srv.password, verify=str(cert[0]))
+        p = RedfishPower(t)
+        assert p.read().watts == 275.0
+        assert p.locator is not None and p.locator.kind == "power"
+        t.close()
+
+
 def test_chassis_sensors_when_there_is_no_power_resource(
     cert: tuple[Path, Path], machine: SimulatedMachine
 ) -> None:

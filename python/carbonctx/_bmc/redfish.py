@@ -132,14 +132,19 @@ class RedfishPower:
         docs = [(c, self.t.get(c)) for c in candidates]
         tried: list[str] = []
         others: list[str] = []
+        blank: list[Locator] = []
         for path, doc in docs:
             kind = doc.get("ChassisType")
             if self.chassis is None and kind is not None and kind not in NODE_TYPES:
                 others.append(f"{path} ({kind})")
                 continue
-            loc = self._locate_in(path, doc, tried)
+            loc = self._locate_in(path, doc, tried, blank)
             if loc is not None:
                 return loc
+        if blank:
+            # Only null readings now: the first such place is read (a null is then a failed
+            # reading, tried again, rather than no reading at all).
+            return blank[0]
         skipped = (
             f"; not read, as they may hold more than this node: {', '.join(others)}"
             if others
@@ -152,24 +157,39 @@ class RedfishPower:
             permanent=True,
         )
 
-    def _locate_in(self, chassis: str, doc: dict[str, Any], tried: list[str]) -> Locator | None:
+    def _locate_in(
+        self, chassis: str, doc: dict[str, Any], tried: list[str], blank: list[Locator]
+    ) -> Locator | None:
+        """Where this chassis's reading is; a place whose reading is null now goes to
+        ``blank`` (used when no other place has a number)."""
         env = _link(doc, "EnvironmentMetrics")
         if env is not None:
             tried.append(env)
             if (em := self._get_or_none(env)) is not None:
-                has_e, _ = _excerpt(em, "EnergykWh")
-                has_p, _ = _excerpt(em, "PowerWatts")
+                has_e, e = _excerpt(em, "EnergykWh")
+                has_p, w = _excerpt(em, "PowerWatts")
                 if has_e or has_p:
-                    what = "EnergykWh" if has_e else "PowerWatts"
-                    return Locator("environment", (env,), chassis, f"EnvironmentMetrics {what}")
+                    what = " and ".join(
+                        n for n, has in (("EnergykWh", has_e), ("PowerWatts", has_p)) if has
+                    )
+                    loc = Locator("environment", (env,), chassis, f"EnvironmentMetrics {what}")
+                    if e is not None or w is not None:
+                        return loc
+                    blank.append(loc)
         power = _link(doc, "Power")
         if power is not None:
             tried.append(power)
             if (pw := self._get_or_none(power)) is not None and (pc := _control(pw)) is not None:
-                if "PowerConsumedWatts" in pc:
-                    return Locator("power", (power,), chassis, "Power PowerConsumedWatts")
                 pm = pc.get("PowerMetrics")
-                if isinstance(pm, dict) and "AverageConsumedWatts" in pm:
+                avg = _number(pm.get("AverageConsumedWatts")) if isinstance(pm, dict) else None
+                if _number(pc.get("PowerConsumedWatts")) is not None or (
+                    "PowerConsumedWatts" in pc and avg is None
+                ):
+                    loc = Locator("power", (power,), chassis, "Power PowerConsumedWatts")
+                    if _number(pc.get("PowerConsumedWatts")) is not None:
+                        return loc
+                    blank.append(loc)
+                elif avg is not None and isinstance(pm, dict):
                     window = _number(pm.get("IntervalInMin"))
                     over = f" over {window:g} min" if window else ""
                     return Locator(
