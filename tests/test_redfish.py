@@ -111,7 +111,9 @@ def test_node_power_from_the_energy_counter_beside_the_components(
         assert (node.domain, node.backend, node.label) == ("node", "redfish", "node (BMC, Redfish)")
         assert node.method == "integrated-power"
         assert node.joules is not None
-        assert node.joules == pytest.approx(400.0 * m.duration_s, rel=0.05)
+        # (The counter's mean power is timed by the client: a loaded machine's request times
+        # blur it a little; 900 W, the power reading, is far outside.)
+        assert node.joules == pytest.approx(400.0 * m.duration_s, rel=0.1)
         # Beside the components, never in them.
         assert m.energy_j == pytest.approx(m.cpu_j + m.dram_j + m.gpu_j)
         assert m.energy_j < 100.0 * m.duration_s
@@ -182,7 +184,7 @@ def test_chassis_sensors_when_there_is_no_power_resource(
         bmc_readings(4)
         m = region(1.0)
         node = m.by_source[NODE]
-        assert node.joules == pytest.approx(250.0 * m.duration_s, rel=0.05)
+        assert node.joules == pytest.approx(250.0 * m.duration_s, rel=0.1)  # 750: the sensor
         assert node.note is not None and "TotalEnergy" in node.note and "TotalPower" in node.note
         assert not srv.requests(f"{CHASSIS}/Sensors/CPU1Temp"), "only power and energy sensors"
 

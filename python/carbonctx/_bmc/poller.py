@@ -175,14 +175,19 @@ class BmcSource:
             if not self.feed.wanted(WANTED_WITHIN_S, 0.5):
                 continue
             started = time.monotonic()
-            wait = self.period_s
+            due = started + self.period_s
             try:
+                located = power.locator is not None
                 reading = power.read()
+                done = time.monotonic()
+                # When the BMC read its figure: mid-request (after a search for where the
+                # reading is, the last request's end is the better guess).
+                at = (started + done) / 2 if located else done
                 if power.locator is not None and self.what is None:
                     self.what = f"{power.locator.chassis}: {power.locator.what}"
                     if self.source_dict is not None:
                         self.source_dict["note"] = self.provenance()
-                watts = self._watts(reading, time.monotonic())
+                watts = self._watts(reading, at)
                 if watts is None:
                     raise RedfishError("the BMC's reading is null (no figure this time)")
                 self.feed.push(watts)
@@ -205,14 +210,18 @@ class BmcSource:
                     f"{self.period_s:g} s or more).",
                 )
                 backoff = self.period_s * min(2 ** (self.failures - 1), 16)
-                wait = min(MAX_BACKOFF_S, max(backoff, e.retry_after or 0.0))
+                due = started + min(MAX_BACKOFF_S, backoff)
+                if e.retry_after is not None:  # counted from the answer that asks for it
+                    due = max(due, time.monotonic() + min(MAX_BACKOFF_S, e.retry_after))
             except Exception as e:  # never let the thread die silently
                 self.failures += 1
                 why = self._scrub(f"{type(e).__name__}: {e}")
                 self.feed.fail(why)
                 self._note(NOTE_KEY, f"carbonctx: node power from the BMC failed: {why}")
-                wait = min(MAX_BACKOFF_S, self.period_s * min(2 ** (self.failures - 1), 16))
-            self._stop.wait(max(0.0, started + wait - time.monotonic()))
+                due = started + min(
+                    MAX_BACKOFF_S, self.period_s * min(2 ** (self.failures - 1), 16)
+                )
+            self._stop.wait(max(0.0, due - time.monotonic()))
 
     def _watts(self, r: Reading, t: float) -> float | None:
         """The power to push: the energy counter's mean power between its last two updates
