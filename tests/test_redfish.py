@@ -549,7 +549,7 @@ def test_one_process_per_node_reads_the_bmc_and_ranks_share_its_figure(
                 assert r["readings"] >= 2
             # Each rank reports half of the node's figure, which is the node's wall power.
             assert r["share"] == 0.5
-            assert r["node_joules"] == pytest.approx(400.0 * r["duration_s"], rel=0.05)
+            assert r["node_joules"] == pytest.approx(400.0 * r["duration_s"], rel=0.1)
             assert r["joules"] == pytest.approx(0.5 * r["node_joules"])
 
 
