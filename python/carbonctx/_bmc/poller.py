@@ -7,8 +7,9 @@ sampler reads like any power sensor, and a thread that fetches the reading over 
   (one resolution path: results, statistics, records, rank shares). A reading is held for at
   most ``stale_s`` (three periods and a request); after that the source fails (a gap, no
   invented energy) until the BMC answers again.
-- With an energy counter (``EnergykWh``) the power pushed is the counter's mean power between
-  its last two updates; without one, the BMC's power reading.
+- With an energy counter (``EnergykWh``, or an energy sensor) the power pushed is the
+  counter's mean power between its last two updates (unless it moves too rarely to follow the
+  power: ``COUNTER_MAX_PERIODS``); without one, the BMC's power reading.
 - The sampler's start (the first region) waits, once per process and at most the request
   deadline (``min(5 s, period)``, at least 1 s), for the BMC's first answer, so that a region
   around the whole run is covered; a BMC slower than that leaves a gap at the start (that
