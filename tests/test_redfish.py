@@ -587,3 +587,46 @@ def test_links_to_another_host_are_not_followed(cert: tuple[Path, Path]) -> None
                 t.get(elsewhere)
         assert not [e for e in srv.log if "198.51" in e[2]]
         t.close()
+
+
+def test_interpreter_exit_is_not_held_by_a_trickling_bmc(
+    cert: tuple[Path, Path], machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import carbonctx, time\n"
+        "with carbonctx.track('r'):\n"
+        "    time.sleep(0.1)\n"
+        "print('done', flush=True)\n"
+    )
+    with RedfishServer(cert) as srv:
+        srv.modes[ENV] = "trickle"
+        srv.trickle_s = 0.2
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONCTX_")}
+        env.update(
+            machine.env(),
+            CARBONCTX_GPU="0",
+            CARBONCTX_ZONE="DE",
+            CARBONCTX_CACHE_DIR=str(tmp_path / "cache"),
+            CARBONCTX_REDFISH_URL=srv.url,
+            CARBONCTX_REDFISH_USER=srv.user,
+            CARBONCTX_REDFISH_PASSWORD=srv.password,
+            CARBONCTX_REDFISH_VERIFY=str(cert[0]),
+            CARBONCTX_REDFISH_PERIOD="60",  # requests may take up to 5 s
+        )
+        p = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        out, _ = p.communicate(timeout=WAIT_S)
+        assert p.returncode == 0, out
+        assert "done" in out
+        # The region waited at most one request (5 s) for the BMC's first answer and exit at
+        # most STOP_WAIT_S for its thread: the process never waited for the trickle to end.
+        assert srv.password not in out

@@ -216,7 +216,7 @@ class BmcSource:
                     due = max(due, time.monotonic() + min(MAX_BACKOFF_S, e.retry_after))
             except Exception as e:  # never let the thread die silently
                 self.failures += 1
-                why = self._scrub(f"{type(e).__name__}: {e}")
+                why = power.t.error(f"{type(e).__name__}: {e}").message  # scrubbed
                 self.feed.fail(why)
                 self._note(NOTE_KEY, f"carbonctx: node power from the BMC failed: {why}")
                 due = started + min(
