@@ -630,3 +630,34 @@ def test_interpreter_exit_is_not_held_by_a_trickling_bmc(
         # The region waited at most one request (5 s) for the BMC's first answer and exit at
         # most STOP_WAIT_S for its thread: the process never waited for the trickle to end.
         assert srv.password not in out
+
+
+def test_a_forked_child_leaves_the_bmc_to_its_parent(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    import multiprocessing
+
+    with RedfishServer(cert, power=lambda t: 300.0) as srv:
+        configure(srv, machine, cert)
+        bmc_readings(1)
+        ctx = multiprocessing.get_context("fork")
+        q = ctx.SimpleQueue()
+        p = ctx.Process(target=_child_region, args=(q,))
+        with warnings.catch_warnings():
+            # Forking a process with threads: what this test is about.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            p.start()
+        p.join(WAIT_S)
+        assert p.exitcode == 0
+        has_bmc, sources = q.get()
+        assert not has_bmc and NODE not in sources
+        assert len(srv.issued) == 1  # the parent's session only
+        m = region(0.5)  # the parent still reads it
+        assert m.by_source[NODE].joules == pytest.approx(300.0 * m.duration_s, rel=0.05)
+
+
+def _child_region(q: Any) -> None:
+    with carbonctx.track("in-child") as t:
+        time.sleep(0.05)
+    m = t.result()
+    q.put((_process.runtime().bmc is not None, list(m.by_source)))

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from carbonctx import _config, _native
-from carbonctx._bmc import BmcSource
+from carbonctx._bmc import BmcSource, in_forked_child
 from carbonctx._config import Settings
 from carbonctx._distributed import RankInfo, expand_path
 from carbonctx._measure.batch import Batch
@@ -210,9 +210,13 @@ class Runtime:
 
     def _bmc(self) -> BmcSource | None:
         """The node's BMC, when configured, fetching (only while a sampler of this process
-        reads it: in a job sharing a node's sampler, the owner's process)."""
+        reads it: in a job sharing a node's sampler, the owner's process). Not in a forked
+        child outside such a job."""
         args = _config.redfish(self.settings)
         if args is None:
+            return None
+        if in_forked_child() and node_sampler(self.rank_info, self.settings) is None:
+            # A DataLoader worker, say: its parent reads the BMC (which allows few sessions).
             return None
         bmc = BmcSource(
             args["url"],
