@@ -12,6 +12,9 @@ import pytest
 from carbonctx._measure import process as _runtime
 from carbonctx.testing import SimulatedMachine, Wave, build_fake_nvml
 
+# The intensity tests' shared fixtures (clock, server, client): a provider's local HTTP server.
+pytest_plugins = ("intensity_server",)
+
 HAS_CC = shutil.which("cc") is not None or shutil.which("gcc") is not None
 
 

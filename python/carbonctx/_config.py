@@ -41,7 +41,7 @@ def environ(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
 
 
 CPU_BACKENDS = ("powercap", "perf", "msr")
-BACKENDS = (*CPU_BACKENDS, "nvml", "estimate")
+BACKENDS = (*CPU_BACKENDS, "nvml", "hwmon", "estimate")
 ESTIMATE_MODES = ("auto", "never", "always")
 FORK_MODES = ("restart", "disable")
 #: The longest polling interval accepted, in seconds (counters wrap within minutes).
@@ -523,8 +523,36 @@ class CarbonSettings:
     latitude: float | None = None
     longitude: float | None = None
 
+    @property
+    def coordinates(self) -> tuple[float, float] | None:
+        """``(latitude, longitude)`` when both are given, else None."""
+        if self.latitude is None or self.longitude is None:
+            return None
+        return (self.latitude, self.longitude)
+
 
 SIGNALS: tuple[str, ...] = ("average", "marginal")
+
+
+class CarbonKwargs(TypedDict, total=False):
+    """The keyword arguments of :func:`carbon_settings` (and of the intensity service), each
+    unset or None for "from the environment, else the default"."""
+
+    pue: float | None
+    providers: Sequence[str] | None
+    electricitymaps_token: str | None
+    urls: Mapping[str, str] | None
+    cache_dir: str | os.PathLike[str] | None
+    signal: str | None
+    deadline_s: float | None
+    entsoe_token: str | None
+    eia_key: str | None
+    electricitymaps_api: str | None
+    watttime_username: str | None
+    watttime_password: str | None
+    watttime_region: str | None
+    latitude: float | None
+    longitude: float | None
 
 
 def carbon_settings(
@@ -676,7 +704,7 @@ def _coordinate(
             return None
         value, setting = text, var
     try:
-        x = float(value)  # type: ignore[arg-type]
+        x = math.nan if isinstance(value, bool) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         x = math.nan
     if not (math.isfinite(x) and -limit <= x <= limit):

@@ -13,6 +13,7 @@ __all__ = [
     "Sampler",
     "SimMachine",
     "__version__",
+    "check_sources",
     "claim_regions",
     "current",
     "discover",
@@ -42,6 +43,26 @@ def discover(
     gpus: list[str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Find energy sources without starting anything: sources, alternatives, unavailable."""
+
+def check_sources(
+    *,
+    duration_s: float,
+    sys_root: str | PathLike[str] | None = None,
+    dev_root: str | PathLike[str] | None = None,
+    proc_root: str | PathLike[str] | None = None,
+    nvml_library: str | PathLike[str] | None = None,
+    cuda_visible_devices: str | None = None,
+    cuda_device_order: str | None = None,
+    cpu_tdp_w: str | None = None,
+    cpu_backends: list[str] | None = None,
+    nvml: bool = True,
+    estimate: str = "auto",
+    gpus: list[str] | None = None,
+    intervals: list[tuple[str, float]] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Discover as ``discover`` does and read each chosen source for ``duration_s`` seconds:
+    ``sources`` (each description plus update_period_s, read_cost_s, wrap_j, wrap_after_s,
+    reading, shortest_region_s, ...) and ``unavailable``."""
 
 @disjoint_base
 class Region:

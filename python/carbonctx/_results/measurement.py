@@ -109,9 +109,10 @@ class Measurement:
 
     @property
     def node_j(self) -> float | None:
-        """The node's wall energy over the region (its BMC's reading: the ``by_source`` entry
-        of domain ``"node"``); None without one. Shown beside the components, never in
-        ``energy_j``; in a job it is this rank's share, as the CPU's is."""
+        """The node's wall energy over the region: the first ``by_source`` entry of domain
+        ``"node"`` with a figure (an ACPI power meter, or the BMC read over Redfish); None
+        without one. Shown beside the components, never in ``energy_j``; in a job it is this
+        rank's share, as the CPU's is."""
         for s in self.by_source.values():
             if s.domain == "node" and s.joules is not None:
                 return s.joules

@@ -1,5 +1,6 @@
 //! Python bindings: argument conversion, one call into the core, result conversion. No logic.
 
+mod check;
 mod errors;
 mod feed;
 mod hub;
@@ -458,6 +459,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(region::claim_regions, m)?)?;
     m.add_function(wrap_pyfunction!(region::current, m)?)?;
     m.add_function(wrap_pyfunction!(discover, m)?)?;
+    m.add_function(wrap_pyfunction!(check::check_sources, m)?)?;
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
     m.add_function(wrap_pyfunction!(sim::square_wave_power_w, m)?)?;
     m.add_function(wrap_pyfunction!(sim::square_wave_energy_j, m)?)?;

@@ -22,6 +22,9 @@ pub struct Options {
     /// CPU counter backends in order of preference; backends not listed are not used.
     pub cpu_backends: Vec<String>,
     pub nvml: bool,
+    /// Read hwmon's energy and power channels (Intel GPUs, amd_energy, ACPI power meters,
+    /// INA3221 rails).
+    pub hwmon: bool,
     pub tdp_model: TdpModelUse,
     /// The value of `CUDA_VISIBLE_DEVICES` (`None`: unset): which GPUs this process sees.
     pub cuda_visible_devices: Option<String>,
@@ -41,6 +44,7 @@ impl Default for Options {
             roots: Roots::default(),
             cpu_backends: DEFAULT_CPU_BACKENDS.iter().map(|s| s.to_string()).collect(),
             nvml: true,
+            hwmon: true,
             tdp_model: TdpModelUse::Auto,
             cuda_visible_devices: None,
             cuda_device_order: None,
@@ -98,18 +102,38 @@ pub fn discover(opts: &Options) -> Discovered {
         );
         take(nvml, &mut all);
     }
+    if opts.hwmon {
+        // Intel GPUs are numbered after the GPUs found so far: never paired with one of them.
+        let gpu_base = all
+            .iter()
+            .filter(|s| s.info().domain == Domain::Gpu)
+            .map(|s| s.info().index.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        take(super::hwmon::discover(&opts.roots, gpu_base), &mut all);
+    }
     all.sort_by_key(|s| rank(s.info(), &opts.cpu_backends));
-    let mut covered: Vec<(Domain, u32)> = Vec::new();
+    // A source covers the same domain of the same package; one that measures a die (a package
+    // whose RAPL counters are per die) covers that die only, and a whole-package source covers
+    // every die of its package.
+    let mut covered: Vec<(Domain, u32, Option<u32>)> = Vec::new();
     for s in all {
-        let key = (s.info().domain, s.info().index);
-        if covered.contains(&key) {
+        let key = (
+            s.info().domain,
+            s.info().index,
+            super::powercap::die_of(&s.info().label),
+        );
+        let taken = covered.iter().any(|c| {
+            (c.0, c.1) == (key.0, key.1) && (c.2 == key.2 || c.2.is_none() || key.2.is_none())
+        });
+        if taken {
             out.alternatives.push(s.info().clone());
         } else {
             covered.push(key);
             out.chosen.push(s);
         }
     }
-    let has_package = covered.iter().any(|(d, _)| *d == Domain::Package);
+    let has_package = covered.iter().any(|(d, _, _)| *d == Domain::Package);
     let want_model = match opts.tdp_model {
         TdpModelUse::Always => true,
         TdpModelUse::Never => false,
