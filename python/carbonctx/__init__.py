@@ -171,7 +171,9 @@ def configure(
     to them): ``redfish_url`` (``https://BMC``, or a chassis ``https://BMC/redfish/v1/Chassis/1``),
     ``redfish_user`` and ``redfish_password`` (never shown anywhere), ``redfish_verify`` (True:
     the system's CAs; a CA bundle's path; False: not verified, with a warning),
-    ``redfish_period_s`` (seconds between readings, default 5).
+    ``redfish_period_s`` (seconds between readings, default 5). The first region waits at most
+    ``min(5, redfish_period_s)`` seconds for the BMC's first answer; ``configure()`` and exit
+    wait at most 1 s for the thread that reads it.
 
     A running sampler is stopped (its regions resolved) and restarts with the new settings on
     the next region. Raises :class:`ConfigurationError` for a value that cannot be used.
