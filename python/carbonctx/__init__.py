@@ -140,6 +140,11 @@ def configure(
     cpu_tdp_w: str | float | None = None,
     amdsmi: bool | None = None,
     amdsmi_library: str | None = None,
+    redfish_url: str | None = None,
+    redfish_user: str | None = None,
+    redfish_password: str | None = None,
+    redfish_verify: bool | str | None = None,
+    redfish_period_s: float | None = None,
 ) -> Settings:
     """Set process-wide options; unset ones keep their value (from ``CARBONCTX_*`` or default).
 
@@ -165,6 +170,13 @@ def configure(
     by the job's processes there; on by default where a node runs several) and ``node_dir``
     (its files; ``/dev/shm``). ``cpu_tdp_w``: the CPU's TDP per package for the utilisation ×
     TDP estimate.
+    The node's wall power from its BMC over Redfish, shown beside the components (never added
+    to them): ``redfish_url`` (``https://BMC``, or a chassis ``https://BMC/redfish/v1/Chassis/1``),
+    ``redfish_user`` and ``redfish_password`` (never shown anywhere), ``redfish_verify`` (True:
+    the system's CAs; a CA bundle's path; False: not verified, with a warning),
+    ``redfish_period_s`` (seconds between readings, default 5). The first region waits at most
+    ``min(5, redfish_period_s)`` seconds for the BMC's first answer; ``configure()`` and exit
+    wait at most 1 s for the thread that reads it.
 
     A running sampler is stopped (its regions resolved) and restarts with the new settings on
     the next region. Raises :class:`ConfigurationError` for a value that cannot be used.

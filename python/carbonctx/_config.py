@@ -16,6 +16,8 @@ This is the one module that reads the process environment. Everything else recei
 ``CARBONCTX_RANK``, ``_LOCAL_RANK``,         this process's place in a distributed job (override
 ``_WORLD_SIZE``, ``_LOCAL_WORLD_SIZE``,      the launcher's variables; see ``_distributed.ranks``)
 ``_NODE``, ``_JOB``, ``_GPUS``               and the GPUs this rank reports
+``CARBONCTX_REDFISH_URL``, ``_USER``,        the node's wall power from its BMC (:func:`redfish`)
+``_PASSWORD``, ``_VERIFY``, ``_PERIOD``
 ==========================================  =======================================================
 """
 
@@ -109,6 +111,13 @@ class Settings:
     #: runs several of its processes); where its segment and lock files go (None: /dev/shm).
     node_sampler: bool | None = None
     node_dir: str | None = None
+    # The node's wall power from its BMC over Redfish (see :func:`redfish`; _bmc). The user
+    # and password never appear in a repr.
+    redfish_url: str | None = None
+    redfish_user: str | None = attrs.field(default=None, repr=False)
+    redfish_password: str | None = attrs.field(default=None, repr=False)
+    redfish_verify: bool | str | None = None
+    redfish_period_s: float | None = None
 
     def rank_kwargs(self) -> dict[str, Any]:
         """The settings :func:`carbonctx._distributed.detect_ranks` takes."""
@@ -266,7 +275,93 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["node_sampler"] = _bool("CARBONCTX_NODE_SAMPLER", v)
     if (v := get("CARBONCTX_NODE_DIR")) is not None:
         out["node_dir"] = v
+    for field in ("url", "user", "password", "verify", "period"):
+        if (v := get(f"CARBONCTX_REDFISH_{field.upper()}")) is not None:
+            out["redfish_period_s" if field == "period" else f"redfish_{field}"] = v
+    if (v := out.get("redfish_period_s")) is not None:
+        try:
+            out["redfish_period_s"] = float(v)
+        except ValueError:
+            raise ConfigurationError(
+                f"CARBONCTX_REDFISH_PERIOD={v!r}: give the seconds between BMC readings"
+            ) from None
+    if isinstance(v := out.get("redfish_verify"), str) and v.strip().lower() in _BOOL_WORDS:
+        out["redfish_verify"] = _bool("CARBONCTX_REDFISH_VERIFY", v)
     return out
+
+
+_BOOL_WORDS = ("1", "true", "yes", "on", "0", "false", "no", "off")
+
+
+class RedfishArgs(TypedDict):
+    """The BMC settings, checked: where (``url``), who, how its certificate is checked, and
+    how often it is read."""
+
+    url: str
+    user: str | None
+    password: str | None
+    verify: bool | str
+    period_s: float
+
+
+def redfish(s: Settings) -> RedfishArgs | None:
+    """The BMC to read the node's wall power from (None: none configured). Raises
+    ConfigurationError for unusable values, never quoting a credential."""
+    if s.redfish_url is None or not str(s.redfish_url).strip():
+        return None
+    url = str(s.redfish_url).strip()
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            "redfish_url (CARBONCTX_REDFISH_URL) holds credentials: give the BMC's address "
+            "alone, and the account in redfish_user and redfish_password."
+        )
+    path = parts.path.rstrip("/")
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or (path not in ("", "/redfish/v1") and not path.startswith("/redfish/v1/Chassis/"))
+    ):
+        raise ConfigurationError(
+            f"redfish_url={url!r}: give the BMC's HTTPS address, e.g. 'https://10.0.0.5' (or a "
+            "chassis, 'https://10.0.0.5/redfish/v1/Chassis/1'); credentials never go over "
+            "plain HTTP."
+        )
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigurationError(f"redfish_url={url!r} has an invalid port number.") from None
+    user = check_token(s.redfish_user, "redfish_user") if s.redfish_user else None
+    password = s.redfish_password or None
+    if password is not None and (not password.isprintable() or "\n" in password):
+        raise ConfigurationError("redfish_password holds characters a BMC cannot take.")
+    if (user is None) != (password is None):
+        raise ConfigurationError(
+            "Give both redfish_user and redfish_password (CARBONCTX_REDFISH_USER, "
+            "CARBONCTX_REDFISH_PASSWORD), or neither."
+        )
+    verify: bool | str = True if s.redfish_verify is None else s.redfish_verify
+    if isinstance(verify, str):
+        if not os.path.exists(verify):
+            raise ConfigurationError(
+                f"redfish_verify={verify!r}: give True (the system's CA certificates), the "
+                "path of the BMC's CA bundle, or False (not verified: a warning says so)."
+            )
+    elif not isinstance(verify, bool):
+        raise ConfigurationError(f"redfish_verify={verify!r}: give True, False or a path.")
+    period = 5.0 if s.redfish_period_s is None else s.redfish_period_s
+    try:
+        p = float(period)
+    except (TypeError, ValueError):
+        p = math.nan
+    if isinstance(period, bool) or not 1.0 <= p <= 300.0:
+        raise ConfigurationError(
+            f"redfish_period_s={period!r}: give the seconds between BMC readings, 1 to 300 "
+            "(default 5; a BMC refreshes its reading every few seconds)."
+        )
+    return RedfishArgs(url=url, user=user, password=password, verify=verify, period_s=p)
 
 
 #: Settings that say where the hardware is, and their variables (simulated hardware in tests).
@@ -353,6 +448,7 @@ def validate(s: Settings) -> None:
     carbon = s.intensity_kwargs()
     del carbon["zone"]
     carbon_settings(**carbon)
+    redfish(s)
     if s.node_sampler is not None and not isinstance(s.node_sampler, bool):
         raise ConfigurationError(
             f"node_sampler={s.node_sampler!r}: use True, False or None (on in a multi-rank node)"

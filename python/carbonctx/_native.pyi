@@ -7,6 +7,7 @@ from typing import Any, final
 from typing_extensions import Self, disjoint_base
 
 __all__ = [
+    "Feed",
     "Region",
     "RegionHub",
     "Sampler",
@@ -144,6 +145,37 @@ def claim_regions(
     ``(batch, row)``, fills ``infos[row]``): the rows claimed and their regions."""
 
 @final
+class Feed:
+    """The Python end of an external source: power read elsewhere (the node's BMC over
+    Redfish) and pushed in; the sampler reads the latest push every ``interval_s`` and
+    integrates it, and holds it for at most ``stale_s``; a sampler's first read waits for the
+    first push until ``first_wait_s`` after the feed was made."""
+
+    def __new__(
+        cls,
+        *,
+        id: str,
+        label: str,
+        backend: str = "redfish",
+        domain: str = "node",
+        interval_s: float = 0.1,
+        stale_s: float = 30.0,
+        first_wait_s: float = 0.0,
+    ) -> Feed: ...
+    def push(self, watts: float) -> bool:
+        """The latest reading in watts; False (refused) when not finite and non-negative."""
+    def fail(self, why: str) -> None:
+        """No reading could be had; reads say ``why`` once the held one is stale."""
+    def close(self, why: str) -> None:
+        """Give up for good: every read fails from now on."""
+    def wanted(self, within_s: float, timeout_s: float) -> bool:
+        """Whether a sampler read the feed within ``within_s``; waits up to ``timeout_s``."""
+    @property
+    def reads(self) -> int: ...
+    @property
+    def info(self) -> dict[str, Any]: ...
+
+@final
 class Sampler:
     """The native sampler thread; it starts when constructed and stops with :meth:`stop`."""
 
@@ -173,6 +205,7 @@ class Sampler:
         rocr_visible_devices: str | None = None,
         hip_visible_devices: str | None = None,
         amd_gpus: list[str] | None = None,
+        external: list[Feed] | None = None,
     ) -> Sampler: ...
     def node_status(self) -> dict[str, Any] | None:
         """This process's part in its node's shared sampler; None when it samples alone."""

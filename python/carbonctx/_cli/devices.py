@@ -103,6 +103,10 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
             "shown beside them, never added to totals.",
             file=out,
         )
+    if info.get("bmc"):
+        b = info["bmc"]
+        print(f"\nNode power (BMC, Redfish): {b['note']}", file=out)
+        print(f"  readings {b['readings']}, failed tries {b['failures']}", file=out)
     if any(s["method"] == "estimate" for s in srcs):
         print(
             "\nCPU energy is an ESTIMATE (utilisation × TDP), labelled so in every result.",

@@ -2,6 +2,7 @@
 
 mod check;
 mod errors;
+mod feed;
 mod hub;
 mod region;
 mod sim;
@@ -207,7 +208,7 @@ impl Sampler {
                         intervals=None, timeline_capacity=None, settle_s=None, phase_lock=true,
                         quiet_s=None, node_key=None, node_dir=None, amdsmi=true,
                         amdsmi_library=None, rocr_visible_devices=None,
-                        hip_visible_devices=None, amd_gpus=None))]
+                        hip_visible_devices=None, amd_gpus=None, external=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -234,6 +235,7 @@ impl Sampler {
         rocr_visible_devices: Option<String>,
         hip_visible_devices: Option<String>,
         amd_gpus: Option<Vec<String>>,
+        external: Option<Vec<PyRef<'_, feed::Feed>>>,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -251,7 +253,12 @@ impl Sampler {
                 amd_gpus,
             },
         };
-        let opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
+        let mut opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
+        opts.external = external
+            .unwrap_or_default()
+            .iter()
+            .map(|f| f.inner.clone())
+            .collect();
         let mut config = Config {
             phase_lock,
             ..Config::default()
@@ -493,6 +500,7 @@ fn now_ns() -> u64 {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Sampler>()?;
+    m.add_class::<feed::Feed>()?;
     m.add_class::<sim::SimMachine>()?;
     m.add_class::<region::Region>()?;
     m.add_class::<hub::RegionHub>()?;

@@ -16,8 +16,9 @@
 //! ```
 //!
 //! - [`sensors`]: [`EnergySource`], [`Roots`], [`discover`], [`check`] (how good each source
-//!   is), and the backends [`powercap`], [`msr`], [`perf`], [`nvml`], [`amd`], [`hwmon`] and
-//!   [`tdp_model`];
+//!   is), and the backends [`powercap`], [`msr`], [`perf`], [`nvml`], [`amd`], [`hwmon`],
+//!   [`tdp_model`] and [`external`] (power the caller pushes in, such as the node's BMC
+//!   reading);
 //! - [`timeline`]: [`accumulate`](timeline::accumulate) (deltas, wraparound, change-time
 //!   stamps) and [`history`](timeline::history) (rings, the energy at an instant);
 //! - [`sampler`]: [`Sampler`], its [`Config`], the poll loop and phase-locked polling;
@@ -39,7 +40,7 @@ pub mod timeline;
 pub use error::{Error, Result};
 pub use regions::{Packed, Resolved};
 pub use sampler::{Config, NodeStatus, Role, Sampler, SourceStatus, Stats};
-pub use sensors::{amd, check, discover, hwmon, msr, nvml, perf, powercap, tdp_model};
+pub use sensors::{amd, check, discover, external, hwmon, msr, nvml, perf, powercap, tdp_model};
 pub use sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };

@@ -48,6 +48,9 @@ pub struct Options {
     /// What HIP reads: `HIP_VISIBLE_DEVICES`, else `CUDA_VISIBLE_DEVICES`, else
     /// `GPU_DEVICE_ORDINAL` (`None`: all unset).
     pub hip_visible_devices: Option<String>,
+    /// Sources the caller feeds (see [`super::external`]): always chosen, never deduplicated
+    /// (their domains, such as the node's wall power, are shown beside the others).
+    pub external: Vec<super::external::Feed>,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             amdsmi_library: None,
             rocr_visible_devices: None,
             hip_visible_devices: None,
+            external: Vec::new(),
         }
     }
 }
@@ -187,6 +191,8 @@ pub fn discover(opts: &Options) -> Discovered {
         out.chosen.extend(found.sources);
         out.unavailable.extend(found.unavailable);
     }
+    out.chosen
+        .extend(opts.external.iter().map(super::external::Feed::source));
     out.chosen.sort_by(|a, b| {
         let (a, b) = (a.info(), b.info());
         (a.domain, a.index, &a.id).cmp(&(b.domain, b.index, &b.id))

@@ -14,12 +14,14 @@
 //! amd (AMD SMI     ─┤   (dlopen; the amdgpu hwmon files where it is absent)
 //!   or hwmon)       │
 //! hwmon (sysfs)    ─┤   (Intel GPUs, amd_energy, ACPI power meters, INA3221 rails)
-//! tdp_model        ─┘   (utilisation × TDP, where no CPU counter can be read)
+//! tdp_model        ─┤   (utilisation × TDP, where no CPU counter can be read)
+//! external (feed)  ─┘   (power pushed by the caller: the node's BMC over Redfish)
 //! ```
 
 pub mod amd;
 pub mod check;
 pub mod discover;
+pub mod external;
 pub mod hwmon;
 pub mod msr;
 pub mod nvml;
