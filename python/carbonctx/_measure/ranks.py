@@ -303,7 +303,11 @@ def column_shares(
         elif domain == "gpu":
             vendor = gpu_vendor(src)
             own = plan.amd_ownership if vendor == "amd" else plan.ownership
-            if own is None or vendor is None:
+            if vendor is None and plan.info.distributed:
+                # A GPU whose owner per rank is not known (an Intel GPU through hwmon): split
+                # like the node's other sources, so that adding up ranks counts it once.
+                out.append((plan.share, f"a GPU without per-rank ownership: {plan.share_rule}"))
+            elif own is None or vendor is None:
                 out.append((1.0, None))
             elif int(src.get("index", -1)) in own.indices:
                 out.append((1.0, f"this rank's GPU ({own.rule}): {own.reason}"))
