@@ -41,10 +41,9 @@ from lightning.pytorch import Callback
 
 import carbonctx
 from carbonctx._distributed import collectives
+from carbonctx.integrations._common import J_PER_KWH, Budget, figures
 
 __all__ = ["CarbonctxCallback"]
-
-_J_PER_KWH = 3.6e6
 
 
 def _batch_size(batch: Any) -> int:
@@ -76,12 +75,10 @@ class CarbonctxCallback(Callback):
         super().__init__()
         self.name = name
         self.tags = dict(tags) if tags else None
-        self.budget_kwh = budget_kwh
-        self.budget_co2_kg = budget_co2_kg
+        self.budget = Budget(budget_kwh, budget_co2_kg)
         self.total_j = 0.0
         self.total_co2_g = 0.0
         self.epochs: list[dict[str, float]] = []
-        self.budget_exceeded: dict[str, Any] | None = None
         self._open: Any = None
         self._phase = "train"
         self._samples = 0
@@ -142,7 +139,7 @@ class CarbonctxCallback(Callback):
         if stage == "fit":
             self.total_j = self.total_co2_g = 0.0
             self.epochs = []
-            self.budget_exceeded = None
+            self.budget.exceeded = None
             self._epoch.clear()
             self._steps.clear()
             self._val.clear()
@@ -179,11 +176,7 @@ class CarbonctxCallback(Callback):
         if self._open is None or trainer.sanity_checking or self._phase != "val":
             return
         self._split("train")
-        j = g = 0.0
-        for region in self._val:
-            m = region.result()
-            j += m.energy_j
-            g += m.co2_g if m.co2_g is not None else math.nan
+        j, g = figures(self._val)
         self._val.clear()
         self._log(pl_module, "val_energy_j", j, on_step=False)
         self._log(pl_module, "val_co2_g", g, on_step=False)
@@ -211,29 +204,20 @@ class CarbonctxCallback(Callback):
         scale = _remaining_scale(trainer)
         fc_kwh = fc_co2_kg = math.nan
         if scale is not None:
-            fc_kwh = spent_j * scale / _J_PER_KWH
+            fc_kwh = spent_j * scale / J_PER_KWH
             fc_co2_kg = spent_g * scale / 1e3
             self._log(pl_module, "energy_forecast_kwh", fc_kwh, on_step=False, reduce_fx="mean")
         self._check_budget(trainer, fc_kwh, fc_co2_kg)
 
     def _check_budget(self, trainer: Any, fc_kwh: float, fc_co2_kg: float) -> None:
-        # Every rank takes part at every epoch's end, with a budget or not: a collective that
-        # one rank skipped would leave the others waiting.
-        over: list[str] = []
-        if self.budget_kwh is not None and fc_kwh > self.budget_kwh:
-            over.append(f"forecast energy {fc_kwh:.4g} kWh exceeds budget_kwh={self.budget_kwh:g}")
-        if self.budget_co2_kg is not None and fc_co2_kg > self.budget_co2_kg:
-            over.append(
-                f"forecast CO2e {fc_co2_kg:.4g} kg exceeds budget_co2_kg={self.budget_co2_kg:g}"
-            )
-        if collectives.any_rank(bool(over)) and self.budget_exceeded is None:
-            self.budget_exceeded = {
-                "epoch": len(self.epochs),
-                "message": "; ".join(over) or "another rank's forecast exceeds the budget",
-                "forecast_kwh": fc_kwh,
-                "forecast_co2_kg": fc_co2_kg,
-            }
+        # Every rank takes part at every epoch's end, with a budget or not.
+        if self.budget.check(fc_kwh, fc_co2_kg, epoch=len(self.epochs)):
             trainer.should_stop = True
+
+    @property
+    def budget_exceeded(self) -> dict[str, Any] | None:
+        """None, or what was exceeded (``epoch``, ``message``, ``forecast_kwh``...)."""
+        return self.budget.exceeded
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._end()
