@@ -13,10 +13,11 @@ Every figure goes through ``pl_module.log(..., sync_dist=True, reduce_fx="sum")`
 loggers (and ``trainer.logged_metrics``, ``trainer.callback_metrics``) get the job's figures
 summed over ranks:
 
-* per training step: ``energy_j`` and ``co2_g``, with ``energy_j_per_sample`` (averaged over
-  ranks). Nothing waits inside a step: a step's figures are logged as soon as the sampler has
-  resolved them, normally at the next step (RAPL counters move every millisecond; a GPU's every
-  20-100 ms), so a step's value is what was resolved since the previous one;
+* per training step: ``energy_j`` and ``co2_g``, with ``energy_j_per_sample`` (the job's
+  joules over the job's samples). Nothing waits inside a step: a step's figures are logged as
+  soon as the sampler has resolved them, normally at the next step (RAPL counters move every
+  millisecond; a GPU's every 20-100 ms), so a step's value is what was resolved since the
+  previous one;
 * per epoch (at ``on_train_epoch_end``, exact, after one wait): ``epoch_energy_j`` and
   ``epoch_co2_g`` (the epoch's training steps, its validation and the data loading in between),
   and ``energy_forecast_kwh`` (the whole run at the rate so far, with ``max_epochs`` or
@@ -61,7 +62,8 @@ class CarbonctxCallback(Callback):
 
     After fit: ``total_j``, ``total_co2_g`` (the rank's own figures, everything from ``setup``
     to the end of fit), ``epochs`` (one dict per epoch with the job's ``energy_j`` and
-    ``co2_g``), ``budget_exceeded`` (None, or what was exceeded).
+    ``co2_g``, and this rank's own ``rank_energy_j`` and ``rank_co2_g``), ``budget_exceeded``
+    (None, or what was exceeded).
     """
 
     def __init__(
@@ -121,14 +123,16 @@ class CarbonctxCallback(Callback):
         self.total_co2_g += m.co2_g if m.co2_g is not None else math.nan
 
     @staticmethod
-    def _log(pl_module: Any, key: str, value: float, *, on_step: bool, **kw: Any) -> None:
+    def _log(
+        pl_module: Any, key: str, value: float, *, on_step: bool, sync: bool = True, **kw: Any
+    ) -> None:
         kw.setdefault("reduce_fx", "sum")
         pl_module.log(
             key,
             float(value),
             on_step=on_step,
             on_epoch=not on_step,
-            sync_dist=True,
+            sync_dist=sync,
             batch_size=1,
             **kw,
         )
@@ -165,8 +169,12 @@ class CarbonctxCallback(Callback):
             n += samples
         self._log(pl_module, "energy_j", j, on_step=True)
         self._log(pl_module, "co2_g", g, on_step=True)
-        if n > 0:
-            self._log(pl_module, "energy_j_per_sample", j / n, on_step=True, reduce_fx="mean")
+        # The ranks resolve their steps at different times: whether a rank has samples to
+        # divide by is its own, and a key logged with sync_dist by some ranks only would leave
+        # the others waiting. The job's ratio comes from one sum over ranks, the same on each.
+        job_j, job_n = collectives.allreduce_sum([j, float(n)])
+        if job_n > 0:
+            self._log(pl_module, "energy_j_per_sample", job_j / job_n, on_step=True, sync=False)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if self._open is not None and not trainer.sanity_checking:
@@ -196,7 +204,13 @@ class CarbonctxCallback(Callback):
         spent_j = math.fsum(e["energy_j"] for e in self.epochs) + job_j
         spent_g = math.fsum(e["co2_g"] for e in self.epochs) + job_g
         self.epochs.append(
-            {"epoch": float(trainer.current_epoch), "energy_j": job_j, "co2_g": job_g}
+            {
+                "epoch": float(trainer.current_epoch),
+                "energy_j": job_j,
+                "co2_g": job_g,
+                "rank_energy_j": j,
+                "rank_co2_g": g,
+            }
         )
         # Each rank logs its own; sync_dist sums them into the job's, as logged per step.
         self._log(pl_module, "epoch_energy_j", j, on_step=False)
