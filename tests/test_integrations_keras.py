@@ -154,13 +154,16 @@ def test_logged_figures_add_up_to_the_run_measured_around_fit(
 
 
 def test_budget_stops_training_after_the_first_epoch(cpu_sim: SimulatedMachine) -> None:
-    cb = CarbonctxCallback(budget_kwh=1e-9)
+    # 48 samples a batch: the epoch's last batch holds 16, which ``samples`` lets it count.
+    cb = CarbonctxCallback(budget_kwh=1e-9, batch_size=48, samples=TRAIN)
     x, y, _, _ = _data()
-    history = _model().fit(x, y, batch_size=64, epochs=5, verbose=0, callbacks=[cb])
+    history = _model().fit(x, y, batch_size=48, epochs=5, verbose=0, callbacks=[cb])
     assert cb.budget_exceeded is not None and cb.budget_exceeded["epoch"] == 0
     assert "budget_kwh" in cb.budget_exceeded["message"]
     assert len(history.history["loss"]) == 1 == len(history.history["epoch_energy_j"])
-    assert len(cb.epochs) == 1
+    assert len(cb.epochs) == 1 and cb.epochs[0]["samples"] == TRAIN
+    per_sample = history.history["epoch_energy_j_per_sample"]
+    assert per_sample == [history.history["epoch_energy_j"][0] / TRAIN]
 
 
 def test_bad_arguments_say_what_to_give() -> None:

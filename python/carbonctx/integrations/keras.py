@@ -97,6 +97,7 @@ class CarbonctxCallback(keras.callbacks.Callback):
         self._phase = "train"
         self._in_batch = 0  # samples of the batches in the open region
         self._epoch_samples = 0
+        self._last_batch = -1
         # Ended training regions not yet logged per batch: (region, samples in it).
         self._steps: deque[tuple[Any, int]] = deque()
         # Ended regions of this epoch (validation included), and its validation alone.
@@ -151,11 +152,16 @@ class CarbonctxCallback(keras.callbacks.Callback):
         if self._first_epoch is None:
             self._first_epoch = epoch
         self._epoch_samples = 0
+        self._last_batch = -1
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self._open is None:
             return
-        n = self.batch_size or 0
+        # With steps_per_execution > 1 (TensorFlow, JAX) Keras calls back once per execution,
+        # with the index of its last step.
+        steps = max(1, batch - self._last_batch)
+        self._last_batch = batch
+        n = (self.batch_size or 0) * steps
         if n and self.samples is not None:
             n = max(0, min(n, self.samples - self._epoch_samples))
         self._epoch_samples += n

@@ -28,8 +28,9 @@ node the host's name):
   first ``max_regions`` (20) region names. Summed over ``source`` and ``device``, a region's
   series give its energy: the domains that overlap these (core, uncore, psys, module, rail,
   node) are left out. The series are bounded by the hardware and ``max_regions``. Named
-  regions are read from the recent window at each interval (see ``carbonctx.integrations``'
-  ``_meter``): a warning says when more regions ended in one interval than it holds;
+  regions are read from the recent window (``carbonctx.recent()``) at each interval: a warning
+  says when more regions ended in one interval than the window holds (``configure(window=N)``),
+  whose devices are then missing (their totals are not);
 * ``carbonctx_power_watts`` (gauge) per ``source``: mean power over the last interval;
 * ``carbonctx_carbon_intensity_grams_per_kwh`` (gauge) with the ``zone`` it is for.
 """
