@@ -13,11 +13,11 @@ Every figure goes through ``pl_module.log(..., sync_dist=True, reduce_fx="sum")`
 loggers (and ``trainer.logged_metrics``, ``trainer.callback_metrics``) get the job's figures
 summed over ranks:
 
-* per training step: ``energy_j`` and ``co2_g``, with ``energy_j_per_sample`` (the job's
-  joules over the job's samples). Nothing waits inside a step: a step's figures are logged as
-  soon as the sampler has resolved them, normally at the next step (RAPL counters move every
-  millisecond; a GPU's every 20-100 ms), so a step's value is what was resolved since the
-  previous one;
+* per training step that Lightning writes to its loggers (every ``log_every_n_steps``):
+  ``energy_j`` and ``co2_g``, with ``energy_j_per_sample`` (the job's joules over the job's
+  samples). Nothing waits inside a step: the figures are what the sampler has resolved since
+  the previous such step (RAPL counters move every millisecond; a GPU's every 20-100 ms), so
+  an epoch's last step or so is in the epoch's figure only;
 * per epoch (at ``on_train_epoch_end``, exact, after one wait): ``epoch_energy_j`` and
   ``epoch_co2_g`` (the epoch's training steps, its validation and the data loading in between),
   and ``energy_forecast_kwh`` (the whole run at the rate so far, with ``max_epochs`` or
@@ -35,6 +35,7 @@ except what runs after the last epoch ends (the last checkpoint, ``on_fit_end``)
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,7 +86,7 @@ class CarbonctxCallback(Callback):
         self._phase = "train"
         self._samples = 0
         # Ended regions not yet logged per step: (region, samples in it).
-        self._steps: list[tuple[Any, int]] = []
+        self._steps: deque[tuple[Any, int]] = deque()
         # Ended regions of this epoch, not yet counted in its total.
         self._epoch: list[Any] = []
         self._val: list[Any] = []
@@ -157,12 +158,16 @@ class CarbonctxCallback(Callback):
             return
         self._samples += _batch_size(batch)
         self._split("train")
-        # Log what the sampler has resolved; never wait inside a step. Every rank logs at
-        # every step (zeros included): sync_dist is a collective.
+        # Lightning writes step figures to its loggers every log_every_n_steps steps: read and
+        # log only then (its self.log costs far more than a region) what the sampler has
+        # resolved since; never wait inside a step. Every rank decides alike (the same steps)
+        # and then logs, zeros included: sync_dist is a collective.
+        if not _logs_now(trainer):
+            return
         j = g = 0.0
         n = 0
         while self._steps and self._steps[0][0].done:
-            region, samples = self._steps.pop(0)
+            region, samples = self._steps.popleft()
             m = region.result()
             j += m.energy_j
             g += m.co2_g if m.co2_g is not None else math.nan
@@ -193,6 +198,9 @@ class CarbonctxCallback(Callback):
         if self._open is None:
             return
         self._split("train")
+        # The epoch's figure holds what the steps have not logged yet (and the handles of an
+        # epoch's steps are not kept past it).
+        self._steps.clear()
         j = g = 0.0
         for region in self._epoch:
             m = region.result()
@@ -242,6 +250,13 @@ class CarbonctxCallback(Callback):
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
             self._end()
+
+
+def _logs_now(trainer: Any) -> bool:
+    """Whether Lightning writes this step's figures to its loggers (every log_every_n_steps
+    steps, and when training stops): the same answer on every rank."""
+    due = getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", None)
+    return True if due is None else bool(due)
 
 
 def _remaining_scale(trainer: Any) -> float | None:
