@@ -15,7 +15,9 @@ of its own and keeps, for each exporter to publish as it likes:
 
 The named regions' devices come from the recent window (``carbonctx.recent()``), read at each
 update: regions that end faster than the window holds between two updates (``configure(window=N)``
-regions) are missing from them, never from the totals; a warning says so once.
+regions) are missing from them, never from the totals; a warning says so once. Reading the
+window builds each region's result, about 15-30 µs a region on the meter's thread (a full
+window of 1000: some 30 ms each interval, under the GIL); ``max_regions=0`` reads none.
 """
 
 from __future__ import annotations
