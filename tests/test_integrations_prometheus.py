@@ -238,7 +238,7 @@ def test_a_real_prometheus_server_scrapes_the_truth(
     )
     query = 'sum(carbonctx_energy_joules_total{region="process"})'
 
-    def scraped() -> float | None:
+    def scraped(query: str = query) -> float | None:
         q = urllib.parse.urlencode({"query": query})
         doc = json.loads(_get(f"http://{web}/api/v1/query?{q}"))
         result = doc["data"]["result"]
@@ -255,6 +255,9 @@ def test_a_real_prometheus_server_scrapes_the_truth(
             "the final figure scraped",
             lambda: (v := scraped()) is not None and abs(v - exported) < 1e-6 * exported and v,
         )
+        # The per-device series (the exporter has stopped: every scrape now holds the same)
+        # add up to the same figure.
+        devices = scraped('sum(carbonctx_device_energy_joules_total{region="process"})')
     finally:
         _stop(prom)
         server.shutdown()
@@ -263,6 +266,7 @@ def test_a_real_prometheus_server_scrapes_the_truth(
     err = abs(final - truth) / truth
     print(f"Prometheus server: {query} = {final:.3f} J, truth {truth:.3f} J: {err:.4%}")
     assert err < 0.01
+    assert devices == pytest.approx(final, rel=1e-9)
 
 
 @child_only
