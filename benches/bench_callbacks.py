@@ -180,8 +180,10 @@ The hook is what the callback adds to a step: ending one region and starting the
 microsecond each), reading the regions the sampler has already resolved, and handing figures to
 the framework's logging. Nothing in it waits for the hardware. Lightning's `self.log` costs
 about a millisecond a call, so the Lightning callback logs step figures only at the steps
-Lightning writes to its loggers (`log_every_n_steps`, 50 here): the mean carries those. The step difference is that cost seen by the loop, within the noise of steps this
-short on a shared machine.
+Lightning writes to its loggers (`log_every_n_steps`, 50 here): the mean carries those, and the
+thread being put off the CPU inside a hook on a loaded machine. The step difference is that cost
+as the loop sees it, within the noise of steps this short on a shared machine: compare the
+hook's figures with the step times, not the two step columns with each other.
 """
     print(text)
     write_result("callbacks", text)
