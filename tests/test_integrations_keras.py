@@ -64,7 +64,7 @@ class Slow(keras.layers.Layer):  # type: ignore[misc]
 
     def call(self, x: Any, training: bool | None = None) -> Any:
         if training:
-            time.sleep(0.003)
+            time.sleep(0.005)
         return x
 
 
