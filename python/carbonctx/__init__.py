@@ -152,8 +152,9 @@ def configure(
     Sources: ``cpu_backends`` (preference order of ``"powercap"``, ``"perf"``, ``"msr"``),
     ``gpu`` (read GPUs of every vendor: NVML, AMD SMI, the Intel GPUs' hwmon files), ``amdsmi``
     (AMD GPUs through AMD SMI, else the amdgpu hwmon files; on by default), ``hwmon`` (hwmon's
-    meters: Intel GPUs, amd_energy, ACPI power meters, Jetson rails; on by default), ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter,
-    ``"never"``, ``"always"``), ``intervals`` (seconds per backend, e.g. ``{"nvml": 0.02}``).
+    meters: Intel GPUs, amd_energy, ACPI power meters, Jetson rails; on by default),
+    ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter, ``"never"``,
+    ``"always"``), ``intervals`` (seconds per backend, e.g. ``{"nvml": 0.02}``).
     Output: ``output`` (a JSON Lines path, one record per region), ``summary_at_exit``.
     Behaviour: ``strict`` (raise instead of degrading), ``window`` (recent regions kept),
     ``on_fork`` (``"restart"``: a forked child starts its own sampler; ``"disable"``).
