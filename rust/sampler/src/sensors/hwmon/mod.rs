@@ -153,12 +153,16 @@ fn open(chip: &Chip, plan: Plan) -> Result<HwmonSource, Box<Unavailable>> {
             let first = paths.into_iter().next().unwrap_or_default();
             (Probe::Sum(parts), Method::Counter, Some(spec), first)
         }
-        Kind::Meter(path) => {
+        Kind::Meter(path, window) => {
             let (a, v) = Attr::open(&path).map_err(|e| fail(&path, e))?;
+            // The average stands for the middle of its window; for windows of many poll
+            // intervals, at most 4 intervals back, so that (with the reader thread's age) a
+            // region waits no longer for the meter than the sampler waits for any source.
+            let half = (window.unwrap_or_default() / 2).min(plan.interval * 4);
             let probe = match Background::start(a, v, plan.interval, &chip.device) {
-                Ok(b) => Probe::MicroWattsBackground(b),
+                Ok(b) => Probe::AverageBackground(b, half),
                 // No thread to be had: read it in the sampler's thread.
-                Err(_) => Probe::MicroWatts(Attr::open(&path).map_err(|e| fail(&path, e))?.0),
+                Err(_) => Probe::Average(Attr::open(&path).map_err(|e| fail(&path, e))?.0, half),
             };
             (probe, Method::IntegratedPower, None, path)
         }
