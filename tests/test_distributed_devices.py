@@ -95,7 +95,7 @@ def test_amd_rocr_then_hip() -> None:
         g.index for g in visible_gpus(GPUS[:3], {"CUDA_VISIBLE_DEVICES": "1"}, vendor="amd")
     ] == [1]
     with pytest.raises(ValueError, match="unknown GPU vendor"):
-        visible_gpus(GPUS, {}, vendor="intel")
+        visible_gpus(GPUS, {}, vendor="apple")
 
 
 # ---------------------------------------------------------------------------- ownership

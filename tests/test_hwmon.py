@@ -227,3 +227,26 @@ def test_amd_energy_counter_across_its_wrap(tmp_path: Path) -> None:
     assert _status(cores)["joules"] == pytest.approx(0.25, abs=1e-6)
     # The cores lie inside the package: not added.
     assert m.energy_j == pytest.approx(m.cpu_j)
+
+
+def test_gpu_off_covers_intel_gpus_and_hwmon_turns_off(machine: Path) -> None:
+    """``gpu=False`` turns off every vendor's GPUs, the Intel GPUs read through hwmon too; the
+    other hwmon meters stay. ``hwmon=False`` (``CARBONCTX_HWMON``) turns the backend off."""
+    carbonctx.configure(gpu=False)
+    ids = {s["id"] for s in carbonctx.devices()["sources"]}
+    assert CARD not in ids
+    assert {NODE, GRACE_MODULE, VDD_IN} <= ids
+    with carbonctx.track("work") as m:
+        time.sleep(0.1)
+    assert CARD not in m.by_source and m.gpu_j == 0.0
+    carbonctx.configure(gpu=True, hwmon=False)
+    assert not [s for s in carbonctx.devices()["sources"] if s["backend"] == "hwmon"]
+    carbonctx.configure(hwmon=True)
+    assert CARD in {s["id"] for s in carbonctx.devices()["sources"]}
+    from carbonctx import _config
+
+    assert _config.from_env({"CARBONCTX_HWMON": "off"}) == {"hwmon": False}
+    with pytest.raises(carbonctx.ConfigurationError, match="CARBONCTX_HWMON"):
+        _config.from_env({"CARBONCTX_HWMON": "maybe"})
+    with pytest.raises(carbonctx.ConfigurationError, match="hwmon="):
+        carbonctx.configure(hwmon="yes")  # type: ignore[arg-type]

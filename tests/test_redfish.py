@@ -661,3 +661,68 @@ def _child_region(q: Any) -> None:
         time.sleep(0.05)
     m = t.result()
     q.put((_process.runtime().bmc is not None, list(m.by_source)))
+
+
+def test_run_totals_and_records_carry_the_nodes_figure(
+    cert: tuple[Path, Path], machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    with RedfishServer(cert, layout="power", power=lambda t: 300.0, sessions=False) as srv:
+        out = tmp_path / "regions.jsonl"
+        configure(srv, machine, cert, output=str(out))
+        bmc_readings(2)
+        m = region(0.5)
+        assert m.node_j is not None
+        d = m.to_dict()
+        assert d["node_j"] == m.node_j and d["overhead_j"] is None  # a short region
+        run = carbonctx.epochs(3, quiet=True, log_dir=str(tmp_path / "runs"), run_id="r1")
+        for _ in run:
+            time.sleep(0.3)
+        eps = [e.measurement for e in run._rank_epochs]
+        assert all(e is not None and e.node_j is not None for e in eps)
+        a = run.actual
+        assert a.node_j == pytest.approx(sum(e.node_j for e in eps if e is not None))
+        assert a.node_j == pytest.approx(300.0 * sum(e.duration_s for e in eps if e), rel=0.1)
+        assert a.overhead_j is None  # under a minute of epochs
+        assert a.to_dict()["node_j"] == a.node_j
+        total = carbonctx.job_total(run)
+        assert total.ranks == 1 and total.node_j == pytest.approx(a.node_j)
+        assert total.to_dict()["node_j"] == total.node_j
+        assert carbonctx.job_total(m).node_j == m.node_j
+        carbonctx.flush()
+        _process.reset()
+        # The region's record, written compact and read back, says the same.
+        regions, _, bad = read_jsonl(str(out))
+        assert bad == 0
+        got = next(r for r in regions if r["id"] == m.id)
+        assert list(got) == list(d)
+        assert got["node_j"] == pytest.approx(d["node_j"], abs=1e-5)
+        assert got["overhead_j"] is None
+        logged = [
+            json.loads(ln) for ln in (tmp_path / "runs" / "r1.jsonl").read_text().splitlines()
+        ]
+        final = next(r for r in logged if r.get("kind") == "run")
+        assert final["actual"]["node_j"] == pytest.approx(a.node_j)
+        assert all("node_j" in r for r in logged if r.get("kind") == "epoch")
+
+
+def test_without_a_node_meter_records_and_totals_are_as_before(
+    machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    from carbonctx._runs.forecast import Epoch, actual_totals
+
+    carbonctx.configure(**machine.settings())
+    m = region(0.2)
+    assert m.node_j is None
+    assert "node_j" not in m.to_dict() and "overhead_j" not in m.to_dict()
+    assert "node_j" not in carbonctx.job_total(m).to_dict()
+    ep = Epoch(0, 0.0, 1.0, 1.0, 10.0, 0.0, None, m)
+    totals = actual_totals([ep], 1, None)
+    assert totals.node_j is None and "node_j" not in totals.to_dict()
+    # With a node figure over more than a minute: the overhead too.
+    long = [
+        Epoch(k, 40.0 * k, 40.0 * (k + 1), 40.0, 4000.0, 0.0, None, None, 6000.0) for k in (0, 1)
+    ]
+    t = actual_totals(long, 2, None)
+    assert (t.node_j, t.overhead_j) == (12000.0, 4000.0)
+    # One epoch without the node's figure: no run figure rather than a partial one.
+    assert actual_totals([*long, ep], 3, None).node_j is None

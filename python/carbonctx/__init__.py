@@ -140,6 +140,7 @@ def configure(
     cpu_tdp_w: str | float | None = None,
     amdsmi: bool | None = None,
     amdsmi_library: str | None = None,
+    hwmon: bool | None = None,
     redfish_url: str | None = None,
     redfish_user: str | None = None,
     redfish_password: str | None = None,
@@ -149,9 +150,11 @@ def configure(
     """Set process-wide options; unset ones keep their value (from ``CARBONCTX_*`` or default).
 
     Sources: ``cpu_backends`` (preference order of ``"powercap"``, ``"perf"``, ``"msr"``),
-    ``gpu`` (read GPUs: NVML, AMD SMI), ``amdsmi`` (AMD GPUs through AMD SMI, else the amdgpu
-    hwmon files; on by default), ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter,
-    ``"never"``, ``"always"``), ``intervals`` (seconds per backend, e.g. ``{"nvml": 0.02}``).
+    ``gpu`` (read GPUs of every vendor: NVML, AMD SMI, the Intel GPUs' hwmon files), ``amdsmi``
+    (AMD GPUs through AMD SMI, else the amdgpu hwmon files; on by default), ``hwmon`` (hwmon's
+    meters: Intel GPUs, amd_energy, ACPI power meters, Jetson rails; on by default),
+    ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter, ``"never"``,
+    ``"always"``), ``intervals`` (seconds per backend, e.g. ``{"nvml": 0.02}``).
     Output: ``output`` (a JSON Lines path, one record per region), ``summary_at_exit``.
     Behaviour: ``strict`` (raise instead of degrading), ``window`` (recent regions kept),
     ``on_fork`` (``"restart"``: a forked child starts its own sampler; ``"disable"``).

@@ -81,6 +81,9 @@ class Settings:
     #: AMD GPUs (AMD SMI, else the amdgpu hwmon files); off with ``gpu=False`` too.
     amdsmi: bool = True
     amdsmi_library: str | None = None
+    #: hwmon's channels (Intel GPUs, amd_energy, ACPI power meters, INA3221 rails); Intel GPUs
+    #: are off with ``gpu=False`` too.
+    hwmon: bool = True
     # Carbon intensity (passed to the intensity service)
     zone: str | None = None
     pue: float | None = None
@@ -269,8 +272,9 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             out[field] = v
     if (v := get("CARBONCTX_CPU_TDP_W")) is not None:
         out["cpu_tdp_w"] = v
-    if (v := get("CARBONCTX_AMDSMI")) is not None:
-        out["amdsmi"] = _bool("CARBONCTX_AMDSMI", v)
+    for flag in ("amdsmi", "hwmon"):
+        if (v := get(f"CARBONCTX_{flag.upper()}")) is not None:
+            out[flag] = _bool(f"CARBONCTX_{flag.upper()}", v)
     if (v := get("CARBONCTX_NODE_SAMPLER")) is not None:
         out["node_sampler"] = _bool("CARBONCTX_NODE_SAMPLER", v)
     if (v := get("CARBONCTX_NODE_DIR")) is not None:
@@ -387,6 +391,8 @@ class MachineArgs(TypedDict):
     amdsmi_library: str | None
     rocr_visible_devices: str | None
     hip_visible_devices: str | None
+    gpu: bool
+    hwmon: bool
 
 
 def hip_visible_devices(env: Mapping[str, str]) -> str | None:
@@ -399,7 +405,8 @@ def hip_visible_devices(env: Mapping[str, str]) -> str | None:
 
 
 def machine(s: Settings, env: Mapping[str, str] | None = None) -> MachineArgs:
-    """What the native sampler needs to find the hardware: the settings' roots and TDP, and
+    """What the native sampler needs to find the hardware: the settings' roots, TDP and which
+    kinds of source to read (``gpu``: GPUs of every vendor; ``hwmon``), and
     the CUDA and ROCm variables as they are now (read when the sampler starts, since a program
     may set them after configuring carbonctx; see :func:`hip_visible_devices`). Keyword
     arguments of ``_native.Sampler`` and ``_native.discover``."""
@@ -415,6 +422,8 @@ def machine(s: Settings, env: Mapping[str, str] | None = None) -> MachineArgs:
         amdsmi_library=s.amdsmi_library,
         rocr_visible_devices=e.get("ROCR_VISIBLE_DEVICES"),
         hip_visible_devices=hip_visible_devices(e),
+        gpu=s.gpu,
+        hwmon=s.hwmon,
     )
 
 
@@ -474,8 +483,9 @@ def validate(s: Settings) -> None:
             )
     if not isinstance(s.gpu, bool):
         raise ConfigurationError(f"gpu={s.gpu!r}: give True or False")
-    if not isinstance(s.amdsmi, bool):
-        raise ConfigurationError(f"amdsmi={s.amdsmi!r}: give True or False")
+    for flag in ("amdsmi", "hwmon"):
+        if not isinstance(v := getattr(s, flag), bool):
+            raise ConfigurationError(f"{flag}={v!r}: give True or False")
     if not (isinstance(s.window, int) and s.window >= 0):
         raise ConfigurationError(f"window={s.window!r}: give a non-negative number of regions")
     for key in _INT_RANK_SETTINGS:

@@ -46,6 +46,8 @@ def discover(
     rocr_visible_devices: str | None = None,
     hip_visible_devices: str | None = None,
     amd_gpus: list[str] | None = None,
+    gpu: bool = True,
+    hwmon: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """Find energy sources without starting anything: sources, alternatives, unavailable."""
 
@@ -69,6 +71,8 @@ def check_sources(
     rocr_visible_devices: str | None = None,
     hip_visible_devices: str | None = None,
     amd_gpus: list[str] | None = None,
+    gpu: bool = True,
+    hwmon: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """Discover as ``discover`` does and read each chosen source for ``duration_s`` seconds:
     ``sources`` (each description plus update_period_s, read_cost_s, wrap_j, wrap_after_s,
@@ -206,6 +210,8 @@ class Sampler:
         hip_visible_devices: str | None = None,
         amd_gpus: list[str] | None = None,
         external: list[Feed] | None = None,
+        gpu: bool = True,
+        hwmon: bool = True,
     ) -> Sampler: ...
     def node_status(self) -> dict[str, Any] | None:
         """This process's part in its node's shared sampler; None when it samples alone."""

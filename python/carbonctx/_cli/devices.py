@@ -50,7 +50,11 @@ def _print_rank(rank: dict[str, Any], out: Any) -> None:
         f"job {rank['job'] or '(no id)'}, launcher {rank['launcher']}",
         file=out,
     )
-    for key, name in (("gpus", "nvml:{}"), ("amd_gpus", "AMD GPU {}")):
+    for key, name in (
+        ("gpus", "nvml:{}"),
+        ("amd_gpus", "AMD GPU {}"),
+        ("intel_gpus", "Intel GPU {}"),
+    ):
         gpus = rank.get(key)
         if gpus is not None:
             owned = ", ".join(name.format(i) for i in gpus["indices"]) or "none"

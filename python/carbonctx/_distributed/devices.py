@@ -7,7 +7,13 @@ for CUDA), ``MIG-`` instance UUIDs (reported as their parent GPU: a MIG instance
 counter of its own), an empty value for none; CUDA stops reading the list at its first invalid
 entry, and so does this. For AMD, ``ROCR_VISIBLE_DEVICES`` filters the GPUs first and
 ``HIP_VISIBLE_DEVICES`` (else ``CUDA_VISIBLE_DEVICES``, else ``GPU_DEVICE_ORDINAL``) then picks
-among those.
+among those. For Intel GPUs (Level Zero), ``ZE_AFFINITY_MASK`` filters them first (a comma-separated
+list of ``device`` or ``device.subdevice``; unset or empty: all), then ``ONEAPI_DEVICE_SELECTOR``'s
+``level_zero:`` terms pick among those (``level_zero:0,1``, ``level_zero:0.1``, ``*`` and ``gpu``
+for all, ``!level_zero:N`` to exclude). A rank given only some tiles (sub-devices) of a GPU reports
+the GPU if it has tile 0 (``shared`` set); the rank with tile 0 reports it otherwise. Intel GPUs
+are numbered in the order the energy backend lists them (by PCI address, as Level Zero orders
+them with ``ZE_ENABLE_PCI_ID_DEVICE_ORDER``).
 
 Rules, first that applies:
 
@@ -118,10 +124,89 @@ def _filter(value: str, gpus: Sequence[Gpu]) -> list[Gpu]:
     return out
 
 
+def _ze_entries(value: str) -> list[tuple[int, int | None]]:
+    """``device`` or ``device.subdevice`` entries of a Level Zero list (deeper levels, such as
+    a compute slice, count as their sub-device); entries that are not numbers are skipped."""
+    out: list[tuple[int, int | None]] = []
+    for raw in value.split(","):
+        parts = raw.strip().split(".")
+        if not all(p.isdigit() for p in parts):
+            continue
+        out.append((int(parts[0]), int(parts[1]) if len(parts) > 1 else None))
+    return out
+
+
+def _selector(value: str) -> tuple[list[tuple[int, int | None]] | None, set[int] | None]:
+    """ONEAPI_DEVICE_SELECTOR's ``level_zero`` (and ``*``) terms: the devices picked (None: all)
+    and those excluded (None: all). Other backends' terms and device types but ``gpu`` are
+    ignored."""
+    picked: list[tuple[int, int | None]] | None = []
+    excluded: set[int] | None = set()
+    any_term = False
+    for term in value.split(";"):
+        term = term.strip()
+        negative = term.startswith("!")
+        backend, sep, devices = term.lstrip("!").partition(":")
+        if not sep or backend.strip().lower() not in ("level_zero", "*"):
+            continue
+        for d in devices.split(","):
+            d = d.strip().lower()
+            if d in ("*", "gpu"):
+                if negative:
+                    excluded = None
+                else:
+                    any_term, picked = True, None
+            elif negative and d.isdigit() and excluded is not None:
+                excluded.add(int(d))
+            elif not negative and (entry := _ze_entries(d)):
+                any_term = True
+                if picked is not None:
+                    picked.extend(entry)
+    return (picked if any_term else None), excluded
+
+
+def intel_visible(
+    gpus: Sequence[Gpu], env: Mapping[str, str] = os.environ
+) -> tuple[list[Gpu], dict[int, frozenset[int]]]:
+    """The Intel GPUs this process sees (see the module), and for those it sees only some
+    tiles of, their sub-device numbers."""
+    seen = sorted(gpus, key=lambda g: g.index)
+    # Per visible GPU: None when seen whole, else the tiles seen.
+    tiles: dict[int, set[int] | None] = {g.index: None for g in seen}
+
+    def narrow(entries: Sequence[tuple[int, int | None]], among: list[Gpu]) -> list[Gpu]:
+        out: dict[int, set[int] | None] = {}
+        for n, sub in entries:
+            if not 0 <= n < len(among):
+                continue
+            i = among[n].index
+            have = tiles[i]
+            new = have if sub is None or have is not None else {sub}
+            prev = out.get(i, set())
+            out[i] = None if prev is None or new is None else prev | new
+        tiles.clear()
+        tiles.update(out)
+        return [g for g in among if g.index in out]
+
+    mask = env.get("ZE_AFFINITY_MASK", "").strip()
+    if mask:
+        seen = narrow(_ze_entries(mask), seen)
+    # The selector's numbers, excluded ones too, count among the devices the mask left.
+    picked, excluded = _selector(env.get("ONEAPI_DEVICE_SELECTOR", ""))
+    gone = {g.index for k, g in enumerate(seen) if excluded is None or k in excluded}
+    if picked is not None:
+        seen = narrow(picked, seen)
+    seen = [g for g in seen if g.index not in gone]
+    partial = {g.index: frozenset(t) for g in seen if (t := tiles.get(g.index)) is not None}
+    return seen, partial
+
+
 def visible_gpus(
     gpus: Sequence[Gpu], env: Mapping[str, str] = os.environ, *, vendor: str = "nvidia"
 ) -> list[Gpu]:
     """The GPUs this process sees, in its device-ordinal order."""
+    if vendor == "intel":
+        return intel_visible(gpus, env)[0]
     if vendor == "nvidia":
         value = env.get("CUDA_VISIBLE_DEVICES")
         return list(gpus) if value is None else _filter(value, gpus)
@@ -144,16 +229,17 @@ def visible_gpus(
             picked = _filter(hip, renumbered)
             seen = [seen[g.index] for g in picked]
         return seen
-    raise ValueError(f"unknown GPU vendor {vendor!r}; use 'nvidia' or 'amd'")
+    raise ValueError(f"unknown GPU vendor {vendor!r}; use 'nvidia', 'amd' or 'intel'")
 
 
-def _torch_current_device(modules: Mapping[str, Any]) -> int | None:
-    """torch's current CUDA device, only if torch is imported and CUDA already initialised."""
+def _torch_current_device(modules: Mapping[str, Any], vendor: str = "nvidia") -> int | None:
+    """torch's current CUDA device (XPU device for Intel GPUs), only if torch is imported and
+    that device kind already initialised."""
     torch = modules.get("torch")
     if torch is None:
         return None
     try:
-        cuda = torch.cuda
+        cuda = torch.xpu if vendor == "intel" else torch.cuda
         if not cuda.is_initialized():
             return None
         return int(cuda.current_device())
@@ -162,6 +248,16 @@ def _torch_current_device(modules: Mapping[str, Any]) -> int | None:
 
 
 def _order_note(visible: Sequence[Gpu], env: Mapping[str, str], vendor: str) -> str:
+    if vendor == "intel":
+        flat = env.get("ZE_FLAT_DEVICE_HIERARCHY", "FLAT").strip().upper() != "COMPOSITE"
+        mask = _ze_entries(env.get("ZE_AFFINITY_MASK", ""))
+        if flat and any(sub is None for _, sub in mask):
+            return (
+                " (ZE_AFFINITY_MASK's numbers are taken as GPUs; under ZE_FLAT_DEVICE_HIERARCHY="
+                "FLAT, the default, they count tiles, which differs on GPUs of several tiles: "
+                "use device.tile entries or ZE_FLAT_DEVICE_HIERARCHY=COMPOSITE there)"
+            )
+        return ""
     if vendor != "nvidia" or env.get("CUDA_DEVICE_ORDER", "").strip().upper() == "PCI_BUS_ID":
         return ""
     names = {g.name for g in visible if g.name}
@@ -199,6 +295,43 @@ def owned_gpus(
 
     Raises :class:`ConfigurationError` when ``override`` names a GPU this process cannot see.
     """
+    own = _owned(info, gpus, env, override, modules, vendor)
+    if vendor != "intel":
+        return own
+    _, partial = intel_visible(gpus, env)
+    if not any(i in partial for i in own.indices):
+        return own
+    # A GPU seen only through some of its tiles: the rank with its tile 0 reports it whole.
+    keep = [
+        (i, o) for i, o in zip(own.indices, own.ordinals, strict=True) if 0 in partial.get(i, {0})
+    ]
+    notes = [
+        f"GPU {i}: this rank has tile(s) {', '.join(map(str, sorted(partial[i])))} of it, "
+        + (
+            "so it reports it for every rank on its tiles"
+            if 0 in partial[i]
+            else "not tile 0, whose rank reports it"
+        )
+        for i in own.indices
+        if i in partial
+    ]
+    return attrs.evolve(
+        own,
+        indices=tuple(i for i, _ in keep),
+        ordinals=tuple(o for _, o in keep),
+        reason=f"{own.reason}; {'; '.join(notes)}",
+        shared=True,
+    )
+
+
+def _owned(
+    info: RankInfo,
+    gpus: Sequence[Gpu],
+    env: Mapping[str, str],
+    override: Sequence[int | str] | None,
+    modules: Mapping[str, Any],
+    vendor: str,
+) -> GpuOwnership:
     visible = visible_gpus(gpus, env, vendor=vendor)
     n = len(visible)
     note = _order_note(visible, env, vendor)
@@ -238,7 +371,7 @@ def owned_gpus(
     # --gpus-per-task, a wrapper script); one GPU on the machine is shared by its ranks.
     per_rank_assignment = n == 1 and len(gpus) > 1
     sharing = local_world is not None and local_world > n and not per_rank_assignment
-    current = None if sharing else _torch_current_device(modules)
+    current = None if sharing else _torch_current_device(modules, vendor)
     if current is not None and 0 <= current < n:
         by_local = local % n if local is not None else None
         if not (current == 0 and local is not None and local > 0 and by_local not in (None, 0)):

@@ -109,19 +109,31 @@ def rank_fields(info: RankInfo) -> dict[str, Any]:
 AMD_HWMON_PREFIX = "hwmon:amdgpu:"
 
 
+#: Id prefixes of the Intel GPUs' hwmon sources (``hwmon:<driver>:<PCI address>:<channel>``).
+INTEL_HWMON_PREFIXES = ("hwmon:xe:", "hwmon:i915:")
+
+
 def gpu_vendor(src: Mapping[str, Any]) -> str | None:
-    """``"nvidia"`` or ``"amd"`` for a GPU source whose vendor numbers its GPUs (NVML; AMD SMI
-    and amdgpu hwmon, numbered as the ROCm runtime does), else None."""
+    """``"nvidia"``, ``"amd"`` or ``"intel"`` for a GPU source whose vendor numbers its GPUs
+    (NVML; AMD SMI and amdgpu hwmon, numbered as the ROCm runtime does; the i915 and xe hwmon
+    files, in PCI order as Level Zero can number them), else None."""
     if src.get("domain") != "gpu":
         return None
     backend = src.get("backend")
+    sid = str(src.get("id", ""))
     if backend == "nvml":
         return "nvidia"
-    if backend == "amdsmi" or (
-        backend == "hwmon" and str(src.get("id", "")).startswith(AMD_HWMON_PREFIX)
-    ):
+    if backend == "amdsmi" or (backend == "hwmon" and sid.startswith(AMD_HWMON_PREFIX)):
         return "amd"
+    if backend == "hwmon" and sid.startswith(INTEL_HWMON_PREFIXES):
+        return "intel"
     return None
+
+
+def intel_device(src: Mapping[str, Any]) -> str:
+    """An Intel GPU source's device (its PCI address): stable, unlike its index, which counts
+    after the other vendors' GPUs the sampler reads."""
+    return str(src.get("id", "")).split(":", 2)[-1].rsplit(":", 1)[0]
 
 
 def gpus_of(sources: Sequence[Mapping[str, Any]], vendor: str = "nvidia") -> list[Gpu]:
@@ -133,6 +145,8 @@ def gpus_of(sources: Sequence[Mapping[str, Any]], vendor: str = "nvidia") -> lis
         label = str(src.get("label") or "")
         m = _UUID.search(label)
         uuid = src.get("uuid") or (m.group(1) if m else None)
+        if vendor == "intel":
+            uuid = intel_device(src)
         name = label.split(" [", 1)[0] or None
         out.append(Gpu(index=int(src["index"]), uuid=uuid, name=name))
     return out
@@ -151,6 +165,10 @@ class RankPlan:
     #: The same for AMD GPUs (``amd_gpus`` keyword: ROCr UUIDs or indices).
     amd_ownership: GpuOwnership | None = None
     amd_sampler_gpus: list[str] | None = None
+    #: The same for Intel GPUs (read whole; the columns of those not owned count 0), with the
+    #: owned GPUs' PCI addresses.
+    intel_ownership: GpuOwnership | None = None
+    intel_devices: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """For ``carbonctx.devices()``."""
@@ -184,6 +202,7 @@ class RankPlan:
             "problems": list(info.problems),
             "gpus": gpus(own),
             "amd_gpus": gpus(self.amd_ownership),
+            "intel_gpus": gpus(self.intel_ownership),
             "shared_sources": {"domains": list(SHARED_DOMAINS), "share": self.share},
             "share_rule": self.share_rule,
             "sampler": "this process runs its own sampler",
@@ -242,23 +261,32 @@ def plan_gpus(
     )
     gpus = gpus_of(found["sources"])
     amd = gpus_of(found["sources"], "amd")
+    intel = gpus_of(found["sources"], "intel")
     ownership = owned_gpus(
         info, gpus, e, override=_override(settings.gpus, gpus, amd, "nvidia"), modules=mods
     )
-    entries = _entries(gpus, ownership)
-    if not amd:
-        return RankPlan(info, ownership, entries, share, rule)
-    amd_own = owned_gpus(
-        info,
-        amd,
-        e,
-        override=_override(settings.gpus, gpus, amd, "amd"),
-        modules=mods,
-        vendor="amd",
-    )
-    # ROCr UUIDs where known, else ROCr's indices: the sampler applies them as
-    # ROCR_VISIBLE_DEVICES (which take both).
-    return RankPlan(info, ownership, entries, share, rule, amd_own, _entries(amd, amd_own))
+    plan = RankPlan(info, ownership, _entries(gpus, ownership), share, rule)
+    if amd:
+        amd_own = owned_gpus(
+            info,
+            amd,
+            e,
+            override=_override(settings.gpus, gpus, amd, "amd"),
+            modules=mods,
+            vendor="amd",
+        )
+        # ROCr UUIDs where known, else ROCr's indices: the sampler applies them as
+        # ROCR_VISIBLE_DEVICES (which take both).
+        plan = attrs.evolve(plan, amd_ownership=amd_own, amd_sampler_gpus=_entries(amd, amd_own))
+    if intel:
+        # Device numbers of the GPU setting count for every vendor; UUIDs name no Intel GPU.
+        override = (
+            None if settings.gpus is None else [g for g in settings.gpus if isinstance(g, int)]
+        )
+        own = owned_gpus(info, intel, e, override=override, modules=mods, vendor="intel")
+        devices = tuple(str(g.uuid) for g in intel if g.index in own.indices)
+        plan = attrs.evolve(plan, intel_ownership=own, intel_devices=devices)
+    return plan
 
 
 def _entries(gpus: Sequence[Gpu], own: GpuOwnership) -> list[str]:
@@ -303,6 +331,17 @@ def column_shares(
         elif domain == "gpu":
             vendor = gpu_vendor(src)
             own = plan.amd_ownership if vendor == "amd" else plan.ownership
+            if vendor == "intel" and plan.intel_ownership is not None:
+                io = plan.intel_ownership
+                mine = intel_device(src) in plan.intel_devices
+                out.append(
+                    (1.0, f"this rank's GPU ({io.rule}): {io.reason}")
+                    if mine
+                    else (0.0, f"not this rank's GPU ({io.rule}): {io.reason}")
+                )
+                continue
+            if vendor == "intel":
+                vendor = None  # no ownership known: split below
             if vendor is None and plan.info.distributed:
                 # A GPU whose owner per rank is not known (an Intel GPU through hwmon): split
                 # like the node's other sources, so that adding up ranks counts it once.

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from carbonctx._results.measurement import node_fields
 from carbonctx._results.units import J_PER_KWH
 
 __all__ = [
@@ -189,8 +190,17 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
         "estimated": bool(ctx.get("estimated")),
         "by_source": by_source,
         "tags": r.get("tags") or {},
+        **node_fields(_node_j(by_source), energy, (t1 - t0) * 1e-9),
         **({k: rank.get(k) for k in ("rank", "local_rank", "node", "job")} if rank else {}),
     }
+
+
+def _node_j(by_source: dict[str, Any]) -> float | None:
+    """The first node-domain source with a figure, as :attr:`Measurement.node_j` finds it."""
+    for d in by_source.values():
+        if d["domain"] == "node" and d["joules"] is not None:
+            return float(d["joules"])
+    return None
 
 
 def _carbon(

@@ -9,12 +9,28 @@ import attrs
 
 from carbonctx._results.units import J_PER_KWH
 
-__all__ = ["OVERHEAD_MIN_S", "Measurement", "SourceEnergy"]
+__all__ = ["OVERHEAD_MIN_S", "Measurement", "SourceEnergy", "node_fields", "overhead"]
 
 #: The shortest region whose node overhead (:attr:`Measurement.overhead_j`) is given: the node's
 #: wall power comes from a BMC read every few seconds, so each edge of a region is uncertain by
 #: up to a reading's worth of energy; over a minute that stays a small part of the figure.
 OVERHEAD_MIN_S = 60.0
+
+
+def overhead(node_j: float | None, energy_j: float, duration_s: float) -> float | None:
+    """The node's energy less the components' (see :attr:`Measurement.overhead_j`): None
+    without a node figure or over less than ``OVERHEAD_MIN_S`` seconds."""
+    if node_j is None or duration_s < OVERHEAD_MIN_S:
+        return None
+    return node_j - energy_j
+
+
+def node_fields(node_j: float | None, energy_j: float, duration_s: float) -> dict[str, Any]:
+    """``node_j`` and ``overhead_j`` for a record, or nothing without a node figure (records
+    of machines without a node meter stay as they were)."""
+    if node_j is None:
+        return {}
+    return {"node_j": node_j, "overhead_j": overhead(node_j, energy_j, duration_s)}
 
 
 @attrs.frozen(slots=True)
@@ -124,10 +140,7 @@ class Measurement:
         supplies, disks, network, whatever is not measured), for regions of at least
         ``OVERHEAD_MIN_S`` seconds; None for shorter ones (the node's figure there is
         interpolated between readings) or without a node figure."""
-        node = self.node_j
-        if node is None or self.duration_s < OVERHEAD_MIN_S:
-            return None
-        return node - self.energy_j
+        return overhead(self.node_j, self.energy_j, self.duration_s)
 
     def _repr_html_(self) -> str:
         """How a notebook shows it: totals, then one row per source."""
@@ -160,6 +173,8 @@ class Measurement:
             "estimated": self.estimated,
             "by_source": {k: v.to_dict() for k, v in self.by_source.items()},
             "tags": dict(self.tags),
+            # Only where the node's wall power is measured: other records stay as they were.
+            **node_fields(self.node_j, self.energy_j, self.duration_s),
             **(
                 {
                     "rank": self.rank,

@@ -28,6 +28,11 @@ class RunTotals:
     ``confidence`` prediction interval for the whole run; for the actual, the measurement's own
     uncertainty. ``method`` says how the interval was found, ``intensity_basis`` which intensity
     the CO2 used. (Formerly ``Estimate``, a name kept as an alias.)
+
+    Where the node's wall power is measured (a BMC, an ACPI power meter), ``node_j`` is the
+    node's energy over the epochs (this rank's share, or the job's sum, as ``energy_j``) and
+    ``overhead_j`` what the components do not explain (see :attr:`Measurement.overhead_j`);
+    both None otherwise, and for a forecast.
     """
 
     epochs_done: int
@@ -45,6 +50,8 @@ class RunTotals:
     intensity_basis: str | None = None
     confidence: float | None = CONFIDENCE
     at: float = 0.0
+    node_j: float | None = None
+    overhead_j: float | None = None
 
     @property
     def energy_kwh(self) -> float:
@@ -64,6 +71,8 @@ class RunTotals:
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self)
+        if self.node_j is None:
+            del d["node_j"], d["overhead_j"]  # records without a node meter stay as they were
         d["energy_kwh"] = self.energy_kwh
         return d
 
@@ -189,6 +198,9 @@ class JobTotal:
     uncertainty_j: float
     co2_g: float | None
     forecast: RunTotals | None = None
+    #: The nodes' wall energy summed over the ranks (each rank's share of its node's), where
+    #: every rank measures its node's (None otherwise).
+    node_j: float | None = None
 
     @property
     def energy_kwh(self) -> float:
@@ -200,6 +212,8 @@ class JobTotal:
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self, recurse=False)
+        if self.node_j is None:
+            del d["node_j"]
         d["forecast"] = self.forecast.to_dict() if self.forecast is not None else None
         d["energy_kwh"] = self.energy_kwh
         return d

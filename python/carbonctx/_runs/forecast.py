@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from carbonctx._results.measurement import Measurement
+from carbonctx._results.measurement import Measurement, overhead
 from carbonctx._results.runs import CONFIDENCE, RunTotals
 
 __all__ = ["Epoch", "actual_totals", "forecast_totals", "mean_std", "t975"]
@@ -77,6 +77,9 @@ class Epoch:
     uncertainty_j: float
     co2_g: float | None
     measurement: Measurement | None
+    #: The node's wall energy (None without a node meter, or, for a job's epoch, when a rank
+    #: had none).
+    node_j: float | None = None
 
 
 def mean_std(xs: Sequence[float]) -> tuple[float, float]:
@@ -99,6 +102,8 @@ def actual_totals(eps: Sequence[Epoch], n: int, intensity_basis: str | None) -> 
     co2 = None if any(c is None for c in co2s) else sum(c for c in co2s if c is not None)
     duration = eps[-1].end - eps[0].start
     lo, hi = max(energy - unc, 0.0), energy + unc
+    nodes = [e.node_j for e in eps]
+    node = None if any(v is None for v in nodes) else sum(v for v in nodes if v is not None)
     co2_lo = co2_hi = None
     if co2 is not None:
         scale = co2 / energy if energy > 0 else 0.0
@@ -119,6 +124,9 @@ def actual_totals(eps: Sequence[Epoch], n: int, intensity_basis: str | None) -> 
         intensity_basis=intensity_basis,
         confidence=None,
         at=eps[-1].end,
+        node_j=node,
+        # Over the epochs' measured time (what energy_j covers), not the gaps between them.
+        overhead_j=overhead(node, energy, sum(e.duration_s for e in eps)),
     )
 
 

@@ -19,21 +19,26 @@ from carbonctx._runs.forecast import Epoch
 
 __all__ = ["SUMMED", "reduce_epoch", "stop_reason_of_others", "sum_over_ranks"]
 
-#: The figures summed over the ranks, in this order.
-SUMMED = ("energy_j", "cpu_j", "dram_j", "gpu_j", "uncertainty_j", "co2_g")
+#: The figures summed over the ranks, in this order (``node_j``: the node's wall energy).
+SUMMED = ("energy_j", "cpu_j", "dram_j", "gpu_j", "uncertainty_j", "co2_g", "node_j")
 _KEYS = SUMMED
+#: Figures a rank may lack: None in the sum when any rank does.
+_OPTIONAL = ("co2_g", "node_j")
 
 
 def sum_over_ranks(values: dict[str, float | None]) -> tuple[dict[str, float | None], int]:
-    """Sum over the ranks: (figures, CO2 missing on how many ranks). A collective."""
+    """Sum over the ranks: (figures, CO2 missing on how many ranks). A collective. CO2 and the
+    node's energy are None when any rank lacks them."""
     vec = [float(values.get(k) or 0.0) for k in _KEYS]
-    vec.append(1.0 if values.get("co2_g") is None else 0.0)
+    vec.extend(1.0 if values.get(k) is None else 0.0 for k in _OPTIONAL)
     out = allreduce_sum(vec)
-    missing = round(out[-1])
-    summed: dict[str, float | None] = dict(zip(_KEYS, out[:-1], strict=True))
-    if missing:
-        summed["co2_g"] = None
-    return summed, missing
+    n = len(_KEYS)
+    summed: dict[str, float | None] = dict(zip(_KEYS, out[:n], strict=True))
+    lacking = dict(zip(_OPTIONAL, (round(v) for v in out[n:]), strict=True))
+    for k, count in lacking.items():
+        if count:
+            summed[k] = None
+    return summed, lacking["co2_g"]
 
 
 def reduce_epoch(ep: Epoch, m: Measurement | None) -> tuple[Epoch, dict[str, float | None]]:
@@ -46,6 +51,7 @@ def reduce_epoch(ep: Epoch, m: Measurement | None) -> tuple[Epoch, dict[str, flo
         "gpu_j": m.gpu_j if m else 0.0,
         "uncertainty_j": ep.uncertainty_j,
         "co2_g": ep.co2_g,
+        "node_j": ep.node_j,
     }
     summed, _ = sum_over_ranks(mine)
     job = attrs.evolve(
@@ -53,6 +59,7 @@ def reduce_epoch(ep: Epoch, m: Measurement | None) -> tuple[Epoch, dict[str, flo
         energy_j=float(summed["energy_j"] or 0.0),
         uncertainty_j=float(summed["uncertainty_j"] or 0.0),
         co2_g=summed["co2_g"],
+        node_j=summed["node_j"],
     )
     parts = {k: summed[k] for k in ("energy_j", "cpu_j", "dram_j", "gpu_j", "co2_g")}
     return job, parts

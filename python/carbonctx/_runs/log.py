@@ -161,6 +161,7 @@ def epoch_record(
             "gpu_j": (parts or {}).get("gpu_j"),
             "uncertainty_j": job.uncertainty_j,
             "co2_g": job.co2_g,
+            **({"node_j": job.node_j} if job.node_j is not None else {}),
         }
     if m is not None and any(s.share_rule for s in m.by_source.values()):
         extra["shares"] = {
@@ -191,6 +192,7 @@ def epoch_record(
         "estimated": m.estimated if m else None,
         "missing": list(m.missing) if m else None,
         "forecast": fc.to_dict() if fc else None,
+        **({"node_j": ep.node_j} if ep.node_j is not None else {}),
         **extra,
     }
 

@@ -343,6 +343,7 @@ class Run:
                 uncertainty_j=m.uncertainty_j or 0.0,
                 co2_g=m.co2_g,
                 measurement=m,
+                node_j=m.node_j,
             )
         now = time.time()
         prev_end = self._rank_epochs[-1].end if self._rank_epochs else now

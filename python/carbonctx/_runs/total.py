@@ -41,6 +41,7 @@ def job_total(of: Measurement | Tracker | Run | None = None) -> JobTotal:
             **of.rank_parts,
             "uncertainty_j": a.energy_j_high - a.energy_j,
             "co2_g": a.co2_g,
+            "node_j": a.node_j,
         }
         what = f"run {of.run_id}: {of.epochs_done} epochs"
         forecast = of.forecast
@@ -55,12 +56,14 @@ def job_total(of: Measurement | Tracker | Run | None = None) -> JobTotal:
     summed, _ = sum_over_ranks(mine)
     eng = engine()
     _, size = world()
-    f: dict[str, Any] = {k: (float(summed[k] or 0.0)) for k in SUMMED if k != "co2_g"}
+    optional = ("co2_g", "node_j")
+    f: dict[str, Any] = {k: float(summed[k] or 0.0) for k in SUMMED if k not in optional}
     return JobTotal(
         of=what,
         ranks=size,
         engine=eng,
         co2_g=summed["co2_g"],
         forecast=forecast,
+        node_j=summed["node_j"],
         **f,
     )

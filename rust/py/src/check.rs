@@ -36,7 +36,8 @@ fn check_dict<'py>(py: Python<'py>, c: &SourceCheck) -> PyResult<Bound<'py, PyDi
                     nvml_library=None, cuda_visible_devices=None, cuda_device_order=None,
                     cpu_tdp_w=None, cpu_backends=None, nvml=true, estimate="auto", gpus=None,
                     intervals=None, amdsmi=true, amdsmi_library=None,
-                    rocr_visible_devices=None, hip_visible_devices=None, amd_gpus=None))]
+                    rocr_visible_devices=None, hip_visible_devices=None, amd_gpus=None, gpu=true,
+                    hwmon=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn check_sources<'py>(
     py: Python<'py>,
@@ -58,6 +59,8 @@ pub fn check_sources<'py>(
     rocr_visible_devices: Option<String>,
     hip_visible_devices: Option<String>,
     amd_gpus: Option<Vec<String>>,
+    gpu: bool,
+    hwmon: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let duration = seconds("duration_s", duration_s)?;
     let mut polls = Vec::new();
@@ -87,6 +90,8 @@ pub fn check_sources<'py>(
             hip_visible_devices,
             amd_gpus,
         },
+        gpu,
+        hwmon,
     };
     let opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
     let (checks, unavailable) = py.detach(|| {

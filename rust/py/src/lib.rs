@@ -53,6 +53,9 @@ struct Machine {
     cuda_device_order: Option<String>,
     cpu_tdp_w: Option<String>,
     amd: AmdArgs,
+    /// Read GPUs at all (every vendor), and hwmon's channels.
+    gpu: bool,
+    hwmon: bool,
 }
 
 /// The AMD GPU arguments: whether to look, the library, the ROCm visible-device variables, and
@@ -100,6 +103,8 @@ fn options(
     let mut opts = Options {
         roots,
         nvml,
+        gpu: machine.gpu,
+        hwmon: machine.hwmon,
         tdp_model,
         cuda_visible_devices: gpus.map(|g| g.join(",")).or(machine.cuda_visible_devices),
         cuda_device_order: machine.cuda_device_order,
@@ -130,7 +135,7 @@ fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
                     cuda_visible_devices=None, cuda_device_order=None, cpu_tdp_w=None,
                     cpu_backends=None, nvml=true, estimate="auto", gpus=None, amdsmi=true,
                     amdsmi_library=None, rocr_visible_devices=None, hip_visible_devices=None,
-                    amd_gpus=None))]
+                    amd_gpus=None, gpu=true, hwmon=true))]
 #[allow(clippy::too_many_arguments)]
 fn discover<'py>(
     py: Python<'py>,
@@ -150,6 +155,8 @@ fn discover<'py>(
     rocr_visible_devices: Option<String>,
     hip_visible_devices: Option<String>,
     amd_gpus: Option<Vec<String>>,
+    gpu: bool,
+    hwmon: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let machine = Machine {
         sys_root,
@@ -166,6 +173,8 @@ fn discover<'py>(
             hip_visible_devices,
             amd_gpus,
         },
+        gpu,
+        hwmon,
     };
     let opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
     let found = py.detach(|| disc::discover(&opts));
@@ -208,7 +217,8 @@ impl Sampler {
                         intervals=None, timeline_capacity=None, settle_s=None, phase_lock=true,
                         quiet_s=None, node_key=None, node_dir=None, amdsmi=true,
                         amdsmi_library=None, rocr_visible_devices=None,
-                        hip_visible_devices=None, amd_gpus=None, external=None))]
+                        hip_visible_devices=None, amd_gpus=None, external=None, gpu=true,
+                        hwmon=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -236,6 +246,8 @@ impl Sampler {
         hip_visible_devices: Option<String>,
         amd_gpus: Option<Vec<String>>,
         external: Option<Vec<PyRef<'_, feed::Feed>>>,
+        gpu: bool,
+        hwmon: bool,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -252,6 +264,8 @@ impl Sampler {
                 hip_visible_devices,
                 amd_gpus,
             },
+            gpu,
+            hwmon,
         };
         let mut opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
         opts.external = external

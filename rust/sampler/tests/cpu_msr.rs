@@ -341,3 +341,151 @@ fn permission_denied_when_not_root() {
     assert!(found.sources.is_empty());
     assert!(found.unavailable[0].hint.contains("CAP_SYS_RAWIO"));
 }
+
+/// A temporary multi-die machine: `layout[i]` = (cpu, package, die) with `die_id` files, and an
+/// msr file per CPU whose package (0x611) and DRAM (0x619) registers read `base + cpu`.
+fn multi_die_machine(
+    dir: &Path,
+    vendor: &str,
+    family: u32,
+    model: u32,
+    layout: &[(u32, u32, u32)],
+) {
+    let mut cpuinfo = String::new();
+    for &(cpu, pkg, die) in layout {
+        cpuinfo.push_str(&format!(
+            "processor\t: {cpu}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n\
+             physical id\t: {pkg}\n\n"
+        ));
+        let topo = dir.join(format!("sys/devices/system/cpu/cpu{cpu}/topology"));
+        fs::create_dir_all(&topo).unwrap();
+        fs::write(topo.join("physical_package_id"), format!("{pkg}\n")).unwrap();
+        fs::write(topo.join("die_id"), format!("{die}\n")).unwrap();
+        let dev = dir.join(format!("dev/cpu/{cpu}"));
+        fs::create_dir_all(&dev).unwrap();
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(dev.join("msr"))
+            .unwrap();
+        let regs: &[(u64, u64)] = if vendor == "GenuineIntel" {
+            &[(0x606, 0xA0E03), (0x611, 0x1000), (0x619, 0x2000)]
+        } else {
+            &[
+                (msr::MSR_AMD_RAPL_POWER_UNIT, 0x000A_1003),
+                (msr::MSR_AMD_PKG_ENERGY_STATUS, 0x1000),
+            ]
+        };
+        for &(addr, v) in regs {
+            f.write_at(&(v + u64::from(cpu)).to_le_bytes(), addr)
+                .unwrap();
+        }
+    }
+    fs::create_dir_all(dir.join("proc")).unwrap();
+    fs::write(dir.join("proc/cpuinfo"), cpuinfo).unwrap();
+}
+
+/// Two sockets of two dies (CPUs 0-3: package 0 die 0, 4-7: die 1; 8-15: package 1).
+fn two_by_two() -> Vec<(u32, u32, u32)> {
+    (0..16).map(|c| (c, c / 8, (c / 4) % 2)).collect()
+}
+
+#[test]
+fn intel_multi_die_packages_are_read_per_die() {
+    // Cascade Lake-AP (family 6, model 0x55): every die has its own RAPL registers.
+    let dir = tempfile::tempdir().unwrap();
+    multi_die_machine(dir.path(), "GenuineIntel", 6, 0x55, &two_by_two());
+    let mut found = msr::discover(&roots_at(dir.path()));
+    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+    let got: Vec<_> = summary(&found)
+        .into_iter()
+        .map(|s| (s.0, s.2, s.3))
+        .collect();
+    let want: Vec<(String, u32, String)> = vec![
+        (
+            "msr:0-die-0:package".into(),
+            0,
+            "package-0-die-0 (msr)".into(),
+        ),
+        (
+            "msr:0-die-0:dram".into(),
+            0,
+            "dram (package 0 die 0, msr)".into(),
+        ),
+        (
+            "msr:0-die-1:package".into(),
+            0,
+            "package-0-die-1 (msr)".into(),
+        ),
+        (
+            "msr:0-die-1:dram".into(),
+            0,
+            "dram (package 0 die 1, msr)".into(),
+        ),
+        (
+            "msr:1-die-0:package".into(),
+            1,
+            "package-1-die-0 (msr)".into(),
+        ),
+        (
+            "msr:1-die-0:dram".into(),
+            1,
+            "dram (package 1 die 0, msr)".into(),
+        ),
+        (
+            "msr:1-die-1:package".into(),
+            1,
+            "package-1-die-1 (msr)".into(),
+        ),
+        (
+            "msr:1-die-1:dram".into(),
+            1,
+            "dram (package 1 die 1, msr)".into(),
+        ),
+    ];
+    assert_eq!(got, want);
+    // Each die is read through its own first CPU.
+    assert_eq!(value(&mut found, "msr:0-die-1:package"), 0x1004);
+    assert_eq!(value(&mut found, "msr:1-die-1:dram"), 0x200c);
+
+    // Discovery keeps all four dies: nothing is taken for a duplicate of another die.
+    let opts = carbonctx_sampler::discover::Options {
+        roots: roots_at(dir.path()),
+        cpu_backends: vec!["msr".into()],
+        nvml: false,
+        amd: false,
+        hwmon: false,
+        ..Default::default()
+    };
+    let d = carbonctx_sampler::discover::discover(&opts);
+    let packages = d
+        .chosen
+        .iter()
+        .filter(|s| s.info().domain == Domain::Package)
+        .count();
+    assert_eq!(packages, 4);
+    assert!(d.alternatives.is_empty(), "{:?}", d.alternatives);
+}
+
+#[test]
+fn amd_dies_share_the_package_counter() {
+    // Kernels that number AMD's CCDs as dies: still one package counter per package.
+    let dir = tempfile::tempdir().unwrap();
+    multi_die_machine(dir.path(), "AuthenticAMD", 0x19, 0x11, &two_by_two());
+    let found = msr::discover(&roots_at(dir.path()));
+    let got: Vec<_> = summary(&found).into_iter().map(|s| (s.0, s.3)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("msr:0:package".to_string(), "package-0 (msr)".to_string()),
+            ("msr:1:package".to_string(), "package-1 (msr)".to_string()),
+        ]
+    );
+    // A single-die Intel package is a whole package, whatever its die_id.
+    let dir = tempfile::tempdir().unwrap();
+    let layout: Vec<_> = (0..4).map(|c| (c, c / 2, 0)).collect();
+    multi_die_machine(dir.path(), "GenuineIntel", 6, 0x6A, &layout);
+    let found = msr::discover(&roots_at(dir.path()));
+    assert_eq!(summary(&found)[2].3, "package-1 (msr)");
+}

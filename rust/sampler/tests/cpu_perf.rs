@@ -177,3 +177,117 @@ fn the_simulated_pmu_parses() {
     assert!(found.sources.is_empty());
     assert!(!found.unavailable.is_empty());
 }
+
+/// A perf power PMU with `cpumask` and topology files: `layout[i]` = (cpu, package, die).
+fn pmu_tree(dir: &std::path::Path, vendor: &str, mask: &str, layout: &[(u32, u32, u32)]) {
+    let pmu = dir.join("sys/bus/event_source/devices/power");
+    let w = |p: std::path::PathBuf, text: &str| {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    };
+    w(pmu.join("type"), "2147483632\n");
+    w(pmu.join("cpumask"), mask);
+    for (name, ev) in [("energy-pkg", 2), ("energy-ram", 3)] {
+        w(
+            pmu.join(format!("events/{name}")),
+            &format!("event=0x{ev:02x}\n"),
+        );
+        w(
+            pmu.join(format!("events/{name}.scale")),
+            "2.3283064365386962890625e-10\n",
+        );
+        w(pmu.join(format!("events/{name}.unit")), "Joules\n");
+    }
+    for &(cpu, pkg, die) in layout {
+        let topo = dir.join(format!("sys/devices/system/cpu/cpu{cpu}/topology"));
+        w(topo.join("physical_package_id"), &format!("{pkg}\n"));
+        w(topo.join("die_id"), &format!("{die}\n"));
+    }
+    w(
+        dir.join("proc/cpuinfo"),
+        &format!("processor\t: 0\nvendor_id\t: {vendor}\n\n"),
+    );
+}
+
+#[test]
+fn intel_multi_die_pmu_is_opened_per_die() {
+    // Cascade Lake-AP: the PMU's scope is the die, its cpumask one CPU per die.
+    let dir = tempfile::tempdir().unwrap();
+    let layout: Vec<_> = (0..16).map(|c| (c, c / 8, (c / 4) % 2)).collect();
+    pmu_tree(dir.path(), "GenuineIntel", "0,4,8,12\n", &layout);
+    let sys = dir.path().join("sys");
+    let pmu = perf::parse_pmu(&sys).unwrap();
+    assert_eq!(pmu.cpus, vec![(0, 0), (4, 0), (8, 1), (12, 1)]);
+    let (cpus, skipped) = perf::counter_cpus(&pmu, &sys, false);
+    assert!(skipped.is_empty());
+    let names: Vec<_> = cpus.iter().map(|c| (c.cpu, c.package_name())).collect();
+    assert_eq!(
+        names,
+        vec![
+            (0, "package-0-die-0".to_string()),
+            (4, "package-0-die-1".to_string()),
+            (8, "package-1-die-0".to_string()),
+            (12, "package-1-die-1".to_string()),
+        ]
+    );
+    assert_eq!(cpus[1].scope(), "package 0 die 1");
+    // Labels that the die-aware de-duplication tells apart.
+    assert_eq!(
+        carbonctx_sampler::powercap::die_of("package-0-die-1 (perf)"),
+        Some(1)
+    );
+    assert_eq!(
+        carbonctx_sampler::powercap::die_of(&format!("dram ({}, perf)", cpus[3].scope())),
+        Some(1)
+    );
+    // Without die_id files (older kernels) the dies are told apart by their rank in the mask.
+    for c in 0..16 {
+        fs::remove_file(sys.join(format!("devices/system/cpu/cpu{c}/topology/die_id"))).unwrap();
+    }
+    let (cpus, _) = perf::counter_cpus(&pmu, &sys, false);
+    assert_eq!(cpus.len(), 4);
+    assert_eq!(cpus[3].package_name(), "package-1-die-1");
+    // Opening still fails here (no such PMU type); every die is tried and explained.
+    let found = perf::discover(&roots_at(dir.path()));
+    assert!(found.sources.is_empty());
+    assert!(found.unavailable.iter().all(|u| u.backend == "perf"));
+}
+
+#[test]
+fn amd_pmu_with_one_cpu_per_ccd_is_read_per_package() {
+    // Kernels that numbered AMD's CCDs as dies gave the PMU one CPU per CCD, each reading the
+    // one package counter: one CPU per package, the others explained.
+    let dir = tempfile::tempdir().unwrap();
+    let layout: Vec<_> = (0..16).map(|c| (c, c / 8, (c / 4) % 2)).collect();
+    pmu_tree(dir.path(), "AuthenticAMD", "0,4,8,12\n", &layout);
+    let sys = dir.path().join("sys");
+    let pmu = perf::parse_pmu(&sys).unwrap();
+    let (cpus, skipped) = perf::counter_cpus(&pmu, &sys, true);
+    let names: Vec<_> = cpus.iter().map(|c| (c.cpu, c.package_name())).collect();
+    assert_eq!(
+        names,
+        vec![(0, "package-0".to_string()), (8, "package-1".to_string())]
+    );
+    assert_eq!(skipped.len(), 2);
+    assert!(skipped[0].what.ends_with("on cpu 4"), "{:?}", skipped[0]);
+    assert!(
+        skipped[0].reason.contains("per package"),
+        "{:?}",
+        skipped[0]
+    );
+    assert!(
+        skipped[1].reason.contains("cpu 8 reads"),
+        "{:?}",
+        skipped[1]
+    );
+    // discover reads the vendor from cpuinfo and lists the repeats.
+    let found = perf::discover(&roots_at(dir.path()));
+    assert_eq!(
+        found
+            .unavailable
+            .iter()
+            .filter(|u| u.reason.contains("AMD's energy counters are per package"))
+            .count(),
+        2
+    );
+}

@@ -83,10 +83,12 @@ fn grace_meters_by_their_names() {
     assert_eq!(info.method, Method::IntegratedPower);
     assert_eq!(info.counter, None);
     assert_eq!(info.interval, Duration::from_millis(50));
-    assert_eq!(
-        read(&mut found, "hwmon:power_meter:ACPI000D:01:power1"),
-        Reading::Power(120.5)
-    );
+    // The 50 ms average stands for the middle of its window, 25 ms (and the reader thread's
+    // age) before the read.
+    let (w, ago) = power_at(read(&mut found, "hwmon:power_meter:ACPI000D:01:power1"));
+    assert_eq!(w, 120.5);
+    assert!(ago >= Duration::from_millis(25), "{ago:?}");
+    assert!(ago < Duration::from_secs(10), "{ago:?}");
     // The Grace CPU is the package: no estimate is made for it.
     let mut opts = options(tmp.path());
     opts.tdp_model = TdpModelUse::Auto;
@@ -123,10 +125,20 @@ fn a_server_power_meter_is_the_nodes_power() {
     );
     // A five-minute averaging interval is polled no slower than once a second.
     assert_eq!(found.sources[0].info().interval, Duration::from_secs(1));
-    assert_eq!(
-        read(&mut found, "hwmon:power_meter:ACPI000D:00:power1"),
-        Reading::Power(312.0)
-    );
+    // The five-minute average is moved back by four poll intervals at most (regions would
+    // otherwise wait minutes for it).
+    let (w, ago) = power_at(read(&mut found, "hwmon:power_meter:ACPI000D:00:power1"));
+    assert_eq!(w, 312.0);
+    assert!(ago >= Duration::from_secs(4), "{ago:?}");
+    assert!(ago < Duration::from_secs(9), "{ago:?}");
+}
+
+/// The watts and how long before the read they stood, for a meter's reading.
+fn power_at(r: Reading) -> (f64, Duration) {
+    match r {
+        Reading::PowerAt { watts, ago_ns } => (watts, Duration::from_nanos(ago_ns)),
+        other => panic!("not a power with its time: {other:?}"),
+    }
 }
 
 const ORIN_I2C: &str = "platform/bus@0/c240000.i2c/i2c-1";
@@ -279,7 +291,7 @@ fn hostile_and_broken_trees_never_panic() {
     let mut found = hwmon::discover(&roots_at(root), 0);
     let ids: Vec<_> = found.sources.iter().map(|s| s.info().id.clone()).collect();
     assert_eq!(ids, vec!["hwmon:power_meter:hwmon10:power1".to_string()]);
-    assert_eq!(read(&mut found, &ids[0]), Reading::Power(1.0));
+    assert_eq!(power_at(read(&mut found, &ids[0])).0, 1.0);
     let what: Vec<_> = found.unavailable.iter().map(|u| u.what.clone()).collect();
     for needle in [
         "hwmon0/energy1_input",

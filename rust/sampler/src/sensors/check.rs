@@ -178,6 +178,11 @@ fn check_one(src: &mut dyn EnergySource, duration: Duration, poll: Duration) -> 
         let mid = ((a - start) + (b - a) / 2).as_secs_f64();
         match r {
             Ok(v) => {
+                // A power that says when it stood: its value is what changes.
+                let v = match v {
+                    Reading::PowerAt { watts, .. } => Reading::Power(watts),
+                    v => v,
+                };
                 if let Some((p, p_mid)) = prev {
                     if p != v {
                         change_times.push((p_mid + mid) / 2.0);

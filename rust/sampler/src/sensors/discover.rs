@@ -28,6 +28,8 @@ pub struct Options {
     /// CPU counter backends in order of preference; backends not listed are not used.
     pub cpu_backends: Vec<String>,
     pub nvml: bool,
+    /// Read GPUs at all: off, no NVIDIA, AMD or Intel GPU is read (whatever `nvml`, `amd`).
+    pub gpu: bool,
     /// Read hwmon's energy and power channels (Intel GPUs, amd_energy, ACPI power meters,
     /// INA3221 rails).
     pub hwmon: bool,
@@ -59,6 +61,7 @@ impl Default for Options {
             roots: Roots::default(),
             cpu_backends: DEFAULT_CPU_BACKENDS.iter().map(|s| s.to_string()).collect(),
             nvml: true,
+            gpu: true,
             hwmon: true,
             tdp_model: TdpModelUse::Auto,
             cuda_visible_devices: None,
@@ -133,7 +136,7 @@ pub fn discover(opts: &Options) -> Discovered {
             _ => {}
         }
     }
-    if opts.nvml {
+    if opts.nvml && opts.gpu {
         let nvml = super::nvml::discover(
             &opts.roots,
             opts.cuda_visible_devices.as_deref(),
@@ -141,7 +144,7 @@ pub fn discover(opts: &Options) -> Discovered {
         );
         take(nvml, &mut all);
     }
-    if opts.amd {
+    if opts.amd && opts.gpu {
         let amd = super::amd::AmdOptions {
             library: opts.amdsmi_library.as_deref(),
             rocr_visible_devices: opts.rocr_visible_devices.as_deref(),
@@ -157,7 +160,8 @@ pub fn discover(opts: &Options) -> Discovered {
             .map(|s| s.info().index.saturating_add(1))
             .max()
             .unwrap_or(0);
-        take(super::hwmon::discover(&opts.roots, gpu_base), &mut all);
+        let hwmon = super::hwmon::discover_with(&opts.roots, gpu_base, opts.gpu);
+        take(hwmon, &mut all);
     }
     // A stable sort: within a rank, the order found (AMD SMI before amdgpu hwmon).
     all.sort_by_key(|s| rank(s.info(), &opts.cpu_backends));

@@ -27,6 +27,7 @@ pub mod msr;
 pub mod nvml;
 pub mod perf;
 pub mod powercap;
+pub mod rapl_cpus;
 pub mod source;
 pub mod tdp_model;
 

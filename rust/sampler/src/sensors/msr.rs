@@ -1,7 +1,8 @@
 //! RAPL energy counters read straight from the model-specific registers (`/dev/cpu/N/msr`).
 //!
 //! This is the backend of last resort among the counters: it needs root (or `CAP_SYS_RAWIO`) and
-//! the `msr` module. Each package is read through its first CPU. Intel parts publish an energy
+//! the `msr` module. Each package is read through its first CPU (each die, on Intel parts whose
+//! dies have their own registers: see [`super::rapl_cpus`]). Intel parts publish an energy
 //! unit in `MSR_RAPL_POWER_UNIT` (0x606, bits 12:8: one unit is 2^-ESU joules) and 32-bit
 //! counters for the package (0x611), DRAM (0x619), cores (PP0, 0x639), the uncore or graphics
 //! (PP1, 0x641) and the platform (psys, 0x64D). Some server parts count DRAM in a fixed unit of
@@ -15,6 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::rapl_cpus::{self, RaplCpu};
 use crate::error::Error;
 use crate::sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
@@ -129,35 +131,27 @@ fn read_msr(file: &File, path: &Path, address: u64, hint: &str) -> Result<u64, E
 /// are missing.
 pub fn first_cpu_per_package(sys: &Path) -> BTreeMap<u32, u32> {
     let mut map = BTreeMap::new();
-    let dir = sys.join("devices").join("system").join("cpu");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return map;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(cpu) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("cpu"))
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let id_path = entry.path().join("topology").join("physical_package_id");
-        let Some(pkg) = std::fs::read_to_string(&id_path)
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-        else {
-            continue;
-        };
-        // Offline CPUs may report -1.
-        let Ok(pkg) = u32::try_from(pkg) else {
-            continue;
-        };
+    for (cpu, pkg, _) in rapl_cpus::all_cpus(sys) {
         map.entry(pkg)
             .and_modify(|c: &mut u32| *c = (*c).min(cpu))
             .or_insert(cpu);
     }
     map
+}
+
+/// The CPUs to read, one per counter ([`rapl_cpus`]): the first CPU of each die on Intel (whose
+/// multi-die parts have per-die registers), of each package on AMD. CPU 0 for package 0 when
+/// the topology files are missing.
+pub fn counter_cpus(sys: &Path, vendor: Vendor) -> Vec<RaplCpu> {
+    let (mut cpus, _) = rapl_cpus::choose(&rapl_cpus::all_cpus(sys), vendor == Vendor::Amd);
+    if cpus.is_empty() {
+        cpus.push(RaplCpu {
+            cpu: 0,
+            package: 0,
+            die: None,
+        });
+    }
+    cpus
 }
 
 fn unavailable(what: impl Into<String>, reason: impl Into<String>, hint: &str) -> Unavailable {
@@ -208,12 +202,8 @@ pub fn discover(roots: &Roots) -> Found {
     let family = cpuinfo.family.unwrap_or(0);
     let model = cpuinfo.model.unwrap_or(0);
 
-    let mut packages = first_cpu_per_package(&roots.sys);
-    if packages.is_empty() {
-        packages.insert(0, 0);
-    }
-
-    for (&pkg, &cpu) in &packages {
+    for part in counter_cpus(&roots.sys, vendor) {
+        let cpu = part.cpu;
         let path = roots.dev.join("cpu").join(cpu.to_string()).join("msr");
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -276,8 +266,8 @@ pub fn discover(roots: &Roots) -> Found {
                 unit_j
             };
             let label = match domain {
-                Domain::Package => format!("package-{pkg} (msr)"),
-                d => format!("{} (package {pkg}, msr)", d.as_str()),
+                Domain::Package => format!("{} (msr)", part.package_name()),
+                d => format!("{} ({}, msr)", d.as_str(), part.scope()),
             };
             let file = match file.try_clone() {
                 Ok(f) => f,
@@ -292,10 +282,10 @@ pub fn discover(roots: &Roots) -> Found {
             };
             found.sources.push(Box::new(MsrSource {
                 info: SourceInfo {
-                    id: format!("msr:{pkg}:{}", domain.as_str()),
+                    id: format!("msr:{}:{}", part.id(), domain.as_str()),
                     backend: BACKEND,
                     domain,
-                    index: pkg,
+                    index: part.package,
                     label,
                     method: Method::Counter,
                     counter: Some(CounterSpec {

@@ -1,7 +1,8 @@
 //! RAPL energy counters through the perf power PMU (`perf_event_open`).
 //!
 //! The kernel describes the PMU under `<sys>/bus/event_source/devices/power`: its `type`, a
-//! `cpumask` with one CPU per package, and events such as `events/energy-pkg` (`event=0x02`)
+//! `cpumask` with one CPU per package (per die on Intel parts whose dies have their own
+//! counters; see [`super::rapl_cpus`] for which are read), and events such as `events/energy-pkg` (`event=0x02`)
 //! with `.scale` (joules per count, 2^-32 on Intel and AMD) and `.unit` (`Joules`) files. The
 //! counts are 64-bit and never wrap in practice. System-wide events need
 //! `kernel.perf_event_paranoid` ≤ 0, `CAP_PERFMON` or root, but unlike powercap's `energy_uj`
@@ -13,6 +14,7 @@ use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::rapl_cpus::{self, topology_number, RaplCpu};
 use crate::error::Error;
 use crate::sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
@@ -58,7 +60,8 @@ pub struct PowerPmu {
     pub dir: PathBuf,
     /// `perf_event_attr.type`.
     pub pmu_type: u32,
-    /// (CPU to open the events on, its physical package), from `cpumask`.
+    /// (CPU, its physical package) for each CPU of `cpumask`; see [`counter_cpus`] for which
+    /// the events are opened on.
     pub cpus: Vec<(u32, u32)>,
     /// The known events that parsed.
     pub events: Vec<PerfEvent>,
@@ -231,6 +234,47 @@ pub fn parse_pmu(sys: &Path) -> Result<PowerPmu, Unavailable> {
     })
 }
 
+/// The CPUs of the PMU's `cpumask` to open the events on, one per counter (see
+/// [`super::rapl_cpus`]): one per die on Intel (the PMU's scope there), one per package on AMD
+/// (`amd`), whose package counter some kernels offered once per CCD; those repeats come back as
+/// [`Unavailable`] entries. A CPU's die is its `die_id`, else its rank among its package's CPUs
+/// in the mask.
+pub fn counter_cpus(pmu: &PowerPmu, sys: &Path, amd: bool) -> (Vec<RaplCpu>, Vec<Unavailable>) {
+    let candidates: Vec<(u32, u32, Option<u32>)> = pmu
+        .cpus
+        .iter()
+        .map(|&(cpu, pkg)| {
+            let rank = pmu.cpus.iter().filter(|c| c.1 == pkg && c.0 < cpu).count();
+            let die = topology_number(sys, cpu, "die_id").unwrap_or(rank as u32);
+            (cpu, pkg, Some(die))
+        })
+        .collect();
+    let (chosen, repeats) = rapl_cpus::choose(&candidates, amd);
+    let skipped = repeats
+        .into_iter()
+        .map(|(r, first)| Unavailable {
+            backend: BACKEND,
+            what: format!("{} on cpu {}", pmu.dir.join("events").display(), r.cpu),
+            reason: if amd {
+                format!(
+                    "cpu {} stands for a die of package {} in the PMU's cpumask, but AMD's \
+                     energy counters are per package: its events read what cpu {first} reads, \
+                     and are not counted twice",
+                    r.cpu, r.package
+                )
+            } else {
+                format!(
+                    "cpu {} is in the same package and die as cpu {first}: its events read the \
+                     same counters, and are not counted twice",
+                    r.cpu
+                )
+            },
+            hint: "Nothing to do: the package is measured once.".to_string(),
+        })
+        .collect();
+    (chosen, skipped)
+}
+
 /// `struct perf_event_attr` up to its first published size (`PERF_ATTR_SIZE_VER0`, 64 bytes);
 /// the kernel accepts that size and treats the later fields as zero.
 #[repr(C)]
@@ -339,7 +383,7 @@ impl EnergySource for PerfSource {
 }
 
 /// Finds the perf power PMU under `<roots.sys>` and opens each of its energy events on one CPU
-/// per package.
+/// per counter ([`counter_cpus`]).
 pub fn discover(roots: &Roots) -> Found {
     let mut found = Found::default();
     let pmu = match parse_pmu(&roots.sys) {
@@ -351,8 +395,12 @@ pub fn discover(roots: &Roots) -> Found {
     };
     found.unavailable.extend(pmu.problems.iter().cloned());
     let paranoid = std::fs::read_to_string(roots.proc.join("sys/kernel/perf_event_paranoid")).ok();
+    let amd = super::powercap::zones::is_amd(&roots.proc);
+    let (cpus, skipped) = counter_cpus(&pmu, &roots.sys, amd);
+    found.unavailable.extend(skipped);
     for event in &pmu.events {
-        for &(cpu, pkg) in &pmu.cpus {
+        for unit in &cpus {
+            let cpu = unit.cpu;
             let path = pmu.dir.join("events").join(event.name);
             let what = format!("{} on cpu {cpu}", path.display());
             let file = match perf_event_open(pmu.pmu_type, event.config, cpu) {
@@ -368,15 +416,15 @@ pub fn discover(roots: &Roots) -> Found {
                 }
             };
             let label = match event.domain {
-                Domain::Package => format!("package-{pkg} (perf)"),
-                d => format!("{} (package {pkg}, perf)", d.as_str()),
+                Domain::Package => format!("{} (perf)", unit.package_name()),
+                d => format!("{} ({}, perf)", d.as_str(), unit.scope()),
             };
             found.sources.push(Box::new(PerfSource {
                 info: SourceInfo {
-                    id: format!("perf:{}:{pkg}", event.name),
+                    id: format!("perf:{}:{}", event.name, unit.id()),
                     backend: BACKEND,
                     domain: event.domain,
-                    index: pkg,
+                    index: unit.package,
                     label,
                     method: Method::Counter,
                     counter: Some(CounterSpec {

@@ -104,6 +104,10 @@ pub enum Reading {
     Counter(u64),
     /// Instantaneous (or short-window average) power in watts.
     Power(f64),
+    /// Power in watts that stood `ago_ns` before the read: a meter's average over a window
+    /// (an ACPI meter's `power1_average`), given at the window's middle, so that integrating
+    /// it adds no lag of half the window.
+    PowerAt { watts: f64, ago_ns: u64 },
 }
 
 /// A thing that can be read for energy. Implementations keep their files open and read them

@@ -8,7 +8,9 @@
 //! read times does (see `DESIGN.md`, "What limits short regions").
 //!
 //! Power readings (a GPU without an energy counter, the utilisation × TDP model) are integrated
-//! with the trapezoid rule and stamped at their read time. Counters that wrap are unwrapped with
+//! with the trapezoid rule and stamped at their read time; a reading that says when its power
+//! stood ([`Reading::PowerAt`], a meter's average stamped at the middle of its window) is
+//! stamped then, and one that brings no newer instant adds nothing. Counters that wrap are unwrapped with
 //! their range; a counter that goes back though it never wraps is a reset (no energy invented).
 
 use super::Point;
@@ -93,11 +95,24 @@ impl Accumulator {
 
     /// Take one reading made at `t_ns`.
     pub fn push(&mut self, t_ns: u64, reading: Reading) -> Step {
+        // A power that stood earlier is placed when it stood.
+        let (t_ns, reading) = match reading {
+            Reading::PowerAt { watts, ago_ns } => {
+                let at = t_ns.saturating_sub(ago_ns);
+                if self.last_read_ns.is_some_and(|prev| at <= prev) {
+                    return Step::Unchanged;
+                }
+                (at, Reading::Power(watts))
+            }
+            r => (t_ns, r),
+        };
         let Some(prev_ns) = self.last_read_ns else {
             self.last_read_ns = Some(t_ns);
             match reading {
                 Reading::Counter(raw) => self.last_raw = raw,
-                Reading::Power(w) => self.last_watts = sanitize_watts(w),
+                Reading::Power(w) | Reading::PowerAt { watts: w, .. } => {
+                    self.last_watts = sanitize_watts(w)
+                }
             }
             return Step::First(Point {
                 t_ns,
@@ -135,7 +150,7 @@ impl Accumulator {
                     joules: self.joules(),
                 })
             }
-            (Reading::Power(w), _) => {
+            (Reading::Power(w) | Reading::PowerAt { watts: w, .. }, _) => {
                 let w = sanitize_watts(w);
                 let dt = (t_ns - prev_ns) as f64 * 1e-9;
                 self.joules += 0.5 * (self.last_watts + w) * dt;
@@ -240,5 +255,47 @@ mod tests {
         assert!((a.joules() - 150.0).abs() < 1e-9);
         a.push(2_000 * MS, Reading::Power(f64::NAN));
         assert!((a.joules() - 250.0).abs() < 1e-9);
+    }
+
+    /// A meter that averages over 200 ms, read every 50 ms, while the power steps from 0 to
+    /// 100 W at 1 s: its averages placed at their window's middle give the energy between two
+    /// instants as it was; placed at the read, half a window late (10 J short here).
+    #[test]
+    fn an_average_stands_at_the_middle_of_its_window() {
+        const W: u64 = 200 * MS;
+        let truth = |t: u64| 100.0 * (t.saturating_sub(1_000 * MS) as f64 * 1e-9);
+        let average = |t: u64| (truth(t) - truth(t.saturating_sub(W))) / (W as f64 * 1e-9);
+        let mut placed = Accumulator::new(None, 50 * MS);
+        let mut late = Accumulator::new(None, 50 * MS);
+        let (mut at_middle, mut at_read) = (Vec::new(), Vec::new());
+        for k in 4..=60u64 {
+            let t = k * 50 * MS;
+            let watts = average(t);
+            let reading = Reading::PowerAt {
+                watts,
+                ago_ns: W / 2,
+            };
+            if let Step::First(p) | Step::Changed(p) = placed.push(t, reading) {
+                at_middle.push(p);
+            }
+            if let Step::First(p) | Step::Changed(p) = late.push(t, Reading::Power(watts)) {
+                at_read.push(p);
+            }
+            // The same instant again brings nothing new.
+            assert_eq!(placed.push(t, reading), Step::Unchanged);
+        }
+        let at = |pts: &[Point], t: u64| {
+            let i = pts.iter().position(|p| p.t_ns >= t).unwrap();
+            let (a, b) = (pts[i - 1], pts[i]);
+            let f = (t - a.t_ns) as f64 / (b.t_ns - a.t_ns) as f64;
+            a.joules + f * (b.joules - a.joules)
+        };
+        let (t0, t1) = (500 * MS, 1_900 * MS);
+        let want = truth(t1) - truth(t0);
+        let middle = at(&at_middle, t1) - at(&at_middle, t0);
+        let read = at(&at_read, t1) - at(&at_read, t0);
+        assert!((middle - want).abs() < 0.01, "{middle} J, truth {want} J");
+        assert!((read - want).abs() > 9.0, "{read} J, truth {want} J");
+        assert_eq!(at_middle[0].t_ns, 200 * MS - W / 2);
     }
 }

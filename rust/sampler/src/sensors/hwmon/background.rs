@@ -83,7 +83,13 @@ impl Background {
     }
 
     /// The reader thread's last value, or why there is none.
+    #[cfg(test)]
     pub(super) fn latest(&self) -> Result<i64, Error> {
+        self.latest_aged().map(|(v, _)| v)
+    }
+
+    /// The reader thread's last value and how long ago it was read, or why there is none.
+    pub(super) fn latest_aged(&self) -> Result<(i64, Duration), Error> {
         let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
         let age = latest.at.elapsed();
         if age > self.stale_after {
@@ -102,7 +108,7 @@ impl Background {
                 ),
             });
         }
-        Ok(latest.value)
+        Ok((latest.value, age))
     }
 }
 

@@ -32,8 +32,9 @@ pub(super) enum Kind {
         ranges: Vec<u64>,
         max_watts: f64,
     },
-    /// An ACPI meter's power in microwatts (read on a thread of its own: such reads can block).
-    Meter(PathBuf),
+    /// An ACPI meter's power in microwatts (read on a thread of its own: such reads can block),
+    /// averaged over the window given (`power1_average_interval`; `None`: not said).
+    Meter(PathBuf, Option<Duration>),
     /// Bus voltage (mV) and current (mA).
     VoltsAmps(PathBuf, PathBuf),
 }
@@ -143,7 +144,8 @@ pub fn grace_meter(oem: &str) -> Option<(Domain, u32, String)> {
 }
 
 /// ACPI power meters (`power_meter`): `power1_average` in µW, averaged over
-/// `power1_average_interval` ms. Older kernels put these files on the ACPI device (the hwmon
+/// `power1_average_interval` ms and given at the middle of that window (see
+/// [`crate::Reading::PowerAt`]: integrated as read, the average would lag by half a window). Older kernels put these files on the ACPI device (the hwmon
 /// directory's `device`), newer ones in the hwmon directory. NVIDIA Grace names its meters in
 /// `power1_oem_info` ([`grace_meter`]); any other meter is taken as the node's power.
 pub(super) fn power_meter(chip: &Chip, out: &mut Vec<Plan>, un: &mut Vec<Unavailable>) {
@@ -162,11 +164,13 @@ pub(super) fn power_meter(chip: &Chip, out: &mut Vec<Plan>, un: &mut Vec<Unavail
         return;
     };
     let oem = read_text(&dir.join("power1_oem_info")).unwrap_or_default();
-    let interval = read_text(&dir.join("power1_average_interval"))
+    let window = read_text(&dir.join("power1_average_interval"))
         .and_then(|t| t.parse::<u64>().ok())
-        .map_or(Duration::from_secs(1), |ms| {
-            Duration::from_millis(ms.clamp(50, 1000))
-        });
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis);
+    let interval = window.map_or(Duration::from_secs(1), |w| {
+        w.clamp(Duration::from_millis(50), Duration::from_secs(1))
+    });
     let (domain, index, label) = match grace_meter(&oem) {
         Some((d, socket, label)) => (d, Some(socket), label),
         None => {
@@ -186,7 +190,7 @@ pub(super) fn power_meter(chip: &Chip, out: &mut Vec<Plan>, un: &mut Vec<Unavail
         domain,
         index,
         label,
-        kind: Kind::Meter(dir.join("power1_average")),
+        kind: Kind::Meter(dir.join("power1_average"), window),
         interval,
     });
 }

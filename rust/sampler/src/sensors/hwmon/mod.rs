@@ -66,6 +66,11 @@ pub(super) struct Chip {
 /// source (nothing is reported); a chip or channel that cannot be used is reported in
 /// [`Found::unavailable`] with the reason and what to do.
 pub fn discover(roots: &Roots, gpu_index_base: u32) -> Found {
+    discover_with(roots, gpu_index_base, true)
+}
+
+/// [`discover`], reading GPUs (the Intel GPUs' chips) only where `gpus` is set.
+pub fn discover_with(roots: &Roots, gpu_index_base: u32, gpus: bool) -> Found {
     let mut found = Found::default();
     let mut chips = list_chips(&roots.sys.join("class").join("hwmon"));
     chips.sort_by(|a, b| (&a.name, &a.device, &a.dir).cmp(&(&b.name, &b.device, &b.dir)));
@@ -73,6 +78,7 @@ pub fn discover(roots: &Roots, gpu_index_base: u32) -> Found {
     for chip in &chips {
         let mut out = Vec::new();
         match chip.name.as_str() {
+            "i915" | "xe" if !gpus => continue,
             "i915" | "xe" => chips::intel_gpu(chip, &mut out, &mut found.unavailable),
             "amd_energy" => amd_energy::plans(chip, &roots.sys, &mut out, &mut found.unavailable),
             "power_meter" => chips::power_meter(chip, &mut out, &mut found.unavailable),
@@ -147,12 +153,16 @@ fn open(chip: &Chip, plan: Plan) -> Result<HwmonSource, Box<Unavailable>> {
             let first = paths.into_iter().next().unwrap_or_default();
             (Probe::Sum(parts), Method::Counter, Some(spec), first)
         }
-        Kind::Meter(path) => {
+        Kind::Meter(path, window) => {
             let (a, v) = Attr::open(&path).map_err(|e| fail(&path, e))?;
+            // The average stands for the middle of its window; for windows of many poll
+            // intervals, at most 4 intervals back, so that (with the reader thread's age) a
+            // region waits no longer for the meter than the sampler waits for any source.
+            let half = (window.unwrap_or_default() / 2).min(plan.interval * 4);
             let probe = match Background::start(a, v, plan.interval, &chip.device) {
-                Ok(b) => Probe::MicroWattsBackground(b),
+                Ok(b) => Probe::AverageBackground(b, half),
                 // No thread to be had: read it in the sampler's thread.
-                Err(_) => Probe::MicroWatts(Attr::open(&path).map_err(|e| fail(&path, e))?.0),
+                Err(_) => Probe::Average(Attr::open(&path).map_err(|e| fail(&path, e))?.0, half),
             };
             (probe, Method::IntegratedPower, None, path)
         }

@@ -184,10 +184,12 @@ pub(super) enum Probe {
     /// The sum of energy counters whose wraparound is undone here (its spec says it never
     /// wraps; a counter reset shows as a step back of the sum).
     Sum(Vec<(Attr, Unwrap)>),
-    /// Power in microwatts.
-    MicroWatts(Attr),
-    /// Power in microwatts, read on a thread of its own (a meter whose reads can block).
-    MicroWattsBackground(Background),
+    /// A meter's average power in microwatts over a window whose middle lies the given time
+    /// before the read.
+    Average(Attr, Duration),
+    /// The same, read on a thread of its own (a meter whose reads can block): its middle lies
+    /// that much before the thread's last read.
+    AverageBackground(Background, Duration),
     /// Bus voltage in millivolts and current in milliamperes (power = V × I).
     VoltsAmps(Attr, Attr),
 }
@@ -215,14 +217,24 @@ impl EnergySource for HwmonSource {
                 }
                 Ok(Reading::Counter(total))
             }
-            Probe::MicroWatts(a) => Ok(Reading::Power(a.read()? as f64 * 1e-6)),
-            Probe::MicroWattsBackground(b) => Ok(Reading::Power(b.latest()? as f64 * 1e-6)),
+            Probe::Average(a, half) => Ok(power_at(a.read()?, *half)),
+            Probe::AverageBackground(b, half) => {
+                let (uw, age) = b.latest_aged()?;
+                Ok(power_at(uw, *half + age))
+            }
             Probe::VoltsAmps(v, i) => {
                 let mv = v.read()? as f64;
                 let ma = i.read()? as f64;
                 Ok(Reading::Power(mv * ma * 1e-6))
             }
         }
+    }
+}
+
+fn power_at(microwatts: i64, ago: Duration) -> Reading {
+    Reading::PowerAt {
+        watts: microwatts as f64 * 1e-6,
+        ago_ns: ago.as_nanos().min(u128::from(u64::MAX)) as u64,
     }
 }
 
