@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use super::super::handle::{Shared, SourceStatus};
 use super::super::lock;
-use super::super::schedule::{
-    guarded, poll_loop, resolve, Handshake, Polled, COARSE_POINTS, COARSE_STEP_NS,
-};
+use super::super::poll::Polled;
+use super::super::resolve::resolve;
+use super::super::schedule::{guarded, poll_loop, Handshake, COARSE_POINTS, COARSE_STEP_NS};
 use super::mirror::{copy_all, Mirror};
 use super::takeover::take_over;
 use super::{answer, set_status, visible_view, Ctx, Role};

@@ -2,7 +2,7 @@
 
 use super::super::handle::Shared;
 use super::super::lock;
-use super::super::schedule::{append, Cover};
+use super::super::poll::{append, Cover};
 use crate::shared::{Copied, Segment};
 use crate::timeline::Point;
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::super::handle::Shared;
 use super::super::lock;
-use super::super::schedule::{append, Polled};
+use super::super::poll::{append, Polled};
 use super::mirror::{copy_all, Mirror};
 use super::{discover_node, pid, Ctx};
 use crate::error::{Error, Result};
