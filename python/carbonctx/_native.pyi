@@ -7,6 +7,8 @@ from typing import Any, final
 from typing_extensions import Self, disjoint_base
 
 __all__ = [
+    "SPAN_BACKLOG",
+    "SPAN_WARNINGS",
     "Region",
     "RegionHub",
     "Sampler",
@@ -22,6 +24,10 @@ __all__ = [
 ]
 
 __version__: str
+#: ``RegionHub.end_span``: the regions waiting for the resolver passed the high mark.
+SPAN_BACKLOG: int
+#: ``RegionHub.end_span``: warnings wait to be issued from the user's thread.
+SPAN_WARNINGS: int
 
 def now_ns() -> int:
     """CLOCK_MONOTONIC in ns: the clock of every timestamp the sampler gives."""
@@ -99,6 +105,9 @@ class RegionHub:
         emit_warnings: Callable[[], None],
         backlog_high: int,
     ) -> Self: ...
+    def end_span(self, t0_ns: int, tag: int) -> int:
+        """End a span begun at ``t0_ns`` under ``tag``; what is due here: 0, or the sum of
+        ``SPAN_BACKLOG`` (wake the resolver) and ``SPAN_WARNINGS`` (emit the warnings)."""
 
 def set_hub(hub: RegionHub | None) -> None:
     """Make ``hub`` the one the region code uses (the process's current runtime's)."""

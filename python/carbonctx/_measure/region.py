@@ -21,6 +21,8 @@ from carbonctx.errors import CarbonctxError, SamplerError, SourceUnavailableErro
 F = TypeVar("F", bound=Callable[..., Any])
 
 _now_ns = _native.now_ns
+_SPAN_BACKLOG = _native.SPAN_BACKLOG
+_SPAN_WARNINGS = _native.SPAN_WARNINGS
 
 
 def _sync_cuda() -> None:
@@ -238,10 +240,13 @@ class Tracker(_native.Region):
             try:
                 return fn(*args, **kwargs)
             finally:
-                if s.end_span(t0, cache[1]):
-                    rt.wake_resolver()  # a backlog: never drained on the user's thread
-                if cache[2].warn_due:
-                    rt.emit_warnings()
+                # One native call ends the span and says what is due on this thread.
+                due = cache[2].end_span(t0, cache[1])
+                if due:
+                    if due & _SPAN_BACKLOG:
+                        rt.wake_resolver()  # a backlog: never drained on the user's thread
+                    if due & _SPAN_WARNINGS:
+                        rt.emit_warnings()
 
         return wrapper  # type: ignore[return-value]
 

@@ -95,6 +95,25 @@ impl RegionHub {
         self.dead.store(dead, Ordering::Relaxed);
     }
 
+    /// Ends a span that began at `t0_ns` (a decorated call, CLOCK_MONOTONIC ns) under the name
+    /// tag `tag`, and says what is due on the calling thread, so that a decorated call makes one
+    /// native call after the function returns: 0 when nothing is, else the sum of
+    /// `SPAN_BACKLOG` (1: the regions waiting for the resolver passed the high mark; wake it)
+    /// and `SPAN_WARNINGS` (2: warnings wait to be issued from the user's thread). A runtime
+    /// without a sampler, or shut down, or inherited by a forked child, marks nothing.
+    fn end_span(&self, t0_ns: u64, tag: u32) -> u8 {
+        let mut due = 0;
+        if let Some(s) = self.sampler.get() {
+            if !self.dead.load(Ordering::Relaxed) && s.get().inner.end_span(t0_ns, tag) {
+                due |= SPAN_BACKLOG;
+            }
+        }
+        if self.warn_due.load(Ordering::Relaxed) {
+            due |= SPAN_WARNINGS;
+        }
+        due
+    }
+
     /// The hub and its runtime refer to each other; the collector breaks that cycle through
     /// the runtime (an ordinary object), so visiting is enough.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -109,6 +128,11 @@ impl RegionHub {
         visit.call(&self.emit_warnings)
     }
 }
+
+/// [`RegionHub::end_span`]: the regions waiting for the resolver passed the high mark.
+pub(crate) const SPAN_BACKLOG: u8 = 1;
+/// [`RegionHub::end_span`]: warnings wait to be issued from the user's thread.
+pub(crate) const SPAN_WARNINGS: u8 = 2;
 
 /// The hub of the process's current runtime (None before the first region, after
 /// `configure()` until the next one, and in a forked child until it makes its own).
