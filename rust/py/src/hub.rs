@@ -5,7 +5,7 @@ use std::sync::{Mutex, OnceLock};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::Sampler;
@@ -29,6 +29,25 @@ pub(crate) struct RegionHub {
     pub(crate) drain: Py<PyAny>,
     pub(crate) emit_warnings: Py<PyAny>,
     pub(crate) backlog_high: usize,
+    /// Weak references to the regions left in another context (thread, task) than the one
+    /// they were entered in: that context's variable still holds each of them, and through it
+    /// this runtime. [`RegionHub::take_orphans`] hands them over when the runtime shuts down.
+    pub(crate) orphans: Mutex<Vec<Py<PyWeakrefReference>>>,
+}
+
+impl RegionHub {
+    /// Remember a region left in another context than its own (weakly; the dead are pruned
+    /// whenever the list doubles, so it stays as long as the live ones).
+    pub(crate) fn add_orphan(&self, region: &Bound<'_, PyAny>) -> PyResult<()> {
+        let weak = PyWeakrefReference::new(region)?.unbind();
+        let py = region.py();
+        let mut list = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        if list.len() >= 64 && list.len().is_power_of_two() {
+            list.retain(|w| w.bind(py).upgrade().is_some());
+        }
+        list.push(weak);
+        Ok(())
+    }
 }
 
 #[pymethods]
@@ -59,7 +78,16 @@ impl RegionHub {
             drain,
             emit_warnings,
             backlog_high,
+            orphans: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The regions still alive that were left in another context than the one they were
+    /// entered in (each still held by that context), handed over once: the runtime lets them
+    /// go of it when it shuts down.
+    fn take_orphans<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
+        let list = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        list.iter().filter_map(|w| w.bind(py).upgrade()).collect()
     }
 
     /// The runtime's sampler, once it has started (set once).
