@@ -220,12 +220,14 @@ class Tracker(_native.Region):
 
     def _release(self) -> None:
         """Let go of the runtime, which has shut down, keeping the result: a context this region
-        was not left in still holds it, and would otherwise keep the runtime alive."""
-        rt: Runtime | None = self._rt
-        if self._result is None and self._raw is not None and rt is not None:
-            with contextlib.suppress(Exception):  # a result that cannot be made stays unmade
-                self._result = rt.measurement(*self._raw)
-        self._detach()
+        was not left in still holds it, and would otherwise keep the runtime alive. A region
+        whose result cannot be made now (not resolved) keeps its runtime."""
+        if self._rt is None:
+            return
+        with contextlib.suppress(Exception):  # strict checks and unresolved regions: see below
+            self.result(timeout=0.0)
+        if self._result is not None:
+            self._detach()
 
     async def __aenter__(self) -> Tracker:
         return self.__enter__()
