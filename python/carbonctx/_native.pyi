@@ -93,6 +93,7 @@ class RegionHub:
     @sampler.setter
     def sampler(self, sampler: Sampler) -> None: ...
     warn_due: bool
+    wake_sent: bool
     dead: bool
     def __new__(
         cls,

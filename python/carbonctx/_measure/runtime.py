@@ -305,6 +305,7 @@ class Runtime:
         while True:
             self._wake.wait(RESOLVE_PERIOD_S)
             self._wake.clear()
+            self.core.wake_sent = False  # a backlog from here on asks for another pass
             if self._stop.is_set():
                 return
             try:

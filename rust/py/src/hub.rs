@@ -22,6 +22,9 @@ pub(crate) struct RegionHub {
     pub(crate) sampler: OnceLock<Py<Sampler>>,
     pub(crate) strict: bool,
     pub(crate) warn_due: AtomicBool,
+    /// The resolver has been asked to drain a backlog and has not started its next pass yet:
+    /// the marking threads ask once, not on every region while the backlog lasts.
+    pub(crate) wake_sent: AtomicBool,
     pub(crate) dead: AtomicBool,
     pub(crate) pending: Py<PyDict>,
     pub(crate) name_tags: Py<PyDict>,
@@ -36,6 +39,13 @@ pub(crate) struct RegionHub {
 }
 
 impl RegionHub {
+    /// Whether this thread is the one to wake the resolver for a backlog (the first since the
+    /// resolver's last pass began).
+    #[inline]
+    pub(crate) fn ask_wake(&self) -> bool {
+        !self.wake_sent.load(Ordering::Relaxed) && !self.wake_sent.swap(true, Ordering::AcqRel)
+    }
+
     /// Remember a region left in another context than its own (weakly; the dead are pruned
     /// whenever the list doubles, so it stays as long as the live ones).
     pub(crate) fn add_orphan(&self, region: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -71,6 +81,7 @@ impl RegionHub {
             sampler: OnceLock::new(),
             strict,
             warn_due: AtomicBool::new(false),
+            wake_sent: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             pending,
             name_tags,
@@ -113,6 +124,18 @@ impl RegionHub {
         self.warn_due.store(due, Ordering::Relaxed);
     }
 
+    /// Set when a marking thread was told to wake the resolver for a backlog; the resolver
+    /// clears it as it starts a pass.
+    #[getter]
+    fn wake_sent(&self) -> bool {
+        self.wake_sent.load(Ordering::Acquire)
+    }
+
+    #[setter]
+    fn set_wake_sent(&self, sent: bool) {
+        self.wake_sent.store(sent, Ordering::Release);
+    }
+
     #[getter]
     fn dead(&self) -> bool {
         self.dead.load(Ordering::Relaxed)
@@ -126,13 +149,17 @@ impl RegionHub {
     /// Ends a span that began at `t0_ns` (a decorated call, CLOCK_MONOTONIC ns) under the name
     /// tag `tag`, and says what is due on the calling thread, so that a decorated call makes one
     /// native call after the function returns: 0 when nothing is, else the sum of
-    /// `SPAN_BACKLOG` (1: the regions waiting for the resolver passed the high mark; wake it)
-    /// and `SPAN_WARNINGS` (2: warnings wait to be issued from the user's thread). A runtime
-    /// without a sampler, or shut down, or inherited by a forked child, marks nothing.
+    /// `SPAN_BACKLOG` (1: the regions waiting for the resolver passed the high mark; wake it;
+    /// said once until the resolver starts its next pass, see `wake_sent`) and `SPAN_WARNINGS`
+    /// (2: warnings wait to be issued from the user's thread). A runtime without a sampler, or
+    /// shut down, or inherited by a forked child, marks nothing.
     fn end_span(&self, t0_ns: u64, tag: u32) -> u8 {
         let mut due = 0;
         if let Some(s) = self.sampler.get() {
-            if !self.dead.load(Ordering::Relaxed) && s.get().inner.end_span(t0_ns, tag) {
+            if !self.dead.load(Ordering::Relaxed)
+                && s.get().inner.end_span(t0_ns, tag)
+                && self.ask_wake()
+            {
                 due |= SPAN_BACKLOG;
             }
         }

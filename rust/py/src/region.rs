@@ -396,7 +396,7 @@ fn exit_core(slf: &Bound<'_, Region>) -> PyResult<()> {
     slf.borrow_mut().thread = thread_ident();
     let t1 = sampler.get().inner.end_tagged(id, tag);
     slf.borrow_mut().t1 = i64::try_from(t1).unwrap_or(i64::MAX);
-    if pending.len() > h.backlog_high {
+    if pending.len() > h.backlog_high && h.ask_wake() {
         h.drain.call0(py)?;
     }
     if h.warn_due.load(Ordering::Relaxed) {
