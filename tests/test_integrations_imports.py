@@ -10,7 +10,9 @@ FRAMEWORKS = (
     "torch",
     "transformers",
     "lightning",
+    "keras",
     "prometheus_client",
+    "opentelemetry",
     "IPython",
     "pandas",
 )

@@ -106,14 +106,16 @@ def _loaders() -> tuple[Any, Any]:
     )
 
 
-def _trainer(cb: CarbonctxCallback, logger: Memory, tmp_path: Path, epochs: int) -> Any:
+def _trainer(
+    cb: CarbonctxCallback, logger: Memory, tmp_path: Path, epochs: int, every: int = 1
+) -> Any:
     return L.Trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=epochs,
         callbacks=[cb],
         logger=logger,
-        log_every_n_steps=1,
+        log_every_n_steps=every,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -162,9 +164,15 @@ def test_budget_stops_training_after_the_first_epoch(
     cpu_sim: SimulatedMachine, tmp_path: Path
 ) -> None:
     cb, logger = CarbonctxCallback(budget_kwh=1e-9), Memory()
-    trainer = _trainer(cb, logger, tmp_path, epochs=5)
+    trainer = _trainer(cb, logger, tmp_path, epochs=5, every=20)
     train, val = _loaders()
     trainer.fit(Regression(), train, val)
     assert cb.budget_exceeded is not None and cb.budget_exceeded["epoch"] == 1
     assert len(cb.epochs) == 1
     assert trainer.current_epoch == 1
+    # Step figures at the steps Lightning writes (every 20th): what was resolved since the
+    # previous one, so that they still cover most of the epoch.
+    steps = logger.values("energy_j")
+    assert len(steps) == 200 // 20
+    epoch = cb.epochs[0]["energy_j"]
+    assert 0.5 * epoch < math.fsum(steps) <= epoch * (1 + 1e-6)  # float32, as Lightning keeps them

@@ -238,7 +238,7 @@ def test_a_real_prometheus_server_scrapes_the_truth(
     )
     query = 'sum(carbonctx_energy_joules_total{region="process"})'
 
-    def scraped() -> float | None:
+    def scraped(query: str = query) -> float | None:
         q = urllib.parse.urlencode({"query": query})
         doc = json.loads(_get(f"http://{web}/api/v1/query?{q}"))
         result = doc["data"]["result"]
@@ -255,6 +255,9 @@ def test_a_real_prometheus_server_scrapes_the_truth(
             "the final figure scraped",
             lambda: (v := scraped()) is not None and abs(v - exported) < 1e-6 * exported and v,
         )
+        # The per-device series (the exporter has stopped: every scrape now holds the same)
+        # add up to the same figure.
+        devices = scraped('sum(carbonctx_device_energy_joules_total{region="process"})')
     finally:
         _stop(prom)
         server.shutdown()
@@ -263,6 +266,7 @@ def test_a_real_prometheus_server_scrapes_the_truth(
     err = abs(final - truth) / truth
     print(f"Prometheus server: {query} = {final:.3f} J, truth {truth:.3f} J: {err:.4%}")
     assert err < 0.01
+    assert devices == pytest.approx(final, rel=1e-9)
 
 
 @child_only
@@ -293,3 +297,100 @@ def test_a_real_pushgateway_holds_what_was_pushed(
     assert got == pytest.approx(pushed) and got > 0
     (batch,) = _series(samples, "carbonctx_energy_joules_total", job="nightly", region="batch")
     assert batch == pytest.approx(carbonctx.stats()["batch"].energy_j.total)
+
+
+@pytest.fixture
+def rich_sim(tmp_path: Path, fake_nvml: Path) -> Iterator[SimulatedMachine]:
+    """Two packages with core and psys zones (which overlap the packages) and one GPU."""
+    m = SimulatedMachine(
+        tmp_path / "hw",
+        packages=2,
+        package=Wave(40.0, 120.0, 0.05),
+        dram=Wave.constant(6.0),
+        core=Wave.constant(20.0),
+        psys=Wave.constant(300.0),
+        gpus=1,
+        nvml_library=fake_nvml,
+    )
+    m.start()
+    carbonctx.configure(**m.settings())
+    yield m
+    prometheus.shutdown()
+    _runtime.reset()
+    m.close()
+
+
+def _devices(registry: Any) -> dict[tuple[str, str, str], float]:
+    text = prometheus_client.generate_latest(registry).decode()
+    return {
+        (dict(lab)["region"], dict(lab)["source"], dict(lab)["device"]): v
+        for (n, lab), v in _samples(text).items()
+        if n == "carbonctx_device_energy_joules_total"
+    }
+
+
+@child_only
+def test_device_series_add_up_to_each_region_without_overlapping_domains(
+    rich_sim: SimulatedMachine,
+) -> None:
+    registry = prometheus_client.CollectorRegistry()
+    ex = prometheus.Exporter(interval=60, registry=registry, max_regions=2)
+    with carbonctx.track("warm-up"):
+        pass
+    ex.start()
+    for _ in range(3):
+        with carbonctx.track("step"):
+            time.sleep(0.1)
+        with carbonctx.track("other"):
+            time.sleep(0.05)
+    ex.update()
+    with carbonctx.track("step"):
+        time.sleep(0.1)
+    ex.stop()
+    devices = _devices(registry)
+    ex.close()
+    m = carbonctx.recent()[-1]
+    ids = {s.id: s.domain for s in m.by_source.values()}
+    # The machine has overlapping zones, and none of them is a series.
+    assert {"core", "psys"} <= set(ids.values())
+    assert {ids[d] for _, _, d in devices} == {"package", "dram", "gpu"}
+    kinds = {"package": "cpu", "dram": "dram", "gpu": "gpu"}
+    assert all(kinds[ids[d]] == k for _, k, d in devices)
+    per_region: dict[str, float] = {}
+    for (region, _, _), v in devices.items():
+        per_region[region] = per_region.get(region, 0.0) + v
+    # Every package, DRAM and GPU of the process, adding up to what the exporter counted.
+    process = {d for r, _, d in devices if r == "process"}
+    assert process == {d for d, dom in ids.items() if dom in kinds}
+    assert len(process) == 5
+    assert per_region["process"] == pytest.approx(sum(ex.energy_j.values()), rel=1e-9)
+    # A named region's series add up to its total (both reads of the window counted once);
+    # max_regions=2: the third name seen keeps its total only.
+    stats = carbonctx.stats()
+    for name in ("warm-up", "step"):
+        assert per_region[name] == pytest.approx(stats[name].energy_j.total, rel=1e-9)
+    assert "other" not in per_region
+
+
+@child_only
+def test_a_window_overrun_is_said_and_totals_stay_exact(cpu_sim: SimulatedMachine) -> None:
+    carbonctx.configure(window=4)
+    registry = prometheus_client.CollectorRegistry()
+    ex = prometheus.Exporter(interval=60, registry=registry).start()
+    with carbonctx.track("a"):
+        pass
+    ex.update()
+    for _ in range(10):  # more than the window between two updates
+        with carbonctx.track("a"):
+            pass
+    with pytest.warns(carbonctx.CarbonctxWarning, match="window"):
+        ex.update()
+    ex.stop()
+    devices = _devices(registry)
+    broken_down = sum(v for (r, _, _), v in devices.items() if r == "a")
+    total = carbonctx.stats()["a"].energy_j.total
+    assert 0 < broken_down < total  # the device series miss regions...
+    text = prometheus_client.generate_latest(registry).decode()
+    (got,) = _series(_samples(text), "carbonctx_energy_joules_total", region="a", source="total")
+    assert got == pytest.approx(total)  # ...the total does not
+    ex.close()

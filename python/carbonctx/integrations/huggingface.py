@@ -50,10 +50,9 @@ from transformers import TrainerCallback
 
 import carbonctx
 from carbonctx._distributed import collectives
+from carbonctx.integrations._common import J_PER_KWH, Budget, put
 
 __all__ = ["CarbonctxCallback", "attach"]
-
-_J_PER_KWH = 3.6e6
 
 
 def _phase_of(logs: Mapping[str, Any]) -> str:
@@ -91,14 +90,12 @@ class CarbonctxCallback(TrainerCallback):
     ) -> None:
         self.name = name
         self.tags = dict(tags) if tags else None
-        self.budget_kwh = budget_kwh
-        self.budget_co2_kg = budget_co2_kg
+        self.budget = Budget(budget_kwh, budget_co2_kg)
         self.job_totals = job_totals
         self.attached = False
         self.total_j = 0.0
         self.total_co2_g = 0.0
         self.epochs: list[dict[str, float]] = []
-        self.budget_exceeded: dict[str, Any] | None = None
         self._early = False
         self._reset()
 
@@ -165,7 +162,7 @@ class CarbonctxCallback(TrainerCallback):
         self._reset()
         self.total_j = self.total_co2_g = 0.0
         self.epochs = []
-        self.budget_exceeded = None
+        self.budget.exceeded = None
         self._split("train")
         self._early = True
 
@@ -264,31 +261,31 @@ class CarbonctxCallback(TrainerCallback):
         self.total_co2_g += g
         out: dict[str, float] = {}
         prefix = f"{kind}_" if is_eval else ""
-        _put(out, f"{prefix}energy_j", j)
-        _put(out, f"{prefix}co2_g", g)
+        put(out, f"{prefix}energy_j", j)
+        put(out, f"{prefix}co2_g", g)
         if is_eval:
             n = _length(eval_loader)
             if n:
-                _put(out, f"{prefix}energy_j_per_sample", j / n)
+                put(out, f"{prefix}energy_j_per_sample", j / n)
         else:
             samples = self._samples - self._samples_logged
             self._samples_logged = self._samples
             if samples > 0:
-                _put(out, "energy_j_per_sample", j / samples)
+                put(out, "energy_j_per_sample", j / samples)
             tokens_now = int(getattr(state, "num_input_tokens_seen", 0) or 0)
             tokens = tokens_now - self._tokens_logged
             self._tokens_logged = tokens_now
             if tokens > 0:
-                _put(out, "energy_j_per_token", j / tokens)
+                put(out, "energy_j_per_token", j / tokens)
         for i, e in enumerate(ready):
             ej, eg = summed[2 + 2 * i], summed[3 + 2 * i]
             self.epochs.append({"epoch": float(e + 1), "energy_j": ej, "co2_g": eg})
-            _put(out, "epoch_energy_j", ej)
-            _put(out, "epoch_co2_g", eg)
+            put(out, "epoch_energy_j", ej)
+            put(out, "epoch_co2_g", eg)
         self._epochs_emitted = last
         if kind == "final":
-            _put(out, "train_energy_j", self.total_j)
-            _put(out, "train_co2_g", self.total_co2_g)
+            put(out, "train_energy_j", self.total_j)
+            put(out, "train_co2_g", self.total_co2_g)
         elif kind == "train":
             self._forecast_and_budget(state, control, out)
         logs.update(out)
@@ -297,27 +294,17 @@ class CarbonctxCallback(TrainerCallback):
     def _forecast_and_budget(self, state: Any, control: Any, out: dict[str, float]) -> None:
         done, total = state.global_step, state.max_steps
         scale = total / done if done > 0 and total and total > 0 else math.nan
-        fc_kwh = self.total_j * scale / _J_PER_KWH
-        fc_co2_kg = self.total_co2_g * scale / 1e3
-        _put(out, "energy_forecast_kwh", fc_kwh)
-        over: list[str] = []
-        if self.budget_kwh is not None and fc_kwh > self.budget_kwh:
-            over.append(f"forecast energy {fc_kwh:.4g} kWh exceeds budget_kwh={self.budget_kwh:g}")
-        if self.budget_co2_kg is not None and fc_co2_kg > self.budget_co2_kg:
-            over.append(
-                f"forecast CO2e {fc_co2_kg:.4g} kg exceeds budget_co2_kg={self.budget_co2_kg:g}"
-            )
+        fc_kwh = self.total_j * scale / J_PER_KWH
+        put(out, "energy_forecast_kwh", fc_kwh)
         # A joint decision: every rank stops after the same step. Every rank takes part at
-        # every training log, with a budget or not (a collective skipped by one rank would
-        # leave the others waiting).
-        if collectives.any_rank(bool(over)) and self.budget_exceeded is None:
-            self.budget_exceeded = {
-                "step": done,
-                "message": "; ".join(over) or "another rank's forecast exceeds the budget",
-                "forecast_kwh": fc_kwh,
-                "forecast_co2_kg": fc_co2_kg,
-            }
+        # every training log, with a budget or not.
+        if self.budget.check(fc_kwh, self.total_co2_g * scale / 1e3, step=done):
             control.should_training_stop = True
+
+    @property
+    def budget_exceeded(self) -> dict[str, Any] | None:
+        """None, or what was exceeded (``step``, ``message``, ``forecast_kwh``...)."""
+        return self.budget.exceeded
 
 
 def _length(dl: Any) -> int | None:
@@ -325,11 +312,6 @@ def _length(dl: Any) -> int | None:
         return len(dl.dataset) if dl is not None else None
     except (TypeError, AttributeError):
         return None
-
-
-def _put(out: dict[str, float], key: str, value: float) -> None:
-    if math.isfinite(value):
-        out[key] = float(value)
 
 
 def _reports(args: Any) -> bool:

@@ -13,10 +13,11 @@ Every figure goes through ``pl_module.log(..., sync_dist=True, reduce_fx="sum")`
 loggers (and ``trainer.logged_metrics``, ``trainer.callback_metrics``) get the job's figures
 summed over ranks:
 
-* per training step: ``energy_j`` and ``co2_g``, with ``energy_j_per_sample`` (averaged over
-  ranks). Nothing waits inside a step: a step's figures are logged as soon as the sampler has
-  resolved them, normally at the next step (RAPL counters move every millisecond; a GPU's every
-  20-100 ms), so a step's value is what was resolved since the previous one;
+* per training step that Lightning writes to its loggers (every ``log_every_n_steps``):
+  ``energy_j`` and ``co2_g``, with ``energy_j_per_sample`` (the job's joules over the job's
+  samples). Nothing waits inside a step: the figures are what the sampler has resolved since
+  the previous such step (RAPL counters move every millisecond; a GPU's every 20-100 ms), so
+  an epoch's last step or so is in the epoch's figure only;
 * per epoch (at ``on_train_epoch_end``, exact, after one wait): ``epoch_energy_j`` and
   ``epoch_co2_g`` (the epoch's training steps, its validation and the data loading in between),
   and ``energy_forecast_kwh`` (the whole run at the rate so far, with ``max_epochs`` or
@@ -34,6 +35,7 @@ except what runs after the last epoch ends (the last checkpoint, ``on_fit_end``)
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,10 +43,9 @@ from lightning.pytorch import Callback
 
 import carbonctx
 from carbonctx._distributed import collectives
+from carbonctx.integrations._common import J_PER_KWH, Budget, figures
 
 __all__ = ["CarbonctxCallback"]
-
-_J_PER_KWH = 3.6e6
 
 
 def _batch_size(batch: Any) -> int:
@@ -62,7 +63,8 @@ class CarbonctxCallback(Callback):
 
     After fit: ``total_j``, ``total_co2_g`` (the rank's own figures, everything from ``setup``
     to the end of fit), ``epochs`` (one dict per epoch with the job's ``energy_j`` and
-    ``co2_g``), ``budget_exceeded`` (None, or what was exceeded).
+    ``co2_g``, and this rank's own ``rank_energy_j`` and ``rank_co2_g``), ``budget_exceeded``
+    (None, or what was exceeded).
     """
 
     def __init__(
@@ -76,17 +78,15 @@ class CarbonctxCallback(Callback):
         super().__init__()
         self.name = name
         self.tags = dict(tags) if tags else None
-        self.budget_kwh = budget_kwh
-        self.budget_co2_kg = budget_co2_kg
+        self.budget = Budget(budget_kwh, budget_co2_kg)
         self.total_j = 0.0
         self.total_co2_g = 0.0
         self.epochs: list[dict[str, float]] = []
-        self.budget_exceeded: dict[str, Any] | None = None
         self._open: Any = None
         self._phase = "train"
         self._samples = 0
         # Ended regions not yet logged per step: (region, samples in it).
-        self._steps: list[tuple[Any, int]] = []
+        self._steps: deque[tuple[Any, int]] = deque()
         # Ended regions of this epoch, not yet counted in its total.
         self._epoch: list[Any] = []
         self._val: list[Any] = []
@@ -124,14 +124,16 @@ class CarbonctxCallback(Callback):
         self.total_co2_g += m.co2_g if m.co2_g is not None else math.nan
 
     @staticmethod
-    def _log(pl_module: Any, key: str, value: float, *, on_step: bool, **kw: Any) -> None:
+    def _log(
+        pl_module: Any, key: str, value: float, *, on_step: bool, sync: bool = True, **kw: Any
+    ) -> None:
         kw.setdefault("reduce_fx", "sum")
         pl_module.log(
             key,
             float(value),
             on_step=on_step,
             on_epoch=not on_step,
-            sync_dist=True,
+            sync_dist=sync,
             batch_size=1,
             **kw,
         )
@@ -142,7 +144,7 @@ class CarbonctxCallback(Callback):
         if stage == "fit":
             self.total_j = self.total_co2_g = 0.0
             self.epochs = []
-            self.budget_exceeded = None
+            self.budget.exceeded = None
             self._epoch.clear()
             self._steps.clear()
             self._val.clear()
@@ -156,20 +158,28 @@ class CarbonctxCallback(Callback):
             return
         self._samples += _batch_size(batch)
         self._split("train")
-        # Log what the sampler has resolved; never wait inside a step. Every rank logs at
-        # every step (zeros included): sync_dist is a collective.
+        # Lightning writes step figures to its loggers every log_every_n_steps steps: read and
+        # log only then (its self.log costs far more than a region) what the sampler has
+        # resolved since; never wait inside a step. Every rank decides alike (the same steps)
+        # and then logs, zeros included: sync_dist is a collective.
+        if not _logs_now(trainer):
+            return
         j = g = 0.0
         n = 0
         while self._steps and self._steps[0][0].done:
-            region, samples = self._steps.pop(0)
+            region, samples = self._steps.popleft()
             m = region.result()
             j += m.energy_j
             g += m.co2_g if m.co2_g is not None else math.nan
             n += samples
         self._log(pl_module, "energy_j", j, on_step=True)
         self._log(pl_module, "co2_g", g, on_step=True)
-        if n > 0:
-            self._log(pl_module, "energy_j_per_sample", j / n, on_step=True, reduce_fx="mean")
+        # The ranks resolve their steps at different times: whether a rank has samples to
+        # divide by is its own, and a key logged with sync_dist by some ranks only would leave
+        # the others waiting. The job's ratio comes from one sum over ranks, the same on each.
+        job_j, job_n = collectives.allreduce_sum([j, float(n)])
+        if job_n > 0:
+            self._log(pl_module, "energy_j_per_sample", job_j / job_n, on_step=True, sync=False)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if self._open is not None and not trainer.sanity_checking:
@@ -179,11 +189,7 @@ class CarbonctxCallback(Callback):
         if self._open is None or trainer.sanity_checking or self._phase != "val":
             return
         self._split("train")
-        j = g = 0.0
-        for region in self._val:
-            m = region.result()
-            j += m.energy_j
-            g += m.co2_g if m.co2_g is not None else math.nan
+        j, g = figures(self._val)
         self._val.clear()
         self._log(pl_module, "val_energy_j", j, on_step=False)
         self._log(pl_module, "val_co2_g", g, on_step=False)
@@ -192,6 +198,9 @@ class CarbonctxCallback(Callback):
         if self._open is None:
             return
         self._split("train")
+        # The epoch's figure holds what the steps have not logged yet (and the handles of an
+        # epoch's steps are not kept past it).
+        self._steps.clear()
         j = g = 0.0
         for region in self._epoch:
             m = region.result()
@@ -203,7 +212,13 @@ class CarbonctxCallback(Callback):
         spent_j = math.fsum(e["energy_j"] for e in self.epochs) + job_j
         spent_g = math.fsum(e["co2_g"] for e in self.epochs) + job_g
         self.epochs.append(
-            {"epoch": float(trainer.current_epoch), "energy_j": job_j, "co2_g": job_g}
+            {
+                "epoch": float(trainer.current_epoch),
+                "energy_j": job_j,
+                "co2_g": job_g,
+                "rank_energy_j": j,
+                "rank_co2_g": g,
+            }
         )
         # Each rank logs its own; sync_dist sums them into the job's, as logged per step.
         self._log(pl_module, "epoch_energy_j", j, on_step=False)
@@ -211,29 +226,20 @@ class CarbonctxCallback(Callback):
         scale = _remaining_scale(trainer)
         fc_kwh = fc_co2_kg = math.nan
         if scale is not None:
-            fc_kwh = spent_j * scale / _J_PER_KWH
+            fc_kwh = spent_j * scale / J_PER_KWH
             fc_co2_kg = spent_g * scale / 1e3
             self._log(pl_module, "energy_forecast_kwh", fc_kwh, on_step=False, reduce_fx="mean")
         self._check_budget(trainer, fc_kwh, fc_co2_kg)
 
     def _check_budget(self, trainer: Any, fc_kwh: float, fc_co2_kg: float) -> None:
-        # Every rank takes part at every epoch's end, with a budget or not: a collective that
-        # one rank skipped would leave the others waiting.
-        over: list[str] = []
-        if self.budget_kwh is not None and fc_kwh > self.budget_kwh:
-            over.append(f"forecast energy {fc_kwh:.4g} kWh exceeds budget_kwh={self.budget_kwh:g}")
-        if self.budget_co2_kg is not None and fc_co2_kg > self.budget_co2_kg:
-            over.append(
-                f"forecast CO2e {fc_co2_kg:.4g} kg exceeds budget_co2_kg={self.budget_co2_kg:g}"
-            )
-        if collectives.any_rank(bool(over)) and self.budget_exceeded is None:
-            self.budget_exceeded = {
-                "epoch": len(self.epochs),
-                "message": "; ".join(over) or "another rank's forecast exceeds the budget",
-                "forecast_kwh": fc_kwh,
-                "forecast_co2_kg": fc_co2_kg,
-            }
+        # Every rank takes part at every epoch's end, with a budget or not.
+        if self.budget.check(fc_kwh, fc_co2_kg, epoch=len(self.epochs)):
             trainer.should_stop = True
+
+    @property
+    def budget_exceeded(self) -> dict[str, Any] | None:
+        """None, or what was exceeded (``epoch``, ``message``, ``forecast_kwh``...)."""
+        return self.budget.exceeded
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._end()
@@ -244,6 +250,13 @@ class CarbonctxCallback(Callback):
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
             self._end()
+
+
+def _logs_now(trainer: Any) -> bool:
+    """Whether Lightning writes this step's figures to its loggers (every log_every_n_steps
+    steps, and when training stops): the same answer on every rank."""
+    due = getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", None)
+    return True if due is None else bool(due)
 
 
 def _remaining_scale(trainer: Any) -> float | None:

@@ -22,6 +22,16 @@ node the host's name):
     with ``source="total"`` (statistics keep totals per name, not per source). These overlap
     ``region="process"``: sum over one of them, never over ``region``.
 
+* ``carbonctx_device_energy_joules_total`` (counter), labelled by ``source`` (its kind),
+  ``device`` (the source's id in ``by_source``: ``powercap:intel-rapl:0``, ``nvml:0``...) and
+  ``region``: the joules of each package, DRAM and GPU, for ``region="process"`` and for the
+  first ``max_regions`` (20) region names. Summed over ``source`` and ``device``, a region's
+  series give its energy: the domains that overlap these (core, uncore, psys, module, rail,
+  node) are left out. The series are bounded by the hardware and ``max_regions``. Named
+  regions are read from the recent window (``carbonctx.recent()``) at each interval: a warning
+  says when more regions ended in one interval than the window holds (``configure(window=N)``),
+  whose devices are then missing (their totals are not). Reading a full window of 1000
+  regions takes some 30 ms of the exporter's thread each interval; ``max_regions=0`` skips it;
 * ``carbonctx_power_watts`` (gauge) per ``source``: mean power over the last interval;
 * ``carbonctx_carbon_intensity_grams_per_kwh`` (gauge) with the ``zone`` it is for.
 """
@@ -29,7 +39,6 @@ node the host's name):
 from __future__ import annotations
 
 import math
-import socket
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -39,20 +48,19 @@ from prometheus_client import push_to_gateway as _push
 from prometheus_client import start_http_server as _serve
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-import carbonctx
+from carbonctx.integrations._meter import KINDS, Meter
 
 __all__ = ["Exporter", "exporter", "push_to_gateway", "shutdown", "start_http_server"]
 
-_SOURCES = ("cpu", "dram", "gpu")
 
-
-class Exporter:
+class Exporter(Meter):
     """carbonctx's figures as Prometheus metrics (see the module's documentation).
 
     ``interval`` is the length of the exporter's own regions (seconds); ``region`` their name;
     ``registry`` the ``CollectorRegistry`` it registers with (prometheus_client's default one
-    unless given). :meth:`start` starts measuring; :meth:`update` counts what was spent up to
-    now; :meth:`stop` counts the rest and stops.
+    unless given); ``max_regions`` how many region names get per-device series. :meth:`start`
+    starts measuring; :meth:`update` counts what was spent up to now; :meth:`stop` counts the
+    rest and stops.
     """
 
     def __init__(
@@ -62,148 +70,72 @@ class Exporter:
         region: str = "process",
         registry: CollectorRegistry | None = None,
         names: bool = True,
+        max_regions: int = 20,
     ) -> None:
-        if not (interval > 0 and math.isfinite(interval)):
-            raise ValueError(f"interval={interval!r} must be a positive number of seconds")
-        self.interval = float(interval)
-        self.region = region
-        self.names = names
+        super().__init__(interval=interval, region=region, names=names, max_regions=max_regions)
         self.registry = REGISTRY if registry is None else registry
-        self.energy_j = dict.fromkeys(_SOURCES, 0.0)
-        self.co2_g = dict.fromkeys(_SOURCES, 0.0)
-        self.power_w = dict.fromkeys(_SOURCES, math.nan)
-        self.intensity: float | None = None
-        self.zone: str | None = None
-        self.rank = "0"
-        self.node = socket.gethostname()
-        self._lock = threading.Lock()
-        self._split_lock = threading.Lock()
-        self._open: Any = None
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self.registry.register(self)
-
-    # ------------------------------------------------------------------ measuring
-
-    def start(self) -> Exporter:
-        """Start measuring the process (idempotent)."""
-        with self._split_lock:
-            if self._thread is not None:
-                return self
-            self._open = carbonctx.track(self.region).__enter__()
-            self._wake.clear()
-            self._thread = threading.Thread(
-                target=self._loop, name="carbonctx-prometheus", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._wake.wait(self.interval):
-            self.update()
-
-    def update(self) -> None:
-        """End the current region, start the next, and add the ended one to the counters
-        (waits for the sampler to pass its end)."""
-        with self._split_lock:
-            ended = self._open
-            if ended is None:
-                return
-            ended.__exit__(None, None, None)
-            self._open = carbonctx.track(self.region).__enter__() if self._thread else None
-            self._count(ended.result())
-
-    def stop(self) -> None:
-        """Count what was spent up to now and stop measuring (the metrics stay served)."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._wake.set()
-        thread.join()
-        with self._split_lock:
-            self._thread = None
-        self.update()
 
     def close(self) -> None:
         """Stop, and unregister from the registry."""
         self.stop()
         self.registry.unregister(self)
 
-    def _count(self, m: Any) -> None:
-        parts = {"cpu": m.cpu_j, "dram": m.dram_j, "gpu": m.gpu_j}
-        with self._lock:
-            for src, j in parts.items():
-                if not math.isfinite(j):
-                    continue
-                self.energy_j[src] += j
-                if m.co2_g is not None and m.energy_j > 0 and math.isfinite(m.co2_g):
-                    self.co2_g[src] += m.co2_g * j / m.energy_j
-                self.power_w[src] = j / m.duration_s if m.duration_s > 0 else math.nan
-            if m.intensity is not None:
-                self.intensity, self.zone = float(m.intensity), m.zone
-            if m.rank is not None:
-                self.rank = str(m.rank)
-            if m.node is not None:
-                self.node = str(m.node)
-
     # ------------------------------------------------------------------ prometheus_client
 
     def describe(self) -> list[Any]:
         # Registering must not measure: describe the families without their samples.
-        return [
-            CounterMetricFamily("carbonctx_energy_joules", "", labels=_LABELS),
-            CounterMetricFamily("carbonctx_co2_grams", "", labels=_LABELS),
-            GaugeMetricFamily("carbonctx_power_watts", "", labels=_GAUGE_LABELS),
-            GaugeMetricFamily("carbonctx_carbon_intensity_grams_per_kwh", "", labels=_CI_LABELS),
-        ]
+        return _families()
 
     def collect(self) -> Iterator[Any]:
-        energy = CounterMetricFamily(
+        energy, co2, device, power, ci = _families()
+        snap = self.snapshot()
+        rank, node, region = snap.rank, snap.node, snap.region
+        for src in KINDS.values():
+            energy.add_metric([src, region, rank, node], snap.energy_j[src])
+            co2.add_metric([src, region, rank, node], snap.co2_g[src])
+            if math.isfinite(snap.power_w[src]):
+                power.add_metric([src, rank, node], snap.power_w[src])
+        if snap.intensity is not None:
+            ci.add_metric([snap.zone or "", rank, node], snap.intensity)
+        for name, (j, g) in snap.names.items():
+            if math.isfinite(j):
+                energy.add_metric(["total", name, rank, node], j)
+            if math.isfinite(g):
+                co2.add_metric(["total", name, rank, node], g)
+        for (name, kind, dev), j in snap.devices.items():
+            device.add_metric([kind, dev, name, rank, node], j)
+        yield from (energy, co2, device, power, ci)
+
+
+def _families() -> list[Any]:
+    return [
+        CounterMetricFamily(
             "carbonctx_energy_joules",
             "Energy spent (joules), per source and region",
-            labels=_LABELS,
-        )
-        co2 = CounterMetricFamily(
-            "carbonctx_co2_grams", "CO2e emitted (grams), per source and region", labels=_LABELS
-        )
-        power = GaugeMetricFamily(
-            "carbonctx_power_watts", "Mean power over the last interval", labels=_GAUGE_LABELS
-        )
-        ci = GaugeMetricFamily(
+            labels=["source", "region", "rank", "node"],
+        ),
+        CounterMetricFamily(
+            "carbonctx_co2_grams",
+            "CO2e emitted (grams), per source and region",
+            labels=["source", "region", "rank", "node"],
+        ),
+        CounterMetricFamily(
+            "carbonctx_device_energy_joules",
+            "Energy spent (joules), per source device and region",
+            labels=["source", "device", "region", "rank", "node"],
+        ),
+        GaugeMetricFamily(
+            "carbonctx_power_watts",
+            "Mean power over the last interval",
+            labels=["source", "rank", "node"],
+        ),
+        GaugeMetricFamily(
             "carbonctx_carbon_intensity_grams_per_kwh",
             "Carbon intensity used (gCO2e/kWh)",
-            labels=_CI_LABELS,
-        )
-        with self._lock:
-            rank, node = self.rank, self.node
-            for src in _SOURCES:
-                energy.add_metric([src, self.region, rank, node], self.energy_j[src])
-                co2.add_metric([src, self.region, rank, node], self.co2_g[src])
-                if math.isfinite(self.power_w[src]):
-                    power.add_metric([src, rank, node], self.power_w[src])
-            if self.intensity is not None:
-                ci.add_metric([self.zone or "", rank, node], self.intensity)
-        if self.names:
-            for name, st in _stats().items():
-                if name == self.region:
-                    continue
-                if math.isfinite(st.energy_j.total):
-                    energy.add_metric(["total", name, rank, node], st.energy_j.total)
-                if math.isfinite(st.co2_g):
-                    co2.add_metric(["total", name, rank, node], st.co2_g)
-        yield from (energy, co2, power, ci)
-
-
-_LABELS = ["source", "region", "rank", "node"]
-_GAUGE_LABELS = ["source", "rank", "node"]
-_CI_LABELS = ["zone", "rank", "node"]
-
-
-def _stats() -> Mapping[str, Any]:
-    try:
-        return carbonctx.stats()
-    except carbonctx.CarbonctxError:
-        return {}
+            labels=["zone", "rank", "node"],
+        ),
+    ]
 
 
 _EXPORTER: Exporter | None = None

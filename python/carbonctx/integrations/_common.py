@@ -1,0 +1,68 @@
+"""What the training callbacks share: a region's figures, the forecast and the budget decision.
+
+The callbacks (Hugging Face, Lightning, Keras) differ in when their framework calls them; what
+they compute at those points is the same and lives here, so that each says it once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from carbonctx._distributed import collectives
+from carbonctx._runs.budget import check_limit
+
+__all__ = ["J_PER_KWH", "Budget", "figures", "put"]
+
+J_PER_KWH = 3.6e6
+
+
+def figures(regions: Iterable[Any]) -> tuple[float, float]:
+    """(joules, grams of CO2e) of ended regions, summed (waits for the sampler to pass the last
+    one's end). CO2 is NaN when a region has no intensity, so that a sum never hides a gap."""
+    j = g = 0.0
+    for region in regions:
+        m = region.result()
+        j += m.energy_j
+        g += m.co2_g if m.co2_g is not None else math.nan
+    return j, g
+
+
+def put(out: dict[str, float], key: str, value: float) -> None:
+    """``out[key] = value`` when the value is a finite number (loggers choke on NaN)."""
+    if math.isfinite(value):
+        out[key] = float(value)
+
+
+class Budget:
+    """Limits on a run's forecast energy (kWh) and CO2e (kg), decided jointly over the ranks.
+
+    :meth:`check` is a collective (``collectives.any_rank``): every rank must call it at the same
+    points, with a budget or not, or the others wait at it. It returns True once, at the first
+    check at which any rank's forecast exceeds a limit; ``exceeded`` then says what (``where``'s
+    items, ``message``, ``forecast_kwh``, ``forecast_co2_kg``).
+    """
+
+    __slots__ = ("co2_kg", "exceeded", "kwh")
+
+    def __init__(self, kwh: float | None, co2_kg: float | None) -> None:
+        self.kwh = check_limit(kwh, "budget_kwh")
+        self.co2_kg = check_limit(co2_kg, "budget_co2_kg")
+        self.exceeded: dict[str, Any] | None = None
+
+    def check(self, fc_kwh: float, fc_co2_kg: float, **where: Any) -> bool:
+        over: list[str] = []
+        if self.kwh is not None and fc_kwh > self.kwh:
+            over.append(f"forecast energy {fc_kwh:.4g} kWh exceeds budget_kwh={self.kwh:g}")
+        if self.co2_kg is not None and fc_co2_kg > self.co2_kg:
+            over.append(f"forecast CO2e {fc_co2_kg:.4g} kg exceeds budget_co2_kg={self.co2_kg:g}")
+        if not collectives.any_rank(bool(over)) or self.exceeded is not None:
+            return False
+        self.exceeded = {
+            **where,
+            "message": "; ".join(over) or "another rank's forecast exceeds the budget",
+            "forecast_kwh": fc_kwh,
+            "forecast_co2_kg": fc_co2_kg,
+        }
+        return True

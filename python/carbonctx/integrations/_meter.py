@@ -1,0 +1,234 @@
+"""The process's running totals for the metrics exporters (Prometheus, OpenTelemetry).
+
+:class:`Meter` measures the process as back-to-back regions of ``interval`` seconds on a thread
+of its own and keeps, for each exporter to publish as it likes:
+
+* per kind of source (``cpu`` = package, ``dram``, ``gpu``): joules, grams of CO2e (the region's
+  CO2 split in proportion to the joules) and the mean power over the last interval;
+* per source device (``by_source`` id: ``powercap:intel-rapl:0``, ``nvml:0``...), for the
+  process and for each region name measured with ``track()``: joules. Only the sources that
+  enter totals (package, DRAM, GPU) are kept: core, uncore, psys, module, rail and node lie inside
+  or around them, and adding them up would count the same joules twice. The number of series is
+  bounded: devices by the hardware, region names by ``max_regions`` (the first ones seen; the
+  others keep their total only);
+* per region name, the exact totals of ``carbonctx.stats()``.
+
+The named regions' devices come from the recent window (``carbonctx.recent()``), read at each
+update: regions that end faster than the window holds between two updates (``configure(window=N)``
+regions) are missing from them, never from the totals; a warning says so once. Reading the
+window builds each region's result, about 15-30 µs a region on the meter's thread (a full
+window of 1000: some 30 ms each interval, under the GIL); ``max_regions=0`` reads none.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import warnings
+from collections.abc import Mapping
+from typing import Any, NamedTuple, TypeVar
+
+import carbonctx
+
+__all__ = ["KINDS", "Meter", "Snapshot"]
+
+M = TypeVar("M", bound="Meter")
+
+#: Kinds of source, from the domains that enter totals.
+KINDS = {"package": "cpu", "dram": "dram", "gpu": "gpu"}
+
+
+class Snapshot(NamedTuple):
+    """What the exporters publish, read at once."""
+
+    rank: str
+    node: str
+    region: str
+    energy_j: dict[str, float]
+    co2_g: dict[str, float]
+    power_w: dict[str, float]
+    intensity: float | None
+    zone: str | None
+    #: (region, kind, device) -> joules.
+    devices: dict[tuple[str, str, str], float]
+    #: region name -> (joules, grams) from carbonctx.stats(); the exporter's own left out.
+    names: dict[str, tuple[float, float]]
+
+
+class Meter:
+    """Measures the process and keeps its running totals (see the module's documentation).
+
+    ``interval`` is the length of the meter's own regions (seconds), ``region`` their name,
+    ``names`` whether region names measured with ``track()`` are published, ``max_regions`` how
+    many of them get a per-device breakdown. :meth:`start` starts measuring; :meth:`update`
+    counts what was spent up to now; :meth:`stop` counts the rest and stops.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval: float = 5.0,
+        region: str = "process",
+        names: bool = True,
+        max_regions: int = 20,
+    ) -> None:
+        if not (interval > 0 and math.isfinite(interval)):
+            raise ValueError(f"interval={interval!r} must be a positive number of seconds")
+        if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 0:
+            raise ValueError(f"max_regions={max_regions!r} must be a whole number >= 0")
+        self.interval = float(interval)
+        self.region = region
+        self.names = names
+        self.max_regions = max_regions
+        self.energy_j = dict.fromkeys(KINDS.values(), 0.0)
+        self.co2_g = dict.fromkeys(KINDS.values(), 0.0)
+        self.power_w = dict.fromkeys(KINDS.values(), math.nan)
+        self.devices: dict[tuple[str, str, str], float] = {}
+        self.intensity: float | None = None
+        self.zone: str | None = None
+        self.rank = "0"
+        self.node = socket.gethostname()
+        self._lock = threading.Lock()
+        self._split_lock = threading.Lock()
+        self._open: Any = None
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._broken_down: set[str] = set()
+        self._last_read: tuple[int, int] | None = None
+        self._warned_window = False
+
+    # ------------------------------------------------------------------ measuring
+
+    def start(self: M) -> M:
+        """Start measuring the process (idempotent)."""
+        with self._split_lock:
+            if self._thread is not None:
+                return self
+            self._open = carbonctx.track(self.region).__enter__()
+            self._wake.clear()
+            self._thread = threading.Thread(target=self._loop, name="carbonctx-meter", daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._wake.wait(self.interval):
+            self.update()
+
+    def update(self) -> None:
+        """End the current region, start the next, and add the ended one to the totals (waits
+        for the sampler to pass its end); read the named regions that ended since."""
+        with self._split_lock:
+            ended = self._open
+            if ended is None:
+                return
+            ended.__exit__(None, None, None)
+            self._open = carbonctx.track(self.region).__enter__() if self._thread else None
+            self._count(ended.result())
+            if self.names and self.max_regions > 0:
+                self._read_named()
+
+    def stop(self) -> None:
+        """Count what was spent up to now and stop measuring (the totals stay published)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._wake.set()
+        thread.join()
+        with self._split_lock:
+            self._thread = None
+        self.update()
+
+    def _count(self, m: Any) -> None:
+        parts = {"cpu": m.cpu_j, "dram": m.dram_j, "gpu": m.gpu_j}
+        with self._lock:
+            for src, j in parts.items():
+                if not math.isfinite(j):
+                    continue
+                self.energy_j[src] += j
+                if m.co2_g is not None and m.energy_j > 0 and math.isfinite(m.co2_g):
+                    self.co2_g[src] += m.co2_g * j / m.energy_j
+                self.power_w[src] = j / m.duration_s if m.duration_s > 0 else math.nan
+            self._add_devices(m)
+            if m.intensity is not None:
+                self.intensity, self.zone = float(m.intensity), m.zone
+            if m.rank is not None:
+                self.rank = str(m.rank)
+            if m.node is not None:
+                self.node = str(m.node)
+
+    def _add_devices(self, m: Any) -> None:
+        for src in m.by_source.values():
+            kind = KINDS.get(src.domain)
+            if kind is None or src.joules is None or not math.isfinite(src.joules):
+                continue
+            key = (m.name, kind, src.id)
+            self.devices[key] = self.devices.get(key, 0.0) + src.joules
+
+    def _read_named(self) -> None:
+        """Add the named regions that ended since the last read, device by device."""
+        window = carbonctx.recent()
+        start = 0
+        if self._last_read is not None and window:
+            for i in range(len(window) - 1, -1, -1):
+                if (window[i].pid, window[i].id) == self._last_read:
+                    start = i + 1
+                    break
+            else:
+                # The last region read has left the window: a window's worth ended since, and
+                # perhaps more, whose devices are lost (their totals are not).
+                self._window_overrun(len(window))
+        with self._lock:
+            for m in window[start:]:
+                if m.name == self.region:
+                    continue
+                if m.name not in self._broken_down:
+                    if len(self._broken_down) >= self.max_regions:
+                        continue
+                    self._broken_down.add(m.name)
+                self._add_devices(m)
+        if window:
+            self._last_read = (window[-1].pid, window[-1].id)
+
+    def _window_overrun(self, size: int) -> None:
+        if self._warned_window:
+            return
+        self._warned_window = True
+        warnings.warn(
+            f"carbonctx metrics: more than the recent window's {size} regions ended within one "
+            f"interval ({self.interval:g} s), so the per-device figures of named regions miss "
+            "some (their totals do not): raise carbonctx.configure(window=...) or lower interval",
+            carbonctx.CarbonctxWarning,
+            stacklevel=2,
+        )
+
+    # ------------------------------------------------------------------ reading
+
+    def snapshot(self) -> Snapshot:
+        """The totals now: what the last update counted, and the named regions' totals (from
+        ``carbonctx.stats()``, which resolves the regions that have ended)."""
+        named: dict[str, tuple[float, float]] = {}
+        if self.names:
+            for name, st in _stats().items():
+                if name != self.region:
+                    named[name] = (st.energy_j.total, st.co2_g)
+        with self._lock:
+            return Snapshot(
+                self.rank,
+                self.node,
+                self.region,
+                dict(self.energy_j),
+                dict(self.co2_g),
+                dict(self.power_w),
+                self.intensity,
+                self.zone,
+                dict(self.devices),
+                named,
+            )
+
+
+def _stats() -> Mapping[str, Any]:
+    try:
+        return carbonctx.stats()
+    except carbonctx.CarbonctxError:
+        return {}
