@@ -18,8 +18,9 @@ from carbonctx import _config
 from carbonctx._carbon.intensity import Intensity
 from carbonctx._measure import process as _runtime
 from carbonctx._results.equivalents import equivalents, pue_suggestion
+from carbonctx._runs.epochs import epochs
 from carbonctx._runs.forecast import Epoch, t975
-from carbonctx._runs.run import Run, epochs
+from carbonctx._runs.run import Run
 from carbonctx.errors import CarbonctxWarning, ConfigurationError
 from carbonctx.testing import SimulatedMachine, Wave
 

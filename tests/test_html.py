@@ -14,8 +14,8 @@ import carbonctx
 from carbonctx._cli.report import report_dir
 from carbonctx._measure import process as _runtime
 from carbonctx._output.html import energy_unit, nice_ticks, render_report
+from carbonctx._runs.epochs import epochs
 from carbonctx._runs.log import read_run_logs
-from carbonctx._runs.run import epochs
 from carbonctx.testing import SimulatedMachine, Wave
 
 

@@ -278,6 +278,65 @@ def test_a_sampler_with_nothing_to_read_still_starts_and_stops(
     assert not s.running
 
 
+def test_the_hub_ends_a_span_and_says_what_is_due(
+    tmp_path: Path, samplers: list[_native.Sampler]
+) -> None:
+    """A decorated call makes one native call after the function: the hub ends the span and
+    answers 0 when nothing is due, else the backlog and warnings bits; a hub without a live
+    sampler marks nothing."""
+    s = _native.Sampler(
+        sys_root=tmp_path,
+        dev_root=tmp_path,
+        proc_root=tmp_path,
+        nvml_library=tmp_path / "none.so",
+        estimate="never",
+    )
+    samplers.append(s)
+    hub = _native.RegionHub(
+        object(),
+        strict=False,
+        pending={},
+        name_tags={},
+        tag_of=lambda name: 0,
+        drain=lambda: None,
+        emit_warnings=lambda: None,
+        backlog_high=1 << 15,
+    )
+    backlog, warnings_due = _native.SPAN_BACKLOG, _native.SPAN_WARNINGS
+    assert backlog & warnings_due == 0
+    # No sampler yet: nothing is marked, nothing is due.
+    assert hub.end_span(_native.now_ns(), 0) == 0
+    hub.sampler = s
+    t0 = _native.now_ns()
+    assert hub.end_span(t0, 7) == 0
+    assert s.wait(_native.now_ns(), 5.0)
+    n, _ids, tags, t0s, *_ = s.drain()
+    assert n == 1 and np.frombuffer(tags, dtype=np.uint32)[0] == 7
+    assert np.frombuffer(t0s, dtype=np.uint64)[0] == t0
+    # Warnings waiting: said in the same answer, and the span is still marked.
+    hub.warn_due = True
+    assert hub.end_span(_native.now_ns(), 0) == warnings_due
+    hub.warn_due = False
+    assert s.wait(_native.now_ns(), 5.0)
+    assert s.drain()[0] == 1
+    # Nobody drains: once the resolved regions pass the sampler's high mark, the answer says
+    # so (the wrapper then wakes the resolver), once until the resolver starts its next pass.
+    for _ in range(10_000):
+        hub.end_span(_native.now_ns(), 0)
+    assert wait_for(lambda: hub.end_span(_native.now_ns(), 0) & backlog or hub.wake_sent)
+    assert hub.wake_sent
+    assert hub.end_span(_native.now_ns(), 0) == 0
+    hub.wake_sent = False  # what the resolver does as it starts a pass
+    hub.warn_due = True
+    assert hub.end_span(_native.now_ns(), 0) == backlog | warnings_due
+    assert hub.end_span(_native.now_ns(), 0) == warnings_due
+    # A dead hub (shut down, or inherited by a forked child) marks nothing more.
+    begun = s.stats()["regions_begun"]
+    hub.dead = True
+    assert hub.end_span(_native.now_ns(), 0) == warnings_due
+    assert s.stats()["regions_begun"] == begun
+
+
 # ------------------------------------------------------------------------------------ discovery
 
 

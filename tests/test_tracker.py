@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import statistics
 import threading
@@ -146,6 +147,95 @@ def test_a_region_left_in_another_thread_or_task_stops_being_current(
 
     in_task = asyncio.run(main())
     assert in_task.result().parent is None
+
+
+def test_one_tracker_entered_in_several_threads_keeps_each_entrys_span(
+    sim: SimulatedMachine,
+) -> None:
+    """One Tracker object entered concurrently in two threads: each `with` measures its own
+    span, whichever thread leaves first (the first to leave used to end the other's entry)."""
+    from carbonctx import _native
+
+    shared = carbonctx.track("shared")
+    a_in, a_out = threading.Event(), threading.Event()
+    got: dict[str, tuple[carbonctx.Region, int, int, bool]] = {}
+
+    def first() -> None:
+        t0 = _native.now_ns()
+        with shared as m:
+            a_in.set()
+            b_in.wait(10)
+        got["a"] = (m, t0, _native.now_ns(), True)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(10)
+        t0 = _native.now_ns()
+        with shared as m:
+            b_in.set()
+            a_out.wait(10)
+            # The other thread has left its entry: this one is still open here.
+            still_open = carbonctx.current() is m and not m.done
+        got["b"] = (m, t0, _native.now_ns(), still_open)
+
+    b_in = threading.Event()
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (ma, a0, a1, _), (mb, b0, b1, b_open) = got["a"], got["b"]
+    assert ma is not mb and b_open
+    for m, lo, hi in ((ma, a0, a1), (mb, b0, b1)):
+        t0, t1 = edges(m)
+        assert lo <= t0 <= t1 <= hi, (m, lo, t0, t1, hi)
+    assert ma.result().thread != mb.result().thread
+    assert carbonctx.stats()["shared"].count == 2
+
+    # The same in two tasks of one thread, the first to enter leaving first.
+    async def main() -> list[tuple[carbonctx.Region, int, int]]:
+        entered, left = asyncio.Event(), asyncio.Event()
+
+        async def one(first: bool) -> tuple[carbonctx.Region, int, int]:
+            if not first:
+                await entered.wait()
+            t0 = _native.now_ns()
+            async with shared as m:
+                if first:
+                    entered.set()
+                    await asyncio.sleep(0.01)
+                else:
+                    await left.wait()
+            t1 = _native.now_ns()
+            if first:
+                left.set()
+            return m, t0, t1
+
+        return list(await asyncio.gather(one(True), one(False)))
+
+    for m, lo, hi in asyncio.run(main()):
+        t0, t1 = edges(m)
+        assert lo <= t0 <= t1 <= hi
+
+
+def test_one_tracker_reentered_recursively_nests(sim: SimulatedMachine) -> None:
+    rec = carbonctx.track("rec")
+    entries: list[carbonctx.Region] = []
+
+    def f(depth: int) -> None:
+        with rec as m:
+            entries.append(m)
+            if depth:
+                f(depth - 1)
+            time.sleep(0.005)
+
+    f(3)
+    assert len({id(m) for m in entries}) == 4 and carbonctx.current() is None
+    for outer, inner in itertools.pairwise(entries):
+        o0, o1 = edges(outer)
+        i0, i1 = edges(inner)
+        assert o0 <= i0 <= i1 <= o1
+        assert inner.result().parent == outer.id
 
 
 def test_async_regions_follow_their_task_across_awaits(sim: SimulatedMachine) -> None:
@@ -391,6 +481,44 @@ def test_with_regions_nobody_holds_are_freed_with_their_batches(sim: SimulatedMa
         assert carbonctx.stats()["step"].count == 30_000
     finally:
         gc.enable()
+
+
+def test_reset_frees_a_runtime_whose_region_was_left_in_another_thread(
+    sim: SimulatedMachine,
+) -> None:
+    """A region entered in a thread that lives on and left in another is still that thread's
+    context's current value: after reset() it keeps its result but no longer the runtime."""
+    import gc
+    import weakref
+
+    from carbonctx._measure import process as _runtime
+
+    entered, finish = threading.Event(), threading.Event()
+    box: dict[str, carbonctx.Region] = {}
+
+    def holder() -> None:
+        box["m"] = carbonctx.track("crossing").__enter__()
+        entered.set()
+        finish.wait(10)  # lives on, its context holding the region
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert entered.wait(10)
+        m = box.pop("m")
+        time.sleep(0.02)
+        m.__exit__(None, None, None)
+        energy = m.energy_j
+        rt = weakref.ref(_runtime.current_runtime())  # type: ignore[arg-type]
+        _runtime.reset()
+        gc.collect()
+        assert rt() is None, [type(r) for r in gc.get_referrers(rt())]
+        # What was measured stays readable.
+        assert m.done and m.energy_j == energy > 0 and m.result().name == "crossing"
+        del m
+    finally:
+        finish.set()
+        t.join()
 
 
 def test_configure_takes_every_setting() -> None:

@@ -37,7 +37,8 @@ from carbonctx._results.measurement import Measurement, SourceEnergy
 from carbonctx._results.notebook import measurements_frame as _measurements_frame
 from carbonctx._results.runs import JobTotal, RunTotals
 from carbonctx._results.statistics import Distribution, NameStats, StatsTable
-from carbonctx._runs.run import Run, epochs
+from carbonctx._runs.epochs import epochs
+from carbonctx._runs.run import Run
 from carbonctx._runs.total import job_total
 from carbonctx.errors import (
     CarbonctxError,

@@ -7,6 +7,8 @@ from typing import Any, final
 from typing_extensions import Self, disjoint_base
 
 __all__ = [
+    "SPAN_BACKLOG",
+    "SPAN_WARNINGS",
     "Feed",
     "Region",
     "RegionHub",
@@ -24,6 +26,10 @@ __all__ = [
 ]
 
 __version__: str
+#: ``RegionHub.end_span``: the regions waiting for the resolver passed the high mark.
+SPAN_BACKLOG: int
+#: ``RegionHub.end_span``: warnings wait to be issued from the user's thread.
+SPAN_WARNINGS: int
 
 def now_ns() -> int:
     """CLOCK_MONOTONIC in ns: the clock of every timestamp the sampler gives."""
@@ -110,6 +116,7 @@ class Region:
     ) -> Self: ...
     def _enter_core(self, hub: RegionHub, sampler: Sampler | None) -> None: ...
     def _exit_core(self) -> None: ...
+    def _detach(self) -> None: ...
     def __enter__(self) -> Self: ...
     def __exit__(self, exc_type: object = None, exc: object = None, tb: object = None) -> None: ...
 
@@ -122,6 +129,7 @@ class RegionHub:
     @sampler.setter
     def sampler(self, sampler: Sampler) -> None: ...
     warn_due: bool
+    wake_sent: bool
     dead: bool
     def __new__(
         cls,
@@ -135,6 +143,11 @@ class RegionHub:
         emit_warnings: Callable[[], None],
         backlog_high: int,
     ) -> Self: ...
+    def take_orphans(self) -> list[Any]:
+        """The live regions left in another context than they were entered in (once)."""
+    def end_span(self, t0_ns: int, tag: int) -> int:
+        """End a span begun at ``t0_ns`` under ``tag``; what is due here: 0, or the sum of
+        ``SPAN_BACKLOG`` (wake the resolver) and ``SPAN_WARNINGS`` (emit the warnings)."""
 
 def set_hub(hub: RegionHub | None) -> None:
     """Make ``hub`` the one the region code uses (the process's current runtime's)."""

@@ -7,6 +7,7 @@ region's end, and reading a field of an unresolved result waits for that.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -21,6 +22,8 @@ from carbonctx.errors import CarbonctxError, SamplerError, SourceUnavailableErro
 F = TypeVar("F", bound=Callable[..., Any])
 
 _now_ns = _native.now_ns
+_SPAN_BACKLOG = _native.SPAN_BACKLOG
+_SPAN_WARNINGS = _native.SPAN_WARNINGS
 
 
 def _sync_cuda() -> None:
@@ -162,7 +165,7 @@ class Tracker(_native.Region):
     # ------------------------------------------------------------------ context manager
 
     def _enter_slow(self) -> Tracker:
-        if self._rt is not None:
+        if self._rt is not None or self._t1 != 0:
             # This object measured a region already: measure this block as a new one.
             clone = Tracker(self.name, strict=self.strict, tags=self.tags, sync=self.sync)
             if self._clones is None:
@@ -185,11 +188,46 @@ class Tracker(_native.Region):
     def _exit_slow(self, *exc: object) -> None:
         clones = self._clones
         if clones:
-            clones.pop().__exit__(*exc)
-            return
+            # Entered again while open (in other threads or tasks, or recursively): leave the
+            # entry this context made, whatever the others did since.
+            entry = self._entry_here(clones)
+            if entry is not self:
+                for k in range(len(clones) - 1, -1, -1):
+                    if clones[k] is entry:
+                        del clones[k]
+                        break
+                entry.__exit__(*exc)
+                return
         if self.sync:
             _sync_cuda()
         self._exit_core()
+
+    def _entry_here(self, clones: list[Tracker]) -> Tracker:
+        """The innermost entry of this object still open in this thread or task (this object
+        or one of its clones); where none is (left elsewhere than it was entered), the last one
+        still open."""
+        r: Tracker | None = _native.current()
+        while r is not None:
+            if r is self or any(c is r for c in clones):
+                return r
+            r = r._prev
+            while r is not None and r._t1 != 0:
+                r = r._prev
+        for c in reversed(clones):
+            if c._t1 == 0:
+                return c
+        return self
+
+    def _release(self) -> None:
+        """Let go of the runtime, which has shut down, keeping the result: a context this region
+        was not left in still holds it, and would otherwise keep the runtime alive. A region
+        whose result cannot be made now (not resolved) keeps its runtime."""
+        if self._rt is None:
+            return
+        with contextlib.suppress(Exception):  # strict checks and unresolved regions: see below
+            self.result(timeout=0.0)
+        if self._result is not None:
+            self._detach()
 
     async def __aenter__(self) -> Tracker:
         return self.__enter__()
@@ -238,10 +276,13 @@ class Tracker(_native.Region):
             try:
                 return fn(*args, **kwargs)
             finally:
-                if s.end_span(t0, cache[1]):
-                    rt.wake_resolver()  # a backlog: never drained on the user's thread
-                if cache[2].warn_due:
-                    rt.emit_warnings()
+                # One native call ends the span and says what is due on this thread.
+                due = cache[2].end_span(t0, cache[1])
+                if due:
+                    if due & _SPAN_BACKLOG:
+                        rt.wake_resolver()  # a backlog: never drained on the user's thread
+                    if due & _SPAN_WARNINGS:
+                        rt.emit_warnings()
 
         return wrapper  # type: ignore[return-value]
 

@@ -284,6 +284,13 @@ class Runtime:
         if self.recorder is not None:
             self.recorder.close()
         self.carbon.close()
+        # Regions left in another thread or task than the one they were entered in are still
+        # held there (by that context's current region): they keep their results and let go
+        # of this runtime, which would otherwise outlive its shutdown.
+        for region in self.core.take_orphans():
+            release = getattr(region, "_release", None)
+            if release is not None:
+                release()
 
     def abandon(self) -> None:
         """In a forked child: never touch the parent's sampler or threads again."""
@@ -340,6 +347,7 @@ class Runtime:
         while True:
             self._wake.wait(RESOLVE_PERIOD_S)
             self._wake.clear()
+            self.core.wake_sent = False  # a backlog from here on asks for another pass
             if self._stop.is_set():
                 return
             try:

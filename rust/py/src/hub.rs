@@ -5,7 +5,7 @@ use std::sync::{Mutex, OnceLock};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::Sampler;
@@ -22,6 +22,9 @@ pub(crate) struct RegionHub {
     pub(crate) sampler: OnceLock<Py<Sampler>>,
     pub(crate) strict: bool,
     pub(crate) warn_due: AtomicBool,
+    /// The resolver has been asked to drain a backlog and has not started its next pass yet:
+    /// the marking threads ask once, not on every region while the backlog lasts.
+    pub(crate) wake_sent: AtomicBool,
     pub(crate) dead: AtomicBool,
     pub(crate) pending: Py<PyDict>,
     pub(crate) name_tags: Py<PyDict>,
@@ -29,6 +32,32 @@ pub(crate) struct RegionHub {
     pub(crate) drain: Py<PyAny>,
     pub(crate) emit_warnings: Py<PyAny>,
     pub(crate) backlog_high: usize,
+    /// Weak references to the regions left in another context (thread, task) than the one
+    /// they were entered in: that context's variable still holds each of them, and through it
+    /// this runtime. [`RegionHub::take_orphans`] hands them over when the runtime shuts down.
+    pub(crate) orphans: Mutex<Vec<Py<PyWeakrefReference>>>,
+}
+
+impl RegionHub {
+    /// Whether this thread is the one to wake the resolver for a backlog (the first since the
+    /// resolver's last pass began).
+    #[inline]
+    pub(crate) fn ask_wake(&self) -> bool {
+        !self.wake_sent.load(Ordering::Relaxed) && !self.wake_sent.swap(true, Ordering::AcqRel)
+    }
+
+    /// Remember a region left in another context than its own (weakly; the dead are pruned
+    /// whenever the list doubles, so it stays as long as the live ones).
+    pub(crate) fn add_orphan(&self, region: &Bound<'_, PyAny>) -> PyResult<()> {
+        let weak = PyWeakrefReference::new(region)?.unbind();
+        let py = region.py();
+        let mut list = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        if list.len() >= 64 && list.len().is_power_of_two() {
+            list.retain(|w| w.bind(py).upgrade().is_some());
+        }
+        list.push(weak);
+        Ok(())
+    }
 }
 
 #[pymethods]
@@ -52,6 +81,7 @@ impl RegionHub {
             sampler: OnceLock::new(),
             strict,
             warn_due: AtomicBool::new(false),
+            wake_sent: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             pending,
             name_tags,
@@ -59,7 +89,16 @@ impl RegionHub {
             drain,
             emit_warnings,
             backlog_high,
+            orphans: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The regions still alive that were left in another context than the one they were
+    /// entered in (each still held by that context), handed over once: the runtime lets them
+    /// go of it when it shuts down.
+    fn take_orphans<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
+        let list = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        list.iter().filter_map(|w| w.bind(py).upgrade()).collect()
     }
 
     /// The runtime's sampler, once it has started (set once).
@@ -85,6 +124,18 @@ impl RegionHub {
         self.warn_due.store(due, Ordering::Relaxed);
     }
 
+    /// Set when a marking thread was told to wake the resolver for a backlog; the resolver
+    /// clears it as it starts a pass.
+    #[getter]
+    fn wake_sent(&self) -> bool {
+        self.wake_sent.load(Ordering::Acquire)
+    }
+
+    #[setter]
+    fn set_wake_sent(&self, sent: bool) {
+        self.wake_sent.store(sent, Ordering::Release);
+    }
+
     #[getter]
     fn dead(&self) -> bool {
         self.dead.load(Ordering::Relaxed)
@@ -93,6 +144,29 @@ impl RegionHub {
     #[setter]
     fn set_dead(&self, dead: bool) {
         self.dead.store(dead, Ordering::Relaxed);
+    }
+
+    /// Ends a span that began at `t0_ns` (a decorated call, CLOCK_MONOTONIC ns) under the name
+    /// tag `tag`, and says what is due on the calling thread, so that a decorated call makes one
+    /// native call after the function returns: 0 when nothing is, else the sum of
+    /// `SPAN_BACKLOG` (1: the regions waiting for the resolver passed the high mark; wake it;
+    /// said once until the resolver starts its next pass, see `wake_sent`) and `SPAN_WARNINGS`
+    /// (2: warnings wait to be issued from the user's thread). A runtime without a sampler, or
+    /// shut down, or inherited by a forked child, marks nothing.
+    fn end_span(&self, t0_ns: u64, tag: u32) -> u8 {
+        let mut due = 0;
+        if let Some(s) = self.sampler.get() {
+            if !self.dead.load(Ordering::Relaxed)
+                && s.get().inner.end_span(t0_ns, tag)
+                && self.ask_wake()
+            {
+                due |= SPAN_BACKLOG;
+            }
+        }
+        if self.warn_due.load(Ordering::Relaxed) {
+            due |= SPAN_WARNINGS;
+        }
+        due
     }
 
     /// The hub and its runtime refer to each other; the collector breaks that cycle through
@@ -109,6 +183,11 @@ impl RegionHub {
         visit.call(&self.emit_warnings)
     }
 }
+
+/// [`RegionHub::end_span`]: the regions waiting for the resolver passed the high mark.
+pub(crate) const SPAN_BACKLOG: u8 = 1;
+/// [`RegionHub::end_span`]: warnings wait to be issued from the user's thread.
+pub(crate) const SPAN_WARNINGS: u8 = 2;
 
 /// The hub of the process's current runtime (None before the first region, after
 /// `configure()` until the next one, and in a forked child until it makes its own).

@@ -518,6 +518,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sim::SimMachine>()?;
     m.add_class::<region::Region>()?;
     m.add_class::<hub::RegionHub>()?;
+    m.add("SPAN_BACKLOG", hub::SPAN_BACKLOG)?;
+    m.add("SPAN_WARNINGS", hub::SPAN_WARNINGS)?;
     m.add_function(wrap_pyfunction!(hub::set_hub, m)?)?;
     m.add_function(wrap_pyfunction!(region::claim_regions, m)?)?;
     m.add_function(wrap_pyfunction!(region::current, m)?)?;

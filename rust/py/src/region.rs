@@ -72,16 +72,18 @@ fn context_set<'py>(
 }
 
 /// Resets the variable to where `token` found it. A token made in another context (the region
-/// was left in a different task or thread) is ignored, as the Python API would refuse it.
-fn context_reset(py: Python<'_>, var: &Py<PyAny>, token: &Py<PyAny>) -> PyResult<()> {
+/// was left in a different task or thread) is ignored, as the Python API would refuse it: then
+/// the answer is false (that context still holds the region).
+fn context_reset(py: Python<'_>, var: &Py<PyAny>, token: &Py<PyAny>) -> PyResult<bool> {
     // SAFETY: `var` is a ContextVar and `token` one of its tokens.
     if unsafe { PyContextVar_Reset(var.as_ptr(), token.as_ptr()) } < 0 {
         let err = PyErr::fetch(py);
         if !err.is_instance_of::<PyValueError>(py) && !err.is_instance_of::<PyRuntimeError>(py) {
             return Err(err);
         }
+        return Ok(false);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The innermost region still open here: the context variable's value, or, where that region
@@ -145,8 +147,9 @@ fn enter_slow(slf: &Bound<'_, Region>) -> PyResult<Py<PyAny>> {
 }
 
 /// A measured region. Subclassed by `carbonctx._measure.region.Tracker`, which adds the results.
-/// Not collectable (see [`untrack`]).
-#[pyclass(subclass, module = "carbonctx._native")]
+/// Not collectable (see [`untrack`]). Weakly referable: the hub keeps the regions left in
+/// another context than they were entered in by weak reference ([`RegionHub::orphans`]).
+#[pyclass(subclass, weakref, module = "carbonctx._native")]
 pub(crate) struct Region {
     #[pyo3(get)]
     name: Py<PyString>,
@@ -295,6 +298,17 @@ impl Region {
         exit_core(slf)
     }
 
+    /// Lets go of the runtime (`Tracker._release` calls it once the runtime has shut down and
+    /// the region's result is kept): the hub, the resolved batch, the enclosing region.
+    #[pyo3(name = "_detach")]
+    fn detach(&mut self) {
+        self.hub = None;
+        self.raw_batch = None;
+        self.raw_row = 0;
+        self.prev = None;
+        self.token = None;
+    }
+
     #[pyo3(signature = (exc_type=None, exc=None, tb=None))]
     fn __exit__(
         slf: &Bound<'_, Self>,
@@ -355,7 +369,13 @@ fn exit_core(slf: &Bound<'_, Region>) -> PyResult<()> {
         )
     };
     if let Some(token) = token {
-        context_reset(py, current_var(py)?, &token)?;
+        if !context_reset(py, current_var(py)?, &token)? {
+            // The context it was entered in still holds it (and so the runtime): the hub
+            // remembers it, to let go of the runtime when that shuts down.
+            if let Some(hub) = &hub {
+                hub.get().add_orphan(slf.as_any())?;
+            }
+        }
     }
     let (Some(hub), true) = (hub, id != 0) else {
         slf.borrow_mut().t1 = -1;
@@ -376,7 +396,7 @@ fn exit_core(slf: &Bound<'_, Region>) -> PyResult<()> {
     slf.borrow_mut().thread = thread_ident();
     let t1 = sampler.get().inner.end_tagged(id, tag);
     slf.borrow_mut().t1 = i64::try_from(t1).unwrap_or(i64::MAX);
-    if pending.len() > h.backlog_high {
+    if pending.len() > h.backlog_high && h.ask_wake() {
         h.drain.call0(py)?;
     }
     if h.warn_due.load(Ordering::Relaxed) {

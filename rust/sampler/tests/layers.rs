@@ -19,7 +19,7 @@ const LAYERS: [(&str, &[&str]); 6] = [
     ),
     ("timeline", &["crate::timeline"]),
     ("regions.rs", &["crate::regions"]),
-    ("shared.rs", &["crate::shared", "crate::NodeConfig"]),
+    ("shared", &["crate::shared", "crate::NodeConfig"]),
     (
         "sampler",
         &["crate::sampler", "crate::Sampler", "crate::Config"],

@@ -4,8 +4,10 @@
 //! - [`handle`]: the [`Sampler`] itself: the start handshake, marks, drain, wait, status, stop,
 //!   `Drop`;
 //! - [`config`]: how it runs ([`Config`]);
-//! - `schedule`: the thread's poll loop (full rate while regions are marked, sparse while
-//!   quiet), failure and retry, and the resolution pass;
+//! - `schedule`: the thread's body and poll loop (full rate while regions are marked, sparse
+//!   while quiet);
+//! - `poll`: one source as the loop polls it: a read, its point or gap, failure and retry;
+//! - `resolve`: the resolution pass (the frontier, and the energy at each region edge);
 //! - [`phase`]: phase-locked polling (read each counter just after it updates);
 //! - [`node`]: one sampler per node, shared by the processes of a job through
 //!   [`crate::shared`] (owner, followers, takeover).
@@ -14,6 +16,8 @@ pub mod config;
 pub mod handle;
 pub mod node;
 pub mod phase;
+mod poll;
+mod resolve;
 mod schedule;
 
 use std::sync::{Mutex, MutexGuard};

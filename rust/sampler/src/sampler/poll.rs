@@ -1,0 +1,274 @@
+//! One source as the sampler thread polls it: its state ([`Polled`]), one read and what it
+//! gives (a point stamped at the counter's change, a gap, a failure), and the appending of
+//! points to the source's timeline and the node's segment.
+
+use super::config::{interval_for, Config};
+use super::handle::SourceStatus;
+use super::phase::PhaseLock;
+use crate::sensors::{EnergySource, Reading};
+use crate::shared::Segment;
+use crate::timeline::{Accumulator, History, Point, Step};
+
+/// One source as the thread polls it: the source, its accumulator, and when it is due.
+pub(super) struct Polled {
+    pub(super) source: Box<dyn EnergySource>,
+    acc: Accumulator,
+    pub(super) interval_ns: u64,
+    pub(super) settle_ns: u64,
+    pub(super) due_ns: u64,
+    consecutive_errors: u32,
+    first_error_ns: u64,
+    pub(super) last_poll_ns: u64,
+    pub(super) failed_since: Option<u64>,
+    /// Phase-locked polling, for counters (see [`super::phase`]).
+    pub(super) phase: Option<PhaseLock>,
+    /// How long a read takes, smoothed (ns).
+    pub(super) read_cost_ns: u64,
+    /// The next point starts after a gap that began at this instant (another process's
+    /// sampler died and this one took over).
+    pub(super) pending_gap: Option<u64>,
+    /// Local joules less those published: the node's segment counts from its own start.
+    pub(super) offset_j: f64,
+}
+
+impl Polled {
+    /// A source whose first read gave `reading` at `t`, with its timeline and status.
+    pub(super) fn new(
+        source: Box<dyn EnergySource>,
+        reading: Reading,
+        t: u64,
+        base_j: f64,
+        config: &Config,
+    ) -> (Polled, Point, SourceStatus) {
+        let info = source.info().clone();
+        let interval_ns = interval_for(&info, config).as_nanos() as u64;
+        let mut acc = Accumulator::new(info.counter, interval_ns).continue_from(base_j);
+        let first = match acc.push(t, reading) {
+            Step::First(p) => p,
+            _ => Point {
+                t_ns: t,
+                joules: base_j,
+            },
+        };
+        let status = SourceStatus {
+            reads: 1,
+            interval_ns,
+            joules: first.joules,
+            ..SourceStatus::default()
+        };
+        let polled = Polled {
+            source,
+            acc,
+            interval_ns,
+            settle_ns: settle_ns(config, interval_ns),
+            due_ns: t + interval_ns,
+            consecutive_errors: 0,
+            first_error_ns: 0,
+            last_poll_ns: t,
+            failed_since: None,
+            phase: (config.phase_lock && info.counter.is_some())
+                .then(|| PhaseLock::new(interval_ns)),
+            read_cost_ns: 0,
+            pending_gap: None,
+            offset_j: 0.0,
+        };
+        (polled, first, status)
+    }
+
+    /// A source that cannot be read from `since` on (retried like any failed source).
+    pub(super) fn failed(
+        source: Box<dyn EnergySource>,
+        since: u64,
+        base_j: f64,
+        config: &Config,
+    ) -> Polled {
+        let info = source.info().clone();
+        let interval_ns = interval_for(&info, config).as_nanos() as u64;
+        Polled {
+            source,
+            acc: Accumulator::new(info.counter, interval_ns).continue_from(base_j),
+            interval_ns,
+            settle_ns: settle_ns(config, interval_ns),
+            due_ns: since,
+            consecutive_errors: 0,
+            first_error_ns: 0,
+            last_poll_ns: since,
+            failed_since: Some(since),
+            phase: None,
+            read_cost_ns: 0,
+            pending_gap: None,
+            offset_j: 0.0,
+        }
+    }
+
+    pub(super) fn cover(&self) -> Cover {
+        Cover {
+            last_poll_ns: self.last_poll_ns,
+            settle_ns: self.settle_ns,
+            failed_since: self.failed_since,
+        }
+    }
+}
+
+/// How far a source's timeline can answer: its last read, how long an unchanged counter takes
+/// to count as idle, and since when it has failed.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Cover {
+    pub(super) last_poll_ns: u64,
+    pub(super) settle_ns: u64,
+    pub(super) failed_since: Option<u64>,
+}
+
+pub(super) fn settle_ns(config: &Config, interval_ns: u64) -> u64 {
+    (config.settle.as_nanos() as u64).max(10 * interval_ns)
+}
+
+/// Append `pt` to source `i`'s timeline (after a gap from `gap_from`, if any) and publish it.
+pub(super) fn append(
+    i: usize,
+    tl: &mut History,
+    st: &mut SourceStatus,
+    seg: Option<&Segment>,
+    offset_j: f64,
+    pt: Point,
+    gap_from: Option<u64>,
+) {
+    if let Some(from) = gap_from {
+        let last = tl.last();
+        let from = last.map_or(from, |l| from.max(l.t_ns)).min(pt.t_ns);
+        tl.push_gap(from, pt.t_ns);
+        push_gap(st, from, pt.t_ns);
+        if let Some(seg) = seg {
+            let j = last.map_or(pt.joules, |l| l.joules);
+            seg.publish(
+                i,
+                Point {
+                    t_ns: from,
+                    joules: j - offset_j,
+                },
+                true,
+            );
+        }
+    }
+    tl.push(pt);
+    if let (Some(seg), Some(mut last)) = (seg, tl.last()) {
+        last.joules -= offset_j;
+        seg.publish(i, last, false);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn poll_one(
+    p: &mut Polled,
+    i: usize,
+    tl: &mut History,
+    st: &mut SourceStatus,
+    now: u64,
+    config: &Config,
+    retry_ns: u64,
+    seg: Option<&Segment>,
+) {
+    let late = now.saturating_sub(p.due_ns);
+    if late > p.interval_ns {
+        st.late_polls += 1;
+        st.skipped_polls += late / p.interval_ns;
+    }
+    st.max_late_ns = st.max_late_ns.max(late);
+    let t_before = crate::now_ns();
+    let result = p.source.read();
+    let t_after = crate::now_ns();
+    p.read_cost_ns = (p.read_cost_ns * 7 + (t_after - t_before)) / 8;
+    // The read happened somewhere in [t_before, t_after].
+    let t_read = t_before + (t_after - t_before) / 2;
+    match result {
+        Ok(reading) => {
+            st.reads += 1;
+            p.consecutive_errors = 0;
+            let mut gap_from = p.pending_gap.take();
+            if let Some(since) = p.failed_since.take() {
+                st.failed = false;
+                gap_from = Some(gap_from.map_or(since, |g| g.min(since)));
+                p.acc.rebaseline();
+                if let Some(seg) = seg {
+                    seg.set_failed(i, None);
+                }
+            }
+            let prev_read = p.last_poll_ns;
+            let step = p.acc.push(t_read, reading);
+            let changed = matches!(step, Step::Changed(_));
+            let stamp = match (&mut p.phase, &step) {
+                (Some(ph), Step::Changed(_) | Step::Unchanged) => {
+                    ph.observe(prev_read, t_read, changed)
+                }
+                _ => None,
+            };
+            let point = match step {
+                Step::First(pt) => Some(pt),
+                Step::Changed(mut pt) => {
+                    if let Some(s) = stamp {
+                        pt.t_ns = s.clamp(prev_read + 1, t_read);
+                    }
+                    Some(pt)
+                }
+                Step::Reset(pt) => {
+                    gap_from = Some(gap_from.map_or(p.last_poll_ns, |g| g.min(p.last_poll_ns)));
+                    Some(pt)
+                }
+                Step::Unchanged => None,
+            };
+            match point {
+                Some(pt) => append(i, tl, st, seg, p.offset_j, pt, gap_from),
+                // Nothing to publish yet: the gap closes at the next point.
+                None => p.pending_gap = gap_from,
+            }
+            p.last_poll_ns = t_read;
+            if let Some(seg) = seg {
+                seg.polled(i, t_read);
+            }
+            if let Some(ph) = &p.phase {
+                st.update_period_ns = ph.period_ns().unwrap_or(0.0);
+                st.phase_anchors = ph.anchors;
+            }
+            st.joules = p.acc.joules();
+            st.wraps = p.acc.wraps;
+            st.resets = p.acc.resets;
+        }
+        Err(e) => {
+            st.errors += 1;
+            st.last_error = Some(e.to_string());
+            if p.consecutive_errors == 0 {
+                p.first_error_ns = t_after;
+            }
+            p.consecutive_errors += 1;
+            if p.consecutive_errors >= config.fail_after
+                && t_after - p.first_error_ns >= config.fail_time.as_nanos() as u64
+                && p.failed_since.is_none()
+            {
+                p.failed_since = Some(p.last_poll_ns);
+                st.failed = true;
+                if let Some(seg) = seg {
+                    seg.set_failed(i, p.failed_since);
+                }
+            }
+        }
+    }
+    if p.failed_since.is_some() {
+        p.due_ns = t_after + retry_ns;
+        return;
+    }
+    if let Some(ph) = p.phase.as_ref() {
+        p.due_ns = ph.due(t_after).max(t_after + 1);
+        return;
+    }
+    p.due_ns += p.interval_ns;
+    if p.due_ns <= t_after {
+        p.due_ns = t_after + p.interval_ns;
+    }
+}
+
+pub(super) fn push_gap(st: &mut SourceStatus, from: u64, to: u64) {
+    if st.gaps.len() >= 32 {
+        st.gaps.remove(0);
+    }
+    st.gaps.push((from, to));
+}

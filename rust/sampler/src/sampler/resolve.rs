@@ -1,0 +1,89 @@
+//! The resolution pass: what the sources' timelines can answer (the frontier), and the
+//! energy of each region edge the frontier has passed.
+
+use std::sync::atomic::Ordering;
+
+use super::handle::Shared;
+use super::lock;
+use super::poll::Cover;
+use crate::regions::{resolve_into_columns, OpenRegions};
+use crate::timeline::{EnergyAt, History};
+
+/// The instant up to which a source can answer: its last point, or, when its counter has not
+/// moved for the settling time, its last poll less that time.
+fn covered_until(c: &Cover, tl: &History) -> u64 {
+    let last_point = tl.last().map_or(0, |pt| pt.t_ns);
+    last_point.max(c.last_poll_ns.saturating_sub(c.settle_ns))
+}
+
+/// Resolve what the frontier has passed, for the sources in `view` (indices into `covers` and
+/// the timelines). The regions lock is held only to take the work and to hand the results
+/// over, never while computing energies: a thread marking a region never waits for more than
+/// a copy.
+pub(super) fn resolve(
+    shared: &Shared,
+    covers: &[Cover],
+    view: &[usize],
+    open: &mut OpenRegions,
+    stopping: bool,
+    max_resolved: usize,
+) -> usize {
+    let timelines = lock(&shared.timelines);
+    let frontier = if stopping {
+        u64::MAX
+    } else {
+        view.iter()
+            .filter_map(|&i| Some((covers.get(i)?, timelines.get(i)?)))
+            .filter(|(c, _)| c.failed_since.is_none())
+            .map(|(c, tl)| covered_until(c, tl))
+            .min()
+            .unwrap_or_else(crate::now_ns)
+    };
+    // 1. Take the work.
+    let work = lock(&shared.regions).take_ready(frontier, stopping);
+    let marks = work.marks;
+    // 2. Compute energies, without the lock.
+    let width = view.len();
+    let at = |t: u64| -> Vec<EnergyAt> {
+        view.iter()
+            .map(|&i| match (covers.get(i), timelines.get(i)) {
+                (Some(c), Some(tl)) => energy_at(c, tl, t),
+                _ => EnergyAt::exact(f64::NAN),
+            })
+            .collect()
+    };
+    let out = resolve_into_columns(work, open, at);
+    drop(timelines);
+    // 3. Hand the results over.
+    let mut r = lock(&shared.regions);
+    r.hand_over(
+        out,
+        width,
+        max_resolved,
+        frontier,
+        crate::now_ns(),
+        stopping,
+    );
+    if stopping || shared.waiters.load(Ordering::Acquire) > 0 {
+        shared.resolved.notify_all();
+    }
+    marks
+}
+
+/// The energy of a source at `t_ns`: NaN where it is not covered or the source had failed.
+fn energy_at(c: &Cover, tl: &History, t_ns: u64) -> EnergyAt {
+    let Some(e) = tl.at(t_ns) else {
+        return EnergyAt::exact(f64::NAN);
+    };
+    if e.high.is_infinite() {
+        // After the last point: either the source is idle (settled) or it has failed.
+        if c.failed_since.is_some_and(|since| since < t_ns) {
+            return EnergyAt::exact(f64::NAN);
+        }
+        return EnergyAt {
+            gaps: e.gaps,
+            ..EnergyAt::exact(e.joules)
+        };
+    }
+    e
+}
