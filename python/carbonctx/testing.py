@@ -236,6 +236,11 @@ class SimulatedMachine:
         """Make a zone's counter unreadable (garbage) or readable again."""
         self._sim.fail_reads(domain, package, fail)
 
+    def reset_counter(self, domain: str, package: int = 0) -> None:
+        """Make a zone's counters start again from zero now (a firmware reset or driver
+        reload): a step back that is no wraparound. The truth is unchanged."""
+        self._sim.reset_counter(domain, package)
+
     @property
     def writes(self) -> int:
         return int(self._sim.write_count())

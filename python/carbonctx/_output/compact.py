@@ -46,7 +46,7 @@ __all__ = [
 #: The compact form's version, in its context records.
 FORMAT = 2
 _TOTALS = ("package", "dram", "gpu")
-_FAILED = "source failed before the region ended"
+_FAILED = "source failed or its counter was reset before the region ended"
 
 
 def ceil2(u: float) -> float:

@@ -190,7 +190,9 @@ impl SimMachine {
     pub fn counter_uj_at(&self, domain: Domain, package: u32, t_ns: u64) -> Result<u64, Error> {
         let i = self.zone_index(domain, package)?;
         let z = &self.spec.zones[i];
-        let e = z.offset_j + z.wave.energy_j(t_ns.saturating_sub(self.t0_ns()));
+        let reset_j = lock(&self.shared.inner).zones[i].reset_j;
+        let e =
+            (z.offset_j + z.wave.energy_j(t_ns.saturating_sub(self.t0_ns())) - reset_j).max(0.0);
         Ok(((e * 1e6).floor() as u64) % z.max_energy_range_uj.saturating_add(1))
     }
 
@@ -244,6 +246,19 @@ impl SimMachine {
             inner.write_at(now)?;
         }
         Ok(())
+    }
+
+    /// Makes a zone's counters (powercap and MSR) start again from zero now, as a firmware
+    /// reset or a driver reload does: a step back that is no wraparound. The truth is
+    /// unchanged (the energy was drawn; the counter forgot it).
+    pub fn reset_counter(&self, domain: Domain, package: u32) -> Result<(), Error> {
+        let i = self.zone_index(domain, package)?;
+        let mut inner = lock(&self.shared.inner);
+        let now = now_ns();
+        let elapsed = now.saturating_sub(inner.t0);
+        let z = &mut inner.zones[i];
+        z.reset_j = z.spec.offset_j + z.spec.wave.energy_j(elapsed);
+        inner.write_at(now)
     }
 }
 

@@ -379,6 +379,11 @@ pub(super) fn poll_loop(
 /// How often an owner refreshes the node's figures in its [`super::NodeStatus`].
 const NODE_STATUS_NS: u64 = 200_000_000;
 
+/// What a counter reset leaves in its source's status (and, through it, in the results).
+const RESET_REASON: &str = "its counter stepped back (or leapt) more than a wraparound or any \
+plausible power explains: a driver reload or device reset; the interval across it is missing, \
+no energy was counted for it";
+
 /// Sources due this close together are read in one wake-up.
 const COALESCE_NS: u64 = 30_000;
 
@@ -437,6 +442,7 @@ fn poll_one(
                 }
                 Step::Reset(pt) => {
                     gap_from = Some(gap_from.map_or(p.last_poll_ns, |g| g.min(p.last_poll_ns)));
+                    st.last_error = Some(RESET_REASON.to_string());
                     Some(pt)
                 }
                 Step::Unchanged => None,

@@ -1,0 +1,73 @@
+"""Counters that step back, stall, vanish and return (issue 10, item 3): nothing invented.
+
+A counter that goes back though no wraparound explains it (a driver reload, a firmware reset)
+leaves a gap: the regions across it say which source is missing and why, and no region counts
+the counter's whole range as energy."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import carbonctx
+from carbonctx._measure import process as _runtime
+from carbonctx.testing import SimulatedMachine, Wave
+
+
+@pytest.fixture
+def cpu_sim(tmp_path: Path) -> Iterator[SimulatedMachine]:
+    """Powercap only (the MSRs absent), one package at 50 W and DRAM at 6 W; the package
+    counter starts at 1000 J of its 262,143 J range."""
+    m = SimulatedMachine(
+        tmp_path / "hw", package=Wave.constant(50.0), dram=Wave.constant(6.0), msr=False
+    )
+    m.start()
+    carbonctx.configure(**m.settings(), cpu_backends=["powercap"])
+    yield m
+    _runtime.reset()
+    m.close()
+
+
+def busy(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.001)
+
+
+def test_a_counter_reset_is_a_gap_not_a_wraparound(cpu_sim: SimulatedMachine) -> None:
+    with carbonctx.track("before") as before:
+        busy(0.02)
+    assert 0 < before.energy_j < 10
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with carbonctx.track("across") as across:
+            busy(0.01)
+            cpu_sim.reset_counter("package")
+            busy(0.01)
+        across.result()
+        results = []
+        for _ in range(5):
+            with carbonctx.track("after") as m:
+                busy(0.02)
+            results.append(m)
+        assert carbonctx.flush()
+    pkg = next(k for k, s in across.by_source.items() if s.domain == "package")
+    # Nothing invented: the package's figure across the reset is unknown, and says so.
+    assert across.by_source[pkg].joules is None
+    assert "reset" in str(across.by_source[pkg].note)
+    assert pkg in across.missing
+    assert not across.energy_j > 1000  # 262,134 J in 20 ms when taken for a wrap
+    # Regions after the reset measure again, at about 56 W.
+    for m in results:
+        assert not m.missing, m.missing
+        assert 0.5 < m.energy_j / m.duration_s < 200
+    # One warning that names the source and the reason.
+    msgs = [str(w.message) for w in caught if pkg in str(w.message)]
+    assert len(msgs) == 1, msgs
+    assert "stepped back" in msgs[0]
+    status = {s["id"]: s["status"] for s in carbonctx.devices()["sources"]}
+    assert status[pkg]["resets"] == 1 and status[pkg]["wraps"] == 0
