@@ -94,3 +94,94 @@ def test_configure_with_a_region_open_in_another_thread(
     assert _runtime._RETIRING and all(rt.finished for rt in _runtime._RETIRING)
     assert names(a) == ["long"]
     assert names(b) == ["after"]
+
+
+# ----------------------------------------------------------------------- item 13: validation
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"output": 123}, "output=123: give a path"),
+        ({"output": b"x.jsonl"}, "give a path"),
+        ({"cache_dir": 5}, "cache_dir=5: give a path"),
+        ({"strict": "no"}, "strict='no': give True or False"),
+        ({"strict": 0}, "give True or False"),
+        ({"summary_at_exit": "no"}, "give True or False"),
+        ({"window": True}, "window=True"),
+        ({"zone": "Narnia"}, "is not a zone code"),
+        ({"zone": 5}, "zone=5: give a string"),
+        ({"electricitymaps_token": 5}, "give a string"),
+        ({"urls": {"gb": 5}}, "give a mapping of provider id to base URL"),
+        ({"urls": "http://127.0.0.1"}, "give a mapping"),
+        ({"providers": "gb,narnia"}, "unknown provider 'narnia'"),
+        ({"cpu_backends": "powercap,rapl"}, "unknown value 'rapl'"),
+    ],
+)
+def test_bad_settings_are_refused_by_configure_not_at_the_first_region(
+    kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(carbonctx.ConfigurationError, match=match):
+        carbonctx.configure(**kwargs)
+
+
+def test_a_bad_zone_variable_is_refused_like_the_other_carbon_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CARBONCTX_ZONE", "Narnia")
+    with pytest.raises(carbonctx.ConfigurationError, match="CARBONCTX_ZONE='Narnia'"):
+        carbonctx.configure(gpu=False)
+    monkeypatch.setenv("CARBONCTX_ZONE", "DE")
+    monkeypatch.setenv("CARBONCTX_PUE", "0.5")
+    with pytest.raises(carbonctx.ConfigurationError, match="CARBONCTX_PUE"):
+        carbonctx.configure(gpu=False)
+
+
+def test_one_name_is_one_item_not_its_letters(tmp_path: Path) -> None:
+    s = carbonctx.configure(
+        providers="gb", cpu_backends="powercap", output=tmp_path / "o.jsonl", cache_dir=tmp_path
+    )
+    assert s.providers == ("gb",)
+    assert s.cpu_backends == ("powercap",)
+    assert s.output == str(tmp_path / "o.jsonl") and s.cache_dir == str(tmp_path)
+    s = carbonctx.configure(providers=["GB", "dk", "gb"], cpu_backends=("msr", "perf"))
+    assert s.providers == ("gb", "dk") and s.cpu_backends == ("msr", "perf")
+
+
+def test_decorators_over_classmethods_and_staticmethods_measure_them(
+    cpu_sim: SimulatedMachine,
+) -> None:
+    class Model:
+        scale = 3
+
+        @carbonctx.tracked
+        @classmethod
+        def step(cls, x: int) -> int:
+            return cls.scale * x
+
+        @carbonctx.tracked(name="helper")
+        @staticmethod
+        def helper(x: int) -> int:
+            return x + 1
+
+        @carbonctx.track("load")
+        @classmethod
+        def load(cls) -> type:
+            return cls
+
+    assert Model.step(2) == 6 and Model().step(3) == 9
+    assert Model.helper(1) == 2 and Model().helper(2) == 3
+    assert Model.load() is Model
+    st = carbonctx.stats()
+    assert st[next(k for k in st if k.endswith("Model.step"))].count == 2
+    assert st["helper"].count == 2 and st["load"].count == 1
+
+
+@pytest.mark.parametrize("thing", [property(lambda self: 1), 5, "name"])
+def test_decorating_what_is_no_function_fails_at_once(thing: Any) -> None:
+    with pytest.raises(TypeError, match="decorate"):
+        carbonctx.tracked(thing)
+    with pytest.raises(TypeError, match="decorate"):
+        carbonctx.tracked(name="x")(thing)
+    with pytest.raises(TypeError, match="decorate"):
+        carbonctx.track("x")(thing)

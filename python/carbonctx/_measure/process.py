@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from carbonctx import _config, _native
+from carbonctx._carbon.zones import normalize_zone
 from carbonctx._config import Settings
 from carbonctx._distributed import placeholders
 from carbonctx._measure.ranks import forget_rank_info, process_rank_info
@@ -90,6 +91,12 @@ def _checked(s: Settings) -> Settings:
     placeholders and the rank settings against the launcher's (ConfigurationError)."""
     if s.output:
         placeholders(s.output)
+    # A zone that is no zone code is refused as the other carbon settings are, not warned of
+    # at the first region.
+    if s.zone is not None:
+        normalize_zone(s.zone, "zone")
+    elif env_zone := _config.environ().get("CARBONCTX_ZONE", "").strip():
+        normalize_zone(env_zone, "CARBONCTX_ZONE")
     process_rank_info(s)
     return s
 
