@@ -202,7 +202,7 @@ class Tracker(_native.Region):
     def __call__(self, fn: F) -> F:
         if isinstance(fn, (classmethod, staticmethod)):
             # Measure the function inside and give back the same kind of method.
-            return type(fn)(self(fn.__func__))  # type: ignore[return-value]
+            return type(fn)(self(fn.__func__))
         if not callable(fn):
             raise TypeError(
                 f"@tracked and track(...) decorate a function or method, not {fn!r}"
