@@ -26,7 +26,7 @@ A writer appends, per process (``pid``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,34 +82,47 @@ class _Pid:
         self.threads: dict[str, int] = {}
 
 
-def expand_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def expand_records(
+    records: Iterable[dict[str, Any]],
+    on_bad: Callable[[str, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Every record, compact region lines made full (in file order); context, thread and batch
     records are consumed. A compact line without a context before it (a file cut at the
-    front) is kept as it is."""
+    front) is kept as it is. A context, thread or batch record that cannot be used (a damaged
+    file) is left out and reported to ``on_bad`` with the reason; so is a compact line that
+    cannot be expanded (when ``on_bad`` is given; else it is kept as it is)."""
     out: list[dict[str, Any]] = []
     by_pid: dict[Any, _Pid] = {}
     last: _Pid | None = None
     for rec in records:
         kind = rec.get("kind")
         if kind in ("context", "threads", "batch"):
-            st = by_pid.get(rec.get("pid"))
-            if st is None:
-                st = by_pid[rec.get("pid")] = _Pid()
-            last = st
-            if kind == "context":
-                st.ctx = rec
-            elif kind == "threads":
-                st.threads.update(rec.get("threads") or {})
-            else:
-                st.base = int(rec.get("t0") or 0)
-                st.th = None
+            try:
+                pid = rec.get("pid")
+                hash(pid)
+                st = by_pid.get(pid)
+                if st is None:
+                    st = by_pid[pid] = _Pid()
+                if kind == "context":
+                    st.ctx = rec
+                elif kind == "threads":
+                    st.threads.update(rec.get("threads") or {})
+                else:
+                    st.base = int(rec.get("t0") or 0)
+                    st.th = None
+                last = st
+            except (TypeError, ValueError, AttributeError):
+                if on_bad is not None:
+                    on_bad(f"a {kind} record whose fields have the wrong types", rec)
             continue
         if is_compact(rec) and last is not None and last.ctx is not None:
             try:
                 out.append(_expand(rec, last))
                 continue
-            except (TypeError, ValueError, KeyError, IndexError):
-                pass
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+                if on_bad is not None:
+                    on_bad("a compact region line that does not match its context", rec)
+                    continue
         out.append(rec)
     return out
 

@@ -13,10 +13,12 @@ import time
 from collections.abc import Sequence
 
 from carbonctx._results.equivalents import equivalents
+from carbonctx._results.notebook import stats_html
 from carbonctx._results.runs import RunLog
+from carbonctx._results.statistics import NameStats
 from carbonctx._results.units import format_grams, format_kwh, format_seconds
 
-__all__ = ["energy_unit", "nice_ticks", "render_report"]
+__all__ = ["energy_unit", "nice_ticks", "render_regions_report", "render_report"]
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 PALETTE = (
@@ -442,5 +444,27 @@ narrows as epochs accumulate.</p>
 {_provenance(runs)}
 <p class="note">Energy is reported as measured; CO2e applies the zone's carbon intensity and the
 PUE set by the user (1.0 counts no facility overhead).</p>
+</body></html>
+"""
+
+
+def render_regions_report(title: str, notes: Sequence[str], stats: Sequence[NameStats]) -> str:
+    """A page for a JSON Lines file of regions: ``notes`` (counts, totals, what was skipped)
+    and the per-name statistics table. Every text is escaped."""
+    items = "".join(f"<li>{_e(n)}</li>" for n in notes)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title>
+<style>
+body {{ font-family: {FONT}; color: #222; margin: 24px auto; max-width: 1040px;
+  padding: 0 16px; line-height: 1.4; }}
+h1 {{ font-size: 22px; }}
+table {{ border-collapse: collapse; font-size: 13px; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 5px 8px; }}
+</style></head><body>
+<h1>{_e(title)}</h1>
+<ul>{items}</ul>
+{stats_html(stats)}
 </body></html>
 """

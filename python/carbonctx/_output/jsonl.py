@@ -13,7 +13,17 @@ import math
 import os
 from typing import Any
 
-__all__ = ["dumps", "dumps_compact", "json_default", "json_safe", "read_json_lines", "read_jsonl"]
+from carbonctx._output.reading import Skipped, check_record, scan_json_lines
+
+__all__ = [
+    "dumps",
+    "dumps_compact",
+    "json_default",
+    "json_safe",
+    "read_json_lines",
+    "read_jsonl",
+    "read_jsonl_checked",
+]
 
 #: Nesting deeper than this is written as a placeholder string.
 MAX_DEPTH = 64
@@ -118,39 +128,51 @@ def dumps_compact(o: object) -> str:
 
 
 def read_json_lines(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], int]:
-    """Every JSON object in a JSON Lines file, and how many lines were not one.
+    """Every JSON object in a JSON Lines file, and how many lines were not one (see
+    ``_output.reading``: bounded lines, bad UTF-8 or JSON skipped, NaN read as null).
 
     A file cut short by a killed process is read up to its last complete line.
     """
-    records: list[dict[str, Any]] = []
-    bad = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(rec, dict):
-                records.append(rec)
-            else:
-                bad += 1
-    return records, bad
+    records, skipped = scan_json_lines(path)
+    return records, skipped.total
 
 
 def read_jsonl(path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """Read a JSON Lines file: (region records, power records, lines that could not be parsed).
+    """Read a JSON Lines file: (region records, power records, lines that could not be used).
 
     Region records come out in the full form (:meth:`carbonctx.Measurement.to_dict`) whether
     the file holds that form or the compact one (``_output.compact``).
     """
+    regions, power, skipped = read_jsonl_checked(path)
+    return regions, power, skipped.total
+
+
+def read_jsonl_checked(
+    path: str | os.PathLike[str],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Skipped]:
+    """As :func:`read_jsonl`, with what was skipped and why; region and power records whose
+    fields are missing or of the wrong type are skipped too."""
     from carbonctx._output.compact import expand_records
 
-    records, bad = read_json_lines(path)
-    records = expand_records(records)
-    regions = [r for r in records if r.get("kind", "region") == "region"]
-    power = [r for r in records if r.get("kind") == "power"]
-    return regions, power, bad
+    numbers: list[int] = []
+    records, skipped = scan_json_lines(path, numbers)
+    line_of = {id(r): n for r, n in zip(records, numbers, strict=True)}
+
+    def bad(reason: str, rec: dict[str, Any]) -> None:
+        skipped.add(reason, line_of.get(id(rec), 0))
+
+    records = expand_records(records, on_bad=bad)
+    regions: list[dict[str, Any]] = []
+    power: list[dict[str, Any]] = []
+    for r in records:
+        kind = r.get("kind", "region")
+        if kind not in ("region", "power"):
+            continue
+        why = check_record(r)
+        if why is not None:
+            bad(why, r)
+        elif kind == "region":
+            regions.append(r)
+        else:
+            power.append(r)
+    return regions, power, skipped

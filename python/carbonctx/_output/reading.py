@@ -1,0 +1,175 @@
+"""Reading JSON Lines back from any file, damaged or hostile, in bounded memory.
+
+Each line is read with a length cap (a longer line is skipped without being held whole), decoded
+as UTF-8 and parsed on its own; a line that is not a JSON object, is nested too deeply, holds a
+number Python refuses, or a record whose fields have the wrong types is skipped, counted under
+its reason and the first line it happened on. ``NaN`` and ``Infinity`` (which JSON does not
+have) and numbers too large for a float are read as null, so nothing read back can put them in a
+trace or a total.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["MAX_LINE_BYTES", "Skipped", "check_record", "scan_json_lines"]
+
+#: Lines longer than this are skipped (a record carbonctx writes is a few KiB; tags make more).
+MAX_LINE_BYTES = 8 << 20
+#: How much of a skipped over-long line is read at a time while looking for its end.
+_CHUNK = 1 << 20
+
+
+@attrs.define
+class Skipped:
+    """Lines and records skipped while reading, by reason: the count and the first line."""
+
+    reasons: dict[str, list[int]] = attrs.field(factory=dict)
+
+    def add(self, reason: str, line: int) -> None:
+        entry = self.reasons.setdefault(reason, [0, line])
+        entry[0] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(n for n, _ in self.reasons.values())
+
+    def lines(self) -> list[str]:
+        """One line per reason, most frequent first: ``3 lines: not UTF-8 (first: line 7)``."""
+        rows = sorted(self.reasons.items(), key=lambda kv: (-kv[1][0], kv[1][1]))
+        out = []
+        for reason, (n, first) in rows:
+            where = f" (first: line {first})" if first > 0 else ""
+            out.append(f"{n} {'line' if n == 1 else 'lines'}: {reason}{where}")
+        return out
+
+
+def _lines(f: Any, skipped: Skipped) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, bytes without the newline, whether the line was complete), each line at
+    most :data:`MAX_LINE_BYTES`; longer ones are counted in ``skipped`` and read past."""
+    number = 0
+    while True:
+        chunk: bytes = f.readline(MAX_LINE_BYTES + 1)
+        if not chunk:
+            return
+        number += 1
+        if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+            while chunk and not chunk.endswith(b"\n"):
+                chunk = f.readline(_CHUNK)
+            skipped.add(f"longer than {MAX_LINE_BYTES >> 20} MiB", number)
+            continue
+        complete = chunk.endswith(b"\n")
+        yield number, chunk.rstrip(b"\r\n"), complete
+
+
+def _no_constant(token: str) -> None:
+    return None  # NaN, Infinity, -Infinity: not JSON; read as null
+
+
+def _float(text: str) -> float | None:
+    x = float(text)
+    return x if math.isfinite(x) else None  # 1e999
+
+
+def _parse(text: str) -> Any:
+    return json.loads(text, parse_constant=_no_constant, parse_float=_float)
+
+
+def scan_json_lines(
+    path: str | os.PathLike[str], numbers: list[int] | None = None
+) -> tuple[list[dict[str, Any]], Skipped]:
+    """Every JSON object of a JSON Lines file, and what was skipped and why (with ``numbers``,
+    each record's line number is appended to it). A file cut short by a killed writer is read
+    up to its last complete line. Raises OSError when the file cannot be opened or read."""
+    skipped = Skipped()
+    records: list[dict[str, Any]] = []
+    with open(path, "rb") as f:
+        for number, raw, complete in _lines(f, skipped):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                skipped.add("not UTF-8 text", number)
+                continue
+            if number == 1:
+                text = text.lstrip("\ufeff")
+            try:
+                rec = _parse(text)
+            except RecursionError:
+                skipped.add("nested too deeply", number)
+                continue
+            except json.JSONDecodeError:
+                reason = "not JSON" if complete else "cut short (the writer stopped mid-line)"
+                skipped.add(reason, number)
+                continue
+            except ValueError:  # Python reads no integer of more than 4300 digits
+                skipped.add("a number too long to read", number)
+                continue
+            if not isinstance(rec, dict):
+                skipped.add(f"a JSON {type(rec).__name__}, not an object", number)
+                continue
+            records.append(rec)
+            if numbers is not None:
+                numbers.append(number)
+    return records, skipped
+
+
+_NUMBER = (int, float)
+#: Fields of a region record and the types they may hold (None always allowed unless required).
+_REGION_FIELDS: Mapping[str, tuple[type, ...]] = {
+    "name": (str,),
+    "start": _NUMBER,
+    "end": _NUMBER,
+    "duration_s": _NUMBER,
+    "energy_j": _NUMBER,
+    "cpu_j": _NUMBER,
+    "dram_j": _NUMBER,
+    "gpu_j": _NUMBER,
+    "uncertainty_j": _NUMBER,
+    "co2_g": _NUMBER,
+    "intensity": _NUMBER,
+    "id": (int,),
+    "pid": (int,),
+    "thread": (int,),
+    "parent": (int,),
+    "tags": (dict,),
+    "missing": (list,),
+    "by_source": (dict,),
+    "estimated": (bool,),
+}
+_REGION_REQUIRED = ("name", "start", "end")
+
+
+def check_record(rec: Mapping[str, Any]) -> str | None:
+    """Why a region or power record cannot be used (a missing or wrong-typed field), or None."""
+    kind = rec.get("kind", "region")
+    if kind == "region":
+        for key in _REGION_REQUIRED:
+            if rec.get(key) is None:
+                return f"a region without {key!r}"
+        for key, types in _REGION_FIELDS.items():
+            v = rec.get(key)
+            if v is not None and (
+                not isinstance(v, types) or (isinstance(v, bool) and bool not in types)
+            ):
+                return f"a region whose {key!r} is a {type(v).__name__}"
+        if not rec["name"]:
+            return "a region with an empty name"
+        return None
+    if kind == "power":
+        watts = rec.get("watts")
+        t = rec.get("t")
+        if not isinstance(t, _NUMBER) or isinstance(t, bool):
+            return "a power record without a time"
+        if not isinstance(watts, dict) or not all(
+            isinstance(v, _NUMBER) and not isinstance(v, bool) for v in watts.values()
+        ):
+            return "a power record whose 'watts' are not numbers"
+    return None
