@@ -6,6 +6,10 @@ the counter's whole range as energy."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 import time
 import warnings
 from collections.abc import Iterator
@@ -71,3 +75,52 @@ def test_a_counter_reset_is_a_gap_not_a_wraparound(cpu_sim: SimulatedMachine) ->
     assert "stepped back" in msgs[0]
     status = {s["id"]: s["status"] for s in carbonctx.devices()["sources"]}
     assert status[pkg]["resets"] == 1 and status[pkg]["wraps"] == 0
+
+
+# ----------------------------------------------------------------------- item 12: fork
+
+
+def test_a_simulated_machine_in_a_forked_child_neither_panics_nor_disturbs_the_parent(
+    tmp_path: Path,
+) -> None:
+    code = """
+        import json, os, sys, time
+        from carbonctx.testing import SimulatedMachine
+        m = SimulatedMachine()  # a temporary root
+        m.start()
+        time.sleep(0.05)
+        root = m.root
+        pid = os.fork()
+        if pid == 0:
+            out = {"truth": m.truth_j("package", 0, m.t0_ns, m.t0_ns + 10**9)}
+            try:
+                m.fail_reads("package")
+            except Exception as e:
+                out["change"] = f"{type(e).__name__}: {e}"
+            m.stop()
+            m.close()
+            out["root_kept"] = root.exists()
+            print(json.dumps(out), flush=True)
+            del m
+            sys.exit(0)  # a normal exit: finalizers and destructors run
+        _, status = os.waitpid(pid, 0)
+        before = m.writes
+        time.sleep(0.05)
+        print(json.dumps({
+            "child_status": status, "root_kept": root.exists(), "moving": m.writes > before,
+        }), flush=True)
+        m.close()
+        print(json.dumps({"removed": not root.exists()}))
+    """
+    script = tmp_path / "fork_sim.py"
+    script.write_text(textwrap.dedent(code), encoding="utf-8")
+    r = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    assert "panicked" not in r.stderr and "Panic" not in r.stderr, r.stderr
+    child, parent, end = (json.loads(ln) for ln in r.stdout.splitlines())
+    assert child["truth"] == pytest.approx(80.0)  # 40/120 W square wave over one second
+    assert "belongs to process" in child["change"] and child["root_kept"] is True
+    assert parent == {"child_status": 0, "root_kept": True, "moving": True}
+    assert end == {"removed": True}
