@@ -130,7 +130,7 @@ class SimulatedMachine:
         self._pid = os.getpid()
         # A temporary root is removed by the process that made it, never by a forked child
         # (whose exit would otherwise delete the tree the parent's machine still writes).
-        self._tmp: weakref.finalize[[str, int], None] | None = None
+        self._tmp: weakref.finalize[[str, int], SimulatedMachine] | None = None
         if root is None:
             root = tempfile.mkdtemp(prefix="carbonctx-sim-")
             self._tmp = weakref.finalize(self, _remove_tree, root, self._pid)
