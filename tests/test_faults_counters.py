@@ -6,6 +6,7 @@ the counter's whole range as energy."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -124,3 +125,46 @@ def test_a_simulated_machine_in_a_forked_child_neither_panics_nor_disturbs_the_p
     assert "belongs to process" in child["change"] and child["root_kept"] is True
     assert parent == {"child_status": 0, "root_kept": True, "moving": True}
     assert end == {"removed": True}
+
+
+# ----------------------------------------------------------------------- item 7: estimates in VMs
+
+
+def vm_tree(root: Path, model: str, vcpus: int) -> dict[str, str]:
+    """A virtual machine without energy counters: /proc of a guest with ``vcpus`` vCPUs of the
+    host's ``model`` and the hypervisor flag; empty /sys and /dev; no NVML."""
+    (root / "proc").mkdir(parents=True)
+    (root / "sys").mkdir()
+    (root / "dev").mkdir()
+    cpuinfo = "".join(
+        f"processor\t: {p}\nvendor_id\t: AuthenticAMD\nmodel name\t: {model}\n"
+        f"physical id\t: 0\nsiblings\t: {vcpus}\ncpu cores\t: {vcpus}\n"
+        "flags\t\t: fpu vme de pse tsc msr pae sse sse2 syscall nx lm hypervisor\n\n"
+        for p in range(vcpus)
+    )
+    (root / "proc" / "cpuinfo").write_text(cpuinfo)
+    (root / "proc" / "stat").write_text("cpu  0 0 0 1000 0 0 0 0 0 0\ncpu0 0 0 0 500 0 0 0 0\n")
+    return {
+        "sys_root": str(root / "sys"),
+        "dev_root": str(root / "dev"),
+        "proc_root": str(root / "proc"),
+        "nvml_library": str(root / "no-nvml"),
+    }
+
+
+def test_an_estimate_in_a_vm_is_the_guests_share_and_labelled_an_upper_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    carbonctx.configure(**vm_tree(tmp_path / "vm", "AMD EPYC 7763 64-Core Processor", 2))
+    with pytest.warns(carbonctx.CarbonctxWarning, match="upper bound"), carbonctx.track("s") as m:
+        pass
+    m.result()
+    (src,) = m.by_source.values()
+    assert src.method == "estimate" and m.estimated
+    assert "2 vCPUs of a 64-core package" in src.label and "upper bound" in src.label
+    (dev,) = carbonctx.devices()["sources"]
+    assert "upper bound" in dev["label"]
+    from carbonctx._cli.devices import cmd_devices
+
+    cmd_devices(argparse.Namespace(json=False))
+    assert "UPPER BOUND" in capsys.readouterr().out
