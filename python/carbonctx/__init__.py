@@ -164,7 +164,9 @@ def configure(
     TDP estimate.
 
     A running sampler is stopped (its regions resolved) and restarts with the new settings on
-    the next region. Raises :class:`ConfigurationError` for a value that cannot be used.
+    the next region; a region open at the time is measured to its end and recorded with the
+    settings it began under. Raises :class:`ConfigurationError` for a value that cannot be
+    used.
     """
     given: dict[str, Any] = {k: v for k, v in locals().items() if v is not None}
     if "cpu_tdp_w" in given:

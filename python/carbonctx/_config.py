@@ -368,7 +368,31 @@ def _plain(key: str, value: Any) -> Any:
         raise ConfigurationError(
             f"urls={value!r}: give a mapping of provider id to base URL (str to str)"
         )
+    elif key == "intervals" and not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"intervals={value!r}: give a mapping of backend to seconds, e.g. {{'nvml': 0.02}}"
+        )
+    elif key in _LIST_SETTINGS and not (
+        isinstance(value, str)
+        or (
+            isinstance(value, (list, tuple))
+            and all(isinstance(x, _LIST_SETTINGS[key]) for x in value)
+        )
+    ):
+        raise ConfigurationError(
+            f"{key}={value!r}: give a list of names, or one name, or a comma-separated string"
+            if key != "gpus"
+            else f"gpus={value!r}: give a list of device numbers or GPU UUIDs"
+        )
     return value
+
+
+#: Settings that take a list (or one comma-separated string), and the types of its items.
+_LIST_SETTINGS: dict[str, tuple[type, ...]] = {
+    "cpu_backends": (str,),
+    "providers": (str,),
+    "gpus": (int, str),
+}
 
 
 def _text_mapping(value: object) -> bool:

@@ -135,6 +135,7 @@ _REGION_FIELDS: Mapping[str, tuple[type, ...]] = {
     "uncertainty_j": _NUMBER,
     "co2_g": _NUMBER,
     "intensity": _NUMBER,
+    "zone": (str,),
     "id": (int,),
     "pid": (int,),
     "thread": (int,),
@@ -147,6 +148,16 @@ _REGION_FIELDS: Mapping[str, tuple[type, ...]] = {
 _REGION_REQUIRED = ("name", "start", "end")
 
 
+def _finite(v: object) -> bool:
+    """A number (not a bool) that is finite as a float (an integer of 400 digits is not)."""
+    if not isinstance(v, _NUMBER) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 def check_record(rec: Mapping[str, Any]) -> str | None:
     """Why a region or power record cannot be used (a missing or wrong-typed field), or None."""
     kind = rec.get("kind", "region")
@@ -156,20 +167,22 @@ def check_record(rec: Mapping[str, Any]) -> str | None:
                 return f"a region without {key!r}"
         for key, types in _REGION_FIELDS.items():
             v = rec.get(key)
-            if v is not None and (
-                not isinstance(v, types) or (isinstance(v, bool) and bool not in types)
-            ):
+            if v is None:
+                continue
+            if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
                 return f"a region whose {key!r} is a {type(v).__name__}"
+            if types is _NUMBER and not _finite(v):
+                return f"a region whose {key!r} is out of range"
+        if not all(isinstance(m, str) for m in rec.get("missing") or ()):
+            return "a region whose 'missing' holds something other than source ids"
         if not rec["name"]:
             return "a region with an empty name"
         return None
     if kind == "power":
         watts = rec.get("watts")
         t = rec.get("t")
-        if not isinstance(t, _NUMBER) or isinstance(t, bool):
+        if not _finite(t):
             return "a power record without a time"
-        if not isinstance(watts, dict) or not all(
-            isinstance(v, _NUMBER) and not isinstance(v, bool) for v in watts.values()
-        ):
+        if not isinstance(watts, dict) or not all(_finite(v) for v in watts.values()):
             return "a power record whose 'watts' are not numbers"
     return None
