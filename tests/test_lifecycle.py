@@ -576,3 +576,55 @@ def test_multiprocessing_workers_record_every_finished_region(
     assert sum(rec["name"] == "load" for rec in regions) == 20
     assert all(rec["energy_j"] > 0 for rec in items)
     assert [rec["name"] for rec in regions].count("parent") == 1
+
+
+DATALOADER_SCRIPT = """
+    import json
+    import carbonctx
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    class Items(Dataset):
+        def __len__(self):
+            return 24
+
+        @carbonctx.tracked(name="load")
+        def __getitem__(self, i):
+            with carbonctx.track("item", tags={"i": int(i)}):
+                return torch.tensor([i * i])
+
+    if __name__ == "__main__":
+        loader = DataLoader(Items(), batch_size=4, num_workers=2)  # fork workers on Linux
+        print(json.dumps({"total": sum(int(b.sum()) for b in loader)}))
+"""
+
+
+@pytest.mark.timeout(180)  # torch is imported in the script: slow on a loaded machine
+def test_a_torch_dataloaders_workers_record_every_item(tmp_path: Path) -> None:
+    """The README's DataLoader case, with real torch: each worker's items are written, the last
+    ones included (the workers leave through os._exit when the epoch ends)."""
+    pytest.importorskip("torch")
+    m = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6.0))
+    m.start()
+    try:
+        out = tmp_path / "regions.jsonl"
+        script = tmp_path / "loader.py"
+        script.write_text(textwrap.dedent(DATALOADER_SCRIPT), encoding="utf-8")
+        r = subprocess.run(
+            [sys.executable, str(script)],
+            env={**os.environ, **m.env(), "CARBONCTX_OUTPUT": str(out)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S * 3,
+            check=False,
+        )
+    finally:
+        m.close()
+    assert r.returncode == 0, r.stderr
+    assert last_json(r.stdout) == {"total": sum(i * i for i in range(24))}
+    regions, _power, bad = read_jsonl(str(out))
+    assert bad == 0
+    items = [rec for rec in regions if rec["name"] == "item"]
+    assert sorted(rec["tags"]["i"] for rec in items) == list(range(24))
+    assert sum(rec["name"] == "load" for rec in regions) == 24
