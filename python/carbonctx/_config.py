@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
@@ -375,7 +375,8 @@ def _plain(key: str, value: Any) -> Any:
     elif key in _LIST_SETTINGS and not (
         isinstance(value, str)
         or (
-            isinstance(value, (list, tuple))
+            isinstance(value, Collection)
+            and not isinstance(value, (bytes, Mapping))
             and all(isinstance(x, _LIST_SETTINGS[key]) for x in value)
         )
     ):
