@@ -31,14 +31,19 @@ def _load() -> None:
     carbonctx alone: instrumenting every loaded module takes minutes)."""
     global _config, terminal_safe, csv_text, dumps, read_jsonl_checked, chrome_trace
     global format_stats, stats_from_records, ConfigurationError, FIELDS
+    global read_run_log, format_runs, render_report, merge_jobs
     import attrs
 
     from carbonctx import _config
     from carbonctx._cli.report import terminal_safe
     from carbonctx._output.csv import csv_text
+    from carbonctx._output.html import render_report
     from carbonctx._output.jsonl import dumps, read_jsonl_checked
+    from carbonctx._output.text import format_runs
     from carbonctx._output.trace import chrome_trace
     from carbonctx._results.statistics import format_stats, stats_from_records
+    from carbonctx._runs.log import read_run_log
+    from carbonctx._runs.merge import merge_jobs
     from carbonctx.errors import ConfigurationError
 
     FIELDS = tuple(f.name for f in attrs.fields(_config.Settings))
@@ -48,7 +53,8 @@ def _load() -> None:
 
 
 class JsonlTarget:
-    """Reads the bytes as a file the way ``carbonctx report`` does, through every output."""
+    """Reads the bytes as a file the way ``carbonctx report`` does, through every output, and
+    as a run log the way ``carbonctx report DIR`` does."""
 
     def __init__(self) -> None:
         fd, name = tempfile.mkstemp(prefix="carbonctx-fuzz-", suffix=".jsonl")
@@ -72,6 +78,13 @@ class JsonlTarget:
         trace = dumps(chrome_trace(regions, power))
         json.loads(trace, parse_constant=_refuse)  # what a browser's JSON.parse reads
         csv_text(regions)
+        # The same bytes as an epochs() run log, through `report DIR`'s summaries.
+        run = read_run_log(self.path)
+        if run is not None:
+            format_runs([run])
+            render_report([run])
+            for job in merge_jobs([run]):
+                job.lines()
 
 
 def _refuse(token: str) -> Any:

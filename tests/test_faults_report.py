@@ -157,3 +157,41 @@ def test_a_fifo_given_to_report_is_refused_not_waited_on(
     os.mkfifo(fifo)
     assert _cli.main(["report", str(fifo)]) == 2
     assert "not a regular file" in capsys.readouterr().err
+
+
+def test_damaged_run_logs_are_read_around_their_bad_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    import carbonctx
+    from carbonctx._measure import process as _runtime
+    from carbonctx._runs.run import epochs
+    from carbonctx.testing import SimulatedMachine, Wave
+
+    m = SimulatedMachine(tmp_path / "hw", package=Wave.constant(100.0), dram=Wave.constant(5.0))
+    m.start()
+    try:
+        carbonctx.configure(**m.settings())
+        logs = tmp_path / "logs"
+        for _ in epochs(3, log_dir=logs, progress=False, quiet=True):
+            time.sleep(0.01)
+        _runtime.reset()
+    finally:
+        m.close()
+    (log,) = logs.glob("*.jsonl")
+    good = log.read_text(encoding="utf-8")
+    with log.open("a", encoding="utf-8") as f:
+        f.write('{"kind": "epoch", "run": "x", "epoch": "zero", "start": 1, "end": 2}\n')
+        f.write('{"kind": "epoch", "epoch": 9, "energy_j": "lots", "start": 1, "end": 2}\n')
+        f.write('{"kind": "epoch", "run": "x", "epoch": 10}\n')
+        f.write('{"kind": "run", "run": "x", "actual": {"energy_j": [1]}}\n')
+    # A second log that is nothing but damage, and one that is not UTF-8.
+    (logs / "broken.jsonl").write_text('{"kind": "epoch", "epoch": 1, "start": "a", "end": 2}\n')
+    (logs / "binary.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
+    html = tmp_path / "r.html"
+    assert _cli.main(["report", str(logs), "--html", str(html)]) == 0
+    out = capsys.readouterr().out
+    assert f"{log}: 4 unreadable or damaged lines skipped" in out
+    assert "1 runs" in out and html.exists()
+    assert good.count('"kind": "epoch"') + good.count('"kind":"epoch"') == 3

@@ -161,6 +161,9 @@ def report_dir(
         _say(f"{d}: {len(runs)} runs" + (f" ({len(runs) - len(alone)} of ranks)" if jobs else ""))
     else:
         _say(f"{d}: region records of a distributed job's ranks (top-level regions)")
+    for r in runs:
+        if r.bad_lines:
+            _say(f"  {r.path}: {r.bad_lines} unreadable or damaged lines skipped")
     if alone:
         _say(format_runs(alone))
     for job in jobs:

@@ -226,12 +226,13 @@ def forecast_chart(
         f = e.get("forecast")
         if not f:
             continue
+        mid, lo, hi = f["energy_j"], f.get("energy_j_low"), f.get("energy_j_high")
         pts.append(
             (
                 int(f.get("epochs_done") or int(e.get("epoch", 0)) + 1),
-                float(f["energy_j"]),
-                float(f.get("energy_j_low", f["energy_j"])),
-                float(f.get("energy_j_high", f["energy_j"])),
+                float(mid),
+                float(mid if lo is None else lo),  # no interval known: the forecast itself
+                float(mid if hi is None else hi),
             )
         )
     actual = r.energy_j

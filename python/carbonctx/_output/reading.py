@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["MAX_LINE_BYTES", "Skipped", "check_record", "scan_json_lines"]
+__all__ = ["MAX_LINE_BYTES", "Skipped", "check_record", "check_run_record", "scan_json_lines"]
 
 #: Lines longer than this are skipped (a record carbonctx writes is a few KiB; tags make more).
 MAX_LINE_BYTES = 8 << 20
@@ -185,4 +185,66 @@ def check_record(rec: Mapping[str, Any]) -> str | None:
             return "a power record without a time"
         if not isinstance(watts, dict) or not all(_finite(v) for v in watts.values()):
             return "a power record whose 'watts' are not numbers"
+    return None
+
+
+#: Fields of run-log records (``epochs()``: run-start, epoch, run) and of the objects inside
+#: them, by the type they must have where present (null is allowed).
+_RUN_NUMBERS = frozenset(
+    (
+        "energy_j",
+        "energy_j_low",
+        "energy_j_high",
+        "cpu_j",
+        "dram_j",
+        "gpu_j",
+        "co2_g",
+        "duration_s",
+        "start",
+        "end",
+        "started",
+        "budget_kwh",
+        "budget_co2_kg",
+        "pue_suggestion",
+    )
+)
+_RUN_INTEGERS = frozenset(
+    ("epoch", "epochs_planned", "epochs_done", "rank", "local_rank", "world_size")
+)
+_RUN_TEXTS = frozenset(("run", "name", "stop_reason", "job", "node"))
+_RUN_OBJECTS = frozenset(("actual", "forecast", "forecast_first", "budget", "carbon"))
+
+
+#: What each record or object of a run log cannot do without.
+_RUN_REQUIRED: Mapping[str, tuple[str, ...]] = {
+    "epoch": ("epoch", "start", "end"),
+    "run": ("actual",),
+    "forecast": ("energy_j",),
+    "forecast_first": ("energy_j",),
+    "actual": ("energy_j", "duration_s"),
+}
+
+
+def check_run_record(rec: Mapping[str, Any], _within: str = "", _depth: int = 0) -> str | None:
+    """Why a run-log record cannot be used (a field of the wrong type, an epoch without its
+    number or times, a forecast without its figure), or None. Objects inside it are checked
+    the same way."""
+    what = _within or str(rec.get("kind"))
+    for key in _RUN_REQUIRED.get(what, ()):
+        if rec.get(key) is None:
+            return f"{'an' if what[0] in 'aeiou' else 'a'} {what} without {key!r}"
+    for key, v in rec.items():
+        if v is None:
+            continue
+        if key in _RUN_NUMBERS and not _finite(v):
+            return f"a run record whose {key!r} is not a number"
+        if key in _RUN_INTEGERS and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            return f"a run record whose {key!r} is not a count"
+        if key in _RUN_TEXTS and not isinstance(v, str):
+            return f"a run record whose {key!r} is not text"
+        if key in _RUN_OBJECTS:
+            if not isinstance(v, dict):
+                return f"a run record whose {key!r} is not an object"
+            if _depth < 4 and (why := check_run_record(v, key, _depth + 1)) is not None:
+                return why
     return None
