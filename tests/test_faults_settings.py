@@ -116,6 +116,13 @@ def test_configure_with_a_region_open_in_another_thread(
         ({"urls": "http://127.0.0.1"}, "give a mapping"),
         ({"providers": "gb,narnia"}, "unknown provider 'narnia'"),
         ({"cpu_backends": "powercap,rapl"}, "unknown value 'rapl'"),
+        ({"intervals": [("nvml", 0.02)]}, "give a mapping of backend to seconds"),
+        ({"gpus": 1.5}, "give a list of device numbers"),
+        # Named providers without the credential their service requires, as for watttime.
+        ({"providers": "electricitymaps"}, "needs CARBONCTX_ELECTRICITYMAPS_TOKEN"),
+        ({"providers": ["gb", "entsoe"]}, "needs CARBONCTX_ENTSOE_TOKEN"),
+        ({"providers": "eia"}, "needs CARBONCTX_EIA_KEY"),
+        ({"providers": "watttime"}, "needs CARBONCTX_WATTTIME_USERNAME"),
     ],
 )
 def test_bad_settings_are_refused_by_configure_not_at_the_first_region(
@@ -123,6 +130,14 @@ def test_bad_settings_are_refused_by_configure_not_at_the_first_region(
 ) -> None:
     with pytest.raises(carbonctx.ConfigurationError, match=match):
         carbonctx.configure(**kwargs)
+
+
+def test_a_provider_behind_a_proxy_may_go_without_its_token() -> None:
+    s = carbonctx.configure(
+        providers="electricitymaps", urls={"electricitymaps": "http://127.0.0.1:9"}
+    )
+    assert s.providers == ("electricitymaps",)
+    assert carbonctx.configure(providers="eia", eia_key="k").providers == ("eia",)
 
 
 def test_a_bad_zone_variable_is_refused_like_the_other_carbon_variables(

@@ -599,6 +599,18 @@ def carbon_settings(
             resolved[pid] = parse_url(env[var], var)
         else:
             resolved[pid] = default
+    # A provider named without the credential its service requires is refused now, as the
+    # watttime one is, not warned of at the first fetch (a proxy at another URL may add it).
+    for pid, given, var, arg in (
+        ("electricitymaps", token, "CARBONCTX_ELECTRICITYMAPS_TOKEN", "electricitymaps_token"),
+        ("entsoe", entsoe, "CARBONCTX_ENTSOE_TOKEN", "entsoe_token"),
+        ("eia", eia, "CARBONCTX_EIA_KEY", "eia_key"),
+    ):
+        if pid in ids and not given and resolved[pid] == DEFAULT_URLS[pid]:
+            raise ConfigurationError(
+                f"The {pid} provider needs {var} (or {arg}): its service refuses requests "
+                f"without it. Set it, or leave {pid} out of the providers."
+            )
 
     if cache_dir is not None:
         cache = Path(cache_dir)
