@@ -553,7 +553,7 @@ def test_multiprocessing_workers_record_every_finished_region(
         out = tmp_path / "regions.jsonl"
         script = tmp_path / "mp_exit.py"
         script.write_text(textwrap.dedent(MP_EXIT_SCRIPT), encoding="utf-8")
-        env = {**os.environ, **m.env(), "CARBONCTX_OUTPUT": str(out)}
+        env = {**os.environ, **m.env(), "CARBONCTX_OUTPUT": str(out), "CARBONCTX_SUMMARY": "1"}
         r = subprocess.run(
             [sys.executable, str(script), method, mode],
             env=env,
@@ -576,6 +576,8 @@ def test_multiprocessing_workers_record_every_finished_region(
     assert sum(rec["name"] == "load" for rec in regions) == 20
     assert all(rec["energy_j"] > 0 for rec in items)
     assert [rec["name"] for rec in regions].count("parent") == 1
+    # One summary table, the main process's: the workers print none.
+    assert r.stderr.count("carbonctx summary") == 1, r.stderr
 
 
 DATALOADER_SCRIPT = """

@@ -163,7 +163,9 @@ def _hook_multiprocessing_child() -> None:
         from multiprocessing import util
 
         _CHILD_HOOKED.add(pid)
-        util.Finalize(None, _at_exit, exitpriority=0)
+        # A worker prints no summary table (its regions are in the output): the program's
+        # main process does, once.
+        util.Finalize(None, _at_exit, kwargs={"summary": False}, exitpriority=0)
         if "PoolWorker" in mp.current_process().name:
             _hook_sigterm()
     except Exception:  # an unusual multiprocessing: the atexit hook remains
@@ -183,7 +185,7 @@ def _hook_sigterm() -> None:
         if _EXITING:
             return  # the worker is leaving already and writing them: let it finish
         # On another thread: the interrupted frame may hold a lock the flush needs.
-        t = threading.Thread(target=_at_exit, name="carbonctx-sigterm", daemon=True)
+        t = threading.Thread(target=_at_exit, args=(False,), name="carbonctx-sigterm", daemon=True)
         t.start()
         t.join(SIGTERM_FLUSH_S)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -191,7 +193,7 @@ def _hook_sigterm() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def _at_exit() -> None:
+def _at_exit(summary: bool = True) -> None:
     global _EXITING
     if _EXITING:
         return
@@ -203,7 +205,7 @@ def _at_exit() -> None:
         return
     try:
         rt.shutdown()
-        if rt.settings.summary_at_exit and rt.resolver.accumulators:
+        if summary and rt.settings.summary_at_exit and rt.resolver.accumulators:
             print("carbonctx summary\n" + str(rt.stats_now()), file=sys.stderr)
     except Exception as e:  # never fail the interpreter's exit
         print(f"carbonctx: error at exit: {e!r}", file=sys.stderr)
