@@ -11,7 +11,6 @@ import os
 import stat
 import time
 import warnings
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -22,12 +21,13 @@ import pytest
 from carbonctx._carbon.service import IntensityService
 from carbonctx._cli.intensity import run
 from carbonctx.errors import IntensityWarning
-from intensity_server import FakeClock, FakeServer
+from intensity_server import FakeClock, FakeServer, service
 from test_intensity_cli import parse
 
 UTC = timezone.utc
 T0 = datetime(2026, 6, 1, 10, 10, tzinfo=UTC).timestamp()
 TOKEN = "em-T0ken-7f3a9c"
+CLIENT_TIMEOUT = 0.5
 # What Electricity Maps answers a free plan asking for more than ``latest``.
 PLAN_REFUSAL = {
     "status": "error",
@@ -35,38 +35,18 @@ PLAN_REFUSAL = {
 }
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(T0)
-
-
-@pytest.fixture
-def server(clock: FakeClock) -> Iterator[FakeServer]:
-    with FakeServer(clock, lambda provider, t: 200.0) as srv:
-        yield srv
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=0.5, trust_env=False) as c:
-        yield c
+def server_value(provider: str, t: float) -> float:
+    """What the shared ``server`` fixture answers."""
+    return 200.0
 
 
 def make(
     server: FakeServer, tmp_path: Path, client: httpx.Client | None, clock: FakeClock, **kw: object
 ) -> IntensityService:
-    kw.setdefault("background", False)
     kw.setdefault("zone", "DE")
-    kw.setdefault("cache_dir", tmp_path / "cache")
-    return IntensityService(  # type: ignore[arg-type]
-        providers=["electricitymaps"],
-        electricitymaps_token=TOKEN,
-        urls={"electricitymaps": server.url},
-        client=client,
-        env={},
-        clock=clock,
-        **kw,
-    )
+    kw.setdefault("providers", ["electricitymaps"])
+    kw.setdefault("electricitymaps_token", TOKEN)
+    return service(server, tmp_path, client, clock, **kw)
 
 
 def messages(rec: pytest.WarningsRecorder) -> list[str]:
@@ -480,11 +460,11 @@ def test_the_cache_directory_is_private_under_any_umask(
 ) -> None:
     old = os.umask(0)
     try:
-        s = make(server, tmp_path, client, clock, cache_dir=tmp_path / "xdg" / "carbonctx")
+        s = make(server, tmp_path / "xdg", client, clock)  # its cache: xdg/cache
         s.refresh(wait=True)
     finally:
         os.umask(old)
-    for d in (tmp_path / "xdg", tmp_path / "xdg" / "carbonctx"):
+    for d in (tmp_path / "xdg", tmp_path / "xdg" / "cache"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
-    files = list((tmp_path / "xdg" / "carbonctx").iterdir())
+    files = list((tmp_path / "xdg" / "cache").iterdir())
     assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
