@@ -6,7 +6,6 @@ the counter's whole range as energy."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -164,7 +163,7 @@ def test_an_estimate_in_a_vm_is_the_guests_share_and_labelled_an_upper_bound(
     assert "2 vCPUs of a 64-core package" in src.label and "upper bound" in src.label
     (dev,) = carbonctx.devices()["sources"]
     assert "upper bound" in dev["label"]
-    from carbonctx._cli.devices import cmd_devices
+    from carbonctx import _cli
 
-    cmd_devices(argparse.Namespace(json=False))
+    assert _cli.main(["devices"]) == 0
     assert "UPPER BOUND" in capsys.readouterr().out
