@@ -195,3 +195,27 @@ def test_damaged_run_logs_are_read_around_their_bad_records(
     assert f"{log}: 4 unreadable or damaged lines skipped" in out
     assert "1 runs" in out and html.exists()
     assert good.count('"kind": "epoch"') + good.count('"kind":"epoch"') == 3
+
+
+def test_a_long_file_is_summarised_one_record_at_a_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --trace (which holds every region) the report keeps no record: statistics keep
+    a bounded sample per name and CSV rows are written as they are read."""
+    path = tmp_path / "long.jsonl"
+    n = 12_000
+    with path.open("wb") as f:
+        for i in range(n):
+            f.write(good(id=i + 1, name=f"step{i % 3}", tags={"i": i, "pad": "x" * 400}) + b"\n")
+    size = path.stat().st_size
+    csv_out = tmp_path / "r.csv"
+    tracemalloc.start()
+    try:
+        assert _cli.main(["report", str(path), "--csv", str(csv_out)]) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    out = capsys.readouterr().out
+    assert f"{n} regions" in out
+    assert csv_out.read_text(encoding="utf-8").count("\n") == n + 1
+    assert peak < size / 4, (peak, size)  # the records themselves would take several times it

@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from carbonctx._output.csv import csv_text
+from carbonctx._output.csv import row_writer
 from carbonctx._output.html import render_regions_report, render_report
-from carbonctx._output.jsonl import dumps, read_jsonl, read_jsonl_checked
+from carbonctx._output.jsonl import dumps, iter_jsonl_checked, read_jsonl
+from carbonctx._output.reading import Skipped
 from carbonctx._output.text import format_runs
 from carbonctx._output.trace import chrome_trace
 from carbonctx._results.runs import RunLog
@@ -49,18 +51,48 @@ def cmd_report(args: argparse.Namespace) -> int:
         # A FIFO or a device would block the read (or never end).
         _err(f"{args.file} is not a regular file")
         return 2
+    # One record in memory at a time, but for the trace (which holds every region anyway):
+    # statistics keep a bounded sample per name, CSV rows are written as they are read.
+    skipped = Skipped()
+    regions: list[dict[str, Any]] = []
+    power: list[dict[str, Any]] = []
+    top = {"n": 0, "j": 0.0, "g": 0.0}
+    csv_file = None
     try:
-        regions, power, skipped = read_jsonl_checked(args.file)
+        if args.csv:
+            try:
+                csv_file = open(args.csv, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            except OSError as e:
+                _err(f"cannot write {args.csv}: {e}")
+                return 2
+            write_row = row_writer(csv_file)
+
+        def region_records() -> Iterator[dict[str, Any]]:
+            for r in iter_jsonl_checked(args.file, skipped):
+                if r.get("kind", "region") != "region":
+                    if args.trace:
+                        power.append(r)
+                    continue
+                top["n"] += 1
+                if r.get("parent") is None:
+                    top["j"] += float(r.get("energy_j") or 0.0)
+                    top["g"] += float(r.get("co2_g") or 0.0)
+                if args.trace:
+                    regions.append(r)
+                if csv_file is not None:
+                    write_row(r)
+                yield r
+
+        stats = stats_from_records(region_records())
     except OSError as e:
         _err(f"cannot read {args.file}: {e}")
         return 2
-    top = [r for r in regions if r.get("parent") is None]
-    total_j = sum(float(r.get("energy_j") or 0.0) for r in top)
-    total_g = sum(float(r.get("co2_g") or 0.0) for r in top)
+    finally:
+        if csv_file is not None:
+            csv_file.close()
+    total_j, total_g = top["j"], top["g"]
     bad = skipped.total
-    head = f"{args.file}: {len(regions)} regions" + (
-        f", {bad} unreadable lines skipped" if bad else ""
-    )
+    head = f"{args.file}: {top['n']} regions" + (f", {bad} unreadable lines skipped" if bad else "")
     total = (
         f"top-level total: {total_j:.2f} J ({total_j / 3.6e6 * 1e3:.4f} Wh), {total_g:.4f} gCO2e"
     )
@@ -69,13 +101,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         _say(f"  skipped {line}")
     _say(total)
     _say("")
-    stats = stats_from_records(regions)
     _say(format_stats(stats.values()))
     status = 0
     if args.trace:
         status |= _write(args.trace, dumps(chrome_trace(regions, power)), "trace")
     if args.csv:
-        status |= _write(args.csv, csv_text(regions), "CSV")
+        _say(f"CSV written to {args.csv}")
     if args.html:
         notes = [head, *(f"skipped {ln}" for ln in skipped.lines()), total]
         page = render_regions_report(f"carbonctx report: {args.file}", notes, list(stats.values()))

@@ -26,7 +26,7 @@ A writer appends, per process (``pid``):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "ceil2_array",
     "expand_records",
     "is_compact",
+    "iter_expanded",
     "provenance",
 ]
 
@@ -82,19 +83,24 @@ class _Pid:
         self.threads: dict[str, int] = {}
 
 
-def expand_records(
-    records: Iterable[dict[str, Any]],
-    on_bad: Callable[[str, dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
+def expand_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every record, compact region lines made full (in file order); context, thread and batch
     records are consumed. A compact line without a context before it (a file cut at the
-    front) is kept as it is. A context, thread or batch record that cannot be used (a damaged
-    file) is left out and reported to ``on_bad`` with the reason; so is a compact line that
-    cannot be expanded (when ``on_bad`` is given; else it is kept as it is)."""
-    out: list[dict[str, Any]] = []
+    front), or one that does not match its context, is kept as it is."""
+    return [rec for _, rec in iter_expanded((0, r) for r in records)]
+
+
+def iter_expanded(
+    items: Iterable[tuple[int, dict[str, Any]]],
+    on_bad: Callable[[str, int], None] | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """:func:`expand_records` one (line number, record) at a time. A context, thread or batch
+    record that cannot be used (a damaged file) is left out and, with ``on_bad``, reported with
+    the reason and its line; so is a compact line that cannot be expanded (kept as it is
+    without ``on_bad``)."""
     by_pid: dict[Any, _Pid] = {}
     last: _Pid | None = None
-    for rec in records:
+    for line, rec in items:
         kind = rec.get("kind")
         if kind in ("context", "threads", "batch"):
             try:
@@ -113,18 +119,17 @@ def expand_records(
                 last = st
             except (TypeError, ValueError, AttributeError):
                 if on_bad is not None:
-                    on_bad(f"a {kind} record whose fields have the wrong types", rec)
+                    on_bad(f"a {kind} record whose fields have the wrong types", line)
             continue
         if is_compact(rec) and last is not None and last.ctx is not None:
             try:
-                out.append(_expand(rec, last))
+                yield line, _expand(rec, last)
                 continue
             except (TypeError, ValueError, KeyError, IndexError, AttributeError):
                 if on_bad is not None:
-                    on_bad("a compact region line that does not match its context", rec)
+                    on_bad("a compact region line that does not match its context", line)
                     continue
-        out.append(rec)
-    return out
+        yield line, rec
 
 
 def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
-from carbonctx._output.reading import Skipped, check_record, scan_json_lines
+from carbonctx._output.reading import Skipped, check_record, iter_json_lines, scan_json_lines
 
 __all__ = [
     "dumps",
     "dumps_compact",
+    "iter_jsonl_checked",
     "json_default",
     "json_safe",
     "read_json_lines",
@@ -152,27 +154,25 @@ def read_jsonl_checked(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Skipped]:
     """As :func:`read_jsonl`, with what was skipped and why; region and power records whose
     fields are missing or of the wrong type are skipped too."""
-    from carbonctx._output.compact import expand_records
-
-    numbers: list[int] = []
-    records, skipped = scan_json_lines(path, numbers)
-    line_of = {id(r): n for r, n in zip(records, numbers, strict=True)}
-
-    def bad(reason: str, rec: dict[str, Any]) -> None:
-        skipped.add(reason, line_of.get(id(rec), 0))
-
-    records = expand_records(records, on_bad=bad)
+    skipped = Skipped()
     regions: list[dict[str, Any]] = []
     power: list[dict[str, Any]] = []
-    for r in records:
-        kind = r.get("kind", "region")
-        if kind not in ("region", "power"):
+    for r in iter_jsonl_checked(path, skipped):
+        (regions if r.get("kind", "region") == "region" else power).append(r)
+    return regions, power, skipped
+
+
+def iter_jsonl_checked(path: str | os.PathLike[str], skipped: Skipped) -> Iterator[dict[str, Any]]:
+    """The usable region and power records of a JSON Lines file (full form), one at a time;
+    what is skipped is counted in ``skipped`` with its reason and first line."""
+    from carbonctx._output.compact import iter_expanded
+
+    lines = iter_json_lines(path, skipped)
+    for line, r in iter_expanded(lines, on_bad=skipped.add):
+        if r.get("kind", "region") not in ("region", "power"):
             continue
         why = check_record(r)
         if why is not None:
-            bad(why, r)
-        elif kind == "region":
-            regions.append(r)
-        else:
-            power.append(r)
-    return regions, power, skipped
+            skipped.add(why, line)
+            continue
+        yield r

@@ -18,7 +18,14 @@ from typing import Any
 
 import attrs
 
-__all__ = ["MAX_LINE_BYTES", "Skipped", "check_record", "check_run_record", "scan_json_lines"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "Skipped",
+    "check_record",
+    "check_run_record",
+    "iter_json_lines",
+    "scan_json_lines",
+]
 
 #: Lines longer than this are skipped (a record carbonctx writes is a few KiB; tags make more).
 MAX_LINE_BYTES = 8 << 20
@@ -81,14 +88,13 @@ def _parse(text: str) -> Any:
     return json.loads(text, parse_constant=_no_constant, parse_float=_float)
 
 
-def scan_json_lines(
-    path: str | os.PathLike[str], numbers: list[int] | None = None
-) -> tuple[list[dict[str, Any]], Skipped]:
-    """Every JSON object of a JSON Lines file, and what was skipped and why (with ``numbers``,
-    each record's line number is appended to it). A file cut short by a killed writer is read
-    up to its last complete line. Raises OSError when the file cannot be opened or read."""
-    skipped = Skipped()
-    records: list[dict[str, Any]] = []
+def iter_json_lines(
+    path: str | os.PathLike[str], skipped: Skipped
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every JSON object of a JSON Lines file, one line in memory at a
+    time; what is skipped is counted in ``skipped`` with its reason. A file cut short by a
+    killed writer is read up to its last complete line. Raises OSError when the file cannot be
+    opened or read."""
     with open(path, "rb") as f:
         for number, raw, complete in _lines(f, skipped):
             if not raw.strip():
@@ -115,10 +121,14 @@ def scan_json_lines(
             if not isinstance(rec, dict):
                 skipped.add(f"a JSON {type(rec).__name__}, not an object", number)
                 continue
-            records.append(rec)
-            if numbers is not None:
-                numbers.append(number)
-    return records, skipped
+            yield number, rec
+
+
+def scan_json_lines(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], Skipped]:
+    """Every JSON object of a JSON Lines file (:func:`iter_json_lines`), and what was skipped
+    and why."""
+    skipped = Skipped()
+    return [rec for _, rec in iter_json_lines(path, skipped)], skipped
 
 
 _NUMBER = (int, float)
