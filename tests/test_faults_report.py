@@ -219,3 +219,19 @@ def test_a_long_file_is_summarised_one_record_at_a_time(
     assert f"{n} regions" in out
     assert csv_out.read_text(encoding="utf-8").count("\n") == n + 1
     assert peak < size / 4, (peak, size)  # the records themselves would take several times it
+
+
+def test_a_file_of_many_names_keeps_a_row_for_the_first_ones_and_sums_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from carbonctx._cli import report
+
+    monkeypatch.setattr(report, "MAX_NAMES", 5)
+    path = tmp_path / "names.jsonl"
+    path.write_bytes(b"".join(good(id=i + 1, name=f"n{i}") + b"\n" for i in range(12)))
+    assert _cli.main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split()}
+    assert [f"n{i}" in rows for i in range(12)] == [True] * 5 + [False] * 7
+    assert "the rest are summed in '(other names)'" in out
+    assert next(ln for ln in out.splitlines() if ln.startswith("(other names)")).split()[2] == "7"

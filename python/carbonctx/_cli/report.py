@@ -17,7 +17,7 @@ from carbonctx._output.reading import Skipped
 from carbonctx._output.text import format_runs
 from carbonctx._output.trace import chrome_trace
 from carbonctx._results.runs import RunLog
-from carbonctx._results.statistics import format_stats, stats_from_records
+from carbonctx._results.statistics import OTHER_NAMES, format_stats, stats_from_records
 from carbonctx._runs.log import read_run_logs
 from carbonctx._runs.merge import (
     FIGURES,
@@ -28,6 +28,9 @@ from carbonctx._runs.merge import (
 )
 
 __all__ = ["register", "report_dir"]
+
+#: Names with a row of their own in `report FILE` (each keeps a bounded sample).
+MAX_NAMES = 10_000
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -83,7 +86,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                     write_row(r)
                 yield r
 
-        stats = stats_from_records(region_records())
+        stats = stats_from_records(region_records(), max_names=MAX_NAMES)
     except OSError as e:
         _err(f"cannot read {args.file}: {e}")
         return 2
@@ -101,6 +104,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         _say(f"  skipped {line}")
     _say(total)
     _say("")
+    if OTHER_NAMES in stats:
+        _say(f"(more than {MAX_NAMES} names: the rest are summed in {OTHER_NAMES!r})")
     _say(format_stats(stats.values()))
     status = 0
     if args.trace:
