@@ -7,6 +7,8 @@ import functools
 import io
 import json
 import math
+import os
+import stat
 import time
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -428,3 +430,41 @@ def test_interpreter_exit_does_not_wait_for_a_slow_fetch(
     assert (
         time.monotonic() - t < 8.0
     )  # interpreter start and import included; not the 20 s deadline
+
+
+# --------------------------------------------------------------------------- cache paths
+
+
+def test_a_fifo_as_cache_file_is_ignored_with_one_warning_and_never_waited_on(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    d = tmp_path / "cache"
+    d.mkdir()
+    for kind in ("recent", "forecast"):
+        os.mkfifo(d / f"electricitymaps-DE-{kind}.json")  # no writer: a plain open waits
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="not a regular file") as rec:
+        cur = s.current()
+    assert len(messages(rec)) == 1
+    assert cur.source == "table"
+    # A fetch replaces the FIFO with a file, which a new service reads without a word.
+    s.refresh(wait=True)
+    assert (d / "electricitymaps-DE-recent.json").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make(server, tmp_path, client, clock).current().source == "live"
+
+
+def test_the_cache_directory_is_private_under_any_umask(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    old = os.umask(0)
+    try:
+        s = make(server, tmp_path / "xdg", client, clock)  # its cache: xdg/cache
+        s.refresh(wait=True)
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "xdg", tmp_path / "xdg" / "cache"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    files = list((tmp_path / "xdg" / "cache").iterdir())
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from carbonctx._output.jsonl import read_jsonl
-from carbonctx.testing import SimulatedMachine
+from carbonctx.testing import SimulatedMachine, Wave
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -480,3 +480,153 @@ def test_the_resolver_thread_never_imports(sim: SimulatedMachine, tmp_path: Path
         r = run_script(tmp_path, sim, code, extra)
         assert r.returncode == 0, r.stderr
         assert last_json(r.stdout) == [], f"imports on the resolver thread ({extra})"
+
+
+# Workers that leave without the interpreter's exit hooks: Process children started by fork and
+# forkserver, and Pool workers under every start method (their exit is os._exit after
+# multiprocessing's own exit function, or SIGTERM from Pool.terminate(), which leaving
+# `with Pool(...)` calls). The workers' last regions end just before they leave.
+MP_EXIT_SCRIPT = """
+    import json, multiprocessing as mp, os, sys, time
+    import carbonctx
+
+    @carbonctx.tracked
+    def load(i):
+        end = time.monotonic() + 0.002
+        while time.monotonic() < end:
+            pass
+        return i * i
+
+    def work(first):
+        for i in range(first, first + 10):
+            with carbonctx.track("item", tags={"i": i}):
+                load(i)
+
+    def item(i):
+        with carbonctx.track("item", tags={"i": i}):
+            return load(i)
+
+    if __name__ == "__main__":
+        method, mode = sys.argv[1], sys.argv[2]
+        with carbonctx.track("parent"):  # the parent measures before it starts workers
+            pass
+        ctx = mp.get_context(method)
+        if mode == "process":
+            ps = [ctx.Process(target=work, args=(10 * k,)) for k in range(2)]
+            for p in ps:
+                p.start()
+            for p in ps:
+                p.join(30)
+            codes = [p.exitcode for p in ps]
+        elif mode == "pool":
+            with ctx.Pool(2) as pool:
+                squares = pool.map(item, range(20), chunksize=1)
+            codes = [sum(squares)]
+        else:  # "pool-close": close() and join(), workers leave on their own
+            pool = ctx.Pool(2)
+            squares = pool.map(item, range(20), chunksize=1)
+            pool.close()
+            pool.join()
+            codes = [sum(squares)]
+        print(json.dumps({"codes": codes}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "mode"),
+    [
+        ("fork", "process"),
+        ("forkserver", "process"),
+        ("spawn", "process"),
+        ("fork", "pool"),
+        ("forkserver", "pool"),
+        ("spawn", "pool"),
+        ("fork", "pool-close"),
+    ],
+)
+def test_multiprocessing_workers_record_every_finished_region(
+    tmp_path: Path, method: str, mode: str
+) -> None:
+    m = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6.0))
+    m.start()
+    try:
+        out = tmp_path / "regions.jsonl"
+        script = tmp_path / "mp_exit.py"
+        script.write_text(textwrap.dedent(MP_EXIT_SCRIPT), encoding="utf-8")
+        env = {**os.environ, **m.env(), "CARBONCTX_OUTPUT": str(out), "CARBONCTX_SUMMARY": "1"}
+        r = subprocess.run(
+            [sys.executable, str(script), method, mode],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S * 2,
+            check=False,
+        )
+    finally:
+        m.close()
+    assert r.returncode == 0, r.stderr
+    codes = last_json(r.stdout)["codes"]
+    assert codes == ([0, 0] if mode == "process" else [sum(i * i for i in range(20))])
+    regions, _power, bad = read_jsonl(str(out))
+    assert bad == 0
+    items = [rec for rec in regions if rec["name"] == "item"]
+    # Every region the workers finished is written, once, with energy.
+    assert sorted(rec["tags"]["i"] for rec in items) == list(range(20))
+    assert sum(rec["name"] == "load" for rec in regions) == 20
+    assert all(rec["energy_j"] > 0 for rec in items)
+    assert [rec["name"] for rec in regions].count("parent") == 1
+    # One summary table, the main process's: the workers print none.
+    assert r.stderr.count("carbonctx summary") == 1, r.stderr
+
+
+DATALOADER_SCRIPT = """
+    import json
+    import carbonctx
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    class Items(Dataset):
+        def __len__(self):
+            return 24
+
+        @carbonctx.tracked(name="load")
+        def __getitem__(self, i):
+            with carbonctx.track("item", tags={"i": int(i)}):
+                return torch.tensor([i * i])
+
+    if __name__ == "__main__":
+        loader = DataLoader(Items(), batch_size=4, num_workers=2)  # fork workers on Linux
+        print(json.dumps({"total": sum(int(b.sum()) for b in loader)}))
+"""
+
+
+@pytest.mark.timeout(180)  # torch is imported in the script: slow on a loaded machine
+def test_a_torch_dataloaders_workers_record_every_item(tmp_path: Path) -> None:
+    """The README's DataLoader case, with real torch: each worker's items are written, the last
+    ones included (the workers leave through os._exit when the epoch ends)."""
+    pytest.importorskip("torch")
+    m = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6.0))
+    m.start()
+    try:
+        out = tmp_path / "regions.jsonl"
+        script = tmp_path / "loader.py"
+        script.write_text(textwrap.dedent(DATALOADER_SCRIPT), encoding="utf-8")
+        r = subprocess.run(
+            [sys.executable, str(script)],
+            env={**os.environ, **m.env(), "CARBONCTX_OUTPUT": str(out)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S * 3,
+            check=False,
+        )
+    finally:
+        m.close()
+    assert r.returncode == 0, r.stderr
+    assert last_json(r.stdout) == {"total": sum(i * i for i in range(24))}
+    regions, _power, bad = read_jsonl(str(out))
+    assert bad == 0
+    items = [rec for rec in regions if rec["name"] == "item"]
+    assert sorted(rec["tags"]["i"] for rec in items) == list(range(24))
+    assert sum(rec["name"] == "load" for rec in regions) == 24

@@ -183,7 +183,9 @@ def configure(
     wait at most 1 s for the thread that reads it.
 
     A running sampler is stopped (its regions resolved) and restarts with the new settings on
-    the next region. Raises :class:`ConfigurationError` for a value that cannot be used.
+    the next region; a region open at the time is measured to its end and recorded with the
+    settings it began under. Raises :class:`ConfigurationError` for a value that cannot be
+    used.
     """
     given: dict[str, Any] = {k: v for k, v in locals().items() if v is not None}
     if "cpu_tdp_w" in given:

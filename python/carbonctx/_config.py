@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
@@ -439,16 +439,101 @@ def build(
                 f"configure() got an unknown setting {k!r}; known: {', '.join(sorted(fields))}"
             )
     base = attrs.evolve(Settings(), **from_env(env)) if current is None else current
-    s = attrs.evolve(base, **overrides)
+    s = attrs.evolve(base, **{k: _plain(k, v) for k, v in overrides.items()})
     s = attrs.evolve(
         s,
-        cpu_backends=tuple(s.cpu_backends),
+        cpu_backends=(
+            _list("cpu_backends", s.cpu_backends, CPU_BACKENDS)
+            if isinstance(s.cpu_backends, str)
+            else tuple(s.cpu_backends)
+        ),
         intervals=dict(s.intervals),
-        providers=tuple(s.providers) if s.providers is not None else None,
+        providers=parse_providers(s.providers, "providers") if s.providers is not None else None,
         gpus=parse_gpus("gpus", s.gpus) if s.gpus is not None else None,
     )
     validate(s)
     return s
+
+
+#: Settings that take a path (a str or an os.PathLike, kept as a str).
+_PATH_SETTINGS = (
+    "output",
+    "cache_dir",
+    "sys_root",
+    "dev_root",
+    "proc_root",
+    "nvml_library",
+    "amdsmi_library",
+)
+#: Settings that take text (or None).
+_TEXT_SETTINGS = (
+    "estimate",
+    "on_fork",
+    "zone",
+    "electricitymaps_token",
+    "signal",
+    "entsoe_token",
+    "eia_key",
+    "electricitymaps_api",
+    "watttime_username",
+    "watttime_password",
+    "watttime_region",
+    "node_dir",
+)
+_BOOL_SETTINGS = ("gpu", "strict", "summary_at_exit")
+
+
+def _plain(key: str, value: Any) -> Any:
+    """A ``configure()`` argument checked for its type (ConfigurationError naming it), paths
+    made text: a wrong type fails here, not at the first region."""
+    if value is None:
+        return None
+    if key in _PATH_SETTINGS:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{key}={value!r}: give a path (str or os.PathLike)")
+    elif key in _TEXT_SETTINGS and not isinstance(value, str):
+        raise ConfigurationError(f"{key}={value!r}: give a string")
+    elif key in _BOOL_SETTINGS and not isinstance(value, bool):
+        # Not truthiness: strict="no" would mean True.
+        raise ConfigurationError(f"{key}={value!r}: give True or False")
+    elif key == "urls" and not _text_mapping(value):
+        raise ConfigurationError(
+            f"urls={value!r}: give a mapping of provider id to base URL (str to str)"
+        )
+    elif key == "intervals" and not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"intervals={value!r}: give a mapping of backend to seconds, e.g. {{'nvml': 0.02}}"
+        )
+    elif key in _LIST_SETTINGS and not (
+        isinstance(value, str)
+        or (
+            isinstance(value, Collection)
+            and not isinstance(value, (bytes, Mapping))
+            and all(isinstance(x, _LIST_SETTINGS[key]) for x in value)
+        )
+    ):
+        raise ConfigurationError(
+            f"{key}={value!r}: give a list of names, or one name, or a comma-separated string"
+            if key != "gpus"
+            else f"gpus={value!r}: give a list of device numbers or GPU UUIDs"
+        )
+    return value
+
+
+#: Settings that take a list (or one comma-separated string), and the types of its items.
+_LIST_SETTINGS: dict[str, tuple[type, ...]] = {
+    "cpu_backends": (str,),
+    "providers": (str,),
+    "gpus": (int, str),
+}
+
+
+def _text_mapping(value: object) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
 
 
 def validate(s: Settings) -> None:
@@ -486,7 +571,7 @@ def validate(s: Settings) -> None:
     for flag in ("amdsmi", "hwmon"):
         if not isinstance(v := getattr(s, flag), bool):
             raise ConfigurationError(f"{flag}={v!r}: give True or False")
-    if not (isinstance(s.window, int) and s.window >= 0):
+    if isinstance(s.window, bool) or not (isinstance(s.window, int) and s.window >= 0):
         raise ConfigurationError(f"window={s.window!r}: give a non-negative number of regions")
     for key in _INT_RANK_SETTINGS:
         v = getattr(s, key)
@@ -680,6 +765,18 @@ def carbon_settings(
             resolved[pid] = parse_url(env[var], var)
         else:
             resolved[pid] = default
+    # A provider named without the credential its service requires is refused now, as the
+    # watttime one is, not warned of at the first fetch (a proxy at another URL may add it).
+    for pid, given, var, arg in (
+        ("electricitymaps", token, "CARBONCTX_ELECTRICITYMAPS_TOKEN", "electricitymaps_token"),
+        ("entsoe", entsoe, "CARBONCTX_ENTSOE_TOKEN", "entsoe_token"),
+        ("eia", eia, "CARBONCTX_EIA_KEY", "eia_key"),
+    ):
+        if pid in ids and not given and resolved[pid] == DEFAULT_URLS[pid]:
+            raise ConfigurationError(
+                f"The {pid} provider needs {var} (or {arg}): its service refuses requests "
+                f"without it. Set it, or leave {pid} out of the providers."
+            )
 
     if cache_dir is not None:
         cache = Path(cache_dir)

@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -133,13 +134,22 @@ def build_fake_amdsmi(directory: str | os.PathLike[str], compiler: str | None = 
 _DRAM_DEFAULT = Wave(6.0, 6.0, 0.0, 1.0)
 
 
+def _remove_tree(path: str, pid: int) -> None:
+    if os.getpid() == pid:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _wave_args(w: Wave) -> tuple[float, float, float, float]:
     return (w.low_w, w.high_w, w.period_s, w.duty)
 
 
 class SimulatedMachine:
     """Simulated RAPL (and optionally NVML) hardware under ``root`` (a temporary directory if
-    None). Use as a context manager, or call :meth:`start` and :meth:`stop`."""
+    None). Use as a context manager, or call :meth:`start` and :meth:`stop`.
+
+    A forked child sees the counters move (the parent's thread writes them) and may read the
+    machine, stop or close it (which leaves the parent's thread and files alone), but not
+    start or change it: that raises, naming the process the machine belongs to."""
 
     def __init__(
         self,
@@ -159,10 +169,13 @@ class SimulatedMachine:
         nvml_library: str | os.PathLike[str] | None = None,
         amd_gpus: int | Sequence[AmdGpuSpec] = 0,
     ) -> None:
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._pid = os.getpid()
+        # A temporary root is removed by the process that made it, never by a forked child
+        # (whose exit would otherwise delete the tree the parent's machine still writes).
+        self._tmp: weakref.finalize[[str, int], SimulatedMachine] | None = None
         if root is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="carbonctx-sim-")
-            root = self._tmp.name
+            root = tempfile.mkdtemp(prefix="carbonctx-sim-")
+            self._tmp = weakref.finalize(self, _remove_tree, root, self._pid)
         self.root = Path(root)
         self.waves: dict[str, Wave] = {"package": package}
         zones: list[tuple[str, int, float, float, float, float, int | None, float | None]] = []
@@ -308,7 +321,7 @@ class SimulatedMachine:
     def close(self) -> None:
         self.stop()
         if self._tmp is not None:
-            self._tmp.cleanup()
+            self._tmp()
             self._tmp = None
 
     def __enter__(self) -> SimulatedMachine:
@@ -343,6 +356,11 @@ class SimulatedMachine:
     def fail_reads(self, domain: str, package: int = 0, fail: bool = True) -> None:
         """Make a zone's counter unreadable (garbage) or readable again."""
         self._sim.fail_reads(domain, package, fail)
+
+    def reset_counter(self, domain: str, package: int = 0) -> None:
+        """Make a zone's counters start again from zero now (a firmware reset or driver
+        reload): a step back that is no wraparound. The truth is unchanged."""
+        self._sim.reset_counter(domain, package)
 
     @property
     def writes(self) -> int:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,9 @@ class DiskCache:
         every value is checked (finite, non-negative, plausible, of the right type)."""
         path = self.path(kind)
         try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_CACHE_BYTES + 1)
+            raw = _read_regular(path, MAX_CACHE_BYTES + 1)
+        except _NotRegular as exc:
+            raise UnusableCache(f"{path}: {exc}") from None
         except OSError:
             return None
         try:
@@ -197,9 +199,55 @@ def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+class _NotRegular(Exception):
+    pass
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of the regular file at ``path``. The open never waits (a FIFO
+    with no writer would block it for ever); anything but a regular file (a FIFO, a device, a
+    socket) raises :class:`_NotRegular`, saying what it is."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a FIFO" if stat.S_ISFIFO(mode) else "a device, socket or directory"
+            raise _NotRegular(f"not a regular file ({what})")
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, min(1 << 20, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and the missing folders above it readable and writable by the
+    user alone (0700, as the XDG base directory specification asks of a cache), whatever the
+    umask: under umask 000 a cache others can write is a cache others can poison."""
+    missing: list[Path] = []
+    d = directory
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)  # the umask may have taken the user's own bits away too
+
+
 def atomic_write_json(path: Path, data: object) -> None:
-    """Write ``data`` as JSON so that readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` as JSON so that readers see the old file or the new one, never a part.
+    The folder is made private if it is made here (:func:`make_private_dirs`); the file is
+    the user's alone (``mkstemp``: 0600)."""
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -116,6 +116,12 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
             "\nCPU energy is an ESTIMATE (utilisation × TDP), labelled so in every result.",
             file=out,
         )
+        if any("virtual machine" in s["label"] for s in srcs):
+            print(
+                "In this virtual machine it is an UPPER BOUND: the host's processor is shared "
+                "and its other load is not seen.",
+                file=out,
+            )
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

@@ -6,16 +6,18 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from carbonctx._output.csv import write_csv
-from carbonctx._output.html import render_report
-from carbonctx._output.jsonl import read_jsonl
+from carbonctx._output.csv import row_writer
+from carbonctx._output.html import render_regions_report, render_report
+from carbonctx._output.jsonl import dumps, iter_jsonl_checked, read_jsonl
+from carbonctx._output.reading import Skipped
 from carbonctx._output.text import format_runs
 from carbonctx._output.trace import chrome_trace
 from carbonctx._results.runs import RunLog
-from carbonctx._results.statistics import format_stats, stats_from_records
+from carbonctx._results.statistics import OTHER_NAMES, format_stats, stats_from_records
 from carbonctx._runs.log import read_run_logs
 from carbonctx._runs.merge import (
     FIGURES,
@@ -26,6 +28,9 @@ from carbonctx._runs.merge import (
 )
 
 __all__ = ["register", "report_dir"]
+
+#: Names with a row of their own in `report FILE` (each keeps a bounded sample).
+MAX_NAMES = 10_000
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,29 +50,113 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     if os.path.isdir(args.file):
         return report_dir(args.file, args.html, as_json=args.json)
-    try:
-        regions, power, bad = read_jsonl(args.file)
-    except OSError as e:
-        print(f"carbonctx report: cannot read {args.file}: {e}", file=sys.stderr)
+    if os.path.exists(args.file) and not os.path.isfile(args.file):
+        # A FIFO or a device would block the read (or never end).
+        _err(f"{args.file} is not a regular file")
         return 2
-    total_j = sum(float(r.get("energy_j") or 0.0) for r in regions if r.get("parent") is None)
-    total_g = sum(float(r.get("co2_g") or 0.0) for r in regions if r.get("parent") is None)
-    print(
-        f"{args.file}: {len(regions)} regions"
-        + (f", {bad} unreadable lines skipped" if bad else "")
+    # One record in memory at a time, but for the trace (which holds every region anyway):
+    # statistics keep a bounded sample per name, CSV rows are written as they are read.
+    skipped = Skipped()
+    regions: list[dict[str, Any]] = []
+    power: list[dict[str, Any]] = []
+    top = {"n": 0, "j": 0.0, "g": 0.0}
+    csv_file = None
+    try:
+        if args.csv:
+            try:
+                csv_file = open(args.csv, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            except OSError as e:
+                _err(f"cannot write {args.csv}: {e}")
+                return 2
+            write_row = row_writer(csv_file)
+
+        def region_records() -> Iterator[dict[str, Any]]:
+            for r in iter_jsonl_checked(args.file, skipped):
+                if r.get("kind", "region") != "region":
+                    if args.trace:
+                        power.append(r)
+                    continue
+                top["n"] += 1
+                if r.get("parent") is None:
+                    top["j"] += float(r.get("energy_j") or 0.0)
+                    top["g"] += float(r.get("co2_g") or 0.0)
+                if args.trace:
+                    regions.append(r)
+                if csv_file is not None:
+                    write_row(r)
+                yield r
+
+        stats = stats_from_records(region_records(), max_names=MAX_NAMES)
+    except OSError as e:
+        _err(f"cannot read {args.file}: {e}")
+        return 2
+    finally:
+        if csv_file is not None:
+            csv_file.close()
+    total_j, total_g = top["j"], top["g"]
+    bad = skipped.total
+    head = f"{args.file}: {top['n']} regions" + (f", {bad} unreadable lines skipped" if bad else "")
+    total = (
+        f"top-level total: {total_j:.2f} J ({total_j / 3.6e6 * 1e3:.4f} Wh), {total_g:.4f} gCO2e"
     )
-    print(f"top-level total: {total_j:.2f} J ({total_j / 3.6e6 * 1e3:.4f} Wh), {total_g:.4f} gCO2e")
-    print()
-    print(format_stats(stats_from_records(regions).values()))
+    _say(head)
+    for line in skipped.lines():
+        _say(f"  skipped {line}")
+    _say(total)
+    _say("")
+    if OTHER_NAMES in stats:
+        _say(f"(more than {MAX_NAMES} names: the rest are summed in {OTHER_NAMES!r})")
+    _say(format_stats(stats.values()))
+    status = 0
     if args.trace:
-        with open(args.trace, "w", encoding="utf-8") as f:
-            json.dump(chrome_trace(regions, power), f)
-        print(f"\ntrace written to {args.trace} (open it in https://ui.perfetto.dev)")
+        status |= _write(args.trace, dumps(chrome_trace(regions, power)), "trace")
     if args.csv:
-        with open(args.csv, "w", encoding="utf-8", newline="") as f:
-            write_csv(regions, f)
-        print(f"CSV written to {args.csv}")
+        _say(f"CSV written to {args.csv}")
+    if args.html:
+        notes = [head, *(f"skipped {ln}" for ln in skipped.lines()), total]
+        page = render_regions_report(f"carbonctx report: {args.file}", notes, list(stats.values()))
+        status |= _write(args.html, page, "HTML report")
+    return status
+
+
+def _write(path: str, text: str, what: str) -> int:
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    except OSError as e:
+        _err(f"cannot write {path}: {e}")
+        return 2
+    hint = " (open it in https://ui.perfetto.dev)" if what == "trace" else ""
+    _say(f"{what} written to {path}{hint}")
     return 0
+
+
+#: Characters never sent to the terminal as they are: C0 and C1 controls (escape sequences
+#: start with ESC or CSI) but newline and tab, DEL, and the bidirectional overrides.
+_UNSAFE = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in (
+        *range(0x00, 0x09),
+        *range(0x0B, 0x20),
+        *range(0x7F, 0xA0),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``): names read
+    from a file never move the cursor, recolour or retitle the user's terminal."""
+    return text.translate(_UNSAFE)
+
+
+def _say(text: str) -> None:
+    print(terminal_safe(text))
+
+
+def _err(text: str) -> None:
+    print(terminal_safe(f"carbonctx report: {text}"), file=sys.stderr)
 
 
 def report_dir(
@@ -83,20 +172,19 @@ def report_dir(
     nothing could be read)."""
     d = Path(path)
     if not d.is_dir():
-        print(f"carbonctx report: {d} is not a directory", file=sys.stderr)
+        _err(f"{d} is not a directory")
         return 2
     try:
         runs = read_run_logs(d)
         region_jobs = merge_region_records(_region_records(d)) if not runs else []
     except OSError as e:
-        print(f"carbonctx report: cannot read {d}: {e}", file=sys.stderr)
+        _err(f"cannot read {d}: {e}")
         return 2
     if not runs and not region_jobs:
-        print(
-            f"carbonctx report: no run logs in {d} (runs write them with "
+        _err(
+            f"no run logs in {d} (runs write them with "
             "carbonctx.epochs(..., log_dir=DIR) or CARBONCTX_LOG_DIR), and no region records "
-            "of a distributed job's ranks",
-            file=sys.stderr,
+            "of a distributed job's ranks"
         )
         return 2
     jobs = merge_jobs(runs) or region_jobs
@@ -106,22 +194,31 @@ def report_dir(
     # A job's rank logs are shown merged (each holds the rank's part and the job's forecast).
     alone = [r for r in runs if not is_rank_log(r)]
     if runs:
-        print(f"{d}: {len(runs)} runs" + (f" ({len(runs) - len(alone)} of ranks)" if jobs else ""))
+        _say(f"{d}: {len(runs)} runs" + (f" ({len(runs) - len(alone)} of ranks)" if jobs else ""))
     else:
-        print(f"{d}: region records of a distributed job's ranks (top-level regions)")
+        _say(f"{d}: region records of a distributed job's ranks (top-level regions)")
+    for r in runs:
+        if r.bad_lines:
+            _say(f"  {r.path}: {r.bad_lines} unreadable or damaged lines skipped")
     if alone:
-        print(format_runs(alone))
+        _say(format_runs(alone))
     for job in jobs:
-        print()
-        print("\n".join(job.lines()))
+        _say("")
+        _say("\n".join(job.lines()))
     if html_out is not None and runs:
         page = render_report(runs, title=f"carbonctx report: {d.name or d}")
         try:
             Path(html_out).write_text(page, encoding="utf-8")
         except OSError as e:
-            print(f"carbonctx report: cannot write {html_out}: {e}", file=sys.stderr)
+            _err(f"cannot write {html_out}: {e}")
             return 2
-        print(f"\nHTML report written to {html_out}")
+        _say(f"\nHTML report written to {html_out}")
+    elif html_out is not None:
+        _err(
+            f"no HTML report written: {d} holds no run logs, and the page charts runs of "
+            "epochs(); for region records use `carbonctx report FILE.jsonl --html OUT`"
+        )
+        return 2
     sys.stdout.flush()
     return 0
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from carbonctx import _config, _native
+from carbonctx._carbon.zones import normalize_zone
 from carbonctx._config import Settings
 from carbonctx._distributed import placeholders
 from carbonctx._measure.ranks import forget_rank_info, process_rank_info
@@ -31,8 +32,15 @@ __all__ = [
 _RT: Runtime | None = None
 _SETTINGS: Settings | None = None
 _ZOMBIES: list[Runtime] = []
+# Runtimes replaced by configure() while regions were open in them (Runtime.retire).
+_RETIRING: list[Runtime] = []
 _LOCK = threading.Lock()
 _hooks_installed = False
+# Processes (pid) whose multiprocessing exit path has been hooked; set once exit has begun.
+_CHILD_HOOKED: set[int] = set()
+_EXITING = False
+#: How long a Pool worker's SIGTERM may spend writing its finished regions before it ends.
+SIGTERM_FLUSH_S = 5.0
 # The process (pid) whose inconsistent launcher variables have been warned about.
 _RANKS_WARNED: set[int] = set()
 
@@ -53,6 +61,7 @@ def runtime() -> Runtime:
             _RT = _new_runtime(_SETTINGS)
             _native.set_hub(_RT.core)
             _install_hooks()
+            _hook_multiprocessing_child()
         return _RT
 
 
@@ -70,8 +79,10 @@ def configure(overrides: Mapping[str, Any]) -> Settings:
         _SETTINGS = new
         _RT = None
         _native.set_hub(None)
-    if old is not None:
-        old.shutdown()
+    if old is not None and old.retire():
+        # Regions open in it are measured to their end and recorded with the settings they
+        # began under; it shuts itself down after the last one.
+        _RETIRING[:] = [rt for rt in _RETIRING if not rt.finished] + [old]
     return new
 
 
@@ -80,6 +91,12 @@ def _checked(s: Settings) -> Settings:
     placeholders and the rank settings against the launcher's (ConfigurationError)."""
     if s.output:
         placeholders(s.output)
+    # A zone that is no zone code is refused as the other carbon settings are, not warned of
+    # at the first region.
+    if s.zone is not None:
+        normalize_zone(s.zone, "zone")
+    elif env_zone := _config.environ().get("CARBONCTX_ZONE", "").strip():
+        normalize_zone(env_zone, "CARBONCTX_ZONE")
     process_rank_info(s)
     return s
 
@@ -103,8 +120,11 @@ def reset() -> None:
         _RANKS_WARNED.clear()
         forget_rank_info()
         _native.set_hub(None)
-    if old is not None:
-        old.shutdown()
+        retiring = _RETIRING[:]
+        _RETIRING.clear()
+    for rt in [*retiring, old]:
+        if rt is not None:
+            rt.shutdown()
 
 
 def _install_hooks() -> None:
@@ -119,24 +139,87 @@ def _install_hooks() -> None:
         os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _at_exit() -> None:
+def _hook_multiprocessing_child() -> None:
+    """In a multiprocessing child, have its exit record what it measured.
+
+    Children started by fork or forkserver, and every Pool worker, leave through ``os._exit``
+    after ``multiprocessing.util._exit_function()``: atexit hooks never run there, but that
+    function runs the finalizers registered in the child (``util.Finalize``), so one is
+    registered here, once per process, when the child's runtime is made (after the fork, once
+    multiprocessing has cleared the finalizers it inherited). A Pool worker is also stopped by
+    SIGTERM (``Pool.terminate()``, which leaving ``with Pool(...)`` calls); where SIGTERM is at
+    its default, the worker's first SIGTERM writes its finished regions (at most
+    ``SIGTERM_FLUSH_S``) and then ends the process by SIGTERM as before.
+    """
+    pid = os.getpid()
+    if pid in _CHILD_HOOKED:
+        return
+    mp = sys.modules.get("multiprocessing")
+    if mp is None:
+        return
+    try:
+        if mp.parent_process() is None:
+            return
+        from multiprocessing import util
+
+        _CHILD_HOOKED.add(pid)
+        # A worker prints no summary table (its regions are in the output): the program's
+        # main process does, once.
+        util.Finalize(None, _at_exit, kwargs={"summary": False}, exitpriority=0)
+        if "PoolWorker" in mp.current_process().name:
+            _hook_sigterm()
+    except Exception:  # an unusual multiprocessing: the atexit hook remains
+        return
+
+
+def _hook_sigterm() -> None:
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return  # the program's own handler decides
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        if _EXITING:
+            return  # the worker is leaving already and writing them: let it finish
+        # On another thread: the interrupted frame may hold a lock the flush needs.
+        t = threading.Thread(target=_at_exit, args=(False,), name="carbonctx-sigterm", daemon=True)
+        t.start()
+        t.join(SIGTERM_FLUSH_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _at_exit(summary: bool = True) -> None:
+    global _EXITING
+    if _EXITING:
+        return
+    _EXITING = True
     rt = _RT
+    for old in _RETIRING:
+        old.shutdown()
     if rt is None or rt.dead:
         return
     try:
         rt.shutdown()
-        if rt.settings.summary_at_exit and rt.resolver.accumulators:
+        if summary and rt.settings.summary_at_exit and rt.resolver.accumulators:
             print("carbonctx summary\n" + str(rt.stats_now()), file=sys.stderr)
     except Exception as e:  # never fail the interpreter's exit
         print(f"carbonctx: error at exit: {e!r}", file=sys.stderr)
 
 
 def _after_fork_in_child() -> None:
-    global _RT
+    global _RT, _EXITING
     old = _RT
-    if old is not None:
-        old.abandon()
-        _ZOMBIES.append(old)  # never dropped: its native thread does not exist here
+    _EXITING = False
+    for rt in [*_RETIRING, old]:
+        if rt is not None:
+            rt.abandon()
+            _ZOMBIES.append(rt)  # never dropped: its native thread does not exist here
+    _RETIRING.clear()
     _RT = None
     _native.set_hub(None)
     settings = _SETTINGS if _SETTINGS is not None else (old.settings if old else None)

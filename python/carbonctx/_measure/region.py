@@ -238,6 +238,14 @@ class Tracker(_native.Region):
     # ------------------------------------------------------------------ decorator
 
     def __call__(self, fn: F) -> F:
+        if isinstance(fn, (classmethod, staticmethod)):
+            # Measure the function inside and give back the same kind of method.
+            return type(fn)(self(fn.__func__))
+        if not callable(fn):
+            raise TypeError(
+                f"@tracked and track(...) decorate a function or method, not {fn!r}"
+                + (": put the decorator under @property" if isinstance(fn, property) else "")
+            )
         name = self.name
         tags = self.tags
         sync = self.sync
@@ -359,11 +367,16 @@ def tracked(
     """
 
     def deco(f: F) -> F:
-        return Tracker(name or f.__qualname__, strict=strict, tags=tags, sync=sync)(f)
+        inner = f.__func__ if isinstance(f, (classmethod, staticmethod)) else f
+        qualname = getattr(inner, "__qualname__", None)
+        if not isinstance(qualname, str) or not callable(inner):
+            raise TypeError(
+                f"@tracked decorates a function or method, not {f!r}"
+                + (": put it under @property" if isinstance(f, property) else "")
+            )
+        return Tracker(name or qualname, strict=strict, tags=tags, sync=sync)(f)
 
     if fn is not None:
-        if not callable(fn):
-            raise TypeError(f"@tracked decorates a function, not {fn!r}")
         return deco(fn)
     return deco
 

@@ -161,8 +161,8 @@ class Resolver:
                 sid = columns.sources[i]["id"]
                 self.note(
                     f"missing:{sid}",
-                    f"energy source {sid} failed; regions after it lack its figures "
-                    f"({self._status_error(sid)})",
+                    f"energy source {sid} went unmeasured for a while; regions across that "
+                    f"gap lack its figures ({self._status_error(sid)})",
                 )
         g_per_j = self.carbon.grams_per_joule()
         estimated = bool(columns.estimated)

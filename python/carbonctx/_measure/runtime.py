@@ -87,6 +87,11 @@ class Runtime:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Replaced by ``configure()`` while regions were open in it: it measures those to
+        #: their end, then shuts down (see :meth:`retire`).
+        self.retiring = False
+        self._shut = False
+        self._shutdown_lock = threading.Lock()
         self._warned: set[str] = set()
         self._warnings: list[str] = []
         self.notes: dict[str, str] = {}
@@ -123,6 +128,11 @@ class Runtime:
     def dead(self) -> bool:
         """Shut down, or inherited by a forked child: never to measure again."""
         return self.core.dead
+
+    @property
+    def finished(self) -> bool:
+        """Shut down (or abandoned in a forked child)."""
+        return self._shut or self.dead
 
     # ------------------------------------------------------------------ start and stop
 
@@ -264,33 +274,66 @@ class Runtime:
             own.update({"amd_gpus": amd_gpus} if amd_gpus else {"amdsmi": False})
         return _native.Sampler(**own)
 
-    def shutdown(self) -> None:
-        """Stop the sampler, resolve and record everything, close the output. Idempotent."""
-        if self.dead:
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the sampler, resolve and record everything, close the output. Idempotent; a
+        second caller waits for the first to finish (without ``wait``: returns at once)."""
+        if not self._shutdown_lock.acquire(blocking=wait):
             return
-        self._stop.set()
-        self._wake.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout=5)
-        s = self.sampler
-        if s is not None:
-            s.stop()
-            self.drain()
+        try:
+            if self.dead or self._shut:
+                return
+            self._shut = True
+            self._stop.set()
+            self._wake.set()
+            t = self._thread
+            if t is not None and t is not threading.current_thread():
+                t.join(timeout=5)
+            s = self.sampler
+            if s is not None:
+                s.stop()
+                self.drain()
+                if self.recorder is not None:
+                    self.recorder.write_power(s, self.sources, force=True)
+            if self.bmc is not None:
+                self.bmc.stop()  # waits at most _bmc.STOP_WAIT_S
             if self.recorder is not None:
-                self.recorder.write_power(s, self.sources, force=True)
-        if self.bmc is not None:
-            self.bmc.stop()  # waits at most _bmc.STOP_WAIT_S
-        if self.recorder is not None:
-            self.recorder.close()
-        self.carbon.close()
-        # Regions left in another thread or task than the one they were entered in are still
-        # held there (by that context's current region): they keep their results and let go
-        # of this runtime, which would otherwise outlive its shutdown.
-        for region in self.core.take_orphans():
-            release = getattr(region, "_release", None)
-            if release is not None:
-                release()
+                self.recorder.close()
+            self.carbon.close()
+            # Regions left in another thread or task than the one they were entered in are
+            # still held there (by that context's current region): they keep their results
+            # and let go of this runtime, which would otherwise outlive its shutdown.
+            for region in self.core.take_orphans():
+                release = getattr(region, "_release", None)
+                if release is not None:
+                    release()
+        finally:
+            self._shutdown_lock.release()
+
+    def open_regions(self) -> int:
+        """Regions begun in this runtime's sampler and not yet resolved and drained (0 when
+        it never started)."""
+        s = self.sampler
+        if s is None:
+            return 0
+        st = s.stats()
+        unresolved = st["regions_begun"] - st["regions_resolved"] - st["dropped_regions"]
+        return max(0, unresolved) + int(st["undrained"]) + len(self.pending)
+
+    def retire(self) -> bool:
+        """Replaced by ``configure()``: shut down now when no region is open in it; otherwise
+        keep measuring the open ones (no new region enters it: the hub has changed) and shut
+        down, from the resolver thread, once every one has ended and been recorded. Returns
+        True when it is still running."""
+        if self.sampler is None or self.dead:
+            self.shutdown()
+            return False
+        self.flush(timeout=2.0)
+        if self.open_regions() == 0:
+            self.shutdown()
+            return False
+        self.retiring = True
+        self.wake_resolver()
+        return True
 
     def abandon(self) -> None:
         """In a forked child: never touch the parent's sampler or threads again."""
@@ -356,6 +399,9 @@ class Runtime:
                     self.resolver.drain_background(s)
                 if s is not None and self.recorder is not None:
                     self.recorder.write_power(s, self.sources)
+                if self.retiring and self.open_regions() == 0:
+                    self.shutdown(wait=False)  # from this thread: it does not join itself
+                    return
             except Exception as e:  # keep resolving; say what went wrong once
                 self.note(f"resolver:{type(e).__name__}", f"carbonctx resolver error: {e!r}")
 

@@ -26,7 +26,7 @@ A writer appends, per process (``pid``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,13 +41,14 @@ __all__ = [
     "ceil2_array",
     "expand_records",
     "is_compact",
+    "iter_expanded",
     "provenance",
 ]
 
 #: The compact form's version, in its context records.
 FORMAT = 2
 _TOTALS = ("package", "dram", "gpu")
-_FAILED = "source failed before the region ended"
+_FAILED = "source failed or its counter was reset before the region ended"
 
 
 def ceil2(u: float) -> float:
@@ -86,33 +87,50 @@ class _Pid:
 def expand_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every record, compact region lines made full (in file order); context, thread and batch
     records are consumed. A compact line without a context before it (a file cut at the
-    front) is kept as it is."""
-    out: list[dict[str, Any]] = []
+    front), or one that does not match its context, is kept as it is."""
+    return [rec for _, rec in iter_expanded((0, r) for r in records)]
+
+
+def iter_expanded(
+    items: Iterable[tuple[int, dict[str, Any]]],
+    on_bad: Callable[[str, int], None] | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """:func:`expand_records` one (line number, record) at a time. A context, thread or batch
+    record that cannot be used (a damaged file) is left out and, with ``on_bad``, reported with
+    the reason and its line; so is a compact line that cannot be expanded (kept as it is
+    without ``on_bad``)."""
     by_pid: dict[Any, _Pid] = {}
     last: _Pid | None = None
-    for rec in records:
+    for line, rec in items:
         kind = rec.get("kind")
         if kind in ("context", "threads", "batch"):
-            st = by_pid.get(rec.get("pid"))
-            if st is None:
-                st = by_pid[rec.get("pid")] = _Pid()
-            last = st
-            if kind == "context":
-                st.ctx = rec
-            elif kind == "threads":
-                st.threads.update(rec.get("threads") or {})
-            else:
-                st.base = int(rec.get("t0") or 0)
-                st.th = None
+            try:
+                pid = rec.get("pid")
+                hash(pid)
+                st = by_pid.get(pid)
+                if st is None:
+                    st = by_pid[pid] = _Pid()
+                if kind == "context":
+                    st.ctx = rec
+                elif kind == "threads":
+                    st.threads.update(rec.get("threads") or {})
+                else:
+                    st.base = int(rec.get("t0") or 0)
+                    st.th = None
+                last = st
+            except (TypeError, ValueError, AttributeError):
+                if on_bad is not None:
+                    on_bad(f"a {kind} record whose fields have the wrong types", line)
             continue
         if is_compact(rec) and last is not None and last.ctx is not None:
             try:
-                out.append(_expand(rec, last))
+                yield line, _expand(rec, last)
                 continue
-            except (TypeError, ValueError, KeyError, IndexError):
-                pass
-        out.append(rec)
-    return out
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+                if on_bad is not None:
+                    on_bad("a compact region line that does not match its context", line)
+                    continue
+        yield line, rec
 
 
 def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:

@@ -13,10 +13,12 @@ import time
 from collections.abc import Sequence
 
 from carbonctx._results.equivalents import equivalents
+from carbonctx._results.notebook import stats_html
 from carbonctx._results.runs import RunLog
+from carbonctx._results.statistics import NameStats
 from carbonctx._results.units import format_grams, format_kwh, format_seconds
 
-__all__ = ["energy_unit", "nice_ticks", "render_report"]
+__all__ = ["energy_unit", "nice_ticks", "render_regions_report", "render_report"]
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 PALETTE = (
@@ -224,12 +226,13 @@ def forecast_chart(
         f = e.get("forecast")
         if not f:
             continue
+        mid, lo, hi = f["energy_j"], f.get("energy_j_low"), f.get("energy_j_high")
         pts.append(
             (
                 int(f.get("epochs_done") or int(e.get("epoch", 0)) + 1),
-                float(f["energy_j"]),
-                float(f.get("energy_j_low", f["energy_j"])),
-                float(f.get("energy_j_high", f["energy_j"])),
+                float(mid),
+                float(mid if lo is None else lo),  # no interval known: the forecast itself
+                float(mid if hi is None else hi),
             )
         )
     actual = r.energy_j
@@ -442,5 +445,27 @@ narrows as epochs accumulate.</p>
 {_provenance(runs)}
 <p class="note">Energy is reported as measured; CO2e applies the zone's carbon intensity and the
 PUE set by the user (1.0 counts no facility overhead).</p>
+</body></html>
+"""
+
+
+def render_regions_report(title: str, notes: Sequence[str], stats: Sequence[NameStats]) -> str:
+    """A page for a JSON Lines file of regions: ``notes`` (counts, totals, what was skipped)
+    and the per-name statistics table. Every text is escaped."""
+    items = "".join(f"<li>{_e(n)}</li>" for n in notes)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title>
+<style>
+body {{ font-family: {FONT}; color: #222; margin: 24px auto; max-width: 1040px;
+  padding: 0 16px; line-height: 1.4; }}
+h1 {{ font-size: 22px; }}
+table {{ border-collapse: collapse; font-size: 13px; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 5px 8px; }}
+</style></head><body>
+<h1>{_e(title)}</h1>
+<ul>{items}</ul>
+{stats_html(stats)}
 </body></html>
 """

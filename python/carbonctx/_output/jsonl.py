@@ -11,9 +11,21 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["dumps", "dumps_compact", "json_default", "json_safe", "read_json_lines", "read_jsonl"]
+from carbonctx._output.reading import Skipped, check_record, iter_json_lines, scan_json_lines
+
+__all__ = [
+    "dumps",
+    "dumps_compact",
+    "iter_jsonl_checked",
+    "json_default",
+    "json_safe",
+    "read_json_lines",
+    "read_jsonl",
+    "read_jsonl_checked",
+]
 
 #: Nesting deeper than this is written as a placeholder string.
 MAX_DEPTH = 64
@@ -118,39 +130,49 @@ def dumps_compact(o: object) -> str:
 
 
 def read_json_lines(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], int]:
-    """Every JSON object in a JSON Lines file, and how many lines were not one.
+    """Every JSON object in a JSON Lines file, and how many lines were not one (see
+    ``_output.reading``: bounded lines, bad UTF-8 or JSON skipped, NaN read as null).
 
     A file cut short by a killed process is read up to its last complete line.
     """
-    records: list[dict[str, Any]] = []
-    bad = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(rec, dict):
-                records.append(rec)
-            else:
-                bad += 1
-    return records, bad
+    records, skipped = scan_json_lines(path)
+    return records, skipped.total
 
 
 def read_jsonl(path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """Read a JSON Lines file: (region records, power records, lines that could not be parsed).
+    """Read a JSON Lines file: (region records, power records, lines that could not be used).
 
     Region records come out in the full form (:meth:`carbonctx.Measurement.to_dict`) whether
     the file holds that form or the compact one (``_output.compact``).
     """
-    from carbonctx._output.compact import expand_records
+    regions, power, skipped = read_jsonl_checked(path)
+    return regions, power, skipped.total
 
-    records, bad = read_json_lines(path)
-    records = expand_records(records)
-    regions = [r for r in records if r.get("kind", "region") == "region"]
-    power = [r for r in records if r.get("kind") == "power"]
-    return regions, power, bad
+
+def read_jsonl_checked(
+    path: str | os.PathLike[str],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Skipped]:
+    """As :func:`read_jsonl`, with what was skipped and why; region and power records whose
+    fields are missing or of the wrong type are skipped too."""
+    skipped = Skipped()
+    regions: list[dict[str, Any]] = []
+    power: list[dict[str, Any]] = []
+    for r in iter_jsonl_checked(path, skipped):
+        (regions if r.get("kind", "region") == "region" else power).append(r)
+    return regions, power, skipped
+
+
+def iter_jsonl_checked(path: str | os.PathLike[str], skipped: Skipped) -> Iterator[dict[str, Any]]:
+    """The usable region and power records of a JSON Lines file (full form), one at a time;
+    what is skipped is counted in ``skipped`` with its reason and first line."""
+    from carbonctx._output.compact import iter_expanded
+
+    lines = iter_json_lines(path, skipped)
+    for line, r in iter_expanded(lines, on_bad=skipped.add):
+        if r.get("kind", "region") not in ("region", "power"):
+            continue
+        why = check_record(r)
+        if why is not None:
+            skipped.add(why, line)
+            continue
+        yield r

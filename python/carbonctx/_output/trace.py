@@ -43,7 +43,7 @@ def chrome_trace(
     events: list[dict[str, Any]] = []
     by_thread: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
     for r in regions:
-        by_thread.setdefault((int(r.get("pid", 0)), int(r.get("thread", 0))), []).append(r)
+        by_thread.setdefault((int(r.get("pid") or 0), int(r.get("thread") or 0)), []).append(r)
     pids = set()
     for (pid, tid), rs in by_thread.items():
         pids.add(pid)

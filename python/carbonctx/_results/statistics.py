@@ -19,6 +19,7 @@ from carbonctx._results.units import (
 )
 
 __all__ = [
+    "OTHER_NAMES",
     "Distribution",
     "NameAccumulator",
     "NameStats",
@@ -249,11 +250,23 @@ def format_stats(stats: Iterable[NameStats]) -> str:
     return format_table(header, rows)
 
 
-def stats_from_records(records: Iterable[Mapping[str, Any]]) -> StatsTable:
+#: The row that sums the names past ``max_names`` in :func:`stats_from_records`.
+OTHER_NAMES = "(other names)"
+
+
+def stats_from_records(
+    records: Iterable[Mapping[str, Any]], max_names: int | None = None
+) -> StatsTable:
+    """Per-name statistics of region records. With ``max_names``, names after the first that
+    many are summed in one row, :data:`OTHER_NAMES` (each name keeps a sample of its own: a
+    file of a million names would otherwise take gigabytes)."""
     aggs: dict[str, NameAccumulator] = {}
     for r in records:
         name = str(r.get("name", "?"))
         agg = aggs.get(name)
+        if agg is None and max_names is not None and len(aggs) >= max_names:
+            name = OTHER_NAMES
+            agg = aggs.get(name)
         if agg is None:
             agg = aggs[name] = NameAccumulator(name)
         co2 = r.get("co2_g")

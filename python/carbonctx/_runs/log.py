@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from carbonctx._output.jsonl import dumps, read_json_lines
+from carbonctx._output.reading import check_run_record
 from carbonctx._results.equivalents import equivalents
 from carbonctx._results.runs import RunLog, RunTotals
 from carbonctx._runs.forecast import Epoch
@@ -205,6 +206,9 @@ def read_run_log(path: str | os.PathLike[str]) -> RunLog | None:
     records, bad = read_json_lines(path)
     for rec in records:
         kind = rec.get("kind")
+        if kind in ("run-start", "epoch", "run") and check_run_record(rec) is not None:
+            bad += 1  # a damaged or foreign record: counted, not trusted
+            continue
         if kind == "run-start":
             start = rec
         elif kind == "epoch":

@@ -229,4 +229,10 @@ impl SimMachine {
         let d = domain(domain_name)?;
         self.with(|m| m.fail_reads(d, package, fail)).map_err(err)
     }
+
+    /// Make a zone's counters start again from zero (a firmware reset, a driver reload).
+    fn reset_counter(&self, domain_name: &str, package: u32) -> PyResult<()> {
+        let d = domain(domain_name)?;
+        self.with(|m| m.reset_counter(d, package)).map_err(err)
+    }
 }

@@ -243,3 +243,79 @@ fn describe_the_fixtures() {
     assert_eq!(d.tdp_w, 95.0);
     assert_eq!(d.source.as_str(), "table");
 }
+
+#[test]
+fn normalises_model_names() {
+    assert_eq!(
+        tdp_model::normalise_model("Intel(R) Xeon(R) CPU E5-2686 v4 @ 2.30GHz"),
+        ["intel", "xeon", "e5-2686", "v4"]
+    );
+    assert_eq!(
+        tdp_model::normalise_model("  AMD Ryzen 9 5950X 16-Core Processor  "),
+        ["amd", "ryzen", "9", "5950x", "16-core"]
+    );
+}
+
+/// A virtual machine's /proc/cpuinfo: `vcpus` logical CPUs in one virtual socket, the host's
+/// model name, and the `hypervisor` flag (as AWS, GCP, Azure and KVM guests show).
+fn vm(dir: &Path, model: &str, vcpus: u32) {
+    let mut cpuinfo = String::new();
+    for p in 0..vcpus {
+        cpuinfo.push_str(&format!(
+            "processor\t: {p}\nvendor_id\t: AuthenticAMD\nmodel name\t: {model}\n\
+             physical id\t: 0\nsiblings\t: {vcpus}\ncpu cores\t: {}\n\
+             flags\t\t: fpu vme de pse tsc msr pae sse sse2 ht syscall nx lm hypervisor lahf_lm\n\n",
+            vcpus.div_ceil(2)
+        ));
+    }
+    fs::create_dir_all(dir.join("proc")).unwrap();
+    fs::write(dir.join("proc/cpuinfo"), cpuinfo).unwrap();
+    stat(dir, 0, 1000);
+}
+
+#[test]
+fn in_a_virtual_machine_the_tdp_is_the_guests_share_and_an_upper_bound() {
+    // 2 vCPUs of a 64-core EPYC 7763 (280 W): 2/64 of the package.
+    let dir = tempfile::tempdir().unwrap();
+    vm(dir.path(), "AMD EPYC 7763 64-Core Processor", 2);
+    let (tdp, _) = tdp_model::choose_tdp(&roots_at(dir.path()), None);
+    assert_eq!(tdp.tdp_w, 280.0);
+    assert!(
+        (tdp.total_w - 280.0 * 2.0 / 64.0).abs() < 1e-9,
+        "{}",
+        tdp.total_w
+    );
+    let label = tdp.label();
+    assert!(label.contains("virtual machine"), "{label}");
+    assert!(label.contains("2 vCPUs of a 64-core package"), "{label}");
+    assert!(label.contains("8.75 W"), "{label}");
+    assert!(label.contains("upper bound"), "{label}");
+    // One busy thread of the two: half of 8.75 W, not half of 280 W.
+    let mut found = tdp_model::discover(&roots_at(dir.path()), None);
+    let src = &mut found.sources[0];
+    assert!(src.info().label.contains("upper bound"));
+    stat(dir.path(), 50, 1100);
+    assert!((power(src.read().unwrap()) - 8.75 / 2.0).abs() < 1e-9);
+
+    // A package of unknown size: the whole TDP, said to be an upper bound, with what to do.
+    vm(
+        dir.path(),
+        "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz",
+        2,
+    );
+    let (tdp, _) = tdp_model::choose_tdp(&roots_at(dir.path()), None);
+    assert_eq!(tdp.total_w, tdp.tdp_w);
+    let label = tdp.label();
+    assert!(label.contains("package of unknown size"), "{label}");
+    assert!(label.contains("upper bound"), "{label}");
+    assert!(label.contains("CARBONCTX_CPU_TDP_W"), "{label}");
+
+    // The user's setting is taken as given.
+    let (tdp, _) = tdp_model::choose_tdp(&roots_at(dir.path()), Some("12"));
+    assert_eq!((tdp.total_w, tdp.vm.clone()), (12.0, None));
+
+    // Bare metal: no hypervisor flag, no scaling, no VM words.
+    let (tdp, _) = tdp_model::choose_tdp(&roots_at(&fixture("amd-epyc-2s")), None);
+    assert_eq!((tdp.total_w, tdp.vm.clone()), (560.0, None));
+    assert!(!tdp.label().contains("virtual machine"));
+}

@@ -558,3 +558,52 @@ fn a_follower_that_falls_a_ring_behind_records_a_gap() {
     assert!(joules[0].is_nan(), "{joules:?}");
     assert!(owner.status()[0].gaps.is_empty());
 }
+
+#[test]
+fn a_counter_reset_is_a_gap_for_the_owner_and_every_follower_not_a_wraparound() {
+    let dir = tempfile::tempdir().unwrap();
+    let shm = tempfile::tempdir().unwrap();
+    let sim = node_sim(dir.path(), 0);
+    let node = node_config(shm.path(), "job-reset");
+    let owner = start(options(dir.path(), None, None), node.clone());
+    let follower = start(options(dir.path(), None, None), node);
+    assert_eq!(role(&follower), Role::Follower);
+    std::thread::sleep(Duration::from_millis(50));
+    let t0 = now_ns();
+    std::thread::sleep(Duration::from_millis(20));
+    // The package counter starts again from zero (1000 J in, of its 262,143 J range).
+    sim.reset_counter(Domain::Package, 0).unwrap();
+    wait_for("the reset seen by the owner", || {
+        owner.status()[0].resets == 1
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let t1 = now_ns();
+    for s in [&owner, &follower] {
+        wait_for("the gap published", || {
+            s.status()[0].gaps.iter().any(|g| g.1 >= t0)
+        });
+        let (joules, _) = region_with_uncertainty(s, t0, t1);
+        // No energy invented for the package across the reset; DRAM is unaffected.
+        assert!(joules[0].is_nan(), "{joules:?}");
+        assert!(joules[1] > 0.0 && joules[1] < 5.0, "{joules:?}");
+        assert_eq!(s.status()[0].wraps, 0);
+    }
+    assert!(owner.status()[0]
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("stepped back")));
+    // Regions after the reset are measured again.
+    std::thread::sleep(Duration::from_millis(20));
+    let t2 = now_ns();
+    std::thread::sleep(Duration::from_millis(200));
+    let t3 = now_ns();
+    for s in [&owner, &follower] {
+        let (joules, unc) = region_with_uncertainty(s, t2, t3);
+        let want = truth(&sim, "powercap:intel-rapl:0", t2, t3);
+        assert!(
+            close(joules[0], want, 0.02, unc[0], 0.5 * 120.0 * 0.001),
+            "{} J, truth {want} J",
+            joules[0]
+        );
+    }
+}

@@ -14,10 +14,19 @@ use crate::tree::{self, remove_any};
 use crate::writer::{lock, writer, Inner, Shared};
 
 /// A simulated machine: its file tree and the thread that moves its counters.
+///
+/// After a `fork` the child has a copy of this object but not the writer thread, and the copy
+/// of a lock that thread held at the fork stays held forever. So in any process but the one
+/// that made the machine, nothing waits on its locks: reads answer from the copy when it is
+/// free, changes are refused with an error, and stopping (or dropping) it leaves the thread to
+/// its own process.
 pub struct SimMachine {
     spec: SimSpec,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The process that made the machine (and runs its writer thread).
+    owner_pid: u32,
+    t0: u64,
 }
 
 impl std::fmt::Debug for SimMachine {
@@ -60,7 +69,39 @@ impl SimMachine {
                 wake: Condvar::new(),
             }),
             thread: None,
+            owner_pid: std::process::id(),
+            t0,
         })
+    }
+
+    /// Whether this is the process that made the machine (not a forked child).
+    pub fn is_owner(&self) -> bool {
+        std::process::id() == self.owner_pid
+    }
+
+    /// The machine's state, for a change: refused in a forked child.
+    fn inner_mut(&self) -> Result<std::sync::MutexGuard<'_, Inner>, Error> {
+        if self.is_owner() {
+            return Ok(lock(&self.shared.inner));
+        }
+        Err(Error::Invalid(format!(
+            "this simulated machine belongs to process {}: a forked child ({}) can read it but \
+             not start, stop or change it (its writer thread runs there)",
+            self.owner_pid,
+            std::process::id()
+        )))
+    }
+
+    /// Reads the machine's state; in a forked child, from its copy when no lock is stuck.
+    fn peek<T>(&self, f: impl FnOnce(&Inner) -> T, stuck: T) -> T {
+        if self.is_owner() {
+            return f(&lock(&self.shared.inner));
+        }
+        match self.shared.inner.try_lock() {
+            Ok(g) => f(&g),
+            Err(std::sync::TryLockError::Poisoned(p)) => f(&p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => stuck,
+        }
     }
 
     /// The spec this machine was built from.
@@ -80,14 +121,15 @@ impl SimMachine {
 
     /// The start of every trace, monotonic nanoseconds (see [`carbonctx_sampler::now_ns`]).
     pub fn t0_ns(&self) -> u64 {
-        lock(&self.shared.inner).t0
+        self.t0
     }
 
     /// Starts the writer thread. Does nothing when it already runs.
     pub fn start(&mut self) -> Result<(), Error> {
-        if self.thread.is_some() {
+        if self.thread.is_some() && self.is_owner() {
             return Ok(());
         }
+        drop(self.inner_mut()?);
         *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = false;
         let shared = Arc::clone(&self.shared);
         let period = self.spec.update_period_ns;
@@ -101,6 +143,14 @@ impl SimMachine {
 
     /// Stops the writer thread and waits for it. The files keep their last values.
     pub fn stop(&mut self) {
+        if !self.is_owner() {
+            // The thread is not in this process: joining it would fail, waking it would wait
+            // on a lock it may have held at the fork. Forget the handle.
+            if let Some(handle) = self.thread.take() {
+                std::mem::forget(handle);
+            }
+            return;
+        }
         if let Some(handle) = self.thread.take() {
             *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
             self.shared.wake.notify_all();
@@ -110,32 +160,28 @@ impl SimMachine {
 
     /// Whether the writer thread runs.
     pub fn is_running(&self) -> bool {
-        self.thread.is_some()
+        self.thread.is_some() && self.is_owner()
     }
 
     /// Writes every counter as of monotonic time `t_ns`, by hand (for step-by-step tests with
     /// the thread stopped). Times before `t0` count as `t0`.
     pub fn write_at(&self, t_ns: u64) -> Result<(), Error> {
-        lock(&self.shared.inner).write_at(t_ns)
+        self.inner_mut()?.write_at(t_ns)
     }
 
     /// The times of the writes so far (the latest [`crate::WRITE_TIMES_KEPT`]).
     pub fn write_times(&self) -> Vec<u64> {
-        lock(&self.shared.inner)
-            .write_times
-            .iter()
-            .copied()
-            .collect()
+        self.peek(|i| i.write_times.iter().copied().collect(), Vec::new())
     }
 
     /// How many updates have been written since [`Self::new`].
     pub fn write_count(&self) -> u64 {
-        lock(&self.shared.inner).writes
+        self.peek(|i| i.writes, 0)
     }
 
     /// The last error the writer met, if any (it keeps going).
     pub fn last_error(&self) -> Option<String> {
-        lock(&self.shared.inner).last_error.clone()
+        self.peek(|i| i.last_error.clone(), None)
     }
 
     fn zone_index(&self, domain: Domain, package: u32) -> Result<usize, Error> {
@@ -183,23 +229,23 @@ impl SimMachine {
     /// The fake library's configuration for this machine's GPUs (also written to
     /// `<root>/nvml/fake_nvml.conf`); `None` without GPUs.
     pub fn nvml_config(&self) -> Option<String> {
-        lock(&self.shared.inner).gpus.as_ref().map(|g| g.config())
+        self.peek(|i| i.gpus.as_ref().map(|g| g.config()), None)
     }
 
     /// The powercap counter value the machine writes for a zone at time `t_ns`, µJ.
     pub fn counter_uj_at(&self, domain: Domain, package: u32, t_ns: u64) -> Result<u64, Error> {
         let i = self.zone_index(domain, package)?;
         let z = &self.spec.zones[i];
-        let e = z.offset_j + z.wave.energy_j(t_ns.saturating_sub(self.t0_ns()));
+        let reset_j = self.peek(|inner| inner.zones[i].reset_j, 0.0);
+        let e =
+            (z.offset_j + z.wave.energy_j(t_ns.saturating_sub(self.t0_ns())) - reset_j).max(0.0);
         Ok(((e * 1e6).floor() as u64) % z.max_energy_range_uj.saturating_add(1))
     }
 
     /// The powercap zone directory of a zone (the real directory the class symlink points to).
     pub fn zone_dir(&self, domain: Domain, package: u32) -> Result<PathBuf, Error> {
         let i = self.zone_index(domain, package)?;
-        lock(&self.shared.inner).zones[i]
-            .dir
-            .clone()
+        self.peek(|inner| inner.zones[i].dir.clone(), None)
             .ok_or_else(|| Error::Invalid("the powercap tree is not simulated".into()))
     }
 
@@ -213,7 +259,7 @@ impl SimMachine {
     /// a package zone removes its sub-zones too. Its MSR counters keep moving.
     pub fn remove_zone(&self, domain: Domain, package: u32) -> Result<(), Error> {
         let i = self.zone_index(domain, package)?;
-        let mut inner = lock(&self.shared.inner);
+        let mut inner = self.inner_mut()?;
         let Some(dir) = inner.zones[i].dir.clone() else {
             return Err(Error::Invalid("the powercap tree is not simulated".into()));
         };
@@ -236,7 +282,7 @@ impl SimMachine {
     /// as its counter again (`false`). Effective at once when the thread is stopped.
     pub fn fail_reads(&self, domain: Domain, package: u32, fail: bool) -> Result<(), Error> {
         let i = self.zone_index(domain, package)?;
-        let mut inner = lock(&self.shared.inner);
+        let mut inner = self.inner_mut()?;
         inner.zones[i].failing = fail;
         let now = now_ns();
         if self.thread.is_none() {
@@ -244,6 +290,19 @@ impl SimMachine {
             inner.write_at(now)?;
         }
         Ok(())
+    }
+
+    /// Makes a zone's counters (powercap and MSR) start again from zero now, as a firmware
+    /// reset or a driver reload does: a step back that is no wraparound. The truth is
+    /// unchanged (the energy was drawn; the counter forgot it).
+    pub fn reset_counter(&self, domain: Domain, package: u32) -> Result<(), Error> {
+        let i = self.zone_index(domain, package)?;
+        let mut inner = self.inner_mut()?;
+        let now = now_ns();
+        let elapsed = now.saturating_sub(inner.t0);
+        let z = &mut inner.zones[i];
+        z.reset_j = z.spec.offset_j + z.spec.wave.energy_j(elapsed);
+        inner.write_at(now)
     }
 }
 

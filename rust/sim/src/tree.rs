@@ -145,6 +145,7 @@ pub(crate) fn build(spec: &SimSpec) -> Result<(Vec<ZoneState>, Vec<File>), Error
             msr_cpus,
             removed: false,
             failing: false,
+            reset_j: 0.0,
             written: None,
         });
     }

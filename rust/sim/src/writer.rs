@@ -31,6 +31,8 @@ pub(crate) struct ZoneState {
     pub(crate) msr_cpus: Vec<usize>,
     pub(crate) removed: bool,
     pub(crate) failing: bool,
+    /// Joules the counters lost to resets (they start again from zero at a reset).
+    pub(crate) reset_j: f64,
     /// What `energy_uj` holds: `Some(Some(µJ))`, `Some(None)` for the failing text, `None`
     /// before the first write. Unchanged content is not rewritten.
     pub(crate) written: Option<Option<u64>>,
@@ -52,7 +54,7 @@ impl Inner {
         let elapsed = t.saturating_sub(self.t0);
         let mut first_err = None;
         for z in &mut self.zones {
-            let e = z.spec.offset_j + z.spec.wave.energy_j(elapsed);
+            let e = (z.spec.offset_j + z.spec.wave.energy_j(elapsed) - z.reset_j).max(0.0);
             if let (Some(file), false) = (&z.energy, z.removed) {
                 let content = if z.failing {
                     None

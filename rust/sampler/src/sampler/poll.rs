@@ -157,6 +157,11 @@ pub(super) fn append(
     }
 }
 
+/// What a counter reset leaves in its source's status (and, through it, in the results).
+const RESET_REASON: &str = "its counter stepped back (or leapt) more than a wraparound or any \
+plausible power explains: a driver reload or device reset; the interval across it is missing, \
+no energy was counted for it";
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn poll_one(
     p: &mut Polled,
@@ -212,6 +217,7 @@ pub(super) fn poll_one(
                 }
                 Step::Reset(pt) => {
                     gap_from = Some(gap_from.map_or(p.last_poll_ns, |g| g.min(p.last_poll_ns)));
+                    st.last_error = Some(RESET_REASON.to_string());
                     Some(pt)
                 }
                 Step::Unchanged => None,

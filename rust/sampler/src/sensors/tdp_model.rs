@@ -17,8 +17,8 @@
 //! Gamma, CometML, Haverford College); see `data/SOURCES.md`.
 //!
 //! In a virtual machine the model name is the host's processor while the utilisation is that of
-//! the guest's virtual CPUs, so the estimate counts a whole socket's TDP for a share of it: it
-//! is an upper bound there.
+//! the guest's virtual CPUs: the TDP is scaled to the guest's share where the package's size is
+//! known, and the label says the figure is an upper bound (see [`vm`]).
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -32,6 +32,9 @@ use crate::error::Error;
 use crate::sensors::{
     Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };
+
+mod vm;
+pub use vm::{cores_in_name, VmShare};
 
 const BACKEND: &str = "estimate";
 
@@ -59,6 +62,10 @@ pub struct CpuInfo {
     pub model_name: Option<String>,
     /// Number of distinct `physical id` values, at least 1.
     pub packages: u32,
+    /// Number of `processor` entries (logical CPUs).
+    pub logical: u32,
+    /// The `hypervisor` flag is set: a virtual machine.
+    pub hypervisor: bool,
 }
 
 /// Parses the text of `/proc/cpuinfo`.
@@ -78,6 +85,10 @@ pub fn parse_cpuinfo(text: &str) -> CpuInfo {
             "model name" if info.model_name.is_none() => info.model_name = Some(value.to_string()),
             "physical id" => {
                 ids.insert(value.to_string());
+            }
+            "processor" => info.logical += 1,
+            "flags" if !info.hypervisor => {
+                info.hypervisor = value.split_whitespace().any(|f| f == "hypervisor");
             }
             _ => {}
         }
@@ -245,12 +256,15 @@ pub struct CpuTdp {
     pub packages: u32,
     /// TDP per package, watts.
     pub tdp_w: f64,
-    /// `tdp_w × packages`.
+    /// The most the estimate counts: `tdp_w × packages`, or in a virtual machine whose
+    /// package's size is known, `tdp_w ×` its share ([`VmShare::packages_share`]).
     pub total_w: f64,
     /// Where `tdp_w` came from.
     pub source: TdpSource,
     /// The table entry matched, when `source` is `Table`.
     pub matched: Option<&'static str>,
+    /// The guest's view in a virtual machine (not with a TDP setting, which is taken as given).
+    pub vm: Option<VmShare>,
 }
 
 impl CpuTdp {
@@ -274,7 +288,12 @@ impl CpuTdp {
                 fmt_w(DEFAULT_TDP_W)
             ),
         };
-        format!("estimate: CPU utilisation × TDP {per} ({origin})")
+        let vm = self
+            .vm
+            .as_ref()
+            .map(|v| v.describe(self.tdp_w, self.packages))
+            .unwrap_or_default();
+        format!("estimate: CPU utilisation × TDP {per} ({origin}{vm})")
     }
 }
 
@@ -303,7 +322,10 @@ pub fn choose_tdp(roots: &Roots, setting: Option<&str>) -> (CpuTdp, Option<Unava
             packages: 1,
             ..CpuInfo::default()
         });
-    let model = info.model_name.unwrap_or_else(|| "unknown".to_string());
+    let model = info
+        .model_name
+        .clone()
+        .unwrap_or_else(|| "unknown".to_string());
     let mut problem = None;
     if let Some(text) = setting {
         match parse_tdp_setting(text) {
@@ -316,6 +338,7 @@ pub fn choose_tdp(roots: &Roots, setting: Option<&str>) -> (CpuTdp, Option<Unava
                         total_w: w * f64::from(info.packages),
                         source: TdpSource::Setting,
                         matched: None,
+                        vm: None,
                     },
                     None,
                 )
@@ -338,14 +361,17 @@ pub fn choose_tdp(roots: &Roots, setting: Option<&str>) -> (CpuTdp, Option<Unava
         Some((name, w)) => (w, TdpSource::Table, Some(name)),
         None => (DEFAULT_TDP_W, TdpSource::Default, None),
     };
+    let vm = VmShare::detect(&info);
+    let share = vm.as_ref().and_then(|v| v.packages_share(info.packages));
     (
         CpuTdp {
             model,
             packages: info.packages,
             tdp_w,
-            total_w: tdp_w * f64::from(info.packages),
+            total_w: tdp_w * share.unwrap_or(f64::from(info.packages)),
             source,
             matched,
+            vm,
         },
         problem,
     )
@@ -484,17 +510,5 @@ mod tests {
     fn the_table_loads_whole() {
         // 4,918 rows, of which 5 have no usable TDP (a 0 W entry and four like "27.29.5").
         assert_eq!(table().len(), 4913);
-    }
-
-    #[test]
-    fn normalises() {
-        assert_eq!(
-            normalise_model("Intel(R) Xeon(R) CPU E5-2686 v4 @ 2.30GHz"),
-            ["intel", "xeon", "e5-2686", "v4"]
-        );
-        assert_eq!(
-            normalise_model("  AMD Ryzen 9 5950X 16-Core Processor  "),
-            ["amd", "ryzen", "9", "5950x", "16-core"]
-        );
     }
 }

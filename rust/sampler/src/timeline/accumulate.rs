@@ -12,9 +12,20 @@
 //! stood ([`Reading::PowerAt`], a meter's average stamped at the middle of its window) is
 //! stamped then, and one that brings no newer instant adds nothing. Counters that wrap are unwrapped with
 //! their range; a counter that goes back though it never wraps is a reset (no energy invented).
+//!
+//! A step back of a counter that does wrap is a wraparound only when the wrap explains it: the
+//! energy it implies (the rest of the range above the previous value, plus the new value) fits
+//! in less than half the range and in the time since the previous change at no more than
+//! [`MAX_PLAUSIBLE_W`]. Otherwise the counter was reset (driver reload, firmware reset, a
+//! hot-plugged device): no energy is counted for the interval, which the caller records as a
+//! gap. A forward jump no plausible power explains is a reset too.
 
 use super::Point;
 use crate::sensors::{CounterSpec, Reading};
+
+/// More than any one counter's domain draws (a CPU package, a GPU, a platform domain are below
+/// 2 kW): a change that needs more power than this to be real is a reset, not energy.
+pub const MAX_PLAUSIBLE_W: f64 = 10_000.0;
 
 /// What the accumulator made of one reading.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,6 +49,9 @@ pub struct Accumulator {
     update_ns: u64,
     last_read_ns: Option<u64>,
     last_raw: u64,
+    /// The earliest instant the energy counted by the next change can have begun to accrue:
+    /// the read before the one that saw the last change.
+    since_ns: u64,
     last_watts: f64,
     /// Cumulative counter units (exact integer arithmetic for counters).
     units: u128,
@@ -62,6 +76,7 @@ impl Accumulator {
             update_ns: update_ns.max(1),
             last_read_ns: None,
             last_raw: 0,
+            since_ns: 0,
             last_watts: 0.0,
             units: 0,
             joules: 0.0,
@@ -93,6 +108,16 @@ impl Accumulator {
             }
     }
 
+    /// Whether a change of `delta` units within `window_ns` can be energy: no more than
+    /// [`MAX_PLAUSIBLE_W`] on average, and, across a wrap, less than half the counter's range.
+    fn plausible(spec: CounterSpec, delta: u64, window_ns: u64, wrapped: bool) -> bool {
+        if wrapped && spec.wrap.is_some_and(|w| delta > w / 2) {
+            return false;
+        }
+        let joules = delta as f64 * spec.joules_per_unit;
+        joules <= MAX_PLAUSIBLE_W * window_ns as f64 * 1e-9
+    }
+
     /// Take one reading made at `t_ns`.
     pub fn push(&mut self, t_ns: u64, reading: Reading) -> Step {
         // A power that stood earlier is placed when it stood.
@@ -108,6 +133,8 @@ impl Accumulator {
         };
         let Some(prev_ns) = self.last_read_ns else {
             self.last_read_ns = Some(t_ns);
+            // The value read may have been set up to one update period earlier.
+            self.since_ns = t_ns.saturating_sub(self.update_ns);
             match reading {
                 Reading::Counter(raw) => self.last_raw = raw,
                 Reading::Power(w) | Reading::PowerAt { watts: w, .. } => {
@@ -129,17 +156,24 @@ impl Accumulator {
                     return Step::Unchanged;
                 }
                 let delta = if raw > prev {
-                    raw - prev
-                } else if let Some(wrap) = spec.wrap {
-                    self.wraps += 1;
-                    (wrap - prev.min(wrap)) + raw
+                    Some(raw - prev)
                 } else {
+                    spec.wrap.map(|wrap| (wrap - prev.min(wrap)) + raw)
+                };
+                let window_ns = t_ns - self.since_ns.min(t_ns) + self.update_ns;
+                self.since_ns = prev_ns;
+                let Some(delta) =
+                    delta.filter(|&d| Self::plausible(spec, d, window_ns, raw < prev))
+                else {
                     self.resets += 1;
                     return Step::Reset(Point {
                         t_ns,
                         joules: self.joules(),
                     });
                 };
+                if raw < prev {
+                    self.wraps += 1;
+                }
                 self.units += u128::from(delta);
                 // The change happened after the previous read; when reads were late, it most
                 // likely happened within the last update period.
@@ -245,6 +279,103 @@ mod tests {
         assert!((a.joules() - 0.002).abs() < 1e-12);
         a.push(3 * MS, Reading::Counter(1_010));
         assert!((a.joules() - 0.003).abs() < 1e-12);
+    }
+
+    /// A powercap package counter: µJ, wrapping at `max_energy_range_uj` (262,143 J).
+    const RANGE_UJ: u64 = 262_143_328_850;
+
+    #[test]
+    fn a_step_back_no_wrap_explains_is_a_reset_not_a_range_of_energy() {
+        // 9 J counted, then the driver reloads: the counter starts again near zero. Taken for
+        // a wrap, this was 262,134 J in 20 ms.
+        let mut a = counter(Some(RANGE_UJ));
+        a.push(0, Reading::Counter(8_000_000));
+        a.push(10 * MS, Reading::Counter(9_000_000));
+        assert!(matches!(
+            a.push(20 * MS, Reading::Counter(300)),
+            Step::Reset(_)
+        ));
+        assert_eq!((a.resets, a.wraps), (1, 0));
+        assert!((a.joules() - 1.0).abs() < 1e-9);
+        // Counting resumes from the new value.
+        a.push(30 * MS, Reading::Counter(500_300));
+        assert!((a.joules() - 1.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_step_back_mid_range_is_a_reset_even_after_a_long_pause() {
+        // 100 s without a change (a stalled sampler): still less than half the range is needed
+        // for a wrap, and going back from mid-range needs more.
+        let mut a = counter(Some(RANGE_UJ));
+        a.push(0, Reading::Counter(RANGE_UJ / 3));
+        assert!(matches!(
+            a.push(100_000 * MS, Reading::Counter(1_000)),
+            Step::Reset(_)
+        ));
+        assert_eq!((a.resets, a.wraps), (1, 0));
+    }
+
+    #[test]
+    fn a_wrap_near_the_top_at_a_plausible_power_is_counted() {
+        let mut a = counter(Some(RANGE_UJ));
+        a.push(0, Reading::Counter(RANGE_UJ - 1_000_000));
+        // 50 W for 20 ms: 1 J, of which 0.6 J after the wrap.
+        match a.push(20 * MS, Reading::Counter(600_000)) {
+            Step::Changed(p) => assert!((p.joules - 1.6).abs() < 1e-9),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((a.resets, a.wraps), (0, 1));
+    }
+
+    #[test]
+    fn a_wrap_that_needs_more_power_than_any_device_is_a_reset() {
+        // 100 J across the top in 1 ms: 100 kW.
+        let mut a = counter(Some(RANGE_UJ));
+        a.push(0, Reading::Counter(RANGE_UJ - 50_000_000));
+        assert!(matches!(
+            a.push(MS, Reading::Counter(50_000_000)),
+            Step::Reset(_)
+        ));
+        assert_eq!((a.resets, a.wraps), (1, 0));
+        assert_eq!(a.joules(), 0.0);
+    }
+
+    #[test]
+    fn a_forward_jump_no_power_explains_is_a_reset() {
+        let mut a = counter(None);
+        a.push(0, Reading::Counter(1_000));
+        // 1 MJ in 10 ms.
+        assert!(matches!(
+            a.push(10 * MS, Reading::Counter(1_000_000_000_000)),
+            Step::Reset(_)
+        ));
+        assert_eq!(a.joules(), 0.0);
+    }
+
+    #[test]
+    fn a_slow_counter_read_often_is_judged_over_the_time_since_its_last_change() {
+        // A 700 W GPU whose counter (mJ) moves every 100 ms, read every millisecond: each
+        // change is 70 J after 99 reads that showed no change (70 kW over one read interval).
+        let mut a = Accumulator::new(
+            Some(CounterSpec {
+                joules_per_unit: 1e-3,
+                wrap: None,
+            }),
+            MS,
+        );
+        let mut raw = 0;
+        a.push(0, Reading::Counter(raw));
+        for k in 1..=1_000u64 {
+            if k % 100 == 0 {
+                raw += 70_000;
+            }
+            assert!(!matches!(
+                a.push(k * MS, Reading::Counter(raw)),
+                Step::Reset(_)
+            ));
+        }
+        assert_eq!(a.resets, 0);
+        assert!((a.joules() - 700.0).abs() < 1e-9);
     }
 
     #[test]
