@@ -166,7 +166,7 @@ def test_damaged_run_logs_are_read_around_their_bad_records(
 
     import carbonctx
     from carbonctx._measure import process as _runtime
-    from carbonctx._runs.run import epochs
+    from carbonctx._runs.epochs import epochs
     from carbonctx.testing import SimulatedMachine, Wave
 
     m = SimulatedMachine(tmp_path / "hw", package=Wave.constant(100.0), dram=Wave.constant(5.0))
