@@ -7,7 +7,8 @@ use carbonctx_sampler::discover as disc;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::{errors, info_dict, options, seconds, unavailable_dict, AmdArgs, Machine};
+use crate::machine::{options, AmdArgs, Machine};
+use crate::{errors, info_dict, seconds, unavailable_dict};
 
 fn check_dict<'py>(py: Python<'py>, c: &SourceCheck) -> PyResult<Bound<'py, PyDict>> {
     let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());

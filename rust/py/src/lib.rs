@@ -4,17 +4,20 @@ mod check;
 mod errors;
 mod feed;
 mod hub;
+mod machine;
 mod region;
 mod sim;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use carbonctx_sampler::discover::{self as disc, Options, TdpModelUse};
+use carbonctx_sampler::discover as disc;
 use carbonctx_sampler::sampler::{self, Config};
-use carbonctx_sampler::{NodeConfig, Roots, SourceInfo, Unavailable};
+use carbonctx_sampler::{NodeConfig, SourceInfo, Unavailable};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
+
+use crate::machine::{options, AmdArgs, Machine};
 
 fn info_dict<'py>(py: Python<'py>, i: &SourceInfo) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -39,86 +42,6 @@ fn unavailable_dict<'py>(py: Python<'py>, u: &Unavailable) -> PyResult<Bound<'py
     d.set_item("reason", &u.reason)?;
     d.set_item("hint", &u.hint)?;
     Ok(d)
-}
-
-/// Where the counters are and what the environment says about them: every value comes from
-/// the caller (the Python settings module reads the environment, once); nothing is read here.
-#[derive(Default)]
-struct Machine {
-    sys_root: Option<PathBuf>,
-    dev_root: Option<PathBuf>,
-    proc_root: Option<PathBuf>,
-    nvml_library: Option<PathBuf>,
-    cuda_visible_devices: Option<String>,
-    cuda_device_order: Option<String>,
-    cpu_tdp_w: Option<String>,
-    amd: AmdArgs,
-    /// Read GPUs at all (every vendor), and hwmon's channels.
-    gpu: bool,
-    hwmon: bool,
-}
-
-/// The AMD GPU arguments: whether to look, the library, the ROCm visible-device variables, and
-/// the GPUs this process reports (ROCr UUIDs or indices; they replace both variables).
-#[derive(Default)]
-struct AmdArgs {
-    amdsmi: bool,
-    amdsmi_library: Option<PathBuf>,
-    rocr_visible_devices: Option<String>,
-    hip_visible_devices: Option<String>,
-    amd_gpus: Option<Vec<String>>,
-}
-
-/// Converts the arguments into discovery options. `gpus` (NVML indices or UUIDs, in
-/// CUDA_VISIBLE_DEVICES syntax) replaces the visible-device list: the GPUs this process reports.
-fn options(
-    machine: Machine,
-    cpu_backends: Option<Vec<String>>,
-    nvml: bool,
-    estimate: &str,
-    gpus: Option<Vec<String>>,
-) -> PyResult<Options> {
-    let defaults = Roots::default();
-    let roots = Roots {
-        sys: machine.sys_root.unwrap_or(defaults.sys),
-        dev: machine.dev_root.unwrap_or(defaults.dev),
-        proc: machine.proc_root.unwrap_or(defaults.proc),
-        nvml_library: machine.nvml_library,
-    };
-    let tdp_model = match estimate {
-        "auto" => TdpModelUse::Auto,
-        "never" => TdpModelUse::Never,
-        "always" => TdpModelUse::Always,
-        other => {
-            return Err(errors::configuration(format!(
-                "estimate must be 'auto', 'never' or 'always', not {other:?}"
-            )))
-        }
-    };
-    let amd = machine.amd;
-    let (rocr_visible_devices, hip_visible_devices) = match amd.amd_gpus {
-        Some(g) => (Some(g.join(",")), None),
-        None => (amd.rocr_visible_devices, amd.hip_visible_devices),
-    };
-    let mut opts = Options {
-        roots,
-        nvml,
-        gpu: machine.gpu,
-        hwmon: machine.hwmon,
-        tdp_model,
-        cuda_visible_devices: gpus.map(|g| g.join(",")).or(machine.cuda_visible_devices),
-        cuda_device_order: machine.cuda_device_order,
-        cpu_tdp_w: machine.cpu_tdp_w,
-        amd: amd.amdsmi,
-        amdsmi_library: amd.amdsmi_library,
-        rocr_visible_devices,
-        hip_visible_devices,
-        ..Options::default()
-    };
-    if let Some(b) = cpu_backends {
-        opts.cpu_backends = b;
-    }
-    Ok(opts)
 }
 
 /// Seconds as a Duration; a value no Duration holds (negative, NaN, over ~584 years) is a
