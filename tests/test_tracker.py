@@ -96,10 +96,14 @@ def test_regions_nest_and_know_their_parent(sim: SimulatedMachine) -> None:
 
 def test_regions_overlap_across_threads(sim: SimulatedMachine) -> None:
     results: dict[int, carbonctx.Region] = {}
+    # All four inside their regions at once: live threads have distinct ids (a finished
+    # thread's id may be reused by the next one started).
+    together = threading.Barrier(4, timeout=30)
 
     def work(i: int) -> None:
         with carbonctx.track(f"thread-{i}") as m:
             time.sleep(0.05)
+            together.wait()
         results[i] = m
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
