@@ -81,6 +81,55 @@ def read_results(out_dir: Path, n: int) -> list[dict[str, Any]]:
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(n)]
 
 
+def torchrun_job(
+    script: str,
+    work: Path,
+    machine_env: Mapping[str, str],
+    run_id: str,
+    *,
+    args: Sequence[Sequence[str]] = ((), ()),
+    node_dir: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    timeout: float = 150.0,
+) -> list[dict[str, Any]]:
+    """Run ``script`` (its text) as one rank per entry of ``args`` on this node, with the
+    variables torchrun sets (env:// over loopback, gloo), on the simulated machine whose
+    variables are ``machine_env``; each rank is given ``work`` and its own ``args`` and writes
+    ``work/rank<N>.json``, which this returns. Fails the test when a rank fails."""
+    path = work / "worker.py"
+    path.write_text(script)
+    port = str(free_port())
+    n = len(args)
+    envs = []
+    for rank in range(n):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONCTX_")}
+        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK"):
+            env.pop(k, None)
+        env.update(machine_env)
+        env.update(
+            CARBONCTX_ZONE="DE",
+            CARBONCTX_CACHE_DIR=str(work / "cache"),
+            CARBONCTX_NODE_DIR=node_dir or str(work / "shm"),
+            RANK=str(rank),
+            GROUP_RANK="0",
+            WORLD_SIZE=str(n),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(n),
+            TORCHELASTIC_RUN_ID=run_id,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            GLOO_SOCKET_IFNAME="lo",
+            OMP_NUM_THREADS="1",
+            PYTHONWARNINGS="ignore",
+        )
+        env.update(extra_env or {})
+        envs.append(env)
+    cmds = [[sys.executable, str(path), str(work), *a] for a in args]
+    for code, out in run_processes(cmds, envs, timeout=timeout):
+        assert code == 0, out
+    return read_results(work, n)
+
+
 # ---------------------------------------------------------------------------- the rank itself
 
 

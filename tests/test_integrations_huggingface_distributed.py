@@ -9,9 +9,7 @@ the same step.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,39 +71,18 @@ def _job(tmp_path: Path, budgets: list[str]) -> list[dict[str, Any]]:
     sim = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6))
     sim.start()
     try:
-        script = tmp_path / "worker.py"
-        script.write_text(WORKER)
-        port = str(dist_worker.free_port())
-        envs = []
-        for rank in range(2):
-            env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONCTX_")}
-            for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-                env.pop(k, None)
-            env.update(sim.env())
-            env.update(
-                CARBONCTX_ZONE="DE",
-                CARBONCTX_CACHE_DIR=str(tmp_path / "cache"),
-                CARBONCTX_NODE_DIR=os.environ["CARBONCTX_NODE_DIR"],
-                RANK=str(rank),
-                WORLD_SIZE="2",
-                LOCAL_RANK=str(rank),
-                LOCAL_WORLD_SIZE="2",
-                TORCHELASTIC_RUN_ID="hf-job",
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-                GLOO_SOCKET_IFNAME="lo",
-                OMP_NUM_THREADS="1",
-                HF_HUB_OFFLINE="1",
-                TRANSFORMERS_OFFLINE="1",
-                PYTHONWARNINGS="ignore",
-            )
-            envs.append(env)
-        cmds = [[sys.executable, str(script), str(tmp_path), b] for b in budgets]
-        for code, out in dist_worker.run_processes(cmds, envs):
-            assert code == 0, out
+        return dist_worker.torchrun_job(
+            WORKER,
+            tmp_path,
+            sim.env(),
+            "hf-job",
+            args=[[b] for b in budgets],
+            node_dir=os.environ["CARBONCTX_NODE_DIR"],
+            extra_env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+            timeout=dist_worker.JOB_TIMEOUT,
+        )
     finally:
         sim.close()
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
 
 def test_each_rank_logs_the_jobs_figures(tmp_path: Path) -> None:

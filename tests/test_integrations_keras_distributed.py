@@ -10,9 +10,6 @@ decided by one rank alone would leave the other waiting at the next epoch's coll
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import sys
 from typing import Any
 
 import pytest
@@ -82,35 +79,9 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     sim = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6))
     sim.start()
     try:
-        script = tmp_path / "worker.py"
-        script.write_text(WORKER)
-        port = str(dist_worker.free_port())
-        envs = []
-        for rank in range(2):
-            env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONCTX_")}
-            env.update(sim.env())
-            env.update(
-                CARBONCTX_ZONE="DE",
-                CARBONCTX_CACHE_DIR=str(tmp_path / "cache"),
-                CARBONCTX_NODE_DIR=str(tmp_path / "shm"),
-                RANK=str(rank),
-                WORLD_SIZE="2",
-                LOCAL_RANK=str(rank),
-                LOCAL_WORLD_SIZE="2",
-                TORCHELASTIC_RUN_ID="keras-job",
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-                GLOO_SOCKET_IFNAME="lo",
-                OMP_NUM_THREADS="1",
-                PYTHONWARNINGS="ignore",
-            )
-            envs.append(env)
-        cmds = [[sys.executable, str(script), str(tmp_path)] for _ in range(2)]
-        for code, out in dist_worker.run_processes(cmds, envs, timeout=150):
-            assert code == 0, out
+        return dist_worker.torchrun_job(WORKER, tmp_path, sim.env(), "keras-job")
     finally:
         sim.close()
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
 
 @pytest.mark.timeout(180)
