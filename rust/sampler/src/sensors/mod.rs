@@ -29,6 +29,7 @@ pub mod perf;
 pub mod powercap;
 pub mod rapl_cpus;
 pub mod source;
+mod sysfs;
 pub mod tdp_model;
 
 pub use source::{

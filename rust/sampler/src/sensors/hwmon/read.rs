@@ -2,13 +2,12 @@
 //! writes them (decimal integers, one per file), and turned into a [`Reading`].
 
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::background::Background;
 use crate::error::Error;
+use crate::sensors::sysfs::NumberFile;
 use crate::sensors::{EnergySource, Reading, SourceInfo};
 
 /// What to do when a file that was readable at discovery stops answering.
@@ -45,48 +44,18 @@ impl Attr {
 
     /// Reads the file's integer (hwmon values are signed decimal integers).
     pub(super) fn read(&mut self) -> Result<i64, Error> {
-        let mut buf = [0u8; 32];
-        let mut attempt = 0;
-        loop {
-            let n = self
-                .file
-                .read_at(&mut buf, 0)
-                .map_err(|e| Error::io(&self.path, e, READ_HINT))?;
-            // A full buffer may hold a value cut short: no hwmon value is that long.
-            let parsed = if n == buf.len() {
-                None
-            } else {
-                parse_int(&buf[..n])
-            };
-            match parsed {
-                Some(v) => return Ok(v),
-                None if attempt < PARSE_RETRIES => {
-                    match attempt {
-                        0 | 1 => std::thread::yield_now(),
-                        k => std::thread::sleep(Duration::from_micros(50 * 10u64.pow(k - 2))),
-                    }
-                    attempt += 1;
-                }
-                None if n == 0 => {
-                    return Err(Error::Io {
-                        path: self.path.clone(),
-                        source: io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the file is empty: the device was removed or its driver unloaded",
-                        ),
-                    })
-                }
-                None => {
-                    return Err(Error::Parse {
-                        path: self.path.clone(),
-                        what: "an integer",
-                        text: String::from_utf8_lossy(&buf[..n]).into_owned(),
-                    })
-                }
-            }
-        }
+        ATTR_FILE.read(&self.file, &self.path, parse_int)
     }
 }
+
+/// How an attribute file is read (see [`crate::sensors::sysfs`]).
+const ATTR_FILE: NumberFile = NumberFile {
+    retries: PARSE_RETRIES,
+    base_us: 50,
+    what: "an integer",
+    empty: "the file is empty: the device was removed or its driver unloaded",
+    hint: READ_HINT,
+};
 
 /// Parses a decimal integer with an optional sign, surrounded by optional ASCII whitespace
 /// (and trailing NUL bytes); leading zeros are accepted. `None` for anything else.

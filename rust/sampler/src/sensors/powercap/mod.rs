@@ -19,11 +19,11 @@ pub use find::{die_of, discover, domain_of_name, CONTAINER_HINT};
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::error::Error;
+use crate::sensors::sysfs::NumberFile;
 use crate::sensors::{EnergySource, Reading, SourceInfo, Unavailable};
 
 const BACKEND: &str = "powercap";
@@ -80,49 +80,18 @@ impl PowercapSource {
     /// caught between two writes; sysfs never is. Only a counter that stays unparseable costs
     /// the wait (about 2.2 ms).
     fn read_uj(&mut self) -> Result<u64, Error> {
-        let mut buf = [0u8; 32];
-        let mut attempt = 0;
-        loop {
-            let n = self
-                .file
-                .read_at(&mut buf, 0)
-                .map_err(|e| Error::io(&self.path, e, READ_HINT))?;
-            if n == 0 {
-                return Err(Error::Io {
-                    path: self.path.clone(),
-                    source: io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the counter file is empty: the zone was removed or its driver unloaded",
-                    ),
-                });
-            }
-            // A full buffer may hold a value cut short: no counter is that long.
-            let parsed = if n == buf.len() {
-                None
-            } else {
-                parse_counter(&buf[..n])
-            };
-            match parsed {
-                Some(v) => return Ok(v),
-                None if attempt < PARSE_RETRIES => {
-                    // Give a writer caught half-way (perhaps preempted there) time to finish.
-                    match attempt {
-                        0 | 1 => std::thread::yield_now(),
-                        n => std::thread::sleep(Duration::from_micros(20 * 10u64.pow(n - 2))),
-                    }
-                    attempt += 1;
-                }
-                None => {
-                    return Err(Error::Parse {
-                        path: self.path.clone(),
-                        what: "an energy counter in microjoules",
-                        text: String::from_utf8_lossy(&buf[..n]).into_owned(),
-                    })
-                }
-            }
-        }
+        COUNTER_FILE.read(&self.file, &self.path, parse_counter)
     }
 }
+
+/// How `energy_uj` is read (see [`crate::sensors::sysfs`]).
+const COUNTER_FILE: NumberFile = NumberFile {
+    retries: PARSE_RETRIES,
+    base_us: 20,
+    what: "an energy counter in microjoules",
+    empty: "the counter file is empty: the zone was removed or its driver unloaded",
+    hint: READ_HINT,
+};
 
 impl EnergySource for PowercapSource {
     fn info(&self) -> &SourceInfo {
