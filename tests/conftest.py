@@ -12,13 +12,23 @@ import pytest
 from carbonctx._measure import process as _runtime
 from carbonctx.testing import SimulatedMachine, Wave, build_fake_nvml
 
+# The intensity tests' shared fixtures (clock, server, client): a provider's local HTTP server.
+pytest_plugins = ("intensity_server",)
+
 HAS_CC = shutil.which("cc") is not None or shutil.which("gcc") is not None
 
 
 @pytest.fixture(autouse=True)
 def _clean_carbonctx(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     for k in list(os.environ):
-        if k.startswith("CARBONCTX_") or k in ("CUDA_VISIBLE_DEVICES", "AWS_REGION", "TZ"):
+        if k.startswith("CARBONCTX_") or k in (
+            "CUDA_VISIBLE_DEVICES",
+            "HIP_VISIBLE_DEVICES",
+            "ROCR_VISIBLE_DEVICES",
+            "GPU_DEVICE_ORDINAL",
+            "AWS_REGION",
+            "TZ",
+        ):
             monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("CARBONCTX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CARBONCTX_ZONE", "DE")

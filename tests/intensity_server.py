@@ -7,20 +7,35 @@ given by a shared :class:`FakeClock`. ``modes`` makes a path fail on purpose::
     with FakeServer(clock) as srv:
         srv.modes["/v3/"] = "500"          # every Electricity Maps request gets HTTP 500
         srv.count("/v3/carbon-intensity/latest")
+
+The provider tests share its fixtures (``tests/conftest.py`` loads this module as a plugin):
+``clock`` (starting at the test module's ``T0``), ``server`` (values from the module's
+``server_value(provider, t)``, if it has one) and ``client`` (an ``httpx.Client`` with the
+module's ``CLIENT_TIMEOUT``, default 2 s); :func:`service` builds an intensity service on them.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
+import pytest
+
+from carbonctx._carbon.service import IntensityService
+
 UTC = timezone.utc
+#: The fake clock's start unless a test module sets ``T0``: ten minutes into an hour, inside a
+#: half hour, on a five-minute step.
+T0 = datetime(2026, 6, 1, 10, 10, tzinfo=UTC).timestamp()
 
 #: modes a path can be put in
 MODES = (
@@ -37,6 +52,11 @@ MODES = (
     "slow",  # headers, then one byte every ``slow_interval`` seconds
     "huge",  # a 200 answer without Content-Length that never ends (``huge_bytes`` at most)
     "huge-declared",  # a 200 answer announcing ``huge_bytes`` in Content-Length
+    "gzip",  # the usual answer, gzip-compressed (Content-Encoding: gzip)
+    "gzip-bomb",  # a small gzip body that inflates to ``bomb_bytes``
+    "br",  # an answer in an encoding that was not asked for
+    "cut",  # the connection closes a few bytes into a longer declared answer
+    "503",  # service unavailable, with ``retry_after``
 )
 
 
@@ -144,6 +164,7 @@ class FakeServer:
         self.error_body: object = {"error": "nope"}
         self.slow_interval = 0.2
         self.huge_bytes = 600 * 1024 * 1024
+        self.bomb_bytes = 64 * 1024 * 1024
         self.sent_bytes = 0
         #: WattTime: the account, the tokens it has issued (clear to expire them), the regions
         #: its plan gives co2_moer for (a free plan: CAISO_NORTH only)
@@ -157,6 +178,8 @@ class FakeServer:
         self.eia_key = "eia-K3y-0001"
         self.eia_mwh: dict[str, object] = {"NG": "600", "SUN": 200, "WND": 200.0, "BAT": -50}
         self.eia_lag_h = 3
+        #: Electricity Maps: the zone found at ("lat", "lon") as sent (4 decimals)
+        self.em_zones_at: dict[tuple[str, str], str] = {}
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -225,12 +248,24 @@ class FakeServer:
             return self._send(h, 429, {"error": "slow down"}, {"Retry-After": self.retry_after})
         if mode == "malformed":
             return self._send_raw(h, 200, b"{not json")
+        if mode == "503":
+            return self._send(h, 503, {"message": "maintenance"}, {"Retry-After": self.retry_after})
+        if mode == "gzip-bomb":
+            bomb = gzip.compress(b" " * self.bomb_bytes, compresslevel=9)
+            return self._send_raw(h, 200, bomb, {"Content-Encoding": "gzip"})
+        if mode == "br":
+            return self._send_raw(h, 200, b"\x1b\x03\x00\xf8", {"Content-Encoding": "br"})
+        if mode == "cut":
+            return self._cut(h)
         try:
             status, body = self._answer(req, mode)
         except LookupError as exc:
             return self._send(h, 404, {"error": str(exc)})
         if isinstance(body, _Raw):
             return self._send_raw(h, status, body.data, content_type=body.content_type)
+        if mode == "gzip":
+            data = gzip.compress(json.dumps(body).encode())
+            return self._send_raw(h, status, data, {"Content-Encoding": "gzip"})
         self._send(h, status, body)
 
     def _send(
@@ -273,6 +308,18 @@ class FakeServer:
         except OSError:
             pass
 
+    def _cut(self, h: BaseHTTPRequestHandler) -> None:
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", "5000")
+            h.end_headers()
+            h.wfile.write(b'{"zone": "DE", "carbonIn')
+            h.wfile.flush()
+        except OSError:
+            pass
+        h.close_connection = True
+
     def _huge(self, h: BaseHTTPRequestHandler, declared: bool) -> None:
         chunk = b"[" * 65536
         try:
@@ -306,17 +353,25 @@ class FakeServer:
             return self._eia(req, now)
         if p.startswith(("/v3/carbon-intensity/", "/v4/carbon-intensity/")):
             zone = req.query.get("zone", [""])[0]
+            if "lat" in req.query:  # by coordinates: the zone Electricity Maps finds there
+                where = (req.query["lat"][0], req.query.get("lon", [""])[0])
+                if where not in self.em_zones_at:
+                    return 404, {"status": "error", "message": "No zone found for coordinates."}
+                zone = self.em_zones_at[where]
             if mode == "unknown-zone":
                 # Electricity Maps answers a zone it does not know with a client error.
                 return 404, {"status": "error", "message": f"Zone '{zone}' does not exist."}
             hour = _floor(now, 60)
+            # v4 adds the granularity asked for to each answer and entry.
+            v4 = {"temporalGranularity": "hourly"} if p.startswith("/v4/") else {}
             if p.endswith("/latest"):
-                return 200, self._em_item(zone, hour, now) | {"zone": zone}
+                return 200, self._em_item(zone, hour, now) | {"zone": zone} | v4
             if p.endswith("/history"):
                 items = [
-                    self._em_item(zone, hour - timedelta(hours=k), now) for k in range(24, 0, -1)
+                    self._em_item(zone, hour - timedelta(hours=k), now) | v4
+                    for k in range(24, 0, -1)
                 ]
-                return 200, {"zone": zone, "history": items}
+                return 200, {"zone": zone, "history": items} | v4
             if p.endswith("/forecast"):
                 items = [
                     {
@@ -535,3 +590,41 @@ class FakeServer:
             "isEstimated": False,
             "estimationMethod": None,
         }
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def clock(request: pytest.FixtureRequest) -> FakeClock:
+    return FakeClock(getattr(request.module, "T0", T0))
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[FakeServer]:
+    with FakeServer(clock, getattr(request.module, "server_value", None)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=getattr(request.module, "CLIENT_TIMEOUT", 2.0), trust_env=False) as c:
+        yield c
+
+
+def service(
+    server: FakeServer | None,
+    tmp_path: Path,
+    client: httpx.Client | None,
+    clock: FakeClock,
+    **kw: Any,
+) -> IntensityService:
+    """An intensity service whose providers all live at ``server``, with no environment, a cache
+    in ``tmp_path`` and the fake clock; fetching only when asked unless ``background=True``."""
+    kw.setdefault("background", False)
+    if server is not None:
+        kw.setdefault("urls", {pid: server.url for pid in _PROVIDERS})
+    return IntensityService(cache_dir=tmp_path / "cache", client=client, env={}, clock=clock, **kw)
+
+
+_PROVIDERS = ("electricitymaps", "gb", "dk", "watttime", "entsoe", "eia")

@@ -66,6 +66,9 @@ def test_devices_lists_the_simulated_sources(sim: SimulatedMachine) -> None:
         assert domain in line and "counter" in line and "[ok]" in line
     # The MSR files read the same domains: listed as alternatives, not double-counted.
     assert "Also available" in out and "msr:0:package" in out
+    # Each alternative says which source in use measures the same thing.
+    alt = next(ln for ln in out.splitlines() if ln.strip().startswith("msr:0:package"))
+    assert "(measures what powercap:intel-rapl:0 measures)" in alt, alt
     assert "ESTIMATE" not in out
 
 
@@ -118,6 +121,107 @@ def test_every_unavailable_backend_has_a_hint(no_hardware: dict[str, str]) -> No
     info = json.loads(r.stdout)
     missing = [u["backend"] for u in info["unavailable"] if not u["hint"]]
     assert missing == []
+
+
+def test_devices_in_a_container_that_hides_the_zones(tmp_path: Path) -> None:
+    tree = Path(__file__).parent.parent / "rust/sampler/tests/fixtures/container-masked"
+    env = {
+        "CARBONCTX_SYSFS_ROOT": str(tree / "sys"),
+        "CARBONCTX_DEV_ROOT": str(tmp_path),
+        "CARBONCTX_PROC_ROOT": str(tree / "proc"),
+        "CARBONCTX_NVML_LIBRARY": str(tmp_path / "libnvidia-ml.so.1"),
+    }
+    r = cli("devices", env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.strip().startswith("[powercap]"))
+    assert "intel-rapl:0, intel-rapl:0:0" in lines[at] and "cannot see" in lines[at]
+    assert "container" in lines[at]
+    assert "systempaths=unconfined" in lines[at + 1] and "what to do:" in lines[at + 1]
+
+
+# ------------------------------------------------------------------------------ devices --check
+
+
+def test_devices_check_json_measures_each_source(sim: SimulatedMachine) -> None:
+    r = cli("devices", "--check", "--json", "--duration", "1", env=sim.env())
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["duration_s"] == 1.0 and "100 x max(update period" in info["rule"]
+    by_id = {s["id"]: s for s in info["sources"]}
+    assert set(by_id) == {"powercap:intel-rapl:0", "powercap:intel-rapl:0:0", "nvml:0"}
+    # The simulated counters update every 1 ms (RAPL) and every 100 ms (the GPU): generous
+    # bounds, since a loaded machine reads late.
+    expected = {"powercap:intel-rapl:0": 0.001, "powercap:intel-rapl:0:0": 0.001, "nvml:0": 0.1}
+    for sid, period in expected.items():
+        s = by_id[sid]
+        assert s["errors"] == 0 and s["reads"] > 3, s
+        assert period / 3 < s["update_period_s"] < period * 3, s
+        assert 0 < s["read_cost_s"] < 0.05, s
+        assert s["reading"] == "averaged", s
+        # The stated rule: 100 x max(update, poll interval) + 200 x read cost.
+        rule = 100 * max(s["update_period_s"], s["poll_interval_s"]) + 200 * s["read_cost_s"]
+        assert s["shortest_region_s"] == pytest.approx(rule, rel=1e-6), s
+    pkg = by_id["powercap:intel-rapl:0"]
+    # The powercap range in joules, and how long it lasts at the power seen (40-120 W).
+    assert pkg["wrap_j"] == pytest.approx(pkg["wrap"] * 1e-6)
+    assert 30 < pkg["mean_power_w"] < 130, pkg
+    assert pkg["wrap_after_s"] == pytest.approx(pkg["wrap_j"] / pkg["mean_power_w"], rel=1e-6)
+    assert by_id["nvml:0"]["wrap_j"] is None  # NVML's 64-bit millijoule counter never wraps
+    assert by_id["nvml:0"]["shortest_region_s"] > 3 > pkg["shortest_region_s"]
+
+
+def test_devices_check_uses_the_configured_poll_interval(sim: SimulatedMachine) -> None:
+    # Polled every 10 ms, a 1 ms counter's edges are placed to 5 ms: regions need about 1 s.
+    env = {**sim.env(), "CARBONCTX_INTERVALS": "powercap=10"}
+    r = cli("devices", "--check", "--json", "--duration", "0.5", env=env)
+    assert r.returncode == 0, r.stderr
+    by_id = {s["id"]: s for s in json.loads(r.stdout)["sources"]}
+    pkg = by_id["powercap:intel-rapl:0"]
+    assert pkg["poll_interval_s"] == pytest.approx(0.01)
+    assert 0.0003 < pkg["update_period_s"] < 0.003, pkg  # still seen at its own rate
+    assert 1.0 <= pkg["shortest_region_s"] < 1.1, pkg
+    assert by_id["nvml:0"]["poll_interval_s"] == pytest.approx(0.02)
+
+
+def test_devices_check_prints_a_table(sim: SimulatedMachine) -> None:
+    r = cli("devices", "--check", "--duration", "0.5", env=sim.env())
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "Checked 3 source(s), each read for 0.5 s:" in out
+    header = next(ln for ln in out.splitlines() if ln.strip().startswith("source"))
+    for col in ("domain", "reading", "updates every", "read cost", "wraps after", "shortest ~1%"):
+        assert col in header, col
+    for sid in ("powercap:intel-rapl:0 ", "powercap:intel-rapl:0:0", "nvml:0"):
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(sid.strip() + " "))
+        assert "averaged" in line and " ms" in line, line
+    gpu = next(ln for ln in out.splitlines() if ln.strip().startswith("nvml:0"))
+    assert "no wrap" in gpu
+    assert "Rule: shortest region within ~1%" in out
+
+
+def test_devices_check_without_hardware_says_so(no_hardware: dict[str, str]) -> None:
+    r = cli("devices", "--check", "--duration", "0.2", env=no_hardware)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to check" in r.stdout and "[powercap]" in r.stdout
+    r = cli("devices", "--check", "--json", "--duration", "0.2", env=no_hardware)
+    info = json.loads(r.stdout)
+    assert info["sources"] == [] and info["unavailable"]
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "nan", "inf", "601"])
+def test_devices_check_refuses_a_bad_duration(bad: str, no_hardware: dict[str, str]) -> None:
+    r = cli("devices", "--check", f"--duration={bad}", env=no_hardware)
+    assert r.returncode == 2
+    assert "--duration takes a number of seconds above 0 and at most 600" in r.stderr
+    assert repr(bad) in r.stderr
+    assert r.stdout == ""
+
+
+def test_devices_duration_needs_check(no_hardware: dict[str, str]) -> None:
+    r = cli("devices", "--duration", "3", env=no_hardware)
+    assert r.returncode == 2
+    assert "--duration applies to --check" in r.stderr
 
 
 # ------------------------------------------------------------------------------------ run

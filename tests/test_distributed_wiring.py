@@ -273,3 +273,24 @@ def test_torchs_current_device_is_read_at_the_first_region(
     assert [s.id for s in m.by_source.values() if s.domain == "gpu"] == ["nvml:1"]
     gpus = carbonctx.devices()["rank"]["gpus"]
     assert gpus["rule"] == "torch-current" and gpus["indices"] == [1]
+
+
+def test_a_gpu_without_per_rank_ownership_is_split_not_counted_per_rank() -> None:
+    # An Intel GPU (hwmon) has no per-rank owner here: each of the node's two ranks reports
+    # half of it, as for the package, so that adding up ranks counts it once.
+    from carbonctx._distributed import RankInfo
+    from carbonctx._measure.ranks import RankPlan, column_shares, share_of
+
+    info = RankInfo(rank=1, world_size=2, local_rank=1, local_world_size=2, distributed=True)
+    share, rule = share_of(info)
+    plan = RankPlan(info, None, None, share, rule)
+    sources = [
+        {"id": "powercap:intel-rapl:0", "backend": "powercap", "domain": "package", "index": 0},
+        {"id": "hwmon:xe:0000:03:00.0:energy1", "backend": "hwmon", "domain": "gpu", "index": 0},
+    ]
+    (pkg, gpu) = column_shares(sources, plan)
+    assert pkg[0] == gpu[0] == 0.5
+    assert gpu[1] is not None and "without per-rank ownership" in gpu[1]
+    # Outside a job it is the process's own, whole.
+    lone = RankPlan(RankInfo(), None, None, 1.0, "")
+    assert [f for f, _ in column_shares(sources, lone)] == [1.0, 1.0]

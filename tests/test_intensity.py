@@ -340,13 +340,13 @@ def test_lowest_carbon_window_respects_not_before_and_gaps() -> None:
 @pytest.mark.parametrize(
     ("env", "zone", "table"),
     [
-        ({"AWS_REGION": "us-west-2"}, "US-NW-BPAT", "United States"),  # Oregon: BPA
+        ({"AWS_REGION": "us-west-2"}, "US-NW-BPAT", "Oregon"),  # Boardman: BPA; the state row
         ({"GOOGLE_CLOUD_REGION": "us-west1"}, "US-NW-BPAT", None),  # Google's own 2024 row
         ({"REGION_NAME": "West US 2"}, "US-NW-GCPD", "Washington"),  # Quincy, WA
         ({"REGION_NAME": "West US 3"}, "US-SW-AZPS", "Arizona"),
-        ({"REGION_NAME": "North Central US"}, "US-MIDA-PJM", "United States"),  # Illinois
+        ({"REGION_NAME": "North Central US"}, "US-MIDA-PJM", "Illinois"),  # Chicago: PJM
         ({"AWS_REGION": "eu-central-2"}, "CH", "Switzerland"),  # opened since the CCF table
-        ({"AWS_REGION": "ap-southeast-4"}, "AU-VIC", "Australia"),
+        ({"AWS_REGION": "ap-southeast-4"}, "AU-VIC", "Victoria"),  # the state's own row
         ({"REGION_NAME": "Italy North"}, "IT-NO", "Italy"),
         ({"GOOGLE_CLOUD_REGION": "me-west1"}, "IL", None),  # Google's own row
     ],

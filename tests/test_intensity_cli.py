@@ -6,7 +6,6 @@ import argparse
 import functools
 import io
 import json
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -85,45 +84,41 @@ def test_hours_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--hours" in capsys.readouterr().err
 
 
-@pytest.fixture
-def gb_server() -> Iterator[tuple[FakeServer, FakeClock]]:
-    clock = FakeClock(T0)
+def server_value(provider: str, t: float) -> float:
+    """What the shared ``server`` fixture answers: a synthetic forecast of 250 g/kWh, except 90
+    between 03:00 and 09:00 (the GB forecast is the value + 5)."""
     three, nine = (datetime(2026, 6, 1, h, 0, tzinfo=UTC).timestamp() for h in (3, 9))
-    # A synthetic forecast: 250 g/kWh, except 90 between 03:00 and 09:00 (forecast = value + 5).
-    with FakeServer(clock, lambda provider, t: 85.0 if three <= t < nine else 245.0) as srv:
-        yield srv, clock
+    return 85.0 if three <= t < nine else 245.0
 
 
 def test_lowest_carbon_window_on_a_synthetic_forecast(
-    gb_server: tuple[FakeServer, FakeClock], tmp_path: Path
+    server: FakeServer, clock: FakeClock, client: httpx.Client, tmp_path: Path
 ) -> None:
-    srv, clock = gb_server
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
-        factory = functools.partial(
-            IntensityService,
-            providers=["gb"],
-            urls={"gb": srv.url},
-            client=client,
-            env={},
-            clock=clock,
-            cache_dir=tmp_path,
-        )
-        out = io.StringIO()
-        code = run(
-            parse("--zone", "GB", "--forecast", "--hours", "6"), service_factory=factory, out=out
-        )
-        text = out.getvalue()
-        assert code == 0, text
-        assert "Zone GB (chosen by argument)" in text
-        assert "Lowest-carbon 6 h window" in text
-        assert "start 2026-06-01 03:00 UTC, end 2026-06-01 09:00 UTC, mean 90.0 gCO2e/kWh" in text
-        # Starting now (00:10) instead: 2 h 50 min at 250, then 3 h 10 min at 90.
-        assert f"starting now instead: mean {(250 * 170 + 90 * 190) / 360:.1f}" in text
+    factory = functools.partial(
+        IntensityService,
+        providers=["gb"],
+        urls={"gb": server.url},
+        client=client,
+        env={},
+        clock=clock,
+        cache_dir=tmp_path,
+    )
+    out = io.StringIO()
+    code = run(
+        parse("--zone", "GB", "--forecast", "--hours", "6"), service_factory=factory, out=out
+    )
+    text = out.getvalue()
+    assert code == 0, text
+    assert "Zone GB (chosen by argument)" in text
+    assert "Lowest-carbon 6 h window" in text
+    assert "start 2026-06-01 03:00 UTC, end 2026-06-01 09:00 UTC, mean 90.0 gCO2e/kWh" in text
+    # Starting now (00:10) instead: 2 h 50 min at 250, then 3 h 10 min at 90.
+    assert f"starting now instead: mean {(250 * 170 + 90 * 190) / 360:.1f}" in text
 
-        clock.advance(120)  # a second run, two minutes later
-        out = io.StringIO()
-        args = parse("--zone", "GB", "--forecast", "--hours", "2", "--json")
-        assert run(args, service_factory=factory, out=out) == 0
+    clock.advance(120)  # a second run, two minutes later
+    out = io.StringIO()
+    args = parse("--zone", "GB", "--forecast", "--hours", "2", "--json")
+    assert run(args, service_factory=factory, out=out) == 0
     doc = json.loads(out.getvalue())
     window = doc["forecast"]["window"]
     assert window["start"] == "2026-06-01T03:00:00+00:00"

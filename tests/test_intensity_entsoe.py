@@ -3,7 +3,6 @@ server on 127.0.0.1 that answers in its documented format, failures included."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from carbonctx._carbon.providers.entsoe import lifecycle_factors
 from carbonctx._carbon.service import IntensityService
 from carbonctx.errors import IntensityWarning
-from intensity_server import FakeClock, FakeServer
+from intensity_server import FakeClock, FakeServer, service
 
 UTC = timezone.utc
 T0 = datetime(2026, 6, 1, 10, 40, tzinfo=UTC).timestamp()
@@ -22,37 +21,12 @@ TOKEN = "entsoe-S3cret-T0ken"
 MIX = (300 * 490 + 100 * 11 + 100 * 48) / 500
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(T0)
-
-
-@pytest.fixture
-def server(clock: FakeClock) -> Iterator[FakeServer]:
-    with FakeServer(clock) as srv:
-        yield srv
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=2.0, trust_env=False) as c:
-        yield c
-
-
 def make(
     server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock, **kw: object
 ) -> IntensityService:
     kw.setdefault("zone", "DE")
     kw.setdefault("entsoe_token", TOKEN)
-    return IntensityService(  # type: ignore[arg-type]
-        urls={"entsoe": server.url},
-        cache_dir=tmp_path / "cache",
-        client=client,
-        env={},
-        clock=clock,
-        background=False,
-        **kw,
-    )
+    return service(server, tmp_path, client, clock, **kw)
 
 
 def test_factors_are_bundled_with_every_production_type() -> None:

@@ -9,7 +9,6 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -20,12 +19,13 @@ import pytest
 from carbonctx._carbon.service import IntensityService
 from carbonctx._cli.intensity import run
 from carbonctx.errors import IntensityWarning
-from intensity_server import FakeClock, FakeServer
+from intensity_server import FakeClock, FakeServer, service
 from test_intensity_cli import parse
 
 UTC = timezone.utc
 T0 = datetime(2026, 6, 1, 10, 10, tzinfo=UTC).timestamp()
 TOKEN = "em-T0ken-7f3a9c"
+CLIENT_TIMEOUT = 0.5
 # What Electricity Maps answers a free plan asking for more than ``latest``.
 PLAN_REFUSAL = {
     "status": "error",
@@ -33,38 +33,18 @@ PLAN_REFUSAL = {
 }
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(T0)
-
-
-@pytest.fixture
-def server(clock: FakeClock) -> Iterator[FakeServer]:
-    with FakeServer(clock, lambda provider, t: 200.0) as srv:
-        yield srv
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=0.5, trust_env=False) as c:
-        yield c
+def server_value(provider: str, t: float) -> float:
+    """What the shared ``server`` fixture answers."""
+    return 200.0
 
 
 def make(
     server: FakeServer, tmp_path: Path, client: httpx.Client | None, clock: FakeClock, **kw: object
 ) -> IntensityService:
-    kw.setdefault("background", False)
     kw.setdefault("zone", "DE")
-    return IntensityService(  # type: ignore[arg-type]
-        providers=["electricitymaps"],
-        electricitymaps_token=TOKEN,
-        urls={"electricitymaps": server.url},
-        cache_dir=tmp_path / "cache",
-        client=client,
-        env={},
-        clock=clock,
-        **kw,
-    )
+    kw.setdefault("providers", ["electricitymaps"])
+    kw.setdefault("electricitymaps_token", TOKEN)
+    return service(server, tmp_path, client, clock, **kw)
 
 
 def messages(rec: pytest.WarningsRecorder) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,29 +12,13 @@ import pytest
 
 from carbonctx._carbon.service import IntensityService
 from carbonctx.errors import CarbonctxWarning, ConfigurationError, IntensityWarning
-from intensity_server import FakeClock, FakeServer, closed_port_url
+from intensity_server import FakeClock, FakeServer, closed_port_url, service
 
 UTC = timezone.utc
 # 2026-06-01 10:10 UTC: ten minutes into an hour, inside a half hour, on a 5-minute step.
 T0 = datetime(2026, 6, 1, 10, 10, tzinfo=UTC).timestamp()
+CLIENT_TIMEOUT = 0.3
 TOKEN = "em-T0ken-7f3a9c"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(T0)
-
-
-@pytest.fixture
-def server(clock: FakeClock) -> Iterator[FakeServer]:
-    with FakeServer(clock) as srv:
-        yield srv
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=0.3, trust_env=False) as c:
-        yield c
 
 
 def make(
@@ -48,15 +31,14 @@ def make(
 ) -> IntensityService:
     zone = {"electricitymaps": "DE", "gb": "GB", "dk": "DK-DK1"}[provider]
     kw.setdefault("zone", zone)
-    kw.setdefault("background", False)
-    return IntensityService(  # type: ignore[arg-type]
+    kw.setdefault("urls", {provider: url})
+    return service(
+        None,
+        tmp_path,
+        client,
+        clock,
         providers=[provider],
         electricitymaps_token=TOKEN,
-        urls={provider: url},
-        cache_dir=tmp_path / "cache",
-        client=client,
-        env={},
-        clock=clock,
         **kw,
     )
 

@@ -4,7 +4,6 @@ server on 127.0.0.1 that speaks WattTime's login flow and answers."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from carbonctx._carbon.service import IntensityService
 from carbonctx.errors import ConfigurationError, IntensityWarning
-from intensity_server import FakeClock, FakeServer
+from intensity_server import FakeClock, FakeServer, service
 
 UTC = timezone.utc
 T0 = datetime(2026, 6, 1, 10, 10, tzinfo=UTC).timestamp()
@@ -21,21 +20,9 @@ USER, PASSWORD = "wt-user", "wt-Pa55word"
 G = 1000.0 * 0.45359237  # 1000 lbs/MWh in g/kWh
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(T0)
-
-
-@pytest.fixture
-def server(clock: FakeClock) -> Iterator[FakeServer]:
-    with FakeServer(clock, lambda provider, t: 1000.0 if provider == "watttime" else 300.0) as srv:
-        yield srv
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=2.0, trust_env=False) as c:
-        yield c
+def server_value(provider: str, t: float) -> float:
+    """What the shared ``server`` fixture answers: 1000 lbs/MWh marginal, 300 g/kWh average."""
+    return 1000.0 if provider == "watttime" else 300.0
 
 
 def make(
@@ -46,15 +33,7 @@ def make(
     kw.setdefault("signal", "marginal")
     kw.setdefault("watttime_username", USER)
     kw.setdefault("watttime_password", PASSWORD)
-    kw.setdefault("background", False)
-    return IntensityService(  # type: ignore[arg-type]
-        urls={"watttime": server.url, "electricitymaps": server.url},
-        cache_dir=tmp_path / "cache",
-        client=client,
-        env={},
-        clock=clock,
-        **kw,
-    )
+    return service(server, tmp_path, client, clock, **kw)
 
 
 def test_login_then_marginal_value_reaches_co2_with_its_signal(

@@ -7,6 +7,7 @@ The layers, lowest first (``LAYERS``)::
     _results              frozen value objects (Measurement, statistics, run totals) and units
     _output               formats (JSON Lines, CSV, trace, text, HTML) of records and results
     _carbon               zone rules, yearly tables, providers, cache, refresh, service, windows
+    _bmc                  the node's wall power from its BMC over Redfish (fed to the sampler)
     _distributed          (reserved) ranks, nodes and collectives, below what measures and runs
     _measure              regions, the process runtime, the resolver, fork and exit
     _runs                 epochs(): forecast maths, budget, run logs, progress
@@ -37,6 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("carbonctx._results",),
     ("carbonctx._output",),
     ("carbonctx._carbon",),
+    ("carbonctx._bmc",),
     ("carbonctx._distributed",),
     ("carbonctx._measure",),
     ("carbonctx._runs",),

@@ -403,6 +403,24 @@ def test_discover_the_amd_fixture() -> None:
     assert msr["reason"] and msr["hint"]
 
 
+def test_discover_measures_every_die_and_each_sockets_psys() -> None:
+    dies = discover_tree("intel-clx-ap-2s")
+    labels = {s["id"]: s["label"] for s in dies["sources"]}
+    assert labels["powercap:intel-rapl:1"] == "package-0-die-1"
+    assert labels["powercap:intel-rapl:3:0"] == "dram (package 1 die 1)"
+    assert [s["domain"] for s in dies["sources"]].count("package") == 4
+    assert not [a for a in dies["alternatives"] if a["backend"] == "powercap"]
+    spr = {s["id"]: s for s in discover_tree("intel-spr-2s")["sources"]}
+    assert (spr["powercap:intel-rapl:3"]["domain"], spr["powercap:intel-rapl:3"]["index"]) == (
+        "psys",
+        1,
+    )
+    amd = discover_tree("amd-zen4-ccd-2s")
+    assert ids(amd["sources"]) == ["powercap:intel-rapl:0", "powercap:intel-rapl:8"]
+    repeated = [u for u in amd["unavailable"] if "same package counter" in u["reason"]]
+    assert len(repeated) == 14 and all(u["hint"] for u in repeated)
+
+
 def test_discover_honours_the_backend_preference() -> None:
     root = FIXTURES / "intel-server-2s"
     found = _native.discover(

@@ -139,11 +139,19 @@ def configure(
     node_sampler: bool | None = None,
     node_dir: str | None = None,
     cpu_tdp_w: str | float | None = None,
+    amdsmi: bool | None = None,
+    amdsmi_library: str | None = None,
+    redfish_url: str | None = None,
+    redfish_user: str | None = None,
+    redfish_password: str | None = None,
+    redfish_verify: bool | str | None = None,
+    redfish_period_s: float | None = None,
 ) -> Settings:
     """Set process-wide options; unset ones keep their value (from ``CARBONCTX_*`` or default).
 
     Sources: ``cpu_backends`` (preference order of ``"powercap"``, ``"perf"``, ``"msr"``),
-    ``gpu`` (read NVML), ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter,
+    ``gpu`` (read GPUs: NVML, AMD SMI), ``amdsmi`` (AMD GPUs through AMD SMI, else the amdgpu
+    hwmon files; on by default), ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter,
     ``"never"``, ``"always"``), ``intervals`` (seconds per backend, e.g. ``{"nvml": 0.02}``).
     Output: ``output`` (a JSON Lines path, one record per region), ``summary_at_exit``.
     Behaviour: ``strict`` (raise instead of degrading), ``window`` (recent regions kept),
@@ -154,7 +162,7 @@ def configure(
     ``watttime_username``, ``watttime_password``, ``watttime_region``, ``latitude`` and
     ``longitude`` (where the machine is, for providers that take coordinates).
     Hardware roots (for simulated hardware): ``sys_root``, ``dev_root``, ``proc_root``,
-    ``nvml_library``.
+    ``nvml_library``, ``amdsmi_library``.
     Distributed jobs (each overrides what the launcher says): ``rank``, ``local_rank``,
     ``world_size``, ``local_world_size``, ``node`` (the node's name; default host name and boot
     id), ``job`` (the job's id), ``gpus`` (the GPUs this rank reports: device numbers as this
@@ -163,6 +171,13 @@ def configure(
     by the job's processes there; on by default where a node runs several) and ``node_dir``
     (its files; ``/dev/shm``). ``cpu_tdp_w``: the CPU's TDP per package for the utilisation ×
     TDP estimate.
+    The node's wall power from its BMC over Redfish, shown beside the components (never added
+    to them): ``redfish_url`` (``https://BMC``, or a chassis ``https://BMC/redfish/v1/Chassis/1``),
+    ``redfish_user`` and ``redfish_password`` (never shown anywhere), ``redfish_verify`` (True:
+    the system's CAs; a CA bundle's path; False: not verified, with a warning),
+    ``redfish_period_s`` (seconds between readings, default 5). The first region waits at most
+    ``min(5, redfish_period_s)`` seconds for the BMC's first answer; ``configure()`` and exit
+    wait at most 1 s for the thread that reads it.
 
     A running sampler is stopped (its regions resolved) and restarts with the new settings on
     the next region. Raises :class:`ConfigurationError` for a value that cannot be used.

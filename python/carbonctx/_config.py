@@ -6,7 +6,8 @@ This is the one module that reads the process environment. Everything else recei
 ==========================================  =======================================================
 ``CARBONCTX_CPU_BACKENDS``, ``_GPU``,        the sampler (:class:`Settings`, :func:`from_env`)
 ``_ESTIMATE``, ``_INTERVALS``, ``_OUTPUT``,
-``_STRICT``, ``_SUMMARY``, ``_ON_FORK``
+``_STRICT``, ``_SUMMARY``, ``_ON_FORK``,
+``_AMDSMI``, ``_AMDSMI_LIBRARY``
 ``CARBONCTX_PUE``, ``_PROVIDERS``,           carbon intensity (:func:`carbon_settings`)
 ``_ELECTRICITYMAPS_TOKEN``, ``_<ID>_URL``,
 ``_CACHE_DIR`` (and ``XDG_CACHE_HOME``)
@@ -15,6 +16,8 @@ This is the one module that reads the process environment. Everything else recei
 ``CARBONCTX_RANK``, ``_LOCAL_RANK``,         this process's place in a distributed job (override
 ``_WORLD_SIZE``, ``_LOCAL_WORLD_SIZE``,      the launcher's variables; see ``_distributed.ranks``)
 ``_NODE``, ``_JOB``, ``_GPUS``               and the GPUs this rank reports
+``CARBONCTX_REDFISH_URL``, ``_USER``,        the node's wall power from its BMC (:func:`redfish`)
+``_PASSWORD``, ``_VERIFY``, ``_PERIOD``
 ==========================================  =======================================================
 """
 
@@ -39,7 +42,7 @@ def environ(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
 
 
 CPU_BACKENDS = ("powercap", "perf", "msr")
-BACKENDS = (*CPU_BACKENDS, "nvml", "estimate")
+BACKENDS = (*CPU_BACKENDS, "nvml", "amdsmi", "hwmon", "estimate")
 ESTIMATE_MODES = ("auto", "never", "always")
 FORK_MODES = ("restart", "disable")
 #: The longest polling interval accepted, in seconds (counters wrap within minutes).
@@ -75,6 +78,9 @@ class Settings:
     nvml_library: str | None = None
     #: CPU TDP in watts per package for the utilisation x TDP model (text, as the variable).
     cpu_tdp_w: str | None = None
+    #: AMD GPUs (AMD SMI, else the amdgpu hwmon files); off with ``gpu=False`` too.
+    amdsmi: bool = True
+    amdsmi_library: str | None = None
     # Carbon intensity (passed to the intensity service)
     zone: str | None = None
     pue: float | None = None
@@ -105,6 +111,13 @@ class Settings:
     #: runs several of its processes); where its segment and lock files go (None: /dev/shm).
     node_sampler: bool | None = None
     node_dir: str | None = None
+    # The node's wall power from its BMC over Redfish (see :func:`redfish`; _bmc). The user
+    # and password never appear in a repr.
+    redfish_url: str | None = None
+    redfish_user: str | None = attrs.field(default=None, repr=False)
+    redfish_password: str | None = attrs.field(default=None, repr=False)
+    redfish_verify: bool | str | None = None
+    redfish_period_s: float | None = None
 
     def rank_kwargs(self) -> dict[str, Any]:
         """The settings :func:`carbonctx._distributed.detect_ranks` takes."""
@@ -256,11 +269,99 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             out[field] = v
     if (v := get("CARBONCTX_CPU_TDP_W")) is not None:
         out["cpu_tdp_w"] = v
+    if (v := get("CARBONCTX_AMDSMI")) is not None:
+        out["amdsmi"] = _bool("CARBONCTX_AMDSMI", v)
     if (v := get("CARBONCTX_NODE_SAMPLER")) is not None:
         out["node_sampler"] = _bool("CARBONCTX_NODE_SAMPLER", v)
     if (v := get("CARBONCTX_NODE_DIR")) is not None:
         out["node_dir"] = v
+    for field in ("url", "user", "password", "verify", "period"):
+        if (v := get(f"CARBONCTX_REDFISH_{field.upper()}")) is not None:
+            out["redfish_period_s" if field == "period" else f"redfish_{field}"] = v
+    if (v := out.get("redfish_period_s")) is not None:
+        try:
+            out["redfish_period_s"] = float(v)
+        except ValueError:
+            raise ConfigurationError(
+                f"CARBONCTX_REDFISH_PERIOD={v!r}: give the seconds between BMC readings"
+            ) from None
+    if isinstance(v := out.get("redfish_verify"), str) and v.strip().lower() in _BOOL_WORDS:
+        out["redfish_verify"] = _bool("CARBONCTX_REDFISH_VERIFY", v)
     return out
+
+
+_BOOL_WORDS = ("1", "true", "yes", "on", "0", "false", "no", "off")
+
+
+class RedfishArgs(TypedDict):
+    """The BMC settings, checked: where (``url``), who, how its certificate is checked, and
+    how often it is read."""
+
+    url: str
+    user: str | None
+    password: str | None
+    verify: bool | str
+    period_s: float
+
+
+def redfish(s: Settings) -> RedfishArgs | None:
+    """The BMC to read the node's wall power from (None: none configured). Raises
+    ConfigurationError for unusable values, never quoting a credential."""
+    if s.redfish_url is None or not str(s.redfish_url).strip():
+        return None
+    url = str(s.redfish_url).strip()
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            "redfish_url (CARBONCTX_REDFISH_URL) holds credentials: give the BMC's address "
+            "alone, and the account in redfish_user and redfish_password."
+        )
+    path = parts.path.rstrip("/")
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or (path not in ("", "/redfish/v1") and not path.startswith("/redfish/v1/Chassis/"))
+    ):
+        raise ConfigurationError(
+            f"redfish_url={url!r}: give the BMC's HTTPS address, e.g. 'https://10.0.0.5' (or a "
+            "chassis, 'https://10.0.0.5/redfish/v1/Chassis/1'); credentials never go over "
+            "plain HTTP."
+        )
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigurationError(f"redfish_url={url!r} has an invalid port number.") from None
+    user = check_token(s.redfish_user, "redfish_user") if s.redfish_user else None
+    password = s.redfish_password or None
+    if password is not None and (not password.isprintable() or "\n" in password):
+        raise ConfigurationError("redfish_password holds characters a BMC cannot take.")
+    if (user is None) != (password is None):
+        raise ConfigurationError(
+            "Give both redfish_user and redfish_password (CARBONCTX_REDFISH_USER, "
+            "CARBONCTX_REDFISH_PASSWORD), or neither."
+        )
+    verify: bool | str = True if s.redfish_verify is None else s.redfish_verify
+    if isinstance(verify, str):
+        if not os.path.exists(verify):
+            raise ConfigurationError(
+                f"redfish_verify={verify!r}: give True (the system's CA certificates), the "
+                "path of the BMC's CA bundle, or False (not verified: a warning says so)."
+            )
+    elif not isinstance(verify, bool):
+        raise ConfigurationError(f"redfish_verify={verify!r}: give True, False or a path.")
+    period = 5.0 if s.redfish_period_s is None else s.redfish_period_s
+    try:
+        p = float(period)
+    except (TypeError, ValueError):
+        p = math.nan
+    if isinstance(period, bool) or not 1.0 <= p <= 300.0:
+        raise ConfigurationError(
+            f"redfish_period_s={period!r}: give the seconds between BMC readings, 1 to 300 "
+            "(default 5; a BMC refreshes its reading every few seconds)."
+        )
+    return RedfishArgs(url=url, user=user, password=password, verify=verify, period_s=p)
 
 
 #: Settings that say where the hardware is, and their variables (simulated hardware in tests).
@@ -269,6 +370,7 @@ ROOT_VARIABLES = {
     "dev_root": "CARBONCTX_DEV_ROOT",
     "proc_root": "CARBONCTX_PROC_ROOT",
     "nvml_library": "CARBONCTX_NVML_LIBRARY",
+    "amdsmi_library": "CARBONCTX_AMDSMI_LIBRARY",
 }
 
 
@@ -282,13 +384,25 @@ class MachineArgs(TypedDict):
     cpu_tdp_w: str | None
     cuda_visible_devices: str | None
     cuda_device_order: str | None
+    amdsmi_library: str | None
+    rocr_visible_devices: str | None
+    hip_visible_devices: str | None
+
+
+def hip_visible_devices(env: Mapping[str, str]) -> str | None:
+    """The device list HIP reads: ``HIP_VISIBLE_DEVICES``, else ``CUDA_VISIBLE_DEVICES``, else
+    ``GPU_DEVICE_ORDINAL`` (None: all unset)."""
+    for name in ("HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"):
+        if name in env:
+            return env[name]
+    return None
 
 
 def machine(s: Settings, env: Mapping[str, str] | None = None) -> MachineArgs:
     """What the native sampler needs to find the hardware: the settings' roots and TDP, and
-    the CUDA variables as they are now (read when the sampler starts, since a program may set
-    them after configuring carbonctx). Keyword arguments of ``_native.Sampler`` and
-    ``_native.discover``."""
+    the CUDA and ROCm variables as they are now (read when the sampler starts, since a program
+    may set them after configuring carbonctx; see :func:`hip_visible_devices`). Keyword
+    arguments of ``_native.Sampler`` and ``_native.discover``."""
     e = environ(env)
     return MachineArgs(
         sys_root=s.sys_root,
@@ -298,6 +412,9 @@ def machine(s: Settings, env: Mapping[str, str] | None = None) -> MachineArgs:
         cpu_tdp_w=s.cpu_tdp_w,
         cuda_visible_devices=e.get("CUDA_VISIBLE_DEVICES"),
         cuda_device_order=e.get("CUDA_DEVICE_ORDER"),
+        amdsmi_library=s.amdsmi_library,
+        rocr_visible_devices=e.get("ROCR_VISIBLE_DEVICES"),
+        hip_visible_devices=hip_visible_devices(e),
     )
 
 
@@ -331,6 +448,7 @@ def validate(s: Settings) -> None:
     carbon = s.intensity_kwargs()
     del carbon["zone"]
     carbon_settings(**carbon)
+    redfish(s)
     if s.node_sampler is not None and not isinstance(s.node_sampler, bool):
         raise ConfigurationError(
             f"node_sampler={s.node_sampler!r}: use True, False or None (on in a multi-rank node)"
@@ -356,6 +474,8 @@ def validate(s: Settings) -> None:
             )
     if not isinstance(s.gpu, bool):
         raise ConfigurationError(f"gpu={s.gpu!r}: give True or False")
+    if not isinstance(s.amdsmi, bool):
+        raise ConfigurationError(f"amdsmi={s.amdsmi!r}: give True or False")
     if not (isinstance(s.window, int) and s.window >= 0):
         raise ConfigurationError(f"window={s.window!r}: give a non-negative number of regions")
     for key in _INT_RANK_SETTINGS:
@@ -427,8 +547,36 @@ class CarbonSettings:
     latitude: float | None = None
     longitude: float | None = None
 
+    @property
+    def coordinates(self) -> tuple[float, float] | None:
+        """``(latitude, longitude)`` when both are given, else None."""
+        if self.latitude is None or self.longitude is None:
+            return None
+        return (self.latitude, self.longitude)
+
 
 SIGNALS: tuple[str, ...] = ("average", "marginal")
+
+
+class CarbonKwargs(TypedDict, total=False):
+    """The keyword arguments of :func:`carbon_settings` (and of the intensity service), each
+    unset or None for "from the environment, else the default"."""
+
+    pue: float | None
+    providers: Sequence[str] | None
+    electricitymaps_token: str | None
+    urls: Mapping[str, str] | None
+    cache_dir: str | os.PathLike[str] | None
+    signal: str | None
+    deadline_s: float | None
+    entsoe_token: str | None
+    eia_key: str | None
+    electricitymaps_api: str | None
+    watttime_username: str | None
+    watttime_password: str | None
+    watttime_region: str | None
+    latitude: float | None
+    longitude: float | None
 
 
 def carbon_settings(
@@ -580,7 +728,7 @@ def _coordinate(
             return None
         value, setting = text, var
     try:
-        x = float(value)  # type: ignore[arg-type]
+        x = math.nan if isinstance(value, bool) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         x = math.nan
     if not (math.isfinite(x) and -limit <= x <= limit):

@@ -9,11 +9,13 @@ from typing_extensions import Self, disjoint_base
 __all__ = [
     "SPAN_BACKLOG",
     "SPAN_WARNINGS",
+    "Feed",
     "Region",
     "RegionHub",
     "Sampler",
     "SimMachine",
     "__version__",
+    "check_sources",
     "claim_regions",
     "current",
     "discover",
@@ -45,8 +47,38 @@ def discover(
     nvml: bool = True,
     estimate: str = "auto",
     gpus: list[str] | None = None,
+    amdsmi: bool = True,
+    amdsmi_library: str | PathLike[str] | None = None,
+    rocr_visible_devices: str | None = None,
+    hip_visible_devices: str | None = None,
+    amd_gpus: list[str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Find energy sources without starting anything: sources, alternatives, unavailable."""
+
+def check_sources(
+    *,
+    duration_s: float,
+    sys_root: str | PathLike[str] | None = None,
+    dev_root: str | PathLike[str] | None = None,
+    proc_root: str | PathLike[str] | None = None,
+    nvml_library: str | PathLike[str] | None = None,
+    cuda_visible_devices: str | None = None,
+    cuda_device_order: str | None = None,
+    cpu_tdp_w: str | None = None,
+    cpu_backends: list[str] | None = None,
+    nvml: bool = True,
+    estimate: str = "auto",
+    gpus: list[str] | None = None,
+    intervals: list[tuple[str, float]] | None = None,
+    amdsmi: bool = True,
+    amdsmi_library: str | PathLike[str] | None = None,
+    rocr_visible_devices: str | None = None,
+    hip_visible_devices: str | None = None,
+    amd_gpus: list[str] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Discover as ``discover`` does and read each chosen source for ``duration_s`` seconds:
+    ``sources`` (each description plus update_period_s, read_cost_s, wrap_j, wrap_after_s,
+    reading, shortest_region_s, ...) and ``unavailable``."""
 
 @disjoint_base
 class Region:
@@ -125,6 +157,37 @@ def claim_regions(
     ``(batch, row)``, fills ``infos[row]``): the rows claimed and their regions."""
 
 @final
+class Feed:
+    """The Python end of an external source: power read elsewhere (the node's BMC over
+    Redfish) and pushed in; the sampler reads the latest push every ``interval_s`` and
+    integrates it, and holds it for at most ``stale_s``; a sampler's first read waits for the
+    first push until ``first_wait_s`` after the feed was made."""
+
+    def __new__(
+        cls,
+        *,
+        id: str,
+        label: str,
+        backend: str = "redfish",
+        domain: str = "node",
+        interval_s: float = 0.1,
+        stale_s: float = 30.0,
+        first_wait_s: float = 0.0,
+    ) -> Feed: ...
+    def push(self, watts: float) -> bool:
+        """The latest reading in watts; False (refused) when not finite and non-negative."""
+    def fail(self, why: str) -> None:
+        """No reading could be had; reads say ``why`` once the held one is stale."""
+    def close(self, why: str) -> None:
+        """Give up for good: every read fails from now on."""
+    def wanted(self, within_s: float, timeout_s: float) -> bool:
+        """Whether a sampler read the feed within ``within_s``; waits up to ``timeout_s``."""
+    @property
+    def reads(self) -> int: ...
+    @property
+    def info(self) -> dict[str, Any]: ...
+
+@final
 class Sampler:
     """The native sampler thread; it starts when constructed and stops with :meth:`stop`."""
 
@@ -149,6 +212,12 @@ class Sampler:
         quiet_s: float | None = None,
         node_key: str | None = None,
         node_dir: str | PathLike[str] | None = None,
+        amdsmi: bool = True,
+        amdsmi_library: str | PathLike[str] | None = None,
+        rocr_visible_devices: str | None = None,
+        hip_visible_devices: str | None = None,
+        amd_gpus: list[str] | None = None,
+        external: list[Feed] | None = None,
     ) -> Sampler: ...
     def node_status(self) -> dict[str, Any] | None:
         """This process's part in its node's shared sampler; None when it samples alone."""

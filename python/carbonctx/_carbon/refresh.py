@@ -58,6 +58,8 @@ def _hint(provider: Provider, kind: str) -> str:
             f" ({credentials})." if credentials else "."
         )
     if kind == "unknown-zone":
+        if getattr(provider, "latitude", None) is not None:  # asked by coordinates
+            return "Check the coordinates (CARBONCTX_LATITUDE and CARBONCTX_LONGITUDE)."
         return "Check the zone (CARBONCTX_ZONE or the zone argument)."
     if kind in ("timeout", "connection"):
         return f"Check the network, or {url}."

@@ -25,7 +25,9 @@ in ``carbonctx._config``):
 ``CARBONCTX_EIA_KEY``                     US EIA Open Data API key
 ``CARBONCTX_WATTTIME_USERNAME``,          WattTime login (marginal ``co2_moer``), and its
 ``_PASSWORD``, ``_REGION``                region (else found from the coordinates)
-``CARBONCTX_LATITUDE``, ``_LONGITUDE``    where the machine is, in degrees
+``CARBONCTX_LATITUDE``, ``_LONGITUDE``    where the machine is, in degrees: the zone (approximate
+                                          boundaries) unless one is given; Electricity Maps and
+                                          WattTime are asked by coordinates
 ``CARBONCTX_INTENSITY_DEADLINE``          seconds one provider request may take (default 20)
 ``CARBONCTX_<ID>_URL``                    provider base URL (scheme and host)
 ``CARBONCTX_CACHE_DIR``                   where fetched values are kept between runs
@@ -39,9 +41,8 @@ yearly table; the world average. Each :class:`Intensity` says which (``source``)
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     import threading
 
     import httpx
+    from typing_extensions import Unpack
 
 __all__ = ["Co2", "IntensityService"]
 
@@ -144,47 +146,16 @@ class IntensityService:
         self,
         *,
         zone: str | None = None,
-        pue: float | None = None,
-        providers: Sequence[str] | None = None,
-        electricitymaps_token: str | None = None,
-        urls: Mapping[str, str] | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        signal: str | None = None,
-        deadline_s: float | None = None,
-        entsoe_token: str | None = None,
-        eia_key: str | None = None,
-        electricitymaps_api: str | None = None,
-        watttime_username: str | None = None,
-        watttime_password: str | None = None,
-        watttime_region: str | None = None,
-        latitude: float | None = None,
-        longitude: float | None = None,
         client: httpx.Client | None = None,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] | None = None,
         background: bool = True,
+        **settings: Unpack[_config.CarbonKwargs],
     ) -> None:
         env = _config.environ(env)
         self._clock: Callable[[], float] = clock if clock is not None else time.time
-        self.zone_choice: ZoneChoice = resolve_zone(zone, env)
-        cs = _config.carbon_settings(
-            pue=pue,
-            providers=providers,
-            electricitymaps_token=electricitymaps_token,
-            urls=urls,
-            cache_dir=cache_dir,
-            signal=signal,
-            deadline_s=deadline_s,
-            entsoe_token=entsoe_token,
-            eia_key=eia_key,
-            electricitymaps_api=electricitymaps_api,
-            watttime_username=watttime_username,
-            watttime_password=watttime_password,
-            watttime_region=watttime_region,
-            latitude=latitude,
-            longitude=longitude,
-            env=env,
-        )
+        cs = _config.carbon_settings(env=env, **settings)
+        self.zone_choice: ZoneChoice = resolve_zone(zone, env, coordinates=cs.coordinates)
         self.pue, self.pue_source = cs.pue, cs.pue_source
         self.provider_ids: tuple[str, ...] = cs.provider_ids
         self.urls: dict[str, str] = dict(cs.urls)
@@ -192,7 +163,10 @@ class IntensityService:
         token = cs.electricitymaps_token
         self.signal: str = cs.signal
         limits = Limits(deadline_s=cs.deadline_s, read_s=min(5.0, cs.deadline_s))
-        self._providers: tuple[Provider, ...] = build_providers(cs, self._clock, limits)
+        explicit = self.zone_choice.rule in ("argument", "CARBONCTX_ZONE")
+        self._providers: tuple[Provider, ...] = build_providers(
+            cs, self._clock, limits, by_coordinates=not explicit
+        )
         zone_code = self.zone_choice.zone
         covering = [p for p in self._providers if p.covers(zone_code)]
         #: the live provider used for this zone: the first listed that covers it and gives the

@@ -7,7 +7,7 @@ import functools
 import attrs
 
 from carbonctx._carbon.intensity import Intensity
-from carbonctx._carbon.zones import WORLD, ZoneChoice, read_bundled_csv
+from carbonctx._carbon.zones import WORLD, ZoneChoice, cloud_region_states, read_bundled_csv
 
 __all__ = ["table_intensity", "world_average"]
 
@@ -49,6 +49,15 @@ def _tables() -> tuple[dict[str, _Row], dict[str, _Row], dict[str, _Row], _Row]:
     }
     if world is None:  # pragma: no cover - the bundled file has it
         raise RuntimeError("the bundled ember-yearly.csv has no World row")
+    # States of other countries, by zone code (``AU-NSW``): added to the US states' dict,
+    # whose two-letter keys cannot collide with them.
+    for r in read_bundled_csv("au-states-nga2024.csv"):
+        states[r["state"].upper()] = _Row(
+            float(r["g_co2e_per_kwh"]),
+            "Australian National Greenhouse Accounts Factors 2024, scope 2, operational "
+            "(CC BY 4.0)",
+            r["name"],
+        )
     return countries, states, gcp, world
 
 
@@ -81,6 +90,16 @@ def _table_row(choice: ZoneChoice) -> _Row | None:
     zone = choice.zone
     if choice.cloud == "gcp" and choice.cloud_region and choice.cloud_region in gcp:
         return gcp[choice.cloud_region]
+    if choice.cloud and choice.cloud_region:
+        # A region's grid zone may span several states; its published location's state is
+        # finer where the table has it (AWS us-east-1, Ashburn: Virginia, not all of PJM).
+        state = cloud_region_states().get((choice.cloud, choice.cloud_region), "")
+        if state.startswith("US-") and state[3:] in states:
+            return states[state[3:]]
+        if "-" in state and state in states:
+            return states[state]
+    if "-" in zone and zone in states:  # a state of another country (AU-NSW)
+        return states[zone]
     if zone.startswith("US-"):
         rest = zone[3:]
         if len(rest) == 2 and rest in states:

@@ -5,11 +5,14 @@ rule that gives an answer wins:
 
 1. an explicit argument;
 2. ``CARBONCTX_ZONE``;
-3. a cloud region from the environment (``AWS_REGION``, ``AWS_DEFAULT_REGION``,
+3. coordinates (``CARBONCTX_LATITUDE``/``_LONGITUDE``, or the settings), through the embedded
+   approximate boundaries of ``_carbon.geo``: a US state (``US-VA``), Canadian province
+   (``CA-QC``), Australian state (``AU-NSW``) or else a country; the rule says it is approximate;
+4. a cloud region from the environment (``AWS_REGION``, ``AWS_DEFAULT_REGION``,
    ``GOOGLE_CLOUD_REGION``, ``FUNCTION_REGION``, Azure App Service's ``REGION_NAME``), through the
    bundled region table;
-4. the system time zone (``TZ``, ``/etc/localtime``, ``/etc/timezone``) mapped to its country;
-5. the world average.
+5. the system time zone (``TZ``, ``/etc/localtime``, ``/etc/timezone``) mapped to its country;
+6. the world average.
 
 No IP geolocation: it silently picks a wrong country behind proxies and firewalls.
 
@@ -30,9 +33,18 @@ from pathlib import Path
 import attrs
 
 from carbonctx import _config
+from carbonctx._carbon.geo import BOUNDARIES, zone_at
 from carbonctx.errors import ConfigurationError
 
-__all__ = ["WORLD", "ZoneChoice", "normalize_zone", "read_bundled_csv", "resolve_zone"]
+__all__ = [
+    "WORLD",
+    "ZoneChoice",
+    "cloud_region_states",
+    "cloud_region_zones",
+    "normalize_zone",
+    "read_bundled_csv",
+    "resolve_zone",
+]
 
 #: The zone code used when nothing better is known.
 WORLD = "WORLD"
@@ -112,6 +124,7 @@ class ZoneChoice:
     """The zone used for carbon intensity, and the rule that chose it.
 
     ``rule`` is one of ``"argument"``, ``"CARBONCTX_ZONE"``,
+    ``"coordinates 48.14, 11.58 (Germany; approximate boundaries: ...)"``,
     ``"cloud region (AWS_REGION=eu-west-1)"``, ``"time zone Europe/Berlin"``, ``"world average"``.
     ``cloud`` and ``cloud_region`` are set when a cloud region chose the zone.
     """
@@ -155,6 +168,18 @@ def cloud_region_zones() -> dict[tuple[str, str], str]:
     return {
         (row["provider"], _norm_region(row["provider"], row["region"])): row["zone"]
         for row in read_bundled_csv("cloud-region-zones.csv")
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def cloud_region_states() -> dict[tuple[str, str], str]:
+    """``(cloud, normalized region) -> state`` (``US-VA``, ``CA-QC``, ``AU-NSW``) for the
+    regions in a country whose states the tables or providers know: the published location's
+    state, which the yearly tables may hold where the grid zone spans several states."""
+    return {
+        (row["provider"], _norm_region(row["provider"], row["region"])): row["state"]
+        for row in read_bundled_csv("cloud-region-zones.csv")
+        if row.get("state")
     }
 
 
@@ -230,6 +255,7 @@ def resolve_zone(
     explicit: str | None = None,
     env: Mapping[str, str] | None = None,
     *,
+    coordinates: tuple[float, float] | None = None,
     localtime: str | os.PathLike[str] = "/etc/localtime",
     timezone_file: str | os.PathLike[str] = "/etc/timezone",
     zoneinfo_dir: str = "/usr/share/zoneinfo",
@@ -241,6 +267,14 @@ def resolve_zone(
     from_env = env.get("CARBONCTX_ZONE", "").strip()
     if from_env:
         return ZoneChoice(normalize_zone(from_env, "CARBONCTX_ZONE"), "CARBONCTX_ZONE")
+    if coordinates is not None:
+        lat, lon = coordinates
+        area = zone_at(lat, lon)
+        if area is not None:
+            return ZoneChoice(
+                normalize_zone(area.zone, "coordinates"),
+                f"coordinates {lat:g}, {lon:g} ({area.name}; {BOUNDARIES})",
+            )
     cloud = _zone_from_cloud(env)
     if cloud is not None:
         return cloud

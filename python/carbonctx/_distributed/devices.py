@@ -6,7 +6,8 @@ UUID, name). ``CUDA_VISIBLE_DEVICES`` decides which of them this process sees an
 for CUDA), ``MIG-`` instance UUIDs (reported as their parent GPU: a MIG instance has no energy
 counter of its own), an empty value for none; CUDA stops reading the list at its first invalid
 entry, and so does this. For AMD, ``ROCR_VISIBLE_DEVICES`` filters the GPUs first and
-``HIP_VISIBLE_DEVICES`` (or ``CUDA_VISIBLE_DEVICES``) then picks among those.
+``HIP_VISIBLE_DEVICES`` (else ``CUDA_VISIBLE_DEVICES``, else ``GPU_DEVICE_ORDINAL``) then picks
+among those.
 
 Rules, first that applies:
 
@@ -129,7 +130,14 @@ def visible_gpus(
         rocr = env.get("ROCR_VISIBLE_DEVICES")
         if rocr is not None:
             seen = _filter(rocr, seen)
-        hip = env.get("HIP_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES"))
+        hip = next(
+            (
+                env[k]
+                for k in ("HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
+                if k in env
+            ),
+            None,
+        )
         if hip is not None:
             # HIP indices count among the GPUs ROCr left visible.
             renumbered = [attrs.evolve(g, index=i) for i, g in enumerate(seen)]

@@ -54,6 +54,8 @@ class CompactForm:
         for i in self._cols:
             src = columns.sources[i]
             d = {k: src[k] for k in ("id", "label", "backend", "domain", "method")}
+            if src.get("note"):
+                d["note"] = src["note"]  # provenance (the node's BMC reading)
             if columns.rules[i] is not None:
                 d["share"] = 1.0 if factors is None else float(factors[i])
                 d["share_rule"] = columns.rules[i]

@@ -33,6 +33,7 @@ __all__ = [
     "RankPlan",
     "column_shares",
     "forget_rank_info",
+    "gpu_vendor",
     "inconsistency_message",
     "plan_gpus",
     "process_rank_info",
@@ -104,16 +105,36 @@ def rank_fields(info: RankInfo) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- GPUs
 
 
-def gpus_of(sources: Sequence[Mapping[str, Any]]) -> list[Gpu]:
-    """The NVIDIA GPUs among discovered sources, as :class:`Gpu` (NVML index, UUID, name)."""
+#: Id prefix of the amdgpu hwmon sources (AMD GPUs where AMD SMI is absent).
+AMD_HWMON_PREFIX = "hwmon:amdgpu:"
+
+
+def gpu_vendor(src: Mapping[str, Any]) -> str | None:
+    """``"nvidia"`` or ``"amd"`` for a GPU source whose vendor numbers its GPUs (NVML; AMD SMI
+    and amdgpu hwmon, numbered as the ROCm runtime does), else None."""
+    if src.get("domain") != "gpu":
+        return None
+    backend = src.get("backend")
+    if backend == "nvml":
+        return "nvidia"
+    if backend == "amdsmi" or (
+        backend == "hwmon" and str(src.get("id", "")).startswith(AMD_HWMON_PREFIX)
+    ):
+        return "amd"
+    return None
+
+
+def gpus_of(sources: Sequence[Mapping[str, Any]], vendor: str = "nvidia") -> list[Gpu]:
+    """The GPUs of one vendor among discovered sources, as :class:`Gpu` (index, UUID, name)."""
     out: list[Gpu] = []
     for src in sources:
-        if src.get("domain") != "gpu" or src.get("backend") != "nvml":
+        if gpu_vendor(src) != vendor:
             continue
         label = str(src.get("label") or "")
         m = _UUID.search(label)
+        uuid = src.get("uuid") or (m.group(1) if m else None)
         name = label.split(" [", 1)[0] or None
-        out.append(Gpu(index=int(src["index"]), uuid=m.group(1) if m else None, name=name))
+        out.append(Gpu(index=int(src["index"]), uuid=uuid, name=name))
     return out
 
 
@@ -127,11 +148,27 @@ class RankPlan:
     sampler_gpus: list[str] | None
     share: float
     share_rule: str
+    #: The same for AMD GPUs (``amd_gpus`` keyword: ROCr UUIDs or indices).
+    amd_ownership: GpuOwnership | None = None
+    amd_sampler_gpus: list[str] | None = None
 
     def describe(self) -> dict[str, Any]:
         """For ``carbonctx.devices()``."""
         info = self.info
         own = self.ownership
+
+        def gpus(own: GpuOwnership | None) -> dict[str, Any] | None:
+            if own is None:
+                return None
+            return {
+                "indices": list(own.indices),
+                "ordinals": list(own.ordinals),
+                "rule": own.rule,
+                "reason": own.reason,
+                "shared": own.shared,
+                "visible": list(own.visible),
+            }
+
         return {
             "distributed": info.distributed,
             "rank": info.rank,
@@ -145,16 +182,8 @@ class RankPlan:
             "launcher": info.launcher,
             "sources": dict(info.sources),
             "problems": list(info.problems),
-            "gpus": None
-            if own is None
-            else {
-                "indices": list(own.indices),
-                "ordinals": list(own.ordinals),
-                "rule": own.rule,
-                "reason": own.reason,
-                "shared": own.shared,
-                "visible": list(own.visible),
-            },
+            "gpus": gpus(own),
+            "amd_gpus": gpus(self.amd_ownership),
             "shared_sources": {"domains": list(SHARED_DOMAINS), "share": self.share},
             "share_rule": self.share_rule,
             "sampler": "this process runs its own sampler",
@@ -202,16 +231,63 @@ def plan_gpus(
     share, rule = share_of(info)
     if not settings.gpu or (not info.distributed and settings.gpus is None):
         return RankPlan(info, None, None, share, rule)
-    # Every GPU of the machine (CUDA_VISIBLE_DEVICES aside): owned_gpus applies that variable
+    # Every GPU of the machine (the visible-device variables aside): owned_gpus applies them
     # itself, and needs to know whether one visible GPU is one of several.
     machine = _config.machine(settings, e)
     machine["cuda_visible_devices"] = None
-    found = _native.discover(**machine, cpu_backends=[], nvml=True, estimate="never")
+    machine["rocr_visible_devices"] = None
+    machine["hip_visible_devices"] = None
+    found = _native.discover(
+        **machine, cpu_backends=[], nvml=True, amdsmi=settings.amdsmi, estimate="never"
+    )
     gpus = gpus_of(found["sources"])
-    ownership = owned_gpus(info, gpus, e, override=settings.gpus, modules=mods)
-    chosen = [next(g for g in gpus if g.index == i) for i in ownership.indices]
-    entries = [g.uuid if g.uuid else str(g.index) for g in chosen]
-    return RankPlan(info, ownership, entries, share, rule)
+    amd = gpus_of(found["sources"], "amd")
+    ownership = owned_gpus(
+        info, gpus, e, override=_override(settings.gpus, gpus, amd, "nvidia"), modules=mods
+    )
+    entries = _entries(gpus, ownership)
+    if not amd:
+        return RankPlan(info, ownership, entries, share, rule)
+    amd_own = owned_gpus(
+        info,
+        amd,
+        e,
+        override=_override(settings.gpus, gpus, amd, "amd"),
+        modules=mods,
+        vendor="amd",
+    )
+    # ROCr UUIDs where known, else ROCr's indices: the sampler applies them as
+    # ROCR_VISIBLE_DEVICES (which take both).
+    return RankPlan(info, ownership, entries, share, rule, amd_own, _entries(amd, amd_own))
+
+
+def _entries(gpus: Sequence[Gpu], own: GpuOwnership) -> list[str]:
+    chosen = [next(g for g in gpus if g.index == i) for i in own.indices]
+    return [g.uuid if g.uuid else str(g.index) for g in chosen]
+
+
+def _override(
+    setting: Sequence[int | str] | None, nvidia: Sequence[Gpu], amd: Sequence[Gpu], vendor: str
+) -> Sequence[int | str] | None:
+    """The GPU setting's entries for one vendor: device numbers count for each vendor's own
+    numbering; a UUID for the vendor whose GPU it names (``MIG-`` ones are NVIDIA's)."""
+    if setting is None:
+        return None
+    mine, theirs = (nvidia, amd) if vendor == "nvidia" else (amd, nvidia)
+
+    def names(gpus: Sequence[Gpu], text: str) -> bool:
+        low = text.strip().lower()
+        return any(g.uuid is not None and g.uuid.lower().startswith(low) for g in gpus)
+
+    out: list[int | str] = []
+    for item in setting:
+        if isinstance(item, int) or names(mine, str(item)):
+            out.append(item)
+        elif not names(theirs, str(item)) and not (
+            vendor == "amd" and str(item).lower().startswith("mig-")
+        ):
+            out.append(item)  # names no GPU: owned_gpus says so
+    return out
 
 
 def column_shares(
@@ -225,8 +301,13 @@ def column_shares(
         if plan is None or (not plan.info.distributed and plan.ownership is None):
             out.append((1.0, None))
         elif domain == "gpu":
-            own = plan.ownership
-            if own is None:
+            vendor = gpu_vendor(src)
+            own = plan.amd_ownership if vendor == "amd" else plan.ownership
+            if vendor is None and plan.info.distributed:
+                # A GPU whose owner per rank is not known (an Intel GPU through hwmon): split
+                # like the node's other sources, so that adding up ranks counts it once.
+                out.append((plan.share, f"a GPU without per-rank ownership: {plan.share_rule}"))
+            elif own is None or vendor is None:
                 out.append((1.0, None))
             elif int(src.get("index", -1)) in own.indices:
                 out.append((1.0, f"this rank's GPU ({own.rule}): {own.reason}"))

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from carbonctx import _config, _native
+from carbonctx._bmc import BmcSource, in_forked_child
 from carbonctx._config import Settings
 from carbonctx._distributed import RankInfo, expand_path
 from carbonctx._measure.batch import Batch
@@ -74,6 +75,8 @@ class Runtime:
         self.detailed = settings.strict or bool(settings.output)
         self.strict = settings.strict
         self.sampler: _native.Sampler | None = None
+        #: The node's BMC, read over Redfish into the sampler (None: not configured).
+        self.bmc: BmcSource | None = None
         self.start_error: str | None = None
         self.started = False
         self.sources: list[dict[str, Any]] = []
@@ -139,17 +142,28 @@ class Runtime:
                 **_config.machine(st),
                 "cpu_backends": list(st.cpu_backends),
                 "nvml": st.gpu,
+                "amdsmi": st.gpu and st.amdsmi,
                 "estimate": st.estimate,
                 "intervals": list(st.intervals.items()),
             }
+            self.bmc = self._bmc()
+            if self.bmc is not None:
+                kwargs["external"] = [self.bmc.feed]
             try:
                 s = self._sampler(kwargs, plan)
             except Exception as e:  # the sampler must never break the program
+                if self.bmc is not None:
+                    self.bmc.stop()
                 self.start_error = f"the native sampler could not start: {e}"
                 self.note("sampler", self.start_error)
                 self.started = True
                 return None
             self.sources = list(s.sources)
+            if self.bmc is not None:
+                for src in self.sources:
+                    if src["id"] == self.bmc.feed.info["id"]:
+                        self.bmc.source_dict = src
+                        src["note"] = self.bmc.provenance()
             self.unavailable = list(s.unavailable)
             self.alternatives = list(s.alternatives)
             columns = SourceColumns(self.sources, column_shares(self.sources, plan))
@@ -195,6 +209,27 @@ class Runtime:
             self._thread.start()
             return s
 
+    def _bmc(self) -> BmcSource | None:
+        """The node's BMC, when configured, fetching (only while a sampler of this process
+        reads it: in a job sharing a node's sampler, the owner's process). Not in a forked
+        child outside such a job."""
+        args = _config.redfish(self.settings)
+        if args is None:
+            return None
+        if in_forked_child() and node_sampler(self.rank_info, self.settings) is None:
+            # A DataLoader worker, say: its parent reads the BMC (which allows few sessions).
+            return None
+        bmc = BmcSource(
+            args["url"],
+            args["user"],
+            args["password"],
+            verify=args["verify"],
+            period_s=args["period_s"],
+            note=self.note,
+        )
+        bmc.start()
+        return bmc
+
     def _plan(self) -> RankPlan:
         """GPU ownership and shares, at sampler start (after torch may have set its device)."""
         try:
@@ -210,19 +245,24 @@ class Runtime:
         return plan
 
     def _sampler(self, kwargs: dict[str, Any], plan: RankPlan) -> _native.Sampler:
-        gpus = plan.sampler_gpus
+        gpus, amd_gpus = plan.sampler_gpus, plan.amd_sampler_gpus
         node = node_sampler(self.rank_info, self.settings)
         if node is not None:
             # One sampler per node: every process asks with the same discovery options (a
             # follower may take over), and names the GPUs it reports (none: an empty list).
-            return _native.Sampler(**kwargs, node_key=node[0], node_dir=node[1], gpus=gpus)
-        if gpus is None or not self.settings.gpu:
+            return _native.Sampler(
+                **kwargs, node_key=node[0], node_dir=node[1], gpus=gpus, amd_gpus=amd_gpus
+            )
+        if not self.settings.gpu:
             return _native.Sampler(**kwargs)
-        if not gpus:
-            # No GPU of its own: read none.
-            return _native.Sampler(**{**kwargs, "nvml": False})
         # Only this rank's GPUs are read (UUIDs where known); the columns count only them too.
-        return _native.Sampler(**kwargs, gpus=gpus)
+        # No GPU of its own (an empty list): that vendor's GPUs are not read at all.
+        own = dict(kwargs)
+        if gpus is not None:
+            own.update({"gpus": gpus} if gpus else {"nvml": False})
+        if amd_gpus is not None:
+            own.update({"amd_gpus": amd_gpus} if amd_gpus else {"amdsmi": False})
+        return _native.Sampler(**own)
 
     def shutdown(self) -> None:
         """Stop the sampler, resolve and record everything, close the output. Idempotent."""
@@ -239,6 +279,8 @@ class Runtime:
             self.drain()
             if self.recorder is not None:
                 self.recorder.write_power(s, self.sources, force=True)
+        if self.bmc is not None:
+            self.bmc.stop()  # waits at most _bmc.STOP_WAIT_S
         if self.recorder is not None:
             self.recorder.close()
         self.carbon.close()
@@ -401,6 +443,7 @@ class Runtime:
             ],
             "alternatives": self.alternatives,
             "unavailable": self.unavailable,
+            **({"bmc": self.bmc.describe()} if self.bmc is not None else {}),
             "notes": dict(self.notes),
             "start_error": self.start_error,
         }

@@ -119,7 +119,7 @@ class SourceColumns:
                 method=src["method"],
                 joules=None if failed else j,
                 uncertainty_j=None if (failed or math.isnan(u)) else u,
-                note="source failed before the region ended" if failed else None,
+                note="source failed before the region ended" if failed else src.get("note"),
                 share=1.0 if factors is None else float(factors[i]),
                 share_rule=self.rules[i],
                 node_joules=(

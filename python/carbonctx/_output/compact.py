@@ -151,7 +151,7 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
             "method": src["method"],
             "joules": j,
             "uncertainty_j": u,
-            "note": _FAILED if failed else None,
+            "note": _FAILED if failed else src.get("note"),
         }
         if src.get("share_rule") is not None:
             share = float(src.get("share", 1.0))

@@ -9,7 +9,12 @@ import attrs
 
 from carbonctx._results.units import J_PER_KWH
 
-__all__ = ["Measurement", "SourceEnergy"]
+__all__ = ["OVERHEAD_MIN_S", "Measurement", "SourceEnergy"]
+
+#: The shortest region whose node overhead (:attr:`Measurement.overhead_j`) is given: the node's
+#: wall power comes from a BMC read every few seconds, so each edge of a region is uncertain by
+#: up to a reading's worth of energy; over a minute that stays a small part of the figure.
+OVERHEAD_MIN_S = 60.0
 
 
 @attrs.frozen(slots=True)
@@ -101,6 +106,28 @@ class Measurement:
     def power_w(self) -> float:
         """Mean power over the region."""
         return self.energy_j / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def node_j(self) -> float | None:
+        """The node's wall energy over the region: the first ``by_source`` entry of domain
+        ``"node"`` with a figure (an ACPI power meter, or the BMC read over Redfish); None
+        without one. Shown beside the components, never in ``energy_j``; in a job it is this
+        rank's share, as the CPU's is."""
+        for s in self.by_source.values():
+            if s.domain == "node" and s.joules is not None:
+                return s.joules
+        return None
+
+    @property
+    def overhead_j(self) -> float | None:
+        """What the components do not explain: :attr:`node_j` less ``energy_j`` (fans, power
+        supplies, disks, network, whatever is not measured), for regions of at least
+        ``OVERHEAD_MIN_S`` seconds; None for shorter ones (the node's figure there is
+        interpolated between readings) or without a node figure."""
+        node = self.node_j
+        if node is None or self.duration_s < OVERHEAD_MIN_S:
+            return None
+        return node - self.energy_j
 
     def _repr_html_(self) -> str:
         """How a notebook shows it: totals, then one row per source."""

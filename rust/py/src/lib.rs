@@ -1,6 +1,8 @@
 //! Python bindings: argument conversion, one call into the core, result conversion. No logic.
 
+mod check;
 mod errors;
+mod feed;
 mod hub;
 mod region;
 mod sim;
@@ -50,6 +52,18 @@ struct Machine {
     cuda_visible_devices: Option<String>,
     cuda_device_order: Option<String>,
     cpu_tdp_w: Option<String>,
+    amd: AmdArgs,
+}
+
+/// The AMD GPU arguments: whether to look, the library, the ROCm visible-device variables, and
+/// the GPUs this process reports (ROCr UUIDs or indices; they replace both variables).
+#[derive(Default)]
+struct AmdArgs {
+    amdsmi: bool,
+    amdsmi_library: Option<PathBuf>,
+    rocr_visible_devices: Option<String>,
+    hip_visible_devices: Option<String>,
+    amd_gpus: Option<Vec<String>>,
 }
 
 /// Converts the arguments into discovery options. `gpus` (NVML indices or UUIDs, in
@@ -78,6 +92,11 @@ fn options(
             )))
         }
     };
+    let amd = machine.amd;
+    let (rocr_visible_devices, hip_visible_devices) = match amd.amd_gpus {
+        Some(g) => (Some(g.join(",")), None),
+        None => (amd.rocr_visible_devices, amd.hip_visible_devices),
+    };
     let mut opts = Options {
         roots,
         nvml,
@@ -85,6 +104,10 @@ fn options(
         cuda_visible_devices: gpus.map(|g| g.join(",")).or(machine.cuda_visible_devices),
         cuda_device_order: machine.cuda_device_order,
         cpu_tdp_w: machine.cpu_tdp_w,
+        amd: amd.amdsmi,
+        amdsmi_library: amd.amdsmi_library,
+        rocr_visible_devices,
+        hip_visible_devices,
         ..Options::default()
     };
     if let Some(b) = cpu_backends {
@@ -105,7 +128,9 @@ fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
 #[pyfunction]
 #[pyo3(signature = (*, sys_root=None, dev_root=None, proc_root=None, nvml_library=None,
                     cuda_visible_devices=None, cuda_device_order=None, cpu_tdp_w=None,
-                    cpu_backends=None, nvml=true, estimate="auto", gpus=None))]
+                    cpu_backends=None, nvml=true, estimate="auto", gpus=None, amdsmi=true,
+                    amdsmi_library=None, rocr_visible_devices=None, hip_visible_devices=None,
+                    amd_gpus=None))]
 #[allow(clippy::too_many_arguments)]
 fn discover<'py>(
     py: Python<'py>,
@@ -120,6 +145,11 @@ fn discover<'py>(
     nvml: bool,
     estimate: &str,
     gpus: Option<Vec<String>>,
+    amdsmi: bool,
+    amdsmi_library: Option<PathBuf>,
+    rocr_visible_devices: Option<String>,
+    hip_visible_devices: Option<String>,
+    amd_gpus: Option<Vec<String>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let machine = Machine {
         sys_root,
@@ -129,6 +159,13 @@ fn discover<'py>(
         cuda_visible_devices,
         cuda_device_order,
         cpu_tdp_w,
+        amd: AmdArgs {
+            amdsmi,
+            amdsmi_library,
+            rocr_visible_devices,
+            hip_visible_devices,
+            amd_gpus,
+        },
     };
     let opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
     let found = py.detach(|| disc::discover(&opts));
@@ -169,7 +206,9 @@ impl Sampler {
                         cuda_visible_devices=None, cuda_device_order=None, cpu_tdp_w=None,
                         cpu_backends=None, nvml=true, estimate="auto", gpus=None,
                         intervals=None, timeline_capacity=None, settle_s=None, phase_lock=true,
-                        quiet_s=None, node_key=None, node_dir=None))]
+                        quiet_s=None, node_key=None, node_dir=None, amdsmi=true,
+                        amdsmi_library=None, rocr_visible_devices=None,
+                        hip_visible_devices=None, amd_gpus=None, external=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -191,6 +230,12 @@ impl Sampler {
         quiet_s: Option<f64>,
         node_key: Option<String>,
         node_dir: Option<PathBuf>,
+        amdsmi: bool,
+        amdsmi_library: Option<PathBuf>,
+        rocr_visible_devices: Option<String>,
+        hip_visible_devices: Option<String>,
+        amd_gpus: Option<Vec<String>>,
+        external: Option<Vec<PyRef<'_, feed::Feed>>>,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -200,8 +245,20 @@ impl Sampler {
             cuda_visible_devices,
             cuda_device_order,
             cpu_tdp_w,
+            amd: AmdArgs {
+                amdsmi,
+                amdsmi_library,
+                rocr_visible_devices,
+                hip_visible_devices,
+                amd_gpus,
+            },
         };
-        let opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
+        let mut opts = options(machine, cpu_backends, nvml, estimate, gpus)?;
+        opts.external = external
+            .unwrap_or_default()
+            .iter()
+            .map(|f| f.inner.clone())
+            .collect();
         let mut config = Config {
             phase_lock,
             ..Config::default()
@@ -443,6 +500,7 @@ fn now_ns() -> u64 {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Sampler>()?;
+    m.add_class::<feed::Feed>()?;
     m.add_class::<sim::SimMachine>()?;
     m.add_class::<region::Region>()?;
     m.add_class::<hub::RegionHub>()?;
@@ -452,6 +510,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(region::claim_regions, m)?)?;
     m.add_function(wrap_pyfunction!(region::current, m)?)?;
     m.add_function(wrap_pyfunction!(discover, m)?)?;
+    m.add_function(wrap_pyfunction!(check::check_sources, m)?)?;
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
     m.add_function(wrap_pyfunction!(sim::square_wave_power_w, m)?)?;
     m.add_function(wrap_pyfunction!(sim::square_wave_energy_j, m)?)?;

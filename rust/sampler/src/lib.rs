@@ -7,7 +7,7 @@
 //! ```text
 //!  hardware counters      sensors/               sampler/                timeline/
 //!  (powercap, MSR,  ───►  EnergySource  ───►     a named thread:   ───►  cumulative joules per
-//!   perf, NVML,           + discover             poll loop, phase        source against time
+//!   perf, NVML, AMD SMI,  + discover             poll loop, phase        source against time
 //!   utilisation×TDP)      (one per domain)       lock, quiet/fast        (rings; energy at t)
 //!                                                      │                         │
 //!  region marks ──► regions.rs: marks & spans ─────────┴──► E(t_exit) − E(t_enter) per source,
@@ -15,8 +15,10 @@
 //!   each: hot path)  has seen past them
 //! ```
 //!
-//! - [`sensors`]: [`EnergySource`], [`Roots`], [`discover`], and the
-//!   backends [`powercap`], [`msr`], [`perf`], [`nvml`] and [`tdp_model`];
+//! - [`sensors`]: [`EnergySource`], [`Roots`], [`discover`], [`check`] (how good each source
+//!   is), and the backends [`powercap`], [`msr`], [`perf`], [`nvml`], [`amd`], [`hwmon`],
+//!   [`tdp_model`] and [`external`] (power the caller pushes in, such as the node's BMC
+//!   reading);
 //! - [`timeline`]: [`accumulate`](timeline::accumulate) (deltas, wraparound, change-time
 //!   stamps) and [`history`](timeline::history) (rings, the energy at an instant);
 //! - [`sampler`]: [`Sampler`], its [`Config`], the poll loop and phase-locked polling;
@@ -38,7 +40,7 @@ pub mod timeline;
 pub use error::{Error, Result};
 pub use regions::{Packed, Resolved};
 pub use sampler::{Config, NodeStatus, Role, Sampler, SourceStatus, Stats};
-pub use sensors::{discover, msr, nvml, perf, powercap, tdp_model};
+pub use sensors::{amd, check, discover, external, hwmon, msr, nvml, perf, powercap, tdp_model};
 pub use sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };

@@ -158,7 +158,12 @@ fn client_with_subzones_psys_and_mmio() {
 #[test]
 fn amd_packages() {
     let mut found = powercap::discover(&roots_at(&fixture("amd-epyc-2s")));
-    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+    // The core zones count one core each on AMD: listed, not measured.
+    assert_eq!(found.unavailable.len(), 2, "{:?}", found.unavailable);
+    for u in &found.unavailable {
+        assert!(u.what.ends_with(":0"), "{u:?}");
+        assert!(u.reason.contains("counts one core"), "{u:?}");
+    }
     assert_eq!(
         summary(&found),
         vec![
@@ -224,7 +229,7 @@ fn reads_follow_the_file_with_padding_and_whitespace() {
 }
 
 #[test]
-fn unknown_zone_names_are_skipped_and_subzones_take_the_parent_package() {
+fn unknown_zone_names_are_listed_and_subzones_take_the_parent_package() {
     let dir = tempfile::tempdir().unwrap();
     let pc = dir.path().join("sys/class/powercap");
     // Package 1 lives in zone 0 here, on purpose: the index comes from the name.
@@ -244,7 +249,11 @@ fn unknown_zone_names_are_skipped_and_subzones_take_the_parent_package() {
     );
     zone(&pc.join("intel-rapl:2"), "psys", "4\n", "10\n");
     let found = powercap::discover(&roots_at(dir.path()));
-    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+    assert_eq!(found.unavailable.len(), 1, "{:?}", found.unavailable);
+    let u = &found.unavailable[0];
+    assert!(u.what.ends_with("intel-rapl:0:1"), "{u:?}");
+    assert!(u.reason.contains("\"something-new\""), "{u:?}");
+    assert!(!u.hint.is_empty());
     assert_eq!(
         summary(&found),
         vec![

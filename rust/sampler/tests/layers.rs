@@ -14,6 +14,7 @@ const LAYERS: [(&str, &[&str]); 6] = [
             "crate::discover",
             "crate::msr",
             "crate::nvml",
+            "crate::amd",
         ],
     ),
     ("timeline", &["crate::timeline"]),

@@ -73,11 +73,11 @@ pub(crate) fn build(spec: &SimSpec) -> Result<(Vec<ZoneState>, Vec<File>), Error
         let (dir, link) = if spec.powercap {
             let (dir, name) = match z.domain {
                 Domain::Package => (
-                    virt.join(format!("intel-rapl:{}", z.package)),
+                    virt.join(format!("intel-rapl:{:x}", z.package)),
                     format!("package-{}", z.package),
                 ),
                 Domain::Psys => (
-                    virt.join(format!("intel-rapl:{}", spec.packages)),
+                    virt.join(format!("intel-rapl:{:x}", spec.packages)),
                     "psys".to_string(),
                 ),
                 d => {
@@ -93,9 +93,9 @@ pub(crate) fn build(spec: &SimSpec) -> Result<(Vec<ZoneState>, Vec<File>), Error
                         })
                         .count();
                     // Core < Uncore < Dram in `Domain`'s order, as in `order`.
-                    let parent = virt.join(format!("intel-rapl:{}", z.package));
+                    let parent = virt.join(format!("intel-rapl:{:x}", z.package));
                     (
-                        parent.join(format!("intel-rapl:{}:{}", z.package, sub)),
+                        parent.join(format!("intel-rapl:{:x}:{:x}", z.package, sub)),
                         d.as_str().to_string(),
                     )
                 }

@@ -39,17 +39,31 @@ __all__ = [
 
 
 def build_providers(
-    cs: CarbonSettings, clock: Callable[[], float], limits: Limits = DEFAULT_LIMITS
+    cs: CarbonSettings,
+    clock: Callable[[], float],
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    by_coordinates: bool = True,
 ) -> tuple[Provider, ...]:
-    """The providers named by the settings, in their order, at their base URLs."""
+    """The providers named by the settings, in their order, at their base URLs.
+
+    With coordinates in the settings, providers that accept them are asked by coordinates;
+    ``by_coordinates=False`` (a zone given explicitly) keeps Electricity Maps on the zone.
+    """
     built: list[Provider] = []
     urls = cs.urls
+    lat, lon = cs.coordinates or (None, None)
     for pid in cs.provider_ids:
         if pid == "electricitymaps":
             token = cs.electricitymaps_token
             built.append(
                 ElectricityMapsProvider(
-                    urls[pid], token=token, version=cs.electricitymaps_api, limits=limits
+                    urls[pid],
+                    token=token,
+                    version=cs.electricitymaps_api,
+                    limits=limits,
+                    latitude=lat if by_coordinates else None,
+                    longitude=lon if by_coordinates else None,
                 )
             )
         elif pid == "gb":
@@ -65,8 +79,8 @@ def build_providers(
                     username=cs.watttime_username,
                     password=cs.watttime_password,
                     region=cs.watttime_region,
-                    latitude=cs.latitude,
-                    longitude=cs.longitude,
+                    latitude=lat,
+                    longitude=lon,
                     limits=limits,
                 )
             )

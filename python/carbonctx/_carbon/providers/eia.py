@@ -5,9 +5,11 @@ turned into an average lifecycle intensity.
 facets[respondent][]=CISO&start=YYYY-MM-DDTHH&end=...&sort[0][column]=period&
 sort[0][direction]=desc&length=5000`` answers ``{"response": {"data": [{"period":
 "2026-06-01T09", "respondent": "CISO", "fueltype": "NG", "value": 1234 (or "1234"),
-"value-units": "megawatthours"}, ...]}}``. EIA-930 hours are hour-ending: ``T09`` is 08:00 to
-09:00 UTC. Errors are JSON: ``{"error": {"code": "API_KEY_INVALID", "message": ...}}`` (HTTP 403)
-or ``{"error": "...", "code": 400}``.
+"value-units": "megawatthours"}, ...]}}``. With ``frequency=hourly`` periods are UTC and name the
+end of their hour, as EIA-930 reports hours (hour ending): ``T09`` is 08:00 to 09:00 UTC.
+(``frequency=local-hourly`` would give the balancing authority's local hours, their UTC
+offset appended to the period; not used.) Errors are JSON: ``{"error": {"code":
+"API_KEY_INVALID", "message": ...}}`` (HTTP 403) or ``{"error": "...", "code": 400}``.
 
 Fuel codes map to the lifecycle factors of ``entsoe-lifecycle-factors.csv`` (IPCC AR5 medians);
 storage (``BAT``, ``PS``, ``SNB``) and negative values are left out, and an hour where fewer than

@@ -1,8 +1,15 @@
 """Electricity Maps (API v3, or v4): hourly history, latest and forecast for any zone it knows.
 
-v4 keeps v3's paths and answers (``/v4/carbon-intensity/{latest,history,forecast}?zone=Z``,
-``carbonIntensity``/``datetime`` entries under ``history``/``forecast``) and takes
-``temporalGranularity`` (asked for ``hourly`` here)."""
+v4 keeps v3's paths and answers (``/v4/carbon-intensity/{latest,history,forecast}?zone=Z``;
+``latest`` answers ``{"zone", "carbonIntensity", "datetime", "updatedAt", "createdAt",
+"emissionFactorType", "isEstimated", "estimationMethod", "temporalGranularity"}``, ``history``
+and ``forecast`` put such entries in a list under their own name) and takes
+``temporalGranularity`` (asked for ``hourly`` here).
+
+Given coordinates, every endpoint is asked with ``lat``/``lon`` instead of ``zone``: the
+provider finds the zone (finer than any offline guess), and its answer names it. Its fallback to
+the caller's IP address when no zone matches is turned off (v3 ``shouldUseFallbackCallerLookup=
+false``, v4 ``disableCallerLookup=true``): a wrong country is worse than no value."""
 
 from __future__ import annotations
 
@@ -42,6 +49,9 @@ class ElectricityMapsProvider:
     limits: Limits = attrs.field(default=DEFAULT_LIMITS, kw_only=True)
     _token: str | None = attrs.field(default=None, alias="token")
     version: str = attrs.field(default="v3", kw_only=True)
+    #: where the machine is (degrees): asked by coordinates instead of by zone when given
+    latitude: float | None = attrs.field(default=None, kw_only=True)
+    longitude: float | None = attrs.field(default=None, kw_only=True)
     #: endpoint -> (failures in a row, not asked again before)
     _held: dict[str, tuple[int, float]] = attrs.field(factory=dict, init=False)
 
@@ -59,7 +69,21 @@ class ElectricityMapsProvider:
         return f"ElectricityMapsProvider(base_url={self.base_url!r}, token={token})"
 
     def covers(self, zone: str) -> bool:
-        return zone != WORLD
+        return zone != WORLD or self._located
+
+    @property
+    def _located(self) -> bool:
+        return self.latitude is not None and self.longitude is not None
+
+    def _where(self, zone: str) -> dict[str, str]:
+        if not self._located:
+            return {"zone": zone}
+        no_ip = (
+            {"disableCallerLookup": "true"}
+            if self.version == "v4"
+            else {"shouldUseFallbackCallerLookup": "false"}
+        )
+        return {"lat": f"{self.latitude:.4f}", "lon": f"{self.longitude:.4f}", **no_ip}
 
     def _headers(self) -> dict[str, str]:
         return {"auth-token": self._token} if self._token else {}
@@ -76,9 +100,8 @@ class ElectricityMapsProvider:
             f"{self.base_url}/{self.version}/carbon-intensity/{path}",
             name=f"{self.name} {path}",
             now=now,
-            params={"zone": zone, "temporalGranularity": "hourly"}
-            if self.version == "v4"
-            else {"zone": zone},
+            params=self._where(zone)
+            | ({"temporalGranularity": "hourly"} if self.version == "v4" else {}),
             headers=self._headers(),
             unknown_zone=self._unknown_zone if path == "latest" else None,
             limits=self.limits,
@@ -99,6 +122,13 @@ class ElectricityMapsProvider:
             return None, exc
         self._held.pop(path, None)
         return body, None
+
+    def _at(self, body: object) -> str:
+        """For an answer by coordinates: the zone the provider found, in words."""
+        found = body.get("zone") if isinstance(body, dict) else None
+        if not self._located or not isinstance(found, str) or not found:
+            return ""
+        return f" for zone {found[:40]} at {self.latitude:g}, {self.longitude:g}"
 
     def _period(self, item: object, zone: str, fetched: datetime, dataset: str) -> Intensity:
         if not isinstance(item, dict):
@@ -123,12 +153,14 @@ class ElectricityMapsProvider:
         fetched = utc_from_timestamp(now)
         if kind == "forecast":
             body = self._get(client, "forecast", zone, now)
-            ds = f"Electricity Maps {self.version} forecast"
+            ds = f"Electricity Maps {self.version} forecast{self._at(body)}"
             return Fetched(self._periods(body, "forecast", zone, fetched, ds))
         latest = self._get(client, "latest", zone, now)
         try:
             periods = [
-                self._period(latest, zone, fetched, f"Electricity Maps {self.version} latest")
+                self._period(
+                    latest, zone, fetched, f"{self.name} {self.version} latest{self._at(latest)}"
+                )
             ]
         except (KeyError, TypeError, ValueError) as exc:
             raise malformed(f"{self.name} latest", str(exc)) from None
@@ -138,7 +170,7 @@ class ElectricityMapsProvider:
         if hist is None:  # held back after a refusal
             return Fetched(periods, complete=False)
         try:
-            ds = f"Electricity Maps {self.version} history"
+            ds = f"Electricity Maps {self.version} history{self._at(hist)}"
             older = self._periods(hist, "history", zone, fetched, ds)
         except ProviderError as exc:
             return Fetched(periods, ((f"{self.name} history", exc),))

@@ -13,7 +13,7 @@ use crate::timeline::{Accumulator, History, Point, Step};
 pub(super) struct Polled {
     pub(super) source: Box<dyn EnergySource>,
     acc: Accumulator,
-    interval_ns: u64,
+    pub(super) interval_ns: u64,
     pub(super) settle_ns: u64,
     pub(super) due_ns: u64,
     consecutive_errors: u32,

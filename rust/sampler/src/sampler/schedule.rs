@@ -13,6 +13,7 @@ use super::handle::Shared;
 use super::lock;
 use super::poll::{poll_one, Cover, Polled};
 use super::resolve::resolve;
+use super::SourceStatus;
 use crate::regions::OpenRegions;
 use crate::sensors::{EnergySource, SourceInfo, Unavailable};
 use crate::shared::Segment;
@@ -87,6 +88,23 @@ pub(super) fn start_sources(
                 tl.push(first);
                 timelines.push(tl);
                 statuses.push(status);
+                polled.push(p);
+            }
+            Err(e) if source.retry_first_read() => {
+                // Kept, failed from now on, and retried (a gap until its first reading).
+                let p = Polled::failed(source, t, 0.0, config);
+                timelines.push(History::new(
+                    config.timeline_capacity,
+                    COARSE_POINTS,
+                    COARSE_STEP_NS,
+                ));
+                statuses.push(SourceStatus {
+                    failed: true,
+                    errors: 1,
+                    last_error: Some(e.to_string()),
+                    interval_ns: p.interval_ns,
+                    ..SourceStatus::default()
+                });
                 polled.push(p);
             }
             Err(e) => unavailable.push(Unavailable {

@@ -111,6 +111,11 @@ pub enum Reading {
 pub trait EnergySource: Send {
     fn info(&self) -> &SourceInfo;
     fn read(&mut self) -> Result<Reading, Error>;
+    /// A source whose first read may fail for a while (one fed from elsewhere that has no
+    /// reading yet) is kept and retried like a failed source instead of being left out.
+    fn retry_first_read(&self) -> bool {
+        false
+    }
 }
 
 /// A source that was looked for and could not be used, with what the user can do about it.

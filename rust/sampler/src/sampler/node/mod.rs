@@ -42,7 +42,7 @@ use super::lock;
 use super::schedule::Handshake;
 use crate::error::{Error, Result};
 use crate::sensors::discover::{self, Options};
-use crate::sensors::{nvml, EnergySource, SourceInfo, Unavailable};
+use crate::sensors::{amd, nvml, EnergySource, SourceInfo, Unavailable};
 use crate::shared::{self, LockFile, NodeConfig, Segment};
 use follower::follower_thread;
 use owner::owner_thread;
@@ -186,12 +186,15 @@ fn shared_owner_alive(pid: i32) -> bool {
 fn discover_node(options: &Options) -> (Vec<Box<dyn EnergySource>>, Vec<Unavailable>) {
     let mut o = options.clone();
     o.cuda_visible_devices = None;
+    o.rocr_visible_devices = None;
+    o.hip_visible_devices = None;
     let d = discover::discover(&o);
     (d.chosen, d.unavailable)
 }
 
-/// The sources this process reports among the node's: every non-GPU source, and the GPUs
-/// its `CUDA_VISIBLE_DEVICES` makes visible (read as discovery reads it).
+/// The sources this process reports among the node's: every non-GPU source, the NVIDIA GPUs
+/// its `CUDA_VISIBLE_DEVICES` makes visible and the AMD GPUs its ROCm variables make visible
+/// (each read as discovery reads it).
 pub fn visible_view(
     node_sources: &[SourceInfo],
     options: &Options,
@@ -201,15 +204,38 @@ pub fn visible_view(
         .filter(|s| s.backend == "nvml")
         .map(|s| (s.index, s.uuid.clone()))
         .collect();
-    let (visible, unavailable) = if options.nvml {
+    let (visible, mut unavailable) = if options.nvml {
         nvml::visible_among(&gpus, options.cuda_visible_devices.as_deref())
     } else {
         (Vec::new(), Vec::new())
     };
+    let amd_gpus: Vec<(u32, Option<String>)> = node_sources
+        .iter()
+        .filter(|s| amd::is_amd_gpu(s))
+        .map(|s| (s.index, s.uuid.clone()))
+        .collect();
+    let (amd_visible, amd_unavailable) = if options.amd {
+        amd::visible_among(
+            &amd_gpus,
+            options.rocr_visible_devices.as_deref(),
+            options.hip_visible_devices.as_deref(),
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    unavailable.extend(amd_unavailable);
     let view = node_sources
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.backend != "nvml" || visible.contains(&s.index))
+        .filter(|(_, s)| {
+            if s.backend == "nvml" {
+                visible.contains(&s.index)
+            } else if amd::is_amd_gpu(s) {
+                amd_visible.contains(&s.index)
+            } else {
+                true
+            }
+        })
         .map(|(i, _)| i)
         .collect();
     (view, unavailable)

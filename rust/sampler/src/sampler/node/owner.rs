@@ -47,6 +47,9 @@ pub(super) fn owner_thread(
                     seg.publish(i, pt, false);
                 }
                 seg.polled(i, p.last_poll_ns);
+                if p.failed_since.is_some() {
+                    seg.set_failed(i, p.failed_since);
+                }
             }
         }
         let infos: Vec<SourceInfo> = published.into_iter().map(|p| p.info).collect();

@@ -1,0 +1,22 @@
+"""The node's wall power from its BMC over Redfish (HTTPS, credentials from settings): a client
+for the Redfish resources that carry it (``redfish``), bounded requests that never show the
+credentials (``transport``), and the thread that feeds the readings to the native sampler
+(``poller``)."""
+
+from carbonctx._bmc.poller import LABEL, SOURCE_ID, STOP_WAIT_S, BmcSource, in_forked_child
+from carbonctx._bmc.redfish import Locator, Reading, RedfishPower
+from carbonctx._bmc.transport import Limits, RedfishError, Transport
+
+__all__ = [
+    "LABEL",
+    "SOURCE_ID",
+    "STOP_WAIT_S",
+    "BmcSource",
+    "Limits",
+    "Locator",
+    "Reading",
+    "RedfishError",
+    "RedfishPower",
+    "Transport",
+    "in_forked_child",
+]

@@ -1,0 +1,275 @@
+"""The node's BMC as a source of the sampler: a native :class:`~carbonctx._native.Feed` that the
+sampler reads like any power sensor, and a thread that fetches the reading over Redfish every
+``period_s`` and pushes it in.
+
+- The sampler reads the feed every ``FEED_INTERVAL_S`` and integrates the latest reading (held
+  between fetches), so the node's figure resolves with every other source, in the same columns
+  (one resolution path: results, statistics, records, rank shares). A reading is held for at
+  most ``stale_s`` (three periods and a request); after that the source fails (a gap, no
+  invented energy) until the BMC answers again.
+- With an energy counter (``EnergykWh``, or an energy sensor) the power pushed is the
+  counter's mean power between its last two updates (unless it moves too rarely to follow the
+  power: ``COUNTER_MAX_PERIODS``); without one, the BMC's power reading.
+- The sampler's start (the first region) waits, once per process and at most the request
+  deadline (``min(5 s, period)``, at least 1 s), for the BMC's first answer, so that a region
+  around the whole run is covered; a BMC slower than that leaves a gap at the start (that
+  region gets no node figure) and is read from its first answer on.
+- The thread fetches only while a sampler of this process reads the feed
+  (:meth:`Feed.wanted`): in a job sharing one sampler per node, that is the owner's process
+  alone, and a process that takes the node over starts fetching.
+- Failures degrade: the feed says why, the runtime warns once (``note``), and the thread waits
+  a period (or what ``Retry-After`` asks, or longer after repeated failures) before trying
+  again. Refused credentials and a BMC without a power reading stop it for good.
+- A forked child (a DataLoader worker) does not read the BMC unless it joins its node's shared
+  sampler (where only the owner reads): its parent does, and a BMC allows few sessions.
+- :meth:`BmcSource.stop` waits at most ``STOP_WAIT_S`` for the thread (a request in flight is
+  bounded by ``Limits.deadline_s`` and then ends on its own; the thread is a daemon).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from carbonctx import _native
+from carbonctx._bmc.redfish import Reading, RedfishPower
+from carbonctx._bmc.transport import Limits, RedfishError, Transport, scrub
+
+__all__ = [
+    "FEED_INTERVAL_S",
+    "LABEL",
+    "SOURCE_ID",
+    "STOP_WAIT_S",
+    "BmcSource",
+    "in_forked_child",
+]
+
+SOURCE_ID = "redfish:node"
+LABEL = "node (BMC, Redfish)"
+#: How often the sampler reads the held reading.
+FEED_INTERVAL_S = 0.1
+#: How long stop() (configure(), interpreter exit) waits for the thread, at most.
+STOP_WAIT_S = 1.0
+#: A sampler that read the feed this recently wants readings.
+WANTED_WITHIN_S = 3.0
+#: The key of the one warning about failures: the resolver's note about a source without a
+#: figure has the same key, so that a failing BMC warns once.
+NOTE_KEY = f"missing:{SOURCE_ID}"
+#: An energy counter that moves less often than every this many readings is too coarse to
+#: follow the power: the power reading is used instead (see ``BmcSource._watts``).
+COUNTER_MAX_PERIODS = 4
+#: The longest wait between tries after repeated failures.
+MAX_BACKOFF_S = 300.0
+
+
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def in_forked_child() -> bool:
+    """This process was forked from one that imported carbonctx (a DataLoader worker, say)."""
+    return _forked
+
+
+class BmcSource:
+    """One BMC, read over Redfish into a native feed. Credentials stay in the transport."""
+
+    def __init__(
+        self,
+        url: str,
+        user: str | None,
+        password: str | None,
+        *,
+        verify: bool | str,
+        period_s: float,
+        note: Callable[[str, str], None],
+        limits: Limits | None = None,
+        first_wait_s: float | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "?"
+        self._base = f"{parts.scheme}://{parts.netloc}"
+        path = parts.path.rstrip("/")
+        self._chassis = path if path.startswith("/redfish/v1/Chassis/") else None
+        self._user = user
+        self._password = password
+        self._verify = verify
+        self.period_s = period_s
+        self._note = note
+        self.limits = limits or Limits(deadline_s=min(5.0, max(1.0, period_s)))
+        stale = 3 * period_s + self.limits.deadline_s
+        wait = self.limits.deadline_s if first_wait_s is None else first_wait_s
+        self.feed = _native.Feed(
+            id=SOURCE_ID,
+            label=LABEL,
+            interval_s=FEED_INTERVAL_S,
+            stale_s=stale,
+            first_wait_s=wait,
+        )
+        #: Where the reading comes from, once known (for the result's note).
+        self.what: str | None = None
+        #: The sampler's dict of this source: its ``note`` (what results say) is kept current.
+        self.source_dict: dict[str, Any] | None = None
+        self.failures = 0
+        self.readings = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._energy: tuple[float, float] | None = None
+        self._counter_w: float | None = None
+        self._dated = False
+        self._counter_dt = 0.0
+        if verify is False:
+            note(
+                "redfish-verify",
+                f"carbonctx: the certificate of the BMC at {self.host} is not verified "
+                "(redfish_verify=False): whoever is on the path could read the credentials. "
+                "Give redfish_verify the path of the BMC's CA bundle instead.",
+            )
+
+    def __repr__(self) -> str:
+        return f"<carbonctx BMC source {self.host} every {self.period_s:g} s>"
+
+    def provenance(self) -> str:
+        """What a result says about the node's figure."""
+        src = f" ({self.what})" if self.what else ""
+        return (
+            f"the node's wall power from its BMC at {self.host} over Redfish{src}, read every "
+            f"{self.period_s:g} s and held between readings: a region shorter than a few "
+            "readings gets the held power times its duration (interpolated, not measured on its "
+            "own), one across a failed reading no figure. Node-wide; shown beside the "
+            "components, never added to energy_j."
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """For ``carbonctx devices``: the BMC, where its reading is, how it fares."""
+        return {
+            "host": self.host,
+            "period_s": self.period_s,
+            "reading": self.what,
+            "readings": self.readings,
+            "failures": self.failures,
+            "fetching": self.feed.reads > 0,
+            "note": self.provenance(),
+        }
+
+    def start(self) -> None:
+        t = threading.Thread(target=self._run, name="carbonctx-redfish", daemon=True)
+        self._thread = t
+        t.start()
+
+    def stop(self) -> None:
+        """Stop fetching; waits at most ``STOP_WAIT_S``."""
+        self._stop.set()
+        self.feed.close("carbonctx stopped reading the BMC")
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(STOP_WAIT_S)
+
+    # ---------------------------------------------------------------- the thread
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, (self._password, self._user))
+
+    def _run(self) -> None:
+        try:
+            transport = Transport(
+                self._base, self._user, self._password, verify=self._verify, limits=self.limits
+            )
+        except Exception as e:  # a CA bundle that cannot be loaded, ...
+            why = self._scrub(f"cannot set up HTTPS to the BMC at {self.host}: {e}")
+            self.feed.close(why)
+            self._note(NOTE_KEY, f"carbonctx: node power unavailable: {why}")
+            return
+        power = RedfishPower(transport, self._chassis)
+        try:
+            self._loop(power)
+        finally:
+            transport.close()
+
+    def _loop(self, power: RedfishPower) -> None:
+        while not self._stop.is_set():
+            if not self.feed.wanted(WANTED_WITHIN_S, 0.5):
+                continue
+            started = time.monotonic()
+            due = started + self.period_s
+            try:
+                located = power.locator is not None
+                reading = power.read()
+                done = time.monotonic()
+                # When the BMC read its figure: mid-request (after a search for where the
+                # reading is, the last request's end is the better guess).
+                at = (started + done) / 2 if located else done
+                if power.locator is not None and self.what is None:
+                    self.what = f"{power.locator.chassis}: {power.locator.what}"
+                    if self.source_dict is not None:
+                        self.source_dict["note"] = self.provenance()
+                watts = self._watts(reading, at)
+                if watts is None:
+                    raise RedfishError("the BMC's reading is null (no figure this time)")
+                self.feed.push(watts)
+                self.readings += 1
+                self.failures = 0
+            except RedfishError as e:
+                self.failures += 1
+                if e.permanent or e.status in (401, 403):
+                    self.feed.close(e.message)
+                    self._note(
+                        NOTE_KEY,
+                        f"carbonctx: node power from the BMC is off for this process: {e.message}",
+                    )
+                    return
+                self.feed.fail(e.message)
+                self._note(
+                    NOTE_KEY,
+                    f"carbonctx: node power from the BMC at {self.host} failed: {e.message}. "
+                    f"Regions lack the node's figure until it answers again (tried every "
+                    f"{self.period_s:g} s or more).",
+                )
+                backoff = self.period_s * min(2 ** (self.failures - 1), 16)
+                due = started + min(MAX_BACKOFF_S, backoff)
+                if e.retry_after is not None:  # counted from the answer that asks for it
+                    due = max(due, time.monotonic() + min(MAX_BACKOFF_S, e.retry_after))
+            except Exception as e:  # never let the thread die silently
+                self.failures += 1
+                why = power.t.error(f"{type(e).__name__}: {e}").message  # scrubbed
+                self.feed.fail(why)
+                self._note(NOTE_KEY, f"carbonctx: node power from the BMC failed: {why}")
+                due = started + min(
+                    MAX_BACKOFF_S, self.period_s * min(2 ** (self.failures - 1), 16)
+                )
+            self._stop.wait(max(0.0, due - time.monotonic()))
+
+    def _watts(self, r: Reading, t: float) -> float | None:
+        """The power to push: the energy counter's mean power between its last two updates
+        where there is a counter (and it has updated twice since first seen), else the power
+        reading. The first update only dates the counter (its value was reached earlier)."""
+        e = r.energy_j
+        if e is not None:
+            last = self._energy
+            if last is None or e < last[1]:
+                self._energy = (t, e)  # first sight, or the counter was reset
+                self._dated = False
+                self._counter_w = None
+            elif e > last[1]:
+                if self._dated and t > last[0]:
+                    self._counter_w = (e - last[1]) / (t - last[0])
+                    self._counter_dt = t - last[0]
+                self._energy = (t, e)
+                self._dated = True
+        if self._counter_w is not None and (
+            r.watts is None or self._counter_dt <= COUNTER_MAX_PERIODS * self.period_s
+        ):
+            return self._counter_w
+        return r.watts

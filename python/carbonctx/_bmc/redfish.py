@@ -1,0 +1,308 @@
+"""The node's wall power from its BMC, as DMTF Redfish describes it.
+
+Where the reading is, in the order tried for the chosen chassis:
+
+1. ``EnvironmentMetrics`` (Redfish 2020.4 on): ``EnergykWh.Reading`` (an energy counter, kWh)
+   and ``PowerWatts.Reading`` (W);
+2. the legacy ``Power`` resource: ``PowerControl[0].PowerConsumedWatts`` (the chassis's power
+   now), else ``PowerControl[0].PowerMetrics.AverageConsumedWatts`` (a mean over the last
+   ``IntervalInMin`` minutes, labelled as such);
+3. ``PowerSubsystem`` (the successor of ``Power``): the ``InputPowerWatts.Reading`` of each of
+   its ``PowerSupplies``' ``Metrics``, added up (the power the supplies draw from the wall);
+4. the chassis's ``Sensors``: one of ``ReadingType`` ``EnergykWh`` or ``EnergyJoules`` and one of
+   ``Power``, of the whole chassis (``PhysicalContext`` ``Chassis``, ``ElectricalContext``
+   ``Total``, or unstated), among the sensors whose names speak of power or energy.
+
+A link the chassis does not have, or one that answers HTTP 404, is skipped. The chassis is the
+one the URL names (``https://bmc/redfish/v1/Chassis/1``), else the first of
+``/redfish/v1/Chassis`` that gives a reading among those of a node's type (``RackMount``,
+``Blade``, ``StandAlone``, ...; or none given): an enclosure's or a rack's figure would hold other
+nodes', and a component's (``Card``, ``Drawer``) only part of this one, so those are read only
+when the URL names them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+from carbonctx._bmc.transport import RedfishError, Transport
+
+__all__ = ["Locator", "Reading", "RedfishPower"]
+
+#: Chassis types that hold one node, preferred over enclosures, racks and components.
+NODE_TYPES = ("RackMount", "Blade", "StandAlone", "Sled", "Tower", "Desktop", "Module")
+#: Chassis looked at, at most.
+MAX_CHASSIS = 16
+#: Power supplies read, at most.
+MAX_SUPPLIES = 16
+J_PER_KWH = 3.6e6
+#: Sensor reading types that count energy, and joules per unit of each.
+ENERGY_UNITS = {"EnergykWh": J_PER_KWH, "EnergyJoules": 1.0}
+#: Sensors read, at most, and the words in a sensor's name that make it worth reading.
+MAX_SENSORS = 16
+SENSOR_WORDS = ("power", "energy", "watt", "pwr")
+
+
+@attrs.frozen
+class Reading:
+    """One answer: watts (None: the BMC gave none) and its energy counter in joules (None:
+    it has none, or gave none this time)."""
+
+    watts: float | None
+    energy_j: float | None = None
+
+
+@attrs.frozen
+class Locator:
+    """Where the reading is: ``kind`` (``environment``, ``power``, ``power-average``,
+    ``supplies``, ``sensors``), the resource(s) read each time, and what the label says."""
+
+    kind: str
+    paths: tuple[str, ...]
+    chassis: str
+    what: str
+
+
+def _link(doc: dict[str, Any], key: str) -> str | None:
+    v = doc.get(key)
+    if isinstance(v, dict) and isinstance(v.get("@odata.id"), str):
+        return str(v["@odata.id"])
+    return None
+
+
+def _members(doc: dict[str, Any]) -> list[str]:
+    out = []
+    for m in doc.get("Members") or []:
+        if isinstance(m, dict) and isinstance(m.get("@odata.id"), str):
+            out.append(str(m["@odata.id"]))
+    return out
+
+
+def _number(v: Any) -> float | None:
+    """A finite, non-negative reading; None for null, text, NaN or a negative number."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    x = float(v)
+    return x if math.isfinite(x) and x >= 0 else None
+
+
+def _excerpt(doc: dict[str, Any], key: str) -> tuple[bool, float | None]:
+    """(the property is there, its ``Reading``) of a sensor excerpt such as ``PowerWatts``."""
+    v = doc.get(key)
+    if not isinstance(v, dict) or "Reading" not in v:
+        return False, None
+    return True, _number(v.get("Reading"))
+
+
+def _control(doc: dict[str, Any]) -> dict[str, Any] | None:
+    pc = doc.get("PowerControl")
+    if isinstance(pc, list) and pc and isinstance(pc[0], dict):
+        return pc[0]
+    return None
+
+
+class RedfishPower:
+    """Reads the node's power from one BMC; finds where on first use (and again after the
+    resource disappears). Every failure is a :class:`RedfishError`."""
+
+    def __init__(self, transport: Transport, chassis: str | None = None) -> None:
+        self.t = transport
+        self.chassis = chassis
+        self.locator: Locator | None = None
+
+    def __repr__(self) -> str:
+        return f"<carbonctx Redfish power reader for {self.t.host}>"
+
+    # ---------------------------------------------------------------- where
+
+    def locate(self) -> Locator:
+        if self.chassis is not None:
+            candidates = [self.chassis]
+        else:
+            root = self.t.get("/redfish/v1/")
+            coll = _link(root, "Chassis") or "/redfish/v1/Chassis"
+            candidates = _members(self.t.get(coll))[:MAX_CHASSIS]
+            if not candidates:
+                raise self.t.error(
+                    f"the BMC at {self.t.host} lists no chassis at {coll}", permanent=True
+                )
+        docs = [(c, self.t.get(c)) for c in candidates]
+        tried: list[str] = []
+        others: list[str] = []
+        blank: list[Locator] = []
+        for path, doc in docs:
+            kind = doc.get("ChassisType")
+            if self.chassis is None and kind is not None and kind not in NODE_TYPES:
+                others.append(f"{path} ({kind})")
+                continue
+            loc = self._locate_in(path, doc, tried, blank)
+            if loc is not None:
+                return loc
+        if blank:
+            # Only null readings now: the first such place is read (a null is then a failed
+            # reading, tried again, rather than no reading at all).
+            return blank[0]
+        skipped = (
+            f"; not read, as they may hold more than this node: {', '.join(others)}"
+            if others
+            else ""
+        )
+        raise self.t.error(
+            f"no power reading on the BMC at {self.t.host} (looked at "
+            f"{', '.join(tried) or 'no power resource'}{skipped}). Name a chassis with a reading "
+            "in the URL, e.g. https://BMC/redfish/v1/Chassis/1",
+            permanent=True,
+        )
+
+    def _locate_in(
+        self, chassis: str, doc: dict[str, Any], tried: list[str], blank: list[Locator]
+    ) -> Locator | None:
+        """Where this chassis's reading is; a place whose reading is null now goes to
+        ``blank`` (used when no other place has a number)."""
+        env = _link(doc, "EnvironmentMetrics")
+        if env is not None:
+            tried.append(env)
+            if (em := self._get_or_none(env)) is not None:
+                has_e, e = _excerpt(em, "EnergykWh")
+                has_p, w = _excerpt(em, "PowerWatts")
+                if has_e or has_p:
+                    what = " and ".join(
+                        n for n, has in (("EnergykWh", has_e), ("PowerWatts", has_p)) if has
+                    )
+                    loc = Locator("environment", (env,), chassis, f"EnvironmentMetrics {what}")
+                    if e is not None or w is not None:
+                        return loc
+                    blank.append(loc)
+        power = _link(doc, "Power")
+        if power is not None:
+            tried.append(power)
+            if (pw := self._get_or_none(power)) is not None and (pc := _control(pw)) is not None:
+                pm = pc.get("PowerMetrics")
+                avg = _number(pm.get("AverageConsumedWatts")) if isinstance(pm, dict) else None
+                if _number(pc.get("PowerConsumedWatts")) is not None or (
+                    "PowerConsumedWatts" in pc and avg is None
+                ):
+                    loc = Locator("power", (power,), chassis, "Power PowerConsumedWatts")
+                    if _number(pc.get("PowerConsumedWatts")) is not None:
+                        return loc
+                    blank.append(loc)
+                elif avg is not None and isinstance(pm, dict):
+                    window = _number(pm.get("IntervalInMin"))
+                    over = f" over {window:g} min" if window else ""
+                    return Locator(
+                        "power-average",
+                        (power,),
+                        chassis,
+                        f"Power AverageConsumedWatts (a mean{over}: smooths changes)",
+                    )
+        sub = _link(doc, "PowerSubsystem")
+        if sub is not None:
+            tried.append(sub)
+            if (ps := self._get_or_none(sub)) is not None:
+                supplies = _link(ps, "PowerSupplies")
+                coll = self._get_or_none(supplies) if supplies else None
+                metrics = []
+                for m in _members(coll or {})[:MAX_SUPPLIES]:
+                    supply = self._get_or_none(m)
+                    if supply is not None and (link := _link(supply, "Metrics")) is not None:
+                        metrics.append(link)
+                if metrics:
+                    return Locator(
+                        "supplies",
+                        tuple(metrics),
+                        chassis,
+                        f"PowerSubsystem: InputPowerWatts of {len(metrics)} power supplies",
+                    )
+        sensors = _link(doc, "Sensors")
+        if sensors is not None:
+            tried.append(sensors)
+            return self._locate_sensors(chassis, sensors)
+        return None
+
+    def _locate_sensors(self, chassis: str, collection: str) -> Locator | None:
+        """The chassis's own power and energy sensors (``ReadingType`` ``Power``, ``EnergykWh``
+        or ``EnergyJoules``, of the whole chassis), among the members whose names speak of
+        power or energy (at most ``MAX_SENSORS`` read)."""
+        coll = self._get_or_none(collection)
+        named = [
+            m
+            for m in _members(coll or {})
+            if any(w in m.rsplit("/", 1)[-1].lower() for w in SENSOR_WORDS)
+        ][:MAX_SENSORS]
+        energy: str | None = None
+        power: str | None = None
+        for m in named:
+            doc = self._get_or_none(m)
+            if doc is None or doc.get("PhysicalContext") not in (None, "Chassis"):
+                continue
+            if doc.get("ElectricalContext") not in (None, "Total"):
+                continue
+            kind = doc.get("ReadingType")
+            if kind in ENERGY_UNITS and energy is None:
+                energy = m
+            elif kind == "Power" and power is None:
+                power = m
+        if energy is None and power is None:
+            return None
+        what = " and ".join(
+            f"sensor {p.rsplit('/', 1)[-1]}" for p in (energy, power) if p is not None
+        )
+        return Locator("sensors", (energy or "", power or ""), chassis, what)
+
+    def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        """The resource, or None where it is not there (404) or not for this account (403)."""
+        try:
+            return self.t.get(path)
+        except RedfishError as e:
+            if e.status in (403, 404):
+                return None
+            raise
+
+    # ---------------------------------------------------------------- reading
+
+    def read(self) -> Reading:
+        loc = self.locator
+        if loc is None:
+            loc = self.locator = self.locate()
+        try:
+            return self._read(loc)
+        except RedfishError as e:
+            if e.status == 404:
+                self.locator = None  # moved (firmware update): look again next time
+            raise
+
+    def _read(self, loc: Locator) -> Reading:
+        if loc.kind == "environment":
+            doc = self.t.get(loc.paths[0])
+            _, energy = _excerpt(doc, "EnergykWh")
+            _, watts = _excerpt(doc, "PowerWatts")
+            return Reading(watts, None if energy is None else energy * J_PER_KWH)
+        if loc.kind in ("power", "power-average"):
+            pc = _control(self.t.get(loc.paths[0])) or {}
+            if loc.kind == "power":
+                return Reading(_number(pc.get("PowerConsumedWatts")))
+            pm = pc.get("PowerMetrics")
+            return Reading(
+                _number(pm.get("AverageConsumedWatts")) if isinstance(pm, dict) else None
+            )
+        if loc.kind == "sensors":
+            energy_path, power_path = loc.paths
+            energy = watts = None
+            if energy_path:
+                doc = self.t.get(energy_path)
+                e = _number(doc.get("Reading"))
+                per = ENERGY_UNITS.get(str(doc.get("ReadingType")), 0.0)
+                energy = None if e is None else e * per
+            if power_path:
+                watts = _number(self.t.get(power_path).get("Reading"))
+            return Reading(watts, energy)
+        total = 0.0
+        for path in loc.paths:
+            _, w = _excerpt(self.t.get(path), "InputPowerWatts")
+            if w is None:
+                return Reading(None)  # one supply without a figure: no total
+            total += w
+        return Reading(total)

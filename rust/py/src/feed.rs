@@ -1,0 +1,105 @@
+//! `Feed`: the Python end of an external source (power fetched by Python, such as the node's
+//! BMC reading over Redfish, pushed into the sampler). Conversion only.
+
+use std::time::Duration;
+
+use carbonctx_sampler::external;
+use carbonctx_sampler::{Domain, Method, SourceInfo};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::{errors, info_dict, seconds};
+
+/// See `carbonctx/_native.pyi`.
+#[pyclass(frozen, module = "carbonctx._native")]
+pub(crate) struct Feed {
+    pub(crate) inner: external::Feed,
+}
+
+fn domain(name: &str) -> PyResult<Domain> {
+    match name {
+        "node" => Ok(Domain::Node),
+        "module" => Ok(Domain::Module),
+        "rail" => Ok(Domain::Rail),
+        other => Err(errors::configuration(format!(
+            "an external source's domain is 'node', 'module' or 'rail', not {other:?}"
+        ))),
+    }
+}
+
+fn backend(name: &str) -> PyResult<&'static str> {
+    match name {
+        "redfish" => Ok("redfish"),
+        other => Err(errors::configuration(format!(
+            "an external source's backend is 'redfish', not {other:?}"
+        ))),
+    }
+}
+
+#[pymethods]
+impl Feed {
+    #[new]
+    #[pyo3(signature = (*, id, label, backend="redfish", domain="node", interval_s=0.1,
+                        stale_s=30.0, first_wait_s=0.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        id: String,
+        label: String,
+        backend: &str,
+        domain: &str,
+        interval_s: f64,
+        stale_s: f64,
+        first_wait_s: f64,
+    ) -> PyResult<Self> {
+        let info = SourceInfo {
+            id,
+            backend: self::backend(backend)?,
+            domain: self::domain(domain)?,
+            index: 0,
+            label,
+            method: Method::IntegratedPower,
+            counter: None,
+            interval: seconds("interval_s", interval_s)?.max(Duration::from_millis(1)),
+            path: None,
+            uuid: None,
+        };
+        let stale = seconds("stale_s", stale_s)?;
+        let first_wait = seconds("first_wait_s", first_wait_s)?;
+        Ok(Feed {
+            inner: external::Feed::new(info, stale, first_wait),
+        })
+    }
+
+    /// The latest reading in watts (False: not a finite non-negative number, refused).
+    fn push(&self, watts: f64) -> bool {
+        self.inner.push(watts)
+    }
+
+    /// No reading could be had, and why (what reads say once the held one is stale).
+    fn fail(&self, why: &str) {
+        self.inner.fail(why)
+    }
+
+    /// Give up for good: every read fails from now on.
+    fn close(&self, why: &str) {
+        self.inner.close(why)
+    }
+
+    /// Whether a sampler read the feed within `within_s`; waits up to `timeout_s` for one.
+    fn wanted(&self, py: Python<'_>, within_s: f64, timeout_s: f64) -> PyResult<bool> {
+        let within = seconds("within_s", within_s)?;
+        let timeout = seconds("timeout_s", timeout_s)?;
+        let feed = self.inner.clone();
+        Ok(py.detach(move || feed.wanted(within, timeout)))
+    }
+
+    #[getter]
+    fn reads(&self) -> u64 {
+        self.inner.reads()
+    }
+
+    #[getter]
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        info_dict(py, self.inner.info())
+    }
+}

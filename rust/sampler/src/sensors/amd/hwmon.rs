@@ -1,0 +1,120 @@
+//! AMD GPU power from the amdgpu driver's hwmon files, where AMD SMI is absent.
+//!
+//! Each amdgpu device has a hwmon directory (`<sys>/class/hwmon/hwmonN`, `name` = `amdgpu`)
+//! whose `device` link points at the GPU's PCI device. Its board power is in microwatts:
+//! `power1_input` (the current socket power, on recent parts and kernels) or `power1_average`
+//! (a short-window average, on older ones). There is no energy counter: the power is integrated
+//! ([`Method::IntegratedPower`]).
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::sensors::{EnergySource, Reading, SourceInfo};
+
+/// The power files read, in order of preference.
+pub(super) const POWER_FILES: [&str; 2] = ["power1_input", "power1_average"];
+
+/// One amdgpu hwmon directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct AmdgpuHwmon {
+    /// `<sys>/class/hwmon/hwmonN`.
+    pub(super) dir: PathBuf,
+    /// The GPU's PCI address (`dddd:bb:dd.f`), from the `device` link.
+    pub(super) bdf: String,
+    /// The power file this directory has, if any.
+    pub(super) power: Option<PathBuf>,
+}
+
+/// Every hwmon directory named `amdgpu` that belongs to a PCI device, by PCI address.
+pub(super) fn find(sys: &Path) -> Vec<AmdgpuHwmon> {
+    let Ok(entries) = fs::read_dir(sys.join("class/hwmon")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<AmdgpuHwmon> = entries
+        .flatten()
+        .filter_map(|e| {
+            let dir = e.path();
+            let name = fs::read_to_string(dir.join("name")).ok()?;
+            if name.trim() != "amdgpu" {
+                return None;
+            }
+            let bdf = pci_address(&dir.join("device"))?;
+            let power = POWER_FILES.iter().map(|f| dir.join(f)).find(|p| p.exists());
+            Some(AmdgpuHwmon { dir, bdf, power })
+        })
+        .collect();
+    out.sort_by(|a, b| a.bdf.cmp(&b.bdf));
+    out
+}
+
+/// The PCI address a `device` link resolves to (its last component, `dddd:bb:dd.f`).
+fn pci_address(link: &Path) -> Option<String> {
+    let target = fs::canonicalize(link)
+        .ok()
+        .or_else(|| fs::read_link(link).ok())?;
+    let last = target.file_name()?.to_str()?.to_ascii_lowercase();
+    let parts: Vec<&str> = last.split([':', '.']).collect();
+    let ok = parts.len() == 4
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then_some(last)
+}
+
+/// Reads a file of microwatts as watts.
+pub(super) fn read_watts(file: &File, path: &Path) -> Result<f64, Error> {
+    let mut buf = [0u8; 32];
+    let n = file
+        .read_at(&mut buf, 0)
+        .map_err(|e| Error::io(path, e, READ_HINT))?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.trim()
+        .parse::<u64>()
+        .map(|uw| uw as f64 * 1e-6)
+        .map_err(|_| Error::Parse {
+            path: path.to_path_buf(),
+            what: "microwatts",
+            text: text.trim().to_string(),
+        })
+}
+
+const READ_HINT: &str = "the amdgpu hwmon file stopped answering (driver reset or GPU removed); \
+restart the measurement once the GPU is back";
+
+/// One GPU's board power from hwmon, kept open.
+pub(super) struct HwmonGpu {
+    pub(super) info: SourceInfo,
+    pub(super) file: File,
+    pub(super) path: PathBuf,
+}
+
+impl EnergySource for HwmonGpu {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn read(&mut self) -> Result<Reading, Error> {
+        read_watts(&self.file, &self.path).map(Reading::Power)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pci_addresses_only() {
+        let d = std::env::temp_dir().join(format!("carbonctx-amdhw-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let pci = d.join("devices/pci0000:00/0000:00:01.1/0000:C1:00.0");
+        fs::create_dir_all(&pci).unwrap();
+        fs::create_dir_all(d.join("virt")).unwrap();
+        std::os::unix::fs::symlink(&pci, d.join("gpu")).unwrap();
+        std::os::unix::fs::symlink(d.join("virt"), d.join("other")).unwrap();
+        assert_eq!(pci_address(&d.join("gpu")).as_deref(), Some("0000:c1:00.0"));
+        assert_eq!(pci_address(&d.join("other")), None);
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

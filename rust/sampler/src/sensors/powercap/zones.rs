@@ -1,0 +1,283 @@
+//! The powercap tree as the kernel lays it out, and what each zone's name says it measures.
+//!
+//! What this module relies on, from the kernel's powercap class (`powercap_sys.c`) and its RAPL
+//! drivers (`intel_rapl_common.c`, `intel_rapl_msr.c`, `intel_rapl_tpmi.c`, and the processor
+//! thermal device's MMIO interface):
+//!
+//! - A zone is a device named `<parent>:<id>`, the id in **hexadecimal** (`intel-rapl:a` is the
+//!   eleventh top-level zone, `intel-rapl:0:1` the second child of `intel-rapl:0`); the parent is
+//!   the control type (`intel-rapl`) or the parent zone. The devices live under
+//!   `/sys/devices/virtual/powercap/<control type>/…`, nested as the zones nest, and
+//!   `/sys/class/powercap` holds one symlink per control type and per zone.
+//! - Ids are handed out in registration order, so a zone's number says nothing about which
+//!   package it belongs to: its `name` does. Top-level zones are `package-N` (N the physical
+//!   package id), `package-N-die-M` where the counters are per die and a package has several dies
+//!   (Intel's multi-die Cascade Lake-AP; also AMD under the kernels that numbered each CCD as a
+//!   die, where every such zone reads the one package counter), `psys` (the platform domain of
+//!   the package with id 0) and `psys-N` (the platform domain of package N, on servers that have
+//!   one per socket). Sub-zones of a package are `core`, `uncore` and `dram`.
+//! - Control types: `intel-rapl` (the MSR interface, which also serves AMD and Hygon processors,
+//!   and the TPMI interface of newer Xeons, whose zones are `package-N` with `dram` inside and
+//!   `psys`/`psys-N` beside), `intel-rapl-mmio` (the same package and DRAM counters again,
+//!   through the processor thermal device's MMIO window, as `package-0`). Other control types
+//!   (`dtpm`, Arm SCMI's) are power-limit controls, not RAPL energy counters.
+//! - On AMD the `core` zone reads the core energy register of the package's first CPU: one core,
+//!   not the package's cores.
+//! - `energy_uj` is mode 0400 (root only) since the PLATYPUS mitigation; `enabled` reports
+//!   whether the PL1 power limit is on (0 for a zone locked by the firmware), not whether the
+//!   counter counts, so it is not consulted.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::sensors::Domain;
+
+/// RAPL control types, in the order their zones are preferred and listed.
+pub const RAPL_CONTROLS: [&str; 2] = ["intel-rapl", "intel-rapl-mmio"];
+
+/// A zone directory found in the tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneDir {
+    /// The control type, `intel-rapl`.
+    pub control: String,
+    /// The ids from the top-level zone down (`intel-rapl:0:a` → [0, 10]).
+    pub ids: Vec<u32>,
+    /// The directory name, `intel-rapl:0:a`.
+    pub name: String,
+    /// Where it was found (the class directory's link, or a directory nested in its parent).
+    pub dir: PathBuf,
+}
+
+impl ZoneDir {
+    /// Splits a directory name into control type and hexadecimal ids; `None` for a control type
+    /// itself (no id) and for anything that is not a zone name.
+    pub fn parse(name: &str, dir: PathBuf) -> Option<ZoneDir> {
+        let mut parts = name.split(':');
+        let control = parts.next()?.to_string();
+        if control.is_empty() {
+            return None;
+        }
+        let ids: Option<Vec<u32>> = parts
+            .map(|p| {
+                let hex = !p.is_empty() && p.bytes().all(|b| b.is_ascii_hexdigit());
+                hex.then(|| u32::from_str_radix(p, 16).ok()).flatten()
+            })
+            .collect();
+        let ids = ids?;
+        (!ids.is_empty()).then(|| ZoneDir {
+            control,
+            ids,
+            name: name.to_string(),
+            dir,
+        })
+    }
+
+    fn sort_key(&self) -> (usize, &str, &[u32]) {
+        let rank = RAPL_CONTROLS
+            .iter()
+            .position(|c| *c == self.control)
+            .unwrap_or(RAPL_CONTROLS.len());
+        (rank, self.control.as_str(), self.ids.as_slice())
+    }
+
+    /// The name of the zone it sits in (`intel-rapl:0` for `intel-rapl:0:1`).
+    pub fn parent_name(&self) -> Option<String> {
+        (self.ids.len() > 1).then(|| {
+            let cut = self.name.rfind(':').unwrap_or(self.name.len());
+            self.name[..cut].to_string()
+        })
+    }
+}
+
+/// A class-directory link whose target cannot be seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dangling {
+    pub name: String,
+    /// Where the link points (as written in the link).
+    pub target: PathBuf,
+}
+
+/// Everything under the class directory.
+#[derive(Debug, Default)]
+pub struct Tree {
+    pub zones: Vec<ZoneDir>,
+    pub dangling: Vec<Dangling>,
+}
+
+/// Lists the zones of every control type: the class directory's entries, and the zones nested
+/// inside them (how the device tree holds sub-zones), without duplicates, in a stable order
+/// (RAPL control types first, then by id). Links whose target is missing are reported apart.
+pub fn list(base: &Path) -> io::Result<Tree> {
+    let mut tree = Tree::default();
+    let mut seen: BTreeMap<String, ()> = BTreeMap::new();
+    let mut stack = Vec::new();
+    for entry in fs::read_dir(base)? {
+        let Ok(entry) = entry else { continue };
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let path = entry.path();
+        let Some(zone) = ZoneDir::parse(&name, path.clone()) else {
+            continue;
+        };
+        let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && fs::metadata(&path).is_err() {
+            let target = fs::read_link(&path).unwrap_or_default();
+            tree.dangling.push(Dangling { name, target });
+            continue;
+        }
+        stack.push(zone);
+    }
+    while let Some(zone) = stack.pop() {
+        if seen.insert(zone.name.clone(), ()).is_some() {
+            continue;
+        }
+        if let Ok(entries) = fs::read_dir(&zone.dir) {
+            for entry in entries.flatten() {
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if let Some(child) = ZoneDir::parse(&name, entry.path()) {
+                    let nested = child.control == zone.control
+                        && child.ids.len() == zone.ids.len() + 1
+                        && child.ids.starts_with(&zone.ids);
+                    if nested && entry.path().is_dir() {
+                        stack.push(child);
+                    }
+                }
+            }
+        }
+        tree.zones.push(zone);
+    }
+    tree.zones.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    tree.dangling.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(tree)
+}
+
+/// What a RAPL zone's `name` says it measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZoneKind {
+    /// `package-N` or `package-N-die-M`.
+    Package {
+        package: u32,
+        die: Option<u32>,
+    },
+    /// `core`, `uncore` or `dram`: a part of the package zone it sits in.
+    Part(Domain),
+    /// `psys` (package 0's platform domain) or `psys-N`.
+    Psys(u32),
+    Unknown,
+}
+
+/// Reads a zone name as the RAPL drivers write it.
+pub fn kind_of_name(name: &str) -> ZoneKind {
+    let name = name.trim();
+    if let Some(rest) = name.strip_prefix("package-") {
+        let (pkg, die) = match rest.split_once("-die-") {
+            Some((p, d)) => (p, Some(d)),
+            None => (rest, None),
+        };
+        let package = pkg.parse().ok();
+        let die = die.map(|d| d.parse().ok());
+        return match (package, die) {
+            (Some(package), None) => ZoneKind::Package { package, die: None },
+            (Some(package), Some(Some(d))) => ZoneKind::Package {
+                package,
+                die: Some(d),
+            },
+            _ => ZoneKind::Unknown,
+        };
+    }
+    if name == "psys" {
+        return ZoneKind::Psys(0);
+    }
+    if let Some(n) = name.strip_prefix("psys-") {
+        return n.parse().map_or(ZoneKind::Unknown, ZoneKind::Psys);
+    }
+    match name {
+        "core" => ZoneKind::Part(Domain::Core),
+        "uncore" => ZoneKind::Part(Domain::Uncore),
+        "dram" => ZoneKind::Part(Domain::Dram),
+        _ => ZoneKind::Unknown,
+    }
+}
+
+/// Whether `<proc>/cpuinfo` names an AMD or Hygon processor (whose RAPL counters are per
+/// package, and whose `core` zone is one core's).
+pub fn is_amd(proc_root: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(proc_root.join("cpuinfo")) else {
+        return false;
+    };
+    text.lines()
+        .find(|l| l.starts_with("vendor_id"))
+        .and_then(|l| l.split(':').nth(1))
+        .is_some_and(|v| matches!(v.trim(), "AuthenticAMD" | "HygonGenuine"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_ids_are_hexadecimal() {
+        let z = ZoneDir::parse("intel-rapl:a:1f", PathBuf::new()).unwrap();
+        assert_eq!(
+            (z.control.as_str(), z.ids.clone()),
+            ("intel-rapl", vec![10, 31])
+        );
+        assert_eq!(z.parent_name().as_deref(), Some("intel-rapl:a"));
+        assert_eq!(
+            ZoneDir::parse("intel-rapl-mmio:0", PathBuf::new())
+                .unwrap()
+                .ids,
+            vec![0]
+        );
+        assert_eq!(
+            ZoneDir::parse("dtpm:0:1", PathBuf::new()).unwrap().ids,
+            vec![0, 1]
+        );
+        for bad in [
+            "intel-rapl",
+            "intel-rapl:",
+            "intel-rapl:x",
+            ":0",
+            "intel-rapl:-1",
+        ] {
+            assert_eq!(ZoneDir::parse(bad, PathBuf::new()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_as_the_drivers_write_them() {
+        use ZoneKind::*;
+        assert_eq!(
+            kind_of_name("package-3\n"),
+            Package {
+                package: 3,
+                die: None
+            }
+        );
+        assert_eq!(
+            kind_of_name("package-1-die-7"),
+            Package {
+                package: 1,
+                die: Some(7)
+            }
+        );
+        assert_eq!(kind_of_name("psys"), Psys(0));
+        assert_eq!(kind_of_name("psys-1"), Psys(1));
+        assert_eq!(kind_of_name("dram"), Part(Domain::Dram));
+        assert_eq!(kind_of_name("uncore"), Part(Domain::Uncore));
+        for bad in [
+            "package-x",
+            "package-1-die-",
+            "psys-x",
+            "mystery",
+            "package",
+        ] {
+            assert_eq!(kind_of_name(bad), Unknown, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The hwmon backend: ACPI power meters (servers, NVIDIA Grace), INA3221 rails (Jetson) and
+//! broken trees, on temporary sysfs trees laid out as the kernel makes them.
+
+// Each test file uses part of the shared helpers.
+#[allow(dead_code)]
+mod common_fs;
+#[allow(dead_code)]
+mod common_hwmon;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::time::Duration;
+
+use carbonctx_sampler::discover::{self, TdpModelUse};
+use carbonctx_sampler::hwmon;
+use carbonctx_sampler::{Domain, Method, Reading};
+use common_fs::roots_at;
+use common_hwmon::{chip, options, read, summary};
+
+const XE_CARD: &str = "pci0000:00/0000:00:01.0/0000:03:00.0";
+const AMD_ENERGY: &str = "platform/amd_energy.0";
+
+/// A Grace Hopper superchip's four ACPI meters per socket, on the old hwmon interface (files
+/// and name on the ACPI device).
+fn grace_meter(root: &Path, n: u32, oem: &str, uw: &str) {
+    chip(
+        root,
+        &format!("LNXSYSTM:00/LNXSYBUS:00/ACPI000D:{n:02}"),
+        n,
+        &[
+            (true, "name", "power_meter\n"),
+            (true, "power1_oem_info", &format!("{oem}\n")),
+            (true, "power1_average", uw),
+            (true, "power1_average_interval", "50\n"),
+            (true, "power1_average_interval_min", "50\n"),
+            (true, "power1_average_interval_max", "1000\n"),
+            (true, "power1_is_battery", "0\n"),
+            (true, "power1_model_number", "\n"),
+        ],
+    );
+}
+
+#[test]
+fn grace_meters_by_their_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    grace_meter(tmp.path(), 0, "Module Power Socket 0", "480000000\n");
+    grace_meter(tmp.path(), 1, "Grace Power Socket 0", "120500000\n");
+    grace_meter(tmp.path(), 2, "CPU Power Socket 0", "90000000\n");
+    grace_meter(tmp.path(), 3, "SysIO Power Socket 0", "25000000\n");
+    let mut found = hwmon::discover(&roots_at(tmp.path()), 0);
+    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+    assert_eq!(
+        summary(&found),
+        vec![
+            (
+                "hwmon:power_meter:ACPI000D:00:power1".into(),
+                Domain::Module,
+                0,
+                "Grace module power (socket 0)".into()
+            ),
+            (
+                "hwmon:power_meter:ACPI000D:01:power1".into(),
+                Domain::Package,
+                0,
+                "Grace CPU power (socket 0)".into()
+            ),
+            (
+                "hwmon:power_meter:ACPI000D:02:power1".into(),
+                Domain::Core,
+                0,
+                "Grace CPU rail (socket 0)".into()
+            ),
+            (
+                "hwmon:power_meter:ACPI000D:03:power1".into(),
+                Domain::Uncore,
+                0,
+                "Grace SysIO rail (socket 0)".into()
+            ),
+        ]
+    );
+    let info = found.sources[0].info();
+    assert_eq!(info.method, Method::IntegratedPower);
+    assert_eq!(info.counter, None);
+    assert_eq!(info.interval, Duration::from_millis(50));
+    assert_eq!(
+        read(&mut found, "hwmon:power_meter:ACPI000D:01:power1"),
+        Reading::Power(120.5)
+    );
+    // The Grace CPU is the package: no estimate is made for it.
+    let mut opts = options(tmp.path());
+    opts.tdp_model = TdpModelUse::Auto;
+    let d = discover::discover(&opts);
+    assert!(d.chosen.iter().all(|s| s.info().backend == "hwmon"));
+    assert_eq!(d.chosen.len(), 4);
+}
+
+#[test]
+fn a_server_power_meter_is_the_nodes_power() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The newer hwmon interface: files in the hwmon directory.
+    chip(
+        tmp.path(),
+        "LNXSYSTM:00/LNXSYBUS:00/ACPI000D:00",
+        4,
+        &[
+            (false, "name", "power_meter\n"),
+            (false, "power1_average", "312000000\n"),
+            (false, "power1_average_interval", "300000\n"),
+            (false, "power1_oem_info", "Acme PSU\n"),
+            (false, "power1_is_battery", "0\n"),
+        ],
+    );
+    let mut found = hwmon::discover(&roots_at(tmp.path()), 0);
+    assert_eq!(
+        summary(&found),
+        vec![(
+            "hwmon:power_meter:ACPI000D:00:power1".into(),
+            Domain::Node,
+            0,
+            "node power (ACPI power meter ACPI000D:00) [Acme PSU]".into()
+        )]
+    );
+    // A five-minute averaging interval is polled no slower than once a second.
+    assert_eq!(found.sources[0].info().interval, Duration::from_secs(1));
+    assert_eq!(
+        read(&mut found, "hwmon:power_meter:ACPI000D:00:power1"),
+        Reading::Power(312.0)
+    );
+}
+
+const ORIN_I2C: &str = "platform/bus@0/c240000.i2c/i2c-1";
+
+#[test]
+fn jetson_rails_and_module_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    chip(
+        tmp.path(),
+        &format!("{ORIN_I2C}/1-0040"),
+        1,
+        &[
+            (false, "name", "ina3221\n"),
+            (false, "in1_label", "VDD_IN\n"),
+            (false, "in1_enable", "1\n"),
+            (false, "in1_input", "5072\n"),
+            (false, "curr1_input", "1480\n"),
+            (false, "in2_label", "VDD_CPU_GPU_CV\n"),
+            (false, "in2_enable", "1\n"),
+            (false, "in2_input", "5064\n"),
+            (false, "curr2_input", "320\n"),
+            (false, "in3_label", "VDD_SOC\n"),
+            (false, "in3_enable", "1\n"),
+            (false, "in3_input", "5064\n"),
+            (false, "curr3_input", "-4\n"),
+            (false, "in4_input", "14800\n"),
+            (false, "in7_input", "20000\n"),
+            (false, "in7_label", "sum of shunt voltages\n"),
+            (false, "shunt1_resistor", "10000\n"),
+        ],
+    );
+    // A second chip: channel 1 not connected, 2 disabled, 3 unlabelled.
+    chip(
+        tmp.path(),
+        &format!("{ORIN_I2C}/1-0041"),
+        2,
+        &[
+            (false, "name", "ina3221\n"),
+            (false, "in1_label", "NC\n"),
+            (false, "in1_input", "0\n"),
+            (false, "curr1_input", "0\n"),
+            (false, "in2_enable", "0\n"),
+            (false, "in2_label", "VDDQ_VDD2_1V8AO\n"),
+            (false, "in3_enable", "1\n"),
+            (false, "in3_input", "1800\n"),
+            (false, "curr3_input", "100\n"),
+        ],
+    );
+    let mut found = hwmon::discover(&roots_at(tmp.path()), 0);
+    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+    assert_eq!(
+        summary(&found),
+        vec![
+            (
+                "hwmon:ina3221:1-0040:in1".into(),
+                Domain::Module,
+                0,
+                "module input VDD_IN".into()
+            ),
+            (
+                "hwmon:ina3221:1-0040:in2".into(),
+                Domain::Rail,
+                0,
+                "rail VDD_CPU_GPU_CV".into()
+            ),
+            (
+                "hwmon:ina3221:1-0040:in3".into(),
+                Domain::Rail,
+                1,
+                "rail VDD_SOC".into()
+            ),
+            (
+                "hwmon:ina3221:1-0041:in3".into(),
+                Domain::Rail,
+                2,
+                "rail channel 3 of 1-0041".into()
+            ),
+        ]
+    );
+    let Reading::Power(w) = read(&mut found, "hwmon:ina3221:1-0040:in1") else {
+        panic!()
+    };
+    assert!((w - 5.072 * 1.48).abs() < 1e-9, "{w}");
+    assert_eq!(found.sources[0].info().method, Method::IntegratedPower);
+    // A negative current (a rail feeding back) is read as it is; the sampler counts it as 0.
+    let Reading::Power(w) = read(&mut found, "hwmon:ina3221:1-0040:in3") else {
+        panic!()
+    };
+    assert!(w < 0.0);
+    // Modules and rails are never chosen in place of anything: each is its own figure.
+    let d = discover::discover(&options(tmp.path()));
+    assert_eq!(d.chosen.len(), 4);
+    assert!(d.alternatives.is_empty());
+}
+
+#[test]
+fn hostile_and_broken_trees_never_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // No class directory at all: nothing found, nothing to explain.
+    let found = hwmon::discover(&roots_at(root), 0);
+    assert!(found.sources.is_empty() && found.unavailable.is_empty());
+
+    // A counter that does not parse, a name in binary, a label with control characters.
+    chip(
+        root,
+        XE_CARD,
+        0,
+        &[(false, "name", "xe\n"), (false, "energy1_input", "lots\n")],
+    );
+    chip(root, "virtual/a", 1, &[(false, "name", "\u{1}\u{2}xe\n")]);
+    chip(
+        root,
+        AMD_ENERGY,
+        2,
+        &[
+            (false, "name", "amd_energy\n"),
+            (false, "energy1_input", "5\n"),
+            (false, "energy1_label", "Esocket\u{7}0\n"),
+            (false, "energy2_input", "-5\n"),
+            (false, "energy2_label", "Esocket1\n"),
+            (false, "energy99999999_input", "5\n"),
+        ],
+    );
+    // A meter whose value is a directory, an INA3221 with half a channel.
+    let pm = chip(
+        root,
+        "LNXSYSTM:00/ACPI000D:00",
+        3,
+        &[(false, "name", "power_meter\n")],
+    );
+    fs::create_dir_all(pm.join("power1_average")).unwrap();
+    chip(
+        root,
+        "platform/i2c-1/1-0040",
+        4,
+        &[(false, "name", "ina3221\n"), (false, "in1_input", "5000\n")],
+    );
+    // A class entry whose link points nowhere, and one without a device link.
+    symlink(
+        "../../devices/gone/hwmon/hwmon9",
+        root.join("sys/class/hwmon/hwmon9"),
+    )
+    .unwrap();
+    let lone = root.join("sys/class/hwmon/hwmon10");
+    fs::create_dir_all(&lone).unwrap();
+    fs::write(lone.join("name"), "power_meter\n").unwrap();
+    fs::write(lone.join("power1_average"), "1000000\n").unwrap();
+
+    let mut found = hwmon::discover(&roots_at(root), 0);
+    let ids: Vec<_> = found.sources.iter().map(|s| s.info().id.clone()).collect();
+    assert_eq!(ids, vec!["hwmon:power_meter:hwmon10:power1".to_string()]);
+    assert_eq!(read(&mut found, &ids[0]), Reading::Power(1.0));
+    let what: Vec<_> = found.unavailable.iter().map(|u| u.what.clone()).collect();
+    for needle in [
+        "hwmon0/energy1_input",
+        "hwmon2/energy1_label",
+        "hwmon2/energy2_input",
+        "hwmon3/power1_average",
+        "hwmon4",
+    ] {
+        assert!(
+            what.iter().any(|w| w.ends_with(needle)),
+            "{needle} not explained: {:?}",
+            found.unavailable
+        );
+    }
+    assert!(found
+        .unavailable
+        .iter()
+        .all(|u| u.backend == "hwmon" && !u.reason.is_empty() && !u.hint.is_empty()));
+}
+
+#[test]
+fn a_channel_that_stops_answering_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hw = chip(
+        tmp.path(),
+        XE_CARD,
+        0,
+        &[(false, "name", "xe\n"), (false, "energy1_input", "10\n")],
+    );
+    let mut found = hwmon::discover(&roots_at(tmp.path()), 0);
+    fs::write(hw.join("energy1_input"), "").unwrap();
+    let err = found.sources[0].read().unwrap_err();
+    assert!(err.to_string().contains("energy1_input"), "{err}");
+    fs::write(hw.join("energy1_input"), "11\n").unwrap();
+    assert_eq!(found.sources[0].read().unwrap(), Reading::Counter(11));
+}

@@ -1,0 +1,663 @@
+"""The node's wall power from its BMC over Redfish, against a real HTTPS server on 127.0.0.1
+(``redfish_server``) that speaks Redfish's documented resources and failures, with the real
+native sampler on simulated CPU hardware.
+
+What is checked: the node's figure over a region from the power served (energy counter
+preferred to the power reading; legacy ``Power``; ``PowerSubsystem`` where ``Power`` is gone),
+that it is shown beside the components and never added to them, that every failure (refused
+credentials, 503 with ``Retry-After``, malformed JSON, a null reading, a server that trickles
+bytes) degrades with one warning and bounded waits, and that the credentials and session
+tokens appear in no output, repr, warning or error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import carbonctx
+from carbonctx import _config
+from carbonctx._bmc import STOP_WAIT_S, RedfishError, RedfishPower, Transport
+from carbonctx._measure import process as _process
+from carbonctx._output.jsonl import read_jsonl
+from carbonctx._results.measurement import Measurement, SourceEnergy
+from carbonctx.errors import ConfigurationError
+from carbonctx.testing import SimulatedMachine, Wave
+
+pytest.importorskip("cryptography")
+from redfish_server import CHASSIS, RedfishServer, make_certificate
+
+ENV = f"{CHASSIS}/EnvironmentMetrics"
+NODE = "redfish:node"
+#: Generous bounds: nothing here depends on the machine's speed.
+WAIT_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_certificate(tmp_path_factory.mktemp("bmc"))
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Iterator[SimulatedMachine]:
+    m = SimulatedMachine(tmp_path / "hw", package=Wave.constant(50.0), dram=Wave.constant(5.0))
+    m.start()
+    yield m
+    _process.reset()
+    m.close()
+
+
+def configure(srv: RedfishServer, machine: SimulatedMachine, cert: tuple[Path, Path], **kw: Any):
+    args: dict[str, Any] = {
+        **machine.settings(),
+        "gpu": False,
+        "redfish_url": srv.url,
+        "redfish_user": srv.user,
+        "redfish_password": srv.password,
+        "redfish_verify": str(cert[0]),
+        "redfish_period_s": 1.0,
+    }
+    args.update(kw)
+    return carbonctx.configure(**args)
+
+
+def wait_for(cond: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {WAIT_S} s: {what}")
+        time.sleep(0.05)
+
+
+def bmc_readings(n: int) -> None:
+    """Start the sampler (one region) and wait until the BMC has answered ``n`` times."""
+    with carbonctx.track("warm-up"):
+        pass
+    rt = _process.runtime()
+    assert rt.bmc is not None
+    bmc = rt.bmc
+    wait_for(lambda: bmc.readings >= n, f"{n} BMC readings")
+
+
+def region(seconds: float) -> Measurement:
+    with carbonctx.track("step") as t:
+        time.sleep(seconds)
+    return t.result()
+
+
+def bmc_warnings(w: list[warnings.WarningMessage]) -> list[str]:
+    return [str(x.message) for x in w if "BMC" in str(x.message)]
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def test_node_power_from_the_energy_counter_beside_the_components(
+    cert: tuple[Path, Path], machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    # PowerWatts says 900 W; the counter integrates 400 W: the counter is what is used.
+    with RedfishServer(cert, power=lambda t: 400.0, power_watts_offset=500.0) as srv:
+        out = tmp_path / "regions.jsonl"
+        configure(srv, machine, cert, output=str(out))
+        bmc_readings(4)
+        m = region(1.5)
+        node = m.by_source[NODE]
+        assert (node.domain, node.backend, node.label) == ("node", "redfish", "node (BMC, Redfish)")
+        assert node.method == "integrated-power"
+        assert node.joules is not None
+        # (The counter's mean power is timed by the client: a loaded machine's request times
+        # blur it a little; 900 W, the power reading, is far outside.)
+        assert node.joules == pytest.approx(400.0 * m.duration_s, rel=0.1)
+        # Beside the components, never in them.
+        assert m.energy_j == pytest.approx(m.cpu_j + m.dram_j + m.gpu_j)
+        assert m.energy_j < 100.0 * m.duration_s
+        assert NODE not in m.missing
+        assert m.node_j == node.joules
+        assert m.overhead_j is None  # a short region: no overhead figure
+        assert node.note is not None
+        assert "every 1 s" in node.note and "EnergykWh" in node.note
+        assert "interpolated" in node.note
+        carbonctx.flush()
+        _process.reset()
+        # The record, read back, says what the result says of the node.
+        regions, _, bad = read_jsonl(str(out))
+        assert bad == 0
+        got = next(r for r in regions if r["id"] == m.id)["by_source"][NODE]
+        want = m.to_dict()["by_source"][NODE]
+        assert {k: got[k] for k in ("label", "backend", "domain", "method", "note")} == {
+            k: want[k] for k in ("label", "backend", "domain", "method", "note")
+        }
+        assert got["joules"] == pytest.approx(want["joules"], abs=1e-5)
+        assert got["joules"] not in (None, 0.0)
+
+
+def test_legacy_power_resource_with_http_basic(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    with RedfishServer(cert, layout="power", power=lambda t: 250.0, sessions=False) as srv:
+        configure(srv, machine, cert)
+        bmc_readings(2)
+        m = region(1.0)
+        assert m.by_source[NODE].joules == pytest.approx(250.0 * m.duration_s, rel=0.03)
+        authed = [h for _, method, p, h in srv.log if method == "GET" and p == f"{CHASSIS}/Power"]
+        assert authed and all(h.get("authorization", "").startswith("Basic ") for h in authed)
+        assert not srv.issued
+
+
+def test_power_gone_falls_back_to_the_power_subsystem(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    with RedfishServer(cert, layout="subsystem", power=lambda t: 300.0) as srv:
+        configure(srv, machine, cert)
+        bmc_readings(2)
+        m = region(1.0)
+        node = m.by_source[NODE]
+        assert node.joules == pytest.approx(300.0 * m.duration_s, rel=0.03)
+        assert node.note is not None and "PowerSubsystem" in node.note
+        assert srv.requests(f"{CHASSIS}/Power"), "the legacy resource was tried first"
+
+
+def test_null_readings_give_way_to_a_resource_with_a_number(cert: tuple[Path, Path]) -> None:
+    with RedfishServer(cert, layout="both", power=lambda t: 275.0) as srv:
+        srv.modes[ENV] = "null"
+        t = Transport(srv.url, srv.user, srv.password, verify=str(cert[0]))
+        p = RedfishPower(t)
+        assert p.read().watts == 275.0
+        assert p.locator is not None and p.locator.kind == "power"
+        t.close()
+
+
+def test_chassis_sensors_when_there_is_no_power_resource(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    # The total-power sensor says 750 W; the energy sensor integrates 250 W: the counter wins.
+    with RedfishServer(
+        cert, layout="sensors", power=lambda t: 250.0, power_watts_offset=500.0
+    ) as srv:
+        configure(srv, machine, cert)
+        bmc_readings(4)
+        m = region(1.0)
+        node = m.by_source[NODE]
+        assert node.joules == pytest.approx(250.0 * m.duration_s, rel=0.1)  # 750: the sensor
+        assert node.note is not None and "TotalEnergy" in node.note and "TotalPower" in node.note
+        assert not srv.requests(f"{CHASSIS}/Sensors/CPU1Temp"), "only power and energy sensors"
+
+
+def test_a_step_in_power_is_followed_within_a_reading(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    step = {"at": float("inf")}
+    with RedfishServer(
+        cert, layout="power", power=lambda t: 200.0 if t < step["at"] else 600.0
+    ) as srv:
+        configure(srv, machine, cert)
+        bmc_readings(2)
+        step["at"] = time.monotonic()
+        n = len(srv.requests(f"{CHASSIS}/Power"))
+        wait_for(lambda: len(srv.requests(f"{CHASSIS}/Power")) >= n + 2, "two more readings")
+        m = region(1.0)
+        assert m.by_source[NODE].joules == pytest.approx(600.0 * m.duration_s, rel=0.03)
+
+
+def test_overhead_is_given_for_long_regions_only() -> None:
+    def measurement(duration: float, node_j: float | None) -> Measurement:
+        src = SourceEnergy(
+            NODE, "node (BMC, Redfish)", "redfish", "node", "integrated-power", node_j, None
+        )
+        return Measurement(
+            name="r", id=1, pid=1, thread=0, parent=None, start=0.0, end=duration,
+            duration_s=duration, energy_j=100.0 * duration, cpu_j=100.0 * duration, dram_j=0.0,
+            gpu_j=0.0, uncertainty_j=None, by_source={NODE: src}, co2_g=None, intensity=None,
+            zone=None, carbon=None,
+        )  # fmt: skip
+
+    long = measurement(120.0, 150.0 * 120.0)
+    assert long.node_j == 150.0 * 120.0
+    assert long.overhead_j == pytest.approx(50.0 * 120.0)
+    assert measurement(10.0, 1500.0).overhead_j is None
+    assert measurement(120.0, None).overhead_j is None
+    assert measurement(120.0, None).node_j is None
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [
+        ("password", "refused the credentials"),
+        ("malformed", "not JSON"),
+        ("null", "null"),
+        ("404", "no power reading"),  # and the enclosure's is not taken instead
+    ],
+)
+def test_failures_degrade_with_one_warning(
+    cert: tuple[Path, Path], machine: SimulatedMachine, mode: str, said: str
+) -> None:
+    with RedfishServer(cert) as srv:
+        if mode == "password":
+            configure(srv, machine, cert, redfish_password="not-the-password")
+        else:
+            srv.modes[ENV] = mode
+            configure(srv, machine, cert)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            with carbonctx.track("warm-up"):
+                pass
+            rt = _process.runtime()
+            assert rt.bmc is not None
+            bmc = rt.bmc
+            wait_for(lambda: bmc.failures >= 1, "a failed reading")
+            ms = [region(0.3) for _ in range(3)]
+            carbonctx.flush()
+            with carbonctx.track("after"):
+                pass
+        msgs = bmc_warnings(w)
+        assert len(msgs) == 1, msgs
+        assert said in msgs[0]
+        for m in ms:
+            assert m.by_source[NODE].joules is None
+            assert m.energy_j > 0  # the components are still measured
+        assert srv.password not in msgs[0]
+
+
+def test_503_with_retry_after_is_honoured_and_readings_resume(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    with RedfishServer(cert, power=lambda t: 350.0) as srv:
+        srv.retry_after = 2
+        configure(srv, machine, cert)
+        bmc_readings(1)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            srv.modes[ENV] = "503"
+            n = len(srv.requests(ENV))
+            wait_for(lambda: len(srv.requests(ENV)) >= n + 1, "a 503 answer")
+            first_503 = srv.requests(ENV)[n]
+            del srv.modes[ENV]
+            wait_for(lambda: len(srv.requests(ENV)) >= n + 2, "the next try")
+            assert srv.requests(ENV)[n + 1] - first_503 >= 1.9  # Retry-After: 2
+            rt = _process.runtime()
+            assert rt.bmc is not None
+            bmc = rt.bmc
+            wait_for(lambda: bmc.failures == 0 and bmc.readings >= 4, "readings again")
+            m = region(1.0)
+            with carbonctx.track("after"):
+                pass
+        assert m.by_source[NODE].joules == pytest.approx(350.0 * m.duration_s, rel=0.05)
+        msgs = bmc_warnings(w)
+        assert len(msgs) == 1 and "HTTP 503" in msgs[0] and "retry after 2 s" in msgs[0]
+
+
+def test_a_trickling_server_never_holds_anything_up(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    with RedfishServer(cert) as srv:
+        srv.modes[ENV] = "trickle"
+        srv.trickle_s = 0.2
+        configure(srv, machine, cert)  # a request ends within max(1, period) = 1 s
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            t0 = time.monotonic()
+            with carbonctx.track("first"):
+                pass
+            rt = _process.runtime()
+            assert rt.bmc is not None
+            bmc = rt.bmc
+            wait_for(lambda: bmc.failures >= 1, "the request given up")
+            m = region(0.2)
+            with carbonctx.track("after"):
+                pass
+            started = time.monotonic()
+            carbonctx.configure(redfish_url=None)  # stops the BMC thread mid-request
+            stopped = time.monotonic() - started
+        assert m.by_source[NODE].joules is None
+        msgs = bmc_warnings(w)
+        # One warning: the request given up, or (when the first region resolves before that)
+        # the node's figure missing; never both.
+        assert len(msgs) == 1, msgs
+        assert "no complete answer" in msgs[0] or "redfish:node" in msgs[0]
+        # Bounds, not speeds: the first region waited at most one request; configure() waits
+        # at most STOP_WAIT_S for the thread (and the sampler's own stop).
+        assert time.monotonic() - t0 < WAIT_S
+        assert stopped < STOP_WAIT_S + 5.0
+
+
+def test_unverified_certificate_works_and_warns_once(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    with RedfishServer(cert, power=lambda t: 123.0) as srv:
+        configure(srv, machine, cert, redfish_verify=False)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            bmc_readings(2)
+            m = region(0.5)
+        assert m.by_source[NODE].joules == pytest.approx(123.0 * m.duration_s, rel=0.05)
+        msgs = [str(x.message) for x in w if "not verified" in str(x.message)]
+        assert len(msgs) == 1
+
+
+def test_an_unknown_certificate_is_refused(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    with RedfishServer(cert) as srv:
+        configure(srv, machine, cert, redfish_verify=True)  # the system's CAs: not this one
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            with carbonctx.track("warm-up"):
+                pass
+            rt = _process.runtime()
+            assert rt.bmc is not None
+            bmc = rt.bmc
+            wait_for(lambda: bmc.failures >= 1, "a refused connection")
+            with carbonctx.track("after"):
+                pass
+        msgs = bmc_warnings(w)
+        assert len(msgs) == 1 and "CERTIFICATE_VERIFY_FAILED" in msgs[0]
+        assert not [e for e in srv.log if e[1] == "POST"], "no credentials were sent"
+
+
+# ---------------------------------------------------------------------------- secrets
+
+
+def test_credentials_appear_in_no_output(
+    cert: tuple[Path, Path], machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    with RedfishServer(cert) as srv:
+        settings = configure(srv, machine, cert, output=str(out))
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            bmc_readings(2)
+            m = region(0.3)
+            srv.modes[ENV] = "503"
+            rt = _process.runtime()
+            assert rt.bmc is not None
+            bmc = rt.bmc
+            wait_for(lambda: bmc.failures >= 1, "a failure")
+            with carbonctx.track("after"):
+                pass
+            described = json.dumps(rt.describe(), default=str)
+            import io
+
+            from carbonctx._cli.devices import _print_devices
+
+            text = io.StringIO()
+            _print_devices(rt.describe(), text)  # what `carbonctx devices` prints
+            assert "Node power (BMC, Redfish)" in text.getvalue()
+            described += text.getvalue()
+            reprs = [repr(settings), str(settings), repr(rt.bmc), repr(rt.settings)]
+            carbonctx.flush()
+        texts = [out.read_text(), described, json.dumps(m.to_dict()), *reprs]
+        texts += [str(x.message) for x in w]
+        assert srv.issued, "a session was opened"
+        for secret in (srv.password, srv.user, *srv.issued):
+            for text in texts:
+                assert secret not in text
+        with pytest.raises(ConfigurationError) as e:
+            carbonctx.configure(redfish_url="https://admin:hunter22@10.0.0.5")
+        assert "hunter22" not in str(e.value) and "admin" not in str(e.value)
+        _process.reset()  # stops the BMC's thread, which closes its session
+        assert srv.deleted, "the session was closed"
+
+
+def test_transport_errors_never_hold_the_password(cert: tuple[Path, Path]) -> None:
+    with RedfishServer(cert) as srv:
+        t = Transport(srv.url, srv.user, srv.password, verify=str(cert[0]))
+        srv.modes[ENV] = "401"
+        p = RedfishPower(t)
+        with pytest.raises(RedfishError) as e:
+            p.read()
+        assert e.value.status == 401
+        assert srv.password not in str(e.value) and srv.user not in str(e.value)
+        assert "no valid session" in str(e.value)  # @Message.ExtendedInfo, quoted
+        assert srv.password not in repr(t) and srv.password not in repr(p)
+        t.close()
+
+
+# ---------------------------------------------------------------------------- the client
+
+
+def test_sessions_are_reused_renewed_and_closed(cert: tuple[Path, Path]) -> None:
+    with RedfishServer(cert, power=lambda t: 200.0) as srv:
+        t = Transport(srv.url, srv.user, srv.password, verify=str(cert[0]))
+        p = RedfishPower(t)
+        assert p.read().watts == 200.0
+        assert p.read().watts == 200.0
+        assert len(srv.issued) == 1
+        gets = [h for _, m, _, h in srv.log if m == "GET" and "x-auth-token" in h]
+        assert gets and all("authorization" not in h for h in gets)
+        srv.tokens.clear()  # the session expired on the BMC
+        assert p.read().watts == 200.0
+        assert len(srv.issued) == 2
+        t.close()
+        assert srv.deleted == ["/redfish/v1/SessionService/Sessions/1"]
+
+
+def test_the_node_chassis_is_chosen_over_an_enclosure(cert: tuple[Path, Path]) -> None:
+    with RedfishServer(cert, power=lambda t: 420.0) as srv:
+        t = Transport(srv.url, srv.user, srv.password, verify=str(cert[0]))
+        p = RedfishPower(t)
+        r = p.read()
+        assert r.watts == 420.0 and r.energy_j is not None
+        assert p.locator is not None and p.locator.chassis == CHASSIS
+        # A chassis named in the URL is the one read, whatever its type.
+        t2 = Transport(srv.url, srv.user, srv.password, verify=str(cert[0]))
+        p2 = RedfishPower(t2, "/redfish/v1/Chassis/Enclosure")
+        assert p2.read().watts == 5000.0
+        t.close()
+        t2.close()
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def test_settings_are_checked_and_read_from_the_environment(
+    cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for bad in (
+        {"redfish_url": "http://10.0.0.5"},
+        {"redfish_url": "https://10.0.0.5/other"},
+        {"redfish_url": "https://10.0.0.5", "redfish_period_s": 0.1},
+        {"redfish_url": "https://10.0.0.5", "redfish_user": "root"},
+        {"redfish_url": "https://10.0.0.5", "redfish_verify": "/no/such/ca.pem"},
+    ):
+        with pytest.raises(ConfigurationError):
+            carbonctx.configure(**bad)
+    monkeypatch.setenv("CARBONCTX_REDFISH_URL", "https://10.0.0.5/redfish/v1/Chassis/1")
+    monkeypatch.setenv("CARBONCTX_REDFISH_USER", "operator7")
+    monkeypatch.setenv("CARBONCTX_REDFISH_PASSWORD", "calvin-pw")
+    monkeypatch.setenv("CARBONCTX_REDFISH_VERIFY", "false")
+    monkeypatch.setenv("CARBONCTX_REDFISH_PERIOD", "10")
+    s = _config.build(None, {})
+    args = _config.redfish(s)
+    assert args is not None
+    assert args["url"] == "https://10.0.0.5/redfish/v1/Chassis/1"
+    assert (args["user"], args["password"]) == ("operator7", "calvin-pw")
+    assert args["verify"] is False and args["period_s"] == 10.0
+    assert "calvin-pw" not in repr(s) and "operator7" not in repr(s)
+    monkeypatch.setenv("CARBONCTX_REDFISH_VERIFY", str(cert[0]))
+    assert _config.redfish(_config.build(None, {}))["verify"] == str(cert[0])  # type: ignore[index]
+    assert _config.redfish(_config.build(None, {"redfish_url": None})) is None
+
+
+# ---------------------------------------------------------------------------- a job
+
+
+def test_one_process_per_node_reads_the_bmc_and_ranks_share_its_figure(
+    cert: tuple[Path, Path], machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    worker = str(Path(__file__).resolve().parent / "redfish_worker.py")
+    with RedfishServer(cert, power=lambda t: 400.0) as srv:
+        procs = []
+        for rank in (0, 1):
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("CARBONCTX_", "SLURM_", "OMPI_", "PMI_"))
+                and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+            }
+            env.update(machine.env())
+            env.update(
+                CARBONCTX_ZONE="DE",
+                CARBONCTX_CACHE_DIR=str(tmp_path / "cache"),
+                CARBONCTX_NODE_DIR=str(tmp_path / "shm"),
+                CARBONCTX_GPU="0",
+                CARBONCTX_REDFISH_URL=srv.url,
+                CARBONCTX_REDFISH_USER=srv.user,
+                CARBONCTX_REDFISH_PASSWORD=srv.password,
+                CARBONCTX_REDFISH_VERIFY=str(cert[0]),
+                CARBONCTX_REDFISH_PERIOD="1",
+                RANK=str(rank),
+                WORLD_SIZE="2",
+                LOCAL_RANK=str(rank),
+                LOCAL_WORLD_SIZE="2",
+                GROUP_RANK="0",
+                TORCHELASTIC_RUN_ID="bmc-job",
+                PYTHONUNBUFFERED="1",
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, worker, str(tmp_path)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        for p in procs:
+            output, _ = p.communicate(timeout=WAIT_S)
+            assert p.returncode == 0, output
+        recs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+        # One process read the BMC: one session, and the other never fetched.
+        assert len(srv.issued) == 1
+        assert sorted(r["role"] for r in recs) == ["follower", "owner"]
+        for r in recs:
+            if r["role"] == "follower":
+                assert r["feed_reads"] == 0 and r["readings"] == 0
+            else:
+                assert r["readings"] >= 2
+            # Each rank reports half of the node's figure, which is the node's wall power.
+            assert r["share"] == 0.5
+            assert r["node_joules"] == pytest.approx(400.0 * r["duration_s"], rel=0.1)
+            assert r["joules"] == pytest.approx(0.5 * r["node_joules"])
+
+
+# ---------------------------------------------------------------------------- the power pushed
+
+
+def test_the_energy_counter_is_preferred_unless_too_coarse() -> None:
+    from carbonctx._bmc import BmcSource
+    from carbonctx._bmc.redfish import Reading
+
+    notes: list[str] = []
+    b = BmcSource(
+        "https://127.0.0.1:1", None, None, verify=True, period_s=1.0,
+        note=lambda k, m: notes.append(m),
+    )  # fmt: skip
+    w = b._watts
+    assert w(Reading(300.0, 1000.0), 0.0) == 300.0  # first sight: the power reading
+    assert w(Reading(300.0, 1000.0), 1.0) == 300.0
+    assert w(Reading(300.0, 1400.0), 2.0) == 300.0  # the first update only dates the counter
+    assert w(Reading(300.0, 1800.0), 3.0) == pytest.approx(400.0)  # its mean power since
+    assert w(Reading(300.0, 1800.0), 4.0) == pytest.approx(400.0)  # held until it moves
+    assert w(Reading(300.0, 2600.0), 12.0) == 300.0  # 9 s for a step: too coarse
+    assert w(Reading(None, 3400.0), 20.0) == pytest.approx(100.0)  # unless there is no other
+    assert w(Reading(250.0, 10.0), 21.0) == 250.0  # a reset: the power reading again
+    assert w(Reading(None, None), 22.0) is None
+    assert not notes
+
+
+def test_links_to_another_host_are_not_followed(cert: tuple[Path, Path]) -> None:
+    with RedfishServer(cert) as srv:
+        t = Transport(srv.url, srv.user, srv.password, verify=str(cert[0]))
+        assert t.get(srv.url + "/redfish/v1/")["Id"] == "RootService"  # the same BMC: fine
+        for elsewhere in ("https://198.51.100.7/redfish/v1/Chassis", "//198.51.100.7/x"):
+            with pytest.raises(RedfishError, match="elsewhere"):
+                t.get(elsewhere)
+        assert not [e for e in srv.log if "198.51" in e[2]]
+        t.close()
+
+
+def test_interpreter_exit_is_not_held_by_a_trickling_bmc(
+    cert: tuple[Path, Path], machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import carbonctx, time\n"
+        "with carbonctx.track('r'):\n"
+        "    time.sleep(0.1)\n"
+        "print('done', flush=True)\n"
+    )
+    with RedfishServer(cert) as srv:
+        srv.modes[ENV] = "trickle"
+        srv.trickle_s = 0.2
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONCTX_")}
+        env.update(
+            machine.env(),
+            CARBONCTX_GPU="0",
+            CARBONCTX_ZONE="DE",
+            CARBONCTX_CACHE_DIR=str(tmp_path / "cache"),
+            CARBONCTX_REDFISH_URL=srv.url,
+            CARBONCTX_REDFISH_USER=srv.user,
+            CARBONCTX_REDFISH_PASSWORD=srv.password,
+            CARBONCTX_REDFISH_VERIFY=str(cert[0]),
+            CARBONCTX_REDFISH_PERIOD="60",  # requests may take up to 5 s
+        )
+        p = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        out, _ = p.communicate(timeout=WAIT_S)
+        assert p.returncode == 0, out
+        assert "done" in out
+        # The region waited at most one request (5 s) for the BMC's first answer and exit at
+        # most STOP_WAIT_S for its thread: the process never waited for the trickle to end.
+        assert srv.password not in out
+
+
+def test_a_forked_child_leaves_the_bmc_to_its_parent(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    import multiprocessing
+
+    with RedfishServer(cert, power=lambda t: 300.0) as srv:
+        configure(srv, machine, cert)
+        bmc_readings(1)
+        ctx = multiprocessing.get_context("fork")
+        q = ctx.SimpleQueue()
+        p = ctx.Process(target=_child_region, args=(q,))
+        with warnings.catch_warnings():
+            # Forking a process with threads: what this test is about.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            p.start()
+        p.join(WAIT_S)
+        assert p.exitcode == 0
+        has_bmc, sources = q.get()
+        assert not has_bmc and NODE not in sources
+        assert len(srv.issued) == 1  # the parent's session only
+        m = region(0.5)  # the parent still reads it
+        assert m.by_source[NODE].joules == pytest.approx(300.0 * m.duration_s, rel=0.05)
+
+
+def _child_region(q: Any) -> None:
+    with carbonctx.track("in-child") as t:
+        time.sleep(0.05)
+    m = t.result()
+    q.put((_process.runtime().bmc is not None, list(m.by_source)))
