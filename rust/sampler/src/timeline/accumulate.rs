@@ -93,6 +93,15 @@ impl Accumulator {
 
     /// Take one reading made at `t_ns`.
     pub fn push(&mut self, t_ns: u64, reading: Reading) -> Step {
+        self.push_spanned(t_ns, reading, None)
+    }
+
+    /// As [`Self::push`]; a power reading with `span_ns` stands for that much time on its own
+    /// (`watts × span`, the reading taken as a sample of its stretch of time) instead of
+    /// sharing a trapezoid with the previous reading. Used when reads fall at scattered instants
+    /// of successive intervals, where a trapezoid's weights would depend on where in its
+    /// interval each read fell (and so, under a periodic load, on the load).
+    pub fn push_spanned(&mut self, t_ns: u64, reading: Reading, span_ns: Option<u64>) -> Step {
         let Some(prev_ns) = self.last_read_ns else {
             self.last_read_ns = Some(t_ns);
             match reading {
@@ -137,8 +146,13 @@ impl Accumulator {
             }
             (Reading::Power(w), _) => {
                 let w = sanitize_watts(w);
-                let dt = (t_ns - prev_ns) as f64 * 1e-9;
-                self.joules += 0.5 * (self.last_watts + w) * dt;
+                match span_ns {
+                    Some(span) => self.joules += w * span as f64 * 1e-9,
+                    None => {
+                        let dt = (t_ns - prev_ns) as f64 * 1e-9;
+                        self.joules += 0.5 * (self.last_watts + w) * dt;
+                    }
+                }
                 self.last_watts = w;
                 Step::Changed(Point {
                     t_ns,
