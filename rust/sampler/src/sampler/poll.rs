@@ -47,8 +47,6 @@ pub(super) struct Polled {
 pub(super) struct Dither {
     /// Start of the interval the next read falls in, ns.
     slot_ns: u64,
-    /// Energy is counted up to here (the end of the last read's interval), ns.
-    covered_ns: u64,
     /// Position of the next read inside its interval, in [0, 1).
     phase: f64,
     state: u64,
@@ -58,11 +56,10 @@ pub(super) struct Dither {
 const GOLDEN: f64 = 0.618_033_988_749_894_9;
 
 impl Dither {
-    /// Reads from a first one at `start_ns` (energy counted from there), one per `interval`.
+    /// Reads after a first one at `start_ns`, one per `interval`.
     pub(super) fn new(start_ns: u64, interval: u64, seed: u64) -> Dither {
         let mut d = Dither {
             slot_ns: start_ns.saturating_sub(interval),
-            covered_ns: start_ns,
             phase: 0.0,
             state: seed ^ 0x9E37_79B9_7F4A_7C15,
         };
@@ -80,19 +77,9 @@ impl Dither {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// How long the reading just made stands for: from where energy is counted to the end of
-    /// its interval (more than an interval after a stall, when the reading stands for it too).
-    pub(super) fn span(&mut self, interval: u64) -> u64 {
-        let end = self.slot_ns + interval;
-        let span = end.saturating_sub(self.covered_ns);
-        self.covered_ns = self.covered_ns.max(end);
-        span
-    }
-
-    /// Count energy from `t` on, where a read was just made (after a gap).
-    pub(super) fn restart(&mut self, t: u64, interval: u64) {
-        self.slot_ns = t.saturating_sub(interval);
-        self.covered_ns = t;
+    /// Start of the interval of the read just made (after [`Self::next`]), ns.
+    pub(super) fn slot(&self) -> u64 {
+        self.slot_ns
     }
 
     /// When to read next, after a read that completed at `t`: a random instant in the next
@@ -274,16 +261,13 @@ pub(super) fn poll_one(
                 st.failed = false;
                 gap_from = Some(gap_from.map_or(since, |g| g.min(since)));
                 p.acc.rebaseline();
-                if let Some(d) = p.dither.as_mut() {
-                    d.restart(t_read, p.interval_ns);
-                }
                 if let Some(seg) = seg {
                     seg.set_failed(i, None);
                 }
             }
             let prev_read = p.last_poll_ns;
-            let span = p.dither.as_mut().map(|d| d.span(p.interval_ns));
-            let step = p.acc.push_spanned(t_read, reading, span);
+            let slot = p.dither.as_ref().map(Dither::slot);
+            let step = p.acc.push_spanned(t_read, reading, slot);
             let changed = matches!(step, Step::Changed(_));
             let stamp = match (&mut p.phase, &step) {
                 (Some(ph), Step::Changed(_) | Step::Unchanged) => {
@@ -401,15 +385,15 @@ mod tests {
         let p = power(period_ns);
         let interval = 20_000_000;
         let mut d = Dither::new(0, interval, seed);
-        let (mut t, mut joules) = (0u64, 0.0);
-        let mut end = 0;
+        let (mut t, mut w, mut joules) = (0u64, p(0), 0.0);
         while t < SPAN {
-            t = d.next(t, interval);
-            let span = d.span(interval);
-            joules += p(t) * span as f64 * 1e-9;
-            end += span;
+            let n = d.next(t, interval);
+            let q = p(n);
+            let split = d.slot().clamp(t, n);
+            joules += (w * (split - t) as f64 + q * (n - split) as f64) * 1e-9;
+            (t, w) = (n, q);
         }
-        joules / (80.0 * end as f64 * 1e-9) - 1.0
+        joules / (80.0 * t as f64 * 1e-9) - 1.0
     }
 
     #[test]
@@ -431,26 +415,20 @@ mod tests {
     }
 
     #[test]
-    fn dithered_reads_keep_the_mean_rate_and_count_a_stall_once() {
+    fn dithered_reads_keep_the_mean_rate_and_catch_up_after_a_stall() {
         let interval = 10_000_000;
         let mut d = Dither::new(0, interval, 7);
-        let (mut t, mut reads, mut counted) = (0u64, 0, 0u64);
+        let (mut t, mut reads) = (0u64, 0);
         while t < 1_000_000_000 {
-            t = d.next(t, interval);
-            counted += d.span(interval);
+            let n = d.next(t, interval);
+            assert!(d.slot() <= n && n < d.slot() + interval);
+            t = n;
             reads += 1;
         }
         assert!((98..=102).contains(&reads), "{reads}");
-        // A stall of a second: the next read comes within the interval after it, not a burst,
-        // and stands for the stall too (every instant counted once).
+        // A stall of a second: the next read comes within the interval after it, not a burst.
         let late = t + 1_000_000_000;
         let n = d.next(late, interval);
         assert!(n > late && n <= late + interval, "{n} after {late}");
-        counted += d.span(interval);
-        let covered_to = n - n % interval + interval;
-        assert!(
-            counted.abs_diff(covered_to) <= interval,
-            "{counted} vs {covered_to}"
-        );
     }
 }
