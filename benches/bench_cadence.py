@@ -6,16 +6,21 @@ every 1 ms while another process keeps a core busy (jittered wake-ups of the wri
 several runs of 100 contiguous 20 ms regions under a 50 ms square wave (40/120 W); each run's
 median and worst relative error per region and the error of the sum. Phase lock on (default).
 
-Run: ``.venv/bin/python benches/bench_cadence.py [runs] [name]``.
+With ``--before TREE`` another tree (its ``python`` folder) is run the same way, alternately,
+in the same run (each run in a fresh interpreter).
+Run: ``.venv/bin/python benches/bench_cadence.py [--runs N] [--before TREE]``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -74,30 +79,54 @@ def one(period_s: float) -> dict[str, float]:
     }
 
 
+HERE = Path(__file__).resolve()
+
+
+def run(tree: Path, period: float, jitter: bool) -> dict[str, float]:
+    """One run in a fresh interpreter with `tree`'s package (a busy core beside it if asked)."""
+    hog = None
+    if jitter:
+        hog = subprocess.Popen(["nice", "-n", "5", sys.executable, "-c", "while True: pass"])
+    try:
+        env = dict(os.environ, PYTHONPATH=str(tree / "python"))
+        out = subprocess.run(
+            [sys.executable, str(HERE), "--child", str(period)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 6
-    name = sys.argv[2] if len(sys.argv) > 2 else "cadence"
-    rows: dict[str, list[dict[str, float]]] = {k: [] for k in CADENCES}
-    for _ in range(runs):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=6)
+    ap.add_argument("--before", type=Path, default=None)
+    ap.add_argument("--child", type=float, default=None)
+    args = ap.parse_args()
+    if args.child is not None:
+        print(json.dumps(one(args.child)))
+        return
+    trees = {"this tree": HERE.parent.parent}
+    if args.before is not None:
+        trees["before"] = args.before
+    rows: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for _ in range(args.runs):
         for label, (period, jitter) in CADENCES.items():
-            hog = None
-            if jitter:
-                hog = subprocess.Popen(
-                    ["nice", "-n", "5", sys.executable, "-c", "while True: pass"]
-                )
-            try:
-                rows[label].append(one(period))
-            finally:
-                if hog is not None:
-                    hog.kill()
-                    hog.wait()
+            for name, tree in trees.items():
+                rows.setdefault((name, label), []).append(run(tree, period, jitter))
     lines = []
-    for label, rs in rows.items():
+    for (name, label), rs in sorted(rows.items()):
         med = [r["median"] * 100 for r in rs]
         worst = [r["worst"] * 100 for r in rs]
         sums = [r["sum"] * 100 for r in rs]
         lines.append(
-            f"| {label} | {statistics.median(med):.2f} % | {max(med):.2f} % "
+            f"| {name} | {label} | {statistics.median(med):.2f} % | {max(med):.2f} % "
             f"| {statistics.median(worst):.2f} % | {max(worst):.2f} % | {max(sums):.3f} % "
             f"| {', '.join(f'{m:.2f}' for m in med)} |"
         )
@@ -105,18 +134,19 @@ def main() -> None:
 
 {machine()}
 
-{runs} runs per cadence (interleaved), each of 100 contiguous 20 ms regions, package counter
-polled at the default 1 ms interval with the phase lock on; 40/120 W square wave, 50 ms period.
-Per run: the median and the worst relative error per region, and the error of the sum.
+{args.runs} runs per cadence and tree (interleaved, each in a fresh interpreter), each of 100
+contiguous 20 ms regions, package counter polled at the default 1 ms interval with the phase
+lock on; 40/120 W square wave, 50 ms period. Per run: the median and the worst relative error
+per region, and the error of the sum. The busy core is a `nice -n 5` Python loop beside the
+benchmark (the machine has {os.cpu_count()} CPUs).
 
-| counter updates | median of run medians | worst run median | median run worst | worst region | worst sum | run medians (%) |
-| --- | --- | --- | --- | --- | --- | --- |
+| tree | counter updates | median of run medians | worst run median | median run worst | worst region | worst sum | run medians (%) |
+| --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(lines)}
 """
     print(text)
-    write_result(name, text)
+    write_result("cadence", text)
 
 
 if __name__ == "__main__":
-    os.nice(0)
     main()

@@ -172,7 +172,8 @@ impl PhaseLock {
         self.idle = 0;
         self.probe = false;
         if !self.locked {
-            // Learning: polls come at half the interval, so each update is seen on its own.
+            // Learning: polls come at a quarter or half the interval (see `learning_step`), so
+            // each update is seen on its own.
             if let Some(last) = self.last_change_mid {
                 self.diffs.push(mid - last);
             }
@@ -297,11 +298,26 @@ impl PhaseLock {
         }
     }
 
+    /// How far apart reads are while the period is learned: half the interval, and a quarter
+    /// for counters polled every 2 ms or faster (cheap reads). At half the interval, brackets'
+    /// midpoints are off by up to a quarter of the period each way, so a gap between two seen
+    /// changes can be near one and a half periods, and the update count (and with it the
+    /// period) comes out wrong by a twelfth: that happens when the reads sit on the update edge,
+    /// as when the counter updates on the poll's own cadence, and leaves a lock that predicts
+    /// updates where there are none. At a quarter no gap is ambiguous.
+    fn learning_step(&self) -> u64 {
+        if self.interval <= 2_000_000 {
+            self.interval / 4
+        } else {
+            self.interval / 2
+        }
+    }
+
     /// When to read next, given that the last read completed at `t` (half the interval while
     /// the period is being learned).
     pub fn due(&self, t: u64) -> u64 {
         if !self.locked {
-            return t + self.interval / 2;
+            return t + self.learning_step();
         }
         if self.probe {
             let early = (self.next - 2.0 * self.guard as f64) as u64;
@@ -487,6 +503,36 @@ mod tests {
             "median {} ns",
             median_abs(tail)
         );
+    }
+
+    #[test]
+    fn learns_the_period_when_reads_sit_on_the_update_edge() {
+        // Updates on the poll's own 1 ms cadence, 10 µs after the reads are asked for; each read
+        // wakes 0-20 µs late, so the reads near an update see it or not at random.
+        let times: Vec<u64> = (1..=3000).map(|k| k * 1_000_000 + 10_000).collect();
+        for seed in 0..20u64 {
+            let late = |k: u64| {
+                let x = (k ^ seed.wrapping_mul(0x9E37_79B9))
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (x >> 33) % 20_000
+            };
+            let mut pl = PhaseLock::new(1_000_000);
+            let (mut prev, mut seen, mut k) = (0u64, 0usize, 0u64);
+            while !pl.is_locked() && prev < 100_000_000 {
+                let t = pl.due(prev).max(prev + 1) + late(k);
+                k += 1;
+                let count = times.partition_point(|&u| u <= t);
+                pl.observe(prev, t, count != seen);
+                seen = count;
+                prev = t;
+            }
+            let p = pl.period_ns().unwrap_or(0.0);
+            assert!(
+                (p - 1_000_000.0).abs() < 50_000.0,
+                "seed {seed}: period {p} ns"
+            );
+        }
     }
 
     #[test]
