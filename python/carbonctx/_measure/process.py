@@ -12,14 +12,17 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carbonctx import _config, _native
 from carbonctx._carbon.zones import normalize_zone
 from carbonctx._config import Settings
 from carbonctx._distributed import placeholders
+from carbonctx._measure import RESULT_TIMEOUT_S
 from carbonctx._measure.ranks import forget_rank_info, process_rank_info
-from carbonctx._measure.runtime import RESULT_TIMEOUT_S, Runtime
+
+if TYPE_CHECKING:
+    from carbonctx._measure.runtime import Runtime
 
 __all__ = [
     "RESULT_TIMEOUT_S",
@@ -109,6 +112,10 @@ def _new_runtime(settings: Settings) -> Runtime:
     warn = pid not in _RANKS_WARNED
     if info.problems:
         _RANKS_WARNED.add(pid)
+    # Imported at the first region (on the caller's thread), not with carbonctx: the runtime
+    # brings numpy, which a bare import need not pay for.
+    from carbonctx._measure.runtime import Runtime
+
     return Runtime(settings, info, warn_ranks=warn)
 
 
@@ -224,6 +231,8 @@ def _after_fork_in_child() -> None:
     _native.set_hub(None)
     settings = _SETTINGS if _SETTINGS is not None else (old.settings if old else None)
     if settings is not None and settings.on_fork == "disable":
+        from carbonctx._measure.runtime import Runtime
+
         rt = Runtime(settings, process_rank_info(settings), warn_ranks=False)
         rt.started = True
         rt.start_error = "measurement is off in forked children (on_fork='disable')"

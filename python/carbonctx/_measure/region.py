@@ -11,13 +11,15 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from carbonctx import _native
-from carbonctx._measure import process
-from carbonctx._measure.runtime import RESULT_TIMEOUT_S, Runtime
+from carbonctx._measure import RESULT_TIMEOUT_S, process
 from carbonctx._results.measurement import Measurement, SourceEnergy
 from carbonctx.errors import CarbonctxError, SamplerError, SourceUnavailableError
+
+if TYPE_CHECKING:
+    from carbonctx._measure.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.random  # imported here, on the caller's thread (fork safety)
 import numpy.typing as npt
 
 from carbonctx import _native

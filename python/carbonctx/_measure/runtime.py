@@ -19,6 +19,7 @@ from carbonctx import _config, _native
 from carbonctx._bmc import BmcSource, in_forked_child
 from carbonctx._config import Settings
 from carbonctx._distributed import RankInfo, expand_path
+from carbonctx._measure import RESULT_TIMEOUT_S
 from carbonctx._measure.batch import Batch
 from carbonctx._measure.carbon import RegionCarbon
 from carbonctx._measure.ranks import (
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["BACKLOG_HIGH", "RESOLVE_PERIOD_S", "RESULT_TIMEOUT_S", "Runtime"]
 
 #: How long reading an unresolved result may wait for the sampler before giving up.
-RESULT_TIMEOUT_S = 10.0
 #: Regions waiting for the resolver above which the thread that ends one wakes it (it never
 #: drains them itself: no user thread waits for output or resolution).
 BACKLOG_HIGH = 1 << 15

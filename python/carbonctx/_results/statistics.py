@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import numpy as np
-import numpy.random  # imported here, never lazily in the resolver thread (fork safety)
-import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 from carbonctx._results.units import (
     format_grams,
@@ -126,11 +127,18 @@ class RunningDistribution:
         self._mean = 0.0
         self._m2 = 0.0
         self.max = -math.inf
+        # numpy (and numpy.random) come with the runtime, imported on the caller's thread at the
+        # first region (see carbonctx._measure.resolver): here they are only looked up, never
+        # imported for the first time in the resolver thread (fork safety), nor with carbonctx.
+        import numpy as np
+
         self._sample = np.empty(self.CAP)
         self._n_sample = 0
         self._rng = np.random.default_rng(seed)
 
     def add(self, x: float) -> None:
+        import numpy as np
+
         self.add_many(np.array([x], dtype=np.float64))
 
     def add_many(self, xs: npt.NDArray[np.float64]) -> None:
@@ -156,6 +164,8 @@ class RunningDistribution:
             before += k
         if len(xs):
             # Item i (1-based overall index j) replaces a random slot with probability CAP / j.
+            import numpy as np
+
             j = before + np.arange(1, len(xs) + 1)
             slots = (self._rng.random(len(xs)) * j).astype(np.int64)
             keep = slots < self.CAP
@@ -164,6 +174,8 @@ class RunningDistribution:
     def freeze(self) -> Distribution:
         n = self.count
         std = math.sqrt(self._m2 / (n - 1)) if n > 1 else 0.0
+        import numpy as np
+
         s = np.sort(self._sample[: self._n_sample]).tolist()
         return Distribution(
             total=self._total,

@@ -120,6 +120,16 @@ impl Accumulator {
 
     /// Take one reading made at `t_ns`.
     pub fn push(&mut self, t_ns: u64, reading: Reading) -> Step {
+        self.push_spanned(t_ns, reading, None)
+    }
+
+    /// As [`Self::push`]; a power reading with `slot_ns` is taken as the power of its whole
+    /// interval, which starts at `slot_ns`: the previous reading holds until then, this one
+    /// from then on (piecewise constant, exact for a constant power) instead of a trapezoid
+    /// between the two reads. Used when reads fall at scattered instants of successive
+    /// intervals, where a trapezoid's weights would depend on where in its interval each read
+    /// fell (and so, under a periodic load, on the load); here each reading weighs one interval.
+    pub fn push_spanned(&mut self, t_ns: u64, reading: Reading, slot_ns: Option<u64>) -> Step {
         // A power that stood earlier is placed when it stood.
         let (t_ns, reading) = match reading {
             Reading::PowerAt { watts, ago_ns } => {
@@ -186,8 +196,18 @@ impl Accumulator {
             }
             (Reading::Power(w) | Reading::PowerAt { watts: w, .. }, _) => {
                 let w = sanitize_watts(w);
-                let dt = (t_ns - prev_ns) as f64 * 1e-9;
-                self.joules += 0.5 * (self.last_watts + w) * dt;
+                match slot_ns {
+                    Some(slot) => {
+                        let split = slot.clamp(prev_ns, t_ns);
+                        self.joules += (self.last_watts * (split - prev_ns) as f64
+                            + w * (t_ns - split) as f64)
+                            * 1e-9;
+                    }
+                    None => {
+                        let dt = (t_ns - prev_ns) as f64 * 1e-9;
+                        self.joules += 0.5 * (self.last_watts + w) * dt;
+                    }
+                }
                 self.last_watts = w;
                 Step::Changed(Point {
                     t_ns,
@@ -376,6 +396,21 @@ mod tests {
         }
         assert_eq!(a.resets, 0);
         assert!((a.joules() - 700.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn power_read_as_the_power_of_its_interval() {
+        // Readings at scattered instants of 20 ms intervals: the previous reading holds until
+        // the next one's interval begins. A constant power comes out exact wherever reads fall.
+        let mut a = Accumulator::new(None, 20 * MS);
+        a.push_spanned(3 * MS, Reading::Power(100.0), None);
+        a.push_spanned(37 * MS, Reading::Power(100.0), Some(20 * MS));
+        a.push_spanned(41 * MS, Reading::Power(100.0), Some(40 * MS));
+        assert!((a.joules() - 100.0 * 0.038).abs() < 1e-9, "{}", a.joules());
+        // 100 W until 60 ms, then 300 W: a read at 75 ms in the interval from 60 ms.
+        a.push_spanned(75 * MS, Reading::Power(300.0), Some(60 * MS));
+        let want = 100.0 * 0.038 + 100.0 * 0.019 + 300.0 * 0.015;
+        assert!((a.joules() - want).abs() < 1e-9, "{} vs {want}", a.joules());
     }
 
     #[test]
