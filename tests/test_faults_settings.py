@@ -132,6 +132,28 @@ def test_bad_settings_are_refused_by_configure_not_at_the_first_region(
         carbonctx.configure(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        "electricitymaps_token",
+        "entsoe_token",
+        "eia_key",
+        "watttime_username",
+        "watttime_password",
+        "redfish_user",
+        "redfish_password",
+    ],
+)
+def test_a_credential_of_the_wrong_type_is_refused_without_being_quoted(key: str) -> None:
+    # bytes where text belongs (a token read from a file in binary mode): refused as a
+    # ConfigurationError naming the setting, never showing the secret.
+    with pytest.raises(carbonctx.ConfigurationError, match=f"{key}: give a string") as e:
+        carbonctx.configure(**{key: b"s3cr3t-value"})
+    assert "s3cr3t" not in str(e.value)
+    with pytest.raises(carbonctx.ConfigurationError, match=f"{key}: give a string"):
+        carbonctx.configure(**{key: 12345})
+
+
 def test_a_provider_behind_a_proxy_may_go_without_its_token() -> None:
     s = carbonctx.configure(
         providers="electricitymaps", urls={"electricitymaps": "http://127.0.0.1:9"}

@@ -77,6 +77,17 @@ _TEXT_SETTINGS = (
     "watttime_password",
     "watttime_region",
     "node_dir",
+    "redfish_url",
+)
+#: Settings that take a credential (text or None): refused without showing the value.
+_SECRET_SETTINGS = (
+    "electricitymaps_token",
+    "entsoe_token",
+    "eia_key",
+    "watttime_username",
+    "watttime_password",
+    "redfish_user",
+    "redfish_password",
 )
 _BOOL_SETTINGS = ("gpu", "strict", "summary_at_exit")
 
@@ -91,6 +102,8 @@ def _plain(key: str, value: Any) -> Any:
             value = os.fspath(value)
         if not isinstance(value, str):
             raise ConfigurationError(f"{key}={value!r}: give a path (str or os.PathLike)")
+    elif key in _SECRET_SETTINGS and not isinstance(value, str):
+        raise ConfigurationError(f"{key}: give a string")  # never quoting a credential
     elif key in _TEXT_SETTINGS and not isinstance(value, str):
         raise ConfigurationError(f"{key}={value!r}: give a string")
     elif key in _BOOL_SETTINGS and not isinstance(value, bool):
