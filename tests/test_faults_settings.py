@@ -96,6 +96,43 @@ def test_configure_with_a_region_open_in_another_thread(
     assert names(b) == ["after"]
 
 
+def test_exit_records_the_current_runtime_when_a_replaced_one_fails_to_close(
+    cpu_sim: SimulatedMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime replaced by configure() that fails at exit (its output's disk is full) does
+    not cost the runtime in use its records: each is shut down, the failure said on stderr."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    carbonctx.configure(output=str(a))
+    entered, leave = threading.Event(), threading.Event()
+
+    def work() -> None:
+        with carbonctx.track("long"):
+            entered.set()
+            leave.wait(20)
+
+    th = threading.Thread(target=work, daemon=True)
+    th.start()
+    assert entered.wait(10)
+    carbonctx.configure(output=str(b))
+    with carbonctx.track("after"):
+        pass
+    assert _runtime._RETIRING
+    old = _runtime._RETIRING[-1]
+    assert old.recorder is not None
+
+    def full(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(old.recorder, "close", full)
+    try:
+        _runtime._at_exit(summary=False)
+    finally:
+        leave.set()
+        th.join(20)
+        monkeypatch.setattr(_runtime, "_EXITING", False)
+    assert names(b) == ["after"]
+
+
 # ----------------------------------------------------------------------- item 13: validation
 
 

@@ -207,7 +207,10 @@ def _at_exit(summary: bool = True) -> None:
     _EXITING = True
     rt = _RT
     for old in _RETIRING:
-        old.shutdown()
+        try:
+            old.shutdown()
+        except Exception as e:  # never fail the exit, nor cost the runtime in use its records
+            print(f"carbonctx: error at exit: {e!r}", file=sys.stderr)
     if rt is None or rt.dead:
         return
     try:
