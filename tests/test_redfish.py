@@ -487,6 +487,14 @@ def test_settings_are_checked_and_read_from_the_environment(
     assert _config.redfish(_config.build(None, {"redfish_url": None})) is None
 
 
+def test_the_ca_bundle_may_be_given_as_a_path_object(cert: tuple[Path, Path]) -> None:
+    # A pathlib.Path is a path, as for the other path settings; kept as text.
+    s = carbonctx.configure(redfish_url="https://10.0.0.5", redfish_verify=cert[0])
+    assert s.redfish_verify == str(cert[0])
+    assert _config.redfish(s)["verify"] == str(cert[0])  # type: ignore[index]
+    carbonctx.configure(redfish_url=None, redfish_verify=None)
+
+
 # ---------------------------------------------------------------------------- a job
 
 

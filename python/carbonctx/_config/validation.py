@@ -102,6 +102,8 @@ def _plain(key: str, value: Any) -> Any:
             value = os.fspath(value)
         if not isinstance(value, str):
             raise ConfigurationError(f"{key}={value!r}: give a path (str or os.PathLike)")
+    elif key == "redfish_verify" and isinstance(value, os.PathLike):
+        value = os.fspath(value)  # a CA bundle given as a path object
     elif key in _SECRET_SETTINGS and not isinstance(value, str):
         raise ConfigurationError(f"{key}: give a string")  # never quoting a credential
     elif key in _TEXT_SETTINGS and not isinstance(value, str):
