@@ -328,3 +328,45 @@ fn a_channel_that_stops_answering_is_an_error_not_a_panic() {
     fs::write(hw.join("energy1_input"), "11\n").unwrap();
     assert_eq!(found.sources[0].read().unwrap(), Reading::Counter(11));
 }
+
+/// A meter averaging over 1 s, polled faster than it updates (`intervals` for hwmon set to
+/// 10 ms, as for an Intel GPU's counter): its last reading stands half a window and the reader
+/// thread's age before the last poll. A region inside that span waits for the meter's next
+/// reading instead of being resolved at once with no energy after the last reading.
+#[test]
+fn a_meter_polled_faster_than_it_updates_is_not_taken_as_idle() {
+    use carbonctx_sampler::sampler::{Config, Sampler};
+
+    let tmp = tempfile::tempdir().unwrap();
+    chip(
+        tmp.path(),
+        "LNXSYSTM:00/LNXSYBUS:00/ACPI000D:00",
+        0,
+        &[
+            (false, "name", "power_meter\n"),
+            (false, "power1_average", "200000000\n"),
+            (false, "power1_average_interval", "1000\n"),
+        ],
+    );
+    let found = hwmon::discover(&roots_at(tmp.path()), 0);
+    assert_eq!(found.sources.len(), 1);
+    let cfg = Config {
+        intervals: vec![("hwmon".into(), Duration::from_millis(10))],
+        ..Config::default()
+    };
+    let (s, unavailable) = Sampler::start(found.sources, cfg).unwrap();
+    assert!(unavailable.is_empty());
+    let id = s.begin();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = s.end(id);
+    assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
+    let r = s.drain().remove(0);
+    let d = (r.t1_ns - r.t0_ns) as f64 * 1e-9;
+    let j = r.joules[0];
+    // A constant 200 W: 200 W times the region's length (not 0 J, the last reading held flat).
+    assert!(
+        (j - 200.0 * d).abs() <= 0.01 * 200.0 * d,
+        "{j} J over {d} s"
+    );
+    s.stop();
+}

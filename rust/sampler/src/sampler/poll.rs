@@ -5,7 +5,7 @@
 use super::config::{interval_for, Config};
 use super::handle::SourceStatus;
 use super::phase::PhaseLock;
-use crate::sensors::{EnergySource, Reading};
+use crate::sensors::{EnergySource, Reading, SourceInfo};
 use crate::shared::Segment;
 use crate::timeline::{Accumulator, History, Point, Step};
 
@@ -124,7 +124,7 @@ impl Polled {
             source,
             acc,
             interval_ns,
-            settle_ns: settle_ns(config, interval_ns),
+            settle_ns: settle_for(&info, config, interval_ns),
             due_ns: t + interval_ns,
             consecutive_errors: 0,
             first_error_ns: 0,
@@ -156,7 +156,7 @@ impl Polled {
             source,
             acc: Accumulator::new(info.counter, interval_ns).continue_from(base_j),
             interval_ns,
-            settle_ns: settle_ns(config, interval_ns),
+            settle_ns: settle_for(&info, config, interval_ns),
             due_ns: since,
             consecutive_errors: 0,
             first_error_ns: 0,
@@ -193,6 +193,21 @@ pub(super) struct Cover {
 
 pub(super) fn settle_ns(config: &Config, interval_ns: u64) -> u64 {
     (config.settle.as_nanos() as u64).max(10 * interval_ns)
+}
+
+/// The settling time of a source polled every `interval_ns`. A power source's last reading can
+/// stand well before its last poll (an averaging meter's reading is placed in the middle of
+/// its window, up to four of the source's own intervals back, and read by its own thread once
+/// per such interval): polled faster than that (an `intervals` setting), its settling time
+/// still covers its own interval, or regions would be resolved past its last reading as if the
+/// power had been zero since.
+fn settle_for(info: &SourceInfo, config: &Config, interval_ns: u64) -> u64 {
+    let own = if info.counter.is_none() {
+        info.interval.as_nanos().min(u128::from(u64::MAX)) as u64
+    } else {
+        0
+    };
+    settle_ns(config, interval_ns.max(own))
 }
 
 /// Append `pt` to source `i`'s timeline (after a gap from `gap_from`, if any) and publish it.
