@@ -246,3 +246,26 @@ def test_a_rank_reports_its_own_amd_gpu(
         time.sleep(0.05)
     assert gpu_ids(m) == ["amdsmi:0"]
     assert carbonctx.devices()["rank"]["amd_gpus"]["rule"] == "only-visible"
+
+
+@pytest.mark.parametrize("node_sampler", [False, True])
+def test_a_rank_whose_gpu_ownership_cannot_be_found_reports_no_amd_gpu(
+    monkeypatch: pytest.MonkeyPatch, machine: SimulatedMachine, node_sampler: bool
+) -> None:
+    """When finding which GPUs this rank owns fails, no GPU is read (as the warning says): an
+    AMD GPU counted whole by every rank would count it once per rank in the job's sum."""
+    from carbonctx._measure import runtime
+
+    for k, v in TORCHRUN.items():
+        monkeypatch.setenv(k, v)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("the GPU discovery failed")
+
+    monkeypatch.setattr(runtime, "plan_gpus", broken)
+    carbonctx.configure(**machine.settings(), node_sampler=node_sampler)
+    unknown = "which GPUs this rank owns is unknown"
+    with pytest.warns(carbonctx.CarbonctxWarning, match=unknown), carbonctx.track("step") as m:
+        time.sleep(0.05)
+    assert gpu_ids(m) == [], gpu_ids(m)
+    assert m.result().gpu_j == 0.0

@@ -250,7 +250,9 @@ class Runtime:
             self.note(
                 "gpu-ownership", f"which GPUs this rank owns is unknown ({e}); no GPU is read"
             )
-            plan = RankPlan(self.rank_info, None, [], *share_of(self.rank_info))
+            plan = RankPlan(
+                self.rank_info, None, [], *share_of(self.rank_info), amd_sampler_gpus=[]
+            )
         self.plan = plan
         return plan
 
