@@ -162,7 +162,9 @@ impl Polled {
             first_error_ns: 0,
             last_poll_ns: since,
             failed_since: Some(since),
-            phase: None,
+            // Locked on the updates once it reads again, as any counter that starts readable.
+            phase: (config.phase_lock && info.counter.is_some())
+                .then(|| PhaseLock::new(interval_ns)),
             read_cost_ns: 0,
             pending_gap: None,
             offset_j: 0.0,
@@ -451,5 +453,56 @@ mod tests {
         let late = t + 1_000_000_000;
         let n = d.next(late, interval);
         assert!(n > late && n <= late + interval, "{n} after {late}");
+    }
+
+    /// A counter kept after a failed first read (a process taking its node's sampler over, a
+    /// fed source) is phase-locked once it reads again, like a counter read at once.
+    #[test]
+    fn a_counter_that_starts_failed_is_phase_locked_when_it_reads() {
+        use super::{Config, Polled};
+        use crate::error::Error;
+        use crate::sensors::{CounterSpec, Domain, EnergySource, Method, Reading, SourceInfo};
+        use std::time::Duration;
+
+        struct Fake(SourceInfo);
+        impl EnergySource for Fake {
+            fn info(&self) -> &SourceInfo {
+                &self.0
+            }
+            fn read(&mut self) -> Result<Reading, Error> {
+                Ok(Reading::Counter(0))
+            }
+        }
+        let info = |counter: Option<CounterSpec>| SourceInfo {
+            id: "fake:0".into(),
+            backend: "powercap",
+            domain: Domain::Package,
+            index: 0,
+            label: "package-0".into(),
+            method: if counter.is_some() {
+                Method::Counter
+            } else {
+                Method::IntegratedPower
+            },
+            counter,
+            interval: Duration::from_millis(1),
+            path: None,
+            uuid: None,
+        };
+        let spec = CounterSpec {
+            joules_per_unit: 1e-6,
+            wrap: None,
+        };
+        let config = Config::default();
+        let counter = Polled::failed(Box::new(Fake(info(Some(spec)))), 10, 0.0, &config);
+        assert!(counter.phase.is_some() && counter.failed_since == Some(10));
+        let power = Polled::failed(Box::new(Fake(info(None))), 10, 0.0, &config);
+        assert!(power.phase.is_none());
+        let unlocked = Config {
+            phase_lock: false,
+            ..Config::default()
+        };
+        let plain = Polled::failed(Box::new(Fake(info(Some(spec)))), 10, 0.0, &unlocked);
+        assert!(plain.phase.is_none());
     }
 }
