@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from typing import TypedDict
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from carbonctx._config.carbon import check_token
 from carbonctx._config.settings import Settings
@@ -43,10 +43,15 @@ def redfish(s: Settings) -> RedfishArgs | None:
         or parts.fragment
         or (path not in ("", "/redfish/v1") and not path.startswith("/redfish/v1/Chassis/"))
     ):
+        # Quoted without its query or fragment, which may carry a token.
+        shown = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        extra = (
+            " (a query string or fragment is not taken)" if parts.query or parts.fragment else ""
+        )
         raise ConfigurationError(
-            f"redfish_url={url!r}: give the BMC's HTTPS address, e.g. 'https://10.0.0.5' (or a "
-            "chassis, 'https://10.0.0.5/redfish/v1/Chassis/1'); credentials never go over "
-            "plain HTTP."
+            f"redfish_url={shown!r}{extra}: give the BMC's HTTPS address, e.g. "
+            "'https://10.0.0.5' (or a chassis, 'https://10.0.0.5/redfish/v1/Chassis/1'); "
+            "credentials never go over plain HTTP."
         )
     try:
         _ = parts.port
