@@ -330,25 +330,23 @@ def column_shares(
             out.append((1.0, None))
         elif domain == "gpu":
             vendor = gpu_vendor(src)
-            own = plan.amd_ownership if vendor == "amd" else plan.ownership
-            if vendor == "intel" and plan.intel_ownership is not None:
-                io = plan.intel_ownership
-                mine = intel_device(src) in plan.intel_devices
-                out.append(
-                    (1.0, f"this rank's GPU ({io.rule}): {io.reason}")
-                    if mine
-                    else (0.0, f"not this rank's GPU ({io.rule}): {io.reason}")
-                )
-                continue
+            own: GpuOwnership | None
             if vendor == "intel":
-                vendor = None  # no ownership known: split below
-            if vendor is None and plan.info.distributed:
-                # A GPU whose owner per rank is not known (an Intel GPU through hwmon): split
-                # like the node's other sources, so that adding up ranks counts it once.
-                out.append((plan.share, f"a GPU without per-rank ownership: {plan.share_rule}"))
-            elif own is None or vendor is None:
-                out.append((1.0, None))
-            elif int(src.get("index", -1)) in own.indices:
+                own = plan.intel_ownership
+                mine = own is not None and intel_device(src) in plan.intel_devices
+            else:
+                own = {"nvidia": plan.ownership, "amd": plan.amd_ownership}.get(vendor or "")
+                mine = own is not None and int(src.get("index", -1)) in own.indices
+            if own is None:
+                if vendor in (None, "intel") and plan.info.distributed:
+                    # A GPU whose owner per rank is not known (an Intel GPU through hwmon
+                    # without affinity variables): split like the node's other sources, so
+                    # that adding up ranks counts it once.
+                    rule = f"a GPU without per-rank ownership: {plan.share_rule}"
+                    out.append((plan.share, rule))
+                else:
+                    out.append((1.0, None))
+            elif mine:
                 out.append((1.0, f"this rank's GPU ({own.rule}): {own.reason}"))
             else:
                 out.append((0.0, f"not this rank's GPU ({own.rule}): {own.reason}"))
