@@ -7,10 +7,11 @@
 //! ([`Method::IntegratedPower`]).
 
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::sensors::powercap::parse_counter;
+use crate::sensors::sysfs::NumberFile;
 use crate::sensors::{EnergySource, Reading, SourceInfo};
 
 /// The power files read, in order of preference.
@@ -65,20 +66,19 @@ fn pci_address(link: &Path) -> Option<String> {
 
 /// Reads a file of microwatts as watts.
 pub(super) fn read_watts(file: &File, path: &Path) -> Result<f64, Error> {
-    let mut buf = [0u8; 32];
-    let n = file
-        .read_at(&mut buf, 0)
-        .map_err(|e| Error::io(path, e, READ_HINT))?;
-    let text = String::from_utf8_lossy(&buf[..n]);
-    text.trim()
-        .parse::<u64>()
+    POWER_FILE
+        .read(file, path, parse_counter)
         .map(|uw| uw as f64 * 1e-6)
-        .map_err(|_| Error::Parse {
-            path: path.to_path_buf(),
-            what: "microwatts",
-            text: text.trim().to_string(),
-        })
 }
+
+/// How a power file is read (see [`crate::sensors::sysfs`]).
+const POWER_FILE: NumberFile = NumberFile {
+    retries: 4,
+    base_us: 50,
+    what: "microwatts",
+    empty: "the power file is empty: the GPU was removed or its driver unloaded",
+    hint: READ_HINT,
+};
 
 const READ_HINT: &str = "the amdgpu hwmon file stopped answering (driver reset or GPU removed); \
 restart the measurement once the GPU is back";
