@@ -8,6 +8,12 @@ long the worst ``with`` takes while other threads are busy in regions, and bytes
   16 KiB, a few µs), while the main thread times one empty ``with carbonctx.track("probe")`` at a time; the
   worst and the 99.9th percentile, against the same probe with an empty ``with`` in the same
   run (the baseline carries the machine's own scheduling noise);
+* **steady loop**: one thread runs regions around a small step of Python work (``STEP``) for
+  ``STEADY_S`` seconds, the resolver and writer working in the background as in a training loop;
+  per region, against the same loop with an empty ``with``: the user thread's own CPU time
+  (``time.thread_time_ns``), its wall time, the resolver thread's CPU time (it resolves and
+  writes; it takes the GIL from the user thread while it does), the sampler thread's, and what
+  the ``flush()`` after the loop still had to do on the user thread;
 * **records**: bytes of the output per region, and regions written against regions ended.
 
 Run: ``.venv/bin/python benches/bench_output.py [seconds]``.
@@ -15,6 +21,7 @@ Run: ``.venv/bin/python benches/bench_output.py [seconds]``.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -26,7 +33,8 @@ import time
 from pathlib import Path
 
 import carbonctx
-from _common import machine, simulated, write_result
+from _common import machine, simulated, thread_cpu_s, write_result
+from carbonctx._measure import process as _process
 from carbonctx.testing import Wave
 
 THREADS = 8
@@ -34,6 +42,9 @@ N_LOOP = 50_000
 REPEATS = 3
 #: Bytes each busy thread hashes inside each region (the GIL is released while it hashes).
 PAYLOAD = 1 << 14
+#: The steady loop's step: a little Python work inside each region (a few µs).
+STEP = range(100)
+STEADY_S = 1.0
 
 
 class Empty:
@@ -60,6 +71,64 @@ def loop_mean_ns(kind: str, n: int) -> float:
             with empty:
                 pass
     return (time.perf_counter_ns() - t) / n
+
+
+def _thread_cpu_ns(ident: int | None) -> int:
+    if ident is None:
+        return 0
+    try:
+        return time.clock_gettime_ns(time.pthread_getcpuclockid(ident))
+    except OSError:
+        return 0
+
+
+def steady(kind: str) -> dict[str, float]:
+    """ns per region of the steady loop (see the module's doc)."""
+    track = carbonctx.track
+    empty = Empty()
+    step = STEP
+    rt = _process._RT
+    resolver = rt._thread.ident if rt is not None and rt._thread is not None else None
+    r0 = _thread_cpu_ns(resolver)
+    s0 = thread_cpu_s("carbonctx-sampler")
+    u0 = time.thread_time_ns()
+    w0 = time.perf_counter_ns()
+    end = time.monotonic() + STEADY_S
+    n = 0
+    while time.monotonic() < end:
+        for _ in range(1000):
+            if kind == "track":
+                with track("step"):
+                    sum(step)
+            else:
+                with empty:
+                    sum(step)
+        n += 1000
+    u1 = time.thread_time_ns()
+    w1 = time.perf_counter_ns()
+    carbonctx.flush()
+    u2 = time.thread_time_ns()
+    return {
+        "user": (u1 - u0) / n,
+        "wall": (w1 - w0) / n,
+        "resolver": (_thread_cpu_ns(resolver) - r0) / n,
+        "sampler": (thread_cpu_s("carbonctx-sampler") - s0) * 1e9 / n,
+        "flush": (u2 - u1) / n,
+    }
+
+
+class GcTimes:
+    """Python's cyclic collections while installed: (generation, ns) each."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, int]] = []
+        self._t = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter_ns()
+        else:
+            self.runs.append((info["generation"], time.perf_counter_ns() - self._t))
 
 
 def stall_probe(seconds: float, probe_track: bool) -> tuple[list[int], int]:
@@ -124,19 +193,35 @@ def main() -> None:
             for kind in ("track", "empty"):
                 amort[kind].append(loop_mean_ns(kind, N_LOOP))
             carbonctx.flush()
+        st: dict[str, list[dict[str, float]]] = {"track": [], "empty": []}
+        gct = GcTimes()
         for _ in range(REPEATS):
             for kind in ("track", "empty"):
-                xs, _n = stall_probe(seconds, kind == "track")
+                st[kind].append(steady(kind))
+        regions_s: list[float] = []
+        gc.callbacks.append(gct)
+        for _ in range(REPEATS):
+            for kind in ("track", "empty"):
+                xs, n_work = stall_probe(seconds, kind == "track")
+                regions_s.append(n_work / seconds)
                 xs.sort()
                 worst[kind].append(xs[-1])
                 p999[kind].append(xs[int(len(xs) * 0.999)])
             carbonctx.flush()
+        gc.callbacks.remove(gct)
         ended = carbonctx.stats()
     total = sum(ended[k].count for k in ended)
     written, size = region_lines(out)
     m = {k: statistics.median(v) for k, v in amort.items()}
     w = {k: statistics.median(v) for k, v in worst.items()}
     p = {k: statistics.median(v) for k, v in p999.items()}
+    sm = {
+        kind: {f: statistics.median(r[f] for r in runs) for f in runs[0]}
+        for kind, runs in st.items()
+    }
+    t, e = sm["track"], sm["empty"]
+    full_ns = [ns for g, ns in gct.runs if g == 2]
+    full = len(full_ns)
     text = f"""# Regions with output on
 
 {machine()}
@@ -149,6 +234,21 @@ over {REPEATS} runs; baselines in the same run.
 | one thread, per `with track("step")`, writing included (loop + flush) | {m["track"] / 1000:.2f} µs | empty `with` {m["empty"] / 1000:.2f} µs | {m["track"] / m["empty"]:.1f}x (+{(m["track"] - m["empty"]) / 1000:.2f} µs) |
 | worst `with track("probe")`, {THREADS} threads in regions ({seconds:g} s) | {w["track"] / 1e6:.3f} ms | empty `with` {w["empty"] / 1e6:.3f} ms | {w["track"] / w["empty"]:.1f}x |
 | 99.9th percentile, same | {p["track"] / 1000:.1f} µs | {p["empty"] / 1000:.1f} µs | {p["track"] / p["empty"]:.1f}x |
+
+During those {2 * REPEATS} runs ({statistics.median(regions_s):,.0f} regions/s of the {THREADS}
+threads, median): {full} full collections of Python's cyclic collector (longest
+{max(full_ns, default=0) / 1e6:.1f} ms), {len(gct.runs)} collections in all (longest
+{max((ns for _g, ns in gct.runs), default=0) / 1e6:.1f} ms); a collection holds the GIL, so every
+thread waits for it.
+
+One thread, steady loop ({STEADY_S:g} s of regions around `sum(range({len(STEP)}))`, the
+resolver writing in the background), ns per region:
+
+| | user thread CPU | user thread wall | resolver thread CPU | sampler thread CPU | left for `flush()` (user CPU) |
+| --- | --- | --- | --- | --- | --- |
+| `with track("step")` | {t["user"]:.0f} | {t["wall"]:.0f} | {t["resolver"]:.0f} | {t["sampler"]:.0f} | {t["flush"]:.0f} |
+| empty `with` | {e["user"]:.0f} | {e["wall"]:.0f} | {e["resolver"]:.0f} | {e["sampler"]:.0f} | {e["flush"]:.0f} |
+| added by the region | **{t["user"] - e["user"]:.0f}** | **{t["wall"] - e["wall"]:.0f}** | {t["resolver"] - e["resolver"]:.0f} | {t["sampler"] - e["sampler"]:.0f} | {t["flush"] - e["flush"]:.0f} |
 
 Bytes per region record (whole file / region records): **{size / max(written, 1):.0f} B**.
 Region records written: {written:,} of {total:,} regions ended.
