@@ -19,27 +19,8 @@ resolved against its timeline, so entering and leaving one costs about a microse
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from carbonctx._config import Settings
-from carbonctx._measure import process as _process
-from carbonctx._measure.region import Region, Tracker, current, track, tracked
+from carbonctx._measure import RESULT_TIMEOUT_S as _RESULT_TIMEOUT_S
 from carbonctx._native import __version__
-from carbonctx._results.equivalents import (
-    Equivalent,
-    PueSuggestion,
-    equivalents,
-    pue_suggestion,
-)
-from carbonctx._results.measurement import Measurement, SourceEnergy
-from carbonctx._results.notebook import measurements_frame as _measurements_frame
-from carbonctx._results.runs import JobTotal, RunTotals
-from carbonctx._results.statistics import Distribution, NameStats, StatsTable
-from carbonctx._runs.epochs import epochs
-from carbonctx._runs.run import Run
-from carbonctx._runs.total import job_total
 from carbonctx.errors import (
     CarbonctxError,
     CarbonctxWarning,
@@ -51,10 +32,62 @@ from carbonctx.errors import (
     SourceUnavailableError,
 )
 
-#: Former name of :class:`RunTotals` (a run's forecast or actual figures); kept for old code.
-Estimate = RunTotals
-#: Former name of :class:`Distribution`; kept for old code.
-Summary = Distribution
+# Importing carbonctx imports only the errors and the native module (not even ``typing``): the
+# rest of the public API is imported on first use (PEP 562 ``__getattr__`` below), from the
+# modules the ``_LAZY`` table names, once; settings are read and validated then, as before, at
+# the first region or ``configure()``. Type checkers see the imports below instead.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+    from carbonctx._config import Settings
+    from carbonctx._measure.region import Region, Tracker, current, track, tracked
+    from carbonctx._results.equivalents import (
+        Equivalent,
+        PueSuggestion,
+        equivalents,
+        pue_suggestion,
+    )
+    from carbonctx._results.measurement import Measurement, SourceEnergy
+    from carbonctx._results.runs import JobTotal, RunTotals
+    from carbonctx._results.statistics import Distribution, NameStats, StatsTable
+    from carbonctx._runs.epochs import epochs
+    from carbonctx._runs.run import Run
+    from carbonctx._runs.total import job_total
+
+    #: Former name of :class:`RunTotals` (a run's forecast or actual figures); kept for old code.
+    Estimate = RunTotals
+    #: Former name of :class:`Distribution`; kept for old code.
+    Summary = Distribution
+
+#: Public name -> (module, name there) of what is imported on first use.
+_LAZY: dict[str, tuple[str, str]] = {
+    "Settings": ("carbonctx._config", "Settings"),
+    "Region": ("carbonctx._measure.region", "Region"),
+    "Tracker": ("carbonctx._measure.region", "Tracker"),
+    "current": ("carbonctx._measure.region", "current"),
+    "track": ("carbonctx._measure.region", "track"),
+    "tracked": ("carbonctx._measure.region", "tracked"),
+    "Equivalent": ("carbonctx._results.equivalents", "Equivalent"),
+    "PueSuggestion": ("carbonctx._results.equivalents", "PueSuggestion"),
+    "equivalents": ("carbonctx._results.equivalents", "equivalents"),
+    "pue_suggestion": ("carbonctx._results.equivalents", "pue_suggestion"),
+    "Measurement": ("carbonctx._results.measurement", "Measurement"),
+    "SourceEnergy": ("carbonctx._results.measurement", "SourceEnergy"),
+    "JobTotal": ("carbonctx._results.runs", "JobTotal"),
+    "RunTotals": ("carbonctx._results.runs", "RunTotals"),
+    # Former name of RunTotals (a run's forecast or actual figures); kept for old code.
+    "Estimate": ("carbonctx._results.runs", "RunTotals"),
+    "Distribution": ("carbonctx._results.statistics", "Distribution"),
+    # Former name of Distribution; kept for old code.
+    "Summary": ("carbonctx._results.statistics", "Distribution"),
+    "NameStats": ("carbonctx._results.statistics", "NameStats"),
+    "StatsTable": ("carbonctx._results.statistics", "StatsTable"),
+    "epochs": ("carbonctx._runs.epochs", "epochs"),
+    "Run": ("carbonctx._runs.run", "Run"),
+    "job_total": ("carbonctx._runs.total", "job_total"),
+}
 
 __all__ = [
     "CarbonctxError",
@@ -190,23 +223,31 @@ def configure(
     given: dict[str, Any] = {k: v for k, v in locals().items() if v is not None}
     if "cpu_tdp_w" in given:
         given["cpu_tdp_w"] = str(given["cpu_tdp_w"])
-    return _process.configure(given)
+    from carbonctx._measure import process  # after locals() was read
+
+    return process.configure(given)
 
 
 def stats() -> StatsTable:
     """Per-name statistics of every region resolved so far (waits for recent ones)."""
-    return _process.runtime().stats()
+    from carbonctx._measure import process
+
+    return process.runtime().stats()
 
 
-def flush(timeout: float = _process.RESULT_TIMEOUT_S) -> bool:
+def flush(timeout: float = _RESULT_TIMEOUT_S) -> bool:
     """Resolve and record every region that has ended. Returns False on timeout."""
-    rt = _process.current_runtime()
+    from carbonctx._measure import process
+
+    rt = process.current_runtime()
     return True if rt is None else rt.flush(timeout)
 
 
 def recent() -> list[Measurement]:
     """Measurements of the most recent regions (``configure(window=...)`` of them)."""
-    rt = _process.current_runtime()
+    from carbonctx._measure import process
+
+    rt = process.current_runtime()
     if rt is None:
         return []
     rt.flush()
@@ -216,12 +257,16 @@ def recent() -> list[Measurement]:
 def recent_frame() -> Any:
     """The most recent regions as a pandas DataFrame, one row per region (indexed by id): every
     field, ``joules.<source>`` and ``tag.<key>`` columns. Needs pandas (``carbonctx[pandas]``)."""
-    return _measurements_frame(recent())
+    from carbonctx._results.notebook import measurements_frame
+
+    return measurements_frame(recent())
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext carbonctx``: the ``%%carbonctx`` (a cell is a region) and ``%carbonctx``
     magics (see :mod:`carbonctx.integrations.ipython`)."""
+    import importlib
+
     # Imported by name: the integrations sit above the public API and need IPython.
     importlib.import_module("carbonctx.integrations.ipython").load_ipython_extension(ipython)
 
@@ -230,7 +275,9 @@ def devices() -> dict[str, Any]:
     """What was found: sources in use, alternatives, and what could not be used with why;
     under ``"rank"``, which rank and node of which job this process is (from which launcher),
     which GPUs it reports and by which rule, and how node-wide sources are shared."""
-    return _process.runtime().describe()
+    from carbonctx._measure import process
+
+    return process.runtime().describe()
 
 
 def write_trace(path: str) -> str:
@@ -241,9 +288,10 @@ def write_trace(path: str) -> str:
     :class:`CarbonctxWarning` says so once. For every region of a run, record them with
     ``configure(output=FILE)`` and use ``carbonctx report FILE --trace TRACE``.
     """
+    from carbonctx._measure import process
     from carbonctx._output.jsonl import dumps
 
-    rt = _process.runtime()
+    rt = process.runtime()
     doc = rt.trace()
     note = doc.get("otherData", {}).get("note")
     if note:
@@ -254,21 +302,21 @@ def write_trace(path: str) -> str:
     return path
 
 
-# Public classes from private modules say where users find them (help(), reprs, pickles), not
-# where they are defined. (Errors and warnings stay in their public module, carbonctx.errors.)
-for _cls in (
-    Distribution,
-    Equivalent,
-    JobTotal,
-    Measurement,
-    NameStats,
-    PueSuggestion,
-    Run,
-    RunTotals,
-    Settings,
-    SourceEnergy,
-    StatsTable,
-    Tracker,
-):
-    _cls.__module__ = "carbonctx"
-del _cls
+if not TYPE_CHECKING:  # a type checker flags a misspelt name instead of calling this
+
+    def __getattr__(name: str) -> Any:
+        """A public name of the ``_LAZY`` table, imported on first use and kept here (the import
+        system's lock makes a first use in two threads at once import the module once)."""
+        try:
+            module, attr = _LAZY[name]
+        except KeyError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        import importlib
+
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
