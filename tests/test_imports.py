@@ -14,14 +14,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import carbonctx
 
 INIT = Path(carbonctx.__file__)
 
 #: What importing carbonctx may add to a bare interpreter's modules.
-EAGER = {"carbonctx", "carbonctx._measure", "carbonctx._native", "carbonctx.errors"}
+EAGER = {"carbonctx", "carbonctx._native", "carbonctx.errors"}
 #: Imported with the first region, report or configure(), never with carbonctx.
 LAZY_PACKAGES = (
+    "carbonctx._api",
     "carbonctx._config",
     "carbonctx._results",
     "carbonctx._output",
@@ -29,9 +32,7 @@ LAZY_PACKAGES = (
     "carbonctx._bmc",
     "carbonctx._distributed",
     "carbonctx._runs",
-    "carbonctx._measure.process",
-    "carbonctx._measure.region",
-    "carbonctx._measure.runtime",
+    "carbonctx._measure",
 )
 THIRD_PARTY = ("attrs", "attr", "httpx", "numpy")
 
@@ -141,6 +142,25 @@ def test_public_classes_say_carbonctx_however_they_were_loaded() -> None:
     modules, named, round_trip, text = json.loads(_run(code))
     assert modules == ["carbonctx"] * 12
     assert named and round_trip and text == "<class 'carbonctx.Settings'>"
+
+
+@pytest.mark.parametrize("name", [n for n in carbonctx.__all__ if callable(getattr(carbonctx, n))])
+def test_annotations_resolve_when_a_name_is_the_first_one_used(name: str) -> None:
+    # typing.get_type_hints (pydantic, jsonargparse, Sphinx) reads a public class's annotations
+    # in carbonctx's namespace (its __module__): they resolve with nothing else used before.
+    code = (
+        "import sys, typing, carbonctx\n"
+        "print(len(typing.get_type_hints(getattr(carbonctx, sys.argv[1]))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
 
 
 def test_the_lazy_table_names_what_type_checkers_see() -> None:
