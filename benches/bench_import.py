@@ -148,7 +148,8 @@ def main() -> None:
 
 {machine()}
 
-Median wall time of {args.runs} fresh interpreters per case, run alternately.
+Median wall time of {args.runs} fresh interpreters per case, run alternately
+(`benches/bench_import.py {" ".join(sys.argv[1:])}`).
 
 | case | median | over a bare interpreter |
 | --- | --- | --- |
