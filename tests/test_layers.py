@@ -11,7 +11,8 @@ The layers, lowest first (``LAYERS``)::
     _distributed          (reserved) ranks, nodes and collectives, below what measures and runs
     _measure              regions, the process runtime, the resolver, fork and exit
     _runs                 epochs(): forecast maths, budget, run logs, progress
-    carbonctx, testing    the public API (the package's __init__) and simulated hardware
+    carbonctx, testing    the public API (the package's __init__, its functions in _api) and
+                          simulated hardware
     integrations          (reserved) framework callbacks over the public API
     _cli, __main__        one module per subcommand
 
@@ -42,7 +43,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("carbonctx._distributed",),
     ("carbonctx._measure",),
     ("carbonctx._runs",),
-    ("carbonctx", "carbonctx.testing"),
+    ("carbonctx", "carbonctx._api", "carbonctx.testing"),
     ("carbonctx.integrations",),
     ("carbonctx._cli", "carbonctx.__main__"),
 )

@@ -19,27 +19,7 @@ resolved against its timeline, so entering and leaving one costs about a microse
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from carbonctx._config import Settings
-from carbonctx._measure import process as _process
-from carbonctx._measure.region import Region, Tracker, current, track, tracked
 from carbonctx._native import __version__
-from carbonctx._results.equivalents import (
-    Equivalent,
-    PueSuggestion,
-    equivalents,
-    pue_suggestion,
-)
-from carbonctx._results.measurement import Measurement, SourceEnergy
-from carbonctx._results.notebook import measurements_frame as _measurements_frame
-from carbonctx._results.runs import JobTotal, RunTotals
-from carbonctx._results.statistics import Distribution, NameStats, StatsTable
-from carbonctx._runs.epochs import epochs
-from carbonctx._runs.run import Run
-from carbonctx._runs.total import job_total
 from carbonctx.errors import (
     CarbonctxError,
     CarbonctxWarning,
@@ -51,10 +31,74 @@ from carbonctx.errors import (
     SourceUnavailableError,
 )
 
-#: Former name of :class:`RunTotals` (a run's forecast or actual figures); kept for old code.
-Estimate = RunTotals
-#: Former name of :class:`Distribution`; kept for old code.
-Summary = Distribution
+# Importing carbonctx imports only the errors and the native module (not even ``typing``): the
+# rest of the public API is imported on first use (PEP 562 ``__getattr__`` below), from the
+# modules the ``_LAZY`` table names, once; settings are read and validated then, as before, at
+# the first region or ``configure()``. Type checkers see the imports below instead.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from carbonctx._api import (
+        configure,
+        devices,
+        flush,
+        recent,
+        recent_frame,
+        stats,
+        write_trace,
+    )
+    from carbonctx._config import Settings
+    from carbonctx._measure.region import Region, Tracker, current, track, tracked
+    from carbonctx._results.equivalents import (
+        Equivalent,
+        PueSuggestion,
+        equivalents,
+        pue_suggestion,
+    )
+    from carbonctx._results.measurement import Measurement, SourceEnergy
+    from carbonctx._results.runs import JobTotal, RunTotals
+    from carbonctx._results.statistics import Distribution, NameStats, StatsTable
+    from carbonctx._runs.epochs import epochs
+    from carbonctx._runs.run import Run
+    from carbonctx._runs.total import job_total
+
+    #: Former name of :class:`RunTotals` (a run's forecast or actual figures); kept for old code.
+    Estimate = RunTotals
+    #: Former name of :class:`Distribution`; kept for old code.
+    Summary = Distribution
+
+#: Public name -> (module, name there) of what is imported on first use.
+_LAZY: dict[str, tuple[str, str]] = {
+    **{
+        f: ("carbonctx._api", f)
+        for f in ("configure", "devices", "flush", "recent", "recent_frame", "stats", "write_trace")
+    },
+    "Settings": ("carbonctx._config", "Settings"),
+    "Region": ("carbonctx._measure.region", "Region"),
+    "Tracker": ("carbonctx._measure.region", "Tracker"),
+    "current": ("carbonctx._measure.region", "current"),
+    "track": ("carbonctx._measure.region", "track"),
+    "tracked": ("carbonctx._measure.region", "tracked"),
+    "Equivalent": ("carbonctx._results.equivalents", "Equivalent"),
+    "PueSuggestion": ("carbonctx._results.equivalents", "PueSuggestion"),
+    "equivalents": ("carbonctx._results.equivalents", "equivalents"),
+    "pue_suggestion": ("carbonctx._results.equivalents", "pue_suggestion"),
+    "Measurement": ("carbonctx._results.measurement", "Measurement"),
+    "SourceEnergy": ("carbonctx._results.measurement", "SourceEnergy"),
+    "JobTotal": ("carbonctx._results.runs", "JobTotal"),
+    "RunTotals": ("carbonctx._results.runs", "RunTotals"),
+    # Former name of RunTotals (a run's forecast or actual figures); kept for old code.
+    "Estimate": ("carbonctx._results.runs", "RunTotals"),
+    "Distribution": ("carbonctx._results.statistics", "Distribution"),
+    # Former name of Distribution; kept for old code.
+    "Summary": ("carbonctx._results.statistics", "Distribution"),
+    "NameStats": ("carbonctx._results.statistics", "NameStats"),
+    "StatsTable": ("carbonctx._results.statistics", "StatsTable"),
+    "epochs": ("carbonctx._runs.epochs", "epochs"),
+    "Run": ("carbonctx._runs.run", "Run"),
+    "job_total": ("carbonctx._runs.total", "job_total"),
+}
 
 __all__ = [
     "CarbonctxError",
@@ -98,177 +142,56 @@ __all__ = [
 ]
 
 
-def configure(
-    *,
-    cpu_backends: Sequence[str] | None = None,
-    gpu: bool | None = None,
-    estimate: str | None = None,
-    intervals: Mapping[str, float] | None = None,
-    output: str | None = None,
-    strict: bool | None = None,
-    window: int | None = None,
-    on_fork: str | None = None,
-    summary_at_exit: bool | None = None,
-    zone: str | None = None,
-    pue: float | None = None,
-    providers: Sequence[str] | None = None,
-    electricitymaps_token: str | None = None,
-    urls: Mapping[str, str] | None = None,
-    cache_dir: str | None = None,
-    signal: str | None = None,
-    deadline_s: float | None = None,
-    entsoe_token: str | None = None,
-    eia_key: str | None = None,
-    electricitymaps_api: str | None = None,
-    watttime_username: str | None = None,
-    watttime_password: str | None = None,
-    watttime_region: str | None = None,
-    latitude: float | None = None,
-    longitude: float | None = None,
-    sys_root: str | None = None,
-    dev_root: str | None = None,
-    proc_root: str | None = None,
-    nvml_library: str | None = None,
-    rank: int | None = None,
-    local_rank: int | None = None,
-    world_size: int | None = None,
-    local_world_size: int | None = None,
-    node: str | None = None,
-    job: str | None = None,
-    gpus: Sequence[int | str] | None = None,
-    node_sampler: bool | None = None,
-    node_dir: str | None = None,
-    cpu_tdp_w: str | float | None = None,
-    amdsmi: bool | None = None,
-    amdsmi_library: str | None = None,
-    hwmon: bool | None = None,
-    redfish_url: str | None = None,
-    redfish_user: str | None = None,
-    redfish_password: str | None = None,
-    redfish_verify: bool | str | None = None,
-    redfish_period_s: float | None = None,
-) -> Settings:
-    """Set process-wide options; unset ones keep their value (from ``CARBONCTX_*`` or default).
-
-    Sources: ``cpu_backends`` (preference order of ``"powercap"``, ``"perf"``, ``"msr"``),
-    ``gpu`` (read GPUs of every vendor: NVML, AMD SMI, the Intel GPUs' hwmon files), ``amdsmi``
-    (AMD GPUs through AMD SMI, else the amdgpu hwmon files; on by default), ``hwmon`` (hwmon's
-    meters: Intel GPUs, amd_energy, ACPI power meters, Jetson rails; on by default),
-    ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter, ``"never"``,
-    ``"always"``), ``intervals`` (seconds per backend, e.g. ``{"nvml": 0.02}``).
-    Output: ``output`` (a JSON Lines path, one record per region), ``summary_at_exit``.
-    Behaviour: ``strict`` (raise instead of degrading), ``window`` (recent regions kept),
-    ``on_fork`` (``"restart"``: a forked child starts its own sampler; ``"disable"``).
-    Carbon: ``zone``, ``pue``, ``providers``, ``electricitymaps_token``, ``urls``, ``cache_dir``,
-    ``signal`` (``"average"`` or ``"marginal"``: which intensity CO2 uses), ``deadline_s`` (per
-    request), ``entsoe_token``, ``eia_key``, ``electricitymaps_api`` (``"v3"``, ``"v4"``),
-    ``watttime_username``, ``watttime_password``, ``watttime_region``, ``latitude`` and
-    ``longitude`` (where the machine is, for providers that take coordinates).
-    Hardware roots (for simulated hardware): ``sys_root``, ``dev_root``, ``proc_root``,
-    ``nvml_library``, ``amdsmi_library``.
-    Distributed jobs (each overrides what the launcher says): ``rank``, ``local_rank``,
-    ``world_size``, ``local_world_size``, ``node`` (the node's name; default host name and boot
-    id), ``job`` (the job's id), ``gpus`` (the GPUs this rank reports: device numbers as this
-    process numbers them, or UUIDs; ``[]`` for none). ``output`` may use ``{rank}``,
-    ``{local_rank}``, ``{node}`` and ``{job}``. ``node_sampler`` (one sampler per node, shared
-    by the job's processes there; on by default where a node runs several) and ``node_dir``
-    (its files; ``/dev/shm``). ``cpu_tdp_w``: the CPU's TDP per package for the utilisation ×
-    TDP estimate.
-    The node's wall power from its BMC over Redfish, shown beside the components (never added
-    to them): ``redfish_url`` (``https://BMC``, or a chassis ``https://BMC/redfish/v1/Chassis/1``),
-    ``redfish_user`` and ``redfish_password`` (never shown anywhere), ``redfish_verify`` (True:
-    the system's CAs; a CA bundle's path; False: not verified, with a warning),
-    ``redfish_period_s`` (seconds between readings, default 5). The first region waits at most
-    ``min(5, redfish_period_s)`` seconds for the BMC's first answer; ``configure()`` and exit
-    wait at most 1 s for the thread that reads it.
-
-    A running sampler is stopped (its regions resolved) and restarts with the new settings on
-    the next region; a region open at the time is measured to its end and recorded with the
-    settings it began under. Raises :class:`ConfigurationError` for a value that cannot be
-    used.
-    """
-    given: dict[str, Any] = {k: v for k, v in locals().items() if v is not None}
-    if "cpu_tdp_w" in given:
-        given["cpu_tdp_w"] = str(given["cpu_tdp_w"])
-    return _process.configure(given)
-
-
-def stats() -> StatsTable:
-    """Per-name statistics of every region resolved so far (waits for recent ones)."""
-    return _process.runtime().stats()
-
-
-def flush(timeout: float = _process.RESULT_TIMEOUT_S) -> bool:
-    """Resolve and record every region that has ended. Returns False on timeout."""
-    rt = _process.current_runtime()
-    return True if rt is None else rt.flush(timeout)
-
-
-def recent() -> list[Measurement]:
-    """Measurements of the most recent regions (``configure(window=...)`` of them)."""
-    rt = _process.current_runtime()
-    if rt is None:
-        return []
-    rt.flush()
-    return rt.recent_measurements()
-
-
-def recent_frame() -> Any:
-    """The most recent regions as a pandas DataFrame, one row per region (indexed by id): every
-    field, ``joules.<source>`` and ``tag.<key>`` columns. Needs pandas (``carbonctx[pandas]``)."""
-    return _measurements_frame(recent())
-
-
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext carbonctx``: the ``%%carbonctx`` (a cell is a region) and ``%carbonctx``
     magics (see :mod:`carbonctx.integrations.ipython`)."""
+    import importlib
+
     # Imported by name: the integrations sit above the public API and need IPython.
     importlib.import_module("carbonctx.integrations.ipython").load_ipython_extension(ipython)
 
 
-def devices() -> dict[str, Any]:
-    """What was found: sources in use, alternatives, and what could not be used with why;
-    under ``"rank"``, which rank and node of which job this process is (from which launcher),
-    which GPUs it reports and by which rule, and how node-wide sources are shared."""
-    return _process.runtime().describe()
+if not TYPE_CHECKING:  # a type checker flags a misspelt name instead of calling this
+
+    def __getattr__(name: str) -> Any:
+        """A public name of the ``_LAZY`` table, imported on first use and kept here (the import
+        system's lock makes a first use in two threads at once import the module once)."""
+        try:
+            module, attr = _LAZY[name]
+        except KeyError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        import importlib
+
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        _keep_imported()
+        return value
 
 
-def write_trace(path: str) -> str:
-    """Write a Chrome trace / Perfetto JSON of recent regions and per-source power.
-
-    It holds the most recent ``configure(window=...)`` regions (1000 by default); its
-    ``otherData`` says how many of how many ended, and when older ones were left out a
-    :class:`CarbonctxWarning` says so once. For every region of a run, record them with
-    ``configure(output=FILE)`` and use ``carbonctx report FILE --trace TRACE``.
-    """
-    from carbonctx._output.jsonl import dumps
-
-    rt = _process.runtime()
-    doc = rt.trace()
-    note = doc.get("otherData", {}).get("note")
-    if note:
-        rt.note("trace-window", f"write_trace({path!r}): {note}")
-        rt.emit_warnings()
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(dumps(doc))
-    return path
+#: Names the public classes' annotations use besides each other, and where they are.
+_ANNOTATION_NAMES = (
+    ("typing", "Any"),
+    ("collections.abc", "Mapping"),
+    ("collections.abc", "Sequence"),
+)
 
 
-# Public classes from private modules say where users find them (help(), reprs, pickles), not
-# where they are defined. (Errors and warnings stay in their public module, carbonctx.errors.)
-for _cls in (
-    Distribution,
-    Equivalent,
-    JobTotal,
-    Measurement,
-    NameStats,
-    PueSuggestion,
-    Run,
-    RunTotals,
-    Settings,
-    SourceEnergy,
-    StatsTable,
-    Tracker,
-):
-    _cls.__module__ = "carbonctx"
-del _cls
+def _keep_imported() -> None:
+    """Keep here every public name whose module has been imported by now, and the names the
+    public classes' annotations use, importing nothing: the classes say they are carbonctx's,
+    so ``typing.get_type_hints`` reads their annotations in this namespace, which holds them as
+    it did when carbonctx imported everything at once."""
+    import sys
+
+    here = globals()
+    wanted = [(m, a, a) for m, a in _ANNOTATION_NAMES]
+    wanted += [(m, a, name) for name, (m, a) in _LAZY.items()]
+    for module, attr, name in wanted:
+        if name not in here:
+            value = getattr(sys.modules.get(module), attr, None)
+            if value is not None:
+                here[name] = value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -31,6 +31,8 @@ _INT_RANK_SETTINGS = ("rank", "local_rank", "world_size", "local_world_size")
 class Settings:
     """Everything ``configure()`` accepts. Unset fields fall back to the environment."""
 
+    __module__ = "carbonctx"  # public as carbonctx.Settings: help(), reprs, pickles
+
     cpu_backends: tuple[str, ...] = CPU_BACKENDS
     gpu: bool = True
     estimate: str = "auto"

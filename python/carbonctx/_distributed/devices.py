@@ -402,12 +402,13 @@ def _owned(
         )
     if sharing:
         o = local % n
+        n_gpus = "1 GPU" if n == 1 else f"{n} GPUs"
         if local < n:
             return _pick(
                 visible,
                 [o],
                 "local-rank-shared",
-                f"{local_world} local ranks share {n} GPUs: local rank {local} reports GPU {o} "
+                f"{local_world} local ranks share {n_gpus}: local rank {local} reports GPU {o} "
                 "for every rank on it" + fallback_note + note,
                 shared=True,
             )
@@ -415,7 +416,7 @@ def _owned(
             visible,
             [],
             "local-rank-shared",
-            f"{local_world} local ranks share {n} GPUs: GPU {o} is reported by local rank {o}"
+            f"{local_world} local ranks share {n_gpus}: GPU {o} is reported by local rank {o}"
             + fallback_note,
             shared=True,
         )

@@ -59,6 +59,8 @@ class Tracker(_native.Region):
     entered twice) comes back here, to ``_enter_slow`` and ``_exit_slow``.
     """
 
+    __module__ = "carbonctx"  # public as carbonctx.Tracker: help(), reprs, pickles
+
     __slots__ = ()
 
     def __repr__(self) -> str:

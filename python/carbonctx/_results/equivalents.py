@@ -23,6 +23,8 @@ class Equivalent:
     names the figure used and where it comes from.
     """
 
+    __module__ = "carbonctx"  # public as carbonctx.Equivalent: help(), reprs, pickles
+
     id: str
     value: float
     unit: str
@@ -52,6 +54,8 @@ class Equivalent:
 class PueSuggestion:
     """A cloud provider's published PUE, offered (never applied) when the zone rule found that
     provider's region. Apply it with ``carbonctx.configure(pue=...)`` or ``CARBONCTX_PUE``."""
+
+    __module__ = "carbonctx"  # public as carbonctx.PueSuggestion: help(), reprs, pickles
 
     cloud: str
     provider: str

@@ -46,6 +46,8 @@ class SourceEnergy:
     own GPU; ``share_rule`` says how the share was found (None outside a job).
     """
 
+    __module__ = "carbonctx"  # public as carbonctx.SourceEnergy: help(), reprs, pickles
+
     id: str
     label: str
     backend: str
@@ -86,6 +88,8 @@ class Measurement:
     of the node's CPU and DRAM (see ``by_source``), so that adding up the ranks' figures of
     concurrent regions counts each node once.
     """
+
+    __module__ = "carbonctx"  # public as carbonctx.Measurement: help(), reprs, pickles
 
     name: str
     id: int

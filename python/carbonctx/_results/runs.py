@@ -35,6 +35,8 @@ class RunTotals:
     both None otherwise, and for a forecast.
     """
 
+    __module__ = "carbonctx"  # public as carbonctx.RunTotals: help(), reprs, pickles
+
     epochs_done: int
     epochs_total: int
     duration_s: float
@@ -187,6 +189,8 @@ class JobTotal:
     (``"torch"``, ``"mpi"`` or ``"local"``). ``co2_g`` is None when a rank had no CO2 figure.
     ``of`` says what was totalled; ``forecast`` is the job's forecast when a run was totalled.
     """
+
+    __module__ = "carbonctx"  # public as carbonctx.JobTotal: help(), reprs, pickles
 
     of: str
     ranks: int

@@ -38,6 +38,8 @@ class Distribution:
     (Formerly ``Summary``, a name kept as an alias.)
     """
 
+    __module__ = "carbonctx"  # public as carbonctx.Distribution: help(), reprs, pickles
+
     total: float
     mean: float
     std: float
@@ -49,6 +51,8 @@ class Distribution:
 @attrs.frozen(slots=True)
 class NameStats:
     """Per-name statistics: what per-step profiling reads."""
+
+    __module__ = "carbonctx"  # public as carbonctx.NameStats: help(), reprs, pickles
 
     name: str
     count: int
@@ -74,6 +78,8 @@ class StatsTable(Mapping[str, NameStats]):
     A mapping of name to :class:`NameStats`; ``to_dicts()`` gives plain rows and
     ``to_pandas()`` a DataFrame (pandas must be installed).
     """
+
+    __module__ = "carbonctx"  # public as carbonctx.StatsTable: help(), reprs, pickles
 
     __slots__ = ("_rows",)
 

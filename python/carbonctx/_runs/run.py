@@ -63,6 +63,8 @@ class Run:
     (``_runs.budget``), the log (``_runs.log``) and stderr (``_runs.progress``) are its parts.
     """
 
+    __module__ = "carbonctx"  # public as carbonctx.Run: help(), reprs, pickles
+
     def __init__(
         self,
         n: int,
