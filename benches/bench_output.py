@@ -42,8 +42,9 @@ N_LOOP = 50_000
 REPEATS = 3
 #: Bytes each busy thread hashes inside each region (the GIL is released while it hashes).
 PAYLOAD = 1 << 14
-#: The steady loop's step: a little Python work inside each region (a few µs).
-STEP = range(100)
+#: The steady loop's steps: Python work inside each region, about 1 µs (a tight loop, more
+#: regions a second than a writer under the GIL keeps up with) and about 20 µs.
+STEPS = {"tight": range(100), "20us": range(2000)}
 STEADY_S = 1.0
 
 
@@ -82,11 +83,10 @@ def _thread_cpu_ns(ident: int | None) -> int:
         return 0
 
 
-def steady(kind: str) -> dict[str, float]:
+def steady(kind: str, step: range) -> dict[str, float]:
     """ns per region of the steady loop (see the module's doc)."""
     track = carbonctx.track
     empty = Empty()
-    step = STEP
     rt = _process._RT
     resolver = rt._thread.ident if rt is not None and rt._thread is not None else None
     r0 = _thread_cpu_ns(resolver)
@@ -129,6 +129,34 @@ class GcTimes:
             self._t = time.perf_counter_ns()
         else:
             self.runs.append((info["generation"], time.perf_counter_ns() - self._t))
+
+
+def steady_table(sm: dict[tuple[str, str], dict[str, float]]) -> str:
+    out = [
+        f"One thread, steady loop ({STEADY_S:g} s of regions around a step of Python work, the "
+        "resolver writing in the background), ns per region:",
+        "",
+        "| step | | user thread CPU | user thread wall | resolver thread CPU | "
+        "sampler thread CPU | left for `flush()` (user CPU) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, step in STEPS.items():
+        t, e = sm[(label, "track")], sm[(label, "empty")]
+        what = f"`sum(range({len(step)}))`"
+        out.append(
+            f'| {what} | `with track("step")` | {t["user"]:.0f} | {t["wall"]:.0f} | '
+            f"{t['resolver']:.0f} | {t['sampler']:.0f} | {t['flush']:.0f} |"
+        )
+        out.append(
+            f"| | empty `with` | {e['user']:.0f} | {e['wall']:.0f} | {e['resolver']:.0f} | "
+            f"{e['sampler']:.0f} | {e['flush']:.0f} |"
+        )
+        out.append(
+            f"| | **added** | **{t['user'] - e['user']:.0f}** | **{t['wall'] - e['wall']:.0f}** | "
+            f"{t['resolver'] - e['resolver']:.0f} | {t['sampler'] - e['sampler']:.0f} | "
+            f"{t['flush'] - e['flush']:.0f} |"
+        )
+    return "\n".join(out)
 
 
 def stall_probe(seconds: float, probe_track: bool) -> tuple[list[int], int]:
@@ -193,11 +221,12 @@ def main() -> None:
             for kind in ("track", "empty"):
                 amort[kind].append(loop_mean_ns(kind, N_LOOP))
             carbonctx.flush()
-        st: dict[str, list[dict[str, float]]] = {"track": [], "empty": []}
+        st: dict[tuple[str, str], list[dict[str, float]]] = {}
         gct = GcTimes()
         for _ in range(REPEATS):
             for kind in ("track", "empty"):
-                st[kind].append(steady(kind))
+                for label, step in STEPS.items():
+                    st.setdefault((label, kind), []).append(steady(kind, step))
         regions_s: list[float] = []
         gc.callbacks.append(gct)
         for _ in range(REPEATS):
@@ -219,7 +248,6 @@ def main() -> None:
         kind: {f: statistics.median(r[f] for r in runs) for f in runs[0]}
         for kind, runs in st.items()
     }
-    t, e = sm["track"], sm["empty"]
     full_ns = [ns for g, ns in gct.runs if g == 2]
     full = len(full_ns)
     text = f"""# Regions with output on
@@ -241,15 +269,7 @@ threads, median): {full} full collections of Python's cyclic collector (longest
 {max((ns for _g, ns in gct.runs), default=0) / 1e6:.1f} ms); a collection holds the GIL, so every
 thread waits for it.
 
-One thread, steady loop ({STEADY_S:g} s of regions around `sum(range({len(STEP)}))`, the
-resolver writing in the background), ns per region:
-
-| | user thread CPU | user thread wall | resolver thread CPU | sampler thread CPU | left for `flush()` (user CPU) |
-| --- | --- | --- | --- | --- | --- |
-| `with track("step")` | {t["user"]:.0f} | {t["wall"]:.0f} | {t["resolver"]:.0f} | {t["sampler"]:.0f} | {t["flush"]:.0f} |
-| empty `with` | {e["user"]:.0f} | {e["wall"]:.0f} | {e["resolver"]:.0f} | {e["sampler"]:.0f} | {e["flush"]:.0f} |
-| added by the region | **{t["user"] - e["user"]:.0f}** | **{t["wall"] - e["wall"]:.0f}** | {t["resolver"] - e["resolver"]:.0f} | {t["sampler"] - e["sampler"]:.0f} | {t["flush"] - e["flush"]:.0f} |
-
+{steady_table(sm)}
 Bytes per region record (whole file / region records): **{size / max(written, 1):.0f} B**.
 Region records written: {written:,} of {total:,} regions ended.
 """
