@@ -8,12 +8,13 @@ long the worst ``with`` takes while other threads are busy in regions, and bytes
   16 KiB, a few µs), while the main thread times one empty ``with carbonctx.track("probe")`` at a time; the
   worst and the 99.9th percentile, against the same probe with an empty ``with`` in the same
   run (the baseline carries the machine's own scheduling noise);
-* **steady loop**: one thread runs regions around a small step of Python work (``STEP``) for
-  ``STEADY_S`` seconds, the resolver and writer working in the background as in a training loop;
-  per region, against the same loop with an empty ``with``: the user thread's own CPU time
-  (``time.thread_time_ns``), its wall time, the resolver thread's CPU time (it resolves and
-  writes; it takes the GIL from the user thread while it does), the sampler thread's, and what
-  the ``flush()`` after the loop still had to do on the user thread;
+* **steady loop**: one thread runs regions around a step of Python work (``STEPS``) for
+  ``STEADY_S`` seconds, the resolver and writer working in the background as in a training loop,
+  in blocks alternating with the same loop around an empty ``with``; per region: the user
+  thread's own CPU time (``time.thread_time_ns``) and wall time against the empty ``with``, the
+  resolver thread's CPU time (it resolves and writes; it takes the GIL from the user thread
+  while it does), the sampler thread's, and what the ``flush()`` after the loop still had to do
+  on the user thread;
 * **records**: bytes of the output per region, and regions written against regions ended.
 
 Run: ``.venv/bin/python benches/bench_output.py [seconds]``.
@@ -46,6 +47,7 @@ PAYLOAD = 1 << 14
 #: regions a second than a writer under the GIL keeps up with) and about 20 µs.
 STEPS = {"tight": range(100), "20us": range(2000)}
 STEADY_S = 1.0
+BLOCK = 500
 
 
 class Empty:
@@ -83,38 +85,45 @@ def _thread_cpu_ns(ident: int | None) -> int:
         return 0
 
 
-def steady(kind: str, step: range) -> dict[str, float]:
-    """ns per region of the steady loop (see the module's doc)."""
+def steady(step: range) -> dict[tuple[str, str], float]:
+    """ns per region of the steady loop (see the module's doc): blocks of ``BLOCK`` regions,
+    ``with track()`` and empty ``with`` in turn, each block timed on the user thread (so both
+    kinds see the same machine, and the same caches left by the resolver); the resolver's and
+    the sampler's CPU time over the whole loop and the ``flush()`` after it, per tracked
+    region."""
     track = carbonctx.track
     empty = Empty()
     rt = _process._RT
     resolver = rt._thread.ident if rt is not None and rt._thread is not None else None
+    acc = {k: [0, 0, 0] for k in ("track", "empty")}  # user ns, wall ns, regions
     r0 = _thread_cpu_ns(resolver)
     s0 = thread_cpu_s("carbonctx-sampler")
-    u0 = time.thread_time_ns()
-    w0 = time.perf_counter_ns()
+    tt = time.thread_time_ns
+    pc = time.perf_counter_ns
     end = time.monotonic() + STEADY_S
-    n = 0
     while time.monotonic() < end:
-        for _ in range(1000):
+        for kind in ("track", "empty"):
+            u0, w0 = tt(), pc()
             if kind == "track":
-                with track("step"):
-                    sum(step)
+                for _ in range(BLOCK):
+                    with track("step"):
+                        sum(step)
             else:
-                with empty:
-                    sum(step)
-        n += 1000
-    u1 = time.thread_time_ns()
-    w1 = time.perf_counter_ns()
+                for _ in range(BLOCK):
+                    with empty:
+                        sum(step)
+            a = acc[kind]
+            a[0] += tt() - u0
+            a[1] += pc() - w0
+            a[2] += BLOCK
+    u1 = tt()
     carbonctx.flush()
-    u2 = time.thread_time_ns()
-    return {
-        "user": (u1 - u0) / n,
-        "wall": (w1 - w0) / n,
-        "resolver": (_thread_cpu_ns(resolver) - r0) / n,
-        "sampler": (thread_cpu_s("carbonctx-sampler") - s0) * 1e9 / n,
-        "flush": (u2 - u1) / n,
-    }
+    n = acc["track"][2]
+    out = {(k, f): acc[k][i] / acc[k][2] for k in acc for i, f in enumerate(("user", "wall"))}
+    out[("track", "resolver")] = (_thread_cpu_ns(resolver) - r0) / n
+    out[("track", "sampler")] = (thread_cpu_s("carbonctx-sampler") - s0) * 1e9 / n
+    out[("track", "flush")] = (tt() - u1) / n
+    return out
 
 
 class GcTimes:
@@ -131,30 +140,29 @@ class GcTimes:
             self.runs.append((info["generation"], time.perf_counter_ns() - self._t))
 
 
-def steady_table(sm: dict[tuple[str, str], dict[str, float]]) -> str:
+def steady_table(sm: dict[str, dict[tuple[str, str], float]]) -> str:
     out = [
-        f"One thread, steady loop ({STEADY_S:g} s of regions around a step of Python work, the "
-        "resolver writing in the background), ns per region:",
+        f"One thread, steady loop ({STEADY_S:g} s of regions around a step of Python work, "
+        f'blocks of {BLOCK} `with track("step")` and of {BLOCK} empty `with` in turn, the '
+        "resolver writing in the background), ns per region (the resolver's and sampler's CPU "
+        "and what `flush()` still had to do after the loop are per tracked region):",
         "",
-        "| step | | user thread CPU | user thread wall | resolver thread CPU | "
-        "sampler thread CPU | left for `flush()` (user CPU) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| step | user thread CPU, track | empty | **added** | user thread wall, track | "
+        "empty | **added** | resolver thread CPU | sampler thread CPU | left for `flush()` |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, step in STEPS.items():
-        t, e = sm[(label, "track")], sm[(label, "empty")]
-        what = f"`sum(range({len(step)}))`"
-        out.append(
-            f'| {what} | `with track("step")` | {t["user"]:.0f} | {t["wall"]:.0f} | '
-            f"{t['resolver']:.0f} | {t['sampler']:.0f} | {t['flush']:.0f} |"
+        m = sm[label]
+        ut, ue, wt, we = (
+            m[("track", "user")],
+            m[("empty", "user")],
+            m[("track", "wall")],
+            m[("empty", "wall")],
         )
         out.append(
-            f"| | empty `with` | {e['user']:.0f} | {e['wall']:.0f} | {e['resolver']:.0f} | "
-            f"{e['sampler']:.0f} | {e['flush']:.0f} |"
-        )
-        out.append(
-            f"| | **added** | **{t['user'] - e['user']:.0f}** | **{t['wall'] - e['wall']:.0f}** | "
-            f"{t['resolver'] - e['resolver']:.0f} | {t['sampler'] - e['sampler']:.0f} | "
-            f"{t['flush'] - e['flush']:.0f} |"
+            f"| `sum(range({len(step)}))` | {ut:.0f} | {ue:.0f} | **{ut - ue:.0f}** | {wt:.0f} | "
+            f"{we:.0f} | **{wt - we:.0f}** | {m[('track', 'resolver')]:.0f} | "
+            f"{m[('track', 'sampler')]:.0f} | {m[('track', 'flush')]:.0f} |"
         )
     return "\n".join(out)
 
@@ -221,12 +229,11 @@ def main() -> None:
             for kind in ("track", "empty"):
                 amort[kind].append(loop_mean_ns(kind, N_LOOP))
             carbonctx.flush()
-        st: dict[tuple[str, str], list[dict[str, float]]] = {}
+        st: dict[str, list[dict[tuple[str, str], float]]] = {}
         gct = GcTimes()
         for _ in range(REPEATS):
-            for kind in ("track", "empty"):
-                for label, step in STEPS.items():
-                    st.setdefault((label, kind), []).append(steady(kind, step))
+            for label, step in STEPS.items():
+                st.setdefault(label, []).append(steady(step))
         regions_s: list[float] = []
         gc.callbacks.append(gct)
         for _ in range(REPEATS):
@@ -245,8 +252,8 @@ def main() -> None:
     w = {k: statistics.median(v) for k, v in worst.items()}
     p = {k: statistics.median(v) for k, v in p999.items()}
     sm = {
-        kind: {f: statistics.median(r[f] for r in runs) for f in runs[0]}
-        for kind, runs in st.items()
+        label: {f: statistics.median(r[f] for r in runs) for f in runs[0]}
+        for label, runs in st.items()
     }
     full_ns = [ns for g, ns in gct.runs if g == 2]
     full = len(full_ns)
@@ -270,6 +277,7 @@ threads, median): {full} full collections of Python's cyclic collector (longest
 thread waits for it.
 
 {steady_table(sm)}
+
 Bytes per region record (whole file / region records): **{size / max(written, 1):.0f} B**.
 Region records written: {written:,} of {total:,} regions ended.
 """
