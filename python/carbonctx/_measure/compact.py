@@ -226,7 +226,7 @@ def _texts_2g(u: npt.NDArray[np.float64]) -> npt.NDArray[np.object_]:
     """``"%.2g" % x`` of every element, each distinct value formatted once."""
     values, where = np.unique(u.ravel(), return_inverse=True)
     texts = np.array([f"{x:.2g}" for x in values.tolist()], dtype=object)
-    return texts[where.ravel()].reshape(u.shape)  # type: ignore[no-any-return]
+    return texts[where.ravel()].reshape(u.shape)
 
 
 def _line_with_nulls(
