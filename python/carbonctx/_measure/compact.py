@@ -140,8 +140,18 @@ class CompactForm:
         prev_end = np.zeros(n, dtype=np.int64)
         if len(compact) > 1:
             prev_end[compact[1:]] = ends[compact[:-1]]
-        energy = np.nansum(uj[:, self._counted], axis=1) / 1e6
-        good = np.isfinite(uj).all(axis=1) & np.isfinite(u).all(axis=1)
+        # Column by column: NumPy gives up the GIL in reductions along an axis, and the
+        # resolver thread, competing with a user thread that runs Python, gets it back only
+        # after the switch interval (5 ms) each time.
+        energy = np.zeros(n)
+        good = np.ones(n, dtype=bool)
+        for c in range(w):
+            col = uj[:, c]
+            finite = np.isfinite(col)
+            good &= finite & np.isfinite(u[:, c])
+            if c in self._counted:
+                energy += np.where(finite, col, 0.0)  # a failed source adds nothing
+        energy /= 1e6
         # "th" when it changes from the previous compact line's (0 before the first), "tags"
         # and a region's own carbon: the rare parts, made line by line.
         extra: list[str] = [""] * n
@@ -222,11 +232,29 @@ class CompactForm:
         return ',"carbon":' + dumps_compact(carbon)
 
 
+class _Texts2g(dict[float, str]):
+    """``"%.2g" % x`` of the values seen (uncertainties rounded up to two significant digits:
+    a few hundred distinct values in practice; kept up to ``CAP``; never NaN, nor zeros, which
+    compare equal to their negative but are written otherwise)."""
+
+    CAP = 4096
+
+    def __missing__(self, x: float) -> str:
+        text = f"{x:.2g}"
+        if x == x and x != 0.0 and len(self) < self.CAP:
+            self[x] = text
+        return text
+
+
+_TEXTS_2G = _Texts2g()
+
+
 def _texts_2g(u: npt.NDArray[np.float64]) -> npt.NDArray[np.object_]:
-    """``"%.2g" % x`` of every element, each distinct value formatted once."""
-    values, where = np.unique(u.ravel(), return_inverse=True)
-    texts = np.array([f"{x:.2g}" for x in values.tolist()], dtype=object)
-    return texts[where.ravel()].reshape(u.shape)
+    """``"%.2g" % x`` of every element, each distinct value formatted once (a lookup, not a
+    sort: NumPy's sort gives up the GIL, see ``CompactForm.lines``)."""
+    out = np.empty(u.size, dtype=object)
+    out[:] = list(map(_TEXTS_2G.__getitem__, u.ravel().tolist()))
+    return out.reshape(u.shape)
 
 
 def _line_with_nulls(
