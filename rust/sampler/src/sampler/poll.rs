@@ -303,6 +303,15 @@ pub(super) fn poll_one(
                     if let Some(s) = stamp {
                         pt.t_ns = s.clamp(prev_read + 1, t_read);
                     }
+                    // The update's energy placed by the source's power samples (see `shape`):
+                    // points inside (last, pt), published before `pt` itself.
+                    if let (true, None, Some(last)) = (config.power_samples, gap_from, tl.last()) {
+                        let inside = super::shape::interior(p.source.as_mut(), last, pt);
+                        st.shaped_updates += u64::from(!inside.is_empty());
+                        for q in inside {
+                            append(i, tl, st, seg, p.offset_j, q, None);
+                        }
+                    }
                     Some(pt)
                 }
                 Step::Reset(pt) => {
