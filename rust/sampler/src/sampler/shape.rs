@@ -9,10 +9,25 @@
 use crate::sensors::EnergySource;
 use crate::timeline::Point;
 
+/// Whether `span_ns` is whole update periods (to a twentieth of one): the span between two
+/// points stamped at update instants. A span that is not (one end is the first read, or a read
+/// that saw a change without knowing when it came) holds energy from outside it, and is not
+/// placed.
+pub(super) fn whole_updates(span_ns: u64, period_ns: Option<f64>) -> bool {
+    let Some(period) = period_ns.filter(|p| p.is_finite() && *p > 0.0) else {
+        return false;
+    };
+    let n = (span_ns as f64 / period).round();
+    n >= 1.0 && (span_ns as f64 - n * period).abs() <= 0.05 * period
+}
+
 /// The timeline points inside `(prev, next)` that `source`'s power samples give; none (the
 /// energy spread evenly, as without samples) when it has none or they are not usable.
 pub(super) fn interior(source: &mut dyn EnergySource, prev: Point, next: Point) -> Vec<Point> {
-    let rises = next.joules.partial_cmp(&prev.joules).is_some_and(|o| o.is_ge());
+    let rises = next
+        .joules
+        .partial_cmp(&prev.joules)
+        .is_some_and(|o| o.is_ge());
     if next.t_ns <= prev.t_ns + 1 || !rises {
         return Vec::new();
     }
@@ -53,6 +68,16 @@ mod tests {
     fn interior_points_split_the_update_and_keep_its_ends() {
         let got = points(pt(100, 10.0), pt(200, 30.0), &[(120, 0.5), (150, 0.75)]);
         assert_eq!(got, vec![pt(120, 20.0), pt(150, 25.0)]);
+    }
+
+    #[test]
+    fn only_spans_of_whole_updates_are_placed() {
+        let p = Some(100.0e6);
+        assert!(whole_updates(100_000_000, p));
+        assert!(whole_updates(101_000_000, p) && whole_updates(199_000_000, p));
+        assert!(!whole_updates(65_000_000, p) && !whole_updates(150_000_000, p));
+        assert!(!whole_updates(10_000_000, p));
+        assert!(!whole_updates(100_000_000, None) && !whole_updates(100_000_000, Some(0.0)));
     }
 
     #[test]
