@@ -232,21 +232,23 @@ def shaped_steps(out: dict[str, Any]) -> None:
             for _ in range(15):  # 1.5 s: the sampler learns when the counter updates
                 work(50)
                 time.sleep(0.05)
-        busy: list[float] = []
-        idle: list[float] = []
-        unc: list[float] = []
+        busy_r: list[carbonctx.Region] = []
+        idle_r: list[carbonctx.Region] = []
         with carbonctx.track("around", sync=True) as around:
             for _ in range(40):
                 for _ in range(2):
                     with carbonctx.track("busy-step", sync=True) as m:
                         work(25)
-                    busy.append(m.gpu_j)
-                    unc.append(m.uncertainty_j or 0.0)
+                    busy_r.append(m)
                 for _ in range(2):
                     with carbonctx.track("idle-step", sync=True) as m:
                         time.sleep(0.025)
-                    idle.append(m.gpu_j)
-                    unc.append(m.uncertainty_j or 0.0)
+                    idle_r.append(m)
+        # Read after the loop: reading a region's joules waits until the sampler has seen
+        # past its end (up to a counter update), which would stretch the steps apart.
+        busy = [m.gpu_j for m in busy_r]
+        idle = [m.gpu_j for m in idle_r]
+        unc = [m.uncertainty_j or 0.0 for m in busy_r + idle_r]
         (src,) = [x for x in carbonctx.devices()["sources"] if x["backend"] == "nvml"][:1]
         total = sum(busy) + sum(idle)
         res["on" if on else "off"] = {
