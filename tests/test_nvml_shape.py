@@ -11,6 +11,7 @@ the counter's bracket: the placement is an estimate between measured points."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 import carbonctx
 from carbonctx import _native
+from carbonctx._cli.devices import _print_devices
 from carbonctx.testing import GpuSpec, SimulatedMachine, Wave
 
 GPU = "nvml:0"
@@ -170,5 +172,9 @@ def test_the_setting_reaches_the_sampler_and_the_description(
             with carbonctx.track("warm"):
                 time.sleep(0.6)
             carbonctx.flush()
-            (src,) = [x for x in carbonctx.devices()["sources"] if x["id"] == GPU]
+            info = carbonctx.devices()
+            (src,) = [x for x in info["sources"] if x["id"] == GPU]
             assert (src["status"]["shaped_updates"] > 0) is on
+            text = io.StringIO()
+            _print_devices(info, text)
+            assert ("placed by the driver's power samples" in text.getvalue()) is on
