@@ -115,6 +115,7 @@ def sampler_on_real_gpu(out: dict[str, Any]) -> None:
             "phase_anchors": st[i]["phase_anchors"],
             "reads": st[i]["reads"],
             "max_late_ms": st[i]["max_late_s"] * 1e3,
+            "shaped_updates": st[i].get("shaped_updates"),
         }
         for i in gpu
     ]
@@ -138,6 +139,22 @@ def sampler_on_real_gpu(out: dict[str, Any]) -> None:
             "cpu_pct_of_core": (thread_cpu_s("carbonctx-sampler") - c0) / wall * 100,
             "reads_per_s": (sum(x["reads"] for x in s.status()) - r0) / wall,
         }
+    s.stop()
+    # The same with the power samples off (each counter update then costs no
+    # nvmlDeviceGetSamples call): what placing the energy costs.
+    s = _native.Sampler(cpu_backends=[], estimate="never", gpu_power_samples=False)
+    time.sleep(2.0)
+    c0, w0 = thread_cpu_s("carbonctx-sampler"), time.monotonic()
+    r0 = sum(x["reads"] for x in s.status())
+    while time.monotonic() - w0 < 3.0:
+        rid = s.begin()
+        time.sleep(0.02)
+        s.end(rid)
+    wall = time.monotonic() - w0
+    out["sampler_cost"]["regions every 20 ms, power samples off"] = {
+        "cpu_pct_of_core": (thread_cpu_s("carbonctx-sampler") - c0) / wall * 100,
+        "reads_per_s": (sum(x["reads"] for x in s.status()) - r0) / wall,
+    }
     s.stop()
 
 
