@@ -303,25 +303,12 @@ pub(super) fn poll_one(
                     if let Some(s) = stamp {
                         pt.t_ns = s.clamp(prev_read + 1, t_read);
                     }
-                    // The update's energy placed by the source's power samples (see `shape`):
-                    // points inside (last, pt), pushed before `pt` itself. Only between points
-                    // stamped by the phase lock, and whole update periods apart once it knows
-                    // the period: the first read (and a change stamped at its read) holds
-                    // energy from before its point.
-                    let period = p.phase.as_ref().and_then(PhaseLock::period_ns);
-                    let placed = config.power_samples && stamp.is_some() && gap_from.is_none();
-                    let last = tl.last().filter(|l| match period {
-                        Some(_) => super::shape::whole_updates(pt.t_ns - l.t_ns, period),
-                        None => tl.len() > 1,
-                    });
-                    if let (true, Some(last)) = (placed, last) {
-                        let inside = super::shape::interior(p.source.as_mut(), last, pt);
-                        st.shaped_updates += u64::from(!inside.is_empty());
-                        // Kept in this process's timeline only: the node's segment carries
-                        // measured points, so other processes spread the energy evenly.
-                        for q in inside {
-                            tl.push_placed(q);
-                        }
+                    // The update's energy placed in time by the source's power samples.
+                    if config.power_samples && stamp.is_some() && gap_from.is_none() {
+                        let period = p.phase.as_ref().and_then(PhaseLock::period_ns);
+                        let to = (i, &mut *tl, seg, p.offset_j);
+                        let placed = super::shape::place(p.source.as_mut(), to, pt, period);
+                        st.shaped_updates += u64::from(placed);
                     }
                     Some(pt)
                 }

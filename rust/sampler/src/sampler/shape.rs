@@ -7,7 +7,43 @@
 //! the sum of back-to-back regions) is unchanged; only its placement inside each update moves.
 
 use crate::sensors::EnergySource;
-use crate::timeline::Point;
+use crate::shared::Segment;
+use crate::timeline::{History, Point};
+
+/// Places the energy of the counter update that gives `next` (a change stamped at its update
+/// instant by the phase lock, whose period is `period_ns` once learned) between the timeline's
+/// last point and `next`, as placed points pushed before `next` itself; whether it did. Only
+/// between update instants (whole periods apart once the period is known, never from the
+/// first read): the first read, like a change stamped at its read, holds energy from before
+/// its point. Placed points are published to the node's segment too, marked as placed (less
+/// `offset_j`, as every point there), so every process resolves against the same points.
+pub(super) fn place(
+    source: &mut dyn EnergySource,
+    (i, tl, seg, offset_j): (usize, &mut History, Option<&Segment>, f64),
+    next: Point,
+    period_ns: Option<f64>,
+) -> bool {
+    let Some(last) = tl.last() else {
+        return false;
+    };
+    let updates = match period_ns {
+        Some(_) => whole_updates(next.t_ns.saturating_sub(last.t_ns), period_ns),
+        None => tl.len() > 1,
+    };
+    if !updates {
+        return false;
+    }
+    let inside = interior(source, last, next);
+    for q in &inside {
+        tl.push_placed(*q);
+        if let Some(seg) = seg {
+            let mut p = *q;
+            p.joules -= offset_j;
+            seg.publish_placed(i, p);
+        }
+    }
+    !inside.is_empty()
+}
 
 /// Whether `span_ns` is whole update periods (to a twentieth of one): the span between two
 /// points stamped at update instants. A span that is not (one end is the first read, or a read

@@ -17,6 +17,8 @@ pub(super) const SUCCESS: c_int = 0;
 pub(super) const ERROR_NOT_SUPPORTED: c_int = 3;
 /// nvmlDeviceGetSamples: no sample newer than the time asked for.
 pub(super) const ERROR_NOT_FOUND: c_int = 6;
+/// The library is older than the call.
+pub(super) const ERROR_FUNCTION_NOT_FOUND: c_int = 13;
 /// `nvmlSamplingType_t` of the board's power (the driver's own buffer of timed samples).
 const TOTAL_POWER_SAMPLES: c_int = 0;
 /// Large enough for any name or UUID NVML returns (its own v2 buffer sizes are 96).

@@ -37,7 +37,10 @@ use crate::error::Error;
 use crate::sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };
-use ffi::{error_message, hint_for, nvml_code, Handle, Nvml, RawSample, ERROR_NOT_SUPPORTED};
+use ffi::{
+    error_message, hint_for, nvml_code, Handle, Nvml, RawSample, ERROR_FUNCTION_NOT_FOUND,
+    ERROR_NOT_SUPPORTED,
+};
 use samples::PowerSamples;
 
 const BACKEND: &str = "nvml";
@@ -95,7 +98,7 @@ impl GpuSource {
                     }
                 }
                 Err(rc) => {
-                    if rc == ERROR_NOT_SUPPORTED || rc == 13 {
+                    if rc == ERROR_NOT_SUPPORTED || rc == ERROR_FUNCTION_NOT_FOUND {
                         self.samples = None;
                     }
                     return;
