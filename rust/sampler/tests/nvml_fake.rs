@@ -490,3 +490,73 @@ fn power_samples_place_an_updates_energy() {
     assert_eq!(found.sources[0].info().method, Method::IntegratedPower);
     assert!(found.sources[0].shape(from, from + 100 * MS).is_none());
 }
+
+/// The stand-in's `nvmlDeviceGetSamples` keeps NVML's documented contract: with `samples`
+/// NULL it says how many there are, it fills no more than `*sampleCount` (oldest first) and
+/// says how many it wrote, none newer than `lastSeenTimeStamp` is NVML_ERROR_NOT_FOUND (6),
+/// and another sampling type is NOT_SUPPORTED (3).
+#[test]
+fn the_stand_ins_power_samples_follow_nvmls_contract() {
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Sample {
+        time_us: u64,
+        value: u64,
+    }
+    type Samples = unsafe extern "C" fn(*mut u8, i32, u64, *mut i32, *mut u32, *mut Sample) -> i32;
+    let (_dir, sim) = sim_with_gpus(vec![TRACE.gpu(true)], 100, 100);
+    let fake = FakeNvml::for_sim(&sim, "gpu0.power_sample_ms=10\n");
+    while now_ns() < sim.t0_ns() + 200_000_000 {
+        sleep(Duration::from_millis(10));
+    }
+    // SAFETY: the stand-in exports these with NVML's signatures; every pointer passed is valid
+    // for what the call writes, and the library stays loaded while they are called.
+    unsafe {
+        let lib = libloading::Library::new(&fake.lib).unwrap();
+        let init = lib
+            .get::<unsafe extern "C" fn() -> i32>(b"nvmlInit_v2\0")
+            .unwrap();
+        let by_index = lib
+            .get::<unsafe extern "C" fn(u32, *mut *mut u8) -> i32>(
+                b"nvmlDeviceGetHandleByIndex_v2\0",
+            )
+            .unwrap();
+        let samples = lib.get::<Samples>(b"nvmlDeviceGetSamples\0").unwrap();
+        let shutdown = lib
+            .get::<unsafe extern "C" fn() -> i32>(b"nvmlShutdown\0")
+            .unwrap();
+        assert_eq!(init(), 0);
+        let mut dev = std::ptr::null_mut();
+        assert_eq!(by_index(0, &mut dev), 0);
+        let (mut vt, mut n) = (-1, 0u32);
+        assert_eq!(samples(dev, 0, 0, &mut vt, &mut n, std::ptr::null_mut()), 0);
+        assert!(n >= 15, "{n} samples after 200 ms at one per 10 ms");
+        let mut buf = [Sample::default(); 4];
+        let mut cap = 4u32;
+        assert_eq!(samples(dev, 0, 0, &mut vt, &mut cap, buf.as_mut_ptr()), 0);
+        assert_eq!((cap, vt), (4, 1), "four unsigned-int samples");
+        assert!(buf
+            .windows(2)
+            .all(|w| w[1].time_us - w[0].time_us == 10_000));
+        // mW within the trace's range.
+        let mw = |s: &Sample| s.value as u32;
+        assert!(buf.iter().all(|s| (40_000..=120_000).contains(&mw(s))));
+        // Incremental: only those after the last one seen.
+        let mut cap = 4u32;
+        let last = buf[3].time_us;
+        assert_eq!(
+            samples(dev, 0, last, &mut vt, &mut cap, buf.as_mut_ptr()),
+            0
+        );
+        assert_eq!(buf[0].time_us, last + 10_000);
+        let mut cap = 4u32;
+        assert_eq!(
+            samples(dev, 0, u64::MAX, &mut vt, &mut cap, buf.as_mut_ptr()),
+            6
+        );
+        assert_eq!(cap, 0);
+        let mut cap = 4u32;
+        assert_eq!(samples(dev, 1, 0, &mut vt, &mut cap, buf.as_mut_ptr()), 3);
+        assert_eq!(shutdown(), 0);
+    }
+}
