@@ -88,10 +88,10 @@ impl GpuSource {
             match got {
                 Ok((n, value_type)) => {
                     for s in &self.buf[..n] {
-                        match ffi::sample_value(value_type, s.value) {
-                            Some(mw) => samples.add(s.time_us, mw),
-                            None => samples.rejected += 1,
-                        }
+                        // A value of a type this code does not know is refused like a bad one
+                        // (and not asked for again).
+                        let mw = ffi::sample_value(value_type, s.value).unwrap_or(f64::NAN);
+                        samples.add(s.time_us, mw);
                     }
                     if n < self.buf.len() {
                         return;
