@@ -1,8 +1,10 @@
 """What only a real GPU can show: the NVML backend against an NVIDIA GPU.
 
 Measures NVML call latency, how often the energy counter and the power reading change, what
-the native sampler learns of the counter's cadence and what it costs, and per-region GPU energy
-under a real load (PyTorch), against NVML's own counter read at the same edges.
+the native sampler learns of the counter's cadence and what it costs, per-region GPU energy
+under a real load (PyTorch), against NVML's own counter read at the same edges, and 25 ms steps
+under a 50 ms busy / 50 ms idle load with the counter's updates placed by the driver's power
+samples and without (``gpu_power_samples``).
 
 Run on a machine with an NVIDIA GPU and PyTorch: ``python benches/gpu_device.py OUT_DIR``.
 Writes ``OUT_DIR/gpu-device.md`` and ``OUT_DIR/gpu-device.json``.
@@ -113,6 +115,7 @@ def sampler_on_real_gpu(out: dict[str, Any]) -> None:
             "phase_anchors": st[i]["phase_anchors"],
             "reads": st[i]["reads"],
             "max_late_ms": st[i]["max_late_s"] * 1e3,
+            "shaped_updates": st[i].get("shaped_updates"),
         }
         for i in gpu
     ]
@@ -136,6 +139,22 @@ def sampler_on_real_gpu(out: dict[str, Any]) -> None:
             "cpu_pct_of_core": (thread_cpu_s("carbonctx-sampler") - c0) / wall * 100,
             "reads_per_s": (sum(x["reads"] for x in s.status()) - r0) / wall,
         }
+    s.stop()
+    # The same with the power samples off (each counter update then costs no
+    # nvmlDeviceGetSamples call): what placing the energy costs.
+    s = _native.Sampler(cpu_backends=[], estimate="never", gpu_power_samples=False)
+    time.sleep(2.0)
+    c0, w0 = thread_cpu_s("carbonctx-sampler"), time.monotonic()
+    r0 = sum(x["reads"] for x in s.status())
+    while time.monotonic() - w0 < 3.0:
+        rid = s.begin()
+        time.sleep(0.02)
+        s.end(rid)
+    wall = time.monotonic() - w0
+    out["sampler_cost"]["regions every 20 ms, power samples off"] = {
+        "cpu_pct_of_core": (thread_cpu_s("carbonctx-sampler") - c0) / wall * 100,
+        "reads_per_s": (sum(x["reads"] for x in s.status()) - r0) / wall,
+    }
     s.stop()
 
 
@@ -204,6 +223,64 @@ def regions_under_load(out: dict[str, Any]) -> None:
     pynvml.nvmlShutdown()
 
 
+def shaped_steps(out: dict[str, Any]) -> None:
+    """25 ms steps under a 50 ms busy / 50 ms idle load (two busy steps of bf16 matmuls, then
+    two idle ones), 4 s of them inside one region, with ``gpu_power_samples`` on and off: the
+    median joules of busy and idle steps (placed by the 20 ms power samples they separate;
+    spread evenly over the counter's 100 ms updates they blur), and the sum of the steps
+    against the region around them (the counter's points are the same either way)."""
+    import torch
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+
+    def work(ms: float) -> None:
+        end = time.monotonic() + ms / 1e3
+        while time.monotonic() < end:
+            for _ in range(2):
+                a @ b
+            torch.cuda.synchronize()
+
+    res: dict[str, Any] = {}
+    for on in (True, False):
+        carbonctx.configure(cpu_backends=[], estimate="never", gpu_power_samples=on)
+        with carbonctx.track("warm-up", sync=True):
+            for _ in range(15):  # 1.5 s: the sampler learns when the counter updates
+                work(50)
+                time.sleep(0.05)
+        busy_r: list[carbonctx.Region] = []
+        idle_r: list[carbonctx.Region] = []
+        with carbonctx.track("around", sync=True) as around:
+            for _ in range(40):
+                for _ in range(2):
+                    with carbonctx.track("busy-step", sync=True) as m:
+                        work(25)
+                    busy_r.append(m)
+                for _ in range(2):
+                    with carbonctx.track("idle-step", sync=True) as m:
+                        time.sleep(0.025)
+                    idle_r.append(m)
+        # Read after the loop: reading a region's joules waits until the sampler has seen
+        # past its end (up to a counter update), which would stretch the steps apart.
+        busy = [m.gpu_j for m in busy_r]
+        idle = [m.gpu_j for m in idle_r]
+        unc = [m.uncertainty_j or 0.0 for m in busy_r + idle_r]
+        (src,) = [x for x in carbonctx.devices()["sources"] if x["backend"] == "nvml"][:1]
+        total = sum(busy) + sum(idle)
+        res["on" if on else "off"] = {
+            "busy_step_J_median": statistics.median(busy),
+            "idle_step_J_median": statistics.median(idle),
+            "busy_over_idle": statistics.median(busy) / max(statistics.median(idle), 1e-9),
+            "step_uncertainty_J_median": statistics.median(unc),
+            "steps_sum_J": total,
+            "around_J": around.gpu_j,
+            "steps_sum_vs_around": total / around.gpu_j - 1 if around.gpu_j else None,
+            "shaped_updates": src["status"].get("shaped_updates"),
+        }
+    out["shaped_steps"] = res
+
+
 def overhead(out: dict[str, Any]) -> None:
     carbonctx.configure(cpu_backends=[], estimate="never")
 
@@ -234,7 +311,13 @@ def main() -> None:
     outdir = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
     outdir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for step in (nvml_latency_and_cadence, sampler_on_real_gpu, regions_under_load, overhead):
+    for step in (
+        nvml_latency_and_cadence,
+        sampler_on_real_gpu,
+        regions_under_load,
+        shaped_steps,
+        overhead,
+    ):
         t = time.monotonic()
         try:
             step(out)

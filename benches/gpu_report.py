@@ -44,6 +44,16 @@ def one(d: dict[str, Any]) -> str:
             f"| 50 steps of 20 ms: sum of steps vs one region around them | {f(ul.get('steps_20ms_sum_J'))} J vs {f(ul.get('steps_whole_region_J'))} J ({f((ul.get('steps_sum_vs_whole') or 0) * 100, '+.2f')} %) |",
             f"| one 20 ms step | median {f(ul.get('step_J_p50'))} J ± {f(ul.get('step_uncertainty_J_p50'))} J (the counter moves every 100 ms) |",
         ]
+    for mode, sh in (d.get("shaped_steps") or {}).items():
+        how = "placed by 20 ms power samples" if mode == "on" else "spread evenly (samples off)"
+        rows.append(
+            f"| 25 ms steps under 50 ms busy / 50 ms idle, {how} | busy step median "
+            f"{f(sh.get('busy_step_J_median'), '.2f')} J, idle step {f(sh.get('idle_step_J_median'), '.2f')} J "
+            f"(ratio {f(sh.get('busy_over_idle'), '.2f')}), ± {f(sh.get('step_uncertainty_J_median'), '.1f')} J; "
+            f"sum of 160 steps {f(sh.get('steps_sum_J'))} J vs the region around them "
+            f"{f(sh.get('around_J'))} J ({f((sh.get('steps_sum_vs_around') or 0) * 100, '+.2f')} %); "
+            f"{sh.get('shaped_updates')} updates placed |"
+        )
     if ov:
         rows.append(
             f"| region overhead on this host | `@tracked` call {f(ov.get('tracked_call'), '.0f')} ns (plain call {f(ov.get('plain_call'), '.0f')} ns); `with track()` {f(ov.get('with_track'), '.0f')} ns |"

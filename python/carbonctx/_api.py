@@ -60,6 +60,7 @@ def configure(
     amdsmi: bool | None = None,
     amdsmi_library: str | None = None,
     hwmon: bool | None = None,
+    gpu_power_samples: bool | None = None,
     redfish_url: str | None = None,
     redfish_user: str | None = None,
     redfish_password: str | None = None,
@@ -72,6 +73,8 @@ def configure(
     ``gpu`` (read GPUs of every vendor: NVML, AMD SMI, the Intel GPUs' hwmon files), ``amdsmi``
     (AMD GPUs through AMD SMI, else the amdgpu hwmon files; on by default), ``hwmon`` (hwmon's
     meters: Intel GPUs, amd_energy, ACPI power meters, Jetson rails; on by default),
+    ``gpu_power_samples`` (place each NVML energy update, every ~100 ms, in time by the driver's
+    20 ms power samples, totals unchanged; on by default; off: spread evenly),
     ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter, ``"never"``,
     ``"always"``), ``intervals`` (seconds per backend, e.g. ``{"nvml": 0.02}``).
     Output: ``output`` (a JSON Lines path, one record per region), ``summary_at_exit``.

@@ -83,6 +83,12 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
                 f"{s['interval_s'] * 1e3:g} ms  {s['label']}  [{state}]",
                 file=out,
             )
+            if st.get("shaped_updates"):
+                print(
+                    f"  {'':<28} energy between counter updates placed by the driver's power "
+                    f"samples ({st['shaped_updates']} updates)",
+                    file=out,
+                )
     else:
         print("No energy source could be used.", file=out)
     if info.get("alternatives"):

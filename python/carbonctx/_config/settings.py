@@ -54,6 +54,9 @@ class Settings:
     #: hwmon's channels (Intel GPUs, amd_energy, ACPI power meters, INA3221 rails); Intel GPUs
     #: are off with ``gpu=False`` too.
     hwmon: bool = True
+    #: Place each NVML energy-counter update (every ~100 ms) in time by the driver's 20 ms power
+    #: samples; totals stay the counter's. False: spread evenly between updates.
+    gpu_power_samples: bool = True
     # Carbon intensity (passed to the intensity service)
     zone: str | None = None
     pue: float | None = None

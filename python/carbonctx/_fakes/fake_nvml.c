@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@ enum {
     E_UNINITIALIZED = 1,
     E_INVALID_ARGUMENT = 2,
     E_NOT_SUPPORTED = 3,
+    E_NOT_FOUND = 6,
     E_INSUFFICIENT_SIZE = 7,
     E_UNKNOWN = 999,
 };
@@ -49,6 +51,9 @@ typedef struct fake_device {
     double energy_error_after_ms;
     int power_error;
     double power_error_after_ms;
+    int power_samples;           /* nvmlDeviceGetSamples(NVML_TOTAL_POWER_SAMPLES) offered */
+    unsigned int power_sample_ms; /* one sample every this many ms */
+    int power_sample_glitch;     /* 1: bad samples mixed in (NaN, negative, backwards) */
 } fake_device;
 
 typedef struct fake_state {
@@ -58,6 +63,8 @@ typedef struct fake_state {
     char state_path[4096];
     int state_fd;
     unsigned long long tick_ns, ring_slots, state_devices;
+    long long realtime_offset_ns; /* CLOCK_REALTIME - CLOCK_MONOTONIC when first asked */
+    int have_offset;
     char driver_version[80];
     fake_device dev[MAX_DEVICES];
 } fake_state;
@@ -92,7 +99,10 @@ static void defaults(void) {
         d->has_power = 1;
         d->limit_w = 300;
         d->memory_mib = 16384;
+        d->power_samples = 1;
+        d->power_sample_ms = 20;
     }
+    st.have_offset = 0;
 }
 
 static char *trim(char *s) {
@@ -169,6 +179,13 @@ static int apply(const char *key, const char *val, int *init_error) {
     if (!strcmp(f, "power_error")) return parse_int(val, &d->power_error);
     if (!strcmp(f, "power_error_after_ms"))
         return parse_double(val, &x) && x >= 0 && ((d->power_error_after_ms = x), 1);
+    if (!strcmp(f, "power_samples")) return parse_int(val, &d->power_samples);
+    if (!strcmp(f, "power_sample_ms")) {
+        if (!parse_ull(val, &u) || u == 0 || u > 1000) return 0;
+        d->power_sample_ms = (unsigned int)u;
+        return 1;
+    }
+    if (!strcmp(f, "power_sample_glitch")) return parse_int(val, &d->power_sample_glitch);
     return 0;
 }
 
@@ -280,11 +297,18 @@ static void close_state(void) {
 
 /* What device `d` reports now: the published slot of the current tick, or of the last tick
  * published when the simulator is behind or stopped. Caller holds the lock. */
+static int trace_at(const fake_device *d, unsigned long long tick, trace_point *p);
 static int trace_now(const fake_device *d, trace_point *p) {
+    unsigned long long now = now_ns();
+    if (!st.tick_ns) return trace_at(d, 0, p); /* no state file: reads 0 */
+    return trace_at(d, now > st.t0_ns ? (now - st.t0_ns) / st.tick_ns : 0, p);
+}
+
+/* What device `d` reported during `tick` (one still in the ring), or the last tick published
+ * when that one is not published yet. Caller holds the lock. */
+static int trace_at(const fake_device *d, unsigned long long tick, trace_point *p) {
     memset(p, 0, sizeof *p);
     if (st.state_fd < 0 || d->index >= st.state_devices) return OK;
-    unsigned long long now = now_ns();
-    unsigned long long tick = now > st.t0_ns ? (now - st.t0_ns) / st.tick_ns : 0;
     for (int attempt = 0; attempt < 1000; attempt++) {
         unsigned long long last, w[SLOT_WORDS];
         if (!read_words(&last, 1, LAST_TICK_WORD)) return E_UNKNOWN;
@@ -596,6 +620,89 @@ EXPORT int nvmlDeviceGetFieldValues(void *h, int count, nvml_field_value *values
         }
     }
     DONE(OK);
+}
+
+/* ---------------------------------------------------------------- the driver's power samples */
+
+typedef struct {
+    unsigned long long timeStamp;
+    nvml_value sampleValue;
+} nvml_sample;
+
+#define TOTAL_POWER_SAMPLES 0
+#define VALUE_TYPE_DOUBLE 0
+/* The driver's buffer: the most recent 0.8 s of samples (the trace's ring keeps about 1 s). */
+#define SAMPLES_KEPT_MS 800
+
+/* The mean power (mW) over the `ticks` ticks before tick `end` (exclusive). */
+static int mean_mw(const fake_device *d, unsigned long long end, unsigned long long ticks,
+                   double *out) {
+    double sum = 0;
+    for (unsigned long long k = end - ticks; k < end; k++) {
+        trace_point p;
+        int err = trace_at(d, k, &p);
+        if (err) return err;
+        sum += (double)p.instant_mw;
+    }
+    *out = sum / (double)ticks;
+    return OK;
+}
+
+/* NVML_TOTAL_POWER_SAMPLES: one sample every `power_sample_ms` since t0, each the mean power
+ * over the period it ends, stamped with CLOCK_REALTIME in µs (the monotonic instant plus the
+ * clocks' offset, taken once). Those newer than `last_seen`, oldest first; with `samples` NULL,
+ * how many there are. None: NVML_ERROR_NOT_FOUND. With `power_sample_glitch`, the samples come
+ * as doubles (mW) and each is followed by a bad one: NaN, negative, or stamped before it. */
+EXPORT int nvmlDeviceGetSamples(void *h, int type, unsigned long long last_seen, int *value_type,
+                                unsigned int *count, nvml_sample *samples) {
+    COUNT();
+    if (!value_type || !count) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    if (type != TOTAL_POWER_SAMPLES || !d->power_samples || !d->has_power) DONE(E_NOT_SUPPORTED);
+    unsigned long long now = now_ns();
+    int err = injected(d->power_error, d->power_error_after_ms, ms_since_t0(now));
+    if (err) DONE(err);
+    if (!st.have_offset) {
+        struct timespec rt;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        unsigned long long mono = now_ns();
+        long long rt_ns = (long long)rt.tv_sec * 1000000000LL + (long long)rt.tv_nsec;
+        st.realtime_offset_ns = rt_ns - (long long)mono;
+        st.have_offset = 1;
+    }
+    unsigned long long period_ns = (unsigned long long)d->power_sample_ms * 1000000ull;
+    unsigned long long since = now > st.t0_ns ? now - st.t0_ns : 0;
+    unsigned long long newest = since / period_ns; /* samples 1..newest exist */
+    unsigned long long kept = SAMPLES_KEPT_MS / d->power_sample_ms;
+    unsigned long long oldest = newest > kept ? newest - kept + 1 : 1;
+    int per = d->power_sample_glitch ? 2 : 1;
+    unsigned int cap = samples ? *count : UINT_MAX;
+    unsigned int n = 0;
+    *value_type = d->power_sample_glitch ? VALUE_TYPE_DOUBLE : VALUE_TYPE_UNSIGNED_INT;
+    for (unsigned long long j = oldest; j <= newest; j++) {
+        unsigned long long mono = st.t0_ns + j * period_ns;
+        unsigned long long us =
+            (unsigned long long)((long long)mono + st.realtime_offset_ns) / 1000ull;
+        if (us <= last_seen) continue;
+        if (n + per > cap) break;
+        if (samples) {
+            double mw;
+            unsigned long long ticks = period_ns / (st.tick_ns ? st.tick_ns : 1000000ull);
+            err = mean_mw(d, j * ticks, ticks ? ticks : 1, &mw);
+            if (err) DONE(err);
+            samples[n].timeStamp = us;
+            if (d->power_sample_glitch) {
+                samples[n].sampleValue.dVal = mw;
+                samples[n + 1].timeStamp = j % 3 == 2 ? us - 10000 : us + 1;
+                samples[n + 1].sampleValue.dVal = j % 3 == 0 ? NAN : j % 3 == 1 ? -5e5 : 5e9;
+            } else {
+                samples[n].sampleValue.uiVal = (unsigned int)(mw + 0.5);
+            }
+        }
+        n += per;
+    }
+    *count = n;
+    DONE(n ? OK : E_NOT_FOUND);
 }
 
 /* ---------------------------------------------------------------- other common queries */

@@ -155,6 +155,7 @@ class Runtime:
                 "amdsmi": st.gpu and st.amdsmi,
                 "estimate": st.estimate,
                 "intervals": list(st.intervals.items()),
+                "gpu_power_samples": st.gpu_power_samples,
             }
             self.bmc = self._bmc()
             if self.bmc is not None:

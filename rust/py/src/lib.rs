@@ -141,7 +141,7 @@ impl Sampler {
                         quiet_s=None, node_key=None, node_dir=None, amdsmi=true,
                         amdsmi_library=None, rocr_visible_devices=None,
                         hip_visible_devices=None, amd_gpus=None, external=None, gpu=true,
-                        hwmon=true))]
+                        hwmon=true, gpu_power_samples=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -171,6 +171,7 @@ impl Sampler {
         external: Option<Vec<PyRef<'_, feed::Feed>>>,
         gpu: bool,
         hwmon: bool,
+        gpu_power_samples: bool,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -198,6 +199,7 @@ impl Sampler {
             .collect();
         let mut config = Config {
             phase_lock,
+            power_samples: gpu_power_samples,
             ..Config::default()
         };
         for (backend, secs) in intervals.unwrap_or_default() {
@@ -377,6 +379,7 @@ impl Sampler {
                 d.set_item("interval_s", s.interval_ns as f64 * 1e-9)?;
                 d.set_item("update_period_s", s.update_period_ns * 1e-9)?;
                 d.set_item("phase_anchors", s.phase_anchors)?;
+                d.set_item("shaped_updates", s.shaped_updates)?;
                 Ok(d)
             })
             .collect()

@@ -33,6 +33,10 @@ pub struct Config {
     /// Resolved regions kept for the caller to drain; beyond it the oldest are dropped and
     /// counted in [`crate::Stats::dropped_regions`].
     pub max_resolved: usize,
+    /// Place each counter update's energy in time by the device's finer timed power samples,
+    /// where a source offers them ([`crate::sensors::EnergySource::shape`]: NVML's 20 ms power
+    /// samples); when off, energy is spread evenly between counter updates.
+    pub power_samples: bool,
 }
 
 impl Default for Config {
@@ -48,6 +52,7 @@ impl Default for Config {
             fast_hold: Duration::from_secs(2),
             retry: Duration::from_secs(1),
             max_resolved: 1 << 20,
+            power_samples: true,
         }
     }
 }

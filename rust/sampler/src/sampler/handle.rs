@@ -48,6 +48,9 @@ pub struct SourceStatus {
     pub update_period_ns: f64,
     /// Close brackets of an update instant that re-anchored the phase.
     pub phase_anchors: u64,
+    /// Counter updates whose energy was placed in time by the source's power samples (see
+    /// [`crate::sensors::EnergySource::shape`]) instead of spread evenly.
+    pub shaped_updates: u64,
 }
 
 /// Counters of the sampler as a whole.

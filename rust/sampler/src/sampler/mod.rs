@@ -7,6 +7,7 @@
 //! - `schedule`: the thread's body and poll loop (full rate while regions are marked, sparse
 //!   while quiet);
 //! - `poll`: one source as the loop polls it: a read, its point or gap, failure and retry;
+//! - `shape`: a counter update's energy placed in time by the source's power samples;
 //! - `resolve`: the resolution pass (the frontier, and the energy at each region edge);
 //! - [`phase`]: phase-locked polling (read each counter just after it updates);
 //! - [`node`]: one sampler per node, shared by the processes of a job through
@@ -19,6 +20,7 @@ pub mod phase;
 mod poll;
 mod resolve;
 mod schedule;
+mod shape;
 
 use std::sync::{Mutex, MutexGuard};
 

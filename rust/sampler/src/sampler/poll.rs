@@ -303,6 +303,13 @@ pub(super) fn poll_one(
                     if let Some(s) = stamp {
                         pt.t_ns = s.clamp(prev_read + 1, t_read);
                     }
+                    // The update's energy placed in time by the source's power samples.
+                    if config.power_samples && stamp.is_some() && gap_from.is_none() {
+                        let period = p.phase.as_ref().and_then(PhaseLock::period_ns);
+                        let to = (i, &mut *tl, seg, p.offset_j);
+                        let placed = super::shape::place(p.source.as_mut(), to, pt, period);
+                        st.shaped_updates += u64::from(placed);
+                    }
                     Some(pt)
                 }
                 Step::Reset(pt) => {

@@ -120,6 +120,14 @@ pub trait EnergySource: Send {
     fn retry_first_read(&self) -> bool {
         false
     }
+    /// For a counter that updates coarsely but whose device also keeps finer timed power
+    /// samples: where the energy of the update spanning `(from_ns, to_ns]` (CLOCK_MONOTONIC)
+    /// went, as instants strictly inside it with the fraction of that energy spent by each
+    /// (increasing, within [0, 1]). The counter's points stay as they are; these only place
+    /// the energy between them. `None`: spread it evenly (no samples, or none usable).
+    fn shape(&mut self, _from_ns: u64, _to_ns: u64) -> Option<Vec<(u64, f64)>> {
+        None
+    }
 }
 
 /// A source that was looked for and could not be used, with what the user can do about it.

@@ -195,9 +195,10 @@ mod tests {
             t_ns: t,
             joules: t as f64,
         };
-        for t in 1..=3 {
+        for t in 1..=2 {
             w.publish(0, p(t), t == 2);
         }
+        w.publish_placed(0, p(3));
         let mut c = Copied::default();
         let next = r.copy_since(0, 0, &mut c);
         assert_eq!(next, 3);
@@ -207,6 +208,9 @@ mod tests {
             [1, 2, 3]
         );
         assert!(c.entries[1].gap_after && !c.entries[0].gap_after);
+        // A placed point (an estimate between measured ones) says so, and only it.
+        assert!(c.entries[2].placed && !c.entries[2].gap_after);
+        assert!(!c.entries[0].placed && !c.entries[1].placed);
         for t in 4..=10 {
             w.publish(0, p(t), false);
         }

@@ -11,6 +11,8 @@ use crate::timeline::Point;
 pub struct Entry {
     pub point: Point,
     pub gap_after: bool,
+    /// Placed between two measured points by finer power samples (an estimate).
+    pub placed: bool,
 }
 
 /// What one read of a ring gave.
@@ -27,6 +29,16 @@ impl Segment {
     /// Append a point to source `i`'s ring. A few atomic stores.
     #[inline]
     pub fn publish(&self, i: usize, p: Point, gap_after: bool) {
+        self.publish_flagged(i, p, if gap_after { GAP_BIT } else { 0 });
+    }
+
+    /// Append a point placed between two measured ones (see `Timeline::push_placed`).
+    #[inline]
+    pub fn publish_placed(&self, i: usize, p: Point) {
+        self.publish_flagged(i, p, PLACED_BIT);
+    }
+
+    fn publish_flagged(&self, i: usize, p: Point, flags: u64) {
         let seq = self.word(self.desc(i) + S_SEQ);
         // A writer that died mid-write left the number odd: that entry is written again.
         let odd = seq.load(Ordering::Relaxed) | 1;
@@ -34,7 +46,7 @@ impl Segment {
         fence(Ordering::Release);
         let pos = odd / 2;
         let s = self.slot(i, pos);
-        let t = p.t_ns & !GAP_BIT | if gap_after { GAP_BIT } else { 0 };
+        let t = p.t_ns & !(GAP_BIT | PLACED_BIT) | flags;
         self.word(s).store(t, Ordering::Relaxed);
         self.word(s + 8)
             .store(p.joules.to_bits(), Ordering::Relaxed);
@@ -134,10 +146,11 @@ impl Segment {
             let j = self.word(s + 8).load(Ordering::Relaxed);
             out.entries.push(Entry {
                 point: Point {
-                    t_ns: t & !GAP_BIT,
+                    t_ns: t & !(GAP_BIT | PLACED_BIT),
                     joules: f64::from_bits(j),
                 },
                 gap_after: t & GAP_BIT != 0,
+                placed: t & PLACED_BIT != 0,
             });
         }
         fence(Ordering::Acquire);

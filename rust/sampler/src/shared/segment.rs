@@ -17,6 +17,8 @@ pub(super) const HEADER: usize = 4096;
 pub(super) const DESC: usize = 1024;
 pub(super) const ENTRY: usize = 16;
 pub(super) const GAP_BIT: u64 = 1 << 63;
+/// Marks an entry placed between two measured points (see `Timeline::push_placed`).
+pub(super) const PLACED_BIT: u64 = 1 << 62;
 
 // Header offsets.
 pub(super) const H_MAGIC: usize = 0;

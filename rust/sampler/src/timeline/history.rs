@@ -9,6 +9,8 @@ use super::Point;
 #[derive(Clone, Debug)]
 pub struct Timeline {
     points: Vec<Point>,
+    /// Per slot: the point was placed between two measured points (see [`Timeline::push_placed`]).
+    placed: Vec<bool>,
     start: usize,
     len: usize,
 }
@@ -24,6 +26,7 @@ impl Timeline {
                 };
                 capacity
             ],
+            placed: vec![false; capacity],
             start: 0,
             len: 0,
         }
@@ -52,18 +55,49 @@ impl Timeline {
 
     /// Append a point; times never go backwards (a point stamped before the last one is moved
     /// to the last one's time).
-    pub fn push(&mut self, mut p: Point) {
+    pub fn push(&mut self, p: Point) {
+        self.push_as(p, false);
+    }
+
+    /// Append a point placed between two measured ones (a counter update's energy spread by
+    /// finer power samples): its energy is an estimate, so the bracket of an instant next to it
+    /// reaches to the measured points on either side (see [`Timeline::at`]).
+    pub fn push_placed(&mut self, p: Point) {
+        self.push_as(p, true);
+    }
+
+    fn push_as(&mut self, mut p: Point, placed: bool) {
         if let Some(last) = self.last() {
             p.t_ns = p.t_ns.max(last.t_ns);
         }
         let cap = self.points.len();
-        if self.len == cap {
-            self.points[self.start] = p;
+        let slot = if self.len == cap {
+            let s = self.start;
             self.start = (self.start + 1) % cap;
+            s
         } else {
-            self.points[(self.start + self.len) % cap] = p;
             self.len += 1;
+            (self.start + self.len - 1) % cap
+        };
+        self.points[slot] = p;
+        self.placed[slot] = placed;
+    }
+
+    fn is_placed(&self, i: usize) -> bool {
+        self.placed[(self.start + i) % self.points.len()]
+    }
+
+    /// The bracket of an instant between points `lo` and `lo + 1` (or at `lo` itself when
+    /// `hi == lo`): from the nearest measured point at or before `lo` to the nearest at or
+    /// after `hi` (the ring's ends when it holds none).
+    fn bracket(&self, mut lo: usize, mut hi: usize) -> (f64, f64) {
+        while lo > 0 && self.is_placed(lo) {
+            lo -= 1;
         }
+        while hi + 1 < self.len && self.is_placed(hi) {
+            hi += 1;
+        }
+        (self.get(lo).joules, self.get(hi).joules)
     }
 
     /// Index of the first point stamped at or after `t_ns` (`len` if none).
@@ -101,14 +135,21 @@ impl Timeline {
         }
         let hi = self.get(i);
         if hi.t_ns == t_ns {
-            return Some(EnergyAt::exact(hi.joules));
+            let (low, high) = self.bracket(i, i);
+            return Some(EnergyAt {
+                joules: hi.joules,
+                low,
+                high,
+                gaps: 0,
+            });
         }
         let lo = self.get(i - 1);
         let frac = (t_ns - lo.t_ns) as f64 / (hi.t_ns - lo.t_ns) as f64;
+        let (low, high) = self.bracket(i - 1, i);
         Some(EnergyAt {
             joules: lo.joules + (hi.joules - lo.joules) * frac,
-            low: lo.joules,
-            high: hi.joules,
+            low,
+            high,
             gaps: 0,
         })
     }
@@ -166,6 +207,12 @@ impl History {
         }
     }
 
+    /// Append a point placed between two measured ones (see [`Timeline::push_placed`]); only
+    /// measured points enter the coarse ring.
+    pub fn push_placed(&mut self, p: Point) {
+        self.fine.push_placed(p);
+    }
+
     pub fn push(&mut self, p: Point) {
         self.fine.push(p);
         if self
@@ -179,6 +226,15 @@ impl History {
 
     pub fn last(&self) -> Option<Point> {
         self.fine.last()
+    }
+
+    /// Points in the fine ring.
+    pub fn len(&self) -> usize {
+        self.fine.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fine.is_empty()
     }
 
     /// Points of full resolution stamped after `since_ns`.
@@ -264,6 +320,36 @@ mod tests {
         let after = tl.at(40).unwrap();
         assert_eq!(after.joules, 3.0);
         assert!(after.high.is_infinite());
+    }
+
+    #[test]
+    fn placed_points_move_the_estimate_but_not_the_bracket() {
+        let mut tl = Timeline::with_capacity(8);
+        tl.push(Point {
+            t_ns: 0,
+            joules: 0.0,
+        });
+        tl.push_placed(Point {
+            t_ns: 20,
+            joules: 8.0,
+        });
+        tl.push_placed(Point {
+            t_ns: 40,
+            joules: 9.0,
+        });
+        tl.push(Point {
+            t_ns: 100,
+            joules: 10.0,
+        });
+        let e = tl.at(10).unwrap();
+        assert_eq!((e.joules, e.low, e.high), (4.0, 0.0, 10.0));
+        let at = tl.at(20).unwrap();
+        assert_eq!((at.joules, at.low, at.high), (8.0, 0.0, 10.0));
+        let late = tl.at(70).unwrap();
+        assert!((late.joules - 9.5).abs() < 1e-12);
+        assert_eq!((late.low, late.high), (0.0, 10.0));
+        // A measured point is exact.
+        assert_eq!(tl.at(100).unwrap(), EnergyAt::exact(10.0));
     }
 
     #[test]

@@ -49,6 +49,13 @@ pub(super) fn copy_all(shared: &Shared, seg: &Segment, mirrors: &mut [Mirror]) -
                 t_ns: e.point.t_ns,
                 joules: e.point.joules + m.offset_j,
             };
+            if e.placed {
+                // An estimate between measured points: never across a gap.
+                if m.pending_gap.is_none() {
+                    tl.push_placed(pt);
+                }
+                continue;
+            }
             if e.gap_after {
                 m.pending_gap = Some(m.pending_gap.map_or(pt.t_ns, |g| g.min(pt.t_ns)));
                 continue;

@@ -15,6 +15,12 @@ const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 
 pub(super) const SUCCESS: c_int = 0;
 pub(super) const ERROR_NOT_SUPPORTED: c_int = 3;
+/// nvmlDeviceGetSamples: no sample newer than the time asked for.
+pub(super) const ERROR_NOT_FOUND: c_int = 6;
+/// The library is older than the call.
+pub(super) const ERROR_FUNCTION_NOT_FOUND: c_int = 13;
+/// `nvmlSamplingType_t` of the board's power (the driver's own buffer of timed samples).
+const TOTAL_POWER_SAMPLES: c_int = 0;
 /// Large enough for any name or UUID NVML returns (its own v2 buffer sizes are 96).
 const STRING_BUFFER: usize = 96;
 
@@ -27,6 +33,44 @@ type ByUuidFn = unsafe extern "C" fn(*const c_char, *mut Device) -> c_int;
 type StringFn = unsafe extern "C" fn(Device, *mut c_char, c_uint) -> c_int;
 type EnergyFn = unsafe extern "C" fn(Device, *mut c_ulonglong) -> c_int;
 type PowerFn = unsafe extern "C" fn(Device, *mut c_uint) -> c_int;
+/// `nvmlDeviceGetSamples(device, type, lastSeenTimeStamp, *sampleValType, *sampleCount,
+/// *samples)`.
+type SamplesFn = unsafe extern "C" fn(
+    Device,
+    c_int,
+    c_ulonglong,
+    *mut c_int,
+    *mut c_uint,
+    *mut RawSample,
+) -> c_int;
+
+/// `nvmlSample_t`: a CPU timestamp (CLOCK_REALTIME, µs) and an 8-byte `nvmlValue_t` union,
+/// kept here as its raw bits and read according to the value type the call returns.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(super) struct RawSample {
+    pub(super) time_us: c_ulonglong,
+    pub(super) value: u64,
+}
+
+/// One sample's value as a number, given `nvmlValueType_t` (0 double, 1 unsigned int,
+/// 2 unsigned long, 3 unsigned long long, 4 signed long long, 5 signed int, 6 unsigned short);
+/// `None` for a type this code does not know.
+pub(super) fn sample_value(value_type: c_int, bits: u64) -> Option<f64> {
+    // The union's members all start at its first byte; on a little- or big-endian machine the
+    // narrower ones are read from the same bytes as NVML wrote them.
+    let b = bits.to_ne_bytes();
+    let u32_of = || u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    Some(match value_type {
+        0 => f64::from_bits(bits),
+        1 => f64::from(u32_of()),
+        2 | 3 => bits as f64,
+        4 => (bits as i64) as f64,
+        5 => f64::from(u32_of() as i32),
+        6 => f64::from(u16::from_ne_bytes([b[0], b[1]])),
+        _ => return None,
+    })
+}
 
 /// The NVML entry points this module calls. Plain function pointers, valid while `Nvml::_lib`
 /// is loaded.
@@ -40,6 +84,7 @@ pub(super) struct Fns {
     pub(super) uuid: Option<StringFn>,
     pub(super) energy: Option<EnergyFn>,
     pub(super) power: Option<PowerFn>,
+    pub(super) samples: Option<SamplesFn>,
 }
 
 /// An initialised NVML. Shared by every source it produced; the last one to drop it shuts NVML
@@ -222,6 +267,42 @@ impl Nvml {
     }
 }
 
+impl Nvml {
+    /// The board's power samples newer than `last_seen_us` (CLOCK_REALTIME µs) into `buf`: how
+    /// many were written, and their value type. No new sample is `Ok((0, _))`; a library
+    /// without the call is `Err(ERROR_NOT_SUPPORTED)`.
+    pub(super) fn power_samples(
+        &self,
+        dev: Handle,
+        last_seen_us: u64,
+        buf: &mut [RawSample],
+    ) -> Result<(usize, c_int), c_int> {
+        let Some(f) = self.fns.samples else {
+            return Err(ERROR_NOT_SUPPORTED);
+        };
+        let mut value_type: c_int = -1;
+        let mut count = buf.len().min(c_uint::MAX as usize) as c_uint;
+        // SAFETY: `dev` came from this initialised NVML; `buf` holds `count` writable
+        // `nvmlSample_t`s (same layout: a u64 then an 8-byte union), which is what NVML is told;
+        // the other two are valid out-pointers.
+        let rc = unsafe {
+            f(
+                dev.0,
+                TOTAL_POWER_SAMPLES,
+                last_seen_us,
+                &mut value_type,
+                &mut count,
+                buf.as_mut_ptr(),
+            )
+        };
+        match rc {
+            SUCCESS => Ok(((count as usize).min(buf.len()), value_type)),
+            ERROR_NOT_FOUND => Ok((0, value_type)),
+            _ => Err(rc),
+        }
+    }
+}
+
 /// An NVML device handle.
 #[derive(Clone, Copy)]
 pub(super) struct Handle(pub(super) Device);
@@ -310,6 +391,8 @@ pub(super) fn open(roots: &Roots) -> Result<Nvml, Box<Unavailable>> {
         energy: unsafe { symbol(&lib, "nvmlDeviceGetTotalEnergyConsumption") },
         // SAFETY: as above.
         power: unsafe { symbol(&lib, "nvmlDeviceGetPowerUsage") },
+        // SAFETY: as above.
+        samples: unsafe { symbol(&lib, "nvmlDeviceGetSamples") },
     };
     if fns.energy.is_none() && fns.power.is_none() {
         return Err(fail(

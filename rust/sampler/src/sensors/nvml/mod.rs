@@ -9,6 +9,10 @@
 //!   reading millijoules;
 //! - otherwise a [`Method::IntegratedPower`] source reading board power in watts.
 //!
+//! The counter moves only about every 100 ms; where the driver also offers its buffer of timed
+//! power samples (about every 20 ms, `nvmlDeviceGetSamples`), [`EnergySource::shape`] uses them
+//! to place each update's energy in time (see `samples`).
+//!
 //! # Which GPUs are visible
 //!
 //! `CUDA_VISIBLE_DEVICES` is honoured the way CUDA reads it: unset means every GPU; an empty
@@ -23,6 +27,7 @@
 //! source's label says so.
 
 mod ffi;
+mod samples;
 mod visible;
 
 use std::sync::Arc;
@@ -32,7 +37,11 @@ use crate::error::Error;
 use crate::sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,
 };
-use ffi::{error_message, hint_for, nvml_code, Handle, Nvml, ERROR_NOT_SUPPORTED};
+use ffi::{
+    error_message, hint_for, nvml_code, Handle, Nvml, RawSample, ERROR_FUNCTION_NOT_FOUND,
+    ERROR_NOT_SUPPORTED,
+};
+use samples::PowerSamples;
 
 const BACKEND: &str = "nvml";
 /// NVML calls serialise in the driver; polling faster buys little and slows other users.
@@ -50,6 +59,64 @@ struct GpuSource {
     dev: Handle,
     kind: Kind,
     info: SourceInfo,
+    /// The driver's power samples; `None` once the library or GPU turned out not to offer them.
+    samples: Option<PowerSamples>,
+    buf: Vec<RawSample>,
+}
+
+/// Samples asked for in one call (five seconds' worth at one every 20 ms).
+const SAMPLE_BUFFER: usize = 256;
+
+impl GpuSource {
+    /// Fetches the samples newer than the last one seen. A library or GPU without them turns
+    /// shaping off for good; any other failure leaves the samples as they are.
+    fn fetch_samples(&mut self) {
+        let Some(samples) = self.samples.as_mut() else {
+            return;
+        };
+        // The realtime clock's offset from the monotonic one, read between two monotonic reads.
+        let m0 = crate::now_ns();
+        let rt = realtime_ns();
+        let m1 = crate::now_ns();
+        let mono = m0 + (m1 - m0) / 2;
+        samples.clock(rt as i64 - mono as i64, mono);
+        // A full buffer may leave newer samples behind: ask again, a few times at most.
+        for _ in 0..4 {
+            let got = self
+                .nvml
+                .power_samples(self.dev, samples.last_seen_us, &mut self.buf);
+            match got {
+                Ok((n, value_type)) => {
+                    for s in &self.buf[..n] {
+                        // A value of a type this code does not know is refused like a bad one
+                        // (and not asked for again).
+                        let mw = ffi::sample_value(value_type, s.value).unwrap_or(f64::NAN);
+                        samples.add(s.time_us, mw);
+                    }
+                    if n < self.buf.len() {
+                        return;
+                    }
+                }
+                Err(rc) => {
+                    if rc == ERROR_NOT_SUPPORTED || rc == ERROR_FUNCTION_NOT_FOUND {
+                        self.samples = None;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// CLOCK_REALTIME in ns, the clock NVML stamps its samples with.
+fn realtime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_REALTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl EnergySource for GpuSource {
@@ -70,6 +137,14 @@ impl EnergySource for GpuSource {
                 .map(Reading::Power)
                 .map_err(|rc| self.nvml.error("nvmlDeviceGetPowerUsage", rc)),
         }
+    }
+
+    fn shape(&mut self, from_ns: u64, to_ns: u64) -> Option<Vec<(u64, f64)>> {
+        if self.kind != Kind::Energy {
+            return None;
+        }
+        self.fetch_samples();
+        self.samples.as_ref()?.shape(from_ns, to_ns)
     }
 }
 
@@ -216,6 +291,8 @@ fn gpu_source(
         nvml: Arc::clone(nvml),
         dev,
         kind,
+        samples: nvml.fns.samples.map(|_| PowerSamples::default()),
+        buf: vec![RawSample::default(); SAMPLE_BUFFER],
         info: SourceInfo {
             id: format!("nvml:{index}"),
             backend: BACKEND,
