@@ -377,6 +377,7 @@ impl Sampler {
                 d.set_item("interval_s", s.interval_ns as f64 * 1e-9)?;
                 d.set_item("update_period_s", s.update_period_ns * 1e-9)?;
                 d.set_item("phase_anchors", s.phase_anchors)?;
+                d.set_item("mark_reads", s.mark_reads)?;
                 Ok(d)
             })
             .collect()

@@ -28,6 +28,9 @@ pub struct Config {
     /// a quiet spell is timed as precisely as any). Zero: always read every update.
     pub quiet_interval: Duration,
     pub fast_hold: Duration,
+    /// Read counters that update more finely than they are polled at each region mark (within
+    /// a budget of about 1 % of a core; see `sampler::marks`).
+    pub mark_reads: bool,
     /// How often a failed source is tried again.
     pub retry: Duration,
     /// Resolved regions kept for the caller to drain; beyond it the oldest are dropped and
@@ -46,6 +49,7 @@ impl Default for Config {
             phase_lock: true,
             quiet_interval: Duration::from_millis(20),
             fast_hold: Duration::from_secs(2),
+            mark_reads: true,
             retry: Duration::from_secs(1),
             max_resolved: 1 << 20,
         }

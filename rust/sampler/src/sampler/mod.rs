@@ -8,12 +8,14 @@
 //!   while quiet);
 //! - `poll`: one source as the loop polls it: a read, its point or gap, failure and retry;
 //! - `resolve`: the resolution pass (the frontier, and the energy at each region edge);
+//! - `marks`: reads at a region's mark, within a budget;
 //! - [`phase`]: phase-locked polling (read each counter just after it updates);
 //! - [`node`]: one sampler per node, shared by the processes of a job through
 //!   [`crate::shared`] (owner, followers, takeover).
 
 pub mod config;
 pub mod handle;
+mod marks;
 pub mod node;
 pub mod phase;
 mod poll;

@@ -119,6 +119,23 @@ impl PhaseLock {
         self.probe = true;
     }
 
+    /// The latest predicted update at or before `t` (where a read at `t` that saw a change
+    /// stamps it), without changing the lock; None while not locked.
+    pub fn last_update(&self, t: u64) -> Option<u64> {
+        let p = self.period.filter(|&p| self.locked && p > 0.0)?;
+        let k = ((t as f64 - self.next) / p).floor();
+        let cand = self.next + k * p;
+        // Predictions run early by up to a guard (see `observe`).
+        Some((cand + self.guard as f64 / 2.0).min(t as f64).max(0.0) as u64)
+    }
+
+    /// The first predicted update after `t`; None while not locked.
+    pub fn next_update(&self, t: u64) -> Option<u64> {
+        let p = self.period.filter(|&p| self.locked && p > 0.0)?;
+        let k = ((t as f64 - self.next) / p).floor() + 1.0;
+        Some((self.next + k * p).max(0.0) as u64)
+    }
+
     pub fn is_locked(&self) -> bool {
         self.locked
     }

@@ -31,6 +31,8 @@ pub(super) struct Polled {
     pub(super) offset_j: f64,
     /// Power sources only: read at a random instant in each interval (see [`Dither`]).
     dither: Option<Dither>,
+    /// When it was last read at a mark (see [`super::marks`]).
+    pub(super) last_mark_ns: u64,
 }
 
 /// Read times for a source that reports power only (integrated with the trapezoid rule): one
@@ -139,6 +141,7 @@ impl Polled {
                 .counter
                 .is_none()
                 .then(|| Dither::new(t, interval_ns, t ^ (interval_ns << 17))),
+            last_mark_ns: 0,
         };
         (polled, first, status)
     }
@@ -172,6 +175,7 @@ impl Polled {
                 .counter
                 .is_none()
                 .then(|| Dither::new(since, interval_ns, since ^ (interval_ns << 17))),
+            last_mark_ns: 0,
         }
     }
 
@@ -251,6 +255,15 @@ const RESET_REASON: &str = "its counter stepped back (or leapt) more than a wrap
 plausible power explains: a driver reload or device reset; the interval across it is missing, \
 no energy was counted for it";
 
+/// Why a source is read: its poll came due, or a region mark woke the thread (see
+/// [`super::marks`]: the read is extra, its point stamped without teaching the phase lock,
+/// and the source's schedule is kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Why {
+    Due,
+    Mark,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn poll_one(
     p: &mut Polled,
@@ -261,13 +274,19 @@ pub(super) fn poll_one(
     config: &Config,
     retry_ns: u64,
     seg: Option<&Segment>,
+    why: Why,
 ) {
-    let late = now.saturating_sub(p.due_ns);
-    if late > p.interval_ns {
-        st.late_polls += 1;
-        st.skipped_polls += late / p.interval_ns;
+    if why == Why::Due {
+        let late = now.saturating_sub(p.due_ns);
+        if late > p.interval_ns {
+            st.late_polls += 1;
+            st.skipped_polls += late / p.interval_ns;
+        }
+        st.max_late_ns = st.max_late_ns.max(late);
+    } else {
+        st.mark_reads += 1;
+        p.last_mark_ns = now;
     }
-    st.max_late_ns = st.max_late_ns.max(late);
     let t_before = crate::now_ns();
     let result = p.source.read();
     let t_after = crate::now_ns();
@@ -291,9 +310,22 @@ pub(super) fn poll_one(
             let slot = p.dither.as_ref().map(Dither::slot);
             let step = p.acc.push_spanned(t_read, reading, slot);
             let changed = matches!(step, Step::Changed(_));
+            let interval_ns = p.interval_ns;
+            // A counter that updates more finely than it is polled changed within one of its
+            // updates before the read: stamped at the read (the lock's predictions are of the
+            // reads' own cadence, not of its updates).
+            let fine = super::marks::fine(p);
             let stamp = match (&mut p.phase, &step) {
-                (Some(ph), Step::Changed(_) | Step::Unchanged) => {
-                    ph.observe(prev_read, t_read, changed)
+                (Some(ph), Step::Changed(_) | Step::Unchanged) if why == Why::Due => {
+                    let s = ph.observe(prev_read, t_read, changed);
+                    if fine {
+                        Some(t_read)
+                    } else {
+                        s
+                    }
+                }
+                (Some(ph), Step::Changed(_)) => {
+                    super::marks::stamp(ph, interval_ns, prev_read, t_read)
                 }
                 _ => None,
             };
@@ -350,6 +382,9 @@ pub(super) fn poll_one(
     }
     if p.failed_since.is_some() {
         p.due_ns = t_after + retry_ns;
+        return;
+    }
+    if why == Why::Mark {
         return;
     }
     if let Some(ph) = p.phase.as_ref() {

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::Config;
-use super::handle::{Shared, SourceStatus};
+use super::handle::{Shared, SourceStatus, WAKE_MARK, WAKE_QUIET};
 use super::lock;
-use super::poll::{poll_one, Cover, Polled};
+use super::marks::{self, Budget};
+use super::poll::{poll_one, Cover, Polled, Why};
 use super::resolve::resolve;
 use crate::regions::OpenRegions;
 use crate::sensors::{EnergySource, SourceInfo, Unavailable};
@@ -141,16 +142,23 @@ pub(super) fn poll_loop(
     let mut fast_until = crate::now_ns() + hold_ns;
     let mut fast = true;
     let mut status_due = 0;
+    let mut budget = Budget::new(crate::now_ns());
+    // A read at the next mark is asked for (see `marks`).
+    let mut armed = false;
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         let now = crate::now_ns();
         // Another process of the node marks regions: as if this one did.
         let demanded = node.is_some_and(|seg| seg.demanded_until() > now);
         if demanded && !fast {
-            shared.quiet.store(false, Ordering::Release);
+            shared.withdraw_wake(WAKE_QUIET);
+        }
+        let marked = armed && !shared.wake_asked(WAKE_MARK);
+        if marked {
+            armed = false;
         }
         // A mark woke a quiet sampler: read every counter now and every update from here.
-        if !fast && !shared.quiet.load(Ordering::Acquire) {
+        if !fast && !shared.wake_asked(WAKE_QUIET) {
             fast = true;
             fast_until = now + hold_ns;
             for p in polled.iter_mut() {
@@ -164,6 +172,32 @@ pub(super) fn poll_loop(
         {
             let mut timelines = lock(&shared.timelines);
             let mut status = lock(&shared.status);
+            if marked {
+                let mut wake_ns = marks::WAKE_NS;
+                for (i, p) in polled.iter_mut().enumerate() {
+                    // A source due now is read as due, which serves the mark as well.
+                    if p.due_ns <= now + COALESCE_NS
+                        || !marks::wants(p, now)
+                        || !budget.affords(now, marks::cost(p) + wake_ns)
+                    {
+                        continue;
+                    }
+                    let t0 = crate::now_ns();
+                    poll_one(
+                        p,
+                        i,
+                        &mut timelines[i],
+                        &mut status[i],
+                        now,
+                        config,
+                        retry_ns,
+                        node,
+                        Why::Mark,
+                    );
+                    budget.charge(crate::now_ns().saturating_sub(t0) + wake_ns);
+                    wake_ns = 0;
+                }
+            }
             for (i, p) in polled.iter_mut().enumerate() {
                 // Sources due within a few tens of µs share this wake-up.
                 if p.due_ns > now + COALESCE_NS && !stopping {
@@ -178,6 +212,7 @@ pub(super) fn poll_loop(
                     config,
                     retry_ns,
                     node,
+                    Why::Due,
                 );
             }
         }
@@ -204,7 +239,17 @@ pub(super) fn poll_loop(
         if fast && quiet_ns > 0 && now > fast_until {
             // Quiet: read counters sparsely until the next mark.
             fast = false;
-            shared.quiet.store(true, Ordering::Release);
+            shared.ask_wake(WAKE_QUIET);
+        }
+        if config.mark_reads && !armed {
+            let now = crate::now_ns();
+            let wanted = polled.iter().any(|p| {
+                marks::wants(p, now) && budget.affords(now, marks::cost(p) + marks::WAKE_NS)
+            });
+            if wanted {
+                shared.ask_wake(WAKE_MARK);
+                armed = true;
+            }
         }
         if !fast {
             // (Re)computed every loop: a counter's period may be learned only after the
@@ -236,7 +281,8 @@ pub(super) fn poll_loop(
         }
         if next > now {
             let g = lock(&shared.sleep);
-            let woken = !fast && !shared.quiet.load(Ordering::Acquire);
+            let woken = (!fast && !shared.wake_asked(WAKE_QUIET))
+                || (armed && !shared.wake_asked(WAKE_MARK));
             if !shared.stop.load(Ordering::SeqCst) && !woken {
                 let _ = shared
                     .wake
