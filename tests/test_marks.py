@@ -123,3 +123,42 @@ def test_a_counter_coarser_than_its_poll_is_not_read_at_marks(
             s.stop()
     assert st["update_period_s"] == pytest.approx(0.1, rel=0.1)
     assert st["mark_reads"] == 0
+
+
+def twenty_ms_regions(sim: SimulatedMachine, fast_reads: bool) -> tuple[float, int, int]:
+    """60 contiguous 20 ms regions once the package counter's phase is known: the median
+    relative error, the package reads made meanwhile, and the reads made at marks."""
+    s = sampler_for(sim, cpu_backends=["powercap"], fast_reads=fast_reads)
+    try:
+        time.sleep(1.5)  # the period is learned closely before reads go sparse
+        before = s.status()[0]
+        rid = s.begin()
+        for _ in range(60):
+            time.sleep(0.02)
+            s.end(rid)
+            rid = s.begin()
+        s.end(rid)
+        after = s.status()[0]
+        assert s.wait(_native.now_ns(), 10.0)
+        n, _ids, _tags, t0b, t1b, jb, _u = s.drain()
+    finally:
+        s.stop()
+    t0 = np.frombuffer(t0b, dtype=np.uint64).tolist()
+    t1 = np.frombuffer(t1b, dtype=np.uint64).tolist()
+    j = np.frombuffer(jb, dtype=np.float64).reshape(n, -1)[:, 0]
+    truth = np.array([sim.truth_j("package", 0, a, b) for a, b in zip(t0, t1, strict=True)])
+    median = float(np.median(np.abs(j - truth) / truth))
+    return median, after["reads"] - before["reads"], after["mark_reads"] - before["mark_reads"]
+
+
+def test_short_regions_are_read_at_their_marks_not_at_every_update(tmp_path: Path) -> None:
+    with SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=None) as sim:
+        sparse, sparse_reads, at_marks = twenty_ms_regions(sim, fast_reads=False)
+        every, every_reads, none = twenty_ms_regions(sim, fast_reads=True)
+    # About 1.2 s of regions: every update is about 1200 reads; at the marks (and just after
+    # the next update) and every 20 ms, a few hundred.
+    assert at_marks >= 30 and none == 0
+    assert sparse_reads < every_reads / 2, (sparse_reads, every_reads)
+    # The edges stay bracketed by the updates around them (a loaded machine's late wake-ups
+    # widen a few).
+    assert sparse < 0.01 and every < 0.01, (sparse, every)

@@ -225,6 +225,8 @@ class Sampler:
         external: list[Feed] | None = None,
         gpu: bool = True,
         hwmon: bool = True,
+        mark_reads: bool = True,
+        fast_reads: bool = True,
     ) -> Sampler: ...
     def node_status(self) -> dict[str, Any] | None:
         """This process's part in its node's shared sampler; None when it samples alone."""

@@ -141,7 +141,7 @@ impl Sampler {
                         quiet_s=None, node_key=None, node_dir=None, amdsmi=true,
                         amdsmi_library=None, rocr_visible_devices=None,
                         hip_visible_devices=None, amd_gpus=None, external=None, gpu=true,
-                        hwmon=true))]
+                        hwmon=true, mark_reads=true, fast_reads=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -171,6 +171,8 @@ impl Sampler {
         external: Option<Vec<PyRef<'_, feed::Feed>>>,
         gpu: bool,
         hwmon: bool,
+        mark_reads: bool,
+        fast_reads: bool,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -198,6 +200,8 @@ impl Sampler {
             .collect();
         let mut config = Config {
             phase_lock,
+            mark_reads,
+            fast_reads,
             ..Config::default()
         };
         for (backend, secs) in intervals.unwrap_or_default() {

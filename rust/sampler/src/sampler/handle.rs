@@ -72,6 +72,9 @@ pub(super) struct Shared {
     /// What the thread asks the next mark to wake it for ([`WAKE_QUIET`], [`WAKE_MARK`]; 0:
     /// nothing). The first marker swaps it to 0 and wakes the thread.
     pub(super) wake_me: AtomicU8,
+    /// The instant of the mark that last woke the thread (how late it woke tells how busy the
+    /// machine is).
+    pub(super) woke_by_ns: AtomicU64,
     pub(super) sleep: Mutex<()>,
     pub(super) wake: Condvar,
     pub(super) regions: Mutex<Regions>,
@@ -156,6 +159,7 @@ impl Sampler {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             wake_me: AtomicU8::new(0),
+            woke_by_ns: AtomicU64::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
             regions: Mutex::new(Regions {
@@ -248,17 +252,18 @@ impl Sampler {
         r.spans.push(Span { t0_ns, dur_ns, tag });
         let backlog = r.done.len();
         drop(r);
-        self.wake_if_quiet();
+        self.wake_if_quiet(t1_ns);
         backlog >= BACKLOG_HIGH
     }
 
     #[inline]
-    fn wake_if_quiet(&self) {
+    fn wake_if_quiet(&self, t_ns: u64) {
         // One relaxed load; only the first mark after the thread asked for one (a quiet spell
         // ended, or a read at the mark wanted) pays for waking it.
         if self.shared.wake_me.load(Ordering::Relaxed) != 0
             && self.shared.wake_me.swap(0, Ordering::AcqRel) != 0
         {
+            self.shared.woke_by_ns.store(t_ns, Ordering::Relaxed);
             let _g = lock(&self.shared.sleep);
             self.shared.wake.notify_all();
         }
@@ -290,7 +295,7 @@ impl Sampler {
         });
         let backlog = r.done.len();
         drop(r);
-        self.wake_if_quiet();
+        self.wake_if_quiet(t_ns);
         backlog
     }
 

@@ -76,10 +76,38 @@ fn finer_than(ph: &PhaseLock, interval_ns: u64) -> bool {
         .is_some_and(|per| per <= FINE * interval_ns as f64)
 }
 
-/// Whether `p` is to be read at a mark at `now`: a live counter finer than its poll, not read
-/// at a mark within the last quarter of its interval.
-pub(super) fn wants(p: &Polled, now: u64) -> bool {
-    p.failed_since.is_none() && fine(p) && now >= p.last_mark_ns.saturating_add(p.interval_ns / 4)
+/// Whether `p` reads every few updates (quiet, or marks read at the mark): a read at a mark,
+/// and one just after the next update, bracket the mark.
+pub(super) fn sparse(p: &Polled) -> bool {
+    p.phase
+        .as_ref()
+        .is_some_and(|ph| ph.is_locked() && ph.stride() > 1)
+}
+
+/// Whether `p` is to be read at a mark at `now`: a live counter finer than its poll (or, with
+/// `locked`, one read every few updates), not read at a mark within the last quarter of its
+/// interval.
+pub(super) fn wants(p: &Polled, now: u64, locked: bool) -> bool {
+    p.failed_since.is_none()
+        && (fine(p) || (locked && sparse(p)))
+        && now >= p.last_mark_ns.saturating_add(p.interval_ns / 4)
+}
+
+/// Whether `p`'s phase is known well enough to read it every few updates: failed, not
+/// phase-locked, finer than its poll, or locked with its period known
+/// closely.
+pub(super) fn settled(p: &Polled) -> bool {
+    p.failed_since.is_some() || fine(p) || p.phase.as_ref().is_none_or(PhaseLock::settled)
+}
+
+/// What reading `p` at a mark is expected to cost: its read, and for a sparse counter the read
+/// just after its next update with that wake-up.
+pub(super) fn mark_cost(p: &Polled) -> u64 {
+    if fine(p) {
+        cost(p)
+    } else {
+        2 * cost(p) + WAKE_NS
+    }
 }
 
 /// The instant to stamp a change seen by a read at a mark of a counter polled every
