@@ -103,17 +103,20 @@ def test_reads_at_marks_stay_within_their_budget(tmp_path: Path, fake_nvml: Path
     assert made <= wall / 0.005 + 2, (made, wall)
 
 
-def test_a_counter_coarser_than_its_poll_is_not_read_at_marks(
-    tmp_path: Path, fake_nvml: Path
+@pytest.mark.parametrize("update_s", [0.1, 0.01])
+def test_a_counter_not_finer_than_its_poll_is_not_read_at_marks(
+    tmp_path: Path, fake_nvml: Path, update_s: float
 ) -> None:
-    # The counter moves every 100 ms (an H100's), polled every 20 ms: a read at a mark would
-    # show nothing new.
+    # Polled every 20 ms. Moving every 100 ms (an H100's counter), a read at a mark would show
+    # nothing new. Moving every 10 ms, the phase lock reads it just after each update and
+    # stamps the updates themselves, which a read at the mark (up to 10 ms after the update it
+    # shows) would not improve.
     with SimulatedMachine(
-        tmp_path / "hw", dram=None, gpus=1, gpu_update_s=0.1, nvml_library=fake_nvml
+        tmp_path / "hw", dram=None, gpus=1, gpu_update_s=update_s, nvml_library=fake_nvml
     ) as sim:
         s = sampler_for(sim, cpu_backends=["powercap"])
         try:
-            time.sleep(1.6)  # the 100 ms cadence is learned
+            time.sleep(1.6)  # the cadence is learned
             for _ in range(20):
                 rid = s.begin()
                 time.sleep(0.02)
@@ -121,7 +124,7 @@ def test_a_counter_coarser_than_its_poll_is_not_read_at_marks(
             st = gpu_status(s)
         finally:
             s.stop()
-    assert st["update_period_s"] == pytest.approx(0.1, rel=0.1)
+    assert st["update_period_s"] == pytest.approx(update_s, rel=0.1)
     assert st["mark_reads"] == 0
 
 

@@ -71,9 +71,14 @@ pub(super) fn fine(p: &Polled) -> bool {
         .is_some_and(|ph| finer_than(ph, p.interval_ns))
 }
 
+/// A lock that learned a period of about half the interval may have learned the cadence of
+/// its own reads (every read sees a change: a counter finer than its poll) or a counter that
+/// really updates that often; the latter's updates get bracketed now and then (a read just
+/// before one sees nothing), the former's almost never.
 fn finer_than(ph: &PhaseLock, interval_ns: u64) -> bool {
     ph.period_ns()
         .is_some_and(|per| per <= FINE * interval_ns as f64)
+        && (ph.anchors + ph.coarse) * 20 <= ph.observed
 }
 
 /// Whether `p` reads every few updates (quiet, or marks read at the mark): a read at a mark,

@@ -50,6 +50,8 @@ pub struct PhaseLock {
     pub relocks: u64,
     /// Updates bracketed only coarsely after a miss (the phase re-centred on the bracket).
     pub coarse: u64,
+    /// Reads taken (see [`Self::observe`]).
+    pub observed: u64,
     /// Updates read since the last bracket (fine or coarse).
     since_anchor: u32,
 }
@@ -83,6 +85,7 @@ impl PhaseLock {
             anchors: 0,
             relocks: 0,
             coarse: 0,
+            observed: 0,
             since_anchor: 0,
             stride: 1,
             probe: false,
@@ -191,6 +194,7 @@ impl PhaseLock {
     /// changed. Returns the instant to stamp the change with (within `(prev, t]`).
     pub fn observe(&mut self, prev: u64, t: u64, changed: bool) -> Option<u64> {
         let (prevf, tf) = (prev as f64, t as f64);
+        self.observed += 1;
         if !changed {
             self.prev_unchanged = true;
             // A look before the update saw nothing: the reads that follow bracket it.
