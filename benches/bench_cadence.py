@@ -8,7 +8,8 @@ median and worst relative error per region and the error of the sum. Phase lock 
 
 With ``--before TREE`` another tree (its ``python`` folder) is run the same way, alternately,
 in the same run (each run in a fresh interpreter).
-Run: ``.venv/bin/python benches/bench_cadence.py [--runs N] [--before TREE]``.
+With ``--at-marks`` this tree is also run with ``fast_reads=False`` (reads at marks).
+Run: ``.venv/bin/python benches/bench_cadence.py [--runs N] [--before TREE] [--at-marks]``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def busy(seconds: float) -> None:
         pass
 
 
+AT_MARKS = False
+
+
 def one(period_s: float) -> dict[str, float]:
     with SimulatedMachine(
         package=Wave(40.0, 120.0, 0.05), dram=None, update_period_s=period_s
@@ -53,6 +57,8 @@ def one(period_s: float) -> dict[str, float]:
             proc_root=r["proc_root"],
             nvml=False,
             cpu_backends=["powercap"],
+            # Reads at marks instead of at every update while marked (this tree only).
+            **({"fast_reads": False} if AT_MARKS else {}),
         )
         time.sleep(0.3)
         for _ in range(100):
@@ -82,7 +88,7 @@ def one(period_s: float) -> dict[str, float]:
 HERE = Path(__file__).resolve()
 
 
-def run(tree: Path, period: float, jitter: bool) -> dict[str, float]:
+def run(tree: Path, period: float, jitter: bool, at_marks: bool = False) -> dict[str, float]:
     """One run in a fresh interpreter with `tree`'s package (a busy core beside it if asked)."""
     hog = None
     if jitter:
@@ -90,7 +96,8 @@ def run(tree: Path, period: float, jitter: bool) -> dict[str, float]:
     try:
         env = dict(os.environ, PYTHONPATH=str(tree / "python"))
         out = subprocess.run(
-            [sys.executable, str(HERE), "--child", str(period)],
+            [sys.executable, str(HERE), "--child", str(period)]
+            + (["--at-marks"] if at_marks else []),
             env=env,
             capture_output=True,
             text=True,
@@ -108,18 +115,23 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--before", type=Path, default=None)
     ap.add_argument("--child", type=float, default=None)
+    ap.add_argument("--at-marks", action="store_true", help="also this tree with fast_reads=False")
     args = ap.parse_args()
     if args.child is not None:
+        global AT_MARKS
+        AT_MARKS = args.at_marks
         print(json.dumps(one(args.child)))
         return
-    trees = {"this tree": HERE.parent.parent}
+    trees: dict[str, tuple[Path, bool]] = {"this tree": (HERE.parent.parent, False)}
+    if args.at_marks:
+        trees["this tree, fast_reads=False"] = (HERE.parent.parent, True)
     if args.before is not None:
-        trees["before"] = args.before
+        trees["before"] = (args.before, False)
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
     for _ in range(args.runs):
         for label, (period, jitter) in CADENCES.items():
-            for name, tree in trees.items():
-                rows.setdefault((name, label), []).append(run(tree, period, jitter))
+            for name, (tree, at_marks) in trees.items():
+                rows.setdefault((name, label), []).append(run(tree, period, jitter, at_marks))
     lines = []
     for (name, label), rs in sorted(rows.items()):
         med = [r["median"] * 100 for r in rs]

@@ -25,7 +25,9 @@ def process_cpu_s() -> float:
     return t.user + t.system
 
 
-def one(sim: SimulatedMachine, phase_lock: bool, busy: bool = False) -> dict[str, float]:
+def one(
+    sim: SimulatedMachine, phase_lock: bool, busy: bool = False, region_s: float = 0.002
+) -> dict[str, float]:
     r = sim._sim.roots()
     s = _native.Sampler(
         sys_root=r["sys_root"],
@@ -43,10 +45,10 @@ def one(sim: SimulatedMachine, phase_lock: bool, busy: bool = False) -> dict[str
     reads0 = sum(st["reads"] for st in s.status())
     w0 = time.monotonic()
     if busy:
-        # Per-step profiling: a 2 ms region after another (the sampler reads every update).
+        # Per-step profiling: a short region after another (the sampler reads every update).
         while time.monotonic() - w0 < SECONDS:
             rid = s.begin()
-            time.sleep(0.002)
+            time.sleep(region_s)
             s.end(rid)
     else:
         time.sleep(SECONDS)
@@ -73,6 +75,8 @@ def main() -> None:
         "fixed": [],
         "busy": [],
         "busy_reads": [],
+        "r20": [],
+        "r20_reads": [],
         "pl_reads": [],
         "fx_reads": [],
     }
@@ -88,6 +92,9 @@ def main() -> None:
             c = one(sim, True, busy=True)
             res["busy"].append(c["cpu_pct"])
             res["busy_reads"].append(c["reads_per_s"])
+            d = one(sim, True, busy=True, region_s=0.02)
+            res["r20"].append(d["cpu_pct"])
+            res["r20_reads"].append(d["reads_per_s"])
     m = {k: statistics.median(v) for k, v in res.items()}
     text = f"""# Sampler cost
 
@@ -102,6 +109,7 @@ same run: {m["idle"]:.3f} % of a core.
 | --- | --- | --- |
 | phase-locked (default), no region open | {m["pl"]:.2f} % | {m["pl_reads"]:.0f} |
 | phase-locked, a 2 ms region after another | {m["busy"]:.2f} % | {m["busy_reads"]:.0f} |
+| phase-locked, a 20 ms region after another | {m["r20"]:.2f} % | {m["r20_reads"]:.0f} |
 | fixed intervals (phase lock off) | {m["fixed"]:.2f} % | {m["fx_reads"]:.0f} |
 
 Between regions the sampler reads each RAPL zone about every 20 ms, keeping the learned phase,

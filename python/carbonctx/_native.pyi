@@ -226,6 +226,8 @@ class Sampler:
         gpu: bool = True,
         hwmon: bool = True,
         gpu_power_samples: bool = True,
+        mark_reads: bool = True,
+        fast_reads: bool = True,
     ) -> Sampler: ...
     def node_status(self) -> dict[str, Any] | None:
         """This process's part in its node's shared sampler; None when it samples alone."""

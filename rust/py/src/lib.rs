@@ -141,7 +141,7 @@ impl Sampler {
                         quiet_s=None, node_key=None, node_dir=None, amdsmi=true,
                         amdsmi_library=None, rocr_visible_devices=None,
                         hip_visible_devices=None, amd_gpus=None, external=None, gpu=true,
-                        hwmon=true, gpu_power_samples=true))]
+                        hwmon=true, gpu_power_samples=true, mark_reads=true, fast_reads=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -172,6 +172,8 @@ impl Sampler {
         gpu: bool,
         hwmon: bool,
         gpu_power_samples: bool,
+        mark_reads: bool,
+        fast_reads: bool,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -200,6 +202,8 @@ impl Sampler {
         let mut config = Config {
             phase_lock,
             power_samples: gpu_power_samples,
+            mark_reads,
+            fast_reads,
             ..Config::default()
         };
         for (backend, secs) in intervals.unwrap_or_default() {
@@ -380,6 +384,7 @@ impl Sampler {
                 d.set_item("update_period_s", s.update_period_ns * 1e-9)?;
                 d.set_item("phase_anchors", s.phase_anchors)?;
                 d.set_item("shaped_updates", s.shaped_updates)?;
+                d.set_item("mark_reads", s.mark_reads)?;
                 Ok(d)
             })
             .collect()

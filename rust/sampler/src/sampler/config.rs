@@ -28,6 +28,17 @@ pub struct Config {
     /// a quiet spell is timed as precisely as any). Zero: always read every update.
     pub quiet_interval: Duration,
     pub fast_hold: Duration,
+    /// Read counters at region marks (within a budget of about 1 % of a core; see
+    /// `sampler::marks`): a counter that updates more finely than it is polled at each mark, and
+    /// (unless `fast_reads`) a phase-locked one at the mark and just after its next update.
+    pub mark_reads: bool,
+    /// While regions are being marked, read phase-locked counters at every update (the
+    /// default). Off: read them every quiet interval and at each mark (a read at the mark and
+    /// one just after the counter's next update bracket it), at a quarter of the CPU with
+    /// 20 ms regions; a machine that wakes the thread late sends it back to every update for
+    /// a while. Its worst single regions are worse on a loaded machine (see
+    /// `benches/results/marks.md`), so it is not the default.
+    pub fast_reads: bool,
     /// How often a failed source is tried again.
     pub retry: Duration,
     /// Resolved regions kept for the caller to drain; beyond it the oldest are dropped and
@@ -50,6 +61,8 @@ impl Default for Config {
             phase_lock: true,
             quiet_interval: Duration::from_millis(20),
             fast_hold: Duration::from_secs(2),
+            mark_reads: true,
+            fast_reads: true,
             retry: Duration::from_secs(1),
             max_resolved: 1 << 20,
             power_samples: true,

@@ -7,7 +7,7 @@
 //! or after it (or has shown no change for a settling time), so results arrive within about one
 //! update period of a region's end.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -51,6 +51,8 @@ pub struct SourceStatus {
     /// Counter updates whose energy was placed in time by the source's power samples (see
     /// [`crate::sensors::EnergySource::shape`]) instead of spread evenly.
     pub shaped_updates: u64,
+    /// Reads made because a region mark woke the thread (see [`super::marks`]).
+    pub mark_reads: u64,
 }
 
 /// Counters of the sampler as a whole.
@@ -70,8 +72,12 @@ pub struct Stats {
 
 pub(super) struct Shared {
     pub(super) stop: AtomicBool,
-    /// The sampler reads sparsely and sleeps long: a new mark must wake it.
-    pub(super) quiet: AtomicBool,
+    /// What the thread asks the next mark to wake it for ([`WAKE_QUIET`], [`WAKE_MARK`]; 0:
+    /// nothing). The first marker swaps it to 0 and wakes the thread.
+    pub(super) wake_me: AtomicU8,
+    /// The instant of the mark that last woke the thread (how late it woke tells how busy the
+    /// machine is).
+    pub(super) woke_by_ns: AtomicU64,
     pub(super) sleep: Mutex<()>,
     pub(super) wake: Condvar,
     pub(super) regions: Mutex<Regions>,
@@ -87,6 +93,28 @@ pub(super) struct Shared {
     pub(super) node: Mutex<Option<NodeStatus>>,
     /// Why the thread ended during start-up, when it can say.
     pub(super) start_error: Mutex<Option<Error>>,
+}
+
+/// The thread reads sparsely while quiet: the next mark must wake it.
+pub(super) const WAKE_QUIET: u8 = 1;
+/// The thread wants to read some counters at the next mark (see [`super::marks`]).
+pub(super) const WAKE_MARK: u8 = 2;
+
+impl Shared {
+    /// Ask the next mark to wake the thread for `bits`.
+    pub(super) fn ask_wake(&self, bits: u8) {
+        self.wake_me.fetch_or(bits, Ordering::AcqRel);
+    }
+
+    /// Withdraw the request for `bits`.
+    pub(super) fn withdraw_wake(&self, bits: u8) {
+        self.wake_me.fetch_and(!bits, Ordering::AcqRel);
+    }
+
+    /// Whether a request for `bits` is still standing (no mark came since it was made).
+    pub(super) fn wake_asked(&self, bits: u8) -> bool {
+        self.wake_me.load(Ordering::Acquire) & bits != 0
+    }
 }
 
 /// Counts a waiter for as long as it lives.
@@ -133,7 +161,8 @@ impl Sampler {
         let started_ns = crate::now_ns();
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            quiet: AtomicBool::new(false),
+            wake_me: AtomicU8::new(0),
+            woke_by_ns: AtomicU64::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
             regions: Mutex::new(Regions {
@@ -226,16 +255,18 @@ impl Sampler {
         r.spans.push(Span { t0_ns, dur_ns, tag });
         let backlog = r.done.len();
         drop(r);
-        self.wake_if_quiet();
+        self.wake_if_quiet(t1_ns);
         backlog >= BACKLOG_HIGH
     }
 
     #[inline]
-    fn wake_if_quiet(&self) {
-        // Only the first mark after a quiet spell pays for waking the thread.
-        if self.shared.quiet.load(Ordering::Relaxed)
-            && self.shared.quiet.swap(false, Ordering::AcqRel)
+    fn wake_if_quiet(&self, t_ns: u64) {
+        // One relaxed load; only the first mark after the thread asked for one (a quiet spell
+        // ended, or a read at the mark wanted) pays for waking it.
+        if self.shared.wake_me.load(Ordering::Relaxed) != 0
+            && self.shared.wake_me.swap(0, Ordering::AcqRel) != 0
         {
+            self.shared.woke_by_ns.store(t_ns, Ordering::Relaxed);
             let _g = lock(&self.shared.sleep);
             self.shared.wake.notify_all();
         }
@@ -267,7 +298,7 @@ impl Sampler {
         });
         let backlog = r.done.len();
         drop(r);
-        self.wake_if_quiet();
+        self.wake_if_quiet(t_ns);
         backlog
     }
 

@@ -4,17 +4,22 @@
 //! - [`handle`]: the [`Sampler`] itself: the start handshake, marks, drain, wait, status, stop,
 //!   `Drop`;
 //! - [`config`]: how it runs ([`Config`]);
-//! - `schedule`: the thread's body and poll loop (full rate while regions are marked, sparse
-//!   while quiet);
+//! - `schedule`: the thread's body and poll loop (phase-locked counters read at every update
+//!   while regions are marked and every few updates while quiet; with [`Config::fast_reads`]
+//!   off, every few updates and at each region mark);
 //! - `poll`: one source as the loop polls it: a read, its point or gap, failure and retry;
 //! - `shape`: a counter update's energy placed in time by the source's power samples;
+//! - `dither`: read times of a power-only source;
 //! - `resolve`: the resolution pass (the frontier, and the energy at each region edge);
+//! - `marks`: reads at a region's mark, within a budget;
 //! - [`phase`]: phase-locked polling (read each counter just after it updates);
 //! - [`node`]: one sampler per node, shared by the processes of a job through
 //!   [`crate::shared`] (owner, followers, takeover).
 
 pub mod config;
+mod dither;
 pub mod handle;
+mod marks;
 pub mod node;
 pub mod phase;
 mod poll;

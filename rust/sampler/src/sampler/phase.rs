@@ -28,17 +28,30 @@ pub struct PhaseLock {
     /// Predicted updates in a row that did not come (an idle counter is read once a period).
     idle: u32,
     mismatches: u32,
-    /// Read every `stride`-th update (1: every one). Above 1 the phase is not re-anchored; it
-    /// coasts on the learned period until reads come at every update again.
+    /// Read every `stride`-th update (1: every one). Above 1 the phase coasts on the learned
+    /// period (re-anchored now and then with `check_sparse`).
     stride: u32,
     /// After coasting: read just before the next predicted update, to re-anchor at once.
     probe: bool,
+    /// Reading every few updates, a look just before the predicted update saw the updates
+    /// since the last read: the next read, just after it, brackets it.
+    probe_seen: bool,
+    /// The latest close bracket's middle (ns).
+    last_anchor: f64,
+    /// Reading every few updates: close brackets in a row far from the predicted update.
+    sparse_misses: u32,
+    /// Reading every few updates, look just before a predicted update now and then to keep
+    /// the phase (reads at region marks rely on it); off, the phase coasts until reads come at
+    /// every update again.
+    pub check_sparse: bool,
     /// Updates whose time was bracketed closely (re-anchors of the phase).
     pub anchors: u64,
     /// Times the lock was lost and the period learned again.
     pub relocks: u64,
     /// Updates bracketed only coarsely after a miss (the phase re-centred on the bracket).
     pub coarse: u64,
+    /// Reads taken (see [`Self::observe`]).
+    pub observed: u64,
     /// Updates read since the last bracket (fine or coarse).
     since_anchor: u32,
 }
@@ -68,12 +81,17 @@ impl PhaseLock {
             chases: 0,
             idle: 0,
             mismatches: 0,
+            check_sparse: false,
             anchors: 0,
             relocks: 0,
             coarse: 0,
+            observed: 0,
             since_anchor: 0,
             stride: 1,
             probe: false,
+            probe_seen: false,
+            last_anchor: 0.0,
+            sparse_misses: 0,
         }
     }
 
@@ -119,6 +137,41 @@ impl PhaseLock {
         self.probe = true;
     }
 
+    /// The latest predicted update at or before `t` (where a read at `t` that saw a change
+    /// stamps it), without changing the lock; None while not locked.
+    pub fn last_update(&self, t: u64) -> Option<u64> {
+        let p = self.period.filter(|&p| self.locked && p > 0.0)?;
+        let k = ((t as f64 - self.next) / p).floor();
+        let cand = self.next + k * p;
+        // Predictions run early by up to a guard (see `observe`).
+        Some((cand + self.guard as f64 / 2.0).min(t as f64).max(0.0) as u64)
+    }
+
+    /// Whether the period is known well enough to read every few updates: locked, with close
+    /// brackets at least 256 periods apart (the period then to within a few thousandths of a
+    /// bracket's width), or a period of 5 ms or more (such counters are not read sparsely).
+    pub fn settled(&self) -> bool {
+        let Some(p) = self.period.filter(|&p| self.locked && p > 0.0) else {
+            return false;
+        };
+        p >= 5_000_000.0
+            || self
+                .base
+                .is_some_and(|(u0, _)| self.anchors >= 3 && (self.last_anchor - u0) / p >= 256.0)
+    }
+
+    /// Aim the next read just after the first predicted update at or after `t` (a read at a
+    /// region mark: the next update brackets the mark), chasing it if it comes late, then go
+    /// on every `stride` updates.
+    pub fn aim(&mut self, t: u64) {
+        let Some(p) = self.period.filter(|&p| self.locked && p > 0.0) else {
+            return;
+        };
+        let k = ((t as f64 - self.next) / p).ceil();
+        self.next += k * p;
+        self.chases = 0;
+    }
+
     pub fn is_locked(&self) -> bool {
         self.locked
     }
@@ -141,6 +194,7 @@ impl PhaseLock {
     /// changed. Returns the instant to stamp the change with (within `(prev, t]`).
     pub fn observe(&mut self, prev: u64, t: u64, changed: bool) -> Option<u64> {
         let (prevf, tf) = (prev as f64, t as f64);
+        self.observed += 1;
         if !changed {
             self.prev_unchanged = true;
             // A look before the update saw nothing: the reads that follow bracket it.
@@ -168,9 +222,16 @@ impl PhaseLock {
         let width = tf - prevf;
         let mid = prevf + width / 2.0;
         let was_unchanged = std::mem::replace(&mut self.prev_unchanged, false);
+        // Reading every update, any change ends a look before the update; reading every few,
+        // only the look itself (just before the predicted update) does.
+        let probing = self.probe;
+        if self.stride == 1 || !self.locked {
+            self.probe = false;
+        }
+        // The previous read came just before the update this one sees.
+        let was_before = was_unchanged || std::mem::replace(&mut self.probe_seen, false);
         self.chases = 0;
         self.idle = 0;
-        self.probe = false;
         if !self.locked {
             // Learning: polls come at a quarter or half the interval (see `learning_step`), so
             // each update is seen on its own.
@@ -212,8 +273,23 @@ impl PhaseLock {
         }
         let p = self.period.unwrap_or(self.interval as f64);
         let g = self.guard as f64;
-        if was_unchanged && width <= 3.0 * g {
+        if was_before && width <= 3.0 * g {
             // A poll just before the update saw nothing and this one, shortly after, saw it.
+            self.probe = false;
+            if self.stride > 1 && (mid - self.next).abs() > p / 4.0 {
+                // Reading every few updates, the update came far from where it was predicted:
+                // the period (or the phase) is wrong; learn them again after a second time.
+                self.sparse_misses += 1;
+                if self.sparse_misses > 1 {
+                    self.sparse_misses = 0;
+                    self.unlock();
+                    return Some(mid as u64);
+                }
+                self.next = mid + self.ahead(p);
+                return Some(mid as u64);
+            }
+            self.sparse_misses = 0;
+            self.last_anchor = mid;
             self.anchors += 1;
             self.since_anchor = 0;
             let perr = self.refine(mid, width);
@@ -224,10 +300,11 @@ impl PhaseLock {
             self.mismatches = 0;
             return Some(mid as u64);
         }
-        if was_unchanged && width <= p / 2.0 {
+        if was_before && width <= p / 2.0 {
             // A coarse bracket (the look after a miss came late: a busy machine): the update
             // lies in it, whatever was predicted. Re-centre the phase on it, and let the reads
             // walk early quickly so that a close bracket follows soon.
+            self.probe = false;
             self.coarse += 1;
             self.since_anchor = 0;
             self.drift = (g / 8.0).max(width / 4.0).min(p / 4.0);
@@ -238,6 +315,14 @@ impl PhaseLock {
         // The latest predicted update at or before t.
         let k = ((tf - self.next) / p).floor();
         let cand = self.next + k * p;
+        if probing && self.stride > 1 && tf < self.next && self.next - tf <= 3.0 * g && cand > prevf
+        {
+            // Reading every few updates, the look just before the predicted update saw those
+            // since the last read: keep the prediction, read again just after it to bracket it.
+            self.probe = false;
+            self.probe_seen = true;
+            return Some((cand + g / 2.0).min(tf) as u64);
+        }
         if cand > prevf && cand <= tf {
             self.mismatches = 0;
             self.next = cand + self.ahead(p);
@@ -256,13 +341,30 @@ impl PhaseLock {
         Some(mid as u64)
     }
 
-    /// Count an update read without a bracket; after [`PROBE_EVERY`] of them (reading every
-    /// update), read just before the next predicted one.
+    /// Count an update read without a bracket; after [`PROBE_EVERY`] of them, read just before
+    /// the next predicted one.
     fn probe_if_unchecked(&mut self) {
         self.since_anchor = self.since_anchor.saturating_add(1);
-        if self.stride == 1 && self.since_anchor >= PROBE_EVERY {
+        if (self.stride == 1 || self.check_sparse) && self.since_anchor >= self.probe_every() {
             self.probe = true;
         }
+    }
+
+    /// Reads between looks before the predicted update: [`PROBE_EVERY`] reading every update;
+    /// reading every few, as many as keep the drift of the known period under a tenth of a
+    /// guard between looks (the period is known to a bracket's width over the periods spanned
+    /// by the close brackets so far), from [`PROBE_EVERY`] to 64.
+    fn probe_every(&self) -> u32 {
+        let (Some(p), Some((u0, _))) = (self.period, self.base) else {
+            return PROBE_EVERY;
+        };
+        if self.stride == 1 || p <= 0.0 {
+            return PROBE_EVERY;
+        }
+        let spanned = ((self.last_anchor - u0) / p).max(0.0);
+        // Drift per period: 3 guards / spanned; a look every R reads spans R·stride periods.
+        let reads = spanned / (30.0 * f64::from(self.stride));
+        (reads as u32).clamp(PROBE_EVERY, 64)
     }
 
     /// Re-estimate the period from the first close bracket and this one (`u`, of `width`);
@@ -557,5 +659,71 @@ mod tests {
             reads += 1;
         }
         assert!(reads < 100 * 8, "{reads} reads in 100 periods");
+    }
+
+    /// Stamp errors (ns) of a lock driven against updates at `times`, learning at every update
+    /// for the first `learn` ns and then reading every `stride` updates.
+    fn drive_sparse(times: &[u64], learn: u64, stride: u32) -> (Vec<f64>, u64) {
+        let mut pl = PhaseLock::new(1_000_000);
+        let (mut prev, mut seen, mut reads) = (0u64, 0usize, 0u64);
+        let mut errors = Vec::new();
+        let end = *times.last().unwrap_or(&0);
+        while prev < end {
+            // As the sampler does: sparse only once the period is known.
+            pl.set_stride(if prev > learn && pl.settled() {
+                stride
+            } else {
+                1
+            });
+            pl.check_sparse = true;
+            let t = pl.due(prev).max(prev + 1) + 20_000;
+            let count = times.partition_point(|&u| u <= t);
+            let stamp = pl.observe(prev, t, count != seen);
+            if count != seen && prev > learn {
+                if let Some(s) = stamp {
+                    errors.push(s as f64 - times[count - 1] as f64);
+                }
+                reads += 1;
+            }
+            seen = count;
+            prev = t;
+        }
+        (errors, reads)
+    }
+
+    #[test]
+    fn reading_every_twentieth_update_keeps_the_phase_of_a_drifting_counter() {
+        // Updates every 1.0003 ms (the counter's clock against ours), read every 20th once the
+        // period is known: the looks just before every eighth read keep the stamps on them.
+        let times: Vec<u64> = (1..=20_000).map(|k| k * 1_000_300 + 400_000).collect();
+        let (errors, reads) = drive_sparse(&times, 1_000_000_000, 20);
+        assert!(errors.len() > 500, "{} stamps", errors.len());
+        let tail = &errors[errors.len() / 2..];
+        assert!(
+            median_abs(tail) < 60_000.0,
+            "median {} ns",
+            median_abs(tail)
+        );
+        // About one read in 20 updates, plus the looks.
+        assert!(reads < 19_000 / 10, "{reads} reads");
+    }
+
+    #[test]
+    fn reading_every_twentieth_update_keeps_the_phase_when_updates_come_late() {
+        // Exact 1 ms updates written late by 0-100 µs at random (a busy writer), read every
+        // 20th once the period is known.
+        let times: Vec<u64> = (1..=20_000u64)
+            .map(|k| {
+                let x = (k.wrapping_mul(6_364_136_223_846_793_005) >> 33) % 100_000;
+                k * 1_000_000 + 300_000 + x
+            })
+            .collect();
+        let (errors, _) = drive_sparse(&times, 1_000_000_000, 20);
+        let tail = &errors[errors.len() / 2..];
+        assert!(
+            median_abs(tail) < 120_000.0,
+            "median {} ns",
+            median_abs(tail)
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The sampler thread's loop: start-up reads (the handshake's answer), polling each source when
 //! due (phase-locked counters just after each update), full-rate reading while regions are
-//! being marked and sparse reading while quiet, failure and retry, and a resolution pass after
-//! every wake-up.
+//! being marked and sparse reading while quiet (or, with [`Config::fast_reads`] off, sparse
+//! reading with reads at region marks; see `marks`), failure and retry, and a resolution pass
+//! after every wake-up.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -9,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::Config;
-use super::handle::{Shared, SourceStatus};
+use super::handle::{Shared, SourceStatus, WAKE_MARK, WAKE_QUIET};
 use super::lock;
-use super::poll::{poll_one, Cover, Polled};
+use super::marks::{self, Budget};
+use super::poll::{poll_one, Cover, Polled, Why};
 use super::resolve::resolve;
 use crate::regions::OpenRegions;
 use crate::sensors::{EnergySource, SourceInfo, Unavailable};
@@ -141,16 +143,55 @@ pub(super) fn poll_loop(
     let mut fast_until = crate::now_ns() + hold_ns;
     let mut fast = true;
     let mut status_due = 0;
+    let mut budget = Budget::new(crate::now_ns());
+    // Phase-locked counters are read at marks rather than at every update while marked.
+    let at_mark = config.mark_reads && !config.fast_reads;
+    // A read at the next mark is asked for (see `marks`); the next mark is to end a quiet spell.
+    let mut armed = false;
+    let mut asked_quiet = false;
+    // Mark wake-ups of late, one bit each (1: late), the latest in the lowest bit.
+    let mut late_wakes: u8 = 0;
+    let mut busy_until = 0;
+    // Regions were marked lately (expensive reads are then made at every quiet interval).
+    let mut marked_until = 0;
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         let now = crate::now_ns();
         // Another process of the node marks regions: as if this one did.
         let demanded = node.is_some_and(|seg| seg.demanded_until() > now);
-        if demanded && !fast {
-            shared.quiet.store(false, Ordering::Release);
+        let marked = armed && !shared.wake_asked(WAKE_MARK);
+        if marked {
+            armed = false;
+            // A busy machine wakes the thread late: a read at the mark then comes after
+            // updates past it, and the edge is interpolated between reads far apart. After two
+            // late wake-ups in eight, every update is read while regions are marked (for the
+            // hold, then reads at marks are tried again).
+            let by = shared.woke_by_ns.load(Ordering::Relaxed);
+            late_wakes = (late_wakes << 1) | u8::from(now.saturating_sub(by) > LATE_WAKE_NS);
+            if at_mark && late_wakes.count_ones() >= 2 {
+                late_wakes = 0;
+                fast_until = now + hold_ns;
+                busy_until = fast_until;
+                if !fast {
+                    fast = true;
+                    for p in polled.iter_mut() {
+                        if let Some(ph) = p.phase.as_mut().filter(|ph| ph.stride() > 1) {
+                            ph.set_stride(1);
+                            ph.resync(now);
+                            p.due_ns = now;
+                        }
+                    }
+                }
+            }
         }
-        // A mark woke a quiet sampler: read every counter now and every update from here.
-        if !fast && !shared.quiet.load(Ordering::Acquire) {
+        let woke_quiet = asked_quiet && !shared.wake_asked(WAKE_QUIET);
+        // A mark woke a quiet sampler (or another process of the node marks regions): read
+        // every counter now and every update from here.
+        if !fast && (demanded || woke_quiet) {
+            if asked_quiet {
+                shared.withdraw_wake(WAKE_QUIET);
+                asked_quiet = false;
+            }
             fast = true;
             fast_until = now + hold_ns;
             for p in polled.iter_mut() {
@@ -164,6 +205,34 @@ pub(super) fn poll_loop(
         {
             let mut timelines = lock(&shared.timelines);
             let mut status = lock(&shared.status);
+            if marked {
+                let mut wake_ns = marks::WAKE_NS;
+                for (i, p) in polled.iter_mut().enumerate() {
+                    // A source due now is read as due, which serves the mark as well.
+                    if p.due_ns <= now + COALESCE_NS
+                        || !marks::wants(p, now, at_mark)
+                        || !budget.affords(now, marks::mark_cost(p) + wake_ns)
+                    {
+                        continue;
+                    }
+                    // The read just after the next update, for a sparse counter.
+                    let then = marks::mark_cost(p) - marks::cost(p);
+                    let t0 = crate::now_ns();
+                    poll_one(
+                        p,
+                        i,
+                        &mut timelines[i],
+                        &mut status[i],
+                        now,
+                        config,
+                        retry_ns,
+                        node,
+                        Why::Mark,
+                    );
+                    budget.charge(crate::now_ns().saturating_sub(t0) + wake_ns + then);
+                    wake_ns = 0;
+                }
+            }
             for (i, p) in polled.iter_mut().enumerate() {
                 // Sources due within a few tens of µs share this wake-up.
                 if p.due_ns > now + COALESCE_NS && !stopping {
@@ -178,6 +247,7 @@ pub(super) fn poll_loop(
                     config,
                     retry_ns,
                     node,
+                    Why::Due,
                 );
             }
         }
@@ -198,13 +268,25 @@ pub(super) fn poll_loop(
             return;
         }
         let now = crate::now_ns();
-        if marks > 0 || demanded {
+        if (marks > 0 && !at_mark) || demanded {
             fast_until = now + hold_ns;
         }
-        if fast && quiet_ns > 0 && now > fast_until {
-            // Quiet: read counters sparsely until the next mark.
+        if marks > 0 {
+            marked_until = now + hold_ns;
+        }
+        if fast && at_mark && !demanded && now >= busy_until && polled.iter().all(marks::settled) {
+            // Reading at marks, every update is read only until each counter's phase is
+            // learned.
+            fast_until = fast_until.min(now);
+        }
+        if fast && quiet_ns > 0 && now >= fast_until {
+            // Quiet: read counters sparsely until the next mark (or, reading at marks, for
+            // as long as no other process of the node asks for more).
             fast = false;
-            shared.quiet.store(true, Ordering::Release);
+            if !at_mark {
+                shared.ask_wake(WAKE_QUIET);
+                asked_quiet = true;
+            }
         }
         if !fast {
             // (Re)computed every loop: a counter's period may be learned only after the
@@ -213,15 +295,38 @@ pub(super) fn poll_loop(
                 // A read that costs real CPU (an NVML energy read takes about 3 ms of it in the
                 // driver on an H100) is made once a second while quiet; cheap reads keep the
                 // quiet interval.
-                let q = if p.read_cost_ns > EXPENSIVE_READ_NS {
+                // (Reading at marks, an expensive read keeps the quiet interval while regions are
+                // being marked.)
+                let q = if p.read_cost_ns > EXPENSIVE_READ_NS && !(at_mark && now <= marked_until) {
                     quiet_ns.max(1_000_000_000)
                 } else {
                     quiet_ns
                 };
                 if let Some(ph) = p.phase.as_mut() {
-                    let k = ph.stride_for(q);
-                    ph.set_stride(k);
+                    ph.check_sparse = at_mark;
+                    // Sparse only once the period is known closely (coasting on a rough one,
+                    // the reads would walk off the updates).
+                    let k = if ph.settled() { ph.stride_for(q) } else { 1 };
+                    if k < ph.stride() {
+                        // Read more often from now on: from the next update.
+                        ph.set_stride(k);
+                        ph.resync(now);
+                        p.due_ns = p.due_ns.min(now);
+                    } else {
+                        ph.set_stride(k);
+                    }
                 }
+            }
+        }
+        if config.mark_reads && !armed {
+            let now = crate::now_ns();
+            let wanted = polled.iter().any(|p| {
+                marks::wants(p, now, at_mark)
+                    && budget.affords(now, marks::mark_cost(p) + marks::WAKE_NS)
+            });
+            if wanted {
+                shared.ask_wake(WAKE_MARK);
+                armed = true;
             }
         }
         let mut next = polled
@@ -236,7 +341,8 @@ pub(super) fn poll_loop(
         }
         if next > now {
             let g = lock(&shared.sleep);
-            let woken = !fast && !shared.quiet.load(Ordering::Acquire);
+            let woken = (asked_quiet && !shared.wake_asked(WAKE_QUIET))
+                || (armed && !shared.wake_asked(WAKE_MARK));
             if !shared.stop.load(Ordering::SeqCst) && !woken {
                 let _ = shared
                     .wake
@@ -248,6 +354,9 @@ pub(super) fn poll_loop(
 
 /// How often an owner refreshes the node's figures in its [`super::NodeStatus`].
 const NODE_STATUS_NS: u64 = 200_000_000;
+
+/// A wake-up this long after the mark that asked for it is late.
+const LATE_WAKE_NS: u64 = 300_000;
 
 /// Sources due this close together are read in one wake-up.
 const COALESCE_NS: u64 = 30_000;

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use super::super::handle::{Shared, SourceStatus};
+use super::super::handle::{Shared, SourceStatus, WAKE_QUIET};
 use super::super::lock;
 use super::super::poll::Polled;
 use super::super::resolve::resolve;
@@ -96,7 +96,7 @@ fn follow(
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         let now = crate::now_ns();
-        if !fast && !shared.quiet.load(Ordering::Acquire) {
+        if !fast && !shared.wake_asked(WAKE_QUIET) {
             fast = true;
             fast_until = now + hold_ns;
             seg.demand(fast_until);
@@ -130,7 +130,7 @@ fn follow(
         }
         if fast && now > fast_until {
             fast = false;
-            shared.quiet.store(true, Ordering::Release);
+            shared.ask_wake(WAKE_QUIET);
         }
         let sleep_ns = if fast {
             FOLLOW_FAST.as_nanos() as u64
@@ -139,7 +139,7 @@ fn follow(
         }
         .min(next_try.saturating_sub(now).max(1));
         let g = lock(&shared.sleep);
-        let woken = !fast && !shared.quiet.load(Ordering::Acquire);
+        let woken = !fast && !shared.wake_asked(WAKE_QUIET);
         if !shared.stop.load(Ordering::SeqCst) && !woken {
             let _ = shared.wake.wait_timeout(g, Duration::from_nanos(sleep_ns));
         }
