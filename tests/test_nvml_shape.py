@@ -43,24 +43,32 @@ def machine(tmp_path: Path, fake_nvml: Path, conf: str = "") -> SimulatedMachine
     return sim
 
 
-def steps(sim: SimulatedMachine, shaped: bool, seconds: float = 1.5) -> dict[str, Any]:
-    """Back-to-back 20 ms regions for ``seconds`` inside one region around them: each step's
-    GPU error against the truth, their sum, the region around them, and the source's status
-    and timeline."""
+def steps(
+    sim: SimulatedMachine, shaped: bool, seconds: float = 1.5, warm_s: float = 0.4
+) -> dict[str, Any]:
+    """Back-to-back 20 ms regions for ``seconds`` inside one region around them (after
+    ``warm_s`` without regions): each step's GPU error against the truth, their sum, the region
+    around them, the source's status and timeline, and its reads while the steps ran."""
     args = {k: v for k, v in sim.settings().items() if k != "gpu"}
     s = _native.Sampler(**args, gpu_power_samples=shaped)
     try:
         gi = [x["id"] for x in s.sources].index(GPU)
-        time.sleep(0.4)  # past the start: the sampler learns when the counter updates
+        time.sleep(warm_s)  # past the start: the sampler learns when the counter updates
+        reads0 = s.status()[gi]["reads"]
         outer = s.begin()
         ids = []
-        end = time.monotonic() + seconds
+        start = time.monotonic()
+        end = start + seconds
+        reads1 = None
         while time.monotonic() < end:
             r = s.begin()
             time.sleep(STEP_S)
             s.end(r)
             ids.append(r)
+            if reads1 is None and time.monotonic() > start + 1.0:
+                reads1 = (s.status()[gi]["reads"], time.monotonic())
         s.end(outer)
+        t_end = time.monotonic()
         assert s.wait(_native.now_ns(), 10.0), "the sampler did not pass the last step"
         n, rid_b, _tags, t0_b, t1_b, j_b, u_b = s.drain()
         k = len(s.sources)
@@ -70,6 +78,10 @@ def steps(sim: SimulatedMachine, shaped: bool, seconds: float = 1.5) -> dict[str
         joules = np.frombuffer(j_b, dtype=np.float64).reshape(n, k)[:, gi]
         unc = np.frombuffer(u_b, dtype=np.float64).reshape(n, k)[:, gi]
         status = s.status()[gi]
+        step_reads = status["reads"] - reads0
+        assert reads1 is not None
+        # Reads per second from the steps' first second on (past the first marks' re-reads).
+        steady_rate = (status["reads"] - reads1[0]) / (t_end - reads1[1])
         timeline = s.timeline(gi, 0, 1_000_000)
     finally:
         s.stop()
@@ -92,6 +104,8 @@ def steps(sim: SimulatedMachine, shaped: bool, seconds: float = 1.5) -> dict[str
         "whole": whole,
         "status": status,
         "timeline": timeline,
+        "step_reads": step_reads,
+        "steady_rate": steady_rate,
     }
 
 
@@ -178,3 +192,29 @@ def test_the_setting_reaches_the_sampler_and_the_description(
             text = io.StringIO()
             _print_devices(info, text)
             assert ("placed by the driver's power samples" in text.getvalue()) is on
+
+
+def test_an_expensive_counter_placed_by_samples_is_read_sparsely(
+    tmp_path: Path, fake_nvml: Path
+) -> None:
+    # An energy read that costs 1 ms of CPU (a real H100/H200 read: about 3 ms). While regions
+    # are marked, a counter read at every update costs that ten times a second; placed by the
+    # power samples it is read about every 400 ms, and the steps keep their placed figures.
+    # (The first seconds learn the counter's cadence, with reads of their own.)
+    with machine(tmp_path, fake_nvml, "gpu0.energy_read_us=1000\n") as sim:
+        shaped = steps(sim, True, seconds=3.0, warm_s=2.5)
+        linear = steps(sim, False, seconds=3.0, warm_s=2.5)
+    # Every update (10 a second) without the samples; about every fourth with them.
+    assert linear["steady_rate"] >= 7, linear["steady_rate"]
+    assert shaped["steady_rate"] * 2 < linear["steady_rate"], (
+        shaped["steady_rate"],
+        linear["steady_rate"],
+    )
+    assert shaped["status"]["shaped_updates"] >= 3
+    # Sparse reads are whole updates apart, each placed: the steps are still close to the
+    # truth (far closer than an even spread of every update) and add up to the region around
+    # them, which is the counter's.
+    assert shaped["median"] * 2 < linear["median"], (shaped["median"], linear["median"])
+    whole, truth, unc = shaped["whole"]
+    assert shaped["sum"] == pytest.approx(whole, rel=0.01)
+    assert abs(whole - truth) <= max(0.01 * truth, unc) + 1e-9
