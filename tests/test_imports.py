@@ -92,6 +92,8 @@ def test_the_first_region_imports_what_it_needs_and_nothing_from_the_network(
     assert lazy == [], lazy
     assert {"carbonctx._measure.region", "carbonctx._config", "attrs"} <= set(after)
     assert "httpx" not in after  # no provider is asked anything without a carbon setting
+    # Nor is the Redfish client imported without a BMC to read.
+    assert not [m for m in after if m.startswith("carbonctx._bmc")]
 
 
 def test_every_public_name_is_there_as_before() -> None:

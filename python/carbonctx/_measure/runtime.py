@@ -16,7 +16,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from carbonctx import _config, _native
-from carbonctx._bmc import BmcSource, in_forked_child
 from carbonctx._config import Settings
 from carbonctx._distributed import RankInfo, expand_path
 from carbonctx._measure import RESULT_TIMEOUT_S
@@ -45,6 +44,7 @@ from carbonctx.errors import (
 )
 
 if TYPE_CHECKING:
+    from carbonctx._bmc import BmcSource
     from carbonctx._carbon.service import IntensityService
 
 __all__ = ["BACKLOG_HIGH", "RESOLVE_PERIOD_S", "RESULT_TIMEOUT_S", "Runtime"]
@@ -55,6 +55,9 @@ __all__ = ["BACKLOG_HIGH", "RESOLVE_PERIOD_S", "RESULT_TIMEOUT_S", "Runtime"]
 BACKLOG_HIGH = 1 << 15
 #: How often the resolver thread collects results.
 RESOLVE_PERIOD_S = 0.02
+#: The process that imported this module: a process with another id was forked from it (a
+#: DataLoader worker, say), and leaves the node's BMC to its parent.
+_IMPORT_PID = os.getpid()
 
 
 class Runtime:
@@ -227,9 +230,12 @@ class Runtime:
         args = _config.redfish(self.settings)
         if args is None:
             return None
-        if in_forked_child() and node_sampler(self.rank_info, self.settings) is None:
+        if os.getpid() != _IMPORT_PID and node_sampler(self.rank_info, self.settings) is None:
             # A DataLoader worker, say: its parent reads the BMC (which allows few sessions).
             return None
+        # Imported only where a BMC is configured (it brings the Redfish client).
+        from carbonctx._bmc import BmcSource
+
         bmc = BmcSource(
             args["url"],
             args["user"],
