@@ -39,6 +39,14 @@ def main() -> None:
     }
     rank = os.environ["RANK"]
     (out / f"rank{rank}.json").write_text(json.dumps(rec))
+    # Stay until every rank has written its record: an owner that exits first hands the node's
+    # sampler over, and a rank still reading its figures would report itself the owner too.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    deadline = time.monotonic() + 20.0  # within the test's wait for the processes
+    while not all((out / f"rank{k}.json").exists() for k in range(world)):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
 
 
 if __name__ == "__main__":
