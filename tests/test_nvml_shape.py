@@ -192,29 +192,3 @@ def test_the_setting_reaches_the_sampler_and_the_description(
             text = io.StringIO()
             _print_devices(info, text)
             assert ("placed by the driver's power samples" in text.getvalue()) is on
-
-
-def test_an_expensive_counter_placed_by_samples_is_read_sparsely(
-    tmp_path: Path, fake_nvml: Path
-) -> None:
-    # An energy read that costs 1 ms of CPU (a real H100/H200 read: about 3 ms). While regions
-    # are marked, a counter read at every update costs that ten times a second; placed by the
-    # power samples it is read about every 400 ms, and the steps keep their placed figures.
-    # (The first seconds learn the counter's cadence, with reads of their own.)
-    with machine(tmp_path, fake_nvml, "gpu0.energy_read_us=1000\n") as sim:
-        shaped = steps(sim, True, seconds=3.0, warm_s=2.5)
-        linear = steps(sim, False, seconds=3.0, warm_s=2.5)
-    # Every update (10 a second) without the samples; about every fourth with them.
-    assert linear["steady_rate"] >= 7, linear["steady_rate"]
-    assert shaped["steady_rate"] * 2 < linear["steady_rate"], (
-        shaped["steady_rate"],
-        linear["steady_rate"],
-    )
-    assert shaped["status"]["shaped_updates"] >= 3
-    # Sparse reads are whole updates apart, each placed: the steps are still close to the
-    # truth (far closer than an even spread of every update) and add up to the region around
-    # them, which is the counter's.
-    assert shaped["median"] * 2 < linear["median"], (shaped["median"], linear["median"])
-    whole, truth, unc = shaped["whole"]
-    assert shaped["sum"] == pytest.approx(whole, rel=0.01)
-    assert abs(whole - truth) <= max(0.01 * truth, unc) + 1e-9

@@ -263,12 +263,14 @@ impl Sampler {
     fn wake_if_quiet(&self, t_ns: u64) {
         // One relaxed load; only the first mark after the thread asked for one (a quiet spell
         // ended, or a read at the mark wanted) pays for waking it.
-        if self.shared.wake_me.load(Ordering::Relaxed) != 0
-            && self.shared.wake_me.swap(0, Ordering::AcqRel) != 0
-        {
+        if self.shared.wake_me.load(Ordering::Relaxed) != 0 {
+            // The mark's time before the flag is cleared: a thread already awake that sees it
+            // cleared reads this mark's time, not an older one.
             self.shared.woke_by_ns.store(t_ns, Ordering::Relaxed);
-            let _g = lock(&self.shared.sleep);
-            self.shared.wake.notify_all();
+            if self.shared.wake_me.swap(0, Ordering::AcqRel) != 0 {
+                let _g = lock(&self.shared.sleep);
+                self.shared.wake.notify_all();
+            }
         }
     }
 

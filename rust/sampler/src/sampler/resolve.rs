@@ -9,10 +9,12 @@ use super::poll::Cover;
 use crate::regions::{resolve_into_columns, OpenRegions};
 use crate::timeline::{EnergyAt, History};
 
-/// The instant up to which a source can answer: its last point, or, when its counter has not
-/// moved for the settling time, its last poll less that time.
+/// The instant up to which a source can answer: its last measured point (placed points after
+/// it are bracketed only once the measured point that ends their update is there: a follower
+/// may have copied them without it), or, when its counter has not moved for the settling time,
+/// its last poll less that time.
 fn covered_until(c: &Cover, tl: &History) -> u64 {
-    let last_point = tl.last().map_or(0, |pt| pt.t_ns);
+    let last_point = tl.last_measured().map_or(0, |pt| pt.t_ns);
     last_point.max(c.last_poll_ns.saturating_sub(c.settle_ns))
 }
 

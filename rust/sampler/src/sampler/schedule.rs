@@ -32,10 +32,6 @@ pub(super) type Handshake = (Vec<SourceInfo>, Vec<usize>, Vec<Unavailable>);
 /// A read slower than this is expensive: it is made sparingly while quiet.
 const EXPENSIVE_READ_NS: u64 = 500_000;
 
-/// How far apart an expensive counter placed by power samples is read while regions are marked
-/// (an NVML energy read every 400 ms: about 0.7 % of a core, against 3 % at every update).
-const PLACED_ANCHOR_NS: u64 = 400_000_000;
-
 /// The thread's body: read every source once and answer the start handshake on `tx`, then poll
 /// until stopped. A panic is caught and marks the sampler stopped.
 pub(super) fn run(
@@ -313,28 +309,6 @@ pub(super) fn poll_loop(
                     let k = if ph.settled() { ph.stride_for(q) } else { 1 };
                     if k < ph.stride() {
                         // Read more often from now on: from the next update.
-                        ph.set_stride(k);
-                        ph.resync(now);
-                        p.due_ns = p.due_ns.min(now);
-                    } else {
-                        ph.set_stride(k);
-                    }
-                }
-            }
-        } else {
-            // While regions are marked, an expensive counter whose updates the source's power
-            // samples place in time (NVML: a 2.9 ms read beside samples every 20 ms) is read
-            // about every `PLACED_ANCHOR_NS` instead of at every update: the samples place the
-            // energy between the reads, which keep the totals exact.
-            for p in polled.iter_mut() {
-                let sparse = p.placed && p.read_cost_ns > EXPENSIVE_READ_NS;
-                if let Some(ph) = p.phase.as_mut() {
-                    let k = if sparse && ph.settled() {
-                        ph.stride_for(PLACED_ANCHOR_NS)
-                    } else {
-                        1
-                    };
-                    if k < ph.stride() {
                         ph.set_stride(k);
                         ph.resync(now);
                         p.due_ns = p.due_ns.min(now);

@@ -12,7 +12,7 @@ use super::sources::Published;
 use crate::error::{Error, Result};
 
 pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"CBNCTXS1");
-pub(super) const VERSION: u64 = 1;
+pub(super) const VERSION: u64 = 2;
 pub(super) const HEADER: usize = 4096;
 pub(super) const DESC: usize = 1024;
 pub(super) const ENTRY: usize = 16;

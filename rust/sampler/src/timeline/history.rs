@@ -53,6 +53,14 @@ impl Timeline {
         (self.len > 0).then(|| self.get(self.len - 1))
     }
 
+    /// The last point that was measured, not placed.
+    pub fn last_measured(&self) -> Option<Point> {
+        (0..self.len)
+            .rev()
+            .find(|&i| !self.is_placed(i))
+            .map(|i| self.get(i))
+    }
+
     /// Append a point; times never go backwards (a point stamped before the last one is moved
     /// to the last one's time).
     pub fn push(&mut self, p: Point) {
@@ -228,6 +236,12 @@ impl History {
         self.fine.last()
     }
 
+    /// The last measured point (placed points after it wait for the measured point that ends
+    /// their update: a copy that has them but not it cannot answer past that point).
+    pub fn last_measured(&self) -> Option<Point> {
+        self.fine.last_measured()
+    }
+
     /// Points in the fine ring.
     pub fn len(&self) -> usize {
         self.fine.len()
@@ -350,6 +364,32 @@ mod tests {
         assert_eq!((late.low, late.high), (0.0, 10.0));
         // A measured point is exact.
         assert_eq!(tl.at(100).unwrap(), EnergyAt::exact(10.0));
+    }
+
+    #[test]
+    fn placed_points_without_the_measured_point_after_them_do_not_extend_the_cover() {
+        // A follower's copy can hold an update's placed points before the measured point that
+        // ends the update: the last measured point is where it can answer up to.
+        let mut h = History::new(8, 4, 1_000);
+        h.push(Point {
+            t_ns: 0,
+            joules: 0.0,
+        });
+        h.push_placed(Point {
+            t_ns: 20,
+            joules: 8.0,
+        });
+        h.push_placed(Point {
+            t_ns: 40,
+            joules: 9.0,
+        });
+        assert_eq!(h.last().map(|p| p.t_ns), Some(40));
+        assert_eq!(h.last_measured().map(|p| p.t_ns), Some(0));
+        h.push(Point {
+            t_ns: 100,
+            joules: 10.0,
+        });
+        assert_eq!(h.last_measured().map(|p| p.t_ns), Some(100));
     }
 
     #[test]
