@@ -3,7 +3,7 @@ for the Redfish resources that carry it (``redfish``), bounded requests that nev
 credentials (``transport``), and the thread that feeds the readings to the native sampler
 (``poller``)."""
 
-from carbonctx._bmc.poller import LABEL, SOURCE_ID, STOP_WAIT_S, BmcSource, in_forked_child
+from carbonctx._bmc.poller import LABEL, SOURCE_ID, STOP_WAIT_S, BmcSource
 from carbonctx._bmc.redfish import Locator, Reading, RedfishPower
 from carbonctx._bmc.transport import Limits, RedfishError, Transport
 
@@ -18,5 +18,4 @@ __all__ = [
     "RedfishError",
     "RedfishPower",
     "Transport",
-    "in_forked_child",
 ]

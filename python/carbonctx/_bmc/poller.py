@@ -21,14 +21,14 @@ sampler reads like any power sensor, and a thread that fetches the reading over 
   a period (or what ``Retry-After`` asks, or longer after repeated failures) before trying
   again. Refused credentials and a BMC without a power reading stop it for good.
 - A forked child (a DataLoader worker) does not read the BMC unless it joins its node's shared
-  sampler (where only the owner reads): its parent does, and a BMC allows few sessions.
+  sampler (where only the owner reads): its parent does, and a BMC allows few sessions (the
+  runtime decides this before making a source).
 - :meth:`BmcSource.stop` waits at most ``STOP_WAIT_S`` for the thread (a request in flight is
   bounded by ``Limits.deadline_s`` and then ends on its own; the thread is a daemon).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +45,6 @@ __all__ = [
     "SOURCE_ID",
     "STOP_WAIT_S",
     "BmcSource",
-    "in_forked_child",
 ]
 
 SOURCE_ID = "redfish:node"
@@ -64,23 +63,6 @@ NOTE_KEY = f"missing:{SOURCE_ID}"
 COUNTER_MAX_PERIODS = 4
 #: The longest wait between tries after repeated failures.
 MAX_BACKOFF_S = 300.0
-
-
-_forked = False
-
-
-def _after_fork_in_child() -> None:
-    global _forked
-    _forked = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def in_forked_child() -> bool:
-    """This process was forked from one that imported carbonctx (a DataLoader worker, say)."""
-    return _forked
 
 
 class BmcSource:
