@@ -54,7 +54,6 @@ typedef struct fake_device {
     int power_samples;           /* nvmlDeviceGetSamples(NVML_TOTAL_POWER_SAMPLES) offered */
     unsigned int power_sample_ms; /* one sample every this many ms */
     int power_sample_glitch;     /* 1: bad samples mixed in (NaN, negative, backwards) */
-    unsigned int energy_read_us; /* the energy read spins this long (a real one costs ~3 ms) */
 } fake_device;
 
 typedef struct fake_state {
@@ -187,12 +186,6 @@ static int apply(const char *key, const char *val, int *init_error) {
         return 1;
     }
     if (!strcmp(f, "power_sample_glitch")) return parse_int(val, &d->power_sample_glitch);
-    if (!strcmp(f, "energy_read_us")) {
-        unsigned long long u;
-        if (!parse_ull(val, &u) || u > 1000000ull) return 0;
-        d->energy_read_us = (unsigned int)u;
-        return 1;
-    }
     return 0;
 }
 
@@ -539,12 +532,6 @@ EXPORT int nvmlDeviceGetTotalEnergyConsumption(void *h, unsigned long long *ener
     if (!energy) return E_INVALID_ARGUMENT;
     WITH_DEVICE(h, d);
     if (!d->has_energy) DONE(E_NOT_SUPPORTED);
-    if (d->energy_read_us) {
-        /* CPU spent in the call, as the driver's own energy read spends it. */
-        unsigned long long until = now_ns() + d->energy_read_us * 1000ull;
-        while (now_ns() < until) {
-        }
-    }
     double ms = ms_since_t0(now_ns());
     int err = injected(d->energy_error, d->energy_error_after_ms, ms);
     if (err) DONE(err);
