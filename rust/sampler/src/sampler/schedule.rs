@@ -174,13 +174,7 @@ pub(super) fn poll_loop(
                 busy_until = fast_until;
                 if !fast {
                     fast = true;
-                    for p in polled.iter_mut() {
-                        if let Some(ph) = p.phase.as_mut().filter(|ph| ph.stride() > 1) {
-                            ph.set_stride(1);
-                            ph.resync(now);
-                            p.due_ns = now;
-                        }
-                    }
+                    read_every_update(&mut polled, now);
                 }
             }
         }
@@ -194,13 +188,7 @@ pub(super) fn poll_loop(
             }
             fast = true;
             fast_until = now + hold_ns;
-            for p in polled.iter_mut() {
-                if let Some(ph) = p.phase.as_mut().filter(|ph| ph.stride() > 1) {
-                    ph.set_stride(1);
-                    ph.resync(now);
-                    p.due_ns = now;
-                }
-            }
+            read_every_update(&mut polled, now);
         }
         {
             let mut timelines = lock(&shared.timelines);
@@ -348,6 +336,18 @@ pub(super) fn poll_loop(
                     .wake
                     .wait_timeout(g, Duration::from_nanos(next - now));
             }
+        }
+    }
+}
+
+/// Counters read every few updates go back to reading every update, from now (the next update
+/// is looked for just before it comes: the phase may have drifted while coasting).
+fn read_every_update(polled: &mut [Polled], now: u64) {
+    for p in polled.iter_mut() {
+        if let Some(ph) = p.phase.as_mut().filter(|ph| ph.stride() > 1) {
+            ph.set_stride(1);
+            ph.resync(now);
+            p.due_ns = now;
         }
     }
 }
