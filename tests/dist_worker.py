@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -79,6 +80,18 @@ def _kill_group(p: subprocess.Popen[str]) -> None:
 
 def read_results(out_dir: Path, n: int) -> list[dict[str, Any]]:
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(n)]
+
+
+def wait_for_ranks(out_dir: Path, n: int, timeout: float) -> None:
+    """Wait (at most ``timeout`` seconds) until ranks 0..n-1 have each written
+    ``out_dir/rank<N>.json``. A rank that stays until then keeps the node's shared sampler: an
+    owner that exits first hands it over, and a rank still reading its figures would report
+    itself the owner too."""
+    deadline = time.monotonic() + timeout
+    while not all((out_dir / f"rank{k}.json").exists() for k in range(n)):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
 
 
 def torchrun_job(

@@ -61,14 +61,10 @@ def _region(out_dir: Path) -> None:
     record["own_reads"] = sum(st["reads"] for st in sampler.status()) if sampler else None
     record["warm_up"] = w.result().to_dict()
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record, default=str))
-    # Stay until every rank has written its record: a node's owner that exits first hands the
-    # sampler over, and a rank still reading its figures would report itself the owner too.
-    world = rt.rank_info.world_size or 1
-    deadline = time.monotonic() + WAIT_S
-    while not all((out_dir / f"rank{k}.json").exists() for k in range(world)):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
+    # Stay until every rank has written its record.
+    from dist_worker import wait_for_ranks
+
+    wait_for_ranks(out_dir, rt.rank_info.world_size or 1, WAIT_S)
 
 
 def _rank_env() -> None:

@@ -39,14 +39,10 @@ def main() -> None:
     }
     rank = os.environ["RANK"]
     (out / f"rank{rank}.json").write_text(json.dumps(rec))
-    # Stay until every rank has written its record: an owner that exits first hands the node's
-    # sampler over, and a rank still reading its figures would report itself the owner too.
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    deadline = time.monotonic() + 20.0  # within the test's wait for the processes
-    while not all((out / f"rank{k}.json").exists() for k in range(world)):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
+    # Stay until every rank has written its record (within the test's wait for the processes).
+    from dist_worker import wait_for_ranks
+
+    wait_for_ranks(out, int(os.environ.get("WORLD_SIZE", "1")), 20.0)
 
 
 if __name__ == "__main__":
