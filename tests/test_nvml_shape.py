@@ -43,32 +43,24 @@ def machine(tmp_path: Path, fake_nvml: Path, conf: str = "") -> SimulatedMachine
     return sim
 
 
-def steps(
-    sim: SimulatedMachine, shaped: bool, seconds: float = 1.5, warm_s: float = 0.4
-) -> dict[str, Any]:
-    """Back-to-back 20 ms regions for ``seconds`` inside one region around them (after
-    ``warm_s`` without regions): each step's GPU error against the truth, their sum, the region
-    around them, the source's status and timeline, and its reads while the steps ran."""
+def steps(sim: SimulatedMachine, shaped: bool, seconds: float = 1.5) -> dict[str, Any]:
+    """Back-to-back 20 ms regions for ``seconds`` inside one region around them: each step's
+    GPU error against the truth, their sum, the region around them, and the source's status
+    and timeline."""
     args = {k: v for k, v in sim.settings().items() if k != "gpu"}
     s = _native.Sampler(**args, gpu_power_samples=shaped)
     try:
         gi = [x["id"] for x in s.sources].index(GPU)
-        time.sleep(warm_s)  # past the start: the sampler learns when the counter updates
-        reads0 = s.status()[gi]["reads"]
+        time.sleep(0.4)  # past the start: the sampler learns when the counter updates
         outer = s.begin()
         ids = []
-        start = time.monotonic()
-        end = start + seconds
-        reads1 = None
+        end = time.monotonic() + seconds
         while time.monotonic() < end:
             r = s.begin()
             time.sleep(STEP_S)
             s.end(r)
             ids.append(r)
-            if reads1 is None and time.monotonic() > start + 1.0:
-                reads1 = (s.status()[gi]["reads"], time.monotonic())
         s.end(outer)
-        t_end = time.monotonic()
         assert s.wait(_native.now_ns(), 10.0), "the sampler did not pass the last step"
         n, rid_b, _tags, t0_b, t1_b, j_b, u_b = s.drain()
         k = len(s.sources)
@@ -78,10 +70,6 @@ def steps(
         joules = np.frombuffer(j_b, dtype=np.float64).reshape(n, k)[:, gi]
         unc = np.frombuffer(u_b, dtype=np.float64).reshape(n, k)[:, gi]
         status = s.status()[gi]
-        step_reads = status["reads"] - reads0
-        assert reads1 is not None
-        # Reads per second from the steps' first second on (past the first marks' re-reads).
-        steady_rate = (status["reads"] - reads1[0]) / (t_end - reads1[1])
         timeline = s.timeline(gi, 0, 1_000_000)
     finally:
         s.stop()
@@ -104,8 +92,6 @@ def steps(
         "whole": whole,
         "status": status,
         "timeline": timeline,
-        "step_reads": step_reads,
-        "steady_rate": steady_rate,
     }
 
 
