@@ -103,6 +103,9 @@ pub(crate) struct Regions {
     pub(crate) spans: Vec<Span>,
     /// Marks or spans taken by the sampler thread and not yet handed back as results.
     pub(crate) in_flight: bool,
+    /// Marks the frontier may have passed were left pending because the resolved rows are full
+    /// (see [`Regions::take_ready`]): nothing is resolved up to the frontier until they are.
+    pub(crate) marks_held: bool,
     pub(crate) done: Packed,
     pub(crate) frontier_ns: u64,
     pub(crate) stopped: bool,
@@ -124,9 +127,10 @@ pub(crate) struct Work {
 
 impl Regions {
     /// Take the marks and spans that end at or before `frontier` (everything when `stopping`).
-    /// Resolves no more spans than the caller can take soon: a burst (a slow counter moving the
-    /// frontier by 100 ms over a million short regions a second) waits compactly as spans
-    /// rather than as resolved rows.
+    /// Resolves no more spans than the caller can take soon, and no marks while the resolved
+    /// rows are full: a burst (a slow counter moving the frontier by 100 ms over a million
+    /// short regions a second) waits compactly as spans and marks rather than as resolved rows,
+    /// and no region the caller is about to drain is dropped for want of room.
     pub(crate) fn take_ready(&mut self, frontier: u64, stopping: bool) -> Work {
         let marks = self.pending.len() + self.spans.len();
         let through = frontier.max(self.frontier_ns);
@@ -141,15 +145,26 @@ impl Regions {
             .min(room);
         let spans: Vec<Span> = self.spans.drain(..n_spans).collect();
         let mut ready: Vec<Mark> = Vec::new();
-        if frontier > self.frontier_ns || stopping {
+        if room == 0 {
+            // The rows are full (the caller drains slower than regions end): the marks wait as
+            // marks, never resolved only to be dropped, until the caller has drained.
+            self.marks_held = self.marks_held || !self.pending.is_empty();
+        } else if frontier > self.frontier_ns || stopping || self.marks_held {
+            // At most two marks a row of room, the oldest first: a prefix of the ready marks
+            // in the order they were taken holds the enter of every exit in it (an enter comes
+            // first), so no exit is taken without its enter.
+            let limit = room.saturating_mul(2);
+            let mut taken = 0;
             self.pending.retain(|m| {
-                if m.t_ns <= frontier {
+                if taken < limit && m.t_ns <= frontier {
                     ready.push(*m);
+                    taken += 1;
                     false
                 } else {
                     true
                 }
             });
+            self.marks_held = taken >= limit;
         }
         self.in_flight = !spans.is_empty() || !ready.is_empty();
         Work {

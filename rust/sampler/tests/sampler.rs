@@ -248,3 +248,40 @@ fn an_idle_counter_still_lets_marks_resolve() {
     let done = s.drain();
     assert_eq!(done[0].joules[0], 0.0);
 }
+
+#[test]
+fn a_caller_that_drains_slowly_loses_no_region() {
+    use carbonctx_sampler::sampler::BACKLOG_HIGH;
+    let t0 = now_ns();
+    // Rows kept for the caller capped just above the backlog mark: every region ended in a
+    // burst must still come out, resolved a little at a time as the caller makes room.
+    let config = Config {
+        max_resolved: BACKLOG_HIGH + 10,
+        ..Config::default()
+    };
+    let (s, _) =
+        Sampler::start(vec![Box::new(Synthetic::new("pkg", t0, u64::MAX))], config).unwrap();
+    let n = 3 * BACKLOG_HIGH;
+    let mut last = 0;
+    for _ in 0..n {
+        let id = s.begin();
+        last = s.end(id);
+    }
+    let mut got = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught_up = s.wait_until_resolved(last, Duration::from_secs(5));
+        let p = s.drain_packed(BACKLOG_HIGH / 2);
+        got += p.len();
+        if caught_up && p.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{got} of {n} regions after 30 s"
+        );
+    }
+    got += s.drain_packed(usize::MAX).len();
+    assert_eq!(got, n);
+    assert_eq!(s.stats().dropped_regions, 0);
+}

@@ -41,8 +41,10 @@ pub struct Config {
     pub fast_reads: bool,
     /// How often a failed source is tried again.
     pub retry: Duration,
-    /// Resolved regions kept for the caller to drain; beyond it the oldest are dropped and
-    /// counted in [`crate::Stats::dropped_regions`].
+    /// Resolved regions kept for the caller to drain; beyond it the newest of a pass are
+    /// dropped and counted in [`crate::Stats::dropped_regions`]. Regions wait as marks while
+    /// more than [`crate::sampler::BACKLOG_HIGH`] rows are undrained, and a pass resolves at
+    /// most two marks a row of room, so only a cap below three times that mark ever drops.
     pub max_resolved: usize,
     /// Place each counter update's energy in time by the device's finer timed power samples,
     /// where a source offers them ([`crate::sensors::EnergySource::shape`]: NVML's 20 ms power

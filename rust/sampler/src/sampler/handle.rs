@@ -322,7 +322,17 @@ impl Sampler {
     /// Take up to `max` of the oldest resolved regions, in columns (no allocation per region).
     pub fn drain_packed(&self, max: usize) -> Packed {
         let w = self.infos.len();
-        lock(&self.shared.regions).done.take_front(max, w)
+        let mut r = lock(&self.shared.regions);
+        let out = r.done.take_front(max, w);
+        let resume = r.marks_held && r.done.len() < BACKLOG_HIGH;
+        drop(r);
+        if resume {
+            // Marks wait for room in the rows: there is some now, resolve them without waiting
+            // for the next poll.
+            let _g = lock(&self.shared.sleep);
+            self.shared.wake.notify_all();
+        }
+        out
     }
 
     /// Wait until every region that ended at or before `t_ns` is resolved, `timeout` passes,
@@ -333,6 +343,7 @@ impl Sampler {
             r.stopped
                 || (r.frontier_ns >= t_ns
                     && !r.in_flight
+                    && !r.marks_held
                     && r.spans.first().is_none_or(|s| s.t1_ns() > t_ns))
         };
         let r = lock(&self.shared.regions);
