@@ -230,6 +230,9 @@ pub(super) fn poll_one(
     let result = p.source.read();
     let t_after = crate::now_ns();
     p.read_cost_ns = (p.read_cost_ns * 7 + (t_after - t_before)) / 8;
+    if let Some(ph) = p.phase.as_mut() {
+        ph.fit_guard(p.read_cost_ns);
+    }
     // The read happened somewhere in [t_before, t_after].
     let t_read = t_before + (t_after - t_before) / 2;
     match result {
