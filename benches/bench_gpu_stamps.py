@@ -4,13 +4,14 @@ regions.
 The peer suite's GPU (`benches/peers/run.py`): a simulated GPU drawing a 50/250 W square wave of
 200 ms period whose energy counter updates every 100 ms (an H100's cadence), polled every 20 ms,
 its reads cheap (the stand-in library), the driver's power samples not used (the timeline then
-holds only the counter's own points, and each update's energy is spread evenly). After 1 s of start-up (the phase lock learns the period
-from about twelve updates), 150 back-to-back 20 ms regions with the native sampler. Per run: the
-error of each update's stamp in the GPU timeline against the simulator's update instants, the
-error of each region's GPU joules against the exact integral, and the sampler's reads of the GPU.
-Each run in a fresh interpreter; this tree and ``--before TREE`` (its ``python`` folder, with its
-built native module) alternate. Run: ``.venv/bin/python benches/bench_gpu_stamps.py [--runs N]
-[--before TREE]``.
+holds only the counter's own points, and each update's energy is spread evenly). 150
+back-to-back 20 ms regions with the native sampler, from its start (while the phase lock learns
+the period, about twelve updates) and after 2 s. Per run: the error of each update's stamp in
+the GPU timeline against the simulator's update instants, the error of each region's GPU joules
+against the exact integral, and the sampler's reads of the GPU a second. Each run in a fresh
+interpreter; this tree and ``--before TREE`` (its ``python`` folder, with its built native
+module) alternate. Run: ``.venv/bin/python benches/bench_gpu_stamps.py [--runs N] [--before
+TREE]``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from _common import machine, write_result
 HERE = Path(__file__).resolve().parent
 
 CHILD = r"""
-import json, statistics, time
+import json, statistics, sys, time
 from carbonctx import _native
 from carbonctx.testing import GpuSpec, SimulatedMachine, Wave
 U = 100_000_000
@@ -36,7 +37,7 @@ with SimulatedMachine(dram=None, gpus=[GpuSpec(wave=Wave(50.0, 250.0, 0.2))], gp
     args = {k: v for k, v in sim.settings().items() if k != "gpu"}
     s = _native.Sampler(**args, cpu_backends=[], estimate="never", gpu_power_samples=False)
     gi = [x["id"] for x in s.sources].index("nvml:0")
-    time.sleep(1.0)
+    time.sleep(float(sys.argv[1]))
     start = _native.now_ns()
     reads0 = s.status()[gi]["reads"]
     for _ in range(150):
@@ -67,12 +68,21 @@ with SimulatedMachine(dram=None, gpus=[GpuSpec(wave=Wave(50.0, 250.0, 0.2))], gp
 """
 
 
-def one(tree: Path) -> dict[str, float]:
+def one(tree: Path, warm_s: float) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree / "python"))
     out = subprocess.run(
-        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, str(warm_s)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+#: Regions from the sampler's start (the period is being learned during the first 1.2 s or
+#: so), and after 2 s.
+WARM_S = (0.0, 2.0)
 
 
 def main() -> None:
@@ -83,45 +93,48 @@ def main() -> None:
     trees = {"this tree": HERE.parent}
     if args.before is not None:
         trees["before"] = args.before
-    res: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    res: dict[tuple[float, str], list[dict[str, float]]] = {}
     for _ in range(args.runs):
-        for name, tree in trees.items():
-            res[name].append(one(tree))
+        for warm in WARM_S:
+            for name, tree in trees.items():
+                res.setdefault((warm, name), []).append(one(tree, warm))
 
-    def med(name: str, key: str) -> float:
-        return statistics.median(r[key] for r in res[name])
+    def med(k: tuple[float, str], key: str) -> float:
+        return statistics.median(r[key] for r in res[k])
 
-    def worst(name: str, key: str) -> float:
-        return max(r[key] for r in res[name])
+    def worst(k: tuple[float, str], key: str) -> float:
+        return max(r[key] for r in res[k])
 
     rows = [
-        f"| {name} | {med(name, 'stamp_median_ms'):.3f} ms | {worst(name, 'stamp_median_ms'):.3f} ms "
-        f"| {worst(name, 'stamp_max_ms'):.2f} ms | {med(name, 'region_median') * 100:.2f} % "
-        f"| {worst(name, 'region_median') * 100:.2f} % | {worst(name, 'region_worst') * 100:.1f} % "
-        f"| {med(name, 'reads_per_s'):.1f} |"
-        for name in trees
+        f"| {k[0]:g} s | {k[1]} | {med(k, 'stamp_median_ms'):.3f} ms "
+        f"| {worst(k, 'stamp_median_ms'):.3f} ms | {worst(k, 'stamp_max_ms'):.2f} ms "
+        f"| {med(k, 'region_median') * 100:.2f} % | {worst(k, 'region_median') * 100:.2f} % "
+        f"| {worst(k, 'region_worst') * 100:.1f} % | {med(k, 'reads_per_s'):.1f} |"
+        for k in sorted(res)
     ]
     per_run = "\n".join(
-        f"- {name}: stamp medians "
+        f"- {k[0]:g} s, {k[1]}: stamp medians "
         + ", ".join(f"{r['stamp_median_ms']:.3f}" for r in runs)
         + " ms; region medians "
         + ", ".join(f"{r['region_median'] * 100:.2f}" for r in runs)
         + " %"
-        for name, runs in res.items()
+        for k, runs in sorted(res.items())
     )
+    before = " --before TREE" if args.before else ""
     text = f"""# GPU counter updates: how closely they are stamped
 
 {machine()}
 
 A simulated GPU (50/250 W, 200 ms square wave; energy counter updating every 100 ms, cheap reads;
-polled every 20 ms; power samples off), 1 s of start-up, then 150 back-to-back 20 ms regions on the native sampler;
-{args.runs} runs per tree, alternating, each in a fresh interpreter
-(`python benches/bench_gpu_stamps.py --runs {args.runs}{" --before TREE" if args.before else ""}`).
+polled every 20 ms; power samples off), then 150 back-to-back 20 ms regions on the native
+sampler, from its start or after 2 s (the phase lock learns the period from about twelve
+updates); {args.runs} runs per row, trees alternating, each in a fresh interpreter
+(`python benches/bench_gpu_stamps.py --runs {args.runs}{before}`).
 Stamp error: each counter update's time in the GPU timeline against the simulator's update
 instant. Region error: GPU joules of each 20 ms region against the exact integral.
 
-| tree | stamp error, median of runs | worst run's median | worst stamp | 20 ms regions, median of runs | worst run's median | worst region | GPU reads/s |
-| --- | --- | --- | --- | --- | --- | --- | --- |
+| regions from | tree | stamp error, median of runs | worst run's median | worst stamp | 20 ms regions, median of runs | worst run's median | worst region | GPU reads/s |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
 {per_run}

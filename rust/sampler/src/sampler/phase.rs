@@ -14,6 +14,11 @@
 pub struct PhaseLock {
     interval: u64,
     guard: u64,
+    /// What a read costs, ns (0 until told, see [`Self::fit_guard`]).
+    read_cost: u64,
+    /// The counter changed at reads closer together than its poll interval: it is learned at
+    /// the reads' own cadence (see `learning_step`).
+    read_cadence: bool,
     period: Option<f64>,
     /// Predicted next update instant (ns), when locked.
     next: f64,
@@ -57,6 +62,9 @@ pub struct PhaseLock {
 }
 
 const ACQUIRE_CHANGES: usize = 12;
+/// Learning at a twentieth of the interval, changes closer together than this share of it
+/// show a counter finer than its poll.
+const FINE_LEARNING_GAP: f64 = 0.6;
 /// Reads after each update land late when the period is overestimated by more than the drift
 /// (or the phase slipped under load): stamps would walk away from the updates unseen. After this
 /// many updates without a bracket, the next read is made just before the predicted update.
@@ -69,6 +77,8 @@ impl PhaseLock {
         PhaseLock {
             interval: interval_ns.max(1),
             guard: 50_000,
+            read_cost: 0,
+            read_cadence: false,
             period: None,
             next: 0.0,
             locked: false,
@@ -182,6 +192,7 @@ impl PhaseLock {
     /// just before every update (see `probe_every`) and stamped to within about 0.1 ms instead
     /// of 1 ms, which is most of a 20 ms region's error next to an update.
     pub fn fit_guard(&mut self, read_cost_ns: u64) {
+        self.read_cost = read_cost_ns;
         let Some(p) = self.period.filter(|&p| self.locked && p > 0.0) else {
             return;
         };
@@ -254,6 +265,16 @@ impl PhaseLock {
             // Learning: polls come at a quarter or half the interval (see `learning_step`), so
             // each update is seen on its own.
             if let Some(last) = self.last_change_mid {
+                if !self.read_cadence && (mid - last) < FINE_LEARNING_GAP * self.interval as f64 {
+                    // Changes closer together than the poll interval: a counter finer than it
+                    // is polled, learned at the reads' own cadence (half the interval), as
+                    // reads at marks expect of it (`marks::fine`); start over at that cadence.
+                    self.read_cadence = true;
+                    self.first_change_mid = None;
+                    self.last_change_mid = None;
+                    self.diffs.clear();
+                    return Some(mid as u64);
+                }
                 self.diffs.push(mid - last);
             }
             if self.first_change_mid.is_none() {
@@ -434,10 +455,20 @@ impl PhaseLock {
     /// changes can be near one and a half periods, and the update count (and with it the
     /// period) comes out wrong by a twelfth: that happens when the reads sit on the update edge,
     /// as when the counter updates on the poll's own cadence, and leaves a lock that predicts
-    /// updates where there are none. At a quarter no gap is ambiguous.
+    /// updates where there are none. At a quarter no gap is ambiguous. A counter polled
+    /// more slowly whose reads cost little (eight of them within a twentieth of the interval)
+    /// is read every twentieth of the interval while learning (1 ms for a GPU polled every
+    /// 20 ms): its changes are stamped, and its period learned, twenty times more closely, for
+    /// about twelve updates' worth of extra reads once. One that changes more often than it is
+    /// polled is learned at half the interval all the same (see `read_cadence`).
     fn learning_step(&self) -> u64 {
         if self.interval <= 2_000_000 {
             self.interval / 4
+        } else if !self.read_cadence
+            && self.read_cost > 0
+            && self.read_cost.saturating_mul(8) <= self.interval / 20
+        {
+            self.interval / 20
         } else {
             self.interval / 2
         }

@@ -40,8 +40,8 @@ fn run(period: u64, phase: u64, latency: u64, interval: u64, updates: u64) -> (V
     (errors, reads as f64 / updates as f64)
 }
 
-/// As [`run`], the lock told after each read that a read costs `cost` ns; also the
-/// guard at the end.
+/// As [`run`], the lock told after each read that a read costs `cost` ns (reads per update
+/// counted past the 50th update, once learned); also the guard at the end.
 fn run_costing(
     period: u64,
     phase: u64,
@@ -56,7 +56,8 @@ fn run_costing(
     let mut errors = Vec::new();
     while t < update_at(updates) {
         t = pl.due(prev).max(prev + 1) + latency;
-        reads += 1;
+        // Reads once learned (past the 50th update).
+        reads += u64::from(t > update_at(50));
         let count = if t < phase {
             0
         } else {
@@ -72,7 +73,7 @@ fn run_costing(
         }
         prev = t;
     }
-    (errors, reads as f64 / updates as f64, pl.guard)
+    (errors, reads as f64 / (updates - 50) as f64, pl.guard)
 }
 
 #[test]
@@ -82,6 +83,10 @@ fn a_slow_counter_read_cheaply_is_stamped_within_a_fraction_of_a_millisecond() {
             // A 100 ms counter (NVML's) read in 20 µs, polled every 20 ms.
             let (errors, reads_per_update, guard) =
                 run_costing(100_000_000, phase, latency, 20_000_000, 300, 20_000);
+            // While the period is learned, reads every millisecond: changes stamped to
+            // within one.
+            let learning = median_abs(&errors[..12]);
+            assert!(learning < 1_000_000.0, "learning: {learning} ns");
             let median = median_abs(&errors[50..]);
             assert!(
                 median < 250_000.0,
@@ -352,4 +357,24 @@ fn reading_every_twentieth_update_keeps_the_phase_when_updates_come_late() {
         "median {} ns",
         median_abs(tail)
     );
+}
+
+#[test]
+fn a_counter_finer_than_its_poll_is_learned_at_the_reads_cadence_even_when_cheap() {
+    // A GPU counter moving every millisecond, polled every 20 ms, read in 20 µs: after a few
+    // changes closer than the interval, learning goes back to half the interval, so the lock's
+    // period stays about half the interval (reads at marks take over its edges), never the
+    // counter's own millisecond (which would read it a thousand times a second).
+    let mut pl = PhaseLock::new(20_000_000);
+    let (mut prev, mut seen) = (0u64, 0u64);
+    while prev < 2_000_000_000 && !pl.is_locked() {
+        pl.fit_guard(20_000);
+        let t = pl.due(prev).max(prev + 1) + 30_000;
+        let count = t / 1_000_000;
+        pl.observe(prev, t, count != seen);
+        seen = count;
+        prev = t;
+    }
+    let p = pl.period_ns().expect("locked");
+    assert!(p > 5_000_000.0, "learned {p} ns");
 }
