@@ -66,12 +66,13 @@ with SimulatedMachine(dram=None, gpus=[gpu], gpu_update_s=0.0) as sim:
     a = struct.unpack("<Q", t0[:8])[0]; b = struct.unpack("<Q", t1[:8])[0]
     width = len(s.sources)
     got = struct.unpack(f"<{n * width}d", j)[col]
+    unc = struct.unpack(f"<{n * width}d", _u)[col]
     truth = sim.gpu_truth_j(0, a, b)
-print(json.dumps([(got - truth) / truth, (c1 - c0) / (w1 - w0)]))
+print(json.dumps([(got - truth) / truth, (c1 - c0) / (w1 - w0), unc / truth]))
 """
 
 
-def one(tree: Path, period_ms: int, kind: str) -> tuple[float, float]:
+def one(tree: Path, period_ms: int, kind: str) -> tuple[float, float, float]:
     env = dict(os.environ, PYTHONPATH=str(tree / "python"))
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(period_ms), kind],
@@ -80,8 +81,8 @@ def one(tree: Path, period_ms: int, kind: str) -> tuple[float, float]:
         text=True,
         check=True,
     )
-    err, cpu = json.loads(out.stdout.strip().splitlines()[-1])
-    return float(err), float(cpu)
+    err, cpu, unc = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(err), float(cpu), float(unc)
 
 
 def main() -> None:
@@ -95,15 +96,21 @@ def main() -> None:
     trees = {"this tree": HERE.parent}
     if args.before is not None:
         trees["before"] = args.before
+    load0 = os.getloadavg()[0]
     res: dict[tuple[str, str, int], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
+    # Runs whose error is within the stated uncertainty, and the uncertainties (relative).
+    covered: dict[tuple[str, str], list[bool]] = {}
+    uncs: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.runs):
         for kind in MACHINES:
             for p in periods:
                 for name, tree in trees.items():
-                    e, c = one(tree, p, kind)
+                    e, c, u = one(tree, p, kind)
                     res.setdefault((kind, name, p), []).append(e * 100)
                     cpu.setdefault((kind, name), []).append(c * 100)
+                    covered.setdefault((kind, name), []).append(abs(e) <= u)
+                    uncs.setdefault((kind, name), []).append(u * 100)
     lines = []
     for kind in MACHINES:
         for p in periods:
@@ -118,24 +125,27 @@ def main() -> None:
         for name in trees:
             v = [abs(x) for p in periods for x in res[(kind, name, p)]]
             c = cpu[(kind, name)]
+            cov = covered[(kind, name)]
             summary.append(
                 f"| {kind} | {name} | {max(v):.2f} % | {statistics.median(v):.2f} % "
                 f"| {sum(x <= 1.0 for x in v)}/{len(v)} | {statistics.median(c):.2f} % "
-                f"| {max(c):.2f} % |"
+                f"| {max(c):.2f} % | {statistics.median(uncs[(kind, name)]):.2f} % "
+                f"| {sum(cov)}/{len(cov)} |"
             )
     text = f"""# Power-only GPU under periodic load ({args.label})
 
-{machine()}
+{machine()}; load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end
 
 A 5 s region; the simulated GPU reports instantaneous power only (50/250 W square wave, the
 high part a whole number of milliseconds), integrated over read times with the trapezoid rule.
 Signed error of the region's energy against the exact integral; {args.runs} runs per period,
 machine and tree, run alternately. `gpu`: the GPU alone; `gpu+cpu`: with the CPU package counter
 read every millisecond while the region is open. Sampler CPU: the sampler thread's CPU time over
-the region (share of one core).
+the region (share of one core). Stated uncertainty: the region's `uncertainty_j` for the GPU
+(relative), and the runs whose error it covers.
 
-| machine | tree | worst | median abs | runs within 1 % | sampler CPU median | max |
-| --- | --- | --- | --- | --- | --- | --- |
+| machine | tree | worst | median abs | runs within 1 % | sampler CPU median | max | stated uncertainty (median) | covered |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(summary)}
 
 | machine | tree | load period | median error | worst | runs |

@@ -8,18 +8,18 @@
 /// A fixed grid meets a load whose period is commensurate with it at the same few phases over
 /// and over: a bias no span averages away (+12 % over 5 s under a 50 ms periodic load). Read
 /// times independent of the load make every read a fair sample, so the integral is unbiased
-/// for a load of any period, and the trapezoid's weights (half the gaps on either side of a
-/// read) do not depend on where in its slot that read fell, so they stay unbiased too.
+/// for a load of any period; the trapezoid's weight for a read (half the span from the read
+/// before it to the read after it) does not depend on where in its slot that read fell, so
+/// the weights stay unbiased too.
 ///
 /// Why independent positions and not a low-discrepancy sequence: a sequence that spreads
 /// evenly (a golden-ratio step inside each slot) cancels the error at some periods (a period
 /// equal to the slot) but, by Parseval, the error's spectrum averages the same over any wide
 /// band of frequencies above one per slot, so it must peak elsewhere: 20 ms slots with a
 /// golden-ratio step are off by up to 23 % over 5 s under a 34 ms square-wave load (and 15 %
-/// near 52 and 157 ms), where independent positions stay near their ±4 % (one sigma at most
-/// `0.42 · h / sqrt(T · P)` of the swing for a square wave of period `P` read every `h` over
-/// `T`, for any `P`). The spread falls with the slot length `h`, which is what the sampler
-/// shortens while regions are marked (see `schedule`).
+/// near 52 and 157 ms), where independent positions stay within their spread of about ±3 %
+/// (one standard deviation), which has no peak. The spread falls with the slot length, which
+/// the sampler shortens while regions are open (see `power`).
 #[derive(Clone, Debug)]
 pub(super) struct Dither {
     /// Start of the slot the next read falls in, ns.

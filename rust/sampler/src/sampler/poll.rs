@@ -58,7 +58,7 @@ impl Polled {
     ) -> (Polled, Point, SourceStatus) {
         let info = source.info().clone();
         let interval_ns = interval_for(&info, config).as_nanos() as u64;
-        let mut acc = Accumulator::new(info.counter, interval_ns).continue_from(base_j);
+        let mut acc = accumulator(&info, interval_ns, base_j);
         let first = match acc.push(t, reading) {
             Step::First(p) => p,
             _ => Point {
@@ -111,7 +111,7 @@ impl Polled {
         let interval_ns = interval_for(&info, config).as_nanos() as u64;
         Polled {
             source,
-            acc: Accumulator::new(info.counter, interval_ns).continue_from(base_j),
+            acc: accumulator(&info, interval_ns, base_j),
             interval_ns,
             settle_ns: settle_for(&info, config, interval_ns),
             due_ns: since,
@@ -143,6 +143,17 @@ impl Polled {
             settle_ns: self.settle_ns,
             failed_since: self.failed_since,
         }
+    }
+}
+
+/// A source's accumulator; one whose power is sampled at the read keeps the variance of its
+/// integral (its reads fall at random instants).
+fn accumulator(info: &SourceInfo, interval_ns: u64, base_j: f64) -> Accumulator {
+    let acc = Accumulator::new(info.counter, interval_ns).continue_from(base_j);
+    if super::power::samples_at_read(info) {
+        acc.with_spread()
+    } else {
+        acc
     }
 }
 
@@ -308,6 +319,9 @@ pub(super) fn poll_one(
                 }
                 Step::Unchanged => None,
             };
+            if let (Some(pt), true) = (point, p.instant) {
+                tl.push_spread(pt.t_ns, p.acc.variance_j2());
+            }
             match point {
                 Some(pt) => append(i, tl, st, seg, p.offset_j, pt, gap_from),
                 // Nothing to publish yet: the gap closes at the next point.
