@@ -245,6 +245,9 @@ pub(super) fn poll_one(
     seg: Option<&Segment>,
     why: Why,
 ) {
+    // Set again below for a power source whose next read is dithered (a failed one is retried
+    // at its own pace, not at every wake-up).
+    p.ride_ns = u64::MAX;
     if why == Why::Due {
         let late = now.saturating_sub(p.due_ns);
         if late > p.interval_ns {

@@ -106,12 +106,15 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
-    struct Fake(SourceInfo);
+    struct Fake(SourceInfo, bool);
     impl EnergySource for Fake {
         fn info(&self) -> &SourceInfo {
             &self.0
         }
         fn read(&mut self) -> Result<Reading, Error> {
+            if self.1 {
+                return Err(Error::Invalid("unreadable".into()));
+            }
             Ok(Reading::Power(100.0))
         }
     }
@@ -137,7 +140,7 @@ mod tests {
 
     fn polled(info: SourceInfo, read_cost_ns: u64) -> Polled {
         let (mut p, _, _) = Polled::new(
-            Box::new(Fake(info)),
+            Box::new(Fake(info, false)),
             Reading::Power(100.0),
             0,
             0.0,
@@ -205,6 +208,59 @@ mod tests {
         // Rides: a wake-up shared with another source counts.
         note_rides(&mut ps, &[0]);
         assert!(ps[0].rode < 1.0);
+    }
+
+    #[test]
+    fn a_read_rides_on_other_wake_ups_only_while_it_succeeds() {
+        use super::super::handle::SourceStatus;
+        use super::super::poll::{poll_one, Why};
+        use crate::timeline::History;
+        let config = Config::default();
+        let mut p = polled(info("nvml", "", None), 4_000);
+        let (mut tl, mut st) = (History::new(64, 8, MS), SourceStatus::default());
+        let before = crate::now_ns();
+        poll_one(
+            &mut p,
+            0,
+            &mut tl,
+            &mut st,
+            before,
+            &config,
+            1_000 * MS,
+            None,
+            Why::Due,
+        );
+        let after = crate::now_ns();
+        // The next read is due at a random instant of the next slot (reads take the clock's
+        // time), and a wake-up up to 1 ms before it takes it along.
+        assert!(
+            p.due_ns > before && p.due_ns <= after + 20 * MS,
+            "{}",
+            p.due_ns
+        );
+        assert!(p.ride_ns < p.due_ns && p.ride_ns + MS >= p.due_ns);
+        // A source that failed is retried at the retry interval, not at every wake-up.
+        p.source = Box::new(Fake(info("nvml", "", None), true));
+        let now = p.due_ns;
+        let config = Config {
+            fail_after: 1,
+            fail_time: Duration::ZERO,
+            ..Config::default()
+        };
+        poll_one(
+            &mut p,
+            0,
+            &mut tl,
+            &mut st,
+            now,
+            &config,
+            1_000 * MS,
+            None,
+            Why::Due,
+        );
+        assert!(p.failed_since.is_some());
+        assert_eq!(p.ride_ns, u64::MAX);
+        assert!(p.due_ns > now + 500 * MS);
     }
 
     #[test]
