@@ -1,10 +1,14 @@
-"""A GPU that reports power only (no energy counter), polled every 20 ms, under periodic loads.
+"""A GPU that reports power only (no energy counter), under periodic loads of many periods.
 
-A 5 s region on a simulated GPU whose power is a 50/250 W square wave of period 20, 30, 50 and
-100 ms (the power reading is instantaneous); error of the region's energy against the exact
-integral, several runs per period, signed (a bias shows as errors of one sign). With
-``--before PATH`` another tree (its ``python`` folder) is run the same way, alternately, in the
-same run. Run: ``.venv/bin/python benches/bench_power_alias.py [--runs N] [--before TREE]``.
+A 5 s region on a simulated GPU whose power is a 50/250 W square wave (the power reading is
+instantaneous); error of the region's energy against the exact integral, several runs per
+period, signed (a bias shows as errors of one sign), and the sampler thread's CPU time over the
+region. Two machines: the GPU alone (``gpu``), and the GPU with CPU counters read every
+millisecond while a region is open (``gpu+cpu``: a power read can share their wake-ups). The
+high part of each period is a whole number of milliseconds (the simulated trace has 1 ms
+ticks). With ``--before PATH`` another tree (its ``python`` folder) is run the same way,
+alternately, in the same run. Run:
+``.venv/bin/python benches/bench_power_alias.py [--runs N] [--before TREE] [--label TEXT]``.
 """
 
 from __future__ import annotations
@@ -20,79 +24,136 @@ from pathlib import Path
 from _common import machine, write_result
 
 HERE = Path(__file__).resolve().parent
-PERIODS_MS = (20, 30, 50, 100)
+PERIODS_MS = (20, 30, 34, 40, 50, 52, 60, 77, 100, 157, 250)
+MACHINES = ("gpu", "gpu+cpu")
 
 CHILD = r"""
-import json, sys, time
+import json, os, struct, sys, time
 from carbonctx import _native
 from carbonctx.testing import GpuSpec, SimulatedMachine, Wave
-period = float(sys.argv[1])
-gpu = GpuSpec(wave=Wave(50.0, 250.0, period), energy_counter=False)
+period_ms = int(sys.argv[1]); cpu = sys.argv[2] == "gpu+cpu"
+duty = (period_ms // 2) / period_ms
+gpu = GpuSpec(wave=Wave(50.0, 250.0, period_ms / 1000, duty), energy_counter=False)
+
+def sampler_cpu_s():
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if not f.read().startswith("carbonctx-sampl"):
+                    continue
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total * 1e-9
+
 with SimulatedMachine(dram=None, gpus=[gpu], gpu_update_s=0.0) as sim:
     r = sim._sim.roots()
     s = _native.Sampler(sys_root=r["sys_root"], dev_root=r["dev_root"], proc_root=r["proc_root"],
-                        nvml_library=str(sim.nvml_library), cpu_backends=[])
+                        nvml_library=str(sim.nvml_library),
+                        cpu_backends=["powercap"] if cpu else [])
     col = [i for i, x in enumerate(s.sources) if x["backend"] == "nvml"][0]
     time.sleep(0.2)
+    c0, w0 = sampler_cpu_s(), time.monotonic()
     rid = s.begin()
     time.sleep(5.0)
     s.end(rid)
+    c1, w1 = sampler_cpu_s(), time.monotonic()
     s.wait(_native.now_ns(), 5.0)
     n, _i, _t, t0, t1, j, _u = s.drain()
     s.stop()
-    import struct
     a = struct.unpack("<Q", t0[:8])[0]; b = struct.unpack("<Q", t1[:8])[0]
     width = len(s.sources)
     got = struct.unpack(f"<{n * width}d", j)[col]
+    unc = struct.unpack(f"<{n * width}d", _u)[col]
     truth = sim.gpu_truth_j(0, a, b)
-print(json.dumps((got - truth) / truth))
+print(json.dumps([(got - truth) / truth, (c1 - c0) / (w1 - w0), unc / truth]))
 """
 
 
-def one(tree: Path, period_ms: int) -> float:
+def one(tree: Path, period_ms: int, kind: str) -> tuple[float, float, float]:
     env = dict(os.environ, PYTHONPATH=str(tree / "python"))
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(period_ms / 1000)],
+        [sys.executable, "-c", CHILD, str(period_ms), kind],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     )
-    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+    err, cpu, unc = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(err), float(cpu), float(unc)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--before", type=Path, default=None)
+    ap.add_argument("--label", default="idle", help="what else the machine was doing")
+    ap.add_argument("--periods", default=",".join(map(str, PERIODS_MS)))
     args = ap.parse_args()
+    periods = [int(p) for p in args.periods.split(",")]
     trees = {"this tree": HERE.parent}
     if args.before is not None:
         trees["before"] = args.before
-    res: dict[tuple[str, int], list[float]] = {}
+    load0 = os.getloadavg()[0]
+    res: dict[tuple[str, str, int], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
+    # Runs whose error is within the stated uncertainty, and the uncertainties (relative).
+    covered: dict[tuple[str, str], list[bool]] = {}
+    uncs: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.runs):
-        for p in PERIODS_MS:
-            for name, tree in trees.items():
-                res.setdefault((name, p), []).append(one(tree, p) * 100)
-    lines = [
-        f"| {name} | {p} ms | {statistics.median(v):+.2f} % | {max(abs(x) for x in v):.2f} % "
-        f"| {', '.join(f'{x:+.2f}' for x in v)} |"
-        for (name, p), v in sorted(res.items())
-    ]
-    text = f"""# Power-only GPU under periodic load
+        for kind in MACHINES:
+            for p in periods:
+                for name, tree in trees.items():
+                    e, c, u = one(tree, p, kind)
+                    res.setdefault((kind, name, p), []).append(e * 100)
+                    cpu.setdefault((kind, name), []).append(c * 100)
+                    covered.setdefault((kind, name), []).append(abs(e) <= u)
+                    uncs.setdefault((kind, name), []).append(u * 100)
+    lines = []
+    for kind in MACHINES:
+        for p in periods:
+            for name in trees:
+                v = res[(kind, name, p)]
+                lines.append(
+                    f"| {kind} | {name} | {p} ms | {statistics.median(v):+.2f} % "
+                    f"| {max(abs(x) for x in v):.2f} % | {', '.join(f'{x:+.2f}' for x in v)} |"
+                )
+    summary = []
+    for kind in MACHINES:
+        for name in trees:
+            v = [abs(x) for p in periods for x in res[(kind, name, p)]]
+            c = cpu[(kind, name)]
+            cov = covered[(kind, name)]
+            summary.append(
+                f"| {kind} | {name} | {max(v):.2f} % | {statistics.median(v):.2f} % "
+                f"| {sum(x <= 1.0 for x in v)}/{len(v)} | {statistics.median(c):.2f} % "
+                f"| {max(c):.2f} % | {statistics.median(uncs[(kind, name)]):.2f} % "
+                f"| {sum(cov)}/{len(cov)} |"
+            )
+    text = f"""# Power-only GPU under periodic load ({args.label})
 
-{machine()}
+{machine()}; load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end
 
-A 5 s region; the simulated GPU reports instantaneous power only (50/250 W square wave), read
-about every 20 ms and integrated with the trapezoid rule. Signed error of the region's energy
-against the exact integral; {args.runs} runs per period and tree, run alternately.
+A 5 s region; the simulated GPU reports instantaneous power only (50/250 W square wave, the
+high part a whole number of milliseconds), integrated over read times with the trapezoid rule.
+Signed error of the region's energy against the exact integral; {args.runs} runs per period,
+machine and tree, run alternately. `gpu`: the GPU alone; `gpu+cpu`: with the CPU package counter
+read every millisecond while the region is open. Sampler CPU: the sampler thread's CPU time over
+the region (share of one core). Stated uncertainty: the region's `uncertainty_j` for the GPU
+(relative), and the runs whose error it covers.
 
-| tree | load period | median error | worst | runs |
-| --- | --- | --- | --- | --- |
+| machine | tree | worst | median abs | runs within 1 % | sampler CPU median | max | stated uncertainty (median) | covered |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(summary)}
+
+| machine | tree | load period | median error | worst | runs |
+| --- | --- | --- | --- | --- | --- |
 {chr(10).join(lines)}
 """
     print(text)
-    write_result("power-alias", text)
+    write_result(f"power-alias-{args.label}", text)
 
 
 if __name__ == "__main__":

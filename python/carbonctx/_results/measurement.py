@@ -76,8 +76,10 @@ class Measurement:
     tracked GPUs; ``energy_j`` is their sum. Core, uncore and psys zones appear in ``by_source``
     but never in totals (they overlap the package). ``uncertainty_j`` is how far the true
     energy can be from the figure given when the counters changed around the region's edges (the
-    widths of the brackets at both edges, added); it does not cover the error of integrating
-    power between readings, nor of an estimate. ``missing`` names sources whose
+    widths of the brackets at both edges, added); for power sampled at the read (a GPU without
+    an energy counter) it adds two standard deviations of the error of integrating it between
+    readings, estimated from them; it does not cover an averaged meter's or an estimate's error.
+    ``missing`` names sources whose
     figures are absent (``"sampler"`` when no sampler ran: then every figure is NaN), and
     ``estimated`` is true when any total includes an estimate. ``recorded`` says whether the
     region's record was written to the output file: None without ``output``, False when the

@@ -247,7 +247,10 @@ pub(crate) fn resolve_into_columns(
                 continue;
             }
             out.joules.push(b.joules - a.joules);
-            let u = (b.high - b.low) + (a.high - a.low);
+            // The edges' brackets, and two standard deviations of the integral in between
+            // where the source keeps its variance (power read at random instants).
+            let u =
+                (b.high - b.low) + (a.high - a.low) + 2.0 * (b.var_j2 - a.var_j2).max(0.0).sqrt();
             out.uncertainty
                 .push(if u.is_finite() { u } else { f64::NAN });
         }

@@ -50,6 +50,10 @@ pub struct Config {
     /// where a source offers them ([`crate::sensors::EnergySource::shape`]: NVML's 20 ms power
     /// samples); when off, energy is spread evenly between counter updates.
     pub power_samples: bool,
+    /// While regions are open or marked, a source that reports power sampled at the read (a GPU
+    /// without an energy counter) is read about this often, at random instants, within a
+    /// budget of CPU time (see `sampler::power`); zero: at its interval.
+    pub power_interval: Duration,
 }
 
 impl Default for Config {
@@ -68,6 +72,7 @@ impl Default for Config {
             retry: Duration::from_secs(1),
             max_resolved: 1 << 20,
             power_samples: true,
+            power_interval: Duration::from_millis(2),
         }
     }
 }

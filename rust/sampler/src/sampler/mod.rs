@@ -9,7 +9,9 @@
 //!   off, every few updates and at each region mark);
 //! - `poll`: one source as the loop polls it: a read, its point or gap, failure and retry;
 //! - `shape`: a counter update's energy placed in time by the source's power samples;
-//! - `dither`: read times of a power-only source;
+//! - `dither`: read times of a power-only source (a random instant of each slot);
+//! - `power`: how often a power-only source is read (faster while regions are marked, within
+//!   a budget of CPU time);
 //! - `resolve`: the resolution pass (the frontier, and the energy at each region edge);
 //! - `marks`: reads at a region's mark, within a budget;
 //! - [`phase`]: phase-locked polling (read each counter just after it updates);
@@ -23,6 +25,7 @@ mod marks;
 pub mod node;
 pub mod phase;
 mod poll;
+mod power;
 mod resolve;
 mod schedule;
 mod shape;

@@ -30,8 +30,19 @@ pub(super) struct Polled {
     pub(super) pending_gap: Option<u64>,
     /// Local joules less those published: the node's segment counts from its own start.
     pub(super) offset_j: f64,
-    /// Power sources only: read at a random instant in each interval (see [`Dither`]).
-    dither: Option<Dither>,
+    /// Power sources only: read at a random instant in each slot (see [`Dither`]).
+    pub(super) dither: Option<Dither>,
+    /// Power sources only: the slot length now (the interval, or shorter while regions are
+    /// marked: see [`super::power`]), ns.
+    pub(super) slot_ns: u64,
+    /// A wake-up for other sources at or after this instant takes this source's read with it
+    /// (a power source's read is due at a random instant anyway); `u64::MAX`: none.
+    pub(super) ride_ns: u64,
+    /// Whether the source's power is sampled at the read (read more often while regions are
+    /// marked, see [`super::power`]).
+    pub(super) instant: bool,
+    /// Share of recent reads that shared a wake-up with other sources (smoothed).
+    pub(super) rode: f64,
     /// When it was last read at a mark (see [`super::marks`]).
     pub(super) last_mark_ns: u64,
 }
@@ -47,7 +58,7 @@ impl Polled {
     ) -> (Polled, Point, SourceStatus) {
         let info = source.info().clone();
         let interval_ns = interval_for(&info, config).as_nanos() as u64;
-        let mut acc = Accumulator::new(info.counter, interval_ns).continue_from(base_j);
+        let mut acc = accumulator(&info, interval_ns, base_j);
         let first = match acc.push(t, reading) {
             Step::First(p) => p,
             _ => Point {
@@ -79,7 +90,11 @@ impl Polled {
             dither: info
                 .counter
                 .is_none()
-                .then(|| Dither::new(t, interval_ns, t ^ (interval_ns << 17))),
+                .then(|| Dither::new(t, t ^ (interval_ns << 17))),
+            slot_ns: interval_ns,
+            ride_ns: u64::MAX,
+            instant: super::power::samples_at_read(&info),
+            rode: 0.0,
             last_mark_ns: 0,
         };
         (polled, first, status)
@@ -96,7 +111,7 @@ impl Polled {
         let interval_ns = interval_for(&info, config).as_nanos() as u64;
         Polled {
             source,
-            acc: Accumulator::new(info.counter, interval_ns).continue_from(base_j),
+            acc: accumulator(&info, interval_ns, base_j),
             interval_ns,
             settle_ns: settle_for(&info, config, interval_ns),
             due_ns: since,
@@ -113,7 +128,11 @@ impl Polled {
             dither: info
                 .counter
                 .is_none()
-                .then(|| Dither::new(since, interval_ns, since ^ (interval_ns << 17))),
+                .then(|| Dither::new(since, since ^ (interval_ns << 17))),
+            slot_ns: interval_ns,
+            ride_ns: u64::MAX,
+            instant: super::power::samples_at_read(&info),
+            rode: 0.0,
             last_mark_ns: 0,
         }
     }
@@ -124,6 +143,17 @@ impl Polled {
             settle_ns: self.settle_ns,
             failed_since: self.failed_since,
         }
+    }
+}
+
+/// A source's accumulator; one whose power is sampled at the read keeps the variance of its
+/// integral (its reads fall at random instants).
+fn accumulator(info: &SourceInfo, interval_ns: u64, base_j: f64) -> Accumulator {
+    let acc = Accumulator::new(info.counter, interval_ns).continue_from(base_j);
+    if super::power::samples_at_read(info) {
+        acc.with_spread()
+    } else {
+        acc
     }
 }
 
@@ -215,6 +245,9 @@ pub(super) fn poll_one(
     seg: Option<&Segment>,
     why: Why,
 ) {
+    // Set again below for a power source whose next read is dithered (a failed one is retried
+    // at its own pace, not at every wake-up).
+    p.ride_ns = u64::MAX;
     if why == Why::Due {
         let late = now.saturating_sub(p.due_ns);
         if late > p.interval_ns {
@@ -249,8 +282,7 @@ pub(super) fn poll_one(
                 }
             }
             let prev_read = p.last_poll_ns;
-            let slot = p.dither.as_ref().map(Dither::slot);
-            let step = p.acc.push_spanned(t_read, reading, slot);
+            let step = p.acc.push(t_read, reading);
             let changed = matches!(step, Step::Changed(_));
             let interval_ns = p.interval_ns;
             // A counter that updates more finely than it is polled changed within one of its
@@ -293,6 +325,9 @@ pub(super) fn poll_one(
                 }
                 Step::Unchanged => None,
             };
+            if let (Some(pt), true) = (point, p.instant) {
+                tl.push_spread(pt.t_ns, p.acc.variance_j2());
+            }
             match point {
                 Some(pt) => append(i, tl, st, seg, p.offset_j, pt, gap_from),
                 // Nothing to publish yet: the gap closes at the next point.
@@ -350,7 +385,8 @@ pub(super) fn poll_one(
         return;
     }
     if let Some(d) = p.dither.as_mut() {
-        p.due_ns = d.next(t_after, p.interval_ns);
+        p.due_ns = d.next(t_after, p.slot_ns);
+        p.ride_ns = super::power::ride_from(p.due_ns, p.slot_ns).max(t_after + 1);
         return;
     }
     p.due_ns += p.interval_ns;

@@ -14,6 +14,7 @@ use super::handle::{Shared, SourceStatus, WAKE_MARK, WAKE_QUIET};
 use super::lock;
 use super::marks::{self, Budget};
 use super::poll::{poll_one, Cover, Polled, Why};
+use super::power;
 use super::resolve::resolve;
 use crate::regions::OpenRegions;
 use crate::sensors::{EnergySource, SourceInfo, Unavailable};
@@ -190,6 +191,9 @@ pub(super) fn poll_loop(
             fast_until = now + hold_ns;
             read_every_update(&mut polled, now);
         }
+        // Power-only sources are read more often while regions are marked or open (a long
+        // region is open without marks inside it).
+        power::set_slots(&mut polled, fast || !open.is_empty(), now, config);
         {
             let mut timelines = lock(&shared.timelines);
             let mut status = lock(&shared.status);
@@ -221,11 +225,14 @@ pub(super) fn poll_loop(
                     wake_ns = 0;
                 }
             }
+            let mut read = Vec::new();
             for (i, p) in polled.iter_mut().enumerate() {
-                // Sources due within a few tens of µs share this wake-up.
-                if p.due_ns > now + COALESCE_NS && !stopping {
+                // Sources due within a few tens of µs share this wake-up (and a power
+                // source's read, due at a random instant, rides on one shortly before).
+                if p.due_ns > now + COALESCE_NS && p.ride_ns > now && !stopping {
                     continue;
                 }
+                read.push(i);
                 poll_one(
                     p,
                     i,
@@ -238,6 +245,7 @@ pub(super) fn poll_loop(
                     Why::Due,
                 );
             }
+            power::note_rides(&mut polled, &read);
         }
         if let Some(seg) = node {
             seg.heartbeat(now);

@@ -60,6 +60,9 @@ pub struct Accumulator {
     /// Joules counted before this accumulator started (another process's sampler counted
     /// them, see [`Accumulator::continue_from`]).
     base_j: f64,
+    /// Keep the variance of the integral of power readings (see [`Self::variance_j2`]).
+    spread: bool,
+    var_j2: f64,
     /// Number of counter wraps seen.
     pub wraps: u64,
     /// Number of times a counter went backwards though it never wraps.
@@ -81,9 +84,27 @@ impl Accumulator {
             units: 0,
             joules: 0.0,
             base_j: 0.0,
+            spread: false,
+            var_j2: 0.0,
             wraps: 0,
             resets: 0,
         }
+    }
+
+    /// Keep the variance of the integral (for power sampled at instants independent of the
+    /// load: see [`Self::variance_j2`]).
+    pub fn with_spread(mut self) -> Self {
+        self.spread = true;
+        self
+    }
+
+    /// The variance (J²) of the integral so far, for power read at instants independent of the
+    /// load: where two successive readings differ by `Δ` over a gap `g`, the power changed
+    /// somewhere in the gap, and the trapezoid's error, `Δ` times the distance from the gap's
+    /// middle to the change, has a variance of `Δ² g² / 12` (the change uniform in the gap).
+    /// Exact for a step; more than the error of a smooth ramp (which the trapezoid follows).
+    pub fn variance_j2(&self) -> f64 {
+        self.var_j2
     }
 
     /// Forget the previous reading, so that the next one is a new baseline (after a gap in
@@ -196,6 +217,10 @@ impl Accumulator {
             }
             (Reading::Power(w) | Reading::PowerAt { watts: w, .. }, _) => {
                 let w = sanitize_watts(w);
+                if self.spread {
+                    let (dw, g) = (w - self.last_watts, (t_ns - prev_ns) as f64 * 1e-9);
+                    self.var_j2 += dw * dw * g * g / 12.0;
+                }
                 match slot_ns {
                     Some(slot) => {
                         let split = slot.clamp(prev_ns, t_ns);
@@ -463,5 +488,21 @@ mod tests {
         assert!((middle - want).abs() < 0.01, "{middle} J, truth {want} J");
         assert!((read - want).abs() > 9.0, "{read} J, truth {want} J");
         assert_eq!(at_middle[0].t_ns, 200 * MS - W / 2);
+    }
+
+    #[test]
+    fn power_integrals_keep_their_variance_when_asked() {
+        // A step from 100 to 300 W between reads 10 ms apart: Δ² g² / 12.
+        let mut a = Accumulator::new(None, 10 * MS).with_spread();
+        a.push(0, Reading::Power(100.0));
+        a.push(10 * MS, Reading::Power(300.0));
+        assert!((a.variance_j2() - 200.0f64.powi(2) * 0.01f64.powi(2) / 12.0).abs() < 1e-12);
+        // A steady power adds nothing; without the option nothing is kept.
+        a.push(20 * MS, Reading::Power(300.0));
+        assert!((a.variance_j2() - 1.0 / 3.0).abs() < 1e-12);
+        let mut b = Accumulator::new(None, 10 * MS);
+        b.push(0, Reading::Power(100.0));
+        b.push(10 * MS, Reading::Power(300.0));
+        assert_eq!(b.variance_j2(), 0.0);
     }
 }

@@ -139,6 +139,7 @@ impl Timeline {
                 low: last.joules,
                 high: f64::INFINITY,
                 gaps: 0,
+                var_j2: 0.0,
             });
         }
         let hi = self.get(i);
@@ -149,6 +150,7 @@ impl Timeline {
                 low,
                 high,
                 gaps: 0,
+                var_j2: 0.0,
             });
         }
         let lo = self.get(i - 1);
@@ -159,6 +161,7 @@ impl Timeline {
             low,
             high,
             gaps: 0,
+            var_j2: 0.0,
         })
     }
 
@@ -179,6 +182,10 @@ pub struct EnergyAt {
     /// instants with different counts have a gap between them, so the energy between them is
     /// unknown.
     pub gaps: u64,
+    /// Variance (J²) of the source's integral up to the instant, cumulative, where the source
+    /// keeps one (power sampled at random instants, see [`History::push_spread`]); the variance
+    /// of a region's energy is its difference between the two edges. 0 for counters.
+    pub var_j2: f64,
 }
 
 impl EnergyAt {
@@ -188,6 +195,7 @@ impl EnergyAt {
             low: joules,
             high: joules,
             gaps: 0,
+            var_j2: 0.0,
         }
     }
 }
@@ -201,6 +209,9 @@ pub struct History {
     step_ns: u64,
     gaps: VecDeque<(u64, u64)>,
     gaps_dropped: u64,
+    /// Cumulative variance of the integral (J², as `joules`) at each read of a source that
+    /// keeps one; made at its first [`Self::push_spread`], as long as the fine ring.
+    spread: Option<Box<Timeline>>,
 }
 
 impl History {
@@ -212,7 +223,20 @@ impl History {
             step_ns,
             gaps: VecDeque::new(),
             gaps_dropped: 0,
+            spread: None,
         }
+    }
+
+    /// Record the cumulative variance (J²) of the source's integral at `t_ns` (a power source
+    /// read at random instants: see [`crate::timeline::Accumulator::variance_j2`]).
+    pub fn push_spread(&mut self, t_ns: u64, var_j2: f64) {
+        let cap = self.fine.points.len();
+        self.spread
+            .get_or_insert_with(|| Box::new(Timeline::with_capacity(cap)))
+            .push(Point {
+                t_ns,
+                joules: var_j2,
+            });
     }
 
     /// Append a point placed between two measured ones (see [`Timeline::push_placed`]); only
@@ -277,6 +301,7 @@ impl History {
             low: lo.joules,
             high: first.joules,
             gaps: 0,
+            var_j2: 0.0,
         })
     }
 
@@ -302,6 +327,13 @@ impl History {
     /// NaN inside a gap.
     pub fn at(&self, t_ns: u64) -> Option<EnergyAt> {
         let mut e = self.at_points(t_ns)?;
+        // (Before the spread ring's first point, its first value: a long region's start that
+        // has left it counts the variance from there on only.)
+        e.var_j2 = self
+            .spread
+            .as_ref()
+            .and_then(|s| s.at(t_ns))
+            .map_or(0.0, |v| v.joules);
         e.gaps = self.gaps_dropped + self.gaps.iter().filter(|g| g.1 <= t_ns).count() as u64;
         if self.gaps.iter().any(|g| g.0 < t_ns && t_ns < g.1) {
             e.joules = f64::NAN;

@@ -1,0 +1,317 @@
+//! How often a power-only source is read: at its interval while quiet, and while regions are
+//! marked or open as often as [`Config::power_interval`] asks, within a budget of CPU time.
+//!
+//! A power-only source (a GPU without an energy counter, a hwmon meter sampled at the read) is
+//! integrated with the trapezoid rule over reads at random instants (see [`super::dither`]).
+//! The integral is unbiased for a load of any period, and its spread under a load with sharp
+//! edges is set by the read spacing `h` (whatever the sequence of read instants: the error's
+//! spectrum cannot be lowered at every frequency above one per slot at once): each harmonic of
+//! the load keeps `1 - sinc²(π n h / P)` of the error of independent instants. Over 5 s under a
+//! 50/250 W square wave of period 50 ms that is ±3.1 % (one standard deviation) read every
+//! 20 ms, ±1.2 % every 8 ms and ±0.31 % every 2 ms. Each source also keeps the variance of its
+//! integral, estimated from its readings (see
+//! [`crate::timeline::Accumulator::variance_j2`]): a region's uncertainty adds two standard
+//! deviations of it.
+//!
+//! A read costs the read itself (an NVML power read: 3-5 µs) and, when nothing else wakes the
+//! thread then, a wake-up ([`WAKE_NS`]). A power source's read instant is random anyway, so it
+//! rides on a wake-up for another source (CPU counters read every millisecond while regions
+//! are marked) that comes within [`RIDE_NS`] before it. Reads take at most [`SHARE`] of a core:
+//! the slot is never shorter than the smoothed cost of a read (wake-up included as often as
+//! reads do not ride) divided by that share.
+
+use super::config::Config;
+use super::marks::WAKE_NS;
+use super::poll::Polled;
+use crate::sensors::{check, SourceInfo};
+
+/// Share of one core that the reads of a power-only source may take while regions are open.
+pub(super) const SHARE: f64 = 0.003;
+/// How early a read may ride on a wake-up for another source, at most (ns).
+pub(super) const RIDE_NS: u64 = 1_000_000;
+
+/// Whether the source's power is sampled at the read: read more often, it tells more. (A
+/// meter's average over its own window, a model's estimate or a value fed from elsewhere would
+/// only repeat itself.)
+pub(super) fn samples_at_read(info: &SourceInfo) -> bool {
+    info.counter.is_none()
+        && info.backend != "external"
+        && check::reading_kind(info) == "instantaneous"
+}
+
+/// The earliest instant a read due at `due_ns` in slots of `slot_ns` may ride on another
+/// wake-up.
+pub(super) fn ride_from(due_ns: u64, slot_ns: u64) -> u64 {
+    due_ns.saturating_sub(RIDE_NS.min(slot_ns / 2))
+}
+
+/// The slot length for `p` while regions are open: the configured power interval, or longer
+/// when the reads would cost more than [`SHARE`] of a core; never longer than its interval.
+pub(super) fn fast_slot(p: &Polled, config: &Config) -> u64 {
+    let want = config.power_interval.as_nanos() as u64;
+    if want == 0 || !p.instant {
+        return p.interval_ns;
+    }
+    let cost = p.read_cost_ns.max(1_000) as f64 + (1.0 - p.rode) * WAKE_NS as f64;
+    let floor = (cost / SHARE) as u64;
+    want.max(floor).min(p.interval_ns)
+}
+
+/// Set each power source's slot length for the sampler's state (`fast`: regions are marked or
+/// open).
+/// A source whose slots got shorter is read within one of the new slots.
+pub(super) fn set_slots(polled: &mut [Polled], fast: bool, now: u64, config: &Config) {
+    for p in polled.iter_mut() {
+        if p.dither.is_none() || p.failed_since.is_some() {
+            continue;
+        }
+        let slot = if fast {
+            fast_slot(p, config)
+        } else {
+            p.interval_ns
+        };
+        // Going fast, the next read comes within one short slot; other changes (the cost's
+        // smoothing, going quiet) take effect from the next read.
+        let shorter = slot < p.slot_ns && p.slot_ns == p.interval_ns;
+        p.slot_ns = slot;
+        if shorter {
+            if let Some(d) = p.dither.as_mut() {
+                d.restart(now);
+                p.due_ns = p.due_ns.min(d.next(now, slot));
+                p.ride_ns = ride_from(p.due_ns, slot).max(now + 1);
+            }
+        }
+    }
+}
+
+/// After a wake-up that read the sources in `read` (by index): note, for each power source
+/// read, whether it shared the wake-up with another source.
+pub(super) fn note_rides(polled: &mut [Polled], read: &[usize]) {
+    let shared = read.len() > 1;
+    for &i in read {
+        let p = &mut polled[i];
+        if p.dither.is_some() {
+            p.rode = p.rode * 0.9 + if shared { 0.1 } else { 0.0 };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::sensors::{CounterSpec, Domain, EnergySource, Method, Reading};
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    const MS: u64 = 1_000_000;
+
+    struct Fake(SourceInfo, bool);
+    impl EnergySource for Fake {
+        fn info(&self) -> &SourceInfo {
+            &self.0
+        }
+        fn read(&mut self) -> Result<Reading, Error> {
+            if self.1 {
+                return Err(Error::Invalid("unreadable".into()));
+            }
+            Ok(Reading::Power(100.0))
+        }
+    }
+
+    fn info(backend: &'static str, file: &str, counter: Option<CounterSpec>) -> SourceInfo {
+        SourceInfo {
+            id: "fake:0".into(),
+            backend,
+            domain: Domain::Gpu,
+            index: 0,
+            label: "gpu-0".into(),
+            method: if counter.is_some() {
+                Method::Counter
+            } else {
+                Method::IntegratedPower
+            },
+            counter,
+            interval: Duration::from_millis(20),
+            path: (!file.is_empty()).then(|| PathBuf::from(file)),
+            uuid: None,
+        }
+    }
+
+    fn polled(info: SourceInfo, read_cost_ns: u64) -> Polled {
+        let (mut p, _, _) = Polled::new(
+            Box::new(Fake(info, false)),
+            Reading::Power(100.0),
+            0,
+            0.0,
+            &Config::default(),
+        );
+        p.read_cost_ns = read_cost_ns;
+        p
+    }
+
+    #[test]
+    fn only_power_sampled_at_the_read_is_read_more_often() {
+        let spec = CounterSpec {
+            joules_per_unit: 1e-3,
+            wrap: None,
+        };
+        assert!(samples_at_read(&info("nvml", "", None)));
+        assert!(samples_at_read(&info("hwmon", "/x/power1_input", None)));
+        assert!(!samples_at_read(&info("hwmon", "/x/power1_average", None)));
+        assert!(!samples_at_read(&info("external", "", None)));
+        assert!(!samples_at_read(&info("nvml", "", Some(spec))));
+        let averaged = polled(info("hwmon", "/x/power1_average", None), 4_000);
+        assert_eq!(fast_slot(&averaged, &Config::default()), 20 * MS);
+    }
+
+    #[test]
+    fn the_fast_slot_keeps_reads_within_their_share_of_a_core() {
+        let config = Config::default();
+        // A 4 µs read that wakes the thread each time: 24 µs a read, at most 0.3 % of a core.
+        let mut p = polled(info("nvml", "", None), 4_000);
+        let slot = fast_slot(&p, &config);
+        assert_eq!(slot, 8 * MS);
+        // Riding on other wake-ups, the read alone counts: the configured 2 ms.
+        p.rode = 1.0;
+        assert_eq!(fast_slot(&p, &config), 2 * MS);
+        // An expensive read (3 ms of CPU) is never read more often than its interval.
+        p.read_cost_ns = 3_000_000;
+        assert_eq!(fast_slot(&p, &config), 20 * MS);
+        // Off: the interval.
+        let off = Config {
+            power_interval: Duration::ZERO,
+            ..Config::default()
+        };
+        p.read_cost_ns = 4_000;
+        assert_eq!(fast_slot(&p, &off), 20 * MS);
+    }
+
+    #[test]
+    fn slots_shorten_at_once_and_lengthen_from_the_next_read() {
+        let config = Config::default();
+        let mut ps = vec![polled(info("nvml", "", None), 4_000)];
+        ps[0].rode = 1.0;
+        ps[0].due_ns = 20 * MS;
+        set_slots(&mut ps, true, 5 * MS, &config);
+        assert_eq!(ps[0].slot_ns, 2 * MS);
+        // The next read comes within one short slot, and may ride from up to 1 ms before.
+        assert!(
+            ps[0].due_ns > 5 * MS && ps[0].due_ns <= 7 * MS,
+            "{}",
+            ps[0].due_ns
+        );
+        assert!(ps[0].ride_ns + MS >= ps[0].due_ns && ps[0].ride_ns > 5 * MS);
+        let due = ps[0].due_ns;
+        set_slots(&mut ps, false, 6 * MS, &config);
+        assert_eq!((ps[0].slot_ns, ps[0].due_ns), (20 * MS, due));
+        // Rides: a wake-up shared with another source counts.
+        note_rides(&mut ps, &[0]);
+        assert!(ps[0].rode < 1.0);
+    }
+
+    #[test]
+    fn a_read_rides_on_other_wake_ups_only_while_it_succeeds() {
+        use super::super::handle::SourceStatus;
+        use super::super::poll::{poll_one, Why};
+        use crate::timeline::History;
+        let config = Config::default();
+        let mut p = polled(info("nvml", "", None), 4_000);
+        let (mut tl, mut st) = (History::new(64, 8, MS), SourceStatus::default());
+        let before = crate::now_ns();
+        poll_one(
+            &mut p,
+            0,
+            &mut tl,
+            &mut st,
+            before,
+            &config,
+            1_000 * MS,
+            None,
+            Why::Due,
+        );
+        let after = crate::now_ns();
+        // The next read is due at a random instant of the next slot (reads take the clock's
+        // time), and a wake-up up to 1 ms before it takes it along.
+        assert!(
+            p.due_ns > before && p.due_ns <= after + 20 * MS,
+            "{}",
+            p.due_ns
+        );
+        assert!(p.ride_ns < p.due_ns && p.ride_ns + MS >= p.due_ns);
+        // A source that failed is retried at the retry interval, not at every wake-up.
+        p.source = Box::new(Fake(info("nvml", "", None), true));
+        let now = p.due_ns;
+        let config = Config {
+            fail_after: 1,
+            fail_time: Duration::ZERO,
+            ..Config::default()
+        };
+        poll_one(
+            &mut p,
+            0,
+            &mut tl,
+            &mut st,
+            now,
+            &config,
+            1_000 * MS,
+            None,
+            Why::Due,
+        );
+        assert!(p.failed_since.is_some());
+        assert_eq!(p.ride_ns, u64::MAX);
+        assert!(p.due_ns > now + 500 * MS);
+    }
+
+    #[test]
+    fn the_stated_spread_is_that_of_the_error() {
+        use crate::timeline::{Accumulator, History, Step};
+        // A 50/250 W square wave of 34 ms read at random instants of 5 ms slots for 5 s; the
+        // variance kept along the way against the errors over many runs.
+        let (mut inside, mut sq_err, mut sq_stated) = (0, 0.0, 0.0);
+        let runs = 100u64;
+        for seed in 0..runs {
+            let period = 34 * MS;
+            let phase = seed * 7_777_777 % period;
+            let w = |t: u64| {
+                if (t + phase) % period < period / 2 {
+                    250.0
+                } else {
+                    50.0
+                }
+            };
+            let e = |t: u64| {
+                let x = t + phase;
+                let r = x % period;
+                let part = if r < period / 2 {
+                    250.0 * r as f64
+                } else {
+                    250.0 * (period / 2) as f64 + 50.0 * (r - period / 2) as f64
+                };
+                ((x / period) as f64 * 150.0 * period as f64 + part) * 1e-9
+            };
+            let mut acc = Accumulator::new(None, 5 * MS).with_spread();
+            let mut tl = History::new(4096, 64, 100 * MS);
+            let mut d = super::super::dither::Dither::new(0, seed);
+            let mut t = 0;
+            while t < 5_200 * MS {
+                if let Step::First(pt) | Step::Changed(pt) = acc.push(t, Reading::Power(w(t))) {
+                    tl.push(pt);
+                    tl.push_spread(pt.t_ns, acc.variance_j2());
+                }
+                t = d.next(t, 5 * MS);
+            }
+            let (a, b) = (tl.at(100 * MS).unwrap(), tl.at(5_100 * MS).unwrap());
+            let err = (b.joules - a.joules) - (e(5_100 * MS) - e(100 * MS));
+            let sd = (b.var_j2 - a.var_j2).sqrt();
+            inside += u32::from(err.abs() <= 2.0 * sd);
+            sq_err += err * err;
+            sq_stated += sd * sd;
+        }
+        // Two standard deviations cover the error in most runs, and the stated spread is
+        // the error's own (400 runs: 0.97 of it; not a bound many times too wide).
+        let ratio = (sq_stated / sq_err).sqrt();
+        assert!(inside as f64 >= 0.85 * runs as f64, "{inside} of {runs}");
+        assert!((0.7..1.5).contains(&ratio), "{ratio}");
+    }
+}
