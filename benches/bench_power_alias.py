@@ -28,25 +28,17 @@ PERIODS_MS = (20, 30, 34, 40, 50, 52, 60, 77, 100, 157, 250)
 MACHINES = ("gpu", "gpu+cpu")
 
 CHILD = r"""
-import json, os, struct, sys, time
+import json, struct, sys, time
 from carbonctx import _native
 from carbonctx.testing import GpuSpec, SimulatedMachine, Wave
 period_ms = int(sys.argv[1]); cpu = sys.argv[2] == "gpu+cpu"
 duty = (period_ms // 2) / period_ms
 gpu = GpuSpec(wave=Wave(50.0, 250.0, period_ms / 1000, duty), energy_counter=False)
 
+from _common import thread_cpu_s
+
 def sampler_cpu_s():
-    total = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                if not f.read().startswith("carbonctx-sampl"):
-                    continue
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            pass
-    return total * 1e-9
+    return thread_cpu_s("carbonctx-sampler")
 
 with SimulatedMachine(dram=None, gpus=[gpu], gpu_update_s=0.0) as sim:
     r = sim._sim.roots()
@@ -73,7 +65,8 @@ print(json.dumps([(got - truth) / truth, (c1 - c0) / (w1 - w0), unc / truth]))
 
 
 def one(tree: Path, period_ms: int, kind: str) -> tuple[float, float, float]:
-    env = dict(os.environ, PYTHONPATH=str(tree / "python"))
+    # The tree's package first, then this folder (the child uses `_common`).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "python"), str(HERE)]))
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(period_ms), kind],
         env=env,
