@@ -96,6 +96,39 @@ def test_the_first_region_imports_what_it_needs_and_nothing_from_the_network(
     assert not [m for m in after if m.startswith("carbonctx._bmc")]
 
 
+def test_the_first_region_waits_for_neither_numpy_nor_the_carbon_modules(
+    tmp_path: Path,
+) -> None:
+    # What the first `with` imports on the program's thread (an audit hook sees each import and
+    # the thread that makes it). Resolving needs numpy and the intensity service: they come
+    # with the first batch to resolve, not with the region.
+    code = (
+        "import json, sys, threading\n"
+        "import carbonctx\n"
+        "from carbonctx.testing import SimulatedMachine\n"
+        "seen = []\n"
+        "def hook(event, args):\n"
+        "    if event == 'import' and threading.current_thread() is threading.main_thread():\n"
+        "        seen.append(args[0])\n"
+        f"with SimulatedMachine({str(tmp_path)!r}) as sim:\n"
+        "    carbonctx.configure(**sim.settings())\n"
+        "    sys.addaudithook(hook)\n"
+        "    with carbonctx.track('x') as t:\n"
+        "        pass\n"
+        "    first = list(seen)\n"
+        "    ok = t.result().energy_j >= 0\n"
+        "print(json.dumps([first, list(seen), ok]))\n"
+    )
+    first, after, ok = json.loads(_run(code))
+    assert ok
+    assert "carbonctx._measure.runtime" in first  # the hook saw the first region's imports
+    heavy = ("numpy", "inspect", "carbonctx._carbon", "carbonctx._output", "carbonctx._bmc")
+    assert [m for m in first if m.startswith(heavy)] == []
+    assert "carbonctx._results.statistics" not in first
+    # Reading the result loads them (here, or on the resolver thread before it).
+    assert "numpy" in after or "numpy" not in first
+
+
 def test_every_public_name_is_there_as_before() -> None:
     code = (
         "import json, pickle, carbonctx\n"

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from carbonctx import _config, _native
-from carbonctx._carbon.zones import normalize_zone
 from carbonctx._config import Settings
 from carbonctx._distributed import placeholders
 from carbonctx._measure import RESULT_TIMEOUT_S
@@ -95,10 +94,14 @@ def _checked(s: Settings) -> Settings:
     if s.output:
         placeholders(s.output)
     # A zone that is no zone code is refused as the other carbon settings are, not warned of
-    # at the first region.
+    # at the first region. (The zone rules are imported only when a zone is set.)
     if s.zone is not None:
+        from carbonctx._carbon.zones import normalize_zone
+
         normalize_zone(s.zone, "zone")
     elif env_zone := _config.environ().get("CARBONCTX_ZONE", "").strip():
+        from carbonctx._carbon.zones import normalize_zone
+
         normalize_zone(env_zone, "CARBONCTX_ZONE")
     process_rank_info(s)
     return s

@@ -7,9 +7,6 @@ region's end, and reading a field of an unresolved result waits for that.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -228,6 +225,8 @@ class Tracker(_native.Region):
         whose result cannot be made now (not resolved) keeps its runtime."""
         if self._rt is None:
             return
+        import contextlib  # at shutdown only: a region needs none of it
+
         with contextlib.suppress(Exception):  # strict checks and unresolved regions: see below
             self.result(timeout=0.0)
         if self._result is not None:
@@ -250,6 +249,10 @@ class Tracker(_native.Region):
                 f"@tracked and track(...) decorate a function or method, not {fn!r}"
                 + (": put the decorator under @property" if isinstance(fn, property) else "")
             )
+        # Imported here, by the decorator alone: a `with` needs neither.
+        import functools
+        import inspect
+
         name = self.name
         tags = self.tags
         sync = self.sync
