@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from carbonctx import _config, _native
 from carbonctx._config import Settings
-from carbonctx._distributed import RankInfo, expand_path
+from carbonctx._distributed import RankInfo
 from carbonctx._measure import RESULT_TIMEOUT_S
 from carbonctx._measure.batch import Batch
 from carbonctx._measure.carbon import RegionCarbon
@@ -195,6 +195,7 @@ class Runtime:
                 )
             if st.output:
                 # Imported only with output to write (it brings numpy and the formats).
+                from carbonctx._distributed import expand_path
                 from carbonctx._measure.recorder import RegionRecorder
 
                 self.recorder = RegionRecorder(
