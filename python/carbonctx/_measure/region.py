@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from carbonctx import _native
 from carbonctx._measure import RESULT_TIMEOUT_S, process
-from carbonctx._results.measurement import Measurement, SourceEnergy
 from carbonctx.errors import CarbonctxError, SamplerError, SourceUnavailableError
 
 if TYPE_CHECKING:
     from carbonctx._measure.runtime import Runtime
+    from carbonctx._results.measurement import Measurement, SourceEnergy
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -304,6 +304,8 @@ class Tracker(_native.Region):
 
 def _unmeasured(region: Tracker, pid: int) -> Measurement:
     """The result of a region no sampler measured: every figure NaN, ``missing`` says why."""
+    from carbonctx._results.measurement import Measurement
+
     nan = float("nan")
     return Measurement(
         name=region.name,

@@ -104,6 +104,7 @@ class Resolver:
             import numpy
             import numpy.random  # noqa: F401
 
+            import carbonctx._results.measurement
             import carbonctx._results.statistics  # noqa: F401
 
             self.carbon.service()

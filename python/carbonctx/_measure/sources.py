@@ -7,11 +7,11 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from carbonctx._results.measurement import SourceEnergy
-
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+
+    from carbonctx._results.measurement import SourceEnergy
 
 __all__ = ["TOTAL_DOMAINS", "SourceColumns"]
 
@@ -103,6 +103,8 @@ class SourceColumns:
     ) -> tuple[dict[str, SourceEnergy], float | None]:
         """Each source's figure for one row, and the row's total uncertainty (None when a
         counted source has no uncertainty, or there are no sources)."""
+        from carbonctx._results.measurement import SourceEnergy
+
         by_source: dict[str, SourceEnergy] = {}
         u_total = 0.0
         u_known = True
