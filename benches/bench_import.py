@@ -123,12 +123,15 @@ def importtime(
 
 def first_imports(path: Path, sim_env: dict[str, str]) -> tuple[int, int, list[tuple[int, str]]]:
     """What the first ``with`` imports on the program's thread (between the marks): (µs in
-    all, modules, the largest top-level ones as (cumulative µs, name))."""
+    all, modules, the tree's first three levels down to 1 ms as (cumulative µs, indented
+    name), in ``-X importtime`` order: a module's imports above it)."""
     rows = importtime(FIRST_IMPORTS, path, sim_env)
     marks = [k for k, r in enumerate(rows) if r[2] == "mark"]
     inside = rows[marks[0] + 1 : marks[1]]
-    top = [(c, n) for _, c, n in inside if not n.startswith(" ")]
-    return sum(c for c, _ in top), len(inside), sorted(top, reverse=True)
+    total = sum(c for _, c, n in inside if not n.startswith(" "))
+    depth = 3  # levels shown (two spaces of indent each)
+    tree = [(c, n) for _, c, n in inside if c >= 1000 and not n.startswith(" " * 2 * depth)]
+    return total, len(inside), tree
 
 
 def breakdown() -> str:
@@ -209,11 +212,12 @@ def main() -> None:
     first_text = "\n\n".join(
         "\n".join(
             [
-                f"{'This tree' if not k else 'The tree before'}: {total} µs in {count} imports, "
-                "the largest (µs, cumulative):",
+                f"{'This tree' if not k else 'The tree before'}: {total} µs in {count} imports; "
+                "the first three levels down to 1 ms (µs, cumulative; a module's imports above "
+                "it):",
                 "",
                 "```",
-                *(f"{c:8d}  {n}" for c, n in top[:10]),
+                *(f"{c:8d}  {n}" for c, n in top),
                 "```",
             ]
         )
@@ -239,13 +243,16 @@ of the first region; the first region starts the sampler, whatever the import le
 {alone_rows}
 {script_rows}
 
-The first region starts the sampler and makes the process's runtime. What resolving needs
-(numpy, the per-name statistics, the carbon intensity service with its zones, tables and
-providers) is loaded by the first batch of regions to resolve, mostly on the resolver thread
-while the program runs (a fork waits for it), or by the program's thread when it reads a result
-first; a process that is no rank of a job loads only the rank and node detection of the
-distributed layer. A script that reads its result and exits still loads all of it: the script
-row is what that costs in all.
+The first region starts the sampler and makes the process's runtime: the settings (and attrs,
+which they are made with), the rank and node detection of the distributed layer and the
+runtime's own modules. What resolving needs (numpy, the per-name statistics, the result
+classes, the carbon intensity service with its zones, tables and providers) is loaded by the
+first batch of regions to resolve: on the resolver thread while the program runs (a fork waits
+for it), or on the program's thread when it reads a result first. A process that is no rank of a
+job does not load the distributed layer's GPU ownership, output paths or collectives. A script
+that reads its result and exits loads all of it all the same: the script row is what a short
+run pays in all, and it changes little; what changes is that the region itself, and a program
+that does other work (I/O, the GPU, a loop) while the resolver thread loads, no longer waits.
 
 What the first `with track()` imports on the program's thread (`-X importtime`, simulated
 hardware), in each tree:
