@@ -215,7 +215,9 @@ class Runtime:
             )
             # numpy and the intensity service (zone, table, cache, providers) are loaded by the
             # first batch to resolve (Resolver.prepare), not here: the first region waits for
-            # neither (with output on, the recorder brings numpy here).
+            # neither (with output on, the recorder brings numpy here). Carbon settings the
+            # service would refuse are warned of from here all the same.
+            self.carbon.check()
             self.sampler = s
             self.core.sampler = s
             self.started = True
