@@ -8,7 +8,7 @@ are two runs with an empty ``with`` in place of the region: the difference of th
 divided by N2 - N1, is what a region adds. Counted by callgrind (cachegrind's cache model, one
 profile per thread): the program's thread only (the sampler's thread runs as usual; the
 resolver thread is kept asleep during the loop, its period set to an hour). A line fetched from
-memory (an LL miss) costs on the order of 100 ns on the machines this runs on, so the counts say
+memory (an LL miss) costs tens of nanoseconds (latency, partly overlapped), so the counts say
 where the microseconds go without the noise of a loaded machine. One-off events (a collection,
 a first use) still leave a few lines per region of noise in the groups of shared code; the
 groups of the region's own code are steady.
