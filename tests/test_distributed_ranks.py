@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import warnings
@@ -526,3 +527,9 @@ def test_module_examples() -> None:
     for module in (ranks, paths):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def test_the_host_is_the_one_socket_names() -> None:
+    # Read without importing socket (on POSIX, from uname): the same name as before.
+    info = detect_ranks({}, proc_root="/nonexistent", warn=False)
+    assert info.host == socket.gethostname() and info.node == info.host

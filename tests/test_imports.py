@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import carbonctx
+from carbonctx.testing import SimulatedMachine
 
 INIT = Path(carbonctx.__file__)
 
@@ -94,6 +95,59 @@ def test_the_first_region_imports_what_it_needs_and_nothing_from_the_network(
     assert "httpx" not in after  # no provider is asked anything without a carbon setting
     # Nor is the Redfish client imported without a BMC to read.
     assert not [m for m in after if m.startswith("carbonctx._bmc")]
+
+
+def _launcher_variable(name: str) -> bool:
+    """A variable a launcher sets for the ranks of a job (torchrun, Slurm, MPI, PMIx)."""
+    ranks = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK")
+    prefixes = ("SLURM_", "OMPI_", "PMI_", "PMIX_", "MPI_", "I_MPI_", "TORCHELASTIC_")
+    return name in ranks or name.startswith(prefixes)
+
+
+def test_the_first_region_waits_for_neither_numpy_nor_the_carbon_modules(
+    sim: SimulatedMachine,
+) -> None:
+    # What the first `with` imports, with the settings in the environment, so that the region
+    # is the first use of everything: the modules it adds, and (an audit hook sees each import
+    # statement and the thread that runs it) what the program's own thread imports. Resolving
+    # needs numpy and the intensity service: they come with the first batch to resolve, not
+    # with the region. No launcher variable is set.
+    code = (
+        "import json, sys, threading\n"
+        "seen = []\n"
+        "def hook(event, args):\n"
+        "    if event == 'import' and threading.current_thread() is threading.main_thread():\n"
+        "        seen.append(args[0])\n"
+        "import carbonctx\n"
+        "before = set(sys.modules)\n"
+        "sys.addaudithook(hook)\n"
+        "with carbonctx.track('x') as t:\n"
+        "    pass\n"
+        "added = sorted(set(sys.modules) - before)\n"
+        "first = list(seen)\n"
+        "ok = t.result().energy_j >= 0\n"
+        "print(json.dumps([added, first, 'numpy' in sys.modules, ok]))\n"
+    )
+    env = {k: v for k, v in _env(**sim.env()).items() if not _launcher_variable(k)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    added, first, numpy_after, ok = json.loads(out.stdout)
+    assert ok
+    assert "carbonctx._measure.runtime" in added and "carbonctx._measure.runtime" in first
+    heavy = ("numpy", "carbonctx._carbon", "carbonctx._output", "carbonctx._bmc")
+    assert [m for m in added if m.startswith(heavy)] == []
+    assert [m for m in first if m.startswith(heavy)] == []
+    assert "carbonctx._results.statistics" not in added
+    # A process that is no rank of a job reads its rank and node, and nothing else of the
+    # distributed layer: not the GPU ownership, output paths or collectives.
+    assert "carbonctx._distributed.ranks" in added
+    others = tuple(f"carbonctx._distributed.{x}" for x in ("devices", "paths", "collectives"))
+    assert [m for m in added if m.startswith(others)] == []
+    assert "socket" not in added
+    # Reading the result has loaded numpy (here, or on the resolver thread before it).
+    assert numpy_after
 
 
 def test_every_public_name_is_there_as_before() -> None:

@@ -449,18 +449,23 @@ def test_sigkill_leaves_every_finished_region_in_a_readable_file(
     assert all(rec["energy_j"] > 0 for rec in steps)
 
 
-def test_the_resolver_thread_never_imports(sim: SimulatedMachine, tmp_path: Path) -> None:
+def test_the_resolver_thread_imports_only_while_a_fork_waits_for_it(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
     """A fork while a thread is importing leaves the child with that module's import lock held
     by a thread that does not exist there: the child hangs on its next use of the module (seen
-    with multiprocessing fork pools right after the first regions). So everything the resolver
-    thread needs must be imported before it starts."""
+    with multiprocessing fork pools right after the first regions). The first region does not
+    wait for what resolving needs (numpy, the intensity service): the first batch loads it,
+    often on the resolver thread, and only while holding the lock a fork waits for; the
+    resolver thread imports nothing anywhere else."""
     code = """
         import json, sys, threading, time
         imports = []
 
         def hook(event, args):
             if event == "import" and threading.current_thread().name.startswith("carbonctx"):
-                imports.append(args[0])
+                from carbonctx._measure import resolver
+                imports.append([args[0], resolver._LOADING.locked()])
 
         sys.addaudithook(hook)
         import carbonctx
@@ -479,7 +484,53 @@ def test_the_resolver_thread_never_imports(sim: SimulatedMachine, tmp_path: Path
     for extra in ({}, {"CARBONCTX_OUTPUT": str(tmp_path / "o.jsonl")}):
         r = run_script(tmp_path, sim, code, extra)
         assert r.returncode == 0, r.stderr
-        assert last_json(r.stdout) == [], f"imports on the resolver thread ({extra})"
+        imports = last_json(r.stdout)
+        outside = [name for name, held in imports if not held]
+        assert outside == [], f"imports on the resolver thread without the lock ({extra})"
+        if not extra:
+            # No output: numpy came with the first batch, on the resolver thread.
+            assert "numpy" in [name for name, _ in imports]
+
+
+def test_a_fork_while_the_first_batch_loads_leaves_a_child_that_can_import(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    # Forks every millisecond or so from the first region on, across the resolver thread's
+    # loading of numpy and the intensity service: each child imports them and measures a
+    # region of its own (a child that hung would keep the parent waiting past its bound).
+    code = """
+        import json, os, sys, time
+        import carbonctx
+
+        with carbonctx.track("first"):
+            time.sleep(0.002)
+        kids, ok = 0, 0
+        end = time.monotonic() + 0.4
+        while time.monotonic() < end and "numpy" not in sys.modules or kids < 5:
+            pid = os.fork()
+            if pid == 0:
+                import numpy, numpy.random
+                import carbonctx._carbon.service
+                with carbonctx.track("child") as m:
+                    pass
+                os._exit(0 if m.energy_j >= 0 else 3)
+            kids += 1
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    ok += os.waitstatus_to_exitcode(status) == 0
+                    break
+                time.sleep(0.002)
+            else:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+        print(json.dumps([kids, ok, "numpy" in sys.modules]))
+    """
+    r = run_script(tmp_path, sim, code)
+    assert r.returncode == 0, r.stderr
+    kids, ok, loaded = last_json(r.stdout)
+    assert loaded and kids >= 5 and ok == kids, (kids, ok)
 
 
 # Workers that leave without the interpreter's exit hooks: Process children started by fork and

@@ -536,3 +536,36 @@ def test_configure_takes_every_setting() -> None:
     assert params == fields, (fields - params, params - fields)
     s = carbonctx.configure(node_sampler=False, node_dir="/tmp/x", cpu_tdp_w=65)
     assert (s.node_sampler, s.node_dir, s.cpu_tdp_w) == (False, "/tmp/x", "65")
+
+
+def test_the_intensity_service_is_made_once_when_threads_ask_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The resolver's first batch and a run's forecast (on the program's thread) may both ask
+    # for it first: one service is made, and every thread gets that one.
+    from carbonctx._carbon import service as service_module
+    from carbonctx._config import Settings
+    from carbonctx._measure.carbon import RegionCarbon
+
+    made: list[object] = []
+
+    class SlowService:
+        def __init__(self, **kwargs: object) -> None:
+            time.sleep(0.05)
+            made.append(self)
+
+    monkeypatch.setattr(service_module, "IntensityService", SlowService)
+    carbon = RegionCarbon(Settings(gpu=False), lambda key, message: None)
+    barrier = threading.Barrier(4)
+    got: list[object] = []
+
+    def ask() -> None:
+        barrier.wait()
+        got.append(carbon.service())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(made) == 1 and got == made * 4

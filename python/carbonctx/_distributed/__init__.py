@@ -23,17 +23,41 @@ How the runtime wires it in (``_measure.ranks``, ``_measure.runtime``, ``_runs.r
 
 from __future__ import annotations
 
-from carbonctx._distributed.collectives import (
-    Engine,
-    allreduce_sum,
-    any_rank,
-    engine,
-    gather_objects,
-    world,
-)
-from carbonctx._distributed.devices import Gpu, GpuOwnership, owned_gpus, visible_gpus
-from carbonctx._distributed.paths import distinguishes_ranks, expand_path, placeholders
-from carbonctx._distributed.ranks import RankInfo, detect_ranks, parse_slurm_tasks_per_node
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from carbonctx._distributed.collectives import (
+        Engine,
+        allreduce_sum,
+        any_rank,
+        engine,
+        gather_objects,
+        world,
+    )
+    from carbonctx._distributed.devices import Gpu, GpuOwnership, owned_gpus, visible_gpus
+    from carbonctx._distributed.paths import distinguishes_ranks, expand_path, placeholders
+    from carbonctx._distributed.ranks import RankInfo, detect_ranks, parse_slurm_tasks_per_node
+
+# Each name from the module that defines it, on first use (PEP 562): a process that is no rank
+# of a job needs only ``ranks`` at its first region, not the devices, paths and collectives.
+_LAZY = {
+    "Engine": "collectives",
+    "allreduce_sum": "collectives",
+    "any_rank": "collectives",
+    "engine": "collectives",
+    "gather_objects": "collectives",
+    "world": "collectives",
+    "Gpu": "devices",
+    "GpuOwnership": "devices",
+    "owned_gpus": "devices",
+    "visible_gpus": "devices",
+    "distinguishes_ranks": "paths",
+    "expand_path": "paths",
+    "placeholders": "paths",
+    "RankInfo": "ranks",
+    "detect_ranks": "ranks",
+    "parse_slurm_tasks_per_node": "ranks",
+}
 
 __all__ = [
     "Engine",
@@ -53,3 +77,20 @@ __all__ = [
     "visible_gpus",
     "world",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        # A submodule (``from carbonctx._distributed import collectives``) is imported by the
+        # import system when this says there is no such attribute.
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

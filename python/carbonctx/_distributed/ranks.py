@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -187,6 +186,16 @@ def _check(values: Mapping[str, tuple[int, str]]) -> list[tuple[str, tuple[str, 
     return out
 
 
+def _hostname() -> str:
+    """The host name, as ``socket.gethostname()`` gives it; on POSIX from ``uname`` (the same
+    value: the C library's gethostname reads it there), without importing ``socket``."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
+
+
 def _job_key(
     job: str | None, uid: int | None, boot_id: str | None, node: str, fallback: str
 ) -> str:
@@ -282,7 +291,7 @@ def detect_ranks(
         if found is not None:
             job_text, job_source = found
 
-    host = hostname if hostname is not None else socket.gethostname()
+    host = hostname if hostname is not None else _hostname()
     boot_id = read_boot_id(proc_root)
     if node is not None:
         node_name, node_source = node.strip(), SETTING_NAMES["node"]

@@ -6,10 +6,12 @@ Failures are noted (warned once, reported), never raised: measurement goes on wi
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from carbonctx import _config
 from carbonctx._config import Settings
 from carbonctx._results.units import J_PER_KWH
 
@@ -32,18 +34,38 @@ class RegionCarbon:
         self._error: str | None = None
         self._g_per_j: float | None = None
         self._g_per_j_at = 0.0
+        # Made once, by whichever thread asks first (the resolver's first batch, or a run's
+        # forecast on the program's thread): the others wait for it.
+        self._making = threading.Lock()
+
+    def check(self) -> None:
+        """Check the carbon settings now, as making the service first does (the service is
+        made later, with the first batch): settings it would refuse are noted here, so that
+        they are warned of at the first region as before, and no service is made."""
+        kwargs = self._settings.intensity_kwargs()
+        del kwargs["zone"]  # checked with the settings (process._checked)
+        try:
+            _config.carbon_settings(env=_config.environ(), **kwargs)
+        except Exception as e:
+            with self._making:
+                if self._service is None and self._error is None:
+                    self._error = f"no carbon intensity: {e}"
+                    self._note("intensity", self._error)
 
     def service(self) -> IntensityService | None:
-        if self._service is None and self._error is None:
-            try:
-                # Imported on first use (on the caller's thread, when the sampler starts): the
-                # carbon modules are not needed by a program that only reads energy.
-                from carbonctx._carbon.service import IntensityService
+        if self._service is not None or self._error is not None:
+            return self._service
+        with self._making:
+            if self._service is None and self._error is None:
+                try:
+                    # Imported on first use (with the first batch to resolve): the carbon
+                    # modules are not needed by a program that only marks regions.
+                    from carbonctx._carbon.service import IntensityService
 
-                self._service = IntensityService(**self._settings.intensity_kwargs())
-            except Exception as e:
-                self._error = f"no carbon intensity: {e}"
-                self._note("intensity", self._error)
+                    self._service = IntensityService(**self._settings.intensity_kwargs())
+                except Exception as e:
+                    self._error = f"no carbon intensity: {e}"
+                    self._note("intensity", self._error)
         return self._service
 
     def grams_per_joule(self) -> float | None:

@@ -15,9 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from carbonctx import _config, _native
-from carbonctx._carbon.zones import normalize_zone
 from carbonctx._config import Settings
-from carbonctx._distributed import placeholders
 from carbonctx._measure import RESULT_TIMEOUT_S
 from carbonctx._measure.ranks import forget_rank_info, process_rank_info
 
@@ -93,12 +91,18 @@ def _checked(s: Settings) -> Settings:
     """Settings checked against what the distributed layer accepts: the output path's
     placeholders and the rank settings against the launcher's (ConfigurationError)."""
     if s.output:
+        from carbonctx._distributed import placeholders
+
         placeholders(s.output)
     # A zone that is no zone code is refused as the other carbon settings are, not warned of
-    # at the first region.
+    # at the first region. (The zone rules are imported only when a zone is set.)
     if s.zone is not None:
+        from carbonctx._carbon.zones import normalize_zone
+
         normalize_zone(s.zone, "zone")
     elif env_zone := _config.environ().get("CARBONCTX_ZONE", "").strip():
+        from carbonctx._carbon.zones import normalize_zone
+
         normalize_zone(env_zone, "CARBONCTX_ZONE")
     process_rank_info(s)
     return s

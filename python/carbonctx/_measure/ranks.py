@@ -20,13 +20,16 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from carbonctx import _config, _native
 from carbonctx._config import Settings
-from carbonctx._distributed import Gpu, GpuOwnership, RankInfo, detect_ranks, owned_gpus
+from carbonctx._distributed import RankInfo, detect_ranks
+
+if TYPE_CHECKING:
+    from carbonctx._distributed import Gpu, GpuOwnership
 
 __all__ = [
     "SHARED_DOMAINS",
@@ -138,6 +141,8 @@ def intel_device(src: Mapping[str, Any]) -> str:
 
 def gpus_of(sources: Sequence[Mapping[str, Any]], vendor: str = "nvidia") -> list[Gpu]:
     """The GPUs of one vendor among discovered sources, as :class:`Gpu` (index, UUID, name)."""
+    from carbonctx._distributed import Gpu
+
     out: list[Gpu] = []
     for src in sources:
         if gpu_vendor(src) != vendor:
@@ -250,6 +255,9 @@ def plan_gpus(
     share, rule = share_of(info)
     if not settings.gpu or (not info.distributed and settings.gpus is None):
         return RankPlan(info, None, None, share, rule)
+    # Imported only here: a process that is no rank of a job, and names no GPU, needs none.
+    from carbonctx._distributed import owned_gpus
+
     # Every GPU of the machine (the visible-device variables aside): owned_gpus applies them
     # itself, and needs to know whether one visible GPU is one of several.
     machine = _config.machine(settings, e)

@@ -7,19 +7,16 @@ region's end, and reading a field of an unresolved result waits for that.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from carbonctx import _native
 from carbonctx._measure import RESULT_TIMEOUT_S, process
-from carbonctx._results.measurement import Measurement, SourceEnergy
 from carbonctx.errors import CarbonctxError, SamplerError, SourceUnavailableError
 
 if TYPE_CHECKING:
     from carbonctx._measure.runtime import Runtime
+    from carbonctx._results.measurement import Measurement, SourceEnergy
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -228,6 +225,8 @@ class Tracker(_native.Region):
         whose result cannot be made now (not resolved) keeps its runtime."""
         if self._rt is None:
             return
+        import contextlib  # at shutdown only: a region needs none of it
+
         with contextlib.suppress(Exception):  # strict checks and unresolved regions: see below
             self.result(timeout=0.0)
         if self._result is not None:
@@ -250,6 +249,10 @@ class Tracker(_native.Region):
                 f"@tracked and track(...) decorate a function or method, not {fn!r}"
                 + (": put the decorator under @property" if isinstance(fn, property) else "")
             )
+        # Imported here, by the decorator alone: a `with` needs neither.
+        import functools
+        import inspect
+
         name = self.name
         tags = self.tags
         sync = self.sync
@@ -301,6 +304,8 @@ class Tracker(_native.Region):
 
 def _unmeasured(region: Tracker, pid: int) -> Measurement:
     """The result of a region no sampler measured: every figure NaN, ``missing`` says why."""
+    from carbonctx._results.measurement import Measurement
+
     nan = float("nan")
     return Measurement(
         name=region.name,

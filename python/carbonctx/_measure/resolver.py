@@ -3,28 +3,47 @@ someone holds, the recent window and output records.
 
 A region closed with a tag (an interned name) needs nothing more: it goes straight into its
 name's statistics. Others have a pending entry (their region object, which gets its result).
+
+What resolving needs beyond this module (numpy, and the carbon intensity service with its
+tables and providers) is loaded by the first batch (:meth:`Resolver.prepare`), not by the first
+region: a program pays for it when it has something to resolve, mostly on the resolver thread,
+while the program runs. A fork waits for that loading to finish (``_LOADING``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
-
-import numpy as np
-import numpy.random  # imported here, on the caller's thread (fork safety)
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from carbonctx import _native
 from carbonctx._measure.batch import Batch, RecentWindow
 from carbonctx._measure.carbon import RegionCarbon
-from carbonctx._measure.recorder import RegionRecorder
 from carbonctx._measure.rows import MeasurementBuilder
 from carbonctx._measure.sources import SourceColumns
-from carbonctx._results.statistics import NameAccumulator
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from carbonctx._measure.recorder import RegionRecorder
+    from carbonctx._results.statistics import NameAccumulator
 
 __all__ = ["DRAIN_BATCH", "DRAIN_SLICE", "SHED_AFTER", "Resolver"]
+
+#: Held while the modules resolving needs are imported and the intensity service is made,
+#: which the resolver thread may do; a fork waits for it (os.register_at_fork): a child forked
+#: in the middle would find a module half made, and its import lock held by a thread it does
+#: not have, for ever.
+_LOADING = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_LOADING.acquire,
+        after_in_parent=_LOADING.release,
+        after_in_child=_LOADING.release,
+    )
 
 #: Resolved regions taken from the sampler at a time.
 DRAIN_BATCH = 8192
@@ -71,6 +90,26 @@ class Resolver:
             self.columns, self.names, pid=pid, offset=offset, carbon=carbon
         )
         self._status_error: Callable[[str], str] = lambda sid: "unknown"
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Load what resolving needs (numpy, numpy.random for the statistics' samples, the
+        statistics, the intensity service and its g/J), once, on whichever thread has the
+        first batch; others wait for it. The resolver thread imports nothing anywhere else."""
+        if self._prepared:
+            return
+        with _LOADING:
+            if self._prepared:
+                return
+            import numpy
+            import numpy.random  # noqa: F401
+
+            import carbonctx._results.measurement
+            import carbonctx._results.statistics  # noqa: F401
+
+            self.carbon.service()
+            self.carbon.grams_per_joule()
+            self._prepared = True
 
     def start(
         self,
@@ -143,6 +182,9 @@ class Resolver:
         shed: bool = False,
     ) -> None:
         """Turn a batch of resolved regions into statistics, results and records."""
+        self.prepare()
+        import numpy as np
+
         columns = self.columns
         width = len(columns)
         ids = np.frombuffer(ids_b, dtype=np.uint64)
@@ -217,5 +259,7 @@ class Resolver:
     def _accumulator(self, name: str) -> NameAccumulator:
         acc = self.accumulators.get(name)
         if acc is None:
+            from carbonctx._results.statistics import NameAccumulator
+
             acc = self.accumulators[name] = NameAccumulator(name)
         return acc

@@ -3,12 +3,14 @@ is written, from the batch's columns."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carbonctx._measure.batch import Batch
 from carbonctx._measure.carbon import RegionCarbon
 from carbonctx._measure.sources import SourceColumns
-from carbonctx._results.measurement import Measurement
+
+if TYPE_CHECKING:
+    from carbonctx._results.measurement import Measurement
 
 __all__ = ["MeasurementBuilder"]
 
@@ -39,6 +41,8 @@ class MeasurementBuilder:
 
     def build(self, batch: Batch, k: int) -> Measurement:
         """Row ``k`` of ``batch``."""
+        from carbonctx._results.measurement import Measurement  # loaded with the first batch
+
         info = batch.infos[k]
         if info is None:
             name, thread, parent, tags = self._names[int(batch.tags[k])], 0, None, None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from carbonctx import _config, _native
 from carbonctx._config import Settings
-from carbonctx._distributed import RankInfo, expand_path
+from carbonctx._distributed import RankInfo
 from carbonctx._measure import RESULT_TIMEOUT_S
 from carbonctx._measure.batch import Batch
 from carbonctx._measure.carbon import RegionCarbon
@@ -30,12 +30,8 @@ from carbonctx._measure.ranks import (
     rank_fields,
     share_of,
 )
-from carbonctx._measure.recorder import RegionRecorder, power_points, trace_coverage
 from carbonctx._measure.resolver import Resolver
 from carbonctx._measure.sources import SourceColumns
-from carbonctx._output.trace import chrome_trace
-from carbonctx._results.measurement import Measurement
-from carbonctx._results.statistics import StatsTable
 from carbonctx.errors import (
     ConfigurationError,
     SamplerError,
@@ -46,6 +42,9 @@ from carbonctx.errors import (
 if TYPE_CHECKING:
     from carbonctx._bmc import BmcSource
     from carbonctx._carbon.service import IntensityService
+    from carbonctx._measure.recorder import RegionRecorder
+    from carbonctx._results.measurement import Measurement
+    from carbonctx._results.statistics import StatsTable
 
 __all__ = ["BACKLOG_HIGH", "RESOLVE_PERIOD_S", "RESULT_TIMEOUT_S", "Runtime"]
 
@@ -195,6 +194,10 @@ class Runtime:
                     "Run `carbonctx devices` for the reasons and what to do.",
                 )
             if st.output:
+                # Imported only with output to write (it brings numpy and the formats).
+                from carbonctx._distributed import expand_path
+                from carbonctx._measure.recorder import RegionRecorder
+
                 self.recorder = RegionRecorder(
                     str(expand_path(st.output, self.rank_info)),
                     pid=self.pid,
@@ -210,10 +213,11 @@ class Runtime:
                 offset=self._offset,
                 rank=rank_fields(self.rank_info),
             )
-            # The intensity service (table, cache) is set up here, on the caller's thread: the
-            # resolver thread competes for the GIL with a busy caller and must not import.
-            self.carbon.service()
-            self.carbon.grams_per_joule()
+            # numpy and the intensity service (zone, table, cache, providers) are loaded by the
+            # first batch to resolve (Resolver.prepare), not here: the first region waits for
+            # neither (with output on, the recorder brings numpy here). Carbon settings the
+            # service would refuse are warned of from here all the same.
+            self.carbon.check()
             self.sampler = s
             self.core.sampler = s
             self.started = True
@@ -466,11 +470,16 @@ class Runtime:
 
     def stats_now(self) -> StatsTable:
         """The statistics resolved so far, without waiting."""
+        from carbonctx._results.statistics import StatsTable
+
         return StatsTable(a.freeze() for a in self.resolver.accumulators.values())
 
     def trace(self) -> dict[str, Any]:
         """A Chrome trace of the recent regions and the power of every source; its
         ``otherData`` says how many regions it holds of how many ended."""
+        from carbonctx._measure.recorder import power_points, trace_coverage
+        from carbonctx._output.trace import chrome_trace
+
         self.flush()
         regions = [m.to_dict() for m in self.recent_measurements()]
         s = self.sampler

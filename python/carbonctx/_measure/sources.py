@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
-from carbonctx._results.measurement import SourceEnergy
+    from carbonctx._results.measurement import SourceEnergy
 
 __all__ = ["TOTAL_DOMAINS", "SourceColumns"]
 
@@ -25,7 +26,9 @@ class SourceColumns:
     ``shares`` (one ``(factor, rule)`` per column, from ``_measure.ranks``) scale a column for a
     rank of a distributed job: a node-wide source by the rank's share, a GPU of another rank by
     0 (it is then left out of the totals and of ``by_source``). :meth:`scale` applies them to a
-    drained batch, once per batch.
+    drained batch, once per batch. Made when the sampler starts, without numpy: numpy is
+    imported with the first batch (``_measure.resolver``), where :meth:`scale` and
+    :meth:`totals` are first used.
     """
 
     __slots__ = ("by_domain", "counted", "estimated", "factors", "rules", "skipped", "sources")
@@ -42,11 +45,9 @@ class SourceColumns:
         pairs = list(shares) if shares is not None else [(1.0, None)] * len(self.sources)
         self.rules: list[str | None] = [r for _, r in pairs]
         self.skipped: set[int] = {i for i, (f, _) in enumerate(pairs) if f == 0.0}
-        factors = np.asarray([f for f, _ in pairs], dtype=np.float64)
+        factors = tuple(float(f) for f, _ in pairs)
         # None when nothing is scaled: a single process pays nothing per batch.
-        self.factors: npt.NDArray[np.float64] | None = (
-            None if bool(np.all(factors == 1.0)) else factors
-        )
+        self.factors: tuple[float, ...] | None = None if all(f == 1.0 for f in factors) else factors
         for i, src in enumerate(self.sources):
             if i in self.skipped:
                 continue
@@ -63,9 +64,11 @@ class SourceColumns:
         self, joules: npt.NDArray[np.float64], unc: npt.NDArray[np.float64]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """This rank's share of a block of joules and uncertainties (unchanged outside a job)."""
-        f = self.factors
-        if f is None:
+        if self.factors is None:
             return joules, unc
+        import numpy as np
+
+        f = np.asarray(self.factors, dtype=np.float64)
         j = joules * f
         u = unc * f
         if self.skipped:
@@ -78,6 +81,8 @@ class SourceColumns:
         self, joules: npt.NDArray[np.float64], n: int
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """(cpu, dram, gpu) per row of an ``n``-row block of joules; failed sources add 0."""
+        import numpy as np
+
         sums = []
         for d in TOTAL_DOMAINS:
             cols = self.by_domain[d]
@@ -87,6 +92,8 @@ class SourceColumns:
 
     def missing(self, nan_row: npt.NDArray[np.bool_]) -> list[str]:
         """Ids of the counted sources without a figure in a row."""
+        import numpy as np
+
         return [
             self.sources[i]["id"] for i in np.flatnonzero(nan_row).tolist() if i in self.counted
         ]
@@ -96,6 +103,8 @@ class SourceColumns:
     ) -> tuple[dict[str, SourceEnergy], float | None]:
         """Each source's figure for one row, and the row's total uncertainty (None when a
         counted source has no uncertainty, or there are no sources)."""
+        from carbonctx._results.measurement import SourceEnergy
+
         by_source: dict[str, SourceEnergy] = {}
         u_total = 0.0
         u_known = True

@@ -140,7 +140,11 @@ fn untrack(obj: &Bound<'_, PyAny>) {
     }
 }
 
-/// Everything but the common case of entering is Python's (`Tracker._enter_slow`).
+/// Everything but the common case of entering is Python's (`Tracker._enter_slow`). Out of
+/// line, as every path off the usual one here: after other work has evicted the caches, each
+/// line of code a region runs is fetched from memory, so the usual path is kept to few.
+#[cold]
+#[inline(never)]
 fn enter_slow(slf: &Bound<'_, Region>) -> PyResult<Py<PyAny>> {
     slf.call_method0(intern!(slf.py(), "_enter_slow"))
         .map(Bound::unbind)
@@ -218,19 +222,13 @@ impl Region {
         tags: Option<&Bound<'_, PyAny>>,
         sync: bool,
     ) -> PyResult<Self> {
-        let py = name.py();
         let name = match name.cast_exact::<PyString>() {
             Ok(s) if s.len()? > 0 => s.clone().unbind(),
-            _ => {
-                return Err(PyTypeError::new_err(format!(
-                    "a region needs a non-empty name (str), not {}",
-                    name.repr()?
-                )))
-            }
+            _ => return Err(bad_name(name)),
         };
         let tags = match tags {
-            Some(t) if t.is_truthy()? => Some(py.get_type::<PyDict>().call1((t,))?.unbind()),
-            _ => None,
+            Some(t) => copy_tags(t)?,
+            None => None,
         };
         Ok(Region {
             name,
@@ -316,17 +314,49 @@ impl Region {
         exc: Option<&Bound<'_, PyAny>>,
         tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
         let slow = {
             let me = slf.borrow();
             me.sync || me.clones.is_some()
         };
         if slow {
-            slf.call_method1(intern!(py, "_exit_slow"), (exc_type, exc, tb))?;
-            return Ok(());
+            return exit_slow(slf, exc_type, exc, tb);
         }
         exit_core(slf)
     }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_name(name: &Bound<'_, PyAny>) -> PyErr {
+    match name.repr() {
+        Ok(r) => PyTypeError::new_err(format!("a region needs a non-empty name (str), not {r}")),
+        Err(e) => e,
+    }
+}
+
+/// The tags a region copies into its records (a dict of them; None when there are none).
+#[cold]
+#[inline(never)]
+fn copy_tags(tags: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+    if !tags.is_truthy()? {
+        return Ok(None);
+    }
+    Ok(Some(
+        tags.py().get_type::<PyDict>().call1((tags,))?.unbind(),
+    ))
+}
+
+/// Everything but the common case of leaving is Python's (`Tracker._exit_slow`).
+#[cold]
+#[inline(never)]
+fn exit_slow(
+    slf: &Bound<'_, Region>,
+    exc_type: Option<&Bound<'_, PyAny>>,
+    exc: Option<&Bound<'_, PyAny>>,
+    tb: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    slf.call_method1(intern!(slf.py(), "_exit_slow"), (exc_type, exc, tb))?;
+    Ok(())
 }
 
 /// Marks the region's start: its parent (the innermost region still open here), the context
@@ -357,7 +387,7 @@ fn enter_core(
 
 /// Marks the region's end: resets the context variable, and with a live sampler puts the region
 /// in the runtime's pending map under its name's tag and ends it (`_t1`; -1 when nothing
-/// measured it).
+/// measured it). Whatever is not the usual case is out of line (see [`enter_slow`]).
 fn exit_core(slf: &Bound<'_, Region>) -> PyResult<()> {
     let py = slf.py();
     let (token, hub, id) = {
@@ -370,38 +400,74 @@ fn exit_core(slf: &Bound<'_, Region>) -> PyResult<()> {
     };
     if let Some(token) = token {
         if !context_reset(py, current_var(py)?, &token)? {
-            // The context it was entered in still holds it (and so the runtime): the hub
-            // remembers it, to let go of the runtime when that shuts down.
-            if let Some(hub) = &hub {
-                hub.get().add_orphan(slf.as_any())?;
-            }
+            left_elsewhere(slf, hub.as_ref())?;
         }
     }
-    let (Some(hub), true) = (hub, id != 0) else {
-        slf.borrow_mut().t1 = -1;
-        return Ok(());
+    let Some(hub) = hub.filter(|_| id != 0) else {
+        return unmeasured(slf);
     };
     let h = hub.get();
     let Some(sampler) = h.sampler.get().filter(|_| !h.dead.load(Ordering::Relaxed)) else {
-        slf.borrow_mut().t1 = -1;
-        return Ok(());
+        return unmeasured(slf);
     };
     let pending = h.pending.bind(py);
     pending.set_item(id, slf)?;
-    let name = slf.borrow().name.clone_ref(py);
-    let tag: u32 = match h.name_tags.bind(py).get_item(&name)? {
-        Some(t) => t.extract()?,
-        None => h.tag_of.call1(py, (name,))?.extract(py)?,
+    let found = {
+        let me = slf.borrow();
+        h.name_tags.bind(py).get_item(me.name.bind(py))?
     };
-    slf.borrow_mut().thread = thread_ident();
+    let tag: u32 = match found {
+        Some(t) => t.extract()?,
+        None => new_tag(slf, h)?,
+    };
     let t1 = sampler.get().inner.end_tagged(id, tag);
-    slf.borrow_mut().t1 = i64::try_from(t1).unwrap_or(i64::MAX);
+    {
+        let mut me = slf.borrow_mut();
+        me.thread = thread_ident();
+        me.t1 = i64::try_from(t1).unwrap_or(i64::MAX);
+    }
     if pending.len() > h.backlog_high && h.ask_wake() {
-        h.drain.call0(py)?;
+        call_hub(py, &h.drain)?;
     }
     if h.warn_due.load(Ordering::Relaxed) {
-        h.emit_warnings.call0(py)?;
+        call_hub(py, &h.emit_warnings)?;
     }
+    Ok(())
+}
+
+/// The context the region was entered in still holds it (and so the runtime): the hub
+/// remembers it, to let go of the runtime when that shuts down.
+#[cold]
+#[inline(never)]
+fn left_elsewhere(slf: &Bound<'_, Region>, hub: Option<&Bound<'_, RegionHub>>) -> PyResult<()> {
+    if let Some(hub) = hub {
+        hub.get().add_orphan(slf.as_any())?;
+    }
+    Ok(())
+}
+
+/// Nothing measured the region (no sampler, or its runtime is dead).
+#[cold]
+#[inline(never)]
+fn unmeasured(slf: &Bound<'_, Region>) -> PyResult<()> {
+    slf.borrow_mut().t1 = -1;
+    Ok(())
+}
+
+/// The tag of a name not seen before (the runtime interns it).
+#[cold]
+#[inline(never)]
+fn new_tag(slf: &Bound<'_, Region>, h: &RegionHub) -> PyResult<u32> {
+    let py = slf.py();
+    let name = slf.borrow().name.clone_ref(py);
+    h.tag_of.call1(py, (name,))?.extract(py)
+}
+
+/// One of the hub's callbacks (waking the resolver, issuing warnings).
+#[cold]
+#[inline(never)]
+fn call_hub(py: Python<'_>, f: &Py<PyAny>) -> PyResult<()> {
+    f.call0(py)?;
     Ok(())
 }
 
