@@ -8,7 +8,7 @@
 //! (`Regions::hand_over`) for [`crate::Sampler::drain_packed`]. Names are interned by the
 //! caller: a region carries a `u32` tag, returned with its row.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::timeline::EnergyAt;
 
@@ -99,7 +99,7 @@ impl Span {
 
 #[derive(Default)]
 pub(crate) struct Regions {
-    pub(crate) pending: Vec<Mark>,
+    pub(crate) pending: VecDeque<Mark>,
     pub(crate) spans: Vec<Span>,
     /// Marks or spans taken by the sampler thread and not yet handed back as results.
     pub(crate) in_flight: bool,
@@ -150,20 +150,30 @@ impl Regions {
             // marks, never resolved only to be dropped, until the caller has drained.
             self.marks_held = self.marks_held || !self.pending.is_empty();
         } else if frontier > self.frontier_ns || stopping || self.marks_held {
-            // At most two marks a row of room, the oldest first: a prefix of the ready marks
-            // in the order they were taken holds the enter of every exit in it (an enter comes
-            // first), so no exit is taken without its enter.
+            // At most two marks a row of room, the oldest first: a prefix of the marks the
+            // frontier has passed, in the order they were taken, holds the enter of every exit
+            // in it (an enter comes first), so no exit is taken without its enter. Taking from
+            // the front costs what is taken, not what waits behind it (a burst can leave a
+            // million marks pending while the caller drains a few thousand rows at a time).
+            // Marks are nearly in time order (stamped before the lock), so one not yet passed
+            // may come before some that are: it stays in its place.
             let limit = room.saturating_mul(2);
             let mut taken = 0;
-            self.pending.retain(|m| {
-                if taken < limit && m.t_ns <= frontier {
-                    ready.push(*m);
+            let mut early: Vec<Mark> = Vec::new();
+            while taken < limit {
+                let Some(m) = self.pending.pop_front() else {
+                    break;
+                };
+                if m.t_ns <= through {
+                    ready.push(m);
                     taken += 1;
-                    false
                 } else {
-                    true
+                    early.push(m);
                 }
-            });
+            }
+            for m in early.into_iter().rev() {
+                self.pending.push_front(m);
+            }
             self.marks_held = taken >= limit;
         }
         self.in_flight = !spans.is_empty() || !ready.is_empty();
@@ -281,4 +291,91 @@ pub(crate) fn resolve_into_columns(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(id: u64, t_ns: u64, edge: Edge) -> Mark {
+        Mark {
+            id,
+            t_ns,
+            edge,
+            tag: 0,
+        }
+    }
+
+    /// Resolved rows waiting, `n` of them.
+    fn rows(n: usize) -> Packed {
+        Packed {
+            ids: vec![0; n],
+            tags: vec![0; n],
+            t0_ns: vec![0; n],
+            t1_ns: vec![0; n],
+            joules: Vec::new(),
+            uncertainty: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn held_marks_are_taken_from_the_front_a_little_at_a_time() {
+        // A million marks wait while the caller drains 64 rows at a time: each pass takes at
+        // most two marks a row of room, from the front, enters before their exits.
+        let mut r = Regions::default();
+        for i in 0..1_000_000u64 {
+            let edge = if i % 2 == 0 { Edge::Enter } else { Edge::Exit };
+            r.pending.push_back(mark(i / 2 + 1, i + 1, edge));
+        }
+        r.done = rows(BACKLOG_HIGH - 64);
+        r.marks_held = true;
+        let mut seen = 0u64;
+        for _ in 0..100 {
+            let w = r.take_ready(u64::MAX - 1, false);
+            assert_eq!(w.ready.len(), 128);
+            assert!(w.ready.iter().all(|m| {
+                seen += 1;
+                m.t_ns == seen
+            }));
+            assert!(r.marks_held);
+            r.in_flight = false;
+        }
+        assert_eq!(r.pending.len(), 1_000_000 - 12_800);
+    }
+
+    #[test]
+    fn a_mark_behind_the_frontier_handed_over_is_taken_though_the_frontier_recedes() {
+        // The rows were full when the frontier reached 100: the region ending at 90 waited.
+        // A later pass computes a lower frontier (80, a source's coverage changed): the mark is
+        // still taken (it lies behind the frontier already handed over), so a waiter for 95 is
+        // never told it is caught up while that region is pending.
+        let mut r = Regions::default();
+        r.pending.push_back(mark(1, 10, Edge::Enter));
+        r.pending.push_back(mark(1, 90, Edge::Exit));
+        r.done = rows(BACKLOG_HIGH);
+        let w = r.take_ready(100, false);
+        assert!(w.ready.is_empty() && r.marks_held);
+        r.hand_over(Packed::default(), 0, usize::MAX, 100, u64::MAX, false);
+        let _ = r.done.take_front(usize::MAX, 0);
+        let w = r.take_ready(80, false);
+        assert_eq!(w.ready.len(), 2);
+        assert!(r.pending.is_empty() && !r.marks_held);
+    }
+
+    #[test]
+    fn a_mark_not_yet_passed_keeps_its_place() {
+        // Stamped before the lock, marks can be a few µs out of order: one the frontier has not
+        // passed stays pending, in front of those behind it, and the others are taken.
+        let mut r = Regions::default();
+        r.pending.push_back(mark(1, 10, Edge::Enter));
+        r.pending.push_back(mark(2, 60, Edge::Enter));
+        r.pending.push_back(mark(1, 40, Edge::Exit));
+        r.pending.push_back(mark(3, 70, Edge::Enter));
+        let w = r.take_ready(50, false);
+        let taken: Vec<u64> = w.ready.iter().map(|m| m.t_ns).collect();
+        assert_eq!(taken, vec![10, 40]);
+        let left: Vec<u64> = r.pending.iter().map(|m| m.t_ns).collect();
+        assert_eq!(left, vec![60, 70]);
+        assert!(!r.marks_held);
+    }
 }

@@ -45,6 +45,8 @@ pub struct Config {
     /// dropped and counted in [`crate::Stats::dropped_regions`]. Regions wait as marks while
     /// more than [`crate::sampler::BACKLOG_HIGH`] rows are undrained, and a pass resolves at
     /// most two marks a row of room, so only a cap below three times that mark ever drops.
+    /// A caller that never drains therefore keeps every mark it makes (memory grows with
+    /// them, as with spans) rather than losing regions it may still drain.
     pub max_resolved: usize,
     /// Place each counter update's energy in time by the device's finer timed power samples,
     /// where a source offers them ([`crate::sensors::EnergySource::shape`]: NVML's 20 ms power

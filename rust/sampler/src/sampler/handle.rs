@@ -292,7 +292,7 @@ impl Sampler {
         if edge == Edge::Enter {
             r.begun += 1;
         }
-        r.pending.push(Mark {
+        r.pending.push_back(Mark {
             id,
             t_ns,
             edge,

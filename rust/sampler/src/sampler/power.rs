@@ -85,9 +85,11 @@ pub(super) fn set_slots(polled: &mut [Polled], fast: bool, now: u64, config: &Co
 }
 
 /// After a wake-up that read the sources in `read` (by index): note, for each power source
-/// read, whether it shared the wake-up with another source.
-pub(super) fn note_rides(polled: &mut [Polled], read: &[usize]) {
-    let shared = read.len() > 1;
+/// read, whether the wake-up was made for another kind of source (`anchor`: one due then that
+/// is not a power source). Power sources sharing a wake-up only among themselves do not count:
+/// none of them would be paying for it.
+pub(super) fn note_rides(polled: &mut [Polled], read: &[usize], anchor: bool) {
+    let shared = anchor;
     for &i in read {
         let p = &mut polled[i];
         if p.dither.is_some() {
@@ -205,9 +207,21 @@ mod tests {
         let due = ps[0].due_ns;
         set_slots(&mut ps, false, 6 * MS, &config);
         assert_eq!((ps[0].slot_ns, ps[0].due_ns), (20 * MS, due));
-        // Rides: a wake-up shared with another source counts.
-        note_rides(&mut ps, &[0]);
+        // Rides: only a wake-up made for another kind of source counts; two power sources
+        // sharing one among themselves pay for it (several power-only GPUs).
+        note_rides(&mut ps, &[0], false);
         assert!(ps[0].rode < 1.0);
+        let mut two = vec![
+            polled(info("nvml", "", None), 4_000),
+            polled(info("nvml", "", None), 4_000),
+        ];
+        for _ in 0..50 {
+            note_rides(&mut two, &[0, 1], false);
+        }
+        assert!(two.iter().all(|p| p.rode == 0.0));
+        assert_eq!(fast_slot(&two[0], &config), 8 * MS);
+        note_rides(&mut two, &[0, 1], true);
+        assert!(two.iter().all(|p| p.rode > 0.0));
     }
 
     #[test]

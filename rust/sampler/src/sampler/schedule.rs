@@ -226,10 +226,17 @@ pub(super) fn poll_loop(
                 }
             }
             let mut read = Vec::new();
+            // A power source's read, due at a random instant, rides on a wake-up shortly
+            // before it only when another kind of source is due now: never on one that a mark
+            // or another power source made (the read instants must stay independent of the
+            // load, and the wake-up is then paid for by a source that needed it anyway).
+            let anchor = polled
+                .iter()
+                .any(|p| p.dither.is_none() && p.due_ns <= now + COALESCE_NS);
             for (i, p) in polled.iter_mut().enumerate() {
-                // Sources due within a few tens of µs share this wake-up (and a power
-                // source's read, due at a random instant, rides on one shortly before).
-                if p.due_ns > now + COALESCE_NS && p.ride_ns > now && !stopping {
+                // Sources due within a few tens of µs share this wake-up.
+                let rides = anchor && p.ride_ns <= now;
+                if p.due_ns > now + COALESCE_NS && !rides && !stopping {
                     continue;
                 }
                 read.push(i);
@@ -245,7 +252,7 @@ pub(super) fn poll_loop(
                     Why::Due,
                 );
             }
-            power::note_rides(&mut polled, &read);
+            power::note_rides(&mut polled, &read, anchor);
         }
         if let Some(seg) = node {
             seg.heartbeat(now);
