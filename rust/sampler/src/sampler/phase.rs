@@ -16,9 +16,12 @@ pub struct PhaseLock {
     guard: u64,
     /// What a read costs, ns (0 until told, see [`Self::fit_guard`]).
     read_cost: u64,
-    /// The counter changed at reads closer together than its poll interval: it is learned at
-    /// the reads' own cadence (see `learning_step`).
+    /// The counter changed at reads closer together than its poll interval, or learning at a
+    /// twentieth of it went on too long: it is learned at half the interval (see
+    /// `learning_step`).
     read_cadence: bool,
+    /// Reads made while learning at a twentieth of the interval.
+    fine_reads: u32,
     period: Option<f64>,
     /// Predicted next update instant (ns), when locked.
     next: f64,
@@ -65,6 +68,9 @@ const ACQUIRE_CHANGES: usize = 12;
 /// Learning at a twentieth of the interval, changes closer together than this share of it
 /// show a counter finer than its poll.
 const FINE_LEARNING_GAP: f64 = 0.6;
+/// Reads at a twentieth of the interval while learning, at most (a hundred intervals: a
+/// 100 ms counter polled every 20 ms locks after about 65 of them).
+const FINE_LEARNING_READS: u32 = 2_000;
 /// Reads after each update land late when the period is overestimated by more than the drift
 /// (or the phase slipped under load): stamps would walk away from the updates unseen. After this
 /// many updates without a bracket, the next read is made just before the predicted update.
@@ -79,6 +85,7 @@ impl PhaseLock {
             guard: 50_000,
             read_cost: 0,
             read_cadence: false,
+            fine_reads: 0,
             period: None,
             next: 0.0,
             locked: false,
@@ -224,6 +231,14 @@ impl PhaseLock {
     pub fn observe(&mut self, prev: u64, t: u64, changed: bool) -> Option<u64> {
         let (prevf, tf) = (prev as f64, t as f64);
         self.observed += 1;
+        if !self.locked && !self.read_cadence && self.learning_step() < self.interval / 2 {
+            // Learning from close reads is bounded (a counter that never changes, or changes
+            // irregularly, is not read every twentieth of its interval for ever).
+            self.fine_reads += 1;
+            if self.fine_reads > FINE_LEARNING_READS {
+                self.read_cadence = true;
+            }
+        }
         if !changed {
             self.prev_unchanged = true;
             // A look before the update saw nothing: the reads that follow bracket it.

@@ -378,3 +378,22 @@ fn a_counter_finer_than_its_poll_is_learned_at_the_reads_cadence_even_when_cheap
     let p = pl.period_ns().expect("locked");
     assert!(p > 5_000_000.0, "learned {p} ns");
 }
+
+#[test]
+fn learning_from_close_reads_is_bounded() {
+    // A cheap counter polled every 20 ms that never changes: read every millisecond while it
+    // is learned, but only for a hundred intervals; then every 10 ms.
+    let mut pl = PhaseLock::new(20_000_000);
+    let (mut prev, mut reads) = (0u64, 0u64);
+    while prev < 10_000_000_000 {
+        pl.fit_guard(20_000);
+        let t = pl.due(prev).max(prev + 1);
+        pl.observe(prev, t, false);
+        reads += 1;
+        prev = t;
+    }
+    assert!(
+        reads < 2_000 + 1_000 + 10,
+        "{reads} reads in 10 s (unbounded: 10,000)"
+    );
+}
