@@ -77,8 +77,12 @@ class Measurement:
     but never in totals (they overlap the package). ``uncertainty_j`` is how far the true
     energy can be from the figure given when the counters changed around the region's edges (the
     widths of the brackets at both edges, added); for power sampled at the read (a GPU without
-    an energy counter) it adds two standard deviations of the error of integrating it between
-    readings, estimated from them; it does not cover an averaged meter's or an estimate's error.
+    an energy counter) it adds two standard deviations of the error of integrating the reported
+    power between readings, estimated from them (it assumes at most one power change between two
+    readings: a load switching faster than the reads is understated, and a process that follows
+    a node's sampler states none); it cannot see how the device's own reading, which it may
+    hold for tens of ms, relates to the true power, nor an averaged meter's or an estimate's
+    error.
     ``missing`` names sources whose
     figures are absent (``"sampler"`` when no sampler ran: then every figure is NaN), and
     ``estimated`` is true when any total includes an estimate. ``recorded`` says whether the
