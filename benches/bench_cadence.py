@@ -114,6 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--before", type=Path, default=None)
+    ap.add_argument("--out", default="cadence", help="result file name under results/")
     ap.add_argument("--child", type=float, default=None)
     ap.add_argument("--at-marks", action="store_true", help="also this tree with fast_reads=False")
     args = ap.parse_args()
@@ -157,7 +158,7 @@ benchmark (the machine has {os.cpu_count()} CPUs).
 {chr(10).join(lines)}
 """
     print(text)
-    write_result("cadence", text)
+    write_result(args.out, text)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--before", type=Path, default=None)
     ap.add_argument("--part", choices=["gpu", "cpu", "all"], default="all")
+    ap.add_argument("--out", default="marks", help="result file name under results/")
     ap.add_argument("--child", default=None)
     ap.add_argument("--at-marks", action="store_true")
     args = ap.parse_args()
@@ -221,7 +222,7 @@ update) instead of at every update while regions are marked.
 {chr(10).join(lines)}
 """
     print(text)
-    write_result("marks", text)
+    write_result(args.out, text)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ use super::handle::{Shared, SourceStatus, WAKE_MARK, WAKE_QUIET};
 use super::lock;
 use super::marks::{self, Budget};
 use super::poll::{poll_one, Cover, Polled, Why};
+use super::predict::Predict;
 use super::resolve::resolve;
 use crate::regions::OpenRegions;
 use crate::sensors::{EnergySource, SourceInfo, Unavailable};
@@ -154,9 +155,16 @@ pub(super) fn poll_loop(
     let mut busy_until = 0;
     // Regions were marked lately (expensive reads are then made at every quiet interval).
     let mut marked_until = 0;
+    // Reads around predicted marks (see `predict`), and whether counters are read so now.
+    let mut predict = config.predict_marks.then(|| Predict::new(polled.len()));
+    let mut predicting = false;
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         let now = crate::now_ns();
+        if let Some(pr) = predict.as_mut() {
+            pr.woke(now);
+            pr.edges.take(shared);
+        }
         // Another process of the node marks regions: as if this one did.
         let demanded = node.is_some_and(|seg| seg.demanded_until() > now);
         let marked = armed && !shared.wake_asked(WAKE_MARK);
@@ -168,7 +176,7 @@ pub(super) fn poll_loop(
             // hold, then reads at marks are tried again).
             let by = shared.woke_by_ns.load(Ordering::Relaxed);
             late_wakes = (late_wakes << 1) | u8::from(now.saturating_sub(by) > LATE_WAKE_NS);
-            if at_mark && late_wakes.count_ones() >= 2 {
+            if (at_mark || predicting) && late_wakes.count_ones() >= 2 {
                 late_wakes = 0;
                 fast_until = now + hold_ns;
                 busy_until = fast_until;
@@ -198,7 +206,7 @@ pub(super) fn poll_loop(
                 for (i, p) in polled.iter_mut().enumerate() {
                     // A source due now is read as due, which serves the mark as well.
                     if p.due_ns <= now + COALESCE_NS
-                        || !marks::wants(p, now, at_mark)
+                        || !marks::wants(p, now, at_mark || predicting)
                         || !budget.affords(now, marks::mark_cost(p) + wake_ns)
                     {
                         continue;
@@ -251,7 +259,16 @@ pub(super) fn poll_loop(
         }
         shared.loops.fetch_add(1, Ordering::Relaxed);
         let covers: Vec<Cover> = polled.iter().map(Polled::cover).collect();
-        let marks = resolve(shared, &covers, view, open, stopping, config.max_resolved);
+        let edges = predict.as_mut().map(|pr| &mut pr.edges);
+        let marks = resolve(
+            shared,
+            &covers,
+            view,
+            open,
+            stopping,
+            config.max_resolved,
+            edges,
+        );
         if stopping {
             return;
         }
@@ -275,6 +292,21 @@ pub(super) fn poll_loop(
                 shared.ask_wake(WAKE_QUIET);
                 asked_quiet = true;
             }
+        }
+        if let Some(pr) = predict.as_mut() {
+            // Marked, by this process alone, on a machine that wakes the thread in time, with
+            // every counter's phase known: read around predicted marks where they repeat.
+            let steady = fast
+                && quiet_ns > 0
+                && !demanded
+                && now >= busy_until
+                && polled.iter().all(marks::settled);
+            if !fast {
+                pr.reset();
+            } else if !(steady && pr.plan(&mut polled, &lock(&shared.timelines), now, quiet_ns)) {
+                pr.release(&mut polled, now);
+            }
+            predicting = pr.active();
         }
         if !fast {
             // (Re)computed every loop: a counter's period may be learned only after the
@@ -306,15 +338,19 @@ pub(super) fn poll_loop(
                 }
             }
         }
-        if config.mark_reads && !armed {
+        if config.mark_reads {
             let now = crate::now_ns();
             let wanted = polled.iter().any(|p| {
-                marks::wants(p, now, at_mark)
+                marks::wants(p, now, at_mark || predicting)
                     && budget.affords(now, marks::mark_cost(p) + marks::WAKE_NS)
             });
-            if wanted {
+            if wanted && !armed {
                 shared.ask_wake(WAKE_MARK);
                 armed = true;
+            } else if armed && !wanted && predicting {
+                // Every update is read around a predicted mark: it need not wake the thread.
+                shared.withdraw_wake(WAKE_MARK);
+                armed = false;
             }
         }
         let mut next = polled
@@ -326,6 +362,9 @@ pub(super) fn poll_loop(
             // The node's other processes ask for fast reads through the segment, not by waking
             // this thread: look at least every quiet interval (and beat the heart).
             next = next.min(now + quiet_ns.clamp(1_000_000, 100_000_000));
+        }
+        if let Some(pr) = predict.as_mut() {
+            pr.sleeping_until(next);
         }
         if next > now {
             let g = lock(&shared.sleep);
@@ -342,7 +381,7 @@ pub(super) fn poll_loop(
 
 /// Counters read every few updates go back to reading every update, from now (the next update
 /// is looked for just before it comes: the phase may have drifted while coasting).
-fn read_every_update(polled: &mut [Polled], now: u64) {
+pub(super) fn read_every_update(polled: &mut [Polled], now: u64) {
     for p in polled.iter_mut() {
         if let Some(ph) = p.phase.as_mut().filter(|ph| ph.stride() > 1) {
             ph.set_stride(1);

@@ -1,0 +1,509 @@
+//! Reads around predicted region marks. Training steps are periodic: the marks of one step come
+//! at the same offsets as those of the last (a single region per step, or several: nested or
+//! interleaved regions give a pattern of intervals that repeats every few marks). Once the
+//! pattern is steady, a phase-locked counter is read every few updates as while quiet, and at
+//! every update only in a short window around each predicted mark: from the update before the
+//! window opens (so the point before the mark is one update away, however late the thread wakes
+//! after the mark) until the update after the mark. A 20 ms step then costs a few wake-ups
+//! instead of one per update.
+//!
+//! The edges come from the marks and spans waiting to be resolved ([`Edges::take`], at each
+//! wake-up) and from those resolved ([`super::resolve`]). A mark outside every window (the
+//! pattern broke) wakes the thread as any read at a mark does (see `marks`), and breaks the
+//! pattern: reads go back to every update until it is steady again. Marks with no steady
+//! pattern (several threads stepping at their own pace, data-dependent steps) are read as
+//! before. Points are stamped by reads as ever: the brackets stay what they were measured to
+//! be.
+
+use std::collections::VecDeque;
+
+use super::handle::Shared;
+use super::lock;
+use super::poll::Polled;
+use crate::timeline::History;
+
+/// Edges closer than this are one event (a region's exit and the next one's enter).
+const MERGE_NS: u64 = 100_000;
+/// Edge instants kept.
+const KEEP: usize = 32;
+/// Longest cycle of intervals looked for (distinct edges per step).
+const MAX_CYCLE: usize = 8;
+/// Two intervals match within a tenth of either, or this.
+const TOLERANCE_FLOOR_NS: u64 = 200_000;
+/// Added to the jitter seen on each side of a predicted edge.
+const SLACK_NS: u64 = 50_000;
+/// Predicted edges whose windows come this close are read in one window.
+const JOIN_NS: u64 = 2_000_000;
+/// A late wake-up opens windows earlier for about this long (ns; see [`Predict::woke`]).
+const LATE_FADE_NS: f64 = 1e9;
+/// Marks and spans looked at per wake-up (the newest).
+const PEEK: usize = 64;
+
+/// A repeating pattern of intervals between recent edges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Pattern {
+    /// Intervals per repetition (1: one edge per step).
+    pub(super) cycle: usize,
+    /// The largest difference between an interval and the one a cycle before it (ns).
+    pub(super) jitter_ns: u64,
+    /// One repetition (ns).
+    pub(super) span_ns: u64,
+}
+
+/// Where reads go to every update: `[lo, hi]`, for `edges` predicted edges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Window {
+    pub(super) lo: u64,
+    pub(super) hi: u64,
+    pub(super) edges: usize,
+}
+
+/// Recent region edges, in time order.
+#[derive(Default, Debug)]
+pub(super) struct Edges {
+    t: VecDeque<u64>,
+    /// The newest edge taken from the waiting marks.
+    peeked_ns: u64,
+    pattern: Option<Option<Pattern>>,
+}
+
+impl Edges {
+    /// Take note of an edge at `t` (late ones, such as a span's start seen at its end, go in
+    /// their place). Returns whether it was new.
+    pub(super) fn note(&mut self, t: u64) -> bool {
+        if self.t.len() >= KEEP && self.t.front().is_some_and(|&f| t < f) {
+            return false;
+        }
+        let i = self.t.partition_point(|&x| x < t);
+        let near = |j: usize| self.t.get(j).is_some_and(|&x| x.abs_diff(t) < MERGE_NS);
+        if near(i) || (i > 0 && near(i - 1)) {
+            return false;
+        }
+        self.t.insert(i, t);
+        if self.t.len() > KEEP {
+            self.t.pop_front();
+        }
+        self.pattern = None;
+        true
+    }
+
+    /// Take note of the edges of the newest marks and spans waiting to be resolved (copied
+    /// under the lock, those not newer than the newest seen so left out: marking threads
+    /// wait no longer than a copy).
+    pub(super) fn take(&mut self, shared: &Shared) {
+        let mut got = [0u64; 2 * PEEK];
+        let mut n = 0;
+        {
+            let r = lock(&shared.regions);
+            let marks = r.pending.iter().rev().map(|m| (m.t_ns, m.t_ns));
+            let spans = r.spans.iter().rev().map(|s| (s.t0_ns, s.t1_ns()));
+            for (a, b) in marks.take(PEEK / 2).chain(spans.take(PEEK / 4)) {
+                if b > self.peeked_ns {
+                    got[n] = a;
+                    got[n + 1] = b;
+                    n += 2;
+                }
+            }
+        }
+        for &t in &got[..n] {
+            self.peeked_ns = self.peeked_ns.max(t);
+            self.note(t);
+        }
+    }
+
+    /// The shortest cycle of intervals that repeated over the last two repetitions (at least
+    /// four intervals compared), each interval within a tenth of the one a cycle before.
+    pub(super) fn pattern(&mut self) -> Option<Pattern> {
+        if let Some(p) = self.pattern {
+            return p;
+        }
+        let t: Vec<u64> = self.t.iter().copied().collect();
+        let d: Vec<u64> = t.windows(2).map(|w| w[1] - w[0]).collect();
+        let mut found = None;
+        for cycle in 1..=MAX_CYCLE {
+            let compared = (2 * cycle).max(4);
+            if d.len() < cycle + compared {
+                break;
+            }
+            let mut jitter_ns = 0;
+            let steady = (d.len() - compared..d.len()).all(|i| {
+                let diff = d[i].abs_diff(d[i - cycle]);
+                jitter_ns = jitter_ns.max(diff);
+                diff <= (d[i].max(d[i - cycle]) / 10).max(TOLERANCE_FLOOR_NS)
+            });
+            if steady {
+                let span_ns = d[d.len() - cycle..].iter().sum();
+                found = Some(Pattern {
+                    cycle,
+                    jitter_ns,
+                    span_ns,
+                });
+                break;
+            }
+        }
+        self.pattern = Some(found);
+        found
+    }
+
+    /// The first window of predicted edges that ends after `after`, opened `lead` earlier than
+    /// the jitter asks (how late the thread wakes): None without a steady pattern, or once the
+    /// marks have stopped for two repetitions.
+    pub(super) fn window(&mut self, after: u64, now: u64, lead: u64) -> Option<Window> {
+        let pat = self.pattern()?;
+        let last = *self.t.back()?;
+        if now > last + 2 * pat.span_ns + pat.jitter_ns {
+            return None;
+        }
+        let n = self.t.len();
+        let cyc: Vec<u64> = (n - 1 - pat.cycle..n - 1)
+            .map(|i| self.t[i + 1] - self.t[i])
+            .collect();
+        let margin = pat.jitter_ns + SLACK_NS;
+        let mut x = last;
+        let mut win: Option<Window> = None;
+        for k in 0..3 * pat.cycle {
+            x += cyc[k % pat.cycle];
+            let (lo, hi) = (x.saturating_sub(margin + lead), x + margin);
+            match win.as_mut() {
+                None if hi > after => {
+                    win = Some(Window { lo, hi, edges: 1 });
+                }
+                None => {}
+                Some(w) if lo <= w.hi + JOIN_NS => {
+                    w.hi = hi;
+                    w.edges += 1;
+                }
+                Some(_) => break,
+            }
+        }
+        win
+    }
+
+    /// How many noted edges lie in `[lo, hi]`, and the latest of them.
+    fn within(&self, lo: u64, hi: u64) -> (usize, u64) {
+        self.t
+            .iter()
+            .filter(|&&x| x >= lo && x <= hi)
+            .fold((0, 0), |(n, _), &x| (n + 1, x))
+    }
+}
+
+/// A counter's part in the current window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// Read every few updates; not yet at the window.
+    Sparse,
+    /// Read every few updates, the next reads aimed around the update before the window (a
+    /// mark before it is still read at the mark).
+    Aimed,
+    /// Read every update, from the one before the window.
+    In,
+    /// Read past the window's marks: every few updates again.
+    Done,
+}
+
+/// Reads around predicted marks for the sampler loop: the edges, the window being read, and
+/// each counter's part in it.
+pub(super) struct Predict {
+    pub(super) edges: Edges,
+    window: Option<Window>,
+    /// Windows are read through this instant.
+    done_ns: u64,
+    parts: Vec<Part>,
+    /// How late timer wake-ups came lately (a decaying maximum, ns).
+    late_ns: u64,
+    late_at_ns: u64,
+    /// When the thread last asked to wake (0: woken by a mark, or not asked).
+    planned_ns: u64,
+    active: bool,
+}
+
+impl Predict {
+    pub(super) fn new(sources: usize) -> Predict {
+        Predict {
+            edges: Edges::default(),
+            window: None,
+            done_ns: 0,
+            parts: vec![Part::Sparse; sources],
+            late_ns: 0,
+            late_at_ns: 0,
+            planned_ns: 0,
+            active: false,
+        }
+    }
+
+    /// The thread is to sleep until `next`.
+    pub(super) fn sleeping_until(&mut self, next: u64) {
+        self.planned_ns = next;
+    }
+
+    /// The thread woke at `now`: how late, if a timer woke it.
+    pub(super) fn woke(&mut self, now: u64) {
+        if self.planned_ns > 0 && now >= self.planned_ns {
+            // The largest lateness lately: it fades by a tenth of its size every 100 ms.
+            let dt = now.saturating_sub(self.late_at_ns) as f64;
+            let faded = self.late_ns as f64 * (1.0 - dt / LATE_FADE_NS).max(0.0);
+            self.late_ns = (now - self.planned_ns).max(faded as u64);
+            self.late_at_ns = now;
+        }
+        self.planned_ns = 0;
+    }
+
+    /// Whether counters are read around predicted marks (not at every update).
+    pub(super) fn active(&self) -> bool {
+        self.active
+    }
+
+    /// Read every few updates (`quiet_ns` apart) and at every update around the next predicted
+    /// marks. Returns false (and does nothing) without a steady pattern or a counter to read
+    /// so: the caller reads every update.
+    pub(super) fn plan(
+        &mut self,
+        polled: &mut [Polled],
+        timelines: &[History],
+        now: u64,
+        quiet_ns: u64,
+    ) -> bool {
+        if self.parts.len() != polled.len() {
+            self.parts = vec![Part::Sparse; polled.len()];
+        }
+        // At most half a quiet interval earlier for late wake-ups: beyond, every update.
+        let lead = self.late_ns;
+        if lead > quiet_ns / 2 {
+            return false;
+        }
+        for _ in 0..2 {
+            let Some(w) = self
+                .window
+                .or_else(|| self.edges.window(self.done_ns, now, lead))
+            else {
+                return false;
+            };
+            self.window = Some(w);
+            let (seen, latest) = self.edges.within(w.lo, w.hi);
+            // Read past the latest predicted edge once it has come, else past the window.
+            let end = if seen >= w.edges { latest } else { w.hi };
+            let (mut any, mut open) = (false, false);
+            for (i, p) in polled.iter_mut().enumerate() {
+                let last_point = timelines.get(i).and_then(History::last_measured);
+                if let Some(still) = self.step(
+                    i,
+                    p,
+                    w,
+                    end,
+                    last_point.map_or(0, |pt| pt.t_ns),
+                    now,
+                    quiet_ns,
+                ) {
+                    any = true;
+                    open |= still;
+                }
+            }
+            if !any {
+                return false;
+            }
+            self.active = true;
+            if open {
+                return true;
+            }
+            // Every counter read past this window: on to the next.
+            self.done_ns = end.max(w.lo);
+            self.window = None;
+            self.parts.fill(Part::Sparse);
+        }
+        true
+    }
+
+    /// One counter's step in window `w` (read through `end`): None when it does not take
+    /// part (not settled, or not read sparsely), else whether it still reads the window.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        i: usize,
+        p: &mut Polled,
+        w: Window,
+        end: u64,
+        last_point: u64,
+        now: u64,
+        quiet_ns: u64,
+    ) -> Option<bool> {
+        if p.failed_since.is_some() {
+            return None;
+        }
+        let ph = p.phase.as_mut().filter(|ph| ph.settled())?;
+        let per = ph.period_ns()?;
+        let k = ph.stride_for(quiet_ns);
+        if k <= 1 {
+            // Read at every update anyway (a counter updating every 20 ms).
+            return None;
+        }
+        ph.check_sparse = true;
+        let start = w.lo.saturating_sub(per as u64);
+        if self.parts[i] == Part::Sparse {
+            ph.set_stride(k);
+            if p.due_ns < start && now < start {
+                // The next sparse read comes first.
+                return Some(true);
+            }
+            // A look just before the update before the window and a read just after it: a
+            // close bracket, whatever the updates read sparsely showed (one written late is
+            // not taken for on time), and the phase re-anchored.
+            ph.resync(start.max(now));
+            p.due_ns = ph.due(now).max(now + 1);
+            self.parts[i] = Part::Aimed;
+        }
+        if self.parts[i] == Part::Aimed {
+            if p.last_poll_ns < start {
+                return Some(true);
+            }
+            // Read: every update from here.
+            ph.set_stride(1);
+            ph.aim(now);
+            p.due_ns = ph.due(now).max(now + 1);
+            self.parts[i] = Part::In;
+        }
+        match self.parts[i] {
+            Part::Sparse | Part::Aimed => Some(true),
+            Part::In => {
+                // A point past the edge (an update read after it), or reads well past it
+                // (a counter that did not move).
+                let past = (last_point > end && now > end) || p.last_poll_ns > end + 2 * per as u64;
+                if !past {
+                    return Some(true);
+                }
+                // Every k-th update again, counted from the last one read.
+                ph.set_stride(k);
+                ph.aim(p.last_poll_ns + ((f64::from(k) - 0.5) * per) as u64);
+                p.due_ns = ph.due(now).max(now + 1);
+                self.parts[i] = Part::Done;
+                Some(false)
+            }
+            Part::Done => {
+                ph.set_stride(k);
+                Some(false)
+            }
+        }
+    }
+
+    /// Stop reading around predictions: counters read sparsely go back to every update, from
+    /// now (the caller reads every update: no steady pattern, a late machine, a node's other
+    /// process marking).
+    pub(super) fn release(&mut self, polled: &mut [Polled], now: u64) {
+        if !self.active {
+            return;
+        }
+        self.reset();
+        super::schedule::read_every_update(polled, now);
+    }
+
+    /// Forget the window (the sampler went quiet and sets its own strides).
+    pub(super) fn reset(&mut self) {
+        self.active = false;
+        self.window = None;
+        self.parts.fill(Part::Sparse);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn edges(times: impl IntoIterator<Item = u64>) -> Edges {
+        let mut e = Edges::default();
+        for t in times {
+            e.note(t);
+        }
+        e
+    }
+
+    /// One region after another every 20 ms (an exit and the next enter a microsecond apart
+    /// are one edge): a cycle of one, and a window around the next edge.
+    #[test]
+    fn back_to_back_regions_predict_the_next_edge() {
+        let mut e = Edges::default();
+        for k in 0..10u64 {
+            e.note(k * 20 * MS + 13);
+            e.note(k * 20 * MS + 1_013);
+        }
+        let p = e.pattern().expect("periodic");
+        assert_eq!((p.cycle, p.span_ns), (1, 20 * MS));
+        let w = e
+            .window(9 * 20 * MS, 9 * 20 * MS + MS, 0)
+            .expect("a window");
+        let next = 10 * 20 * MS + 13;
+        assert!(w.lo < next && next < w.hi && w.hi - w.lo < MS, "{w:?}");
+        assert_eq!(w.edges, 1);
+    }
+
+    /// Nested regions (a step with a 5 ms and a 12 ms inner region) repeat every three
+    /// intervals; each edge of the next step is predicted.
+    #[test]
+    fn nested_regions_repeat_with_a_longer_cycle() {
+        let step = |k: u64| [k * 30 * MS, k * 30 * MS + 5 * MS, k * 30 * MS + 17 * MS];
+        let mut e = edges((0..8).flat_map(step));
+        let p = e.pattern().expect("periodic");
+        assert_eq!((p.cycle, p.span_ns), (3, 30 * MS));
+        let mut after = 7 * 30 * MS + 17 * MS;
+        for want in step(8) {
+            let w = e.window(after, after, 0).expect("a window");
+            assert!(w.lo <= want && want <= w.hi, "{want} not in {w:?}");
+            after = w.hi;
+        }
+    }
+
+    /// Steps of random length have no pattern; marks that stopped two cycles ago predict
+    /// nothing.
+    #[test]
+    fn aperiodic_or_stopped_marks_predict_nothing() {
+        let mut t = 0u64;
+        let mut seed = 12345u64;
+        let mut e = Edges::default();
+        for _ in 0..30 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            t += 10 * MS + (seed >> 33) % (20 * MS);
+            e.note(t);
+        }
+        assert_eq!(e.pattern(), None);
+        assert_eq!(e.window(t, t, 0), None);
+        let mut e = edges((0..10).map(|k| k * 20 * MS));
+        assert!(e.window(0, 185 * MS, 0).is_some());
+        assert_eq!(e.window(0, 9 * 20 * MS + 41 * MS, 0), None);
+    }
+
+    /// A span's start is seen only at its end: it goes in its place, and the pattern holds.
+    #[test]
+    fn late_edges_go_in_their_place() {
+        let mut e = Edges::default();
+        for k in 0..10u64 {
+            e.note(k * 20 * MS + 18 * MS);
+            e.note(k * 20 * MS + 2 * MS);
+        }
+        let p = e.pattern().expect("periodic");
+        assert_eq!((p.cycle, p.span_ns), (2, 20 * MS));
+        assert!(
+            !e.note(9 * 20 * MS + 2 * MS + 40_000),
+            "merged with its neighbour"
+        );
+    }
+
+    /// Jittered steps: the window widens by the jitter seen; a wake-up lead opens it earlier.
+    #[test]
+    fn the_window_covers_the_jitter_and_the_lead() {
+        let jit = [
+            0, 300_000, 100_000, 500_000, 200_000, 0, 400_000, 100_000, 300_000, 0,
+        ];
+        let mut e = edges(jit.iter().enumerate().map(|(k, j)| k as u64 * 20 * MS + j));
+        let p = e.pattern().expect("periodic within a tenth");
+        // The last four intervals against those before them: 0.6, 0.7, 0.5, 0.5 ms apart.
+        assert_eq!((p.cycle, p.jitter_ns), (1, 700_000));
+        let last = 9 * 20 * MS;
+        let w = e.window(last, last, 0).expect("a window");
+        let w2 = e.window(last, last, 2 * MS).expect("a window");
+        assert!(w.hi - w.lo >= 2 * p.jitter_ns);
+        assert_eq!((w.lo - w2.lo, w.hi), (2 * MS, w2.hi));
+    }
+}
