@@ -142,7 +142,7 @@ impl Sampler {
                         amdsmi_library=None, rocr_visible_devices=None,
                         hip_visible_devices=None, amd_gpus=None, external=None, gpu=true,
                         hwmon=true, gpu_power_samples=true, mark_reads=true, fast_reads=true,
-                        predict_marks=true))]
+                        predict_marks=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,

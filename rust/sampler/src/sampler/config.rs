@@ -42,7 +42,8 @@ pub struct Config {
     /// While regions are being marked at a steady, repeating pattern (training steps), read
     /// phase-locked counters every quiet interval and at every update only around each
     /// predicted mark (see `sampler::predict`); marks with no steady pattern are read as
-    /// `fast_reads` says.
+    /// `fast_reads` says. Off by default: with every core busy its worst single regions were
+    /// not always as good as reading every update (see `benches/results/sampler-predict.md`).
     pub predict_marks: bool,
     /// How often a failed source is tried again.
     pub retry: Duration,
@@ -68,7 +69,7 @@ impl Default for Config {
             fast_hold: Duration::from_secs(2),
             mark_reads: true,
             fast_reads: true,
-            predict_marks: true,
+            predict_marks: false,
             retry: Duration::from_secs(1),
             max_resolved: 1 << 20,
             power_samples: true,

@@ -50,12 +50,14 @@ pub(super) struct Pattern {
     pub(super) span_ns: u64,
 }
 
-/// Where reads go to every update: `[lo, hi]`, for `edges` predicted edges.
+/// Where reads go to every update: `[lo, hi]`, for `edges` predicted edges after the latest
+/// one seen, at `since`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Window {
     pub(super) lo: u64,
     pub(super) hi: u64,
     pub(super) edges: usize,
+    pub(super) since: u64,
 }
 
 /// Recent region edges, in time order.
@@ -166,7 +168,12 @@ impl Edges {
             let (lo, hi) = (x.saturating_sub(margin + lead), x + margin);
             match win.as_mut() {
                 None if hi > after => {
-                    win = Some(Window { lo, hi, edges: 1 });
+                    win = Some(Window {
+                        lo,
+                        hi,
+                        edges: 1,
+                        since: last,
+                    });
                 }
                 None => {}
                 Some(w) if lo <= w.hi + JOIN_NS => {
@@ -179,11 +186,12 @@ impl Edges {
         win
     }
 
-    /// How many noted edges lie in `[lo, hi]`, and the latest of them.
-    fn within(&self, lo: u64, hi: u64) -> (usize, u64) {
+    /// How many noted edges of window `w` have come (those in it after the one it was
+    /// predicted from), and the latest of them.
+    fn seen(&self, w: &Window) -> (usize, u64) {
         self.t
             .iter()
-            .filter(|&&x| x >= lo && x <= hi)
+            .filter(|&&x| x >= w.lo && x <= w.hi && x > w.since)
             .fold((0, 0), |(n, _), &x| (n + 1, x))
     }
 }
@@ -275,12 +283,12 @@ impl Predict {
         for _ in 0..2 {
             let Some(w) = self
                 .window
-                .or_else(|| self.edges.window(self.done_ns, now, lead))
+                .or_else(|| self.edges.window(self.done_ns.max(now), now, lead))
             else {
                 return false;
             };
             self.window = Some(w);
-            let (seen, latest) = self.edges.within(w.lo, w.hi);
+            let (seen, latest) = self.edges.seen(&w);
             // Read past the latest predicted edge once it has come, else past the window.
             let end = if seen >= w.edges { latest } else { w.hi };
             let (mut any, mut open) = (false, false);
