@@ -157,8 +157,18 @@ impl Edges {
             return None;
         }
         let n = self.t.len();
+        // Each interval of the cycle: the median of its last three repetitions (one stretched
+        // by a late mark does not move the predictions after it).
+        let d = |i: usize| self.t[i + 1] - self.t[i];
         let cyc: Vec<u64> = (n - 1 - pat.cycle..n - 1)
-            .map(|i| self.t[i + 1] - self.t[i])
+            .map(|i| {
+                let mut r: Vec<u64> = (0..3)
+                    .filter_map(|m| i.checked_sub(m * pat.cycle))
+                    .map(d)
+                    .collect();
+                r.sort_unstable();
+                r[r.len() / 2]
+            })
             .collect();
         let margin = pat.jitter_ns + SLACK_NS;
         let mut x = last;
@@ -496,6 +506,17 @@ mod tests {
             !e.note(9 * 20 * MS + 2 * MS + 40_000),
             "merged with its neighbour"
         );
+    }
+
+    /// A late mark stretches one interval: the next edge is still predicted a step after it.
+    #[test]
+    fn one_stretched_interval_does_not_move_the_prediction() {
+        let mut e = edges((0..10).map(|k| k * 20 * MS));
+        e.note(9 * 20 * MS + 21_500_000);
+        let last = 9 * 20 * MS + 21_500_000;
+        let w = e.window(last, last, 0).expect("a window");
+        assert!(w.lo <= last + 20 * MS && last + 20 * MS <= w.hi, "{w:?}");
+        assert!(w.lo > last + 18 * MS, "{w:?}");
     }
 
     /// Jittered steps: the window widens by the jitter seen; a wake-up lead opens it earlier.
