@@ -8,8 +8,10 @@ median and worst relative error per region and the error of the sum. Phase lock 
 
 With ``--before TREE`` another tree (its ``python`` folder) is run the same way, alternately,
 in the same run (each run in a fresh interpreter).
-With ``--at-marks`` this tree is also run with ``fast_reads=False`` (reads at marks).
-Run: ``.venv/bin/python benches/bench_cadence.py [--runs N] [--before TREE] [--at-marks]``.
+With ``--at-marks`` this tree is also run with ``fast_reads=False`` (reads at marks), with
+``--predict`` with ``predict_marks=True`` (reads around predicted marks).
+Run: ``.venv/bin/python benches/bench_cadence.py [--runs N] [--before TREE] [--at-marks]
+[--predict] [--out NAME]``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ def busy(seconds: float) -> None:
         pass
 
 
-AT_MARKS = False
+# Options of this tree only: reads at marks, reads around predicted marks.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "": {},
+    "at-marks": {"fast_reads": False},
+    "predict": {"predict_marks": True},
+}
+VARIANT = ""
 
 
 def one(period_s: float) -> dict[str, float]:
@@ -57,8 +65,7 @@ def one(period_s: float) -> dict[str, float]:
             proc_root=r["proc_root"],
             nvml=False,
             cpu_backends=["powercap"],
-            # Reads at marks instead of at every update while marked (this tree only).
-            **({"fast_reads": False} if AT_MARKS else {}),
+            **VARIANTS[VARIANT],
         )
         time.sleep(0.3)
         for _ in range(100):
@@ -88,7 +95,7 @@ def one(period_s: float) -> dict[str, float]:
 HERE = Path(__file__).resolve()
 
 
-def run(tree: Path, period: float, jitter: bool, at_marks: bool = False) -> dict[str, float]:
+def run(tree: Path, period: float, jitter: bool, variant: str = "") -> dict[str, float]:
     """One run in a fresh interpreter with `tree`'s package (a busy core beside it if asked)."""
     hog = None
     if jitter:
@@ -96,8 +103,7 @@ def run(tree: Path, period: float, jitter: bool, at_marks: bool = False) -> dict
     try:
         env = dict(os.environ, PYTHONPATH=str(tree / "python"))
         out = subprocess.run(
-            [sys.executable, str(HERE), "--child", str(period)]
-            + (["--at-marks"] if at_marks else []),
+            [sys.executable, str(HERE), "--child", str(period), "--variant", variant],
             env=env,
             capture_output=True,
             text=True,
@@ -114,24 +120,29 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--before", type=Path, default=None)
+    ap.add_argument("--out", default="cadence", help="result file name under results/")
     ap.add_argument("--child", type=float, default=None)
     ap.add_argument("--at-marks", action="store_true", help="also this tree with fast_reads=False")
+    ap.add_argument("--predict", action="store_true", help="also this tree with predict_marks")
+    ap.add_argument("--variant", choices=list(VARIANTS), default="")
     args = ap.parse_args()
     if args.child is not None:
-        global AT_MARKS
-        AT_MARKS = args.at_marks
+        global VARIANT
+        VARIANT = args.variant
         print(json.dumps(one(args.child)))
         return
-    trees: dict[str, tuple[Path, bool]] = {"this tree": (HERE.parent.parent, False)}
+    trees: dict[str, tuple[Path, str]] = {"this tree": (HERE.parent.parent, "")}
     if args.at_marks:
-        trees["this tree, fast_reads=False"] = (HERE.parent.parent, True)
+        trees["this tree, fast_reads=False"] = (HERE.parent.parent, "at-marks")
+    if args.predict:
+        trees["this tree, predict_marks=True"] = (HERE.parent.parent, "predict")
     if args.before is not None:
-        trees["before"] = (args.before, False)
+        trees["before"] = (args.before, "")
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
     for _ in range(args.runs):
         for label, (period, jitter) in CADENCES.items():
-            for name, (tree, at_marks) in trees.items():
-                rows.setdefault((name, label), []).append(run(tree, period, jitter, at_marks))
+            for name, (tree, variant) in trees.items():
+                rows.setdefault((name, label), []).append(run(tree, period, jitter, variant))
     lines = []
     for (name, label), rs in sorted(rows.items()):
         med = [r["median"] * 100 for r in rs]
@@ -157,7 +168,7 @@ benchmark (the machine has {os.cpu_count()} CPUs).
 {chr(10).join(lines)}
 """
     print(text)
-    write_result("cadence", text)
+    write_result(args.out, text)
 
 
 if __name__ == "__main__":

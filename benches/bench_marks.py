@@ -7,8 +7,10 @@
   GPU (20 ms), quiet and with a 20 ms region after another; the package zone's 20 ms regions'
   median and worst error in the same runs.
 
-Each run in a fresh interpreter, trees interleaved; medians over runs.
-Run: ``.venv/bin/python benches/bench_marks.py [--runs N] [--before TREE] [--part gpu|cpu]``.
+Each run in a fresh interpreter, trees interleaved; medians over runs. ``--predict`` adds this
+tree with ``predict_marks=True`` (reads around predicted marks).
+Run: ``.venv/bin/python benches/bench_marks.py [--runs N] [--before TREE] [--part gpu|cpu]
+[--predict] [--out NAME]``.
 """
 
 from __future__ import annotations
@@ -34,13 +36,19 @@ GPU_REGIONS = 3
 SECONDS = 5.0
 
 
-AT_MARKS = False
+# Options of this tree only: reads at marks instead of at every update while marked, reads
+# around predicted marks.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "": {},
+    "at-marks": {"fast_reads": False},
+    "predict": {"predict_marks": True},
+}
+VARIANT = ""
 
 
 def sampler(sim: SimulatedMachine) -> _native.Sampler:
     r = sim._sim.roots()
-    # Reads at marks instead of at every update while marked (an option of this tree only).
-    kw = {"fast_reads": False} if AT_MARKS else {}
+    kw = VARIANTS[VARIANT]
     return _native.Sampler(
         sys_root=r["sys_root"],
         dev_root=r["dev_root"],
@@ -132,10 +140,10 @@ def child(part: str) -> dict[str, float]:
     return cpu(True)
 
 
-def run(tree: Path, part: str, at_marks: bool) -> dict[str, float]:
+def run(tree: Path, part: str, variant: str) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree / "python"))
     out = subprocess.run(
-        [sys.executable, str(HERE), "--child", part] + (["--at-marks"] if at_marks else []),
+        [sys.executable, str(HERE), "--child", part, "--variant", variant],
         env=env,
         capture_output=True,
         text=True,
@@ -149,29 +157,33 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--before", type=Path, default=None)
     ap.add_argument("--part", choices=["gpu", "cpu", "all"], default="all")
+    ap.add_argument("--out", default="marks", help="result file name under results/")
     ap.add_argument("--child", default=None)
-    ap.add_argument("--at-marks", action="store_true")
+    ap.add_argument("--variant", choices=list(VARIANTS), default="")
+    ap.add_argument("--predict", action="store_true", help="also this tree with predict_marks")
     args = ap.parse_args()
     if args.child is not None:
-        global AT_MARKS
-        AT_MARKS = args.at_marks
+        global VARIANT
+        VARIANT = args.variant
         print(json.dumps(child(args.child)))
         return
     here = HERE.parent.parent
-    trees: dict[str, tuple[Path, bool]] = {
-        "this tree": (here, False),
-        "this tree, fast_reads=False": (here, True),
+    trees: dict[str, tuple[Path, str]] = {
+        "this tree": (here, ""),
+        "this tree, fast_reads=False": (here, "at-marks"),
     }
+    if args.predict:
+        trees["this tree, predict_marks=True"] = (here, "predict")
     if args.before is not None:
-        trees["before"] = (args.before, False)
+        trees["before"] = (args.before, "")
     parts = {"gpu": ["gpu"], "cpu": ["quiet", "regions"], "all": ["gpu", "quiet", "regions"]}
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
     for _ in range(args.runs):
         for part in parts[args.part]:
-            for name, (tree, at_marks) in trees.items():
-                if part == "gpu" and at_marks:
-                    continue  # the GPU's reads at marks do not depend on fast_reads
-                r = run(tree, part, at_marks)
+            for name, (tree, variant) in trees.items():
+                if part == "gpu" and variant:
+                    continue  # the GPU's reads at marks depend on neither option
+                r = run(tree, part, variant)
                 print(name, part, r, file=sys.stderr)
                 rows.setdefault((part, name), []).append(r)
 
@@ -214,14 +226,15 @@ simulated GPU counter updating every 1 ms, polled every 20 ms, error against the
 truth. CPU rows: package, core and DRAM zones (1 ms) and one GPU (20 ms), {SECONDS:.0f} s per
 run after 2.5 s of start-up, the sampler thread's CPU only. "fast_reads=False": phase-locked
 counters read every 20 ms and at each mark (a read at the mark and one just after the next
-update) instead of at every update while regions are marked.
+update) instead of at every update while regions are marked. "predict_marks=True": read every
+20 ms and at every update only around each predicted mark while marks repeat steadily.
 
 | tree | what | figure | accuracy | reads |
 | --- | --- | --- | --- | --- |
 {chr(10).join(lines)}
 """
     print(text)
-    write_result("marks", text)
+    write_result(args.out, text)
 
 
 if __name__ == "__main__":

@@ -228,6 +228,7 @@ class Sampler:
         gpu_power_samples: bool = True,
         mark_reads: bool = True,
         fast_reads: bool = True,
+        predict_marks: bool = False,
     ) -> Sampler: ...
     def node_status(self) -> dict[str, Any] | None:
         """This process's part in its node's shared sampler; None when it samples alone."""

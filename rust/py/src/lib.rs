@@ -141,7 +141,8 @@ impl Sampler {
                         quiet_s=None, node_key=None, node_dir=None, amdsmi=true,
                         amdsmi_library=None, rocr_visible_devices=None,
                         hip_visible_devices=None, amd_gpus=None, external=None, gpu=true,
-                        hwmon=true, gpu_power_samples=true, mark_reads=true, fast_reads=true))]
+                        hwmon=true, gpu_power_samples=true, mark_reads=true, fast_reads=true,
+                        predict_marks=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -174,6 +175,7 @@ impl Sampler {
         gpu_power_samples: bool,
         mark_reads: bool,
         fast_reads: bool,
+        predict_marks: bool,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -204,6 +206,7 @@ impl Sampler {
             power_samples: gpu_power_samples,
             mark_reads,
             fast_reads,
+            predict_marks,
             ..Config::default()
         };
         for (backend, secs) in intervals.unwrap_or_default() {

@@ -39,6 +39,12 @@ pub struct Config {
     /// a while. Its worst single regions are worse on a loaded machine (see
     /// `benches/results/marks.md`), so it is not the default.
     pub fast_reads: bool,
+    /// While regions are being marked at a steady, repeating pattern (training steps), read
+    /// phase-locked counters every quiet interval and at every update only around each
+    /// predicted mark (see `sampler::predict`); marks with no steady pattern are read as
+    /// `fast_reads` says. Off by default: with every core busy its worst single regions were
+    /// not always as good as reading every update (see `benches/results/sampler-predict.md`).
+    pub predict_marks: bool,
     /// How often a failed source is tried again.
     pub retry: Duration,
     /// Resolved regions kept for the caller to drain; beyond it the newest of a pass are
@@ -71,6 +77,7 @@ impl Default for Config {
             fast_hold: Duration::from_secs(2),
             mark_reads: true,
             fast_reads: true,
+            predict_marks: false,
             retry: Duration::from_secs(1),
             max_resolved: 1 << 20,
             power_samples: true,

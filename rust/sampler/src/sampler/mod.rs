@@ -14,6 +14,7 @@
 //!   a budget of CPU time);
 //! - `resolve`: the resolution pass (the frontier, and the energy at each region edge);
 //! - `marks`: reads at a region's mark, within a budget;
+//! - `predict`: reads around predicted marks (periodic steps), every few updates between;
 //! - [`phase`]: phase-locked polling (read each counter just after it updates);
 //! - [`node`]: one sampler per node, shared by the processes of a job through
 //!   [`crate::shared`] (owner, followers, takeover).
@@ -26,6 +27,7 @@ pub mod node;
 pub mod phase;
 mod poll;
 mod power;
+mod predict;
 mod resolve;
 mod schedule;
 mod shape;

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use super::handle::Shared;
 use super::lock;
 use super::poll::Cover;
+use super::predict::Edges;
 use crate::regions::{resolve_into_columns, OpenRegions};
 use crate::timeline::{EnergyAt, History};
 
@@ -29,6 +30,7 @@ pub(super) fn resolve(
     open: &mut OpenRegions,
     stopping: bool,
     max_resolved: usize,
+    edges: Option<&mut Edges>,
 ) -> usize {
     let timelines = lock(&shared.timelines);
     let frontier = if stopping {
@@ -44,6 +46,16 @@ pub(super) fn resolve(
     // 1. Take the work.
     let work = lock(&shared.regions).take_ready(frontier, stopping);
     let marks = work.marks;
+    if let Some(e) = edges {
+        // Edges the predictions learn from (those taken at a wake-up may have missed some).
+        for m in &work.ready {
+            e.note(m.t_ns);
+        }
+        for s in &work.spans {
+            e.note(s.t0_ns);
+            e.note(s.t1_ns());
+        }
+    }
     // 2. Compute energies, without the lock.
     let width = view.len();
     let at = |t: u64| -> Vec<EnergyAt> {

@@ -1,8 +1,9 @@
 //! The sampler thread's loop: start-up reads (the handshake's answer), polling each source when
 //! due (phase-locked counters just after each update), full-rate reading while regions are
 //! being marked and sparse reading while quiet (or, with [`Config::fast_reads`] off, sparse
-//! reading with reads at region marks; see `marks`), failure and retry, and a resolution pass
-//! after every wake-up.
+//! reading with reads at region marks; see `marks`; with [`Config::predict_marks`], sparse
+//! reading with every update read around predicted marks; see `predict`), failure and retry,
+//! and a resolution pass after every wake-up.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -15,6 +16,7 @@ use super::lock;
 use super::marks::{self, Budget};
 use super::poll::{poll_one, Cover, Polled, Why};
 use super::power;
+use super::predict::Predict;
 use super::resolve::resolve;
 use crate::regions::OpenRegions;
 use crate::sensors::{EnergySource, SourceInfo, Unavailable};
@@ -155,9 +157,16 @@ pub(super) fn poll_loop(
     let mut busy_until = 0;
     // Regions were marked lately (expensive reads are then made at every quiet interval).
     let mut marked_until = 0;
+    // Reads around predicted marks (see `predict`), and whether counters are read so now.
+    let mut predict = config.predict_marks.then(|| Predict::new(polled.len()));
+    let mut predicting = false;
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         let now = crate::now_ns();
+        if let Some(pr) = predict.as_mut() {
+            pr.woke(now);
+            pr.edges.take(shared);
+        }
         // Another process of the node marks regions: as if this one did.
         let demanded = node.is_some_and(|seg| seg.demanded_until() > now);
         let marked = armed && !shared.wake_asked(WAKE_MARK);
@@ -169,7 +178,7 @@ pub(super) fn poll_loop(
             // hold, then reads at marks are tried again).
             let by = shared.woke_by_ns.load(Ordering::Relaxed);
             late_wakes = (late_wakes << 1) | u8::from(now.saturating_sub(by) > LATE_WAKE_NS);
-            if at_mark && late_wakes.count_ones() >= 2 {
+            if (at_mark || predicting) && late_wakes.count_ones() >= 2 {
                 late_wakes = 0;
                 fast_until = now + hold_ns;
                 busy_until = fast_until;
@@ -202,7 +211,7 @@ pub(super) fn poll_loop(
                 for (i, p) in polled.iter_mut().enumerate() {
                     // A source due now is read as due, which serves the mark as well.
                     if p.due_ns <= now + COALESCE_NS
-                        || !marks::wants(p, now, at_mark)
+                        || !marks::wants(p, now, at_mark || predicting)
                         || !budget.affords(now, marks::mark_cost(p) + wake_ns)
                     {
                         continue;
@@ -266,7 +275,16 @@ pub(super) fn poll_loop(
         }
         shared.loops.fetch_add(1, Ordering::Relaxed);
         let covers: Vec<Cover> = polled.iter().map(Polled::cover).collect();
-        let marks = resolve(shared, &covers, view, open, stopping, config.max_resolved);
+        let edges = predict.as_mut().map(|pr| &mut pr.edges);
+        let marks = resolve(
+            shared,
+            &covers,
+            view,
+            open,
+            stopping,
+            config.max_resolved,
+            edges,
+        );
         if stopping {
             return;
         }
@@ -290,6 +308,21 @@ pub(super) fn poll_loop(
                 shared.ask_wake(WAKE_QUIET);
                 asked_quiet = true;
             }
+        }
+        if let Some(pr) = predict.as_mut() {
+            // Marked, by this process alone, on a machine that wakes the thread in time, with
+            // every counter's phase known: read around predicted marks where they repeat.
+            let steady = fast
+                && quiet_ns > 0
+                && !demanded
+                && now >= busy_until
+                && polled.iter().all(marks::settled);
+            if !fast {
+                pr.reset();
+            } else if !(steady && pr.plan(&mut polled, &lock(&shared.timelines), now, quiet_ns)) {
+                pr.release(&mut polled, now);
+            }
+            predicting = pr.active();
         }
         if !fast {
             // (Re)computed every loop: a counter's period may be learned only after the
@@ -321,15 +354,19 @@ pub(super) fn poll_loop(
                 }
             }
         }
-        if config.mark_reads && !armed {
+        if config.mark_reads {
             let now = crate::now_ns();
             let wanted = polled.iter().any(|p| {
-                marks::wants(p, now, at_mark)
+                marks::wants(p, now, at_mark || predicting)
                     && budget.affords(now, marks::mark_cost(p) + marks::WAKE_NS)
             });
-            if wanted {
+            if wanted && !armed {
                 shared.ask_wake(WAKE_MARK);
                 armed = true;
+            } else if armed && !wanted && predicting {
+                // Every update is read around a predicted mark: it need not wake the thread.
+                shared.withdraw_wake(WAKE_MARK);
+                armed = false;
             }
         }
         let mut next = polled
@@ -341,6 +378,9 @@ pub(super) fn poll_loop(
             // The node's other processes ask for fast reads through the segment, not by waking
             // this thread: look at least every quiet interval (and beat the heart).
             next = next.min(now + quiet_ns.clamp(1_000_000, 100_000_000));
+        }
+        if let Some(pr) = predict.as_mut() {
+            pr.sleeping_until(next);
         }
         if next > now {
             let g = lock(&shared.sleep);
@@ -357,7 +397,7 @@ pub(super) fn poll_loop(
 
 /// Counters read every few updates go back to reading every update, from now (the next update
 /// is looked for just before it comes: the phase may have drifted while coasting).
-fn read_every_update(polled: &mut [Polled], now: u64) {
+pub(super) fn read_every_update(polled: &mut [Polled], now: u64) {
     for p in polled.iter_mut() {
         if let Some(ph) = p.phase.as_mut().filter(|ph| ph.stride() > 1) {
             ph.set_stride(1);

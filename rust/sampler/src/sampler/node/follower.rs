@@ -103,7 +103,15 @@ fn follow(
         }
         let covers = copy_all(shared, &seg, mirrors);
         shared.loops.fetch_add(1, Ordering::Relaxed);
-        let marks = resolve(shared, &covers, view, open, stopping, config.max_resolved);
+        let marks = resolve(
+            shared,
+            &covers,
+            view,
+            open,
+            stopping,
+            config.max_resolved,
+            None,
+        );
         if stopping {
             return None;
         }

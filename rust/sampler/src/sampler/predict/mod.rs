@@ -1,0 +1,243 @@
+//! Reads around predicted region marks. Training steps are periodic: the marks of one step come
+//! at the same offsets as those of the last (a single region per step, or several: nested or
+//! interleaved regions give a pattern of intervals that repeats every few marks). Once the
+//! pattern is steady, a phase-locked counter is read every few updates as while quiet, and at
+//! every update only in a short window around each predicted mark: from the update before the
+//! window opens (so the point before the mark is one update away, however late the thread wakes
+//! after the mark) until the update after the mark. A 20 ms step then costs a few wake-ups
+//! instead of one per update.
+//!
+//! The edges come from the marks and spans waiting to be resolved ([`Edges::take`], at each
+//! wake-up) and from those resolved ([`super::resolve`]). A mark outside every window (the
+//! pattern broke) wakes the thread as any read at a mark does (see `marks`), and breaks the
+//! pattern: reads go back to every update until it is steady again. Marks with no steady
+//! pattern (several threads stepping at their own pace, data-dependent steps) are read as
+//! before. Points are stamped by reads as ever: the brackets stay what they were measured to
+//! be.
+
+mod edges;
+
+pub(in crate::sampler) use edges::Edges;
+use edges::Window;
+
+use super::poll::Polled;
+use crate::timeline::History;
+
+/// A late wake-up opens windows earlier for about this long (ns; see [`Predict::woke`]).
+const LATE_FADE_NS: f64 = 1e9;
+
+/// A counter's part in the current window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// Read every few updates; not yet at the window.
+    Sparse,
+    /// Read every few updates, the next reads aimed around the update before the window (a
+    /// mark before it is still read at the mark).
+    Aimed,
+    /// Read every update, from the one before the window.
+    In,
+    /// Read past the window's marks: every few updates again.
+    Done,
+}
+
+/// Reads around predicted marks for the sampler loop: the edges, the window being read, and
+/// each counter's part in it.
+pub(super) struct Predict {
+    pub(super) edges: Edges,
+    window: Option<Window>,
+    /// Windows are read through this instant.
+    done_ns: u64,
+    parts: Vec<Part>,
+    /// How late timer wake-ups came lately (a decaying maximum, ns).
+    late_ns: u64,
+    late_at_ns: u64,
+    /// When the thread last asked to wake (0: woken by a mark, or not asked).
+    planned_ns: u64,
+    active: bool,
+}
+
+impl Predict {
+    pub(super) fn new(sources: usize) -> Predict {
+        Predict {
+            edges: Edges::default(),
+            window: None,
+            done_ns: 0,
+            parts: vec![Part::Sparse; sources],
+            late_ns: 0,
+            late_at_ns: 0,
+            planned_ns: 0,
+            active: false,
+        }
+    }
+
+    /// The thread is to sleep until `next`.
+    pub(super) fn sleeping_until(&mut self, next: u64) {
+        self.planned_ns = next;
+    }
+
+    /// The thread woke at `now`: how late, if a timer woke it.
+    pub(super) fn woke(&mut self, now: u64) {
+        if self.planned_ns > 0 && now >= self.planned_ns {
+            // The largest lateness lately: it fades by a tenth of its size every 100 ms.
+            let dt = now.saturating_sub(self.late_at_ns) as f64;
+            let faded = self.late_ns as f64 * (1.0 - dt / LATE_FADE_NS).max(0.0);
+            self.late_ns = (now - self.planned_ns).max(faded as u64);
+            self.late_at_ns = now;
+        }
+        self.planned_ns = 0;
+    }
+
+    /// Whether counters are read around predicted marks (not at every update).
+    pub(super) fn active(&self) -> bool {
+        self.active
+    }
+
+    /// Read every few updates (`quiet_ns` apart) and at every update around the next predicted
+    /// marks. Returns false (and does nothing) without a steady pattern or a counter to read
+    /// so: the caller reads every update.
+    pub(super) fn plan(
+        &mut self,
+        polled: &mut [Polled],
+        timelines: &[History],
+        now: u64,
+        quiet_ns: u64,
+    ) -> bool {
+        if self.parts.len() != polled.len() {
+            self.parts = vec![Part::Sparse; polled.len()];
+        }
+        // At most half a quiet interval earlier for late wake-ups: beyond, every update.
+        let lead = self.late_ns;
+        if lead > quiet_ns / 2 {
+            return false;
+        }
+        for _ in 0..2 {
+            let Some(w) = self
+                .window
+                .or_else(|| self.edges.window(self.done_ns.max(now), now, lead))
+            else {
+                return false;
+            };
+            self.window = Some(w);
+            let (seen, latest) = self.edges.seen(&w);
+            // Read past the latest predicted edge once it has come, else past the window.
+            let end = if seen >= w.edges { latest } else { w.hi };
+            let (mut any, mut open) = (false, false);
+            for (i, p) in polled.iter_mut().enumerate() {
+                let last_point = timelines.get(i).and_then(History::last_measured);
+                if let Some(still) = self.step(
+                    i,
+                    p,
+                    w,
+                    end,
+                    last_point.map_or(0, |pt| pt.t_ns),
+                    now,
+                    quiet_ns,
+                ) {
+                    any = true;
+                    open |= still;
+                }
+            }
+            if !any {
+                return false;
+            }
+            self.active = true;
+            if open {
+                return true;
+            }
+            // Every counter read past this window: on to the next.
+            self.done_ns = end.max(w.lo);
+            self.window = None;
+            self.parts.fill(Part::Sparse);
+        }
+        true
+    }
+
+    /// One counter's step in window `w` (read through `end`): None when it does not take
+    /// part (not settled, or not read sparsely), else whether it still reads the window.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        i: usize,
+        p: &mut Polled,
+        w: Window,
+        end: u64,
+        last_point: u64,
+        now: u64,
+        quiet_ns: u64,
+    ) -> Option<bool> {
+        if p.failed_since.is_some() {
+            return None;
+        }
+        let ph = p.phase.as_mut().filter(|ph| ph.settled())?;
+        let per = ph.period_ns()?;
+        let k = ph.stride_for(quiet_ns);
+        if k <= 1 {
+            // Read at every update anyway (a counter updating every 20 ms).
+            return None;
+        }
+        ph.check_sparse = true;
+        let start = w.lo.saturating_sub(per as u64);
+        if self.parts[i] == Part::Sparse {
+            ph.set_stride(k);
+            if p.due_ns < start && now < start {
+                // The next sparse read comes first.
+                return Some(true);
+            }
+            // A look just before the update before the window and a read just after it: a
+            // close bracket, whatever the updates read sparsely showed (one written late is
+            // not taken for on time), and the phase re-anchored.
+            ph.resync(start.max(now));
+            p.due_ns = ph.due(now).max(now + 1);
+            self.parts[i] = Part::Aimed;
+        }
+        if self.parts[i] == Part::Aimed {
+            if p.last_poll_ns < start {
+                return Some(true);
+            }
+            // Read: every update from here.
+            ph.set_stride(1);
+            ph.aim(now);
+            p.due_ns = ph.due(now).max(now + 1);
+            self.parts[i] = Part::In;
+        }
+        match self.parts[i] {
+            Part::Sparse | Part::Aimed => Some(true),
+            Part::In => {
+                // A point past the edge (an update read after it), or reads well past it
+                // (a counter that did not move).
+                let past = (last_point > end && now > end) || p.last_poll_ns > end + 2 * per as u64;
+                if !past {
+                    return Some(true);
+                }
+                // Every k-th update again, counted from the last one read.
+                ph.set_stride(k);
+                ph.aim(p.last_poll_ns + ((f64::from(k) - 0.5) * per) as u64);
+                p.due_ns = ph.due(now).max(now + 1);
+                self.parts[i] = Part::Done;
+                Some(false)
+            }
+            Part::Done => {
+                ph.set_stride(k);
+                Some(false)
+            }
+        }
+    }
+
+    /// Stop reading around predictions: counters read sparsely go back to every update, from
+    /// now (the caller reads every update: no steady pattern, a late machine, a node's other
+    /// process marking).
+    pub(super) fn release(&mut self, polled: &mut [Polled], now: u64) {
+        if !self.active {
+            return;
+        }
+        self.reset();
+        super::schedule::read_every_update(polled, now);
+    }
+
+    /// Forget the window (the sampler went quiet and sets its own strides).
+    pub(super) fn reset(&mut self) {
+        self.active = false;
+        self.window = None;
+        self.parts.fill(Part::Sparse);
+    }
+}
