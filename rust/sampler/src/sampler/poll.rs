@@ -56,10 +56,9 @@ impl Polled {
         base_j: f64,
         config: &Config,
     ) -> (Polled, Point, SourceStatus) {
-        let info = source.info().clone();
-        let interval_ns = interval_for(&info, config).as_nanos() as u64;
-        let mut acc = accumulator(&info, interval_ns, base_j);
-        let first = match acc.push(t, reading) {
+        let mut polled = Polled::fresh(source, t, base_j, config);
+        polled.due_ns = t + polled.interval_ns;
+        let first = match polled.acc.push(t, reading) {
             Step::First(p) => p,
             _ => Point {
                 t_ns: t,
@@ -68,16 +67,37 @@ impl Polled {
         };
         let status = SourceStatus {
             reads: 1,
-            interval_ns,
+            interval_ns: polled.interval_ns,
             joules: first.joules,
             ..SourceStatus::default()
         };
-        let polled = Polled {
-            source,
-            acc,
+        (polled, first, status)
+    }
+
+    /// A source that cannot be read from `since` on (retried like any failed source; a
+    /// counter is locked on its updates once it reads again, as any that starts readable).
+    pub(super) fn failed(
+        source: Box<dyn EnergySource>,
+        since: u64,
+        base_j: f64,
+        config: &Config,
+    ) -> Polled {
+        Polled {
+            failed_since: Some(since),
+            ..Polled::fresh(source, since, base_j, config)
+        }
+    }
+
+    /// A source as it stands at `t` before any reading: its accumulator continuing from
+    /// `base_j`, due at once.
+    fn fresh(source: Box<dyn EnergySource>, t: u64, base_j: f64, config: &Config) -> Polled {
+        let info = source.info().clone();
+        let interval_ns = interval_for(&info, config).as_nanos() as u64;
+        Polled {
+            acc: accumulator(&info, interval_ns, base_j),
             interval_ns,
             settle_ns: settle_for(&info, config, interval_ns),
-            due_ns: t + interval_ns,
+            due_ns: t,
             consecutive_errors: 0,
             first_error_ns: 0,
             last_poll_ns: t,
@@ -96,44 +116,7 @@ impl Polled {
             instant: super::power::samples_at_read(&info),
             rode: 0.0,
             last_mark_ns: 0,
-        };
-        (polled, first, status)
-    }
-
-    /// A source that cannot be read from `since` on (retried like any failed source).
-    pub(super) fn failed(
-        source: Box<dyn EnergySource>,
-        since: u64,
-        base_j: f64,
-        config: &Config,
-    ) -> Polled {
-        let info = source.info().clone();
-        let interval_ns = interval_for(&info, config).as_nanos() as u64;
-        Polled {
             source,
-            acc: accumulator(&info, interval_ns, base_j),
-            interval_ns,
-            settle_ns: settle_for(&info, config, interval_ns),
-            due_ns: since,
-            consecutive_errors: 0,
-            first_error_ns: 0,
-            last_poll_ns: since,
-            failed_since: Some(since),
-            // Locked on the updates once it reads again, as any counter that starts readable.
-            phase: (config.phase_lock && info.counter.is_some())
-                .then(|| PhaseLock::new(interval_ns)),
-            read_cost_ns: 0,
-            pending_gap: None,
-            offset_j: 0.0,
-            dither: info
-                .counter
-                .is_none()
-                .then(|| Dither::new(since, since ^ (interval_ns << 17))),
-            slot_ns: interval_ns,
-            ride_ns: u64::MAX,
-            instant: super::power::samples_at_read(&info),
-            rode: 0.0,
-            last_mark_ns: 0,
         }
     }
 
