@@ -89,11 +89,10 @@ pub(super) fn set_slots(polled: &mut [Polled], fast: bool, now: u64, config: &Co
 /// is not a power source). Power sources sharing a wake-up only among themselves do not count:
 /// none of them would be paying for it.
 pub(super) fn note_rides(polled: &mut [Polled], read: &[usize], anchor: bool) {
-    let shared = anchor;
     for &i in read {
         let p = &mut polled[i];
         if p.dither.is_some() {
-            p.rode = p.rode * 0.9 + if shared { 0.1 } else { 0.0 };
+            p.rode = p.rode * 0.9 + if anchor { 0.1 } else { 0.0 };
         }
     }
 }

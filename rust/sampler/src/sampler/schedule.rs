@@ -206,6 +206,10 @@ pub(super) fn poll_loop(
         {
             let mut timelines = lock(&shared.timelines);
             let mut status = lock(&shared.status);
+            let mut read_one = |p: &mut Polled, i: usize, why: Why| {
+                let (tl, st) = (&mut timelines[i], &mut status[i]);
+                poll_one(p, i, tl, st, now, config, retry_ns, node, why);
+            };
             if marked {
                 let mut wake_ns = marks::WAKE_NS;
                 for (i, p) in polled.iter_mut().enumerate() {
@@ -219,17 +223,7 @@ pub(super) fn poll_loop(
                     // The read just after the next update, for a sparse counter.
                     let then = marks::mark_cost(p) - marks::cost(p);
                     let t0 = crate::now_ns();
-                    poll_one(
-                        p,
-                        i,
-                        &mut timelines[i],
-                        &mut status[i],
-                        now,
-                        config,
-                        retry_ns,
-                        node,
-                        Why::Mark,
-                    );
+                    read_one(p, i, Why::Mark);
                     budget.charge(crate::now_ns().saturating_sub(t0) + wake_ns + then);
                     wake_ns = 0;
                 }
@@ -249,17 +243,7 @@ pub(super) fn poll_loop(
                     continue;
                 }
                 read.push(i);
-                poll_one(
-                    p,
-                    i,
-                    &mut timelines[i],
-                    &mut status[i],
-                    now,
-                    config,
-                    retry_ns,
-                    node,
-                    Why::Due,
-                );
+                read_one(p, i, Why::Due);
             }
             power::note_rides(&mut polled, &read, anchor);
         }
