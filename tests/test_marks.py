@@ -12,14 +12,9 @@ import pytest
 
 from carbonctx import _native
 from carbonctx.testing import GpuSpec, SimulatedMachine, Wave
+from sim_sampler import package_rows, sampler_for
 
 GPU = "nvml:0"
-
-
-def sampler_for(sim: SimulatedMachine, **kw: Any) -> _native.Sampler:
-    args = {k: v for k, v in sim.settings().items() if k != "gpu"}
-    args.update(kw)
-    return _native.Sampler(**args)
 
 
 def gpu_status(s: _native.Sampler) -> dict[str, Any]:
@@ -143,14 +138,11 @@ def twenty_ms_regions(sim: SimulatedMachine, fast_reads: bool) -> tuple[float, i
         s.end(rid)
         after = s.status()[0]
         assert s.wait(_native.now_ns(), 10.0)
-        n, _ids, _tags, t0b, t1b, jb, _u = s.drain()
+        drained = s.drain()
     finally:
         s.stop()
-    t0 = np.frombuffer(t0b, dtype=np.uint64).tolist()
-    t1 = np.frombuffer(t1b, dtype=np.uint64).tolist()
-    j = np.frombuffer(jb, dtype=np.float64).reshape(n, -1)[:, 0]
-    truth = np.array([sim.truth_j("package", 0, a, b) for a, b in zip(t0, t1, strict=True)])
-    median = float(np.median(np.abs(j - truth) / truth))
+    err, _unc = package_rows(sim, drained)
+    median = float(np.median(err))
     return median, after["reads"] - before["reads"], after["mark_reads"] - before["mark_reads"]
 
 

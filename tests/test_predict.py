@@ -8,19 +8,13 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from carbonctx import _native
 from carbonctx.testing import SimulatedMachine, Wave
-
-
-def sampler_for(sim: SimulatedMachine, **kw: Any) -> _native.Sampler:
-    args = {k: v for k, v in sim.settings().items() if k != "gpu"}
-    args.update(kw, cpu_backends=["powercap"])
-    return _native.Sampler(**args)
+from sim_sampler import package_rows, sampler_for
 
 
 def steps(
@@ -30,7 +24,7 @@ def steps(
     the middle half of each) once the package counter's phase is known: each region's error
     and uncertainty relative to the simulator's truth, the package reads meanwhile, and how
     many of them came more than an update late."""
-    s = sampler_for(sim, predict_marks=predict)
+    s = sampler_for(sim, predict_marks=predict, cpu_backends=["powercap"])
     try:
         time.sleep(1.5)  # the period is learned closely before reads go sparse
         before = s.status()[0]
@@ -47,16 +41,12 @@ def steps(
             s.end(rid)
         after = s.status()[0]
         assert s.wait(_native.now_ns(), 10.0)
-        n, _ids, _tags, t0b, t1b, jb, ub = s.drain()
+        drained = s.drain()
     finally:
         s.stop()
-    t0 = np.frombuffer(t0b, dtype=np.uint64).tolist()
-    t1 = np.frombuffer(t1b, dtype=np.uint64).tolist()
-    j = np.frombuffer(jb, dtype=np.float64).reshape(n, -1)[:, 0]
-    u = np.frombuffer(ub, dtype=np.float64).reshape(n, -1)[:, 0]
-    truth = np.array([sim.truth_j("package", 0, a, b) for a, b in zip(t0, t1, strict=True)])
+    err, unc = package_rows(sim, drained)
     late = after["late_polls"] - before["late_polls"]
-    return np.abs(j - truth) / truth, u / truth, after["reads"] - before["reads"], late
+    return err, unc, after["reads"] - before["reads"], late
 
 
 def fewer(reads: int, than: float, late: int) -> None:
