@@ -197,18 +197,15 @@ def main() -> None:
         f"| {k} | {statistics.median(v) * 1e3:.1f} ms | {(statistics.median(v) - base) * 1e3:+.1f} ms |"
         for k, v in times.items()
     )
-    first_rows = "\n".join(
-        f"| import carbonctx, then the first `with track()`{k} | {statistics.median(v) * 1e3:.1f} ms |"
-        for k, v in firsts.items()
-    )
-    alone_rows = "\n".join(
-        f"| the first `with track()` alone{k} | {statistics.median(v) * 1e3:.1f} ms |"
-        for k, v in alone.items()
-    )
-    script_rows = "\n".join(
-        f"| a script: import, one region, its energy, exit{k} | {statistics.median(v) * 1e3:.1f} ms |"
-        for k, v in scripts.items()
-    )
+
+    def median_rows(case: str, by_tree: dict[str, list[float]]) -> str:
+        return "\n".join(
+            f"| {case}{k} | {statistics.median(v) * 1e3:.1f} ms |" for k, v in by_tree.items()
+        )
+
+    first_rows = median_rows("import carbonctx, then the first `with track()`", firsts)
+    alone_rows = median_rows("the first `with track()` alone", alone)
+    script_rows = median_rows("a script: import, one region, its energy, exit", scripts)
     first_text = "\n\n".join(
         "\n".join(
             [
