@@ -11,14 +11,23 @@ launcher       variables
                ``TORCHELASTIC_RUN_ID`` or ``GROUP_RANK``.
 ``torch-env``  the same ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` set by other
                launchers (``torch.multiprocessing`` scripts, Accelerate, DeepSpeed, by hand);
-               ``NODE_RANK`` or ``GROUP_RANK`` for the node.
+               ``NODE_RANK`` or ``GROUP_RANK`` for the node. DeepSpeed's launcher sets
+               ``LOCAL_SIZE`` and ``CROSS_RANK`` (the node) instead of ``LOCAL_WORLD_SIZE`` and
+               a node rank: read when those are absent.
+``horovod``    ``horovodrun``'s ``HOROVOD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``, and
+               ``HOROVOD_CROSS_RANK`` for the node (with Gloo; with MPI it sets MPI's).
 ``openmpi``    ``OMPI_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``; the job id
                from ``PMIX_NAMESPACE`` (Open MPI 5) or ``OMPI_MCA_ess_base_jobid`` (4.x).
                ``OMPI_COMM_WORLD_NODE_RANK`` is *not* the node's index (Open MPI documents it as
                the process's rank on the node across all jobs), so it is not used.
+``mvapich2``   ``mpirun_rsh``'s ``MV2_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``
+               (it sets no ``PMI_RANK``).
 ``mpich``,     Hydra's ``PMI_RANK``, ``PMI_SIZE``, ``MPI_LOCALRANKID``, ``MPI_LOCALNRANKS``;
-``intel-mpi``  Intel MPI when an ``I_MPI_*`` variable is present. ``PMI_RANK``/``PMI_SIZE``
-               without Hydra's local variables (Slurm's PMI-2) is ``pmi``.
+``intel-mpi``  Intel MPI when an ``I_MPI_*`` variable is present.
+``cray-pals``  HPE Cray's ``mpiexec`` (PALS): ``PMI_RANK``, ``PMI_SIZE``, ``PMI_LOCAL_RANK``
+               (else ``PALS_LOCAL_RANKID``), ``PMI_LOCAL_SIZE`` (else ``PALS_LOCAL_SIZE``),
+               ``PALS_NODEID`` for the node. ``PMI_RANK``/``PMI_SIZE`` without local variables
+               (Slurm's PMI-2) is ``pmi``.
 ``slurm``      a task started by ``srun`` (a step: ``SLURM_STEP_ID``/``SLURM_STEPID`` or
                ``SLURM_STEP_NUM_TASKS``): ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` (else
                ``SLURM_NTASKS``/``SLURM_NPROCS``), ``SLURM_LOCALID``, ``SLURM_NODEID``, tasks
