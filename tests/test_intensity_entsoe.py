@@ -90,3 +90,37 @@ def test_not_xml_and_zones_not_covered(
         s.refresh(wait=True)
     assert make(server, tmp_path, client, clock, zone="GB").provider is None
     assert make(server, tmp_path, client, clock, zone="US-CAL-CISO").provider is None
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_no_matching_data_with_either_status_is_no_data(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock, status: int
+) -> None:
+    # The platform sends its acknowledgement with HTTP 200 or 400; either way it is read.
+    server.entsoe_ack = (status, "No matching data found for Data item ACTUAL_GENERATION")
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="reason 999.*No matching data found") as rec:
+        s.refresh(wait=True)
+    assert len(rec) == 1 and TOKEN not in str(rec[0].message)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "no-data"
+    assert s.current().source == "table"
+
+
+def test_a_refusal_sent_with_http_400_is_quoted(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    text = "The amount of requested data exceeds allowed limit. Allowed: 100, requested: 105."
+    server.entsoe_ack = (400, text)
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="HTTP 400, reason 999.*requested data exceeds"):
+        s.refresh(wait=True)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "http"
+    # an error page that is no acknowledgement keeps the generic message
+    server.entsoe_ack = None
+    server.modes["/api"] = "404"
+    clock.advance(86400)
+    s.refresh(wait=True, force=True)  # the same kind of failure: warned once already
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "http" and "HTTP 404" in failure.reason

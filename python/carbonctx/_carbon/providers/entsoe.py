@@ -6,7 +6,10 @@ yyyyMMddHHmm&periodEnd=...`` answers a ``GL_MarketDocument`` (XML): one ``TimeSe
 production type (``MktPSRType/psrType``, ``B01``..``B20``), each with ``Period``s of
 ``Point``s (``position``, ``quantity`` in MW) at a ``resolution`` (``PT15M``, ``PT30M``,
 ``PT60M``). Series with an ``outBiddingZone_Domain`` are consumption (pumping) and are left
-out. No data is an ``Acknowledgement_MarketDocument`` whose ``Reason/text`` says why.
+out. No data, or a request refused, is an ``Acknowledgement_MarketDocument`` whose
+``Reason/code`` (``999``, "errors not specifically identified", for nearly everything) and
+``Reason/text`` say why, sent with HTTP 200 or 400: "No matching data found ..." is no data, any
+other reason a refusal; either way the reason is quoted.
 
 Intensity of each step: the generation-weighted mean of the lifecycle factors per production
 type in ``carbonctx/data/entsoe-lifecycle-factors.csv`` (IPCC AR5 medians, with the
@@ -155,10 +158,28 @@ class EntsoeProvider:
                 now=now,
                 params=params,
                 limits=self.limits,
+                explain=self._explain,
             )
         except ProviderError as exc:
             raise self._scrubbed(exc) from None
         return Fetched(self._parse(body, zone, now))
+
+    def _explain(self, status: int, body: bytes) -> ProviderError | None:
+        """An error answer that is an acknowledgement: its reason, with the HTTP status."""
+        try:
+            root = ElementTree.fromstring(body)
+        except (ElementTree.ParseError, ValueError):
+            return None
+        if _local(root.tag) != "Acknowledgement_MarketDocument":
+            return None
+        return self._ack_error(root, f"HTTP {status}, ")
+
+    def _ack_error(self, root: ElementTree.Element, prefix: str = "") -> ProviderError:
+        code = _text(root, "Reason", "code") or "?"
+        text = (_text(root, "Reason", "text") or "").replace(self._token or "\0", "***")
+        text = re.sub(r"\s+", " ", text)[:200]
+        kind = "no-data" if "no matching data" in text.lower() else "http"
+        return ProviderError(kind, f'{self.name}: {prefix}reason {code}: "{text}"')
 
     def _scrubbed(self, exc: ProviderError) -> ProviderError:
         if self._token and self._token in exc.reason:
@@ -171,11 +192,7 @@ class EntsoeProvider:
         except (ElementTree.ParseError, ValueError) as exc:
             raise malformed(self.name, f"not XML ({type(exc).__name__})") from None
         if _local(root.tag) == "Acknowledgement_MarketDocument":
-            code = _text(root, "Reason", "code") or "?"
-            text = (_text(root, "Reason", "text") or "").replace(self._token or "\0", "***")
-            text = re.sub(r"\s+", " ", text)[:200]
-            kind = "no-data" if code == "999" else "http"
-            raise ProviderError(kind, f'{self.name}: reason {code}: "{text}"')
+            raise self._ack_error(root)
         if _local(root.tag) != "GL_MarketDocument":
             raise malformed(self.name, f"unexpected document {_local(root.tag)!r}")
         factors = lifecycle_factors()
