@@ -384,6 +384,8 @@ class FakeServer:
                     }
                     for k in range(24)
                 ]
+                if mode == "empty":
+                    items = []
                 body: dict[str, object] = {"zone": zone, "forecast": items, "updatedAt": _z(now)}
                 if p.startswith("/v4/"):
                     body["temporalGranularity"] = req.query.get("temporalGranularity", ["?"])[0]
