@@ -124,3 +124,15 @@ def test_a_refusal_sent_with_http_400_is_quoted(
     s.refresh(wait=True, force=True)  # the same kind of failure: warned once already
     failure = s._series["recent"].failure
     assert failure is not None and failure.kind == "http" and "HTTP 404" in failure.reason
+
+
+def test_energy_storage_is_not_generation(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # B25 (energy storage) gives back energy generated, and counted, before: left out of the
+    # mix, and not a type whose figure the completeness of a step waits for.
+    server.entsoe_mw["B25"] = 400.0
+    s = make(server, tmp_path, client, clock)
+    s.refresh(wait=True)
+    cur = s.current()
+    assert cur.source == "live" and cur.g_per_kwh == pytest.approx(MIX)

@@ -3,13 +3,14 @@ A16) for a European bidding zone, turned into an average lifecycle intensity.
 
 ``GET /api?securityToken=T&documentType=A75&processType=A16&in_Domain=EIC&periodStart=
 yyyyMMddHHmm&periodEnd=...`` answers a ``GL_MarketDocument`` (XML): one ``TimeSeries`` per
-production type (``MktPSRType/psrType``, ``B01``..``B20``), each with ``Period``s of
+production type (``MktPSRType/psrType``, ``B01``..``B20``, ``B25``), each with ``Period``s of
 ``Point``s (``position``, ``quantity`` in MW) at a ``resolution`` (``PT15M``, ``PT30M``,
 ``PT60M``). Series with an ``outBiddingZone_Domain`` are consumption (pumping) and are left
-out. No data, or a request refused, is an ``Acknowledgement_MarketDocument`` whose
-``Reason/code`` (``999``, "errors not specifically identified", for nearly everything) and
-``Reason/text`` say why, sent with HTTP 200 or 400: "No matching data found ..." is no data, any
-other reason a refusal; either way the reason is quoted.
+out, and so is ``B25`` (energy storage): what it gives back was generated, and counted, before
+it was stored (as the EIA provider leaves out batteries). No data, or a request refused, is an
+``Acknowledgement_MarketDocument`` whose ``Reason/code`` (``999``, "errors not specifically
+identified", for nearly everything) and ``Reason/text`` say why, sent with HTTP 200 or 400:
+"No matching data found ..." is no data, any other reason a refusal; either way it is quoted.
 
 Intensity of each step: the generation-weighted mean of the lifecycle factors per production
 type in ``carbonctx/data/entsoe-lifecycle-factors.csv`` (IPCC AR5 medians, with the
@@ -87,6 +88,8 @@ _RESOLUTIONS = {"PT15M": 900, "PT30M": 1800, "PT60M": 3600}
 #: resolutions (15 min, 1 h) add up step by step
 _STEP = 900
 _COMPLETE = 0.8
+#: production types that are not generation of their own (energy storage)
+_NOT_GENERATION = frozenset({"B25"})
 _DATASET = "ENTSO-E Transparency A75 x IPCC AR5 lifecycle factors"
 
 
@@ -204,7 +207,7 @@ class EntsoeProvider:
             if _child(ts, "outBiddingZone_Domain.mRID") is not None:
                 continue  # consumption (pumping), not generation
             psr = _text(ts, "MktPSRType", "psrType")
-            if psr is None:
+            if psr is None or psr in _NOT_GENERATION:
                 continue
             types.add(psr)
             for period in (c for c in ts if _local(c.tag) == "Period"):
