@@ -186,3 +186,42 @@ def test_slurm_heterogeneous_step() -> None:
     # component 0's tasks name the same job: one job, counted once
     other = detect(dict(HET_STEP, SLURM_PROCID="1", SLURM_LOCALID="1", SLURM_NODEID="0"))
     assert fields(other) == (1, 4, 1, 3, 0) and other.job == info.job
+
+
+# ---------------------------------------------------------------------------- MIG instances
+
+MIG_UUIDS = tuple(f"MIG-{k}c2f1e7a-5b1d-5f0e-9a7c-3e8d2b4f6a1{k}" for k in range(3))
+MACHINE = [
+    Gpu(0, "GPU-0a1b2c3d-0000-1111-2222-333344445555", "NVIDIA A100-SXM4-80GB", MIG_UUIDS),
+    *(
+        Gpu(i, f"GPU-{i}a1b2c3d-0000-1111-2222-333344445555", "NVIDIA A100-SXM4-80GB")
+        for i in (1, 2)
+    ),
+]
+
+
+def test_ranks_on_mig_instances_of_one_gpu_count_it_once() -> None:
+    owners = []
+    for local, mig in enumerate(reversed(MIG_UUIDS)):  # local rank 2 has the first instance
+        env = {
+            "RANK": str(local),
+            "WORLD_SIZE": "3",
+            "LOCAL_RANK": str(local),
+            "LOCAL_WORLD_SIZE": "3",
+            "CUDA_VISIBLE_DEVICES": mig,
+        }
+        own = owned_gpus(detect(env), MACHINE, env, modules={})
+        assert own.shared and own.visible == (0,)
+        owners.append(own.indices)
+    assert owners == [(), (), (0,)]
+    # The same layout in upper case, as nvidia-smi -L prints it, and with a second entry that
+    # CUDA leaves out (one MIG instance per process).
+    env = {"RANK": "1", "WORLD_SIZE": "3", "CUDA_VISIBLE_DEVICES": f"{MIG_UUIDS[0].upper()},1"}
+    own = owned_gpus(detect(env), MACHINE, env, modules={})
+    assert own.indices == (0,) and own.rule == "mig-first"
+
+
+def test_a_process_alone_on_a_mig_instance_reports_its_gpu() -> None:
+    env = {"CUDA_VISIBLE_DEVICES": MIG_UUIDS[2]}
+    own = owned_gpus(detect(env), MACHINE, env, modules={})
+    assert own.indices == (0,) and own.rule == "all-visible"
