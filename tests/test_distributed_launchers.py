@@ -225,3 +225,50 @@ def test_a_process_alone_on_a_mig_instance_reports_its_gpu() -> None:
     env = {"CUDA_VISIBLE_DEVICES": MIG_UUIDS[2]}
     own = owned_gpus(detect(env), MACHINE, env, modules={})
     assert own.indices == (0,) and own.rule == "all-visible"
+
+
+# ---------------------------------------------------------------------------- Flux, jsrun
+
+# flux run -N2 -n8: task 6, local task 2 on the second node (Flux also serves simple PMI).
+FLUX = {
+    "FLUX_TASK_RANK": "6",
+    "FLUX_TASK_LOCAL_ID": "2",
+    "FLUX_JOB_SIZE": "8",
+    "FLUX_JOB_NNODES": "2",
+    "FLUX_JOB_ID": "f2Zk9Q8jKs7",
+    "FLUX_URI": "local:///run/flux/local",
+    "PMI_RANK": "6",
+    "PMI_SIZE": "8",
+    "PMI_FD": "12",
+}
+
+
+def test_flux_run() -> None:
+    info = detect(FLUX)
+    assert (info.launcher, info.job) == ("flux", "f2Zk9Q8jKs7")
+    assert fields(info)[:4] == (6, 8, 2, None)
+    assert info.distributed
+
+
+# jsrun -n 12 -a 1 -g 1 (LSF, Summit-like): resource set 7 of 12, the second on its node; Spectrum
+# MPI's Open MPI variables beside jsrun's own.
+JSRUN = {
+    "JSM_NAMESPACE_RANK": "7",
+    "JSM_NAMESPACE_SIZE": "12",
+    "JSM_NAMESPACE_LOCAL_RANK": "1",
+    "JSM_NAMESPACE_LOCAL_SIZE": "6",
+    "LSB_JOBID": "1234567",
+    "OMPI_COMM_WORLD_RANK": "7",
+    "OMPI_COMM_WORLD_SIZE": "12",
+    "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+    "OMPI_COMM_WORLD_LOCAL_SIZE": "6",
+}
+
+
+def test_jsrun_under_lsf() -> None:
+    info = detect(JSRUN)
+    assert fields(info)[:4] == (7, 12, 1, 6)
+    assert info.job == "1234567"  # Open MPI names no job here: jsrun's LSF job does
+    alone = {k: v for k, v in JSRUN.items() if not k.startswith("OMPI")}
+    info = detect(alone)
+    assert (info.launcher, fields(info)[:4]) == ("jsrun", (7, 12, 1, 6))

@@ -1,6 +1,6 @@
 """What each launcher's variables say about a process's place in a job: one reader per launcher
 (torchrun / torch.distributed.elastic and the launchers that set its variables, Horovod, Open MPI,
-MVAPICH2, MPICH, Intel MPI and HPE Cray PALS through PMI, Slurm, PMIx),
+IBM jsrun, MVAPICH2, Flux, MPICH, Intel MPI and HPE Cray PALS through PMI, Slurm, PMIx),
 each giving a :class:`Reading` of the fields it sets and the variable each came from, and the
 parser of Slurm's compressed task counts. ``ranks.detect_ranks`` chooses among the readings.
 """
@@ -123,6 +123,31 @@ def _read_mvapich(env: Mapping[str, str]) -> Reading | None:
     return r
 
 
+def _read_jsrun(env: Mapping[str, str]) -> Reading | None:
+    if "JSM_NAMESPACE_RANK" not in env and "JSM_NAMESPACE_SIZE" not in env:
+        return None
+    r = Reading("jsrun")
+    _read_int(r, env, "rank", "JSM_NAMESPACE_RANK")
+    _read_int(r, env, "world_size", "JSM_NAMESPACE_SIZE")
+    _read_int(r, env, "local_rank", "JSM_NAMESPACE_LOCAL_RANK")
+    _read_int(r, env, "local_world_size", "JSM_NAMESPACE_LOCAL_SIZE")
+    if env.get("LSB_JOBID", "").strip():
+        r.job = (env["LSB_JOBID"].strip(), "LSB_JOBID")
+    return r
+
+
+def _read_flux(env: Mapping[str, str]) -> Reading | None:
+    if "FLUX_TASK_RANK" not in env and "FLUX_JOB_SIZE" not in env:
+        return None
+    r = Reading("flux")
+    _read_int(r, env, "rank", "FLUX_TASK_RANK")
+    _read_int(r, env, "world_size", "FLUX_JOB_SIZE")
+    _read_int(r, env, "local_rank", "FLUX_TASK_LOCAL_ID")
+    if env.get("FLUX_JOB_ID", "").strip():
+        r.job = (env["FLUX_JOB_ID"].strip(), "FLUX_JOB_ID")
+    return r
+
+
 def _read_pmi(env: Mapping[str, str]) -> Reading | None:
     if "PMI_RANK" not in env and "PMI_SIZE" not in env:
         return None
@@ -229,7 +254,9 @@ READERS: tuple[Callable[[Mapping[str, str]], Reading | None], ...] = (
     _read_torch,
     _read_horovod,
     _read_openmpi,
+    _read_jsrun,
     _read_mvapich,
+    _read_flux,
     _read_pmi,
     _read_slurm,
     _read_pmix,

@@ -20,6 +20,10 @@ launcher       variables
                from ``PMIX_NAMESPACE`` (Open MPI 5) or ``OMPI_MCA_ess_base_jobid`` (4.x).
                ``OMPI_COMM_WORLD_NODE_RANK`` is *not* the node's index (Open MPI documents it as
                the process's rank on the node across all jobs), so it is not used.
+``jsrun``      IBM's ``jsrun`` (LSF): ``JSM_NAMESPACE_RANK``/``_SIZE``/``_LOCAL_RANK``/
+               ``_LOCAL_SIZE``, the job ``LSB_JOBID``.
+``flux``       Flux's ``FLUX_TASK_RANK``, ``FLUX_JOB_SIZE``, ``FLUX_TASK_LOCAL_ID``, the job
+               ``FLUX_JOB_ID`` (no local size: from another launcher naming the same ranks).
 ``mvapich2``   ``mpirun_rsh``'s ``MV2_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``
                (it sets no ``PMI_RANK``).
 ``mpich``,     Hydra's ``PMI_RANK``, ``PMI_SIZE``, ``MPI_LOCALRANKID``, ``MPI_LOCALNRANKS``;
