@@ -141,6 +141,7 @@ def test_cray_pals_mpiexec() -> None:
     assert info.launcher == "cray-pals"
     assert fields(info) == (5, 8, 1, 4, 1)
     assert info.sources["local_rank"] == "PMI_LOCAL_RANK"
+    assert info.job == PALS["PALS_APID"]  # the launch, not the PBS job it runs in
     # PALS's own names stand in where Cray PMI's are missing
     env = {k: v for k, v in PALS.items() if not k.startswith("PMI_LOCAL")}
     info = detect(env)

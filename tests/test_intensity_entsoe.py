@@ -136,3 +136,16 @@ def test_energy_storage_is_not_generation(
     s.refresh(wait=True)
     cur = s.current()
     assert cur.source == "live" and cur.g_per_kwh == pytest.approx(MIX)
+
+
+def test_a_401_acknowledgement_is_a_refused_token_with_its_reason(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.entsoe_ack = (401, f"Unauthorized. Missing or invalid security token {TOKEN}")
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="HTTP 401, reason 999.*Unauthorized") as rec:
+        s.refresh(wait=True)
+    message = str(rec[0].message)
+    assert "CARBONCTX_ENTSOE_TOKEN" in message and TOKEN not in message
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "auth"

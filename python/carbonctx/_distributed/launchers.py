@@ -162,6 +162,8 @@ def _read_pmi(env: Mapping[str, str]) -> Reading | None:
     _read_int(r, env, "local_rank", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "PALS_LOCAL_RANKID")
     _read_int(r, env, "local_world_size", "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE", "PALS_LOCAL_SIZE")
     _read_int(r, env, "node_rank", "PALS_NODEID")
+    if env.get("PALS_APID", "").strip():  # one per mpiexec: the application's id
+        r.job = (env["PALS_APID"].strip(), "PALS_APID")
     return r
 
 

@@ -30,8 +30,8 @@ launcher       variables
 ``intel-mpi``  Intel MPI when an ``I_MPI_*`` variable is present.
 ``cray-pals``  HPE Cray's ``mpiexec`` (PALS): ``PMI_RANK``, ``PMI_SIZE``, ``PMI_LOCAL_RANK``
                (else ``PALS_LOCAL_RANKID``), ``PMI_LOCAL_SIZE`` (else ``PALS_LOCAL_SIZE``),
-               ``PALS_NODEID`` for the node. ``PMI_RANK``/``PMI_SIZE`` without local variables
-               (Slurm's PMI-2) is ``pmi``.
+               ``PALS_NODEID`` for the node, the job ``PALS_APID``. ``PMI_RANK``/``PMI_SIZE``
+               without local variables (Slurm's PMI-2) is ``pmi``.
 ``slurm``      a task started by ``srun`` (a step: ``SLURM_STEP_ID``/``SLURM_STEPID`` or
                ``SLURM_STEP_NUM_TASKS``): ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` (else
                ``SLURM_NTASKS``/``SLURM_NPROCS``), ``SLURM_LOCALID``, ``SLURM_NODEID``, tasks

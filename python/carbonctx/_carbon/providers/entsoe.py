@@ -175,13 +175,17 @@ class EntsoeProvider:
             return None
         if _local(root.tag) != "Acknowledgement_MarketDocument":
             return None
-        return self._ack_error(root, f"HTTP {status}, ")
+        kind = {401: "auth", 403: "forbidden"}.get(status)
+        return self._ack_error(root, f"HTTP {status}, ", kind)
 
-    def _ack_error(self, root: ElementTree.Element, prefix: str = "") -> ProviderError:
+    def _ack_error(
+        self, root: ElementTree.Element, prefix: str = "", kind: str | None = None
+    ) -> ProviderError:
         code = _text(root, "Reason", "code") or "?"
         text = (_text(root, "Reason", "text") or "").replace(self._token or "\0", "***")
         text = re.sub(r"\s+", " ", text)[:200]
-        kind = "no-data" if "no matching data" in text.lower() else "http"
+        if kind is None:
+            kind = "no-data" if "no matching data" in text.lower() else "http"
         return ProviderError(kind, f'{self.name}: {prefix}reason {code}: "{text}"')
 
     def _scrubbed(self, exc: ProviderError) -> ProviderError:

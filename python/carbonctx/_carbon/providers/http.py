@@ -149,7 +149,7 @@ def get_bytes(
     """GET ``url`` and return the body of a 2xx answer; every failure is a ProviderError.
 
     ``explain(status, body)`` reads a provider's own error document (the first 4 KiB of it) on
-    a 4xx answer other than 401 and 429; None leaves the generic error."""
+    a 4xx answer other than 429; None leaves the generic error."""
     import httpx  # only live providers need it; keep it off the import path
 
     start = time.monotonic()
@@ -216,7 +216,7 @@ def get_bytes(
             "connection", f"{name}: the answer was cut ({type(exc).__name__})"
         ) from None
     body = b"".join(chunks)
-    if explain is not None and 400 <= status < 500 and status not in (401, 429):
+    if explain is not None and 400 <= status < 500 and status != 429:
         own = explain(status, body)
         if own is not None:
             raise own
