@@ -47,6 +47,11 @@ def test_deepspeed_launcher_local_size_and_node() -> None:
     # torch's own names win where both are set
     both = detect(dict(DEEPSPEED, LOCAL_WORLD_SIZE="4", LOCAL_RANK="3", NODE_RANK="0"))
     assert (both.local_world_size, both.node_rank) == (4, 0)
+    # without DeepSpeed's CROSS_SIZE, LOCAL_SIZE and CROSS_RANK are someone else's
+    other = {k: v for k, v in DEEPSPEED.items() if k != "CROSS_SIZE"}
+    other["LOCAL_SIZE"] = "big"
+    info = detect(other)
+    assert (info.local_world_size, info.node_rank, info.distributed) == (None, None, True)
 
 
 def test_deepspeed_ranks_sharing_gpus_report_each_once() -> None:

@@ -76,9 +76,11 @@ def _read_torch(env: Mapping[str, str]) -> Reading | None:
     _read_int(r, env, "rank", "RANK")
     _read_int(r, env, "world_size", "WORLD_SIZE")
     _read_int(r, env, "local_rank", "LOCAL_RANK")
-    # DeepSpeed's launcher sets LOCAL_SIZE and CROSS_RANK (the node) instead.
-    _read_int(r, env, "local_world_size", "LOCAL_WORLD_SIZE", "LOCAL_SIZE")
-    _read_int(r, env, "node_rank", "GROUP_RANK", "NODE_RANK", "CROSS_RANK")
+    # DeepSpeed's launcher sets LOCAL_SIZE and CROSS_RANK (the node) instead, with CROSS_SIZE;
+    # without that mark those common names are someone else's.
+    ds = ("LOCAL_SIZE",) if "CROSS_SIZE" in env else ()
+    _read_int(r, env, "local_world_size", "LOCAL_WORLD_SIZE", *ds)
+    _read_int(r, env, "node_rank", "GROUP_RANK", "NODE_RANK", *(("CROSS_RANK",) if ds else ()))
     run_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
     if run_id and run_id.lower() != "none":
         r.job = (run_id, "TORCHELASTIC_RUN_ID")

@@ -12,8 +12,8 @@ launcher       variables
 ``torch-env``  the same ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` set by other
                launchers (``torch.multiprocessing`` scripts, Accelerate, DeepSpeed, by hand);
                ``NODE_RANK`` or ``GROUP_RANK`` for the node. DeepSpeed's launcher sets
-               ``LOCAL_SIZE`` and ``CROSS_RANK`` (the node) instead of ``LOCAL_WORLD_SIZE`` and
-               a node rank: read when those are absent.
+               ``LOCAL_SIZE`` and ``CROSS_RANK`` (the node) instead, with ``CROSS_SIZE``: read
+               when that is set and torch's names are absent.
 ``horovod``    ``horovodrun``'s ``HOROVOD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``, and
                ``HOROVOD_CROSS_RANK`` for the node (with Gloo; with MPI it sets MPI's).
 ``openmpi``    ``OMPI_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``; the job id
