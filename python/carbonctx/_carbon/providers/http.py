@@ -261,6 +261,7 @@ def get_json(
     auth: tuple[str, str] | None = None,
     unknown_zone: Callable[[int, str], bool] | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    explain: Callable[[int, bytes], ProviderError | None] | None = None,
 ) -> Any:
     """GET and decode JSON (see :func:`get_bytes`); NaN, infinities and deep nesting are
     refused as malformed."""
@@ -274,6 +275,7 @@ def get_json(
         auth=auth,
         unknown_zone=unknown_zone,
         limits=limits,
+        explain=explain,
     )
     return parse_json(body, name)
 
