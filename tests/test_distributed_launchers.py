@@ -278,3 +278,35 @@ def test_jsrun_under_lsf() -> None:
     alone = {k: v for k, v in JSRUN.items() if not k.startswith("OMPI")}
     info = detect(alone)
     assert (info.launcher, fields(info)[:4]) == ("jsrun", (7, 12, 1, 6))
+
+
+# ---------------------------------------------------------------------------- variables by hand
+
+# sbatch -N2 --ntasks-per-node=4 with "export MASTER_ADDR=... MASTER_PORT=... WORLD_SIZE=
+# $SLURM_NTASKS" in the script, then "srun python train.py", whose code sets RANK itself later.
+SRUN_TASK_3 = {
+    "SLURM_JOB_ID": "91",
+    "SLURM_STEP_ID": "0",
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "3",
+    "SLURM_NODEID": "0",
+    "SLURM_STEP_NUM_TASKS": "8",
+    "SLURM_NTASKS": "8",
+    "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+}
+
+
+def test_torch_variables_without_a_rank_defer_to_the_launcher_naming_it() -> None:
+    env = dict(SRUN_TASK_3, WORLD_SIZE="8", MASTER_ADDR="node0", MASTER_PORT="29500")
+    info = detect(env)
+    assert (info.launcher, info.job) == ("slurm", "91.0")
+    assert fields(info) == (3, 8, 3, 4, 0)
+    assert info.distributed and info.sources["rank"] == "SLURM_PROCID"
+    # LOCAL_RANK exported from the batch script (0 there) disagrees with this task's: the
+    # variables are not this process's, and that is said once
+    env["LOCAL_RANK"] = "0"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = detect_ranks(env, hostname="h", proc_root="/nonexistent", pid=1)
+    assert len(caught) == 1 and "WORLD_SIZE=8 is set but no rank is" in str(caught[0].message)
+    assert not info.distributed and info.launcher == "torch-env"

@@ -47,7 +47,10 @@ launcher       variables
 Precedence: the launcher closest to the process describes it. ``torchrun`` (or the torch
 variables) inside an ``srun`` step or an allocation wins over Slurm, since torchrun started these
 processes and Slurm started torchrun; an MPI launcher wins over Slurm for the same reason
-(``mpirun`` inside an allocation); Slurm wins over bare PMIx. Fields the chosen launcher leaves
+(``mpirun`` inside an allocation); Slurm wins over bare PMIx. Torch variables without a rank
+(a batch script's ``export WORLD_SIZE=$SLURM_NTASKS``, the script setting ``RANK`` itself later)
+started nothing: a later launcher that names this process's rank and agrees with every value
+they give describes it instead. Fields the chosen launcher leaves
 out (a local rank, a node rank, the world size) are taken from another launcher only when that
 one names the same rank (and the same world size where both name one), so it describes the same
 processes (``srun --mpi=pmi2`` sets ``PMI_RANK``/``PMI_SIZE`` and Slurm's local variables); a
@@ -88,6 +91,7 @@ import attrs
 from carbonctx._config import RANK_SETTINGS
 from carbonctx._distributed.launchers import (
     READERS,
+    Reading,
     parse_slurm_tasks_per_node,
     same_processes,
 )
@@ -199,6 +203,10 @@ def _check(values: Mapping[str, tuple[int, str]]) -> list[tuple[str, tuple[str, 
     return out
 
 
+def _agrees(a: Reading, b: Reading) -> bool:
+    return all(b.fields[f][0] == v for f, (v, _) in a.fields.items() if f in b.fields)
+
+
 def _hostname() -> str:
     """The host name, as ``socket.gethostname()`` gives it; on POSIX from ``uname`` (the same
     value: the C library's gethostname reads it there), without importing ``socket``."""
@@ -256,7 +264,13 @@ def detect_ranks(
             raise ConfigurationError(f"{SETTING_NAMES[name]} must not be empty; unset it instead")
 
     readings = [r for r in (reader(env) for reader in READERS) if r is not None]
-    primary = next((r for r in readings if r.claims_ranks), None)
+    claiming = [r for r in readings if r.claims_ranks]
+    primary = claiming[0] if claiming else None
+    if primary is not None and "rank" not in primary.fields and not primary.bad:
+        # Rank-less variables exported by hand: a launcher that names the rank and agrees.
+        primary = next(
+            (r for r in claiming[1:] if "rank" in r.fields and _agrees(primary, r)), primary
+        )
 
     values: dict[str, tuple[int, str]] = {}
     problems: list[str] = []
