@@ -176,6 +176,8 @@ class FakeServer:
         self.entsoe_mw = {"B04": 300.0, "B19": 100.0, "B16": 100.0}
         #: ENTSO-E: (HTTP status, reason text) of an acknowledgement sent instead of the data
         self.entsoe_ack: tuple[int, str] | None = None
+        #: ENTSO-E: how a resolution of so many minutes is written, where not PT<n>M
+        self.entsoe_resolution: dict[int, str] = {}
         #: US EIA: the API key it accepts, MWh per fuel each hour, how late hours are published
         self.eia_key = "eia-K3y-0001"
         self.eia_mwh: dict[str, object] = {"NG": "600", "SUN": 200, "WND": 200.0, "BAT": -50}
@@ -483,6 +485,8 @@ class FakeServer:
             + "".join(series)
             + "</GL_MarketDocument>"
         )
+        for minutes, text in self.entsoe_resolution.items():
+            doc = doc.replace(f">PT{minutes}M<", f">{text}<")
         return 200, _Raw(doc.encode(), "text/xml")
 
     def _eia(self, req: Request, now: datetime) -> tuple[int, object]:

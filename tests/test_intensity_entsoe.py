@@ -149,3 +149,21 @@ def test_a_401_acknowledgement_is_a_refused_token_with_its_reason(
     assert "CARBONCTX_ENTSOE_TOKEN" in message and TOKEN not in message
     failure = s._series["recent"].failure
     assert failure is not None and failure.kind == "auth"
+
+
+def test_resolutions_in_hours_and_unusable_ones(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # PT1H is PT60M written in hours: read alike.
+    server.entsoe_resolution = {60: "PT1H"}
+    s = make(server, tmp_path, client, clock)
+    s.refresh(wait=True)
+    cur = s.current()
+    assert cur.source == "live" and cur.g_per_kwh == pytest.approx(MIX)
+    assert cur.valid_from == datetime(2026, 6, 1, 9, 45, tzinfo=UTC)
+    # A resolution finer than the 15 min step (or unreadable) leaves its periods out, not the
+    # whole answer: here only the hourly gas is left, too few types for a complete mix.
+    server.entsoe_resolution = {15: "PT5M"}
+    s = make(server, tmp_path / "b", client, clock)
+    with pytest.warns(IntensityWarning, match="no complete generation mix for DE"):
+        s.refresh(wait=True)

@@ -83,7 +83,16 @@ BIDDING_ZONES: dict[str, str] = {
     "SI": "10YSI-ELES-----O",
     "SK": "10YSK-SEPS-----K",
 }
-_RESOLUTIONS = {"PT15M": 900, "PT30M": 1800, "PT60M": 3600}
+
+
+def _resolution_s(text: str | None) -> int | None:
+    """An ISO 8601 duration of hours and minutes (``PT15M``, ``PT60M``, ``PT1H``) in seconds."""
+    m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?", (text or "").strip())
+    if m is None or not any(m.groups()):
+        return None
+    return 3600 * int(m.group(1) or 0) + 60 * int(m.group(2) or 0)
+
+
 #: every series is read in steps of this many seconds, so that types published at different
 #: resolutions (15 min, 1 h) add up step by step
 _STEP = 900
@@ -253,9 +262,11 @@ class EntsoeProvider:
         try:
             start = parse_time(_text(period, "timeInterval", "start")).timestamp()
             end = parse_time(_text(period, "timeInterval", "end")).timestamp()
-            step = _RESOLUTIONS[_text(period, "resolution") or ""]
-        except (KeyError, ValueError) as exc:
+        except ValueError as exc:
             raise malformed(self.name, f"period: {exc}") from None
+        step = _resolution_s(_text(period, "resolution"))
+        if step is None or not 0 < step <= 86400 or step % _STEP:
+            return  # finer than the step, longer than a day, or none: nothing usable here
         points: dict[int, float] = {}
         for p in (c for c in period if _local(c.tag) == "Point"):
             try:
