@@ -174,6 +174,10 @@ class FakeServer:
         #: ENTSO-E: the security token it accepts, and MW per production type
         self.entsoe_token = "entsoe-S3cret-T0ken"
         self.entsoe_mw = {"B04": 300.0, "B19": 100.0, "B16": 100.0}
+        #: ENTSO-E: (HTTP status, reason text) of an acknowledgement sent instead of the data
+        self.entsoe_ack: tuple[int, str] | None = None
+        #: ENTSO-E: how a resolution of so many minutes is written, where not PT<n>M
+        self.entsoe_resolution: dict[int, str] = {}
         #: US EIA: the API key it accepts, MWh per fuel each hour, how late hours are published
         self.eia_key = "eia-K3y-0001"
         self.eia_mwh: dict[str, object] = {"NG": "600", "SUN": 200, "WND": 200.0, "BAT": -50}
@@ -382,6 +386,8 @@ class FakeServer:
                     }
                     for k in range(24)
                 ]
+                if mode == "empty":
+                    items = []
                 body: dict[str, object] = {"zone": zone, "forecast": items, "updatedAt": _z(now)}
                 if p.startswith("/v4/"):
                     body["temporalGranularity"] = req.query.get("temporalGranularity", ["?"])[0]
@@ -450,6 +456,8 @@ class FakeServer:
         if q.get("documentType") != "A75" or q.get("processType") != "A16":
             return 400, _Raw(_entsoe_ack("999", "Invalid document type"), "text/xml")
         domain = q.get("in_Domain", "")
+        if self.entsoe_ack is not None:
+            return self.entsoe_ack[0], _Raw(_entsoe_ack("999", self.entsoe_ack[1]), "text/xml")
         if domain not in ("10Y1001A1001A82H", "10YDK-1--------W"):
             text = f"No matching data found for Data item ACTUAL_GENERATION [{domain}]"
             return 200, _Raw(_entsoe_ack("999", text), "text/xml")
@@ -477,6 +485,8 @@ class FakeServer:
             + "".join(series)
             + "</GL_MarketDocument>"
         )
+        for minutes, text in self.entsoe_resolution.items():
+            doc = doc.replace(f">PT{minutes}M<", f">{text}<")
         return 200, _Raw(doc.encode(), "text/xml")
 
     def _eia(self, req: Request, now: datetime) -> tuple[int, object]:

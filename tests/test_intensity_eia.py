@@ -61,6 +61,10 @@ def test_bad_key_quotes_the_error_and_never_shows_the_key(
     cache = "".join(p.read_text() for p in (tmp_path / "cache").glob("*"))
     assert "wrong-K3y-77" not in cache
     assert "wrong-K3y-77" not in repr(s.provider)
+    # EIA has no plans: its 403 for a key is the credentials refused
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "auth" and "API_KEY_INVALID" in failure.reason
+    assert "Check CARBONCTX_EIA_KEY." in message
 
 
 def test_unknown_authority_has_no_data(

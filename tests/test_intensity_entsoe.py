@@ -90,3 +90,80 @@ def test_not_xml_and_zones_not_covered(
         s.refresh(wait=True)
     assert make(server, tmp_path, client, clock, zone="GB").provider is None
     assert make(server, tmp_path, client, clock, zone="US-CAL-CISO").provider is None
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_no_matching_data_with_either_status_is_no_data(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock, status: int
+) -> None:
+    # The platform sends its acknowledgement with HTTP 200 or 400; either way it is read.
+    server.entsoe_ack = (status, "No matching data found for Data item ACTUAL_GENERATION")
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="reason 999.*No matching data found") as rec:
+        s.refresh(wait=True)
+    assert len(rec) == 1 and TOKEN not in str(rec[0].message)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "no-data"
+    assert s.current().source == "table"
+
+
+def test_a_refusal_sent_with_http_400_is_quoted(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    text = "The amount of requested data exceeds allowed limit. Allowed: 100, requested: 105."
+    server.entsoe_ack = (400, text)
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="HTTP 400, reason 999.*requested data exceeds"):
+        s.refresh(wait=True)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "http"
+    # an error page that is no acknowledgement keeps the generic message
+    server.entsoe_ack = None
+    server.modes["/api"] = "404"
+    clock.advance(86400)
+    s.refresh(wait=True, force=True)  # the same kind of failure: warned once already
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "http" and "HTTP 404" in failure.reason
+
+
+def test_energy_storage_is_not_generation(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # B25 (energy storage) gives back energy generated, and counted, before: left out of the
+    # mix, and not a type whose figure the completeness of a step waits for.
+    server.entsoe_mw["B25"] = 400.0
+    s = make(server, tmp_path, client, clock)
+    s.refresh(wait=True)
+    cur = s.current()
+    assert cur.source == "live" and cur.g_per_kwh == pytest.approx(MIX)
+
+
+def test_a_401_acknowledgement_is_a_refused_token_with_its_reason(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.entsoe_ack = (401, f"Unauthorized. Missing or invalid security token {TOKEN}")
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="HTTP 401, reason 999.*Unauthorized") as rec:
+        s.refresh(wait=True)
+    message = str(rec[0].message)
+    assert "CARBONCTX_ENTSOE_TOKEN" in message and TOKEN not in message
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "auth"
+
+
+def test_resolutions_in_hours_and_unusable_ones(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # PT1H is PT60M written in hours: read alike.
+    server.entsoe_resolution = {60: "PT1H"}
+    s = make(server, tmp_path, client, clock)
+    s.refresh(wait=True)
+    cur = s.current()
+    assert cur.source == "live" and cur.g_per_kwh == pytest.approx(MIX)
+    assert cur.valid_from == datetime(2026, 6, 1, 9, 45, tzinfo=UTC)
+    # A resolution finer than the 15 min step (or unreadable) leaves its periods out, not the
+    # whole answer: here only the hourly gas is left, too few types for a complete mix.
+    server.entsoe_resolution = {15: "PT5M"}
+    s = make(server, tmp_path / "b", client, clock)
+    with pytest.warns(IntensityWarning, match="no complete generation mix for DE"):
+        s.refresh(wait=True)

@@ -296,13 +296,27 @@ def test_an_endless_answer_is_cut_at_the_size_limit(
 # --------------------------------------------------------------------------- values checked
 
 
-@pytest.mark.parametrize("bad", [-1.0, 5000.0, "200", None, True])
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        (-1.0, "unexpected answer"),
+        (5000.0, "unexpected answer"),
+        ("200", "unexpected answer"),
+        (None, "no value for DE now"),  # null: no value yet, not a broken answer
+        (True, "unexpected answer"),
+    ],
+)
 def test_implausible_live_values_are_refused(
-    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock, bad: object
+    server: FakeServer,
+    tmp_path: Path,
+    client: httpx.Client,
+    clock: FakeClock,
+    bad: object,
+    said: str,
 ) -> None:
     server.value = lambda provider, t: bad  # type: ignore[assignment,return-value]
     s = make(server, tmp_path, client, clock)
-    with pytest.warns(IntensityWarning, match="unexpected answer"):
+    with pytest.warns(IntensityWarning, match=said):
         s.refresh(wait=True)
     cur = s.current()
     assert cur.source == "table" and math.isfinite(cur.g_per_kwh)

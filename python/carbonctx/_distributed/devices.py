@@ -21,6 +21,10 @@ Rules, first that applies:
    ``torch.device("cuda", i)``) or UUIDs listed; an empty list reports no GPU.
 2. A process that is not part of a distributed job reports every visible GPU (today's behaviour).
 3. No GPU visible: none.
+   A rank whose ``CUDA_VISIBLE_DEVICES`` starts with a MIG instance (``MIG-<uuid>``; CUDA then
+   gives the process that one instance) shares its GPU with the ranks on the GPU's other
+   instances: the rank on the GPU's first instance (in the backend's order) reports the whole
+   GPU, the others none (``shared`` set either way), so that the GPU is counted once.
 4. torch is already imported and has initialised CUDA (never imported or initialised here): the
    device it has made current, unless more local ranks than GPUs share them (rule 6). Except:
    when that is ordinal 0 while the local rank is not 0 and maps to another GPU, the script most
@@ -107,6 +111,19 @@ def _match(entry: str, gpus: Sequence[Gpu]) -> Gpu | None:
     if low.startswith("gpu-"):
         found = [g for g in gpus if g.uuid is not None and g.uuid.lower().startswith(low)]
         return found[0] if len(found) == 1 else None
+    return None
+
+
+def _mig_instance(env: Mapping[str, str], gpus: Sequence[Gpu]) -> tuple[Gpu, int] | None:
+    """The GPU and the position among its instances of the MIG instance that
+    ``CUDA_VISIBLE_DEVICES`` gives first, if its first entry is one (``MIG-<uuid>``)."""
+    first = env.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip().lower()
+    if not first.startswith("mig-") or first.startswith("mig-gpu-"):
+        return None
+    for g in gpus:
+        for k, m in enumerate(g.mig_uuids):
+            if m.lower() == first:
+                return g, k
     return None
 
 
@@ -365,6 +382,15 @@ def _owned(
         )
     if n == 0:
         return _pick(visible, [], "none-visible", "this process sees no GPU")
+    mig = _mig_instance(env, visible) if vendor == "nvidia" else None
+    if mig is not None:
+        parent, k = mig
+        o = visible.index(parent)
+        if k == 0:
+            why = f"GPU {parent.index}'s first MIG instance is this rank's: it reports the GPU for "
+            return _pick(visible, [o], "mig-first", why + "every rank on its instances", True)
+        why = f"this rank has MIG instance {k} of GPU {parent.index}; the rank on its first "
+        return _pick(visible, [], "mig-other", why + "instance reports the GPU", shared=True)
 
     local, local_world = info.local_rank, info.local_world_size
     # One GPU left visible out of several is the launcher's per-rank assignment (Slurm's

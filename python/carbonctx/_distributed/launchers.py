@@ -1,5 +1,6 @@
 """What each launcher's variables say about a process's place in a job: one reader per launcher
-(torchrun / torch.distributed.elastic, Open MPI, MPICH and Intel MPI through PMI, Slurm, PMIx),
+(torchrun / torch.distributed.elastic and the launchers that set its variables, Horovod, Open MPI,
+IBM jsrun, MVAPICH2, Flux, MPICH, Intel MPI and HPE Cray PALS through PMI, Slurm, PMIx),
 each giving a :class:`Reading` of the fields it sets and the variable each came from, and the
 parser of Slurm's compressed task counts. ``ranks.detect_ranks`` chooses among the readings.
 """
@@ -75,8 +76,11 @@ def _read_torch(env: Mapping[str, str]) -> Reading | None:
     _read_int(r, env, "rank", "RANK")
     _read_int(r, env, "world_size", "WORLD_SIZE")
     _read_int(r, env, "local_rank", "LOCAL_RANK")
-    _read_int(r, env, "local_world_size", "LOCAL_WORLD_SIZE")
-    _read_int(r, env, "node_rank", "GROUP_RANK", "NODE_RANK")
+    # DeepSpeed's launcher sets LOCAL_SIZE and CROSS_RANK (the node) instead, with CROSS_SIZE;
+    # without that mark those common names are someone else's.
+    ds = ("LOCAL_SIZE",) if "CROSS_SIZE" in env else ()
+    _read_int(r, env, "local_world_size", "LOCAL_WORLD_SIZE", *ds)
+    _read_int(r, env, "node_rank", "GROUP_RANK", "NODE_RANK", *(("CROSS_RANK",) if ds else ()))
     run_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
     if run_id and run_id.lower() != "none":
         r.job = (run_id, "TORCHELASTIC_RUN_ID")
@@ -98,17 +102,70 @@ def _read_openmpi(env: Mapping[str, str]) -> Reading | None:
     return r
 
 
+def _read_horovod(env: Mapping[str, str]) -> Reading | None:
+    if "HOROVOD_RANK" not in env and "HOROVOD_SIZE" not in env:
+        return None
+    r = Reading("horovod")
+    _read_int(r, env, "rank", "HOROVOD_RANK")
+    _read_int(r, env, "world_size", "HOROVOD_SIZE")
+    _read_int(r, env, "local_rank", "HOROVOD_LOCAL_RANK")
+    _read_int(r, env, "local_world_size", "HOROVOD_LOCAL_SIZE")
+    _read_int(r, env, "node_rank", "HOROVOD_CROSS_RANK")
+    return r
+
+
+def _read_mvapich(env: Mapping[str, str]) -> Reading | None:
+    if "MV2_COMM_WORLD_RANK" not in env and "MV2_COMM_WORLD_SIZE" not in env:
+        return None
+    r = Reading("mvapich2")
+    _read_int(r, env, "rank", "MV2_COMM_WORLD_RANK")
+    _read_int(r, env, "world_size", "MV2_COMM_WORLD_SIZE")
+    _read_int(r, env, "local_rank", "MV2_COMM_WORLD_LOCAL_RANK")
+    _read_int(r, env, "local_world_size", "MV2_COMM_WORLD_LOCAL_SIZE")
+    return r
+
+
+def _read_jsrun(env: Mapping[str, str]) -> Reading | None:
+    if "JSM_NAMESPACE_RANK" not in env and "JSM_NAMESPACE_SIZE" not in env:
+        return None
+    r = Reading("jsrun")
+    _read_int(r, env, "rank", "JSM_NAMESPACE_RANK")
+    _read_int(r, env, "world_size", "JSM_NAMESPACE_SIZE")
+    _read_int(r, env, "local_rank", "JSM_NAMESPACE_LOCAL_RANK")
+    _read_int(r, env, "local_world_size", "JSM_NAMESPACE_LOCAL_SIZE")
+    if env.get("LSB_JOBID", "").strip():
+        r.job = (env["LSB_JOBID"].strip(), "LSB_JOBID")
+    return r
+
+
+def _read_flux(env: Mapping[str, str]) -> Reading | None:
+    if "FLUX_TASK_RANK" not in env and "FLUX_JOB_SIZE" not in env:
+        return None
+    r = Reading("flux")
+    _read_int(r, env, "rank", "FLUX_TASK_RANK")
+    _read_int(r, env, "world_size", "FLUX_JOB_SIZE")
+    _read_int(r, env, "local_rank", "FLUX_TASK_LOCAL_ID")
+    if env.get("FLUX_JOB_ID", "").strip():
+        r.job = (env["FLUX_JOB_ID"].strip(), "FLUX_JOB_ID")
+    return r
+
+
 def _read_pmi(env: Mapping[str, str]) -> Reading | None:
     if "PMI_RANK" not in env and "PMI_SIZE" not in env:
         return None
     hydra = "MPI_LOCALRANKID" in env or "MPI_LOCALNRANKS" in env
     intel = any(k.startswith("I_MPI_") for k in env)
-    name = "intel-mpi" if intel else ("mpich" if hydra else "pmi")
+    pals = "PALS_RANKID" in env or "PALS_LOCAL_RANKID" in env
+    name = "intel-mpi" if intel else ("mpich" if hydra else ("cray-pals" if pals else "pmi"))
     r = Reading(name)
     _read_int(r, env, "rank", "PMI_RANK")
     _read_int(r, env, "world_size", "PMI_SIZE")
-    _read_int(r, env, "local_rank", "MPI_LOCALRANKID")
-    _read_int(r, env, "local_world_size", "MPI_LOCALNRANKS")
+    # Hydra's names, else Cray PMI's and PALS's (HPE Cray's mpiexec).
+    _read_int(r, env, "local_rank", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "PALS_LOCAL_RANKID")
+    _read_int(r, env, "local_world_size", "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE", "PALS_LOCAL_SIZE")
+    _read_int(r, env, "node_rank", "PALS_NODEID")
+    if env.get("PALS_APID", "").strip():  # one per mpiexec: the application's id
+        r.job = (env["PALS_APID"].strip(), "PALS_APID")
     return r
 
 
@@ -199,7 +256,11 @@ def _read_pmix(env: Mapping[str, str]) -> Reading | None:
 #: Closest launcher first.
 READERS: tuple[Callable[[Mapping[str, str]], Reading | None], ...] = (
     _read_torch,
+    _read_horovod,
     _read_openmpi,
+    _read_jsrun,
+    _read_mvapich,
+    _read_flux,
     _read_pmi,
     _read_slurm,
     _read_pmix,

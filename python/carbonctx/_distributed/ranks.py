@@ -11,14 +11,27 @@ launcher       variables
                ``TORCHELASTIC_RUN_ID`` or ``GROUP_RANK``.
 ``torch-env``  the same ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` set by other
                launchers (``torch.multiprocessing`` scripts, Accelerate, DeepSpeed, by hand);
-               ``NODE_RANK`` or ``GROUP_RANK`` for the node.
+               ``NODE_RANK`` or ``GROUP_RANK`` for the node. DeepSpeed's launcher sets
+               ``LOCAL_SIZE`` and ``CROSS_RANK`` (the node) instead, with ``CROSS_SIZE``: read
+               when that is set and torch's names are absent.
+``horovod``    ``horovodrun``'s ``HOROVOD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``, and
+               ``HOROVOD_CROSS_RANK`` for the node (with Gloo; with MPI it sets MPI's).
 ``openmpi``    ``OMPI_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``; the job id
                from ``PMIX_NAMESPACE`` (Open MPI 5) or ``OMPI_MCA_ess_base_jobid`` (4.x).
                ``OMPI_COMM_WORLD_NODE_RANK`` is *not* the node's index (Open MPI documents it as
                the process's rank on the node across all jobs), so it is not used.
+``jsrun``      IBM's ``jsrun`` (LSF): ``JSM_NAMESPACE_RANK``/``_SIZE``/``_LOCAL_RANK``/
+               ``_LOCAL_SIZE``, the job ``LSB_JOBID``.
+``flux``       Flux's ``FLUX_TASK_RANK``, ``FLUX_JOB_SIZE``, ``FLUX_TASK_LOCAL_ID``, the job
+               ``FLUX_JOB_ID`` (no local size: from another launcher naming the same ranks).
+``mvapich2``   ``mpirun_rsh``'s ``MV2_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``
+               (it sets no ``PMI_RANK``).
 ``mpich``,     Hydra's ``PMI_RANK``, ``PMI_SIZE``, ``MPI_LOCALRANKID``, ``MPI_LOCALNRANKS``;
-``intel-mpi``  Intel MPI when an ``I_MPI_*`` variable is present. ``PMI_RANK``/``PMI_SIZE``
-               without Hydra's local variables (Slurm's PMI-2) is ``pmi``.
+``intel-mpi``  Intel MPI when an ``I_MPI_*`` variable is present.
+``cray-pals``  HPE Cray's ``mpiexec`` (PALS): ``PMI_RANK``, ``PMI_SIZE``, ``PMI_LOCAL_RANK``
+               (else ``PALS_LOCAL_RANKID``), ``PMI_LOCAL_SIZE`` (else ``PALS_LOCAL_SIZE``),
+               ``PALS_NODEID`` for the node, the job ``PALS_APID``. ``PMI_RANK``/``PMI_SIZE``
+               without local variables (Slurm's PMI-2) is ``pmi``.
 ``slurm``      a task started by ``srun`` (a step: ``SLURM_STEP_ID``/``SLURM_STEPID`` or
                ``SLURM_STEP_NUM_TASKS``): ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` (else
                ``SLURM_NTASKS``/``SLURM_NPROCS``), ``SLURM_LOCALID``, ``SLURM_NODEID``, tasks
@@ -34,7 +47,10 @@ launcher       variables
 Precedence: the launcher closest to the process describes it. ``torchrun`` (or the torch
 variables) inside an ``srun`` step or an allocation wins over Slurm, since torchrun started these
 processes and Slurm started torchrun; an MPI launcher wins over Slurm for the same reason
-(``mpirun`` inside an allocation); Slurm wins over bare PMIx. Fields the chosen launcher leaves
+(``mpirun`` inside an allocation); Slurm wins over bare PMIx. Torch variables without a rank
+(a batch script's ``export WORLD_SIZE=$SLURM_NTASKS``, the script setting ``RANK`` itself later)
+started nothing: a later launcher that names this process's rank and agrees with every value
+they give describes it instead. Fields the chosen launcher leaves
 out (a local rank, a node rank, the world size) are taken from another launcher only when that
 one names the same rank (and the same world size where both name one), so it describes the same
 processes (``srun --mpi=pmi2`` sets ``PMI_RANK``/``PMI_SIZE`` and Slurm's local variables); a
@@ -75,6 +91,7 @@ import attrs
 from carbonctx._config import RANK_SETTINGS
 from carbonctx._distributed.launchers import (
     READERS,
+    Reading,
     parse_slurm_tasks_per_node,
     same_processes,
 )
@@ -186,6 +203,10 @@ def _check(values: Mapping[str, tuple[int, str]]) -> list[tuple[str, tuple[str, 
     return out
 
 
+def _agrees(a: Reading, b: Reading) -> bool:
+    return all(b.fields[f][0] == v for f, (v, _) in a.fields.items() if f in b.fields)
+
+
 def _hostname() -> str:
     """The host name, as ``socket.gethostname()`` gives it; on POSIX from ``uname`` (the same
     value: the C library's gethostname reads it there), without importing ``socket``."""
@@ -243,7 +264,13 @@ def detect_ranks(
             raise ConfigurationError(f"{SETTING_NAMES[name]} must not be empty; unset it instead")
 
     readings = [r for r in (reader(env) for reader in READERS) if r is not None]
-    primary = next((r for r in readings if r.claims_ranks), None)
+    claiming = [r for r in readings if r.claims_ranks]
+    primary = claiming[0] if claiming else None
+    if primary is not None and "rank" not in primary.fields and not primary.bad:
+        # Rank-less variables exported by hand: a launcher that names the rank and agrees.
+        primary = next(
+            (r for r in claiming[1:] if "rank" in r.fields and _agrees(primary, r)), primary
+        )
 
     values: dict[str, tuple[int, str]] = {}
     problems: list[str] = []

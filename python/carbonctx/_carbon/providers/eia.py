@@ -9,7 +9,8 @@ sort[0][direction]=desc&length=5000`` answers ``{"response": {"data": [{"period"
 end of their hour, as EIA-930 reports hours (hour ending): ``T09`` is 08:00 to 09:00 UTC.
 (``frequency=local-hourly`` would give the balancing authority's local hours, their UTC
 offset appended to the period; not used.) Errors are JSON: ``{"error": {"code":
-"API_KEY_INVALID", "message": ...}}`` (HTTP 403) or ``{"error": "...", "code": 400}``.
+"API_KEY_INVALID", "message": ...}}`` (HTTP 403; ``API_KEY_MISSING`` too: the key refused,
+EIA has no plans) or ``{"error": "...", "code": 400}``.
 
 Fuel codes map to the lifecycle factors of ``entsoe-lifecycle-factors.csv`` (IPCC AR5 medians);
 storage (``BAT``, ``PS``, ``SNB``) and negative values are left out, and an hour where fewer than
@@ -29,9 +30,11 @@ from carbonctx._carbon.providers.entsoe import lifecycle_factors
 from carbonctx._carbon.providers.http import (
     DEFAULT_LIMITS,
     Limits,
+    error_message,
     get_json,
     intensity_number,
     malformed,
+    parse_json,
 )
 
 if TYPE_CHECKING:
@@ -108,6 +111,7 @@ class EiaProvider:
                 now=now,
                 params=params,
                 limits=self.limits,
+                explain=_key_refused,
             )
         except ProviderError as exc:
             if self._key and self._key in exc.reason:
@@ -171,3 +175,16 @@ class EiaProvider:
                 "no-data", f"{self.name}: no complete hour of generation for {respondent}"
             )
         return out
+
+
+def _key_refused(status: int, body: bytes) -> ProviderError | None:
+    """EIA's 403 for a missing or invalid key: the credentials refused, not a plan's limit."""
+    try:
+        err = parse_json(body, EiaProvider.name).get("error")
+    except (ProviderError, AttributeError):
+        return None
+    code = err.get("code") if isinstance(err, dict) else None
+    if status != 403 or not isinstance(code, str) or not code.startswith("API_KEY"):
+        return None
+    said = error_message(body)
+    return ProviderError("auth", f'{EiaProvider.name}: HTTP 403, {code}: "{said}"')

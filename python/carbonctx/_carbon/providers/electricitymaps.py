@@ -154,8 +154,14 @@ class ElectricityMapsProvider:
         if kind == "forecast":
             body = self._get(client, "forecast", zone, now)
             ds = f"Electricity Maps {self.version} forecast{self._at(body)}"
-            return Fetched(self._periods(body, "forecast", zone, fetched, ds))
+            ahead = self._periods(body, "forecast", zone, fetched, ds)
+            if not ahead:
+                raise ProviderError("no-data", f"{self.name} forecast: no values for {zone}")
+            return Fetched(ahead)
         latest = self._get(client, "latest", zone, now)
+        if isinstance(latest, dict) and "carbonIntensity" in latest and not _has_value(latest):
+            # a zone known but without a value now: no data, not a broken answer
+            raise ProviderError("no-data", f"{self.name} latest: no value for {zone} now")
         try:
             periods = [
                 self._period(

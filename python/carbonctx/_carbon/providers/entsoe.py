@@ -3,10 +3,14 @@ A16) for a European bidding zone, turned into an average lifecycle intensity.
 
 ``GET /api?securityToken=T&documentType=A75&processType=A16&in_Domain=EIC&periodStart=
 yyyyMMddHHmm&periodEnd=...`` answers a ``GL_MarketDocument`` (XML): one ``TimeSeries`` per
-production type (``MktPSRType/psrType``, ``B01``..``B20``), each with ``Period``s of
+production type (``MktPSRType/psrType``, ``B01``..``B20``, ``B25``), each with ``Period``s of
 ``Point``s (``position``, ``quantity`` in MW) at a ``resolution`` (``PT15M``, ``PT30M``,
 ``PT60M``). Series with an ``outBiddingZone_Domain`` are consumption (pumping) and are left
-out. No data is an ``Acknowledgement_MarketDocument`` whose ``Reason/text`` says why.
+out, and so is ``B25`` (energy storage): what it gives back was generated, and counted, before
+it was stored (as the EIA provider leaves out batteries). No data, or a request refused, is an
+``Acknowledgement_MarketDocument`` whose ``Reason/code`` (``999``, "errors not specifically
+identified", for nearly everything) and ``Reason/text`` say why, sent with HTTP 200 or 400:
+"No matching data found ..." is no data, any other reason a refusal; either way it is quoted.
 
 Intensity of each step: the generation-weighted mean of the lifecycle factors per production
 type in ``carbonctx/data/entsoe-lifecycle-factors.csv`` (IPCC AR5 medians, with the
@@ -79,11 +83,22 @@ BIDDING_ZONES: dict[str, str] = {
     "SI": "10YSI-ELES-----O",
     "SK": "10YSK-SEPS-----K",
 }
-_RESOLUTIONS = {"PT15M": 900, "PT30M": 1800, "PT60M": 3600}
+
+
+def _resolution_s(text: str | None) -> int | None:
+    """An ISO 8601 duration of hours and minutes (``PT15M``, ``PT60M``, ``PT1H``) in seconds."""
+    m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?", (text or "").strip())
+    if m is None or not any(m.groups()):
+        return None
+    return 3600 * int(m.group(1) or 0) + 60 * int(m.group(2) or 0)
+
+
 #: every series is read in steps of this many seconds, so that types published at different
 #: resolutions (15 min, 1 h) add up step by step
 _STEP = 900
 _COMPLETE = 0.8
+#: production types that are not generation of their own (energy storage)
+_NOT_GENERATION = frozenset({"B25"})
 _DATASET = "ENTSO-E Transparency A75 x IPCC AR5 lifecycle factors"
 
 
@@ -155,10 +170,32 @@ class EntsoeProvider:
                 now=now,
                 params=params,
                 limits=self.limits,
+                explain=self._explain,
             )
         except ProviderError as exc:
             raise self._scrubbed(exc) from None
         return Fetched(self._parse(body, zone, now))
+
+    def _explain(self, status: int, body: bytes) -> ProviderError | None:
+        """An error answer that is an acknowledgement: its reason, with the HTTP status."""
+        try:
+            root = ElementTree.fromstring(body)
+        except (ElementTree.ParseError, ValueError):
+            return None
+        if _local(root.tag) != "Acknowledgement_MarketDocument":
+            return None
+        kind = {401: "auth", 403: "forbidden"}.get(status)
+        return self._ack_error(root, f"HTTP {status}, ", kind)
+
+    def _ack_error(
+        self, root: ElementTree.Element, prefix: str = "", kind: str | None = None
+    ) -> ProviderError:
+        code = _text(root, "Reason", "code") or "?"
+        text = (_text(root, "Reason", "text") or "").replace(self._token or "\0", "***")
+        text = re.sub(r"\s+", " ", text)[:200]
+        if kind is None:
+            kind = "no-data" if "no matching data" in text.lower() else "http"
+        return ProviderError(kind, f'{self.name}: {prefix}reason {code}: "{text}"')
 
     def _scrubbed(self, exc: ProviderError) -> ProviderError:
         if self._token and self._token in exc.reason:
@@ -171,11 +208,7 @@ class EntsoeProvider:
         except (ElementTree.ParseError, ValueError) as exc:
             raise malformed(self.name, f"not XML ({type(exc).__name__})") from None
         if _local(root.tag) == "Acknowledgement_MarketDocument":
-            code = _text(root, "Reason", "code") or "?"
-            text = (_text(root, "Reason", "text") or "").replace(self._token or "\0", "***")
-            text = re.sub(r"\s+", " ", text)[:200]
-            kind = "no-data" if code == "999" else "http"
-            raise ProviderError(kind, f'{self.name}: reason {code}: "{text}"')
+            raise self._ack_error(root)
         if _local(root.tag) != "GL_MarketDocument":
             raise malformed(self.name, f"unexpected document {_local(root.tag)!r}")
         factors = lifecycle_factors()
@@ -187,7 +220,7 @@ class EntsoeProvider:
             if _child(ts, "outBiddingZone_Domain.mRID") is not None:
                 continue  # consumption (pumping), not generation
             psr = _text(ts, "MktPSRType", "psrType")
-            if psr is None:
+            if psr is None or psr in _NOT_GENERATION:
                 continue
             types.add(psr)
             for period in (c for c in ts if _local(c.tag) == "Period"):
@@ -229,9 +262,11 @@ class EntsoeProvider:
         try:
             start = parse_time(_text(period, "timeInterval", "start")).timestamp()
             end = parse_time(_text(period, "timeInterval", "end")).timestamp()
-            step = _RESOLUTIONS[_text(period, "resolution") or ""]
-        except (KeyError, ValueError) as exc:
+        except ValueError as exc:
             raise malformed(self.name, f"period: {exc}") from None
+        step = _resolution_s(_text(period, "resolution"))
+        if step is None or not 0 < step <= 86400 or step % _STEP:
+            return  # finer than the step, longer than a day, or none: nothing usable here
         points: dict[int, float] = {}
         for p in (c for c in period if _local(c.tag) == "Point"):
             try:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 import attrs
 
 from carbonctx._carbon.intensity import Intensity, parse_time, utc_from_timestamp
-from carbonctx._carbon.providers.base import Fetched
+from carbonctx._carbon.providers.base import Fetched, ProviderError
 from carbonctx._carbon.providers.http import (
     DEFAULT_LIMITS,
     Limits,
@@ -80,4 +80,7 @@ class GbProvider:
                 )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise malformed(self.name, str(exc)) from None
+        if not out:  # "data": [] or every value null: nothing to use, and said so
+            what = "forecast" if kind == "forecast" else "intensity"
+            raise ProviderError("no-data", f"{self.name}: no {what} values for GB in the answer")
         return Fetched(out)

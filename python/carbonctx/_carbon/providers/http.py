@@ -144,8 +144,12 @@ def get_bytes(
     auth: tuple[str, str] | None = None,
     unknown_zone: Callable[[int, str], bool] | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    explain: Callable[[int, bytes], ProviderError | None] | None = None,
 ) -> bytes:
-    """GET ``url`` and return the body of a 2xx answer; every failure is a ProviderError."""
+    """GET ``url`` and return the body of a 2xx answer; every failure is a ProviderError.
+
+    ``explain(status, body)`` reads a provider's own error document (the first 4 KiB of it) on
+    a 4xx answer other than 429; None leaves the generic error."""
     import httpx  # only live providers need it; keep it off the import path
 
     start = time.monotonic()
@@ -212,6 +216,10 @@ def get_bytes(
             "connection", f"{name}: the answer was cut ({type(exc).__name__})"
         ) from None
     body = b"".join(chunks)
+    if explain is not None and 400 <= status < 500 and status != 429:
+        own = explain(status, body)
+        if own is not None:
+            raise own
     if status >= 300:
         raise _status_error(status, body, response, name=name, now=now, unknown_zone=unknown_zone)
     encoding = response.headers.get("content-encoding", "").strip().lower()
@@ -253,6 +261,7 @@ def get_json(
     auth: tuple[str, str] | None = None,
     unknown_zone: Callable[[int, str], bool] | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    explain: Callable[[int, bytes], ProviderError | None] | None = None,
 ) -> Any:
     """GET and decode JSON (see :func:`get_bytes`); NaN, infinities and deep nesting are
     refused as malformed."""
@@ -266,6 +275,7 @@ def get_json(
         auth=auth,
         unknown_zone=unknown_zone,
         limits=limits,
+        explain=explain,
     )
     return parse_json(body, name)
 
