@@ -4,6 +4,7 @@ mod check;
 mod errors;
 mod feed;
 mod hub;
+mod lines;
 mod machine;
 mod region;
 mod sim;
@@ -452,6 +453,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sim::SimMachine>()?;
     m.add_class::<region::Region>()?;
     m.add_class::<hub::RegionHub>()?;
+    m.add_class::<lines::CompactLines>()?;
     m.add("SPAN_BACKLOG", hub::SPAN_BACKLOG)?;
     m.add("SPAN_WARNINGS", hub::SPAN_WARNINGS)?;
     m.add_function(wrap_pyfunction!(hub::set_hub, m)?)?;
@@ -460,6 +462,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(discover, m)?)?;
     m.add_function(wrap_pyfunction!(check::check_sources, m)?)?;
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
+    m.add_function(wrap_pyfunction!(lines::float_texts, m)?)?;
     m.add_function(wrap_pyfunction!(sim::square_wave_power_w, m)?)?;
     m.add_function(wrap_pyfunction!(sim::square_wave_energy_j, m)?)?;
     Ok(())
