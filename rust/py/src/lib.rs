@@ -1,6 +1,7 @@
 //! Python bindings: argument conversion, one call into the core, result conversion. No logic.
 
 mod check;
+mod drained;
 mod errors;
 mod feed;
 mod hub;
@@ -130,6 +131,7 @@ struct Sampler {
     inner: sampler::Sampler,
     alternatives: Vec<SourceInfo>,
     unavailable: Vec<Unavailable>,
+    drained: drained::Drained,
 }
 
 #[pymethods]
@@ -253,6 +255,7 @@ impl Sampler {
             inner,
             alternatives,
             unavailable,
+            drained: drained::Drained::default(),
         })
     }
 
@@ -343,21 +346,18 @@ impl Sampler {
         Bound<'py, PyBytes>,
         Bound<'py, PyBytes>,
     ) {
-        let p = self.inner.drain_packed(max);
+        let (ids, tags, t0, t1, joules, unc) = self.drained.take(&self.inner, max);
         (
-            p.len(),
-            u64_bytes(py, &p.ids),
+            ids.len(),
+            u64_bytes(py, &ids),
             PyBytes::new(
                 py,
-                &p.tags
-                    .iter()
-                    .flat_map(|x| x.to_ne_bytes())
-                    .collect::<Vec<u8>>(),
+                &tags.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<u8>>(),
             ),
-            u64_bytes(py, &p.t0_ns),
-            u64_bytes(py, &p.t1_ns),
-            f64_bytes(py, &p.joules),
-            f64_bytes(py, &p.uncertainty),
+            u64_bytes(py, &t0),
+            u64_bytes(py, &t1),
+            f64_bytes(py, &joules),
+            f64_bytes(py, &unc),
         )
     }
 
@@ -404,7 +404,7 @@ impl Sampler {
         d.set_item("dropped_regions", s.dropped_regions)?;
         d.set_item("frontier_ns", s.frontier_ns)?;
         d.set_item("pending_marks", s.pending_marks)?;
-        d.set_item("undrained", s.undrained)?;
+        d.set_item("undrained", s.undrained + self.drained.kept())?;
         Ok(d)
     }
 

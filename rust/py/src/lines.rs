@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -136,7 +137,9 @@ impl CompactLines {
             row_carbon,
         };
         let mut out = String::with_capacity(rows.len() * 160);
-        let mut names: HashMap<usize, String> = HashMap::new();
+        // Each name's text, by the name object (few per batch; alive in `infos` meanwhile).
+        let mut names: Vec<(usize, String)> = Vec::new();
+        let mut last_thread = (0, 0); // (ident, index) of the previous line
         let mut new_threads = Vec::new();
         let mut prev_end = base;
         let mut last_th = 0;
@@ -148,53 +151,55 @@ impl CompactLines {
             let info = info.cast::<PyTuple>()?;
             let name = info.get_item(0)?;
             let key = name.as_ptr() as usize; // alive in `infos` for the whole call
-            let name_text = match names.get(&key) {
-                Some(t) => t,
+            let at = match names.iter().position(|(p, _)| *p == key) {
+                Some(at) => at,
                 None => {
                     let (text, new): (String, bool) = cb.name_json.call1((&name,))?.extract()?;
+                    names.push((key, text));
                     if new {
                         // The first line of a name is its full record (made by Python).
                         out.push_str(&cb.full_line.call1((k,))?.extract::<String>()?);
-                        names.insert(key, text);
                         continue;
                     }
-                    names.entry(key).or_insert(text)
+                    names.len() - 1
                 }
             };
+            let name_text = &names[at].1;
             let thread: u64 = info.get_item(1)?.extract()?;
             let parent: Option<u64> = info.get_item(2)?.extract()?;
             let th = if thread == 0 {
                 0
+            } else if thread == last_thread.0 {
+                last_thread.1
             } else {
                 let next = self.threads.len() as u64 + 1;
-                *self.threads.entry(thread).or_insert_with(|| {
+                let th = *self.threads.entry(thread).or_insert_with(|| {
                     new_threads.push((next, thread));
                     next
-                })
+                });
+                last_thread = (thread, th);
+                th
             };
             let (start, end) = (t0[k], t1[k]);
             let row = k * self.width;
-            let _ = write!(
-                out,
-                "{{\"kind\":\"region\",\"name\":{name_text},\"id\":{},\"parent\":",
-                ids[k]
-            );
+            out.push_str("{\"kind\":\"region\",\"name\":");
+            out.push_str(name_text);
+            out.push_str(",\"id\":");
+            push_u64(&mut out, ids[k]);
+            out.push_str(",\"parent\":");
             match parent {
-                Some(p) => {
-                    let _ = write!(out, "{p}");
-                }
+                Some(p) => push_u64(&mut out, p),
                 None => out.push_str("null"),
             }
-            let _ = write!(
-                out,
-                ",\"t\":{},\"dt\":{},\"energy_j\":",
-                start as i64 - prev_end as i64,
-                end as i64 - start as i64
-            );
+            out.push_str(",\"t\":");
+            push_i64(&mut out, start as i64 - prev_end as i64);
+            out.push_str(",\"dt\":");
+            push_i64(&mut out, end as i64 - start as i64);
+            out.push_str(",\"energy_j\":");
             prev_end = end;
             let mut energy = 0.0;
             for &(c, counted) in &self.cols {
-                let uj = (joules[row + c] * 1e6).round_ties_even();
+                let uj = rint(joules[row + c] * 1e6);
                 if counted && uj.is_finite() {
                     energy += uj;
                 }
@@ -209,7 +214,7 @@ impl CompactLines {
                 if i > 0 {
                     out.push(',');
                 }
-                push_int(&mut out, (joules[row + c] * 1e6).round_ties_even());
+                push_int(&mut out, rint(joules[row + c] * 1e6));
             }
             out.push_str("],\"u\":[");
             for (i, &(c, _)) in self.cols.iter().enumerate() {
@@ -220,7 +225,8 @@ impl CompactLines {
             }
             out.push(']');
             if th != last_th {
-                let _ = write!(out, ",\"th\":{th}");
+                out.push_str(",\"th\":");
+                push_u64(&mut out, th);
                 last_th = th;
             }
             let tags = info.get_item(3)?;
@@ -262,9 +268,24 @@ fn ceil2_parts(u: f64) -> Option<(f64, f64, i32)> {
     if !(u.is_finite() && u > 0.0) {
         return None;
     }
-    let e = u.log10().floor() - 1.0;
-    let scale = 10f64.powf(e);
-    Some(((u / scale - 1e-9).ceil(), scale, e as i32))
+    let e = floor(u.log10()) - 1.0;
+    let scale = pow10(e as i32);
+    Some((ceil(u / scale - 1e-9), scale, e as i32))
+}
+
+/// The exponents [`ceil2_parts`] meets (those of positive finite floats, less one).
+const POW10_MIN: i32 = -325;
+const POW10_MAX: i32 = 308;
+
+/// `10^e` as `10f64.powf(e)` gives it (what Python computes), from a table made once.
+fn pow10(e: i32) -> f64 {
+    static TABLE: OnceLock<Vec<f64>> = OnceLock::new();
+    let table =
+        TABLE.get_or_init(|| (POW10_MIN..=POW10_MAX).map(|e| 10f64.powf(f64::from(e))).collect());
+    match usize::try_from(e - POW10_MIN).ok().and_then(|i| table.get(i)) {
+        Some(&p) => p,
+        None => 10f64.powf(f64::from(e)),
+    }
 }
 
 /// An uncertainty as the lines write it: `"%.2g"` of [`ceil2`] of it, `null` where not finite.
@@ -282,13 +303,69 @@ fn push_u(out: &mut String, u: f64) {
     }
 }
 
+/// The decimal digits of `v` (in `buf`, returned as text).
+fn digits(buf: &mut [u8; 20], mut v: u64) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // SAFETY: `buf[i..]` holds ASCII digits only.
+    unsafe { std::str::from_utf8_unchecked(&buf[i..]) }
+}
+
+/// `x.round_ties_even()` (NumPy's `rint`) without a call into libm (the baseline x86-64 has no
+/// rounding instruction): adding and taking away 2^52 rounds to an integer, ties to even.
+fn rint(x: f64) -> f64 {
+    const BIG: f64 = 4_503_599_627_370_496.0; // 2^52: from there on every float is whole
+    if x.abs() >= BIG || x.is_nan() {
+        x
+    } else if x >= 0.0 {
+        (x + BIG) - BIG
+    } else {
+        (x - BIG) + BIG
+    }
+}
+
+/// `x.floor()` and `x.ceil()` for the small numbers here (libm's otherwise).
+fn floor(x: f64) -> f64 {
+    if x.abs() >= 1e15 || x.is_nan() {
+        return x.floor();
+    }
+    let t = x as i64 as f64;
+    if t > x {
+        t - 1.0
+    } else {
+        t
+    }
+}
+
+fn ceil(x: f64) -> f64 {
+    -floor(-x)
+}
+
+fn push_u64(out: &mut String, v: u64) {
+    out.push_str(digits(&mut [0; 20], v));
+}
+
+fn push_i64(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_u64(out, v.unsigned_abs());
+}
+
 /// A whole number of microjoules as JSON: its digits (exact, whatever its size), `null` for a
 /// source without a figure.
 fn push_int(out: &mut String, x: f64) {
     if !x.is_finite() {
         out.push_str("null");
     } else if x.abs() < 9.0e18 {
-        let _ = write!(out, "{}", x as i64);
+        push_i64(out, x as i64);
     } else {
         let _ = write!(out, "{x:.0}");
     }
@@ -302,9 +379,10 @@ fn push_micro(out: &mut String, k: i64) {
         out.push_str("0.0");
         return;
     }
-    let text = k.unsigned_abs().to_string();
-    let digits = text.trim_end_matches('0');
-    push_decimal(out, k < 0, digits, text.len() as i32 - 7);
+    let mut buf = [0; 20];
+    let text = digits(&mut buf, k.unsigned_abs());
+    let len = text.len() as i32;
+    push_decimal(out, k < 0, text.trim_end_matches('0'), len - 7);
 }
 
 /// Python's `repr` of a float (the shortest text that reads back the same; exponent form below
@@ -370,7 +448,11 @@ fn push_exp(out: &mut String, digits: &str, exp: i32) {
         out.push('.');
         out.push_str(&digits[1..]);
     }
-    let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+    out.push_str(if exp < 0 { "e-" } else { "e+" });
+    if exp.abs() < 10 {
+        out.push('0');
+    }
+    push_u64(out, u64::from(exp.unsigned_abs()));
 }
 
 /// Python's `"%.2g" % x` (two significant digits, trailing zeros dropped; exponent form below
