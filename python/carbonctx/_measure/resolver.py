@@ -246,10 +246,14 @@ class Resolver:
             co2 = float(e.sum()) * g_per_j if g_per_j is not None else 0.0
             self._accumulator(name).add_many(e, duration[sel], co2, estimated)
         # Rows without a name (an untagged region nobody waits for) are not kept.
-        kept = tag_arr[first_kept:].tolist()
-        self.recent.add(
-            batch, [k for k, tag in enumerate(kept, first_kept) if tag or infos[k] is not None]
-        )
+        if len(untagged) == 0:
+            self.recent.add(batch, range(first_kept, n))  # every row has its name's tag
+        else:
+            kept = tag_arr[first_kept:].tolist()
+            self.recent.add(
+                batch,
+                [k for k, tag in enumerate(kept, first_kept) if tag or infos[k] is not None],
+            )
         if recorder is not None:
             if shed:
                 recorder.shed(batch, n, names)

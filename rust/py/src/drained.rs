@@ -15,17 +15,29 @@ pub(crate) struct Drained {
     rows: Mutex<(Packed, usize)>,
 }
 
-/// Up to `max` rows in columns: (ids, tags, t0_ns, t1_ns, joules, uncertainty), joules and
-/// uncertainties `width` per row.
-pub(crate) type Slice = (Vec<u64>, Vec<u32>, Vec<u64>, Vec<u64>, Vec<f64>, Vec<f64>);
+/// Up to `max` rows in columns: ids, tags, t0_ns, t1_ns, joules and uncertainty (`width` per
+/// row: as many as the sampler has sources).
+pub(crate) struct Slice<'a> {
+    pub(crate) ids: &'a [u64],
+    pub(crate) tags: &'a [u32],
+    pub(crate) t0_ns: &'a [u64],
+    pub(crate) t1_ns: &'a [u64],
+    pub(crate) joules: &'a [f64],
+    pub(crate) uncertainty: &'a [f64],
+}
 
 impl Drained {
     fn lock(&self) -> MutexGuard<'_, (Packed, usize)> {
         self.rows.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The oldest `max` resolved rows: those kept here first, then the sampler's.
-    pub(crate) fn take(&self, inner: &sampler::Sampler, max: usize) -> Slice {
+    /// `f` of the oldest `max` resolved rows: those kept here first, then the sampler's.
+    pub(crate) fn take<R>(
+        &self,
+        inner: &sampler::Sampler,
+        max: usize,
+        f: impl FnOnce(Slice<'_>) -> R,
+    ) -> R {
         let mut g = self.lock();
         let (rows, at) = &mut *g;
         if *at >= rows.len() {
@@ -33,21 +45,21 @@ impl Drained {
             *at = 0;
         }
         let n = max.min(rows.len() - *at);
-        if *at == 0 && n == rows.len() {
-            let p = std::mem::take(rows);
-            return (p.ids, p.tags, p.t0_ns, p.t1_ns, p.joules, p.uncertainty);
-        }
-        let w = if rows.is_empty() { 0 } else { rows.joules.len() / rows.len() };
+        let w = if rows.is_empty() {
+            0
+        } else {
+            rows.joules.len() / rows.len()
+        };
         let (a, b) = (*at, *at + n);
         *at = b;
-        (
-            rows.ids[a..b].to_vec(),
-            rows.tags[a..b].to_vec(),
-            rows.t0_ns[a..b].to_vec(),
-            rows.t1_ns[a..b].to_vec(),
-            rows.joules[a * w..b * w].to_vec(),
-            rows.uncertainty[a * w..b * w].to_vec(),
-        )
+        f(Slice {
+            ids: &rows.ids[a..b],
+            tags: &rows.tags[a..b],
+            t0_ns: &rows.t0_ns[a..b],
+            t1_ns: &rows.t1_ns[a..b],
+            joules: &rows.joules[a * w..b * w],
+            uncertainty: &rows.uncertainty[a * w..b * w],
+        })
     }
 
     /// Rows kept here, not yet handed out.

@@ -337,7 +337,7 @@ impl Sampler {
         &self,
         py: Python<'py>,
         max: usize,
-    ) -> (
+    ) -> PyResult<(
         usize,
         Bound<'py, PyBytes>,
         Bound<'py, PyBytes>,
@@ -345,20 +345,18 @@ impl Sampler {
         Bound<'py, PyBytes>,
         Bound<'py, PyBytes>,
         Bound<'py, PyBytes>,
-    ) {
-        let (ids, tags, t0, t1, joules, unc) = self.drained.take(&self.inner, max);
-        (
-            ids.len(),
-            u64_bytes(py, &ids),
-            PyBytes::new(
-                py,
-                &tags.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<u8>>(),
-            ),
-            u64_bytes(py, &t0),
-            u64_bytes(py, &t1),
-            f64_bytes(py, &joules),
-            f64_bytes(py, &unc),
-        )
+    )> {
+        self.drained.take(&self.inner, max, |p| {
+            Ok((
+                p.ids.len(),
+                ne_bytes(py, p.ids, u64::to_ne_bytes)?,
+                ne_bytes(py, p.tags, u32::to_ne_bytes)?,
+                ne_bytes(py, p.t0_ns, u64::to_ne_bytes)?,
+                ne_bytes(py, p.t1_ns, u64::to_ne_bytes)?,
+                ne_bytes(py, p.joules, f64::to_ne_bytes)?,
+                ne_bytes(py, p.uncertainty, f64::to_ne_bytes)?,
+            ))
+        })
     }
 
     /// Wait (without the GIL) until every mark at or before `t_ns` is resolved.
@@ -429,14 +427,18 @@ impl Sampler {
     }
 }
 
-fn u64_bytes<'py>(py: Python<'py>, v: &[u64]) -> Bound<'py, PyBytes> {
-    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
-    PyBytes::new(py, &bytes)
-}
-
-fn f64_bytes<'py>(py: Python<'py>, v: &[f64]) -> Bound<'py, PyBytes> {
-    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
-    PyBytes::new(py, &bytes)
+/// The native-endian bytes of a column.
+fn ne_bytes<'py, T: Copy, const N: usize>(
+    py: Python<'py>,
+    v: &[T],
+    bytes: fn(T) -> [u8; N],
+) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, v.len() * N, |buf| {
+        for (out, &x) in buf.chunks_exact_mut(N).zip(v) {
+            out.copy_from_slice(&bytes(x));
+        }
+        Ok(())
+    })
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of every timestamp the sampler gives.
