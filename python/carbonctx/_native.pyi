@@ -1,6 +1,6 @@
 """The native sampler (Rust). Hand-written stub: keep in step with rust/py/src."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from typing import Any, final
 
@@ -170,8 +170,8 @@ class CompactLines:
     ``cols``) add into ``energy_j``; keeps the threads seen (each line names its thread by an
     index)."""
 
-    def __init__(self, width: int, cols: list[int], counted: list[int]) -> None: ...
-    def span(self, t0: bytes, t1: bytes, rows: list[int]) -> tuple[int, int]:
+    def __new__(cls, width: int, cols: list[int], counted: list[int]) -> Self: ...
+    def span(self, t0: bytes, t1: bytes, rows: Sequence[int]) -> tuple[int, int]:
         """The first start and the last end (ns) of ``rows`` of a batch."""
     def lines(
         self,
@@ -180,7 +180,7 @@ class CompactLines:
         t1: bytes,
         joules: bytes,
         unc: bytes,
-        rows: list[int],
+        rows: Sequence[int],
         infos: list[Any],
         base: int,
         name_json: Callable[[str], tuple[str, bool]],

@@ -1,10 +1,11 @@
 """Writing resolved batches as compact region records (the format: ``_output.compact``).
 
 The first record of each name in a file is written in full (``Measurement.to_dict``); the
-rest are compact. Per batch, in the resolver thread: the ordinary lines are made in native code
-from the batch's columns (``_native.CompactLines``), the carbon intensity is looked up once for the batch's span (a region that spans two
-intensity periods, rare, gets its own carbon details), and a context record is written first
-whenever what it says has changed. Only those first records build a Measurement.
+rest are compact. Per batch, in the resolver thread: the ordinary lines are made in native
+code from the batch's columns (``_native.CompactLines``), the carbon intensity is looked up
+once for the batch's span (a region that spans two intensity periods, rare, gets its own
+carbon details), and a context record is written first whenever what it says has changed.
+Only those first records build a Measurement.
 """
 
 from __future__ import annotations
@@ -137,9 +138,7 @@ class CompactForm:
         )
         if new_threads:
             threads = {str(th): ident for th, ident in new_threads}
-            head += (
-                dumps_compact({"kind": "threads", "pid": self._pid, "threads": threads}) + "\n"
-            )
+            head += dumps_compact({"kind": "threads", "pid": self._pid, "threads": threads}) + "\n"
         head += f'{{"kind":"batch","pid":{self._pid},"t0":{base}}}\n'
         return head.encode("utf-8") + body
 

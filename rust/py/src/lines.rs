@@ -28,6 +28,9 @@ pub(crate) struct CompactLines {
     threads: HashMap<u64, u64>,
 }
 
+/// A batch's lines (UTF-8) and the threads first seen in them: (index, ident).
+type Lines<'py> = (Bound<'py, PyBytes>, Vec<(u64, u64)>);
+
 /// The parts of a batch's lines that Python gives (see the module's doc).
 struct Callbacks<'a, 'py> {
     name_json: &'a Bound<'py, PyAny>,
@@ -117,7 +120,7 @@ impl CompactLines {
         full_line: &Bound<'py, PyAny>,
         tags_json: &Bound<'py, PyAny>,
         row_carbon: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<(Bound<'py, PyBytes>, Vec<(u64, u64)>)> {
+    ) -> PyResult<Lines<'py>> {
         let n = ids.len() / 8;
         let (ids, t0, t1) = (
             column(ids, "ids", n)?,
@@ -280,9 +283,15 @@ const POW10_MAX: i32 = 308;
 /// `10^e` as `10f64.powf(e)` gives it (what Python computes), from a table made once.
 fn pow10(e: i32) -> f64 {
     static TABLE: OnceLock<Vec<f64>> = OnceLock::new();
-    let table =
-        TABLE.get_or_init(|| (POW10_MIN..=POW10_MAX).map(|e| 10f64.powf(f64::from(e))).collect());
-    match usize::try_from(e - POW10_MIN).ok().and_then(|i| table.get(i)) {
+    let table = TABLE.get_or_init(|| {
+        (POW10_MIN..=POW10_MAX)
+            .map(|e| 10f64.powf(f64::from(e)))
+            .collect()
+    });
+    match usize::try_from(e - POW10_MIN)
+        .ok()
+        .and_then(|i| table.get(i))
+    {
         Some(&p) => p,
         None => 10f64.powf(f64::from(e)),
     }
@@ -408,7 +417,12 @@ fn push_repr(out: &mut String, x: f64) {
     }
     let (mant, exp) = s.split_once('e').expect("an exponent");
     let digits: String = mant.chars().filter(|c| *c != '.').collect();
-    push_decimal(out, x < 0.0, &digits, exp.parse().expect("an integer exponent"));
+    push_decimal(
+        out,
+        x < 0.0,
+        &digits,
+        exp.parse().expect("an integer exponent"),
+    );
 }
 
 /// `0.d…`, `d….d…` or `d.d…e±XX` as Python's `repr` lays out the significant `digits` (no
@@ -469,7 +483,12 @@ fn push_2g(out: &mut String, x: f64) {
     let s = format!("{:.1e}", x.abs());
     let (mant, exp) = s.split_once('e').expect("an exponent");
     let m = mant.as_bytes();
-    push_2g_digits(out, x < 0.0, [m[0], m[2]], exp.parse().expect("an integer exponent"));
+    push_2g_digits(
+        out,
+        x < 0.0,
+        [m[0], m[2]],
+        exp.parse().expect("an integer exponent"),
+    );
 }
 
 /// `"%.2g"` laid out from the two digits `d` of a number `d.d × 10^exp`.
