@@ -116,6 +116,11 @@ def test_lines_of_a_mixed_batch_are_those_the_format_describes(own_carbon: bool)
     t1 = t0 + rng.integers(0, 20000, n).astype(np.uint64)  # overlapping: "t" < 0 often
     joules = rng.random((n, width)) * 10.0 ** rng.integers(-7, 3, (n, width))
     unc = rng.random((n, width)) * 10.0 ** rng.integers(-9, 0, (n, width))
+    # Uncertainties come in steps: a few values over and over (their texts are kept), zeros of
+    # both signs among them (equal, written apart).
+    steps = np.array([2.5e-6, 1e-5, 3.3e-7, 0.0, -0.0, 0.012, 1.1e-6, 4.4e-4])
+    unc[:, 1] = steps[rng.integers(0, len(steps), n)]
+    unc[:, 3] = rng.random(6)[rng.integers(0, 6, n)] * 1e-3
     joules[5, 1] = math.nan  # a failed source
     joules[6, 0] = -0.0004  # a counter read after a reset
     joules[7, 3] = 2e13  # beyond an int64 of microjoules: exact digits

@@ -26,7 +26,21 @@ pub(crate) struct CompactLines {
     /// The columns written (in the context's order) and whether each counts in `energy_j`.
     cols: Vec<(usize, bool)>,
     threads: HashMap<u64, u64>,
+    /// The texts of uncertainties met lately, by their bits: a counter's readings come in
+    /// steps, so a batch has few distinct uncertainties (a dozen per source in thousands of
+    /// regions), each worked out once.
+    u_texts: Vec<(u64, UText)>,
 }
+
+/// The text of an uncertainty (at most `-1.2e-308`: ten bytes).
+#[derive(Clone, Copy, Default)]
+struct UText {
+    len: u8,
+    bytes: [u8; 11],
+}
+
+/// Slots of [`CompactLines::u_texts`] (a power of two).
+const U_SLOTS: usize = 256;
 
 /// A batch's lines (UTF-8) and the threads first seen in them: (index, ident).
 type Lines<'py> = (Bound<'py, PyBytes>, Vec<(u64, u64)>);
@@ -74,6 +88,7 @@ impl CompactLines {
                 .map(|(k, &c)| (c, counted.contains(&k)))
                 .collect(),
             threads: HashMap::new(),
+            u_texts: vec![(0, UText::default()); U_SLOTS],
         })
     }
 
@@ -224,7 +239,7 @@ impl CompactLines {
                 if i > 0 {
                     out.push(',');
                 }
-                push_u(&mut out, unc[row + c]);
+                push_u_cached(&mut self.u_texts, &mut out, unc[row + c]);
             }
             out.push(']');
             if th != last_th {
@@ -252,6 +267,28 @@ impl CompactLines {
             d.set_item(idx.to_string(), ident)?;
         }
         Ok(d)
+    }
+}
+
+/// [`push_u`] through a table of the texts met lately ([`CompactLines::u_texts`]).
+fn push_u_cached(table: &mut [(u64, UText)], out: &mut String, u: f64) {
+    let bits = u.to_bits();
+    let slot = (bits.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % U_SLOTS;
+    let (key, text) = &mut table[slot];
+    if *key == bits && text.len > 0 {
+        // SAFETY: the bytes were copied from a `String` (UTF-8), as many as `len`.
+        out.push_str(unsafe {
+            std::str::from_utf8_unchecked(&text.bytes[..usize::from(text.len)])
+        });
+        return;
+    }
+    let at = out.len();
+    push_u(out, u);
+    let new = &out.as_bytes()[at..];
+    if new.len() <= text.bytes.len() {
+        text.bytes[..new.len()].copy_from_slice(new);
+        text.len = new.len() as u8;
+        *key = bits;
     }
 }
 
