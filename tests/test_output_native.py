@@ -134,7 +134,7 @@ def test_lines_of_a_mixed_batch_are_those_the_format_describes(own_carbon: bool)
     threads_pool = [0, 140_000_000_001, 140_000_000_002, 1 << 63]
     infos: list[Any] = []
     for k in range(n):
-        tags = {"i": k, "s": "é"} if k % 7 == 0 else None
+        tags = {"i": k, "s": "é"} if k % 7 == 0 else ({} if k % 13 == 0 else None)
         parent = None if k % 3 == 0 else int(ids[k]) - 1
         infos.append((names[k % 5], threads_pool[(k // 4) % 4], parent, tags))
     rows = [k for k in range(n) if k % 11 != 4]  # rows nobody claimed are not written

@@ -7,6 +7,7 @@ mod feed;
 mod hub;
 mod lines;
 mod machine;
+mod numtext;
 mod region;
 mod sim;
 
@@ -464,7 +465,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(discover, m)?)?;
     m.add_function(wrap_pyfunction!(check::check_sources, m)?)?;
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
-    m.add_function(wrap_pyfunction!(lines::float_texts, m)?)?;
+    m.add_function(wrap_pyfunction!(numtext::float_texts, m)?)?;
     m.add_function(wrap_pyfunction!(sim::square_wave_power_w, m)?)?;
     m.add_function(wrap_pyfunction!(sim::square_wave_energy_j, m)?)?;
     Ok(())
