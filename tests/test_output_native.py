@@ -94,7 +94,7 @@ def _reference(
         if th != last_th:
             line += f',"th":{th}'
             last_th = th
-        if tags is not None:
+        if tags:  # none, or set empty: no "tags"
             line += ',"tags":' + json.dumps(tags, separators=(",", ":"))
         if row_carbon is not None:
             line += row_carbon(energy, start, end)
