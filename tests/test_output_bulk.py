@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 import carbonctx
-from carbonctx._measure import compact as _compact
 from carbonctx._measure import process as _runtime
 from carbonctx._measure import recorder as _recorder
 from carbonctx._measure import runtime as _rt
@@ -136,15 +133,3 @@ def test_writing_a_batch_makes_no_work_for_the_cyclic_collector(
     _runtime.reset()
     regions, _power, bad = read_jsonl(str(path))
     assert bad == 0 and sum(r["name"] == "step" for r in regions) == 5000
-
-
-def test_uncertainties_are_written_as_two_digits_each_whatever_came_before() -> None:
-    """The texts of uncertainties come from a table of those seen: each is still exactly its own
-    ``%.2g`` (a zero and a negative zero compare equal but are written apart; NaN never
-    matches)."""
-    values = [0.0, -0.0, math.nan, math.inf, 1.2e-05, 0.012, 3.4, 120.0, 1e-300]
-    for order in (values, values[::-1]):
-        u = np.array(order * 3, dtype=np.float64).reshape(3, len(order))
-        got = _compact._texts_2g(u)
-        assert got.shape == u.shape
-        assert got.tolist() == [[f"{x:.2g}" for x in row] for row in u.tolist()]

@@ -1,6 +1,6 @@
 """The native sampler (Rust). Hand-written stub: keep in step with rust/py/src."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from typing import Any, final
 
@@ -9,6 +9,7 @@ from typing_extensions import Self, disjoint_base
 __all__ = [
     "SPAN_BACKLOG",
     "SPAN_WARNINGS",
+    "CompactLines",
     "Feed",
     "Region",
     "RegionHub",
@@ -19,6 +20,7 @@ __all__ = [
     "claim_regions",
     "current",
     "discover",
+    "float_texts",
     "now_ns",
     "set_hub",
     "square_wave_energy_j",
@@ -160,6 +162,44 @@ def claim_regions(
 ) -> tuple[list[int], list[Region]]:
     """Claims the regions a drained batch resolves (pops them from ``pending``, points each at
     ``(batch, row)``, fills ``infos[row]``): the rows claimed and their regions."""
+
+@final
+class CompactLines:
+    """The compact region lines of one output file (format 2, ``carbonctx._output.compact``):
+    ``width`` joules per row in a batch, the columns written and which of them (positions in
+    ``cols``) add into ``energy_j``; keeps the threads seen (each line names its thread by an
+    index)."""
+
+    def __new__(cls, width: int, cols: list[int], counted: list[int]) -> Self: ...
+    def span(self, t0: bytes, t1: bytes, rows: Sequence[int]) -> tuple[int, int]:
+        """The first start and the last end (ns) of ``rows`` of a batch."""
+    def lines(
+        self,
+        ids: bytes,
+        t0: bytes,
+        t1: bytes,
+        joules: bytes,
+        unc: bytes,
+        rows: Sequence[int],
+        infos: list[Any],
+        base: int,
+        name_json: Callable[[str], tuple[str, bool]],
+        full_line: Callable[[int], str],
+        tags_json: Callable[[Any], str],
+        row_carbon: Callable[[float, int, int], str] | None = None,
+    ) -> tuple[bytes, list[tuple[int, int]]]:
+        """The lines (UTF-8) of ``rows`` of a batch (columns as ``Sampler.drain`` gives them,
+        ``infos[row]`` its region's ``(name, thread, parent, tags)``, ``base`` its first
+        start), and the threads first seen as ``(index, ident)``. A name new to the file
+        (``name_json`` says so) has its first line from ``full_line(row)``; ``tags_json`` writes
+        a region's tags; ``row_carbon(energy_j, t0_ns, t1_ns)`` a region's own carbon details
+        (``,"carbon":...`` or ``""``) when the batch spans two intensity periods."""
+    def threads(self) -> dict[str, int]:
+        """The threads seen so far: ``{index: ident}``."""
+
+def float_texts(xs: list[float]) -> list[tuple[str, str, str]]:
+    """How the compact lines write each float: ``repr``, ``"%.2g"``, and ``"%.2g"`` of it
+    rounded up to two significant digits (an uncertainty); ``null`` where not finite."""
 
 @final
 class Feed:

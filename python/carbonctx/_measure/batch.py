@@ -7,6 +7,7 @@ tags), so regions and batches never form a cycle (regions are not collectable).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["Batch", "RecentWindow"]
@@ -70,10 +71,11 @@ class RecentWindow:
 
     def __init__(self, maxlen: int) -> None:
         self.maxlen = maxlen
-        self._chunks: deque[tuple[Batch, list[int]]] = deque()
+        self._chunks: deque[tuple[Batch, Sequence[int]]] = deque()
         self._total = 0
 
-    def add(self, batch: Batch, rows: list[int]) -> None:
+    def add(self, batch: Batch, rows: Sequence[int]) -> None:
+        """Rows of ``batch`` (a list, or a range when they are all kept)."""
         if not rows or not self.maxlen:
             return
         self._chunks.append((batch, rows))

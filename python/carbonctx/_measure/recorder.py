@@ -118,14 +118,14 @@ class RegionRecorder:
             return False
         return (st.st_dev, st.st_ino) == self._ident
 
-    def _write(self, data: str) -> bool:
+    def _write(self, data: str | bytes) -> bool:
         fd = self._fd
         if fd is None:
             return False
         if not self._still_there():
             self._stop("output-removed", f"output {self.path} was removed or replaced")
             return False
-        buf = memoryview(data.encode("utf-8"))
+        buf = memoryview(data if isinstance(data, bytes) else data.encode("utf-8"))
         try:
             while buf:
                 buf = buf[os.write(fd, buf) :]

@@ -48,8 +48,11 @@ if hasattr(os, "register_at_fork"):
 #: Resolved regions taken from the sampler at a time.
 DRAIN_BATCH = 8192
 #: Taken at a time by the resolver thread, which lets other threads have the GIL in between:
-#: a user thread leaving a region waits for no more than one slice.
-DRAIN_SLICE = 512
+#: a user thread leaving a region waits for no more than one slice. Below 500: NumPy gives up
+#: the GIL in an operation over more elements than that, and the resolver thread, competing
+#: with a user thread that runs Python, gets it back only after the switch interval (5 ms)
+#: each time; so a slice's arrays are worked on a column (a slice's rows) at a time.
+DRAIN_SLICE = 480
 #: Regions resolved in one pass of the resolver thread beyond which it stops writing their
 #: records (it keeps their statistics and results): output that cannot keep up is shed,
 #: counted, warned about and recorded, rather than held without bound or written by a user
@@ -198,9 +201,14 @@ class Resolver:
         duration = (t1 - t0).astype(np.float64) * 1e-9
         cpu, dram, gpu = columns.totals(joules, n)
         energy = cpu + dram + gpu
-        nan = np.isnan(joules)
-        if nan.any():
-            for i in np.flatnonzero(nan.any(axis=0)).tolist():
+        # Column by column, as everything here is done on at most ``DRAIN_SLICE`` elements at
+        # a time (see there); into contiguous rows of the transpose (NumPy 2.4 fills a strided
+        # ``out`` of ``isnan`` only in part).
+        nan_t = np.empty((width, n), dtype=bool)
+        failed = [i for i in range(width) if np.isnan(joules[:, i], out=nan_t[i]).any()]
+        nan = nan_t.T
+        if failed:
+            for i in failed:
                 sid = columns.sources[i]["id"]
                 self.note(
                     f"missing:{sid}",
@@ -246,10 +254,14 @@ class Resolver:
             co2 = float(e.sum()) * g_per_j if g_per_j is not None else 0.0
             self._accumulator(name).add_many(e, duration[sel], co2, estimated)
         # Rows without a name (an untagged region nobody waits for) are not kept.
-        kept = tag_arr[first_kept:].tolist()
-        self.recent.add(
-            batch, [k for k, tag in enumerate(kept, first_kept) if tag or infos[k] is not None]
-        )
+        if len(untagged) == 0:
+            self.recent.add(batch, range(first_kept, n))  # every row has its name's tag
+        else:
+            kept = tag_arr[first_kept:].tolist()
+            self.recent.add(
+                batch,
+                [k for k, tag in enumerate(kept, first_kept) if tag or infos[k] is not None],
+            )
         if recorder is not None:
             if shed:
                 recorder.shed(batch, n, names)

@@ -1,10 +1,13 @@
 //! Python bindings: argument conversion, one call into the core, result conversion. No logic.
 
 mod check;
+mod drained;
 mod errors;
 mod feed;
 mod hub;
+mod lines;
 mod machine;
+mod numtext;
 mod region;
 mod sim;
 
@@ -129,6 +132,7 @@ struct Sampler {
     inner: sampler::Sampler,
     alternatives: Vec<SourceInfo>,
     unavailable: Vec<Unavailable>,
+    drained: drained::Drained,
 }
 
 #[pymethods]
@@ -252,6 +256,7 @@ impl Sampler {
             inner,
             alternatives,
             unavailable,
+            drained: drained::Drained::default(),
         })
     }
 
@@ -333,7 +338,7 @@ impl Sampler {
         &self,
         py: Python<'py>,
         max: usize,
-    ) -> (
+    ) -> PyResult<(
         usize,
         Bound<'py, PyBytes>,
         Bound<'py, PyBytes>,
@@ -341,23 +346,18 @@ impl Sampler {
         Bound<'py, PyBytes>,
         Bound<'py, PyBytes>,
         Bound<'py, PyBytes>,
-    ) {
-        let p = self.inner.drain_packed(max);
-        (
-            p.len(),
-            u64_bytes(py, &p.ids),
-            PyBytes::new(
-                py,
-                &p.tags
-                    .iter()
-                    .flat_map(|x| x.to_ne_bytes())
-                    .collect::<Vec<u8>>(),
-            ),
-            u64_bytes(py, &p.t0_ns),
-            u64_bytes(py, &p.t1_ns),
-            f64_bytes(py, &p.joules),
-            f64_bytes(py, &p.uncertainty),
-        )
+    )> {
+        self.drained.take(&self.inner, max, |p| {
+            Ok((
+                p.ids.len(),
+                ne_bytes(py, p.ids, u64::to_ne_bytes)?,
+                ne_bytes(py, p.tags, u32::to_ne_bytes)?,
+                ne_bytes(py, p.t0_ns, u64::to_ne_bytes)?,
+                ne_bytes(py, p.t1_ns, u64::to_ne_bytes)?,
+                ne_bytes(py, p.joules, f64::to_ne_bytes)?,
+                ne_bytes(py, p.uncertainty, f64::to_ne_bytes)?,
+            ))
+        })
     }
 
     /// Wait (without the GIL) until every mark at or before `t_ns` is resolved.
@@ -403,7 +403,7 @@ impl Sampler {
         d.set_item("dropped_regions", s.dropped_regions)?;
         d.set_item("frontier_ns", s.frontier_ns)?;
         d.set_item("pending_marks", s.pending_marks)?;
-        d.set_item("undrained", s.undrained)?;
+        d.set_item("undrained", s.undrained + self.drained.kept())?;
         Ok(d)
     }
 
@@ -428,14 +428,18 @@ impl Sampler {
     }
 }
 
-fn u64_bytes<'py>(py: Python<'py>, v: &[u64]) -> Bound<'py, PyBytes> {
-    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
-    PyBytes::new(py, &bytes)
-}
-
-fn f64_bytes<'py>(py: Python<'py>, v: &[f64]) -> Bound<'py, PyBytes> {
-    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
-    PyBytes::new(py, &bytes)
+/// The native-endian bytes of a column.
+fn ne_bytes<'py, T: Copy, const N: usize>(
+    py: Python<'py>,
+    v: &[T],
+    bytes: fn(T) -> [u8; N],
+) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, v.len() * N, |buf| {
+        for (out, &x) in buf.chunks_exact_mut(N).zip(v) {
+            out.copy_from_slice(&bytes(x));
+        }
+        Ok(())
+    })
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of every timestamp the sampler gives.
@@ -452,6 +456,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sim::SimMachine>()?;
     m.add_class::<region::Region>()?;
     m.add_class::<hub::RegionHub>()?;
+    m.add_class::<lines::CompactLines>()?;
     m.add("SPAN_BACKLOG", hub::SPAN_BACKLOG)?;
     m.add("SPAN_WARNINGS", hub::SPAN_WARNINGS)?;
     m.add_function(wrap_pyfunction!(hub::set_hub, m)?)?;
@@ -460,6 +465,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(discover, m)?)?;
     m.add_function(wrap_pyfunction!(check::check_sources, m)?)?;
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
+    m.add_function(wrap_pyfunction!(numtext::float_texts, m)?)?;
     m.add_function(wrap_pyfunction!(sim::square_wave_power_w, m)?)?;
     m.add_function(wrap_pyfunction!(sim::square_wave_energy_j, m)?)?;
     Ok(())
