@@ -14,6 +14,7 @@ __all__ = [
     "RegionHub",
     "Sampler",
     "SimMachine",
+    "SpanCall",
     "__version__",
     "check_sources",
     "claim_regions",
@@ -142,12 +143,28 @@ class RegionHub:
         drain: Callable[[], None],
         emit_warnings: Callable[[], None],
         backlog_high: int,
+        detailed: bool = False,
     ) -> Self: ...
     def take_orphans(self) -> list[Any]:
         """The live regions left in another context than they were entered in (once)."""
     def end_span(self, t0_ns: int, tag: int) -> int:
         """End a span begun at ``t0_ns`` under ``tag``; what is due here: 0, or the sum of
         ``SPAN_BACKLOG`` (wake the resolver) and ``SPAN_WARNINGS`` (emit the warnings)."""
+
+@final
+class SpanCall:
+    """A ``@tracked`` function's caller: ``span(args, kwargs)`` calls ``func`` as one span under
+    ``name`` in the current runtime, or as a region made by ``region()`` where the runtime
+    writes full records, or hands the call to ``slow(args, kwargs)``."""
+
+    def __new__(
+        cls,
+        func: Callable[..., Any],
+        name: str,
+        slow: Callable[[tuple[Any, ...], Any], Any],
+        region: Callable[[], Region],
+    ) -> Self: ...
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Any: ...
 
 def set_hub(hub: RegionHub | None) -> None:
     """Make ``hub`` the one the region code uses (the process's current runtime's)."""

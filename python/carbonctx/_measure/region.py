@@ -273,15 +273,27 @@ class Tracker(_native.Region):
             )
 
         strict_opt = self.strict
+        if sync or strict_opt or tags:
+
+            @functools.wraps(fn)
+            def general(*args: Any, **kwargs: Any) -> Any:
+                # Strict checks, CUDA synchronisation or tags: a whole region per call.
+                with Tracker(name, strict=strict_opt, tags=tags, sync=sync):
+                    return fn(*args, **kwargs)
+
+            return general  # type: ignore[return-value]
+
         cache: list[Any] = [None, 0, None]  # (runtime, tag of this name in it, its hub)
 
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def slow(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Any:
+            # What the native caller hands back: no runtime or sampler yet (this call starts
+            # them), or a runtime that writes full records (thread, parent, tags) or checks
+            # strictly, or one shut down or inherited by a forked child.
+            kwargs = kwargs or {}
             rt = process._RT or process.runtime()
             s = rt.sampler or rt.sampler_or_start()
-            if s is None or sync or strict_opt or tags or rt.detailed:
-                # Full records (thread, parent, tags) or strict checks: the general path.
-                with Tracker(name, strict=strict_opt, tags=tags, sync=sync):
+            if s is None or rt.detailed:
+                with Tracker(name, strict=strict_opt):
                     return fn(*args, **kwargs)
             if cache[0] is not rt:
                 cache[0] = rt
@@ -298,6 +310,15 @@ class Tracker(_native.Region):
                         rt.wake_resolver()  # a backlog: never drained on the user's thread
                     if due & _SPAN_WARNINGS:
                         rt.emit_warnings()
+
+        # The usual call is one native call: it times the function as a span of the current
+        # runtime, or hands the call to `slow`.
+        make = Tracker if strict_opt is None else functools.partial(Tracker, strict=strict_opt)
+        span = _native.SpanCall(fn, name, slow, functools.partial(make, name))
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return span(args, kwargs)
 
         return wrapper  # type: ignore[return-value]
 

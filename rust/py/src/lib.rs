@@ -7,6 +7,7 @@ mod hub;
 mod machine;
 mod region;
 mod sim;
+mod span;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -452,6 +453,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sim::SimMachine>()?;
     m.add_class::<region::Region>()?;
     m.add_class::<hub::RegionHub>()?;
+    m.add_class::<span::SpanCall>()?;
     m.add("SPAN_BACKLOG", hub::SPAN_BACKLOG)?;
     m.add("SPAN_WARNINGS", hub::SPAN_WARNINGS)?;
     m.add_function(wrap_pyfunction!(hub::set_hub, m)?)?;
