@@ -7,6 +7,7 @@ import gc
 import itertools
 import os
 import statistics
+import sys
 import threading
 import time
 import weakref
@@ -644,3 +645,41 @@ def test_a_tracked_function_that_refers_to_itself_is_collected(sim: SimulatedMac
     del f
     gc.collect()
     assert ref() is None
+
+
+def test_a_tracked_function_lets_a_replaced_runtime_go(sim: SimulatedMachine) -> None:
+    # The decorated function keeps nothing of the runtime it ran under: once configure() has
+    # replaced it (and a `with` started the next one), the old runtime is freed.
+    from carbonctx._measure import process as _runtime
+
+    @carbonctx.tracked
+    def f() -> int:
+        return 1
+
+    assert f() == 1
+    old = weakref.ref(_runtime.current_runtime())  # type: ignore[arg-type]
+    carbonctx.configure(**sim.settings())
+    with carbonctx.track("x"):
+        pass
+    for _ in range(3):
+        f()
+    gc.collect()
+    assert old() is None
+    assert carbonctx.stats()[f.__qualname__].count == 3
+
+
+def test_a_recursive_tracked_function_keeps_its_depth(sim: SimulatedMachine) -> None:
+    # Two frames a level, as a plain wrapper would take: the function is called from Python,
+    # not from native code (which would count a third level against the limit).
+    @carbonctx.tracked
+    def depth(n: int) -> int:
+        return 0 if n == 0 else 1 + depth(n - 1)
+
+    depth(1)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(3000)
+    try:
+        assert depth(1200) == 1200
+    finally:
+        sys.setrecursionlimit(limit)
+    assert carbonctx.stats()[depth.__qualname__].count == 1203

@@ -153,18 +153,16 @@ class RegionHub:
 
 @final
 class SpanCall:
-    """A ``@tracked`` function's caller: ``span(args, kwargs)`` calls ``func`` as one span under
-    ``name`` in the current runtime, or as a region made by ``region()`` where the runtime
-    writes full records, or hands the call to ``slow(args, kwargs)``."""
+    """The spans of one ``@tracked`` function: ``start()`` before each call, ``end(started)``
+    after it."""
 
-    def __new__(
-        cls,
-        func: Callable[..., Any],
-        name: str,
-        slow: Callable[[tuple[Any, ...], Any], Any],
-        region: Callable[[], Region],
-    ) -> Self: ...
-    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Any: ...
+    def __new__(cls, name: str, region: Callable[[], Region]) -> Self: ...
+    def start(self) -> int | Region | None:
+        """The call's start time as a span of the current runtime, or its region (entered)
+        where the runtime writes full records, or None: the caller measures the call itself."""
+    def end(self, started: int | Region, exc: BaseException | None = None) -> None:
+        """Ends the call ``started`` (``exc``: what the function raised), then does what is
+        due on this thread."""
 
 def set_hub(hub: RegionHub | None) -> None:
     """Make ``hub`` the one the region code uses (the process's current runtime's)."""
