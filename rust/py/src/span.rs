@@ -118,7 +118,7 @@ impl SpanCall {
 
     /// Starts one call: its start time (an int) as a span of the current runtime, or its
     /// region (entered) where the runtime writes full records, or None where the call is the
-    /// Python wrapper's to measure (no runtime or sampler yet, or one shut down).
+    /// Python wrapper's to measure (no runtime or sampler yet, or one a forked child inherited).
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let Some(hub) = current_hub(py) else {
             return Ok(None);
