@@ -34,6 +34,10 @@ EVICT_BYTES = 16 << 20
 #: The other work between two timed regions.
 WORK_S = 0.020
 KINDS = ("empty", "track", "plain", "tracked")
+#: With ``--floor``, what CPython itself charges for the shape of a region, cold: a new object of
+#: a C type entered and left (``threading.Lock``: two C methods, no work), and a context
+#: variable set and reset (what ``carbonctx.current()`` needs per region).
+FLOOR_KINDS = ("lock", "ctxvar")
 
 
 class Empty:
@@ -62,8 +66,13 @@ def evict_passes(buf: np.ndarray) -> int:
     return max(1, round(n * WORK_S / (time.perf_counter() - t)))
 
 
-def run(reps: int, buf: np.ndarray, passes: int) -> dict[str, list[int]]:
+def run(reps: int, buf: np.ndarray, passes: int, kinds: tuple[str, ...]) -> dict[str, list[int]]:
+    import contextvars
+    import threading
+
     pc = time.perf_counter_ns
+    lock = threading.Lock
+    var: contextvars.ContextVar[object] = contextvars.ContextVar("floor", default=None)
     track = carbonctx.track
     empty = Empty()
 
@@ -75,12 +84,12 @@ def run(reps: int, buf: np.ndarray, passes: int) -> dict[str, list[int]]:
         return None
 
     calls: dict[str, Callable[[], None]] = {"plain": plain, "tracked": decorated}
-    out: dict[str, list[int]] = {k: [] for k in KINDS}
+    out: dict[str, list[int]] = {k: [] for k in kinds}
     with track("warm"):
         pass
     decorated()
     for _ in range(reps):
-        for kind in KINDS:
+        for kind in kinds:
             for _ in range(passes):
                 np.add(buf, 1, out=buf)
             if kind == "empty":
@@ -92,6 +101,15 @@ def run(reps: int, buf: np.ndarray, passes: int) -> dict[str, list[int]]:
                 t = pc()
                 with track("step"):
                     pass
+                dt = pc() - t
+            elif kind == "lock":
+                t = pc()
+                with lock():
+                    pass
+                dt = pc() - t
+            elif kind == "ctxvar":
+                t = pc()
+                var.reset(var.set(kind))
                 dt = pc() - t
             else:
                 f = calls[kind]
@@ -105,6 +123,8 @@ def run(reps: int, buf: np.ndarray, passes: int) -> dict[str, list[int]]:
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     reps = int(args[0]) if args else 60
+    floor = "--floor" in sys.argv
+    kinds = KINDS + FLOOR_KINDS if floor else KINDS
     buf = np.zeros(EVICT_BYTES, dtype=np.uint8)
     procs = spinners()
     try:
@@ -116,7 +136,7 @@ def main() -> None:
                 if label == "on":
                     out = Path(tempfile.mkdtemp(prefix="carbonctx-loop-")) / "r.jsonl"
                     carbonctx.configure(output=str(out))
-                xs = run(reps, buf, passes)
+                xs = run(reps, buf, passes, kinds)
                 carbonctx.flush()
             med[label] = {k: statistics.median(v) / 1000 for k, v in xs.items()}
     finally:
@@ -131,7 +151,21 @@ def main() -> None:
             f"| output {label} | {m['empty']:.2f} | {m['track']:.2f} | "
             f"**+{m['track'] - m['empty']:.2f}** | {m['plain']:.2f} | {m['tracked']:.2f} | "
             f"**+{m['tracked'] - m['plain']:.2f}** |"
+            + (
+                f" {m['lock']:.2f} (+{m['lock'] - m['empty']:.2f}) | {m['ctxvar']:.2f} |"
+                if floor
+                else ""
+            )
         )
+    floor_head = " `with threading.Lock()` (over empty) | context variable set + reset |"
+    floor_rule = " --- | --- |"
+    floor_text = (
+        "\nThe last two columns (`--floor`): what CPython charges cold for the shape of a region "
+        "alone: a new object of a C type entered and left (two C methods that do no work), and "
+        "a context variable set and reset, each timed the same way.\n"
+    )
+    if not floor:
+        floor_head = floor_rule = floor_text = ""
     text = f"""# Region cost in a realistic loop
 
 {machine()}
@@ -142,10 +176,10 @@ Each region timed on its own after {WORK_S * 1000:.0f} ms of passes over a
 hardware (package, core and DRAM zones, one GPU). Medians of {reps} repetitions, the four kinds
 in turn in each; µs.
 
-| | empty `with` | `with track("step")` | added | plain call | `@tracked` call | added |
-| --- | --- | --- | --- | --- | --- | --- |
+| | empty `with` | `with track("step")` | added | plain call | `@tracked` call | added |{floor_head}
+| --- | --- | --- | --- | --- | --- | --- |{floor_rule}
 {chr(10).join(rows)}
-"""
+{floor_text}"""
     print(text)
     write_result("loop-cost-before" if "--before" in sys.argv else "loop-cost", text)
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import statistics
+import sys
 import threading
 import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -569,3 +575,111 @@ def test_the_intensity_service_is_made_once_when_threads_ask_at_once(
     for t in threads:
         t.join(10)
     assert len(made) == 1 and got == made * 4
+
+
+def test_tracked_calls_with_full_records_are_regions_that_nest(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    # With output on, each call is a whole region: its record names its thread and the region
+    # it ran in, and regions inside it name it as theirs; a call that raises still ends it.
+    carbonctx.configure(output=str(tmp_path / "r.jsonl"))
+    seen: list[Any] = []
+
+    @carbonctx.tracked(name="call")
+    def call(fail: bool) -> str:
+        seen.append(carbonctx.current())
+        with carbonctx.track("inside"):
+            pass
+        if fail:
+            raise KeyError("no")
+        return "ok"
+
+    with carbonctx.track("outer") as outer:
+        assert call(False) == "ok"
+        with pytest.raises(KeyError):
+            call(fail=True)
+    assert carbonctx.current() is None
+    assert carbonctx.flush()
+    by_name: dict[str, list[Any]] = {}
+    for m in carbonctx.recent():
+        by_name.setdefault(m.name, []).append(m)
+    calls = by_name["call"]
+    assert len(calls) == 2 and [c.id for c in calls] == [r.id for r in seen]
+    assert all(c.parent == outer.id and c.thread == threading.get_ident() for c in calls)
+    assert sorted(m.parent for m in by_name["inside"]) == sorted(c.id for c in calls)
+
+
+def test_tracked_calls_follow_a_new_runtime(sim: SimulatedMachine) -> None:
+    # The native caller keeps the name's tag of the runtime it last ran under; after
+    # configure() the new runtime interns names anew (another name first, so the tags differ).
+    @carbonctx.tracked(name="step")
+    def step() -> None:
+        return None
+
+    for _ in range(3):
+        step()
+    assert carbonctx.stats()["step"].count == 3
+    carbonctx.configure(**sim.settings())
+    with carbonctx.track("first name"):
+        pass
+    for _ in range(2):
+        step()
+    s = carbonctx.stats()
+    assert s["step"].count == 2 and s["first name"].count == 1
+
+
+def test_a_tracked_function_that_refers_to_itself_is_collected(sim: SimulatedMachine) -> None:
+    # A recursive function defined in another one refers to its wrapper (through its closure),
+    # and the wrapper to the function: the cycle passes through the native caller, which the
+    # collector must see through.
+    def make() -> Callable[[int], int]:
+        @carbonctx.tracked
+        def fact(n: int) -> int:
+            return 1 if n <= 1 else n * fact(n - 1)
+
+        return fact
+
+    f = make()
+    assert f(5) == 120
+    ref = weakref.ref(f.__wrapped__)  # type: ignore[attr-defined]
+    del f
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_tracked_function_lets_a_replaced_runtime_go(sim: SimulatedMachine) -> None:
+    # The decorated function keeps nothing of the runtime it ran under: once configure() has
+    # replaced it (and a `with` started the next one), the old runtime is freed.
+    from carbonctx._measure import process as _runtime
+
+    @carbonctx.tracked
+    def f() -> int:
+        return 1
+
+    assert f() == 1
+    old = weakref.ref(_runtime.current_runtime())  # type: ignore[arg-type]
+    carbonctx.configure(**sim.settings())
+    with carbonctx.track("x"):
+        pass
+    for _ in range(3):
+        f()
+    gc.collect()
+    assert old() is None
+    assert carbonctx.stats()[f.__qualname__].count == 3
+
+
+def test_a_recursive_tracked_function_keeps_its_depth(sim: SimulatedMachine) -> None:
+    # Two frames a level, as a plain wrapper would take: the function is called from Python,
+    # not from native code (which would count a third level against the limit).
+    @carbonctx.tracked
+    def depth(n: int) -> int:
+        return 0 if n == 0 else 1 + depth(n - 1)
+
+    depth(1)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(3000)
+    try:
+        assert depth(1200) == 1200
+    finally:
+        sys.setrecursionlimit(limit)
+    assert carbonctx.stats()[depth.__qualname__].count == 1203

@@ -15,6 +15,7 @@ __all__ = [
     "RegionHub",
     "Sampler",
     "SimMachine",
+    "SpanCall",
     "__version__",
     "check_sources",
     "claim_regions",
@@ -144,12 +145,26 @@ class RegionHub:
         drain: Callable[[], None],
         emit_warnings: Callable[[], None],
         backlog_high: int,
+        detailed: bool = False,
     ) -> Self: ...
     def take_orphans(self) -> list[Any]:
         """The live regions left in another context than they were entered in (once)."""
     def end_span(self, t0_ns: int, tag: int) -> int:
         """End a span begun at ``t0_ns`` under ``tag``; what is due here: 0, or the sum of
         ``SPAN_BACKLOG`` (wake the resolver) and ``SPAN_WARNINGS`` (emit the warnings)."""
+
+@final
+class SpanCall:
+    """The spans of one ``@tracked`` function: ``start()`` before each call, ``end(started)``
+    after it."""
+
+    def __new__(cls, name: str, region: Callable[[], Region]) -> Self: ...
+    def start(self) -> int | Region | None:
+        """The call's start time as a span of the current runtime, or its region (entered)
+        where the runtime writes full records, or None: the caller measures the call itself."""
+    def end(self, started: int | Region, exc: BaseException | None = None) -> None:
+        """Ends the call ``started`` (``exc``: what the function raised), then does what is
+        due on this thread."""
 
 def set_hub(hub: RegionHub | None) -> None:
     """Make ``hub`` the one the region code uses (the process's current runtime's)."""

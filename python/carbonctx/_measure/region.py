@@ -273,31 +273,57 @@ class Tracker(_native.Region):
             )
 
         strict_opt = self.strict
-        cache: list[Any] = [None, 0, None]  # (runtime, tag of this name in it, its hub)
+        if sync or strict_opt or tags:
 
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            rt = process._RT or process.runtime()
-            s = rt.sampler or rt.sampler_or_start()
-            if s is None or sync or strict_opt or tags or rt.detailed:
-                # Full records (thread, parent, tags) or strict checks: the general path.
+            @functools.wraps(fn)
+            def general(*args: Any, **kwargs: Any) -> Any:
+                # Strict checks, CUDA synchronisation or tags: a whole region per call.
                 with Tracker(name, strict=strict_opt, tags=tags, sync=sync):
                     return fn(*args, **kwargs)
-            if cache[0] is not rt:
-                cache[0] = rt
-                cache[1] = rt.tag_of(name)
-                cache[2] = rt.core
+
+            return general  # type: ignore[return-value]
+
+        def slow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            # What the native spans leave to Python: no runtime or sampler yet (this call
+            # starts them), or a runtime inherited by a forked child. It runs once per runtime
+            # in the usual case, so it keeps nothing between calls.
+            rt = process._RT or process.runtime()
+            s = rt.sampler or rt.sampler_or_start()
+            if s is None or rt.detailed:
+                with Tracker(name, strict=strict_opt):
+                    return fn(*args, **kwargs)
+            core, tag = rt.core, rt.tag_of(name)
             t0 = _now_ns()
             try:
                 return fn(*args, **kwargs)
             finally:
                 # One native call ends the span and says what is due on this thread.
-                due = cache[2].end_span(t0, cache[1])
+                due = core.end_span(t0, tag)
                 if due:
                     if due & _SPAN_BACKLOG:
                         rt.wake_resolver()  # a backlog: never drained on the user's thread
                     if due & _SPAN_WARNINGS:
                         rt.emit_warnings()
+
+        # The usual call: one native call starts the span (or the call's region, where the
+        # runtime writes full records), one ends it. The function is called here, so that a
+        # recursive one keeps its depth.
+        make = Tracker if strict_opt is None else functools.partial(Tracker, strict=strict_opt)
+        span = _native.SpanCall(name, functools.partial(make, name))
+        start, end = span.start, span.end
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = start()
+            if started is None:
+                return slow(args, kwargs)
+            try:
+                out = fn(*args, **kwargs)
+            except BaseException as exc:
+                end(started, exc)  # an exception here comes with the function's as its context
+                raise
+            end(started)
+            return out
 
         return wrapper  # type: ignore[return-value]
 

@@ -116,6 +116,7 @@ class Runtime:
             drain=self.wake_resolver,
             emit_warnings=self.emit_warnings,
             backlog_high=BACKLOG_HIGH,
+            detailed=self.detailed,
         )
         msg = inconsistency_message(self.rank_info)
         if msg is not None and warn_ranks:

@@ -1,6 +1,6 @@
 //! The typed object through which the process's runtime and the region code meet.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use pyo3::exceptions::PyRuntimeError;
@@ -9,6 +9,9 @@ use pyo3::types::{PyDict, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::Sampler;
+
+/// The next [`RegionHub::serial`].
+static SERIALS: AtomicU64 = AtomicU64::new(1);
 
 /// What the region code needs of the process's runtime, handed over as one typed object
 /// (`carbonctx._measure.runtime.Runtime` makes it and installs it with [`set_hub`]): the
@@ -32,6 +35,12 @@ pub(crate) struct RegionHub {
     pub(crate) drain: Py<PyAny>,
     pub(crate) emit_warnings: Py<PyAny>,
     pub(crate) backlog_high: usize,
+    /// The runtime writes full records (thread, parent, tags) or checks strictly: a call of a
+    /// `@tracked` function takes the general path, a whole region, not a span.
+    pub(crate) detailed: bool,
+    /// This hub among those the process has made (from 1): what a name's tag cached outside
+    /// the runtime is checked against (a new runtime interns names anew).
+    pub(crate) serial: u64,
     /// Weak references to the regions left in another context (thread, task) than the one
     /// they were entered in: that context's variable still holds each of them, and through it
     /// this runtime. [`RegionHub::take_orphans`] hands them over when the runtime shuts down.
@@ -58,13 +67,31 @@ impl RegionHub {
         list.push(weak);
         Ok(())
     }
+
+    /// [`RegionHub::end_span`] on the native side (see there).
+    #[inline]
+    pub(crate) fn end_span_now(&self, t0_ns: u64, tag: u32) -> u8 {
+        let mut due = 0;
+        if let Some(s) = self.sampler.get() {
+            if !self.dead.load(Ordering::Relaxed)
+                && s.get().inner.end_span(t0_ns, tag)
+                && self.ask_wake()
+            {
+                due |= SPAN_BACKLOG;
+            }
+        }
+        if self.warn_due.load(Ordering::Relaxed) {
+            due |= SPAN_WARNINGS;
+        }
+        due
+    }
 }
 
 #[pymethods]
 impl RegionHub {
     #[new]
     #[pyo3(signature = (runtime, *, strict, pending, name_tags, tag_of, drain, emit_warnings,
-                        backlog_high))]
+                        backlog_high, detailed=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         runtime: Py<PyAny>,
@@ -75,6 +102,7 @@ impl RegionHub {
         drain: Py<PyAny>,
         emit_warnings: Py<PyAny>,
         backlog_high: usize,
+        detailed: bool,
     ) -> Self {
         RegionHub {
             runtime,
@@ -89,6 +117,8 @@ impl RegionHub {
             drain,
             emit_warnings,
             backlog_high,
+            detailed,
+            serial: SERIALS.fetch_add(1, Ordering::Relaxed),
             orphans: Mutex::new(Vec::new()),
         }
     }
@@ -154,19 +184,7 @@ impl RegionHub {
     /// (2: warnings wait to be issued from the user's thread). A runtime without a sampler, or
     /// shut down, or inherited by a forked child, marks nothing.
     fn end_span(&self, t0_ns: u64, tag: u32) -> u8 {
-        let mut due = 0;
-        if let Some(s) = self.sampler.get() {
-            if !self.dead.load(Ordering::Relaxed)
-                && s.get().inner.end_span(t0_ns, tag)
-                && self.ask_wake()
-            {
-                due |= SPAN_BACKLOG;
-            }
-        }
-        if self.warn_due.load(Ordering::Relaxed) {
-            due |= SPAN_WARNINGS;
-        }
-        due
+        self.end_span_now(t0_ns, tag)
     }
 
     /// The hub and its runtime refer to each other; the collector breaks that cycle through

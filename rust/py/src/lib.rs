@@ -10,6 +10,7 @@ mod machine;
 mod numtext;
 mod region;
 mod sim;
+mod span;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -457,6 +458,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<region::Region>()?;
     m.add_class::<hub::RegionHub>()?;
     m.add_class::<lines::CompactLines>()?;
+    m.add_class::<span::SpanCall>()?;
     m.add("SPAN_BACKLOG", hub::SPAN_BACKLOG)?;
     m.add("SPAN_WARNINGS", hub::SPAN_WARNINGS)?;
     m.add_function(wrap_pyfunction!(hub::set_hub, m)?)?;

@@ -250,7 +250,7 @@ impl Region {
         })
     }
 
-    fn __enter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+    pub(crate) fn __enter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         {
             let me = slf.borrow();
@@ -308,7 +308,7 @@ impl Region {
     }
 
     #[pyo3(signature = (exc_type=None, exc=None, tb=None))]
-    fn __exit__(
+    pub(crate) fn __exit__(
         slf: &Bound<'_, Self>,
         exc_type: Option<&Bound<'_, PyAny>>,
         exc: Option<&Bound<'_, PyAny>>,
