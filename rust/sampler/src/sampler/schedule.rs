@@ -241,8 +241,8 @@ pub(super) fn poll_loop(
                 .iter()
                 .any(|p| p.dither.is_none() && p.due_ns <= now + COALESCE_NS);
             for (i, p) in polled.iter_mut().enumerate() {
-                // Sources due within a few tens of µs share this wake-up, as do sparse
-                // counters due within an update or two (see `coalesce`).
+                // Sources due within a few tens of µs share this wake-up, as do counters
+                // whose predicted update is past, due soon (see `coalesce`).
                 let rides = anchor && p.ride_ns <= now;
                 let due = p.due_ns <= now + COALESCE_NS || coalesce::early(p, now);
                 if !due && !rides && !stopping {
