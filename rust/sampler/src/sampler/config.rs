@@ -25,7 +25,9 @@ pub struct Config {
     pub phase_lock: bool,
     /// While no region mark has come for `fast_hold`, phase-locked counters are read about this
     /// often instead of at every update (the phase and period are kept, so the first mark after
-    /// a quiet spell is timed as precisely as any). Zero: always read every update.
+    /// a quiet spell is timed as precisely as any; the mark wakes the thread, which reads every
+    /// counter at once). Zero: always read every update. Read sparsely while regions are marked
+    /// (`fast_reads` off, `predict_marks`), counters are read at most 20 ms apart.
     pub quiet_interval: Duration,
     pub fast_hold: Duration,
     /// Read counters at region marks (within a budget of about 1 % of a core; see
@@ -73,7 +75,7 @@ impl Default for Config {
             fail_after: 5,
             fail_time: Duration::from_millis(250),
             phase_lock: true,
-            quiet_interval: Duration::from_millis(20),
+            quiet_interval: Duration::from_millis(50),
             fast_hold: Duration::from_secs(2),
             mark_reads: true,
             fast_reads: true,

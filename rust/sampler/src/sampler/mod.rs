@@ -7,6 +7,7 @@
 //! - `schedule`: the thread's body and poll loop (phase-locked counters read at every update
 //!   while regions are marked and every few updates while quiet; with [`Config::fast_reads`]
 //!   off, every few updates and at each region mark);
+//! - `coalesce`: one wake-up for counters that update together;
 //! - `poll`: one source as the loop polls it: a read, its point or gap, failure and retry;
 //! - `shape`: a counter update's energy placed in time by the source's power samples;
 //! - `dither`: read times of a power-only source (a random instant of each slot);
@@ -19,6 +20,7 @@
 //! - [`node`]: one sampler per node, shared by the processes of a job through
 //!   [`crate::shared`] (owner, followers, takeover).
 
+mod coalesce;
 pub mod config;
 mod dither;
 pub mod handle;

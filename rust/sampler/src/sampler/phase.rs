@@ -212,6 +212,11 @@ impl PhaseLock {
         self.locked
     }
 
+    /// The predicted update the next read is aimed just after (locked, not looking before one).
+    pub fn aimed_after(&self) -> Option<f64> {
+        (self.locked && !self.probe).then_some(self.next)
+    }
+
     /// The learned update period, ns.
     pub fn period_ns(&self) -> Option<f64> {
         self.period

@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::coalesce;
 use super::config::Config;
 use super::handle::{Shared, SourceStatus, WAKE_MARK, WAKE_QUIET};
 use super::lock;
@@ -142,6 +143,9 @@ pub(super) fn poll_loop(
     let view = view.unwrap_or(&all);
     let retry_ns = config.retry.as_nanos() as u64;
     let quiet_ns = config.quiet_interval.as_nanos() as u64;
+    // Sparse reads while regions are marked (reading at marks, around predicted marks) and the
+    // node's looks keep a finer cadence than quiet's.
+    let sparse_ns = quiet_ns.min(MARKED_SPARSE_NS);
     let hold_ns = config.fast_hold.as_nanos() as u64;
     let mut fast_until = crate::now_ns() + hold_ns;
     let mut fast = true;
@@ -155,7 +159,7 @@ pub(super) fn poll_loop(
     // Mark wake-ups of late, one bit each (1: late), the latest in the lowest bit.
     let mut late_wakes: u8 = 0;
     let mut busy_until = 0;
-    // Regions were marked lately (expensive reads are then made at every quiet interval).
+    // Regions were marked lately (expensive reads are then made at every sparse interval).
     let mut marked_until = 0;
     // Reads around predicted marks (see `predict`), and whether counters are read so now.
     let mut predict = config.predict_marks.then(|| Predict::new(polled.len()));
@@ -237,9 +241,11 @@ pub(super) fn poll_loop(
                 .iter()
                 .any(|p| p.dither.is_none() && p.due_ns <= now + COALESCE_NS);
             for (i, p) in polled.iter_mut().enumerate() {
-                // Sources due within a few tens of µs share this wake-up.
+                // Sources due within a few tens of µs share this wake-up, as do counters
+                // whose predicted update is past, due soon (see `coalesce`).
                 let rides = anchor && p.ride_ns <= now;
-                if p.due_ns > now + COALESCE_NS && !rides && !stopping {
+                let due = p.due_ns <= now + COALESCE_NS || coalesce::early(p, now);
+                if !due && !rides && !stopping {
                     continue;
                 }
                 read.push(i);
@@ -303,21 +309,26 @@ pub(super) fn poll_loop(
                 && polled.iter().all(marks::settled);
             if !fast {
                 pr.reset();
-            } else if !(steady && pr.plan(&mut polled, &lock(&shared.timelines), now, quiet_ns)) {
+            } else if !(steady && pr.plan(&mut polled, &lock(&shared.timelines), now, sparse_ns)) {
                 pr.release(&mut polled, now);
             }
             predicting = pr.active();
         }
         if !fast {
+            // Reading at marks while regions are marked: every sparse interval; quiet: every
+            // quiet interval.
+            let marking = at_mark && now <= marked_until;
             // (Re)computed every loop: a counter's period may be learned only after the
             // sampler went quiet.
             for p in polled.iter_mut() {
                 // A read that costs real CPU (an NVML energy read takes about 3 ms of it in the
                 // driver on an H100) is made once a second while quiet; cheap reads keep the
                 // quiet interval.
-                // (Reading at marks, an expensive read keeps the quiet interval while regions are
+                // (Reading at marks, an expensive read keeps the sparse interval while regions are
                 // being marked.)
-                let q = if p.read_cost_ns > EXPENSIVE_READ_NS && !(at_mark && now <= marked_until) {
+                let q = if marking {
+                    sparse_ns
+                } else if p.read_cost_ns > EXPENSIVE_READ_NS {
                     quiet_ns.max(1_000_000_000)
                 } else {
                     quiet_ns
@@ -353,15 +364,11 @@ pub(super) fn poll_loop(
                 armed = false;
             }
         }
-        let mut next = polled
-            .iter()
-            .map(|p| p.due_ns)
-            .min()
-            .unwrap_or(now + retry_ns);
+        let mut next = coalesce::wake_at(&polled, now).unwrap_or(now + retry_ns);
         if node.is_some() {
             // The node's other processes ask for fast reads through the segment, not by waking
-            // this thread: look at least every quiet interval (and beat the heart).
-            next = next.min(now + quiet_ns.clamp(1_000_000, 100_000_000));
+            // this thread: look at least every sparse interval (and beat the heart).
+            next = next.min(now + sparse_ns.clamp(1_000_000, 100_000_000));
         }
         if let Some(pr) = predict.as_mut() {
             pr.sleeping_until(next);
@@ -396,6 +403,10 @@ const NODE_STATUS_NS: u64 = 200_000_000;
 
 /// A wake-up this long after the mark that asked for it is late.
 const LATE_WAKE_NS: u64 = 300_000;
+
+/// The most time between sparse reads while regions are marked (with reads at marks or around
+/// predicted marks) and between looks at the node's demand: the quiet interval, at most 20 ms.
+const MARKED_SPARSE_NS: u64 = 20_000_000;
 
 /// Sources due this close together are read in one wake-up.
 const COALESCE_NS: u64 = 30_000;
