@@ -34,6 +34,9 @@ def test_floats_are_written_as_python_writes_them() -> None:
     xs = [0.0, -0.0, 1e-4, 1e-5, 9.9999e-5, 1e15, 1e16, 9999999999999998.0, 0.125, 1.25, 12.5]
     xs += [0.5, 9.96, 99.5, 95.0, 100.0, 10.0, 1.0, 1e-300, 5e-324, 1.7976931348623157e308]
     xs += [12658374770308.312, 846050037523200.2, -3.2e-7, 2.5e-3, 0.1 + 0.2]
+    # Subnormals, where a power of ten is not exact.
+    xs += [9.83e-322, 1e-321, 2.2250738585072014e-308, 4.9e-324]
+    xs += [rng.uniform(1, 1000) * 5e-324 for _ in range(2000)]
     for _ in range(20_000):
         x = rng.random() * 10 ** rng.uniform(-12, 20)
         xs.append(-x if rng.random() < 0.1 else x)
