@@ -34,6 +34,9 @@ def test_floats_are_written_as_python_writes_them() -> None:
     xs = [0.0, -0.0, 1e-4, 1e-5, 9.9999e-5, 1e15, 1e16, 9999999999999998.0, 0.125, 1.25, 12.5]
     xs += [0.5, 9.96, 99.5, 95.0, 100.0, 10.0, 1.0, 1e-300, 5e-324, 1.7976931348623157e308]
     xs += [12658374770308.312, 846050037523200.2, -3.2e-7, 2.5e-3, 0.1 + 0.2]
+    # Subnormals, where a power of ten is not exact.
+    xs += [9.83e-322, 1e-321, 2.2250738585072014e-308, 4.9e-324]
+    xs += [rng.uniform(1, 1000) * 5e-324 for _ in range(2000)]
     for _ in range(20_000):
         x = rng.random() * 10 ** rng.uniform(-12, 20)
         xs.append(-x if rng.random() < 0.1 else x)
@@ -274,3 +277,42 @@ def test_a_loop_of_steps_is_written_whole(sim: SimulatedMachine, tmp_path: Any) 
         assert by_id[rid]["thread"] == res.thread
         assert by_id[rid]["start"] == res.start
         assert by_id[rid]["energy_j"] == pytest.approx(res.energy_j, abs=3e-6)
+
+
+# A slice shorter than asked means that nothing more is resolved: the resolver's pass gives up
+# the lock between its slices, and a flush() or result() in between drains to the end.
+def test_a_short_slice_includes_what_the_sampler_resolved_since(
+    sim: SimulatedMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_rt, "RESOLVE_PERIOD_S", 60.0)
+    with carbonctx.track("warm"):
+        pass
+    assert carbonctx.flush()
+    rt = _runtime._RT
+    assert rt is not None and rt.sampler is not None
+    s = rt.sampler
+    with rt.resolver.lock:
+        first = [s.begin() for _ in range(700)]
+        for rid in first:
+            s.end(rid)
+        assert s.wait(_native.now_ns(), 10.0)
+        assert s.drain(480)[0] == 480  # the resolver thread's first slice
+        later = [s.begin() for _ in range(5)]
+        for rid in later:
+            s.end(rid)
+        assert s.wait(_native.now_ns(), 10.0)
+        n, ids, *_ = s.drain(8192)
+        assert n == len(first) - 480 + len(later)
+        assert np.frombuffer(ids, dtype=np.uint64).tolist() == first[480:] + later
+        assert s.drain(8192)[0] == 0 and s.stats()["undrained"] == 0
+    # And through the API: a region ended between two slices of the resolver's pass.
+    with rt.resolver.lock:
+        for _ in range(700):
+            with carbonctx.track("step"):
+                pass
+        assert s.wait(_native.now_ns(), 10.0)
+        rt.resolver.process_batch(*s.drain(480))
+    with carbonctx.track("mine") as mine:
+        pass
+    assert mine.result(timeout=5.0).energy_j >= 0.0
+    _runtime.reset()

@@ -371,3 +371,22 @@ def test_reset_writes_and_closes_the_output(sim: SimulatedMachine, tmp_path: Pat
     _runtime.reset()
     recs = region_records(path)
     assert sorted(r["tags"]["i"] for r in recs) == list(range(20))
+
+
+def test_names_made_anew_for_each_region_are_one_name(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    # f-strings make a new string object per region: the writer finds the name by its text
+    # (each name's first record is its full one, the rest compact lines of the same name).
+    path = tmp_path / "regions.jsonl"
+    carbonctx.configure(output=str(path))
+    for i in range(300):
+        with carbonctx.track(f"epoch {i % 3}"):
+            pass
+    assert carbonctx.flush()
+    carbonctx.configure()  # closes the file
+    recs = region_records(path)
+    assert sorted(r["name"] for r in recs) == sorted(f"epoch {i % 3}" for i in range(300))
+    full = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    firsts = [r for r in full if r.get("kind") == "region" and "by_source" in r]
+    assert sorted(r["name"] for r in firsts) == ["epoch 0", "epoch 1", "epoch 2"]

@@ -31,18 +31,41 @@ impl Drained {
         self.rows.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `f` of the oldest `max` resolved rows: those kept here first, then the sampler's.
+    /// `f` of the oldest `max` resolved rows: those kept here first, then the sampler's. A slice
+    /// shorter than `max` means that nothing more is resolved (callers stop draining there): when
+    /// fewer than `max` rows are kept here, the sampler's are put behind them first. `f`
+    /// returns whether it took the slice (false: an error building it; the rows stay).
     pub(crate) fn take<R>(
         &self,
         inner: &sampler::Sampler,
         max: usize,
-        f: impl FnOnce(Slice<'_>) -> R,
+        f: impl FnOnce(Slice<'_>) -> (R, bool),
     ) -> R {
         let mut g = self.lock();
         let (rows, at) = &mut *g;
-        if *at >= rows.len() {
-            *rows = inner.drain_packed(usize::MAX);
-            *at = 0;
+        if rows.len() - *at < max {
+            let more = inner.drain_packed(usize::MAX);
+            if *at >= rows.len() {
+                *rows = more;
+                *at = 0;
+            } else if !more.is_empty() {
+                // Fewer than `max` kept: moved to the front (a copy of fewer than `max` rows),
+                // the sampler's behind them.
+                let (w, a) = (rows.joules.len() / rows.len(), *at);
+                rows.ids.drain(..a);
+                rows.tags.drain(..a);
+                rows.t0_ns.drain(..a);
+                rows.t1_ns.drain(..a);
+                rows.joules.drain(..a * w);
+                rows.uncertainty.drain(..a * w);
+                rows.ids.extend_from_slice(&more.ids);
+                rows.tags.extend_from_slice(&more.tags);
+                rows.t0_ns.extend_from_slice(&more.t0_ns);
+                rows.t1_ns.extend_from_slice(&more.t1_ns);
+                rows.joules.extend_from_slice(&more.joules);
+                rows.uncertainty.extend_from_slice(&more.uncertainty);
+                *at = 0;
+            }
         }
         let n = max.min(rows.len() - *at);
         let w = if rows.is_empty() {
@@ -51,15 +74,23 @@ impl Drained {
             rows.joules.len() / rows.len()
         };
         let (a, b) = (*at, *at + n);
-        *at = b;
-        f(Slice {
+        let (out, taken) = f(Slice {
             ids: &rows.ids[a..b],
             tags: &rows.tags[a..b],
             t0_ns: &rows.t0_ns[a..b],
             t1_ns: &rows.t1_ns[a..b],
             joules: &rows.joules[a * w..b * w],
             uncertainty: &rows.uncertainty[a * w..b * w],
-        })
+        });
+        if taken {
+            *at = b;
+            if *at >= rows.len() {
+                // All handed out: let go of a burst's rows now, not at the next take.
+                *rows = Packed::default();
+                *at = 0;
+            }
+        }
+        out
     }
 
     /// Rows kept here, not yet handed out.

@@ -349,15 +349,19 @@ impl Sampler {
         Bound<'py, PyBytes>,
     )> {
         self.drained.take(&self.inner, max, |p| {
-            Ok((
-                p.ids.len(),
-                ne_bytes(py, p.ids, u64::to_ne_bytes)?,
-                ne_bytes(py, p.tags, u32::to_ne_bytes)?,
-                ne_bytes(py, p.t0_ns, u64::to_ne_bytes)?,
-                ne_bytes(py, p.t1_ns, u64::to_ne_bytes)?,
-                ne_bytes(py, p.joules, f64::to_ne_bytes)?,
-                ne_bytes(py, p.uncertainty, f64::to_ne_bytes)?,
-            ))
+            let out = (|| {
+                Ok((
+                    p.ids.len(),
+                    ne_bytes(py, p.ids, u64::to_ne_bytes)?,
+                    ne_bytes(py, p.tags, u32::to_ne_bytes)?,
+                    ne_bytes(py, p.t0_ns, u64::to_ne_bytes)?,
+                    ne_bytes(py, p.t1_ns, u64::to_ne_bytes)?,
+                    ne_bytes(py, p.joules, f64::to_ne_bytes)?,
+                    ne_bytes(py, p.uncertainty, f64::to_ne_bytes)?,
+                ))
+            })();
+            let taken = out.is_ok();
+            (out, taken)
         })
     }
 

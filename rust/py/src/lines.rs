@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::numtext::{
     push_i64, push_int, push_micro, push_repr, push_u64, push_u_cached, rint, UText, U_SLOTS,
@@ -148,7 +148,11 @@ impl CompactLines {
         };
         let mut out = String::with_capacity(rows.len() * 160);
         // Each name's text, by the name object (few per batch; alive in `infos` meanwhile).
-        let mut names: Vec<(usize, String)> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        // Looked up by the name object, then by its text: equal names made anew for each region
+        // (an f-string) are one name, found without a call into Python or a search per row.
+        let mut by_object: HashMap<usize, usize> = HashMap::new();
+        let mut by_text: HashMap<String, usize> = HashMap::new();
         let mut last_thread = (0, 0); // (ident, index) of the previous line
         let mut new_threads = Vec::new();
         let mut prev_end = base;
@@ -161,20 +165,39 @@ impl CompactLines {
             let info = info.cast::<PyTuple>()?;
             let name = info.get_item(0)?;
             let key = name.as_ptr() as usize; // alive in `infos` for the whole call
-            let at = match names.iter().position(|(p, _)| *p == key) {
-                Some(at) => at,
+            let at = match by_object.get(&key) {
+                Some(&at) => at,
                 None => {
-                    let (text, new): (String, bool) = cb.name_json.call1((&name,))?.extract()?;
-                    names.push((key, text));
-                    if new {
-                        // The first line of a name is its full record (made by Python).
-                        out.push_str(&cb.full_line.call1((k,))?.extract::<String>()?);
-                        continue;
+                    // Text that is not UTF-8 (a lone surrogate) is left to Python each time.
+                    let text = name
+                        .cast::<PyString>()
+                        .ok()
+                        .and_then(|s| s.to_str().ok().map(str::to_owned));
+                    match text.as_ref().and_then(|t| by_text.get(t)) {
+                        Some(&at) => {
+                            by_object.insert(key, at);
+                            at
+                        }
+                        None => {
+                            let (json, new): (String, bool) =
+                                cb.name_json.call1((&name,))?.extract()?;
+                            names.push(json);
+                            let at = names.len() - 1;
+                            by_object.insert(key, at);
+                            if let Some(t) = text {
+                                by_text.insert(t, at);
+                            }
+                            if new {
+                                // The first line of a name is its full record (made by Python).
+                                out.push_str(&cb.full_line.call1((k,))?.extract::<String>()?);
+                                continue;
+                            }
+                            at
+                        }
                     }
-                    names.len() - 1
                 }
             };
-            let name_text = &names[at].1;
+            let name_text = &names[at];
             let thread: u64 = info.get_item(1)?.extract()?;
             let parent: Option<u64> = info.get_item(2)?.extract()?;
             let th = if thread == 0 {

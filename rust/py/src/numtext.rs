@@ -85,11 +85,16 @@ fn pow10(e: i32) -> f64 {
 fn push_u(out: &mut String, u: f64) {
     match ceil2_parts(u) {
         // c × 10^e is within an ulp or two of a number of two digits: those are its digits.
-        Some((c, scale, e)) if (10.0..100.0).contains(&c) && (c * scale).is_finite() => {
+        // (Not where 10^e is subnormal: c × 10^e is then not exact.)
+        Some((c, scale, e))
+            if (10.0..100.0).contains(&c)
+                && scale >= f64::MIN_POSITIVE
+                && (c * scale).is_finite() =>
+        {
             let c = c as u8;
             push_2g_digits(out, false, [b'0' + c / 10, b'0' + c % 10], e + 1);
         }
-        Some((100.0, scale, e)) if (100.0 * scale).is_finite() => {
+        Some((100.0, scale, e)) if scale >= f64::MIN_POSITIVE && (100.0 * scale).is_finite() => {
             push_2g_digits(out, false, *b"10", e + 2);
         }
         _ => push_2g(out, ceil2(u)),

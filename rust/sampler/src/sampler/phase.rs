@@ -62,6 +62,9 @@ pub struct PhaseLock {
     pub observed: u64,
     /// Updates read since the last bracket (fine or coarse).
     since_anchor: u32,
+    /// Looks just before a predicted update in a row that saw a change already (reading every
+    /// update): see [`EARLY_LOOKS`].
+    early_looks: u32,
 }
 
 const ACQUIRE_CHANGES: usize = 12;
@@ -75,6 +78,13 @@ const FINE_LEARNING_READS: u32 = 2_000;
 /// (or the phase slipped under load): stamps would walk away from the updates unseen. After this
 /// many updates without a bracket, the next read is made just before the predicted update.
 const PROBE_EVERY: u32 = 8;
+/// Reading every update, a look just before the predicted update that sees a change says the
+/// update came before the prediction. A period learned too long (one gap of two updates counted
+/// as one while learning: 12/11 of the period) keeps every read after its update and every
+/// look too, so no look ever brackets an update and the period is never corrected; after this
+/// many such looks in a row the period is learned again. (A period learned too short is found
+/// by the looks that see nothing: the reads then come before the updates.)
+const EARLY_LOOKS: u32 = 3;
 
 impl PhaseLock {
     /// `interval_ns`: the configured poll interval (used while learning, and as the guess of
@@ -104,6 +114,7 @@ impl PhaseLock {
             coarse: 0,
             observed: 0,
             since_anchor: 0,
+            early_looks: 0,
             stride: 1,
             probe: false,
             probe_seen: false,
@@ -247,6 +258,9 @@ impl PhaseLock {
         if !changed {
             self.prev_unchanged = true;
             // A look before the update saw nothing: the reads that follow bracket it.
+            if self.probe {
+                self.early_looks = 0;
+            }
             self.probe = false;
             if self.locked {
                 let p = self.period.unwrap_or(self.interval as f64);
@@ -370,6 +384,15 @@ impl PhaseLock {
             self.next = mid + self.ahead(p);
             self.mismatches = 0;
             return Some(mid as u64);
+        }
+        if probing && self.stride == 1 && tf + g < self.next {
+            // A look just before the predicted update saw a change: the update came earlier.
+            self.early_looks += 1;
+            if self.early_looks >= EARLY_LOOKS {
+                self.early_looks = 0;
+                self.unlock();
+                return Some(mid as u64);
+            }
         }
         // The latest predicted update at or before t.
         let k = ((tf - self.next) / p).floor();

@@ -397,3 +397,57 @@ fn learning_from_close_reads_is_bounded() {
         "{reads} reads in 10 s (unbounded: 10,000)"
     );
 }
+
+#[test]
+fn follows_a_period_shorter_than_the_learned_one() {
+    // Learned at 1 ms; then the counter runs 8.3 % faster (as a lock that learned 12/11 of the
+    // period when one merged gap was counted as one update): the updates come before the
+    // predictions, every read sees a change, the looks before a predicted update too. Such a
+    // lock must find the period again, not stamp the updates a fraction of a period late.
+    let mut times: Vec<u64> = (1..=200).map(|k| k * 1_000_000 + 300_000).collect();
+    let last = *times.last().unwrap();
+    times.extend((1..=3000).map(|k| last + k * 1_000_000 * 11 / 12));
+    let errors = drive(&times, |_| 20_000);
+    let tail = &errors[errors.len() / 2..];
+    assert!(
+        median_abs(tail) < 60_000.0,
+        "median {} ns",
+        median_abs(tail)
+    );
+}
+
+#[test]
+fn jittered_updates_do_not_make_the_lock_learn_again() {
+    // Updates 1 ms apart, each up to 80 µs early or late (a counter written by a thread that
+    // wakes with jitter): looks before a predicted update now and then see an early update,
+    // but not several in a row, so the period is not thrown away.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut jitter = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % 160_001) as i64 - 80_000
+    };
+    let times: Vec<u64> = (1..=6000i64)
+        .map(|k| k * 1_000_000 + 400_000 + jitter())
+        .map(|t| t as u64)
+        .collect();
+    let mut pl = PhaseLock::new(1_000_000);
+    let (mut prev, mut seen) = (0u64, 0usize);
+    let mut relocks_after_learning = 0;
+    while prev < *times.last().unwrap() {
+        let t = pl.due(prev).max(prev + 1) + 20_000;
+        let count = times.partition_point(|&u| u <= t);
+        let before = pl.relocks;
+        pl.observe(prev, t, count != seen);
+        if t > times[100] {
+            relocks_after_learning += pl.relocks - before;
+        }
+        seen = count;
+        prev = t;
+    }
+    assert!(
+        relocks_after_learning <= 3,
+        "{relocks_after_learning} relocks"
+    );
+}
