@@ -1,5 +1,6 @@
 //! How often a power-only source is read: at its interval while quiet, and while regions are
-//! marked or open as often as [`Config::power_interval`] asks, within a budget of CPU time.
+//! marked or open as often as [`Config::power_interval`] asks, within a budget of CPU time
+//! ([`Config::power_share`] of a core).
 //!
 //! A power-only source (a GPU without an energy counter, a hwmon meter sampled at the read) is
 //! integrated with the trapezoid rule over reads at random instants (see [`super::dither`]).
@@ -7,26 +8,29 @@
 //! edges is set by the read spacing `h` (whatever the sequence of read instants: the error's
 //! spectrum cannot be lowered at every frequency above one per slot at once): each harmonic of
 //! the load keeps `1 - sinc²(π n h / P)` of the error of independent instants. Over 5 s under a
-//! 50/250 W square wave of period 50 ms that is ±3.1 % (one standard deviation) read every
-//! 20 ms, ±1.2 % every 8 ms and ±0.31 % every 2 ms. Each source also keeps the variance of its
-//! integral, estimated from its readings (see
-//! [`crate::timeline::Accumulator::variance_j2`]): a region's uncertainty adds two standard
-//! deviations of it.
+//! 50/250 W square wave that is, one standard deviation, ±1.9 % (20 ms period) and ±1.2 %
+//! (50 ms) read every 8 ms, ±0.49 % and ±0.31 % every 2 ms, ±0.32 % and ±0.20 % every 1.3 ms:
+//! within 1 % in every run at periods from 20 ms needs reads about every 1.3 ms. Each source
+//! also keeps the variance of its integral, estimated from its
+//! readings (see [`crate::timeline::Accumulator::variance_j2`]): a region's uncertainty adds
+//! two standard deviations of it.
 //!
 //! A read costs the read itself (an NVML power read: 3-5 µs) and, when nothing else wakes the
 //! thread then, a wake-up ([`WAKE_NS`]). A power source's read instant is random anyway, so it
 //! rides on a wake-up for another source (CPU counters read every millisecond while regions
-//! are marked) that comes within [`RIDE_NS`] before it. Reads take at most [`SHARE`] of a core:
-//! the slot is never shorter than the smoothed cost of a read (wake-up included as often as
-//! reads do not ride) divided by that share.
+//! are marked) that comes within [`RIDE_NS`] before it. Reads take at most
+//! [`Config::power_share`] of a core (0.3 % unless set): the slot is never shorter than the
+//! smoothed cost of a read (wake-up included as often as reads do not ride) divided by that
+//! share. Riding on the CPU counters' wake-ups, that is about 1.3 ms; paying its own
+//! wake-ups (a GPU alone, or the counters read sparsely in a long region without marks) about
+//! 8 ms, which leaves 2-3 % errors in some runs under 20-60 ms loads: 1 % in every run then
+//! takes a share of about 2-3 % of a core.
 
 use super::config::Config;
 use super::marks::WAKE_NS;
 use super::poll::Polled;
 use crate::sensors::{check, SourceInfo};
 
-/// Share of one core that the reads of a power-only source may take while regions are open.
-pub(super) const SHARE: f64 = 0.003;
 /// How early a read may ride on a wake-up for another source, at most (ns).
 pub(super) const RIDE_NS: u64 = 1_000_000;
 
@@ -46,14 +50,15 @@ pub(super) fn ride_from(due_ns: u64, slot_ns: u64) -> u64 {
 }
 
 /// The slot length for `p` while regions are open: the configured power interval, or longer
-/// when the reads would cost more than [`SHARE`] of a core; never longer than its interval.
+/// when the reads would cost more than [`Config::power_share`] of a core; never longer than its
+/// interval.
 pub(super) fn fast_slot(p: &Polled, config: &Config) -> u64 {
     let want = config.power_interval.as_nanos() as u64;
     if want == 0 || !p.instant {
         return p.interval_ns;
     }
     let cost = p.read_cost_ns.max(1_000) as f64 + (1.0 - p.rode) * WAKE_NS as f64;
-    let floor = (cost / SHARE) as u64;
+    let floor = (cost / config.power_share.clamp(1e-6, 1.0)) as u64;
     want.max(floor).min(p.interval_ns)
 }
 
@@ -173,9 +178,24 @@ mod tests {
         let mut p = polled(info("nvml", "", None), 4_000);
         let slot = fast_slot(&p, &config);
         assert_eq!(slot, 8 * MS);
-        // Riding on other wake-ups, the read alone counts: the configured 2 ms.
+        // Riding on other wake-ups, the read alone counts: 4 µs in 0.3 % of a core, 1.33 ms
+        // (the configured 1 ms asks for more than the share affords).
         p.rode = 1.0;
-        assert_eq!(fast_slot(&p, &config), 2 * MS);
+        assert_eq!(fast_slot(&p, &config), 1_333_333);
+        // A larger share buys reads as often as configured, and no more often.
+        let generous = Config {
+            power_share: 0.03,
+            ..Config::default()
+        };
+        assert_eq!(fast_slot(&p, &generous), MS);
+        p.rode = 0.0;
+        assert_eq!(fast_slot(&p, &generous), MS);
+        let tenth = Config {
+            power_share: 0.01,
+            ..Config::default()
+        };
+        assert_eq!(fast_slot(&p, &tenth), 2_400_000);
+        p.rode = 1.0;
         // An expensive read (3 ms of CPU) is never read more often than its interval.
         p.read_cost_ns = 3_000_000;
         assert_eq!(fast_slot(&p, &config), 20 * MS);
@@ -195,14 +215,16 @@ mod tests {
         ps[0].rode = 1.0;
         ps[0].due_ns = 20 * MS;
         set_slots(&mut ps, true, 5 * MS, &config);
-        assert_eq!(ps[0].slot_ns, 2 * MS);
-        // The next read comes within one short slot, and may ride from up to 1 ms before.
+        assert_eq!(ps[0].slot_ns, 1_333_333);
+        // The next read comes within one short slot, and may ride from up to half a slot
+        // before.
         assert!(
-            ps[0].due_ns > 5 * MS && ps[0].due_ns <= 7 * MS,
+            ps[0].due_ns > 5 * MS && ps[0].due_ns <= 5 * MS + 1_333_333,
             "{}",
             ps[0].due_ns
         );
         assert!(ps[0].ride_ns + MS >= ps[0].due_ns && ps[0].ride_ns > 5 * MS);
+        assert!(ps[0].ride_ns + 666_666 >= ps[0].due_ns);
         let due = ps[0].due_ns;
         set_slots(&mut ps, false, 6 * MS, &config);
         assert_eq!((ps[0].slot_ns, ps[0].due_ns), (20 * MS, due));
