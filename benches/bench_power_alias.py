@@ -3,8 +3,11 @@
 A 5 s region on a simulated GPU whose power is a 50/250 W square wave (the power reading is
 instantaneous); error of the region's energy against the exact integral, several runs per
 period, signed (a bias shows as errors of one sign), and the sampler thread's CPU time over the
-region. Two machines: the GPU alone (``gpu``), and the GPU with CPU counters read every
-millisecond while a region is open (``gpu+cpu``: a power read can share their wake-ups). The
+region. Three machines: the GPU alone (``gpu``); the GPU with CPU counters (``gpu+cpu``: a
+power read can share their wake-ups; with no mark inside the region they are read every
+millisecond for the first 2 s of it, then every 20 ms); and the same with a 10 ms region every
+20 ms inside the 5 s one (``gpu+cpu, marked``: a training loop, the counters read every
+millisecond throughout). The
 high part of each period is a whole number of milliseconds (the simulated trace has 1 ms
 ticks). With ``--before PATH`` another tree (its ``python`` folder) is run the same way,
 alternately, in the same run; with ``--share S`` this tree is also run with ``power_share=S``
@@ -29,13 +32,13 @@ from _common import machine, write_result
 
 HERE = Path(__file__).resolve().parent
 PERIODS_MS = (20, 30, 34, 40, 50, 52, 60, 77, 100, 157, 250)
-MACHINES = ("gpu", "gpu+cpu")
+MACHINES = ("gpu", "gpu+cpu", "gpu+cpu, marked")
 
 CHILD = r"""
 import bisect, json, os, struct, sys, time
 from carbonctx import _native
 from carbonctx.testing import GpuSpec, SimulatedMachine, Wave
-period_ms = int(sys.argv[1]); cpu = sys.argv[2] == "gpu+cpu"
+period_ms = int(sys.argv[1]); cpu = sys.argv[2] != "gpu"; marked = "marked" in sys.argv[2]
 duty = (period_ms // 2) / period_ms
 gpu = GpuSpec(wave=Wave(50.0, 250.0, period_ms / 1000, duty), energy_counter=False)
 
@@ -55,17 +58,26 @@ with SimulatedMachine(dram=None, gpus=[gpu], gpu_update_s=0.0) as sim:
     time.sleep(0.2)
     c0, w0 = sampler_cpu_s(), time.monotonic()
     rid = s.begin()
-    time.sleep(5.0)
+    if marked:
+        # A training loop: a 10 ms region every 20 ms inside the 5 s one.
+        while time.monotonic() - w0 < 5.0:
+            inner = s.begin()
+            time.sleep(0.01)
+            s.end(inner)
+            time.sleep(0.01)
+    else:
+        time.sleep(5.0)
     s.end(rid)
     c1, w1 = sampler_cpu_s(), time.monotonic()
     s.wait(_native.now_ns(), 5.0)
     n, _i, _t, t0, t1, j, _u = s.drain()
     pts = s.timeline(col, 0)
     s.stop()
-    a = struct.unpack("<Q", t0[:8])[0]; b = struct.unpack("<Q", t1[:8])[0]
     width = len(s.sources)
-    got = struct.unpack(f"<{n * width}d", j)[col]
-    unc = struct.unpack(f"<{n * width}d", _u)[col]
+    row = list(struct.unpack(f"<{n}Q", _i)).index(rid)
+    a = struct.unpack("<Q", t0[8 * row:8 * row + 8])[0]; b = struct.unpack("<Q", t1[8 * row:8 * row + 8])[0]
+    got = struct.unpack(f"<{n * width}d", j)[row * width + col]
+    unc = struct.unpack(f"<{n * width}d", _u)[row * width + col]
     truth = sim.gpu_truth_j(0, a, b)
     t0w = sim._sim.t0_ns
 # The read instants achieved: the GPU's points (one per read) within the region.
@@ -174,7 +186,8 @@ A 5 s region; the simulated GPU reports instantaneous power only (50/250 W squar
 high part a whole number of milliseconds), integrated over read times with the trapezoid rule.
 Signed error of the region's energy against the exact integral; {args.runs} runs per period,
 machine and tree, run alternately. `gpu`: the GPU alone; `gpu+cpu`: with the CPU package counter
-read every millisecond while the region is open. Sampler CPU: the sampler thread's CPU time over
+(read every millisecond for 2 s after a mark, then every 20 ms); `gpu+cpu, marked`: the same
+with a 10 ms region every 20 ms inside the 5 s one. Sampler CPU: the sampler thread's CPU time over
 the region (share of one core). Stated uncertainty: the region's `uncertainty_j` for the GPU
 (relative), and the runs whose error it covers. Read gaps: the mean and 90th-percentile gap
 between the GPU's reads within the region (medians over runs). The error differs from that of

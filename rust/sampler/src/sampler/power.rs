@@ -44,9 +44,11 @@ pub(super) fn samples_at_read(info: &SourceInfo) -> bool {
 }
 
 /// The earliest instant a read due at `due_ns` in slots of `slot_ns` may ride on another
-/// wake-up.
+/// wake-up: up to one slot before (at most [`RIDE_NS`]), so that a read whose slot is longer
+/// than the CPU counters' wake-ups (about 1 ms apart) always finds one of them (a window of
+/// half a slot missed a third of them at 1.3 ms slots, and each miss costs a wake-up).
 pub(super) fn ride_from(due_ns: u64, slot_ns: u64) -> u64 {
-    due_ns.saturating_sub(RIDE_NS.min(slot_ns / 2))
+    due_ns.saturating_sub(RIDE_NS.min(slot_ns))
 }
 
 /// The slot length for `p` while regions are open: the configured power interval, or longer
@@ -216,15 +218,15 @@ mod tests {
         ps[0].due_ns = 20 * MS;
         set_slots(&mut ps, true, 5 * MS, &config);
         assert_eq!(ps[0].slot_ns, 1_333_333);
-        // The next read comes within one short slot, and may ride from up to half a slot
-        // before.
+        // The next read comes within one short slot, and may ride from up to 1 ms before.
         assert!(
             ps[0].due_ns > 5 * MS && ps[0].due_ns <= 5 * MS + 1_333_333,
             "{}",
             ps[0].due_ns
         );
         assert!(ps[0].ride_ns + MS >= ps[0].due_ns && ps[0].ride_ns > 5 * MS);
-        assert!(ps[0].ride_ns + 666_666 >= ps[0].due_ns);
+        assert_eq!(ride_from(10 * MS, 1_333_333), 9 * MS);
+        assert_eq!(ride_from(10 * MS, 500_000), 9_500_000);
         let due = ps[0].due_ns;
         set_slots(&mut ps, false, 6 * MS, &config);
         assert_eq!((ps[0].slot_ns, ps[0].due_ns), (20 * MS, due));
