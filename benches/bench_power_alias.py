@@ -13,9 +13,10 @@ ticks). With ``--before PATH`` another tree (its ``python`` folder) is run the s
 alternately, in the same run; with ``--share S`` this tree is also run with ``power_share=S``
 (the share of a core the GPU's reads may take while a region is open). Each run also records
 the read instants it achieved (the gaps between the GPU's reads within the region) and the
-error those instants make with the exact power. Run:
+error those instants make with the exact power. ``--update-s`` makes the GPU hold its reading
+for that long (as NVML's power does) instead of reporting the power at the read. Run:
 ``.venv/bin/python benches/bench_power_alias.py [--runs N] [--before TREE] [--share S]
-[--label TEXT]``.
+[--update-s S] [--label TEXT]``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from _common import thread_cpu_s
 def sampler_cpu_s():
     return thread_cpu_s("carbonctx-sampler")
 
-with SimulatedMachine(dram=None, gpus=[gpu], gpu_update_s=0.0) as sim:
+with SimulatedMachine(dram=None, gpus=[gpu], gpu_update_s=float(os.environ["BENCH_UPDATE_S"])) as sim:
     r = sim._sim.roots()
     share = os.environ.get("BENCH_POWER_SHARE")
     kw = {"power_share": float(share)} if share else {}
@@ -94,16 +95,18 @@ def at(t):
     return cum[k] + (t - ts[k]) / max(ts[k + 1] - ts[k], 1) * (cum[k + 1] - cum[k])
 inst = at(b) - at(a)
 print(json.dumps([(got - truth) / truth, (c1 - c0) / (w1 - w0), unc / truth,
-                  sum(gaps) / len(gaps), gaps[int(0.9 * len(gaps))], (inst - truth) / truth]))
+                  sum(gaps) / len(gaps), gaps[int(0.9 * len(gaps))], gaps[-1],
+                  (inst - truth) / truth]))
 """
 
 
-def one(tree: Path, period_ms: int, kind: str, share: str) -> list[float]:
-    """Error, sampler CPU, stated uncertainty, mean and 90th-percentile gap between the GPU's
-    reads (ms), and the error of the same instants with the exact power."""
+def one(tree: Path, period_ms: int, kind: str, share: str, update_s: float) -> list[float]:
+    """Error, sampler CPU, stated uncertainty, mean, 90th-percentile and largest gap between
+    the GPU's reads (ms), and the error of the same instants with the exact power."""
     # The tree's package first, then this folder (the child uses `_common`).
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "python"), str(HERE)]))
     env["BENCH_POWER_SHARE"] = share
+    env["BENCH_UPDATE_S"] = repr(update_s)
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(period_ms), kind],
         env=env,
@@ -120,6 +123,12 @@ def main() -> None:
     ap.add_argument("--before", type=Path, default=None)
     ap.add_argument("--label", default="idle", help="what else the machine was doing")
     ap.add_argument("--periods", default=",".join(map(str, PERIODS_MS)))
+    ap.add_argument(
+        "--update-s",
+        type=float,
+        default=0.0,
+        help="the simulated GPU's power holds for this long (0: instantaneous; NVML: 0.02-0.1)",
+    )
     ap.add_argument(
         "--share",
         action="append",
@@ -142,14 +151,16 @@ def main() -> None:
     uncs: dict[tuple[str, str], list[float]] = {}
     # Mean and 90th-percentile gaps between reads (ms); how far the error is from that of the
     # same instants with the exact power (%).
-    gaps: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    gaps: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     off = 0.0
     for _ in range(args.runs):
         for kind in MACHINES:
             for p in periods:
                 for name, (tree, share) in trees.items():
-                    e, c, u, mean_gap, p90_gap, inst = one(tree, p, kind, share)
-                    gaps.setdefault((kind, name), []).append((mean_gap, p90_gap))
+                    e, c, u, mean_gap, p90_gap, max_gap, inst = one(
+                        tree, p, kind, share, args.update_s
+                    )
+                    gaps.setdefault((kind, name), []).append((mean_gap, p90_gap, max_gap))
                     off = max(off, abs(e - inst) * 100)
                     res.setdefault((kind, name, p), []).append(e * 100)
                     cpu.setdefault((kind, name), []).append(c * 100)
@@ -175,27 +186,33 @@ def main() -> None:
                 f"| {kind} | {name} | {max(v):.2f} % | {statistics.median(v):.2f} % "
                 f"| {sum(x <= 1.0 for x in v)}/{len(v)} | {statistics.median(c):.2f} % "
                 f"| {max(c):.2f} % | {statistics.median(uncs[(kind, name)]):.2f} % "
-                f"| {sum(cov)}/{len(cov)} | {statistics.median(x for x, _ in g):.2f} ms "
-                f"| {statistics.median(y for _, y in g):.2f} ms |"
+                f"| {sum(cov)}/{len(cov)} | {statistics.median(x[0] for x in g):.2f} ms "
+                f"| {statistics.median(x[1] for x in g):.2f} ms | {max(x[2] for x in g):.1f} ms |"
             )
+    hold = (
+        f"the reading holds for {args.update_s * 1e3:g} ms at a time, as NVML's does"
+        if args.update_s > 0
+        else "the reading is the power at the read"
+    )
     text = f"""# Power-only GPU under periodic load ({args.label})
 
 {machine()}; load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end
 
-A 5 s region; the simulated GPU reports instantaneous power only (50/250 W square wave, the
-high part a whole number of milliseconds), integrated over read times with the trapezoid rule.
+A 5 s region; the simulated GPU reports power only (50/250 W square wave, the high part a whole
+number of milliseconds; {hold}), integrated over read times with the trapezoid rule.
 Signed error of the region's energy against the exact integral; {args.runs} runs per period,
 machine and tree, run alternately. `gpu`: the GPU alone; `gpu+cpu`: with the CPU package counter
 (read every millisecond for 2 s after a mark, then every 20 ms); `gpu+cpu, marked`: the same
 with a 10 ms region every 20 ms inside the 5 s one. Sampler CPU: the sampler thread's CPU time over
 the region (share of one core). Stated uncertainty: the region's `uncertainty_j` for the GPU
 (relative), and the runs whose error it covers. Read gaps: the mean and 90th-percentile gap
-between the GPU's reads within the region (medians over runs). The error differs from that of
-the trapezoid over the same read instants with the exact power by at most {off:.4f} % (the
-readings are right: the error is the read instants').
+between the GPU's reads within the region (medians over runs), and the largest of any run. The
+error differs from that of
+the trapezoid over the same read instants with the exact power by at most {off:.4f} %
+(0: the readings are right and the error is the read instants'; otherwise the device's own).
 
-| machine | tree | worst | median abs | runs within 1 % | sampler CPU median | max | stated uncertainty (median) | covered | read gap, mean | 90th percentile |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| machine | tree | worst | median abs | runs within 1 % | sampler CPU median | max | stated uncertainty (median) | covered | read gap, mean | 90th percentile | largest |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(summary)}
 
 | machine | tree | load period | median error | worst | runs |

@@ -33,7 +33,7 @@ def test_a_periodic_load_on_a_power_only_gpu_is_measured_without_aliasing(
     tmp_path: Path, fake_nvml: Path
 ) -> None:
     # 50/250 W switching every 17 ms (a 34 ms period), read as instantaneous power. Generous
-    # bounds: the spread here is about 0.3 % (reads every 2 ms while the region is open); a
+    # bounds: the spread here is about 0.3 % (reads every ~1.3 ms while the region is open); a
     # machine too busy to wake the sampler on time reads less often, never with a bias.
     gpu = GpuSpec(wave=Wave(50.0, 250.0, 0.034), energy_counter=False)
     with SimulatedMachine(
