@@ -550,7 +550,10 @@ mod tests {
         c.push(t - 10 * MS + 200 * MS, Reading::Power(300.0));
         let stall = c.variance_j2() - before;
         let expect = 100.0f64.powi(2) * 0.2f64.powi(2) / 2.0;
-        assert!((0.7 * expect..1.3 * expect).contains(&stall), "{stall} vs {expect}");
+        assert!(
+            (0.7 * expect..1.3 * expect).contains(&stall),
+            "{stall} vs {expect}"
+        );
         // An ordinary gap with unchanged readings adds nothing.
         let v = c.variance_j2();
         c.push(t - 10 * MS + 210 * MS, Reading::Power(300.0));
