@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 import carbonctx
 from carbonctx.testing import GpuSpec, SimulatedMachine, Wave
 
@@ -31,7 +33,7 @@ def test_a_periodic_load_on_a_power_only_gpu_is_measured_without_aliasing(
     tmp_path: Path, fake_nvml: Path
 ) -> None:
     # 50/250 W switching every 17 ms (a 34 ms period), read as instantaneous power. Generous
-    # bounds: the spread here is about 0.3 % (reads every 2 ms while the region is open); a
+    # bounds: the spread here is about 0.3 % (reads every ~1.3 ms while the region is open); a
     # machine too busy to wake the sampler on time reads less often, never with a bias.
     gpu = GpuSpec(wave=Wave(50.0, 250.0, 0.034), energy_counter=False)
     with SimulatedMachine(
@@ -46,3 +48,51 @@ def test_a_periodic_load_on_a_power_only_gpu_is_measured_without_aliasing(
             # the readings) is of the error's size: not many times the spread, and it covers
             # the error with room (three times over is six standard deviations).
             assert 0 < unc < 0.05 and abs(err) <= 3 * unc, (err, unc)
+
+
+def test_power_share_is_validated_everywhere_it_can_be_given() -> None:
+    from carbonctx import _config, _native
+
+    assert _config.from_env({"CARBONCTX_POWER_SHARE": "0.02"}) == {"power_share": 0.02}
+    with pytest.raises(carbonctx.ConfigurationError, match="CARBONCTX_POWER_SHARE"):
+        _config.from_env({"CARBONCTX_POWER_SHARE": "two percent"})
+    for bad in (0, -0.1, 1.5, float("nan"), True, "0.02"):
+        with pytest.raises(carbonctx.ConfigurationError, match="power_share"):
+            carbonctx.configure(power_share=bad)  # type: ignore[arg-type]
+    with pytest.raises(carbonctx.ConfigurationError, match="power_share"):
+        _native.Sampler(cpu_backends=[], nvml=False, estimate="never", power_share=0.0)
+
+
+def gpu_reads(sim: SimulatedMachine, share: float | None, seconds: float) -> int:
+    """Reads of the power-only GPU over a region of ``seconds`` with ``power_share=share``."""
+    # The GPU alone: no CPU counter whose wake-ups its reads could share.
+    carbonctx.configure(**sim.settings(), cpu_backends=[], estimate="never", power_share=share)
+    from carbonctx._measure import process
+
+    rt = process.runtime()
+
+    def reads() -> int:
+        s = rt.sampler_or_start()
+        assert s is not None
+        (i,) = [k for k, x in enumerate(s.sources) if x["id"] == "nvml:0"]
+        return int(s.status()[i]["reads"])
+
+    before = reads()
+    with carbonctx.track("long"):
+        time.sleep(seconds)
+    return reads() - before
+
+
+def test_a_larger_power_share_reads_a_power_only_gpu_more_often(
+    tmp_path: Path, fake_nvml: Path
+) -> None:
+    # The GPU alone pays a wake-up for each read: within the default 0.3 % of a core it is read
+    # every ~8 ms while a region is open; with 5 %, every millisecond (the power interval).
+    # Counts, not times: a busy machine reads both less often, the larger share still far more.
+    gpu = GpuSpec(wave=Wave(50.0, 250.0, 0.034), energy_counter=False)
+    with SimulatedMachine(
+        tmp_path / "hw", dram=None, gpus=[gpu], gpu_update_s=0.0, nvml_library=fake_nvml
+    ) as sim:
+        default = gpu_reads(sim, None, 1.0)
+        generous = gpu_reads(sim, 0.05, 1.0)
+    assert default > 20 and generous > 2 * default, (default, generous)

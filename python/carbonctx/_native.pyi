@@ -284,6 +284,7 @@ class Sampler:
         mark_reads: bool = True,
         fast_reads: bool = True,
         predict_marks: bool = False,
+        power_share: float | None = None,
     ) -> Sampler: ...
     def node_status(self) -> dict[str, Any] | None:
         """This process's part in its node's shared sampler; None when it samples alone."""

@@ -184,6 +184,15 @@ def validate(s: Settings) -> None:
     for flag in ("amdsmi", "hwmon", "gpu_power_samples"):
         if not isinstance(v := getattr(s, flag), bool):
             raise ConfigurationError(f"{flag}={v!r}: give True or False")
+    if s.power_share is not None and (
+        isinstance(s.power_share, bool)
+        or not isinstance(s.power_share, (int, float))
+        or not 0 < s.power_share <= 1  # also NaN
+    ):
+        raise ConfigurationError(
+            f"power_share={s.power_share!r}: give a share of one core above 0 and at most 1 "
+            "(0.02 is 2 %), or None for the default 0.3 %"
+        )
     if isinstance(s.window, bool) or not (isinstance(s.window, int) and s.window >= 0):
         raise ConfigurationError(f"window={s.window!r}: give a non-negative number of regions")
     for key in _INT_RANK_SETTINGS:

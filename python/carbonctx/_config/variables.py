@@ -154,6 +154,13 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     for flag in ("amdsmi", "hwmon", "gpu_power_samples"):
         if (v := get(f"CARBONCTX_{flag.upper()}")) is not None:
             out[flag] = _bool(f"CARBONCTX_{flag.upper()}", v)
+    if (v := get("CARBONCTX_POWER_SHARE")) is not None:
+        try:
+            out["power_share"] = float(v)
+        except ValueError:
+            raise ConfigurationError(
+                f"CARBONCTX_POWER_SHARE={v!r}: give a share of one core, e.g. 0.02 for 2 %"
+            ) from None
     if (v := get("CARBONCTX_NODE_SAMPLER")) is not None:
         out["node_sampler"] = _bool("CARBONCTX_NODE_SAMPLER", v)
     if (v := get("CARBONCTX_NODE_DIR")) is not None:

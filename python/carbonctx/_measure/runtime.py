@@ -160,6 +160,8 @@ class Runtime:
                 "intervals": list(st.intervals.items()),
                 "gpu_power_samples": st.gpu_power_samples,
             }
+            if st.power_share is not None:
+                kwargs["power_share"] = float(st.power_share)
             self.bmc = self._bmc()
             if self.bmc is not None:
                 kwargs["external"] = [self.bmc.feed]

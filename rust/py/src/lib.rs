@@ -147,7 +147,7 @@ impl Sampler {
                         amdsmi_library=None, rocr_visible_devices=None,
                         hip_visible_devices=None, amd_gpus=None, external=None, gpu=true,
                         hwmon=true, gpu_power_samples=true, mark_reads=true, fast_reads=true,
-                        predict_marks=false))]
+                        predict_marks=false, power_share=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -181,6 +181,7 @@ impl Sampler {
         mark_reads: bool,
         fast_reads: bool,
         predict_marks: bool,
+        power_share: Option<f64>,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -214,6 +215,15 @@ impl Sampler {
             predict_marks,
             ..Config::default()
         };
+        if let Some(share) = power_share {
+            if !(share.is_finite() && share > 0.0 && share <= 1.0) {
+                return Err(errors::configuration(format!(
+                    "power_share must be a share of one core in (0, 1] (0.003 is 0.3 %), not \
+                     {share}"
+                )));
+            }
+            config.power_share = share;
+        }
         for (backend, secs) in intervals.unwrap_or_default() {
             let d = seconds(&format!("interval for {backend:?}"), secs)?;
             if d.is_zero() {

@@ -64,6 +64,10 @@ pub struct Config {
     /// without an energy counter) is read about this often, at random instants, within a
     /// budget of CPU time (see `sampler::power`); zero: at its interval.
     pub power_interval: Duration,
+    /// Share of one core that the reads of each such source may take while regions are open
+    /// or marked (the read, and a wake-up of its own when it cannot share one); its slots are
+    /// lengthened to keep within it (see `sampler::power`).
+    pub power_share: f64,
 }
 
 impl Default for Config {
@@ -83,7 +87,8 @@ impl Default for Config {
             retry: Duration::from_secs(1),
             max_resolved: 1 << 20,
             power_samples: true,
-            power_interval: Duration::from_millis(2),
+            power_interval: Duration::from_millis(1),
+            power_share: 0.003,
         }
     }
 }

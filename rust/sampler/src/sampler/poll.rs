@@ -242,9 +242,7 @@ pub(super) fn poll_one(
         st.mark_reads += 1;
         p.last_mark_ns = now;
     }
-    let t_before = crate::now_ns();
-    let result = p.source.read();
-    let t_after = crate::now_ns();
+    let (result, t_before, t_after) = super::power::read_timed(p);
     p.read_cost_ns = (p.read_cost_ns * 7 + (t_after - t_before)) / 8;
     if let Some(ph) = p.phase.as_mut() {
         ph.fit_guard(p.read_cost_ns);

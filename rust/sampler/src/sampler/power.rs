@@ -1,5 +1,6 @@
 //! How often a power-only source is read: at its interval while quiet, and while regions are
-//! marked or open as often as [`Config::power_interval`] asks, within a budget of CPU time.
+//! marked or open as often as [`Config::power_interval`] asks, within a budget of CPU time
+//! ([`Config::power_share`] of a core).
 //!
 //! A power-only source (a GPU without an energy counter, a hwmon meter sampled at the read) is
 //! integrated with the trapezoid rule over reads at random instants (see [`super::dither`]).
@@ -7,28 +8,56 @@
 //! edges is set by the read spacing `h` (whatever the sequence of read instants: the error's
 //! spectrum cannot be lowered at every frequency above one per slot at once): each harmonic of
 //! the load keeps `1 - sinc²(π n h / P)` of the error of independent instants. Over 5 s under a
-//! 50/250 W square wave of period 50 ms that is ±3.1 % (one standard deviation) read every
-//! 20 ms, ±1.2 % every 8 ms and ±0.31 % every 2 ms. Each source also keeps the variance of its
-//! integral, estimated from its readings (see
-//! [`crate::timeline::Accumulator::variance_j2`]): a region's uncertainty adds two standard
-//! deviations of it.
+//! 50/250 W square wave that is, one standard deviation, ±1.9 % (20 ms period) and ±1.2 %
+//! (50 ms) read every 8 ms, ±0.49 % and ±0.31 % every 2 ms, ±0.32 % and ±0.20 % every 1.3 ms:
+//! within 1 % in every run at periods from 20 ms needs reads about every 1.3 ms. Each source
+//! also keeps the variance of its integral, estimated from its
+//! readings (see [`crate::timeline::Accumulator::variance_j2`]): a region's uncertainty adds
+//! two standard deviations of it.
 //!
 //! A read costs the read itself (an NVML power read: 3-5 µs) and, when nothing else wakes the
 //! thread then, a wake-up ([`WAKE_NS`]). A power source's read instant is random anyway, so it
 //! rides on a wake-up for another source (CPU counters read every millisecond while regions
-//! are marked) that comes within [`RIDE_NS`] before it. Reads take at most [`SHARE`] of a core:
-//! the slot is never shorter than the smoothed cost of a read (wake-up included as often as
-//! reads do not ride) divided by that share.
+//! are marked) that comes within [`RIDE_NS`] before it. Reads take at most
+//! [`Config::power_share`] of a core (0.3 % unless set): the slot is never shorter than the
+//! smoothed cost of a read (wake-up included as often as reads do not ride) divided by that
+//! share. Riding on the CPU counters' wake-ups, that is about 1.3 ms; paying its own
+//! wake-ups (a GPU alone, or the counters read sparsely in a long region without marks) about
+//! 8 ms, which leaves 2-3 % errors in some runs under 20-60 ms loads: 1 % in every run then
+//! takes a share of about 2-3 % of a core.
 
 use super::config::Config;
 use super::marks::WAKE_NS;
 use super::poll::Polled;
-use crate::sensors::{check, SourceInfo};
+use crate::error::Error;
+use crate::sensors::{check, Reading, SourceInfo};
 
-/// Share of one core that the reads of a power-only source may take while regions are open.
-pub(super) const SHARE: f64 = 0.003;
 /// How early a read may ride on a wake-up for another source, at most (ns).
 pub(super) const RIDE_NS: u64 = 1_000_000;
+/// A read of power sampled at the read that takes longer than this (and than four times its
+/// usual cost) is made again (see [`read_timed`]), ns.
+pub(super) const SLOW_READ_NS: u64 = 200_000;
+
+/// Read `p`'s source: the result, and the instants just before and just after the read.
+///
+/// A power sampled at the read is taken at an unknown instant between the two, and stamped in
+/// the middle. When the read took far longer than usual (the thread was preempted during it:
+/// tens of milliseconds at times on a busy machine), the stamp can be that far from the
+/// sample's instant, an error no spread accounts for (up to 2 % over 5 s under a 20 ms load,
+/// measured): such a read is made again at once, and the second one counts (slow too, it is
+/// taken as it is).
+pub(super) fn read_timed(p: &mut Polled) -> (Result<Reading, Error>, u64, u64) {
+    let slow = SLOW_READ_NS.max(4 * p.read_cost_ns);
+    let t_before = crate::now_ns();
+    let result = p.source.read();
+    let t_after = crate::now_ns();
+    if !p.instant || result.is_err() || t_after - t_before <= slow {
+        return (result, t_before, t_after);
+    }
+    let t_before = crate::now_ns();
+    let result = p.source.read();
+    (result, t_before, crate::now_ns())
+}
 
 /// Whether the source's power is sampled at the read: read more often, it tells more. (A
 /// meter's average over its own window, a model's estimate or a value fed from elsewhere would
@@ -40,20 +69,23 @@ pub(super) fn samples_at_read(info: &SourceInfo) -> bool {
 }
 
 /// The earliest instant a read due at `due_ns` in slots of `slot_ns` may ride on another
-/// wake-up.
+/// wake-up: up to one slot before (at most [`RIDE_NS`]), so that a read whose slot is longer
+/// than the CPU counters' wake-ups (about 1 ms apart) always finds one of them (a window of
+/// half a slot missed a third of them at 1.3 ms slots, and each miss costs a wake-up).
 pub(super) fn ride_from(due_ns: u64, slot_ns: u64) -> u64 {
-    due_ns.saturating_sub(RIDE_NS.min(slot_ns / 2))
+    due_ns.saturating_sub(RIDE_NS.min(slot_ns))
 }
 
 /// The slot length for `p` while regions are open: the configured power interval, or longer
-/// when the reads would cost more than [`SHARE`] of a core; never longer than its interval.
+/// when the reads would cost more than [`Config::power_share`] of a core; never longer than its
+/// interval.
 pub(super) fn fast_slot(p: &Polled, config: &Config) -> u64 {
     let want = config.power_interval.as_nanos() as u64;
     if want == 0 || !p.instant {
         return p.interval_ns;
     }
     let cost = p.read_cost_ns.max(1_000) as f64 + (1.0 - p.rode) * WAKE_NS as f64;
-    let floor = (cost / SHARE) as u64;
+    let floor = (cost / config.power_share.clamp(1e-6, 1.0)) as u64;
     want.max(floor).min(p.interval_ns)
 }
 
@@ -173,9 +205,24 @@ mod tests {
         let mut p = polled(info("nvml", "", None), 4_000);
         let slot = fast_slot(&p, &config);
         assert_eq!(slot, 8 * MS);
-        // Riding on other wake-ups, the read alone counts: the configured 2 ms.
+        // Riding on other wake-ups, the read alone counts: 4 µs in 0.3 % of a core, 1.33 ms
+        // (the configured 1 ms asks for more than the share affords).
         p.rode = 1.0;
-        assert_eq!(fast_slot(&p, &config), 2 * MS);
+        assert_eq!(fast_slot(&p, &config), 1_333_333);
+        // A larger share buys reads as often as configured, and no more often.
+        let generous = Config {
+            power_share: 0.03,
+            ..Config::default()
+        };
+        assert_eq!(fast_slot(&p, &generous), MS);
+        p.rode = 0.0;
+        assert_eq!(fast_slot(&p, &generous), MS);
+        let tenth = Config {
+            power_share: 0.01,
+            ..Config::default()
+        };
+        assert_eq!(fast_slot(&p, &tenth), 2_400_000);
+        p.rode = 1.0;
         // An expensive read (3 ms of CPU) is never read more often than its interval.
         p.read_cost_ns = 3_000_000;
         assert_eq!(fast_slot(&p, &config), 20 * MS);
@@ -195,14 +242,16 @@ mod tests {
         ps[0].rode = 1.0;
         ps[0].due_ns = 20 * MS;
         set_slots(&mut ps, true, 5 * MS, &config);
-        assert_eq!(ps[0].slot_ns, 2 * MS);
+        assert_eq!(ps[0].slot_ns, 1_333_333);
         // The next read comes within one short slot, and may ride from up to 1 ms before.
         assert!(
-            ps[0].due_ns > 5 * MS && ps[0].due_ns <= 7 * MS,
+            ps[0].due_ns > 5 * MS && ps[0].due_ns <= 5 * MS + 1_333_333,
             "{}",
             ps[0].due_ns
         );
         assert!(ps[0].ride_ns + MS >= ps[0].due_ns && ps[0].ride_ns > 5 * MS);
+        assert_eq!(ride_from(10 * MS, 1_333_333), 9 * MS);
+        assert_eq!(ride_from(10 * MS, 500_000), 9_500_000);
         let due = ps[0].due_ns;
         set_slots(&mut ps, false, 6 * MS, &config);
         assert_eq!((ps[0].slot_ns, ps[0].due_ns), (20 * MS, due));
@@ -274,6 +323,50 @@ mod tests {
         assert!(p.failed_since.is_some());
         assert_eq!(p.ride_ns, u64::MAX);
         assert!(p.due_ns > now + 500 * MS);
+    }
+
+    #[test]
+    fn a_power_read_that_took_too_long_is_made_again() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Arc;
+        // A source whose first read stalls (the thread preempted during it): the reading is
+        // taken again, and the read instants are those of the second read.
+        struct Stalls(SourceInfo, Arc<AtomicU32>, u32);
+        impl EnergySource for Stalls {
+            fn info(&self) -> &SourceInfo {
+                &self.0
+            }
+            fn read(&mut self) -> Result<Reading, Error> {
+                let n = self.1.fetch_add(1, Ordering::SeqCst);
+                if n < self.2 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(Reading::Power(100.0 + f64::from(n)))
+            }
+        }
+        let reads = Arc::new(AtomicU32::new(0));
+        let mut p = polled(info("nvml", "", None), 4_000);
+        p.source = Box::new(Stalls(info("nvml", "", None), reads.clone(), 1));
+        let start = crate::now_ns();
+        let (r, t0, t1) = read_timed(&mut p);
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        assert!(matches!(r, Ok(Reading::Power(w)) if w == 101.0));
+        assert!(t0 >= start + 5 * MS && t1 >= t0, "{t0} {t1} after {start}");
+        // Stalled twice: the second reading is taken as it is (no third read).
+        reads.store(0, Ordering::SeqCst);
+        p.source = Box::new(Stalls(info("nvml", "", None), reads.clone(), 5));
+        let _ = read_timed(&mut p);
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        // A counter, or power that is not sampled at the read, is read once however long.
+        reads.store(0, Ordering::SeqCst);
+        let spec = CounterSpec {
+            joules_per_unit: 1e-3,
+            wrap: None,
+        };
+        let mut c = polled(info("nvml", "", Some(spec)), 4_000);
+        c.source = Box::new(Stalls(info("nvml", "", Some(spec)), reads.clone(), 5));
+        let _ = read_timed(&mut c);
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct Accumulator {
     /// Keep the variance of the integral of power readings (see [`Self::variance_j2`]).
     spread: bool,
     var_j2: f64,
+    /// Smoothed power, its variance (W²) and the gap between reads (s), for the spread of a
+    /// gap much longer than usual (see [`Self::variance_j2`]).
+    mean_w: f64,
+    var_w2: f64,
+    mean_gap_s: f64,
     /// Number of counter wraps seen.
     pub wraps: u64,
     /// Number of times a counter went backwards though it never wraps.
@@ -86,6 +91,9 @@ impl Accumulator {
             base_j: 0.0,
             spread: false,
             var_j2: 0.0,
+            mean_w: 0.0,
+            var_w2: 0.0,
+            mean_gap_s: 0.0,
             wraps: 0,
             resets: 0,
         }
@@ -103,6 +111,10 @@ impl Accumulator {
     /// somewhere in the gap, and the trapezoid's error, `Δ` times the distance from the gap's
     /// middle to the change, has a variance of `Δ² g² / 12` (the change uniform in the gap).
     /// Exact for a step; more than the error of a smooth ramp (which the trapezoid follows).
+    /// A gap more than [`STALL_GAPS`] times the usual one (the thread was not woken for a
+    /// while) may hide several changes that the readings at its ends do not show: it counts
+    /// at least `σ² g² / 2`, with `σ²` the variance of the recent readings (the trapezoid's
+    /// chord, the mean of two readings, against the mean power over the gap).
     pub fn variance_j2(&self) -> f64 {
         self.var_j2
     }
@@ -218,8 +230,7 @@ impl Accumulator {
             (Reading::Power(w) | Reading::PowerAt { watts: w, .. }, _) => {
                 let w = sanitize_watts(w);
                 if self.spread {
-                    let (dw, g) = (w - self.last_watts, (t_ns - prev_ns) as f64 * 1e-9);
-                    self.var_j2 += dw * dw * g * g / 12.0;
+                    self.add_spread(w, (t_ns - prev_ns) as f64 * 1e-9);
                 }
                 match slot_ns {
                     Some(slot) => {
@@ -242,7 +253,29 @@ impl Accumulator {
             (Reading::Counter(_), None) => Step::Unchanged,
         }
     }
+
+    /// The variance of the trapezoid from the last reading to `w`, `g` seconds later.
+    fn add_spread(&mut self, w: f64, g: f64) {
+        let dw = w - self.last_watts;
+        let mut var = dw * dw * g * g / 12.0;
+        if self.mean_gap_s > 0.0 && g > STALL_GAPS * self.mean_gap_s {
+            var = var.max(self.var_w2 * g * g / 2.0);
+        }
+        self.var_j2 += var;
+        // Smoothed over about twenty readings.
+        if self.mean_gap_s == 0.0 {
+            (self.mean_w, self.mean_gap_s) = (self.last_watts, g);
+        }
+        let d = w - self.mean_w;
+        self.mean_w += 0.05 * d;
+        self.var_w2 = 0.95 * (self.var_w2 + 0.05 * d * d);
+        self.mean_gap_s += 0.05 * (g - self.mean_gap_s);
+    }
 }
+
+/// A gap between power readings this many times the usual one is a stall (see
+/// [`Accumulator::variance_j2`]).
+pub const STALL_GAPS: f64 = 4.0;
 
 fn sanitize_watts(w: f64) -> f64 {
     if w.is_finite() && w > 0.0 {
@@ -504,5 +537,26 @@ mod tests {
         b.push(0, Reading::Power(100.0));
         b.push(10 * MS, Reading::Power(300.0));
         assert_eq!(b.variance_j2(), 0.0);
+        // Readings every 10 ms of a load alternating 100/300 W, then a stall of 200 ms whose
+        // two ends read the same: the stall counts the variance of the readings (about 100²
+        // W²) over its length, not nothing.
+        let mut c = Accumulator::new(None, 10 * MS).with_spread();
+        let mut t = 0;
+        for k in 0..100u64 {
+            c.push(t, Reading::Power(if k % 2 == 0 { 100.0 } else { 300.0 }));
+            t += 10 * MS;
+        }
+        let before = c.variance_j2();
+        c.push(t - 10 * MS + 200 * MS, Reading::Power(300.0));
+        let stall = c.variance_j2() - before;
+        let expect = 100.0f64.powi(2) * 0.2f64.powi(2) / 2.0;
+        assert!(
+            (0.7 * expect..1.3 * expect).contains(&stall),
+            "{stall} vs {expect}"
+        );
+        // An ordinary gap with unchanged readings adds nothing.
+        let v = c.variance_j2();
+        c.push(t - 10 * MS + 210 * MS, Reading::Power(300.0));
+        assert_eq!(c.variance_j2(), v);
     }
 }
