@@ -50,7 +50,10 @@ impl Dither {
     /// ns (the slot after `t` when reads fell behind, or when the slots changed length).
     pub(super) fn next(&mut self, t: u64, slot: u64) -> u64 {
         let slot = slot.max(1);
-        if self.slot_ns + slot <= t || self.slot_ns > t + slot {
+        // A read may ride up to a slot before its due instant (see `power::ride_from`), so up to
+        // two slots before the next slot's start: the slots go on from there (restarting them
+        // would put two reads in one slot). Further off, the slots start afresh at `t`.
+        if self.slot_ns + slot <= t || self.slot_ns > t + 2 * slot {
             self.slot_ns = t;
         }
         let at = self.slot_ns + (self.uniform() * slot as f64) as u64;

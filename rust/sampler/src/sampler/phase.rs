@@ -160,6 +160,7 @@ impl PhaseLock {
         let k = ((now - self.next) / p).ceil();
         self.next += k * p;
         self.chases = 0;
+        self.early_looks = 0;
         // The phase may have drifted while coasting: look just before the next update, so that
         // the quick re-reads that follow bracket it closely.
         self.probe = true;
@@ -239,6 +240,7 @@ impl PhaseLock {
         self.last_change_mid = None;
         self.diffs.clear();
         self.base = None;
+        self.early_looks = 0;
         self.relocks += 1;
     }
 
@@ -385,7 +387,9 @@ impl PhaseLock {
             self.mismatches = 0;
             return Some(mid as u64);
         }
-        if probing && self.stride == 1 && tf + g < self.next {
+        // (Only a look one update after the read before: the read just after a resync from
+        // sparse reading sees the updates skipped, whatever the period.)
+        if probing && self.stride == 1 && tf + g < self.next && width < p {
             // A look just before the predicted update saw a change: the update came earlier.
             self.early_looks += 1;
             if self.early_looks >= EARLY_LOOKS {

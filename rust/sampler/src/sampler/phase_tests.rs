@@ -451,3 +451,49 @@ fn jittered_updates_do_not_make_the_lock_learn_again() {
         "{relocks_after_learning} relocks"
     );
 }
+
+#[test]
+fn switching_between_sparse_and_every_update_keeps_a_healthy_lock() {
+    // A settled lock on exact 1 ms updates read every 20th update, then every update again
+    // from a mark (resync and a read at once: it sees the updates skipped, before the next
+    // predicted one), for a few updates, over and over (predict_marks plans and releases):
+    // those reads are no looks that saw an early update, and the lock is never thrown away.
+    let period = 1_000_000u64;
+    for (fast, look) in [(1u64, false), (2, false), (1, true), (3, true)] {
+        let times: Vec<u64> = (1..=400_000u64).map(|i| i * period + 300_000).collect();
+        let mut pl = PhaseLock::new(period);
+        let (mut prev, mut seen) = (0u64, 0usize);
+        let mut read = |pl: &mut PhaseLock, prev: &mut u64, t: u64| {
+            let c = times.partition_point(|&u| u <= t);
+            pl.observe(*prev, t, c != seen);
+            seen = c;
+            *prev = t;
+        };
+        while prev < 3000 * period {
+            let t = pl.due(prev).max(prev + 1) + 20_000;
+            read(&mut pl, &mut prev, t);
+        }
+        assert!(pl.settled());
+        let relocks = pl.relocks;
+        for _ in 0..60 {
+            pl.set_stride(20);
+            if look {
+                pl.resync(prev + 5 * period); // a look before the update before a window
+            }
+            for _ in 0..5 {
+                let t = pl.due(prev).max(prev + 1) + 20_000;
+                read(&mut pl, &mut prev, t);
+            }
+            let mark = prev + 3 * period / 2 + 123_456;
+            pl.set_stride(1);
+            pl.resync(mark);
+            read(&mut pl, &mut prev, mark);
+            let end = prev + fast * period;
+            while prev < end {
+                let t = pl.due(prev).max(prev + 1) + 20_000;
+                read(&mut pl, &mut prev, t);
+            }
+        }
+        assert_eq!(pl.relocks, relocks, "fast {fast}, look {look}");
+    }
+}

@@ -54,9 +54,12 @@ pub(super) fn read_timed(p: &mut Polled) -> (Result<Reading, Error>, u64, u64) {
     if !p.instant || result.is_err() || t_after - t_before <= slow {
         return (result, t_before, t_after);
     }
-    let t_before = crate::now_ns();
-    let result = p.source.read();
-    (result, t_before, crate::now_ns())
+    let t_again = crate::now_ns();
+    match p.source.read() {
+        Ok(again) => (Ok(again), t_again, crate::now_ns()),
+        // The second read failed: the first one's reading stands, with its own instants.
+        Err(_) => (result, t_before, t_after),
+    }
 }
 
 /// Whether the source's power is sampled at the read: read more often, it tells more. (A
@@ -419,5 +422,36 @@ mod tests {
         let ratio = (sq_stated / sq_err).sqrt();
         assert!(inside as f64 >= 0.85 * runs as f64, "{inside} of {runs}");
         assert!((0.7..1.5).contains(&ratio), "{ratio}");
+    }
+
+    #[test]
+    fn reads_riding_up_to_a_slot_early_keep_one_read_a_slot() {
+        // The CPU counters wake the thread every 976 µs; a power source in slots of 1.33 ms or
+        // 1 ms rides on any wake-up from up to a slot before its due instant, else wakes the
+        // thread itself. The reads stay one a slot, as the budget counts them (restarting the
+        // slots at each early ride put two or three reads in some).
+        for slot in [1_333_333u64, 1_000_000] {
+            let wake = 976_000u64;
+            let mut d = crate::sampler::dither::Dither::new(0, 42);
+            let (mut t, mut reads) = (0u64, 0u64);
+            let span = 10_000_000_000u64;
+            while t < span {
+                let due = d.next(t, slot);
+                let ride = ride_from(due, slot).max(t + 1);
+                let first_wake = ride.div_ceil(wake) * wake;
+                t = if first_wake + 30_000 < due {
+                    first_wake
+                } else {
+                    due
+                };
+                reads += 1;
+                t += 4_000;
+            }
+            let per_slot = reads as f64 / (span / slot) as f64;
+            assert!(
+                (0.97..1.03).contains(&per_slot),
+                "slot {slot}: {per_slot} reads a slot"
+            );
+        }
     }
 }
