@@ -87,67 +87,62 @@ def _read_torch(env: Mapping[str, str]) -> Reading | None:
     return r
 
 
-def _read_openmpi(env: Mapping[str, str]) -> Reading | None:
-    if "OMPI_COMM_WORLD_RANK" not in env and "OMPI_COMM_WORLD_SIZE" not in env:
-        return None
-    r = Reading("openmpi")
-    _read_int(r, env, "rank", "OMPI_COMM_WORLD_RANK")
-    _read_int(r, env, "world_size", "OMPI_COMM_WORLD_SIZE")
-    _read_int(r, env, "local_rank", "OMPI_COMM_WORLD_LOCAL_RANK")
-    _read_int(r, env, "local_world_size", "OMPI_COMM_WORLD_LOCAL_SIZE")
-    for name in ("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "OMPI_MCA_orte_ess_jobid"):
-        if env.get(name, "").strip():
-            r.job = (env[name].strip(), name)
-            break
-    return r
+class _Named:
+    """A launcher that names its ranks in variables of its own: present when ``rank`` or
+    ``world_size``'s variable is set; each field from its variable, the job from the first of
+    ``job`` that is set."""
+
+    def __init__(self, name: str, fields: dict[str, str], job: tuple[str, ...] = ()) -> None:
+        self.name, self.fields, self.job = name, fields, job
+        self.__name__ = f"_read_{name}"
+
+    def __call__(self, env: Mapping[str, str]) -> Reading | None:
+        if self.fields["rank"] not in env and self.fields["world_size"] not in env:
+            return None
+        r = Reading(self.name)
+        for field, var in self.fields.items():
+            _read_int(r, env, field, var)
+        for var in self.job:
+            if env.get(var, "").strip():
+                r.job = (env[var].strip(), var)
+                break
+        return r
 
 
-def _read_horovod(env: Mapping[str, str]) -> Reading | None:
-    if "HOROVOD_RANK" not in env and "HOROVOD_SIZE" not in env:
-        return None
-    r = Reading("horovod")
-    _read_int(r, env, "rank", "HOROVOD_RANK")
-    _read_int(r, env, "world_size", "HOROVOD_SIZE")
-    _read_int(r, env, "local_rank", "HOROVOD_LOCAL_RANK")
-    _read_int(r, env, "local_world_size", "HOROVOD_LOCAL_SIZE")
-    _read_int(r, env, "node_rank", "HOROVOD_CROSS_RANK")
-    return r
+def _named(prefix: str, local_rank: str, local_size: str, **more: str) -> dict[str, str]:
+    return {
+        "rank": f"{prefix}RANK",
+        "world_size": f"{prefix}SIZE",
+        "local_rank": local_rank,
+        "local_world_size": local_size,
+        **more,
+    }
 
 
-def _read_mvapich(env: Mapping[str, str]) -> Reading | None:
-    if "MV2_COMM_WORLD_RANK" not in env and "MV2_COMM_WORLD_SIZE" not in env:
-        return None
-    r = Reading("mvapich2")
-    _read_int(r, env, "rank", "MV2_COMM_WORLD_RANK")
-    _read_int(r, env, "world_size", "MV2_COMM_WORLD_SIZE")
-    _read_int(r, env, "local_rank", "MV2_COMM_WORLD_LOCAL_RANK")
-    _read_int(r, env, "local_world_size", "MV2_COMM_WORLD_LOCAL_SIZE")
-    return r
-
-
-def _read_jsrun(env: Mapping[str, str]) -> Reading | None:
-    if "JSM_NAMESPACE_RANK" not in env and "JSM_NAMESPACE_SIZE" not in env:
-        return None
-    r = Reading("jsrun")
-    _read_int(r, env, "rank", "JSM_NAMESPACE_RANK")
-    _read_int(r, env, "world_size", "JSM_NAMESPACE_SIZE")
-    _read_int(r, env, "local_rank", "JSM_NAMESPACE_LOCAL_RANK")
-    _read_int(r, env, "local_world_size", "JSM_NAMESPACE_LOCAL_SIZE")
-    if env.get("LSB_JOBID", "").strip():
-        r.job = (env["LSB_JOBID"].strip(), "LSB_JOBID")
-    return r
-
-
-def _read_flux(env: Mapping[str, str]) -> Reading | None:
-    if "FLUX_TASK_RANK" not in env and "FLUX_JOB_SIZE" not in env:
-        return None
-    r = Reading("flux")
-    _read_int(r, env, "rank", "FLUX_TASK_RANK")
-    _read_int(r, env, "world_size", "FLUX_JOB_SIZE")
-    _read_int(r, env, "local_rank", "FLUX_TASK_LOCAL_ID")
-    if env.get("FLUX_JOB_ID", "").strip():
-        r.job = (env["FLUX_JOB_ID"].strip(), "FLUX_JOB_ID")
-    return r
+_read_openmpi = _Named(
+    "openmpi",
+    _named("OMPI_COMM_WORLD_", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    job=("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "OMPI_MCA_orte_ess_jobid"),
+)
+_read_horovod = _Named(
+    "horovod",
+    _named("HOROVOD_", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE", node_rank="HOROVOD_CROSS_RANK"),
+)
+_read_mvapich = _Named(
+    "mvapich2",
+    _named("MV2_COMM_WORLD_", "MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_SIZE"),
+)
+_read_jsrun = _Named(
+    "jsrun",
+    _named("JSM_NAMESPACE_", "JSM_NAMESPACE_LOCAL_RANK", "JSM_NAMESPACE_LOCAL_SIZE"),
+    job=("LSB_JOBID",),
+)
+# Flux names the rank and the size differently (and gives no local size).
+_read_flux = _Named(
+    "flux",
+    {"rank": "FLUX_TASK_RANK", "world_size": "FLUX_JOB_SIZE", "local_rank": "FLUX_TASK_LOCAL_ID"},
+    job=("FLUX_JOB_ID",),
+)
 
 
 def _read_pmi(env: Mapping[str, str]) -> Reading | None:
