@@ -52,18 +52,8 @@ impl Drained {
                 // Fewer than `max` kept: moved to the front (a copy of fewer than `max` rows),
                 // the sampler's behind them.
                 let (w, a) = (rows.joules.len() / rows.len(), *at);
-                rows.ids.drain(..a);
-                rows.tags.drain(..a);
-                rows.t0_ns.drain(..a);
-                rows.t1_ns.drain(..a);
-                rows.joules.drain(..a * w);
-                rows.uncertainty.drain(..a * w);
-                rows.ids.extend_from_slice(&more.ids);
-                rows.tags.extend_from_slice(&more.tags);
-                rows.t0_ns.extend_from_slice(&more.t0_ns);
-                rows.t1_ns.extend_from_slice(&more.t1_ns);
-                rows.joules.extend_from_slice(&more.joules);
-                rows.uncertainty.extend_from_slice(&more.uncertainty);
+                rows.take_front(a, w);
+                rows.extend(&more);
                 *at = 0;
             }
         }

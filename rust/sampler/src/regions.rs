@@ -34,8 +34,18 @@ impl Packed {
         self.ids.is_empty()
     }
 
+    /// Append `other`'s rows after these (the same sources).
+    pub fn extend(&mut self, other: &Packed) {
+        self.ids.extend_from_slice(&other.ids);
+        self.tags.extend_from_slice(&other.tags);
+        self.t0_ns.extend_from_slice(&other.t0_ns);
+        self.t1_ns.extend_from_slice(&other.t1_ns);
+        self.joules.extend_from_slice(&other.joules);
+        self.uncertainty.extend_from_slice(&other.uncertainty);
+    }
+
     /// Move out the oldest `n` rows (all if fewer), keeping the rest.
-    pub(crate) fn take_front(&mut self, n: usize, width: usize) -> Packed {
+    pub fn take_front(&mut self, n: usize, width: usize) -> Packed {
         if n >= self.len() {
             return std::mem::take(self);
         }
@@ -212,13 +222,7 @@ impl Regions {
         if self.done.is_empty() {
             self.done = out;
         } else {
-            let d = &mut self.done;
-            d.ids.extend_from_slice(&out.ids);
-            d.tags.extend_from_slice(&out.tags);
-            d.t0_ns.extend_from_slice(&out.t0_ns);
-            d.t1_ns.extend_from_slice(&out.t1_ns);
-            d.joules.extend_from_slice(&out.joules);
-            d.uncertainty.extend_from_slice(&out.uncertainty);
+            self.done.extend(&out);
         }
         self.frontier_ns = self.frontier_ns.max(frontier.min(now_ns));
         if stopping {
