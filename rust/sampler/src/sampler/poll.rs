@@ -120,6 +120,11 @@ impl Polled {
         }
     }
 
+    /// The source is read at a new spacing from now on (see [`Accumulator::new_spacing`]).
+    pub(super) fn new_spacing(&mut self) {
+        self.acc.new_spacing();
+    }
+
     pub(super) fn cover(&self) -> Cover {
         Cover {
             last_poll_ns: self.last_poll_ns,

@@ -108,6 +108,11 @@ pub(super) fn set_slots(polled: &mut [Polled], fast: bool, now: u64, config: &Co
         // Going fast, the next read comes within one short slot; other changes (the cost's
         // smoothing, going quiet) take effect from the next read.
         let shorter = slot < p.slot_ns && p.slot_ns == p.interval_ns;
+        // Going fast or quiet (the slot's length follows the smoothed cost of a read too, by
+        // a little at a time): the gaps between readings change on purpose.
+        if slot > 2 * p.slot_ns || 2 * slot < p.slot_ns {
+            p.new_spacing();
+        }
         p.slot_ns = slot;
         if shorter {
             if let Some(d) = p.dither.as_mut() {

@@ -119,6 +119,13 @@ impl Accumulator {
         self.var_j2
     }
 
+    /// The reads' spacing changed on purpose (a power source read faster while regions are
+    /// open, slower after): the usual gap is learned again from the next reading, so that the
+    /// first gaps at the new spacing are not taken for stalls.
+    pub fn new_spacing(&mut self) {
+        self.mean_gap_s = 0.0;
+    }
+
     /// Forget the previous reading, so that the next one is a new baseline (after a gap in
     /// which the source could not be read). Energy so far is kept.
     pub fn rebaseline(&mut self) {
@@ -558,5 +565,26 @@ mod tests {
         let v = c.variance_j2();
         c.push(t - 10 * MS + 210 * MS, Reading::Power(300.0));
         assert_eq!(c.variance_j2(), v);
+    }
+
+    #[test]
+    fn a_new_spacing_of_power_reads_is_no_stall() {
+        // Readings every millisecond of a load alternating 100/300 W, then (regions closed)
+        // every 20 ms: told of the new spacing, the first 20 ms gaps count Δ² g² / 12 each,
+        // not the readings' variance over a stall.
+        let mut a = Accumulator::new(None, MS).with_spread();
+        let mut t = 0;
+        for k in 0..100u64 {
+            a.push(t, Reading::Power(if k % 2 == 0 { 100.0 } else { 300.0 }));
+            t += MS;
+        }
+        a.new_spacing();
+        let before = a.variance_j2();
+        a.push(t - MS + 20 * MS, Reading::Power(300.0));
+        assert_eq!(a.variance_j2(), before); // the same reading: no change, no stall
+        a.push(t - MS + 40 * MS, Reading::Power(100.0));
+        let step = a.variance_j2() - before;
+        let expect = 200.0f64.powi(2) * 0.02f64.powi(2) / 12.0;
+        assert!((step - expect).abs() < 1e-9, "{step} vs {expect}");
     }
 }
