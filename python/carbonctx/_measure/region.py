@@ -20,10 +20,6 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_now_ns = _native.now_ns
-_SPAN_BACKLOG = _native.SPAN_BACKLOG
-_SPAN_WARNINGS = _native.SPAN_WARNINGS
-
 
 def _sync_cuda() -> None:
     import sys
@@ -283,28 +279,6 @@ class Tracker(_native.Region):
 
             return general  # type: ignore[return-value]
 
-        def slow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            # What the native spans leave to Python: no runtime or sampler yet (this call
-            # starts them), or a runtime inherited by a forked child. It runs once per runtime
-            # in the usual case, so it keeps nothing between calls.
-            rt = process._RT or process.runtime()
-            s = rt.sampler or rt.sampler_or_start()
-            if s is None or rt.detailed:
-                with Tracker(name, strict=strict_opt):
-                    return fn(*args, **kwargs)
-            core, tag = rt.core, rt.tag_of(name)
-            t0 = _now_ns()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                # One native call ends the span and says what is due on this thread.
-                due = core.end_span(t0, tag)
-                if due:
-                    if due & _SPAN_BACKLOG:
-                        rt.wake_resolver()  # a backlog: never drained on the user's thread
-                    if due & _SPAN_WARNINGS:
-                        rt.emit_warnings()
-
         # The usual call: one native call starts the span (or the call's region, where the
         # runtime writes full records), one ends it. The function is called here, so that a
         # recursive one keeps its depth.
@@ -312,11 +286,23 @@ class Tracker(_native.Region):
         span = _native.SpanCall(name, functools.partial(make, name))
         start, end = span.start, span.end
 
+        def begin() -> Any:
+            # What the native spans leave to Python: no runtime or sampler yet (this call
+            # starts them; a forked child makes its own), then the span as usual. None: no
+            # sampler (the call is measured as a whole region, which says why).
+            rt = process._RT or process.runtime()
+            if (rt.sampler or rt.sampler_or_start()) is None:
+                return None
+            return start()
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             started = start()
             if started is None:
-                return slow(args, kwargs)
+                started = begin()
+                if started is None:
+                    with Tracker(name, strict=strict_opt):
+                        return fn(*args, **kwargs)
             try:
                 out = fn(*args, **kwargs)
             except BaseException as exc:
