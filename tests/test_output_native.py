@@ -217,18 +217,24 @@ def test_lines_refuse_columns_that_do_not_fit() -> None:
                     lambda s: ('"a"', False), str, str)  # fmt: skip
 
 
-def test_regions_drained_in_slices_come_out_whole_and_in_order(
-    sim: SimulatedMachine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The binding takes the sampler's whole backlog and hands it out a slice at a time; the
-    rows it still holds count as undrained (a runtime retiring waits for them)."""
-    monkeypatch.setattr(_rt, "RESOLVE_PERIOD_S", 60.0)  # nobody else drains
+def _undrained_runtime(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """The running runtime and its sampler, the resolver thread kept from draining (its period
+    a minute): a test drains by hand, holding the resolver's lock."""
+    monkeypatch.setattr(_rt, "RESOLVE_PERIOD_S", 60.0)
     with carbonctx.track("warm"):
         pass
     assert carbonctx.flush()
     rt = _runtime._RT
     assert rt is not None and rt.sampler is not None
-    s = rt.sampler
+    return rt, rt.sampler
+
+
+def test_regions_drained_in_slices_come_out_whole_and_in_order(
+    sim: SimulatedMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The binding takes the sampler's whole backlog and hands it out a slice at a time; the
+    rows it still holds count as undrained (a runtime retiring waits for them)."""
+    rt, s = _undrained_runtime(monkeypatch)
     with rt.resolver.lock:  # keeps the resolver out
         begun = [s.begin() for _ in range(700)]
         for rid in begun:
@@ -284,13 +290,7 @@ def test_a_loop_of_steps_is_written_whole(sim: SimulatedMachine, tmp_path: Any) 
 def test_a_short_slice_includes_what_the_sampler_resolved_since(
     sim: SimulatedMachine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_rt, "RESOLVE_PERIOD_S", 60.0)
-    with carbonctx.track("warm"):
-        pass
-    assert carbonctx.flush()
-    rt = _runtime._RT
-    assert rt is not None and rt.sampler is not None
-    s = rt.sampler
+    rt, s = _undrained_runtime(monkeypatch)
     with rt.resolver.lock:
         first = [s.begin() for _ in range(700)]
         for rid in first:

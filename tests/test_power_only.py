@@ -29,16 +29,22 @@ def region_error(sim: SimulatedMachine, seconds: float) -> tuple[float, float]:
     return (gpu.joules - truth) / truth, gpu.uncertainty_j / truth
 
 
+def power_only_gpu(tmp_path: Path, fake_nvml: Path) -> SimulatedMachine:
+    """A machine whose one GPU reports instantaneous power only: 50/250 W switching every
+    17 ms (a 34 ms period)."""
+    gpu = GpuSpec(wave=Wave(50.0, 250.0, 0.034), energy_counter=False)
+    return SimulatedMachine(
+        tmp_path / "hw", dram=None, gpus=[gpu], gpu_update_s=0.0, nvml_library=fake_nvml
+    )
+
+
 def test_a_periodic_load_on_a_power_only_gpu_is_measured_without_aliasing(
     tmp_path: Path, fake_nvml: Path
 ) -> None:
     # 50/250 W switching every 17 ms (a 34 ms period), read as instantaneous power. Generous
     # bounds: the spread here is about 0.3 % (reads every ~1.3 ms while the region is open); a
     # machine too busy to wake the sampler on time reads less often, never with a bias.
-    gpu = GpuSpec(wave=Wave(50.0, 250.0, 0.034), energy_counter=False)
-    with SimulatedMachine(
-        tmp_path / "hw", dram=None, gpus=[gpu], gpu_update_s=0.0, nvml_library=fake_nvml
-    ) as sim:
+    with power_only_gpu(tmp_path, fake_nvml) as sim:
         carbonctx.configure(**sim.settings())
         src = [s for s in carbonctx.devices()["sources"] if s["id"] == "nvml:0"]
         assert src and src[0]["method"] == "integrated-power"
@@ -89,10 +95,7 @@ def test_a_larger_power_share_reads_a_power_only_gpu_more_often(
     # The GPU alone pays a wake-up for each read: within the default 0.3 % of a core it is read
     # every ~8 ms while a region is open; with 5 %, every millisecond (the power interval).
     # Counts, not times: a busy machine reads both less often, the larger share still far more.
-    gpu = GpuSpec(wave=Wave(50.0, 250.0, 0.034), energy_counter=False)
-    with SimulatedMachine(
-        tmp_path / "hw", dram=None, gpus=[gpu], gpu_update_s=0.0, nvml_library=fake_nvml
-    ) as sim:
+    with power_only_gpu(tmp_path, fake_nvml) as sim:
         default = gpu_reads(sim, None, 1.0)
         generous = gpu_reads(sim, 0.05, 1.0)
     assert default > 20 and generous > 2 * default, (default, generous)
