@@ -523,7 +523,7 @@ class FakeServer:
                 t -= timedelta(hours=1)
         return 200, {
             "response": {
-                "total": len(data),
+                "total": str(len(data)),  # EIA writes the count as a string
                 "dateFormat": 'YYYY-MM-DD"T"HH24',
                 "frequency": "hourly",
                 "data": data,
