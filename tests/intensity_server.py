@@ -178,6 +178,8 @@ class FakeServer:
         self.entsoe_ack: tuple[int, str] | None = None
         #: ENTSO-E: how a resolution of so many minutes is written, where not PT<n>M
         self.entsoe_resolution: dict[int, str] = {}
+        #: ENTSO-E: the areas (EIC codes) it has generation for
+        self.entsoe_domains = {"10Y1001A1001A82H", "10YDK-1--------W"}
         #: US EIA: the API key it accepts, MWh per fuel each hour, how late hours are published
         self.eia_key = "eia-K3y-0001"
         self.eia_mwh: dict[str, object] = {"NG": "600", "SUN": 200, "WND": 200.0, "BAT": -50}
@@ -458,7 +460,7 @@ class FakeServer:
         domain = q.get("in_Domain", "")
         if self.entsoe_ack is not None:
             return self.entsoe_ack[0], _Raw(_entsoe_ack("999", self.entsoe_ack[1]), "text/xml")
-        if domain not in ("10Y1001A1001A82H", "10YDK-1--------W"):
+        if domain not in self.entsoe_domains:
             text = f"No matching data found for Data item ACTUAL_GENERATION [{domain}]"
             return 200, _Raw(_entsoe_ack("999", text), "text/xml")
         start = datetime.strptime(q["periodStart"], "%Y%m%d%H%M").replace(tzinfo=UTC)
