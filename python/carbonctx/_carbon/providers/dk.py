@@ -57,7 +57,8 @@ class DkProvider:
         with self._lock:
             now = self.clock()
             last = self._last.get(dataset)
-            if last is not None and now - last < self.min_interval_s:
+            # a clock set back since (now < last) says nothing of how long ago it was: ask
+            if last is not None and 0 <= now - last < self.min_interval_s:
                 wait = self.min_interval_s - (now - last)
                 raise ProviderError(
                     "throttled",

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ElectricityMapsProvider"]
 
+#: the longest a refused secondary endpoint is held back
+_HOLD_MAX_S = 6 * 3600.0
+
 
 @attrs.define(repr=False)
 class ElectricityMapsProvider:
@@ -112,13 +115,13 @@ class ElectricityMapsProvider:
     ) -> tuple[Any, ProviderError | None]:
         """An endpoint whose refusal must not cost the latest value: (answer or None, error)."""
         fails, until = self._held.get(path, (0, 0.0))
-        if now < until:
+        if now < until <= now + _HOLD_MAX_S:  # longer: the clock was set back since
             return None, None
         try:
             body = self._get(client, path, zone, now)
         except ProviderError as exc:
             fails += 1
-            self._held[path] = (fails, now + min(6 * 3600.0, 3600.0 * 2 ** min(fails - 1, 10)))
+            self._held[path] = (fails, now + min(_HOLD_MAX_S, 3600.0 * 2 ** min(fails - 1, 10)))
             return None, exc
         self._held.pop(path, None)
         return body, None
