@@ -186,6 +186,8 @@ class FakeServer:
         self.eia_lag_h = 3
         #: Electricity Maps: the zone found at ("lat", "lon") as sent (4 decimals)
         self.em_zones_at: dict[tuple[str, str], str] = {}
+        #: Electricity Maps: the emission factors of the account ("lifecycle" or "direct")
+        self.em_factor_type = "lifecycle"
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -598,7 +600,7 @@ class FakeServer:
             "datetime": _z(t),
             "updatedAt": _z(now),
             "createdAt": _z(t),
-            "emissionFactorType": "lifecycle",
+            "emissionFactorType": self.em_factor_type,
             "isEstimated": False,
             "estimationMethod": None,
         }

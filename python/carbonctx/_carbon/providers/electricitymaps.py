@@ -4,7 +4,8 @@ v4 keeps v3's paths and answers (``/v4/carbon-intensity/{latest,history,forecast
 ``latest`` answers ``{"zone", "carbonIntensity", "datetime", "updatedAt", "createdAt",
 "emissionFactorType", "isEstimated", "estimationMethod", "temporalGranularity"}``, ``history``
 and ``forecast`` put such entries in a list under their own name) and takes
-``temporalGranularity`` (asked for ``hourly`` here).
+``temporalGranularity`` (asked for ``hourly`` here). Values are lifecycle emissions unless an
+entry's ``emissionFactorType`` is ``direct``, which its dataset then says.
 
 Given coordinates, every endpoint is asked with ``lat``/``lon`` instead of ``zone``: the
 provider finds the zone (finer than any offline guess), and its answer names it. Its fallback to
@@ -138,6 +139,9 @@ class ElectricityMapsProvider:
             raise ValueError("entry is not an object")
         start = parse_time(item["datetime"])
         est = item.get("isEstimated")
+        if item.get("emissionFactorType") == "direct":
+            # lifecycle is the default; a plan or account set to direct says so in the result
+            dataset = f"{dataset} (direct emissions, not lifecycle)"
         return Intensity(
             g_per_kwh=intensity_number(item["carbonIntensity"]),
             zone=zone,
