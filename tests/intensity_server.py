@@ -159,7 +159,10 @@ class FakeServer:
         self.clock = clock
         self.value: Callable[[str, float], float] = value or (lambda provider, t: 100.0)
         self.modes: dict[str, str] = {}
-        self.retry_after = "7"
+        #: the Retry-After header of 429 and 503 answers (None: no header)
+        self.retry_after: str | None = "7"
+        #: the body of 429 answers
+        self.rate_limit_body: object = {"error": "slow down"}
         #: the body of 401/403/404 answers (each provider documents its own)
         self.error_body: object = {"error": "nope"}
         self.slow_interval = 0.2
@@ -253,11 +256,13 @@ class FakeServer:
         if mode in ("huge", "huge-declared"):
             return self._huge(h, declared=mode == "huge-declared")
         if mode == "429":
-            return self._send(h, 429, {"error": "slow down"}, {"Retry-After": self.retry_after})
+            ra = {} if self.retry_after is None else {"Retry-After": self.retry_after}
+            return self._send(h, 429, self.rate_limit_body, ra)
         if mode == "malformed":
             return self._send_raw(h, 200, b"{not json")
         if mode == "503":
-            return self._send(h, 503, {"message": "maintenance"}, {"Retry-After": self.retry_after})
+            ra = {} if self.retry_after is None else {"Retry-After": self.retry_after}
+            return self._send(h, 503, {"message": "maintenance"}, ra)
         if mode == "gzip-bomb":
             bomb = gzip.compress(b" " * self.bomb_bytes, compresslevel=9)
             return self._send_raw(h, 200, bomb, {"Content-Encoding": "gzip"})
