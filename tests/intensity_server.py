@@ -161,7 +161,7 @@ class FakeServer:
         self.modes: dict[str, str] = {}
         #: the Retry-After header of 429 and 503 answers (None: no header)
         self.retry_after: str | None = "7"
-        #: the body of 429 answers
+        #: the body of 429 answers (bytes: sent as text)
         self.rate_limit_body: object = {"error": "slow down"}
         #: the body of 401/403/404 answers (each provider documents its own)
         self.error_body: object = {"error": "nope"}
@@ -257,6 +257,8 @@ class FakeServer:
             return self._huge(h, declared=mode == "huge-declared")
         if mode == "429":
             ra = {} if self.retry_after is None else {"Retry-After": self.retry_after}
+            if isinstance(self.rate_limit_body, bytes):  # a text answer
+                return self._send_raw(h, 429, self.rate_limit_body, ra, "text/plain")
             return self._send(h, 429, self.rate_limit_body, ra)
         if mode == "malformed":
             return self._send_raw(h, 200, b"{not json")

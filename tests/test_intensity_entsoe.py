@@ -203,3 +203,29 @@ def test_electricity_maps_zone_keys_ask_their_bidding_zone(
     cur = s.current()
     assert cur.source == "live" and cur.zone == zone
     assert cur.g_per_kwh == pytest.approx(MIX)
+
+
+def test_the_ban_after_its_request_limit_is_waited_out(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # Past 400 requests a minute the platform answers 429, without Retry-After, and bans the
+    # token for 10 minutes.
+    server.modes["/api"] = "429"
+    server.retry_after = None
+    server.rate_limit_body = (
+        b"Max allowed requests per minute from each unique IP is max up to 400 only"
+    )
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="HTTP 429.*max up to 400 only.*10 minutes") as rec:
+        s.refresh(wait=True)
+    assert TOKEN not in str(rec[0].message)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "rate-limited"
+    assert failure.until - clock() == pytest.approx(600.0)
+    server.modes.clear()
+    clock.advance(300)
+    s.refresh(wait=True)  # still banned: nothing sent
+    assert server.count("/api") == 1
+    clock.advance(301)
+    s.refresh(wait=True)
+    assert server.count("/api") == 2 and s.current().source == "live"

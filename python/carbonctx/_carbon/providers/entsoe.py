@@ -11,6 +11,8 @@ it was stored (as the EIA provider leaves out batteries). No data, or a request 
 ``Acknowledgement_MarketDocument`` whose ``Reason/code`` (``999``, "errors not specifically
 identified", for nearly everything) and ``Reason/text`` say why, sent with HTTP 200 or 400:
 "No matching data found ..." is no data, any other reason a refusal; either way it is quoted.
+Past 400 requests a minute the platform answers 429 and bans the token for 10 minutes, which
+is waited out.
 
 Intensity of each step: the generation-weighted mean of the lifecycle factors per production
 type in ``carbonctx/data/entsoe-lifecycle-factors.csv`` (IPCC AR5 medians, with the
@@ -193,6 +195,12 @@ class EntsoeProvider:
                 explain=self._explain,
             )
         except ProviderError as exc:
+            if exc.kind == "rate-limited" and exc.retry_after is None:
+                # past 400 requests a minute the token is banned for 10 minutes (its 429
+                # says so only in words): asking sooner is refused again
+                exc = ProviderError(
+                    exc.kind, f"{exc.reason}; the platform bans the token for 10 minutes", 600.0
+                )
             raise self._scrubbed(exc) from None
         return Fetched(self._parse(body, zone, now))
 
