@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import httpx
+import pytest
 
 from carbonctx._carbon.service import IntensityService
 from carbonctx.errors import IntensityWarning
@@ -47,6 +48,24 @@ def test_a_backoff_keeps_the_time_it_had_left_when_the_clock_is_set_back(
     s.refresh(wait=True)
     assert server.count("/intensity/") == 2
     assert s.current().source == "live"
+
+
+def test_a_clock_set_back_by_days_keeps_the_backoff_without_a_false_warning(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.modes["/intensity/"] = "500"
+    s = make(server, tmp_path, client, clock, "gb")
+    with pytest.warns(IntensityWarning, match="HTTP 500"):
+        s.refresh(wait=True)
+    clock.advance(-3 * 86400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # this process's own file is no "unusable cache"
+        s.refresh(wait=True)
+        assert server.count("/intensity/") == 1
+        server.modes.clear()
+        clock.advance(61)
+        s.refresh(wait=True)
+    assert server.count("/intensity/") == 2 and s.current().source == "live"
 
 
 def test_dk_request_limit_is_not_stretched_by_a_clock_set_back(

@@ -249,6 +249,7 @@ class Refresher:
                     return
                 now = self.clock()
                 try:
+                    self._follow_clock(now)  # before the file is read: it holds our back-off
                     self.reload_disk(kind)  # another process may have fetched it already
                     if not self.due(kind, now, force):
                         continue
