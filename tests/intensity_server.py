@@ -159,7 +159,10 @@ class FakeServer:
         self.clock = clock
         self.value: Callable[[str, float], float] = value or (lambda provider, t: 100.0)
         self.modes: dict[str, str] = {}
-        self.retry_after = "7"
+        #: the Retry-After header of 429 and 503 answers (None: no header)
+        self.retry_after: str | None = "7"
+        #: the body of 429 answers (bytes: sent as text)
+        self.rate_limit_body: object = {"error": "slow down"}
         #: the body of 401/403/404 answers (each provider documents its own)
         self.error_body: object = {"error": "nope"}
         self.slow_interval = 0.2
@@ -178,12 +181,16 @@ class FakeServer:
         self.entsoe_ack: tuple[int, str] | None = None
         #: ENTSO-E: how a resolution of so many minutes is written, where not PT<n>M
         self.entsoe_resolution: dict[int, str] = {}
+        #: ENTSO-E: the areas (EIC codes) it has generation for
+        self.entsoe_domains = {"10Y1001A1001A82H", "10YDK-1--------W"}
         #: US EIA: the API key it accepts, MWh per fuel each hour, how late hours are published
         self.eia_key = "eia-K3y-0001"
         self.eia_mwh: dict[str, object] = {"NG": "600", "SUN": 200, "WND": 200.0, "BAT": -50}
         self.eia_lag_h = 3
         #: Electricity Maps: the zone found at ("lat", "lon") as sent (4 decimals)
         self.em_zones_at: dict[tuple[str, str], str] = {}
+        #: Electricity Maps: the emission factors of the account ("lifecycle" or "direct")
+        self.em_factor_type = "lifecycle"
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -249,11 +256,15 @@ class FakeServer:
         if mode in ("huge", "huge-declared"):
             return self._huge(h, declared=mode == "huge-declared")
         if mode == "429":
-            return self._send(h, 429, {"error": "slow down"}, {"Retry-After": self.retry_after})
+            ra = {} if self.retry_after is None else {"Retry-After": self.retry_after}
+            if isinstance(self.rate_limit_body, bytes):  # a text answer
+                return self._send_raw(h, 429, self.rate_limit_body, ra, "text/plain")
+            return self._send(h, 429, self.rate_limit_body, ra)
         if mode == "malformed":
             return self._send_raw(h, 200, b"{not json")
         if mode == "503":
-            return self._send(h, 503, {"message": "maintenance"}, {"Retry-After": self.retry_after})
+            ra = {} if self.retry_after is None else {"Retry-After": self.retry_after}
+            return self._send(h, 503, {"message": "maintenance"}, ra)
         if mode == "gzip-bomb":
             bomb = gzip.compress(b" " * self.bomb_bytes, compresslevel=9)
             return self._send_raw(h, 200, bomb, {"Content-Encoding": "gzip"})
@@ -458,7 +469,7 @@ class FakeServer:
         domain = q.get("in_Domain", "")
         if self.entsoe_ack is not None:
             return self.entsoe_ack[0], _Raw(_entsoe_ack("999", self.entsoe_ack[1]), "text/xml")
-        if domain not in ("10Y1001A1001A82H", "10YDK-1--------W"):
+        if domain not in self.entsoe_domains:
             text = f"No matching data found for Data item ACTUAL_GENERATION [{domain}]"
             return 200, _Raw(_entsoe_ack("999", text), "text/xml")
         start = datetime.strptime(q["periodStart"], "%Y%m%d%H%M").replace(tzinfo=UTC)
@@ -523,7 +534,7 @@ class FakeServer:
                 t -= timedelta(hours=1)
         return 200, {
             "response": {
-                "total": len(data),
+                "total": str(len(data)),  # EIA writes the count as a string
                 "dateFormat": 'YYYY-MM-DD"T"HH24',
                 "frequency": "hourly",
                 "data": data,
@@ -596,7 +607,7 @@ class FakeServer:
             "datetime": _z(t),
             "updatedAt": _z(now),
             "createdAt": _z(t),
-            "emissionFactorType": "lifecycle",
+            "emissionFactorType": self.em_factor_type,
             "isEstimated": False,
             "estimationMethod": None,
         }

@@ -74,3 +74,20 @@ def test_em_empty_forecast_is_no_data(
     assert len(rec) == 1
     assert failure_kind(s, "forecast") == "no-data" and failure_kind(s) is None
     assert s.current().source == "live"  # the latest value is untouched
+
+
+def test_em_direct_emission_factors_are_said_in_the_result(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # Lifecycle is the default; an account set to direct emissions answers with those.
+    server.em_factor_type = "direct"
+    s = make(server, tmp_path, client, clock, "electricitymaps")
+    s.refresh(wait=True)
+    cur = s.current()
+    assert cur.source == "live" and "direct emissions, not lifecycle" in cur.dataset
+    r = s.co2(3.6e6, clock() - 7200, clock())
+    assert all("direct emissions" in p.dataset for p in r.periods)
+    server.em_factor_type = "lifecycle"
+    s2 = make(server, tmp_path / "2", client, clock, "electricitymaps")
+    s2.refresh(wait=True)
+    assert "direct" not in s2.current().dataset

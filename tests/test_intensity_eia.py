@@ -75,3 +75,26 @@ def test_unknown_authority_has_no_data(
         s.refresh(wait=True)
     assert s.current().source == "table"
     assert make(server, tmp_path, client, clock, zone="DE").provider is None
+
+
+def test_every_documented_energy_source_is_weighed_or_left_out_as_storage(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # EIA-930's energy sources: solar and wind with integrated batteries are solar and wind;
+    # battery, pumped, other and unknown energy storage give back energy counted before.
+    server.eia_mwh = {
+        "NG": "600",
+        "SUN": 120,
+        "SNB": "80",
+        "WND": 150,
+        "WNB": 50,
+        "BAT": 30,
+        "PS": "40",
+        "OES": 20,
+        "UES": 10,
+    }
+    s = make(server, tmp_path, client, clock)
+    s.refresh(wait=True)
+    cur = s.current()
+    assert cur.provider == "eia" and cur.source == "live"
+    assert cur.g_per_kwh == pytest.approx(MIX)

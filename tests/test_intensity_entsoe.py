@@ -167,3 +167,65 @@ def test_resolutions_in_hours_and_unusable_ones(
     s = make(server, tmp_path / "b", client, clock)
     with pytest.warns(IntensityWarning, match="no complete generation mix for DE"):
         s.refresh(wait=True)
+
+
+@pytest.mark.parametrize(
+    ("zone", "eic"),
+    [
+        ("IT-NO", "10Y1001A1001A73I"),
+        ("IT-CNO", "10Y1001A1001A70O"),
+        ("IT-CSO", "10Y1001A1001A71M"),
+        ("IT-SO", "10Y1001A1001A788"),
+        ("IT-SIC", "10Y1001A1001A75E"),
+        ("IT-SAR", "10Y1001A1001A74G"),
+        ("SE-SE3", "10Y1001A1001A46L"),
+        ("NO-NO5", "10Y1001A1001A48H"),
+        ("ME", "10YCS-CG-TSO---S"),
+        ("MK", "10YMK-MEPSO----8"),
+        ("BA", "10YBA-JPCC-----D"),
+        ("GB-NIR", "10Y1001A1001A59C"),
+        ("LU", "10Y1001A1001A82H"),
+    ],
+)
+def test_electricity_maps_zone_keys_ask_their_bidding_zone(
+    server: FakeServer,
+    tmp_path: Path,
+    client: httpx.Client,
+    clock: FakeClock,
+    zone: str,
+    eic: str,
+) -> None:
+    server.entsoe_domains = {eic}
+    s = make(server, tmp_path, client, clock, zone=zone)
+    assert s.provider_ids == ("entsoe",)
+    s.refresh(wait=True)
+    assert server.last("/api").query["in_Domain"] == [eic]
+    cur = s.current()
+    assert cur.source == "live" and cur.zone == zone
+    assert cur.g_per_kwh == pytest.approx(MIX)
+
+
+def test_the_ban_after_its_request_limit_is_waited_out(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # Past 400 requests a minute the platform answers 429, without Retry-After, and bans the
+    # token for 10 minutes.
+    server.modes["/api"] = "429"
+    server.retry_after = None
+    server.rate_limit_body = (
+        b"Max allowed requests per minute from each unique IP is max up to 400 only"
+    )
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="HTTP 429.*max up to 400 only.*10 minutes") as rec:
+        s.refresh(wait=True)
+    assert TOKEN not in str(rec[0].message)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "rate-limited"
+    assert failure.until - clock() == pytest.approx(600.0)
+    server.modes.clear()
+    clock.advance(300)
+    s.refresh(wait=True)  # still banned: nothing sent
+    assert server.count("/api") == 1
+    clock.advance(301)
+    s.refresh(wait=True)
+    assert server.count("/api") == 2 and s.current().source == "live"

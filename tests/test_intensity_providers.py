@@ -349,6 +349,33 @@ def test_dk_request_limit_holds_back_a_retry_without_warning(
     s.close()
 
 
+def test_dk_ban_after_its_request_limit_is_waited_out(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # Past 40 requests in 10 s from one address, the service answers 429 without Retry-After
+    # and refuses the address for 5 minutes.
+    server.modes["/dataset/"] = "429"
+    server.retry_after = None
+    server.rate_limit_body = {
+        "statusCode": 429,
+        "error": "Too Many Requests",
+        "message": "Max allowed requests per 10 seconds from each unique IP is max up to 40 only.",
+    }
+    s = make("dk", server.url, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="HTTP 429.*max up to 40 only.*5 minutes"):
+        s.refresh(wait=True)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "rate-limited"
+    assert failure.until - clock() == pytest.approx(300.0)
+    server.modes.clear()
+    clock.advance(120)
+    s.refresh(wait=True)  # still banned: nothing sent
+    assert server.count("/dataset/CO2Emis") == 1
+    clock.advance(181)
+    s.refresh(wait=True)
+    assert server.count("/dataset/CO2Emis") == 2 and s.current().source == "live"
+
+
 def test_em_v4_beside_v3(
     server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
 ) -> None:

@@ -94,6 +94,17 @@ def test_region_from_coordinates(
     assert server.count("/v3/region-from-loc") == 1  # found once
 
 
+def test_coordinates_in_no_region_are_said_to_be_the_coordinates(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    s = make(server, tmp_path, client, clock, latitude=47.0, longitude=-30.0)  # mid-Atlantic
+    with pytest.warns(IntensityWarning, match="zone not known.*Coordinates not in a region"):
+        s.refresh(wait=True)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "unknown-zone"
+    assert server.count("/v3/forecast") == 0 and s.current().source == "table"
+
+
 def test_wrong_password_is_reported_without_it(
     server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
 ) -> None:
@@ -103,8 +114,12 @@ def test_wrong_password_is_reported_without_it(
     with pytest.warns(IntensityWarning) as rec:
         s.refresh(wait=True)
     (message,) = [str(w.message) for w in rec]
-    assert "WattTime login: HTTP 403" in message and "Invalid username or password" in message
-    assert "CARBONCTX_WATTTIME_PASSWORD" in message
+    assert "WattTime login: HTTP 403, the credentials were refused" in message
+    assert "Invalid username or password" in message
+    assert "Check CARBONCTX_WATTTIME_USERNAME and CARBONCTX_WATTTIME_PASSWORD." in message
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "auth"
+    assert server.count("/login") == 1 and server.count("/v3/") == 0  # nothing else asked
     assert "nope-X9" not in message and USER not in message
     assert s.current().source == "table"
     cache = "".join(p.read_text() for p in (tmp_path / "cache").glob("*"))

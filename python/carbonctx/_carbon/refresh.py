@@ -108,6 +108,7 @@ class Refresher:
         self._warned: set[tuple[str, str]] = set()  # (series or endpoint, kind of failure)
         self._unusable_warned = False
         self._pending: list[str] = []
+        self._last_now = float("-inf")  # the latest clock reading seen
         self._init_threading()
         for kind in self.series:
             self.reload_disk(kind)
@@ -184,12 +185,30 @@ class Refresher:
         return ["recent"]
 
     def due(self, kind: str, now: float, force: bool) -> bool:
+        self._follow_clock(now)
         series = self.series[kind]
         if series.failure is not None and now < series.failure.until:
             return False
         if now < series.hold_until:
             return False
         return force or not self.fresh(series, now)
+
+    def _follow_clock(self, now: float) -> None:
+        """The system clock set back (by hand, or NTP after a skew): a back-off and a hold keep
+        the time they had left instead of growing by the step."""
+        with self.lock:
+            step = self._last_now - now
+            self._last_now = max(self._last_now, now) if step <= 1.0 else now
+            if step <= 1.0:
+                return
+            shifted = []
+            for kind, series in self.series.items():
+                if series.failure is not None:
+                    series.failure.until -= step
+                    shifted.append(kind)
+                series.hold_until -= step
+        for kind in shifted:  # or the file's back-off would come back at the next read
+            self.write_disk(kind)
 
     def start_thread(self, force: bool) -> None:
         with self.lock:
@@ -230,6 +249,7 @@ class Refresher:
                     return
                 now = self.clock()
                 try:
+                    self._follow_clock(now)  # before the file is read: it holds our back-off
                     self.reload_disk(kind)  # another process may have fetched it already
                     if not self.due(kind, now, force):
                         continue
@@ -358,7 +378,9 @@ class Refresher:
         fetched_at, periods, fail = found
         now = self.clock()
         if fetched_at is not None and fetched_at > now + 300:
-            self._warn_unusable(f"{self.disk.path(kind)}: fetched in the future")
+            # this process's own file, the clock set back since, is no damage
+            if fetched_at != self.series[kind].fetched_at:
+                self._warn_unusable(f"{self.disk.path(kind)}: fetched in the future")
             return
         if fail is not None and fail.until > now + HOLD_MAX:
             # no back-off this code writes holds that long: not to be trusted

@@ -25,13 +25,18 @@ if TYPE_CHECKING:
 
 __all__ = ["DkProvider"]
 
+#: how long the service refuses an address that went past its request limit
+_BAN_S = 300.0
+
 
 @attrs.define
 class DkProvider:
     """Energi Data Service ``CO2Emis`` (5-minute values) and ``CO2EmisProg`` (forecast).
 
-    The service asks for at most one request per dataset per minute per address; this provider
-    keeps to that and raises a ``"throttled"`` error instead of sending a request too soon.
+    The service takes at most 40 requests per 10 seconds from one address and bans it for 5
+    minutes past that (HTTP 429, without ``Retry-After``). This provider asks far less: at most
+    once per dataset per minute, raising a ``"throttled"`` error instead of sending a request
+    too soon; a 429 holds it back for the ban's 5 minutes.
     """
 
     base_url: str
@@ -57,7 +62,8 @@ class DkProvider:
         with self._lock:
             now = self.clock()
             last = self._last.get(dataset)
-            if last is not None and now - last < self.min_interval_s:
+            # a clock set back since (now < last) says nothing of how long ago it was: ask
+            if last is not None and 0 <= now - last < self.min_interval_s:
                 wait = self.min_interval_s - (now - last)
                 raise ProviderError(
                     "throttled",
@@ -82,14 +88,23 @@ class DkProvider:
             "sort": "Minutes5UTC ASC",
             "limit": "1000",
         }
-        body = get_json(
-            client,
-            f"{self.base_url}/dataset/{dataset}",
-            name=self.name,
-            now=now,
-            params=params,
-            limits=self.limits,
-        )
+        try:
+            body = get_json(
+                client,
+                f"{self.base_url}/dataset/{dataset}",
+                name=self.name,
+                now=now,
+                params=params,
+                limits=self.limits,
+            )
+        except ProviderError as exc:
+            if exc.kind != "rate-limited" or exc.retry_after is not None:
+                raise
+            # its 429 (past 40 requests in 10 s from one address) bans the address for
+            # 5 minutes, and says so only in words: asking sooner is refused again
+            raise ProviderError(
+                exc.kind, f"{exc.reason}; the service bans the address for 5 minutes", _BAN_S
+            ) from None
         fetched = utc_from_timestamp(now)
         out: list[Intensity] = []
         try:

@@ -12,9 +12,12 @@ offset appended to the period; not used.) Errors are JSON: ``{"error": {"code":
 "API_KEY_INVALID", "message": ...}}`` (HTTP 403; ``API_KEY_MISSING`` too: the key refused,
 EIA has no plans) or ``{"error": "...", "code": 400}``.
 
-Fuel codes map to the lifecycle factors of ``entsoe-lifecycle-factors.csv`` (IPCC AR5 medians);
-storage (``BAT``, ``PS``, ``SNB``) and negative values are left out, and an hour where fewer than
-80% of the fuels have reported is left out.
+Fuel codes (EIA-930's energy sources) map to the lifecycle factors of
+``entsoe-lifecycle-factors.csv`` (IPCC AR5 medians). Solar and wind with integrated battery
+storage (``SNB``, ``WNB``) are solar and wind: their battery is charged from the plant's own
+generation. Storage (``BAT`` battery, ``PS`` pumped, ``OES`` other, ``UES`` unknown energy
+storage) gives back energy already counted and is left out, and so are negative values; an hour
+where fewer than 80% of the fuels have reported is left out.
 """
 
 from __future__ import annotations
@@ -50,12 +53,14 @@ FUEL_TYPES: dict[str, str] = {
     "OIL": "B06",
     "WAT": "B12",  # hydro
     "SUN": "B16",
+    "SNB": "B16",  # solar with integrated battery storage
     "WND": "B19",
+    "WNB": "B19",  # wind with integrated battery storage
     "GEO": "B09",
     "OTH": "B20",
     "UNK": "B20",
 }
-_STORAGE = {"BAT", "PS", "SNB"}
+_STORAGE = {"BAT", "PS", "OES", "UES"}
 _COMPLETE = 0.8
 _HOUR = timedelta(hours=1)
 _DATASET = "EIA-930 hourly generation by fuel x IPCC AR5 lifecycle factors"

@@ -4,7 +4,8 @@ v4 keeps v3's paths and answers (``/v4/carbon-intensity/{latest,history,forecast
 ``latest`` answers ``{"zone", "carbonIntensity", "datetime", "updatedAt", "createdAt",
 "emissionFactorType", "isEstimated", "estimationMethod", "temporalGranularity"}``, ``history``
 and ``forecast`` put such entries in a list under their own name) and takes
-``temporalGranularity`` (asked for ``hourly`` here).
+``temporalGranularity`` (asked for ``hourly`` here). Values are lifecycle emissions unless an
+entry's ``emissionFactorType`` is ``direct``, which its dataset then says.
 
 Given coordinates, every endpoint is asked with ``lat``/``lon`` instead of ``zone``: the
 provider finds the zone (finer than any offline guess), and its answer names it. Its fallback to
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = ["ElectricityMapsProvider"]
+
+#: the longest a refused secondary endpoint is held back
+_HOLD_MAX_S = 6 * 3600.0
 
 
 @attrs.define(repr=False)
@@ -112,13 +116,13 @@ class ElectricityMapsProvider:
     ) -> tuple[Any, ProviderError | None]:
         """An endpoint whose refusal must not cost the latest value: (answer or None, error)."""
         fails, until = self._held.get(path, (0, 0.0))
-        if now < until:
+        if now < until <= now + _HOLD_MAX_S:  # longer: the clock was set back since
             return None, None
         try:
             body = self._get(client, path, zone, now)
         except ProviderError as exc:
             fails += 1
-            self._held[path] = (fails, now + min(6 * 3600.0, 3600.0 * 2 ** min(fails - 1, 10)))
+            self._held[path] = (fails, now + min(_HOLD_MAX_S, 3600.0 * 2 ** min(fails - 1, 10)))
             return None, exc
         self._held.pop(path, None)
         return body, None
@@ -135,6 +139,9 @@ class ElectricityMapsProvider:
             raise ValueError("entry is not an object")
         start = parse_time(item["datetime"])
         est = item.get("isEstimated")
+        if item.get("emissionFactorType") == "direct":
+            # lifecycle is the default; a plan or account set to direct says so in the result
+            dataset = f"{dataset} (direct emissions, not lifecycle)"
         return Intensity(
             g_per_kwh=intensity_number(item["carbonIntensity"]),
             zone=zone,

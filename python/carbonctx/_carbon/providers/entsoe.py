@@ -11,6 +11,8 @@ it was stored (as the EIA provider leaves out batteries). No data, or a request 
 ``Acknowledgement_MarketDocument`` whose ``Reason/code`` (``999``, "errors not specifically
 identified", for nearly everything) and ``Reason/text`` say why, sent with HTTP 200 or 400:
 "No matching data found ..." is no data, any other reason a refusal; either way it is quoted.
+Past 400 requests a minute the platform answers 429 and bans the token for 10 minutes, which
+is waited out.
 
 Intensity of each step: the generation-weighted mean of the lifecycle factors per production
 type in ``carbonctx/data/entsoe-lifecycle-factors.csv`` (IPCC AR5 medians, with the
@@ -44,29 +46,47 @@ if TYPE_CHECKING:
 
 __all__ = ["BIDDING_ZONES", "EntsoeProvider", "lifecycle_factors"]
 
-#: carbonctx zone -> ENTSO-E area (EIC code) whose generation per type is published
+#: carbonctx zone (Electricity Maps' zone keys) -> ENTSO-E area (EIC code) whose generation per
+#: type is published: the bidding zone (Italy's and the Nordic countries' by market area;
+#: Luxembourg in DE-LU and Northern Ireland in the all-island SEM, as they trade), else, for a
+#: country given whole (``SE``, ``NO``, ``DK``), its market balance area.
 BIDDING_ZONES: dict[str, str] = {
+    "AL": "10YAL-KESH-----5",
     "AT": "10YAT-APG------L",
+    "BA": "10YBA-JPCC-----D",
     "BE": "10YBE----------2",
     "BG": "10YCA-BULGARIA-R",
     "CH": "10YCH-SWISSGRIDZ",
+    "CY": "10YCY-1001A0003J",
     "CZ": "10YCZ-CEPS-----N",
-    "DE": "10Y1001A1001A82H",
+    "DE": "10Y1001A1001A82H",  # DE-LU
+    "DK": "10Y1001A1001A65H",
     "DK-DK1": "10YDK-1--------W",
     "DK-DK2": "10YDK-2--------M",
     "EE": "10Y1001A1001A39I",
     "ES": "10YES-REE------0",
     "FI": "10YFI-1--------U",
     "FR": "10YFR-RTE------C",
+    "GB-NIR": "10Y1001A1001A59C",  # IE(SEM)
     "GR": "10YGR-HTSO-----Y",
     "HR": "10YHR-HEP------M",
     "HU": "10YHU-MAVIR----U",
-    "IE": "10Y1001A1001A59C",
+    "IE": "10Y1001A1001A59C",  # IE(SEM)
     "IT": "10YIT-GRTN-----B",
-    "IT-NO": "10Y1001A1001A73I",
+    "IT-CNO": "10Y1001A1001A70O",  # Centre-North
+    "IT-CSO": "10Y1001A1001A71M",  # Centre-South
+    "IT-NO": "10Y1001A1001A73I",  # North
+    "IT-SAR": "10Y1001A1001A74G",  # Sardinia
+    "IT-SIC": "10Y1001A1001A75E",  # Sicily
+    "IT-SO": "10Y1001A1001A788",  # South
     "LT": "10YLT-1001A0008Q",
+    "LU": "10Y1001A1001A82H",  # DE-LU
     "LV": "10YLV-1001A00074",
+    "MD": "10Y1001A1001A990",
+    "ME": "10YCS-CG-TSO---S",
+    "MK": "10YMK-MEPSO----8",
     "NL": "10YNL----------L",
+    "NO": "10YNO-0--------C",
     "NO-NO1": "10YNO-1--------2",
     "NO-NO2": "10YNO-2--------T",
     "NO-NO3": "10YNO-3--------J",
@@ -76,12 +96,14 @@ BIDDING_ZONES: dict[str, str] = {
     "PT": "10YPT-REN------W",
     "RO": "10YRO-TEL------P",
     "RS": "10YCS-SERBIATSOV",
+    "SE": "10YSE-1--------K",
     "SE-SE1": "10Y1001A1001A44P",
     "SE-SE2": "10Y1001A1001A45N",
     "SE-SE3": "10Y1001A1001A46L",
     "SE-SE4": "10Y1001A1001A47J",
     "SI": "10YSI-ELES-----O",
     "SK": "10YSK-SEPS-----K",
+    "XK": "10Y1001C--00100H",
 }
 
 
@@ -173,6 +195,12 @@ class EntsoeProvider:
                 explain=self._explain,
             )
         except ProviderError as exc:
+            if exc.kind == "rate-limited" and exc.retry_after is None:
+                # past 400 requests a minute the token is banned for 10 minutes (its 429
+                # says so only in words): asking sooner is refused again
+                exc = ProviderError(
+                    exc.kind, f"{exc.reason}; the platform bans the token for 10 minutes", 600.0
+                )
             raise self._scrubbed(exc) from None
         return Fetched(self._parse(body, zone, now))
 

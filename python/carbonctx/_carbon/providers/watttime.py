@@ -17,6 +17,7 @@ and forecast, after the login flow.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,6 +28,7 @@ from carbonctx._carbon.providers.base import Fetched, ProviderError
 from carbonctx._carbon.providers.http import (
     DEFAULT_LIMITS,
     Limits,
+    error_message,
     get_json,
     intensity_number,
     malformed,
@@ -86,6 +88,7 @@ class WattTimeProvider:
             now=now,
             auth=(self._username or "", self._password or ""),
             limits=self.limits,
+            explain=_login_refused,
         )
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token or not token.isascii():
@@ -94,7 +97,14 @@ class WattTimeProvider:
             self._token = (token, now + _TOKEN_TTL_S)
         return token
 
-    def _get(self, client: httpx.Client, path: str, params: dict[str, str], now: float) -> Any:
+    def _get(
+        self,
+        client: httpx.Client,
+        path: str,
+        params: dict[str, str],
+        now: float,
+        unknown_zone: Callable[[int, str], bool] | None = None,
+    ) -> Any:
         for attempt in (1, 2):
             token = self._login(client, now)
             try:
@@ -105,6 +115,7 @@ class WattTimeProvider:
                     now=now,
                     params=params,
                     headers={"authorization": f"Bearer {token}"},
+                    unknown_zone=unknown_zone,
                     limits=self.limits,
                 )
             except ProviderError as exc:
@@ -126,6 +137,9 @@ class WattTimeProvider:
                 "signal_type": "co2_moer",
             },
             now,
+            # a point in no region it covers (sea, or a grid without data) is refused with a
+            # client error: the coordinates, not the request
+            unknown_zone=lambda status, said: status in (400, 404),
         )
         region = body.get("region") if isinstance(body, dict) else None
         if not isinstance(region, str) or not region:
@@ -210,3 +224,16 @@ class WattTimeProvider:
         if not out:
             raise ProviderError("no-data", f"{self.name}: no co2_moer values for {region}")
         return out
+
+
+def _login_refused(status: int, body: bytes) -> ProviderError | None:
+    """``/login`` answers a wrong username or password with 401 or 403: either way the
+    credentials are refused, not a plan's limit (and nothing else is worth asking with them)."""
+    if status not in (401, 403):
+        return None
+    said = error_message(body)
+    quoted = f': "{said}"' if said else ""
+    return ProviderError(
+        "auth",
+        f"{WattTimeProvider.name} login: HTTP {status}, the credentials were refused{quoted}",
+    )

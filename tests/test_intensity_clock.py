@@ -1,0 +1,94 @@
+"""The system clock set back while a process runs (by hand, or NTP correcting a skew): a back-off
+or a request limit keeps the time it had left, against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import httpx
+import pytest
+
+from carbonctx._carbon.service import IntensityService
+from carbonctx.errors import IntensityWarning
+from intensity_server import FakeClock, FakeServer, service
+
+TOKEN = "em-T0ken-7f3a9c"
+
+
+def make(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock, provider: str
+) -> IntensityService:
+    zone = {"electricitymaps": "DE", "gb": "GB", "dk": "DK-DK1"}[provider]
+    return service(
+        server,
+        tmp_path,
+        client,
+        clock,
+        zone=zone,
+        providers=[provider],
+        electricitymaps_token=TOKEN,
+    )
+
+
+def test_a_backoff_keeps_the_time_it_had_left_when_the_clock_is_set_back(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.modes["/intensity/"] = "500"
+    s = make(server, tmp_path, client, clock, "gb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IntensityWarning)
+        s.refresh(wait=True)
+    assert server.count("/intensity/") == 1
+    clock.advance(-2 * 3600)  # two hours back: the 60 s back-off must not become 2 h
+    s.refresh(wait=True)
+    assert server.count("/intensity/") == 1  # still within its 60 s
+    server.modes.clear()
+    clock.advance(61)
+    s.refresh(wait=True)
+    assert server.count("/intensity/") == 2
+    assert s.current().source == "live"
+
+
+def test_a_clock_set_back_by_days_keeps_the_backoff_without_a_false_warning(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.modes["/intensity/"] = "500"
+    s = make(server, tmp_path, client, clock, "gb")
+    with pytest.warns(IntensityWarning, match="HTTP 500"):
+        s.refresh(wait=True)
+    clock.advance(-3 * 86400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # this process's own file is no "unusable cache"
+        s.refresh(wait=True)
+        assert server.count("/intensity/") == 1
+        server.modes.clear()
+        clock.advance(61)
+        s.refresh(wait=True)
+    assert server.count("/intensity/") == 2 and s.current().source == "live"
+
+
+def test_dk_request_limit_is_not_stretched_by_a_clock_set_back(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    s = make(server, tmp_path, client, clock, "dk")
+    s.refresh(wait=True)
+    assert server.count("/dataset/CO2Emis") == 1
+    clock.advance(-600)
+    s.refresh(wait=True)  # the cached value is from "the future": asked again, not held 11 min
+    assert server.count("/dataset/CO2Emis") == 2
+    assert s.current().source == "live"
+
+
+def test_em_refused_history_is_asked_again_after_its_hold_despite_a_clock_set_back(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.modes["/v3/carbon-intensity/history"] = "403"
+    s = make(server, tmp_path, client, clock, "electricitymaps")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IntensityWarning)
+        s.refresh(wait=True)
+        assert server.count("/history") == 1
+        clock.advance(-8 * 3600)  # the hour's hold would have become nine
+        s.refresh(wait=True, force=True)
+    assert server.count("/history") == 2
