@@ -84,6 +84,14 @@ def test_a_process_on_a_mig_instance_measures_its_whole_gpu(
     assert not [u for u in found["unavailable"] if u["backend"] == "nvml"]
 
 
+def test_the_gpu_setting_may_name_an_instance(sim: SimulatedMachine) -> None:
+    carbonctx.configure(**sim.settings(), gpus=[MIG[0]])
+    with carbonctx.track("step") as m:
+        time.sleep(0.05)
+    assert list(gpu_sources(m.result())) == ["nvml:1"]
+    assert carbonctx.devices()["rank"]["gpus"]["rule"] == "setting"
+
+
 def test_a_mig_uuid_that_names_no_instance_is_reported(
     monkeypatch: pytest.MonkeyPatch, sim: SimulatedMachine
 ) -> None:

@@ -498,6 +498,11 @@ fn published_gpus_resolve_only_the_legacy_mig_form() {
     let (v, u) = visible_among(&published, Some(MIG_A));
     assert!(v.is_empty());
     assert!(u[0].hint.contains("parent GPU's UUID"), "{}", u[0].hint);
+    assert!(
+        u[0].reason.contains("not their instances"),
+        "{}",
+        u[0].reason
+    );
 }
 
 #[test]

@@ -236,7 +236,7 @@ pub fn visible_among(
     };
     // The published GPUs say nothing of MIG instances: a `MIG-<uuid>` entry is resolved only
     // in its legacy form, which names the parent GPU's UUID.
-    let sel = visible::choose(count, uuids, Vec::new, |_| None, cuda_visible_devices);
+    let sel = visible::choose(count, uuids, || None, |_| None, cuda_visible_devices);
     let indices = sel
         .indices
         .into_iter()

@@ -18,15 +18,15 @@ pub(super) fn select(nvml: &Nvml, count: u32, visible: Option<&str>) -> Selectio
     choose(
         count,
         || all_uuids(nvml, count),
-        || all_migs(nvml, count),
+        || Some(all_migs(nvml, count)),
         |entry| by_uuid(nvml, entry, count),
         visible,
     )
 }
 
-/// `CUDA_VISIBLE_DEVICES` resolved against `count` GPUs whose UUIDs `uuids` gives and whose
-/// MIG instances' UUIDs `migs` gives (each asked for only when an entry needs it; `None` or
-/// empty where unknown), the way CUDA reads it; `exact` finds a GPU by full UUID where the
+/// `CUDA_VISIBLE_DEVICES` resolved against `count` GPUs whose UUIDs `uuids` gives (`None` where
+/// unknown) and whose MIG instances' UUIDs `migs` gives (`None`: not known here), each asked
+/// for only when an entry needs it, the way CUDA reads it; `exact` finds a GPU by full UUID where the
 /// list does not (NVML's own lookup, or nothing). The one place the variable is interpreted:
 /// discovery uses it with NVML, and a process sharing the node's sampler uses it with the GPUs
 /// that sampler published ([`crate::nvml::visible_among`]).
@@ -37,7 +37,7 @@ pub(super) fn select(nvml: &Nvml, count: u32, visible: Option<&str>) -> Selectio
 pub(super) fn choose(
     count: u32,
     uuids: impl FnOnce() -> Vec<Option<String>>,
-    migs: impl FnOnce() -> Vec<Vec<String>>,
+    migs: impl FnOnce() -> Option<Vec<Vec<String>>>,
     exact: impl Fn(&str) -> Option<u32>,
     visible: Option<&str>,
 ) -> Selection {
@@ -59,7 +59,8 @@ pub(super) fn choose(
     for (pos, entry) in entries.iter().enumerate() {
         let ignored = || entries[pos..].join(",");
         if is_mig(entry) {
-            match resolve_mig(entry, migs.get(), uuids.get(), &exact) {
+            let listed = migs.get().as_deref().unwrap_or_default();
+            match resolve_mig(entry, listed, uuids.get(), &exact) {
                 Some(i) => {
                     if !sel.indices.iter().any(|&(j, _)| j == i) {
                         sel.indices.push((i, false));
@@ -68,13 +69,20 @@ pub(super) fn choose(
                     continue;
                 }
                 None => {
-                    let known = migs.get().iter().map(Vec::len).sum::<usize>();
+                    let among = match migs.get() {
+                        Some(m) => format!(
+                            "of the {count} GPU(s) NVML lists ({} instance(s) found)",
+                            m.iter().map(Vec::len).sum::<usize>()
+                        ),
+                        None => "known here (the node's sampler publishes its GPUs, not their \
+                                 instances)"
+                            .into(),
+                    };
                     sel.unavailable.push(unavailable(
                         format!("CUDA_VISIBLE_DEVICES entry {entry}"),
                         format!(
-                            "it names no MIG instance of the {count} GPU(s) NVML lists ({known} \
-                             instance(s) found), so CUDA ignores it and every entry after it \
-                             ({:?})",
+                            "it names no MIG instance {among}, so CUDA ignores it and every \
+                             entry after it ({:?})",
                             ignored()
                         ),
                         "use a MIG UUID that nvidia-smi -L lists, or the parent GPU's UUID: a \
