@@ -26,10 +26,10 @@ pub(super) fn select(nvml: &Nvml, count: u32, visible: Option<&str>) -> Selectio
 
 /// `CUDA_VISIBLE_DEVICES` resolved against `count` GPUs whose UUIDs `uuids` gives (`None` where
 /// unknown) and whose MIG instances' UUIDs `migs` gives (`None`: not known here), each asked
-/// for only when an entry needs it, the way CUDA reads it; `exact` finds a GPU by full UUID where the
-/// list does not (NVML's own lookup, or nothing). The one place the variable is interpreted:
-/// discovery uses it with NVML, and a process sharing the node's sampler uses it with the GPUs
-/// that sampler published ([`crate::nvml::visible_among`]).
+/// for only when an entry needs it, the way CUDA reads it; `exact` finds a GPU by full UUID
+/// where the list does not (NVML's own lookup, or nothing). The one place the variable is
+/// interpreted: discovery uses it with NVML, and a process sharing the node's sampler uses it
+/// with the GPUs that sampler published ([`crate::nvml::visible_among`]).
 ///
 /// A MIG instance (`MIG-<uuid>`, or the legacy `MIG-GPU-<uuid>/<gi>/<ci>`) stands for its
 /// parent GPU: NVML's energy counter and power cover the whole GPU, not one instance. Another
