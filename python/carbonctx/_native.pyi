@@ -23,6 +23,7 @@ __all__ = [
     "discover",
     "float_texts",
     "now_ns",
+    "nvml_gpus",
     "set_hub",
     "square_wave_energy_j",
     "square_wave_power_w",
@@ -59,6 +60,13 @@ def discover(
     hwmon: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """Find energy sources without starting anything: sources, alternatives, unavailable."""
+
+def nvml_gpus(
+    *, nvml_library: str | PathLike[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Every NVIDIA GPU NVML lists, whatever ``CUDA_VISIBLE_DEVICES`` says: ``gpus`` (``index``,
+    ``uuid``, ``name``, ``mig_uuids``: its MIG instances' UUIDs, empty when MIG is off or not
+    supported) and ``unavailable`` (why NVML could not be read, with a hint)."""
 
 def check_sources(
     *,

@@ -24,7 +24,9 @@ Rules, first that applies:
    A rank whose ``CUDA_VISIBLE_DEVICES`` starts with a MIG instance (``MIG-<uuid>``; CUDA then
    gives the process that one instance) shares its GPU with the ranks on the GPU's other
    instances: the rank on the GPU's first instance (in the backend's order) reports the whole
-   GPU, the others none (``shared`` set either way), so that the GPU is counted once.
+   GPU, the others none (``shared`` set either way), so that the GPU is counted once. The
+   instances are those NVML lists (``Gpu.mig_uuids``; the caller asks NVML only when
+   :func:`names_mig`); a ``MIG-`` entry naming none of them names no GPU.
 4. torch is already imported and has initialised CUDA (never imported or initialised here): the
    device it has made current, unless more local ranks than GPUs share them (rule 6). Except:
    when that is ordinal 0 while the local rank is not 0 and maps to another GPU, the script most
@@ -63,7 +65,7 @@ import attrs
 from carbonctx._distributed.ranks import RankInfo
 from carbonctx.errors import ConfigurationError
 
-__all__ = ["Gpu", "GpuOwnership", "owned_gpus", "visible_gpus"]
+__all__ = ["Gpu", "GpuOwnership", "names_mig", "owned_gpus", "visible_gpus"]
 
 
 @attrs.frozen(slots=True)
@@ -114,11 +116,19 @@ def _match(entry: str, gpus: Sequence[Gpu]) -> Gpu | None:
     return None
 
 
+def names_mig(env: Mapping[str, str], override: Sequence[int | str] | None = None) -> bool:
+    """Whether ``CUDA_VISIBLE_DEVICES`` or the GPU setting names a MIG instance: only then are
+    the GPUs' instances needed (the caller lists them through NVML)."""
+    entries = [*env.get("CUDA_VISIBLE_DEVICES", "").split(","), *map(str, override or ())]
+    return any(e.strip().lower().startswith("mig-") for e in entries)
+
+
 def _mig_instance(env: Mapping[str, str], gpus: Sequence[Gpu]) -> tuple[Gpu, int] | None:
     """The GPU and the position among its instances of the MIG instance that
-    ``CUDA_VISIBLE_DEVICES`` gives first, if its first entry is one (``MIG-<uuid>``)."""
+    ``CUDA_VISIBLE_DEVICES`` gives first, if its first entry is one the GPUs list (``MIG-<uuid>``,
+    or the legacy ``MIG-GPU-<uuid>/<gi>/<ci>`` where the driver lists instances so)."""
     first = env.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip().lower()
-    if not first.startswith("mig-") or first.startswith("mig-gpu-"):
+    if not first.startswith("mig-"):
         return None
     for g in gpus:
         for k, m in enumerate(g.mig_uuids):
@@ -381,7 +391,14 @@ def _owned(
             visible, range(n), "all-visible", "not part of a distributed job: every GPU it sees"
         )
     if n == 0:
-        return _pick(visible, [], "none-visible", "this process sees no GPU")
+        why = "this process sees no GPU"
+        first = env.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+        if vendor == "nvidia" and first.lower().startswith("mig-"):
+            why += (
+                f": CUDA_VISIBLE_DEVICES names {first}, which is no MIG instance of the GPUs "
+                "(nvidia-smi -L lists them)"
+            )
+        return _pick(visible, [], "none-visible", why)
     mig = _mig_instance(env, visible) if vendor == "nvidia" else None
     if mig is not None:
         parent, k = mig

@@ -38,6 +38,16 @@ enum {
 #define MAX_DEVICES 64
 #define NAME_LEN 96
 #define UUID_LEN 96
+#define MAX_MIG 8 /* MIG device slots per GPU (seven on an A100 or H100) */
+
+struct fake_device;
+
+/* A MIG device (a compute instance) in one of its GPU's slots; its address is its handle. */
+typedef struct fake_mig {
+    struct fake_device *parent;
+    unsigned int slot;
+    char uuid[UUID_LEN]; /* empty: no instance in this slot */
+} fake_mig;
 
 typedef struct fake_device {
     unsigned int index;
@@ -54,6 +64,8 @@ typedef struct fake_device {
     int power_samples;           /* nvmlDeviceGetSamples(NVML_TOTAL_POWER_SAMPLES) offered */
     unsigned int power_sample_ms; /* one sample every this many ms */
     int power_sample_glitch;     /* 1: bad samples mixed in (NaN, negative, backwards) */
+    unsigned int mig_slots;      /* 0: MIG not supported; else MIG on with this many slots */
+    fake_mig mig[MAX_MIG];
 } fake_device;
 
 typedef struct fake_state {
@@ -101,6 +113,10 @@ static void defaults(void) {
         d->memory_mib = 16384;
         d->power_samples = 1;
         d->power_sample_ms = 20;
+        for (unsigned int m = 0; m < MAX_MIG; m++) {
+            d->mig[m].parent = d;
+            d->mig[m].slot = m;
+        }
     }
     st.have_offset = 0;
 }
@@ -138,6 +154,28 @@ static int parse_int(const char *v, int *out) {
     long x = strtol(v, &end, 10);
     if (errno || end == v || *end || x < INT_MIN || x > INT_MAX) return 0;
     *out = (int)x;
+    return 1;
+}
+
+/* gpuK.mig: the MIG instances' UUIDs, comma-separated, one per slot (an empty item is a slot
+ * without an instance); MIG is then on, with as many slots as items. */
+static int parse_mig(fake_device *d, const char *val) {
+    unsigned int n = 0;
+    const char *p = val;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (n >= MAX_MIG || len >= UUID_LEN) return 0;
+        char item[UUID_LEN];
+        memcpy(item, p, len);
+        item[len] = '\0';
+        snprintf(d->mig[n].uuid, UUID_LEN, "%s", trim(item));
+        n++;
+        if (!end) break;
+        p = end + 1;
+    }
+    for (unsigned int m = n; m < MAX_MIG; m++) d->mig[m].uuid[0] = '\0';
+    d->mig_slots = n;
     return 1;
 }
 
@@ -186,6 +224,7 @@ static int apply(const char *key, const char *val, int *init_error) {
         return 1;
     }
     if (!strcmp(f, "power_sample_glitch")) return parse_int(val, &d->power_sample_glitch);
+    if (!strcmp(f, "mig")) return parse_mig(d, val);
     return 0;
 }
 
@@ -342,6 +381,18 @@ static fake_device *device(void *handle) {
     return NULL;
 }
 
+/* Looks a MIG device's handle up (one with an instance); caller holds the lock. */
+static fake_mig *mig_device(void *handle) {
+    if (st.init_count <= 0) return NULL;
+    for (unsigned int i = 0; i < st.devices; i++)
+        for (unsigned int m = 0; m < st.dev[i].mig_slots; m++)
+            if (handle == (void *)&st.dev[i].mig[m] && st.dev[i].mig[m].uuid[0])
+                return &st.dev[i].mig[m];
+    return NULL;
+}
+
+/* A GPU's handle, else NOT_SUPPORTED for a MIG device's (the calls that answer for one look it
+ * up first: NVML reads power and energy per GPU, not per instance), else INVALID_ARGUMENT. */
 #define WITH_DEVICE(handle, d)                                                                     \
     pthread_mutex_lock(&lock);                                                                     \
     if (st.init_count <= 0) {                                                                      \
@@ -350,8 +401,9 @@ static fake_device *device(void *handle) {
     }                                                                                              \
     fake_device *d = device(handle);                                                               \
     if (!d) {                                                                                      \
+        int bad_ = mig_device(handle) ? E_NOT_SUPPORTED : E_INVALID_ARGUMENT;                     \
         pthread_mutex_unlock(&lock);                                                               \
-        return E_INVALID_ARGUMENT;                                                                 \
+        return bad_;                                                                               \
     }
 
 #define DONE(code)                                                                                 \
@@ -482,8 +534,15 @@ EXPORT int nvmlDeviceGetHandleByUUID(const char *uuid, void **handle) {
             *handle = &st.dev[i];
             DONE(OK);
         }
+        /* A MIG instance's UUID gives its MIG device handle. */
+        for (unsigned int m = 0; m < st.dev[i].mig_slots; m++) {
+            if (st.dev[i].mig[m].uuid[0] && !strcmp(st.dev[i].mig[m].uuid, uuid)) {
+                *handle = &st.dev[i].mig[m];
+                DONE(OK);
+            }
+        }
     }
-    DONE(6 /* NOT_FOUND */);
+    DONE(E_NOT_FOUND);
 }
 
 /* ---------------------------------------------------------------- identity */
@@ -491,6 +550,13 @@ EXPORT int nvmlDeviceGetHandleByUUID(const char *uuid, void **handle) {
 EXPORT int nvmlDeviceGetIndex(void *h, unsigned int *index) {
     COUNT();
     if (!index) return E_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    fake_mig *mig = mig_device(h);
+    pthread_mutex_unlock(&lock);
+    if (mig) {
+        *index = mig->slot; /* a MIG device's index is its slot under its GPU */
+        return OK;
+    }
     WITH_DEVICE(h, d);
     *index = d->index;
     DONE(OK);
@@ -504,6 +570,10 @@ EXPORT int nvmlDeviceGetName(void *h, char *name, unsigned int length) {
 
 EXPORT int nvmlDeviceGetUUID(void *h, char *uuid, unsigned int length) {
     COUNT();
+    pthread_mutex_lock(&lock);
+    fake_mig *mig = mig_device(h);
+    if (mig) DONE(copy_string(uuid, length, mig->uuid));
+    pthread_mutex_unlock(&lock);
     WITH_DEVICE(h, d);
     DONE(copy_string(uuid, length, d->uuid));
 }
@@ -794,10 +864,68 @@ EXPORT int nvmlDeviceGetCudaComputeCapability(void *h, int *major, int *minor) {
     return unsupported();
 }
 EXPORT int nvmlDeviceGetComputeMode(void *h, int *m) { (void)h, (void)m; return unsupported(); }
-EXPORT int nvmlDeviceGetMigMode(void *h, unsigned int *c, unsigned int *p) {
-    (void)h, (void)c, (void)p;
-    return unsupported();
+
+/* ---------------------------------------------------------------- MIG */
+
+#ifndef FAKE_NVML_NO_MIG /* built without: a driver older than MIG (before R450) */
+
+#define MIG_ENABLE 1
+
+EXPORT int nvmlDeviceGetMigMode(void *h, unsigned int *current, unsigned int *pending) {
+    COUNT();
+    if (!current || !pending) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    if (!d->mig_slots) DONE(E_NOT_SUPPORTED);
+    *current = *pending = MIG_ENABLE;
+    DONE(OK);
 }
+
+/* Zero where MIG is off or not supported, as NVML says. */
+EXPORT int nvmlDeviceGetMaxMigDeviceCount(void *h, unsigned int *count) {
+    COUNT();
+    if (!count) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    *count = d->mig_slots;
+    DONE(OK);
+}
+
+EXPORT int nvmlDeviceGetMigDeviceHandleByIndex(void *h, unsigned int index, void **mig) {
+    COUNT();
+    if (!mig) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    if (!d->mig_slots) DONE(E_NOT_SUPPORTED);
+    if (index >= d->mig_slots) DONE(E_INVALID_ARGUMENT);
+    if (!d->mig[index].uuid[0]) DONE(E_NOT_FOUND);
+    *mig = &d->mig[index];
+    DONE(OK);
+}
+
+EXPORT int nvmlDeviceIsMigDeviceHandle(void *h, unsigned int *is_mig) {
+    COUNT();
+    if (!is_mig) return E_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    if (st.init_count <= 0) DONE(E_UNINITIALIZED);
+    if (mig_device(h)) {
+        *is_mig = 1;
+        DONE(OK);
+    }
+    if (!device(h)) DONE(E_INVALID_ARGUMENT);
+    *is_mig = 0;
+    DONE(OK);
+}
+
+EXPORT int nvmlDeviceGetDeviceHandleFromMigDeviceHandle(void *h, void **parent) {
+    COUNT();
+    if (!parent) return E_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    if (st.init_count <= 0) DONE(E_UNINITIALIZED);
+    fake_mig *mig = mig_device(h);
+    if (!mig) DONE(E_INVALID_ARGUMENT);
+    *parent = mig->parent;
+    DONE(OK);
+}
+
+#endif
 
 /* ---------------------------------------------------------------- for tests */
 

@@ -157,6 +157,17 @@ def gpus_of(sources: Sequence[Mapping[str, Any]], vendor: str = "nvidia") -> lis
     return out
 
 
+def with_mig_instances(gpus: Sequence[Gpu], nvml_library: str | None) -> list[Gpu]:
+    """``gpus`` with their MIG instances' UUIDs, as NVML lists them (none where it cannot)."""
+    listed = _native.nvml_gpus(nvml_library=nvml_library)["gpus"]
+    out = []
+    for g in gpus:
+        same = [x for x in listed if (x["uuid"] == g.uuid if g.uuid else x["index"] == g.index)]
+        migs = tuple(str(u) for u in same[0]["mig_uuids"]) if same else ()
+        out.append(attrs.evolve(g, mig_uuids=migs))
+    return out
+
+
 @attrs.frozen(slots=True)
 class RankPlan:
     """What the sampler of one rank reads and how its figures are shared."""
@@ -257,6 +268,7 @@ def plan_gpus(
         return RankPlan(info, None, None, share, rule)
     # Imported only here: a process that is no rank of a job, and names no GPU, needs none.
     from carbonctx._distributed import owned_gpus
+    from carbonctx._distributed.devices import names_mig
 
     # Every GPU of the machine (the visible-device variables aside): owned_gpus applies them
     # itself, and needs to know whether one visible GPU is one of several.
@@ -268,12 +280,17 @@ def plan_gpus(
         **machine, cpu_backends=[], nvml=True, amdsmi=settings.amdsmi, estimate="never"
     )
     gpus = gpus_of(found["sources"])
+    if names_mig(e, settings.gpus):
+        gpus = with_mig_instances(gpus, machine["nvml_library"])
     amd = gpus_of(found["sources"], "amd")
     intel = gpus_of(found["sources"], "intel")
     ownership = owned_gpus(
         info, gpus, e, override=_override(settings.gpus, gpus, amd, "nvidia"), modules=mods
     )
-    plan = RankPlan(info, ownership, _entries(gpus, ownership), share, rule)
+    # No GPU visible: the sampler reads CUDA_VISIBLE_DEVICES itself, finds none either, and says
+    # why (an entry naming no GPU or MIG instance, with what to do).
+    entries = None if ownership.rule == "none-visible" else _entries(gpus, ownership)
+    plan = RankPlan(info, ownership, entries, share, rule)
     if amd:
         amd_own = owned_gpus(
             info,

@@ -127,6 +127,36 @@ fn discover<'py>(
     Ok(d)
 }
 
+/// Every NVIDIA GPU NVML lists, with its MIG instances. See `carbonctx/_native.pyi`.
+#[pyfunction]
+#[pyo3(signature = (*, nvml_library=None))]
+fn nvml_gpus<'py>(py: Python<'py>, nvml_library: Option<PathBuf>) -> PyResult<Bound<'py, PyDict>> {
+    let roots = carbonctx_sampler::Roots {
+        nvml_library,
+        ..Default::default()
+    };
+    let listed = py.detach(|| carbonctx_sampler::nvml::list_gpus(&roots));
+    let d = PyDict::new(py);
+    let (gpus, unavailable) = match listed {
+        Ok(gpus) => (gpus, Vec::new()),
+        Err(u) => (Vec::new(), vec![unavailable_dict(py, &u)?]),
+    };
+    let gpus: PyResult<Vec<_>> = gpus
+        .iter()
+        .map(|g| {
+            let e = PyDict::new(py);
+            e.set_item("index", g.index)?;
+            e.set_item("uuid", g.uuid.as_deref())?;
+            e.set_item("name", g.name.as_deref())?;
+            e.set_item("mig_uuids", &g.mig_uuids)?;
+            Ok(e)
+        })
+        .collect();
+    d.set_item("gpus", gpus?)?;
+    d.set_item("unavailable", unavailable)?;
+    Ok(d)
+}
+
 /// The native sampler thread. See `carbonctx/_native.pyi`.
 #[pyclass(frozen, module = "carbonctx._native")]
 struct Sampler {
@@ -479,6 +509,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(region::claim_regions, m)?)?;
     m.add_function(wrap_pyfunction!(region::current, m)?)?;
     m.add_function(wrap_pyfunction!(discover, m)?)?;
+    m.add_function(wrap_pyfunction!(nvml_gpus, m)?)?;
     m.add_function(wrap_pyfunction!(check::check_sources, m)?)?;
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
     m.add_function(wrap_pyfunction!(numtext::float_texts, m)?)?;

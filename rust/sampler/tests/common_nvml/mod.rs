@@ -21,6 +21,11 @@ pub fn source_path() -> PathBuf {
 
 /// Compiles the stand-in into `dir/libnvidia-ml.so.1` with `cc` from PATH and returns that path.
 pub fn build_fake_nvml(dir: &Path) -> Result<PathBuf, String> {
+    build_with(dir, &[])
+}
+
+/// The same, with `flags` for the compiler (`-DFAKE_NVML_NO_MIG`: a driver without MIG calls).
+fn build_with(dir: &Path, flags: &[&str]) -> Result<PathBuf, String> {
     let out = dir.join("libnvidia-ml.so.1");
     let tmp = dir.join(format!("libnvidia-ml.so.1.{}.tmp", std::process::id()));
     let result = Command::new("cc")
@@ -28,6 +33,7 @@ pub fn build_fake_nvml(dir: &Path) -> Result<PathBuf, String> {
             "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
         ])
         .arg(&tmp)
+        .args(flags)
         .arg(source_path())
         .output()
         .map_err(|e| format!("cannot run cc (a C compiler is needed for the NVML tests): {e}"))?;
@@ -46,11 +52,19 @@ pub fn build_fake_nvml(dir: &Path) -> Result<PathBuf, String> {
 /// The stand-in, built once for this test binary.
 pub fn built() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-nvml");
-        std::fs::create_dir_all(&dir).expect("create the build directory for fake_nvml");
-        build_fake_nvml(&dir).unwrap_or_else(|e| panic!("{e}"))
-    })
+    LIB.get_or_init(|| built_in("fake-nvml", &[]))
+}
+
+/// The stand-in as a driver older than MIG builds it: without the MIG calls.
+pub fn built_without_mig() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| built_in("fake-nvml-no-mig", &["-DFAKE_NVML_NO_MIG"]))
+}
+
+fn built_in(name: &str, flags: &[&str]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).expect("create the build directory for fake_nvml");
+    build_with(&dir, flags).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One copy of the stand-in with its own configuration.
@@ -62,9 +76,14 @@ pub struct FakeNvml {
 impl FakeNvml {
     /// A copy configured by `config` (`key=value` lines; see `python/carbonctx/_fakes/README.md`).
     pub fn new(config: &str) -> FakeNvml {
+        FakeNvml::of(built(), config)
+    }
+
+    /// A copy of the library `built` (one of the builds above) configured by `config`.
+    pub fn of(built: &Path, config: &str) -> FakeNvml {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let lib = dir.path().join("libnvidia-ml.so.1");
-        std::fs::copy(built(), &lib).expect("copy the fake NVML library");
+        std::fs::copy(built, &lib).expect("copy the fake NVML library");
         std::fs::write(dir.path().join("fake_nvml.conf"), config).expect("write fake_nvml.conf");
         FakeNvml { dir, lib }
     }

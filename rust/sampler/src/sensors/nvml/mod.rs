@@ -17,8 +17,14 @@
 //!
 //! `CUDA_VISIBLE_DEVICES` is honoured the way CUDA reads it: unset means every GPU; an empty
 //! value means none; otherwise a comma-separated list of indices, `GPU-…` UUIDs or unique UUID
-//! prefixes, and the list ends at the first entry that names no GPU. `MIG-…` entries are
-//! reported as unavailable: NVML's energy and power cover the whole GPU, not one instance.
+//! prefixes, and the list ends at the first entry that names no GPU. A MIG instance (`MIG-…`,
+//! or the legacy `MIG-GPU-…/<gi>/<ci>`) stands for its parent GPU, measured whole: NVML's energy
+//! counter and power are the physical GPU's, which its instances share (the source's label says
+//! so). The instances are found through NVML (`nvmlDeviceGetMigMode`,
+//! `nvmlDeviceGetMaxMigDeviceCount`, `nvmlDeviceGetMigDeviceHandleByIndex`, and
+//! `nvmlDeviceGetUUID` on each instance's handle); a `MIG-…` entry that names none of them is
+//! reported as unavailable, and ends the list as CUDA would. [`list_gpus`] gives every GPU with
+//! its instances, for the caller to decide which rank reports a GPU shared by several.
 //!
 //! Indices are read in NVML's order, which is PCI bus order. CUDA's default order
 //! (`CUDA_DEVICE_ORDER=FASTEST_FIRST`) can differ on machines with unlike GPUs, so index `0`
@@ -202,7 +208,12 @@ pub fn discover(
     }
     let pci_order = cuda_device_order.map(str::trim) == Some("PCI_BUS_ID");
     for (index, by_index) in selection.indices {
-        match gpu_source(&nvml, index, by_index && !pci_order) {
+        let mig = selection
+            .mig
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, entry)| entry.as_str());
+        match gpu_source(&nvml, index, by_index && !pci_order, mig) {
             Ok(s) => found.sources.push(Box::new(s)),
             Err(u) => found.unavailable.push(*u),
         }
@@ -223,7 +234,9 @@ pub fn visible_among(
             .map(|i| gpus.iter().find(|g| g.0 == i).and_then(|g| g.1.clone()))
             .collect()
     };
-    let sel = visible::choose(count, uuids, |_| None, cuda_visible_devices);
+    // The published GPUs say nothing of MIG instances: a `MIG-<uuid>` entry is resolved only
+    // in its legacy form, which names the parent GPU's UUID.
+    let sel = visible::choose(count, uuids, || None, |_| None, cuda_visible_devices);
     let indices = sel
         .indices
         .into_iter()
@@ -233,10 +246,50 @@ pub fn visible_among(
     (indices, sel.unavailable)
 }
 
+/// One NVIDIA GPU as NVML lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GpuListing {
+    /// NVML's index (PCI bus order).
+    pub index: u32,
+    /// `GPU-…`, where NVML gives it.
+    pub uuid: Option<String>,
+    pub name: Option<String>,
+    /// The UUIDs (`MIG-…`) of its MIG instances in NVML's order of their slots; empty when MIG
+    /// is off or not supported, or the driver lacks the MIG calls. They share the GPU's energy
+    /// counter: NVML measures the GPU, not an instance.
+    pub mig_uuids: Vec<String>,
+}
+
+/// Every GPU NVML lists (whatever `CUDA_VISIBLE_DEVICES` says), with its MIG instances; a
+/// missing library or driver is the reason, with what to do about it. A GPU whose handle NVML
+/// refuses is left out.
+pub fn list_gpus(roots: &Roots) -> Result<Vec<GpuListing>, Box<Unavailable>> {
+    let nvml = ffi::open(roots)?;
+    let count = nvml.count().map_err(|e| {
+        Box::new(nvml.unavailable(
+            nvml.path.display().to_string(),
+            format!("cannot count GPUs: {e}"),
+            hint_for(nvml_code(&e)),
+        ))
+    })?;
+    Ok((0..count)
+        .filter_map(|index| {
+            let dev = nvml.handle(index).ok()?;
+            Some(GpuListing {
+                index,
+                uuid: nvml.string(nvml.fns.uuid, dev),
+                name: nvml.string(nvml.fns.name, dev),
+                mig_uuids: nvml.mig_uuids(dev),
+            })
+        })
+        .collect())
+}
+
 fn gpu_source(
     nvml: &Arc<Nvml>,
     index: u32,
     order_note: bool,
+    mig: Option<&str>,
 ) -> Result<GpuSource, Box<Unavailable>> {
     let what = format!("GPU {index} ({})", nvml.path.display());
     let dev = nvml.handle(index).map_err(|e| {
@@ -255,6 +308,11 @@ fn gpu_source(
             " (chosen by CUDA_VISIBLE_DEVICES index in PCI order; set \
              CUDA_DEVICE_ORDER=PCI_BUS_ID or use UUIDs so CUDA agrees)",
         );
+    }
+    if let Some(entry) = mig {
+        label.push_str(&format!(
+            " (the whole GPU, for MIG instance {entry}: its instances share its energy counter)"
+        ));
     }
     let (kind, method, counter) = match nvml.read_energy(dev) {
         Ok(_) => (

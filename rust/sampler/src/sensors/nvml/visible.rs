@@ -9,6 +9,8 @@ use crate::sensors::Unavailable;
 pub(super) struct Selection {
     /// NVML index, and whether it was chosen by index (so CUDA's ordering matters).
     pub(super) indices: Vec<(u32, bool)>,
+    /// The GPUs chosen through one of their MIG instances, with the entry that named it.
+    pub(super) mig: Vec<(u32, String)>,
     pub(super) unavailable: Vec<Unavailable>,
 }
 
@@ -16,25 +18,32 @@ pub(super) fn select(nvml: &Nvml, count: u32, visible: Option<&str>) -> Selectio
     choose(
         count,
         || all_uuids(nvml, count),
+        || Some(all_migs(nvml, count)),
         |entry| by_uuid(nvml, entry, count),
         visible,
     )
 }
 
-/// `CUDA_VISIBLE_DEVICES` resolved against `count` GPUs whose UUIDs `uuids` gives (asked for
-/// only when an entry names a UUID; `None` where unknown), the way CUDA reads it; `exact`
-/// finds a GPU by full UUID where the list does not (NVML's own lookup, or nothing). The one
-/// place the variable is interpreted: discovery uses it with NVML, and a process sharing the
-/// node's sampler uses it with the GPUs that sampler published
-/// ([`crate::nvml::visible_among`]).
+/// `CUDA_VISIBLE_DEVICES` resolved against `count` GPUs whose UUIDs `uuids` gives (`None` where
+/// unknown) and whose MIG instances' UUIDs `migs` gives (`None`: not known here), each asked
+/// for only when an entry needs it, the way CUDA reads it; `exact` finds a GPU by full UUID
+/// where the list does not (NVML's own lookup, or nothing). The one place the variable is
+/// interpreted: discovery uses it with NVML, and a process sharing the node's sampler uses it
+/// with the GPUs that sampler published ([`crate::nvml::visible_among`]).
+///
+/// A MIG instance (`MIG-<uuid>`, or the legacy `MIG-GPU-<uuid>/<gi>/<ci>`) stands for its
+/// parent GPU: NVML's energy counter and power cover the whole GPU, not one instance. Another
+/// instance of a GPU already listed adds nothing.
 pub(super) fn choose(
     count: u32,
     uuids: impl FnOnce() -> Vec<Option<String>>,
+    migs: impl FnOnce() -> Option<Vec<Vec<String>>>,
     exact: impl Fn(&str) -> Option<u32>,
     visible: Option<&str>,
 ) -> Selection {
     let mut sel = Selection {
         indices: Vec::new(),
+        mig: Vec::new(),
         unavailable: Vec::new(),
     };
     let Some(visible) = visible else {
@@ -45,22 +54,48 @@ pub(super) fn choose(
         return sel;
     }
     let entries: Vec<&str> = visible.split(',').map(str::trim).collect();
-    let mut uuids_fn = Some(uuids);
-    let mut uuids: Option<Vec<Option<String>>> = None;
+    let mut uuids = Lazy::new(uuids);
+    let mut migs = Lazy::new(migs);
     for (pos, entry) in entries.iter().enumerate() {
-        let resolved = if entry.starts_with("MIG-") {
-            sel.unavailable.push(unavailable(
-                format!("CUDA_VISIBLE_DEVICES entry {entry}"),
-                "a MIG instance cannot be measured on its own: NVML's energy and power cover \
-                 the whole GPU"
-                    .into(),
-                "list the parent GPU's UUID in CUDA_VISIBLE_DEVICES to measure the whole GPU"
-                    .into(),
-            ));
-            continue;
-        } else if entry.starts_with("GPU-") {
-            let uuids = uuids.get_or_insert_with(|| uuids_fn.take().map_or_else(Vec::new, |f| f()));
-            resolve_uuid(entry, uuids, &exact).map(|i| (i, false))
+        let ignored = || entries[pos..].join(",");
+        if is_mig(entry) {
+            let listed = migs.get().as_deref().unwrap_or_default();
+            match resolve_mig(entry, listed, uuids.get(), &exact) {
+                Some(i) => {
+                    if !sel.indices.iter().any(|&(j, _)| j == i) {
+                        sel.indices.push((i, false));
+                        sel.mig.push((i, entry.to_string()));
+                    }
+                    continue;
+                }
+                None => {
+                    let among = match migs.get() {
+                        Some(m) => format!(
+                            "of the {count} GPU(s) NVML lists ({} instance(s) found)",
+                            m.iter().map(Vec::len).sum::<usize>()
+                        ),
+                        None => "known here (the node's sampler publishes its GPUs, not their \
+                                 instances)"
+                            .into(),
+                    };
+                    sel.unavailable.push(unavailable(
+                        format!("CUDA_VISIBLE_DEVICES entry {entry}"),
+                        format!(
+                            "it names no MIG instance {among}, so CUDA ignores it and every \
+                             entry after it ({:?})",
+                            ignored()
+                        ),
+                        "use a MIG UUID that nvidia-smi -L lists, or the parent GPU's UUID: a \
+                         MIG instance is measured as its whole GPU, whose energy counter its \
+                         instances share"
+                            .into(),
+                    ));
+                    break;
+                }
+            }
+        }
+        let resolved = if entry.starts_with("GPU-") {
+            resolve_uuid(entry, uuids.get(), &exact).map(|i| (i, false))
         } else if let Ok(i) = entry.parse::<u32>() {
             (i < count).then_some((i, true))
         } else {
@@ -71,12 +106,12 @@ pub(super) fn choose(
                 sel.indices.push((i, by_index))
             }
             _ => {
-                let ignored = entries[pos..].join(",");
                 sel.unavailable.push(unavailable(
                     format!("CUDA_VISIBLE_DEVICES entry {entry:?}"),
                     format!(
                         "it names no GPU (or one already listed), so CUDA ignores it and every \
-                         entry after it ({ignored:?}); {count} GPU(s) are present"
+                         entry after it ({:?}); {count} GPU(s) are present",
+                        ignored()
                     ),
                     "use indices below the GPU count or UUIDs from nvidia-smi -L, each once".into(),
                 ));
@@ -85,6 +120,65 @@ pub(super) fn choose(
         }
     }
     sel
+}
+
+/// A value computed on first use.
+struct Lazy<T, F: FnOnce() -> T> {
+    make: Option<F>,
+    value: Option<T>,
+}
+
+impl<T: Default, F: FnOnce() -> T> Lazy<T, F> {
+    fn new(make: F) -> Self {
+        Lazy {
+            make: Some(make),
+            value: None,
+        }
+    }
+
+    fn get(&mut self) -> &T {
+        let make = &mut self.make;
+        self.value
+            .get_or_insert_with(|| make.take().map_or_else(T::default, |f| f()))
+    }
+}
+
+fn is_mig(entry: &str) -> bool {
+    entry
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("MIG-"))
+}
+
+/// The GPU a MIG entry stands for: the one whose instances include it (UUIDs compare without
+/// regard to case, as nvidia-smi prints them in either), else, for the legacy form
+/// `MIG-GPU-<uuid>/<gi>/<ci>`, the GPU of that UUID.
+fn resolve_mig(
+    entry: &str,
+    migs: &[Vec<String>],
+    uuids: &[Option<String>],
+    exact: impl Fn(&str) -> Option<u32>,
+) -> Option<u32> {
+    if let Some(i) = migs
+        .iter()
+        .position(|m| m.iter().any(|u| u.eq_ignore_ascii_case(entry)))
+    {
+        return Some(i as u32);
+    }
+    let mut parts = entry[4..].split('/');
+    let parent = parts.next()?;
+    let legacy = parent
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("GPU-"))
+        && parts.clone().count() == 2
+        && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if !legacy {
+        return None;
+    }
+    uuids
+        .iter()
+        .position(|u| u.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(parent)))
+        .map(|i| i as u32)
+        .or_else(|| exact(parent))
 }
 
 fn unavailable(what: String, reason: String, hint: String) -> Unavailable {
@@ -102,6 +196,17 @@ fn all_uuids(nvml: &Nvml, count: u32) -> Vec<Option<String>> {
             nvml.handle(i)
                 .ok()
                 .and_then(|h| nvml.string(nvml.fns.uuid, h))
+        })
+        .collect()
+}
+
+/// The UUIDs of each GPU's MIG instances.
+fn all_migs(nvml: &Nvml, count: u32) -> Vec<Vec<String>> {
+    (0..count)
+        .map(|i| {
+            nvml.handle(i)
+                .map(|h| nvml.mig_uuids(h))
+                .unwrap_or_default()
         })
         .collect()
 }
