@@ -5,6 +5,12 @@
 //! `power1_input` (the current socket power, on recent parts and kernels) or `power1_average`
 //! (a short-window average, on older ones). There is no energy counter: the power is integrated
 //! ([`Method::IntegratedPower`]).
+//!
+//! Both files can be present while only one answers: kernels before the driver hid the sensor
+//! a GPU's firmware lacks (`amdgpu_pm.c`, "not all products support both average and
+//! instantaneous") publish both, and a read of the missing one fails (`EOPNOTSUPP`); an RDNA 3
+//! card has no average, most older ones no instantaneous power. So every file present is tried,
+//! in order of preference, and the first that reads is measured.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -24,8 +30,8 @@ pub(super) struct AmdgpuHwmon {
     pub(super) dir: PathBuf,
     /// The GPU's PCI address (`dddd:bb:dd.f`), from the `device` link.
     pub(super) bdf: String,
-    /// The power file this directory has, if any.
-    pub(super) power: Option<PathBuf>,
+    /// The power files this directory has, in order of preference ([`POWER_FILES`]).
+    pub(super) powers: Vec<PathBuf>,
 }
 
 /// Every hwmon directory named `amdgpu` that belongs to a PCI device, by PCI address.
@@ -42,8 +48,12 @@ pub(super) fn find(sys: &Path) -> Vec<AmdgpuHwmon> {
                 return None;
             }
             let bdf = pci_address(&dir.join("device"))?;
-            let power = POWER_FILES.iter().map(|f| dir.join(f)).find(|p| p.exists());
-            Some(AmdgpuHwmon { dir, bdf, power })
+            let powers = POWER_FILES
+                .iter()
+                .map(|f| dir.join(f))
+                .filter(|p| p.exists())
+                .collect();
+            Some(AmdgpuHwmon { dir, bdf, powers })
         })
         .collect();
     out.sort_by(|a, b| a.bdf.cmp(&b.bdf));

@@ -406,7 +406,7 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
             hint: hint.to_string(),
         })
     };
-    let Some(path) = h.power.clone() else {
+    if h.powers.is_empty() {
         return Err(unavailable(
             h.dir.display().to_string(),
             format!(
@@ -417,16 +417,46 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
             ),
             "",
         ));
+    }
+    // The first file that reads: a kernel may publish both, of which the firmware answers one.
+    let mut failed: Vec<(String, Error)> = Vec::new();
+    let mut opened = None;
+    for path in &h.powers {
+        let read = File::open(path)
+            .map_err(|e| Error::io(path, e, ""))
+            .and_then(|file| hwmon::read_watts(&file, path).map(|w| (file, w)));
+        match read {
+            Ok((file, watts)) => {
+                opened = Some((path.clone(), file, watts));
+                break;
+            }
+            Err(e) => failed.push((path.display().to_string(), e)),
+        }
+    }
+    let Some((path, file, watts)) = opened else {
+        let reasons: Vec<String> = failed
+            .iter()
+            .map(|(p, e)| match e {
+                Error::Io { source, .. } => format!("{p}: {}", hwmon_read_error(source)),
+                other => other.to_string(),
+            })
+            .collect();
+        let hint = match failed.first().map(|(_, e)| e) {
+            Some(Error::Permission { .. }) => "make the file readable by this user".to_string(),
+            Some(e) => e.hint().into_owned(),
+            None => String::new(),
+        };
+        return Err(unavailable(
+            h.dir.display().to_string(),
+            format!(
+                "no power file of GPU {} (PCI {}) can be read: {}",
+                g.index,
+                g.bdf,
+                reasons.join("; ")
+            ),
+            &hint,
+        ));
     };
-    let file = File::open(&path).map_err(|e| {
-        unavailable(
-            path.display().to_string(),
-            format!("cannot open: {e}"),
-            "make the file readable by this user",
-        )
-    })?;
-    let watts = hwmon::read_watts(&file, &path)
-        .map_err(|e| unavailable(path.display().to_string(), e.to_string(), &e.hint()))?;
     if watts == 0.0 {
         return Err(unavailable(
             path.display().to_string(),
@@ -461,4 +491,15 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
         file,
         path,
     })
+}
+
+/// What a failed read of an amdgpu power file means.
+fn hwmon_read_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => {
+            format!("{e} (the GPU's firmware has no such sensor; the driver still lists it)")
+        }
+        Some(libc::ENODATA) => format!("{e} (the sensor has no value now)"),
+        _ => e.to_string(),
+    }
 }
