@@ -18,9 +18,12 @@
 //!   one per socket). Sub-zones of a package are `core`, `uncore` and `dram`.
 //! - Control types: `intel-rapl` (the MSR interface, which also serves AMD and Hygon processors,
 //!   and the TPMI interface of newer Xeons, whose zones are `package-N` with `dram` inside and
-//!   `psys`/`psys-N` beside), `intel-rapl-mmio` (the same package and DRAM counters again,
-//!   through the processor thermal device's MMIO window, as `package-0`). Other control types
-//!   (`dtpm`, Arm SCMI's) are power-limit controls, not RAPL energy counters.
+//!   `psys`/`psys-N` beside), `intel-rapl-tpmi` (the name Intel's out-of-tree and some
+//!   distribution backports of the TPMI driver register instead, with the same zones), and
+//!   `intel-rapl-mmio` (the same package and DRAM counters again, through the processor
+//!   thermal device's MMIO window, as `package-0`). A zone of one control type that measures
+//!   what a zone of another already measures is an alternative, not a second counter. Other
+//!   control types (`dtpm`, Arm SCMI's) are power-limit controls, not RAPL energy counters.
 //! - On AMD the `core` zone reads the core energy register of the package's first CPU: one core,
 //!   not the package's cores.
 //! - `energy_uj` is mode 0400 (root only) since the PLATYPUS mitigation; `enabled` reports
@@ -35,7 +38,7 @@ use std::path::{Path, PathBuf};
 use crate::sensors::Domain;
 
 /// RAPL control types, in the order their zones are preferred and listed.
-pub const RAPL_CONTROLS: [&str; 2] = ["intel-rapl", "intel-rapl-mmio"];
+pub const RAPL_CONTROLS: [&str; 3] = ["intel-rapl", "intel-rapl-tpmi", "intel-rapl-mmio"];
 
 /// A zone directory found in the tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
