@@ -260,6 +260,19 @@ fn io_hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         // ENODATA: hwmon's "no value now" (a disabled or unpowered channel).
         Some(libc::ENODATA) => "The channel has no value now (disabled, or its device is off).",
+        // The driver lists the attribute, but the device's firmware has no such sensor.
+        Some(libc::EOPNOTSUPP) => {
+            "The device does not support this reading although its driver lists it; nothing \
+             to do (a newer kernel hides it)."
+        }
+        Some(libc::EIO) | Some(libc::ETIMEDOUT) => {
+            "The device did not answer (firmware, bus or sensor error): see dmesg; measuring \
+             goes on without it."
+        }
+        Some(libc::EAGAIN) | Some(libc::EBUSY) => {
+            "The device was busy when it was asked; restart the measurement to look for it \
+             again."
+        }
         _ => "Check that the file is readable (cat it); a device or driver error shows in dmesg.",
     }
 }
