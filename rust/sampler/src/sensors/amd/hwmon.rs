@@ -110,6 +110,17 @@ impl EnergySource for HwmonGpu {
     }
 }
 
+/// What a failed read of an amdgpu power file means.
+pub(super) fn read_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => {
+            format!("{e} (the GPU's firmware has no such sensor; the driver still lists it)")
+        }
+        Some(libc::ENODATA) => format!("{e} (the sensor has no value now)"),
+        _ => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -437,7 +437,7 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
         let reasons: Vec<String> = failed
             .iter()
             .map(|(p, e)| match e {
-                Error::Io { source, .. } => format!("{p}: {}", hwmon_read_error(source)),
+                Error::Io { source, .. } => format!("{p}: {}", hwmon::read_error(source)),
                 other => other.to_string(),
             })
             .collect();
@@ -491,15 +491,4 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
         file,
         path,
     })
-}
-
-/// What a failed read of an amdgpu power file means.
-fn hwmon_read_error(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) => {
-            format!("{e} (the GPU's firmware has no such sensor; the driver still lists it)")
-        }
-        Some(libc::ENODATA) => format!("{e} (the sensor has no value now)"),
-        _ => e.to_string(),
-    }
 }
