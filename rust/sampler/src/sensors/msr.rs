@@ -334,7 +334,10 @@ mod tests {
         assert!(has_fixed_dram_unit(6, 0x85));
         assert!(!has_fixed_dram_unit(6, 0x9E));
         assert!(!has_fixed_dram_unit(0x19, 0x55));
-        assert!(!has_fixed_dram_unit(6, 0x8F), "Sapphire Rapids: DRAM in 0x606's unit");
+        assert!(
+            !has_fixed_dram_unit(6, 0x8F),
+            "Sapphire Rapids: DRAM in 0x606's unit"
+        );
         assert!(has_joule_psys_unit(6, 0x8F) && has_joule_psys_unit(6, 0xCF));
         assert!(!has_joule_psys_unit(6, 0x97) && !has_joule_psys_unit(0x19, 0x8F));
     }

@@ -110,6 +110,43 @@ impl EnergySource for HwmonGpu {
     }
 }
 
+/// Opens the first of `powers` that reads, with its watts: a kernel may publish both files, of
+/// which the firmware answers one. Otherwise why each failed (one sentence) and what to do.
+pub(super) fn open_first(powers: &[PathBuf]) -> Result<(PathBuf, File, f64), (String, String)> {
+    let mut failed: Vec<(String, Error)> = Vec::new();
+    for path in powers {
+        let read = File::open(path)
+            .map_err(|e| Error::io(path, e, ""))
+            .and_then(|file| match read_watts(&file, path) {
+                Ok(w) => Ok((file, w)),
+                // The file opened, so this is the driver refusing the read (EPERM while the
+                // GPU is in reset or suspended), not the file's mode.
+                Err(Error::Permission { .. }) => Err(Error::Io {
+                    path: path.clone(),
+                    source: std::io::Error::from_raw_os_error(libc::EPERM),
+                }),
+                Err(e) => Err(e),
+            });
+        match read {
+            Ok((file, watts)) => return Ok((path.clone(), file, watts)),
+            Err(e) => failed.push((path.display().to_string(), e)),
+        }
+    }
+    let reasons: Vec<String> = failed
+        .iter()
+        .map(|(p, e)| match e {
+            Error::Io { source, .. } => format!("{p}: {}", read_error(source)),
+            other => other.to_string(),
+        })
+        .collect();
+    let hint = match failed.first().map(|(_, e)| e) {
+        Some(Error::Permission { .. }) => "make the file readable by this user".to_string(),
+        Some(e) => e.hint().into_owned(),
+        None => String::new(),
+    };
+    Err((reasons.join("; "), hint))
+}
+
 /// What a failed read of an amdgpu power file means.
 pub(super) fn read_error(e: &std::io::Error) -> String {
     match e.raw_os_error() {
@@ -117,6 +154,9 @@ pub(super) fn read_error(e: &std::io::Error) -> String {
             format!("{e} (the GPU's firmware has no such sensor; the driver still lists it)")
         }
         Some(libc::ENODATA) => format!("{e} (the sensor has no value now)"),
+        Some(libc::EPERM) => {
+            format!("{e} (the driver refuses reads while the GPU is in reset or suspended)")
+        }
         _ => e.to_string(),
     }
 }

@@ -48,7 +48,6 @@ mod pairs;
 mod sysfs;
 mod visible;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -418,45 +417,16 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
             "",
         ));
     }
-    // The first file that reads: a kernel may publish both, of which the firmware answers one.
-    let mut failed: Vec<(String, Error)> = Vec::new();
-    let mut opened = None;
-    for path in &h.powers {
-        let read = File::open(path)
-            .map_err(|e| Error::io(path, e, ""))
-            .and_then(|file| hwmon::read_watts(&file, path).map(|w| (file, w)));
-        match read {
-            Ok((file, watts)) => {
-                opened = Some((path.clone(), file, watts));
-                break;
-            }
-            Err(e) => failed.push((path.display().to_string(), e)),
-        }
-    }
-    let Some((path, file, watts)) = opened else {
-        let reasons: Vec<String> = failed
-            .iter()
-            .map(|(p, e)| match e {
-                Error::Io { source, .. } => format!("{p}: {}", hwmon::read_error(source)),
-                other => other.to_string(),
-            })
-            .collect();
-        let hint = match failed.first().map(|(_, e)| e) {
-            Some(Error::Permission { .. }) => "make the file readable by this user".to_string(),
-            Some(e) => e.hint().into_owned(),
-            None => String::new(),
-        };
-        return Err(unavailable(
+    let (path, file, watts) = hwmon::open_first(&h.powers).map_err(|(reasons, hint)| {
+        unavailable(
             h.dir.display().to_string(),
             format!(
-                "no power file of GPU {} (PCI {}) can be read: {}",
-                g.index,
-                g.bdf,
-                reasons.join("; ")
+                "no power file of GPU {} (PCI {}) can be read: {reasons}",
+                g.index, g.bdf
             ),
             &hint,
-        ));
-    };
+        )
+    })?;
     if watts == 0.0 {
         return Err(unavailable(
             path.display().to_string(),
