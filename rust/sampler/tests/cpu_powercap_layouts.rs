@@ -455,3 +455,44 @@ fn tpmi_zones_under_their_own_control_type_are_rapl_zones() {
         ["powercap:intel-rapl-tpmi:0", "powercap:intel-rapl-tpmi:2"]
     );
 }
+
+/// The per-CCD layout of AMD's zones (every `package-N-die-M` zone of a package reads the
+/// package's one counter) is recognised from the zones themselves where `/proc/cpuinfo` does
+/// not name the vendor: a `/proc` without it, or one of another machine. Die zones that read
+/// one counter value and range are one counter; Intel's per-die counters (Cascade Lake-AP),
+/// which differ, stay one source per die.
+#[test]
+fn per_ccd_zones_are_recognised_without_the_vendor() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let intel = elsewhere.path().join("intel");
+    fs::create_dir_all(&intel).unwrap();
+    fs::write(
+        intel.join("cpuinfo"),
+        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n",
+    )
+    .unwrap();
+    for proc in [elsewhere.path().join("none"), intel] {
+        let mut roots = roots_at(&fixture("amd-zen4-ccd-2s"));
+        roots.proc = proc.clone();
+        let found = powercap::discover(&roots);
+        assert_eq!(
+            summary(&found),
+            vec![
+                row("intel-rapl:0", Domain::Package, 0, "package-0"),
+                row("intel-rapl:8", Domain::Package, 1, "package-1"),
+            ],
+            "{proc:?}"
+        );
+        let (chosen, _) = choose(&roots);
+        assert_eq!(chosen.len(), 2, "{proc:?}: {chosen:?}");
+
+        let mut roots = roots_at(&fixture("intel-clx-ap-2s"));
+        roots.proc = proc.clone();
+        let dies = powercap::discover(&roots)
+            .sources
+            .iter()
+            .filter(|s| s.info().domain == Domain::Package)
+            .count();
+        assert_eq!(dies, 4, "{proc:?}");
+    }
+}

@@ -207,6 +207,43 @@ pub fn kind_of_name(name: &str) -> ZoneKind {
     }
 }
 
+/// Whether the die zones of some package (two or more `package-N-die-M` zones of one control
+/// type) all read the same non-zero counter value and range: one counter shown once per die, as
+/// AMD's per-CCD zones are. Independent per-die counters (Intel's) never agree to the
+/// microjoule. This tells the AMD layout apart where `/proc/cpuinfo` does not say the vendor
+/// (a tree without it, or a `/proc` that is not the tree's machine's).
+pub fn dies_share_counter(zones: &[&ZoneDir], names: &BTreeMap<&str, io::Result<String>>) -> bool {
+    // Per package: each die zone's (energy_uj, max_energy_range_uj), where both read.
+    type Readings = Vec<Option<(u64, u64)>>;
+    let mut by_package: BTreeMap<(&str, u32), Readings> = BTreeMap::new();
+    for z in zones {
+        let Some(Ok(name)) = names.get(z.name.as_str()) else {
+            continue;
+        };
+        if let ZoneKind::Package {
+            package,
+            die: Some(_),
+        } = kind_of_name(name)
+        {
+            let number = |f: &str| {
+                let text = fs::read(z.dir.join(f)).ok()?;
+                super::parse_counter(&text)
+            };
+            let value = number("energy_uj").zip(number("max_energy_range_uj"));
+            by_package
+                .entry((z.control.as_str(), package))
+                .or_default()
+                .push(value);
+        }
+    }
+    by_package.values().any(|values| {
+        values.len() > 1
+            && values
+                .iter()
+                .all(|v| v.is_some_and(|(e, _)| e > 0) && *v == values[0])
+    })
+}
+
 /// Whether `<proc>/cpuinfo` names an AMD or Hygon processor (whose RAPL counters are per
 /// package, and whose `core` zone is one core's).
 pub fn is_amd(proc_root: &Path) -> bool {
