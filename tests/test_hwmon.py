@@ -250,3 +250,29 @@ def test_gpu_off_covers_intel_gpus_and_hwmon_turns_off(machine: Path) -> None:
         _config.from_env({"CARBONCTX_HWMON": "maybe"})
     with pytest.raises(carbonctx.ConfigurationError, match="hwmon="):
         carbonctx.configure(hwmon="yes")  # type: ignore[arg-type]
+
+
+def test_a_meter_whose_firmware_says_unknown_is_explained_not_measured(tmp_path: Path) -> None:
+    """An ACPI power meter whose ``_PMM`` answers ACPI's all-ones "unknown": kernels before the
+    driver checked for it print 4294967295000 µW. That is no reading (never 4.3 MW in the
+    node's power): the meter is listed as unavailable with why and what to do, and a meter
+    beside it that measures is read."""
+    sys_root = tmp_path / "sys"
+    acpi = "LNXSYSTM:00/LNXSYBUS:00"
+    unknown = {"name": "power_meter\n", "power1_average": "4294967295000\n"}
+    _chip(sys_root, f"{acpi}/ACPI000D:00", 0, unknown, on_device=True)
+    known = {"name": "power_meter\n", "power1_average": "420000000\n"}
+    _chip(sys_root, f"{acpi}/ACPI000D:01", 1, {**known, "power1_average_interval": "50\n"})
+    carbonctx.configure(
+        sys_root=str(sys_root),
+        dev_root=str(tmp_path / "dev"),
+        proc_root=str(tmp_path / "proc"),
+        nvml_library=str(tmp_path / "none.so"),
+        estimate="never",
+    )
+    info = carbonctx.devices()
+    ids = {s["id"] for s in info["sources"]}
+    assert "hwmon:power_meter:ACPI000D:01:power1" in ids
+    assert "hwmon:power_meter:ACPI000D:00:power1" not in ids
+    entry = next(u for u in info["unavailable"] if u["what"].endswith("device/power1_average"))
+    assert "unknown" in entry["reason"] and "no power reading now" in entry["hint"]

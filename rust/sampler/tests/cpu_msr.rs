@@ -489,3 +489,65 @@ fn amd_dies_share_the_package_counter() {
     let found = msr::discover(&roots_at(dir.path()));
     assert_eq!(summary(&found)[2].3, "package-1 (msr)");
 }
+
+/// Sapphire Rapids (family 6, model 0x8F) and Emerald Rapids (0xCF) count the platform domain
+/// in whole joules whatever `MSR_RAPL_POWER_UNIT` says (`intel_rapl_common.c`: their defaults
+/// give the platform domain an energy unit of one joule; `arch/x86/events/rapl.c`: their unit
+/// quirk sets the psys unit to 2^0), and, unlike Haswell-X to Ice Lake-X, count DRAM in the
+/// unit the register gives (the fixed DRAM unit was dropped for them).
+#[test]
+fn sapphire_rapids_counts_the_platform_in_joules() {
+    for model in [0x8F, 0xCF] {
+        let dir = tempfile::tempdir().unwrap();
+        machine(
+            dir.path(),
+            "GenuineIntel",
+            6,
+            model,
+            &[0, 56],
+            &[
+                (0x606, 0xA0E03),
+                (0x611, 0x1000),
+                (0x619, 0x2000),
+                (0x639, 0),
+                (0x641, 0),
+                (0x64D, 0x30),
+            ],
+        );
+        let found = msr::discover(&roots_at(dir.path()));
+        assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+        let units: Vec<(String, f64)> = summary(&found)
+            .into_iter()
+            .map(|(id, _, _, _, unit)| (id, unit))
+            .collect();
+        assert_eq!(
+            units,
+            vec![
+                ("msr:0:package".to_string(), ESU14),
+                ("msr:0:dram".to_string(), ESU14),
+                ("msr:0:psys".to_string(), 1.0),
+                ("msr:1:package".to_string(), ESU14),
+                ("msr:1:dram".to_string(), ESU14),
+                ("msr:1:psys".to_string(), 1.0),
+            ],
+            "model {model:#x}"
+        );
+    }
+    // A client part's platform counter keeps the register's unit.
+    let dir = tempfile::tempdir().unwrap();
+    machine(
+        dir.path(),
+        "GenuineIntel",
+        6,
+        0x97,
+        &[0],
+        &[(0x606, 0xA0E03), (0x611, 0x1000), (0x64D, 0x30)],
+    );
+    let found = msr::discover(&roots_at(dir.path()));
+    let psys: Vec<f64> = summary(&found)
+        .into_iter()
+        .filter(|s| s.1 == Domain::Psys)
+        .map(|s| s.4)
+        .collect();
+    assert_eq!(psys, vec![ESU14]);
+}

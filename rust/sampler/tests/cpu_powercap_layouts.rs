@@ -375,3 +375,124 @@ fn energy_readable_by_root_only() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
 }
+
+/// A two-socket Xeon 6 (Granite Rapids) whose RAPL registers are reached through TPMI, under a
+/// kernel whose TPMI driver registers its own control type, `intel-rapl-tpmi` (Intel's
+/// out-of-tree driver and distribution backports; mainline's `intel_rapl_tpmi.c` registers
+/// `intel-rapl`). The zones are those of the common RAPL code (`intel_rapl_common.c`): per
+/// package `package-N` with its `dram` inside, and the platform domain beside it, `psys` for
+/// the package with id 0 and `psys-N` for the others, each registered with its package so the
+/// top-level numbers interleave.
+#[test]
+fn tpmi_zones_under_their_own_control_type_are_rapl_zones() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = dir.path().join("sys");
+    let t = "intel-rapl-tpmi/intel-rapl-tpmi";
+    zone(&sys, &format!("{t}:0"), "package-0", 100, 1);
+    zone(&sys, &format!("{t}:0/intel-rapl-tpmi:0:0"), "dram", 10, 0);
+    zone(&sys, &format!("{t}:1"), "psys", 500, 0);
+    zone(&sys, &format!("{t}:2"), "package-1", 200, 1);
+    zone(&sys, &format!("{t}:2/intel-rapl-tpmi:2:0"), "dram", 20, 0);
+    zone(&sys, &format!("{t}:3"), "psys-1", 600, 0);
+    let roots = roots_at(dir.path());
+    let mut found = powercap::discover(&roots);
+    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+    let s = " (intel-rapl-tpmi)";
+    assert_eq!(
+        summary(&found),
+        vec![
+            row(
+                "intel-rapl-tpmi:0",
+                Domain::Package,
+                0,
+                &format!("package-0{s}")
+            ),
+            row(
+                "intel-rapl-tpmi:0:0",
+                Domain::Dram,
+                0,
+                &format!("dram (package 0){s}")
+            ),
+            row("intel-rapl-tpmi:1", Domain::Psys, 0, &format!("psys{s}")),
+            row(
+                "intel-rapl-tpmi:2",
+                Domain::Package,
+                1,
+                &format!("package-1{s}")
+            ),
+            row(
+                "intel-rapl-tpmi:2:0",
+                Domain::Dram,
+                1,
+                &format!("dram (package 1){s}")
+            ),
+            row("intel-rapl-tpmi:3", Domain::Psys, 1, &format!("psys-1{s}")),
+        ]
+    );
+    assert_eq!(read(&mut found, "powercap:intel-rapl-tpmi:2"), 200);
+    let (chosen, alternatives) = choose(&roots);
+    assert_eq!(chosen.len(), 6, "{chosen:?}");
+    assert!(alternatives.is_empty(), "{alternatives:?}");
+
+    // Where the MSR interface also publishes the packages, its zones measure them and the
+    // TPMI zones of the same packages are alternatives: nothing is counted twice.
+    zone(&sys, "intel-rapl/intel-rapl:0", "package-0", 101, 1);
+    zone(&sys, "intel-rapl/intel-rapl:1", "package-1", 201, 1);
+    let (chosen, alternatives) = choose(&roots);
+    assert_eq!(
+        chosen,
+        [
+            "powercap:intel-rapl:0",
+            "powercap:intel-rapl:1",
+            "powercap:intel-rapl-tpmi:0:0",
+            "powercap:intel-rapl-tpmi:2:0",
+            "powercap:intel-rapl-tpmi:1",
+            "powercap:intel-rapl-tpmi:3",
+        ]
+    );
+    assert_eq!(
+        alternatives,
+        ["powercap:intel-rapl-tpmi:0", "powercap:intel-rapl-tpmi:2"]
+    );
+}
+
+/// The per-CCD layout of AMD's zones (every `package-N-die-M` zone of a package reads the
+/// package's one counter) is recognised from the zones themselves where `/proc/cpuinfo` does
+/// not name the vendor: a `/proc` without it, or one of another machine. Die zones that read
+/// one counter value and range are one counter; Intel's per-die counters (Cascade Lake-AP),
+/// which differ, stay one source per die.
+#[test]
+fn per_ccd_zones_are_recognised_without_the_vendor() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let intel = elsewhere.path().join("intel");
+    fs::create_dir_all(&intel).unwrap();
+    fs::write(
+        intel.join("cpuinfo"),
+        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n",
+    )
+    .unwrap();
+    for proc in [elsewhere.path().join("none"), intel] {
+        let mut roots = roots_at(&fixture("amd-zen4-ccd-2s"));
+        roots.proc = proc.clone();
+        let found = powercap::discover(&roots);
+        assert_eq!(
+            summary(&found),
+            vec![
+                row("intel-rapl:0", Domain::Package, 0, "package-0"),
+                row("intel-rapl:8", Domain::Package, 1, "package-1"),
+            ],
+            "{proc:?}"
+        );
+        let (chosen, _) = choose(&roots);
+        assert_eq!(chosen.len(), 2, "{proc:?}: {chosen:?}");
+
+        let mut roots = roots_at(&fixture("intel-clx-ap-2s"));
+        roots.proc = proc.clone();
+        let dies = powercap::discover(&roots)
+            .sources
+            .iter()
+            .filter(|s| s.info().domain == Domain::Package)
+            .count();
+        assert_eq!(dies, 4, "{proc:?}");
+    }
+}

@@ -420,3 +420,66 @@ fn root_only_counters_are_explained() {
     assert!(u.reason.contains("permission denied"), "{u:?}");
     assert_eq!(u.hint, hwmon::PERMISSION_HINT);
 }
+
+/// An amdgpu card's hwmon directory, as `amdgpu_pm.c` lays it out on a kernel that lists both
+/// `power1_average` and `power1_input` whatever the firmware supports (before the driver hid
+/// the unsupported one): the board power in µW, `power1_label` `PPT`, the caps beside it. The
+/// file the firmware lacks fails on read (`EOPNOTSUPP` from the driver; here a directory in its
+/// place, whose read fails too). The other file measures the GPU.
+#[test]
+fn amdgpu_power_file_that_fails_leaves_the_other_one_measuring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let gpu = |n: u32, bdf: &str| {
+        chip(
+            root,
+            &format!("pci0000:00/0000:00:03.1/{bdf}"),
+            n,
+            &[
+                (false, "name", "amdgpu\n"),
+                (false, "power1_label", "PPT\n"),
+                (false, "power1_cap", "255000000\n"),
+                (false, "power1_cap_max", "293000000\n"),
+            ],
+        )
+    };
+    // An RX 6800-like card: no instantaneous power, an average of 42.5 W.
+    let older = gpu(2, "0000:0b:00.0");
+    fs::create_dir(older.join("power1_input")).unwrap();
+    fs::write(older.join("power1_average"), "42500000\n").unwrap();
+    // An RDNA 3-like card: instantaneous power of 61 W, no average.
+    let newer = gpu(3, "0000:0e:00.0");
+    fs::write(newer.join("power1_input"), "61000000\n").unwrap();
+    fs::create_dir(newer.join("power1_average")).unwrap();
+    // A card neither of whose files answers.
+    let broken = gpu(4, "0000:11:00.0");
+    fs::create_dir(broken.join("power1_input")).unwrap();
+    fs::create_dir(broken.join("power1_average")).unwrap();
+
+    let mut opts = options(root);
+    opts.amdsmi_library = Some(root.join("missing/libamd_smi.so"));
+    let mut d = discover::discover(&opts);
+    let chosen: Vec<(String, String)> = d
+        .chosen
+        .iter()
+        .map(|s| (s.info().id.clone(), s.info().label.clone()))
+        .collect();
+    assert_eq!(chosen.len(), 2, "{chosen:?} {:?}", d.unavailable);
+    assert_eq!(chosen[0].0, "hwmon:amdgpu:0000:0b:00.0:power1");
+    assert!(chosen[0].1.contains("power1_average"), "{chosen:?}");
+    assert_eq!(chosen[1].0, "hwmon:amdgpu:0000:0e:00.0:power1");
+    assert!(chosen[1].1.contains("power1_input"), "{chosen:?}");
+    assert_eq!(d.chosen[0].read().unwrap(), Reading::Power(42.5));
+    assert_eq!(d.chosen[1].read().unwrap(), Reading::Power(61.0));
+    let broken_entry = d
+        .unavailable
+        .iter()
+        .find(|u| u.what.ends_with("hwmon4"))
+        .unwrap_or_else(|| panic!("the broken card is not explained: {:?}", d.unavailable));
+    assert!(
+        broken_entry.reason.contains("power1_input")
+            && broken_entry.reason.contains("power1_average"),
+        "{broken_entry:?}"
+    );
+    assert!(!broken_entry.hint.is_empty(), "{broken_entry:?}");
+}

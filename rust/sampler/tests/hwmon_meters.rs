@@ -370,3 +370,74 @@ fn a_meter_polled_faster_than_it_updates_is_not_taken_as_idle() {
     );
     s.stop();
 }
+
+/// ACPI (section 10.4, Power Meters) gives an unknown value as an integer with every bit set,
+/// 32 or 64 bits wide, and `acpi_power_meter.c` before it checked for that printed `_PMM`'s
+/// answer times 1000 as it was: `power1_average` then reads 4294967295000 (the 32-bit one) or
+/// 18446744073709550616 (the 64-bit one, wrapped), and an unknown `_GAI` makes
+/// `power1_average_interval` read 4294967295 ms. Neither is a measurement: a meter that says
+/// its reading is unknown is explained, never read as megawatts, and an unknown window is no
+/// window (the reading is not moved back by one).
+#[test]
+fn a_meter_whose_firmware_says_unknown_is_no_reading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let acpi = "LNXSYSTM:00/LNXSYBUS:00";
+    // The old hwmon interface (name and files on the ACPI device), 32-bit unknown.
+    chip(
+        root,
+        &format!("{acpi}/ACPI000D:00"),
+        1,
+        &[
+            (true, "name", "power_meter\n"),
+            (true, "power1_average", "4294967295000\n"),
+            (true, "power1_average_interval", "1000\n"),
+            (true, "power1_is_battery", "0\n"),
+        ],
+    );
+    // The newer one (files in the hwmon directory), 64-bit unknown.
+    chip(
+        root,
+        &format!("{acpi}/ACPI000D:01"),
+        2,
+        &[
+            (false, "name", "power_meter\n"),
+            (false, "power1_average", "18446744073709550616\n"),
+            (false, "power1_average_interval", "1000\n"),
+        ],
+    );
+    // A meter that measures, over a window the firmware does not know.
+    chip(
+        root,
+        &format!("{acpi}/ACPI000D:02"),
+        3,
+        &[
+            (false, "name", "power_meter\n"),
+            (false, "power1_average", "250000000\n"),
+            (false, "power1_average_interval", "4294967295\n"),
+        ],
+    );
+    let mut found = hwmon::discover(&roots_at(root), 0);
+    let ids: Vec<String> = found.sources.iter().map(|s| s.info().id.clone()).collect();
+    assert_eq!(
+        ids,
+        ["hwmon:power_meter:ACPI000D:02:power1"],
+        "{:?}",
+        found.unavailable
+    );
+    for dev in ["hwmon1/device/power1_average", "hwmon2/power1_average"] {
+        let u = found
+            .unavailable
+            .iter()
+            .find(|u| u.what.ends_with(dev))
+            .unwrap_or_else(|| panic!("{dev} not explained: {:?}", found.unavailable));
+        assert!(u.reason.contains("unknown"), "{u:?}");
+        assert!(u.hint.contains("no power reading now"), "{u:?}");
+    }
+    let src = &found.sources[0];
+    assert_eq!(src.info().interval, Duration::from_secs(1));
+    let (w, ago) = power_at(read(&mut found, "hwmon:power_meter:ACPI000D:02:power1"));
+    assert_eq!(w, 250.0);
+    // With a window of 4294967295 ms taken as said, the reading would stand 4 s back.
+    assert!(ago < Duration::from_secs(3), "{ago:?}");
+}

@@ -6,7 +6,8 @@
 //! unit in `MSR_RAPL_POWER_UNIT` (0x606, bits 12:8: one unit is 2^-ESU joules) and 32-bit
 //! counters for the package (0x611), DRAM (0x619), cores (PP0, 0x639), the uncore or graphics
 //! (PP1, 0x641) and the platform (psys, 0x64D). Some server parts count DRAM in a fixed unit of
-//! 2^-16 J (15.3 µJ) whatever 0x606 says. AMD (family 17h and later) and Hygon use 0xC0010299
+//! 2^-16 J (15.3 µJ) whatever 0x606 says, and Sapphire and Emerald Rapids servers count the
+//! platform in whole joules. AMD (family 17h and later) and Hygon use 0xC0010299
 //! for the unit and 0xC001029B for the package counter.
 
 use std::collections::BTreeMap;
@@ -50,6 +51,11 @@ pub const INTEL_FIXED_DRAM_UNIT_MODELS: [u32; 8] = [0x3F, 0x4F, 0x56, 0x55, 0x6A
 /// The fixed DRAM energy unit of the models in [`INTEL_FIXED_DRAM_UNIT_MODELS`], in joules.
 pub const FIXED_DRAM_UNIT_J: f64 = 1.0 / 65536.0;
 
+/// Intel family-6 models whose platform (psys) counter counts whole joules whatever 0x606 says:
+/// Sapphire Rapids and Emerald Rapids servers (the kernel's RAPL driver gives their platform
+/// domain an energy unit of one joule, and its perf PMU the same unit).
+pub const INTEL_JOULE_PSYS_UNIT_MODELS: [u32; 2] = [0x8F, 0xCF];
+
 /// Every counter register is 32 bits wide.
 pub const COUNTER_WRAP: u64 = 1 << 32;
 
@@ -77,6 +83,11 @@ pub fn energy_unit_j(unit_register: u64) -> f64 {
 /// Whether an Intel family/model counts DRAM energy in the fixed 2^-16 J unit.
 pub fn has_fixed_dram_unit(family: u32, model: u32) -> bool {
     family == 6 && INTEL_FIXED_DRAM_UNIT_MODELS.contains(&model)
+}
+
+/// Whether an Intel family/model counts platform (psys) energy in whole joules.
+pub fn has_joule_psys_unit(family: u32, model: u32) -> bool {
+    family == 6 && INTEL_JOULE_PSYS_UNIT_MODELS.contains(&model)
 }
 
 /// The processor families this backend knows registers for.
@@ -260,10 +271,10 @@ pub fn discover(roots: &Roots) -> Found {
                 Ok(v) if v & (COUNTER_WRAP - 1) != 0 => {}
                 _ => continue,
             }
-            let joules_per_unit = if domain == Domain::Dram && has_fixed_dram_unit(family, model) {
-                FIXED_DRAM_UNIT_J
-            } else {
-                unit_j
+            let joules_per_unit = match domain {
+                Domain::Dram if has_fixed_dram_unit(family, model) => FIXED_DRAM_UNIT_J,
+                Domain::Psys if has_joule_psys_unit(family, model) => 1.0,
+                _ => unit_j,
             };
             let label = match domain {
                 Domain::Package => format!("{} (msr)", part.package_name()),
@@ -323,5 +334,11 @@ mod tests {
         assert!(has_fixed_dram_unit(6, 0x85));
         assert!(!has_fixed_dram_unit(6, 0x9E));
         assert!(!has_fixed_dram_unit(0x19, 0x55));
+        assert!(
+            !has_fixed_dram_unit(6, 0x8F),
+            "Sapphire Rapids: DRAM in 0x606's unit"
+        );
+        assert!(has_joule_psys_unit(6, 0x8F) && has_joule_psys_unit(6, 0xCF));
+        assert!(!has_joule_psys_unit(6, 0x97) && !has_joule_psys_unit(0x19, 0x8F));
     }
 }

@@ -5,6 +5,12 @@
 //! `power1_input` (the current socket power, on recent parts and kernels) or `power1_average`
 //! (a short-window average, on older ones). There is no energy counter: the power is integrated
 //! ([`Method::IntegratedPower`]).
+//!
+//! Both files can be present while only one answers: kernels before the driver hid the sensor
+//! a GPU's firmware lacks (`amdgpu_pm.c`, "not all products support both average and
+//! instantaneous") publish both, and a read of the missing one fails (`EOPNOTSUPP`); an RDNA 3
+//! card has no average, most older ones no instantaneous power. So every file present is tried,
+//! in order of preference, and the first that reads is measured.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -24,8 +30,8 @@ pub(super) struct AmdgpuHwmon {
     pub(super) dir: PathBuf,
     /// The GPU's PCI address (`dddd:bb:dd.f`), from the `device` link.
     pub(super) bdf: String,
-    /// The power file this directory has, if any.
-    pub(super) power: Option<PathBuf>,
+    /// The power files this directory has, in order of preference ([`POWER_FILES`]).
+    pub(super) powers: Vec<PathBuf>,
 }
 
 /// Every hwmon directory named `amdgpu` that belongs to a PCI device, by PCI address.
@@ -42,8 +48,12 @@ pub(super) fn find(sys: &Path) -> Vec<AmdgpuHwmon> {
                 return None;
             }
             let bdf = pci_address(&dir.join("device"))?;
-            let power = POWER_FILES.iter().map(|f| dir.join(f)).find(|p| p.exists());
-            Some(AmdgpuHwmon { dir, bdf, power })
+            let powers = POWER_FILES
+                .iter()
+                .map(|f| dir.join(f))
+                .filter(|p| p.exists())
+                .collect();
+            Some(AmdgpuHwmon { dir, bdf, powers })
         })
         .collect();
     out.sort_by(|a, b| a.bdf.cmp(&b.bdf));
@@ -97,6 +107,57 @@ impl EnergySource for HwmonGpu {
 
     fn read(&mut self) -> Result<Reading, Error> {
         read_watts(&self.file, &self.path).map(Reading::Power)
+    }
+}
+
+/// Opens the first of `powers` that reads, with its watts: a kernel may publish both files, of
+/// which the firmware answers one. Otherwise why each failed (one sentence) and what to do.
+pub(super) fn open_first(powers: &[PathBuf]) -> Result<(PathBuf, File, f64), (String, String)> {
+    let mut failed: Vec<(String, Error)> = Vec::new();
+    for path in powers {
+        let read = File::open(path)
+            .map_err(|e| Error::io(path, e, ""))
+            .and_then(|file| match read_watts(&file, path) {
+                Ok(w) => Ok((file, w)),
+                // The file opened, so this is the driver refusing the read (EPERM while the
+                // GPU is in reset or suspended), not the file's mode.
+                Err(Error::Permission { .. }) => Err(Error::Io {
+                    path: path.clone(),
+                    source: std::io::Error::from_raw_os_error(libc::EPERM),
+                }),
+                Err(e) => Err(e),
+            });
+        match read {
+            Ok((file, watts)) => return Ok((path.clone(), file, watts)),
+            Err(e) => failed.push((path.display().to_string(), e)),
+        }
+    }
+    let reasons: Vec<String> = failed
+        .iter()
+        .map(|(p, e)| match e {
+            Error::Io { source, .. } => format!("{p}: {}", read_error(source)),
+            other => other.to_string(),
+        })
+        .collect();
+    let hint = match failed.first().map(|(_, e)| e) {
+        Some(Error::Permission { .. }) => "make the file readable by this user".to_string(),
+        Some(e) => e.hint().into_owned(),
+        None => String::new(),
+    };
+    Err((reasons.join("; "), hint))
+}
+
+/// What a failed read of an amdgpu power file means.
+pub(super) fn read_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => {
+            format!("{e} (the GPU's firmware has no such sensor; the driver still lists it)")
+        }
+        Some(libc::ENODATA) => format!("{e} (the sensor has no value now)"),
+        Some(libc::EPERM) => {
+            format!("{e} (the driver refuses reads while the GPU is in reset or suspended)")
+        }
+        _ => e.to_string(),
     }
 }
 

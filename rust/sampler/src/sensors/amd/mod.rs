@@ -48,7 +48,6 @@ mod pairs;
 mod sysfs;
 mod visible;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -406,7 +405,7 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
             hint: hint.to_string(),
         })
     };
-    let Some(path) = h.power.clone() else {
+    if h.powers.is_empty() {
         return Err(unavailable(
             h.dir.display().to_string(),
             format!(
@@ -417,16 +416,17 @@ fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<
             ),
             "",
         ));
-    };
-    let file = File::open(&path).map_err(|e| {
+    }
+    let (path, file, watts) = hwmon::open_first(&h.powers).map_err(|(reasons, hint)| {
         unavailable(
-            path.display().to_string(),
-            format!("cannot open: {e}"),
-            "make the file readable by this user",
+            h.dir.display().to_string(),
+            format!(
+                "no power file of GPU {} (PCI {}) can be read: {reasons}",
+                g.index, g.bdf
+            ),
+            &hint,
         )
     })?;
-    let watts = hwmon::read_watts(&file, &path)
-        .map_err(|e| unavailable(path.display().to_string(), e.to_string(), &e.hint()))?;
     if watts == 0.0 {
         return Err(unavailable(
             path.display().to_string(),

@@ -166,7 +166,8 @@ pub(super) fn power_meter(chip: &Chip, out: &mut Vec<Plan>, un: &mut Vec<Unavail
     let oem = read_text(&dir.join("power1_oem_info")).unwrap_or_default();
     let window = read_text(&dir.join("power1_average_interval"))
         .and_then(|t| t.parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
+        // All bits set is ACPI's "unknown" (32 or 64 bits wide): no window said.
+        .filter(|ms| *ms > 0 && *ms != u64::from(u32::MAX) && *ms != u64::MAX)
         .map(Duration::from_millis);
     let interval = window.map_or(Duration::from_secs(1), |w| {
         w.clamp(Duration::from_millis(50), Duration::from_secs(1))

@@ -154,7 +154,7 @@ fn open(chip: &Chip, plan: Plan) -> Result<HwmonSource, Box<Unavailable>> {
             (Probe::Sum(parts), Method::Counter, Some(spec), first)
         }
         Kind::Meter(path, window) => {
-            let (a, v) = Attr::open(&path).map_err(|e| fail(&path, e))?;
+            let (a, v) = Attr::open_acpi_meter(&path).map_err(|e| fail(&path, e))?;
             // The average stands for the middle of its window; for windows of many poll
             // intervals, at most 4 intervals back, so that (with the reader thread's age) a
             // region waits no longer for the meter than the sampler waits for any source.
@@ -162,7 +162,10 @@ fn open(chip: &Chip, plan: Plan) -> Result<HwmonSource, Box<Unavailable>> {
             let probe = match Background::start(a, v, plan.interval, &chip.device) {
                 Ok(b) => Probe::AverageBackground(b, half),
                 // No thread to be had: read it in the sampler's thread.
-                Err(_) => Probe::Average(Attr::open(&path).map_err(|e| fail(&path, e))?.0, half),
+                Err(_) => Probe::Average(
+                    Attr::open_acpi_meter(&path).map_err(|e| fail(&path, e))?.0,
+                    half,
+                ),
             };
             (probe, Method::IntegratedPower, None, path)
         }
@@ -257,9 +260,27 @@ fn unavailable_from_error(path: &Path, err: Error) -> Unavailable {
 }
 
 fn io_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::InvalidData {
+        // An ACPI meter's all-ones "unknown" reading (see `read::ACPI_UNKNOWN_UW`).
+        return "The firmware (or the BMC behind it) has no power reading now; check the meter \
+                in the BMC's interface. Everything else is measured without it.";
+    }
     match e.raw_os_error() {
         // ENODATA: hwmon's "no value now" (a disabled or unpowered channel).
         Some(libc::ENODATA) => "The channel has no value now (disabled, or its device is off).",
+        // The driver lists the attribute, but the device's firmware has no such sensor.
+        Some(libc::EOPNOTSUPP) => {
+            "The device does not support this reading although its driver lists it; nothing \
+             to do (a newer kernel hides it)."
+        }
+        Some(libc::EIO) | Some(libc::ETIMEDOUT) => {
+            "The device did not answer (firmware, bus or sensor error): see dmesg; measuring \
+             goes on without it."
+        }
+        Some(libc::EAGAIN) | Some(libc::EBUSY) => {
+            "The device was busy when it was asked; restart the measurement to look for it \
+             again."
+        }
         _ => "Check that the file is readable (cat it); a device or driver error shows in dmesg.",
     }
 }

@@ -23,15 +23,34 @@ const PARSE_RETRIES: u32 = 4;
 pub(super) struct Attr {
     file: File,
     path: PathBuf,
+    /// An ACPI power meter's reading, which may say "unknown" ([`ACPI_UNKNOWN_UW`]).
+    acpi_meter: bool,
 }
+
+/// What an ACPI power meter's `power1_average` shows when the firmware's `_PMM` answers
+/// "unknown": ACPI (section 10.4, Power Meters) gives an unknown value as an integer with every
+/// bit set, 32 or 64 bits wide, and kernels before the driver checked for it print it times
+/// 1000 (`%llu` of `power * 1000`, the 64-bit one wrapped). Read as no value, never as watts.
+pub(super) const ACPI_UNKNOWN_UW: [u64; 2] = [0xFFFF_FFFF * 1000, u64::MAX.wrapping_mul(1000)];
 
 impl Attr {
     /// Opens `path` and reads it once, so that a file that cannot be read is found now.
     pub(super) fn open(path: &Path) -> Result<(Attr, i64), Error> {
+        Self::open_as(path, false)
+    }
+
+    /// [`Attr::open`] for an ACPI power meter's `power1_average`: a reading the firmware says
+    /// is unknown is an error, not a value.
+    pub(super) fn open_acpi_meter(path: &Path) -> Result<(Attr, i64), Error> {
+        Self::open_as(path, true)
+    }
+
+    fn open_as(path: &Path, acpi_meter: bool) -> Result<(Attr, i64), Error> {
         let file = File::open(path).map_err(|e| Error::io(path, e, READ_HINT))?;
         let mut attr = Attr {
             file,
             path: path.to_path_buf(),
+            acpi_meter,
         };
         let v = attr.read()?;
         Ok((attr, v))
@@ -44,7 +63,23 @@ impl Attr {
 
     /// Reads the file's integer (hwmon values are signed decimal integers).
     pub(super) fn read(&mut self) -> Result<i64, Error> {
-        ATTR_FILE.read(&self.file, &self.path, parse_int)
+        if !self.acpi_meter {
+            return ATTR_FILE.read(&self.file, &self.path, parse_int);
+        }
+        let v = ATTR_FILE.read(&self.file, &self.path, |b| {
+            match crate::sensors::powercap::parse_counter(b) {
+                Some(u) if ACPI_UNKNOWN_UW.contains(&u) => Some(None),
+                _ => parse_int(b).map(Some),
+            }
+        })?;
+        v.ok_or_else(|| Error::Io {
+            path: self.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the meter reports its reading as unknown (the firmware's all-ones value): it \
+                 has no measurement now",
+            ),
+        })
     }
 }
 
@@ -233,6 +268,25 @@ mod tests {
         assert_eq!(parse_int(b"1.5"), None);
         assert_eq!(parse_int(b"1 2"), None);
         assert_eq!(parse_int(&[0xff, b'1']), None);
+    }
+
+    #[test]
+    fn an_acpi_meter_that_turns_unknown_is_an_error_until_it_measures_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("power1_average");
+        std::fs::write(&path, "180000000\n").unwrap();
+        let (mut meter, v) = Attr::open_acpi_meter(&path).unwrap();
+        assert_eq!(v, 180_000_000);
+        for unknown in ["4294967295000\n", "18446744073709550616\n"] {
+            std::fs::write(&path, unknown).unwrap();
+            let e = meter.read().unwrap_err().to_string();
+            assert!(e.contains("unknown"), "{e}");
+        }
+        std::fs::write(&path, "181000000\n").unwrap();
+        assert_eq!(meter.read().unwrap(), 181_000_000);
+        // Other attributes read the same digits as the number they are.
+        std::fs::write(&path, "4294967295000\n").unwrap();
+        assert_eq!(Attr::open(&path).unwrap().1, 4_294_967_295_000);
     }
 
     #[test]

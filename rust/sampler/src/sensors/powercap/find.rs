@@ -108,7 +108,6 @@ pub fn discover(roots: &Roots) -> Found {
         return found;
     }
 
-    let amd = zones::is_amd(&roots.proc);
     let names: BTreeMap<&str, io::Result<String>> = rapl
         .iter()
         .map(|z| {
@@ -116,6 +115,9 @@ pub fn discover(roots: &Roots) -> Found {
             (z.name.as_str(), name)
         })
         .collect();
+    // AMD's layout, by the vendor or, where that is not known, by die zones that read one
+    // counter.
+    let amd = zones::is_amd(&roots.proc) || zones::dies_share_counter(&rapl, &names);
     // On AMD the first zone of each package stands for it (later die zones repeat it).
     let mut first_of_package: BTreeMap<(String, u32), String> = BTreeMap::new();
     for z in &rapl {

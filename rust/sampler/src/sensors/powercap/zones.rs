@@ -18,9 +18,12 @@
 //!   one per socket). Sub-zones of a package are `core`, `uncore` and `dram`.
 //! - Control types: `intel-rapl` (the MSR interface, which also serves AMD and Hygon processors,
 //!   and the TPMI interface of newer Xeons, whose zones are `package-N` with `dram` inside and
-//!   `psys`/`psys-N` beside), `intel-rapl-mmio` (the same package and DRAM counters again,
-//!   through the processor thermal device's MMIO window, as `package-0`). Other control types
-//!   (`dtpm`, Arm SCMI's) are power-limit controls, not RAPL energy counters.
+//!   `psys`/`psys-N` beside), `intel-rapl-tpmi` (the name Intel's out-of-tree and some
+//!   distribution backports of the TPMI driver register instead, with the same zones), and
+//!   `intel-rapl-mmio` (the same package and DRAM counters again, through the processor
+//!   thermal device's MMIO window, as `package-0`). A zone of one control type that measures
+//!   what a zone of another already measures is an alternative, not a second counter. Other
+//!   control types (`dtpm`, Arm SCMI's) are power-limit controls, not RAPL energy counters.
 //! - On AMD the `core` zone reads the core energy register of the package's first CPU: one core,
 //!   not the package's cores.
 //! - `energy_uj` is mode 0400 (root only) since the PLATYPUS mitigation; `enabled` reports
@@ -35,7 +38,7 @@ use std::path::{Path, PathBuf};
 use crate::sensors::Domain;
 
 /// RAPL control types, in the order their zones are preferred and listed.
-pub const RAPL_CONTROLS: [&str; 2] = ["intel-rapl", "intel-rapl-mmio"];
+pub const RAPL_CONTROLS: [&str; 3] = ["intel-rapl", "intel-rapl-tpmi", "intel-rapl-mmio"];
 
 /// A zone directory found in the tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,6 +205,43 @@ pub fn kind_of_name(name: &str) -> ZoneKind {
         "dram" => ZoneKind::Part(Domain::Dram),
         _ => ZoneKind::Unknown,
     }
+}
+
+/// Whether the die zones of some package (two or more `package-N-die-M` zones of one control
+/// type) all read the same non-zero counter value and range: one counter shown once per die, as
+/// AMD's per-CCD zones are. Independent per-die counters (Intel's) never agree to the
+/// microjoule. This tells the AMD layout apart where `/proc/cpuinfo` does not say the vendor
+/// (a tree without it, or a `/proc` that is not the tree's machine's).
+pub fn dies_share_counter(zones: &[&ZoneDir], names: &BTreeMap<&str, io::Result<String>>) -> bool {
+    // Per package: each die zone's (energy_uj, max_energy_range_uj), where both read.
+    type Readings = Vec<Option<(u64, u64)>>;
+    let mut by_package: BTreeMap<(&str, u32), Readings> = BTreeMap::new();
+    for z in zones {
+        let Some(Ok(name)) = names.get(z.name.as_str()) else {
+            continue;
+        };
+        if let ZoneKind::Package {
+            package,
+            die: Some(_),
+        } = kind_of_name(name)
+        {
+            let number = |f: &str| {
+                let text = fs::read(z.dir.join(f)).ok()?;
+                super::parse_counter(&text)
+            };
+            let value = number("energy_uj").zip(number("max_energy_range_uj"));
+            by_package
+                .entry((z.control.as_str(), package))
+                .or_default()
+                .push(value);
+        }
+    }
+    by_package.values().any(|values| {
+        values.len() > 1
+            && values
+                .iter()
+                .all(|v| v.is_some_and(|(e, _)| e > 0) && *v == values[0])
+    })
 }
 
 /// Whether `<proc>/cpuinfo` names an AMD or Hygon processor (whose RAPL counters are per
