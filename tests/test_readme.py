@@ -1,0 +1,659 @@
+"""The README holds: its Python examples run, its Settings table names real settings with their
+real defaults, its commands parse, its ``CARBONCTX_*`` variables are read, its links resolve.
+
+Python blocks run in a fresh interpreter against simulated hardware (``sim.env()``), with every
+provider pointed at a closed loopback port and an audit hook that refuses any other network
+connection. Names a block uses without defining them must be placeholders listed here (the
+reader's own code: ``train_one_epoch``, a Trainer's ``model``...), for which the test supplies a
+small stand-in. A block that cannot run here is marked in the README with an HTML comment right
+before it: ``<!-- readme-test: skip (why) -->``, or ``<!-- readme-test: join -->`` to run it after
+the Python block before it; markers are kept rare (see ``MAX_MARKERS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import builtins
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from carbonctx import _cli, errors
+from carbonctx._carbon.zones import resolve_zone
+from carbonctx._config import (
+    DEFAULT_URLS,
+    ESTIMATE_MODES,
+    FORK_MODES,
+    SIGNALS,
+    Settings,
+    carbon_settings,
+    from_env,
+    log_dir,
+    progress,
+    redfish,
+)
+from carbonctx.errors import ConfigurationError
+from carbonctx.testing import SimulatedMachine
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+README_TEXT = README.read_text(encoding="utf-8")
+#: Generous bound on one README block (a tiny Trainer run on the CPU included): a hang fails.
+BLOCK_TIMEOUT_S = 50
+#: Markers that keep a block from running on its own; a README that needs more is a README
+#: whose examples are not examples.
+MAX_MARKERS = 2
+
+# ------------------------------------------------------------------------------- the blocks
+
+
+@dataclass
+class Block:
+    lang: str
+    code: str
+    line: int  # 1-based line of the opening fence
+    marker: str | None = None  # the readme-test marker right before it, if any
+
+
+_FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
+_MARKER = re.compile(r"<!--\s*readme-test:\s*(.*?)\s*-->\s*\Z", re.S)
+
+
+def blocks(text: str = README_TEXT) -> list[Block]:
+    out = []
+    for m in _FENCE.finditer(text):
+        before = text[: m.start()]
+        marker = _MARKER.search(before.rstrip() + "\n" if before.strip() else "")
+        out.append(
+            Block(
+                lang=m[1],
+                code=m[2],
+                line=before.count("\n") + 1,
+                marker=marker[1] if marker else None,
+            )
+        )
+    return out
+
+
+def python_blocks() -> list[Block]:
+    """The README's Python blocks, each joined onto its predecessor where marked ``join``."""
+    out: list[Block] = []
+    for b in blocks():
+        if b.lang != "python":
+            continue
+        if b.marker == "join":
+            assert out, f"README line {b.line}: 'join' marker on the first Python block"
+            prev = out[-1]
+            out[-1] = Block("python", prev.code + "\n" + b.code, prev.line, prev.marker)
+        else:
+            out.append(b)
+    return out
+
+
+def test_markers_are_known_and_few() -> None:
+    markers = [(b.line, b.marker) for b in blocks() if b.marker is not None]
+    for line, marker in markers:
+        assert marker == "join" or re.fullmatch(r"skip \(.+\)", marker), (
+            f"README line {line}: unknown marker {marker!r}; use 'skip (why)' or 'join'"
+        )
+    assert len(markers) <= MAX_MARKERS, f"README blocks kept from running alone: {markers}"
+    assert python_blocks(), "the README shows no Python"
+
+
+def _free_names(code: str) -> set[str]:
+    """Names the block reads but never binds (builtins aside): what it expects from elsewhere."""
+    tree = ast.parse(code)
+    bound: set[str] = set()
+    loaded: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return loaded - bound - set(dir(builtins))
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """Code standing for the reader's own objects, the modules it needs, and checks of what the
+    README says about the result (run after the block)."""
+
+    setup: str
+    needs: tuple[str, ...] = ()
+    check: str = ""
+
+
+_LOOP = StandIn(
+    setup="import time\n\ndef train_one_epoch():\n    time.sleep(0.002)\n",
+)
+_TRAINER = StandIn(
+    needs=("torch", "transformers"),
+    setup='''
+import torch, transformers
+from transformers import Trainer, TrainingArguments
+
+class _Tokens(torch.utils.data.Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = (torch.randint(0, 64, (n, 1), generator=g) + torch.arange(16)) % 64
+    def __len__(self):
+        return len(self.ids)
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+torch.manual_seed(0)
+model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+    vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0))
+args = TrainingArguments(
+    output_dir="hf-out", per_device_train_batch_size=8, num_train_epochs=1, logging_steps=2,
+    eval_strategy="epoch", save_strategy="no", report_to="none", use_cpu=True,
+    disable_tqdm=True, dataloader_num_workers=0, seed=0)
+train, val = _Tokens(32, 1), _Tokens(16, 2)
+''',
+    # "every log gets energy_j, co2_g, energy_j_per_sample, ..."; the callback's own figures.
+    check='''
+_train_logs = [h for h in trainer.state.log_history if "loss" in h]
+assert _train_logs, trainer.state.log_history
+for _h in _train_logs:
+    assert _h["energy_j"] > 0 and _h["co2_g"] > 0 and _h["energy_j_per_sample"] > 0, _h
+assert any("eval_energy_j" in _h for _h in trainer.state.log_history)
+assert cb.total_j > 0 and cb.epochs and not cb.budget_exceeded
+''',
+)
+#: The names README blocks use for the reader's own code, and what stands for them here.
+PLACEHOLDERS: dict[str, StandIn] = {
+    "train_one_epoch": _LOOP,
+    **dict.fromkeys(("Trainer", "model", "args", "train", "val"), _TRAINER),
+}
+#: The frameworks an integration's module needs (a block importing it runs where they import).
+INTEGRATION_NEEDS = {
+    "huggingface": ("torch", "transformers"),
+    "lightning": ("torch", "lightning"),
+    "keras": ("keras",),
+    "prometheus": ("prometheus_client",),
+    "opentelemetry": ("opentelemetry",),
+    "ipython": ("IPython",),
+    "frames": ("pandas",),
+}
+
+# Refuses every connection and name lookup but loopback's, in the block's own interpreter.
+_GUARD = '''
+import socket as _socket, sys as _sys
+_LOCAL = {None, "localhost", "127.0.0.1", "::1", b"localhost", b"127.0.0.1"}
+def _no_network(event, args):
+    if event == "socket.getaddrinfo" and args[0] not in _LOCAL:
+        raise OSError(f"README test: no network (lookup of {args[0]!r})")
+    if event == "socket.connect":
+        sock, address = args
+        if sock.family in (_socket.AF_INET, _socket.AF_INET6) and address[0] not in _LOCAL:
+            raise OSError(f"README test: no network (connection to {address!r})")
+_sys.addaudithook(_no_network)
+'''
+# What the README says of every region's result: finite figures, energy_j the sum of cpu_j,
+# dram_j and gpu_j, nothing missing on a machine where every source works.
+_RESULTS = '''
+import math as _math
+import carbonctx as _carbonctx
+for _name, _value in list(globals().items()):
+    if isinstance(_value, _carbonctx.Tracker):
+        _r = _value.result()
+        assert not _r.missing, (_name, _r.missing)
+        assert _math.isfinite(_r.energy_j) and _r.energy_j > 0, (_name, _r)
+        _parts = _r.cpu_j + _r.dram_j + _r.gpu_j
+        assert _math.isclose(_r.energy_j, _parts, rel_tol=1e-9, abs_tol=1e-9), (_name, _r)
+        assert _math.isfinite(_r.co2_g) and _r.co2_g > 0, (_name, _r)
+print("readme-test: block ran")
+'''
+
+
+def _module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _warning_names() -> list[str]:
+    return [n for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, Warning)]
+
+
+@pytest.fixture
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """Every provider at a closed loopback port, frameworks offline, no progress line."""
+    env = {f"CARBONCTX_{pid.upper()}_URL": "http://127.0.0.1:9" for pid in DEFAULT_URLS}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    env.update(CARBONCTX_PROGRESS="0", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.mark.parametrize("block", python_blocks(), ids=lambda b: f"line{b.line}")
+def test_python_block_runs(
+    block: Block, sim: SimulatedMachine, offline_env: dict[str, str], tmp_path: Path
+) -> None:
+    if block.marker and block.marker.startswith("skip"):
+        pytest.skip(f"README line {block.line}: {block.marker}")
+    free = _free_names(block.code)
+    unknown = sorted(free - set(PLACEHOLDERS))
+    assert not unknown, (
+        f"README line {block.line} uses {unknown} without defining them: define them in the "
+        "block, join it to the block before (<!-- readme-test: join -->), or give them a "
+        "stand-in in PLACEHOLDERS here"
+    )
+    stand_ins = list(dict.fromkeys(PLACEHOLDERS[n] for n in sorted(free)))
+    needs = [m for s in stand_ins for m in s.needs]
+    for mod in re.findall(r"carbonctx\.integrations\.(\w+)", block.code):
+        needs += INTEGRATION_NEEDS.get(mod, ())
+    missing = [m for m in dict.fromkeys(needs) if not _module_available(m)]
+    if missing:
+        pytest.skip(f"README line {block.line} needs {', '.join(missing)}")
+    script = tmp_path / f"readme_line{block.line}.py"
+    script.write_text(
+        "\n".join(
+            [_GUARD, *(s.setup for s in stand_ins), block.code]
+            + [s.check for s in stand_ins]
+            + [_RESULTS]
+        )
+    )
+    r = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env={**os.environ, **sim.env(), **offline_env},
+        capture_output=True,
+        text=True,
+        timeout=BLOCK_TIMEOUT_S,
+        check=False,
+    )
+    where = f"README line {block.line}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, where
+    assert "readme-test: block ran" in r.stdout, where
+    warned = [w for w in _warning_names() if w in r.stderr]
+    assert not warned, where
+
+
+# --------------------------------------------------------------------------- the settings
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def settings_table() -> list[list[str]]:
+    section = README_TEXT.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = [_cells(ln) for ln in section.splitlines() if ln.startswith("| ")]
+    assert rows and rows[0] == ["setting", "variable", "default"], rows[:1]
+    return [r for r in rows[1:] if not set("".join(r)) <= set("- ")]
+
+
+def _outside_parentheses(text: str) -> str:
+    while (shorter := re.sub(r"\([^()]*\)", "", text)) != text:
+        text = shorter
+    return text
+
+
+def _setting_names(cell: str) -> list[str]:
+    return re.findall(r"`([a-z][a-z0-9_]*)`", _outside_parentheses(cell))
+
+
+def variables_in(text: str) -> list[str]:
+    """The ``CARBONCTX_*`` names in text, ``_X`` abbreviations expanded after a full name
+    (```CARBONCTX_REDFISH_URL`, `_USER``: ``CARBONCTX_REDFISH_USER``)."""
+    out: list[str] = []
+    for line in text.splitlines():
+        prefix = None
+        for tok in re.findall(r"`?(CARBONCTX_[A-Z0-9_]*\*?|_[A-Z][A-Z0-9_]*)", line):
+            if tok.startswith("CARBONCTX_"):
+                prefix = tok.rsplit("_", 1)[0]
+                out.append(tok)
+            elif prefix is not None and re.search(rf"`{tok}`", line):
+                out.append(prefix + tok)
+    return list(dict.fromkeys(out))
+
+
+def _probe(var: str, value: str, extra: Mapping[str, str] | None = None) -> set[str]:
+    """The settings ``var=value`` sets (from_env, the carbon settings or the zone rules);
+    raises ConfigurationError where the value is refused."""
+    base = dict(extra or {})
+    env = {**base, var: value}
+    fields = set(from_env(env)) - set(from_env(base))
+    c0, c1 = carbon_settings(env=base), carbon_settings(env=env)
+    renamed = {"provider_ids": "providers"}
+    for f in attrs.fields(type(c1)):
+        if getattr(c0, f.name) != getattr(c1, f.name) and f.name != "pue_source":
+            fields.add(renamed.get(f.name, f.name))
+    if resolve_zone(env=env).rule == var:
+        fields.add("zone")
+    return fields
+
+
+_SAMPLES = ("1", "2", "0.5", "marginal", "v4", "gb", "powercap=1", "powercap", "always", "disable")
+_SAMPLES += ("https://127.0.0.1:9", "DE", "CAISO_NORTH", "tok")
+#: Variables read only as a pair: both are set for the probe, which then changes one.
+_PAIR = {"CARBONCTX_LATITUDE": "0", "CARBONCTX_LONGITUDE": "0"}
+_COMPANIONS = dict.fromkeys(_PAIR, _PAIR)
+
+
+def setting_of(var: str) -> set[str]:
+    """The settings a variable sets, found by giving it sample values."""
+    for value in _SAMPLES:
+        try:
+            fields = _probe(var, value, _COMPANIONS.get(var))
+        except ConfigurationError:
+            continue
+        if fields:
+            return fields
+    return set()
+
+
+def test_every_setting_the_table_names_exists_and_its_variables_set_it() -> None:
+    fields = {f.name for f in attrs.fields(Settings)}
+    for setting, variable, _ in settings_table():
+        names = _setting_names(setting)
+        unknown = [n for n in names if n not in fields]
+        assert not unknown, f"the Settings table names {unknown}, not settings of configure()"
+        for var in variables_in(_outside_parentheses(variable)):
+            got = setting_of(var)
+            assert got, f"{var} (Settings table) sets no setting"
+            if names:
+                assert got & set(names), f"{var} sets {got}, the table says {names}"
+
+
+def test_every_setting_is_in_the_table() -> None:
+    listed: set[str] = set()
+    for setting, variable, _ in settings_table():
+        listed.update(_setting_names(setting))
+        for var in variables_in(_outside_parentheses(variable)):
+            listed |= setting_of(var)
+    unlisted = sorted({f.name for f in attrs.fields(Settings)} - listed)
+    assert not unlisted, f"settings of configure() missing from the README's table: {unlisted}"
+
+
+def test_the_table_names_every_providers_url_variable() -> None:
+    row = next(r for r in settings_table() if r[0].startswith("provider base URLs"))
+    assert set(variables_in(row[1])) == {f"CARBONCTX_{p.upper()}_URL" for p in DEFAULT_URLS}
+
+
+def _rust(path: str) -> str:
+    return (REPO / "rust" / path).read_text(encoding="utf-8")
+
+
+def _rust_value(path: str, pattern: str) -> str:
+    m = re.search(pattern, _rust(path))
+    assert m, f"{pattern!r} not in rust/{path}: update this test with the code"
+    return m[1]
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _interval_ms(devices: dict[str, Any], backend: str) -> str:
+    (s,) = {x["interval_s"] for x in devices["sources"] if x["backend"] == backend}
+    return f"{s * 1e3:g} ms"
+
+
+def _expected_defaults(sim_devices: dict[str, Any]) -> dict[str, Callable[[], str]]:
+    """The default column each row must show, from the code, keyed by the row's first setting
+    (or variable). Defaults that say where a value comes from are checked for being unset."""
+    s, c = Settings(), carbon_settings(env={})
+    bmc = redfish(Settings(redfish_url="https://10.0.0.5"))
+    assert bmc is not None
+    roots = [
+        _rust_value("sampler/src/sensors/source.rs", rf'{k}: PathBuf::from\("([^"]+)"\)')
+        for k in ("sys", "dev", "proc")
+    ]
+    libs = [
+        _rust_value(f"sampler/src/sensors/{d}/ffi.rs", r'const DEFAULT_LIBRARY: &str = "([^"]+)"')
+        for d in ("nvml", "amd")
+    ]
+    assert (s.power_share, s.cpu_tdp_w, s.gpus, s.node_sampler, s.node_dir) == (None,) * 5
+    assert all(getattr(s, k) is None for k in s.rank_kwargs())
+    assert all(getattr(s, k) is None for k in ("sys_root", "dev_root", "proc_root"))
+    assert c.urls == DEFAULT_URLS and s.zone is None
+    no_credentials = (c.entsoe_token, c.eia_key, c.watttime_username, c.watttime_password)
+    assert no_credentials == (None,) * 4 and (c.watttime_region, c.latitude) == (None, None)
+    # ``CARBONCTX_INTERVALS`` is in milliseconds, as the example says.
+    assert from_env({"CARBONCTX_INTERVALS": "powercap=1,nvml=20"}) == {
+        "intervals": {"powercap": 0.001, "nvml": 0.02}
+    }
+    return {
+        "output": lambda: "none" if s.output is None else f"`{s.output}`",
+        "cpu_backends": lambda: f"`{','.join(s.cpu_backends)}`",
+        "gpu": lambda: _on(s.gpu),
+        "hwmon": lambda: _on(s.hwmon),
+        "amdsmi": lambda: _on(s.amdsmi),
+        "gpu_power_samples": lambda: _on(s.gpu_power_samples),
+        "power_share": lambda: _rust_value(
+            "sampler/src/sampler/config.rs", r"power_share: ([0-9.]+),"
+        ),
+        "redfish_url": lambda: f"none; verify {_on(bmc['verify'] is True)}; {bmc['period_s']:g} s",
+        "estimate": lambda: f"`{s.estimate}`",
+        "intervals": lambda: (
+            f"{_interval_ms(sim_devices, 'powercap')} RAPL, {_interval_ms(sim_devices, 'nvml')} NVML"
+        ),
+        "window": lambda: f"{s.window}",
+        "strict": lambda: _on(s.strict),
+        "on_fork": lambda: f"`{s.on_fork}`",
+        "summary_at_exit": lambda: _on(s.summary_at_exit),
+        "zone": lambda: f"table figures, PUE {c.pue:.1f}",
+        "signal": lambda: f"`{c.signal}`, {c.deadline_s:g} s",
+        "entsoe_token": lambda: f"none; `{c.electricitymaps_api}`",
+        "CARBONCTX_SYSFS_ROOT": lambda: ", ".join(f"`{x}`" for x in roots + libs),
+        "node_sampler": lambda: "on where a node runs several processes of a job; `{}`".format(
+            _rust_value("sampler/src/shared/mod.rs", r'dir: PathBuf::from\("([^"]+)"\)')
+        ),
+    }
+
+
+def test_the_table_states_the_code_defaults(sim: SimulatedMachine) -> None:
+    import carbonctx
+
+    expected = _expected_defaults(carbonctx.devices())
+    seen = set()
+    for setting, variable, default in settings_table():
+        keys = _setting_names(setting) + variables_in(variable)
+        key = next((k for k in keys if k in expected), None)
+        if key is None:
+            continue  # a default that says where the value comes from (a launcher, a model)
+        seen.add(key)
+        assert default == expected[key](), f"Settings table, {keys[0]}: README says {default!r}"
+    assert seen == set(expected), f"rows not found in the Settings table: {set(expected) - seen}"
+
+
+@pytest.mark.parametrize(
+    ("setting", "values"),
+    [("estimate", ESTIMATE_MODES), ("on_fork", FORK_MODES), ("signal", SIGNALS)],
+)
+def test_the_table_lists_each_choice(setting: str, values: tuple[str, ...]) -> None:
+    (cell,) = [r[0] for r in settings_table() if setting in _setting_names(r[0])]
+    paren = re.search(rf"`{setting}` \(([^)]*)\)", cell)
+    assert paren, cell
+    assert set(re.findall(r"`(\w+)`", paren[1])) == set(values), cell
+
+
+# ------------------------------------------------------------------- commands and variables
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = _cli.build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def command_lines() -> Iterator[tuple[int, str, list[str]]]:
+    """(README line, command, flags named in its trailing comments) for each ``carbonctx``
+    command in a shell block."""
+    for b in blocks():
+        if b.lang != "sh":
+            continue
+        current: list[Any] | None = None
+        for k, raw in enumerate(b.code.splitlines(), start=b.line + 1):
+            code, _, comment = raw.partition("#")
+            if not code.strip() and current is not None:
+                current[2] += re.findall(r"--[a-z][a-z-]*", comment)
+                continue
+            if current is not None:
+                yield current[0], current[1], current[2]
+            current = None
+            for part in re.split(r"&&|;|\|", code):
+                words = part.split()
+                if words and words[0].rsplit("/", 1)[-1] == "carbonctx":
+                    current = [k, " ".join(["carbonctx", *words[1:]]), []]
+                    current[2] += re.findall(r"--[a-z][a-z-]*", comment)
+        if current is not None:
+            yield current[0], current[1], current[2]
+
+
+def test_every_command_in_the_readme_parses() -> None:
+    subs = _subparsers()
+    found = list(command_lines())
+    assert {c.split()[1] for _, c, _ in found} >= {"devices", "run", "report", "intensity"}
+    for line, command, comment_flags in found:
+        argv = command.split()[1:]
+        try:
+            _cli.build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"README line {line}: `{command}` does not parse")
+        options = subs[argv[0]]._option_string_actions
+        unknown = [f for f in comment_flags if f not in options]
+        assert not unknown, f"README line {line}: `carbonctx {argv[0]}` has no {unknown}"
+
+
+def test_every_command_quoted_in_the_text_exists_with_its_flags() -> None:
+    subs = _subparsers()
+    spans = re.findall(r"`carbonctx ([a-z]+)((?: [^`]*)?)`", README_TEXT)
+    assert spans
+    for cmd, rest in spans:
+        assert cmd in subs, f"README quotes `carbonctx {cmd}`: no such command"
+        flags = re.findall(r"(?<!\S)(--?[a-z][a-z-]*)", rest)
+        unknown = [f for f in flags if f not in subs[cmd]._option_string_actions]
+        assert not unknown, f"README quotes `carbonctx {cmd}{rest}`: no {unknown}"
+
+
+def test_the_notebook_magics_options_are_its_own() -> None:
+    pytest.importorskip("IPython")
+    from carbonctx.integrations.ipython import _parse
+
+    m = re.search(r"`%%carbonctx ([^`]*)`", README_TEXT)
+    assert m, "the README no longer shows the cell magic's options"
+    line = " ".join(re.findall(r"\[(--[^\]]+)\]", m[1])) + " name"
+    name, tags, quiet, _ = _parse(line)
+    assert (name, tags, quiet) == ("name", {"k": "v"}, True)
+
+
+class _Recording(dict[str, str]):
+    """An environment that records every name looked up in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def variables_read() -> set[str]:
+    """``CARBONCTX_*`` names carbonctx reads: those the settings' readers look up (names built
+    at run time included), and those named in an environment read anywhere in python/ or
+    rust/ (``.get("...")``, ``environ["..."]``, ``getenv``, ``env::var``)."""
+    env = _Recording()
+    from_env(env)
+    carbon_settings(env=env)
+    log_dir(None, env)
+    progress(None, env)
+    resolve_zone(env=env)
+    read = {n for n in env.read if n.startswith("CARBONCTX_")}
+    call = re.compile(r"""(?:get|getenv|environ\[|var|var_os)\(?\s*["'](CARBONCTX_[A-Z0-9_]+)""")
+    for root, pattern in (("python", "*.py"), ("rust", "*.rs")):
+        for path in (REPO / root).rglob(pattern):
+            read.update(call.findall(path.read_text(encoding="utf-8")))
+    return read
+
+
+def test_every_variable_the_readme_names_is_read() -> None:
+    read = variables_read()
+    named = variables_in(README_TEXT)
+    assert len(named) > 30
+    for var in named:
+        if var.endswith("*"):
+            assert any(r.startswith(var[:-1]) for r in read), f"README names {var}: none is read"
+        else:
+            assert var in read, f"README names {var}, which carbonctx never reads"
+
+
+def test_the_values_the_readme_gives_variables_are_taken() -> None:
+    given = re.findall(r"`(CARBONCTX_[A-Z0-9_]+)=([^`\s]+)`", README_TEXT)
+    assert given
+    for var, value in given:
+        assert _probe(var, value), f"README: `{var}={value}` changes nothing"
+
+
+def test_configure_calls_in_the_text_name_real_settings() -> None:
+    fields = {f.name for f in attrs.fields(Settings)}
+    spans = re.findall(r"configure\(([^`]*)", README_TEXT)
+    names = {n for s in spans for n in re.findall(r"(\w+)=", s)}
+    assert names and names <= fields, names - fields
+
+
+# ------------------------------------------------------------------------------ links
+
+
+@dataclass
+class Link:
+    doc: str
+    line: int
+    target: str
+    exists: bool = field(default=False)
+
+
+def relative_links(doc: str) -> list[Link]:
+    text = (REPO / doc).read_text(encoding="utf-8")
+    out = []
+    for m in re.finditer(r"\]\(([^)\s]+)\)", text):
+        target = m[1]
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = (REPO / doc).parent / target.split("#", 1)[0]
+        out.append(Link(doc, text[: m.start()].count("\n") + 1, target, path.exists()))
+    return out
+
+
+@pytest.mark.parametrize("doc", ["README.md", "CONTRIBUTING.md"])
+def test_relative_links_resolve(doc: str) -> None:
+    broken = [f"{x.doc}:{x.line} {x.target}" for x in relative_links(doc) if not x.exists]
+    assert not broken, broken
+
+
+@pytest.mark.parametrize("doc", ["README.md", "CONTRIBUTING.md"])
+def test_quoted_paths_exist(doc: str) -> None:
+    """Paths in code spans (``scripts/setup.sh``, ``benches/bench_*.py``; ``NAME`` and
+    ``<name>`` stand for any name) match a file of the repository."""
+    text = (REPO / doc).read_text(encoding="utf-8")
+    quoted = re.findall(r"`(?:\S+ )*((?:\.ci|benches|python|rust|scripts|tests)/[^`\s]*)`", text)
+    assert quoted
+    for path in quoted:
+        pattern = re.sub(r"<\w+>|\b[A-Z]{3,}\b", "*", path.rstrip("/"))
+        assert list(REPO.glob(pattern)), f"{doc} quotes {path}: no such file"
+
