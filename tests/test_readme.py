@@ -16,6 +16,7 @@ import argparse
 import ast
 import builtins
 import importlib.util
+import inspect
 import os
 import re
 import subprocess
@@ -142,7 +143,7 @@ _LOOP = StandIn(
 )
 _TRAINER = StandIn(
     needs=("torch", "transformers"),
-    setup='''
+    setup="""
 import torch, transformers
 from transformers import Trainer, TrainingArguments
 
@@ -163,16 +164,16 @@ args = TrainingArguments(
     eval_strategy="epoch", save_strategy="no", report_to="none", use_cpu=True,
     disable_tqdm=True, dataloader_num_workers=0, seed=0)
 train, val = _Tokens(32, 1), _Tokens(16, 2)
-''',
+""",
     # "every log gets energy_j, co2_g, energy_j_per_sample, ..."; the callback's own figures.
-    check='''
+    check="""
 _train_logs = [h for h in trainer.state.log_history if "loss" in h]
 assert _train_logs, trainer.state.log_history
 for _h in _train_logs:
     assert _h["energy_j"] > 0 and _h["co2_g"] > 0 and _h["energy_j_per_sample"] > 0, _h
 assert any("eval_energy_j" in _h for _h in trainer.state.log_history)
 assert cb.total_j > 0 and cb.epochs and not cb.budget_exceeded
-''',
+""",
 )
 #: The names README blocks use for the reader's own code, and what stands for them here.
 PLACEHOLDERS: dict[str, StandIn] = {
@@ -191,7 +192,7 @@ INTEGRATION_NEEDS = {
 }
 
 # Refuses every connection and name lookup but loopback's, in the block's own interpreter.
-_GUARD = '''
+_GUARD = """
 import socket as _socket, sys as _sys
 _LOCAL = {None, "localhost", "127.0.0.1", "::1", b"localhost", b"127.0.0.1"}
 def _no_network(event, args):
@@ -202,10 +203,10 @@ def _no_network(event, args):
         if sock.family in (_socket.AF_INET, _socket.AF_INET6) and address[0] not in _LOCAL:
             raise OSError(f"README test: no network (connection to {address!r})")
 _sys.addaudithook(_no_network)
-'''
+"""
 # What the README says of every region's result: finite figures, energy_j the sum of cpu_j,
 # dram_j and gpu_j, nothing missing on a machine where every source works.
-_RESULTS = '''
+_RESULTS = """
 import math as _math
 import carbonctx as _carbonctx
 for _name, _value in list(globals().items()):
@@ -217,7 +218,7 @@ for _name, _value in list(globals().items()):
         assert _math.isclose(_r.energy_j, _parts, rel_tol=1e-9, abs_tol=1e-9), (_name, _r)
         assert _math.isfinite(_r.co2_g) and _r.co2_g > 0, (_name, _r)
 print("readme-test: block ran")
-'''
+"""
 
 
 def _module_available(name: str) -> bool:
@@ -441,8 +442,8 @@ def _expected_defaults(sim_devices: dict[str, Any]) -> dict[str, Callable[[], st
         ),
         "redfish_url": lambda: f"none; verify {_on(bmc['verify'] is True)}; {bmc['period_s']:g} s",
         "estimate": lambda: f"`{s.estimate}`",
-        "intervals": lambda: (
-            f"{_interval_ms(sim_devices, 'powercap')} RAPL, {_interval_ms(sim_devices, 'nvml')} NVML"
+        "intervals": lambda: "{} RAPL, {} NVML".format(
+            _interval_ms(sim_devices, "powercap"), _interval_ms(sim_devices, "nvml")
         ),
         "window": lambda: f"{s.window}",
         "strict": lambda: _on(s.strict),
@@ -657,3 +658,41 @@ def test_quoted_paths_exist(doc: str) -> None:
         pattern = re.sub(r"<\w+>|\b[A-Z]{3,}\b", "*", path.rstrip("/"))
         assert list(REPO.glob(pattern)), f"{doc} quotes {path}: no such file"
 
+
+# ------------------------------------------------------------------ figures from the code
+
+
+def _figures() -> list[tuple[str, float]]:
+    """(README phrase with the figure as its group, the code's figure)."""
+    from carbonctx._carbon.intensity import MAX_G_PER_KWH
+    from carbonctx._carbon.providers.dk import _BAN_S
+    from carbonctx._carbon.providers.http import DEFAULT_LIMITS, RETRY_AFTER_MAX_S
+    from carbonctx._cli.run import KILL_AFTER_S
+    from carbonctx.integrations._meter import Meter
+
+    meter = inspect.signature(Meter.__init__).parameters
+    bmc = redfish(Settings(redfish_url="https://10.0.0.5"))
+    assert bmc is not None
+    return [
+        (r"killed (\d+) s later \(--kill-after\)", KILL_AFTER_S),
+        (r"recent `window` regions \((\d+) by default\)", Settings().window),
+        (r"regions of `interval` seconds \((\d+) by default\)", meter["interval"].default),
+        (r"the first `max_regions` \((\d+)\)", meter["max_regions"].default),
+        (r"The BMC is read every (\d+) s", bmc["period_s"]),
+        (r"checked \(finite, 0 to ([\d,]+) g/kWh\)", MAX_G_PER_KWH),
+        (r"`Retry-After` is honoured up to an (hour)", RETRY_AFTER_MAX_S / 3600),
+        (r"Energi Data Service for (\d+) minutes", _BAN_S / 60),
+        (
+            r"overall deadline \((\d+) s, `CARBONCTX_INTENSITY_DEADLINE`\)",
+            carbon_settings(env={}).deadline_s,
+        ),
+        (r"answers stop at (\d+) MiB", DEFAULT_LIMITS.max_bytes / 2**20),
+    ]
+
+
+def test_the_figures_the_readme_quotes_from_the_code() -> None:
+    for phrase, value in _figures():
+        m = re.search(phrase.replace(" ", r"\s+"), README_TEXT)
+        assert m, f"the README no longer says {phrase!r}: update this test"
+        stated = 1.0 if m[1] == "hour" else float(m[1].replace(",", ""))
+        assert stated == value, f"README: {m[0]!r}; the code: {value:g}"
