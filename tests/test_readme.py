@@ -86,6 +86,27 @@ def blocks(text: str = README_TEXT) -> list[Block]:
     return out
 
 
+def test_every_fence_closes() -> None:
+    """An unclosed fence turns the rest of the page into code (and a tree into prose)."""
+    fences = re.findall(r"^```", README_TEXT, re.M)
+    assert len(fences) == 2 * len(blocks()), "a ``` fence of the README opens or closes nothing"
+
+
+def test_the_layout_trees_name_real_files() -> None:
+    trees = [b for b in blocks() if b.lang == "" and re.match(r"(rust|python)/", b.code)]
+    assert len(trees) >= 2
+    for b in trees:
+        root: Path | None = None
+        for k, line in enumerate(b.code.splitlines(), start=b.line + 1):
+            m = re.match(r"( *)(\S+)", line)
+            if not m or len(m[1]) not in (0, 2):
+                continue  # a description's continuation
+            path = REPO / m[2] if not m[1] else (root or REPO) / m[2]
+            if not m[1]:
+                root = path
+            assert path.exists(), f"README line {k}: {m[2]} is not in {path.parent}"
+
+
 def python_blocks() -> list[Block]:
     """The README's Python blocks, each joined onto its predecessor where marked ``join``."""
     out: list[Block] = []
