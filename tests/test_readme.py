@@ -717,3 +717,109 @@ def test_the_figures_the_readme_quotes_from_the_code() -> None:
         assert m, f"the README no longer says {phrase!r}: update this test"
         stated = 1.0 if m[1] == "hour" else float(m[1].replace(",", ""))
         assert stated == value, f"README: {m[0]!r}; the code: {value:g}"
+
+
+# --------------------------------------------------------------- the API the text quotes
+
+
+# Resolves each name given in argv, importing modules along the way; prints one line each:
+# "ok", "framework" (an integration whose framework is not installed) or the error.
+_RESOLVE = """
+import importlib, sys
+for dotted in sys.argv[1:]:
+    parts = dotted.split(".")
+    try:
+        obj = importlib.import_module(parts[0])
+        for k, part in enumerate(parts[1:], start=1):
+            if hasattr(obj, part):
+                obj = getattr(obj, part)
+            else:
+                obj = importlib.import_module(".".join(parts[: k + 1]))
+        print(dotted, "ok")
+    except ModuleNotFoundError as e:
+        ours = (e.name or "").startswith("carbonctx")
+        print(dotted, f"{type(e).__name__}: {e}" if ours else "framework")
+    except (ImportError, AttributeError) as e:
+        print(dotted, f"{type(e).__name__}: {e}")
+"""
+
+
+def _code_text() -> str:
+    """The README's inline code and Python blocks."""
+    spans = re.findall(r"`([^`]+)`", _FENCE.sub("", README_TEXT))
+    return "\n".join(spans + [b.code for b in blocks() if b.lang == "python"])
+
+
+def test_every_carbonctx_name_the_readme_quotes_exists() -> None:
+    """Resolved in a fresh interpreter: the integrations import their frameworks."""
+    names = sorted(set(re.findall(r"\bcarbonctx(?:\.[A-Za-z_]\w*)+", _code_text())))
+    assert len(names) > 10
+    r = subprocess.run(
+        [sys.executable, "-c", _RESOLVE, *names],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=BLOCK_TIMEOUT_S,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert set(results) == set(names), r.stdout
+    wrong = {n: v for n, v in results.items() if v not in ("ok", "framework")}
+    assert not wrong, f"names the README quotes that carbonctx lacks: {wrong}"
+
+
+def _parameters(module: str) -> dict[str, tuple[set[str], bool]]:
+    """Per top-level function and class (its ``__init__``) of an integration module, read from
+    its source (no framework imported): parameter names, and whether it takes ``**kwargs``."""
+    path = REPO / "python/carbonctx/integrations" / f"{module}.py"
+    out: dict[str, tuple[set[str], bool]] = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        fn = node
+        if isinstance(node, ast.ClassDef):
+            inits = [
+                n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"
+            ]
+            fn = inits[0] if inits else None
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = fn.args
+            params = {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs}
+            out[node.name] = (params, a.kwarg is not None)  # type: ignore[union-attr]
+    return out
+
+
+def _calls(text: str) -> Iterator[tuple[str, str]]:
+    """(name, keyword arguments' text) of every call in text, nested ones included."""
+    for m in re.finditer(r"\b(\w+)\(", text):
+        depth, k = 1, m.end()
+        while k < len(text) and depth:
+            depth += {"(": 1, ")": -1}.get(text[k], 0)
+            k += 1
+        args = text[m.end() : k - 1]
+        yield m[1], re.sub(r"\([^()]*\)", "", args)  # the arguments of nested calls left out
+
+
+_EXTRA_MODULE = {"otel": "opentelemetry", "pandas": "frames"}
+
+
+def test_the_integrations_take_the_arguments_the_readme_gives_them() -> None:
+    section = README_TEXT.split("\n## Integrations\n", 1)[1].split("\n## ", 1)[0]
+    checked = 0
+    for para in re.split(r"\n(?=\*\*)", section):
+        m = re.match(r"\*\*[^*]+\*\* \(`carbonctx\[(\w+)\]`\)", para)
+        if not m:
+            continue
+        module = _EXTRA_MODULE.get(m[1], m[1])
+        params = _parameters(module)
+        for span in re.findall(r"`([^`]+)`", para):
+            for name, args in _calls(span):
+                if name not in params:
+                    continue
+                known, open_ = params[name]
+                for kw in re.findall(r"(\w+)=", args):
+                    checked += 1
+                    assert open_ or kw in known, f"README: {module}.{name}() has no {kw}="
+        for budget in sorted(set(re.findall(r"`(budget_\w+)`", para))):
+            checked += 1
+            assert budget in params["CarbonctxCallback"][0], f"{module}: no {budget}"
+    assert checked >= 5
