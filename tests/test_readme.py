@@ -67,7 +67,7 @@ class Block:
 
 
 _FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
-_MARKER = re.compile(r"<!--\s*readme-test:\s*(.*?)\s*-->\s*\Z", re.S)
+_MARKER = re.compile(r"<!--\s*readme-test:\s*((?:(?!-->).)*?)\s*-->\s*\Z", re.S)
 
 
 def blocks(text: str = README_TEXT) -> list[Block]:
@@ -107,10 +107,10 @@ def test_the_layout_trees_name_real_files() -> None:
             assert path.exists(), f"README line {k}: {m[2]} is not in {path.parent}"
 
 
-def python_blocks() -> list[Block]:
+def python_blocks(text: str = README_TEXT) -> list[Block]:
     """The README's Python blocks, each joined onto its predecessor where marked ``join``."""
     out: list[Block] = []
-    for b in blocks():
+    for b in blocks(text):
         if b.lang != "python":
             continue
         if b.marker == "join":
@@ -130,6 +130,23 @@ def test_markers_are_known_and_few() -> None:
         )
     assert len(markers) <= MAX_MARKERS, f"README blocks kept from running alone: {markers}"
     assert python_blocks(), "the README shows no Python"
+
+
+def test_a_marker_belongs_to_the_block_right_after_it() -> None:
+    text = (
+        "Intro.\n\n<!-- readme-test: skip (needs a token) -->\n\n```python\nx = 1\n```\n\n"
+        "<!-- readme-test: join -->\nThen prose.\n\n```python\ny = x\n```\n"
+        "<!-- readme-test: join -->\n```python\nz = x\n```\n"
+    )
+    assert [(b.line, b.marker, b.code) for b in blocks(text)] == [
+        (5, "skip (needs a token)", "x = 1\n"),
+        (12, None, "y = x\n"),
+        (16, "join", "z = x\n"),
+    ]
+    assert [(b.line, b.code) for b in python_blocks(text)] == [
+        (5, "x = 1\n"),
+        (12, "y = x\n\nz = x\n"),
+    ]
 
 
 def _free_names(code: str) -> set[str]:
