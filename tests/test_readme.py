@@ -229,6 +229,9 @@ INTEGRATION_NEEDS = {
     "frames": ("pandas",),
 }
 
+#: Keras 3 on the PyTorch backend (the one the test extra installs), unless one is chosen.
+_KERAS = {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
+
 # Refuses every connection and name lookup but loopback's, in the block's own interpreter.
 _GUARD = """
 import socket as _socket, sys as _sys
@@ -276,6 +279,7 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
     env = {f"CARBONCTX_{pid.upper()}_URL": "http://127.0.0.1:9" for pid in DEFAULT_URLS}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     env.update(CARBONCTX_PROGRESS="0", PYTHONUNBUFFERED="1")
+    env.update(_KERAS)
     return env
 
 
@@ -773,7 +777,7 @@ def test_every_carbonctx_name_the_readme_quotes_exists() -> None:
     assert len(names) > 10
     r = subprocess.run(
         [sys.executable, "-c", _RESOLVE, *names],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **_KERAS},
         capture_output=True,
         text=True,
         timeout=BLOCK_TIMEOUT_S,
@@ -840,3 +844,30 @@ def test_the_integrations_take_the_arguments_the_readme_gives_them() -> None:
             checked += 1
             assert budget in params["CarbonctxCallback"][0], f"{module}: no {budget}"
     assert checked >= 5
+
+
+def _toml_list(section: str, key: str) -> list[str]:
+    """A list of strings from pyproject.toml (read as text: tomllib is Python 3.11+)."""
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    body = text.split(f"\n[{section}]\n", 1)[1].split("\n[", 1)[0]
+    m = re.search(rf"^{re.escape(key)} = \[(.*?)\]", body, re.M | re.S)
+    assert m, f"no {key} in [{section}]"
+    return re.findall(r'^\s*"([^"]+)"', m[1], re.M) or re.findall(r'"([^"]+)"', m[1])
+
+
+def test_the_extras_and_dependencies_are_pyprojects() -> None:
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    extras_section = text.split("\n[project.optional-dependencies]\n", 1)[1].split("\n[", 1)[0]
+    extras = set(re.findall(r"^([a-z][\w-]*) = \[", extras_section, re.M)) - {"test", "dev"}
+    install = README_TEXT.split("\n## Install\n", 1)[1].split("\n## ", 1)[0]
+    para = install.split("Extras name", 1)[1].split("\n\n", 1)[0]
+    named = set(re.findall(r"`([a-z]+)`", para))
+    assert named == extras, f"README's extras {sorted(named)}, pyproject's {sorted(extras)}"
+    shown = re.findall(r"\[([a-z,]+)\]", install.split("```sh", 1)[1].split("```", 1)[0])
+    assert shown and set(",".join(shown).split(",")) <= extras, shown
+    deps = {
+        re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0] for d in _toml_list("project", "dependencies")
+    }
+    said = re.search(r"# (.*) come with it", install)
+    assert said, "the README no longer says what comes with the wheel"
+    assert set(re.findall(r"\w+", said[1])) - {"and"} == deps, (said[1], deps)
