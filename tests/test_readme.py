@@ -1,11 +1,13 @@
 """The README holds: its Python examples run, its Settings table names real settings with their
-real defaults, its commands parse, its ``CARBONCTX_*`` variables are read, its links resolve.
+real defaults, its commands parse, its ``CARBONCTX_*`` variables are read, the names, keywords,
+extras and figures it quotes from the code are the code's, its layout trees and links (and
+CONTRIBUTING's) point at files that exist.
 
 Python blocks run in a fresh interpreter against simulated hardware (``sim.env()``), with every
 provider pointed at a closed loopback port and an audit hook that refuses any other network
 connection. Names a block uses without defining them must be placeholders listed here (the
-reader's own code: ``train_one_epoch``, a Trainer's ``model``...), for which the test supplies a
-small stand-in. A block that cannot run here is marked in the README with an HTML comment right
+reader's own code: ``train_one_epoch``, a ``Trainer``'s ``model``...), for which the test supplies
+a small stand-in. A block that cannot run here is marked in the README with an HTML comment right
 before it: ``<!-- readme-test: skip (why) -->``, or ``<!-- readme-test: join -->`` to run it after
 the Python block before it; markers are kept rare (see ``MAX_MARKERS``).
 """
@@ -168,18 +170,22 @@ def _free_names(code: str) -> set[str]:
 
 @dataclass(frozen=True)
 class StandIn:
-    """Code standing for the reader's own objects, the modules it needs, and checks of what the
-    README says about the result (run after the block)."""
+    """Code standing for the reader's own objects (``provides``: the first one names the
+    stand-in, which a block gets when it uses that name), the modules it needs, and checks of
+    what the README says about the result (run after the block)."""
 
+    provides: tuple[str, ...]
     setup: str
     needs: tuple[str, ...] = ()
     check: str = ""
 
 
 _LOOP = StandIn(
+    provides=("train_one_epoch",),
     setup="import time\n\ndef train_one_epoch():\n    time.sleep(0.002)\n",
 )
 _TRAINER = StandIn(
+    provides=("Trainer", "model", "args", "train", "val"),
     needs=("torch", "transformers"),
     setup="""
 import torch, transformers
@@ -213,11 +219,8 @@ assert any("eval_energy_j" in _h for _h in trainer.state.log_history)
 assert cb.total_j > 0 and cb.epochs and not cb.budget_exceeded
 """,
 )
-#: The names README blocks use for the reader's own code, and what stands for them here.
-PLACEHOLDERS: dict[str, StandIn] = {
-    "train_one_epoch": _LOOP,
-    **dict.fromkeys(("Trainer", "model", "args", "train", "val"), _TRAINER),
-}
+#: What stands here for the reader's own code in README blocks.
+STAND_INS = (_LOOP, _TRAINER)
 #: The frameworks an integration's module needs (a block importing it runs where they import).
 INTEGRATION_NEEDS = {
     "huggingface": ("torch", "transformers"),
@@ -290,13 +293,13 @@ def test_python_block_runs(
     if block.marker and block.marker.startswith("skip"):
         pytest.skip(f"README line {block.line}: {block.marker}")
     free = _free_names(block.code)
-    unknown = sorted(free - set(PLACEHOLDERS))
+    stand_ins = [s for s in STAND_INS if s.provides[0] in free]
+    unknown = sorted(free.difference(*(s.provides for s in stand_ins)))
     assert not unknown, (
         f"README line {block.line} uses {unknown} without defining them: define them in the "
         "block, join it to the block before (<!-- readme-test: join -->), or give them a "
-        "stand-in in PLACEHOLDERS here"
+        "stand-in in STAND_INS here"
     )
-    stand_ins = list(dict.fromkeys(PLACEHOLDERS[n] for n in sorted(free)))
     needs = [m for s in stand_ins for m in s.needs]
     for mod in re.findall(r"carbonctx\.integrations\.(\w+)", block.code):
         needs += INTEGRATION_NEEDS.get(mod, ())
