@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["TOTAL_DOMAINS", "SourceColumns"]
 
 #: Domains that add into a region's totals (cpu_j, dram_j, gpu_j), in that order. Core, uncore
-#: and psys overlap the package and appear per source only.
+#: and psys overlap the package and appear per source only, as does a module: a board or
+#: package holding CPU and GPU, such as an AMD APU's socket, whose figure includes the CPU's.
 TOTAL_DOMAINS = ("package", "dram", "gpu")
 
 
