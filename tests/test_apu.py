@@ -81,6 +81,7 @@ def test_the_total_counts_the_cpu_once_and_the_socket_is_shown_beside_it(
     apu = m.by_source["amdsmi:0"]
     assert apu.domain == "module", apu
     assert "APU socket power" in apu.label and "vddnb" in apu.label, apu.label
+    assert apu.note is not None and "CPU cores" in apu.note and "not in the totals" in apu.note
     socket = machine.amd_gpu_truth_j(0, t0, t1)
     package = machine.truth_j("package", 0, t0, t1)
     assert apu.joules is not None
