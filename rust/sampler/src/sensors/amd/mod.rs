@@ -284,11 +284,11 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
     found
 }
 
-/// Every AMD GPU of the machine, from AMD SMI and hwmon, one entry per GPU (hwmon joined to
-/// AMD SMI by PCI address), indexed as the runtime numbers them.
 /// A GPU AMD SMI lists: handle, PCI address, name, AMD SMI's UUID, typed as an APU.
 type Listed = (Processor, String, String, Option<String>, bool);
 
+/// Every AMD GPU of the machine, from AMD SMI and hwmon, one entry per GPU (hwmon joined to
+/// AMD SMI by PCI address), indexed as the runtime numbers them.
 fn machine_gpus(sys: &Path, listed: Vec<Listed>, hw: Vec<hwmon::AmdgpuHwmon>) -> Vec<Gpu> {
     let mut gpus: Vec<Gpu> = Vec::new();
     for (p, bdf, name, smi_uuid, smi_apu) in listed {
