@@ -11,7 +11,7 @@ import pytest
 
 from carbonctx._carbon.service import IntensityService
 from carbonctx.errors import IntensityWarning
-from intensity_server import FakeClock, FakeServer, service
+from intensity_server import FakeClock, FakeServer, closed_port_url, service
 
 TOKEN = "em-T0ken-7f3a9c"
 
@@ -92,3 +92,25 @@ def test_em_refused_history_is_asked_again_after_its_hold_despite_a_clock_set_ba
         clock.advance(-8 * 3600)  # the hour's hold would have become nine
         s.refresh(wait=True, force=True)
     assert server.count("/history") == 2
+
+
+def test_a_backoff_written_before_the_clock_was_set_back_is_not_stretched_in_a_new_process(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # A process that failed and ended before the clock went back (NTP correcting a clock that
+    # ran hours ahead) left its back-off on disk; the next process reads it after the step.
+    gone = service(
+        None, tmp_path, client, clock, zone="GB", providers=["gb"], urls={"gb": closed_port_url()}
+    )
+    with pytest.warns(IntensityWarning, match="could not connect"):
+        gone.refresh(wait=True)
+    gone.close()
+    clock.advance(-5 * 3600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clock step is no damaged file
+        s = make(server, tmp_path, client, clock, "gb")
+        s.refresh(wait=True)
+        assert server.count("/intensity/") == 0  # its 60 s back-off holds
+        clock.advance(61)
+        s.refresh(wait=True)  # not five hours and a minute
+    assert server.count("/intensity/") == 1 and s.current().source == "live"
