@@ -60,8 +60,11 @@ class DkProvider:
         with self._lock:
             now = self.clock()
             last = self._last.get(dataset)
-            # a clock set back since (now < last) says nothing of how long ago it was: ask
-            if last is not None and 0 <= now - last < self.min_interval_s:
+            if last is not None and now < last:
+                # the clock was set back since: how long ago that request was is unknown (a
+                # fraction of a second, after an NTP step), so the minute counts from now
+                self._last[dataset] = last = now
+            if last is not None and now - last < self.min_interval_s:
                 wait = self.min_interval_s - (now - last)
                 raise ProviderError(
                     "throttled",
