@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DkProvider"]
 
+
 @attrs.define
 class DkProvider:
     """Energi Data Service ``CO2Emis`` (5-minute values) and ``CO2EmisProg`` (forecast).
