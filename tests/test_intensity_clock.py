@@ -92,8 +92,9 @@ def test_dk_request_limit_is_not_stretched_by_a_clock_set_back_nor_broken(
     assert s.current().source == "live"
 
 
+@pytest.mark.parametrize("back_h", [2, 8])
 def test_em_refused_history_is_asked_again_after_its_hold_despite_a_clock_set_back(
-    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock, back_h: int
 ) -> None:
     server.modes["/v3/carbon-intensity/history"] = "403"
     s = make(server, tmp_path, client, clock, "electricitymaps")
@@ -101,7 +102,7 @@ def test_em_refused_history_is_asked_again_after_its_hold_despite_a_clock_set_ba
         warnings.simplefilter("ignore", IntensityWarning)
         s.refresh(wait=True)
         assert server.count("/history") == 1
-        clock.advance(-8 * 3600)  # the hour's hold would have become nine
+        clock.advance(-back_h * 3600)  # the hour's hold would have become three, or nine
         s.refresh(wait=True, force=True)
     assert server.count("/history") == 2
 
