@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from carbonctx._carbon.providers.entsoe import lifecycle_factors
+from carbonctx._carbon.providers.entsoe import BIDDING_ZONES, lifecycle_factors
 from carbonctx._carbon.service import IntensityService
 from carbonctx.errors import IntensityWarning
 from intensity_server import FakeClock, FakeServer, service
@@ -33,6 +33,27 @@ def test_factors_are_bundled_with_every_production_type() -> None:
     f = lifecycle_factors()
     assert {f"B{n:02d}" for n in range(1, 21)} <= set(f)
     assert f["B14"] == 12 and f["B04"] == 490 and f["B19"] == 11
+
+
+_EIC_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-"
+
+
+def _eic_check_character(code: str) -> str:
+    """The 16th character of an EIC code, from its first 15 (the EIC reference manual: values
+    0-9, A-Z as 10-35, '-' as 36, weighted 16 down to 2; 36 - ((sum - 1) mod 37))."""
+    total = sum(_EIC_CHARS.index(c) * (16 - i) for i, c in enumerate(code[:15]))
+    return _EIC_CHARS[36 - (total - 1) % 37]
+
+
+def test_every_area_code_is_a_well_formed_eic_code() -> None:
+    # A mistyped code is not refused by the platform: it answers "no matching data" and the
+    # zone falls to the yearly table without a sign of why. The check character catches one.
+    assert _eic_check_character("10YDE-VE-------2") == "2"  # 50Hertz, as the list gives it
+    assert _eic_check_character("10Y1001A1001A17M") != "M"  # 71M with two digits swapped
+    for zone, code in BIDDING_ZONES.items():
+        assert len(code) == 16 and set(code) <= set(_EIC_CHARS), zone
+        assert code[2] == "Y", f"{zone}: {code} is not an area code"
+        assert _eic_check_character(code) == code[15], f"{zone}: {code}"
 
 
 def test_generation_mix_becomes_a_live_intensity(
@@ -185,6 +206,13 @@ def test_resolutions_in_hours_and_unusable_ones(
         ("BA", "10YBA-JPCC-----D"),
         ("GB-NIR", "10Y1001A1001A59C"),
         ("LU", "10Y1001A1001A82H"),
+        ("AL", "10YAL-KESH-----5"),
+        ("XK", "10Y1001C--00100H"),
+        ("CY", "10YCY-1001A0003J"),
+        ("MD", "10Y1001A1001A990"),
+        ("SE", "10YSE-1--------K"),  # Sweden: SvK control area, the country's market balance area
+        ("NO", "10YNO-0--------C"),  # Norway: Statnett control area
+        ("DK", "10Y1001A1001A65H"),  # Denmark: the country area (A75 takes a country too)
     ],
 )
 def test_electricity_maps_zone_keys_ask_their_bidding_zone(

@@ -349,31 +349,33 @@ def test_dk_request_limit_holds_back_a_retry_without_warning(
     s.close()
 
 
-def test_dk_ban_after_its_request_limit_is_waited_out(
+def test_dk_429_from_another_process_at_the_address_holds_back_a_minute_not_five(
     server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
 ) -> None:
-    # Past 40 requests in 10 s from one address, the service answers 429 without Retry-After
-    # and refuses the address for 5 minutes.
+    # The service takes one request per dataset per minute from an address and answers more
+    # with 429, without Retry-After. This process kept to the minute, so another process at the
+    # address asked: the minute passes, it is asked again then (doubling while it lasts), not
+    # held 5 minutes by a ban the service does not document.
     server.modes["/dataset/"] = "429"
     server.retry_after = None
-    server.rate_limit_body = {
-        "statusCode": 429,
-        "error": "Too Many Requests",
-        "message": "Max allowed requests per 10 seconds from each unique IP is max up to 40 only.",
-    }
     s = make("dk", server.url, tmp_path, client, clock)
-    with pytest.warns(IntensityWarning, match="HTTP 429.*max up to 40 only.*5 minutes"):
+    with pytest.warns(IntensityWarning, match="HTTP 429.*one request per dataset per minute"):
         s.refresh(wait=True)
     failure = s._series["recent"].failure
     assert failure is not None and failure.kind == "rate-limited"
-    assert failure.until - clock() == pytest.approx(300.0)
+    assert failure.until - clock() == pytest.approx(60.0)
+    clock.advance(61)
+    s.refresh(wait=True)  # still refused: asked once more, then twice as long
+    assert server.count("/dataset/CO2Emis") == 2
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.until - clock() == pytest.approx(120.0)
     server.modes.clear()
-    clock.advance(120)
-    s.refresh(wait=True)  # still banned: nothing sent
-    assert server.count("/dataset/CO2Emis") == 1
-    clock.advance(181)
+    clock.advance(60)
+    s.refresh(wait=True)  # within the doubled back-off: nothing sent
+    assert server.count("/dataset/CO2Emis") == 2
+    clock.advance(61)
     s.refresh(wait=True)
-    assert server.count("/dataset/CO2Emis") == 2 and s.current().source == "live"
+    assert server.count("/dataset/CO2Emis") == 3 and s.current().source == "live"
 
 
 def test_em_v4_beside_v3(

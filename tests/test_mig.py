@@ -206,3 +206,36 @@ def test_an_instance_listed_in_the_legacy_form_is_matched_too() -> None:
         own = owned_gpus(detect_ranks(env, warn=False), gpus, env, modules={})
         rules.append((own.rule, own.indices, own.shared))
     assert rules == [("mig-other", (), True), ("mig-first", (1,), True)]
+
+
+def test_cuda_gives_a_process_its_first_mig_instance_only() -> None:
+    # CUDA enumerates one MIG instance per process (NVIDIA's MIG user guide): a second MIG entry,
+    # of another GPU, makes that GPU neither visible nor a device ordinal of this process.
+    from carbonctx._distributed import Gpu, detect_ranks, owned_gpus, visible_gpus
+    from carbonctx.errors import ConfigurationError
+
+    gpus = [Gpu(0, "GPU-aaaa", None, (UNKNOWN,)), Gpu(1, "GPU-bbbb", None, MIG)]
+    env = {"CUDA_VISIBLE_DEVICES": f"{MIG[1]},{UNKNOWN}"}
+    assert [g.index for g in visible_gpus(gpus, env)] == [1]
+    own = owned_gpus(detect_ranks(env, warn=False), gpus, env, modules={})
+    assert (own.rule, own.indices) == ("all-visible", (1,))
+    with pytest.raises(ConfigurationError, match="sees 1 GPU"):
+        owned_gpus(detect_ranks(env, warn=False), gpus, env, override=[1], modules={})
+    # Another instance of the same GPU adds nothing.
+    env = {"CUDA_VISIBLE_DEVICES": f"{MIG[0]},{MIG[1]}"}
+    assert [g.index for g in visible_gpus(gpus, env)] == [1]
+
+
+def test_a_rank_off_the_first_instance_says_how_its_gpu_is_reported_if_no_rank_is_there() -> None:
+    # The rank on the first instance reports the GPU; where the job has none there, the other
+    # ranks' reason says which instance that is and which setting makes one of them report it.
+    from carbonctx._distributed import Gpu, detect_ranks, owned_gpus
+
+    gpus = [Gpu(0, "GPU-aaaa"), Gpu(1, "GPU-bbbb", None, MIG)]
+    env = {**TORCHRUN, "RANK": "0", "LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": MIG[1]}
+    own = owned_gpus(detect_ranks(env, warn=False), gpus, env, modules={})
+    assert own.rule == "mig-other" and own.indices == ()
+    assert MIG[0] in own.reason and "CARBONCTX_GPUS" in own.reason
+    # As the reason says: the setting on that rank reports the whole GPU.
+    own = owned_gpus(detect_ranks(env, warn=False), gpus, env, override=[MIG[1]], modules={})
+    assert (own.rule, own.indices) == ("setting", (1,))

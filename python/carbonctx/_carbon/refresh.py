@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from carbonctx._carbon.cache import CachedSeries, DiskCache, Failure, UnusableCache
 from carbonctx._carbon.intensity import Intensity
 from carbonctx._carbon.providers import Fetched, Provider, ProviderError
+from carbonctx._carbon.providers.http import RETRY_AFTER_MAX_S
 from carbonctx.errors import IntensityWarning
 
 if TYPE_CHECKING:
@@ -75,6 +76,14 @@ def backoff(exc: ProviderError, attempts: int) -> float:
         return BACKOFF_BASE["unknown-zone"]
     base = BACKOFF_BASE.get(exc.kind, 600.0)
     return min(BACKOFF_MAX, base * 2.0 ** min(attempts - 1, 20))
+
+
+def _longest_backoff(fail: Failure) -> float:
+    """The longest back-off a failure of this kind and count can have been given."""
+    doubling = backoff(ProviderError(fail.kind, ""), max(1, fail.attempts))
+    if fail.kind in ("rate-limited", "server"):  # a Retry-After, or a provider's own ban
+        return max(doubling, min(BACKOFF_MAX, RETRY_AFTER_MAX_S))
+    return doubling
 
 
 class Refresher:
@@ -386,5 +395,12 @@ class Refresher:
             # no back-off this code writes holds that long: not to be trusted
             self._warn_unusable(f"{self.disk.path(kind)}: a back-off of more than a day")
             return
+        stretched = fail is not None and fail.until > now + _longest_backoff(fail)
+        if fail is not None and stretched:
+            # written before the clock was set back (by a process gone since): it keeps no
+            # more than the longest its kind and count can give, not the step on top
+            fail = Failure(fail.kind, fail.reason, fail.attempts, now + _longest_backoff(fail))
         with self.lock:
             self.series[kind].merge_from_disk(kind, self.zone, fetched_at, periods, fail)
+        if stretched:  # or every later read would start it again from its own now, for ever
+            self.write_disk(kind)

@@ -113,6 +113,14 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
             "shown beside them, never added to totals.",
             file=out,
         )
+    apus = [s["id"] for s in srcs if _is_apu(s)]
+    if apus:
+        print(
+            f"AMD APU ({', '.join(apus)}): the driver's power is the whole socket's, CPU cores "
+            "included, so it is shown beside the CPU package, never added to it; the "
+            "integrated GPU's energy is inside that figure and not in gpu_j.",
+            file=out,
+        )
     if info.get("bmc"):
         b = info["bmc"]
         print(f"\nNode power (BMC, Redfish): {b['note']}", file=out)
@@ -128,6 +136,13 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
                 "and its other load is not seen.",
                 file=out,
             )
+
+
+def _is_apu(src: dict[str, Any]) -> bool:
+    """An AMD GPU source measuring its APU's socket (domain module)."""
+    from carbonctx._measure.ranks import gpu_vendor
+
+    return src["domain"] == "module" and gpu_vendor(src) == "amd"
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

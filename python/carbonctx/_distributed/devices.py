@@ -26,7 +26,10 @@ Rules, first that applies:
    instances: the rank on the GPU's first instance (in the backend's order) reports the whole
    GPU, the others none (``shared`` set either way), so that the GPU is counted once. The
    instances are those NVML lists (``Gpu.mig_uuids``; the caller asks NVML only when
-   :func:`names_mig`); a ``MIG-`` entry naming none of them names no GPU.
+   :func:`names_mig`); a ``MIG-`` entry naming none of them names no GPU, and one after the
+   first ``MIG-`` entry is not this process's (CUDA gives a process one instance). Where no
+   rank of the job runs on the GPU's first instance, no rank reports the GPU: the other ranks'
+   reason says so, and which setting makes one of them report it.
 4. torch is already imported and has initialised CUDA (never imported or initialised here): the
    device it has made current, unless more local ranks than GPUs share them (rule 6). Except:
    when that is ordinal 0 while the local rank is not 0 and maps to another GPU, the script most
@@ -139,6 +142,7 @@ def _mig_instance(env: Mapping[str, str], gpus: Sequence[Gpu]) -> tuple[Gpu, int
 
 def _filter(value: str, gpus: Sequence[Gpu]) -> list[Gpu]:
     out: list[Gpu] = []
+    mig_seen = False
     for raw in value.split(","):
         entry = raw.strip()
         if not entry:
@@ -146,6 +150,11 @@ def _filter(value: str, gpus: Sequence[Gpu]) -> list[Gpu]:
         g = _match(entry, gpus)
         if g is None:
             break
+        if entry.lower().startswith("mig-"):
+            # CUDA gives a process one MIG instance, the first listed: a later one is not its.
+            if mig_seen:
+                continue
+            mig_seen = True
         if g not in out:
             out.append(g)
     return out
@@ -406,8 +415,13 @@ def _owned(
         if k == 0:
             why = f"GPU {parent.index}'s first MIG instance is this rank's: it reports the GPU for "
             return _pick(visible, [o], "mig-first", why + "every rank on its instances", True)
-        why = f"this rank has MIG instance {k} of GPU {parent.index}; the rank on its first "
-        return _pick(visible, [], "mig-other", why + "instance reports the GPU", shared=True)
+        why = (
+            f"this rank has MIG instance {k} of GPU {parent.index}; the rank on its first "
+            f"instance ({parent.mig_uuids[0]}) reports the GPU. If no rank of this job runs "
+            "there, none reports it: set the GPU setting (CARBONCTX_GPUS) to this instance's "
+            "UUID on one rank of those sharing the GPU"
+        )
+        return _pick(visible, [], "mig-other", why, shared=True)
 
     local, local_world = info.local_rank, info.local_world_size
     # One GPU left visible out of several is the launcher's per-rank assignment (Slurm's

@@ -39,6 +39,7 @@ enum {
 #define NAME_LEN 256
 #define UUID_LEN 64
 #define PROCESSOR_TYPE_AMD_GPU 1
+#define PROCESSOR_TYPE_AMD_APU 6
 
 typedef struct fake_gpu {
     unsigned int index;
@@ -46,7 +47,7 @@ typedef struct fake_gpu {
     char name[NAME_LEN];
     char uuid[UUID_LEN];
     uint64_t bdf;
-    int has_energy, has_power, zero;
+    int has_energy, has_power, zero, apu;
     char power_field[16];
     double resolution_uj;
     unsigned int energy_error, power_error;
@@ -185,6 +186,11 @@ static int apply(const char *key, const char *val, unsigned int *init_error) {
     if (!strcmp(f, "has_energy")) return parse_int(val, &g->has_energy);
     if (!strcmp(f, "has_power")) return parse_int(val, &g->has_power);
     if (!strcmp(f, "zero")) return parse_int(val, &g->zero);
+    if (!strcmp(f, "processor_type")) {
+        if (strcmp(val, "gpu") && strcmp(val, "apu")) return 0;
+        g->apu = !strcmp(val, "apu");
+        return 1;
+    }
     if (!strcmp(f, "power_field")) {
         if (strcmp(val, "current") && strcmp(val, "average") && strcmp(val, "socket")) return 0;
         snprintf(g->power_field, sizeof g->power_field, "%s", val);
@@ -444,8 +450,7 @@ EXPORT unsigned int amdsmi_get_processor_type(void *h, unsigned int *type) {
     COUNT();
     if (!type) return E_INVAL;
     WITH_GPU(h, g);
-    (void)g;
-    *type = PROCESSOR_TYPE_AMD_GPU;
+    *type = g->apu ? PROCESSOR_TYPE_AMD_APU : PROCESSOR_TYPE_AMD_GPU;
     DONE(OK);
 }
 

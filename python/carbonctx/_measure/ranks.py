@@ -119,14 +119,20 @@ INTEL_HWMON_PREFIXES = ("hwmon:xe:", "hwmon:i915:")
 def gpu_vendor(src: Mapping[str, Any]) -> str | None:
     """``"nvidia"``, ``"amd"`` or ``"intel"`` for a GPU source whose vendor numbers its GPUs
     (NVML; AMD SMI and amdgpu hwmon, numbered as the ROCm runtime does; the i915 and xe hwmon
-    files, in PCI order as Level Zero can number them), else None."""
-    if src.get("domain") != "gpu":
-        return None
+    files, in PCI order as Level Zero can number them), else None. An AMD APU's source (domain
+    ``"module"``: the socket, CPU cores included) is the AMD GPU it is: numbered, visible and
+    owned as one."""
+    domain = src.get("domain")
     backend = src.get("backend")
     sid = str(src.get("id", ""))
+    is_amd = backend == "amdsmi" or (backend == "hwmon" and sid.startswith(AMD_HWMON_PREFIX))
+    if domain == "module" and is_amd:
+        return "amd"
+    if domain != "gpu":
+        return None
     if backend == "nvml":
         return "nvidia"
-    if backend == "amdsmi" or (backend == "hwmon" and sid.startswith(AMD_HWMON_PREFIX)):
+    if is_amd:
         return "amd"
     if backend == "hwmon" and sid.startswith(INTEL_HWMON_PREFIXES):
         return "intel"
@@ -353,7 +359,7 @@ def column_shares(
         domain = src.get("domain")
         if plan is None or (not plan.info.distributed and plan.ownership is None):
             out.append((1.0, None))
-        elif domain == "gpu":
+        elif domain == "gpu" or gpu_vendor(src) is not None:
             vendor = gpu_vendor(src)
             own: GpuOwnership | None
             if vendor == "intel":

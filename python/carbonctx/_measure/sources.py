@@ -16,8 +16,23 @@ if TYPE_CHECKING:
 __all__ = ["TOTAL_DOMAINS", "SourceColumns"]
 
 #: Domains that add into a region's totals (cpu_j, dram_j, gpu_j), in that order. Core, uncore
-#: and psys overlap the package and appear per source only.
+#: and psys overlap the package and appear per source only, as does a module: a board or
+#: package holding CPU and GPU, such as an AMD APU's socket, whose figure includes the CPU's.
 TOTAL_DOMAINS = ("package", "dram", "gpu")
+
+#: What an AMD APU's figure covers, as its ``by_source`` entry states it (``note``).
+APU_NOTE = (
+    "AMD APU socket: CPU cores, integrated GPU and SoC together (the driver's socket power); "
+    "it contains the CPU package, so it is shown beside it and not in the totals, and the "
+    "integrated GPU's energy is inside it"
+)
+
+
+def _is_amd_apu(src: dict[str, Any]) -> bool:
+    """An AMD GPU source that measures its APU's socket (the sampler gives it domain module)."""
+    sid = str(src.get("id", ""))
+    amd = src.get("backend") == "amdsmi" or sid.startswith("hwmon:amdgpu:")
+    return src.get("domain") == "module" and amd
 
 
 class SourceColumns:
@@ -38,7 +53,9 @@ class SourceColumns:
         sources: Sequence[dict[str, Any]] = (),
         shares: Sequence[tuple[float, str | None]] | None = None,
     ) -> None:
-        self.sources: list[dict[str, Any]] = list(sources)
+        self.sources: list[dict[str, Any]] = [
+            {**s, "note": APU_NOTE} if _is_amd_apu(s) and not s.get("note") else s for s in sources
+        ]
         self.by_domain: dict[str, list[int]] = {d: [] for d in TOTAL_DOMAINS}
         self.estimated: set[int] = set()
         self.counted: set[int] = set()

@@ -483,3 +483,72 @@ fn amdgpu_power_file_that_fails_leaves_the_other_one_measuring() {
     );
     assert!(!broken_entry.hint.is_empty(), "{broken_entry:?}");
 }
+
+/// A Ryzen laptop: the package counter (AMD's RAPL zone) and the APU's amdgpu hwmon directory
+/// as `amdgpu_pm.c` lays it out on an APU: `vddgfx`, `vddnb` (shown on APUs only), `PPT` in
+/// `power1_input`, which "on APUs includes the CPU". The socket is a module beside the package,
+/// never a GPU added to it; a discrete card beside it stays a GPU.
+#[test]
+fn an_apus_amdgpu_power_is_the_socket_beside_the_package() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let zone = root.join("sys/class/powercap/intel-rapl:0");
+    fs::create_dir_all(&zone).unwrap();
+    fs::write(zone.join("name"), "package-0\n").unwrap();
+    fs::write(zone.join("energy_uj"), "1000\n").unwrap();
+    fs::write(zone.join("max_energy_range_uj"), "65532610987\n").unwrap();
+    chip(
+        root,
+        "pci0000:00/0000:00:08.1/0000:c4:00.0",
+        4,
+        &[
+            (false, "name", "amdgpu\n"),
+            (false, "in0_label", "vddgfx\n"),
+            (false, "in0_input", "1210\n"),
+            (false, "in1_label", "vddnb\n"),
+            (false, "in1_input", "1190\n"),
+            (false, "power1_label", "PPT\n"),
+            (false, "power1_input", "23000000\n"),
+        ],
+    );
+    chip(
+        root,
+        "pci0000:00/0000:00:01.1/0000:03:00.0",
+        5,
+        &[
+            (false, "name", "amdgpu\n"),
+            (false, "in0_label", "vddgfx\n"),
+            (false, "power1_label", "PPT\n"),
+            (false, "power1_average", "95000000\n"),
+        ],
+    );
+    let mut opts = options(root);
+    opts.amdsmi_library = Some(root.join("missing/libamd_smi.so"));
+    let mut d = discover::discover(&opts);
+    let chosen: Vec<(String, Domain)> = d
+        .chosen
+        .iter()
+        .map(|s| (s.info().id.clone(), s.info().domain))
+        .collect();
+    assert_eq!(
+        chosen,
+        vec![
+            ("powercap:intel-rapl:0".to_string(), Domain::Package),
+            ("hwmon:amdgpu:0000:03:00.0:power1".to_string(), Domain::Gpu),
+            (
+                "hwmon:amdgpu:0000:c4:00.0:power1".to_string(),
+                Domain::Module
+            ),
+        ],
+        "{:?}",
+        d.unavailable
+    );
+    let apu = &mut d.chosen[2];
+    assert!(
+        apu.info().label.contains("APU socket power"),
+        "{:?}",
+        apu.info()
+    );
+    assert!(apu.info().label.contains("CPU cores"), "{:?}", apu.info());
+    assert_eq!(apu.read().unwrap(), Reading::Power(23.0));
+}

@@ -458,6 +458,35 @@ fn a_mig_uuid_that_names_no_instance_is_unavailable_and_ends_the_list() {
     assert!(found.sources.is_empty() && !found.unavailable.is_empty());
 }
 
+/// CUDA gives a process one MIG instance, the first listed (NVIDIA's MIG user guide): an
+/// instance of another GPU listed after it is not this process's, and its GPU is not measured.
+#[test]
+fn a_process_measures_the_gpu_of_its_first_mig_instance_only() {
+    let config = MIG_CONFIG.replace(
+        "gpu2.mig=\n",
+        "gpu2.mig=MIG-33330000-0000-0000-0000-000000000000\n",
+    );
+    let fake = FakeNvml::new(&config);
+    let other = "MIG-33330000-0000-0000-0000-000000000000";
+    let found = discover(&fake.roots(), Some(&format!("{MIG_B},{other}")), None);
+    assert_eq!(ids(&found), ["nvml:1"]);
+    let [u] = &found.unavailable[..] else {
+        panic!("{}", reasons(&found))
+    };
+    assert!(u.what.contains(other), "{}", u.what);
+    assert!(u.reason.contains("one MIG instance"), "{}", u.reason);
+    assert!(u.reason.contains("GPU 2 is not measured"), "{}", u.reason);
+    assert!(
+        u.hint.contains("one MIG instance per process"),
+        "{}",
+        u.hint
+    );
+    drop(found);
+    // Its own GPU's instance alone is measured as before.
+    let found = discover(&fake.roots(), Some(other), None);
+    assert_eq!(ids(&found), ["nvml:2"]);
+}
+
 #[test]
 fn without_the_drivers_mig_calls_no_instance_is_known() {
     let fake = FakeNvml::of(common_nvml::built_without_mig(), MIG_CONFIG);

@@ -25,18 +25,17 @@ if TYPE_CHECKING:
 
 __all__ = ["DkProvider"]
 
-#: how long the service refuses an address that went past its request limit
-_BAN_S = 300.0
-
 
 @attrs.define
 class DkProvider:
     """Energi Data Service ``CO2Emis`` (5-minute values) and ``CO2EmisProg`` (forecast).
 
-    The service takes at most 40 requests per 10 seconds from one address and bans it for 5
-    minutes past that (HTTP 429, without ``Retry-After``). This provider asks far less: at most
-    once per dataset per minute, raising a ``"throttled"`` error instead of sending a request
-    too soon; a 429 holds it back for the ban's 5 minutes.
+    The service takes one request per dataset per minute from one address (its API guide, since
+    August 2025) and answers more with HTTP 429, without ``Retry-After``. This provider asks at
+    most once per dataset per minute, raising a ``"throttled"`` error instead of sending a
+    request too soon; a 429 all the same means another program at the same address (another
+    process, another host behind the same NAT) asked within the minute: it is backed off as any
+    429 is, a minute, doubling while it lasts.
     """
 
     base_url: str
@@ -62,8 +61,11 @@ class DkProvider:
         with self._lock:
             now = self.clock()
             last = self._last.get(dataset)
-            # a clock set back since (now < last) says nothing of how long ago it was: ask
-            if last is not None and 0 <= now - last < self.min_interval_s:
+            if last is not None and now < last:
+                # the clock was set back since: how long ago that request was is unknown (a
+                # fraction of a second, after an NTP step), so the minute counts from now
+                self._last[dataset] = last = now
+            if last is not None and now - last < self.min_interval_s:
                 wait = self.min_interval_s - (now - last)
                 raise ProviderError(
                     "throttled",
@@ -100,10 +102,12 @@ class DkProvider:
         except ProviderError as exc:
             if exc.kind != "rate-limited" or exc.retry_after is not None:
                 raise
-            # its 429 (past 40 requests in 10 s from one address) bans the address for
-            # 5 minutes, and says so only in words: asking sooner is refused again
+            # one request per dataset per minute from an address: this process kept to it, so
+            # another program at the same address asked (no ban to wait out: the minute passes)
             raise ProviderError(
-                exc.kind, f"{exc.reason}; the service bans the address for 5 minutes", _BAN_S
+                exc.kind,
+                f"{exc.reason}; the service takes one request per dataset per minute from an "
+                "address, and another process or program at this address asked within it",
             ) from None
         fetched = utc_from_timestamp(now)
         out: list[Intensity] = []

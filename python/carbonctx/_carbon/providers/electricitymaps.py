@@ -57,7 +57,8 @@ class ElectricityMapsProvider:
     latitude: float | None = attrs.field(default=None, kw_only=True)
     longitude: float | None = attrs.field(default=None, kw_only=True)
     #: endpoint -> (failures in a row, not asked again before)
-    _held: dict[str, tuple[int, float]] = attrs.field(factory=dict, init=False)
+    #: endpoint -> (refusals in a row, held until, for how long)
+    _held: dict[str, tuple[int, float, float]] = attrs.field(factory=dict, init=False)
 
     id: ClassVar[str] = "electricitymaps"
     name: ClassVar[str] = "Electricity Maps"
@@ -115,14 +116,15 @@ class ElectricityMapsProvider:
         self, client: httpx.Client, path: str, zone: str, now: float
     ) -> tuple[Any, ProviderError | None]:
         """An endpoint whose refusal must not cost the latest value: (answer or None, error)."""
-        fails, until = self._held.get(path, (0, 0.0))
-        if now < until <= now + _HOLD_MAX_S:  # longer: the clock was set back since
+        fails, until, length = self._held.get(path, (0, 0.0, 0.0))
+        if now < until <= now + length:  # more left than it was set for: the clock went back
             return None, None
         try:
             body = self._get(client, path, zone, now)
         except ProviderError as exc:
             fails += 1
-            self._held[path] = (fails, now + min(_HOLD_MAX_S, 3600.0 * 2 ** min(fails - 1, 10)))
+            length = min(_HOLD_MAX_S, 3600.0 * 2 ** min(fails - 1, 10))
+            self._held[path] = (fails, now + length, length)
             return None, exc
         self._held.pop(path, None)
         return body, None

@@ -49,7 +49,8 @@ __all__ = ["BIDDING_ZONES", "EntsoeProvider", "lifecycle_factors"]
 #: carbonctx zone (Electricity Maps' zone keys) -> ENTSO-E area (EIC code) whose generation per
 #: type is published: the bidding zone (Italy's and the Nordic countries' by market area;
 #: Luxembourg in DE-LU and Northern Ireland in the all-island SEM, as they trade), else, for a
-#: country given whole (``SE``, ``NO``, ``DK``), its market balance area.
+#: country given whole, its control area (``SE``, ``NO``) or country area (``DK``): A75 takes a
+#: bidding zone, a control area or a country. Every code's 16th character checks the other 15.
 BIDDING_ZONES: dict[str, str] = {
     "AL": "10YAL-KESH-----5",
     "AT": "10YAT-APG------L",

@@ -99,12 +99,13 @@ pub type DeviceKey = (Domain, u32, String);
 /// Intel GPUs of hwmon, numbered after every other GPU, whose card and package channels are
 /// two views of one GPU).
 pub fn same_device(info: &SourceInfo) -> DeviceKey {
-    let vendor = if info.domain != Domain::Gpu {
+    // An AMD APU's socket source (domain module) is keyed as the AMD GPU it is.
+    let vendor = if super::amd::is_amd_gpu(info) {
+        "amd".into()
+    } else if info.domain != Domain::Gpu {
         String::new()
     } else if info.backend == "nvml" {
         "nvidia".into()
-    } else if super::amd::is_amd_gpu(info) {
-        "amd".into()
     } else {
         info.backend.to_string()
     };
@@ -156,7 +157,7 @@ pub fn discover(opts: &Options) -> Discovered {
         // Intel GPUs are numbered after the GPUs found so far: never paired with one of them.
         let gpu_base = all
             .iter()
-            .filter(|s| s.info().domain == Domain::Gpu)
+            .filter(|s| s.info().domain == Domain::Gpu || super::amd::is_amd_gpu(s.info()))
             .map(|s| s.info().index.saturating_add(1))
             .max()
             .unwrap_or(0);

@@ -24,6 +24,9 @@ pub(super) const STATUS_NOT_SUPPORTED: Status = 2;
 const INIT_AMD_GPUS: u64 = 1 << 1;
 /// `AMDSMI_PROCESSOR_TYPE_AMD_GPU` in `processor_type_t`.
 const PROCESSOR_TYPE_AMD_GPU: c_uint = 1;
+/// `AMDSMI_PROCESSOR_TYPE_AMD_APU`: "Combination of AMDSMI_PROCESSOR_TYPE_AMD_CPU and integrated
+/// GPU on single die" (`amdsmi.h`).
+const PROCESSOR_TYPE_AMD_APU: c_uint = 6;
 /// `AMDSMI_GPU_UUID_SIZE` is 38; room to spare.
 const UUID_BUFFER: usize = 64;
 /// Larger than `amdsmi_power_info_t` (at most 8 + 4 + 4 + 3 × 8 + 4 + 4 + 18 × 8 bytes) and
@@ -160,8 +163,9 @@ impl AmdSmi {
         }
     }
 
-    /// Every AMD GPU, socket by socket, in the library's order.
-    pub(super) fn gpus(&self) -> Result<Vec<Processor>, (&'static str, Status)> {
+    /// Every AMD GPU, socket by socket, in the library's order, each with whether the library
+    /// types it as an APU.
+    pub(super) fn gpus(&self) -> Result<Vec<(Processor, bool)>, (&'static str, Status)> {
         let sockets = list(|n, out| {
             // SAFETY: `n` and `out` (NULL, or room for `*n` handles) are valid for the call.
             unsafe { (self.fns.sockets)(n, out) }
@@ -175,23 +179,29 @@ impl AmdSmi {
             })
             .map_err(|rc| ("amdsmi_get_processor_handles", rc))?;
             for p in procs {
-                if self.is_gpu(p) {
-                    gpus.push(Processor(p));
+                if let Some(apu) = self.gpu_kind(p) {
+                    gpus.push((Processor(p), apu));
                 }
             }
         }
         Ok(gpus)
     }
 
-    fn is_gpu(&self, p: Handle) -> bool {
+    /// `None` for a processor that is no AMD GPU; else whether it is typed as an APU.
+    fn gpu_kind(&self, p: Handle) -> Option<bool> {
         let Some(f) = self.fns.processor_type else {
             // Initialised with AMDSMI_INIT_AMD_GPUS only: every processor is a GPU.
-            return true;
+            return Some(false);
         };
         let mut t: c_uint = 0;
         // SAFETY: `p` came from the library; `t` is a valid out-pointer.
         let rc = unsafe { f(p, &mut t) };
-        rc != SUCCESS || t == PROCESSOR_TYPE_AMD_GPU
+        match (rc, t) {
+            (SUCCESS, PROCESSOR_TYPE_AMD_APU) => Some(true),
+            (SUCCESS, PROCESSOR_TYPE_AMD_GPU) => Some(false),
+            (SUCCESS, _) => None,
+            _ => Some(false),
+        }
     }
 
     /// The PCI address, `dddd:bb:dd.f` in lower case.

@@ -15,6 +15,9 @@
 //!   power in `power1_input` or `power1_average` (µW), integrated. Where AMD SMI measures the
 //!   same GPU (same PCI address) the hwmon source is an alternative, never added.
 //!
+//! On an APU these figures are the whole socket's, CPU cores included: the source then measures
+//! [`Domain::Module`] and is never added to the package (see [`apu`]).
+//!
 //! Each source's [`SourceInfo::uuid`] is ROCr's UUID (`GPU-` and 16 hex digits, from the
 //! topology's or the PCI device's `unique_id`), which the visible-device variables accept.
 //!
@@ -41,6 +44,7 @@
 //! 2. Then HIP's list (`HIP_VISIBLE_DEVICES`, else `CUDA_VISIBLE_DEVICES`, else
 //!    `GPU_DEVICE_ORDINAL`) picks among the GPUs ROCr left, by their new numbers, same rules.
 
+mod apu;
 mod ffi;
 mod hwmon;
 mod layout;
@@ -83,9 +87,10 @@ pub struct AmdOptions<'a> {
     pub hip_visible_devices: Option<&'a str>,
 }
 
-/// Whether a source is an AMD GPU of this module (AMD SMI or amdgpu hwmon).
+/// Whether a source is an AMD GPU of this module (AMD SMI or amdgpu hwmon), an APU's socket
+/// ([`Domain::Module`]) included: numbered, made visible and owned as the GPUs are.
 pub fn is_amd_gpu(info: &SourceInfo) -> bool {
-    info.domain == Domain::Gpu
+    matches!(info.domain, Domain::Gpu | Domain::Module)
         && (info.backend == BACKEND
             || (info.backend == HWMON_BACKEND && info.id.starts_with(HWMON_ID_PREFIX)))
 }
@@ -143,6 +148,8 @@ struct Gpu {
     smi: Option<(Processor, String)>,
     /// AMD SMI's own UUID, for labels where ROCr's is unknown.
     smi_uuid: Option<String>,
+    /// AMD SMI types it as an APU.
+    smi_apu: bool,
     hwmon: Option<hwmon::AmdgpuHwmon>,
 }
 
@@ -162,14 +169,14 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
             None
         }
     };
-    let mut listed: Vec<(Processor, String, String, Option<String>)> = Vec::new();
+    let mut listed: Vec<Listed> = Vec::new();
     if let Some(smi) = &smi {
         match smi.gpus() {
             Ok(procs) => {
-                for (k, p) in procs.into_iter().enumerate() {
+                for (k, (p, apu)) in procs.into_iter().enumerate() {
                     let bdf = smi.bdf(p).unwrap_or_else(|| format!("unknown-{k}"));
                     let name = smi.name(p).unwrap_or_else(|| "AMD GPU".into());
-                    listed.push((p, bdf, name, smi.uuid(p)));
+                    listed.push((p, bdf, name, smi.uuid(p), apu));
                 }
             }
             Err((call, rc)) => found.unavailable.push(smi.unavailable(
@@ -217,14 +224,26 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
     let mut from_hwmon: Vec<hwmon::HwmonGpu> = Vec::new();
     for &i in &sel.indices {
         let g = &gpus[i as usize];
+        let apu = apu::evidence(
+            sys,
+            &g.bdf,
+            g.hwmon.as_ref().map(|h| h.dir.as_path()),
+            g.smi_apu,
+            g.smi.as_ref().map(|s| s.1.as_str()),
+        );
         let mut paired = false;
         if let (Some(smi), Some((p, name))) = (&smi, &g.smi) {
             match smi_source(smi, *p, g, name) {
-                Probe::Source(s) => measured.push(Measured {
-                    name: name.clone(),
-                    bdf: g.bdf.clone(),
-                    source: *s,
-                }),
+                Probe::Source(mut s) => {
+                    if let Some(why) = &apu {
+                        apu::mark(&mut s.info, why);
+                    }
+                    measured.push(Measured {
+                        name: name.clone(),
+                        bdf: g.bdf.clone(),
+                        source: *s,
+                    })
+                }
                 probe => {
                     paired = matches!(probe, Probe::Zero);
                     unmeasured.push(Unmeasured {
@@ -243,7 +262,12 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
         // A die that AMD SMI reads as 0 reports on its partner: hwmon must not count it either.
         if let (Some(h), false) = (&g.hwmon, paired) {
             match hwmon_source(h, g) {
-                Ok(s) => from_hwmon.push(s),
+                Ok(mut s) => {
+                    if let Some(why) = &apu {
+                        apu::mark(&mut s.info, why);
+                    }
+                    from_hwmon.push(s)
+                }
                 Err(u) => found.unavailable.push(*u),
             }
         }
@@ -260,21 +284,21 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
     found
 }
 
+/// A GPU AMD SMI lists: handle, PCI address, name, AMD SMI's UUID, typed as an APU.
+type Listed = (Processor, String, String, Option<String>, bool);
+
 /// Every AMD GPU of the machine, from AMD SMI and hwmon, one entry per GPU (hwmon joined to
 /// AMD SMI by PCI address), indexed as the runtime numbers them.
-fn machine_gpus(
-    sys: &Path,
-    listed: Vec<(Processor, String, String, Option<String>)>,
-    hw: Vec<hwmon::AmdgpuHwmon>,
-) -> Vec<Gpu> {
+fn machine_gpus(sys: &Path, listed: Vec<Listed>, hw: Vec<hwmon::AmdgpuHwmon>) -> Vec<Gpu> {
     let mut gpus: Vec<Gpu> = Vec::new();
-    for (p, bdf, name, smi_uuid) in listed {
+    for (p, bdf, name, smi_uuid, smi_apu) in listed {
         gpus.push(Gpu {
             bdf,
             index: 0,
             uuid: None,
             smi: Some((p, name)),
             smi_uuid,
+            smi_apu,
             hwmon: None,
         });
     }
@@ -289,6 +313,7 @@ fn machine_gpus(
                 uuid: None,
                 smi: None,
                 smi_uuid: None,
+                smi_apu: false,
                 hwmon: Some(h),
             }),
         }

@@ -13,6 +13,9 @@ pub(super) struct KfdGpu {
     pub(super) bdf: String,
     /// `GPU-XXXXXXXXXXXXXXXX`, where the node has a unique id.
     pub(super) uuid: Option<String>,
+    /// `cpu_cores_count`: the CPU ("latency") cores of the node, 0 for a discrete GPU (see
+    /// [`super::apu`]).
+    pub(super) cpu_cores: u64,
 }
 
 /// The GPU nodes of the KFD topology in node order (CPU nodes, which have no SIMDs, left out);
@@ -46,7 +49,15 @@ pub(super) fn kfd_gpus(sys: &Path) -> Vec<KfdGpu> {
                 location & 0x7
             );
             let uuid = get("unique_id").filter(|&u| u != 0).map(rocr_uuid);
-            Some((n, KfdGpu { bdf, uuid }))
+            let cpu_cores = get("cpu_cores_count").unwrap_or(0);
+            Some((
+                n,
+                KfdGpu {
+                    bdf,
+                    uuid,
+                    cpu_cores,
+                },
+            ))
         })
         .collect();
     nodes.sort_by_key(|(n, _)| *n);

@@ -23,7 +23,9 @@
 //! so). The instances are found through NVML (`nvmlDeviceGetMigMode`,
 //! `nvmlDeviceGetMaxMigDeviceCount`, `nvmlDeviceGetMigDeviceHandleByIndex`, and
 //! `nvmlDeviceGetUUID` on each instance's handle); a `MIG-…` entry that names none of them is
-//! reported as unavailable, and ends the list as CUDA would. [`list_gpus`] gives every GPU with
+//! reported as unavailable, and ends the list as CUDA would. CUDA gives a process one MIG
+//! instance, the first listed (NVIDIA's MIG user guide): another GPU's instance listed after it
+//! is not measured, and is reported as unavailable. [`list_gpus`] gives every GPU with
 //! its instances, for the caller to decide which rank reports a GPU shared by several.
 //!
 //! Indices are read in NVML's order, which is PCI bus order. CUDA's default order

@@ -33,7 +33,8 @@ pub(super) fn select(nvml: &Nvml, count: u32, visible: Option<&str>) -> Selectio
 ///
 /// A MIG instance (`MIG-<uuid>`, or the legacy `MIG-GPU-<uuid>/<gi>/<ci>`) stands for its
 /// parent GPU: NVML's energy counter and power cover the whole GPU, not one instance. Another
-/// instance of a GPU already listed adds nothing.
+/// instance of a GPU already listed adds nothing; one of another GPU after the first instance
+/// is not this process's (CUDA enumerates one MIG instance per process) and is reported.
 pub(super) fn choose(
     count: u32,
     uuids: impl FnOnce() -> Vec<Option<String>>,
@@ -56,13 +57,31 @@ pub(super) fn choose(
     let entries: Vec<&str> = visible.split(',').map(str::trim).collect();
     let mut uuids = Lazy::new(uuids);
     let mut migs = Lazy::new(migs);
+    // The MIG instance CUDA gives this process: it enumerates one, the first listed.
+    let mut first_mig: Option<&str> = None;
     for (pos, entry) in entries.iter().enumerate() {
         let ignored = || entries[pos..].join(",");
         if is_mig(entry) {
             let listed = migs.get().as_deref().unwrap_or_default();
             match resolve_mig(entry, listed, uuids.get(), &exact) {
                 Some(i) => {
-                    if !sel.indices.iter().any(|&(j, _)| j == i) {
+                    let listed_already = sel.indices.iter().any(|&(j, _)| j == i);
+                    if let (Some(first), false) = (first_mig, listed_already) {
+                        sel.unavailable.push(unavailable(
+                            format!("CUDA_VISIBLE_DEVICES entry {entry}"),
+                            format!(
+                                "CUDA gives a process one MIG instance, the first listed \
+                                 ({first}): this one, of GPU {i}, is not this process's, so \
+                                 GPU {i} is not measured for it"
+                            ),
+                            "list one MIG instance per process (start one process per \
+                             instance), or the GPU setting to measure other GPUs"
+                                .into(),
+                        ));
+                        continue;
+                    }
+                    first_mig.get_or_insert(entry);
+                    if !listed_already {
                         sel.indices.push((i, false));
                         sel.mig.push((i, entry.to_string()));
                     }
@@ -248,4 +267,41 @@ fn by_uuid(nvml: &Nvml, entry: &str, count: u32) -> Option<u32> {
         return None;
     }
     (0..count).find(|&i| nvml.handle(i).is_ok_and(|h| h.0 == dev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "MIG-5e1f0c2a-8d3b-5a7e-9c4d-2b6f1e8a7c30";
+    const B: &str = "MIG-9a4c7e21-3f6d-5b8a-8e2c-7d1b4f9a6e52";
+    const C: &str = "MIG-0b7d2e64-1c5a-5f3e-a9d8-4e2c6b1f7a93";
+
+    fn pick(visible: &str) -> Selection {
+        let uuids = || vec![Some("GPU-aaaa".to_string()), Some("GPU-bbbb".to_string())];
+        // GPU 0 has instances A and C, GPU 1 has B.
+        let migs = || {
+            Some(vec![
+                vec![A.to_string(), C.to_string()],
+                vec![B.to_string()],
+            ])
+        };
+        choose(2, uuids, migs, |_| None, Some(visible))
+    }
+
+    #[test]
+    fn cuda_gives_a_process_its_first_mig_instance_only() {
+        let sel = pick(&format!("{B},{A}"));
+        assert_eq!(sel.indices, [(1, false)]);
+        assert_eq!(sel.mig, [(1, B.to_string())]);
+        let [u] = &sel.unavailable[..] else {
+            panic!("{:?}", sel.unavailable)
+        };
+        assert!(u.what.contains(A) && u.reason.contains(B), "{u:?}");
+        assert!(u.reason.contains("GPU 0 is not measured"), "{u:?}");
+        // Another instance of the GPU already measured changes nothing.
+        let sel = pick(&format!("{A},{C}"));
+        assert_eq!(sel.indices, [(0, false)]);
+        assert!(sel.unavailable.is_empty(), "{:?}", sel.unavailable);
+    }
 }

@@ -208,14 +208,13 @@ pub fn kind_of_name(name: &str) -> ZoneKind {
 }
 
 /// Whether the die zones of some package (two or more `package-N-die-M` zones of one control
-/// type) all read the same non-zero counter value and range: one counter shown once per die, as
-/// AMD's per-CCD zones are. Independent per-die counters (Intel's) never agree to the
-/// microjoule. This tells the AMD layout apart where `/proc/cpuinfo` does not say the vendor
-/// (a tree without it, or a `/proc` that is not the tree's machine's).
+/// type) read one counter, as AMD's per-CCD zones do: the same non-zero range, and values that
+/// one counter read in turn gives (see [`one_counter`]); the first die zone is read again
+/// after the others. Independent per-die counters (Intel's) never agree to the microjoule.
+/// This tells the AMD layout apart where `/proc/cpuinfo` does not say the vendor (a tree
+/// without it, or a `/proc` that is not the tree's machine's).
 pub fn dies_share_counter(zones: &[&ZoneDir], names: &BTreeMap<&str, io::Result<String>>) -> bool {
-    // Per package: each die zone's (energy_uj, max_energy_range_uj), where both read.
-    type Readings = Vec<Option<(u64, u64)>>;
-    let mut by_package: BTreeMap<(&str, u32), Readings> = BTreeMap::new();
+    let mut by_package: BTreeMap<(&str, u32), Vec<&ZoneDir>> = BTreeMap::new();
     for z in zones {
         let Some(Ok(name)) = names.get(z.name.as_str()) else {
             continue;
@@ -225,23 +224,47 @@ pub fn dies_share_counter(zones: &[&ZoneDir], names: &BTreeMap<&str, io::Result<
             die: Some(_),
         } = kind_of_name(name)
         {
-            let number = |f: &str| {
-                let text = fs::read(z.dir.join(f)).ok()?;
-                super::parse_counter(&text)
-            };
-            let value = number("energy_uj").zip(number("max_energy_range_uj"));
             by_package
                 .entry((z.control.as_str(), package))
                 .or_default()
-                .push(value);
+                .push(z);
         }
     }
-    by_package.values().any(|values| {
-        values.len() > 1
-            && values
-                .iter()
-                .all(|v| v.is_some_and(|(e, _)| e > 0) && *v == values[0])
+    let number = |z: &ZoneDir, f: &str| {
+        let text = fs::read(z.dir.join(f)).ok()?;
+        super::parse_counter(&text)
+    };
+    by_package.values().any(|dies| {
+        if dies.len() < 2 {
+            return false;
+        }
+        let readings: Vec<Option<(u64, u64)>> = dies
+            .iter()
+            .map(|z| number(z, "energy_uj").zip(number(z, "max_energy_range_uj")))
+            .collect();
+        one_counter(&readings, number(dies[0], "energy_uj"))
     })
+}
+
+/// Whether `readings` ((energy, range) of die zones, read one after another) and `again` (the
+/// first zone's energy read after them) are one counter read in turn: every range the same,
+/// every value non-zero and no less than the one read before it, and none above `again`. A
+/// live counter ticks between two reads (AMD's about every millisecond, and each zone's read
+/// is a cross-CPU register read), so equal values are not required; a counter that wrapped
+/// meanwhile, or one that reads 0, does not show as shared (it is then measured per die zone).
+fn one_counter(readings: &[Option<(u64, u64)>], again: Option<u64>) -> bool {
+    let (Some(Some((first, range))), Some(again)) = (readings.first(), again) else {
+        return false;
+    };
+    let mut last = *first;
+    last > 0
+        && readings.iter().all(|r| match r {
+            Some((e, r)) if r == range && *e >= last && *e <= again => {
+                last = *e;
+                true
+            }
+            _ => false,
+        })
 }
 
 /// Whether `<proc>/cpuinfo` names an AMD or Hygon processor (whose RAPL counters are per
@@ -287,6 +310,36 @@ mod tests {
         ] {
             assert_eq!(ZoneDir::parse(bad, PathBuf::new()), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn one_counter_read_in_turn_may_have_ticked_between_reads() {
+        const R: u64 = 65_532_610_987;
+        let r = |e: u64| Some((e, R));
+        // A static copy of the tree: every die zone the same value.
+        assert!(one_counter(&[r(500), r(500), r(500)], Some(500)));
+        // A live AMD package counter read through its CCD zones, ticking meanwhile.
+        let ccds = [
+            r(7_000_100),
+            r(7_000_100),
+            r(7_000_161),
+            r(7_000_161),
+            r(7_000_230),
+        ];
+        assert!(one_counter(&ccds, Some(7_000_230)));
+        assert!(one_counter(&ccds, Some(7_000_301)));
+        // Independent per-die counters (Intel's): values far apart, or one behind another.
+        assert!(!one_counter(&[r(7_000_100), r(9_123_456)], Some(7_000_160)));
+        assert!(!one_counter(&[r(7_000_100), r(7_000_050)], Some(7_000_160)));
+        // A value above the first zone's second reading is not the first zone's counter.
+        assert!(!one_counter(&[r(7_000_100), r(7_000_400)], Some(7_000_160)));
+        // Not measurable as one counter: a zero, another range, a zone that did not read, a
+        // counter that wrapped between the two readings of the first zone.
+        assert!(!one_counter(&[r(0), r(0)], Some(0)));
+        assert!(!one_counter(&[r(500), Some((500, R - 1))], Some(500)));
+        assert!(!one_counter(&[r(500), None], Some(500)));
+        assert!(!one_counter(&[r(R - 5), r(R - 1)], Some(20)));
+        assert!(!one_counter(&[r(500), r(500)], None));
     }
 
     #[test]
