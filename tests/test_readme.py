@@ -710,7 +710,6 @@ def test_quoted_paths_exist(doc: str) -> None:
 def _figures() -> list[tuple[str, float]]:
     """(README phrase with the figure as its group, the code's figure)."""
     from carbonctx._carbon.intensity import MAX_G_PER_KWH
-    from carbonctx._carbon.providers.dk import _BAN_S
     from carbonctx._carbon.providers.http import DEFAULT_LIMITS, RETRY_AFTER_MAX_S
     from carbonctx._cli.run import KILL_AFTER_S
     from carbonctx.integrations._meter import Meter
@@ -726,7 +725,6 @@ def _figures() -> list[tuple[str, float]]:
         (r"The BMC is read every (\d+) s", bmc["period_s"]),
         (r"checked \(finite, 0 to ([\d,]+) g/kWh\)", MAX_G_PER_KWH),
         (r"`Retry-After` is honoured up to an (hour)", RETRY_AFTER_MAX_S / 3600),
-        (r"Energi Data Service for (\d+) minutes", _BAN_S / 60),
         (
             r"overall deadline \((\d+) s, `CARBONCTX_INTENSITY_DEADLINE`\)",
             carbon_settings(env={}).deadline_s,
