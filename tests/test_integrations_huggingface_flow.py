@@ -162,6 +162,10 @@ def test_the_same_callback_passed_in_callbacks_survives_an_exception_and_a_secon
     first = _trainer(tmp_path, cb, Boom(3, RuntimeError("boom")), max_steps=8)
     with pytest.raises(RuntimeError):
         first.train()
+    # The region open at the exception is no parent of the regions after it.
+    with carbonctx.track("after") as after:
+        pass
+    assert after.result().parent is None
     second = _trainer(tmp_path, cb, max_steps=4)
     second.train()
     assert cb.total_j == pytest.approx(_logged(second.state.log_history), rel=1e-9)

@@ -58,7 +58,7 @@ from transformers import TrainerCallback
 
 import carbonctx
 from carbonctx._distributed import collectives
-from carbonctx.integrations._common import J_PER_KWH, Budget, put
+from carbonctx.integrations._common import J_PER_KWH, Budget, Regions, put
 
 __all__ = ["CarbonctxCallback", "attach"]
 
@@ -105,6 +105,7 @@ class CarbonctxCallback(TrainerCallback):
         self.total_co2_g = 0.0
         self.epochs: list[dict[str, float]] = []
         self._early = False
+        self._regions = Regions()
         self._reset()
 
     def _reset(self) -> None:
@@ -137,14 +138,14 @@ class CarbonctxCallback(TrainerCallback):
     def _split(self, phase: str) -> None:
         """End the open region (if any) and open the next one, for ``phase``."""
         if self._open is not None:
-            self._open.__exit__(None, None, None)
+            self._regions.end(self._open)
             self._closed.append((self._phase, self._epoch_index, self._open))
         self._phase = phase
-        self._open = carbonctx.track(f"{self.name}.{phase}", tags=self.tags).__enter__()
+        self._open = self._regions.open(f"{self.name}.{phase}", self.tags)
 
     def _stop_regions(self) -> None:
         if self._open is not None:
-            self._open.__exit__(None, None, None)
+            self._regions.end(self._open)
             self._closed.append((self._phase, self._epoch_index, self._open))
             self._open = None
 
@@ -174,8 +175,9 @@ class CarbonctxCallback(TrainerCallback):
         so that the Trainer's setup before ``on_train_begin`` is measured too)."""
         if self._open is not None:
             # A run that ended in an exception without attach(): nothing told the callback.
-            self._open.__exit__(None, None, None)
+            self._regions.end(self._open)
         self._reset()
+        self._regions = Regions()
         self.total_j = self.total_co2_g = 0.0
         self.epochs = []
         self.budget.exceeded = None

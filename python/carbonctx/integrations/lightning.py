@@ -106,7 +106,7 @@ class CarbonctxCallback(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(name=self.name)
+        return str(self._generate_state_key(name=self.name))
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps, so that a fit resumed from it (``ckpt_path``) continues the
