@@ -214,3 +214,15 @@ def test_a_resumed_run_continues_the_epochs_and_the_totals_of_its_checkpoint(
     assert last["energy_forecast_kwh"] * 3.6e6 == pytest.approx(
         before + now - hist[-1]["energy_j"], rel=1e-9
     )
+
+
+def test_a_budget_stop_under_gradient_accumulation_ends_the_run_cleanly(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, gradient_accumulation_steps=2, logging_steps=3)
+    cb = attach(trainer, budget_kwh=1e-9)
+    trainer.train()
+    assert trainer.state.global_step == 3  # the first log, after 3 optimizer steps
+    assert cb.budget_exceeded is not None and cb.budget_exceeded["step"] == 3
+    hist = trainer.state.log_history
+    assert hist[-1]["train_energy_j"] == pytest.approx(_logged(hist), rel=1e-9)
+    assert hist[0]["energy_j"] / hist[0]["energy_j_per_sample"] == pytest.approx(3 * 2 * 8)
+    assert cb._open is None

@@ -114,3 +114,18 @@ def test_a_fit_resumed_with_initial_epoch_numbers_and_forecasts_its_epochs() -> 
     want = [spent[0] * 2 / 3.6e6, spent[1] / 3.6e6]
     assert history.history["energy_forecast_kwh"] == pytest.approx(want, rel=1e-9)
     assert math.isfinite(cb.total_j) and cb.total_j > spent[1] * (1 - 1e-9)
+
+
+def test_an_epochs_loop_of_one_epoch_fits_stops_on_its_budget_cleanly() -> None:
+    cb = CarbonctxCallback(batch_size=8)
+    model = _model()
+    run = carbonctx.epochs(6, budget_kwh=1e-9, quiet=True)
+    for epoch in run:
+        _fit(model, cb, initial_epoch=epoch, epochs=epoch + 1)
+    assert run.stop_reason is not None and "budget" in run.stop_reason
+    assert 1 <= run.epochs_done < 6
+    # Each fit is measured on its own, with Keras's epoch number, inside the run's epoch.
+    assert [e["epoch"] for e in cb.epochs] == [float(run.epochs_done - 1)]
+    regions = {m.id: m for m in carbonctx.recent()}
+    trains = [m for m in regions.values() if m.name == "keras.train"]
+    assert trains and all(regions[m.parent].name == "epoch" for m in trains)
