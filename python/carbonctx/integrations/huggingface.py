@@ -235,6 +235,9 @@ class CarbonctxCallback(TrainerCallback):
         if self._prior_known:
             if len(self.epochs) < self._epoch_index:
                 self._epochs_emitted = self._epoch_index - 1
+            # The checkpoint's figures are the job's already: one rank brings them to the sum.
+            if self.job_totals and collectives.world()[0] != 0:
+                rest = [0.0, 0.0]
             self._epoch_local[self._epochs_emitted] = rest
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
