@@ -173,3 +173,21 @@ def test_a_checkpoint_without_the_callbacks_figures_forecasts_from_the_resumed_e
     forecast = logger.values("energy_forecast_kwh")
     mean = [cb.epochs[0]["energy_j"], (cb.epochs[0]["energy_j"] + cb.epochs[1]["energy_j"]) / 2]
     assert [f * 3.6e6 for f in forecast] == pytest.approx([4 * m for m in mean], rel=1e-4)
+
+
+def test_gradient_accumulation_logs_each_batch_once_and_early_stopping_ends_cleanly(
+    tmp_path: Path,
+) -> None:
+    cb, logger = CarbonctxCallback(), Memory()
+    stop = L.callbacks.EarlyStopping(monitor="val_loss", patience=0, min_delta=1e9)
+    trainer = _trainer(tmp_path, cb, stop, logger=logger, max_epochs=5, accumulate_grad_batches=2)
+    trainer.fit(Model(), *_loaders())
+    # min_delta is never met: the second validation stops the fit.
+    assert trainer.current_epoch == 2 and [e["epoch"] for e in cb.epochs] == [0.0, 1.0]
+    assert trainer.global_step == 40  # 20 optimizer steps per epoch
+    steps = logger.values("energy_j")
+    logged = math.fsum(e["energy_j"] for e in cb.epochs)
+    assert steps and 0 < math.fsum(steps) <= logged * (1 + 1e-6)
+    assert logger.values("epoch_energy_j") == pytest.approx([e["energy_j"] for e in cb.epochs])
+    assert len(logger.values("val_energy_j")) == 2
+    assert cb._open is None

@@ -119,8 +119,11 @@ class CarbonctxCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = [dict(e) for e in state_dict.get("epochs", [])]
-        self.total_j = float(state_dict.get("total_j", 0.0))
-        self.total_co2_g = float(state_dict.get("total_co2_g", 0.0))
+        # The epochs are the job's; the totals rank 0's own (it writes the checkpoint): another
+        # rank's total counts from the resume.
+        if collectives.world()[0] == 0:
+            self.total_j = float(state_dict.get("total_j", 0.0))
+            self.total_co2_g = float(state_dict.get("total_co2_g", 0.0))
         self._restored = True
 
     # ------------------------------------------------------------------ regions
