@@ -154,6 +154,7 @@ def test_a_fit_resumed_from_a_checkpoint_continues_its_epochs_and_budget(tmp_pat
     forecast = logger.values("energy_forecast_kwh")[-1] * 3.6e6
     third = cb2.epochs[2]["energy_j"]
     assert forecast == pytest.approx((spent + third) * 4 / 3, rel=1e-4)
+    assert cb2.total_j >= spent + third  # the run's total: the checkpoint's and the resumed
     assert cb2.budget_exceeded is not None and cb2.budget_exceeded["epoch"] == 3
     assert second.current_epoch == 3
 
