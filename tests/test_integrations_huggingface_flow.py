@@ -91,7 +91,7 @@ def test_gradient_accumulation_counts_optimizer_steps_and_their_samples(tmp_path
     samples = [h["energy_j"] / h["energy_j_per_sample"] for h in train_logs]
     assert samples == pytest.approx([64, 36, 64, 36])
     assert cb.total_j == pytest.approx(_logged(hist), rel=1e-9)
-    assert abs(cb.total_j - whole.energy_j) / whole.energy_j < 0.01
+    assert 0.97 * whole.energy_j < cb.total_j <= whole.energy_j  # all but train()'s edges
     assert [e["epoch"] for e in cb.epochs] == [1.0, 2.0]
 
 
@@ -134,7 +134,7 @@ def test_early_stopping_ends_the_run_with_every_figure(tmp_path: Path) -> None:
     hist = trainer.state.log_history
     assert "train_energy_j" in hist[-1]
     assert cb.total_j == pytest.approx(_logged(hist), rel=1e-9)
-    assert abs(cb.total_j - whole.energy_j) / whole.energy_j < 0.01
+    assert 0.97 * whole.energy_j < cb.total_j <= whole.energy_j  # all but train()'s edges
     assert len([h for h in hist if "eval_energy_j" in h]) == 2
 
 
@@ -146,7 +146,7 @@ def test_an_exception_mid_epoch_keeps_what_was_measured(tmp_path: Path, exc: Bas
         trainer.train()
     # Everything up to the exception is in the totals (what was logged and what was not).
     assert cb.total_j > _logged(trainer.state.log_history) > 0
-    assert abs(cb.total_j - whole.energy_j) / whole.energy_j < 0.01
+    assert 0.97 * whole.energy_j < cb.total_j <= whole.energy_j  # all but train()'s edges
     # Nothing is left open, and the callback measures the next run afresh.
     assert cb._open is None
     trainer.callback_handler.pop_callback(Boom)
