@@ -226,3 +226,19 @@ def test_a_budget_stop_under_gradient_accumulation_ends_the_run_cleanly(tmp_path
     assert hist[-1]["train_energy_j"] == pytest.approx(_logged(hist), rel=1e-9)
     assert hist[0]["energy_j"] / hist[0]["energy_j_per_sample"] == pytest.approx(3 * 2 * 8)
     assert cb._open is None
+
+
+def test_one_callback_attached_to_two_trainers_in_turn_measures_each(tmp_path: Path) -> None:
+    cb = CarbonctxCallback()
+    first = _trainer(tmp_path, max_steps=4)
+    attach(first, cb)
+    attach(first, cb)  # again: one callback in the list, one wrapper
+    assert sum(isinstance(c, CarbonctxCallback) for c in first.callback_handler.callbacks) == 1
+    first.train()
+    second = _trainer(tmp_path, Boom(3, RuntimeError("boom")), max_steps=8)
+    attach(second, cb)
+    with carbonctx.track("whole") as whole, pytest.raises(RuntimeError):
+        second.train()
+    # The second trainer's train() is wrapped too: what it spent before the exception is kept.
+    assert cb.total_j > _logged(second.state.log_history)
+    assert 0.97 * whole.energy_j < cb.total_j <= whole.energy_j

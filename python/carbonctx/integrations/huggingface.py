@@ -434,28 +434,34 @@ def attach(trainer: Any, callback: CarbonctxCallback | None = None, **kwargs: An
         cbs.remove(c)
     at = next((i + 1 for i, c in enumerate(cbs) if isinstance(c, DefaultFlowCallback)), 0)
     cbs.insert(at, callback)
-    if not callback.attached:
-        callback.attached = True
-        train = trainer.train
+    callback.attached = True
+    # One wrapper per trainer, for the callback attached last (the same callback may be
+    # attached to several trainers, one after the other).
+    train = _unwrapped(trainer.train)
+    evaluate = _unwrapped(trainer.evaluate)
 
-        @functools.wraps(train)
-        def measured_train(*args: Any, **kw: Any) -> Any:
-            # The Trainer builds its optimizer and data loaders before the first callback.
-            callback.begin()
-            try:
-                return train(*args, **kw)
-            finally:
-                callback.on_train_end(None, None, None)
+    @functools.wraps(train)
+    def measured_train(*args: Any, **kw: Any) -> Any:
+        # The Trainer builds its optimizer and data loaders before the first callback.
+        callback.begin()
+        try:
+            return train(*args, **kw)
+        finally:
+            callback.on_train_end(None, None, None)
 
-        trainer.train = measured_train
-        evaluate = trainer.evaluate
+    @functools.wraps(evaluate)
+    def measured_evaluate(*args: Any, **kw: Any) -> Any:
+        # Every evaluation during training, planned at a step's end or not (eval_on_start,
+        # one per eval dataset), is measured on its own from its start.
+        callback.evaluating()
+        return evaluate(*args, **kw)
 
-        @functools.wraps(evaluate)
-        def measured_evaluate(*args: Any, **kw: Any) -> Any:
-            # Every evaluation during training, planned at a step's end or not (eval_on_start,
-            # one per eval dataset), is measured on its own from its start.
-            callback.evaluating()
-            return evaluate(*args, **kw)
-
-        trainer.evaluate = measured_evaluate
+    for wrapper in (measured_train, measured_evaluate):
+        wrapper.__carbonctx__ = True  # type: ignore[attr-defined]
+    trainer.train = measured_train
+    trainer.evaluate = measured_evaluate
     return callback
+
+
+def _unwrapped(method: Any) -> Any:
+    return method.__wrapped__ if getattr(method, "__carbonctx__", False) else method
