@@ -157,6 +157,10 @@ def test_a_fit_resumed_from_a_checkpoint_continues_its_epochs_and_budget(tmp_pat
     assert cb2.total_j >= spent + third  # the run's total: the checkpoint's and the resumed
     assert cb2.budget_exceeded is not None and cb2.budget_exceeded["epoch"] == 3
     assert second.current_epoch == 3
+    # validate/test(ckpt_path=...) restore the callbacks too: the fit's figures stay.
+    figures = (cb2.total_j, [dict(e) for e in cb2.epochs])
+    second.validate(Model(), _loaders()[1], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert (cb2.total_j, cb2.epochs) == figures
 
 
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")

@@ -36,7 +36,8 @@ ends in an exception (``KeyboardInterrupt`` included) keeps what it measured in 
 callback's ``state_dict`` (its epochs and totals) goes into Lightning's checkpoints, so that a fit
 resumed with ``ckpt_path`` continues them: its forecast and budget are the whole run's (from a
 checkpoint without them, the forecast counts the resumed epochs only, at their rate).
-``validate``, ``test`` and ``predict`` are not measured.
+``validate``, ``test`` and ``predict`` are not measured, and leave the fit's figures as they
+are (``ckpt_path`` included).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class CarbonctxCallback(Callback):
         # callback's epochs (load_state_dict).
         self._start_step = 0
         self._restored = False
+        self._loaded: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -118,12 +120,20 @@ class CarbonctxCallback(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.epochs = [dict(e) for e in state_dict.get("epochs", [])]
+        # Lightning restores callbacks for validate/test/predict(ckpt_path=...) too: the state
+        # is taken up only when a fit starts training from it (on_train_start).
+        self._loaded = dict(state_dict)
+
+    def _take_up_checkpoint(self) -> None:
+        state, self._loaded = self._loaded, None
+        if state is None:
+            return
+        self.epochs = [dict(e) for e in state.get("epochs", [])]
         # The epochs are the job's; the totals rank 0's own (it writes the checkpoint): another
         # rank's total counts from the resume.
         if collectives.world()[0] == 0:
-            self.total_j = float(state_dict.get("total_j", 0.0))
-            self.total_co2_g = float(state_dict.get("total_co2_g", 0.0))
+            self.total_j += float(state.get("total_j", 0.0))
+            self.total_co2_g += float(state.get("total_co2_g", 0.0))
         self._restored = True
 
     # ------------------------------------------------------------------ regions
@@ -176,6 +186,7 @@ class CarbonctxCallback(Callback):
     # ------------------------------------------------------------------ hooks
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._loaded = None  # a checkpoint's state comes after setup
         if stage == "fit":
             self.total_j = self.total_co2_g = 0.0
             self.epochs = []
@@ -190,6 +201,7 @@ class CarbonctxCallback(Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # After a checkpoint's restore: the steps before it are the checkpoint's.
         self._start_step = trainer.global_step
+        self._take_up_checkpoint()
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
