@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,17 +104,39 @@ def test_evaluate_and_predict_with_the_same_callback_leave_the_fit_figures() -> 
     assert cb.total_j == total and cb.epochs == epochs
 
 
-def test_a_fit_resumed_with_initial_epoch_numbers_and_forecasts_its_epochs() -> None:
+def test_a_fit_resumed_with_initial_epoch_numbers_and_forecasts_the_whole_run() -> None:
     cb = CarbonctxCallback(batch_size=8)
     model = _model()
     _fit(model, cb, epochs=2)
     history = _fit(model, cb, epochs=4, initial_epoch=2)
     assert [e["epoch"] for e in cb.epochs] == [2.0, 3.0]
-    # The rest of fit() (epochs 2 and 3) at the rate of its own epochs.
-    spent = [cb.epochs[0]["energy_j"], cb.epochs[0]["energy_j"] + cb.epochs[1]["energy_j"]]
-    want = [spent[0] * 2 / 3.6e6, spent[1] / 3.6e6]
+    # The run is epochs 0-3: those before the resume at the rate of the resumed ones.
+    e2, e3 = (e["energy_j"] for e in cb.epochs)
+    want = [e2 * 4 / 3.6e6, (e2 + e3) * 2 / 3.6e6]
     assert history.history["energy_forecast_kwh"] == pytest.approx(want, rel=1e-9)
-    assert math.isfinite(cb.total_j) and cb.total_j > spent[1] * (1 - 1e-9)
+    assert cb.total_j >= (e2 + e3) * (1 - 1e-9)
+
+
+def test_backup_and_restore_resumes_the_epochs_and_the_budget_holds_the_whole_run(
+    tmp_path: Path,
+) -> None:
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    cb = CarbonctxCallback(batch_size=8)
+    model = _model()
+    with pytest.raises(RuntimeError):
+        _fit(model, backup, cb, Boom(2, 5, RuntimeError("preempted")), epochs=6)
+    first = [e["energy_j"] for e in cb.epochs]
+    assert len(first) == 2
+    # Restarted: the run continues at epoch 2; its forecast is all six epochs (the two before
+    # the restart at the resumed epoch's rate), and the budget stops it cleanly.
+    cb = CarbonctxCallback(batch_size=8, budget_kwh=1e-9)
+    history = _fit(model, backup, cb, epochs=6)
+    assert [e["epoch"] for e in cb.epochs] == [2.0]
+    assert cb.budget_exceeded is not None and cb.budget_exceeded["epoch"] == 2
+    assert history.history["energy_forecast_kwh"] == pytest.approx(
+        [cb.epochs[0]["energy_j"] * 6 / 3.6e6], rel=1e-9
+    )
+    assert len(history.history["loss"]) == 1
 
 
 def test_an_epochs_loop_of_one_epoch_fits_stops_on_its_budget_cleanly() -> None:

@@ -27,7 +27,7 @@ Figures:
 * per epoch (``on_epoch_end``, exact, after one wait): ``epoch_energy_j`` and ``epoch_co2_g``
   (the epoch's batches, its validation and what runs in between), ``epoch_energy_j_per_sample``
   (with ``batch_size``), ``val_energy_j`` and ``val_co2_g`` (the validation alone, in epochs
-  that validate) and ``energy_forecast_kwh`` (the whole ``fit()`` at the rate so far). In a
+  that validate) and ``energy_forecast_kwh`` (the whole run at the rate so far). In a
   distributed job (``torch.distributed`` or MPI already initialised) they are the job's, summed
   over ranks at each epoch's end: a collective, which every rank reaches.
 
@@ -37,11 +37,13 @@ runs after the last epoch ends, which is in :attr:`CarbonctxCallback.total_j` bu
 last log. A budget (``budget_kwh``, ``budget_co2_kg``) is checked against the forecast at each
 epoch's end and stops training (``model.stop_training``); the decision is joint over ranks.
 
-Each ``fit()`` is measured on its own (a second one with the same callback starts afresh): with
-``initial_epoch``, the epochs keep Keras's numbers and the forecast (and budget) is the rest of
-that ``fit()``. ``evaluate()`` and ``predict()`` are not measured. Keras calls no callback after
-an exception in ``fit()``: ``total_j`` then holds every batch that ended before it, and the
-callback's region, opened in a context of its own, is the parent of no later region.
+Each ``fit()`` is measured on its own (a second one with the same callback starts afresh). A
+resumed run (``initial_epoch``, or ``BackupAndRestore`` after an interruption) keeps Keras's
+epoch numbers, and its forecast (and budget) is the whole run, epochs 0 to ``epochs`` - 1, the
+epochs before the resume counted at the rate of the resumed ones. ``evaluate()`` and
+``predict()`` are not measured. Keras calls no callback after an exception in ``fit()``:
+``total_j`` then holds every batch that ended before it, and the callback's region, opened in a
+context of its own, is the parent of no later region.
 """
 
 from __future__ import annotations
@@ -247,8 +249,11 @@ class CarbonctxCallback(keras.callbacks.Callback):
         planned = (self.params or {}).get("epochs")
         done = epoch - first + 1
         fc_kwh = fc_co2_kg = math.nan
+        # The run is epochs 0 to ``epochs`` - 1 (Keras: with ``initial_epoch``, ``epochs`` is the
+        # final epoch); those before this fit() (BackupAndRestore, a resumed run) are counted at
+        # the rate of this fit()'s epochs.
         if isinstance(planned, int) and planned > first and done > 0:
-            scale = (planned - first) / done
+            scale = planned / done
             fc_kwh = math.fsum(e["energy_j"] for e in self.epochs) * scale / J_PER_KWH
             fc_co2_kg = math.fsum(e["co2_g"] for e in self.epochs) * scale / 1e3
             put(out, "energy_forecast_kwh", fc_kwh)
