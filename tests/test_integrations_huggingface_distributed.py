@@ -43,14 +43,22 @@ class Tokens(torch.utils.data.Dataset):
 torch.manual_seed(0)
 config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=32, n_layer=2,
                                  n_head=2, bos_token_id=0, eos_token_id=0)
-args = transformers.TrainingArguments(
-    output_dir=out + "/hf", per_device_train_batch_size=8, num_train_epochs=2, logging_steps=2,
-    save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, ddp_backend="gloo",
-    dataloader_num_workers=0, seed=0)
-trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
-                               train_dataset=Tokens(64, 1))
-cb = attach(trainer, budget_kwh=None if budget == "none" else float(budget))
-trainer.train()
+resume = budget == "resume"  # a first run saves at step 4 (its first epoch), a second resumes
+def run(checkpoint=None):
+    args = transformers.TrainingArguments(
+        output_dir=out + "/hf", per_device_train_batch_size=8, num_train_epochs=2,
+        logging_steps=2, save_strategy="steps" if resume else "no", save_steps=4,
+        report_to="none", use_cpu=True, disable_tqdm=True, ddp_backend="gloo",
+        dataloader_num_workers=0, seed=0)
+    trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
+                                   train_dataset=Tokens(64, 1))
+    cb = attach(trainer, budget_kwh=None if budget in ("none", "resume") else float(budget))
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return trainer, cb
+trainer, cb = run()
+first = trainer.state.log_history
+if resume:
+    trainer, cb = run(out + "/hf/checkpoint-4")
 st = carbonctx.stats()
 rank = torch.distributed.get_rank()
 with open(f"{out}/rank{rank}.json", "w") as f:
@@ -60,6 +68,8 @@ with open(f"{out}/rank{rank}.json", "w") as f:
         "hist": trainer.state.log_history,
         "own_j": sum(st[n].energy_j.total for n in ("hf.train", "hf.eval") if n in st),
         "total_j": cb.total_j,
+        "epochs": cb.epochs,
+        "first": first,
         "step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "exceeded": cb.budget_exceeded,
@@ -103,3 +113,17 @@ def test_a_budget_on_one_rank_stops_both_after_the_same_step(tmp_path: Path) -> 
     assert "another rank" in r0["exceeded"]["message"]
     assert r0["step"] == r1["step"] == 2  # the first log
     assert r0["step"] < r0["max_steps"]
+
+
+def test_a_resumed_run_continues_the_jobs_figures_on_each_rank(tmp_path: Path) -> None:
+    r0, r1 = _job(tmp_path, ["resume", "resume"])
+    before = sum(h.get("energy_j", 0.0) for h in r0["first"] if h["step"] <= 4)
+    for r in (r0, r1):
+        hist = r["hist"]
+        now = sum(h.get("energy_j", 0.0) for h in hist if h["step"] > 4)
+        assert hist[-1]["train_energy_j"] == pytest.approx(before + now, rel=1e-9)
+        # Two epochs, the first from the checkpoint, counted once over the ranks.
+        assert [e["epoch"] for e in r["epochs"]] == [1.0, 2.0]
+        assert sum(e["energy_j"] for e in r["epochs"]) == pytest.approx(r["total_j"], rel=1e-9)
+    e0, e1 = ([e["energy_j"] for e in r["epochs"]] for r in (r0, r1))
+    assert e0 == pytest.approx(e1, rel=1e-12)

@@ -6,14 +6,16 @@ they compute at those points is the same and lives here, so that each says it on
 
 from __future__ import annotations
 
+import contextvars
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import carbonctx
 from carbonctx._distributed import collectives
 from carbonctx._runs.budget import check_limit
 
-__all__ = ["J_PER_KWH", "Budget", "figures", "put"]
+__all__ = ["J_PER_KWH", "Budget", "Regions", "figures", "put"]
 
 J_PER_KWH = 3.6e6
 
@@ -27,6 +29,27 @@ def figures(regions: Iterable[Any]) -> tuple[float, float]:
         j += m.energy_j
         g += m.co2_g if m.co2_g is not None else math.nan
     return j, g
+
+
+class Regions:
+    """Opens and ends a callback's contiguous regions in a context of their own.
+
+    A framework that ends in an exception may never call its callback again (Keras, the
+    Hugging Face Trainer): the region open then would stay the current region of the thread,
+    the parent of every region after it. Entered in a copy of the caller's context, it nests
+    in what was open when training began, and nothing nests in it.
+    """
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self) -> None:
+        self._ctx = contextvars.copy_context()
+
+    def open(self, name: str, tags: Mapping[str, Any] | None) -> Any:
+        return self._ctx.run(carbonctx.track(name, tags=tags).__enter__)
+
+    def end(self, region: Any) -> None:
+        self._ctx.run(region.__exit__, None, None, None)
 
 
 def put(out: dict[str, float], key: str, value: float) -> None:

@@ -32,6 +32,14 @@ reporting callbacks (W&B, MLflow, TensorBoard, Comet...) come before those passe
 and evaluate) and before every reporter. Passed in ``callbacks=``, the figures still reach
 ``trainer.state.log_history`` and later callbacks, and a warning says the reporters missed them.
 
+**Runs that do not end normally, and resumed runs.** A run that ends in an exception
+(``KeyboardInterrupt`` included) keeps what it spent in ``total_j`` and ``epochs`` (with
+:func:`attach`; it cannot be logged). ``train(resume_from_checkpoint=...)`` continues the
+checkpoint's epochs and totals from its ``log_history``: ``train_energy_j``, the forecast and the
+budget are the whole run's (what was spent after the checkpoint's last log and before the
+interruption is not in the checkpoint, so not in them). What runs after the final log
+(``load_best_model_at_end``) is in no figure.
+
 **Distributed jobs.** Under ``torch.distributed`` the figures are the job's (summed over ranks
 at every log, a collective: the Trainer logs on every rank at the same steps), so rank 0's
 reporters log the job's energy; ``job_totals=False`` keeps each rank's own. The budget decision
@@ -50,7 +58,7 @@ from transformers import TrainerCallback
 
 import carbonctx
 from carbonctx._distributed import collectives
-from carbonctx.integrations._common import J_PER_KWH, Budget, put
+from carbonctx.integrations._common import J_PER_KWH, Budget, Regions, put
 
 __all__ = ["CarbonctxCallback", "attach"]
 
@@ -97,6 +105,7 @@ class CarbonctxCallback(TrainerCallback):
         self.total_co2_g = 0.0
         self.epochs: list[dict[str, float]] = []
         self._early = False
+        self._regions = Regions()
         self._reset()
 
     def _reset(self) -> None:
@@ -118,20 +127,25 @@ class CarbonctxCallback(TrainerCallback):
         self._tokens_logged = 0
         self._last_log_step = -1
         self._warned_order = False
+        # A run resumed from a checkpoint: its first step, and whether the checkpoint's
+        # log_history held this callback's figures (the energy spent before it).
+        self._start_step = 0
+        self._prior_known = False
+        self._prior = (0.0, 0.0)
 
     # ------------------------------------------------------------------ regions
 
     def _split(self, phase: str) -> None:
         """End the open region (if any) and open the next one, for ``phase``."""
         if self._open is not None:
-            self._open.__exit__(None, None, None)
+            self._regions.end(self._open)
             self._closed.append((self._phase, self._epoch_index, self._open))
         self._phase = phase
-        self._open = carbonctx.track(f"{self.name}.{phase}", tags=self.tags).__enter__()
+        self._open = self._regions.open(f"{self.name}.{phase}", self.tags)
 
     def _stop_regions(self) -> None:
         if self._open is not None:
-            self._open.__exit__(None, None, None)
+            self._regions.end(self._open)
             self._closed.append((self._phase, self._epoch_index, self._open))
             self._open = None
 
@@ -159,7 +173,11 @@ class CarbonctxCallback(TrainerCallback):
     def begin(self) -> None:
         """Start measuring a training run now (``attach`` calls it when ``train()`` is called,
         so that the Trainer's setup before ``on_train_begin`` is measured too)."""
+        if self._open is not None:
+            # A run that ended in an exception without attach(): nothing told the callback.
+            self._regions.end(self._open)
         self._reset()
+        self._regions = Regions()
         self.total_j = self.total_co2_g = 0.0
         self.epochs = []
         self.budget.exceeded = None
@@ -176,6 +194,8 @@ class CarbonctxCallback(TrainerCallback):
         except TypeError:
             self._dataset_len = None
         self._tokens_logged = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        if state.global_step > 0:
+            self._resume(state)
         if not self.attached and not self._warned_order and _reports(args):
             self._warned_order = True
             warnings.warn(
@@ -185,6 +205,40 @@ class CarbonctxCallback(TrainerCallback):
                 carbonctx.CarbonctxWarning,
                 stacklevel=2,
             )
+
+    def _resume(self, state: Any) -> None:
+        """A run resumed from a checkpoint: its epochs continue the checkpoint's, and its totals
+        (and forecast, and budget) hold the figures logged before it (``log_history``)."""
+        self._start_step = state.global_step
+        self._epoch_index = self._epochs_emitted = math.floor((state.epoch or 0.0) + 1e-6)
+        j = g = 0.0
+        for h in state.log_history:
+            if h.get("step", 0) > state.global_step:
+                continue
+            for prefix in [""] + [k[: -len("energy_j")] for k in h if k.endswith("_energy_j")]:
+                if prefix in ("train_", "epoch_") or f"{prefix}energy_j" not in h:
+                    continue
+                self._prior_known = True
+                j += h[f"{prefix}energy_j"]
+                g += h.get(f"{prefix}co2_g", math.nan)
+            if "epoch_energy_j" in h:
+                ep = {"energy_j": h["epoch_energy_j"], "co2_g": h.get("epoch_co2_g", math.nan)}
+                self.epochs.append({"epoch": float(len(self.epochs) + 1), **ep})
+        self.total_j, self.total_co2_g = j, g
+        self._prior = (j, g)
+        # What was logged and not yet given to an epoch: the epoch in progress at the
+        # checkpoint (or, at an epoch's end, the epoch just finished), given with it.
+        rest = [
+            j - math.fsum(e["energy_j"] for e in self.epochs),
+            g - math.fsum(e["co2_g"] for e in self.epochs),
+        ]
+        if self._prior_known:
+            if len(self.epochs) < self._epoch_index:
+                self._epochs_emitted = self._epoch_index - 1
+            # The checkpoint's figures are the job's already: one rank brings them to the sum.
+            if self.job_totals and collectives.world()[0] != 0:
+                rest = [0.0, 0.0]
+            self._epoch_local[self._epochs_emitted] = rest
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._epoch_samples = 0
@@ -204,6 +258,18 @@ class CarbonctxCallback(TrainerCallback):
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._plan_eval(state, control)
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # An evaluation the Trainer did not plan at a step's end (``eval_on_start``, one per
+        # eval dataset): without attach(), its first batch is the first sign of it.
+        if self._open is not None and self._phase == "train" and not self._eval_next:
+            self._split("eval")
+
+    def evaluating(self) -> None:
+        """An evaluation starts now (``attach`` calls it from ``trainer.evaluate``): during
+        training it is measured on its own."""
+        if self._open is not None and self._phase == "train" and not self._eval_next:
+            self._split("eval")
 
     def _plan_eval(self, state: Any, control: Any) -> None:
         """An evaluation follows (after the log, if one is due): measure it on its own."""
@@ -237,9 +303,22 @@ class CarbonctxCallback(TrainerCallback):
             hist[-1].update(added)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # Normally the final log has ended the last region already.
+        # Normally the final log has ended the last region already. After an exception
+        # (attach()'s wrapper calls this) what was not logged yet goes into the totals and the
+        # finished epochs: it cannot be logged, and it is not lost. No collective here: the
+        # other ranks may never come.
         self._stop_regions()
-        self._closed.clear()
+        self._read_closed()
+        for ph in self._pending.values():
+            self.total_j += ph[0]
+            self.total_co2_g += ph[1]
+            ph[0] = ph[1] = 0.0
+        for e in sorted(self._epoch_local):
+            if self._epochs_emitted <= e < self._epoch_index:
+                ej, eg = self._epoch_local[e]
+                self.epochs.append({"epoch": float(e + 1), "energy_j": ej, "co2_g": eg})
+        self._epoch_local.clear()
+        self._epochs_emitted = self._epoch_index
 
     # ------------------------------------------------------------------ figures
 
@@ -292,13 +371,24 @@ class CarbonctxCallback(TrainerCallback):
         return out
 
     def _forecast_and_budget(self, state: Any, control: Any, out: dict[str, float]) -> None:
-        done, total = state.global_step, state.max_steps
-        scale = total / done if done > 0 and total and total > 0 else math.nan
-        fc_kwh = self.total_j * scale / J_PER_KWH
+        # What was spent, and the rest of the run at this train() call's rate. A resumed run's
+        # steps before the checkpoint are in the totals when the checkpoint's log_history has
+        # this callback's figures; else they are counted at this call's rate too.
+        done, total, start = state.global_step, state.max_steps, self._start_step
+        j0, g0 = self._prior
+        session_j, session_g = self.total_j - j0, self.total_co2_g - g0
+        fc_j = fc_g = math.nan
+        if done > start and total and total > 0:
+            if self._prior_known or start == 0:
+                left = max(total - done, 0) / (done - start)
+                fc_j, fc_g = self.total_j + session_j * left, self.total_co2_g + session_g * left
+            else:
+                fc_j, fc_g = session_j * total / (done - start), session_g * total / (done - start)
+        fc_kwh = fc_j / J_PER_KWH
         put(out, "energy_forecast_kwh", fc_kwh)
         # A joint decision: every rank stops after the same step. Every rank takes part at
         # every training log, with a budget or not.
-        if self.budget.check(fc_kwh, self.total_co2_g * scale / 1e3, step=done):
+        if self.budget.check(fc_kwh, fc_g / 1e3, step=done):
             control.should_training_stop = True
 
     @property
@@ -330,7 +420,9 @@ def attach(trainer: Any, callback: CarbonctxCallback | None = None, **kwargs: An
 
     It also wraps ``trainer.train`` (on this instance) so that measuring starts when ``train()``
     is called: the Trainer's setup before its first callback (optimizer, data loaders,
-    accelerator) is part of the run's figures."""
+    accelerator) is part of the run's figures, and a run that ends in an exception keeps what
+    it spent in ``total_j`` and ``epochs``; and ``trainer.evaluate``, so that every evaluation
+    during training is measured from its start."""
     from transformers.trainer_callback import DefaultFlowCallback
 
     handler = trainer.callback_handler
@@ -342,18 +434,34 @@ def attach(trainer: Any, callback: CarbonctxCallback | None = None, **kwargs: An
         cbs.remove(c)
     at = next((i + 1 for i, c in enumerate(cbs) if isinstance(c, DefaultFlowCallback)), 0)
     cbs.insert(at, callback)
-    if not callback.attached:
-        callback.attached = True
-        train = trainer.train
+    callback.attached = True
+    # One wrapper per trainer, for the callback attached last (the same callback may be
+    # attached to several trainers, one after the other).
+    train = _unwrapped(trainer.train)
+    evaluate = _unwrapped(trainer.evaluate)
 
-        @functools.wraps(train)
-        def measured_train(*args: Any, **kw: Any) -> Any:
-            # The Trainer builds its optimizer and data loaders before the first callback.
-            callback.begin()
-            try:
-                return train(*args, **kw)
-            finally:
-                callback.on_train_end(None, None, None)
+    @functools.wraps(train)
+    def measured_train(*args: Any, **kw: Any) -> Any:
+        # The Trainer builds its optimizer and data loaders before the first callback.
+        callback.begin()
+        try:
+            return train(*args, **kw)
+        finally:
+            callback.on_train_end(None, None, None)
 
-        trainer.train = measured_train
+    @functools.wraps(evaluate)
+    def measured_evaluate(*args: Any, **kw: Any) -> Any:
+        # Every evaluation during training, planned at a step's end or not (eval_on_start,
+        # one per eval dataset), is measured on its own from its start.
+        callback.evaluating()
+        return evaluate(*args, **kw)
+
+    for wrapper in (measured_train, measured_evaluate):
+        wrapper.__carbonctx__ = True  # type: ignore[attr-defined]
+    trainer.train = measured_train
+    trainer.evaluate = measured_evaluate
     return callback
+
+
+def _unwrapped(method: Any) -> Any:
+    return method.__wrapped__ if getattr(method, "__carbonctx__", False) else method

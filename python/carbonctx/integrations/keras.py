@@ -27,7 +27,7 @@ Figures:
 * per epoch (``on_epoch_end``, exact, after one wait): ``epoch_energy_j`` and ``epoch_co2_g``
   (the epoch's batches, its validation and what runs in between), ``epoch_energy_j_per_sample``
   (with ``batch_size``), ``val_energy_j`` and ``val_co2_g`` (the validation alone, in epochs
-  that validate) and ``energy_forecast_kwh`` (the whole ``fit()`` at the rate so far). In a
+  that validate) and ``energy_forecast_kwh`` (the whole run at the rate so far). In a
   distributed job (``torch.distributed`` or MPI already initialised) they are the job's, summed
   over ranks at each epoch's end: a collective, which every rank reaches.
 
@@ -36,6 +36,14 @@ from ``on_train_begin`` to ``on_train_end``; the epochs' figures add up to all o
 runs after the last epoch ends, which is in :attr:`CarbonctxCallback.total_j` but comes after the
 last log. A budget (``budget_kwh``, ``budget_co2_kg``) is checked against the forecast at each
 epoch's end and stops training (``model.stop_training``); the decision is joint over ranks.
+
+Each ``fit()`` is measured on its own (a second one with the same callback starts afresh). A
+resumed run (``initial_epoch``, or ``BackupAndRestore`` after an interruption) keeps Keras's
+epoch numbers, and its forecast (and budget) is the whole run, epochs 0 to ``epochs`` - 1, the
+epochs before the resume counted at the rate of the resumed ones. ``evaluate()`` and
+``predict()`` are not measured. Keras calls no callback after an exception in ``fit()``:
+``total_j`` then holds every batch that ended before it, and the callback's region, opened in a
+context of its own, is the parent of no later region.
 """
 
 from __future__ import annotations
@@ -47,9 +55,8 @@ from typing import Any
 
 import keras
 
-import carbonctx
 from carbonctx._distributed import collectives
-from carbonctx.integrations._common import J_PER_KWH, Budget, figures, put
+from carbonctx.integrations._common import J_PER_KWH, Budget, Regions, figures, put
 
 __all__ = ["CarbonctxCallback"]
 
@@ -90,9 +97,9 @@ class CarbonctxCallback(keras.callbacks.Callback):
         self.samples = samples
         self.budget = Budget(budget_kwh, budget_co2_kg)
         self.job_totals = job_totals
-        self.total_j = 0.0
-        self.total_co2_g = 0.0
+        self._total = [0.0, 0.0]
         self.epochs: list[dict[str, float]] = []
+        self._regions = Regions()
         self._open: Any = None
         self._phase = "train"
         self._in_batch = 0  # samples of the batches in the open region
@@ -106,6 +113,18 @@ class CarbonctxCallback(keras.callbacks.Callback):
         self._first_epoch: int | None = None
 
     @property
+    def total_j(self) -> float:
+        """This process's joules from ``on_train_begin``: the epochs', and every region ended
+        since (after an exception in ``fit``, which Keras tells no callback, the batches that
+        ended before it)."""
+        return self._total[0] + figures(self._epoch)[0]
+
+    @property
+    def total_co2_g(self) -> float:
+        """This process's grams of CO2e, as :attr:`total_j`."""
+        return self._total[1] + figures(self._epoch)[1]
+
+    @property
     def budget_exceeded(self) -> dict[str, Any] | None:
         """None, or what was exceeded (``epoch``, ``message``, ``forecast_kwh``...)."""
         return self.budget.exceeded
@@ -116,7 +135,7 @@ class CarbonctxCallback(keras.callbacks.Callback):
         """End the open region and file it; open the next one for ``phase`` (None: none)."""
         ended = self._open
         if ended is not None:
-            ended.__exit__(None, None, None)
+            self._regions.end(ended)
             self._epoch.append(ended)
             if self._phase == "train":
                 self._steps.append((ended, self._in_batch))
@@ -126,12 +145,12 @@ class CarbonctxCallback(keras.callbacks.Callback):
         self._open = None
         if phase is not None:
             self._phase = phase
-            self._open = carbonctx.track(f"{self.name}.{phase}", tags=self.tags).__enter__()
+            self._open = self._regions.open(f"{self.name}.{phase}", self.tags)
 
     def _add_total(self, regions: list[Any]) -> tuple[float, float]:
         j, g = figures(regions)
-        self.total_j += j
-        self.total_co2_g += g
+        self._total[0] += j
+        self._total[1] += g
         return j, g
 
     # ------------------------------------------------------------------ hooks
@@ -139,7 +158,8 @@ class CarbonctxCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self._open is not None:  # a fit that ended in an exception: Keras said nothing
             self._split(None)
-        self.total_j = self.total_co2_g = 0.0
+        self._regions = Regions()
+        self._total = [0.0, 0.0]
         self.epochs = []
         self.budget.exceeded = None
         self._epoch.clear()
@@ -229,8 +249,11 @@ class CarbonctxCallback(keras.callbacks.Callback):
         planned = (self.params or {}).get("epochs")
         done = epoch - first + 1
         fc_kwh = fc_co2_kg = math.nan
+        # The run is epochs 0 to ``epochs`` - 1 (Keras: with ``initial_epoch``, ``epochs`` is the
+        # final epoch); those before this fit() (BackupAndRestore, a resumed run) are counted at
+        # the rate of this fit()'s epochs.
         if isinstance(planned, int) and planned > first and done > 0:
-            scale = (planned - first) / done
+            scale = planned / done
             fc_kwh = math.fsum(e["energy_j"] for e in self.epochs) * scale / J_PER_KWH
             fc_co2_kg = math.fsum(e["co2_g"] for e in self.epochs) * scale / 1e3
             put(out, "energy_forecast_kwh", fc_kwh)

@@ -30,6 +30,14 @@ except what runs after the last epoch ends (the last checkpoint, ``on_fit_end``)
 :attr:`CarbonctxCallback.total_j` but cannot be logged. A budget (``budget_kwh``,
 ``budget_co2_kg``) is checked against the forecast at each epoch's end and stops training through
 ``trainer.should_stop``; the decision is joint over ranks (every rank stops after the same epoch).
+
+The sanity check's validation is not a validation run (it counts in the first epoch). A fit that
+ends in an exception (``KeyboardInterrupt`` included) keeps what it measured in ``total_j``. The
+callback's ``state_dict`` (its epochs and totals) goes into Lightning's checkpoints, so that a fit
+resumed with ``ckpt_path`` continues them: its forecast and budget are the whole run's (from a
+checkpoint without them, the forecast counts the resumed epochs only, at their rate).
+``validate``, ``test`` and ``predict`` are not measured, and leave the fit's figures as they
+are (``ckpt_path`` included).
 """
 
 from __future__ import annotations
@@ -90,6 +98,43 @@ class CarbonctxCallback(Callback):
         # Ended regions of this epoch, not yet counted in its total.
         self._epoch: list[Any] = []
         self._val: list[Any] = []
+        # A fit resumed from a checkpoint: its first step, and whether the checkpoint held this
+        # callback's epochs (load_state_dict).
+        self._start_step = 0
+        self._restored = False
+        self._loaded: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def state_key(self) -> str:
+        return str(self._generate_state_key(name=self.name))
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps, so that a fit resumed from it (``ckpt_path``) continues the
+        epochs, the totals, the forecast and the budget of the run."""
+        return {
+            "epochs": [dict(e) for e in self.epochs],
+            "total_j": self.total_j,
+            "total_co2_g": self.total_co2_g,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores callbacks for validate/test/predict(ckpt_path=...) too: the state
+        # is taken up only when a fit starts training from it (on_train_start).
+        self._loaded = dict(state_dict)
+
+    def _take_up_checkpoint(self) -> None:
+        state, self._loaded = self._loaded, None
+        if state is None:
+            return
+        self.epochs = [dict(e) for e in state.get("epochs", [])]
+        # The epochs are the job's; the totals rank 0's own (it writes the checkpoint): another
+        # rank's total counts from the resume.
+        if collectives.world()[0] == 0:
+            self.total_j += float(state.get("total_j", 0.0))
+            self.total_co2_g += float(state.get("total_co2_g", 0.0))
+        self._restored = True
 
     # ------------------------------------------------------------------ regions
 
@@ -141,6 +186,7 @@ class CarbonctxCallback(Callback):
     # ------------------------------------------------------------------ hooks
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._loaded = None  # a checkpoint's state comes after setup
         if stage == "fit":
             self.total_j = self.total_co2_g = 0.0
             self.epochs = []
@@ -149,7 +195,13 @@ class CarbonctxCallback(Callback):
             self._steps.clear()
             self._val.clear()
             self._open = None
+            self._restored = False
             self._split("train")
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # After a checkpoint's restore: the steps before it are the checkpoint's.
+        self._start_step = trainer.global_step
+        self._take_up_checkpoint()
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -223,7 +275,10 @@ class CarbonctxCallback(Callback):
         # Each rank logs its own; sync_dist sums them into the job's, as logged per step.
         self._log(pl_module, "epoch_energy_j", j, on_step=False)
         self._log(pl_module, "epoch_co2_g", g, on_step=False)
-        scale = _remaining_scale(trainer)
+        # Without the checkpoint's figures, a resumed fit forecasts from its own epochs/steps.
+        scale = _remaining_scale(
+            trainer, len(self.epochs), 0 if self._restored else self._start_step
+        )
         fc_kwh = fc_co2_kg = math.nan
         if scale is not None:
             fc_kwh = spent_j * scale / J_PER_KWH
@@ -259,15 +314,18 @@ def _logs_now(trainer: Any) -> bool:
     return True if due is None else bool(due)
 
 
-def _remaining_scale(trainer: Any) -> float | None:
-    """(the whole run) / (what has run), from max_steps or max_epochs; None if unbounded."""
-    done_steps = trainer.global_step
+def _remaining_scale(trainer: Any, epochs_done: int, start_step: int) -> float | None:
+    """(the whole run) / (what has been counted: ``epochs_done`` epochs, the steps after
+    ``start_step``), from max_steps or max_epochs; None if unbounded."""
+    done_steps = trainer.global_step - start_step
     if trainer.max_steps is not None and trainer.max_steps > 0 and done_steps > 0:
         by_steps: float | None = trainer.max_steps / done_steps
     else:
         by_steps = None
-    epochs_done = trainer.current_epoch + 1
     max_epochs = trainer.max_epochs
-    by_epochs = max_epochs / epochs_done if max_epochs is not None and max_epochs > 0 else None
+    if max_epochs is not None and max_epochs > 0 and epochs_done > 0:
+        by_epochs: float | None = max_epochs / epochs_done
+    else:
+        by_epochs = None
     options = [s for s in (by_steps, by_epochs) if s is not None]
     return min(options) if options else None
