@@ -121,10 +121,10 @@ fn socket_channel(dir: &Path) -> (u32, Vec<PathBuf>) {
                 .is_some_and(|l| SOCKET_LABELS.iter().any(|s| s.eq_ignore_ascii_case(l)))
         })
         .or_else(|| {
-            channels
-                .iter()
-                .zip(&labels)
-                .find(|(_, l)| !l.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(FAST_LABEL)))
+            channels.iter().zip(&labels).find(|(_, l)| {
+                !l.as_deref()
+                    .is_some_and(|l| l.eq_ignore_ascii_case(FAST_LABEL))
+            })
         })
         .map(|(&n, _)| n);
     let Some(n) = socket else {
@@ -327,7 +327,9 @@ pub(super) fn source(h: &AmdgpuHwmon, g: &Owner<'_>) -> Result<HwmonGpu, Box<Una
     // Asleep: kept without reading it (a read would wake it on older kernels).
     if state.asleep() {
         src.info.label.push(' ');
-        src.info.label.push_str(&runpm::asleep_note(g.sys, &h.bdf, &state));
+        src.info
+            .label
+            .push_str(&runpm::asleep_note(g.sys, &h.bdf, &state));
         return Ok(src);
     }
     match probe(&h.powers) {
