@@ -11,9 +11,12 @@
 //!   joules = count × `counter_resolution` µJ, a 64-bit count, so no wrap in practice: a step
 //!   back is handled as a reset) as a [`Method::Counter`]; where there is no counter, the socket
 //!   power of `amdsmi_get_power_info` (whole watts) integrated, [`Method::IntegratedPower`].
-//! - `hwmon:amdgpu:<pci address>:power1`, where AMD SMI is absent or does not list the GPU: the board
-//!   power in `power1_input` or `power1_average` (µW), integrated. Where AMD SMI measures the
-//!   same GPU (same PCI address) the hwmon source is an alternative, never added.
+//! - `hwmon:amdgpu:<pci address>:power<N>`, where AMD SMI is absent or does not list the GPU:
+//!   the socket power in `powerN_input` or `powerN_average` (µW) of the channel labelled `PPT`
+//!   or `slowPPT` (channel 1 on every part known; never `fastPPT`), integrated (see `hwmon.rs`).
+//!   Where AMD SMI measures the same GPU (same PCI address) the hwmon source is an alternative,
+//!   never added. A GPU asleep (runtime-suspended) is kept, read as asleep without waking it,
+//!   and read normally once it wakes (see `runpm.rs`).
 //!
 //! On an APU these figures are the whole socket's, CPU cores included: the source then measures
 //! [`Domain::Module`] and is never added to the package (see [`apu`]).
@@ -31,7 +34,10 @@
 //! It is reported as unavailable, naming its partner die (the nearest lower-numbered measured
 //! GPU of the same name for a zero reader, at the same address for one without readings), and
 //! the partner's label says that it covers the package. So nothing is counted twice, and no zero
-//! is shown as a GPU that used no energy.
+//! is shown as a GPU that used no energy. Through hwmon, a zero means every power file that
+//! reads says 0 W (one file at 0 beside another that reads is a measured GPU). A GPU asleep
+//! (its PCI device's `power/runtime_status` says so) is never taken for a paired die, whatever
+//! AMD SMI reads for it.
 //!
 //! # Which GPUs are visible
 //!
