@@ -172,30 +172,30 @@ const READ_HINT: &str = "the amdgpu hwmon file stopped answering (driver reset o
 restart the measurement once the GPU is back";
 
 const REFUSED_HINT: &str = "the driver refuses power reads while the GPU is in reset or the \
-system is suspending (its runtime PM status says active, so it is not asleep); the reading \
-comes back once the GPU answers again";
+system is suspending; the reading comes back once the GPU answers again";
 
-/// Whether a failed read is the driver refusing it (`EPERM`). A permission error on a file
-/// already open is the driver's answer, not the file's mode.
+/// Whether a failed read is the driver refusing it (`EPERM`, as [`read_open`] gives it).
 fn refused(e: &Error) -> bool {
-    match e {
-        Error::Permission { .. } => true,
-        Error::Io { source, .. } => runpm::refused(source),
-        _ => false,
-    }
+    matches!(e, Error::Io { source, .. } if runpm::refused(source))
 }
 
-/// Opens `path` and reads it; a refused read as `EPERM` (the file opened, so it is the driver).
-fn open_read(path: &Path) -> Result<(File, f64), Error> {
-    let file = File::open(path).map_err(|e| Error::io(path, e, ""))?;
-    match read_watts(&file, path) {
-        Ok(w) => Ok((file, w)),
-        Err(Error::Permission { .. }) => Err(Error::Io {
+/// Reads a file already open. A permission error then is the driver refusing the read
+/// (`EPERM`), not the file's mode (checked at open): it is given as `EPERM`.
+fn read_open(file: &File, path: &Path) -> Result<f64, Error> {
+    read_watts(file, path).map_err(|e| match e {
+        Error::Permission { .. } => Error::Io {
             path: path.to_path_buf(),
             source: std::io::Error::from_raw_os_error(libc::EPERM),
-        }),
-        Err(e) => Err(e),
-    }
+        },
+        e => e,
+    })
+}
+
+/// Opens `path` and reads it.
+fn open_read(path: &Path) -> Result<(File, f64), Error> {
+    let file = File::open(path).map_err(|e| Error::io(path, e, ""))?;
+    let w = read_open(&file, path)?;
+    Ok((file, w))
 }
 
 /// One GPU's socket power from hwmon: the file that answered kept open, or (a GPU asleep at
@@ -239,7 +239,7 @@ impl EnergySource for HwmonGpu {
             return Ok(Reading::Power(ASLEEP_W));
         }
         let read = match &self.open {
-            Some((i, file)) => read_watts(file, &self.powers[*i]),
+            Some((i, file)) => read_open(file, &self.powers[*i]),
             None => self.open_now(),
         };
         match read {
