@@ -250,7 +250,7 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
                     })
                 }
                 probe => {
-                    let probe = asleep_probe(probe, sys, g, smi);
+                    let probe = asleep_probe(probe, sys, g, smi, name);
                     paired = matches!(probe, Probe::Zero);
                     unmeasured.push(Unmeasured {
                         index: g.index,
@@ -435,7 +435,7 @@ fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, name: &str) -> Probe {
 
 /// A GPU AMD SMI does not measure because it is asleep (runtime-suspended, see [`runpm`]) is no
 /// paired die: its zeros or failures say so, and its hwmon source (if any) measures it.
-fn asleep_probe(probe: Probe, sys: &Path, g: &Gpu, smi: &AmdSmi) -> Probe {
+fn asleep_probe(probe: Probe, sys: &Path, g: &Gpu, smi: &AmdSmi, name: &str) -> Probe {
     let state = runpm::Status::of(sys, &g.bdf, g.hwmon.as_ref().map(|h| h.dir.as_path())).read();
     let runpm::State::Asleep(word) = &state else {
         return probe;
@@ -448,7 +448,7 @@ fn asleep_probe(probe: Probe, sys: &Path, g: &Gpu, smi: &AmdSmi) -> Probe {
     let note = format!("the GPU is asleep (runtime PM status {word}): {then}");
     match probe {
         Probe::Zero => Probe::Unusable(Box::new(smi.unavailable(
-            format!("{} ({})", label("AMD GPU", g), smi.path.display()),
+            format!("{} ({})", label(name, g), smi.path.display()),
             format!("AMD SMI reads 0 for it, not as a paired die: {note}"),
             "",
         ))),
