@@ -276,3 +276,74 @@ def test_a_meter_whose_firmware_says_unknown_is_explained_not_measured(tmp_path:
     assert "hwmon:power_meter:ACPI000D:00:power1" not in ids
     entry = next(u for u in info["unavailable"] if u["what"].endswith("device/power1_average"))
     assert "unknown" in entry["reason"] and "no power reading now" in entry["hint"]
+
+
+def test_an_amd_gpu_asleep_at_discovery_is_measured_as_asleep_until_it_wakes(
+    tmp_path: Path,
+) -> None:
+    """A discrete AMD GPU runtime-suspended when measuring starts (its PCI device's
+    ``power/runtime_status`` says ``suspended``, as ``Documentation/ABI/testing/
+    sysfs-devices-power`` describes it; ``amdgpu_pm.c`` then refuses hwmon reads with
+    ``EPERM`` on recent kernels and wakes the GPU to answer on older ones). Its power file is
+    never read while it sleeps (here it would fail: a directory in its place). It is listed
+    as measured, asleep, with how to keep it awake; a region while it sleeps gets 0 J from
+    it, and once it wakes its power counts."""
+    sys_root = tmp_path / "sys"
+    bdf = "0000:0b:00.0"
+    hw = _chip(
+        sys_root,
+        f"pci0000:00/0000:00:01.1/{bdf}",
+        2,
+        {"name": "amdgpu\n", "power1_label": "PPT\n"},
+    )
+    (hw / "power1_input").mkdir()
+    power = hw / "device" / "power"
+    power.mkdir()
+    (power / "runtime_status").write_text("suspended\n")
+    (power / "control").write_text("auto\n")
+    carbonctx.configure(
+        sys_root=str(sys_root),
+        dev_root=str(tmp_path / "dev"),
+        proc_root=str(tmp_path / "proc"),
+        nvml_library=str(tmp_path / "none.so"),
+        amdsmi_library=str(tmp_path / "absent.so"),
+        estimate="never",
+    )
+    gpu = f"hwmon:amdgpu:{bdf}:power1"
+    info = carbonctx.devices()
+    (src,) = [s for s in info["sources"] if s["id"] == gpu]
+    assert src["domain"] == "gpu" and src["method"] == "integrated-power"
+    assert "asleep at discovery" in src["label"], src["label"]
+    assert f"echo on > {sys_root}/bus/pci/devices/{bdf}/power/control" in src["label"]
+    with carbonctx.track("asleep") as m:
+        time.sleep(0.3)
+    assert m.by_source[gpu].joules == 0.0
+    assert not _status(gpu)["failed"]
+    # `carbonctx devices` says so too.
+    r = subprocess.run(
+        [sys.executable, "-m", "carbonctx", "devices"],
+        env={
+            **os.environ,
+            "CARBONCTX_SYSFS_ROOT": str(sys_root),
+            "CARBONCTX_DEV_ROOT": str(tmp_path / "dev"),
+            "CARBONCTX_PROC_ROOT": str(tmp_path / "proc"),
+            "CARBONCTX_NVML_LIBRARY": str(tmp_path / "none.so"),
+            "CARBONCTX_AMDSMI_LIBRARY": str(tmp_path / "absent.so"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith(gpu))
+    assert "[ok]" in line and "asleep at discovery" in line and "echo on >" in line, line
+    # It wakes: 120 W from then on.
+    (hw / "power1_input").rmdir()
+    (hw / "power1_input").write_text("120000000\n")
+    (power / "runtime_status").write_text("active\n")
+    time.sleep(0.2)
+    with carbonctx.track("awake") as m:
+        time.sleep(0.5)
+    assert m.by_source[gpu].joules == pytest.approx(120.0 * m.duration_s, rel=0.02)
+    assert m.gpu_j == pytest.approx(m.by_source[gpu].joules)

@@ -710,3 +710,52 @@ fn without_amd_smi_an_apus_hwmon_power_is_the_socket() {
         "{k:?}"
     );
 }
+
+/// A GPU AMD SMI reads as 0 while its PCI device is runtime-suspended (`power/runtime_status`
+/// `suspended`) is asleep, not a die reporting on a partner: AMD SMI's entry says so, and its
+/// amdgpu hwmon directory keeps it measured, as asleep (0 W) until it wakes. The awake die
+/// beside it with the same name is not labelled as covering it.
+#[test]
+fn a_gpu_asleep_is_no_paired_die_and_hwmon_measures_it() {
+    let (_dir, sim) = sim_with_gpus(vec![TRACE.gpu(true)], 20, 20);
+    let extra = "gpu0.name=AMD Radeon PRO W7900\ngpu0.bdf=0000:29:00.0\n\
+                 gpu1.name=AMD Radeon PRO W7900\ngpu1.bdf=0000:2c:00.0\ngpu1.zero=1\n";
+    let m = Machine::for_sim(&sim, &[0, 0], extra);
+    let hw = m.hwmon(5, "0000:2c:00.0", Some(("power1_input", 5_000_000)));
+    fs::create_dir_all(hw.join("device/power")).unwrap();
+    fs::write(hw.join("device/power/runtime_status"), "suspended\n").unwrap();
+    let mut found = m.discover(None, None);
+    assert_eq!(
+        ids(&found),
+        ["amdsmi:0", "hwmon:amdgpu:0000:2c:00.0:power1"],
+        "{}",
+        reasons(&found)
+    );
+    let entry = found
+        .unavailable
+        .iter()
+        .find(|u| u.what.contains("0000:2c:00.0"))
+        .expect("AMD SMI's view of the sleeping GPU is explained");
+    assert!(
+        entry.reason.contains("not as a paired die"),
+        "{}",
+        entry.reason
+    );
+    assert!(entry.reason.contains("asleep"), "{}", entry.reason);
+    assert!(!reasons(&found).contains("partner"), "{}", reasons(&found));
+    let awake = found.sources.iter().find(|s| s.info().index == 0).unwrap();
+    assert!(
+        !awake.info().label.contains("paired die"),
+        "{}",
+        awake.info().label
+    );
+    let asleep = found
+        .sources
+        .iter_mut()
+        .find(|s| s.info().index == 1)
+        .unwrap();
+    assert!(asleep.info().label.contains("asleep at discovery"));
+    assert_eq!(asleep.read().unwrap(), Reading::Power(0.0));
+    fs::write(hw.join("device/power/runtime_status"), "active\n").unwrap();
+    assert_eq!(asleep.read().unwrap(), Reading::Power(5.0));
+}

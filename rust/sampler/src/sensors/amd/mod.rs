@@ -11,9 +11,12 @@
 //!   joules = count × `counter_resolution` µJ, a 64-bit count, so no wrap in practice: a step
 //!   back is handled as a reset) as a [`Method::Counter`]; where there is no counter, the socket
 //!   power of `amdsmi_get_power_info` (whole watts) integrated, [`Method::IntegratedPower`].
-//! - `hwmon:amdgpu:<pci address>:power1`, where AMD SMI is absent or does not list the GPU: the board
-//!   power in `power1_input` or `power1_average` (µW), integrated. Where AMD SMI measures the
-//!   same GPU (same PCI address) the hwmon source is an alternative, never added.
+//! - `hwmon:amdgpu:<pci address>:power<N>`, where AMD SMI is absent or does not list the GPU:
+//!   the socket power in `powerN_input` or `powerN_average` (µW) of the channel labelled `PPT`
+//!   or `slowPPT` (channel 1 on every part known; never `fastPPT`), integrated (see `hwmon.rs`).
+//!   Where AMD SMI measures the same GPU (same PCI address) the hwmon source is an alternative,
+//!   never added. A GPU asleep (runtime-suspended) is kept, read as asleep without waking it,
+//!   and read normally once it wakes (see `runpm.rs`).
 //!
 //! On an APU these figures are the whole socket's, CPU cores included: the source then measures
 //! [`Domain::Module`] and is never added to the package (see [`apu`]).
@@ -31,7 +34,10 @@
 //! It is reported as unavailable, naming its partner die (the nearest lower-numbered measured
 //! GPU of the same name for a zero reader, at the same address for one without readings), and
 //! the partner's label says that it covers the package. So nothing is counted twice, and no zero
-//! is shown as a GPU that used no energy.
+//! is shown as a GPU that used no energy. Through hwmon, a zero means every power file that
+//! reads says 0 W (one file at 0 beside another that reads is a measured GPU). A GPU asleep
+//! (its PCI device's `power/runtime_status` says so) is never taken for a paired die, whatever
+//! AMD SMI reads for it.
 //!
 //! # Which GPUs are visible
 //!
@@ -49,10 +55,11 @@ mod ffi;
 mod hwmon;
 mod layout;
 mod pairs;
+mod runpm;
 mod sysfs;
 mod visible;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,8 +78,6 @@ pub const HWMON_ID_PREFIX: &str = "hwmon:amdgpu:";
 /// AMD SMI reads the driver's metrics table; its counters move about every millisecond, but a
 /// call costs tens of microseconds to milliseconds, as NVML's do.
 const INTERVAL: Duration = Duration::from_millis(20);
-/// Each hwmon power read asks the GPU's firmware.
-const HWMON_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What AMD GPU discovery needs; the caller fills it from its settings (this crate reads no
 /// environment variable).
@@ -245,6 +250,7 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
                     })
                 }
                 probe => {
+                    let probe = asleep_probe(probe, sys, g, smi, name);
                     paired = matches!(probe, Probe::Zero);
                     unmeasured.push(Unmeasured {
                         index: g.index,
@@ -261,7 +267,13 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
         }
         // A die that AMD SMI reads as 0 reports on its partner: hwmon must not count it either.
         if let (Some(h), false) = (&g.hwmon, paired) {
-            match hwmon_source(h, g) {
+            let owner = hwmon::Owner {
+                sys,
+                index: g.index,
+                uuid: g.uuid.clone(),
+                label: label("AMD GPU", g),
+            };
+            match hwmon::source(h, &owner) {
                 Ok(mut s) => {
                     if let Some(why) = &apu {
                         apu::mark(&mut s.info, why);
@@ -421,69 +433,29 @@ fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, name: &str) -> Probe {
     )))
 }
 
-fn hwmon_source(h: &hwmon::AmdgpuHwmon, g: &Gpu) -> Result<hwmon::HwmonGpu, Box<Unavailable>> {
-    let unavailable = |what: String, reason: String, hint: &str| {
-        Box::new(Unavailable {
-            backend: HWMON_BACKEND,
-            what,
-            reason,
-            hint: hint.to_string(),
-        })
+/// A GPU AMD SMI does not measure because it is asleep (runtime-suspended, see [`runpm`]) is no
+/// paired die: its zeros or failures say so, and its hwmon source (if any) measures it.
+fn asleep_probe(probe: Probe, sys: &Path, g: &Gpu, smi: &AmdSmi, name: &str) -> Probe {
+    let state = runpm::Status::of(sys, &g.bdf, g.hwmon.as_ref().map(|h| h.dir.as_path())).read();
+    let runpm::State::Asleep(word) = &state else {
+        return probe;
     };
-    if h.powers.is_empty() {
-        return Err(unavailable(
-            h.dir.display().to_string(),
-            format!(
-                "the amdgpu hwmon directory of GPU {} (PCI {}) has no power1_input or \
-                 power1_average (on paired-die parts the second die has none: the package's \
-                 power is on its partner)",
-                g.index, g.bdf
-            ),
+    let then = if g.hwmon.is_some() {
+        "its amdgpu hwmon source measures it, as asleep until it wakes"
+    } else {
+        "it has no amdgpu hwmon directory to measure it by"
+    };
+    let note = format!("the GPU is asleep (runtime PM status {word}): {then}");
+    match probe {
+        Probe::Zero => Probe::Unusable(Box::new(smi.unavailable(
+            format!("{} ({})", label(name, g), smi.path.display()),
+            format!("AMD SMI reads 0 for it, not as a paired die: {note}"),
             "",
-        ));
+        ))),
+        Probe::Unusable(mut u) => {
+            u.reason.push_str(&format!(" ({note})"));
+            Probe::Unusable(u)
+        }
+        p => p,
     }
-    let (path, file, watts) = hwmon::open_first(&h.powers).map_err(|(reasons, hint)| {
-        unavailable(
-            h.dir.display().to_string(),
-            format!(
-                "no power file of GPU {} (PCI {}) can be read: {reasons}",
-                g.index, g.bdf
-            ),
-            &hint,
-        )
-    })?;
-    if watts == 0.0 {
-        return Err(unavailable(
-            path.display().to_string(),
-            format!(
-                "reads 0 W: GPU {} (PCI {}) is a die whose package reports its power on a \
-                 partner die; not counted",
-                g.index, g.bdf
-            ),
-            "",
-        ));
-    }
-    let file_name = path
-        .file_name()
-        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
-    let name = "AMD GPU";
-    Ok(hwmon::HwmonGpu {
-        info: SourceInfo {
-            id: format!("{HWMON_ID_PREFIX}{}:power1", g.bdf),
-            backend: HWMON_BACKEND,
-            domain: Domain::Gpu,
-            index: g.index,
-            label: format!(
-                "{} (amdgpu hwmon {file_name}, power integrated)",
-                label(name, g)
-            ),
-            method: Method::IntegratedPower,
-            counter: None,
-            interval: HWMON_INTERVAL,
-            path: Some(PathBuf::from(&path)),
-            uuid: g.uuid.clone(),
-        },
-        file,
-        path,
-    })
 }

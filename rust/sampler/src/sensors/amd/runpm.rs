@@ -1,0 +1,184 @@
+//! An AMD GPU's runtime power management: whether it is asleep (runtime-suspended) now.
+//!
+//! # What the driver does
+//!
+//! A discrete AMD GPU with nothing to do (no display lit, no program holding it) is put to
+//! sleep by the kernel's runtime power management after 5 s idle (the autosuspend delay the
+//! amdgpu driver sets): the SMU turns the chip off and only the PCI bus interface stays alive
+//! (BACO, "bus active, chip off"), or the platform cuts the card's power (BOCO, D3cold, on
+//! hybrid-graphics laptops). The PCI device's `power/runtime_status` then reads `suspended`
+//! (`Documentation/ABI/testing/sysfs-devices-power`: `suspended`, `suspending`, `resuming`,
+//! `active`, `error` for a fatal error, `unsupported` where runtime PM is disabled). Reading it
+//! never touches the device.
+//!
+//! The amdgpu hwmon power files answer only while the GPU is awake. Since a late-2024 change to
+//! `drivers/gpu/drm/amd/pm/amdgpu_pm.c` ("don't wake up the GPU for reading pm values") a read
+//! takes a runtime-PM reference only if the device is active (`pm_runtime_get_if_active`, in
+//! `amdgpu_pm_get_access_if_active` today) and otherwise fails with `EPERM`; the same `EPERM`
+//! comes while the GPU is in reset or the system is suspending (`amdgpu_in_reset`,
+//! `in_suspend` without `in_runpm`). Older kernels resume the GPU to answer the read
+//! (`pm_runtime_get_sync`), so a read of a sleeping GPU wakes it.
+//!
+//! # What is done here
+//!
+//! The status is read before each power read; while it says the GPU sleeps (`suspended`, or on
+//! its way in or out: `suspending`, `resuming`) the power file is not read at all, so reading
+//! never wakes the GPU on any kernel, and the GPU reads as asleep: [`ASLEEP_W`]. A read that
+//! fails with `EPERM` is asleep too where the status, read again, says so (the GPU fell asleep
+//! between the two reads); with the status `active` it is an error, as before (reset, system
+//! suspend). Where there is no status file (no `CONFIG_PM`), the power file is read as it is.
+//!
+//! # What an asleep GPU is taken to draw
+//!
+//! [`ASLEEP_W`], 0 W: the chip is off, which is what the driver's figure (the SMU's socket
+//! power) measures while the GPU is awake. The card around it may still draw a little: AMD gave
+//! under 3 W for a whole card with the chip off (ZeroCore Power, BACO), and about nothing with
+//! the bus off too (BOCO). So the figure for a sleeping GPU is low by at most
+//! [`ASLEEP_BOUND_W`] (3 W) for as long as it sleeps, never high; this bound is stated in the
+//! source's label, not added to the region's uncertainty.
+//!
+//! Reading the power of an awake GPU counts as use: the driver marks it busy after each read,
+//! so a GPU read more often than its autosuspend delay stays awake while measured. That is
+//! how the driver works, not something this module can avoid while measuring an awake GPU.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// The power an asleep (runtime-suspended) GPU is read as, in watts.
+pub(super) const ASLEEP_W: f64 = 0.0;
+/// How much more than [`ASLEEP_W`] a sleeping card may draw, in watts (see the module
+/// documentation).
+pub(super) const ASLEEP_BOUND_W: f64 = 3.0;
+
+/// The runtime PM state of a device, as `power/runtime_status` says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum State {
+    /// `active`.
+    Active,
+    /// `suspended`, `suspending` or `resuming`: asleep, or on its way in or out.
+    Asleep(String),
+    /// `error`, `unsupported` or anything else: read the GPU as if awake.
+    Other(String),
+    /// No status file, or it could not be read.
+    Unknown,
+}
+
+impl State {
+    pub(super) fn asleep(&self) -> bool {
+        matches!(self, State::Asleep(_))
+    }
+
+    fn parse(text: &str) -> State {
+        match text.trim() {
+            "active" => State::Active,
+            s @ ("suspended" | "suspending" | "resuming") => State::Asleep(s.to_string()),
+            s => State::Other(s.to_string()),
+        }
+    }
+}
+
+/// A GPU's `power/runtime_status` file, kept open.
+pub(super) struct Status {
+    file: Option<File>,
+}
+
+impl Status {
+    /// The status of the PCI device at `bdf`: through its hwmon directory's `device` link where
+    /// it has one (the same device), else `<sys>/bus/pci/devices/<bdf>`.
+    pub(super) fn of(sys: &Path, bdf: &str, hwmon_dir: Option<&Path>) -> Status {
+        let path = match hwmon_dir {
+            Some(dir) if dir.join("device/power").is_dir() => {
+                dir.join("device/power/runtime_status")
+            }
+            _ => sys
+                .join("bus/pci/devices")
+                .join(bdf)
+                .join("power/runtime_status"),
+        };
+        Status {
+            file: File::open(path).ok(),
+        }
+    }
+
+    /// The state now (one `pread`; never touches the device).
+    pub(super) fn read(&self) -> State {
+        let Some(file) = &self.file else {
+            return State::Unknown;
+        };
+        let mut buf = [0u8; 32];
+        match file.read_at(&mut buf, 0) {
+            Ok(n) if n > 0 && n < buf.len() => State::parse(&String::from_utf8_lossy(&buf[..n])),
+            _ => State::Unknown,
+        }
+    }
+}
+
+/// Whether a failed read is the driver refusing it (`EPERM`): what a read of a sleeping GPU
+/// gets on kernels that do not wake it, and a GPU in reset on every kernel. `PermissionDenied`
+/// from a file already open is the driver's answer, not the file's mode.
+pub(super) fn refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EPERM)
+}
+
+/// The label's note for a GPU asleep at discovery: what it is read as, and how to keep it
+/// awake (for information only).
+pub(super) fn asleep_note(sys: &Path, bdf: &str, state: &State) -> String {
+    let word = match state {
+        State::Asleep(s) => s.as_str(),
+        _ => "suspended",
+    };
+    let control = sys.join("bus/pci/devices").join(bdf).join("power/control");
+    format!(
+        "(asleep at discovery: runtime PM status {word}; read as {ASLEEP_W} W while asleep, \
+         the chip being off (a sleeping card may draw up to {ASLEEP_BOUND_W} W more, not \
+         counted), and measured normally once it wakes; reading never wakes it: it wakes when a \
+         program uses it; to keep it awake while measuring, as root: echo on > {})",
+        control.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states() {
+        assert_eq!(State::parse("active\n"), State::Active);
+        for s in ["suspended\n", "suspending", "resuming\n"] {
+            assert!(State::parse(s).asleep(), "{s}");
+        }
+        assert!(!State::parse("unsupported\n").asleep());
+        assert!(!State::parse("error\n").asleep());
+    }
+
+    #[test]
+    fn only_eperm_is_a_refusal() {
+        assert!(refused(&io::Error::from_raw_os_error(libc::EPERM)));
+        // EACCES is the file's mode (open), EOPNOTSUPP a sensor the firmware lacks.
+        assert!(!refused(&io::Error::from_raw_os_error(libc::EACCES)));
+        assert!(!refused(&io::Error::from_raw_os_error(libc::EOPNOTSUPP)));
+    }
+
+    #[test]
+    fn status_through_the_hwmon_device_link_else_the_pci_bus() {
+        let d = std::env::temp_dir().join(format!("carbonctx-runpm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let dev = d.join("devices/pci0000:00/0000:03:00.0");
+        std::fs::create_dir_all(dev.join("power")).unwrap();
+        std::fs::create_dir_all(dev.join("hwmon/hwmon1")).unwrap();
+        std::os::unix::fs::symlink(&dev, dev.join("hwmon/hwmon1/device")).unwrap();
+        std::fs::write(dev.join("power/runtime_status"), "suspended\n").unwrap();
+        let s = Status::of(&d, "0000:03:00.0", Some(&dev.join("hwmon/hwmon1")));
+        assert_eq!(s.read(), State::Asleep("suspended".into()));
+        std::fs::write(dev.join("power/runtime_status"), "active\n").unwrap();
+        assert_eq!(s.read(), State::Active, "read again at each call");
+        // Without hwmon: the bus's link to the device.
+        std::fs::create_dir_all(d.join("bus/pci/devices")).unwrap();
+        std::os::unix::fs::symlink(&dev, d.join("bus/pci/devices/0000:03:00.0")).unwrap();
+        assert_eq!(Status::of(&d, "0000:03:00.0", None).read(), State::Active);
+        assert_eq!(Status::of(&d, "0000:04:00.0", None).read(), State::Unknown);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
