@@ -176,9 +176,9 @@ impl Nvml {
     }
 
     fn instance_slices(&self, mig: &MigFns, inst: Handle) -> Result<u32, String> {
-        let f = mig.attributes.ok_or(
-            "the NVML library lacks nvmlDeviceGetAttributes_v2 (drivers before R470)",
-        )?;
+        let f = mig
+            .attributes
+            .ok_or("the NVML library lacks nvmlDeviceGetAttributes_v2 (drivers before R470)")?;
         let mut a = Attributes::default();
         // SAFETY: `inst` is a MIG handle of this initialised NVML; `a` has the layout of
         // nvmlDeviceAttributes_t, which the _v2 call fills.
@@ -201,15 +201,16 @@ impl Nvml {
         let f = self.fns.mig.and_then(|m| m.profile_info).ok_or(
             "the NVML library lacks nvmlDeviceGetGpuInstanceProfileInfo (drivers before R450)",
         )?;
-        let mut last_rc = SUCCESS;
+        // The answer for the first constant (the 1-slice profile every MIG GPU has) says most.
+        let mut first_rc = SUCCESS;
         let most = (0..PROFILE_CONSTANTS)
             .filter_map(|p| {
                 let mut info = ProfileInfo::default();
                 // SAFETY: `dev` came from this initialised NVML; `info` has the layout of
                 // nvmlGpuInstanceProfileInfo_t.
                 let rc = unsafe { f(dev.0, p, &mut info) };
-                if rc != SUCCESS {
-                    last_rc = rc;
+                if rc != SUCCESS && first_rc == SUCCESS {
+                    first_rc = rc;
                 }
                 (rc == SUCCESS).then_some(info.slice_count)
             })
@@ -219,9 +220,9 @@ impl Nvml {
             return Ok(most);
         }
         Err(format!(
-            "nvmlDeviceGetGpuInstanceProfileInfo names no profile with slices (last answer: {} \
-             (code {last_rc}))",
-            error_message(self.fns.error_string, last_rc)
+            "nvmlDeviceGetGpuInstanceProfileInfo names no profile with slices (first answer: {} \
+             (code {first_rc}))",
+            error_message(self.fns.error_string, first_rc)
         ))
     }
 }

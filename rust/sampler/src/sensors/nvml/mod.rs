@@ -26,7 +26,8 @@
 //! reported as unavailable, and ends the list as CUDA would. CUDA gives a process one MIG
 //! instance, the first listed (NVIDIA's MIG user guide): another GPU's instance listed after it
 //! is not measured, and is reported as unavailable. [`list_gpus`] gives every GPU with
-//! its instances, for the caller to decide which rank reports a GPU shared by several.
+//! its instances and their slices (see `mig`), for the caller to give each process on an
+//! instance its instance's share of the GPU.
 //!
 //! Indices are read in NVML's order, which is PCI bus order. CUDA's default order
 //! (`CUDA_DEVICE_ORDER=FASTEST_FIRST`) can differ on machines with unlike GPUs, so index `0`
