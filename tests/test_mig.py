@@ -314,6 +314,27 @@ def test_each_process_reports_its_instances_share_without_knowing_the_others() -
     assert shares == pytest.approx([3 / 7, 2 / 7, 2 / 7])
     own = owned_gpus(detect_ranks(env, warn=False), [gpu], {"CUDA_VISIBLE_DEVICES": MIG[0]})
     assert own.mig_share is not None and "MIG instance 3g.20gb" in own.mig_share[2]
+    # A GPU instance of 4 slices split into two compute instances (two MIG devices) of 2: each
+    # process counts its compute instance's 2, so with the 3g instance they add up to 7/7.
+    split = (
+        inst[0],
+        MigInstance(MIG[1], f"{a100} MIG 2c.4g.20gb", 2, 0, 4, None, 2),
+        MigInstance(UNKNOWN, f"{a100} MIG 2c.4g.20gb", 2, 1, 4, None, 2),
+    )
+    gpu = Gpu(0, parent, a100, (MIG[0], MIG[1], UNKNOWN), split, 7)
+    total = 0.0
+    for mig in gpu.mig_uuids:
+        env = {"CUDA_VISIBLE_DEVICES": mig}
+        own = owned_gpus(detect_ranks(env, warn=False), [gpu], env, modules={})
+        assert own.mig_share is not None
+        total += own.mig_share[1]
+        if mig == UNKNOWN:
+            assert (
+                "2 of 7 slices (its compute instance's, of its GPU instance's 4)"
+                in (own.mig_share[2])
+            )
+            assert "MIG instance 2c.4g.20gb" in own.mig_share[2]
+    assert total == pytest.approx(1.0)
     # Slices NVML gives, but more than the GPU's: not believed.
     bad = Gpu(0, parent, a100, MIG, inst, 2)
     env = {**TORCHRUN, "RANK": "0", "LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": MIG[0]}

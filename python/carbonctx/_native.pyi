@@ -68,9 +68,9 @@ def nvml_gpus(
     ``uuid``, ``name``, ``mig_uuids``: its MIG instances' UUIDs, empty when MIG is off or not
     supported; ``mig_instances``: the same with ``uuid``, ``name``, ``gpu_instance_id``,
     ``compute_instance_id``, ``slices`` (its GPU instance's slices, or None with
-    ``slices_error`` saying why); ``slices``: the GPU's, from its largest GPU-instance profile,
-    or None with ``slices_error``) and ``unavailable`` (why NVML could not be read, with a
-    hint)."""
+    ``slices_error`` saying why), ``compute_slices`` (its compute instance's); ``slices``: the
+    GPU's, from its largest GPU-instance profile, or None with ``slices_error``) and
+    ``unavailable`` (why NVML could not be read, with a hint)."""
 
 def check_sources(
     *,

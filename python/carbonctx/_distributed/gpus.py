@@ -23,6 +23,9 @@ class MigInstance:
     #: Its GPU instance's slices; None with ``slices_error`` saying why NVML does not tell.
     slices: int | None = None
     slices_error: str | None = None
+    #: Its compute instance's slices: fewer than ``slices`` where the GPU instance is split
+    #: into several compute instances (each a MIG device of its own).
+    compute_slices: int | None = None
 
 
 @attrs.frozen(slots=True)

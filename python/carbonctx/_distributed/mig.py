@@ -3,21 +3,22 @@
 A process on a MIG instance: ``CUDA_VISIBLE_DEVICES`` starts with one (``MIG-<uuid>``, or the
 legacy ``MIG-GPU-<uuid>/<gi>/<ci>``; CUDA then gives the process that one instance), or, where
 it is unset, ``NVIDIA_VISIBLE_DEVICES`` does (a container the NVIDIA container toolkit set up
-for one instance), or the GPU setting names one. Its GPU is read whole (NVML meters the GPU,
-not an instance) and the process reports the GPU's energy times its instance's share of the
-GPU's slices (``GpuOwnership.mig_share``): the instance's GPU-instance slices over the GPU's
-(the slices of its largest GPU-instance profile), as NVML gives them (``Gpu.mig``,
-``Gpu.slices``). No knowledge of other processes is needed: the instances of one GPU add up to
-at most the whole GPU, and slices that no instance holds (or whose instance runs nothing
-measured) belong to no one. The split is an approximation: NVML does not meter an instance's
-own use. Where NVML does not give the slices (an old driver, a refused call), a rank falls back
-to the first-instance rule: the rank on the GPU's first instance (in NVML's order) reports the
-whole GPU, the others none (``shared`` either way), which counts the GPU once only where every
-rank sees every instance and one runs on the first; the reason says so and ``warning`` is set.
-A process that is no rank then reports the whole GPU (``warning`` set too). The instances are
-those NVML lists (the caller asks NVML only when :func:`names_mig`); a ``MIG-`` entry naming
-none of them names no GPU, and one after the first ``MIG-`` entry is not this process's (CUDA
-gives a process one instance).
+for one instance), or the GPU setting names one. Its GPU is read whole (NVML meters the GPU, not
+an instance) and the process reports the GPU's energy times its instance's share of the GPU's
+slices (``GpuOwnership.mig_share``): the instance's GPU-instance slices over the GPU's (the
+slices of its largest GPU-instance profile), as NVML gives them (``Gpu.mig``, ``Gpu.slices``); a
+compute instance smaller than its GPU instance (one of several MIG devices cut from it) counts
+its own compute slices instead. No knowledge of other processes is needed: the instances of one
+GPU add up to at most the whole GPU, and slices that no instance holds (or whose instance runs
+nothing measured) belong to no one. The split is an approximation: NVML does not meter an
+instance's own use. Where NVML does not give the slices (an old driver, a refused call), a rank
+falls back to the first-instance rule: the rank on the GPU's first instance (in NVML's order)
+reports the whole GPU, the others none (``shared`` either way), which counts the GPU once only
+where every rank sees every instance and one runs on the first; the reason says so and
+``warning`` is set. A process that is no rank then reports the whole GPU (``warning`` set too).
+The instances are those NVML lists (the caller asks NVML only when :func:`names_mig`); a
+``MIG-`` entry naming none of them names no GPU, and one after the first ``MIG-`` entry is not
+this process's (CUDA gives a process one instance).
 """
 
 from __future__ import annotations
@@ -77,11 +78,13 @@ def find_instance(
     return parent, None, None
 
 
-_PROFILE = re.compile(r"\b(\d+g\.\d+gb(?:\+\w+)?)", re.IGNORECASE)
+_PROFILE = re.compile(r"\b((?:\d+c\.)?\d+g\.\d+gb(?:\+\w+)?)", re.IGNORECASE)
 
 
 def slice_share(g: Gpu, inst: MigInstance | None, entry: str) -> tuple[float, str] | str:
-    """The instance's share of its GPU by slices, with the share rule; else why not known."""
+    """The instance's share of its GPU by slices, with the share rule; else why not known.
+    A compute instance smaller than its GPU instance counts its own slices: the GPU instance's
+    other compute instances are other MIG devices, whose processes count theirs."""
     if inst is None:
         return f"NVML lists no instance of GPU {g.index} that {entry} names"
     if inst.slices is None:
@@ -92,13 +95,17 @@ def slice_share(g: Gpu, inst: MigInstance | None, entry: str) -> tuple[float, st
         return f"NVML gives the instance {inst.slices} slices of the GPU's {g.slices}"
     m = _PROFILE.search(inst.name or "")
     profile = f"{m.group(1)} ({inst.uuid})" if m else inst.uuid
+    mine, part = inst.slices, ""
+    ci = inst.compute_slices
+    if ci is not None and 0 < ci < inst.slices:
+        mine, part = ci, f" (its compute instance's, of its GPU instance's {inst.slices})"
     rule = (
-        f"MIG instance {profile}: {inst.slices} of {g.slices} slices of "
+        f"MIG instance {profile}: {mine} of {g.slices} slices{part} of "
         f"{g.uuid or f'GPU {g.index}'}; the GPU's energy split by slices, an approximation: the "
         "instances' own use is not metered separately, and slices no instance holds (or no "
         "measured process uses) are counted by no one"
     )
-    return inst.slices / g.slices, rule
+    return mine / g.slices, rule
 
 
 def on_mig(

@@ -46,7 +46,8 @@ struct fake_device;
 typedef struct fake_mig {
     struct fake_device *parent;
     unsigned int slot;
-    unsigned int slices; /* the GPU slices of its GPU instance (gpuInstanceSliceCount) */
+    unsigned int slices;         /* the GPU slices of its GPU instance (gpuInstanceSliceCount) */
+    unsigned int compute_slices; /* those of its compute instance (computeInstanceSliceCount) */
     char uuid[UUID_LEN]; /* empty: no instance in this slot */
 } fake_mig;
 
@@ -163,7 +164,8 @@ static int parse_int(const char *v, int *out) {
 
 /* gpuK.mig: the MIG instances' UUIDs, comma-separated, one per slot (an empty item is a slot
  * without an instance), each optionally followed by `:S`, its GPU instance's slices (1 to 8,
- * default 1); MIG is then on, with as many slots as items. */
+ * default 1), and `:C`, its compute instance's (1 to S, default S); MIG is then on, with as many
+ * slots as items. */
 static int parse_mig(fake_device *d, const char *val) {
     unsigned int n = 0;
     const char *p = val;
@@ -175,13 +177,20 @@ static int parse_mig(fake_device *d, const char *val) {
         memcpy(item, p, len);
         item[len] = '\0';
         char *colon = strchr(item, ':');
-        unsigned long long slices = 1;
+        unsigned long long slices = 1, compute = 0;
         if (colon) {
             *colon = '\0';
+            char *second = strchr(colon + 1, ':');
+            if (second) {
+                *second = '\0';
+                if (!parse_ull(trim(second + 1), &compute) || compute < 1) return 0;
+            }
             if (!parse_ull(trim(colon + 1), &slices) || slices < 1 || slices > 8) return 0;
+            if (compute > slices) return 0;
         }
         snprintf(d->mig[n].uuid, UUID_LEN, "%s", trim(item));
         d->mig[n].slices = (unsigned int)slices;
+        d->mig[n].compute_slices = compute ? (unsigned int)compute : (unsigned int)slices;
         n++;
         if (!end) break;
         p = end + 1;
@@ -589,7 +598,9 @@ EXPORT int nvmlDeviceGetName(void *h, char *name, unsigned int length) {
         unsigned long long gb =
             p->mig_slices ? (p->memory_mib * mig->slices / p->mig_slices + 512) / 1024 : 0;
         char full[NAME_LEN + 40];
-        snprintf(full, sizeof full, "%s MIG %ug.%llugb", p->name, mig->slices, gb);
+        char ci[16] = ""; /* a compute instance smaller than its GPU instance: `1c.` first */
+        if (mig->compute_slices < mig->slices) snprintf(ci, sizeof ci, "%uc.", mig->compute_slices);
+        snprintf(full, sizeof full, "%s MIG %s%ug.%llugb", p->name, ci, mig->slices, gb);
         DONE(copy_string(name, length, full));
     }
     pthread_mutex_unlock(&lock);
@@ -1007,8 +1018,9 @@ EXPORT int nvmlDeviceGetAttributes_v2(void *h, fake_attributes *a) {
     const fake_device *p = mig->parent;
     if (!p->mig_slices) DONE(E_NOT_SUPPORTED);
     memset(a, 0, sizeof *a);
-    a->multiprocessorCount = 14 * mig->slices;
-    a->gpuInstanceSliceCount = a->computeInstanceSliceCount = mig->slices;
+    a->multiprocessorCount = 14 * mig->compute_slices;
+    a->gpuInstanceSliceCount = mig->slices;
+    a->computeInstanceSliceCount = mig->compute_slices;
     a->memorySizeMB = p->memory_mib * mig->slices / p->mig_slices;
     DONE(OK);
 }

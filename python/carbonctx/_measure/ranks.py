@@ -11,7 +11,9 @@ the usual SPMD job, where every rank runs the same region at the same time: the 
 of concurrent regions add up to the node's energy, counted once. (A finer rule, splitting among
 the ranks inside a region at each instant, needs every rank's region marks in one place: that
 comes with one sampler per node.) A GPU is not shared: a rank reports its own GPUs whole
-(``_distributed.devices`` says which and why) and never another rank's.
+(``_distributed.devices`` says which and why) and never another rank's. Except a GPU cut into
+MIG instances: a process on one (a rank or not) reports the GPU's energy times its instance's
+share of the GPU's slices (``_distributed.mig``), needing no knowledge of the other processes.
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ def with_mig_instances(gpus: Sequence[Gpu], nvml_library: str | None) -> list[Gp
                 compute_instance_id=m.get("compute_instance_id"),
                 slices=m.get("slices"),
                 slices_error=m.get("slices_error"),
+                compute_slices=m.get("compute_slices"),
             )
             for m in x.get("mig_instances", ())
         )
@@ -381,7 +384,7 @@ def column_shares(
     sources: Sequence[Mapping[str, Any]], plan: RankPlan | None
 ) -> list[tuple[float, str | None]]:
     """(factor, rule) per source column: the share of it this rank's figures carry (0 for a GPU
-    this rank does not report)."""
+    this rank does not report; a MIG instance's share of its GPU by slices)."""
     out: list[tuple[float, str | None]] = []
     for src in sources:
         domain = src.get("domain")

@@ -159,6 +159,7 @@ fn nvml_gpus<'py>(py: Python<'py>, nvml_library: Option<PathBuf>) -> PyResult<Bo
                     d.set_item("gpu_instance_id", m.gpu_instance_id)?;
                     d.set_item("compute_instance_id", m.compute_instance_id)?;
                     d.set_item("slices", m.slices)?;
+                    d.set_item("compute_slices", m.compute_slices)?;
                     d.set_item("slices_error", m.slices_error.as_deref())?;
                     Ok(d)
                 })

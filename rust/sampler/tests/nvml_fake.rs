@@ -489,13 +489,14 @@ fn a_process_measures_the_gpu_of_its_first_mig_instance_only() {
 
 #[test]
 fn each_instance_comes_with_its_slices_and_the_gpu_with_its_own() {
-    // An A100 cut 3g + 4g of its 7 slices, and an A30-like GPU of 4 slices cut 2g + 1g.
+    // An A100 cut 3g + 4g of its 7 slices, and an A30-like GPU of 4 slices cut 2g (one compute
+    // instance of 1 slice in it) + 1g.
     let fake = FakeNvml::new(
         "devices=2\n\
          gpu0.name=NVIDIA A100-SXM4-40GB\n\
          gpu0.memory_mib=40960\n\
          gpu0.mig=MIG-aaaa:3, ,MIG-bbbb:4\n\
-         gpu1.mig=MIG-cccc:2,MIG-dddd\n\
+         gpu1.mig=MIG-cccc:2:1,MIG-dddd\n\
          gpu1.mig_slices=4\n",
     );
     let gpus = list_gpus(&fake.roots()).expect("NVML loads");
@@ -537,6 +538,20 @@ fn each_instance_comes_with_its_slices_and_the_gpu_with_its_own() {
     assert_eq!(
         (a.compute_instance_id, a.slices_error.as_deref()),
         (Some(0), None)
+    );
+    assert_eq!(
+        a.compute_slices,
+        Some(3),
+        "one compute instance spans its GPU instance"
+    );
+    let c = &gpus[1].mig_instances[0];
+    assert_eq!((c.slices, c.compute_slices), (Some(2), Some(1)));
+    assert!(
+        c.name
+            .as_deref()
+            .unwrap_or_default()
+            .ends_with("MIG 1c.2g.8gb"),
+        "{c:?}"
     );
     assert!(gpus.iter().all(|g| g.slices_error.is_none()));
     assert_eq!(fake.init_count(), 0);

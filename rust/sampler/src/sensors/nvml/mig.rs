@@ -116,6 +116,9 @@ pub struct MigInstance {
     /// Its GPU instance's slices (`gpuInstanceSliceCount`); `None` with `slices_error` saying
     /// why where NVML does not tell.
     pub slices: Option<u32>,
+    /// Its compute instance's slices (`computeInstanceSliceCount`): fewer than its GPU
+    /// instance's where that is split into several compute instances (several MIG devices).
+    pub compute_slices: Option<u32>,
     pub slices_error: Option<String>,
 }
 
@@ -151,9 +154,10 @@ impl Nvml {
                 let inst = Handle(inst);
                 // A MIG handle answers nvmlDeviceGetUUID with the instance's own UUID.
                 let uuid = self.string(self.fns.uuid, inst)?;
-                let (slices, slices_error) = match self.instance_slices(&mig, inst) {
-                    Ok(s) => (Some(s), None),
-                    Err(e) => (None, Some(e)),
+                let (slices, compute_slices, slices_error) = match self.instance_slices(&mig, inst)
+                {
+                    Ok((gi, ci)) => (Some(gi), (ci > 0).then_some(ci), None),
+                    Err(e) => (None, None, Some(e)),
                 };
                 Some(MigInstance {
                     uuid,
@@ -161,6 +165,7 @@ impl Nvml {
                     gpu_instance_id: uint(mig.gpu_instance_id, inst),
                     compute_instance_id: uint(mig.compute_instance_id, inst),
                     slices,
+                    compute_slices,
                     slices_error,
                 })
             })
@@ -175,7 +180,8 @@ impl Nvml {
             .collect()
     }
 
-    fn instance_slices(&self, mig: &MigFns, inst: Handle) -> Result<u32, String> {
+    /// The instance's GPU instance slices and compute instance slices.
+    fn instance_slices(&self, mig: &MigFns, inst: Handle) -> Result<(u32, u32), String> {
         let f = mig
             .attributes
             .ok_or("the NVML library lacks nvmlDeviceGetAttributes_v2 (drivers before R470)")?;
@@ -192,7 +198,7 @@ impl Nvml {
         if a.gpu_instance_slice_count == 0 {
             return Err("nvmlDeviceGetAttributes_v2 gives 0 GPU instance slices".into());
         }
-        Ok(a.gpu_instance_slice_count)
+        Ok((a.gpu_instance_slice_count, a.compute_instance_slice_count))
     }
 
     /// GPU `dev`'s slices: the largest `sliceCount` among the GPU-instance profiles it
