@@ -353,7 +353,7 @@ def test_a_legacy_name_nvml_does_not_place_reports_the_whole_gpu_and_warns() -> 
 
 
 def test_without_slices_an_instance_listed_in_the_legacy_form_is_matched_too() -> None:
-    # Drivers before R470 name instances MIG-GPU-<uuid>/<gi>/<ci> and give no slices: the rank
+    # Drivers before R470 name instances MIG-GPU-<uuid>/<gi>/<ci>; without slices: the rank
     # on the first one listed reports the GPU, the rank on another none.
     from carbonctx._distributed import Gpu, detect_ranks, owned_gpus
 

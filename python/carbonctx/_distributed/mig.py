@@ -133,15 +133,18 @@ def on_mig(
             mig_share=(parent.index, share[0], share[1]),
         )
     why = f"the slices of MIG instance {entry} are unknown ({share})"
+    update = (
+        "Update the NVIDIA driver where it lacks the calls (R455 and later have them), or let "
+        "this process query the GPU's MIG profiles (nvidia-smi mig -lgip should work where it "
+        "runs)."
+    )
     if not rank:
         return attrs.evolve(
             own,
             reason=f"{own.reason}; {why}, so GPU {parent.index} counts whole for it",
             warning=f"carbonctx: {why}; GPU {parent.index} is reported whole for this process, "
-            "which counts it once per measured process on its instances. Update the NVIDIA "
-            "driver (R470 or later gives the slices).",
+            f"which counts it once per measured process on its instances. {update}",
         )
-    update = "Update the NVIDIA driver (R470 or later gives the slices)."
     if k is None:
         # Not placed among the instances: the whole GPU, as the least that loses nothing.
         why += f"; NVML does not place it among GPU {parent.index}'s instances"

@@ -560,7 +560,7 @@ fn each_instance_comes_with_its_slices_and_the_gpu_with_its_own() {
 #[test]
 fn where_the_driver_does_not_give_slices_the_listing_says_why() {
     let config = "devices=2\ngpu0.mig=MIG-aaaa:3\ngpu1.mig=MIG-bbbb:2\ngpu1.mig_slices=0\n";
-    // Calls missing (a driver before R470): instances listed, slices unknown, with the call.
+    // Calls missing (a driver before R455): instances listed, slices unknown, with the call.
     let fake = FakeNvml::of(common_nvml::built_without_mig_slices(), config);
     let gpus = list_gpus(&fake.roots()).expect("NVML loads");
     let g = &gpus[0];

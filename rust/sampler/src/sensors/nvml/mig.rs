@@ -184,7 +184,7 @@ impl Nvml {
     fn instance_slices(&self, mig: &MigFns, inst: Handle) -> Result<(u32, u32), String> {
         let f = mig
             .attributes
-            .ok_or("the NVML library lacks nvmlDeviceGetAttributes_v2 (drivers before R470)")?;
+            .ok_or("the NVML library lacks nvmlDeviceGetAttributes_v2 (drivers before R455)")?;
         let mut a = Attributes::default();
         // SAFETY: `inst` is a MIG handle of this initialised NVML; `a` has the layout of
         // nvmlDeviceAttributes_t, which the _v2 call fills.
