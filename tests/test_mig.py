@@ -1,7 +1,9 @@
 """NVIDIA MIG instances, against the stand-in NVML partitioned into instances (``gpuK.mig``): a
-process on a MIG instance measures its whole GPU (NVML's energy counter is the GPU's, which its
-instances share), ranks on instances of one GPU count that GPU once, and a MIG UUID that names
-no instance is reported with what to do."""
+process on a MIG instance reads its whole GPU (NVML's energy counter is the GPU's, which its
+instances share) and reports the GPU's energy times its instance's share of the GPU's slices, so
+that the processes on one GPU's instances add up to it, whatever each of them sees; where NVML
+does not give the slices, ranks fall back to the first-instance rule and say so; a MIG UUID that
+names no instance is reported with what to do."""
 
 from __future__ import annotations
 
@@ -17,24 +19,29 @@ from carbonctx import _native
 from carbonctx._measure import process
 from carbonctx.testing import GpuSpec, SimulatedMachine, Wave
 
-#: The instances of GPU 1 (slots 0 and 2; slot 1 is empty), as nvidia-smi -L lists them.
+#: The instances of GPU 1 (slots 0 and 2; slot 1 is empty), as nvidia-smi -L lists them: a 3g
+#: and a 4g instance of its 7 slices.
 MIG = ("MIG-5e1f0c2a-8d3b-5a7e-9c4d-2b6f1e8a7c30", "MIG-9a4c7e21-3f6d-5b8a-8e2c-7d1b4f9a6e52")
+SLICES = {MIG[0]: 3, MIG[1]: 4}
+LAYOUT = [f"{MIG[0]}:3", "", f"{MIG[1]}:4"]
 UNKNOWN = "MIG-00000000-dead-beef-0000-000000000000"
 
 TORCHRUN = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "mig"}
 
 
-def partition(sim: SimulatedMachine, gpu: int, slots: list[str]) -> None:
-    """Gives GPU ``gpu`` of the stand-in these MIG slots (read at the next nvmlInit)."""
+def partition(sim: SimulatedMachine, gpu: int, slots: list[str], *extra: str) -> None:
+    """Gives GPU ``gpu`` of the stand-in these MIG slots (``UUID:slices``), and ``extra``
+    configuration lines (read at the next nvmlInit; a later line overrides)."""
     assert sim.nvml_library is not None
     with open(sim.nvml_library.parent / "fake_nvml.conf", "a") as f:
         f.write(f"gpu{gpu}.mig={','.join(slots)}\n")
+        f.writelines(f"{line}\n" for line in extra)
 
 
 @pytest.fixture
 def sim(tmp_path: Path, fake_nvml: Path) -> Iterator[SimulatedMachine]:
     """Two GPUs far apart in power (a rank reading the wrong one would show); GPU 1 has two
-    MIG instances."""
+    MIG instances, of 3 and 4 of its 7 slices."""
     with SimulatedMachine(
         tmp_path / "hw",
         package=Wave.constant(80.0),
@@ -42,7 +49,7 @@ def sim(tmp_path: Path, fake_nvml: Path) -> Iterator[SimulatedMachine]:
         gpu_update_s=0.01,
         nvml_library=fake_nvml,
     ) as m:
-        partition(m, 1, [MIG[0], "", MIG[1]])
+        partition(m, 1, LAYOUT)
         yield m
 
 
@@ -61,34 +68,62 @@ def gpu_sources(r: carbonctx.Measurement) -> dict[str, Any]:
     return {k: s for k, s in r.by_source.items() if s.domain == "gpu"}
 
 
-def test_the_listing_carries_each_gpus_instances(sim: SimulatedMachine) -> None:
+def as_rank(monkeypatch: pytest.MonkeyPatch, rank: int, visible: str) -> None:
+    for k, v in {**TORCHRUN, "RANK": str(rank), "LOCAL_RANK": str(rank)}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+
+
+def test_the_listing_carries_each_gpus_instances_and_slices(sim: SimulatedMachine) -> None:
     listed = _native.nvml_gpus(nvml_library=str(sim.nvml_library))
     assert listed["unavailable"] == []
     assert [(g["index"], g["mig_uuids"]) for g in listed["gpus"]] == [(0, []), (1, list(MIG))]
     assert all(str(g["uuid"]).startswith("GPU-") for g in listed["gpus"])
+    gpu0, gpu1 = listed["gpus"]
+    # Slices are asked for only where a GPU has instances.
+    assert (gpu0["slices"], gpu0["slices_error"], gpu0["mig_instances"]) == (None, None, [])
+    assert (gpu1["slices"], gpu1["slices_error"]) == (7, None)
+    got = [
+        (m["uuid"], m["slices"], m["gpu_instance_id"], m["compute_instance_id"])
+        for m in gpu1["mig_instances"]
+    ]
+    assert got == [(MIG[0], 3, 1, 0), (MIG[1], 4, 3, 0)]
+    assert "MIG 3g." in gpu1["mig_instances"][0]["name"]
     missing = _native.nvml_gpus(nvml_library=str(sim.root / "no-such-libnvidia-ml.so.1"))
     assert missing["gpus"] == [] and "CARBONCTX_NVML_LIBRARY" in missing["unavailable"][0]["hint"]
 
 
-def test_a_process_on_a_mig_instance_measures_its_whole_gpu(
+def test_a_process_on_a_mig_instance_reports_its_share_of_the_gpu(
     monkeypatch: pytest.MonkeyPatch, sim: SimulatedMachine
 ) -> None:
+    # Not a rank of a job: it uses 4 of the GPU's 7 slices, so it reports 4/7 of the GPU.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", MIG[1])
     r, truth = measure(sim)
     gpus = gpu_sources(r)
     assert list(gpus) == ["nvml:1"], gpus
-    assert r.gpu_j == pytest.approx(truth, rel=0.1)
+    src = gpus["nvml:1"]
+    assert src.share == pytest.approx(4 / 7)
+    assert "4 of 7 slices" in str(src.share_rule) and "approximation" in str(src.share_rule)
+    assert "MIG instance 4g." in str(src.share_rule) and MIG[1] in str(src.share_rule)
+    assert src.node_joules == pytest.approx(truth, rel=0.1)
+    assert r.gpu_j == pytest.approx(truth * 4 / 7, rel=0.1)
     found = carbonctx.devices()
-    src = next(s for s in found["sources"] if s["id"] == "nvml:1")
-    assert MIG[1] in src["label"] and "whole GPU" in src["label"]
+    own = found["rank"]["gpus"]
+    assert own["rule"] == "mig-slices" and own["indices"] == [1]
+    assert own["mig_share"]["gpu"] == 1 and own["mig_share"]["share"] == pytest.approx(4 / 7)
+    # The source itself is the whole GPU: the share is the process's.
+    src_info = next(s for s in found["sources"] if s["id"] == "nvml:1")
+    assert MIG[1] in src_info["label"] and "whole GPU" in src_info["label"]
     assert not [u for u in found["unavailable"] if u["backend"] == "nvml"]
 
 
 def test_the_gpu_setting_may_name_an_instance(sim: SimulatedMachine) -> None:
+    # Its share of the GPU, as for a process on it.
     carbonctx.configure(**sim.settings(), gpus=[MIG[0]])
     with carbonctx.track("step") as m:
         time.sleep(0.05)
-    assert list(gpu_sources(m.result())) == ["nvml:1"]
+    src = gpu_sources(m.result())
+    assert list(src) == ["nvml:1"] and src["nvml:1"].share == pytest.approx(3 / 7)
     assert carbonctx.devices()["rank"]["gpus"]["rule"] == "setting"
 
 
@@ -118,38 +153,93 @@ def test_a_rank_on_an_unknown_instance_reads_no_gpu_and_says_why(
 
 
 @pytest.mark.parametrize("node_sampler", [False, True])
-def test_ranks_on_instances_of_one_gpu_count_it_once(
+def test_ranks_on_instances_of_one_gpu_report_their_shares(
     monkeypatch: pytest.MonkeyPatch, sim: SimulatedMachine, node_sampler: bool
 ) -> None:
-    # Each rank in turn, as launched on its own instance; the rank on the GPU's first instance
-    # (in NVML's order) reports the whole GPU, the other none: added up, the GPU counts once.
-    results = {}
+    # Each rank in turn, as launched on its own instance: each reports its slices' share.
     for rank, mig in ((0, MIG[1]), (1, MIG[0])):
-        for k, v in {**TORCHRUN, "RANK": str(rank), "LOCAL_RANK": str(rank)}.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", mig.upper())  # either case, as CUDA takes
+        as_rank(monkeypatch, rank, mig.upper())  # either case, as CUDA takes
         monkeypatch.setenv("CARBONCTX_NODE_SAMPLER", "1" if node_sampler else "0")
         r, truth = measure(sim)
         own = carbonctx.devices()["rank"]["gpus"]
         assert own["shared"] and own["visible"] == [1]
-        results[rank] = (r, truth, own)
+        assert own["rule"] == "mig-slices" and own["indices"] == [1]
+        src = gpu_sources(r)
+        assert list(src) == ["nvml:1"]
+        assert src["nvml:1"].share == pytest.approx(SLICES[mig] / 7)
+        assert f"{SLICES[mig]} of 7 slices" in str(src["nvml:1"].share_rule)
+        assert r.gpu_j == pytest.approx(truth * SLICES[mig] / 7, rel=0.1)
+        process.reset()
+
+
+def test_a_process_that_sees_only_its_own_instance_reports_its_share(
+    monkeypatch: pytest.MonkeyPatch, sim: SimulatedMachine
+) -> None:
+    # In a container or under a device cgroup NVML shows each process only its own instance:
+    # it looks like the GPU's first, yet reports 4/7 of the GPU, not the whole.
+    partition(sim, 1, ["", "", f"{MIG[1]}:4"])
+    as_rank(monkeypatch, 0, MIG[1])
+    r, truth = measure(sim)
+    own = carbonctx.devices()["rank"]["gpus"]
+    assert own["rule"] == "mig-slices" and own["indices"] == [1]
+    assert gpu_sources(r)["nvml:1"].share == pytest.approx(4 / 7)
+    assert r.gpu_j == pytest.approx(truth * 4 / 7, rel=0.1)
+
+
+def test_a_legacy_instance_name_reports_its_share(
+    monkeypatch: pytest.MonkeyPatch, sim: SimulatedMachine
+) -> None:
+    # MIG-GPU-<uuid>/<gi>/<ci> names the 4-slice instance (GPU instance 3 in the stand-in).
+    parent = _native.nvml_gpus(nvml_library=str(sim.nvml_library))["gpus"][1]["uuid"]
+    as_rank(monkeypatch, 1, f"MIG-{parent}/3/0")
+    r, truth = measure(sim)
+    assert carbonctx.devices()["rank"]["gpus"]["rule"] == "mig-slices"
+    assert gpu_sources(r)["nvml:1"].share == pytest.approx(4 / 7)
+    assert r.gpu_j == pytest.approx(truth * 4 / 7, rel=0.1)
+
+
+def test_without_the_slices_ranks_fall_back_to_the_first_instance_rule(
+    monkeypatch: pytest.MonkeyPatch, sim: SimulatedMachine
+) -> None:
+    # The driver refuses the slice calls: the rank on the GPU's first instance reports it whole,
+    # the other none, each saying why, with one warning.
+    partition(sim, 1, LAYOUT, "gpu1.mig_slices=0")
+    results = {}
+    for rank, mig in ((0, MIG[1]), (1, MIG[0])):
+        as_rank(monkeypatch, rank, mig)
+        with pytest.warns(carbonctx.CarbonctxWarning, match="first-instance rule") as w:
+            r, truth = measure(sim)
+        assert len([x for x in w if "slices" in str(x.message)]) == 1
+        results[rank] = (r, truth, carbonctx.devices()["rank"]["gpus"])
         process.reset()
     r0, _, own0 = results[0]
-    assert own0["rule"] == "mig-other" and own0["indices"] == []
-    assert r0.gpu_j == 0
-    assert all(s.share == 0 for s in gpu_sources(r0).values())
+    assert own0["rule"] == "mig-other" and own0["indices"] == [] and r0.gpu_j == 0
+    assert "slices" in own0["reason"] and "Not Supported" in own0["reason"]
+    assert own0["mig_share"] is None
     r1, truth1, own1 = results[1]
     assert own1["rule"] == "mig-first" and own1["indices"] == [1]
-    src = gpu_sources(r1)
-    assert list(src) == ["nvml:1"] and src["nvml:1"].share == 1.0
-    assert "mig-first" in str(src["nvml:1"].share_rule)
+    src = gpu_sources(r1)["nvml:1"]
+    assert src.share == 1.0 and "mig-first" in str(src.share_rule)
     assert r1.gpu_j == pytest.approx(truth1, rel=0.1)
+
+
+def test_without_the_slices_a_process_alone_reports_the_whole_gpu_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, sim: SimulatedMachine
+) -> None:
+    partition(sim, 1, LAYOUT, "gpu1.mig_slices=0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", MIG[1])
+    with pytest.warns(carbonctx.CarbonctxWarning, match="reported whole"):
+        r, truth = measure(sim)
+    own = carbonctx.devices()["rank"]["gpus"]
+    assert own["rule"] == "all-visible" and "slices" in own["reason"]
+    assert r.gpu_j == pytest.approx(truth, rel=0.1)
 
 
 def test_two_ranks_at_once_on_instances_of_one_gpu_add_up_to_it(
     tmp_path: Path, fake_nvml: Path
 ) -> None:
-    # Both ranks as subprocesses sharing the node's sampler, over one common span.
+    # Both ranks as subprocesses sharing the node's sampler, over one common span: 3/7 and 4/7
+    # of the GPU, 7/7 together.
     from test_distributed_measure import rank_env, run_ranks
 
     with SimulatedMachine(
@@ -159,7 +249,7 @@ def test_two_ranks_at_once_on_instances_of_one_gpu_add_up_to_it(
         gpu_update_s=0.01,
         nvml_library=fake_nvml,
     ) as sim:
-        partition(sim, 1, [MIG[0], "", MIG[1]])
+        partition(sim, 1, LAYOUT)
         envs = [
             rank_env(
                 sim,
@@ -168,15 +258,19 @@ def test_two_ranks_at_once_on_instances_of_one_gpu_add_up_to_it(
                 RANK=str(r),
                 LOCAL_RANK=str(r),
                 GROUP_RANK="0",
-                CUDA_VISIBLE_DEVICES=MIG[1 - r],
+                CUDA_VISIBLE_DEVICES=MIG[r],
             )
             for r in range(2)
         ]
         results = run_ranks(sim, tmp_path, envs)
         truth = [sim.gpu_truth_j(1, r["t0_ns"], r["t1_ns"]) for r in results]
-    assert [r["devices"]["gpus"]["rule"] for r in results] == ["mig-other", "mig-first"]
-    assert results[0]["gpu_j"] == 0
-    assert results[1]["gpu_j"] == pytest.approx(truth[1], rel=0.01)
+    assert [r["devices"]["gpus"]["rule"] for r in results] == ["mig-slices", "mig-slices"]
+    for r, t, slices in zip(results, truth, (3, 4), strict=True):
+        assert r["gpu_j"] == pytest.approx(t * slices / 7, rel=0.01)
+        assert r["by_source"]["nvml:1"]["share"] == pytest.approx(slices / 7)
+    assert sum(r["by_source"]["nvml:1"]["share"] for r in results) == pytest.approx(1.0)
+    # One common span: the two add up to the GPU's exact energy over it.
+    assert truth[0] == pytest.approx(truth[1], rel=0.005)
     assert sum(r["gpu_j"] for r in results) == pytest.approx(truth[1], rel=0.01)
 
 
@@ -190,11 +284,77 @@ def test_instances_are_asked_for_only_where_one_is_named() -> None:
     assert names_mig({}, ["GPU-1234", MIG[1]])
     assert not names_mig({"CUDA_VISIBLE_DEVICES": "0,GPU-1234"}, [1])
     assert not names_mig({})
+    # In a container set up for one instance, CUDA_VISIBLE_DEVICES is usually unset.
+    assert names_mig({"NVIDIA_VISIBLE_DEVICES": MIG[0]})
+    assert not names_mig({"NVIDIA_VISIBLE_DEVICES": MIG[0], "CUDA_VISIBLE_DEVICES": "0"})
 
 
-def test_an_instance_listed_in_the_legacy_form_is_matched_too() -> None:
-    # Drivers before R470 name instances MIG-GPU-<uuid>/<gi>/<ci>: the rank on the first one
-    # listed reports the GPU, the rank on another none.
+def test_each_process_reports_its_instances_share_without_knowing_the_others() -> None:
+    from carbonctx._distributed import Gpu, detect_ranks, owned_gpus
+    from carbonctx._distributed.devices import MigInstance
+
+    parent = "GPU-0a1b2c3d-0000-1111-2222-333344445555"
+    a100 = "NVIDIA A100-SXM4-40GB"
+    inst = (
+        MigInstance(MIG[0], f"{a100} MIG 3g.20gb", 1, 0, 3),
+        MigInstance(MIG[1], f"{a100} MIG 2g.10gb", 5, 0, 2),
+    )
+    gpu = Gpu(0, parent, a100, MIG, inst, 7)
+    shares = []
+    for env in (
+        {**TORCHRUN, "RANK": "0", "LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": MIG[0]},
+        {**TORCHRUN, "RANK": "1", "LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": f"MIG-{parent}/5/0"},
+        {"NVIDIA_VISIBLE_DEVICES": MIG[1]},  # no rank, in a container
+    ):
+        own = owned_gpus(detect_ranks(env, warn=False), [gpu], env, modules={})
+        assert own.indices == (0,) and own.rule == "mig-slices" and own.warning is None
+        assert own.mig_share is not None and own.mig_share[0] == 0
+        shares.append(own.mig_share[1])
+        assert f"of 7 slices of {parent}" in own.mig_share[2]
+    assert shares == pytest.approx([3 / 7, 2 / 7, 2 / 7])
+    own = owned_gpus(detect_ranks(env, warn=False), [gpu], {"CUDA_VISIBLE_DEVICES": MIG[0]})
+    assert own.mig_share is not None and "MIG instance 3g.20gb" in own.mig_share[2]
+    # A GPU instance of 4 slices split into two compute instances (two MIG devices) of 2: each
+    # process counts its compute instance's 2, so with the 3g instance they add up to 7/7.
+    split = (
+        inst[0],
+        MigInstance(MIG[1], f"{a100} MIG 2c.4g.20gb", 2, 0, 4, None, 2),
+        MigInstance(UNKNOWN, f"{a100} MIG 2c.4g.20gb", 2, 1, 4, None, 2),
+    )
+    gpu = Gpu(0, parent, a100, (MIG[0], MIG[1], UNKNOWN), split, 7)
+    total = 0.0
+    for mig in gpu.mig_uuids:
+        env = {"CUDA_VISIBLE_DEVICES": mig}
+        own = owned_gpus(detect_ranks(env, warn=False), [gpu], env, modules={})
+        assert own.mig_share is not None
+        total += own.mig_share[1]
+        if mig == UNKNOWN:
+            assert (
+                "2 of 7 slices (its compute instance's, of its GPU instance's 4)"
+                in (own.mig_share[2])
+            )
+            assert "MIG instance 2c.4g.20gb" in own.mig_share[2]
+    assert total == pytest.approx(1.0)
+    # Slices NVML gives, but more than the GPU's: not believed.
+    bad = Gpu(0, parent, a100, MIG, inst, 2)
+    env = {**TORCHRUN, "RANK": "0", "LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": MIG[0]}
+    own = owned_gpus(detect_ranks(env, warn=False), [bad], env, modules={})
+    assert own.rule == "mig-first" and own.warning and "3 slices of the GPU's 2" in own.reason
+
+
+def test_a_legacy_name_nvml_does_not_place_reports_the_whole_gpu_and_warns() -> None:
+    from carbonctx._distributed import Gpu, detect_ranks, owned_gpus
+
+    parent = "GPU-0a1b2c3d-0000-1111-2222-333344445555"
+    env = {**TORCHRUN, "RANK": "0", "LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": f"MIG-{parent}/9/0"}
+    own = owned_gpus(detect_ranks(env, warn=False), [Gpu(0, parent, None, MIG)], env, modules={})
+    assert (own.rule, own.indices, own.mig_share) == ("mig-unplaced", (0,), None)
+    assert own.warning and "once per rank" in own.warning
+
+
+def test_without_slices_an_instance_listed_in_the_legacy_form_is_matched_too() -> None:
+    # Drivers before R470 name instances MIG-GPU-<uuid>/<gi>/<ci>; without slices: the rank
+    # on the first one listed reports the GPU, the rank on another none.
     from carbonctx._distributed import Gpu, detect_ranks, owned_gpus
 
     parent = "GPU-0a1b2c3d-0000-1111-2222-333344445555"
@@ -226,9 +386,10 @@ def test_cuda_gives_a_process_its_first_mig_instance_only() -> None:
     assert [g.index for g in visible_gpus(gpus, env)] == [1]
 
 
-def test_a_rank_off_the_first_instance_says_how_its_gpu_is_reported_if_no_rank_is_there() -> None:
-    # The rank on the first instance reports the GPU; where the job has none there, the other
-    # ranks' reason says which instance that is and which setting makes one of them report it.
+def test_without_slices_a_rank_off_the_first_instance_says_how_its_gpu_is_reported() -> None:
+    # Without the slices, the rank on the first instance reports the GPU; where the job has none
+    # there, the other ranks' reason says which instance that is and which setting makes one of
+    # them report it.
     from carbonctx._distributed import Gpu, detect_ranks, owned_gpus
 
     gpus = [Gpu(0, "GPU-aaaa"), Gpu(1, "GPU-bbbb", None, MIG)]

@@ -66,7 +66,11 @@ def nvml_gpus(
 ) -> dict[str, list[dict[str, Any]]]:
     """Every NVIDIA GPU NVML lists, whatever ``CUDA_VISIBLE_DEVICES`` says: ``gpus`` (``index``,
     ``uuid``, ``name``, ``mig_uuids``: its MIG instances' UUIDs, empty when MIG is off or not
-    supported) and ``unavailable`` (why NVML could not be read, with a hint)."""
+    supported; ``mig_instances``: the same with ``uuid``, ``name``, ``gpu_instance_id``,
+    ``compute_instance_id``, ``slices`` (its GPU instance's slices, or None with
+    ``slices_error`` saying why), ``compute_slices`` (its compute instance's); ``slices``: the
+    GPU's, from its largest GPU-instance profile, or None with ``slices_error``) and
+    ``unavailable`` (why NVML could not be read, with a hint)."""
 
 def check_sources(
     *,

@@ -39,6 +39,9 @@ def _print_rank(rank: dict[str, Any], out: Any) -> None:
         print("Job: this process is not part of a distributed job.", file=out)
         if rank.get("problems"):
             print(f"  (launcher variables ignored: {'; '.join(rank['problems'])})", file=out)
+        mig = (rank.get("gpus") or {}).get("mig_share")
+        if mig:
+            print(f"  GPU nvml:{mig['gpu']}: share {mig['share']:.4g} ({mig['rule']})", file=out)
         return
     local = (
         f"local rank {rank['local_rank']} of {rank['local_world_size']}"

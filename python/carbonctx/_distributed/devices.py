@@ -3,8 +3,8 @@
 The caller lists the machine's GPUs as the energy backend sees them (:class:`Gpu`: NVML's index,
 UUID, name). ``CUDA_VISIBLE_DEVICES`` decides which of them this process sees and in which order
 (device ordinal 0 is the first listed): indices, ``GPU-`` UUIDs (a unique prefix is enough, as
-for CUDA), ``MIG-`` instance UUIDs (reported as their parent GPU: a MIG instance has no energy
-counter of its own), an empty value for none; CUDA stops reading the list at its first invalid
+for CUDA), ``MIG-`` instance UUIDs (their parent GPU is read: a MIG instance has no energy counter
+of its own), an empty value for none; CUDA stops reading the list at its first invalid
 entry, and so does this. For AMD, ``ROCR_VISIBLE_DEVICES`` filters the GPUs first and
 ``HIP_VISIBLE_DEVICES`` (else ``CUDA_VISIBLE_DEVICES``, else ``GPU_DEVICE_ORDINAL``) then picks
 among those. For Intel GPUs (Level Zero), ``ZE_AFFINITY_MASK`` filters them first (a comma-separated
@@ -19,17 +19,14 @@ Rules, first that applies:
 
 1. ``override`` (a setting): the device ordinals (as this process numbers them, like
    ``torch.device("cuda", i)``) or UUIDs listed; an empty list reports no GPU.
-2. A process that is not part of a distributed job reports every visible GPU (today's behaviour).
+2. A process that is not part of a distributed job reports every visible GPU (today's behaviour);
+   on a MIG instance, that instance's share of its GPU.
 3. No GPU visible: none.
-   A rank whose ``CUDA_VISIBLE_DEVICES`` starts with a MIG instance (``MIG-<uuid>``; CUDA then
-   gives the process that one instance) shares its GPU with the ranks on the GPU's other
-   instances: the rank on the GPU's first instance (in the backend's order) reports the whole
-   GPU, the others none (``shared`` set either way), so that the GPU is counted once. The
-   instances are those NVML lists (``Gpu.mig_uuids``; the caller asks NVML only when
-   :func:`names_mig`); a ``MIG-`` entry naming none of them names no GPU, and one after the
-   first ``MIG-`` entry is not this process's (CUDA gives a process one instance). Where no
-   rank of the job runs on the GPU's first instance, no rank reports the GPU: the other ranks'
-   reason says so, and which setting makes one of them report it.
+   A rank on a MIG instance reports its GPU times its instance's share of the GPU's slices
+   (``mig_share``); where NVML does not give the slices, the first-instance rule
+   (:mod:`carbonctx._distributed.mig` says both). The GPU setting naming a MIG instance
+   (rule 1) gives that instance's share too.
+
 4. torch is already imported and has initialised CUDA (never imported or initialised here): the
    device it has made current, unless more local ranks than GPUs share them (rule 6). Except:
    when that is ordinal 0 while the local rank is not 0 and maps to another GPU, the script most
@@ -65,38 +62,12 @@ from typing import Any
 
 import attrs
 
+from carbonctx._distributed.gpus import Gpu, GpuOwnership, MigInstance, pick
+from carbonctx._distributed.mig import find_instance, mig_entry, names_mig, on_mig, slice_share
 from carbonctx._distributed.ranks import RankInfo
 from carbonctx.errors import ConfigurationError
 
-__all__ = ["Gpu", "GpuOwnership", "names_mig", "owned_gpus", "visible_gpus"]
-
-
-@attrs.frozen(slots=True)
-class Gpu:
-    """One physical GPU as the energy backend numbers it."""
-
-    index: int
-    uuid: str | None = None
-    name: str | None = None
-    #: UUIDs of its MIG instances (``MIG-...``), if any.
-    mig_uuids: tuple[str, ...] = ()
-
-
-@attrs.frozen(slots=True)
-class GpuOwnership:
-    """The GPUs this rank reports, as backend indices, and why.
-
-    ``ordinals`` are the same GPUs as this process numbers them (after ``*_VISIBLE_DEVICES``).
-    ``shared`` is true when other processes of the job use a reported GPU too, or a GPU this
-    rank uses is reported by another rank.
-    """
-
-    indices: tuple[int, ...]
-    ordinals: tuple[int, ...]
-    rule: str
-    reason: str
-    shared: bool = False
-    visible: tuple[int, ...] = ()
+__all__ = ["Gpu", "GpuOwnership", "MigInstance", "names_mig", "owned_gpus", "visible_gpus"]
 
 
 def _match(entry: str, gpus: Sequence[Gpu]) -> Gpu | None:
@@ -116,27 +87,6 @@ def _match(entry: str, gpus: Sequence[Gpu]) -> Gpu | None:
     if low.startswith("gpu-"):
         found = [g for g in gpus if g.uuid is not None and g.uuid.lower().startswith(low)]
         return found[0] if len(found) == 1 else None
-    return None
-
-
-def names_mig(env: Mapping[str, str], override: Sequence[int | str] | None = None) -> bool:
-    """Whether ``CUDA_VISIBLE_DEVICES`` or the GPU setting names a MIG instance: only then are
-    the GPUs' instances needed (the caller lists them through NVML)."""
-    entries = [*env.get("CUDA_VISIBLE_DEVICES", "").split(","), *map(str, override or ())]
-    return any(e.strip().lower().startswith("mig-") for e in entries)
-
-
-def _mig_instance(env: Mapping[str, str], gpus: Sequence[Gpu]) -> tuple[Gpu, int] | None:
-    """The GPU and the position among its instances of the MIG instance that
-    ``CUDA_VISIBLE_DEVICES`` gives first, if its first entry is one the GPUs list (``MIG-<uuid>``,
-    or the legacy ``MIG-GPU-<uuid>/<gi>/<ci>`` where the driver lists instances so)."""
-    first = env.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip().lower()
-    if not first.startswith("mig-"):
-        return None
-    for g in gpus:
-        for k, m in enumerate(g.mig_uuids):
-            if m.lower() == first:
-                return g, k
     return None
 
 
@@ -305,19 +255,6 @@ def _order_note(visible: Sequence[Gpu], env: Mapping[str, str], vendor: str) -> 
     return ""
 
 
-def _pick(
-    visible: Sequence[Gpu], ordinals: Sequence[int], rule: str, reason: str, shared: bool = False
-) -> GpuOwnership:
-    return GpuOwnership(
-        indices=tuple(visible[o].index for o in ordinals),
-        ordinals=tuple(ordinals),
-        rule=rule,
-        reason=reason,
-        shared=shared,
-        visible=tuple(g.index for g in visible),
-    )
-
-
 def owned_gpus(
     info: RankInfo,
     gpus: Sequence[Gpu],
@@ -393,12 +330,25 @@ def _owned(
                 o = visible.index(g)
             if o not in ordinals:
                 ordinals.append(o)
-        return _pick(visible, ordinals, "setting", "the GPU setting lists them" + note)
+        own = pick(visible, ordinals, "setting", "the GPU setting lists them" + note)
+        # The first MIG instance the setting names: that instance's share of its GPU.
+        named = next((str(i) for i in override if str(i).lower().startswith("mig-")), None)
+        found = find_instance(named, visible) if named and vendor == "nvidia" else None
+        share = slice_share(found[0], found[2], named) if found and named else None
+        if found is None or share is None or isinstance(share, str):
+            return own
+        return attrs.evolve(
+            own,
+            reason=f"{own.reason}; {named} is a MIG instance: its share, {share[0]:.4g}",
+            mig_share=(found[0].index, share[0], share[1]),
+        )
 
     if not info.distributed:
-        return _pick(
+        own = pick(
             visible, range(n), "all-visible", "not part of a distributed job: every GPU it sees"
         )
+        mig = mig_entry(env) if vendor == "nvidia" else None
+        return (on_mig(own, visible, mig, False) if mig else None) or own
     if n == 0:
         why = "this process sees no GPU"
         first = env.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
@@ -407,21 +357,11 @@ def _owned(
                 f": CUDA_VISIBLE_DEVICES names {first}, which is no MIG instance of the GPUs "
                 "(nvidia-smi -L lists them)"
             )
-        return _pick(visible, [], "none-visible", why)
-    mig = _mig_instance(env, visible) if vendor == "nvidia" else None
-    if mig is not None:
-        parent, k = mig
-        o = visible.index(parent)
-        if k == 0:
-            why = f"GPU {parent.index}'s first MIG instance is this rank's: it reports the GPU for "
-            return _pick(visible, [o], "mig-first", why + "every rank on its instances", True)
-        why = (
-            f"this rank has MIG instance {k} of GPU {parent.index}; the rank on its first "
-            f"instance ({parent.mig_uuids[0]}) reports the GPU. If no rank of this job runs "
-            "there, none reports it: set the GPU setting (CARBONCTX_GPUS) to this instance's "
-            "UUID on one rank of those sharing the GPU"
-        )
-        return _pick(visible, [], "mig-other", why, shared=True)
+        return pick(visible, [], "none-visible", why)
+    mig = mig_entry(env) if vendor == "nvidia" else None
+    placed = on_mig(pick(visible, [], "", ""), visible, mig, True) if mig else None
+    if placed is not None:
+        return placed
 
     local, local_world = info.local_rank, info.local_world_size
     # One GPU left visible out of several is the launcher's per-rank assignment (Slurm's
@@ -432,7 +372,7 @@ def _owned(
     if current is not None and 0 <= current < n:
         by_local = local % n if local is not None else None
         if not (current == 0 and local is not None and local > 0 and by_local not in (None, 0)):
-            return _pick(
+            return pick(
                 visible,
                 [current],
                 "torch-current",
@@ -446,11 +386,11 @@ def _owned(
         fallback_note = ""
 
     if n == 1 and not sharing:
-        return _pick(visible, [0], "only-visible", "the one GPU this rank sees" + fallback_note)
+        return pick(visible, [0], "only-visible", "the one GPU this rank sees" + fallback_note)
 
     if local is None:
         o = info.rank % n
-        return _pick(
+        return pick(
             visible,
             [o],
             "rank-modulo",
@@ -461,7 +401,7 @@ def _owned(
         o = local % n
         n_gpus = "1 GPU" if n == 1 else f"{n} GPUs"
         if local < n:
-            return _pick(
+            return pick(
                 visible,
                 [o],
                 "local-rank-shared",
@@ -469,7 +409,7 @@ def _owned(
                 "for every rank on it" + fallback_note + note,
                 shared=True,
             )
-        return _pick(
+        return pick(
             visible,
             [],
             "local-rank-shared",
@@ -478,7 +418,7 @@ def _owned(
             shared=True,
         )
     if local >= n:
-        return _pick(
+        return pick(
             visible,
             [],
             "local-rank-beyond",
@@ -491,7 +431,7 @@ def _owned(
             f"; {n - local_world} of the {n} visible GPUs belong to no local rank (set the GPU "
             "setting if a rank uses several)"
         )
-    return _pick(
+    return pick(
         visible,
         [local],
         "local-rank",

@@ -46,6 +46,8 @@ struct fake_device;
 typedef struct fake_mig {
     struct fake_device *parent;
     unsigned int slot;
+    unsigned int slices;         /* the GPU slices of its GPU instance (gpuInstanceSliceCount) */
+    unsigned int compute_slices; /* those of its compute instance (computeInstanceSliceCount) */
     char uuid[UUID_LEN]; /* empty: no instance in this slot */
 } fake_mig;
 
@@ -65,6 +67,7 @@ typedef struct fake_device {
     unsigned int power_sample_ms; /* one sample every this many ms */
     int power_sample_glitch;     /* 1: bad samples mixed in (NaN, negative, backwards) */
     unsigned int mig_slots;      /* 0: MIG not supported; else MIG on with this many slots */
+    unsigned int mig_slices;     /* the GPU's slices (its largest profile); 0: slice calls fail */
     fake_mig mig[MAX_MIG];
 } fake_device;
 
@@ -113,9 +116,11 @@ static void defaults(void) {
         d->memory_mib = 16384;
         d->power_samples = 1;
         d->power_sample_ms = 20;
+        d->mig_slices = 7;
         for (unsigned int m = 0; m < MAX_MIG; m++) {
             d->mig[m].parent = d;
             d->mig[m].slot = m;
+            d->mig[m].slices = 1;
         }
     }
     st.have_offset = 0;
@@ -158,7 +163,9 @@ static int parse_int(const char *v, int *out) {
 }
 
 /* gpuK.mig: the MIG instances' UUIDs, comma-separated, one per slot (an empty item is a slot
- * without an instance); MIG is then on, with as many slots as items. */
+ * without an instance), each optionally followed by `:S`, its GPU instance's slices (1 to 8,
+ * default 1), and `:C`, its compute instance's (1 to S, default S); MIG is then on, with as many
+ * slots as items. */
 static int parse_mig(fake_device *d, const char *val) {
     unsigned int n = 0;
     const char *p = val;
@@ -169,7 +176,21 @@ static int parse_mig(fake_device *d, const char *val) {
         char item[UUID_LEN];
         memcpy(item, p, len);
         item[len] = '\0';
+        char *colon = strchr(item, ':');
+        unsigned long long slices = 1, compute = 0;
+        if (colon) {
+            *colon = '\0';
+            char *second = strchr(colon + 1, ':');
+            if (second) {
+                *second = '\0';
+                if (!parse_ull(trim(second + 1), &compute) || compute < 1) return 0;
+            }
+            if (!parse_ull(trim(colon + 1), &slices) || slices < 1 || slices > 8) return 0;
+            if (compute > slices) return 0;
+        }
         snprintf(d->mig[n].uuid, UUID_LEN, "%s", trim(item));
+        d->mig[n].slices = (unsigned int)slices;
+        d->mig[n].compute_slices = compute ? (unsigned int)compute : (unsigned int)slices;
         n++;
         if (!end) break;
         p = end + 1;
@@ -225,6 +246,11 @@ static int apply(const char *key, const char *val, int *init_error) {
     }
     if (!strcmp(f, "power_sample_glitch")) return parse_int(val, &d->power_sample_glitch);
     if (!strcmp(f, "mig")) return parse_mig(d, val);
+    if (!strcmp(f, "mig_slices")) {
+        if (!parse_ull(val, &u) || u > 8 || u == 5) return 0;
+        d->mig_slices = (unsigned int)u;
+        return 1;
+    }
     return 0;
 }
 
@@ -564,6 +590,20 @@ EXPORT int nvmlDeviceGetIndex(void *h, unsigned int *index) {
 
 EXPORT int nvmlDeviceGetName(void *h, char *name, unsigned int length) {
     COUNT();
+    pthread_mutex_lock(&lock);
+    fake_mig *mig = mig_device(h);
+    if (mig) {
+        /* As drivers name a MIG device: the GPU's name, then its profile (slices, memory). */
+        const fake_device *p = mig->parent;
+        unsigned long long gb =
+            p->mig_slices ? (p->memory_mib * mig->slices / p->mig_slices + 512) / 1024 : 0;
+        char full[NAME_LEN + 40];
+        char ci[16] = ""; /* a compute instance smaller than its GPU instance: `1c.` first */
+        if (mig->compute_slices < mig->slices) snprintf(ci, sizeof ci, "%uc.", mig->compute_slices);
+        snprintf(full, sizeof full, "%s MIG %s%ug.%llugb", p->name, ci, mig->slices, gb);
+        DONE(copy_string(name, length, full));
+    }
+    pthread_mutex_unlock(&lock);
     WITH_DEVICE(h, d);
     DONE(copy_string(name, length, d->name));
 }
@@ -925,6 +965,91 @@ EXPORT int nvmlDeviceGetDeviceHandleFromMigDeviceHandle(void *h, void **parent) 
     DONE(OK);
 }
 
+/* A MIG device's GPU instance id (its slot + 1) and compute instance id (0), as the legacy
+ * MIG-GPU-<uuid>/<gi>/<ci> names them. */
+EXPORT int nvmlDeviceGetGpuInstanceId(void *h, unsigned int *id) {
+    COUNT();
+    if (!id) return E_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    if (st.init_count <= 0) DONE(E_UNINITIALIZED);
+    fake_mig *mig = mig_device(h);
+    if (!mig) DONE(device(h) ? E_NOT_SUPPORTED : E_INVALID_ARGUMENT);
+    *id = mig->slot + 1;
+    DONE(OK);
+}
+
+EXPORT int nvmlDeviceGetComputeInstanceId(void *h, unsigned int *id) {
+    COUNT();
+    if (!id) return E_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    if (st.init_count <= 0) DONE(E_UNINITIALIZED);
+    fake_mig *mig = mig_device(h);
+    if (!mig) DONE(device(h) ? E_NOT_SUPPORTED : E_INVALID_ARGUMENT);
+    *id = 0;
+    DONE(OK);
+}
+
+#ifndef FAKE_NVML_NO_MIG_SLICES /* built without: a driver without the slice calls */
+
+/* nvmlDeviceAttributes_t (nvml.h): eight unsigned ints, then memorySizeMB. */
+typedef struct {
+    unsigned int multiprocessorCount, sharedCopyEngineCount, sharedDecoderCount,
+        sharedEncoderCount, sharedJpegCount, sharedOfaCount, gpuInstanceSliceCount,
+        computeInstanceSliceCount;
+    unsigned long long memorySizeMB;
+} fake_attributes;
+
+/* nvmlGpuInstanceProfileInfo_t (nvml.h): ten unsigned ints, then memorySizeMB. */
+typedef struct {
+    unsigned int id, isP2pSupported, sliceCount, instanceCount, multiprocessorCount,
+        copyEngineCount, decoderCount, encoderCount, jpegCount, ofaCount;
+    unsigned long long memorySizeMB;
+} fake_profile_info;
+
+/* Only a MIG device's handle has attributes (as NVML documents); NOT_SUPPORTED on a GPU's, and
+ * where the GPU's `mig_slices` is 0. */
+EXPORT int nvmlDeviceGetAttributes_v2(void *h, fake_attributes *a) {
+    COUNT();
+    if (!a) return E_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    if (st.init_count <= 0) DONE(E_UNINITIALIZED);
+    fake_mig *mig = mig_device(h);
+    if (!mig) DONE(device(h) ? E_NOT_SUPPORTED : E_INVALID_ARGUMENT);
+    const fake_device *p = mig->parent;
+    if (!p->mig_slices) DONE(E_NOT_SUPPORTED);
+    memset(a, 0, sizeof *a);
+    a->multiprocessorCount = 14 * mig->compute_slices;
+    a->gpuInstanceSliceCount = mig->slices;
+    a->computeInstanceSliceCount = mig->compute_slices;
+    a->memorySizeMB = p->memory_mib * mig->slices / p->mig_slices;
+    DONE(OK);
+}
+
+/* NVML_GPU_INSTANCE_PROFILE_<n>_SLICE, by profile constant 0 to 6: 1, 2, 3, 4, 7, 8, 6 slices.
+ * The GPU supports those of at most 4 slices and the one of all its slices; the later constants
+ * (REV1, REV2, ...) are NOT_SUPPORTED, those past NVML's count INVALID_ARGUMENT. */
+#define PROFILE_COUNT 17
+static const unsigned int profile_slices[] = {1, 2, 3, 4, 7, 8, 6};
+
+EXPORT int nvmlDeviceGetGpuInstanceProfileInfo(void *h, unsigned int profile,
+                                               fake_profile_info *info) {
+    COUNT();
+    if (!info || profile >= PROFILE_COUNT) return E_INVALID_ARGUMENT;
+    WITH_DEVICE(h, d);
+    if (!d->mig_slots || !d->mig_slices || profile >= sizeof profile_slices / sizeof(unsigned))
+        DONE(E_NOT_SUPPORTED);
+    unsigned int s = profile_slices[profile];
+    if (s > d->mig_slices || (s > 4 && s != d->mig_slices)) DONE(E_NOT_SUPPORTED);
+    memset(info, 0, sizeof *info);
+    info->id = profile;
+    info->sliceCount = s;
+    info->instanceCount = d->mig_slices / s;
+    info->multiprocessorCount = 14 * s;
+    info->memorySizeMB = d->memory_mib * s / d->mig_slices;
+    DONE(OK);
+}
+
+#endif
 #endif
 
 /* ---------------------------------------------------------------- for tests */

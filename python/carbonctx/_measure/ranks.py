@@ -11,7 +11,9 @@ the usual SPMD job, where every rank runs the same region at the same time: the 
 of concurrent regions add up to the node's energy, counted once. (A finer rule, splitting among
 the ranks inside a region at each instant, needs every rank's region marks in one place: that
 comes with one sampler per node.) A GPU is not shared: a rank reports its own GPUs whole
-(``_distributed.devices`` says which and why) and never another rank's.
+(``_distributed.devices`` says which and why) and never another rank's. Except a GPU cut into
+MIG instances: a process on one (a rank or not) reports the GPU's energy times its instance's
+share of the GPU's slices (``_distributed.mig``), needing no knowledge of the other processes.
 """
 
 from __future__ import annotations
@@ -164,13 +166,39 @@ def gpus_of(sources: Sequence[Mapping[str, Any]], vendor: str = "nvidia") -> lis
 
 
 def with_mig_instances(gpus: Sequence[Gpu], nvml_library: str | None) -> list[Gpu]:
-    """``gpus`` with their MIG instances' UUIDs, as NVML lists them (none where it cannot)."""
+    """``gpus`` with their MIG instances (UUIDs, ids, slices) and slices, as NVML lists them
+    (none where it cannot)."""
+    from carbonctx._distributed.devices import MigInstance
+
     listed = _native.nvml_gpus(nvml_library=nvml_library)["gpus"]
     out = []
     for g in gpus:
         same = [x for x in listed if (x["uuid"] == g.uuid if g.uuid else x["index"] == g.index)]
-        migs = tuple(str(u) for u in same[0]["mig_uuids"]) if same else ()
-        out.append(attrs.evolve(g, mig_uuids=migs))
+        if not same:
+            out.append(attrs.evolve(g, mig_uuids=()))
+            continue
+        x = same[0]
+        mig = tuple(
+            MigInstance(
+                uuid=str(m["uuid"]),
+                name=m.get("name"),
+                gpu_instance_id=m.get("gpu_instance_id"),
+                compute_instance_id=m.get("compute_instance_id"),
+                slices=m.get("slices"),
+                slices_error=m.get("slices_error"),
+                compute_slices=m.get("compute_slices"),
+            )
+            for m in x.get("mig_instances", ())
+        )
+        out.append(
+            attrs.evolve(
+                g,
+                mig_uuids=tuple(str(u) for u in x["mig_uuids"]),
+                mig=mig,
+                slices=x.get("slices"),
+                slices_error=x.get("slices_error"),
+            )
+        )
     return out
 
 
@@ -207,6 +235,9 @@ class RankPlan:
                 "reason": own.reason,
                 "shared": own.shared,
                 "visible": list(own.visible),
+                "mig_share": None
+                if own.mig_share is None
+                else dict(zip(("gpu", "share", "rule"), own.mig_share, strict=True)),
             }
 
         return {
@@ -270,11 +301,14 @@ def plan_gpus(
     e = os.environ if env is None else env
     mods = sys.modules if modules is None else modules
     share, rule = share_of(info)
-    if not settings.gpu or (not info.distributed and settings.gpus is None):
-        return RankPlan(info, None, None, share, rule)
     # Imported only here: a process that is no rank of a job, and names no GPU, needs none.
+    from carbonctx._distributed.mig import names_mig
+
+    if not settings.gpu or (
+        not info.distributed and settings.gpus is None and not names_mig(e, settings.gpus)
+    ):
+        return RankPlan(info, None, None, share, rule)
     from carbonctx._distributed import owned_gpus
-    from carbonctx._distributed.devices import names_mig
 
     # Every GPU of the machine (the visible-device variables aside): owned_gpus applies them
     # itself, and needs to know whether one visible GPU is one of several.
@@ -295,7 +329,10 @@ def plan_gpus(
     )
     # No GPU visible: the sampler reads CUDA_VISIBLE_DEVICES itself, finds none either, and says
     # why (an entry naming no GPU or MIG instance, with what to do).
-    entries = None if ownership.rule == "none-visible" else _entries(gpus, ownership)
+    # A process that is no rank, on a MIG instance, reports every GPU it sees (its instance's
+    # share of one): the sampler applies CUDA_VISIBLE_DEVICES itself, and labels the instance.
+    alone = not info.distributed and settings.gpus is None
+    entries = None if ownership.rule == "none-visible" or alone else _entries(gpus, ownership)
     plan = RankPlan(info, ownership, entries, share, rule)
     if amd:
         amd_own = owned_gpus(
@@ -353,7 +390,7 @@ def column_shares(
     sources: Sequence[Mapping[str, Any]], plan: RankPlan | None
 ) -> list[tuple[float, str | None]]:
     """(factor, rule) per source column: the share of it this rank's figures carry (0 for a GPU
-    this rank does not report)."""
+    this rank does not report; a MIG instance's share of its GPU by slices)."""
     out: list[tuple[float, str | None]] = []
     for src in sources:
         domain = src.get("domain")
@@ -377,6 +414,9 @@ def column_shares(
                     out.append((plan.share, rule))
                 else:
                     out.append((1.0, None))
+            elif mine and own.mig_share and own.mig_share[0] == int(src.get("index", -1)):
+                # A MIG instance's share of its GPU (only NVIDIA's GPUs have one).
+                out.append((own.mig_share[1], own.mig_share[2]))
             elif mine:
                 out.append((1.0, f"this rank's GPU ({own.rule}): {own.reason}"))
             else:

@@ -267,6 +267,8 @@ class Runtime:
             plan = RankPlan(
                 self.rank_info, None, [], *share_of(self.rank_info), amd_sampler_gpus=[]
             )
+        if plan.ownership is not None and plan.ownership.warning:
+            self.note("gpu-mig-slices", plan.ownership.warning)
         self.plan = plan
         return plan
 

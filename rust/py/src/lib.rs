@@ -149,6 +149,24 @@ fn nvml_gpus<'py>(py: Python<'py>, nvml_library: Option<PathBuf>) -> PyResult<Bo
             e.set_item("uuid", g.uuid.as_deref())?;
             e.set_item("name", g.name.as_deref())?;
             e.set_item("mig_uuids", &g.mig_uuids)?;
+            let migs: PyResult<Vec<_>> = g
+                .mig_instances
+                .iter()
+                .map(|m| {
+                    let d = PyDict::new(py);
+                    d.set_item("uuid", &m.uuid)?;
+                    d.set_item("name", m.name.as_deref())?;
+                    d.set_item("gpu_instance_id", m.gpu_instance_id)?;
+                    d.set_item("compute_instance_id", m.compute_instance_id)?;
+                    d.set_item("slices", m.slices)?;
+                    d.set_item("compute_slices", m.compute_slices)?;
+                    d.set_item("slices_error", m.slices_error.as_deref())?;
+                    Ok(d)
+                })
+                .collect();
+            e.set_item("mig_instances", migs?)?;
+            e.set_item("slices", g.slices)?;
+            e.set_item("slices_error", g.slices_error.as_deref())?;
             Ok(e)
         })
         .collect();

@@ -488,11 +488,129 @@ fn a_process_measures_the_gpu_of_its_first_mig_instance_only() {
 }
 
 #[test]
+fn each_instance_comes_with_its_slices_and_the_gpu_with_its_own() {
+    // An A100 cut 3g + 4g of its 7 slices, and an A30-like GPU of 4 slices cut 2g (one compute
+    // instance of 1 slice in it) + 1g.
+    let fake = FakeNvml::new(
+        "devices=2\n\
+         gpu0.name=NVIDIA A100-SXM4-40GB\n\
+         gpu0.memory_mib=40960\n\
+         gpu0.mig=MIG-aaaa:3, ,MIG-bbbb:4\n\
+         gpu1.mig=MIG-cccc:2:1,MIG-dddd\n\
+         gpu1.mig_slices=4\n",
+    );
+    let gpus = list_gpus(&fake.roots()).expect("NVML loads");
+    /// An instance's UUID, slices and GPU instance id.
+    type Inst<'a> = (&'a str, Option<u32>, Option<u32>);
+    let got: Vec<(Option<u32>, Vec<Inst>)> = gpus
+        .iter()
+        .map(|g| {
+            let inst = g
+                .mig_instances
+                .iter()
+                .map(|m| (m.uuid.as_str(), m.slices, m.gpu_instance_id))
+                .collect();
+            (g.slices, inst)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                Some(7),
+                vec![
+                    ("MIG-aaaa", Some(3), Some(1)),
+                    ("MIG-bbbb", Some(4), Some(3))
+                ]
+            ),
+            (
+                Some(4),
+                vec![
+                    ("MIG-cccc", Some(2), Some(1)),
+                    ("MIG-dddd", Some(1), Some(2))
+                ]
+            ),
+        ]
+    );
+    assert_eq!(gpus[0].mig_uuids, ["MIG-aaaa", "MIG-bbbb"]);
+    let a = &gpus[0].mig_instances[0];
+    assert_eq!(a.name.as_deref(), Some("NVIDIA A100-SXM4-40GB MIG 3g.17gb"));
+    assert_eq!(
+        (a.compute_instance_id, a.slices_error.as_deref()),
+        (Some(0), None)
+    );
+    assert_eq!(
+        a.compute_slices,
+        Some(3),
+        "one compute instance spans its GPU instance"
+    );
+    let c = &gpus[1].mig_instances[0];
+    assert_eq!((c.slices, c.compute_slices), (Some(2), Some(1)));
+    assert!(
+        c.name
+            .as_deref()
+            .unwrap_or_default()
+            .ends_with("MIG 1c.2g.8gb"),
+        "{c:?}"
+    );
+    assert!(gpus.iter().all(|g| g.slices_error.is_none()));
+    assert_eq!(fake.init_count(), 0);
+}
+
+#[test]
+fn where_the_driver_does_not_give_slices_the_listing_says_why() {
+    let config = "devices=2\ngpu0.mig=MIG-aaaa:3\ngpu1.mig=MIG-bbbb:2\ngpu1.mig_slices=0\n";
+    // Calls missing (a driver before R455): instances listed, slices unknown, with the call.
+    let fake = FakeNvml::of(common_nvml::built_without_mig_slices(), config);
+    let gpus = list_gpus(&fake.roots()).expect("NVML loads");
+    let g = &gpus[0];
+    assert_eq!(g.mig_uuids, ["MIG-aaaa"]);
+    assert_eq!((g.slices, g.mig_instances[0].slices), (None, None));
+    let why = g.mig_instances[0]
+        .slices_error
+        .as_deref()
+        .unwrap_or_default();
+    assert!(why.contains("lacks nvmlDeviceGetAttributes_v2"), "{why}");
+    let why = g.slices_error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("lacks nvmlDeviceGetGpuInstanceProfileInfo"),
+        "{why}"
+    );
+    // Calls refused: NVML's own words and code.
+    let fake = FakeNvml::new(config);
+    let gpus = list_gpus(&fake.roots()).expect("NVML loads");
+    assert_eq!(
+        (gpus[0].slices, gpus[0].mig_instances[0].slices),
+        (Some(7), Some(3))
+    );
+    let g = &gpus[1];
+    assert_eq!((g.slices, g.mig_instances[0].slices), (None, None));
+    let why = g.mig_instances[0]
+        .slices_error
+        .as_deref()
+        .unwrap_or_default();
+    assert!(
+        why.contains("nvmlDeviceGetAttributes_v2 failed") && why.contains("code 3"),
+        "{why}"
+    );
+    let why = g.slices_error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("no profile") && why.contains("code 3"),
+        "{why}"
+    );
+    // Either way the GPU is read as ever.
+    let found = discover(&fake.roots(), Some("MIG-bbbb"), None);
+    assert_eq!(ids(&found), ["nvml:1"]);
+}
+
+#[test]
 fn without_the_drivers_mig_calls_no_instance_is_known() {
     let fake = FakeNvml::of(common_nvml::built_without_mig(), MIG_CONFIG);
     let gpus = list_gpus(&fake.roots()).expect("NVML loads");
     assert_eq!(gpus.len(), 3);
-    assert!(gpus.iter().all(|g| g.mig_uuids.is_empty()));
+    assert!(gpus
+        .iter()
+        .all(|g| g.mig_uuids.is_empty() && g.slices.is_none()));
     let found = discover(&fake.roots(), Some(MIG_A), None);
     assert!(found.sources.is_empty());
     assert!(

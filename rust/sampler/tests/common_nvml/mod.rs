@@ -24,7 +24,8 @@ pub fn build_fake_nvml(dir: &Path) -> Result<PathBuf, String> {
     build_with(dir, &[])
 }
 
-/// The same, with `flags` for the compiler (`-DFAKE_NVML_NO_MIG`: a driver without MIG calls).
+/// The same, with `flags` for the compiler (`-DFAKE_NVML_NO_MIG`: a driver without MIG calls;
+/// `-DFAKE_NVML_NO_MIG_SLICES`: without the calls that give an instance's slices).
 fn build_with(dir: &Path, flags: &[&str]) -> Result<PathBuf, String> {
     let out = dir.join("libnvidia-ml.so.1");
     let tmp = dir.join(format!("libnvidia-ml.so.1.{}.tmp", std::process::id()));
@@ -59,6 +60,13 @@ pub fn built() -> &'static Path {
 pub fn built_without_mig() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| built_in("fake-nvml-no-mig", &["-DFAKE_NVML_NO_MIG"]))
+}
+
+/// The stand-in as a driver with the MIG calls that list instances but not those that give
+/// their slices (`nvmlDeviceGetAttributes_v2`, `nvmlDeviceGetGpuInstanceProfileInfo`).
+pub fn built_without_mig_slices() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| built_in("fake-nvml-no-mig-slices", &["-DFAKE_NVML_NO_MIG_SLICES"]))
 }
 
 fn built_in(name: &str, flags: &[&str]) -> PathBuf {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use libloading::Library;
 
+use super::mig::{mig_fns, MigFns};
 use super::BACKEND;
 use crate::error::Error;
 use crate::sensors::{Roots, Unavailable};
@@ -23,11 +24,6 @@ pub(super) const ERROR_FUNCTION_NOT_FOUND: c_int = 13;
 const TOTAL_POWER_SAMPLES: c_int = 0;
 /// Large enough for any name or UUID NVML returns (its own v2 buffer sizes are 96).
 const STRING_BUFFER: usize = 96;
-/// `NVML_DEVICE_MIG_ENABLE`: the current MIG mode of a GPU partitioned into instances.
-const MIG_ENABLE: c_uint = 1;
-/// More MIG device slots than any GPU has (seven on an A100 or H100): a bound on the loop over
-/// what `nvmlDeviceGetMaxMigDeviceCount` says.
-const MAX_MIG_SLOTS: c_uint = 64;
 
 pub(super) type Device = *mut c_void;
 type InitFn = unsafe extern "C" fn() -> c_int;
@@ -38,12 +34,6 @@ type ByUuidFn = unsafe extern "C" fn(*const c_char, *mut Device) -> c_int;
 type StringFn = unsafe extern "C" fn(Device, *mut c_char, c_uint) -> c_int;
 type EnergyFn = unsafe extern "C" fn(Device, *mut c_ulonglong) -> c_int;
 type PowerFn = unsafe extern "C" fn(Device, *mut c_uint) -> c_int;
-/// `nvmlDeviceGetMigMode(device, *currentMode, *pendingMode)`.
-type MigModeFn = unsafe extern "C" fn(Device, *mut c_uint, *mut c_uint) -> c_int;
-/// `nvmlDeviceGetMaxMigDeviceCount(device, *count)`.
-type MigCountFn = unsafe extern "C" fn(Device, *mut c_uint) -> c_int;
-/// `nvmlDeviceGetMigDeviceHandleByIndex(device, index, *migDevice)`.
-type MigByIndexFn = unsafe extern "C" fn(Device, c_uint, *mut Device) -> c_int;
 /// `nvmlDeviceGetSamples(device, type, lastSeenTimeStamp, *sampleValType, *sampleCount,
 /// *samples)`.
 type SamplesFn = unsafe extern "C" fn(
@@ -96,16 +86,8 @@ pub(super) struct Fns {
     pub(super) energy: Option<EnergyFn>,
     pub(super) power: Option<PowerFn>,
     pub(super) samples: Option<SamplesFn>,
-    /// The MIG calls (R450 drivers and later); all three or none are used.
+    /// The MIG calls (R450 drivers and later); the three that list instances, or none.
     pub(super) mig: Option<MigFns>,
-}
-
-/// The calls that list a GPU's MIG instances.
-#[derive(Clone, Copy)]
-pub(super) struct MigFns {
-    mode: MigModeFn,
-    count: MigCountFn,
-    by_index: MigByIndexFn,
 }
 
 /// An initialised NVML. Shared by every source it produced; the last one to drop it shuts NVML
@@ -129,7 +111,7 @@ impl Drop for Nvml {
 /// # Safety
 /// `T` must be the function's true C signature, and the pointer must not be called after `lib`
 /// is unloaded.
-unsafe fn symbol<T: Copy>(lib: &Library, name: &str) -> Option<T> {
+pub(super) unsafe fn symbol<T: Copy>(lib: &Library, name: &str) -> Option<T> {
     let mut bytes = Vec::with_capacity(name.len() + 1);
     bytes.extend_from_slice(name.as_bytes());
     bytes.push(0);
@@ -289,38 +271,6 @@ impl Nvml {
 }
 
 impl Nvml {
-    /// The UUIDs (`MIG-…`) of the MIG instances of GPU `dev`, in NVML's order of their slots.
-    /// Empty when MIG is off or not supported there, or the library lacks the MIG calls. A slot
-    /// without an instance (`NVML_ERROR_NOT_FOUND`) or one this process may not query is
-    /// skipped. The instances share the GPU's energy counter: NVML has none per instance.
-    pub(super) fn mig_uuids(&self, dev: Handle) -> Vec<String> {
-        let Some(mig) = self.fns.mig else {
-            return Vec::new();
-        };
-        let (mut current, mut pending): (c_uint, c_uint) = (0, 0);
-        // SAFETY: `dev` came from this initialised NVML; both are valid out-pointers.
-        let rc = unsafe { (mig.mode)(dev.0, &mut current, &mut pending) };
-        if rc != SUCCESS || current != MIG_ENABLE {
-            return Vec::new();
-        }
-        let mut slots: c_uint = 0;
-        // SAFETY: as above.
-        if unsafe { (mig.count)(dev.0, &mut slots) } != SUCCESS {
-            return Vec::new();
-        }
-        (0..slots.min(MAX_MIG_SLOTS))
-            .filter_map(|i| {
-                let mut inst: Device = std::ptr::null_mut();
-                // SAFETY: as above; `inst` is a valid out-pointer.
-                let rc = unsafe { (mig.by_index)(dev.0, i, &mut inst) };
-                // A MIG handle answers nvmlDeviceGetUUID with the instance's own UUID.
-                (rc == SUCCESS && !inst.is_null())
-                    .then(|| self.string(self.fns.uuid, Handle(inst)))
-                    .flatten()
-            })
-            .collect()
-    }
-
     /// The board's power samples newer than `last_seen_us` (CLOCK_REALTIME µs) into `buf`: how
     /// many were written, and their value type. No new sample is `Ok((0, _))`; a library
     /// without the call is `Err(ERROR_NOT_SUPPORTED)`.
@@ -371,21 +321,6 @@ pub(super) fn nvml_code(e: &Error) -> c_int {
     match e {
         Error::Nvml { code, .. } => *code,
         _ => 999,
-    }
-}
-
-/// The MIG calls, where the library has all three.
-///
-/// # Safety
-/// As for [`symbol`].
-unsafe fn mig_fns(lib: &Library) -> Option<MigFns> {
-    // SAFETY: each type alias is the documented C signature of the named function.
-    unsafe {
-        Some(MigFns {
-            mode: symbol(lib, "nvmlDeviceGetMigMode")?,
-            count: symbol(lib, "nvmlDeviceGetMaxMigDeviceCount")?,
-            by_index: symbol(lib, "nvmlDeviceGetMigDeviceHandleByIndex")?,
-        })
     }
 }
 

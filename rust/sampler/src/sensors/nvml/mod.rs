@@ -26,7 +26,8 @@
 //! reported as unavailable, and ends the list as CUDA would. CUDA gives a process one MIG
 //! instance, the first listed (NVIDIA's MIG user guide): another GPU's instance listed after it
 //! is not measured, and is reported as unavailable. [`list_gpus`] gives every GPU with
-//! its instances, for the caller to decide which rank reports a GPU shared by several.
+//! its instances and their slices (see `mig`), for the caller to give each process on an
+//! instance its instance's share of the GPU.
 //!
 //! Indices are read in NVML's order, which is PCI bus order. CUDA's default order
 //! (`CUDA_DEVICE_ORDER=FASTEST_FIRST`) can differ on machines with unlike GPUs, so index `0`
@@ -35,6 +36,7 @@
 //! source's label says so.
 
 mod ffi;
+mod mig;
 mod samples;
 mod visible;
 
@@ -49,6 +51,7 @@ use ffi::{
     error_message, hint_for, nvml_code, Handle, Nvml, RawSample, ERROR_FUNCTION_NOT_FOUND,
     ERROR_NOT_SUPPORTED,
 };
+pub use mig::MigInstance;
 use samples::PowerSamples;
 
 const BACKEND: &str = "nvml";
@@ -260,9 +263,16 @@ pub struct GpuListing {
     /// is off or not supported, or the driver lacks the MIG calls. They share the GPU's energy
     /// counter: NVML measures the GPU, not an instance.
     pub mig_uuids: Vec<String>,
+    /// The same instances, with their ids and slices.
+    pub mig_instances: Vec<MigInstance>,
+    /// The GPU's slices (its largest GPU-instance profile's), asked for only where it has
+    /// instances; `None` with `slices_error` saying why where NVML does not tell.
+    pub slices: Option<u32>,
+    pub slices_error: Option<String>,
 }
 
-/// Every GPU NVML lists (whatever `CUDA_VISIBLE_DEVICES` says), with its MIG instances; a
+/// Every GPU NVML lists (whatever `CUDA_VISIBLE_DEVICES` says), with its MIG instances and
+/// their slices (a MIG instance's share of its GPU is its slices over the GPU's); a
 /// missing library or driver is the reason, with what to do about it. A GPU whose handle NVML
 /// refuses is left out.
 pub fn list_gpus(roots: &Roots) -> Result<Vec<GpuListing>, Box<Unavailable>> {
@@ -277,11 +287,23 @@ pub fn list_gpus(roots: &Roots) -> Result<Vec<GpuListing>, Box<Unavailable>> {
     Ok((0..count)
         .filter_map(|index| {
             let dev = nvml.handle(index).ok()?;
+            let mig_instances = nvml.mig_instances(dev);
+            let (slices, slices_error) = if mig_instances.is_empty() {
+                (None, None)
+            } else {
+                match nvml.gpu_slices(dev) {
+                    Ok(s) => (Some(s), None),
+                    Err(e) => (None, Some(e)),
+                }
+            };
             Some(GpuListing {
                 index,
                 uuid: nvml.string(nvml.fns.uuid, dev),
                 name: nvml.string(nvml.fns.name, dev),
-                mig_uuids: nvml.mig_uuids(dev),
+                mig_uuids: mig_instances.iter().map(|m| m.uuid.clone()).collect(),
+                mig_instances,
+                slices,
+                slices_error,
             })
         })
         .collect())

@@ -1,0 +1,173 @@
+"""NVIDIA MIG: which instance a process is on, and its share of the GPU.
+
+A process on a MIG instance: ``CUDA_VISIBLE_DEVICES`` starts with one (``MIG-<uuid>``, or the
+legacy ``MIG-GPU-<uuid>/<gi>/<ci>``; CUDA then gives the process that one instance), or, where
+it is unset, ``NVIDIA_VISIBLE_DEVICES`` does (a container the NVIDIA container toolkit set up
+for one instance), or the GPU setting names one. Its GPU is read whole (NVML meters the GPU, not
+an instance) and the process reports the GPU's energy times its instance's share of the GPU's
+slices (``GpuOwnership.mig_share``): the instance's GPU-instance slices over the GPU's (the
+slices of its largest GPU-instance profile), as NVML gives them (``Gpu.mig``, ``Gpu.slices``); a
+compute instance smaller than its GPU instance (one of several MIG devices cut from it) counts
+its own compute slices instead. No knowledge of other processes is needed: the instances of one
+GPU add up to at most the whole GPU, and slices that no instance holds (or whose instance runs
+nothing measured) belong to no one. The split is an approximation: NVML does not meter an
+instance's own use. Where NVML does not give the slices (an old driver, a refused call), a rank
+falls back to the first-instance rule: the rank on the GPU's first instance (in NVML's order)
+reports the whole GPU, the others none (``shared`` either way), which counts the GPU once only
+where every rank sees every instance and one runs on the first; the reason says so and
+``warning`` is set. A process that is no rank then reports the whole GPU (``warning`` set too).
+The instances are those NVML lists (the caller asks NVML only when :func:`names_mig`); a
+``MIG-`` entry naming none of them names no GPU, and one after the first ``MIG-`` entry is not
+this process's (CUDA gives a process one instance).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from carbonctx._distributed.gpus import Gpu, GpuOwnership, MigInstance, pick
+
+__all__ = ["find_instance", "mig_entry", "names_mig", "on_mig", "slice_share"]
+
+
+def mig_entry(env: Mapping[str, str]) -> str | None:
+    """The MIG instance CUDA gives this process, as named: the first entry of
+    ``CUDA_VISIBLE_DEVICES``; where that is unset, of ``NVIDIA_VISIBLE_DEVICES`` (set in a
+    container the NVIDIA container toolkit set up). None when that is no MIG instance."""
+    value = env.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        value = env.get("NVIDIA_VISIBLE_DEVICES", "")
+    first = value.split(",")[0].strip()
+    return first if first.lower().startswith("mig-") else None
+
+
+def names_mig(env: Mapping[str, str], override: Sequence[int | str] | None = None) -> bool:
+    """Whether this process is on a MIG instance or the GPU setting names one: only then are
+    the GPUs' instances needed (the caller lists them through NVML)."""
+    entries = [*env.get("CUDA_VISIBLE_DEVICES", "").split(","), *map(str, override or ())]
+    return mig_entry(env) is not None or any(e.strip().lower().startswith("mig-") for e in entries)
+
+
+def find_instance(
+    entry: str, gpus: Sequence[Gpu]
+) -> tuple[Gpu, int | None, MigInstance | None] | None:
+    """The GPU a MIG entry names, the instance's position among the GPU's listed ones, and its
+    details where NVML gave them. A legacy ``MIG-GPU-<uuid>/<gi>/<ci>`` is found by its parent's
+    UUID and its ids; where NVML lists no instance of those ids, position and details are
+    None. None when the entry names no GPU."""
+    low = entry.lower()
+    for g in gpus:
+        for k, u in enumerate(g.mig_uuids):
+            if u.lower() == low:
+                return g, k, next((m for m in g.mig if m.uuid == u), None)
+    legacy = re.fullmatch(r"mig-(gpu-[0-9a-f-]+)/(\d+)/(\d+)", low)
+    if legacy is None:
+        return None
+    parent = next(
+        (g for g in gpus if g.uuid is not None and g.uuid.lower() == legacy.group(1)), None
+    )
+    if parent is None:
+        return None
+    ids = (int(legacy.group(2)), int(legacy.group(3)))
+    for m in parent.mig:
+        if (m.gpu_instance_id, m.compute_instance_id) == ids and m.uuid in parent.mig_uuids:
+            return parent, parent.mig_uuids.index(m.uuid), m
+    return parent, None, None
+
+
+_PROFILE = re.compile(r"\b((?:\d+c\.)?\d+g\.\d+gb(?:\+\w+)?)", re.IGNORECASE)
+
+
+def slice_share(g: Gpu, inst: MigInstance | None, entry: str) -> tuple[float, str] | str:
+    """The instance's share of its GPU by slices, with the share rule; else why not known.
+    A compute instance smaller than its GPU instance counts its own slices: the GPU instance's
+    other compute instances are other MIG devices, whose processes count theirs."""
+    if inst is None:
+        return f"NVML lists no instance of GPU {g.index} that {entry} names"
+    if inst.slices is None:
+        return f"the instance's slices are unknown: {inst.slices_error}"
+    if g.slices is None:
+        return f"GPU {g.index}'s slices are unknown: {g.slices_error}"
+    if not 0 < inst.slices <= g.slices:
+        return f"NVML gives the instance {inst.slices} slices of the GPU's {g.slices}"
+    m = _PROFILE.search(inst.name or "")
+    profile = f"{m.group(1)} ({inst.uuid})" if m else inst.uuid
+    mine, part = inst.slices, ""
+    ci = inst.compute_slices
+    if ci is not None and 0 < ci < inst.slices:
+        mine, part = ci, f" (its compute instance's, of its GPU instance's {inst.slices})"
+    rule = (
+        f"MIG instance {profile}: {mine} of {g.slices} slices{part} of "
+        f"{g.uuid or f'GPU {g.index}'}; the GPU's energy split by slices, an approximation: the "
+        "instances' own use is not metered separately, and slices no instance holds (or no "
+        "measured process uses) are counted by no one"
+    )
+    return mine / g.slices, rule
+
+
+def on_mig(
+    own: GpuOwnership, visible: Sequence[Gpu], entry: str, rank: bool
+) -> GpuOwnership | None:
+    """``own`` for a process on MIG instance ``entry``: its instance's share of the GPU where
+    NVML gives the slices; else (rank) the first-instance rule, (not a rank) the whole GPU,
+    with a warning. None where the entry names no visible GPU."""
+    found = find_instance(entry, visible)
+    if found is None:
+        return None
+    parent, k, inst = found
+    o = visible.index(parent)
+    share = slice_share(parent, inst, entry)
+    if not isinstance(share, str):
+        return attrs.evolve(
+            pick(
+                visible,
+                [o],
+                "mig-slices",
+                f"this process is on MIG instance {entry} of GPU {parent.index}: it reports "
+                f"the GPU's energy times its instance's share, {share[0]:.4g} ({share[1]})",
+                shared=True,
+            ),
+            mig_share=(parent.index, share[0], share[1]),
+        )
+    why = f"the slices of MIG instance {entry} are unknown ({share})"
+    update = (
+        "Update the NVIDIA driver where it lacks the calls (R455 and later have them), or let "
+        "this process query the GPU's MIG profiles (nvidia-smi mig -lgip should work where it "
+        "runs)."
+    )
+    if not rank:
+        return attrs.evolve(
+            own,
+            reason=f"{own.reason}; {why}, so GPU {parent.index} counts whole for it",
+            warning=f"carbonctx: {why}; GPU {parent.index} is reported whole for this process, "
+            f"which counts it once per measured process on its instances. {update}",
+        )
+    if k is None:
+        # Not placed among the instances: the whole GPU, as the least that loses nothing.
+        why += f"; NVML does not place it among GPU {parent.index}'s instances"
+        return attrs.evolve(
+            pick(visible, [o], "mig-unplaced", why + ", so it reports the whole GPU", True),
+            warning=f"carbonctx: {why}; GPU {parent.index} is reported whole for this rank, "
+            f"which counts it once per rank on its instances. {update}",
+        )
+    warning = (
+        f"carbonctx: {why}; falling back to the first-instance rule (the rank on the GPU's "
+        f"first instance reports it whole), which counts GPU {parent.index} once per rank where "
+        "NVML shows each rank only its own instance, and not at all where no rank runs on the "
+        f"first. {update}"
+    )
+    if k == 0:
+        why += f"; GPU {parent.index}'s first MIG instance is this rank's: it reports the GPU "
+        own = pick(visible, [o], "mig-first", why + "for every rank on its instances", True)
+    else:
+        why += (
+            f"; this rank has MIG instance {k} of GPU {parent.index}; the rank on its first "
+            f"instance ({parent.mig_uuids[0]}) reports the GPU. If no rank of this job runs "
+            "there, none reports it: set the GPU setting (CARBONCTX_GPUS) to this instance's "
+            "UUID on one rank of those sharing the GPU"
+        )
+        own = pick(visible, [], "mig-other", why, shared=True)
+    return attrs.evolve(own, warning=warning)
