@@ -43,7 +43,8 @@ class SourceEnergy:
 
     In a distributed job ``joules`` is this rank's part: ``share`` of the node's figure
     (``node_joules``) for a source the node's ranks share (CPU package, DRAM), 1 for the rank's
-    own GPU; ``share_rule`` says how the share was found (None outside a job).
+    own GPU, a MIG instance's share of its GPU by slices (a rank or not); ``share_rule`` says how
+    the share was found (None otherwise).
     """
 
     __module__ = "carbonctx"  # public as carbonctx.SourceEnergy: help(), reprs, pickles
