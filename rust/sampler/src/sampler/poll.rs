@@ -25,6 +25,9 @@ pub(super) struct Polled {
     pub(super) phase: Option<PhaseLock>,
     /// How long a read takes, smoothed (ns).
     pub(super) read_cost_ns: u64,
+    /// Its latest counter update was placed in time by the source's power samples (an
+    /// expensive counter is then read in pairs while regions are marked: see `costly`).
+    pub(super) placed: bool,
     /// The next point starts after a gap that began at this instant (another process's
     /// sampler died and this one took over).
     pub(super) pending_gap: Option<u64>,
@@ -105,6 +108,7 @@ impl Polled {
             phase: (config.phase_lock && info.counter.is_some())
                 .then(|| PhaseLock::new(interval_ns)),
             read_cost_ns: 0,
+            placed: false,
             pending_gap: None,
             offset_j: 0.0,
             dither: info
@@ -301,6 +305,7 @@ pub(super) fn poll_one(
                         let to = (i, &mut *tl, seg, p.offset_j);
                         let placed = super::shape::place(p.source.as_mut(), to, pt, period);
                         st.shaped_updates += u64::from(placed);
+                        p.placed = placed;
                     }
                     Some(pt)
                 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::coalesce;
 use super::config::Config;
+use super::costly;
 use super::handle::{Shared, SourceStatus, WAKE_MARK, WAKE_QUIET};
 use super::lock;
 use super::marks::{self, Budget};
@@ -314,7 +315,12 @@ pub(super) fn poll_loop(
             }
             predicting = pr.active();
         }
+        if fast && !at_mark && predict.is_none() {
+            // Regions marked: expensive counters read in pairs within a share of a core.
+            costly::while_marked(&mut polled, now);
+        }
         if !fast {
+            costly::unpair_all(&mut polled, now);
             // Reading at marks while regions are marked: every sparse interval; quiet: every
             // quiet interval.
             let marking = at_mark && now <= marked_until;
@@ -389,6 +395,7 @@ pub(super) fn poll_loop(
 /// Counters read every few updates go back to reading every update, from now (the next update
 /// is looked for just before it comes: the phase may have drifted while coasting).
 pub(super) fn read_every_update(polled: &mut [Polled], now: u64) {
+    costly::unpair_all(polled, now);
     for p in polled.iter_mut() {
         if let Some(ph) = p.phase.as_mut().filter(|ph| ph.stride() > 1) {
             ph.set_stride(1);
