@@ -17,13 +17,41 @@ use super::poll::Polled;
 /// Share of one core the reads of one such counter may take while regions are marked.
 pub(super) const SHARE: f64 = 0.01;
 
-/// Every how many updates `p` is to be read as a pair now; None to read every update.
+/// A counter's reads slower than this (wall time, smoothed) have their CPU time measured too.
+pub(super) const CPU_TIMED_NS: u64 = 100_000;
+
+/// Whether `p`'s next read is to have its CPU time measured (two more clock reads).
+pub(super) fn cpu_timed(p: &Polled) -> bool {
+    p.phase.is_some() && p.read_cost_ns > CPU_TIMED_NS
+}
+
+/// The calling thread's CPU time, ns.
+pub(super) fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+    }
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Every how many updates `p` is to be read as a pair now; None to read every update. The
+/// budget is of CPU: a read's CPU time where measured (a busy machine stretches its wall
+/// time, and with it the stride, for no saving).
 pub(super) fn stride(p: &Polled) -> Option<u32> {
     let ph = p.phase.as_ref().filter(|ph| ph.is_locked())?;
     if !p.placed || p.failed_since.is_some() || marks::fine(p) {
         return None;
     }
-    pair_stride(p.read_cost_ns as f64, ph.period_ns()?, SHARE)
+    let cost = if p.read_cpu_ns > 0 {
+        p.read_cpu_ns
+    } else {
+        p.read_cost_ns
+    };
+    pair_stride(cost as f64, ph.period_ns()?, SHARE)
 }
 
 /// While regions are marked: pair each expensive counter (or go on pairing it at a new stride),

@@ -18,7 +18,8 @@
 //! update to the next look, and its energy to the next point). The period follows the steps
 //! slowly. A search that moves half a period one way without turning has lost the update: the
 //! lock goes back to reading every update, which finds it again, and pairs resume after its
-//! next close bracket. The stride is the caller's (see `sampler::costly`).
+//! next close bracket. The stride is the caller's (see `sampler::costly`). (Also here: how
+//! far apart reads every few updates come, and when the period is known well enough for them.)
 
 use super::PhaseLock;
 
@@ -45,6 +46,8 @@ pub(super) struct Pair {
     /// How late the reads after come against their aim, smoothed (ns): the update is stamped
     /// where they land, not where they were aimed.
     late: f64,
+    /// The latest reads' worst lateness, decaying (ns): the look keeps that much more margin.
+    late_peak: f64,
 }
 
 impl PhaseLock {
@@ -91,11 +94,13 @@ impl PhaseLock {
         let Some(p) = self.period.filter(|&p| self.locked && p > 0.0) else {
             return;
         };
-        // The period known to a sixteenth of a close bracket's width over a visit: close
-        // brackets at least 16 visits apart (a period learned from the first dozen updates may
-        // be a percent off, a millisecond or more a visit).
+        // The period known to an eighth of a close bracket's width over a visit, at worst a
+        // sixty-fourth of it a period: close brackets at least 8 visits and 64 periods apart (a
+        // period learned from the first dozen updates may be a percent off, a millisecond or
+        // more a visit).
         let known = self.base.is_some_and(|(u0, _)| {
-            self.anchors >= 3 && (self.last_anchor - u0) / p >= 16.0 * f64::from(stride)
+            let spanned = (self.last_anchor - u0) / p;
+            self.anchors >= 3 && spanned >= 64.0 && spanned >= 8.0 * f64::from(stride)
         });
         if !known || self.since_anchor != 0 || self.probe {
             return;
@@ -111,6 +116,7 @@ impl PhaseLock {
             run: 0.0,
             same: 0,
             late: 0.0,
+            late_peak: 0.0,
         };
         pr.at += p * ((now as f64 - pr.at) / p).ceil().max(0.0);
         self.pair = Some(pr);
@@ -146,7 +152,7 @@ impl PhaseLock {
     fn look_margin(&self, pr: &Pair) -> f64 {
         let run = if pr.dir > 0 { pr.run } else { 0.0 };
         let p = self.period.unwrap_or(f64::MAX);
-        ((4.0 * pr.step).max(self.guard as f64) + run).min(p / 2.0)
+        ((4.0 * pr.step).max(self.guard as f64) + run + 2.0 * pr.late_peak).min(p / 2.0)
     }
 
     /// When the pair's next read is due (`t`: the last read's end).
@@ -187,20 +193,27 @@ impl PhaseLock {
         let stamp = match pr.look {
             None => {
                 // The look: the updates since the last read, the latest at its predicted instant.
+                let c = self.read_cost as f64;
+                let aimed = pr.at - self.look_margin(&pr) - c / 2.0;
+                pr.late_peak = (tf - aimed).max(0.0).max(pr.late_peak * 0.9).min(p / 8.0);
+                let expected = pr.at + pr.late;
+                let g = self.guard as f64;
+                let mut stamp = expected + p * ((tf - expected) / p).floor();
                 pr.look = Some((tf, changed));
-                let cand = pr.at + pr.late + p * ((tf - pr.at - pr.late) / p).floor();
-                if tf >= pr.at - pr.step {
-                    // It came too late to look before the update: this visit tells nothing.
+                if tf + c / 2.0 > expected - g / 2.0 {
+                    // It came too late to be sure it ended before the update (a late wake-up):
+                    // this visit tells nothing, and the change is stamped at the read itself
+                    // (its energy then spread evenly up to it, never a period's worth placed
+                    // a period off).
                     pr.look = None;
                     pr.at += p * f64::from(pr.stride);
+                    stamp = tf;
                 }
                 self.pair = Some(pr);
                 self.skip_to_lookable(tf);
-                let stamp = if cand > prevf {
-                    cand
-                } else {
-                    prevf + (tf - prevf) / 2.0
-                };
+                if stamp <= prevf {
+                    stamp = prevf + (tf - prevf) / 2.0;
+                }
                 return changed.then_some(stamp.min(tf) as u64);
             }
             Some((t_look, look_changed)) => {
@@ -212,7 +225,9 @@ impl PhaseLock {
                     0 // an idle counter: neither read saw a change
                 };
                 let stamp = changed.then(|| (pr.at + pr.late).clamp(t_look + 1.0, tf) as u64);
-                pr.late += ((tf - pr.at).clamp(0.0, p / 4.0) - pr.late) / 8.0;
+                let late = (tf - pr.at).clamp(0.0, p / 8.0);
+                pr.late += (late - pr.late) / 8.0;
+                pr.late_peak = pr.late_peak.max(late - pr.late);
                 if dir != 0 {
                     if pr.dir == dir {
                         // Noisy answers repeat by chance (the read's sampling instant and the

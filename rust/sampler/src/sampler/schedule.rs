@@ -1,6 +1,7 @@
 //! The sampler thread's loop: start-up reads (the handshake's answer), polling each source when
 //! due (phase-locked counters just after each update), full-rate reading while regions are
-//! being marked and sparse reading while quiet (or, with [`Config::fast_reads`] off, sparse
+//! being marked (an expensive counter in pairs within a share of a core; see `costly`) and
+//! sparse reading while quiet (or, with [`Config::fast_reads`] off, sparse
 //! reading with reads at region marks; see `marks`; with [`Config::predict_marks`], sparse
 //! reading with every update read around predicted marks; see `predict`), failure and retry,
 //! and a resolution pass after every wake-up.
