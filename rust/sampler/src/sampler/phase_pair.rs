@@ -11,14 +11,17 @@
 //!   change seen by the read after it is the predicted update's;
 //! - the read after, its middle at the predicted instant: a change says the update came at or
 //!   before it, none says after. The prediction steps toward what it saw; the step halves when
-//!   the answer turns and doubles when it repeats (a stochastic search that settles on the
-//!   update and follows a drifting period or a phase jump in a few visits).
+//!   the answer turns and doubles from the fourth same answer in a row (a stochastic search
+//!   that settles on the update and follows a drifting period or a phase jump in a few visits).
+//!
+//! A look that wakes too late to be sure it came before the update is stamped at its own read
+//! (its energy spread evenly up to it), never at a predicted update it may not have seen.
 //!
 //! Two reads per visit, never more (no chases: a read after that sees nothing leaves the
 //! update to the next look, and its energy to the next point). The period follows the steps
 //! slowly. A search that moves half a period one way without turning has lost the update: the
-//! lock goes back to reading every update, which finds it again, and pairs resume after its
-//! next close bracket. The stride is the caller's (see `sampler::costly`). (Also here: how
+//! lock learns the period and phase again (reading every update), and pairs resume once it
+//! knows them closely. The stride is the caller's (see `sampler::costly`). (Also here: how
 //! far apart reads every few updates come, and when the period is known well enough for them.)
 
 use super::PhaseLock;
@@ -146,13 +149,15 @@ impl PhaseLock {
     }
 
     /// The margin between the look's end and the predicted update: four steps, at least a
-    /// guard, and the whole of a run of steps later (were the update in fact earlier than the
+    /// guard; a read's cost (where in its read the counter is taken is not known, and the
+    /// prediction settles where the read after sees the update half the time); and the whole of a run of steps later (were the update in fact earlier than the
     /// look, every read after would see nothing and the steps go on later: the look stays
     /// where it was before the run began, so such a run turns).
     fn look_margin(&self, pr: &Pair) -> f64 {
         let run = if pr.dir > 0 { pr.run } else { 0.0 };
         let p = self.period.unwrap_or(f64::MAX);
-        ((4.0 * pr.step).max(self.guard as f64) + run + 2.0 * pr.late_peak).min(p / 2.0)
+        let c = self.read_cost as f64;
+        ((4.0 * pr.step).max(self.guard as f64) + c + run + 2.0 * pr.late_peak).min(p / 2.0)
     }
 
     /// When the pair's next read is due (`t`: the last read's end).
@@ -200,7 +205,7 @@ impl PhaseLock {
                 let g = self.guard as f64;
                 let mut stamp = expected + p * ((tf - expected) / p).floor();
                 pr.look = Some((tf, changed));
-                if tf + c / 2.0 > expected - g / 2.0 {
+                if tf + c / 2.0 > expected - (g + c) / 2.0 {
                     // It came too late to be sure it ended before the update (a late wake-up):
                     // this visit tells nothing, and the change is stamped at the read itself
                     // (its energy then spread evenly up to it, never a period's worth placed
@@ -259,10 +264,11 @@ impl PhaseLock {
         pr.look = None;
         pr.at += per * f64::from(pr.stride);
         if pr.run > per / 2.0 {
-            // Lost: read every update until the lock brackets one closely again.
+            // Lost (the prediction may be anywhere): learn the period and phase again, reading
+            // every update, as at the start.
             self.pair_lost += 1;
-            self.pair = Some(pr);
-            self.unpair(t);
+            self.stride = 1;
+            self.unlock();
             return stamp;
         }
         self.pair = Some(pr);
