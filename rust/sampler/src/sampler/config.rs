@@ -35,7 +35,9 @@ pub struct Config {
     /// (unless `fast_reads`) a phase-locked one at the mark and just after its next update.
     pub mark_reads: bool,
     /// While regions are being marked, read phase-locked counters at every update (the
-    /// default). Off: read them every quiet interval and at each mark (a read at the mark and
+    /// default; a counter whose read costs more than 1 % of a core at that rate and whose
+    /// updates the source's power samples place is read in pairs around one update in several
+    /// instead, see `sampler::costly`). Off: read them every quiet interval and at each mark (a read at the mark and
     /// one just after the counter's next update bracket it), at a quarter of the CPU with
     /// 20 ms regions; a machine that wakes the thread late sends it back to every update for
     /// a while. Its worst single regions are worse on a loaded machine (see

@@ -22,6 +22,7 @@
 
 mod coalesce;
 pub mod config;
+mod costly;
 mod dither;
 pub mod handle;
 mod marks;

@@ -62,6 +62,9 @@ pub struct PhaseLock {
     pub observed: u64,
     /// Updates read since the last bracket (fine or coarse).
     since_anchor: u32,
+    /// One update in several read as a pair (see [`pair`]), and times a pair lost its update.
+    pair: Option<pair::Pair>,
+    pair_lost: u64,
     /// Looks just before a predicted update in a row that saw a change already (reading every
     /// update): see [`EARLY_LOOKS`].
     early_looks: u32,
@@ -120,6 +123,8 @@ impl PhaseLock {
             probe_seen: false,
             last_anchor: 0.0,
             sparse_misses: 0,
+            pair: None,
+            pair_lost: 0,
         }
     }
 
@@ -131,23 +136,6 @@ impl PhaseLock {
     /// Read every `k`-th update from now on (at least 1).
     pub fn set_stride(&mut self, k: u32) {
         self.stride = k.max(1);
-    }
-
-    /// How many updates apart reads should be for them to be at least `interval_ns` apart.
-    /// Reading every second or third update saves little and lets the phase drift, so below
-    /// four updates apart this is 1.
-    pub fn stride_for(&self, interval_ns: u64) -> u32 {
-        match self.period {
-            Some(p) if self.locked && p > 0.0 => {
-                let k = (interval_ns as f64 / p).round() as u32;
-                if k >= 4 {
-                    k
-                } else {
-                    1
-                }
-            }
-            _ => 1,
-        }
     }
 
     /// Re-aim at the first predicted update at or after `now` (after reading sparsely, to
@@ -174,19 +162,6 @@ impl PhaseLock {
         let cand = self.next + k * p;
         // Predictions run early by up to a guard (see `observe`).
         Some((cand + self.guard as f64 / 2.0).min(t as f64).max(0.0) as u64)
-    }
-
-    /// Whether the period is known well enough to read every few updates: locked, with close
-    /// brackets at least 256 periods apart (the period then to within a few thousandths of a
-    /// bracket's width), or a period of 5 ms or more (such counters are not read sparsely).
-    pub fn settled(&self) -> bool {
-        let Some(p) = self.period.filter(|&p| self.locked && p > 0.0) else {
-            return false;
-        };
-        p >= 5_000_000.0
-            || self
-                .base
-                .is_some_and(|(u0, _)| self.anchors >= 3 && (self.last_anchor - u0) / p >= 256.0)
     }
 
     /// Aim the next read just after the first predicted update at or after `t` (a read at a
@@ -226,7 +201,7 @@ impl PhaseLock {
 
     /// The predicted update the next read is aimed just after (locked, not looking before one).
     pub fn aimed_after(&self) -> Option<f64> {
-        (self.locked && !self.probe).then_some(self.next)
+        (self.locked && !self.probe && self.pair.is_none()).then_some(self.next)
     }
 
     /// The learned update period, ns.
@@ -256,6 +231,9 @@ impl PhaseLock {
             if self.fine_reads > FINE_LEARNING_READS {
                 self.read_cadence = true;
             }
+        }
+        if self.pair.is_some() {
+            return self.pair_observe(prev, t, changed);
         }
         if !changed {
             self.prev_unchanged = true;
@@ -524,6 +502,9 @@ impl PhaseLock {
     /// When to read next, given that the last read completed at `t` (half the interval while
     /// the period is being learned).
     pub fn due(&self, t: u64) -> u64 {
+        if self.pair.is_some() {
+            return self.pair_due(t);
+        }
         if !self.locked {
             return t + self.learning_step();
         }
@@ -553,6 +534,10 @@ impl PhaseLock {
 fn min_drift(guard: f64, period: f64) -> f64 {
     (guard / 8.0).max(period / 400.0)
 }
+
+#[path = "phase_pair.rs"]
+mod pair;
+pub(crate) use pair::pair_stride;
 
 #[cfg(test)]
 #[path = "phase_tests.rs"]

@@ -25,6 +25,13 @@ pub(super) struct Polled {
     pub(super) phase: Option<PhaseLock>,
     /// How long a read takes, smoothed (ns).
     pub(super) read_cost_ns: u64,
+    /// CPU time a read takes, smoothed (ns; measured only for reads slower than
+    /// [`super::costly::CPU_TIMED_NS`], 0 for others): a busy machine stretches a read's wall
+    /// time, not its CPU.
+    pub(super) read_cpu_ns: u64,
+    /// Its latest counter update was placed in time by the source's power samples (an
+    /// expensive counter is then read in pairs while regions are marked: see `costly`).
+    pub(super) placed: bool,
     /// The next point starts after a gap that began at this instant (another process's
     /// sampler died and this one took over).
     pub(super) pending_gap: Option<u64>,
@@ -105,6 +112,8 @@ impl Polled {
             phase: (config.phase_lock && info.counter.is_some())
                 .then(|| PhaseLock::new(interval_ns)),
             read_cost_ns: 0,
+            read_cpu_ns: 0,
+            placed: false,
             pending_gap: None,
             offset_j: 0.0,
             dither: info
@@ -247,8 +256,13 @@ pub(super) fn poll_one(
         st.mark_reads += 1;
         p.last_mark_ns = now;
     }
+    let cpu_before = super::costly::cpu_timed(p).then(super::costly::thread_cpu_ns);
     let (result, t_before, t_after) = super::power::read_timed(p);
     p.read_cost_ns = (p.read_cost_ns * 7 + (t_after - t_before)) / 8;
+    if let Some(c0) = cpu_before {
+        let cpu = super::costly::thread_cpu_ns().saturating_sub(c0);
+        p.read_cpu_ns = (p.read_cpu_ns * 7 + cpu) / 8;
+    }
     if let Some(ph) = p.phase.as_mut() {
         ph.fit_guard(p.read_cost_ns);
     }
@@ -301,6 +315,7 @@ pub(super) fn poll_one(
                         let to = (i, &mut *tl, seg, p.offset_j);
                         let placed = super::shape::place(p.source.as_mut(), to, pt, period);
                         st.shaped_updates += u64::from(placed);
+                        p.placed = placed;
                     }
                     Some(pt)
                 }

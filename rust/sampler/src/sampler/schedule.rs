@@ -1,6 +1,7 @@
 //! The sampler thread's loop: start-up reads (the handshake's answer), polling each source when
 //! due (phase-locked counters just after each update), full-rate reading while regions are
-//! being marked and sparse reading while quiet (or, with [`Config::fast_reads`] off, sparse
+//! being marked (an expensive counter in pairs within a share of a core; see `costly`) and
+//! sparse reading while quiet (or, with [`Config::fast_reads`] off, sparse
 //! reading with reads at region marks; see `marks`; with [`Config::predict_marks`], sparse
 //! reading with every update read around predicted marks; see `predict`), failure and retry,
 //! and a resolution pass after every wake-up.
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use super::coalesce;
 use super::config::Config;
+use super::costly;
 use super::handle::{Shared, SourceStatus, WAKE_MARK, WAKE_QUIET};
 use super::lock;
 use super::marks::{self, Budget};
@@ -314,7 +316,12 @@ pub(super) fn poll_loop(
             }
             predicting = pr.active();
         }
+        if fast && !at_mark && predict.is_none() {
+            // Regions marked: expensive counters read in pairs within a share of a core.
+            costly::while_marked(&mut polled, now);
+        }
         if !fast {
+            costly::unpair_all(&mut polled, now);
             // Reading at marks while regions are marked: every sparse interval; quiet: every
             // quiet interval.
             let marking = at_mark && now <= marked_until;
@@ -389,6 +396,7 @@ pub(super) fn poll_loop(
 /// Counters read every few updates go back to reading every update, from now (the next update
 /// is looked for just before it comes: the phase may have drifted while coasting).
 pub(super) fn read_every_update(polled: &mut [Polled], now: u64) {
+    costly::unpair_all(polled, now);
     for p in polled.iter_mut() {
         if let Some(ph) = p.phase.as_mut().filter(|ph| ph.stride() > 1) {
             ph.set_stride(1);

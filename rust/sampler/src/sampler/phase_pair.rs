@@ -1,0 +1,295 @@
+//! Paired reads of an expensive counter: one update in every `stride` is bracketed by a look
+//! just before it and a read just after it, and the lock is checked at every one of them.
+//!
+//! A counter whose read costs milliseconds of CPU (an NVML energy read on an H100 costs about
+//! 3 ms, its counter moves every 100 ms) cannot be read at every update within a small budget.
+//! Read every few updates with no look before one, the lock coasts on its learned period and its
+//! stamps walk off the updates. Here each visit is a pair:
+//!
+//! - the look, a whole read (its cost and a margin) before the predicted update: it takes the
+//!   updates since the last visit (stamped at their predicted instants) and makes sure that a
+//!   change seen by the read after it is the predicted update's;
+//! - the read after, its middle at the predicted instant: a change says the update came at or
+//!   before it, none says after. The prediction steps toward what it saw; the step halves when
+//!   the answer turns and doubles from the fourth same answer in a row (a stochastic search
+//!   that settles on the update and follows a drifting period or a phase jump in a few visits).
+//!
+//! A look that wakes too late to be sure it came before the update is stamped at its own read
+//! (its energy spread evenly up to it), never at a predicted update it may not have seen.
+//!
+//! Two reads per visit, never more (no chases: a read after that sees nothing leaves the
+//! update to the next look, and its energy to the next point). The period follows the steps
+//! slowly. A search that moves half a period one way without turning has lost the update: the
+//! lock learns the period and phase again (reading every update), and pairs resume once it
+//! knows them closely. The stride is the caller's (see `sampler::costly`). (Also here: how
+//! far apart reads every few updates come, and when the period is known well enough for them.)
+
+use super::PhaseLock;
+
+/// The search's smallest step, ns.
+const MIN_STEP_NS: f64 = 10_000.0;
+/// The period follows each step divided by this many of its updates.
+const PERIOD_GAIN: f64 = 16.0;
+
+/// The state of paired reads (see the module's documentation).
+#[derive(Clone, Debug)]
+pub(super) struct Pair {
+    /// Predicted instant of the update the current visit brackets (ns).
+    at: f64,
+    step: f64,
+    stride: u32,
+    /// The visit's look: its read's middle and whether it saw a change.
+    look: Option<(f64, bool)>,
+    /// The last step's direction (1 later, -1 earlier, 0 none yet), and how far the steps
+    /// in that direction have moved the prediction since it last turned (ns).
+    dir: i8,
+    run: f64,
+    /// Answers in a row the same as the last.
+    same: u32,
+    /// How late the reads after come against their aim, smoothed (ns): the update is stamped
+    /// where they land, not where they were aimed.
+    late: f64,
+    /// The latest reads' worst lateness, decaying (ns): the look keeps that much more margin.
+    late_peak: f64,
+}
+
+impl PhaseLock {
+    /// How many updates apart reads should be for them to be at least `interval_ns` apart.
+    /// Reading every second or third update saves little and lets the phase drift, so below
+    /// four updates apart this is 1.
+    pub fn stride_for(&self, interval_ns: u64) -> u32 {
+        match self.period {
+            Some(p) if self.locked && p > 0.0 => {
+                let k = (interval_ns as f64 / p).round() as u32;
+                if k >= 4 {
+                    k
+                } else {
+                    1
+                }
+            }
+            _ => 1,
+        }
+    }
+
+    /// Whether the period is known well enough to read every few updates: locked, with close
+    /// brackets at least 256 periods apart (the period then to within a few thousandths of a
+    /// bracket's width), or a period of 5 ms or more (such counters are not read sparsely).
+    pub fn settled(&self) -> bool {
+        let Some(p) = self.period.filter(|&p| self.locked && p > 0.0) else {
+            return false;
+        };
+        p >= 5_000_000.0
+            || self
+                .base
+                .is_some_and(|(u0, _)| self.anchors >= 3 && (self.last_anchor - u0) / p >= 256.0)
+    }
+
+    /// Read one update in `stride` as a pair (a look before it, a read after it) from the next
+    /// that can be looked at after `now`. Starts only on a lock whose latest read closed a
+    /// bracket (the phase known to a guard) and whose period is known closely; already paired,
+    /// only the stride changes.
+    pub fn pair_with(&mut self, stride: u32, now: u64) {
+        let stride = stride.max(1);
+        if let Some(pr) = self.pair.as_mut() {
+            pr.stride = stride;
+            return;
+        }
+        let Some(p) = self.period.filter(|&p| self.locked && p > 0.0) else {
+            return;
+        };
+        // The period known to an eighth of a close bracket's width over a visit, at worst a
+        // sixty-fourth of it a period: close brackets at least 8 visits and 64 periods apart (a
+        // period learned from the first dozen updates may be a percent off, a millisecond or
+        // more a visit).
+        let known = self.base.is_some_and(|(u0, _)| {
+            let spanned = (self.last_anchor - u0) / p;
+            self.anchors >= 3 && spanned >= 64.0 && spanned >= 8.0 * f64::from(stride)
+        });
+        if !known || self.since_anchor != 0 || self.probe {
+            return;
+        }
+        // Reading every update, the prediction runs early by up to a guard.
+        let g = self.guard as f64;
+        let mut pr = Pair {
+            at: self.next + g / 2.0,
+            step: g / 2.0,
+            stride,
+            look: None,
+            dir: 0,
+            run: 0.0,
+            same: 0,
+            late: 0.0,
+            late_peak: 0.0,
+        };
+        pr.at += p * ((now as f64 - pr.at) / p).ceil().max(0.0);
+        self.pair = Some(pr);
+        self.skip_to_lookable(now as f64);
+        self.stride = 1;
+    }
+
+    /// Whether one update in several is read as a pair.
+    pub fn paired(&self) -> bool {
+        self.pair.is_some()
+    }
+
+    /// Times a pair lost its update (the lock went back to reading every update).
+    pub fn pair_losses(&self) -> u64 {
+        self.pair_lost
+    }
+
+    /// Back to reading every update from `now`, looking just before the next predicted one.
+    pub fn unpair(&mut self, now: u64) {
+        let Some(pr) = self.pair.take() else {
+            return;
+        };
+        self.next = pr.at - self.guard as f64 / 2.0;
+        // Pairs resume after the next close bracket, not before.
+        self.since_anchor = self.since_anchor.max(1);
+        self.resync(now);
+    }
+
+    /// The margin between the look's end and the predicted update: four steps, at least a
+    /// guard; a read's cost (where in its read the counter is taken is not known, and the
+    /// prediction settles where the read after sees the update half the time); and the whole of a run of steps later (were the update in fact earlier than the
+    /// look, every read after would see nothing and the steps go on later: the look stays
+    /// where it was before the run began, so such a run turns).
+    fn look_margin(&self, pr: &Pair) -> f64 {
+        let run = if pr.dir > 0 { pr.run } else { 0.0 };
+        let p = self.period.unwrap_or(f64::MAX);
+        let c = self.read_cost as f64;
+        ((4.0 * pr.step).max(self.guard as f64) + c + run + 2.0 * pr.late_peak).min(p / 2.0)
+    }
+
+    /// When the pair's next read is due (`t`: the last read's end).
+    pub(super) fn pair_due(&self, t: u64) -> u64 {
+        let Some(pr) = self.pair.as_ref() else {
+            return t;
+        };
+        let c = self.read_cost as f64;
+        let start = match pr.look {
+            None => pr.at - self.look_margin(pr) - c,
+            Some(_) => pr.at - c / 2.0,
+        };
+        (start.max(0.0) as u64).max(t + 1)
+    }
+
+    /// Move the target to the first update whose look can still start after `t`.
+    fn skip_to_lookable(&mut self, t: f64) {
+        let (Some(p), c) = (self.period, self.read_cost as f64) else {
+            return;
+        };
+        let margin = match self.pair.as_ref() {
+            Some(pr) if pr.look.is_none() => self.look_margin(pr),
+            _ => return,
+        };
+        if let Some(pr) = self.pair.as_mut() {
+            while pr.at - margin - c < t {
+                pr.at += p;
+            }
+        }
+    }
+
+    /// One read of a pair (`prev`, `t`: the previous read's middle and this one's); the instant
+    /// to stamp a change with.
+    pub(super) fn pair_observe(&mut self, prev: u64, t: u64, changed: bool) -> Option<u64> {
+        let p = self.period?;
+        let (prevf, tf) = (prev as f64, t as f64);
+        let mut pr = self.pair.take()?;
+        let stamp = match pr.look {
+            None => {
+                // The look: the updates since the last read, the latest at its predicted instant.
+                let c = self.read_cost as f64;
+                let aimed = pr.at - self.look_margin(&pr) - c / 2.0;
+                pr.late_peak = (tf - aimed).max(0.0).max(pr.late_peak * 0.9).min(p / 8.0);
+                let expected = pr.at + pr.late;
+                let g = self.guard as f64;
+                let mut stamp = expected + p * ((tf - expected) / p).floor();
+                pr.look = Some((tf, changed));
+                if tf + c / 2.0 > expected - (g + c) / 2.0 {
+                    // It came too late to be sure it ended before the update (a late wake-up):
+                    // this visit tells nothing, and the change is stamped at the read itself
+                    // (its energy then spread evenly up to it, never a period's worth placed
+                    // a period off).
+                    pr.look = None;
+                    pr.at += p * f64::from(pr.stride);
+                    stamp = tf;
+                }
+                self.pair = Some(pr);
+                self.skip_to_lookable(tf);
+                if stamp <= prevf {
+                    stamp = prevf + (tf - prevf) / 2.0;
+                }
+                return changed.then_some(stamp.min(tf) as u64);
+            }
+            Some((t_look, look_changed)) => {
+                let dir: i8 = if changed {
+                    -1
+                } else if look_changed {
+                    1
+                } else {
+                    0 // an idle counter: neither read saw a change
+                };
+                let stamp = changed.then(|| (pr.at + pr.late).clamp(t_look + 1.0, tf) as u64);
+                let late = (tf - pr.at).clamp(0.0, p / 8.0);
+                pr.late += (late - pr.late) / 8.0;
+                pr.late_peak = pr.late_peak.max(late - pr.late);
+                if dir != 0 {
+                    if pr.dir == dir {
+                        // Noisy answers repeat by chance (the read's sampling instant and the
+                        // update's own jitter): the step grows only from the fourth in a row.
+                        pr.same += 1;
+                        if pr.same >= 3 {
+                            pr.step = (pr.step * 2.0).min(p / 8.0);
+                        }
+                    } else {
+                        pr.same = 0;
+                        pr.step = (pr.step / 2.0).max(MIN_STEP_NS);
+                        pr.run = 0.0;
+                    }
+                    pr.dir = dir;
+                    let moved = f64::from(dir) * pr.step;
+                    pr.at += moved;
+                    pr.run += pr.step;
+                    // The period follows small steps only: a large one is a search after a
+                    // jump of the phase, not a period that was off.
+                    if pr.step < (self.read_cost as f64 / 4.0).max(4.0 * MIN_STEP_NS) {
+                        let per = p + moved / (f64::from(pr.stride) * PERIOD_GAIN);
+                        self.period = Some(per);
+                    }
+                }
+                stamp
+            }
+        };
+        let per = self.period.unwrap_or(p);
+        pr.look = None;
+        pr.at += per * f64::from(pr.stride);
+        if pr.run > per / 2.0 {
+            // Lost (the prediction may be anywhere): learn the period and phase again, reading
+            // every update, as at the start.
+            self.pair_lost += 1;
+            self.stride = 1;
+            self.unlock();
+            return stamp;
+        }
+        self.pair = Some(pr);
+        self.skip_to_lookable(tf);
+        stamp
+    }
+}
+
+/// Every how many updates a counter is read for its reads to take at most `share` of a core:
+/// None when reading every update already does (a read each update, a look before one in eight
+/// of them), else as many updates apart as two reads a visit need, at least three (pairs every
+/// other update would cost as much as reading every one). A tenth of the share is kept for the
+/// reads of a pair that lost its update (read every update until the lock finds it again).
+pub(crate) fn pair_stride(read_cost_ns: f64, period_ns: f64, share: f64) -> Option<u32> {
+    if !(period_ns > 0.0 && share > 0.0) || read_cost_ns * 1.125 <= share * period_ns {
+        return None;
+    }
+    let k = (2.2 * read_cost_ns / (share * period_ns)).ceil();
+    Some(k.clamp(3.0, 1e6) as u32)
+}
+
+#[cfg(test)]
+#[path = "phase_pair_tests.rs"]
+mod tests;

@@ -1,0 +1,229 @@
+//! Tests of paired reads (`phase_pair.rs`), driven in simulated time against a counter that
+//! updates every 100 ms and whose read costs milliseconds (an H100's energy counter).
+
+use super::super::PhaseLock;
+use super::pair_stride;
+
+const MS: u64 = 1_000_000;
+const HOUR: u64 = 3_600_000 * MS;
+
+/// A small deterministic generator (xorshift): a number in [0, 1).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// What a simulated run gave: stamp errors (ns) once paired, stamps that claim an update the
+/// read did not see or put the latest one it saw more than 10 ms early, reads and the simulated
+/// time they span, and pairs lost.
+struct Outcome {
+    errors: Vec<f64>,
+    misplaced: u64,
+    reads: u64,
+    span_ns: u64,
+    losses: u64,
+}
+
+/// Drives a lock as the sampler does: reading every update until it brackets one closely,
+/// then one update in `stride` as a pair (never, with `None`: every update is read, as before
+/// pairs), for `duration` ns of simulated time. The update
+/// instants are `times`; each read costs `cost` ns (the counter is sampled at a random
+/// instant inside it) and starts 20-320 µs after it is due (a wake-up's lateness).
+fn simulate(times: &[u64], cost: u64, stride: Option<u32>, duration: u64, seed: u64) -> Outcome {
+    simulate_late(times, cost, stride, duration, seed, |x| x * 300_000.0)
+}
+
+/// As [`simulate`], each read starting `late(x)` ns (and 20 µs) after it is due, `x` uniform in
+/// [0, 1).
+fn simulate_late(
+    times: &[u64],
+    cost: u64,
+    stride: Option<u32>,
+    duration: u64,
+    seed: u64,
+    late: impl Fn(f64) -> f64,
+) -> Outcome {
+    let mut rng = Rng(seed | 1);
+    let mut pl = PhaseLock::new(20 * MS);
+    let (mut end, mut prev_mid, mut seen) = (0u64, 0u64, 0usize);
+    let (mut errors, mut reads, mut since) = (Vec::new(), 0u64, None);
+    let mut misplaced = 0;
+    while end < duration {
+        let start = pl.due(end).max(end + 1) + 20_000 + late(rng.next()) as u64;
+        let sample = start + (rng.next() * cost as f64) as u64;
+        end = start + cost;
+        let mid = start + cost / 2;
+        let count = times.partition_point(|&u| u <= sample);
+        pl.fit_guard(cost);
+        let stamp = pl.observe(prev_mid, mid, count != seen);
+        if since.is_some() {
+            reads += 1;
+            if count != seen {
+                let s = stamp.expect("a change is stamped") as f64;
+                errors.push(s - times[count - 1] as f64);
+                let next = times.get(count).map_or(f64::MAX, |&u| u as f64);
+                misplaced += u64::from(s < times[count - 1] as f64 - 10e6 || s > next + 10e6);
+            }
+        }
+        seen = count;
+        prev_mid = mid;
+        // Counted from the first pair (or, reading every update, from 20 s on).
+        if mid > 20_000 * MS {
+            if let Some(k) = stride.filter(|_| pl.is_locked()) {
+                pl.pair_with(k, end);
+            }
+            if (pl.paired() || stride.is_none()) && since.is_none() {
+                since = Some(end);
+            }
+        }
+    }
+    Outcome {
+        errors,
+        misplaced,
+        reads,
+        span_ns: end - since.unwrap_or(end),
+        losses: pl.pair_losses(),
+    }
+}
+
+fn median_abs(errors: &[f64]) -> f64 {
+    let mut abs: Vec<f64> = errors.iter().map(|e| e.abs()).collect();
+    abs.sort_by(|a, b| a.total_cmp(b));
+    abs[abs.len() / 2]
+}
+
+/// Update instants over `duration`: every `period` ns, with a phase that wanders by
+/// `wander` ns (a slow sine of 10 minutes, the counter's clock against ours) and each update
+/// `jitter` ns early or late at random.
+fn updates(period: f64, wander: f64, jitter: f64, duration: u64, seed: u64) -> Vec<u64> {
+    let mut rng = Rng(seed | 1);
+    let mut out = Vec::new();
+    let mut k = 0u64;
+    loop {
+        let base = 7.0 * MS as f64 + k as f64 * period;
+        let w = wander * (base / (600_000.0 * MS as f64) * std::f64::consts::TAU).sin();
+        let t = base + w + jitter * (2.0 * rng.next() - 1.0);
+        if t > (duration + 10 * MS * 100) as f64 {
+            return out;
+        }
+        out.push(t.max(0.0) as u64);
+        k += 1;
+    }
+}
+
+#[test]
+fn an_expensive_counter_read_in_pairs_stays_on_its_updates_for_an_hour() {
+    // An H100-like counter: updates every 100.004 ms (40 ppm against our clock), its phase
+    // wandering by 2 ms over ten minutes, each update 300 µs early or late at random; a read
+    // costs 3 ms. Within 1 % of a core: a pair every 7 updates.
+    let cost = 3 * MS;
+    let stride = pair_stride(cost as f64, 100e6, 0.01).expect("expensive");
+    assert_eq!(stride, 7);
+    for seed in [1u64, 2, 3] {
+        let times = updates(100.004e6, 2.0 * MS as f64, 300_000.0, HOUR, seed);
+        let out = simulate(&times, cost, Some(stride), HOUR, seed * 7);
+        // Reading every update (as before pairs) costs 3.5 % of a core and stamps no closer.
+        let every = simulate(&times, cost, None, HOUR, seed * 7);
+        let every_share = every.reads as f64 * cost as f64 / every.span_ns as f64;
+        assert!(every_share > 0.03, "{every_share}");
+        let hours = out.span_ns as f64 / HOUR as f64;
+        assert!(hours > 0.95, "paired for {hours} h");
+        // Median stamp error within a millisecond, over the run and over its last ten minutes.
+        let all = median_abs(&out.errors);
+        let tail = median_abs(&out.errors[out.errors.len() * 5 / 6..]);
+        assert!(
+            all < 1.0e6 && tail < 1.0e6,
+            "seed {seed}: median {all} ns, last {tail} ns"
+        );
+        assert!(all <= median_abs(&every.errors), "seed {seed}: {all} ns");
+        // The reads' CPU: at most the 1 % budget.
+        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+        assert!(
+            share <= 0.01,
+            "seed {seed}: {:.2} % of a core",
+            share * 100.0
+        );
+        assert!(out.losses <= 2, "seed {seed}: lost {} times", out.losses);
+        assert_eq!(out.misplaced, 0, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_phase_jump_is_found_again_within_a_few_pairs() {
+    // Exact 100 ms updates; after ten minutes every update comes 9 ms later (a firmware stall),
+    // after twenty 14 ms earlier than that. Reads cost 2 ms (a pair every 4 updates).
+    let cost = 2 * MS;
+    let stride = pair_stride(cost as f64, 100e6, 0.01).expect("expensive");
+    let dur = 1_800_000 * MS;
+    let times: Vec<u64> = updates(100e6, 0.0, 0.0, dur, 1)
+        .into_iter()
+        .map(|t| match t {
+            t if t > 1_200_000 * MS => t - 5 * MS,
+            t if t > 600_000 * MS => t + 9 * MS,
+            t => t,
+        })
+        .collect();
+    let out = simulate(&times, cost, Some(stride), dur, 5);
+    // The stamps settle again within a minute of each jump: the median of each settled part.
+    let n = out.errors.len();
+    let part =
+        |a: f64, b: f64| median_abs(&out.errors[(a * n as f64) as usize..(b * n as f64) as usize]);
+    for (a, b) in [(0.05, 0.3), (0.38, 0.63), (0.71, 1.0)] {
+        assert!(part(a, b) < 0.5e6, "{a}-{b}: {} ns", part(a, b));
+    }
+    let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+    assert!(share <= 0.01, "{:.2} % of a core", share * 100.0);
+}
+
+#[test]
+fn the_stride_keeps_two_reads_a_visit_within_the_share() {
+    // Cheap reads, or a slow counter: every update already fits.
+    assert_eq!(pair_stride(20_000.0, 100e6, 0.01), None);
+    assert_eq!(pair_stride(3e6, 1e9, 0.01), None);
+    assert_eq!(pair_stride(3e6, 100e6, 0.0), None);
+    // Expensive: two reads every `k` updates within the share, never fewer than three apart.
+    for cost in [0.9e6, 1.5e6, 2.9e6, 7e6] {
+        let k = pair_stride(cost, 100e6, 0.01).expect("expensive");
+        assert!(
+            k >= 3 && 2.0 * cost / (f64::from(k) * 100e6) <= 0.01 / 1.1,
+            "{cost}: {k}"
+        );
+        assert!(
+            2.0 * cost / (f64::from(k - 1) * 100e6) > 0.01 / 1.1 || k == 3,
+            "{cost}: {k}"
+        );
+    }
+}
+
+#[test]
+fn late_wake_ups_never_put_an_update_a_period_off() {
+    // A busy machine: reads start up to 10 ms late (long-tailed: a few milliseconds now and
+    // then). A look that may have come after the update it was to come before is stamped at
+    // its own read; no update's energy is placed a period away from it.
+    let cost = 3 * MS;
+    let stride = pair_stride(cost as f64, 100e6, 0.01).expect("expensive");
+    let dur = HOUR / 6;
+    for seed in [1u64, 2] {
+        let times = updates(100.004e6, 2.0 * MS as f64, 300_000.0, dur, seed);
+        let out = simulate_late(&times, cost, Some(stride), dur, seed * 3, |x| {
+            x.powi(4) * 10e6
+        });
+        assert!(
+            out.span_ns > dur / 2,
+            "paired for {} s",
+            out.span_ns / 1_000_000_000
+        );
+        assert_eq!(out.misplaced, 0, "seed {seed}");
+        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+        assert!(
+            share <= 0.01,
+            "seed {seed}: {:.2} % of a core",
+            share * 100.0
+        );
+    }
+}
