@@ -661,6 +661,12 @@ fn an_awake_amd_gpu_is_read_and_reads_as_asleep_when_it_sleeps() {
     let labels: Vec<String> = d.chosen.iter().map(|s| s.info().label.clone()).collect();
     assert_eq!(labels.len(), 2, "{:?}", d.unavailable);
     assert!(labels.iter().all(|l| !l.contains("asleep")), "{labels:?}");
+    // The one runtime PM may put to sleep states what it counts then; the other has no status.
+    assert!(
+        labels[0].contains("runtime-suspended") && labels[0].contains("up to 3 W"),
+        "{labels:?}"
+    );
+    assert!(!labels[1].contains("runtime-suspended"), "{labels:?}");
     assert_eq!(d.chosen[0].read().unwrap(), Reading::Power(42.5));
     assert_eq!(d.chosen[1].read().unwrap(), Reading::Power(61.0));
     fs::write(hw.join("device/power/runtime_status"), "suspended\n").unwrap();

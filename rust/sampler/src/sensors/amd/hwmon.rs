@@ -335,6 +335,10 @@ pub(super) fn source(h: &AmdgpuHwmon, g: &Owner<'_>) -> Result<HwmonGpu, Box<Una
     match probe(&h.powers) {
         Probe::Reads(i, file) => {
             src.info = info(h, g, &h.powers[i]);
+            if let Some(note) = runpm::sleep_bias_note(&state) {
+                src.info.label.push(' ');
+                src.info.label.push_str(&note);
+            }
             src.open = Some((i, file));
             Ok(src)
         }

@@ -35,7 +35,9 @@
 //! under 3 W for a whole card with the chip off (ZeroCore Power, BACO), and about nothing with
 //! the bus off too (BOCO). So the figure for a sleeping GPU is low by at most
 //! [`ASLEEP_BOUND_W`] (3 W) for as long as it sleeps, never high; this bound is stated in the
-//! source's label, not added to the region's uncertainty.
+//! source's label of every GPU that has a runtime PM status (awake at discovery or not), not
+//! added to the region's uncertainty (a reading carries no spread of its own: the uncertainty
+//! is the sampler's, from the readings' variation).
 //!
 //! Reading the power of an awake GPU counts as use: the driver marks it busy after each read,
 //! so a GPU read more often than its autosuspend delay stays awake while measured. That is
@@ -120,6 +122,18 @@ impl Status {
 /// from a file already open is the driver's answer, not the file's mode.
 pub(super) fn refused(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EPERM)
+}
+
+/// The label's note for a GPU awake at discovery that runtime PM may put to sleep (it has a
+/// status file): what its figure is while it sleeps, so that a region it slept through, which
+/// reads 0 J with no spread, states its bias. `None` without a status file.
+pub(super) fn sleep_bias_note(state: &State) -> Option<String> {
+    (*state != State::Unknown).then(|| {
+        format!(
+            "(while runtime-suspended: not read, counted as {ASLEEP_W} W, which is up to \
+             {ASLEEP_BOUND_W} W low for that time)"
+        )
+    })
 }
 
 /// The label's note for a GPU asleep at discovery: what it is read as, and how to keep it
