@@ -126,9 +126,10 @@ pub(super) fn refused(e: &io::Error) -> bool {
 
 /// The label's note for a GPU awake at discovery that runtime PM may put to sleep (it has a
 /// status file): what its figure is while it sleeps, so that a region it slept through, which
-/// reads 0 J with no spread, states its bias. `None` without a status file.
+/// reads 0 J with no spread, states its bias. `None` where runtime PM is not in use (no status
+/// file, `unsupported`: the device is never suspended).
 pub(super) fn sleep_bias_note(state: &State) -> Option<String> {
-    (*state != State::Unknown).then(|| {
+    matches!(state, State::Active | State::Asleep(_)).then(|| {
         format!(
             "(while runtime-suspended: not read, counted as {ASLEEP_W} W, which is up to \
              {ASLEEP_BOUND_W} W low for that time)"
@@ -165,6 +166,15 @@ mod tests {
         }
         assert!(!State::parse("unsupported\n").asleep());
         assert!(!State::parse("error\n").asleep());
+    }
+
+    #[test]
+    fn the_bias_is_stated_only_where_runtime_pm_may_suspend_the_gpu() {
+        let note = sleep_bias_note(&State::Active).unwrap();
+        assert!(note.contains("up to 3 W"), "{note}");
+        assert!(sleep_bias_note(&State::Asleep("suspended".into())).is_some());
+        assert!(sleep_bias_note(&State::parse("unsupported\n")).is_none());
+        assert!(sleep_bias_note(&State::Unknown).is_none());
     }
 
     #[test]
