@@ -12,7 +12,8 @@
 //!   back is handled as a reset) as a [`Method::Counter`]; where there is no counter, the socket
 //!   power of `amdsmi_get_power_info` (whole watts) integrated, [`Method::IntegratedPower`].
 //!   While the GPU sleeps (runtime-suspended, see `runpm.rs`) AMD SMI is not asked: the counter
-//!   stands where it was, power reads 0 W.
+//!   stands where it was (and continues from there where the firmware counts again from 0 after
+//!   the sleep), power reads 0 W.
 //! - `hwmon:amdgpu:<pci address>:power<N>`, where AMD SMI is absent or does not list the GPU:
 //!   the socket power in `powerN_input` or `powerN_average` (µW) of the channel labelled `PPT`
 //!   or `slowPPT` (channel 1 on every part known; never `fastPPT`), integrated (see `hwmon.rs`).
@@ -127,15 +128,15 @@ struct SmiGpu {
     /// Its PCI device's runtime PM status: while it sleeps AMD SMI is not asked (see
     /// [`runpm`]).
     status: runpm::Status,
-    /// The last energy count read (the counter stands still while the GPU sleeps).
-    last: u64,
+    /// The energy count, kept continuous across the GPU's sleeps.
+    count: runpm::SleepCounter,
 }
 
 impl SmiGpu {
     /// What a sleeping GPU reads as: its counter where it stood, or [`runpm::ASLEEP_W`].
-    fn asleep(&self) -> Reading {
+    fn asleep(&mut self) -> Reading {
         match self.power {
-            None => Reading::Counter(self.last),
+            None => Reading::Counter(self.count.asleep()),
             Some(_) => Reading::Power(runpm::ASLEEP_W),
         }
     }
@@ -156,10 +157,7 @@ impl EnergySource for SmiGpu {
             None => self
                 .smi
                 .energy(self.dev)
-                .map(|(count, _)| {
-                    self.last = count;
-                    Reading::Counter(count)
-                })
+                .map(|(count, _)| Reading::Counter(self.count.awake(count)))
                 .map_err(|rc| self.smi.error("amdsmi_get_energy_count", rc)),
             Some(field) => self
                 .smi
@@ -413,7 +411,7 @@ fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, sys: &Path, name: &str) 
                 power: None,
                 info: info(Method::Counter, Some(spec), format!("{base}{note}")),
                 status,
-                last: count,
+                count: runpm::SleepCounter::new(count),
             }));
         }
     }
@@ -428,7 +426,7 @@ fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, sys: &Path, name: &str) 
                 power: Some(*field),
                 info: info(Method::IntegratedPower, None, label),
                 status,
-                last: 0,
+                count: runpm::SleepCounter::new(0),
             }));
         }
     }

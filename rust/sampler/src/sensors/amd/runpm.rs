@@ -117,6 +117,44 @@ impl Status {
     }
 }
 
+/// An energy counter of a GPU that may sleep, kept continuous across its sleeps: it stands
+/// while the GPU sleeps, and where the count after a sleep is below the count before it (the
+/// firmware that keeps it was powered off with the chip, and counts again from 0), the count
+/// before is added from then on, so that a sleep reads as no energy, not as a reset that loses
+/// the interval. A count that goes back without a sleep between is passed on as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SleepCounter {
+    raw: u64,
+    offset: u64,
+    slept: bool,
+}
+
+impl SleepCounter {
+    pub(super) fn new(raw: u64) -> SleepCounter {
+        SleepCounter {
+            raw,
+            offset: 0,
+            slept: false,
+        }
+    }
+
+    /// The count while the GPU sleeps: where it stood.
+    pub(super) fn asleep(&mut self) -> u64 {
+        self.slept = true;
+        self.raw.saturating_add(self.offset)
+    }
+
+    /// The count for a read of `raw` while awake.
+    pub(super) fn awake(&mut self, raw: u64) -> u64 {
+        if self.slept && raw < self.raw {
+            self.offset = self.offset.saturating_add(self.raw);
+        }
+        self.slept = false;
+        self.raw = raw;
+        raw.saturating_add(self.offset)
+    }
+}
+
 /// Whether a failed read is the driver refusing it (`EPERM`): what a read of a sleeping GPU
 /// gets on kernels that do not wake it, and a GPU in reset on every kernel. `PermissionDenied`
 /// from a file already open is the driver's answer, not the file's mode.
@@ -175,6 +213,22 @@ mod tests {
         assert!(sleep_bias_note(&State::Asleep("suspended".into())).is_some());
         assert!(sleep_bias_note(&State::parse("unsupported\n")).is_none());
         assert!(sleep_bias_note(&State::Unknown).is_none());
+    }
+
+    #[test]
+    fn a_counter_stands_while_asleep_and_continues_after_a_restart_at_wake() {
+        let mut c = SleepCounter::new(1_000);
+        assert_eq!(c.awake(1_500), 1_500);
+        assert_eq!(c.asleep(), 1_500);
+        assert_eq!(c.asleep(), 1_500);
+        // Awake: the firmware counts again from 0.
+        assert_eq!(c.awake(40), 1_540);
+        assert_eq!(c.awake(90), 1_590);
+        // A sleep after which it did not restart: as it is.
+        c.asleep();
+        assert_eq!(c.awake(100), 1_600);
+        // A step back without a sleep is passed on (the sampler's reset).
+        assert_eq!(c.awake(10), 1_510);
     }
 
     #[test]
