@@ -286,7 +286,12 @@ def test_instances_are_asked_for_only_where_one_is_named() -> None:
     assert not names_mig({})
     # In a container set up for one instance, CUDA_VISIBLE_DEVICES is usually unset.
     assert names_mig({"NVIDIA_VISIBLE_DEVICES": MIG[0]})
-    assert not names_mig({"NVIDIA_VISIBLE_DEVICES": MIG[0], "CUDA_VISIBLE_DEVICES": "0"})
+    # There, CUDA's device 0 is the container's one device: the instance.
+    assert names_mig({"NVIDIA_VISIBLE_DEVICES": MIG[0], "CUDA_VISIBLE_DEVICES": "0"})
+    assert not names_mig({"NVIDIA_VISIBLE_DEVICES": MIG[0], "CUDA_VISIBLE_DEVICES": "1"})
+    assert not names_mig(
+        {"NVIDIA_VISIBLE_DEVICES": f"{MIG[0]},{MIG[1]}", "CUDA_VISIBLE_DEVICES": "0"}
+    )
 
 
 def test_each_process_reports_its_instances_share_without_knowing_the_others() -> None:
@@ -305,13 +310,15 @@ def test_each_process_reports_its_instances_share_without_knowing_the_others() -
         {**TORCHRUN, "RANK": "0", "LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": MIG[0]},
         {**TORCHRUN, "RANK": "1", "LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": f"MIG-{parent}/5/0"},
         {"NVIDIA_VISIBLE_DEVICES": MIG[1]},  # no rank, in a container
+        # A rank in such a container whose launcher sets CUDA_VISIBLE_DEVICES to its device 0.
+        {**TORCHRUN, "RANK": "1", "NVIDIA_VISIBLE_DEVICES": MIG[1], "CUDA_VISIBLE_DEVICES": "0"},
     ):
         own = owned_gpus(detect_ranks(env, warn=False), [gpu], env, modules={})
         assert own.indices == (0,) and own.rule == "mig-slices" and own.warning is None
         assert own.mig_share is not None and own.mig_share[0] == 0
         shares.append(own.mig_share[1])
         assert f"of 7 slices of {parent}" in own.mig_share[2]
-    assert shares == pytest.approx([3 / 7, 2 / 7, 2 / 7])
+    assert shares == pytest.approx([3 / 7, 2 / 7, 2 / 7, 2 / 7])
     own = owned_gpus(detect_ranks(env, warn=False), [gpu], {"CUDA_VISIBLE_DEVICES": MIG[0]})
     assert own.mig_share is not None and "MIG instance 3g.20gb" in own.mig_share[2]
     # A GPU instance of 4 slices split into two compute instances (two MIG devices) of 2: each

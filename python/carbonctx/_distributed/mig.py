@@ -1,24 +1,25 @@
 """NVIDIA MIG: which instance a process is on, and its share of the GPU.
 
 A process on a MIG instance: ``CUDA_VISIBLE_DEVICES`` starts with one (``MIG-<uuid>``, or the
-legacy ``MIG-GPU-<uuid>/<gi>/<ci>``; CUDA then gives the process that one instance), or, where
-it is unset, ``NVIDIA_VISIBLE_DEVICES`` does (a container the NVIDIA container toolkit set up
-for one instance), or the GPU setting names one. Its GPU is read whole (NVML meters the GPU, not
-an instance) and the process reports the GPU's energy times its instance's share of the GPU's
-slices (``GpuOwnership.mig_share``): the instance's GPU-instance slices over the GPU's (the
-slices of its largest GPU-instance profile), as NVML gives them (``Gpu.mig``, ``Gpu.slices``); a
-compute instance smaller than its GPU instance (one of several MIG devices cut from it) counts
-its own compute slices instead. No knowledge of other processes is needed: the instances of one
-GPU add up to at most the whole GPU, and slices that no instance holds (or whose instance runs
-nothing measured) belong to no one. The split is an approximation: NVML does not meter an
-instance's own use. Where NVML does not give the slices (an old driver, a refused call), a rank
-falls back to the first-instance rule: the rank on the GPU's first instance (in NVML's order)
-reports the whole GPU, the others none (``shared`` either way), which counts the GPU once only
-where every rank sees every instance and one runs on the first; the reason says so and
-``warning`` is set. A process that is no rank then reports the whole GPU (``warning`` set too).
-The instances are those NVML lists (the caller asks NVML only when :func:`names_mig`); a
-``MIG-`` entry naming none of them names no GPU, and one after the first ``MIG-`` entry is not
-this process's (CUDA gives a process one instance).
+legacy ``MIG-GPU-<uuid>/<gi>/<ci>``; CUDA then gives the process that one instance), or, where it
+is unset (or is ``0``, that container's one device), ``NVIDIA_VISIBLE_DEVICES`` does (a container
+the NVIDIA container toolkit set up for one instance), or the GPU setting names one. Its GPU is
+read whole (NVML meters the GPU, not an instance) and the process reports the GPU's energy times
+its instance's share of the GPU's slices (``GpuOwnership.mig_share``): the instance's GPU-instance
+slices over the GPU's (the slices of its largest GPU-instance profile), as NVML gives them
+(``Gpu.mig``, ``Gpu.slices``); a compute instance smaller than its GPU instance (one of several MIG
+devices cut from it) counts its own compute slices instead. No knowledge of other processes is
+needed: the instances of one GPU add up to at most the whole GPU, and slices that no instance holds
+(or whose instance runs nothing measured) belong to no one; but several processes on one instance
+each report its share (nothing tells one process of the others there). The split is an
+approximation: NVML does not meter an instance's own use. Where NVML does not give the slices (an
+old driver, a refused call), a rank falls back to the first-instance rule: the rank on the GPU's
+first instance (in NVML's order) reports the whole GPU, the others none (``shared`` either way),
+which counts the GPU once only where every rank sees every instance and one runs on the first; the
+reason says so and ``warning`` is set. A process that is no rank then reports the whole GPU
+(``warning`` set too). The instances are those NVML lists (the caller asks NVML only when
+:func:`names_mig`); a ``MIG-`` entry naming none of them names no GPU, and one after the first
+``MIG-`` entry is not this process's (CUDA gives a process one instance).
 """
 
 from __future__ import annotations
@@ -36,11 +37,17 @@ __all__ = ["find_instance", "mig_entry", "names_mig", "on_mig", "slice_share"]
 def mig_entry(env: Mapping[str, str]) -> str | None:
     """The MIG instance CUDA gives this process, as named: the first entry of
     ``CUDA_VISIBLE_DEVICES``; where that is unset, of ``NVIDIA_VISIBLE_DEVICES`` (set in a
-    container the NVIDIA container toolkit set up). None when that is no MIG instance."""
+    container the NVIDIA container toolkit set up). In such a container given one device,
+    that device is CUDA's device 0, so ``CUDA_VISIBLE_DEVICES=0`` names it too. None when that
+    is no MIG instance."""
     value = env.get("CUDA_VISIBLE_DEVICES")
+    container = [e.strip() for e in env.get("NVIDIA_VISIBLE_DEVICES", "").split(",") if e.strip()]
     if value is None:
-        value = env.get("NVIDIA_VISIBLE_DEVICES", "")
-    first = value.split(",")[0].strip()
+        first = container[0] if container else ""
+    else:
+        first = value.split(",")[0].strip()
+        if first == "0" and len(container) == 1:
+            first = container[0]
     return first if first.lower().startswith("mig-") else None
 
 

@@ -759,3 +759,53 @@ fn a_gpu_asleep_is_no_paired_die_and_hwmon_measures_it() {
     fs::write(hw.join("device/power/runtime_status"), "active\n").unwrap();
     assert_eq!(asleep.read().unwrap(), Reading::Power(5.0));
 }
+
+/// A GPU AMD SMI measures that falls asleep (runtime-suspended) during the run: AMD SMI is no
+/// longer asked (its reads go through the driver, which on kernels since late 2024 refuses them
+/// for a GPU that is not active, `NO_PERM` here, and on older ones wakes the GPU to answer).
+/// The counter stands where it was and power reads 0 W, as through hwmon; the label states
+/// the bias of that (up to 3 W low); an error while it is awake is still an error.
+#[test]
+fn an_amd_smi_gpu_that_falls_asleep_is_read_as_asleep_not_as_failed() {
+    let (_dir, sim) = sim_with_gpus(vec![TRACE.gpu(true), TRACE.gpu(true)], 20, 20);
+    let after = ms_since(sim.t0_ns(), now_ns()) + 150.0;
+    let extra = format!(
+        "gpu0.bdf=0000:29:00.0\ngpu0.energy_error=10\ngpu0.energy_error_after_ms={after}\n\
+         gpu1.bdf=0000:2c:00.0\ngpu1.has_energy=0\ngpu1.power_field=current\n\
+         gpu1.power_error=10\ngpu1.power_error_after_ms={after}\n"
+    );
+    let m = Machine::for_sim(&sim, &[0, 1], &extra);
+    let status = |bdf: &str, text: &str| {
+        let dir = m.sys().join("bus/pci/devices").join(bdf).join("power");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("runtime_status"), text).unwrap();
+    };
+    status("0000:29:00.0", "active\n");
+    status("0000:2c:00.0", "active\n");
+    let mut found = m.discover(None, None);
+    assert_eq!(ids(&found), ["amdsmi:0", "amdsmi:1"], "{}", reasons(&found));
+    assert_eq!(found.sources[0].info().method, Method::Counter);
+    assert_eq!(found.sources[1].info().method, Method::IntegratedPower);
+    for s in &found.sources {
+        let label = &s.info().label;
+        assert!(
+            label.contains("runtime-suspended") && label.contains("up to 3 W"),
+            "{label}"
+        );
+    }
+    let Reading::Counter(count) = found.sources[0].read().unwrap() else {
+        panic!("a counter source reads a counter");
+    };
+    assert!(matches!(found.sources[1].read().unwrap(), Reading::Power(w) if w > 0.0));
+    status("0000:29:00.0", "suspended\n");
+    status("0000:2c:00.0", "suspending\n");
+    sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        assert_eq!(found.sources[0].read().unwrap(), Reading::Counter(count));
+        assert_eq!(found.sources[1].read().unwrap(), Reading::Power(0.0));
+    }
+    // Awake again, the library's refusal is an error as before.
+    status("0000:29:00.0", "active\n");
+    let err = found.sources[0].read().unwrap_err().to_string();
+    assert!(err.contains("amdsmi_get_energy_count failed"), "{err}");
+}

@@ -661,6 +661,12 @@ fn an_awake_amd_gpu_is_read_and_reads_as_asleep_when_it_sleeps() {
     let labels: Vec<String> = d.chosen.iter().map(|s| s.info().label.clone()).collect();
     assert_eq!(labels.len(), 2, "{:?}", d.unavailable);
     assert!(labels.iter().all(|l| !l.contains("asleep")), "{labels:?}");
+    // The one runtime PM may put to sleep states what it counts then; the other has no status.
+    assert!(
+        labels[0].contains("runtime-suspended") && labels[0].contains("up to 3 W"),
+        "{labels:?}"
+    );
+    assert!(!labels[1].contains("runtime-suspended"), "{labels:?}");
     assert_eq!(d.chosen[0].read().unwrap(), Reading::Power(42.5));
     assert_eq!(d.chosen[1].read().unwrap(), Reading::Power(61.0));
     fs::write(hw.join("device/power/runtime_status"), "suspended\n").unwrap();
@@ -772,4 +778,30 @@ fn the_socket_channel_is_chosen_by_its_label_never_fast_ppt() {
     );
     assert_eq!(d.chosen[0].read().unwrap(), Reading::Power(9.0));
     assert_eq!(d.chosen[1].read().unwrap(), Reading::Power(9.0));
+}
+
+/// A GPU asleep at discovery whose `power1_input` reads 0 W beside a `power1_average` that
+/// reads (the sensor its firmware lacks, as at discovery): once it wakes, the file that reads
+/// is measured, not the one at 0 W; while both read 0 W it reads 0 W, and the choice is made
+/// again at the next read.
+#[test]
+fn a_gpu_asleep_at_discovery_is_read_from_the_file_that_reads_once_it_wakes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let hw = amdgpu_card(
+        root,
+        "0000:0b:00.0",
+        2,
+        "suspended\n",
+        &[("power1_input", "0\n"), ("power1_average", "0\n")],
+    );
+    let mut d = discover::discover(&amd_options(root));
+    assert_eq!(d.chosen.len(), 1, "{:?}", d.unavailable);
+    assert_eq!(d.chosen[0].read().unwrap(), Reading::Power(0.0));
+    fs::write(hw.join("device/power/runtime_status"), "active\n").unwrap();
+    assert_eq!(d.chosen[0].read().unwrap(), Reading::Power(0.0));
+    fs::write(hw.join("power1_average"), "35000000\n").unwrap();
+    assert_eq!(d.chosen[0].read().unwrap(), Reading::Power(35.0));
+    fs::write(hw.join("power1_average"), "36000000\n").unwrap();
+    assert_eq!(d.chosen[0].read().unwrap(), Reading::Power(36.0));
 }

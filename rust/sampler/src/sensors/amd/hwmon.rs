@@ -208,18 +208,25 @@ pub(super) struct HwmonGpu {
 }
 
 impl HwmonGpu {
-    /// The first file that reads, kept; else the first failure (a refusal first: it may mean
-    /// the GPU fell asleep).
+    /// The first file that reads more than 0 W, kept (as at discovery: a file at 0 W beside
+    /// one that reads is the sensor the firmware lacks); where the files that read all say
+    /// 0 W, 0 W with none kept, so that the choice is made again at the next read; else the
+    /// first failure (a refusal first: it may mean the GPU fell asleep).
     fn open_now(&mut self) -> Result<f64, Error> {
         let mut failed: Vec<Error> = Vec::new();
+        let mut zero = false;
         for (i, path) in self.powers.iter().enumerate() {
             match open_read(path) {
-                Ok((file, w)) => {
+                Ok((file, w)) if w > 0.0 => {
                     self.open = Some((i, file));
                     return Ok(w);
                 }
+                Ok(_) => zero = true,
                 Err(e) => failed.push(e),
             }
+        }
+        if zero {
+            return Ok(0.0);
         }
         let k = failed.iter().position(refused).unwrap_or(0);
         Err(failed.into_iter().nth(k).unwrap_or_else(|| {
@@ -335,6 +342,10 @@ pub(super) fn source(h: &AmdgpuHwmon, g: &Owner<'_>) -> Result<HwmonGpu, Box<Una
     match probe(&h.powers) {
         Probe::Reads(i, file) => {
             src.info = info(h, g, &h.powers[i]);
+            if let Some(note) = runpm::sleep_bias_note(&state) {
+                src.info.label.push(' ');
+                src.info.label.push_str(&note);
+            }
             src.open = Some((i, file));
             Ok(src)
         }

@@ -11,6 +11,9 @@
 //!   joules = count × `counter_resolution` µJ, a 64-bit count, so no wrap in practice: a step
 //!   back is handled as a reset) as a [`Method::Counter`]; where there is no counter, the socket
 //!   power of `amdsmi_get_power_info` (whole watts) integrated, [`Method::IntegratedPower`].
+//!   While the GPU sleeps (runtime-suspended, see `runpm.rs`) AMD SMI is not asked: the counter
+//!   stands where it was (and continues from there where the firmware counts again from 0 after
+//!   the sleep), power reads 0 W.
 //! - `hwmon:amdgpu:<pci address>:power<N>`, where AMD SMI is absent or does not list the GPU:
 //!   the socket power in `powerN_input` or `powerN_average` (µW) of the channel labelled `PPT`
 //!   or `slowPPT` (channel 1 on every part known; never `fastPPT`), integrated (see `hwmon.rs`).
@@ -122,6 +125,21 @@ struct SmiGpu {
     dev: Processor,
     power: Option<PowerField>,
     info: SourceInfo,
+    /// Its PCI device's runtime PM status: while it sleeps AMD SMI is not asked (see
+    /// [`runpm`]).
+    status: runpm::Status,
+    /// The energy count, kept continuous across the GPU's sleeps.
+    count: runpm::SleepCounter,
+}
+
+impl SmiGpu {
+    /// What a sleeping GPU reads as: its counter where it stood, or [`runpm::ASLEEP_W`].
+    fn asleep(&mut self) -> Reading {
+        match self.power {
+            None => Reading::Counter(self.count.asleep()),
+            Some(_) => Reading::Power(runpm::ASLEEP_W),
+        }
+    }
 }
 
 impl EnergySource for SmiGpu {
@@ -130,17 +148,27 @@ impl EnergySource for SmiGpu {
     }
 
     fn read(&mut self) -> Result<Reading, Error> {
-        match self.power {
+        // Asleep: AMD SMI is not asked (its reads go through the driver, which wakes the GPU
+        // on older kernels and refuses the read on newer ones).
+        if self.status.read().asleep() {
+            return Ok(self.asleep());
+        }
+        let read = match self.power {
             None => self
                 .smi
                 .energy(self.dev)
-                .map(|(count, _)| Reading::Counter(count))
+                .map(|(count, _)| Reading::Counter(self.count.awake(count)))
                 .map_err(|rc| self.smi.error("amdsmi_get_energy_count", rc)),
             Some(field) => self
                 .smi
                 .power_field(self.dev, field)
                 .map(Reading::Power)
                 .map_err(|rc| self.smi.error("amdsmi_get_power_info", rc)),
+        };
+        match read {
+            // It fell asleep between the status and the call.
+            Err(_) if self.status.read().asleep() => Ok(self.asleep()),
+            r => r,
         }
     }
 }
@@ -238,7 +266,7 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
         );
         let mut paired = false;
         if let (Some(smi), Some((p, name))) = (&smi, &g.smi) {
-            match smi_source(smi, *p, g, name) {
+            match smi_source(smi, *p, g, sys, name) {
                 Probe::Source(mut s) => {
                     if let Some(why) = &apu {
                         apu::mark(&mut s.info, why);
@@ -353,8 +381,11 @@ enum Probe {
     Unusable(Box<Unavailable>),
 }
 
-fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, name: &str) -> Probe {
-    let label = label(name, g);
+fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, sys: &Path, name: &str) -> Probe {
+    let status = runpm::Status::of(sys, &g.bdf, g.hwmon.as_ref().map(|h| h.dir.as_path()));
+    let base = label(name, g);
+    // What it counts while asleep, where runtime PM may put it to sleep.
+    let note = runpm::sleep_bias_note(&status.read()).map_or_else(String::new, |n| format!(" {n}"));
     let info = |method, counter, label: String| SourceInfo {
         id: format!("amdsmi:{}", g.index),
         backend: BACKEND,
@@ -378,7 +409,9 @@ fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, name: &str) -> Probe {
                 smi: Arc::clone(smi),
                 dev: p,
                 power: None,
-                info: info(Method::Counter, Some(spec), label),
+                info: info(Method::Counter, Some(spec), format!("{base}{note}")),
+                status,
+                count: runpm::SleepCounter::new(count),
             }));
         }
     }
@@ -386,12 +419,14 @@ fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, name: &str) -> Probe {
     if let Ok(fields) = &power {
         // The first field that reads something; else the first supported one (it reads 0).
         if let Some((field, _)) = fields.iter().find(|(_, w)| w.is_some_and(|w| w > 0.0)) {
-            let label = format!("{label} (power only: {} integrated)", field.name());
+            let label = format!("{base} (power only: {} integrated){note}", field.name());
             return Probe::Source(Box::new(SmiGpu {
                 smi: Arc::clone(smi),
                 dev: p,
                 power: Some(*field),
                 info: info(Method::IntegratedPower, None, label),
+                status,
+                count: runpm::SleepCounter::new(0),
             }));
         }
     }
@@ -422,7 +457,7 @@ fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, name: &str) -> Probe {
         String::new()
     };
     Probe::Unusable(Box::new(smi.unavailable(
-        format!("{label} ({})", smi.path.display()),
+        format!("{base} ({})", smi.path.display()),
         format!(
             "neither the energy counter nor power can be read: amdsmi_get_energy_count: {}; \
              amdsmi_get_power_info: {}{layout_note}",

@@ -35,7 +35,9 @@
 //! under 3 W for a whole card with the chip off (ZeroCore Power, BACO), and about nothing with
 //! the bus off too (BOCO). So the figure for a sleeping GPU is low by at most
 //! [`ASLEEP_BOUND_W`] (3 W) for as long as it sleeps, never high; this bound is stated in the
-//! source's label, not added to the region's uncertainty.
+//! source's label of every GPU that has a runtime PM status (awake at discovery or not), not
+//! added to the region's uncertainty (a reading carries no spread of its own: the uncertainty
+//! is the sampler's, from the readings' variation).
 //!
 //! Reading the power of an awake GPU counts as use: the driver marks it busy after each read,
 //! so a GPU read more often than its autosuspend delay stays awake while measured. That is
@@ -115,11 +117,62 @@ impl Status {
     }
 }
 
+/// An energy counter of a GPU that may sleep, kept continuous across its sleeps: it stands
+/// while the GPU sleeps, and where the count after a sleep is below the count before it (the
+/// firmware that keeps it was powered off with the chip, and counts again from 0), the count
+/// before is added from then on, so that a sleep reads as no energy, not as a reset that loses
+/// the interval. A count that goes back without a sleep between is passed on as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SleepCounter {
+    raw: u64,
+    offset: u64,
+    slept: bool,
+}
+
+impl SleepCounter {
+    pub(super) fn new(raw: u64) -> SleepCounter {
+        SleepCounter {
+            raw,
+            offset: 0,
+            slept: false,
+        }
+    }
+
+    /// The count while the GPU sleeps: where it stood.
+    pub(super) fn asleep(&mut self) -> u64 {
+        self.slept = true;
+        self.raw.saturating_add(self.offset)
+    }
+
+    /// The count for a read of `raw` while awake.
+    pub(super) fn awake(&mut self, raw: u64) -> u64 {
+        if self.slept && raw < self.raw {
+            self.offset = self.offset.saturating_add(self.raw);
+        }
+        self.slept = false;
+        self.raw = raw;
+        raw.saturating_add(self.offset)
+    }
+}
+
 /// Whether a failed read is the driver refusing it (`EPERM`): what a read of a sleeping GPU
 /// gets on kernels that do not wake it, and a GPU in reset on every kernel. `PermissionDenied`
 /// from a file already open is the driver's answer, not the file's mode.
 pub(super) fn refused(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EPERM)
+}
+
+/// The label's note for a GPU awake at discovery that runtime PM may put to sleep (it has a
+/// status file): what its figure is while it sleeps, so that a region it slept through, which
+/// reads 0 J with no spread, states its bias. `None` where runtime PM is not in use (no status
+/// file, `unsupported`: the device is never suspended).
+pub(super) fn sleep_bias_note(state: &State) -> Option<String> {
+    matches!(state, State::Active | State::Asleep(_)).then(|| {
+        format!(
+            "(while runtime-suspended: not read, counted as {ASLEEP_W} W, which is up to \
+             {ASLEEP_BOUND_W} W low for that time)"
+        )
+    })
 }
 
 /// The label's note for a GPU asleep at discovery: what it is read as, and how to keep it
@@ -151,6 +204,31 @@ mod tests {
         }
         assert!(!State::parse("unsupported\n").asleep());
         assert!(!State::parse("error\n").asleep());
+    }
+
+    #[test]
+    fn the_bias_is_stated_only_where_runtime_pm_may_suspend_the_gpu() {
+        let note = sleep_bias_note(&State::Active).unwrap();
+        assert!(note.contains("up to 3 W"), "{note}");
+        assert!(sleep_bias_note(&State::Asleep("suspended".into())).is_some());
+        assert!(sleep_bias_note(&State::parse("unsupported\n")).is_none());
+        assert!(sleep_bias_note(&State::Unknown).is_none());
+    }
+
+    #[test]
+    fn a_counter_stands_while_asleep_and_continues_after_a_restart_at_wake() {
+        let mut c = SleepCounter::new(1_000);
+        assert_eq!(c.awake(1_500), 1_500);
+        assert_eq!(c.asleep(), 1_500);
+        assert_eq!(c.asleep(), 1_500);
+        // Awake: the firmware counts again from 0.
+        assert_eq!(c.awake(40), 1_540);
+        assert_eq!(c.awake(90), 1_590);
+        // A sleep after which it did not restart: as it is.
+        c.asleep();
+        assert_eq!(c.awake(100), 1_600);
+        // A step back without a sleep is passed on (the sampler's reset).
+        assert_eq!(c.awake(10), 1_510);
     }
 
     #[test]

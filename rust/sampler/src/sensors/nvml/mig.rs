@@ -71,6 +71,13 @@ struct ProfileInfo {
     memory_size_mb: c_ulonglong,
 }
 
+// nvml.h's sizes on every LP64 target: 8 unsigned ints and a 64-bit count (40 bytes); 10 and
+// one (48). The unversioned `nvmlDeviceGetGpuInstanceProfileInfo` fills this first layout; the
+// versioned ones (`...InfoV`, `_v2`/`_v3` structures with a leading `version` and a name) are not
+// called.
+const _: () = assert!(std::mem::size_of::<Attributes>() == 40);
+const _: () = assert!(std::mem::size_of::<ProfileInfo>() == 48);
+
 /// The MIG calls. The three that list instances are all there or the whole is `None`; the
 /// others are optional (newer drivers).
 #[derive(Clone, Copy)]
