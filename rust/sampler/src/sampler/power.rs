@@ -411,7 +411,7 @@ mod tests {
             while t < 5_200 * MS {
                 if let Step::First(pt) | Step::Changed(pt) = acc.push(t, Reading::Power(w(t))) {
                     tl.push(pt);
-                    tl.push_spread(pt.t_ns, acc.variance_j2());
+                    tl.push_spread(pt.t_ns, acc.uncertain());
                 }
                 t = d.next(t, 5 * MS);
             }
