@@ -246,9 +246,13 @@ impl Hold {
                     .ln()
             })
             .sum();
+        // The runs' lengths in holds, where the brackets at their two ends leave no doubt: the
+        // middles' distance is off the run's length by less than half a hold.
+        let width = |c: &Change| (c.b_ns - c.a_ns) as f64 + 2.0 * SLACK_NS;
         let lengths = ch
             .iter()
             .zip(ch.iter().skip(1))
+            .filter(|(a, b)| width(a) + width(b) < u)
             .map(|(a, b)| ((b.mid() - a.mid()) / u).round());
         let (kmin, kmax) = lengths.fold((f64::MAX, 0.0f64), |(l, h), k| (l.min(k), h.max(k)));
         let mut values: Vec<f64> = ch.iter().map(|c| c.value).collect();
@@ -265,8 +269,8 @@ impl Hold {
             self.off_grid = 0;
         }
         self.hold_ns = u as u64;
-        let t0 = first.mid() + 0.5 * (g_lo + g_hi);
-        self.grid_ns = t0 + ((last.mid() - t0) / u).round() * u;
+        let phase = first.mid() + 0.5 * (g_lo + g_hi);
+        self.grid_ns = phase + ((last.mid() - phase) / u).round() * u;
     }
 }
 
@@ -343,8 +347,10 @@ mod tests {
         // Noiseless square waves read at the read: runs of the wave's own pieces, one length
         // (a 50 % duty) or a few values; a noisy load: no two readings alike.
         for (period, high) in [(34, 17), (40, 20), (50, 25), (100, 50)] {
-            let h = read(0, MS, 3_000 * MS, square(period * MS, high * MS));
-            assert_eq!(h.hold_ns(), 0, "{period} ms");
+            for gap in [MS, 8 * MS, 20 * MS] {
+                let h = read(0, gap, 5_000 * MS, square(period * MS, high * MS));
+                assert_eq!(h.hold_ns(), 0, "{period} ms, read every {gap}");
+            }
         }
         let noisy = |t: u64| 200.0 + (t % 7_777) as f64 / 1_000.0;
         assert_eq!(read(0, MS, 3_000 * MS, noisy).hold_ns(), 0);
@@ -374,5 +380,47 @@ mod tests {
             h.observe(t, steps(t));
         }
         assert_eq!(h.hold_ns(), 0);
+    }
+
+    /// Whether a hold is learned over 6 s of reads at a random instant of each `slot`, of a
+    /// 50/250 W square wave of `period` ms read at the read (`hold` 0) or held.
+    fn learned(hold: u64, period: u64, slot: u64, seed: u64) -> bool {
+        let mut h = Hold::default();
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let (mut t, mut start) = (0u64, 0u64);
+        let phase = seed * 3 * MS;
+        while t < 6_000 * MS {
+            let s = if hold == 0 { t } else { t / hold * hold };
+            h.observe(t, square(period * MS, period * MS / 2)(s + phase));
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            start += slot;
+            t = (start + x % slot).max(t + 1);
+        }
+        h.hold_ns() > 0
+    }
+
+    #[test]
+    fn reads_at_random_instants_tell_a_held_reading_from_the_loads_own_pieces() {
+        // As the sampler reads a power source: at a random instant of each slot (1.3-20 ms),
+        // whose gaps range from nothing to two slots.
+        let cases = [
+            (0, 34, 8 * MS),
+            (0, 50, 8 * MS),
+            (0, 34, 2 * MS),
+            (0, 50, 20 * MS),
+            (20 * MS, 34, 8 * MS),
+            (20 * MS, 50, 8 * MS),
+            (20 * MS, 34, 1_300_000),
+            (100 * MS, 157, 8 * MS),
+        ];
+        for (hold, period, slot) in cases {
+            let n = (1..41u64)
+                .filter(|&seed| learned(hold, period, slot, seed))
+                .count();
+            let want = if hold == 0 { 0 } else { 40 };
+            assert_eq!(n, want, "hold {hold}, {period} ms load, slots of {slot}");
+        }
     }
 }
