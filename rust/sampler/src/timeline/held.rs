@@ -184,7 +184,7 @@ impl Hold {
     ///
     /// Nothing is learned unless values are read twice a run on average. A hold is at most
     /// the shortest run's longest possible length (the last read of the value before it to
-    /// the first read of the value after it). Holds from there down to a quarter of it are
+    /// the first read of the value after it). Holds from there down to [`MIN_HOLD_NS`] are
     /// tried in steps fine enough that the grid moves by less than a fifth of the
     /// narrowest bracket across the changes kept; the largest interval of holds whose grid
     /// meets every bracket gives the hold (its middle) and the grid. It is taken when brackets
@@ -212,7 +212,7 @@ impl Hold {
             .fold(f64::INFINITY, f64::min)
             + SLACK_NS;
         let (top, bottom) = match self.hold_ns {
-            0 => (longest, (longest / 4.0).max(MIN_HOLD_NS)),
+            0 => (longest, MIN_HOLD_NS),
             h => (h as f64 * 1.02, h as f64 * 0.98),
         };
         if span <= 0.0 || top <= bottom {
@@ -414,6 +414,8 @@ mod tests {
             (20 * MS, 50, 8 * MS),
             (20 * MS, 34, 1_300_000),
             (100 * MS, 157, 8 * MS),
+            (20 * MS, 250, 2 * MS),
+            (0, 250, 2 * MS),
         ];
         for (hold, period, slot) in cases {
             let n = (1..41u64)
