@@ -178,7 +178,7 @@ def main() -> None:
                     f"| {kind} | {name} | {p} ms | {statistics.median(v):+.2f} % "
                     f"| {max(abs(x) for x in v):.2f} % | {', '.join(f'{x:+.2f}' for x in v)} "
                     f"| {', '.join(f'±{x:.2f}' for x in w)} "
-                    f"| {sum(abs(x) <= y for x, y in zip(v, w))}/{len(v)} |"
+                    f"| {sum(abs(x) <= y for x, y in zip(v, w, strict=True))}/{len(v)} |"
                 )
     summary = []
     for kind in MACHINES:

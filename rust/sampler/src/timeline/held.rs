@@ -287,7 +287,7 @@ mod tests {
         let mut t = 3 * MS;
         let mut k = 0u64;
         while t < span {
-            let sample = if hold == 0 { t } else { t / hold * hold };
+            let sample = t.checked_div(hold).map_or(t, |n| n * hold);
             h.observe(t, load(sample));
             k += 1;
             t += gap / 2 + (k * 7_919 % 1_000) * gap / 1_000;
@@ -390,7 +390,7 @@ mod tests {
         let (mut t, mut start) = (0u64, 0u64);
         let phase = seed * 3 * MS;
         while t < 6_000 * MS {
-            let s = if hold == 0 { t } else { t / hold * hold };
+            let s = t.checked_div(hold).map_or(t, |n| n * hold);
             h.observe(t, square(period * MS, period * MS / 2)(s + phase));
             x ^= x << 13;
             x ^= x >> 7;
