@@ -10,8 +10,11 @@
 //! Power readings (a GPU without an energy counter, the utilisation × TDP model) are integrated
 //! with the trapezoid rule and stamped at their read time; a reading that says when its power
 //! stood ([`Reading::PowerAt`], a meter's average stamped at the middle of its window) is
-//! stamped then, and one that brings no newer instant adds nothing. Counters that wrap are unwrapped with
-//! their range; a counter that goes back though it never wraps is a reset (no energy invented).
+//! stamped then, and one that brings no newer instant adds nothing. A power sampled at the read
+//! keeps what its integral is uncertain by ([`super::spread`]); one whose device turns out to
+//! hold its reading (learned from the reads, [`super::held`]) is placed on the device's samples,
+//! half a hold before each read. Counters that wrap are unwrapped with their range; a counter
+//! that goes back though it never wraps is a reset (no energy invented).
 //!
 //! A step back of a counter that does wrap is a wraparound only when the wrap explains it: the
 //! energy it implies (the rest of the range above the previous value, plus the new value) fits

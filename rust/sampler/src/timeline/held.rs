@@ -44,6 +44,9 @@ pub const FEW_VALUES: usize = 4;
 /// A hold is learned only where changes at instants unrelated to any grid would meet it less
 /// often than this.
 pub const CHANCE: f64 = 1e-6;
+/// The most holds tried at one attempt to learn (each tries the changes kept until one
+/// misses).
+const MAX_TRIES: f64 = 20_000.0;
 /// The shortest hold learned, ns: below a couple of milliseconds reads cannot tell.
 const MIN_HOLD_NS: f64 = 2e6;
 /// Slack on a change's bracket, ns (the device's grid jitters a little; a read's instant is
@@ -78,8 +81,11 @@ pub struct Hold {
     last_ns: u64,
     reads: u32,
     changes: VecDeque<Change>,
-    /// Changes since the last attempt to learn (or refine) the hold.
+    /// Changes since the last attempt to learn (or refine) the hold, and how many changes
+    /// apart attempts are now (8, doubling after each one that learns nothing, up to 64; the
+    /// ring's length once held).
     since_learn: usize,
+    learn_every: usize,
     hold_ns: u64,
     /// A sample instant of the learned grid, ns.
     grid_ns: f64,
@@ -141,10 +147,13 @@ impl Hold {
             self.follow(&change);
         }
         self.since_learn += 1;
-        let every = if self.hold_ns > 0 { CHANGES } else { 8 };
-        if self.changes.len() >= MIN_CHANGES && self.since_learn >= every {
+        if self.changes.len() >= MIN_CHANGES && self.since_learn >= self.learn_every.max(8) {
             self.since_learn = 0;
             self.learn();
+            self.learn_every = match self.hold_ns {
+                0 => (2 * self.learn_every).clamp(8, 64),
+                _ => CHANGES,
+            };
         }
     }
 
@@ -180,27 +189,47 @@ impl Hold {
         Some((lo, hi))
     }
 
+    /// Whether the changes keep to every `m`-th point (`m` from 2 to 4) of a grid of `u` from
+    /// `phase`, nine in ten of those whose point is certain: a finer grid fits a coarser one's
+    /// changes published a little late at times (a grid of a fifth of a load's own 17 ms
+    /// pieces met them all), so the coarser grid, not a hold, is what the changes show. Also
+    /// when too few points are certain to tell.
+    fn coarser(&self, u: f64, phase: f64) -> bool {
+        let points: Vec<i64> = self
+            .changes
+            .iter()
+            .filter(|c| ((c.b_ns - c.a_ns) as f64 + 2.0 * SLACK_NS) < 0.5 * u)
+            .map(|c| ((c.mid() - phase) / u).round() as i64)
+            .collect();
+        points.len() < MIN_CHANGES
+            || (2..=4i64).any(|m| {
+                (0..m).any(|j| {
+                    10 * points.iter().filter(|n| n.rem_euclid(m) == j).count() >= 9 * points.len()
+                })
+            })
+    }
+
     /// Learn (or refine) the hold from the changes kept.
     ///
     /// Nothing is learned unless values are read twice a run on average. A hold is at most
     /// the shortest run's longest possible length (the last read of the value before it to
     /// the first read of the value after it). Holds from there down to [`MIN_HOLD_NS`] are
-    /// tried in steps fine enough that the grid moves by less than a fifth of the
-    /// narrowest bracket across the changes kept; the largest interval of holds whose grid
-    /// meets every bracket gives the hold (its middle) and the grid. It is taken when brackets
-    /// of unrelated changes would all meet it by chance less often than [`CHANCE`] (each as
-    /// often as it is wide against the hold), and either the runs' lengths differ (in whole holds) or they show more than
-    /// [`FEW_VALUES`] values. A hold learned is refined the same way around itself.
+    /// tried in steps fine enough that the grid moves by less than a fifth of the narrowest
+    /// bracket across the changes kept (at most [`MAX_TRIES`] of them: coarser steps may miss
+    /// a hold, never make one up); the largest interval of holds whose grid meets every
+    /// bracket gives the hold (its middle) and the grid. It is taken when brackets of
+    /// unrelated changes would all meet it by chance less often than [`CHANCE`] (each as often
+    /// as it is wide against the hold), and either the runs' lengths differ (in whole holds)
+    /// or they show more than [`FEW_VALUES`] values, and no coarser grid explains the changes
+    /// (see [`Self::coarser`]). A hold learned is refined the same way within 2 % of itself.
     fn learn(&mut self) {
         let ch = &self.changes;
         let (Some(first), Some(last)) = (ch.front(), ch.back()) else {
             return;
         };
         let span = last.mid() - first.mid();
-        let narrowest = ch
-            .iter()
-            .map(|c| (c.b_ns - c.a_ns) as f64 + 2.0 * SLACK_NS)
-            .fold(f64::INFINITY, f64::min);
+        let width = |c: &Change| (c.b_ns - c.a_ns) as f64 + 2.0 * SLACK_NS;
+        let narrowest = ch.iter().map(width).fold(f64::INFINITY, f64::min);
         let reads: u32 = ch.iter().skip(1).map(|c| c.reads).sum();
         if (reads as usize) < 2 * (ch.len() - 1) {
             return;
@@ -219,7 +248,7 @@ impl Hold {
             return;
         }
         // The grid's last instant moves by `span / u * du` when the hold changes by `du`.
-        let step = (0.2 * narrowest / span).max(1e-5);
+        let step = (0.2 * narrowest / span).max((top / bottom).ln() / MAX_TRIES);
         let mut u = top;
         let mut fit: Option<(f64, f64)> = None;
         while u >= bottom {
@@ -238,17 +267,9 @@ impl Hold {
         let Some((g_lo, g_hi)) = self.grid(u) else {
             return;
         };
-        let chance: f64 = ch
-            .iter()
-            .map(|c| {
-                (((c.b_ns - c.a_ns) as f64 + 2.0 * SLACK_NS) / u)
-                    .min(1.0)
-                    .ln()
-            })
-            .sum();
+        let chance: f64 = ch.iter().map(|c| (width(c) / u).min(1.0).ln()).sum();
         // The runs' lengths in holds, where the brackets at their two ends leave no doubt: the
         // middles' distance is off the run's length by less than half a hold.
-        let width = |c: &Change| (c.b_ns - c.a_ns) as f64 + 2.0 * SLACK_NS;
         let lengths = ch
             .iter()
             .zip(ch.iter().skip(1))
@@ -259,7 +280,8 @@ impl Hold {
         values.sort_by(f64::total_cmp);
         values.dedup();
         let grid_like = kmax > kmin || values.len() > FEW_VALUES;
-        if chance >= CHANCE.ln() || !(grid_like || self.hold_ns > 0) {
+        let phase = first.mid() + 0.5 * (g_lo + g_hi);
+        if chance >= CHANCE.ln() || !(grid_like || self.hold_ns > 0) || self.coarser(u, phase) {
             return;
         }
         if self.hold_ns == 0 {
@@ -269,7 +291,6 @@ impl Hold {
             self.off_grid = 0;
         }
         self.hold_ns = u as u64;
-        let phase = first.mid() + 0.5 * (g_lo + g_hi);
         self.grid_ns = phase + ((last.mid() - phase) / u).round() * u;
     }
 }
@@ -399,6 +420,50 @@ mod tests {
             t = (start + x % slot).max(t + 1);
         }
         h.hold_ns() > 0
+    }
+
+    #[test]
+    fn a_loads_own_pieces_published_late_at_times_are_not_a_hold() {
+        // A 34 ms square wave read at the read, whose changes are published up to 3 ms late
+        // now and then (a simulated device's writer thread on a busy machine): a finer grid
+        // meets the late ones too, but the changes keep to every third point of it.
+        for seed in 1..21u64 {
+            let late = |n: u64| {
+                let x = (n ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+                if x % 5 == 0 {
+                    x % 3_000_000
+                } else {
+                    0
+                }
+            };
+            let load = |t: u64| {
+                let n = t / (17 * MS);
+                let piece = if t - n * 17 * MS < late(n) {
+                    n.saturating_sub(1)
+                } else {
+                    n
+                };
+                if piece % 2 == 0 {
+                    250.0
+                } else {
+                    50.0
+                }
+            };
+            for slot in [MS, 2 * MS] {
+                let mut h = Hold::default();
+                let mut x = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+                let (mut t, mut start) = (0u64, 0u64);
+                while t < 6_000 * MS {
+                    h.observe(t, load(t));
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    start += slot;
+                    t = (start + x % slot).max(t + 1);
+                }
+                assert_eq!(h.hold_ns(), 0, "seed {seed}, slots of {slot}");
+            }
+        }
     }
 
     #[test]
