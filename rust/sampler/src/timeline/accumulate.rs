@@ -175,11 +175,12 @@ impl Accumulator {
     /// intervals, where a trapezoid's weights would depend on where in its interval each read
     /// fell (and so, under a periodic load, on the load); here each reading weighs one interval.
     pub fn push_spanned(&mut self, t_ns: u64, reading: Reading, slot_ns: Option<u64>) -> Step {
-        // A device that holds its reading: its sample stands for the hold around it, which
-        // began half a hold before the read on average (see `held`).
+        // A device that holds its reading: read at `t`, its sample was taken in the hold
+        // before `t` and stands for the hold around it; stamped half a hold earlier, the
+        // reading falls in that interval (see `held`).
         let reading = match (reading, self.spread.as_mut()) {
             (Reading::Power(w), Some(s)) => {
-                s.hold.observe(t_ns, w);
+                s.hold.observe(t_ns, sanitize_watts(w));
                 match s.hold.shift_ns() {
                     0 => reading,
                     ago_ns => Reading::PowerAt { watts: w, ago_ns },

@@ -233,3 +233,26 @@ fn a_held_steady_or_slowly_varying_load_keeps_a_narrow_uncertainty() {
     let (err, _, _) = held_region(&ramp, 20 * MS, 5 * MS, 1_300_000, 3);
     assert!(err.abs() < 0.0005, "{err}");
 }
+
+#[test]
+fn a_held_reading_that_is_not_a_number_leaves_the_bound_a_number() {
+    // A 20 ms hold over seven levels, learned; then readings that are not numbers now and then.
+    let mut a = Accumulator::new(None, 20 * MS).with_spread();
+    let level =
+        |t: u64| 100.0 + 20.0 * ((t / (20 * MS)).wrapping_mul(2_654_435_761) >> 7) as f64 % 7.0;
+    let mut t = 0;
+    for k in 0..4_000u64 {
+        let w = match (k > 2_000, k % 37) {
+            (true, 0) => f64::NAN,
+            (true, 1) => f64::INFINITY,
+            _ => level(t),
+        };
+        a.push(t, Reading::Power(w));
+        t += MS + k % 3 * MS / 2;
+        if k == 2_000 {
+            assert!(a.hold_ns() > 0);
+        }
+    }
+    let u = a.uncertain();
+    assert!(u.bound_j.is_finite() && u.var_j2.is_finite(), "{u:?}");
+}
