@@ -217,8 +217,7 @@ pub struct History {
     gaps: VecDeque<(u64, u64)>,
     gaps_dropped: u64,
     /// Cumulative variance of the integral (J², as `joules`) and bound (J) at each read of a
-    /// source that keeps them; made at its first [`Self::push_spread`], as long as the fine
-    /// ring.
+    /// source that keeps them; made at its first [`Self::push_spread`], as long as fine.
     spread: Option<Box<(Timeline, Timeline)>>,
 }
 
@@ -242,14 +241,9 @@ impl History {
         let (var, bound) = &mut **self.spread.get_or_insert_with(|| {
             Box::new((Timeline::with_capacity(cap), Timeline::with_capacity(cap)))
         });
-        var.push(Point {
-            t_ns,
-            joules: u.var_j2,
-        });
-        bound.push(Point {
-            t_ns,
-            joules: u.bound_j,
-        });
+        for (tl, joules) in [(var, u.var_j2), (bound, u.bound_j)] {
+            tl.push(Point { t_ns, joules });
+        }
     }
 
     /// Append a point placed between two measured ones (see [`Timeline::push_placed`]); only
