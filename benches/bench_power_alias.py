@@ -145,6 +145,8 @@ def main() -> None:
         trees["before"] = (args.before, "")
     load0 = os.getloadavg()[0]
     res: dict[tuple[str, str, int], list[float]] = {}
+    # The stated uncertainty per period (relative, %).
+    stated: dict[tuple[str, str, int], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     # Runs whose error is within the stated uncertainty, and the uncertainties (relative).
     covered: dict[tuple[str, str], list[bool]] = {}
@@ -163,6 +165,7 @@ def main() -> None:
                     gaps.setdefault((kind, name), []).append((mean_gap, p90_gap, max_gap))
                     off = max(off, abs(e - inst) * 100)
                     res.setdefault((kind, name, p), []).append(e * 100)
+                    stated.setdefault((kind, name, p), []).append(u * 100)
                     cpu.setdefault((kind, name), []).append(c * 100)
                     covered.setdefault((kind, name), []).append(abs(e) <= u)
                     uncs.setdefault((kind, name), []).append(u * 100)
@@ -170,10 +173,12 @@ def main() -> None:
     for kind in MACHINES:
         for p in periods:
             for name in trees:
-                v = res[(kind, name, p)]
+                v, w = res[(kind, name, p)], stated[(kind, name, p)]
                 lines.append(
                     f"| {kind} | {name} | {p} ms | {statistics.median(v):+.2f} % "
-                    f"| {max(abs(x) for x in v):.2f} % | {', '.join(f'{x:+.2f}' for x in v)} |"
+                    f"| {max(abs(x) for x in v):.2f} % | {', '.join(f'{x:+.2f}' for x in v)} "
+                    f"| {', '.join(f'±{x:.2f}' for x in w)} "
+                    f"| {sum(abs(x) <= y for x, y in zip(v, w, strict=True))}/{len(v)} |"
                 )
     summary = []
     for kind in MACHINES:
@@ -215,8 +220,8 @@ the trapezoid over the same read instants with the exact power by at most {off:.
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(summary)}
 
-| machine | tree | load period | median error | worst | runs |
-| --- | --- | --- | --- | --- | --- |
+| machine | tree | load period | median error | worst | runs | stated uncertainty | covered |
+| --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(lines)}
 """
     print(text)

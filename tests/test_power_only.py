@@ -67,6 +67,10 @@ def test_power_share_is_validated_everywhere_it_can_be_given() -> None:
             carbonctx.configure(power_share=bad)  # type: ignore[arg-type]
     with pytest.raises(carbonctx.ConfigurationError, match="power_share"):
         _native.Sampler(cpu_backends=[], nvml=False, estimate="never", power_share=0.0)
+    # The binding refuses a bool too (True would be taken as 1.0, the whole core), and a text.
+    for bad in (True, False, "0.02"):
+        with pytest.raises(carbonctx.ConfigurationError, match="power_share must be a number"):
+            _native.Sampler(cpu_backends=[], nvml=False, estimate="never", power_share=bad)  # type: ignore[arg-type]
 
 
 def gpu_reads(sim: SimulatedMachine, share: float | None, seconds: float) -> int:

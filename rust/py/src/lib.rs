@@ -19,7 +19,7 @@ use carbonctx_sampler::discover as disc;
 use carbonctx_sampler::sampler::{self, Config};
 use carbonctx_sampler::{NodeConfig, SourceInfo, Unavailable};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBool, PyBytes, PyDict};
 
 use crate::machine::{options, AmdArgs, Machine};
 
@@ -229,7 +229,7 @@ impl Sampler {
         mark_reads: bool,
         fast_reads: bool,
         predict_marks: bool,
-        power_share: Option<f64>,
+        power_share: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -264,6 +264,19 @@ impl Sampler {
             ..Config::default()
         };
         if let Some(share) = power_share {
+            // A bool is an int to Python (True is 1.0, the whole core): refused, not taken.
+            let number = (!share.is_instance_of::<PyBool>())
+                .then(|| share.extract::<f64>().ok())
+                .flatten();
+            let Some(share) = number else {
+                return Err(errors::configuration(format!(
+                    "power_share must be a number, a share of one core in (0, 1] (0.003 is \
+                     0.3 %), not {}",
+                    share
+                        .repr()
+                        .map_or_else(|_| "that".into(), |r| r.to_string())
+                )));
+            };
             if !(share.is_finite() && share > 0.0 && share <= 1.0) {
                 return Err(errors::configuration(format!(
                     "power_share must be a share of one core in (0, 1] (0.003 is 0.3 %), not \

@@ -261,10 +261,13 @@ pub(crate) fn resolve_into_columns(
                 continue;
             }
             out.joules.push(b.joules - a.joules);
-            // The edges' brackets, and two standard deviations of the integral in between
-            // where the source keeps its variance (power read at random instants).
-            let u =
-                (b.high - b.low) + (a.high - a.low) + 2.0 * (b.var_j2 - a.var_j2).max(0.0).sqrt();
+            // The edges' brackets, two standard deviations of the integral in between where
+            // the source keeps its variance (power read at random instants), and the bound a
+            // device holding its reading leaves (it adds up, see `timeline::held`).
+            let u = (b.high - b.low)
+                + (a.high - a.low)
+                + 2.0 * (b.var_j2 - a.var_j2).max(0.0).sqrt()
+                + (b.bound_j - a.bound_j).max(0.0);
             out.uncertainty
                 .push(if u.is_finite() { u } else { f64::NAN });
         }

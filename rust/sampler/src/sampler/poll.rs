@@ -327,7 +327,7 @@ pub(super) fn poll_one(
                 Step::Unchanged => None,
             };
             if let (Some(pt), true) = (point, p.instant) {
-                tl.push_spread(pt.t_ns, p.acc.variance_j2());
+                tl.push_spread(pt.t_ns, p.acc.uncertain());
             }
             match point {
                 Some(pt) => append(i, tl, st, seg, p.offset_j, pt, gap_from),

@@ -15,6 +15,13 @@
 //! readings (see [`crate::timeline::Accumulator::variance_j2`]): a region's uncertainty adds
 //! two standard deviations of it.
 //!
+//! A device that holds its reading (NVML's board power moves every 20-100 ms) samples the load
+//! on its own fixed grid, and those samples alias with a load of a commensurate period (4-14 %
+//! over 5 s under 34 and 50 ms loads on a 20 ms grid), at any read rate: reading more often
+//! than the device moves buys nothing there. The accumulator learns the hold from the reads,
+//! places each reading on the device's sample, and states the bound the device's sampling
+//! leaves, summed as it is (see [`crate::timeline::held`]).
+//!
 //! A read costs the read itself (an NVML power read: 3-5 µs) and, when nothing else wakes the
 //! thread then, a wake-up ([`WAKE_NS`]). A power source's read instant is random anyway, so it
 //! rides on a wake-up for another source (CPU counters read every millisecond while regions
@@ -411,7 +418,7 @@ mod tests {
             while t < 5_200 * MS {
                 if let Step::First(pt) | Step::Changed(pt) = acc.push(t, Reading::Power(w(t))) {
                     tl.push(pt);
-                    tl.push_spread(pt.t_ns, acc.variance_j2());
+                    tl.push_spread(pt.t_ns, acc.uncertain());
                 }
                 t = d.next(t, 5 * MS);
             }

@@ -10,8 +10,11 @@
 //! Power readings (a GPU without an energy counter, the utilisation × TDP model) are integrated
 //! with the trapezoid rule and stamped at their read time; a reading that says when its power
 //! stood ([`Reading::PowerAt`], a meter's average stamped at the middle of its window) is
-//! stamped then, and one that brings no newer instant adds nothing. Counters that wrap are unwrapped with
-//! their range; a counter that goes back though it never wraps is a reset (no energy invented).
+//! stamped then, and one that brings no newer instant adds nothing. A power sampled at the read
+//! keeps what its integral is uncertain by ([`super::spread`]); one whose device turns out to
+//! hold its reading (learned from the reads, [`super::held`]) is placed on the device's samples,
+//! half a hold before each read. Counters that wrap are unwrapped with their range; a counter
+//! that goes back though it never wraps is a reset (no energy invented).
 //!
 //! A step back of a counter that does wrap is a wraparound only when the wrap explains it: the
 //! energy it implies (the rest of the range above the previous value, plus the new value) fits
@@ -20,6 +23,7 @@
 //! hot-plugged device): no energy is counted for the interval, which the caller records as a
 //! gap. A forward jump no plausible power explains is a reset too.
 
+use super::spread::{Spread, Uncertain};
 use super::Point;
 use crate::sensors::{CounterSpec, Reading};
 
@@ -60,14 +64,8 @@ pub struct Accumulator {
     /// Joules counted before this accumulator started (another process's sampler counted
     /// them, see [`Accumulator::continue_from`]).
     base_j: f64,
-    /// Keep the variance of the integral of power readings (see [`Self::variance_j2`]).
-    spread: bool,
-    var_j2: f64,
-    /// Smoothed power, its variance (W²) and the gap between reads (s), for the spread of a
-    /// gap much longer than usual (see [`Self::variance_j2`]).
-    mean_w: f64,
-    var_w2: f64,
-    mean_gap_s: f64,
+    /// The uncertainty of the integral of power readings, where kept (see [`Spread`]).
+    spread: Option<Box<Spread>>,
     /// Number of counter wraps seen.
     pub wraps: u64,
     /// Number of times a counter went backwards though it never wraps.
@@ -89,47 +87,54 @@ impl Accumulator {
             units: 0,
             joules: 0.0,
             base_j: 0.0,
-            spread: false,
-            var_j2: 0.0,
-            mean_w: 0.0,
-            var_w2: 0.0,
-            mean_gap_s: 0.0,
+            spread: None,
             wraps: 0,
             resets: 0,
         }
     }
 
-    /// Keep the variance of the integral (for power sampled at instants independent of the
-    /// load: see [`Self::variance_j2`]).
+    /// Keep the uncertainty of the integral, for power sampled at the read (read at instants
+    /// independent of the load; see [`Spread`]); such a source whose device holds its reading
+    /// is learned to do so, and its readings are placed on the device's samples (see
+    /// [`super::held`]).
     pub fn with_spread(mut self) -> Self {
-        self.spread = true;
+        self.spread = Some(Box::default());
         self
     }
 
-    /// The variance (J²) of the integral so far, for power read at instants independent of the
-    /// load: where two successive readings differ by `Δ` over a gap `g`, the power changed
-    /// somewhere in the gap, and the trapezoid's error, `Δ` times the distance from the gap's
-    /// middle to the change, has a variance of `Δ² g² / 12` (the change uniform in the gap).
-    /// Exact for a step; more than the error of a smooth ramp (which the trapezoid follows).
-    /// A gap more than [`STALL_GAPS`] times the usual one (the thread was not woken for a
-    /// while) may hide several changes that the readings at its ends do not show: it counts
-    /// at least `σ² g² / 2`, with `σ²` the variance of the recent readings (the trapezoid's
-    /// chord, the mean of two readings, against the mean power over the gap).
+    /// The variance (J²) of the integral so far (see [`Spread::variance_j2`]); 0 where not kept.
     pub fn variance_j2(&self) -> f64 {
-        self.var_j2
+        self.spread.as_ref().map_or(0.0, |s| s.variance_j2())
+    }
+
+    /// The integral's uncertainty so far, both parts (see [`Uncertain`]).
+    pub fn uncertain(&self) -> Uncertain {
+        self.spread
+            .as_ref()
+            .map_or(Uncertain::default(), |s| s.uncertain())
+    }
+
+    /// How long the device holds its readings, as learned (ns; 0: it does not, or not known).
+    pub fn hold_ns(&self) -> u64 {
+        self.spread.as_ref().map_or(0, |s| s.hold.hold_ns())
     }
 
     /// The reads' spacing changed on purpose (a power source read faster while regions are
     /// open, slower after): the usual gap is learned again from the next reading, so that the
     /// first gaps at the new spacing are not taken for stalls.
     pub fn new_spacing(&mut self) {
-        self.mean_gap_s = 0.0;
+        if let Some(s) = self.spread.as_mut() {
+            s.new_spacing();
+        }
     }
 
     /// Forget the previous reading, so that the next one is a new baseline (after a gap in
     /// which the source could not be read). Energy so far is kept.
     pub fn rebaseline(&mut self) {
         self.last_read_ns = None;
+        if let Some(s) = self.spread.as_mut() {
+            s.hold.rebaseline();
+        }
     }
 
     /// Start counting at `joules` instead of zero: a sampler that takes over a timeline
@@ -170,6 +175,19 @@ impl Accumulator {
     /// intervals, where a trapezoid's weights would depend on where in its interval each read
     /// fell (and so, under a periodic load, on the load); here each reading weighs one interval.
     pub fn push_spanned(&mut self, t_ns: u64, reading: Reading, slot_ns: Option<u64>) -> Step {
+        // A device that holds its reading: read at `t`, its sample was taken in the hold
+        // before `t` and stands for the hold around it; stamped half a hold earlier, the
+        // reading falls in that interval (see `held`).
+        let reading = match (reading, self.spread.as_mut()) {
+            (Reading::Power(w), Some(s)) => {
+                s.hold.observe(t_ns, sanitize_watts(w));
+                match s.hold.shift_ns() {
+                    0 => reading,
+                    ago_ns => Reading::PowerAt { watts: w, ago_ns },
+                }
+            }
+            (r, _) => r,
+        };
         // A power that stood earlier is placed when it stood.
         let (t_ns, reading) = match reading {
             Reading::PowerAt { watts, ago_ns } => {
@@ -236,8 +254,8 @@ impl Accumulator {
             }
             (Reading::Power(w) | Reading::PowerAt { watts: w, .. }, _) => {
                 let w = sanitize_watts(w);
-                if self.spread {
-                    self.add_spread(w, (t_ns - prev_ns) as f64 * 1e-9);
+                if let Some(s) = self.spread.as_mut() {
+                    s.add(self.last_watts, w, (t_ns - prev_ns) as f64 * 1e-9);
                 }
                 match slot_ns {
                     Some(slot) => {
@@ -260,29 +278,7 @@ impl Accumulator {
             (Reading::Counter(_), None) => Step::Unchanged,
         }
     }
-
-    /// The variance of the trapezoid from the last reading to `w`, `g` seconds later.
-    fn add_spread(&mut self, w: f64, g: f64) {
-        let dw = w - self.last_watts;
-        let mut var = dw * dw * g * g / 12.0;
-        if self.mean_gap_s > 0.0 && g > STALL_GAPS * self.mean_gap_s {
-            var = var.max(self.var_w2 * g * g / 2.0);
-        }
-        self.var_j2 += var;
-        // Smoothed over about twenty readings.
-        if self.mean_gap_s == 0.0 {
-            (self.mean_w, self.mean_gap_s) = (self.last_watts, g);
-        }
-        let d = w - self.mean_w;
-        self.mean_w += 0.05 * d;
-        self.var_w2 = 0.95 * (self.var_w2 + 0.05 * d * d);
-        self.mean_gap_s += 0.05 * (g - self.mean_gap_s);
-    }
 }
-
-/// A gap between power readings this many times the usual one is a stall (see
-/// [`Accumulator::variance_j2`]).
-pub const STALL_GAPS: f64 = 4.0;
 
 fn sanitize_watts(w: f64) -> f64 {
     if w.is_finite() && w > 0.0 {
@@ -486,105 +482,5 @@ mod tests {
         assert!((a.joules() - 150.0).abs() < 1e-9);
         a.push(2_000 * MS, Reading::Power(f64::NAN));
         assert!((a.joules() - 250.0).abs() < 1e-9);
-    }
-
-    /// A meter that averages over 200 ms, read every 50 ms, while the power steps from 0 to
-    /// 100 W at 1 s: its averages placed at their window's middle give the energy between two
-    /// instants as it was; placed at the read, half a window late (10 J short here).
-    #[test]
-    fn an_average_stands_at_the_middle_of_its_window() {
-        const W: u64 = 200 * MS;
-        let truth = |t: u64| 100.0 * (t.saturating_sub(1_000 * MS) as f64 * 1e-9);
-        let average = |t: u64| (truth(t) - truth(t.saturating_sub(W))) / (W as f64 * 1e-9);
-        let mut placed = Accumulator::new(None, 50 * MS);
-        let mut late = Accumulator::new(None, 50 * MS);
-        let (mut at_middle, mut at_read) = (Vec::new(), Vec::new());
-        for k in 4..=60u64 {
-            let t = k * 50 * MS;
-            let watts = average(t);
-            let reading = Reading::PowerAt {
-                watts,
-                ago_ns: W / 2,
-            };
-            if let Step::First(p) | Step::Changed(p) = placed.push(t, reading) {
-                at_middle.push(p);
-            }
-            if let Step::First(p) | Step::Changed(p) = late.push(t, Reading::Power(watts)) {
-                at_read.push(p);
-            }
-            // The same instant again brings nothing new.
-            assert_eq!(placed.push(t, reading), Step::Unchanged);
-        }
-        let at = |pts: &[Point], t: u64| {
-            let i = pts.iter().position(|p| p.t_ns >= t).unwrap();
-            let (a, b) = (pts[i - 1], pts[i]);
-            let f = (t - a.t_ns) as f64 / (b.t_ns - a.t_ns) as f64;
-            a.joules + f * (b.joules - a.joules)
-        };
-        let (t0, t1) = (500 * MS, 1_900 * MS);
-        let want = truth(t1) - truth(t0);
-        let middle = at(&at_middle, t1) - at(&at_middle, t0);
-        let read = at(&at_read, t1) - at(&at_read, t0);
-        assert!((middle - want).abs() < 0.01, "{middle} J, truth {want} J");
-        assert!((read - want).abs() > 9.0, "{read} J, truth {want} J");
-        assert_eq!(at_middle[0].t_ns, 200 * MS - W / 2);
-    }
-
-    #[test]
-    fn power_integrals_keep_their_variance_when_asked() {
-        // A step from 100 to 300 W between reads 10 ms apart: Δ² g² / 12.
-        let mut a = Accumulator::new(None, 10 * MS).with_spread();
-        a.push(0, Reading::Power(100.0));
-        a.push(10 * MS, Reading::Power(300.0));
-        assert!((a.variance_j2() - 200.0f64.powi(2) * 0.01f64.powi(2) / 12.0).abs() < 1e-12);
-        // A steady power adds nothing; without the option nothing is kept.
-        a.push(20 * MS, Reading::Power(300.0));
-        assert!((a.variance_j2() - 1.0 / 3.0).abs() < 1e-12);
-        let mut b = Accumulator::new(None, 10 * MS);
-        b.push(0, Reading::Power(100.0));
-        b.push(10 * MS, Reading::Power(300.0));
-        assert_eq!(b.variance_j2(), 0.0);
-        // Readings every 10 ms of a load alternating 100/300 W, then a stall of 200 ms whose
-        // two ends read the same: the stall counts the variance of the readings (about 100²
-        // W²) over its length, not nothing.
-        let mut c = Accumulator::new(None, 10 * MS).with_spread();
-        let mut t = 0;
-        for k in 0..100u64 {
-            c.push(t, Reading::Power(if k % 2 == 0 { 100.0 } else { 300.0 }));
-            t += 10 * MS;
-        }
-        let before = c.variance_j2();
-        c.push(t - 10 * MS + 200 * MS, Reading::Power(300.0));
-        let stall = c.variance_j2() - before;
-        let expect = 100.0f64.powi(2) * 0.2f64.powi(2) / 2.0;
-        assert!(
-            (0.7 * expect..1.3 * expect).contains(&stall),
-            "{stall} vs {expect}"
-        );
-        // An ordinary gap with unchanged readings adds nothing.
-        let v = c.variance_j2();
-        c.push(t - 10 * MS + 210 * MS, Reading::Power(300.0));
-        assert_eq!(c.variance_j2(), v);
-    }
-
-    #[test]
-    fn a_new_spacing_of_power_reads_is_no_stall() {
-        // Readings every millisecond of a load alternating 100/300 W, then (regions closed)
-        // every 20 ms: told of the new spacing, the first 20 ms gaps count Δ² g² / 12 each,
-        // not the readings' variance over a stall.
-        let mut a = Accumulator::new(None, MS).with_spread();
-        let mut t = 0;
-        for k in 0..100u64 {
-            a.push(t, Reading::Power(if k % 2 == 0 { 100.0 } else { 300.0 }));
-            t += MS;
-        }
-        a.new_spacing();
-        let before = a.variance_j2();
-        a.push(t - MS + 20 * MS, Reading::Power(300.0));
-        assert_eq!(a.variance_j2(), before); // the same reading: no change, no stall
-        a.push(t - MS + 40 * MS, Reading::Power(100.0));
-        let step = a.variance_j2() - before;
-        let expect = 200.0f64.powi(2) * 0.02f64.powi(2) / 12.0;
-        assert!((step - expect).abs() < 1e-9, "{step} vs {expect}");
     }
 }

@@ -140,6 +140,7 @@ impl Timeline {
                 high: f64::INFINITY,
                 gaps: 0,
                 var_j2: 0.0,
+                bound_j: 0.0,
             });
         }
         let hi = self.get(i);
@@ -151,6 +152,7 @@ impl Timeline {
                 high,
                 gaps: 0,
                 var_j2: 0.0,
+                bound_j: 0.0,
             });
         }
         let lo = self.get(i - 1);
@@ -162,6 +164,7 @@ impl Timeline {
             high,
             gaps: 0,
             var_j2: 0.0,
+            bound_j: 0.0,
         })
     }
 
@@ -186,6 +189,9 @@ pub struct EnergyAt {
     /// keeps one (power sampled at random instants, see [`History::push_spread`]); the variance
     /// of a region's energy is its difference between the two edges. 0 for counters.
     pub var_j2: f64,
+    /// Bound (J) on the error a device that holds its reading leaves, cumulative likewise
+    /// (see [`crate::timeline::held`]); a region's is the difference, taken as it is.
+    pub bound_j: f64,
 }
 
 impl EnergyAt {
@@ -196,6 +202,7 @@ impl EnergyAt {
             high: joules,
             gaps: 0,
             var_j2: 0.0,
+            bound_j: 0.0,
         }
     }
 }
@@ -209,9 +216,9 @@ pub struct History {
     step_ns: u64,
     gaps: VecDeque<(u64, u64)>,
     gaps_dropped: u64,
-    /// Cumulative variance of the integral (J², as `joules`) at each read of a source that
-    /// keeps one; made at its first [`Self::push_spread`], as long as the fine ring.
-    spread: Option<Box<Timeline>>,
+    /// Cumulative variance of the integral (J², as `joules`) and bound (J) at each read of a
+    /// source that keeps them; made at its first [`Self::push_spread`], as long as fine.
+    spread: Option<Box<(Timeline, Timeline)>>,
 }
 
 impl History {
@@ -227,16 +234,16 @@ impl History {
         }
     }
 
-    /// Record the cumulative variance (J²) of the source's integral at `t_ns` (a power source
-    /// read at random instants: see [`crate::timeline::Accumulator::variance_j2`]).
-    pub fn push_spread(&mut self, t_ns: u64, var_j2: f64) {
+    /// Record the cumulative uncertainty of the source's integral at `t_ns` (a power source
+    /// read at random instants: see [`crate::timeline::Accumulator::uncertain`]).
+    pub fn push_spread(&mut self, t_ns: u64, u: super::Uncertain) {
         let cap = self.fine.points.len();
-        self.spread
-            .get_or_insert_with(|| Box::new(Timeline::with_capacity(cap)))
-            .push(Point {
-                t_ns,
-                joules: var_j2,
-            });
+        let (var, bound) = &mut **self.spread.get_or_insert_with(|| {
+            Box::new((Timeline::with_capacity(cap), Timeline::with_capacity(cap)))
+        });
+        for (tl, joules) in [(var, u.var_j2), (bound, u.bound_j)] {
+            tl.push(Point { t_ns, joules });
+        }
     }
 
     /// Append a point placed between two measured ones (see [`Timeline::push_placed`]); only
@@ -302,6 +309,7 @@ impl History {
             high: first.joules,
             gaps: 0,
             var_j2: 0.0,
+            bound_j: 0.0,
         })
     }
 
@@ -329,11 +337,10 @@ impl History {
         let mut e = self.at_points(t_ns)?;
         // (Before the spread ring's first point, its first value: a long region's start that
         // has left it counts the variance from there on only.)
-        e.var_j2 = self
-            .spread
-            .as_ref()
-            .and_then(|s| s.at(t_ns))
-            .map_or(0.0, |v| v.joules);
+        if let Some((var, bound)) = self.spread.as_deref() {
+            e.var_j2 = var.at(t_ns).map_or(0.0, |v| v.joules);
+            e.bound_j = bound.at(t_ns).map_or(0.0, |v| v.joules);
+        }
         e.gaps = self.gaps_dropped + self.gaps.iter().filter(|g| g.1 <= t_ns).count() as u64;
         if self.gaps.iter().any(|g| g.0 < t_ns && t_ns < g.1) {
             e.joules = f64::NAN;

@@ -2,13 +2,20 @@
 //!
 //! [`accumulate`] turns readings into points (deltas, wraparound, resets, change-time stamps);
 //! [`history`] keeps them in fixed-size rings and answers "how many joules at this instant, and
-//! within what bracket" ([`EnergyAt`]).
+//! within what bracket" ([`EnergyAt`]); [`spread`] keeps what a power integral is uncertain by,
+//! and [`held`] learns whether a power source's device holds its reading.
 
 pub mod accumulate;
+pub mod held;
 pub mod history;
+pub mod spread;
+
+#[cfg(test)]
+mod power_tests;
 
 pub use accumulate::{Accumulator, Step};
 pub use history::{EnergyAt, History, Timeline};
+pub use spread::Uncertain;
 
 /// One point of a source's timeline: cumulative joules since the source was first read, and the
 /// monotonic instant (ns) at which the energy had that value.
