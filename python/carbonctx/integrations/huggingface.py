@@ -20,7 +20,8 @@ then carries what was spent since the previous log:
   will cost at the rate so far), and, in the first log after an epoch, ``epoch_energy_j`` and
   ``epoch_co2_g`` (its evaluation included; the last epoch's in the final log);
 * evaluation logs during training: ``eval_energy_j``, ``eval_co2_g``, ``eval_energy_j_per_sample``
-  (prefix as the metrics'), the evaluation alone;
+  (prefix as the metrics'), the evaluation alone (a ``trainer.predict`` run during training, by a
+  callback, is measured as one and counted in the next evaluation log, or in the final log);
 * the final log: ``energy_j`` and ``co2_g`` since the previous log, and ``train_energy_j``,
   ``train_co2_g`` for the whole run. The ``energy_j`` and ``eval_energy_j`` values of all logs
   add up to ``train_energy_j``.
@@ -265,6 +266,14 @@ class CarbonctxCallback(TrainerCallback):
         if self._open is not None and self._phase == "train" and not self._eval_next:
             self._split("eval")
 
+    def on_predict(
+        self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any
+    ) -> None:
+        # ``trainer.predict`` during training (a callback's, e.g. in ``on_evaluate``): it logs
+        # nothing, so its end is the end of its region; training resumes in a region of its own.
+        if self._open is not None and self._phase == "eval":
+            self._split("train")
+
     def evaluating(self) -> None:
         """An evaluation starts now (``attach`` calls it from ``trainer.evaluate``): during
         training it is measured on its own."""
@@ -328,6 +337,11 @@ class CarbonctxCallback(TrainerCallback):
         is_eval = kind not in ("train", "final")
         ph = "eval" if is_eval else "train"
         local = list(self._pending[ph])
+        if kind == "final":
+            # A prediction's region with no evaluation log after it: the final log carries it,
+            # so that the logs add up to the run.
+            local = [a + b for a, b in zip(local, self._pending["eval"], strict=True)]
+            self._pending["eval"] = [0.0, 0.0]
         last = self._epoch_index + 1 if kind == "final" else self._epoch_index
         ready = sorted(e for e in self._epoch_local if self._epochs_emitted <= e < last)
         vec = local + [v for e in ready for v in self._epoch_local[e]]
