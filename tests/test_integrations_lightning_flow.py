@@ -196,3 +196,38 @@ def test_gradient_accumulation_logs_each_batch_once_and_early_stopping_ends_clea
     assert logger.values("epoch_energy_j") == pytest.approx([e["energy_j"] for e in cb.epochs])
     assert len(logger.values("val_energy_j")) == 2
     assert cb._open is None
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint that ended before the epoch.*")
+@pytest.mark.parametrize("stop", ["max_epochs", "max_steps"])
+def test_a_fit_resumed_in_the_middle_of_an_epoch_forecasts_from_what_its_figures_cover(
+    tmp_path: Path, stop: str
+) -> None:
+    # A checkpoint every 10 steps; the fit ends in an exception at step 25, in the first of two
+    # 40-step epochs, and resumes from step 20: half of epoch 0 ran before it, in no figure.
+    bound = {"max_epochs": 2} if stop == "max_epochs" else {"max_epochs": -1, "max_steps": 80}
+    ckpt = L.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=10, save_top_k=-1
+    )
+    first = _trainer(
+        tmp_path,
+        CarbonctxCallback(),
+        ckpt,
+        Boom(25, RuntimeError("preempted")),
+        logger=Memory(),
+        enable_checkpointing=True,
+        **bound,
+    )
+    with pytest.raises(RuntimeError):
+        first.fit(Model(), *_loaders())
+    cb, logger = CarbonctxCallback(), Memory()
+    second = _trainer(tmp_path, cb, logger=logger, **bound)
+    second.fit(Model(), *_loaders(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=20.ckpt"))
+    assert second.global_step == 80
+    assert [e["epoch"] for e in cb.epochs] == [0.0, 1.0]
+    # Epoch 0's figure is its second half; the forecast counts it as half an epoch (20 steps):
+    # the whole run at the rate measured, not the resumed part taken for the whole epoch.
+    e0, e1 = (e["energy_j"] for e in cb.epochs)
+    forecast = [f * 3.6e6 for f in logger.values("energy_forecast_kwh")]
+    assert forecast == pytest.approx([e0 * 80 / 20, (e0 + e1) * 80 / 60], rel=1e-4)
