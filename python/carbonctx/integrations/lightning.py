@@ -55,7 +55,7 @@ from lightning.pytorch import Callback
 
 import carbonctx
 from carbonctx._distributed import collectives
-from carbonctx.integrations._common import J_PER_KWH, Budget, figures
+from carbonctx.integrations._common import J_PER_KWH, Budget, Tally, figures
 
 __all__ = ["CarbonctxCallback"]
 
@@ -99,8 +99,8 @@ class CarbonctxCallback(Callback):
         self._samples = 0
         # Ended regions not yet logged per step: (region, samples in it).
         self._steps: deque[tuple[Any, int]] = deque()
-        # Ended regions of this epoch, not yet counted in its total.
-        self._epoch: list[Any] = []
+        # Ended regions of this epoch, summed as they resolve.
+        self._epoch = Tally()
         self._val: list[Any] = []
         # A fit resumed from a checkpoint: its first step, and the callback's state in the
         # checkpoint (load_state_dict), taken up when training starts.
@@ -108,7 +108,7 @@ class CarbonctxCallback(Callback):
         self._loaded: dict[str, Any] | None = None
         # What ``epochs`` covers, for the forecast: epochs (a fraction for one resumed in its
         # middle, whose steps before the resume are in no figure) and optimizer steps.
-        self._counted = [0.0, 0]
+        self._counted = [0.0, 0.0]
         self._epoch_step0 = 0  # the step at which this fit began counting the epoch
         self._epoch_batches = 0  # batches of this epoch run in this fit
         self._last_batch = -1  # the epoch's index of the last one
@@ -142,7 +142,7 @@ class CarbonctxCallback(Callback):
         counted = state.get("counted")
         if counted is None:  # saved at an epoch's end, without what its epochs cover
             counted = [float(len(self.epochs)), self._start_step]
-        self._counted = [float(counted[0]), int(counted[1])]
+        self._counted = [float(counted[0]), float(counted[1])]
         # The epochs are the job's; the totals rank 0's own (it writes the checkpoint): another
         # rank's total counts from the resume.
         if collectives.world()[0] == 0:
@@ -156,7 +156,7 @@ class CarbonctxCallback(Callback):
         ended = self._open
         if ended is not None:
             ended.__exit__(None, None, None)
-            self._epoch.append(ended)
+            self._epoch.add(ended)
             if self._phase == "train":
                 self._steps.append((ended, self._samples))
             else:
@@ -169,17 +169,14 @@ class CarbonctxCallback(Callback):
     def _end(self) -> None:
         if self._open is not None:
             self._open.__exit__(None, None, None)
-            self._epoch.append(self._open)
+            self._epoch.add(self._open)
             self._open = None
-        for r in self._epoch:
-            self._add_total(r.result())
+        j, g = self._epoch.read()
+        self.total_j += j
+        self.total_co2_g += g
         self._epoch.clear()
         self._steps.clear()
         self._val.clear()
-
-    def _add_total(self, m: Any) -> None:
-        self.total_j += m.energy_j
-        self.total_co2_g += m.co2_g if m.co2_g is not None else math.nan
 
     @staticmethod
     def _log(
@@ -208,7 +205,7 @@ class CarbonctxCallback(Callback):
             self._steps.clear()
             self._val.clear()
             self._open = None
-            self._counted = [0.0, 0]
+            self._counted = [0.0, 0.0]
             self._split("train")
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -233,6 +230,7 @@ class CarbonctxCallback(Callback):
             return
         self._samples += _batch_size(batch)
         self._split("train")
+        self._epoch.fold()  # in the next step's region: it takes time
         # Lightning writes step figures to its loggers every log_every_n_steps steps: read and
         # log only then (its self.log costs far more than a region) what the sampler has
         # resolved since; never wait inside a step. Every rank decides alike (the same steps)
@@ -276,12 +274,9 @@ class CarbonctxCallback(Callback):
         # The epoch's figure holds what the steps have not logged yet (and the handles of an
         # epoch's steps are not kept past it).
         self._steps.clear()
-        j = g = 0.0
-        for region in self._epoch:
-            m = region.result()
-            j += m.energy_j
-            g += m.co2_g if m.co2_g is not None else math.nan
-            self._add_total(m)
+        j, g = self._epoch.read()
+        self.total_j += j
+        self.total_co2_g += g
         self._epoch.clear()
         job_j, job_g = collectives.allreduce_sum([j, g])
         spent_j = math.fsum(e["energy_j"] for e in self.epochs) + job_j
@@ -340,7 +335,7 @@ def _logs_now(trainer: Any) -> bool:
     return True if due is None else bool(due)
 
 
-def _remaining_scale(trainer: Any, epochs_done: float, done_steps: int) -> float | None:
+def _remaining_scale(trainer: Any, epochs_done: float, done_steps: float) -> float | None:
     """(the whole run) / (what has been counted: ``epochs_done`` epochs, ``done_steps``
     optimizer steps), from max_steps or max_epochs; None if unbounded."""
     if trainer.max_steps is not None and trainer.max_steps > 0 and done_steps > 0:
