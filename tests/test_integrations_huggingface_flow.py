@@ -282,3 +282,18 @@ def test_one_callback_attached_to_two_trainers_in_turn_measures_each(tmp_path: P
     # The second trainer's train() is wrapped too: what it spent before the exception is kept.
     assert cb.total_j > _logged(second.state.log_history)
     assert 0.97 * whole.energy_j < cb.total_j <= whole.energy_j
+
+
+def test_a_region_inside_a_step_nests_where_training_began(tmp_path: Path) -> None:
+    # The callback's regions are in a context of their own: a step's region is their sibling.
+    marks = PredictsAfterEvaluations()
+    trainer = _trainer(tmp_path, marks, max_steps=3)
+    attach(trainer)
+    with carbonctx.track("whole") as whole:
+        trainer.train()
+    regions = carbonctx.recent()
+    outer = whole.result().id
+    steps = [m for m in regions if m.name == "step_mark"]
+    ours = [m for m in regions if m.name in ("hf.train", "hf.eval")]
+    assert len(steps) == 3 and ours
+    assert all(m.parent == outer for m in steps + ours)

@@ -11,8 +11,11 @@
 
 The training run is cut into contiguous regions (``hf.train``, ``hf.eval``) from
 ``on_train_begin`` to the final log. Entering and leaving a region costs about a microsecond and
-nothing waits for the hardware inside a step: figures are read when the Trainer logs. Each log
-then carries what was spent since the previous log:
+nothing waits for the hardware inside a step: figures are read when the Trainer logs. They are
+opened in a context of their own, so that one left open by an exception is no parent of later
+regions: they nest in the region open where training began (a ``carbonctx.track`` around
+``train()``), and a region opened inside a step (in the model's code) nests there too, beside
+them, not in ``hf.train``. Each log then carries what was spent since the previous log:
 
 * training logs: ``energy_j``, ``co2_g``, ``energy_j_per_sample`` (optimizer steps × the global
   batch, capped at the dataset's length per epoch), ``energy_j_per_token`` (when the Trainer

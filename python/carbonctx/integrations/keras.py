@@ -43,7 +43,9 @@ epoch numbers, and its forecast (and budget) is the whole run, epochs 0 to ``epo
 epochs before the resume counted at the rate of the resumed ones. ``evaluate()`` and
 ``predict()`` are not measured. Keras calls no callback after an exception in ``fit()``:
 ``total_j`` then holds every batch that ended before it, and the callback's region, opened in a
-context of its own, is the parent of no later region.
+context of its own, is the parent of no later region. So its regions nest in the region open where
+``fit()`` was called, and a region opened inside a step (eager backends) nests there too, beside
+them, not in ``keras.train``.
 """
 
 from __future__ import annotations
