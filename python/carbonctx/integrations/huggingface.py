@@ -46,7 +46,8 @@ interruption is not in the checkpoint, so not in them). What runs after the fina
 
 **Distributed jobs.** Under ``torch.distributed`` the figures are the job's (summed over ranks
 at every log, a collective: the Trainer logs on every rank at the same steps), so rank 0's
-reporters log the job's energy; ``job_totals=False`` keeps each rank's own. The budget decision
+reporters log the job's energy; ``job_totals=False`` keeps each rank's own (resumed, a rank other
+than 0 counts from the resume: the checkpoint's ``log_history`` is rank 0's). The budget decision
 is joint: every rank stops after the same step.
 """
 
@@ -215,6 +216,10 @@ class CarbonctxCallback(TrainerCallback):
         (and forecast, and budget) hold the figures logged before it (``log_history``)."""
         self._start_step = state.global_step
         self._epoch_index = self._epochs_emitted = math.floor((state.epoch or 0.0) + 1e-6)
+        if not self.job_totals and collectives.world()[0] != 0:
+            # Its log_history holds rank 0's own figures (rank 0 writes it), not this rank's:
+            # this rank's figures before the checkpoint are unknown.
+            return
         j = g = 0.0
         for h in state.log_history:
             if h.get("step", 0) > state.global_step:
