@@ -43,7 +43,9 @@ class Tokens(torch.utils.data.Dataset):
 torch.manual_seed(0)
 config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=32, n_layer=2,
                                  n_head=2, bos_token_id=0, eos_token_id=0)
-resume = budget == "resume"  # a first run saves at step 4 (its first epoch), a second resumes
+# A first run saves at step 4 (its first epoch), a second resumes; "resume_own": each rank's own
+# figures (job_totals=False).
+resume = budget.startswith("resume")
 def run(checkpoint=None):
     args = transformers.TrainingArguments(
         output_dir=out + "/hf", per_device_train_batch_size=8, num_train_epochs=2,
@@ -52,11 +54,14 @@ def run(checkpoint=None):
         dataloader_num_workers=0, seed=0)
     trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
                                    train_dataset=Tokens(64, 1))
-    cb = attach(trainer, budget_kwh=None if budget in ("none", "resume") else float(budget))
+    cb = attach(trainer, budget_kwh=None if budget in ("none", "resume", "resume_own")
+                else float(budget), job_totals=budget != "resume_own")
     trainer.train(resume_from_checkpoint=checkpoint)
     return trainer, cb
 trainer, cb = run()
 first = trainer.state.log_history
+st = carbonctx.stats()
+own_first = sum(st[n].energy_j.total for n in ("hf.train", "hf.eval") if n in st)
 if resume:
     trainer, cb = run(out + "/hf/checkpoint-4")
 st = carbonctx.stats()
@@ -70,6 +75,7 @@ with open(f"{out}/rank{rank}.json", "w") as f:
         "total_j": cb.total_j,
         "epochs": cb.epochs,
         "first": first,
+        "own_first": own_first,
         "step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "exceeded": cb.budget_exceeded,
@@ -127,3 +133,17 @@ def test_a_resumed_run_continues_the_jobs_figures_on_each_rank(tmp_path: Path) -
         assert sum(e["energy_j"] for e in r["epochs"]) == pytest.approx(r["total_j"], rel=1e-9)
     e0, e1 = ([e["energy_j"] for e in r["epochs"]] for r in (r0, r1))
     assert e0 == pytest.approx(e1, rel=1e-12)
+
+
+def test_a_resumed_run_of_each_ranks_own_figures_takes_only_rank_0s_from_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    # job_totals=False: the checkpoint's log_history is rank 0's own figures (rank 0 writes it).
+    r0, r1 = _job(tmp_path, ["resume_own", "resume_own"])
+    before = sum(h.get("energy_j", 0.0) for h in r0["first"] if h["step"] <= 4)
+    since = [r["own_j"] - r["own_first"] for r in (r0, r1)]
+    assert r0["total_j"] == pytest.approx(before + since[0], rel=1e-9)
+    # Rank 1's figures before the checkpoint are in no checkpoint: its total is its resumed run.
+    assert r1["total_j"] == pytest.approx(since[1], rel=1e-9)
+    assert [e["epoch"] for e in r0["epochs"]] == [1.0, 2.0]
+    assert [e["epoch"] for e in r1["epochs"]] == [2.0]

@@ -115,6 +115,46 @@ def test_an_evaluation_before_the_first_step_is_its_own(tmp_path: Path, attached
     assert cb.total_j == pytest.approx(_logged(hist), rel=1e-9)
 
 
+class PredictsAfterEvaluations(transformers.TrainerCallback):  # type: ignore[misc]
+    """Runs ``trainer.predict`` after each evaluation (sample predictions for a reporter), and
+    marks the start of every training step with a region of its own."""
+
+    trainer: Any = None
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.trainer.predict(Tokens(16, 5))
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        with carbonctx.track("step_mark"):
+            pass
+
+
+@pytest.mark.parametrize("attached", [True, False])
+def test_a_prediction_during_training_is_no_evaluation_of_the_steps_after_it(
+    tmp_path: Path, attached: bool
+) -> None:
+    # predict() logs nothing: its end (on_predict) ends its region, and the training steps after
+    # it are training again.
+    cb = CarbonctxCallback()
+    predicts = PredictsAfterEvaluations()
+    trainer = _trainer(tmp_path, cb, predicts, eval_strategy="steps", eval_steps=4, max_steps=12)
+    predicts.trainer = trainer
+    if attached:
+        attach(trainer, cb)
+    trainer.train()
+    regions = carbonctx.recent()
+    marks = [m.start for m in regions if m.name == "step_mark"]
+    assert len(marks) == 12
+    for name, inside in (("hf.eval", 0), ("hf.train", 12)):
+        spans = [(m.start, m.end) for m in regions if m.name == name]
+        assert sum(any(a <= t <= b for a, b in spans) for t in marks) == inside, name
+    # The predictions' energy is in the logs (the last one's in the final log): they add up.
+    hist = trainer.state.log_history
+    assert hist[-1]["train_energy_j"] == pytest.approx(_logged(hist), rel=1e-9)
+    assert cb.total_j == pytest.approx(hist[-1]["train_energy_j"], rel=1e-9)
+    assert math.fsum(e["energy_j"] for e in cb.epochs) == pytest.approx(cb.total_j, rel=1e-9)
+
+
 def test_early_stopping_ends_the_run_with_every_figure(tmp_path: Path) -> None:
     trainer = _trainer(
         tmp_path,
@@ -242,3 +282,18 @@ def test_one_callback_attached_to_two_trainers_in_turn_measures_each(tmp_path: P
     # The second trainer's train() is wrapped too: what it spent before the exception is kept.
     assert cb.total_j > _logged(second.state.log_history)
     assert 0.97 * whole.energy_j < cb.total_j <= whole.energy_j
+
+
+def test_a_region_inside_a_step_nests_where_training_began(tmp_path: Path) -> None:
+    # The callback's regions are in a context of their own: a step's region is their sibling.
+    marks = PredictsAfterEvaluations()
+    trainer = _trainer(tmp_path, marks, max_steps=3)
+    attach(trainer)
+    with carbonctx.track("whole") as whole:
+        trainer.train()
+    regions = carbonctx.recent()
+    outer = whole.result().id
+    steps = [m for m in regions if m.name == "step_mark"]
+    ours = [m for m in regions if m.name in ("hf.train", "hf.eval")]
+    assert len(steps) == 3 and ours
+    assert all(m.parent == outer for m in steps + ours)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,42 @@ def test_an_epochs_loop_of_one_epoch_fits_stops_on_its_budget_cleanly() -> None:
     regions = {m.id: m for m in carbonctx.recent()}
     trains = [m for m in regions.values() if m.name == "keras.train"]
     assert trains and all(regions[m.parent].name == "epoch" for m in trains)
+
+
+def _handles(cb: Any) -> int:
+    """The region handles the callback holds (each keeps its result once read)."""
+    n = 0
+    for v in vars(cb).values():
+        items = getattr(v, "_waiting", v)
+        if isinstance(items, (list, deque)):
+            n += sum(
+                isinstance(x, carbonctx.Tracker)
+                or (isinstance(x, tuple) and isinstance(x[0], carbonctx.Tracker))
+                for x in items
+            )
+    return n
+
+
+class Handles(keras.callbacks.Callback):  # type: ignore[misc]
+    """After the callback: how many handles it holds at each batch's end."""
+
+    def __init__(self, cb: Any) -> None:
+        super().__init__()
+        self.cb, self.seen = cb, [0]
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.seen.append(_handles(self.cb))
+
+
+def test_a_long_epoch_holds_no_handle_per_batch() -> None:
+    # One epoch of 320 batches: their regions are counted as they resolve, not kept to its end.
+    cb = CarbonctxCallback(batch_size=1)
+    probe = Handles(cb)
+    with carbonctx.track("whole") as whole:
+        _fit(_model(), cb, probe, epochs=1, batch_size=1)
+    assert len(probe.seen) == N + 1
+    assert max(probe.seen) < 120  # those resolving
+    stats = carbonctx.stats()
+    measured = math.fsum(stats[k].energy_j.total for k in ("keras.train", "keras.val"))
+    assert cb.total_j == pytest.approx(measured, rel=1e-9)
+    assert 0.9 * whole.energy_j < cb.epochs[0]["energy_j"] <= cb.total_j < whole.energy_j

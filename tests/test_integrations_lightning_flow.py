@@ -9,6 +9,7 @@ Simulated hardware without a GPU.
 from __future__ import annotations
 
 import math
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,81 @@ def test_gradient_accumulation_logs_each_batch_once_and_early_stopping_ends_clea
     assert logger.values("epoch_energy_j") == pytest.approx([e["energy_j"] for e in cb.epochs])
     assert len(logger.values("val_energy_j")) == 2
     assert cb._open is None
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint that ended before the epoch.*")
+@pytest.mark.parametrize("stop", ["max_epochs", "max_steps"])
+def test_a_fit_resumed_in_the_middle_of_an_epoch_forecasts_from_what_its_figures_cover(
+    tmp_path: Path, stop: str
+) -> None:
+    # A checkpoint every 10 steps; the fit ends in an exception at step 25, in the first of two
+    # 40-step epochs, and resumes from step 20: half of epoch 0 ran before it, in no figure.
+    bound = {"max_epochs": 2} if stop == "max_epochs" else {"max_epochs": -1, "max_steps": 80}
+    ckpt = L.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=10, save_top_k=-1
+    )
+    first = _trainer(
+        tmp_path,
+        CarbonctxCallback(),
+        ckpt,
+        Boom(25, RuntimeError("preempted")),
+        logger=Memory(),
+        enable_checkpointing=True,
+        **bound,
+    )
+    with pytest.raises(RuntimeError):
+        first.fit(Model(), *_loaders())
+    cb, logger = CarbonctxCallback(), Memory()
+    second = _trainer(tmp_path, cb, logger=logger, **bound)
+    second.fit(Model(), *_loaders(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=20.ckpt"))
+    assert second.global_step == 80
+    assert [e["epoch"] for e in cb.epochs] == [0.0, 1.0]
+    # Epoch 0's figure is its second half; the forecast counts it as half an epoch (20 steps):
+    # the whole run at the rate measured, not the resumed part taken for the whole epoch.
+    e0, e1 = (e["energy_j"] for e in cb.epochs)
+    forecast = [f * 3.6e6 for f in logger.values("energy_forecast_kwh")]
+    assert forecast == pytest.approx([e0 * 80 / 20, (e0 + e1) * 80 / 60], rel=1e-4)
+
+
+def _handles(cb: Any) -> int:
+    """The region handles the callback holds (each keeps its result once read)."""
+    n = 0
+    for v in vars(cb).values():
+        items = getattr(v, "_waiting", v)
+        if isinstance(items, (list, deque)):
+            n += sum(
+                isinstance(x, carbonctx.Tracker)
+                or (isinstance(x, tuple) and isinstance(x[0], carbonctx.Tracker))
+                for x in items
+            )
+    return n
+
+
+class Handles(L.Callback):  # type: ignore[misc]
+    """After the callback: how many handles it holds at each step's end."""
+
+    def __init__(self, cb: Any) -> None:
+        self.cb, self.seen = cb, [0]
+
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        self.seen.append(_handles(self.cb))
+
+
+def test_a_long_epoch_holds_no_handle_per_step(tmp_path: Path) -> None:
+    # One epoch of 800 steps (as one epoch of a whole run over a stream): the steps' regions are
+    # counted as they resolve, not kept to the epoch's end.
+    cb = CarbonctxCallback()
+    probe = Handles(cb)
+    train, val = _loaders(800)
+    trainer = _trainer(tmp_path, cb, probe, logger=Memory(), max_epochs=1, num_sanity_val_steps=0)
+    with carbonctx.track("whole") as whole:
+        trainer.fit(Model(), torch.utils.data.DataLoader(train.dataset, batch_size=1), val)
+    assert trainer.global_step == 800
+    assert max(probe.seen) < 300  # the regions logged every 10 steps, and those resolving
+    stats = carbonctx.stats()
+    measured = math.fsum(stats[k].energy_j.total for k in ("lightning.train", "lightning.val"))
+    # Every region counted once: the epoch, and after it the end of fit.
+    assert cb.total_j == pytest.approx(measured, rel=1e-9)
+    assert 0.95 * cb.total_j < cb.epochs[0]["energy_j"] < cb.total_j
+    assert 0.95 * whole.energy_j < cb.total_j < whole.energy_j

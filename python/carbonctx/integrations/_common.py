@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ import carbonctx
 from carbonctx._distributed import collectives
 from carbonctx._runs.budget import check_limit
 
-__all__ = ["J_PER_KWH", "Budget", "Regions", "figures", "put"]
+__all__ = ["J_PER_KWH", "Budget", "Regions", "Tally", "figures", "put"]
 
 J_PER_KWH = 3.6e6
 
@@ -29,6 +30,45 @@ def figures(regions: Iterable[Any]) -> tuple[float, float]:
         j += m.energy_j
         g += m.co2_g if m.co2_g is not None else math.nan
     return j, g
+
+
+class Tally:
+    """Ended regions summed as the sampler resolves them: (joules, grams of CO2e).
+
+    A long epoch (one epoch of a whole run: ``max_steps`` over a stream) ends a region per step;
+    each handle keeps its result (a few KB) once read. Kept until the epoch's end they would grow
+    with the run: :meth:`fold` counts the resolved ones and lets them go, without waiting.
+    """
+
+    __slots__ = ("_g", "_j", "_waiting")
+
+    def __init__(self) -> None:
+        self._waiting: deque[Any] = deque()
+        self._j = self._g = 0.0
+
+    def add(self, region: Any) -> None:
+        self._waiting.append(region)
+
+    def fold(self) -> None:
+        """Count the regions resolved so far, without waiting (call it inside a region: it
+        takes time)."""
+        while self._waiting and self._waiting[0].done:
+            self._count(self._waiting.popleft())
+
+    def _count(self, region: Any) -> None:
+        j, g = figures((region,))
+        self._j += j
+        self._g += g
+
+    def read(self) -> tuple[float, float]:
+        """The sum of every region added (waits for the sampler to pass the last one's end)."""
+        while self._waiting:
+            self._count(self._waiting.popleft())
+        return self._j, self._g
+
+    def clear(self) -> None:
+        self._waiting.clear()
+        self._j = self._g = 0.0
 
 
 class Regions:

@@ -11,8 +11,11 @@
 
 The training run is cut into contiguous regions (``hf.train``, ``hf.eval``) from
 ``on_train_begin`` to the final log. Entering and leaving a region costs about a microsecond and
-nothing waits for the hardware inside a step: figures are read when the Trainer logs. Each log
-then carries what was spent since the previous log:
+nothing waits for the hardware inside a step: figures are read when the Trainer logs. They are
+opened in a context of their own, so that one left open by an exception is no parent of later
+regions: they nest in the region open where training began (a ``carbonctx.track`` around
+``train()``), and a region opened inside a step (in the model's code) nests there too, beside
+them, not in ``hf.train``. Each log then carries what was spent since the previous log:
 
 * training logs: ``energy_j``, ``co2_g``, ``energy_j_per_sample`` (optimizer steps × the global
   batch, capped at the dataset's length per epoch), ``energy_j_per_token`` (when the Trainer
@@ -20,7 +23,8 @@ then carries what was spent since the previous log:
   will cost at the rate so far), and, in the first log after an epoch, ``epoch_energy_j`` and
   ``epoch_co2_g`` (its evaluation included; the last epoch's in the final log);
 * evaluation logs during training: ``eval_energy_j``, ``eval_co2_g``, ``eval_energy_j_per_sample``
-  (prefix as the metrics'), the evaluation alone;
+  (prefix as the metrics'), the evaluation alone (a ``trainer.predict`` run during training, by a
+  callback, is measured as one and counted in the next evaluation log, or in the final log);
 * the final log: ``energy_j`` and ``co2_g`` since the previous log, and ``train_energy_j``,
   ``train_co2_g`` for the whole run. The ``energy_j`` and ``eval_energy_j`` values of all logs
   add up to ``train_energy_j``.
@@ -42,7 +46,8 @@ interruption is not in the checkpoint, so not in them). What runs after the fina
 
 **Distributed jobs.** Under ``torch.distributed`` the figures are the job's (summed over ranks
 at every log, a collective: the Trainer logs on every rank at the same steps), so rank 0's
-reporters log the job's energy; ``job_totals=False`` keeps each rank's own. The budget decision
+reporters log the job's energy; ``job_totals=False`` keeps each rank's own (resumed, a rank other
+than 0 counts from the resume: the checkpoint's ``log_history`` is rank 0's). The budget decision
 is joint: every rank stops after the same step.
 """
 
@@ -211,6 +216,10 @@ class CarbonctxCallback(TrainerCallback):
         (and forecast, and budget) hold the figures logged before it (``log_history``)."""
         self._start_step = state.global_step
         self._epoch_index = self._epochs_emitted = math.floor((state.epoch or 0.0) + 1e-6)
+        if not self.job_totals and collectives.world()[0] != 0:
+            # Its log_history holds rank 0's own figures (rank 0 writes it), not this rank's:
+            # this rank's figures before the checkpoint are unknown.
+            return
         j = g = 0.0
         for h in state.log_history:
             if h.get("step", 0) > state.global_step:
@@ -264,6 +273,14 @@ class CarbonctxCallback(TrainerCallback):
         # eval dataset): without attach(), its first batch is the first sign of it.
         if self._open is not None and self._phase == "train" and not self._eval_next:
             self._split("eval")
+
+    def on_predict(
+        self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any
+    ) -> None:
+        # ``trainer.predict`` during training (a callback's, e.g. in ``on_evaluate``): it logs
+        # nothing, so its end is the end of its region; training resumes in a region of its own.
+        if self._open is not None and self._phase == "eval":
+            self._split("train")
 
     def evaluating(self) -> None:
         """An evaluation starts now (``attach`` calls it from ``trainer.evaluate``): during
@@ -328,6 +345,11 @@ class CarbonctxCallback(TrainerCallback):
         is_eval = kind not in ("train", "final")
         ph = "eval" if is_eval else "train"
         local = list(self._pending[ph])
+        if kind == "final":
+            # A prediction's region with no evaluation log after it: the final log carries it,
+            # so that the logs add up to the run.
+            local = [a + b for a, b in zip(local, self._pending["eval"], strict=True)]
+            self._pending["eval"] = [0.0, 0.0]
         last = self._epoch_index + 1 if kind == "final" else self._epoch_index
         ready = sorted(e for e in self._epoch_local if self._epochs_emitted <= e < last)
         vec = local + [v for e in ready for v in self._epoch_local[e]]

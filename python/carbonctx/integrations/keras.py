@@ -43,7 +43,9 @@ epoch numbers, and its forecast (and budget) is the whole run, epochs 0 to ``epo
 epochs before the resume counted at the rate of the resumed ones. ``evaluate()`` and
 ``predict()`` are not measured. Keras calls no callback after an exception in ``fit()``:
 ``total_j`` then holds every batch that ended before it, and the callback's region, opened in a
-context of its own, is the parent of no later region.
+context of its own, is the parent of no later region. So its regions nest in the region open where
+``fit()`` was called, and a region opened inside a step (eager backends) nests there too, beside
+them, not in ``keras.train``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from typing import Any
 import keras
 
 from carbonctx._distributed import collectives
-from carbonctx.integrations._common import J_PER_KWH, Budget, Regions, figures, put
+from carbonctx.integrations._common import J_PER_KWH, Budget, Regions, Tally, figures, put
 
 __all__ = ["CarbonctxCallback"]
 
@@ -108,7 +110,7 @@ class CarbonctxCallback(keras.callbacks.Callback):
         # Ended training regions not yet logged per batch: (region, samples in it).
         self._steps: deque[tuple[Any, int]] = deque()
         # Ended regions of this epoch (validation included), and its validation alone.
-        self._epoch: list[Any] = []
+        self._epoch = Tally()
         self._val: list[Any] = []
         self._first_epoch: int | None = None
 
@@ -117,12 +119,12 @@ class CarbonctxCallback(keras.callbacks.Callback):
         """This process's joules from ``on_train_begin``: the epochs', and every region ended
         since (after an exception in ``fit``, which Keras tells no callback, the batches that
         ended before it)."""
-        return self._total[0] + figures(self._epoch)[0]
+        return self._total[0] + self._epoch.read()[0]
 
     @property
     def total_co2_g(self) -> float:
         """This process's grams of CO2e, as :attr:`total_j`."""
-        return self._total[1] + figures(self._epoch)[1]
+        return self._total[1] + self._epoch.read()[1]
 
     @property
     def budget_exceeded(self) -> dict[str, Any] | None:
@@ -136,7 +138,7 @@ class CarbonctxCallback(keras.callbacks.Callback):
         ended = self._open
         if ended is not None:
             self._regions.end(ended)
-            self._epoch.append(ended)
+            self._epoch.add(ended)
             if self._phase == "train":
                 self._steps.append((ended, self._in_batch))
             else:
@@ -147,8 +149,8 @@ class CarbonctxCallback(keras.callbacks.Callback):
             self._phase = phase
             self._open = self._regions.open(f"{self.name}.{phase}", self.tags)
 
-    def _add_total(self, regions: list[Any]) -> tuple[float, float]:
-        j, g = figures(regions)
+    def _add_total(self, regions: Tally) -> tuple[float, float]:
+        j, g = regions.read()
         self._total[0] += j
         self._total[1] += g
         return j, g
@@ -187,6 +189,7 @@ class CarbonctxCallback(keras.callbacks.Callback):
         self._epoch_samples += n
         self._in_batch += n
         self._split("train")
+        self._epoch.fold()  # in the next batch's region: it takes time
         # What the sampler has resolved; never wait inside a step.
         j = g = 0.0
         samples = 0

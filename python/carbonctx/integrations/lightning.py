@@ -35,7 +35,11 @@ The sanity check's validation is not a validation run (it counts in the first ep
 ends in an exception (``KeyboardInterrupt`` included) keeps what it measured in ``total_j``. The
 callback's ``state_dict`` (its epochs and totals) goes into Lightning's checkpoints, so that a fit
 resumed with ``ckpt_path`` continues them: its forecast and budget are the whole run's (from a
-checkpoint without them, the forecast counts the resumed epochs only, at their rate).
+checkpoint without them, the forecast counts the resumed epochs only, at their rate). A checkpoint
+saved in the middle of an epoch holds the epochs finished before it: that epoch's steps before the
+checkpoint are in no figure, and the forecast counts that epoch for the part run since. A
+checkpoint keys the state by the callback's ``name``: Lightning refuses two callbacks of one name
+in a Trainer (their logged keys would be the same too).
 ``validate``, ``test`` and ``predict`` are not measured, and leave the fit's figures as they
 are (``ckpt_path`` included).
 """
@@ -51,7 +55,7 @@ from lightning.pytorch import Callback
 
 import carbonctx
 from carbonctx._distributed import collectives
-from carbonctx.integrations._common import J_PER_KWH, Budget, figures
+from carbonctx.integrations._common import J_PER_KWH, Budget, Tally, figures
 
 __all__ = ["CarbonctxCallback"]
 
@@ -95,14 +99,19 @@ class CarbonctxCallback(Callback):
         self._samples = 0
         # Ended regions not yet logged per step: (region, samples in it).
         self._steps: deque[tuple[Any, int]] = deque()
-        # Ended regions of this epoch, not yet counted in its total.
-        self._epoch: list[Any] = []
+        # Ended regions of this epoch, summed as they resolve.
+        self._epoch = Tally()
         self._val: list[Any] = []
-        # A fit resumed from a checkpoint: its first step, and whether the checkpoint held this
-        # callback's epochs (load_state_dict).
+        # A fit resumed from a checkpoint: its first step, and the callback's state in the
+        # checkpoint (load_state_dict), taken up when training starts.
         self._start_step = 0
-        self._restored = False
         self._loaded: dict[str, Any] | None = None
+        # What ``epochs`` covers, for the forecast: epochs (a fraction for one resumed in its
+        # middle, whose steps before the resume are in no figure) and optimizer steps.
+        self._counted = [0.0, 0.0]
+        self._epoch_step0 = 0  # the step at which this fit began counting the epoch
+        self._epoch_batches = 0  # batches of this epoch run in this fit
+        self._last_batch = -1  # the epoch's index of the last one
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -117,6 +126,7 @@ class CarbonctxCallback(Callback):
             "epochs": [dict(e) for e in self.epochs],
             "total_j": self.total_j,
             "total_co2_g": self.total_co2_g,
+            "counted": list(self._counted),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -129,12 +139,15 @@ class CarbonctxCallback(Callback):
         if state is None:
             return
         self.epochs = [dict(e) for e in state.get("epochs", [])]
+        counted = state.get("counted")
+        if counted is None:  # saved at an epoch's end, without what its epochs cover
+            counted = [float(len(self.epochs)), self._start_step]
+        self._counted = [float(counted[0]), float(counted[1])]
         # The epochs are the job's; the totals rank 0's own (it writes the checkpoint): another
         # rank's total counts from the resume.
         if collectives.world()[0] == 0:
             self.total_j += float(state.get("total_j", 0.0))
             self.total_co2_g += float(state.get("total_co2_g", 0.0))
-        self._restored = True
 
     # ------------------------------------------------------------------ regions
 
@@ -143,7 +156,7 @@ class CarbonctxCallback(Callback):
         ended = self._open
         if ended is not None:
             ended.__exit__(None, None, None)
-            self._epoch.append(ended)
+            self._epoch.add(ended)
             if self._phase == "train":
                 self._steps.append((ended, self._samples))
             else:
@@ -156,17 +169,14 @@ class CarbonctxCallback(Callback):
     def _end(self) -> None:
         if self._open is not None:
             self._open.__exit__(None, None, None)
-            self._epoch.append(self._open)
+            self._epoch.add(self._open)
             self._open = None
-        for r in self._epoch:
-            self._add_total(r.result())
+        j, g = self._epoch.read()
+        self.total_j += j
+        self.total_co2_g += g
         self._epoch.clear()
         self._steps.clear()
         self._val.clear()
-
-    def _add_total(self, m: Any) -> None:
-        self.total_j += m.energy_j
-        self.total_co2_g += m.co2_g if m.co2_g is not None else math.nan
 
     @staticmethod
     def _log(
@@ -195,21 +205,32 @@ class CarbonctxCallback(Callback):
             self._steps.clear()
             self._val.clear()
             self._open = None
-            self._restored = False
+            self._counted = [0.0, 0.0]
             self._split("train")
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # After a checkpoint's restore: the steps before it are the checkpoint's.
         self._start_step = trainer.global_step
         self._take_up_checkpoint()
+        # A fit resumed in the middle of an epoch starts counting it here (Lightning calls no
+        # on_train_epoch_start for it).
+        self.on_train_epoch_start(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._epoch_step0 = trainer.global_step
+        self._epoch_batches = 0
+        self._last_batch = -1
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self._epoch_batches += 1
+        self._last_batch = batch_idx
         if self._open is None:
             return
         self._samples += _batch_size(batch)
         self._split("train")
+        self._epoch.fold()  # in the next step's region: it takes time
         # Lightning writes step figures to its loggers every log_every_n_steps steps: read and
         # log only then (its self.log costs far more than a region) what the sampler has
         # resolved since; never wait inside a step. Every rank decides alike (the same steps)
@@ -253,12 +274,9 @@ class CarbonctxCallback(Callback):
         # The epoch's figure holds what the steps have not logged yet (and the handles of an
         # epoch's steps are not kept past it).
         self._steps.clear()
-        j = g = 0.0
-        for region in self._epoch:
-            m = region.result()
-            j += m.energy_j
-            g += m.co2_g if m.co2_g is not None else math.nan
-            self._add_total(m)
+        j, g = self._epoch.read()
+        self.total_j += j
+        self.total_co2_g += g
         self._epoch.clear()
         job_j, job_g = collectives.allreduce_sum([j, g])
         spent_j = math.fsum(e["energy_j"] for e in self.epochs) + job_j
@@ -275,10 +293,13 @@ class CarbonctxCallback(Callback):
         # Each rank logs its own; sync_dist sums them into the job's, as logged per step.
         self._log(pl_module, "epoch_energy_j", j, on_step=False)
         self._log(pl_module, "epoch_co2_g", g, on_step=False)
-        # Without the checkpoint's figures, a resumed fit forecasts from its own epochs/steps.
-        scale = _remaining_scale(
-            trainer, len(self.epochs), 0 if self._restored else self._start_step
-        )
+        # What the epochs cover: an epoch resumed in its middle counts for the part run since
+        # (its batches before are in no figure). Without the checkpoint's figures, a resumed fit
+        # forecasts from its own epochs and steps.
+        ran = self._epoch_batches / (self._last_batch + 1) if self._last_batch >= 0 else 0.0
+        self._counted[0] += ran
+        self._counted[1] += trainer.global_step - self._epoch_step0
+        scale = _remaining_scale(trainer, *self._counted)
         fc_kwh = fc_co2_kg = math.nan
         if scale is not None:
             fc_kwh = spent_j * scale / J_PER_KWH
@@ -314,10 +335,9 @@ def _logs_now(trainer: Any) -> bool:
     return True if due is None else bool(due)
 
 
-def _remaining_scale(trainer: Any, epochs_done: int, start_step: int) -> float | None:
-    """(the whole run) / (what has been counted: ``epochs_done`` epochs, the steps after
-    ``start_step``), from max_steps or max_epochs; None if unbounded."""
-    done_steps = trainer.global_step - start_step
+def _remaining_scale(trainer: Any, epochs_done: float, done_steps: float) -> float | None:
+    """(the whole run) / (what has been counted: ``epochs_done`` epochs, ``done_steps``
+    optimizer steps), from max_steps or max_epochs; None if unbounded."""
     if trainer.max_steps is not None and trainer.max_steps > 0 and done_steps > 0:
         by_steps: float | None = trainer.max_steps / done_steps
     else:
