@@ -19,8 +19,8 @@ import pytest
 import carbonctx
 from carbonctx._cli.devices import _print_devices
 from carbonctx._measure import process
-from carbonctx._output.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE
 from carbonctx._output.jsonl import read_jsonl
+from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE
 from carbonctx.integrations._meter import Meter
 from carbonctx.testing import AmdGpuSpec, SimulatedMachine, Wave
 

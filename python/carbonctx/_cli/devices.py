@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from carbonctx._output.counted import counted_domain
+from carbonctx._results.counted import counted_domain
 
 __all__ = ["register"]
 

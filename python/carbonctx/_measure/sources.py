@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from carbonctx._output.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE, counted_domain
+from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE, counted_domain
 
 if TYPE_CHECKING:
     import numpy as np

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from carbonctx._output.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE, counted_domain
+from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE, counted_domain
 from carbonctx._results.measurement import node_fields
 from carbonctx._results.units import J_PER_KWH
 

@@ -10,9 +10,8 @@ of its own and keeps, for each exporter to publish as it likes:
   enter totals (package, DRAM, GPU) are kept: core, uncore, psys, module, rail and node lie inside
   or around them, and adding them up would count the same joules twice. An AMD APU's socket
   counted in its CPU package's place is a ``cpu`` device, and that package is not
-  (``carbonctx._output.counted``). The number of series is
-  bounded: devices by the hardware, region names by ``max_regions`` (the first ones seen; the
-  others keep their total only);
+  (``carbonctx._results.counted``). The number of series is bounded: devices by the hardware,
+  region names by ``max_regions`` (the first ones seen; the others keep their total only);
 * per region name, the exact totals of ``carbonctx.stats()``.
 
 The named regions' devices come from the recent window (``carbonctx.recent()``), read at each
@@ -32,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import carbonctx
-from carbonctx._output.counted import counted_domain
+from carbonctx._results.counted import counted_domain
 
 __all__ = ["KINDS", "Meter", "Snapshot"]
 
