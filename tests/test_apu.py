@@ -119,6 +119,24 @@ def test_the_socket_counts_in_its_packages_place_and_the_package_is_shown_beside
     assert kinds == {"amdsmi:0": "cpu"}, kinds
 
 
+def test_the_amdgpu_hwmon_socket_counts_alike_without_amd_smi(
+    machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    """Where AMD SMI is absent the driver's hwmon PPT (power, integrated) is the socket."""
+    carbonctx.configure(**{**machine.settings(), "amdsmi_library": str(tmp_path / "absent.so")})
+    with carbonctx.track("warm-up"):
+        time.sleep(0.2)
+    with carbonctx.track("epoch") as m:
+        time.sleep(1.0)
+    sid = f"hwmon:amdgpu:{BDF}:power1"
+    apu = m.by_source[sid]
+    assert apu.domain == "module" and apu.note is not None, apu
+    assert apu.note.startswith(APU_COUNTED_NOTE), apu.note
+    assert apu.joules is not None and apu.joules == pytest.approx(SOCKET_W * m.duration_s, rel=0.05)
+    assert m.cpu_j == pytest.approx(apu.joules) and m.energy_j == pytest.approx(apu.joules)
+    assert not any(k.startswith("amdsmi:") for k in m.by_source)
+
+
 def test_devices_says_the_socket_counts_in_the_packages_place(machine: SimulatedMachine) -> None:
     carbonctx.configure(**machine.settings())
     info = carbonctx.devices()

@@ -48,8 +48,12 @@ _LABEL_COUNTED = (
 )
 
 #: A socket that reads under this fraction of its package over the first regions is broken
-#: (it contains the package): the package is kept.
+#: (it contains the package): the package is kept. Not "under the package": the socket's power
+#: is often averaged by the firmware over a window, and lags a counter over a first region that
+#: starts a load; the broken readings seen are orders of magnitude low (12 mW on one Zen 5).
 BROKEN_BELOW = 0.5
+#: The same against a CPU estimate (utilisation times TDP: a model, an upper bound in a VM).
+BROKEN_BELOW_ESTIMATE = 0.05
 
 
 class ApuJob(NamedTuple):
@@ -118,16 +122,13 @@ class SourceColumns:
     ) -> None:
         self._base: list[dict[str, Any]] = list(sources)
         self.sources: list[dict[str, Any]] = list(sources)
-        self.estimated: set[int] = set()
+        self.estimated: set[int] = set()  # the counted estimates (see _apply)
         pairs = list(shares) if shares is not None else [(1.0, None)] * len(self.sources)
         self.rules: list[str | None] = [r for _, r in pairs]
         self.skipped: set[int] = {i for i, (f, _) in enumerate(pairs) if f == 0.0}
         factors = tuple(float(f) for f, _ in pairs)
         # None when nothing is scaled: a single process pays nothing per batch.
         self.factors: tuple[float, ...] | None = None if all(f == 1.0 for f in factors) else factors
-        for i, src in enumerate(self.sources):
-            if i not in self.skipped and src["method"] == "estimate":
-                self.estimated.add(i)
         self.revision = 0
         self.pending = False
         self._pairs: list[tuple[int, int]] = []
@@ -163,6 +164,8 @@ class SourceColumns:
             if c is not None:
                 self.by_domain[c].append(i)
                 self.counted.add(i)
+        # An estimate an APU socket replaces makes no result an estimate.
+        self.estimated = {i for i in self.counted if self._base[i]["method"] == "estimate"}
         self.revision += 1
 
     def _default(self) -> list[str | None]:
@@ -215,7 +218,7 @@ class SourceColumns:
                 f"{APU_COUNTED_NOTE}: CPU cores, integrated GPU and SoC together (the driver's "
                 f"socket power), the physical package, in place of the CPU package counter "
                 f"{pkg_id} it contains, which is shown beside it and not in the totals; gpu_j "
-                f"holds discrete GPUs only{whole}. Kept unless it reads under half its package "
+                f"holds discrete GPUs only{whole}. Kept unless it reads far below its package "
                 "over the first regions (a broken reading), decided once",
                 str(base[a].get("label", "")).replace(_LABEL_BESIDE, _LABEL_COUNTED),
             )
@@ -236,7 +239,8 @@ class SourceColumns:
     def settle(self, joules: npt.NDArray[np.float64]) -> None:
         """Decides, on the first resolved regions where a counted socket and its package both
         have figures (``joules``: the batch's node figures, before :meth:`scale`), whether the
-        sockets read plausibly: one that reads under half its package (which it contains) is a
+        sockets read plausibly: one that reads far below its package (which it contains: under
+        ``BROKEN_BELOW`` of a measured package, ``BROKEN_BELOW_ESTIMATE`` of an estimate) is a
         broken reading, and then every package is counted as before, the sockets shown beside."""
         if not self.pending:
             return
@@ -247,20 +251,23 @@ class SourceColumns:
             both = np.isfinite(joules[:, a]) & np.isfinite(joules[:, p])
             if not both.any():
                 return  # nothing to compare yet: the next batch decides
-            sums.append((a, float(joules[both, a].sum()), float(joules[both, p].sum())))
+            sj, pj = float(joules[both, a].sum()), float(joules[both, p].sum())
+            # Against a model (an upper bound in a virtual machine), only what no socket reads.
+            est = self._base[p]["method"] == "estimate"
+            sums.append((a, sj, pj, BROKEN_BELOW_ESTIMATE if est else BROKEN_BELOW))
         self.pending = False
-        broken = [(a, sj, pj) for a, sj, pj in sums if sj < BROKEN_BELOW * pj]
+        broken = [(a, sj, pj) for a, sj, pj, f in sums if sj < f * pj]
         if not broken:
             return
         worst = min(broken, key=lambda t: t[1] / t[2] if t[2] else 0.0)
         why = (
-            f"over the first regions {self._base[worst[0]]['id']} read {worst[1]:.4g} J, under "
-            f"half of its CPU package's {worst[2]:.4g} J, which it contains: a broken socket "
+            f"over the first regions {self._base[worst[0]]['id']} read {worst[1]:.4g} J, far "
+            f"below its CPU package's {worst[2]:.4g} J, which it contains: a broken socket "
             "power reading, so the packages are counted (decided once, on those regions)"
         )
         note = f"{APU_NOTE}; not counted in its package's place: {why}"
         self._pairs = []
-        self._apply(self._default(), {a: (note, None) for a, _, _ in sums})
+        self._apply(self._default(), {a: (note, None) for a, *_ in sums})
 
     def __len__(self) -> int:
         return len(self.sources)
