@@ -145,8 +145,9 @@ def test_devices_says_the_socket_counts_in_the_packages_place(machine: Simulated
     pkg = next(s for s in info["sources"] if s["id"] == "powercap:intel-rapl:0")
     assert pkg["counted"] is None, pkg
     # The hwmon file of the same APU is its alternative, never a second figure.
-    alts = {s["id"]: s["domain"] for s in info["alternatives"]}
-    assert alts.get(f"hwmon:amdgpu:{BDF}:power1") == "module", alts
+    alts = {s["id"]: s for s in info["alternatives"]}
+    alt = alts[f"hwmon:amdgpu:{BDF}:power1"]
+    assert alt["domain"] == "module" and "counts as the CPU package" in alt["label"], alt
     text = io.StringIO()
     _print_devices(info, text)
     out = text.getvalue()

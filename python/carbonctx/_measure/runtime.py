@@ -513,7 +513,7 @@ class Runtime:
         return {
             "rank": rank,
             "sources": [{**src, "status": st} for src, st in zip(srcs, status, strict=False)],
-            "alternatives": self.alternatives,
+            "alternatives": self.resolver.columns.alternatives(self.alternatives),
             "unavailable": self.unavailable,
             **({"bmc": self.bmc.describe()} if self.bmc is not None else {}),
             "notes": dict(self.notes),

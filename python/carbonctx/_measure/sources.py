@@ -269,6 +269,21 @@ class SourceColumns:
         self._pairs = []
         self._apply(self._default(), {a: (note, None) for a, *_ in sums})
 
+    def alternatives(self, alts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The sampler's alternatives (not read), an APU's labelled as the socket it would stand
+        for counts (the same domain and index as a source in use)."""
+        counted = {
+            (s["domain"], s.get("index"))
+            for i, s in enumerate(self.sources)
+            if self.count_as[i] == "package" and _is_amd_apu(s)
+        }
+        return [
+            {**a, "label": str(a["label"]).replace(_LABEL_BESIDE, _LABEL_COUNTED)}
+            if (a.get("domain"), a.get("index")) in counted
+            else a
+            for a in alts
+        ]
+
     def __len__(self) -> int:
         return len(self.sources)
 
