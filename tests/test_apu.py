@@ -1,8 +1,10 @@
 """AMD APUs end to end: the real sampler on a simulated machine whose CPU package counter
 (RAPL) and AMD GPU sit in one socket. The amdgpu driver's power on an APU is the whole
 socket's, CPU cores included (``amdgpu_pm.c``: "power used by the SoC ... On APUs this
-includes the CPU"), so it is a ``module`` figure shown beside the package: the region's total is
-the package's, never the package plus the socket (the CPU counted twice)."""
+includes the CPU"), so it is a ``module`` figure: where the sockets match the CPU packages one
+to one, each counts in cpu_j in its package's place (the physical package, its integrated GPU
+inside), the package shown beside it; elsewhere the package counts and the socket is shown
+beside it with a note. Never the package plus the socket (the CPU counted twice)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ import pytest
 import carbonctx
 from carbonctx._cli.devices import _print_devices
 from carbonctx._measure import process
+from carbonctx._output.jsonl import read_jsonl
+from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE
+from carbonctx.integrations._meter import Meter
 from carbonctx.testing import AmdGpuSpec, SimulatedMachine, Wave
 
 pytestmark = pytest.mark.skipif(
@@ -69,10 +74,11 @@ def edges(m: carbonctx.Region) -> tuple[int, int]:
     return round((r.start - rt._offset) * 1e9), round((r.end - rt._offset) * 1e9)
 
 
-def test_the_total_counts_the_cpu_once_and_the_socket_is_shown_beside_it(
-    machine: SimulatedMachine,
+def test_the_socket_counts_in_its_packages_place_and_the_package_is_shown_beside_it(
+    machine: SimulatedMachine, tmp_path: Path
 ) -> None:
-    carbonctx.configure(**machine.settings(), intervals={"amdsmi": 0.005})
+    out = tmp_path / "out.jsonl"
+    carbonctx.configure(**machine.settings(), intervals={"amdsmi": 0.005}, output=str(out))
     with carbonctx.track("warm-up"):
         time.sleep(0.2)
     with carbonctx.track("epoch") as m:
@@ -81,37 +87,118 @@ def test_the_total_counts_the_cpu_once_and_the_socket_is_shown_beside_it(
     apu = m.by_source["amdsmi:0"]
     assert apu.domain == "module", apu
     assert "APU socket power" in apu.label and "vddnb" in apu.label, apu.label
-    assert apu.note is not None and "CPU cores" in apu.note and "not in the totals" in apu.note
+    assert "counts as the CPU package in cpu_j" in apu.label, apu.label
+    assert apu.note is not None and apu.note.startswith(APU_COUNTED_NOTE), apu.note
+    assert "integrated GPU" in apu.note and "powercap:intel-rapl:0" in apu.note, apu.note
     socket = machine.amd_gpu_truth_j(0, t0, t1)
     package = machine.truth_j("package", 0, t0, t1)
     assert apu.joules is not None
     assert abs(apu.joules - socket) <= max(1e-3 * socket, apu.uncertainty_j or 0.0), (apu, socket)
-    # The totals: the package once; the socket (which holds it) beside, not added; no GPU
-    # figure of its own.
-    assert m.gpu_j == 0.0
+    # The totals: the socket, once: not the package alone, not the package plus the socket.
+    assert m.cpu_j == pytest.approx(apu.joules)
+    assert m.energy_j == pytest.approx(m.cpu_j + m.dram_j + m.gpu_j)
+    assert m.energy_j == pytest.approx(socket, rel=0.02)
+    assert m.energy_j < 0.8 * (package + socket) and m.energy_j > 1.5 * package
+    assert m.gpu_j == 0.0  # the integrated GPU is inside the socket
+    # The package is shown beside it, with its note.
     pkg = m.by_source["powercap:intel-rapl:0"]
-    assert pkg.joules is not None
-    assert m.cpu_j == pytest.approx(pkg.joules)
-    assert m.cpu_j == pytest.approx(package, rel=0.02)
-    assert m.energy_j == pytest.approx(m.cpu_j + m.dram_j)
-    double_counted = package + socket
-    assert m.energy_j < 0.5 * double_counted, (m.energy_j, double_counted)
+    assert pkg.joules is not None and pkg.joules == pytest.approx(package, rel=0.02)
+    assert pkg.note is not None and pkg.note.startswith(PACKAGE_REPLACED_NOTE), pkg.note
     assert "amdsmi:0" not in m.missing
+    # The output file counts it alike (its context says which total each source is in).
+    assert carbonctx.flush()
+    regions, _power, bad = read_jsonl(str(out))
+    assert not bad
+    rec = next(r for r in regions if r["name"] == "epoch")
+    assert rec["energy_j"] == pytest.approx(m.energy_j, rel=1e-4)
+    assert rec["cpu_j"] == pytest.approx(m.cpu_j, rel=1e-4)
+    # So do the metrics exporters' devices: the socket is the cpu device, the package none.
+    meter = Meter()
+    meter._add_devices(m.result())
+    kinds = {dev: kind for (_, kind, dev) in meter.devices}
+    assert kinds == {"amdsmi:0": "cpu"}, kinds
 
 
-def test_devices_says_the_apus_power_holds_the_cpu(machine: SimulatedMachine) -> None:
+def test_the_amdgpu_hwmon_socket_counts_alike_without_amd_smi(
+    machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    """Where AMD SMI is absent the driver's hwmon PPT (power, integrated) is the socket."""
+    carbonctx.configure(**{**machine.settings(), "amdsmi_library": str(tmp_path / "absent.so")})
+    with carbonctx.track("warm-up"):
+        time.sleep(0.2)
+    with carbonctx.track("epoch") as m:
+        time.sleep(1.0)
+    sid = f"hwmon:amdgpu:{BDF}:power1"
+    apu = m.by_source[sid]
+    assert apu.domain == "module" and apu.note is not None, apu
+    assert apu.note.startswith(APU_COUNTED_NOTE), apu.note
+    assert apu.joules is not None and apu.joules == pytest.approx(SOCKET_W * m.duration_s, rel=0.05)
+    assert m.cpu_j == pytest.approx(apu.joules) and m.energy_j == pytest.approx(apu.joules)
+    assert not any(k.startswith("amdsmi:") for k in m.by_source)
+
+
+def test_devices_says_the_socket_counts_in_the_packages_place(machine: SimulatedMachine) -> None:
     carbonctx.configure(**machine.settings())
     info = carbonctx.devices()
     src = next(s for s in info["sources"] if s["id"] == "amdsmi:0")
-    assert src["domain"] == "module"
+    assert src["domain"] == "module" and src["counted"] == "package", src
+    pkg = next(s for s in info["sources"] if s["id"] == "powercap:intel-rapl:0")
+    assert pkg["counted"] is None, pkg
     # The hwmon file of the same APU is its alternative, never a second figure.
-    alts = {s["id"]: s["domain"] for s in info["alternatives"]}
-    assert alts.get(f"hwmon:amdgpu:{BDF}:power1") == "module", alts
+    alts = {s["id"]: s for s in info["alternatives"]}
+    alt = alts[f"hwmon:amdgpu:{BDF}:power1"]
+    assert alt["domain"] == "module" and "counts as the CPU package" in alt["label"], alt
     text = io.StringIO()
     _print_devices(info, text)
     out = text.getvalue()
     assert "AMD APU (amdsmi:0)" in out, out
-    assert "never added" in out and "not in gpu_j" in out, out
+    assert "counts in cpu_j in place of the CPU package" in out, out
+    assert "gpu_j holds discrete GPUs only" in out, out
+
+
+def test_a_socket_that_matches_no_package_one_to_one_is_shown_beside(tmp_path: Path) -> None:
+    """One APU, two CPU packages: which package it is cannot be told, so nothing changes."""
+    gpu = AmdGpuSpec(wave=Wave.constant(SOCKET_W), name="AMD Radeon 8060S", hwmon_w=SOCKET_W)
+    with SimulatedMachine(
+        tmp_path / "hw", packages=2, package=Wave.constant(PACKAGE_W), dram=None, amd_gpus=[gpu]
+    ) as sim:
+        make_apu(sim)
+        carbonctx.configure(**sim.settings())
+        with carbonctx.track("step") as m:
+            time.sleep(0.3)
+        apu = m.by_source["amdsmi:0"]
+        assert apu.note is not None and "not in the totals" in apu.note, apu.note
+        assert "1 APU socket(s) and 2 CPU package(s)" in apu.note, apu.note
+        pkgs = [s for s in m.by_source.values() if s.domain == "package"]
+        assert len(pkgs) == 2
+        assert m.cpu_j == pytest.approx(sum(s.joules or 0.0 for s in pkgs))
+        assert m.energy_j == pytest.approx(m.cpu_j)
+        text = io.StringIO()
+        _print_devices(carbonctx.devices(), text)
+        assert "never added" in text.getvalue() and "why: this process measures" in text.getvalue()
+        process.reset()
+
+
+def test_a_socket_reading_far_below_its_package_is_not_counted(tmp_path: Path) -> None:
+    """A broken socket power reading (one system reads 12 mW): the package is kept, once."""
+    gpu = AmdGpuSpec(wave=Wave.constant(0.012), name="AMD Radeon 890M", hwmon_w=0.012)
+    with SimulatedMachine(
+        tmp_path / "hw", package=Wave.constant(PACKAGE_W), dram=None, amd_gpus=[gpu]
+    ) as sim:
+        make_apu(sim)
+        carbonctx.configure(**sim.settings(), intervals={"amdsmi": 0.005})
+        with carbonctx.track("first") as m0:
+            time.sleep(0.3)
+        with carbonctx.track("second") as m:
+            time.sleep(0.3)
+        for r in (m0, m):
+            apu = r.by_source["amdsmi:0"]
+            assert apu.note is not None and "broken socket power reading" in apu.note, apu.note
+            pkg = r.by_source["powercap:intel-rapl:0"]
+            assert pkg.joules is not None and r.cpu_j == pytest.approx(pkg.joules)
+            assert r.energy_j == pytest.approx(pkg.joules)
+        assert carbonctx.devices()["sources"][0]["id"]  # still describes
+        process.reset()
 
 
 def test_a_discrete_amd_gpu_is_still_counted_as_a_gpu(tmp_path: Path) -> None:
@@ -130,32 +217,77 @@ def test_a_discrete_amd_gpu_is_still_counted_as_a_gpu(tmp_path: Path) -> None:
         process.reset()
 
 
-def test_a_rank_owns_its_apu_as_it_owns_a_gpu(
+RANK_ENV = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "apu"}
+
+
+def test_each_rank_counts_its_own_socket_whole_in_place_of_the_packages(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Two MI300A-like APUs and two local ranks: rank 1 reads its own APU's socket whole (as it
-    would its GPU), and none of the other's."""
+    """An MI300A-like node: two APUs, two CPU packages, two local ranks. Each rank reads its own
+    APU's socket whole (as it would its GPU), and none of the other's; it counts it in cpu_j, the
+    node's packages left out of its totals (their shares shown beside): the ranks add up to the
+    node's sockets once."""
+    watts = (400.0, 500.0)
+    gpus = [
+        AmdGpuSpec(wave=Wave.constant(watts[0]), name="AMD Instinct MI300A", unique_id=0xA1),
+        AmdGpuSpec(wave=Wave.constant(watts[1]), name="AMD Instinct MI300A", unique_id=0xB2),
+    ]
+    for k, v in RANK_ENV.items():
+        monkeypatch.setenv(k, v)
+    power = []
+    with SimulatedMachine(
+        tmp_path / "hw", packages=2, package=Wave.constant(60.0), dram=None, amd_gpus=gpus
+    ) as sim:
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("LOCAL_RANK", str(rank))
+            carbonctx.configure(**sim.settings(), intervals={"amdsmi": 0.005})
+            with carbonctx.track("warm-up"):
+                time.sleep(0.1)
+            with carbonctx.track("step") as m:
+                time.sleep(0.5)
+            t0, t1 = edges(m)
+            amd = {k: s for k, s in m.by_source.items() if k.startswith("amdsmi:")}
+            assert list(amd) == [f"amdsmi:{rank}"], m.by_source
+            mine = amd[f"amdsmi:{rank}"]
+            assert mine.domain == "module" and "MI300A" in mine.label
+            assert mine.share == 1.0 and "this rank's GPU" in str(mine.share_rule), mine
+            assert mine.note is not None and mine.note.startswith(APU_COUNTED_NOTE), mine.note
+            assert carbonctx.devices()["rank"]["amd_gpus"]["indices"] == [rank]
+            truth = sim.amd_gpu_truth_j(rank, t0, t1)
+            assert mine.joules == pytest.approx(truth, rel=0.01)
+            assert m.cpu_j == pytest.approx(mine.joules)
+            assert m.energy_j == pytest.approx(m.cpu_j) and m.gpu_j == 0.0
+            pkgs = [s for s in m.by_source.values() if s.domain == "package"]
+            assert len(pkgs) == 2
+            for p in pkgs:
+                assert p.share == 0.5 and p.joules is not None and p.joules > 0, p
+                assert p.note is not None and p.note.startswith(PACKAGE_REPLACED_NOTE), p.note
+            power.append(m.energy_j / m.duration_s)
+            process.reset()
+    # Each socket once, no package on top: 400 W + 500 W (not + 2 x 60 W).
+    assert sum(power) == pytest.approx(sum(watts), rel=0.02), power
+
+
+def test_a_rank_without_a_socket_per_package_keeps_the_package_split(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two APUs but one package counter listed, two ranks: the rule does not hold, so each rank
+    counts its share of the package, the socket beside it with a note."""
     gpus = [
         AmdGpuSpec(wave=Wave.constant(400.0), name="AMD Instinct MI300A", unique_id=0xA1),
         AmdGpuSpec(wave=Wave.constant(500.0), name="AMD Instinct MI300A", unique_id=0xB2),
     ]
-    for k, v in {
-        "RANK": "1",
-        "WORLD_SIZE": "2",
-        "LOCAL_RANK": "1",
-        "LOCAL_WORLD_SIZE": "2",
-        "TORCHELASTIC_RUN_ID": "apu",
-    }.items():
+    for k, v in {**RANK_ENV, "RANK": "1", "LOCAL_RANK": "1"}.items():
         monkeypatch.setenv(k, v)
     with SimulatedMachine(tmp_path / "hw", dram=None, amd_gpus=gpus) as sim:
         carbonctx.configure(**sim.settings())
         with carbonctx.track("step") as m:
             time.sleep(0.1)
-        amd = {k: s for k, s in m.by_source.items() if k.startswith("amdsmi:")}
-        assert list(amd) == ["amdsmi:1"], m.by_source
-        mine = amd["amdsmi:1"]
-        assert mine.domain == "module" and "MI300A" in mine.label
-        assert mine.share == 1.0 and "this rank's GPU" in str(mine.share_rule), mine
-        assert carbonctx.devices()["rank"]["amd_gpus"]["indices"] == [1]
+        mine = m.by_source["amdsmi:1"]
+        assert mine.note is not None and "not counted in its package's place" in mine.note
+        assert "2 APU socket(s), 1 CPU package(s)" in mine.note, mine.note
+        pkg = m.by_source["powercap:intel-rapl:0"]
+        assert pkg.share == 0.5 and m.cpu_j == pytest.approx(pkg.joules or 0.0)
         assert m.gpu_j == 0.0
         process.reset()

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from carbonctx._results.counted import counted_domain
+
 __all__ = ["register"]
 
 #: Domains that contain or overlap the components (a module, a supply rail, the node's power).
@@ -109,21 +111,35 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
             print(f"  [{u['backend']}] {u['what']}: {u['reason']}", file=out)
             if u.get("hint"):
                 print(f"      what to do: {u['hint']}", file=out)
-    beside = sorted({s["domain"] for s in srcs if s["domain"] in _BESIDE})
+    beside = sorted(
+        {s["domain"] for s in srcs if s["domain"] in _BESIDE and counted_domain(s) is None}
+    )
     if beside:
         print(
             f"\n{', '.join(beside).capitalize()} figures contain or overlap the components: "
             "shown beside them, never added to totals.",
             file=out,
         )
-    apus = [s["id"] for s in srcs if _is_apu(s)]
-    if apus:
+    apus = [s for s in srcs if _is_apu(s)]
+    counted = [s["id"] for s in apus if counted_domain(s) == "package"]
+    if counted:
         print(
-            f"AMD APU ({', '.join(apus)}): the driver's power is the whole socket's, CPU cores "
-            "included, so it is shown beside the CPU package, never added to it; the "
-            "integrated GPU's energy is inside that figure and not in gpu_j.",
+            f"AMD APU ({', '.join(counted)}): the driver's power is the whole socket's (CPU "
+            "cores, integrated GPU and SoC), the physical package: it counts in cpu_j in place "
+            "of the CPU package counter it contains, which is shown beside it, not in the "
+            "totals; gpu_j holds discrete GPUs only.",
             file=out,
         )
+    beside_apus = [s for s in apus if counted_domain(s) != "package"]
+    if beside_apus:
+        print(
+            f"AMD APU ({', '.join(s['id'] for s in beside_apus)}): the driver's power is the "
+            "whole socket's, CPU cores included, so it is shown beside the CPU package, never "
+            "added to it; the integrated GPU's energy is inside that figure and not in gpu_j.",
+            file=out,
+        )
+        for w in sorted({w for s in beside_apus if (w := _why_not(s)) is not None}):
+            print(f"  why: {w}", file=out)
     if info.get("bmc"):
         b = info["bmc"]
         print(f"\nNode power (BMC, Redfish): {b['note']}", file=out)
@@ -139,6 +155,13 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
                 "and its other load is not seen.",
                 file=out,
             )
+
+
+def _why_not(src: dict[str, Any]) -> str | None:
+    """Why an APU socket is not counted in its package's place, as its note says."""
+    note = str(src.get("note") or "")
+    mark = "not counted in its package's place: "
+    return note.split(mark, 1)[1] if mark in note else None
 
 
 def _is_apu(src: dict[str, Any]) -> bool:

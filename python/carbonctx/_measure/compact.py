@@ -17,7 +17,7 @@ from typing import Any
 from carbonctx import _native
 from carbonctx._measure.batch import Batch
 from carbonctx._measure.carbon import RegionCarbon
-from carbonctx._measure.sources import TOTAL_DOMAINS, SourceColumns
+from carbonctx._measure.sources import SourceColumns
 from carbonctx._output.compact import FORMAT, provenance
 from carbonctx._output.jsonl import dumps, dumps_compact
 
@@ -43,25 +43,34 @@ class CompactForm:
         self._rank = {k: rank.get(k) for k in ("rank", "local_rank", "node", "job")}
         if self._rank.get("node") is None:
             self._rank = {}
+        self._columns = columns
+        self._revision = -1
+        self._setup()
+        self._context: dict[str, Any] | None = None
+        self._names: dict[str, str] = {}
+
+    def _setup(self) -> None:
+        """The context's sources and the native line maker, from the columns as they count now
+        (an APU socket's choice is settled on the first batch: ``_measure.sources``)."""
+        columns = self._columns
+        self._revision = columns.revision
         self._cols = [i for i in range(len(columns)) if i not in columns.skipped]
-        self._counted = [
-            k for k, i in enumerate(self._cols) if columns.sources[i]["domain"] in TOTAL_DOMAINS
-        ]
+        self._counted = [k for k, i in enumerate(self._cols) if i in columns.counted]
         factors = columns.factors
         self._sources = []
         for i in self._cols:
             src = columns.sources[i]
             d = {k: src[k] for k in ("id", "label", "backend", "domain", "method")}
             if src.get("note"):
-                d["note"] = src["note"]  # provenance (the node's BMC reading)
+                d["note"] = src["note"]  # provenance (the node's BMC reading), an APU's choice
+            if "counted" in src:
+                d["counted"] = src["counted"]  # a total other than its domain's (an APU's)
             if columns.rules[i] is not None:
                 d["share"] = 1.0 if factors is None else float(factors[i])
                 d["share_rule"] = columns.rules[i]
                 d["scaled"] = factors is not None
             self._sources.append(d)
         self._estimated = bool(columns.estimated)
-        self._context: dict[str, Any] | None = None
-        self._names: dict[str, str] = {}
         self._native = _native.CompactLines(len(columns), self._cols, self._counted)
 
     def _context_line(self, prov: dict[str, Any] | None) -> str:
@@ -106,6 +115,8 @@ class CompactForm:
         full), tags, and a region's own carbon details when the batch spans two intensity
         periods.
         """
+        if self._columns.revision != self._revision:
+            self._setup()
         t0, t1 = batch.t0.tobytes(), batch.t1.tobytes()
         base, end = self._native.span(t0, t1, rows)
         prov, shared = self._batch_carbon(base, end)

@@ -32,10 +32,12 @@ from carbonctx._distributed import RankInfo, detect_ranks
 
 if TYPE_CHECKING:
     from carbonctx._distributed import Gpu, GpuOwnership
+    from carbonctx._measure.sources import ApuJob
 
 __all__ = [
     "SHARED_DOMAINS",
     "RankPlan",
+    "apu_job",
     "column_shares",
     "forget_rank_info",
     "gpu_vendor",
@@ -219,6 +221,8 @@ class RankPlan:
     #: owned GPUs' PCI addresses.
     intel_ownership: GpuOwnership | None = None
     intel_devices: tuple[str, ...] = ()
+    #: The indices of the node's AMD APUs (their sockets), whoever reports them.
+    node_apus: tuple[int, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """For ``carbonctx.devices()``."""
@@ -323,6 +327,13 @@ def plan_gpus(
     if names_mig(e, settings.gpus):
         gpus = with_mig_instances(gpus, machine["nvml_library"])
     amd = gpus_of(found["sources"], "amd")
+    node_apus = tuple(
+        sorted(
+            int(s["index"])
+            for s in found["sources"]
+            if s.get("domain") == "module" and gpu_vendor(s) == "amd"
+        )
+    )
     intel = gpus_of(found["sources"], "intel")
     ownership = owned_gpus(
         info, gpus, e, override=_override(settings.gpus, gpus, amd, "nvidia"), modules=mods
@@ -333,7 +344,7 @@ def plan_gpus(
     # share of one): the sampler applies CUDA_VISIBLE_DEVICES itself, and labels the instance.
     alone = not info.distributed and settings.gpus is None
     entries = None if ownership.rule == "none-visible" or alone else _entries(gpus, ownership)
-    plan = RankPlan(info, ownership, entries, share, rule)
+    plan = RankPlan(info, ownership, entries, share, rule, node_apus=node_apus)
     if amd:
         amd_own = owned_gpus(
             info,
@@ -384,6 +395,17 @@ def _override(
         ):
             out.append(item)  # names no GPU: owned_gpus says so
     return out
+
+
+def apu_job(plan: RankPlan | None) -> ApuJob | None:
+    """What the APU rule (``_measure.sources``) needs of a rank of a job (None for a process
+    that is none: it counts the sockets it measures against the packages it measures)."""
+    from carbonctx._measure.sources import ApuJob
+
+    if plan is None or not plan.info.distributed:
+        return None
+    own = plan.amd_ownership
+    return ApuJob(plan.info.local_world_size, plan.node_apus, bool(own is not None and own.shared))
 
 
 def column_shares(

@@ -194,10 +194,10 @@ class Resolver:
         tag_arr = np.frombuffer(tags_b, dtype=np.uint32)
         t0 = np.frombuffer(t0_b, dtype=np.uint64)
         t1 = np.frombuffer(t1_b, dtype=np.uint64)
-        joules, unc = columns.scale(
-            np.frombuffer(j_b, dtype=np.float64).reshape(n, width),
-            np.frombuffer(u_b, dtype=np.float64).reshape(n, width),
-        )
+        raw = np.frombuffer(j_b, dtype=np.float64).reshape(n, width)
+        if columns.pending:
+            columns.settle(raw)  # an APU socket's plausibility, once (_measure.sources)
+        joules, unc = columns.scale(raw, np.frombuffer(u_b, dtype=np.float64).reshape(n, width))
         duration = (t1 - t0).astype(np.float64) * 1e-9
         cpu, dram, gpu = columns.totals(joules, n)
         energy = cpu + dram + gpu

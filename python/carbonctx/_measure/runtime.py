@@ -23,6 +23,7 @@ from carbonctx._measure.batch import Batch
 from carbonctx._measure.carbon import RegionCarbon
 from carbonctx._measure.ranks import (
     RankPlan,
+    apu_job,
     column_shares,
     inconsistency_message,
     node_sampler,
@@ -182,7 +183,7 @@ class Runtime:
                         src["note"] = self.bmc.provenance()
             self.unavailable = list(s.unavailable)
             self.alternatives = list(s.alternatives)
-            columns = SourceColumns(self.sources, column_shares(self.sources, plan))
+            columns = SourceColumns(self.sources, column_shares(self.sources, plan), apu_job(plan))
             for i in sorted(columns.estimated):
                 src = self.sources[i]
                 self.note(
@@ -506,12 +507,13 @@ class Runtime:
                 f"segment {node['segment']})"
             )
             rank["node_sampler"] = node
+        # The sources as the totals count them (``counted``, notes: _measure.sources).
+        cols = self.resolver.columns.sources
+        srcs = cols if len(cols) == len(self.sources) else self.sources
         return {
             "rank": rank,
-            "sources": [
-                {**src, "status": st} for src, st in zip(self.sources, status, strict=False)
-            ],
-            "alternatives": self.alternatives,
+            "sources": [{**src, "status": st} for src, st in zip(srcs, status, strict=False)],
+            "alternatives": self.resolver.columns.alternatives(self.alternatives),
             "unavailable": self.unavailable,
             **({"bmc": self.bmc.describe()} if self.bmc is not None else {}),
             "notes": dict(self.notes),

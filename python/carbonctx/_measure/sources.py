@@ -1,11 +1,18 @@
 """The sampler's sources as columns: which add into the totals, which are estimates, and how a
-row of joules becomes per-source figures."""
+row of joules becomes per-source figures.
+
+Which total each column counts in is decided here, once, and every reader of the totals reads
+it (``SourceColumns.count_as``; in records and results :func:`counted_domain`): a source counts
+in its domain's total (package: ``cpu_j``; DRAM; GPU) except an AMD APU's socket, which counts
+*as* the CPU package it contains when it can replace it (:meth:`SourceColumns._plan_apus`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE, counted_domain
 
 if TYPE_CHECKING:
     import numpy as np
@@ -13,19 +20,50 @@ if TYPE_CHECKING:
 
     from carbonctx._results.measurement import SourceEnergy
 
-__all__ = ["TOTAL_DOMAINS", "SourceColumns"]
+__all__ = ["TOTAL_DOMAINS", "ApuJob", "SourceColumns", "counted_domain"]
 
 #: Domains that add into a region's totals (cpu_j, dram_j, gpu_j), in that order. Core, uncore
 #: and psys overlap the package and appear per source only, as does a module: a board or
-#: package holding CPU and GPU, such as an AMD APU's socket, whose figure includes the CPU's.
+#: package holding CPU and GPU. An AMD APU's socket (a module) is the exception: it counts in
+#: cpu_j in place of the CPU package it contains where the two match (see ``SourceColumns``).
 TOTAL_DOMAINS = ("package", "dram", "gpu")
 
-#: What an AMD APU's figure covers, as its ``by_source`` entry states it (``note``).
+#: What an AMD APU's figure covers where it is not counted, as its ``by_source`` entry states it
+#: (``note``, followed by why it is not).
 APU_NOTE = (
     "AMD APU socket: CPU cores, integrated GPU and SoC together (the driver's socket power); "
     "it contains the CPU package, so it is shown beside it and not in the totals, and the "
     "integrated GPU's energy is inside it"
 )
+
+#: The sampler's words for an APU socket kept beside the package, and what replaces them in the
+#: label where the socket counts in the package's place.
+_LABEL_BESIDE = (
+    "so it is shown beside it and never added to totals, and the integrated GPU has no figure "
+    "of its own"
+)
+_LABEL_COUNTED = (
+    "so it counts as the CPU package in cpu_j, the package counter shown beside it, and the "
+    "integrated GPU's energy is inside it"
+)
+
+#: A socket that reads under this fraction of its package over the first regions is broken
+#: (it contains the package): the package is kept. Not "under the package": the socket's power
+#: is often averaged by the firmware over a window, and lags a counter over a first region that
+#: starts a load; the broken readings seen are orders of magnitude low (12 mW on one Zen 5).
+BROKEN_BELOW = 0.5
+#: The same against a CPU estimate (utilisation times TDP: a model, an upper bound in a VM).
+BROKEN_BELOW_ESTIMATE = 0.05
+
+
+class ApuJob(NamedTuple):
+    """What a rank of a job knows of its node for the APU rule: its local ranks (None when no
+    launcher says), the AMD SMI / amdgpu indices of the node's APUs, and whether a GPU it
+    reports is shared with another process of the job."""
+
+    local_ranks: int | None
+    node_apus: tuple[int, ...]
+    shared: bool = False
 
 
 def _is_amd_apu(src: dict[str, Any]) -> bool:
@@ -33,6 +71,13 @@ def _is_amd_apu(src: dict[str, Any]) -> bool:
     sid = str(src.get("id", ""))
     amd = src.get("backend") == "amdsmi" or sid.startswith("hwmon:amdgpu:")
     return src.get("domain") == "module" and amd
+
+
+def _index(src: dict[str, Any]) -> int:
+    try:
+        return int(src.get("index", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 class SourceColumns:
@@ -44,35 +89,200 @@ class SourceColumns:
     drained batch, once per batch. Made when the sampler starts, without numpy: numpy is
     imported with the first batch (``_measure.resolver``), where :meth:`scale` and
     :meth:`totals` are first used.
+
+    ``count_as`` is the total each column counts in (``"package"``, ``"dram"``, ``"gpu"``) or
+    None; each source's dict carries it as ``counted``. An AMD APU's socket contains its CPU
+    package, integrated GPU and SoC: it counts in ``cpu_j`` in the package's place where the
+    APU sockets this process measures match the packages one to one (``job``: a rank of a
+    distributed job, see :meth:`_plan_apus`), and the package is then shown beside it. Whether
+    the sockets read plausibly is decided once, on the first resolved regions
+    (:meth:`settle`); ``revision`` counts the changes of the choice.
     """
 
-    __slots__ = ("by_domain", "counted", "estimated", "factors", "rules", "skipped", "sources")
+    __slots__ = (
+        "_base",
+        "_pairs",
+        "by_domain",
+        "count_as",
+        "counted",
+        "estimated",
+        "factors",
+        "pending",
+        "revision",
+        "rules",
+        "skipped",
+        "sources",
+    )
 
     def __init__(
         self,
         sources: Sequence[dict[str, Any]] = (),
         shares: Sequence[tuple[float, str | None]] | None = None,
+        job: ApuJob | None = None,
     ) -> None:
-        self.sources: list[dict[str, Any]] = [
-            {**s, "note": APU_NOTE} if _is_amd_apu(s) and not s.get("note") else s for s in sources
-        ]
-        self.by_domain: dict[str, list[int]] = {d: [] for d in TOTAL_DOMAINS}
-        self.estimated: set[int] = set()
-        self.counted: set[int] = set()
+        self._base: list[dict[str, Any]] = list(sources)
+        self.sources: list[dict[str, Any]] = list(sources)
+        self.estimated: set[int] = set()  # the counted estimates (see _apply)
         pairs = list(shares) if shares is not None else [(1.0, None)] * len(self.sources)
         self.rules: list[str | None] = [r for _, r in pairs]
         self.skipped: set[int] = {i for i, (f, _) in enumerate(pairs) if f == 0.0}
         factors = tuple(float(f) for f, _ in pairs)
         # None when nothing is scaled: a single process pays nothing per batch.
         self.factors: tuple[float, ...] | None = None if all(f == 1.0 for f in factors) else factors
-        for i, src in enumerate(self.sources):
-            if i in self.skipped:
+        self.revision = 0
+        self.pending = False
+        self._pairs: list[tuple[int, int]] = []
+        self.by_domain: dict[str, list[int]] = {}
+        self.counted: set[int] = set()
+        self.count_as: list[str | None] = []
+        self._plan_apus(job)
+
+    # ------------------------------------------------------------------ what counts where
+
+    def _apply(self, count_as: list[str | None], notes: dict[int, tuple[str, str | None]]) -> None:
+        """Sets the columns' totals and the sources' notes and labels (``notes``: column ->
+        (note, label or None to keep the sampler's))."""
+        out = []
+        for i, base in enumerate(self._base):
+            if i not in notes:
+                out.append(base)  # as the sampler gave it (its domain says where it counts)
                 continue
-            if src["domain"] in self.by_domain:
-                self.by_domain[src["domain"]].append(i)
+            note, label = notes[i]
+            out.append(
+                {
+                    **base,
+                    "note": note,
+                    "label": base["label"] if label is None else label,
+                    "counted": count_as[i],
+                }
+            )
+        self.sources = out
+        self.count_as = count_as
+        self.by_domain = {d: [] for d in TOTAL_DOMAINS}
+        self.counted = set()
+        for i, c in enumerate(count_as):
+            if c is not None:
+                self.by_domain[c].append(i)
                 self.counted.add(i)
-            if src["method"] == "estimate":
-                self.estimated.add(i)
+        # An estimate an APU socket replaces makes no result an estimate.
+        self.estimated = {i for i in self.counted if self._base[i]["method"] == "estimate"}
+        self.revision += 1
+
+    def _default(self) -> list[str | None]:
+        return [
+            None if i in self.skipped else counted_domain({**s, "note": None})
+            for i, s in enumerate(self._base)
+        ]
+
+    def _plan_apus(self, job: ApuJob | None) -> None:
+        """Where the APU sockets this process measures match the CPU packages one to one, each
+        socket counts in cpu_j and the packages are shown beside them; else every APU is shown
+        beside the package with a note that says why it is not counted."""
+        base = self._base
+        apus = sorted(
+            (i for i, s in enumerate(base) if _is_amd_apu(s) and i not in self.skipped),
+            key=lambda i: _index(base[i]),
+        )
+        pkgs = sorted(
+            (i for i, s in enumerate(base) if s["domain"] == "package" and i not in self.skipped),
+            key=lambda i: _index(base[i]),
+        )
+        count_as = self._default()
+        if not apus:
+            self._apply(count_as, {})
+            return
+        why = _mismatch(len(apus), len(pkgs), job)
+        if why is not None:
+            note = f"{APU_NOTE}; not counted in its package's place: {why}"
+            self._apply(count_as, {i: (note, None) for i in apus})
+            return
+        if job is None:
+            pairs = list(zip(apus, pkgs, strict=True))
+        else:
+            # The node's APUs in order, the node's packages in order: the k-th of each.
+            order = list(job.node_apus)
+            pairs = [
+                (a, pkgs[order.index(_index(base[a])) if _index(base[a]) in order else k])
+                for k, a in enumerate(apus)
+            ]
+        notes: dict[int, tuple[str, str | None]] = {}
+        for a, p in pairs:
+            count_as[a] = "package"
+            pkg_id = base[p]["id"]
+            whole = (
+                "; this rank's own socket, whole (its packages' shares are out of its totals)"
+                if job is not None
+                else ""
+            )
+            notes[a] = (
+                f"{APU_COUNTED_NOTE}: CPU cores, integrated GPU and SoC together (the driver's "
+                f"socket power), the physical package, in place of the CPU package counter "
+                f"{pkg_id} it contains, which is shown beside it and not in the totals; gpu_j "
+                f"holds discrete GPUs only{whole}. Kept unless it reads far below its package "
+                "over the first regions (a broken reading), decided once",
+                str(base[a].get("label", "")).replace(_LABEL_BESIDE, _LABEL_COUNTED),
+            )
+        socket_of = {p: base[a]["id"] for a, p in pairs}
+        for p in pkgs:
+            count_as[p] = None
+            by = socket_of.get(p)
+            whose = f"the APU socket {by}" if by else "this rank's APU socket"
+            notes[p] = (
+                f"{PACKAGE_REPLACED_NOTE} ({whose} counts in cpu_j): shown beside it, not in "
+                "the totals",
+                None,
+            )
+        self._pairs = pairs
+        self.pending = True
+        self._apply(count_as, notes)
+
+    def settle(self, joules: npt.NDArray[np.float64]) -> None:
+        """Decides, on the first resolved regions where a counted socket and its package both
+        have figures (``joules``: the batch's node figures, before :meth:`scale`), whether the
+        sockets read plausibly: one that reads far below its package (which it contains: under
+        ``BROKEN_BELOW`` of a measured package, ``BROKEN_BELOW_ESTIMATE`` of an estimate) is a
+        broken reading, and then every package is counted as before, the sockets shown beside."""
+        if not self.pending:
+            return
+        import numpy as np
+
+        sums = []
+        for a, p in self._pairs:
+            both = np.isfinite(joules[:, a]) & np.isfinite(joules[:, p])
+            if not both.any():
+                return  # nothing to compare yet: the next batch decides
+            sj, pj = float(joules[both, a].sum()), float(joules[both, p].sum())
+            # Against a model (an upper bound in a virtual machine), only what no socket reads.
+            est = self._base[p]["method"] == "estimate"
+            sums.append((a, sj, pj, BROKEN_BELOW_ESTIMATE if est else BROKEN_BELOW))
+        self.pending = False
+        broken = [(a, sj, pj) for a, sj, pj, f in sums if sj < f * pj]
+        if not broken:
+            return
+        worst = min(broken, key=lambda t: t[1] / t[2] if t[2] else 0.0)
+        why = (
+            f"over the first regions {self._base[worst[0]]['id']} read {worst[1]:.4g} J, far "
+            f"below its CPU package's {worst[2]:.4g} J, which it contains: a broken socket "
+            "power reading, so the packages are counted (decided once, on those regions)"
+        )
+        note = f"{APU_NOTE}; not counted in its package's place: {why}"
+        self._pairs = []
+        self._apply(self._default(), {a: (note, None) for a, *_ in sums})
+
+    def alternatives(self, alts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The sampler's alternatives (not read), an APU's labelled as the socket it would stand
+        for counts (the same domain and index as a source in use)."""
+        counted = {
+            (s["domain"], s.get("index"))
+            for i, s in enumerate(self.sources)
+            if self.count_as[i] == "package" and _is_amd_apu(s)
+        }
+        return [
+            {**a, "label": str(a["label"]).replace(_LABEL_BESIDE, _LABEL_COUNTED)}
+            if (a.get("domain"), a.get("index")) in counted
+            else a
+            for a in alts
+        ]
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -132,7 +342,7 @@ class SourceColumns:
             j = joules[i]
             u = unc[i]
             failed = math.isnan(j)
-            if src["domain"] in TOTAL_DOMAINS and not failed:
+            if i in self.counted and not failed:
                 if math.isnan(u):
                     u_known = False
                 else:
@@ -159,3 +369,27 @@ class SourceColumns:
                 ),
             )
         return by_source, (u_total if u_known and self.sources else None)
+
+
+def _mismatch(apus: int, packages: int, job: ApuJob | None) -> str | None:
+    """Why the APU sockets measured cannot replace the packages one to one (None when they
+    can)."""
+    if job is None:
+        if apus == packages:
+            return None
+        return (
+            f"this process measures {apus} APU socket(s) and {packages} CPU package(s), which "
+            "do not match one to one"
+        )
+    lw, node = job.local_ranks, len(job.node_apus)
+    if lw is None:
+        return "no launcher says how many ranks run on this node"
+    if job.shared:
+        return "another process of the job reports this rank's socket too"
+    if node != packages or apus * lw != node:
+        return (
+            f"the node has {node} APU socket(s), {packages} CPU package(s) and {lw} local "
+            f"rank(s), of which this rank measures {apus} socket(s): each rank must own as "
+            "many whole sockets, one per package"
+        )
+    return None

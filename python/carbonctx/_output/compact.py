@@ -17,7 +17,10 @@ A writer appends, per process (``pid``):
   (exact: start and end are found as the full form has them); ``j`` is each context source's
   joules in whole microjoules (null where the source had failed), ``u`` each one's uncertainty
   in joules rounded *up* to two significant digits (so it still bounds the error);
-  ``energy_j`` is the sum of the counted ``j`` (package, DRAM, GPU), in joules.
+  ``energy_j`` is the sum of the counted ``j`` (package, DRAM, GPU), in joules. A context
+  source with ``counted`` counts in that total (``"package"``: ``cpu_j``) or, when null, in
+  none, whatever its domain (an AMD APU's socket counted in its CPU package's place, and that
+  package; see :func:`counted_domain`).
 
 :func:`expand_records` turns a file's records of either form into full region records (those of
 :meth:`carbonctx.Measurement.to_dict`): every reader goes through it.
@@ -32,13 +35,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE, counted_domain
 from carbonctx._results.measurement import node_fields
 from carbonctx._results.units import J_PER_KWH
 
 __all__ = [
+    "APU_COUNTED_NOTE",
     "FORMAT",
+    "PACKAGE_REPLACED_NOTE",
     "ceil2",
     "ceil2_array",
+    "counted_domain",
     "expand_records",
     "is_compact",
     "iter_expanded",
@@ -153,11 +160,12 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
         j = None if failed else int(jv) / 1e6
         u = None if failed or uv is None else float(uv)
         dom = src["domain"]
-        if dom in _TOTALS:
+        counted = counted_domain(src)
+        if counted is not None:
             if failed:
                 missing.append(src["id"])
             else:
-                sums[dom] += int(jv)
+                sums[counted] += int(jv)
                 if u is None:
                     u_known = False
                 else:

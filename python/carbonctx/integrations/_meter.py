@@ -8,9 +8,10 @@ of its own and keeps, for each exporter to publish as it likes:
 * per source device (``by_source`` id: ``powercap:intel-rapl:0``, ``nvml:0``...), for the
   process and for each region name measured with ``track()``: joules. Only the sources that
   enter totals (package, DRAM, GPU) are kept: core, uncore, psys, module, rail and node lie inside
-  or around them, and adding them up would count the same joules twice. The number of series is
-  bounded: devices by the hardware, region names by ``max_regions`` (the first ones seen; the
-  others keep their total only);
+  or around them, and adding them up would count the same joules twice. An AMD APU's socket
+  counted in its CPU package's place is a ``cpu`` device, and that package is not
+  (``carbonctx._results.counted``). The number of series is bounded: devices by the hardware,
+  region names by ``max_regions`` (the first ones seen; the others keep their total only);
 * per region name, the exact totals of ``carbonctx.stats()``.
 
 The named regions' devices come from the recent window (``carbonctx.recent()``), read at each
@@ -30,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import carbonctx
+from carbonctx._results.counted import counted_domain
 
 __all__ = ["KINDS", "Meter", "Snapshot"]
 
@@ -159,7 +161,7 @@ class Meter:
 
     def _add_devices(self, m: Any) -> None:
         for src in m.by_source.values():
-            kind = KINDS.get(src.domain)
+            kind = KINDS.get(counted_domain(src) or "")
             if kind is None or src.joules is None or not math.isfinite(src.joules):
                 continue
             key = (m.name, kind, src.id)

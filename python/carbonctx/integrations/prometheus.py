@@ -27,11 +27,13 @@ node the host's name):
   ``region``: the joules of each package, DRAM and GPU, for ``region="process"`` and for the
   first ``max_regions`` (20) region names. Summed over ``source`` and ``device``, a region's
   series give its energy: the domains that overlap these (core, uncore, psys, module, rail,
-  node) are left out. The series are bounded by the hardware and ``max_regions``. Named
-  regions are read from the recent window (``carbonctx.recent()``) at each interval: a warning
-  says when more regions ended in one interval than the window holds (``configure(window=N)``),
-  whose devices are then missing (their totals are not). Reading a full window of 1000
-  regions takes some 30 ms of the exporter's thread each interval; ``max_regions=0`` skips it;
+  node) are left out, except an AMD APU's socket counted in its CPU package's place (a ``cpu``
+  device; that package is then left out). The series are bounded by the hardware and
+  ``max_regions``. Named regions are read from the recent window (``carbonctx.recent()``) at
+  each interval: a warning says when more regions ended in one interval than the window holds
+  (``configure(window=N)``), whose devices are then missing (their totals are not). Reading a
+  full window of 1000 regions takes some 30 ms of the exporter's thread each interval;
+  ``max_regions=0`` skips it;
 * ``carbonctx_power_watts`` (gauge) per ``source``: mean power over the last interval;
 * ``carbonctx_carbon_intensity_grams_per_kwh`` (gauge) with the ``zone`` it is for.
 """
