@@ -222,17 +222,34 @@ impl PhaseLock {
                 return changed.then_some(stamp.min(tf) as u64);
             }
             Some((t_look, look_changed)) => {
-                let dir: i8 = if changed {
+                // A read after that may have seen the update after the one it brackets (the
+                // thread descheduled for a period) tells the search nothing, and is stamped at
+                // the latest update it surely saw, or at itself where that is in doubt.
+                let expected = pr.at + pr.late;
+                let reach = (self.read_cost as f64 + self.guard as f64) / 2.0;
+                let maybe = ((tf + reach - expected) / p).floor();
+                let sure = ((tf - reach - expected) / p).floor();
+                let past = maybe >= 1.0;
+                let dir: i8 = if past {
+                    0
+                } else if changed {
                     -1
                 } else if look_changed {
                     1
                 } else {
                     0 // an idle counter: neither read saw a change
                 };
-                let stamp = changed.then(|| (pr.at + pr.late).clamp(t_look + 1.0, tf) as u64);
-                let late = (tf - pr.at).clamp(0.0, p / 8.0);
-                pr.late += (late - pr.late) / 8.0;
-                pr.late_peak = pr.late_peak.max(late - pr.late);
+                let at = match (past, sure == maybe) {
+                    (false, _) => expected,
+                    (true, true) => expected + sure * p,
+                    (true, false) => tf,
+                };
+                let stamp = changed.then(|| at.clamp(t_look + 1.0, tf) as u64);
+                if !past {
+                    let late = (tf - pr.at).clamp(0.0, p / 8.0);
+                    pr.late += (late - pr.late) / 8.0;
+                    pr.late_peak = pr.late_peak.max(late - pr.late);
+                }
                 if dir != 0 {
                     if pr.dir == dir {
                         // Noisy answers repeat by chance (the read's sampling instant and the
