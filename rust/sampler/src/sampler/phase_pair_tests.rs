@@ -296,3 +296,31 @@ fn a_read_that_takes_much_longer_than_usual_never_puts_an_update_a_period_off() 
         assert_eq!(out.misplaced, 0, "seed {seed}");
     }
 }
+
+#[test]
+fn a_period_that_changes_is_learned_again() {
+    // The device's clocks change after five minutes: updates every 95 ms (or 101 ms) instead
+    // of 100. The search alone would chase the update tens of milliseconds off for the rest of
+    // the run; the lock learns the period again and the stamps settle on the updates.
+    let cost = 3 * MS;
+    let stride = pair_stride(cost as f64, 100e6, 0.01).expect("expensive");
+    let dur = HOUR / 6;
+    for new_period in [95e6, 101e6] {
+        let mut times = Vec::new();
+        let mut t = 7e6;
+        while t < (dur + 1_000 * MS) as f64 {
+            times.push(t as u64);
+            t += if t < 300e9 { 100e6 } else { new_period };
+        }
+        let out = simulate(&times, cost, Some(stride), dur, 3);
+        let n = out.errors.len();
+        let last = median_abs(&out.errors[n * 3 / 4..]);
+        assert!(
+            last < 1.0e6,
+            "{new_period}: median {last} ns in the last 2.5 min"
+        );
+        assert!(out.losses >= 1, "{new_period}");
+        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+        assert!(share <= 0.01, "{:.2} % of a core", share * 100.0);
+    }
+}
