@@ -20,8 +20,10 @@
 //! Two reads per visit, never more (no chases: a read after that sees nothing leaves the
 //! update to the next look, and its energy to the next point). The period follows the steps
 //! slowly. A search that moves half a period one way without turning, or that finds the update
-//! in under a fifth of its visits (the period changed: the update crosses the reads only now and
-//! then), has lost the update: the lock learns the period and phase again (reading every update), and pairs resume once it
+//! in under a fifth of its visits or moves more than a period back and forth over 64 of them
+//! (the period changed: the update crosses the reads only now and then; a period that halved
+//! is not seen, every other update falling where the old ones did), has lost the update: the
+//! lock learns the period and phase again (reading every update), and pairs resume once it
 //! knows them closely. The stride is the caller's (see `sampler::costly`). (Also here: how
 //! far apart reads every few updates come, and when the period is known well enough for them.)
 
@@ -35,6 +37,11 @@ const PERIOD_GAIN: f64 = 16.0;
 /// have seen the update (see `Pair::found`).
 const WINDOW_VISITS: u32 = 64;
 const MIN_FOUND: u32 = 13;
+/// How far (in periods) the search's steps may move the prediction over those visits, back
+/// and forth: a search on its update moves it by a few tens of milliseconds at most (a phase
+/// jump, a wandering phase, late wake-ups), one that chases an update whose period changed
+/// by a tenth or more moves it by more than a period.
+const WINDOW_TRAVEL: f64 = 1.0;
 
 /// The state of paired reads (see the module's documentation).
 #[derive(Clone, Debug)]
@@ -66,6 +73,8 @@ pub(super) struct Pair {
     /// as lost. Found in fewer than [`MIN_FOUND`] of [`WINDOW_VISITS`], it is lost.
     visits: u32,
     found: u32,
+    /// How far the steps moved the prediction over those visits, ns (see [`WINDOW_TRAVEL`]).
+    travel: f64,
 }
 
 impl PhaseLock {
@@ -137,6 +146,7 @@ impl PhaseLock {
             late_peak: 0.0,
             visits: 0,
             found: 0,
+            travel: 0.0,
         };
         pr.at += p * ((now as f64 - pr.at) / p).ceil().max(0.0);
         self.pair = Some(pr);
@@ -287,6 +297,7 @@ impl PhaseLock {
                     pr.dir = dir;
                     let moved = f64::from(dir) * pr.step;
                     pr.at += moved;
+                    pr.travel += pr.step;
                     pr.run += pr.step;
                     // The period follows small steps only: a large one is a search after a
                     // jump of the phase, not a period that was off.
@@ -301,9 +312,10 @@ impl PhaseLock {
         let per = self.period.unwrap_or(p);
         pr.look = None;
         pr.at += per * f64::from(pr.stride);
-        let unfound = pr.visits >= WINDOW_VISITS && pr.found < MIN_FOUND;
+        let unfound =
+            pr.visits >= WINDOW_VISITS && (pr.found < MIN_FOUND || pr.travel > WINDOW_TRAVEL * per);
         if pr.visits >= WINDOW_VISITS {
-            (pr.visits, pr.found) = (0, 0);
+            (pr.visits, pr.found, pr.travel) = (0, 0, 0.0);
         }
         if pr.run > per / 2.0 || unfound {
             // Lost (the prediction may be anywhere, or the period changed): learn the period
