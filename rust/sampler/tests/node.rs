@@ -607,3 +607,43 @@ fn a_counter_reset_is_a_gap_for_the_owner_and_every_follower_not_a_wraparound() 
         );
     }
 }
+
+#[test]
+fn a_follower_states_a_power_only_gpus_uncertainty_as_its_owner_does() {
+    // A GPU without an energy counter: its power is read at random instants, and the owner's
+    // uncertainty of its integral (the readings' spread, and the bound of a device that holds
+    // its reading) comes with the points to every follower.
+    let dir = tempfile::tempdir().unwrap();
+    let shm = tempfile::tempdir().unwrap();
+    let spec = SimSpec::new(dir.path(), 1).with_zone(SimZone::new(Domain::Package, 0, WAVE));
+    let mut spec = spec;
+    let mut gpu = SimGpu::new(GPU_WAVES[0]);
+    gpu.energy_counter = false;
+    spec.gpus = vec![gpu];
+    let mut sim = SimMachine::new(spec).expect("simulate a node");
+    sim.start().expect("start the writer");
+    let fake = FakeNvml::for_sim(&sim, "gpu0.has_energy=0\n");
+    let node = node_config(shm.path(), "job-power-only");
+    let owner = start(options(dir.path(), Some(&fake), None), node.clone());
+    let follower = start(options(dir.path(), Some(&fake), None), node);
+    assert_eq!(role(&follower), Role::Follower);
+    let ids_live: Vec<u64> = [&owner, &follower].iter().map(|s| s.begin()).collect();
+    let t0 = now_ns();
+    std::thread::sleep(Duration::from_millis(1500));
+    let t1 = now_ns();
+    for (s, id) in [&owner, &follower].iter().zip(&ids_live) {
+        s.end(*id);
+    }
+    let gpu = ids(&owner).iter().position(|id| id == "nvml:0").unwrap();
+    assert_eq!(ids(&follower)[gpu], "nvml:0");
+    let (j_o, u_o) = region_with_uncertainty(&owner, t0, t1);
+    let (j_f, u_f) = region_with_uncertainty(&follower, t0, t1);
+    assert!(u_o[gpu] > 0.0, "owner: ± {} J", u_o[gpu]);
+    assert!(
+        (u_f[gpu] - u_o[gpu]).abs() <= 0.05 * u_o[gpu] + 1e-6,
+        "follower ± {} J, owner ± {} J",
+        u_f[gpu],
+        u_o[gpu]
+    );
+    assert!((j_f[gpu] - j_o[gpu]).abs() <= 1e-6 * j_o[gpu].abs() + 1e-9);
+}

@@ -19,7 +19,10 @@
 //!
 //! Two reads per visit, never more (no chases: a read after that sees nothing leaves the
 //! update to the next look, and its energy to the next point). The period follows the steps
-//! slowly. A search that moves half a period one way without turning has lost the update: the
+//! slowly. A search that moves half a period one way without turning, or that finds the update
+//! in under a fifth of its visits or moves more than a period back and forth over 64 of them
+//! (the period changed: the update crosses the reads only now and then; a period that halved
+//! is not seen, every other update falling where the old ones did), has lost the update: the
 //! lock learns the period and phase again (reading every update), and pairs resume once it
 //! knows them closely. The stride is the caller's (see `sampler::costly`). (Also here: how
 //! far apart reads every few updates come, and when the period is known well enough for them.)
@@ -30,6 +33,15 @@ use super::PhaseLock;
 const MIN_STEP_NS: f64 = 10_000.0;
 /// The period follows each step divided by this many of its updates.
 const PERIOD_GAIN: f64 = 16.0;
+/// Visits that saw a change counted at a time, and the fewest of them whose read after must
+/// have seen the update (see `Pair::found`).
+const WINDOW_VISITS: u32 = 64;
+const MIN_FOUND: u32 = 13;
+/// How far (in periods) the search's steps may move the prediction over those visits, back
+/// and forth: a search on its update moves it by a few tens of milliseconds at most (a phase
+/// jump, a wandering phase, late wake-ups), one that chases an update whose period changed
+/// by a tenth or more moves it by more than a period.
+const WINDOW_TRAVEL: f64 = 1.0;
 
 /// The state of paired reads (see the module's documentation).
 #[derive(Clone, Debug)]
@@ -51,6 +63,18 @@ pub(super) struct Pair {
     late: f64,
     /// The latest reads' worst lateness, decaying (ns): the look keeps that much more margin.
     late_peak: f64,
+    /// Of the latest visits that saw a change (up to [`WINDOW_VISITS`]), how many, and in how
+    /// many the read after saw the update. A search on its update finds it about half the
+    /// time (it settles where the read after sees it half the time; a run of answers one way
+    /// doubles its steps from the fourth). A period that changed by a percent or more (the
+    /// device's clocks) moves the update by more than a step a visit: the search turns only
+    /// when the update crosses its reads, now and then, and would chase it tens of
+    /// milliseconds off for ever, every run of steps shorter than the half period that counts
+    /// as lost. Found in fewer than [`MIN_FOUND`] of [`WINDOW_VISITS`], it is lost.
+    visits: u32,
+    found: u32,
+    /// How far the steps moved the prediction over those visits, ns (see [`WINDOW_TRAVEL`]).
+    travel: f64,
 }
 
 impl PhaseLock {
@@ -120,6 +144,9 @@ impl PhaseLock {
             same: 0,
             late: 0.0,
             late_peak: 0.0,
+            visits: 0,
+            found: 0,
+            travel: 0.0,
         };
         pr.at += p * ((now as f64 - pr.at) / p).ceil().max(0.0);
         self.pair = Some(pr);
@@ -222,17 +249,38 @@ impl PhaseLock {
                 return changed.then_some(stamp.min(tf) as u64);
             }
             Some((t_look, look_changed)) => {
-                let dir: i8 = if changed {
+                // A read after that may have seen the update after the one it brackets (the
+                // thread descheduled for a period) tells the search nothing, and is stamped at
+                // the latest update it surely saw, or at itself where that is in doubt.
+                let expected = pr.at + pr.late;
+                let reach = (self.read_cost as f64 + self.guard as f64) / 2.0;
+                let maybe = ((tf + reach - expected) / p).floor();
+                let sure = ((tf - reach - expected) / p).floor();
+                let past = maybe >= 1.0;
+                let dir: i8 = if past {
+                    0
+                } else if changed {
                     -1
                 } else if look_changed {
                     1
                 } else {
                     0 // an idle counter: neither read saw a change
                 };
-                let stamp = changed.then(|| (pr.at + pr.late).clamp(t_look + 1.0, tf) as u64);
-                let late = (tf - pr.at).clamp(0.0, p / 8.0);
-                pr.late += (late - pr.late) / 8.0;
-                pr.late_peak = pr.late_peak.max(late - pr.late);
+                let at = match (past, sure == maybe) {
+                    (false, _) => expected,
+                    (true, true) => expected + sure * p,
+                    (true, false) => tf,
+                };
+                let stamp = changed.then(|| at.clamp(t_look + 1.0, tf) as u64);
+                if !past {
+                    let late = (tf - pr.at).clamp(0.0, p / 8.0);
+                    pr.late += (late - pr.late) / 8.0;
+                    pr.late_peak = pr.late_peak.max(late - pr.late);
+                }
+                if !past && (changed || look_changed) {
+                    pr.visits += 1;
+                    pr.found += u32::from(changed);
+                }
                 if dir != 0 {
                     if pr.dir == dir {
                         // Noisy answers repeat by chance (the read's sampling instant and the
@@ -249,6 +297,7 @@ impl PhaseLock {
                     pr.dir = dir;
                     let moved = f64::from(dir) * pr.step;
                     pr.at += moved;
+                    pr.travel += pr.step;
                     pr.run += pr.step;
                     // The period follows small steps only: a large one is a search after a
                     // jump of the phase, not a period that was off.
@@ -263,9 +312,14 @@ impl PhaseLock {
         let per = self.period.unwrap_or(p);
         pr.look = None;
         pr.at += per * f64::from(pr.stride);
-        if pr.run > per / 2.0 {
-            // Lost (the prediction may be anywhere): learn the period and phase again, reading
-            // every update, as at the start.
+        let unfound =
+            pr.visits >= WINDOW_VISITS && (pr.found < MIN_FOUND || pr.travel > WINDOW_TRAVEL * per);
+        if pr.visits >= WINDOW_VISITS {
+            (pr.visits, pr.found, pr.travel) = (0, 0, 0.0);
+        }
+        if pr.run > per / 2.0 || unfound {
+            // Lost (the prediction may be anywhere, or the period changed): learn the period
+            // and phase again, reading every update, as at the start.
             self.pair_lost += 1;
             self.stride = 1;
             self.unlock();

@@ -48,18 +48,38 @@ fn simulate_late(
     seed: u64,
     late: impl Fn(f64) -> f64,
 ) -> Outcome {
-    let mut rng = Rng(seed | 1);
+    simulate_reads(times, stride, duration, seed, |x, _| (late(x), cost))
+}
+
+/// As [`simulate`], each read starting `read(x, y).0` ns (and 20 µs) after it is due and
+/// taking `read(x, y).1` ns (the lock told their smoothed cost, as the sampler does), `x` and
+/// `y` uniform in [0, 1).
+fn simulate_reads(
+    times: &[u64],
+    stride: Option<u32>,
+    duration: u64,
+    seed: u64,
+    read: impl Fn(f64, f64) -> (f64, u64),
+) -> Outcome {
+    let (mut rng, mut rng_y) = (Rng(seed | 1), Rng(seed.wrapping_mul(0x9e37_79b9) | 1));
+    let mut smoothed = 0u64;
     let mut pl = PhaseLock::new(20 * MS);
     let (mut end, mut prev_mid, mut seen) = (0u64, 0u64, 0usize);
     let (mut errors, mut reads, mut since) = (Vec::new(), 0u64, None);
     let mut misplaced = 0;
     while end < duration {
-        let start = pl.due(end).max(end + 1) + 20_000 + late(rng.next()) as u64;
+        let (late, cost) = read(rng.next(), rng_y.next());
+        let start = pl.due(end).max(end + 1) + 20_000 + late as u64;
         let sample = start + (rng.next() * cost as f64) as u64;
         end = start + cost;
         let mid = start + cost / 2;
         let count = times.partition_point(|&u| u <= sample);
-        pl.fit_guard(cost);
+        smoothed = if smoothed == 0 {
+            cost
+        } else {
+            (smoothed * 7 + cost) / 8
+        };
+        pl.fit_guard(smoothed);
         let stamp = pl.observe(prev_mid, mid, count != seen);
         if since.is_some() {
             reads += 1;
@@ -225,5 +245,82 @@ fn late_wake_ups_never_put_an_update_a_period_off() {
             "seed {seed}: {:.2} % of a core",
             share * 100.0
         );
+    }
+}
+
+#[test]
+fn a_thread_descheduled_for_a_period_never_puts_an_update_a_period_off() {
+    // Now and then (one read in fifty) the thread is descheduled for 150 ms: a read after its
+    // look may come after the next update too. What it saw is stamped at the latest update it
+    // can have seen, never at the one it was aimed at a period before.
+    let cost = 3 * MS;
+    let stride = pair_stride(cost as f64, 100e6, 0.01).expect("expensive");
+    let dur = HOUR / 6;
+    for seed in [1u64, 2] {
+        let times = updates(100.004e6, 2.0 * MS as f64, 300_000.0, dur, seed);
+        let out = simulate_late(&times, cost, Some(stride), dur, seed * 5, |x| {
+            if x < 0.02 {
+                150e6
+            } else {
+                x * 300_000.0
+            }
+        });
+        assert!(
+            out.span_ns > dur / 2,
+            "paired for {} s",
+            out.span_ns / 1_000_000_000
+        );
+        assert_eq!(out.misplaced, 0, "seed {seed}");
+        assert!(median_abs(&out.errors) < 1.0e6, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_read_that_takes_much_longer_than_usual_never_puts_an_update_a_period_off() {
+    // Reads cost 3 ms, one in twenty 7 ms (the counter taken anywhere in it): a look that
+    // lasts that long may end after the update it was to come before, and must not be taken
+    // as a look before it.
+    let stride = pair_stride(3e6, 100e6, 0.01).expect("expensive");
+    let dur = HOUR / 6;
+    for seed in [1u64, 2, 3] {
+        let times = updates(100.004e6, 2.0 * MS as f64, 300_000.0, dur, seed);
+        let out = simulate_reads(&times, Some(stride), dur, seed * 11, |x, y| {
+            let cost = if y < 0.05 { 7 * MS } else { 3 * MS };
+            (x * 300_000.0, cost)
+        });
+        assert!(
+            out.span_ns > dur / 2,
+            "paired for {} s",
+            out.span_ns / 1_000_000_000
+        );
+        assert_eq!(out.misplaced, 0, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_period_that_changes_is_learned_again() {
+    // The device's clocks change after five minutes: updates every 95 ms (or 101 or 120 ms)
+    // instead of 100. The search alone would chase the update tens of milliseconds off for the rest of
+    // the run; the lock learns the period again and the stamps settle on the updates.
+    let cost = 3 * MS;
+    let stride = pair_stride(cost as f64, 100e6, 0.01).expect("expensive");
+    let dur = HOUR / 6;
+    for new_period in [95e6, 101e6, 120e6] {
+        let mut times = Vec::new();
+        let mut t = 7e6;
+        while t < (dur + 1_000 * MS) as f64 {
+            times.push(t as u64);
+            t += if t < 300e9 { 100e6 } else { new_period };
+        }
+        let out = simulate(&times, cost, Some(stride), dur, 3);
+        let n = out.errors.len();
+        let last = median_abs(&out.errors[n * 3 / 4..]);
+        assert!(
+            last < 1.0e6,
+            "{new_period}: median {last} ns in the last 2.5 min"
+        );
+        assert!(out.losses >= 1, "{new_period}");
+        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+        assert!(share <= 0.01, "{:.2} % of a core", share * 100.0);
     }
 }

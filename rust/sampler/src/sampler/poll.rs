@@ -327,7 +327,11 @@ pub(super) fn poll_one(
                 Step::Unchanged => None,
             };
             if let (Some(pt), true) = (point, p.instant) {
-                tl.push_spread(pt.t_ns, p.acc.uncertain());
+                let u = p.acc.uncertain();
+                tl.push_spread(pt.t_ns, u);
+                if let Some(seg) = seg {
+                    seg.publish_spread(i, pt.t_ns, u.var_j2, u.bound_j);
+                }
             }
             match point {
                 Some(pt) => append(i, tl, st, seg, p.offset_j, pt, gap_from),

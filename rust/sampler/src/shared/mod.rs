@@ -23,8 +23,10 @@
 //!         72 joules per unit f64  80 wrap u64 (u64::MAX: none)  88 interval ns  96 settle ns
 //!        128 id  256 backend  288 label  672 uuid  768 path   (each: length u16, then bytes)
 //! then   per source, a ring of `ring points` entries of 16 bytes:
-//!          0 t ns (bit 63: the interval from this instant to the next entry is a gap)
-//!          8 cumulative joules (f64 bits)
+//!          0 t ns (bit 63: the interval from this instant to the next entry is a gap;
+//!            bit 62: a point placed by power samples; bit 61 or 60: not a point but the
+//!            cumulative variance (J²) or bound (J) of a power integral at t)
+//!          8 cumulative joules (f64 bits; J² or J with bit 61 or 60)
 //! ```
 //!
 //! Fields marked * change while the segment is in use and are only ever accessed as atomics;
@@ -211,6 +213,7 @@ mod tests {
         // A placed point (an estimate between measured ones) says so, and only it.
         assert!(c.entries[2].placed && !c.entries[2].gap_after);
         assert!(!c.entries[0].placed && !c.entries[1].placed);
+        assert!(c.entries.iter().all(|e| !e.var && !e.bound));
         for t in 4..=10 {
             w.publish(0, p(t), false);
         }

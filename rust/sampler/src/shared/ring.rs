@@ -13,6 +13,10 @@ pub struct Entry {
     pub gap_after: bool,
     /// Placed between two measured points by finer power samples (an estimate).
     pub placed: bool,
+    /// Not a point: the cumulative variance (J²) of a power integral at `point.t_ns`, in
+    /// `point.joules` (`var`), or its bound (J, `bound`); see `History::push_spread`.
+    pub var: bool,
+    pub bound: bool,
 }
 
 /// What one read of a ring gave.
@@ -38,6 +42,14 @@ impl Segment {
         self.publish_flagged(i, p, PLACED_BIT);
     }
 
+    /// The cumulative uncertainty of a power integral at `t_ns` (see `History::push_spread`),
+    /// published before the point of the same read: followers state it as the owner does.
+    pub fn publish_spread(&self, i: usize, t_ns: u64, var_j2: f64, bound_j: f64) {
+        for (joules, flag) in [(var_j2, VAR_BIT), (bound_j, BOUND_BIT)] {
+            self.publish_flagged(i, Point { t_ns, joules }, flag);
+        }
+    }
+
     fn publish_flagged(&self, i: usize, p: Point, flags: u64) {
         let seq = self.word(self.desc(i) + S_SEQ);
         // A writer that died mid-write left the number odd: that entry is written again.
@@ -46,7 +58,7 @@ impl Segment {
         fence(Ordering::Release);
         let pos = odd / 2;
         let s = self.slot(i, pos);
-        let t = p.t_ns & !(GAP_BIT | PLACED_BIT) | flags;
+        let t = p.t_ns & !FLAGS | flags;
         self.word(s).store(t, Ordering::Relaxed);
         self.word(s + 8)
             .store(p.joules.to_bits(), Ordering::Relaxed);
@@ -146,11 +158,13 @@ impl Segment {
             let j = self.word(s + 8).load(Ordering::Relaxed);
             out.entries.push(Entry {
                 point: Point {
-                    t_ns: t & !(GAP_BIT | PLACED_BIT),
+                    t_ns: t & !FLAGS,
                     joules: f64::from_bits(j),
                 },
                 gap_after: t & GAP_BIT != 0,
                 placed: t & PLACED_BIT != 0,
+                var: t & VAR_BIT != 0,
+                bound: t & BOUND_BIT != 0,
             });
         }
         fence(Ordering::Acquire);

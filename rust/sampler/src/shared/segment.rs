@@ -12,13 +12,19 @@ use super::sources::Published;
 use crate::error::{Error, Result};
 
 pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"CBNCTXS1");
-pub(super) const VERSION: u64 = 2;
+pub(super) const VERSION: u64 = 3;
 pub(super) const HEADER: usize = 4096;
 pub(super) const DESC: usize = 1024;
 pub(super) const ENTRY: usize = 16;
 pub(super) const GAP_BIT: u64 = 1 << 63;
 /// Marks an entry placed between two measured points (see `Timeline::push_placed`).
 pub(super) const PLACED_BIT: u64 = 1 << 62;
+/// Marks an entry that holds the cumulative variance (J²) of a power integral at its instant,
+/// or its bound (J), instead of a point (see `History::push_spread`).
+pub(super) const VAR_BIT: u64 = 1 << 61;
+pub(super) const BOUND_BIT: u64 = 1 << 60;
+/// Every flag an entry's instant may carry.
+pub(super) const FLAGS: u64 = GAP_BIT | PLACED_BIT | VAR_BIT | BOUND_BIT;
 
 // Header offsets.
 pub(super) const H_MAGIC: usize = 0;

@@ -28,10 +28,15 @@
 //!   load keeps a narrow bound; a load that varies as fast as the hold gets a wide one, which
 //!   is what the readings can say of it. A load that changes and changes back between two
 //!   samples of the device is not seen at all: no reading can bound that.
-//! - A load without noise whose pieces all last one length `L` reads like a device holding for
-//!   `L` (the power's own grid): a pattern of at most [`FEW_VALUES`] values and runs all one
-//!   length is not taken as a hold (it would widen the bound of a source that reads the power
-//!   at the read for nothing); a held device shows it as soon as the load varies otherwise.
+//! - A load without noise made of a few levels, each lasting its own length (a square wave of
+//!   any duty: pieces of 15 and 35 ms), reads like a device holding for their common divisor
+//!   (the power's own grid): a pattern of at most [`FEW_VALUES`] values whose every level's
+//!   runs last one length is not taken as a hold (it would place the readings of a source that
+//!   reads the power at the read half a hold early and widen its bound for nothing). A held
+//!   device shows one level in runs of different whole holds as soon as its grid falls
+//!   differently on the level's pieces; under a load whose period is a whole number of holds
+//!   the two cannot be told apart, and such a device is not taken as held until the load
+//!   varies otherwise (a noisy load shows more values at once).
 
 use std::collections::VecDeque;
 
@@ -39,7 +44,7 @@ use std::collections::VecDeque;
 pub const CHANGES: usize = 33;
 /// Changes needed before a hold is learned.
 pub const MIN_CHANGES: usize = 9;
-/// A pattern of this many values or fewer, with runs of one length, is the load's own.
+/// A pattern of this many values or fewer, each value's runs of one length, is the load's own.
 pub const FEW_VALUES: usize = 4;
 /// A hold is learned only where changes at instants unrelated to any grid would meet it less
 /// often than this.
@@ -220,8 +225,8 @@ impl Hold {
     /// a hold, never make one up); the largest interval of holds whose grid meets every
     /// bracket gives the hold (its middle) and the grid. It is taken when brackets of
     /// unrelated changes would all meet it by chance less often than [`CHANCE`] (each as often
-    /// as it is wide against the hold), and either the runs' lengths differ (in whole holds)
-    /// or they show more than [`FEW_VALUES`] values, and no coarser grid explains the changes
+    /// as it is wide against the hold), and either one value's runs differ in length (in
+    /// whole holds) or they show more than [`FEW_VALUES`] values, and no coarser grid explains the changes
     /// (see [`Self::coarser`]). A hold learned is refined the same way within 2 % of itself.
     fn learn(&mut self) {
         let ch = &self.changes;
@@ -270,17 +275,24 @@ impl Hold {
         };
         let chance: f64 = ch.iter().map(|c| (width(c) / u).min(1.0).ln()).sum();
         // The runs' lengths in holds, where the brackets at their two ends leave no doubt: the
-        // middles' distance is off the run's length by less than half a hold.
-        let lengths = ch
+        // middles' distance is off the run's length by less than half a hold. A load of a few
+        // levels, each lasting its own length (a square wave of any duty), repeats its runs
+        // exactly; a held device shows one level's runs in different whole holds (its grid
+        // falls differently on each of the level's pieces).
+        let mut runs: Vec<(f64, f64)> = ch
             .iter()
             .zip(ch.iter().skip(1))
             .filter(|(a, b)| width(a) + width(b) < u)
-            .map(|(a, b)| ((b.mid() - a.mid()) / u).round());
-        let (kmin, kmax) = lengths.fold((f64::MAX, 0.0f64), |(l, h), k| (l.min(k), h.max(k)));
+            .map(|(a, b)| (a.value, ((b.mid() - a.mid()) / u).round()))
+            .collect();
+        runs.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.total_cmp(&y.1)));
+        let varied = runs
+            .windows(2)
+            .any(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1);
         let mut values: Vec<f64> = ch.iter().map(|c| c.value).collect();
         values.sort_by(f64::total_cmp);
         values.dedup();
-        let grid_like = kmax > kmin || values.len() > FEW_VALUES;
+        let grid_like = varied || values.len() > FEW_VALUES;
         let phase = first.mid() + 0.5 * (g_lo + g_hi);
         if chance >= CHANCE.ln() || !(grid_like || self.hold_ns > 0) || self.coarser(u, phase) {
             return;

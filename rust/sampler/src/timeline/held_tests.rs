@@ -237,3 +237,37 @@ fn reads_at_random_instants_tell_a_held_reading_from_the_loads_own_pieces() {
         assert_eq!(n, want, "hold {hold}, {period} ms load, slots of {slot}");
     }
 }
+
+#[test]
+fn a_loads_own_pieces_of_any_duty_are_not_a_hold() {
+    // Noiseless square waves of other duties than a half, read at the read: runs of two
+    // lengths, each level always its own. (Taken for a hold of their common divisor, the
+    // readings would be placed half of it early and the bound widened for nothing.)
+    let duties = [
+        (50, 15),
+        (50, 20),
+        (100, 30),
+        (40, 10),
+        (34, 10),
+        (60, 25),
+        (100, 20),
+    ];
+    for (period, high) in duties {
+        for gap in [MS, 2 * MS, 8 * MS] {
+            let h = read(0, gap, 5_000 * MS, square(period * MS, high * MS));
+            assert_eq!(h.hold_ns(), 0, "{period}/{high} ms, read every {gap}");
+            assert_eq!(h.bound_j(), 0.0, "{period}/{high} ms, read every {gap}");
+        }
+    }
+    // Held, the same waves' levels last different whole holds: the hold is learned.
+    for (period, high) in [(50, 15), (50, 20), (34, 10)] {
+        for gap in [MS, 8 * MS] {
+            let h = read(20 * MS, gap, 5_000 * MS, square(period * MS, high * MS));
+            let u = h.hold_ns() as f64 / MS as f64;
+            assert!(
+                (u - 20.0).abs() < 1.0,
+                "{period}/{high} ms, {gap} gap: {u} ms"
+            );
+        }
+    }
+}

@@ -47,6 +47,7 @@ pub(super) fn follower_thread(
                 offset_j: 0.0,
                 rebase: false,
                 settle_ns: p.settle_ns,
+                var_j2: 0.0,
             })
             .collect();
         let (view, unavailable) = visible_view(&infos, &ctx.options);

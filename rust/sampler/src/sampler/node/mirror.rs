@@ -18,6 +18,9 @@ pub(super) struct Mirror {
     /// Set `offset_j` at the next entry (a new segment starts from zero).
     pub(super) rebase: bool,
     pub(super) settle_ns: u64,
+    /// The owner's latest cumulative variance (J²) of a power integral, until its bound
+    /// (published next) comes.
+    pub(super) var_j2: f64,
 }
 
 /// Copy what the segment has that this process has not seen; the cover of each source.
@@ -41,6 +44,19 @@ pub(super) fn copy_all(shared: &Shared, seg: &Segment, mirrors: &mut [Mirror]) -
             }
         }
         for e in c.entries {
+            if e.var {
+                m.var_j2 = e.point.joules;
+                continue;
+            }
+            if e.bound {
+                // The owner's uncertainty of a power integral, stated here as there.
+                let u = crate::timeline::Uncertain {
+                    var_j2: m.var_j2,
+                    bound_j: e.point.joules,
+                };
+                tl.push_spread(e.point.t_ns, u);
+                continue;
+            }
             if m.rebase {
                 m.offset_j = tl.last().map_or(0.0, |l| l.joules - e.point.joules);
                 m.rebase = false;
