@@ -977,3 +977,45 @@ def test_refused_credentials_without_a_session_say_what_to_do(cert: tuple[Path, 
             RedfishPower(t2).read()
         assert e.value.permanent
         t2.close()
+
+
+def test_many_chassis_in_one_expanded_request_or_one_by_one(cert: tuple[Path, Path]) -> None:
+    # A GPU server's BMC lists a chassis per GPU, switch and security chip (``Module``,
+    # ``Component``) and the node's among them, here after 30 others. Where the service root
+    # says ``ProtocolFeaturesSupported.ExpandQuery.NoLinks`` (Redfish spec 7.3, ``$expand=.``),
+    # one request gives them all; a service that ignores ``$expand`` answers bare links, and
+    # each chassis is then read on its own.
+    c = "/redfish/v1/Chassis"
+    parts = [f"{c}/HGX_GPU_SXM_{i}" for i in range(1, 9)]
+    parts += [f"{c}/HGX_ERoT_{n}_{i}" for n in ("GPU", "NVSwitch", "PCIe") for i in range(8)]
+    node = f"{c}/System_0"
+    with RedfishServer(cert) as srv:
+        for path in parts:
+            kind = "Module" if "GPU_SXM" in path else "Component"
+            srv.docs[path] = _chassis(path, kind)
+        srv.docs[node] = _chassis(node, "RackMount", Power={"@odata.id": f"{node}/Power"})
+        srv.docs[f"{node}/Power"] = {"PowerControl": [{"PowerConsumedWatts": 6100}]}
+        srv.docs[c] = _collection(c, [*parts, node])
+        srv.modes[parts[3]] = "404"  # listed, yet not there: skipped
+        p = _reader(srv, cert)
+        assert p.read().watts == 6100.0
+        assert len(srv.requests(parts[0])) == 1  # one by one
+        root = srv.resource("/redfish/v1")
+        assert root is not None
+        srv.docs["/redfish/v1"] = {
+            **root,
+            "ProtocolFeaturesSupported": {
+                "ExpandQuery": {"ExpandAll": True, "Levels": True, "MaxLevels": 6, "NoLinks": True}
+            },
+        }
+        p2 = _reader(srv, cert)
+        assert p2.read().watts == 6100.0  # $expand ignored (bare links): one by one again
+        assert len(srv.requests(parts[0])) == 2
+        expanded = {**srv.docs[c], "Members": [srv.docs[m] for m in [*parts, node]]}
+        srv.docs[f"{c}?$expand=.($levels=1)"] = expanded
+        p3 = _reader(srv, cert)
+        assert p3.read().watts == 6100.0
+        assert len(srv.requests(parts[0])) == 2  # not read on its own this time
+        assert p3.locator is not None and p3.locator.chassis == node
+        for r in (p, p2, p3):
+            r.t.close()

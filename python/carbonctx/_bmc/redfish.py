@@ -18,8 +18,10 @@ Where the reading is, in the order tried for the chosen chassis:
    that say ``total`` first). An energy sensor's ``ReadingUnits`` (``J``, ``kW.h``, ``W.h``)
    gives its unit where stated.
 
-Readings are numbers; a number sent as a string (``"350"``) is read too; null, text, NaN or a
-negative number is no reading. Collections are read across ``Members@odata.nextLink`` pages.
+The chassis are read in one request where the service offers ``$expand``
+(``ProtocolFeaturesSupported.ExpandQuery``). Readings are numbers; a number sent as a string
+(``"350"``) is read too; null, text, NaN or a negative number is no reading. Collections are
+read across ``Members@odata.nextLink`` pages.
 
 A link the chassis does not have, or one that answers HTTP 404, is skipped. The chassis is the
 one the URL names (``https://bmc/redfish/v1/Chassis/1``), else the first of
@@ -45,8 +47,8 @@ __all__ = ["Locator", "Reading", "RedfishPower"]
 
 #: Chassis types that hold one node, preferred over enclosures, racks and components.
 NODE_TYPES = ("RackMount", "Blade", "StandAlone", "Sled", "Tower", "Desktop")
-#: Chassis looked at, at most.
-MAX_CHASSIS = 16
+#: Chassis looked at, at most (a GPU server's BMC lists one per GPU, switch, retimer, ...).
+MAX_CHASSIS = 64
 #: Power supplies read, at most.
 MAX_SUPPLIES = 16
 J_PER_KWH = 3.6e6
@@ -156,17 +158,21 @@ class RedfishPower:
     # ---------------------------------------------------------------- where
 
     def locate(self) -> Locator:
+        docs: list[tuple[str, dict[str, Any]]] | None
         if self.chassis is not None:
-            candidates = [self.chassis]
+            docs = [(self.chassis, self.t.get(self.chassis))]
         else:
             root = self.t.get("/redfish/v1/")
             coll = _link(root, "Chassis") or "/redfish/v1/Chassis"
-            candidates = self._collection(coll, MAX_CHASSIS)
-            if not candidates:
+            docs = self._expanded(root, coll)
+            if docs is None:
+                candidates = self._collection(coll, MAX_CHASSIS)
+                got = [(c, self._get_or_none(c)) for c in candidates]
+                docs = [(c, d) for c, d in got if d is not None]  # 404/403: not there for us
+            if not docs:
                 raise self.t.error(
                     f"the BMC at {self.t.host} lists no chassis at {coll}", permanent=True
                 )
-        docs = [(c, self.t.get(c)) for c in candidates]
         tried: list[str] = []
         others: list[str] = []
         blank: list[Locator] = []
@@ -180,8 +186,10 @@ class RedfishPower:
             # Only null readings now: the first such place is read (a null is then a failed
             # reading, tried again, rather than no reading at all).
             return blank[0]
+        more = f" and {len(others) - 8} more" if len(others) > 8 else ""
         skipped = (
-            f"; not read, as they may hold more or less than this node: {', '.join(others)}"
+            f"; not read, as they may hold more or less than this node: "
+            f"{', '.join(others[:8])}{more}"
             if others
             else ""
         )
@@ -215,6 +223,37 @@ class RedfishPower:
             return inside, not _links(doc, "ComputerSystems")
 
         return sorted(nodes, key=rank)  # stable: the BMC's order otherwise
+
+    def _expanded(self, root: dict[str, Any], coll: str) -> list[tuple[str, dict[str, Any]]] | None:
+        """The chassis in one request, where the service says it expands a collection's
+        members (``ProtocolFeaturesSupported.ExpandQuery``: ``NoLinks``, ``$expand=.``, or
+        ``ExpandAll``, ``$expand=*``, one level); None where it does not, or the answer holds
+        no expanded members (then each is read on its own)."""
+        pfs = root.get("ProtocolFeaturesSupported")
+        eq = pfs.get("ExpandQuery") if isinstance(pfs, dict) else None
+        if not isinstance(eq, dict):
+            return None
+        how = "." if eq.get("NoLinks") is True else "*" if eq.get("ExpandAll") is True else None
+        if how is None:
+            return None
+        levels = "($levels=1)" if eq.get("Levels") is True else ""
+        try:
+            doc = self.t.get(f"{coll}?$expand={how}{levels}")
+        except RedfishError as e:
+            if e.status == 401 or e.permanent:
+                raise
+            return None  # refused (400, 501), too slow or too large: one request each
+        members = doc.get("Members")
+        if not isinstance(members, list) or doc.get("Members@odata.nextLink"):
+            return None
+        out = []
+        for m in members[:MAX_CHASSIS]:
+            if not isinstance(m, dict) or not isinstance(m.get("@odata.id"), str):
+                return None
+            if len(m) <= 1:  # a bare link: not expanded after all
+                return None
+            out.append((str(m["@odata.id"]), m))
+        return out or None
 
     def _collection(self, path: str, limit: int) -> list[str]:
         """A collection's members, across its ``Members@odata.nextLink`` pages (at most
@@ -323,7 +362,7 @@ class RedfishPower:
         power: str | None = None
         for m in named[:MAX_SENSORS]:
             doc = self._get_or_none(m)
-            if doc is None or doc.get("PhysicalContext") not in (None, "Chassis"):
+            if doc is None or doc.get("PhysicalContext") not in (None, "Chassis") or _absent(doc):
                 continue
             if doc.get("ElectricalContext") not in (None, "Total"):
                 continue
