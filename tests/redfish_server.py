@@ -19,7 +19,8 @@ service root wants the token or Basic credentials (401 with ``@Message.ExtendedI
 
 ``modes[path] = mode`` makes a path fail: ``"401"``, ``"404"``, ``"503"`` (with
 ``Retry-After: retry_after``), ``"malformed"`` (not JSON), ``"trickle"`` (headers, then a byte
-every ``trickle_s``), ``"null"`` (the reading is ``null``). The power served at monotonic time
+every ``trickle_s``), ``"null"`` (the reading is ``null``). ``docs[path]`` serves a document
+as given (a vendor's payload shape), before the layout's. The power served at monotonic time
 ``t`` is ``power(t)``; every request is recorded (``log``: time, method, path, and headers with
 lower-case names).
 """
@@ -121,6 +122,9 @@ class RedfishServer:
         #: Added to the served PowerWatts (not to the energy counter): tells them apart.
         self.power_watts_offset = power_watts_offset
         self.modes: dict[str, str] = {}
+        #: Documents served as given, before the layout's (a callable gets the monotonic time):
+        #: a vendor's payload shape, verbatim.
+        self.docs: dict[str, Any] = {}
         self.retry_after = 2
         self.trickle_s = 0.5
         self.tokens: dict[str, str] = {}  # token -> session path
@@ -169,6 +173,9 @@ class RedfishServer:
 
     def resource(self, path: str) -> dict[str, Any] | None:
         t = time.monotonic()
+        if path in self.docs:
+            doc = self.docs[path]
+            return doc(t) if callable(doc) else doc
         null = self.modes.get(path) == "null"
         if path in ("/redfish/v1", "/redfish/v1/"):
             return {
@@ -359,6 +366,8 @@ class RedfishServer:
 
             def _record(self) -> str:
                 path = self.path.split("?")[0].rstrip("/") or "/"
+                if self.path in server.docs:  # a page of a collection: ``?$skip=20``
+                    path = self.path
                 with server.lock:
                     server.log.append(
                         (

@@ -7,7 +7,9 @@ preferred to the power reading; legacy ``Power``; ``PowerSubsystem`` where ``Pow
 that it is shown beside the components and never added to them, that every failure (refused
 credentials, 503 with ``Retry-After``, malformed JSON, a null reading, a server that trickles
 bytes) degrades with one warning and bounded waits, and that the credentials and session
-tokens appear in no output, repr, warning or error.
+tokens appear in no output, repr, warning or error. The payload shapes of real BMCs (GPU
+baseboard modules, boards inside the node's chassis, ``EnergyJoules``, absent supplies, paged
+sensors, numbers sent as strings) are served verbatim and read by the client.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pytest
 
 import carbonctx
 from carbonctx import _config
-from carbonctx._bmc import STOP_WAIT_S, RedfishError, RedfishPower, Transport
+from carbonctx._bmc import STOP_WAIT_S, Reading, RedfishError, RedfishPower, Transport
 from carbonctx._measure import process as _process
 from carbonctx._output.jsonl import read_jsonl
 from carbonctx._results.measurement import Measurement, SourceEnergy
@@ -750,3 +752,270 @@ def test_without_a_node_meter_records_and_totals_are_as_before(
     assert (t.node_j, t.overhead_j) == (12000.0, 4000.0)
     # One epoch without the node's figure: no run figure rather than a partial one.
     assert actual_totals([*long, ep], 3, None).node_j is None
+
+
+# ---------------------------------------------------------------------------- payload shapes
+# Each test serves a documented payload shape verbatim (``RedfishServer.docs``) and reads it
+# with the client, over HTTPS on 127.0.0.1.
+
+
+def _reader(srv: RedfishServer, cert: tuple[Path, Path], **kw: Any) -> RedfishPower:
+    return RedfishPower(Transport(srv.url, srv.user, srv.password, verify=str(cert[0])), **kw)
+
+
+def _chassis(path: str, kind: str, **links: Any) -> dict[str, Any]:
+    return {
+        "@odata.id": path,
+        "@odata.type": "#Chassis.v1_21_0.Chassis",
+        "Id": path.rsplit("/", 1)[-1],
+        "ChassisType": kind,
+        "Status": {"State": "Enabled", "Health": "OK"},
+        **links,
+    }
+
+
+def _collection(path: str, members: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "@odata.id": path,
+        "Members@odata.count": len(members),
+        "Members": [{"@odata.id": m} for m in members],
+        **extra,
+    }
+
+
+def test_gpu_baseboard_modules_are_not_the_node(cert: tuple[Path, Path]) -> None:
+    # An NVIDIA HGX board under a host BMC lists its boards and GPUs as chassis of type
+    # ``Module`` (DMTF Chassis schema: "a small, typically removable, chassis or card that
+    # contains devices for a particular subsystem or function"), each with its own
+    # EnvironmentMetrics (``PowerWatts``, ``EnergyJoules``). Their figures are a part of the
+    # node (and the GPUs' are NVML's too): the node is the RackMount chassis.
+    c = "/redfish/v1/Chassis"
+    board, gpu, node = f"{c}/HGX_Baseboard_0", f"{c}/HGX_GPU_SXM_1", f"{c}/DGX"
+    with RedfishServer(cert) as srv:
+        srv.docs[c] = _collection(c, [board, gpu, node])
+        for path, watts in ((board, 5600.0), (gpu, 690.0), (node, 9100.0)):
+            kind = "RackMount" if path == node else "Module"
+            env = f"{path}/EnvironmentMetrics"
+            srv.docs[path] = _chassis(path, kind, EnvironmentMetrics={"@odata.id": env})
+            srv.docs[env] = {
+                "@odata.id": env,
+                "@odata.type": "#EnvironmentMetrics.v1_3_0.EnvironmentMetrics",
+                "PowerWatts": {"Reading": watts},
+                "EnergyJoules": {"Reading": watts * 1000.0},
+            }
+        p = _reader(srv, cert)
+        r = p.read()
+        assert r.watts == 9100.0 and r.energy_j == 9100.0 * 1000.0
+        assert p.locator is not None and p.locator.chassis == node
+        # Without a node's chassis, no figure: a clear error that says how to name one.
+        srv.docs[c] = _collection(c, [board, gpu])
+        p2 = _reader(srv, cert)
+        with pytest.raises(RedfishError, match=r"HGX_Baseboard_0 \(Module\).*Name a chassis") as e:
+            p2.read()
+        assert e.value.permanent
+        p.t.close()
+        p2.t.close()
+
+
+def test_the_top_chassis_that_holds_the_system_is_the_node(cert: tuple[Path, Path]) -> None:
+    # OpenBMC gives every inventory board a chassis, all ``RackMount``; the containment is in
+    # ``Links.ContainedBy``/``Contains`` and the host in ``Links.ComputerSystems`` (Chassis
+    # schema). A board inside the node's chassis, or one not tied to the system, is a part.
+    c = "/redfish/v1/Chassis"
+    riser, psu_bp, node = f"{c}/Riser_0", f"{c}/PSU_Backplane", f"{c}/chassis"
+    system = {"ComputerSystems": [{"@odata.id": "/redfish/v1/Systems/system"}]}
+    with RedfishServer(cert) as srv:
+        srv.docs[c] = _collection(c, [psu_bp, riser, node])
+        srv.docs[riser] = _chassis(
+            riser, "RackMount", Links={**system, "ContainedBy": {"@odata.id": node}}
+        )
+        srv.docs[psu_bp] = _chassis(psu_bp, "RackMount", Links={})
+        srv.docs[node] = _chassis(
+            node, "RackMount", Links={**system, "Contains": [{"@odata.id": riser}]}
+        )
+        for path, watts in ((riser, 35.0), (psu_bp, 12.0), (node, 640.0)):
+            srv.docs[path]["Sensors"] = {"@odata.id": f"{path}/Sensors"}
+            s = f"{path}/Sensors/power_total_power"
+            srv.docs[f"{path}/Sensors"] = _collection(f"{path}/Sensors", [s])
+            srv.docs[s] = {
+                "@odata.id": s,
+                "@odata.type": "#Sensor.v1_2_0.Sensor",
+                "ReadingType": "Power",
+                "ReadingUnits": "W",
+                "Reading": watts,
+            }
+        p = _reader(srv, cert)
+        assert p.read().watts == 640.0
+        assert p.locator is not None and p.locator.chassis == node
+        p.t.close()
+
+
+def test_environment_metrics_energy_joules_before_kwh(cert: tuple[Path, Path]) -> None:
+    # EnvironmentMetrics v1.2 (Redfish 2021.2) adds ``EnergyJoules``, finer than ``EnergykWh``
+    # (a kWh counter moves every 3.6 MJ at its stated precision).
+    with RedfishServer(cert) as srv:
+        srv.docs[ENV] = {
+            "@odata.id": ENV,
+            "@odata.type": "#EnvironmentMetrics.v1_3_0.EnvironmentMetrics",
+            "PowerWatts": {"Reading": 512.5},
+            "EnergykWh": {"Reading": 1234.0},
+            "EnergyJoules": {"Reading": 4442400123.0},
+        }
+        p = _reader(srv, cert)
+        assert p.read() == Reading(512.5, 4442400123.0)
+        assert p.locator is not None and "EnergyJoules" in p.locator.what
+        # A BMC that only has joules, and a power reading that is null this time.
+        srv.docs[ENV] = {"@odata.id": ENV, "EnergyJoules": {"Reading": 5.0e9}, "PowerWatts": {}}
+        assert p.read() == Reading(None, 5.0e9)
+        p.t.close()
+
+
+def test_an_absent_power_supply_is_left_out(cert: tuple[Path, Path]) -> None:
+    # PowerSubsystem: an empty bay is a PowerSupply whose ``Status.State`` is ``Absent``
+    # (Resource schema) and whose metrics are null; the present supplies are the node's draw.
+    sub = f"{CHASSIS}/PowerSubsystem/PowerSupplies"
+    with RedfishServer(cert, layout="subsystem", power=lambda t: 500.0) as srv:
+        srv.docs[sub] = _collection(sub, [f"{sub}/0", f"{sub}/1", f"{sub}/2"])
+        srv.docs[f"{sub}/2"] = {
+            "@odata.id": f"{sub}/2",
+            "Id": "2",
+            "Status": {"State": "Absent"},
+            "Metrics": {"@odata.id": f"{sub}/2/Metrics"},
+        }
+        srv.docs[f"{sub}/2/Metrics"] = {"InputPowerWatts": {"Reading": None}}
+        p = _reader(srv, cert)
+        assert p.read().watts == pytest.approx(500.0)
+        assert p.locator is not None and "2 power supplies" in p.locator.what
+        p.t.close()
+
+
+def test_legacy_power_supplies_and_readings_sent_as_strings(cert: tuple[Path, Path]) -> None:
+    # Power v1 without PowerControl (some BMCs): ``PowerSupplies[].PowerInputWatts`` is each
+    # supply's draw from the wall (``LastPowerOutputWatts`` is what it gives the node, less its
+    # losses: not used). Some firmware sends numbers as strings.
+    power = f"{CHASSIS}/Power"
+    with RedfishServer(cert, layout="power") as srv:
+        srv.docs[power] = {
+            "@odata.id": power,
+            "@odata.type": "#Power.v1_5_0.Power",
+            "PowerSupplies": [
+                {"MemberId": "0", "PowerInputWatts": 210, "LastPowerOutputWatts": 190},
+                {"MemberId": "1", "PowerInputWatts": "190.5", "LastPowerOutputWatts": 170},
+                {"MemberId": "2", "PowerInputWatts": None, "Status": {"State": "Absent"}},
+            ],
+        }
+        p = _reader(srv, cert)
+        assert p.read().watts == pytest.approx(400.5)
+        # A PowerControl reading as a string is read too; text that is no number is not.
+        srv.docs[power] = {"PowerControl": [{"PowerConsumedWatts": " 333 "}]}
+        p2 = _reader(srv, cert)
+        assert p2.read().watts == 333.0
+        srv.docs[power] = {"PowerControl": [{"PowerConsumedWatts": "N/A"}]}
+        assert p2.read().watts is None
+        p.t.close()
+        p2.t.close()
+
+
+def test_averaged_power_says_it_lags(cert: tuple[Path, Path]) -> None:
+    # PowerMetrics.AverageConsumedWatts is a mean over the last ``IntervalInMin`` minutes
+    # (Power schema): used only without PowerConsumedWatts, and labelled as lagging.
+    power = f"{CHASSIS}/Power"
+    with RedfishServer(cert, layout="power") as srv:
+        srv.docs[power] = {
+            "PowerControl": [
+                {"PowerMetrics": {"IntervalInMin": 20, "AverageConsumedWatts": 380}},
+            ]
+        }
+        p = _reader(srv, cert)
+        assert p.read().watts == 380.0
+        assert p.locator is not None and p.locator.kind == "power-average"
+        assert "last 20 min" in p.locator.what and "lags" in p.locator.what
+        p.t.close()
+
+
+def test_sensor_pages_are_followed_and_the_total_comes_first(cert: tuple[Path, Path]) -> None:
+    # A SensorCollection may be paged (``Members@odata.nextLink``, Redfish spec 9.4.3); the
+    # chassis's total may come after many per-part sensors (OpenBMC: power_total_power).
+    sens = f"{CHASSIS}/Sensors"
+    parts = [f"{sens}/power_PSU{i}_Input_Power" for i in range(40)]
+    with RedfishServer(cert, layout="sensors") as srv:
+        srv.docs[sens] = _collection(
+            sens, parts[:20], **{"Members@odata.nextLink": f"{sens}?$skip=20"}
+        )
+        srv.docs[f"{sens}?$skip=20"] = _collection(
+            sens, [*parts[20:], f"{sens}/power_total_power", f"{sens}/energy_total_kwh"]
+        )
+        for s in parts:
+            srv.docs[s] = {"ReadingType": "Power", "PhysicalContext": "PowerSupply", "Reading": 9}
+        srv.docs[f"{sens}/power_total_power"] = {
+            "ReadingType": "Power",
+            "ReadingUnits": "kW",
+            "PhysicalContext": "Chassis",
+            "Reading": 0.75,
+        }
+        srv.docs[f"{sens}/energy_total_kwh"] = {
+            "ReadingType": "EnergykWh",
+            "ReadingUnits": "kW.h",
+            "Reading": 2.0,
+        }
+        p = _reader(srv, cert)
+        assert p.read() == Reading(750.0, 2.0 * 3.6e6)
+        assert len(srv.requests(f"{sens}/power_PSU0_Input_Power")) == 0  # totals were enough
+        p.t.close()
+
+
+def test_refused_credentials_without_a_session_say_what_to_do(cert: tuple[Path, Path]) -> None:
+    # No SessionService (404): HTTP Basic on every request; a 401 then is final, said once.
+    with RedfishServer(cert, sessions=False) as srv:
+        t = Transport(srv.url, srv.user, "wrong-password", verify=str(cert[0]))
+        with pytest.raises(RedfishError, match="redfish_password") as e:
+            RedfishPower(t).read()
+        assert e.value.permanent and e.value.status == 401
+        t.close()
+        t2 = Transport(srv.url, None, None, verify=str(cert[0]))
+        with pytest.raises(RedfishError, match="set redfish_user and redfish_password") as e:
+            RedfishPower(t2).read()
+        assert e.value.permanent
+        t2.close()
+
+
+def test_many_chassis_in_one_expanded_request_or_one_by_one(cert: tuple[Path, Path]) -> None:
+    # A GPU server's BMC lists a chassis per GPU, switch and security chip (``Module``,
+    # ``Component``) and the node's among them, here after 30 others. Where the service root
+    # says ``ProtocolFeaturesSupported.ExpandQuery.NoLinks`` (Redfish spec 7.3, ``$expand=.``),
+    # one request gives them all; a service that ignores ``$expand`` answers bare links, and
+    # each chassis is then read on its own.
+    c = "/redfish/v1/Chassis"
+    parts = [f"{c}/HGX_GPU_SXM_{i}" for i in range(1, 9)]
+    parts += [f"{c}/HGX_ERoT_{n}_{i}" for n in ("GPU", "NVSwitch", "PCIe") for i in range(8)]
+    node = f"{c}/System_0"
+    with RedfishServer(cert) as srv:
+        for path in parts:
+            kind = "Module" if "GPU_SXM" in path else "Component"
+            srv.docs[path] = _chassis(path, kind)
+        srv.docs[node] = _chassis(node, "RackMount", Power={"@odata.id": f"{node}/Power"})
+        srv.docs[f"{node}/Power"] = {"PowerControl": [{"PowerConsumedWatts": 6100}]}
+        srv.docs[c] = _collection(c, [*parts, node])
+        srv.modes[parts[3]] = "404"  # listed, yet not there: skipped
+        p = _reader(srv, cert)
+        assert p.read().watts == 6100.0
+        assert len(srv.requests(parts[0])) == 1  # one by one
+        root = srv.resource("/redfish/v1")
+        assert root is not None
+        srv.docs["/redfish/v1"] = {
+            **root,
+            "ProtocolFeaturesSupported": {
+                "ExpandQuery": {"ExpandAll": True, "Levels": True, "MaxLevels": 6, "NoLinks": True}
+            },
+        }
+        p2 = _reader(srv, cert)
+        assert p2.read().watts == 6100.0  # $expand ignored (bare links): one by one again
+        assert len(srv.requests(parts[0])) == 2
+        expanded = {**srv.docs[c], "Members": [srv.docs[m] for m in [*parts, node]]}
+        srv.docs[f"{c}?$expand=.($levels=1)"] = expanded
+        p3 = _reader(srv, cert)
+        assert p3.read().watts == 6100.0
+        assert len(srv.requests(parts[0])) == 2  # not read on its own this time
+        assert p3.locator is not None and p3.locator.chassis == node
+        for r in (p, p2, p3):
+            r.t.close()

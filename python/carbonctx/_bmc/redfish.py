@@ -2,23 +2,36 @@
 
 Where the reading is, in the order tried for the chosen chassis:
 
-1. ``EnvironmentMetrics`` (Redfish 2020.4 on): ``EnergykWh.Reading`` (an energy counter, kWh)
-   and ``PowerWatts.Reading`` (W);
+1. ``EnvironmentMetrics`` (Redfish 2020.4 on): an energy counter, ``EnergyJoules.Reading`` (J,
+   from EnvironmentMetrics v1.2) else ``EnergykWh.Reading`` (kWh), and ``PowerWatts.Reading``
+   (W);
 2. the legacy ``Power`` resource: ``PowerControl[0].PowerConsumedWatts`` (the chassis's power
    now), else ``PowerControl[0].PowerMetrics.AverageConsumedWatts`` (a mean over the last
-   ``IntervalInMin`` minutes, labelled as such);
+   ``IntervalInMin`` minutes, labelled as such), else the sum of its ``PowerSupplies``'
+   ``PowerInputWatts`` (those present);
 3. ``PowerSubsystem`` (the successor of ``Power``): the ``InputPowerWatts.Reading`` of each of
-   its ``PowerSupplies``' ``Metrics``, added up (the power the supplies draw from the wall);
+   its ``PowerSupplies``' ``Metrics``, added up (the power the supplies draw from the wall; a
+   supply whose ``Status.State`` is ``Absent`` is left out);
 4. the chassis's ``Sensors``: one of ``ReadingType`` ``EnergykWh`` or ``EnergyJoules`` and one of
    ``Power``, of the whole chassis (``PhysicalContext`` ``Chassis``, ``ElectricalContext``
-   ``Total``, or unstated), among the sensors whose names speak of power or energy.
+   ``Total``, or unstated), among the sensors whose names speak of power or energy (those
+   that say ``total`` first). An energy sensor's ``ReadingUnits`` (``J``, ``kW.h``, ``W.h``)
+   gives its unit where stated.
+
+The chassis are read in one request where the service offers ``$expand``
+(``ProtocolFeaturesSupported.ExpandQuery``). Readings are numbers; a number sent as a string
+(``"350"``) is read too; null, text, NaN or a negative number is no reading. Collections are
+read across ``Members@odata.nextLink`` pages.
 
 A link the chassis does not have, or one that answers HTTP 404, is skipped. The chassis is the
 one the URL names (``https://bmc/redfish/v1/Chassis/1``), else the first of
 ``/redfish/v1/Chassis`` that gives a reading among those of a node's type (``RackMount``,
-``Blade``, ``StandAlone``, ...; or none given): an enclosure's or a rack's figure would hold other
-nodes', and a component's (``Card``, ``Drawer``) only part of this one, so those are read only
-when the URL names them.
+``Blade``, ``StandAlone``, ...; or none given), present (``Status.State`` not ``Absent``), the
+top of the tree first: one inside another such chassis (``Links.ContainedBy``) comes after it,
+and one that holds a computer system (``Links.ComputerSystems``) before one that does not. An
+enclosure's or a rack's figure would hold other nodes', and a component's (``Card``,
+``Module`` such as a GPU baseboard or one GPU's chassis, ``Drawer``) only part of this one, so
+those are read only when the URL names them.
 """
 
 from __future__ import annotations
@@ -33,16 +46,22 @@ from carbonctx._bmc.transport import RedfishError, Transport
 __all__ = ["Locator", "Reading", "RedfishPower"]
 
 #: Chassis types that hold one node, preferred over enclosures, racks and components.
-NODE_TYPES = ("RackMount", "Blade", "StandAlone", "Sled", "Tower", "Desktop", "Module")
-#: Chassis looked at, at most.
-MAX_CHASSIS = 16
+NODE_TYPES = ("RackMount", "Blade", "StandAlone", "Sled", "Tower", "Desktop")
+#: Chassis looked at, at most (a GPU server's BMC lists one per GPU, switch, retimer, ...).
+MAX_CHASSIS = 64
 #: Power supplies read, at most.
 MAX_SUPPLIES = 16
 J_PER_KWH = 3.6e6
 #: Sensor reading types that count energy, and joules per unit of each.
 ENERGY_UNITS = {"EnergykWh": J_PER_KWH, "EnergyJoules": 1.0}
+#: Joules per unit of an energy sensor's ``ReadingUnits`` (UCUM), and watts per power unit.
+ENERGY_READING_UNITS = {"J": 1.0, "kJ": 1e3, "W.h": 3600.0, "Wh": 3600.0, "kW.h": J_PER_KWH}
+ENERGY_READING_UNITS["kWh"] = J_PER_KWH
+POWER_READING_UNITS = {"W": 1.0, "kW": 1e3, "mW": 1e-3}
 #: Sensors read, at most, and the words in a sensor's name that make it worth reading.
-MAX_SENSORS = 16
+MAX_SENSORS = 32
+#: Pages of a collection followed (``Members@odata.nextLink``), at most.
+MAX_PAGES = 8
 SENSOR_WORDS = ("power", "energy", "watt", "pwr")
 
 
@@ -82,11 +101,31 @@ def _members(doc: dict[str, Any]) -> list[str]:
 
 
 def _number(v: Any) -> float | None:
-    """A finite, non-negative reading; None for null, text, NaN or a negative number."""
+    """A finite, non-negative reading (a number, or one sent as a string such as ``"350"``);
+    None for null, other text, NaN or a negative number."""
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     x = float(v)
     return x if math.isfinite(x) and x >= 0 else None
+
+
+def _absent(doc: dict[str, Any]) -> bool:
+    """The resource says it is not there (``Status.State`` ``Absent``)."""
+    st = doc.get("Status")
+    return isinstance(st, dict) and st.get("State") == "Absent"
+
+
+def _links(doc: dict[str, Any], key: str) -> list[str]:
+    """The ``@odata.id`` of each entry of ``Links[key]`` (a list or a single link)."""
+    links = doc.get("Links")
+    v = links.get(key) if isinstance(links, dict) else None
+    items = v if isinstance(v, list) else [v]
+    return [str(i["@odata.id"]) for i in items if isinstance(i, dict) and "@odata.id" in i]
 
 
 def _excerpt(doc: dict[str, Any], key: str) -> tuple[bool, float | None]:
@@ -119,25 +158,27 @@ class RedfishPower:
     # ---------------------------------------------------------------- where
 
     def locate(self) -> Locator:
+        docs: list[tuple[str, dict[str, Any]]] | None
         if self.chassis is not None:
-            candidates = [self.chassis]
+            docs = [(self.chassis, self.t.get(self.chassis))]
         else:
             root = self.t.get("/redfish/v1/")
             coll = _link(root, "Chassis") or "/redfish/v1/Chassis"
-            candidates = _members(self.t.get(coll))[:MAX_CHASSIS]
-            if not candidates:
+            docs = self._expanded(root, coll)
+            if docs is None:
+                candidates = self._collection(coll, MAX_CHASSIS)
+                got = [(c, self._get_or_none(c)) for c in candidates]
+                docs = [(c, d) for c, d in got if d is not None]  # 404/403: not there for us
+            if not docs:
                 raise self.t.error(
                     f"the BMC at {self.t.host} lists no chassis at {coll}", permanent=True
                 )
-        docs = [(c, self.t.get(c)) for c in candidates]
         tried: list[str] = []
         others: list[str] = []
         blank: list[Locator] = []
+        if self.chassis is None:
+            docs = self._node_first(docs, others)
         for path, doc in docs:
-            kind = doc.get("ChassisType")
-            if self.chassis is None and kind is not None and kind not in NODE_TYPES:
-                others.append(f"{path} ({kind})")
-                continue
             loc = self._locate_in(path, doc, tried, blank)
             if loc is not None:
                 return loc
@@ -145,8 +186,10 @@ class RedfishPower:
             # Only null readings now: the first such place is read (a null is then a failed
             # reading, tried again, rather than no reading at all).
             return blank[0]
+        more = f" and {len(others) - 8} more" if len(others) > 8 else ""
         skipped = (
-            f"; not read, as they may hold more than this node: {', '.join(others)}"
+            f"; not read, as they may hold more or less than this node: "
+            f"{', '.join(others[:8])}{more}"
             if others
             else ""
         )
@@ -157,6 +200,77 @@ class RedfishPower:
             permanent=True,
         )
 
+    @staticmethod
+    def _node_first(
+        docs: list[tuple[str, dict[str, Any]]], others: list[str]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The chassis that may be the node, the top of the tree first; the others (with
+        their type) go to ``others``."""
+        nodes = []
+        for path, doc in docs:
+            kind = doc.get("ChassisType")
+            if kind is not None and kind not in NODE_TYPES:
+                others.append(f"{path} ({kind})")
+            elif _absent(doc):
+                others.append(f"{path} (Absent)")
+            else:
+                nodes.append((path, doc))
+        paths = {p.rstrip("/") for p, _ in nodes}
+
+        def rank(item: tuple[str, dict[str, Any]]) -> tuple[bool, bool]:
+            _, doc = item
+            inside = any(c.rstrip("/") in paths for c in _links(doc, "ContainedBy"))
+            return inside, not _links(doc, "ComputerSystems")
+
+        return sorted(nodes, key=rank)  # stable: the BMC's order otherwise
+
+    def _expanded(self, root: dict[str, Any], coll: str) -> list[tuple[str, dict[str, Any]]] | None:
+        """The chassis in one request, where the service says it expands a collection's
+        members (``ProtocolFeaturesSupported.ExpandQuery``: ``NoLinks``, ``$expand=.``, or
+        ``ExpandAll``, ``$expand=*``, one level); None where it does not, or the answer holds
+        no expanded members (then each is read on its own)."""
+        pfs = root.get("ProtocolFeaturesSupported")
+        eq = pfs.get("ExpandQuery") if isinstance(pfs, dict) else None
+        if not isinstance(eq, dict):
+            return None
+        how = "." if eq.get("NoLinks") is True else "*" if eq.get("ExpandAll") is True else None
+        if how is None:
+            return None
+        levels = "($levels=1)" if eq.get("Levels") is True else ""
+        try:
+            doc = self.t.get(f"{coll}?$expand={how}{levels}")
+        except RedfishError as e:
+            if e.status == 401 or e.permanent:
+                raise
+            return None  # refused (400, 501), too slow or too large: one request each
+        members = doc.get("Members")
+        if not isinstance(members, list) or doc.get("Members@odata.nextLink"):
+            return None
+        out = []
+        for m in members[:MAX_CHASSIS]:
+            if not isinstance(m, dict) or not isinstance(m.get("@odata.id"), str):
+                return None
+            if len(m) <= 1:  # a bare link: not expanded after all
+                return None
+            out.append((str(m["@odata.id"]), m))
+        return out or None
+
+    def _collection(self, path: str, limit: int) -> list[str]:
+        """A collection's members, across its ``Members@odata.nextLink`` pages (at most
+        ``limit`` members and ``MAX_PAGES`` pages)."""
+        out: list[str] = []
+        page: str | None = path
+        for _ in range(MAX_PAGES):
+            if page is None or len(out) >= limit:
+                break
+            doc = self._get_or_none(page)
+            if doc is None:
+                break
+            out += _members(doc)
+            nxt = doc.get("Members@odata.nextLink")
+            page = nxt if isinstance(nxt, str) and nxt != page else None
+        return out[:limit]
+
     def _locate_in(
         self, chassis: str, doc: dict[str, Any], tried: list[str], blank: list[Locator]
     ) -> Locator | None:
@@ -166,48 +280,32 @@ class RedfishPower:
         if env is not None:
             tried.append(env)
             if (em := self._get_or_none(env)) is not None:
-                has_e, e = _excerpt(em, "EnergykWh")
-                has_p, w = _excerpt(em, "PowerWatts")
-                if has_e or has_p:
-                    what = " and ".join(
-                        n for n, has in (("EnergykWh", has_e), ("PowerWatts", has_p)) if has
-                    )
+                names = ("EnergyJoules", "EnergykWh", "PowerWatts")
+                has = [n for n in names if _excerpt(em, n)[0]]
+                if has:
+                    what = " and ".join(has)
                     loc = Locator("environment", (env,), chassis, f"EnvironmentMetrics {what}")
-                    if e is not None or w is not None:
+                    if _environment(em) != Reading(None):
                         return loc
                     blank.append(loc)
         power = _link(doc, "Power")
         if power is not None:
             tried.append(power)
-            if (pw := self._get_or_none(power)) is not None and (pc := _control(pw)) is not None:
-                pm = pc.get("PowerMetrics")
-                avg = _number(pm.get("AverageConsumedWatts")) if isinstance(pm, dict) else None
-                if _number(pc.get("PowerConsumedWatts")) is not None or (
-                    "PowerConsumedWatts" in pc and avg is None
-                ):
-                    loc = Locator("power", (power,), chassis, "Power PowerConsumedWatts")
-                    if _number(pc.get("PowerConsumedWatts")) is not None:
-                        return loc
-                    blank.append(loc)
-                elif avg is not None and isinstance(pm, dict):
-                    window = _number(pm.get("IntervalInMin"))
-                    over = f" over {window:g} min" if window else ""
-                    return Locator(
-                        "power-average",
-                        (power,),
-                        chassis,
-                        f"Power AverageConsumedWatts (a mean{over}: smooths changes)",
-                    )
+            pw = self._get_or_none(power)
+            found = None if pw is None else self._locate_power(chassis, power, pw, blank)
+            if found is not None:
+                return found
         sub = _link(doc, "PowerSubsystem")
         if sub is not None:
             tried.append(sub)
             if (ps := self._get_or_none(sub)) is not None:
                 supplies = _link(ps, "PowerSupplies")
-                coll = self._get_or_none(supplies) if supplies else None
                 metrics = []
-                for m in _members(coll or {})[:MAX_SUPPLIES]:
+                for m in self._collection(supplies, MAX_SUPPLIES) if supplies else []:
                     supply = self._get_or_none(m)
-                    if supply is not None and (link := _link(supply, "Metrics")) is not None:
+                    if supply is None or _absent(supply):
+                        continue  # an empty bay draws nothing and reports nothing
+                    if (link := _link(supply, "Metrics")) is not None:
                         metrics.append(link)
                 if metrics:
                     return Locator(
@@ -222,21 +320,49 @@ class RedfishPower:
             return self._locate_sensors(chassis, sensors)
         return None
 
+    def _locate_power(
+        self, chassis: str, power: str, pw: dict[str, Any], blank: list[Locator]
+    ) -> Locator | None:
+        """In the legacy ``Power`` resource: ``PowerConsumedWatts``, else the average, else
+        the supplies' ``PowerInputWatts``."""
+        pc = _control(pw)
+        if pc is not None:
+            pm = pc.get("PowerMetrics")
+            avg = _number(pm.get("AverageConsumedWatts")) if isinstance(pm, dict) else None
+            now = _number(pc.get("PowerConsumedWatts"))
+            if now is not None or ("PowerConsumedWatts" in pc and avg is None):
+                loc = Locator("power", (power,), chassis, "Power PowerConsumedWatts")
+                if now is not None:
+                    return loc
+                blank.append(loc)
+            elif avg is not None and isinstance(pm, dict):
+                window = _number(pm.get("IntervalInMin"))
+                over = f" the last {window:g} min" if window else " an unstated interval"
+                return Locator(
+                    "power-average",
+                    (power,),
+                    chassis,
+                    f"Power AverageConsumedWatts, a mean over{over}: it lags changes by about "
+                    "half that and smooths them",
+                )
+        if _supplies_input(pw) is not None:
+            return Locator(
+                "power-supplies", (power,), chassis, "Power: PowerInputWatts of its supplies"
+            )
+        return None
+
     def _locate_sensors(self, chassis: str, collection: str) -> Locator | None:
         """The chassis's own power and energy sensors (``ReadingType`` ``Power``, ``EnergykWh``
         or ``EnergyJoules``, of the whole chassis), among the members whose names speak of
-        power or energy (at most ``MAX_SENSORS`` read)."""
-        coll = self._get_or_none(collection)
-        named = [
-            m
-            for m in _members(coll or {})
-            if any(w in m.rsplit("/", 1)[-1].lower() for w in SENSOR_WORDS)
-        ][:MAX_SENSORS]
+        power or energy, those that say ``total`` first (at most ``MAX_SENSORS`` read)."""
+        members = self._collection(collection, 1024)
+        named = [m for m in members if any(w in _leaf(m) for w in SENSOR_WORDS)]
+        named.sort(key=lambda m: "total" not in _leaf(m))
         energy: str | None = None
         power: str | None = None
-        for m in named:
+        for m in named[:MAX_SENSORS]:
             doc = self._get_or_none(m)
-            if doc is None or doc.get("PhysicalContext") not in (None, "Chassis"):
+            if doc is None or doc.get("PhysicalContext") not in (None, "Chassis") or _absent(doc):
                 continue
             if doc.get("ElectricalContext") not in (None, "Total"):
                 continue
@@ -245,6 +371,8 @@ class RedfishPower:
                 energy = m
             elif kind == "Power" and power is None:
                 power = m
+            if energy is not None and power is not None:
+                break
         if energy is None and power is None:
             return None
         what = " and ".join(
@@ -276,10 +404,9 @@ class RedfishPower:
 
     def _read(self, loc: Locator) -> Reading:
         if loc.kind == "environment":
-            doc = self.t.get(loc.paths[0])
-            _, energy = _excerpt(doc, "EnergykWh")
-            _, watts = _excerpt(doc, "PowerWatts")
-            return Reading(watts, None if energy is None else energy * J_PER_KWH)
+            return _environment(self.t.get(loc.paths[0]))
+        if loc.kind == "power-supplies":
+            return Reading(_supplies_input(self.t.get(loc.paths[0])))
         if loc.kind in ("power", "power-average"):
             pc = _control(self.t.get(loc.paths[0])) or {}
             if loc.kind == "power":
@@ -294,10 +421,15 @@ class RedfishPower:
             if energy_path:
                 doc = self.t.get(energy_path)
                 e = _number(doc.get("Reading"))
-                per = ENERGY_UNITS.get(str(doc.get("ReadingType")), 0.0)
+                per = ENERGY_READING_UNITS.get(str(doc.get("ReadingUnits")))
+                if per is None:
+                    per = ENERGY_UNITS.get(str(doc.get("ReadingType")), 0.0)
                 energy = None if e is None else e * per
             if power_path:
-                watts = _number(self.t.get(power_path).get("Reading"))
+                doc = self.t.get(power_path)
+                w = _number(doc.get("Reading"))
+                scale = POWER_READING_UNITS.get(str(doc.get("ReadingUnits")), 1.0)
+                watts = None if w is None else w * scale
             return Reading(watts, energy)
         total = 0.0
         for path in loc.paths:
@@ -306,3 +438,34 @@ class RedfishPower:
                 return Reading(None)  # one supply without a figure: no total
             total += w
         return Reading(total)
+
+
+def _leaf(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def _environment(doc: dict[str, Any]) -> Reading:
+    """An ``EnvironmentMetrics`` reading: ``PowerWatts``, and the energy counter in joules
+    (``EnergyJoules``, finer, else ``EnergykWh``)."""
+    _, joules = _excerpt(doc, "EnergyJoules")
+    _, kwh = _excerpt(doc, "EnergykWh")
+    _, watts = _excerpt(doc, "PowerWatts")
+    energy = joules if joules is not None else None if kwh is None else kwh * J_PER_KWH
+    return Reading(watts, energy)
+
+
+def _supplies_input(doc: dict[str, Any]) -> float | None:
+    """The sum of the legacy ``Power`` resource's ``PowerSupplies[].PowerInputWatts`` (the
+    power they draw from the wall), leaving out absent ones; None where one present supply
+    has no figure, or there is none."""
+    supplies = doc.get("PowerSupplies")
+    if not isinstance(supplies, list):
+        return None
+    present = [s for s in supplies if isinstance(s, dict) and not _absent(s)]
+    total = 0.0
+    for s in present[:MAX_SUPPLIES]:
+        w = _number(s.get("PowerInputWatts"))
+        if w is None:
+            return None
+        total += w
+    return total if present else None

@@ -251,16 +251,37 @@ class Transport:
         if self._token is None and not self._basic and self._user is not None:
             self.login()
         try:
-            _, doc, _ = self.request("GET", path)
+            try:
+                _, doc, _ = self.request("GET", path)
+            except RedfishError as e:
+                if e.status != 401 or self._token is None:
+                    raise
+                self._token = None  # the session expired: log in again, once
+                self.login()
+                _, doc, _ = self.request("GET", path)
         except RedfishError as e:
-            if e.status != 401 or self._token is None:
+            if e.status != 401 or e.permanent:  # a refused login says what to do already
                 raise
-            self._token = None
-            self.login()
-            _, doc, _ = self.request("GET", path)
+            raise self._refused(e) from None
         if not isinstance(doc, dict):
             raise self.error(f"GET {path}: the answer is not a Redfish resource (a JSON object)")
         return doc
+
+    def _refused(self, e: RedfishError) -> RedfishError:
+        """A 401 that a new session cannot cure, as a permanent error that says what to do."""
+        if self._user is None:
+            todo = (
+                "this BMC wants credentials: set redfish_user and redfish_password "
+                "(CARBONCTX_REDFISH_USER, CARBONCTX_REDFISH_PASSWORD)"
+            )
+        else:
+            how = "a new session" if self._token is not None else "HTTP Basic"
+            todo = (
+                f"the credentials were refused with {how}; check redfish_user and "
+                "redfish_password (CARBONCTX_REDFISH_USER, CARBONCTX_REDFISH_PASSWORD) and "
+                "the account's rights on the BMC"
+            )
+        return self.error(f"{e.message}. {todo}", status=401, permanent=True)
 
     def login(self) -> None:
         """Open a session (POST SessionService/Sessions, the token in ``X-Auth-Token``); where
