@@ -193,7 +193,10 @@ def test_gradient_accumulation_logs_each_batch_once_and_early_stopping_ends_clea
     assert trainer.global_step == 40  # 20 optimizer steps per epoch
     steps = logger.values("energy_j")
     logged = math.fsum(e["energy_j"] for e in cb.epochs)
-    assert steps and 0 < math.fsum(steps) <= logged * (1 + 1e-6)
+    # Each log carries what was resolved since the previous one: on a loaded machine the sampler
+    # may not have resolved any step of so short a fit by then (0 J logged, never more than the
+    # epochs' figures).
+    assert steps and 0 <= math.fsum(steps) <= logged * (1 + 1e-6)
     assert logger.values("epoch_energy_j") == pytest.approx([e["energy_j"] for e in cb.epochs])
     assert len(logger.values("val_energy_j")) == 2
     assert cb._open is None
