@@ -187,10 +187,17 @@ def test_a_socket_reading_far_below_its_package_is_not_counted(tmp_path: Path) -
     ) as sim:
         make_apu(sim)
         carbonctx.configure(**sim.settings(), intervals={"amdsmi": 0.005})
-        with carbonctx.track("first") as m0:
-            time.sleep(0.3)
-        with carbonctx.track("second") as m:
-            time.sleep(0.3)
+        broken = "broken socket power reading"
+        with pytest.warns(carbonctx.CarbonctxWarning, match=broken) as caught:
+            with carbonctx.track("first") as m0:
+                time.sleep(0.3)
+            with carbonctx.track("second") as m:
+                time.sleep(0.3)
+            carbonctx.flush()
+            with carbonctx.track("third"):
+                pass
+        # Decided on the first regions: none counted the socket before.
+        assert not any("resolved before" in str(w.message) for w in caught)
         for r in (m0, m):
             apu = r.by_source["amdsmi:0"]
             assert apu.note is not None and "broken socket power reading" in apu.note, apu.note
@@ -291,3 +298,104 @@ def test_a_rank_without_a_socket_per_package_keeps_the_package_split(
         assert pkg.share == 0.5 and m.cpu_j == pytest.approx(pkg.joules or 0.0)
         assert m.gpu_j == 0.0
         process.reset()
+
+
+def test_regions_resolved_before_the_decision_keep_the_rule_they_were_counted_by(
+    tmp_path: Path,
+) -> None:
+    """The package unreadable over the first region: nothing to compare, so that region counts
+    the socket. Later regions find the socket broken, and the package counts from then on. The
+    first region's result, read only afterwards, still says what its totals counted (the
+    socket; the package beside it, so not missing), and a warning says the choice changed."""
+    gpu = AmdGpuSpec(wave=Wave.constant(0.012), name="AMD Radeon 890M", hwmon_w=0.012)
+    with SimulatedMachine(
+        tmp_path / "hw", package=Wave.constant(PACKAGE_W), dram=None, amd_gpus=[gpu]
+    ) as sim:
+        make_apu(sim)
+        carbonctx.configure(**sim.settings(), intervals={"amdsmi": 0.005})
+        carbonctx.devices()  # the sampler runs, with the package counter
+        sim.fail_reads("package", 0)
+        with carbonctx.track("first") as m0:
+            time.sleep(0.3)
+        carbonctx.flush()  # resolved, not read
+        sim.fail_reads("package", 0, fail=False)
+        time.sleep(0.6)
+        with pytest.warns(carbonctx.CarbonctxWarning) as caught:
+            for name in ("second", "third"):
+                with carbonctx.track(name) as m:
+                    time.sleep(0.3)
+                carbonctx.flush()
+            with carbonctx.track("fourth"):
+                pass
+        said = " ".join(str(w.message) for w in caught)
+        assert "broken socket power reading" in said and "resolved before" in said, said
+        r = m.result()
+        assert "broken socket power reading" in str(r.by_source["amdsmi:0"].note)
+        pkg = r.by_source["powercap:intel-rapl:0"]
+        assert pkg.joules is not None and r.cpu_j == pytest.approx(pkg.joules)
+        r0 = m0.result()
+        apu0 = r0.by_source["amdsmi:0"]
+        assert r0.by_source["powercap:intel-rapl:0"].joules is None
+        assert apu0.joules is not None and r0.cpu_j == pytest.approx(apu0.joules)
+        assert str(apu0.note).startswith(APU_COUNTED_NOTE), apu0.note
+        assert r0.missing == (), r0.missing  # the package was not counted then
+        # The recent window reads alike.
+        first = next(x for x in carbonctx.recent() if x.name == "first")
+        assert str(first.by_source["amdsmi:0"].note).startswith(APU_COUNTED_NOTE)
+        process.reset()
+
+
+def test_a_rank_whose_socket_reads_broken_counts_its_own_package_whole(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two MI300A-like APUs, two local ranks; rank 1's socket reads far too low. Rank 0 counts
+    its socket whole (both packages out of its totals); rank 1 must then count the package of
+    its own socket, whole, and not half of each package again: half of rank 0's package, inside
+    rank 0's socket, would count twice, and half of its own be lost."""
+    gpus = [
+        AmdGpuSpec(wave=Wave.constant(400.0), name="AMD Instinct MI300A", unique_id=0xA1),
+        AmdGpuSpec(wave=Wave.constant(0.012), name="AMD Instinct MI300A", unique_id=0xB2),
+    ]
+    for k, v in RANK_ENV.items():
+        monkeypatch.setenv(k, v)
+    with SimulatedMachine(
+        tmp_path / "hw", packages=2, package=Wave.constant(60.0), dram=None, amd_gpus=gpus
+    ) as sim:
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("LOCAL_RANK", str(rank))
+            carbonctx.configure(**sim.settings(), intervals={"amdsmi": 0.005})
+            if rank == 1:
+                with pytest.warns(carbonctx.CarbonctxWarning, match="its own sockets' packages"):
+                    with carbonctx.track("warm-up"):
+                        time.sleep(0.1)
+                    carbonctx.flush()
+                    with carbonctx.track("step") as m:
+                        time.sleep(0.3)
+            else:
+                with carbonctx.track("warm-up"):
+                    time.sleep(0.1)
+                with carbonctx.track("step") as m:
+                    time.sleep(0.3)
+            r = m.result()
+            mine = r.by_source[f"amdsmi:{rank}"]
+            own = r.by_source[f"powercap:intel-rapl:{rank}"]
+            other = r.by_source[f"powercap:intel-rapl:{1 - rank}"]
+            assert other.note is not None and other.note.startswith(PACKAGE_REPLACED_NOTE)
+            assert other.joules is not None and other.joules > 0
+            assert r.energy_j == pytest.approx(r.cpu_j + r.dram_j + r.gpu_j)
+            meter = Meter()
+            meter._add_devices(r)
+            kinds = {dev: kind for (_, kind, dev) in meter.devices}
+            if rank == 0:
+                assert str(mine.note).startswith(APU_COUNTED_NOTE), mine.note
+                assert r.cpu_j == pytest.approx(mine.joules)
+                assert kinds == {"amdsmi:0": "cpu"}, kinds
+            else:
+                assert "broken socket power reading" in str(mine.note), mine.note
+                assert own.share == 1.0 and own.joules is not None, own
+                assert own.note is not None and "counted whole" in own.note, own.note
+                assert r.cpu_j == pytest.approx(own.joules)
+                assert r.cpu_j == pytest.approx(60.0 * r.duration_s, rel=0.05)
+                assert kinds == {"powercap:intel-rapl:1": "cpu"}, kinds
+            process.reset()
