@@ -399,3 +399,26 @@ def test_a_rank_whose_socket_reads_broken_counts_its_own_package_whole(
                 assert r.cpu_j == pytest.approx(60.0 * r.duration_s, rel=0.05)
                 assert kinds == {"powercap:intel-rapl:1": "cpu"}, kinds
             process.reset()
+
+
+def test_an_estimate_counted_again_in_a_broken_sockets_place_says_so() -> None:
+    """In a virtual machine the CPU package is an estimate: a socket counted in its place makes
+    no result an estimate; found broken, the estimate counts again and the warning says so."""
+    import numpy as np
+
+    from carbonctx._measure.sources import SourceColumns
+
+    est = {"id": "estimate:cpu", "label": "CPU time x 65 W", "backend": "estimate"}
+    srcs = [
+        {**est, "domain": "package", "method": "estimate", "index": 0},
+        {"id": "amdsmi:0", "label": "APU", "backend": "amdsmi", "domain": "module",
+         "method": "counter", "index": 0},
+    ]  # fmt: skip
+    cols = SourceColumns(srcs)
+    assert cols.count_as == [None, "package"] and not cols.estimated and cols.pending
+    said = cols.settle(np.array([[2.0, 0.01]]))
+    assert said is not None and "no energy counter for the CPU" in said, said
+    assert cols.count_as == ["package", None] and cols.estimated == {0}
+    # A plausible socket keeps the choice, and says nothing.
+    cols = SourceColumns(srcs)
+    assert cols.settle(np.array([[2.0, 0.5]])) is None and cols.count_as == [None, "package"]

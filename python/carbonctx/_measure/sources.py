@@ -323,6 +323,9 @@ class SourceColumns:
             why += "; in this job, this rank counts its own sockets' packages whole"
         self._pairs = []
         self._apply(count_as, notes)
+        for i in sorted(self.estimated):
+            # A CPU estimate the socket stood for counts now: results are estimates from here.
+            why += f"; no energy counter for the CPU: {self._base[i]['label']}, an estimate"
         before = (
             "; the regions resolved before, with no figure of both to compare, counted the "
             "socket, as their by_source notes say"
