@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -422,3 +423,32 @@ def test_an_estimate_counted_again_in_a_broken_sockets_place_says_so() -> None:
     # A plausible socket keeps the choice, and says nothing.
     cols = SourceColumns(srcs)
     assert cols.settle(np.array([[2.0, 0.5]])) is None and cols.count_as == [None, "package"]
+
+
+def test_a_rank_that_does_not_know_its_nodes_ranks_keeps_the_package_and_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without the node's rank count the rule cannot be checked: the socket is shown beside
+    the package, and the note names the setting that tells it."""
+    gpus = [
+        AmdGpuSpec(wave=Wave.constant(400.0), name="AMD Instinct MI300A", unique_id=0xA1),
+        AmdGpuSpec(wave=Wave.constant(500.0), name="AMD Instinct MI300A", unique_id=0xB2),
+    ]
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    with SimulatedMachine(tmp_path / "hw", packages=2, dram=None, amd_gpus=gpus) as sim:
+        carbonctx.configure(**sim.settings())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the package not split: said elsewhere
+            with carbonctx.track("step") as m:
+                time.sleep(0.1)
+            r = m.result()
+        apus = [s for k, s in r.by_source.items() if k.startswith("amdsmi:")]
+        assert apus, r.by_source
+        for s in apus:
+            assert "not counted in its package's place" in str(s.note), s.note
+            assert "local_world_size" in str(s.note), s.note
+        pkgs = [s.joules or 0.0 for s in r.by_source.values() if s.domain == "package"]
+        assert r.cpu_j == pytest.approx(sum(pkgs)) and r.gpu_j == 0.0
+        process.reset()

@@ -448,7 +448,10 @@ def _mismatch(apus: int, packages: int, job: ApuJob | None) -> str | None:
         )
     lw, node = job.local_ranks, len(job.node_apus)
     if lw is None:
-        return "no launcher says how many ranks run on this node"
+        return (
+            "no launcher says how many ranks run on this node (configure(local_world_size=N) "
+            "or CARBONCTX_LOCAL_WORLD_SIZE says it)"
+        )
     if job.shared:
         return "another process of the job reports this rank's socket too"
     if node != packages or apus * lw != node:
