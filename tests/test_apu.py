@@ -417,12 +417,15 @@ def test_an_estimate_counted_again_in_a_broken_sockets_place_says_so() -> None:
     ]  # fmt: skip
     cols = SourceColumns(srcs)
     assert cols.count_as == [None, "package"] and not cols.estimated and cols.pending
-    said = cols.settle(np.array([[2.0, 0.01]]))
+    said = cols.settle(np.array([[2.0, 0.01]]), np.array([1.0]))
     assert said is not None and "no energy counter for the CPU" in said, said
     assert cols.count_as == ["package", None] and cols.estimated == {0}
     # A plausible socket keeps the choice, and says nothing.
     cols = SourceColumns(srcs)
-    assert cols.settle(np.array([[2.0, 0.5]])) is None and cols.count_as == [None, "package"]
+    assert cols.settle(np.array([[2.0, 0.5]]), np.array([1.0])) is None and cols.count_as == [
+        None,
+        "package",
+    ]
 
 
 def test_a_rank_that_does_not_know_its_nodes_ranks_keeps_the_package_and_says_what_to_do(
@@ -452,3 +455,36 @@ def test_a_rank_that_does_not_know_its_nodes_ranks_keeps_the_package_and_says_wh
         pkgs = [s.joules or 0.0 for s in r.by_source.values() if s.domain == "package"]
         assert r.cpu_j == pytest.approx(sum(pkgs)) and r.gpu_j == 0.0
         process.reset()
+
+
+def test_a_socket_without_figures_while_its_package_reads_gives_the_package_back(
+    machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    """The driver's socket power unreadable from the start (amdgpu's hwmon file, AMD SMI
+    absent): the socket cannot be checked, and a run must not lose its CPU figure for ever.
+    After a second of regions the package read and the socket did not, the package counts; the
+    regions before say the socket was missing."""
+    carbonctx.configure(**{**machine.settings(), "amdsmi_library": str(tmp_path / "absent.so")})
+    sid = f"hwmon:amdgpu:{BDF}:power1"
+    assert any(s["id"] == sid for s in carbonctx.devices()["sources"])
+    hw = next(machine.root.glob("**/devices/pci0000:00/*/hwmon/hwmon10"))
+    (hw / "power1_average").write_text("garbage\n")
+    with pytest.warns(carbonctx.CarbonctxWarning) as caught:
+        results = []
+        for k in range(4):
+            with carbonctx.track(f"r{k}") as m:
+                time.sleep(0.45)
+            carbonctx.flush()
+            results.append(m)
+        with carbonctx.track("last") as m:
+            time.sleep(0.2)
+    said = " ".join(str(w.message) for w in caught)
+    assert "failing socket power reading" in said and "resolved before" in said, said
+    r = m.result()
+    pkg = r.by_source["powercap:intel-rapl:0"]
+    assert pkg.joules is not None and r.cpu_j == pytest.approx(pkg.joules) and r.cpu_j > 0
+    assert r.missing == (), r.missing
+    assert r.cpu_j == pytest.approx(PACKAGE_W * r.duration_s, rel=0.05)
+    first = results[0].result()
+    assert first.cpu_j == 0.0 and first.missing == (sid,), first  # as counted then
+    process.reset()

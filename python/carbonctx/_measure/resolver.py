@@ -195,13 +195,13 @@ class Resolver:
         t0 = np.frombuffer(t0_b, dtype=np.uint64)
         t1 = np.frombuffer(t1_b, dtype=np.uint64)
         raw = np.frombuffer(j_b, dtype=np.float64).reshape(n, width)
+        duration = (t1 - t0).astype(np.float64) * 1e-9
         if columns.pending:
             # An APU socket's plausibility, once (_measure.sources).
-            changed = columns.settle(raw)
+            changed = columns.settle(raw, duration)
             if changed is not None:
                 self.note("apu-socket-broken", changed)
         joules, unc = columns.scale(raw, np.frombuffer(u_b, dtype=np.float64).reshape(n, width))
-        duration = (t1 - t0).astype(np.float64) * 1e-9
         cpu, dram, gpu = columns.totals(joules, n)
         energy = cpu + dram + gpu
         # Column by column, as everything here is done on at most ``DRAIN_SLICE`` elements at

@@ -54,6 +54,9 @@ _LABEL_COUNTED = (
 BROKEN_BELOW = 0.5
 #: The same against a CPU estimate (utilisation times TDP: a model, an upper bound in a VM).
 BROKEN_BELOW_ESTIMATE = 0.05
+#: A socket without a figure over this many seconds of regions (or ten of its intervals, if
+#: more) where its package had one is a failing reading: the package is kept.
+UNREAD_AFTER_S = 1.0
 
 
 class ApuJob(NamedTuple):
@@ -103,6 +106,7 @@ class SourceColumns:
         "_base",
         "_job",
         "_pairs",
+        "_unread",
         "_view",
         "_waited",
         "by_domain",
@@ -138,6 +142,7 @@ class SourceColumns:
         self._job = job
         self._view: SourceColumns | None = None
         self._waited = False  # regions were resolved, the socket counted, before the choice
+        self._unread: dict[int, float] = {}  # seconds of regions without the socket's figure
         self.by_domain: dict[str, list[int]] = {}
         self.counted: set[int] = set()
         self.count_as: list[str | None] = []
@@ -254,12 +259,16 @@ class SourceColumns:
         self.pending = True
         self._apply(count_as, notes)
 
-    def settle(self, joules: npt.NDArray[np.float64]) -> str | None:
+    def settle(
+        self, joules: npt.NDArray[np.float64], duration: npt.NDArray[np.float64]
+    ) -> str | None:
         """Decides, on the first resolved regions where a counted socket and its package both
         have figures (``joules``: the batch's node figures, before :meth:`scale`), whether the
         sockets read plausibly: one that reads far below its package (which it contains: under
         ``BROKEN_BELOW`` of a measured package, ``BROKEN_BELOW_ESTIMATE`` of an estimate) is a
-        broken reading, and then the packages are counted, the sockets shown beside. Returns
+        broken reading, and one without a figure over ``UNREAD_AFTER_S`` (or ten of its
+        intervals) of regions where its package had one (``duration``: each row's, in s) a
+        failing one; then the packages are counted, the sockets shown beside. Returns
         what to warn of when it changed the choice (regions resolved before it keep theirs:
         their batches hold :meth:`view`).
 
@@ -276,22 +285,40 @@ class SourceColumns:
         for a, p in self._pairs:
             both = np.isfinite(joules[:, a]) & np.isfinite(joules[:, p])
             if not both.any():
+                # Nothing to compare yet: the next batch decides, unless the socket has had no
+                # figure for long while its package had (a failing reading, not a late one).
+                alone = np.isfinite(joules[:, p]) & ~np.isfinite(joules[:, a])
+                self._unread[a] = self._unread.get(a, 0.0) + float(duration[alone].sum())
+                bound = max(UNREAD_AFTER_S, 10.0 * float(self._base[a].get("interval_s") or 0))
+                if self._unread[a] >= bound:
+                    break
                 self._waited = True
-                return None  # nothing to compare yet: the next batch decides
+                return None
             sj, pj = float(joules[both, a].sum()), float(joules[both, p].sum())
             # Against a model (an upper bound in a virtual machine), only what no socket reads.
             est = self._base[p]["method"] == "estimate"
             sums.append((a, p, sj, pj, BROKEN_BELOW_ESTIMATE if est else BROKEN_BELOW))
+        else:
+            a = -1
         self.pending = False
-        broken = [(a, sj, pj) for a, _, sj, pj, f in sums if sj < f * pj]
-        if not broken:
-            return None
-        worst = min(broken, key=lambda t: t[1] / t[2] if t[2] else 0.0)
-        why = (
-            f"over the first regions {self._base[worst[0]]['id']} read {worst[1]:.4g} J, far "
-            f"below its CPU package's {worst[2]:.4g} J, which it contains: a broken socket "
-            "power reading, so the packages are counted (decided once, on those regions)"
-        )
+        if a >= 0:
+            why = (
+                f"{self._base[a]['id']} had no figure over the first {self._unread[a]:.3g} s "
+                "of regions, while its CPU package had: a failing socket power reading, so the "
+                "packages are counted (decided once, on those regions)"
+            )
+            sums = [(a, p, 0.0, 0.0, 0.0) for a, p in self._pairs]
+        else:
+            broken = [(a, sj, pj) for a, _, sj, pj, f in sums if sj < f * pj]
+            if not broken:
+                return None
+            worst = min(broken, key=lambda t: t[1] / t[2] if t[2] else 0.0)
+            why = (
+                f"over the first regions {self._base[worst[0]]['id']} read {worst[1]:.4g} J, "
+                f"far below its CPU package's {worst[2]:.4g} J, which it contains: a broken "
+                "socket power reading, so the packages are counted (decided once, on those "
+                "regions)"
+            )
         note = f"{APU_NOTE}; not counted in its package's place: {why}"
         notes: dict[int, tuple[str, str | None]] = {a: (note, None) for a, *_ in sums}
         count_as = self._default()
