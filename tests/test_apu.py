@@ -21,7 +21,7 @@ import carbonctx
 from carbonctx._cli.devices import _print_devices
 from carbonctx._measure import process
 from carbonctx._output.jsonl import read_jsonl
-from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE
+from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE, counted_domain
 from carbonctx.integrations._meter import Meter
 from carbonctx.testing import AmdGpuSpec, SimulatedMachine, Wave
 
@@ -464,15 +464,17 @@ def test_a_socket_without_figures_while_its_package_reads_gives_the_package_back
     absent): the socket cannot be checked, and a run must not lose its CPU figure for ever.
     After a second of regions the package read and the socket did not, the package counts; the
     regions before say the socket was missing."""
-    carbonctx.configure(**{**machine.settings(), "amdsmi_library": str(tmp_path / "absent.so")})
+    out = tmp_path / "out.jsonl"
+    absent = str(tmp_path / "absent.so")
+    carbonctx.configure(**{**machine.settings(), "amdsmi_library": absent}, output=str(out))
     sid = f"hwmon:amdgpu:{BDF}:power1"
     assert any(s["id"] == sid for s in carbonctx.devices()["sources"])
     hw = next(machine.root.glob("**/devices/pci0000:00/*/hwmon/hwmon10"))
     (hw / "power1_average").write_text("garbage\n")
     with pytest.warns(carbonctx.CarbonctxWarning) as caught:
         results = []
-        for k in range(4):
-            with carbonctx.track(f"r{k}") as m:
+        for _ in range(4):
+            with carbonctx.track("r") as m:
                 time.sleep(0.45)
             carbonctx.flush()
             results.append(m)
@@ -487,4 +489,17 @@ def test_a_socket_without_figures_while_its_package_reads_gives_the_package_back
     assert r.cpu_j == pytest.approx(PACKAGE_W * r.duration_s, rel=0.05)
     first = results[0].result()
     assert first.cpu_j == 0.0 and first.missing == (sid,), first  # as counted then
+    # Its entry, without a figure, still says which total it counted in; so does the file's.
+    assert counted_domain(first.by_source[sid]) == "package", first.by_source[sid]
+    assert counted_domain(first.by_source["powercap:intel-rapl:0"]) is None
+    assert carbonctx.flush()
+    regions, _power, bad = read_jsonl(str(out))
+    assert not bad
+    recs = {x["name"]: x for x in regions}
+    full, compact = [x for x in regions if x["name"] == "r"][:2]  # the second: compact
+    for x in (full, compact):
+        assert x["cpu_j"] == 0.0 and x["missing"] == [sid], x
+        assert counted_domain(x["by_source"][sid]) == "package", x["by_source"][sid]
+    assert recs["last"]["cpu_j"] == pytest.approx(r.cpu_j, rel=1e-4)
+    assert recs["last"]["energy_j"] == pytest.approx(recs["last"]["cpu_j"])
     process.reset()

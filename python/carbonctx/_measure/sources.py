@@ -12,7 +12,12 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE, counted_domain
+from carbonctx._results.counted import (
+    APU_COUNTED_NOTE,
+    PACKAGE_REPLACED_NOTE,
+    counted_domain,
+    failed_note,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -447,11 +452,7 @@ class SourceColumns:
                 method=src["method"],
                 joules=None if failed else j,
                 uncertainty_j=None if (failed or math.isnan(u)) else u,
-                note=(
-                    "source failed or its counter was reset before the region ended"
-                    if failed
-                    else src.get("note")
-                ),
+                note=failed_note(src.get("note")) if failed else src.get("note"),
                 share=1.0 if factors is None else float(factors[i]),
                 share_rule=self.rules[i],
                 node_joules=(
