@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import carbonctx
 from carbonctx._cli.devices import _print_devices
 from carbonctx._measure import process
 from carbonctx._output.jsonl import read_jsonl
-from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE
+from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE, counted_domain
 from carbonctx.integrations._meter import Meter
 from carbonctx.testing import AmdGpuSpec, SimulatedMachine, Wave
 
@@ -187,10 +188,17 @@ def test_a_socket_reading_far_below_its_package_is_not_counted(tmp_path: Path) -
     ) as sim:
         make_apu(sim)
         carbonctx.configure(**sim.settings(), intervals={"amdsmi": 0.005})
-        with carbonctx.track("first") as m0:
-            time.sleep(0.3)
-        with carbonctx.track("second") as m:
-            time.sleep(0.3)
+        broken = "broken socket power reading"
+        with pytest.warns(carbonctx.CarbonctxWarning, match=broken) as caught:
+            with carbonctx.track("first") as m0:
+                time.sleep(0.3)
+            with carbonctx.track("second") as m:
+                time.sleep(0.3)
+            carbonctx.flush()
+            with carbonctx.track("third"):
+                pass
+        # Decided on the first regions: none counted the socket before.
+        assert not any("resolved before" in str(w.message) for w in caught)
         for r in (m0, m):
             apu = r.by_source["amdsmi:0"]
             assert apu.note is not None and "broken socket power reading" in apu.note, apu.note
@@ -291,3 +299,207 @@ def test_a_rank_without_a_socket_per_package_keeps_the_package_split(
         assert pkg.share == 0.5 and m.cpu_j == pytest.approx(pkg.joules or 0.0)
         assert m.gpu_j == 0.0
         process.reset()
+
+
+def test_regions_resolved_before_the_decision_keep_the_rule_they_were_counted_by(
+    tmp_path: Path,
+) -> None:
+    """The package unreadable over the first region: nothing to compare, so that region counts
+    the socket. Later regions find the socket broken, and the package counts from then on. The
+    first region's result, read only afterwards, still says what its totals counted (the
+    socket; the package beside it, so not missing), and a warning says the choice changed."""
+    gpu = AmdGpuSpec(wave=Wave.constant(0.012), name="AMD Radeon 890M", hwmon_w=0.012)
+    with SimulatedMachine(
+        tmp_path / "hw", package=Wave.constant(PACKAGE_W), dram=None, amd_gpus=[gpu]
+    ) as sim:
+        make_apu(sim)
+        carbonctx.configure(**sim.settings(), intervals={"amdsmi": 0.005})
+        carbonctx.devices()  # the sampler runs, with the package counter
+        sim.fail_reads("package", 0)
+        with carbonctx.track("first") as m0:
+            time.sleep(0.3)
+        carbonctx.flush()  # resolved, not read
+        sim.fail_reads("package", 0, fail=False)
+        time.sleep(0.6)
+        with pytest.warns(carbonctx.CarbonctxWarning) as caught:
+            for name in ("second", "third"):
+                with carbonctx.track(name) as m:
+                    time.sleep(0.3)
+                carbonctx.flush()
+            with carbonctx.track("fourth"):
+                pass
+        said = " ".join(str(w.message) for w in caught)
+        assert "broken socket power reading" in said and "resolved before" in said, said
+        r = m.result()
+        assert "broken socket power reading" in str(r.by_source["amdsmi:0"].note)
+        pkg = r.by_source["powercap:intel-rapl:0"]
+        assert pkg.joules is not None and r.cpu_j == pytest.approx(pkg.joules)
+        r0 = m0.result()
+        apu0 = r0.by_source["amdsmi:0"]
+        assert r0.by_source["powercap:intel-rapl:0"].joules is None
+        assert apu0.joules is not None and r0.cpu_j == pytest.approx(apu0.joules)
+        assert str(apu0.note).startswith(APU_COUNTED_NOTE), apu0.note
+        assert r0.missing == (), r0.missing  # the package was not counted then
+        # The recent window reads alike.
+        first = next(x for x in carbonctx.recent() if x.name == "first")
+        assert str(first.by_source["amdsmi:0"].note).startswith(APU_COUNTED_NOTE)
+        process.reset()
+
+
+def test_a_rank_whose_socket_reads_broken_counts_its_own_package_whole(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two MI300A-like APUs, two local ranks; rank 1's socket reads far too low. Rank 0 counts
+    its socket whole (both packages out of its totals); rank 1 must then count the package of
+    its own socket, whole, and not half of each package again: half of rank 0's package, inside
+    rank 0's socket, would count twice, and half of its own be lost."""
+    gpus = [
+        AmdGpuSpec(wave=Wave.constant(400.0), name="AMD Instinct MI300A", unique_id=0xA1),
+        AmdGpuSpec(wave=Wave.constant(0.012), name="AMD Instinct MI300A", unique_id=0xB2),
+    ]
+    for k, v in RANK_ENV.items():
+        monkeypatch.setenv(k, v)
+    with SimulatedMachine(
+        tmp_path / "hw", packages=2, package=Wave.constant(60.0), dram=None, amd_gpus=gpus
+    ) as sim:
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("LOCAL_RANK", str(rank))
+            carbonctx.configure(**sim.settings(), intervals={"amdsmi": 0.005})
+            if rank == 1:
+                with pytest.warns(carbonctx.CarbonctxWarning, match="its own sockets' packages"):
+                    with carbonctx.track("warm-up"):
+                        time.sleep(0.1)
+                    carbonctx.flush()
+                    with carbonctx.track("step") as m:
+                        time.sleep(0.3)
+            else:
+                with carbonctx.track("warm-up"):
+                    time.sleep(0.1)
+                with carbonctx.track("step") as m:
+                    time.sleep(0.3)
+            r = m.result()
+            mine = r.by_source[f"amdsmi:{rank}"]
+            own = r.by_source[f"powercap:intel-rapl:{rank}"]
+            other = r.by_source[f"powercap:intel-rapl:{1 - rank}"]
+            assert other.note is not None and other.note.startswith(PACKAGE_REPLACED_NOTE)
+            assert other.joules is not None and other.joules > 0
+            assert r.energy_j == pytest.approx(r.cpu_j + r.dram_j + r.gpu_j)
+            meter = Meter()
+            meter._add_devices(r)
+            kinds = {dev: kind for (_, kind, dev) in meter.devices}
+            if rank == 0:
+                assert str(mine.note).startswith(APU_COUNTED_NOTE), mine.note
+                assert r.cpu_j == pytest.approx(mine.joules)
+                assert kinds == {"amdsmi:0": "cpu"}, kinds
+            else:
+                assert "broken socket power reading" in str(mine.note), mine.note
+                assert own.share == 1.0 and own.joules is not None, own
+                assert own.note is not None and "counted whole" in own.note, own.note
+                assert r.cpu_j == pytest.approx(own.joules)
+                assert r.cpu_j == pytest.approx(60.0 * r.duration_s, rel=0.05)
+                assert kinds == {"powercap:intel-rapl:1": "cpu"}, kinds
+            process.reset()
+
+
+def test_an_estimate_counted_again_in_a_broken_sockets_place_says_so() -> None:
+    """In a virtual machine the CPU package is an estimate: a socket counted in its place makes
+    no result an estimate; found broken, the estimate counts again and the warning says so."""
+    import numpy as np
+
+    from carbonctx._measure.sources import SourceColumns
+
+    est = {"id": "estimate:cpu", "label": "CPU time x 65 W", "backend": "estimate"}
+    srcs = [
+        {**est, "domain": "package", "method": "estimate", "index": 0},
+        {"id": "amdsmi:0", "label": "APU", "backend": "amdsmi", "domain": "module",
+         "method": "counter", "index": 0},
+    ]  # fmt: skip
+    cols = SourceColumns(srcs)
+    assert cols.count_as == [None, "package"] and not cols.estimated and cols.pending
+    said = cols.settle(np.array([[2.0, 0.01]]), np.array([1.0]))
+    assert said is not None and "no energy counter for the CPU" in said, said
+    assert cols.count_as == ["package", None] and cols.estimated == {0}
+    # A plausible socket keeps the choice, and says nothing.
+    cols = SourceColumns(srcs)
+    assert cols.settle(np.array([[2.0, 0.5]]), np.array([1.0])) is None and cols.count_as == [
+        None,
+        "package",
+    ]
+
+
+def test_a_rank_that_does_not_know_its_nodes_ranks_keeps_the_package_and_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without the node's rank count the rule cannot be checked: the socket is shown beside
+    the package, and the note names the setting that tells it."""
+    gpus = [
+        AmdGpuSpec(wave=Wave.constant(400.0), name="AMD Instinct MI300A", unique_id=0xA1),
+        AmdGpuSpec(wave=Wave.constant(500.0), name="AMD Instinct MI300A", unique_id=0xB2),
+    ]
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    with SimulatedMachine(tmp_path / "hw", packages=2, dram=None, amd_gpus=gpus) as sim:
+        carbonctx.configure(**sim.settings())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the package not split: said elsewhere
+            with carbonctx.track("step") as m:
+                time.sleep(0.1)
+            r = m.result()
+        apus = [s for k, s in r.by_source.items() if k.startswith("amdsmi:")]
+        assert apus, r.by_source
+        for s in apus:
+            assert "not counted in its package's place" in str(s.note), s.note
+            assert "local_world_size" in str(s.note), s.note
+        pkgs = [s.joules or 0.0 for s in r.by_source.values() if s.domain == "package"]
+        assert r.cpu_j == pytest.approx(sum(pkgs)) and r.gpu_j == 0.0
+        process.reset()
+
+
+def test_a_socket_without_figures_while_its_package_reads_gives_the_package_back(
+    machine: SimulatedMachine, tmp_path: Path
+) -> None:
+    """The driver's socket power unreadable from the start (amdgpu's hwmon file, AMD SMI
+    absent): the socket cannot be checked, and a run must not lose its CPU figure for ever.
+    After a second of regions the package read and the socket did not, the package counts; the
+    regions before say the socket was missing."""
+    out = tmp_path / "out.jsonl"
+    absent = str(tmp_path / "absent.so")
+    carbonctx.configure(**{**machine.settings(), "amdsmi_library": absent}, output=str(out))
+    sid = f"hwmon:amdgpu:{BDF}:power1"
+    assert any(s["id"] == sid for s in carbonctx.devices()["sources"])
+    hw = next(machine.root.glob("**/devices/pci0000:00/*/hwmon/hwmon10"))
+    (hw / "power1_average").write_text("garbage\n")
+    with pytest.warns(carbonctx.CarbonctxWarning) as caught:
+        results = []
+        for _ in range(4):
+            with carbonctx.track("r") as m:
+                time.sleep(0.45)
+            carbonctx.flush()
+            results.append(m)
+        with carbonctx.track("last") as m:
+            time.sleep(0.2)
+    said = " ".join(str(w.message) for w in caught)
+    assert "failing socket power reading" in said and "resolved before" in said, said
+    r = m.result()
+    pkg = r.by_source["powercap:intel-rapl:0"]
+    assert pkg.joules is not None and r.cpu_j == pytest.approx(pkg.joules) and r.cpu_j > 0
+    assert r.missing == (), r.missing
+    assert r.cpu_j == pytest.approx(PACKAGE_W * r.duration_s, rel=0.05)
+    first = results[0].result()
+    assert first.cpu_j == 0.0 and first.missing == (sid,), first  # as counted then
+    # Its entry, without a figure, still says which total it counted in; so does the file's.
+    assert counted_domain(first.by_source[sid]) == "package", first.by_source[sid]
+    assert counted_domain(first.by_source["powercap:intel-rapl:0"]) is None
+    assert carbonctx.flush()
+    regions, _power, bad = read_jsonl(str(out))
+    assert not bad
+    recs = {x["name"]: x for x in regions}
+    full, compact = [x for x in regions if x["name"] == "r"][:2]  # the second: compact
+    for x in (full, compact):
+        assert x["cpu_j"] == 0.0 and x["missing"] == [sid], x
+        assert counted_domain(x["by_source"][sid]) == "package", x["by_source"][sid]
+    assert recs["last"]["cpu_j"] == pytest.approx(r.cpu_j, rel=1e-4)
+    assert recs["last"]["energy_j"] == pytest.approx(recs["last"]["cpu_j"])
+    process.reset()

@@ -17,6 +17,7 @@ class Batch:
     """Columns of one drained batch of regions (rows are looked up when needed)."""
 
     __slots__ = (
+        "columns",
         "cpu",
         "dram",
         "estimated",
@@ -61,6 +62,9 @@ class Batch:
         self.estimated = estimated
         #: Whether the rows' records were written to the output file (None: no output).
         self.recorded: bool | None = None
+        #: The columns as they counted when the batch was resolved (``SourceColumns.view``):
+        #: its rows are built by that rule, however it changed since (None: the runtime's).
+        self.columns: Any = None
 
 
 class RecentWindow:

@@ -195,10 +195,13 @@ class Resolver:
         t0 = np.frombuffer(t0_b, dtype=np.uint64)
         t1 = np.frombuffer(t1_b, dtype=np.uint64)
         raw = np.frombuffer(j_b, dtype=np.float64).reshape(n, width)
-        if columns.pending:
-            columns.settle(raw)  # an APU socket's plausibility, once (_measure.sources)
-        joules, unc = columns.scale(raw, np.frombuffer(u_b, dtype=np.float64).reshape(n, width))
         duration = (t1 - t0).astype(np.float64) * 1e-9
+        if columns.pending:
+            # An APU socket's plausibility, once (_measure.sources).
+            changed = columns.settle(raw, duration)
+            if changed is not None:
+                self.note("apu-socket-broken", changed)
+        joules, unc = columns.scale(raw, np.frombuffer(u_b, dtype=np.float64).reshape(n, width))
         cpu, dram, gpu = columns.totals(joules, n)
         energy = cpu + dram + gpu
         # Column by column, as everything here is done on at most ``DRAIN_SLICE`` elements at
@@ -239,6 +242,7 @@ class Resolver:
         # the batch and a row; a Measurement is built only when someone reads it or it is
         # written.
         batch = Batch(ids, t0, t1, joules, unc, cpu, dram, gpu, nan, infos, tag_arr, estimated)
+        batch.columns = columns.view()  # the rule its rows were counted by
         rows, _handles = _native.claim_regions(pending, ids_b, batch, infos)
         if len(untagged):
             by_name: dict[str, list[int]] = {}

@@ -53,9 +53,8 @@ class MeasurementBuilder:
         cpu = float(batch.cpu[k])
         dram = float(batch.dram[k])
         gpu = float(batch.gpu[k])
-        by_source, uncertainty = self._columns.per_source(
-            batch.joules[k].tolist(), batch.unc[k].tolist()
-        )
+        columns = batch.columns if batch.columns is not None else self._columns
+        by_source, uncertainty = columns.per_source(batch.joules[k].tolist(), batch.unc[k].tolist())
         start = t0 * 1e-9 + self._offset
         end = t1 * 1e-9 + self._offset
         energy = cpu + dram + gpu
@@ -79,7 +78,7 @@ class MeasurementBuilder:
             intensity=intensity,
             zone=zone,
             carbon=carbon,
-            missing=tuple(self._columns.missing(batch.nan[k])),
+            missing=tuple(columns.missing(batch.nan[k])),
             estimated=batch.estimated,
             tags=dict(tags) if tags else {},
             recorded=batch.recorded,

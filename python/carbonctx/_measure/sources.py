@@ -12,7 +12,12 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE, counted_domain
+from carbonctx._results.counted import (
+    APU_COUNTED_NOTE,
+    PACKAGE_REPLACED_NOTE,
+    counted_domain,
+    failed_note,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,6 +59,9 @@ _LABEL_COUNTED = (
 BROKEN_BELOW = 0.5
 #: The same against a CPU estimate (utilisation times TDP: a model, an upper bound in a VM).
 BROKEN_BELOW_ESTIMATE = 0.05
+#: A socket without a figure over this many seconds of regions (or ten of its intervals, if
+#: more) where its package had one is a failing reading: the package is kept.
+UNREAD_AFTER_S = 1.0
 
 
 class ApuJob(NamedTuple):
@@ -101,7 +109,11 @@ class SourceColumns:
 
     __slots__ = (
         "_base",
+        "_job",
         "_pairs",
+        "_unread",
+        "_view",
+        "_waited",
         "by_domain",
         "count_as",
         "counted",
@@ -132,6 +144,10 @@ class SourceColumns:
         self.revision = 0
         self.pending = False
         self._pairs: list[tuple[int, int]] = []
+        self._job = job
+        self._view: SourceColumns | None = None
+        self._waited = False  # regions were resolved, the socket counted, before the choice
+        self._unread: dict[int, float] = {}  # seconds of regions without the socket's figure
         self.by_domain: dict[str, list[int]] = {}
         self.counted: set[int] = set()
         self.count_as: list[str | None] = []
@@ -167,6 +183,17 @@ class SourceColumns:
         # An estimate an APU socket replaces makes no result an estimate.
         self.estimated = {i for i in self.counted if self._base[i]["method"] == "estimate"}
         self.revision += 1
+        self._view = None
+
+    def view(self) -> SourceColumns:
+        """The columns as they count now, unchanged by a later choice (:meth:`settle`): a batch
+        keeps it, so that its rows, built when read, say what their totals counted. Every
+        change replaces the attributes it changes, so this shares them."""
+        if self._view is None:
+            import copy
+
+            self._view = copy.copy(self)
+        return self._view
 
     def _default(self) -> list[str | None]:
         return [
@@ -226,48 +253,118 @@ class SourceColumns:
         for p in pkgs:
             count_as[p] = None
             by = socket_of.get(p)
-            whose = f"the APU socket {by}" if by else "this rank's APU socket"
+            # In a job, a package of another rank's socket: that rank counts it.
+            whose = f"the APU socket {by} counts" if by else "another rank of the node counts"
             notes[p] = (
-                f"{PACKAGE_REPLACED_NOTE} ({whose} counts in cpu_j): shown beside it, not in "
-                "the totals",
+                f"{PACKAGE_REPLACED_NOTE} ({whose} it in cpu_j): shown beside it, not in the "
+                "totals",
                 None,
             )
         self._pairs = pairs
         self.pending = True
         self._apply(count_as, notes)
 
-    def settle(self, joules: npt.NDArray[np.float64]) -> None:
+    def settle(
+        self, joules: npt.NDArray[np.float64], duration: npt.NDArray[np.float64]
+    ) -> str | None:
         """Decides, on the first resolved regions where a counted socket and its package both
         have figures (``joules``: the batch's node figures, before :meth:`scale`), whether the
         sockets read plausibly: one that reads far below its package (which it contains: under
         ``BROKEN_BELOW`` of a measured package, ``BROKEN_BELOW_ESTIMATE`` of an estimate) is a
-        broken reading, and then every package is counted as before, the sockets shown beside."""
+        broken reading, and one without a figure over ``UNREAD_AFTER_S`` (or ten of its
+        intervals) of regions where its package had one (``duration``: each row's, in s) a
+        failing one; then the packages are counted, the sockets shown beside. Returns
+        what to warn of when it changed the choice (regions resolved before it keep theirs:
+        their batches hold :meth:`view`).
+
+        Outside a job every package is counted again. A rank of a job counts the packages of
+        its own sockets whole and leaves the node's others out, as before: the other ranks count
+        those, by their sockets or, theirs broken too, by those packages; splitting every
+        package among the ranks again would count a share of another rank's package twice
+        (inside its socket) and leave out a share of this rank's."""
         if not self.pending:
-            return
+            return None
         import numpy as np
 
         sums = []
         for a, p in self._pairs:
             both = np.isfinite(joules[:, a]) & np.isfinite(joules[:, p])
             if not both.any():
-                return  # nothing to compare yet: the next batch decides
+                # Nothing to compare yet: the next batch decides, unless the socket has had no
+                # figure for long while its package had (a failing reading, not a late one).
+                alone = np.isfinite(joules[:, p]) & ~np.isfinite(joules[:, a])
+                self._unread[a] = self._unread.get(a, 0.0) + float(duration[alone].sum())
+                bound = max(UNREAD_AFTER_S, 10.0 * float(self._base[a].get("interval_s") or 0))
+                if self._unread[a] >= bound:
+                    break
+                self._waited = True
+                return None
             sj, pj = float(joules[both, a].sum()), float(joules[both, p].sum())
             # Against a model (an upper bound in a virtual machine), only what no socket reads.
             est = self._base[p]["method"] == "estimate"
-            sums.append((a, sj, pj, BROKEN_BELOW_ESTIMATE if est else BROKEN_BELOW))
+            sums.append((a, p, sj, pj, BROKEN_BELOW_ESTIMATE if est else BROKEN_BELOW))
+        else:
+            a = -1
         self.pending = False
-        broken = [(a, sj, pj) for a, sj, pj, f in sums if sj < f * pj]
-        if not broken:
-            return
-        worst = min(broken, key=lambda t: t[1] / t[2] if t[2] else 0.0)
-        why = (
-            f"over the first regions {self._base[worst[0]]['id']} read {worst[1]:.4g} J, far "
-            f"below its CPU package's {worst[2]:.4g} J, which it contains: a broken socket "
-            "power reading, so the packages are counted (decided once, on those regions)"
-        )
+        if a >= 0:
+            why = (
+                f"{self._base[a]['id']} had no figure over the first {self._unread[a]:.3g} s "
+                "of regions, while its CPU package had: a failing socket power reading, so the "
+                "packages are counted (decided once, on those regions)"
+            )
+            sums = [(a, p, 0.0, 0.0, 0.0) for a, p in self._pairs]
+        else:
+            broken = [(a, sj, pj) for a, _, sj, pj, f in sums if sj < f * pj]
+            if not broken:
+                return None
+            worst = min(broken, key=lambda t: t[1] / t[2] if t[2] else 0.0)
+            why = (
+                f"over the first regions {self._base[worst[0]]['id']} read {worst[1]:.4g} J, "
+                f"far below its CPU package's {worst[2]:.4g} J, which it contains: a broken "
+                "socket power reading, so the packages are counted (decided once, on those "
+                "regions)"
+            )
         note = f"{APU_NOTE}; not counted in its package's place: {why}"
+        notes: dict[int, tuple[str, str | None]] = {a: (note, None) for a, *_ in sums}
+        count_as = self._default()
+        if self._job is not None:
+            own = {p for _, p, *_ in sums}
+            factors = list(self.factors or [1.0] * len(self._base))
+            rules = list(self.rules)
+            for i, s in enumerate(self._base):
+                if s["domain"] != "package" or i in self.skipped:
+                    continue
+                if i in own:
+                    factors[i] = 1.0
+                    rules[i] = "whole: the CPU package of this rank's own APU socket"
+                    notes[i] = (
+                        "CPU package of this rank's AMD APU socket, counted whole in cpu_j in "
+                        "the socket's place (its reading is broken); the node's other packages "
+                        "are their ranks'",
+                        None,
+                    )
+                else:
+                    count_as[i] = None
+                    notes[i] = (
+                        f"{PACKAGE_REPLACED_NOTE} (another rank of the node counts it in "
+                        "cpu_j): shown beside it, not in the totals",
+                        None,
+                    )
+            self.factors = None if all(f == 1.0 for f in factors) else tuple(factors)
+            self.rules = rules
+            why += "; in this job, this rank counts its own sockets' packages whole"
         self._pairs = []
-        self._apply(self._default(), {a: (note, None) for a, *_ in sums})
+        self._apply(count_as, notes)
+        for i in sorted(self.estimated):
+            # A CPU estimate the socket stood for counts now: results are estimates from here.
+            why += f"; no energy counter for the CPU: {self._base[i]['label']}, an estimate"
+        before = (
+            "; the regions resolved before, with no figure of both to compare, counted the "
+            "socket, as their by_source notes say"
+            if self._waited
+            else ""
+        )
+        return f"AMD APU socket power not counted in its CPU package's place: {why}{before}"
 
     def alternatives(self, alts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """The sampler's alternatives (not read), an APU's labelled as the socket it would stand
@@ -355,11 +452,7 @@ class SourceColumns:
                 method=src["method"],
                 joules=None if failed else j,
                 uncertainty_j=None if (failed or math.isnan(u)) else u,
-                note=(
-                    "source failed or its counter was reset before the region ended"
-                    if failed
-                    else src.get("note")
-                ),
+                note=failed_note(src.get("note")) if failed else src.get("note"),
                 share=1.0 if factors is None else float(factors[i]),
                 share_rule=self.rules[i],
                 node_joules=(
@@ -383,7 +476,10 @@ def _mismatch(apus: int, packages: int, job: ApuJob | None) -> str | None:
         )
     lw, node = job.local_ranks, len(job.node_apus)
     if lw is None:
-        return "no launcher says how many ranks run on this node"
+        return (
+            "no launcher says how many ranks run on this node (configure(local_world_size=N) "
+            "or CARBONCTX_LOCAL_WORLD_SIZE says it)"
+        )
     if job.shared:
         return "another process of the job reports this rank's socket too"
     if node != packages or apus * lw != node:

@@ -35,7 +35,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from carbonctx._results.counted import APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE, counted_domain
+from carbonctx._results.counted import (
+    APU_COUNTED_NOTE,
+    PACKAGE_REPLACED_NOTE,
+    counted_domain,
+    failed_note,
+)
 from carbonctx._results.measurement import node_fields
 from carbonctx._results.units import J_PER_KWH
 
@@ -55,7 +60,6 @@ __all__ = [
 #: The compact form's version, in its context records.
 FORMAT = 2
 _TOTALS = ("package", "dram", "gpu")
-_FAILED = "source failed or its counter was reset before the region ended"
 
 
 def ceil2(u: float) -> float:
@@ -178,7 +182,7 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
             "method": src["method"],
             "joules": j,
             "uncertainty_j": u,
-            "note": _FAILED if failed else src.get("note"),
+            "note": failed_note(src.get("note")) if failed else src.get("note"),
         }
         if src.get("share_rule") is not None:
             share = float(src.get("share", 1.0))

@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["APU_COUNTED_NOTE", "PACKAGE_REPLACED_NOTE", "TOTALS", "counted_domain"]
+__all__ = [
+    "APU_COUNTED_NOTE",
+    "FAILED_NOTE",
+    "PACKAGE_REPLACED_NOTE",
+    "TOTALS",
+    "counted_domain",
+    "failed_note",
+]
 
 #: The domains of the totals: ``cpu_j`` (package), ``dram_j``, ``gpu_j``.
 TOTALS = ("package", "dram", "gpu")
@@ -16,6 +23,17 @@ TOTALS = ("package", "dram", "gpu")
 #: replaces there (then shown beside it). Results carry the choice in these notes.
 APU_COUNTED_NOTE = "AMD APU socket, counted as the CPU package in cpu_j"
 PACKAGE_REPLACED_NOTE = "CPU package inside an AMD APU socket counted in its place"
+
+#: A ``by_source`` entry's note where the source had no figure for the region.
+FAILED_NOTE = "source failed or its counter was reset before the region ended"
+
+
+def failed_note(note: str | None) -> str:
+    """The note of a source without a figure: :data:`FAILED_NOTE`, after the APU choice its
+    note states (which total it counts in is still told by the entry)."""
+    if note and note.startswith((APU_COUNTED_NOTE, PACKAGE_REPLACED_NOTE)):
+        return f"{note}. No figure: {FAILED_NOTE}"
+    return FAILED_NOTE
 
 
 def counted_domain(src: Any) -> str | None:

@@ -73,8 +73,10 @@ class SourceEnergy:
 class Measurement:
     """The energy and CO2 of one region.
 
-    ``cpu_j`` is CPU package energy summed over packages, ``dram_j`` DRAM energy, ``gpu_j`` the
-    tracked GPUs; ``energy_j`` is their sum. Core, uncore and psys zones appear in ``by_source``
+    ``cpu_j`` is CPU package energy summed over packages (an AMD APU's socket, CPU cores,
+    integrated GPU and SoC, in place of the package it contains where the two match one to one:
+    the ``by_source`` notes say which counted), ``dram_j`` DRAM energy, ``gpu_j`` the tracked
+    GPUs; ``energy_j`` is their sum. Core, uncore and psys zones appear in ``by_source``
     but never in totals (they overlap the package). ``uncertainty_j`` is how far the true
     energy can be from the figure given when the counters changed around the region's edges (the
     widths of the brackets at both edges, added); for power sampled at the read (a GPU without

@@ -109,8 +109,9 @@ class JobReport:
         for rank, f in sorted(self.ranks.items(), key=lambda kv: int(kv[0])):
             out.append(f"    rank {rank:>4} ({f.get('node')}): {fmt(f)}")
         out.append(
-            "  (each rank: its own GPUs and its share of its node's CPU and DRAM; a node is "
-            "the sum of its ranks, so its shared sources count once)"
+            "  (each rank: its own GPUs (an AMD APU's socket whole, in its CPU package's "
+            "place, where they match one to one) and its share of its node's CPU and DRAM; a "
+            "node is the sum of its ranks, so its shared sources count once)"
         )
         return out
 
