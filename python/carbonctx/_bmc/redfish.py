@@ -31,12 +31,20 @@ top of the tree first: one inside another such chassis (``Links.ContainedBy``) c
 and one that holds a computer system (``Links.ComputerSystems``) before one that does not. An
 enclosure's or a rack's figure would hold other nodes', and a component's (``Card``,
 ``Module`` such as a GPU baseboard or one GPU's chassis, ``Drawer``) only part of this one, so
-those are read only when the URL names them.
+those are read only when the URL names them; but a ``Rack``, ``Enclosure`` or ``Other`` chassis
+that directly holds exactly one computer system is that node's (some BMCs call a rack server's
+own chassis ``Rack``), tried after those of a node's type.
+
+The search is bounded: at most ``SEARCH_S`` seconds of requests (each bounded on its own by the
+transport), after which it fails (tried again later) and says to name the chassis in the URL; it
+stops at the next request once its owner says so (``stopped``).
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -47,13 +55,18 @@ __all__ = ["Locator", "Reading", "RedfishPower"]
 
 #: Chassis types that hold one node, preferred over enclosures, racks and components.
 NODE_TYPES = ("RackMount", "Blade", "StandAlone", "Sled", "Tower", "Desktop")
+#: Types that are the node's chassis where it directly holds exactly one computer system
+#: (Cisco's CIMC calls a rack server's chassis ``Rack``): tried after the node types.
+HOLDER_TYPES = ("Rack", "Enclosure", "Other")
+#: The search for the reading takes at most this many seconds of requests.
+SEARCH_S = 120.0
 #: Chassis looked at, at most (a GPU server's BMC lists one per GPU, switch, retimer, ...).
 MAX_CHASSIS = 64
 #: Power supplies read, at most.
 MAX_SUPPLIES = 16
 J_PER_KWH = 3.6e6
 #: Sensor reading types that count energy, and joules per unit of each.
-ENERGY_UNITS = {"EnergykWh": J_PER_KWH, "EnergyJoules": 1.0}
+ENERGY_UNITS = {"EnergykWh": J_PER_KWH, "EnergyJoules": 1.0, "EnergyWh": 3600.0}
 #: Joules per unit of an energy sensor's ``ReadingUnits`` (UCUM), and watts per power unit.
 ENERGY_READING_UNITS = {"J": 1.0, "kJ": 1e3, "W.h": 3600.0, "Wh": 3600.0, "kW.h": J_PER_KWH}
 ENERGY_READING_UNITS["kWh"] = J_PER_KWH
@@ -147,10 +160,21 @@ class RedfishPower:
     """Reads the node's power from one BMC; finds where on first use (and again after the
     resource disappears). Every failure is a :class:`RedfishError`."""
 
-    def __init__(self, transport: Transport, chassis: str | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        chassis: str | None = None,
+        *,
+        search_s: float = SEARCH_S,
+        stopped: Callable[[], bool] | None = None,
+    ) -> None:
         self.t = transport
         self.chassis = chassis
         self.locator: Locator | None = None
+        self.search_s = search_s
+        self._stopped = stopped
+        self._search_end = math.inf
+        self._searched = 0
 
     def __repr__(self) -> str:
         return f"<carbonctx Redfish power reader for {self.t.host}>"
@@ -158,11 +182,32 @@ class RedfishPower:
     # ---------------------------------------------------------------- where
 
     def locate(self) -> Locator:
+        self._search_end = time.monotonic() + self.search_s
+        self._searched = 0
+        try:
+            return self._locate()
+        finally:
+            self._search_end = math.inf
+
+    def _get(self, path: str) -> dict[str, Any]:
+        """A GET of the search, within its bound."""
+        if self._stopped is not None and self._stopped():
+            raise self.t.error(f"the search on the BMC at {self.t.host} was stopped")
+        if time.monotonic() >= self._search_end:
+            raise self.t.error(
+                f"no power reading found on the BMC at {self.t.host} within {self.search_s:g} s "
+                f"({self._searched} requests); tried again later. Name the chassis with the "
+                "reading in the URL, e.g. https://BMC/redfish/v1/Chassis/1, to skip the search"
+            )
+        self._searched += 1
+        return self.t.get(path)
+
+    def _locate(self) -> Locator:
         docs: list[tuple[str, dict[str, Any]]] | None
         if self.chassis is not None:
-            docs = [(self.chassis, self.t.get(self.chassis))]
+            docs = [(self.chassis, self._get(self.chassis))]
         else:
-            root = self.t.get("/redfish/v1/")
+            root = self._get("/redfish/v1/")
             coll = _link(root, "Chassis") or "/redfish/v1/Chassis"
             docs = self._expanded(root, coll)
             if docs is None:
@@ -207,12 +252,16 @@ class RedfishPower:
         """The chassis that may be the node, the top of the tree first; the others (with
         their type) go to ``others``."""
         nodes = []
+        holders = []  # a Rack, Enclosure or Other chassis that holds exactly one system
         for path, doc in docs:
             kind = doc.get("ChassisType")
-            if kind is not None and kind not in NODE_TYPES:
+            holder = kind in HOLDER_TYPES and len(_links(doc, "ComputerSystems")) == 1
+            if kind is not None and kind not in NODE_TYPES and not holder:
                 others.append(f"{path} ({kind})")
             elif _absent(doc):
                 others.append(f"{path} (Absent)")
+            elif holder:
+                holders.append((path, doc))
             else:
                 nodes.append((path, doc))
         paths = {p.rstrip("/") for p, _ in nodes}
@@ -222,7 +271,7 @@ class RedfishPower:
             inside = any(c.rstrip("/") in paths for c in _links(doc, "ContainedBy"))
             return inside, not _links(doc, "ComputerSystems")
 
-        return sorted(nodes, key=rank)  # stable: the BMC's order otherwise
+        return sorted(nodes, key=rank) + holders  # stable: the BMC's order otherwise
 
     def _expanded(self, root: dict[str, Any], coll: str) -> list[tuple[str, dict[str, Any]]] | None:
         """The chassis in one request, where the service says it expands a collection's
@@ -238,7 +287,7 @@ class RedfishPower:
             return None
         levels = "($levels=1)" if eq.get("Levels") is True else ""
         try:
-            doc = self.t.get(f"{coll}?$expand={how}{levels}")
+            doc = self._get(f"{coll}?$expand={how}{levels}")
         except RedfishError as e:
             if e.status == 401 or e.permanent:
                 raise
@@ -259,6 +308,7 @@ class RedfishPower:
         """A collection's members, across its ``Members@odata.nextLink`` pages (at most
         ``limit`` members and ``MAX_PAGES`` pages)."""
         out: list[str] = []
+        pages = {path}
         page: str | None = path
         for _ in range(MAX_PAGES):
             if page is None or len(out) >= limit:
@@ -266,9 +316,10 @@ class RedfishPower:
             doc = self._get_or_none(page)
             if doc is None:
                 break
-            out += _members(doc)
+            out += [m for m in _members(doc) if m not in out]
             nxt = doc.get("Members@odata.nextLink")
-            page = nxt if isinstance(nxt, str) and nxt != page else None
+            page = nxt if isinstance(nxt, str) and nxt not in pages else None  # no loops
+            pages.add(str(page))
         return out[:limit]
 
     def _locate_in(
@@ -383,7 +434,7 @@ class RedfishPower:
     def _get_or_none(self, path: str) -> dict[str, Any] | None:
         """The resource, or None where it is not there (404) or not for this account (403)."""
         try:
-            return self.t.get(path)
+            return self._get(path)
         except RedfishError as e:
             if e.status in (403, 404):
                 return None
