@@ -1136,3 +1136,38 @@ def test_an_energy_sensor_in_watt_hours_is_read(cert: tuple[Path, Path]) -> None
         p = _reader(srv, cert)
         assert p.read() == Reading(420.0, 1500.0 * 3600.0)
         p.t.close()
+
+
+def test_stopping_ends_a_search_in_flight_without_a_warning(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    # configure() or exit stops the thread while it is still looking through 64 chassis: it
+    # leaves after the request in flight instead of reading the rest, and says nothing.
+    c = "/redfish/v1/Chassis"
+    many = [f"{c}/Node_{i}" for i in range(64)]
+    with RedfishServer(cert) as srv:
+        srv.docs[c] = _collection(c, many)
+        for path in many:
+            srv.docs[path] = _chassis(path, "RackMount")
+
+        def slow(doc: dict[str, Any], s: float) -> Any:
+            return lambda t: (time.sleep(s), doc)[1]  # answers, within the 5 s deadline
+
+        # The first region waits at most 5 s for a first answer: the search is still going.
+        for path in many[:6]:
+            srv.docs[path] = slow(srv.docs[path], 1.0)
+        srv.docs[many[6]] = slow(srv.docs[many[6]], 3.0)
+        configure(srv, machine, cert, redfish_period_s=5.0)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            with carbonctx.track("r"):
+                pass
+            bmc = _process.runtime().bmc
+            assert bmc is not None
+            wait_for(lambda: srv.requests(many[6]), "the search reaching the slow chassis")
+            bmc.stop()
+            thread = bmc._thread
+            assert thread is not None
+            wait_for(lambda: not thread.is_alive(), "the thread's end")
+        assert not any(srv.requests(m) for m in many[7:])
+        assert bmc_warnings(w) == []

@@ -59,7 +59,7 @@ NODE_TYPES = ("RackMount", "Blade", "StandAlone", "Sled", "Tower", "Desktop")
 #: (Cisco's CIMC calls a rack server's chassis ``Rack``): tried after the node types.
 HOLDER_TYPES = ("Rack", "Enclosure", "Other")
 #: The search for the reading takes at most this many seconds of requests.
-SEARCH_S = 120.0
+SEARCH_S = 300.0
 #: Chassis looked at, at most (a GPU server's BMC lists one per GPU, switch, retimer, ...).
 MAX_CHASSIS = 64
 #: Power supplies read, at most.
