@@ -1171,3 +1171,42 @@ def test_stopping_ends_a_search_in_flight_without_a_warning(
             wait_for(lambda: not thread.is_alive(), "the thread's end")
         assert not any(srv.requests(m) for m in many[7:])
         assert bmc_warnings(w) == []
+
+
+def test_past_64_chassis_the_one_the_system_names_is_read(cert: tuple[Path, Path]) -> None:
+    # A GPU server's BMC may list more chassis than are read one by one (a chassis per GPU,
+    # switch, retimer and their security chips), the node's after them (collections are often
+    # sorted by name). The ComputerSystem's ``Links.Chassis`` names the chassis that holds it.
+    c = "/redfish/v1/Chassis"
+    parts = [f"{c}/HGX_{kind}_{i}" for kind in ("ERoT", "GPU", "PCIeRetimer") for i in range(25)]
+    node = f"{c}/System_0"
+    with RedfishServer(cert) as srv:
+        srv.docs[c] = _collection(c, [*parts, node])
+        for path in parts:
+            srv.docs[path] = _chassis(path, "Component" if "ERoT" in path else "Module")
+        srv.docs[node] = _chassis(node, "RackMount", Power={"@odata.id": f"{node}/Power"})
+        srv.docs[f"{node}/Power"] = {"PowerControl": [{"PowerConsumedWatts": 5200}]}
+        root = srv.resource("/redfish/v1")
+        assert root is not None
+        srv.docs["/redfish/v1"] = {**root, "Systems": {"@odata.id": "/redfish/v1/Systems"}}
+        srv.docs["/redfish/v1/Systems"] = _collection(
+            "/redfish/v1/Systems", ["/redfish/v1/Systems/System_0"]
+        )
+        srv.docs["/redfish/v1/Systems/System_0"] = {
+            "@odata.id": "/redfish/v1/Systems/System_0",
+            "Links": {"Chassis": [{"@odata.id": node}]},
+        }
+        p = _reader(srv, cert)
+        assert p.read().watts == 5200.0
+        assert sum(len(srv.requests(m)) for m in parts) <= 63  # read one by one: at most 64
+        # Expanded in one answer, all of them are looked at.
+        srv.docs["/redfish/v1"]["ProtocolFeaturesSupported"] = {"ExpandQuery": {"NoLinks": True}}
+        srv.docs[f"{c}?$expand=."] = {
+            **srv.docs[c],
+            "Members": [srv.docs[m] for m in [*parts, node]],
+        }
+        del srv.docs["/redfish/v1"]["Systems"]
+        p2 = _reader(srv, cert)
+        assert p2.read().watts == 5200.0
+        p.t.close()
+        p2.t.close()

@@ -19,9 +19,10 @@ Where the reading is, in the order tried for the chosen chassis:
    gives its unit where stated.
 
 The chassis are read in one request where the service offers ``$expand``
-(``ProtocolFeaturesSupported.ExpandQuery``). Readings are numbers; a number sent as a string
-(``"350"``) is read too; null, text, NaN or a negative number is no reading. Collections are
-read across ``Members@odata.nextLink`` pages.
+(``ProtocolFeaturesSupported.ExpandQuery``), else one by one (at most ``MAX_CHASSIS``; where
+more are listed, those the computer system's ``Links.Chassis`` names first). Readings are
+numbers; a number sent as a string (``"350"``) is read too; null, text, NaN or a negative
+number is no reading. Collections are read across ``Members@odata.nextLink`` pages.
 
 A link the chassis does not have, or one that answers HTTP 404, is skipped. The chassis is the
 one the URL names (``https://bmc/redfish/v1/Chassis/1``), else the first of
@@ -60,8 +61,11 @@ NODE_TYPES = ("RackMount", "Blade", "StandAlone", "Sled", "Tower", "Desktop")
 HOLDER_TYPES = ("Rack", "Enclosure", "Other")
 #: The search for the reading takes at most this many seconds of requests.
 SEARCH_S = 300.0
-#: Chassis looked at, at most (a GPU server's BMC lists one per GPU, switch, retimer, ...).
+#: Chassis read one by one, at most (a GPU server's BMC lists one per GPU, switch, retimer,
+#: ...): where more are listed, those the computer system names (``Links.Chassis``) first.
 MAX_CHASSIS = 64
+#: Members of a collection listed, at most.
+MAX_LISTED = 1024
 #: Power supplies read, at most.
 MAX_SUPPLIES = 16
 J_PER_KWH = 3.6e6
@@ -211,8 +215,11 @@ class RedfishPower:
             coll = _link(root, "Chassis") or "/redfish/v1/Chassis"
             docs = self._expanded(root, coll)
             if docs is None:
-                candidates = self._collection(coll, MAX_CHASSIS)
-                got = [(c, self._get_or_none(c)) for c in candidates]
+                candidates = self._collection(coll, MAX_LISTED)
+                if len(candidates) > MAX_CHASSIS:  # the system's own chassis among those read
+                    held = {c.rstrip("/") for c in self._system_chassis(root)}
+                    candidates.sort(key=lambda c: c.rstrip("/") not in held)
+                got = [(c, self._get_or_none(c)) for c in candidates[:MAX_CHASSIS]]
                 docs = [(c, d) for c, d in got if d is not None]  # 404/403: not there for us
             if not docs:
                 raise self.t.error(
@@ -296,13 +303,23 @@ class RedfishPower:
         if not isinstance(members, list) or doc.get("Members@odata.nextLink"):
             return None
         out = []
-        for m in members[:MAX_CHASSIS]:
+        for m in members[:MAX_LISTED]:  # already read: the ranking picks among them all
             if not isinstance(m, dict) or not isinstance(m.get("@odata.id"), str):
                 return None
             if len(m) <= 1:  # a bare link: not expanded after all
                 return None
             out.append((str(m["@odata.id"]), m))
         return out or None
+
+    def _system_chassis(self, root: dict[str, Any]) -> list[str]:
+        """The chassis that the service's computer systems say hold them (``Links.Chassis``
+        of the first few of ``/redfish/v1/Systems``)."""
+        systems = _link(root, "Systems")
+        out: list[str] = []
+        for s in self._collection(systems, 4) if systems else []:
+            if (doc := self._get_or_none(s)) is not None:
+                out += _links(doc, "Chassis")
+        return out
 
     def _collection(self, path: str, limit: int) -> list[str]:
         """A collection's members, across its ``Members@odata.nextLink`` pages (at most
@@ -406,7 +423,7 @@ class RedfishPower:
         """The chassis's own power and energy sensors (``ReadingType`` ``Power``, ``EnergykWh``
         or ``EnergyJoules``, of the whole chassis), among the members whose names speak of
         power or energy, those that say ``total`` first (at most ``MAX_SENSORS`` read)."""
-        members = self._collection(collection, 1024)
+        members = self._collection(collection, MAX_LISTED)
         named = [m for m in members if any(w in _leaf(m) for w in SENSOR_WORDS)]
         named.sort(key=lambda m: "total" not in _leaf(m))
         energy: str | None = None
