@@ -1019,3 +1019,194 @@ def test_many_chassis_in_one_expanded_request_or_one_by_one(cert: tuple[Path, Pa
         assert p3.locator is not None and p3.locator.chassis == node
         for r in (p, p2, p3):
             r.t.close()
+
+
+def test_a_rack_typed_chassis_that_holds_the_one_system_is_the_node(
+    cert: tuple[Path, Path],
+) -> None:
+    # Cisco's CIMC (UCS C240 M5) lists one chassis for the rack server, ``ChassisType``
+    # ``Rack``, holding its one computer system (``Links.ComputerSystems``: the systems
+    # "directly and wholly contained", Chassis schema) with the legacy Power resource.
+    c = "/redfish/v1/Chassis"
+    node = f"{c}/1"
+    with RedfishServer(cert) as srv:
+        srv.docs[c] = _collection(c, [node])
+        srv.docs[node] = _chassis(
+            node,
+            "Rack",
+            Name="Computer System Chassis",
+            Model="UCS C240 M5SX",
+            Links={
+                "ComputerSystems": [{"@odata.id": "/redfish/v1/Systems/WZP23450C8K"}],
+                "ManagedBy": [{"@odata.id": "/redfish/v1/Managers/CIMC"}],
+                "PoweredBy": [{"@odata.id": f"{node}/Power"}],
+            },
+            Power={"@odata.id": f"{node}/Power"},
+        )
+        srv.docs[f"{node}/Power"] = {
+            "@odata.id": f"{node}/Power",
+            "PowerControl": [{"MemberId": "0", "PowerConsumedWatts": 324}],
+        }
+        p = _reader(srv, cert)
+        assert p.read().watts == 324.0
+        assert p.locator is not None and p.locator.chassis == node
+        # A rack that holds two systems (or none) holds more than one node: not read.
+        for systems in ([], ["/redfish/v1/Systems/a", "/redfish/v1/Systems/b"]):
+            srv.docs[node]["Links"]["ComputerSystems"] = [{"@odata.id": s} for s in systems]
+            p2 = _reader(srv, cert)
+            with pytest.raises(RedfishError, match=r"Chassis/1 \(Rack\)"):
+                p2.read()
+            p2.t.close()
+        # A chassis of a node's type comes first.
+        srv.docs[node]["Links"]["ComputerSystems"] = [{"@odata.id": "/redfish/v1/Systems/1"}]
+        mount = f"{c}/Sled"
+        srv.docs[c] = _collection(c, [node, mount])
+        srv.docs[mount] = _chassis(mount, "Sled", Power={"@odata.id": f"{mount}/Power"})
+        srv.docs[f"{mount}/Power"] = {"PowerControl": [{"PowerConsumedWatts": 280}]}
+        p3 = _reader(srv, cert)
+        assert p3.read().watts == 280.0
+        p.t.close()
+        p3.t.close()
+
+
+def test_the_search_is_bounded_and_stops_when_asked(cert: tuple[Path, Path]) -> None:
+    # 64 chassis of a node's type, none with a reading: the search stops when its owner says
+    # so (at its next request), and never runs past its time bound (here none at all).
+    c = "/redfish/v1/Chassis"
+    many = [f"{c}/Node_{i}" for i in range(64)]
+    with RedfishServer(cert) as srv:
+        srv.docs[c] = _collection(c, many)
+        for path in many:
+            srv.docs[path] = _chassis(path, "RackMount", Sensors={"@odata.id": f"{path}/S"})
+            srv.docs[f"{path}/S"] = _collection(f"{path}/S", [])
+
+        def stopped() -> bool:
+            return len(srv.requests(many[5])) > 0
+
+        p = _reader(srv, cert, stopped=stopped)
+        with pytest.raises(RedfishError, match="stopped") as e:
+            p.read()
+        assert not e.value.permanent
+        assert sum(len(srv.requests(m)) for m in many) == 6  # not all 64
+        p2 = _reader(srv, cert, search_s=0.0)
+        with pytest.raises(RedfishError, match=r"within 0 s.*Name the chassis") as e:
+            p2.read()
+        assert not e.value.permanent  # a slow BMC now may be quicker later
+        assert len(srv.requests(c)) == 1  # the first search's only
+        p3 = _reader(srv, cert)  # unbounded enough: looks at all 64, then says what it saw
+        with pytest.raises(RedfishError, match="no power reading"):
+            p3.read()
+        assert sum(len(srv.requests(m)) for m in many) == 6 + 64
+        for r in (p, p2, p3):
+            r.t.close()
+
+
+def test_collection_pages_that_loop_are_read_once(cert: tuple[Path, Path]) -> None:
+    # ``Members@odata.nextLink`` (Redfish spec, paging) of a faulty service that points back
+    # to the first page: each page and each member is read once.
+    c = "/redfish/v1/Chassis"
+    board, node = f"{c}/Board", f"{c}/Node"
+    with RedfishServer(cert) as srv:
+        srv.docs[c] = _collection(c, [board], **{"Members@odata.nextLink": f"{c}?$skip=1"})
+        srv.docs[f"{c}?$skip=1"] = _collection(c, [board, node], **{"Members@odata.nextLink": c})
+        srv.docs[board] = _chassis(board, "RackMount", Sensors={"@odata.id": f"{board}/S"})
+        srv.docs[f"{board}/S"] = _collection(f"{board}/S", [])
+        srv.docs[node] = _chassis(node, "RackMount", Power={"@odata.id": f"{node}/Power"})
+        srv.docs[f"{node}/Power"] = {"PowerControl": [{"PowerConsumedWatts": 410}]}
+        p = _reader(srv, cert)
+        assert p.read().watts == 410.0
+        assert len(srv.requests(c)) == len(srv.requests(f"{c}?$skip=1")) == 1
+        assert len(srv.requests(board)) == len(srv.requests(f"{board}/S")) == 1
+        p.t.close()
+
+
+def test_an_energy_sensor_in_watt_hours_is_read(cert: tuple[Path, Path]) -> None:
+    # Sensor ``ReadingType`` ``EnergyWh`` (Sensor schema: device-level energy, ``ReadingUnits``
+    # ``W.h``) beside ``EnergyJoules`` and ``EnergykWh``.
+    sens = f"{CHASSIS}/Sensors"
+    with RedfishServer(cert, layout="sensors") as srv:
+        srv.docs[f"{sens}/TotalEnergy"] = {
+            "@odata.id": f"{sens}/TotalEnergy",
+            "ReadingType": "EnergyWh",
+            "ReadingUnits": "W.h",
+            "PhysicalContext": "Chassis",
+            "Reading": 1500.0,
+        }
+        srv.docs[f"{sens}/TotalPower"] = {"ReadingType": "Power", "Reading": 420.0}
+        p = _reader(srv, cert)
+        assert p.read() == Reading(420.0, 1500.0 * 3600.0)
+        p.t.close()
+
+
+def test_stopping_ends_a_search_in_flight_without_a_warning(
+    cert: tuple[Path, Path], machine: SimulatedMachine
+) -> None:
+    # configure() or exit stops the thread while it is still looking through 64 chassis: it
+    # leaves after the request in flight instead of reading the rest, and says nothing.
+    c = "/redfish/v1/Chassis"
+    many = [f"{c}/Node_{i}" for i in range(64)]
+    with RedfishServer(cert) as srv:
+        srv.docs[c] = _collection(c, many)
+        for path in many:
+            srv.docs[path] = _chassis(path, "RackMount")
+
+        def slow(doc: dict[str, Any], s: float) -> Any:
+            return lambda t: (time.sleep(s), doc)[1]  # answers, within the 5 s deadline
+
+        # The first region waits at most 5 s for a first answer: the search is still going.
+        for path in many[:6]:
+            srv.docs[path] = slow(srv.docs[path], 1.0)
+        srv.docs[many[6]] = slow(srv.docs[many[6]], 3.0)
+        configure(srv, machine, cert, redfish_period_s=5.0)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            with carbonctx.track("r"):
+                pass
+            bmc = _process.runtime().bmc
+            assert bmc is not None
+            wait_for(lambda: srv.requests(many[6]), "the search reaching the slow chassis")
+            bmc.stop()
+            thread = bmc._thread
+            assert thread is not None
+            wait_for(lambda: not thread.is_alive(), "the thread's end")
+        assert not any(srv.requests(m) for m in many[7:])
+        assert bmc_warnings(w) == []
+
+
+def test_past_64_chassis_the_one_the_system_names_is_read(cert: tuple[Path, Path]) -> None:
+    # A GPU server's BMC may list more chassis than are read one by one (a chassis per GPU,
+    # switch, retimer and their security chips), the node's after them (collections are often
+    # sorted by name). The ComputerSystem's ``Links.Chassis`` names the chassis that holds it.
+    c = "/redfish/v1/Chassis"
+    parts = [f"{c}/HGX_{kind}_{i}" for kind in ("ERoT", "GPU", "PCIeRetimer") for i in range(25)]
+    node = f"{c}/System_0"
+    with RedfishServer(cert) as srv:
+        srv.docs[c] = _collection(c, [*parts, node])
+        for path in parts:
+            srv.docs[path] = _chassis(path, "Component" if "ERoT" in path else "Module")
+        srv.docs[node] = _chassis(node, "RackMount", Power={"@odata.id": f"{node}/Power"})
+        srv.docs[f"{node}/Power"] = {"PowerControl": [{"PowerConsumedWatts": 5200}]}
+        root = srv.resource("/redfish/v1")
+        assert root is not None
+        srv.docs["/redfish/v1"] = {**root, "Systems": {"@odata.id": "/redfish/v1/Systems"}}
+        srv.docs["/redfish/v1/Systems"] = _collection(
+            "/redfish/v1/Systems", ["/redfish/v1/Systems/System_0"]
+        )
+        srv.docs["/redfish/v1/Systems/System_0"] = {
+            "@odata.id": "/redfish/v1/Systems/System_0",
+            "Links": {"Chassis": [{"@odata.id": node}]},
+        }
+        p = _reader(srv, cert)
+        assert p.read().watts == 5200.0
+        assert sum(len(srv.requests(m)) for m in parts) <= 63  # read one by one: at most 64
+        # Expanded in one answer, all of them are looked at.
+        srv.docs["/redfish/v1"]["ProtocolFeaturesSupported"] = {"ExpandQuery": {"NoLinks": True}}
+        srv.docs[f"{c}?$expand=."] = {
+            **srv.docs[c],
+            "Members": [srv.docs[m] for m in [*parts, node]],
+        }
+        del srv.docs["/redfish/v1"]["Systems"]
+        p2 = _reader(srv, cert)
+        assert p2.read().watts == 5200.0
+        p.t.close()
+        p2.t.close()

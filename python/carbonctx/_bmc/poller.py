@@ -24,7 +24,8 @@ sampler reads like any power sensor, and a thread that fetches the reading over 
   sampler (where only the owner reads): its parent does, and a BMC allows few sessions (the
   runtime decides this before making a source).
 - :meth:`BmcSource.stop` waits at most ``STOP_WAIT_S`` for the thread (a request in flight is
-  bounded by ``Limits.deadline_s`` and then ends on its own; the thread is a daemon).
+  bounded by ``Limits.deadline_s`` and then ends on its own, a search for the reading at its
+  next request; the thread is a daemon).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class BmcSource:
             self.feed.close(why)
             self._note(NOTE_KEY, f"carbonctx: node power unavailable: {why}")
             return
-        power = RedfishPower(transport, self._chassis)
+        power = RedfishPower(transport, self._chassis, stopped=self._stop.is_set)
         try:
             self._loop(power)
         finally:
@@ -204,6 +205,8 @@ class BmcSource:
                 self.readings += 1
                 self.failures = 0
             except RedfishError as e:
+                if self._stop.is_set():
+                    return  # stopped mid-search: nothing to say
                 self.failures += 1
                 if e.permanent or e.status in (401, 403):
                     self.feed.close(e.message)

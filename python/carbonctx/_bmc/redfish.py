@@ -19,9 +19,10 @@ Where the reading is, in the order tried for the chosen chassis:
    gives its unit where stated.
 
 The chassis are read in one request where the service offers ``$expand``
-(``ProtocolFeaturesSupported.ExpandQuery``). Readings are numbers; a number sent as a string
-(``"350"``) is read too; null, text, NaN or a negative number is no reading. Collections are
-read across ``Members@odata.nextLink`` pages.
+(``ProtocolFeaturesSupported.ExpandQuery``), else one by one (at most ``MAX_CHASSIS``; where
+more are listed, those the computer system's ``Links.Chassis`` names first). Readings are
+numbers; a number sent as a string (``"350"``) is read too; null, text, NaN or a negative
+number is no reading. Collections are read across ``Members@odata.nextLink`` pages.
 
 A link the chassis does not have, or one that answers HTTP 404, is skipped. The chassis is the
 one the URL names (``https://bmc/redfish/v1/Chassis/1``), else the first of
@@ -31,29 +32,55 @@ top of the tree first: one inside another such chassis (``Links.ContainedBy``) c
 and one that holds a computer system (``Links.ComputerSystems``) before one that does not. An
 enclosure's or a rack's figure would hold other nodes', and a component's (``Card``,
 ``Module`` such as a GPU baseboard or one GPU's chassis, ``Drawer``) only part of this one, so
-those are read only when the URL names them.
+those are read only when the URL names them; but a ``Rack``, ``Enclosure`` or ``Other`` chassis
+that directly holds exactly one computer system is that node's (some BMCs call a rack server's
+own chassis ``Rack``), tried after those of a node's type.
+
+The search is bounded: at most ``SEARCH_S`` seconds of requests (each bounded on its own by the
+transport), after which it fails (tried again later) and says to name the chassis in the URL; it
+stops at the next request once its owner says so (``stopped``).
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from carbonctx._bmc.payload import (
+    _absent,
+    _control,
+    _excerpt,
+    _leaf,
+    _link,
+    _links,
+    _members,
+    _number,
+)
 from carbonctx._bmc.transport import RedfishError, Transport
 
 __all__ = ["Locator", "Reading", "RedfishPower"]
 
 #: Chassis types that hold one node, preferred over enclosures, racks and components.
 NODE_TYPES = ("RackMount", "Blade", "StandAlone", "Sled", "Tower", "Desktop")
-#: Chassis looked at, at most (a GPU server's BMC lists one per GPU, switch, retimer, ...).
+#: Types that are the node's chassis where it directly holds exactly one computer system
+#: (Cisco's CIMC calls a rack server's chassis ``Rack``): tried after the node types.
+HOLDER_TYPES = ("Rack", "Enclosure", "Other")
+#: The search for the reading takes at most this many seconds of requests.
+SEARCH_S = 300.0
+#: Chassis read one by one, at most (a GPU server's BMC lists one per GPU, switch, retimer,
+#: ...): where more are listed, those the computer system names (``Links.Chassis``) first.
 MAX_CHASSIS = 64
+#: Members of a collection listed, at most.
+MAX_LISTED = 1024
 #: Power supplies read, at most.
 MAX_SUPPLIES = 16
 J_PER_KWH = 3.6e6
 #: Sensor reading types that count energy, and joules per unit of each.
-ENERGY_UNITS = {"EnergykWh": J_PER_KWH, "EnergyJoules": 1.0}
+ENERGY_UNITS = {"EnergykWh": J_PER_KWH, "EnergyJoules": 1.0, "EnergyWh": 3600.0}
 #: Joules per unit of an energy sensor's ``ReadingUnits`` (UCUM), and watts per power unit.
 ENERGY_READING_UNITS = {"J": 1.0, "kJ": 1e3, "W.h": 3600.0, "Wh": 3600.0, "kW.h": J_PER_KWH}
 ENERGY_READING_UNITS["kWh"] = J_PER_KWH
@@ -85,72 +112,25 @@ class Locator:
     what: str
 
 
-def _link(doc: dict[str, Any], key: str) -> str | None:
-    v = doc.get(key)
-    if isinstance(v, dict) and isinstance(v.get("@odata.id"), str):
-        return str(v["@odata.id"])
-    return None
-
-
-def _members(doc: dict[str, Any]) -> list[str]:
-    out = []
-    for m in doc.get("Members") or []:
-        if isinstance(m, dict) and isinstance(m.get("@odata.id"), str):
-            out.append(str(m["@odata.id"]))
-    return out
-
-
-def _number(v: Any) -> float | None:
-    """A finite, non-negative reading (a number, or one sent as a string such as ``"350"``);
-    None for null, other text, NaN or a negative number."""
-    if isinstance(v, str):
-        try:
-            v = float(v.strip())
-        except ValueError:
-            return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    x = float(v)
-    return x if math.isfinite(x) and x >= 0 else None
-
-
-def _absent(doc: dict[str, Any]) -> bool:
-    """The resource says it is not there (``Status.State`` ``Absent``)."""
-    st = doc.get("Status")
-    return isinstance(st, dict) and st.get("State") == "Absent"
-
-
-def _links(doc: dict[str, Any], key: str) -> list[str]:
-    """The ``@odata.id`` of each entry of ``Links[key]`` (a list or a single link)."""
-    links = doc.get("Links")
-    v = links.get(key) if isinstance(links, dict) else None
-    items = v if isinstance(v, list) else [v]
-    return [str(i["@odata.id"]) for i in items if isinstance(i, dict) and "@odata.id" in i]
-
-
-def _excerpt(doc: dict[str, Any], key: str) -> tuple[bool, float | None]:
-    """(the property is there, its ``Reading``) of a sensor excerpt such as ``PowerWatts``."""
-    v = doc.get(key)
-    if not isinstance(v, dict) or "Reading" not in v:
-        return False, None
-    return True, _number(v.get("Reading"))
-
-
-def _control(doc: dict[str, Any]) -> dict[str, Any] | None:
-    pc = doc.get("PowerControl")
-    if isinstance(pc, list) and pc and isinstance(pc[0], dict):
-        return pc[0]
-    return None
-
-
 class RedfishPower:
     """Reads the node's power from one BMC; finds where on first use (and again after the
     resource disappears). Every failure is a :class:`RedfishError`."""
 
-    def __init__(self, transport: Transport, chassis: str | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        chassis: str | None = None,
+        *,
+        search_s: float = SEARCH_S,
+        stopped: Callable[[], bool] | None = None,
+    ) -> None:
         self.t = transport
         self.chassis = chassis
         self.locator: Locator | None = None
+        self.search_s = search_s
+        self._stopped = stopped
+        self._search_end = math.inf
+        self._searched = 0
 
     def __repr__(self) -> str:
         return f"<carbonctx Redfish power reader for {self.t.host}>"
@@ -158,16 +138,40 @@ class RedfishPower:
     # ---------------------------------------------------------------- where
 
     def locate(self) -> Locator:
+        self._search_end = time.monotonic() + self.search_s
+        self._searched = 0
+        try:
+            return self._locate()
+        finally:
+            self._search_end = math.inf
+
+    def _get(self, path: str) -> dict[str, Any]:
+        """A GET of the search, within its bound."""
+        if self._stopped is not None and self._stopped():
+            raise self.t.error(f"the search on the BMC at {self.t.host} was stopped")
+        if time.monotonic() >= self._search_end:
+            raise self.t.error(
+                f"no power reading found on the BMC at {self.t.host} within {self.search_s:g} s "
+                f"({self._searched} requests); tried again later. Name the chassis with the "
+                "reading in the URL, e.g. https://BMC/redfish/v1/Chassis/1, to skip the search"
+            )
+        self._searched += 1
+        return self.t.get(path)
+
+    def _locate(self) -> Locator:
         docs: list[tuple[str, dict[str, Any]]] | None
         if self.chassis is not None:
-            docs = [(self.chassis, self.t.get(self.chassis))]
+            docs = [(self.chassis, self._get(self.chassis))]
         else:
-            root = self.t.get("/redfish/v1/")
+            root = self._get("/redfish/v1/")
             coll = _link(root, "Chassis") or "/redfish/v1/Chassis"
             docs = self._expanded(root, coll)
             if docs is None:
-                candidates = self._collection(coll, MAX_CHASSIS)
-                got = [(c, self._get_or_none(c)) for c in candidates]
+                candidates = self._collection(coll, MAX_LISTED)
+                if len(candidates) > MAX_CHASSIS:  # the system's own chassis among those read
+                    held = {c.rstrip("/") for c in self._system_chassis(root)}
+                    candidates.sort(key=lambda c: c.rstrip("/") not in held)
+                got = [(c, self._get_or_none(c)) for c in candidates[:MAX_CHASSIS]]
                 docs = [(c, d) for c, d in got if d is not None]  # 404/403: not there for us
             if not docs:
                 raise self.t.error(
@@ -207,12 +211,16 @@ class RedfishPower:
         """The chassis that may be the node, the top of the tree first; the others (with
         their type) go to ``others``."""
         nodes = []
+        holders = []  # a Rack, Enclosure or Other chassis that holds exactly one system
         for path, doc in docs:
             kind = doc.get("ChassisType")
-            if kind is not None and kind not in NODE_TYPES:
+            holder = kind in HOLDER_TYPES and len(_links(doc, "ComputerSystems")) == 1
+            if kind is not None and kind not in NODE_TYPES and not holder:
                 others.append(f"{path} ({kind})")
             elif _absent(doc):
                 others.append(f"{path} (Absent)")
+            elif holder:
+                holders.append((path, doc))
             else:
                 nodes.append((path, doc))
         paths = {p.rstrip("/") for p, _ in nodes}
@@ -222,7 +230,7 @@ class RedfishPower:
             inside = any(c.rstrip("/") in paths for c in _links(doc, "ContainedBy"))
             return inside, not _links(doc, "ComputerSystems")
 
-        return sorted(nodes, key=rank)  # stable: the BMC's order otherwise
+        return sorted(nodes, key=rank) + holders  # stable: the BMC's order otherwise
 
     def _expanded(self, root: dict[str, Any], coll: str) -> list[tuple[str, dict[str, Any]]] | None:
         """The chassis in one request, where the service says it expands a collection's
@@ -238,7 +246,7 @@ class RedfishPower:
             return None
         levels = "($levels=1)" if eq.get("Levels") is True else ""
         try:
-            doc = self.t.get(f"{coll}?$expand={how}{levels}")
+            doc = self._get(f"{coll}?$expand={how}{levels}")
         except RedfishError as e:
             if e.status == 401 or e.permanent:
                 raise
@@ -247,7 +255,7 @@ class RedfishPower:
         if not isinstance(members, list) or doc.get("Members@odata.nextLink"):
             return None
         out = []
-        for m in members[:MAX_CHASSIS]:
+        for m in members[:MAX_LISTED]:  # already read: the ranking picks among them all
             if not isinstance(m, dict) or not isinstance(m.get("@odata.id"), str):
                 return None
             if len(m) <= 1:  # a bare link: not expanded after all
@@ -255,10 +263,21 @@ class RedfishPower:
             out.append((str(m["@odata.id"]), m))
         return out or None
 
+    def _system_chassis(self, root: dict[str, Any]) -> list[str]:
+        """The chassis that the service's computer systems say hold them (``Links.Chassis``
+        of the first few of ``/redfish/v1/Systems``)."""
+        systems = _link(root, "Systems")
+        out: list[str] = []
+        for s in self._collection(systems, 4) if systems else []:
+            if (doc := self._get_or_none(s)) is not None:
+                out += _links(doc, "Chassis")
+        return out
+
     def _collection(self, path: str, limit: int) -> list[str]:
         """A collection's members, across its ``Members@odata.nextLink`` pages (at most
         ``limit`` members and ``MAX_PAGES`` pages)."""
         out: list[str] = []
+        pages = {path}
         page: str | None = path
         for _ in range(MAX_PAGES):
             if page is None or len(out) >= limit:
@@ -266,9 +285,10 @@ class RedfishPower:
             doc = self._get_or_none(page)
             if doc is None:
                 break
-            out += _members(doc)
+            out += [m for m in _members(doc) if m not in out]
             nxt = doc.get("Members@odata.nextLink")
-            page = nxt if isinstance(nxt, str) and nxt != page else None
+            page = nxt if isinstance(nxt, str) and nxt not in pages else None  # no loops
+            pages.add(str(page))
         return out[:limit]
 
     def _locate_in(
@@ -355,7 +375,7 @@ class RedfishPower:
         """The chassis's own power and energy sensors (``ReadingType`` ``Power``, ``EnergykWh``
         or ``EnergyJoules``, of the whole chassis), among the members whose names speak of
         power or energy, those that say ``total`` first (at most ``MAX_SENSORS`` read)."""
-        members = self._collection(collection, 1024)
+        members = self._collection(collection, MAX_LISTED)
         named = [m for m in members if any(w in _leaf(m) for w in SENSOR_WORDS)]
         named.sort(key=lambda m: "total" not in _leaf(m))
         energy: str | None = None
@@ -383,7 +403,7 @@ class RedfishPower:
     def _get_or_none(self, path: str) -> dict[str, Any] | None:
         """The resource, or None where it is not there (404) or not for this account (403)."""
         try:
-            return self.t.get(path)
+            return self._get(path)
         except RedfishError as e:
             if e.status in (403, 404):
                 return None
@@ -438,10 +458,6 @@ class RedfishPower:
                 return Reading(None)  # one supply without a figure: no total
             total += w
         return Reading(total)
-
-
-def _leaf(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1].lower()
 
 
 def _environment(doc: dict[str, Any]) -> Reading:
