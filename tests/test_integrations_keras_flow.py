@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ if keras.backend.backend() != "torch":
     pytest.skip("keras was imported with another backend before", allow_module_level=True)
 
 import carbonctx  # noqa: E402
+from callback_common import handles  # noqa: E402
 from carbonctx.integrations.keras import CarbonctxCallback  # noqa: E402
 from test_integrations_keras import Batches, _data, _model, cpu_sim  # noqa: E402, F401
 
@@ -155,20 +155,6 @@ def test_an_epochs_loop_of_one_epoch_fits_stops_on_its_budget_cleanly() -> None:
     assert trains and all(regions[m.parent].name == "epoch" for m in trains)
 
 
-def _handles(cb: Any) -> int:
-    """The region handles the callback holds (each keeps its result once read)."""
-    n = 0
-    for v in vars(cb).values():
-        items = getattr(v, "_waiting", v)
-        if isinstance(items, (list, deque)):
-            n += sum(
-                isinstance(x, carbonctx.Tracker)
-                or (isinstance(x, tuple) and isinstance(x[0], carbonctx.Tracker))
-                for x in items
-            )
-    return n
-
-
 class Handles(keras.callbacks.Callback):  # type: ignore[misc]
     """After the callback: how many handles it holds at each batch's end."""
 
@@ -177,7 +163,7 @@ class Handles(keras.callbacks.Callback):  # type: ignore[misc]
         self.cb, self.seen = cb, [0]
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self.seen.append(_handles(self.cb))
+        self.seen.append(handles(self.cb))
 
 
 def test_a_long_epoch_holds_no_handle_per_batch() -> None:

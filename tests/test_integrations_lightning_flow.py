@@ -9,7 +9,6 @@ Simulated hardware without a GPU.
 from __future__ import annotations
 
 import math
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ torch = pytest.importorskip("torch")
 L = pytest.importorskip("lightning.pytorch")
 
 import carbonctx  # noqa: E402
+from callback_common import handles  # noqa: E402
 from carbonctx.integrations.lightning import CarbonctxCallback  # noqa: E402
 from test_integrations_lightning import Memory, Regression, cpu_sim  # noqa: E402, F401
 
@@ -238,20 +238,6 @@ def test_a_fit_resumed_in_the_middle_of_an_epoch_forecasts_from_what_its_figures
     assert forecast == pytest.approx([e0 * 80 / 20, (e0 + e1) * 80 / 60], rel=1e-4)
 
 
-def _handles(cb: Any) -> int:
-    """The region handles the callback holds (each keeps its result once read)."""
-    n = 0
-    for v in vars(cb).values():
-        items = getattr(v, "_waiting", v)
-        if isinstance(items, (list, deque)):
-            n += sum(
-                isinstance(x, carbonctx.Tracker)
-                or (isinstance(x, tuple) and isinstance(x[0], carbonctx.Tracker))
-                for x in items
-            )
-    return n
-
-
 class Handles(L.Callback):  # type: ignore[misc]
     """After the callback: how many handles it holds at each step's end."""
 
@@ -259,7 +245,7 @@ class Handles(L.Callback):  # type: ignore[misc]
         self.cb, self.seen = cb, [0]
 
     def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-        self.seen.append(_handles(self.cb))
+        self.seen.append(handles(self.cb))
 
 
 def test_a_long_epoch_holds_no_handle_per_step(tmp_path: Path) -> None:

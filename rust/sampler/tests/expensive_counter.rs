@@ -1,6 +1,8 @@
 //! The sampler thread against a GPU-like counter whose read costs milliseconds: while regions are
 //! marked it is read in pairs within its share of a core, and regions stay whole and honest.
 
+mod common_wave;
+
 use std::time::Duration;
 
 use carbonctx_sampler::sampler::{Config, Sampler};
@@ -17,17 +19,7 @@ const SAMPLE: u64 = 20 * MS;
 
 /// 50 W / 250 W square wave of 200 ms from `t0`: energy (J) from `t0` to `t`.
 fn energy_j(t0: u64, t: u64) -> f64 {
-    let (low, high, period) = (50.0, 250.0, 200 * MS);
-    let dt = t.saturating_sub(t0);
-    let full = (dt / period) as f64 * (low + high) * 0.1;
-    let rem = dt % period;
-    let half = period / 2;
-    let part = if rem < half {
-        high * rem as f64 * 1e-9
-    } else {
-        high * half as f64 * 1e-9 + low * (rem - half) as f64 * 1e-9
-    };
-    full + part
+    common_wave::square_j(t0, t, 50.0, 250.0, 200 * MS)
 }
 
 /// A GPU energy counter in mJ that moves every [`UPDATE`] (from `t0` + 37 ms), whose read costs

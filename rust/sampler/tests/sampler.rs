@@ -1,5 +1,7 @@
 //! The sampler thread against synthetic sources whose counters follow a known power trace.
 
+mod common_wave;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,17 +15,7 @@ const MS: u64 = 1_000_000;
 
 /// 40 W / 120 W square wave with a 50 ms period, starting at `t0`.
 fn energy_j(t0: u64, t: u64) -> f64 {
-    let (low, high, period) = (40.0, 120.0, 50 * MS);
-    let dt = t.saturating_sub(t0);
-    let full = (dt / period) as f64 * (low + high) * 0.5 * period as f64 * 1e-9;
-    let rem = dt % period;
-    let half = period / 2;
-    let part = if rem < half {
-        high * rem as f64 * 1e-9
-    } else {
-        high * half as f64 * 1e-9 + low * (rem - half) as f64 * 1e-9
-    };
-    full + part
+    common_wave::square_j(t0, t, 40.0, 120.0, 50 * MS)
 }
 
 /// A RAPL-like counter in µJ that updates every `update` ns and wraps at `wrap` µJ.
