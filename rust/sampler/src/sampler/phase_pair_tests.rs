@@ -1,6 +1,7 @@
 //! Tests of paired reads (`phase_pair.rs`), driven in simulated time against a counter that
 //! updates every 100 ms and whose read costs milliseconds (an H100's energy counter).
 
+use super::super::tests::median_abs;
 use super::super::PhaseLock;
 use super::pair_stride;
 
@@ -109,12 +110,6 @@ fn simulate_reads(
         span_ns: end - since.unwrap_or(end),
         losses: pl.pair_losses(),
     }
-}
-
-fn median_abs(errors: &[f64]) -> f64 {
-    let mut abs: Vec<f64> = errors.iter().map(|e| e.abs()).collect();
-    abs.sort_by(|a, b| a.total_cmp(b));
-    abs[abs.len() / 2]
 }
 
 /// Update instants over `duration`: every `period` ns, with a phase that wanders by

@@ -161,10 +161,17 @@ fn drive(times: &[u64], latency: impl Fn(u64) -> u64) -> Vec<f64> {
     errors
 }
 
-fn median_abs(errors: &[f64]) -> f64 {
+pub(super) fn median_abs(errors: &[f64]) -> f64 {
     let mut abs: Vec<f64> = errors.iter().map(|e| e.abs()).collect();
     abs.sort_by(|a, b| a.total_cmp(b));
     abs[abs.len() / 2]
+}
+
+/// The lock has settled: over the second half of the updates, the median stamp error (ns) is
+/// below `bound`.
+fn assert_tail_median_below(errors: &[f64], bound: f64) {
+    let tail = &errors[errors.len() / 2..];
+    assert!(median_abs(tail) < bound, "median {} ns", median_abs(tail));
 }
 
 #[test]
@@ -175,12 +182,8 @@ fn follows_a_period_that_differs_from_the_learned_one() {
     let last = *times.last().unwrap();
     times.extend((1..=3000).map(|k| last + k * 1_030_000));
     let errors = drive(&times, |_| 20_000);
+    assert_tail_median_below(&errors, 60_000.0);
     let tail = &errors[errors.len() / 2..];
-    assert!(
-        median_abs(tail) < 60_000.0,
-        "median {} ns",
-        median_abs(tail)
-    );
     let mut abs: Vec<f64> = tail.iter().map(|e| e.abs()).collect();
     abs.sort_by(|a, b| a.total_cmp(b));
     let p95 = abs[abs.len() * 95 / 100];
@@ -201,12 +204,7 @@ fn stays_on_the_updates_when_reads_wake_late_at_random() {
         10_000 + x * x * x / 770_000
     };
     let errors = drive(&times, late);
-    let tail = &errors[errors.len() / 2..];
-    assert!(
-        median_abs(tail) < 60_000.0,
-        "median {} ns",
-        median_abs(tail)
-    );
+    assert_tail_median_below(&errors, 60_000.0);
 }
 
 #[test]
@@ -217,12 +215,7 @@ fn finds_the_phase_again_after_it_jumps() {
     let last = *times.last().unwrap();
     times.extend((1..=3000).map(|k| last + 600_000 + k * 1_000_000));
     let errors = drive(&times, |_| 20_000);
-    let tail = &errors[errors.len() / 2..];
-    assert!(
-        median_abs(tail) < 60_000.0,
-        "median {} ns",
-        median_abs(tail)
-    );
+    assert_tail_median_below(&errors, 60_000.0);
 }
 
 #[test]
@@ -231,12 +224,7 @@ fn finds_the_phase_again_when_looks_after_a_miss_come_late() {
     // (a busy machine): brackets after a miss are often wide.
     let times: Vec<u64> = (1..=4000).map(|k| k * 1_000_000 + 700_000).collect();
     let errors = drive(&times, |k| if k % 7 == 3 { 400_000 } else { 20_000 });
-    let tail = &errors[errors.len() / 2..];
-    assert!(
-        median_abs(tail) < 60_000.0,
-        "median {} ns",
-        median_abs(tail)
-    );
+    assert_tail_median_below(&errors, 60_000.0);
 }
 
 #[test]
@@ -330,12 +318,7 @@ fn reading_every_twentieth_update_keeps_the_phase_of_a_drifting_counter() {
     let times: Vec<u64> = (1..=20_000).map(|k| k * 1_000_300 + 400_000).collect();
     let (errors, reads) = drive_sparse(&times, 1_000_000_000, 20);
     assert!(errors.len() > 500, "{} stamps", errors.len());
-    let tail = &errors[errors.len() / 2..];
-    assert!(
-        median_abs(tail) < 60_000.0,
-        "median {} ns",
-        median_abs(tail)
-    );
+    assert_tail_median_below(&errors, 60_000.0);
     // About one read in 20 updates, plus the looks.
     assert!(reads < 19_000 / 10, "{reads} reads");
 }
@@ -351,12 +334,7 @@ fn reading_every_twentieth_update_keeps_the_phase_when_updates_come_late() {
         })
         .collect();
     let (errors, _) = drive_sparse(&times, 1_000_000_000, 20);
-    let tail = &errors[errors.len() / 2..];
-    assert!(
-        median_abs(tail) < 120_000.0,
-        "median {} ns",
-        median_abs(tail)
-    );
+    assert_tail_median_below(&errors, 120_000.0);
 }
 
 #[test]
@@ -408,12 +386,7 @@ fn follows_a_period_shorter_than_the_learned_one() {
     let last = *times.last().unwrap();
     times.extend((1..=3000).map(|k| last + k * 1_000_000 * 11 / 12));
     let errors = drive(&times, |_| 20_000);
-    let tail = &errors[errors.len() / 2..];
-    assert!(
-        median_abs(tail) < 60_000.0,
-        "median {} ns",
-        median_abs(tail)
-    );
+    assert_tail_median_below(&errors, 60_000.0);
 }
 
 #[test]
