@@ -175,6 +175,16 @@ with SimulatedMachine(dram=None, gpus=[GpuSpec(wave=Wave(50.0, 250.0, 0.2))], gp
 """
 
 
+def med(runs: list[dict[str, float]], key: str) -> float:
+    """The median of ``key`` over runs."""
+    return statistics.median(r[key] for r in runs)
+
+
+def worst(runs: list[dict[str, float]], key: str) -> float:
+    """The largest ``key`` of any run."""
+    return max(r[key] for r in runs)
+
+
 def build_costly(directory: Path) -> Path:
     """The stand-in NVML whose energy read burns CPU (``CCX_BENCH_ENERGY_READ_US``)."""
     src = Path(testing.__file__).parent / "_fakes"
@@ -211,19 +221,13 @@ def costly(runs: int, trees: dict[str, Path], cost_ms: float, warm_s: float) -> 
             for name, tree in trees.items():
                 res.setdefault(name, []).append(one_costly(tree, lib, warm_s, cost_ms))
 
-    def med(name: str, key: str) -> float:
-        return statistics.median(r[key] for r in res[name])
-
-    def worst(name: str, key: str) -> float:
-        return max(r[key] for r in res[name])
-
     rows = [
-        f"| {name} | {med(name, 'cpu') * 100:.2f} % | {med(name, 'reads_per_s'):.1f} "
-        f"| {med(name, 'stamp_median_ms'):.3f} ms | {worst(name, 'stamp_median_ms'):.3f} ms "
-        f"| {med(name, 'region_median') * 100:.2f} % | {worst(name, 'region_median') * 100:.2f} % "
-        f"| {worst(name, 'region_worst') * 100:.1f} % | {med(name, 'u_median'):.2f} J "
+        f"| {name} | {med(res[name], 'cpu') * 100:.2f} % | {med(res[name], 'reads_per_s'):.1f} "
+        f"| {med(res[name], 'stamp_median_ms'):.3f} ms | {worst(res[name], 'stamp_median_ms'):.3f} ms "
+        f"| {med(res[name], 'region_median') * 100:.2f} % | {worst(res[name], 'region_median') * 100:.2f} % "
+        f"| {worst(res[name], 'region_worst') * 100:.1f} % | {med(res[name], 'u_median'):.2f} J "
         f"| {min(r['held'] for r in res[name]) * 100:.1f} % "
-        f"| {worst(name, 'sum_error') * 100:.3f} % |"
+        f"| {worst(res[name], 'sum_error') * 100:.3f} % |"
         for name in res
     ]
     per_run = "\n".join(
@@ -281,17 +285,11 @@ def main() -> None:
             for name, tree in trees.items():
                 res.setdefault((warm, name), []).append(one(tree, warm))
 
-    def med(k: tuple[float, str], key: str) -> float:
-        return statistics.median(r[key] for r in res[k])
-
-    def worst(k: tuple[float, str], key: str) -> float:
-        return max(r[key] for r in res[k])
-
     rows = [
-        f"| {k[0]:g} s | {k[1]} | {med(k, 'stamp_median_ms'):.3f} ms "
-        f"| {worst(k, 'stamp_median_ms'):.3f} ms | {worst(k, 'stamp_max_ms'):.2f} ms "
-        f"| {med(k, 'region_median') * 100:.2f} % | {worst(k, 'region_median') * 100:.2f} % "
-        f"| {worst(k, 'region_worst') * 100:.1f} % | {med(k, 'reads_per_s'):.1f} |"
+        f"| {k[0]:g} s | {k[1]} | {med(res[k], 'stamp_median_ms'):.3f} ms "
+        f"| {worst(res[k], 'stamp_median_ms'):.3f} ms | {worst(res[k], 'stamp_max_ms'):.2f} ms "
+        f"| {med(res[k], 'region_median') * 100:.2f} % | {worst(res[k], 'region_median') * 100:.2f} % "
+        f"| {worst(res[k], 'region_worst') * 100:.1f} % | {med(res[k], 'reads_per_s'):.1f} |"
         for k in sorted(res)
     ]
     per_run = "\n".join(
