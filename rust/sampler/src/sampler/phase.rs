@@ -180,7 +180,12 @@ impl PhaseLock {
     /// than 1/400 of its period (a bracket must stay wider than a late wake-up; a RAPL zone's
     /// 50 µs is the least): a 100 ms counter read in 20 µs gets a 250 µs guard, is looked at
     /// just before every update (see `probe_every`) and stamped to within about 0.1 ms instead
-    /// of 1 ms, which is most of a 20 ms region's error next to an update.
+    /// of 1 ms, which is most of a 20 ms region's error next to an update. A read that costs
+    /// more than 3 % of the period (3 ms on a counter that moves every 50 ms) widens the guard
+    /// to two thirds of its cost (at most an eighth of the period): a look and the read a guard
+    /// after it have their middles a read's cost and a guard apart, and a close bracket is
+    /// three guards wide at most, so a narrower guard never brackets an update closely (the
+    /// phase known only coarsely, and such a counter never read in pairs, see `pair`).
     pub fn fit_guard(&mut self, read_cost_ns: u64) {
         self.read_cost = read_cost_ns;
         let Some(p) = self.period.filter(|&p| self.locked && p > 0.0) else {
@@ -188,7 +193,8 @@ impl PhaseLock {
         };
         self.guard = ((p / 50.0) as u64)
             .min(read_cost_ns.saturating_mul(8))
-            .max(((p / 400.0) as u64).max(50_000));
+            .max(((p / 400.0) as u64).max(50_000))
+            .max((read_cost_ns.saturating_mul(2) / 3).min((p / 8.0) as u64));
     }
 
     pub fn is_locked(&self) -> bool {

@@ -62,6 +62,27 @@ fn simulate_reads(
     seed: u64,
     read: impl Fn(f64, f64) -> (f64, u64),
 ) -> Outcome {
+    simulate_strides(times, stride.is_none(), |_| stride, duration, seed, read)
+}
+
+/// As [`simulate`], pairs at the stride the sampler takes for the period the lock has learned
+/// (`sampler::costly`: within 1 % of a core).
+fn simulate_budget(times: &[u64], cost: u64, duration: u64, seed: u64) -> Outcome {
+    let stride = |pl: &PhaseLock| pair_stride(cost as f64, pl.period_ns()?, 0.01);
+    simulate_strides(times, false, stride, duration, seed, |x, _| {
+        (x * 300_000.0, cost)
+    })
+}
+
+/// As [`simulate_reads`], pairing at `stride(lock)` (every update read, with `every`).
+fn simulate_strides(
+    times: &[u64],
+    every: bool,
+    stride: impl Fn(&PhaseLock) -> Option<u32>,
+    duration: u64,
+    seed: u64,
+    read: impl Fn(f64, f64) -> (f64, u64),
+) -> Outcome {
     let (mut rng, mut rng_y) = (Rng(seed | 1), Rng(seed.wrapping_mul(0x9e37_79b9) | 1));
     let mut smoothed = 0u64;
     let mut pl = PhaseLock::new(20 * MS);
@@ -95,10 +116,10 @@ fn simulate_reads(
         prev_mid = mid;
         // Counted from the first pair (or, reading every update, from 20 s on).
         if mid > 20_000 * MS {
-            if let Some(k) = stride.filter(|_| pl.is_locked()) {
+            if let Some(k) = stride(&pl).filter(|_| pl.is_locked()) {
                 pl.pair_with(k, end);
             }
-            if (pl.paired() || stride.is_none()) && since.is_none() {
+            if (pl.paired() || every) && since.is_none() {
                 since = Some(end);
             }
         }
@@ -317,5 +338,28 @@ fn a_period_that_changes_is_learned_again() {
         assert!(out.losses >= 1, "{new_period}");
         let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
         assert!(share <= 0.01, "{:.2} % of a core", share * 100.0);
+    }
+}
+
+#[test]
+fn an_expensive_counter_that_updates_every_50_ms_is_read_in_pairs() {
+    // Reads cost 3 ms, the counter moves every 33 to 75 ms: a look and the read a guard after
+    // it are 3 ms and a guard apart, so with a guard of a fiftieth of the period (1 ms at
+    // 50 ms) no update was ever bracketed closely and the counter was read at every update
+    // (6 % of a core or more), never in pairs. Its guard is two thirds of a read's cost.
+    let cost = 3 * MS;
+    let dur = HOUR / 6;
+    for period in [100e6 / 3.0, 50e6, 75e6] {
+        let times = updates(period, 2.0 * MS as f64, 300_000.0, dur, 1);
+        let out = simulate_budget(&times, cost, dur, 3);
+        assert!(
+            out.span_ns > dur - 60_000 * MS,
+            "{period}: paired for {} ms",
+            out.span_ns / MS
+        );
+        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+        assert!(share <= 0.01, "{period}: {:.2} % of a core", share * 100.0);
+        assert!(median_abs(&out.errors) < 1.0e6, "{period}");
+        assert_eq!(out.misplaced, 0, "{period}");
     }
 }
