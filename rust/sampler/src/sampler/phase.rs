@@ -8,6 +8,9 @@
 //! the update, sees nothing, and the quick re-polls that follow bracket the update to within a
 //! few tens of microseconds, which re-anchors the phase. The cost stays close to one read per
 //! update; the precision is that of a read every `guard` nanoseconds.
+//!
+//! Learning the period and phase (at the start, and after the lock is lost) is in `learn`;
+//! paired reads of an expensive counter, one update in several, in `pair`.
 
 /// Phase and period of one counter's updates, and when to read it next.
 #[derive(Clone, Debug)]
@@ -70,13 +73,6 @@ pub struct PhaseLock {
     early_looks: u32,
 }
 
-const ACQUIRE_CHANGES: usize = 12;
-/// Learning at a twentieth of the interval, changes closer together than this share of it
-/// show a counter finer than its poll.
-const FINE_LEARNING_GAP: f64 = 0.6;
-/// Reads at a twentieth of the interval while learning, at most (a hundred intervals: a
-/// 100 ms counter polled every 20 ms locks after about 65 of them).
-const FINE_LEARNING_READS: u32 = 2_000;
 /// Reads after each update land late when the period is overestimated by more than the drift
 /// (or the phase slipped under load): stamps would walk away from the updates unseen. After this
 /// many updates without a bracket, the next read is made just before the predicted update.
@@ -105,7 +101,7 @@ impl PhaseLock {
             drift: 0.0,
             first_change_mid: None,
             last_change_mid: None,
-            diffs: Vec::with_capacity(ACQUIRE_CHANGES),
+            diffs: Vec::with_capacity(learn::ACQUIRE_CHANGES),
             base: None,
             prev_unchanged: false,
             chases: 0,
@@ -184,7 +180,12 @@ impl PhaseLock {
     /// than 1/400 of its period (a bracket must stay wider than a late wake-up; a RAPL zone's
     /// 50 µs is the least): a 100 ms counter read in 20 µs gets a 250 µs guard, is looked at
     /// just before every update (see `probe_every`) and stamped to within about 0.1 ms instead
-    /// of 1 ms, which is most of a 20 ms region's error next to an update.
+    /// of 1 ms, which is most of a 20 ms region's error next to an update. A read that costs
+    /// more than 3 % of the period (3 ms on a counter that moves every 50 ms) widens the guard
+    /// to two thirds of its cost (at most an eighth of the period): a look and the read a guard
+    /// after it have their middles a read's cost and a guard apart, and a close bracket is
+    /// three guards wide at most, so a narrower guard never brackets an update closely (the
+    /// phase known only coarsely, and such a counter never read in pairs, see `pair`).
     pub fn fit_guard(&mut self, read_cost_ns: u64) {
         self.read_cost = read_cost_ns;
         let Some(p) = self.period.filter(|&p| self.locked && p > 0.0) else {
@@ -192,7 +193,8 @@ impl PhaseLock {
         };
         self.guard = ((p / 50.0) as u64)
             .min(read_cost_ns.saturating_mul(8))
-            .max(((p / 400.0) as u64).max(50_000));
+            .max(((p / 400.0) as u64).max(50_000))
+            .max((read_cost_ns.saturating_mul(2) / 3).min((p / 8.0) as u64));
     }
 
     pub fn is_locked(&self) -> bool {
@@ -209,29 +211,12 @@ impl PhaseLock {
         self.period
     }
 
-    fn unlock(&mut self) {
-        self.locked = false;
-        self.first_change_mid = None;
-        self.last_change_mid = None;
-        self.diffs.clear();
-        self.base = None;
-        self.early_looks = 0;
-        self.relocks += 1;
-    }
-
     /// Take one poll: the previous poll's read time, this one's, and whether the counter had
     /// changed. Returns the instant to stamp the change with (within `(prev, t]`).
     pub fn observe(&mut self, prev: u64, t: u64, changed: bool) -> Option<u64> {
         let (prevf, tf) = (prev as f64, t as f64);
         self.observed += 1;
-        if !self.locked && !self.read_cadence && self.learning_step() < self.interval / 2 {
-            // Learning from close reads is bounded (a counter that never changes, or changes
-            // irregularly, is not read every twentieth of its interval for ever).
-            self.fine_reads += 1;
-            if self.fine_reads > FINE_LEARNING_READS {
-                self.read_cadence = true;
-            }
-        }
+        self.count_learning_read();
         if self.pair.is_some() {
             return self.pair_observe(prev, t, changed);
         }
@@ -276,53 +261,7 @@ impl PhaseLock {
         self.chases = 0;
         self.idle = 0;
         if !self.locked {
-            // Learning: polls come at a quarter or half the interval (see `learning_step`), so
-            // each update is seen on its own.
-            if let Some(last) = self.last_change_mid {
-                if !self.read_cadence && (mid - last) < FINE_LEARNING_GAP * self.interval as f64 {
-                    // Changes closer together than the poll interval: a counter finer than it
-                    // is polled, learned at the reads' own cadence (half the interval), as
-                    // reads at marks expect of it (`marks::fine`); start over at that cadence.
-                    self.read_cadence = true;
-                    self.first_change_mid = None;
-                    self.last_change_mid = None;
-                    self.diffs.clear();
-                    return Some(mid as u64);
-                }
-                self.diffs.push(mid - last);
-            }
-            if self.first_change_mid.is_none() {
-                self.first_change_mid = Some(mid);
-            }
-            self.last_change_mid = Some(mid);
-            if self.diffs.len() >= ACQUIRE_CHANGES {
-                let mut d = self.diffs.clone();
-                d.sort_by(|a, b| a.total_cmp(b));
-                let rough = d[d.len() / 2];
-                // Count updates (a late poll may have merged two) and spread the whole span
-                // over them: the period to a fraction of one bracket.
-                let updates: f64 = self
-                    .diffs
-                    .iter()
-                    .map(|x| (x / rough).round().max(1.0))
-                    .sum();
-                let span = mid - self.first_change_mid.unwrap_or(mid);
-                let p = if updates > 0.0 && span > 0.0 {
-                    span / updates
-                } else {
-                    rough
-                };
-                if p > 0.0 {
-                    self.period = Some(p);
-                    self.guard = ((p / 50.0) as u64).max(50_000);
-                    self.next = mid + p;
-                    // Search quickly for the phase until the first close bracket.
-                    self.drift = p / 16.0;
-                    self.locked = true;
-                    self.mismatches = 0;
-                }
-            }
-            return Some(mid as u64);
+            return self.learn(mid);
         }
         let p = self.period.unwrap_or(self.interval as f64);
         let g = self.guard as f64;
@@ -474,31 +413,6 @@ impl PhaseLock {
         }
     }
 
-    /// How far apart reads are while the period is learned: half the interval, and a quarter
-    /// for counters polled every 2 ms or faster (cheap reads). At half the interval, brackets'
-    /// midpoints are off by up to a quarter of the period each way, so a gap between two seen
-    /// changes can be near one and a half periods, and the update count (and with it the
-    /// period) comes out wrong by a twelfth: that happens when the reads sit on the update edge,
-    /// as when the counter updates on the poll's own cadence, and leaves a lock that predicts
-    /// updates where there are none. At a quarter no gap is ambiguous. A counter polled
-    /// more slowly whose reads cost little (eight of them within a twentieth of the interval)
-    /// is read every twentieth of the interval while learning (1 ms for a GPU polled every
-    /// 20 ms): its changes are stamped, and its period learned, twenty times more closely, for
-    /// about twelve updates' worth of extra reads once. One that changes more often than it is
-    /// polled is learned at half the interval all the same (see `read_cadence`).
-    fn learning_step(&self) -> u64 {
-        if self.interval <= 2_000_000 {
-            self.interval / 4
-        } else if !self.read_cadence
-            && self.read_cost > 0
-            && self.read_cost.saturating_mul(8) <= self.interval / 20
-        {
-            self.interval / 20
-        } else {
-            self.interval / 2
-        }
-    }
-
     /// When to read next, given that the last read completed at `t` (half the interval while
     /// the period is being learned).
     pub fn due(&self, t: u64) -> u64 {
@@ -535,6 +449,8 @@ fn min_drift(guard: f64, period: f64) -> f64 {
     (guard / 8.0).max(period / 400.0)
 }
 
+#[path = "phase_learn.rs"]
+mod learn;
 #[path = "phase_pair.rs"]
 mod pair;
 pub(crate) use pair::pair_stride;

@@ -17,15 +17,20 @@
 //! A look that wakes too late to be sure it came before the update is stamped at its own read
 //! (its energy spread evenly up to it), never at a predicted update it may not have seen.
 //!
-//! Two reads per visit, never more (no chases: a read after that sees nothing leaves the
-//! update to the next look, and its energy to the next point). The period follows the steps
-//! slowly. A search that moves half a period one way without turning, or that finds the update
-//! in under a fifth of its visits or moves more than a period back and forth over 64 of them
-//! (the period changed: the update crosses the reads only now and then; a period that halved
-//! is not seen, every other update falling where the old ones did), has lost the update: the
-//! lock learns the period and phase again (reading every update), and pairs resume once it
-//! knows them closely. The stride is the caller's (see `sampler::costly`). (Also here: how
-//! far apart reads every few updates come, and when the period is known well enough for them.)
+//! Two reads per visit, and a third in one visit of [`CHECK_EVERY`] (no chases: a read after
+//! that sees nothing leaves the update to the next look, and its energy to the next point). The
+//! period follows the steps slowly. A search that moves half a period one way without turning,
+//! or that finds the update in under a fifth of its visits or moves more than a period back and
+//! forth over 64 of them (the period changed: the update crosses the reads only now and then),
+//! has lost the update. So has one whose checks see updates between two predicted ones: a
+//! period that halved (or fell to a third: a driver or clock change) keeps every other update
+//! where the old ones were, so the look (which sees the updates since the last visit whatever
+//! the period) and the read after answer as before; only a look before the update that follows
+//! the one the read after saw, which must see nothing, finds the extra updates (see
+//! `Pair::check`). Lost, the lock learns the period and phase again (reading every update), and
+//! pairs resume once it knows them closely. The stride is the caller's (see `sampler::costly`).
+//! (Also here: how far apart reads every few updates come, and when the period is known well
+//! enough for them.)
 
 use super::PhaseLock;
 
@@ -42,6 +47,15 @@ const MIN_FOUND: u32 = 13;
 /// jump, a wandering phase, late wake-ups), one that chases an update whose period changed
 /// by a tenth or more moves it by more than a period.
 const WINDOW_TRAVEL: f64 = 1.0;
+/// One visit in this many whose read after saw its update is followed by a check (see
+/// `Pair::check`): a read more in 32, within the tenth of the share that [`pair_stride`] keeps.
+const CHECK_EVERY: u32 = 16;
+/// The check ends at least this share of a period before the next predicted update (a phase
+/// that is off by less is not taken for an update between two predicted ones).
+const CHECK_CLEAR: f64 = 0.25;
+/// Checks in a row that saw an update between two predicted ones before the pair is lost (a
+/// check that saw one is followed by another at the next visit).
+const EARLY_CHECKS: u32 = 2;
 
 /// The state of paired reads (see the module's documentation).
 #[derive(Clone, Debug)]
@@ -75,6 +89,22 @@ pub(super) struct Pair {
     found: u32,
     /// How far the steps moved the prediction over those visits, ns (see [`WINDOW_TRAVEL`]).
     travel: f64,
+    /// The next read is a check: when it is to end, and the latest end at which it counts
+    /// (ns). After a read after that saw its update (at `u`), the check is a look before the
+    /// next one (`u + p`): it ends a look's margin and a read before it (at least
+    /// [`CHECK_CLEAR`] of the period), and is made only where its read then lies wholly past
+    /// `u + p / 2`. It sees a change only if the counter updated between two predicted
+    /// updates: its period fell by about a quarter or more (halved, to a third: a driver or
+    /// clock change), which the look and the read after do not show. [`EARLY_CHECKS`] such
+    /// checks in a row and the pair is lost. A check follows [`CHECK_EVERY`] visits whose read
+    /// after saw the update (a search far from its update is caught by the other rules). One
+    /// that ends later than the margin and a read before `u + p` (a late wake-up) tells
+    /// nothing.
+    check: Option<(f64, f64)>,
+    /// Visits whose read after saw the update since the last check, and checks in a row that
+    /// saw an update between two predicted ones.
+    since_check: u32,
+    early_checks: u32,
 }
 
 impl PhaseLock {
@@ -147,6 +177,9 @@ impl PhaseLock {
             visits: 0,
             found: 0,
             travel: 0.0,
+            check: None,
+            since_check: 0,
+            early_checks: 0,
         };
         pr.at += p * ((now as f64 - pr.at) / p).ceil().max(0.0);
         self.pair = Some(pr);
@@ -177,9 +210,10 @@ impl PhaseLock {
 
     /// The margin between the look's end and the predicted update: four steps, at least a
     /// guard; a read's cost (where in its read the counter is taken is not known, and the
-    /// prediction settles where the read after sees the update half the time); and the whole of a run of steps later (were the update in fact earlier than the
-    /// look, every read after would see nothing and the steps go on later: the look stays
-    /// where it was before the run began, so such a run turns).
+    /// prediction settles where the read after sees the update half the time); and the whole
+    /// of a run of steps later (were the update in fact earlier than the look, every read
+    /// after would see nothing and the steps go on later: the look stays where it was before
+    /// the run began, so such a run turns).
     fn look_margin(&self, pr: &Pair) -> f64 {
         let run = if pr.dir > 0 { pr.run } else { 0.0 };
         let p = self.period.unwrap_or(f64::MAX);
@@ -193,9 +227,10 @@ impl PhaseLock {
             return t;
         };
         let c = self.read_cost as f64;
-        let start = match pr.look {
-            None => pr.at - self.look_margin(pr) - c,
-            Some(_) => pr.at - c / 2.0,
+        let start = match (pr.check, pr.look) {
+            (Some((end, _)), _) => end - c,
+            (None, None) => pr.at - self.look_margin(pr) - c,
+            (None, Some(_)) => pr.at - c / 2.0,
         };
         (start.max(0.0) as u64).max(t + 1)
     }
@@ -222,6 +257,9 @@ impl PhaseLock {
         let p = self.period?;
         let (prevf, tf) = (prev as f64, t as f64);
         let mut pr = self.pair.take()?;
+        if let Some((_, limit)) = pr.check.take() {
+            return self.pair_check(pr, limit, tf, changed);
+        }
         let stamp = match pr.look {
             None => {
                 // The look: the updates since the last read, the latest at its predicted instant.
@@ -281,6 +319,20 @@ impl PhaseLock {
                     pr.visits += 1;
                     pr.found += u32::from(changed);
                 }
+                if !past && changed {
+                    pr.since_check += 1;
+                    let c = self.read_cost as f64;
+                    let before = self.look_margin(&pr) + c;
+                    let end = expected + p - before.max(CHECK_CLEAR * p);
+                    // Its read wholly past the middle of the period (where a halved period's
+                    // update comes).
+                    let seen_half = end - c > expected + p / 2.0;
+                    let due = pr.since_check >= CHECK_EVERY || pr.early_checks > 0;
+                    if due && pr.stride > 1 && seen_half {
+                        pr.since_check = 0;
+                        pr.check = Some((end, expected + p - before));
+                    }
+                }
                 if dir != 0 {
                     if pr.dir == dir {
                         // Noisy answers repeat by chance (the read's sampling instant and the
@@ -328,6 +380,29 @@ impl PhaseLock {
         self.pair = Some(pr);
         self.skip_to_lookable(tf);
         stamp
+    }
+
+    /// The check (see `Pair::check`): this read, its middle at `t`, is to see no change. One
+    /// that ended after `limit` (a late wake-up) may have seen the next predicted update and
+    /// tells nothing. A change it saw is stamped at the read itself (its energy spread evenly
+    /// up to it: where the updates came is not known).
+    fn pair_check(&mut self, mut pr: Pair, limit: f64, t: f64, changed: bool) -> Option<u64> {
+        let c = self.read_cost as f64;
+        let in_time = t + c / 2.0 <= limit;
+        if in_time {
+            pr.early_checks = if changed { pr.early_checks + 1 } else { 0 };
+        }
+        if pr.early_checks >= EARLY_CHECKS {
+            // Updates between the predicted ones: the period fell (halved, or less). Learn it
+            // again, reading every update, as at the start.
+            self.pair_lost += 1;
+            self.stride = 1;
+            self.unlock();
+        } else {
+            self.pair = Some(pr);
+            self.skip_to_lookable(t);
+        }
+        changed.then_some(t as u64)
     }
 }
 

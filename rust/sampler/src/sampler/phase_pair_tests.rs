@@ -62,6 +62,27 @@ fn simulate_reads(
     seed: u64,
     read: impl Fn(f64, f64) -> (f64, u64),
 ) -> Outcome {
+    simulate_strides(times, stride.is_none(), |_| stride, duration, seed, read)
+}
+
+/// As [`simulate`], pairs at the stride the sampler takes for the period the lock has learned
+/// (`sampler::costly`: within 1 % of a core).
+fn simulate_budget(times: &[u64], cost: u64, duration: u64, seed: u64) -> Outcome {
+    let stride = |pl: &PhaseLock| pair_stride(cost as f64, pl.period_ns()?, 0.01);
+    simulate_strides(times, false, stride, duration, seed, |x, _| {
+        (x * 300_000.0, cost)
+    })
+}
+
+/// As [`simulate_reads`], pairing at `stride(lock)` (every update read, with `every`).
+fn simulate_strides(
+    times: &[u64],
+    every: bool,
+    stride: impl Fn(&PhaseLock) -> Option<u32>,
+    duration: u64,
+    seed: u64,
+    read: impl Fn(f64, f64) -> (f64, u64),
+) -> Outcome {
     let (mut rng, mut rng_y) = (Rng(seed | 1), Rng(seed.wrapping_mul(0x9e37_79b9) | 1));
     let mut smoothed = 0u64;
     let mut pl = PhaseLock::new(20 * MS);
@@ -95,10 +116,10 @@ fn simulate_reads(
         prev_mid = mid;
         // Counted from the first pair (or, reading every update, from 20 s on).
         if mid > 20_000 * MS {
-            if let Some(k) = stride.filter(|_| pl.is_locked()) {
+            if let Some(k) = stride(&pl).filter(|_| pl.is_locked()) {
                 pl.pair_with(k, end);
             }
-            if (pl.paired() || stride.is_none()) && since.is_none() {
+            if (pl.paired() || every) && since.is_none() {
                 since = Some(end);
             }
         }
@@ -317,5 +338,95 @@ fn a_period_that_changes_is_learned_again() {
         assert!(out.losses >= 1, "{new_period}");
         let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
         assert!(share <= 0.01, "{:.2} % of a core", share * 100.0);
+    }
+}
+
+/// Update instants over `duration`: every 100 ms until five minutes, then every `new_period`
+/// ns from `shift` ns after the last of those (with no shift, every old update instant is a
+/// new one's too).
+fn period_change(new_period: f64, shift: f64, duration: u64) -> Vec<u64> {
+    let (mut times, mut t) = (Vec::new(), 7e6);
+    while t < (duration + 1_000 * MS) as f64 {
+        times.push(t as u64);
+        t += if t < 300e9 {
+            100e6
+        } else if t - 100e6 < 300e9 {
+            new_period + shift
+        } else {
+            new_period
+        };
+    }
+    times
+}
+
+#[test]
+fn a_period_that_falls_to_a_half_or_a_third_is_learned_again() {
+    // A driver or clock change after five minutes: updates every 50 ms (or 33.3) instead of
+    // 100, every old update instant still an update (or the new ones shifted by 20 ms). The
+    // look (it sees the updates since the last visit whatever the period) and the read after
+    // answer as before, and every other update falls where predicted: without the checks
+    // between two predicted updates the pair stays on, stamping each change a half (or two
+    // thirds) of the old period early. The lock learns the period again and the stamps
+    // settle on the updates; the stride follows the new period, within the share.
+    let cost = 3 * MS;
+    let dur = HOUR;
+    for (new_period, shift) in [(50e6, 0.0), (100e6 / 3.0, 0.0), (50e6, 20e6)] {
+        let times = period_change(new_period, shift, dur);
+        let out = simulate_budget(&times, cost, dur, 3);
+        let n = out.errors.len();
+        let last = median_abs(&out.errors[n * 3 / 4..]);
+        assert!(
+            last < 1.0e6,
+            "{new_period} (+{shift}): median {last} ns in the last quarter hour"
+        );
+        assert!(out.losses >= 1, "{new_period} (+{shift})");
+        // Paired again (reading every update of it would take 6 % of a core or more).
+        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+        assert!(share <= 0.01, "{:.2} % of a core", share * 100.0);
+    }
+}
+
+#[test]
+fn a_steady_counter_read_in_pairs_is_never_learned_again() {
+    // The checks between two predicted updates see nothing on a steady counter (updates
+    // jittered by 300 µs, a phase wandering by 2 ms): over an hour, no pair is lost.
+    let cost = 3 * MS;
+    for seed in 1u64..=6 {
+        let times = updates(100.004e6, 2.0 * MS as f64, 300_000.0, HOUR, seed);
+        let out = simulate_budget(&times, cost, HOUR, seed * 7);
+        assert!(out.span_ns as f64 > 0.95 * HOUR as f64, "seed {seed}");
+        assert_eq!(out.losses, 0, "seed {seed}");
+        assert_eq!(out.misplaced, 0, "seed {seed}");
+        assert!(median_abs(&out.errors) < 1.0e6, "seed {seed}");
+        // The checks' reads too: within the 1 % budget.
+        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+        assert!(
+            share <= 0.01,
+            "seed {seed}: {:.2} % of a core",
+            share * 100.0
+        );
+    }
+}
+
+#[test]
+fn an_expensive_counter_that_updates_every_50_ms_is_read_in_pairs() {
+    // Reads cost 3 ms, the counter moves every 33 to 75 ms: a look and the read a guard after
+    // it are 3 ms and a guard apart, so with a guard of a fiftieth of the period (1 ms at
+    // 50 ms) no update was ever bracketed closely and the counter was read at every update
+    // (6 % of a core or more), never in pairs. Its guard is two thirds of a read's cost.
+    let cost = 3 * MS;
+    let dur = HOUR / 6;
+    for period in [100e6 / 3.0, 50e6, 75e6] {
+        let times = updates(period, 2.0 * MS as f64, 300_000.0, dur, 1);
+        let out = simulate_budget(&times, cost, dur, 3);
+        assert!(
+            out.span_ns > dur - 60_000 * MS,
+            "{period}: paired for {} ms",
+            out.span_ns / MS
+        );
+        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+        assert!(share <= 0.01, "{period}: {:.2} % of a core", share * 100.0);
+        assert!(median_abs(&out.errors) < 1.0e6, "{period}");
+        assert_eq!(out.misplaced, 0, "{period}");
     }
 }

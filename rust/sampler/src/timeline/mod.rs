@@ -1,13 +1,15 @@
 //! The timeline of each source: cumulative joules against CLOCK_MONOTONIC time.
 //!
 //! [`accumulate`] turns readings into points (deltas, wraparound, resets, change-time stamps);
-//! [`history`] keeps them in fixed-size rings and answers "how many joules at this instant, and
-//! within what bracket" ([`EnergyAt`]); [`spread`] keeps what a power integral is uncertain by,
-//! and [`held`] learns whether a power source's device holds its reading.
+//! [`ring`] keeps them in a fixed-size ring and answers "how many joules at this instant, and
+//! within what bracket" ([`EnergyAt`]); [`history`] holds a source's rings (fine and coarse), its
+//! gaps and its power integral's uncertainty; [`spread`] keeps what a power integral is uncertain
+//! by, and [`held`] learns whether a power source's device holds its reading.
 
 pub mod accumulate;
 pub mod held;
 pub mod history;
+pub mod ring;
 pub mod spread;
 
 #[cfg(test)]
