@@ -306,11 +306,11 @@ def plan_gpus(
     mods = sys.modules if modules is None else modules
     share, rule = share_of(info)
     # Imported only here: a process that is no rank of a job, and names no GPU, needs none.
-    from carbonctx._distributed.mig import names_mig
+    from carbonctx._distributed.mig import mig_on_machine, names_mig
 
-    if not settings.gpu or (
-        not info.distributed and settings.gpus is None and not names_mig(e, settings.gpus)
-    ):
+    proc = settings.proc_root or "/proc"
+    mig = names_mig(e, settings.gpus) or mig_on_machine(proc)
+    if not settings.gpu or (not info.distributed and settings.gpus is None and not mig):
         return RankPlan(info, None, None, share, rule)
     from carbonctx._distributed import owned_gpus
 
@@ -324,7 +324,7 @@ def plan_gpus(
         **machine, cpu_backends=[], nvml=True, amdsmi=settings.amdsmi, estimate="never"
     )
     gpus = gpus_of(found["sources"])
-    if names_mig(e, settings.gpus):
+    if mig:
         gpus = with_mig_instances(gpus, machine["nvml_library"])
     amd = gpus_of(found["sources"], "amd")
     node_apus = tuple(
@@ -338,6 +338,11 @@ def plan_gpus(
     ownership = owned_gpus(
         info, gpus, e, override=_override(settings.gpus, gpus, amd, "nvidia"), modules=mods
     )
+    if ownership.mig_instance is not None:
+        from carbonctx._distributed.claims import one_report
+
+        # Ranks of the job on one MIG instance: one of them reports it.
+        ownership = one_report(ownership, info, settings.node_dir)
     # No GPU visible: the sampler reads CUDA_VISIBLE_DEVICES itself, finds none either, and says
     # why (an entry naming no GPU or MIG instance, with what to do).
     # A process that is no rank, on a MIG instance, reports every GPU it sees (its instance's
