@@ -24,8 +24,9 @@ Rules, first that applies:
 3. No GPU visible: none.
    A rank on a MIG instance reports its GPU times its instance's share of the GPU's slices
    (``mig_share``); where NVML does not give the slices, the first-instance rule
-   (:mod:`carbonctx._distributed.mig` says both). The GPU setting naming a MIG instance
-   (rule 1) gives that instance's share too.
+   (:mod:`carbonctx._distributed.mig` says both; also which instance a MIG GPU named by index
+   is, and how the job's ranks on one instance report it once). The GPU setting naming a MIG
+   instance (rule 1) gives that instance's share too.
 
 4. torch is already imported and has initialised CUDA (never imported or initialised here): the
    device it has made current, unless more local ranks than GPUs share them (rule 6). Except:

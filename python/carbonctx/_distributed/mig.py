@@ -10,8 +10,15 @@ slices over the GPU's (the slices of its largest GPU-instance profile), as NVML 
 (``Gpu.mig``, ``Gpu.slices``); a compute instance smaller than its GPU instance (one of several MIG
 devices cut from it) counts its own compute slices instead. No knowledge of other processes is
 needed: the instances of one GPU add up to at most the whole GPU, and slices that no instance holds
-(or whose instance runs nothing measured) belong to no one; but several processes on one instance
-each report its share (nothing tells one process of the others there). The split is an
+(or whose instance runs nothing measured) belong to no one. Several processes of one job on one
+instance (same ``MIG-`` UUID, or the same GPU and GPU- and compute-instance ids:
+:func:`instance_key`) report it once: one of them, the others 0
+(:mod:`carbonctx._distributed.claims`); processes that are no ranks of one job cannot know of each
+other, and each reports the share (their reason says so). A GPU in MIG mode named without a
+``MIG-`` entry (by index, by ``GPU-`` UUID, or the machine's only GPU), the only GPU the process
+sees, is the MIG device CUDA picks there: "the first one available" (NVIDIA's MIG user guide, CUDA
+device enumeration), taken as the first NVML lists (:func:`place`); several GPUs seen, some in MIG
+mode, are reported whole with a warning (:func:`whole_warning`). The split is an
 approximation: NVML does not meter an instance's own use. Where NVML does not give the slices (an
 old driver, a refused call), a rank falls back to the first-instance rule: the rank on the GPU's
 first instance (in NVML's order) reports the whole GPU, the others none (``shared`` either way),

@@ -13,7 +13,8 @@ the ranks inside a region at each instant, needs every rank's region marks in on
 comes with one sampler per node.) A GPU is not shared: a rank reports its own GPUs whole
 (``_distributed.devices`` says which and why) and never another rank's. Except a GPU cut into
 MIG instances: a process on one (a rank or not) reports the GPU's energy times its instance's
-share of the GPU's slices (``_distributed.mig``), needing no knowledge of the other processes.
+share of the GPU's slices (``_distributed.mig``), needing no knowledge of the other processes;
+of the job's processes on one instance, one reports it (``_distributed.claims``).
 """
 
 from __future__ import annotations
