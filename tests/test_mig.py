@@ -561,3 +561,40 @@ def test_two_ranks_at_once_on_one_instance_count_it_once(tmp_path: Path, fake_nv
     assert loser["gpu_j"] == 0
     assert winner["by_source"]["nvml:1"]["share"] == pytest.approx(3 / 7)
     assert sum(r["gpu_j"] for r in results) == pytest.approx(truth[0] * 3 / 7, rel=0.01)
+
+
+def test_a_forked_child_does_not_inherit_the_claim(tmp_path: Path) -> None:
+    # A DataLoader-like worker forked from the rank that reports the instance: the claim stays
+    # with the rank (the worker, asking for itself, is told who reports it), and goes with it:
+    # once the rank has exited, the next process of the job takes it though the worker lives.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from carbonctx._distributed.claims import claim_instance
+
+    where, ready = str(tmp_path / "shm"), tmp_path / "worker"
+    script = f"""
+import os, sys, time
+from carbonctx._distributed.claims import claim_instance
+assert claim_instance("jkey", "gpu-x/1/0", "rank 0", {where!r}) == (True, "rank 0")
+if os.fork() == 0:
+    got = claim_instance("jkey", "gpu-x/1/0", "worker", {where!r})
+    open({str(ready)!r} + ".tmp", "w").write(f"{{os.getpid()}} {{got[0]}} {{got[1]}}")
+    os.rename({str(ready)!r} + ".tmp", {str(ready)!r})
+    time.sleep(60)
+    os._exit(0)
+while not os.path.exists({str(ready)!r}):
+    time.sleep(0.01)
+"""
+    # Output to a file: a pipe would stay open in the worker until it exits.
+    with open(tmp_path / "err", "w") as err:
+        done = subprocess.run([sys.executable, "-c", script], stderr=err, timeout=60)
+    assert done.returncode == 0, (tmp_path / "err").read_text()
+    pid, mine, who = ready.read_text().split(" ", 2)
+    try:
+        assert (mine, who) == ("False", "rank 0")
+        assert claim_instance("jkey", "gpu-x/1/0", "rank 1", where) == (True, "rank 1")
+    finally:
+        os.kill(int(pid), signal.SIGKILL)
