@@ -53,6 +53,19 @@ def _path(directory: str, job_key: str, instance: str) -> Path:
     return Path(directory) / f"carbonctx-{job_key}-mig-{h}.lock"
 
 
+def _holder(fd: int) -> str:
+    """What the holder wrote of itself: it writes just after taking the lock, so an empty file
+    is read again for up to 0.2 s."""
+    import time
+
+    for _ in range(40):
+        who = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        if who:
+            return who
+        time.sleep(0.005)
+    return ""
+
+
 def claim_instance(
     job_key: str, instance: str, me: str, directory: str | None = None
 ) -> tuple[bool, str] | str:
@@ -80,7 +93,7 @@ def claim_instance(
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             try:
-                who = os.pread(fd, 512, 0).decode(errors="replace").strip()
+                who = _holder(fd)
             finally:
                 os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
