@@ -17,8 +17,11 @@ def uuid(i: int) -> str:
     return f"GPU-{i}{i}{i}{i}abcd-1234-5678-9abc-def012345678"
 
 
+# GPU 4 is in MIG mode, with one instance (a GPU listed with instances is in MIG mode: CUDA
+# then runs on one of them, which the MIG tests cover).
 GPUS = [
-    Gpu(index=i, uuid=uuid(i), name="NVIDIA H100", mig_uuids=(f"MIG-{i}mig",)) for i in range(8)
+    Gpu(index=i, uuid=uuid(i), name="NVIDIA H100", mig_uuids=(f"MIG-{i}mig",) if i == 4 else ())
+    for i in range(8)
 ]
 SINGLE = RankInfo(node="n", job_key="k")
 

@@ -407,3 +407,194 @@ def test_without_slices_a_rank_off_the_first_instance_says_how_its_gpu_is_report
     # As the reason says: the setting on that rank reports the whole GPU.
     own = owned_gpus(detect_ranks(env, warn=False), gpus, env, override=[MIG[1]], modules={})
     assert (own.rule, own.indices) == ("setting", (1,))
+
+
+# ---------------------------------------------------------------------------- one report per
+# instance among a job's processes; a MIG GPU named by index
+
+
+def mig_capabilities(proc_root: Path, gpu: int, *gis: int) -> None:
+    """The driver's capability files of ``gpu``'s GPU instances (NVIDIA's MIG user guide,
+    "Device Nodes and Capabilities"): how a MIG GPU is noticed without a MIG- entry."""
+    for gi in gis:
+        d = proc_root / f"driver/nvidia/capabilities/gpu{gpu}/mig/gi{gi}"
+        (d / "ci0").mkdir(parents=True, exist_ok=True)
+        (d / "access").write_text(f"DeviceFileMinor: {gi * 9 + 3}\nDeviceFileMode: 292\n")
+        (d / "ci0/access").write_text(f"DeviceFileMinor: {gi * 9 + 4}\nDeviceFileMode: 292\n")
+
+
+def test_a_mig_gpu_named_by_index_reports_the_instance_cuda_picks(
+    monkeypatch: pytest.MonkeyPatch, sim: SimulatedMachine
+) -> None:
+    # CUDA_VISIBLE_DEVICES=1 on GPU 1 in MIG mode: CUDA runs on its first MIG device available
+    # (NVIDIA's MIG user guide), the 3-slice one NVML lists first: 3/7 of the GPU, not all of it.
+    mig_capabilities(Path(sim.settings()["proc_root"]), 1, 1, 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    r, truth = measure(sim)
+    src = gpu_sources(r)
+    assert list(src) == ["nvml:1"]
+    assert src["nvml:1"].share == pytest.approx(3 / 7)
+    rule = str(src["nvml:1"].share_rule)
+    assert "first MIG device available" in rule and MIG[0] in rule and "R570" in rule
+    assert r.gpu_j == pytest.approx(truth * 3 / 7, rel=0.1)
+    own = carbonctx.devices()["rank"]["gpus"]
+    assert own["rule"] == "mig-slices" and own["mig_share"]["share"] == pytest.approx(3 / 7)
+    assert "not ranks of this process's job" in own["reason"]
+
+
+def test_mig_gpus_among_several_named_by_index_are_reported_whole_with_a_warning() -> None:
+    from carbonctx._distributed import Gpu, detect_ranks, owned_gpus
+    from carbonctx._distributed.devices import MigInstance
+    from carbonctx._distributed.mig import mig_on_machine
+
+    parent = "GPU-0a1b2c3d-0000-1111-2222-333344445555"
+    inst = (MigInstance(MIG[0], "A100 MIG 3g.20gb", 1, 0, 3), MigInstance(MIG[1], None, 2, 0, 4))
+    gpus = [Gpu(0, "GPU-aaaa"), Gpu(1, parent, None, MIG, inst, 7)]
+    # One GPU seen, in MIG mode, by index or by its GPU- UUID, a rank or not: its first instance.
+    for env in (
+        {"CUDA_VISIBLE_DEVICES": "1"},
+        {**TORCHRUN, "RANK": "1", "LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": parent[:12]},
+    ):
+        own = owned_gpus(detect_ranks(env, warn=False), gpus, env, modules={})
+        assert (own.rule, own.indices, own.warning) == ("mig-slices", (1,), None)
+        assert own.mig_share is not None and own.mig_share[1] == pytest.approx(3 / 7)
+        assert "first MIG device available" in own.reason
+    # Which instance of which GPU is not known among several: whole, and a warning says so.
+    env = {"CUDA_VISIBLE_DEVICES": "0,1"}
+    own = owned_gpus(detect_ranks(env, warn=False), gpus, env, modules={})
+    assert (own.rule, own.indices, own.mig_share) == ("all-visible", (0, 1), None)
+    assert own.warning and "GPU(s) 1 are in MIG mode and reported whole" in own.warning
+    assert "MIG-<uuid>" in own.warning
+    # A plain GPU by index: nothing changes.
+    env = {"CUDA_VISIBLE_DEVICES": "0"}
+    own = owned_gpus(detect_ranks(env, warn=False), gpus, env, modules={})
+    assert (own.rule, own.mig_share, own.warning) == ("all-visible", None, None)
+    assert not mig_on_machine("/nonexistent")
+
+
+def test_one_process_of_a_job_reports_an_instance_the_others_report_nothing(
+    tmp_path: Path,
+) -> None:
+    import fcntl
+    import os
+
+    from carbonctx._distributed import Gpu, detect_ranks, owned_gpus
+    from carbonctx._distributed.claims import one_report
+    from carbonctx._distributed.devices import MigInstance
+
+    parent = "GPU-0a1b2c3d-0000-1111-2222-333344445555"
+    inst = (MigInstance(MIG[0], "A100 MIG 3g.20gb", 1, 0, 3), MigInstance(MIG[1], None, 2, 0, 4))
+    gpus = [Gpu(0, parent, None, MIG, inst, 7)]
+
+    def plan(rank: int, entry: str, directory: Path) -> Any:
+        env = {
+            **TORCHRUN,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "CUDA_VISIBLE_DEVICES": entry,
+        }
+        info = detect_ranks(env, warn=False, proc_root="/nonexistent", hostname="n")
+        return info, one_report(owned_gpus(info, gpus, env, modules={}), info, str(directory))
+
+    # Another process of the job holds the claim on instance 1/0 (named either way, it is one
+    # instance): this rank reports 0 for the GPU and says who reports it.
+    info, _ = plan(0, MIG[1], tmp_path / "a")  # instance 2/0; makes the directory
+    from carbonctx._distributed.claims import _path
+
+    key = f"{parent.lower()}/1/0"
+    fd = os.open(_path(str(tmp_path / "a"), info.job_key, key), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"rank 7 (local rank 7, pid 1)")
+        for entry in (MIG[0], f"MIG-{parent}/1/0"):
+            _, own = plan(1, entry, tmp_path / "a")
+            assert (own.rule, own.indices, own.mig_share) == ("mig-claimed", (), None)
+            assert own.shared and "rank 7 (local rank 7, pid 1)" in own.reason
+    finally:
+        os.close(fd)
+    # Nobody holds it: this rank reports the share, and says it does for the job's others.
+    _, own = plan(1, MIG[0], tmp_path / "b")
+    assert own.rule == "mig-slices" and own.mig_share[1] == pytest.approx(3 / 7)
+    assert "for every process of its job on it" in own.mig_share[2]
+    # Again in this process (a second runtime): still this one.
+    _, again = plan(1, MIG[0], tmp_path / "b")
+    assert again.rule == "mig-slices"
+    # Where no lock file can be made: every rank reports, and a warning says it counts again.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _, own = plan(1, MIG[0], blocker)
+    assert own.rule == "mig-slices" and own.warning and "counts its share again" in own.warning
+
+
+def test_two_ranks_at_once_on_one_instance_count_it_once(tmp_path: Path, fake_nvml: Path) -> None:
+    # Both ranks as subprocesses given the same instance: one reports its 3/7 of the GPU, the
+    # other none, so the job counts the instance once.
+    from test_distributed_measure import rank_env, run_ranks
+
+    with SimulatedMachine(
+        tmp_path / "hw",
+        package=Wave.constant(80.0),
+        gpus=[GpuSpec(wave=Wave.constant(60.0)), GpuSpec(wave=Wave(100.0, 300.0, 0.2))],
+        gpu_update_s=0.01,
+        nvml_library=fake_nvml,
+    ) as sim:
+        partition(sim, 1, LAYOUT)
+        envs = [
+            rank_env(
+                sim,
+                tmp_path,
+                **TORCHRUN,
+                RANK=str(r),
+                LOCAL_RANK=str(r),
+                GROUP_RANK="0",
+                CUDA_VISIBLE_DEVICES=MIG[0],
+            )
+            for r in range(2)
+        ]
+        results = run_ranks(sim, tmp_path, envs)
+        truth = [sim.gpu_truth_j(1, r["t0_ns"], r["t1_ns"]) for r in results]
+    rules = sorted(r["devices"]["gpus"]["rule"] for r in results)
+    assert rules == ["mig-claimed", "mig-slices"]
+    (loser,) = [r for r in results if r["devices"]["gpus"]["rule"] == "mig-claimed"]
+    (winner,) = [r for r in results if r["devices"]["gpus"]["rule"] == "mig-slices"]
+    assert f"rank {winner['devices']['rank']}" in loser["devices"]["gpus"]["reason"]
+    assert loser["gpu_j"] == 0
+    assert winner["by_source"]["nvml:1"]["share"] == pytest.approx(3 / 7)
+    assert sum(r["gpu_j"] for r in results) == pytest.approx(truth[0] * 3 / 7, rel=0.01)
+
+
+def test_a_forked_child_does_not_inherit_the_claim(tmp_path: Path) -> None:
+    # A DataLoader-like worker forked from the rank that reports the instance: the claim stays
+    # with the rank (the worker, asking for itself, is told who reports it), and goes with it:
+    # once the rank has exited, the next process of the job takes it though the worker lives.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from carbonctx._distributed.claims import claim_instance
+
+    where, ready = str(tmp_path / "shm"), tmp_path / "worker"
+    script = f"""
+import os, sys, time
+from carbonctx._distributed.claims import claim_instance
+assert claim_instance("jkey", "gpu-x/1/0", "rank 0", {where!r}) == (True, "rank 0")
+if os.fork() == 0:
+    got = claim_instance("jkey", "gpu-x/1/0", "worker", {where!r})
+    open({str(ready)!r} + ".tmp", "w").write(f"{{os.getpid()}} {{got[0]}} {{got[1]}}")
+    os.rename({str(ready)!r} + ".tmp", {str(ready)!r})
+    time.sleep(60)
+    os._exit(0)
+while not os.path.exists({str(ready)!r}):
+    time.sleep(0.01)
+"""
+    # Output to a file: a pipe would stay open in the worker until it exits.
+    with open(tmp_path / "err", "w") as err:
+        done = subprocess.run([sys.executable, "-c", script], stderr=err, timeout=60)
+    assert done.returncode == 0, (tmp_path / "err").read_text()
+    pid, mine, who = ready.read_text().split(" ", 2)
+    try:
+        assert (mine, who) == ("False", "rank 0")
+        assert claim_instance("jkey", "gpu-x/1/0", "rank 1", where) == (True, "rank 1")
+    finally:
+        os.kill(int(pid), signal.SIGKILL)

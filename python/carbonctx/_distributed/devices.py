@@ -24,8 +24,9 @@ Rules, first that applies:
 3. No GPU visible: none.
    A rank on a MIG instance reports its GPU times its instance's share of the GPU's slices
    (``mig_share``); where NVML does not give the slices, the first-instance rule
-   (:mod:`carbonctx._distributed.mig` says both). The GPU setting naming a MIG instance
-   (rule 1) gives that instance's share too.
+   (:mod:`carbonctx._distributed.mig` says both; also which instance a MIG GPU named by index
+   is, and how the job's ranks on one instance report it once). The GPU setting naming a MIG
+   instance (rule 1) gives that instance's share too.
 
 4. torch is already imported and has initialised CUDA (never imported or initialised here): the
    device it has made current, unless more local ranks than GPUs share them (rule 6). Except:
@@ -63,7 +64,7 @@ from typing import Any
 import attrs
 
 from carbonctx._distributed.gpus import Gpu, GpuOwnership, MigInstance, pick
-from carbonctx._distributed.mig import find_instance, mig_entry, names_mig, on_mig, slice_share
+from carbonctx._distributed.mig import find_instance, names_mig, place, slice_share, whole_warning
 from carbonctx._distributed.ranks import RankInfo
 from carbonctx.errors import ConfigurationError
 
@@ -269,6 +270,8 @@ def owned_gpus(
     Raises :class:`ConfigurationError` when ``override`` names a GPU this process cannot see.
     """
     own = _owned(info, gpus, env, override, modules, vendor)
+    if vendor == "nvidia" and (warning := whole_warning(gpus, own)):
+        own = attrs.evolve(own, warning=warning)
     if vendor != "intel":
         return own
     _, partial = intel_visible(gpus, env)
@@ -347,8 +350,7 @@ def _owned(
         own = pick(
             visible, range(n), "all-visible", "not part of a distributed job: every GPU it sees"
         )
-        mig = mig_entry(env) if vendor == "nvidia" else None
-        return (on_mig(own, visible, mig, False) if mig else None) or own
+        return (place(own, visible, env, False) if vendor == "nvidia" else None) or own
     if n == 0:
         why = "this process sees no GPU"
         first = env.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
@@ -358,8 +360,7 @@ def _owned(
                 "(nvidia-smi -L lists them)"
             )
         return pick(visible, [], "none-visible", why)
-    mig = mig_entry(env) if vendor == "nvidia" else None
-    placed = on_mig(pick(visible, [], "", ""), visible, mig, True) if mig else None
+    placed = place(pick(visible, [], "", ""), visible, env, True) if vendor == "nvidia" else None
     if placed is not None:
         return placed
 

@@ -62,6 +62,9 @@ class GpuOwnership:
     #: For a process on a MIG instance: (GPU index, its instance's share of the GPU, how that
     #: share was found). The GPU's other figures count whole.
     mig_share: tuple[int, float, str] | None = None
+    #: For a rank reporting a MIG instance: the instance, one name however it is named
+    #: (:func:`carbonctx._distributed.mig.instance_key`), for the job's one report of it.
+    mig_instance: str | None = None
     #: A degradation to warn of once (the slices of a MIG instance unknown).
     warning: str | None = None
 

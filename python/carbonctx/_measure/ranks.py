@@ -13,7 +13,8 @@ the ranks inside a region at each instant, needs every rank's region marks in on
 comes with one sampler per node.) A GPU is not shared: a rank reports its own GPUs whole
 (``_distributed.devices`` says which and why) and never another rank's. Except a GPU cut into
 MIG instances: a process on one (a rank or not) reports the GPU's energy times its instance's
-share of the GPU's slices (``_distributed.mig``), needing no knowledge of the other processes.
+share of the GPU's slices (``_distributed.mig``), needing no knowledge of the other processes;
+of the job's processes on one instance, one reports it (``_distributed.claims``).
 """
 
 from __future__ import annotations
@@ -306,11 +307,11 @@ def plan_gpus(
     mods = sys.modules if modules is None else modules
     share, rule = share_of(info)
     # Imported only here: a process that is no rank of a job, and names no GPU, needs none.
-    from carbonctx._distributed.mig import names_mig
+    from carbonctx._distributed.mig import mig_on_machine, names_mig
 
-    if not settings.gpu or (
-        not info.distributed and settings.gpus is None and not names_mig(e, settings.gpus)
-    ):
+    proc = settings.proc_root or "/proc"
+    mig = names_mig(e, settings.gpus) or mig_on_machine(proc)
+    if not settings.gpu or (not info.distributed and settings.gpus is None and not mig):
         return RankPlan(info, None, None, share, rule)
     from carbonctx._distributed import owned_gpus
 
@@ -324,7 +325,7 @@ def plan_gpus(
         **machine, cpu_backends=[], nvml=True, amdsmi=settings.amdsmi, estimate="never"
     )
     gpus = gpus_of(found["sources"])
-    if names_mig(e, settings.gpus):
+    if mig:
         gpus = with_mig_instances(gpus, machine["nvml_library"])
     amd = gpus_of(found["sources"], "amd")
     node_apus = tuple(
@@ -338,6 +339,11 @@ def plan_gpus(
     ownership = owned_gpus(
         info, gpus, e, override=_override(settings.gpus, gpus, amd, "nvidia"), modules=mods
     )
+    if ownership.mig_instance is not None:
+        from carbonctx._distributed.claims import one_report
+
+        # Ranks of the job on one MIG instance: one of them reports it.
+        ownership = one_report(ownership, info, settings.node_dir)
     # No GPU visible: the sampler reads CUDA_VISIBLE_DEVICES itself, finds none either, and says
     # why (an entry naming no GPU or MIG instance, with what to do).
     # A process that is no rank, on a MIG instance, reports every GPU it sees (its instance's
