@@ -116,10 +116,11 @@ class CarbonctxCallback(TrainerCallback):
 
     def _reset(self) -> None:
         self._open: Any = None
-        # After the final log: the best model's load (its region), and the final log's dicts
-        # (the Trainer's metrics, its log_history entry) that learn its figures.
+        # After a final log with load_best_model_at_end: the best model's load (its region, on a
+        # rank that loads), and the final log's dicts (the metrics train() returns, its
+        # log_history entry) that learn its figures.
         self._tail: Any = None
-        self._final: list[dict[str, Any]] = []
+        self._final: list[dict[str, Any]] | None = None
         self._phase = "train"
         self._epoch_index = 0
         # Regions ended and not yet read: (phase, epoch index, region).
@@ -318,31 +319,34 @@ class CarbonctxCallback(TrainerCallback):
         if hist and hist[-1].get("step") == state.global_step and before <= set(hist[-1]):
             entry = hist[-1]
             entry.update(added)
-        if kind == "final" and hf_logs.loads_best(args, state):
-            # The Trainer loads the best checkpoint after this log, then calls on_train_end: a
-            # region of its own, counted in the totals there and added to this log's dicts
-            # (``logs`` is the metrics dict train() returns).
+        if kind == "final" and getattr(args, "load_best_model_at_end", False):
+            # The Trainer loads the best checkpoint after this log (when it found one), then
+            # calls on_train_end: a region of its own, counted there.
             self._final = [logs] if entry is None else [logs, entry]
-            self._tail = self._regions.open(f"{self.name}.load_best_model", self.tags)
+            if hf_logs.loads_best(args, state):
+                self._tail = self._regions.open(f"{self.name}.load_best_model", self.tags)
 
     def _read_tail(self, args: Any) -> None:
         """Count the best model's load (after the final log) in the totals."""
+        final, self._final = self._final, None
         region, self._tail = self._tail, None
-        if region is None:
-            return
-        self._regions.end(region)
-        j, g = figures((region,))
-        if args is not None:
-            # The Trainer's own on_train_end, after the load: every rank comes (the load's
-            # condition is the same on every rank). After an exception, this rank's own.
+        j = g = 0.0
+        if region is not None:
+            self._regions.end(region)
+            j, g = figures((region,))
+        if args is not None and final is not None:
+            # The Trainer's on_train_end after its final log: every rank comes, with the same
+            # load_best_model_at_end. Whether a rank loads depends on what its filesystem holds:
+            # one that does not adds nothing. After an exception: this rank's own, no collective.
             j, g = self._job([j, g])
+        if region is None and not j > 0:
+            return
         self.total_j += j
         self.total_co2_g += g
         self.load_best_model = {"energy_j": j, "co2_g": g}
-        for d in self._final:
+        for d in final or ():
             put(d, "load_best_model_energy_j", j)
             put(d, "load_best_model_co2_g", g)
-        self._final = []
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # Normally the final log has ended the last region already. After an exception
