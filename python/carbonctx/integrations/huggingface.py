@@ -55,7 +55,8 @@ interruption is not in the checkpoint, so not in them).
 at every log, a collective: the Trainer logs on every rank at the same steps), so rank 0's
 reporters log the job's energy; ``job_totals=False`` keeps each rank's own (resumed, a rank other
 than 0 counts from the resume: the checkpoint's ``log_history`` is rank 0's). The budget decision
-is joint: every rank stops after the same step.
+is joint: every rank stops after the same step. The best model's load is summed in the Trainer's
+``on_train_end`` (a rank that found no best checkpoint to load adds nothing).
 """
 
 from __future__ import annotations
@@ -351,8 +352,8 @@ class CarbonctxCallback(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # Normally the final log has ended the last region already. After an exception
         # (attach()'s wrapper calls this) what was not logged yet goes into the totals and the
-        # finished epochs: it cannot be logged, and it is not lost. No collective here: the
-        # other ranks may never come.
+        # finished epochs: it cannot be logged, and it is not lost. No collective then (the
+        # other ranks may never come); after a normal end, only the best model's load's.
         self._read_tail(args)
         self._stop_regions()
         self._read_closed()
