@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 WORKER = r"""
-import json, sys
+import json, os, sys
 import torch, transformers
 import carbonctx
 from carbonctx.integrations.huggingface import attach
@@ -44,17 +44,27 @@ torch.manual_seed(0)
 config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=32, n_layer=2,
                                  n_head=2, bos_token_id=0, eos_token_id=0)
 # A first run saves at step 4 (its first epoch), a second resumes; "resume_own": each rank's own
-# figures (job_totals=False).
+# figures (job_totals=False). "best": an evaluation and a checkpoint per epoch and the best
+# model loaded at the end; "best_rank0": rank 1 finds no best checkpoint (as a node whose disk
+# lacks rank 0's checkpoints) and loads nothing.
 resume = budget.startswith("resume")
+best = budget.startswith("best")
+class Forgets(transformers.TrainerCallback):
+    def on_save(self, args, state, control, **kw):
+        state.best_model_checkpoint = None
 def run(checkpoint=None):
     args = transformers.TrainingArguments(
         output_dir=out + "/hf", per_device_train_batch_size=8, num_train_epochs=2,
-        logging_steps=2, save_strategy="steps" if resume else "no", save_steps=4,
+        logging_steps=2, save_strategy="steps" if resume else "epoch" if best else "no",
+        save_steps=4, eval_strategy="epoch" if best else "no", load_best_model_at_end=best,
         report_to="none", use_cpu=True, disable_tqdm=True, ddp_backend="gloo",
         dataloader_num_workers=0, seed=0)
+    forgets = budget == "best_rank0" and os.environ["RANK"] == "1"
     trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
-                                   train_dataset=Tokens(64, 1))
+                                   train_dataset=Tokens(64, 1), eval_dataset=Tokens(32, 2),
+                                   callbacks=[Forgets()] if forgets else None)
     cb = attach(trainer, budget_kwh=None if budget in ("none", "resume", "resume_own")
+                or best
                 else float(budget), job_totals=budget != "resume_own")
     trainer.train(resume_from_checkpoint=checkpoint)
     return trainer, cb
@@ -79,6 +89,8 @@ with open(f"{out}/rank{rank}.json", "w") as f:
         "step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "exceeded": cb.budget_exceeded,
+        "load": cb.load_best_model,
+        "own_load": st["hf.load_best_model"].energy_j.total if "hf.load_best_model" in st else 0,
     }, f)
 """
 
@@ -147,3 +159,19 @@ def test_a_resumed_run_of_each_ranks_own_figures_takes_only_rank_0s_from_the_che
     assert r1["total_j"] == pytest.approx(since[1], rel=1e-9)
     assert [e["epoch"] for e in r0["epochs"]] == [1.0, 2.0]
     assert [e["epoch"] for e in r1["epochs"]] == [2.0]
+
+
+@pytest.mark.parametrize("mode", ["best", "best_rank0"])
+def test_the_best_models_load_is_the_jobs_on_each_rank(tmp_path: Path, mode: str) -> None:
+    # The load comes after the final log: its figure is summed over the ranks at on_train_end,
+    # which every rank reaches, also one that loads nothing (it adds nothing, and waits for none).
+    r0, r1 = _job(tmp_path, [mode, mode])
+    assert r0["own_load"] > 0
+    assert (r1["own_load"] > 0) == (mode == "best")
+    job = r0["own_load"] + r1["own_load"]
+    for r in (r0, r1):
+        assert r["load"]["energy_j"] == pytest.approx(job, rel=1e-9)
+        final = r["hist"][-1]
+        assert final["load_best_model_energy_j"] == r["load"]["energy_j"]
+        assert r["total_j"] == pytest.approx(final["train_energy_j"] + job, rel=1e-9)
+        assert r["step"] == r["max_steps"]

@@ -21,13 +21,21 @@ them, not in ``hf.train``. Each log then carries what was spent since the previo
   batch, capped at the dataset's length per epoch), ``energy_j_per_token`` (when the Trainer
   counts tokens: ``include_num_input_tokens_seen``), ``energy_forecast_kwh`` (what the whole run
   will cost at the rate so far), and, in the first log after an epoch, ``epoch_energy_j`` and
-  ``epoch_co2_g`` (its evaluation included; the last epoch's in the final log);
+  ``epoch_co2_g`` (its evaluation included; the last epoch's in the final log). A log that closes
+  several epochs (epochs shorter than ``logging_steps``, ``logging_strategy="no"``) has their sum
+  there and each one's own in ``epoch_energy_j/<n>``, ``epoch_co2_g/<n>`` (``n`` from 1);
 * evaluation logs during training: ``eval_energy_j``, ``eval_co2_g``, ``eval_energy_j_per_sample``
   (prefix as the metrics'), the evaluation alone (a ``trainer.predict`` run during training, by a
   callback, is measured as one and counted in the next evaluation log, or in the final log);
 * the final log: ``energy_j`` and ``co2_g`` since the previous log, and ``train_energy_j``,
   ``train_co2_g`` for the whole run. The ``energy_j`` and ``eval_energy_j`` values of all logs
-  add up to ``train_energy_j``.
+  add up to ``train_energy_j``, and so do their ``epoch_energy_j``.
+
+**The best model's load.** With ``load_best_model_at_end``, the Trainer loads the best checkpoint
+after the final log: that is a region of its own (``hf.load_best_model``), in ``total_j`` and
+``total_co2_g`` (they are ``train_energy_j`` plus it) and in ``load_best_model`` (None without
+it); it is added to the final log's ``log_history`` entry and to the metrics ``train()`` returns
+as ``load_best_model_energy_j`` and ``load_best_model_co2_g``, after the reporters saw that log.
 
 **Order.** The Trainer calls its callbacks in list order with one ``logs`` dict, and the
 reporting callbacks (W&B, MLflow, TensorBoard, Comet...) come before those passed in
@@ -41,14 +49,14 @@ and evaluate) and before every reporter. Passed in ``callbacks=``, the figures s
 :func:`attach`; it cannot be logged). ``train(resume_from_checkpoint=...)`` continues the
 checkpoint's epochs and totals from its ``log_history``: ``train_energy_j``, the forecast and the
 budget are the whole run's (what was spent after the checkpoint's last log and before the
-interruption is not in the checkpoint, so not in them). What runs after the final log
-(``load_best_model_at_end``) is in no figure.
+interruption is not in the checkpoint, so not in them).
 
 **Distributed jobs.** Under ``torch.distributed`` the figures are the job's (summed over ranks
 at every log, a collective: the Trainer logs on every rank at the same steps), so rank 0's
 reporters log the job's energy; ``job_totals=False`` keeps each rank's own (resumed, a rank other
 than 0 counts from the resume: the checkpoint's ``log_history`` is rank 0's). The budget decision
-is joint: every rank stops after the same step.
+is joint: every rank stops after the same step. The best model's load is summed in the Trainer's
+``on_train_end`` (a rank that found no best checkpoint to load adds nothing).
 """
 
 from __future__ import annotations
@@ -63,19 +71,10 @@ from transformers import TrainerCallback
 
 import carbonctx
 from carbonctx._distributed import collectives
-from carbonctx.integrations._common import J_PER_KWH, Budget, Regions, put
+from carbonctx.integrations import _hf_logs as hf_logs
+from carbonctx.integrations._common import J_PER_KWH, Budget, Regions, figures, put
 
 __all__ = ["CarbonctxCallback", "attach"]
-
-
-def _phase_of(logs: Mapping[str, Any]) -> str:
-    """``"final"``, ``"train"`` or an evaluation's metric prefix (``"eval"``, ``"test"``...)."""
-    if "train_loss" in logs and "total_flos" in logs:
-        return "final"
-    for key in logs:
-        if key.endswith("_runtime") and not key.startswith("train_"):
-            return key[: -len("_runtime")]
-    return "train"
 
 
 class CarbonctxCallback(TrainerCallback):
@@ -89,7 +88,9 @@ class CarbonctxCallback(TrainerCallback):
     of an epoch are its own); an epoch's totals go with the first log after it.
 
     After training: ``total_j``, ``total_co2_g``, ``epochs`` (one dict per epoch: ``epoch``,
-    ``energy_j``, ``co2_g``), ``budget_exceeded`` (None or what was exceeded).
+    ``energy_j``, ``co2_g``), ``load_best_model`` (None, or ``energy_j`` and ``co2_g`` of the
+    best model's load after the final log: ``total_j`` is the epochs and it),
+    ``budget_exceeded`` (None or what was exceeded).
     """
 
     def __init__(
@@ -109,12 +110,18 @@ class CarbonctxCallback(TrainerCallback):
         self.total_j = 0.0
         self.total_co2_g = 0.0
         self.epochs: list[dict[str, float]] = []
+        self.load_best_model: dict[str, float] | None = None
         self._early = False
         self._regions = Regions()
         self._reset()
 
     def _reset(self) -> None:
         self._open: Any = None
+        # After a final log with load_best_model_at_end: the best model's load (its region, on a
+        # rank that loads), and the final log's dicts (the metrics train() returns, its
+        # log_history entry) that learn its figures.
+        self._tail: Any = None
+        self._final: list[dict[str, Any]] | None = None
         self._phase = "train"
         self._epoch_index = 0
         # Regions ended and not yet read: (phase, epoch index, region).
@@ -178,13 +185,15 @@ class CarbonctxCallback(TrainerCallback):
     def begin(self) -> None:
         """Start measuring a training run now (``attach`` calls it when ``train()`` is called,
         so that the Trainer's setup before ``on_train_begin`` is measured too)."""
-        if self._open is not None:
-            # A run that ended in an exception without attach(): nothing told the callback.
-            self._regions.end(self._open)
+        for region in (self._open, self._tail):
+            if region is not None:
+                # A run that ended in an exception without attach(): nothing told the callback.
+                self._regions.end(region)
         self._reset()
         self._regions = Regions()
         self.total_j = self.total_co2_g = 0.0
         self.epochs = []
+        self.load_best_model = None
         self.budget.exceeded = None
         self._split("train")
         self._early = True
@@ -201,7 +210,7 @@ class CarbonctxCallback(TrainerCallback):
         self._tokens_logged = int(getattr(state, "num_input_tokens_seen", 0) or 0)
         if state.global_step > 0:
             self._resume(state)
-        if not self.attached and not self._warned_order and _reports(args):
+        if not self.attached and not self._warned_order and hf_logs.reports(args):
             self._warned_order = True
             warnings.warn(
                 "CarbonctxCallback was passed in callbacks=, so the Trainer's reporting "
@@ -220,19 +229,10 @@ class CarbonctxCallback(TrainerCallback):
             # Its log_history holds rank 0's own figures (rank 0 writes it), not this rank's:
             # this rank's figures before the checkpoint are unknown.
             return
-        j = g = 0.0
-        for h in state.log_history:
-            if h.get("step", 0) > state.global_step:
-                continue
-            for prefix in [""] + [k[: -len("energy_j")] for k in h if k.endswith("_energy_j")]:
-                if prefix in ("train_", "epoch_") or f"{prefix}energy_j" not in h:
-                    continue
-                self._prior_known = True
-                j += h[f"{prefix}energy_j"]
-                g += h.get(f"{prefix}co2_g", math.nan)
-            if "epoch_energy_j" in h:
-                ep = {"energy_j": h["epoch_energy_j"], "co2_g": h.get("epoch_co2_g", math.nan)}
-                self.epochs.append({"epoch": float(len(self.epochs) + 1), **ep})
+        j, g, known, epochs = hf_logs.prior(state.log_history, state.global_step)
+        self._prior_known = known
+        for n, (ej, eg) in enumerate(epochs, 1):
+            self.epochs.append({"epoch": float(n), "energy_j": ej, "co2_g": eg})
         self.total_j, self.total_co2_g = j, g
         self._prior = (j, g)
         # What was logged and not yet given to an epoch: the epoch in progress at the
@@ -302,7 +302,7 @@ class CarbonctxCallback(TrainerCallback):
     ) -> None:
         if logs is None or self._open is None:
             return
-        kind = _phase_of(logs)
+        kind = hf_logs.phase_of(logs)
         before = set(logs)
         if kind == "final":
             self._stop_regions()
@@ -316,14 +316,45 @@ class CarbonctxCallback(TrainerCallback):
         added = self._emit(kind, state, control, logs, kw.get("eval_dataloader"))
         # The Trainer appended a copy of ``logs`` to log_history before calling back.
         hist = getattr(state, "log_history", None)
+        entry = None
         if hist and hist[-1].get("step") == state.global_step and before <= set(hist[-1]):
-            hist[-1].update(added)
+            entry = hist[-1]
+            entry.update(added)
+        if kind == "final" and getattr(args, "load_best_model_at_end", False):
+            # The Trainer loads the best checkpoint after this log (when it found one), then
+            # calls on_train_end: a region of its own, counted there.
+            self._final = [logs] if entry is None else [logs, entry]
+            if hf_logs.loads_best(args, state):
+                self._tail = self._regions.open(f"{self.name}.load_best_model", self.tags)
+
+    def _read_tail(self, args: Any) -> None:
+        """Count the best model's load (after the final log) in the totals."""
+        final, self._final = self._final, None
+        region, self._tail = self._tail, None
+        j = g = 0.0
+        if region is not None:
+            self._regions.end(region)
+            j, g = figures((region,))
+        if args is not None and final is not None:
+            # The Trainer's on_train_end after its final log: every rank comes, with the same
+            # load_best_model_at_end. Whether a rank loads depends on what its filesystem holds:
+            # one that does not adds nothing. After an exception: this rank's own, no collective.
+            j, g = self._job([j, g])
+        if region is None and not j > 0:
+            return
+        self.total_j += j
+        self.total_co2_g += g
+        self.load_best_model = {"energy_j": j, "co2_g": g}
+        for d in final or ():
+            put(d, "load_best_model_energy_j", j)
+            put(d, "load_best_model_co2_g", g)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # Normally the final log has ended the last region already. After an exception
         # (attach()'s wrapper calls this) what was not logged yet goes into the totals and the
-        # finished epochs: it cannot be logged, and it is not lost. No collective here: the
-        # other ranks may never come.
+        # finished epochs: it cannot be logged, and it is not lost. No collective then (the
+        # other ranks may never come); after a normal end, only the best model's load's.
+        self._read_tail(args)
         self._stop_regions()
         self._read_closed()
         for ph in self._pending.values():
@@ -365,7 +396,7 @@ class CarbonctxCallback(TrainerCallback):
         put(out, f"{prefix}energy_j", j)
         put(out, f"{prefix}co2_g", g)
         if is_eval:
-            n = _length(eval_loader)
+            n = hf_logs.length(eval_loader)
             if n:
                 put(out, f"{prefix}energy_j_per_sample", j / n)
         else:
@@ -378,11 +409,10 @@ class CarbonctxCallback(TrainerCallback):
             self._tokens_logged = tokens_now
             if tokens > 0:
                 put(out, "energy_j_per_token", j / tokens)
-        for i, e in enumerate(ready):
-            ej, eg = summed[2 + 2 * i], summed[3 + 2 * i]
-            self.epochs.append({"epoch": float(e + 1), "energy_j": ej, "co2_g": eg})
-            put(out, "epoch_energy_j", ej)
-            put(out, "epoch_co2_g", eg)
+        closed = [(e + 1, summed[2 + 2 * i], summed[3 + 2 * i]) for i, e in enumerate(ready)]
+        for n, ej, eg in closed:
+            self.epochs.append({"epoch": float(n), "energy_j": ej, "co2_g": eg})
+        hf_logs.epoch_figures(out, closed)
         self._epochs_emitted = last
         if kind == "final":
             put(out, "train_energy_j", self.total_j)
@@ -417,22 +447,6 @@ class CarbonctxCallback(TrainerCallback):
     def budget_exceeded(self) -> dict[str, Any] | None:
         """None, or what was exceeded (``step``, ``message``, ``forecast_kwh``...)."""
         return self.budget.exceeded
-
-
-def _length(dl: Any) -> int | None:
-    try:
-        return len(dl.dataset) if dl is not None else None
-    except (TypeError, AttributeError):
-        return None
-
-
-def _reports(args: Any) -> bool:
-    report_to = getattr(args, "report_to", None)
-    if not report_to:
-        return False
-    if isinstance(report_to, str):
-        report_to = [report_to]
-    return any(r not in ("none", None) for r in report_to)
 
 
 def attach(trainer: Any, callback: CarbonctxCallback | None = None, **kwargs: Any) -> Any:
