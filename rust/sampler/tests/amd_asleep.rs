@@ -51,7 +51,12 @@ fn start(root: &Path) -> Sampler {
     opts.amdsmi_library = Some(root.join("missing/libamd_smi.so"));
     let d = discover::discover(&opts);
     let ids: Vec<&str> = d.chosen.iter().map(|s| s.info().id.as_str()).collect();
-    assert_eq!(ids, [format!("hwmon:amdgpu:{BDF}:power1")], "{:?}", d.unavailable);
+    assert_eq!(
+        ids,
+        [format!("hwmon:amdgpu:{BDF}:power1")],
+        "{:?}",
+        d.unavailable
+    );
     let (s, unavailable) = Sampler::start(d.chosen, Config::default()).unwrap();
     assert!(unavailable.is_empty(), "{unavailable:?}");
     s
@@ -90,7 +95,10 @@ fn a_region_a_gpu_sleeps_through_is_0_j_within_the_bound_of_its_sleep() {
     assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
     let r = s.drain().remove(0);
     let d = seconds(r.t0_ns, r.t1_ns);
-    assert!((r.joules[0] - 100.0 * d).abs() < 1e-6 * 100.0 * d + 1e-9, "{r:?}");
+    assert!(
+        (r.joules[0] - 100.0 * d).abs() < 1e-6 * 100.0 * d + 1e-9,
+        "{r:?}"
+    );
     s.stop();
 }
 
@@ -124,6 +132,9 @@ fn a_gpu_waking_mid_region_is_read_at_once_and_its_sleep_is_bounded() {
     // most of it counted (a read that came late on a busy machine loses a little).
     let j = r.joules[0];
     assert!(j <= 100.0 * (awake + 0.05), "{j} J for {awake} s awake");
-    assert!(j >= 100.0 * awake * 0.5, "{j} J for {awake} s awake: not read after waking");
+    assert!(
+        j >= 100.0 * awake * 0.5,
+        "{j} J for {awake} s awake: not read after waking"
+    );
     s.stop();
 }

@@ -767,6 +767,8 @@ fn a_gpu_asleep_is_no_paired_die_and_hwmon_measures_it() {
 /// the bias of that (up to 3 W low); an error while it is awake is still an error.
 #[test]
 fn an_amd_smi_gpu_that_falls_asleep_is_read_as_asleep_not_as_failed() {
+    // The stand-in first (compiled once per run): the errors below start 150 ms from now.
+    built();
     let (_dir, sim) = sim_with_gpus(vec![TRACE.gpu(true), TRACE.gpu(true)], 20, 20);
     let after = ms_since(sim.t0_ns(), now_ns()) + 150.0;
     let extra = format!(
@@ -808,4 +810,54 @@ fn an_amd_smi_gpu_that_falls_asleep_is_read_as_asleep_not_as_failed() {
     status("0000:29:00.0", "active\n");
     let err = found.sources[0].read().unwrap_err().to_string();
     assert!(err.contains("amdsmi_get_energy_count failed"), "{err}");
+}
+
+/// An AMD SMI energy counter whose GPU sleeps inside a region (runtime-suspended, so AMD SMI is
+/// not asked and the counter stands): the region's energy is what the counter says (it does not
+/// move: the stand-in without a trace holds it), and its uncertainty holds up to 3 W for the time
+/// the GPU slept, though the counter gave no new point then.
+#[test]
+fn an_amd_smi_counter_asleep_in_a_region_bounds_its_sleep() {
+    use carbonctx_sampler::sampler::{Config, Sampler};
+
+    let m = Machine::new("devices=1\ngpu0.bdf=0000:29:00.0\n");
+    let status = |text: &str| {
+        let dir = m.sys().join("bus/pci/devices/0000:29:00.0/power");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("runtime_status"), text).unwrap();
+    };
+    status("active\n");
+    let found = m.discover(None, None);
+    assert_eq!(ids(&found), ["amdsmi:0"], "{}", reasons(&found));
+    assert_eq!(found.sources[0].info().method, Method::Counter);
+    let (s, unavailable) = Sampler::start(found.sources, Config::default()).unwrap();
+    assert!(unavailable.is_empty(), "{unavailable:?}");
+    sleep(Duration::from_millis(100));
+    let id = s.begin();
+    sleep(Duration::from_millis(150));
+    status("suspended\n");
+    // Read asleep from its next read on, until its first read after it wakes.
+    let t_asleep = now_ns();
+    sleep(Duration::from_millis(300));
+    let t_wake = now_ns();
+    status("active\n");
+    sleep(Duration::from_millis(150));
+    let t = s.end(id);
+    assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
+    let r = s.drain().remove(0);
+    let asleep = (t_wake - t_asleep) as f64 * 1e-9;
+    assert_eq!(r.joules[0], 0.0);
+    assert!(
+        r.uncertainty[0] >= 3.0 * asleep - 1e-9,
+        "± {} J for {asleep} s asleep",
+        r.uncertainty[0]
+    );
+    // A region after it woke: no bound left from the sleep.
+    let id = s.begin();
+    sleep(Duration::from_millis(100));
+    let t = s.end(id);
+    assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
+    let r = s.drain().remove(0);
+    assert_eq!((r.joules[0], r.uncertainty[0]), (0.0, 0.0), "{r:?}");
+    s.stop();
 }

@@ -52,6 +52,8 @@ pub(super) struct Polled {
     pub(super) rode: f64,
     /// When it was last read at a mark (see [`super::marks`]).
     pub(super) last_mark_ns: u64,
+    /// Its uncertainty has points in its timeline (the first is placed at the read before).
+    spread_kept: bool,
 }
 
 impl Polled {
@@ -126,6 +128,7 @@ impl Polled {
             instant: super::power::samples_at_read(&info),
             rode: 0.0,
             last_mark_ns: 0,
+            spread_kept: false,
             source,
         }
     }
@@ -292,12 +295,9 @@ pub(super) fn poll_one(
                 }
             }
             let prev_read = p.last_poll_ns;
-            // A device counted without being read: its bound starts at the previous read.
-            let unbounded = (!p.instant && !p.acc.bounds_unread()).then(|| p.acc.uncertain());
+            // The uncertainty before this read, for the first point of its own timeline.
+            let before = (!p.spread_kept).then(|| p.acc.uncertain());
             let unread_grew = p.acc.unread(t_read, p.source.unread_low_w());
-            if let (true, Some(u)) = (unread_grew, unbounded) {
-                push_uncertain(i, tl, seg, prev_read, u);
-            }
             let step = p.acc.push(t_read, reading);
             let changed = matches!(step, Step::Changed(_));
             let interval_ns = p.interval_ns;
@@ -343,13 +343,19 @@ pub(super) fn poll_one(
                 Step::Unchanged => None,
             };
             // The uncertainty at each point of a power sampled at the read, and at each read
-            // while a device is counted without being read (its counter may stand meanwhile).
-            match point {
-                Some(pt) if p.instant || p.acc.bounds_unread() => {
-                    push_uncertain(i, tl, seg, pt.t_ns, p.acc.uncertain())
+            // while a device is counted without being read (its counter may stand meanwhile);
+            // it starts at the read before the first (where the integral stood at `before`).
+            let spread_at = match point {
+                Some(pt) if p.instant || p.acc.bounds_unread() => Some(pt.t_ns),
+                None if unread_grew => Some(t_read),
+                _ => None,
+            };
+            if let Some(t) = spread_at {
+                if let Some(u) = before {
+                    push_uncertain(i, tl, seg, prev_read, u);
                 }
-                None if unread_grew => push_uncertain(i, tl, seg, t_read, p.acc.uncertain()),
-                _ => {}
+                p.spread_kept = true;
+                push_uncertain(i, tl, seg, t, p.acc.uncertain());
             }
             match point {
                 Some(pt) => append(i, tl, st, seg, p.offset_j, pt, gap_from),

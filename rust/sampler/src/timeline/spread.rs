@@ -53,7 +53,11 @@ impl Unread {
     /// A reading at `t_ns` that may be low by up to `low_w` (0: a measured reading). Whether
     /// the bound grew (the time since the previous read was bounded).
     pub fn add(&mut self, t_ns: u64, low_w: f64) -> bool {
-        let low_w = if low_w.is_finite() { low_w.max(0.0) } else { 0.0 };
+        let low_w = if low_w.is_finite() {
+            low_w.max(0.0)
+        } else {
+            0.0
+        };
         let before = self.bound_j;
         if let Some((prev_ns, prev_w)) = self.last {
             let dt = t_ns.saturating_sub(prev_ns) as f64 * 1e-9;
@@ -141,7 +145,8 @@ mod tests {
         // that is not a power bounds nothing.
         u.rebaseline();
         assert!(!u.add(60 * S, 3.0));
-        assert!(!u.add(61 * S, f64::NAN) && !u.add(62 * S, -1.0));
-        assert!((u.bound_j() - 12.0).abs() < 1e-9);
+        assert!(u.add(61 * S, f64::NAN), "asleep at its start");
+        assert!(!u.add(62 * S, f64::NAN) && !u.add(63 * S, -1.0));
+        assert!((u.bound_j() - 15.0).abs() < 1e-9, "{}", u.bound_j());
     }
 }
