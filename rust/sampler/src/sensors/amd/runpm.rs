@@ -31,10 +31,10 @@
 //! transition and then resume it) the power file is not read at all, so reading never wakes
 //! the GPU on any kernel, and the GPU reads as asleep: [`ASLEEP_W`]. The status is read again
 //! at every read, nothing is remembered: a GPU that wakes is read at the sampler's next read
-//! of it. A read that
-//! fails with `EPERM` is asleep too where the status, read again, says so (the GPU fell asleep
-//! between the two reads); with the status `active` it is an error, as before (reset, system
-//! suspend). Where there is no status file (no `CONFIG_PM`), the power file is read as it is.
+//! of it. A read that fails with `EPERM` is asleep too where the status, read again, says so
+//! (the GPU fell asleep between the two reads); with the status `active` it is an error, as
+//! before (reset, system suspend). Where there is no status file (no `CONFIG_PM`), the power
+//! file is read as it is.
 //!
 //! # What an asleep GPU is taken to draw
 //!
@@ -50,11 +50,11 @@
 //! energy is not moved and the interval covers the truth. The bound is stated in the label of
 //! every GPU that has a runtime PM status (awake at discovery or not).
 //!
-//! During `suspending` and `resuming` (milliseconds to a few hundred) the chip is partly
-//! powered, above the bound; a counter continued after the sleep (AMD SMI's) counts what the
-//! firmware saw of that once it runs again, and a power source's trapezoid and spread cover the
-//! step from 0 W to its first reading after waking (see `timeline::spread`), but a power read
-//! at most once per interval can miss the exact draw of such a transition.
+//! During `suspending` and `resuming` (milliseconds to a few hundred) the chip may be partly
+//! powered, above the bound, and is not read either: such a transition counts only as far as
+//! the firmware's counter (AMD SMI) counted it, or, for power, as the trapezoid between the
+//! last reading asleep and the first awake (whose spread covers that step); the bound is not
+//! widened for it.
 //!
 //! Reading the power of an awake GPU counts as use: the driver marks it busy after each read,
 //! so a GPU read more often than its autosuspend delay stays awake while measured. That is
