@@ -287,7 +287,8 @@ def test_an_amd_gpu_asleep_at_discovery_is_measured_as_asleep_until_it_wakes(
     ``EPERM`` on recent kernels and wakes the GPU to answer on older ones). Its power file is
     never read while it sleeps (here it would fail: a directory in its place). It is listed
     as measured, asleep, with how to keep it awake; a region while it sleeps gets 0 J from
-    it, and once it wakes its power counts."""
+    it, within ± at least the 3 W a sleeping card may draw times the region's length, and once
+    it wakes its power counts."""
     sys_root = tmp_path / "sys"
     bdf = "0000:0b:00.0"
     hw = _chip(
@@ -318,6 +319,10 @@ def test_an_amd_gpu_asleep_at_discovery_is_measured_as_asleep_until_it_wakes(
     with carbonctx.track("asleep") as m:
         time.sleep(0.3)
     assert m.by_source[gpu].joules == 0.0
+    assert m.gpu_j == 0.0
+    u = m.by_source[gpu].uncertainty_j
+    assert u is not None and u >= 3.0 * m.duration_s * (1 - 1e-9), (u, m.duration_s)
+    assert m.uncertainty_j is not None and m.uncertainty_j >= u
     assert not _status(gpu)["failed"]
     # `carbonctx devices` says so too.
     r = subprocess.run(

@@ -767,6 +767,8 @@ fn a_gpu_asleep_is_no_paired_die_and_hwmon_measures_it() {
 /// the bias of that (up to 3 W low); an error while it is awake is still an error.
 #[test]
 fn an_amd_smi_gpu_that_falls_asleep_is_read_as_asleep_not_as_failed() {
+    // The stand-in first (compiled once per run): the errors below start 150 ms from now.
+    built();
     let (_dir, sim) = sim_with_gpus(vec![TRACE.gpu(true), TRACE.gpu(true)], 20, 20);
     let after = ms_since(sim.t0_ns(), now_ns()) + 150.0;
     let extra = format!(
@@ -808,4 +810,79 @@ fn an_amd_smi_gpu_that_falls_asleep_is_read_as_asleep_not_as_failed() {
     status("0000:29:00.0", "active\n");
     let err = found.sources[0].read().unwrap_err().to_string();
     assert!(err.contains("amdsmi_get_energy_count failed"), "{err}");
+}
+
+/// An AMD SMI energy counter whose GPU sleeps inside a region (runtime-suspended, so AMD SMI is
+/// not asked and the counter stands): the region's energy is what the counter says (it does not
+/// move: the stand-in without a trace holds it), and its uncertainty holds up to 3 W for the time
+/// the GPU slept, though the counter gave no new point then; for the node's sampler (the owner)
+/// and for a process that follows it alike.
+#[test]
+fn an_amd_smi_counter_asleep_in_a_region_bounds_its_sleep_for_owner_and_follower() {
+    use carbonctx_sampler::{Config, NodeConfig, Role, Sampler};
+
+    let m = Machine::new("devices=1\ngpu0.bdf=0000:29:00.0\n");
+    let status = |text: &str| {
+        let dir = m.sys().join("bus/pci/devices/0000:29:00.0/power");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("runtime_status"), text).unwrap();
+    };
+    status("active\n");
+    let found = m.discover(None, None);
+    assert_eq!(ids(&found), ["amdsmi:0"], "{}", reasons(&found));
+    assert_eq!(found.sources[0].info().method, Method::Counter);
+    let shm = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new("job-amd-asleep alice boot-x").in_dir(shm.path());
+    let start = || {
+        let (s, unavailable) =
+            Sampler::start_on_node(m.options(), Config::default(), node.clone()).expect("start");
+        assert!(unavailable.is_empty(), "{unavailable:?}");
+        assert_eq!(s.sources().len(), 1);
+        s
+    };
+    let owner = start();
+    let follower = start();
+    assert_eq!(follower.node_status().unwrap().role, Role::Follower);
+    let both = [&owner, &follower];
+    let region = |f: &dyn Fn()| {
+        let ids: Vec<u64> = both.iter().map(|s| s.begin()).collect();
+        f();
+        both.iter()
+            .zip(ids)
+            .map(|(s, id)| {
+                let t = s.end(id);
+                assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
+                s.drain().remove(0)
+            })
+            .collect::<Vec<_>>()
+    };
+    sleep(Duration::from_millis(100));
+    // Read asleep from its first read after `asleep.0` until its first read after `asleep.1`.
+    let asleep = std::cell::Cell::new((0, 0));
+    let rows = region(&|| {
+        sleep(Duration::from_millis(150));
+        status("suspended\n");
+        let t = now_ns();
+        sleep(Duration::from_millis(300));
+        asleep.set((t, now_ns()));
+        status("active\n");
+        sleep(Duration::from_millis(150));
+    });
+    let (t_asleep, t_wake) = asleep.get();
+    let asleep_s = (t_wake - t_asleep) as f64 * 1e-9;
+    for r in &rows {
+        assert_eq!(r.joules[0], 0.0, "{r:?}");
+        assert!(
+            r.uncertainty[0] >= 3.0 * asleep_s - 1e-9,
+            "± {} J for {asleep_s} s asleep",
+            r.uncertainty[0]
+        );
+    }
+    // A region after it woke: no bound left from the sleep.
+    let rows = region(&|| sleep(Duration::from_millis(100)));
+    for r in &rows {
+        assert_eq!((r.joules[0], r.uncertainty[0]), (0.0, 0.0), "{r:?}");
+    }
+    follower.stop();
+    owner.stop();
 }

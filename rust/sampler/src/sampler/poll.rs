@@ -8,7 +8,7 @@ use super::handle::SourceStatus;
 use super::phase::PhaseLock;
 use crate::sensors::{EnergySource, Reading, SourceInfo};
 use crate::shared::Segment;
-use crate::timeline::{Accumulator, History, Point, Step};
+use crate::timeline::{Accumulator, History, Point, Step, Uncertain};
 
 /// One source as the thread polls it: the source, its accumulator, and when it is due.
 pub(super) struct Polled {
@@ -52,6 +52,8 @@ pub(super) struct Polled {
     pub(super) rode: f64,
     /// When it was last read at a mark (see [`super::marks`]).
     pub(super) last_mark_ns: u64,
+    /// Its uncertainty has points in its timeline (the first is placed at the read before).
+    spread_kept: bool,
 }
 
 impl Polled {
@@ -65,6 +67,7 @@ impl Polled {
     ) -> (Polled, Point, SourceStatus) {
         let mut polled = Polled::fresh(source, t, base_j, config);
         polled.due_ns = t + polled.interval_ns;
+        polled.acc.unread(t, polled.source.unread_low_w());
         let first = match polled.acc.push(t, reading) {
             Step::First(p) => p,
             _ => Point {
@@ -125,6 +128,7 @@ impl Polled {
             instant: super::power::samples_at_read(&info),
             rode: 0.0,
             last_mark_ns: 0,
+            spread_kept: false,
             source,
         }
     }
@@ -151,6 +155,15 @@ fn accumulator(info: &SourceInfo, interval_ns: u64, base_j: f64) -> Accumulator 
         acc.with_spread()
     } else {
         acc
+    }
+}
+
+/// Record the source's cumulative uncertainty `u` at `t_ns` in its timeline and the node's
+/// segment.
+fn push_uncertain(i: usize, tl: &mut History, seg: Option<&Segment>, t_ns: u64, u: Uncertain) {
+    tl.push_spread(t_ns, u);
+    if let Some(seg) = seg {
+        seg.publish_spread(i, t_ns, u.var_j2, u.bound_j);
     }
 }
 
@@ -282,6 +295,9 @@ pub(super) fn poll_one(
                 }
             }
             let prev_read = p.last_poll_ns;
+            // The uncertainty before this read, for the first point of its own timeline.
+            let before = (!p.spread_kept).then(|| p.acc.uncertain());
+            let unread_grew = p.acc.unread(t_read, p.source.unread_low_w());
             let step = p.acc.push(t_read, reading);
             let changed = matches!(step, Step::Changed(_));
             let interval_ns = p.interval_ns;
@@ -326,12 +342,20 @@ pub(super) fn poll_one(
                 }
                 Step::Unchanged => None,
             };
-            if let (Some(pt), true) = (point, p.instant) {
-                let u = p.acc.uncertain();
-                tl.push_spread(pt.t_ns, u);
-                if let Some(seg) = seg {
-                    seg.publish_spread(i, pt.t_ns, u.var_j2, u.bound_j);
+            // The uncertainty at each point of a power sampled at the read, and at each read
+            // while a device is counted without being read (its counter may stand meanwhile);
+            // it starts at the read before the first (where the integral stood at `before`).
+            let spread_at = match point {
+                Some(pt) if p.instant || p.acc.bounds_unread() => Some(pt.t_ns),
+                None if unread_grew => Some(t_read),
+                _ => None,
+            };
+            if let Some(t) = spread_at {
+                if let Some(u) = before {
+                    push_uncertain(i, tl, seg, prev_read, u);
                 }
+                p.spread_kept = true;
+                push_uncertain(i, tl, seg, t, p.acc.uncertain());
             }
             match point {
                 Some(pt) => append(i, tl, st, seg, p.offset_j, pt, gap_from),

@@ -94,8 +94,12 @@ fn energy_at(c: &Cover, tl: &History, t_ns: u64) -> EnergyAt {
         if c.failed_since.is_some_and(|since| since < t_ns) {
             return EnergyAt::exact(f64::NAN);
         }
+        // Its uncertainty stays: it has its own points (a device counted without being read
+        // bounds each read while its counter stands, see `timeline::spread::Unread`).
         return EnergyAt {
             gaps: e.gaps,
+            var_j2: e.var_j2,
+            bound_j: e.bound_j,
             ..EnergyAt::exact(e.joules)
         };
     }

@@ -128,6 +128,13 @@ pub trait EnergySource: Send {
     fn shape(&mut self, _from_ns: u64, _to_ns: u64) -> Option<Vec<(u64, f64)>> {
         None
     }
+    /// How many watts the latest reading may be below the device's true draw because the
+    /// device was not read but counted at a stated figure (an AMD GPU asleep: 0 W, and up to
+    /// a few watts more); 0 for a reading of the device. The sampler adds this power times the
+    /// time it held to the source's uncertainty (see `timeline::spread::Unread`).
+    fn unread_low_w(&self) -> f64 {
+        0.0
+    }
 }
 
 /// A source that was looked for and could not be used, with what the user can do about it.

@@ -23,7 +23,7 @@
 //! hot-plugged device): no energy is counted for the interval, which the caller records as a
 //! gap. A forward jump no plausible power explains is a reset too.
 
-use super::spread::{Spread, Uncertain};
+use super::spread::{Spread, Uncertain, Unread};
 use super::Point;
 use crate::sensors::{CounterSpec, Reading};
 
@@ -66,6 +66,8 @@ pub struct Accumulator {
     base_j: f64,
     /// The uncertainty of the integral of power readings, where kept (see [`Spread`]).
     spread: Option<Box<Spread>>,
+    /// The bound on the energy of a device counted without being read (see [`Unread`]).
+    unread: Unread,
     /// Number of counter wraps seen.
     pub wraps: u64,
     /// Number of times a counter went backwards though it never wraps.
@@ -88,6 +90,7 @@ impl Accumulator {
             joules: 0.0,
             base_j: 0.0,
             spread: None,
+            unread: Unread::default(),
             wraps: 0,
             resets: 0,
         }
@@ -107,11 +110,27 @@ impl Accumulator {
         self.spread.as_ref().map_or(0.0, |s| s.variance_j2())
     }
 
-    /// The integral's uncertainty so far, both parts (see [`Uncertain`]).
+    /// The integral's uncertainty so far, both parts (see [`Uncertain`]); the bound of a
+    /// device counted without being read is added to the bound (see [`Unread`]).
     pub fn uncertain(&self) -> Uncertain {
-        self.spread
+        let mut u = self
+            .spread
             .as_ref()
-            .map_or(Uncertain::default(), |s| s.uncertain())
+            .map_or(Uncertain::default(), |s| s.uncertain());
+        u.bound_j += self.unread.bound_j();
+        u
+    }
+
+    /// The reading the source gave at `t_ns` (pushed next) may be low by up to `low_w` watts:
+    /// the device was counted at a stated figure without being read (see [`Unread`]). Whether
+    /// the bound grew.
+    pub fn unread(&mut self, t_ns: u64, low_w: f64) -> bool {
+        self.unread.add(t_ns, low_w)
+    }
+
+    /// Whether the integral carries a bound for a device counted without being read.
+    pub fn bounds_unread(&self) -> bool {
+        self.unread.bound_j() > 0.0
     }
 
     /// How long the device holds its readings, as learned (ns; 0: it does not, or not known).
@@ -132,6 +151,7 @@ impl Accumulator {
     /// which the source could not be read). Energy so far is kept.
     pub fn rebaseline(&mut self) {
         self.last_read_ns = None;
+        self.unread.rebaseline();
         if let Some(s) = self.spread.as_mut() {
             s.hold.rebaseline();
         }

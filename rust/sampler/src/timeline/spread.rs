@@ -1,6 +1,7 @@
 //! The uncertainty of a power integral: the spread of the trapezoid over reads at random
 //! instants (a variance, summed in quadrature), and, for a device that holds its reading, the
-//! bound its own samples leave (summed as it is: see [`super::held`]).
+//! bound its own samples leave (summed as it is: see [`super::held`]); and, for any source,
+//! the bound a device counted without being read leaves ([`Unread`]).
 
 use super::held::Hold;
 
@@ -27,8 +28,54 @@ pub struct Spread {
 pub struct Uncertain {
     /// Variance of the integral, J² (see [`Spread::variance_j2`]).
     pub var_j2: f64,
-    /// Bound on the error of a device's own samples, J (see [`Hold::bound_j`]).
+    /// Bound on the error of a device's own samples (see [`Hold::bound_j`]) and on the energy
+    /// of a device counted without being read (see [`Unread`]), J, summed as they are.
     pub bound_j: f64,
+}
+
+/// The bound on the energy of a device that was counted at a stated figure without being read
+/// (an AMD GPU runtime-suspended reads as 0 W and may draw a few watts more: see
+/// `sensors/amd/runpm.rs`): the stated power times the time it held, cumulative (J).
+///
+/// The interval between two reads is bounded at the larger of their two figures: the device
+/// fell asleep, or woke, somewhere inside it. The truth is one-sided (the device may draw more,
+/// never less, than it is counted at), but a region's uncertainty is one ± half-width: the
+/// whole bound is added to it, so the interval stated covers the truth on both sides and no
+/// energy is moved (the figure counted stays what was read).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Unread {
+    /// The read time of the latest reading and the power it may be low by (W).
+    last: Option<(u64, f64)>,
+    bound_j: f64,
+}
+
+impl Unread {
+    /// A reading at `t_ns` that may be low by up to `low_w` (0: a measured reading). Whether
+    /// the bound grew (the time since the previous read was bounded).
+    pub fn add(&mut self, t_ns: u64, low_w: f64) -> bool {
+        let low_w = if low_w.is_finite() {
+            low_w.max(0.0)
+        } else {
+            0.0
+        };
+        let before = self.bound_j;
+        if let Some((prev_ns, prev_w)) = self.last {
+            let dt = t_ns.saturating_sub(prev_ns) as f64 * 1e-9;
+            self.bound_j += prev_w.max(low_w) * dt;
+        }
+        self.last = Some((t_ns, low_w));
+        self.bound_j > before
+    }
+
+    /// The bound so far, J.
+    pub fn bound_j(&self) -> f64 {
+        self.bound_j
+    }
+
+    /// The next reading starts anew (after an interval that was not measured at all: a gap).
+    pub fn rebaseline(&mut self) {
+        self.last = None;
+    }
 }
 
 impl Spread {
@@ -74,5 +121,32 @@ impl Spread {
         self.mean_w += 0.05 * d;
         self.var_w2 = 0.95 * (self.var_w2 + 0.05 * d * d);
         self.mean_gap_s += 0.05 * (g - self.mean_gap_s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_device_counted_unread_bounds_each_interval_at_the_larger_figure() {
+        let mut u = Unread::default();
+        assert!(!u.add(0, 0.0), "the first reading starts it");
+        assert!(!u.add(S, 0.0), "measured: no bound");
+        // Fell asleep in the next second, slept two, woke in the one after.
+        assert!(u.add(2 * S, 3.0));
+        assert!(u.add(4 * S, 3.0));
+        assert!(u.add(5 * S, 0.0));
+        assert!(!u.add(6 * S, 0.0));
+        assert!((u.bound_j() - 3.0 * 4.0).abs() < 1e-9, "{}", u.bound_j());
+        // Nothing is bounded across an interval not measured at all (a gap), and a figure
+        // that is not a power bounds nothing.
+        u.rebaseline();
+        assert!(!u.add(60 * S, 3.0));
+        assert!(u.add(61 * S, f64::NAN), "asleep at its start");
+        assert!(!u.add(62 * S, f64::NAN) && !u.add(63 * S, -1.0));
+        assert!((u.bound_j() - 15.0).abs() < 1e-9, "{}", u.bound_j());
     }
 }

@@ -205,6 +205,8 @@ pub(super) struct HwmonGpu {
     powers: Vec<PathBuf>,
     open: Option<(usize, File)>,
     status: Status,
+    /// The latest reading is of the GPU asleep, not read (see [`runpm::unread_low_w`]).
+    asleep: bool,
 }
 
 impl HwmonGpu {
@@ -242,7 +244,8 @@ impl EnergySource for HwmonGpu {
 
     fn read(&mut self) -> Result<Reading, Error> {
         // Asleep: not read (a read would wake it on kernels before late 2024).
-        if self.status.read().asleep() {
+        self.asleep = self.status.read().asleep();
+        if self.asleep {
             return Ok(Reading::Power(ASLEEP_W));
         }
         let read = match &self.open {
@@ -252,7 +255,10 @@ impl EnergySource for HwmonGpu {
         match read {
             Ok(w) => Ok(Reading::Power(w)),
             // Fell asleep between the status and the read.
-            Err(e) if refused(&e) && self.status.read().asleep() => Ok(Reading::Power(ASLEEP_W)),
+            Err(e) if refused(&e) && self.status.read().asleep() => {
+                self.asleep = true;
+                Ok(Reading::Power(ASLEEP_W))
+            }
             Err(e) if refused(&e) => Err(Error::Permission {
                 path: self
                     .open
@@ -262,6 +268,10 @@ impl EnergySource for HwmonGpu {
             }),
             Err(e) => Err(e),
         }
+    }
+
+    fn unread_low_w(&self) -> f64 {
+        runpm::unread_low_w(self.asleep)
     }
 }
 
@@ -330,6 +340,7 @@ pub(super) fn source(h: &AmdgpuHwmon, g: &Owner<'_>) -> Result<HwmonGpu, Box<Una
         powers: h.powers.clone(),
         open: None,
         status,
+        asleep: false,
     };
     // Asleep: kept without reading it (a read would wake it on older kernels).
     if state.asleep() {

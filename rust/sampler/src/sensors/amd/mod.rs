@@ -130,11 +130,14 @@ struct SmiGpu {
     status: runpm::Status,
     /// The energy count, kept continuous across the GPU's sleeps.
     count: runpm::SleepCounter,
+    /// The latest reading is of the GPU asleep, not read (see [`runpm::unread_low_w`]).
+    asleep: bool,
 }
 
 impl SmiGpu {
     /// What a sleeping GPU reads as: its counter where it stood, or [`runpm::ASLEEP_W`].
     fn asleep(&mut self) -> Reading {
+        self.asleep = true;
         match self.power {
             None => Reading::Counter(self.count.asleep()),
             Some(_) => Reading::Power(runpm::ASLEEP_W),
@@ -153,6 +156,7 @@ impl EnergySource for SmiGpu {
         if self.status.read().asleep() {
             return Ok(self.asleep());
         }
+        self.asleep = false;
         let read = match self.power {
             None => self
                 .smi
@@ -170,6 +174,10 @@ impl EnergySource for SmiGpu {
             Err(_) if self.status.read().asleep() => Ok(self.asleep()),
             r => r,
         }
+    }
+
+    fn unread_low_w(&self) -> f64 {
+        runpm::unread_low_w(self.asleep)
     }
 }
 
@@ -412,6 +420,7 @@ fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, sys: &Path, name: &str) 
                 info: info(Method::Counter, Some(spec), format!("{base}{note}")),
                 status,
                 count: runpm::SleepCounter::new(count),
+                asleep: false,
             }));
         }
     }
@@ -427,6 +436,7 @@ fn smi_source(smi: &Arc<AmdSmi>, p: Processor, g: &Gpu, sys: &Path, name: &str) 
                 info: info(Method::IntegratedPower, None, label),
                 status,
                 count: runpm::SleepCounter::new(0),
+                asleep: false,
             }));
         }
     }

@@ -9,7 +9,12 @@
 //! hybrid-graphics laptops). The PCI device's `power/runtime_status` then reads `suspended`
 //! (`Documentation/ABI/testing/sysfs-devices-power`: `suspended`, `suspending`, `resuming`,
 //! `active`, `error` for a fatal error, `unsupported` where runtime PM is disabled). Reading it
-//! never touches the device.
+//! never touches the device. The file shows `error` while the device's `runtime_error` is set
+//! and `unsupported` while runtime PM is disabled for it (`disable_depth`), whatever its
+//! power state underneath (`runtime_status_show`, `drivers/base/power/sysfs.c`); in both the
+//! PM core resumes nothing (`rpm_resume` fails at once: `-EINVAL` on an error, `-EACCES`
+//! disabled unless active; `pm_runtime_get_if_active` gives `-EINVAL` disabled), so a read
+//! cannot wake the GPU: it is read, and a failure is an error.
 //!
 //! The amdgpu hwmon power files answer only while the GPU is awake. Since a late-2024 change to
 //! `drivers/gpu/drm/amd/pm/amdgpu_pm.c` ("don't wake up the GPU for reading pm values") a read
@@ -22,11 +27,14 @@
 //! # What is done here
 //!
 //! The status is read before each power read; while it says the GPU sleeps (`suspended`, or on
-//! its way in or out: `suspending`, `resuming`) the power file is not read at all, so reading
-//! never wakes the GPU on any kernel, and the GPU reads as asleep: [`ASLEEP_W`]. A read that
-//! fails with `EPERM` is asleep too where the status, read again, says so (the GPU fell asleep
-//! between the two reads); with the status `active` it is an error, as before (reset, system
-//! suspend). Where there is no status file (no `CONFIG_PM`), the power file is read as it is.
+//! its way in or out: `suspending`, `resuming`, where an older kernel's read would wait for the
+//! transition and then resume it) the power file is not read at all, so reading never wakes
+//! the GPU on any kernel, and the GPU reads as asleep: [`ASLEEP_W`]. The status is read again
+//! at every read, nothing is remembered: a GPU that wakes is read at the sampler's next read
+//! of it. A read that fails with `EPERM` is asleep too where the status, read again, says so
+//! (the GPU fell asleep between the two reads); with the status `active` it is an error, as
+//! before (reset, system suspend). Where there is no status file (no `CONFIG_PM`), the power
+//! file is read as it is.
 //!
 //! # What an asleep GPU is taken to draw
 //!
@@ -34,10 +42,19 @@
 //! power) measures while the GPU is awake. The card around it may still draw a little: AMD gave
 //! under 3 W for a whole card with the chip off (ZeroCore Power, BACO), and about nothing with
 //! the bus off too (BOCO). So the figure for a sleeping GPU is low by at most
-//! [`ASLEEP_BOUND_W`] (3 W) for as long as it sleeps, never high; this bound is stated in the
-//! source's label of every GPU that has a runtime PM status (awake at discovery or not), not
-//! added to the region's uncertainty (a reading carries no spread of its own: the uncertainty
-//! is the sampler's, from the readings' variation).
+//! [`ASLEEP_BOUND_W`] (3 W) for as long as it sleeps, never high. The source says so for each
+//! reading ([`unread_low_w`]) and the sampler adds that power times the time between reads
+//! with the GPU asleep at either end to the source's uncertainty (`timeline::spread::Unread`):
+//! a region the GPU slept through reads 0 J ± at least 3 W × its length. The truth is one-sided
+//! (above the figure), the uncertainty a ± half-width: the whole bound is added to it, so the
+//! energy is not moved and the interval covers the truth. The bound is stated in the label of
+//! every GPU that has a runtime PM status (awake at discovery or not).
+//!
+//! During `suspending` and `resuming` (milliseconds to a few hundred) the chip may be partly
+//! powered, above the bound, and is not read either: such a transition counts only as far as
+//! the firmware's counter (AMD SMI) counted it, or, for power, as the trapezoid between the
+//! last reading asleep and the first awake (whose spread covers that step); the bound is not
+//! widened for it.
 //!
 //! Reading the power of an awake GPU counts as use: the driver marks it busy after each read,
 //! so a GPU read more often than its autosuspend delay stays awake while measured. That is
@@ -51,7 +68,13 @@ use std::path::Path;
 /// The power an asleep (runtime-suspended) GPU is read as, in watts.
 pub(super) const ASLEEP_W: f64 = 0.0;
 /// How much more than [`ASLEEP_W`] a sleeping card may draw, in watts (see the module
-/// documentation).
+/// documentation). An assumption, not a measurement: AMD's figure for ZeroCore Power (the
+/// chip off, a small bus control block kept alive, BACO) at the Radeon HD 7970's launch in
+/// December 2011, as the launch reviews report it (a whole card from 15 W idle to under 3 W).
+/// The kernel's amdgpu documentation defines BACO and BOCO (the chip powered down while still
+/// on the bus; the entire chip powered off) but states no power, and no AMD document found
+/// states one for later cards. A board partner's card may draw more: one review of a dual-GPU
+/// card measured 8 W at the connectors of its powered-off GPU.
 pub(super) const ASLEEP_BOUND_W: f64 = 3.0;
 
 /// The runtime PM state of a device, as `power/runtime_status` says it.
@@ -155,6 +178,16 @@ impl SleepCounter {
     }
 }
 
+/// How many watts a GPU's latest reading may be low by: [`ASLEEP_BOUND_W`] where it was asleep
+/// (not read, counted at [`ASLEEP_W`]), else 0 (see [`crate::EnergySource::unread_low_w`]).
+pub(super) fn unread_low_w(asleep: bool) -> f64 {
+    if asleep {
+        ASLEEP_BOUND_W
+    } else {
+        0.0
+    }
+}
+
 /// Whether a failed read is the driver refusing it (`EPERM`): what a read of a sleeping GPU
 /// gets on kernels that do not wake it, and a GPU in reset on every kernel. `PermissionDenied`
 /// from a file already open is the driver's answer, not the file's mode.
@@ -170,7 +203,7 @@ pub(super) fn sleep_bias_note(state: &State) -> Option<String> {
     matches!(state, State::Active | State::Asleep(_)).then(|| {
         format!(
             "(while runtime-suspended: not read, counted as {ASLEEP_W} W, which is up to \
-             {ASLEEP_BOUND_W} W low for that time)"
+             {ASLEEP_BOUND_W} W low for that time: added to its uncertainty)"
         )
     })
 }
@@ -185,8 +218,8 @@ pub(super) fn asleep_note(sys: &Path, bdf: &str, state: &State) -> String {
     let control = sys.join("bus/pci/devices").join(bdf).join("power/control");
     format!(
         "(asleep at discovery: runtime PM status {word}; read as {ASLEEP_W} W while asleep, \
-         the chip being off (a sleeping card may draw up to {ASLEEP_BOUND_W} W more, not \
-         counted), and measured normally once it wakes; reading never wakes it: it wakes when a \
+         the chip being off (a sleeping card may draw up to {ASLEEP_BOUND_W} W more: added \
+         to its uncertainty, not to its energy), and measured normally once it wakes; reading never wakes it: it wakes when a \
          program uses it; to keep it awake while measuring, as root: echo on > {})",
         control.display()
     )

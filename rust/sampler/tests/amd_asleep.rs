@@ -1,0 +1,140 @@
+//! An AMD GPU counted asleep (runtime-suspended: its PCI device's `power/runtime_status`, as
+//! `Documentation/ABI/testing/sysfs-devices-power` describes it) through the real sampler, from
+//! a temporary sysfs tree laid out as `amdgpu_pm.c` and the PM core make it: the energy is what
+//! was read (0 W while asleep, the power file never read then), and each region's uncertainty
+//! holds what a sleeping card may draw beyond that (up to 3 W) for the time it slept.
+
+#[allow(dead_code)]
+mod common_fs;
+#[allow(dead_code)]
+mod common_hwmon;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::Duration;
+
+use carbonctx_sampler::discover;
+use carbonctx_sampler::now_ns;
+use carbonctx_sampler::sampler::{Config, Sampler};
+use common_hwmon::{chip, options};
+
+/// What a sleeping card may draw beyond the 0 W it is counted at (the label says so).
+const ASLEEP_BOUND_W: f64 = 3.0;
+const BDF: &str = "0000:0b:00.0";
+
+/// An amdgpu card: `PPT` in `power1_label`, `watts` in `power1_input` (µW), and its PCI
+/// device's runtime PM status.
+fn card(root: &Path, status: &str, watts: u64) -> PathBuf {
+    let hw = chip(
+        root,
+        &format!("pci0000:00/0000:00:01.1/{BDF}"),
+        2,
+        &[
+            (false, "name", "amdgpu\n"),
+            (false, "power1_label", "PPT\n"),
+            (false, "power1_input", &format!("{}\n", watts * 1_000_000)),
+        ],
+    );
+    fs::create_dir_all(hw.join("device/power")).unwrap();
+    fs::write(hw.join("device/power/runtime_status"), status).unwrap();
+    fs::write(hw.join("device/power/control"), "auto\n").unwrap();
+    hw
+}
+
+fn set_status(hw: &Path, status: &str) {
+    fs::write(hw.join("device/power/runtime_status"), status).unwrap();
+}
+
+fn start(root: &Path) -> Sampler {
+    let mut opts = options(root);
+    opts.amdsmi_library = Some(root.join("missing/libamd_smi.so"));
+    let d = discover::discover(&opts);
+    let ids: Vec<&str> = d.chosen.iter().map(|s| s.info().id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [format!("hwmon:amdgpu:{BDF}:power1")],
+        "{:?}",
+        d.unavailable
+    );
+    let (s, unavailable) = Sampler::start(d.chosen, Config::default()).unwrap();
+    assert!(unavailable.is_empty(), "{unavailable:?}");
+    s
+}
+
+fn seconds(t0: u64, t1: u64) -> f64 {
+    t1.saturating_sub(t0) as f64 * 1e-9
+}
+
+/// A GPU asleep all through a region: 0 J (its file, which says 100 W, is not read), within
+/// ± at least 3 W times the region's length.
+#[test]
+fn a_region_a_gpu_sleeps_through_is_0_j_within_the_bound_of_its_sleep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hw = card(tmp.path(), "suspended\n", 100);
+    let s = start(tmp.path());
+    sleep(Duration::from_millis(100));
+    let id = s.begin();
+    sleep(Duration::from_millis(300));
+    let t = s.end(id);
+    assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
+    let r = s.drain().remove(0);
+    let d = seconds(r.t0_ns, r.t1_ns);
+    assert_eq!(r.joules[0], 0.0);
+    assert!(
+        r.uncertainty[0] >= ASLEEP_BOUND_W * d - 1e-9,
+        "± {} J over {d} s asleep",
+        r.uncertainty[0]
+    );
+    // Awake from then on: its power is read (a steady 100 W).
+    set_status(&hw, "active\n");
+    sleep(Duration::from_millis(200));
+    let id = s.begin();
+    sleep(Duration::from_millis(300));
+    let t = s.end(id);
+    assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
+    let r = s.drain().remove(0);
+    let d = seconds(r.t0_ns, r.t1_ns);
+    assert!(
+        (r.joules[0] - 100.0 * d).abs() < 1e-6 * 100.0 * d + 1e-9,
+        "{r:?}"
+    );
+    s.stop();
+}
+
+/// A GPU that wakes inside a region (a program starts using it): read again at the sampler's
+/// next read, its power counts from then on, and the time it slept within the region is in
+/// the bound.
+#[test]
+fn a_gpu_waking_mid_region_is_read_at_once_and_its_sleep_is_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hw = card(tmp.path(), "suspended\n", 100);
+    let s = start(tmp.path());
+    sleep(Duration::from_millis(100));
+    let id = s.begin();
+    sleep(Duration::from_millis(300));
+    // The status is read at every read: the sampler sees it asleep until at least now.
+    let t_wake = now_ns();
+    set_status(&hw, "active\n");
+    sleep(Duration::from_millis(400));
+    let t = s.end(id);
+    assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
+    let r = s.drain().remove(0);
+    let asleep = seconds(r.t0_ns, t_wake);
+    let awake = seconds(t_wake, r.t1_ns);
+    assert!(
+        r.uncertainty[0] >= ASLEEP_BOUND_W * asleep - 1e-9,
+        "± {} J for {asleep} s asleep",
+        r.uncertainty[0]
+    );
+    // 100 W from its first read awake (reads are 50 ms apart or less; the trapezoid from
+    // 0 W to it may reach half a read back): no more than 100 W for the time awake, and
+    // most of it counted (a read that came late on a busy machine loses a little).
+    let j = r.joules[0];
+    assert!(j <= 100.0 * (awake + 0.05), "{j} J for {awake} s awake");
+    assert!(
+        j >= 100.0 * awake * 0.5,
+        "{j} J for {awake} s awake: not read after waking"
+    );
+    s.stop();
+}
