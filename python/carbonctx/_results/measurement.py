@@ -82,10 +82,10 @@ class Measurement:
     widths of the brackets at both edges, added); for power sampled at the read (a GPU without
     an energy counter) it adds two standard deviations of the error of integrating the reported
     power between readings, estimated from them (it assumes at most one power change between two
-    readings: a load switching faster than the reads is understated, and a process that follows
-    a node's sampler states none); it cannot see how the device's own reading, which it may
-    hold for tens of ms, relates to the true power, nor an averaged meter's or an estimate's
-    error.
+    readings: a load switching faster than the reads is understated); where the device holds its
+    reading (learned from the reads) it adds ``|Δ| × hold / 2`` for each change of the reading;
+    for an AMD GPU counted asleep (not read, so not woken) 3 W times the time it slept. It cannot
+    see an averaged meter's or an estimate's error.
     ``missing`` names sources whose
     figures are absent (``"sampler"`` when no sampler ran: then every figure is NaN), and
     ``estimated`` is true when any total includes an estimate. ``recorded`` says whether the
