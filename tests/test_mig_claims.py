@@ -230,3 +230,45 @@ if pid == 0:
 print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """
     assert _run(script, tmp_path).strip() == "0"
+
+
+def test_the_node_samplers_clean_up_leaves_a_held_claim_and_removes_an_abandoned_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The claims live among the node sampler's files, whose clean-up (at each sampler start)
+    # removes lock files nobody holds: never a held claim's, however old (a second process
+    # would then claim a new file of the same name, and the job count the instance twice).
+    import carbonctx
+    from carbonctx.testing import SimulatedMachine, Wave
+
+    env = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    for k, v in {**env, "TORCHELASTIC_RUN_ID": "claims"}.items():
+        monkeypatch.setenv(k, v)
+    shm = Path(os.environ["CARBONCTX_NODE_DIR"])
+    held = _path(str(shm), "jother", "gpu-a/1/0")
+    abandoned = _path(str(shm), "jother", "gpu-a/2/0")
+    script = f"""
+import sys, time
+from carbonctx._distributed.claims import claim_instance
+print(claim_instance("jother", "gpu-a/1/0", "rank 1", {str(shm)!r}), flush=True)
+time.sleep(60)
+"""
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().decode().strip() == "(True, 'rank 1')"
+        abandoned.write_text("rank 2 (local rank 2, pid 999999999)")
+        old = time.time() - 3600
+        for p in (held, abandoned):
+            os.utime(p, (old, old))
+        with SimulatedMachine(tmp_path / "hw", package=Wave.constant(80.0)) as sim:
+            carbonctx.configure(**sim.settings())
+            with carbonctx.track("step"):
+                time.sleep(0.05)
+            node = carbonctx.devices()["rank"]["node_sampler"]
+        assert node["role"] == "owner"
+        assert str(abandoned) in node["reclaimed"] and not abandoned.exists()
+        assert str(held) not in node["reclaimed"] and held.exists()
+    finally:
+        holder.kill()
+        holder.communicate()
