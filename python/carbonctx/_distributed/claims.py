@@ -13,10 +13,19 @@ GPUs while the holder lived keeps reporting 0, which counts the instance once wh
 runs and not at all after it has gone. The first process of the job to plan its GPUs holds it,
 whichever its rank: exactly one reports, without waiting for the others.
 
+A lock held by another open file is the job's holder only if it is still held after
+:data:`WAIT_S` (0.2 s): the node sampler's clean-up takes each lock file's lock for a moment to
+judge it (and removes the file if stale), and a claimant that met it then would report 0 with
+nobody reporting the instance. A claim is one per process, whatever its threads; the holder's
+name not written (a full ``/dev/shm``) leaves the claim its. A file of another user, or a link,
+in the file's place (a shared ``/dev/shm``) decides nothing: the claim cannot be known, and the
+caller warns and keeps its report.
+
 A forked child does not inherit the claim: its copy of the descriptor is pointed at
-``/dev/null``, as for the node sampler's lock. Lock files are never removed here (removing one
-another process has open would let two hold "the" lock); they are a few bytes in a tmpfs, named
-like the node sampler's files, which its clean-up removes once nobody holds them.
+``/dev/null``, as for the node sampler's lock (a fork waits for a claim under way, at most about
+:data:`WAIT_S`). Lock files are never removed here (removing one another process has open would
+let two hold "the" lock); they are a few bytes in a tmpfs, named like the node sampler's files,
+which its clean-up removes once nobody holds them.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
+import time
 from pathlib import Path
 
 import attrs
@@ -33,19 +44,49 @@ from carbonctx._distributed.ranks import RankInfo
 
 __all__ = ["claim_instance", "one_report"]
 
+#: How long a claimant waits on a lock another open file holds before it takes that for the
+#: job's holder: the node sampler's clean-up holds each lock file's lock for a moment to judge
+#: it (a holder for good writes its name at once, and holds on).
+WAIT_S = 0.2
+
 #: This process's claims: lock file path -> descriptor (with the pid that opened it).
 _HELD: dict[str, tuple[int, int]] = {}
-_AT_FORK = False
+#: Held while this process claims; a fork waits for it (at most about WAIT_S), so that no child
+#: is forked between a claim's open and its entry in _HELD with a share of the lock. (A fork that
+#: waits over a second, from a signal handler on the claiming thread, say, goes on without it.)
+_LOCK = threading.Lock()
+_FORK_HAS_LOCK = False
+
+
+def _before_fork() -> None:
+    global _FORK_HAS_LOCK
+    _FORK_HAS_LOCK = _LOCK.acquire(timeout=1.0)
+
+
+def _after_fork_in_parent() -> None:
+    if _FORK_HAS_LOCK:
+        _LOCK.release()
 
 
 def _forget_in_child() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # the parent's other threads do not exist here
     devnull = os.open(os.devnull, os.O_RDONLY)
     try:
         for fd, _ in _HELD.values():
-            os.dup2(devnull, fd)  # the number stays valid; the lock stays with the parent
+            # The number stays valid; the lock stays with the parent.
+            os.dup2(devnull, fd, inheritable=False)
     finally:
         os.close(devnull)
     _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_forget_in_child,
+    )
 
 
 def _path(directory: str, job_key: str, instance: str) -> Path:
@@ -53,17 +94,20 @@ def _path(directory: str, job_key: str, instance: str) -> Path:
     return Path(directory) / f"carbonctx-{job_key}-mig-{h}.lock"
 
 
-def _holder(fd: int) -> str:
-    """What the holder wrote of itself: it writes just after taking the lock, so an empty file
-    is read again for up to 0.2 s."""
-    import time
+def _take(fd: int, deadline: float) -> bool:
+    """Whether this open file takes the lock by ``deadline``: False when another keeps it."""
+    import fcntl
 
-    for _ in range(40):
-        who = os.pread(fd, 512, 0).decode(errors="replace").strip()
-        if who:
-            return who
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.005)
-    return ""
 
 
 def claim_instance(
@@ -72,32 +116,45 @@ def claim_instance(
     """Claim the job's one report of MIG ``instance`` on this node. ``me`` describes this
     process (written into the file for the others). Returns (True, me) when this process
     reports it, (False, who does) when another process of the job does, or why it cannot be
-    known (the directory not writable): then the caller keeps its report and says so."""
-    global _AT_FORK
+    known (the directory not writable, the file not this user's): then the caller keeps its
+    report and says so. Takes at most about WAIT_S (the lock held by another)."""
     try:
-        import fcntl
+        import fcntl  # noqa: F401
     except ImportError:
         return "this platform has no flock"
     where = directory or "/dev/shm"
     path = _path(where, job_key, instance)
-    held = _HELD.get(str(path))
-    if held is not None and held[1] == os.getpid():
-        return True, me
+    with _LOCK:
+        held = _HELD.get(str(path))
+        if held is not None and held[1] == os.getpid():
+            return True, me
+        return _claim(where, path, me)
+
+
+def _claim(where: str, path: Path, me: str) -> tuple[bool, str] | str:
+    deadline = time.monotonic() + WAIT_S
     for _ in range(3):
         try:
             os.makedirs(where, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Not through a link another user of a shared directory put in its place.
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags, 0o600)
         except OSError as e:
             return f"no lock file can be made in {where} ({e.strerror or e}); set node_dir"
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            try:
-                who = _holder(fd)
-            finally:
+            if hasattr(os, "geteuid") and os.fstat(fd).st_uid != os.geteuid():
                 os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return f"the lock file {path} cannot be locked ({e.strerror or e})"
+                return (
+                    f"the lock file {path} belongs to another user; set node_dir to a "
+                    "directory of this user's"
+                )
+            taken = _take(fd, deadline)
+            who = "" if taken else os.pread(fd, 512, 0).decode(errors="replace").strip()
+        except OSError as e:
+            os.close(fd)
+            return f"the lock file {path} cannot be locked ({e.strerror or e})"
+        if not taken:
+            os.close(fd)
             return False, who or "another process of this job (it has not said which yet)"
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -107,12 +164,12 @@ def claim_instance(
             # Removed by a clean-up between our open and our lock: try the new file.
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, me.encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me.encode(), 0)
+        except OSError:
+            pass  # the claim is this process's all the same; the others cannot name it
         _HELD[str(path)] = (fd, os.getpid())
-        if not _AT_FORK and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_forget_in_child)
-            _AT_FORK = True
         return True, me
     return f"the lock file {path} keeps being replaced"
 
