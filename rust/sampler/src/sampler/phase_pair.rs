@@ -91,7 +91,7 @@ pub(super) struct Pair {
     travel: f64,
     /// The next read is a check: when it is to end, and the latest end at which it counts
     /// (ns). After a read after that saw its update (at `u`), the check is a look before the
-    /// next one (`u + p`): it ends a look's margin and a read before it (at least
+    /// next one (`u + p`): it ends a look's margin, a read and a guard before it (at least
     /// [`CHECK_CLEAR`] of the period), and is made only where its read then lies wholly past
     /// `u + p / 2`. It sees a change only if the counter updated between two predicted
     /// updates: its period fell by about a quarter or more (halved, to a third: a driver or
@@ -323,7 +323,10 @@ impl PhaseLock {
                     pr.since_check += 1;
                     let c = self.read_cost as f64;
                     let before = self.look_margin(&pr) + c;
-                    let end = expected + p - before.max(CHECK_CLEAR * p);
+                    // A guard before the latest end at which it counts (aimed at that end, it
+                    // would count only if it came with no lateness at all: never).
+                    let g = self.guard as f64;
+                    let end = expected + p - (before + g).max(CHECK_CLEAR * p);
                     // Its read wholly past the middle of the period (where a halved period's
                     // update comes).
                     let seen_half = end - c > expected + p / 2.0;

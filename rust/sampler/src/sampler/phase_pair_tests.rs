@@ -430,3 +430,29 @@ fn an_expensive_counter_that_updates_every_50_ms_is_read_in_pairs() {
         assert_eq!(out.misplaced, 0, "{period}");
     }
 }
+
+#[test]
+fn a_period_that_halves_is_learned_again_when_the_check_is_close_to_its_limit() {
+    // A counter that updates every 40 (or 36) ms whose reads cost 4 (or 3.5) ms: a look's
+    // margin and a read come to more than a quarter of the period, so the check before the next
+    // predicted update was aimed at the latest end at which it counts, and counted only if it
+    // came with no lateness at all: never. Every check was a read wasted, and a period that
+    // halved was never found (each look stamping its change half a period early for good).
+    // Aimed a guard earlier, the checks count and find it.
+    let dur = HOUR / 2;
+    for (p0, cost) in [(40e6, 4 * MS), (36e6, 3_500_000)] {
+        let (mut times, mut t) = (Vec::new(), 7e6);
+        while t < (dur + 1_000 * MS) as f64 {
+            times.push(t as u64);
+            t += if t < 300e9 { p0 } else { p0 / 2.0 };
+        }
+        let out = simulate_budget(&times, cost, dur, 3);
+        assert!(out.losses >= 1, "{p0}");
+        assert!(
+            out.misplaced * 100 < out.errors.len() as u64,
+            "{p0}: {} of {} stamps misplaced",
+            out.misplaced,
+            out.errors.len()
+        );
+    }
+}
