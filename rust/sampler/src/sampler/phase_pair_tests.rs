@@ -456,3 +456,32 @@ fn a_period_that_halves_is_learned_again_when_the_check_is_close_to_its_limit() 
         );
     }
 }
+
+#[test]
+fn a_period_that_doubles_is_learned_again() {
+    // A driver or clock change after five minutes: updates every 200 ms instead of 100, from
+    // an old update instant (or 37 ms after one). Read in pairs every 4 or 8 updates (reads of
+    // 1.5 or 3.5 ms), every visit falls on a new update once the search has found one: the look
+    // (it sees the updates since the last visit) and the read after answer as before, and the
+    // check before the next predicted update sees nothing, as it should. Without a read just
+    // after that update (which must see it) the pair stayed on for good, each look stamping its
+    // change at a predicted update 100 ms after the real one. The lock learns the period again
+    // and no stamp is a predicted update off.
+    let dur = HOUR / 2;
+    for cost in [1_500_000u64, 3_500_000] {
+        for shift in [0.0, 37e6] {
+            let times = period_change(200e6, shift, dur);
+            let out = simulate_budget(&times, cost, dur, 2);
+            let n = out.errors.len();
+            let off = out.errors[n * 3 / 4..]
+                .iter()
+                .filter(|e| e.abs() > 10e6)
+                .count();
+            assert_eq!(off, 0, "{cost} (+{shift}): stamps off in the last quarter");
+            assert!(out.losses >= 1, "{cost} (+{shift})");
+            assert_eq!(out.misplaced, 0, "{cost} (+{shift})");
+            let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+            assert!(share <= 0.01, "{:.2} % of a core", share * 100.0);
+        }
+    }
+}
