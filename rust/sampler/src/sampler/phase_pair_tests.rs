@@ -21,13 +21,16 @@ impl Rng {
 
 /// What a simulated run gave: stamp errors (ns) once paired, stamps that claim an update the
 /// read did not see or put the latest one it saw more than 10 ms early, reads and the simulated
-/// time they span, and pairs lost.
+/// time they span, pairs lost, and the checks made (see `Pair::check`, `Pair::check_after`) and
+/// those that found the period wrong.
 struct Outcome {
     errors: Vec<f64>,
     misplaced: u64,
     reads: u64,
     span_ns: u64,
     losses: u64,
+    checks: u64,
+    failed_checks: u64,
 }
 
 /// Drives a lock as the sampler does: reading every update until it brackets one closely,
@@ -88,7 +91,7 @@ fn simulate_strides(
     let mut pl = PhaseLock::new(20 * MS);
     let (mut end, mut prev_mid, mut seen) = (0u64, 0u64, 0usize);
     let (mut errors, mut reads, mut since) = (Vec::new(), 0u64, None);
-    let mut misplaced = 0;
+    let (mut misplaced, mut checks, mut failed_checks) = (0, 0, 0);
     while end < duration {
         let (late, cost) = read(rng.next(), rng_y.next());
         let start = pl.due(end).max(end + 1) + 20_000 + late as u64;
@@ -102,7 +105,20 @@ fn simulate_strides(
             (smoothed * 7 + cost) / 8
         };
         pl.fit_guard(smoothed);
+        let failed = |pl: &PhaseLock| {
+            pl.pair
+                .as_ref()
+                .map_or(0, |pr| pr.early_checks + pr.missed_checks)
+        };
+        let (checking, failed_before) = (
+            pl.pair
+                .as_ref()
+                .is_some_and(|pr| pr.check.is_some() || pr.check_after.is_some()),
+            failed(&pl),
+        );
         let stamp = pl.observe(prev_mid, mid, count != seen);
+        checks += u64::from(checking);
+        failed_checks += u64::from(checking && (failed(&pl) > failed_before || !pl.paired()));
         if since.is_some() {
             reads += 1;
             if count != seen {
@@ -130,6 +146,8 @@ fn simulate_strides(
         reads,
         span_ns: end - since.unwrap_or(end),
         losses: pl.pair_losses(),
+        checks,
+        failed_checks,
     }
 }
 
@@ -483,5 +501,28 @@ fn a_period_that_doubles_is_learned_again() {
             let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
             assert!(share <= 0.01, "{:.2} % of a core", share * 100.0);
         }
+    }
+}
+
+#[test]
+fn a_steady_counter_on_a_busy_machine_passes_every_check() {
+    // A busy machine: reads start up to 10 ms late (long-tailed), one in fifty up to 30 ms (the
+    // thread descheduled), and cost 2 to 6 ms each (the lock told their smoothed cost); the
+    // counter's updates are 1 ms early or late at random. Every check (a read before the next
+    // predicted update, which must see nothing, and one just after it, which must see it) finds
+    // the period right: none costs a pair and the period learned again.
+    for seed in 1u64..=4 {
+        let times = updates(100.004e6, 2.0 * MS as f64, 1e6, HOUR, seed);
+        let stride = |pl: &PhaseLock| pair_stride(4e6, pl.period_ns()?, 0.01);
+        let out = simulate_strides(&times, false, stride, HOUR, seed * 7, |x, y| {
+            let late = if x < 0.02 {
+                30e6 * x / 0.02
+            } else {
+                x.powi(4) * 10e6
+            };
+            (late, (2e6 + 4e6 * y) as u64)
+        });
+        assert!(out.checks > 100, "seed {seed}: {} checks", out.checks);
+        assert_eq!(out.failed_checks, 0, "seed {seed}");
     }
 }
