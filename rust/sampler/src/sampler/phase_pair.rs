@@ -17,18 +17,22 @@
 //! A look that wakes too late to be sure it came before the update is stamped at its own read
 //! (its energy spread evenly up to it), never at a predicted update it may not have seen.
 //!
-//! Two reads per visit, and a third in one visit of [`CHECK_EVERY`] (no chases: a read after
-//! that sees nothing leaves the update to the next look, and its energy to the next point). The
-//! period follows the steps slowly. A search that moves half a period one way without turning,
-//! or that finds the update in under a fifth of its visits or moves more than a period back and
-//! forth over 64 of them (the period changed: the update crosses the reads only now and then),
-//! has lost the update. So has one whose checks see updates between two predicted ones: a
-//! period that halved (or fell to a third: a driver or clock change) keeps every other update
-//! where the old ones were, so the look (which sees the updates since the last visit whatever
-//! the period) and the read after answer as before; only a look before the update that follows
-//! the one the read after saw, which must see nothing, finds the extra updates (see
-//! `Pair::check`). Lost, the lock learns the period and phase again (reading every update), and
-//! pairs resume once it knows them closely. The stride is the caller's (see `sampler::costly`).
+//! Two reads per visit, and a third and a fourth in one visit of [`CHECK_EVERY`] (no chases: a
+//! read after that sees nothing leaves the update to the next look, and its energy to the next
+//! point). The period follows the steps slowly. A search that moves half a period one way
+//! without turning, or that finds the update in under a fifth of its visits or moves more than a
+//! period back and forth over 64 of them (the period changed: the update crosses the reads only
+//! now and then), has lost the update. So has one whose checks see updates between two
+//! predicted ones, or none at the next predicted one: a period that halved (or fell to a third:
+//! a driver or clock change) keeps every other update where the old ones were, and one that
+//! doubled keeps every other old update instant, which a visit every even number of updates
+//! always falls on; either way the look (which sees the updates since the last visit whatever
+//! the period) and the read after answer as before. Only a look before the update that follows
+//! the one the read after saw, which must see nothing, finds the extra updates, and a read just
+//! after that update, which must see it, the missing ones (see `Pair::check` and
+//! `Pair::check_after`). Lost, the lock learns the period and phase again (reading every
+//! update), and pairs resume once it knows them closely. The stride is the caller's (see
+//! `sampler::costly`).
 //! (Also here: how far apart reads every few updates come, and when the period is known well
 //! enough for them.)
 
@@ -47,14 +51,16 @@ const MIN_FOUND: u32 = 13;
 /// jump, a wandering phase, late wake-ups), one that chases an update whose period changed
 /// by a tenth or more moves it by more than a period.
 const WINDOW_TRAVEL: f64 = 1.0;
-/// One visit in this many whose read after saw its update is followed by a check (see
-/// `Pair::check`): a read more in 32, within the tenth of the share that [`pair_stride`] keeps.
+/// One visit in this many whose read after saw its update is followed by checks (see
+/// `Pair::check` and `Pair::check_after`): two reads more in 32 visits, within the tenth of the
+/// share that [`pair_stride`] keeps.
 const CHECK_EVERY: u32 = 16;
 /// The check ends at least this share of a period before the next predicted update (a phase
 /// that is off by less is not taken for an update between two predicted ones).
 const CHECK_CLEAR: f64 = 0.25;
-/// Checks in a row that saw an update between two predicted ones before the pair is lost (a
-/// check that saw one is followed by another at the next visit).
+/// Checks in a row that saw an update between two predicted ones (or none at the next predicted
+/// one) before the pair is lost (a check that saw one is followed by another at the next
+/// visit).
 const EARLY_CHECKS: u32 = 2;
 
 /// The state of paired reads (see the module's documentation).
@@ -91,7 +97,7 @@ pub(super) struct Pair {
     travel: f64,
     /// The next read is a check: when it is to end, and the latest end at which it counts
     /// (ns). After a read after that saw its update (at `u`), the check is a look before the
-    /// next one (`u + p`): it ends a look's margin and a read before it (at least
+    /// next one (`u + p`): it ends a look's margin, a read and a guard before it (at least
     /// [`CHECK_CLEAR`] of the period), and is made only where its read then lies wholly past
     /// `u + p / 2`. It sees a change only if the counter updated between two predicted
     /// updates: its period fell by about a quarter or more (halved, to a third: a driver or
@@ -101,10 +107,22 @@ pub(super) struct Pair {
     /// that ends later than the margin and a read before `u + p` (a late wake-up) tells
     /// nothing.
     check: Option<(f64, f64)>,
-    /// Visits whose read after saw the update since the last check, and checks in a row that
-    /// saw an update between two predicted ones.
+    /// After the check, a read that starts a look's margin after that next update (`u + p`, and
+    /// a period after the read after's end): when it is to start, the predicted update, and the
+    /// latest end at which a change it saw is that update's (ns). It
+    /// sees no change only if the counter did not update there: its period grew (doubled: every
+    /// other old update instant is still an update, and a visit every even number of updates
+    /// falls on one every time, so the look and the read after answer as before, and so does
+    /// the check). [`EARLY_CHECKS`] such in a row and the pair is lost. Made only where it ends
+    /// before the next visit's look; dropped after a check that ended too late (it may have
+    /// taken the update).
+    check_after: Option<(f64, f64, f64)>,
+    /// Visits whose read after saw the update since the last check, checks in a row that saw
+    /// an update between two predicted ones, and reads after the next predicted update in a row
+    /// that saw none.
     since_check: u32,
     early_checks: u32,
+    missed_checks: u32,
 }
 
 impl PhaseLock {
@@ -178,8 +196,10 @@ impl PhaseLock {
             found: 0,
             travel: 0.0,
             check: None,
+            check_after: None,
             since_check: 0,
             early_checks: 0,
+            missed_checks: 0,
         };
         pr.at += p * ((now as f64 - pr.at) / p).ceil().max(0.0);
         self.pair = Some(pr);
@@ -227,10 +247,11 @@ impl PhaseLock {
             return t;
         };
         let c = self.read_cost as f64;
-        let start = match (pr.check, pr.look) {
-            (Some((end, _)), _) => end - c,
-            (None, None) => pr.at - self.look_margin(pr) - c,
-            (None, Some(_)) => pr.at - c / 2.0,
+        let start = match (pr.check, pr.check_after, pr.look) {
+            (Some((end, _)), _, _) => end - c,
+            (None, Some((start, _, _)), _) => start,
+            (None, None, None) => pr.at - self.look_margin(pr) - c,
+            (None, None, Some(_)) => pr.at - c / 2.0,
         };
         (start.max(0.0) as u64).max(t + 1)
     }
@@ -259,6 +280,9 @@ impl PhaseLock {
         let mut pr = self.pair.take()?;
         if let Some((_, limit)) = pr.check.take() {
             return self.pair_check(pr, limit, tf, changed);
+        }
+        if let Some((_, at, limit)) = pr.check_after.take() {
+            return self.pair_check_after(pr, (at, limit), prevf, tf, changed);
         }
         let stamp = match pr.look {
             None => {
@@ -323,14 +347,27 @@ impl PhaseLock {
                     pr.since_check += 1;
                     let c = self.read_cost as f64;
                     let before = self.look_margin(&pr) + c;
-                    let end = expected + p - before.max(CHECK_CLEAR * p);
+                    // A guard before the latest end at which it counts (aimed at that end, it
+                    // would count only if it came with no lateness at all: never).
+                    let g = self.guard as f64;
+                    let end = expected + p - (before + g).max(CHECK_CLEAR * p);
                     // Its read wholly past the middle of the period (where a halved period's
                     // update comes).
                     let seen_half = end - c > expected + p / 2.0;
-                    let due = pr.since_check >= CHECK_EVERY || pr.early_checks > 0;
+                    let due = pr.since_check >= CHECK_EVERY
+                        || pr.early_checks > 0
+                        || pr.missed_checks > 0;
                     if due && pr.stride > 1 && seen_half {
                         pr.since_check = 0;
                         pr.check = Some((end, expected + p - before));
+                        // Past the update the read after saw (it ended by `tf + c / 2`), a
+                        // period and a look's margin on; ending before the next visit's look.
+                        let start = (tf + c / 2.0).max(expected) + p + (before - c);
+                        let next_look = pr.at + p * f64::from(pr.stride) - before;
+                        if start + c <= next_look {
+                            let limit = expected + 2.0 * p - before;
+                            pr.check_after = Some((start, expected + p, limit));
+                        }
                     }
                 }
                 if dir != 0 {
@@ -391,6 +428,9 @@ impl PhaseLock {
         let in_time = t + c / 2.0 <= limit;
         if in_time {
             pr.early_checks = if changed { pr.early_checks + 1 } else { 0 };
+        } else {
+            // It may have taken the next predicted update: the read after it would see none.
+            pr.check_after = None;
         }
         if pr.early_checks >= EARLY_CHECKS {
             // Updates between the predicted ones: the period fell (halved, or less). Learn it
@@ -403,6 +443,39 @@ impl PhaseLock {
             self.skip_to_lookable(t);
         }
         changed.then_some(t as u64)
+    }
+
+    /// The read after the next predicted update (see `Pair::check_after`, `at`: that update),
+    /// this one's middle at `t` (`prev`: the previous read's): it is to see a change. It started
+    /// after that update however late it came, and so tells whether the counter updated there
+    /// whenever it came. A change it saw is stamped at that update, or at the read itself where
+    /// it ended after `limit` (it may have seen the update after that too).
+    fn pair_check_after(
+        &mut self,
+        mut pr: Pair,
+        (at, limit): (f64, f64),
+        prev: f64,
+        t: f64,
+        changed: bool,
+    ) -> Option<u64> {
+        pr.missed_checks = if changed { 0 } else { pr.missed_checks + 1 };
+        if pr.missed_checks >= EARLY_CHECKS {
+            // No update where one was predicted: the period grew (doubled, or more). Learn it
+            // again, reading every update, as at the start.
+            self.pair_lost += 1;
+            self.stride = 1;
+            self.unlock();
+        } else {
+            self.pair = Some(pr);
+            self.skip_to_lookable(t);
+        }
+        let c = self.read_cost as f64;
+        let stamp = if t + c / 2.0 <= limit {
+            at.clamp(prev + 1.0, t)
+        } else {
+            t
+        };
+        changed.then_some(stamp as u64)
     }
 }
 

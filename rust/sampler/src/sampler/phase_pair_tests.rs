@@ -21,13 +21,16 @@ impl Rng {
 
 /// What a simulated run gave: stamp errors (ns) once paired, stamps that claim an update the
 /// read did not see or put the latest one it saw more than 10 ms early, reads and the simulated
-/// time they span, and pairs lost.
+/// time they span, pairs lost, and the checks made (see `Pair::check`, `Pair::check_after`) and
+/// those that found the period wrong.
 struct Outcome {
     errors: Vec<f64>,
     misplaced: u64,
     reads: u64,
     span_ns: u64,
     losses: u64,
+    checks: u64,
+    failed_checks: u64,
 }
 
 /// Drives a lock as the sampler does: reading every update until it brackets one closely,
@@ -88,7 +91,7 @@ fn simulate_strides(
     let mut pl = PhaseLock::new(20 * MS);
     let (mut end, mut prev_mid, mut seen) = (0u64, 0u64, 0usize);
     let (mut errors, mut reads, mut since) = (Vec::new(), 0u64, None);
-    let mut misplaced = 0;
+    let (mut misplaced, mut checks, mut failed_checks) = (0, 0, 0);
     while end < duration {
         let (late, cost) = read(rng.next(), rng_y.next());
         let start = pl.due(end).max(end + 1) + 20_000 + late as u64;
@@ -102,7 +105,20 @@ fn simulate_strides(
             (smoothed * 7 + cost) / 8
         };
         pl.fit_guard(smoothed);
+        let failed = |pl: &PhaseLock| {
+            pl.pair
+                .as_ref()
+                .map_or(0, |pr| pr.early_checks + pr.missed_checks)
+        };
+        let (checking, failed_before) = (
+            pl.pair
+                .as_ref()
+                .is_some_and(|pr| pr.check.is_some() || pr.check_after.is_some()),
+            failed(&pl),
+        );
         let stamp = pl.observe(prev_mid, mid, count != seen);
+        checks += u64::from(checking);
+        failed_checks += u64::from(checking && (failed(&pl) > failed_before || !pl.paired()));
         if since.is_some() {
             reads += 1;
             if count != seen {
@@ -130,6 +146,8 @@ fn simulate_strides(
         reads,
         span_ns: end - since.unwrap_or(end),
         losses: pl.pair_losses(),
+        checks,
+        failed_checks,
     }
 }
 
@@ -428,5 +446,83 @@ fn an_expensive_counter_that_updates_every_50_ms_is_read_in_pairs() {
         assert!(share <= 0.01, "{period}: {:.2} % of a core", share * 100.0);
         assert!(median_abs(&out.errors) < 1.0e6, "{period}");
         assert_eq!(out.misplaced, 0, "{period}");
+    }
+}
+
+#[test]
+fn a_period_that_halves_is_learned_again_when_the_check_is_close_to_its_limit() {
+    // A counter that updates every 40 (or 36) ms whose reads cost 4 (or 3.5) ms: a look's
+    // margin and a read come to more than a quarter of the period, so the check before the next
+    // predicted update was aimed at the latest end at which it counts, and counted only if it
+    // came with no lateness at all: never. Every check was a read wasted, and a period that
+    // halved was never found (each look stamping its change half a period early for good).
+    // Aimed a guard earlier, the checks count and find it.
+    let dur = HOUR / 2;
+    for (p0, cost) in [(40e6, 4 * MS), (36e6, 3_500_000)] {
+        let (mut times, mut t) = (Vec::new(), 7e6);
+        while t < (dur + 1_000 * MS) as f64 {
+            times.push(t as u64);
+            t += if t < 300e9 { p0 } else { p0 / 2.0 };
+        }
+        let out = simulate_budget(&times, cost, dur, 3);
+        assert!(out.losses >= 1, "{p0}");
+        assert!(
+            out.misplaced * 100 < out.errors.len() as u64,
+            "{p0}: {} of {} stamps misplaced",
+            out.misplaced,
+            out.errors.len()
+        );
+    }
+}
+
+#[test]
+fn a_period_that_doubles_is_learned_again() {
+    // A driver or clock change after five minutes: updates every 200 ms instead of 100, from
+    // an old update instant (or 37 ms after one). Read in pairs every 4 or 8 updates (reads of
+    // 1.5 or 3.5 ms), every visit falls on a new update once the search has found one: the look
+    // (it sees the updates since the last visit) and the read after answer as before, and the
+    // check before the next predicted update sees nothing, as it should. Without a read just
+    // after that update (which must see it) the pair stayed on for good, each look stamping its
+    // change at a predicted update 100 ms after the real one. The lock learns the period again
+    // and no stamp is a predicted update off.
+    let dur = HOUR / 2;
+    for cost in [1_500_000u64, 3_500_000] {
+        for shift in [0.0, 37e6] {
+            let times = period_change(200e6, shift, dur);
+            let out = simulate_budget(&times, cost, dur, 2);
+            let n = out.errors.len();
+            let off = out.errors[n * 3 / 4..]
+                .iter()
+                .filter(|e| e.abs() > 10e6)
+                .count();
+            assert_eq!(off, 0, "{cost} (+{shift}): stamps off in the last quarter");
+            assert!(out.losses >= 1, "{cost} (+{shift})");
+            assert_eq!(out.misplaced, 0, "{cost} (+{shift})");
+            let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+            assert!(share <= 0.01, "{:.2} % of a core", share * 100.0);
+        }
+    }
+}
+
+#[test]
+fn a_steady_counter_on_a_busy_machine_passes_every_check() {
+    // A busy machine: reads start up to 10 ms late (long-tailed), one in fifty up to 30 ms (the
+    // thread descheduled), and cost 2 to 6 ms each (the lock told their smoothed cost); the
+    // counter's updates are 1 ms early or late at random. Every check (a read before the next
+    // predicted update, which must see nothing, and one just after it, which must see it) finds
+    // the period right: none costs a pair and the period learned again.
+    for seed in 1u64..=4 {
+        let times = updates(100.004e6, 2.0 * MS as f64, 1e6, HOUR, seed);
+        let stride = |pl: &PhaseLock| pair_stride(4e6, pl.period_ns()?, 0.01);
+        let out = simulate_strides(&times, false, stride, HOUR, seed * 7, |x, y| {
+            let late = if x < 0.02 {
+                30e6 * x / 0.02
+            } else {
+                x.powi(4) * 10e6
+            };
+            (late, (2e6 + 4e6 * y) as u64)
+        });
+        assert!(out.checks > 100, "seed {seed}: {} checks", out.checks);
+        assert_eq!(out.failed_checks, 0, "seed {seed}");
     }
 }
