@@ -162,6 +162,8 @@ fn damaged(dir: &Path, damage: impl FnOnce(&std::fs::File)) -> Result<Segment, S
     Segment::open(&path).map_err(|e| e.to_string())
 }
 
+type Damage = dyn FnOnce(&std::fs::File);
+
 const HEADER: u64 = 4096;
 const DESC: u64 = 1024;
 
@@ -169,7 +171,7 @@ const DESC: u64 = 1024;
 fn a_damaged_or_hostile_segment_is_refused_before_it_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let put = |f: &std::fs::File, off: u64, v: u64| f.write_all_at(&v.to_le_bytes(), off).unwrap();
-    let cases: Vec<(&str, Box<dyn FnOnce(&std::fs::File)>)> = vec![
+    let cases: Vec<(&str, Box<Damage>)> = vec![
         ("truncated header", Box::new(|f| f.set_len(100).unwrap())),
         (
             "truncated rings",
