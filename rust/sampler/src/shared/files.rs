@@ -24,8 +24,28 @@ pub(super) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-const HINT: &str = "the node's shared sampler needs a directory it may write (/dev/shm or the \
-                    one set by node_dir)";
+const HINT: &str = "the node's shared sampler needs a directory this user may write (/dev/shm, \
+                    or the one set by node_dir)";
+
+/// An error of the node's files: a permission refused says what to do; any other (no such
+/// directory, a file where a directory should be, a full or read-only file system) says it too.
+pub(crate) fn io_err(path: &Path, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        return Error::io(path, e, HINT);
+    }
+    Error::Invalid(format!("{}: {e}; {HINT}", path.display()))
+}
+
+/// A file refused: `why` says what it is, and the error what to do.
+fn refuse(path: &Path, why: String) -> Error {
+    Error::Permission {
+        path: path.to_path_buf(),
+        hint: format!(
+            "{why}: the node's shared sampler does not use it (someone may have put it there); \
+             remove it, or set node_dir to a directory of your own"
+        ),
+    }
+}
 
 fn options(create: bool, exclusive: bool) -> OpenOptions {
     let mut o = OpenOptions::new();
@@ -61,35 +81,24 @@ pub(super) fn create_new(path: &Path) -> io::Result<File> {
 
 fn refused(path: &Path, e: io::Error) -> Error {
     if e.raw_os_error() == Some(libc::ELOOP) {
-        return Error::Invalid(format!(
-            "{} is a symbolic link: the node's shared sampler never follows one in its \
-             directory (someone may have planted it); remove it, or set node_dir to a \
-             directory of your own",
-            path.display()
-        ));
+        return refuse(path, "It is a symbolic link, never followed here".into());
     }
-    Error::io(path, e, HINT)
+    io_err(path, e)
 }
 
 /// Refuse `file` (opened from `path`) unless it is a regular file owned by this user.
 pub(super) fn check_own(file: &File, path: &Path) -> Result<()> {
-    let meta = file.metadata().map_err(|e| Error::io(path, e, HINT))?;
+    let meta = file.metadata().map_err(|e| io_err(path, e))?;
     if !meta.file_type().is_file() {
-        return Err(Error::Invalid(format!(
-            "{} is not a regular file: the node's shared sampler does not use it; remove it, \
-             or set node_dir to a directory of your own",
-            path.display()
-        )));
+        return Err(refuse(path, "It is not a regular file".into()));
     }
     let me = euid();
     if meta.uid() != me {
-        return Err(Error::Invalid(format!(
-            "{} belongs to user {}, not to this process's user ({me}): the node's shared \
-             sampler uses only its user's files; remove it, or set node_dir to a directory of \
-             your own",
-            path.display(),
-            meta.uid()
-        )));
+        let theirs = meta.uid();
+        return Err(refuse(
+            path,
+            format!("It belongs to user {theirs}, not to this process's user ({me})"),
+        ));
     }
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
-use super::files;
-use super::segment::{io_err, Segment};
+use super::files::{self, io_err};
+use super::segment::Segment;
 use super::{stem_for, PREFIX};
 use crate::error::Result;
 

@@ -69,6 +69,7 @@ mod ring;
 mod segment;
 mod sources;
 
+pub(crate) use files::io_err;
 pub use lock::{reclaim, LockFile};
 pub use ring::{Copied, Entry};
 pub use segment::Segment;

@@ -8,7 +8,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::files;
+use super::files::{self, io_err};
 use super::sources::Published;
 use crate::error::{Error, Result};
 
@@ -96,14 +96,6 @@ impl Drop for Segment {
 fn size_for(n: usize, ring: usize) -> Option<usize> {
     let rings = n.checked_mul(ring)?.checked_mul(ENTRY)?;
     (HEADER + n.checked_mul(DESC)?).checked_add(rings)
-}
-
-pub(super) fn io_err(path: &Path, e: io::Error) -> Error {
-    Error::io(
-        path,
-        e,
-        "the node's shared sampler needs a writable directory (/dev/shm or the one configured)",
-    )
 }
 
 /// A new private file next to `path`, under a name nobody has used (`O_EXCL`: whatever is
