@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import stat
 from pathlib import Path
 
 import attrs
@@ -47,25 +46,6 @@ def _forget_in_child() -> None:
     finally:
         os.close(devnull)
     _HELD.clear()
-
-
-#: Never through a link planted in the shared directory: truncating and writing the lock file
-#: would truncate and write whatever file it points at.
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-
-
-def _not_own(fd: int, path: Path) -> str:
-    """Why the open file ``fd`` is not used ("" when it is this user's regular file): another
-    user's lock file in a shared directory could be held by its owner for ever."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        return f"{path} is not a regular file; remove it or set node_dir"
-    if st.st_uid != os.geteuid():
-        return (
-            f"{path} belongs to user {st.st_uid}, not to this process's user; remove it or set "
-            "node_dir"
-        )
-    return ""
 
 
 def _path(directory: str, job_key: str, instance: str) -> Path:
@@ -106,15 +86,9 @@ def claim_instance(
     for _ in range(3):
         try:
             os.makedirs(where, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | _NOFOLLOW, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            if e.errno == errno.ELOOP:
-                return f"{path} is a symbolic link (never followed); remove it or set node_dir"
             return f"no lock file can be made in {where} ({e.strerror or e}); set node_dir"
-        refused = _not_own(fd, path)
-        if refused:
-            os.close(fd)
-            return refused
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
