@@ -4,8 +4,8 @@ under the names carbonctx uses.
 The node directory (``node_dir``; ``/dev/shm`` by default): a link planted as the node sampler's
 lock file is never followed (the file it points at is left as it was) and the process measures
 with a sampler of its own, with one warning; so too where the directory cannot be used, or the
-lock file belongs to another user. A MIG instance's claim is never made through a link, nor on
-another user's file. An intensity cache file of another user's is not believed.
+lock file belongs to another user. An intensity cache file of another user's is not believed.
+(A MIG instance's claim, in the same directory: tests/test_mig_claims.py.)
 
 Another user is simulated with ``os.chown`` (those cases need root, as the tests run here).
 """
@@ -20,7 +20,6 @@ import pytest
 
 import carbonctx
 from carbonctx._carbon.cache import DiskCache, UnusableCache
-from carbonctx._distributed.claims import _path, claim_instance
 from carbonctx._measure import process
 from carbonctx.errors import CarbonctxWarning
 from carbonctx.testing import SimulatedMachine
@@ -103,42 +102,6 @@ def test_a_node_directory_that_cannot_be_used_leaves_the_process_its_own_sampler
     with pytest.warns(CarbonctxWarning) as rec:
         r = measure()
     assert "a-file" in assert_own_sampler(r, rec)
-
-
-def test_a_claim_is_never_made_through_a_link(tmp_path: Path) -> None:
-    v = victim(tmp_path)
-    shm = tmp_path / "shm"
-    shm.mkdir()
-    _path(str(shm), "jkey", "gpu-x/1/0").symlink_to(v)
-    got = claim_instance("jkey", "gpu-x/1/0", "rank 0", str(shm))
-    assert isinstance(got, str) and "symbolic link" in got
-    assert v.read_bytes() == PRECIOUS
-    # A dangling link: its target is not created either.
-    ghost = tmp_path / "ghost"
-    _path(str(shm), "jkey", "gpu-x/2/0").symlink_to(ghost)
-    assert isinstance(claim_instance("jkey", "gpu-x/2/0", "rank 0", str(shm)), str)
-    assert not ghost.exists()
-    # Its own file: made private.
-    assert claim_instance("jkey", "gpu-x/3/0", "rank 0", str(shm)) == (True, "rank 0")
-    assert _path(str(shm), "jkey", "gpu-x/3/0").stat().st_mode & 0o777 == 0o600
-
-
-@needs_root
-def test_a_claim_file_of_another_user_is_refused(tmp_path: Path) -> None:
-    # Its owner could hold it for ever, making every process of the job report 0 for the GPU.
-    p = _path(str(tmp_path), "jkey", "gpu-x/1/0")
-    p.write_text("")
-    os.chown(p, 4242, 4242)
-    got = claim_instance("jkey", "gpu-x/1/0", "rank 0", str(tmp_path))
-    assert isinstance(got, str) and "belongs to user 4242" in got
-    assert p.read_text() == ""
-
-
-def test_a_claim_on_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
-    p = _path(str(tmp_path), "jkey", "gpu-x/1/0")
-    os.mkfifo(p)
-    got = claim_instance("jkey", "gpu-x/1/0", "rank 0", str(tmp_path))
-    assert isinstance(got, str) and "not a regular file" in got
 
 
 @needs_root

@@ -303,3 +303,67 @@ fn the_clean_up_leaves_other_users_files_and_planted_links_alone() {
         3 + theirs.len()
     );
 }
+
+/// A small tmpfs mounted for a test (None where mounting is not allowed), unmounted on drop.
+struct SmallTmpfs(tempfile::TempDir);
+
+impl SmallTmpfs {
+    fn mount(size: &str) -> Option<SmallTmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallTmpfs(dir))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_directory_is_an_error_at_creation_not_a_sigbus_later() {
+    // A tmpfs that cannot hold the segment (someone filled /dev/shm): the space is reserved
+    // when the segment is created, so that is where it fails. A segment only sized would take
+    // its pages as the rings are first written, and the first write past the space would be a
+    // SIGBUS, killing this test (and a user's program).
+    let Some(fs) = SmallTmpfs::mount("256k") else {
+        eprintln!("skipped: mounting a tmpfs needs privileges this test does not have");
+        return;
+    };
+    let path = fs.0.path().join("carbonctx-full.seg");
+    let ring = 1 << 16;
+    match Segment::create(&path, "k", &one_source(), ring, 1) {
+        Err(e) => assert!(e.to_string().contains("No space left"), "{e}"),
+        Ok(seg) => {
+            for t in 1..=ring as u64 {
+                let p = carbonctx_sampler::timeline::Point {
+                    t_ns: t,
+                    joules: 1.0,
+                };
+                seg.publish(0, p, false);
+            }
+            panic!("a segment larger than its file system was created");
+        }
+    }
+    // Nothing left behind under a temporary name.
+    assert_eq!(std::fs::read_dir(fs.0.path()).unwrap().count(), 0);
+    // The node's sampler in a directory filled up: an error at start, not a wait.
+    let filler = vec![0u8; 4096];
+    let mut f = std::fs::File::create(fs.0.path().join("filler")).unwrap();
+    while std::io::Write::write_all(&mut f, &filler).is_ok() {}
+    let empty = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let e = start(fs.0.path(), empty.path(), "job")
+        .err()
+        .expect("no room");
+    assert!(e.contains("No space left"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+}

@@ -139,7 +139,8 @@ fn pid_alive(pid: i32) -> bool {
 /// Remove what killed jobs left in `dir`: segments (and their lock files) whose lock nobody
 /// holds and whose owner has shown no sign of life for `grace` and is gone (or for
 /// `stale_after` whatever the pid says), and temporary files as old. The job `keep` (the
-/// caller's) is left alone. Returns the files removed. Best effort: errors skip a file.
+/// caller's) is left alone, and so is anything but this user's regular files (another user's
+/// files, links, whatever was planted). Returns the files removed. Best effort: errors skip a file.
 pub fn reclaim(dir: &Path, keep: &str, grace: Duration, stale_after: Duration) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -116,6 +116,23 @@ fn create_temporary(path: &Path) -> Result<(File, PathBuf)> {
     Err(io_err(&tmp, e))
 }
 
+/// Give the new file its `size` bytes, reserved now: a file only sized (sparse) takes memory
+/// as its pages are first written, and in a full tmpfs (filled by anyone) that first write to
+/// the mapping is a SIGBUS that kills the process. Reserved, a full directory is an error here.
+fn reserve(file: &File, size: usize) -> io::Result<()> {
+    let len =
+        libc::off_t::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+    loop {
+        // SAFETY: posix_fallocate on a descriptor we own; no memory is passed. It returns the
+        // error number instead of setting errno.
+        match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
 impl Segment {
     fn map(file: &File, path: &Path) -> Result<Segment> {
         let meta = file.metadata().map_err(|e| io_err(path, e))?;
@@ -210,7 +227,7 @@ impl Segment {
         let size = size_for(sources.len(), ring).unwrap_or(usize::MAX);
         let (file, tmp) = create_temporary(path)?;
         let result = (|| {
-            file.set_len(size as u64).map_err(|e| io_err(&tmp, e))?;
+            reserve(&file, size).map_err(|e| io_err(&tmp, e))?;
             let mut seg = Segment::map(&file, &tmp)?;
             seg.n = sources.len();
             seg.ring = ring;
