@@ -367,3 +367,16 @@ fn a_full_directory_is_an_error_at_creation_not_a_sigbus_later() {
     assert!(e.contains("No space left"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn a_damaged_segment_left_under_the_name_is_replaced_by_the_next_owner() {
+    let (dir, empty) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = node(dir.path(), "job");
+    std::fs::write(cfg.segment_path(), vec![0xa5u8; 3 * 4096]).unwrap();
+    let s = start(dir.path(), empty.path(), "job").expect("the owner starts");
+    let st = s.node_status().unwrap();
+    assert_eq!(st.generation, 1);
+    let seg = Segment::open(&cfg.segment_path()).expect("a segment of its own");
+    assert_eq!(seg.owner_pid(), std::process::id() as i32);
+    assert_eq!(seg.key(), "job");
+}
