@@ -279,9 +279,16 @@ class Runtime:
         if node is not None:
             # One sampler per node: every process asks with the same discovery options (a
             # follower may take over), and names the GPUs it reports (none: an empty list).
-            return _native.Sampler(
-                **kwargs, node_key=node[0], node_dir=node[1], gpus=gpus, amd_gpus=amd_gpus
-            )
+            try:
+                return _native.Sampler(
+                    **kwargs, node_key=node[0], node_dir=node[1], gpus=gpus, amd_gpus=amd_gpus
+                )
+            except Exception as e:  # its files refused, its directory unusable, no owner
+                self.note(
+                    "node-sampler",
+                    f"the node's shared sampler cannot be used ({e}); this process runs its "
+                    "own sampler (it reads the node's counters itself)",
+                )
         if not self.settings.gpu:
             return _native.Sampler(**kwargs)
         # Only this rank's GPUs are read (UUIDs where known); the columns count only them too.
