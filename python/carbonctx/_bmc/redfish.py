@@ -16,7 +16,7 @@ Where the reading is, in the order tried for the chosen chassis:
    ``Power``, of the whole chassis (``PhysicalContext`` ``Chassis``, ``ElectricalContext``
    ``Total``, or unstated), among the sensors whose names speak of power or energy (those
    that say ``total`` first). An energy sensor's ``ReadingUnits`` (``J``, ``kW.h``, ``W.h``)
-   gives its unit where stated.
+   gives its unit where stated, and a sensor's ``ReadingTime`` when it read (see ``timing``).
 
 The chassis are read in one request where the service offers ``$expand``
 (``ProtocolFeaturesSupported.ExpandQuery``), else one by one (at most ``MAX_CHASSIS``; where
