@@ -174,7 +174,7 @@ def test_a_reading_time_hours_off_is_not_trusted(
         assert bmc is not None and bmc.basis == "request"
         assert bmc.skew_s is not None and -3 * 3600 - 5 < bmc.skew_s < -3 * 3600 + 5
         note = bmc.provenance()
-        assert note.count("not trusted") == 1 and re.search(r"was -10[78]\d\d s off", note)
+        assert note.count("not trusted") == 1 and re.search(r"found -10[78]\d\d s off", note)
         assert bmc.source_dict is not None and bmc.source_dict["note"] == note
 
 

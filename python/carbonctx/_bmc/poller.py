@@ -81,7 +81,7 @@ MAX_LAG_S = 2.0
 #: Where a reading is held from, by its basis (see ``timing.place``).
 BASES = {
     "reading-time": "the time the BMC gives for it (ReadingTime, on this host's clock)",
-    "request": "the middle of its request (the BMC gives no time for it)",
+    "request": "the middle of its request (the BMC gives no time for it that can be trusted)",
     "reading-time+window": (
         "the middle of the window it is a mean over (ending at the BMC's ReadingTime)"
     ),
@@ -184,9 +184,9 @@ class BmcSource:
         out += "."
         if self.skew_s is not None:
             out += (
-                f" The BMC's ReadingTime was {self.skew_s:+.0f} s off this host's clock (more "
-                f"than its request took and {CLOCK_TOLERANCE_S:g} s): not trusted, readings are "
-                "placed at their request instead."
+                f" The BMC's ReadingTime was found {self.skew_s:+.0f} s off this host's clock "
+                f"(more than its request took and {CLOCK_TOLERANCE_S:g} s): a time so far off "
+                "is not trusted, and its reading is placed at its request instead."
             )
         return out
 
