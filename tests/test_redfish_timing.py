@@ -252,5 +252,7 @@ def test_reading_times_are_trusted_within_the_request_and_a_tolerance() -> None:
 def test_reading_times_are_read_with_their_offset() -> None:
     assert _time("2026-11-30T07:32:49Z") == _time("2026-11-30T08:32:49+01:00")
     assert _time("2026-11-30T07:32:49.250+00:00") == pytest.approx(1796023969.25)
+    assert _time("2026-11-30T02:32:49.2500001-05:00") == pytest.approx(1796023969.25)
+    assert _time("2026-11-30T07:32:49.5Z") == pytest.approx(1796023969.5)
     for bad in ("2026-11-30T07:32:49", "yesterday", "", None, 5):
         assert _time(bad) is None

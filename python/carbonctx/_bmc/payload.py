@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 from typing import Any
 
 
@@ -79,6 +80,8 @@ def _time(v: Any) -> float | None:
     text = v.strip()
     if text[-1:] in ("Z", "z"):
         text = text[:-1] + "+00:00"
+    # Any number of fractional digits, as six (Python 3.10 reads three or six only).
+    text = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
     try:
         when = datetime.datetime.fromisoformat(text)
     except ValueError:
