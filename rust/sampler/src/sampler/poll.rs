@@ -106,7 +106,8 @@ impl Polled {
         Polled {
             acc: accumulator(&info, interval_ns, base_j),
             interval_ns,
-            settle_ns: settle_for(&info, config, interval_ns),
+            settle_ns: settle_for(&info, config, interval_ns)
+                .saturating_add(source.lag().as_nanos().min(u128::from(u64::MAX)) as u64),
             due_ns: t,
             consecutive_errors: 0,
             first_error_ns: 0,
