@@ -23,7 +23,7 @@ them, not in ``hf.train``. Each log then carries what was spent since the previo
   will cost at the rate so far), and, in the first log after an epoch, ``epoch_energy_j`` and
   ``epoch_co2_g`` (its evaluation included; the last epoch's in the final log). A log that closes
   several epochs (epochs shorter than ``logging_steps``, ``logging_strategy="no"``) has their sum
-  there and each one's own in ``epoch_energy_j/<n>``, ``epoch_co2_g/<n>`` (``n`` from 1);
+  there and each one's own in ``epoch_energy_j_<n>``, ``epoch_co2_g_<n>`` (``n`` from 1);
 * evaluation logs during training: ``eval_energy_j``, ``eval_co2_g``, ``eval_energy_j_per_sample``
   (prefix as the metrics'), the evaluation alone (a ``trainer.predict`` run during training, by a
   callback, is measured as one and counted in the next evaluation log, or in the final log);
