@@ -103,6 +103,7 @@ def test_a_log_that_closes_several_epochs_reaches_mlflow(
 ) -> None:
     # The Trainer's own MLflow reporter, to a file store (one file per metric, a "/" in a key a
     # folder): the log at step 30 closes epochs 1 and 2, the final log epoch 3.
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # no network
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.7 and later ask for it
