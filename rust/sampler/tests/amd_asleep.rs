@@ -60,6 +60,10 @@ fn opts(root: &Path) -> Options {
 }
 
 fn start(root: &Path) -> Sampler {
+    start_with(root, Config::default())
+}
+
+fn start_with(root: &Path, config: Config) -> Sampler {
     let d = discover::discover(&opts(root));
     let ids: Vec<&str> = d.chosen.iter().map(|s| s.info().id.as_str()).collect();
     assert_eq!(
@@ -68,7 +72,7 @@ fn start(root: &Path) -> Sampler {
         "{:?}",
         d.unavailable
     );
-    let (s, unavailable) = Sampler::start(d.chosen, Config::default()).unwrap();
+    let (s, unavailable) = Sampler::start(d.chosen, config).unwrap();
     assert!(unavailable.is_empty(), "{unavailable:?}");
     s
 }
@@ -111,6 +115,37 @@ fn a_region_a_gpu_sleeps_through_is_0_j_within_the_bound_of_its_sleep() {
     assert!(
         (r.joules[0] - 100.0 * d).abs() < 1e-6 * 100.0 * d + 1e-9,
         "{r:?}"
+    );
+    s.stop();
+}
+
+/// A GPU asleep through a region longer than its timeline holds reads: the whole sleep is
+/// bounded, not only its last reads (a sleeping GPU is read as often as an awake one, and its
+/// bound grows at each read; a straight run of it is kept as its two ends).
+#[test]
+fn a_sleep_longer_than_the_timeline_holds_reads_is_bounded_in_full() {
+    let tmp = tempfile::tempdir().unwrap();
+    card(tmp.path(), "suspended\n", 100);
+    let config = Config {
+        timeline_capacity: 64,
+        ..Config::default()
+    };
+    let s = start_with(tmp.path(), config);
+    sleep(Duration::from_millis(100));
+    // A span (a call of a tracked function: its start resolved only when it ends).
+    let t0 = now_ns();
+    sleep(Duration::from_millis(1000));
+    s.end_span(t0, 7);
+    assert!(s.wait_until_resolved(now_ns(), Duration::from_secs(30)));
+    let r = s.drain().remove(0);
+    let reads = s.status()[0].reads;
+    assert_eq!(r.t0_ns, t0);
+    let d = seconds(r.t0_ns, r.t1_ns);
+    assert_eq!(r.joules[0], 0.0);
+    assert!(
+        (r.uncertainty[0] - ASLEEP_BOUND_W * d).abs() <= 1e-6 * ASLEEP_BOUND_W * d + 1e-9,
+        "± {} J over {d} s asleep ({reads} reads)",
+        r.uncertainty[0]
     );
     s.stop();
 }

@@ -57,7 +57,9 @@ impl History {
             if value + *from < last {
                 *from = last - value;
             }
-            tl.push(Point {
+            // (A device asleep bounds each read alike: a sleep keeps two points, and the start
+            // of a long region, resolved when it ends, stays in the ring.)
+            tl.push_extending(Point {
                 t_ns,
                 joules: value + *from,
             });
