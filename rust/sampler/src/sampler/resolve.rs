@@ -117,14 +117,18 @@ mod tests {
     use std::time::Duration;
 
     /// A RAPL-like counter (1 µJ units, wrapping at 2³²) that reads as scripted.
-    struct Script(SourceInfo, std::vec::IntoIter<u64>);
+    struct Script(SourceInfo, Vec<u64>);
 
     impl EnergySource for Script {
         fn info(&self) -> &SourceInfo {
             &self.0
         }
         fn read(&mut self) -> Result<Reading, Error> {
-            Ok(Reading::Counter(self.1.next().unwrap_or(0)))
+            Ok(Reading::Counter(if self.1.is_empty() {
+                0
+            } else {
+                self.1.remove(0)
+            }))
         }
     }
 
@@ -163,7 +167,7 @@ mod tests {
             400,
             400,
         ];
-        let source = Script(info, script.to_vec().into_iter());
+        let source = Script(info, script.to_vec());
         let config = Config::default();
         let t0 = crate::now_ns();
         let (mut p, first, mut st) =
