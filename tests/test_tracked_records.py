@@ -17,7 +17,7 @@ import pytest
 import carbonctx
 from carbonctx._measure import process as _runtime
 from carbonctx._output.jsonl import read_jsonl
-from carbonctx.errors import CarbonctxError
+from carbonctx.errors import CarbonctxError, SourceUnavailableError
 from carbonctx.testing import SimulatedMachine
 
 
@@ -170,3 +170,30 @@ def test_only_tasks_started_inside_a_tracked_call_nest_in_it(
         loop.close()
     assert parents == {"made before": outer.id, "made inside": call_id}
     assert carbonctx.flush()
+
+
+@pytest.mark.parametrize("output", [False, True])
+def test_a_strict_tracked_call_without_sources_raises_each_time(
+    tmp_path: Path, output: bool
+) -> None:
+    # Strict checks with nothing to measure: every call raises before the function runs, as a
+    # `with` does, whichever path the call takes (the first starts the runtime).
+    carbonctx.configure(
+        strict=True,
+        cpu_backends=[],
+        gpu=False,
+        estimate="never",
+        output=str(tmp_path / "out.jsonl") if output else None,
+    )
+    ran: list[int] = []
+
+    @carbonctx.tracked(name="call")
+    def call() -> None:
+        ran.append(1)
+
+    for _ in range(3):
+        with pytest.raises(SourceUnavailableError, match="no energy source"):
+            call()
+    with pytest.raises(SourceUnavailableError), carbonctx.track("block"):
+        pass
+    assert ran == [] and carbonctx.current() is None
