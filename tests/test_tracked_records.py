@@ -6,6 +6,7 @@ to be measured."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import math
 import threading
@@ -197,3 +198,53 @@ def test_a_strict_tracked_call_without_sources_raises_each_time(
     with pytest.raises(SourceUnavailableError), carbonctx.track("block"):
         pass
     assert ran == [] and carbonctx.current() is None
+
+
+def test_a_tracked_call_seen_from_a_copied_context_in_another_thread(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    # A context copied inside the call and run in another thread sees the call while it runs
+    # (the very object the call's own thread sees), and the region around it once it has ended.
+    carbonctx.configure(output=str(tmp_path / "out.jsonl"))
+    seen: dict[str, Any] = {}
+
+    @carbonctx.tracked(name="call")
+    def call() -> contextvars.Context:
+        ctx = contextvars.copy_context()
+        t = threading.Thread(target=lambda: seen.setdefault("other", ctx.run(carbonctx.current)))
+        t.start()
+        t.join()
+        seen["own"] = carbonctx.current()
+        return ctx
+
+    with carbonctx.track("outer") as outer:
+        ctx = call()
+        assert ctx.run(carbonctx.current) is outer
+    assert ctx.run(carbonctx.current) is None
+    assert seen["other"] is seen["own"] and seen["own"].name == "call"
+    assert seen["own"].result().parent == outer.id
+
+
+def test_configure_inside_a_tracked_call_finishes_it_under_its_settings(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    # The call began under the first output: it is recorded there, with the region inside it
+    # that began before configure(); the region after configure() goes to the second output.
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    carbonctx.configure(output=str(a))
+
+    @carbonctx.tracked(name="call")
+    def call() -> None:
+        with carbonctx.track("before"):
+            pass
+        carbonctx.configure(output=str(b))
+        with carbonctx.track("after"):
+            pass
+
+    call()
+    assert carbonctx.flush()
+    _runtime.reset()
+    in_a = {r["name"]: r for r in read_jsonl(str(a))[0]}
+    in_b = {r["name"]: r for r in read_jsonl(str(b))[0]}
+    assert sorted(in_a) == ["before", "call"] and sorted(in_b) == ["after"]
+    assert in_a["before"]["parent"] == in_a["call"]["id"]
