@@ -304,7 +304,8 @@ class Tracker(_native.Region):
                     with Tracker(name, strict=strict_opt):
                         return fn(*args, **kwargs)
             try:
-                out = fn(*args, **kwargs)
+                # Without keywords, no dict made for the call (`**kwargs` would copy one).
+                out = fn(*args, **kwargs) if kwargs else fn(*args)
             except BaseException as exc:
                 end(started, exc)  # an exception here comes with the function's as its context
                 raise

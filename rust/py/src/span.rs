@@ -167,6 +167,25 @@ fn end_region(started: &Bound<'_, PyAny>, exc: Option<&Bound<'_, PyAny>>) -> PyR
     )
 }
 
+/// The start time a span's `start` gave. `PyLong_AsUnsignedLong` where a C long is 64 bits:
+/// it reads the int's two or three digits in place, where the conversion to `u64` goes through
+/// CPython's general byte-array routine (more code to fetch after the caches were evicted).
+#[inline]
+fn start_ns(t0: &Bound<'_, PyInt>) -> PyResult<u64> {
+    if std::mem::size_of::<std::ffi::c_ulong>() == 8 {
+        // SAFETY: `t0` is an int; the call sets an exception (and returns -1) only for one that
+        // does not fit, which the check below turns into the error.
+        let v = unsafe { pyo3::ffi::PyLong_AsUnsignedLong(t0.as_ptr()) };
+        if v == std::ffi::c_ulong::MAX {
+            if let Some(e) = PyErr::take(t0.py()) {
+                return Err(e);
+            }
+        }
+        return Ok(v as u64);
+    }
+    t0.extract()
+}
+
 /// What is due on the calling thread after a span (see [`RegionHub::end_span`]).
 #[cold]
 #[inline(never)]
@@ -245,7 +264,7 @@ impl SpanCall {
             }
             return end_region(started, exc);
         };
-        let t0: u64 = t0.extract()?;
+        let t0 = start_ns(t0)?;
         let Some(hub) = current_hub(py) else {
             return dropped();
         };
