@@ -451,7 +451,12 @@ fn left_elsewhere(slf: &Bound<'_, Region>, hub: Option<&Bound<'_, RegionHub>>) -
 #[cold]
 #[inline(never)]
 fn unmeasured(slf: &Bound<'_, Region>) -> PyResult<()> {
-    slf.borrow_mut().t1 = -1;
+    let mut me = slf.borrow_mut();
+    me.t1 = -1;
+    if let Some(p) = &me.proxy {
+        // A `@tracked` call's Tracker, given by `carbonctx.current()`: nor was it measured.
+        p.bind(slf.py()).borrow_mut().t1 = -1;
+    }
     Ok(())
 }
 
