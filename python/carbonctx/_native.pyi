@@ -170,10 +170,11 @@ class SpanCall:
     """The spans of one ``@tracked`` function: ``start()`` before each call, ``end(started)``
     after it."""
 
-    def __new__(cls, name: str, region: Callable[[], Region]) -> Self: ...
+    def __new__(cls, name: str, tracker: type[Region], strict: bool | None = None) -> Self: ...
     def start(self) -> int | Region | None:
         """The call's start time as a span of the current runtime, or its region (entered)
-        where the runtime writes full records, or None: the caller measures the call itself."""
+        where the runtime writes full records or checks strictly, or None: the caller measures
+        the call itself."""
     def end(self, started: int | Region, exc: BaseException | None = None) -> None:
         """Ends the call ``started`` (``exc``: what the function raised), then does what is
         due on this thread."""
