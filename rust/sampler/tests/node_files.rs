@@ -142,6 +142,12 @@ fn another_users_lock_file_or_segment_is_refused_at_once() {
         .err()
         .expect("refused");
     assert!(e.contains("belongs to user 4242"), "{e}");
+    // Where the file system itself gives the process's files to another user (root squashed
+    // on a network file system), the error says what to do about that too.
+    assert!(
+        e.contains("squashes root") && e.contains("local directory"),
+        "{e}"
+    );
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 
     // A complete segment, but another user's: not followed.
