@@ -402,7 +402,8 @@ fn without_fallocate<T: Send + 'static>(
             k,
         };
         let mut filter = [
-            // The system call's number, then: fallocate fails with `errno`, anything else runs.
+            // The system call's number (of this architecture's table), then: fallocate fails
+            // with `errno`, anything else runs.
             op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
             op(
                 libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
@@ -447,10 +448,10 @@ fn where_space_cannot_be_reserved_the_segment_is_only_sized_and_the_node_sampler
         let empty = tempfile::tempdir().unwrap();
         let (d, e) = (dir.path().to_path_buf(), empty.path().to_path_buf());
         let Some(got) = without_fallocate(errno, move || {
-            // SAFETY: fallocate on a file of this thread's, to see that the filter holds.
             let refused = {
                 let f = std::fs::File::create(d.join("probe")).unwrap();
                 let fd = std::os::unix::io::AsRawFd::as_raw_fd(&f);
+                // SAFETY: fallocate on an open file of this thread's (the filter holds?).
                 unsafe { libc::fallocate(fd, 0, 0, 4096) != 0 }
             };
             let path = d.join("carbonctx-x.seg");
@@ -477,7 +478,7 @@ fn where_space_cannot_be_reserved_the_segment_is_only_sized_and_the_node_sampler
             Ok(Some(1)),
             "errno {errno}: the owner runs the node's sampler"
         );
-        // What it published is read by another process's open of the segment.
+        // The segment opens as a follower opens it.
         let seg = Segment::open(&dir.path().join("carbonctx-x.seg")).unwrap();
         assert_eq!(seg.key(), "k");
     }
