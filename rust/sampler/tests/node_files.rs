@@ -142,6 +142,12 @@ fn another_users_lock_file_or_segment_is_refused_at_once() {
         .err()
         .expect("refused");
     assert!(e.contains("belongs to user 4242"), "{e}");
+    // Where the file system itself gives the process's files to another user (root squashed
+    // on a network file system), the error says what to do about that too.
+    assert!(
+        e.contains("squashes root") && e.contains("local directory"),
+        "{e}"
+    );
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 
     // A complete segment, but another user's: not followed.
@@ -379,4 +385,101 @@ fn a_damaged_segment_left_under_the_name_is_replaced_by_the_next_owner() {
     let seg = Segment::open(&cfg.segment_path()).expect("a segment of its own");
     assert_eq!(seg.owner_pid(), std::process::id() as i32);
     assert_eq!(seg.key(), "job");
+}
+
+/// Run `f` on a thread of its own whose `fallocate` calls fail with `errno`, as where a sandbox's
+/// filter of system calls refuses them or a file system cannot reserve space (a seccomp filter
+/// of that thread alone, which the threads it starts inherit). None where no filter can be set.
+fn without_fallocate<T: Send + 'static>(
+    errno: i32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    std::thread::spawn(move || {
+        let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt,
+            jf,
+            k,
+        };
+        let mut filter = [
+            // The system call's number (of this architecture's table), then: fallocate fails
+            // with `errno`, anything else runs.
+            op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
+            op(
+                libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+                0,
+                1,
+                libc::SYS_fallocate as u32,
+            ),
+            op(
+                libc::BPF_RET | libc::BPF_K,
+                0,
+                0,
+                libc::SECCOMP_RET_ERRNO | errno as u32,
+            ),
+            op(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_mut_ptr(),
+        };
+        // SAFETY: prctl with the documented arguments; `prog` and `filter` outlive the call
+        // (the kernel copies the program).
+        let set = unsafe {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) == 0
+                && libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                    &prog as *const libc::sock_fprog,
+                ) == 0
+        };
+        set.then(f)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn where_space_cannot_be_reserved_the_segment_is_only_sized_and_the_node_sampler_works() {
+    // ENOSYS and EPERM: a sandbox's filter; EOPNOTSUPP: a file system without fallocate (the C
+    // library may write the blocks itself instead, or not).
+    for errno in [libc::ENOSYS, libc::EPERM, libc::EOPNOTSUPP] {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let (d, e) = (dir.path().to_path_buf(), empty.path().to_path_buf());
+        let Some(got) = without_fallocate(errno, move || {
+            let refused = {
+                let f = std::fs::File::create(d.join("probe")).unwrap();
+                let fd = std::os::unix::io::AsRawFd::as_raw_fd(&f);
+                // SAFETY: fallocate on an open file of this thread's (the filter holds?).
+                unsafe { libc::fallocate(fd, 0, 0, 4096) != 0 }
+            };
+            let path = d.join("carbonctx-x.seg");
+            let seg = Segment::create(&path, "k", &one_source(), 64, 1)
+                .map(drop)
+                .map_err(|e| e.to_string());
+            let len = std::fs::metadata(&path).map(|m| m.len());
+            let s = start(&d, &e, "job");
+            let role = s.as_ref().map(|s| s.node_status().map(|st| st.generation));
+            if let Ok(s) = &s {
+                s.stop();
+            }
+            (refused, seg, len.ok(), role.map_err(String::clone))
+        }) else {
+            eprintln!("skipped: no system-call filter can be set here");
+            return;
+        };
+        let (refused, seg, len, role) = got;
+        assert!(refused, "the filter refuses fallocate ({errno})");
+        seg.unwrap_or_else(|e| panic!("errno {errno}: {e}"));
+        assert_eq!(len, Some(4096 + 1024 + 64 * 16), "errno {errno}");
+        assert_eq!(
+            role,
+            Ok(Some(1)),
+            "errno {errno}: the owner runs the node's sampler"
+        );
+        // The segment opens as a follower opens it.
+        let seg = Segment::open(&dir.path().join("carbonctx-x.seg")).unwrap();
+        assert_eq!(seg.key(), "k");
+    }
 }

@@ -97,7 +97,11 @@ pub(super) fn check_own(file: &File, path: &Path) -> Result<()> {
         let theirs = meta.uid();
         return Err(refuse(
             path,
-            format!("It belongs to user {theirs}, not to this process's user ({me})"),
+            format!(
+                "It belongs to user {theirs}, not to this process's user ({me}) (if this \
+                 process made it, the directory gives its files to another user, as a network \
+                 file system that squashes root does: set node_dir to a local directory)"
+            ),
         ));
     }
     Ok(())

@@ -119,6 +119,11 @@ fn create_temporary(path: &Path) -> Result<(File, PathBuf)> {
 /// Give the new file its `size` bytes, reserved now: a file only sized (sparse) takes memory
 /// as its pages are first written, and in a full tmpfs (filled by anyone) that first write to
 /// the mapping is a SIGBUS that kills the process. Reserved, a full directory is an error here.
+///
+/// Where the space cannot be reserved at all (a file system without `fallocate`, where the C
+/// library does not write the blocks instead; a sandbox whose system-call filter refuses it)
+/// the file is only sized, as segments were before reservation: the node's sampler stays
+/// usable there.
 fn reserve(file: &File, size: usize) -> io::Result<()> {
     let len =
         libc::off_t::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
@@ -128,6 +133,11 @@ fn reserve(file: &File, size: usize) -> io::Result<()> {
         match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
             0 => return Ok(()),
             libc::EINTR => continue,
+            // Unsupported (EINVAL: how older kernels and C libraries say so; `len` is
+            // positive here). EPERM, for a file just created, comes only from such a filter.
+            libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::EPERM => {
+                return file.set_len(size as u64);
+            }
             e => return Err(io::Error::from_raw_os_error(e)),
         }
     }
