@@ -270,6 +270,19 @@ pub(super) fn poll_one(
         st.mark_reads += 1;
         p.last_mark_ns = now;
     }
+    if why == Why::Due {
+        // A late read near an update whose predecessor is unseen waits just past it (150 µs
+        // at most for a RAPL zone), so that its change is put at the right update.
+        if let Some(until) = p
+            .phase
+            .as_ref()
+            .and_then(|ph| ph.unclear_until(crate::now_ns()))
+        {
+            while crate::now_ns() < until {
+                std::hint::spin_loop();
+            }
+        }
+    }
     let cpu_before = super::costly::cpu_timed(p).then(super::costly::thread_cpu_ns);
     let (result, t_before, t_after) = super::power::read_timed(p);
     p.read_cost_ns = (p.read_cost_ns * 7 + (t_after - t_before)) / 8;
