@@ -254,5 +254,33 @@ def test_reading_times_are_read_with_their_offset() -> None:
     assert _time("2026-11-30T07:32:49.250+00:00") == pytest.approx(1796023969.25)
     assert _time("2026-11-30T02:32:49.2500001-05:00") == pytest.approx(1796023969.25)
     assert _time("2026-11-30T07:32:49.5Z") == pytest.approx(1796023969.5)
-    for bad in ("2026-11-30T07:32:49", "yesterday", "", None, 5):
+    assert _time("2026-11-30T13:02:49+05:30") == _time("2026-11-30T07:32:49Z")
+    # No offset (a local time of unknown zone, which DateTimeOffset does not allow), or a leap
+    # second (which POSIX time cannot hold): no time; the reading is placed mid-request.
+    for bad in ("2026-11-30T07:32:49", "2016-12-31T23:59:60Z", "yesterday", "", None, 5):
         assert _time(bad) is None
+
+
+# ---------------------------------------------------------------------------- at exit
+
+
+def test_a_region_ending_at_exit_keeps_the_bmcs_last_seconds(
+    cert: tuple[Path, Path],  # noqa: F811
+    machine: Any,  # noqa: F811
+) -> None:
+    # The node's timeline is kept 2 s behind the sampler's reads: a region that ends just
+    # before the process leaves (the atexit shutdown stops the sampler at once) must still get
+    # the BMC's power up to its end, not its timeline's end (2 s x LOW_W = 400 J short, and
+    # said nowhere).
+    step = Step()
+    with sensor_server(cert, step, _iso) as srv:
+        warm_up(srv, machine, cert)
+        with carbonctx.track("last") as t:
+            time.sleep(2.5)
+        _process._at_exit(summary=False)  # what the interpreter's exit runs
+        m = t.result(timeout=0.0)
+        node = m.by_source[NODE]
+        assert node.joules is not None
+        assert abs(node.joules - LOW_W * m.duration_s) < LOW_W * 0.5, (
+            f"{node.joules:.0f} J over {m.duration_s:.2f} s"
+        )
