@@ -186,7 +186,8 @@ fn start_ns(t0: &Bound<'_, PyInt>) -> PyResult<u64> {
     t0.extract()
 }
 
-/// What is due on the calling thread after a span (see [`RegionHub::end_span`]).
+/// What is due on the calling thread after a span, or before a call's region (see
+/// [`RegionHub::end_span`]).
 #[cold]
 #[inline(never)]
 fn handle_due(py: Python<'_>, h: &RegionHub, due: u8) -> PyResult<()> {
@@ -241,6 +242,11 @@ impl SpanCall {
             if strict && sampler.get().inner.sources().is_empty() {
                 // Nothing to measure with: the Tracker raises, as a `with` would.
                 return start_tracker(py, &self.tracker, &self.name, self.strict).map(Some);
+            }
+            if h.warn_due.load(Ordering::Relaxed) {
+                // Said before the function runs, as a `with` says it (a long call would keep
+                // it until it returns).
+                handle_due(py, h, SPAN_WARNINGS)?;
             }
             let sampler = sampler.bind(py).clone();
             let tag = self.tag_in(&hub)?;
