@@ -252,7 +252,7 @@ def test_configure_inside_a_tracked_call_finishes_it_under_its_settings(
     assert in_a["before"]["parent"] == in_a["call"]["id"]
 
 
-@pytest.mark.parametrize("output", [True])
+@pytest.mark.parametrize("output", [False, True])
 def test_a_tracked_call_warns_before_the_function_runs(tmp_path: Path, output: bool) -> None:
     # A degradation known when the call begins (here: nothing to measure with) is said before
     # the function runs, as a `with` says it, and at the user's line: a long decorated call

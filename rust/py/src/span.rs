@@ -252,6 +252,9 @@ impl SpanCall {
             let tag = self.tag_in(&hub)?;
             return start_call(hub, sampler, &self.name, self.strict, strict, tag).map(Some);
         }
+        if h.warn_due.load(Ordering::Relaxed) {
+            handle_due(py, h, SPAN_WARNINGS)?; // before the function runs, as above
+        }
         self.tag_in(&hub)?;
         let t0 = carbonctx_sampler::now_ns();
         Ok(Some(PyInt::new(py, t0).into_any()))
