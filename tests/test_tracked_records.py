@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import json
 import math
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +250,35 @@ def test_configure_inside_a_tracked_call_finishes_it_under_its_settings(
     in_b = {r["name"]: r for r in read_jsonl(str(b))[0]}
     assert sorted(in_a) == ["before", "call"] and sorted(in_b) == ["after"]
     assert in_a["before"]["parent"] == in_a["call"]["id"]
+
+
+@pytest.mark.parametrize("output", [False, True])
+def test_a_tracked_call_warns_before_the_function_runs(tmp_path: Path, output: bool) -> None:
+    # A degradation known when the call begins (here: nothing to measure with) is said before
+    # the function runs, as a `with` says it, and at the user's line: a long decorated call
+    # (a whole `main()`) must not keep it until it returns.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    carbonctx.configure(
+        sys_root=str(empty),
+        dev_root=str(empty),
+        proc_root=str(empty),
+        nvml_library=str(empty / "none.so"),
+        estimate="never",
+        output=str(tmp_path / "out.jsonl") if output else None,
+    )
+    said_before: list[int] = []
+
+    @carbonctx.tracked(name="main")
+    def main() -> None:
+        said_before.append(len([w for w in caught if "no energy source" in str(w.message)]))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        main()
+        main()
+    said = [w for w in caught if issubclass(w.category, carbonctx.CarbonctxWarning)]
+    assert said_before == [1, 1] and len(said) == 1  # before the first call's body; once
+    assert "no energy source" in str(said[0].message)
+    assert (said[0].filename, said[0].lineno) == (__file__, line)

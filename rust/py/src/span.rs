@@ -186,7 +186,8 @@ fn start_ns(t0: &Bound<'_, PyInt>) -> PyResult<u64> {
     t0.extract()
 }
 
-/// What is due on the calling thread after a span (see [`RegionHub::end_span`]).
+/// What is due on the calling thread after a span, or before a call's region (see
+/// [`RegionHub::end_span`]).
 #[cold]
 #[inline(never)]
 fn handle_due(py: Python<'_>, h: &RegionHub, due: u8) -> PyResult<()> {
@@ -242,9 +243,17 @@ impl SpanCall {
                 // Nothing to measure with: the Tracker raises, as a `with` would.
                 return start_tracker(py, &self.tracker, &self.name, self.strict).map(Some);
             }
+            if h.warn_due.load(Ordering::Relaxed) {
+                // Said before the function runs, as a `with` says it (a long call would keep
+                // it until it returns).
+                handle_due(py, h, SPAN_WARNINGS)?;
+            }
             let sampler = sampler.bind(py).clone();
             let tag = self.tag_in(&hub)?;
             return start_call(hub, sampler, &self.name, self.strict, strict, tag).map(Some);
+        }
+        if h.warn_due.load(Ordering::Relaxed) {
+            handle_due(py, h, SPAN_WARNINGS)?; // before the function runs, as above
         }
         self.tag_in(&hub)?;
         let t0 = carbonctx_sampler::now_ns();
