@@ -33,6 +33,7 @@ pub struct PhaseLock {
     first_change_mid: Option<f64>,
     last_change_mid: Option<f64>,
     diffs: Vec<f64>,
+    /// The first close bracket's middle since the lock was learned (ns), and the period then.
     base: Option<(f64, f64)>,
     prev_unchanged: bool,
     chases: u32,
@@ -380,8 +381,6 @@ impl PhaseLock {
         (reads as u32).clamp(PROBE_EVERY, 64)
     }
 
-    /// Re-estimate the period from the first close bracket and this one (`u`, of `width`);
-    /// returns how far off the period may still be.
     /// From one read update to the next to read: `stride` periods, less the drift that keeps
     /// reads landing early when every update is read.
     fn ahead(&self, p: f64) -> f64 {
@@ -389,27 +388,6 @@ impl PhaseLock {
             p - self.drift
         } else {
             f64::from(self.stride) * p
-        }
-    }
-
-    fn refine(&mut self, u: f64, width: f64) -> f64 {
-        let Some(p) = self.period else { return 0.0 };
-        match self.base {
-            None => {
-                self.base = Some((u, p));
-                p / 32.0
-            }
-            Some((u0, _)) => {
-                let n = ((u - u0) / p).round();
-                if n < 1.0 {
-                    return p / 32.0;
-                }
-                let refined = (u - u0) / n;
-                if (refined - p).abs() < 0.1 * p {
-                    self.period = Some(refined);
-                }
-                width / n
-            }
         }
     }
 
@@ -453,6 +431,8 @@ fn min_drift(guard: f64, period: f64) -> f64 {
 mod learn;
 #[path = "phase_pair.rs"]
 mod pair;
+#[path = "phase_refine.rs"]
+mod refine;
 pub(crate) use pair::pair_stride;
 
 #[cfg(test)]
