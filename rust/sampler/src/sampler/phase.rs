@@ -10,7 +10,8 @@
 //! update; the precision is that of a read every `guard` nanoseconds.
 //!
 //! Learning the period and phase (at the start, and after the lock is lost) is in `learn`;
-//! paired reads of an expensive counter, one update in several, in `pair`.
+//! refining the period from close brackets in `refine`; paired reads of an expensive counter,
+//! one update in several, in `pair`.
 
 /// Phase and period of one counter's updates, and when to read it next.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct PhaseLock {
     diffs: Vec<f64>,
     /// The first close bracket's middle since the lock was learned (ns), and the period then.
     base: Option<(f64, f64)>,
+    /// What refining the period from close brackets knows (see `refine`).
+    refining: refine::Refine,
     prev_unchanged: bool,
     chases: u32,
     /// Predicted updates in a row that did not come (an idle counter is read once a period).
@@ -104,6 +107,7 @@ impl PhaseLock {
             last_change_mid: None,
             diffs: Vec::with_capacity(learn::ACQUIRE_CHANGES),
             base: None,
+            refining: refine::Refine::default(),
             prev_unchanged: false,
             chases: 0,
             idle: 0,
@@ -365,8 +369,10 @@ impl PhaseLock {
         if self.stride == 1 {
             // A slow counter read cheaply (its guard narrowed well below a fiftieth of the
             // period, see `fit_guard`): look before every update, so that each is bracketed
-            // closely and the period stays exact, for a read or two more per update.
-            return if (self.guard as f64) < p / 100.0 {
+            // closely and the period stays exact, for a read or two more per update. So is one
+            // whose period is not yet known closely enough to count the updates between close
+            // brackets that far apart (see `refine`).
+            return if (self.guard as f64) < p / 100.0 || self.refine_unsure(PROBE_EVERY) {
                 1
             } else {
                 PROBE_EVERY
