@@ -7,13 +7,17 @@ Two figures, the sampler running on simulated hardware (three RAPL zones and one
 * the mean over a loop of them, which also carries the deferred work of resolving each region
   (the resolver thread takes the GIL for it) and the garbage collector.
 
-Run: ``.venv/bin/python benches/bench_overhead.py``.
+Run: ``.venv/bin/python benches/bench_overhead.py [--output]`` (``--output``: with JSON Lines
+output on, written to a temporary file; the result goes to ``overhead-output.md``).
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import carbonctx
 from _common import machine, simulated, write_result
@@ -94,7 +98,11 @@ def main() -> None:
     med: dict[str, list[float]] = {k: [] for k in ("track", "empty", "tracked", "plain")}
     mean: dict[str, list[float]] = {k: [] for k in med}
     blk: dict[str, list[float]] = {k: [] for k in med}
+    output = "--output" in sys.argv
     with simulated(gpus=1, core=Wave.constant(20.0)):
+        if output:
+            out = Path(tempfile.mkdtemp(prefix="carbonctx-overhead-")) / "r.jsonl"
+            carbonctx.configure(output=str(out))
         timed_each("track", 2000, step, plain)  # start the sampler, warm up
         timed_each("tracked", 2000, step, plain)
         for _ in range(REPEATS):
@@ -112,7 +120,8 @@ def main() -> None:
 
 {machine()}
 
-Sampler running on simulated hardware (package, core and DRAM zones, one GPU). Each block or
+Sampler running on simulated hardware (package, core and DRAM zones, one GPU); JSON Lines
+output {"on" if output else "off"}. Each block or
 call is timed on its own ({N:,} of each per run, {REPEATS} runs; figures are the median over
 runs). The timer itself is in every figure, baseline included, and cancels in the difference.
 
@@ -132,7 +141,7 @@ waiting for its result (kept out of the collector); a decorated call leaves none
 {counts["call"].count:,} calls.
 """
     print(text)
-    write_result("overhead", text)
+    write_result("overhead-output" if output else "overhead", text)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,13 @@ where the microseconds go without the noise of a loaded machine. One-off events 
 a first use) still leave a few lines per region of noise in the groups of shared code; the
 groups of the region's own code are steady.
 
-Needs ``valgrind``. Run: ``.venv/bin/python benches/loop_cost_lines.py [--before PATH]`` (PATH:
-another tree, its ``python`` folder with its native module built, counted in the same run).
+With ``--tracked``, a call of a ``@tracked`` function is counted over a plain call instead (the
+decorated call's ``start`` and ``end`` are the region's code here), and ``--output`` turns JSON
+Lines output on (a temporary file) for either.
+
+Needs ``valgrind``. Run: ``.venv/bin/python benches/loop_cost_lines.py [--before PATH]
+[--tracked] [--output]`` (PATH: another tree, its ``python`` folder with its native module
+built, counted in the same run).
 """
 
 from __future__ import annotations
@@ -46,15 +51,24 @@ class Empty:
     def __enter__(self): return None
     def __exit__(self, *exc): return None
 
-n, kind = int(sys.argv[1]), sys.argv[2]
+n, kind, output = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 runtime.RESOLVE_PERIOD_S = 3600.0  # the resolver thread sleeps through the loop
 buf = np.zeros(2 << 20, dtype=np.uint8)
 with SimulatedMachine(gpus=1, core=Wave.constant(20.0)) as sim:
-    carbonctx.configure(**sim.settings())
+    carbonctx.configure(**sim.settings(), output=output or None)
     track = carbonctx.track
     empty = Empty()
+
+    @carbonctx.tracked(name="call")
+    def decorated():
+        return None
+
+    def plain():
+        return None
+
     with track("warm"):
         pass
+    decorated()
     carbonctx.flush()
     gc.collect()
     gc.disable()  # regions are not collectable; a collection in one run only would be noise
@@ -63,16 +77,27 @@ with SimulatedMachine(gpus=1, core=Wave.constant(20.0)) as sim:
             np.add(buf, 1, out=buf)
             with track("step"):
                 pass
-    else:
+    elif kind == "empty":
         for _ in range(n):
             np.add(buf, 1, out=buf)
             with empty:
                 pass
+    elif kind == "tracked":
+        for _ in range(n):
+            np.add(buf, 1, out=buf)
+            decorated()
+    else:
+        for _ in range(n):
+            np.add(buf, 1, out=buf)
+            plain()
 """
 
 #: (group, substrings of the function names in it), first match wins.
 GROUPS = (
-    ("the region's native code", ("_native::region::", "Sampler::mark")),
+    (
+        "the region's native code",
+        ("_native::region::", "_native::span::", "_native::context::", "Sampler::mark"),
+    ),
     ("PyO3's glue (trampoline, arguments)", ("pyo3::",)),
     ("the context variable (current region)", ("context.c:", "hamt.c:", "hamt_")),
     ("the pending map and name tags (dicts, ints)", ("dictobject.c:", "longobject.c:")),
@@ -89,7 +114,7 @@ SKIP = ("UBYTE_", "ufunc", "PyArray", "npy_")
 EVENTS = ("Ir", "ILmr", "DLmr", "DLmw")
 
 
-def counts(tree: Path, n: int, kind: str, out: Path) -> None:
+def counts(tree: Path, n: int, kind: str, out: Path, output: str = "") -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONCTX_")}
     env["PYTHONPATH"] = str(tree)
     # A script file, not -c: callgrind writes the command line into its output, one line.
@@ -107,6 +132,7 @@ def counts(tree: Path, n: int, kind: str, out: Path) -> None:
             str(script),
             str(n),
             kind,
+            output,
         ],
         env=env,
         check=True,
@@ -169,7 +195,10 @@ def grouped(
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", type=Path, default=None)
+    ap.add_argument("--tracked", action="store_true", help="a decorated call over a plain one")
+    ap.add_argument("--output", action="store_true", help="JSON Lines output on")
     args = ap.parse_args()
+    measured, baseline = ("tracked", "plain") if args.tracked else ("track", "empty")
     trees = {"this tree": TREE}
     if args.before is not None:
         trees["before"] = args.before / "python"
@@ -178,12 +207,13 @@ def main() -> None:
         work = Path(tmp)
         for label, tree in trees.items():
             diffs = {}
-            for kind in ("track", "empty"):
+            output = str(work / "out.jsonl") if args.output else ""
+            for kind in (measured, baseline):
                 a, b = work / f"{len(results)}{kind}.a", work / f"{len(results)}{kind}.b"
-                counts(tree, N1, kind, a)
-                counts(tree, N2, kind, b)
+                counts(tree, N1, kind, a, output)
+                counts(tree, N2, kind, b, output)
                 diffs[kind] = diff(per_function(a), per_function(b))
-            results[label] = grouped(diffs["track"], diffs["empty"], N2 - N1)
+            results[label] = grouped(diffs[measured], diffs[baseline], N2 - N1)
     head = " | ".join(f"{label}: {e}" for label in trees for e in EVENTS[1:])
     lines = [f"| group | {head} |", "| --- |" + " --- |" * (len(trees) * (len(EVENTS) - 1))]
     totals = {label: [0.0] * len(EVENTS) for label in trees}
@@ -196,13 +226,18 @@ def main() -> None:
         lines.append(f"| {g} | {' | '.join(cells)} |")
     cells = [f"**{x:.1f}**" for label in trees for x in totals[label][1:]]
     lines.append(f"| all of these | {' | '.join(cells)} |")
+    what, over = (
+        ("a `@tracked` call", "a plain call")
+        if args.tracked
+        else ('a `with track("step")`', "an empty `with`")
+    )
     text = f"""{machine()}
 
-`benches/loop_cost_lines.py {" ".join(sys.argv[1:])}`: what a `with track("step")` adds over
-an empty `with`, per region, after a pass over a 2 MiB buffer, on the program's thread, under
-callgrind with a 1 MiB last-level cache (runs of {N1} and {N2} iterations diffed, with regions
-and with an empty `with`). ILmr: lines of code fetched from memory; DLmr, DLmw: lines of data
-read, written.
+`benches/loop_cost_lines.py {" ".join(sys.argv[1:])}`: what {what} adds over {over}, per
+region, after a pass over a 2 MiB buffer, on the program's thread, under callgrind with a 1 MiB
+last-level cache (runs of {N1} and {N2} iterations diffed, with regions and with {over}; JSON
+Lines output {"on" if args.output else "off"}). ILmr: lines of code fetched from memory; DLmr,
+DLmw: lines of data read, written.
 
 {chr(10).join(lines)}
 """

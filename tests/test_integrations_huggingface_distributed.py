@@ -46,12 +46,18 @@ config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=32, n
 # A first run saves at step 4 (its first epoch), a second resumes; "resume_own": each rank's own
 # figures (job_totals=False). "best": an evaluation and a checkpoint per epoch and the best
 # model loaded at the end; "best_rank0": rank 1 finds no best checkpoint (as a node whose disk
-# lacks rank 0's checkpoints) and loads nothing.
+# lacks rank 0's checkpoints) and loads nothing; "best_fails": rank 0's reporter fails at the
+# final log (a tracking server's error), after the callback.
 resume = budget.startswith("resume")
 best = budget.startswith("best")
 class Forgets(transformers.TrainerCallback):
     def on_save(self, args, state, control, **kw):
         state.best_model_checkpoint = None
+class Fails(transformers.TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kw):
+        if "train_loss" in logs:
+            raise RuntimeError("tracking server down")
+raised = None
 def run(checkpoint=None):
     args = transformers.TrainingArguments(
         output_dir=out + "/hf", per_device_train_batch_size=8, num_train_epochs=2,
@@ -59,14 +65,21 @@ def run(checkpoint=None):
         save_steps=4, eval_strategy="epoch" if best else "no", load_best_model_at_end=best,
         report_to="none", use_cpu=True, disable_tqdm=True, ddp_backend="gloo",
         dataloader_num_workers=0, seed=0)
-    forgets = budget == "best_rank0" and os.environ["RANK"] == "1"
+    global raised
+    rank = os.environ["RANK"]
+    extra = {("best_rank0", "1"): [Forgets()], ("best_fails", "0"): [Fails()]}
     trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
                                    train_dataset=Tokens(64, 1), eval_dataset=Tokens(32, 2),
-                                   callbacks=[Forgets()] if forgets else None)
+                                   callbacks=extra.get((budget, rank)))
     cb = attach(trainer, budget_kwh=None if budget in ("none", "resume", "resume_own")
                 or best
                 else float(budget), job_totals=budget != "resume_own")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except RuntimeError as e:
+        if budget != "best_fails":
+            raise
+        raised = str(e)
     return trainer, cb
 trainer, cb = run()
 first = trainer.state.log_history
@@ -91,6 +104,7 @@ with open(f"{out}/rank{rank}.json", "w") as f:
         "exceeded": cb.budget_exceeded,
         "load": cb.load_best_model,
         "own_load": st["hf.load_best_model"].energy_j.total if "hf.load_best_model" in st else 0,
+        "raised": raised,
     }, f)
 """
 
@@ -175,3 +189,20 @@ def test_the_best_models_load_is_the_jobs_on_each_rank(tmp_path: Path, mode: str
         assert final["load_best_model_energy_j"] == r["load"]["energy_j"]
         assert r["total_j"] == pytest.approx(final["train_energy_j"] + job, rel=1e-9)
         assert r["step"] == r["max_steps"]
+
+
+def test_a_rank_that_fails_after_the_final_log_leaves_none_waiting_for_the_load(
+    tmp_path: Path,
+) -> None:
+    # Rank 0 fails after the final log (its reporter), so never reaches the Trainer's
+    # on_train_end; rank 1 loads the best model and comes to sum the loads there. attach()'s
+    # wrapper brings rank 0's share as train() raises: rank 1 neither waits for the process
+    # group's timeout nor fails when rank 0 has gone.
+    r0, r1 = _job(tmp_path, ["best_fails", "best_fails"])
+    assert (r0["raised"], r1["raised"]) == ("tracking server down", None)
+    assert r1["step"] == r1["max_steps"]
+    assert r1["own_load"] > 0
+    job = r0["own_load"] + r1["own_load"]
+    for r in (r0, r1):
+        assert r["load"]["energy_j"] == pytest.approx(job, rel=1e-9)
+    assert r1["total_j"] == pytest.approx(r1["hist"][-1]["train_energy_j"] + job, rel=1e-9)

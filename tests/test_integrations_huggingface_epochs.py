@@ -27,16 +27,19 @@ from test_integrations_huggingface_flow import Boom, _logged, _trainer  # noqa: 
 
 pytestmark = pytest.mark.usefixtures("cpu_sim")
 
+#: Each epoch's own figure in a log that closes several: ``epoch_energy_j_<n>``.
+NUMBERED = "epoch_energy_j_"
+
 
 def _epochs_in_logs(hist: list[dict[str, Any]]) -> list[tuple[float, float]]:
     """(joules, grams) of each epoch, in order, as the logs give them."""
     out: list[tuple[float, float]] = []
     for h in hist:
-        numbered = sorted(int(k.split("/")[1]) for k in h if k.startswith("epoch_energy_j/"))
+        numbered = sorted(int(k[len(NUMBERED) :]) for k in h if k.startswith(NUMBERED))
         if numbered:
             # Each epoch once, numbered in order after those already closed.
             assert numbered == list(range(len(out) + 1, len(out) + 1 + len(numbered)))
-            mine = [(h[f"epoch_energy_j/{n}"], h[f"epoch_co2_g/{n}"]) for n in numbered]
+            mine = [(h[f"epoch_energy_j_{n}"], h[f"epoch_co2_g_{n}"]) for n in numbered]
             # The unnumbered figures are the epochs this log closes, together.
             assert h["epoch_energy_j"] == pytest.approx(math.fsum(j for j, _ in mine), rel=1e-12)
             assert h["epoch_co2_g"] == pytest.approx(math.fsum(g for _, g in mine), rel=1e-12)
@@ -69,7 +72,7 @@ def test_every_epoch_keeps_its_own_figure_when_one_log_closes_several(
     trainer.train()
     hist = trainer.state.log_history
     # Where one log closes several epochs, it names each.
-    assert [h["step"] for h in hist if "epoch_energy_j/1" in h or "epoch_energy_j/3" in h] == (
+    assert [h["step"] for h in hist if "epoch_energy_j_1" in h or "epoch_energy_j_3" in h] == (
         several
     )
     logged = _epochs_in_logs(hist)
@@ -86,9 +89,48 @@ def test_every_epoch_keeps_its_own_figure_when_one_log_closes_several(
     assert math.fsum(g for _, g in logged) == pytest.approx(cb.total_co2_g, rel=1e-9)
     # The reporters got every epoch's figure too.
     assert _epochs_in_logs(reporter.seen) == logged
+    # No key is a folder of another ("a" beside "a/b"): stores that keep a metric per file or
+    # per namespace (MLflow's file store) cannot hold both, and refuse the log.
+    keys = {k for h in reporter.seen for k in h}
+    assert [k for k in keys if any(o.startswith(k + "/") for o in keys)] == []
     # Without load_best_model_at_end nothing follows the final log.
     assert cb.load_best_model is None
     assert "hf.load_best_model" not in carbonctx.stats()
+
+
+def test_a_log_that_closes_several_epochs_reaches_mlflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Trainer's own MLflow reporter, to a file store (one file per metric, a "/" in a key a
+    # folder): the log at step 30 closes epochs 1 and 2, the final log epoch 3.
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # no network
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.7 and later ask for it
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "carbonctx")
+    trainer = _trainer(tmp_path, num_train_epochs=3, logging_steps=30, report_to=["mlflow"])
+    cb = attach(trainer)
+    try:
+        trainer.train()
+    finally:
+        mlflow.end_run()
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("carbonctx")
+    (run,) = client.search_runs([exp.experiment_id])
+
+    def history(key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+
+    e1, e2, e3 = (e["energy_j"] for e in cb.epochs)
+    assert history("epoch_energy_j_1") == [(30, pytest.approx(e1, rel=1e-12))]
+    assert history("epoch_energy_j_2") == [(30, pytest.approx(e2, rel=1e-12))]
+    assert history("epoch_energy_j") == [
+        (30, pytest.approx(e1 + e2, rel=1e-12)),
+        (39, pytest.approx(e3, rel=1e-12)),
+    ]
+    assert history("train_energy_j") == [(39, pytest.approx(cb.total_j, rel=1e-12))]
+    # The rest of that log arrived too (a refused key takes the log's other figures with it).
+    assert [s for s, _ in history("energy_forecast_kwh")] == [30]
 
 
 def test_a_run_resumed_after_a_log_that_closed_two_epochs_keeps_both(tmp_path: Path) -> None:

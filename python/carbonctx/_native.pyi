@@ -170,10 +170,11 @@ class SpanCall:
     """The spans of one ``@tracked`` function: ``start()`` before each call, ``end(started)``
     after it."""
 
-    def __new__(cls, name: str, region: Callable[[], Region]) -> Self: ...
+    def __new__(cls, name: str, tracker: type[Region], strict: bool | None = None) -> Self: ...
     def start(self) -> int | Region | None:
         """The call's start time as a span of the current runtime, or its region (entered)
-        where the runtime writes full records, or None: the caller measures the call itself."""
+        where the runtime writes full records or checks strictly, or None: the caller measures
+        the call itself."""
     def end(self, started: int | Region, exc: BaseException | None = None) -> None:
         """Ends the call ``started`` (``exc``: what the function raised), then does what is
         due on this thread."""
@@ -233,7 +234,9 @@ class Feed:
     """The Python end of an external source: power read elsewhere (the node's BMC over
     Redfish) and pushed in; the sampler reads the latest push every ``interval_s`` and
     integrates it, and holds it for at most ``stale_s``; a sampler's first read waits for the
-    first push until ``first_wait_s`` after the feed was made."""
+    first push until ``first_wait_s`` after the feed was made. The source's timeline is kept
+    ``lag_s`` behind its reads: a reading pushed within ``lag_s`` of the instant it stands for
+    is placed there (a reading holds from its instant until the next one's)."""
 
     def __new__(
         cls,
@@ -245,9 +248,20 @@ class Feed:
         interval_s: float = 0.1,
         stale_s: float = 30.0,
         first_wait_s: float = 0.0,
+        lag_s: float = 0.0,
     ) -> Feed: ...
-    def push(self, watts: float) -> bool:
-        """The latest reading in watts; False (refused) when not finite and non-negative."""
+    def push(self, watts: float, at_ns: int | None = None) -> bool:
+        """The latest reading in watts, standing for the instant ``at_ns``
+        (``time.monotonic_ns()``; None: now); False (refused) when not finite and
+        non-negative. An instant in the future is taken as now, one before the previous
+        reading's as that one's (counted in ``clamped``); one the timeline has passed already
+        is placed at the earliest instant still open (counted in ``late``)."""
+    @property
+    def lag_s(self) -> float: ...
+    @property
+    def late(self) -> int: ...
+    @property
+    def clamped(self) -> int: ...
     def fail(self, why: str) -> None:
         """No reading could be had; reads say ``why`` once the held one is stale."""
     def close(self, why: str) -> None:

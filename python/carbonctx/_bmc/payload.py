@@ -1,9 +1,12 @@
-"""Reading Redfish documents: links, collection members, ``Status.State``, and readings (a
-number, or one sent as a string; never null, text, NaN or a negative number)."""
+"""Reading Redfish documents: links, collection members, ``Status.State``, readings (a
+number, or one sent as a string; never null, text, NaN or a negative number), and times
+(``DateTimeOffset``: ISO 8601 with a UTC offset)."""
 
 from __future__ import annotations
 
+import datetime
 import math
+import re
 from typing import Any
 
 
@@ -67,3 +70,39 @@ def _control(doc: dict[str, Any]) -> dict[str, Any] | None:
 
 def _leaf(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def _time(v: Any) -> float | None:
+    """A ``DateTimeOffset`` (``2026-11-30T07:32:49.120+00:00``, ``...Z``) as POSIX seconds;
+    None where absent, unreadable or without its offset (a local time of unknown zone)."""
+    if not isinstance(v, str) or not v.strip():
+        return None
+    text = v.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    # Any number of fractional digits, as six (Python 3.10 reads three or six only).
+    text = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.timestamp()
+
+
+def _supplies_input(limit: int, doc: dict[str, Any]) -> float | None:
+    """The sum of the legacy ``Power`` resource's ``PowerSupplies[].PowerInputWatts`` (the
+    power they draw from the wall), leaving out absent ones; None where one present supply
+    has no figure, or there is none (at most ``limit`` read)."""
+    supplies = doc.get("PowerSupplies")
+    if not isinstance(supplies, list):
+        return None
+    present = [s for s in supplies if isinstance(s, dict) and not _absent(s)]
+    total = 0.0
+    for s in present[:limit]:
+        w = _number(s.get("PowerInputWatts"))
+        if w is None:
+            return None
+        total += w
+    return total if present else None

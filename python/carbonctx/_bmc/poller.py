@@ -10,6 +10,13 @@ sampler reads like any power sensor, and a thread that fetches the reading over 
 - With an energy counter (``EnergykWh``, or an energy sensor) the power pushed is the
   counter's mean power between its last two updates (unless it moves too rarely to follow the
   power: ``COUNTER_MAX_PERIODS``); without one, the BMC's power reading.
+- Each reading is pushed with the instant it stands for (``timing``: the BMC's
+  ``ReadingTime`` where its clock agrees with this host's, else mid-request; a mean over a
+  window at the window's middle; a counter's mean power from the earlier of its two updates,
+  over which it holds exactly). The feed keeps the node's timeline ``lag_s`` behind its reads
+  (the request deadline, at most ``MAX_LAG_S``: every region resolves that much later) and
+  places a reading at its instant where that is no further back; one further back is placed
+  ``lag_s`` back, and the provenance says by how much it then lags.
 - The sampler's start (the first region) waits, once per process and at most the request
   deadline (``min(5 s, period)``, at least 1 s), for the BMC's first answer, so that a region
   around the whole run is covered; a BMC slower than that leaves a gap at the start (that
@@ -38,9 +45,11 @@ from urllib.parse import urlsplit
 
 from carbonctx import _native
 from carbonctx._bmc.redfish import Reading, RedfishPower
+from carbonctx._bmc.timing import CLOCK_TOLERANCE_S, Fetch, place
 from carbonctx._bmc.transport import Limits, RedfishError, Transport, scrub
 
 __all__ = [
+    "BASES",
     "FEED_INTERVAL_S",
     "LABEL",
     "SOURCE_ID",
@@ -64,6 +73,24 @@ NOTE_KEY = f"missing:{SOURCE_ID}"
 COUNTER_MAX_PERIODS = 4
 #: The longest wait between tries after repeated failures.
 MAX_BACKOFF_S = 300.0
+#: The node's timeline is kept at most this far behind the sampler's reads (the request
+#: deadline where shorter): a reading whose instant is no further back is placed there.
+MAX_LAG_S = 2.0
+
+
+#: Where a reading is held from, by its basis (see ``timing.place``).
+BASES = {
+    "reading-time": "the time the BMC gives for it (ReadingTime, on this host's clock)",
+    "request": "the middle of its request (the BMC gives no time for it that can be trusted)",
+    "reading-time+window": (
+        "the middle of the window it is a mean over (ending at the BMC's ReadingTime)"
+    ),
+    "request+window": "the middle of the window it is a mean over (ending at its request)",
+    "counter": (
+        "the earlier of the two counter updates it is the mean power between (exact where "
+        "each holds until the next)"
+    ),
+}
 
 
 class BmcSource:
@@ -100,7 +127,14 @@ class BmcSource:
             interval_s=FEED_INTERVAL_S,
             stale_s=stale,
             first_wait_s=wait,
+            lag_s=min(self.limits.deadline_s, MAX_LAG_S),
         )
+        #: Where the latest reading was placed (a key of ``BASES``), how much later than its
+        #: instant (s), and how far off the BMC's clock was when first not trusted (s).
+        self.basis: str | None = None
+        self.moved_s = 0.0
+        self.skew_s: float | None = None
+        self._since: float | None = None
         #: Where the reading comes from, once known (for the result's note).
         self.what: str | None = None
         #: The sampler's dict of this source: its ``note`` (what results say) is kept current.
@@ -132,8 +166,29 @@ class BmcSource:
             f"{self.period_s:g} s and held between readings: a region shorter than a few "
             "readings gets the held power times its duration (interpolated, not measured on its "
             "own), one across a failed reading no figure. Node-wide; shown beside the "
-            "components, never added to energy_j."
+            f"components, never added to energy_j.{self._placement()}"
         )
+
+    def _placement(self) -> str:
+        """Where readings are placed in time, as the latest one was."""
+        if self.basis is None:
+            return ""
+        lag = self.feed.lag_s
+        out = f" Each reading is held from {BASES[self.basis]}"
+        if self.moved_s > 0.5:
+            out += (
+                f"; that was {self.moved_s + lag:.0f} s back, further than the {lag:g} s the "
+                f"node's timeline is kept behind, so it is placed {lag:g} s back and lags "
+                f"changes by about {self.moved_s:.0f} s"
+            )
+        out += "."
+        if self.skew_s is not None:
+            out += (
+                f" The BMC's ReadingTime was found {self.skew_s:+.0f} s off this host's clock "
+                f"(more than its request took and {CLOCK_TOLERANCE_S:g} s): a time so far off "
+                "is not trusted, and its reading is placed at its request instead."
+            )
+        return out
 
     def describe(self) -> dict[str, Any]:
         """For ``carbonctx devices``: the BMC, where its reading is, how it fares."""
@@ -144,6 +199,9 @@ class BmcSource:
             "readings": self.readings,
             "failures": self.failures,
             "fetching": self.feed.reads > 0,
+            "placed_by": self.basis,
+            "lag_s": self.feed.lag_s,
+            "late": self.feed.late,
             "note": self.provenance(),
         }
 
@@ -185,23 +243,19 @@ class BmcSource:
         while not self._stop.is_set():
             if not self.feed.wanted(WANTED_WITHIN_S, 0.5):
                 continue
-            started = time.monotonic()
+            started_ns = time.monotonic_ns()
+            started = started_ns * 1e-9
             due = started + self.period_s
             try:
                 located = power.locator is not None
                 reading = power.read()
-                done = time.monotonic()
-                # When the BMC read its figure: mid-request (after a search for where the
-                # reading is, the last request's end is the better guess).
-                at = (started + done) / 2 if located else done
+                placed = place(reading, Fetch(started_ns, time.monotonic_ns(), not located))
                 if power.locator is not None and self.what is None:
                     self.what = f"{power.locator.chassis}: {power.locator.what}"
-                    if self.source_dict is not None:
-                        self.source_dict["note"] = self.provenance()
-                watts = self._watts(reading, at)
+                watts = self._watts(reading, placed.at_ns * 1e-9)
                 if watts is None:
                     raise RedfishError("the BMC's reading is null (no figure this time)")
-                self.feed.push(watts)
+                self._push(watts, placed.at_ns, placed.basis, placed.skew_s)
                 self.readings += 1
                 self.failures = 0
             except RedfishError as e:
@@ -236,11 +290,28 @@ class BmcSource:
                 )
             self._stop.wait(max(0.0, due - time.monotonic()))
 
+    def _push(self, watts: float, at_ns: int, basis: str, skew_s: float | None) -> None:
+        """Push a reading standing for ``at_ns`` (a counter's fresh mean power: from the
+        earlier update on), no further back than the feed places it, and keep the result's
+        provenance current."""
+        if self._since is not None:
+            at_ns, basis = round(self._since * 1e9), "counter"
+        # The earliest instant the feed's timeline surely has not passed yet.
+        earliest = time.monotonic_ns() - round((self.feed.lag_s - 2 * FEED_INTERVAL_S) * 1e9)
+        self.moved_s = max(0.0, (earliest - at_ns) * 1e-9)
+        self.feed.push(watts, at_ns=max(at_ns, earliest))
+        self.basis = basis
+        if skew_s is not None and self.skew_s is None:
+            self.skew_s = skew_s
+        if self.source_dict is not None:
+            self.source_dict["note"] = self.provenance()
+
     def _watts(self, r: Reading, t: float) -> float | None:
         """The power to push: the energy counter's mean power between its last two updates
         where there is a counter (and it has updated twice since first seen), else the power
         reading. The first update only dates the counter (its value was reached earlier)."""
         e = r.energy_j
+        self._since = None
         if e is not None:
             last = self._energy
             if last is None or e < last[1]:
@@ -251,10 +322,12 @@ class BmcSource:
                 if self._dated and t > last[0]:
                     self._counter_w = (e - last[1]) / (t - last[0])
                     self._counter_dt = t - last[0]
+                    self._since = last[0]
                 self._energy = (t, e)
                 self._dated = True
         if self._counter_w is not None and (
             r.watts is None or self._counter_dt <= COUNTER_MAX_PERIODS * self.period_s
         ):
             return self._counter_w
+        self._since = None
         return r.watts

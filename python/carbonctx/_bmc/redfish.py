@@ -16,7 +16,7 @@ Where the reading is, in the order tried for the chosen chassis:
    ``Power``, of the whole chassis (``PhysicalContext`` ``Chassis``, ``ElectricalContext``
    ``Total``, or unstated), among the sensors whose names speak of power or energy (those
    that say ``total`` first). An energy sensor's ``ReadingUnits`` (``J``, ``kW.h``, ``W.h``)
-   gives its unit where stated.
+   gives its unit where stated, and a sensor's ``ReadingTime`` when it read (see ``timing``).
 
 The chassis are read in one request where the service offers ``$expand``
 (``ProtocolFeaturesSupported.ExpandQuery``), else one by one (at most ``MAX_CHASSIS``; where
@@ -59,6 +59,8 @@ from carbonctx._bmc.payload import (
     _links,
     _members,
     _number,
+    _supplies_input,
+    _time,
 )
 from carbonctx._bmc.transport import RedfishError, Transport
 
@@ -94,11 +96,15 @@ SENSOR_WORDS = ("power", "energy", "watt", "pwr")
 
 @attrs.frozen
 class Reading:
-    """One answer: watts (None: the BMC gave none) and its energy counter in joules (None:
-    it has none, or gave none this time)."""
+    """One answer: watts (None: the BMC gave none), its energy counter in joules (None: it has
+    none, or gave none this time), when the BMC says it read them (``ReadingTime``, POSIX
+    seconds on its clock; None: not said), and the window a mean is over (seconds; None: not a
+    mean)."""
 
     watts: float | None
     energy_j: float | None = None
+    read_at: float | None = None
+    window_s: float | None = None
 
 
 @attrs.frozen
@@ -365,7 +371,7 @@ class RedfishPower:
                     f"Power AverageConsumedWatts, a mean over{over}: it lags changes by about "
                     "half that and smooths them",
                 )
-        if _supplies_input(pw) is not None:
+        if _supplies_input(MAX_SUPPLIES, pw) is not None:
             return Locator(
                 "power-supplies", (power,), chassis, "Power: PowerInputWatts of its supplies"
             )
@@ -426,18 +432,27 @@ class RedfishPower:
         if loc.kind == "environment":
             return _environment(self.t.get(loc.paths[0]))
         if loc.kind == "power-supplies":
-            return Reading(_supplies_input(self.t.get(loc.paths[0])))
+            return Reading(_supplies_input(MAX_SUPPLIES, self.t.get(loc.paths[0])))
         if loc.kind in ("power", "power-average"):
             pc = _control(self.t.get(loc.paths[0])) or {}
             if loc.kind == "power":
                 return Reading(_number(pc.get("PowerConsumedWatts")))
             pm = pc.get("PowerMetrics")
-            return Reading(
-                _number(pm.get("AverageConsumedWatts")) if isinstance(pm, dict) else None
-            )
+            if not isinstance(pm, dict):
+                return Reading(None)
+            minutes = _number(pm.get("IntervalInMin"))
+            window = minutes * 60.0 if minutes else None
+            return Reading(_number(pm.get("AverageConsumedWatts")), window_s=window)
         if loc.kind == "sensors":
+            # ReadingTime: the energy sensor's where there is one (it dates the counter).
             energy_path, power_path = loc.paths
-            energy = watts = None
+            energy = watts = at = None
+            if power_path:
+                doc = self.t.get(power_path)
+                w = _number(doc.get("Reading"))
+                scale = POWER_READING_UNITS.get(str(doc.get("ReadingUnits")), 1.0)
+                watts = None if w is None else w * scale
+                at = _time(doc.get("ReadingTime"))
             if energy_path:
                 doc = self.t.get(energy_path)
                 e = _number(doc.get("Reading"))
@@ -445,12 +460,8 @@ class RedfishPower:
                 if per is None:
                     per = ENERGY_UNITS.get(str(doc.get("ReadingType")), 0.0)
                 energy = None if e is None else e * per
-            if power_path:
-                doc = self.t.get(power_path)
-                w = _number(doc.get("Reading"))
-                scale = POWER_READING_UNITS.get(str(doc.get("ReadingUnits")), 1.0)
-                watts = None if w is None else w * scale
-            return Reading(watts, energy)
+                at = _time(doc.get("ReadingTime")) or at
+            return Reading(watts, energy, at)
         total = 0.0
         for path in loc.paths:
             _, w = _excerpt(self.t.get(path), "InputPowerWatts")
@@ -468,20 +479,3 @@ def _environment(doc: dict[str, Any]) -> Reading:
     _, watts = _excerpt(doc, "PowerWatts")
     energy = joules if joules is not None else None if kwh is None else kwh * J_PER_KWH
     return Reading(watts, energy)
-
-
-def _supplies_input(doc: dict[str, Any]) -> float | None:
-    """The sum of the legacy ``Power`` resource's ``PowerSupplies[].PowerInputWatts`` (the
-    power they draw from the wall), leaving out absent ones; None where one present supply
-    has no figure, or there is none."""
-    supplies = doc.get("PowerSupplies")
-    if not isinstance(supplies, list):
-        return None
-    present = [s for s in supplies if isinstance(s, dict) and not _absent(s)]
-    total = 0.0
-    for s in present[:MAX_SUPPLIES]:
-        w = _number(s.get("PowerInputWatts"))
-        if w is None:
-            return None
-        total += w
-    return total if present else None

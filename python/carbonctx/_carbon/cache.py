@@ -131,7 +131,7 @@ class DiskCache:
         path = self.path(kind)
         try:
             raw = _read_regular(path, MAX_CACHE_BYTES + 1)
-        except _NotRegular as exc:
+        except _Refused as exc:
             raise UnusableCache(f"{path}: {exc}") from None
         except OSError:
             return None
@@ -199,20 +199,26 @@ def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-class _NotRegular(Exception):
+class _Refused(Exception):
     pass
 
 
 def _read_regular(path: Path, limit: int) -> bytes:
     """At most ``limit`` bytes of the regular file at ``path``. The open never waits (a FIFO
     with no writer would block it for ever); anything but a regular file (a FIFO, a device, a
-    socket) raises :class:`_NotRegular`, saying what it is."""
+    socket), or a file of another user's, raises :class:`_Refused`, saying what it is."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
+        mode = st.st_mode
         if not stat.S_ISREG(mode):
             what = "a FIFO" if stat.S_ISFIFO(mode) else "a device, socket or directory"
-            raise _NotRegular(f"not a regular file ({what})")
+            raise _Refused(f"not a regular file ({what})")
+        owner, me = st.st_uid, getattr(os, "geteuid", lambda: None)()
+        if me is not None and owner != me:
+            # A cache folder others can write (a shared one named by cache_dir) may hold
+            # values another user put there: only the user's own files are believed.
+            raise _Refused(f"it belongs to user {owner}, not to this process's user")
         chunks: list[bytes] = []
         size = 0
         while size < limit:

@@ -280,10 +280,10 @@ class Tracker(_native.Region):
             return general  # type: ignore[return-value]
 
         # The usual call: one native call starts the span (or the call's region, where the
-        # runtime writes full records), one ends it. The function is called here, so that a
-        # recursive one keeps its depth.
-        make = Tracker if strict_opt is None else functools.partial(Tracker, strict=strict_opt)
-        span = _native.SpanCall(name, functools.partial(make, name))
+        # runtime writes full records or checks strictly: a bare native one, whose Tracker
+        # carbonctx.current() makes if asked), one ends it. The function is called here, so
+        # that a recursive one keeps its depth.
+        span = _native.SpanCall(name, Tracker, strict_opt)
         start, end = span.start, span.end
 
         def begin() -> Any:
@@ -304,7 +304,8 @@ class Tracker(_native.Region):
                     with Tracker(name, strict=strict_opt):
                         return fn(*args, **kwargs)
             try:
-                out = fn(*args, **kwargs)
+                # Without keywords, no dict made for the call (`**kwargs` would copy one).
+                out = fn(*args, **kwargs) if kwargs else fn(*args)
             except BaseException as exc:
                 end(started, exc)  # an exception here comes with the function's as its context
                 raise

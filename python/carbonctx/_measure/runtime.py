@@ -55,6 +55,9 @@ __all__ = ["BACKLOG_HIGH", "RESOLVE_PERIOD_S", "RESULT_TIMEOUT_S", "Runtime"]
 BACKLOG_HIGH = 1 << 15
 #: How often the resolver thread collects results.
 RESOLVE_PERIOD_S = 0.02
+#: At shutdown, regions that just ended wait at most the BMC's lag plus this for its
+#: timeline to pass them (see ``shutdown``).
+LAG_FLUSH_MARGIN_S = 1.0
 #: The process that imported this module: a process with another id was forked from it (a
 #: DataLoader worker, say), and leaves the node's BMC to its parent.
 _IMPORT_PID = os.getpid()
@@ -279,9 +282,16 @@ class Runtime:
         if node is not None:
             # One sampler per node: every process asks with the same discovery options (a
             # follower may take over), and names the GPUs it reports (none: an empty list).
-            return _native.Sampler(
-                **kwargs, node_key=node[0], node_dir=node[1], gpus=gpus, amd_gpus=amd_gpus
-            )
+            try:
+                return _native.Sampler(
+                    **kwargs, node_key=node[0], node_dir=node[1], gpus=gpus, amd_gpus=amd_gpus
+                )
+            except Exception as e:  # its files refused, its directory unusable, no owner
+                self.note(
+                    "node-sampler",
+                    f"the node's shared sampler cannot be used ({e}); this process runs its "
+                    "own sampler (it reads the node's counters itself)",
+                )
         if not self.settings.gpu:
             return _native.Sampler(**kwargs)
         # Only this rank's GPUs are read (UUIDs where known); the columns count only them too.
@@ -308,6 +318,14 @@ class Runtime:
             if t is not None and t is not threading.current_thread():
                 t.join(timeout=5)
             s = self.sampler
+            if s is not None and self._lagged() and self.open_regions() > 0:
+                # The BMC's timeline is kept up to MAX_LAG_S behind the reads: stopped now, the
+                # regions that just ended would lose its last seconds (their energy after the
+                # timeline's end counts as none). Let it pass them first (bounded; a follower
+                # reads the owner's, so its sources say, not whether it fetches).
+                from carbonctx._bmc.poller import MAX_LAG_S
+
+                self.wait_resolved(_native.now_ns(), MAX_LAG_S + LAG_FLUSH_MARGIN_S)
             if s is not None:
                 s.stop()
                 self.drain()
@@ -327,6 +345,10 @@ class Runtime:
                     release()
         finally:
             self._shutdown_lock.release()
+
+    def _lagged(self) -> bool:
+        """The sampler reads a source whose timeline lags its reads (the node's BMC)."""
+        return any(src.get("backend") == "redfish" for src in self.sources)
 
     def open_regions(self) -> int:
         """Regions begun in this runtime's sampler and not yet resolved and drained (0 when

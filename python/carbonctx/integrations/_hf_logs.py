@@ -5,9 +5,11 @@ Trainer's arguments say (reporters, the best model's load).
 A log closes every epoch that ended since the previous log: one in the usual case, several when
 the epochs are shorter than ``logging_steps`` or only the final log comes
 (``logging_strategy="no"``). ``epoch_energy_j`` and ``epoch_co2_g`` are always the epochs it
-closes, together; when it closes more than one, ``epoch_energy_j/<n>`` and ``epoch_co2_g/<n>``
+closes, together; when it closes more than one, ``epoch_energy_j_<n>`` and ``epoch_co2_g_<n>``
 carry each one's own (``n`` counted from 1). The logs' ``epoch_energy_j`` thus add up to the
-epochs, and every reporter gets each epoch's figure.
+epochs, and every reporter gets each epoch's figure. No key is ``epoch_energy_j/<n>``: a store
+that keeps a key's ``/`` as a folder or namespace (MLflow's file store) cannot hold a metric
+``epoch_energy_j`` and one under it, and refuses the whole log.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ __all__ = ["Prior", "epoch_figures", "length", "loads_best", "phase_of", "prior"
 #: Keys this callback writes that are not an increment of the run (totals, epochs, the load of
 #: the best model after the final log): a resumed run does not add them up again.
 _NOT_INCREMENTS = ("train_", "load_best_model_")
+#: Each epoch's own figures in a log that closes several: these, then its number.
+_NUMBERED_J, _NUMBERED_G = "epoch_energy_j_", "epoch_co2_g_"
 
 
 def epoch_figures(out: dict[str, float], closed: Sequence[tuple[int, float, float]]) -> None:
@@ -33,21 +37,20 @@ def epoch_figures(out: dict[str, float], closed: Sequence[tuple[int, float, floa
     put(out, "epoch_co2_g", sum(g for _, _, g in closed))  # NaN when one has no intensity
     if len(closed) > 1:
         for n, j, g in closed:
-            put(out, f"epoch_energy_j/{n}", j)
-            put(out, f"epoch_co2_g/{n}", g)
+            put(out, f"{_NUMBERED_J}{n}", j)
+            put(out, f"{_NUMBERED_G}{n}", g)
 
 
 def _epochs_in(entry: Mapping[str, Any]) -> list[tuple[float, float]]:
     """(joules, grams) of each epoch one log closed, in order."""
     numbered = sorted(
-        int(k.rpartition("/")[2])
+        int(k[len(_NUMBERED_J) :])
         for k in entry
-        if k.startswith("epoch_energy_j/") and k.rpartition("/")[2].isdigit()
+        if k.startswith(_NUMBERED_J) and k[len(_NUMBERED_J) :].isdigit()
     )
     if numbered:
         return [
-            (entry[f"epoch_energy_j/{n}"], entry.get(f"epoch_co2_g/{n}", math.nan))
-            for n in numbered
+            (entry[f"{_NUMBERED_J}{n}"], entry.get(f"{_NUMBERED_G}{n}", math.nan)) for n in numbered
         ]
     if "epoch_energy_j" in entry:
         return [(entry["epoch_energy_j"], entry.get("epoch_co2_g", math.nan))]

@@ -23,7 +23,7 @@ them, not in ``hf.train``. Each log then carries what was spent since the previo
   will cost at the rate so far), and, in the first log after an epoch, ``epoch_energy_j`` and
   ``epoch_co2_g`` (its evaluation included; the last epoch's in the final log). A log that closes
   several epochs (epochs shorter than ``logging_steps``, ``logging_strategy="no"``) has their sum
-  there and each one's own in ``epoch_energy_j/<n>``, ``epoch_co2_g/<n>`` (``n`` from 1);
+  there and each one's own in ``epoch_energy_j_<n>``, ``epoch_co2_g_<n>`` (``n`` from 1);
 * evaluation logs during training: ``eval_energy_j``, ``eval_co2_g``, ``eval_energy_j_per_sample``
   (prefix as the metrics'), the evaluation alone (a ``trainer.predict`` run during training, by a
   callback, is measured as one and counted in the next evaluation log, or in the final log);
@@ -56,7 +56,9 @@ at every log, a collective: the Trainer logs on every rank at the same steps), s
 reporters log the job's energy; ``job_totals=False`` keeps each rank's own (resumed, a rank other
 than 0 counts from the resume: the checkpoint's ``log_history`` is rank 0's). The budget decision
 is joint: every rank stops after the same step. The best model's load is summed in the Trainer's
-``on_train_end`` (a rank that found no best checkpoint to load adds nothing).
+``on_train_end`` (a rank that found no best checkpoint to load adds nothing; with :func:`attach`,
+one that failed after the final log brings its share as ``train()`` raises, so that the others
+do not wait for it).
 """
 
 from __future__ import annotations
@@ -335,11 +337,18 @@ class CarbonctxCallback(TrainerCallback):
         if region is not None:
             self._regions.end(region)
             j, g = figures((region,))
-        if args is not None and final is not None:
-            # The Trainer's on_train_end after its final log: every rank comes, with the same
-            # load_best_model_at_end. Whether a rank loads depends on what its filesystem holds:
-            # one that does not adds nothing. After an exception: this rank's own, no collective.
-            j, g = self._job([j, g])
+        if final is not None:
+            # Every rank passed the final log (its figures were summed there), with the same
+            # load_best_model_at_end: each comes to this sum, from the Trainer's on_train_end or,
+            # when something failed after that log (a reporter, the load), from attach()'s
+            # wrapper as train() raises, so that the others wait for no one. Whether a rank
+            # loads depends on what its filesystem holds: one that does not adds nothing.
+            try:
+                j, g = self._job([j, g])
+            except Exception:
+                if args is not None:
+                    raise
+                # Raising already, and the process group failed too: this rank's own figure.
         if region is None and not j > 0:
             return
         self.total_j += j
@@ -353,7 +362,7 @@ class CarbonctxCallback(TrainerCallback):
         # Normally the final log has ended the last region already. After an exception
         # (attach()'s wrapper calls this) what was not logged yet goes into the totals and the
         # finished epochs: it cannot be logged, and it is not lost. No collective then (the
-        # other ranks may never come); after a normal end, only the best model's load's.
+        # other ranks may never come), except the best model's load's after the final log.
         self._read_tail(args)
         self._stop_regions()
         self._read_closed()

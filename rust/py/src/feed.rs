@@ -40,7 +40,7 @@ fn backend(name: &str) -> PyResult<&'static str> {
 impl Feed {
     #[new]
     #[pyo3(signature = (*, id, label, backend="redfish", domain="node", interval_s=0.1,
-                        stale_s=30.0, first_wait_s=0.0))]
+                        stale_s=30.0, first_wait_s=0.0, lag_s=0.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         id: String,
@@ -50,6 +50,7 @@ impl Feed {
         interval_s: f64,
         stale_s: f64,
         first_wait_s: f64,
+        lag_s: f64,
     ) -> PyResult<Self> {
         let info = SourceInfo {
             id,
@@ -65,14 +66,34 @@ impl Feed {
         };
         let stale = seconds("stale_s", stale_s)?;
         let first_wait = seconds("first_wait_s", first_wait_s)?;
+        let lag = seconds("lag_s", lag_s)?;
         Ok(Feed {
-            inner: external::Feed::new(info, stale, first_wait),
+            inner: external::Feed::lagged(info, stale, first_wait, lag),
         })
     }
 
-    /// The latest reading in watts (False: not a finite non-negative number, refused).
-    fn push(&self, watts: f64) -> bool {
-        self.inner.push(watts)
+    /// The latest reading in watts, standing for the instant `at_ns` (`time.monotonic_ns()`;
+    /// None: now). False: not a finite non-negative number, refused. An instant out of
+    /// bounds is moved, never refused (see `clamped`).
+    #[pyo3(signature = (watts, at_ns=None))]
+    fn push(&self, watts: f64, at_ns: Option<i64>) -> bool {
+        self.inner
+            .push_at(watts, at_ns.map(|t| u64::try_from(t).unwrap_or(0)))
+    }
+
+    #[getter]
+    fn lag_s(&self) -> f64 {
+        self.inner.lag().as_secs_f64()
+    }
+
+    #[getter]
+    fn late(&self) -> u64 {
+        self.inner.late()
+    }
+
+    #[getter]
+    fn clamped(&self) -> u64 {
+        self.inner.clamped()
     }
 
     /// No reading could be had, and why (what reads say once the held one is stale).

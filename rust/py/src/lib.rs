@@ -1,6 +1,7 @@
 //! Python bindings: argument conversion, one call into the core, result conversion. No logic.
 
 mod check;
+mod context;
 mod drained;
 mod errors;
 mod feed;

@@ -5,86 +5,16 @@
 //! methods, so the behaviour lives in one place and this file only makes the usual case cheap.
 //! What it needs of the runtime comes through the [`RegionHub`] (hub.rs).
 
-use std::ffi::CString;
-use std::ptr;
 use std::sync::atomic::Ordering;
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString};
 use pyo3::{ffi, intern};
 
+use crate::context::{context_get, context_reset, context_set, current_var};
 use crate::hub::{current_hub, RegionHub};
 use crate::Sampler;
-
-// The context-variable C API (CPython 3.7 and later, unchanged since). It is left out of the
-// limited API's headers but exported by every CPython this package supports; calling the
-// ContextVar's Python methods instead would cost a method lookup and call each.
-extern "C" {
-    fn PyContextVar_New(
-        name: *const std::ffi::c_char,
-        def: *mut ffi::PyObject,
-    ) -> *mut ffi::PyObject;
-    fn PyContextVar_Get(
-        var: *mut ffi::PyObject,
-        default_value: *mut ffi::PyObject,
-        value: *mut *mut ffi::PyObject,
-    ) -> std::ffi::c_int;
-    fn PyContextVar_Set(var: *mut ffi::PyObject, value: *mut ffi::PyObject) -> *mut ffi::PyObject;
-    fn PyContextVar_Reset(var: *mut ffi::PyObject, token: *mut ffi::PyObject) -> std::ffi::c_int;
-}
-
-static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// The context variable that holds the innermost open region (`carbonctx.current()`).
-fn current_var(py: Python<'_>) -> PyResult<&'static Py<PyAny>> {
-    CURRENT.get_or_try_init(py, || {
-        let name = CString::new("carbonctx_region").expect("no NUL in the name");
-        // SAFETY: the name is a valid C string and the default is Py_None (borrowed by the
-        // call); the new reference is owned by the returned object.
-        unsafe {
-            let var = PyContextVar_New(name.as_ptr(), ffi::Py_None());
-            Bound::from_owned_ptr_or_err(py, var).map(Bound::unbind)
-        }
-    })
-}
-
-fn context_get<'py>(py: Python<'py>, var: &Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let mut out: *mut ffi::PyObject = ptr::null_mut();
-    // SAFETY: `var` is a ContextVar (made by `current_var`); on success `out` is a new
-    // reference (the default, None, when unset).
-    unsafe {
-        if PyContextVar_Get(var.as_ptr(), ptr::null_mut(), &mut out) < 0 {
-            return Err(PyErr::fetch(py));
-        }
-        Bound::from_owned_ptr_or_err(py, out)
-    }
-}
-
-fn context_set<'py>(
-    py: Python<'py>,
-    var: &Py<PyAny>,
-    value: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: `var` is a ContextVar; the token returned is a new reference.
-    unsafe { Bound::from_owned_ptr_or_err(py, PyContextVar_Set(var.as_ptr(), value.as_ptr())) }
-}
-
-/// Resets the variable to where `token` found it. A token made in another context (the region
-/// was left in a different task or thread) is ignored, as the Python API would refuse it: then
-/// the answer is false (that context still holds the region).
-fn context_reset(py: Python<'_>, var: &Py<PyAny>, token: &Py<PyAny>) -> PyResult<bool> {
-    // SAFETY: `var` is a ContextVar and `token` one of its tokens.
-    if unsafe { PyContextVar_Reset(var.as_ptr(), token.as_ptr()) } < 0 {
-        let err = PyErr::fetch(py);
-        if !err.is_instance_of::<PyValueError>(py) && !err.is_instance_of::<PyRuntimeError>(py) {
-            return Err(err);
-        }
-        return Ok(false);
-    }
-    Ok(true)
-}
 
 /// The innermost region still open here: the context variable's value, or, where that region
 /// has ended (it was left in another thread or task, whose context was the one reset), the region
@@ -110,10 +40,21 @@ pub(crate) fn open_region(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     Ok(v)
 }
 
-/// `carbonctx.current()`: see [`open_region`].
+/// `carbonctx.current()`: see [`open_region`]. A `@tracked` call's region is given as its
+/// `Tracker` (made the first time it is asked for; see [`crate::span::tracker_of`]).
 #[pyfunction]
 pub(crate) fn current(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    open_region(py)
+    loop {
+        let v = open_region(py)?;
+        let call = match v.cast::<Region>() {
+            Ok(r) if r.borrow().call_tag != 0 => r.clone(),
+            _ => return Ok(v),
+        };
+        // None: the call ended while its Tracker was made (another thread ran meanwhile).
+        if let Some(t) = crate::span::tracker_of(&call)? {
+            return Ok(t.into_any());
+        }
+    }
 }
 
 fn thread_ident() -> u64 {
@@ -129,7 +70,7 @@ fn thread_ident() -> u64 {
 /// details, not the regions). Regions are made, kept pending for a sampling interval and
 /// resolved tens of thousands of times a second in a tight loop; collections over them cost
 /// more than the regions themselves.
-fn untrack(obj: &Bound<'_, PyAny>) {
+pub(crate) fn untrack(obj: &Bound<'_, PyAny>) {
     // SAFETY: only objects whose type has the GC flag have the header PyObject_GC_UnTrack
     // reads; untracking an untracked object does nothing, and the deallocator of such a type
     // accepts an untracked object.
@@ -156,38 +97,44 @@ fn enter_slow(slf: &Bound<'_, Region>) -> PyResult<Py<PyAny>> {
 #[pyclass(subclass, weakref, module = "carbonctx._native")]
 pub(crate) struct Region {
     #[pyo3(get)]
-    name: Py<PyString>,
+    pub(crate) name: Py<PyString>,
     #[pyo3(get, set)]
-    strict: Option<bool>,
+    pub(crate) strict: Option<bool>,
     #[pyo3(get, set)]
     tags: Option<Py<PyAny>>,
     #[pyo3(get, set)]
     sync: bool,
     #[pyo3(get, set)]
-    id: u64,
+    pub(crate) id: u64,
     #[pyo3(get, set)]
-    parent: Option<u64>,
+    pub(crate) parent: Option<u64>,
     #[pyo3(get, set)]
     thread: u64,
     /// End of the region (monotonic ns): 0 while it runs, -1 when nothing measured it.
     #[pyo3(get, set, name = "_t1")]
-    t1: i64,
+    pub(crate) t1: i64,
     /// The resolved row: its batch and index (read from Python as `_raw`, a tuple).
     raw_batch: Option<Py<PyAny>>,
     raw_row: usize,
     #[pyo3(get, set, name = "_result")]
     result: Option<Py<PyAny>>,
     /// The hub of the runtime that measures it (set when it is entered).
-    hub: Option<Py<RegionHub>>,
+    pub(crate) hub: Option<Py<RegionHub>>,
     #[pyo3(get, set, name = "_strict")]
-    strict_now: bool,
+    pub(crate) strict_now: bool,
     #[pyo3(get, set, name = "_token")]
     token: Option<Py<PyAny>>,
     #[pyo3(get, set, name = "_clones")]
     clones: Option<Py<PyAny>>,
     /// The region that was open where this one was entered (it outlives this one's entry).
     #[pyo3(get, set, name = "_prev")]
-    prev: Option<Py<PyAny>>,
+    pub(crate) prev: Option<Py<PyAny>>,
+    /// A call of a `@tracked` function (span.rs) made this region, not a `Tracker`: its name's
+    /// tag in the runtime of [`Region::hub`] (0: an ordinary region).
+    pub(crate) call_tag: u32,
+    /// The `Tracker` that `carbonctx.current()` gave for such a call (made on demand): it is the
+    /// one the call's result goes to.
+    pub(crate) proxy: Option<Py<Region>>,
 }
 
 #[pymethods]
@@ -247,6 +194,8 @@ impl Region {
             token: None,
             clones: None,
             prev: None,
+            call_tag: 0,
+            proxy: None,
         })
     }
 
@@ -325,6 +274,32 @@ impl Region {
     }
 }
 
+impl Region {
+    /// The region of a call of a `@tracked` function (span.rs), under the name's tag `tag`.
+    pub(crate) fn for_call(name: Py<PyString>, strict: Option<bool>, tag: u32) -> Self {
+        Region {
+            name,
+            strict,
+            tags: None,
+            sync: false,
+            id: 0,
+            parent: None,
+            thread: 0,
+            t1: 0,
+            raw_batch: None,
+            raw_row: 0,
+            result: None,
+            hub: None,
+            strict_now: false,
+            token: None,
+            clones: None,
+            prev: None,
+            call_tag: tag,
+            proxy: None,
+        }
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn bad_name(name: &Bound<'_, PyAny>) -> PyErr {
@@ -361,7 +336,7 @@ fn exit_slow(
 
 /// Marks the region's start: its parent (the innermost region still open here), the context
 /// variable, and a begin mark when there is a sampler.
-fn enter_core(
+pub(crate) fn enter_core(
     slf: &Bound<'_, Region>,
     hub: Bound<'_, RegionHub>,
     sampler: Option<Bound<'_, Sampler>>,
@@ -387,15 +362,18 @@ fn enter_core(
 
 /// Marks the region's end: resets the context variable, and with a live sampler puts the region
 /// in the runtime's pending map under its name's tag and ends it (`_t1`; -1 when nothing
-/// measured it). Whatever is not the usual case is out of line (see [`enter_slow`]).
-fn exit_core(slf: &Bound<'_, Region>) -> PyResult<()> {
+/// measured it). Whatever is not the usual case is out of line (see [`enter_slow`]). The region
+/// of a `@tracked` call has its name's tag already, and is waited for as the `Tracker` that
+/// `carbonctx.current()` gave for it, if it gave one.
+pub(crate) fn exit_core(slf: &Bound<'_, Region>) -> PyResult<()> {
     let py = slf.py();
-    let (token, hub, id) = {
+    let (token, hub, id, call_tag) = {
         let mut me = slf.borrow_mut();
         (
             me.token.take(),
             me.hub.as_ref().map(|h| h.bind(py).clone()),
             me.id,
+            me.call_tag,
         )
     };
     if let Some(token) = token {
@@ -411,20 +389,34 @@ fn exit_core(slf: &Bound<'_, Region>) -> PyResult<()> {
         return unmeasured(slf);
     };
     let pending = h.pending.bind(py);
-    pending.set_item(id, slf)?;
-    let found = {
-        let me = slf.borrow();
-        h.name_tags.bind(py).get_item(me.name.bind(py))?
-    };
-    let tag: u32 = match found {
-        Some(t) => t.extract()?,
-        None => new_tag(slf, h)?,
+    let tag = if call_tag != 0 {
+        // The Tracker given for the call, if any, is the one its result goes to.
+        match slf.borrow().proxy.as_ref() {
+            Some(p) => pending.set_item(id, p)?,
+            None => pending.set_item(id, slf)?,
+        }
+        call_tag
+    } else {
+        pending.set_item(id, slf)?;
+        let found = {
+            let me = slf.borrow();
+            h.name_tags.bind(py).get_item(me.name.bind(py))?
+        };
+        match found {
+            Some(t) => t.extract()?,
+            None => new_tag(slf, h)?,
+        }
     };
     let t1 = sampler.get().inner.end_tagged(id, tag);
-    {
+    let (thread, t1) = (thread_ident(), i64::try_from(t1).unwrap_or(i64::MAX));
+    let proxy = {
         let mut me = slf.borrow_mut();
-        me.thread = thread_ident();
-        me.t1 = i64::try_from(t1).unwrap_or(i64::MAX);
+        me.thread = thread;
+        me.t1 = t1;
+        me.proxy.as_ref().map(|p| p.bind(py).clone())
+    };
+    if let Some(p) = proxy {
+        ended_as(&p, thread, t1);
     }
     if pending.len() > h.backlog_high && h.ask_wake() {
         call_hub(py, &h.drain)?;
@@ -433,6 +425,15 @@ fn exit_core(slf: &Bound<'_, Region>) -> PyResult<()> {
         call_hub(py, &h.emit_warnings)?;
     }
     Ok(())
+}
+
+/// A `@tracked` call's region has ended: so has the `Tracker` given for it.
+#[cold]
+#[inline(never)]
+fn ended_as(tracker: &Bound<'_, Region>, thread: u64, t1: i64) {
+    let mut t = tracker.borrow_mut();
+    t.thread = thread;
+    t.t1 = t1;
 }
 
 /// The context the region was entered in still holds it (and so the runtime): the hub
@@ -450,7 +451,12 @@ fn left_elsewhere(slf: &Bound<'_, Region>, hub: Option<&Bound<'_, RegionHub>>) -
 #[cold]
 #[inline(never)]
 fn unmeasured(slf: &Bound<'_, Region>) -> PyResult<()> {
-    slf.borrow_mut().t1 = -1;
+    let mut me = slf.borrow_mut();
+    me.t1 = -1;
+    if let Some(p) = &me.proxy {
+        // A `@tracked` call's Tracker, given by `carbonctx.current()`: nor was it measured.
+        p.bind(slf.py()).borrow_mut().t1 = -1;
+    }
     Ok(())
 }
 

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
 
-use carbonctx_sampler::discover;
+use carbonctx_sampler::discover::{self, Options};
 use carbonctx_sampler::now_ns;
 use carbonctx_sampler::sampler::{Config, Sampler};
+use carbonctx_sampler::{NodeConfig, Role};
 use common_hwmon::{chip, options};
 
 /// What a sleeping card may draw beyond the 0 W it is counted at (the label says so).
@@ -26,6 +27,12 @@ const BDF: &str = "0000:0b:00.0";
 /// An amdgpu card: `PPT` in `power1_label`, `watts` in `power1_input` (µW), and its PCI
 /// device's runtime PM status.
 fn card(root: &Path, status: &str, watts: u64) -> PathBuf {
+    card_with(root, status, watts, "power1_input")
+}
+
+/// As [`card`], its power in `file` (`power1_average` on older kernels and parts: an average,
+/// not sampled at the read).
+fn card_with(root: &Path, status: &str, watts: u64, file: &str) -> PathBuf {
     let hw = chip(
         root,
         &format!("pci0000:00/0000:00:01.1/{BDF}"),
@@ -33,7 +40,7 @@ fn card(root: &Path, status: &str, watts: u64) -> PathBuf {
         &[
             (false, "name", "amdgpu\n"),
             (false, "power1_label", "PPT\n"),
-            (false, "power1_input", &format!("{}\n", watts * 1_000_000)),
+            (false, file, &format!("{}\n", watts * 1_000_000)),
         ],
     );
     fs::create_dir_all(hw.join("device/power")).unwrap();
@@ -46,10 +53,18 @@ fn set_status(hw: &Path, status: &str) {
     fs::write(hw.join("device/power/runtime_status"), status).unwrap();
 }
 
-fn start(root: &Path) -> Sampler {
+fn opts(root: &Path) -> Options {
     let mut opts = options(root);
     opts.amdsmi_library = Some(root.join("missing/libamd_smi.so"));
-    let d = discover::discover(&opts);
+    opts
+}
+
+fn start(root: &Path) -> Sampler {
+    start_with(root, Config::default())
+}
+
+fn start_with(root: &Path, config: Config) -> Sampler {
+    let d = discover::discover(&opts(root));
     let ids: Vec<&str> = d.chosen.iter().map(|s| s.info().id.as_str()).collect();
     assert_eq!(
         ids,
@@ -57,7 +72,7 @@ fn start(root: &Path) -> Sampler {
         "{:?}",
         d.unavailable
     );
-    let (s, unavailable) = Sampler::start(d.chosen, Config::default()).unwrap();
+    let (s, unavailable) = Sampler::start(d.chosen, config).unwrap();
     assert!(unavailable.is_empty(), "{unavailable:?}");
     s
 }
@@ -81,8 +96,10 @@ fn a_region_a_gpu_sleeps_through_is_0_j_within_the_bound_of_its_sleep() {
     let r = s.drain().remove(0);
     let d = seconds(r.t0_ns, r.t1_ns);
     assert_eq!(r.joules[0], 0.0);
+    // Once for the time asleep, however many reads fell in it (and nothing else: every
+    // reading is 0 W).
     assert!(
-        r.uncertainty[0] >= ASLEEP_BOUND_W * d - 1e-9,
+        (r.uncertainty[0] - ASLEEP_BOUND_W * d).abs() <= 1e-6 * ASLEEP_BOUND_W * d + 1e-9,
         "± {} J over {d} s asleep",
         r.uncertainty[0]
     );
@@ -98,6 +115,37 @@ fn a_region_a_gpu_sleeps_through_is_0_j_within_the_bound_of_its_sleep() {
     assert!(
         (r.joules[0] - 100.0 * d).abs() < 1e-6 * 100.0 * d + 1e-9,
         "{r:?}"
+    );
+    s.stop();
+}
+
+/// A GPU asleep through a region longer than its timeline holds reads: the whole sleep is
+/// bounded, not only its last reads (a sleeping GPU is read as often as an awake one, and its
+/// bound grows at each read; a straight run of it is kept as its two ends).
+#[test]
+fn a_sleep_longer_than_the_timeline_holds_reads_is_bounded_in_full() {
+    let tmp = tempfile::tempdir().unwrap();
+    card(tmp.path(), "suspended\n", 100);
+    let config = Config {
+        timeline_capacity: 64,
+        ..Config::default()
+    };
+    let s = start_with(tmp.path(), config);
+    sleep(Duration::from_millis(100));
+    // A span (a call of a tracked function: its start resolved only when it ends).
+    let t0 = now_ns();
+    sleep(Duration::from_millis(1000));
+    s.end_span(t0, 7);
+    assert!(s.wait_until_resolved(now_ns(), Duration::from_secs(30)));
+    let r = s.drain().remove(0);
+    let reads = s.status()[0].reads;
+    assert_eq!(r.t0_ns, t0);
+    let d = seconds(r.t0_ns, r.t1_ns);
+    assert_eq!(r.joules[0], 0.0);
+    assert!(
+        (r.uncertainty[0] - ASLEEP_BOUND_W * d).abs() <= 1e-6 * ASLEEP_BOUND_W * d + 1e-9,
+        "± {} J over {d} s asleep ({reads} reads)",
+        r.uncertainty[0]
     );
     s.stop();
 }
@@ -137,4 +185,76 @@ fn a_gpu_waking_mid_region_is_read_at_once_and_its_sleep_is_bounded() {
         "{j} J for {awake} s awake: not read after waking"
     );
     s.stop();
+}
+
+/// A GPU counted by the power it averages (not sampled at the read: its uncertainty gets points
+/// only once it sleeps) that slept under one owner of the node's sampler, then sleeps again
+/// after a follower took over: that sleep is bounded in full, for the new owner and for the
+/// process that follows it alike (the new owner's bound counts on from where the timeline's
+/// stood; counted from 0 again, a region's start would read the old owner's bound and its end
+/// the new one's, lower, and the region would get no bound at all).
+#[test]
+fn a_sleep_after_a_takeover_is_bounded_in_full_by_the_new_owner_and_its_follower() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shm = tempfile::tempdir().unwrap();
+    // 1 W awake: the regions' ± is the bound and little else.
+    let hw = card_with(tmp.path(), "suspended\n", 1, "power1_average");
+    let node = NodeConfig {
+        takeover_poll: Duration::from_millis(100),
+        ..NodeConfig::new("job-amd-takeover").in_dir(shm.path())
+    };
+    let start = || {
+        let (s, _) = Sampler::start_on_node(opts(tmp.path()), Config::default(), node.clone())
+            .expect("start on the node");
+        assert_eq!(
+            s.sources()[0].id,
+            format!("hwmon:amdgpu:{BDF}:power1"),
+            "{:?}",
+            s.sources()
+        );
+        s
+    };
+    let owner = start();
+    let both = [start(), start()];
+    assert!(both
+        .iter()
+        .all(|s| s.node_status().unwrap().role == Role::Follower));
+    // Asleep under the first owner (a bound of several joules), then awake.
+    sleep(Duration::from_millis(1500));
+    set_status(&hw, "active\n");
+    sleep(Duration::from_millis(200));
+    drop(owner);
+    let deadline = now_ns() + 30_000_000_000;
+    while !both
+        .iter()
+        .any(|s| s.node_status().unwrap().role == Role::Owner)
+    {
+        assert!(now_ns() < deadline, "nobody took over");
+        sleep(Duration::from_millis(10));
+    }
+    sleep(Duration::from_millis(300));
+    let ids: Vec<u64> = both.iter().map(|s| s.begin()).collect();
+    sleep(Duration::from_millis(50));
+    set_status(&hw, "suspended\n");
+    let t_asleep = now_ns();
+    sleep(Duration::from_millis(400));
+    for (s, id) in both.iter().zip(ids) {
+        let t = s.end(id);
+        assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
+        let r = s.drain().remove(0);
+        let asleep = seconds(t_asleep, r.t1_ns);
+        let d = seconds(r.t0_ns, r.t1_ns);
+        assert!(
+            (0.0..=1.0 * d).contains(&r.joules[0]),
+            "{r:?} {:?} {:?}",
+            s.node_status(),
+            s.status()
+        );
+        assert!(
+            r.uncertainty[0] >= ASLEEP_BOUND_W * asleep - 1e-9,
+            "{:?}: ± {} J for {asleep} s asleep",
+            s.node_status().unwrap().role,
+            r.uncertainty[0]
+        );
+    }
 }

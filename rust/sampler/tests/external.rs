@@ -1,6 +1,7 @@
 //! A source the caller feeds (the node's BMC reading, pushed from Python) in the real sampler:
 //! kept when it has no first reading (a gap until it has), its held power integrated into
-//! the region's joules, and failed once its reading goes stale.
+//! the region's joules, failed once its reading goes stale, and a reading that says when it
+//! stood placed then (within the feed's lag), not when it was pushed.
 
 use std::time::Duration;
 
@@ -9,6 +10,10 @@ use carbonctx_sampler::sampler::{Config, Sampler};
 use carbonctx_sampler::{Domain, Method, SourceInfo};
 
 fn feed(stale: Duration) -> Feed {
+    lagged(stale, Duration::ZERO)
+}
+
+fn lagged(stale: Duration, lag: Duration) -> Feed {
     let info = SourceInfo {
         id: "redfish:node".into(),
         backend: "redfish",
@@ -21,7 +26,7 @@ fn feed(stale: Duration) -> Feed {
         path: None,
         uuid: None,
     };
-    Feed::new(info, stale, Duration::ZERO)
+    Feed::lagged(info, stale, Duration::ZERO, lag)
 }
 
 /// The joules of the one region that ended at `t`, and its duration in seconds.
@@ -84,4 +89,38 @@ fn a_stale_reading_is_not_held_forever() {
     let t = s.end(id);
     assert!(resolved(&s, t).0.is_nan());
     s.stop();
+}
+
+/// A region around a step from 100 W to 300 W pushed `delay` after it (standing for the step
+/// when `timed`, for its push otherwise) into a feed that lags 1 s: the region's joules less
+/// those of the step where it happened.
+fn step_error(timed: bool, delay: Duration) -> f64 {
+    let f = lagged(Duration::from_secs(30), Duration::from_secs(1));
+    f.push(100.0);
+    let (s, _) = Sampler::start(vec![f.source()], Config::default()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let id = s.begin();
+    std::thread::sleep(Duration::from_millis(300));
+    let step = carbonctx_sampler::now_ns();
+    std::thread::sleep(delay);
+    f.push_at(300.0, timed.then_some(step));
+    std::thread::sleep(Duration::from_millis(400));
+    let t1 = s.end(id);
+    let (j, d) = resolved(&s, t1);
+    s.stop();
+    let t0 = t1 as f64 - d * 1e9;
+    let truth = (100.0 * (step as f64 - t0) + 300.0 * (t1 - step) as f64) * 1e-9;
+    j - truth
+}
+
+#[test]
+fn a_timed_reading_is_placed_at_its_instant_not_at_its_push() {
+    // Pushed 300 ms after the step it stands for: placed at the step (off by the sampler's
+    // read spacing and any stall, here a few joules), where an untimed push is placed at the
+    // push (200 W x 300 ms = 60 J short). The bound is half that.
+    let delay = Duration::from_millis(300);
+    let timed = step_error(true, delay);
+    assert!(timed.abs() < 30.0, "timed: {timed} J off");
+    let untimed = step_error(false, delay);
+    assert!(untimed < -30.0, "untimed: {untimed} J off");
 }

@@ -75,6 +75,15 @@ pub struct PhaseLock {
     /// Looks just before a predicted update in a row that saw a change already (reading every
     /// update): see [`EARLY_LOOKS`].
     early_looks: u32,
+    /// How far `next` is aimed before the best estimate of that update (ns): the drift the
+    /// reads walk early by since the last bracket (reading every update). Stamps are placed
+    /// at the estimate, not at the aim.
+    lead: f64,
+    /// The estimate (ns) of the latest update a change was put at (see [`Self::unclear_until`]).
+    last_seen: f64,
+    /// The phase is known to a close bracket (since the last one, no coarse bracket, miss or
+    /// new lock): changes are put at the estimate, and late reads near an update wait.
+    precise: bool,
 }
 
 /// Reads after each update land late when the period is overestimated by more than the drift
@@ -88,7 +97,6 @@ const PROBE_EVERY: u32 = 8;
 /// many such looks in a row the period is learned again. (A period learned too short is found
 /// by the looks that see nothing: the reads then come before the updates.)
 const EARLY_LOOKS: u32 = 3;
-
 impl PhaseLock {
     /// `interval_ns`: the configured poll interval (used while learning, and as the guess of
     /// the update period).
@@ -119,6 +127,9 @@ impl PhaseLock {
             observed: 0,
             since_anchor: 0,
             early_looks: 0,
+            lead: 0.0,
+            last_seen: f64::NEG_INFINITY,
+            precise: false,
             stride: 1,
             probe: false,
             probe_seen: false,
@@ -223,6 +234,8 @@ impl PhaseLock {
         self.observed += 1;
         self.count_learning_read();
         if self.pair.is_some() {
+            // (Pairs aim at their own instants: no walk to undo.)
+            self.precise = false;
             return self.pair_observe(prev, t, changed);
         }
         if !changed {
@@ -282,7 +295,8 @@ impl PhaseLock {
                     self.unlock();
                     return Some(mid as u64);
                 }
-                self.next = mid + self.ahead(p);
+                self.aim_after(mid, p, 0.0);
+                self.precise = false;
                 return Some(mid as u64);
             }
             self.sparse_misses = 0;
@@ -293,7 +307,8 @@ impl PhaseLock {
             let p = self.period.unwrap_or(p);
             // Drift faster than the period may be wrong, so that polls keep landing early.
             self.drift = min_drift(g, p).max(2.0 * perr);
-            self.next = mid + self.ahead(p);
+            self.aim_after(mid, p, 0.0);
+            self.precise = true;
             self.mismatches = 0;
             return Some(mid as u64);
         }
@@ -305,7 +320,8 @@ impl PhaseLock {
             self.coarse += 1;
             self.since_anchor = 0;
             self.drift = min_drift(g, p).max(width / 4.0).min(p / 4.0);
-            self.next = mid + self.ahead(p);
+            self.aim_after(mid, p, 0.0);
+            self.precise = false;
             self.mismatches = 0;
             return Some(mid as u64);
         }
@@ -331,9 +347,15 @@ impl PhaseLock {
             self.probe_seen = true;
             return Some((cand + g / 2.0).min(tf) as u64);
         }
-        if cand > prevf && cand <= tf {
+        if self.stride == 1 && self.precise {
+            if let Some(stamp) = self.put_at_estimate(prevf, tf, p) {
+                return Some(stamp);
+            }
+        } else if cand > prevf && cand <= tf {
             self.mismatches = 0;
             self.next = cand + self.ahead(p);
+            self.lead += self.drift;
+            self.last_seen = cand + self.lead;
             self.probe_if_unchecked();
             // The prediction runs early by up to a guard; the update lies in [cand, cand + g].
             let stamp = (cand + g / 2.0).min(tf);
@@ -345,13 +367,16 @@ impl PhaseLock {
             self.unlock();
         } else {
             self.next = mid + p;
+            self.lead = 0.0;
+            self.last_seen = mid;
+            self.precise = false;
         }
         Some(mid as u64)
     }
 
     /// Count an update read without a bracket; after [`PROBE_EVERY`] of them, read just before
     /// the next predicted one.
-    fn probe_if_unchecked(&mut self) {
+    pub(super) fn probe_if_unchecked(&mut self) {
         self.since_anchor = self.since_anchor.saturating_add(1);
         if (self.stride == 1 || self.check_sparse) && self.since_anchor >= self.probe_every() {
             self.probe = true;
@@ -433,6 +458,8 @@ fn min_drift(guard: f64, period: f64) -> f64 {
     (guard / 8.0).max(period / 400.0)
 }
 
+#[path = "phase_late.rs"]
+mod late;
 #[path = "phase_learn.rs"]
 mod learn;
 #[path = "phase_pair.rs"]
@@ -441,6 +468,9 @@ mod pair;
 mod refine;
 pub(crate) use pair::pair_stride;
 
+#[cfg(test)]
+#[path = "phase_late_tests.rs"]
+mod late_tests;
 #[cfg(test)]
 #[path = "phase_tests.rs"]
 mod tests;

@@ -72,6 +72,9 @@ impl PhaseLock {
                 self.period = Some(p);
                 self.guard = ((p / 50.0) as u64).max(50_000);
                 self.next = mid + p;
+                self.lead = 0.0;
+                self.last_seen = mid;
+                self.precise = false;
                 // Search quickly for the phase until the first close bracket.
                 self.drift = p / 16.0;
                 self.locked = true;

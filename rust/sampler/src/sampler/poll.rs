@@ -106,7 +106,8 @@ impl Polled {
         Polled {
             acc: accumulator(&info, interval_ns, base_j),
             interval_ns,
-            settle_ns: settle_for(&info, config, interval_ns),
+            settle_ns: settle_for(&info, config, interval_ns)
+                .saturating_add(source.lag().as_nanos().min(u128::from(u64::MAX)) as u64),
             due_ns: t,
             consecutive_errors: 0,
             first_error_ns: 0,
@@ -268,6 +269,19 @@ pub(super) fn poll_one(
     } else {
         st.mark_reads += 1;
         p.last_mark_ns = now;
+    }
+    if why == Why::Due {
+        // A late read near an update whose predecessor is unseen waits just past it (150 µs
+        // at most for a RAPL zone), so that its change is put at the right update.
+        if let Some(until) = p
+            .phase
+            .as_ref()
+            .and_then(|ph| ph.unclear_until(crate::now_ns()))
+        {
+            while crate::now_ns() < until {
+                std::hint::spin_loop();
+            }
+        }
     }
     let cpu_before = super::costly::cpu_timed(p).then(super::costly::thread_cpu_ns);
     let (result, t_before, t_after) = super::power::read_timed(p);

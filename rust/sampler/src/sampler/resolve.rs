@@ -105,3 +105,99 @@ fn energy_at(c: &Cover, tl: &History, t_ns: u64) -> EnergyAt {
     }
     e
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::Config;
+    use super::super::poll::{poll_one, Polled, Why};
+    use super::energy_at;
+    use crate::error::Error;
+    use crate::sensors::{CounterSpec, Domain, EnergySource, Method, Reading, SourceInfo};
+    use crate::timeline::History;
+    use std::time::Duration;
+
+    /// A RAPL-like counter (1 µJ units, wrapping at 2³²) that reads as scripted.
+    struct Script(SourceInfo, Vec<u64>);
+
+    impl EnergySource for Script {
+        fn info(&self) -> &SourceInfo {
+            &self.0
+        }
+        fn read(&mut self) -> Result<Reading, Error> {
+            Ok(Reading::Counter(if self.1.is_empty() {
+                0
+            } else {
+                self.1.remove(0)
+            }))
+        }
+    }
+
+    /// A counter's uncertainty is its edges' brackets alone, as before sources kept their own
+    /// uncertainty points: none in its first read interval, between its updates, across a
+    /// reset, or after its last point (as at a shutdown).
+    #[test]
+    fn a_counter_keeps_no_uncertainty_of_its_own_first_interval_to_after_its_last_point() {
+        let info = SourceInfo {
+            id: "powercap:intel-rapl:0".into(),
+            backend: "powercap",
+            domain: Domain::Package,
+            index: 0,
+            label: "package-0".into(),
+            method: Method::Counter,
+            counter: Some(CounterSpec {
+                joules_per_unit: 1e-6,
+                wrap: Some(1 << 32),
+            }),
+            interval: Duration::from_millis(1),
+            path: None,
+            uuid: None,
+        };
+        // Unchanged, moving, wrapping, and a reset (back by far more than a wrap explains).
+        let script = [
+            5,
+            5,
+            900,
+            900,
+            2_000,
+            (1 << 32) - 10,
+            300,
+            300,
+            50,
+            400,
+            400,
+            400,
+        ];
+        let source = Script(info, script.to_vec());
+        let config = Config::default();
+        let t0 = crate::now_ns();
+        let (mut p, first, mut st) =
+            Polled::new(Box::new(source), Reading::Counter(0), t0, 0.0, &config);
+        let mut tl = History::new(64, 16, 1_000_000);
+        tl.push(first);
+        for _ in script {
+            std::thread::sleep(Duration::from_millis(1));
+            let now = crate::now_ns();
+            poll_one(
+                &mut p,
+                0,
+                &mut tl,
+                &mut st,
+                now,
+                &config,
+                1_000_000,
+                None,
+                Why::Due,
+            );
+        }
+        assert!(st.resets >= 1 && st.wraps >= 1, "{st:?}");
+        let c = p.cover();
+        let t_last = c.last_poll_ns + 5_000_000;
+        let mut edges = 0;
+        for t in (t0 - 1_000_000..t_last).step_by(97_000) {
+            let e = energy_at(&c, &tl, t);
+            assert_eq!((e.var_j2, e.bound_j), (0.0, 0.0), "at {} ns", t - t0);
+            edges += 1;
+        }
+        assert!(edges > 100);
+    }
+}

@@ -120,6 +120,12 @@ pub trait EnergySource: Send {
     fn retry_first_read(&self) -> bool {
         false
     }
+    /// How far behind its reads a source's readings may be placed (one fed from elsewhere
+    /// keeps its timeline that far back, see [`super::external`]): its settling time covers
+    /// it, so that regions are resolved only once its timeline has passed them.
+    fn lag(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// For a counter that updates coarsely but whose device also keeps finer timed power
     /// samples: where the energy of the update spanning `(from_ns, to_ns]` (CLOCK_MONOTONIC)
     /// went, as instants strictly inside it with the fraction of that energy spent by each

@@ -1,16 +1,17 @@
 //! The election's lock file, and the clean-up of segments and lock files that killed jobs
 //! left behind.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
-use super::segment::{io_err, Segment};
+use super::files::{self, io_err};
+use super::segment::Segment;
 use super::{stem_for, PREFIX};
 use crate::error::Result;
 
@@ -49,7 +50,9 @@ extern "C" fn forget_locks_in_child() {
 }
 
 impl LockFile {
-    /// Open (creating) the lock file.
+    /// Open (creating, private) the lock file: a regular file of this user's, never through a
+    /// symbolic link (see `files`). A lock file of another user's is refused: its owner could
+    /// hold the lock for ever, or make this process follow a segment of its own.
     pub fn open(path: &Path) -> Result<LockFile> {
         AT_FORK.call_once(|| {
             // SAFETY: registers a handler that only makes async-signal-safe calls; it is never
@@ -58,14 +61,7 @@ impl LockFile {
                 libc::pthread_atfork(None, None, Some(forget_locks_in_child));
             }
         });
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| io_err(path, e))?;
+        let file = files::open_own(path, true)?;
         let fd = file.as_raw_fd();
         // No free slot (64 lock files open at once): the child keeps this one; rare enough.
         let _ = LOCK_FDS.iter().find(|s| {
@@ -86,7 +82,7 @@ impl LockFile {
             if !try_flock(&self.file).map_err(|e| io_err(&self.path, e))? {
                 return Ok(false);
             }
-            let same = match (self.file.metadata(), std::fs::metadata(&self.path)) {
+            let same = match (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
                 (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
                 _ => false,
             };
@@ -143,7 +139,8 @@ fn pid_alive(pid: i32) -> bool {
 /// Remove what killed jobs left in `dir`: segments (and their lock files) whose lock nobody
 /// holds and whose owner has shown no sign of life for `grace` and is gone (or for
 /// `stale_after` whatever the pid says), and temporary files as old. The job `keep` (the
-/// caller's) is left alone. Returns the files removed. Best effort: errors skip a file.
+/// caller's) is left alone, and so is anything but this user's regular files (another user's
+/// files, links, whatever was planted). Returns the files removed. Best effort: errors skip a file.
 pub fn reclaim(dir: &Path, keep: &str, grace: Duration, stale_after: Duration) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -158,6 +155,7 @@ pub fn reclaim(dir: &Path, keep: &str, grace: Duration, stale_after: Duration) -
             removed.push(p);
         }
     };
+    let me = files::euid();
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -165,10 +163,17 @@ pub fn reclaim(dir: &Path, keep: &str, grace: Duration, stale_after: Duration) -
         if !name.starts_with(PREFIX) || name.starts_with(&keep) {
             continue;
         }
-        let old_file = entry
-            .metadata()
+        // Only this user's regular files (the entry's own metadata: a link is not followed);
+        // another user's files, and anything planted, are left alone.
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if !meta.file_type().is_file() || meta.uid() != me {
+            continue;
+        }
+        let old_file = meta
+            .modified()
             .ok()
-            .and_then(|m| m.modified().ok())
             .and_then(|m| m.elapsed().ok())
             .is_some_and(|age| age >= grace);
         if name.contains(".tmp") {
@@ -178,7 +183,7 @@ pub fn reclaim(dir: &Path, keep: &str, grace: Duration, stale_after: Duration) -
             continue;
         }
         let Some(stem) = name.strip_suffix(".lock") else {
-            if name.ends_with(".seg") && !path.with_extension("lock").exists() {
+            if name.ends_with(".seg") && !present(&path.with_extension("lock")) {
                 // A segment without a lock file: judge it by its header alone.
                 if stale_segment(&path, now, grace_ns, stale_ns).unwrap_or(old_file) {
                     remove(path);
@@ -193,7 +198,7 @@ pub fn reclaim(dir: &Path, keep: &str, grace: Duration, stale_after: Duration) -
             continue;
         }
         let seg = dir.join(format!("{stem}.seg"));
-        let stale = if seg.exists() {
+        let stale = if present(&seg) {
             stale_segment(&seg, now, grace_ns, stale_ns).unwrap_or(old_file)
         } else {
             old_file
@@ -201,7 +206,7 @@ pub fn reclaim(dir: &Path, keep: &str, grace: Duration, stale_after: Duration) -
         if stale {
             // Removed while holding the lock: a process that opened the lock file before is
             // told by `try_lock` that its file is gone.
-            if seg.exists() {
+            if present(&seg) {
                 remove(seg);
             }
             remove(path);
@@ -209,6 +214,11 @@ pub fn reclaim(dir: &Path, keep: &str, grace: Duration, stale_after: Duration) -
         drop(lock);
     }
     removed
+}
+
+/// Whether anything (a link included, not followed) has the name `path`.
+fn present(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }
 
 /// Whether the segment at `path` is stale (None: its header could not be read).

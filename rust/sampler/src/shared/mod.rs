@@ -6,9 +6,16 @@
 //! Under a directory (`/dev/shm` by default), named from the job key the caller gives (the
 //! Python side derives it from the job id, the user and the boot id):
 //!
-//! - `carbonctx-<key>-<hash>.lock`: the election. The process holding an exclusive `flock` on it
+//! - `carbonctx-<uid>-<key>-<hash>.lock`: the election. The process holding an exclusive `flock` on it
 //!   runs the sampler; the kernel releases the lock when that process dies, SIGKILL included.
-//! - `carbonctx-<key>-<hash>.seg`: the segment, of a size fixed when it is created.
+//! - `carbonctx-<uid>-<key>-<hash>.seg`: the segment, of a size fixed when it is created.
+//!
+//! The directory is shared with other users (`/dev/shm`: world-writable, sticky): a file is
+//! never opened through a symbolic link, a file of another user's (or not a regular file) is
+//! refused, files are created 0600 (a segment under a new temporary name, `O_EXCL`, renamed
+//! into place once complete), and a segment whose header does not match its length is refused
+//! before anything is read from it (`files`, [`Segment::open`]). A refused file is an error of
+//! the node's sampler, which the caller turns into a sampler of the process's own.
 //!
 //! # Segment layout (all integers little-endian, as the machine writes them)
 //!
@@ -45,6 +52,7 @@
 //!
 //! # Modules, in the order of the data flow
 //!
+//! - `files`: opening and creating the files safely in a shared directory;
 //! - `segment`: the layout, mapping, creation and opening of a segment;
 //! - `sources`: the table of sources a segment describes ([`Published`]);
 //! - `ring`: the seqlock rings: the writer's side (publish, heartbeat, takeover) and the
@@ -55,11 +63,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod files;
 mod lock;
 mod ring;
 mod segment;
 mod sources;
 
+pub(crate) use files::io_err;
 pub use lock::{reclaim, LockFile};
 pub use ring::{Copied, Entry};
 pub use segment::Segment;
@@ -146,7 +156,9 @@ fn stem_for(key: &str) -> String {
             }
         })
         .collect();
-    format!("{PREFIX}{safe}-{h:016x}")
+    // The user's id in the name: users never share (or fight over) a name, and a glance at the
+    // directory says whose files are whose.
+    format!("{PREFIX}{}-{safe}-{h:016x}", files::euid())
 }
 
 #[cfg(test)]

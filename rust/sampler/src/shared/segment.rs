@@ -1,13 +1,14 @@
 //! A segment: its layout (offsets of the header and of each source's description), the
 //! mapping, creation under a temporary name, opening, and the fixed fields.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::files::{self, io_err};
 use super::sources::Published;
 use crate::error::{Error, Result};
 
@@ -16,6 +17,10 @@ pub(super) const VERSION: u64 = 3;
 pub(super) const HEADER: usize = 4096;
 pub(super) const DESC: usize = 1024;
 pub(super) const ENTRY: usize = 16;
+/// The most sources and ring points a segment may have: a header that claims more (a damaged
+/// or hostile file) is refused, so that no reader sizes a copy from it.
+pub(super) const MAX_SOURCES: usize = 4096;
+pub(super) const MAX_RING: usize = 1 << 20;
 pub(super) const GAP_BIT: u64 = 1 << 63;
 /// Marks an entry placed between two measured points (see `Timeline::push_placed`).
 pub(super) const PLACED_BIT: u64 = 1 << 62;
@@ -87,16 +92,55 @@ impl Drop for Segment {
     }
 }
 
-fn size_for(n: usize, ring: usize) -> usize {
-    HEADER + n * DESC + n * ring * ENTRY
+/// The size of a segment of `n` sources of `ring` points (None: beyond what a `usize` holds).
+fn size_for(n: usize, ring: usize) -> Option<usize> {
+    let rings = n.checked_mul(ring)?.checked_mul(ENTRY)?;
+    (HEADER + n.checked_mul(DESC)?).checked_add(rings)
 }
 
-pub(super) fn io_err(path: &Path, e: io::Error) -> Error {
-    Error::io(
-        path,
-        e,
-        "the node's shared sampler needs a writable directory (/dev/shm or the one configured)",
-    )
+/// A new private file next to `path`, under a name nobody has used (`O_EXCL`: whatever is
+/// there, a planted link included, is left alone and another name tried).
+fn create_temporary(path: &Path) -> Result<(File, PathBuf)> {
+    let pid = std::process::id();
+    let mut last = None;
+    for attempt in 0..16u64 {
+        let salt = crate::now_ns().wrapping_add(attempt) & 0xffff_ffff;
+        let tmp = path.with_extension(format!("tmp{pid}.{salt:08x}"));
+        match files::create_new(&tmp) {
+            Ok(file) => return Ok((file, tmp)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some((tmp, e)),
+            Err(e) => return Err(io_err(&tmp, e)),
+        }
+    }
+    let (tmp, e) = last.expect("at least one attempt");
+    Err(io_err(&tmp, e))
+}
+
+/// Give the new file its `size` bytes, reserved now: a file only sized (sparse) takes memory
+/// as its pages are first written, and in a full tmpfs (filled by anyone) that first write to
+/// the mapping is a SIGBUS that kills the process. Reserved, a full directory is an error here.
+///
+/// Where the space cannot be reserved at all (a file system without `fallocate`, where the C
+/// library does not write the blocks instead; a sandbox whose system-call filter refuses it)
+/// the file is only sized, as segments were before reservation: the node's sampler stays
+/// usable there.
+fn reserve(file: &File, size: usize) -> io::Result<()> {
+    let len =
+        libc::off_t::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+    loop {
+        // SAFETY: posix_fallocate on a descriptor we own; no memory is passed. It returns the
+        // error number instead of setting errno.
+        match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            // Unsupported (EINVAL: how older kernels and C libraries say so; `len` is
+            // positive here). EPERM, for a file just created, comes only from such a filter.
+            libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::EPERM => {
+                return file.set_len(size as u64);
+            }
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
 }
 
 impl Segment {
@@ -143,7 +187,11 @@ impl Segment {
         let n = self.word(H_SOURCES).load(Ordering::Relaxed) as usize;
         let ring = self.word(H_RING).load(Ordering::Relaxed) as usize;
         let version = self.word(H_VERSION).load(Ordering::Relaxed);
-        if version != VERSION || n > 4096 || ring < 2 || size_for(n, ring) != self.len {
+        if version != VERSION
+            || n > MAX_SOURCES
+            || !(2..=MAX_RING).contains(&ring)
+            || size_for(n, ring) != Some(self.len)
+        {
             return Err(Error::Invalid(format!(
                 "{}: a carbonctx segment of another version or shape (version {version}, {n} \
                  sources, {ring} points, {} bytes)",
@@ -156,13 +204,10 @@ impl Segment {
         Ok(())
     }
 
-    /// Open an existing, complete segment.
+    /// Open an existing, complete segment: a regular file of this user's (never through a
+    /// symbolic link), with the magic, version and a shape that matches its length.
     pub fn open(path: &Path) -> Result<Segment> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| io_err(path, e))?;
+        let file = files::open_own(path, false)?;
         let seg = Segment::map(&file, path)?;
         if seg.word(H_MAGIC).load(Ordering::Acquire) != MAGIC {
             return Err(Error::Invalid(format!(
@@ -182,19 +227,17 @@ impl Segment {
         ring: usize,
         owner_pid: i32,
     ) -> Result<Segment> {
-        let ring = ring.max(2);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io_err(&tmp, e))?;
+        let ring = ring.clamp(2, MAX_RING);
+        if sources.len() > MAX_SOURCES {
+            return Err(Error::Invalid(format!(
+                "{} sources: a node segment holds at most {MAX_SOURCES}",
+                sources.len()
+            )));
+        }
+        let size = size_for(sources.len(), ring).unwrap_or(usize::MAX);
+        let (file, tmp) = create_temporary(path)?;
         let result = (|| {
-            file.set_len(size_for(sources.len(), ring) as u64)
-                .map_err(|e| io_err(&tmp, e))?;
+            reserve(&file, size).map_err(|e| io_err(&tmp, e))?;
             let mut seg = Segment::map(&file, &tmp)?;
             seg.n = sources.len();
             seg.ring = ring;
@@ -294,7 +337,9 @@ impl Segment {
     /// Whether `path` still names this segment's file (it is replaced when a new job with the
     /// same key starts over, and removed when reclaimed).
     pub fn is_current(&self) -> bool {
-        std::fs::metadata(&self.path).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
+        // Not through a link: a link planted under the name is not this segment.
+        std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
     }
 
     pub fn key(&self) -> String {

@@ -20,6 +20,8 @@ pub struct History {
     /// Cumulative variance of the integral (J², as `joules`) and bound (J) at each read of a
     /// source that keeps them; made at its first [`Self::push_spread`], as long as fine.
     spread: Option<Box<(Timeline, Timeline)>>,
+    /// What is added to the variance and the bound pushed, where an integral started anew.
+    spread_from: [f64; 2],
 }
 
 impl History {
@@ -32,18 +34,35 @@ impl History {
             gaps: VecDeque::new(),
             gaps_dropped: 0,
             spread: None,
+            spread_from: [0.0; 2],
         }
     }
 
     /// Record the cumulative uncertainty of the source's integral at `t_ns` (a power source
     /// read at random instants: see [`crate::timeline::Accumulator::uncertain`]).
+    ///
+    /// Within one integral either part only grows. One below what the timeline holds comes from
+    /// an integral started anew (a process that took over the node's sampler, or the sampler of
+    /// a segment that replaced another, counts from 0): it counts on from where the timeline
+    /// stood, as the joules do, so that a region after the change does not read a fall (its
+    /// start the old integral's, its end the new one's) and lose its uncertainty.
     pub fn push_spread(&mut self, t_ns: u64, u: super::Uncertain) {
         let cap = self.fine.capacity();
         let (var, bound) = &mut **self.spread.get_or_insert_with(|| {
             Box::new((Timeline::with_capacity(cap), Timeline::with_capacity(cap)))
         });
-        for (tl, joules) in [(var, u.var_j2), (bound, u.bound_j)] {
-            tl.push(Point { t_ns, joules });
+        let [var_from, bound_from] = &mut self.spread_from;
+        for (tl, from, value) in [(var, var_from, u.var_j2), (bound, bound_from, u.bound_j)] {
+            let last = tl.last().map_or(0.0, |p| p.joules);
+            if value + *from < last {
+                *from = last - value;
+            }
+            // (A device asleep bounds each read alike: a sleep keeps two points, and the start
+            // of a long region, resolved when it ends, stays in the ring.)
+            tl.push_extending(Point {
+                t_ns,
+                joules: value + *from,
+            });
         }
     }
 
@@ -183,6 +202,29 @@ mod tests {
             joules: 10.0,
         });
         assert_eq!(h.last_measured().map(|p| p.t_ns), Some(100));
+    }
+
+    #[test]
+    fn an_uncertainty_started_anew_counts_on_from_where_the_timeline_stood() {
+        use crate::timeline::Uncertain;
+        let u = |var_j2, bound_j| Uncertain { var_j2, bound_j };
+        let mut h = History::new(16, 16, 100);
+        for t_ns in [0, 40] {
+            h.push(Point { t_ns, joules: 0.0 });
+        }
+        h.push_spread(0, u(0.0, 0.0));
+        h.push_spread(10, u(4.0, 6.0));
+        // Another process took over: its integral counts from 0 (the variance's and the
+        // bound's each), and grows by 1 J² and 3 J between 20 and 30.
+        h.push_spread(20, u(0.0, 0.0));
+        h.push_spread(30, u(1.0, 3.0));
+        let (a, b) = (h.at(15).unwrap(), h.at(30).unwrap());
+        assert_eq!((a.var_j2, a.bound_j), (4.0, 6.0));
+        assert_eq!((b.var_j2, b.bound_j), (5.0, 9.0));
+        // A part that grows on is kept as it is.
+        h.push_spread(40, u(2.0, 3.0));
+        let e = h.at(40).unwrap();
+        assert_eq!((e.var_j2, e.bound_j), (6.0, 9.0));
     }
 
     #[test]

@@ -65,6 +65,25 @@ impl Timeline {
         self.push_as(p, false);
     }
 
+    /// Append a point, or, where it lies on the straight line through the last two points,
+    /// move the last one to it (the values between are interpolated the same): a cumulative
+    /// value that stands or grows steadily keeps two points however many reads record it.
+    pub fn push_extending(&mut self, p: Point) {
+        if self.len >= 2 && !self.is_placed(self.len - 1) {
+            let (a, b) = (self.get(self.len - 2), self.get(self.len - 1));
+            let p = Point {
+                t_ns: p.t_ns.max(b.t_ns),
+                ..p
+            };
+            if on_line(a, b, p) {
+                let slot = (self.start + self.len - 1) % self.points.len();
+                self.points[slot] = p;
+                return;
+            }
+        }
+        self.push(p);
+    }
+
     /// Append a point placed between two measured ones (a counter update's energy spread by
     /// finer power samples): its energy is an estimate, so the bracket of an instant next to it
     /// reaches to the measured points on either side (see [`Timeline::at`]).
@@ -178,6 +197,20 @@ impl Timeline {
     }
 }
 
+/// Whether `p` lies on the straight line through `a` and `b` (in this order in time): to a
+/// billionth of its value, or exactly where the value stands.
+fn on_line(a: Point, b: Point, p: Point) -> bool {
+    if a.joules == b.joules && b.joules == p.joules {
+        return true;
+    }
+    if b.t_ns <= a.t_ns || p.t_ns <= b.t_ns {
+        return false;
+    }
+    let slope = (b.joules - a.joules) / (b.t_ns - a.t_ns) as f64;
+    let want = b.joules + slope * (p.t_ns - b.t_ns) as f64;
+    (p.joules - want).abs() <= 1e-9 * p.joules.abs().max(b.joules.abs())
+}
+
 /// The energy at an instant (interpolated) and the bracket `[low, high]` it lies in.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EnergyAt {
@@ -213,6 +246,35 @@ impl EnergyAt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_straight_run_keeps_its_two_ends_and_every_bend() {
+        let mut tl = Timeline::with_capacity(8);
+        let mut push = |t_ns: u64, joules: f64| tl.push_extending(Point { t_ns, joules });
+        // Stands, then grows 3 J a second (a bound summed read by read), for 10 000 reads at
+        // uneven instants; then stands again after a step at one instant.
+        push(0, 5.0);
+        push(1_000, 5.0);
+        let (mut t, mut j) = (2_000u64, 5.0);
+        push(t, j);
+        for k in 0..10_000u64 {
+            let dt = 1_000_000 + (k * 7_919) % 3_000_000;
+            t += dt;
+            j += 3.0 * dt as f64 * 1e-9;
+            push(t, j);
+        }
+        push(t, j + 1.0);
+        push(t + 1_000, j + 1.0);
+        let pts: Vec<Point> = (0..tl.len()).map(|i| tl.get(i)).collect();
+        let times: Vec<u64> = pts.iter().map(|p| p.t_ns).collect();
+        assert_eq!(times, [0, 2_000, t, t, t + 1_000], "{pts:?}");
+        // Anywhere on the run: as summed.
+        let mid = tl.at(2_000 + (t - 2_000) / 3).unwrap().joules;
+        let want = 5.0 + 3.0 * ((t - 2_000) / 3) as f64 * 1e-9;
+        assert!((mid - want).abs() < 1e-9 * want, "{mid} {want}");
+        assert_eq!(tl.at(t).unwrap().joules, j);
+        assert_eq!(tl.at(t + 500).unwrap().joules, j + 1.0);
+    }
 
     #[test]
     fn timeline_interpolates_and_brackets() {

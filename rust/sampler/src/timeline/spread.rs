@@ -149,4 +149,15 @@ mod tests {
         assert!(!u.add(62 * S, f64::NAN) && !u.add(63 * S, -1.0));
         assert!((u.bound_j() - 15.0).abs() < 1e-9, "{}", u.bound_j());
     }
+
+    #[test]
+    fn a_device_asleep_at_every_other_read_is_bounded_for_all_the_time_once() {
+        // Its status flips at each read: it slept somewhere in every interval, each is bounded
+        // once (never per end).
+        let mut u = Unread::default();
+        for k in 0..=10u64 {
+            u.add(k * S / 10, if k % 2 == 0 { 3.0 } else { 0.0 });
+        }
+        assert!((u.bound_j() - 3.0).abs() < 1e-9, "{}", u.bound_j());
+    }
 }

@@ -103,13 +103,7 @@ impl Sampler {
         config: Config,
         node: NodeConfig,
     ) -> Result<(Sampler, Vec<Unavailable>)> {
-        std::fs::create_dir_all(&node.dir).map_err(|e| {
-            Error::io(
-                &node.dir,
-                e,
-                "the node's shared sampler needs a writable directory",
-            )
-        })?;
+        std::fs::create_dir_all(&node.dir).map_err(|e| shared::io_err(&node.dir, e))?;
         let reclaimed = shared::reclaim(&node.dir, &node.key, node.reclaim_grace, node.stale_after);
         let mut lockf = LockFile::open(&node.lock_path())?;
         match elect(&node, &mut lockf)? {
