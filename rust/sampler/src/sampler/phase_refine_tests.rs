@@ -159,7 +159,8 @@ fn an_expensive_counter_on_a_busy_machine_keeps_its_period() {
     // brackets are up to three guards wide (a guard is two thirds of a read's cost here): a
     // period refined from two of them a few updates apart may be off by milliseconds, and a
     // lock that went on counting updates with it agreed with itself for minutes, stamping
-    // changes tens of milliseconds off. Once locked for 30 s, the period is within 0.1 %.
+    // changes tens of milliseconds off. Once locked for 30 s, the period is within 0.1 % and
+    // the median stamp error of every 30 s within 10 ms (a wrong period: 30 to 40 ms).
     let period = 100.004e6;
     let late = |x: f64| {
         if x < 0.02 {
@@ -182,7 +183,7 @@ fn an_expensive_counter_on_a_busy_machine_keeps_its_period() {
         let times = updates(period, 7e6 + seed as f64 * 3.1e6, 2e6, 1e6, dur, seed);
         let out = drive(&times, period, &reads, dur, 30_000 * MS, seed);
         let window = out.worst_window(30_000 * MS);
-        if out.worst_period > 0.001 || window > 5e6 {
+        if out.worst_period > 0.001 || window > 10e6 {
             bad.push((seed, out.worst_period, window, out.relocks));
         }
     }
@@ -194,7 +195,8 @@ fn an_expensive_counter_on_a_busy_machine_keeps_its_period() {
 
 #[test]
 fn an_expensive_counter_read_at_every_update_keeps_its_period() {
-    // As above, never paired: every update read, a look before one in eight.
+    // As above, never paired: every update read, a look before one in eight. The median stamp
+    // error of every 30 s within 5 ms (a wrong period: 7 ms; each read just after an update).
     let period = 100.004e6;
     let late = |x: f64| x.powi(4) * 10e6;
     let cost = |y: f64| (2e6 + 4e6 * y) as u64;
