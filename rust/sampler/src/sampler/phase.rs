@@ -10,7 +10,8 @@
 //! update; the precision is that of a read every `guard` nanoseconds.
 //!
 //! Learning the period and phase (at the start, and after the lock is lost) is in `learn`;
-//! paired reads of an expensive counter, one update in several, in `pair`.
+//! refining the period from close brackets in `refine`; paired reads of an expensive counter,
+//! one update in several, in `pair`.
 
 /// Phase and period of one counter's updates, and when to read it next.
 #[derive(Clone, Debug)]
@@ -33,7 +34,10 @@ pub struct PhaseLock {
     first_change_mid: Option<f64>,
     last_change_mid: Option<f64>,
     diffs: Vec<f64>,
+    /// The first close bracket's middle since the lock was learned (ns), and the period then.
     base: Option<(f64, f64)>,
+    /// What refining the period from close brackets knows (see `refine`).
+    refining: refine::Refine,
     prev_unchanged: bool,
     chases: u32,
     /// Predicted updates in a row that did not come (an idle counter is read once a period).
@@ -111,6 +115,7 @@ impl PhaseLock {
             last_change_mid: None,
             diffs: Vec::with_capacity(learn::ACQUIRE_CHANGES),
             base: None,
+            refining: refine::Refine::default(),
             prev_unchanged: false,
             chases: 0,
             idle: 0,
@@ -389,8 +394,10 @@ impl PhaseLock {
         if self.stride == 1 {
             // A slow counter read cheaply (its guard narrowed well below a fiftieth of the
             // period, see `fit_guard`): look before every update, so that each is bracketed
-            // closely and the period stays exact, for a read or two more per update.
-            return if (self.guard as f64) < p / 100.0 {
+            // closely and the period stays exact, for a read or two more per update. So is one
+            // whose period is not yet known closely enough to count the updates between close
+            // brackets that far apart (see `refine`).
+            return if (self.guard as f64) < p / 100.0 || self.refine_unsure(PROBE_EVERY) {
                 1
             } else {
                 PROBE_EVERY
@@ -405,8 +412,6 @@ impl PhaseLock {
         (reads as u32).clamp(PROBE_EVERY, 64)
     }
 
-    /// Re-estimate the period from the first close bracket and this one (`u`, of `width`);
-    /// returns how far off the period may still be.
     /// From one read update to the next to read: `stride` periods, less the drift that keeps
     /// reads landing early when every update is read.
     fn ahead(&self, p: f64) -> f64 {
@@ -414,27 +419,6 @@ impl PhaseLock {
             p - self.drift
         } else {
             f64::from(self.stride) * p
-        }
-    }
-
-    fn refine(&mut self, u: f64, width: f64) -> f64 {
-        let Some(p) = self.period else { return 0.0 };
-        match self.base {
-            None => {
-                self.base = Some((u, p));
-                p / 32.0
-            }
-            Some((u0, _)) => {
-                let n = ((u - u0) / p).round();
-                if n < 1.0 {
-                    return p / 32.0;
-                }
-                let refined = (u - u0) / n;
-                if (refined - p).abs() < 0.1 * p {
-                    self.period = Some(refined);
-                }
-                width / n
-            }
         }
     }
 
@@ -480,6 +464,8 @@ mod late;
 mod learn;
 #[path = "phase_pair.rs"]
 mod pair;
+#[path = "phase_refine.rs"]
+mod refine;
 pub(crate) use pair::pair_stride;
 
 #[cfg(test)]
