@@ -425,36 +425,4 @@ fn set_timer_slack() {
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 10_000u64, 0u64, 0u64, 0u64);
     }
-    raise_priority();
-}
-
-/// Where the process may (root, CAP_SYS_NICE, or an RLIMIT_RTPRIO that allows it), the sampler
-/// thread runs in the real-time class at its lowest priority (SCHED_FIFO 1, not inherited by
-/// anything it starts): with every core busy (data-loader workers, builds), a thread of the
-/// normal class wakes milliseconds late however high its priority, and its reads then merge
-/// several counter updates. It sleeps between reads and each read takes microseconds, so it
-/// takes little from the others (and the kernel's real-time throttling bounds it). Failing that
-/// (no permission, a cgroup without real-time time), a higher normal priority (nice -10 against
-/// the process's own, where RLIMIT_NICE allows); failing both, nothing changes.
-fn raise_priority() {
-    // SAFETY: both calls take plain values and a pointer to a local; `gettid` names the calling
-    // thread only (on Linux a thread id selects that one thread for sched_setscheduler and for
-    // PRIO_PROCESS).
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
-        let param = libc::sched_param { sched_priority: 1 };
-        if libc::sched_setscheduler(tid, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) == 0
-        {
-            return;
-        }
-        *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        if *libc::__errno_location() != 0 {
-            return;
-        }
-        let want = (nice - 10).max(-20);
-        if want < nice {
-            let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, want);
-        }
-    }
 }
