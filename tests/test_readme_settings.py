@@ -186,6 +186,7 @@ def _expected_defaults(sim_devices: dict[str, Any]) -> dict[str, Callable[[], st
         "hwmon": lambda: _on(s.hwmon),
         "amdsmi": lambda: _on(s.amdsmi),
         "gpu_power_samples": lambda: _on(s.gpu_power_samples),
+        "sampler_realtime": lambda: _on(s.sampler_realtime),
         "power_share": lambda: _rust_value(
             "sampler/src/sampler/config.rs", r"power_share: ([0-9.]+),"
         ),

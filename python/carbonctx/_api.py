@@ -62,6 +62,7 @@ def configure(
     hwmon: bool | None = None,
     gpu_power_samples: bool | None = None,
     power_share: float | None = None,
+    sampler_realtime: bool | None = None,
     redfish_url: str | None = None,
     redfish_user: str | None = None,
     redfish_password: str | None = None,
@@ -79,6 +80,9 @@ def configure(
     ``power_share`` (share of one core that the reads of a GPU without an energy counter may
     take while regions are open; default 0.003; about 0.02-0.03 reads it every millisecond,
     within 1 % over 5 s under fast periodic loads),
+    ``sampler_realtime`` (run the sampler thread, and only it, at real-time priority SCHED_FIFO 1
+    where the process may: root, CAP_SYS_NICE or RLIMIT_RTPRIO; it then reads on time with
+    every core busy; on by default; off, or not permitted: nice -10; ``devices()`` says which),
     ``estimate`` (``"auto"``: utilisation × TDP when no CPU counter, ``"never"``,
     ``"always"``), ``intervals`` (seconds per backend, e.g. ``{"nvml": 0.02}``).
     Output: ``output`` (a JSON Lines path, one record per region), ``summary_at_exit``.

@@ -311,6 +311,7 @@ class Sampler:
         fast_reads: bool = True,
         predict_marks: bool = False,
         power_share: float | None = None,
+        realtime: bool = True,
     ) -> Sampler: ...
     def node_status(self) -> dict[str, Any] | None:
         """This process's part in its node's shared sampler; None when it samples alone."""
@@ -338,6 +339,9 @@ class Sampler:
         (joules: n × sources, in the order of ``sources``; NaN where a source had failed)."""
     def wait(self, t_ns: int, timeout_s: float) -> bool: ...
     def status(self) -> list[dict[str, Any]]: ...
+    def scheduling(self) -> str:
+        """How the sampler thread is scheduled, as it set itself: ``"real-time (SCHED_FIFO
+        1)"``, ``"nice -10"``, ``"default priority: not permitted"``, ..."""
     def stats(self) -> dict[str, int]: ...
     def timeline(
         self, index: int, since_ns: int = 0, max: int = 1_000_000

@@ -11,6 +11,13 @@ from carbonctx._results.counted import counted_domain
 
 __all__ = ["register"]
 
+#: Said under a sampler thread refused a higher priority.
+_NOT_PERMITTED = (
+    "with every core busy its reads may come late (short regions less exact); it runs "
+    "real-time (SCHED_FIFO 1, with sampler_realtime on) where the process may: root, "
+    "CAP_SYS_NICE, or an RLIMIT_RTPRIO of at least 1 (rtprio in /etc/security/limits.conf)"
+)
+
 #: Domains that contain or overlap the components (a module, a supply rail, the node's power).
 _BESIDE = ("module", "rail", "node")
 
@@ -96,6 +103,10 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
                 )
     else:
         print("No energy source could be used.", file=out)
+    if sched := info.get("sampler_scheduling"):
+        print(f"Sampler thread: {sched}", file=out)
+        if "not permitted" in sched:
+            print(f"  what to do: {_NOT_PERMITTED}", file=out)
     if info.get("alternatives"):
         print("\nAlso available (same domains, not read):", file=out)
         for s in info["alternatives"]:

@@ -60,6 +60,10 @@ class Settings:
     #: Share of one core that the reads of a GPU without an energy counter may take while
     #: regions are open (None: 0.3 %); more reads, smaller errors under fast periodic loads.
     power_share: float | None = None
+    #: Run the sampler thread (only it) in the real-time class, SCHED_FIFO 1, where the process
+    #: may (root, CAP_SYS_NICE, RLIMIT_RTPRIO): it then reads on time with every core busy.
+    #: False, or not permitted: nice 10 below the process's where allowed.
+    sampler_realtime: bool = True
     # Carbon intensity (passed to the intensity service)
     zone: str | None = None
     pue: float | None = None

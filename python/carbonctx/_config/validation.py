@@ -181,7 +181,7 @@ def validate(s: Settings) -> None:
             )
     if not isinstance(s.gpu, bool):
         raise ConfigurationError(f"gpu={s.gpu!r}: give True or False")
-    for flag in ("amdsmi", "hwmon", "gpu_power_samples"):
+    for flag in ("amdsmi", "hwmon", "gpu_power_samples", "sampler_realtime"):
         if not isinstance(v := getattr(s, flag), bool):
             raise ConfigurationError(f"{flag}={v!r}: give True or False")
     if s.power_share is not None and (

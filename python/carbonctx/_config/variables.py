@@ -151,7 +151,7 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             out[field] = v
     if (v := get("CARBONCTX_CPU_TDP_W")) is not None:
         out["cpu_tdp_w"] = v
-    for flag in ("amdsmi", "hwmon", "gpu_power_samples"):
+    for flag in ("amdsmi", "hwmon", "gpu_power_samples", "sampler_realtime"):
         if (v := get(f"CARBONCTX_{flag.upper()}")) is not None:
             out[flag] = _bool(f"CARBONCTX_{flag.upper()}", v)
     if (v := get("CARBONCTX_POWER_SHARE")) is not None:

@@ -163,6 +163,7 @@ class Runtime:
                 "estimate": st.estimate,
                 "intervals": list(st.intervals.items()),
                 "gpu_power_samples": st.gpu_power_samples,
+                "realtime": st.sampler_realtime,
             }
             if st.power_share is not None:
                 kwargs["power_share"] = float(st.power_share)
@@ -537,6 +538,8 @@ class Runtime:
             "sources": [{**src, "status": st} for src, st in zip(srcs, status, strict=False)],
             "alternatives": self.resolver.columns.alternatives(self.alternatives),
             "unavailable": self.unavailable,
+            # How the sampler thread is scheduled, as it set itself (_native.Sampler.scheduling).
+            "sampler_scheduling": s.scheduling() if s is not None else None,
             **({"bmc": self.bmc.describe()} if self.bmc is not None else {}),
             "notes": dict(self.notes),
             "start_error": self.start_error,

@@ -196,7 +196,7 @@ impl Sampler {
                         amdsmi_library=None, rocr_visible_devices=None,
                         hip_visible_devices=None, amd_gpus=None, external=None, gpu=true,
                         hwmon=true, gpu_power_samples=true, mark_reads=true, fast_reads=true,
-                        predict_marks=false, power_share=None))]
+                        predict_marks=false, power_share=None, realtime=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -231,6 +231,7 @@ impl Sampler {
         fast_reads: bool,
         predict_marks: bool,
         power_share: Option<&Bound<'_, PyAny>>,
+        realtime: bool,
     ) -> PyResult<Self> {
         let machine = Machine {
             sys_root,
@@ -262,6 +263,7 @@ impl Sampler {
             mark_reads,
             fast_reads,
             predict_marks,
+            realtime,
             ..Config::default()
         };
         if let Some(share) = power_share {
@@ -468,6 +470,12 @@ impl Sampler {
                 Ok(d)
             })
             .collect()
+    }
+
+    /// How the sampler thread is scheduled, as it set itself ("real-time (SCHED_FIFO 1)",
+    /// "nice -10", "default priority: not permitted", ...).
+    fn scheduling(&self) -> String {
+        self.inner.scheduling().to_string()
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -39,7 +39,7 @@ pub mod timeline;
 
 pub use error::{Error, Result};
 pub use regions::{Packed, Resolved};
-pub use sampler::{Config, NodeStatus, Role, Sampler, SourceStatus, Stats};
+pub use sampler::{Config, NodeStatus, Role, Sampler, Scheduling, SourceStatus, Stats};
 pub use sensors::{amd, check, discover, external, hwmon, msr, nvml, perf, powercap, tdp_model};
 pub use sensors::{
     CounterSpec, Domain, EnergySource, Found, Method, Reading, Roots, SourceInfo, Unavailable,

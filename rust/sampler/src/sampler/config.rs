@@ -70,6 +70,10 @@ pub struct Config {
     /// or marked (the read, and a wake-up of its own when it cannot share one); its slots are
     /// lengthened to keep within it (see `sampler::power`).
     pub power_share: f64,
+    /// Run the sampler thread in the real-time class (SCHED_FIFO 1) where the process may,
+    /// else at nice 10 below its own; off: only the latter (see `sampler::priority`). What it
+    /// got is [`crate::Sampler::scheduling`].
+    pub realtime: bool,
 }
 
 impl Default for Config {
@@ -91,6 +95,7 @@ impl Default for Config {
             power_samples: true,
             power_interval: Duration::from_millis(1),
             power_share: 0.003,
+            realtime: true,
         }
     }
 }

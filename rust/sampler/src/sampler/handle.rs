@@ -16,6 +16,7 @@ use std::time::Duration;
 use super::config::Config;
 use super::lock;
 use super::node::NodeStatus;
+use super::priority::{raise_priority, Scheduling};
 use super::schedule::{run, Handshake};
 use crate::error::{Error, Result};
 use crate::regions::{Edge, Mark, Packed, Regions, Resolved, Span, BACKLOG_HIGH};
@@ -93,6 +94,8 @@ pub(super) struct Shared {
     pub(super) node: Mutex<Option<NodeStatus>>,
     /// Why the thread ended during start-up, when it can say.
     pub(super) start_error: Mutex<Option<Error>>,
+    /// How the thread is scheduled, as it set itself (see [`super::priority`]).
+    pub(super) scheduling: Mutex<Scheduling>,
 }
 
 /// The thread reads sparsely while quiet: the next mark must wake it.
@@ -150,11 +153,15 @@ impl Sampler {
         sources: Vec<Box<dyn EnergySource>>,
         config: Config,
     ) -> Result<(Sampler, Vec<Unavailable>)> {
-        Sampler::spawn(move |shared, tx| run(shared, sources, config, tx))
+        Sampler::spawn(config.realtime, move |shared, tx| {
+            run(shared, sources, config, tx)
+        })
     }
 
-    /// Start a sampler thread running `body`, which answers the handshake on its sender.
+    /// Start a sampler thread running `body`, which answers the handshake on its sender. The
+    /// thread first sets its scheduling (real-time where permitted, with `realtime`).
     pub(super) fn spawn(
+        realtime: bool,
         body: impl FnOnce(Arc<Shared>, mpsc::Sender<Handshake>) + Send + 'static,
     ) -> Result<(Sampler, Vec<Unavailable>)> {
         let (tx, rx) = mpsc::channel::<Handshake>();
@@ -178,11 +185,15 @@ impl Sampler {
             started_ns,
             node: Mutex::new(None),
             start_error: Mutex::new(None),
+            scheduling: Mutex::new(Scheduling::Pending),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("carbonctx-sampler".into())
-            .spawn(move || body(thread_shared, tx))
+            .spawn(move || {
+                *lock(&thread_shared.scheduling) = raise_priority(realtime);
+                body(thread_shared, tx)
+            })
             .map_err(|e| Error::Thread(e.to_string()))?;
         match rx.recv() {
             Ok((infos, view, unavailable)) => Ok((
@@ -370,6 +381,12 @@ impl Sampler {
     /// with [`Sampler::start`].
     pub fn node_status(&self) -> Option<NodeStatus> {
         lock(&self.shared.node).clone()
+    }
+
+    /// How the sampler thread is scheduled, as it set itself when it started (see
+    /// [`super::priority`]; set before the start handshake answers).
+    pub fn scheduling(&self) -> Scheduling {
+        *lock(&self.shared.scheduling)
     }
 
     pub fn stats(&self) -> Stats {

@@ -13,6 +13,8 @@
 //! - `dither`: read times of a power-only source (a random instant of each slot);
 //! - `power`: how often a power-only source is read (faster while regions are marked, within
 //!   a budget of CPU time);
+//! - [`priority`]: the thread's scheduling (real-time where permitted; see
+//!   [`Config::realtime`]);
 //! - `resolve`: the resolution pass (the frontier, and the energy at each region edge);
 //! - `marks`: reads at a region's mark, within a budget;
 //! - `predict`: reads around predicted marks (periodic steps), every few updates between;
@@ -31,6 +33,7 @@ pub mod phase;
 mod poll;
 mod power;
 mod predict;
+pub mod priority;
 mod resolve;
 mod schedule;
 mod shape;
@@ -41,6 +44,7 @@ pub use crate::regions::{Packed, Resolved, BACKLOG_HIGH};
 pub use config::Config;
 pub use handle::{Sampler, SourceStatus, Stats};
 pub use node::{NodeStatus, Role};
+pub use priority::Scheduling;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock cannot leave these structures half-updated in a way that

@@ -425,28 +425,4 @@ fn set_timer_slack() {
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 10_000u64, 0u64, 0u64, 0u64);
     }
-    raise_priority();
-}
-
-/// Where the process may (root, CAP_SYS_NICE, or an RLIMIT_NICE that allows it), the sampler
-/// thread runs at a higher priority than the process's other threads (nice -10 against the
-/// process's own): with every core busy (data-loader workers), a thread at the default priority
-/// wakes milliseconds late and its reads merge several counter updates. It sleeps between reads
-/// and each read takes microseconds, so it takes little from the others. Where the process may
-/// not, nothing changes.
-fn raise_priority() {
-    // SAFETY: getpriority/setpriority take plain values; `gettid` names the calling thread only
-    // (on Linux a thread id selects that one thread for PRIO_PROCESS).
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
-        if *libc::__errno_location() != 0 {
-            return;
-        }
-        let want = (nice - 10).max(-20);
-        if want < nice {
-            let _ = libc::setpriority(libc::PRIO_PROCESS, tid, want);
-        }
-    }
 }

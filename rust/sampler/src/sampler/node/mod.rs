@@ -109,7 +109,7 @@ impl Sampler {
         match elect(&node, &mut lockf)? {
             None => {
                 let (sources, unavailable) = discover_node(&options);
-                Sampler::spawn(move |shared, tx| {
+                Sampler::spawn(config.realtime, move |shared, tx| {
                     let ctx = Ctx {
                         options,
                         config,
@@ -119,7 +119,7 @@ impl Sampler {
                     owner_thread(&shared, sources, unavailable, &ctx, lockf, tx)
                 })
             }
-            Some(seg) => Sampler::spawn(move |shared, tx| {
+            Some(seg) => Sampler::spawn(config.realtime, move |shared, tx| {
                 let ctx = Ctx {
                     options,
                     config,

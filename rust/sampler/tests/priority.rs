@@ -1,0 +1,229 @@
+//! The sampler thread's scheduling, as the kernel reports it for that thread
+//! (`/proc/self/task/<tid>/stat`) and as the sampler says it set it.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use carbonctx_sampler::sampler::{Config, Sampler, Scheduling};
+use carbonctx_sampler::{CounterSpec, Domain, EnergySource, Error, Method, Reading, SourceInfo};
+
+/// A counter that notes which thread reads it (the sampler thread).
+struct Noting {
+    info: SourceInfo,
+    reader: Arc<AtomicI32>,
+    uj: u64,
+}
+
+impl EnergySource for Noting {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+    fn read(&mut self) -> Result<Reading, Error> {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        self.reader.store(tid, Ordering::SeqCst);
+        self.uj += 1000;
+        Ok(Reading::Counter(self.uj))
+    }
+}
+
+fn noting(reader: &Arc<AtomicI32>) -> Box<dyn EnergySource> {
+    Box::new(Noting {
+        info: SourceInfo {
+            id: "noting".into(),
+            backend: "powercap",
+            domain: Domain::Package,
+            index: 0,
+            label: "noting".into(),
+            method: Method::Counter,
+            counter: Some(CounterSpec {
+                joules_per_unit: 1e-6,
+                wrap: None,
+            }),
+            interval: Duration::from_millis(5),
+            path: None,
+            uuid: None,
+        },
+        reader: Arc::clone(reader),
+        uj: 0,
+    })
+}
+
+/// Fields of `/proc/self/task/<tid>/stat` by their number in proc(5) (1-based; the command
+/// name, field 2, may hold spaces and parentheses, so fields are counted after its last ')').
+fn stat_field(tid: i32, field: usize) -> i64 {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+        .expect("read the thread's stat");
+    let rest = &text[text.rfind(')').expect("a command name") + 1..];
+    rest.split_whitespace()
+        .nth(field - 3)
+        .expect("the field")
+        .parse()
+        .expect("a number")
+}
+
+const POLICY: usize = 41;
+const RT_PRIORITY: usize = 40;
+const NICE: usize = 19;
+
+/// Start a sampler with `realtime` and return what it says and the policy, real-time priority
+/// and nice its thread has.
+fn started(realtime: bool) -> (Scheduling, i64, i64, i64) {
+    let reader = Arc::new(AtomicI32::new(0));
+    let config = Config {
+        realtime,
+        ..Config::default()
+    };
+    let (s, unavailable) = Sampler::start(vec![noting(&reader)], config).expect("start");
+    assert!(unavailable.is_empty(), "{unavailable:?}");
+    // The start handshake follows the first read, made on the sampler thread.
+    let tid = reader.load(Ordering::SeqCst);
+    assert!(tid > 0, "the source was read");
+    let seen = (
+        s.scheduling(),
+        stat_field(tid, POLICY),
+        stat_field(tid, RT_PRIORITY),
+        stat_field(tid, NICE),
+    );
+    s.stop();
+    seen
+}
+
+/// Whether this process may put a thread in SCHED_FIFO (tried on a scratch thread).
+fn fifo_permitted() -> bool {
+    std::thread::spawn(|| {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: 0 names the calling (scratch) thread; the parameter is a local.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+    })
+    .join()
+    .expect("the scratch thread")
+}
+
+fn own_nice() -> i64 {
+    // SAFETY: plain values; 0 names the calling thread.
+    unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0) as i64
+    }
+}
+
+#[test]
+fn realtime_sampler_thread_is_sched_fifo_1_where_permitted() {
+    let (said, policy, rt_priority, _) = started(true);
+    if !fifo_permitted() {
+        // Not permitted here: the thread stays in the normal class and says why.
+        assert_eq!(policy, libc::SCHED_OTHER as i64);
+        assert!(
+            matches!(
+                said,
+                Scheduling::Normal {
+                    realtime_refused: true,
+                    ..
+                }
+            ),
+            "{said:?}"
+        );
+        eprintln!("SCHED_FIFO is not permitted here: checked the fallback only");
+        return;
+    }
+    assert_eq!(
+        policy,
+        libc::SCHED_FIFO as i64,
+        "the sampler thread's policy"
+    );
+    assert_eq!(rt_priority, 1, "its real-time priority");
+    assert_eq!(
+        said,
+        Scheduling::RealTime {
+            fifo: true,
+            priority: 1
+        }
+    );
+    assert_eq!(said.to_string(), "real-time (SCHED_FIFO 1)");
+    // The test's own thread is left as it was.
+    // SAFETY: 0 names the calling thread.
+    let mine = unsafe { libc::sched_getscheduler(0) };
+    assert_eq!(mine, libc::SCHED_OTHER);
+}
+
+#[test]
+fn without_realtime_the_sampler_thread_stays_in_the_normal_class() {
+    let before = own_nice();
+    let (said, policy, rt_priority, nice) = started(false);
+    assert_eq!(
+        policy,
+        libc::SCHED_OTHER as i64,
+        "the sampler thread's policy"
+    );
+    assert_eq!(rt_priority, 0);
+    let Scheduling::Normal {
+        nice: said_nice,
+        raised,
+        permitted,
+        realtime_refused,
+    } = said
+    else {
+        panic!("the normal class, not {said:?}");
+    };
+    assert!(!realtime_refused, "real-time was not asked for");
+    assert_eq!(said_nice as i64, nice, "the nice it says is the thread's");
+    if permitted && raised > 0 {
+        assert_eq!(nice, (before - 10).max(-20), "10 below its starter's");
+    } else {
+        assert_eq!(nice, before);
+    }
+    if fifo_permitted() {
+        // Permitted to go real-time, it is permitted a higher nice too.
+        assert!(permitted);
+        if before == 0 {
+            assert_eq!(said.to_string(), "nice -10");
+        }
+    }
+    assert_eq!(
+        own_nice(),
+        before,
+        "the test's own thread is left as it was"
+    );
+}
+
+#[test]
+fn the_descriptions() {
+    let nice = |nice, raised, permitted, realtime_refused| Scheduling::Normal {
+        nice,
+        raised,
+        permitted,
+        realtime_refused,
+    };
+    assert_eq!(nice(-10, 10, true, false).to_string(), "nice -10");
+    assert_eq!(
+        nice(-10, 10, true, true).to_string(),
+        "nice -10 (real-time not permitted)"
+    );
+    assert_eq!(
+        nice(-5, 10, true, false).to_string(),
+        "nice -5 (10 below the process's)"
+    );
+    assert_eq!(
+        nice(0, 0, false, true).to_string(),
+        "default priority: not permitted"
+    );
+    assert_eq!(
+        nice(0, 0, false, false).to_string(),
+        "default priority: not permitted"
+    );
+    assert_eq!(
+        Scheduling::RealTime {
+            fifo: false,
+            priority: 5
+        }
+        .to_string(),
+        "real-time (SCHED_RR 5)"
+    );
+    assert_eq!(
+        nice(-20, 0, true, false).to_string(),
+        "nice -20 (already the highest)"
+    );
+    assert!(!nice(-10, 10, true, false).is_realtime());
+}
