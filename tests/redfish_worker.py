@@ -36,6 +36,7 @@ def main() -> None:
         "node_joules": node.node_joules,
         "feed_reads": rt.bmc.feed.reads,
         "readings": rt.bmc.readings,
+        "exit_lag_s": rt._lag_s(),  # how long the exit may wait for the node's timeline
     }
     rank = os.environ["RANK"]
     (out / f"rank{rank}.json").write_text(json.dumps(rec))

@@ -19,6 +19,7 @@ from carbonctx._config import (
     DEFAULT_URLS,
     ESTIMATE_MODES,
     FORK_MODES,
+    MAX_REDFISH_LAG_S,
     SIGNALS,
     Settings,
     carbon_settings,
@@ -191,6 +192,7 @@ def _expected_defaults(sim_devices: dict[str, Any]) -> dict[str, Callable[[], st
             "sampler/src/sampler/config.rs", r"power_share: ([0-9.]+),"
         ),
         "redfish_url": lambda: f"none; verify {_on(bmc['verify'] is True)}; {bmc['period_s']:g} s",
+        "redfish_lag_s": lambda: f"{bmc['lag_s']:g} s",
         "estimate": lambda: f"`{s.estimate}`",
         "intervals": lambda: "{} RAPL, {} NVML".format(
             _interval_ms(sim_devices, "powercap"), _interval_ms(sim_devices, "nvml")
@@ -320,6 +322,7 @@ def _figures() -> list[tuple[str, float]]:
         (r"regions of `interval` seconds \((\d+) by default\)", meter["interval"].default),
         (r"the first `max_regions` \((\d+)\)", meter["max_regions"].default),
         (r"The BMC is read every (\d+) s", bmc["period_s"]),
+        (r"`redfish_lag_s` set \(at most (\d+) s", MAX_REDFISH_LAG_S),
         (r"checked \(finite, 0 to ([\d,]+) g/kWh\)", MAX_G_PER_KWH),
         (r"`Retry-After` is honoured up to an (hour)", RETRY_AFTER_MAX_S / 3600),
         (

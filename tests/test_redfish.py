@@ -534,6 +534,7 @@ def test_one_process_per_node_reads_the_bmc_and_ranks_share_its_figure(
                 CARBONCTX_REDFISH_PASSWORD=srv.password,
                 CARBONCTX_REDFISH_VERIFY=str(cert[0]),
                 CARBONCTX_REDFISH_PERIOD="1",
+                CARBONCTX_REDFISH_LAG_S="1",
                 RANK=str(rank),
                 WORLD_SIZE="2",
                 LOCAL_RANK=str(rank),
@@ -569,6 +570,9 @@ def test_one_process_per_node_reads_the_bmc_and_ranks_share_its_figure(
         assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered)), ordered
         assert sorted(r["role"] for r in recs) == ["follower", "owner"]
         for r in recs:
+            # The owner's feed keeps the node's timeline 1 s behind: every rank's exit waits
+            # for it, the follower's too (it reads the owner's feed, not its own).
+            assert r["exit_lag_s"] == 1.0
             if r["role"] == "follower":
                 assert r["feed_reads"] == 0 and r["readings"] == 0
             else:

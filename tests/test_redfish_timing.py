@@ -1,5 +1,7 @@
-"""When the BMC's readings stood: a reading is placed at the instant it stands for, not when it
-arrived, against the real HTTPS server (``redfish_server``) and the real native sampler.
+"""When the BMC's readings stood: with ``redfish_lag_s`` set, a reading is placed at the instant
+it stands for, not when it arrived, against the real HTTPS server (``redfish_server``) and the
+real native sampler; without (the default), it is placed when read and nothing waits for the
+BMC, and the result says so.
 
 A power step served by a BMC that answers ``DELAY_S`` after it read its sensor: with the
 sensor's ``ReadingTime`` the step is placed at that time (a region around it gets the energy of
@@ -13,6 +15,7 @@ arrived: the step ``DELAY_S`` late, the mean ``lag_s`` late.
 from __future__ import annotations
 
 import datetime
+import math
 import re
 import time
 from collections.abc import Callable
@@ -25,7 +28,10 @@ import carbonctx
 from carbonctx._bmc import Reading
 from carbonctx._bmc.payload import _time
 from carbonctx._bmc.timing import CLOCK_TOLERANCE_S, Fetch, place
+from carbonctx._config import MAX_REDFISH_LAG_S, Settings, build, from_env
 from carbonctx._measure import process as _process
+from carbonctx._native import Sampler, now_ns
+from carbonctx.errors import ConfigurationError
 
 pytest.importorskip("cryptography")
 from redfish_server import CHASSIS, RedfishServer
@@ -36,8 +42,10 @@ TOTAL = f"{SENSORS}/TotalPower"
 LOW_W, HIGH_W = 200.0, 600.0
 #: How long the BMC takes to answer after reading its sensor.
 DELAY_S = 0.8
-#: The BMC is read every 3 s: requests may take 3 s, and the feed lags 2 s (MAX_LAG_S).
+#: The BMC is read every 3 s: requests may take 3 s, and the feed lags ``LAG_S`` (the most
+#: ``redfish_lag_s`` may be) where the placement is tested.
 PERIOD_S = 3.0
+LAG_S = MAX_REDFISH_LAG_S
 
 
 def _iso(posix_s: float) -> str:
@@ -125,13 +133,37 @@ def step_error(joules: float, t0: float, t1: float, at: float) -> float:
     return joules - (LOW_W * (at - t0) + HIGH_W * (t1 - at))
 
 
-def warm_up(srv: RedfishServer, machine: Any, cert: tuple[Path, Path]) -> None:  # noqa: F811
-    configure(srv, machine, cert, redfish_period_s=PERIOD_S)
+def warm_up(
+    srv: RedfishServer,
+    machine: Any,  # noqa: F811
+    cert: tuple[Path, Path],  # noqa: F811
+    lag_s: float | None = LAG_S,
+) -> None:
+    """Configured (``redfish_lag_s=lag_s``; None: left unset) and read twice."""
+    kw = {} if lag_s is None else {"redfish_lag_s": lag_s}
+    configure(srv, machine, cert, redfish_period_s=PERIOD_S, **kw)
     with carbonctx.track("warm-up"):
         pass
     bmc = _process.runtime().bmc
-    assert bmc is not None and bmc.feed.lag_s == 2.0
+    assert bmc is not None and bmc.feed.lag_s == (lag_s or 0.0)
     wait_for(lambda: bmc.readings >= 2, "two BMC readings")
+
+
+def behind_s() -> tuple[float, float]:
+    """How far the node's timeline, and the sampler's frontier (up to where regions resolve),
+    stand behind the newest point of the other sources (read by the same thread), in s."""
+    rt = _process.runtime()
+    s = rt.sampler
+    assert isinstance(s, Sampler)
+    since = now_ns() - 5 * 10**9
+    newest = {
+        src["backend"]: max((t for t, _ in s.timeline(i, since)), default=0)
+        for i, src in enumerate(rt.sources)
+    }
+    node = newest.pop("redfish")
+    frontier = s.stats()["frontier_ns"]
+    others = max(newest.values())
+    return (others - node) * 1e-9, (others - frontier) * 1e-9
 
 
 # ---------------------------------------------------------------------------- the sampler
@@ -154,6 +186,42 @@ def test_a_step_is_placed_at_the_bmcs_reading_time(
         bmc = _process.runtime().bmc
         assert bmc is not None and bmc.basis == "reading-time" and bmc.skew_s is None
         assert "ReadingTime" in bmc.provenance() and "not trusted" not in bmc.provenance()
+        assert "placed when read" not in bmc.provenance()
+        assert bmc.feed.late == 0 and bmc.feed.clamped == 0
+        # The price: the node's timeline, and with it every region's resolution, is kept the
+        # lag behind the other sources (against the default's few tenths: the next test).
+        node, frontier = behind_s()
+        assert node > LAG_S - 0.5 and frontier > LAG_S - 0.5, (node, frontier)
+
+
+def test_by_default_a_reading_is_placed_when_read_and_no_result_waits_for_it(
+    cert: tuple[Path, Path],  # noqa: F811
+    machine: Any,  # noqa: F811
+) -> None:
+    # redfish_lag_s unset: the feed has no lag, so the sampler's frontier (where regions
+    # resolve) keeps up with its other sources as without a BMC; the step is placed where it
+    # arrived (at least DELAY_S late: (HIGH_W - LOW_W) x 0.8 s = 320 J short), the ReadingTime
+    # still read and the result saying both.
+    step = Step()
+    with sensor_server(cert, step, _iso) as srv:
+        warm_up(srv, machine, cert, lag_s=None)
+        rt = _process.runtime()
+        assert rt.settings.redfish_lag_s == 0 and rt._lag_s() == 0.0  # no wait at exit
+        node, frontier = behind_s()
+        assert node < 1.0 and frontier < 1.0, (node, frontier)
+        joules, t0, t1 = around_the_step(step)
+        assert step.at is not None
+        err = step_error(joules, t0, t1, step.at)
+        assert err < -(HIGH_W - LOW_W) * DELAY_S * 0.9, f"{err:.0f} J off"
+        bmc = rt.bmc
+        assert bmc is not None and bmc.feed.lag_s == 0.0 and bmc.basis == "reading-time"
+        assert DELAY_S * 0.9 < bmc.moved_s < DELAY_S + 5.0, bmc.moved_s
+        note = bmc.provenance()
+        assert "placed when read" in note and "set redfish_lag_s" in note.lower(), note
+        assert re.search(r"the latest stood \d\.\d s before it was read, at the time the BMC", note)
+        assert bmc.source_dict is not None and bmc.source_dict["note"] == note
+        info = bmc.describe()
+        assert (info["lag_s"], info["placed_by"], info["stood_by"]) == (0.0, "read", "reading-time")
         assert bmc.feed.late == 0 and bmc.feed.clamped == 0
 
 
@@ -227,6 +295,44 @@ def test_a_mean_over_a_window_is_placed_back_as_far_as_the_lag_allows(
         assert "mean over" in note and "placed 2 s back" in note and "lags changes" in note
 
 
+# ---------------------------------------------------------------------------- the setting
+
+
+@pytest.mark.parametrize("value", [-0.5, 2.5, math.nan, math.inf, "1", True])
+def test_redfish_lag_s_out_of_range_is_refused(value: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"redfish_lag_s=.*0 to 2 \(default 0"):
+        build(None, {"redfish_lag_s": value}, env={})
+
+
+def test_redfish_lag_s_from_its_variable() -> None:
+    assert Settings().redfish_lag_s == 0
+    assert build(None, {}, env={"CARBONCTX_REDFISH_LAG_S": "1.5"}).redfish_lag_s == 1.5
+    assert from_env({"CARBONCTX_REDFISH_LAG_S": "0"}) == {"redfish_lag_s": 0.0}
+    with pytest.raises(ConfigurationError, match=r"CARBONCTX_REDFISH_LAG_S='soon'.*0 to 2"):
+        from_env({"CARBONCTX_REDFISH_LAG_S": "soon"})
+    with pytest.raises(ConfigurationError, match=r"\(CARBONCTX_REDFISH_LAG_S\).*0 to 2"):
+        build(None, {}, env={"CARBONCTX_REDFISH_LAG_S": "3"})
+
+
+def test_the_lag_is_capped_by_the_request_deadline() -> None:
+    # Read every second, a request may take 1 s: the timeline need not lag further.
+    from carbonctx._bmc import BmcSource
+
+    def lag(period_s: float, lag_s: float) -> float:
+        src = BmcSource(
+            "https://127.0.0.1:9",
+            None,
+            None,
+            verify=True,
+            period_s=period_s,
+            note=lambda key, text: None,
+            lag_s=lag_s,
+        )
+        return src.feed.lag_s
+
+    assert (lag(1.0, 2.0), lag(5.0, 2.0), lag(5.0, 0.5), lag(5.0, 0.0)) == (1.0, 2.0, 0.5, 0.0)
+
+
 # ---------------------------------------------------------------------------- placement
 
 
@@ -264,17 +370,25 @@ def test_reading_times_are_read_with_their_offset() -> None:
 # ---------------------------------------------------------------------------- at exit
 
 
+@pytest.mark.parametrize("lag_s", [LAG_S, None])
 def test_a_region_ending_at_exit_keeps_the_bmcs_last_seconds(
     cert: tuple[Path, Path],  # noqa: F811
     machine: Any,  # noqa: F811
+    lag_s: float | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The node's timeline is kept 2 s behind the sampler's reads: a region that ends just
-    # before the process leaves (the atexit shutdown stops the sampler at once) must still get
-    # the BMC's power up to its end, not its timeline's end (2 s x LOW_W = 400 J short, and
-    # said nowhere).
+    # With redfish_lag_s=2 the node's timeline is kept 2 s behind the sampler's reads: a
+    # region that ends just before the process leaves (the atexit shutdown stops the sampler
+    # at once) must still get the BMC's power up to its end, not its timeline's end (2 s x
+    # LOW_W = 400 J short, and said nowhere): the exit waits for it. Without a lag there is
+    # nothing to wait for, and nothing lost.
+    # The exit runs once per process: each run here is a process's first (and later tests'
+    # exits are not skipped).
+    monkeypatch.setattr(_process, "_EXITING", False)
     step = Step()
     with sensor_server(cert, step, _iso) as srv:
-        warm_up(srv, machine, cert)
+        warm_up(srv, machine, cert, lag_s=lag_s)
+        assert _process.runtime()._lag_s() == (lag_s or 0.0)
         with carbonctx.track("last") as t:
             time.sleep(2.5)
         _process._at_exit(summary=False)  # what the interpreter's exit runs

@@ -68,6 +68,7 @@ def configure(
     redfish_password: str | None = None,
     redfish_verify: bool | str | None = None,
     redfish_period_s: float | None = None,
+    redfish_lag_s: float | None = None,
 ) -> Settings:
     """Set process-wide options; unset ones keep their value (from ``CARBONCTX_*`` or default).
 
@@ -107,9 +108,13 @@ def configure(
     to them): ``redfish_url`` (``https://BMC``, or a chassis ``https://BMC/redfish/v1/Chassis/1``),
     ``redfish_user`` and ``redfish_password`` (never shown anywhere), ``redfish_verify`` (True:
     the system's CAs; a CA bundle's path; False: not verified, with a warning),
-    ``redfish_period_s`` (seconds between readings, default 5). The first region waits at most
-    ``min(5, redfish_period_s)`` seconds for the BMC's first answer; ``configure()`` and exit
-    wait at most 1 s for the thread that reads it.
+    ``redfish_period_s`` (seconds between readings, default 5), ``redfish_lag_s`` (0 to 2
+    seconds; default 0: each reading is placed when read; above 0 the node's timeline is kept
+    that far behind, so that a reading is placed when it stood, and every region's result
+    arrives that much later). The first region waits at most ``min(5, redfish_period_s)``
+    seconds for the BMC's first answer; ``configure()`` and exit wait at most 1 s for the
+    thread that reads it (and, with ``redfish_lag_s``, exit that much more for the regions
+    that just ended).
 
     A running sampler is stopped (its regions resolved) and restarts with the new settings on
     the next region; a region open at the time is measured to its end and recorded with the

@@ -10,13 +10,16 @@ sampler reads like any power sensor, and a thread that fetches the reading over 
 - With an energy counter (``EnergykWh``, or an energy sensor) the power pushed is the
   counter's mean power between its last two updates (unless it moves too rarely to follow the
   power: ``COUNTER_MAX_PERIODS``); without one, the BMC's power reading.
-- Each reading is pushed with the instant it stands for (``timing``: the BMC's
-  ``ReadingTime`` where its clock agrees with this host's, else mid-request; a mean over a
-  window at the window's middle; a counter's mean power from the earlier of its two updates,
-  over which it holds exactly). The feed keeps the node's timeline ``lag_s`` behind its reads
-  (the request deadline, at most ``MAX_LAG_S``: every region resolves that much later) and
-  places a reading at its instant where that is no further back; one further back is placed
-  ``lag_s`` back, and the provenance says by how much it then lags.
+- Where a reading is placed in time is the ``redfish_lag_s`` setting's choice (the request
+  deadline where shorter). 0, the default: when it is read (pushed), so that nothing waits for
+  the BMC; the provenance says how long before its read it stood. Above 0: at the instant it
+  stands for (``timing``: the BMC's ``ReadingTime`` where its clock agrees with this host's,
+  else mid-request; a mean over a window at the window's middle; a counter's mean power from
+  the earlier of its two updates, over which it holds exactly): the feed keeps the node's
+  timeline ``lag_s`` behind its reads (every region of the process resolves that much later,
+  the timeline being shared) and places a reading at its instant where that is no further
+  back; one further back is placed ``lag_s`` back, and the provenance says by how much it
+  then lags.
 - The sampler's start (the first region) waits, once per process and at most the request
   deadline (``min(5 s, period)``, at least 1 s), for the BMC's first answer, so that a region
   around the whole run is covered; a BMC slower than that leaves a gap at the start (that
@@ -47,6 +50,7 @@ from carbonctx import _native
 from carbonctx._bmc.redfish import Reading, RedfishPower
 from carbonctx._bmc.timing import CLOCK_TOLERANCE_S, Fetch, place
 from carbonctx._bmc.transport import Limits, RedfishError, Transport, scrub
+from carbonctx._config import MAX_REDFISH_LAG_S
 
 __all__ = [
     "BASES",
@@ -73,9 +77,10 @@ NOTE_KEY = f"missing:{SOURCE_ID}"
 COUNTER_MAX_PERIODS = 4
 #: The longest wait between tries after repeated failures.
 MAX_BACKOFF_S = 300.0
-#: The node's timeline is kept at most this far behind the sampler's reads (the request
-#: deadline where shorter): a reading whose instant is no further back is placed there.
-MAX_LAG_S = 2.0
+#: The node's timeline is kept at most this far behind the sampler's reads (``redfish_lag_s``;
+#: the request deadline where shorter): a reading whose instant is no further back is placed
+#: there.
+MAX_LAG_S = MAX_REDFISH_LAG_S
 
 
 #: Where a reading is held from, by its basis (see ``timing.place``).
@@ -107,6 +112,7 @@ class BmcSource:
         note: Callable[[str, str], None],
         limits: Limits | None = None,
         first_wait_s: float | None = None,
+        lag_s: float = 0.0,
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "?"
@@ -127,10 +133,11 @@ class BmcSource:
             interval_s=FEED_INTERVAL_S,
             stale_s=stale,
             first_wait_s=wait,
-            lag_s=min(self.limits.deadline_s, MAX_LAG_S),
+            lag_s=min(lag_s, self.limits.deadline_s, MAX_LAG_S),
         )
-        #: Where the latest reading was placed (a key of ``BASES``), how much later than its
-        #: instant (s), and how far off the BMC's clock was when first not trusted (s).
+        #: Where the latest reading stood (a key of ``BASES``), how much later than that it
+        #: was placed (s: beyond the lag; without a lag, after it stood), and how far off the
+        #: BMC's clock was when first not trusted (s).
         self.basis: str | None = None
         self.moved_s = 0.0
         self.skew_s: float | None = None
@@ -174,6 +181,14 @@ class BmcSource:
         if self.basis is None:
             return ""
         lag = self.feed.lag_s
+        if lag <= 0:
+            return (
+                " Each reading is placed when read, not when it stood: the latest stood "
+                f"{self.moved_s:.1f} s before it was read, at {BASES[self.basis]}; the node's "
+                "figure follows changes of power that much late. Set redfish_lag_s to place "
+                "readings when they stood, at the cost of results arriving that much later."
+                + self._skew()
+            )
         out = f" Each reading is held from {BASES[self.basis]}"
         if self.moved_s > 0.5:
             out += (
@@ -181,14 +196,17 @@ class BmcSource:
                 f"node's timeline is kept behind, so it is placed {lag:g} s back and lags "
                 f"changes by about {self.moved_s:.0f} s"
             )
-        out += "."
-        if self.skew_s is not None:
-            out += (
-                f" The BMC's ReadingTime was found {self.skew_s:+.0f} s off this host's clock "
-                f"(more than its request took and {CLOCK_TOLERANCE_S:g} s): a time so far off "
-                "is not trusted, and its reading is placed at its request instead."
-            )
-        return out
+        return out + "." + self._skew()
+
+    def _skew(self) -> str:
+        """What the result says of a BMC clock found too far off to be trusted."""
+        if self.skew_s is None:
+            return ""
+        return (
+            f" The BMC's ReadingTime was found {self.skew_s:+.0f} s off this host's clock "
+            f"(more than its request took and {CLOCK_TOLERANCE_S:g} s): a time so far off "
+            "is not trusted, and its reading is taken to stand at its request instead."
+        )
 
     def describe(self) -> dict[str, Any]:
         """For ``carbonctx devices``: the BMC, where its reading is, how it fares."""
@@ -199,7 +217,8 @@ class BmcSource:
             "readings": self.readings,
             "failures": self.failures,
             "fetching": self.feed.reads > 0,
-            "placed_by": self.basis,
+            "placed_by": self.basis if self.feed.lag_s > 0 else "read",
+            "stood_by": self.basis,
             "lag_s": self.feed.lag_s,
             "late": self.feed.late,
             "note": self.provenance(),
@@ -292,14 +311,20 @@ class BmcSource:
 
     def _push(self, watts: float, at_ns: int, basis: str, skew_s: float | None) -> None:
         """Push a reading standing for ``at_ns`` (a counter's fresh mean power: from the
-        earlier update on), no further back than the feed places it, and keep the result's
-        provenance current."""
+        earlier update on), no further back than the feed places it (without a lag: now), and
+        keep the result's provenance current."""
         if self._since is not None:
             at_ns, basis = round(self._since * 1e9), "counter"
-        # The earliest instant the feed's timeline surely has not passed yet.
-        earliest = time.monotonic_ns() - round((self.feed.lag_s - 2 * FEED_INTERVAL_S) * 1e9)
-        self.moved_s = max(0.0, (earliest - at_ns) * 1e-9)
-        self.feed.push(watts, at_ns=max(at_ns, earliest))
+        now = time.monotonic_ns()
+        lag = self.feed.lag_s
+        if lag > 0:
+            # The earliest instant the feed's timeline surely has not passed yet.
+            earliest = now - round(max(0.0, lag - 2 * FEED_INTERVAL_S) * 1e9)
+            self.moved_s = max(0.0, (earliest - at_ns) * 1e-9)
+            self.feed.push(watts, at_ns=max(at_ns, earliest))
+        else:
+            self.moved_s = max(0.0, (now - at_ns) * 1e-9)
+            self.feed.push(watts)  # placed at its push: nothing waits for the BMC
         self.basis = basis
         if skew_s is not None and self.skew_s is None:
             self.skew_s = skew_s

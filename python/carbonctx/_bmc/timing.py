@@ -10,9 +10,11 @@
 - A mean over a window (``PowerMetrics.AverageConsumedWatts`` over ``IntervalInMin``) stands
   for the middle of its window, which ends at the reading's instant.
 
-The feed holds a reading from its instant until the next one's, and places it there where it
-arrives within the feed's lag (see ``carbonctx._native.Feed``); an instant further back is
-placed at the earliest one still open, which the poller says in the result's provenance.
+With ``redfish_lag_s`` set, the feed holds a reading from its instant until the next one's,
+and places it there where it arrives within the feed's lag (see ``carbonctx._native.Feed``);
+an instant further back is placed at the earliest one still open, which the poller says in the
+result's provenance. Without (the default), a reading is placed when read, and the provenance
+says how long before that it stood.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ This is the one package that reads the process environment. Everything else rece
 ``_WORLD_SIZE``, ``_LOCAL_WORLD_SIZE``,      the launcher's variables; see ``_distributed.ranks``)
 ``_NODE``, ``_JOB``, ``_GPUS``               and the GPUs this rank reports
 ``CARBONCTX_REDFISH_URL``, ``_USER``,        the node's wall power from its BMC (:func:`redfish`)
-``_PASSWORD``, ``_VERIFY``, ``_PERIOD``
+``_PASSWORD``, ``_VERIFY``, ``_PERIOD``,
+``_LAG_S``
 ==========================================  =======================================================
 
 One module per job, lowest first (each imports only those above it):
@@ -26,7 +27,7 @@ One module per job, lowest first (each imports only those above it):
 ``settings``        :class:`Settings` and its field docs; backends, modes, the rank settings
 ``variables``       :func:`environ`, :func:`from_env` and the parsers of the variables' text
 ``carbon``          :func:`carbon_settings`: PUE, providers, credentials, URLs, cache, signal
-``redfish``         :func:`redfish`: the BMC's address, account, certificate check and period
+``redfish``         :func:`redfish`: the BMC's address, account, certificate check, period, lag
 ``machine``         :func:`machine`: roots, TDP, source kinds, the visible-device variables
 ``validation``      :func:`build` and :func:`validate`: every setting checked once
 ``runs``            :func:`log_dir`, :func:`progress` (runs of epochs)
@@ -50,7 +51,7 @@ from carbonctx._config.carbon import (
     parse_url,
 )
 from carbonctx._config.machine import MachineArgs, hip_visible_devices, machine
-from carbonctx._config.redfish import RedfishArgs, redfish
+from carbonctx._config.redfish import RedfishArgs, redfish, redfish_lag
 from carbonctx._config.runs import log_dir, progress
 from carbonctx._config.settings import (
     BACKENDS,
@@ -59,6 +60,7 @@ from carbonctx._config.settings import (
     FORK_MODES,
     LIVE_CARBON_SETTINGS,
     MAX_INTERVAL_S,
+    MAX_REDFISH_LAG_S,
     RANK_SETTINGS,
     Settings,
 )
@@ -73,6 +75,7 @@ __all__ = [
     "FORK_MODES",
     "LIVE_CARBON_SETTINGS",
     "MAX_INTERVAL_S",
+    "MAX_REDFISH_LAG_S",
     "PROVIDER_IDS",
     "PUE_DEFAULT_SOURCE",
     "RANK_SETTINGS",
@@ -100,5 +103,6 @@ __all__ = [
     "parse_url",
     "progress",
     "redfish",
+    "redfish_lag",
     "validate",
 ]

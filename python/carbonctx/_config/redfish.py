@@ -1,4 +1,5 @@
-"""The node's BMC (Redfish) settings, checked: address, account, certificate check, period."""
+"""The node's BMC (Redfish) settings, checked: address, account, certificate check, period,
+and how far behind its reads the node's timeline is kept (``redfish_lag_s``)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,45 @@ from typing import TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from carbonctx._config.carbon import check_token
-from carbonctx._config.settings import Settings
+from carbonctx._config.settings import MAX_REDFISH_LAG_S, Settings
 from carbonctx.errors import ConfigurationError
 
 
 class RedfishArgs(TypedDict):
-    """The BMC settings, checked: where (``url``), who, how its certificate is checked, and
-    how often it is read."""
+    """The BMC settings, checked: where (``url``), who, how its certificate is checked, how
+    often it is read, and how far behind its reads the node's timeline is kept (``lag_s``; 0:
+    readings placed when read)."""
 
     url: str
     user: str | None
     password: str | None
     verify: bool | str
     period_s: float
+    lag_s: float
+
+
+def redfish_lag(s: Settings) -> float:
+    """``redfish_lag_s`` checked: seconds from 0 (the default) to ``MAX_REDFISH_LAG_S``. Every
+    process of a job has the same (its settings), whether it reads the BMC or not."""
+    lag = 0.0 if s.redfish_lag_s is None else s.redfish_lag_s
+    try:
+        x = float(lag)
+    except (TypeError, ValueError):
+        x = math.nan
+    if isinstance(lag, (bool, str)) or not 0.0 <= x <= MAX_REDFISH_LAG_S:  # also NaN
+        raise ConfigurationError(
+            f"redfish_lag_s={lag!r} (CARBONCTX_REDFISH_LAG_S): give the seconds the node's "
+            f"timeline is kept behind its reads, 0 to {MAX_REDFISH_LAG_S:g} (default 0: BMC "
+            "readings are placed when read; above 0 they are placed when they stood, and every "
+            "region's result arrives that much later)."
+        )
+    return x
 
 
 def redfish(s: Settings) -> RedfishArgs | None:
     """The BMC to read the node's wall power from (None: none configured). Raises
     ConfigurationError for unusable values, never quoting a credential."""
+    lag = redfish_lag(s)  # checked with or without a BMC: a bad value is bad either way
     if s.redfish_url is None or not str(s.redfish_url).strip():
         return None
     url = str(s.redfish_url).strip()
@@ -85,4 +107,4 @@ def redfish(s: Settings) -> RedfishArgs | None:
             f"redfish_period_s={period!r}: give the seconds between BMC readings, 1 to 300 "
             "(default 5; a BMC refreshes its reading every few seconds)."
         )
-    return RedfishArgs(url=url, user=user, password=password, verify=verify, period_s=p)
+    return RedfishArgs(url=url, user=user, password=password, verify=verify, period_s=p, lag_s=lag)

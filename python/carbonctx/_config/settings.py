@@ -15,6 +15,8 @@ ESTIMATE_MODES = ("auto", "never", "always")
 FORK_MODES = ("restart", "disable")
 #: The longest polling interval accepted, in seconds (counters wrap within minutes).
 MAX_INTERVAL_S = 3600.0
+#: The most ``redfish_lag_s`` may be, in seconds: every region's result waits that long.
+MAX_REDFISH_LAG_S = 2.0
 #: Settings that place this process in a distributed job, and their variables.
 RANK_SETTINGS = {
     "rank": "CARBONCTX_RANK",
@@ -101,6 +103,10 @@ class Settings:
     redfish_password: str | None = attrs.field(default=None, repr=False)
     redfish_verify: bool | str | None = None
     redfish_period_s: float | None = None
+    #: How far behind its reads the node's timeline is kept, so that a reading is placed when
+    #: it stood (its ReadingTime, a mean's window) rather than when read; every region's result
+    #: arrives that much later. 0 (default): placed when read, nothing delayed.
+    redfish_lag_s: float = 0.0
 
     def rank_kwargs(self) -> dict[str, Any]:
         """The settings :func:`carbonctx._distributed.detect_ranks` takes."""

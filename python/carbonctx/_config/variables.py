@@ -13,6 +13,7 @@ from carbonctx._config.settings import (
     BACKENDS,
     CPU_BACKENDS,
     MAX_INTERVAL_S,
+    MAX_REDFISH_LAG_S,
     RANK_SETTINGS,
 )
 from carbonctx.errors import ConfigurationError
@@ -174,6 +175,14 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         except ValueError:
             raise ConfigurationError(
                 f"CARBONCTX_REDFISH_PERIOD={v!r}: give the seconds between BMC readings"
+            ) from None
+    if (v := get("CARBONCTX_REDFISH_LAG_S")) is not None:
+        try:
+            out["redfish_lag_s"] = float(v)
+        except ValueError:
+            raise ConfigurationError(
+                f"CARBONCTX_REDFISH_LAG_S={v!r}: give the seconds the node's timeline is kept "
+                f"behind its reads, 0 to {MAX_REDFISH_LAG_S:g} (0: BMC readings placed when read)"
             ) from None
     if isinstance(v := out.get("redfish_verify"), str) and v.strip().lower() in _BOOL_WORDS:
         out["redfish_verify"] = _bool("CARBONCTX_REDFISH_VERIFY", v)

@@ -55,8 +55,8 @@ __all__ = ["BACKLOG_HIGH", "RESOLVE_PERIOD_S", "RESULT_TIMEOUT_S", "Runtime"]
 BACKLOG_HIGH = 1 << 15
 #: How often the resolver thread collects results.
 RESOLVE_PERIOD_S = 0.02
-#: At shutdown, regions that just ended wait at most the BMC's lag plus this for its
-#: timeline to pass them (see ``shutdown``).
+#: At shutdown, regions that just ended wait at most the BMC's lag (``redfish_lag_s``; none
+#: without) plus this for its timeline to pass them (see ``shutdown``).
 LAG_FLUSH_MARGIN_S = 1.0
 #: The process that imported this module: a process with another id was forked from it (a
 #: DataLoader worker, say), and leaves the node's BMC to its parent.
@@ -255,6 +255,7 @@ class Runtime:
             verify=args["verify"],
             period_s=args["period_s"],
             note=self.note,
+            lag_s=args["lag_s"],
         )
         bmc.start()
         return bmc
@@ -319,14 +320,12 @@ class Runtime:
             if t is not None and t is not threading.current_thread():
                 t.join(timeout=5)
             s = self.sampler
-            if s is not None and self._lagged() and self.open_regions() > 0:
-                # The BMC's timeline is kept up to MAX_LAG_S behind the reads: stopped now, the
-                # regions that just ended would lose its last seconds (their energy after the
-                # timeline's end counts as none). Let it pass them first (bounded; a follower
-                # reads the owner's, so its sources say, not whether it fetches).
-                from carbonctx._bmc.poller import MAX_LAG_S
-
-                self.wait_resolved(_native.now_ns(), MAX_LAG_S + LAG_FLUSH_MARGIN_S)
+            lag = self._lag_s()
+            if s is not None and lag > 0 and self.open_regions() > 0:
+                # The BMC's timeline is kept ``lag`` behind the reads: stopped now, the regions
+                # that just ended would lose its last seconds (their energy after the
+                # timeline's end counts as none). Let it pass them first (bounded).
+                self.wait_resolved(_native.now_ns(), lag + LAG_FLUSH_MARGIN_S)
             if s is not None:
                 s.stop()
                 self.drain()
@@ -347,9 +346,13 @@ class Runtime:
         finally:
             self._shutdown_lock.release()
 
-    def _lagged(self) -> bool:
-        """The sampler reads a source whose timeline lags its reads (the node's BMC)."""
-        return any(src.get("backend") == "redfish" for src in self.sources)
+    def _lag_s(self) -> float:
+        """How far the sampler's BMC timeline lags its reads, at most (0: none, or no BMC).
+        From the settings (``redfish_lag_s``), which every process of a job shares: a follower
+        reads the owner's feed, not its own, so its sources say whether there is a BMC."""
+        if not any(src.get("backend") == "redfish" for src in self.sources):
+            return 0.0
+        return _config.redfish_lag(self.settings)
 
     def open_regions(self) -> int:
         """Regions begun in this runtime's sampler and not yet resolved and drained (0 when
