@@ -124,10 +124,12 @@ def _new_runtime(settings: Settings) -> Runtime:
 
 
 def reset() -> None:
-    """Stop everything and forget all settings and statistics (for tests)."""
-    global _RT, _SETTINGS
+    """Stop everything and forget all settings and statistics (for tests), the exit's flag
+    included (a test that ran the exit hook left every later exit hook doing nothing)."""
+    global _RT, _SETTINGS, _EXITING
     with _LOCK:
         old, _RT, _SETTINGS = _RT, None, None
+        _EXITING = False
         _RANKS_WARNED.clear()
         forget_rank_info()
         _native.set_hub(None)
