@@ -26,13 +26,13 @@ from carbonctx._measure.ranks import (
     apu_job,
     column_shares,
     inconsistency_message,
-    node_sampler,
     plan_gpus,
     rank_fields,
     share_of,
 )
 from carbonctx._measure.resolver import Resolver
 from carbonctx._measure.sources import SourceColumns
+from carbonctx._measure.start import new_sampler, sampler_kwargs, start_bmc
 from carbonctx.errors import (
     ConfigurationError,
     SamplerError,
@@ -58,9 +58,6 @@ RESOLVE_PERIOD_S = 0.02
 #: At shutdown, regions that just ended wait at most the BMC's lag (``redfish_lag_s``; none
 #: without) plus this for its timeline to pass them (see ``shutdown``).
 LAG_FLUSH_MARGIN_S = 1.0
-#: The process that imported this module: a process with another id was forked from it (a
-#: DataLoader worker, say), and leaves the node's BMC to its parent.
-_IMPORT_PID = os.getpid()
 
 
 class Runtime:
@@ -155,23 +152,12 @@ class Runtime:
                 return self.sampler
             st = self.settings
             plan = self._plan()
-            kwargs: dict[str, Any] = {
-                **_config.machine(st),
-                "cpu_backends": list(st.cpu_backends),
-                "nvml": st.gpu,
-                "amdsmi": st.gpu and st.amdsmi,
-                "estimate": st.estimate,
-                "intervals": list(st.intervals.items()),
-                "gpu_power_samples": st.gpu_power_samples,
-                "realtime": st.sampler_realtime,
-            }
-            if st.power_share is not None:
-                kwargs["power_share"] = float(st.power_share)
-            self.bmc = self._bmc()
+            kwargs = sampler_kwargs(st)
+            self.bmc = start_bmc(st, self.rank_info, self.note)
             if self.bmc is not None:
                 kwargs["external"] = [self.bmc.feed]
             try:
-                s = self._sampler(kwargs, plan)
+                s = new_sampler(kwargs, plan, st, self.rank_info, self.note)
             except Exception as e:  # the sampler must never break the program
                 if self.bmc is not None:
                     self.bmc.stop()
@@ -235,31 +221,6 @@ class Runtime:
             self._thread.start()
             return s
 
-    def _bmc(self) -> BmcSource | None:
-        """The node's BMC, when configured, fetching (only while a sampler of this process
-        reads it: in a job sharing a node's sampler, the owner's process). Not in a forked
-        child outside such a job."""
-        args = _config.redfish(self.settings)
-        if args is None:
-            return None
-        if os.getpid() != _IMPORT_PID and node_sampler(self.rank_info, self.settings) is None:
-            # A DataLoader worker, say: its parent reads the BMC (which allows few sessions).
-            return None
-        # Imported only where a BMC is configured (it brings the Redfish client).
-        from carbonctx._bmc import BmcSource
-
-        bmc = BmcSource(
-            args["url"],
-            args["user"],
-            args["password"],
-            verify=args["verify"],
-            period_s=args["period_s"],
-            note=self.note,
-            lag_s=args["lag_s"],
-        )
-        bmc.start()
-        return bmc
-
     def _plan(self) -> RankPlan:
         """GPU ownership and shares, at sampler start (after torch may have set its device)."""
         try:
@@ -277,33 +238,6 @@ class Runtime:
             self.note("gpu-mig-slices", plan.ownership.warning)
         self.plan = plan
         return plan
-
-    def _sampler(self, kwargs: dict[str, Any], plan: RankPlan) -> _native.Sampler:
-        gpus, amd_gpus = plan.sampler_gpus, plan.amd_sampler_gpus
-        node = node_sampler(self.rank_info, self.settings)
-        if node is not None:
-            # One sampler per node: every process asks with the same discovery options (a
-            # follower may take over), and names the GPUs it reports (none: an empty list).
-            try:
-                return _native.Sampler(
-                    **kwargs, node_key=node[0], node_dir=node[1], gpus=gpus, amd_gpus=amd_gpus
-                )
-            except Exception as e:  # its files refused, its directory unusable, no owner
-                self.note(
-                    "node-sampler",
-                    f"the node's shared sampler cannot be used ({e}); this process runs its "
-                    "own sampler (it reads the node's counters itself)",
-                )
-        if not self.settings.gpu:
-            return _native.Sampler(**kwargs)
-        # Only this rank's GPUs are read (UUIDs where known); the columns count only them too.
-        # No GPU of its own (an empty list): that vendor's GPUs are not read at all.
-        own = dict(kwargs)
-        if gpus is not None:
-            own.update({"gpus": gpus} if gpus else {"nvml": False})
-        if amd_gpus is not None:
-            own.update({"amd_gpus": amd_gpus} if amd_gpus else {"amdsmi": False})
-        return _native.Sampler(**own)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the sampler, resolve and record everything, close the output. Idempotent; a

@@ -63,7 +63,6 @@ do not wait for it).
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Mapping
@@ -73,6 +72,7 @@ from transformers import TrainerCallback
 
 import carbonctx
 from carbonctx._distributed import collectives
+from carbonctx.integrations import _hf_attach as hf_attach
 from carbonctx.integrations import _hf_logs as hf_logs
 from carbonctx.integrations._common import J_PER_KWH, Budget, Regions, figures, put
 
@@ -468,45 +468,8 @@ def attach(trainer: Any, callback: CarbonctxCallback | None = None, **kwargs: An
     accelerator) is part of the run's figures, and a run that ends in an exception keeps what
     it spent in ``total_j`` and ``epochs``; and ``trainer.evaluate``, so that every evaluation
     during training is measured from its start."""
-    from transformers.trainer_callback import DefaultFlowCallback
-
-    handler = trainer.callback_handler
-    cbs: list[Any] = handler.callbacks
-    existing = [c for c in cbs if isinstance(c, CarbonctxCallback)]
+    existing = [c for c in trainer.callback_handler.callbacks if isinstance(c, CarbonctxCallback)]
     if callback is None:
         callback = existing[0] if existing and not kwargs else CarbonctxCallback(**kwargs)
-    for c in existing:
-        cbs.remove(c)
-    at = next((i + 1 for i, c in enumerate(cbs) if isinstance(c, DefaultFlowCallback)), 0)
-    cbs.insert(at, callback)
-    callback.attached = True
-    # One wrapper per trainer, for the callback attached last (the same callback may be
-    # attached to several trainers, one after the other).
-    train = _unwrapped(trainer.train)
-    evaluate = _unwrapped(trainer.evaluate)
-
-    @functools.wraps(train)
-    def measured_train(*args: Any, **kw: Any) -> Any:
-        # The Trainer builds its optimizer and data loaders before the first callback.
-        callback.begin()
-        try:
-            return train(*args, **kw)
-        finally:
-            callback.on_train_end(None, None, None)
-
-    @functools.wraps(evaluate)
-    def measured_evaluate(*args: Any, **kw: Any) -> Any:
-        # Every evaluation during training, planned at a step's end or not (eval_on_start,
-        # one per eval dataset), is measured on its own from its start.
-        callback.evaluating()
-        return evaluate(*args, **kw)
-
-    for wrapper in (measured_train, measured_evaluate):
-        wrapper.__carbonctx__ = True  # type: ignore[attr-defined]
-    trainer.train = measured_train
-    trainer.evaluate = measured_evaluate
+    hf_attach.install(trainer, callback, existing)
     return callback
-
-
-def _unwrapped(method: Any) -> Any:
-    return method.__wrapped__ if getattr(method, "__carbonctx__", False) else method
