@@ -57,7 +57,8 @@ impl PhaseLock {
     /// before that one not yet seen, cannot tell which of the two it sees: the instant to read
     /// at instead, just past where the update can be, so that its change is put at the right
     /// one. None: read now. Only reading every update (while regions are marked) with the phase
-    /// known closely, for a read a period or more after the last update seen; the wait is
+    /// known closely, for a read a period or more after the last update seen and late past the
+    /// update it was aimed at (never for a counter that stood through a period: idle); the wait is
     /// three guards at most (150 µs for a RAPL zone), and never over [`HOLD_MAX_NS`].
     pub fn unclear_until(&self, now: u64) -> Option<u64> {
         let p = self.period.filter(|&p| self.locked && p > 0.0)?;
@@ -69,8 +70,13 @@ impl PhaseLock {
         let sigma = 1.5 * self.guard as f64;
         let est = self.next + self.lead;
         let now = now as f64;
-        let e = est + ((now - est) / p).round() * p;
-        let unseen_before = e - p > self.last_seen + p / 2.0;
+        let k = ((now - est) / p).round();
+        let e = est + k * p;
+        // Only a read late past the update it was aimed at (k ≥ 1), with the counter changing
+        // at every update lately: one that stood through a whole period (idle, read once a
+        // period, see `due`) left its updates unseen because they counted nothing, not because
+        // the reads came late.
+        let unseen_before = k >= 1.0 && self.idle == 0 && e - p > self.last_seen + p / 2.0;
         let until = e + sigma;
         ((now - e).abs() < sigma && unseen_before && until - now <= HOLD_MAX_NS)
             .then_some(until as u64)

@@ -88,3 +88,51 @@ fn a_late_read_puts_the_change_it_sees_at_the_update_it_saw() {
         );
     }
 }
+
+/// Drives a lock on time (reads 20 µs after they are asked for) against updates at `times`
+/// until `end`, waiting as the poll loop does when the lock asks it to; returns the reads made
+/// after `from`, how many of them waited, and for how long in all (ns).
+fn waits_after(times: &[u64], from: u64, end: u64) -> (u64, u64, u64) {
+    let mut pl = PhaseLock::new(1_000_000);
+    let (mut prev, mut seen) = (0u64, 0usize);
+    let (mut reads, mut waits, mut waited) = (0u64, 0u64, 0u64);
+    while prev < end {
+        let mut t = pl.due(prev).max(prev + 1) + 20_000;
+        if let Some(until) = pl.unclear_until(t) {
+            if t > from {
+                waits += 1;
+                waited += until - t;
+            }
+            t = until;
+        }
+        reads += u64::from(t > from);
+        let count = times.partition_point(|&u| u <= t);
+        pl.observe(prev, t, count != seen);
+        seen = count;
+        prev = t;
+    }
+    (reads, waits, waited)
+}
+
+#[test]
+fn a_counter_that_stops_changing_is_read_without_waiting() {
+    // A zone locked closely whose counter then stands (an idle uncore or GPU zone: no energy
+    // counted, no change) is read about once a period, on time. No read is late, so none is
+    // unsure which update it sees: none waits. (Before: every read waited, its predecessor
+    // "unseen", spinning some 50 µs of each millisecond at real-time priority.)
+    let times: Vec<u64> = (1..=3_000).map(|k| k * 1_000_000 + 370_000).collect();
+    let (reads, waits, waited) = waits_after(&times, 3_500_000_000, 6_000_000_000);
+    assert!(reads > 100, "{reads} reads");
+    assert_eq!(
+        waits,
+        0,
+        "{waits} of {reads} reads waited, {} µs in all",
+        waited / 1_000
+    );
+    // The same counter when it changes again, with the reads on time, waits no more.
+    let mut more = times.clone();
+    more.extend((4_000..=6_000).map(|k| k * 1_000_000 + 370_000));
+    let (reads, waits, _) = waits_after(&more, 4_500_000_000, 6_000_000_000);
+    assert!(reads > 1_000, "{reads} reads");
+    assert_eq!(waits, 0, "{waits} of {reads} reads waited");
+}

@@ -285,7 +285,12 @@ pub(super) fn poll_one(
     }
     let cpu_before = super::costly::cpu_timed(p).then(super::costly::thread_cpu_ns);
     let (result, t_before, t_after) = super::power::read_timed(p);
-    p.read_cost_ns = (p.read_cost_ns * 7 + (t_after - t_before)) / 8;
+    // From the first read's cost (from zero, an expensive source's first reads look slow).
+    let cost = t_after - t_before;
+    p.read_cost_ns = match p.read_cost_ns {
+        0 => cost,
+        usual => (usual * 7 + cost) / 8,
+    };
     if let Some(c0) = cpu_before {
         let cpu = super::costly::thread_cpu_ns().saturating_sub(c0);
         p.read_cpu_ns = (p.read_cpu_ns * 7 + cpu) / 8;

@@ -376,3 +376,30 @@ fn a_phase_locked_counter_read_held_up_is_read_again() {
     assert!(q.phase.is_none());
     assert!(matches!(read_timed(&mut q).0, Ok(Reading::Counter(1))));
 }
+
+#[test]
+fn a_source_whose_usual_cost_is_not_known_yet_is_read_once() {
+    // A source's usual cost is learned from its reads (see `poll_one`): before the first,
+    // any read is "four times" the nothing known, and an expensive counter (an NVML energy
+    // read of a few ms) was read twice at each of its first few polls, the usual cost
+    // ramping up from zero.
+    let spec = CounterSpec {
+        joules_per_unit: 1e-6,
+        wrap: None,
+    };
+    let (mut p, _, _) = Polled::new(
+        Box::new(Stalling(info("nvml", "", Some(spec)), 0)),
+        Reading::Counter(0),
+        0,
+        0.0,
+        &Config::default(),
+    );
+    assert!(p.phase.is_some());
+    assert_eq!(p.read_cost_ns, 0);
+    assert!(matches!(read_timed(&mut p).0, Ok(Reading::Counter(1))));
+    // The same for power sampled at the read.
+    let mut q = polled(info("nvml", "", None), 0);
+    q.source = Box::new(Stalling(info("nvml", "", None), 0));
+    assert!(q.instant);
+    assert!(matches!(read_timed(&mut q).0, Ok(Reading::Counter(1))));
+}
