@@ -186,3 +186,68 @@ def test_not_permitted_says_what_to_do() -> None:
     text = "".join(out)
     assert "Sampler thread: default priority: not permitted" in text
     assert "what to do:" in text and "CAP_SYS_NICE" in text and "RLIMIT_RTPRIO" in text
+
+
+def _cpu_cgroup_with_rt_budgets() -> Path | None:
+    """This process's directory in the cgroup v1 hierarchy of the ``cpu`` controller, where
+    groups have real-time budgets (RT group scheduling) and this process may make groups."""
+    if os.geteuid() != 0:
+        return None
+    path = next(
+        (
+            p
+            for _, ctl, p in (
+                ln.split(":", 2) for ln in Path("/proc/self/cgroup").read_text().splitlines()
+            )
+            if "cpu" in ctl.split(",")
+        ),
+        None,
+    )
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mine, _, theirs = line.partition(" - ")
+        fstype, _, opts = [*theirs.split(" "), "", "", ""][:3]
+        f = mine.split(" ")
+        if path is not None and fstype == "cgroup" and "cpu" in opts.split(",") and f[3] == "/":
+            d = Path(f[4]) / path.lstrip("/")
+            return d if (d / "cpu.rt_runtime_us").exists() else None
+    return None
+
+
+def test_a_tiny_real_time_budget_keeps_the_thread_normal_and_devices_says_why(
+    sim: SimulatedMachine,
+) -> None:
+    """In a cgroup whose real-time budget is 1 ms a second, a real-time sampler thread would
+    not run for most of each second once it spent it: it stays in the normal class, and
+    ``devices`` says why and what to do (run in such a cgroup, made for the test)."""
+    parent = _cpu_cgroup_with_rt_budgets()
+    if parent is None:
+        pytest.skip("no cgroup v1 cpu controller with real-time budgets to make groups in")
+    group = parent / f"carbonctx-rt-py-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "cpu.rt_runtime_us").write_text("1000")
+        r = subprocess.run(
+            [
+                "sh",
+                "-c",
+                'echo $$ > "$1/cgroup.procs" && shift && exec "$@"',
+                "sh",
+                str(group),
+                sys.executable,
+                "-m",
+                "carbonctx",
+                "devices",
+            ],
+            env={**os.environ, **sim.env()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        group.rmdir()
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("Sampler thread: "))
+    assert "real-time (" not in line, line
+    assert "real-time not used" in line and "1000 of every 1000000" in line, line
+    assert "cpu.rt_runtime_us" in r.stdout and "what to do:" in r.stdout, r.stdout
