@@ -191,6 +191,40 @@ pub(super) fn raise_priority(realtime: bool) -> Scheduling {
     }
 }
 
+/// Run `f` (a long start-up step: a follower taking the node over discovers and opens its
+/// sources, vendor libraries' initialisation included, which may take a core for a second)
+/// with the calling thread in the normal class, then put it back in the real-time class it was
+/// in. Where it cannot go back, `said` is made to say what it has now.
+pub(super) fn normal_while<T>(said: &std::sync::Mutex<Scheduling>, f: impl FnOnce() -> T) -> T {
+    let Some(Scheduling::RealTime { fifo, priority }) = realtime_now() else {
+        return f();
+    };
+    let policy = if fifo {
+        libc::SCHED_FIFO
+    } else {
+        libc::SCHED_RR
+    };
+    // SAFETY: 0 names the calling thread; the parameters are locals.
+    let lowered = unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, &param) == 0
+    };
+    let out = f();
+    if lowered {
+        // SAFETY: as above.
+        let back = unsafe {
+            let param = libc::sched_param {
+                sched_priority: priority,
+            };
+            libc::sched_setscheduler(0, policy | libc::SCHED_RESET_ON_FORK, &param) == 0
+        };
+        if !back {
+            *super::lock(said) = raise_priority(false);
+        }
+    }
+    out
+}
+
 /// The calling thread's real-time class and priority, if it is in that class.
 fn realtime_now() -> Option<Scheduling> {
     // SAFETY: 0 names the calling thread; the parameter is a local.

@@ -121,3 +121,51 @@ fn the_budget_is_said() {
          are needed)"
     );
 }
+
+/// The policy of the calling thread, the reset-on-fork flag apart, and the flag.
+fn policy_now() -> (i32, bool) {
+    // SAFETY: 0 names the calling thread.
+    let p = unsafe { libc::sched_getscheduler(0) };
+    (
+        p & !libc::SCHED_RESET_ON_FORK,
+        p & libc::SCHED_RESET_ON_FORK != 0,
+    )
+}
+
+#[test]
+fn a_long_step_runs_in_the_normal_class_and_the_thread_goes_back() {
+    std::thread::spawn(|| {
+        let said = std::sync::Mutex::new(Scheduling::Pending);
+        // Not real-time: run as is.
+        assert_eq!(normal_while(&said, policy_now), (libc::SCHED_OTHER, false));
+        let got = raise_priority(true);
+        if !got.is_realtime() {
+            eprintln!("SCHED_FIFO is not permitted here: checked the normal class only");
+            return;
+        }
+        *said.lock().unwrap() = got;
+        let inside = normal_while(&said, || {
+            // A thread started in the step does not inherit the real-time class either.
+            let child = std::thread::spawn(policy_now).join().unwrap();
+            (policy_now(), child)
+        });
+        assert_eq!(
+            inside.0 .0,
+            libc::SCHED_OTHER,
+            "in the normal class during the step"
+        );
+        assert_eq!(inside.1 .0, libc::SCHED_OTHER);
+        assert_eq!(
+            policy_now(),
+            (libc::SCHED_FIFO, true),
+            "back in SCHED_FIFO after"
+        );
+        let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: 0 names the calling thread; the parameter is a local.
+        assert_eq!(unsafe { libc::sched_getparam(0, &mut param) }, 0);
+        assert_eq!(param.sched_priority, 1);
+        assert!(said.lock().unwrap().is_realtime(), "and says so");
+    })
+    .join()
+    .unwrap();
+}
