@@ -23,6 +23,18 @@ impl EnergySource for Noting {
     fn read(&mut self) -> Result<Reading, Error> {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        if self.reader.load(Ordering::SeqCst) == 0 {
+            // A thread started by the sampler thread (as a vendor library's may be): its
+            // policy and nice.
+            let child = std::thread::spawn(|| {
+                // SAFETY: 0 names the calling thread.
+                let policy = unsafe { libc::sched_getscheduler(0) };
+                (policy, own_nice())
+            })
+            .join()
+            .expect("the child thread");
+            *CHILD.lock().unwrap() = Some(child);
+        }
         self.reader.store(tid, Ordering::SeqCst);
         self.uj += 1000;
         Ok(Reading::Counter(self.uj))
@@ -50,6 +62,9 @@ fn noting(reader: &Arc<AtomicI32>) -> Box<dyn EnergySource> {
         uj: 0,
     })
 }
+
+/// What a thread started by the latest sampler thread had: its policy and nice.
+static CHILD: std::sync::Mutex<Option<(i32, i64)>> = std::sync::Mutex::new(None);
 
 /// Fields of `/proc/self/task/<tid>/stat` by their number in proc(5) (1-based; the command
 /// name, field 2, may hold spaces and parentheses, so fields are counted after its last ')').
@@ -87,6 +102,9 @@ fn started_in(
     .join()
     .expect("the starting thread")
 }
+
+/// Tests that look at [`CHILD`] one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn start_here(realtime: bool) -> (Scheduling, i64, i64, i64) {
     let reader = Arc::new(AtomicI32::new(0));
@@ -338,5 +356,24 @@ fn a_cgroup_with_a_tiny_real_time_budget_keeps_the_sampler_in_the_normal_class()
         assert_eq!((budget.runtime_us, budget.cgroup), (runtime_us, true));
         assert!(!realtime_refused, "not asked for");
         assert!(said.to_string().contains("real-time not used"), "{said}");
+    }
+}
+
+/// A thread the sampler thread starts (a vendor library's) inherits neither the real-time
+/// class nor the raised nice: SCHED_RESET_ON_FORK in both.
+#[test]
+fn threads_the_sampler_thread_starts_keep_the_default_scheduling() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let before = own_nice();
+    for realtime in [true, false] {
+        let (said, ..) = started(realtime);
+        let (policy, nice) = CHILD.lock().unwrap().take().expect("a child was started");
+        assert_eq!(policy, libc::SCHED_OTHER, "{said}: the child's policy");
+        // A negative nice is reset to 0 in the child; another is inherited.
+        let sampler_nice = match said {
+            Scheduling::Normal { nice, .. } => nice as i64,
+            _ => before,
+        };
+        assert_eq!(nice, sampler_nice.max(0), "{said}: the child's nice");
     }
 }

@@ -7,7 +7,7 @@
 //! [`super::Config::realtime`] (the default) and where the process may (root, CAP_SYS_NICE, or
 //! an RLIMIT_RTPRIO of at least 1), the sampler thread runs in the real-time class at its
 //! lowest priority, SCHED_FIFO 1, with SCHED_RESET_ON_FORK (a process or thread it might start,
-//! a vendor library's included, does not inherit it). Only this thread: the user's threads, the resolver's and the BMC reader's keep
+//! a vendor library's included, does not inherit it; nor, in the normal class, a raised nice). Only this thread: the user's threads, the resolver's and the BMC reader's keep
 //! their scheduling. Failing that (no permission, a cgroup with no real-time time) or with
 //! `realtime` off, a higher normal priority: nice 10 below the thread's own (at most -20), where
 //! RLIMIT_NICE allows; failing both, nothing changes.
@@ -177,6 +177,11 @@ pub(super) fn raise_priority(realtime: bool) -> Scheduling {
                 rt_budget,
             };
         }
+        // As in the real-time class, what this thread starts (a vendor library's threads, a
+        // meter's reader) does not inherit its raised priority: its children start at nice 0
+        // (the flag may be set without privilege; the policy and nice are kept).
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(tid, libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, &param);
         let want = (nice - 10).max(-20);
         let permitted =
             want >= nice || libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, want) == 0;
