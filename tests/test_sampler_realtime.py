@@ -93,7 +93,8 @@ def test_the_native_sampler_says_how_its_thread_is_scheduled(sim: SimulatedMachi
             nice = int(_stat(tid)[19])
         finally:
             s.stop()
-        if realtime and permitted:
+        # (Permitted, but where the real-time budget is too small it is not used: it says so.)
+        if realtime and permitted and "real-time not used" not in said:
             assert said == "real-time (SCHED_FIFO 1)"
             assert (policy, rt_priority) == (SCHED_FIFO, 1)
         else:
@@ -102,7 +103,11 @@ def test_the_native_sampler_says_how_its_thread_is_scheduled(sim: SimulatedMachi
             if said.startswith("nice "):  # the thread's nice, field 19
                 assert int(said.split()[1]) == nice, said
         if realtime and not permitted:
-            assert said == "default priority: not permitted" or "real-time not permitted" in said
+            assert (
+                said == "default priority: not permitted"
+                or "real-time not permitted" in said
+                or "real-time not used" in said
+            ), said
 
 
 @pytest.mark.parametrize("node_sampler", [False, True])
@@ -123,7 +128,7 @@ def test_the_setting_reaches_the_sampler_thread_only(
         # (The simulated machine's own writer thread runs at SCHED_FIFO 10: not counted.)
         fifo_1 = {t for t, p in policies.items() if p == (SCHED_FIFO, 1)}
         assert policies[threading.get_native_id()] == (SCHED_OTHER, 0), "the user's thread"
-        if realtime and permitted:
+        if realtime and permitted and "real-time not used" not in info["sampler_scheduling"]:
             assert info["sampler_scheduling"] == "real-time (SCHED_FIFO 1)"
             # The sampler thread, and no other (the user's, the resolver's).
             assert fifo_1 == {tid}, {t: policies[t] for t in fifo_1}
@@ -151,7 +156,7 @@ def test_devices_says_how_the_sampler_thread_runs(sim: SimulatedMachine) -> None
     off = _devices_cli({**sim.env(), "CARBONCTX_SAMPLER_REALTIME": "off"})
     line_on = next(ln for ln in on.splitlines() if ln.startswith("Sampler thread: "))
     line_off = next(ln for ln in off.splitlines() if ln.startswith("Sampler thread: "))
-    if _fifo_permitted():
+    if _fifo_permitted() and "real-time not used" not in line_on:
         assert line_on == "Sampler thread: real-time (SCHED_FIFO 1)"
         # Permitted real-time, it is permitted a higher nice (the interpreter's nice is 0 here
         # unless the test runs niced).
@@ -186,3 +191,68 @@ def test_not_permitted_says_what_to_do() -> None:
     text = "".join(out)
     assert "Sampler thread: default priority: not permitted" in text
     assert "what to do:" in text and "CAP_SYS_NICE" in text and "RLIMIT_RTPRIO" in text
+
+
+def _cpu_cgroup_with_rt_budgets() -> Path | None:
+    """This process's directory in the cgroup v1 hierarchy of the ``cpu`` controller, where
+    groups have real-time budgets (RT group scheduling) and this process may make groups."""
+    if os.geteuid() != 0:
+        return None
+    path = next(
+        (
+            p
+            for _, ctl, p in (
+                ln.split(":", 2) for ln in Path("/proc/self/cgroup").read_text().splitlines()
+            )
+            if "cpu" in ctl.split(",")
+        ),
+        None,
+    )
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mine, _, theirs = line.partition(" - ")
+        fstype, _, opts = [*theirs.split(" "), "", "", ""][:3]
+        f = mine.split(" ")
+        if path is not None and fstype == "cgroup" and "cpu" in opts.split(",") and f[3] == "/":
+            d = Path(f[4]) / path.lstrip("/")
+            return d if (d / "cpu.rt_runtime_us").exists() else None
+    return None
+
+
+def test_a_tiny_real_time_budget_keeps_the_thread_normal_and_devices_says_why(
+    sim: SimulatedMachine,
+) -> None:
+    """In a cgroup whose real-time budget is 1 ms a second, a real-time sampler thread would
+    not run for most of each second once it spent it: it stays in the normal class, and
+    ``devices`` says why and what to do (run in such a cgroup, made for the test)."""
+    parent = _cpu_cgroup_with_rt_budgets()
+    if parent is None:
+        pytest.skip("no cgroup v1 cpu controller with real-time budgets to make groups in")
+    group = parent / f"carbonctx-rt-py-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "cpu.rt_runtime_us").write_text("1000")
+        r = subprocess.run(
+            [
+                "sh",
+                "-c",
+                'echo $$ > "$1/cgroup.procs" && shift && exec "$@"',
+                "sh",
+                str(group),
+                sys.executable,
+                "-m",
+                "carbonctx",
+                "devices",
+            ],
+            env={**os.environ, **sim.env()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        group.rmdir()
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("Sampler thread: "))
+    assert "real-time (" not in line, line
+    assert "real-time not used" in line and "1000 of every 1000000" in line, line
+    assert "cpu.rt_runtime_us" in r.stdout and "what to do:" in r.stdout, r.stdout

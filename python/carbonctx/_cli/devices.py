@@ -18,6 +18,14 @@ _NOT_PERMITTED = (
     "CAP_SYS_NICE, or an RLIMIT_RTPRIO of at least 1 (rtprio in /etc/security/limits.conf)"
 )
 
+#: Said under a sampler thread kept out of the real-time class by too small a real-time budget.
+_SMALL_BUDGET = (
+    "a real-time thread that spends its group's budget is not run again until the period "
+    "ends; give real-time threads more of each period where it says (cpu.rt_runtime_us of the "
+    "cgroup, e.g. docker run --cpu-rt-runtime=950000, or /proc/sys/kernel/sched_rt_runtime_us)"
+    ", or leave it: it reads at a raised normal priority"
+)
+
 #: Domains that contain or overlap the components (a module, a supply rail, the node's power).
 _BESIDE = ("module", "rail", "node")
 
@@ -107,6 +115,8 @@ def _print_devices(info: dict[str, Any], out: Any) -> None:
         print(f"Sampler thread: {sched}", file=out)
         if "not permitted" in sched:
             print(f"  what to do: {_NOT_PERMITTED}", file=out)
+        elif "real-time not used" in sched:
+            print(f"  what to do: {_SMALL_BUDGET}", file=out)
     if info.get("alternatives"):
         print("\nAlso available (same domains, not read):", file=out)
         for s in info["alternatives"]:

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use super::super::handle::Shared;
 use super::super::lock;
 use super::super::poll::{append, Polled};
+use super::super::priority::normal_while;
 use super::mirror::{copy_all, Mirror};
 use super::{discover_node, pid, Ctx};
 use crate::error::{Error, Result};
@@ -53,7 +54,9 @@ pub(super) fn take_over(
             }
         }
     }
-    let (sources, _) = discover_node(&ctx.options);
+    // Discovery (vendor libraries' initialisation) may take a core for a second: not in the
+    // real-time class.
+    let (sources, _) = normal_while(&shared.scheduling, || discover_node(&ctx.options));
     let mut by_id: HashMap<String, Box<dyn EnergySource>> = sources
         .into_iter()
         .map(|s| (s.info().id.clone(), s))
