@@ -47,8 +47,7 @@ fn assert_learned_again(out: &Outcome, cost: u64, what: &str) {
         "{what}: median {last} ns in the last quarter of the run"
     );
     assert!(out.losses >= 1, "{what}");
-    let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
-    assert!(share <= 0.01, "{what}: {:.2} % of a core", share * 100.0);
+    assert_within_share(out, cost, what);
 }
 
 #[test]
@@ -123,8 +122,7 @@ fn a_period_that_doubles_is_learned_again() {
                 "{cost} (+{shift}): {}",
                 out.misplaced
             );
-            let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
-            assert!(share <= 0.01, "{:.2} % of a core", share * 100.0);
+            assert_within_share(&out, cost, "");
         }
     }
 }
