@@ -338,10 +338,9 @@ def test_without_a_sampler_results_say_so_and_never_raise(
 # ----------------------------------------------------------------------- item 15: friction
 
 
-def test_warnings_point_at_the_users_line(tmp_path: Path) -> None:
-    """A region entered inside carbonctx's own code (a decorated function with tags goes
-    through a `with` in the decorator) warns at the user's call, not at carbonctx's file."""
-    empty = tmp_path / "empty"
+def configure_nothing_to_measure(empty: Path, **settings: Any) -> None:
+    """Configures a machine with nothing to measure with (no sysfs, devices, /proc or NVML
+    under the new, empty folder `empty`; no estimate), and `settings`."""
     empty.mkdir()
     carbonctx.configure(
         sys_root=str(empty),
@@ -349,7 +348,14 @@ def test_warnings_point_at_the_users_line(tmp_path: Path) -> None:
         proc_root=str(empty),
         nvml_library=str(empty / "none.so"),
         estimate="never",
+        **settings,
     )
+
+
+def test_warnings_point_at_the_users_line(tmp_path: Path) -> None:
+    """A region entered inside carbonctx's own code (a decorated function with tags goes
+    through a `with` in the decorator) warns at the user's call, not at carbonctx's file."""
+    configure_nothing_to_measure(tmp_path / "empty")
 
     @carbonctx.tracked(tags={"k": 1})
     def step() -> None:

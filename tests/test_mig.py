@@ -235,11 +235,12 @@ def test_without_the_slices_a_process_alone_reports_the_whole_gpu_and_says_so(
     assert r.gpu_j == pytest.approx(truth, rel=0.1)
 
 
-def test_two_ranks_at_once_on_instances_of_one_gpu_add_up_to_it(
-    tmp_path: Path, fake_nvml: Path
-) -> None:
-    # Both ranks as subprocesses sharing the node's sampler, over one common span: 3/7 and 4/7
-    # of the GPU, 7/7 together.
+def _two_ranks(
+    tmp_path: Path, fake_nvml: Path, instances: list[str]
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """Two ranks of one job as subprocesses sharing the node's sampler, on GPU 1 split as
+    LAYOUT, rank r given the instance `instances[r]`: their results and each one's GPU truth
+    over its span."""
     from test_distributed_measure import rank_env, run_ranks
 
     with SimulatedMachine(
@@ -258,12 +259,21 @@ def test_two_ranks_at_once_on_instances_of_one_gpu_add_up_to_it(
                 RANK=str(r),
                 LOCAL_RANK=str(r),
                 GROUP_RANK="0",
-                CUDA_VISIBLE_DEVICES=MIG[r],
+                CUDA_VISIBLE_DEVICES=instance,
             )
-            for r in range(2)
+            for r, instance in enumerate(instances)
         ]
         results = run_ranks(sim, tmp_path, envs)
         truth = [sim.gpu_truth_j(1, r["t0_ns"], r["t1_ns"]) for r in results]
+    return results, truth
+
+
+def test_two_ranks_at_once_on_instances_of_one_gpu_add_up_to_it(
+    tmp_path: Path, fake_nvml: Path
+) -> None:
+    # Both ranks as subprocesses sharing the node's sampler, over one common span: 3/7 and 4/7
+    # of the GPU, 7/7 together.
+    results, truth = _two_ranks(tmp_path, fake_nvml, [MIG[0], MIG[1]])
     assert [r["devices"]["gpus"]["rule"] for r in results] == ["mig-slices", "mig-slices"]
     for r, t, slices in zip(results, truth, (3, 4), strict=True):
         assert r["gpu_j"] == pytest.approx(t * slices / 7, rel=0.01)
@@ -529,30 +539,7 @@ def test_one_process_of_a_job_reports_an_instance_the_others_report_nothing(
 def test_two_ranks_at_once_on_one_instance_count_it_once(tmp_path: Path, fake_nvml: Path) -> None:
     # Both ranks as subprocesses given the same instance: one reports its 3/7 of the GPU, the
     # other none, so the job counts the instance once.
-    from test_distributed_measure import rank_env, run_ranks
-
-    with SimulatedMachine(
-        tmp_path / "hw",
-        package=Wave.constant(80.0),
-        gpus=[GpuSpec(wave=Wave.constant(60.0)), GpuSpec(wave=Wave(100.0, 300.0, 0.2))],
-        gpu_update_s=0.01,
-        nvml_library=fake_nvml,
-    ) as sim:
-        partition(sim, 1, LAYOUT)
-        envs = [
-            rank_env(
-                sim,
-                tmp_path,
-                **TORCHRUN,
-                RANK=str(r),
-                LOCAL_RANK=str(r),
-                GROUP_RANK="0",
-                CUDA_VISIBLE_DEVICES=MIG[0],
-            )
-            for r in range(2)
-        ]
-        results = run_ranks(sim, tmp_path, envs)
-        truth = [sim.gpu_truth_j(1, r["t0_ns"], r["t1_ns"]) for r in results]
+    results, truth = _two_ranks(tmp_path, fake_nvml, [MIG[0], MIG[0]])
     rules = sorted(r["devices"]["gpus"]["rule"] for r in results)
     assert rules == ["mig-claimed", "mig-slices"]
     (loser,) = [r for r in results if r["devices"]["gpus"]["rule"] == "mig-claimed"]

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,24 @@ KEY, INSTANCE = "jkey", "gpu-0a1b/1/0"
 #: How long a claimant waits on a lock held by another open file, in the tests where that one
 #: lets go after a moment: generous, so that a loaded machine's scheduling decides nothing.
 PATIENT_S = 10.0
+
+
+@contextmanager
+def _held_by(
+    path: Path, holder: bytes, mode: int = 0o600, uid: int | None = None
+) -> Iterator[None]:
+    """Another claimant's lock file at `path` (made with `mode`, given to user and group `uid`
+    where set), its lock held and `holder` written in it, for the `with` block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        if uid is not None:
+            os.fchown(fd, uid, uid)
+            os.fchmod(fd, mode)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, holder)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _hold_for_a_moment(path: Path, seconds: float, remove: bool = False) -> threading.Thread:
@@ -76,16 +96,11 @@ def test_a_live_holder_is_still_found_and_named(tmp_path: Path) -> None:
     where = tmp_path / "shm"
     where.mkdir()
     path = _path(str(where), KEY, INSTANCE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, b"rank 5 (local rank 5, pid 1)")
+    with _held_by(path, b"rank 5 (local rank 5, pid 1)"):
         assert claim_instance(KEY, INSTANCE, "rank 0", str(where)) == (
             False,
             "rank 5 (local rank 5, pid 1)",
         )
-    finally:
-        os.close(fd)
 
 
 def test_threads_of_one_process_claiming_at_once_all_hold_it(tmp_path: Path) -> None:
@@ -131,16 +146,9 @@ def test_a_lock_file_of_another_user_decides_nothing(tmp_path: Path) -> None:
     where = tmp_path / "shm"
     where.mkdir()
     path = _path(str(where), KEY, INSTANCE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        os.fchown(fd, 65534, 65534)
-        os.fchmod(fd, 0o666)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, b"rank 0 (local rank 0, pid 1)")
+    with _held_by(path, b"rank 0 (local rank 0, pid 1)", 0o666, uid=65534):
         got = claim_instance(KEY, INSTANCE, "rank 1", str(where))
         assert isinstance(got, str) and "another user" in got
-    finally:
-        os.close(fd)
 
 
 def _run(script: str, tmp_path: Path) -> str:

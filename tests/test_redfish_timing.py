@@ -133,6 +133,14 @@ def step_error(joules: float, t0: float, t1: float, at: float) -> float:
     return joules - (LOW_W * (at - t0) + HIGH_W * (t1 - at))
 
 
+def error_around_the_step(step: Step, later_s: float = 0.0) -> float:
+    """A region around the step (see ``around_the_step``): its measured energy less that of
+    a step ``later_s`` after the BMC's time of it."""
+    joules, t0, t1 = around_the_step(step)
+    assert step.at is not None
+    return step_error(joules, t0, t1, step.at + later_s)
+
+
 def warm_up(
     srv: RedfishServer,
     machine: Any,  # noqa: F811
@@ -179,9 +187,7 @@ def test_a_step_is_placed_at_the_bmcs_reading_time(
     step = Step()
     with sensor_server(cert, step, _iso) as srv:
         warm_up(srv, machine, cert)
-        joules, t0, t1 = around_the_step(step)
-        assert step.at is not None
-        err = step_error(joules, t0, t1, step.at)
+        err = error_around_the_step(step)
         assert abs(err) < (HIGH_W - LOW_W) * DELAY_S / 4, f"{err:.0f} J off"
         bmc = _process.runtime().bmc
         assert bmc is not None and bmc.basis == "reading-time" and bmc.skew_s is None
@@ -209,9 +215,7 @@ def test_by_default_a_reading_is_placed_when_read_and_no_result_waits_for_it(
         assert rt.settings.redfish_lag_s == 0 and rt._lag_s() == 0.0  # no wait at exit
         node, frontier = behind_s()
         assert node < 1.0 and frontier < 1.0, (node, frontier)
-        joules, t0, t1 = around_the_step(step)
-        assert step.at is not None
-        err = step_error(joules, t0, t1, step.at)
+        err = error_around_the_step(step)
         assert err < -(HIGH_W - LOW_W) * DELAY_S * 0.9, f"{err:.0f} J off"
         bmc = rt.bmc
         assert bmc is not None and bmc.feed.lag_s == 0.0 and bmc.basis == "reading-time"
@@ -234,9 +238,7 @@ def test_a_reading_time_hours_off_is_not_trusted(
     step = Step()
     with sensor_server(cert, step, lambda wall: _iso(wall - 3 * 3600)) as srv:
         warm_up(srv, machine, cert)
-        joules, t0, t1 = around_the_step(step)
-        assert step.at is not None
-        err = step_error(joules, t0, t1, step.at + DELAY_S / 2)
+        err = error_around_the_step(step, DELAY_S / 2)
         assert abs(err) < (HIGH_W - LOW_W) * DELAY_S / 4, f"{err:.0f} J off"
         bmc = _process.runtime().bmc
         assert bmc is not None and bmc.basis == "request"
@@ -253,9 +255,7 @@ def test_without_a_reading_time_a_step_is_placed_mid_request(
     step = Step()
     with sensor_server(cert, step, lambda wall: None) as srv:
         warm_up(srv, machine, cert)
-        joules, t0, t1 = around_the_step(step)
-        assert step.at is not None
-        err = step_error(joules, t0, t1, step.at + DELAY_S / 2)
+        err = error_around_the_step(step, DELAY_S / 2)
         assert abs(err) < (HIGH_W - LOW_W) * DELAY_S / 4, f"{err:.0f} J off"
         bmc = _process.runtime().bmc
         assert bmc is not None and bmc.basis == "request" and bmc.skew_s is None

@@ -22,6 +22,7 @@ from carbonctx._measure import process as _runtime
 from carbonctx._output.jsonl import read_jsonl
 from carbonctx.errors import CarbonctxError, SourceUnavailableError
 from carbonctx.testing import SimulatedMachine
+from test_faults import configure_nothing_to_measure
 
 
 def raw_regions(path: Path) -> list[dict[str, Any]]:
@@ -257,15 +258,8 @@ def test_a_tracked_call_warns_before_the_function_runs(tmp_path: Path, output: b
     # A degradation known when the call begins (here: nothing to measure with) is said before
     # the function runs, as a `with` says it, and at the user's line: a long decorated call
     # (a whole `main()`) must not keep it until it returns.
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    carbonctx.configure(
-        sys_root=str(empty),
-        dev_root=str(empty),
-        proc_root=str(empty),
-        nvml_library=str(empty / "none.so"),
-        estimate="never",
-        output=str(tmp_path / "out.jsonl") if output else None,
+    configure_nothing_to_measure(
+        tmp_path / "empty", output=str(tmp_path / "out.jsonl") if output else None
     )
     said_before: list[int] = []
 

@@ -84,6 +84,13 @@ def _count(name: str, value: str) -> int:
     return int(v)
 
 
+def _number(name: str, value: str, hint: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r}: {hint}") from None
+
+
 def parse_gpus(name: str, value: str | Sequence[int | str]) -> tuple[int | str, ...]:
     """The GPU setting: device numbers (as this process numbers them, after
     ``CUDA_VISIBLE_DEVICES``) or ``GPU-``/``MIG-`` UUIDs; empty or ``none`` for no GPU."""
@@ -156,12 +163,9 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         if (v := get(f"CARBONCTX_{flag.upper()}")) is not None:
             out[flag] = _bool(f"CARBONCTX_{flag.upper()}", v)
     if (v := get("CARBONCTX_POWER_SHARE")) is not None:
-        try:
-            out["power_share"] = float(v)
-        except ValueError:
-            raise ConfigurationError(
-                f"CARBONCTX_POWER_SHARE={v!r}: give a share of one core, e.g. 0.02 for 2 %"
-            ) from None
+        out["power_share"] = _number(
+            "CARBONCTX_POWER_SHARE", v, "give a share of one core, e.g. 0.02 for 2 %"
+        )
     if (v := get("CARBONCTX_NODE_SAMPLER")) is not None:
         out["node_sampler"] = _bool("CARBONCTX_NODE_SAMPLER", v)
     if (v := get("CARBONCTX_NODE_DIR")) is not None:
@@ -170,20 +174,16 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         if (v := get(f"CARBONCTX_REDFISH_{field.upper()}")) is not None:
             out["redfish_period_s" if field == "period" else f"redfish_{field}"] = v
     if (v := out.get("redfish_period_s")) is not None:
-        try:
-            out["redfish_period_s"] = float(v)
-        except ValueError:
-            raise ConfigurationError(
-                f"CARBONCTX_REDFISH_PERIOD={v!r}: give the seconds between BMC readings"
-            ) from None
+        out["redfish_period_s"] = _number(
+            "CARBONCTX_REDFISH_PERIOD", v, "give the seconds between BMC readings"
+        )
     if (v := get("CARBONCTX_REDFISH_LAG_S")) is not None:
-        try:
-            out["redfish_lag_s"] = float(v)
-        except ValueError:
-            raise ConfigurationError(
-                f"CARBONCTX_REDFISH_LAG_S={v!r}: give the seconds the node's timeline is kept "
-                f"behind its reads, 0 to {MAX_REDFISH_LAG_S:g} (0: BMC readings placed when read)"
-            ) from None
+        out["redfish_lag_s"] = _number(
+            "CARBONCTX_REDFISH_LAG_S",
+            v,
+            "give the seconds the node's timeline is kept behind its reads, "
+            f"0 to {MAX_REDFISH_LAG_S:g} (0: BMC readings placed when read)",
+        )
     if isinstance(v := out.get("redfish_verify"), str) and v.strip().lower() in _BOOL_WORDS:
         out["redfish_verify"] = _bool("CARBONCTX_REDFISH_VERIFY", v)
     return out

@@ -182,24 +182,9 @@ impl Region {
             None => None,
         };
         Ok(Region {
-            name,
-            strict,
             tags,
             sync,
-            id: 0,
-            parent: None,
-            thread: 0,
-            t1: 0,
-            raw_batch: None,
-            raw_row: 0,
-            result: None,
-            hub: None,
-            strict_now: false,
-            token: None,
-            clones: None,
-            prev: None,
-            call_tag: 0,
-            proxy: None,
+            ..Region::for_call(name, strict, 0)
         })
     }
 
@@ -279,7 +264,8 @@ impl Region {
 }
 
 impl Region {
-    /// The region of a call of a `@tracked` function (span.rs), under the name's tag `tag`.
+    /// The region of a call of a `@tracked` function (span.rs), under the name's tag `tag`
+    /// (`Region(...)` starts from it too, with tag 0: no tags, no synchronisation, not entered).
     pub(crate) fn for_call(name: Py<PyString>, strict: Option<bool>, tag: u32) -> Self {
         Region {
             name,

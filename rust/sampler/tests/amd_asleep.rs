@@ -17,7 +17,7 @@ use std::time::Duration;
 use carbonctx_sampler::discover::{self, Options};
 use carbonctx_sampler::now_ns;
 use carbonctx_sampler::sampler::{Config, Sampler};
-use carbonctx_sampler::{NodeConfig, Role};
+use carbonctx_sampler::{NodeConfig, Resolved, Role};
 use common_hwmon::{chip, options};
 
 /// What a sleeping card may draw beyond the 0 W it is counted at (the label says so).
@@ -77,6 +77,22 @@ fn start_with(root: &Path, config: Config) -> Sampler {
     s
 }
 
+/// Ends region `id` and waits for its result.
+fn ended(s: &Sampler, id: u64) -> Resolved {
+    let t = s.end(id);
+    assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
+    s.drain().remove(0)
+}
+
+/// Asserts that `r`'s uncertainty is the sleep bound over `d` seconds asleep, once.
+fn assert_bounded_asleep(r: &Resolved, d: f64, what: &str) {
+    assert!(
+        (r.uncertainty[0] - ASLEEP_BOUND_W * d).abs() <= 1e-6 * ASLEEP_BOUND_W * d + 1e-9,
+        "± {} J over {d} s asleep{what}",
+        r.uncertainty[0]
+    );
+}
+
 fn seconds(t0: u64, t1: u64) -> f64 {
     t1.saturating_sub(t0) as f64 * 1e-9
 }
@@ -91,26 +107,18 @@ fn a_region_a_gpu_sleeps_through_is_0_j_within_the_bound_of_its_sleep() {
     sleep(Duration::from_millis(100));
     let id = s.begin();
     sleep(Duration::from_millis(300));
-    let t = s.end(id);
-    assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
-    let r = s.drain().remove(0);
+    let r = ended(&s, id);
     let d = seconds(r.t0_ns, r.t1_ns);
     assert_eq!(r.joules[0], 0.0);
     // Once for the time asleep, however many reads fell in it (and nothing else: every
     // reading is 0 W).
-    assert!(
-        (r.uncertainty[0] - ASLEEP_BOUND_W * d).abs() <= 1e-6 * ASLEEP_BOUND_W * d + 1e-9,
-        "± {} J over {d} s asleep",
-        r.uncertainty[0]
-    );
+    assert_bounded_asleep(&r, d, "");
     // Awake from then on: its power is read (a steady 100 W).
     set_status(&hw, "active\n");
     sleep(Duration::from_millis(200));
     let id = s.begin();
     sleep(Duration::from_millis(300));
-    let t = s.end(id);
-    assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
-    let r = s.drain().remove(0);
+    let r = ended(&s, id);
     let d = seconds(r.t0_ns, r.t1_ns);
     assert!(
         (r.joules[0] - 100.0 * d).abs() < 1e-6 * 100.0 * d + 1e-9,
@@ -142,11 +150,7 @@ fn a_sleep_longer_than_the_timeline_holds_reads_is_bounded_in_full() {
     assert_eq!(r.t0_ns, t0);
     let d = seconds(r.t0_ns, r.t1_ns);
     assert_eq!(r.joules[0], 0.0);
-    assert!(
-        (r.uncertainty[0] - ASLEEP_BOUND_W * d).abs() <= 1e-6 * ASLEEP_BOUND_W * d + 1e-9,
-        "± {} J over {d} s asleep ({reads} reads)",
-        r.uncertainty[0]
-    );
+    assert_bounded_asleep(&r, d, &format!(" ({reads} reads)"));
     s.stop();
 }
 
@@ -165,9 +169,7 @@ fn a_gpu_waking_mid_region_is_read_at_once_and_its_sleep_is_bounded() {
     let t_wake = now_ns();
     set_status(&hw, "active\n");
     sleep(Duration::from_millis(400));
-    let t = s.end(id);
-    assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
-    let r = s.drain().remove(0);
+    let r = ended(&s, id);
     let asleep = seconds(r.t0_ns, t_wake);
     let awake = seconds(t_wake, r.t1_ns);
     assert!(
@@ -239,9 +241,7 @@ fn a_sleep_after_a_takeover_is_bounded_in_full_by_the_new_owner_and_its_follower
     let t_asleep = now_ns();
     sleep(Duration::from_millis(400));
     for (s, id) in both.iter().zip(ids) {
-        let t = s.end(id);
-        assert!(s.wait_until_resolved(t, Duration::from_secs(30)));
-        let r = s.drain().remove(0);
+        let r = ended(s, id);
         let asleep = seconds(t_asleep, r.t1_ns);
         let d = seconds(r.t0_ns, r.t1_ns);
         assert!(

@@ -432,9 +432,17 @@ impl PhaseLock {
             // It may have taken the next predicted update: the read after it would see none.
             pr.check_after = None;
         }
-        if pr.early_checks >= EARLY_CHECKS {
-            // Updates between the predicted ones: the period fell (halved, or less). Learn it
-            // again, reading every update, as at the start.
+        // Updates between the predicted ones: the period fell (halved, or less).
+        let lost = pr.early_checks >= EARLY_CHECKS;
+        self.keep_pair_or_relearn(pr, lost, t);
+        changed.then_some(t as u64)
+    }
+
+    /// After a check (this read's middle at `t`): where the pair is `lost` (its period changed),
+    /// learn the period again, reading every update, as at the start; else keep `pr` and skip
+    /// to the next read worth making.
+    fn keep_pair_or_relearn(&mut self, pr: Pair, lost: bool, t: f64) {
+        if lost {
             self.pair_lost += 1;
             self.stride = 1;
             self.unlock();
@@ -442,7 +450,6 @@ impl PhaseLock {
             self.pair = Some(pr);
             self.skip_to_lookable(t);
         }
-        changed.then_some(t as u64)
     }
 
     /// The read after the next predicted update (see `Pair::check_after`, `at`: that update),
@@ -459,16 +466,9 @@ impl PhaseLock {
         changed: bool,
     ) -> Option<u64> {
         pr.missed_checks = if changed { 0 } else { pr.missed_checks + 1 };
-        if pr.missed_checks >= EARLY_CHECKS {
-            // No update where one was predicted: the period grew (doubled, or more). Learn it
-            // again, reading every update, as at the start.
-            self.pair_lost += 1;
-            self.stride = 1;
-            self.unlock();
-        } else {
-            self.pair = Some(pr);
-            self.skip_to_lookable(t);
-        }
+        // No update where one was predicted: the period grew (doubled, or more).
+        let lost = pr.missed_checks >= EARLY_CHECKS;
+        self.keep_pair_or_relearn(pr, lost, t);
         let c = self.read_cost as f64;
         let stamp = if t + c / 2.0 <= limit {
             at.clamp(prev + 1.0, t)

@@ -33,6 +33,13 @@ struct Outcome {
     failed_checks: u64,
 }
 
+/// Asserts that the reads of `out`, each costing `cost` ns, took at most 1 % of a core over
+/// its `span_ns` (`what`: the case, for the message).
+fn assert_within_share(out: &Outcome, cost: u64, what: &str) {
+    let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
+    assert!(share <= 0.01, "{what}: {:.2} % of a core", share * 100.0);
+}
+
 /// Drives a lock as the sampler does: reading every update until it brackets one closely,
 /// then one update in `stride` as a pair (never, with `None`: every update is read, as before
 /// pairs), for `duration` ns of simulated time. The update
@@ -196,12 +203,7 @@ fn an_expensive_counter_read_in_pairs_stays_on_its_updates_for_an_hour() {
         );
         assert!(all <= median_abs(&every.errors), "seed {seed}: {all} ns");
         // The reads' CPU: at most the 1 % budget.
-        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
-        assert!(
-            share <= 0.01,
-            "seed {seed}: {:.2} % of a core",
-            share * 100.0
-        );
+        assert_within_share(&out, cost, &format!("seed {seed}"));
         assert!(out.losses <= 2, "seed {seed}: lost {} times", out.losses);
         assert_eq!(out.misplaced, 0, "seed {seed}");
     }
@@ -230,8 +232,7 @@ fn a_phase_jump_is_found_again_within_a_few_pairs() {
     for (a, b) in [(0.05, 0.3), (0.38, 0.63), (0.71, 1.0)] {
         assert!(part(a, b) < 0.5e6, "{a}-{b}: {} ns", part(a, b));
     }
-    let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
-    assert!(share <= 0.01, "{:.2} % of a core", share * 100.0);
+    assert_within_share(&out, cost, "");
 }
 
 #[test]
@@ -273,12 +274,7 @@ fn late_wake_ups_never_put_an_update_a_period_off() {
             out.span_ns / 1_000_000_000
         );
         assert_eq!(out.misplaced, 0, "seed {seed}");
-        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
-        assert!(
-            share <= 0.01,
-            "seed {seed}: {:.2} % of a core",
-            share * 100.0
-        );
+        assert_within_share(&out, cost, &format!("seed {seed}"));
     }
 }
 
@@ -344,12 +340,7 @@ fn a_steady_counter_read_in_pairs_is_never_learned_again() {
         assert_eq!(out.misplaced, 0, "seed {seed}");
         assert!(median_abs(&out.errors) < 1.0e6, "seed {seed}");
         // The checks' reads too: within the 1 % budget.
-        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
-        assert!(
-            share <= 0.01,
-            "seed {seed}: {:.2} % of a core",
-            share * 100.0
-        );
+        assert_within_share(&out, cost, &format!("seed {seed}"));
     }
 }
 
@@ -369,8 +360,7 @@ fn an_expensive_counter_that_updates_every_50_ms_is_read_in_pairs() {
             "{period}: paired for {} ms",
             out.span_ns / MS
         );
-        let share = out.reads as f64 * cost as f64 / out.span_ns as f64;
-        assert!(share <= 0.01, "{period}: {:.2} % of a core", share * 100.0);
+        assert_within_share(&out, cost, &format!("{period}"));
         assert!(median_abs(&out.errors) < 1.0e6, "{period}");
         assert_eq!(out.misplaced, 0, "{period}");
     }

@@ -151,6 +151,26 @@ fn updates(
     out
 }
 
+/// An expensive counter updating every `period` ns (its phase wandering 2 ms, each update 1 ms
+/// early or late, the first 10-82 ms in),
+/// read as `reads` says for `dur` ns, over 24 seeds: in each the period is within 0.1 % and
+/// the median stamp error of every 30 s within `max_window` ns.
+fn assert_keeps_its_period(period: f64, reads: &Reads<'_>, dur: u64, max_window: f64) {
+    let mut bad = Vec::new();
+    for seed in 1u64..=24 {
+        let times = updates(period, 7e6 + seed as f64 * 3.1e6, 2e6, 1e6, dur, seed);
+        let out = drive(&times, period, reads, dur, 30_000 * MS, seed);
+        let window = out.worst_window(30_000 * MS);
+        if out.worst_period > 0.001 || window > max_window {
+            bad.push((seed, out.worst_period, window, out.relocks));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "(seed, period off, worst median stamp error over 30 s, relocks): {bad:?}"
+    );
+}
+
 #[test]
 fn an_expensive_counter_on_a_busy_machine_keeps_its_period() {
     // An H100-like counter (updates every 100.004 ms, 1 ms early or late at random, the phase
@@ -178,19 +198,7 @@ fn an_expensive_counter_on_a_busy_machine_keeps_its_period() {
         pairs: Some((20_000 * MS, &stride)),
     };
     let dur = 600_000 * MS;
-    let mut bad = Vec::new();
-    for seed in 1u64..=24 {
-        let times = updates(period, 7e6 + seed as f64 * 3.1e6, 2e6, 1e6, dur, seed);
-        let out = drive(&times, period, &reads, dur, 30_000 * MS, seed);
-        let window = out.worst_window(30_000 * MS);
-        if out.worst_period > 0.001 || window > 10e6 {
-            bad.push((seed, out.worst_period, window, out.relocks));
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "(seed, period off, worst median stamp error over 30 s, relocks): {bad:?}"
-    );
+    assert_keeps_its_period(period, &reads, dur, 10e6);
 }
 
 #[test]
@@ -207,19 +215,7 @@ fn an_expensive_counter_read_at_every_update_keeps_its_period() {
         pairs: None,
     };
     let dur = 300_000 * MS;
-    let mut bad = Vec::new();
-    for seed in 1u64..=24 {
-        let times = updates(period, 7e6 + seed as f64 * 3.1e6, 2e6, 1e6, dur, seed);
-        let out = drive(&times, period, &reads, dur, 30_000 * MS, seed);
-        let window = out.worst_window(30_000 * MS);
-        if out.worst_period > 0.001 || window > 5e6 {
-            bad.push((seed, out.worst_period, window, out.relocks));
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "(seed, period off, worst median stamp error over 30 s, relocks): {bad:?}"
-    );
+    assert_keeps_its_period(period, &reads, dur, 5e6);
 }
 
 #[test]

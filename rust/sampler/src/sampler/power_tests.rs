@@ -340,21 +340,27 @@ impl EnergySource for Stalling {
     }
 }
 
-#[test]
-fn a_phase_locked_counter_read_held_up_is_read_again() {
-    // Its change is put at the latest update before the read's middle: a read held up
-    // for milliseconds after it took its value saw an update periods before that.
+/// A counter of `backend` (1 µJ a unit) whose first read stalls 2 ms, as `config` polls it.
+fn stalling_counter(backend: &'static str, config: &Config) -> Polled {
     let spec = CounterSpec {
         joules_per_unit: 1e-6,
         wrap: None,
     };
-    let (mut p, _, _) = Polled::new(
-        Box::new(Stalling(info("powercap", "", Some(spec)), 0)),
+    let (p, _, _) = Polled::new(
+        Box::new(Stalling(info(backend, "", Some(spec)), 0)),
         Reading::Counter(0),
         0,
         0.0,
-        &Config::default(),
+        config,
     );
+    p
+}
+
+#[test]
+fn a_phase_locked_counter_read_held_up_is_read_again() {
+    // Its change is put at the latest update before the read's middle: a read held up
+    // for milliseconds after it took its value saw an update periods before that.
+    let mut p = stalling_counter("powercap", &Config::default());
     assert!(p.phase.is_some());
     p.read_cost_ns = 2_000;
     let (reading, t_before, t_after) = read_timed(&mut p);
@@ -366,13 +372,7 @@ fn a_phase_locked_counter_read_held_up_is_read_again() {
         phase_lock: false,
         ..Config::default()
     };
-    let (mut q, _, _) = Polled::new(
-        Box::new(Stalling(info("powercap", "", Some(spec)), 0)),
-        Reading::Counter(0),
-        0,
-        0.0,
-        &unlocked,
-    );
+    let mut q = stalling_counter("powercap", &unlocked);
     assert!(q.phase.is_none());
     assert!(matches!(read_timed(&mut q).0, Ok(Reading::Counter(1))));
 }
@@ -383,17 +383,7 @@ fn a_source_whose_usual_cost_is_not_known_yet_is_read_once() {
     // any read is "four times" the nothing known, and an expensive counter (an NVML energy
     // read of a few ms) was read twice at each of its first few polls, the usual cost
     // ramping up from zero.
-    let spec = CounterSpec {
-        joules_per_unit: 1e-6,
-        wrap: None,
-    };
-    let (mut p, _, _) = Polled::new(
-        Box::new(Stalling(info("nvml", "", Some(spec)), 0)),
-        Reading::Counter(0),
-        0,
-        0.0,
-        &Config::default(),
-    );
+    let mut p = stalling_counter("nvml", &Config::default());
     assert!(p.phase.is_some());
     assert_eq!(p.read_cost_ns, 0);
     assert!(matches!(read_timed(&mut p).0, Ok(Reading::Counter(1))));
