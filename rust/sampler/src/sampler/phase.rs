@@ -222,6 +222,12 @@ impl PhaseLock {
         (self.locked && !self.probe && self.pair.is_none()).then_some(self.next)
     }
 
+    /// How far the predictions run early (ns): see `lead`.
+    #[cfg(test)]
+    pub(crate) fn lead_ns(&self) -> f64 {
+        self.lead
+    }
+
     /// The learned update period, ns.
     pub fn period_ns(&self) -> Option<f64> {
         self.period

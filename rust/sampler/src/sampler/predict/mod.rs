@@ -177,6 +177,11 @@ impl Predict {
         }
         ph.check_sparse = true;
         let start = w.lo.saturating_sub(per as u64);
+        // The look and the read after it are asked for as early as wake-ups come late lately
+        // (within a quarter period): asked for at their aims, they would land that much past
+        // them, and each bracket's middle, which re-anchors the phase, would move the
+        // predictions later window after window until a look lands past its update.
+        let early = self.late_ns.min(per as u64 / 4);
         if self.parts[i] == Part::Sparse {
             ph.set_stride(k);
             if p.due_ns < start && now < start {
@@ -187,17 +192,21 @@ impl Predict {
             // close bracket, whatever the updates read sparsely showed (one written late is
             // not taken for on time), and the phase re-anchored.
             ph.resync(start.max(now));
-            p.due_ns = ph.due(now).max(now + 1);
+            p.due_ns = ph.due(now).saturating_sub(early).max(now + 1);
             self.parts[i] = Part::Aimed;
         }
         if self.parts[i] == Part::Aimed {
             if p.last_poll_ns < start {
                 return Some(true);
             }
-            // Read: every update from here.
+            // Read: every update from here, from the first after the latest one seen (the
+            // look's, or one a period before it): planning comes after the look's read, often
+            // past the update it was aimed before, and aiming past `now` would skip the read
+            // that brackets it.
             ph.set_stride(1);
-            ph.aim(now);
-            p.due_ns = ph.due(now).max(now + 1);
+            let seen = last_point.max(p.last_poll_ns.saturating_sub(per as u64));
+            ph.aim(seen + (per / 2.0) as u64);
+            p.due_ns = ph.due(now).saturating_sub(early).max(now + 1);
             self.parts[i] = Part::In;
         }
         match self.parts[i] {
@@ -241,3 +250,6 @@ impl Predict {
         self.parts.fill(Part::Sparse);
     }
 }
+
+#[cfg(test)]
+mod tests;
