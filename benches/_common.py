@@ -13,10 +13,39 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import carbonctx
+from carbonctx import _native
 from carbonctx._measure import process as _runtime
 from carbonctx.testing import SimulatedMachine, Wave
 
 RESULTS = Path(__file__).parent / "results"
+
+# The sampler's read modes a tree can be run in (options of this tree only): every update while
+# regions are marked (the default), reads at marks instead, reads around predicted marks.
+VARIANTS: dict[str, dict[str, bool]] = {
+    "": {},
+    "at-marks": {"fast_reads": False},
+    "predict": {"predict_marks": True},
+}
+
+
+def busy(seconds: float) -> None:
+    """Keep this thread's core busy for the given seconds (a region's work)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def package_sampler(sim: SimulatedMachine, variant: str = "") -> _native.Sampler:
+    """A native sampler reading only the simulated machine's powercap zones, in a read mode."""
+    r = sim._sim.roots()
+    return _native.Sampler(
+        sys_root=r["sys_root"],
+        dev_root=r["dev_root"],
+        proc_root=r["proc_root"],
+        nvml=False,
+        cpu_backends=["powercap"],
+        **VARIANTS[variant],
+    )
 
 
 @contextmanager

@@ -15,17 +15,11 @@ import time
 
 import numpy as np
 
-from _common import machine, write_result
+from _common import busy, machine, write_result
 from carbonctx import _native
 from carbonctx.testing import SimulatedMachine, Wave
 
 REPEATS = 5
-
-
-def busy(seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        pass
 
 
 def sampler(sim: SimulatedMachine, phase_lock: bool) -> _native.Sampler:

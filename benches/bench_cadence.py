@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine, write_result
+from _common import VARIANTS, busy, machine, package_sampler, write_result
 from carbonctx import _native
 from carbonctx.testing import SimulatedMachine, Wave
 
@@ -39,18 +39,6 @@ CADENCES = {
 }
 
 
-def busy(seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        pass
-
-
-# Options of this tree only: reads at marks, reads around predicted marks.
-VARIANTS: dict[str, dict[str, bool]] = {
-    "": {},
-    "at-marks": {"fast_reads": False},
-    "predict": {"predict_marks": True},
-}
 VARIANT = ""
 
 
@@ -58,15 +46,7 @@ def one(period_s: float) -> dict[str, float]:
     with SimulatedMachine(
         package=Wave(40.0, 120.0, 0.05), dram=None, update_period_s=period_s
     ) as sim:
-        r = sim._sim.roots()
-        s = _native.Sampler(
-            sys_root=r["sys_root"],
-            dev_root=r["dev_root"],
-            proc_root=r["proc_root"],
-            nvml=False,
-            cpu_backends=["powercap"],
-            **VARIANTS[VARIANT],
-        )
+        s = package_sampler(sim, VARIANT)
         time.sleep(0.3)
         for _ in range(100):
             rid = s.begin()

@@ -15,18 +15,12 @@ import sys
 import time
 
 import carbonctx
-from _common import machine, simulated, write_result
+from _common import busy, machine, simulated, write_result
 from carbonctx.testing import Wave
 
 EPOCHS = 20
 REPEATS = 3
 BODY_S = 0.05
-
-
-def busy(s: float) -> None:
-    end = time.perf_counter() + s
-    while time.perf_counter() < end:
-        pass
 
 
 def gaps(loop: object) -> list[float]:

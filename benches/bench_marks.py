@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine, thread_cpu_s, write_result
+from _common import VARIANTS, machine, thread_cpu_s, write_result
 from carbonctx import _native
 from carbonctx.testing import SimulatedMachine, Wave
 
@@ -36,13 +36,6 @@ GPU_REGIONS = 3
 SECONDS = 5.0
 
 
-# Options of this tree only: reads at marks instead of at every update while marked, reads
-# around predicted marks.
-VARIANTS: dict[str, dict[str, bool]] = {
-    "": {},
-    "at-marks": {"fast_reads": False},
-    "predict": {"predict_marks": True},
-}
 VARIANT = ""
 
 

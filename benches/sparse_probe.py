@@ -21,39 +21,20 @@ import time
 
 import numpy as np
 
+from _common import busy, package_sampler
 from carbonctx import _native
 from carbonctx.testing import SimulatedMachine, Wave
-
-VARIANTS: dict[str, dict[str, bool]] = {
-    "default": {},
-    "at-marks": {"fast_reads": False},
-    "predict": {"predict_marks": True},
-}
-
-
-def busy(seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        pass
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", choices=list(VARIANTS), default="predict")
+    ap.add_argument("--variant", choices=["default", "at-marks", "predict"], default="predict")
     ap.add_argument("--period-s", type=float, default=0.001)
     ap.add_argument("--regions", type=int, default=100)
     args = ap.parse_args()
     wave = Wave(40.0, 120.0, 0.05)
     with SimulatedMachine(package=wave, dram=None, update_period_s=args.period_s) as sim:
-        r = sim._sim.roots()
-        s = _native.Sampler(
-            sys_root=r["sys_root"],
-            dev_root=r["dev_root"],
-            proc_root=r["proc_root"],
-            nvml=False,
-            cpu_backends=["powercap"],
-            **VARIANTS[args.variant],
-        )
+        s = package_sampler(sim, "" if args.variant == "default" else args.variant)
         time.sleep(0.3)
         start = _native.now_ns()
         for _ in range(args.regions):
