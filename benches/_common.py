@@ -35,8 +35,9 @@ def busy(seconds: float) -> None:
         pass
 
 
-def package_sampler(sim: SimulatedMachine, variant: str = "") -> _native.Sampler:
-    """A native sampler reading only the simulated machine's powercap zones, in a read mode."""
+def package_sampler(sim: SimulatedMachine, variant: str = "", **opts: bool) -> _native.Sampler:
+    """A native sampler reading only the simulated machine's powercap zones, in a read mode
+    (and with any other of the binding's options)."""
     r = sim._sim.roots()
     return _native.Sampler(
         sys_root=r["sys_root"],
@@ -45,6 +46,7 @@ def package_sampler(sim: SimulatedMachine, variant: str = "") -> _native.Sampler
         nvml=False,
         cpu_backends=["powercap"],
         **VARIANTS[variant],
+        **opts,
     )
 
 

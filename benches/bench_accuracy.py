@@ -15,23 +15,11 @@ import time
 
 import numpy as np
 
-from _common import busy, machine, write_result
+from _common import busy, machine, package_sampler, write_result
 from carbonctx import _native
 from carbonctx.testing import SimulatedMachine, Wave
 
 REPEATS = 5
-
-
-def sampler(sim: SimulatedMachine, phase_lock: bool) -> _native.Sampler:
-    r = sim._sim.roots()
-    return _native.Sampler(
-        sys_root=r["sys_root"],
-        dev_root=r["dev_root"],
-        proc_root=r["proc_root"],
-        nvml=False,
-        cpu_backends=["powercap"],
-        phase_lock=phase_lock,
-    )
 
 
 def drain(s: _native.Sampler) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,7 +34,7 @@ def drain(s: _native.Sampler) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def short_regions(phase_lock: bool) -> dict[str, float]:
     with SimulatedMachine(package=Wave(40.0, 120.0, 0.05), dram=None) as sim:
-        s = sampler(sim, phase_lock)
+        s = package_sampler(sim, phase_lock=phase_lock)
         time.sleep(0.3)  # learn the counters' phase
         for _ in range(100):
             rid = s.begin()
@@ -71,7 +59,7 @@ def short_regions(phase_lock: bool) -> dict[str, float]:
 def wrapping_span() -> dict[str, float]:
     # 80 W mean: a 40 J range wraps twice a second.
     with SimulatedMachine(package=Wave(40.0, 120.0, 0.05), dram=None, wrap_uj=40_000_000) as sim:
-        s = sampler(sim, True)
+        s = package_sampler(sim, phase_lock=True)
         time.sleep(0.2)
         rid = s.begin()
         time.sleep(5.0)
