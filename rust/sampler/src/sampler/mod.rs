@@ -26,6 +26,8 @@ mod coalesce;
 pub mod config;
 mod costly;
 mod dither;
+#[cfg(test)]
+mod fake_source;
 pub mod handle;
 mod marks;
 pub mod node;

@@ -457,49 +457,23 @@ mod tests {
     #[test]
     fn a_counter_that_starts_failed_is_phase_locked_when_it_reads() {
         use super::{Config, Polled};
-        use crate::error::Error;
-        use crate::sensors::{CounterSpec, Domain, EnergySource, Method, Reading, SourceInfo};
-        use std::time::Duration;
+        use crate::sampler::fake_source::package;
+        use crate::sensors::CounterSpec;
 
-        struct Fake(SourceInfo);
-        impl EnergySource for Fake {
-            fn info(&self) -> &SourceInfo {
-                &self.0
-            }
-            fn read(&mut self) -> Result<Reading, Error> {
-                Ok(Reading::Counter(0))
-            }
-        }
-        let info = |counter: Option<CounterSpec>| SourceInfo {
-            id: "fake:0".into(),
-            backend: "powercap",
-            domain: Domain::Package,
-            index: 0,
-            label: "package-0".into(),
-            method: if counter.is_some() {
-                Method::Counter
-            } else {
-                Method::IntegratedPower
-            },
-            counter,
-            interval: Duration::from_millis(1),
-            path: None,
-            uuid: None,
-        };
         let spec = CounterSpec {
             joules_per_unit: 1e-6,
             wrap: None,
         };
         let config = Config::default();
-        let counter = Polled::failed(Box::new(Fake(info(Some(spec)))), 10, 0.0, &config);
+        let counter = Polled::failed(package(Some(spec)), 10, 0.0, &config);
         assert!(counter.phase.is_some() && counter.failed_since == Some(10));
-        let power = Polled::failed(Box::new(Fake(info(None))), 10, 0.0, &config);
+        let power = Polled::failed(package(None), 10, 0.0, &config);
         assert!(power.phase.is_none());
         let unlocked = Config {
             phase_lock: false,
             ..Config::default()
         };
-        let plain = Polled::failed(Box::new(Fake(info(Some(spec)))), 10, 0.0, &unlocked);
+        let plain = Polled::failed(package(Some(spec)), 10, 0.0, &unlocked);
         assert!(plain.phase.is_none());
     }
 }

@@ -2,44 +2,22 @@
 //! read times (no wall clock).
 
 use super::Predict;
-use crate::error::Error;
 use crate::sampler::config::Config;
+use crate::sampler::fake_source::package;
 use crate::sampler::poll::Polled;
-use crate::sensors::{CounterSpec, Domain, EnergySource, Method, Reading, SourceInfo};
+use crate::sensors::CounterSpec;
 use crate::timeline::{History, Point};
-use std::time::Duration;
 
 const US: u64 = 1_000;
 const MS: u64 = 1_000_000;
 
-struct Fake(SourceInfo);
-impl EnergySource for Fake {
-    fn info(&self) -> &SourceInfo {
-        &self.0
-    }
-    fn read(&mut self) -> Result<Reading, Error> {
-        Ok(Reading::Counter(0))
-    }
-}
-
 /// A RAPL-like package counter, 1 ms apart.
 fn counter() -> Polled {
-    let info = SourceInfo {
-        id: "fake:0".into(),
-        backend: "powercap",
-        domain: Domain::Package,
-        index: 0,
-        label: "package-0".into(),
-        method: Method::Counter,
-        counter: Some(CounterSpec {
-            joules_per_unit: 1e-6,
-            wrap: None,
-        }),
-        interval: Duration::from_millis(1),
-        path: None,
-        uuid: None,
+    let spec = CounterSpec {
+        joules_per_unit: 1e-6,
+        wrap: None,
     };
-    let mut p = Polled::failed(Box::new(Fake(info)), 0, 0.0, &Config::default());
+    let mut p = Polled::failed(package(Some(spec)), 0, 0.0, &Config::default());
     p.failed_since = None;
     p
 }
