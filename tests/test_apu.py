@@ -228,6 +228,28 @@ def test_a_discrete_amd_gpu_is_still_counted_as_a_gpu(tmp_path: Path) -> None:
 RANK_ENV = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "apu"}
 
 
+def mi300a_ranks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, watts: tuple[float, float]
+) -> Iterator[tuple[int, SimulatedMachine]]:
+    """An MI300A-like node (two APUs whose sockets draw ``watts``, two 60 W CPU packages) and
+    two local ranks of one job: carbonctx configured as each rank in turn, reset after it."""
+    gpus = [
+        AmdGpuSpec(wave=Wave.constant(watts[0]), name="AMD Instinct MI300A", unique_id=0xA1),
+        AmdGpuSpec(wave=Wave.constant(watts[1]), name="AMD Instinct MI300A", unique_id=0xB2),
+    ]
+    for k, v in RANK_ENV.items():
+        monkeypatch.setenv(k, v)
+    with SimulatedMachine(
+        tmp_path / "hw", packages=2, package=Wave.constant(60.0), dram=None, amd_gpus=gpus
+    ) as sim:
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("LOCAL_RANK", str(rank))
+            carbonctx.configure(**sim.settings(), intervals={"amdsmi": 0.005})
+            yield rank, sim
+            process.reset()
+
+
 def test_each_rank_counts_its_own_socket_whole_in_place_of_the_packages(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -236,43 +258,30 @@ def test_each_rank_counts_its_own_socket_whole_in_place_of_the_packages(
     node's packages left out of its totals (their shares shown beside): the ranks add up to the
     node's sockets once."""
     watts = (400.0, 500.0)
-    gpus = [
-        AmdGpuSpec(wave=Wave.constant(watts[0]), name="AMD Instinct MI300A", unique_id=0xA1),
-        AmdGpuSpec(wave=Wave.constant(watts[1]), name="AMD Instinct MI300A", unique_id=0xB2),
-    ]
-    for k, v in RANK_ENV.items():
-        monkeypatch.setenv(k, v)
     power = []
-    with SimulatedMachine(
-        tmp_path / "hw", packages=2, package=Wave.constant(60.0), dram=None, amd_gpus=gpus
-    ) as sim:
-        for rank in (0, 1):
-            monkeypatch.setenv("RANK", str(rank))
-            monkeypatch.setenv("LOCAL_RANK", str(rank))
-            carbonctx.configure(**sim.settings(), intervals={"amdsmi": 0.005})
-            with carbonctx.track("warm-up"):
-                time.sleep(0.1)
-            with carbonctx.track("step") as m:
-                time.sleep(0.5)
-            t0, t1 = edges(m)
-            amd = {k: s for k, s in m.by_source.items() if k.startswith("amdsmi:")}
-            assert list(amd) == [f"amdsmi:{rank}"], m.by_source
-            mine = amd[f"amdsmi:{rank}"]
-            assert mine.domain == "module" and "MI300A" in mine.label
-            assert mine.share == 1.0 and "this rank's GPU" in str(mine.share_rule), mine
-            assert mine.note is not None and mine.note.startswith(APU_COUNTED_NOTE), mine.note
-            assert carbonctx.devices()["rank"]["amd_gpus"]["indices"] == [rank]
-            truth = sim.amd_gpu_truth_j(rank, t0, t1)
-            assert mine.joules == pytest.approx(truth, rel=0.01)
-            assert m.cpu_j == pytest.approx(mine.joules)
-            assert m.energy_j == pytest.approx(m.cpu_j) and m.gpu_j == 0.0
-            pkgs = [s for s in m.by_source.values() if s.domain == "package"]
-            assert len(pkgs) == 2
-            for p in pkgs:
-                assert p.share == 0.5 and p.joules is not None and p.joules > 0, p
-                assert p.note is not None and p.note.startswith(PACKAGE_REPLACED_NOTE), p.note
-            power.append(m.energy_j / m.duration_s)
-            process.reset()
+    for rank, sim in mi300a_ranks(monkeypatch, tmp_path, watts):
+        with carbonctx.track("warm-up"):
+            time.sleep(0.1)
+        with carbonctx.track("step") as m:
+            time.sleep(0.5)
+        t0, t1 = edges(m)
+        amd = {k: s for k, s in m.by_source.items() if k.startswith("amdsmi:")}
+        assert list(amd) == [f"amdsmi:{rank}"], m.by_source
+        mine = amd[f"amdsmi:{rank}"]
+        assert mine.domain == "module" and "MI300A" in mine.label
+        assert mine.share == 1.0 and "this rank's GPU" in str(mine.share_rule), mine
+        assert mine.note is not None and mine.note.startswith(APU_COUNTED_NOTE), mine.note
+        assert carbonctx.devices()["rank"]["amd_gpus"]["indices"] == [rank]
+        truth = sim.amd_gpu_truth_j(rank, t0, t1)
+        assert mine.joules == pytest.approx(truth, rel=0.01)
+        assert m.cpu_j == pytest.approx(mine.joules)
+        assert m.energy_j == pytest.approx(m.cpu_j) and m.gpu_j == 0.0
+        pkgs = [s for s in m.by_source.values() if s.domain == "package"]
+        assert len(pkgs) == 2
+        for p in pkgs:
+            assert p.share == 0.5 and p.joules is not None and p.joules > 0, p
+            assert p.note is not None and p.note.startswith(PACKAGE_REPLACED_NOTE), p.note
+        power.append(m.energy_j / m.duration_s)
     # Each socket once, no package on top: 400 W + 500 W (not + 2 x 60 W).
     assert sum(power) == pytest.approx(sum(watts), rel=0.02), power
 
@@ -353,53 +362,40 @@ def test_a_rank_whose_socket_reads_broken_counts_its_own_package_whole(
     its socket whole (both packages out of its totals); rank 1 must then count the package of
     its own socket, whole, and not half of each package again: half of rank 0's package, inside
     rank 0's socket, would count twice, and half of its own be lost."""
-    gpus = [
-        AmdGpuSpec(wave=Wave.constant(400.0), name="AMD Instinct MI300A", unique_id=0xA1),
-        AmdGpuSpec(wave=Wave.constant(0.012), name="AMD Instinct MI300A", unique_id=0xB2),
-    ]
-    for k, v in RANK_ENV.items():
-        monkeypatch.setenv(k, v)
-    with SimulatedMachine(
-        tmp_path / "hw", packages=2, package=Wave.constant(60.0), dram=None, amd_gpus=gpus
-    ) as sim:
-        for rank in (0, 1):
-            monkeypatch.setenv("RANK", str(rank))
-            monkeypatch.setenv("LOCAL_RANK", str(rank))
-            carbonctx.configure(**sim.settings(), intervals={"amdsmi": 0.005})
-            if rank == 1:
-                with pytest.warns(carbonctx.CarbonctxWarning, match="its own sockets' packages"):
-                    with carbonctx.track("warm-up"):
-                        time.sleep(0.1)
-                    carbonctx.flush()
-                    with carbonctx.track("step") as m:
-                        time.sleep(0.3)
-            else:
+    for rank, _sim in mi300a_ranks(monkeypatch, tmp_path, (400.0, 0.012)):
+        if rank == 1:
+            with pytest.warns(carbonctx.CarbonctxWarning, match="its own sockets' packages"):
                 with carbonctx.track("warm-up"):
                     time.sleep(0.1)
+                carbonctx.flush()
                 with carbonctx.track("step") as m:
                     time.sleep(0.3)
-            r = m.result()
-            mine = r.by_source[f"amdsmi:{rank}"]
-            own = r.by_source[f"powercap:intel-rapl:{rank}"]
-            other = r.by_source[f"powercap:intel-rapl:{1 - rank}"]
-            assert other.note is not None and other.note.startswith(PACKAGE_REPLACED_NOTE)
-            assert other.joules is not None and other.joules > 0
-            assert r.energy_j == pytest.approx(r.cpu_j + r.dram_j + r.gpu_j)
-            meter = Meter()
-            meter._add_devices(r)
-            kinds = {dev: kind for (_, kind, dev) in meter.devices}
-            if rank == 0:
-                assert str(mine.note).startswith(APU_COUNTED_NOTE), mine.note
-                assert r.cpu_j == pytest.approx(mine.joules)
-                assert kinds == {"amdsmi:0": "cpu"}, kinds
-            else:
-                assert "broken socket power reading" in str(mine.note), mine.note
-                assert own.share == 1.0 and own.joules is not None, own
-                assert own.note is not None and "counted whole" in own.note, own.note
-                assert r.cpu_j == pytest.approx(own.joules)
-                assert r.cpu_j == pytest.approx(60.0 * r.duration_s, rel=0.05)
-                assert kinds == {"powercap:intel-rapl:1": "cpu"}, kinds
-            process.reset()
+        else:
+            with carbonctx.track("warm-up"):
+                time.sleep(0.1)
+            with carbonctx.track("step") as m:
+                time.sleep(0.3)
+        r = m.result()
+        mine = r.by_source[f"amdsmi:{rank}"]
+        own = r.by_source[f"powercap:intel-rapl:{rank}"]
+        other = r.by_source[f"powercap:intel-rapl:{1 - rank}"]
+        assert other.note is not None and other.note.startswith(PACKAGE_REPLACED_NOTE)
+        assert other.joules is not None and other.joules > 0
+        assert r.energy_j == pytest.approx(r.cpu_j + r.dram_j + r.gpu_j)
+        meter = Meter()
+        meter._add_devices(r)
+        kinds = {dev: kind for (_, kind, dev) in meter.devices}
+        if rank == 0:
+            assert str(mine.note).startswith(APU_COUNTED_NOTE), mine.note
+            assert r.cpu_j == pytest.approx(mine.joules)
+            assert kinds == {"amdsmi:0": "cpu"}, kinds
+        else:
+            assert "broken socket power reading" in str(mine.note), mine.note
+            assert own.share == 1.0 and own.joules is not None, own
+            assert own.note is not None and "counted whole" in own.note, own.note
+            assert r.cpu_j == pytest.approx(own.joules)
+            assert r.cpu_j == pytest.approx(60.0 * r.duration_s, rel=0.05)
+            assert kinds == {"powercap:intel-rapl:1": "cpu"}, kinds
 
 
 def test_an_estimate_counted_again_in_a_broken_sockets_place_says_so() -> None:
