@@ -6,7 +6,8 @@ use std::fs;
 use carbonctx_sampler::{amd, discover};
 use carbonctx_sampler::{Domain, Reading};
 
-use super::{ids, reasons, Machine};
+use super::{ids, Machine};
+use crate::common_nvml::reasons;
 
 /// An APU's amdgpu hwmon directory as `amdgpu_pm.c` lays it out: `vddgfx` and `vddnb` (the
 /// northbridge voltage, which the driver shows on APUs only), and the socket power `PPT`, which

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use carbonctx_sampler::{now_ns, Method, Reading};
 
-use super::{built, ids, reasons, Machine, TRACE};
-use crate::common_nvml::{ms_since, sim_with_gpus};
+use super::{built, ids, Machine};
+use crate::common_nvml::{ms_since, reasons, sim_with_gpus, TRACE};
 
 /// A GPU AMD SMI reads as 0 while its PCI device is runtime-suspended (`power/runtime_status`
 /// `suspended`) is asleep, not a die reporting on a partner: AMD SMI's entry says so, and its

@@ -21,15 +21,6 @@ use carbonctx_sampler::amd::{self, AmdOptions};
 use carbonctx_sampler::discover::{Options, TdpModelUse};
 use carbonctx_sampler::Found;
 use carbonctx_sim::SimMachine;
-use common_nvml::Trace;
-
-const TRACE: Trace = Trace {
-    low_w: 40.0,
-    high_w: 120.0,
-    period_ms: 50.0,
-    duty: 0.4,
-    base_mj: 1_000_000,
-};
 
 /// The stand-in, built once for this test binary.
 fn built() -> &'static Path {
@@ -180,13 +171,4 @@ fn ids(found: &Found) -> Vec<String> {
     let mut v: Vec<String> = found.sources.iter().map(|s| s.info().id.clone()).collect();
     v.sort();
     v
-}
-
-fn reasons(found: &Found) -> String {
-    found
-        .unavailable
-        .iter()
-        .map(|u| format!("{} | {} | {} | {}", u.backend, u.what, u.reason, u.hint))
-        .collect::<Vec<_>>()
-        .join("\n")
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use carbonctx_sampler::{now_ns, Domain, Method, Reading};
 
-use super::{ids, reasons, Machine, TRACE};
-use crate::common_nvml::{ms_since, sim_with_gpus};
+use super::{ids, Machine};
+use crate::common_nvml::{ms_since, reasons, sim_with_gpus, TRACE};
 
 const TWO_GPUS: &str = "devices=2\n\
     gpu0.name=AMD Instinct MI300X\ngpu0.bdf=0000:c1:00.0\n\

@@ -8,8 +8,8 @@ use carbonctx_sampler::amd;
 use carbonctx_sampler::discover::{self, Options};
 use carbonctx_sampler::{Domain, Found, Method, Reading};
 
-use super::{reasons, Machine, TRACE};
-use crate::common_nvml::{sim_with_gpus, FakeNvml};
+use super::Machine;
+use crate::common_nvml::{reasons, sim_with_gpus, FakeNvml, TRACE};
 
 #[test]
 fn rocr_filters_first_and_hip_indexes_what_is_left() {

@@ -10,8 +10,8 @@ use carbonctx_sampler::nvml::discover;
 use carbonctx_sampler::{now_ns, CounterSpec, Domain, Error, Method, Reading, Roots};
 use carbonctx_sim::{SimGpu, SquareWave};
 
-use super::{ids, reasons, TRACE};
-use crate::common_nvml::{ms_since, sim_with_gpus, FakeNvml};
+use super::ids;
+use crate::common_nvml::{ms_since, reasons, sim_with_gpus, FakeNvml, TRACE};
 
 #[test]
 fn discovers_two_gpus_with_names_and_uuids() {

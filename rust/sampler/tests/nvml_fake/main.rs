@@ -11,25 +11,7 @@ mod samples;
 mod visible;
 
 use carbonctx_sampler::Found;
-use common_nvml::Trace;
-
-const TRACE: Trace = Trace {
-    low_w: 40.0,
-    high_w: 120.0,
-    period_ms: 50.0,
-    duty: 0.4,
-    base_mj: 1_000_000,
-};
 
 fn ids(found: &Found) -> Vec<String> {
     found.sources.iter().map(|s| s.info().id.clone()).collect()
-}
-
-fn reasons(found: &Found) -> String {
-    found
-        .unavailable
-        .iter()
-        .map(|u| format!("{} | {} | {} | {}", u.backend, u.what, u.reason, u.hint))
-        .collect::<Vec<_>>()
-        .join("\n")
 }

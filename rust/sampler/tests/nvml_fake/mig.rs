@@ -5,8 +5,8 @@
 use carbonctx_sampler::nvml::{discover, list_gpus, visible_among};
 use carbonctx_sampler::Method;
 
-use super::{ids, reasons};
-use crate::common_nvml::{self, FakeNvml};
+use super::ids;
+use crate::common_nvml::{self, reasons, FakeNvml};
 
 /// Three GPUs: GPU 0 without MIG, GPU 1 with two instances in slots 0 and 2 (slot 1 empty),
 /// GPU 2 with MIG on and no instance.

@@ -9,8 +9,8 @@ use carbonctx_sampler::nvml::discover;
 use carbonctx_sampler::{now_ns, Method, Reading};
 use carbonctx_sim::{SimGpu, SquareWave};
 
-use super::{ids, reasons, TRACE};
-use crate::common_nvml::{sim_with_gpus, FakeNvml};
+use super::ids;
+use crate::common_nvml::{reasons, sim_with_gpus, FakeNvml, TRACE};
 
 #[test]
 fn period_zero_is_the_mean_power_in_rust_and_in_the_fake_library() {

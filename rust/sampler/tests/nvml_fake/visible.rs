@@ -3,8 +3,8 @@
 
 use carbonctx_sampler::nvml::discover;
 
-use super::{ids, reasons};
-use crate::common_nvml::FakeNvml;
+use super::ids;
+use crate::common_nvml::{reasons, FakeNvml};
 
 /// Four GPUs with distinct UUIDs, for `CUDA_VISIBLE_DEVICES`.
 fn four_gpus() -> FakeNvml {
