@@ -12,8 +12,8 @@ use std::os::unix::fs::FileExt;
 
 use carbonctx_sampler::msr;
 use carbonctx_sampler::{Domain, Method};
-use common_fs::{fixture, roots_at};
-use common_msr::{machine, summary, value, ESU14, ESU16};
+use common_fs::{counter, fixture, roots_at};
+use common_msr::{machine, summary, ESU14, ESU16};
 
 #[test]
 fn intel_server_with_fixed_dram_unit() {
@@ -58,8 +58,8 @@ fn intel_server_with_fixed_dram_unit() {
     assert_eq!(info.method, Method::Counter);
     assert_eq!(info.counter.unwrap().wrap, Some(1 << 32));
     assert!(info.path.unwrap().ends_with("dev/cpu/2/msr"));
-    assert_eq!(value(&mut found, "msr:0:package"), 0x1234_5678);
-    assert_eq!(value(&mut found, "msr:1:dram"), 0x0abc_def1);
+    assert_eq!(counter(&mut found, "msr:0:package"), 0x1234_5678);
+    assert_eq!(counter(&mut found, "msr:1:dram"), 0x0abc_def1);
 }
 
 #[test]
@@ -100,8 +100,8 @@ fn intel_client_domains() {
             ),
         ]
     );
-    assert_eq!(value(&mut found, "msr:0:package"), 0xdead_beef);
-    assert_eq!(value(&mut found, "msr:0:psys"), 0x7777_0000);
+    assert_eq!(counter(&mut found, "msr:0:package"), 0xdead_beef);
+    assert_eq!(counter(&mut found, "msr:0:psys"), 0x7777_0000);
 }
 
 #[test]
@@ -150,7 +150,7 @@ fn amd_and_hygon_package_counters() {
             .unwrap()
             .ends_with("dev/cpu/64/msr"));
         // Only the low 32 bits count.
-        assert_eq!(value(&mut found, "msr:1:package"), 0x8000_0001);
+        assert_eq!(counter(&mut found, "msr:1:package"), 0x8000_0001);
     }
 }
 
@@ -185,14 +185,14 @@ fn counters_follow_the_register_and_wrap_at_32_bits() {
         found.sources[0].info().counter.unwrap().joules_per_unit,
         ESU16
     );
-    assert_eq!(value(&mut found, "msr:0:package"), 0xFFFF_FFF0);
+    assert_eq!(counter(&mut found, "msr:0:package"), 0xFFFF_FFF0);
     let f = OpenOptions::new()
         .write(true)
         .open(dir.path().join("dev/cpu/0/msr"))
         .unwrap();
     // The register went past 2^32: bits above 31 are not part of the counter.
     f.write_at(&0x1_0000_0010u64.to_le_bytes(), 0x611).unwrap();
-    assert_eq!(value(&mut found, "msr:0:package"), 0x10);
+    assert_eq!(counter(&mut found, "msr:0:package"), 0x10);
     // The device goes away (CPU offlined): an error, not a panic.
     f.set_len(0).unwrap();
     let err = found.sources[0].read().unwrap_err().to_string();

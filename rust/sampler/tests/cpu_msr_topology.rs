@@ -11,8 +11,8 @@ use std::path::Path;
 
 use carbonctx_sampler::msr;
 use carbonctx_sampler::Domain;
-use common_fs::roots_at;
-use common_msr::{machine, summary, value, write_machine, ESU14, ESU16};
+use common_fs::{counter, roots_at};
+use common_msr::{machine, summary, write_machine, ESU14, ESU16};
 
 #[test]
 fn without_topology_cpu_0_reads_package_0() {
@@ -120,8 +120,8 @@ fn intel_multi_die_packages_are_read_per_die() {
     ];
     assert_eq!(got, want);
     // Each die is read through its own first CPU.
-    assert_eq!(value(&mut found, "msr:0-die-1:package"), 0x1004);
-    assert_eq!(value(&mut found, "msr:1-die-1:dram"), 0x200c);
+    assert_eq!(counter(&mut found, "msr:0-die-1:package"), 0x1004);
+    assert_eq!(counter(&mut found, "msr:1-die-1:dram"), 0x200c);
 
     // Discovery keeps all four dies: nothing is taken for a duplicate of another die.
     let opts = carbonctx_sampler::discover::Options {

@@ -7,7 +7,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use carbonctx_sampler::{Domain, Found, Reading};
+use carbonctx_sampler::{Domain, Found};
 
 /// The energy status units 2^-14 J and 2^-16 J.
 pub const ESU14: f64 = 1.0 / 16384.0;
@@ -29,19 +29,6 @@ pub fn summary(found: &Found) -> Vec<(String, Domain, u32, String, f64)> {
             )
         })
         .collect()
-}
-
-/// The counter source `id` reads.
-pub fn value(found: &mut Found, id: &str) -> u64 {
-    let src = found
-        .sources
-        .iter_mut()
-        .find(|s| s.info().id == id)
-        .unwrap_or_else(|| panic!("no source {id}"));
-    match src.read().expect("read") {
-        Reading::Counter(v) => v,
-        other => panic!("unexpected {other:?}"),
-    }
 }
 
 /// A temporary machine: cpuinfo, topology (`cpus[i]` is in package `i`), and msr files with
