@@ -8,6 +8,7 @@
 #[allow(dead_code)]
 mod common_fs;
 mod common_node;
+// For common_node's options(); these tests use no GPU, so the stand-in is never built here.
 mod common_nvml;
 
 use std::io::{BufRead, BufReader, Write};

@@ -12,6 +12,7 @@ mod visible;
 
 use carbonctx_sampler::Found;
 
+/// The ids of what discovery found, in its order.
 fn ids(found: &Found) -> Vec<String> {
     found.sources.iter().map(|s| s.info().id.clone()).collect()
 }
