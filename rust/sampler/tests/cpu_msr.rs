@@ -1,47 +1,19 @@
 //! The MSR backend against committed fixture trees and temporary ones (sparse files stand in
-//! for `/dev/cpu/N/msr`: 8 little-endian bytes at each register's address).
+//! for `/dev/cpu/N/msr`: 8 little-endian bytes at each register's address): each vendor's and
+//! model's domains and units, counters read and wrapping, and a missing device, an unreadable
+//! unit or a denied permission as reasons. Which CPU is read for a package or die is in
+//! `cpu_msr_topology.rs`.
 
 mod common_fs;
+mod common_msr;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use carbonctx_sampler::msr;
-use carbonctx_sampler::{Domain, Found, Method, Reading};
-use common_fs::{fixture, roots_at};
-
-fn summary(found: &Found) -> Vec<(String, Domain, u32, String, f64)> {
-    found
-        .sources
-        .iter()
-        .map(|s| {
-            let i = s.info();
-            (
-                i.id.clone(),
-                i.domain,
-                i.index,
-                i.label.clone(),
-                i.counter.unwrap().joules_per_unit,
-            )
-        })
-        .collect()
-}
-
-fn value(found: &mut Found, id: &str) -> u64 {
-    let src = found
-        .sources
-        .iter_mut()
-        .find(|s| s.info().id == id)
-        .unwrap_or_else(|| panic!("no source {id}"));
-    match src.read().expect("read") {
-        Reading::Counter(v) => v,
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-const ESU14: f64 = 1.0 / 16384.0;
-const ESU16: f64 = 1.0 / 65536.0;
+use carbonctx_sampler::{Domain, Method};
+use common_fs::{counter, fixture, roots_at};
+use common_msr::{machine, summary, ESU14, ESU16};
 
 #[test]
 fn intel_server_with_fixed_dram_unit() {
@@ -86,8 +58,8 @@ fn intel_server_with_fixed_dram_unit() {
     assert_eq!(info.method, Method::Counter);
     assert_eq!(info.counter.unwrap().wrap, Some(1 << 32));
     assert!(info.path.unwrap().ends_with("dev/cpu/2/msr"));
-    assert_eq!(value(&mut found, "msr:0:package"), 0x1234_5678);
-    assert_eq!(value(&mut found, "msr:1:dram"), 0x0abc_def1);
+    assert_eq!(counter(&mut found, "msr:0:package"), 0x1234_5678);
+    assert_eq!(counter(&mut found, "msr:1:dram"), 0x0abc_def1);
 }
 
 #[test]
@@ -128,36 +100,8 @@ fn intel_client_domains() {
             ),
         ]
     );
-    assert_eq!(value(&mut found, "msr:0:package"), 0xdead_beef);
-    assert_eq!(value(&mut found, "msr:0:psys"), 0x7777_0000);
-}
-
-/// A temporary machine: cpuinfo, topology (`cpus[i]` is in package `i`), and msr files with
-/// the given registers on each of those CPUs.
-fn machine(dir: &Path, vendor: &str, family: u32, model: u32, cpus: &[u32], regs: &[(u64, u64)]) {
-    fs::create_dir_all(dir.join("proc")).unwrap();
-    let mut cpuinfo = String::new();
-    for (pkg, cpu) in cpus.iter().enumerate() {
-        cpuinfo.push_str(&format!(
-            "processor\t: {cpu}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n\
-             physical id\t: {pkg}\n\n"
-        ));
-        let topo = dir.join(format!("sys/devices/system/cpu/cpu{cpu}/topology"));
-        fs::create_dir_all(&topo).unwrap();
-        fs::write(topo.join("physical_package_id"), format!("{pkg}\n")).unwrap();
-        let dev = dir.join(format!("dev/cpu/{cpu}"));
-        fs::create_dir_all(&dev).unwrap();
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(dev.join("msr"))
-            .unwrap();
-        for &(addr, v) in regs {
-            f.write_at(&v.to_le_bytes(), addr).unwrap();
-        }
-    }
-    fs::write(dir.join("proc/cpuinfo"), cpuinfo).unwrap();
+    assert_eq!(counter(&mut found, "msr:0:package"), 0xdead_beef);
+    assert_eq!(counter(&mut found, "msr:0:psys"), 0x7777_0000);
 }
 
 #[test]
@@ -206,7 +150,7 @@ fn amd_and_hygon_package_counters() {
             .unwrap()
             .ends_with("dev/cpu/64/msr"));
         // Only the low 32 bits count.
-        assert_eq!(value(&mut found, "msr:1:package"), 0x8000_0001);
+        assert_eq!(counter(&mut found, "msr:1:package"), 0x8000_0001);
     }
 }
 
@@ -241,14 +185,14 @@ fn counters_follow_the_register_and_wrap_at_32_bits() {
         found.sources[0].info().counter.unwrap().joules_per_unit,
         ESU16
     );
-    assert_eq!(value(&mut found, "msr:0:package"), 0xFFFF_FFF0);
+    assert_eq!(counter(&mut found, "msr:0:package"), 0xFFFF_FFF0);
     let f = OpenOptions::new()
         .write(true)
         .open(dir.path().join("dev/cpu/0/msr"))
         .unwrap();
     // The register went past 2^32: bits above 31 are not part of the counter.
     f.write_at(&0x1_0000_0010u64.to_le_bytes(), 0x611).unwrap();
-    assert_eq!(value(&mut found, "msr:0:package"), 0x10);
+    assert_eq!(counter(&mut found, "msr:0:package"), 0x10);
     // The device goes away (CPU offlined): an error, not a panic.
     f.set_len(0).unwrap();
     let err = found.sources[0].read().unwrap_err().to_string();
@@ -297,29 +241,6 @@ fn missing_device_and_unreadable_unit() {
 }
 
 #[test]
-fn without_topology_cpu_0_reads_package_0() {
-    let dir = tempfile::tempdir().unwrap();
-    machine(
-        dir.path(),
-        "GenuineIntel",
-        6,
-        0x55,
-        &[0],
-        &[(0x606, 0xA0E03), (0x611, 7), (0x619, 9)],
-    );
-    fs::remove_dir_all(dir.path().join("sys")).unwrap();
-    let found = msr::discover(&roots_at(dir.path()));
-    let ids: Vec<_> = summary(&found).into_iter().map(|s| (s.0, s.4)).collect();
-    assert_eq!(
-        ids,
-        vec![
-            ("msr:0:package".to_string(), ESU14),
-            ("msr:0:dram".to_string(), ESU16)
-        ]
-    );
-}
-
-#[test]
 fn permission_denied_when_not_root() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -340,154 +261,6 @@ fn permission_denied_when_not_root() {
     let found = msr::discover(&roots_at(dir.path()));
     assert!(found.sources.is_empty());
     assert!(found.unavailable[0].hint.contains("CAP_SYS_RAWIO"));
-}
-
-/// A temporary multi-die machine: `layout[i]` = (cpu, package, die) with `die_id` files, and an
-/// msr file per CPU whose package (0x611) and DRAM (0x619) registers read `base + cpu`.
-fn multi_die_machine(
-    dir: &Path,
-    vendor: &str,
-    family: u32,
-    model: u32,
-    layout: &[(u32, u32, u32)],
-) {
-    let mut cpuinfo = String::new();
-    for &(cpu, pkg, die) in layout {
-        cpuinfo.push_str(&format!(
-            "processor\t: {cpu}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n\
-             physical id\t: {pkg}\n\n"
-        ));
-        let topo = dir.join(format!("sys/devices/system/cpu/cpu{cpu}/topology"));
-        fs::create_dir_all(&topo).unwrap();
-        fs::write(topo.join("physical_package_id"), format!("{pkg}\n")).unwrap();
-        fs::write(topo.join("die_id"), format!("{die}\n")).unwrap();
-        let dev = dir.join(format!("dev/cpu/{cpu}"));
-        fs::create_dir_all(&dev).unwrap();
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(dev.join("msr"))
-            .unwrap();
-        let regs: &[(u64, u64)] = if vendor == "GenuineIntel" {
-            &[(0x606, 0xA0E03), (0x611, 0x1000), (0x619, 0x2000)]
-        } else {
-            &[
-                (msr::MSR_AMD_RAPL_POWER_UNIT, 0x000A_1003),
-                (msr::MSR_AMD_PKG_ENERGY_STATUS, 0x1000),
-            ]
-        };
-        for &(addr, v) in regs {
-            f.write_at(&(v + u64::from(cpu)).to_le_bytes(), addr)
-                .unwrap();
-        }
-    }
-    fs::create_dir_all(dir.join("proc")).unwrap();
-    fs::write(dir.join("proc/cpuinfo"), cpuinfo).unwrap();
-}
-
-/// Two sockets of two dies (CPUs 0-3: package 0 die 0, 4-7: die 1; 8-15: package 1).
-fn two_by_two() -> Vec<(u32, u32, u32)> {
-    (0..16).map(|c| (c, c / 8, (c / 4) % 2)).collect()
-}
-
-#[test]
-fn intel_multi_die_packages_are_read_per_die() {
-    // Cascade Lake-AP (family 6, model 0x55): every die has its own RAPL registers.
-    let dir = tempfile::tempdir().unwrap();
-    multi_die_machine(dir.path(), "GenuineIntel", 6, 0x55, &two_by_two());
-    let mut found = msr::discover(&roots_at(dir.path()));
-    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
-    let got: Vec<_> = summary(&found)
-        .into_iter()
-        .map(|s| (s.0, s.2, s.3))
-        .collect();
-    let want: Vec<(String, u32, String)> = vec![
-        (
-            "msr:0-die-0:package".into(),
-            0,
-            "package-0-die-0 (msr)".into(),
-        ),
-        (
-            "msr:0-die-0:dram".into(),
-            0,
-            "dram (package 0 die 0, msr)".into(),
-        ),
-        (
-            "msr:0-die-1:package".into(),
-            0,
-            "package-0-die-1 (msr)".into(),
-        ),
-        (
-            "msr:0-die-1:dram".into(),
-            0,
-            "dram (package 0 die 1, msr)".into(),
-        ),
-        (
-            "msr:1-die-0:package".into(),
-            1,
-            "package-1-die-0 (msr)".into(),
-        ),
-        (
-            "msr:1-die-0:dram".into(),
-            1,
-            "dram (package 1 die 0, msr)".into(),
-        ),
-        (
-            "msr:1-die-1:package".into(),
-            1,
-            "package-1-die-1 (msr)".into(),
-        ),
-        (
-            "msr:1-die-1:dram".into(),
-            1,
-            "dram (package 1 die 1, msr)".into(),
-        ),
-    ];
-    assert_eq!(got, want);
-    // Each die is read through its own first CPU.
-    assert_eq!(value(&mut found, "msr:0-die-1:package"), 0x1004);
-    assert_eq!(value(&mut found, "msr:1-die-1:dram"), 0x200c);
-
-    // Discovery keeps all four dies: nothing is taken for a duplicate of another die.
-    let opts = carbonctx_sampler::discover::Options {
-        roots: roots_at(dir.path()),
-        cpu_backends: vec!["msr".into()],
-        nvml: false,
-        amd: false,
-        hwmon: false,
-        ..Default::default()
-    };
-    let d = carbonctx_sampler::discover::discover(&opts);
-    let packages = d
-        .chosen
-        .iter()
-        .filter(|s| s.info().domain == Domain::Package)
-        .count();
-    assert_eq!(packages, 4);
-    assert!(d.alternatives.is_empty(), "{:?}", d.alternatives);
-}
-
-#[test]
-fn amd_dies_share_the_package_counter() {
-    // Kernels that number AMD's CCDs as dies: still one package counter per package.
-    let dir = tempfile::tempdir().unwrap();
-    multi_die_machine(dir.path(), "AuthenticAMD", 0x19, 0x11, &two_by_two());
-    let found = msr::discover(&roots_at(dir.path()));
-    let got: Vec<_> = summary(&found).into_iter().map(|s| (s.0, s.3)).collect();
-    assert_eq!(
-        got,
-        vec![
-            ("msr:0:package".to_string(), "package-0 (msr)".to_string()),
-            ("msr:1:package".to_string(), "package-1 (msr)".to_string()),
-        ]
-    );
-    // A single-die Intel package is a whole package, whatever its die_id.
-    let dir = tempfile::tempdir().unwrap();
-    let layout: Vec<_> = (0..4).map(|c| (c, c / 2, 0)).collect();
-    multi_die_machine(dir.path(), "GenuineIntel", 6, 0x6A, &layout);
-    let found = msr::discover(&roots_at(dir.path()));
-    assert_eq!(summary(&found)[2].3, "package-1 (msr)");
 }
 
 /// Sapphire Rapids (family 6, model 0x8F) and Emerald Rapids (0xCF) count the platform domain

@@ -6,9 +6,9 @@ use std::fs;
 use std::path::Path;
 
 use carbonctx_sampler::powercap;
-use carbonctx_sampler::{CounterSpec, Domain, Error, Found, Method, Reading};
+use carbonctx_sampler::{CounterSpec, Domain, Error, Found, Method};
 use carbonctx_sim::{SimMachine, SimSpec, SquareWave};
-use common_fs::{fixture, roots_at};
+use common_fs::{counter, fixture, roots_at};
 
 fn summary(found: &Found) -> Vec<(String, Domain, u32, String)> {
     found
@@ -19,18 +19,6 @@ fn summary(found: &Found) -> Vec<(String, Domain, u32, String)> {
             (i.id.clone(), i.domain, i.index, i.label.clone())
         })
         .collect()
-}
-
-fn counter(found: &mut Found, id: &str) -> u64 {
-    let src = found
-        .sources
-        .iter_mut()
-        .find(|s| s.info().id == id)
-        .unwrap_or_else(|| panic!("no source {id}"));
-    match src.read().expect("read") {
-        Reading::Counter(v) => v,
-        other => panic!("unexpected {other:?}"),
-    }
 }
 
 /// A minimal zone directory.

@@ -1,8 +1,9 @@
-//! Fixture trees for the CPU backend tests: where they are, and roots that point at one.
+//! Fixture trees for the CPU backend tests: where they are, roots that point at one, and what a
+//! counter source found there reads.
 
 use std::path::{Path, PathBuf};
 
-use carbonctx_sampler::Roots;
+use carbonctx_sampler::{Found, Reading, Roots};
 
 /// A tree under `tests/fixtures`.
 pub fn fixture(name: &str) -> PathBuf {
@@ -18,5 +19,19 @@ pub fn roots_at(root: &Path) -> Roots {
         dev: root.join("dev"),
         proc: root.join("proc"),
         nvml_library: None,
+    }
+}
+
+/// The counter that source `id` of `found` reads (the powercap and MSR tests use it).
+#[allow(dead_code)]
+pub fn counter(found: &mut Found, id: &str) -> u64 {
+    let src = found
+        .sources
+        .iter_mut()
+        .find(|s| s.info().id == id)
+        .unwrap_or_else(|| panic!("no source {id}"));
+    match src.read().expect("read") {
+        Reading::Counter(v) => v,
+        other => panic!("unexpected {other:?}"),
     }
 }

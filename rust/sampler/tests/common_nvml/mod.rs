@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use carbonctx_sampler::Roots;
+use carbonctx_sampler::{Found, Roots};
 use carbonctx_sim::{SimGpu, SimMachine, SimSpec, SquareWave};
 
 /// The stand-in's source.
@@ -206,4 +206,23 @@ pub fn sim_with_gpus(
 /// Milliseconds from `t0_ns` to `t_ns` (0 before it).
 pub fn ms_since(t0_ns: u64, t_ns: u64) -> f64 {
     t_ns.saturating_sub(t0_ns) as f64 / 1e6
+}
+
+/// The trace the stand-in tests' GPUs follow (NVML's and AMD SMI's alike).
+pub const TRACE: Trace = Trace {
+    low_w: 40.0,
+    high_w: 120.0,
+    period_ms: 50.0,
+    duty: 0.4,
+    base_mj: 1_000_000,
+};
+
+/// What discovery found unavailable, a line each: backend | what | reason | hint.
+pub fn reasons(found: &Found) -> String {
+    found
+        .unavailable
+        .iter()
+        .map(|u| format!("{} | {} | {} | {}", u.backend, u.what, u.reason, u.hint))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
