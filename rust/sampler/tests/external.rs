@@ -1,20 +1,24 @@
 //! A source the caller feeds (the node's BMC reading, pushed from Python) in the real sampler:
-//! kept when it has no first reading (a gap until it has), its held power integrated into
-//! the region's joules, failed once its reading goes stale, and a reading that says when it
-//! stood placed then (within the feed's lag), not when it was pushed.
+//! kept when it has no first reading (a gap until it has, however late the sampler's read of
+//! it, and when the sampler's start waited for it, for the node's followers too), its held
+//! power integrated into the region's joules, failed once its reading goes stale, and a
+//! reading that says when it stood placed then (within the feed's lag), not when it was pushed.
 
 use std::time::Duration;
 
+use carbonctx_sampler::discover::{Options, TdpModelUse};
 use carbonctx_sampler::external::Feed;
 use carbonctx_sampler::sampler::{Config, Sampler};
-use carbonctx_sampler::{Domain, Method, SourceInfo};
+use carbonctx_sampler::{
+    Domain, EnergySource, Error, Method, NodeConfig, Reading, Role, Roots, SourceInfo,
+};
 
 fn feed(stale: Duration) -> Feed {
     lagged(stale, Duration::ZERO)
 }
 
-fn lagged(stale: Duration, lag: Duration) -> Feed {
-    let info = SourceInfo {
+fn info() -> SourceInfo {
+    SourceInfo {
         id: "redfish:node".into(),
         backend: "redfish",
         domain: Domain::Node,
@@ -25,8 +29,11 @@ fn lagged(stale: Duration, lag: Duration) -> Feed {
         interval: Duration::from_millis(20),
         path: None,
         uuid: None,
-    };
-    Feed::lagged(info, stale, Duration::ZERO, lag)
+    }
+}
+
+fn lagged(stale: Duration, lag: Duration) -> Feed {
+    Feed::lagged(info(), stale, Duration::ZERO, lag)
 }
 
 /// The joules of the one region that ended at `t`, and its duration in seconds.
@@ -49,9 +56,6 @@ fn a_fed_source_without_a_first_reading_is_kept_and_measures_once_fed() {
 
     // A region begun before the first reading crosses the gap: no figure.
     let early = s.begin();
-    // The first reading comes well after the region began: pushed at once, the region once came
-    // out with a figure in CI on a loaded machine (cause not found); it must start in the gap.
-    std::thread::sleep(Duration::from_millis(50));
     f.push(200.0);
     std::thread::sleep(Duration::from_millis(1_500)); // the failed source is retried every 1 s
     assert!(!s.status()[0].failed);
@@ -68,6 +72,137 @@ fn a_fed_source_without_a_first_reading_is_kept_and_measures_once_fed() {
         "{j} J over {d} s"
     );
     s.stop();
+}
+
+/// The sampler's end of a feed, its thread stalled for a while inside each read before the
+/// feed takes its clock (as a loaded machine preempts it).
+struct Stalled(Box<dyn EnergySource>, Duration);
+
+impl EnergySource for Stalled {
+    fn info(&self) -> &SourceInfo {
+        self.0.info()
+    }
+    fn read(&mut self) -> Result<Reading, Error> {
+        std::thread::sleep(self.1);
+        self.0.read()
+    }
+    fn retry_first_read(&self) -> bool {
+        self.0.retry_first_read()
+    }
+    fn lag(&self) -> Duration {
+        self.0.lag()
+    }
+}
+
+#[test]
+fn a_first_reading_read_in_a_stalled_read_covers_nothing_before_its_instant() {
+    let f = feed(Duration::from_secs(30));
+    let cfg = Config {
+        retry: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let stalled = Box::new(Stalled(f.source(), Duration::from_millis(20)));
+    let (s, _) = Sampler::start(vec![stalled], cfg).unwrap();
+    assert!(s.status()[0].failed);
+    // A region begun 1 ns before the instant the first reading stands for: no reading
+    // brackets its start, however the sampler's read of it was delayed.
+    let t0 = carbonctx_sampler::now_ns();
+    let early = s.begin_at(t0);
+    assert!(f.push_at(200.0, Some(t0 + 1)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.status()[0].failed {
+        assert!(std::time::Instant::now() < deadline, "never read");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = s.end(early);
+    let (j, _) = resolved(&s, t);
+    assert!(j.is_nan(), "{j} J");
+    s.stop();
+}
+
+#[test]
+fn a_first_reading_the_sampler_start_waited_for_covers_nothing_before_its_instant() {
+    let f = Feed::new(info(), Duration::from_secs(30), Duration::from_secs(30));
+    // Pushed while the sampler's first read waits for it, standing for 1 ns after `t0`.
+    let pusher = f.clone();
+    let push = std::thread::spawn(move || {
+        assert!(pusher.wanted(Duration::from_secs(30), Duration::from_secs(30)));
+        let t0 = carbonctx_sampler::now_ns();
+        assert!(pusher.push_at(200.0, Some(t0 + 1)));
+        t0
+    });
+    let (s, _) = Sampler::start(vec![f.source()], Config::default()).unwrap();
+    let t0 = push.join().unwrap();
+    assert!(!s.status()[0].failed);
+    // A region begun (at an instant taken earlier) before the reading stood: no figure.
+    let early = s.begin_at(t0);
+    let t = s.end(early);
+    let (j, _) = resolved(&s, t);
+    assert!(j.is_nan(), "{j} J");
+    // One begun after it measures it.
+    let id = s.begin();
+    std::thread::sleep(Duration::from_millis(300));
+    let t1 = s.end(id);
+    let (j, d) = resolved(&s, t1);
+    assert!(
+        (j - 200.0 * d).abs() <= 0.01 * 200.0 * d,
+        "{j} J over {d} s"
+    );
+    s.stop();
+}
+
+#[test]
+fn a_node_owners_first_read_that_waited_is_a_gap_for_its_followers_too() {
+    let empty = tempfile::tempdir().unwrap();
+    let shm = tempfile::tempdir().unwrap();
+    let f = Feed::new(info(), Duration::from_secs(30), Duration::from_secs(30));
+    let opts = |external: Vec<Feed>| Options {
+        roots: Roots {
+            sys: empty.path().join("sys"),
+            dev: empty.path().join("dev"),
+            proc: empty.path().join("proc"),
+            nvml_library: None,
+        },
+        cpu_backends: Vec::new(),
+        nvml: false,
+        gpu: false,
+        hwmon: false,
+        amd: false,
+        tdp_model: TdpModelUse::Never,
+        external,
+        ..Options::default()
+    };
+    let node = NodeConfig::new("job-fed alice boot-x").in_dir(shm.path());
+    let pusher = f.clone();
+    let push = std::thread::spawn(move || {
+        assert!(pusher.wanted(Duration::from_secs(30), Duration::from_secs(30)));
+        let t0 = carbonctx_sampler::now_ns();
+        assert!(pusher.push_at(200.0, Some(t0 + 1)));
+        t0
+    });
+    let (owner, _) =
+        Sampler::start_on_node(opts(vec![f]), Config::default(), node.clone()).unwrap();
+    let t0 = push.join().unwrap();
+    let (follower, _) = Sampler::start_on_node(opts(Vec::new()), Config::default(), node).unwrap();
+    assert_eq!(follower.node_status().unwrap().role, Role::Follower);
+    for s in [&owner, &follower] {
+        assert_eq!(s.sources().len(), 1);
+        // Begun before the first reading stood: no figure; begun after it: the held power.
+        let early = s.begin_at(t0);
+        let t = s.end(early);
+        let (j, _) = resolved(s, t);
+        assert!(j.is_nan(), "{j} J");
+        let id = s.begin();
+        std::thread::sleep(Duration::from_millis(300));
+        let t1 = s.end(id);
+        let (j, d) = resolved(s, t1);
+        assert!(
+            (j - 200.0 * d).abs() <= 0.01 * 200.0 * d,
+            "{j} J over {d} s"
+        );
+    }
+    follower.stop();
+    owner.stop();
 }
 
 #[test]

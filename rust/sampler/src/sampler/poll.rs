@@ -57,18 +57,21 @@ pub(super) struct Polled {
 }
 
 impl Polled {
-    /// A source whose first read gave `reading` at `t`, with its timeline and status.
+    /// A source whose first read, begun at `t` and ended at `t_after`, gave `reading`, with
+    /// its timeline and status (the first point is at `t`, or where the reading says it
+    /// stood: see [`super::power::reading_instant`]).
     pub(super) fn new(
         source: Box<dyn EnergySource>,
         reading: Reading,
-        t: u64,
+        (t, t_after): (u64, u64),
         base_j: f64,
         config: &Config,
     ) -> (Polled, Point, SourceStatus) {
         let mut polled = Polled::fresh(source, t, base_j, config);
         polled.due_ns = t + polled.interval_ns;
         polled.acc.unread(t, polled.source.unread_low_w());
-        let first = match polled.acc.push(t, reading) {
+        let at = super::power::reading_instant(&reading, t, t_after);
+        let first = match polled.acc.push(at, reading) {
             Step::First(p) => p,
             _ => Point {
                 t_ns: t,
@@ -317,7 +320,8 @@ pub(super) fn poll_one(
             // The uncertainty before this read, for the first point of its own timeline.
             let before = (!p.spread_kept).then(|| p.acc.uncertain());
             let unread_grew = p.acc.unread(t_read, p.source.unread_low_w());
-            let step = p.acc.push(t_read, reading);
+            let at = super::power::reading_instant(&reading, t_read, t_after);
+            let step = p.acc.push(at, reading);
             let changed = matches!(step, Step::Changed(_));
             let interval_ns = p.interval_ns;
             // A counter that updates more finely than it is polled changed within one of its

@@ -83,6 +83,21 @@ pub(super) fn read_timed(p: &mut Polled) -> (Result<Reading, Error>, u64, u64) {
     }
 }
 
+/// The instant `reading` is handed to the accumulator at, for a read stamped `t_read` that
+/// ended at `t_after`. A power that says how long ago it stood ([`Reading::PowerAt`]) counts
+/// back from the source's own clock, read somewhere within the read (late in it, or after a
+/// wait for a fed source's first reading at the sampler's start): counted back from the
+/// read's end, it is placed no earlier than it stood (later by the rest of the read, a few
+/// µs), never on instants before it, which the first reading after a gap would otherwise
+/// claim (counted back from the read's middle, it was placed half of any stall of the thread
+/// within the read too early). Any other reading is stamped `t_read`.
+pub(super) fn reading_instant(reading: &Reading, t_read: u64, t_after: u64) -> u64 {
+    match reading {
+        Reading::PowerAt { .. } => t_after,
+        _ => t_read,
+    }
+}
+
 /// Whether the source's power is sampled at the read: read more often, it tells more. (A
 /// meter's average over its own window, a model's estimate or a value fed from elsewhere would
 /// only repeat itself.)

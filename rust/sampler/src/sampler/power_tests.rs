@@ -45,7 +45,7 @@ fn polled(info: SourceInfo, read_cost_ns: u64) -> Polled {
     let (mut p, _, _) = Polled::new(
         Box::new(Fake(info, false)),
         Reading::Power(100.0),
-        0,
+        (0, 0),
         0.0,
         &Config::default(),
     );
@@ -349,7 +349,7 @@ fn stalling_counter(backend: &'static str, config: &Config) -> Polled {
     let (p, _, _) = Polled::new(
         Box::new(Stalling(info(backend, "", Some(spec)), 0)),
         Reading::Counter(0),
-        0,
+        (0, 0),
         0.0,
         config,
     );

@@ -170,8 +170,13 @@ mod tests {
         let source = Script(info, script.to_vec());
         let config = Config::default();
         let t0 = crate::now_ns();
-        let (mut p, first, mut st) =
-            Polled::new(Box::new(source), Reading::Counter(0), t0, 0.0, &config);
+        let (mut p, first, mut st) = Polled::new(
+            Box::new(source),
+            Reading::Counter(0),
+            (t0, t0),
+            0.0,
+            &config,
+        );
         let mut tl = History::new(64, 16, 1_000_000);
         tl.push(first);
         for _ in script {

@@ -17,7 +17,7 @@ use super::costly;
 use super::handle::{Shared, SourceStatus, WAKE_MARK, WAKE_QUIET};
 use super::lock;
 use super::marks::{self, Budget};
-use super::poll::{poll_one, Cover, Polled, Why};
+use super::poll::{poll_one, push_gap, Cover, Polled, Why};
 use super::power;
 use super::predict::Predict;
 use super::resolve::resolve;
@@ -88,10 +88,19 @@ pub(super) fn start_sources(
     for mut source in sources {
         let info = source.info().clone();
         let t = crate::now_ns();
-        match source.read() {
+        let read = source.read();
+        let t_after = crate::now_ns();
+        match read {
             Ok(reading) => {
-                let (p, first, status) = Polled::new(source, reading, t, 0.0, config);
+                let (p, first, mut status) =
+                    Polled::new(source, reading, (t, t_after), 0.0, config);
                 let mut tl = History::new(config.timeline_capacity, COARSE_POINTS, COARSE_STEP_NS);
+                if first.t_ns > t {
+                    // Its first reading stands for a later instant (a fed source's first read
+                    // waited for it): nothing measured it from the start until then.
+                    tl.push_gap(t, first.t_ns);
+                    push_gap(&mut status, t, first.t_ns);
+                }
                 tl.push(first);
                 timelines.push(tl);
                 statuses.push(status);

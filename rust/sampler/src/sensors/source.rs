@@ -106,7 +106,10 @@ pub enum Reading {
     Power(f64),
     /// Power in watts that stood `ago_ns` before the read: a meter's average over a window
     /// (an ACPI meter's `power1_average`), given at the window's middle, so that integrating
-    /// it adds no lag of half the window.
+    /// it adds no lag of half the window; a fed reading, at the instant it stands for. The
+    /// source counts `ago_ns` back from its own clock, read during the read; the sampler
+    /// counts it back from the read's end, so that the power is never placed earlier than it
+    /// stood (a read stalled before the source took its clock places it later, not earlier).
     PowerAt { watts: f64, ago_ns: u64 },
 }
 

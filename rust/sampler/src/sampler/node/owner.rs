@@ -9,6 +9,7 @@ use super::{answer, pid, set_status, visible_view, Ctx, Role};
 use crate::regions::OpenRegions;
 use crate::sensors::{EnergySource, SourceInfo, Unavailable};
 use crate::shared::{LockFile, Published, Segment};
+use crate::timeline::Point;
 
 pub(super) fn owner_thread(
     shared: &Arc<Shared>,
@@ -44,6 +45,10 @@ pub(super) fn owner_thread(
             let timelines = lock(&shared.timelines);
             for (i, (tl, p)) in timelines.iter().zip(polled.iter()).enumerate() {
                 if let Some(pt) = tl.last() {
+                    // Unmeasured before its first point (a fed source's first read waited).
+                    if let Some((from, _)) = tl.gaps().next() {
+                        seg.publish(i, Point { t_ns: from, ..pt }, true);
+                    }
                     seg.publish(i, pt, false);
                 }
                 seg.polled(i, p.last_poll_ns);

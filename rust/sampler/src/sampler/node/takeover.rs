@@ -76,11 +76,12 @@ pub(super) fn take_over(
         let t = crate::now_ns();
         let read = source.map(|mut s| {
             let r = s.read();
-            (s, r)
+            (s, r, crate::now_ns())
         });
         let mut one = match read {
-            Some((s, Ok(reading))) => {
-                let (mut one, first, fresh) = Polled::new(s, reading, t, base_j, &ctx.config);
+            Some((s, Ok(reading), t_after)) => {
+                let (mut one, first, fresh) =
+                    Polled::new(s, reading, (t, t_after), base_j, &ctx.config);
                 one.offset_j = m.offset_j;
                 append(i, tl, st, Some(seg), one.offset_j, first, Some(from));
                 seg.polled(i, t);
@@ -90,7 +91,7 @@ pub(super) fn take_over(
                 st.failed = false;
                 one
             }
-            Some((s, Err(e))) => {
+            Some((s, Err(e), _)) => {
                 st.last_error = Some(e.to_string());
                 Polled::failed(s, from, base_j, &ctx.config)
             }
