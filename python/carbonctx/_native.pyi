@@ -187,7 +187,11 @@ class Step:
     of its name (see ``carbonctx.step``)."""
 
     def __new__(
-        cls, name: str, tracker: type[Region], tags: Mapping[str, Any] | None = None
+        cls,
+        name: str,
+        tracker: type[Region],
+        start: Callable[[], bool],
+        tags: Mapping[str, Any] | None = None,
     ) -> Self: ...
     @property
     def name(self) -> str:

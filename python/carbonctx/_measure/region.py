@@ -287,13 +287,10 @@ class Tracker(_native.Region):
         start, end = span.start, span.end
 
         def begin() -> Any:
-            # What the native spans leave to Python: no runtime or sampler yet (this call
-            # starts them; a forked child makes its own), then the span as usual. None: no
-            # sampler (the call is measured as a whole region, which says why).
-            rt = process._RT or process.runtime()
-            if (rt.sampler or rt.sampler_or_start()) is None:
-                return None
-            return start()
+            # What the native spans leave to Python: no runtime or sampler yet, then the span
+            # as usual. None: no sampler (the call is measured as a whole region, which says
+            # why).
+            return start() if _start_runtime() else None
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -313,6 +310,14 @@ class Tracker(_native.Region):
             return out
 
         return wrapper  # type: ignore[return-value]
+
+
+def _start_runtime() -> bool:
+    """Starts the runtime and its sampler where there are none yet (a forked child makes its
+    own), as a region's first entry would: what the native spans and steps leave to Python.
+    False: no sampler (a region is then measured as a whole one, which says why)."""
+    rt = process._RT or process.runtime()
+    return (rt.sampler or rt.sampler_or_start()) is not None
 
 
 def _unmeasured(region: Tracker, pid: int) -> Measurement:
@@ -415,9 +420,9 @@ def step(name: str, *, tags: Mapping[str, Any] | None = None) -> _native.Step:
     Each entry counts as a ``with track(name)`` region would: in :func:`stats`, run and job
     totals and the name's figures, and with output on its record is that of a ``with`` region
     (its thread, the region it ran in as its parent, the handle's ``tags``). Entering makes no
-    object and sets no context variable (where the runtime is not ready for that, an entry is
-    measured as a whole ``track()`` region: the first entry of the process, strict checks that
-    fail, a forked child's first entry). So:
+    object and sets no context variable (the first entry of a process starts the runtime as a
+    ``with`` would; where the runtime has no sampler, or strict checks fail, an entry is a whole
+    ``track()`` region, which says why, or raises). So:
 
     * ``with handle:`` gives None (there is no per-entry result; ``track()`` gives one);
     * regions opened inside an entry name the enclosing ``track()`` region (or ``@tracked``
@@ -436,7 +441,7 @@ def step(name: str, *, tags: Mapping[str, Any] | None = None) -> _native.Step:
       runtime with output off (with output on, or with tags, the old runtime records it, as it
       does a ``with`` region).
     """
-    return _native.Step(name, Tracker, tags)
+    return _native.Step(name, Tracker, _start_runtime, tags)
 
 
 #: What ``with track(...) as m`` gives: the tracker itself.

@@ -56,14 +56,43 @@ pub(crate) struct Step {
     tags: Option<Py<PyAny>>,
     /// The `Tracker` class, for the entries the runtime is not ready to take natively.
     tracker: Py<PyType>,
+    /// Starts the runtime and its sampler where there are none yet; says whether there is a
+    /// sampler (`carbonctx._measure.region._start_runtime`).
+    start: Py<PyAny>,
 }
 
 impl Step {
+    /// An entry where the runtime was not ready (none, or no sampler, or a forked child's
+    /// inherited one; or strict checks that must fail): the runtime started, then the entry as
+    /// usual; a whole `Tracker` where there is still no sampler, or strict checks must fail.
     #[cold]
     #[inline(never)]
-    fn enter_tracker(&self, py: Python<'_>) -> PyResult<Entry> {
+    fn enter_slow(&self, py: Python<'_>) -> PyResult<Entry> {
+        if self.start.bind(py).call0()?.is_truthy()? {
+            if let Some(entry) = self.enter_native(py)? {
+                return Ok(entry);
+            }
+        }
         let t = start_tracker(py, &self.tracker, &self.name.name, None, self.tags.as_ref())?;
         Ok(Entry::Tracker(t.unbind()))
+    }
+
+    /// The entry as a span or a bare region; None where the runtime is not ready for either.
+    #[inline]
+    fn enter_native(&self, py: Python<'_>) -> PyResult<Option<Entry>> {
+        Ok(Some(match route(py, None, self.tags.is_some())? {
+            Route::Span(hub) => {
+                let tag = self.name.tag_in(&hub)?;
+                let serial = hub.get().serial;
+                let t0 = carbonctx_sampler::now_ns();
+                Entry::Span { t0, serial, tag }
+            }
+            Route::Region(ready) => {
+                let tags = self.tags.as_ref();
+                Entry::Region(start_call(ready, &self.name, None, tags, false)?.unbind())
+            }
+            Route::Python | Route::Tracker => return Ok(None),
+        }))
     }
 
     #[cold]
@@ -85,12 +114,14 @@ impl Step {
 
 #[pymethods]
 impl Step {
-    /// `tracker`: the `Tracker` class; `tags`: copied (a mapping; empty or None: none).
+    /// `tracker`: the `Tracker` class; `start`: what starts the runtime; `tags`: copied (a
+    /// mapping; empty or None: none).
     #[new]
-    #[pyo3(signature = (name, tracker, tags=None))]
+    #[pyo3(signature = (name, tracker, start, tags=None))]
     fn new(
         name: &Bound<'_, PyAny>,
         tracker: Bound<'_, PyType>,
+        start: Py<PyAny>,
         tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let (name, tags) = name_and_tags(name, tags)?;
@@ -99,6 +130,7 @@ impl Step {
             name: NameTag::new(name),
             tags,
             tracker: tracker.unbind(),
+            start,
         })
     }
 
@@ -110,18 +142,9 @@ impl Step {
 
     /// Opens one entry (one region of the handle's name) on this thread. Gives None.
     fn __enter__(&self, py: Python<'_>) -> PyResult<()> {
-        let entry = match route(py, None, self.tags.is_some())? {
-            Route::Span(hub) => {
-                let tag = self.name.tag_in(&hub)?;
-                let serial = hub.get().serial;
-                let t0 = carbonctx_sampler::now_ns();
-                Entry::Span { t0, serial, tag }
-            }
-            Route::Region(ready) => {
-                let tags = self.tags.as_ref();
-                Entry::Region(start_call(ready, &self.name, None, tags, false)?.unbind())
-            }
-            Route::Python | Route::Tracker => self.enter_tracker(py)?,
+        let entry = match self.enter_native(py)? {
+            Some(entry) => entry,
+            None => self.enter_slow(py)?,
         };
         OPEN.with(|o| o.borrow_mut().push((self.key, entry)));
         Ok(())
