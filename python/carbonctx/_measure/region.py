@@ -419,10 +419,11 @@ def step(name: str, *, tags: Mapping[str, Any] | None = None) -> _native.Step:
 
     Each entry counts as a ``with track(name)`` region would: in :func:`stats`, run and job
     totals and the name's figures, and with output on its record is that of a ``with`` region
-    (its thread, the region it ran in as its parent, the handle's ``tags``). Entering makes no
-    object and sets no context variable (the first entry of a process starts the runtime as a
-    ``with`` would; where the runtime has no sampler, or strict checks fail, an entry is a whole
-    ``track()`` region, which says why, or raises). So:
+    (its thread, the region it ran in as its parent, the handle's ``tags``). Entering sets no
+    context variable, and with output off and no tags makes no object either (with output on,
+    strict checks or tags, a bare native region per entry holds its details). The first entry
+    of a process starts the runtime as a ``with`` would; where the runtime has no sampler, or
+    strict checks fail, an entry is a whole ``track()`` region, which says why, or raises. So:
 
     * ``with handle:`` gives None (there is no per-entry result; ``track()`` gives one);
     * regions opened inside an entry name the enclosing ``track()`` region (or ``@tracked``

@@ -8,8 +8,9 @@
 //!
 //! Where the runtime writes full records or checks strictly (or the step has tags), an entry is
 //! a bare native [`Region`] (its id, thread, parent, tags), still without the context variable
-//! set. Anything else (no runtime or sampler yet, an inherited runtime, strict checks that must
-//! fail) is a whole `Tracker` for that entry, as a `with track(name)` would be.
+//! set. Where there is no runtime or sampler yet (or a forked child's inherited one), the entry
+//! starts them first, as a `@tracked` call does; where there is still no sampler, or strict
+//! checks must fail, it is a whole `Tracker`, as a `with track(name)` would be.
 //!
 //! An exit closes the innermost entry of the same handle still open on this thread. Entries of
 //! asyncio tasks interleaved on one thread may so be closed out of order: each exit still ends
@@ -47,7 +48,7 @@ thread_local! {
 
 /// A reusable region handle (`carbonctx.step(name)`): each `with` of it is one region of its
 /// name. See `carbonctx.step` for what it does and does not do.
-#[pyclass(frozen, module = "carbonctx", name = "Step")]
+#[pyclass(frozen, module = "carbonctx._native")]
 pub(crate) struct Step {
     /// What tells this handle's entries from another's on a thread's stack.
     key: u64,
