@@ -2,7 +2,8 @@
 about 20 ms of other work that evicts the caches (passes over a buffer larger than L2), with
 every core busy (one spinning process per CPU, started here and stopped at the end).
 
-Per repetition, in turn: an empty ``with`` (the baseline), ``with carbonctx.track("step")``, a
+Per repetition, in turn: an empty ``with`` (the baseline), ``with carbonctx.track("step")``,
+``with step`` (a reusable handle, ``step = carbonctx.step("step")`` made once), a
 plain call of an empty function (the baseline of the decorator) and a call of the same function
 decorated with ``@carbonctx.tracked``; each after its own 20 ms of cache-evicting work. Medians
 over the repetitions, with JSON Lines output off and on, in the same run.
@@ -33,7 +34,7 @@ from carbonctx.testing import Wave
 EVICT_BYTES = 16 << 20
 #: The other work between two timed regions.
 WORK_S = 0.020
-KINDS = ("empty", "track", "plain", "tracked")
+KINDS = ("empty", "track", "step", "plain", "tracked")
 #: With ``--floor``, what CPython itself charges for the shape of a region, cold: a new object of
 #: a C type entered and left (``threading.Lock``: two C methods, no work), and a context
 #: variable set and reset (what ``carbonctx.current()`` needs per region).
@@ -74,6 +75,7 @@ def run(reps: int, buf: np.ndarray, passes: int, kinds: tuple[str, ...]) -> dict
     lock = threading.Lock
     var: contextvars.ContextVar[object] = contextvars.ContextVar("floor", default=None)
     track = carbonctx.track
+    step = carbonctx.step("step")
     empty = Empty()
 
     def plain() -> None:
@@ -86,6 +88,8 @@ def run(reps: int, buf: np.ndarray, passes: int, kinds: tuple[str, ...]) -> dict
     calls: dict[str, Callable[[], None]] = {"plain": plain, "tracked": decorated}
     out: dict[str, list[int]] = {k: [] for k in kinds}
     with track("warm"):
+        pass
+    with step:
         pass
     decorated()
     for _ in range(reps):
@@ -100,6 +104,11 @@ def run(reps: int, buf: np.ndarray, passes: int, kinds: tuple[str, ...]) -> dict
             elif kind == "track":
                 t = pc()
                 with track("step"):
+                    pass
+                dt = pc() - t
+            elif kind == "step":
+                t = pc()
+                with step:
                     pass
                 dt = pc() - t
             elif kind == "lock":
@@ -149,7 +158,8 @@ def main() -> None:
         m = med[label]
         rows.append(
             f"| output {label} | {m['empty']:.2f} | {m['track']:.2f} | "
-            f"**+{m['track'] - m['empty']:.2f}** | {m['plain']:.2f} | {m['tracked']:.2f} | "
+            f"**+{m['track'] - m['empty']:.2f}** | {m['step']:.2f} | "
+            f"**+{m['step'] - m['empty']:.2f}** | {m['plain']:.2f} | {m['tracked']:.2f} | "
             f"**+{m['tracked'] - m['plain']:.2f}** |"
             + (
                 f" {m['lock']:.2f} (+{m['lock'] - m['empty']:.2f}) | {m['ctxvar']:.2f} |"
@@ -173,11 +183,11 @@ def main() -> None:
 Each region timed on its own after {WORK_S * 1000:.0f} ms of passes over a
 {EVICT_BYTES >> 20} MiB buffer ({passes} passes, calibrated at the start), with
 {os.cpu_count()} spinning processes (one per CPU, not niced) keeping every core busy; simulated
-hardware (package, core and DRAM zones, one GPU). Medians of {reps} repetitions, the four kinds
-in turn in each; µs.
+hardware (package, core and DRAM zones, one GPU). Medians of {reps} repetitions, the five kinds
+in turn in each; µs. `with step`: a handle made once (``carbonctx.step("step")``), entered.
 
-| | empty `with` | `with track("step")` | added | plain call | `@tracked` call | added |{floor_head}
-| --- | --- | --- | --- | --- | --- | --- |{floor_rule}
+| | empty `with` | `with track("step")` | added | `with step` (a `carbonctx.step`) | added | plain call | `@tracked` call | added |{floor_head}
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |{floor_rule}
 {chr(10).join(rows)}
 {floor_text}"""
     print(text)

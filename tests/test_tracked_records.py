@@ -12,6 +12,7 @@ import json
 import math
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,42 +32,42 @@ def raw_regions(path: Path) -> list[dict[str, Any]]:
     return [r for r in recs if r.get("kind") == "region"]
 
 
-def test_a_tracked_call_writes_the_record_a_with_region_writes(
-    sim: SimulatedMachine, tmp_path: Path
-) -> None:
-    # Calls and `with` blocks of the same shape, in turn: the call's lines (its name's first
-    # one in full, the rest compact) have the fields a `with` region's have; once read, every
-    # field but the name, times and figures is the same: its thread, the region it ran in, no
-    # tags; the region inside names the call.
-    path = tmp_path / "out.jsonl"
-    carbonctx.configure(output=str(path))
-
-    @carbonctx.tracked(name="call")
-    def call(fail: bool = False) -> None:
-        with carbonctx.track("in call"):
-            pass
-        if fail:
-            raise KeyError("no")
+def beside_blocks(
+    measured: Callable[[bool], None], tags: dict[str, Any] | None = None
+) -> tuple[int, int | None]:
+    """Runs ``measured(fail)`` (a region named "call" with a region "in call" inside it, which
+    raises KeyError after it when ``fail``) and `with` blocks named "block" (tagged ``tags``) of
+    the same shape, in turn: five of each and a failing call in a region "outer", then one of
+    each outside any region, then one of each in another thread. Gives outer's id and that
+    thread's."""
 
     def block() -> None:
-        with carbonctx.track("block"), carbonctx.track("in block"):
+        with carbonctx.track("block", tags=tags), carbonctx.track("in block"):
             pass
 
     with carbonctx.track("outer") as outer:
         for _ in range(5):
-            call()
+            measured(False)
             block()
         with pytest.raises(KeyError):
-            call(fail=True)
+            measured(True)
         block()
-    call()  # no region around it
+    measured(False)  # no region around it
     block()
-    worker = threading.Thread(target=lambda: (call(), block()))
+    worker = threading.Thread(target=lambda: (measured(False), block()))
     worker.start()
     worker.join()
     assert carbonctx.flush()
+    assert carbonctx.stats()["call"].count == carbonctx.stats()["block"].count == 8
     _runtime.reset()
+    return outer.id, worker.ident
 
+
+def records_as_blocks(path: Path, outer: int, worker: int | None) -> dict[str, list[Any]]:
+    """The records ``beside_blocks`` wrote to ``path``, by name in id order, once checked: the
+    calls' lines (the name's first one in full, the rest compact) have the fields the blocks'
+    have; once read, every field but the name, times and figures is the same: the thread, the
+    region it ran in, the tags."""
     raw = raw_regions(path)
     calls = [set(r) - {"th"} for r in raw if r["name"] == "call"]
     blocks = [set(r) - {"th"} for r in raw if r["name"] == "block"]
@@ -88,8 +89,28 @@ def test_a_tracked_call_writes_the_record_a_with_region_writes(
         assert {k: c[k] for k in same} == {k: b[k] for k in same}
         assert c["id"] > 0 and c["end"] >= c["start"] and math.isfinite(c["energy_j"])
     main = threading.get_ident()
-    assert [c["parent"] for c in got_calls] == [outer.id] * 6 + [None, None]
-    assert [c["thread"] for c in got_calls] == [main] * 7 + [worker.ident]
+    assert [c["parent"] for c in got_calls] == [outer] * 6 + [None, None]
+    assert [c["thread"] for c in got_calls] == [main] * 7 + [worker]
+    return by_name
+
+
+def test_a_tracked_call_writes_the_record_a_with_region_writes(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    # Calls and `with` blocks of the same shape, in turn, are written alike; the region inside
+    # each call names it.
+    path = tmp_path / "out.jsonl"
+    carbonctx.configure(output=str(path))
+
+    @carbonctx.tracked(name="call")
+    def call(fail: bool = False) -> None:
+        with carbonctx.track("in call"):
+            pass
+        if fail:
+            raise KeyError("no")
+
+    by_name = records_as_blocks(path, *beside_blocks(call))
+    got_calls = by_name["call"]
     assert all(c["tags"] == {} for c in got_calls)
     # The region inside each call (the one that raised too) names it.
     assert [r["parent"] for r in by_name["in call"]] == [c["id"] for c in got_calls]

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
         write_trace,
     )
     from carbonctx._config import Settings
-    from carbonctx._measure.region import Region, Tracker, current, track, tracked
+    from carbonctx._measure.region import Region, Tracker, current, step, track, tracked
     from carbonctx._results.equivalents import (
         Equivalent,
         PueSuggestion,
@@ -78,6 +78,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Region": ("carbonctx._measure.region", "Region"),
     "Tracker": ("carbonctx._measure.region", "Tracker"),
     "current": ("carbonctx._measure.region", "current"),
+    "step": ("carbonctx._measure.region", "step"),
     "track": ("carbonctx._measure.region", "track"),
     "tracked": ("carbonctx._measure.region", "tracked"),
     "Equivalent": ("carbonctx._results.equivalents", "Equivalent"),
@@ -136,6 +137,7 @@ __all__ = [
     "recent",
     "recent_frame",
     "stats",
+    "step",
     "track",
     "tracked",
     "write_trace",

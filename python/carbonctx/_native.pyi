@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
+from types import TracebackType
 from typing import Any, final
 
 from typing_extensions import Self, disjoint_base
@@ -16,6 +17,7 @@ __all__ = [
     "Sampler",
     "SimMachine",
     "SpanCall",
+    "Step",
     "__version__",
     "check_sources",
     "claim_regions",
@@ -178,6 +180,31 @@ class SpanCall:
     def end(self, started: int | Region, exc: BaseException | None = None) -> None:
         """Ends the call ``started`` (``exc``: what the function raised), then does what is
         due on this thread."""
+
+@final
+class Step:
+    """A reusable region handle (``carbonctx.step(name)``): each ``with`` of it is one region
+    of its name (see ``carbonctx.step``)."""
+
+    def __new__(
+        cls,
+        name: str,
+        tracker: type[Region],
+        start: Callable[[], bool],
+        tags: Mapping[str, Any] | None = None,
+    ) -> Self: ...
+    @property
+    def name(self) -> str:
+        """The name of each region this handle measures."""
+    def __enter__(self) -> None:
+        """Opens one entry (one region) on this thread."""
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> None:
+        """Closes this thread's innermost open entry of the handle."""
 
 def set_hub(hub: RegionHub | None) -> None:
     """Make ``hub`` the one the region code uses (the process's current runtime's)."""

@@ -12,6 +12,7 @@ mod numtext;
 mod region;
 mod sim;
 mod span;
+mod step;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -543,6 +544,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hub::RegionHub>()?;
     m.add_class::<lines::CompactLines>()?;
     m.add_class::<span::SpanCall>()?;
+    m.add_class::<step::Step>()?;
     m.add("SPAN_BACKLOG", hub::SPAN_BACKLOG)?;
     m.add("SPAN_WARNINGS", hub::SPAN_WARNINGS)?;
     m.add_function(wrap_pyfunction!(hub::set_hub, m)?)?;

@@ -105,7 +105,7 @@ pub(crate) struct Region {
     #[pyo3(get, set)]
     pub(crate) strict: Option<bool>,
     #[pyo3(get, set)]
-    tags: Option<Py<PyAny>>,
+    pub(crate) tags: Option<Py<PyAny>>,
     #[pyo3(get, set)]
     sync: bool,
     #[pyo3(get, set)]
@@ -173,14 +173,7 @@ impl Region {
         tags: Option<&Bound<'_, PyAny>>,
         sync: bool,
     ) -> PyResult<Self> {
-        let name = match name.cast_exact::<PyString>() {
-            Ok(s) if s.len()? > 0 => s.clone().unbind(),
-            _ => return Err(bad_name(name)),
-        };
-        let tags = match tags {
-            Some(t) => copy_tags(t)?,
-            None => None,
-        };
+        let (name, tags) = name_and_tags(name, tags)?;
         Ok(Region {
             tags,
             sync,
@@ -290,6 +283,23 @@ impl Region {
     }
 }
 
+/// A region's name (a non-empty str) and the tags it copies into its records (a dict of them;
+/// None when there are none), checked and copied as `track()` and `step()` take them.
+pub(crate) fn name_and_tags(
+    name: &Bound<'_, PyAny>,
+    tags: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(Py<PyString>, Option<Py<PyAny>>)> {
+    let name = match name.cast_exact::<PyString>() {
+        Ok(s) if s.len()? > 0 => s.clone().unbind(),
+        _ => return Err(bad_name(name)),
+    };
+    let tags = match tags {
+        Some(t) => copy_tags(t)?,
+        None => None,
+    };
+    Ok((name, tags))
+}
+
 #[cold]
 #[inline(never)]
 fn bad_name(name: &Bound<'_, PyAny>) -> PyErr {
@@ -331,19 +341,35 @@ pub(crate) fn enter_core(
     hub: Bound<'_, RegionHub>,
     sampler: Option<Bound<'_, Sampler>>,
 ) -> PyResult<()> {
+    enter_with(slf, hub, sampler, true)
+}
+
+/// [`enter_core`], with the context variable set to the region (`context`) or only read for
+/// its parent (a step's region, step.rs: nothing inside names it, and nothing needs to find it).
+pub(crate) fn enter_with(
+    slf: &Bound<'_, Region>,
+    hub: Bound<'_, RegionHub>,
+    sampler: Option<Bound<'_, Sampler>>,
+    context: bool,
+) -> PyResult<()> {
     let py = slf.py();
     untrack(slf.as_any());
-    let var = current_var(py)?;
     let parent = open_region(py)?;
     // Only regions are ever put in the context variable.
     let parent_id = parent.cast::<Region>().ok().map(|p| p.borrow().id);
-    let token = context_set(py, var, slf.as_any())?;
+    let token = if context {
+        Some(context_set(py, current_var(py)?, slf.as_any())?.unbind())
+    } else {
+        None
+    };
     let id = sampler.map(|s| s.get().inner.begin());
     let mut me = slf.borrow_mut();
     me.hub = Some(hub.unbind());
     me.parent = parent_id;
-    me.prev = (!parent.is_none()).then(|| parent.unbind());
-    me.token = Some(token.unbind());
+    if context {
+        me.prev = (!parent.is_none()).then(|| parent.unbind());
+    }
+    me.token = token;
     if let Some(id) = id {
         me.id = id;
     }

@@ -27,29 +27,37 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyInt, PyString, PyType};
 
 use crate::hub::{current_hub, RegionHub, SPAN_BACKLOG, SPAN_WARNINGS};
-use crate::region::{enter_core, exit_core, Region};
+use crate::region::{enter_with, exit_core, Region};
 
 /// The `Tracker` class (the first [`SpanCall`] made says): what `carbonctx.current()` gives for
 /// a call's region.
 static TRACKER: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
-/// The spans of one `@tracked` function: `start()` before each call, `end(started)` after it.
-#[pyclass(frozen, module = "carbonctx._native")]
-pub(crate) struct SpanCall {
-    name: Py<PyString>,
-    /// The `Tracker` class: a call that strict checks may fail is measured by one.
-    tracker: Py<PyType>,
-    /// The decorator's `strict` (None: the runtime's).
-    strict: Option<bool>,
-    /// The serial of the hub the name's tag was interned in (0: none yet), and the tag: a new
-    /// runtime interns it again.
+/// A region name and its tag in the runtime it was last used under: a new runtime (another
+/// hub) interns it again. Shared by the `@tracked` calls ([`SpanCall`]) and the steps
+/// (step.rs).
+pub(crate) struct NameTag {
+    pub(crate) name: Py<PyString>,
+    /// The serial of the hub the tag was interned in (0: none yet), and the tag.
     tag: Mutex<(u64, u32)>,
 }
 
-impl SpanCall {
+impl NameTag {
+    pub(crate) fn new(name: Py<PyString>) -> Self {
+        NameTag {
+            name,
+            tag: Mutex::new((0, 0)),
+        }
+    }
+
+    /// The serial of the hub the tag was last interned in, and the tag.
+    pub(crate) fn cached(&self) -> (u64, u32) {
+        *self.tag.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The name's tag in `hub`'s runtime.
-    fn tag_in(&self, hub: &Bound<'_, RegionHub>) -> PyResult<u32> {
-        let (serial, tag) = *self.tag.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn tag_in(&self, hub: &Bound<'_, RegionHub>) -> PyResult<u32> {
+        let (serial, tag) = self.cached();
         if serial == hub.get().serial {
             return Ok(tag);
         }
@@ -70,41 +78,114 @@ impl SpanCall {
     }
 }
 
-/// A call as a whole `Tracker`, entered (where strict checks may fail: it raises as a `with`
-/// would).
+/// The spans of one `@tracked` function: `start()` before each call, `end(started)` after it.
+#[pyclass(frozen, module = "carbonctx._native")]
+pub(crate) struct SpanCall {
+    name: NameTag,
+    /// The `Tracker` class: a call that strict checks may fail is measured by one.
+    tracker: Py<PyType>,
+    /// The decorator's `strict` (None: the runtime's).
+    strict: Option<bool>,
+}
+
+/// A runtime ready for a bare region: its hub and sampler, and whether the region checks
+/// strictly.
+pub(crate) struct Ready<'py> {
+    pub(crate) hub: Bound<'py, RegionHub>,
+    pub(crate) sampler: Bound<'py, crate::Sampler>,
+    pub(crate) strict: bool,
+}
+
+/// How the current runtime measures a region of a `@tracked` call or a step, entered now.
+pub(crate) enum Route<'py> {
+    /// No runtime or sampler yet, or one a forked child inherited: the Python side's.
+    Python,
+    /// Strict checks with nothing to measure with: a whole `Tracker`, which raises as a `with`
+    /// would.
+    Tracker,
+    /// A bare region (its id, parent, thread; tags): the runtime writes full records or checks
+    /// strictly, or the caller has tags to keep.
+    Region(Ready<'py>),
+    /// A span: a start time and the name's tag, closed in one go.
+    Span(Bound<'py, RegionHub>),
+}
+
+/// Which way a region entered now is measured (see [`Route`]); `strict`: the caller's (None:
+/// the runtime's); `detail`: a bare region even where a span would do. Warnings due are issued
+/// first, as a `with` issues them.
+pub(crate) fn route(py: Python<'_>, strict: Option<bool>, detail: bool) -> PyResult<Route<'_>> {
+    let Some(hub) = current_hub(py) else {
+        return Ok(Route::Python);
+    };
+    let h = hub.get();
+    let Some(sampler) = h.sampler.get().filter(|_| !h.dead.load(Ordering::Relaxed)) else {
+        return Ok(Route::Python);
+    };
+    let sampler = sampler.bind(py).clone();
+    if h.detailed || detail {
+        let strict = strict.unwrap_or(h.strict);
+        if strict && sampler.get().inner.sources().is_empty() {
+            return Ok(Route::Tracker);
+        }
+        if h.warn_due.load(Ordering::Relaxed) {
+            // Said before the region runs, as a `with` says it (a long one would keep it until
+            // it ends).
+            handle_due(py, h, SPAN_WARNINGS)?;
+        }
+        return Ok(Route::Region(Ready {
+            hub,
+            sampler,
+            strict,
+        }));
+    }
+    if h.warn_due.load(Ordering::Relaxed) {
+        handle_due(py, h, SPAN_WARNINGS)?; // before the region runs, as above
+    }
+    Ok(Route::Span(hub))
+}
+
+/// A call (or a step's entry) as a whole `Tracker`, entered (where strict checks may fail: it
+/// raises as a `with` would; where there is no runtime yet: it starts one).
 #[cold]
 #[inline(never)]
-fn start_tracker<'py>(
+pub(crate) fn start_tracker<'py>(
     py: Python<'py>,
     tracker: &Py<PyType>,
     name: &Py<PyString>,
     strict: Option<bool>,
-) -> PyResult<Bound<'py, PyAny>> {
+    tags: Option<&Py<PyAny>>,
+) -> PyResult<Bound<'py, Region>> {
     let kwargs = PyDict::new(py);
     kwargs.set_item(intern!(py, "strict"), strict)?;
+    if let Some(tags) = tags {
+        kwargs.set_item(intern!(py, "tags"), tags)?;
+    }
     let region = tracker
         .bind(py)
         .call((name.clone_ref(py),), Some(&kwargs))?
         .cast_into::<Region>()?;
     Region::__enter__(&region)?;
-    Ok(region.into_any())
+    Ok(region)
 }
 
-/// A call as a bare region, entered: its id, parent and begin mark, the context variable set.
-fn start_call<'py>(
-    hub: Bound<'py, RegionHub>,
-    sampler: Bound<'py, crate::Sampler>,
-    name: &Py<PyString>,
+/// A call (or a step's entry) as a bare region, entered: its id, parent and begin mark; with
+/// `context`, the context variable set to it (regions inside name it, `carbonctx.current()`
+/// finds it), else only read for the parent. `strict`: the caller's (None: the runtime's).
+pub(crate) fn start_call<'py>(
+    ready: Ready<'py>,
+    name: &NameTag,
     strict: Option<bool>,
-    strict_now: bool,
-    tag: u32,
-) -> PyResult<Bound<'py, PyAny>> {
-    let py = hub.py();
-    let mut region = Region::for_call(name.clone_ref(py), strict, tag);
-    region.strict_now = strict_now;
+    tags: Option<&Py<PyAny>>,
+    context: bool,
+) -> PyResult<Bound<'py, Region>> {
+    let py = ready.hub.py();
+    let tag = name.tag_in(&ready.hub)?;
+    let mut region = Region::for_call(name.name.clone_ref(py), strict, tag);
+    region.strict_now = ready.strict;
+    region.tags = tags.map(|t| t.clone_ref(py));
     let region = Bound::new(py, region)?;
-    enter_core(&region, hub, Some(sampler))?;
-    Ok(region.into_any())
+    enter_with(&region, ready.hub, Some(ready.sampler), context)?;
+    Ok(region)
 }
 
 /// The `Tracker` that stands for the call's region `call` (open), made the first time it is
@@ -190,7 +271,7 @@ fn start_ns(t0: &Bound<'_, PyInt>) -> PyResult<u64> {
 /// [`RegionHub::end_span`]).
 #[cold]
 #[inline(never)]
-fn handle_due(py: Python<'_>, h: &RegionHub, due: u8) -> PyResult<()> {
+pub(crate) fn handle_due(py: Python<'_>, h: &RegionHub, due: u8) -> PyResult<()> {
     if due & SPAN_BACKLOG != 0 {
         h.drain.call0(py)?;
     }
@@ -200,8 +281,25 @@ fn handle_due(py: Python<'_>, h: &RegionHub, due: u8) -> PyResult<()> {
     Ok(())
 }
 
-/// A span begun under one runtime and ended under another (the function called `configure()`):
-/// its tag names nothing there, and the runtime it began in has been replaced.
+/// A span begun at `t0` under the runtime of hub serial `serial` with the name's tag `tag` there,
+/// ended now; then what is due on this thread. A span begun under one runtime and ended under
+/// another (`configure()` ran meanwhile) is dropped: its tag names nothing in the new runtime,
+/// and the one it began in has been replaced.
+pub(crate) fn end_span(py: Python<'_>, serial: u64, tag: u32, t0: u64) -> PyResult<()> {
+    let Some(hub) = current_hub(py) else {
+        return dropped();
+    };
+    let h = hub.get();
+    if serial != h.serial {
+        return dropped();
+    }
+    let due = h.end_span_now(t0, tag);
+    if due != 0 {
+        handle_due(py, h, due)?;
+    }
+    Ok(())
+}
+
 #[cold]
 #[inline(never)]
 fn dropped() -> PyResult<()> {
@@ -218,10 +316,9 @@ impl SpanCall {
         let tracker = tracker.unbind();
         let _ = TRACKER.get_or_init(py, || tracker.clone_ref(py));
         SpanCall {
-            name: name.unbind(),
+            name: NameTag::new(name.unbind()),
             tracker,
             strict,
-            tag: Mutex::new((0, 0)),
         }
     }
 
@@ -230,34 +327,22 @@ impl SpanCall {
     /// the call is the Python wrapper's to measure (no runtime or sampler yet, or one a forked
     /// child inherited).
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Some(hub) = current_hub(py) else {
-            return Ok(None);
-        };
-        let h = hub.get();
-        let Some(sampler) = h.sampler.get().filter(|_| !h.dead.load(Ordering::Relaxed)) else {
-            return Ok(None);
-        };
-        if h.detailed {
-            let strict = self.strict.unwrap_or(h.strict);
-            if strict && sampler.get().inner.sources().is_empty() {
-                // Nothing to measure with: the Tracker raises, as a `with` would.
-                return start_tracker(py, &self.tracker, &self.name, self.strict).map(Some);
+        match route(py, self.strict, false)? {
+            Route::Span(hub) => {
+                self.name.tag_in(&hub)?;
+                let t0 = carbonctx_sampler::now_ns();
+                Ok(Some(PyInt::new(py, t0).into_any()))
             }
-            if h.warn_due.load(Ordering::Relaxed) {
-                // Said before the function runs, as a `with` says it (a long call would keep
-                // it until it returns).
-                handle_due(py, h, SPAN_WARNINGS)?;
+            Route::Region(ready) => {
+                start_call(ready, &self.name, self.strict, None, true).map(|r| Some(r.into_any()))
             }
-            let sampler = sampler.bind(py).clone();
-            let tag = self.tag_in(&hub)?;
-            return start_call(hub, sampler, &self.name, self.strict, strict, tag).map(Some);
+            Route::Python => Ok(None),
+            Route::Tracker => {
+                let name = &self.name.name;
+                start_tracker(py, &self.tracker, name, self.strict, None)
+                    .map(|r| Some(r.into_any()))
+            }
         }
-        if h.warn_due.load(Ordering::Relaxed) {
-            handle_due(py, h, SPAN_WARNINGS)?; // before the function runs, as above
-        }
-        self.tag_in(&hub)?;
-        let t0 = carbonctx_sampler::now_ns();
-        Ok(Some(PyInt::new(py, t0).into_any()))
     }
 
     /// Ends the call `started` (what [`SpanCall::start`] gave), whether the function returned
@@ -265,7 +350,6 @@ impl SpanCall {
     /// thread (waking the resolver for a backlog, issuing warnings).
     #[pyo3(signature = (started, exc=None))]
     fn end(&self, started: &Bound<'_, PyAny>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let py = started.py();
         let Ok(t0) = started.cast::<PyInt>() else {
             let region = started.cast::<Region>()?;
             if region.borrow().call_tag != 0 {
@@ -274,18 +358,7 @@ impl SpanCall {
             return end_region(started, exc);
         };
         let t0 = start_ns(t0)?;
-        let Some(hub) = current_hub(py) else {
-            return dropped();
-        };
-        let h = hub.get();
-        let (serial, tag) = *self.tag.lock().unwrap_or_else(|e| e.into_inner());
-        if serial != h.serial {
-            return dropped();
-        }
-        let due = h.end_span_now(t0, tag);
-        if due != 0 {
-            handle_due(py, h, due)?;
-        }
-        Ok(())
+        let (serial, tag) = self.name.cached();
+        end_span(started.py(), serial, tag, t0)
     }
 }
