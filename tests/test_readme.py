@@ -167,8 +167,11 @@ class StandIn:
 
 
 _LOOP = StandIn(
-    provides=("train_one_epoch",),
-    setup="import time\n\ndef train_one_epoch():\n    time.sleep(0.002)\n",
+    provides=("train_one_epoch", "loader", "train_on"),
+    setup=(
+        "import time\n\ndef train_one_epoch():\n    time.sleep(0.002)\n\n"
+        "loader = range(3)\n\ndef train_on(batch):\n    time.sleep(0.001)\n"
+    ),
 )
 _TRAINER = StandIn(
     provides=("Trainer", "model", "args", "train", "val"),

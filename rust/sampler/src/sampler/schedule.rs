@@ -387,7 +387,7 @@ pub(super) fn poll_loop(
             next = next.min(now + sparse_ns.clamp(1_000_000, 100_000_000));
         }
         if let Some(pr) = predict.as_mut() {
-            pr.sleeping_until(next);
+            pr.sleeping_until(now, next);
         }
         if next > now {
             // The ticket before the flags: a mark or stop after it rings (see `bell`).
