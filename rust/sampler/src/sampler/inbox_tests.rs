@@ -250,3 +250,38 @@ fn several_threads_marking_resolve_every_region_once_and_flush_sees_the_inbox() 
     assert_eq!((st.pending_marks, st.undrained), (0, 0));
     assert_eq!(s.shared().done_len.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn slots_are_numbered_across_chunks_of_doubling_size() {
+    assert_eq!(place(1), (0, 0));
+    assert_eq!(place(64), (0, 63));
+    assert_eq!(place(65), (1, 0));
+    assert_eq!(place(192), (1, 127));
+    assert_eq!(place(193), (2, 0));
+    let (c, i) = place(u32::MAX - 1);
+    assert!(c < CHUNKS && (i as u64) < FIRST_CHUNK << c);
+}
+
+#[test]
+fn slots_read_are_reused_and_none_is_handed_out_twice() {
+    // 1 000 entries pushed and taken ten times: the slots come back from the spare list (no
+    // more are made than were waiting at once), and every entry reads back as pushed.
+    let inbox = Inbox::default();
+    for round in 0..10u64 {
+        for k in 0..1_000u64 {
+            inbox.push(mark(round * 1_000 + k, k, Edge::Enter));
+        }
+        let ids: Vec<u64> = inbox
+            .take()
+            .map(|e| match e {
+                Entry::Mark(m) => m.id,
+                Entry::Span(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            (round * 1_000..(round + 1) * 1_000).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(inbox.made.load(Ordering::Relaxed), 1_000);
+}
