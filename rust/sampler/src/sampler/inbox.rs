@@ -281,7 +281,11 @@ impl DerefMut for RegionsGuard<'_> {
 
 impl Drop for RegionsGuard<'_> {
     fn drop(&mut self) {
-        self.done_len.store(self.r.done.len(), Ordering::Relaxed);
+        // Stored only when it changed: the marking threads read its cache line at every mark.
+        let n = self.r.done.len();
+        if self.done_len.load(Ordering::Relaxed) != n {
+            self.done_len.store(n, Ordering::Relaxed);
+        }
     }
 }
 
