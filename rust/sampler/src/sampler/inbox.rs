@@ -165,11 +165,9 @@ impl Inbox {
 
     /// Take everything handed over so far, oldest first.
     pub(super) fn take(&self) -> Taken<'_> {
-        let mut p = if self.head.load(Ordering::Relaxed) == 0 {
-            0
-        } else {
-            self.head.swap(0, Ordering::Acquire)
-        };
+        // A read-modify-write, not a load first: it reads the latest head, so whatever was
+        // pushed before it (a region's marks before a flush that waits for them) is taken.
+        let mut p = self.head.swap(0, Ordering::Acquire);
         let newest = p;
         let mut oldest_first = 0;
         while p != 0 {
