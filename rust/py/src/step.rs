@@ -25,6 +25,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
 
+use crate::context::{context_reset, current_var};
 use crate::region::{exit_core, name_and_tags, Region};
 use crate::span::{end_span, route, start_call, start_tracker, NameTag, Route};
 
@@ -75,6 +76,7 @@ impl Step {
             }
         }
         let t = start_tracker(py, &self.tracker, &self.name.name, None, self.tags.as_ref())?;
+        context_back(&t)?;
         Ok(Entry::Tracker(t.unbind()))
     }
 
@@ -111,6 +113,25 @@ impl Step {
                 .map_or_else(|_| "?".into(), |r| r.to_string())
         ))
     }
+}
+
+/// Puts the context variable back where the entered `Tracker` `t` found it: an entry of a
+/// step sets no context variable whichever way it is measured (inside it, `carbonctx.current()`
+/// and the parents of the regions opened are the enclosing region's). Its exit then leaves the
+/// variable alone.
+#[cold]
+#[inline(never)]
+fn context_back(t: &Bound<'_, Region>) -> PyResult<()> {
+    let py = t.py();
+    let token = {
+        let mut me = t.borrow_mut();
+        me.prev = None;
+        me.token.take()
+    };
+    if let Some(token) = token {
+        context_reset(py, current_var(py)?, &token)?;
+    }
+    Ok(())
 }
 
 #[pymethods]
