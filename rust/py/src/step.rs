@@ -123,11 +123,11 @@ impl Step {
 #[inline(never)]
 fn context_back(t: &Bound<'_, Region>) -> PyResult<()> {
     let py = t.py();
-    let token = {
+    let (token, prev) = {
         let mut me = t.borrow_mut();
-        me.prev = None;
-        me.token.take()
+        (me.token.take(), me.prev.take())
     };
+    drop(prev); // not while borrowed: letting go of a region may run Python code
     if let Some(token) = token {
         context_reset(py, current_var(py)?, &token)?;
     }
