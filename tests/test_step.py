@@ -376,3 +376,52 @@ def test_an_entry_without_a_sampler_sets_no_context_either(
         "after_is_outer": True,
         "after": "None",
     }, doc
+
+
+LEFT_OPEN_SCRIPT = """
+    import json, os, threading
+    import carbonctx
+
+    on = os.environ["STEP_OUTPUT"] == "on"
+    if on:
+        carbonctx.configure(output="out.jsonl")
+    handle = carbonctx.step("s", tags={"k": 1} if on else None)
+
+    def ends_inside() -> None:  # a thread that ends with an entry of the handle open
+        handle.__enter__()
+        with handle:
+            pass
+
+    for _ in range(20):
+        t = threading.Thread(target=ends_inside)
+        t.start()
+        t.join()
+    ready = threading.Event()
+
+    def stays_inside() -> None:  # a daemon thread still inside an entry at exit
+        with handle:
+            ready.set()
+            threading.Event().wait()
+
+    threading.Thread(target=stays_inside, daemon=True).start()
+    ready.wait(10)
+    for _ in range(3):
+        with handle:
+            pass
+    carbonctx.flush()
+    print(json.dumps({k: v.count for k, v in carbonctx.stats().items()}))
+    handle.__enter__()  # the process exits with an entry open in its main thread too
+"""
+
+
+@pytest.mark.parametrize("output", ["off", "on"])
+def test_threads_and_a_process_that_end_inside_entries(
+    sim: SimulatedMachine, tmp_path: Path, output: str
+) -> None:
+    # Entries left open when a thread ends, or the process exits, are dropped with the thread's
+    # stack of entries (a span; a region, let go of without the interpreter): nothing crashes,
+    # and every entry that was left counts, the open ones not.
+    r = run_script(tmp_path, sim, LEFT_OPEN_SCRIPT, {"STEP_OUTPUT": output})
+    assert r.returncode == 0, r.stderr
+    assert "panick" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert last_json(r.stdout) == {"s": 20 + 3}
