@@ -10,7 +10,8 @@
 //! a bare native [`Region`] (its id, thread, parent, tags), still without the context variable
 //! set. Where there is no runtime or sampler yet (or a forked child's inherited one), the entry
 //! starts them first, as a `@tracked` call does; where there is still no sampler, or strict
-//! checks must fail, it is a whole `Tracker`, as a `with track(name)` would be.
+//! checks must fail, it is a whole `Tracker`, as a `with track(name)` would be (but with the
+//! context variable put back once it is entered: no entry sets it).
 //!
 //! An exit closes the innermost entry of the same handle still open on this thread. Entries of
 //! asyncio tasks interleaved on one thread may so be closed out of order: each exit still ends
