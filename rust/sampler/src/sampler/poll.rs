@@ -152,11 +152,14 @@ impl Polled {
 }
 
 /// A source's accumulator; one whose power is sampled at the read keeps the variance of its
-/// integral (its reads fall at random instants).
+/// integral (its reads fall at random instants); a fed one holds each reading from its
+/// instant until the next one's.
 fn accumulator(info: &SourceInfo, interval_ns: u64, base_j: f64) -> Accumulator {
     let acc = Accumulator::new(info.counter, interval_ns).continue_from(base_j);
     if super::power::samples_at_read(info) {
         acc.with_spread()
+    } else if crate::sensors::external::is_fed(info) {
+        acc.held()
     } else {
         acc
     }

@@ -193,3 +193,29 @@ fn power_is_integrated_with_the_trapezoid_rule() {
     a.push(2_000 * MS, Reading::Power(f64::NAN));
     assert!((a.joules() - 250.0).abs() < 1e-9);
 }
+
+#[test]
+fn a_held_power_holds_each_reading_until_the_next_ones_instant() {
+    // A fed source: 100 W read at 0 and 20 ms, 300 W standing for 30 ms read at 40 ms, and
+    // held: 100 W until 30 ms exactly (a trapezoid would give 200 W from 20 ms on).
+    let mut a = Accumulator::new(None, 20 * MS).held();
+    a.push(0, Reading::Power(100.0));
+    a.push(20 * MS, Reading::Power(100.0));
+    let step = a.push(
+        40 * MS,
+        Reading::PowerAt {
+            watts: 300.0,
+            ago_ns: 10 * MS,
+        },
+    );
+    assert!(matches!(step, Step::Changed(p) if p.t_ns == 30 * MS));
+    assert!((a.joules() - 100.0 * 0.030).abs() < 1e-9, "{}", a.joules());
+    a.push(60 * MS, Reading::Power(300.0));
+    assert!(
+        (a.joules() - (3.0 + 300.0 * 0.030)).abs() < 1e-9,
+        "{}",
+        a.joules()
+    );
+    // No hold learned, no spread: nothing is re-timed.
+    assert_eq!((a.hold_ns(), a.variance_j2()), (0, 0.0));
+}
