@@ -225,9 +225,11 @@ impl Accumulator {
         let (t_ns, reading) = match reading {
             Reading::PowerAt { watts, ago_ns } => {
                 let at = t_ns.saturating_sub(ago_ns);
-                if self.last_read_ns.is_some_and(|prev| at <= prev) {
+                if self.last_read_ns.is_some_and(|prev| at <= prev) && !self.holds {
                     return Step::Unchanged;
                 }
+                // (A held reading is read once: one that stood no later than the previous
+                // reading holds from that one's instant on, the earliest still open.)
                 (at, Reading::Power(watts))
             }
             r => (t_ns, r),

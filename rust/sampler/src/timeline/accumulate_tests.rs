@@ -218,4 +218,20 @@ fn a_held_power_holds_each_reading_until_the_next_ones_instant() {
     );
     // No hold learned, no spread: nothing is re-timed.
     assert_eq!((a.hold_ns(), a.variance_j2()), (0, 0.0));
+    // A reading that says it stood before the previous one (its read's end was taken
+    // before the previous read's stamp, a thread stalled): 200 W from 60 ms on, not passed
+    // over (300 W held until the next read at 80 ms).
+    a.push(
+        61 * MS,
+        Reading::PowerAt {
+            watts: 200.0,
+            ago_ns: 2 * MS,
+        },
+    );
+    a.push(80 * MS, Reading::Power(200.0));
+    assert!(
+        (a.joules() - (12.0 + 200.0 * 0.020)).abs() < 1e-9,
+        "{}",
+        a.joules()
+    );
 }
