@@ -321,11 +321,13 @@ fn a_feed_pushed_at_a_regular_period_is_integrated_as_held_not_retimed() {
         let (j, u, truth, late) = regular_pushes(Duration::from_millis(30), lag);
         let off = j - truth;
         eprintln!("lag {lag:?}: {j} J, truth {truth} J ({off:+} J), ± {u} J, {late} late");
-        // A reading placed late (pushed as the sampler read the feed, its instant passed)
-        // is held from one read later: at most 300 W x 2 read slots (20 ms).
+        // Each reading is placed as late as the rest of the read that took it (a few µs:
+        // 0.01 J here; 0.5 % leaves room for a read stalled 10 ms), one placed late (pushed
+        // as the sampler read the feed, its instant passed) from one read later: at most
+        // 300 W x 2 read slots (20 ms).
         let slack = late as f64 * 300.0 * 0.04;
         assert!(
-            off.abs() < 1e-3 * truth + slack,
+            off.abs() < 5e-3 * truth + slack,
             "lag {lag:?}: {j} J, truth {truth} J"
         );
         // The edges' brackets (a read slot's joules each), no learned hold's bound.
