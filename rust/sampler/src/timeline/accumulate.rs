@@ -225,11 +225,13 @@ impl Accumulator {
         let (t_ns, reading) = match reading {
             Reading::PowerAt { watts, ago_ns } => {
                 let at = t_ns.saturating_sub(ago_ns);
-                if self.last_read_ns.is_some_and(|prev| at <= prev) && !self.holds {
+                // (A held reading that stood no later than the previous one and brings a new
+                // power holds from the previous one's instant on, the earliest still open: a
+                // feed hands each reading over once.)
+                let new_power = self.holds && sanitize_watts(watts) != self.last_watts;
+                if self.last_read_ns.is_some_and(|prev| at <= prev) && !new_power {
                     return Step::Unchanged;
                 }
-                // (A held reading is read once: one that stood no later than the previous
-                // reading holds from that one's instant on, the earliest still open.)
                 (at, Reading::Power(watts))
             }
             r => (t_ns, r),

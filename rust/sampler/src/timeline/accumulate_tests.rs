@@ -234,4 +234,11 @@ fn a_held_power_holds_each_reading_until_the_next_ones_instant() {
         "{}",
         a.joules()
     );
+    // The same power again at an instant passed adds nothing (a feed that lags repeats its
+    // latest reading until the timeline reaches its instant).
+    let again = Reading::PowerAt {
+        watts: 200.0,
+        ago_ns: 5 * MS,
+    };
+    assert_eq!(a.push(81 * MS, again), Step::Unchanged);
 }
