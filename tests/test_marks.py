@@ -141,7 +141,10 @@ def twenty_ms_regions(sim: SimulatedMachine, fast_reads: bool) -> tuple[float, i
         drained = s.drain()
     finally:
         s.stop()
-    err, _unc = package_rows(sim, drained)
+    err, unc = package_rows(sim, drained)
+    # The share of regions whose stated ± does not cover the error: what a loaded machine's
+    # late reads must never make dishonest (they may widen the brackets, not misplace them).
+    assert float(np.mean(err > unc * 1.001 + 1e-9)) <= 0.05, (err, unc)
     median = float(np.median(err))
     return median, after["reads"] - before["reads"], after["mark_reads"] - before["mark_reads"]
 
@@ -154,6 +157,7 @@ def test_short_regions_are_read_at_their_marks_not_at_every_update(tmp_path: Pat
     # the next update) and every 20 ms, a few hundred.
     assert at_marks >= 30 and none == 0
     assert sparse_reads < every_reads / 2, (sparse_reads, every_reads)
-    # The edges stay bracketed by the updates around them (a loaded machine's late wake-ups
-    # widen a few).
-    assert sparse < 0.01 and every < 0.01, (sparse, every)
+    # The edges stay bracketed by the updates around them: within about an update (5 % of a
+    # 20 ms region) at each edge, however late a loaded machine's wake-ups make the reads at
+    # the marks (the figures on a quiet machine, 0.1-1 %, are the benches' to measure).
+    assert sparse < 0.05 and every < 0.05, (sparse, every)
