@@ -155,7 +155,7 @@ class RegionHub:
         strict: bool,
         pending: dict[int, Any],
         name_tags: dict[str, int],
-        tag_of: Callable[[str], int],
+        tag_of: Callable[[str, tuple[int, int | None, Any] | None], int],
         drain: Callable[[], None],
         emit_warnings: Callable[[], None],
         backlog_high: int,

@@ -404,9 +404,10 @@ class Runtime:
         if s is not None:
             self.resolver.drain(s)
 
-    def tag_of(self, name: str) -> int:
-        """The tag (u32, never 0) that stands for ``name`` in the sampler."""
-        return self.resolver.tag_of(name)
+    def tag_of(self, name: str, details: tuple[int, int | None, Any] | None = None) -> int:
+        """The tag (u32) that stands for ``name`` in the sampler, or with ``details`` (thread,
+        parent, tags) for a step's entries of those (``Resolver.tag_of``)."""
+        return self.resolver.tag_of(name, details)
 
     def measurement(self, batch: Batch, k: int) -> Measurement:
         """The Measurement of row ``k`` of a resolved batch."""
