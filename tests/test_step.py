@@ -19,6 +19,7 @@ import pytest
 import carbonctx
 from carbonctx._measure import process as _runtime
 from carbonctx._measure import resolver as _resolver
+from carbonctx._measure import runtime as _rt
 from carbonctx._output.jsonl import read_jsonl
 from carbonctx.errors import CarbonctxWarning, SourceUnavailableError
 from carbonctx.testing import SimulatedMachine
@@ -372,6 +373,32 @@ def test_configure_inside_an_entry(sim: SimulatedMachine, tmp_path: Path) -> Non
         pass
     assert carbonctx.flush()
     assert carbonctx.stats()["s"].count == 1
+
+
+@pytest.mark.parametrize("tags", [None, TAGS])
+def test_configure_inside_an_entry_alone(
+    sim: SimulatedMachine, tmp_path: Path, tags: dict[str, Any] | None
+) -> None:
+    # With output on, an entry open while configure() replaces the runtime, and nothing else
+    # open: the old runtime keeps measuring until it ends (its resolver passes meanwhile), then
+    # records it.
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    carbonctx.configure(**sim.settings(), output=str(old))
+    handle = carbonctx.step("s", tags=tags)
+    for _ in range(2):  # the first starts the runtime
+        with handle:
+            pass
+    with handle:
+        carbonctx.configure(**sim.settings(), output=str(new))
+        time.sleep(3 * _rt.RESOLVE_PERIOD_S)
+    with handle:
+        pass
+    assert carbonctx.flush()
+    assert carbonctx.stats()["s"].count == 1
+    _runtime.reset()
+    got = by_name(old)["s"]
+    assert len(got) == 3 and all(r["tags"] == (tags or {}) for r in got)
+    assert len(by_name(new)["s"]) == 1
 
 
 def test_interleaved_asyncio_tasks_count_every_entry(sim: SimulatedMachine) -> None:

@@ -148,6 +148,9 @@ class RegionHub:
     warn_due: bool
     wake_sent: bool
     dead: bool
+    @property
+    def open_steps(self) -> int:
+        """Entries of steps open in this runtime that no begin mark counts."""
     def __new__(
         cls,
         runtime: Any,

@@ -289,14 +289,15 @@ class Runtime:
         return _config.redfish_lag(self.settings)
 
     def open_regions(self) -> int:
-        """Regions begun in this runtime's sampler and not yet resolved and drained (0 when
-        it never started)."""
+        """Regions begun in this runtime's sampler and not yet resolved and drained, and
+        entries of steps open in it (0 when it never started)."""
         s = self.sampler
         if s is None:
             return 0
+        open_steps = self.core.open_steps  # before the sampler's count, which takes them over
         st = s.stats()
         unresolved = st["regions_begun"] - st["regions_resolved"] - st["dropped_regions"]
-        return max(0, unresolved) + int(st["undrained"]) + len(self.pending)
+        return max(0, unresolved) + int(st["undrained"]) + len(self.pending) + open_steps
 
     def retire(self) -> bool:
         """Replaced by ``configure()``: shut down now when no region is open in it; otherwise

@@ -195,6 +195,7 @@ impl Step {
                     .map(|p| p.borrow().id);
                 let tag = self.detail_tag(&ready.hub, thread_ident(), parent)?;
                 if tag != 0 {
+                    ready.hub.get().open_steps.fetch_add(1, Ordering::Relaxed);
                     let t0 = carbonctx_sampler::now_ns();
                     let hub = ready.hub.unbind();
                     return Ok(Some(Entry::Detailed { t0, hub, tag }));
@@ -287,6 +288,9 @@ impl Step {
             Some(Entry::Detailed { t0, hub, tag }) => {
                 let h = hub.get();
                 let due = h.end_span_now(t0, tag);
+                // After the span is in (and counted by) the sampler: a retiring runtime sees
+                // one or the other.
+                h.open_steps.fetch_sub(1, Ordering::Release);
                 if due != 0 {
                     handle_due(py, h, due)?;
                 }
