@@ -74,8 +74,22 @@ struct DetailTags {
     /// That runtime's table of such tags is full: entries with details not in `tags` are bare
     /// regions.
     full: bool,
+    /// The (thread, parent, tag) found last, kept in the handle itself (a loop finds it there,
+    /// without a line of the list to fetch); tag 0: none.
+    last: (u64, Option<u64>, u32),
     /// (thread, parent, tag), oldest first.
     tags: Vec<(u64, Option<u64>, u32)>,
+}
+
+impl DetailTags {
+    fn new(serial: u64) -> Self {
+        DetailTags {
+            serial,
+            full: false,
+            last: (0, None, 0),
+            tags: Vec::new(),
+        }
+    }
 }
 
 /// A reusable region handle (`carbonctx.step(name)`): each `with` of it is one region of its
@@ -107,15 +121,20 @@ impl Step {
         parent: Option<u64>,
     ) -> PyResult<u32> {
         {
-            let d = self.details.lock().unwrap_or_else(|e| e.into_inner());
+            let mut d = self.details.lock().unwrap_or_else(|e| e.into_inner());
             if d.serial == hub.get().serial {
-                if let Some(&(_, _, tag)) = d
+                let (t, p, tag) = d.last;
+                if t == thread && p == parent && tag != 0 {
+                    return Ok(tag);
+                }
+                if let Some(&found) = d
                     .tags
                     .iter()
                     .rev()
                     .find(|(t, p, _)| *t == thread && *p == parent)
                 {
-                    return Ok(tag);
+                    d.last = found;
+                    return Ok(found.2);
                 }
                 if d.full {
                     return Ok(0);
@@ -145,11 +164,7 @@ impl Step {
             .extract(py)?;
         let mut d = self.details.lock().unwrap_or_else(|e| e.into_inner());
         if d.serial != h.serial {
-            *d = DetailTags {
-                serial: h.serial,
-                full: false,
-                tags: Vec::new(),
-            };
+            *d = DetailTags::new(h.serial);
         }
         if tag == 0 {
             d.full = true;
@@ -158,6 +173,7 @@ impl Step {
                 d.tags.remove(0);
             }
             d.tags.push((thread, parent, tag));
+            d.last = (thread, parent, tag);
         }
         Ok(tag)
     }
@@ -243,11 +259,7 @@ impl Step {
             tags,
             tracker: tracker.unbind(),
             start,
-            details: Mutex::new(DetailTags {
-                serial: 0,
-                full: false,
-                tags: Vec::new(),
-            }),
+            details: Mutex::new(DetailTags::new(0)),
         })
     }
 
