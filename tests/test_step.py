@@ -149,6 +149,12 @@ def test_a_step_in_a_new_region_each_time_grows_no_table_without_bound(
         assert all(r["tags"] == tags for r in recs)
     ids = [r["id"] for rs in got.values() for r in rs]
     assert len(set(ids)) == len(ids) == 60
+    # A new runtime has a table of its own: the handle interns its details there anew.
+    carbonctx.configure(**sim.settings(), output=str(tmp_path / "new.jsonl"))
+    for _ in range(3):
+        with handle:  # the first starts the runtime
+            pass
+    assert len(_runtime.runtime().resolver.details) == 1
 
 
 def test_entries_with_details_are_shed_by_name(
