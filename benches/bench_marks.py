@@ -4,8 +4,8 @@
   poll), 50/250 W square wave with a 100 ms period; contiguous 5 s regions (each run starts at
   a random instant); relative error of each region's GPU joules against the simulator's truth.
 * Sampler CPU: the sampler thread's CPU (share of one core) with 3 RAPL zones (1 ms) and one
-  GPU (20 ms), quiet and with a 20 ms region after another; the package zone's 20 ms regions'
-  median and worst error in the same runs.
+  GPU (20 ms), quiet and with a 20 ms region after another, with its reads and wake-ups per
+  second; the package zone's 20 ms regions' median and worst error in the same runs.
 
 Each run in a fresh interpreter, trees interleaved; medians over runs. ``--predict`` adds this
 tree with ``predict_marks=True`` (reads around predicted marks).
@@ -97,6 +97,7 @@ def cpu(regions: bool) -> dict[str, float]:
         time.sleep(2.5)
         c0 = thread_cpu_s("carbonctx-sampler")
         reads0 = sum(st["reads"] for st in s.status())
+        wakes0 = s.stats()["loops"]
         w0 = time.monotonic()
         if regions:
             while time.monotonic() - w0 < SECONDS:
@@ -108,10 +109,15 @@ def cpu(regions: bool) -> dict[str, float]:
         wall = time.monotonic() - w0
         c1 = thread_cpu_s("carbonctx-sampler")
         reads1 = sum(st["reads"] for st in s.status())
+        wakes1 = s.stats()["loops"]
         s.wait(_native.now_ns(), 5.0)
         t0, t1, j = drain(s)
         s.stop()
-        out = {"cpu_pct": (c1 - c0) / wall * 100, "reads_per_s": (reads1 - reads0) / wall}
+        out = {
+            "cpu_pct": (c1 - c0) / wall * 100,
+            "reads_per_s": (reads1 - reads0) / wall,
+            "wakes_per_s": (wakes1 - wakes0) / wall,
+        }
         if regions and len(t0):
             truth = np.array(
                 [
@@ -199,7 +205,8 @@ def main() -> None:
         if ("quiet", name) in rows:
             lines.append(
                 f"| {name} | sampler CPU, quiet | {med('quiet', name, 'cpu_pct'):.2f} % of a core | "
-                f"| {med('quiet', name, 'reads_per_s'):.0f} reads/s |"
+                f"| {med('quiet', name, 'reads_per_s'):.0f} reads/s, "
+                f"{med('quiet', name, 'wakes_per_s'):.0f} wake-ups/s |"
             )
         if ("regions", name) in rows:
             lines.append(
@@ -207,7 +214,8 @@ def main() -> None:
                 f"{med('regions', name, 'cpu_pct'):.2f} % of a core | "
                 f"20 ms package regions: median {med('regions', name, 'median') * 100:.2f} %, "
                 f"worst {worst('regions', name, 'worst') * 100:.2f} % | "
-                f"{med('regions', name, 'reads_per_s'):.0f} reads/s |"
+                f"{med('regions', name, 'reads_per_s'):.0f} reads/s, "
+                f"{med('regions', name, 'wakes_per_s'):.0f} wake-ups/s |"
             )
     text = f"""# Reading at the mark
 
@@ -222,7 +230,7 @@ counters read every 20 ms and at each mark (a read at the mark and one just afte
 update) instead of at every update while regions are marked. "predict_marks=True": read every
 20 ms and at every update only around each predicted mark while marks repeat steadily.
 
-| tree | what | figure | accuracy | reads |
+| tree | what | figure | accuracy | sampler reads, wake-ups |
 | --- | --- | --- | --- | --- |
 {chr(10).join(lines)}
 """

@@ -154,6 +154,29 @@ def test_a_vanishing_zone_fails_alone_with_a_clear_error(
     assert s.running
 
 
+def test_a_region_begun_before_the_sampler_first_read_its_sources_has_no_figures(
+    sim: SimulatedMachine, samplers: list[_native.Sampler]
+) -> None:
+    # Begun (at an instant taken earlier) before any source was first read: no reading
+    # brackets its start, so no source has a figure (NaN: the results list them as missing),
+    # rather than one counted from the first reading that leaves out what came before it.
+    early = _native.now_ns()
+    time.sleep(0.05)
+    s = sampler_for(sim)
+    samplers.append(s)
+    rid = s.begin_at(early)
+    time.sleep(0.05)
+    s.end(rid)
+    assert s.wait(_native.now_ns(), 10.0)
+    n, _ids, _tags, t0, _t1, joules, unc = s.drain()
+    assert n == 1 and int(np.frombuffer(t0, dtype=np.uint64)[0]) == early
+    assert all(math.isnan(v) for v in np.frombuffer(joules, dtype=np.float64))
+    assert all(math.isnan(v) for v in np.frombuffer(unc, dtype=np.float64))
+    # Begun after: measured.
+    _, _, after, _ = between(s, 0.05)
+    assert all(v > 0 for v in after.values())
+
+
 def test_a_gpu_without_an_energy_counter_is_integrated_and_labelled(
     tmp_path: Path, fake_nvml: Path, samplers: list[_native.Sampler]
 ) -> None:

@@ -478,3 +478,100 @@ def test_a_forked_child_measures_its_own_entries(sim: SimulatedMachine, tmp_path
     doc = last_json(r.stdout)
     assert doc["child"] == {"stats": {"s": 2}}, doc
     assert doc["parent"] == {"s": 5}
+
+
+NO_SAMPLER_SCRIPT = """
+    import json, os
+    import carbonctx
+
+    handle = carbonctx.step("s")
+    with handle:  # the parent's runtime, started
+        pass
+    pid = os.fork()
+    if pid == 0:
+        out = {}
+        try:
+            with carbonctx.track("outer") as outer:
+                with handle:  # no sampler in this child: a whole region, as a `with` would be
+                    out["current_is_outer"] = carbonctx.current() is outer
+                    with carbonctx.track("inside") as r:
+                        pass
+                    out["parent_is_outer"] = r._prev is outer
+                out["after_is_outer"] = carbonctx.current() is outer
+            out["after"] = repr(carbonctx.current())
+        except BaseException as e:  # report anything
+            out = {"fatal": repr(e)}
+        with open("child.json", "w") as f:
+            json.dump(out, f)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    with open("child.json") as f:
+        print(json.dumps(json.load(f)))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_an_entry_without_a_sampler_sets_no_context_either(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    # A forked child that may not start a sampler measures each entry as a whole region (which
+    # says why): that one too leaves current() and the parents of the regions inside it to the
+    # enclosing region, as every other entry does.
+    r = run_script(tmp_path, sim, NO_SAMPLER_SCRIPT, {"CARBONCTX_ON_FORK": "disable"})
+    assert r.returncode == 0, r.stderr
+    doc = last_json(r.stdout)
+    assert doc == {
+        "current_is_outer": True,
+        "parent_is_outer": True,
+        "after_is_outer": True,
+        "after": "None",
+    }, doc
+
+
+LEFT_OPEN_SCRIPT = """
+    import json, os, threading
+    import carbonctx
+
+    on = os.environ["STEP_OUTPUT"] == "on"
+    if on:
+        carbonctx.configure(output="out.jsonl")
+    handle = carbonctx.step("s", tags={"k": 1} if on else None)
+
+    def ends_inside() -> None:  # a thread that ends with an entry of the handle open
+        handle.__enter__()
+        with handle:
+            pass
+
+    for _ in range(20):
+        t = threading.Thread(target=ends_inside)
+        t.start()
+        t.join()
+    ready = threading.Event()
+
+    def stays_inside() -> None:  # a daemon thread still inside an entry at exit
+        with handle:
+            ready.set()
+            threading.Event().wait()
+
+    threading.Thread(target=stays_inside, daemon=True).start()
+    ready.wait(10)
+    for _ in range(3):
+        with handle:
+            pass
+    carbonctx.flush()
+    print(json.dumps({k: v.count for k, v in carbonctx.stats().items()}))
+    handle.__enter__()  # the process exits with an entry open in its main thread too
+"""
+
+
+@pytest.mark.parametrize("output", ["off", "on"])
+def test_threads_and_a_process_that_end_inside_entries(
+    sim: SimulatedMachine, tmp_path: Path, output: str
+) -> None:
+    # Entries left open when a thread ends, or the process exits, are dropped with the thread's
+    # stack of entries (a span; a region, let go of without the interpreter): nothing crashes,
+    # and every entry that was left counts, the open ones not.
+    r = run_script(tmp_path, sim, LEFT_OPEN_SCRIPT, {"STEP_OUTPUT": output})
+    assert r.returncode == 0, r.stderr
+    assert "panick" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert last_json(r.stdout) == {"s": 20 + 3}

@@ -440,6 +440,8 @@ def step(name: str, *, tags: Mapping[str, Any] | None = None) -> _native.Step:
       entries of one handle on one thread may have them closed out of order: the counts and the
       per-name sums stay right, and each such record may pair one entry's start with another's
       end;
+    * a handle has no ``async with``: use ``with handle:`` inside a coroutine (it never awaits),
+      or ``async with track(name)`` for a region that follows its task;
     * with output off, an entry without tags is kept in :func:`recent` by its name alone
       (thread 0, no parent), as a ``@tracked`` call is;
     * an entry open while :func:`configure` replaces the runtime is not counted by either

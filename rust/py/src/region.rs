@@ -127,7 +127,7 @@ pub(crate) struct Region {
     #[pyo3(get, set, name = "_strict")]
     pub(crate) strict_now: bool,
     #[pyo3(get, set, name = "_token")]
-    token: Option<Py<PyAny>>,
+    pub(crate) token: Option<Py<PyAny>>,
     #[pyo3(get, set, name = "_clones")]
     clones: Option<Py<PyAny>>,
     /// The region that was open where this one was entered (it outlives this one's entry).

@@ -17,7 +17,8 @@
 //! parent, tags), still without the context variable set. Where there is no runtime or sampler
 //! yet (or a forked child's inherited one), the entry starts them first, as a `@tracked` call
 //! does; where there is still no sampler, or strict checks must fail, it is a whole `Tracker`,
-//! as a `with track(name)` would be.
+//! as a `with track(name)` would be (but with the context variable put back once it is
+//! entered: no entry sets it).
 //!
 //! An exit closes the innermost entry of the same handle still open on this thread. Entries of
 //! asyncio tasks interleaved on one thread may so be closed out of order: each exit still ends
@@ -33,6 +34,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
 
+use crate::context::{context_reset, current_var};
 use crate::hub::RegionHub;
 use crate::region::{exit_core, name_and_tags, open_region, thread_ident, Region};
 use crate::span::{end_span, handle_due, route, start_call, start_tracker, NameTag, Route};
@@ -190,6 +192,7 @@ impl Step {
             }
         }
         let t = start_tracker(py, &self.tracker, &self.name.name, None, self.tags.as_ref())?;
+        context_back(&t)?;
         Ok(Entry::Tracker(t.unbind()))
     }
 
@@ -238,6 +241,25 @@ impl Step {
                 .map_or_else(|_| "?".into(), |r| r.to_string())
         ))
     }
+}
+
+/// Puts the context variable back where the entered `Tracker` `t` found it: an entry of a
+/// step sets no context variable whichever way it is measured (inside it, `carbonctx.current()`
+/// and the parents of the regions opened are the enclosing region's). Its exit then leaves the
+/// variable alone.
+#[cold]
+#[inline(never)]
+fn context_back(t: &Bound<'_, Region>) -> PyResult<()> {
+    let py = t.py();
+    let (token, prev) = {
+        let mut me = t.borrow_mut();
+        (me.token.take(), me.prev.take())
+    };
+    drop(prev); // not while borrowed: letting go of a region may run Python code
+    if let Some(token) = token {
+        context_reset(py, current_var(py)?, &token)?;
+    }
+    Ok(())
 }
 
 #[pymethods]

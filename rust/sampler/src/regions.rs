@@ -1,8 +1,9 @@
 //! Regions: the marks callers take, waiting until the sampler has seen past them, and their
 //! resolution into joules per source, handed back in columns.
 //!
-//! Marking is the hot path: a mark is a timestamp pushed onto `Regions::pending` (a region
-//! closed in one go is one `Span`) under an uncontended lock held for a push. The sampler
+//! Marking is the hot path: a mark is a timestamp (a region closed in one go is one `Span`)
+//! handed over without a lock and moved into `Regions::pending` (or `Regions::spans`, kept in
+//! order of their end) by whoever locks the regions next (see the sampler's inbox). The sampler
 //! thread takes what its frontier has passed (`Regions::take_ready`), computes the energy at
 //! each edge without the lock (`resolve_into_columns`), and hands the rows back
 //! (`Regions::hand_over`) for [`crate::Sampler::drain_packed`]. Names are interned by the
@@ -109,7 +110,9 @@ impl Span {
 
 #[derive(Default)]
 pub(crate) struct Regions {
+    /// Marks in the order they were handed over (an enter before its exit).
     pub(crate) pending: VecDeque<Mark>,
+    /// Spans in order of their end (`t1_ns`).
     pub(crate) spans: Vec<Span>,
     /// Marks or spans taken by the sampler thread and not yet handed back as results.
     pub(crate) in_flight: bool,
@@ -165,7 +168,7 @@ impl Regions {
             // in it (an enter comes first), so no exit is taken without its enter. Taking from
             // the front costs what is taken, not what waits behind it (a burst can leave a
             // million marks pending while the caller drains a few thousand rows at a time).
-            // Marks are nearly in time order (stamped before the lock), so one not yet passed
+            // Marks are nearly in time order (stamped before they are pushed), so one not yet passed
             // may come before some that are: it stays in its place.
             let limit = room.saturating_mul(2);
             let mut taken = 0;

@@ -310,3 +310,34 @@ fn counters_that_update_together_are_read_sparsely_while_quiet() {
         "reads per zone {per_zone:?}: not sparse"
     );
 }
+
+#[test]
+fn a_region_begun_before_a_sources_first_reading_has_no_figure_from_it() {
+    // The counter was drawing power (40-120 W) for 30 ms before the sampler first read it:
+    // a region begun then (an instant taken earlier) is not bracketed by any reading of it at
+    // its start, and counting from the first reading would leave that energy out.
+    let early = now_ns();
+    std::thread::sleep(Duration::from_millis(30));
+    let (s, _) = Sampler::start(
+        vec![Box::new(Synthetic::new("pkg", early, u64::MAX))],
+        Config::default(),
+    )
+    .unwrap();
+    let before = s.begin_at(early);
+    let after = s.begin();
+    std::thread::sleep(Duration::from_millis(50));
+    s.end(before);
+    let t = s.end(after);
+    wait_resolved(&s, t);
+    let mut done = s.drain();
+    done.sort_by_key(|r| r.t0_ns);
+    assert_eq!(done.len(), 2);
+    assert_eq!(done[0].t0_ns, early);
+    assert!(done[0].joules[0].is_nan(), "{} J", done[0].joules[0]);
+    assert!(done[0].uncertainty[0].is_nan());
+    // One begun after the first reading is measured as always.
+    let want = energy_j(early, done[1].t1_ns) - energy_j(early, done[1].t0_ns);
+    let got = done[1].joules[0];
+    assert!((got - want).abs() < 0.1 * want, "{got} J, want {want}");
+    s.stop();
+}

@@ -2,18 +2,20 @@
 //! waiting, status, and stop (also on `Drop`).
 //!
 //! Marking a region is the hot path: [`Sampler::begin`] and [`Sampler::end`] take a monotonic
-//! timestamp and push it onto a short queue under an uncontended lock; no counter is read and
-//! nothing waits for hardware. The thread resolves a mark once every live source has a point at
+//! timestamp and push it onto a lock-free inbox (see [`super::inbox`]): no lock the sampler
+//! thread takes, no counter read, nothing waiting for hardware. The thread resolves a mark once every live source has a point at
 //! or after it (or has shown no change for a settling time), so results arrive within about one
 //! update period of a region's end.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::bell::Bell;
 use super::config::Config;
+use super::inbox::{absorb, Entry, Inbox, RegionsGuard};
 use super::lock;
 use super::node::NodeStatus;
 use super::priority::{raise_priority, Scheduling};
@@ -79,8 +81,14 @@ pub(super) struct Shared {
     /// The instant of the mark that last woke the thread (how late it woke tells how busy the
     /// machine is).
     pub(super) woke_by_ns: AtomicU64,
-    pub(super) sleep: Mutex<()>,
-    pub(super) wake: Condvar,
+    /// Wakes the sleeping thread (marks after a quiet spell, `stop`, a drain that made room).
+    pub(super) bell: Bell,
+    /// Marks and spans handed over by marking threads, moved into `regions` by whoever locks
+    /// it next ([`Shared::regions`]).
+    pub(super) inbox: Inbox,
+    /// `regions.done.len()` as of the last release of the lock (read by marking threads).
+    pub(super) done_len: AtomicUsize,
+    /// Never locked directly outside tests: [`Shared::regions`] moves the inbox in first.
     pub(super) regions: Mutex<Regions>,
     pub(super) resolved: Condvar,
     pub(super) timelines: Mutex<Vec<History>>,
@@ -115,8 +123,22 @@ impl Shared {
     }
 
     /// Whether a request for `bits` is still standing (no mark came since it was made).
+    /// Sequentially consistent with the marker's swap and the bell (see [`super::bell`]).
     pub(super) fn wake_asked(&self, bits: u8) -> bool {
-        self.wake_me.load(Ordering::Acquire) & bits != 0
+        self.wake_me.load(Ordering::SeqCst) & bits != 0
+    }
+
+    /// The regions locked, with every mark and span handed over so far moved in.
+    pub(super) fn regions(&self) -> RegionsGuard<'_> {
+        RegionsGuard::new(&self.regions, &self.inbox, &self.done_len)
+    }
+
+    /// The regions locked with the inbox moved in, as a plain guard (to wait on `resolved`;
+    /// the caller leaves `done` as it is).
+    fn regions_to_wait(&self) -> MutexGuard<'_, Regions> {
+        let mut r = lock(&self.regions);
+        absorb(&self.inbox, &mut r);
+        r
     }
 }
 
@@ -170,8 +192,9 @@ impl Sampler {
             stop: AtomicBool::new(false),
             wake_me: AtomicU8::new(0),
             woke_by_ns: AtomicU64::new(0),
-            sleep: Mutex::new(()),
-            wake: Condvar::new(),
+            bell: Bell::default(),
+            inbox: Inbox::default(),
+            done_len: AtomicUsize::new(0),
             regions: Mutex::new(Regions {
                 frontier_ns: started_ns,
                 ..Regions::default()
@@ -261,11 +284,10 @@ impl Sampler {
             let id = self.begin_at(t0_ns);
             return self.mark(id, t1_ns, Edge::Exit, tag) >= BACKLOG_HIGH;
         };
-        let mut r = lock(&self.shared.regions);
-        r.begun += 1;
-        r.spans.push(Span { t0_ns, dur_ns, tag });
-        let backlog = r.done.len();
-        drop(r);
+        self.shared
+            .inbox
+            .push(Entry::Span(Span { t0_ns, dur_ns, tag }));
+        let backlog = self.shared.done_len.load(Ordering::Relaxed);
         self.wake_if_quiet(t1_ns);
         backlog >= BACKLOG_HIGH
     }
@@ -278,9 +300,8 @@ impl Sampler {
             // The mark's time before the flag is cleared: a thread already awake that sees it
             // cleared reads this mark's time, not an older one.
             self.shared.woke_by_ns.store(t_ns, Ordering::Relaxed);
-            if self.shared.wake_me.swap(0, Ordering::AcqRel) != 0 {
-                let _g = lock(&self.shared.sleep);
-                self.shared.wake.notify_all();
+            if self.shared.wake_me.swap(0, Ordering::SeqCst) != 0 {
+                self.shared.bell.ring();
             }
         }
     }
@@ -299,18 +320,13 @@ impl Sampler {
 
     #[inline]
     fn mark(&self, id: u64, t_ns: u64, edge: Edge, tag: u32) -> usize {
-        let mut r = lock(&self.shared.regions);
-        if edge == Edge::Enter {
-            r.begun += 1;
-        }
-        r.pending.push_back(Mark {
+        self.shared.inbox.push(Entry::Mark(Mark {
             id,
             t_ns,
             edge,
             tag,
-        });
-        let backlog = r.done.len();
-        drop(r);
+        }));
+        let backlog = self.shared.done_len.load(Ordering::Relaxed);
         self.wake_if_quiet(t_ns);
         backlog
     }
@@ -333,15 +349,14 @@ impl Sampler {
     /// Take up to `max` of the oldest resolved regions, in columns (no allocation per region).
     pub fn drain_packed(&self, max: usize) -> Packed {
         let w = self.infos.len();
-        let mut r = lock(&self.shared.regions);
+        let mut r = self.shared.regions();
         let out = r.done.take_front(max, w);
         let resume = r.marks_held && r.done.len() < BACKLOG_HIGH;
         drop(r);
         if resume {
             // Marks wait for room in the rows: there is some now, resolve them without waiting
             // for the next poll.
-            let _g = lock(&self.shared.sleep);
-            self.shared.wake.notify_all();
+            self.shared.bell.ring();
         }
         out
     }
@@ -357,13 +372,18 @@ impl Sampler {
                     && !r.marks_held
                     && r.spans.first().is_none_or(|s| s.t1_ns() > t_ns))
         };
-        let r = lock(&self.shared.regions);
+        let r = self.shared.regions_to_wait();
         let _waiting = Waiting::new(&self.shared.waiters);
         // Also return when the resolved rows are full: the caller must drain to make room.
+        // Marks and spans handed over meanwhile are moved in at each look: a region that ended
+        // before `t_ns` and waits in the inbox is waited for.
         let (r, _) = self
             .shared
             .resolved
-            .wait_timeout_while(r, timeout, |r| !caught_up(r) && r.done.len() < BACKLOG_HIGH)
+            .wait_timeout_while(r, timeout, |r| {
+                absorb(&self.shared.inbox, r);
+                !caught_up(r) && r.done.len() < BACKLOG_HIGH
+            })
             .unwrap_or_else(|p| p.into_inner());
         caught_up(&r)
     }
@@ -390,7 +410,7 @@ impl Sampler {
     }
 
     pub fn stats(&self) -> Stats {
-        let r = lock(&self.shared.regions);
+        let r = self.shared.regions();
         Stats {
             started_ns: self.shared.started_ns,
             loops: self.shared.loops.load(Ordering::Relaxed),
@@ -423,10 +443,7 @@ impl Sampler {
     /// Stop the thread now: one last poll, every open mark resolved, the thread joined.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        {
-            let _g = lock(&self.shared.sleep);
-            self.shared.wake.notify_all();
-        }
+        self.shared.bell.ring();
         let thread = lock(&self.thread).take();
         // SAFETY: getpid has no preconditions.
         if unsafe { libc::getpid() } != self.owner_pid {
@@ -438,13 +455,19 @@ impl Sampler {
             // The thread catches its own panics; a join error cannot carry anything useful.
             let _ = t.join();
         }
-        let mut r = lock(&self.shared.regions);
+        let mut r = self.shared.regions();
         r.stopped = true;
         self.shared.resolved.notify_all();
     }
 
     pub fn is_running(&self) -> bool {
         lock(&self.thread).is_some()
+    }
+
+    /// What the thread shares, for tests that hold its locks.
+    #[cfg(test)]
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
     }
 }
 

@@ -15,6 +15,9 @@
 //!   a budget of CPU time);
 //! - [`priority`]: the thread's scheduling (real-time where permitted; see
 //!   [`Config::realtime`]);
+//! - `inbox`: marks and spans handed over by marking threads without a lock, moved into the
+//!   regions by whoever locks them next;
+//! - `bell`: waking the sleeping thread without a lock;
 //! - `resolve`: the resolution pass (the frontier, and the energy at each region edge);
 //! - `marks`: reads at a region's mark, within a budget;
 //! - `predict`: reads around predicted marks (periodic steps), every few updates between;
@@ -22,6 +25,7 @@
 //! - [`node`]: one sampler per node, shared by the processes of a job through
 //!   [`crate::shared`] (owner, followers, takeover).
 
+mod bell;
 mod coalesce;
 pub mod config;
 mod costly;
@@ -29,6 +33,7 @@ mod dither;
 #[cfg(test)]
 mod fake_source;
 pub mod handle;
+mod inbox;
 mod marks;
 pub mod node;
 pub mod phase;

@@ -213,6 +213,11 @@ impl PhaseLock {
             .max((read_cost_ns.saturating_mul(2) / 3).min((p / 8.0) as u64));
     }
 
+    /// How far apart the looks that bracket an update are (ns; see [`Self::fit_guard`]).
+    pub fn guard_ns(&self) -> u64 {
+        self.guard
+    }
+
     pub fn is_locked(&self) -> bool {
         self.locked
     }

@@ -152,11 +152,14 @@ impl Polled {
 }
 
 /// A source's accumulator; one whose power is sampled at the read keeps the variance of its
-/// integral (its reads fall at random instants).
+/// integral (its reads fall at random instants); a fed one holds each reading from its
+/// instant until the next one's.
 fn accumulator(info: &SourceInfo, interval_ns: u64, base_j: f64) -> Accumulator {
     let acc = Accumulator::new(info.counter, interval_ns).continue_from(base_j);
     if super::power::samples_at_read(info) {
         acc.with_spread()
+    } else if crate::sensors::external::is_fed(info) {
+        acc.held()
     } else {
         acc
     }
@@ -211,9 +214,15 @@ pub(super) fn append(
 ) {
     if let Some(from) = gap_from {
         let last = tl.last();
-        let from = last.map_or(from, |l| from.max(l.t_ns)).min(pt.t_ns);
-        tl.push_gap(from, pt.t_ns);
-        push_gap(st, from, pt.t_ns);
+        // Never before the last point (a first reading that stood earlier, as an averaging
+        // meter's or a fed one's after a takeover, is moved to it): the instants the timeline
+        // measured keep their count of gaps.
+        let from = match last {
+            Some(l) => from.max(l.t_ns).min(pt.t_ns.max(l.t_ns)),
+            None => from.min(pt.t_ns),
+        };
+        tl.push_gap(from, pt.t_ns.max(from));
+        push_gap(st, from, pt.t_ns.max(from));
         if let Some(seg) = seg {
             let j = last.map_or(pt.joules, |l| l.joules);
             seg.publish(
@@ -456,6 +465,33 @@ pub(super) fn push_gap(st: &mut SourceStatus, from: u64, to: u64) {
 
 #[cfg(test)]
 mod tests {
+    /// A point after a gap that says it stood before the timeline's last point (a takeover's
+    /// first reading of an averaging meter, placed half its window back): the gap starts at
+    /// the last point, so that the instants measured before it are not set apart from each
+    /// other (a region among them lost its figure), and one across it has none.
+    #[test]
+    fn a_gap_before_a_point_placed_earlier_than_the_last_starts_at_the_last() {
+        use super::{append, History, Point, SourceStatus};
+        let mut tl = History::new(16, 16, 1_000);
+        let mut st = SourceStatus::default();
+        for (t_ns, joules) in [(0, 0.0), (100, 10.0)] {
+            tl.push(Point { t_ns, joules });
+        }
+        let first = Point {
+            t_ns: 50,
+            joules: 10.0,
+        };
+        append(0, &mut tl, &mut st, None, 0.0, first, Some(100));
+        tl.push(Point {
+            t_ns: 200,
+            joules: 20.0,
+        });
+        let (a, b, c) = (tl.at(25).unwrap(), tl.at(75).unwrap(), tl.at(150).unwrap());
+        assert_eq!((a.gaps, b.gaps, c.gaps), (0, 0, 1));
+        assert_eq!((b.joules - a.joules), 5.0);
+        assert_eq!(st.gaps, vec![(100, 100)]);
+    }
+
     /// A counter kept after a failed first read (a process taking its node's sampler over, a
     /// fed source) is phase-locked once it reads again, like a counter read at once.
     #[test]

@@ -37,6 +37,7 @@ use super::config::Config;
 use super::marks::WAKE_NS;
 use super::poll::Polled;
 use crate::error::Error;
+use crate::sensors::external::is_fed;
 use crate::sensors::{check, Reading, SourceInfo};
 
 /// How early a read may ride on a wake-up for another source, at most (ns).
@@ -102,9 +103,7 @@ pub(super) fn reading_instant(reading: &Reading, t_read: u64, t_after: u64) -> u
 /// meter's average over its own window, a model's estimate or a value fed from elsewhere would
 /// only repeat itself.)
 pub(super) fn samples_at_read(info: &SourceInfo) -> bool {
-    info.counter.is_none()
-        && info.backend != "external"
-        && check::reading_kind(info) == "instantaneous"
+    info.counter.is_none() && !is_fed(info) && check::reading_kind(info) == "instantaneous"
 }
 
 /// The earliest instant a read due at `due_ns` in slots of `slot_ns` may ride on another

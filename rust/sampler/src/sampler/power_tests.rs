@@ -63,6 +63,8 @@ fn only_power_sampled_at_the_read_is_read_more_often() {
     assert!(samples_at_read(&info("hwmon", "/x/power1_input", None)));
     assert!(!samples_at_read(&info("hwmon", "/x/power1_average", None)));
     assert!(!samples_at_read(&info("external", "", None)));
+    // A fed source (the node's BMC) says when each reading stood: not sampled at the read.
+    assert!(!samples_at_read(&info("redfish", "", None)));
     assert!(!samples_at_read(&info("nvml", "", Some(spec))));
     let averaged = polled(info("hwmon", "/x/power1_average", None), 4_000);
     assert_eq!(fast_slot(&averaged, &Config::default()), 20 * MS);

@@ -21,8 +21,8 @@ fn covered_until(c: &Cover, tl: &History) -> u64 {
 
 /// Resolve what the frontier has passed, for the sources in `view` (indices into `covers` and
 /// the timelines). The regions lock is held only to take the work and to hand the results
-/// over, never while computing energies: a thread marking a region never waits for more than
-/// a copy.
+/// over, never while computing energies; a thread marking a region never waits for it (it
+/// hands its marks over through the inbox, moved in when the lock is taken).
 pub(super) fn resolve(
     shared: &Shared,
     covers: &[Cover],
@@ -44,7 +44,7 @@ pub(super) fn resolve(
             .unwrap_or_else(crate::now_ns)
     };
     // 1. Take the work.
-    let work = lock(&shared.regions).take_ready(frontier, stopping);
+    let work = shared.regions().take_ready(frontier, stopping);
     let marks = work.marks;
     if let Some(e) = edges {
         // Edges the predictions learn from (those taken at a wake-up may have missed some).
@@ -69,7 +69,7 @@ pub(super) fn resolve(
     let out = resolve_into_columns(work, open, at);
     drop(timelines);
     // 3. Hand the results over.
-    let mut r = lock(&shared.regions);
+    let mut r = shared.regions();
     r.hand_over(
         out,
         width,

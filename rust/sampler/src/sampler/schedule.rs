@@ -68,7 +68,7 @@ pub(super) fn run(
 pub(super) fn guarded(shared: &Shared, body: impl FnOnce()) {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
     if outcome.is_err() {
-        let mut r = lock(&shared.regions);
+        let mut r = shared.regions();
         r.stopped = true;
         shared.resolved.notify_all();
     }
@@ -387,16 +387,15 @@ pub(super) fn poll_loop(
             next = next.min(now + sparse_ns.clamp(1_000_000, 100_000_000));
         }
         if let Some(pr) = predict.as_mut() {
-            pr.sleeping_until(next);
+            pr.sleeping_until(now, next);
         }
         if next > now {
-            let g = lock(&shared.sleep);
+            // The ticket before the flags: a mark or stop after it rings (see `bell`).
+            let ticket = shared.bell.ticket();
             let woken = (asked_quiet && !shared.wake_asked(WAKE_QUIET))
                 || (armed && !shared.wake_asked(WAKE_MARK));
             if !shared.stop.load(Ordering::SeqCst) && !woken {
-                let _ = shared
-                    .wake
-                    .wait_timeout(g, Duration::from_nanos(next - now));
+                shared.bell.sleep(ticket, Duration::from_nanos(next - now));
             }
         }
     }

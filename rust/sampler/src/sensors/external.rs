@@ -4,11 +4,13 @@
 //! A [`Feed`] is the caller's end: [`Feed::push`] hands over the latest reading in watts,
 //! [`Feed::fail`] says why there is none. The sampler reads the other end, an
 //! [`EnergySource`] made by [`Feed::source`], at its own short interval like any power
-//! sensor: each read answers the latest reading (held between the caller's pushes) and the
-//! sampler integrates it, so the source's timeline covers every instant up to its last read
-//! and regions resolve as promptly as with any other source. A reading older than the
-//! feed's `stale` bound is not held any longer: reads fail, and after the sampler's usual
-//! failure threshold the source is failed (a gap, never invented energy) until pushes resume.
+//! sensor: each read answers the latest reading (held between the caller's pushes; readings
+//! pushed faster than that, one a read, in order) and the sampler integrates it as held (each
+//! reading from its instant until the next one's, never re-timed: see [`is_fed`]), so the
+//! source's timeline covers every instant up to its last read and regions resolve as promptly
+//! as with any other source. A reading older than the feed's `stale` bound is not held any
+//! longer: reads fail, and after the sampler's usual failure threshold the source is failed (a
+//! gap, never invented energy) until pushes resume.
 //!
 //! [`Feed::wanted`] tells the caller whether a sampler in this process reads the feed: in a
 //! job that shares one sampler per node, only the owner's sampler does, so only the owner's
@@ -33,6 +35,19 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::sensors::{EnergySource, Reading, SourceInfo};
+
+/// The backends a fed source goes by (the node's BMC over Redfish: the only one the Python
+/// side makes; `external` for a caller of this crate that names none).
+pub const BACKENDS: [&str; 2] = ["redfish", "external"];
+
+/// Whether `info` is a fed source's (see [`BACKENDS`]): each reading says the instant it
+/// stands for and holds from then until the next one's, so the sampler neither re-times it
+/// (no learned hold, no re-read of a slow read: a read takes a pushed reading off the queue)
+/// nor samples it at the read, and integrates it as held (see
+/// [`crate::timeline::Accumulator::held`]).
+pub fn is_fed(info: &SourceInfo) -> bool {
+    BACKENDS.contains(&info.backend)
+}
 
 /// Readings pushed and not yet reached by the timeline, at most (pushes come every second
 /// or more and are placed within `lag`, a few seconds: a handful at a time). Past this, the
@@ -84,14 +99,26 @@ impl State {
     /// in force `lag_ns` before the read (one newly reached at its own instant, or at the
     /// earliest instant still open where the timeline has passed it); the first reading at
     /// its own instant.
+    ///
+    /// One reading a read: where several were reached since the last read (pushed faster than
+    /// the sampler reads), the oldest is placed and the timeline's end stays at its instant,
+    /// so that the next reads place the others at theirs (each held until the next one's: none
+    /// is passed over). Readings for one instant: the last pushed stands. Once one is late, the
+    /// newest reached stands (the others' instants are passed too).
     fn place(&mut self, t_ns: u64, lag_ns: u64) -> Option<(f64, u64)> {
         let tau = t_ns.saturating_sub(lag_ns);
         let mut newest = None;
         if self.held.is_none() || (self.afresh && !self.queue.is_empty()) {
             self.afresh = false;
             newest = self.queue.pop_front();
+        } else if self.queue.front().is_some_and(|r| r.at_ns <= tau) {
+            newest = self.queue.pop_front();
         }
-        while self.queue.front().is_some_and(|r| r.at_ns <= tau) {
+        while let (Some(r), Some(next)) = (newest, self.queue.front()) {
+            let late = self.placed_ns != 0 && r.at_ns <= self.placed_ns && next.at_ns <= tau;
+            if next.at_ns > r.at_ns && !late {
+                break;
+            }
             newest = self.queue.pop_front();
         }
         match newest {
@@ -398,6 +425,49 @@ mod tests {
     }
 
     const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn readings_pushed_faster_than_the_reads_are_each_placed_at_their_instant() {
+        let feed = Feed::new(info(), Duration::from_secs(30), Duration::ZERO);
+        let mut src = feed.source();
+        let t = crate::now_ns() - 100 * MS;
+        feed.push_at(100.0, Some(t));
+        // The power a read answers, where it stands counted back from the read's end, and how
+        // long the read took (it is that late at most).
+        let mut read = || {
+            let before = crate::now_ns();
+            let r = src.read().unwrap();
+            let after = crate::now_ns();
+            match r {
+                Reading::PowerAt { watts, ago_ns } => (watts, after - ago_ns, after - before),
+                r => (watts(r), after, after - before),
+            }
+        };
+        let mut pushes = vec![
+            vec![],
+            // Three between two reads, two of them for one instant (the last pushed stands):
+            // one a read, each at its instant (late by the read's end at most), none passed
+            // over.
+            vec![(200.0, 10 * MS), (250.0, 20 * MS), (300.0, 20 * MS)],
+            vec![],
+        ]
+        .into_iter();
+        for (w, dt) in [(100.0, 0), (200.0, 10 * MS), (300.0, 20 * MS)] {
+            for (w, dt) in pushes.next().unwrap() {
+                feed.push_at(w, Some(t + dt));
+            }
+            let (got, placed, took) = read();
+            assert_eq!(got, w);
+            assert!(
+                placed >= t + dt && placed - (t + dt) <= took,
+                "{placed} {}",
+                t + dt
+            );
+        }
+        // Then held, at the read.
+        assert!(matches!(src.read().unwrap(), Reading::Power(w) if w == 300.0));
+        assert_eq!((feed.late(), feed.clamped()), (0, 0));
+    }
 
     #[test]
     fn reads_hold_the_latest_push_until_it_is_stale() {

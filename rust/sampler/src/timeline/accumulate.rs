@@ -10,7 +10,8 @@
 //! Power readings (a GPU without an energy counter, the utilisation × TDP model) are integrated
 //! with the trapezoid rule and stamped at their read time; a reading that says when its power
 //! stood ([`Reading::PowerAt`], a meter's average stamped at the middle of its window) is
-//! stamped then, and one that brings no newer instant adds nothing. A power sampled at the read
+//! stamped then, and one that brings no newer instant adds nothing; a source fed from elsewhere
+//! holds each reading from its instant until the next one's ([`Accumulator::held`]). A power sampled at the read
 //! keeps what its integral is uncertain by ([`super::spread`]); one whose device turns out to
 //! hold its reading (learned from the reads, [`super::held`]) is placed on the device's samples,
 //! half a hold before each read. Counters that wrap are unwrapped with their range; a counter
@@ -68,6 +69,8 @@ pub struct Accumulator {
     spread: Option<Box<Spread>>,
     /// The bound on the energy of a device counted without being read (see [`Unread`]).
     unread: Unread,
+    /// Each power reading holds from its instant until the next one's (see [`Self::held`]).
+    holds: bool,
     /// Number of counter wraps seen.
     pub wraps: u64,
     /// Number of times a counter went backwards though it never wraps.
@@ -91,6 +94,7 @@ impl Accumulator {
             base_j: 0.0,
             spread: None,
             unread: Unread::default(),
+            holds: false,
             wraps: 0,
             resets: 0,
         }
@@ -102,6 +106,15 @@ impl Accumulator {
     /// [`super::held`]).
     pub fn with_spread(mut self) -> Self {
         self.spread = Some(Box::default());
+        self
+    }
+
+    /// Take each power reading as holding from its instant until the next one's (piecewise
+    /// constant, as [`Self::push_spanned`] with the reading's own instant for its slot): a
+    /// source fed from elsewhere, whose readings say when they stood and are held between
+    /// them. A trapezoid would spread each change over the read spacing before it.
+    pub fn held(mut self) -> Self {
+        self.holds = true;
         self
     }
 
@@ -212,7 +225,11 @@ impl Accumulator {
         let (t_ns, reading) = match reading {
             Reading::PowerAt { watts, ago_ns } => {
                 let at = t_ns.saturating_sub(ago_ns);
-                if self.last_read_ns.is_some_and(|prev| at <= prev) {
+                // (A held reading that stood no later than the previous one and brings a new
+                // power holds from the previous one's instant on, the earliest still open: a
+                // feed hands each reading over once.)
+                let new_power = self.holds && sanitize_watts(watts) != self.last_watts;
+                if self.last_read_ns.is_some_and(|prev| at <= prev) && !new_power {
                     return Step::Unchanged;
                 }
                 (at, Reading::Power(watts))
@@ -277,7 +294,7 @@ impl Accumulator {
                 if let Some(s) = self.spread.as_mut() {
                     s.add(self.last_watts, w, (t_ns - prev_ns) as f64 * 1e-9);
                 }
-                match slot_ns {
+                match slot_ns.or(self.holds.then_some(t_ns)) {
                     Some(slot) => {
                         let split = slot.clamp(prev_ns, t_ns);
                         self.joules += (self.last_watts * (split - prev_ns) as f64

@@ -193,3 +193,52 @@ fn power_is_integrated_with_the_trapezoid_rule() {
     a.push(2_000 * MS, Reading::Power(f64::NAN));
     assert!((a.joules() - 250.0).abs() < 1e-9);
 }
+
+#[test]
+fn a_held_power_holds_each_reading_until_the_next_ones_instant() {
+    // A fed source: 100 W read at 0 and 20 ms, 300 W standing for 30 ms read at 40 ms, and
+    // held: 100 W until 30 ms exactly (a trapezoid would give 200 W from 20 ms on).
+    let mut a = Accumulator::new(None, 20 * MS).held();
+    a.push(0, Reading::Power(100.0));
+    a.push(20 * MS, Reading::Power(100.0));
+    let step = a.push(
+        40 * MS,
+        Reading::PowerAt {
+            watts: 300.0,
+            ago_ns: 10 * MS,
+        },
+    );
+    assert!(matches!(step, Step::Changed(p) if p.t_ns == 30 * MS));
+    assert!((a.joules() - 100.0 * 0.030).abs() < 1e-9, "{}", a.joules());
+    a.push(60 * MS, Reading::Power(300.0));
+    assert!(
+        (a.joules() - (3.0 + 300.0 * 0.030)).abs() < 1e-9,
+        "{}",
+        a.joules()
+    );
+    // No hold learned, no spread: nothing is re-timed.
+    assert_eq!((a.hold_ns(), a.variance_j2()), (0, 0.0));
+    // A reading that says it stood before the previous one (its read's end was taken
+    // before the previous read's stamp, a thread stalled): 200 W from 60 ms on, not passed
+    // over (300 W held until the next read at 80 ms).
+    a.push(
+        61 * MS,
+        Reading::PowerAt {
+            watts: 200.0,
+            ago_ns: 2 * MS,
+        },
+    );
+    a.push(80 * MS, Reading::Power(200.0));
+    assert!(
+        (a.joules() - (12.0 + 200.0 * 0.020)).abs() < 1e-9,
+        "{}",
+        a.joules()
+    );
+    // The same power again at an instant passed adds nothing (a feed that lags repeats its
+    // latest reading until the timeline reaches its instant).
+    let again = Reading::PowerAt {
+        watts: 200.0,
+        ago_ns: 5 * MS,
+    };
+    assert_eq!(a.push(81 * MS, again), Step::Unchanged);
+}

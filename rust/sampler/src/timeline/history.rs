@@ -151,10 +151,21 @@ impl History {
         self.gaps.iter().copied()
     }
 
+    /// The earliest point held (the coarse ring's first, once the fine ring has moved on).
+    fn earliest(&self) -> Option<Point> {
+        match (self.coarse.first(), self.fine.first()) {
+            (Some(c), Some(f)) if c.t_ns <= f.t_ns => Some(c),
+            (_, f) => f,
+        }
+    }
+
     /// Joules at `t_ns` (see [`Timeline::at`]), with the gaps that ended by then counted;
-    /// NaN inside a gap.
+    /// NaN inside a gap, and before the earliest point held: no reading brackets such an
+    /// instant (the source was first read later, or its points have left the rings), and the
+    /// first point's joules there would leave out whatever it drew before.
     pub fn at(&self, t_ns: u64) -> Option<EnergyAt> {
         let mut e = self.at_points(t_ns)?;
+        let unread = self.earliest().is_some_and(|p| t_ns < p.t_ns);
         // (Before the spread ring's first point, its first value: a long region's start that
         // has left it counts the variance from there on only.)
         if let Some((var, bound)) = self.spread.as_deref() {
@@ -162,7 +173,7 @@ impl History {
             e.bound_j = bound.at(t_ns).map_or(0.0, |v| v.joules);
         }
         e.gaps = self.gaps_dropped + self.gaps.iter().filter(|g| g.1 <= t_ns).count() as u64;
-        if self.gaps.iter().any(|g| g.0 < t_ns && t_ns < g.1) {
+        if unread || self.gaps.iter().any(|g| g.0 < t_ns && t_ns < g.1) {
             e.joules = f64::NAN;
             e.low = f64::NAN;
             e.high = f64::NAN;
@@ -244,6 +255,28 @@ mod tests {
         let e = h.at(33).unwrap();
         assert!((e.joules - 66.0).abs() < 1e-9);
         assert!((h.at(38).unwrap().joules - 76.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn instants_before_the_earliest_point_held_are_unknown() {
+        let mut h = History::new(4, 2, 10);
+        assert!(h.at(5).is_none());
+        h.push(Point {
+            t_ns: 100,
+            joules: 7.0,
+        });
+        assert!(h.at(99).unwrap().joules.is_nan());
+        assert_eq!(h.at(100).unwrap().joules, 7.0);
+        // Both rings moved on (the coarse one holds 130 and 140): before 130, unknown.
+        for t in 101..150u64 {
+            h.push(Point {
+                t_ns: t,
+                joules: t as f64,
+            });
+        }
+        let e = h.at(125).unwrap();
+        assert!(e.joules.is_nan() && e.low.is_nan() && e.high.is_nan());
+        assert_eq!(h.at(135).unwrap().joules, 135.0);
     }
 
     #[test]

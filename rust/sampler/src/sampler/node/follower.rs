@@ -147,10 +147,11 @@ fn follow(
             quiet_ns
         }
         .min(next_try.saturating_sub(now).max(1));
-        let g = lock(&shared.sleep);
+        // The ticket before the flags: a mark or stop after it rings (see `bell`).
+        let ticket = shared.bell.ticket();
         let woken = !fast && !shared.wake_asked(WAKE_QUIET);
         if !shared.stop.load(Ordering::SeqCst) && !woken {
-            let _ = shared.wake.wait_timeout(g, Duration::from_nanos(sleep_ns));
+            shared.bell.sleep(ticket, Duration::from_nanos(sleep_ns));
         }
     }
 }

@@ -5,7 +5,6 @@
 use std::collections::VecDeque;
 
 use crate::sampler::handle::Shared;
-use crate::sampler::lock;
 
 /// Edges closer than this are one event (a region's exit and the next one's enter).
 const MERGE_NS: u64 = 100_000;
@@ -79,7 +78,7 @@ impl Edges {
         let mut got = [0u64; 2 * PEEK];
         let mut n = 0;
         {
-            let r = lock(&shared.regions);
+            let r = shared.regions();
             let marks = r.pending.iter().rev().map(|m| (m.t_ns, m.t_ns));
             let spans = r.spans.iter().rev().map(|s| (s.t0_ns, s.t1_ns()));
             for (a, b) in marks.take(PEEK / 2).chain(spans.take(PEEK / 4)) {

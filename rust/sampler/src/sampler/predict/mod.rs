@@ -25,6 +25,13 @@ use crate::timeline::History;
 
 /// A late wake-up opens windows earlier for about this long (ns; see [`Predict::woke`]).
 const LATE_FADE_NS: f64 = 1e9;
+/// Timer wake-ups after a sleep this long (ns) come later than after a short one (a look
+/// opening a window comes about 19 ms after the last window; the reads in a window a fraction
+/// of an update apart): their lateness is counted apart.
+const LONG_SLEEP_NS: u64 = 1_000_000;
+/// A wake-up counts in the usual lateness as at most this late (ns): one very late wake-up
+/// does not move the looks and reads of the windows after it.
+const USUAL_CAP_NS: u64 = 250_000;
 
 /// A counter's part in the current window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +58,13 @@ pub(super) struct Predict {
     /// How late timer wake-ups came lately (a decaying maximum, ns).
     late_ns: u64,
     late_at_ns: u64,
-    /// When the thread last asked to wake (0: woken by a mark, or not asked).
+    /// How late timer wake-ups usually come (a running mean, ns): after a short sleep, after a
+    /// long one (see [`LONG_SLEEP_NS`]); None until one came.
+    usual_ns: [Option<f64>; 2],
+    /// When the thread last asked to wake (0: woken by a mark, or not asked), and when it
+    /// went to sleep.
     planned_ns: u64,
+    slept_at_ns: u64,
     active: bool,
 }
 
@@ -65,14 +77,17 @@ impl Predict {
             parts: vec![Part::Sparse; sources],
             late_ns: 0,
             late_at_ns: 0,
+            usual_ns: [None; 2],
             planned_ns: 0,
+            slept_at_ns: 0,
             active: false,
         }
     }
 
-    /// The thread is to sleep until `next`.
-    pub(super) fn sleeping_until(&mut self, next: u64) {
+    /// The thread is to sleep from `now` until `next`.
+    pub(super) fn sleeping_until(&mut self, now: u64, next: u64) {
         self.planned_ns = next;
+        self.slept_at_ns = now;
     }
 
     /// The thread woke at `now`: how late, if a timer woke it.
@@ -81,8 +96,13 @@ impl Predict {
             // The largest lateness lately: it fades by a tenth of its size every 100 ms.
             let dt = now.saturating_sub(self.late_at_ns) as f64;
             let faded = self.late_ns as f64 * (1.0 - dt / LATE_FADE_NS).max(0.0);
-            self.late_ns = (now - self.planned_ns).max(faded as u64);
+            let late = now - self.planned_ns;
+            self.late_ns = late.max(faded as u64);
             self.late_at_ns = now;
+            let long = self.planned_ns.saturating_sub(self.slept_at_ns) >= LONG_SLEEP_NS;
+            let late = late.min(USUAL_CAP_NS) as f64;
+            let usual = &mut self.usual_ns[usize::from(long)];
+            *usual = Some(usual.map_or(late, |u| u + (late - u) / 8.0));
         }
         self.planned_ns = 0;
     }
@@ -105,11 +125,15 @@ impl Predict {
         if self.parts.len() != polled.len() {
             self.parts = vec![Part::Sparse; polled.len()];
         }
-        // At most half a quiet interval earlier for late wake-ups: beyond, every update.
-        let lead = self.late_ns;
-        if lead > quiet_ns / 2 {
+        // Wake-ups lately later than half a quiet interval: every update.
+        if self.late_ns > quiet_ns / 2 {
             return false;
         }
+        // Windows open as much earlier as the look that opens them usually comes late (not
+        // by the latest very late wake-up: each window would read an update more for a
+        // second after it; the look is asked early for its own lateness, see `step`, and a
+        // read in the window that comes late still stamps its update).
+        let lead = self.usual_ns[1].unwrap_or(0.0) as u64;
         for _ in 0..2 {
             let Some(w) = self
                 .window
@@ -177,11 +201,16 @@ impl Predict {
         }
         ph.check_sparse = true;
         let start = w.lo.saturating_sub(per as u64);
-        // The look and the read after it are asked for as early as wake-ups come late lately
+        // The look and the read after it are asked for as early as wake-ups usually come late
         // (within a quarter period): asked for at their aims, they would land that much past
         // them, and each bracket's middle, which re-anchors the phase, would move the
-        // predictions later window after window until a look lands past its update.
-        let early = self.late_ns.min(per as u64 / 4);
+        // predictions later window after window until a look lands past its update. The look
+        // comes after a long sleep, the read a guard or two after it: each is asked early by
+        // the lateness of its kind of wake-up. (Asked early by more, the read lands before its
+        // update and sees nothing: a read more, and the bracket too wide to re-anchor the
+        // phase closely.)
+        let quarter = per / 4.0;
+        let [early_read, early_look] = self.usual_ns.map(|u| u.unwrap_or(0.0).min(quarter) as u64);
         if self.parts[i] == Part::Sparse {
             ph.set_stride(k);
             if p.due_ns < start && now < start {
@@ -192,7 +221,16 @@ impl Predict {
             // close bracket, whatever the updates read sparsely showed (one written late is
             // not taken for on time), and the phase re-anchored.
             ph.resync(start.max(now));
-            p.due_ns = ph.due(now).saturating_sub(early).max(now + 1);
+            // Half a guard later than the lock looks (two guards before the predicted update):
+            // its close brackets are three guards wide at most, and a read after the look
+            // landing later than asked by more than the look did would leave one wider (the
+            // phase then known only coarsely, reads walk early fast and land before their
+            // updates). The predictions run early by up to a guard: the look still comes
+            // before the update.
+            let later = ph.guard_ns() / 2;
+            p.due_ns = (ph.due(now) + later)
+                .saturating_sub(early_look)
+                .max(now + 1);
             self.parts[i] = Part::Aimed;
         }
         if self.parts[i] == Part::Aimed {
@@ -206,7 +244,7 @@ impl Predict {
             ph.set_stride(1);
             let seen = last_point.max(p.last_poll_ns.saturating_sub(per as u64));
             ph.aim(seen + (per / 2.0) as u64);
-            p.due_ns = ph.due(now).saturating_sub(early).max(now + 1);
+            p.due_ns = ph.due(now).saturating_sub(early_read).max(now + 1);
             self.parts[i] = Part::In;
         }
         match self.parts[i] {
