@@ -14,11 +14,12 @@ a first use) still leave a few lines per region of noise in the groups of shared
 groups of the region's own code are steady.
 
 With ``--tracked``, a call of a ``@tracked`` function is counted over a plain call instead (the
-decorated call's ``start`` and ``end`` are the region's code here), and ``--output`` turns JSON
-Lines output on (a temporary file) for either.
+decorated call's ``start`` and ``end`` are the region's code here); with ``--step``, an entry of
+a ``carbonctx.step("step")`` handle (made once) over an empty ``with``; ``--output`` turns JSON
+Lines output on (a temporary file) for any.
 
 Needs ``valgrind``. Run: ``.venv/bin/python benches/loop_cost_lines.py [--before PATH]
-[--tracked] [--output]`` (PATH: another tree, its ``python`` folder with its native module
+[--tracked | --step] [--output]`` (PATH: another tree, its ``python`` folder with its native module
 built, counted in the same run).
 """
 
@@ -66,7 +67,10 @@ with SimulatedMachine(gpus=1, core=Wave.constant(20.0)) as sim:
     def plain():
         return None
 
+    handle = carbonctx.step("step")
     with track("warm"):
+        pass
+    with handle:
         pass
     decorated()
     carbonctx.flush()
@@ -82,6 +86,11 @@ with SimulatedMachine(gpus=1, core=Wave.constant(20.0)) as sim:
             np.add(buf, 1, out=buf)
             with empty:
                 pass
+    elif kind == "step":
+        for _ in range(n):
+            np.add(buf, 1, out=buf)
+            with handle:
+                pass
     elif kind == "tracked":
         for _ in range(n):
             np.add(buf, 1, out=buf)
@@ -96,7 +105,13 @@ with SimulatedMachine(gpus=1, core=Wave.constant(20.0)) as sim:
 GROUPS = (
     (
         "the region's native code",
-        ("_native::region::", "_native::span::", "_native::context::", "Sampler::mark"),
+        (
+            "_native::region::",
+            "_native::span::",
+            "_native::step::",
+            "_native::context::",
+            "Sampler::mark",
+        ),
     ),
     ("PyO3's glue (trampoline, arguments)", ("pyo3::",)),
     ("the context variable (current region)", ("context.c:", "hamt.c:", "hamt_")),
@@ -196,9 +211,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", type=Path, default=None)
     ap.add_argument("--tracked", action="store_true", help="a decorated call over a plain one")
+    ap.add_argument("--step", action="store_true", help="a step's entry over an empty with")
     ap.add_argument("--output", action="store_true", help="JSON Lines output on")
     args = ap.parse_args()
-    measured, baseline = ("tracked", "plain") if args.tracked else ("track", "empty")
+    measured, baseline = (
+        ("tracked", "plain")
+        if args.tracked
+        else ("step", "empty")
+        if args.step
+        else ("track", "empty")
+    )
     trees = {"this tree": TREE}
     if args.before is not None:
         trees["before"] = args.before / "python"
@@ -229,6 +251,8 @@ def main() -> None:
     what, over = (
         ("a `@tracked` call", "a plain call")
         if args.tracked
+        else ("an entry of a `carbonctx.step` handle", "an empty `with`")
+        if args.step
         else ('a `with track("step")`', "an empty `with`")
     )
     text = f"""{machine()}

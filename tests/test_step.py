@@ -133,9 +133,11 @@ def test_one_step_in_many_threads_at_once_and_recursively(
     assert all(r["parent"] == outers[r["thread"]] for r in got)
     # Each exit closed its own entry: the ten entries of one recursion lie inside each other
     # (the outermost begins first, and is the longest; times in records are rounded to a few
-    # hundred ns, durations are not).
+    # hundred ns, monotonically, durations are not: equal starts are put longest first).
     for thread in outers:
-        mine = [r for r in got if r["thread"] == thread]  # in id order: the order they began
+        mine = sorted(
+            (r for r in got if r["thread"] == thread), key=lambda r: (r["start"], -r["duration_s"])
+        )
         for k in range(0, 50, 10):
             for a, b in itertools.pairwise(mine[k : k + 10]):
                 assert a["duration_s"] >= b["duration_s"]

@@ -148,6 +148,9 @@ class RegionHub:
     warn_due: bool
     wake_sent: bool
     dead: bool
+    @property
+    def open_steps(self) -> int:
+        """Entries of steps open in this runtime that no begin mark counts."""
     def __new__(
         cls,
         runtime: Any,
@@ -155,7 +158,7 @@ class RegionHub:
         strict: bool,
         pending: dict[int, Any],
         name_tags: dict[str, int],
-        tag_of: Callable[[str], int],
+        tag_of: Callable[[str, tuple[int, int | None, Any] | None], int],
         drain: Callable[[], None],
         emit_warnings: Callable[[], None],
         backlog_high: int,

@@ -419,9 +419,13 @@ def step(name: str, *, tags: Mapping[str, Any] | None = None) -> _native.Step:
 
     Each entry counts as a ``with track(name)`` region would: in :func:`stats`, run and job
     totals and the name's figures, and with output on its record is that of a ``with`` region
-    (its thread, the region it ran in as its parent, the handle's ``tags``). Entering sets no
-    context variable, and with output off and no tags makes no object either (with output on,
-    strict checks or tags, a bare native region per entry holds its details). The first entry
+    (its thread, the region it ran in as its parent, the handle's ``tags``; its ``id`` is
+    given when it resolves, from 2**52 up, as nothing refers to it). Entering sets no context
+    variable and makes no object: an entry is a start time and a tag, which with output on,
+    strict checks or tags stands for its details (thread, parent, tags), interned once per
+    thread and enclosing region. A runtime interns at most ``DETAIL_TAGS`` (16384) of those;
+    past that (a handle entered in a new region each time, without end) an entry is a bare
+    native region that holds its details. The first entry
     of a process starts the runtime as a ``with`` would; where the runtime has no sampler, or
     strict checks fail, an entry is a whole ``track()`` region, which says why, or raises. So:
 

@@ -3,6 +3,9 @@ someone holds, the recent window and output records.
 
 A region closed with a tag (an interned name) needs nothing more: it goes straight into its
 name's statistics. Others have a pending entry (their region object, which gets its result).
+An entry of a step (``carbonctx.step``) where records need its details is closed with a tag
+that stands for them (name, thread, parent, tags): it counts under its name and is recorded
+with those details.
 
 What resolving needs beyond this module (numpy, and the carbon intensity service with its
 tables and providers) is loaded by the first batch (:meth:`Resolver.prepare`), not by the first
@@ -58,6 +61,14 @@ DRAIN_SLICE = 480
 #: counted, warned about and recorded, rather than held without bound or written by a user
 #: thread.
 SHED_AFTER = 1 << 17
+#: The most tags for steps' entry details one runtime interns (each a (name, thread, parent,
+#: tags) a step was entered with): a step entered in a new region every time would otherwise
+#: grow the table without end. Past it, such entries are measured as regions of their own.
+DETAIL_TAGS = 1 << 14
+#: The first id a step's entry recorded with its details gets (its span has no id from the
+#: sampler, whose ids count from 1 and stay far below): ids stay unique within a runtime,
+#: under 2**53 (exact in any JSON reader).
+DETAIL_IDS = 1 << 52
 
 # A pending region: the Tracker that measured it (name, thread, parent, tags; its result goes
 # back to it).
@@ -88,6 +99,9 @@ class Resolver:
         # Interned region names; tag 0 means "look in pending".
         self.names: list[str] = [""]
         self.name_tags: dict[str, int] = {}
+        # The tags that stand for a step's entry details: (name, thread, parent, tags) by tag.
+        self.details: dict[int, tuple[str, int, int | None, Any]] = {}
+        self._next_detail_id = DETAIL_IDS
         self.recorder: RegionRecorder | None = None
         self.builder = MeasurementBuilder(
             self.columns, self.names, pid=pid, offset=offset, carbon=carbon
@@ -135,8 +149,18 @@ class Resolver:
         if recorder is not None:
             recorder.configure(columns, rank or {}, self.carbon, self.builder.build)
 
-    def tag_of(self, name: str) -> int:
-        """The tag (u32, never 0) that stands for ``name`` in the sampler."""
+    def tag_of(self, name: str, details: tuple[int, int | None, Any] | None = None) -> int:
+        """The tag (u32, never 0) that stands for ``name`` in the sampler; with ``details``
+        (thread, parent, tags: a step's entries there), a new tag that stands for the name and
+        them, or 0 once the runtime has ``DETAIL_TAGS`` of those."""
+        if details is not None:
+            with self.lock:
+                if len(self.details) >= DETAIL_TAGS:
+                    return 0
+                new = len(self.names)
+                self.names.append(name)
+                self.details[new] = (name, *details)
+                return new
         tag = self.name_tags.get(name)
         if tag is None:
             with self.lock:
@@ -234,16 +258,32 @@ class Resolver:
         infos: list[tuple[str, int, int | None, Any] | None] = [None] * n
         groups: dict[str, npt.NDArray[np.intp]] = {}
         untagged = np.flatnonzero(tag_arr == 0)
+        detailed: list[int] = []  # rows of steps' entries recorded with their details
         if len(untagged) < n:
+            details = self.details
             for tag in np.flatnonzero(np.bincount(tag_arr)).tolist():
                 if tag:
-                    groups[names[tag]] = np.flatnonzero(tag_arr == tag)
+                    sel = np.flatnonzero(tag_arr == tag)
+                    name = names[tag]
+                    # Tags of one name (its details') count as the name.
+                    groups[name] = np.concatenate([groups[name], sel]) if name in groups else sel
+                    info = details.get(tag)
+                    if info is not None:
+                        rows_d = sel.tolist()
+                        for k in rows_d:
+                            infos[k] = info
+                        detailed += rows_d
+        if detailed:
+            detailed.sort()
+            ids, ids_b = self._detail_ids(ids, detailed)
         # The recent window, the handles handed out and the output file keep a reference to
         # the batch and a row; a Measurement is built only when someone reads it or it is
         # written.
         batch = Batch(ids, t0, t1, joules, unc, cpu, dram, gpu, nan, infos, tag_arr, estimated)
         batch.columns = columns.view()  # the rule its rows were counted by
         rows, _handles = _native.claim_regions(pending, ids_b, batch, infos)
+        if detailed:
+            rows = sorted(rows + detailed)
         if len(untagged):
             by_name: dict[str, list[int]] = {}
             for k in untagged.tolist():
@@ -271,6 +311,21 @@ class Resolver:
                 recorder.shed(batch, n, names)
             else:
                 recorder.record(batch, rows)
+
+    def _detail_ids(
+        self, ids: npt.NDArray[np.uint64], rows: list[int]
+    ) -> tuple[npt.NDArray[np.uint64], bytes]:
+        """The batch's ids, with one for each of ``rows`` that has none (a span: one longer than
+        the sampler's spans go has an id of its own), in order."""
+        import numpy as np
+
+        ids = ids.copy()
+        sel = np.asarray(rows, dtype=np.intp)
+        sel = sel[ids[sel] == 0]
+        start = self._next_detail_id
+        self._next_detail_id += len(sel)
+        ids[sel] = np.arange(start, start + len(sel), dtype=np.uint64)
+        return ids, ids.tobytes()
 
     def _accumulator(self, name: str) -> NameAccumulator:
         acc = self.accumulators.get(name)

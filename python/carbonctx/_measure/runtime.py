@@ -289,14 +289,15 @@ class Runtime:
         return _config.redfish_lag(self.settings)
 
     def open_regions(self) -> int:
-        """Regions begun in this runtime's sampler and not yet resolved and drained (0 when
-        it never started)."""
+        """Regions begun in this runtime's sampler and not yet resolved and drained, and
+        entries of steps open in it (0 when it never started)."""
         s = self.sampler
         if s is None:
             return 0
+        open_steps = self.core.open_steps  # before the sampler's count, which takes them over
         st = s.stats()
         unresolved = st["regions_begun"] - st["regions_resolved"] - st["dropped_regions"]
-        return max(0, unresolved) + int(st["undrained"]) + len(self.pending)
+        return max(0, unresolved) + int(st["undrained"]) + len(self.pending) + open_steps
 
     def retire(self) -> bool:
         """Replaced by ``configure()``: shut down now when no region is open in it; otherwise
@@ -404,9 +405,10 @@ class Runtime:
         if s is not None:
             self.resolver.drain(s)
 
-    def tag_of(self, name: str) -> int:
-        """The tag (u32, never 0) that stands for ``name`` in the sampler."""
-        return self.resolver.tag_of(name)
+    def tag_of(self, name: str, details: tuple[int, int | None, Any] | None = None) -> int:
+        """The tag (u32) that stands for ``name`` in the sampler, or with ``details`` (thread,
+        parent, tags) for a step's entries of those (``Resolver.tag_of``)."""
+        return self.resolver.tag_of(name, details)
 
     def measurement(self, batch: Batch, k: int) -> Measurement:
         """The Measurement of row ``k`` of a resolved batch."""

@@ -1,6 +1,6 @@
 //! The typed object through which the process's runtime and the region code meet.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use pyo3::exceptions::PyRuntimeError;
@@ -45,6 +45,9 @@ pub(crate) struct RegionHub {
     /// they were entered in: that context's variable still holds each of them, and through it
     /// this runtime. [`RegionHub::take_orphans`] hands them over when the runtime shuts down.
     pub(crate) orphans: Mutex<Vec<Py<PyWeakrefReference>>>,
+    /// Entries of steps open in this runtime as spans (step.rs): no begin mark says they are,
+    /// and a runtime `configure()` replaced keeps measuring until they have ended.
+    pub(crate) open_steps: AtomicUsize,
 }
 
 impl RegionHub {
@@ -120,6 +123,7 @@ impl RegionHub {
             detailed,
             serial: SERIALS.fetch_add(1, Ordering::Relaxed),
             orphans: Mutex::new(Vec::new()),
+            open_steps: AtomicUsize::new(0),
         }
     }
 
@@ -164,6 +168,13 @@ impl RegionHub {
     #[setter]
     fn set_wake_sent(&self, sent: bool) {
         self.wake_sent.store(sent, Ordering::Release);
+    }
+
+    /// Entries of steps open in this runtime that no begin mark counts (their spans are counted
+    /// once they have ended).
+    #[getter]
+    fn open_steps(&self) -> usize {
+        self.open_steps.load(Ordering::Acquire)
     }
 
     #[getter]

@@ -61,7 +61,7 @@ pub(crate) fn current(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     }
 }
 
-fn thread_ident() -> u64 {
+pub(crate) fn thread_ident() -> u64 {
     // `threading.get_ident()` on POSIX is the pthread handle.
     // SAFETY: pthread_self has no preconditions.
     unsafe { libc::pthread_self() as u64 }

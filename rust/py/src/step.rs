@@ -6,12 +6,19 @@
 //! closed in one go, as a `@tracked` call's, span.rs) kept on this thread's stack of open
 //! entries, and the context variable is only read, for the parent of a region that has one.
 //!
-//! Where the runtime writes full records or checks strictly (or the step has tags), an entry is
-//! a bare native [`Region`] (its id, thread, parent, tags), still without the context variable
-//! set. Where there is no runtime or sampler yet (or a forked child's inherited one), the entry
-//! starts them first, as a `@tracked` call does; where there is still no sampler, or strict
-//! checks must fail, it is a whole `Tracker`, as a `with track(name)` would be (but with the
-//! context variable put back once it is entered: no entry sets it).
+//! Where the runtime writes full records or checks strictly (or the step has tags), a record
+//! needs the entry's details (name, thread, parent, tags). In a loop they are the same from
+//! entry to entry, so the entry is still a span: its tag stands for the details, interned once
+//! per (thread, parent) in the runtime (the resolver gives such a row its name's statistics and
+//! its details' record) and cached here. The parent is read from the context variable at each
+//! entry, the thread is the entering one (an entry is left in the thread that entered it). The
+//! runtime's table of such tags is bounded (`Resolver.tag_of`): past it (a step entered in a
+//! new region each time, without end) an entry is a bare native [`Region`] (its id, thread,
+//! parent, tags), still without the context variable set. Where there is no runtime or sampler
+//! yet (or a forked child's inherited one), the entry starts them first, as a `@tracked` call
+//! does; where there is still no sampler, or strict checks must fail, it is a whole `Tracker`,
+//! as a `with track(name)` would be (but with the context variable put back once it is
+//! entered: no entry sets it).
 //!
 //! An exit closes the innermost entry of the same handle still open on this thread. Entries of
 //! asyncio tasks interleaved on one thread may so be closed out of order: each exit still ends
@@ -21,14 +28,16 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
 
 use crate::context::{context_reset, current_var};
-use crate::region::{exit_core, name_and_tags, Region};
-use crate::span::{end_span, route, start_call, start_tracker, NameTag, Route};
+use crate::hub::RegionHub;
+use crate::region::{exit_core, name_and_tags, open_region, thread_ident, Region};
+use crate::span::{end_span, handle_due, route, start_call, start_tracker, NameTag, Route};
 
 /// The next [`Step::key`].
 static KEYS: AtomicU64 = AtomicU64::new(1);
@@ -37,6 +46,14 @@ static KEYS: AtomicU64 = AtomicU64::new(1);
 enum Entry {
     /// A span: its start, and the serial of the hub whose tag for the name it carries.
     Span { t0: u64, serial: u64, tag: u32 },
+    /// A span whose tag stands for the entry's details (name, thread, parent, tags), and the
+    /// hub of the runtime that interned it: that runtime ends it, as it would a region's
+    /// (`configure()` may have replaced it since; a `with` region is recorded by it too).
+    Detailed {
+        t0: u64,
+        hub: Py<RegionHub>,
+        tag: u32,
+    },
     /// A bare region, entered (records with details, strict checks).
     Region(Py<Region>),
     /// A whole `Tracker`, entered (the runtime was not ready for the others).
@@ -46,6 +63,35 @@ enum Entry {
 thread_local! {
     /// This thread's open entries of every step, innermost last, each with its step's key.
     static OPEN: RefCell<Vec<(u64, Entry)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The most (thread, parent) pairs whose tags a handle keeps; past it, the oldest is forgotten
+/// (interned anew if it comes back: the runtime's own bound is the one that holds).
+const DETAIL_CACHE: usize = 64;
+
+/// A handle's tags for its entries' details in one runtime.
+struct DetailTags {
+    /// The serial of the hub they were interned in (0: none yet).
+    serial: u64,
+    /// That runtime's table of such tags is full: entries with details not in `tags` are bare
+    /// regions.
+    full: bool,
+    /// The (thread, parent, tag) found last, kept in the handle itself (a loop finds it there,
+    /// without a line of the list to fetch); tag 0: none.
+    last: (u64, Option<u64>, u32),
+    /// (thread, parent, tag), oldest first.
+    tags: Vec<(u64, Option<u64>, u32)>,
+}
+
+impl DetailTags {
+    fn new(serial: u64) -> Self {
+        DetailTags {
+            serial,
+            full: false,
+            last: (0, None, 0),
+            tags: Vec::new(),
+        }
+    }
 }
 
 /// A reusable region handle (`carbonctx.step(name)`): each `with` of it is one region of its
@@ -62,9 +108,78 @@ pub(crate) struct Step {
     /// Starts the runtime and its sampler where there are none yet; says whether there is a
     /// sampler (`carbonctx._measure.region._start_runtime`).
     start: Py<PyAny>,
+    /// The tags of this handle's entries' details in the current runtime.
+    details: Mutex<DetailTags>,
 }
 
 impl Step {
+    /// The tag that stands for an entry's details in `hub`'s runtime (0: none to be had, the
+    /// runtime's table is full).
+    #[inline]
+    fn detail_tag(
+        &self,
+        hub: &Bound<'_, RegionHub>,
+        thread: u64,
+        parent: Option<u64>,
+    ) -> PyResult<u32> {
+        {
+            let mut d = self.details.lock().unwrap_or_else(|e| e.into_inner());
+            if d.serial == hub.get().serial {
+                let (t, p, tag) = d.last;
+                if t == thread && p == parent && tag != 0 {
+                    return Ok(tag);
+                }
+                if let Some(&found) = d
+                    .tags
+                    .iter()
+                    .rev()
+                    .find(|(t, p, _)| *t == thread && *p == parent)
+                {
+                    d.last = found;
+                    return Ok(found.2);
+                }
+                if d.full {
+                    return Ok(0);
+                }
+            }
+        }
+        self.new_detail_tag(hub, thread, parent)
+    }
+
+    /// Interns an entry's details in `hub`'s runtime (`Runtime.tag_of(name, details)`), and
+    /// keeps the tag.
+    #[cold]
+    #[inline(never)]
+    fn new_detail_tag(
+        &self,
+        hub: &Bound<'_, RegionHub>,
+        thread: u64,
+        parent: Option<u64>,
+    ) -> PyResult<u32> {
+        let py = hub.py();
+        let h = hub.get();
+        let tags = self.tags.as_ref().map(|t| t.clone_ref(py));
+        let details = (thread, parent, tags);
+        let tag: u32 = h
+            .tag_of
+            .call1(py, (self.name.name.clone_ref(py), details))?
+            .extract(py)?;
+        let mut d = self.details.lock().unwrap_or_else(|e| e.into_inner());
+        if d.serial != h.serial {
+            *d = DetailTags::new(h.serial);
+        }
+        if tag == 0 {
+            d.full = true;
+        } else {
+            if d.tags.len() >= DETAIL_CACHE {
+                d.tags.remove(0);
+            }
+            d.tags.push((thread, parent, tag));
+            d.last = (thread, parent, tag);
+        }
+        Ok(tag)
+    }
+
     /// An entry where the runtime was not ready (none, or no sampler, or a forked child's
     /// inherited one; or strict checks that must fail): the runtime started, then the entry as
     /// usual; a whole `Tracker` where there is still no sampler, or strict checks must fail.
@@ -92,6 +207,18 @@ impl Step {
                 Entry::Span { t0, serial, tag }
             }
             Route::Region(ready) => {
+                // Only regions are ever put in the context variable.
+                let parent = open_region(py)?
+                    .cast::<Region>()
+                    .ok()
+                    .map(|p| p.borrow().id);
+                let tag = self.detail_tag(&ready.hub, thread_ident(), parent)?;
+                if tag != 0 {
+                    ready.hub.get().open_steps.fetch_add(1, Ordering::Relaxed);
+                    let t0 = carbonctx_sampler::now_ns();
+                    let hub = ready.hub.unbind();
+                    return Ok(Some(Entry::Detailed { t0, hub, tag }));
+                }
                 let tags = self.tags.as_ref();
                 Entry::Region(start_call(ready, &self.name, None, tags, false)?.unbind())
             }
@@ -154,6 +281,7 @@ impl Step {
             tags,
             tracker: tracker.unbind(),
             start,
+            details: Mutex::new(DetailTags::new(0)),
         })
     }
 
@@ -191,6 +319,17 @@ impl Step {
         });
         match entry {
             Some(Entry::Span { t0, serial, tag }) => end_span(py, serial, tag, t0),
+            Some(Entry::Detailed { t0, hub, tag }) => {
+                let h = hub.get();
+                let due = h.end_span_now(t0, tag);
+                // After the span is in (and counted by) the sampler: a retiring runtime sees
+                // one or the other.
+                h.open_steps.fetch_sub(1, Ordering::Release);
+                if due != 0 {
+                    handle_due(py, h, due)?;
+                }
+                Ok(())
+            }
             Some(Entry::Region(r)) => exit_core(r.bind(py)),
             Some(Entry::Tracker(t)) => Region::__exit__(t.bind(py), exc_type, exc, tb),
             None => Err(self.not_entered(py)),

@@ -1,0 +1,165 @@
+"""Entries of a `carbonctx.step` handle where records need their details (output on, strict
+checks, tags): spans whose tag stands for (name, thread, parent, tags), counted under their
+name, recorded with their details, within a bound per runtime, and across `configure()`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import carbonctx
+from carbonctx._measure import process as _runtime
+from carbonctx._measure import resolver as _resolver
+from carbonctx._measure import runtime as _rt
+from carbonctx.errors import CarbonctxWarning
+from carbonctx.testing import SimulatedMachine
+from test_step import TAGS, by_name
+
+
+@pytest.mark.parametrize(
+    ("output", "strict", "tags"),
+    [(True, False, None), (True, False, TAGS), (False, False, TAGS), (False, True, None)],
+)
+def test_entries_with_details_count_under_their_name_and_keep_their_details(
+    sim: SimulatedMachine,
+    tmp_path: Path,
+    output: bool,
+    strict: bool,
+    tags: dict[str, Any] | None,
+) -> None:
+    # Where records need an entry's details (output on, strict checks, tags), the entries of one
+    # handle in several places (no region, in a region, in another thread) count as one name;
+    # each result and record has its own thread, parent and tags, and an id of its own.
+    path = tmp_path / "out.jsonl"
+    carbonctx.configure(**sim.settings(), strict=strict, output=str(path) if output else None)
+    handle = carbonctx.step("s", tags=tags)
+    main = threading.get_ident()
+    for _ in range(3):
+        with handle:
+            pass
+    with carbonctx.track("outer") as outer:
+        for _ in range(4):
+            with handle:
+                pass
+    worker = threading.Thread(target=lambda: [handle.__enter__(), handle.__exit__()])
+    worker.start()
+    worker.join(10)
+    assert carbonctx.flush()
+    stats = carbonctx.stats()
+    assert set(stats) == {"s", "outer"} and stats["s"].count == 8
+    where = [(None, main)] * 3 + [(outer.id, main)] * 4 + [(None, worker.ident)]
+    got = sorted((m for m in carbonctx.recent() if m.name == "s"), key=lambda m: m.start)
+    assert [(m.parent, m.thread) for m in got] == where
+    assert all(m.tags == (tags or {}) for m in got)
+    assert len({m.id for m in got}) == 8 and outer.id not in {m.id for m in got}
+    # Each (thread, parent) was interned once, as its own tag of the name.
+    rt = _runtime.runtime()
+    details = list(rt.resolver.details.values())
+    assert sorted((d[0], d[1], d[2] or 0) for d in details) == sorted(
+        {("s", t, p or 0) for p, t in where}
+    )
+    assert all(d[3] == tags for d in details)
+    if output:
+        _runtime.reset()
+        recs = sorted(by_name(path)["s"], key=lambda r: r["start"])
+        assert [(r["parent"], r["thread"]) for r in recs] == where
+        assert {r["id"] for r in recs} == {m.id for m in got}
+        assert all(r["tags"] == (tags or {}) for r in recs)
+
+
+def test_a_step_in_a_new_region_each_time_grows_no_table_without_bound(
+    sim: SimulatedMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A step entered in a fresh region each time: each (thread, parent) is interned until the
+    # runtime's bound, then the entries are regions of their own, recorded alike.
+    monkeypatch.setattr(_resolver, "DETAIL_TAGS", 5)
+    path = tmp_path / "out.jsonl"
+    carbonctx.configure(**sim.settings(), output=str(path))
+    handle = carbonctx.step("s", tags=TAGS)
+    other = carbonctx.step("t")
+    parents = []
+    for _ in range(20):
+        with carbonctx.track("outer") as outer:
+            with handle:
+                pass
+            with other:
+                pass
+        parents.append(outer.id)
+    rt = _runtime.runtime()
+    assert len(rt.resolver.details) == 5
+    assert carbonctx.flush()
+    stats = carbonctx.stats()
+    assert stats["s"].count == stats["t"].count == 20
+    _runtime.reset()
+    got = by_name(path)
+    for name, tags in (("s", TAGS), ("t", {})):
+        recs = sorted(got[name], key=lambda r: r["start"])
+        assert [r["parent"] for r in recs] == parents
+        assert all(r["tags"] == tags for r in recs)
+    ids = [r["id"] for rs in got.values() for r in rs]
+    assert len(set(ids)) == len(ids) == 60
+    # A new runtime has a table of its own: the handle interns its details there anew.
+    carbonctx.configure(**sim.settings(), output=str(tmp_path / "new.jsonl"))
+    for _ in range(3):
+        with handle:  # the first starts the runtime
+            pass
+    assert len(_runtime.runtime().resolver.details) == 1
+
+
+def test_entries_with_details_are_shed_by_name(
+    sim: SimulatedMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Output that falls behind sheds step entries as it sheds `with` regions: counted by name
+    # in the shed records; their statistics are kept.
+    monkeypatch.setattr(_resolver, "SHED_AFTER", 0)  # every pass of the resolver thread sheds
+    path = tmp_path / "out.jsonl"
+    carbonctx.configure(**sim.settings(), output=str(path))
+    handle = carbonctx.step("s")
+    rt = _runtime.runtime()
+    with pytest.warns(CarbonctxWarning, match="fell behind"):
+        for _ in range(500):
+            with handle:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (rt.recorder is None or not rt.recorder.shed_total):
+            time.sleep(0.02)
+        assert carbonctx.flush()
+        with carbonctx.track("after"):  # warned from the user's thread
+            pass
+    assert carbonctx.stats()["s"].count == 500
+    _runtime.reset()
+    recs = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines()]
+    shed = sum(r["names"].get("s", 0) for r in recs if r.get("kind") == "shed")
+    written = len(by_name(path).get("s", []))
+    assert shed > 0 and written + shed == 500
+
+
+@pytest.mark.parametrize("tags", [None, TAGS])
+def test_configure_inside_an_entry_alone(
+    sim: SimulatedMachine, tmp_path: Path, tags: dict[str, Any] | None
+) -> None:
+    # With output on, an entry open while configure() replaces the runtime, and nothing else
+    # open: the old runtime keeps measuring until it ends (its resolver passes meanwhile), then
+    # records it.
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    carbonctx.configure(**sim.settings(), output=str(old))
+    handle = carbonctx.step("s", tags=tags)
+    for _ in range(2):  # the first starts the runtime
+        with handle:
+            pass
+    with handle:
+        carbonctx.configure(**sim.settings(), output=str(new))
+        time.sleep(3 * _rt.RESOLVE_PERIOD_S)
+    with handle:
+        pass
+    assert carbonctx.flush()
+    assert carbonctx.stats()["s"].count == 1
+    _runtime.reset()
+    got = by_name(old)["s"]
+    assert len(got) == 3 and all(r["tags"] == (tags or {}) for r in got)
+    assert len(by_name(new)["s"]) == 1
