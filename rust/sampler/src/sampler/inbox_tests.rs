@@ -285,3 +285,29 @@ fn slots_read_are_reused_and_none_is_handed_out_twice() {
     }
     assert_eq!(inbox.made.load(Ordering::Relaxed), 1_000);
 }
+
+#[test]
+fn slot_numbers_are_refused_at_the_cap_never_wrapped() {
+    // Every slot number handed out (the count at its cap) and one slot holding an entry: each
+    // push after that is refused, however many try. A count that wrapped would hand out slot
+    // 1 again, still in the inbox: its entry overwritten, and a chain that links it to itself
+    // (a reader that never finishes).
+    let inbox = Inbox::default();
+    inbox.push(mark(1, 1, Edge::Enter));
+    inbox.made.store(MAX_SLOTS, Ordering::Relaxed);
+    for _ in 0..3 {
+        let pushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inbox.push(mark(2, 2, Edge::Exit));
+        }));
+        assert!(pushed.is_err(), "a push past the cap was taken");
+    }
+    assert_eq!(inbox.made.load(Ordering::Relaxed), MAX_SLOTS);
+    let ids: Vec<u64> = inbox
+        .take()
+        .map(|e| match e {
+            Entry::Mark(m) => m.id,
+            Entry::Span(_) => unreachable!(),
+        })
+        .collect();
+    assert_eq!(ids, vec![1]);
+}
