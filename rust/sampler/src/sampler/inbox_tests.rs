@@ -311,3 +311,70 @@ fn slot_numbers_are_refused_at_the_cap_never_wrapped() {
         .collect();
     assert_eq!(ids, vec![1]);
 }
+
+/// Waits (bounded by [`HANG`]) until the thread has gone quiet and asked the next mark to
+/// wake it (it then sleeps until its counter's next read, an hour away, unless rung); returns
+/// the count of its loops by then.
+fn until_quiet(s: &Sampler) -> u64 {
+    let t = std::time::Instant::now();
+    while !s.shared().wake_asked(WAKE_QUIET) {
+        assert!(t.elapsed() < HANG, "the thread never went quiet");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    s.shared().loops.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_thread_asleep_for_an_hour_wakes_at_the_first_mark_and_at_stop() {
+    // A counter read once an hour (not phase-locked: never read more often), quiet as soon as
+    // no mark comes: only the bell ends the thread's sleep before HANG.
+    let spec = CounterSpec {
+        joules_per_unit: 1e-6,
+        wrap: None,
+    };
+    let config = Config {
+        realtime: false,
+        phase_lock: false,
+        mark_reads: false,
+        predict_marks: false,
+        intervals: vec![("powercap".into(), Duration::from_secs(3600))],
+        fast_hold: Duration::ZERO,
+        ..Config::default()
+    };
+    let (s, _) = Sampler::start(vec![package(Some(spec))], config).unwrap();
+    let s = Arc::new(s);
+    for round in 0..3u32 {
+        let loops = until_quiet(&s);
+        // A region marked now: its mark rings, and the thread loops again (reads every
+        // counter, and goes quiet again).
+        if round % 2 == 0 {
+            s.end_span(crate::now_ns(), round);
+        } else {
+            let id = s.begin();
+            s.end(id);
+        }
+        let t = std::time::Instant::now();
+        while s.shared().loops.load(Ordering::SeqCst) == loops {
+            assert!(
+                t.elapsed() < HANG,
+                "round {round}: the mark did not wake the quiet thread"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    until_quiet(&s);
+    let (tx, rx) = mpsc::channel();
+    let stopper = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            s.stop();
+            tx.send(()).unwrap();
+        })
+    };
+    rx.recv_timeout(HANG)
+        .expect("stop did not wake the quiet thread");
+    stopper.join().unwrap();
+    assert!(!s.is_running());
+    // Stopping resolves every region marked.
+    assert_eq!(s.drain().len(), 3);
+}
