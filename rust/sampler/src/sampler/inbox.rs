@@ -85,6 +85,13 @@ pub(super) struct Inbox {
 // Shared between threads as it is (its fields are atomics): a slot's entry is written only by
 // the one thread that popped the slot, and read only by the reader that took it from the inbox,
 // each ordered by the release and acquire of the heads (see `push`, `take`, `Taken::drop`).
+// The compiler makes the inbox `Sync` from its atomics whatever an entry holds (the slots sit
+// behind raw pointers), and an entry moves from the pushing thread to the reader: so an entry
+// must be `Send`, and `Copy` (nothing to drop in a slot, read by copy).
+const _: () = {
+    const fn sendable_plain_data<T: Send + Copy>() {}
+    sendable_plain_data::<Entry>();
+};
 
 impl Inbox {
     fn slot(&self, n: u32) -> &Slot {
