@@ -20,7 +20,10 @@
 //! when there is none). Slots are numbered and never freed while the inbox lives (chunks of
 //! doubling size, so a slot's memory stays valid for any thread that read its number), and the
 //! spare list's head carries a count of its changes beside the slot number: a pop whose slot
-//! was taken and handed back meanwhile (ABA) fails its compare-and-swap and tries again. The
+//! was taken and handed back meanwhile (ABA) fails its compare-and-swap and tries again. Only
+//! a pop that stands between its read and its compare-and-swap while the list changes 2^32
+//! times (over half an hour at two million marks a second), and then finds the count exactly
+//! where it was and the same slot first, could succeed wrongly: not guarded against. The
 //! slots kept are as many as were ever waiting at once (as a queue keeps its capacity).
 
 use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
@@ -49,6 +52,9 @@ struct Slot {
     /// in the spare list.
     next: AtomicU32,
 }
+
+/// The most slots made (numbers 1 to this, below `u32::MAX`).
+const MAX_SLOTS: u32 = u32::MAX - 1;
 
 /// Slots in chunk `c`: 64 << c.
 const FIRST_CHUNK: u64 = 64;
@@ -79,6 +85,13 @@ pub(super) struct Inbox {
 // Shared between threads as it is (its fields are atomics): a slot's entry is written only by
 // the one thread that popped the slot, and read only by the reader that took it from the inbox,
 // each ordered by the release and acquire of the heads (see `push`, `take`, `Taken::drop`).
+// The compiler makes the inbox `Sync` from its atomics whatever an entry holds (the slots sit
+// behind raw pointers), and an entry moves from the pushing thread to the reader: so an entry
+// must be `Send`, and `Copy` (nothing to drop in a slot, read by copy).
+const _: () = {
+    const fn sendable_plain_data<T: Send + Copy>() {}
+    sendable_plain_data::<Entry>();
+};
 
 impl Inbox {
     fn slot(&self, n: u32) -> &Slot {
@@ -94,8 +107,17 @@ impl Inbox {
     /// A new slot from the chunks (none spare).
     #[cold]
     fn make(&self) -> u32 {
-        let n = self.made.fetch_add(1, Ordering::Relaxed) + 1;
-        assert!(n < u32::MAX, "more than 4 billion marks waiting");
+        // Refused at the cap, never wrapped: a count that wrapped would hand out numbers of
+        // slots in use, each then written by two threads (a chain that loops).
+        let Ok(made) = self
+            .made
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                (m < MAX_SLOTS).then_some(m + 1)
+            })
+        else {
+            panic!("more than 4 billion marks waiting");
+        };
+        let n = made + 1;
         let (c, _) = place(n);
         if self.chunks[c].load(Ordering::Acquire).is_null() {
             let layout = chunk_layout(c);

@@ -285,3 +285,188 @@ fn slots_read_are_reused_and_none_is_handed_out_twice() {
     }
     assert_eq!(inbox.made.load(Ordering::Relaxed), 1_000);
 }
+
+#[test]
+fn slot_numbers_are_refused_at_the_cap_never_wrapped() {
+    // Every slot number handed out (the count at its cap) and one slot holding an entry: each
+    // push after that is refused, however many try. A count that wrapped would hand out slot
+    // 1 again, still in the inbox: its entry overwritten, and a chain that links it to itself
+    // (a reader that never finishes).
+    let inbox = Inbox::default();
+    inbox.push(mark(1, 1, Edge::Enter));
+    inbox.made.store(MAX_SLOTS, Ordering::Relaxed);
+    for _ in 0..3 {
+        let pushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inbox.push(mark(2, 2, Edge::Exit));
+        }));
+        assert!(pushed.is_err(), "a push past the cap was taken");
+    }
+    assert_eq!(inbox.made.load(Ordering::Relaxed), MAX_SLOTS);
+    let ids: Vec<u64> = inbox
+        .take()
+        .map(|e| match e {
+            Entry::Mark(m) => m.id,
+            Entry::Span(_) => unreachable!(),
+        })
+        .collect();
+    assert_eq!(ids, vec![1]);
+}
+
+/// Waits (bounded by [`HANG`]) until the thread has gone quiet and asked the next mark to
+/// wake it (it then sleeps until its counter's next read, an hour away, unless rung); returns
+/// the count of its loops by then.
+fn until_quiet(s: &Sampler) -> u64 {
+    let t = std::time::Instant::now();
+    while !s.shared().wake_asked(WAKE_QUIET) {
+        assert!(t.elapsed() < HANG, "the thread never went quiet");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    s.shared().loops.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_thread_asleep_for_an_hour_wakes_at_the_first_mark_and_at_stop() {
+    // A counter read once an hour (not phase-locked: never read more often), quiet as soon as
+    // no mark comes: only the bell ends the thread's sleep before HANG.
+    let spec = CounterSpec {
+        joules_per_unit: 1e-6,
+        wrap: None,
+    };
+    let config = Config {
+        realtime: false,
+        phase_lock: false,
+        mark_reads: false,
+        predict_marks: false,
+        intervals: vec![("powercap".into(), Duration::from_secs(3600))],
+        fast_hold: Duration::ZERO,
+        ..Config::default()
+    };
+    let (s, _) = Sampler::start(vec![package(Some(spec))], config).unwrap();
+    let s = Arc::new(s);
+    for round in 0..3u32 {
+        let loops = until_quiet(&s);
+        // A region marked now: its mark rings, and the thread loops again (reads every
+        // counter, and goes quiet again).
+        if round % 2 == 0 {
+            s.end_span(crate::now_ns(), round);
+        } else {
+            let id = s.begin();
+            s.end(id);
+        }
+        let t = std::time::Instant::now();
+        while s.shared().loops.load(Ordering::SeqCst) == loops {
+            assert!(
+                t.elapsed() < HANG,
+                "round {round}: the mark did not wake the quiet thread"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    until_quiet(&s);
+    let (tx, rx) = mpsc::channel();
+    let stopper = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            s.stop();
+            tx.send(()).unwrap();
+        })
+    };
+    rx.recv_timeout(HANG)
+        .expect("stop did not wake the quiet thread");
+    stopper.join().unwrap();
+    assert!(!s.is_running());
+    // Stopping resolves every region marked.
+    assert_eq!(s.drain().len(), 3);
+}
+
+/// In a child forked while other threads push and take: push `n` marks (id `u64::MAX`, taken
+/// from spare slots: no allocation), take everything, and say whether the last `n` taken are
+/// those, in order. Makes no allocation and takes no lock.
+fn child_pushes_and_takes(inbox: &Inbox, n: u64) -> bool {
+    for k in 0..n {
+        inbox.push(mark(u64::MAX, k, Edge::Enter));
+    }
+    // The child's marks come last: whatever the parent's threads had pushed comes before them.
+    let mut tail = 0;
+    for e in inbox.take() {
+        match e {
+            Entry::Mark(m) if m.id == u64::MAX && m.t_ns == tail => tail += 1,
+            _ => tail = 0,
+        }
+    }
+    tail == n
+}
+
+#[test]
+fn a_child_forked_mid_push_and_mid_take_finds_the_inbox_whole() {
+    // Every instant of the inbox is a state it can go on from (a push is in or not, a take has
+    // the chain or not): a fork at any instant leaves the child an inbox it can push to and
+    // take from, at worst short of the slots the parent's threads held.
+    let inbox = Arc::new(Inbox::default());
+    // Spare slots enough for the child (pushers hold at most one each, the reader a chain).
+    for k in 0..20_000 {
+        inbox.push(mark(k, k, Edge::Enter));
+    }
+    drop(inbox.take());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for p in 0..3u64 {
+        let (inbox, stop) = (Arc::clone(&inbox), Arc::clone(&stop));
+        threads.push(std::thread::spawn(move || {
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) {
+                inbox.push(mark(p, k, Edge::Enter));
+                k += 1;
+            }
+        }));
+    }
+    {
+        let (inbox, stop) = (Arc::clone(&inbox), Arc::clone(&stop));
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for _ in inbox.take() {}
+            }
+        }));
+    }
+    let mut failed = Vec::new();
+    for round in 0..20 {
+        std::thread::sleep(Duration::from_millis(1));
+        // SAFETY: the child touches only the inbox (atomics, and memory it owns) and _exit.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let ok = child_pushes_and_takes(&inbox, 1_000);
+            // SAFETY: the child never returns into the test harness.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        assert!(child > 0);
+        let t = std::time::Instant::now();
+        let mut status = 0;
+        loop {
+            // SAFETY: our own child, a local for its status.
+            let done = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+            if done == child {
+                break;
+            }
+            if t.elapsed() > HANG {
+                // SAFETY: our own child, not yet waited for.
+                unsafe {
+                    libc::kill(child, libc::SIGKILL);
+                    libc::waitpid(child, &mut status, 0);
+                }
+                failed.push((round, "hung"));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+            && failed.last().map(|f| f.0) != Some(round)
+        {
+            failed.push((round, "lost or misordered its marks"));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(failed.is_empty(), "{failed:?}");
+}
