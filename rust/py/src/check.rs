@@ -7,8 +7,9 @@ use carbonctx_sampler::discover as disc;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::errors::{self, seconds};
 use crate::machine::{options, AmdArgs, Machine};
-use crate::{errors, info_dict, seconds, unavailable_dict};
+use crate::sources::{info_dict, unavailable_dicts};
 
 fn check_dict<'py>(py: Python<'py>, c: &SourceCheck) -> PyResult<Bound<'py, PyDict>> {
     let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
@@ -105,10 +106,6 @@ pub fn check_sources<'py>(
     let d = PyDict::new(py);
     let sources: PyResult<Vec<_>> = checks.iter().map(|c| check_dict(py, c)).collect();
     d.set_item("sources", sources?)?;
-    let un: PyResult<Vec<_>> = unavailable
-        .iter()
-        .map(|u| unavailable_dict(py, u))
-        .collect();
-    d.set_item("unavailable", un?)?;
+    d.set_item("unavailable", unavailable_dicts(py, &unavailable)?)?;
     Ok(d)
 }

@@ -2,6 +2,8 @@
 //! `carbonctx_sampler::Error` raises the class a user would catch for it, with its message and
 //! its hint.
 
+use std::time::Duration;
+
 use carbonctx_sampler::Error;
 use pyo3::prelude::*;
 
@@ -13,6 +15,13 @@ pyo3::import_exception!(carbonctx.errors, SourceUnavailableError);
 /// A setting or argument that cannot be used (`ConfigurationError`, also a `ValueError`).
 pub(crate) fn configuration(message: String) -> PyErr {
     ConfigurationError::new_err(message)
+}
+
+/// Seconds as a Duration; a value no Duration holds (negative, NaN, over ~584 years) is a
+/// configuration error instead of a panic.
+pub(crate) fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| configuration(format!("{what}: {secs} is not a usable number of seconds")))
 }
 
 /// The Python exception for a core error: permission problems as `SourcePermissionError` (also

@@ -8,7 +8,8 @@ use carbonctx_sampler::{Domain, Method, SourceInfo};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::{errors, info_dict, seconds};
+use crate::errors::{self, seconds};
+use crate::sources::info_dict;
 
 /// See `carbonctx/_native.pyi`.
 #[pyclass(frozen, module = "carbonctx._native")]

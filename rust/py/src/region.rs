@@ -14,7 +14,7 @@ use pyo3::{ffi, intern};
 
 use crate::context::{context_get, context_reset, context_set, current_var};
 use crate::hub::{current_hub, RegionHub};
-use crate::Sampler;
+use crate::sampler::Sampler;
 
 #[path = "region_claim.rs"]
 mod claim;
