@@ -224,6 +224,5 @@ def test_handles_made_anew_share_the_tags_of_their_details(
     assert carbonctx.stats()["s"].count == 23
     _runtime.reset()
     recs = sorted(by_name(path)["s"], key=lambda r: r["start"])
-    assert [(r["parent"], r["tags"]) for r in recs] == [(None, {})] * 10 + [
-        (outer.id, {})
-    ] * 10 + [(outer.id, TAGS)] * 3
+    want = [(None, {})] * 10 + [(outer.id, {})] * 10 + [(outer.id, TAGS)] * 3
+    assert [(r["parent"], r["tags"]) for r in recs] == want
