@@ -28,7 +28,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -62,22 +62,21 @@ thread_local! {
 }
 
 /// An entry of a step counted open in its runtime (`RegionHub::open_steps`) for as long as it
-/// lives: dropped when it is left, or with its thread's stack of entries when the thread ends
-/// inside it (a runtime `configure()` replaced would otherwise wait for it forever).
-struct OpenStep(Py<RegionHub>);
+/// lives: left, or dropped with its thread's stack of entries when the thread ends inside it (a
+/// runtime `configure()` replaced would otherwise wait for it forever). It ends after the span
+/// is in (and counted by) the sampler: a retiring runtime sees one or the other.
+struct OpenStep {
+    hub: Py<RegionHub>,
+    _open: Arc<()>,
+}
 
 impl OpenStep {
     fn new(hub: Bound<'_, RegionHub>) -> Self {
-        hub.get().open_steps.fetch_add(1, Ordering::Relaxed);
-        OpenStep(hub.unbind())
-    }
-}
-
-impl Drop for OpenStep {
-    fn drop(&mut self) {
-        // After the span is in (and counted by) the sampler: a retiring runtime sees one or the
-        // other. (`get` needs no GIL: a thread's stack may be dropped as the thread ends.)
-        self.0.get().open_steps.fetch_sub(1, Ordering::Release);
+        let open = hub.get().open_steps.clone();
+        OpenStep {
+            hub: hub.unbind(),
+            _open: open,
+        }
     }
 }
 
@@ -335,9 +334,9 @@ impl Step {
         match entry {
             Some(Entry::Span { t0, serial, tag }) => end_span(py, serial, tag, t0),
             Some(Entry::Detailed { t0, hub, tag }) => {
-                let due = hub.0.get().end_span_now(t0, tag);
+                let due = hub.hub.get().end_span_now(t0, tag);
                 if due != 0 {
-                    let h = hub.0.clone_ref(py);
+                    let h = hub.hub.clone_ref(py);
                     drop(hub); // no longer open (as on every other way out)
                     return handle_due(py, h.get(), due);
                 }
