@@ -163,3 +163,66 @@ def test_configure_inside_an_entry_alone(
     got = by_name(old)["s"]
     assert len(got) == 3 and all(r["tags"] == (tags or {}) for r in got)
     assert len(by_name(new)["s"]) == 1
+
+
+def test_a_thread_that_ends_inside_an_entry_keeps_no_replaced_runtime_alive(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    # A thread that ends inside an entry (entered, never left) drops it with its stack of
+    # entries: the entry no longer counts as open, so a runtime configure() replaces afterwards
+    # shuts down (it would otherwise keep its sampler and threads running until the process
+    # exits, waiting for an entry that can no longer end).
+    carbonctx.configure(**sim.settings(), output=str(tmp_path / "out.jsonl"))
+    handle = carbonctx.step("s")
+    with handle:  # the first starts the runtime
+        pass
+    old = _runtime.current_runtime()
+    assert old is not None
+    worker = threading.Thread(target=handle.__enter__)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    deadline = time.monotonic() + 10  # the thread's stack is dropped as it ends: at once
+    while old.core.open_steps and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert old.core.open_steps == 0
+    carbonctx.configure(output=None)
+    deadline = time.monotonic() + 30
+    while not old.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert old.finished
+    assert by_name(tmp_path / "out.jsonl")["s"] and len(by_name(tmp_path / "out.jsonl")["s"]) == 1
+
+
+def test_handles_made_anew_share_the_tags_of_their_details(
+    sim: SimulatedMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A handle made anew at each entry (inside a function called in the loop) has no tags cached:
+    # the runtime gives it the tag its details already have, so the table does not fill up with
+    # copies and the entries stay spans (a handle's own tags are its own: they are not shared).
+    monkeypatch.setattr(_resolver, "DETAIL_TAGS", 4)
+    path = tmp_path / "out.jsonl"
+    carbonctx.configure(**sim.settings(), output=str(path))
+    for _ in range(10):
+        with carbonctx.step("s"):
+            pass
+    with carbonctx.track("outer") as outer:
+        for _ in range(10):
+            with carbonctx.step("s"):
+                pass
+        tagged = carbonctx.step("s", tags=TAGS)
+        for _ in range(3):
+            with tagged:
+                pass
+    rt = _runtime.runtime()
+    main = threading.get_ident()
+    assert sorted(rt.resolver.details.values(), key=repr) == sorted(
+        [("s", main, None, None), ("s", main, outer.id, None), ("s", main, outer.id, TAGS)],
+        key=repr,
+    )
+    assert carbonctx.flush()
+    assert carbonctx.stats()["s"].count == 23
+    _runtime.reset()
+    recs = sorted(by_name(path)["s"], key=lambda r: r["start"])
+    want = [(None, {})] * 10 + [(outer.id, {})] * 10 + [(outer.id, TAGS)] * 3
+    assert [(r["parent"], r["tags"]) for r in recs] == want

@@ -420,7 +420,8 @@ def step(name: str, *, tags: Mapping[str, Any] | None = None) -> _native.Step:
     Each entry counts as a ``with track(name)`` region would: in :func:`stats`, run and job
     totals and the name's figures, and with output on its record is that of a ``with`` region
     (its thread, the region it ran in as its parent, the handle's ``tags``; its ``id`` is
-    given when it resolves, from 2**52 up, as nothing refers to it). Entering sets no context
+    given when it resolves, from 2**52 up, as nothing refers to it; an entry longer than about
+    4 s has one from the sampler, as a region does). Entering sets no context
     variable and makes no object: an entry is a start time and a tag, which with output on,
     strict checks or tags stands for its details (thread, parent, tags), interned once per
     thread and enclosing region. A runtime interns at most ``DETAIL_TAGS`` (16384) of those;

@@ -101,6 +101,9 @@ class Resolver:
         self.name_tags: dict[str, int] = {}
         # The tags that stand for a step's entry details: (name, thread, parent, tags) by tag.
         self.details: dict[int, tuple[str, int, int | None, Any]] = {}
+        # Those tags by (name, thread, parent, the tags' object: kept alive by ``details``):
+        # handles made anew for each entry, or one whose own cache forgot them, find them here.
+        self.detail_tags: dict[tuple[str, int, int | None, int], int] = {}
         self._next_detail_id = DETAIL_IDS
         self.recorder: RegionRecorder | None = None
         self.builder = MeasurementBuilder(
@@ -152,14 +155,21 @@ class Resolver:
     def tag_of(self, name: str, details: tuple[int, int | None, Any] | None = None) -> int:
         """The tag (u32, never 0) that stands for ``name`` in the sampler; with ``details``
         (thread, parent, tags: a step's entries there), a new tag that stands for the name and
-        them, or 0 once the runtime has ``DETAIL_TAGS`` of those."""
+        them (the same for the same details), or 0 once the runtime has ``DETAIL_TAGS`` of
+        those."""
         if details is not None:
+            thread, parent, tags = details
+            key = (name, thread, parent, 0 if tags is None else id(tags))
             with self.lock:
+                found = self.detail_tags.get(key)
+                if found is not None:
+                    return found
                 if len(self.details) >= DETAIL_TAGS:
                     return 0
                 new = len(self.names)
                 self.names.append(name)
                 self.details[new] = (name, *details)
+                self.detail_tags[key] = new
                 return new
         tag = self.name_tags.get(name)
         if tag is None:

@@ -97,7 +97,7 @@ class Meter:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._broken_down: set[str] = set()
-        self._last_read: tuple[int, int] | None = None
+        self._last_read: tuple[int, int, int, float] | None = None
         self._warned_window = False
 
     # ------------------------------------------------------------------ measuring
@@ -173,7 +173,7 @@ class Meter:
         start = 0
         if self._last_read is not None and window:
             for i in range(len(window) - 1, -1, -1):
-                if (window[i].pid, window[i].id) == self._last_read:
+                if _where(window[i]) == self._last_read:
                     start = i + 1
                     break
             else:
@@ -190,7 +190,7 @@ class Meter:
                     self._broken_down.add(m.name)
                 self._add_devices(m)
         if window:
-            self._last_read = (window[-1].pid, window[-1].id)
+            self._last_read = _where(window[-1])
 
     def _window_overrun(self, size: int) -> None:
         if self._warned_window:
@@ -227,6 +227,13 @@ class Meter:
                 dict(self.devices),
                 named,
             )
+
+
+def _where(m: Any) -> tuple[int, int, int, float]:
+    """What tells a region in the recent window from the others: its process and id, and for
+    the regions that have no id (0: a ``@tracked`` call or a step's entry, with output off), its
+    thread and end as well."""
+    return (m.pid, m.id, m.thread, m.end)
 
 
 def _stats() -> Mapping[str, Any]:

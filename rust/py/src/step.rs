@@ -28,7 +28,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -49,11 +49,7 @@ enum Entry {
     /// A span whose tag stands for the entry's details (name, thread, parent, tags), and the
     /// hub of the runtime that interned it: that runtime ends it, as it would a region's
     /// (`configure()` may have replaced it since; a `with` region is recorded by it too).
-    Detailed {
-        t0: u64,
-        hub: Py<RegionHub>,
-        tag: u32,
-    },
+    Detailed { t0: u64, hub: OpenStep, tag: u32 },
     /// A bare region, entered (records with details, strict checks).
     Region(Py<Region>),
     /// A whole `Tracker`, entered (the runtime was not ready for the others).
@@ -63,6 +59,25 @@ enum Entry {
 thread_local! {
     /// This thread's open entries of every step, innermost last, each with its step's key.
     static OPEN: RefCell<Vec<(u64, Entry)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An entry of a step counted open in its runtime (`RegionHub::open_steps`) for as long as it
+/// lives: left, or dropped with its thread's stack of entries when the thread ends inside it (a
+/// runtime `configure()` replaced would otherwise wait for it forever). It ends after the span
+/// is in (and counted by) the sampler: a retiring runtime sees one or the other.
+struct OpenStep {
+    hub: Py<RegionHub>,
+    _open: Arc<()>,
+}
+
+impl OpenStep {
+    fn new(hub: Bound<'_, RegionHub>) -> Self {
+        let open = hub.get().open_steps.clone();
+        OpenStep {
+            hub: hub.unbind(),
+            _open: open,
+        }
+    }
 }
 
 /// The most (thread, parent) pairs whose tags a handle keeps; past it, the oldest is forgotten
@@ -214,9 +229,8 @@ impl Step {
                     .map(|p| p.borrow().id);
                 let tag = self.detail_tag(&ready.hub, thread_ident(), parent)?;
                 if tag != 0 {
-                    ready.hub.get().open_steps.fetch_add(1, Ordering::Relaxed);
+                    let hub = OpenStep::new(ready.hub);
                     let t0 = carbonctx_sampler::now_ns();
-                    let hub = ready.hub.unbind();
                     return Ok(Some(Entry::Detailed { t0, hub, tag }));
                 }
                 let tags = self.tags.as_ref();
@@ -320,13 +334,11 @@ impl Step {
         match entry {
             Some(Entry::Span { t0, serial, tag }) => end_span(py, serial, tag, t0),
             Some(Entry::Detailed { t0, hub, tag }) => {
-                let h = hub.get();
-                let due = h.end_span_now(t0, tag);
-                // After the span is in (and counted by) the sampler: a retiring runtime sees
-                // one or the other.
-                h.open_steps.fetch_sub(1, Ordering::Release);
+                let due = hub.hub.get().end_span_now(t0, tag);
                 if due != 0 {
-                    handle_due(py, h, due)?;
+                    let h = hub.hub.clone_ref(py);
+                    drop(hub); // no longer open (as on every other way out)
+                    return handle_due(py, h.get(), due);
                 }
                 Ok(())
             }
