@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -394,3 +395,127 @@ def test_a_window_overrun_is_said_and_totals_stay_exact(cpu_sim: SimulatedMachin
     (got,) = _series(_samples(text), "carbonctx_energy_joules_total", region="a", source="total")
     assert got == pytest.approx(total)  # ...the total does not
     ex.close()
+
+
+def _named_series(registry: Any, name: str) -> float:
+    return sum(v for (r, _, _), v in _devices(registry).items() if r == name)
+
+
+@carbonctx.tracked
+def _call() -> None:
+    pass
+
+
+class _Busy(prometheus.Exporter):
+    """An exporter during whose update another region without an id ends: after its own region
+    has ended and before it reads the window, as a thread of the program's may."""
+
+    def _count(self, m: Any) -> None:
+        super()._count(m)
+        _call()
+
+
+@child_only
+def test_named_regions_are_read_once_among_regions_without_an_id(
+    cpu_sim: SimulatedMachine,
+) -> None:
+    # @tracked calls and step entries, output off, have no id (0): the window's rows are told
+    # apart otherwise. Named regions, calls and entries alternate across updates: each named
+    # region must be broken down once, no more, no less.
+    registry = prometheus_client.CollectorRegistry()
+    ex = _Busy(interval=60, registry=registry).start()
+    entry = carbonctx.step("entry")
+    for _ in range(5):
+        with carbonctx.track("named"):
+            time.sleep(0.01)
+        _call()
+        with entry:
+            pass
+        ex.update()
+    with carbonctx.track("named"):
+        time.sleep(0.01)
+    ex.stop()
+    rows = carbonctx.recent()
+    assert {m.id for m in rows if m.name in (_call.__qualname__, "entry")} == {0}
+    stats = carbonctx.stats()
+    assert stats["named"].count == 6
+    assert _named_series(registry, "named") == pytest.approx(
+        stats["named"].energy_j.total, rel=1e-9
+    )
+    ex.close()
+
+
+def _named(name: str) -> None:
+    with carbonctx.track(name):
+        time.sleep(0.01)
+
+
+@child_only
+def test_a_runtime_replaced_by_configure_loses_no_named_region(cpu_sim: SimulatedMachine) -> None:
+    # The new runtime numbers its regions (and gives ids) from the start again: its regions are
+    # read from its first, and those the old one ended after the last read are read first.
+    registry = prometheus_client.CollectorRegistry()
+    ex = prometheus.Exporter(interval=60, registry=registry).start()
+    _named("before")
+    ex.update()
+    _named("before")
+    before = sum(m.energy_j for m in carbonctx.recent() if m.name == "before")
+    carbonctx.configure(window=50)  # the exporter's region stays open in the old runtime
+    _named("after")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ex.update()
+        _named("after")
+        ex.stop()
+    assert not [w for w in caught if "window" in str(w.message)]  # nothing was left unread
+    assert _named_series(registry, "before") == pytest.approx(before, rel=1e-9)
+    after = carbonctx.stats()["after"]
+    assert after.count == 2
+    assert _named_series(registry, "after") == pytest.approx(after.energy_j.total, rel=1e-9)
+    ex.close()
+
+
+@child_only
+def test_a_forked_child_reads_its_own_regions(cpu_sim: SimulatedMachine) -> None:
+    # The child's runtime is new (numbers and ids from the start): the exporter it inherited
+    # reads that runtime's regions from its first, once, and says of no overrun.
+    registry = prometheus_client.CollectorRegistry()
+    ex = prometheus.Exporter(interval=60, registry=registry).start()
+    _named("parent")
+    ex.update()
+    inherited = _named_series(registry, "child")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # never raise or hang in the child: report and leave
+        os.close(r)
+        out: dict[str, Any] = {}
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                _named("child")
+                _named("child")
+                ex.update()
+                _named("child")
+                ex.update()
+            out["warned"] = [str(x.message) for x in caught if "window" in str(x.message)]
+            out["series"] = _named_series(registry, "child")
+            out["stats"] = [
+                carbonctx.stats()["child"].count,
+                carbonctx.stats()["child"].energy_j.total,
+            ]
+        except BaseException as e:
+            out["fatal"] = repr(e)
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = json.loads(f.read() or b"{}")
+    os.waitpid(pid, 0)
+    ex.stop()
+    ex.close()
+    assert "fatal" not in data, data
+    assert inherited == 0.0
+    assert data["warned"] == []
+    count, total = data["stats"]
+    assert count == 3
+    assert data["series"] == pytest.approx(total, rel=1e-9)

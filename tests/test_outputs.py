@@ -20,6 +20,7 @@ import pytest
 
 import carbonctx
 from carbonctx._measure import process as _runtime
+from carbonctx._measure.batch import Batch, RecentWindow
 from carbonctx._output.csv import CSV_FIELDS, write_csv
 from carbonctx._output.jsonl import read_jsonl
 from carbonctx.testing import SimulatedMachine
@@ -301,6 +302,57 @@ def test_a_zero_window_keeps_no_recent_results(sim: SimulatedMachine) -> None:
     assert m.energy_j >= 0  # a held handle still resolves
     assert carbonctx.recent() == []
     assert carbonctx.stats()["x"].count == 1
+
+
+def test_the_window_numbers_every_region_that_entered_it() -> None:
+    # Rows are numbered in the order they enter, those of a batch cut by the window included:
+    # a reader resumes where it stopped, and knows when some left unread.
+    w = RecentWindow(4)
+    a, b, c = (Batch(*[None] * 9, [], None, False) for _ in range(3))
+    w.add(a, range(3))
+    assert w.since(0) == (0, 3, [(a, 0), (a, 1), (a, 2)])
+    assert w.since(2) == (0, 3, [(a, 2)])
+    assert w.since(3) == (0, 3, [])
+    w.add(b, [1, 4])  # numbers 3 and 4; a's first row leaves
+    assert w.since(3) == (1, 5, [(b, 1), (b, 4)])
+    assert w.rows() == [(a, 1), (a, 2), (b, 1), (b, 4)]
+    w.add(c, range(6))  # numbers 5-10: the first two are cut, the rest are the window
+    first, end, rows = w.since(3)
+    assert (first, end, rows) == (7, 11, [(c, 2), (c, 3), (c, 4), (c, 5)])
+    assert first > 3  # rows numbered 3-6 left unread
+    assert w.since(9) == (7, 11, [(c, 4), (c, 5)])
+    assert len(w) == 4 and w.rows() == rows
+    none = RecentWindow(0)
+    none.add(a, range(3))
+    assert none.since(0) == (0, 0, []) and len(none) == 0
+
+
+def test_recent_regions_are_numbered_whatever_their_id(sim: SimulatedMachine) -> None:
+    # @tracked calls and steps' entries have no id with output off; their numbers tell them
+    # apart, and the number after the last read says where to resume.
+    @carbonctx.tracked
+    def quick() -> None:
+        pass
+
+    entry = carbonctx.step("entry")
+    for _ in range(3):
+        quick()
+        with entry:
+            pass
+    carbonctx.flush()
+    rt = _runtime.current_runtime()
+    assert rt is not None
+    first, end, rows = rt.recent_since(0)
+    assert (first, end) == (0, 6) and {m.id for m in rows} == {0}
+    with carbonctx.track("named"):
+        pass
+    quick()
+    carbonctx.flush()
+    first, end, rows = rt.recent_since(end)
+    assert (first, end) == (0, 8)
+    assert sorted(m.name for m in rows) == sorted(["named", quick.__qualname__])
+    assert rt.recent_since(end) == (0, 8, [])
+    assert [m.name for m in carbonctx.recent()][-2:] == [m.name for m in rows]
 
 
 # ------------------------------------------------------------------------------------ provenance

@@ -69,27 +69,51 @@ class Batch:
 
 class RecentWindow:
     """The most recent ``maxlen`` resolved rows, kept as (batch, row indices) per batch: no
-    object per row, so a tight loop of regions leaves the garbage collector nothing to track."""
+    object per row, so a tight loop of regions leaves the garbage collector nothing to track.
 
-    __slots__ = ("_chunks", "_total", "maxlen")
+    Every row that enters is numbered, from 0 in the order they enter (rows of one batch cut
+    by ``maxlen`` included): a reader that noted the number after the last row it read finds
+    the rows that entered since, and whether some of them left unread (:meth:`since`). Ids do
+    not serve: ``@tracked`` calls and steps' entries have none (0) where output is off."""
+
+    __slots__ = ("_added", "_chunks", "_total", "maxlen")
 
     def __init__(self, maxlen: int) -> None:
         self.maxlen = maxlen
         self._chunks: deque[tuple[Batch, Sequence[int]]] = deque()
         self._total = 0
+        self._added = 0
 
     def add(self, batch: Batch, rows: Sequence[int]) -> None:
-        """Rows of ``batch`` (a list, or a range when they are all kept)."""
+        """Rows of ``batch`` (a list, or a range when they are all kept), in order; those
+        beyond the last ``maxlen`` are numbered and not kept."""
         if not rows or not self.maxlen:
             return
+        self._added += len(rows)
+        rows = rows[-self.maxlen :]
         self._chunks.append((batch, rows))
         self._total += len(rows)
         while self._total - len(self._chunks[0][1]) >= self.maxlen:
             self._total -= len(self._chunks.popleft()[1])
 
     def rows(self) -> list[tuple[Batch, int]]:
-        out = [(b, k) for b, ks in self._chunks for k in ks]
-        return out[-self.maxlen :] if self.maxlen else []
+        return self.since(0)[2]
+
+    def since(self, seq: int) -> tuple[int, int, list[tuple[Batch, int]]]:
+        """The number of the oldest row held (above ``seq``: rows numbered from ``seq`` left
+        unread), the number the next row will get, and the rows held numbered ``seq`` on."""
+        held = len(self)
+        want = max(0, min(held, self._added - seq))
+        parts: list[tuple[Batch, Sequence[int]]] = []
+        got = 0
+        for batch, ks in reversed(self._chunks):
+            if got >= want:
+                break
+            ks = ks[max(0, len(ks) - (want - got)) :]
+            parts.append((batch, ks))
+            got += len(ks)
+        rows = [(b, k) for b, ks in reversed(parts) for k in ks]
+        return self._added - held, self._added, rows
 
     def __len__(self) -> int:
         return min(self._total, self.maxlen)

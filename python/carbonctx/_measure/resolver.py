@@ -258,8 +258,6 @@ class Resolver:
         names = self.names
         self.regions_total += n
         recorder = self.recorder
-        window = self.recent.maxlen
-        first_kept = max(0, n - window)
         # Every row's name: tagged rows carry it (grouped in bulk); untagged ones have only the
         # pending Tracker. Rows with an id have a Tracker waiting for its result. What records
         # need of those (name, thread, parent, tags) is kept in the batch; the Trackers are not
@@ -307,15 +305,14 @@ class Resolver:
             e = energy[sel]
             co2 = float(e.sum()) * g_per_j if g_per_j is not None else 0.0
             self._accumulator(name).add_many(e, duration[sel], co2, estimated)
-        # Rows without a name (an untagged region nobody waits for) are not kept.
+        # Rows without a name (an untagged region nobody waits for) do not enter the window.
+        recent = self.recent
         if len(untagged) == 0:
-            self.recent.add(batch, range(first_kept, n))  # every row has its name's tag
-        else:
-            kept = tag_arr[first_kept:].tolist()
-            self.recent.add(
-                batch,
-                [k for k, tag in enumerate(kept, first_kept) if tag or infos[k] is not None],
-            )
+            recent.add(batch, range(n))  # every row has its name's tag
+        elif recent.maxlen:
+            # Those before the window's last are numbered (RecentWindow), not kept.
+            kept = tag_arr.tolist()
+            recent.add(batch, [k for k, tag in enumerate(kept) if tag or infos[k] is not None])
         if recorder is not None:
             if shed:
                 recorder.shed(batch, n, names)

@@ -426,10 +426,16 @@ class Runtime:
     # ------------------------------------------------------------------ views
 
     def recent_measurements(self) -> list[Measurement]:
+        return self.recent_since(0)[2]
+
+    def recent_since(self, seq: int) -> tuple[int, int, list[Measurement]]:
+        """The recent regions numbered ``seq`` on (every region that enters the window has a
+        number, from 0, in order; ``RecentWindow``): the number of the oldest one held (above
+        ``seq``: some left unread), the number the next will get, and their Measurements."""
         with self._lock:
-            rows = self.recent.rows()
+            first, end, rows = self.recent.since(seq)
         build = self.resolver.builder.build
-        return [build(b, k) for b, k in rows]
+        return first, end, [build(b, k) for b, k in rows]
 
     def stats(self) -> StatsTable:
         self.flush()

@@ -15,23 +15,31 @@ of its own and keeps, for each exporter to publish as it likes:
 * per region name, the exact totals of ``carbonctx.stats()``.
 
 The named regions' devices come from the recent window (``carbonctx.recent()``), read at each
-update: regions that end faster than the window holds between two updates (``configure(window=N)``
-regions) are missing from them, never from the totals; a warning says so once. Reading the
-window builds each region's result, about 15-30 µs a region on the meter's thread (a full
-window of 1000: some 30 ms each interval, under the GIL); ``max_regions=0`` reads none.
+update from where the last read stopped (by the window's numbering of its regions: ``@tracked``
+calls and steps' entries have no id where output is off): regions that end faster than the
+window holds between two updates (``configure(window=N)`` regions) are missing from them, never
+from the totals; a warning says so once. Reading builds the result of each region that ended
+since, about 15-30 µs a region on the meter's thread (at most a window's, 1000 by default: some
+30 ms each interval, under the GIL); ``max_regions=0`` reads none.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import socket
 import threading
 import warnings
+import weakref
 from collections.abc import Mapping
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import carbonctx
+from carbonctx._measure import process
 from carbonctx._results.counted import counted_domain
+
+if TYPE_CHECKING:
+    from carbonctx._measure.runtime import Runtime
 
 __all__ = ["KINDS", "Meter", "Snapshot"]
 
@@ -97,7 +105,9 @@ class Meter:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._broken_down: set[str] = set()
-        self._last_read: tuple[int, int, int, float] | None = None
+        # Where the last read of the recent window stopped: the process (pid), its runtime
+        # then and the number of the next region to read there (``Runtime.recent_since``).
+        self._last_read: tuple[int, weakref.ref[Runtime], int] | None = None
         self._warned_window = False
 
     # ------------------------------------------------------------------ measuring
@@ -168,20 +178,36 @@ class Meter:
             self.devices[key] = self.devices.get(key, 0.0) + src.joules
 
     def _read_named(self) -> None:
-        """Add the named regions that ended since the last read, device by device."""
-        window = carbonctx.recent()
-        start = 0
-        if self._last_read is not None and window:
-            for i in range(len(window) - 1, -1, -1):
-                if _where(window[i]) == self._last_read:
-                    start = i + 1
-                    break
-            else:
-                # The last region read has left the window: a window's worth ended since, and
-                # perhaps more, whose devices are lost (their totals are not).
-                self._window_overrun(len(window))
+        """Add the named regions that ended since the last read, device by device: those of
+        the runtime read last (``configure()`` may have replaced it since: the rest of its
+        regions first), then those of this process's runtime now."""
+        rt = process.current_runtime()
+        last = self._last_read
+        pid = os.getpid()
+        seq = 0
+        if last is not None and last[0] == pid:  # (a forked child reads its own only)
+            prev = last[1]()
+            if prev is rt:
+                seq = last[2]
+            elif prev is not None and not prev.dead:
+                end = self._read_runtime(prev, last[2], warn=True)
+                self._last_read = (pid, last[1], end)
+        if rt is not None:
+            end = self._read_runtime(rt, seq, warn=last is not None)
+            self._last_read = (pid, weakref.ref(rt), end)
+
+    def _read_runtime(self, rt: Runtime, seq: int, *, warn: bool) -> int:
+        """Add the named regions of ``rt``'s recent window numbered ``seq`` on; the number
+        after the last one. With ``warn``, regions that left the window unread are said."""
+        if not rt.finished:
+            rt.flush()
+        first, end, window = rt.recent_since(seq)
+        if warn and first > seq:
+            # A window's worth ended since the last read, and more, whose devices are lost
+            # (their totals are not).
+            self._window_overrun(rt.recent.maxlen)
         with self._lock:
-            for m in window[start:]:
+            for m in window:
                 if m.name == self.region:
                     continue
                 if m.name not in self._broken_down:
@@ -189,8 +215,7 @@ class Meter:
                         continue
                     self._broken_down.add(m.name)
                 self._add_devices(m)
-        if window:
-            self._last_read = _where(window[-1])
+        return end
 
     def _window_overrun(self, size: int) -> None:
         if self._warned_window:
@@ -227,13 +252,6 @@ class Meter:
                 dict(self.devices),
                 named,
             )
-
-
-def _where(m: Any) -> tuple[int, int, int, float]:
-    """What tells a region in the recent window from the others: its process and id, and for
-    the regions that have no id (0: a ``@tracked`` call or a step's entry, with output off), its
-    thread and end as well."""
-    return (m.pid, m.id, m.thread, m.end)
 
 
 def _stats() -> Mapping[str, Any]:
