@@ -446,8 +446,8 @@ def step(name: str, *, tags: Mapping[str, Any] | None = None) -> _native.Step:
     * with output off, an entry without tags is kept in :func:`recent` by its name alone
       (thread 0, no parent), as a ``@tracked`` call is;
     * an entry open while :func:`configure` replaces the runtime is not counted by either
-      runtime with output off (with output on, or with tags, the old runtime records it, as it
-      does a ``with`` region).
+      runtime with output off (with output on, strict checks or tags, the old runtime records
+      it, as it does a ``with`` region).
     """
     return _native.Step(name, Tracker, _start_runtime, tags)
 
