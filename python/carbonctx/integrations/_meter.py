@@ -6,9 +6,10 @@ of its own and keeps, for each exporter to publish as it likes:
 * per kind of source (``cpu`` = package, ``dram``, ``gpu``): joules, grams of CO2e (the region's
   CO2 split in proportion to the joules) and the mean power over the last interval;
 * per source device (``by_source`` id: ``powercap:intel-rapl:0``, ``nvml:0``...), for the
-  process and for each region name measured with ``track()``: joules. Only the sources that
-  enter totals (package, DRAM, GPU) are kept: core, uncore, psys, module, rail and node lie inside
-  or around them, and adding them up would count the same joules twice. An AMD APU's socket
+  process and for each region name (``track()`` regions, ``@tracked`` calls, step entries):
+  joules. Only the sources that enter totals (package, DRAM, GPU) are kept: core, uncore,
+  psys, module, rail and node lie inside or around them, and adding them up would count the
+  same joules twice. An AMD APU's socket
   counted in its CPU package's place is a ``cpu`` device, and that package is not
   (``carbonctx._results.counted``). The number of series is bounded: devices by the hardware,
   region names by ``max_regions`` (the first ones seen; the others keep their total only);
