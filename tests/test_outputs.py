@@ -355,6 +355,40 @@ def test_recent_regions_are_numbered_whatever_their_id(sim: SimulatedMachine) ->
     assert [m.name for m in carbonctx.recent()][-2:] == [m.name for m in rows]
 
 
+def test_rows_listed_after_others_that_entered_are_numbered_after_them() -> None:
+    # A caller that lists only the rows it keeps says how many of the batch entered.
+    w = RecentWindow(2)
+    a, b = (Batch(*[None] * 9, [], None, False) for _ in range(2))
+    w.add(a, [7, 9], entered=5)  # numbers 0-4: the last two are rows 7 and 9
+    assert w.since(0) == (3, 5, [(a, 7), (a, 9)])
+    assert w.since(4) == (3, 5, [(a, 9)])
+    w.add(b, [], entered=0)
+    w.add(b, [3])
+    assert w.since(4) == (4, 6, [(a, 9), (b, 3)])
+    none = RecentWindow(0)
+    none.add(a, [], entered=3)
+    assert none.since(0) == (0, 0, [])
+
+
+def test_regions_without_a_name_do_not_enter_the_window(sim: SimulatedMachine) -> None:
+    # The sampler's own regions (no tag, nobody waiting) among named ones, the window smaller
+    # than a batch: only the named are numbered, the last of them held.
+    carbonctx.configure(window=2)
+    with carbonctx.track("start"):
+        pass
+    rt = _runtime.current_runtime()
+    assert rt is not None and rt.sampler is not None
+    for name in ("a", "b", "c", "d"):
+        with carbonctx.track(name):
+            rt.sampler.end(rt.sampler.begin())
+    carbonctx.flush()
+    assert rt.resolver.regions_total == 9  # the sampler's own were resolved too
+    first, end, rows = rt.recent_since(4)
+    assert (first, end) == (3, 5)  # start, a and b left; c and d held
+    assert [m.name for m in rows] == ["d"]
+    assert [m.name for m in carbonctx.recent()] == ["c", "d"]
+
+
 # ------------------------------------------------------------------------------------ provenance
 
 

@@ -84,12 +84,16 @@ class RecentWindow:
         self._total = 0
         self._added = 0
 
-    def add(self, batch: Batch, rows: Sequence[int]) -> None:
+    def add(self, batch: Batch, rows: Sequence[int], entered: int | None = None) -> None:
         """Rows of ``batch`` (a list, or a range when they are all kept), in order; those
-        beyond the last ``maxlen`` are numbered and not kept."""
-        if not rows or not self.maxlen:
+        beyond the last ``maxlen`` are numbered and not kept. ``entered``: how many rows of the
+        batch entered, ``rows`` being the last of them (a caller that lists only those it
+        keeps); all of ``rows`` by default."""
+        if not self.maxlen:
             return
-        self._added += len(rows)
+        self._added += len(rows) if entered is None else max(entered, len(rows))
+        if not rows:
+            return
         rows = rows[-self.maxlen :]
         self._chunks.append((batch, rows))
         self._total += len(rows)

@@ -47,6 +47,8 @@ _RANKS_WARNED: set[int] = set()
 
 #: Called in a forked child after the runtime has been replaced.
 fork_listeners: list[Callable[[], None]] = []
+#: Called with the runtime ``configure()`` has just replaced (before it retires).
+replace_listeners: list[Callable[[Runtime], None]] = []
 
 
 def runtime() -> Runtime:
@@ -80,6 +82,9 @@ def configure(overrides: Mapping[str, Any]) -> Settings:
         _SETTINGS = new
         _RT = None
         _native.set_hub(None)
+    if old is not None:
+        for f in replace_listeners:
+            f(old)
     if old is not None and old.retire():
         # Regions open in it are measured to their end and recorded with the settings they
         # began under; it shuts itself down after the last one.

@@ -292,6 +292,7 @@ class Resolver:
         rows, _handles = _native.claim_regions(pending, ids_b, batch, infos)
         if detailed:
             rows = sorted(rows + detailed)
+        named_untagged: list[npt.NDArray[np.intp]] = []  # untagged rows with a name
         if len(untagged):
             by_name: dict[str, list[int]] = {}
             for k in untagged.tolist():
@@ -300,6 +301,7 @@ class Resolver:
                     by_name.setdefault(info[0], []).append(k)
             for name, sel_rows in by_name.items():
                 sel = np.asarray(sel_rows, dtype=np.intp)
+                named_untagged.append(sel)
                 groups[name] = np.concatenate([groups[name], sel]) if name in groups else sel
         for name, sel in groups.items():
             e = energy[sel]
@@ -310,9 +312,13 @@ class Resolver:
         if len(untagged) == 0:
             recent.add(batch, range(n))  # every row has its name's tag
         elif recent.maxlen:
-            # Those before the window's last are numbered (RecentWindow), not kept.
-            kept = tag_arr.tolist()
-            recent.add(batch, [k for k, tag in enumerate(kept) if tag or infos[k] is not None])
+            # Every named row enters (and is numbered); only the window's last are listed and
+            # kept: a batch of ``DRAIN_BATCH`` rows costs no Python step per row.
+            keep = tag_arr != 0
+            for sel in named_untagged:
+                keep[sel] = True
+            entered = np.flatnonzero(keep)
+            recent.add(batch, entered[-recent.maxlen :].tolist(), entered=len(entered))
         if recorder is not None:
             if shed:
                 recorder.shed(batch, n, names)

@@ -138,6 +138,12 @@ class Runtime:
         """Shut down (or abandoned in a forked child)."""
         return self._shut or self.dead
 
+    @property
+    def settled(self) -> bool:
+        """Finished, and its shutdown (which resolves the last regions) is over: nothing more
+        enters its recent window."""
+        return self.dead or (self._shut and not self._shutdown_lock.locked())
+
     # ------------------------------------------------------------------ start and stop
 
     def sampler_or_start(self) -> _native.Sampler | None:

@@ -48,6 +48,8 @@ M = TypeVar("M", bound="Meter")
 
 #: Kinds of source, from the domains that enter totals.
 KINDS = {"package": "cpu", "dram": "dram", "gpu": "gpu"}
+#: The most runtimes replaced by ``configure()`` a meter holds until its next read.
+_MAX_REPLACED = 8
 
 
 class Snapshot(NamedTuple):
@@ -108,7 +110,15 @@ class Meter:
         self._broken_down: set[str] = set()
         # Where the last read of the recent window stopped: the process (pid), its runtime
         # then and the number of the next region to read there (``Runtime.recent_since``).
-        self._last_read: tuple[int, weakref.ref[Runtime], int] | None = None
+        # (None: no runtime at the last read.)
+        self._last_read: tuple[int, weakref.ref[Runtime] | None, int] | None = None
+        # Runtimes ``configure()`` replaced while the meter ran (pid, the runtime), held until
+        # the next read: one made and replaced between two reads would be missed otherwise.
+        self._replaced: list[tuple[int, Runtime]] = []
+        # Replaced runtimes read, whose regions open then still end there: (pid, the runtime,
+        # the number of the next region to read), until a read after their shutdown.
+        self._retired: list[tuple[int, Runtime, int]] = []
+        _METERS.add(self)
         self._warned_window = False
 
     # ------------------------------------------------------------------ measuring
@@ -180,22 +190,40 @@ class Meter:
 
     def _read_named(self) -> None:
         """Add the named regions that ended since the last read, device by device: those of
-        the runtime read last (``configure()`` may have replaced it since: the rest of its
-        regions first), then those of this process's runtime now."""
+        the runtimes ``configure()`` replaced (read to their last region, which may end after
+        the replacement: a region open in a runtime is measured there), then those of this
+        process's runtime now."""
         rt = process.current_runtime()
         last = self._last_read
         pid = os.getpid()
         seq = 0
+        with self._lock:
+            replaced, self._replaced = self._replaced, []
+        # Older runtimes, oldest first, and the number to read each from.
+        older = [(r, s) for p, r, s in self._retired if p == pid]
         if last is not None and last[0] == pid:  # (a forked child reads its own only)
-            prev = last[1]()
+            prev = last[1]() if last[1] is not None else None
             if prev is rt:
                 seq = last[2]
-            elif prev is not None and not prev.dead:
-                end = self._read_runtime(prev, last[2], warn=True)
-                self._last_read = (pid, last[1], end)
+            elif prev is not None:
+                older.append((prev, last[2]))
+        for p, old in replaced:  # made after the last read and replaced since
+            if p == pid and old is not rt and all(old is not r for r, _ in older):
+                older.append((old, 0))
+        retired: list[tuple[int, Runtime, int]] = []
+        for old, s in older:
+            if old.dead:
+                continue
+            settled = old.settled  # (before reading: what ends later is read next time)
+            end = self._read_runtime(old, s, warn=last is not None)
+            if not settled:
+                retired.append((pid, old, end))
+        self._retired = retired
         if rt is not None:
             end = self._read_runtime(rt, seq, warn=last is not None)
             self._last_read = (pid, weakref.ref(rt), end)
+        elif last is not None:
+            self._last_read = (pid, None, 0)  # read before; no runtime now
 
     def _read_runtime(self, rt: Runtime, seq: int, *, warn: bool) -> int:
         """Add the named regions of ``rt``'s recent window numbered ``seq`` on; the number
@@ -217,6 +245,13 @@ class Meter:
                     self._broken_down.add(m.name)
                 self._add_devices(m)
         return end
+
+    def _runtime_replaced(self, old: Runtime) -> None:
+        with self._lock:
+            if self._thread is not None:
+                # (Bounded: past a few within one interval the oldest are not read.)
+                del self._replaced[: max(0, len(self._replaced) - _MAX_REPLACED + 1)]
+                self._replaced.append((os.getpid(), old))
 
     def _window_overrun(self, size: int) -> None:
         if self._warned_window:
@@ -260,3 +295,14 @@ def _stats() -> Mapping[str, Any]:
         return carbonctx.stats()
     except carbonctx.CarbonctxError:
         return {}
+
+
+_METERS: weakref.WeakSet[Meter] = weakref.WeakSet()
+
+
+def _runtime_replaced(old: Runtime) -> None:
+    for meter in list(_METERS):
+        meter._runtime_replaced(old)
+
+
+process.replace_listeners.append(_runtime_replaced)
