@@ -22,6 +22,17 @@ fn mark(id: u64, t_ns: u64, edge: Edge) -> Entry {
     })
 }
 
+/// The ids of the marks an inbox hands over, in the order taken (it holds marks only).
+fn mark_ids(inbox: &Inbox) -> Vec<u64> {
+    inbox
+        .take()
+        .map(|e| match e {
+            Entry::Mark(m) => m.id,
+            Entry::Span(_) => unreachable!(),
+        })
+        .collect()
+}
+
 fn span(t0_ns: u64, dur_ns: u32) -> Entry {
     Entry::Span(Span {
         t0_ns,
@@ -271,13 +282,7 @@ fn slots_read_are_reused_and_none_is_handed_out_twice() {
         for k in 0..1_000u64 {
             inbox.push(mark(round * 1_000 + k, k, Edge::Enter));
         }
-        let ids: Vec<u64> = inbox
-            .take()
-            .map(|e| match e {
-                Entry::Mark(m) => m.id,
-                Entry::Span(_) => unreachable!(),
-            })
-            .collect();
+        let ids = mark_ids(&inbox);
         assert_eq!(
             ids,
             (round * 1_000..(round + 1) * 1_000).collect::<Vec<_>>()
@@ -302,13 +307,7 @@ fn slot_numbers_are_refused_at_the_cap_never_wrapped() {
         assert!(pushed.is_err(), "a push past the cap was taken");
     }
     assert_eq!(inbox.made.load(Ordering::Relaxed), MAX_SLOTS);
-    let ids: Vec<u64> = inbox
-        .take()
-        .map(|e| match e {
-            Entry::Mark(m) => m.id,
-            Entry::Span(_) => unreachable!(),
-        })
-        .collect();
+    let ids = mark_ids(&inbox);
     assert_eq!(ids, vec![1]);
 }
 
