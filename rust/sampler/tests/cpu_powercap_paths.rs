@@ -2,6 +2,8 @@
 //! directory that holds the control types only (their zones nested inside, as under
 //! `/sys/devices/virtual/powercap`), and a tree that has the devices' directory and no class.
 
+// Each test file uses part of the shared helpers.
+#[allow(dead_code)]
 mod common_fs;
 
 use std::fs;
