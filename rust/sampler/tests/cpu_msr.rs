@@ -324,3 +324,39 @@ fn sapphire_rapids_counts_the_platform_in_joules() {
         .collect();
     assert_eq!(psys, vec![ESU14]);
 }
+
+/// Bay Trail and the other Silvermont and Airmont Atoms give their energy unit as 2^ESU µJ
+/// (`intel_rapl_common.c`, the Atom unit check): ESU 5 is 32 µJ per count, not 2^-5 J.
+#[test]
+fn silvermont_and_airmont_atoms_count_in_powers_of_two_microjoules() {
+    for model in [0x37, 0x4A, 0x4C, 0x5A] {
+        let dir = tempfile::tempdir().unwrap();
+        let regs = [(0x606, 0xA0505), (0x611, 0x1000), (0x639, 0x800)];
+        machine(dir.path(), "GenuineIntel", 6, model, &[0], &regs);
+        let found = msr::discover(&roots_at(dir.path()));
+        assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+        let units: Vec<(String, f64)> = summary(&found)
+            .into_iter()
+            .map(|(id, _, _, _, unit)| (id, unit))
+            .collect();
+        assert_eq!(
+            units,
+            vec![
+                ("msr:0:package".to_string(), 32e-6),
+                ("msr:0:core".to_string(), 32e-6)
+            ],
+            "model {model:#x}"
+        );
+    }
+    // Goldmont (0x5C) and later Atoms read the register as the cores do.
+    let dir = tempfile::tempdir().unwrap();
+    machine(
+        dir.path(),
+        "GenuineIntel",
+        6,
+        0x5C,
+        &[0],
+        &[(0x606, 0xA0E03), (0x611, 0x1000)],
+    );
+    assert_eq!(summary(&msr::discover(&roots_at(dir.path())))[0].4, ESU14);
+}

@@ -163,3 +163,26 @@ fn amd_dies_share_the_package_counter() {
     let found = msr::discover(&roots_at(dir.path()));
     assert_eq!(summary(&found)[2].3, "package-1 (msr)");
 }
+
+/// A CPU taken offline keeps its `cpuN` directory (its `online` reads 0) but has no MSR device:
+/// its package is read through the package's first online CPU.
+#[test]
+fn an_offline_cpu_is_not_read_its_package_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout: Vec<(u32, u32, u32)> = (0..4).map(|c| (c, c / 2, 0)).collect();
+    multi_die_machine(dir.path(), "GenuineIntel", 6, 0x6A, &layout);
+    let cpu2 = dir.path().join("sys/devices/system/cpu/cpu2");
+    fs::write(cpu2.join("online"), "0\n").unwrap();
+    fs::write(dir.path().join("sys/devices/system/cpu/cpu3/online"), "1\n").unwrap();
+    fs::remove_dir_all(dir.path().join("dev/cpu/2")).unwrap();
+    let mut found = msr::discover(&roots_at(dir.path()));
+    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+    let ids: Vec<String> = summary(&found).into_iter().map(|s| s.0).collect();
+    assert_eq!(
+        ids,
+        ["msr:0:package", "msr:0:dram", "msr:1:package", "msr:1:dram"]
+    );
+    let path = found.sources[2].info().path.clone().unwrap();
+    assert!(path.ends_with("dev/cpu/3/msr"), "{path:?}");
+    assert_eq!(counter(&mut found, "msr:1:package"), 0x1003);
+}

@@ -234,6 +234,38 @@ fn jetson_rails_and_module_input() {
     assert!(d.alternatives.is_empty());
 }
 
+/// The hwmon ABI lets a chip's attributes live in its device's directory (drivers on the old
+/// interface, whose hwmon directory holds no `name`): they are read there, for every driver.
+#[test]
+fn attributes_on_the_device_directory_are_read_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files: Vec<(bool, &str, &str)> = [
+        ("name", "ina3221\n"),
+        ("in1_label", "VDD_IN\n"),
+        ("in1_input", "5000\n"),
+        ("curr1_input", "2000\n"),
+    ]
+    .into_iter()
+    .map(|(f, c)| (true, f, c))
+    .collect();
+    chip(tmp.path(), &format!("{ORIN_I2C}/1-0040"), 1, &files);
+    let mut found = hwmon::discover(&roots_at(tmp.path()), 0);
+    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+    assert_eq!(
+        summary(&found),
+        vec![(
+            "hwmon:ina3221:1-0040:in1".into(),
+            Domain::Module,
+            0,
+            "module input VDD_IN".into()
+        )]
+    );
+    let Reading::Power(w) = read(&mut found, "hwmon:ina3221:1-0040:in1") else {
+        panic!()
+    };
+    assert!((w - 10.0).abs() < 1e-9, "{w}");
+}
+
 #[test]
 fn hostile_and_broken_trees_never_panic() {
     let tmp = tempfile::tempdir().unwrap();

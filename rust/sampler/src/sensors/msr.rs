@@ -3,9 +3,9 @@
 //! This is the backend of last resort among the counters: it needs root (or `CAP_SYS_RAWIO`) and
 //! the `msr` module. Each package is read through its first CPU (each die, on Intel parts whose
 //! dies have their own registers: see [`super::rapl_cpus`]). Intel parts publish an energy
-//! unit in `MSR_RAPL_POWER_UNIT` (0x606, bits 12:8: one unit is 2^-ESU joules) and 32-bit
-//! counters for the package (0x611), DRAM (0x619), cores (PP0, 0x639), the uncore or graphics
-//! (PP1, 0x641) and the platform (psys, 0x64D). Some server parts count DRAM in a fixed unit of
+//! unit in `MSR_RAPL_POWER_UNIT` (0x606, bits 12:8: one unit is 2^-ESU joules; 2^ESU µJ on the
+//! Silvermont and Airmont Atoms) and 32-bit counters for the package (0x611), DRAM (0x619),
+//! cores (PP0, 0x639), the uncore or graphics (PP1, 0x641) and the platform (psys, 0x64D). Some server parts count DRAM in a fixed unit of
 //! 2^-16 J (15.3 µJ) whatever 0x606 says, and Sapphire and Emerald Rapids servers count the
 //! platform in whole joules. AMD (family 17h and later) and Hygon use 0xC0010299
 //! for the unit and 0xC001029B for the package counter.
@@ -56,6 +56,12 @@ pub const FIXED_DRAM_UNIT_J: f64 = 1.0 / 65536.0;
 /// domain an energy unit of one joule, and its perf PMU the same unit).
 pub const INTEL_JOULE_PSYS_UNIT_MODELS: [u32; 2] = [0x8F, 0xCF];
 
+/// Intel family-6 Atom models whose unit register counts energy in 2^ESU µJ, not 2^-ESU J:
+/// Silvermont (Bay Trail, 0x37), Silvermont-MID (Merrifield, 0x4A), Airmont (Cherry Trail,
+/// 0x4C) and Airmont-MID (Moorefield, 0x5A); the kernel's RAPL driver reads their unit
+/// register so (its Atom unit check), and its perf PMU does not serve them.
+pub const INTEL_ATOM_UNIT_MODELS: [u32; 4] = [0x37, 0x4A, 0x4C, 0x5A];
+
 /// Every counter register is 32 bits wide.
 pub const COUNTER_WRAP: u64 = 1 << 32;
 
@@ -78,6 +84,19 @@ pub const INTEL_COUNTERS: [(Domain, u64); 5] = [
 pub fn energy_unit_j(unit_register: u64) -> f64 {
     let esu = ((unit_register >> 8) & 0x1f) as i32;
     (2.0f64).powi(-esu)
+}
+
+/// Joules per unit on the Atom models of [`INTEL_ATOM_UNIT_MODELS`]: 2^ESU µJ, ESU in bits
+/// 12:8 of the unit register.
+pub fn atom_energy_unit_j(unit_register: u64) -> f64 {
+    let esu = ((unit_register >> 8) & 0x1f) as i32;
+    (2.0f64).powi(esu) * 1e-6
+}
+
+/// Whether an Intel family/model reads its unit register as the Atom parts do
+/// ([`atom_energy_unit_j`]).
+pub fn has_atom_energy_unit(family: u32, model: u32) -> bool {
+    family == 6 && INTEL_ATOM_UNIT_MODELS.contains(&model)
 }
 
 /// Whether an Intel family/model counts DRAM energy in the fixed 2^-16 J unit.
@@ -265,7 +284,11 @@ pub fn discover(roots: &Roots) -> Found {
                 continue;
             }
         };
-        let unit_j = energy_unit_j(unit);
+        let unit_j = if vendor == Vendor::Intel && has_atom_energy_unit(family, model) {
+            atom_energy_unit_j(unit)
+        } else {
+            energy_unit_j(unit)
+        };
         for (domain, address) in counters {
             match read_msr(&file, &path, address, READ_HINT) {
                 Ok(v) if v & (COUNTER_WRAP - 1) != 0 => {}
@@ -326,6 +349,19 @@ mod tests {
         assert_eq!(energy_unit_j(0xA0E03), 1.0 / 16384.0);
         assert_eq!(energy_unit_j(0x1000), 1.0 / 65536.0);
         assert_eq!(energy_unit_j(0), 1.0);
+    }
+
+    #[test]
+    fn decodes_the_atom_energy_unit() {
+        // ESU 5: 32 µJ per count (the core parts' reading, 2^-5 J, is a thousand times more).
+        assert_eq!(atom_energy_unit_j(0x505), 32e-6);
+        assert_eq!(atom_energy_unit_j(0), 1e-6);
+        assert!(has_atom_energy_unit(6, 0x37) && has_atom_energy_unit(6, 0x4C));
+        assert!(
+            !has_atom_energy_unit(6, 0x5C),
+            "Goldmont reads the unit as the cores do"
+        );
+        assert!(!has_atom_energy_unit(0x17, 0x37));
     }
 
     #[test]

@@ -103,8 +103,16 @@ pub fn choose(
     (chosen, repeats)
 }
 
-/// Every CPU listed under `<sys>/devices/system/cpu` with its package and die (CPUs without a
-/// readable package id are left out).
+/// Whether CPU `cpu` is online: its `online` file (which CPUs that can be taken offline have)
+/// does not read 0. An offline CPU's registers cannot be read, nor can perf events be opened on
+/// it; the kernel also drops its topology directory (some report its package as -1).
+pub fn is_online(sys: &Path, cpu: u32) -> bool {
+    let path = sys.join(format!("devices/system/cpu/cpu{cpu}/online"));
+    std::fs::read_to_string(path).map_or(true, |t| t.trim() != "0")
+}
+
+/// Every online CPU listed under `<sys>/devices/system/cpu` with its package and die (CPUs
+/// without a readable package id, and offline ones, are left out).
 pub fn all_cpus(sys: &Path) -> Vec<(u32, u32, Option<u32>)> {
     let Ok(entries) = std::fs::read_dir(sys.join("devices/system/cpu")) else {
         return Vec::new();
@@ -113,6 +121,9 @@ pub fn all_cpus(sys: &Path) -> Vec<(u32, u32, Option<u32>)> {
         .flatten()
         .filter_map(|e| {
             let cpu = e.file_name().to_str()?.strip_prefix("cpu")?.parse().ok()?;
+            if !is_online(sys, cpu) {
+                return None;
+            }
             let package = topology_number(sys, cpu, "physical_package_id")?;
             Some((cpu, package, topology_number(sys, cpu, "die_id")))
         })

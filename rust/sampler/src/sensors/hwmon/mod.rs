@@ -52,7 +52,8 @@ knowingly.";
 /// One `hwmonN` directory.
 #[derive(Debug)]
 pub(super) struct Chip {
-    /// `<sys>/class/hwmon/hwmonN`.
+    /// Where its attributes are: `<sys>/class/hwmon/hwmonN`, or its `device` directory for
+    /// drivers on the old interface (no `name` in `hwmonN`).
     pub dir: PathBuf,
     /// Its `name`.
     pub name: String,
@@ -216,18 +217,23 @@ fn list_chips(base: &Path) -> Vec<Chip> {
         if !dir_name.starts_with("hwmon") {
             continue;
         }
-        let dir = entry.path();
-        // Drivers on the old registration interface put `name` on the parent device.
-        let Some(name) = read::read_text(&dir.join("name"))
-            .or_else(|| read::read_text(&dir.join("device").join("name")))
-        else {
-            continue;
-        };
-        let device = std::fs::read_link(dir.join("device"))
+        let hwmon_dir = entry.path();
+        let device = std::fs::read_link(hwmon_dir.join("device"))
             .ok()
             .and_then(|t| t.file_name().and_then(|n| n.to_str()).map(str::to_string))
             .filter(|d| !d.is_empty() && !d.chars().any(char::is_control))
             .unwrap_or_else(|| dir_name.clone());
+        // Drivers on the old registration interface put `name` and their attributes on the
+        // parent device (the hwmon ABI lets a chip's attributes live in either directory):
+        // where the `name` is, the attributes are.
+        let on_device = hwmon_dir.join("device");
+        let (dir, name) = match read::read_text(&hwmon_dir.join("name")) {
+            Some(name) => (hwmon_dir, name),
+            None => match read::read_text(&on_device.join("name")) {
+                Some(name) => (on_device, name),
+                None => continue,
+            },
+        };
         chips.push(Chip { dir, name, device });
     }
     chips

@@ -60,7 +60,8 @@ pub fn die_of(label: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Finds every zone under `<roots.sys>/class/powercap` and measures the RAPL ones.
+/// Finds every zone under `<roots.sys>/class/powercap` (or, where there is no such directory,
+/// `<roots.sys>/devices/virtual/powercap`) and measures the RAPL ones.
 ///
 /// Zones come back in a stable order (control type, then zone ids). Every zone found and not
 /// measured becomes an [`Unavailable`] entry with the reason and what to do: zones whose files
@@ -71,7 +72,15 @@ pub fn die_of(label: &str) -> Option<u32> {
 /// one-core `core` zone), and zones of other control types.
 pub fn discover(roots: &Roots) -> Found {
     let mut found = Found::default();
-    let base = roots.sys.join("class").join("powercap");
+    let class = roots.sys.join("class").join("powercap");
+    let devices = roots.sys.join("devices").join("virtual").join("powercap");
+    // Every kernel with powercap has the class directory; a tree that holds only the devices'
+    // directory (the control types with their zones nested inside) is read there.
+    let base = if fs::symlink_metadata(&class).is_err() && devices.is_dir() {
+        devices
+    } else {
+        class
+    };
     let tree = match zones::list(&base) {
         Ok(t) => t,
         Err(e) => {

@@ -109,13 +109,17 @@ pub struct Tree {
     pub dangling: Vec<Dangling>,
 }
 
-/// Lists the zones of every control type: the class directory's entries, and the zones nested
-/// inside them (how the device tree holds sub-zones), without duplicates, in a stable order
+/// Lists the zones of every control type: the class directory's entries, the zones nested
+/// inside them (how the device tree holds sub-zones), and the zones inside each control type's
+/// directory (how `/sys/devices/virtual/powercap` holds top-level zones; the class directory
+/// also links each zone, and its links are preferred), without duplicates, in a stable order
 /// (RAPL control types first, then by id). Links whose target is missing are reported apart.
 pub fn list(base: &Path) -> io::Result<Tree> {
     let mut tree = Tree::default();
     let mut seen: BTreeMap<String, ()> = BTreeMap::new();
     let mut stack = Vec::new();
+    // Zones found only inside a control type's directory, visited after the class's links.
+    let mut in_controls = Vec::new();
     for entry in fs::read_dir(base)? {
         let Ok(entry) = entry else { continue };
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
@@ -123,6 +127,9 @@ pub fn list(base: &Path) -> io::Result<Tree> {
         };
         let path = entry.path();
         let Some(zone) = ZoneDir::parse(&name, path.clone()) else {
+            if !name.is_empty() && !name.contains(':') && path.is_dir() {
+                in_controls.extend(top_level_zones(&name, &path));
+            }
             continue;
         };
         let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
@@ -133,6 +140,9 @@ pub fn list(base: &Path) -> io::Result<Tree> {
         }
         stack.push(zone);
     }
+    // Popped last to first: the class's links before the zones of the control types' dirs.
+    in_controls.extend(stack);
+    let mut stack = in_controls;
     while let Some(zone) = stack.pop() {
         if seen.insert(zone.name.clone(), ()).is_some() {
             continue;
@@ -157,6 +167,21 @@ pub fn list(base: &Path) -> io::Result<Tree> {
     tree.zones.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     tree.dangling.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(tree)
+}
+
+/// The top-level zones (`<control>:N`) inside a control type's directory.
+fn top_level_zones(control: &str, dir: &Path) -> Vec<ZoneDir> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let zone = ZoneDir::parse(&name, e.path())?;
+            (zone.control == control && zone.ids.len() == 1 && e.path().is_dir()).then_some(zone)
+        })
+        .collect()
 }
 
 /// What a RAPL zone's `name` says it measures.
