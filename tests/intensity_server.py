@@ -57,6 +57,10 @@ MODES = (
     "br",  # an answer in an encoding that was not asked for
     "cut",  # the connection closes a few bytes into a longer declared answer
     "503",  # service unavailable, with ``retry_after``
+    "redirect",  # 301 to the same path and query under /moved/ on this server (then answered)
+    "redirect-away",  # 308 to the same path on another host (localhost instead of 127.0.0.1)
+    "redirect-loop",  # 302 to the same address, again and again
+    "html",  # a 200 answer that is an HTML page (a proxy's or a captive portal's)
 )
 
 
@@ -243,7 +247,15 @@ class FakeServer:
         )
         with self._lock:
             self.requests.append(req)
+        moved = parts.path.startswith("/moved/")
+        if moved:  # where mode "redirect" sends a request: answered as at its old address
+            parts = parts._replace(path=parts.path[len("/moved") :])
+            req.path = parts.path
         mode = self._mode(parts.path)
+        if mode == "redirect" and moved:
+            mode = "ok"
+        elif mode.startswith("redirect"):
+            return self._redirect(h, mode, parts.path, parts.query)
         if mode == "timeout":
             self.release.wait(10)
             return
@@ -262,6 +274,11 @@ class FakeServer:
             return self._send(h, 429, self.rate_limit_body, ra)
         if mode == "malformed":
             return self._send_raw(h, 200, b"{not json")
+        if mode == "html":
+            page = (
+                b"<!DOCTYPE html>\n<html><head><title>Sign in to the network</title></head></html>"
+            )
+            return self._send_raw(h, 200, page, content_type="text/html")
         if mode == "503":
             ra = {} if self.retry_after is None else {"Retry-After": self.retry_after}
             return self._send(h, 503, {"message": "maintenance"}, ra)
@@ -310,6 +327,16 @@ class FakeServer:
             h.wfile.write(data)
         except OSError:
             pass
+
+    def _redirect(self, h: BaseHTTPRequestHandler, mode: str, path: str, query: str) -> None:
+        tail = f"{path}?{query}" if query else path
+        if mode == "redirect":
+            status, where = 301, f"/moved{tail}"  # relative, as servers often send it
+        elif mode == "redirect-away":
+            status, where = 308, self.url.replace("127.0.0.1", "localhost") + tail
+        else:
+            status, where = 302, tail
+        self._send_raw(h, status, b"<html>Moved</html>", {"Location": where}, "text/html")
 
     def _slow(self, h: BaseHTTPRequestHandler) -> None:
         try:
