@@ -17,9 +17,11 @@ module's ``CLIENT_TIMEOUT``, default 2 s); :func:`service` builds an intensity s
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import socket
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -158,6 +160,22 @@ def _entsoe_ack(code: str, text: str) -> bytes:
     ).encode()
 
 
+def _zipped(doc: str, series: list[str], how: str) -> bytes:
+    """A zip archive of GL_MarketDocuments: the whole ``doc``, or one per time series."""
+    if how == "corrupt":
+        return b"PK\x03\x04" + b"\x00garbage" * 20
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        if how == "whole":
+            z.writestr("A75_generation.xml", doc)
+        else:
+            head, tail = doc.split("<TimeSeries>", 1)[0], "</GL_MarketDocument>"
+            for k, one in enumerate(series):
+                z.writestr(f"A75_{k:03d}.xml", head + one + tail)
+        z.writestr("README.txt", "not a document")
+    return buf.getvalue()
+
+
 class FakeServer:
     def __init__(self, clock: FakeClock, value: Callable[[str, float], float] | None = None):
         self.clock = clock
@@ -183,6 +201,9 @@ class FakeServer:
         self.entsoe_mw = {"B04": 300.0, "B19": 100.0, "B16": 100.0}
         #: ENTSO-E: (HTTP status, reason text) of an acknowledgement sent instead of the data
         self.entsoe_ack: tuple[int, str] | None = None
+        #: send documents as a zip archive of XML files: "whole" (one), "split" (one per
+        #: production type), "corrupt" (a zip header, then garbage)
+        self.entsoe_zip: str | None = None
         #: ENTSO-E: how a resolution of so many minutes is written, where not PT<n>M
         self.entsoe_resolution: dict[int, str] = {}
         #: ENTSO-E: the areas (EIC codes) it has generation for
@@ -525,6 +546,8 @@ class FakeServer:
         )
         for minutes, text in self.entsoe_resolution.items():
             doc = doc.replace(f">PT{minutes}M<", f">{text}<")
+        if self.entsoe_zip is not None:
+            return 200, _Raw(_zipped(doc, series, self.entsoe_zip), "application/zip")
         return 200, _Raw(doc.encode(), "text/xml")
 
     def _eia(self, req: Request, now: datetime) -> tuple[int, object]:
