@@ -216,6 +216,8 @@ class FakeServer:
         self.em_zones_at: dict[tuple[str, str], str] = {}
         #: Electricity Maps: the emission factors of the account ("lifecycle" or "direct")
         self.em_factor_type = "lifecycle"
+        #: the estimation method of the hours not measured yet (the current one), None: none
+        self.em_estimated: str | None = None
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -651,6 +653,7 @@ class FakeServer:
         raise LookupError(f"no route {p}")
 
     def _em_item(self, zone: str, t: datetime, now: datetime) -> dict[str, object]:
+        est = self.em_estimated is not None and t >= _floor(now, 60)
         return {
             "zone": zone,
             "carbonIntensity": self.value("electricitymaps", t.timestamp()),
@@ -658,8 +661,8 @@ class FakeServer:
             "updatedAt": _z(now),
             "createdAt": _z(t),
             "emissionFactorType": self.em_factor_type,
-            "isEstimated": False,
-            "estimationMethod": None,
+            "isEstimated": est,
+            "estimationMethod": self.em_estimated if est else None,
         }
 
 
