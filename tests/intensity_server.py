@@ -579,7 +579,7 @@ class FakeServer:
                             "respondent-name": "California Independent System Operator",
                             "fueltype": fuel,
                             "type-name": fuel,
-                            "value": mwh,
+                            "value": mwh(t) if callable(mwh) else mwh,
                             "value-units": "megawatthours",
                         }
                     )
