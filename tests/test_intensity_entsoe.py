@@ -284,3 +284,17 @@ def test_a_zip_that_cannot_be_read_is_malformed(
     failure = s._series["recent"].failure
     assert failure is not None and failure.kind == "malformed"
     assert s.current().source == "table"
+
+
+def test_generation_below_zero_is_a_report_of_nothing_not_a_missing_one(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # Generation units that draw more than they make in a step (solar at night, a plant's own
+    # use) are published as negative generation of their type. With three types, counting such
+    # a type as unreported would leave every step short of 80%, and the zone without a value.
+    server.entsoe_mw = {"B04": 300.0, "B19": 100.0, "B16": -3.0}
+    s = make(server, tmp_path, client, clock)
+    s.refresh(wait=True)
+    cur = s.current()
+    assert (cur.source, cur.provider) == ("live", "entsoe")
+    assert cur.g_per_kwh == pytest.approx((300 * 490 + 100 * 11) / 400)

@@ -17,7 +17,8 @@ documents in it.
 
 Intensity of each step: the generation-weighted mean of the lifecycle factors per production
 type in ``carbonctx/data/entsoe-lifecycle-factors.csv`` (IPCC AR5 medians, with the
-assumptions it names). A step where fewer than 80% of the types have reported yet is left out.
+assumptions it names). A step where fewer than 80% of the types have reported yet is left out;
+a value below zero (units drawing more than they make) is a type that reported nothing.
 """
 
 from __future__ import annotations
@@ -343,8 +344,10 @@ class EntsoeProvider:
                 mw = float(_text(p, "quantity") or "")
             except ValueError:
                 continue
-            if math.isfinite(mw) and mw >= 0 and 1 <= pos <= 10_000:
-                points[pos] = mw
+            if math.isfinite(mw) and 1 <= pos <= 10_000:
+                # below zero: a type's units drew more than they made (station use), reported
+                # as generation; a report of nothing generated, not a missing report
+                points[pos] = max(0.0, mw)
         count = int((end - start) // step)
         last: float | None = None
         for pos in range(1, min(count, 10_000) + 1):
