@@ -63,6 +63,7 @@ MODES = (
     "redirect-away",  # 308 to the same path on another host (localhost instead of 127.0.0.1)
     "redirect-loop",  # 302 to the same address, again and again
     "html",  # a 200 answer that is an HTML page (a proxy's or a captive portal's)
+    "html-502",  # a gateway's HTML error page, with HTTP 502
 )
 
 
@@ -297,6 +298,9 @@ class FakeServer:
             return self._send(h, 429, self.rate_limit_body, ra)
         if mode == "malformed":
             return self._send_raw(h, 200, b"{not json")
+        if mode == "html-502":
+            page = b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>"
+            return self._send_raw(h, 502, page, content_type="text/html")
         if mode == "html":
             page = (
                 b"<!DOCTYPE html>\n<html><head><title>Sign in to the network</title></head></html>"

@@ -101,3 +101,15 @@ def test_an_html_page_where_json_was_due_is_named(
     assert failure is not None and failure.kind == "malformed"
     assert s.current().source == "table"
     s.close()
+
+
+def test_a_gateway_error_page_is_quoted_by_its_title(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.modes["/v3/"] = "html-502"
+    s = em(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match='HTTP 502 server error: "502 Bad Gateway"'):
+        s.refresh(wait=True)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "server"
+    s.close()

@@ -101,6 +101,8 @@ def error_message(data: bytes) -> str:
                 break
     elif doc is None and not text.lstrip().startswith("<"):
         said = text.strip().splitlines()[0] if text.strip() else None
+    elif doc is None:  # markup: an HTML error page (a proxy's, a gateway's) says it in its title
+        said = _title(text)
     if not isinstance(said, str):
         return ""
     clean = "".join(c if c.isprintable() else " " for c in said).strip()
@@ -363,13 +365,18 @@ def _not_json(body: bytes) -> str:
     head = body[:4096].decode("utf-8", "replace")
     if not head.lstrip().startswith("<"):
         return "not JSON" if body.strip() else "empty, not JSON"
-    found = re.search(r"<title[^>]*>(.*?)</title", head, re.IGNORECASE | re.DOTALL)
-    if found is None:
+    title = _title(head)
+    if title is None:
         return "markup (HTML or XML), not JSON"
-    title = " ".join("".join(c if c.isprintable() else " " for c in found.group(1)).split())
-    return (
-        f'an HTML page, not JSON: "{title[:_QUOTE_CHARS]}"' if title else "an HTML page, not JSON"
-    )
+    return f'an HTML page, not JSON: "{title[:_QUOTE_CHARS]}"'
+
+
+def _title(markup: str) -> str | None:
+    """The text of an HTML page's ``<title>``, on one line; None without one."""
+    found = re.search(r"<title[^>]*>(.*?)</title", markup, re.IGNORECASE | re.DOTALL)
+    if found is None:
+        return None
+    return " ".join("".join(c if c.isprintable() else " " for c in found.group(1)).split()) or None
 
 
 def malformed(name: str, what: str) -> ProviderError:
