@@ -64,6 +64,7 @@ MODES = (
     "redirect-loop",  # 302 to the same address, again and again
     "html",  # a 200 answer that is an HTML page (a proxy's or a captive portal's)
     "html-502",  # a gateway's HTML error page, with HTTP 502
+    "gzip-cut",  # the usual answer gzip-compressed, its last bytes missing (length to match)
 )
 
 
@@ -322,6 +323,11 @@ class FakeServer:
             return self._send(h, 404, {"error": str(exc)})
         if isinstance(body, _Raw):
             return self._send_raw(h, status, body.data, content_type=body.content_type)
+        if mode == "gzip-cut":
+            data = gzip.compress(json.dumps(body).encode())
+            return self._send_raw(
+                h, status, data[: len(data) * 2 // 3], {"Content-Encoding": "gzip"}
+            )
         if mode == "gzip":
             data = gzip.compress(json.dumps(body).encode())
             return self._send_raw(h, status, data, {"Content-Encoding": "gzip"})

@@ -113,3 +113,17 @@ def test_a_gateway_error_page_is_quoted_by_its_title(
     failure = s._series["recent"].failure
     assert failure is not None and failure.kind == "server"
     s.close()
+
+
+def test_a_compressed_answer_that_ends_early_is_said_to_be_cut(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # A proxy that shortens a gzip body (and its Content-Length): what inflates is a part.
+    server.modes["/v3/"] = "gzip-cut"
+    s = em(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="the compressed answer ends early"):
+        s.refresh(wait=True)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "malformed"
+    assert s.current().source == "table"
+    s.close()

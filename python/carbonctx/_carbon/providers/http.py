@@ -315,6 +315,8 @@ def _decode(body: bytes, encoding: str, name: str, limits: Limits) -> bytes:
         raise ProviderError("malformed", f"{name}: the answer could not be decompressed") from None
     if len(out) > limits.max_bytes:
         raise _too_large(name, limits)
+    if not d.eof:  # the stream stops before its end: a part of the answer is missing
+        raise ProviderError("malformed", f"{name}: the compressed answer ends early (cut)")
     return out
 
 
