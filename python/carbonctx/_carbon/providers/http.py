@@ -291,8 +291,8 @@ def _redirect(response: httpx.Response, name: str) -> str | None:
     raise ProviderError(
         "http",
         f"{name}: HTTP {response.status_code}, moved to another host ({where}), not followed "
-        "(credentials stay with the configured host); set the provider's URL to it if it is "
-        "the provider's",
+        "(credentials stay with the configured host); if that host is the provider's, set "
+        "CARBONCTX_<PROVIDER>_URL (or urls=) to it",
     )
 
 
