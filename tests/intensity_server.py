@@ -17,9 +17,11 @@ module's ``CLIENT_TIMEOUT``, default 2 s); :func:`service` builds an intensity s
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import socket
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,6 +59,12 @@ MODES = (
     "br",  # an answer in an encoding that was not asked for
     "cut",  # the connection closes a few bytes into a longer declared answer
     "503",  # service unavailable, with ``retry_after``
+    "redirect",  # 301 to the same path and query under /moved/ on this server (then answered)
+    "redirect-away",  # 308 to the same path on another host (localhost instead of 127.0.0.1)
+    "redirect-loop",  # 302 to the same address, again and again
+    "html",  # a 200 answer that is an HTML page (a proxy's or a captive portal's)
+    "html-502",  # a gateway's HTML error page, with HTTP 502
+    "gzip-cut",  # the usual answer gzip-compressed, its last bytes missing (length to match)
 )
 
 
@@ -154,6 +162,22 @@ def _entsoe_ack(code: str, text: str) -> bytes:
     ).encode()
 
 
+def _zipped(doc: str, series: list[str], how: str) -> bytes:
+    """A zip archive of GL_MarketDocuments: the whole ``doc``, or one per time series."""
+    if how == "corrupt":
+        return b"PK\x03\x04" + b"\x00garbage" * 20
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        if how == "whole":
+            z.writestr("A75_generation.xml", doc)
+        else:
+            head, tail = doc.split("<TimeSeries>", 1)[0], "</GL_MarketDocument>"
+            for k, one in enumerate(series):
+                z.writestr(f"A75_{k:03d}.xml", head + one + tail)
+        z.writestr("README.txt", "not a document")
+    return buf.getvalue()
+
+
 class FakeServer:
     def __init__(self, clock: FakeClock, value: Callable[[str, float], float] | None = None):
         self.clock = clock
@@ -179,6 +203,9 @@ class FakeServer:
         self.entsoe_mw = {"B04": 300.0, "B19": 100.0, "B16": 100.0}
         #: ENTSO-E: (HTTP status, reason text) of an acknowledgement sent instead of the data
         self.entsoe_ack: tuple[int, str] | None = None
+        #: send documents as a zip archive of XML files: "whole" (one), "split" (one per
+        #: production type), "corrupt" (a zip header, then garbage)
+        self.entsoe_zip: str | None = None
         #: ENTSO-E: how a resolution of so many minutes is written, where not PT<n>M
         self.entsoe_resolution: dict[int, str] = {}
         #: ENTSO-E: the areas (EIC codes) it has generation for
@@ -191,6 +218,8 @@ class FakeServer:
         self.em_zones_at: dict[tuple[str, str], str] = {}
         #: Electricity Maps: the emission factors of the account ("lifecycle" or "direct")
         self.em_factor_type = "lifecycle"
+        #: the estimation method of the hours not measured yet (the current one), None: none
+        self.em_estimated: str | None = None
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -243,7 +272,15 @@ class FakeServer:
         )
         with self._lock:
             self.requests.append(req)
+        moved = parts.path.startswith("/moved/")
+        if moved:  # where mode "redirect" sends a request: answered as at its old address
+            parts = parts._replace(path=parts.path[len("/moved") :])
+            req.path = parts.path
         mode = self._mode(parts.path)
+        if mode == "redirect" and moved:
+            mode = "ok"
+        elif mode.startswith("redirect"):
+            return self._redirect(h, mode, parts.path, parts.query)
         if mode == "timeout":
             self.release.wait(10)
             return
@@ -262,6 +299,14 @@ class FakeServer:
             return self._send(h, 429, self.rate_limit_body, ra)
         if mode == "malformed":
             return self._send_raw(h, 200, b"{not json")
+        if mode == "html-502":
+            page = b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>"
+            return self._send_raw(h, 502, page, content_type="text/html")
+        if mode == "html":
+            page = (
+                b"<!DOCTYPE html>\n<html><head><title>Sign in to the network</title></head></html>"
+            )
+            return self._send_raw(h, 200, page, content_type="text/html")
         if mode == "503":
             ra = {} if self.retry_after is None else {"Retry-After": self.retry_after}
             return self._send(h, 503, {"message": "maintenance"}, ra)
@@ -278,6 +323,11 @@ class FakeServer:
             return self._send(h, 404, {"error": str(exc)})
         if isinstance(body, _Raw):
             return self._send_raw(h, status, body.data, content_type=body.content_type)
+        if mode == "gzip-cut":
+            data = gzip.compress(json.dumps(body).encode())
+            return self._send_raw(
+                h, status, data[: len(data) * 2 // 3], {"Content-Encoding": "gzip"}
+            )
         if mode == "gzip":
             data = gzip.compress(json.dumps(body).encode())
             return self._send_raw(h, status, data, {"Content-Encoding": "gzip"})
@@ -310,6 +360,16 @@ class FakeServer:
             h.wfile.write(data)
         except OSError:
             pass
+
+    def _redirect(self, h: BaseHTTPRequestHandler, mode: str, path: str, query: str) -> None:
+        tail = f"{path}?{query}" if query else path
+        if mode == "redirect":
+            status, where = 301, f"/moved{tail}"  # relative, as servers often send it
+        elif mode == "redirect-away":
+            status, where = 308, self.url.replace("127.0.0.1", "localhost") + tail
+        else:
+            status, where = 302, tail
+        self._send_raw(h, status, b"<html>Moved</html>", {"Location": where}, "text/html")
 
     def _slow(self, h: BaseHTTPRequestHandler) -> None:
         try:
@@ -498,6 +558,8 @@ class FakeServer:
         )
         for minutes, text in self.entsoe_resolution.items():
             doc = doc.replace(f">PT{minutes}M<", f">{text}<")
+        if self.entsoe_zip is not None:
+            return 200, _Raw(_zipped(doc, series, self.entsoe_zip), "application/zip")
         return 200, _Raw(doc.encode(), "text/xml")
 
     def _eia(self, req: Request, now: datetime) -> tuple[int, object]:
@@ -527,7 +589,7 @@ class FakeServer:
                             "respondent-name": "California Independent System Operator",
                             "fueltype": fuel,
                             "type-name": fuel,
-                            "value": mwh,
+                            "value": mwh(t) if callable(mwh) else mwh,
                             "value-units": "megawatthours",
                         }
                     )
@@ -601,6 +663,7 @@ class FakeServer:
         raise LookupError(f"no route {p}")
 
     def _em_item(self, zone: str, t: datetime, now: datetime) -> dict[str, object]:
+        est = self.em_estimated is not None and t >= _floor(now, 60)
         return {
             "zone": zone,
             "carbonIntensity": self.value("electricitymaps", t.timestamp()),
@@ -608,8 +671,8 @@ class FakeServer:
             "updatedAt": _z(now),
             "createdAt": _z(t),
             "emissionFactorType": self.em_factor_type,
-            "isEstimated": False,
-            "estimationMethod": None,
+            "isEstimated": est,
+            "estimationMethod": self.em_estimated if est else None,
         }
 
 

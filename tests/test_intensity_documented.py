@@ -91,3 +91,19 @@ def test_em_direct_emission_factors_are_said_in_the_result(
     s2 = make(server, tmp_path / "2", client, clock, "electricitymaps")
     s2.refresh(wait=True)
     assert "direct" not in s2.current().dataset
+
+
+def test_em_estimated_hours_name_their_estimation_method(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # The current hour is not measured yet: Electricity Maps answers it with "isEstimated":
+    # true and the method ("TIME_SLICER_AVERAGE", a nowcast); measured hours have neither.
+    server.em_estimated = "TIME_SLICER_AVERAGE"
+    s = make(server, tmp_path, client, clock, "electricitymaps")
+    s.refresh(wait=True)
+    cur = s.current()
+    assert cur.source == "live" and cur.is_estimated is True
+    assert "(estimated: TIME_SLICER_AVERAGE)" in cur.dataset
+    past = [p for p in s.co2(3.6e6, clock() - 7200, clock()).periods if p.valid_to is not None]
+    older = [p for p in past if p.valid_to.timestamp() <= clock() - 600]
+    assert older and all(p.is_estimated is False and "estimated" not in p.dataset for p in older)

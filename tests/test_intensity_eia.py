@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from carbonctx._carbon.providers.entsoe import lifecycle_factors
 from carbonctx._carbon.service import IntensityService
 from carbonctx.errors import IntensityWarning
 from intensity_server import FakeClock, FakeServer, service
@@ -98,3 +99,24 @@ def test_every_documented_energy_source_is_weighed_or_left_out_as_storage(
     cur = s.current()
     assert cur.provider == "eia" and cur.source == "live"
     assert cur.g_per_kwh == pytest.approx(MIX)
+
+
+def test_negative_net_generation_is_a_report_of_nothing_not_a_missing_one(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # EIA-930 reports net generation: solar plants draw a little at night, so SUN is below zero
+    # in the dark hours. With four fuels, counting those hours as unreported would leave every
+    # night hour short of 80% and push "now" back to the last sunlit hour.
+    server.eia_mwh = {
+        "NG": 600,
+        "WND": 200,
+        "WAT": "100",
+        "SUN": lambda t: 300.0 if 14 <= t.hour <= 23 else "-4.5",
+    }
+    s = make(server, tmp_path, client, clock)
+    s.refresh(wait=True)
+    cur = s.current()
+    assert (cur.provider, cur.source) == ("eia", "live")
+    f = lifecycle_factors()
+    assert cur.valid_from == datetime(2026, 6, 1, 5, 0, tzinfo=UTC)  # hour ending 06, night
+    assert cur.g_per_kwh == pytest.approx((600 * f["B04"] + 200 * f["B19"] + 100 * f["B12"]) / 900)

@@ -257,3 +257,44 @@ def test_the_ban_after_its_request_limit_is_waited_out(
     clock.advance(301)
     s.refresh(wait=True)
     assert server.count("/api") == 2 and s.current().source == "live"
+
+
+@pytest.mark.parametrize("how", ["whole", "split"])
+def test_a_zipped_answer_is_read_as_its_xml_documents(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock, how: str
+) -> None:
+    # The platform answers some queries with a zip archive of XML documents (one, or one per
+    # time series); the files in it that are not XML are left alone.
+    server.entsoe_zip = how
+    s = make(server, tmp_path, client, clock)
+    s.refresh(wait=True)
+    cur = s.current()
+    assert (cur.source, cur.provider) == ("live", "entsoe")
+    assert cur.g_per_kwh == pytest.approx(MIX)  # pumping left out in either form
+    assert cur.valid_from == datetime(2026, 6, 1, 9, 45, tzinfo=UTC)
+
+
+def test_a_zip_that_cannot_be_read_is_malformed(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    server.entsoe_zip = "corrupt"
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="zip archive that could not be read"):
+        s.refresh(wait=True)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "malformed"
+    assert s.current().source == "table"
+
+
+def test_generation_below_zero_is_a_report_of_nothing_not_a_missing_one(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # Generation units that draw more than they make in a step (solar at night, a plant's own
+    # use) are published as negative generation of their type. With three types, counting such
+    # a type as unreported would leave every step short of 80%, and the zone without a value.
+    server.entsoe_mw = {"B04": 300.0, "B19": 100.0, "B16": -3.0}
+    s = make(server, tmp_path, client, clock)
+    s.refresh(wait=True)
+    cur = s.current()
+    assert (cur.source, cur.provider) == ("live", "entsoe")
+    assert cur.g_per_kwh == pytest.approx((300 * 490 + 100 * 11) / 400)

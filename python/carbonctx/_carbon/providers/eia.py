@@ -16,8 +16,9 @@ Fuel codes (EIA-930's energy sources) map to the lifecycle factors of
 ``entsoe-lifecycle-factors.csv`` (IPCC AR5 medians). Solar and wind with integrated battery
 storage (``SNB``, ``WNB``) are solar and wind: their battery is charged from the plant's own
 generation. Storage (``BAT`` battery, ``PS`` pumped, ``OES`` other, ``UES`` unknown energy
-storage) gives back energy already counted and is left out, and so are negative values; an hour
-where fewer than 80% of the fuels have reported is left out.
+storage) gives back energy already counted and is left out. Net generation below zero (a plant
+that drew more than it made in the hour, as solar does at night) counts as a fuel that reported
+nothing; an hour where fewer than 80% of the fuels have reported is left out.
 """
 
 from __future__ import annotations
@@ -148,11 +149,13 @@ class EiaProvider:
                 end = parse_time(row["period"] + ":00") if len(row["period"]) == 13 else None
             except (KeyError, TypeError, ValueError):
                 continue
-            if mwh is None or end is None or not (mwh >= 0 and mwh < 1e7):
+            if mwh is None or end is None or not (-1e7 < mwh < 1e7):
                 continue
             fuels.add(fuel)
             mix = hours.setdefault(end.timestamp(), {})
-            mix[fuel] = mix.get(fuel, 0.0) + mwh
+            # net generation below zero (a plant drawing more than it makes: solar at night)
+            # is a report of nothing generated, not a missing report
+            mix[fuel] = mix.get(fuel, 0.0) + max(0.0, mwh)
         out: list[Intensity] = []
         fetched = utc_from_timestamp(now)
         for end_ts in sorted(hours):

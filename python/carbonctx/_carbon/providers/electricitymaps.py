@@ -5,7 +5,9 @@ v4 keeps v3's paths and answers (``/v4/carbon-intensity/{latest,history,forecast
 "emissionFactorType", "isEstimated", "estimationMethod", "temporalGranularity"}``, ``history``
 and ``forecast`` put such entries in a list under their own name) and takes
 ``temporalGranularity`` (asked for ``hourly`` here). Values are lifecycle emissions unless an
-entry's ``emissionFactorType`` is ``direct``, which its dataset then says.
+entry's ``emissionFactorType`` is ``direct``, which its dataset then says; an entry with
+``isEstimated`` true (the latest hour usually is: a nowcast) names its ``estimationMethod``
+there too.
 
 Given coordinates, every endpoint is asked with ``lat``/``lon`` instead of ``zone``: the
 provider finds the zone (finer than any offline guess), and its answer names it. Its fallback to
@@ -144,6 +146,10 @@ class ElectricityMapsProvider:
         if item.get("emissionFactorType") == "direct":
             # lifecycle is the default; a plan or account set to direct says so in the result
             dataset = f"{dataset} (direct emissions, not lifecycle)"
+        how = item.get("estimationMethod")
+        if est is True and isinstance(how, str) and how.strip():
+            # an hour not yet measured (a nowcast) or filled in: the result says how
+            dataset = f"{dataset} (estimated: {_said(how)})"
         return Intensity(
             g_per_kwh=intensity_number(item["carbonIntensity"]),
             zone=zone,
@@ -212,6 +218,11 @@ class ElectricityMapsProvider:
         if items and not out:
             raise malformed(f"{self.name} {key}", "no entry has a usable value")
         return out
+
+
+def _said(text: str) -> str:
+    """A provider's word, printable and short."""
+    return "".join(c for c in text if c.isprintable()).strip()[:40]
 
 
 def _has_value(item: object) -> bool:

@@ -12,11 +12,13 @@ it was stored (as the EIA provider leaves out batteries). No data, or a request 
 identified", for nearly everything) and ``Reason/text`` say why, sent with HTTP 200 or 400:
 "No matching data found ..." is no data, any other reason a refusal; either way it is quoted.
 Past 400 requests a minute the platform answers 429 and bans the token for 10 minutes, which
-is waited out.
+is waited out. An answer that is a zip archive (the platform zips some) is read as the XML
+documents in it.
 
 Intensity of each step: the generation-weighted mean of the lifecycle factors per production
 type in ``carbonctx/data/entsoe-lifecycle-factors.csv`` (IPCC AR5 medians, with the
-assumptions it names). A step where fewer than 80% of the types have reported yet is left out.
+assumptions it names). A step where fewer than 80% of the types have reported yet is left out;
+a value below zero (units drawing more than they make) is a type that reported nothing.
 """
 
 from __future__ import annotations
@@ -152,6 +154,33 @@ def _text(el: ElementTree.Element, *names: str) -> str | None:
     return None if found is None or found.text is None else found.text.strip()
 
 
+def _unzipped(body: bytes, name: str, limits: Limits) -> list[bytes]:
+    """The ``.xml`` members of a zip archive, with ``limits.max_bytes`` applied to what comes
+    out (all members together)."""
+    import io
+    import zipfile
+    import zlib
+
+    out: list[bytes] = []
+    left = limits.max_bytes
+    try:
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            for info in archive.infolist():
+                if info.is_dir() or not info.filename.lower().endswith(".xml"):
+                    continue
+                with archive.open(info) as member:
+                    data = member.read(left + 1)
+                if len(data) > left:
+                    raise malformed(
+                        name, f"the unzipped answer is over {limits.max_bytes // 1024} KiB"
+                    )
+                left -= len(data)
+                out.append(data)
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, OSError, EOFError):
+        raise malformed(name, "a zip archive that could not be read") from None
+    return out
+
+
 @attrs.define(repr=False)
 class EntsoeProvider:
     """ENTSO-E Transparency Platform REST API (security token in the query, never logged)."""
@@ -231,21 +260,33 @@ class EntsoeProvider:
             return ProviderError(exc.kind, exc.reason.replace(self._token, "***"), exc.retry_after)
         return exc
 
+    def _documents(self, body: bytes) -> list[ElementTree.Element]:
+        """The documents of an answer: one XML document, or the XML files of a zip archive
+        (the platform zips some answers); an acknowledgement among them is raised."""
+        parts = _unzipped(body, self.name, self.limits) if body[:4] == b"PK\x03\x04" else [body]
+        roots = []
+        for part in parts:
+            try:
+                root = ElementTree.fromstring(part)
+            except (ElementTree.ParseError, ValueError) as exc:
+                raise malformed(self.name, f"not XML ({type(exc).__name__})") from None
+            if _local(root.tag) == "Acknowledgement_MarketDocument":
+                raise self._ack_error(root)
+            if _local(root.tag) != "GL_MarketDocument":
+                raise malformed(self.name, f"unexpected document {_local(root.tag)!r}")
+            roots.append(root)
+        if not roots:
+            raise malformed(self.name, "a zip archive without XML documents")
+        return roots
+
     def _parse(self, body: bytes, zone: str, now: float) -> list[Intensity]:
-        try:
-            root = ElementTree.fromstring(body)
-        except (ElementTree.ParseError, ValueError) as exc:
-            raise malformed(self.name, f"not XML ({type(exc).__name__})") from None
-        if _local(root.tag) == "Acknowledgement_MarketDocument":
-            raise self._ack_error(root)
-        if _local(root.tag) != "GL_MarketDocument":
-            raise malformed(self.name, f"unexpected document {_local(root.tag)!r}")
+        roots = self._documents(body)
         factors = lifecycle_factors()
         # step start -> {psrType: MW}, and each step's length
         steps: dict[float, dict[str, float]] = {}
         length: dict[float, float] = {}
         types: set[str] = set()
-        for ts in (c for c in root if _local(c.tag) == "TimeSeries"):
+        for ts in (c for root in roots for c in root if _local(c.tag) == "TimeSeries"):
             if _child(ts, "outBiddingZone_Domain.mRID") is not None:
                 continue  # consumption (pumping), not generation
             psr = _text(ts, "MktPSRType", "psrType")
@@ -303,8 +344,10 @@ class EntsoeProvider:
                 mw = float(_text(p, "quantity") or "")
             except ValueError:
                 continue
-            if math.isfinite(mw) and mw >= 0 and 1 <= pos <= 10_000:
-                points[pos] = mw
+            if math.isfinite(mw) and 1 <= pos <= 10_000:
+                # below zero: a type's units drew more than they made (station use), reported
+                # as generation; a report of nothing generated, not a missing report
+                points[pos] = max(0.0, mw)
         count = int((end - start) // step)
         last: float | None = None
         for pos in range(1, min(count, 10_000) + 1):

@@ -1,6 +1,10 @@
 """HTTP for providers: GET with an overall deadline and a size limit, decode the answer, and map
 every failure to a :class:`ProviderError` that says what the provider said.
 
+A redirect is followed (three at most) while it stays with the same host, http to https
+included; one to another host is refused with its address, since the credentials (a header, a
+query parameter, basic auth) are for the configured host only.
+
 Every request is bounded twice over: ``Limits.deadline_s`` counts from the request to the last
 byte of the answer, however slowly the bytes arrive (the body is streamed and the deadline checked
 after every read; one read waits at most ``Limits.read_s``, so a request ends by
@@ -13,6 +17,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -96,6 +101,8 @@ def error_message(data: bytes) -> str:
                 break
     elif doc is None and not text.lstrip().startswith("<"):
         said = text.strip().splitlines()[0] if text.strip() else None
+    elif doc is None:  # markup: an HTML error page (a proxy's, a gateway's) says it in its title
+        said = _title(text)
     if not isinstance(said, str):
         return ""
     clean = "".join(c if c.isprintable() else " " for c in said).strip()
@@ -174,47 +181,38 @@ def get_bytes(
     too_slow = ProviderError(
         "timeout", f"{name}: no complete answer within {limits.deadline_s:g} s"
     )
-    chunks: list[bytes] = []
-    size = 0
     sent = {"accept-encoding": "gzip", **(headers or {})}
+    answered = False  # the status line and headers came: a failure after it cut the answer
     try:
-        with client.stream(
-            "GET", url, params=params, headers=sent, auth=auth, timeout=timeout()
-        ) as response:
-            status = response.status_code
-            declared = response.headers.get("content-length", "")
-            if status < 300 and declared.isdigit() and int(declared) > limits.max_bytes:
-                raise _too_large(name, limits)
-            # Error answers are read only as far as a message goes.
-            cap = limits.max_bytes if status < 300 else 4096
-            stream = response.iter_raw()
-            while True:
-                if left() <= 0:
-                    raise too_slow
-                try:
-                    chunk = next(stream)
-                except StopIteration:
-                    break
-                size += len(chunk)
-                if size > cap:
-                    if status < 300:
-                        raise _too_large(name, limits)
-                    chunks.append(chunk[: len(chunk) - (size - cap)])  # enough for a message
-                    break
-                chunks.append(chunk)
-            if left() <= 0 and status < 300:
-                raise too_slow
+        for _hop in range(_MAX_REDIRECTS + 1):
+            chunks: list[bytes] = []
+            answered = False
+            with client.stream(
+                "GET", url, params=params, headers=sent, auth=auth, timeout=timeout()
+            ) as response:
+                answered = True
+                status = response.status_code
+                _read(response, chunks, limits, name, left, too_slow)
+                moved = _redirect(response, name) if status in _REDIRECTS else None
+            if moved is None:
+                break
+            url, params = moved, None  # the new address carries its own query
+        else:
+            raise ProviderError(
+                "http", f"{name}: more than {_MAX_REDIRECTS} redirects in a row, not followed"
+            )
     except httpx.TimeoutException:
         raise (
             too_slow if left() <= 0 else ProviderError("timeout", f"{name}: the request timed out")
         ) from None
-    except httpx.TransportError as exc:
-        # The message is the OS's ("[Errno 111] Connection refused"); it never holds headers.
+    except (httpx.TransportError, httpx.StreamError) as exc:
+        # The message is the OS's or the protocol's ("[Errno 111] Connection refused", "peer
+        # closed connection without sending complete message body"); it never holds headers.
+        if answered:
+            raise ProviderError(
+                "connection", f"{name}: the answer was cut ({type(exc).__name__}: {exc})"
+            ) from None
         raise ProviderError("connection", f"{name}: could not connect ({exc})") from None
-    except httpx.StreamError as exc:
-        raise ProviderError(
-            "connection", f"{name}: the answer was cut ({type(exc).__name__})"
-        ) from None
     body = b"".join(chunks)
     if explain is not None and 400 <= status < 500 and status != 429:
         own = explain(status, body)
@@ -226,6 +224,76 @@ def get_bytes(
     if encoding and encoding != "identity":
         body = _decode(body, encoding, name, limits)
     return body
+
+
+#: statuses that move a request elsewhere (RFC 9110 section 15.4), followed within one origin
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 3
+
+
+def _read(
+    response: httpx.Response,
+    chunks: list[bytes],
+    limits: Limits,
+    name: str,
+    left: Callable[[], float],
+    too_slow: ProviderError,
+) -> None:
+    """Read the body into ``chunks``: all of a 2xx answer (within the limits), the first 4 KiB
+    of any other (enough for a message)."""
+    status = response.status_code
+    declared = response.headers.get("content-length", "")
+    if status < 300 and declared.isdigit() and int(declared) > limits.max_bytes:
+        raise _too_large(name, limits)
+    cap = limits.max_bytes if status < 300 else 4096
+    size = 0
+    stream = response.iter_raw()
+    while True:
+        if left() <= 0:
+            raise too_slow
+        try:
+            chunk = next(stream)
+        except StopIteration:
+            break
+        size += len(chunk)
+        if size > cap:
+            if status < 300:
+                raise _too_large(name, limits)
+            chunks.append(chunk[: len(chunk) - (size - cap)])
+            break
+        chunks.append(chunk)
+    if left() <= 0 and status < 300:
+        raise too_slow
+
+
+def _redirect(response: httpx.Response, name: str) -> str | None:
+    """Where a redirect leads, when it stays with the same host (same scheme and port, or
+    from http to https): credentials go nowhere else. None when it names no place (the 3xx is
+    then reported as it is); a ProviderError that says where, for another host."""
+    location = response.headers.get("location", "").strip()
+    if not location:
+        return None
+    import httpx
+
+    here = response.request.url
+    try:
+        there = here.join(location)
+    except (httpx.InvalidURL, ValueError):  # unreadable: reported as the 3xx it came with
+        return None
+    same = there.host == here.host and (
+        (there.scheme, there.port) == (here.scheme, here.port)
+        or (here.scheme, there.scheme) == ("http", "https")
+    )
+    if same:
+        return str(there)
+    # the query is left out of the message: it may hold a token
+    where = f"{there.scheme}://{there.host}{f':{there.port}' if there.port else ''}{there.path}"
+    raise ProviderError(
+        "http",
+        f"{name}: HTTP {response.status_code}, moved to another host ({where}), not followed "
+        "(credentials stay with the configured host); if that host is the provider's, set "
+        "CARBONCTX_<PROVIDER>_URL (or urls=) to it",
+    )
 
 
 def _too_large(name: str, limits: Limits) -> ProviderError:
@@ -247,6 +315,8 @@ def _decode(body: bytes, encoding: str, name: str, limits: Limits) -> bytes:
         raise ProviderError("malformed", f"{name}: the answer could not be decompressed") from None
     if len(out) > limits.max_bytes:
         raise _too_large(name, limits)
+    if not d.eof:  # the stream stops before its end: a part of the answer is missing
+        raise ProviderError("malformed", f"{name}: the compressed answer ends early (cut)")
     return out
 
 
@@ -288,7 +358,27 @@ def parse_json(body: bytes, name: str) -> Any:
     try:
         return json.loads(body, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
-        raise ProviderError("malformed", f"{name}: the answer is not JSON") from None
+        raise ProviderError("malformed", f"{name}: the answer is {_not_json(body)}") from None
+
+
+def _not_json(body: bytes) -> str:
+    """What an answer that is not JSON is, in words: an HTML page (a proxy's, a captive
+    portal's, an error page) is named by its title."""
+    head = body[:4096].decode("utf-8", "replace")
+    if not head.lstrip().startswith("<"):
+        return "not JSON" if body.strip() else "empty, not JSON"
+    title = _title(head)
+    if title is None:
+        return "markup (HTML or XML), not JSON"
+    return f'an HTML page, not JSON: "{title[:_QUOTE_CHARS]}"'
+
+
+def _title(markup: str) -> str | None:
+    """The text of an HTML page's ``<title>``, on one line; None without one."""
+    found = re.search(r"<title[^>]*>(.*?)</title", markup, re.IGNORECASE | re.DOTALL)
+    if found is None:
+        return None
+    return " ".join("".join(c if c.isprintable() else " " for c in found.group(1)).split()) or None
 
 
 def malformed(name: str, what: str) -> ProviderError:
