@@ -210,3 +210,35 @@ def test_local_rank_alone_is_not_lightnings_launcher(drop: str) -> None:
     env = {k: v for k, v in LIGHTNING.items() if k != drop}
     info = detect_ranks(env, hostname="h", proc_root="/nonexistent", pid=1, warn=False)
     assert info.launcher == "torch-env" and not info.distributed
+
+
+# ---------------------------------------------------------------------------- malformed values
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        # superscript digits pass str.isdigit() but int() refuses them
+        {"SLURM_JOB_ID": "9", "SLURM_STEP_ID": "\u00b2", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"},
+        {
+            "JSM_NAMESPACE_RANK": "0",
+            "JSM_NAMESPACE_SIZE": "1",
+            "LSB_JOBID": "5",
+            "LSB_JOBINDEX": "\u00b3",
+        },
+        dict(KUBEFLOW_POD, PET_NPROC_PER_NODE="\u00b2"),
+    ],
+)
+def test_odd_digits_never_raise(env: dict[str, str]) -> None:
+    info = detect_ranks(env, hostname="h", proc_root="/nonexistent", pid=1, warn=False)
+    assert info.rank == 0 or info.launcher == "kubeflow"
+
+
+def test_odd_digits_in_device_lists_name_no_device() -> None:
+    from carbonctx._distributed.devices import visible_gpus
+
+    intel = [Gpu(i) for i in range(2)]
+    assert visible_gpus(intel, {"ZE_AFFINITY_MASK": "1,\u00b9"}, vendor="intel") == intel[1:]
+    assert visible_gpus(intel, {"ONEAPI_DEVICE_SELECTOR": "!level_zero:\u00b9"}, vendor="intel")
+    # CUDA reads ASCII digits: an Arabic-Indic one names no device, and the list stops there
+    assert visible_gpus(GPUS, {"CUDA_VISIBLE_DEVICES": "0,\u0661"}) == GPUS[:1]

@@ -112,7 +112,7 @@ def _lsf_job(env: Mapping[str, str]) -> tuple[str, str] | None:
     if found is None:
         return None
     index = env.get("LSB_JOBINDEX", "").strip()
-    if index.isdigit() and int(index) > 0:
+    if index.isdecimal() and int(index) > 0:
         return f"{found[0]}[{int(index)}]", "LSB_JOBID[LSB_JOBINDEX]"
     return found
 
@@ -156,7 +156,7 @@ def _kubeflow(r: Reading, env: Mapping[str, str]) -> None:
     r.launcher = "kubeflow"
     r.fields["node_rank"] = mark.fields["node_rank"]
     per_pod = env.get("PET_NPROC_PER_NODE", "").strip()
-    if not per_pod.isdigit():
+    if not per_pod.isdecimal():
         return  # "auto" (the default), "gpu", "cpu": decided in the pod, not said here
     if int(per_pod) == 1:
         r.fields["local_rank"] = (0, "PET_NPROC_PER_NODE=1")
@@ -265,7 +265,7 @@ def _read_slurm(env: Mapping[str, str]) -> Reading | None:
     step_text = env.get(step_name, "").strip() if step_name else ""
     # Slurm numbers its batch, extern and interactive steps from 0xfffffff0 up; only srun's
     # steps (0, 1, ...) run tasks of a job.
-    task_step = step_text.isdigit() and int(step_text) < 0xFFFFFFF0
+    task_step = step_text.isdecimal() and int(step_text) < 0xFFFFFFF0
     is_step = task_step or "SLURM_STEP_NUM_TASKS" in env
     if not task_step:
         step_name = None
