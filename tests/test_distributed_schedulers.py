@@ -205,6 +205,37 @@ def test_lightnings_launcher_past_node_0_needs_the_processes_per_node() -> None:
     assert fields(info) == (6, 8, 2, 4, 1)
 
 
+def test_lightnings_launcher_in_a_slurm_batch_script_takes_the_jobs_id() -> None:
+    # python train.py run by the batch script itself (no srun): the batch step's SLURM_PROCID=0
+    # describes the script, Lightning's variables its processes
+    batch = {"SLURM_JOB_ID": "812", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "1"}
+    info = detect(dict(LIGHTNING, **batch))
+    assert (info.launcher, info.rank, info.job) == ("lightning", 2, "812")
+
+
+# Ray Train's TorchTrainer (4 workers with a GPU each on one node): each worker's variables, and
+# CUDA_VISIBLE_DEVICES shared by the node's workers (its default), local ranks in GPU order.
+RAY_TRAIN = {
+    "RANK": "2",
+    "LOCAL_RANK": "2",
+    "WORLD_SIZE": "4",
+    "LOCAL_WORLD_SIZE": "4",
+    "NODE_RANK": "0",
+    "MASTER_ADDR": "10.0.0.7",
+    "MASTER_PORT": "53211",
+    "CUDA_VISIBLE_DEVICES": "0,1,2,3",
+    "ACCELERATE_TORCH_DEVICE": "cuda:2",
+}
+
+
+def test_ray_train_workers() -> None:
+    info = detect(RAY_TRAIN)
+    assert (info.launcher, fields(info)) == ("torch-env", (2, 4, 2, 4, 0))
+    assert owned_gpus(info, GPUS, RAY_TRAIN, modules={}).indices == (2,)
+    other = detect(dict(RAY_TRAIN, RANK="1", LOCAL_RANK="1"), ppid=1)
+    assert other.job_key == info.job_key  # the rendezvous address names the job
+
+
 @pytest.mark.parametrize("drop", ["NODE_RANK", "WORLD_SIZE"])
 def test_local_rank_alone_is_not_lightnings_launcher(drop: str) -> None:
     env = {k: v for k, v in LIGHTNING.items() if k != drop}
