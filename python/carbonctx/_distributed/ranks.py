@@ -10,8 +10,8 @@ launcher       variables
                (the rendezvous id; ``none``, torchrun's default, is no id). Recognised by
                ``TORCHELASTIC_RUN_ID`` or ``GROUP_RANK``.
 ``torch-env``  the same ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` set by other
-               launchers (``torch.multiprocessing`` scripts, Accelerate, DeepSpeed, by hand);
-               ``NODE_RANK`` or ``GROUP_RANK`` for the node. DeepSpeed's launcher sets
+               launchers (``torch.multiprocessing`` scripts, Accelerate, DeepSpeed, Ray Train,
+               by hand); ``NODE_RANK`` or ``GROUP_RANK`` for the node. DeepSpeed's launcher sets
                ``LOCAL_SIZE`` and ``CROSS_RANK`` (the node) instead, with ``CROSS_SIZE``: read
                when that is set and torch's names are absent.
 ``lightning``  Lightning's own launcher (``python train.py``, ``devices=N``): ``LOCAL_RANK``,
