@@ -73,7 +73,10 @@ def test_rank_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     ("var", "value", "match"),
     [
         ("CARBONCTX_RANK", "x", "CARBONCTX_RANK"),
+        # a digit int() does not read (superscript two) is as bad as any other text
+        ("CARBONCTX_RANK", "\u00b2", "CARBONCTX_RANK"),
         ("CARBONCTX_GPUS", "gpu0", "CARBONCTX_GPUS"),
+        ("CARBONCTX_GPUS", "0,\u00b9", "CARBONCTX_GPUS"),
         ("CARBONCTX_OUTPUT", "out-{pid}.jsonl", "{pid}"),
     ],
 )

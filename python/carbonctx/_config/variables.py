@@ -79,7 +79,7 @@ def _intervals(name: str, value: str) -> dict[str, float]:
 
 def _count(name: str, value: str) -> int:
     v = value.strip()
-    if not v.isdigit():
+    if not v.isdecimal():
         raise ConfigurationError(f"{name}={value!r}: give a non-negative integer")
     return int(v)
 
@@ -109,7 +109,7 @@ def parse_gpus(name: str, value: str | Sequence[int | str]) -> tuple[int | str, 
             text = str(item).strip()
             if not text:
                 continue
-            if text.isdigit():
+            if text.isdecimal():
                 out = int(text)
             elif text.lower().startswith(("gpu-", "mig-")):
                 out = text

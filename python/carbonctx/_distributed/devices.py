@@ -73,7 +73,7 @@ __all__ = ["Gpu", "GpuOwnership", "MigInstance", "names_mig", "owned_gpus", "vis
 
 def _match(entry: str, gpus: Sequence[Gpu]) -> Gpu | None:
     """The GPU a visible-devices entry names, or None when it names none (CUDA stops there)."""
-    if re.fullmatch(r"\d+", entry):
+    if re.fullmatch(r"[0-9]+", entry):  # CUDA reads ASCII digits only
         i = int(entry)
         return next((g for g in gpus if g.index == i), None)
     low = entry.lower()
@@ -117,7 +117,7 @@ def _ze_entries(value: str) -> list[tuple[int, int | None]]:
     out: list[tuple[int, int | None]] = []
     for raw in value.split(","):
         parts = raw.strip().split(".")
-        if not all(p.isdigit() for p in parts):
+        if not all(p.isdecimal() for p in parts):
             continue
         out.append((int(parts[0]), int(parts[1]) if len(parts) > 1 else None))
     return out
@@ -143,7 +143,7 @@ def _selector(value: str) -> tuple[list[tuple[int, int | None]] | None, set[int]
                     excluded = None
                 else:
                     any_term, picked = True, None
-            elif negative and d.isdigit() and excluded is not None:
+            elif negative and d.isdecimal() and excluded is not None:
                 excluded.add(int(d))
             elif not negative and (entry := _ze_entries(d)):
                 any_term = True

@@ -1,6 +1,7 @@
 """What each launcher's variables say about a process's place in a job: one reader per launcher
-(torchrun / torch.distributed.elastic and the launchers that set its variables, Horovod, Open MPI,
-IBM jsrun, MVAPICH2, Flux, MPICH, Intel MPI and HPE Cray PALS through PMI, Slurm, PMIx),
+(torchrun / torch.distributed.elastic and the launchers that set its variables, Lightning's,
+Kubeflow's PyTorchJob, Horovod, Open MPI, IBM jsrun, MVAPICH2, Flux, MPICH, Intel MPI and HPE Cray
+PALS through PMI, Slurm, PBS and LSF batch jobs, PMIx),
 each giving a :class:`Reading` of the fields it sets and the variable each came from, and the
 parser of Slurm's compressed task counts. ``ranks.detect_ranks`` chooses among the readings.
 """
@@ -81,18 +82,108 @@ def _read_torch(env: Mapping[str, str]) -> Reading | None:
     ds = ("LOCAL_SIZE",) if "CROSS_SIZE" in env else ()
     _read_int(r, env, "local_world_size", "LOCAL_WORLD_SIZE", *ds)
     _read_int(r, env, "node_rank", "GROUP_RANK", "NODE_RANK", *(("CROSS_RANK",) if ds else ()))
+    if not elastic and "LOCAL_RANK" not in env and "PET_NODE_RANK" in env:
+        _kubeflow(r, env)
+    if not elastic and "RANK" not in env and "NODE_RANK" in env and "LOCAL_RANK" in env:
+        _lightning(r)
     run_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
     if run_id and run_id.lower() != "none":
         r.job = (run_id, "TORCHELASTIC_RUN_ID")
     return r
 
 
+def _first(*names: str) -> Callable[[Mapping[str, str]], tuple[str, str] | None]:
+    """The job id from the first of ``names`` that is set and not empty."""
+
+    def job(env: Mapping[str, str]) -> tuple[str, str] | None:
+        for var in names:
+            value = env.get(var, "").strip()
+            if value:
+                return value, var
+        return None
+
+    return job
+
+
+def _lsf_job(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """LSF's job: ``LSB_JOBID``, with ``[LSB_JOBINDEX]`` for an element of a job array (its
+    elements share the array's ``LSB_JOBID``; LSF sets ``LSB_JOBINDEX`` to 0 outside one)."""
+    found = _first("LSB_JOBID")(env)
+    if found is None:
+        return None
+    index = env.get("LSB_JOBINDEX", "").strip()
+    if index.isdecimal() and int(index) > 0:
+        return f"{found[0]}[{int(index)}]", "LSB_JOBID[LSB_JOBINDEX]"
+    return found
+
+
+def _lightning(r: Reading) -> None:
+    """Lightning's launcher (``python train.py`` with ``devices=N``): each process has
+    ``LOCAL_RANK``, ``NODE_RANK`` and ``WORLD_SIZE`` (N times the nodes), no ``RANK``; its rank is
+    ``NODE_RANK * N + LOCAL_RANK``, which on node 0 is the local rank whatever N is."""
+    node, local, world = r.get("node_rank"), r.get("local_rank"), r.get("world_size")
+    if node is None or local is None or world is None:
+        return
+    r.launcher = "lightning"
+    if node == 0:
+        r.fields["rank"] = (local, "LOCAL_RANK (NODE_RANK=0)")
+        return
+    per_node = r.get("local_world_size")
+    if per_node is not None:
+        r.fields["rank"] = (node * per_node + local, "NODE_RANK*LOCAL_WORLD_SIZE+LOCAL_RANK")
+        return
+    r.bad.add("rank")
+    r.problems.append(
+        (
+            f"NODE_RANK={node} and LOCAL_RANK={local} are set but no RANK (Lightning's launcher): "
+            "the rank is NODE_RANK times the processes per node plus LOCAL_RANK, and nothing "
+            "says the processes per node; set CARBONCTX_LOCAL_WORLD_SIZE and CARBONCTX_RANK",
+            "rank",
+        )
+    )
+
+
+def _kubeflow(r: Reading, env: Mapping[str, str]) -> None:
+    """A Kubeflow PyTorchJob pod's own process: the operator sets ``RANK`` to the pod's index
+    (``PET_NODE_RANK`` too), ``WORLD_SIZE`` to the pods times ``PET_NPROC_PER_NODE``, the
+    processes a ``torchrun`` started in each pod runs (which then set their own ``RANK`` and
+    ``LOCAL_RANK``)."""
+    pod = r.get("rank")
+    mark = Reading("kubeflow")
+    _read_int(mark, env, "node_rank", "PET_NODE_RANK")
+    if pod is None or mark.get("node_rank") != pod:
+        return  # RANK is not the pod's index: these are not the operator's variables
+    r.launcher = "kubeflow"
+    r.fields["node_rank"] = mark.fields["node_rank"]
+    per_pod = env.get("PET_NPROC_PER_NODE", "").strip()
+    if not per_pod.isdecimal():
+        return  # "auto" (the default), "gpu", "cpu": decided in the pod, not said here
+    if int(per_pod) == 1:
+        r.fields["local_rank"] = (0, "PET_NPROC_PER_NODE=1")
+        r.fields["local_world_size"] = (1, "PET_NPROC_PER_NODE")
+        return
+    del r.fields["rank"]
+    r.bad.add("rank")
+    r.problems.append(
+        (
+            f"RANK={pod} is this pod's index (PET_NODE_RANK) while WORLD_SIZE counts "
+            f"PET_NPROC_PER_NODE={per_pod} processes per pod, so this process is none of the "
+            "job's ranks; start them with torchrun, which gives each its RANK and LOCAL_RANK",
+            "rank",
+        )
+    )
+
+
 class _Named:
     """A launcher that names its ranks in variables of its own: present when ``rank`` or
-    ``world_size``'s variable is set; each field from its variable, the job from the first of
-    ``job`` that is set."""
+    ``world_size``'s variable is set; each field from its variable, the job from ``job``."""
 
-    def __init__(self, name: str, fields: dict[str, str], job: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        fields: dict[str, str],
+        job: Callable[[Mapping[str, str]], tuple[str, str] | None] | None = None,
+    ) -> None:
         self.name, self.fields, self.job = name, fields, job
         self.__name__ = f"_read_{name}"
 
@@ -102,10 +193,7 @@ class _Named:
         r = Reading(self.name)
         for field, var in self.fields.items():
             _read_int(r, env, field, var)
-        for var in self.job:
-            if env.get(var, "").strip():
-                r.job = (env[var].strip(), var)
-                break
+        r.job = self.job(env) if self.job is not None else None
         return r
 
 
@@ -122,7 +210,7 @@ def _named(prefix: str, local_rank: str, local_size: str, **more: str) -> dict[s
 _read_openmpi = _Named(
     "openmpi",
     _named("OMPI_COMM_WORLD_", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
-    job=("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "OMPI_MCA_orte_ess_jobid"),
+    job=_first("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "OMPI_MCA_orte_ess_jobid"),
 )
 _read_horovod = _Named(
     "horovod",
@@ -135,13 +223,13 @@ _read_mvapich = _Named(
 _read_jsrun = _Named(
     "jsrun",
     _named("JSM_NAMESPACE_", "JSM_NAMESPACE_LOCAL_RANK", "JSM_NAMESPACE_LOCAL_SIZE"),
-    job=("LSB_JOBID",),
+    job=_lsf_job,
 )
 # Flux names the rank and the size differently (and gives no local size).
 _read_flux = _Named(
     "flux",
     {"rank": "FLUX_TASK_RANK", "world_size": "FLUX_JOB_SIZE", "local_rank": "FLUX_TASK_LOCAL_ID"},
-    job=("FLUX_JOB_ID",),
+    job=_first("FLUX_JOB_ID"),
 )
 
 
@@ -177,7 +265,7 @@ def _read_slurm(env: Mapping[str, str]) -> Reading | None:
     step_text = env.get(step_name, "").strip() if step_name else ""
     # Slurm numbers its batch, extern and interactive steps from 0xfffffff0 up; only srun's
     # steps (0, 1, ...) run tasks of a job.
-    task_step = step_text.isdigit() and int(step_text) < 0xFFFFFFF0
+    task_step = step_text.isdecimal() and int(step_text) < 0xFFFFFFF0
     is_step = task_step or "SLURM_STEP_NUM_TASKS" in env
     if not task_step:
         step_name = None
@@ -238,6 +326,17 @@ def _read_slurm(env: Mapping[str, str]) -> Reading | None:
     return r
 
 
+def _read_batch(env: Mapping[str, str]) -> Reading | None:
+    """A PBS (PBS Pro, OpenPBS, Torque) or LSF batch job: the job id only. Its script, and any
+    process started inside it, are not ranks by these variables; the id names the job of a
+    launcher started there that gives none of its own (MPICH's or Intel MPI's ``mpiexec``)."""
+    pbs = _first("PBS_JOBID")(env)  # an array's subjob has its own: 1234[5].server
+    if pbs is not None:
+        return Reading("pbs", job=pbs)
+    lsf = _lsf_job(env)
+    return None if lsf is None else Reading("lsf", job=lsf)
+
+
 def _read_pmix(env: Mapping[str, str]) -> Reading | None:
     if "PMIX_RANK" not in env:
         return None
@@ -258,6 +357,7 @@ READERS: tuple[Callable[[Mapping[str, str]], Reading | None], ...] = (
     _read_flux,
     _read_pmi,
     _read_slurm,
+    _read_batch,
     _read_pmix,
 )
 

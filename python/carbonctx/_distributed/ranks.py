@@ -10,10 +10,18 @@ launcher       variables
                (the rendezvous id; ``none``, torchrun's default, is no id). Recognised by
                ``TORCHELASTIC_RUN_ID`` or ``GROUP_RANK``.
 ``torch-env``  the same ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` set by other
-               launchers (``torch.multiprocessing`` scripts, Accelerate, DeepSpeed, by hand);
-               ``NODE_RANK`` or ``GROUP_RANK`` for the node. DeepSpeed's launcher sets
+               launchers (``torch.multiprocessing`` scripts, Accelerate, DeepSpeed, Ray Train,
+               by hand); ``NODE_RANK`` or ``GROUP_RANK`` for the node. DeepSpeed's launcher sets
                ``LOCAL_SIZE`` and ``CROSS_RANK`` (the node) instead, with ``CROSS_SIZE``: read
                when that is set and torch's names are absent.
+``lightning``  Lightning's own launcher (``python train.py``, ``devices=N``): ``LOCAL_RANK``,
+               ``NODE_RANK``, ``WORLD_SIZE`` and no ``RANK``; the rank is ``LOCAL_RANK`` on node
+               0, ``NODE_RANK * LOCAL_WORLD_SIZE + LOCAL_RANK`` where that is set, else unknown
+               (a warning says to set it).
+``kubeflow``   a PyTorchJob pod's process: ``RANK`` equal to ``PET_NODE_RANK`` (the pod's
+               index), ``WORLD_SIZE`` the pods times ``PET_NPROC_PER_NODE``. With 1 process per
+               pod it is local rank 0 of 1 on node ``PET_NODE_RANK``; with more, ``RANK`` is no
+               process's rank (``torchrun`` in the pod gives its processes theirs): a warning.
 ``horovod``    ``horovodrun``'s ``HOROVOD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``, and
                ``HOROVOD_CROSS_RANK`` for the node (with Gloo; with MPI it sets MPI's).
 ``openmpi``    ``OMPI_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``; the job id
@@ -21,7 +29,7 @@ launcher       variables
                ``OMPI_COMM_WORLD_NODE_RANK`` is *not* the node's index (Open MPI documents it as
                the process's rank on the node across all jobs), so it is not used.
 ``jsrun``      IBM's ``jsrun`` (LSF): ``JSM_NAMESPACE_RANK``/``_SIZE``/``_LOCAL_RANK``/
-               ``_LOCAL_SIZE``, the job ``LSB_JOBID``.
+               ``_LOCAL_SIZE``, the job LSF's (see ``lsf``).
 ``flux``       Flux's ``FLUX_TASK_RANK``, ``FLUX_JOB_SIZE``, ``FLUX_TASK_LOCAL_ID``, the job
                ``FLUX_JOB_ID`` (no local size: from another launcher naming the same ranks).
 ``mvapich2``   ``mpirun_rsh``'s ``MV2_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``
@@ -41,6 +49,10 @@ launcher       variables
                ``salloc`` shell also has ``SLURM_PROCID=0`` and the allocation's
                ``SLURM_NTASKS`` but is one process, not rank 0 of a job: without a step it only
                lends its job id.
+``pbs``,       a PBS Pro/OpenPBS/Torque or LSF batch job lends its job id only: ``PBS_JOBID``
+``lsf``        (an array's subjob has its own, ``1234[5].server``), ``LSB_JOBID`` with
+               ``[LSB_JOBINDEX]`` for an element of a job array (the elements share
+               ``LSB_JOBID``; ``LSB_JOBINDEX`` is 0 outside an array).
 ``pmix``       ``PMIX_RANK`` and ``PMIX_NAMESPACE`` (no size: needs another launcher's).
 =============  ===========================================================================
 
@@ -57,7 +69,8 @@ processes (``srun --mpi=pmi2`` sets ``PMI_RANK``/``PMI_SIZE`` and Slurm's local 
 process without a job id keys its node's sampler by torch's rendezvous address
 (``MASTER_ADDR:MASTER_PORT``) or else its parent process (Hydra's proxy, torchrun's agent,
 slurmstepd: common to the node's ranks). The job id is the chosen launcher's own,
-else the closest enclosing launcher's (torchrun's default ``none`` under Slurm gives Slurm's job).
+else the closest enclosing launcher's (torchrun's default ``none`` under Slurm gives Slurm's job;
+MPICH's or Intel MPI's ``mpiexec`` in a PBS or LSF job gives that job's).
 
 Explicit settings (``rank``, ``local_rank``, ``world_size``, ``local_world_size``, ``node``,
 ``job``) replace what launchers say, field by field. Inconsistent launcher variables (a value
