@@ -5,10 +5,10 @@
 //! dies have their own registers: see [`super::rapl_cpus`]). Intel parts publish an energy
 //! unit in `MSR_RAPL_POWER_UNIT` (0x606, bits 12:8: one unit is 2^-ESU joules; 2^ESU µJ on the
 //! Silvermont and Airmont Atoms) and 32-bit counters for the package (0x611), DRAM (0x619),
-//! cores (PP0, 0x639), the uncore or graphics (PP1, 0x641) and the platform (psys, 0x64D). Some server parts count DRAM in a fixed unit of
-//! 2^-16 J (15.3 µJ) whatever 0x606 says, and Sapphire and Emerald Rapids servers count the
-//! platform in whole joules. AMD (family 17h and later) and Hygon use 0xC0010299
-//! for the unit and 0xC001029B for the package counter.
+//! cores (PP0, 0x639), the uncore or graphics (PP1, 0x641) and the platform (psys, 0x64D).
+//! Some server parts count DRAM in a fixed unit of 2^-16 J (15.3 µJ) whatever 0x606 says, and
+//! Sapphire and Emerald Rapids servers count the platform in whole joules. AMD (family 17h and
+//! later) and Hygon use 0xC0010299 for the unit and 0xC001029B for the package counter.
 
 use std::collections::BTreeMap;
 use std::fs::File;
