@@ -99,6 +99,18 @@ pub fn has_atom_energy_unit(family: u32, model: u32) -> bool {
     family == 6 && INTEL_ATOM_UNIT_MODELS.contains(&model)
 }
 
+/// Joules per count of an Intel family/model's `domain` counter, given its unit register
+/// (0x606): the fixed DRAM and platform units where the model has them, else the Atom or the
+/// common reading of the register.
+pub fn intel_joules_per_unit(family: u32, model: u32, domain: Domain, unit_register: u64) -> f64 {
+    match domain {
+        Domain::Dram if has_fixed_dram_unit(family, model) => FIXED_DRAM_UNIT_J,
+        Domain::Psys if has_joule_psys_unit(family, model) => 1.0,
+        _ if has_atom_energy_unit(family, model) => atom_energy_unit_j(unit_register),
+        _ => energy_unit_j(unit_register),
+    }
+}
+
 /// Whether an Intel family/model counts DRAM energy in the fixed 2^-16 J unit.
 pub fn has_fixed_dram_unit(family: u32, model: u32) -> bool {
     family == 6 && INTEL_FIXED_DRAM_UNIT_MODELS.contains(&model)
@@ -284,20 +296,14 @@ pub fn discover(roots: &Roots) -> Found {
                 continue;
             }
         };
-        let unit_j = if vendor == Vendor::Intel && has_atom_energy_unit(family, model) {
-            atom_energy_unit_j(unit)
-        } else {
-            energy_unit_j(unit)
-        };
         for (domain, address) in counters {
             match read_msr(&file, &path, address, READ_HINT) {
                 Ok(v) if v & (COUNTER_WRAP - 1) != 0 => {}
                 _ => continue,
             }
-            let joules_per_unit = match domain {
-                Domain::Dram if has_fixed_dram_unit(family, model) => FIXED_DRAM_UNIT_J,
-                Domain::Psys if has_joule_psys_unit(family, model) => 1.0,
-                _ => unit_j,
+            let joules_per_unit = match vendor {
+                Vendor::Intel => intel_joules_per_unit(family, model, domain, unit),
+                Vendor::Amd => energy_unit_j(unit),
             };
             let label = match domain {
                 Domain::Package => format!("{} (msr)", part.package_name()),
