@@ -186,3 +186,20 @@ fn an_offline_cpu_is_not_read_its_package_is() {
     assert!(path.ends_with("dev/cpu/3/msr"), "{path:?}");
     assert_eq!(counter(&mut found, "msr:1:package"), 0x1003);
 }
+
+/// A CPU whose `online` file cannot be read is looked up in the kernel's list of online CPUs.
+#[test]
+fn an_unreadable_online_file_defers_to_the_kernels_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout: Vec<(u32, u32, u32)> = (0..4).map(|c| (c, c / 2, 0)).collect();
+    multi_die_machine(dir.path(), "GenuineIntel", 6, 0x6A, &layout);
+    let cpus = dir.path().join("sys/devices/system/cpu");
+    fs::write(cpus.join("online"), "0-1,3\n").unwrap();
+    // Not readable as a file.
+    fs::create_dir(cpus.join("cpu2/online")).unwrap();
+    fs::remove_dir_all(dir.path().join("dev/cpu/2")).unwrap();
+    let found = msr::discover(&roots_at(dir.path()));
+    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+    let path = found.sources[2].info().path.clone().unwrap();
+    assert!(path.ends_with("dev/cpu/3/msr"), "{path:?}");
+}

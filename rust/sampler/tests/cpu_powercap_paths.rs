@@ -82,6 +82,31 @@ fn a_tree_with_the_device_directories_only() {
 }
 
 #[test]
+fn an_empty_class_directory_sends_the_search_to_the_device_directories() {
+    // The class directory is there (the powercap class is registered) but links nothing, while
+    // the devices' directory holds the zones.
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("sys/class/powercap")).unwrap();
+    client_zones(&dir.path().join("sys/devices/virtual/powercap"));
+    let mut found = powercap::discover(&roots_at(dir.path()));
+    assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+    assert_eq!(summary(&found), expected());
+    assert_eq!(counter(&mut found, "powercap:intel-rapl:0:0"), 400);
+}
+
+#[test]
+fn an_empty_class_directory_and_no_devices_say_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("sys/class/powercap")).unwrap();
+    fs::create_dir_all(dir.path().join("sys/devices/virtual/powercap")).unwrap();
+    let found = powercap::discover(&roots_at(dir.path()));
+    assert!(found.sources.is_empty());
+    assert_eq!(found.unavailable.len(), 1, "{:?}", found.unavailable);
+    assert!(found.unavailable[0].what.ends_with("class/powercap"));
+    assert!(found.unavailable[0].reason.contains("no intel-rapl zones"));
+}
+
+#[test]
 fn class_links_are_preferred_and_nothing_is_listed_twice() {
     // As sysfs lays it out: the control type and every zone linked from the class directory.
     let dir = tempfile::tempdir().unwrap();

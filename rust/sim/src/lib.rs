@@ -52,7 +52,8 @@
 //!   register's address: the unit register 0x606 (energy status unit
 //!   [`SimSpec::energy_status_unit`], 14 by default) and the 32-bit counters 0x611 (package),
 //!   0x639 (core), 0x641 (uncore), 0x619 (dram, in 2^-16 J units on the server models that
-//!   use that fixed unit) and 0x64D (psys, package 0 only).
+//!   use that fixed unit) and 0x64D (psys, package 0 only; in joules on Sapphire and Emerald
+//!   Rapids); on the Silvermont and Airmont Atoms a unit is 2^ESU µJ.
 //! * topology: `sys/devices/system/cpu/cpuC/topology/{physical_package_id,core_id}` and
 //!   `sys/devices/system/cpu/online`; CPUs are numbered package by package.
 //! * `proc/cpuinfo` (vendor GenuineIntel, family 6, [`SimSpec::cpu_model`],

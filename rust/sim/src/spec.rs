@@ -76,7 +76,8 @@ pub struct SimSpec {
     /// Intel family-6 `model` in cpuinfo (default 0x6A, Ice Lake-X, whose DRAM counter uses
     /// the fixed 2^-16 J unit).
     pub cpu_model: u32,
-    /// Energy status unit written into MSR 0x606: one unit is 2^-ESU J (default 14).
+    /// Energy status unit written into MSR 0x606: one unit is 2^-ESU J (default 14), 2^ESU µJ
+    /// on the Silvermont and Airmont Atoms (`cpu_model` 0x37, 0x4A, 0x4C, 0x5A).
     pub energy_status_unit: u32,
     /// Simulated NVIDIA GPUs (default none), published in `<root>/nvml/` for the fake
     /// `libnvidia-ml` (see [`crate::gpu`]).

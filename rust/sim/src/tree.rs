@@ -62,12 +62,9 @@ pub(crate) fn build(spec: &SimSpec) -> Result<(Vec<ZoneState>, Vec<File>), Error
         write_file(&virt.join("enabled"), "1\n")?;
         symlink(&virt, &class.join("intel-rapl"))?;
     }
-    let esu_unit_j = (2.0f64).powi(-(spec.energy_status_unit as i32));
-    let dram_unit_j = if msr::has_fixed_dram_unit(6, spec.cpu_model) {
-        msr::FIXED_DRAM_UNIT_J
-    } else {
-        esu_unit_j
-    };
+    // The unit register as the MSR devices hold it; each counter counts in the unit the model
+    // gives its domain (fixed DRAM and platform units, the Atoms' 2^ESU µJ).
+    let unit_value: u64 = (10 << 16) | (u64::from(spec.energy_status_unit) << 8) | 3;
     let mut zones = Vec::new();
     for z in &spec.zones {
         let (dir, link) = if spec.powercap {
@@ -137,11 +134,7 @@ pub(crate) fn build(spec: &SimSpec) -> Result<(Vec<ZoneState>, Vec<File>), Error
             width: z.max_energy_range_uj.to_string().len(),
             wrap_uj: z.max_energy_range_uj.saturating_add(1),
             msr_address: msr_address(z.domain),
-            msr_unit_j: if z.domain == Domain::Dram {
-                dram_unit_j
-            } else {
-                esu_unit_j
-            },
+            msr_unit_j: msr::intel_joules_per_unit(6, spec.cpu_model, z.domain, unit_value),
             msr_cpus,
             removed: false,
             failing: false,
@@ -153,7 +146,6 @@ pub(crate) fn build(spec: &SimSpec) -> Result<(Vec<ZoneState>, Vec<File>), Error
     // MSR devices.
     let mut msr_files = Vec::new();
     if spec.msr {
-        let unit_value: u64 = (10 << 16) | (u64::from(spec.energy_status_unit) << 8) | 3;
         for cpu in 0..cpu_count {
             let path = root.join(format!("dev/cpu/{cpu}/msr"));
             if let Some(parent) = path.parent() {

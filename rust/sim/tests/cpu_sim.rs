@@ -341,6 +341,52 @@ fn msr_files_follow_the_same_energy() {
     }
 }
 
+/// The counters count in the unit the model gives each domain, as the MSR backend reads it:
+/// 2^ESU µJ on a Silvermont Atom, whole joules for Sapphire Rapids' platform counter.
+#[test]
+fn msr_counters_count_in_the_models_units() {
+    for (model, esu, domain, unit) in [
+        (0x37, 5, Domain::Package, 32e-6),
+        (0x4C, 5, Domain::Core, 32e-6),
+        (0x8F, 14, Domain::Psys, 1.0),
+        (0x8F, 14, Domain::Package, 1.0 / 16384.0),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = SimSpec::new(dir.path(), 1).with_zone(SimZone::new(
+            domain,
+            0,
+            SquareWave::constant(7.0),
+        ));
+        if domain != Domain::Package {
+            spec = spec.with_zone(SimZone::new(Domain::Package, 0, SquareWave::constant(20.0)));
+        }
+        spec.cpu_model = model;
+        spec.energy_status_unit = esu;
+        let sim = SimMachine::new(spec).unwrap();
+        let t = sim.t0_ns() + 2_000_000_000;
+        sim.write_at(t).unwrap();
+        let found = msr::discover(&sim.roots());
+        assert!(found.unavailable.is_empty(), "{:?}", found.unavailable);
+        let mut sources = found.sources;
+        let s = sources
+            .iter_mut()
+            .find(|s| s.info().domain == domain)
+            .unwrap();
+        assert_eq!(
+            s.info().counter.unwrap().joules_per_unit,
+            unit,
+            "{model:#x}"
+        );
+        let raw = read_counter(s.as_mut());
+        let e = 1000.0 + 7.0 * 2.0;
+        assert_eq!(
+            raw,
+            ((e / unit).floor() as u64) & 0xFFFF_FFFF,
+            "{model:#x} {domain:?}"
+        );
+    }
+}
+
 #[test]
 fn fail_reads_and_layout() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,10 +5,10 @@
 //! dies have their own registers: see [`super::rapl_cpus`]). Intel parts publish an energy
 //! unit in `MSR_RAPL_POWER_UNIT` (0x606, bits 12:8: one unit is 2^-ESU joules; 2^ESU µJ on the
 //! Silvermont and Airmont Atoms) and 32-bit counters for the package (0x611), DRAM (0x619),
-//! cores (PP0, 0x639), the uncore or graphics (PP1, 0x641) and the platform (psys, 0x64D). Some server parts count DRAM in a fixed unit of
-//! 2^-16 J (15.3 µJ) whatever 0x606 says, and Sapphire and Emerald Rapids servers count the
-//! platform in whole joules. AMD (family 17h and later) and Hygon use 0xC0010299
-//! for the unit and 0xC001029B for the package counter.
+//! cores (PP0, 0x639), the uncore or graphics (PP1, 0x641) and the platform (psys, 0x64D).
+//! Some server parts count DRAM in a fixed unit of 2^-16 J (15.3 µJ) whatever 0x606 says, and
+//! Sapphire and Emerald Rapids servers count the platform in whole joules. AMD (family 17h and
+//! later) and Hygon use 0xC0010299 for the unit and 0xC001029B for the package counter.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -97,6 +97,18 @@ pub fn atom_energy_unit_j(unit_register: u64) -> f64 {
 /// ([`atom_energy_unit_j`]).
 pub fn has_atom_energy_unit(family: u32, model: u32) -> bool {
     family == 6 && INTEL_ATOM_UNIT_MODELS.contains(&model)
+}
+
+/// Joules per count of an Intel family/model's `domain` counter, given its unit register
+/// (0x606): the fixed DRAM and platform units where the model has them, else the Atom or the
+/// common reading of the register.
+pub fn intel_joules_per_unit(family: u32, model: u32, domain: Domain, unit_register: u64) -> f64 {
+    match domain {
+        Domain::Dram if has_fixed_dram_unit(family, model) => FIXED_DRAM_UNIT_J,
+        Domain::Psys if has_joule_psys_unit(family, model) => 1.0,
+        _ if has_atom_energy_unit(family, model) => atom_energy_unit_j(unit_register),
+        _ => energy_unit_j(unit_register),
+    }
 }
 
 /// Whether an Intel family/model counts DRAM energy in the fixed 2^-16 J unit.
@@ -284,20 +296,14 @@ pub fn discover(roots: &Roots) -> Found {
                 continue;
             }
         };
-        let unit_j = if vendor == Vendor::Intel && has_atom_energy_unit(family, model) {
-            atom_energy_unit_j(unit)
-        } else {
-            energy_unit_j(unit)
-        };
         for (domain, address) in counters {
             match read_msr(&file, &path, address, READ_HINT) {
                 Ok(v) if v & (COUNTER_WRAP - 1) != 0 => {}
                 _ => continue,
             }
-            let joules_per_unit = match domain {
-                Domain::Dram if has_fixed_dram_unit(family, model) => FIXED_DRAM_UNIT_J,
-                Domain::Psys if has_joule_psys_unit(family, model) => 1.0,
-                _ => unit_j,
+            let joules_per_unit = match vendor {
+                Vendor::Intel => intel_joules_per_unit(family, model, domain, unit),
+                Vendor::Amd => energy_unit_j(unit),
             };
             let label = match domain {
                 Domain::Package => format!("{} (msr)", part.package_name()),

@@ -103,12 +103,42 @@ pub fn choose(
     (chosen, repeats)
 }
 
-/// Whether CPU `cpu` is online: its `online` file (which CPUs that can be taken offline have)
-/// does not read 0. An offline CPU's registers cannot be read, nor can perf events be opened on
-/// it; the kernel also drops its topology directory (some report its package as -1).
+/// Whether CPU `cpu` is online. An offline CPU's registers cannot be read, nor can perf events
+/// be opened on it; the kernel also drops its topology directory (some report its package as
+/// -1). Its `cpuN/online` file says (0 or 1); a CPU without one cannot be taken offline (cpu0
+/// often) and is online; where that file cannot be read, the kernel's list of online CPUs
+/// (`devices/system/cpu/online`) says, and failing that the CPU is taken as online.
 pub fn is_online(sys: &Path, cpu: u32) -> bool {
-    let path = sys.join(format!("devices/system/cpu/cpu{cpu}/online"));
-    std::fs::read_to_string(path).map_or(true, |t| t.trim() != "0")
+    let cpus = sys.join("devices/system/cpu");
+    match std::fs::read_to_string(cpus.join(format!("cpu{cpu}/online"))) {
+        Ok(t) if t.trim() == "0" => false,
+        Ok(t) if t.trim() == "1" => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        _ => std::fs::read_to_string(cpus.join("online"))
+            .ok()
+            .and_then(|t| cpu_list_contains(&t, cpu))
+            .unwrap_or(true),
+    }
+}
+
+/// Whether a kernel CPU list (`0-3,8,10-11`) holds `cpu`; `None` where it is not such a list.
+fn cpu_list_contains(list: &str, cpu: u32) -> Option<bool> {
+    let list = list.trim();
+    if list.is_empty() {
+        return None;
+    }
+    let mut found = false;
+    for part in list.split(',') {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?),
+            None => {
+                let n = part.trim().parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        found |= (lo..=hi).contains(&cpu);
+    }
+    Some(found)
 }
 
 /// Every online CPU listed under `<sys>/devices/system/cpu` with its package and die (CPUs
@@ -133,6 +163,36 @@ pub fn all_cpus(sys: &Path) -> Vec<(u32, u32, Option<u32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_kernel_cpu_lists() {
+        assert_eq!(cpu_list_contains("0-3,8,10-11\n", 2), Some(true));
+        assert_eq!(cpu_list_contains("0-3,8,10-11", 8), Some(true));
+        assert_eq!(cpu_list_contains("0-3,8,10-11", 9), Some(false));
+        assert_eq!(cpu_list_contains("0", 1), Some(false));
+        assert_eq!(cpu_list_contains("", 0), None);
+        assert_eq!(cpu_list_contains("0-x", 0), None);
+    }
+
+    #[test]
+    fn online_from_the_cpu_file_else_the_kernel_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let cpus = dir.path().join("devices/system/cpu");
+        for c in 0..4 {
+            std::fs::create_dir_all(cpus.join(format!("cpu{c}"))).unwrap();
+        }
+        std::fs::write(cpus.join("online"), "0,2\n").unwrap();
+        std::fs::write(cpus.join("cpu1/online"), "0\n").unwrap();
+        std::fs::write(cpus.join("cpu2/online"), "1\n").unwrap();
+        // cpu3's file cannot be read as a file: the kernel's list says it is offline.
+        std::fs::create_dir(cpus.join("cpu3/online")).unwrap();
+        // cpu0 has no file: it cannot be taken offline.
+        let online: Vec<bool> = (0..4).map(|c| is_online(dir.path(), c)).collect();
+        assert_eq!(online, [true, false, true, false]);
+        // Without the list, a CPU whose file cannot be read counts as online.
+        std::fs::remove_file(cpus.join("online")).unwrap();
+        assert!(is_online(dir.path(), 3));
+    }
 
     #[test]
     fn one_per_die_on_intel_one_per_package_on_amd() {

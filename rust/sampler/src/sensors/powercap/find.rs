@@ -60,8 +60,8 @@ pub fn die_of(label: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Finds every zone under `<roots.sys>/class/powercap` (or, where there is no such directory,
-/// `<roots.sys>/devices/virtual/powercap`) and measures the RAPL ones.
+/// Finds every zone under `<roots.sys>/class/powercap` (or, where that directory is missing or
+/// lists no zone, `<roots.sys>/devices/virtual/powercap`) and measures the RAPL ones.
 ///
 /// Zones come back in a stable order (control type, then zone ids). Every zone found and not
 /// measured becomes an [`Unavailable`] entry with the reason and what to do: zones whose files
@@ -74,14 +74,24 @@ pub fn discover(roots: &Roots) -> Found {
     let mut found = Found::default();
     let class = roots.sys.join("class").join("powercap");
     let devices = roots.sys.join("devices").join("virtual").join("powercap");
-    // Every kernel with powercap has the class directory; a tree that holds only the devices'
-    // directory (the control types with their zones nested inside) is read there.
-    let base = if fs::symlink_metadata(&class).is_err() && devices.is_dir() {
-        devices
-    } else {
-        class
+    // Every kernel with powercap has the class directory; a tree whose class directory is
+    // missing, or lists nothing, while the devices' directory holds the control types with
+    // their zones nested inside, is read there.
+    let mut base = class;
+    let mut listed = zones::list(&base);
+    let class_is_empty = match &listed {
+        Ok(t) => t.zones.is_empty() && t.dangling.is_empty(),
+        Err(_) => fs::symlink_metadata(&base).is_err(),
     };
-    let tree = match zones::list(&base) {
+    if class_is_empty && devices.is_dir() {
+        if let Ok(t) = zones::list(&devices) {
+            if !t.zones.is_empty() || listed.is_err() {
+                base = devices;
+                listed = Ok(t);
+            }
+        }
+    }
+    let tree = match listed {
         Ok(t) => t,
         Err(e) => {
             let reason = if e.kind() == io::ErrorKind::NotFound {

@@ -7,7 +7,9 @@
 //! `max_energy_range_uj` and then starts again at 0. [`zones`] says how the kernel lays the tree
 //! out and names its zones.
 //!
-//! [`discover`] finds every zone under `<roots.sys>/class/powercap`, keeps the `energy_uj` of
+//! [`discover`] finds every zone under `<roots.sys>/class/powercap` (under
+//! `<roots.sys>/devices/virtual/powercap` where the class directory is missing or links no
+//! zone), keeps the `energy_uj` of
 //! each one it measures open, lists every other zone with the reason it is not read, and
 //! returns a [`PowercapSource`] per measured zone, which re-reads its counter with `pread` at
 //! offset 0.
