@@ -4,10 +4,16 @@ Lightning's own launcher, each with the variables its documentation or source de
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
+import dist_worker
 from carbonctx._distributed.devices import Gpu, owned_gpus
 from carbonctx._distributed.paths import expand_path
 from carbonctx._distributed.ranks import RankInfo, detect_ranks
@@ -162,9 +168,18 @@ def test_a_kubeflow_pod_that_should_start_torchrun_is_no_rank() -> None:
     assert (info.launcher, fields(info)) == ("torchrun", (9, 16, 1, 4, 2))
 
 
-def test_kubeflow_with_nproc_per_node_auto_keeps_rank_and_size() -> None:
-    info = detect(dict(KUBEFLOW_POD, PET_NPROC_PER_NODE="auto"))
-    assert fields(info) == (2, 4, None, None, 2)
+def test_kubeflow_with_nproc_per_node_auto() -> None:
+    # "auto" (the operator's default): WORLD_SIZE counts 1 process per pod (PET_NNODES pods), so
+    # the process that still has the pod's RANK is the pod's one: local rank 0 of 1, GPU 0
+    auto = dict(KUBEFLOW_POD, PET_NPROC_PER_NODE="auto")
+    info = detect(auto)
+    assert (info.launcher, fields(info)) == ("kubeflow", (2, 4, 0, 1, 2))
+    assert owned_gpus(info, GPUS, {}, modules={}).indices == (0,)
+    # without the pods' count (an elastic policy sets PET_NNODES to "min:max"), rank and size only
+    elastic = dict(auto, PET_NNODES="1:4")
+    assert fields(detect(elastic)) == (2, 4, None, None, 2)
+    # a process of the pod's own that sets a larger WORLD_SIZE is not the pod's one process
+    assert fields(detect(dict(auto, WORLD_SIZE="16"))) == (2, 16, None, None, 2)
     # RANK that is not the pod's index: these are not the operator's variables
     info = detect(dict(KUBEFLOW_POD, RANK="3"))
     assert (info.launcher, fields(info)) == ("torch-env", (3, 4, None, None, None))
@@ -198,7 +213,9 @@ def test_lightnings_launcher_past_node_0_needs_the_processes_per_node() -> None:
     env = dict(LIGHTNING, NODE_RANK="1", WORLD_SIZE="8")
     info, message = detect_warning(env)
     assert not info.distributed
-    assert "NODE_RANK=1" in message and "CARBONCTX_RANK" in message
+    # Lightning starts its processes with copies of one environment: a per-process setting
+    # (CARBONCTX_RANK) cannot be given to them, LOCAL_WORLD_SIZE can
+    assert "NODE_RANK=1" in message and "export LOCAL_WORLD_SIZE" in message
     # a setting fixes it, as does the local size
     assert detect(env, rank=6, local_world_size=4).rank == 6
     info = detect(dict(env, LOCAL_WORLD_SIZE="4"))
@@ -236,11 +253,106 @@ def test_ray_train_workers() -> None:
     assert other.job_key == info.job_key  # the rendezvous address names the job
 
 
-@pytest.mark.parametrize("drop", ["NODE_RANK", "WORLD_SIZE"])
+# Fabric(devices=2) on the CPU, started as a plain script: Lightning's launcher sets its variables
+# in the main process and starts local rank 1 with a copy. Each process says what it was found
+# to be before the launch and after it.
+FABRIC_SCRIPT = r"""
+import json, os, sys, warnings
+warnings.simplefilter("ignore")
+from carbonctx._distributed.ranks import detect_ranks
+
+def seen():
+    i = detect_ranks(proc_root="/nonexistent", warn=False)
+    return [i.launcher, i.rank, i.world_size, i.local_rank, i.node_rank, i.distributed,
+            i.job_key, list(i.problems)]
+
+before = seen()
+from lightning.fabric import Fabric
+fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp")
+fabric.launch()
+after = seen()
+with open(os.path.join(sys.argv[1], f"rank{fabric.global_rank}.json"), "w") as f:
+    json.dump({"before": before, "after": after}, f)
+fabric.barrier()
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("lightning") is None or importlib.util.find_spec("torch") is None,
+    reason="needs torch and lightning (the test extra)",
+)
+@pytest.mark.timeout(120)
+def test_lightnings_own_launcher_for_real(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(FABRIC_SCRIPT)
+    keep = ("PATH", "HOME", "PYTHONPATH", "LANG", "TMPDIR", "VIRTUAL_ENV")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    ((code, out),) = dist_worker.run_processes(
+        [[sys.executable, str(script), str(tmp_path)]], [env], timeout=100
+    )
+    assert code == 0, out
+    main, child = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    # the main process is one process on its own until the launch sets its variables
+    assert main["before"][:6] == ["none", 0, 1, 0, None, False]
+    assert main["after"][:6] == ["lightning", 0, 2, 0, 0, True]
+    assert child["before"] == child["after"]
+    assert child["after"][:6] == ["lightning", 1, 2, 1, 0, True]
+    # one job: the node's ranks find one key, and nothing is wrong with the variables
+    assert main["after"][6] == child["after"][6]
+    assert main["after"][7] == child["after"][7] == []
+
+
+@pytest.mark.parametrize("drop", ["NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"])
 def test_local_rank_alone_is_not_lightnings_launcher(drop: str) -> None:
+    # Lightning's launcher always sets all five; without one they are stray variables (a
+    # shell's or a notebook's): measured on its own, with a warning, as before
     env = {k: v for k, v in LIGHTNING.items() if k != drop}
     info = detect_ranks(env, hostname="h", proc_root="/nonexistent", pid=1, warn=False)
     assert info.launcher == "torch-env" and not info.distributed
+    assert (info.rank, info.world_size) == (0, 1)
+
+
+# srun -N 2 --ntasks-per-node=2 wrap.sh, the wrapper exporting LOCAL_RANK=$SLURM_LOCALID,
+# NODE_RANK=$SLURM_NODEID and WORLD_SIZE=$SLURM_NTASKS (the script sets RANK itself later):
+# task 3, the second on node 1.
+SRUN_BY_HAND = {
+    "SLURM_JOB_ID": "77",
+    "SLURM_STEP_ID": "0",
+    "SLURM_PROCID": "3",
+    "SLURM_NTASKS": "4",
+    "SLURM_STEP_NUM_TASKS": "4",
+    "SLURM_LOCALID": "1",
+    "SLURM_NODEID": "1",
+    "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+    "MASTER_ADDR": "node0",
+    "MASTER_PORT": "29500",
+    "WORLD_SIZE": "4",
+    "NODE_RANK": "1",
+    "LOCAL_RANK": "1",
+}
+
+
+def test_rank_less_variables_in_an_srun_step_are_slurms_tasks() -> None:
+    info = detect(SRUN_BY_HAND)
+    assert (info.launcher, fields(info)) == ("slurm", (3, 4, 1, 2, 1))
+    # --distribution=cyclic: task 2 is the second on node 0; LOCAL_RANK is not its rank
+    cyclic = dict(SRUN_BY_HAND, SLURM_PROCID="2", SLURM_NODEID="0", NODE_RANK="0")
+    info = detect(cyclic)
+    assert (info.launcher, fields(info)) == ("slurm", (2, 4, 1, 2, 0))
+
+
+def test_lightnings_children_in_an_srun_step_stay_lightnings() -> None:
+    # srun --ntasks-per-node=1 python train.py with devices=4 and Lightning's own environment:
+    # Slurm's task is the node's main process, its world the nodes, not Lightning's processes
+    env = dict(SRUN_BY_HAND, SLURM_PROCID="0", SLURM_NTASKS="2", SLURM_STEP_NUM_TASKS="2")
+    env.update(SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_STEP_TASKS_PER_NODE="1(x2)")
+    env.update(WORLD_SIZE="8", NODE_RANK="0", LOCAL_RANK="3")
+    info = detect(env)
+    assert (info.launcher, fields(info)) == ("lightning", (3, 8, 3, None, 0))
+    # a launcher naming a rank but no world size is no evidence against a worked-out one
+    pmix = dict(LIGHTNING, PMIX_RANK="0", PMIX_NAMESPACE="prterun-h-1@1")
+    assert (detect(pmix).launcher, detect(pmix).rank) == ("lightning", 2)
 
 
 # ---------------------------------------------------------------------------- malformed values

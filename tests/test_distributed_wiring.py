@@ -50,6 +50,37 @@ def measure(sim: SimulatedMachine, **settings: object) -> carbonctx.Measurement:
     return m.result()
 
 
+LIGHTNING_MAIN = {
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "41077",
+    "NODE_RANK": "0",
+    "LOCAL_RANK": "0",
+    "WORLD_SIZE": "2",
+}
+
+
+def test_a_launch_after_configure_is_seen_by_the_first_region(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # configure() at the script's top, then Trainer.fit: Lightning's launcher sets its variables
+    # in this (main) process's environment and starts local rank 1, then the first region opens
+    for k in ("RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "TORCHELASTIC_RUN_ID", *LIGHTNING_MAIN):
+        monkeypatch.delenv(k, raising=False)
+    carbonctx.configure()
+    launch(monkeypatch, **LIGHTNING_MAIN)
+    info = process.runtime().rank_info
+    assert (info.launcher, info.rank, info.world_size, info.distributed) == (
+        "lightning",
+        0,
+        2,
+        True,
+    )
+    # Lightning's teardown deletes WORLD_SIZE after the fit: the process stays the job's rank
+    monkeypatch.delenv("WORLD_SIZE")
+    carbonctx.configure()
+    assert process.runtime().rank_info == info
+
+
 def test_rank_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     launch(
         monkeypatch,

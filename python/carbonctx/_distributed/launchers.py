@@ -44,6 +44,9 @@ class Reading:
     # (message, the field it makes unusable, if one): a setting for that field fixes it.
     problems: list[tuple[str, str | None]] = attrs.field(factory=list)
     bad: set[str] = attrs.field(factory=set)
+    # Fields worked out from others rather than read (Lightning's rank): a launcher that names
+    # them, and agrees with every value read, describes the process instead.
+    inferred: set[str] = attrs.field(factory=set)
 
     def get(self, name: str) -> int | None:
         v = self.fields.get(name)
@@ -84,7 +87,7 @@ def _read_torch(env: Mapping[str, str]) -> Reading | None:
     _read_int(r, env, "node_rank", "GROUP_RANK", "NODE_RANK", *(("CROSS_RANK",) if ds else ()))
     if not elastic and "LOCAL_RANK" not in env and "PET_NODE_RANK" in env:
         _kubeflow(r, env)
-    if not elastic and "RANK" not in env and "NODE_RANK" in env and "LOCAL_RANK" in env:
+    if not elastic and "RANK" not in env and _lightning_marks(env):
         _lightning(r)
     run_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
     if run_id and run_id.lower() != "none":
@@ -117,14 +120,26 @@ def _lsf_job(env: Mapping[str, str]) -> tuple[str, str] | None:
     return found
 
 
+def _lightning_marks(env: Mapping[str, str]) -> bool:
+    """Lightning's launcher sets ``MASTER_ADDR``, ``MASTER_PORT``, ``NODE_RANK``, ``LOCAL_RANK``
+    and ``WORLD_SIZE`` in the main process's environment, which each process it starts copies;
+    without all of them these are stray variables (a shell's, a notebook's), not its ranks."""
+    names = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+    return all(env.get(n, "").strip() for n in names)
+
+
 def _lightning(r: Reading) -> None:
     """Lightning's launcher (``python train.py`` with ``devices=N``): each process has
     ``LOCAL_RANK``, ``NODE_RANK`` and ``WORLD_SIZE`` (N times the nodes), no ``RANK``; its rank is
-    ``NODE_RANK * N + LOCAL_RANK``, which on node 0 is the local rank whatever N is."""
+    ``NODE_RANK * N + LOCAL_RANK``, which on node 0 is the local rank whatever N is. The main
+    process sets them at the launch (``Trainer.fit``, ``Fabric.launch``): before it, it is a
+    process on its own. The rank is worked out, so a launcher that names it and agrees (an
+    ``srun`` step whose tasks export these by hand) describes the process instead."""
     node, local, world = r.get("node_rank"), r.get("local_rank"), r.get("world_size")
     if node is None or local is None or world is None:
         return
     r.launcher = "lightning"
+    r.inferred.add("rank")
     if node == 0:
         r.fields["rank"] = (local, "LOCAL_RANK (NODE_RANK=0)")
         return
@@ -137,7 +152,8 @@ def _lightning(r: Reading) -> None:
         (
             f"NODE_RANK={node} and LOCAL_RANK={local} are set but no RANK (Lightning's launcher): "
             "the rank is NODE_RANK times the processes per node plus LOCAL_RANK, and nothing "
-            "says the processes per node; set CARBONCTX_LOCAL_WORLD_SIZE and CARBONCTX_RANK",
+            "says the processes per node; export LOCAL_WORLD_SIZE (devices=N) before starting "
+            "it on each node (the processes it starts copy it)",
             "rank",
         )
     )
@@ -156,8 +172,15 @@ def _kubeflow(r: Reading, env: Mapping[str, str]) -> None:
     r.launcher = "kubeflow"
     r.fields["node_rank"] = mark.fields["node_rank"]
     per_pod = env.get("PET_NPROC_PER_NODE", "").strip()
+    pods = env.get("PET_NNODES", "").strip()
     if not per_pod.isdecimal():
-        return  # "auto" (the default), "gpu", "cpu": decided in the pod, not said here
+        # "auto" (the default), "gpu", "cpu": torchrun decides in the pod, and the operator
+        # counts 1 process per pod in WORLD_SIZE. A process that still has the pod's RANK is no
+        # torchrun worker: when WORLD_SIZE is the pods' count (PET_NNODES), it is the pod's one.
+        if pods.isdecimal() and r.get("world_size") == int(pods):
+            r.fields["local_rank"] = (0, "PET_NODE_RANK=RANK, WORLD_SIZE=PET_NNODES")
+            r.fields["local_world_size"] = (1, "WORLD_SIZE=PET_NNODES")
+        return
     if int(per_pod) == 1:
         r.fields["local_rank"] = (0, "PET_NPROC_PER_NODE=1")
         r.fields["local_world_size"] = (1, "PET_NPROC_PER_NODE")

@@ -15,13 +15,17 @@ launcher       variables
                ``LOCAL_SIZE`` and ``CROSS_RANK`` (the node) instead, with ``CROSS_SIZE``: read
                when that is set and torch's names are absent.
 ``lightning``  Lightning's own launcher (``python train.py``, ``devices=N``): ``LOCAL_RANK``,
-               ``NODE_RANK``, ``WORLD_SIZE`` and no ``RANK``; the rank is ``LOCAL_RANK`` on node
-               0, ``NODE_RANK * LOCAL_WORLD_SIZE + LOCAL_RANK`` where that is set, else unknown
-               (a warning says to set it).
+               ``NODE_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` and no ``RANK``
+               (the main process has them from the launch on); the rank is ``LOCAL_RANK`` on
+               node 0, ``NODE_RANK * LOCAL_WORLD_SIZE + LOCAL_RANK`` where that is set, else
+               unknown (a warning says to set it). A worked-out rank: a later launcher naming
+               the rank, with the same world size and agreeing, wins (as for rank-less ones).
 ``kubeflow``   a PyTorchJob pod's process: ``RANK`` equal to ``PET_NODE_RANK`` (the pod's
-               index), ``WORLD_SIZE`` the pods times ``PET_NPROC_PER_NODE``. With 1 process per
-               pod it is local rank 0 of 1 on node ``PET_NODE_RANK``; with more, ``RANK`` is no
-               process's rank (``torchrun`` in the pod gives its processes theirs): a warning.
+               index), ``WORLD_SIZE`` the pods times ``PET_NPROC_PER_NODE`` (times 1 where that
+               is ``auto``, the default). With 1 process per pod (``PET_NPROC_PER_NODE=1``, or
+               ``WORLD_SIZE`` equal to ``PET_NNODES``) it is local rank 0 of 1 on node
+               ``PET_NODE_RANK``; with more, ``RANK`` is no process's rank (``torchrun`` in the
+               pod gives its processes theirs): a warning.
 ``horovod``    ``horovodrun``'s ``HOROVOD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``, and
                ``HOROVOD_CROSS_RANK`` for the node (with Gloo; with MPI it sets MPI's).
 ``openmpi``    ``OMPI_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``; the job id
@@ -217,7 +221,19 @@ def _check(values: Mapping[str, tuple[int, str]]) -> list[tuple[str, tuple[str, 
 
 
 def _agrees(a: Reading, b: Reading) -> bool:
-    return all(b.fields[f][0] == v for f, (v, _) in a.fields.items() if f in b.fields)
+    """Whether ``b`` names a rank and says nothing against what ``a`` read (what ``a`` worked
+    out is no evidence; a worked-out rank needs ``b``'s world size too, the same)."""
+    if "rank" not in b.fields or (a.inferred and "world_size" not in b.fields):
+        return False
+    read = {f: v for f, (v, _) in a.fields.items() if f not in a.inferred}
+    return all(b.fields[f][0] == v for f, v in read.items() if f in b.fields)
+
+
+def _names_no_rank(r: Reading) -> bool:
+    """Rank-less variables (exported by hand), or a rank only worked out from them."""
+    if "rank" in r.inferred:
+        return not (r.bad - r.inferred)
+    return "rank" not in r.fields and not r.bad
 
 
 def _hostname() -> str:
@@ -279,11 +295,9 @@ def detect_ranks(
     readings = [r for r in (reader(env) for reader in READERS) if r is not None]
     claiming = [r for r in readings if r.claims_ranks]
     primary = claiming[0] if claiming else None
-    if primary is not None and "rank" not in primary.fields and not primary.bad:
+    if primary is not None and _names_no_rank(primary):
         # Rank-less variables exported by hand: a launcher that names the rank and agrees.
-        primary = next(
-            (r for r in claiming[1:] if "rank" in r.fields and _agrees(primary, r)), primary
-        )
+        primary = next((r for r in claiming[1:] if _agrees(primary, r)), primary)
 
     values: dict[str, tuple[int, str]] = {}
     problems: list[str] = []

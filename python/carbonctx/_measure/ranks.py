@@ -57,13 +57,33 @@ _UUID = re.compile(r"\[((?:GPU|MIG)-[0-9A-Fa-f-]+)\]")
 # detect_ranks once per process (again in a forked child) and per distinct rank settings.
 _CACHE: dict[tuple[Any, ...], RankInfo] = {}
 
+#: Variables set in a running process's own environment: by Lightning's launcher in its main
+#: process at ``Trainer.fit``/``Fabric.launch`` (``LOCAL_RANK`` among them, always), by scripts
+#: before ``init_process_group``. A runtime made after they change (``configure()`` came first)
+#: detects again. Not ``WORLD_SIZE``: Lightning's teardown deletes it after a fit, and a process
+#: that was a rank in the fit stays one (its files, its key).
+_SET_IN_PROCESS = (
+    "RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
 
 def process_rank_info(settings: Settings, env: Mapping[str, str] | None = None) -> RankInfo:
     """This process's :class:`RankInfo` (launcher variables and the rank settings); cached per
     process. Inconsistent launcher variables are not warned here: ``RankInfo.problems`` has
     them, and the runtime warns once. Raises ConfigurationError for unusable settings."""
     e = os.environ if env is None else env
-    key = (os.getpid(), tuple(sorted(settings.rank_kwargs().items())), settings.proc_root)
+    key = (
+        os.getpid(),
+        tuple(sorted(settings.rank_kwargs().items())),
+        settings.proc_root,
+        tuple(e.get(n) for n in _SET_IN_PROCESS),
+    )
     info = _CACHE.get(key)
     if info is None or env is not None:
         info = detect_ranks(
