@@ -53,7 +53,8 @@ def test_a_redirect_to_another_host_is_refused_and_says_where(
         s.refresh(wait=True)
     said = " ".join(str(w.message) for w in rec)
     port = server.url.rsplit(":", 1)[1]
-    assert f"moved to another host (http://localhost:{port}/v3/carbon-intensity/latest)" in said
+    where = f"(http://localhost:{port}/v3/carbon-intensity/latest)"
+    assert f"moved to another host, port or scheme {where}" in said
     assert "zone=" not in said and TOKEN not in said  # the query (or a token in it) not quoted
     assert server.count("/v3/carbon-intensity/latest") == 1
     failure = s._series["recent"].failure
@@ -126,4 +127,69 @@ def test_a_compressed_answer_that_ends_early_is_said_to_be_cut(
     failure = s._series["recent"].failure
     assert failure is not None and failure.kind == "malformed"
     assert s.current().source == "table"
+    s.close()
+
+
+def test_a_redirect_to_https_on_another_port_is_refused_with_the_login(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # WattTime's login sends basic auth: http to https is an upgrade only on the default ports
+    # (80 to 443); the same machine on another port may be another service, and gets nothing.
+    server.modes["/login"] = "redirect-https-port"
+    s = service(
+        server, tmp_path, client, clock, zone="US-CAL-CISO", providers=["watttime"],
+        signal="marginal", watttime_region="CAISO_NORTH", watttime_username="wt-user",
+        watttime_password="wt-Pa55word",
+    )  # fmt: skip
+    with pytest.warns(IntensityWarning) as rec:
+        s.refresh(wait=True)
+    said = " ".join(str(w.message) for w in rec)
+    assert "moved to another host, port or scheme (https://127.0.0.1:1/login)" in said
+    assert "could not connect" not in said and "wt-Pa55word" not in said
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "http"
+    s.close()
+
+
+def test_a_redirect_message_stays_on_one_short_line(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # the Location's path is the server's text: a %0A in it must not break the warning, and
+    # 3000 characters of it must not fill the screen
+    server.modes["/v3/"] = "redirect-odd"
+    s = em(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning) as rec:
+        s.refresh(wait=True)
+    (said,) = {str(w.message) for w in rec}
+    assert "moved to another host" in said and "/%0Aa-second-line" in said
+    assert "\n" not in said and len(said) < 800
+    assert TOKEN not in said and "zone=" not in said
+    s.close()
+
+
+def test_a_redirect_to_an_unreadable_host_name_is_the_http_error_it_came_with(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # "xn--zz" is no valid IDNA label: said as the provider's answer, not as a bug of ours
+    server.modes["/v3/"] = "redirect-badname"
+    s = em(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="redirects to an address that cannot be read"):
+        s.refresh(wait=True)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "http"
+    assert s.current().source == "table"
+    s.close()
+
+
+def test_an_html_page_title_is_read_as_html_reads_it(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # a byte order mark before the page, and character references in the title ("&amp;", and
+    # "&#10;", a line break that must not reach the warning)
+    server.modes["/v3/"] = "html-bom"
+    s = em(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning) as rec:
+        s.refresh(wait=True)
+    said = " ".join(str(w.message) for w in rec)
+    assert 'an HTML page, not JSON: "Sign in & accept the terms"' in said
     s.close()
