@@ -65,6 +65,7 @@ MODES = (
     "redirect-https-port",  # 302 to https on this host at another port (1)
     "redirect-odd",  # 302 to another host, its path a line break (%0A) and 3000 characters long
     "redirect-badname",  # 302 to a host name that is not valid IDNA (xn--zz.invalid)
+    "redirect-badurl",  # 302 to an address that is no URL (an IPv6 host left open)
     "html",  # a 200 answer that is an HTML page (a proxy's or a captive portal's)
     "html-502",  # a gateway's HTML error page, with HTTP 502
     "html-bom",  # a 200 HTML page after a UTF-8 byte order mark, character references in its title
@@ -381,6 +382,8 @@ class FakeServer:
             status, where = 302, f"{away}/%0Aa-second-line{'x' * 3000}{tail}"
         elif mode == "redirect-badname":
             status, where = 302, f"https://xn--zz.invalid{tail}"
+        elif mode == "redirect-badurl":
+            status, where = 302, f"http://[::1{tail}"
         else:
             status, where = 302, tail
         self._send_raw(h, status, b"<html>Moved</html>", {"Location": where}, "text/html")

@@ -193,3 +193,18 @@ def test_an_html_page_title_is_read_as_html_reads_it(
     said = " ".join(str(w.message) for w in rec)
     assert 'an HTML page, not JSON: "Sign in & accept the terms"' in said
     s.close()
+
+
+def test_a_redirect_to_no_url_is_an_answer_that_could_not_be_read(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # the provider answered: "could not connect" would send the user to check the network
+    server.modes["/v3/"] = "redirect-badurl"
+    s = em(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning) as rec:
+        s.refresh(wait=True)
+    said = " ".join(str(w.message) for w in rec)
+    assert "the answer could not be read as HTTP" in said and "could not connect" not in said
+    assert TOKEN not in said
+    assert s.current().source == "table"
+    s.close()

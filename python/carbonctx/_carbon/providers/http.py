@@ -218,6 +218,12 @@ def get_bytes(
             raise ProviderError(
                 "connection", f"{name}: the answer was cut ({type(exc).__name__}: {exc})"
             ) from None
+        if isinstance(exc, httpx.RemoteProtocolError):  # reached, but no HTTP answer to read
+            # (a status line that is not HTTP; a 3xx whose Location is no URL, which httpx reads
+            # while building the next request: "Invalid URL in location header")
+            raise ProviderError(
+                "connection", f"{name}: the answer could not be read as HTTP ({exc})"
+            ) from None
         raise ProviderError("connection", f"{name}: could not connect ({exc})") from None
     body = b"".join(chunks)
     if explain is not None and 400 <= status < 500 and status != 429:
