@@ -62,6 +62,7 @@ MODES = (
     "redirect",  # 301 to the same path and query under /moved/ on this server (then answered)
     "redirect-away",  # 308 to the same path on another host (localhost instead of 127.0.0.1)
     "redirect-loop",  # 302 to the same address, again and again
+    "redirect-loop-slow",  # the same, each 302 after 0.4 s
     "redirect-https-port",  # 302 to https on this host at another port (1)
     "redirect-odd",  # 302 to another host, its path a line break (%0A) and 3000 characters long
     "redirect-badname",  # 302 to a host name that is not valid IDNA (xn--zz.invalid)
@@ -386,6 +387,8 @@ class FakeServer:
             status, where = 302, f"http://[::1{tail}"
         else:
             status, where = 302, tail
+            if mode == "redirect-loop-slow":
+                self.release.wait(0.4)
         self._send_raw(h, status, b"<html>Moved</html>", {"Location": where}, "text/html")
 
     def _slow(self, h: BaseHTTPRequestHandler) -> None:

@@ -4,6 +4,7 @@ and an HTML page where JSON was due (a proxy's or a portal's), against the local
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -72,6 +73,23 @@ def test_a_redirect_loop_ends_after_three_hops(
         s.refresh(wait=True)
     assert server.count("/v3/carbon-intensity/latest") == 4  # the request and three hops
     assert s.current().source == "table"
+    s.close()
+
+
+def test_the_deadline_counts_across_redirects(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # each hop answers in 0.4 s, within any one read's timeout: the 1 s is for all of them
+    server.modes["/v3/"] = "redirect-loop-slow"
+    s = service(
+        server, tmp_path, client, clock, zone="DE", providers=["electricitymaps"],
+        electricitymaps_token=TOKEN, deadline_s=1.0,
+    )  # fmt: skip
+    t = time.monotonic()
+    with pytest.warns(IntensityWarning, match="no complete answer within 1 s|timed out"):
+        s.refresh(wait=True)
+    assert time.monotonic() - t < 1.0 + 0.5 + 0.5 + 0.5  # generous: one read's timeout over
+    assert server.count("/v3/carbon-intensity/latest") < 4
     s.close()
 
 
