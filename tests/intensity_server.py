@@ -62,8 +62,14 @@ MODES = (
     "redirect",  # 301 to the same path and query under /moved/ on this server (then answered)
     "redirect-away",  # 308 to the same path on another host (localhost instead of 127.0.0.1)
     "redirect-loop",  # 302 to the same address, again and again
+    "redirect-loop-slow",  # the same, each 302 after 0.4 s
+    "redirect-https-port",  # 302 to https on this host at another port (1)
+    "redirect-odd",  # 302 to another host, its path a line break (%0A) and 3000 characters long
+    "redirect-badname",  # 302 to a host name that is not valid IDNA (xn--zz.invalid)
+    "redirect-badurl",  # 302 to an address that is no URL (an IPv6 host left open)
     "html",  # a 200 answer that is an HTML page (a proxy's or a captive portal's)
     "html-502",  # a gateway's HTML error page, with HTTP 502
+    "html-bom",  # a 200 HTML page after a UTF-8 byte order mark, character references in its title
     "gzip-cut",  # the usual answer gzip-compressed, its last bytes missing (length to match)
 )
 
@@ -204,8 +210,8 @@ class FakeServer:
         #: ENTSO-E: (HTTP status, reason text) of an acknowledgement sent instead of the data
         self.entsoe_ack: tuple[int, str] | None = None
         #: send documents as a zip archive of XML files: "whole" (one), "split" (one per
-        #: production type), "corrupt" (a zip header, then garbage)
-        self.entsoe_zip: str | None = None
+        #: production type), "corrupt" (a zip header, then garbage); bytes: this archive
+        self.entsoe_zip: str | bytes | None = None
         #: ENTSO-E: how a resolution of so many minutes is written, where not PT<n>M
         self.entsoe_resolution: dict[int, str] = {}
         #: ENTSO-E: the areas (EIC codes) it has generation for
@@ -302,6 +308,9 @@ class FakeServer:
         if mode == "html-502":
             page = b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>"
             return self._send_raw(h, 502, page, content_type="text/html")
+        if mode == "html-bom":
+            page = "\ufeff<html><head><title>Sign in &amp; accept&#10;the terms</title></head>"
+            return self._send_raw(h, 200, page.encode(), content_type="text/html")
         if mode == "html":
             page = (
                 b"<!DOCTYPE html>\n<html><head><title>Sign in to the network</title></head></html>"
@@ -367,8 +376,19 @@ class FakeServer:
             status, where = 301, f"/moved{tail}"  # relative, as servers often send it
         elif mode == "redirect-away":
             status, where = 308, self.url.replace("127.0.0.1", "localhost") + tail
+        elif mode == "redirect-https-port":
+            status, where = 302, f"https://127.0.0.1:1{tail}"
+        elif mode == "redirect-odd":
+            away = self.url.replace("127.0.0.1", "localhost")
+            status, where = 302, f"{away}/%0Aa-second-line{'x' * 3000}{tail}"
+        elif mode == "redirect-badname":
+            status, where = 302, f"https://xn--zz.invalid{tail}"
+        elif mode == "redirect-badurl":
+            status, where = 302, f"http://[::1{tail}"
         else:
             status, where = 302, tail
+            if mode == "redirect-loop-slow":
+                self.release.wait(0.4)
         self._send_raw(h, status, b"<html>Moved</html>", {"Location": where}, "text/html")
 
     def _slow(self, h: BaseHTTPRequestHandler) -> None:
@@ -558,6 +578,8 @@ class FakeServer:
         )
         for minutes, text in self.entsoe_resolution.items():
             doc = doc.replace(f">PT{minutes}M<", f">{text}<")
+        if isinstance(self.entsoe_zip, bytes):
+            return 200, _Raw(self.entsoe_zip, "application/zip")
         if self.entsoe_zip is not None:
             return 200, _Raw(_zipped(doc, series, self.entsoe_zip), "application/zip")
         return 200, _Raw(doc.encode(), "text/xml")

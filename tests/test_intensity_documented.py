@@ -107,3 +107,19 @@ def test_em_estimated_hours_name_their_estimation_method(
     past = [p for p in s.co2(3.6e6, clock() - 7200, clock()).periods if p.valid_to is not None]
     older = [p for p in past if p.valid_to.timestamp() <= clock() - 600]
     assert older and all(p.is_estimated is False and "estimated" not in p.dataset for p in older)
+
+
+def test_em_an_estimation_method_of_control_characters_names_nothing(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # what is quoted of a provider's word is its printable part; none left, nothing is named
+    server.em_estimated = "\x1b[2J\x07"
+    s = make(server, tmp_path, client, clock, "electricitymaps")
+    s.refresh(wait=True)
+    cur = s.current()
+    assert cur.source == "live" and cur.is_estimated is True
+    assert "\x1b" not in cur.dataset and "estimated: [2J" in cur.dataset
+    server.em_estimated = "\x1b\x07\t"
+    s2 = make(server, tmp_path / "2", client, clock, "electricitymaps")
+    s2.refresh(wait=True)
+    assert s2.current().is_estimated is True and "estimated" not in s2.current().dataset

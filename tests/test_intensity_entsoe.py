@@ -3,6 +3,9 @@ server on 127.0.0.1 that answers in its documented format, failures included."""
 
 from __future__ import annotations
 
+import io
+import tracemalloc
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -298,3 +301,80 @@ def test_generation_below_zero_is_a_report_of_nothing_not_a_missing_one(
     cur = s.current()
     assert (cur.source, cur.provider) == ("live", "entsoe")
     assert cur.g_per_kwh == pytest.approx((300 * 490 + 100 * 11) / 400)
+
+
+def _archive(members: list[tuple[str, bytes]], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as z:
+        for name, data in members:
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_a_zip_member_not_deflated_is_refused_before_it_is_inflated(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # bzip2 (zip method 12) inflates a whole read of input at once, whatever was asked for:
+    # this member is 24 MiB of zeros in a few hundred bytes. It is refused unread; reading it
+    # and checking the size afterwards would hold all of it in memory first.
+    bomb = b"<GL_MarketDocument>" + bytes(24 << 20) + b"</GL_MarketDocument>"
+    server.entsoe_zip = _archive([("A75.xml", bomb)], zipfile.ZIP_BZIP2)
+    del bomb
+    s = make(server, tmp_path, client, clock)
+    tracemalloc.start()
+    try:
+        with pytest.warns(IntensityWarning, match="compressed with method 12"):
+            s.refresh(wait=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "malformed"
+    assert s.current().source == "table"
+
+
+def test_a_zip_with_a_name_that_is_not_utf8_is_malformed(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # the archive flags its names as UTF-8 (bit 11) and one is not: zipfile raises a
+    # UnicodeDecodeError, which is the answer's fault, said as such
+    good = _archive([("A75_\u00e9.xml", b"<GL_MarketDocument/>")])
+    server.entsoe_zip = good.replace("\u00e9".encode(), b"\xff\xfe")
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="zip archive that could not be read"):
+        s.refresh(wait=True)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "malformed"
+
+
+def test_a_zip_of_thousands_of_documents_is_refused(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # a day's answer holds a document per time series (dozens); past 1000 each would be parsed
+    doc = b"<GL_MarketDocument/>"
+    server.entsoe_zip = _archive([(f"A75_{k}.xml", doc) for k in range(1001)])
+    s = make(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="more than 1000 XML documents"):
+        s.refresh(wait=True)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "malformed"
+
+
+def test_a_deflated_zip_bomb_stops_at_the_size_limit_while_inflating(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # 32 MiB of zeros deflate to about 32 KiB: reading stops past the 4 MiB limit, not after
+    bomb = b"<GL_MarketDocument>" + bytes(32 << 20) + b"</GL_MarketDocument>"
+    server.entsoe_zip = _archive([("A75.xml", bomb)])
+    del bomb
+    s = make(server, tmp_path, client, clock)
+    tracemalloc.start()
+    try:
+        with pytest.warns(IntensityWarning, match="the unzipped answer is over 4096 KiB"):
+            s.refresh(wait=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+    assert s.current().source == "table"

@@ -4,6 +4,7 @@ and an HTML page where JSON was due (a proxy's or a portal's), against the local
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -53,7 +54,8 @@ def test_a_redirect_to_another_host_is_refused_and_says_where(
         s.refresh(wait=True)
     said = " ".join(str(w.message) for w in rec)
     port = server.url.rsplit(":", 1)[1]
-    assert f"moved to another host (http://localhost:{port}/v3/carbon-intensity/latest)" in said
+    where = f"(http://localhost:{port}/v3/carbon-intensity/latest)"
+    assert f"moved to another host, port or scheme {where}" in said
     assert "zone=" not in said and TOKEN not in said  # the query (or a token in it) not quoted
     assert server.count("/v3/carbon-intensity/latest") == 1
     failure = s._series["recent"].failure
@@ -71,6 +73,23 @@ def test_a_redirect_loop_ends_after_three_hops(
         s.refresh(wait=True)
     assert server.count("/v3/carbon-intensity/latest") == 4  # the request and three hops
     assert s.current().source == "table"
+    s.close()
+
+
+def test_the_deadline_counts_across_redirects(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # each hop answers in 0.4 s, within any one read's timeout: the 1 s is for all of them
+    server.modes["/v3/"] = "redirect-loop-slow"
+    s = service(
+        server, tmp_path, client, clock, zone="DE", providers=["electricitymaps"],
+        electricitymaps_token=TOKEN, deadline_s=1.0,
+    )  # fmt: skip
+    t = time.monotonic()
+    with pytest.warns(IntensityWarning, match="no complete answer within 1 s|timed out"):
+        s.refresh(wait=True)
+    assert time.monotonic() - t < 1.0 + 0.5 + 0.5 + 0.5  # generous: one read's timeout over
+    assert server.count("/v3/carbon-intensity/latest") < 4
     s.close()
 
 
@@ -125,5 +144,85 @@ def test_a_compressed_answer_that_ends_early_is_said_to_be_cut(
         s.refresh(wait=True)
     failure = s._series["recent"].failure
     assert failure is not None and failure.kind == "malformed"
+    assert s.current().source == "table"
+    s.close()
+
+
+def test_a_redirect_to_https_on_another_port_is_refused_with_the_login(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # WattTime's login sends basic auth: http to https is an upgrade only on the default ports
+    # (80 to 443); the same machine on another port may be another service, and gets nothing.
+    server.modes["/login"] = "redirect-https-port"
+    s = service(
+        server, tmp_path, client, clock, zone="US-CAL-CISO", providers=["watttime"],
+        signal="marginal", watttime_region="CAISO_NORTH", watttime_username="wt-user",
+        watttime_password="wt-Pa55word",
+    )  # fmt: skip
+    with pytest.warns(IntensityWarning) as rec:
+        s.refresh(wait=True)
+    said = " ".join(str(w.message) for w in rec)
+    assert "moved to another host, port or scheme (https://127.0.0.1:1/login)" in said
+    assert "could not connect" not in said and "wt-Pa55word" not in said
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "http"
+    s.close()
+
+
+def test_a_redirect_message_stays_on_one_short_line(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # the Location's path is the server's text: a %0A in it must not break the warning, and
+    # 3000 characters of it must not fill the screen
+    server.modes["/v3/"] = "redirect-odd"
+    s = em(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning) as rec:
+        s.refresh(wait=True)
+    (said,) = {str(w.message) for w in rec}
+    assert "moved to another host" in said and "/%0Aa-second-line" in said
+    assert "\n" not in said and len(said) < 800
+    assert TOKEN not in said and "zone=" not in said
+    s.close()
+
+
+def test_a_redirect_to_an_unreadable_host_name_is_the_http_error_it_came_with(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # "xn--zz" is no valid IDNA label: said as the provider's answer, not as a bug of ours
+    server.modes["/v3/"] = "redirect-badname"
+    s = em(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning, match="redirects to an address that cannot be read"):
+        s.refresh(wait=True)
+    failure = s._series["recent"].failure
+    assert failure is not None and failure.kind == "http"
+    assert s.current().source == "table"
+    s.close()
+
+
+def test_an_html_page_title_is_read_as_html_reads_it(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # a byte order mark before the page, and character references in the title ("&amp;", and
+    # "&#10;", a line break that must not reach the warning)
+    server.modes["/v3/"] = "html-bom"
+    s = em(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning) as rec:
+        s.refresh(wait=True)
+    said = " ".join(str(w.message) for w in rec)
+    assert 'an HTML page, not JSON: "Sign in & accept the terms"' in said
+    s.close()
+
+
+def test_a_redirect_to_no_url_is_an_answer_that_could_not_be_read(
+    server: FakeServer, tmp_path: Path, client: httpx.Client, clock: FakeClock
+) -> None:
+    # the provider answered: "could not connect" would send the user to check the network
+    server.modes["/v3/"] = "redirect-badurl"
+    s = em(server, tmp_path, client, clock)
+    with pytest.warns(IntensityWarning) as rec:
+        s.refresh(wait=True)
+    said = " ".join(str(w.message) for w in rec)
+    assert "the answer could not be read as HTTP" in said and "could not connect" not in said
+    assert TOKEN not in said
     assert s.current().source == "table"
     s.close()

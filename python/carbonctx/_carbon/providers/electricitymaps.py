@@ -146,10 +146,10 @@ class ElectricityMapsProvider:
         if item.get("emissionFactorType") == "direct":
             # lifecycle is the default; a plan or account set to direct says so in the result
             dataset = f"{dataset} (direct emissions, not lifecycle)"
-        how = item.get("estimationMethod")
-        if est is True and isinstance(how, str) and how.strip():
+        how = _said(item.get("estimationMethod"))
+        if est is True and how:
             # an hour not yet measured (a nowcast) or filled in: the result says how
-            dataset = f"{dataset} (estimated: {_said(how)})"
+            dataset = f"{dataset} (estimated: {how})"
         return Intensity(
             g_per_kwh=intensity_number(item["carbonIntensity"]),
             zone=zone,
@@ -220,8 +220,10 @@ class ElectricityMapsProvider:
         return out
 
 
-def _said(text: str) -> str:
-    """A provider's word, printable and short."""
+def _said(text: object) -> str:
+    """A provider's word, printable and short; "" for none (or one of control characters)."""
+    if not isinstance(text, str):
+        return ""
     return "".join(c for c in text if c.isprintable()).strip()[:40]
 
 

@@ -154,10 +154,20 @@ def _text(el: ElementTree.Element, *names: str) -> str | None:
     return None if found is None or found.text is None else found.text.strip()
 
 
+#: a zipped answer holds a document, or one per time series (a few dozen for a day); tens of
+#: thousands of tiny ones (or entries that share one's bytes) would each be parsed
+_ZIP_MAX_DOCUMENTS = 1000
+
+
 def _unzipped(body: bytes, name: str, limits: Limits) -> list[bytes]:
     """The ``.xml`` members of a zip archive, with ``limits.max_bytes`` applied to what comes
-    out (all members together)."""
+    out (all members together) while it is decompressed.
+
+    Only stored and deflated members are read: deflate stops at the bytes asked for, whereas
+    bzip2 and LZMA inflate a whole read of compressed input at once (a few KiB of bzip2 make
+    gigabytes), before any limit could be checked."""
     import io
+    import struct
     import zipfile
     import zlib
 
@@ -166,8 +176,18 @@ def _unzipped(body: bytes, name: str, limits: Limits) -> list[bytes]:
     try:
         with zipfile.ZipFile(io.BytesIO(body)) as archive:
             for info in archive.infolist():
-                if info.is_dir() or not info.filename.lower().endswith(".xml"):
+                if not info.filename.lower().endswith(".xml"):  # a folder ends with "/"
                     continue
+                if len(out) == _ZIP_MAX_DOCUMENTS:
+                    raise malformed(
+                        name, f"a zip archive of more than {_ZIP_MAX_DOCUMENTS} XML documents"
+                    )
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise malformed(
+                        name,
+                        f"a zip archive compressed with method {info.compress_type}, "
+                        "not deflate (8) or none (0)",
+                    )
                 with archive.open(info) as member:
                     data = member.read(left + 1)
                 if len(data) > left:
@@ -176,7 +196,17 @@ def _unzipped(body: bytes, name: str, limits: Limits) -> list[bytes]:
                     )
                 left -= len(data)
                 out.append(data)
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, OSError, EOFError):
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+        OSError,
+        EOFError,
+        ValueError,  # a bad offset ("negative seek value"), a name that is not UTF-8
+        IndexError,
+        struct.error,
+    ):
         raise malformed(name, "a zip archive that could not be read") from None
     return out
 

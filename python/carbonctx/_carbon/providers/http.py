@@ -1,9 +1,9 @@
 """HTTP for providers: GET with an overall deadline and a size limit, decode the answer, and map
 every failure to a :class:`ProviderError` that says what the provider said.
 
-A redirect is followed (three at most) while it stays with the same host, http to https
-included; one to another host is refused with its address, since the credentials (a header, a
-query parameter, basic auth) are for the configured host only.
+A redirect is followed (three at most) while it stays with the same origin (scheme, host and
+port; http on port 80 to https on 443 included); one elsewhere is refused with its address, since
+the credentials (a header, a query parameter, basic auth) are for the configured origin only.
 
 Every request is bounded twice over: ``Limits.deadline_s`` counts from the request to the last
 byte of the answer, however slowly the bytes arrive (the body is streamed and the deadline checked
@@ -85,7 +85,7 @@ def retry_after(response: httpx.Response, now: float) -> float | None:
 def error_message(data: bytes) -> str:
     """What a provider's error answer says, quoted briefly: a JSON ``message``/``error``/
     ``detail`` field where there is one, else the first line of text; "" when it says nothing."""
-    text = data[:4096].decode("utf-8", "replace")
+    text = data[:4096].decode("utf-8-sig", "replace")  # a byte order mark is no part of it
     said: object = None
     try:
         doc = json.loads(text)
@@ -205,12 +205,24 @@ def get_bytes(
         raise (
             too_slow if left() <= 0 else ProviderError("timeout", f"{name}: the request timed out")
         ) from None
+    except UnicodeError as exc:
+        # a 3xx whose Location names a host that is no valid IDNA name ("xn--zz"): httpx reads
+        # it while building the next request (not sent), and raises idna's error as it is
+        raise ProviderError(
+            "http", f"{name}: the answer redirects to an address that cannot be read ({exc})"[:300]
+        ) from None
     except (httpx.TransportError, httpx.StreamError) as exc:
         # The message is the OS's or the protocol's ("[Errno 111] Connection refused", "peer
         # closed connection without sending complete message body"); it never holds headers.
         if answered:
             raise ProviderError(
                 "connection", f"{name}: the answer was cut ({type(exc).__name__}: {exc})"
+            ) from None
+        if isinstance(exc, httpx.RemoteProtocolError):  # reached, but no HTTP answer to read
+            # (a status line that is not HTTP; a 3xx whose Location is no URL, which httpx reads
+            # while building the next request: "Invalid URL in location header")
+            raise ProviderError(
+                "connection", f"{name}: the answer could not be read as HTTP ({exc})"
             ) from None
         raise ProviderError("connection", f"{name}: could not connect ({exc})") from None
     body = b"".join(chunks)
@@ -267,9 +279,10 @@ def _read(
 
 
 def _redirect(response: httpx.Response, name: str) -> str | None:
-    """Where a redirect leads, when it stays with the same host (same scheme and port, or
-    from http to https): credentials go nowhere else. None when it names no place (the 3xx is
-    then reported as it is); a ProviderError that says where, for another host."""
+    """Where a redirect leads, when it stays with the same origin (scheme, host and port; or
+    from http to https on the default ports): credentials go nowhere else. None when it names
+    no place (the 3xx is then reported as it is); a ProviderError that says where, for another
+    origin."""
     location = response.headers.get("location", "").strip()
     if not location:
         return None
@@ -278,21 +291,28 @@ def _redirect(response: httpx.Response, name: str) -> str | None:
     here = response.request.url
     try:
         there = here.join(location)
+        host = there.host  # an IDNA name is checked here (idna.IDNAError is a ValueError)
+        netloc = there.netloc.decode("ascii")
+        path = there.raw_path.split(b"?", 1)[0].decode("ascii")
     except (httpx.InvalidURL, ValueError):  # unreadable: reported as the 3xx it came with
         return None
-    same = there.host == here.host and (
+    # the same origin (scheme, host, port), or the upgrade of http to https on their default
+    # ports: an https port other than 443 may be another service of that machine
+    same = host == here.host and (
         (there.scheme, there.port) == (here.scheme, here.port)
-        or (here.scheme, there.scheme) == ("http", "https")
+        or (here.scheme, here.port, there.scheme, there.port) == ("http", None, "https", None)
     )
     if same:
         return str(there)
-    # the query is left out of the message: it may hold a token
-    where = f"{there.scheme}://{there.host}{f':{there.port}' if there.port else ''}{there.path}"
+    # the query is left out of the message (it may hold a token); the path stays as sent,
+    # percent-encoded (a decoded %0A would break the line), and is shortened
+    where = f"{there.scheme}://{netloc}{path}"
+    where = where if len(where) <= 120 else f"{where[:117]}..."
     raise ProviderError(
         "http",
-        f"{name}: HTTP {response.status_code}, moved to another host ({where}), not followed "
-        "(credentials stay with the configured host); if that host is the provider's, set "
-        "CARBONCTX_<PROVIDER>_URL (or urls=) to it",
+        f"{name}: HTTP {response.status_code}, moved to another host, port or scheme ({where}), "
+        "not followed (credentials stay with the configured address); if that is the "
+        "provider's, set CARBONCTX_<PROVIDER>_URL (or urls=) to it",
     )
 
 
@@ -364,7 +384,7 @@ def parse_json(body: bytes, name: str) -> Any:
 def _not_json(body: bytes) -> str:
     """What an answer that is not JSON is, in words: an HTML page (a proxy's, a captive
     portal's, an error page) is named by its title."""
-    head = body[:4096].decode("utf-8", "replace")
+    head = body[:4096].decode("utf-8-sig", "replace")
     if not head.lstrip().startswith("<"):
         return "not JSON" if body.strip() else "empty, not JSON"
     title = _title(head)
@@ -374,11 +394,15 @@ def _not_json(body: bytes) -> str:
 
 
 def _title(markup: str) -> str | None:
-    """The text of an HTML page's ``<title>``, on one line; None without one."""
+    """The text of an HTML page's ``<title>``, on one line, its character references read
+    (``&amp;``); None without one."""
+    import html
+
     found = re.search(r"<title[^>]*>(.*?)</title", markup, re.IGNORECASE | re.DOTALL)
     if found is None:
         return None
-    return " ".join("".join(c if c.isprintable() else " " for c in found.group(1)).split()) or None
+    text = html.unescape(found.group(1))  # "&#10;" is a line break: unescaped, then cleaned
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split()) or None
 
 
 def malformed(name: str, what: str) -> ProviderError:
