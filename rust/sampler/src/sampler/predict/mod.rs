@@ -217,6 +217,25 @@ impl Predict {
                 // The next sparse read comes first.
                 return Some(true);
             }
+            if ph.keeps_phase() && now + per as u64 <= start {
+                // The phase known to a close bracket, and the lock not yet asking for a look
+                // (it does after a few updates read without one, see `probe_if_unchecked`):
+                // no look, a read just after the update before the window. It is aimed at
+                // the update's estimate, not at the walked aim the reads in a window follow:
+                // landing before the update, it would see the one before (19 updates read
+                // at once) and could not tell which it saw. Two guards after the estimate,
+                // asked early by how late long sleeps usually wake, within a guard of it.
+                ph.set_stride(1);
+                if let Some(est) = ph.aim_estimate(start) {
+                    let g = ph.guard_ns();
+                    p.due_ns = (est + 2 * g)
+                        .saturating_sub(early_look)
+                        .max(est + g / 2)
+                        .max(now + 1);
+                    self.parts[i] = Part::In;
+                    return Some(true);
+                }
+            }
             // A look just before the update before the window and a read just after it: a
             // close bracket, whatever the updates read sparsely showed (one written late is
             // not taken for on time), and the phase re-anchored.
