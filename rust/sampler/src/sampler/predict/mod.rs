@@ -223,15 +223,12 @@ impl Predict {
                 // no look, a read just after the update before the window. It is aimed at
                 // the update's estimate, not at the walked aim the reads in a window follow:
                 // landing before the update, it would see the one before (19 updates read
-                // at once) and could not tell which it saw. Two guards after the estimate,
-                // asked early by how late long sleeps usually wake, within a guard of it.
+                // at once) and could not tell which it saw. Two guards after the estimate, not
+                // asked early (a wake-up that comes sooner than usual would land before it).
                 ph.set_stride(1);
                 if let Some(est) = ph.aim_estimate(start) {
                     let g = ph.guard_ns();
-                    p.due_ns = (est + 2 * g)
-                        .saturating_sub(early_look)
-                        .max(est + g / 2)
-                        .max(now + 1);
+                    p.due_ns = (est + 2 * g).max(now + 1);
                     self.parts[i] = Part::In;
                     return Some(true);
                 }
