@@ -106,7 +106,7 @@ fn drive(
             let changed = count != seen;
             let ph = q.phase.as_mut().expect("a counter");
             // (A look just before a predicted update, the window's or the lock's own.)
-            let looked = ph.stride() > 1 || ph.aimed_after().is_none();
+            let looked = ph.aimed_after().is_none();
             ph.fit_guard(read);
             let stamp = ph.observe(q.last_poll_ns, t_read, changed);
             if changed {
