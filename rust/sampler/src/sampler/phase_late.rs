@@ -60,10 +60,10 @@ impl PhaseLock {
         self.locked && self.precise && !self.probe && self.pair.is_none()
     }
 
-    /// Aim the next read at the first update estimated at or after `t` (reading every update:
-    /// a window of reads around a predicted mark opened without a look) and return that
-    /// estimate (ns); None while not locked. The aim keeps the lead of the reads' walk; the
-    /// estimate does not (see `lead`).
+    /// Aim the next read at the first update estimated at or after `t` (the read that opens a
+    /// window of reads around a predicted mark without a look) and return that estimate (ns);
+    /// None while not locked. The aim keeps the lead of the reads' walk; the estimate does not
+    /// (see `lead`).
     pub fn aim_estimate(&mut self, t: u64) -> Option<u64> {
         let p = self.period.filter(|&p| self.locked && p > 0.0)?;
         let est = self.next + self.lead;

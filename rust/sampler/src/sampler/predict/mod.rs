@@ -220,10 +220,14 @@ impl Predict {
                 // The next sparse read comes first.
                 return Some(true);
             }
-            if ph.keeps_phase() && now + per as u64 <= start {
-                // The phase known to a close bracket, and the lock not yet asking for a look
-                // (it does after a few updates read without one, see `probe_if_unchecked`):
-                // no look, a read just after the update before the window (see `Ahead`).
+            let calm = self.late_ns as f64 <= quarter;
+            if calm && ph.keeps_phase() && now + per as u64 <= start {
+                // The phase known to a close bracket, the lock not yet asking for a look (it
+                // does after a few updates read without one, see `probe_if_unchecked`), and no
+                // wake-up lately later than a quarter period: no look, a read just after the
+                // update before the window (see `Ahead`). (On a machine that wakes the thread
+                // late, the windows without a look were measured to leave worse regions:
+                // `benches/results/sampler-cost.md`.)
                 self.parts[i] = Part::Ahead;
             }
         }

@@ -290,8 +290,9 @@ fn windows_read_no_update_twice_when_long_sleeps_wake_later() {
 /// after the update before the mark is aimed at that update's estimate, and the lock's own
 /// look every few updates (or a read of its walk landing before its update) keeps the phase.
 /// About 2.3 wake-ups a window instead of 3 or more (a look, the update before the mark, the
-/// one after it), and no change put an update off. Wake-ups prompt (70 µs late), and long
-/// sleeps later than short ones with a very late one now and then (as above).
+/// one after it), and no change put an update off. Wake-ups prompt (70 µs late), or long
+/// sleeps later than short ones (60 and 20 µs). With a very late wake-up now and then (1.2 ms
+/// every 700 ms), the windows keep their look.
 #[test]
 fn windows_skip_their_look_while_the_phase_is_known() {
     for (phase, mark0) in [
@@ -299,13 +300,13 @@ fn windows_skip_their_look_while_the_phase_is_known() {
         (150 * US, 6 * MS + 400 * US),
         (620 * US, 9 * MS + 900 * US),
     ] {
-        for busy in [false, true] {
+        for (kind, spikes) in [("prompt", false), ("uneven", false), ("spiky", true)] {
             let spike = std::cell::Cell::new(300 * MS);
             let wake = |slept: u64, at: u64| {
-                if !busy {
+                if kind == "prompt" {
                     return 70 * US;
                 }
-                if at >= spike.get() {
+                if spikes && at >= spike.get() {
                     spike.set(spike.get() + 700 * MS);
                     return 1_200 * US;
                 }
@@ -322,18 +323,28 @@ fn windows_skip_their_look_while_the_phase_is_known() {
             let looks: u32 = late.iter().map(|w| w.looks).sum();
             let opened = late.iter().filter(|w| w.looked).count();
             assert!(n > 80, "{n} windows read around marks");
+            let slips = errors.iter().filter(|e| e.abs() > (MS / 2) as i64).count();
+            assert_eq!(slips, 0, "phase {phase}, {kind}: {slips} slips");
+            if spikes {
+                // (Late wake-ups lately: the look stays.)
+                assert!(
+                    opened > late.len() / 2,
+                    "phase {phase}, {kind}: {opened} of {n} windows opened with a look"
+                );
+                continue;
+            }
             // (Before: 3.1-3.2 reads a window, a look in every one.)
             assert!(
                 reads <= 5 * n / 2 && opened <= late.len() / 4,
-                "phase {phase}, busy {busy}: {reads} reads ({looks} looks) in {n} windows, \
+                "phase {phase}, {kind}: {reads} reads ({looks} looks) in {n} windows, \
                  {opened} opened with a look"
             );
             // Every change put at its update, within two guards and a read's cost (within
-            // 81 µs with a look in every window, within 102 µs here).
+            // 81 µs with a look in every window).
             let worst = errors.iter().map(|e| e.unsigned_abs()).max().unwrap_or(0);
             assert!(
                 worst <= 120 * US,
-                "phase {phase}, busy {busy}: a change put {worst} ns off its update"
+                "phase {phase}, {kind}: a change put {worst} ns off its update"
             );
         }
     }
