@@ -53,26 +53,6 @@ impl PhaseLock {
         }
     }
 
-    /// Whether the phase is known to a close bracket (since the last one, no coarse bracket,
-    /// miss or new lock) with no look before an update pending: a read can be aimed at the
-    /// estimate of an update without a look before it.
-    pub fn keeps_phase(&self) -> bool {
-        self.locked && self.precise && !self.probe && self.pair.is_none()
-    }
-
-    /// Aim the next read at the first update estimated at or after `t` (the read that opens a
-    /// window of reads around a predicted mark without a look) and return that estimate (ns);
-    /// None while not locked. The aim keeps the lead of the reads' walk; the estimate does not
-    /// (see `lead`).
-    pub fn aim_estimate(&mut self, t: u64) -> Option<u64> {
-        let p = self.period.filter(|&p| self.locked && p > 0.0)?;
-        let est = self.next + self.lead;
-        let k = ((t as f64 - est) / p).ceil();
-        self.next += k * p;
-        self.chases = 0;
-        Some((est + k * p).max(0.0) as u64)
-    }
-
     /// A read that wakes late (a busy machine) near an estimated update, with the update
     /// before that one not yet seen, cannot tell which of the two it sees: the instant to read
     /// at instead, just past where the update can be, so that its change is put at the right

@@ -38,9 +38,6 @@ const USUAL_CAP_NS: u64 = 250_000;
 enum Part {
     /// Read every few updates; not yet at the window.
     Sparse,
-    /// Read every few updates, the next read aimed just after the update before the window
-    /// (no look before it: the phase is known closely).
-    Ahead,
     /// Read every few updates, the next reads aimed around the update before the window (a
     /// mark before it is still read at the mark).
     Aimed,
@@ -220,35 +217,6 @@ impl Predict {
                 // The next sparse read comes first.
                 return Some(true);
             }
-            let calm = self.late_ns as f64 <= quarter;
-            if calm && ph.keeps_phase() && now + per as u64 <= start {
-                // The phase known to a close bracket, the lock not yet asking for a look (it
-                // does after a few updates read without one, see `probe_if_unchecked`), and no
-                // wake-up lately later than a quarter period: no look, a read just after the
-                // update before the window (see `Ahead`). (On a machine that wakes the thread
-                // late, the windows without a look were measured to leave worse regions:
-                // `benches/results/sampler-cost.md`.)
-                self.parts[i] = Part::Ahead;
-            }
-        }
-        if self.parts[i] == Part::Ahead {
-            if p.last_poll_ns < start {
-                // Aimed at the update's estimate, not at the walked aim the reads in a window
-                // follow: landing before the update, it would see the one before (the updates
-                // since the last window read at once) and could not tell which it saw. Two
-                // guards after the estimate, not asked early (a wake-up sooner than usual would
-                // land before it). Again after any read before the window (a wake-up for
-                // another source or a mark took it along, and the lock aimed a stride on).
-                if let Some(est) = ph.aim_estimate(start.max(now)) {
-                    p.due_ns = (est + 2 * ph.guard_ns()).max(now + 1);
-                }
-                return Some(true);
-            }
-            // Read: on as after a look (the counter read every few updates until then, so a
-            // mark that comes early still wakes the thread).
-            self.parts[i] = Part::Aimed;
-        }
-        if self.parts[i] == Part::Sparse {
             // A look just before the update before the window and a read just after it: a
             // close bracket, whatever the updates read sparsely showed (one written late is
             // not taken for on time), and the phase re-anchored.
@@ -280,7 +248,7 @@ impl Predict {
             self.parts[i] = Part::In;
         }
         match self.parts[i] {
-            Part::Sparse | Part::Ahead | Part::Aimed => Some(true),
+            Part::Sparse | Part::Aimed => Some(true),
             Part::In => {
                 // A point past the edge (an update read after it), or reads well past it
                 // (a counter that did not move).
