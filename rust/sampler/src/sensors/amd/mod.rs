@@ -8,9 +8,12 @@
 //! follow; PCI order for GPUs the topology does not list):
 //!
 //! - `amdsmi:<index>`, through AMD SMI: the energy accumulator (`amdsmi_get_energy_count`;
-//!   joules = count × `counter_resolution` µJ, a 64-bit count, so no wrap in practice: a step
-//!   back is handled as a reset) as a [`Method::Counter`]; where there is no counter, the socket
-//!   power of `amdsmi_get_power_info` (whole watts) integrated, [`Method::IntegratedPower`].
+//!   joules = count × `counter_resolution` µJ; 64 bits on MI200 and MI300, but 32 in the
+//!   firmware of RDNA parts, so a count that fits in 32 bits and steps back as a wrap would is
+//!   carried past 2^32, and any other step back is a reset) as a [`Method::Counter`]; where there
+//!   is no counter (or it reads `UINT32_MAX`, amdgpu's mark of a counter not to be trusted), the
+//!   socket power of `amdsmi_get_power_info` (whole watts) integrated,
+//!   [`Method::IntegratedPower`].
 //!   While the GPU sleeps (runtime-suspended, see `runpm.rs`) AMD SMI is not asked: the counter
 //!   stands where it was (and continues from there where the firmware counts again from 0 after
 //!   the sleep), power reads 0 W.
