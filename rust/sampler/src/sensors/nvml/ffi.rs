@@ -18,6 +18,9 @@ pub(super) const SUCCESS: c_int = 0;
 pub(super) const ERROR_NOT_SUPPORTED: c_int = 3;
 /// nvmlDeviceGetSamples: no sample newer than the time asked for.
 pub(super) const ERROR_NOT_FOUND: c_int = 6;
+/// nvmlDeviceGetSamples: a driver that refuses a buffer smaller than what it holds (the header
+/// says it fills what fits; this is not relied on).
+pub(super) const ERROR_INSUFFICIENT_SIZE: c_int = 7;
 /// The library is older than the call.
 pub(super) const ERROR_FUNCTION_NOT_FOUND: c_int = 13;
 /// `nvmlSamplingType_t` of the board's power (the driver's own buffer of timed samples).
@@ -271,6 +274,37 @@ impl Nvml {
 }
 
 impl Nvml {
+    /// How many power samples newer than `last_seen_us` the driver holds (the call with
+    /// `samples` NULL, as nvml.h says to size the buffer).
+    pub(super) fn power_sample_count(
+        &self,
+        dev: Handle,
+        last_seen_us: u64,
+    ) -> Result<usize, c_int> {
+        let Some(f) = self.fns.samples else {
+            return Err(ERROR_NOT_SUPPORTED);
+        };
+        let mut value_type: c_int = -1;
+        let mut count: c_uint = 0;
+        // SAFETY: `dev` came from this initialised NVML; with `samples` NULL NVML writes only
+        // the two valid out-pointers.
+        let rc = unsafe {
+            f(
+                dev.0,
+                TOTAL_POWER_SAMPLES,
+                last_seen_us,
+                &mut value_type,
+                &mut count,
+                std::ptr::null_mut(),
+            )
+        };
+        match rc {
+            SUCCESS => Ok(count as usize),
+            ERROR_NOT_FOUND => Ok(0),
+            _ => Err(rc),
+        }
+    }
+
     /// The board's power samples newer than `last_seen_us` (CLOCK_REALTIME µs) into `buf`: how
     /// many were written, and their value type. No new sample is `Ok((0, _))`; a library
     /// without the call is `Err(ERROR_NOT_SUPPORTED)`.
