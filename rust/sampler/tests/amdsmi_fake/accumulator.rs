@@ -1,6 +1,7 @@
 //! The accumulator as the firmware keeps it: 32 bits on RDNA parts (carried past 2^32 where it
 //! wraps), and `UINT32_MAX` where amdgpu marks the firmware's counter as not to be trusted (the
-//! socket power is integrated instead).
+//! socket power is integrated instead); the partitions of one device, which share its counter,
+//! counted once.
 
 use std::thread::sleep;
 use std::time::Duration;
@@ -98,4 +99,43 @@ fn an_accumulator_marked_not_to_be_trusted_is_no_counter() {
         "{}",
         reasons(&found)
     );
+}
+
+#[test]
+fn partitions_that_all_read_their_devices_counter_count_it_once() {
+    // An MI300X in CPX mode: eight partitions at one PCI address, each reading the device's one
+    // energy counter and power.
+    let mut config = String::from("devices=8\n");
+    for k in 0..8 {
+        config.push_str(&format!(
+            "gpu{k}.name=AMD Instinct MI300X\ngpu{k}.bdf=0000:05:00.0\n"
+        ));
+    }
+    let m = Machine::new(&config);
+    let found = m.discover(None, None);
+    assert_eq!(ids(&found), ["amdsmi:0"], "{}", reasons(&found));
+    let label = &found.sources[0].info().label;
+    assert!(
+        label.contains("8 partitions share one energy counter"),
+        "{label}"
+    );
+    let r = reasons(&found);
+    assert_eq!(
+        r.matches(
+            "whose partitions share one energy counter and power: energy reported on its \
+                   partner die, GPU 0"
+        )
+        .count(),
+        7,
+        "{r}"
+    );
+    // One partition alone (the others hidden by ROCR_VISIBLE_DEVICES): it measures the whole
+    // device, and says so.
+    let found = m.discover(Some("5"), None);
+    assert_eq!(ids(&found), ["amdsmi:5"], "{}", reasons(&found));
+    let label = &found.sources[0].info().label;
+    assert!(label.contains("the whole device"), "{label}");
+    // Two visible, listed the other way round: still once, on the first listed.
+    let found = m.discover(Some("3,1"), None);
+    assert_eq!(found.sources.len(), 1, "{}", reasons(&found));
 }
