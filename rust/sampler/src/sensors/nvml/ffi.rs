@@ -155,6 +155,7 @@ pub(super) fn hint_for(code: c_int) -> String {
             "the process may not query this GPU: check the permissions of /dev/nvidia* and, \
               in a container, that the GPU is passed through"
         }
+        8 => "attach the GPU's external power cables properly",
         9 => "load the NVIDIA kernel driver (nvidia-smi should work first)",
         10 => {
             "the driver did not answer in time; if it keeps happening check the GPU's health \
@@ -162,6 +163,7 @@ pub(super) fn hint_for(code: c_int) -> String {
         }
         12 => "install the NVIDIA driver, or set CARBONCTX_NVML_LIBRARY to libnvidia-ml.so.1",
         13 => "the NVML library is older than this call; update the NVIDIA driver",
+        14 => "the GPU's infoROM is corrupted: see nvidia-smi -q, and reflash or replace it",
         15 => {
             "the GPU has fallen off the bus: check dmesg for Xid errors, then reset the GPU \
                or reboot"
@@ -174,6 +176,15 @@ pub(super) fn hint_for(code: c_int) -> String {
         18 => {
             "the NVML library and the kernel driver differ in version, usually after a driver \
                upgrade: reboot, or reload the nvidia kernel modules"
+        }
+        20 | 23 => "the driver ran out of memory or resources: check nvidia-smi and dmesg",
+        27 => {
+            "the driver is not ready (still initialising, or a reset is in progress): measure \
+             again shortly"
+        }
+        28 => {
+            "NVML finds no GPU: check that the GPUs are visible to this machine or container \
+             (nvidia-smi)"
         }
         999 => {
             "an internal driver error: check dmesg for Xid errors; reloading the driver or \
@@ -457,4 +468,22 @@ pub(super) fn open(roots: &Roots) -> Result<Nvml, Box<Unavailable>> {
         path,
         _lib: lib,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_codes_a_sampler_meets_have_hints_of_their_own() {
+        let generic = hint_for(-1);
+        // nvml.h's codes for a GPU or driver in trouble each say what to do.
+        for code in [
+            1, 3, 4, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 20, 23, 27, 28, 999,
+        ] {
+            assert_ne!(hint_for(code), generic, "code {code}");
+        }
+        assert!(hint_for(27).contains("again"));
+        assert!(hint_for(28).contains("visible"));
+    }
 }
