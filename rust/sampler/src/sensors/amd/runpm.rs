@@ -165,9 +165,10 @@ pub(super) struct SleepCounter {
     joules_per_count: f64,
 }
 
-/// More than any one GPU package draws: a 32-bit wrap that needs more power than this to be
-/// real is a reset.
-const MAX_GPU_W: f64 = 10_000.0;
+/// More than any one GPU package draws (the largest accelerators are rated at about 1.4 kW): a
+/// 32-bit wrap that needs more power than this to be real is a reset. Kept tight, since a reset
+/// taken for a wrap would invent the rest of the range.
+const MAX_GPU_W: f64 = 2_000.0;
 const RANGE_32: u64 = 1 << 32;
 
 impl SleepCounter {
@@ -313,6 +314,9 @@ mod tests {
         // A step back that would need more than any GPU draws is a reset, passed on.
         let mut r = SleepCounter::new(3_000_000_000, 0, 15.3e-6);
         assert_eq!(r.awake(5, 20 * MS), 5);
+        // As is one that would need 2.3 kW (15 million counts in 100 ms).
+        let mut r = SleepCounter::new(top - 10_000_000, 0, 15.3e-6);
+        assert_eq!(r.awake(5_000_000, 100 * MS), 5_000_000);
         // Nor does a counter once past 2^32 (64 bits: an MI200 or MI300) wrap at it.
         let mut w = SleepCounter::new((1 << 32) + 10, 0, 15.3e-6);
         assert_eq!(w.awake(top - 5, 3_600_000 * MS), top - 5);
