@@ -52,6 +52,12 @@ typedef struct fake_gpu {
     double resolution_uj;
     unsigned int energy_error, power_error;
     double energy_error_after_ms, power_error_after_ms;
+    /* The accumulator as the firmware keeps it: 64 bits (MI200, MI300) or 32 (RDNA, whose
+     * SmuMetrics EnergyAccumulator is a uint32_t), plus this many counts; `energy_na`: it reads
+     * UINT32_MAX, what amdgpu reports where the firmware's counter is not to be trusted. */
+    unsigned int energy_bits;
+    unsigned long long energy_offset;
+    int energy_na;
 } fake_gpu;
 
 typedef struct fake_state {
@@ -106,6 +112,7 @@ static void defaults(void) {
         g->has_power = 1;
         snprintf(g->power_field, sizeof g->power_field, "current");
         g->resolution_uj = 15.259;
+        g->energy_bits = 64;
     }
 }
 
@@ -197,6 +204,13 @@ static int apply(const char *key, const char *val, unsigned int *init_error) {
         return 1;
     }
     if (!strcmp(f, "resolution_uj")) return parse_double(val, &g->resolution_uj);
+    if (!strcmp(f, "energy_bits")) {
+        if (strcmp(val, "32") && strcmp(val, "64")) return 0;
+        g->energy_bits = (unsigned int)atoi(val);
+        return 1;
+    }
+    if (!strcmp(f, "energy_offset")) return parse_ull(val, &g->energy_offset);
+    if (!strcmp(f, "energy_na")) return parse_int(val, &g->energy_na);
     if (!strcmp(f, "energy_error")) return parse_uint(val, &g->energy_error);
     if (!strcmp(f, "energy_error_after_ms")) return parse_double(val, &g->energy_error_after_ms);
     if (!strcmp(f, "power_error")) return parse_uint(val, &g->power_error);
@@ -507,7 +521,9 @@ EXPORT unsigned int amdsmi_get_energy_count(void *h, uint64_t *acc, float *res, 
     err = trace_now(g, &mj, &mw);
     if (err) DONE(err);
     *res = (float)g->resolution_uj;
-    *acc = g->zero ? 0 : (uint64_t)((double)mj * 1000.0 / (double)*res);
+    uint64_t count = (uint64_t)((double)mj * 1000.0 / (double)*res) + g->energy_offset;
+    if (g->energy_bits == 32) count &= 0xFFFFFFFFull;
+    *acc = g->zero ? 0 : g->energy_na ? UINT32_MAX : count;
     struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);
     *ts = (uint64_t)wall.tv_sec * 1000000000ull + (uint64_t)wall.tv_nsec;
@@ -515,7 +531,9 @@ EXPORT unsigned int amdsmi_get_energy_count(void *h, uint64_t *acc, float *res, 
 }
 
 /* amdsmi_power_info_t, per release: 24.x {u32 current, u32 average, ...}; 25.x and later
- * {u64 socket_power, u32 current, u32 average, ...}. Unsupported members hold UINT32_MAX. */
+ * {u64 socket_power, u32 current, u32 average, ...}. Unsupported members hold UINT32_MAX, but
+ * in 24.x 0xFFFF (what its amdsmi_get_power_info sets first, and the gpu_metrics table's
+ * uint16_t fields hold where the part lacks them: average on an MI300, current on RDNA). */
 EXPORT unsigned int amdsmi_get_power_info(void *h, void *info) {
     COUNT();
     if (!info) return E_INVAL;
@@ -527,7 +545,8 @@ EXPORT unsigned int amdsmi_get_power_info(void *h, void *info) {
     err = trace_now(g, &mj, &mw);
     if (err) DONE(err);
     uint32_t w = g->zero ? 0 : (uint32_t)((mw + 500) / 1000);
-    uint32_t current = UINT32_MAX, average = UINT32_MAX;
+    uint32_t na = st.version[0] == 24 ? 0xFFFF : UINT32_MAX;
+    uint32_t current = na, average = na;
     uint64_t socket = UINT32_MAX;
     if (!strcmp(g->power_field, "current")) current = w;
     if (!strcmp(g->power_field, "average")) average = w;

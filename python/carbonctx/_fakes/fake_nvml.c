@@ -66,6 +66,7 @@ typedef struct fake_device {
     int power_samples;           /* nvmlDeviceGetSamples(NVML_TOTAL_POWER_SAMPLES) offered */
     unsigned int power_sample_ms; /* one sample every this many ms */
     int power_sample_glitch;     /* 1: bad samples mixed in (NaN, negative, backwards) */
+    int power_sample_strict;     /* 1: a buffer smaller than what is held: INSUFFICIENT_SIZE */
     unsigned int mig_slots;      /* 0: MIG not supported; else MIG on with this many slots */
     unsigned int mig_slices;     /* the GPU's slices (its largest profile); 0: slice calls fail */
     fake_mig mig[MAX_MIG];
@@ -245,6 +246,7 @@ static int apply(const char *key, const char *val, int *init_error) {
         return 1;
     }
     if (!strcmp(f, "power_sample_glitch")) return parse_int(val, &d->power_sample_glitch);
+    if (!strcmp(f, "power_sample_strict")) return parse_int(val, &d->power_sample_strict);
     if (!strcmp(f, "mig")) return parse_mig(d, val);
     if (!strcmp(f, "mig_slices")) {
         if (!parse_ull(val, &u) || u > 8 || u == 5) return 0;
@@ -762,7 +764,8 @@ static int mean_mw(const fake_device *d, unsigned long long end, unsigned long l
  * over the period it ends, stamped with CLOCK_REALTIME in µs (the monotonic instant plus the
  * clocks' offset, taken once). Those newer than `last_seen`, oldest first; with `samples` NULL,
  * how many there are. None: NVML_ERROR_NOT_FOUND. With `power_sample_glitch`, the samples come
- * as doubles (mW) and each is followed by a bad one: NaN, negative, or stamped before it. */
+ * as doubles (mW) and each is followed by a bad one: NaN, negative, or stamped before it. With
+ * `power_sample_strict`, a buffer too small for them all is NVML_ERROR_INSUFFICIENT_SIZE. */
 EXPORT int nvmlDeviceGetSamples(void *h, int type, unsigned long long last_seen, int *value_type,
                                 unsigned int *count, nvml_sample *samples) {
     COUNT();
@@ -788,6 +791,17 @@ EXPORT int nvmlDeviceGetSamples(void *h, int type, unsigned long long last_seen,
     int per = d->power_sample_glitch ? 2 : 1;
     unsigned int cap = samples ? *count : UINT_MAX;
     unsigned int n = 0;
+    if (samples && d->power_sample_strict) {
+        /* A driver that refuses a buffer smaller than the samples it holds (nvml.h says it fills
+         * what fits; the sampler copes with either). */
+        unsigned long long held = 0;
+        for (unsigned long long j = oldest; j <= newest; j++) {
+            unsigned long long mono = st.t0_ns + j * period_ns;
+            if ((unsigned long long)((long long)mono + st.realtime_offset_ns) / 1000ull > last_seen)
+                held += (unsigned long long)per;
+        }
+        if (held > cap) DONE(E_INSUFFICIENT_SIZE);
+    }
     *value_type = d->power_sample_glitch ? VALUE_TYPE_DOUBLE : VALUE_TYPE_UNSIGNED_INT;
     for (unsigned long long j = oldest; j <= newest; j++) {
         unsigned long long mono = st.t0_ns + j * period_ns;

@@ -7,6 +7,7 @@
 #[path = "../common_nvml/mod.rs"]
 mod common_nvml;
 
+mod accumulator;
 mod apu;
 mod asleep;
 mod readings;

@@ -7,6 +7,7 @@ mod common_nvml;
 
 mod discovery;
 mod mig;
+mod sample_buffer;
 mod samples;
 mod visible;
 

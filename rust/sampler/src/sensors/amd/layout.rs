@@ -1,8 +1,12 @@
 //! The layouts of `amdsmi_power_info_t` across AMD SMI releases, chosen by the library's
 //! version (the structs are read from a zeroed buffer larger than any of them).
 
-/// What an unsupported `uint32_t` member of `amdsmi_power_info_t` holds.
-const UNSUPPORTED_U32: u32 = u32::MAX;
+/// What an unsupported `uint32_t` member of `amdsmi_power_info_t` holds: `UINT32_MAX` as the
+/// header says from 25.x, but `0xFFFF` in 24.x, whose `amdsmi_get_power_info` sets every member
+/// to it first and copies the `uint16_t` fields of the driver's gpu_metrics table, which hold
+/// `0xFFFF` where the part lacks them (`average_socket_power` on an MI300,
+/// `current_socket_power` on RDNA). No GPU draws 65,535 W: either is "not supported".
+const UNSUPPORTED_U32: [u32; 2] = [u32::MAX, 0xFFFF];
 
 /// Where `amdsmi_power_info_t` keeps the socket power (whole watts) in this library's release.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +58,7 @@ pub(super) fn u64_at(buf: &[u8], at: usize) -> u64 {
 }
 
 fn watts32(v: u32) -> Option<f64> {
-    (v != UNSUPPORTED_U32).then_some(f64::from(v))
+    (!UNSUPPORTED_U32.contains(&v)).then_some(f64::from(v))
 }
 
 /// The fields of an `amdsmi_power_info_t` read into `buf`, in order of preference: the current
@@ -107,6 +111,12 @@ mod tests {
         let v24 = decode_power(&buf, PowerLayout::V24, "24.7.1");
         assert_eq!(v24[0], (PowerField::Current, Some(250.0)));
         assert_eq!(v24[1], (PowerField::Average, None));
+        // 24.x marks a member the part lacks with 0xFFFF (an MI300's average, RDNA's current).
+        buf[0..4].copy_from_slice(&0xFFFFu32.to_ne_bytes());
+        buf[4..8].copy_from_slice(&212u32.to_ne_bytes());
+        let rdna = decode_power(&buf, PowerLayout::V24, "24.7.1");
+        assert_eq!(rdna[0], (PowerField::Current, None));
+        assert_eq!(rdna[1], (PowerField::Average, Some(212.0)));
         let mut buf = vec![0u8; 64];
         buf[0..8].copy_from_slice(&300u64.to_ne_bytes());
         buf[8..12].copy_from_slice(&u32::MAX.to_ne_bytes());

@@ -8,9 +8,12 @@
 //! follow; PCI order for GPUs the topology does not list):
 //!
 //! - `amdsmi:<index>`, through AMD SMI: the energy accumulator (`amdsmi_get_energy_count`;
-//!   joules = count × `counter_resolution` µJ, a 64-bit count, so no wrap in practice: a step
-//!   back is handled as a reset) as a [`Method::Counter`]; where there is no counter, the socket
-//!   power of `amdsmi_get_power_info` (whole watts) integrated, [`Method::IntegratedPower`].
+//!   joules = count × `counter_resolution` µJ; 64 bits on MI200 and MI300, but 32 in the
+//!   firmware of RDNA parts, so a count that fits in 32 bits and steps back as a wrap would is
+//!   carried past 2^32, and any other step back is a reset) as a [`Method::Counter`]; where there
+//!   is no counter (or it reads `UINT32_MAX`, amdgpu's mark of a counter not to be trusted), the
+//!   socket power of `amdsmi_get_power_info` (whole watts) integrated,
+//!   [`Method::IntegratedPower`].
 //!   While the GPU sleeps (runtime-suspended, see `runpm.rs`) AMD SMI is not asked: the counter
 //!   stands where it was (and continues from there where the firmware counts again from 0 after
 //!   the sleep), power reads 0 W.
@@ -36,8 +39,11 @@
 //! reading at all while a lower-numbered GPU at its PCI address is measured, is no measurement.
 //! It is reported as unavailable, naming its partner die (the nearest lower-numbered measured
 //! GPU of the same name for a zero reader, at the same address for one without readings), and
-//! the partner's label says that it covers the package. So nothing is counted twice, and no zero
-//! is shown as a GPU that used no energy. Through hwmon, a zero means every power file that
+//! the partner's label says that it covers the package. The partitions of one device share its
+//! one energy counter and power whatever each reads (AMD SMI may give every partition the
+//! device's figures): a partition at the PCI address of a measured one is counted there, and a
+//! partition measured alone is labelled as the whole device. So nothing is counted twice, and
+//! no zero is shown as a GPU that used no energy. Through hwmon, a zero means every power file that
 //! reads says 0 W (one file at 0 beside another that reads is a measured GPU). A GPU asleep
 //! (its PCI device's `power/runtime_status` says so) is never taken for a paired die, whatever
 //! AMD SMI reads for it.
@@ -209,11 +215,33 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
             g.smi.as_ref().map(|s| s.1.as_str()),
         );
         let mut paired = false;
+        if let (Some(_), Some((_, name))) = (&smi, &g.smi) {
+            // A partition of a device already measured (an MI300X in CPX mode): the device has
+            // one energy counter, which every partition may read; counted once.
+            if measured.iter().any(|m| m.bdf == g.bdf) {
+                unmeasured.push(Unmeasured {
+                    index: g.index,
+                    name: name.clone(),
+                    bdf: g.bdf.clone(),
+                    label: label(name, g),
+                    unusable: None,
+                    shared: true,
+                });
+                continue;
+            }
+        }
         if let (Some(smi), Some((p, name))) = (&smi, &g.smi) {
             match smi_source(smi, *p, g, sys, name) {
                 Probe::Source(mut s) => {
                     if let Some(why) = &apu {
                         apu::mark(&mut s.info, why);
+                    }
+                    let partitions = gpus.iter().filter(|o| o.bdf == g.bdf).count();
+                    if partitions > 1 {
+                        s.info.label.push_str(&format!(
+                            " (the whole device: its {partitions} partitions share one energy \
+                             counter)"
+                        ));
                     }
                     measured.push(Measured {
                         name: name.clone(),
@@ -233,6 +261,7 @@ pub fn discover(sys: &Path, opts: &AmdOptions<'_>) -> Found {
                             Probe::Unusable(u) => Some(u),
                             _ => None,
                         },
+                        shared: false,
                     })
                 }
             }

@@ -12,20 +12,24 @@ pub(super) struct Measured {
 }
 
 /// A GPU AMD SMI lists but does not measure: every reading 0 (`unusable` None), or none
-/// readable.
+/// readable, or (`shared`) a partition of a device already measured through another of its
+/// partitions.
 pub(super) struct Unmeasured {
     pub(super) index: u32,
     pub(super) name: String,
     pub(super) bdf: String,
     pub(super) label: String,
     pub(super) unusable: Option<Box<Unavailable>>,
+    pub(super) shared: bool,
 }
 
 /// Reports each GPU AMD SMI does not measure as unavailable, naming its partner where it has
 /// one, and notes on the partner's label that it covers the package. The partner of a die that
 /// reads 0 is the nearest lower-numbered measured GPU of the same name (an MI250X's GCDs sit at
 /// different PCI addresses); a GPU with no reading at all has a partner only at its own PCI
-/// address (a partition of one device), else it keeps its own reason.
+/// address (a partition of one device), else it keeps its own reason. A partition whose device
+/// is measured through another partition (whatever it reads: the device's one counter) has that
+/// partition as partner.
 pub(super) fn pair_dies(
     unavailable: &mut Vec<Unavailable>,
     measured: &mut [Measured],
@@ -37,16 +41,23 @@ pub(super) fn pair_dies(
             .iter()
             .enumerate()
             .filter(|(_, m)| {
-                m.source.info.index < u.index
-                    && if u.unusable.is_some() {
-                        m.bdf == u.bdf
-                    } else {
-                        m.name == u.name
-                    }
+                if u.shared {
+                    m.bdf == u.bdf
+                } else {
+                    m.source.info.index < u.index
+                        && if u.unusable.is_some() {
+                            m.bdf == u.bdf
+                        } else {
+                            m.name == u.name
+                        }
+                }
             })
             .max_by_key(|(_, m)| m.source.info.index)
             .map(|(slot, m)| (slot, m.source.info.index));
-        let reads = if u.unusable.is_some() {
+        let reads = if u.shared {
+            "a partition of the device at its PCI address, whose partitions share one energy \
+             counter and power"
+        } else if u.unusable.is_some() {
             "it has no energy or power reading of its own"
         } else {
             "its energy counter and power read 0"

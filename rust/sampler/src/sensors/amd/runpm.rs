@@ -144,20 +144,43 @@ impl Status {
 /// while the GPU sleeps, and where the count after a sleep is below the count before it (the
 /// firmware that keeps it was powered off with the chip, and counts again from 0), the count
 /// before is added from then on, so that a sleep reads as no energy, not as a reset that loses
-/// the interval. A count that goes back without a sleep between is passed on as it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// the interval.
+///
+/// The firmware of RDNA parts (and the MI100) keeps the accumulator in 32 bits (the
+/// `EnergyAccumulator` of their SMU metrics table is a `uint32_t`, which the driver widens to 64
+/// bits without carrying): at 15.3 µJ a count it wraps every 65.7 kJ, under four minutes at
+/// 300 W. So while every count seen fits in 32 bits, a step back without a sleep between that
+/// a wrap explains (less than half the 32-bit range since the count before, at no more than
+/// [`MAX_GPU_W`] over the time between the two reads) adds 2^32 from then on. Any other step
+/// back (a driver reload, a reset) is passed on as it is, for the sampler to take as a reset.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct SleepCounter {
     raw: u64,
+    /// When `raw` was read (CLOCK_MONOTONIC ns).
+    at_ns: u64,
     offset: u64,
     slept: bool,
+    /// Every count seen fits in 32 bits: the counter may be a 32-bit one.
+    narrow: bool,
+    joules_per_count: f64,
 }
 
+/// More than any one GPU package draws (the largest accelerators are rated at about 1.4 kW): a
+/// 32-bit wrap that needs more power than this to be real is a reset. Kept tight, since a reset
+/// taken for a wrap would invent the rest of the range.
+const MAX_GPU_W: f64 = 2_000.0;
+const RANGE_32: u64 = 1 << 32;
+
 impl SleepCounter {
-    pub(super) fn new(raw: u64) -> SleepCounter {
+    /// A counter first read as `raw` at `at_ns`, `joules_per_count` each.
+    pub(super) fn new(raw: u64, at_ns: u64, joules_per_count: f64) -> SleepCounter {
         SleepCounter {
             raw,
+            at_ns,
             offset: 0,
             slept: false,
+            narrow: raw < RANGE_32,
+            joules_per_count,
         }
     }
 
@@ -167,14 +190,27 @@ impl SleepCounter {
         self.raw.saturating_add(self.offset)
     }
 
-    /// The count for a read of `raw` while awake.
-    pub(super) fn awake(&mut self, raw: u64) -> u64 {
-        if self.slept && raw < self.raw {
-            self.offset = self.offset.saturating_add(self.raw);
+    /// The count for a read of `raw` at `at_ns` while awake.
+    pub(super) fn awake(&mut self, raw: u64, at_ns: u64) -> u64 {
+        if raw < self.raw {
+            if self.slept {
+                self.offset = self.offset.saturating_add(self.raw);
+            } else if self.narrow && raw < RANGE_32 && self.wrapped(raw, at_ns) {
+                self.offset = self.offset.saturating_add(RANGE_32);
+            }
         }
+        self.narrow &= raw < RANGE_32;
         self.slept = false;
         self.raw = raw;
+        self.at_ns = at_ns;
         raw.saturating_add(self.offset)
+    }
+
+    /// Whether a 32-bit wrap explains the step back from `self.raw` to `raw` by `at_ns`.
+    fn wrapped(&self, raw: u64, at_ns: u64) -> bool {
+        let delta = RANGE_32 - self.raw + raw;
+        let secs = at_ns.saturating_sub(self.at_ns) as f64 * 1e-9;
+        delta < RANGE_32 / 2 && delta as f64 * self.joules_per_count <= MAX_GPU_W * secs
     }
 }
 
@@ -250,18 +286,45 @@ mod tests {
 
     #[test]
     fn a_counter_stands_while_asleep_and_continues_after_a_restart_at_wake() {
-        let mut c = SleepCounter::new(1_000);
-        assert_eq!(c.awake(1_500), 1_500);
+        let mut c = SleepCounter::new(1_000, 0, 15.3e-6);
+        assert_eq!(c.awake(1_500, MS), 1_500);
         assert_eq!(c.asleep(), 1_500);
         assert_eq!(c.asleep(), 1_500);
         // Awake: the firmware counts again from 0.
-        assert_eq!(c.awake(40), 1_540);
-        assert_eq!(c.awake(90), 1_590);
+        assert_eq!(c.awake(40, 10_000 * MS), 1_540);
+        assert_eq!(c.awake(90, 10_001 * MS), 1_590);
         // A sleep after which it did not restart: as it is.
         c.asleep();
-        assert_eq!(c.awake(100), 1_600);
+        assert_eq!(c.awake(100, 10_002 * MS), 1_600);
         // A step back without a sleep is passed on (the sampler's reset).
-        assert_eq!(c.awake(10), 1_510);
+        assert_eq!(c.awake(10, 10_003 * MS), 1_510);
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_32_bit_accumulator_that_wraps_continues_past_2_to_the_32() {
+        let top = u64::from(u32::MAX);
+        // 300 W at 15.3 µJ a count: about 19.6 million counts a second.
+        let mut c = SleepCounter::new(top - 3_000_000, 0, 15.3e-6);
+        assert_eq!(c.awake(top - 1_000_000, 100 * MS), top - 1_000_000);
+        // 100 ms later it wrapped: 2^32 is carried from then on.
+        assert_eq!(c.awake(900_000, 200 * MS), (1 << 32) + 900_000);
+        assert_eq!(c.awake(2_900_000, 300 * MS), (1 << 32) + 2_900_000);
+        // A step back that would need more than any GPU draws is a reset, passed on.
+        let mut r = SleepCounter::new(3_000_000_000, 0, 15.3e-6);
+        assert_eq!(r.awake(5, 20 * MS), 5);
+        // As is one that would need 2.3 kW (15 million counts in 100 ms).
+        let mut r = SleepCounter::new(top - 10_000_000, 0, 15.3e-6);
+        assert_eq!(r.awake(5_000_000, 100 * MS), 5_000_000);
+        // Nor does a counter once past 2^32 (64 bits: an MI200 or MI300) wrap at it.
+        let mut w = SleepCounter::new((1 << 32) + 10, 0, 15.3e-6);
+        assert_eq!(w.awake(top - 5, 3_600_000 * MS), top - 5);
+        assert_eq!(w.awake(7, 3_600_100 * MS), 7);
+        // A restart after a sleep is no wrap, however near the top it stood.
+        let mut s = SleepCounter::new(top - 100, 0, 15.3e-6);
+        s.asleep();
+        assert_eq!(s.awake(50, 100 * MS), top - 100 + 50);
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl EnergySource for SmiGpu {
             None => self
                 .smi
                 .energy(self.dev)
-                .map(|(count, _)| Reading::Counter(self.count.awake(count)))
+                .map(|(count, _)| Reading::Counter(self.count.awake(count, crate::now_ns())))
                 .map_err(|rc| self.smi.error("amdsmi_get_energy_count", rc)),
             Some(field) => self
                 .smi
@@ -72,6 +72,13 @@ impl EnergySource for SmiGpu {
     fn unread_low_w(&self) -> f64 {
         runpm::unread_low_w(self.asleep)
     }
+}
+
+/// Whether an accumulator's count is a count: not 0 (a die that reports on another), nor
+/// `UINT32_MAX` (what amdgpu puts in the metrics table where the firmware's counter is not to be
+/// trusted, as on some RDNA3 and RDNA4 firmware) or `UINT64_MAX` (AMD SMI's "not supported").
+fn counts(count: u64) -> bool {
+    count != 0 && count != u64::from(u32::MAX) && count != u64::MAX
 }
 
 pub(super) enum Probe {
@@ -106,7 +113,7 @@ pub(super) fn smi_source(
     };
     let energy = smi.energy(p);
     if let Ok((count, res)) = energy {
-        if count > 0 && res.is_finite() && res > 0.0 {
+        if counts(count) && res.is_finite() && res > 0.0 {
             let spec = CounterSpec {
                 joules_per_unit: f64::from(res) * 1e-6,
                 wrap: None,
@@ -117,7 +124,7 @@ pub(super) fn smi_source(
                 power: None,
                 info: info(Method::Counter, Some(spec), format!("{base}{note}")),
                 status,
-                count: runpm::SleepCounter::new(count),
+                count: runpm::SleepCounter::new(count, crate::now_ns(), spec.joules_per_unit),
                 asleep: false,
             }));
         }
@@ -133,7 +140,7 @@ pub(super) fn smi_source(
                 power: Some(*field),
                 info: info(Method::IntegratedPower, None, label),
                 status,
-                count: runpm::SleepCounter::new(0),
+                count: runpm::SleepCounter::new(0, 0, 0.0),
                 asleep: false,
             }));
         }

@@ -18,6 +18,9 @@ pub(super) const SUCCESS: c_int = 0;
 pub(super) const ERROR_NOT_SUPPORTED: c_int = 3;
 /// nvmlDeviceGetSamples: no sample newer than the time asked for.
 pub(super) const ERROR_NOT_FOUND: c_int = 6;
+/// nvmlDeviceGetSamples: a driver that refuses a buffer smaller than what it holds (the header
+/// says it fills what fits; this is not relied on).
+pub(super) const ERROR_INSUFFICIENT_SIZE: c_int = 7;
 /// The library is older than the call.
 pub(super) const ERROR_FUNCTION_NOT_FOUND: c_int = 13;
 /// `nvmlSamplingType_t` of the board's power (the driver's own buffer of timed samples).
@@ -152,6 +155,7 @@ pub(super) fn hint_for(code: c_int) -> String {
             "the process may not query this GPU: check the permissions of /dev/nvidia* and, \
               in a container, that the GPU is passed through"
         }
+        8 => "attach the GPU's external power cables properly",
         9 => "load the NVIDIA kernel driver (nvidia-smi should work first)",
         10 => {
             "the driver did not answer in time; if it keeps happening check the GPU's health \
@@ -159,6 +163,7 @@ pub(super) fn hint_for(code: c_int) -> String {
         }
         12 => "install the NVIDIA driver, or set CARBONCTX_NVML_LIBRARY to libnvidia-ml.so.1",
         13 => "the NVML library is older than this call; update the NVIDIA driver",
+        14 => "the GPU's infoROM is corrupted: see nvidia-smi -q, and reflash or replace it",
         15 => {
             "the GPU has fallen off the bus: check dmesg for Xid errors, then reset the GPU \
                or reboot"
@@ -171,6 +176,15 @@ pub(super) fn hint_for(code: c_int) -> String {
         18 => {
             "the NVML library and the kernel driver differ in version, usually after a driver \
                upgrade: reboot, or reload the nvidia kernel modules"
+        }
+        20 | 23 => "the driver ran out of memory or resources: check nvidia-smi and dmesg",
+        27 => {
+            "the driver is not ready (still initialising, or a reset is in progress): measure \
+             again shortly"
+        }
+        28 => {
+            "NVML finds no GPU: check that the GPUs are visible to this machine or container \
+             (nvidia-smi)"
         }
         999 => {
             "an internal driver error: check dmesg for Xid errors; reloading the driver or \
@@ -271,6 +285,37 @@ impl Nvml {
 }
 
 impl Nvml {
+    /// How many power samples newer than `last_seen_us` the driver holds (the call with
+    /// `samples` NULL, as nvml.h says to size the buffer).
+    pub(super) fn power_sample_count(
+        &self,
+        dev: Handle,
+        last_seen_us: u64,
+    ) -> Result<usize, c_int> {
+        let Some(f) = self.fns.samples else {
+            return Err(ERROR_NOT_SUPPORTED);
+        };
+        let mut value_type: c_int = -1;
+        let mut count: c_uint = 0;
+        // SAFETY: `dev` came from this initialised NVML; with `samples` NULL NVML writes only
+        // the two valid out-pointers.
+        let rc = unsafe {
+            f(
+                dev.0,
+                TOTAL_POWER_SAMPLES,
+                last_seen_us,
+                &mut value_type,
+                &mut count,
+                std::ptr::null_mut(),
+            )
+        };
+        match rc {
+            SUCCESS => Ok(count as usize),
+            ERROR_NOT_FOUND => Ok(0),
+            _ => Err(rc),
+        }
+    }
+
     /// The board's power samples newer than `last_seen_us` (CLOCK_REALTIME µs) into `buf`: how
     /// many were written, and their value type. No new sample is `Ok((0, _))`; a library
     /// without the call is `Err(ERROR_NOT_SUPPORTED)`.
@@ -423,4 +468,22 @@ pub(super) fn open(roots: &Roots) -> Result<Nvml, Box<Unavailable>> {
         path,
         _lib: lib,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_codes_a_sampler_meets_have_hints_of_their_own() {
+        let generic = hint_for(-1);
+        // nvml.h's codes for a GPU or driver in trouble each say what to do.
+        for code in [
+            1, 3, 4, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 20, 23, 27, 28, 999,
+        ] {
+            assert_ne!(hint_for(code), generic, "code {code}");
+        }
+        assert!(hint_for(27).contains("again"));
+        assert!(hint_for(28).contains("visible"));
+    }
 }

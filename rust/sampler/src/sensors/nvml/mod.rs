@@ -7,7 +7,9 @@
 //!
 //! - where the GPU has the total-energy counter (Volta and later), a [`Method::Counter`] source
 //!   reading millijoules;
-//! - otherwise a [`Method::IntegratedPower`] source reading board power in watts.
+//! - otherwise a [`Method::IntegratedPower`] source reading board power in watts
+//!   (`nvmlDeviceGetPowerUsage`: instantaneous on the GPUs before Volta, which are the ones
+//!   without the counter; nvml.h gives a one-second average only from Ampere, which has it).
 //!
 //! The counter moves only about every 100 ms; where the driver also offers its buffer of timed
 //! power samples (about every 20 ms, `nvmlDeviceGetSamples`), [`EnergySource::shape`] uses them
@@ -49,7 +51,7 @@ use crate::sensors::{
 };
 use ffi::{
     error_message, hint_for, nvml_code, Handle, Nvml, RawSample, ERROR_FUNCTION_NOT_FOUND,
-    ERROR_NOT_SUPPORTED,
+    ERROR_INSUFFICIENT_SIZE, ERROR_NOT_SUPPORTED,
 };
 pub use mig::MigInstance;
 use samples::PowerSamples;
@@ -77,6 +79,8 @@ struct GpuSource {
 
 /// Samples asked for in one call (five seconds' worth at one every 20 ms).
 const SAMPLE_BUFFER: usize = 256;
+/// The most room made for a driver that will not fill a smaller buffer (see `fetch_samples`).
+const MAX_SAMPLE_BUFFER: usize = 16_384;
 
 impl GpuSource {
     /// Fetches the samples newer than the last one seen. A library or GPU without them turns
@@ -106,6 +110,24 @@ impl GpuSource {
                     }
                     if n < self.buf.len() {
                         return;
+                    }
+                }
+                // A driver that refuses a buffer smaller than what it holds: as nvml.h says,
+                // ask how many there are (samples NULL) and make room, up to a bound; where
+                // even that is too small the samples cannot be fetched, and are not asked for.
+                Err(ERROR_INSUFFICIENT_SIZE) => {
+                    let need = self.nvml.power_sample_count(self.dev, samples.last_seen_us);
+                    match need {
+                        Ok(n) if n > MAX_SAMPLE_BUFFER => {
+                            self.samples = None;
+                            return;
+                        }
+                        // Room to spare for the samples taken meanwhile.
+                        Ok(n) if n >= self.buf.len() => {
+                            let room = (n + n / 4 + 16).min(MAX_SAMPLE_BUFFER);
+                            self.buf.resize(room, RawSample::default());
+                        }
+                        _ => return,
                     }
                 }
                 Err(rc) => {
