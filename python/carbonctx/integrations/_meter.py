@@ -42,7 +42,7 @@ from carbonctx._results.counted import counted_domain
 if TYPE_CHECKING:
     from carbonctx._measure.runtime import Runtime
 
-__all__ = ["KINDS", "Meter", "Snapshot"]
+__all__ = ["KINDS", "Meter", "Snapshot", "label"]
 
 M = TypeVar("M", bound="Meter")
 
@@ -50,6 +50,19 @@ M = TypeVar("M", bound="Meter")
 KINDS = {"package": "cpu", "dram": "dram", "gpu": "gpu"}
 #: The most runtimes replaced by ``configure()`` a meter holds until its next read.
 _MAX_REPLACED = 8
+
+
+def label(value: str) -> str:
+    """``value`` as a label (attribute) value the exporters can send: valid UTF-8. A name
+    decoded from bytes that are not UTF-8 (``os.fsdecode``: a file's name, ``sys.argv``) holds
+    lone surrogates, which no exposition format can encode: one such name would fail every
+    scrape and every export. They are written as their escape (``\\udcff``); every other
+    character is kept (quotes, backslashes and newlines are the exposition's to escape)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 class Snapshot(NamedTuple):
@@ -92,6 +105,7 @@ class Meter:
             raise ValueError(f"max_regions={max_regions!r} must be a whole number >= 0")
         self.interval = float(interval)
         self.region = region
+        self._label = label(region)
         self.names = names
         self.max_regions = max_regions
         self.energy_j = dict.fromkeys(KINDS.values(), 0.0)
@@ -101,7 +115,7 @@ class Meter:
         self.intensity: float | None = None
         self.zone: str | None = None
         self.rank = "0"
-        self.node = socket.gethostname()
+        self.node = label(socket.gethostname())
         self._lock = threading.Lock()
         self._split_lock = threading.Lock()
         self._open: Any = None
@@ -174,18 +188,19 @@ class Meter:
                 self.power_w[src] = j / m.duration_s if m.duration_s > 0 else math.nan
             self._add_devices(m)
             if m.intensity is not None:
-                self.intensity, self.zone = float(m.intensity), m.zone
+                self.intensity = float(m.intensity)
+                self.zone = None if m.zone is None else label(m.zone)
             if m.rank is not None:
-                self.rank = str(m.rank)
+                self.rank = label(str(m.rank))
             if m.node is not None:
-                self.node = str(m.node)
+                self.node = label(str(m.node))
 
     def _add_devices(self, m: Any) -> None:
         for src in m.by_source.values():
             kind = KINDS.get(counted_domain(src) or "")
             if kind is None or src.joules is None or not math.isfinite(src.joules):
                 continue
-            key = (m.name, kind, src.id)
+            key = (label(m.name), kind, label(src.id))
             self.devices[key] = self.devices.get(key, 0.0) + src.joules
 
     def _read_named(self) -> None:
@@ -274,12 +289,14 @@ class Meter:
         if self.names:
             for name, st in _stats().items():
                 if name != self.region:
-                    named[name] = (st.energy_j.total, st.co2_g)
+                    # (Two names that differ in undecodable bytes only are one series.)
+                    j0, g0 = named.get(label(name), (0.0, 0.0))
+                    named[label(name)] = (j0 + st.energy_j.total, g0 + st.co2_g)
         with self._lock:
             return Snapshot(
                 self.rank,
                 self.node,
-                self.region,
+                self._label,
                 dict(self.energy_j),
                 dict(self.co2_g),
                 dict(self.power_w),
