@@ -1,5 +1,10 @@
 """Lightning (``lightning.pytorch``): energy and CO2 per step and per epoch through ``self.log``.
 
+The callback works with either distribution of Lightning 2.x: ``lightning`` (``import
+lightning.pytorch as L``) or the standalone ``pytorch-lightning`` (``import pytorch_lightning as
+pl``), whichever is installed (``lightning`` when both are; a Trainer of either package then
+takes it).
+
 ::
 
     from carbonctx.integrations.lightning import CarbonctxCallback
@@ -51,7 +56,12 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from lightning.pytorch import Callback
+try:
+    from lightning.pytorch import Callback
+    from lightning.pytorch.utilities.data import extract_batch_size
+except ImportError:  # the standalone ``pytorch-lightning`` distribution, without ``lightning``
+    from pytorch_lightning import Callback
+    from pytorch_lightning.utilities.data import extract_batch_size
 
 import carbonctx
 from carbonctx._distributed import collectives
@@ -62,8 +72,6 @@ __all__ = ["CarbonctxCallback"]
 
 def _batch_size(batch: Any) -> int:
     try:
-        from lightning.pytorch.utilities.data import extract_batch_size
-
         return int(extract_batch_size(batch))
     except Exception:
         return 0
