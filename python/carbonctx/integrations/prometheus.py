@@ -5,8 +5,10 @@
     from carbonctx.integrations import prometheus
 
     prometheus.start_http_server(9464)                    # serves /metrics; measures the process
+
+    prometheus.exporter()                                 # a batch job: measure from its start
     ...
-    prometheus.push_to_gateway("pushgw:9091", job="train")   # a batch job, at its end
+    prometheus.push_to_gateway("pushgw:9091", job="train")   # ...and push at its end
 
 Metrics (each labelled with ``rank`` and ``node``; outside a distributed job rank is ``0`` and
 node the host's name):
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -50,6 +53,7 @@ from prometheus_client import push_to_gateway as _push
 from prometheus_client import start_http_server as _serve
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+import carbonctx
 from carbonctx.integrations._meter import KINDS, Meter
 
 __all__ = ["Exporter", "exporter", "push_to_gateway", "shutdown", "start_http_server"]
@@ -188,9 +192,22 @@ def push_to_gateway(
     **kwargs: Any,
 ) -> None:
     """Count what was spent up to now and push every metric to a Pushgateway (for a batch
-    job, at its end). The grouping key gets ``rank`` and ``node`` unless given, so that the
-    ranks of a job do not overwrite each other's metrics."""
+    job, at its end: start the exporter, :func:`exporter`, at its beginning, or its process
+    counters hold nothing before the push, and a warning says so). The grouping key gets
+    ``rank`` and ``node`` unless given, so that the ranks of a job do not overwrite each
+    other's metrics."""
+    with _EXPORTER_LOCK:
+        started = _EXPORTER is not None
     ex = exporter()
+    if not started:
+        # Its process counters start now: only the named regions' totals hold the job.
+        warnings.warn(
+            "carbonctx push_to_gateway: no exporter was running, so the process's counters "
+            '(region="process") hold nothing of the job before this push: call '
+            "carbonctx.integrations.prometheus.exporter() when the job starts",
+            carbonctx.CarbonctxWarning,
+            stacklevel=2,
+        )
     ex.update()
     key = {"rank": ex.rank, "node": ex.node, **(grouping_key or {})}
     _push(gateway, job=job, registry=ex.registry, grouping_key=key, timeout=timeout, **kwargs)
