@@ -292,3 +292,56 @@ def test_an_otlp_export_carries_hostile_names(cpu_sim: SimulatedMachine) -> None
                     if attrs["source"] == "total":
                         named[attrs["region"]] = p.as_double
     assert named == pytest.approx(totals)
+
+
+@child_only
+def test_names_past_max_names_are_summed_in_one_bounded_series(cpu_sim: SimulatedMachine) -> None:
+    # A program that makes a name per batch must not make a series per batch: the first
+    # max_names names keep their own, the others add up in region="(other)".
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from carbonctx.integrations import opentelemetry as otel
+
+    for i in range(6):
+        with carbonctx.track(f"batch-{i}"):
+            time.sleep(0.01)
+    order = list(carbonctx.stats())  # the order the statistics first saw the names
+    registry = prometheus_client.CollectorRegistry()
+    ex = prometheus.Exporter(interval=60, registry=registry, max_names=3)
+    with pytest.warns(carbonctx.CarbonctxWarning, match="max_names=3"):
+        text = prometheus_client.generate_latest(registry).decode()
+    named = _named_totals(text_string_to_metric_families(text))
+    stats = carbonctx.stats()
+    assert set(named) == {*order[:3], "(other)"}
+    for name in order[:3]:
+        assert named[name] == pytest.approx(stats[name].energy_j.total)
+    rest = sum(stats[n].energy_j.total for n in order[3:])
+    assert named["(other)"] == pytest.approx(rest)
+    # A later name joins the sum: the counter only grows, and nothing more is said.
+    with carbonctx.track("batch-6"):
+        time.sleep(0.01)
+    text = prometheus_client.generate_latest(registry).decode()
+    later = _named_totals(text_string_to_metric_families(text))
+    assert set(later) == set(named)
+    expected = rest + carbonctx.stats()["batch-6"].energy_j.total
+    assert later["(other)"] == pytest.approx(expected)
+    ex.close()
+    # OpenTelemetry publishes the same bounded set.
+    reader = InMemoryMetricReader()
+    ins = otel.Instruments(MeterProvider(metric_readers=[reader]), interval=60, max_names=3)
+    with pytest.warns(carbonctx.CarbonctxWarning, match="max_names=3"):
+        data = reader.get_metrics_data()
+    regions = {
+        p.attributes["region"]
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "carbonctx_energy_joules_total"
+        for p in m.data.data_points
+        if p.attributes["source"] == "total"
+    }
+    assert regions == {*order[:3], "(other)"}
+    ins.stop()
+    with pytest.raises(ValueError, match="max_names"):
+        prometheus.Exporter(registry=prometheus_client.CollectorRegistry(), max_names=-1)

@@ -22,7 +22,11 @@ node the host's name):
     on a thread of its own, so the counters move in steps of ``interval``; a scrape never waits.
   - every region name measured with ``track()``/``@tracked`` (``carbonctx.stats()``): its total
     with ``source="total"`` (statistics keep totals per name, not per source). These overlap
-    ``region="process"``: sum over one of them, never over ``region``.
+    ``region="process"``: sum over one of them, never over ``region``. The first ``max_names``
+    (1000) names have series of their own, those past them are summed in ``region="(other)"``
+    (a warning says so), so that the series stay bounded whatever names a program makes. A
+    name decoded from bytes that are not UTF-8 has its undecodable bytes escaped
+    (``\\udce9``); the exposition escapes quotes, backslashes and newlines.
 
 * ``carbonctx_device_energy_joules_total`` (counter), labelled by ``source`` (its kind),
   ``device`` (the source's id in ``by_source``: ``powercap:intel-rapl:0``, ``nvml:0``...) and
@@ -64,7 +68,8 @@ class Exporter(Meter):
 
     ``interval`` is the length of the exporter's own regions (seconds); ``region`` their name;
     ``registry`` the ``CollectorRegistry`` it registers with (prometheus_client's default one
-    unless given); ``max_regions`` how many region names get per-device series. :meth:`start`
+    unless given); ``max_names`` how many region names get total series of their own;
+    ``max_regions`` how many get per-device series. :meth:`start`
     starts measuring; :meth:`update` counts what was spent up to now; :meth:`stop` counts the
     rest and stops.
     """
@@ -77,8 +82,15 @@ class Exporter(Meter):
         registry: CollectorRegistry | None = None,
         names: bool = True,
         max_regions: int = 20,
+        max_names: int = 1000,
     ) -> None:
-        super().__init__(interval=interval, region=region, names=names, max_regions=max_regions)
+        super().__init__(
+            interval=interval,
+            region=region,
+            names=names,
+            max_regions=max_regions,
+            max_names=max_names,
+        )
         self.registry = REGISTRY if registry is None else registry
         self.registry.register(self)
 
