@@ -95,6 +95,55 @@ def test_gradient_accumulation_counts_optimizer_steps_and_their_samples(tmp_path
     assert [e["epoch"] for e in cb.epochs] == [1.0, 2.0]
 
 
+class OutOfMemory(transformers.TrainerCallback):  # type: ignore[misc]
+    """The device running out of memory (the one thing simulated) at optimizer step ``at``
+    while the Trainer's batch is over ``fits`` samples: as a CUDA allocation fails."""
+
+    def __init__(self, at: int, fits: int) -> None:
+        self.at, self.fits = at, fits
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.train_batch_size > self.fits and state.global_step == self.at:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize("attached", [True, False])
+def test_auto_find_batch_size_keeps_the_failed_try_and_counts_the_smaller_batch(
+    tmp_path: Path, attached: bool
+) -> None:
+    # The Trainer halves the batch (16 -> 8) and runs its training loop again, calling
+    # on_train_begin again with no on_train_end in between: what the failed try spent is part
+    # of the run, and the samples are those of the batch the Trainer uses now.
+    cb = CarbonctxCallback()
+    trainer = _trainer(
+        tmp_path,
+        *([] if attached else [cb]),
+        per_device_train_batch_size=16,
+        auto_find_batch_size=True,
+        logging_steps=2,
+    )
+    if attached:
+        attach(trainer, cb)
+    trainer.add_callback(OutOfMemory(at=3, fits=8))
+    with carbonctx.track("whole") as whole:
+        trainer.train()
+    assert trainer.state.train_batch_size == 8 and trainer.state.global_step == 26
+    hist = trainer.state.log_history
+    train_logs = [h for h in hist if "loss" in h]
+    # Samples per log: 2 steps of 8; an epoch (13 batches) ends with 4, in a log of 12.
+    samples = [h["energy_j"] / h["energy_j_per_sample"] for h in train_logs]
+    assert samples == pytest.approx([16.0] * 6 + [12.0] + [16.0] * 5 + [12.0])
+    (final,) = [h for h in hist if "train_energy_j" in h]
+    assert final["train_energy_j"] == pytest.approx(_logged(hist), rel=1e-9)
+    assert cb.total_j == pytest.approx(final["train_energy_j"], rel=1e-9)
+    assert math.fsum(e["energy_j"] for e in cb.epochs) == pytest.approx(cb.total_j, rel=1e-9)
+    assert [e["epoch"] for e in cb.epochs] == [1.0, 2.0]
+    # The failed try is in the run: all of train() but its edges (without attach(), the
+    # Trainer's setup before its first callback).
+    low = 0.97 if attached else 0.8
+    assert low * whole.energy_j < cb.total_j <= whole.energy_j
+
+
 @pytest.mark.parametrize("attached", [True, False])
 def test_an_evaluation_before_the_first_step_is_its_own(tmp_path: Path, attached: bool) -> None:
     # attach() sees it start; passed in callbacks=, its first batch says so.

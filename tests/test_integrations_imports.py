@@ -10,6 +10,7 @@ FRAMEWORKS = (
     "torch",
     "transformers",
     "lightning",
+    "pytorch_lightning",
     "keras",
     "prometheus_client",
     "opentelemetry",

@@ -176,3 +176,129 @@ def test_budget_stops_training_after_the_first_epoch(
     assert len(steps) == 200 // 20
     epoch = cb.epochs[0]["energy_j"]
     assert 0.5 * epoch < math.fsum(steps) <= epoch * (1 + 1e-6)  # float32, as Lightning keeps them
+
+
+_STANDALONE = """
+import sys
+sys.modules["lightning"] = None  # as if only the pytorch-lightning distribution were installed
+import json, warnings
+warnings.simplefilter("ignore")
+import pytorch_lightning as pl
+import torch
+import carbonctx
+from carbonctx.testing import SimulatedMachine
+from carbonctx.integrations.lightning import CarbonctxCallback
+
+class Model(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+with SimulatedMachine(sys.argv[1]) as sim:
+    carbonctx.configure(**sim.settings())
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4, generator=g), torch.randn(64, 1))
+    cb = CarbonctxCallback()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_epochs=2, callbacks=[cb], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        log_every_n_steps=1, default_root_dir=sys.argv[1],
+    )
+    trainer.fit(Model(), torch.utils.data.DataLoader(data, batch_size=8))
+    print(json.dumps({
+        "base": type(cb).__mro__[1].__module__,
+        "lightning": "lightning" in sys.modules and sys.modules["lightning"] is not None,
+        "epochs": [e["energy_j"] for e in cb.epochs],
+        "logged": float(trainer.logged_metrics["epoch_energy_j"]),
+    }))
+"""
+
+
+@pytest.mark.timeout(240)
+def test_the_standalone_pytorch_lightning_package_is_enough(tmp_path: Path) -> None:
+    # The `pytorch-lightning` distribution installs `pytorch_lightning` only: the callback must
+    # import and log with it when `lightning` is not there.
+    pytest.importorskip("pytorch_lightning")
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _STANDALONE, str(tmp_path / "hw")],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["base"].startswith("pytorch_lightning") and not got["lightning"]
+    assert len(got["epochs"]) == 2 and all(e > 0 for e in got["epochs"])
+    assert got["logged"] == pytest.approx(got["epochs"][-1], rel=1e-6)
+
+
+_SPAWNED = """
+import sys, warnings
+import torch
+import lightning.pytorch as L
+import carbonctx
+from carbonctx.testing import SimulatedMachine
+from carbonctx.integrations.lightning import CarbonctxCallback
+
+class Model(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+if __name__ == "__main__":
+    with SimulatedMachine(sys.argv[1]) as sim:
+        carbonctx.configure(**sim.settings())
+        data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+        cb = CarbonctxCallback()
+        trainer = L.Trainer(
+            accelerator="cpu", devices=1, strategy="ddp_spawn", max_epochs=1, callbacks=[cb],
+            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=sys.argv[1],
+        )
+        trainer.fit(Model(), torch.utils.data.DataLoader(data, batch_size=8))
+        print("logged", float(trainer.callback_metrics["epoch_energy_j"]), "kept", cb.total_j)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_fit_in_spawned_workers_says_the_callback_keeps_nothing_here(tmp_path: Path) -> None:
+    # ddp_spawn (as ddp_fork and ddp_notebook) trains in workers that get a copy of the
+    # callback: its attributes in this process stay empty, which must be said, not left as a
+    # run that spent nothing. (A file: spawned workers import the main module by its path.)
+    import subprocess
+    import sys
+
+    script = tmp_path / "spawned_fit.py"
+    script.write_text(_SPAWNED)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "hw")],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = out.stderr.count("CarbonctxCallback: this fit runs in worker processes")
+    assert said == 1, out.stderr[-3000:]
+    words = out.stdout.split()
+    logged, kept = float(words[words.index("logged") + 1]), float(words[words.index("kept") + 1])
+    assert logged > 0 and kept == 0.0  # what the warning says

@@ -62,6 +62,36 @@ def test_a_failing_cell_raises_as_usual_and_is_still_measured(shell: Any) -> Non
     assert shell.user_ns["_carbonctx"].duration_s > 0
 
 
+def _shown(shell: Any, cell: str) -> tuple[Any, list[str]]:
+    """Run ``cell``; its result and the plain text of what it displayed."""
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as cap:
+        res = shell.run_cell(cell)
+    return res, [o.data.get("text/plain", "") for o in cap.outputs]
+
+
+def test_a_final_semicolon_hides_the_value_and_not_the_measurement(shell: Any) -> None:
+    res, shown = _shown(shell, "%%carbonctx value\n6 * 7\n")
+    assert res.success and "42" in shown
+    # As in any cell, `;` (a comment after it aside) hides the last value.
+    res, shown = _shown(shell, "%%carbonctx hidden\nz = 6\nz * 7;  # no output\n")
+    assert res.success, res.error_in_exec
+    assert "42" not in shown
+    assert isinstance(res.result, carbonctx.Measurement) and res.result.name == "hidden"
+
+
+def test_a_cell_with_top_level_await_says_how_to_measure_it(shell: Any) -> None:
+    res = shell.run_cell("%%carbonctx fetch\nimport asyncio\nawait asyncio.sleep(0)\n")
+    assert isinstance(res.error_in_exec, SyntaxError)
+    assert "top-level await" in str(res.error_in_exec)
+    assert "carbonctx.track('fetch')" in str(res.error_in_exec)
+    # A plain syntax error stays itself.
+    res = shell.run_cell("%%carbonctx broken\nx = (\n")
+    assert isinstance(res.error_in_exec, SyntaxError)
+    assert "await" not in str(res.error_in_exec)
+
+
 def test_bad_options_say_what_is_accepted(shell: Any) -> None:
     res = shell.run_cell("%%carbonctx --bogus name\npass\n")
     assert isinstance(res.error_in_exec, ValueError)

@@ -186,6 +186,44 @@ def test_push_to_gateway_sends_every_metric(cpu_sim: SimulatedMachine) -> None:
     assert b"carbonctx_energy_joules_total" in body
 
 
+@child_only
+def test_a_push_without_a_running_exporter_says_the_process_counters_start_now(
+    cpu_sim: SimulatedMachine,
+) -> None:
+    # A batch job that only pushes at its end: its process counters cover nothing of it, which
+    # must be said; the named regions' totals are pushed whole all the same.
+    bodies: list[bytes] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    gateway = f"127.0.0.1:{httpd.server_port}"
+    try:
+        with carbonctx.track("job"):
+            time.sleep(0.3)
+        with pytest.warns(carbonctx.CarbonctxWarning, match="no exporter was running"):
+            prometheus.push_to_gateway(gateway, job="batch")
+        prometheus.push_to_gateway(gateway, job="batch")  # running now: nothing to say
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert len(bodies) == 2
+    samples = _samples(bodies[0].decode())
+    (job,) = _series(samples, "carbonctx_energy_joules_total", region="job", source="total")
+    assert job == pytest.approx(carbonctx.stats()["job"].energy_j.total) and job > 0
+    # The process counters began at the push: far less than the job they were not running in.
+    (process,) = _series(samples, "carbonctx_energy_joules_total", region="process", source="cpu")
+    assert process < 0.5 * job
+
+
 PROMETHEUS = shutil.which("prometheus")
 PUSHGATEWAY = shutil.which("prometheus-pushgateway")
 

@@ -13,7 +13,10 @@ of its own and keeps, for each exporter to publish as it likes:
   counted in its CPU package's place is a ``cpu`` device, and that package is not
   (``carbonctx._results.counted``). The number of series is bounded: devices by the hardware,
   region names by ``max_regions`` (the first ones seen; the others keep their total only);
-* per region name, the exact totals of ``carbonctx.stats()``.
+* per region name, the exact totals of ``carbonctx.stats()``: the first ``max_names`` names
+  (1000; in the order the statistics first saw them) each on its own, the names past them
+  summed under :data:`OTHER` (a warning says so once), so that the number of series stays
+  bounded whatever names a program makes (``f"batch-{i}"``).
 
 The named regions' devices come from the recent window (``carbonctx.recent()``), read at each
 update from where the last read stopped (by the window's numbering of its regions: ``@tracked``
@@ -42,14 +45,29 @@ from carbonctx._results.counted import counted_domain
 if TYPE_CHECKING:
     from carbonctx._measure.runtime import Runtime
 
-__all__ = ["KINDS", "Meter", "Snapshot"]
+__all__ = ["KINDS", "OTHER", "Meter", "Snapshot", "label"]
 
 M = TypeVar("M", bound="Meter")
 
 #: Kinds of source, from the domains that enter totals.
 KINDS = {"package": "cpu", "dram": "dram", "gpu": "gpu"}
+#: The region label of the names past ``max_names``, summed.
+OTHER = "(other)"
 #: The most runtimes replaced by ``configure()`` a meter holds until its next read.
 _MAX_REPLACED = 8
+
+
+def label(value: str) -> str:
+    """``value`` as a label (attribute) value the exporters can send: valid UTF-8. A name
+    decoded from bytes that are not UTF-8 (``os.fsdecode``: a file's name, ``sys.argv``) holds
+    lone surrogates, which no exposition format can encode: one such name would fail every
+    scrape and every export. They are written as their escape (``\\udcff``); every other
+    character is kept (quotes, backslashes and newlines are the exposition's to escape)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 class Snapshot(NamedTuple):
@@ -73,9 +91,11 @@ class Meter:
     """Measures the process and keeps its running totals (see the module's documentation).
 
     ``interval`` is the length of the meter's own regions (seconds), ``region`` their name,
-    ``names`` whether region names measured with ``track()`` are published, ``max_regions`` how
-    many of them get a per-device breakdown. :meth:`start` starts measuring; :meth:`update`
-    counts what was spent up to now; :meth:`stop` counts the rest and stops.
+    ``names`` whether region names measured with ``track()`` are published, ``max_names`` how
+    many of them get series of their own (the rest are summed under :data:`OTHER`),
+    ``max_regions`` how many of them get a per-device breakdown. :meth:`start` starts
+    measuring; :meth:`update` counts what was spent up to now; :meth:`stop` counts the rest and
+    stops.
     """
 
     def __init__(
@@ -85,15 +105,20 @@ class Meter:
         region: str = "process",
         names: bool = True,
         max_regions: int = 20,
+        max_names: int = 1000,
     ) -> None:
         if not (interval > 0 and math.isfinite(interval)):
             raise ValueError(f"interval={interval!r} must be a positive number of seconds")
-        if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 0:
-            raise ValueError(f"max_regions={max_regions!r} must be a whole number >= 0")
+        for arg, n in (("max_regions", max_regions), ("max_names", max_names)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"{arg}={n!r} must be a whole number >= 0")
         self.interval = float(interval)
         self.region = region
+        self._label = label(region)
         self.names = names
         self.max_regions = max_regions
+        self.max_names = max_names
+        self._warned_names = False
         self.energy_j = dict.fromkeys(KINDS.values(), 0.0)
         self.co2_g = dict.fromkeys(KINDS.values(), 0.0)
         self.power_w = dict.fromkeys(KINDS.values(), math.nan)
@@ -101,7 +126,7 @@ class Meter:
         self.intensity: float | None = None
         self.zone: str | None = None
         self.rank = "0"
-        self.node = socket.gethostname()
+        self.node = label(socket.gethostname())
         self._lock = threading.Lock()
         self._split_lock = threading.Lock()
         self._open: Any = None
@@ -174,18 +199,19 @@ class Meter:
                 self.power_w[src] = j / m.duration_s if m.duration_s > 0 else math.nan
             self._add_devices(m)
             if m.intensity is not None:
-                self.intensity, self.zone = float(m.intensity), m.zone
+                self.intensity = float(m.intensity)
+                self.zone = None if m.zone is None else label(m.zone)
             if m.rank is not None:
-                self.rank = str(m.rank)
+                self.rank = label(str(m.rank))
             if m.node is not None:
-                self.node = str(m.node)
+                self.node = label(str(m.node))
 
     def _add_devices(self, m: Any) -> None:
         for src in m.by_source.values():
             kind = KINDS.get(counted_domain(src) or "")
             if kind is None or src.joules is None or not math.isfinite(src.joules):
                 continue
-            key = (m.name, kind, src.id)
+            key = (label(m.name), kind, label(src.id))
             self.devices[key] = self.devices.get(key, 0.0) + src.joules
 
     def _read_named(self) -> None:
@@ -265,21 +291,47 @@ class Meter:
             stacklevel=2,
         )
 
+    def _names_capped(self, past: int) -> None:
+        if self._warned_names:
+            return
+        self._warned_names = True
+        warnings.warn(
+            f"carbonctx metrics: more region names than max_names={self.max_names} "
+            f"({past} past it so far): their totals are summed under region={OTHER!r}, so that "
+            "the number of series stays bounded; give regions fewer distinct names (tags for "
+            "what varies) or raise max_names",
+            carbonctx.CarbonctxWarning,
+            stacklevel=2,
+        )
+
     # ------------------------------------------------------------------ reading
 
     def snapshot(self) -> Snapshot:
         """The totals now: what the last update counted, and the named regions' totals (from
         ``carbonctx.stats()``, which resolves the regions that have ended)."""
         named: dict[str, tuple[float, float]] = {}
+        rest = [0.0, 0.0, 0]
         if self.names:
             for name, st in _stats().items():
-                if name != self.region:
-                    named[name] = (st.energy_j.total, st.co2_g)
+                if name == self.region:
+                    continue
+                key = label(name)  # (names that differ in undecodable bytes only: one series)
+                if key not in named and len(named) >= self.max_names:
+                    rest[0] += st.energy_j.total
+                    rest[1] += st.co2_g
+                    rest[2] += 1
+                    continue
+                j0, g0 = named.get(key, (0.0, 0.0))
+                named[key] = (j0 + st.energy_j.total, g0 + st.co2_g)
+        if rest[2]:
+            j0, g0 = named.get(OTHER, (0.0, 0.0))
+            named[OTHER] = (j0 + rest[0], g0 + rest[1])
+            self._names_capped(int(rest[2]))
         with self._lock:
             return Snapshot(
                 self.rank,
                 self.node,
-                self.region,
+                self._label,
                 dict(self.energy_j),
                 dict(self.co2_g),
                 dict(self.power_w),

@@ -49,7 +49,11 @@ and evaluate) and before every reporter. Passed in ``callbacks=``, the figures s
 :func:`attach`; it cannot be logged). ``train(resume_from_checkpoint=...)`` continues the
 checkpoint's epochs and totals from its ``log_history``: ``train_energy_j``, the forecast and the
 budget are the whole run's (what was spent after the checkpoint's last log and before the
-interruption is not in the checkpoint, so not in them).
+interruption is not in the checkpoint, so not in them). With ``auto_find_batch_size`` the
+Trainer runs its loop again with a smaller batch after running out of memory: what the failed
+tries spent comes with the first log (and epoch) of the next, and samples are counted with the
+Trainer's batch (``state.train_batch_size``). Without :func:`attach`, a ``train()`` after one that
+ended in an exception is taken for such a try when ``auto_find_batch_size`` is set.
 
 **Distributed jobs.** Under ``torch.distributed`` the figures are the job's (summed over ranks
 at every log, a collective: the Trainer logs on every rank at the same steps), so rank 0's
@@ -201,17 +205,21 @@ class CarbonctxCallback(TrainerCallback):
         self._early = True
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not self._early:
+        retry = getattr(args, "auto_find_batch_size", False) and self._open is not None
+        # The Trainer runs its training loop again with a smaller batch after running out of
+        # memory (no on_train_end in between): what the failed try spent stays in the run.
+        carried = self._retry() if retry and not self._early else None
+        if carried is None and not self._early:
             self.begin()
         self._early = False
-        dl = kwargs.get("train_dataloader")
-        try:
-            self._dataset_len = len(dl.dataset) if dl is not None else None
-        except TypeError:
-            self._dataset_len = None
+        self._dataset_len = hf_logs.length(kwargs.get("train_dataloader"))
         self._tokens_logged = int(getattr(state, "num_input_tokens_seen", 0) or 0)
         if state.global_step > 0:
             self._resume(state)
+        if carried is not None:  # given with the first log and the first epoch of the new try
+            ep = self._epoch_local.setdefault(self._epoch_index, [0.0, 0.0])
+            for acc in (self._pending["train"], ep):
+                acc[0], acc[1] = acc[0] + carried[0], acc[1] + carried[1]
         if not self.attached and not self._warned_order and hf_logs.reports(args):
             self._warned_order = True
             warnings.warn(
@@ -221,6 +229,23 @@ class CarbonctxCallback(TrainerCallback):
                 carbonctx.CarbonctxWarning,
                 stacklevel=2,
             )
+
+    def _retry(self) -> tuple[float, float]:
+        """Start over for the Trainer's new try, keeping the open region: what this run spent
+        so far (logged or not, beyond a checkpoint's figures), which the new try's
+        ``log_history`` has none of."""
+        self._read_closed()
+        j = self.total_j - self._prior[0] + math.fsum(p[0] for p in self._pending.values())
+        g = self.total_co2_g - self._prior[1] + sum(p[1] for p in self._pending.values())
+        opened, phase, regions = self._open, self._phase, self._regions
+        self._reset()
+        self._open, self._phase, self._regions = opened, phase, regions
+        self.total_j = self.total_co2_g = 0.0
+        self.epochs = []
+        self.budget.exceeded = None
+        if phase != "train":
+            self._split("train")  # the failed try's evaluation is part of what it spent
+        return j, g
 
     def _resume(self, state: Any) -> None:
         """A run resumed from a checkpoint: its epochs continue the checkpoint's, and its totals
@@ -260,7 +285,9 @@ class CarbonctxCallback(TrainerCallback):
         self._epochs_begun += 1
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        batch = args.train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        # (The Trainer's batch, smaller than the arguments' after auto_find_batch_size's retries.)
+        per_device = getattr(state, "train_batch_size", None) or args.train_batch_size
+        batch = per_device * args.gradient_accumulation_steps * max(args.world_size, 1)
         if self._dataset_len is not None:
             batch = max(0, min(batch, self._dataset_len - self._epoch_samples))
         self._epoch_samples += batch

@@ -13,14 +13,19 @@
 A measured cell runs as usual (its output, its last value, its errors), then its
 :class:`~carbonctx.Measurement` is shown (as an HTML table in notebooks) and kept in the user's
 namespace as ``_carbonctx``. Options before the name: ``--tag key=value`` (repeatable) and
-``--quiet`` (keep the result, show nothing).
+``--quiet`` (keep the result, show nothing). A cell that ends in ``;`` hides its last value, as
+IPython does, and still shows its measurement. A magic runs synchronously, so a cell with
+top-level ``await`` cannot be measured whole: ``with carbonctx.track("name"):`` inside the cell
+measures it (a clear error says so).
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import io
 import shlex
+import tokenize
 from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -75,12 +80,23 @@ class CarbonctxMagics(Magics):
         shell = self.shell
         # As %%time does: IPython's own syntax (magics, !commands) is transformed first, and a
         # final expression's value is shown, as the cell's would be.
-        tree = ast.parse(shell.transform_cell(code))
+        source = shell.transform_cell(code)
+        tree = ast.parse(source)
         last: ast.expr | None = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
+        # (A final ``;`` hides the value, as IPython does.)
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not _ends_in_semicolon(source):
             last = tree.body.pop().value
-        body = compile(tree, "<carbonctx cell>", "exec")
-        tail = compile(ast.Expression(last), "<carbonctx cell>", "eval") if last else None
+        try:
+            body = compile(tree, "<carbonctx cell>", "exec")
+            tail = compile(ast.Expression(last), "<carbonctx cell>", "eval") if last else None
+        except SyntaxError as e:
+            if _needs_top_level_await(source):
+                raise SyntaxError(
+                    "%%carbonctx cannot measure a cell with top-level await (a magic runs "
+                    "synchronously): measure it inside the cell instead, with "
+                    f"carbonctx.track({name!r}): await ..."
+                ) from e
+            raise
         ns = shell.user_ns
         value = None
         region = carbonctx.track(name, tags=tags or None)
@@ -99,6 +115,28 @@ class CarbonctxMagics(Magics):
         if value is not None:
             display(value)
         return None if quiet else ns["_carbonctx"]
+
+
+def _ends_in_semicolon(source: str) -> bool:
+    """Whether the last token of ``source`` (comments and line ends aside) is ``;``."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    skip = (tokenize.ENDMARKER, tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT)
+    for tok in reversed(tokens):
+        if tok.type not in skip:
+            return tok.type == tokenize.OP and tok.string == ";"
+    return False
+
+
+def _needs_top_level_await(source: str) -> bool:
+    """Whether ``source`` compiles only with top-level ``await``."""
+    try:
+        compile(source, "<carbonctx cell>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    except SyntaxError:
+        return False
+    return True
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -1,5 +1,10 @@
 """Lightning (``lightning.pytorch``): energy and CO2 per step and per epoch through ``self.log``.
 
+The callback works with either distribution of Lightning 2.x: ``lightning`` (``import
+lightning.pytorch as L``) or the standalone ``pytorch-lightning`` (``import pytorch_lightning as
+pl``), whichever is installed (``lightning`` when both are; a Trainer of either package then
+takes it).
+
 ::
 
     from carbonctx.integrations.lightning import CarbonctxCallback
@@ -31,6 +36,14 @@ except what runs after the last epoch ends (the last checkpoint, ``on_fit_end``)
 ``budget_co2_kg``) is checked against the forecast at each epoch's end and stops training through
 ``trainer.should_stop``; the decision is joint over ranks (every rank stops after the same epoch).
 
+**Workers Lightning starts.** With ``strategy="ddp_spawn"``, ``"ddp_fork"`` or
+``"ddp_notebook"`` (what ``devices=N`` picks in a notebook) the fit runs in processes Lightning
+starts, each with a copy of the callback: the figures reach the loggers and
+``trainer.callback_metrics`` (which Lightning brings back), but the attributes (``total_j``,
+``epochs``...) of the callback in the process that called ``fit()`` stay empty, and a warning
+says so. ``strategy="ddp"`` (what ``devices=N`` picks in a script) and ``torchrun`` run rank 0
+in that process.
+
 The sanity check's validation is not a validation run (it counts in the first epoch). A fit that
 ends in an exception (``KeyboardInterrupt`` included) keeps what it measured in ``total_j``. The
 callback's ``state_dict`` (its epochs and totals) goes into Lightning's checkpoints, so that a fit
@@ -47,11 +60,18 @@ are (``ckpt_path`` included).
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from lightning.pytorch import Callback
+try:
+    from lightning.pytorch import Callback
+    from lightning.pytorch.utilities.data import extract_batch_size
+except ImportError:  # the standalone ``pytorch-lightning`` distribution, without ``lightning``
+    from pytorch_lightning import Callback
+    from pytorch_lightning.utilities.data import extract_batch_size
 
 import carbonctx
 from carbonctx._distributed import collectives
@@ -62,8 +82,6 @@ __all__ = ["CarbonctxCallback"]
 
 def _batch_size(batch: Any) -> int:
     try:
-        from lightning.pytorch.utilities.data import extract_batch_size
-
         return int(extract_batch_size(batch))
     except Exception:
         return 0
@@ -112,6 +130,9 @@ class CarbonctxCallback(Callback):
         self._epoch_step0 = 0  # the step at which this fit began counting the epoch
         self._epoch_batches = 0  # batches of this epoch run in this fit
         self._last_batch = -1  # the epoch's index of the last one
+        # The process that made the callback: a fit in processes Lightning starts with a copy
+        # of it (ddp_spawn, ddp_fork, ddp_notebook) keeps its attributes there.
+        self._pid = os.getpid()
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -197,6 +218,16 @@ class CarbonctxCallback(Callback):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._loaded = None  # a checkpoint's state comes after setup
+        if stage == "fit" and self._pid != os.getpid() and trainer.global_rank == 0:
+            warnings.warn(
+                "CarbonctxCallback: this fit runs in worker processes Lightning started with a "
+                "copy of the callback (strategy ddp_spawn, ddp_fork or ddp_notebook): the "
+                "figures reach the loggers and trainer.callback_metrics, but the callback's "
+                "total_j, total_co2_g and epochs in the process that called fit() stay empty; "
+                'use strategy="ddp" (or torchrun) to keep them there',
+                carbonctx.CarbonctxWarning,
+                stacklevel=2,
+            )
         if stage == "fit":
             self.total_j = self.total_co2_g = 0.0
             self.epochs = []

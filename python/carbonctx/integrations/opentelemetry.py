@@ -20,7 +20,9 @@ The instruments have the names, units and attributes of the Prometheus metrics
   observable counters (cumulative, monotonic) with ``source``, ``region``, ``rank``, ``node``:
   ``region="process"`` per ``source`` (``cpu``, ``dram``, ``gpu``), measured by the process
   itself as back-to-back regions of ``interval`` seconds on a thread of its own, and each region
-  name measured with ``track()`` with ``source="total"`` (they overlap ``region="process"``);
+  name measured with ``track()`` with ``source="total"`` (they overlap ``region="process"``;
+  the first ``max_names``, 1000, each on its own and the names past them summed in
+  ``region="(other)"``);
 * ``carbonctx_device_energy_joules_total`` (``J``), observable counter with ``source``,
   ``device``, ``region``, ``rank``, ``node``: each package, DRAM and GPU (never the domains that
   overlap them) for the process and the first ``max_regions`` region names;
@@ -49,10 +51,10 @@ __all__ = ["Instruments", "instrument", "instruments", "shutdown"]
 
 class Instruments(Meter):
     """carbonctx's figures as OpenTelemetry instruments on ``meter_provider`` (the global one
-    unless given); see the module's documentation. ``interval``, ``region``, ``names`` and
-    ``max_regions`` are the measuring's. :meth:`start` starts measuring; :meth:`update` counts
-    what was spent up to now; :meth:`stop` counts the rest and stops (the instruments keep
-    reporting the final totals)."""
+    unless given); see the module's documentation. ``interval``, ``region``, ``names``,
+    ``max_names`` and ``max_regions`` are the measuring's. :meth:`start` starts measuring;
+    :meth:`update` counts what was spent up to now; :meth:`stop` counts the rest and stops (the
+    instruments keep reporting the final totals)."""
 
     def __init__(
         self,
@@ -62,8 +64,15 @@ class Instruments(Meter):
         region: str = "process",
         names: bool = True,
         max_regions: int = 20,
+        max_names: int = 1000,
     ) -> None:
-        super().__init__(interval=interval, region=region, names=names, max_regions=max_regions)
+        super().__init__(
+            interval=interval,
+            region=region,
+            names=names,
+            max_regions=max_regions,
+            max_names=max_names,
+        )
         provider = metrics.get_meter_provider() if meter_provider is None else meter_provider
         meter = provider.get_meter("carbonctx", carbonctx.__version__)
         self.instruments = [
@@ -156,8 +165,9 @@ _LOCK = threading.Lock()
 
 def instrument(meter_provider: Any = None, **kwargs: Any) -> Instruments:
     """The process's instruments, created on ``meter_provider`` (with ``kwargs``: ``interval``,
-    ``region``, ``names``, ``max_regions``) and started on first use; later calls return them
-    as they are. An instrument name is registered once per provider, so one set per process."""
+    ``region``, ``names``, ``max_names``, ``max_regions``) and started on first use; later
+    calls return them as they are. An instrument name is registered once per provider, so one
+    set per process."""
     global _INSTRUMENTS
     with _LOCK:
         if _INSTRUMENTS is None:

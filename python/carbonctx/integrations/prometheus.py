@@ -5,8 +5,10 @@
     from carbonctx.integrations import prometheus
 
     prometheus.start_http_server(9464)                    # serves /metrics; measures the process
+
+    prometheus.exporter()                                 # a batch job: measure from its start
     ...
-    prometheus.push_to_gateway("pushgw:9091", job="train")   # a batch job, at its end
+    prometheus.push_to_gateway("pushgw:9091", job="train")   # ...and push at its end
 
 Metrics (each labelled with ``rank`` and ``node``; outside a distributed job rank is ``0`` and
 node the host's name):
@@ -20,7 +22,11 @@ node the host's name):
     on a thread of its own, so the counters move in steps of ``interval``; a scrape never waits.
   - every region name measured with ``track()``/``@tracked`` (``carbonctx.stats()``): its total
     with ``source="total"`` (statistics keep totals per name, not per source). These overlap
-    ``region="process"``: sum over one of them, never over ``region``.
+    ``region="process"``: sum over one of them, never over ``region``. The first ``max_names``
+    (1000) names have series of their own, those past them are summed in ``region="(other)"``
+    (a warning says so), so that the series stay bounded whatever names a program makes. A
+    name decoded from bytes that are not UTF-8 has its undecodable bytes escaped
+    (``\\udce9``); the exposition escapes quotes, backslashes and newlines.
 
 * ``carbonctx_device_energy_joules_total`` (counter), labelled by ``source`` (its kind),
   ``device`` (the source's id in ``by_source``: ``powercap:intel-rapl:0``, ``nvml:0``...) and
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -50,6 +57,7 @@ from prometheus_client import push_to_gateway as _push
 from prometheus_client import start_http_server as _serve
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+import carbonctx
 from carbonctx.integrations._meter import KINDS, Meter
 
 __all__ = ["Exporter", "exporter", "push_to_gateway", "shutdown", "start_http_server"]
@@ -60,7 +68,8 @@ class Exporter(Meter):
 
     ``interval`` is the length of the exporter's own regions (seconds); ``region`` their name;
     ``registry`` the ``CollectorRegistry`` it registers with (prometheus_client's default one
-    unless given); ``max_regions`` how many region names get per-device series. :meth:`start`
+    unless given); ``max_names`` how many region names get total series of their own;
+    ``max_regions`` how many get per-device series. :meth:`start`
     starts measuring; :meth:`update` counts what was spent up to now; :meth:`stop` counts the
     rest and stops.
     """
@@ -73,8 +82,15 @@ class Exporter(Meter):
         registry: CollectorRegistry | None = None,
         names: bool = True,
         max_regions: int = 20,
+        max_names: int = 1000,
     ) -> None:
-        super().__init__(interval=interval, region=region, names=names, max_regions=max_regions)
+        super().__init__(
+            interval=interval,
+            region=region,
+            names=names,
+            max_regions=max_regions,
+            max_names=max_names,
+        )
         self.registry = REGISTRY if registry is None else registry
         self.registry.register(self)
 
@@ -188,9 +204,22 @@ def push_to_gateway(
     **kwargs: Any,
 ) -> None:
     """Count what was spent up to now and push every metric to a Pushgateway (for a batch
-    job, at its end). The grouping key gets ``rank`` and ``node`` unless given, so that the
-    ranks of a job do not overwrite each other's metrics."""
+    job, at its end: start the exporter, :func:`exporter`, at its beginning, or its process
+    counters hold nothing before the push, and a warning says so). The grouping key gets
+    ``rank`` and ``node`` unless given, so that the ranks of a job do not overwrite each
+    other's metrics."""
+    with _EXPORTER_LOCK:
+        started = _EXPORTER is not None
     ex = exporter()
+    if not started:
+        # Its process counters start now: only the named regions' totals hold the job.
+        warnings.warn(
+            "carbonctx push_to_gateway: no exporter was running, so the process's counters "
+            '(region="process") hold nothing of the job before this push: call '
+            "carbonctx.integrations.prometheus.exporter() when the job starts",
+            carbonctx.CarbonctxWarning,
+            stacklevel=2,
+        )
     ex.update()
     key = {"rank": ex.rank, "node": ex.node, **(grouping_key or {})}
     _push(gateway, job=job, registry=ex.registry, grouping_key=key, timeout=timeout, **kwargs)

@@ -1,0 +1,347 @@
+"""Region names the exporters cannot take as they are: quotes, backslashes, newlines, NUL, a
+very long name, and a name decoded from bytes that are not UTF-8 (lone surrogates, as
+``os.fsdecode`` makes them). Each must reach Prometheus (text format 0.0.4 and OpenMetrics,
+scraped by a real Prometheus server when Debian's ``prometheus`` package is installed), a
+Pushgateway push and an OTLP export, and must never fail the scrape or the export of the other
+series.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+prometheus_client = pytest.importorskip("prometheus_client")
+
+from prometheus_client.openmetrics.parser import (  # noqa: E402
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+import carbonctx  # noqa: E402
+from carbonctx._measure import process as _runtime  # noqa: E402
+from carbonctx.integrations import prometheus  # noqa: E402
+from carbonctx.testing import SimulatedMachine, Wave  # noqa: E402
+
+# As the other exporter tests: the exporter's regions are made on a thread of its own.
+IN_CHILD = os.environ.get("CARBONCTX_TEST_LABELS_CHILD") == "1"
+child_only = pytest.mark.skipif(not IN_CHILD, reason="runs in a process of its own (below)")
+
+QUOTED = 'say "hi"\\ back\nnext line'
+NUL = "nul\x00byte"
+LONG = "long-" + "x" * 4000
+UNDECODABLE = os.fsdecode(b"caf\xe9-run")  # Latin-1 bytes: 'caf\udce9-run'
+#: What each name is exported as (the undecodable byte as its escape).
+EXPORTED = {QUOTED: QUOTED, NUL: NUL, LONG: LONG, UNDECODABLE: "caf\\udce9-run"}
+
+
+@pytest.mark.skipif(IN_CHILD, reason="the child runs the tests themselves")
+@pytest.mark.timeout(300)
+def test_in_a_process_of_its_own() -> None:
+    env = {**os.environ, "CARBONCTX_TEST_LABELS_CHILD": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", __file__]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, check=False)
+    print(out.stdout[-4000:], out.stderr[-2000:])
+    assert out.returncode == 0, out.stdout[-4000:]
+
+
+@pytest.fixture
+def cpu_sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimulatedMachine]:
+    m = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6.0))
+    m.start()
+    carbonctx.configure(**m.settings())
+    for k in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)  # everything goes over loopback, never a proxy
+    yield m
+    prometheus.shutdown()
+    _runtime.reset()
+    m.close()
+
+
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _get(url: str, accept: str | None = None) -> tuple[str, str]:
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with _LOOPBACK.open(req, timeout=10) as r:
+        return r.headers["Content-Type"], r.read().decode()
+
+
+def _until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = check()
+        except (OSError, ValueError, KeyError, IndexError):
+            got = None
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _hostile_regions() -> dict[str, float]:
+    """Measure a region of each hostile name; their totals, by exported name."""
+    for name in EXPORTED:
+        with carbonctx.track(name):
+            time.sleep(0.02)
+    stats = carbonctx.stats()
+    return {EXPORTED[n]: stats[n].energy_j.total for n in EXPORTED}
+
+
+def _named_totals(families: Any) -> dict[str, float]:
+    return {
+        s.labels["region"]: s.value
+        for fam in families
+        for s in fam.samples
+        if s.name == "carbonctx_energy_joules_total" and s.labels["source"] == "total"
+    }
+
+
+@child_only
+def test_the_endpoint_serves_hostile_names_in_both_formats(cpu_sim: SimulatedMachine) -> None:
+    totals = _hostile_regions()
+    registry = prometheus_client.CollectorRegistry()
+    server, _ = prometheus.start_http_server(0, "127.0.0.1", interval=0.1, registry=registry)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        _until("a first update", lambda: prometheus.exporter().energy_j["cpu"] > 0)
+        ctype, text = _get(url)
+        om_type, om_text = _get(url, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ctype.startswith("text/plain; version=0.0.4")
+    assert om_type.startswith("application/openmetrics-text")
+    assert om_text.endswith("# EOF\n")
+    # A label value keeps no raw newline or quote: escaped as the formats say.
+    assert '\\"hi\\"\\\\ back\\nnext line' in text
+    for got in (
+        _named_totals(text_string_to_metric_families(text)),
+        _named_totals(openmetrics_families(om_text)),
+    ):
+        for name, j in totals.items():
+            assert got[name] == pytest.approx(j)
+        assert got.get("process") is None  # the exporter's own region is not a name
+
+
+@child_only
+def test_a_push_carries_hostile_names(cpu_sim: SimulatedMachine) -> None:
+    totals = _hostile_regions()
+    got: list[bytes] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        prometheus.exporter(interval=60, registry=prometheus_client.CollectorRegistry())
+        prometheus.push_to_gateway(f"127.0.0.1:{httpd.server_port}", job="train")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    (body,) = got
+    named = _named_totals(text_string_to_metric_families(body.decode()))
+    assert named == pytest.approx(totals)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@child_only
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(
+    PROMETHEUS is None,
+    reason="needs a Prometheus server: Debian's `prometheus` package (apt-get install "
+    "--no-install-recommends prometheus)",
+)
+def test_a_real_prometheus_server_stores_hostile_names(
+    cpu_sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    assert PROMETHEUS is not None
+    totals = _hostile_regions()
+    registry = prometheus_client.CollectorRegistry()
+    server, _ = prometheus.start_http_server(0, "127.0.0.1", interval=0.2, registry=registry)
+    web = f"127.0.0.1:{_free_port()}"
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        f"scrape_configs:\n  - job_name: carbonctx\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{server.server_port}']\n"
+    )
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        prom = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address={web}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+
+    def named() -> dict[str, float]:
+        q = urllib.parse.urlencode({"query": 'carbonctx_energy_joules_total{source="total"}'})
+        doc = json.loads(_get(f"http://{web}/api/v1/query?{q}")[1])
+        return {r["metric"]["region"]: float(r["value"][1]) for r in doc["data"]["result"]}
+
+    try:
+        _until("Prometheus ready", lambda: "Ready" in _get(f"http://{web}/-/ready")[1])
+        got = _until("a scrape with every name", lambda: set(totals) <= set(n := named()) and n)
+        health = json.loads(_get(f"http://{web}/api/v1/targets")[1])
+    finally:
+        prom.terminate()
+        try:
+            prom.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            prom.kill()
+            prom.wait()
+        server.shutdown()
+        server.server_close()
+    for name, j in totals.items():
+        assert got[name] == pytest.approx(j)
+    (target,) = health["data"]["activeTargets"]
+    assert target["health"] == "up", target["lastError"]
+
+
+@child_only
+@pytest.mark.timeout(60)
+def test_an_otlp_export_carries_hostile_names(cpu_sim: SimulatedMachine) -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+        ExportMetricsServiceResponse,
+    )
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    from carbonctx.integrations import opentelemetry as otel
+
+    totals = _hostile_regions()
+    got: list[bytes] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            reply = ExportMetricsServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        exporter = OTLPMetricExporter(
+            endpoint=f"http://127.0.0.1:{httpd.server_port}/v1/metrics", timeout=10
+        )
+        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+        provider = MeterProvider(metric_readers=[reader])
+        ins = otel.Instruments(provider, interval=60).start()
+        ins.stop()
+        provider.force_flush(timeout_millis=20_000)
+        provider.shutdown()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert got, "no export reached the server"
+    req = ExportMetricsServiceRequest()
+    req.ParseFromString(got[-1])
+    named = {}
+    for rm in req.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name != "carbonctx_energy_joules_total":
+                    continue
+                for p in m.sum.data_points:
+                    attrs = {a.key: a.value.string_value for a in p.attributes}
+                    if attrs["source"] == "total":
+                        named[attrs["region"]] = p.as_double
+    assert named == pytest.approx(totals)
+
+
+@child_only
+def test_names_past_max_names_are_summed_in_one_bounded_series(cpu_sim: SimulatedMachine) -> None:
+    # A program that makes a name per batch must not make a series per batch: the first
+    # max_names names keep their own, the others add up in region="(other)".
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from carbonctx.integrations import opentelemetry as otel
+
+    for i in range(6):
+        with carbonctx.track(f"batch-{i}"):
+            time.sleep(0.01)
+    order = list(carbonctx.stats())  # the order the statistics first saw the names
+    registry = prometheus_client.CollectorRegistry()
+    ex = prometheus.Exporter(interval=60, registry=registry, max_names=3)
+    with pytest.warns(carbonctx.CarbonctxWarning, match="max_names=3"):
+        text = prometheus_client.generate_latest(registry).decode()
+    named = _named_totals(text_string_to_metric_families(text))
+    stats = carbonctx.stats()
+    assert set(named) == {*order[:3], "(other)"}
+    for name in order[:3]:
+        assert named[name] == pytest.approx(stats[name].energy_j.total)
+    rest = sum(stats[n].energy_j.total for n in order[3:])
+    assert named["(other)"] == pytest.approx(rest)
+    # A later name joins the sum: the counter only grows, and nothing more is said.
+    with carbonctx.track("batch-6"):
+        time.sleep(0.01)
+    text = prometheus_client.generate_latest(registry).decode()
+    later = _named_totals(text_string_to_metric_families(text))
+    assert set(later) == set(named)
+    expected = rest + carbonctx.stats()["batch-6"].energy_j.total
+    assert later["(other)"] == pytest.approx(expected)
+    ex.close()
+    # OpenTelemetry publishes the same bounded set.
+    reader = InMemoryMetricReader()
+    ins = otel.Instruments(MeterProvider(metric_readers=[reader]), interval=60, max_names=3)
+    with pytest.warns(carbonctx.CarbonctxWarning, match="max_names=3"):
+        data = reader.get_metrics_data()
+    regions = {
+        p.attributes["region"]
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "carbonctx_energy_joules_total"
+        for p in m.data.data_points
+        if p.attributes["source"] == "total"
+    }
+    assert regions == {*order[:3], "(other)"}
+    ins.stop()
+    with pytest.raises(ValueError, match="max_names"):
+        prometheus.Exporter(registry=prometheus_client.CollectorRegistry(), max_names=-1)
