@@ -8,9 +8,10 @@
 //! follow; PCI order for GPUs the topology does not list):
 //!
 //! - `amdsmi:<index>`, through AMD SMI: the energy accumulator (`amdsmi_get_energy_count`;
-//!   joules = count × `counter_resolution` µJ; 64 bits on MI200 and MI300, but 32 in the
-//!   firmware of RDNA parts, so a count that fits in 32 bits and steps back as a wrap would is
-//!   carried past 2^32, and any other step back is a reset) as a [`Method::Counter`]; where there
+//!   joules = count × `counter_resolution` µJ; 64 bits on MI200 and later Instincts, but 32 in
+//!   the firmware of RDNA parts and the MI100, so on a part not known to keep 64 bits a count
+//!   that fits in 32 bits and steps back as a wrap would is carried past 2^32, and any other
+//!   step back is a reset) as a [`Method::Counter`]; where there
 //!   is no counter (or it reads `UINT32_MAX`, amdgpu's mark of a counter not to be trusted), the
 //!   socket power of `amdsmi_get_power_info` (whole watts) integrated,
 //!   [`Method::IntegratedPower`].

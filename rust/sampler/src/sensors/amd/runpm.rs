@@ -149,8 +149,11 @@ impl Status {
 /// The firmware of RDNA parts (and the MI100) keeps the accumulator in 32 bits (the
 /// `EnergyAccumulator` of their SMU metrics table is a `uint32_t`, which the driver widens to 64
 /// bits without carrying): at 15.3 µJ a count it wraps every 65.7 kJ, under four minutes at
-/// 300 W. So while every count seen fits in 32 bits, a step back without a sleep between that
-/// a wrap explains (less than half the 32-bit range since the count before, at no more than
+/// 300 W. So where the part may keep it in 32 bits (not an Instinct MI200 or later, whose
+/// firmware keeps 64: a fresh MI300 reads below 2^32 for its first minutes, and a reset then
+/// must not be taken for a wrap) and while every count seen fits in 32 bits, a step back
+/// without a sleep or a failed read between (a GPU reset or driver reload makes reads fail,
+/// then the firmware counts again from 0) that a wrap explains (less than half the 32-bit range since the count before, at no more than
 /// [`MAX_GPU_W`] over the time between the two reads) adds 2^32 from then on. Any other step
 /// back (a driver reload, a reset) is passed on as it is, for the sampler to take as a reset.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -160,8 +163,10 @@ pub(super) struct SleepCounter {
     at_ns: u64,
     offset: u64,
     slept: bool,
-    /// Every count seen fits in 32 bits: the counter may be a 32-bit one.
+    /// The part may keep the counter in 32 bits, and every count seen fits in them.
     narrow: bool,
+    /// A read failed since `raw` was read.
+    failed: bool,
     joules_per_count: f64,
 }
 
@@ -172,14 +177,16 @@ const MAX_GPU_W: f64 = 2_000.0;
 const RANGE_32: u64 = 1 << 32;
 
 impl SleepCounter {
-    /// A counter first read as `raw` at `at_ns`, `joules_per_count` each.
-    pub(super) fn new(raw: u64, at_ns: u64, joules_per_count: f64) -> SleepCounter {
+    /// A counter first read as `raw` at `at_ns`, `joules_per_count` each; `wide`: the part is
+    /// known to keep it in 64 bits (see [`keeps_64_bits`]), so it never wraps at 2^32.
+    pub(super) fn new(raw: u64, at_ns: u64, joules_per_count: f64, wide: bool) -> SleepCounter {
         SleepCounter {
             raw,
             at_ns,
             offset: 0,
             slept: false,
-            narrow: raw < RANGE_32,
+            narrow: !wide && raw < RANGE_32,
+            failed: false,
             joules_per_count,
         }
     }
@@ -190,17 +197,23 @@ impl SleepCounter {
         self.raw.saturating_add(self.offset)
     }
 
+    /// A read that failed: the next step back is no wrap (the GPU may have been reset).
+    pub(super) fn failed(&mut self) {
+        self.failed = true;
+    }
+
     /// The count for a read of `raw` at `at_ns` while awake.
     pub(super) fn awake(&mut self, raw: u64, at_ns: u64) -> u64 {
         if raw < self.raw {
             if self.slept {
                 self.offset = self.offset.saturating_add(self.raw);
-            } else if self.narrow && raw < RANGE_32 && self.wrapped(raw, at_ns) {
+            } else if self.narrow && !self.failed && raw < RANGE_32 && self.wrapped(raw, at_ns) {
                 self.offset = self.offset.saturating_add(RANGE_32);
             }
         }
         self.narrow &= raw < RANGE_32;
         self.slept = false;
+        self.failed = false;
         self.raw = raw;
         self.at_ns = at_ns;
         raw.saturating_add(self.offset)
@@ -212,6 +225,24 @@ impl SleepCounter {
         let secs = at_ns.saturating_sub(self.at_ns) as f64 * 1e-9;
         delta < RANGE_32 / 2 && delta as f64 * self.joules_per_count <= MAX_GPU_W * secs
     }
+}
+
+/// Whether the GPU AMD SMI names `name` keeps its energy accumulator in 64 bits: an Instinct
+/// MI200 or later (model number 200 and up: the MI200 series' firmware keeps `EnergyAcc64bit`,
+/// the MI300 and later a 64-bit `SocketEnergyAcc`). The MI100 and older Instincts, the Radeon
+/// parts, and a name without a model number may keep it in 32 bits.
+pub(super) fn keeps_64_bits(name: &str) -> bool {
+    let b = name.as_bytes();
+    (0..b.len()).any(|i| {
+        let word_start = i == 0 || !b[i - 1].is_ascii_alphanumeric();
+        let digits: String = b[i..]
+            .iter()
+            .skip(2)
+            .take_while(|c| c.is_ascii_digit())
+            .map(|&c| char::from(c))
+            .collect();
+        word_start && b[i..].starts_with(b"MI") && digits.parse::<u32>().is_ok_and(|n| n >= 200)
+    })
 }
 
 /// How many watts a GPU's latest reading may be low by: [`ASLEEP_BOUND_W`] where it was asleep
@@ -286,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_counter_stands_while_asleep_and_continues_after_a_restart_at_wake() {
-        let mut c = SleepCounter::new(1_000, 0, 15.3e-6);
+        let mut c = SleepCounter::new(1_000, 0, 15.3e-6, false);
         assert_eq!(c.awake(1_500, MS), 1_500);
         assert_eq!(c.asleep(), 1_500);
         assert_eq!(c.asleep(), 1_500);
@@ -306,25 +337,74 @@ mod tests {
     fn a_32_bit_accumulator_that_wraps_continues_past_2_to_the_32() {
         let top = u64::from(u32::MAX);
         // 300 W at 15.3 µJ a count: about 19.6 million counts a second.
-        let mut c = SleepCounter::new(top - 3_000_000, 0, 15.3e-6);
+        let mut c = SleepCounter::new(top - 3_000_000, 0, 15.3e-6, false);
         assert_eq!(c.awake(top - 1_000_000, 100 * MS), top - 1_000_000);
         // 100 ms later it wrapped: 2^32 is carried from then on.
         assert_eq!(c.awake(900_000, 200 * MS), (1 << 32) + 900_000);
         assert_eq!(c.awake(2_900_000, 300 * MS), (1 << 32) + 2_900_000);
         // A step back that would need more than any GPU draws is a reset, passed on.
-        let mut r = SleepCounter::new(3_000_000_000, 0, 15.3e-6);
+        let mut r = SleepCounter::new(3_000_000_000, 0, 15.3e-6, false);
         assert_eq!(r.awake(5, 20 * MS), 5);
         // As is one that would need 2.3 kW (15 million counts in 100 ms).
-        let mut r = SleepCounter::new(top - 10_000_000, 0, 15.3e-6);
+        let mut r = SleepCounter::new(top - 10_000_000, 0, 15.3e-6, false);
         assert_eq!(r.awake(5_000_000, 100 * MS), 5_000_000);
         // Nor does a counter once past 2^32 (64 bits: an MI200 or MI300) wrap at it.
-        let mut w = SleepCounter::new((1 << 32) + 10, 0, 15.3e-6);
+        let mut w = SleepCounter::new((1 << 32) + 10, 0, 15.3e-6, false);
         assert_eq!(w.awake(top - 5, 3_600_000 * MS), top - 5);
         assert_eq!(w.awake(7, 3_600_100 * MS), 7);
         // A restart after a sleep is no wrap, however near the top it stood.
-        let mut s = SleepCounter::new(top - 100, 0, 15.3e-6);
+        let mut s = SleepCounter::new(top - 100, 0, 15.3e-6, false);
         s.asleep();
         assert_eq!(s.awake(50, 100 * MS), top - 100 + 50);
+    }
+
+    #[test]
+    fn a_64_bit_accumulator_still_below_2_to_the_32_is_not_carried_at_a_reset() {
+        let top = u64::from(u32::MAX);
+        // An MI300X minutes after boot: its 64-bit count is still below 2^32 when the GPU is
+        // reset, by when a wrap would have explained the step back; it is passed on.
+        let mut c = SleepCounter::new(top - 3_000_000, 0, 15.3e-6, true);
+        assert_eq!(c.awake(top - 1_000_000, 100 * MS), top - 1_000_000);
+        assert_eq!(c.awake(900_000, 200 * MS), 900_000);
+        // The same reads on a part that may keep 32 bits are a wrap, but not after a read that
+        // failed (a reset makes reads fail, then the firmware counts again from 0).
+        let mut f = SleepCounter::new(top - 3_000_000, 0, 15.3e-6, false);
+        f.awake(top - 1_000_000, 100 * MS);
+        f.failed();
+        assert_eq!(f.awake(900_000, 200 * MS), 900_000);
+        assert_eq!(f.awake(1_900_000, 250 * MS), 1_900_000);
+        // A good read after the failure clears it.
+        let mut n = SleepCounter::new(top - 3_000_000, 0, 15.3e-6, false);
+        n.failed();
+        n.awake(top - 1_000_000, 100 * MS);
+        assert_eq!(n.awake(900_000, 200 * MS), (1 << 32) + 900_000);
+    }
+
+    #[test]
+    fn instinct_mi200_and_later_keep_64_bits() {
+        for name in [
+            "AMD Instinct MI300X",
+            "AMD Instinct MI300X VF",
+            "AMD Instinct MI250X / MI250",
+            "AMD Instinct MI210",
+            "AMD Instinct MI325X",
+            "AMD Instinct MI355X",
+            "Aqua Vanjaram [Instinct MI300A]",
+        ] {
+            assert!(keeps_64_bits(name), "{name}");
+        }
+        for name in [
+            "AMD Instinct MI100",
+            "AMD Radeon Instinct MI50",
+            "Radeon Instinct MI25",
+            "AMD Radeon RX 7900 XTX",
+            "AMD Radeon PRO W7900",
+            "AMD GPU",
+            "MI",
+            "XMI300",
+        ] {
+            assert!(!keeps_64_bits(name), "{name}");
+        }
     }
 
     #[test]

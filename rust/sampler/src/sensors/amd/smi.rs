@@ -51,11 +51,13 @@ impl EnergySource for SmiGpu {
         }
         self.asleep = false;
         let read = match self.power {
-            None => self
-                .smi
-                .energy(self.dev)
-                .map(|(count, _)| Reading::Counter(self.count.awake(count, crate::now_ns())))
-                .map_err(|rc| self.smi.error("amdsmi_get_energy_count", rc)),
+            None => match self.smi.energy(self.dev) {
+                Ok((count, _)) => Ok(Reading::Counter(self.count.awake(count, crate::now_ns()))),
+                Err(rc) => {
+                    self.count.failed();
+                    Err(self.smi.error("amdsmi_get_energy_count", rc))
+                }
+            },
             Some(field) => self
                 .smi
                 .power_field(self.dev, field)
@@ -124,7 +126,12 @@ pub(super) fn smi_source(
                 power: None,
                 info: info(Method::Counter, Some(spec), format!("{base}{note}")),
                 status,
-                count: runpm::SleepCounter::new(count, crate::now_ns(), spec.joules_per_unit),
+                count: runpm::SleepCounter::new(
+                    count,
+                    crate::now_ns(),
+                    spec.joules_per_unit,
+                    runpm::keeps_64_bits(name),
+                ),
                 asleep: false,
             }));
         }
@@ -140,7 +147,7 @@ pub(super) fn smi_source(
                 power: Some(*field),
                 info: info(Method::IntegratedPower, None, label),
                 status,
-                count: runpm::SleepCounter::new(0, 0, 0.0),
+                count: runpm::SleepCounter::new(0, 0, 0.0, true),
                 asleep: false,
             }));
         }
