@@ -121,8 +121,10 @@ pub(crate) fn route(py: Python<'_>, strict: Option<bool>, detail: bool) -> PyRes
     let Some(sampler) = h.sampler.get().filter(|_| !h.dead.load(Ordering::Relaxed)) else {
         return Ok(Route::Python);
     };
-    let sampler = sampler.bind(py).clone();
     if h.detailed || detail {
+        // Only a region holds the sampler (a span's end finds it through the hub): no count
+        // taken of it otherwise.
+        let sampler = sampler.bind(py).clone();
         let strict = strict.unwrap_or(h.strict);
         if strict && sampler.get().inner.sources().is_empty() {
             return Ok(Route::Tracker);
