@@ -31,7 +31,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -106,15 +106,26 @@ fn parent_walk(py: Python<'_>) -> PyResult<Option<u64>> {
 /// is in (and counted by) the sampler: a retiring runtime sees one or the other.
 struct OpenStep {
     hub: Py<RegionHub>,
-    _open: Arc<()>,
 }
 
 impl OpenStep {
+    #[inline]
     fn new(hub: Bound<'_, RegionHub>) -> Self {
-        let open = hub.get().open_steps.clone();
-        OpenStep {
-            hub: hub.unbind(),
-            _open: open,
+        hub.get().open_steps.fetch_add(1, Ordering::Relaxed);
+        OpenStep { hub: hub.unbind() }
+    }
+}
+
+impl Drop for OpenStep {
+    #[inline]
+    fn drop(&mut self) {
+        // The hub is alive: this holds it. Only a thread's stack of entries dropped after the
+        // interpreter has finalized (the main thread's, at exit, with an entry never left)
+        // leaves the count alone: that runtime is gone, and the object may be too.
+        // SAFETY: Py_IsInitialized reads a flag of the runtime; any thread may call it, at any
+        // time.
+        if unsafe { pyo3::ffi::Py_IsInitialized() } != 0 {
+            self.hub.get().open_steps.fetch_sub(1, Ordering::Release);
         }
     }
 }
