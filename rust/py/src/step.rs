@@ -116,12 +116,24 @@ impl OpenStep {
     }
 }
 
-impl Drop for OpenStep {
+impl OpenStep {
+    /// Left (its span is in the sampler): counted out, with no question of the interpreter's
+    /// state; the hub handed back.
     #[inline]
+    fn leave(self) -> Py<RegionHub> {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.hub.get().open_steps.fetch_sub(1, Ordering::Release);
+        // SAFETY: the only read of the field out of a value that is never dropped.
+        unsafe { std::ptr::read(&this.hub) }
+    }
+}
+
+impl Drop for OpenStep {
+    /// Not left: dropped with its thread's stack of entries (the thread ended inside it).
     fn drop(&mut self) {
-        // The hub is alive: this holds it. Only a thread's stack of entries dropped after the
-        // interpreter has finalized (the main thread's, at exit, with an entry never left)
-        // leaves the count alone: that runtime is gone, and the object may be too.
+        // The hub is alive: this holds it. Only a stack dropped after the interpreter has
+        // finalized (the main thread's, at exit, with an entry never left) leaves the count
+        // alone: that runtime is gone, and the object may be too.
         // SAFETY: Py_IsInitialized reads a flag of the runtime; any thread may call it, at any
         // time.
         if unsafe { pyo3::ffi::Py_IsInitialized() } != 0 {
@@ -409,9 +421,8 @@ impl Step {
             Some(Entry::Span { t0, serial, tag }) => end_span(py, serial, tag, t0),
             Some(Entry::Detailed { t0, hub, tag }) => {
                 let due = hub.hub.get().end_span_now(t0, tag);
+                let h = hub.leave(); // no longer open (as on every other way out)
                 if due != 0 {
-                    let h = hub.hub.clone_ref(py);
-                    drop(hub); // no longer open (as on every other way out)
                     return handle_due(py, h.get(), due);
                 }
                 Ok(())
