@@ -114,9 +114,7 @@ impl OpenStep {
         hub.get().open_steps.fetch_add(1, Ordering::Relaxed);
         OpenStep { hub: hub.unbind() }
     }
-}
 
-impl OpenStep {
     /// Left (its span is in the sampler): counted out, with no question of the interpreter's
     /// state; the hub handed back.
     #[inline]
