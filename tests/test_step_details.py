@@ -226,3 +226,60 @@ def test_handles_made_anew_share_the_tags_of_their_details(
     recs = sorted(by_name(path)["s"], key=lambda r: r["start"])
     want = [(None, {})] * 10 + [(outer.id, {})] * 10 + [(outer.id, TAGS)] * 3
     assert [(r["parent"], r["tags"]) for r in recs] == want
+
+
+def test_a_thread_takes_its_last_tag_only_for_the_same_handle_region_and_runtime(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    # A thread keeps the detail tag its last entry found, and the next entry takes it when it is
+    # of the same handle, in the same region and runtime. Entries that alternate handles (other
+    # tags), regions (in, deeper, back out), threads and runtimes must each keep their own
+    # details.
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    carbonctx.configure(**sim.settings(), output=str(first))
+    plain, tagged = carbonctx.step("s"), carbonctx.step("s", tags=TAGS)
+    main = threading.get_ident()
+    want: list[tuple[int | None, int, dict[str, Any]]] = []
+
+    def enter(handle: Any, parent: int | None, tags: dict[str, Any]) -> None:
+        with handle:
+            pass
+        want.append((parent, threading.get_ident(), tags))
+
+    def worker() -> None:
+        enter(plain, None, {})
+        enter(plain, None, {})
+
+    for _ in range(2):
+        enter(plain, None, {})
+        enter(tagged, None, TAGS)
+        enter(plain, None, {})
+        with carbonctx.track("outer") as outer:
+            enter(plain, outer.id, {})
+            enter(plain, outer.id, {})
+            with carbonctx.track("inner") as inner:
+                enter(plain, inner.id, {})
+            enter(plain, outer.id, {})
+            t = threading.Thread(target=worker)
+            t.start()
+            t.join(10)
+            enter(plain, outer.id, {})
+            enter(tagged, outer.id, TAGS)
+            enter(tagged, outer.id, TAGS)
+        enter(plain, None, {})
+    assert carbonctx.flush()
+    assert carbonctx.stats()["s"].count == len(want)
+    carbonctx.configure(**sim.settings(), output=str(second))
+    want_first, want = want, []
+    enter(plain, None, {})
+    enter(plain, None, {})
+    with carbonctx.track("again") as again:
+        enter(plain, again.id, {})
+        enter(tagged, again.id, TAGS)
+    assert carbonctx.flush()
+    assert carbonctx.stats()["s"].count == len(want) == 4
+    _runtime.reset()
+    for path, expected in ((first, want_first), (second, want)):
+        recs = sorted(by_name(path)["s"], key=lambda r: r["start"])
+        assert [(r["parent"], r["thread"], r["tags"]) for r in recs] == expected
+    assert {t for _, t, _ in want_first} - {main}  # the worker's entries are in it

@@ -1,7 +1,7 @@
 //! The typed object through which the process's runtime and the region code meet.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -46,11 +46,11 @@ pub(crate) struct RegionHub {
     /// this runtime. [`RegionHub::take_orphans`] hands them over when the runtime shuts down.
     pub(crate) orphans: Mutex<Vec<Py<PyWeakrefReference>>>,
     /// Entries of steps open in this runtime as spans (step.rs): no begin mark says they are,
-    /// and a runtime `configure()` replaced keeps measuring until they have ended. Each holds a
-    /// clone (so the count is the clones beyond this one), which it lets go of when it is left
-    /// or dropped with its thread's stack of entries: a count apart from this object, which a
-    /// thread that ends after the interpreter has finalized may still let go of.
-    pub(crate) open_steps: Arc<()>,
+    /// and a runtime `configure()` replaced keeps measuring until they have ended. Counted in
+    /// this object, among the fields an entry reads anyway (no line of its own to fetch); each
+    /// entry holds the hub, so the count outlives it, and one dropped with its thread's stack
+    /// of entries after the interpreter has finalized leaves it alone (step.rs).
+    pub(crate) open_steps: AtomicUsize,
 }
 
 impl RegionHub {
@@ -126,7 +126,7 @@ impl RegionHub {
             detailed,
             serial: SERIALS.fetch_add(1, Ordering::Relaxed),
             orphans: Mutex::new(Vec::new()),
-            open_steps: Arc::new(()),
+            open_steps: AtomicUsize::new(0),
         }
     }
 
@@ -177,10 +177,9 @@ impl RegionHub {
     /// once they have ended).
     #[getter]
     fn open_steps(&self) -> usize {
-        let n = Arc::strong_count(&self.open_steps) - 1;
-        // What the entries did before they let go of theirs (their spans) is seen from here on.
-        fence(Ordering::Acquire);
-        n
+        // What the entries did before they counted themselves out (their spans) is seen from
+        // here on.
+        self.open_steps.load(Ordering::Acquire)
     }
 
     #[getter]

@@ -88,11 +88,10 @@ pub(crate) struct SpanCall {
     strict: Option<bool>,
 }
 
-/// A runtime ready for a bare region: its hub and sampler, and whether the region checks
-/// strictly.
+/// A runtime ready for a bare region: its hub (which has a sampler), and whether the region
+/// checks strictly.
 pub(crate) struct Ready<'py> {
     pub(crate) hub: Bound<'py, RegionHub>,
-    pub(crate) sampler: Bound<'py, crate::Sampler>,
     pub(crate) strict: bool,
 }
 
@@ -121,7 +120,6 @@ pub(crate) fn route(py: Python<'_>, strict: Option<bool>, detail: bool) -> PyRes
     let Some(sampler) = h.sampler.get().filter(|_| !h.dead.load(Ordering::Relaxed)) else {
         return Ok(Route::Python);
     };
-    let sampler = sampler.bind(py).clone();
     if h.detailed || detail {
         let strict = strict.unwrap_or(h.strict);
         if strict && sampler.get().inner.sources().is_empty() {
@@ -132,11 +130,7 @@ pub(crate) fn route(py: Python<'_>, strict: Option<bool>, detail: bool) -> PyRes
             // it ends).
             handle_due(py, h, SPAN_WARNINGS)?;
         }
-        return Ok(Route::Region(Ready {
-            hub,
-            sampler,
-            strict,
-        }));
+        return Ok(Route::Region(Ready { hub, strict }));
     }
     if h.warn_due.load(Ordering::Relaxed) {
         handle_due(py, h, SPAN_WARNINGS)?; // before the region runs, as above
@@ -184,7 +178,10 @@ pub(crate) fn start_call<'py>(
     region.strict_now = ready.strict;
     region.tags = tags.map(|t| t.clone_ref(py));
     let region = Bound::new(py, region)?;
-    enter_with(&region, ready.hub, Some(ready.sampler), context)?;
+    // Only a region holds the sampler (a span's end, or a step's entry with details, finds it
+    // through the hub): no count of it taken otherwise.
+    let sampler = ready.hub.get().sampler.get().map(|s| s.bind(py).clone());
+    enter_with(&region, ready.hub, sampler, context)?;
     Ok(region)
 }
 

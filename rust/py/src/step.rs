@@ -10,8 +10,11 @@
 //! needs the entry's details (name, thread, parent, tags). In a loop they are the same from
 //! entry to entry, so the entry is still a span: its tag stands for the details, interned once
 //! per (thread, parent) in the runtime (the resolver gives such a row its name's statistics and
-//! its details' record) and cached here. The parent is read from the context variable at each
-//! entry, the thread is the entering one (an entry is left in the thread that entered it). The
+//! its details' record) and cached here; each thread also keeps the tag its last such entry
+//! found, which the next entry takes when it is of the same handle, parent and runtime (a loop's
+//! entry so looks at no lock or cache of the handle). The parent is read from the context
+//! variable at each entry (a pointer compare where it holds None, no region open), the thread
+//! is the entering one (an entry is left in the thread that entered it). The
 //! runtime's table of such tags is bounded (`Resolver.tag_of`): past it (a step entered in a
 //! new region each time, without end) an entry is a bare native [`Region`] (its id, thread,
 //! parent, tags), still without the context variable set. Where there is no runtime or sampler
@@ -28,16 +31,16 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
 
-use crate::context::{context_reset, current_var};
+use crate::context::{context_get, context_reset, current_var};
 use crate::hub::RegionHub;
 use crate::region::{exit_core, name_and_tags, open_region, thread_ident, Region};
-use crate::span::{end_span, handle_due, route, start_call, start_tracker, NameTag, Route};
+use crate::span::{end_span, handle_due, route, start_call, start_tracker, NameTag, Ready, Route};
 
 /// The next [`Step::key`].
 static KEYS: AtomicU64 = AtomicU64::new(1);
@@ -56,9 +59,45 @@ enum Entry {
     Tracker(Py<Region>),
 }
 
-thread_local! {
+/// What a thread keeps of the steps: one thread-local, so that an entry looks it up once.
+struct Local {
     /// This thread's open entries of every step, innermost last, each with its step's key.
-    static OPEN: RefCell<Vec<(u64, Entry)>> = const { RefCell::new(Vec::new()) };
+    open: Vec<(u64, Entry)>,
+    /// The detail tag this thread's last entry with details found: (the step's key, the hub's
+    /// serial, the parent's id, the tag); key 0: none. The thread is this one, so a loop's
+    /// entry finds its tag with one compare of lines it fetches anyway (no lock, no line of
+    /// the handle's cache).
+    last: (u64, u64, Option<u64>, u32),
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = const {
+        RefCell::new(Local {
+            open: Vec::new(),
+            last: (0, 0, None, 0),
+        })
+    };
+}
+
+/// The id of the innermost region open here (the parent of an entry with details): the
+/// context variable's value read, and where that is not None (an enclosing region), the walk
+/// out of line.
+#[inline]
+fn parent_now(py: Python<'_>) -> PyResult<Option<u64>> {
+    if context_get(py, current_var(py)?)?.is_none() {
+        return Ok(None);
+    }
+    parent_walk(py)
+}
+
+#[cold]
+#[inline(never)]
+fn parent_walk(py: Python<'_>) -> PyResult<Option<u64>> {
+    // Only regions are ever put in the context variable.
+    Ok(open_region(py)?
+        .cast::<Region>()
+        .ok()
+        .map(|p| p.borrow().id))
 }
 
 /// An entry of a step counted open in its runtime (`RegionHub::open_steps`) for as long as it
@@ -67,15 +106,36 @@ thread_local! {
 /// is in (and counted by) the sampler: a retiring runtime sees one or the other.
 struct OpenStep {
     hub: Py<RegionHub>,
-    _open: Arc<()>,
 }
 
 impl OpenStep {
+    #[inline]
     fn new(hub: Bound<'_, RegionHub>) -> Self {
-        let open = hub.get().open_steps.clone();
-        OpenStep {
-            hub: hub.unbind(),
-            _open: open,
+        hub.get().open_steps.fetch_add(1, Ordering::Relaxed);
+        OpenStep { hub: hub.unbind() }
+    }
+
+    /// Left (its span is in the sampler): counted out, with no question of the interpreter's
+    /// state; the hub handed back.
+    #[inline]
+    fn leave(self) -> Py<RegionHub> {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.hub.get().open_steps.fetch_sub(1, Ordering::Release);
+        // SAFETY: the only read of the field out of a value that is never dropped.
+        unsafe { std::ptr::read(&this.hub) }
+    }
+}
+
+impl Drop for OpenStep {
+    /// Not left: dropped with its thread's stack of entries (the thread ended inside it).
+    fn drop(&mut self) {
+        // The hub is alive: this holds it. Only a stack dropped after the interpreter has
+        // finalized (the main thread's, at exit, with an entry never left) leaves the count
+        // alone: that runtime is gone, and the object may be too.
+        // SAFETY: Py_IsInitialized reads a flag of the runtime; any thread may call it, at any
+        // time.
+        if unsafe { pyo3::ffi::Py_IsInitialized() } != 0 {
+            self.hub.get().open_steps.fetch_sub(1, Ordering::Release);
         }
     }
 }
@@ -91,8 +151,8 @@ struct DetailTags {
     /// That runtime's table of such tags is full: entries with details not in `tags` are bare
     /// regions.
     full: bool,
-    /// The (thread, parent, tag) found last, kept in the handle itself (a loop finds it there,
-    /// without a line of the list to fetch); tag 0: none.
+    /// The (thread, parent, tag) found last here, kept in the handle itself (found without a
+    /// line of the list to fetch, where the thread's own last tag was another's); tag 0: none.
     last: (u64, Option<u64>, u32),
     /// (thread, parent, tag), oldest first.
     tags: Vec<(u64, Option<u64>, u32)>,
@@ -200,21 +260,21 @@ impl Step {
     /// usual; a whole `Tracker` where there is still no sampler, or strict checks must fail.
     #[cold]
     #[inline(never)]
-    fn enter_slow(&self, py: Python<'_>) -> PyResult<Entry> {
-        if self.start.bind(py).call0()?.is_truthy()? {
-            if let Some(entry) = self.enter_native(py)? {
-                return Ok(entry);
-            }
+    fn enter_slow(&self, py: Python<'_>) -> PyResult<()> {
+        if self.start.bind(py).call0()?.is_truthy()? && self.enter_native(py)? {
+            return Ok(());
         }
         let t = start_tracker(py, &self.tracker, &self.name.name, None, self.tags.as_ref())?;
         context_back(&t)?;
-        Ok(Entry::Tracker(t.unbind()))
+        push(self.key, Entry::Tracker(t.unbind()));
+        Ok(())
     }
 
-    /// The entry as a span or a bare region; None where the runtime is not ready for either.
+    /// The entry as a span or a bare region, pushed on this thread's stack; false where the
+    /// runtime is not ready for either.
     #[inline]
-    fn enter_native(&self, py: Python<'_>) -> PyResult<Option<Entry>> {
-        Ok(Some(match route(py, None, self.tags.is_some())? {
+    fn enter_native(&self, py: Python<'_>) -> PyResult<bool> {
+        let entry = match route(py, None, self.tags.is_some())? {
             Route::Span(hub) => {
                 let tag = self.name.tag_in(&hub)?;
                 let serial = hub.get().serial;
@@ -222,22 +282,42 @@ impl Step {
                 Entry::Span { t0, serial, tag }
             }
             Route::Region(ready) => {
-                // Only regions are ever put in the context variable.
-                let parent = open_region(py)?
-                    .cast::<Region>()
-                    .ok()
-                    .map(|p| p.borrow().id);
+                let parent = parent_now(py)?;
+                let (key, serial) = (self.key, ready.hub.get().serial);
+                // The usual case: this thread's last entry with details was one of this handle
+                // in the same region and runtime. Found and pushed in one look at the thread's
+                // state.
+                let hub = ready.hub;
+                let hub = LOCAL.with(|l| {
+                    let mut l = l.borrow_mut();
+                    let (k, s, p, tag) = l.last;
+                    if k != key || s != serial || p != parent {
+                        return Some(hub);
+                    }
+                    let hub = OpenStep::new(hub);
+                    let t0 = carbonctx_sampler::now_ns();
+                    l.open.push((key, Entry::Detailed { t0, hub, tag }));
+                    None
+                });
+                let Some(hub) = hub else {
+                    return Ok(true);
+                };
+                let ready = Ready { hub, ..ready };
                 let tag = self.detail_tag(&ready.hub, thread_ident(), parent)?;
                 if tag != 0 {
+                    LOCAL.with(|l| l.borrow_mut().last = (key, serial, parent, tag));
                     let hub = OpenStep::new(ready.hub);
                     let t0 = carbonctx_sampler::now_ns();
-                    return Ok(Some(Entry::Detailed { t0, hub, tag }));
+                    Entry::Detailed { t0, hub, tag }
+                } else {
+                    let tags = self.tags.as_ref();
+                    Entry::Region(start_call(ready, &self.name, None, tags, false)?.unbind())
                 }
-                let tags = self.tags.as_ref();
-                Entry::Region(start_call(ready, &self.name, None, tags, false)?.unbind())
             }
-            Route::Python | Route::Tracker => return Ok(None),
-        }))
+            Route::Python | Route::Tracker => return Ok(false),
+        };
+        push(self.key, entry);
+        Ok(true)
     }
 
     #[cold]
@@ -255,6 +335,12 @@ impl Step {
                 .map_or_else(|_| "?".into(), |r| r.to_string())
         ))
     }
+}
+
+/// Pushes an entry of the step `key` on this thread's stack.
+#[inline]
+fn push(key: u64, entry: Entry) {
+    LOCAL.with(|l| l.borrow_mut().open.push((key, entry)));
 }
 
 /// Puts the context variable back where the entered `Tracker` `t` found it: an entry of a
@@ -307,12 +393,10 @@ impl Step {
 
     /// Opens one entry (one region of the handle's name) on this thread. Gives None.
     fn __enter__(&self, py: Python<'_>) -> PyResult<()> {
-        let entry = match self.enter_native(py)? {
-            Some(entry) => entry,
-            None => self.enter_slow(py)?,
-        };
-        OPEN.with(|o| o.borrow_mut().push((self.key, entry)));
-        Ok(())
+        if self.enter_native(py)? {
+            return Ok(());
+        }
+        self.enter_slow(py)
     }
 
     /// Closes this thread's innermost open entry of the handle (an exception raised in it
@@ -326,8 +410,8 @@ impl Step {
         tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let key = self.key;
-        let entry = OPEN.with(|o| {
-            let mut open = o.borrow_mut();
+        let entry = LOCAL.with(|l| {
+            let open = &mut l.borrow_mut().open;
             let k = open.iter().rposition(|(s, _)| *s == key)?;
             Some(open.remove(k).1)
         });
@@ -335,9 +419,8 @@ impl Step {
             Some(Entry::Span { t0, serial, tag }) => end_span(py, serial, tag, t0),
             Some(Entry::Detailed { t0, hub, tag }) => {
                 let due = hub.hub.get().end_span_now(t0, tag);
+                let h = hub.leave(); // no longer open (as on every other way out)
                 if due != 0 {
-                    let h = hub.hub.clone_ref(py);
-                    drop(hub); // no longer open (as on every other way out)
                     return handle_due(py, h.get(), due);
                 }
                 Ok(())
