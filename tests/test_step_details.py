@@ -283,3 +283,39 @@ def test_a_thread_takes_its_last_tag_only_for_the_same_handle_region_and_runtime
         recs = sorted(by_name(path)["s"], key=lambda r: r["start"])
         assert [(r["parent"], r["thread"], r["tags"]) for r in recs] == expected
     assert {t for _, t, _ in want_first} - {main}  # the worker's entries are in it
+
+
+def test_configure_while_an_entry_interns_its_details_loses_no_entry(
+    sim: SimulatedMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An entry's details are interned by Python code (the runtime's `tag_of`), during which
+    # another thread may run `configure()`: the entry counts as open in its runtime before
+    # that, so the replaced runtime keeps measuring until it ends and records it (here
+    # `configure()` runs inside `tag_of` itself, at the moment another thread could).
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    carbonctx.configure(**sim.settings(), output=str(old))
+    calls: list[int] = []
+    tag_of = _rt.Runtime.tag_of
+
+    def configure_meanwhile(self: _rt.Runtime, name: str, details: Any = None) -> int:
+        tag = tag_of(self, name, details)
+        if details is not None and not calls:
+            calls.append(tag)
+            carbonctx.configure(**sim.settings(), output=str(new))
+        return tag
+
+    monkeypatch.setattr(_rt.Runtime, "tag_of", configure_meanwhile)
+    with carbonctx.track("warm"):  # starts the runtime (no step entry yet)
+        pass
+    first = _runtime.current_runtime()
+    assert first is not None
+    handle = carbonctx.step("s")
+    with handle:
+        pass
+    assert calls  # configure() ran while the entry was being made
+    deadline = time.monotonic() + 30
+    while not first.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.finished
+    _runtime.reset()
+    assert len(by_name(old).get("s", [])) == 1

@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 import carbonctx
 from carbonctx._measure import process as _runtime
+from carbonctx._measure import runtime as _rt
 from carbonctx._output.jsonl import read_jsonl
 from carbonctx.errors import CarbonctxError, SourceUnavailableError
 from carbonctx.testing import SimulatedMachine
@@ -272,6 +274,45 @@ def test_configure_inside_a_tracked_call_finishes_it_under_its_settings(
     in_b = {r["name"]: r for r in read_jsonl(str(b))[0]}
     assert sorted(in_a) == ["before", "call"] and sorted(in_b) == ["after"]
     assert in_a["before"]["parent"] == in_a["call"]["id"]
+
+
+def test_configure_while_a_call_interns_its_name_loses_no_call(
+    sim: SimulatedMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A call's name new to the runtime is interned by Python code (the runtime's `tag_of`),
+    # during which another thread may run `configure()`: the call counts as open in its runtime
+    # before that, so the replaced runtime keeps measuring it and records it (here
+    # `configure()` runs inside `tag_of` itself, at the moment another thread could).
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    carbonctx.configure(output=str(a))
+    ran: list[str] = []
+    tag_of = _rt.Runtime.tag_of
+
+    def configure_meanwhile(self: _rt.Runtime, name: str, details: Any = None) -> int:
+        tag = tag_of(self, name, details)
+        if name == "call" and not ran:
+            ran.append(name)
+            carbonctx.configure(output=str(b))
+        return tag
+
+    monkeypatch.setattr(_rt.Runtime, "tag_of", configure_meanwhile)
+    with carbonctx.track("warm"):  # starts the runtime
+        pass
+    first = _runtime.current_runtime()
+    assert first is not None
+
+    @carbonctx.tracked(name="call")
+    def call() -> None:
+        pass
+
+    call()
+    assert ran  # configure() ran while the call was being begun
+    deadline = time.monotonic() + 30
+    while not first.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.finished
+    _runtime.reset()
+    assert sorted(r["name"] for r in read_jsonl(str(a))[0]) == ["call", "warm"]
 
 
 @pytest.mark.parametrize("output", [False, True])

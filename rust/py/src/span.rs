@@ -66,7 +66,7 @@ impl NameTag {
 
     #[cold]
     #[inline(never)]
-    fn new_tag(&self, hub: &Bound<'_, RegionHub>) -> PyResult<u32> {
+    pub(crate) fn new_tag(&self, hub: &Bound<'_, RegionHub>) -> PyResult<u32> {
         let py = hub.py();
         let tag: u32 = hub
             .get()
@@ -173,7 +173,16 @@ pub(crate) fn start_call<'py>(
     context: bool,
 ) -> PyResult<Bound<'py, Region>> {
     let py = ready.hub.py();
-    let tag = name.tag_in(&ready.hub)?;
+    // A name new to this runtime is interned by Python code, during which another thread may
+    // run `configure()`: the call counts as open in this runtime (as a step's entry does) until
+    // its begin mark counts it, so a replaced runtime keeps measuring it.
+    let (serial, cached) = name.cached();
+    let hub = ready.hub.clone();
+    let open = (serial != hub.get().serial).then(|| OpenWhile::new(hub.get()));
+    let tag = match open {
+        None => cached,
+        Some(_) => name.new_tag(&hub)?,
+    };
     let mut region = Region::for_call(name.name.clone_ref(py), strict, tag);
     region.strict_now = ready.strict;
     region.tags = tags.map(|t| t.clone_ref(py));
@@ -182,7 +191,25 @@ pub(crate) fn start_call<'py>(
     // through the hub): no count of it taken otherwise.
     let sampler = ready.hub.get().sampler.get().map(|s| s.bind(py).clone());
     enter_with(&region, ready.hub, sampler, context)?;
+    drop(open); // its begin mark counts it from here on
     Ok(region)
+}
+
+/// Counts a region open in its runtime (`RegionHub::open_steps`) while it is being begun, on
+/// every way out.
+struct OpenWhile<'a>(&'a RegionHub);
+
+impl<'a> OpenWhile<'a> {
+    fn new(hub: &'a RegionHub) -> Self {
+        hub.open_steps.fetch_add(1, Ordering::Relaxed);
+        OpenWhile(hub)
+    }
+}
+
+impl Drop for OpenWhile<'_> {
+    fn drop(&mut self) {
+        self.0.open_steps.fetch_sub(1, Ordering::Release);
+    }
 }
 
 /// The `Tracker` that stands for the call's region `call` (open), made the first time it is

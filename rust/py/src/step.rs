@@ -303,15 +303,20 @@ impl Step {
                     return Ok(true);
                 };
                 let ready = Ready { hub, ..ready };
+                // Counted open before anything that may run Python code (interning the details,
+                // beginning the region): a `configure()` on another thread meanwhile sees the
+                // entry and keeps this runtime measuring until it has ended.
+                let open = OpenStep::new(ready.hub.clone());
                 let tag = self.detail_tag(&ready.hub, thread_ident(), parent)?;
                 if tag != 0 {
                     LOCAL.with(|l| l.borrow_mut().last = (key, serial, parent, tag));
-                    let hub = OpenStep::new(ready.hub);
                     let t0 = carbonctx_sampler::now_ns();
-                    Entry::Detailed { t0, hub, tag }
+                    Entry::Detailed { t0, hub: open, tag }
                 } else {
                     let tags = self.tags.as_ref();
-                    Entry::Region(start_call(ready, &self.name, None, tags, false)?.unbind())
+                    let region = start_call(ready, &self.name, None, tags, false)?.unbind();
+                    drop(open.leave()); // its begin mark counts it from here on
+                    Entry::Region(region)
                 }
             }
             Route::Python | Route::Tracker => return Ok(false),
