@@ -86,10 +86,11 @@ def is_compact(rec: dict[str, Any]) -> bool:
 
 
 class _Pid:
-    __slots__ = ("base", "ctx", "th", "threads")
+    __slots__ = ("base", "ctx", "foreign", "th", "threads")
 
     def __init__(self) -> None:
         self.ctx: dict[str, Any] | None = None
+        self.foreign: tuple[object] | None = None  # (format,) of a context not understood
         self.base = 0  # the end of the previous line (the batch's t0 first), ns
         self.th: Any = None  # the previous line's thread index
         self.threads: dict[str, int] = {}
@@ -122,7 +123,9 @@ def iter_expanded(
                 if st is None:
                     st = by_pid[pid] = _Pid()
                 if kind == "context":
-                    st.ctx = rec
+                    # A newer writer's context may mean its lines differ: none is guessed at.
+                    st.ctx = rec if rec.get("format") == FORMAT else None
+                    st.foreign = None if st.ctx is not None else (rec.get("format"),)
                 elif kind == "threads":
                     st.threads.update(rec.get("threads") or {})
                 else:
@@ -141,7 +144,31 @@ def iter_expanded(
                 if on_bad is not None:
                     on_bad("a compact region line that does not match its context", line)
                     continue
+        elif is_compact(rec) and on_bad is not None:
+            on_bad(_no_context(last), line)
+            continue
         yield line, rec
+
+
+def _no_context(st: _Pid | None) -> str:
+    """Why a compact line cannot be read: its context is of another format, or missing."""
+    if st is not None and st.foreign is not None:
+        (fmt,) = st.foreign
+        if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT:
+            return (
+                f"a region line in compact format {fmt}, newer than this carbonctx reads "
+                f"({FORMAT}): upgrade carbonctx to read it"
+            )
+        return f"a region line whose context record has an unknown format ({_short(fmt)})"
+    return (
+        "a compact region line with no context record before it (the start of the file, "
+        "which says what its figures are, is missing)"
+    )
+
+
+def _short(v: object) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:

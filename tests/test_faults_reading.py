@@ -1,0 +1,154 @@
+"""Reading output files that were damaged, written by another version, or are still being
+written: nothing is guessed at, every skipped line says why (and what to do), and no read waits
+on a file that never ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from carbonctx._output import reading
+from carbonctx._output.jsonl import read_jsonl_checked
+
+SOURCE = {
+    "id": "powercap:intel-rapl:0",
+    "label": "package-0",
+    "backend": "powercap",
+    "domain": "package",
+    "method": "counter",
+}
+CONTEXT: dict[str, Any] = {
+    "kind": "context",
+    "format": 2,
+    "pid": 7,
+    "offset": 1000.0,
+    "sources": [SOURCE],
+    "estimated": False,
+    "rank": None,
+    "carbon": None,
+}
+BATCH = {"kind": "batch", "pid": 7, "t0": 1_000_000_000}
+#: A compact line: 0.5 s from 1001.0 (offset + t0), 2 J on the package.
+LINE: dict[str, Any] = {
+    "kind": "region",
+    "name": "step",
+    "id": 1,
+    "parent": None,
+    "t": 0,
+    "dt": 500_000_000,
+    "energy_j": 2.0,
+    "j": [2_000_000],
+    "u": [0.01],
+}
+
+
+def write(path: Path, *records: dict[str, Any]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def reasons(path: Path) -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
+    regions, _, skipped = read_jsonl_checked(path)
+    return regions, skipped.reasons
+
+
+def test_a_compact_line_without_its_context_says_the_start_of_the_file_is_missing(
+    tmp_path: Path,
+) -> None:
+    # Cut at the front (the context gone), or the context after the lines that need it.
+    path = write(tmp_path / "cut.jsonl", LINE, dict(LINE, id=2), CONTEXT, BATCH, dict(LINE, id=3))
+    regions, why = reasons(path)
+    assert [r["id"] for r in regions] == [3]
+    assert (regions[0]["start"], regions[0]["end"], regions[0]["energy_j"]) == (1001.0, 1001.5, 2.0)
+    (reason,) = why
+    assert "no context record before it" in reason and "missing" in reason
+    assert why[reason] == [2, 1]
+
+
+def test_lines_of_a_newer_compact_format_are_not_guessed_at(tmp_path: Path) -> None:
+    newer = dict(CONTEXT, format=3, pid=8)
+    path = write(
+        tmp_path / "mixed.jsonl",
+        CONTEXT,
+        BATCH,
+        LINE,
+        newer,
+        dict(BATCH, pid=8),
+        dict(LINE, id=2),
+        dict(LINE, id=3),
+        dict(CONTEXT, format="2.x", pid=9),
+        dict(BATCH, pid=9),
+        dict(LINE, id=4),
+    )
+    regions, why = reasons(path)
+    assert [r["id"] for r in regions] == [1]
+    newer_reason = next(r for r in why if "compact format 3" in r)
+    assert "upgrade carbonctx" in newer_reason and why[newer_reason] == [2, 6]
+    assert any("unknown format ('2.x')" in r for r in why)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"energy_j": -5.0}, "'energy_j' is negative"),
+        ({"co2_g": -1e-3}, "'co2_g' is negative"),
+        ({"duration_s": -0.5}, "'duration_s' is negative"),
+        ({"start": 200.0, "end": 100.0}, "ends before it starts"),
+    ],
+)
+def test_regions_with_impossible_figures_are_skipped_not_summed(
+    tmp_path: Path, changes: dict[str, Any], reason: str
+) -> None:
+    good = {"kind": "region", "name": "a", "start": 100.0, "end": 101.0, "energy_j": 1.0}
+    path = write(tmp_path / "bad.jsonl", good, {**good, **changes})
+    regions, why = reasons(path)
+    assert len(regions) == 1 and regions[0]["energy_j"] == 1.0
+    assert [r for r in why if reason in r] and why[next(iter(why))] == [1, 2]
+
+
+def test_a_compact_line_whose_figures_are_negative_is_skipped(tmp_path: Path) -> None:
+    path = write(tmp_path / "neg.jsonl", CONTEXT, BATCH, dict(LINE, dt=-5), dict(LINE, j=[-5]))
+    regions, why = reasons(path)
+    assert regions == []
+    assert sum(n for n, _ in why.values()) == 2
+
+
+def test_a_file_still_being_written_is_read_as_far_as_it_went_when_opened(
+    tmp_path: Path,
+) -> None:
+    good = {"kind": "region", "name": "a", "start": 100.0, "end": 101.0, "energy_j": 1.0}
+    path = write(tmp_path / "growing.jsonl", *(dict(good, id=i) for i in range(3)))
+    skipped = reading.Skipped()
+    it = reading.iter_json_lines(path, skipped)
+    first = next(it)
+    with path.open("a", encoding="utf-8") as f:  # a writer appending as fast as it is read
+        f.writelines(json.dumps(dict(good, id=i)) + "\n" for i in range(3, 50))
+    rest = list(it)
+    assert [rec["id"] for _, rec in [first, *rest]] == [0, 1, 2]
+    assert skipped.total == 0
+
+
+def test_a_fifo_among_a_directorys_files_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "rank0.jsonl")  # nobody will ever write to it
+    write(tmp_path / "rank1.jsonl", CONTEXT, BATCH, LINE)
+    done = subprocess.run(
+        [sys.executable, "-m", "carbonctx", "report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 2, done.stdout
+    assert "no run logs" in done.stderr
+
+
+def test_a_fifo_is_refused_by_the_reader_itself(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "p.jsonl")
+    with pytest.raises(OSError, match="not a regular file"):
+        list(reading.iter_json_lines(tmp_path / "p.jsonl", reading.Skipped()))
