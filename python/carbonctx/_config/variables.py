@@ -182,10 +182,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["node_dir"] = v
     for field in ("url", "user", "password", "verify", "period"):
         var = f"CARBONCTX_REDFISH_{field.upper()}"
-        if field in ("user", "password"):  # a credential is taken as it is, spaces and all
-            v = e.get(var) or None
-        else:
-            v = get(var)
+        # A credential is taken as it is, spaces and all.
+        v = (e.get(var) or None) if field in ("user", "password") else get(var)
         if v is not None:
             out["redfish_period_s" if field == "period" else f"redfish_{field}"] = v
     if (v := out.get("redfish_period_s")) is not None:
