@@ -8,13 +8,18 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import carbonctx
+from carbonctx import _cli
 from carbonctx._output import reading
 from carbonctx._output.jsonl import read_jsonl_checked
+from carbonctx._runs.log import read_run_log, read_run_logs, read_runs_of_log
+from carbonctx.testing import SimulatedMachine
 
 SOURCE = {
     "id": "powercap:intel-rapl:0",
@@ -152,3 +157,39 @@ def test_a_fifo_is_refused_by_the_reader_itself(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "p.jsonl")
     with pytest.raises(OSError, match="not a regular file"):
         list(reading.iter_json_lines(tmp_path / "p.jsonl", reading.Skipped()))
+
+
+def test_two_runs_appended_to_one_log_are_two_runs(
+    sim: SimulatedMachine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run id given again (a job restarted by hand) appends to the same log.
+    actual = []
+    for _ in range(2):
+        run = carbonctx.epochs(2, log_dir=tmp_path, progress=False, quiet=True, run_id="same")
+        for _ in run:
+            time.sleep(0.02)
+        actual.append(run.actual.energy_j)
+    runs = read_run_logs(tmp_path)
+    assert [(r.run, len(r.epochs), r.complete) for r in runs] == [("same", 2, True)] * 2
+    assert [r.energy_j for r in runs] == pytest.approx(actual)
+    assert _cli.main(["report", str(tmp_path), "--json"]) == 0
+    job = json.loads(capsys.readouterr().out)["job"]
+    assert job["runs"] == 2 and job["energy_j"] == pytest.approx(sum(actual))
+    parts = job["cpu_j"] + job["dram_j"] + job["gpu_j"]
+    assert parts == pytest.approx(job["energy_j"], rel=0.01)  # each epoch counted once
+
+
+def test_damaged_lines_are_counted_against_the_run_they_fell_in(tmp_path: Path) -> None:
+    def start(run: str) -> dict[str, Any]:
+        return {"kind": "run-start", "run": run, "name": "epoch", "epochs_planned": 1}
+
+    def epoch(run: str) -> dict[str, Any]:
+        return {"kind": "epoch", "run": run, "epoch": 0, "start": 1.0, "end": 2.0, "energy_j": 3.0}
+
+    path = tmp_path / "two.jsonl"
+    write(path, start("a"), epoch("a"), start("b"), epoch("b"))
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"kind": "epoch", "run": "b", "ep')  # the writer killed mid-line
+    a, b = read_runs_of_log(path)
+    assert (a.run, a.bad_lines, b.run, b.bad_lines) == ("a", 0, "b", 1)
+    assert read_run_log(path) == b
