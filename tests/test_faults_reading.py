@@ -193,3 +193,19 @@ def test_damaged_lines_are_counted_against_the_run_they_fell_in(tmp_path: Path) 
     a, b = read_runs_of_log(path)
     assert (a.run, a.bad_lines, b.run, b.bad_lines) == ("a", 0, "b", 1)
     assert read_run_log(path) == b
+
+
+def test_a_rank_whose_records_cannot_be_read_is_not_left_out_without_a_word(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rank = {"rank": {"rank": 0, "local_rank": 0, "node": "n1", "job": "j"}}
+    write(tmp_path / "rank0.jsonl", dict(CONTEXT, **rank), BATCH, LINE)
+    newer = dict(CONTEXT, format=3, pid=8, rank={**rank["rank"], "rank": 1})
+    write(tmp_path / "rank1.jsonl", newer, dict(BATCH, pid=8), LINE, LINE)
+    os.mkfifo(tmp_path / "rank2.jsonl")
+    assert _cli.main(["report", str(tmp_path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["job"]["energy_j"] == 2.0  # rank 0's alone, and said so:
+    assert f"skipped {tmp_path / 'rank1.jsonl'}: 2 lines: a region line in compact format 3" in err
+    assert "upgrade carbonctx" in err
+    assert f"skipped {tmp_path / 'rank2.jsonl'}: not a regular file (a FIFO)" in err

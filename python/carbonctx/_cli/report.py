@@ -12,7 +12,7 @@ from typing import Any
 
 from carbonctx._output.csv import row_writer
 from carbonctx._output.html import render_regions_report, render_report
-from carbonctx._output.jsonl import dumps, iter_jsonl_checked, read_jsonl
+from carbonctx._output.jsonl import dumps, iter_jsonl_checked, read_jsonl_checked
 from carbonctx._output.reading import Skipped
 from carbonctx._output.text import format_runs
 from carbonctx._output.trace import chrome_trace
@@ -174,12 +174,19 @@ def report_dir(
     if not d.is_dir():
         _err(f"{d} is not a directory")
         return 2
+    problems: list[str] = []  # files left out or read in part, and why
     try:
-        runs = read_run_logs(d)
-        region_jobs = merge_region_records(_region_records(d)) if not runs else []
+        runs = read_run_logs(d, problems)
+        if runs:
+            region_jobs = []
+        else:
+            problems.clear()  # the same files are read again, as region records
+            region_jobs = merge_region_records(_region_records(d, problems))
     except OSError as e:
         _err(f"cannot read {d}: {e}")
         return 2
+    for line in problems:
+        _err(f"skipped {line}")
     if not runs and not region_jobs:
         _err(
             f"no run logs in {d} (runs write them with "
@@ -223,14 +230,19 @@ def report_dir(
     return 0
 
 
-def _region_records(d: Path) -> list[dict[str, Any]]:
-    """Region records of every JSON Lines file under ``d`` (the ranks' ``output`` files)."""
+def _region_records(d: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """Region records of every JSON Lines file under ``d`` (the ranks' ``output`` files); a
+    file that cannot be read, or lines of one that cannot be used (a rank of another
+    version, a killed writer), are listed in ``problems`` with why: a rank left out of the
+    job's total is never left out without a word."""
     out: list[dict[str, Any]] = []
     for p in sorted(d.rglob("*.jsonl")):
         try:
-            regions, _, _ = read_jsonl(str(p))
-        except (OSError, UnicodeDecodeError):
+            regions, _, skipped = read_jsonl_checked(p)
+        except OSError as e:
+            problems.append(f"{p}: {e.strerror or e}")
             continue
+        problems.extend(f"{p}: {line}" for line in skipped.lines())
         out.extend(regions)
     return out
 

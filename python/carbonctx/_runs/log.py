@@ -272,14 +272,19 @@ class _Part:
         )
 
 
-def read_run_logs(directory: str | os.PathLike[str]) -> list[RunLog]:
+def read_run_logs(
+    directory: str | os.PathLike[str], unreadable: list[str] | None = None
+) -> list[RunLog]:
     """Every run log (``*.jsonl`` with run records) in ``directory`` and the folders under it
-    (a job's ranks write one folder each; logs copied from several nodes), oldest first."""
+    (a job's ranks write one folder each; logs copied from several nodes), oldest first. A
+    file that cannot be read is left out and, with ``unreadable``, listed there with why."""
     runs: list[RunLog] = []
     for p in sorted(Path(directory).rglob("*.jsonl")):
         try:
             runs.extend(read_runs_of_log(p))
-        except (OSError, UnicodeDecodeError):
+        except OSError as e:
+            if unreadable is not None:
+                unreadable.append(f"{p}: {e.strerror or e}")
             continue
     runs.sort(key=lambda r: (r.started, r.run))
     return runs
