@@ -209,3 +209,37 @@ def test_a_rank_whose_records_cannot_be_read_is_not_left_out_without_a_word(
     assert f"skipped {tmp_path / 'rank1.jsonl'}: 2 lines: a region line in compact format 3" in err
     assert "upgrade carbonctx" in err
     assert f"skipped {tmp_path / 'rank2.jsonl'}: not a regular file (a FIFO)" in err
+
+
+HUGE = 10**400  # JSON allows it; no float holds it
+
+
+@pytest.mark.parametrize(
+    ("records", "kept"),
+    [
+        ([CONTEXT, BATCH, dict(LINE, j=["2000000"])], [2]),  # numbers as strings
+        ([CONTEXT, BATCH, dict(LINE, t="0")], [2]),
+        ([CONTEXT, BATCH, dict(LINE, u=["0.01"])], [2]),
+        ([CONTEXT, BATCH, dict(LINE, j=[True])], [2]),
+        ([CONTEXT, BATCH, dict(LINE, j=[HUGE])], [2]),  # was an OverflowError out of `report`
+        # A damaged context or batch record: the lines after it have no start time or sources
+        # to be read with, and are skipped rather than placed at a time made up.
+        ([dict(CONTEXT, offset="1000"), BATCH, LINE], []),
+        ([dict(CONTEXT, offset=HUGE), BATCH, LINE], []),
+        ([CONTEXT, dict(BATCH, t0="1000000000"), LINE], []),
+        ([CONTEXT, dict(BATCH, t0=HUGE), LINE], []),
+        ([CONTEXT, {"kind": "batch", "pid": 7}, LINE], []),
+    ],
+)
+def test_compact_figures_must_be_numbers_a_float_holds(
+    tmp_path: Path,
+    records: list[dict[str, Any]],
+    kept: list[int],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write(tmp_path / "odd.jsonl", *records, dict(LINE, id=2))
+    regions, why = reasons(path)
+    assert [r["id"] for r in regions] == kept
+    assert sum(n for n, _ in why.values()) >= 1
+    assert _cli.main(["report", str(path)]) == 0
+    assert "unreadable lines skipped" in capsys.readouterr().out

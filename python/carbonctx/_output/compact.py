@@ -96,6 +96,10 @@ class _Pid:
         self.threads: dict[str, int] = {}
 
 
+#: Where a damaged batch or context record leaves the lines after it.
+_DAMAGED = _Pid()
+
+
 def expand_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every record, compact region lines made full (in file order); context, thread and batch
     records are consumed. A compact line without a context before it (a file cut at the
@@ -129,18 +133,20 @@ def iter_expanded(
                 elif kind == "threads":
                     st.threads.update(rec.get("threads") or {})
                 else:
-                    st.base = int(rec.get("t0") or 0)
+                    st.base = _int(rec["t0"])
                     st.th = None
                 last = st
-            except (TypeError, ValueError, AttributeError):
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
                 if on_bad is not None:
                     on_bad(f"a {kind} record whose fields have the wrong types", line)
+                if kind != "threads":
+                    last = _DAMAGED  # the lines after it have no start time or sources to use
             continue
         if is_compact(rec) and last is not None and last.ctx is not None:
             try:
                 yield line, _expand(rec, last)
                 continue
-            except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError):
                 if on_bad is not None:
                     on_bad("a compact region line that does not match its context", line)
                     continue
@@ -152,6 +158,11 @@ def iter_expanded(
 
 def _no_context(st: _Pid | None) -> str:
     """Why a compact line cannot be read: its context is of another format, or missing."""
+    if st is _DAMAGED:
+        return (
+            "a compact region line after a damaged batch or context record (its start time or "
+            "sources are not known)"
+        )
     if st is not None and st.foreign is not None:
         (fmt,) = st.foreign
         if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT:
@@ -174,9 +185,9 @@ def _short(v: object) -> str:
 def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
     ctx = st.ctx
     assert ctx is not None
-    offset = float(ctx["offset"])
-    t0 = st.base + int(r["t"])
-    t1 = t0 + int(r["dt"])
+    offset = _num(ctx["offset"])
+    t0 = st.base + _int(r["t"])
+    t1 = t0 + _int(r["dt"])
     st.base = t1
     if "th" in r:
         st.th = r["th"]
@@ -188,8 +199,8 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
     sources: Sequence[dict[str, Any]] = ctx["sources"]
     for src, jv, uv in zip(sources, r["j"], r["u"], strict=True):
         failed = jv is None
-        j = None if failed else int(jv) / 1e6
-        u = None if failed or uv is None else float(uv)
+        j = None if failed else _int(jv) / 1e6
+        u = None if failed or uv is None else _num(uv)
         dom = src["domain"]
         counted = counted_domain(src)
         if counted is not None:
@@ -212,7 +223,7 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
             "note": failed_note(src.get("note")) if failed else src.get("note"),
         }
         if src.get("share_rule") is not None:
-            share = float(src.get("share", 1.0))
+            share = _num(src.get("share", 1.0))
             d["share"] = share
             d["share_rule"] = src["share_rule"]
             d["node_joules"] = (
@@ -252,6 +263,20 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
     }
 
 
+def _int(v: object) -> int:
+    """An integer as the writer wrote it: not a number in a string, nor a bool, nor a float."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    raise TypeError(f"{type(v).__name__} where an integer belongs")
+
+
+def _num(v: object) -> float:
+    """A finite number as the writer wrote it (not one in a string)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    raise TypeError(f"{type(v).__name__} where a number belongs")
+
+
 def _node_j(by_source: dict[str, Any]) -> float | None:
     """The first node-domain source with a figure, as :attr:`Measurement.node_j` finds it."""
     for d in by_source.values():
@@ -266,8 +291,8 @@ def _carbon(
     carbon = r.get("carbon")
     if carbon is None and prov is not None:
         kwh = energy / J_PER_KWH
-        pue = float(prov["pue"])
-        carbon = {"co2_g": kwh * float(prov["intensity_g_per_kwh"]) * pue, "energy_kwh": kwh}
+        pue = _num(prov["pue"])
+        carbon = {"co2_g": kwh * _num(prov["intensity_g_per_kwh"]) * pue, "energy_kwh": kwh}
         for k, v in prov.items():
             if k == "alternatives" and isinstance(v, list):
                 v = [_with_co2(a, kwh, pue) for a in v]
@@ -289,7 +314,7 @@ def _with_co2(alt: dict[str, Any], kwh: float, pue: float) -> dict[str, Any]:
     for k, v in alt.items():
         out[k] = v
         if k == "signal":
-            out["co2_g"] = kwh * float(alt["intensity_g_per_kwh"]) * pue
+            out["co2_g"] = kwh * _num(alt["intensity_g_per_kwh"]) * pue
     return out
 
 
