@@ -243,3 +243,45 @@ def test_compact_figures_must_be_numbers_a_float_holds(
     assert sum(n for n, _ in why.values()) >= 1
     assert _cli.main(["report", str(path)]) == 0
     assert "unreadable lines skipped" in capsys.readouterr().out
+
+
+def _rank_dir(tmp_path: Path) -> Path:
+    rank = {"rank": {"rank": 0, "local_rank": 0, "node": "n1", "job": "j"}}
+    (tmp_path / "node1").mkdir()
+    write(tmp_path / "node1" / "rank0.jsonl", dict(CONTEXT, **rank), BATCH, LINE)
+    (tmp_path / "node2").mkdir()
+    return tmp_path
+
+
+def test_a_folder_that_vanishes_while_report_walks_the_job_never_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = _rank_dir(tmp_path)
+    real = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        # The job removes node2 between its parent's listing and its own (a race made
+        # deterministic: the walk meets the folder, its listing finds it gone).
+        if os.fspath(path).endswith("node2"):
+            raise FileNotFoundError(2, "No such file or directory", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert _cli.main(["report", str(d), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["job"]["energy_j"] == 2.0 and err == ""
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
+def test_a_folder_report_cannot_list_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = _rank_dir(tmp_path)
+    (d / "node2").chmod(0)
+    try:
+        assert _cli.main(["report", str(d), "--json"]) == 0
+    finally:
+        (d / "node2").chmod(0o700)
+    out, err = capsys.readouterr()
+    assert json.loads(out)["job"]["energy_j"] == 2.0
+    assert f"skipped {d / 'node2'}: Permission denied" in err

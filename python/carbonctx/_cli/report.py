@@ -18,7 +18,7 @@ from carbonctx._output.text import format_runs
 from carbonctx._output.trace import chrome_trace
 from carbonctx._results.runs import RunLog
 from carbonctx._results.statistics import OTHER_NAMES, format_stats, stats_from_records
-from carbonctx._runs.log import read_run_logs
+from carbonctx._runs.log import jsonl_files, read_run_logs
 from carbonctx._runs.merge import (
     FIGURES,
     JobReport,
@@ -236,7 +236,7 @@ def _region_records(d: Path, problems: list[str]) -> list[dict[str, Any]]:
     version, a killed writer), are listed in ``problems`` with why: a rank left out of the
     job's total is never left out without a word."""
     out: list[dict[str, Any]] = []
-    for p in sorted(d.rglob("*.jsonl")):
+    for p in jsonl_files(d, problems):
         try:
             regions, _, skipped = read_jsonl_checked(p)
         except OSError as e:

@@ -10,6 +10,7 @@ record's ``actual`` is the rank's, ``job_actual`` the job's, and ``forecast`` th
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ __all__ = [
     "RunLogWriter",
     "epoch_record",
     "final_record",
+    "jsonl_files",
     "read_run_log",
     "read_run_logs",
     "read_runs_of_log",
@@ -279,7 +281,7 @@ def read_run_logs(
     (a job's ranks write one folder each; logs copied from several nodes), oldest first. A
     file that cannot be read is left out and, with ``unreadable``, listed there with why."""
     runs: list[RunLog] = []
-    for p in sorted(Path(directory).rglob("*.jsonl")):
+    for p in jsonl_files(directory, unreadable):
         try:
             runs.extend(read_runs_of_log(p))
         except OSError as e:
@@ -288,3 +290,21 @@ def read_run_logs(
             continue
     runs.sort(key=lambda r: (r.started, r.run))
     return runs
+
+
+def jsonl_files(
+    directory: str | os.PathLike[str], unreadable: list[str] | None = None
+) -> list[Path]:
+    """Every ``*.jsonl`` file in ``directory`` and the folders under it, sorted; links to
+    folders are not followed (no loop). A folder that cannot be listed, or that vanished
+    while it was walked (a job still writing), is left out and, with ``unreadable``, listed
+    there with why: it never stops the walk."""
+    found: list[Path] = []
+
+    def note(e: OSError) -> None:
+        if unreadable is not None and e.errno != errno.ENOENT:
+            unreadable.append(f"{e.filename}: {e.strerror or e}")
+
+    for top, _, files in os.walk(directory, onerror=note):
+        found.extend(Path(top, f) for f in files if f.endswith(".jsonl"))
+    return sorted(found)
