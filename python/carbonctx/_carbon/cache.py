@@ -48,8 +48,9 @@ CACHE_FORMAT = 1
 
 def _newer_format(data: object) -> int | None:
     fmt = data.get("format") if isinstance(data, dict) else None
-    ok = isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > CACHE_FORMAT
-    return fmt if ok else None  # type: ignore[return-value]
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > CACHE_FORMAT:
+        return fmt
+    return None
 
 
 @attrs.define

@@ -210,7 +210,7 @@ def check_record(rec: Mapping[str, Any]) -> str | None:
                 return f"a region whose {key!r} is a {type(v).__name__}"
             if types is _NUMBER and not _finite(v):
                 return f"a region whose {key!r} is out of range"
-            if key in _NOT_NEGATIVE and v < 0:
+            if key in _NOT_NEGATIVE and isinstance(v, _NUMBER) and v < 0:
                 return f"a region whose {key!r} is negative"
         if rec["end"] < rec["start"]:
             return "a region that ends before it starts"
