@@ -285,3 +285,18 @@ def test_a_folder_report_cannot_list_is_named(
     out, err = capsys.readouterr()
     assert json.loads(out)["job"]["energy_j"] == 2.0
     assert f"skipped {d / 'node2'}: Permission denied" in err
+
+
+def test_report_says_what_it_read_that_is_neither_region_nor_power(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shed = {"kind": "shed", "pid": 7, "regions": 40, "names": {"step": 40}, "start": 1.0}
+    shed.update(end=2.0, shed_total=40)
+    future = {"kind": "annotation", "pid": 7, "text": "a newer version's record"}
+    path = write(tmp_path / "out.jsonl", CONTEXT, BATCH, LINE, shed, future, future)
+    assert _cli.main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: 1 regions\n" in out  # neither is an unreadable line
+    assert "40 regions are not in the file: its writer fell behind and shed them" in out
+    assert "skipped 2 records of kind 'annotation'" in out and "(first: line 5)" in out
+    assert "upgrade carbonctx" in out

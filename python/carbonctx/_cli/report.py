@@ -60,6 +60,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     regions: list[dict[str, Any]] = []
     power: list[dict[str, Any]] = []
     top = {"n": 0, "j": 0.0, "g": 0.0}
+    others = _Others()
     csv_file = None
     try:
         if args.csv:
@@ -71,7 +72,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             write_row = row_writer(csv_file)
 
         def region_records() -> Iterator[dict[str, Any]]:
-            for r in iter_jsonl_checked(args.file, skipped):
+            for r in iter_jsonl_checked(args.file, skipped, others.add):
                 if r.get("kind", "region") != "region":
                     if args.trace:
                         power.append(r)
@@ -102,6 +103,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     _say(head)
     for line in skipped.lines():
         _say(f"  skipped {line}")
+    for line in others.lines():
+        _say(f"  {line}")
     _say(total)
     _say("")
     if OTHER_NAMES in stats:
@@ -113,10 +116,49 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.csv:
         _say(f"CSV written to {args.csv}")
     if args.html:
-        notes = [head, *(f"skipped {ln}" for ln in skipped.lines()), total]
+        notes = [head, *(f"skipped {ln}" for ln in skipped.lines()), *others.lines(), total]
         page = render_regions_report(f"carbonctx report: {args.file}", notes, list(stats.values()))
         status |= _write(args.html, page, "HTML report")
     return status
+
+
+#: Kinds of record a JSON Lines file may hold besides regions and power (``report FILE`` on
+#: a run log reads none of them as regions, and says nothing of them).
+_KNOWN_KINDS = frozenset(("run-start", "epoch", "run"))
+
+
+class _Others:
+    """What ``report FILE`` read that is neither a region nor power: regions the writer shed
+    (left out of the totals, so said), and records of kinds this version does not know."""
+
+    def __init__(self) -> None:
+        self.shed = 0
+        self.unknown: dict[str, list[int]] = {}  # kind: [count, first line]
+
+    def add(self, line: int, rec: dict[str, Any]) -> None:
+        kind = rec.get("kind")
+        if kind == "shed":
+            n = rec.get("regions")
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                self.shed += n
+        elif kind not in _KNOWN_KINDS:
+            self.unknown.setdefault(str(kind)[:40], [0, line])[0] += 1
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.shed:
+            out.append(
+                f"{self.shed} regions are not in the file: its writer fell behind and shed "
+                "them (its 'shed' records count them per name); the figures below leave "
+                "them out"
+            )
+        for kind, (n, first) in self.unknown.items():
+            out.append(
+                f"skipped {n} {'record' if n == 1 else 'records'} of kind {kind!r}, which this "
+                f"carbonctx does not know (first: line {first}); a newer version's? upgrade "
+                "carbonctx to read them"
+            )
+        return out
 
 
 def _write(path: str, text: str, what: str) -> int:
