@@ -73,3 +73,16 @@ def test_a_bmc_password_keeps_its_spaces() -> None:
     )
     assert got["redfish_url"] == "https://bmc.example"
     assert got["redfish_password"] == " pass word "
+
+
+@pytest.mark.parametrize("key", ["output", "cache_dir", "sys_root"])
+@pytest.mark.parametrize("blank", ["", " ", "\n"])
+def test_a_blank_path_argument_is_unset_like_a_blank_variable(key: str, blank: str) -> None:
+    # cache_dir="" was the working directory; output=" " a file named by a space.
+    assert getattr(build(None, {key: blank}, {}), key) is None
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_a_pue_of_true_or_false_is_refused_not_read_as_one_or_zero(flag: bool) -> None:
+    with pytest.raises(ConfigurationError, match=f"pue={flag} is not a usable PUE"):
+        build(None, {"pue": flag}, {})
