@@ -300,3 +300,36 @@ def test_report_says_what_it_read_that_is_neither_region_nor_power(
     assert "40 regions are not in the file: its writer fell behind and shed them" in out
     assert "skipped 2 records of kind 'annotation'" in out and "(first: line 5)" in out
     assert "upgrade carbonctx" in out
+
+
+def test_a_reader_that_goes_away_ends_report_without_a_traceback(tmp_path: Path) -> None:
+    # Enough names that the table outgrows a pipe's buffer: the writer meets a closed pipe.
+    regions = (
+        {"kind": "region", "name": f"name-{i}", "start": 1.0, "end": 2.0, "energy_j": 1.0}
+        for i in range(5000)
+    )
+    path = write(tmp_path / "many.jsonl", *regions)
+    with subprocess.Popen(
+        [sys.executable, "-m", "carbonctx", "report", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(str(path).encode())  # `| head -1`
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_a_crashs_nul_blocks_cost_no_record_beside_them(tmp_path: Path) -> None:
+    good = {"kind": "region", "name": "a", "start": 1.0, "end": 2.0, "energy_j": 1.0}
+    line = lambda i: json.dumps(dict(good, id=i)).encode() + b"\n"  # noqa: E731
+    path = tmp_path / "crashed.jsonl"
+    # A crash left a block unwritten (NULs), the next run appended after it; then the same
+    # again with the NULs at the end of the file.
+    path.write_bytes(line(1) + b"\0" * 4096 + line(2) + line(3) + b"\0" * 100)
+    regions, why = reasons(path)
+    assert [r["id"] for r in regions] == [1, 2, 3]
+    assert list(why) == ["NUL bytes only (blocks a crash left unwritten)"]

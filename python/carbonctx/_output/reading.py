@@ -120,6 +120,14 @@ def iter_json_lines(
     read."""
     with _open_regular(path) as f:
         for number, raw, complete in _lines(f, skipped, os.fstat(f.fileno()).st_size):
+            if b"\0" in raw:
+                # Blocks a crash left unwritten read as NUL bytes, and the next run's records
+                # are appended after them: no JSON has a NUL outside a string, and no string
+                # one unescaped, so the record beside them is read whole.
+                raw = raw.strip(b"\0")
+                if not raw:
+                    skipped.add("NUL bytes only (blocks a crash left unwritten)", number)
+                    continue
             if not raw.strip():
                 continue
             try:
