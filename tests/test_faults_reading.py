@@ -327,9 +327,14 @@ def test_a_crashs_nul_blocks_cost_no_record_beside_them(tmp_path: Path) -> None:
     good = {"kind": "region", "name": "a", "start": 1.0, "end": 2.0, "energy_j": 1.0}
     line = lambda i: json.dumps(dict(good, id=i)).encode() + b"\n"  # noqa: E731
     path = tmp_path / "crashed.jsonl"
-    # A crash left a block unwritten (NULs), the next run appended after it; then the same
-    # again with the NULs at the end of the file.
-    path.write_bytes(line(1) + b"\0" * 4096 + line(2) + line(3) + b"\0" * 100)
+    # A crash left a block unwritten (NULs) and the next run appended after it; a record cut
+    # by a crash, NULs, the next run's record on the same line; NULs at the end of the file.
+    path.write_bytes(line(1) + b"\0" * 4096 + line(2) + line(3)[:20] + b"\0" * 99 + line(4))
+    with path.open("ab") as f:
+        f.write(b"\0" * 100)
     regions, why = reasons(path)
-    assert [r["id"] for r in regions] == [1, 2, 3]
-    assert list(why) == ["NUL bytes only (blocks a crash left unwritten)"]
+    assert [r["id"] for r in regions] == [1, 2, 4]
+    assert why == {
+        "cut short by a crash (NUL bytes after it)": [1, 3],
+        "NUL bytes only (blocks a crash left unwritten)": [1, 4],
+    }

@@ -124,10 +124,13 @@ def iter_json_lines(
                 # Blocks a crash left unwritten read as NUL bytes, and the next run's records
                 # are appended after them: no JSON has a NUL outside a string, and no string
                 # one unescaped, so the record beside them is read whole.
-                raw = raw.strip(b"\0")
-                if not raw:
+                pieces = [p for p in raw.split(b"\0") if p]
+                if not pieces:
                     skipped.add("NUL bytes only (blocks a crash left unwritten)", number)
                     continue
+                if len(pieces) > 1:  # a record cut by the crash, the next run's after it
+                    skipped.add("cut short by a crash (NUL bytes after it)", number)
+                raw = pieces[-1]
             if not raw.strip():
                 continue
             try:
