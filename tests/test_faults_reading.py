@@ -338,3 +338,27 @@ def test_a_crashs_nul_blocks_cost_no_record_beside_them(tmp_path: Path) -> None:
         "cut short by a crash (NUL bytes after it)": [1, 3],
         "NUL bytes only (blocks a crash left unwritten)": [1, 4],
     }
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--trace", "--html"])
+def test_report_never_writes_over_the_file_it_reads(
+    tmp_path: Path, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "out.jsonl", CONTEXT, BATCH, LINE)
+    before = path.read_bytes()
+    os.symlink(path, tmp_path / "same.jsonl")  # the same file by another name
+    assert _cli.main(["report", str(path), flag, str(tmp_path / "same.jsonl")]) == 2
+    assert "is the file being read: give another path" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_report_dir_never_writes_its_page_over_a_run_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = {"kind": "run-start", "run": "a", "name": "epoch", "epochs_planned": 1}
+    epoch = {"kind": "epoch", "run": "a", "epoch": 0, "start": 1.0, "end": 2.0, "energy_j": 3.0}
+    log = write(tmp_path / "a.jsonl", start, epoch)
+    before = log.read_bytes()
+    assert _cli.main(["report", str(tmp_path), "--html", str(log)]) == 2
+    assert "is a run log being read" in capsys.readouterr().err
+    assert log.read_bytes() == before

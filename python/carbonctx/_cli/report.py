@@ -54,6 +54,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         # A FIFO or a device would block the read (or never end).
         _err(f"{args.file} is not a regular file")
         return 2
+    for flag in ("csv", "trace", "html"):
+        out = getattr(args, flag)
+        if out is not None and _same_file(out, args.file):
+            _err(f"--{flag} {out} is the file being read: give another path (it would be lost)")
+            return 2
     # One record in memory at a time, but for the trace (which holds every region anyway):
     # statistics keep a bounded sample per name, CSV rows are written as they are read.
     skipped = Skipped()
@@ -161,6 +166,13 @@ class _Others:
         return out
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is not there (yet): not the same file
+        return False
+
+
 def _write(path: str, text: str, what: str) -> int:
     try:
         with open(path, "w", encoding="utf-8", newline="") as f:
@@ -254,6 +266,9 @@ def report_dir(
     for job in jobs:
         _say("")
         _say("\n".join(job.lines()))
+    if html_out is not None and any(_same_file(os.fspath(html_out), r.path) for r in runs):
+        _err(f"--html {html_out} is a run log being read: give another path (it would be lost)")
+        return 2
     if html_out is not None and runs:
         page = render_report(runs, title=f"carbonctx report: {d.name or d}")
         try:
