@@ -362,3 +362,16 @@ def test_report_dir_never_writes_its_page_over_a_run_log(
     assert _cli.main(["report", str(tmp_path), "--html", str(log)]) == 2
     assert "is a run log being read" in capsys.readouterr().err
     assert log.read_bytes() == before
+
+
+def test_a_region_without_an_energy_figure_is_not_read_as_zero_joules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = {"kind": "region", "name": "a", "start": 1.0, "end": 2.0, "duration_s": 1.0}
+    path = write(tmp_path / "failed.jsonl", dict(good, energy_j=4.0), dict(good, energy_j=None))
+    assert _cli.main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 regions have no energy figure (their sources failed)" in out
+    (row,) = [ln.split() for ln in out.splitlines() if ln.startswith("a ")]
+    assert row[1] == "2"  # both regions counted ...
+    assert row[2:10] == ["4.00", "J", "4.00", "J", "4.00", "J", "4.00", "J"]  # ... no 0 J mean

@@ -64,7 +64,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     skipped = Skipped()
     regions: list[dict[str, Any]] = []
     power: list[dict[str, Any]] = []
-    top = {"n": 0, "j": 0.0, "g": 0.0}
+    top = {"n": 0, "j": 0.0, "g": 0.0, "no_j": 0}
     others = _Others()
     csv_file = None
     try:
@@ -83,6 +83,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                         power.append(r)
                     continue
                 top["n"] += 1
+                if r.get("energy_j") is None:
+                    top["no_j"] += 1
                 if r.get("parent") is None:
                     top["j"] += float(r.get("energy_j") or 0.0)
                     top["g"] += float(r.get("co2_g") or 0.0)
@@ -110,6 +112,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         _say(f"  skipped {line}")
     for line in others.lines():
         _say(f"  {line}")
+    if top["no_j"]:
+        _say(
+            f"  {top['no_j']} regions have no energy figure (their sources failed): the energy "
+            "columns and the total leave them out"
+        )
     _say(total)
     _say("")
     if OTHER_NAMES in stats:
