@@ -21,7 +21,14 @@ import attrs
 
 from carbonctx._carbon.intensity import Intensity
 
-__all__ = ["CachedSeries", "DiskCache", "Failure", "UnusableCache", "atomic_write_json"]
+__all__ = [
+    "CachedSeries",
+    "DiskCache",
+    "Failure",
+    "NewerCache",
+    "UnusableCache",
+    "atomic_write_json",
+]
 
 #: A cache file larger than this is not read.
 MAX_CACHE_BYTES = 16 * 1024 * 1024
@@ -29,6 +36,21 @@ MAX_CACHE_BYTES = 16 * 1024 * 1024
 
 class UnusableCache(Exception):
     """A cache file is there but cannot be trusted (damaged, or values no provider gives)."""
+
+
+class NewerCache(UnusableCache):
+    """A cache file of a newer carbonctx's format: neither read nor replaced here."""
+
+
+#: The cache files' format (a newer one is left alone: another version's processes use it).
+CACHE_FORMAT = 1
+
+
+def _newer_format(data: object) -> int | None:
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > CACHE_FORMAT:
+        return fmt
+    return None
 
 
 @attrs.define
@@ -111,7 +133,7 @@ class DiskCache:
     def snapshot(self, kind: str, series: CachedSeries) -> dict[str, Any]:
         """What :meth:`write` stores (take it under the series' lock)."""
         return {
-            "format": 1,
+            "format": CACHE_FORMAT,
             "provider": self.provider_id,
             "zone": self.zone,
             "kind": kind,
@@ -121,8 +143,19 @@ class DiskCache:
         }
 
     def write(self, kind: str, data: dict[str, Any]) -> None:
+        """Replace the file, unless a newer carbonctx wrote it (its processes, sharing the
+        folder, keep their cache; this one keeps its figures in memory)."""
+        if self._newer_on_disk(kind):
+            return
         with contextlib.suppress(OSError):
             atomic_write_json(self.path(kind), data)
+
+    def _newer_on_disk(self, kind: str) -> bool:
+        try:
+            raw = _read_regular(self.path(kind), MAX_CACHE_BYTES + 1)
+            return _newer_format(json.loads(raw)) is not None
+        except (OSError, _Refused, ValueError, RecursionError):
+            return False
 
     def read(self, kind: str) -> tuple[float | None, list[Intensity], Failure | None] | None:
         """(fetched_at, periods, failure) from disk; None when there is no file or it cannot be
@@ -140,6 +173,8 @@ class DiskCache:
                 raise ValueError("the file is too large")
             data: Any = json.loads(raw, parse_constant=_refuse_constant)
             return self._check(kind, data)
+        except NewerCache as exc:
+            raise NewerCache(f"{path}: {exc}") from None
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             raise UnusableCache(f"{path}: {why or type(exc).__name__}") from None
@@ -147,8 +182,12 @@ class DiskCache:
     def _check(self, kind: str, data: Any) -> tuple[float | None, list[Intensity], Failure | None]:
         if not isinstance(data, dict):
             raise TypeError("not a JSON object")
+        if (fmt := _newer_format(data)) is not None:
+            raise NewerCache(
+                f"written by a newer carbonctx (cache format {fmt}; this one reads {CACHE_FORMAT})"
+            )
         if (data.get("format"), data.get("provider"), data.get("zone"), data.get("kind")) != (
-            1,
+            CACHE_FORMAT,
             self.provider_id,
             self.zone,
             kind,

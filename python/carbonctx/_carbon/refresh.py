@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from carbonctx._carbon.cache import CachedSeries, DiskCache, Failure, UnusableCache
+from carbonctx._carbon.cache import CachedSeries, DiskCache, Failure, NewerCache, UnusableCache
 from carbonctx._carbon.intensity import Intensity
 from carbonctx._carbon.providers import Fetched, Provider, ProviderError
 from carbonctx._carbon.providers.http import RETRY_AFTER_MAX_S
@@ -347,14 +347,13 @@ class Refresher:
             self._warned = {k for k in self._warned if k[0] != kind}
         self.write_disk(kind)
 
-    def _warn_unusable(self, why: str) -> None:
+    def _warn_unusable(self, why: str, then: str = "it is replaced on the next fetch") -> None:
         with self.lock:
             if self._unusable_warned:  # one warning, however many files
                 return
             self._unusable_warned = True
             self._pending.append(
-                f"carbonctx: ignored an unusable intensity cache file ({self._scrub(why)}); "
-                "it is replaced on the next fetch."
+                f"carbonctx: ignored an unusable intensity cache file ({self._scrub(why)}); {then}."
             )
 
     def emit_warnings(self, *, swallow: bool) -> None:
@@ -379,6 +378,14 @@ class Refresher:
     def reload_disk(self, kind: str) -> None:
         try:
             found = self.disk.read(kind)
+        except NewerCache as exc:
+            self._warn_unusable(
+                str(exc),
+                "it is left as it is and this process keeps its own figures in memory; "
+                "upgrade carbonctx, or give each version its own cache_dir "
+                "(CARBONCTX_CACHE_DIR)",
+            )
+            return
         except UnusableCache as exc:
             self._warn_unusable(str(exc))
             return

@@ -10,6 +10,7 @@ carbonctx intensity --forecast --hours 6
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,10 +39,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rc = int(args.func(args))
+        sys.stdout.flush()
     except ConfigurationError as e:
         print(f"carbonctx: {e}", file=sys.stderr)
         return 2
-    sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``carbonctx report big.jsonl | head``): what it did not read
+        # goes nowhere, without a traceback, and the status says so as a shell's would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + 13  # SIGPIPE
     return rc
 
 

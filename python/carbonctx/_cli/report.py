@@ -12,13 +12,13 @@ from typing import Any
 
 from carbonctx._output.csv import row_writer
 from carbonctx._output.html import render_regions_report, render_report
-from carbonctx._output.jsonl import dumps, iter_jsonl_checked, read_jsonl
+from carbonctx._output.jsonl import dumps, iter_jsonl_checked, read_jsonl_checked
 from carbonctx._output.reading import Skipped
 from carbonctx._output.text import format_runs
 from carbonctx._output.trace import chrome_trace
 from carbonctx._results.runs import RunLog
 from carbonctx._results.statistics import OTHER_NAMES, format_stats, stats_from_records
-from carbonctx._runs.log import read_run_logs
+from carbonctx._runs.log import jsonl_files, read_run_logs
 from carbonctx._runs.merge import (
     FIGURES,
     JobReport,
@@ -54,12 +54,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         # A FIFO or a device would block the read (or never end).
         _err(f"{args.file} is not a regular file")
         return 2
+    for flag in ("csv", "trace", "html"):
+        out = getattr(args, flag)
+        if out is not None and _same_file(out, args.file):
+            _err(f"--{flag} {out} is the file being read: give another path (it would be lost)")
+            return 2
     # One record in memory at a time, but for the trace (which holds every region anyway):
     # statistics keep a bounded sample per name, CSV rows are written as they are read.
     skipped = Skipped()
     regions: list[dict[str, Any]] = []
     power: list[dict[str, Any]] = []
-    top = {"n": 0, "j": 0.0, "g": 0.0}
+    top = {"n": 0, "j": 0.0, "g": 0.0, "no_j": 0}
+    others = _Others()
     csv_file = None
     try:
         if args.csv:
@@ -71,12 +77,14 @@ def cmd_report(args: argparse.Namespace) -> int:
             write_row = row_writer(csv_file)
 
         def region_records() -> Iterator[dict[str, Any]]:
-            for r in iter_jsonl_checked(args.file, skipped):
+            for r in iter_jsonl_checked(args.file, skipped, others.add):
                 if r.get("kind", "region") != "region":
                     if args.trace:
                         power.append(r)
                     continue
                 top["n"] += 1
+                if r.get("energy_j") is None:
+                    top["no_j"] += 1
                 if r.get("parent") is None:
                     top["j"] += float(r.get("energy_j") or 0.0)
                     top["g"] += float(r.get("co2_g") or 0.0)
@@ -102,6 +110,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     _say(head)
     for line in skipped.lines():
         _say(f"  skipped {line}")
+    for line in others.lines():
+        _say(f"  {line}")
+    if top["no_j"]:
+        _say(
+            f"  {top['no_j']} regions have no energy figure (their sources failed): the energy "
+            "columns and the total leave them out"
+        )
     _say(total)
     _say("")
     if OTHER_NAMES in stats:
@@ -113,10 +128,56 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.csv:
         _say(f"CSV written to {args.csv}")
     if args.html:
-        notes = [head, *(f"skipped {ln}" for ln in skipped.lines()), total]
+        notes = [head, *(f"skipped {ln}" for ln in skipped.lines()), *others.lines(), total]
         page = render_regions_report(f"carbonctx report: {args.file}", notes, list(stats.values()))
         status |= _write(args.html, page, "HTML report")
     return status
+
+
+#: Kinds of record a JSON Lines file may hold besides regions and power (``report FILE`` on
+#: a run log reads none of them as regions, and says nothing of them).
+_KNOWN_KINDS = frozenset(("run-start", "epoch", "run"))
+
+
+class _Others:
+    """What ``report FILE`` read that is neither a region nor power: regions the writer shed
+    (left out of the totals, so said), and records of kinds this version does not know."""
+
+    def __init__(self) -> None:
+        self.shed = 0
+        self.unknown: dict[str, list[int]] = {}  # kind: [count, first line]
+
+    def add(self, line: int, rec: dict[str, Any]) -> None:
+        kind = rec.get("kind")
+        if kind == "shed":
+            n = rec.get("regions")
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                self.shed += n
+        elif kind not in _KNOWN_KINDS:
+            self.unknown.setdefault(str(kind)[:40], [0, line])[0] += 1
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.shed:
+            out.append(
+                f"{self.shed} regions are not in the file: its writer fell behind and shed "
+                "them (its 'shed' records count them per name); the figures below leave "
+                "them out"
+            )
+        for kind, (n, first) in self.unknown.items():
+            out.append(
+                f"skipped {n} {'record' if n == 1 else 'records'} of kind {kind!r}, which this "
+                f"carbonctx does not know (first: line {first}); a newer version's? upgrade "
+                "carbonctx to read them"
+            )
+        return out
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is not there (yet): not the same file
+        return False
 
 
 def _write(path: str, text: str, what: str) -> int:
@@ -174,12 +235,19 @@ def report_dir(
     if not d.is_dir():
         _err(f"{d} is not a directory")
         return 2
+    problems: list[str] = []  # files left out or read in part, and why
     try:
-        runs = read_run_logs(d)
-        region_jobs = merge_region_records(_region_records(d)) if not runs else []
+        runs = read_run_logs(d, problems)
+        if runs:
+            region_jobs = []
+        else:
+            problems.clear()  # the same files are read again, as region records
+            region_jobs = merge_region_records(_region_records(d, problems))
     except OSError as e:
         _err(f"cannot read {d}: {e}")
         return 2
+    for line in problems:
+        _err(f"skipped {line}")
     if not runs and not region_jobs:
         _err(
             f"no run logs in {d} (runs write them with "
@@ -205,6 +273,9 @@ def report_dir(
     for job in jobs:
         _say("")
         _say("\n".join(job.lines()))
+    if html_out is not None and any(_same_file(os.fspath(html_out), r.path) for r in runs):
+        _err(f"--html {html_out} is a run log being read: give another path (it would be lost)")
+        return 2
     if html_out is not None and runs:
         page = render_report(runs, title=f"carbonctx report: {d.name or d}")
         try:
@@ -223,14 +294,19 @@ def report_dir(
     return 0
 
 
-def _region_records(d: Path) -> list[dict[str, Any]]:
-    """Region records of every JSON Lines file under ``d`` (the ranks' ``output`` files)."""
+def _region_records(d: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """Region records of every JSON Lines file under ``d`` (the ranks' ``output`` files); a
+    file that cannot be read, or lines of one that cannot be used (a rank of another
+    version, a killed writer), are listed in ``problems`` with why: a rank left out of the
+    job's total is never left out without a word."""
     out: list[dict[str, Any]] = []
-    for p in sorted(d.rglob("*.jsonl")):
+    for p in jsonl_files(d, problems):
         try:
-            regions, _, _ = read_jsonl(str(p))
-        except (OSError, UnicodeDecodeError):
+            regions, _, skipped = read_jsonl_checked(p)
+        except OSError as e:
+            problems.append(f"{p}: {e.strerror or e}")
             continue
+        problems.extend(f"{p}: {line}" for line in skipped.lines())
         out.extend(regions)
     return out
 

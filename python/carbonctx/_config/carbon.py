@@ -284,7 +284,7 @@ def parse_deadline(value: object, setting: str) -> float:
 
 def parse_pue(value: object, setting: str) -> float:
     try:
-        pue = float(value)  # type: ignore[arg-type]
+        pue = math.nan if isinstance(value, bool) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         pue = math.nan
     if not math.isfinite(pue) or pue < 1.0:

@@ -102,6 +102,10 @@ def _plain(key: str, value: Any) -> Any:
             value = os.fspath(value)
         if not isinstance(value, str):
             raise ConfigurationError(f"{key}={value!r}: give a path (str or os.PathLike)")
+        if not value.strip():
+            # As for the variables: empty is unset (cache_dir="" was the working directory,
+            # output=" " a file named by a space).
+            return None
     elif key == "redfish_verify" and isinstance(value, os.PathLike):
         value = os.fspath(value)  # a CA bundle given as a path object
     elif key in _SECRET_SETTINGS and not isinstance(value, str):

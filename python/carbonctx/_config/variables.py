@@ -12,6 +12,8 @@ from carbonctx._config.settings import (
     _INT_RANK_SETTINGS,
     BACKENDS,
     CPU_BACKENDS,
+    ESTIMATE_MODES,
+    FORK_MODES,
     MAX_INTERVAL_S,
     MAX_REDFISH_LAG_S,
     RANK_SETTINGS,
@@ -129,14 +131,22 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def get(name: str) -> str | None:
+        # Surrounding whitespace (a stray space or newline from a shell script) is no part of
+        # any value, and a variable of whitespace alone is unset, as an empty one is.
         v = e.get(name)
-        return v if v not in (None, "") else None
+        return v.strip() or None if v is not None else None
+
+    def choice(name: str, allowed: Sequence[str]) -> str | None:
+        v = get(name)
+        if v is not None and v.lower() not in allowed:
+            raise ConfigurationError(f"{name}={v!r}: use one of {', '.join(allowed)}")
+        return None if v is None else v.lower()
 
     if (v := get("CARBONCTX_CPU_BACKENDS")) is not None:
         out["cpu_backends"] = _list("CARBONCTX_CPU_BACKENDS", v, CPU_BACKENDS)
     if (v := get("CARBONCTX_GPU")) is not None:
         out["gpu"] = _bool("CARBONCTX_GPU", v)
-    if (v := get("CARBONCTX_ESTIMATE")) is not None:
+    if (v := choice("CARBONCTX_ESTIMATE", ESTIMATE_MODES)) is not None:
         out["estimate"] = v
     if (v := get("CARBONCTX_INTERVALS")) is not None:
         out["intervals"] = _intervals("CARBONCTX_INTERVALS", v)
@@ -146,7 +156,7 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["strict"] = _bool("CARBONCTX_STRICT", v)
     if (v := get("CARBONCTX_SUMMARY")) is not None:
         out["summary_at_exit"] = _bool("CARBONCTX_SUMMARY", v)
-    if (v := get("CARBONCTX_ON_FORK")) is not None:
+    if (v := choice("CARBONCTX_ON_FORK", FORK_MODES)) is not None:
         out["on_fork"] = v
     for key, var in RANK_SETTINGS.items():
         if (v := get(var)) is not None:
@@ -171,7 +181,10 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     if (v := get("CARBONCTX_NODE_DIR")) is not None:
         out["node_dir"] = v
     for field in ("url", "user", "password", "verify", "period"):
-        if (v := get(f"CARBONCTX_REDFISH_{field.upper()}")) is not None:
+        var = f"CARBONCTX_REDFISH_{field.upper()}"
+        # A credential is taken as it is, spaces and all.
+        v = (e.get(var) or None) if field in ("user", "password") else get(var)
+        if v is not None:
             out["redfish_period_s" if field == "period" else f"redfish_{field}"] = v
     if (v := out.get("redfish_period_s")) is not None:
         out["redfish_period_s"] = _number(

@@ -86,13 +86,18 @@ def is_compact(rec: dict[str, Any]) -> bool:
 
 
 class _Pid:
-    __slots__ = ("base", "ctx", "th", "threads")
+    __slots__ = ("base", "ctx", "foreign", "th", "threads")
 
     def __init__(self) -> None:
         self.ctx: dict[str, Any] | None = None
+        self.foreign: tuple[object] | None = None  # (format,) of a context not understood
         self.base = 0  # the end of the previous line (the batch's t0 first), ns
         self.th: Any = None  # the previous line's thread index
         self.threads: dict[str, int] = {}
+
+
+#: Where a damaged batch or context record leaves the lines after it.
+_DAMAGED = _Pid()
 
 
 def expand_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -122,34 +127,67 @@ def iter_expanded(
                 if st is None:
                     st = by_pid[pid] = _Pid()
                 if kind == "context":
-                    st.ctx = rec
+                    # A newer writer's context may mean its lines differ: none is guessed at.
+                    st.ctx = rec if rec.get("format") == FORMAT else None
+                    st.foreign = None if st.ctx is not None else (rec.get("format"),)
                 elif kind == "threads":
                     st.threads.update(rec.get("threads") or {})
                 else:
-                    st.base = int(rec.get("t0") or 0)
+                    st.base = _int(rec["t0"])
                     st.th = None
                 last = st
-            except (TypeError, ValueError, AttributeError):
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
                 if on_bad is not None:
                     on_bad(f"a {kind} record whose fields have the wrong types", line)
+                if kind != "threads":
+                    last = _DAMAGED  # the lines after it have no start time or sources to use
             continue
         if is_compact(rec) and last is not None and last.ctx is not None:
             try:
                 yield line, _expand(rec, last)
                 continue
-            except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError):
                 if on_bad is not None:
                     on_bad("a compact region line that does not match its context", line)
                     continue
+        elif is_compact(rec) and on_bad is not None:
+            on_bad(_no_context(last), line)
+            continue
         yield line, rec
+
+
+def _no_context(st: _Pid | None) -> str:
+    """Why a compact line cannot be read: its context is of another format, or missing."""
+    if st is _DAMAGED:
+        return (
+            "a compact region line after a damaged batch or context record (its start time or "
+            "sources are not known)"
+        )
+    if st is not None and st.foreign is not None:
+        (fmt,) = st.foreign
+        if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT:
+            return (
+                f"a region line in compact format {fmt}, newer than this carbonctx reads "
+                f"({FORMAT}): upgrade carbonctx to read it"
+            )
+        return f"a region line whose context record has an unknown format ({_short(fmt)})"
+    return (
+        "a compact region line with no context record before it (the start of the file, "
+        "which says what its figures are, is missing)"
+    )
+
+
+def _short(v: object) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
     ctx = st.ctx
     assert ctx is not None
-    offset = float(ctx["offset"])
-    t0 = st.base + int(r["t"])
-    t1 = t0 + int(r["dt"])
+    offset = _num(ctx["offset"])
+    t0 = st.base + _int(r["t"])
+    t1 = t0 + _int(r["dt"])
     st.base = t1
     if "th" in r:
         st.th = r["th"]
@@ -161,8 +199,8 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
     sources: Sequence[dict[str, Any]] = ctx["sources"]
     for src, jv, uv in zip(sources, r["j"], r["u"], strict=True):
         failed = jv is None
-        j = None if failed else int(jv) / 1e6
-        u = None if failed or uv is None else float(uv)
+        j = None if failed else _int(jv) / 1e6
+        u = None if failed or uv is None else _num(uv)
         dom = src["domain"]
         counted = counted_domain(src)
         if counted is not None:
@@ -185,7 +223,7 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
             "note": failed_note(src.get("note")) if failed else src.get("note"),
         }
         if src.get("share_rule") is not None:
-            share = float(src.get("share", 1.0))
+            share = _num(src.get("share", 1.0))
             d["share"] = share
             d["share_rule"] = src["share_rule"]
             d["node_joules"] = (
@@ -225,6 +263,20 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
     }
 
 
+def _int(v: object) -> int:
+    """An integer as the writer wrote it: not a number in a string, nor a bool, nor a float."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    raise TypeError(f"{type(v).__name__} where an integer belongs")
+
+
+def _num(v: object) -> float:
+    """A finite number as the writer wrote it (not one in a string)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    raise TypeError(f"{type(v).__name__} where a number belongs")
+
+
 def _node_j(by_source: dict[str, Any]) -> float | None:
     """The first node-domain source with a figure, as :attr:`Measurement.node_j` finds it."""
     for d in by_source.values():
@@ -239,8 +291,8 @@ def _carbon(
     carbon = r.get("carbon")
     if carbon is None and prov is not None:
         kwh = energy / J_PER_KWH
-        pue = float(prov["pue"])
-        carbon = {"co2_g": kwh * float(prov["intensity_g_per_kwh"]) * pue, "energy_kwh": kwh}
+        pue = _num(prov["pue"])
+        carbon = {"co2_g": kwh * _num(prov["intensity_g_per_kwh"]) * pue, "energy_kwh": kwh}
         for k, v in prov.items():
             if k == "alternatives" and isinstance(v, list):
                 v = [_with_co2(a, kwh, pue) for a in v]
@@ -262,7 +314,7 @@ def _with_co2(alt: dict[str, Any], kwh: float, pue: float) -> dict[str, Any]:
     for k, v in alt.items():
         out[k] = v
         if k == "signal":
-            out["co2_g"] = kwh * float(alt["intensity_g_per_kwh"]) * pue
+            out["co2_g"] = kwh * _num(alt["intensity_g_per_kwh"]) * pue
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from carbonctx._output.reading import Skipped, check_record, iter_json_lines, scan_json_lines
@@ -162,14 +162,21 @@ def read_jsonl_checked(
     return regions, power, skipped
 
 
-def iter_jsonl_checked(path: str | os.PathLike[str], skipped: Skipped) -> Iterator[dict[str, Any]]:
+def iter_jsonl_checked(
+    path: str | os.PathLike[str],
+    skipped: Skipped,
+    on_other: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Iterator[dict[str, Any]]:
     """The usable region and power records of a JSON Lines file (full form), one at a time;
-    what is skipped is counted in ``skipped`` with its reason and first line."""
+    what is skipped is counted in ``skipped`` with its reason and first line. Records of other
+    kinds (``shed``, run-log records, a newer version's) go to ``on_other`` with their line."""
     from carbonctx._output.compact import iter_expanded
 
     lines = iter_json_lines(path, skipped)
     for line, r in iter_expanded(lines, on_bad=skipped.add):
         if r.get("kind", "region") not in ("region", "power"):
+            if on_other is not None:
+                on_other(line, r)
             continue
         why = check_record(r)
         if why is not None:

@@ -10,11 +10,13 @@ trace or a total.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -57,22 +59,42 @@ class Skipped:
         return out
 
 
-def _lines(f: Any, skipped: Skipped) -> Iterator[tuple[int, bytes, bool]]:
-    """(line number, bytes without the newline, whether the line was complete), each line at
-    most :data:`MAX_LINE_BYTES`; longer ones are counted in ``skipped`` and read past."""
+def _lines(f: Any, skipped: Skipped, size: int) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, bytes without the newline, whether the line was complete) of the first
+    ``size`` bytes, each line at most :data:`MAX_LINE_BYTES`; longer ones are counted in
+    ``skipped`` and read past. What a writer appends meanwhile is not read: a file that grows
+    as fast as it is read would otherwise never end."""
     number = 0
-    while True:
-        chunk: bytes = f.readline(MAX_LINE_BYTES + 1)
+    left = size
+    while left > 0:
+        chunk: bytes = f.readline(min(MAX_LINE_BYTES + 1, left))
         if not chunk:
             return
+        left -= len(chunk)
         number += 1
         if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
-            while chunk and not chunk.endswith(b"\n"):
-                chunk = f.readline(_CHUNK)
+            while chunk and not chunk.endswith(b"\n") and left > 0:
+                chunk = f.readline(min(_CHUNK, left))
+                left -= len(chunk)
             skipped.add(f"longer than {MAX_LINE_BYTES >> 20} MiB", number)
             continue
         complete = chunk.endswith(b"\n")
         yield number, chunk.rstrip(b"\r\n"), complete
+
+
+def _open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """``path`` opened for reading, refused (OSError, saying what it is) unless it is a regular
+    file: the open never waits, where a FIFO without a writer would block it for ever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a FIFO" if stat.S_ISFIFO(mode) else "a directory, device or socket"
+            raise OSError(errno.EINVAL, f"not a regular file ({what})", os.fspath(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _no_constant(token: str) -> None:
@@ -93,10 +115,22 @@ def iter_json_lines(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every JSON object of a JSON Lines file, one line in memory at a
     time; what is skipped is counted in ``skipped`` with its reason. A file cut short by a
-    killed writer is read up to its last complete line. Raises OSError when the file cannot be
-    opened or read."""
-    with open(path, "rb") as f:
-        for number, raw, complete in _lines(f, skipped):
+    killed writer is read up to its last complete line; one still being written is read as
+    far as it went when it was opened. Raises OSError when the file cannot be opened or
+    read."""
+    with _open_regular(path) as f:
+        for number, raw, complete in _lines(f, skipped, os.fstat(f.fileno()).st_size):
+            if b"\0" in raw:
+                # Blocks a crash left unwritten read as NUL bytes, and the next run's records
+                # are appended after them: no JSON has a NUL outside a string, and no string
+                # one unescaped, so the record beside them is read whole.
+                pieces = [p for p in raw.split(b"\0") if p]
+                if not pieces:
+                    skipped.add("NUL bytes only (blocks a crash left unwritten)", number)
+                    continue
+                if len(pieces) > 1:  # a record cut by the crash, the next run's after it
+                    skipped.add("cut short by a crash (NUL bytes after it)", number)
+                raw = pieces[-1]
             if not raw.strip():
                 continue
             try:
@@ -156,6 +190,10 @@ _REGION_FIELDS: Mapping[str, tuple[type, ...]] = {
     "estimated": (bool,),
 }
 _REGION_REQUIRED = ("name", "start", "end")
+#: Figures no region has below zero (energy counters only count up; intensities are positive).
+_NOT_NEGATIVE = frozenset(
+    ("duration_s", "energy_j", "cpu_j", "dram_j", "gpu_j", "uncertainty_j", "co2_g", "intensity")
+)
 
 
 def _finite(v: object) -> bool:
@@ -183,6 +221,10 @@ def check_record(rec: Mapping[str, Any]) -> str | None:
                 return f"a region whose {key!r} is a {type(v).__name__}"
             if types is _NUMBER and not _finite(v):
                 return f"a region whose {key!r} is out of range"
+            if key in _NOT_NEGATIVE and isinstance(v, _NUMBER) and v < 0:
+                return f"a region whose {key!r} is negative"
+        if rec["end"] < rec["start"]:
+            return "a region that ends before it starts"
         if not all(isinstance(m, str) for m in rec.get("missing") or ()):
             return "a region whose 'missing' holds something other than source ids"
         if not rec["name"]:

@@ -215,8 +215,13 @@ class NameAccumulator:
         self.co2_g = 0.0
         self.estimated = False
 
-    def add(self, energy_j: float, duration_s: float, co2_g: float | None, estimated: bool) -> None:
-        self.energy.add(energy_j)
+    def add(
+        self, energy_j: float | None, duration_s: float, co2_g: float | None, estimated: bool
+    ) -> None:
+        """One region; one without an energy figure (its sources failed) counts, and is left
+        out of the energy distribution rather than read as 0 J."""
+        if energy_j is not None:
+            self.energy.add(energy_j)
         self.duration.add(duration_s)
         if co2_g is not None:
             self.co2_g += co2_g
@@ -237,7 +242,7 @@ class NameAccumulator:
     def freeze(self) -> NameStats:
         return NameStats(
             name=self.name,
-            count=self.energy.count,
+            count=self.duration.count,
             energy_j=self.energy.freeze(),
             duration_s=self.duration.freeze(),
             co2_g=self.co2_g,
@@ -288,8 +293,9 @@ def stats_from_records(
         if agg is None:
             agg = aggs[name] = NameAccumulator(name)
         co2 = r.get("co2_g")
+        energy = r.get("energy_j")
         agg.add(
-            float(r.get("energy_j") or 0.0),
+            float(energy) if energy is not None else None,
             float(r.get("duration_s") or 0.0),
             float(co2) if co2 is not None else None,
             bool(r.get("estimated")),

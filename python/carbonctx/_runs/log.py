@@ -10,14 +10,15 @@ record's ``actual`` is the rank's, ``job_actual`` the job's, and ``forecast`` th
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from carbonctx._output.jsonl import dumps, read_json_lines
-from carbonctx._output.reading import check_run_record
+from carbonctx._output.jsonl import dumps
+from carbonctx._output.reading import Skipped, check_run_record, iter_json_lines
 from carbonctx._results.equivalents import equivalents
 from carbonctx._results.runs import RunLog, RunTotals
 from carbonctx._runs.forecast import Epoch
@@ -26,8 +27,10 @@ __all__ = [
     "RunLogWriter",
     "epoch_record",
     "final_record",
+    "jsonl_files",
     "read_run_log",
     "read_run_logs",
+    "read_runs_of_log",
     "start_record",
 ]
 
@@ -199,50 +202,109 @@ def epoch_record(
 
 
 def read_run_log(path: str | os.PathLike[str]) -> RunLog | None:
-    """Read one run log; None when the file holds no run records."""
-    start: dict[str, Any] | None = None
-    final: dict[str, Any] | None = None
-    eps: list[dict[str, Any]] = []
-    records, bad = read_json_lines(path)
-    for rec in records:
+    """Read one run log; None when the file holds no run records. A file that holds several
+    runs (a ``run_id`` given again appends to its log) gives the last: see
+    :func:`read_runs_of_log` for all of them."""
+    runs = read_runs_of_log(path)
+    return runs[-1] if runs else None
+
+
+def read_runs_of_log(path: str | os.PathLike[str]) -> list[RunLog]:
+    """Every run in one log file, in file order: each ``run-start`` record begins a run (as
+    does an epoch after a run's final record), so that runs appended to one file are neither
+    summed into one nor lost. Raises OSError when the file cannot be read."""
+    skipped = Skipped()
+    parts: list[_Part] = []
+    part = _Part()
+    for _, rec in iter_json_lines(path, skipped):
         kind = rec.get("kind")
-        if kind in ("run-start", "epoch", "run") and check_run_record(rec) is not None:
-            bad += 1  # a damaged or foreign record: counted, not trusted
+        if kind not in ("run-start", "epoch", "run"):
             continue
+        if check_run_record(rec) is not None:
+            part.bad += 1  # a damaged or foreign record: counted, not trusted
+            continue
+        if (kind == "run-start" and not part.empty) or (kind == "epoch" and part.final is not None):
+            part.bad += skipped.total - part.seen_bad
+            parts.append(part)
+            part = _Part(seen_bad=skipped.total)
         if kind == "run-start":
-            start = rec
+            part.start = rec
         elif kind == "epoch":
-            eps.append(rec)
-        elif kind == "run":
-            final = rec
-    if start is None and final is None and not eps:
-        return None
-    src = final or start or {}
-    run = str(src.get("run") or (eps[0].get("run") if eps else None) or Path(path).stem)
-    planned = int(src.get("epochs_planned") or len(eps))
-    eps.sort(key=lambda e: int(e.get("epoch", 0)))
-    return RunLog(
-        path=str(path),
-        run=run,
-        name=str(src.get("name") or "epoch"),
-        epochs_planned=planned,
-        epochs=tuple(eps),
-        final=final,
-        start=start,
-        bad_lines=bad,
-    )
+            part.eps.append(rec)
+        else:
+            part.final = rec
+    part.bad += skipped.total - part.seen_bad
+    parts.append(part)
+    return [run for p in parts if (run := p.run_log(path)) is not None]
 
 
-def read_run_logs(directory: str | os.PathLike[str]) -> list[RunLog]:
+class _Part:
+    """The records of one run while a log is read."""
+
+    __slots__ = ("bad", "eps", "final", "seen_bad", "start")
+
+    def __init__(self, seen_bad: int = 0) -> None:
+        self.start: dict[str, Any] | None = None
+        self.final: dict[str, Any] | None = None
+        self.eps: list[dict[str, Any]] = []
+        self.bad = 0
+        self.seen_bad = seen_bad  # lines skipped in the file before this run began
+
+    @property
+    def empty(self) -> bool:
+        return self.start is None and self.final is None and not self.eps
+
+    def run_log(self, path: str | os.PathLike[str]) -> RunLog | None:
+        if self.empty:
+            return None
+        eps = self.eps
+        src = self.final or self.start or {}
+        run = str(src.get("run") or (eps[0].get("run") if eps else None) or Path(path).stem)
+        planned = int(src.get("epochs_planned") or len(eps))
+        eps.sort(key=lambda e: int(e.get("epoch", 0)))
+        return RunLog(
+            path=str(path),
+            run=run,
+            name=str(src.get("name") or "epoch"),
+            epochs_planned=planned,
+            epochs=tuple(eps),
+            final=self.final,
+            start=self.start,
+            bad_lines=self.bad,
+        )
+
+
+def read_run_logs(
+    directory: str | os.PathLike[str], unreadable: list[str] | None = None
+) -> list[RunLog]:
     """Every run log (``*.jsonl`` with run records) in ``directory`` and the folders under it
-    (a job's ranks write one folder each; logs copied from several nodes), oldest first."""
+    (a job's ranks write one folder each; logs copied from several nodes), oldest first. A
+    file that cannot be read is left out and, with ``unreadable``, listed there with why."""
     runs: list[RunLog] = []
-    for p in sorted(Path(directory).rglob("*.jsonl")):
+    for p in jsonl_files(directory, unreadable):
         try:
-            r = read_run_log(p)
-        except (OSError, UnicodeDecodeError):
+            runs.extend(read_runs_of_log(p))
+        except OSError as e:
+            if unreadable is not None:
+                unreadable.append(f"{p}: {e.strerror or e}")
             continue
-        if r is not None:
-            runs.append(r)
     runs.sort(key=lambda r: (r.started, r.run))
     return runs
+
+
+def jsonl_files(
+    directory: str | os.PathLike[str], unreadable: list[str] | None = None
+) -> list[Path]:
+    """Every ``*.jsonl`` file in ``directory`` and the folders under it, sorted; links to
+    folders are not followed (no loop). A folder that cannot be listed, or that vanished
+    while it was walked (a job still writing), is left out and, with ``unreadable``, listed
+    there with why: it never stops the walk."""
+    found: list[Path] = []
+
+    def note(e: OSError) -> None:
+        if unreadable is not None and e.errno != errno.ENOENT:
+            unreadable.append(f"{e.filename}: {e.strerror or e}")
+
+    for top, _, files in os.walk(directory, onerror=note):
+        found.extend(Path(top, f) for f in files if f.endswith(".jsonl"))
+    return sorted(found)
