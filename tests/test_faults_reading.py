@@ -229,6 +229,13 @@ HUGE = 10**400  # JSON allows it; no float holds it
         ([CONTEXT, dict(BATCH, t0="1000000000"), LINE], []),
         ([CONTEXT, dict(BATCH, t0=HUGE), LINE], []),
         ([CONTEXT, {"kind": "batch", "pid": 7}, LINE], []),
+        # A context's figures are checked once, when it is read: a number in a string among
+        # its carbon factors or shares damages it, and a later batch does not bring back the
+        # context before it.
+        ([dict(CONTEXT, carbon={"pue": "1.2", "intensity_g_per_kwh": 300.0}), BATCH, LINE], []),
+        ([dict(CONTEXT, carbon={"pue": 1.2, "intensity_g_per_kwh": HUGE}), BATCH, LINE], []),
+        ([dict(CONTEXT, sources=[dict(SOURCE, share_rule="cores", share="1")]), BATCH], []),
+        ([CONTEXT, BATCH, dict(CONTEXT, offset="1000"), BATCH, LINE], []),
     ],
 )
 def test_compact_figures_must_be_numbers_a_float_holds(
