@@ -7,7 +7,10 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 import carbonctx
+from carbonctx import _cli
 from carbonctx._measure import process as _runtime
 from carbonctx._output.jsonl import read_jsonl_checked
 from carbonctx.testing import SimulatedMachine
@@ -59,4 +62,28 @@ def test_every_mode_of_this_writer_reads_back_whole(sim: SimulatedMachine, tmp_p
     lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
     n_regions = sum(1 for r in lines if r.get("kind") == "region")
     assert len(regions) == n_regions
-    assert len(regions) == sum(1 + 3 * n for n in (200, 50, 30, 30, 20)) - 0 + 0
+    assert len(regions) == sum(1 + 3 * n for n in (200, 50, 30, 30, 20))  # epoch, 3 per i
+
+
+def test_ranks_files_of_this_writer_make_a_job_with_nothing_skipped(
+    sim: SimulatedMachine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = tmp_path / "job"
+    for rank in (0, 1):
+        (job / f"node{rank}").mkdir(parents=True)
+        carbonctx.configure(**sim.settings())
+        carbonctx.configure(
+            output=str(job / f"node{rank}" / f"rank{rank}.jsonl"),
+            rank=rank,
+            local_rank=0,
+            world_size=2,
+            node=f"n{rank}",
+            job="j1",
+        )
+        _work(40, rank)
+        assert carbonctx.flush()
+        _runtime.reset()
+    assert _cli.main(["report", str(job)]) == 0
+    out, err = capsys.readouterr()
+    assert "skipped" not in err, err
+    assert "job j1" in out and "2 ranks" in out, out
