@@ -153,13 +153,20 @@ def merge_job(run_id: str, logs: Sequence[RunLog]) -> JobReport:
 
 
 def merge_jobs(logs: Iterable[RunLog]) -> list[JobReport]:
-    """Every run of a distributed job among ``logs`` (those with rank fields), oldest first."""
-    by_run: dict[str, list[RunLog]] = {}
+    """Every run of a distributed job among ``logs`` (those with rank fields), oldest first. A
+    run id given again (a job launched anew with the same ``run_id``) appends a second run to
+    each rank's log: the k-th run of a rank's file joins the k-th of the other ranks', so that
+    each launch is a job of its own (one rank's two launches are not taken for two copies of
+    one log, the later left out)."""
+    by_run: dict[tuple[str, int], list[RunLog]] = {}
+    seen: dict[tuple[str, str], int] = {}  # (file, run id): runs of that id read from it
     for log in logs:
         if not is_rank_log(log):
             continue
-        by_run.setdefault(log.run, []).append(log)
-    return [merge_job(run, group) for run, group in by_run.items()]
+        k = seen.get((log.path, log.run), 0)
+        seen[(log.path, log.run)] = k + 1
+        by_run.setdefault((log.run, k), []).append(log)
+    return [merge_job(run, group) for (run, _), group in by_run.items()]
 
 
 def merge_region_records(regions: Iterable[dict[str, Any]]) -> list[JobReport]:
