@@ -244,6 +244,37 @@ def test_the_standalone_pytorch_lightning_package_is_enough(tmp_path: Path) -> N
     assert got["logged"] == pytest.approx(got["epochs"][-1], rel=1e-6)
 
 
+# Both distributions installed, and the program's Trainer the standalone one's, given the
+# callback alone (``callbacks=cb``: the Trainer wraps a Callback of its own package in a list).
+_ONLY = 'sys.modules["lightning"] = None  # as if only the pytorch-lightning distribution'
+_BOTH = _STANDALONE.replace(_ONLY, "# (both distributions)").replace(
+    "callbacks=[cb]", "callbacks=cb"
+)
+
+
+@pytest.mark.timeout(240)
+def test_with_both_distributions_a_standalone_trainer_takes_the_callback(tmp_path: Path) -> None:
+    pytest.importorskip("pytorch_lightning")
+    pytest.importorskip("lightning")
+    import json
+    import subprocess
+    import sys
+
+    assert "callbacks=cb," in _BOTH and _ONLY not in _BOTH
+    out = subprocess.run(
+        [sys.executable, "-c", _BOTH, str(tmp_path / "hw")],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["lightning"]  # both imported: the callback is a Callback of each
+    assert len(got["epochs"]) == 2 and all(e > 0 for e in got["epochs"])
+    assert got["logged"] == pytest.approx(got["epochs"][-1], rel=1e-6)
+
+
 _SPAWNED = """
 import sys, warnings
 import torch
