@@ -411,3 +411,27 @@ def test_named_counters_never_go_down_when_configure_replaces_the_runtime(
     assert _otel_named(reader) == pytest.approx(second, rel=1e-9)
     ins.stop()
     ex.close()
+
+
+@child_only
+def test_a_name_spelling_an_escape_out_shares_the_series_of_the_undecodable_one(
+    cpu_sim: SimulatedMachine,
+) -> None:
+    # "caf\udce9-run" (an undecodable byte) is exported as the text 'caf\\udce9-run', which is
+    # also a name of its own: one series holding both (two samples with the same labels would
+    # fail the whole scrape), never one of them lost.
+    spelled = "caf\\udce9-run"
+    for name in (UNDECODABLE, spelled, UNDECODABLE):
+        with carbonctx.track(name):
+            time.sleep(0.01)
+    stats = carbonctx.stats()
+    registry = prometheus_client.CollectorRegistry()
+    ex = prometheus.Exporter(interval=60, registry=registry)
+    ex.update()
+    text = prometheus_client.generate_latest(registry).decode()
+    lines = [ln for ln in text.splitlines() if 'source="total"' in ln and "caf" in ln]
+    assert len([ln for ln in lines if ln.startswith("carbonctx_energy_joules_total")]) == 1
+    named = _named_totals(text_string_to_metric_families(text))
+    both = stats[UNDECODABLE].energy_j.total + stats[spelled].energy_j.total
+    assert named[spelled] == pytest.approx(both, rel=1e-9)
+    ex.close()

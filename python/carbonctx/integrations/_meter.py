@@ -63,7 +63,9 @@ def label(value: str) -> str:
     decoded from bytes that are not UTF-8 (``os.fsdecode``: a file's name, ``sys.argv``) holds
     lone surrogates, which no exposition format can encode: one such name would fail every
     scrape and every export. They are written as their escape (``\\udcff``); every other
-    character is kept (quotes, backslashes and newlines are the exposition's to escape)."""
+    character is kept (quotes, backslashes and newlines are the exposition's to escape). A
+    name that spells such an escape out (``"caf\\\\udce9"``) is the same label: the meter
+    sums the two in one series."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
