@@ -409,6 +409,19 @@ def test_named_counters_never_go_down_when_configure_replaces_the_runtime(
     assert second["(other)"] == pytest.approx(rest, rel=1e-9)
     # OpenTelemetry makes the same choice and publishes the same figures.
     assert _otel_named(reader) == pytest.approx(second, rel=1e-9)
+    # Two more runtimes between two reads (the first settled by the second's making): each
+    # runtime's figures counted once.
+    spent = dict.fromkeys(both, 0.0)
+    for window in (60, 70):
+        carbonctx.configure(window=window)
+        with carbonctx.track("a"):
+            time.sleep(0.01)
+        spent["a"] += carbonctx.stats()["a"].energy_j.total
+    text = prometheus_client.generate_latest(registry).decode()
+    third = _named_totals(text_string_to_metric_families(text))
+    assert third["a"] == pytest.approx(second["a"] + spent["a"], rel=1e-9)
+    assert third["(other)"] == pytest.approx(second["(other)"], rel=1e-9)
+    assert _otel_named(reader) == pytest.approx(third, rel=1e-9)
     ins.stop()
     ex.close()
 

@@ -285,9 +285,13 @@ class Meter:
         return end
 
     def _runtime_replaced(self, old: Runtime) -> None:
-        with self._names_lock:
-            if all(r is not old for r in self._stats_old):
-                self._stats_old.append(old)
+        if self.names:
+            with self._names_lock:
+                self._fold_settled()  # (bounded between reads: those still resolving stay)
+                if all(r is not old for r in self._stats_old):
+                    self._stats_old.append(old)
+                if self._stats_rt is old:
+                    self._stats_rt = None  # (in the list now: never to be added again)
         with self._lock:
             if self._thread is not None:
                 # (Bounded: past a few within one interval the oldest are not read.)
@@ -366,19 +370,25 @@ class Meter:
             if seen is not None and seen is not rt and all(r is not seen for r in self._stats_old):
                 self._stats_old.append(seen)  # replaced (or left in the parent of a fork)
             self._stats_rt = rt
-            live = []
-            for old in self._stats_old:
-                if old.settled:  # its statistics are final
-                    self._add_stats(self._folded, old.stats_now())
-                else:
-                    live.append(old)
-            self._stats_old = live
+            live = self._fold_settled()
             totals = dict(self._folded)
         for old in live:
             self._add_stats(totals, _stats(old))
         if rt is not None:
             self._add_stats(totals, _stats(rt))
         return totals
+
+    def _fold_settled(self) -> list[Runtime]:
+        """Add the replaced runtimes that have settled (their statistics are final) to the
+        folded totals, and forget them; those still resolving (under ``_names_lock``)."""
+        live = []
+        for old in self._stats_old:
+            if old.settled:
+                self._add_stats(self._folded, old.stats_now())
+            else:
+                live.append(old)
+        self._stats_old = live
+        return live
 
     def _add_stats(self, into: dict[str, tuple[float, float]], stats: Mapping[str, Any]) -> None:
         for name, st in stats.items():
