@@ -378,3 +378,40 @@ def test_configure_while_a_call_says_its_warnings_loses_no_call(
     assert [r["name"] for r in read_jsonl(str(b))[0]] == ["call"]
     if output:
         assert [r["name"] for r in read_jsonl(str(a))[0]] == ["warm"]
+
+
+@pytest.mark.parametrize("kind", ["call", "step"])
+def test_configure_while_a_span_interns_its_name_loses_no_span(
+    sim: SimulatedMachine, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # Without records to write, a call (or a step's entry) is a span; its name, new to the
+    # runtime, is interned by Python code, during which another thread may run `configure()`:
+    # the span then begins in the runtime current after that, and is counted there (here
+    # `configure()` runs inside `tag_of` itself, at the moment another thread could).
+    carbonctx.configure(**sim.settings())
+    ran: list[str] = []
+    tag_of = _rt.Runtime.tag_of
+
+    def configure_meanwhile(self: _rt.Runtime, name: str, details: Any = None) -> int:
+        tag = tag_of(self, name, details)
+        if name == "s" and not ran:
+            ran.append(name)
+            carbonctx.configure(**sim.settings())
+        return tag
+
+    monkeypatch.setattr(_rt.Runtime, "tag_of", configure_meanwhile)
+    with carbonctx.track("warm"):  # starts the runtime
+        pass
+
+    @carbonctx.tracked(name="s")
+    def call() -> None:
+        pass
+
+    if kind == "call":
+        call()
+    else:
+        with carbonctx.step("s"):
+            pass
+    assert ran  # configure() ran while the name was being interned
+    assert carbonctx.flush()
+    assert carbonctx.stats()["s"].count == 1

@@ -55,13 +55,19 @@ impl NameTag {
         *self.tag.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The name's tag in `hub`'s runtime.
-    pub(crate) fn tag_in(&self, hub: &Bound<'_, RegionHub>) -> PyResult<u32> {
+    /// For a span: the name's tag in `hub`'s runtime, interned there if it is new; None where
+    /// that (Python code, during which another thread may run `configure()`) left another
+    /// runtime current: a span is ended in the runtime current at its end, so it is begun
+    /// anew (routed again) rather than dropped at its end.
+    #[inline]
+    pub(crate) fn tag_here(&self, hub: &Bound<'_, RegionHub>) -> PyResult<Option<u32>> {
         let (serial, tag) = self.cached();
         if serial == hub.get().serial {
-            return Ok(tag);
+            return Ok(Some(tag));
         }
-        self.new_tag(hub)
+        let tag = self.new_tag(hub)?;
+        let here = current_hub(hub.py()).is_some_and(|now| now.is(hub));
+        Ok(here.then_some(tag))
     }
 
     #[cold]
@@ -359,7 +365,9 @@ impl SpanCall {
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         match route(py, self.strict, false)? {
             Route::Span(hub) => {
-                self.name.tag_in(&hub)?;
+                if self.name.tag_here(&hub)?.is_none() {
+                    return self.start(py); // the runtime was replaced meanwhile
+                }
                 let t0 = carbonctx_sampler::now_ns();
                 Ok(Some(PyInt::new(py, t0).into_any()))
             }
