@@ -153,13 +153,16 @@ def merge_job(run_id: str, logs: Sequence[RunLog]) -> JobReport:
 
 
 def merge_jobs(logs: Iterable[RunLog]) -> list[JobReport]:
-    """Every run of a distributed job among ``logs`` (those with rank fields), oldest first."""
-    by_run: dict[str, list[RunLog]] = {}
+    """Every run of a distributed job among ``logs`` (those with rank fields), oldest first.
+
+    A run is its job's id and its run id together: two jobs whose runs share an id (one given
+    as ``epochs(run_id=...)``) are two reports, not one whose rank 0 is the first job's only."""
+    by_run: dict[tuple[str, str], list[RunLog]] = {}
     for log in logs:
         if not is_rank_log(log):
             continue
-        by_run.setdefault(log.run, []).append(log)
-    return [merge_job(run, group) for run, group in by_run.items()]
+        by_run.setdefault((str(_rank_fields(log)["job"] or ""), log.run), []).append(log)
+    return [merge_job(run, group) for (_, run), group in by_run.items()]
 
 
 def merge_region_records(regions: Iterable[dict[str, Any]]) -> list[JobReport]:
