@@ -94,3 +94,45 @@ def test_a_rank_gone_mid_job_does_not_break_the_others_loop(tmp_path: Path, how:
     assert r0["total_engine"] == "local"
     assert r0["total_ranks"] == 1
     assert r0["actual_j"] >= r0["rank_actual_j"] > 0
+
+
+UNEVEN = r"""
+import faulthandler, json, os, sys, time, warnings
+from datetime import timedelta
+faulthandler.dump_traceback_later(25, exit=True)
+import torch
+import carbonctx
+
+out = sys.argv[1]
+torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=3))
+rank = torch.distributed.get_rank()
+warnings.simplefilter("ignore")
+run = carbonctx.epochs(2 if rank == 0 else 4, quiet=True)
+done = []
+for epoch in run:
+    time.sleep(0.05)
+    done.append(epoch)
+# The program's own collective after the loop: carbonctx's must not meet it.
+t = torch.tensor([float(rank + 1)])
+torch.distributed.all_reduce(t)
+record = {"rank": rank, "done": done, "notes": run.final_record()["notes"], "sum": t.item()}
+with open(f"{out}/rank{rank}.json", "w") as f:
+    json.dump(record, f)
+torch.distributed.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(40)
+def test_ranks_with_loops_of_different_lengths_leave_the_sums_alike(tmp_path: Path) -> None:
+    sim = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6))
+    sim.start()
+    try:
+        r0, r1 = dist_worker.torchrun_job(UNEVEN, tmp_path, sim.env(), "uneven", timeout=28.0)
+    finally:
+        sim.close()
+    assert r0["done"] == [0, 1] and r1["done"] == [0, 1, 2, 3]
+    for r in (r0, r1):
+        assert r["sum"] == 3.0  # the program's own all_reduce met its peer's, not carbonctx's
+        note = " ".join(r["notes"])
+        assert "rank 0: 2, rank 1: 4 epochs" in note, r["notes"]
+        assert "collective over the job's ranks failed" not in note, r["notes"]

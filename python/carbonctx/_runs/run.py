@@ -248,10 +248,22 @@ class Run:
         info = rt.rank_info if rt is not None else None
         self.engine = engine()
         if self.engine != "local":
-            ids = gather_objects(self.run_id)
-            if not self._run_id_given and ids:
-                self.run_id = str(ids[0])
+            joined = gather_objects((self.run_id, self.n))
+            if not self._run_id_given and joined:
+                self.run_id = str(joined[0][0])
             self.engine = engine()  # "local" when that collective failed (a peer gone)
+            counts = [int(n) for _, n in joined]
+            if len(set(counts)) > 1:
+                # Every rank sees the same list: all of them leave the job's sums alike, so
+                # none waits at an epoch end the others never reach.
+                self.engine = "local"
+                self._note(
+                    "the job's ranks run loops of different lengths ("
+                    + ", ".join(f"rank {k}: {c}" for k, c in enumerate(counts))
+                    + " epochs): this run's figures are this rank's figures only, not summed "
+                    "over the job's ranks, and budget decisions are not joint (give every rank "
+                    "the same epochs(n))"
+                )
         elif info is not None and info.distributed:
             self._note(
                 "this process is rank "
