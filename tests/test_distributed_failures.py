@@ -47,6 +47,9 @@ with warnings.catch_warnings(record=True) as caught:
         time.sleep(6)
         os._exit(0)
     total = carbonctx.job_total(run)
+    again = carbonctx.epochs(1, quiet=True)  # a later run: local, and says why
+    for epoch in again:
+        pass
 record = {
     "rank": rank,
     "done": done,
@@ -56,6 +59,7 @@ record = {
     "rank_actual_j": run.rank_actual.energy_j,
     "total_engine": total.engine,
     "total_ranks": total.ranks,
+    "again_notes": again.final_record()["notes"],
     "warnings": [str(w.message) for w in caught if "from now on" in str(w.message).lower()],
 }
 with open(f"{out}/rank{rank}.json", "w") as f:
@@ -94,6 +98,7 @@ def test_a_rank_gone_mid_job_does_not_break_the_others_loop(tmp_path: Path, how:
     assert r0["total_engine"] == "local"
     assert r0["total_ranks"] == 1
     assert r0["actual_j"] >= r0["rank_actual_j"] > 0
+    assert "an earlier collective over the job's ranks failed" in " ".join(r0["again_notes"])
 
 
 UNEVEN = r"""

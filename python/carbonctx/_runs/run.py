@@ -264,6 +264,11 @@ class Run:
                     "over the job's ranks, and budget decisions are not joint (give every rank "
                     "the same epochs(n))"
                 )
+        elif info is not None and info.distributed and failure() is not None:
+            self._note(
+                f"an earlier collective over the job's ranks failed ({failure()}): this run's "
+                "figures are this rank's figures only, and budget decisions are not joint"
+            )
         elif info is not None and info.distributed:
             self._note(
                 "this process is rank "
