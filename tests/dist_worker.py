@@ -94,6 +94,43 @@ def wait_for_ranks(out_dir: Path, n: int, timeout: float) -> None:
         time.sleep(0.01)
 
 
+def rank_env(
+    machine_env: Mapping[str, str],
+    work: Path,
+    rank: int,
+    n: int,
+    port: str,
+    run_id: str,
+    *,
+    node_dir: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The variables torchrun sets for ``rank`` of ``n`` on one node (env:// over loopback),
+    on the simulated machine whose variables are ``machine_env``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONCTX_")}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK"):
+        env.pop(k, None)
+    env.update(machine_env)
+    env.update(
+        CARBONCTX_ZONE="DE",
+        CARBONCTX_CACHE_DIR=str(work / "cache"),
+        CARBONCTX_NODE_DIR=node_dir or str(work / "shm"),
+        RANK=str(rank),
+        GROUP_RANK="0",
+        WORLD_SIZE=str(n),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(n),
+        TORCHELASTIC_RUN_ID=run_id,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=port,
+        GLOO_SOCKET_IFNAME="lo",
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+    )
+    env.update(extra or {})
+    return env
+
+
 def torchrun_job(
     script: str,
     work: Path,
@@ -113,30 +150,10 @@ def torchrun_job(
     path.write_text(script)
     port = str(free_port())
     n = len(args)
-    envs = []
-    for rank in range(n):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONCTX_")}
-        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK"):
-            env.pop(k, None)
-        env.update(machine_env)
-        env.update(
-            CARBONCTX_ZONE="DE",
-            CARBONCTX_CACHE_DIR=str(work / "cache"),
-            CARBONCTX_NODE_DIR=node_dir or str(work / "shm"),
-            RANK=str(rank),
-            GROUP_RANK="0",
-            WORLD_SIZE=str(n),
-            LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(n),
-            TORCHELASTIC_RUN_ID=run_id,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            GLOO_SOCKET_IFNAME="lo",
-            OMP_NUM_THREADS="1",
-            PYTHONWARNINGS="ignore",
-        )
-        env.update(extra_env or {})
-        envs.append(env)
+    envs = [
+        rank_env(machine_env, work, rank, n, port, run_id, node_dir=node_dir, extra=extra_env)
+        for rank in range(n)
+    ]
     cmds = [[sys.executable, str(path), str(work), *a] for a in args]
     for code, out in run_processes(cmds, envs, timeout=timeout):
         assert code == 0, out

@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -345,3 +346,105 @@ def test_names_past_max_names_are_summed_in_one_bounded_series(cpu_sim: Simulate
     ins.stop()
     with pytest.raises(ValueError, match="max_names"):
         prometheus.Exporter(registry=prometheus_client.CollectorRegistry(), max_names=-1)
+
+
+def _otel_named(reader: Any) -> dict[str, float]:
+    return {
+        p.attributes["region"]: p.value
+        for rm in reader.get_metrics_data().resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "carbonctx_energy_joules_total"
+        for p in m.data.data_points
+        if p.attributes["source"] == "total"
+    }
+
+
+@child_only
+def test_named_counters_never_go_down_when_configure_replaces_the_runtime(
+    cpu_sim: SimulatedMachine,
+) -> None:
+    # The new runtime's statistics start empty and see the names in another order: the series
+    # must keep the old totals, and the names that had series of their own keep them (a
+    # counter that drops reads as a reset, and rate() then counts its whole value again).
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from carbonctx.integrations import opentelemetry as otel
+
+    registry = prometheus_client.CollectorRegistry()
+    ex = prometheus.Exporter(interval=60, registry=registry, max_names=2)
+    reader = InMemoryMetricReader()
+    ins = otel.Instruments(MeterProvider(metric_readers=[reader]), interval=60, max_names=2)
+    for name in ("a", "b", "c"):
+        with carbonctx.track(name):
+            time.sleep(0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the max_names warning)
+        first = _named_totals(
+            text_string_to_metric_families(prometheus_client.generate_latest(registry).decode())
+        )
+        assert _otel_named(reader) == pytest.approx(first)
+    before = carbonctx.stats()
+    assert set(first) == {*list(before)[:2], "(other)"}
+    carbonctx.configure(window=50)
+    for name in ("c", "d", "a"):  # in the new runtime, c comes first
+        with carbonctx.track(name):
+            time.sleep(0.01)
+    after = carbonctx.stats()
+    assert list(after) == ["c", "d", "a"]  # (what the runtime replaced forgot)
+    text = prometheus_client.generate_latest(registry).decode()
+    second = _named_totals(text_string_to_metric_families(text))
+    assert set(second) == set(first)
+    for key, value in first.items():
+        assert second[key] >= value, key
+    both = {
+        n: before[n].energy_j.total + (after[n].energy_j.total if n in after else 0.0)
+        for n in before
+    }
+    kept = list(before)[:2]
+    for n in kept:
+        assert second[n] == pytest.approx(both[n], rel=1e-9)
+    rest = sum(both[n] for n in before if n not in kept) + after["d"].energy_j.total
+    assert second["(other)"] == pytest.approx(rest, rel=1e-9)
+    # OpenTelemetry makes the same choice and publishes the same figures.
+    assert _otel_named(reader) == pytest.approx(second, rel=1e-9)
+    # Two more runtimes between two reads (the first settled by the second's making): each
+    # runtime's figures counted once.
+    spent = dict.fromkeys(both, 0.0)
+    for window in (60, 70):
+        carbonctx.configure(window=window)
+        with carbonctx.track("a"):
+            time.sleep(0.01)
+        spent["a"] += carbonctx.stats()["a"].energy_j.total
+    text = prometheus_client.generate_latest(registry).decode()
+    third = _named_totals(text_string_to_metric_families(text))
+    assert third["a"] == pytest.approx(second["a"] + spent["a"], rel=1e-9)
+    assert third["(other)"] == pytest.approx(second["(other)"], rel=1e-9)
+    assert _otel_named(reader) == pytest.approx(third, rel=1e-9)
+    ins.stop()
+    ex.close()
+
+
+@child_only
+def test_a_name_spelling_an_escape_out_shares_the_series_of_the_undecodable_one(
+    cpu_sim: SimulatedMachine,
+) -> None:
+    # "caf\udce9-run" (an undecodable byte) is exported as the text 'caf\\udce9-run', which is
+    # also a name of its own: one series holding both (two samples with the same labels would
+    # fail the whole scrape), never one of them lost.
+    spelled = "caf\\udce9-run"
+    for name in (UNDECODABLE, spelled, UNDECODABLE):
+        with carbonctx.track(name):
+            time.sleep(0.01)
+    stats = carbonctx.stats()
+    registry = prometheus_client.CollectorRegistry()
+    ex = prometheus.Exporter(interval=60, registry=registry)
+    ex.update()
+    text = prometheus_client.generate_latest(registry).decode()
+    lines = [ln for ln in text.splitlines() if 'source="total"' in ln and "caf" in ln]
+    assert len([ln for ln in lines if ln.startswith("carbonctx_energy_joules_total")]) == 1
+    named = _named_totals(text_string_to_metric_families(text))
+    both = stats[UNDECODABLE].energy_j.total + stats[spelled].energy_j.total
+    assert named[spelled] == pytest.approx(both, rel=1e-9)
+    ex.close()

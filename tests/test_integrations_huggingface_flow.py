@@ -144,6 +144,46 @@ def test_auto_find_batch_size_keeps_the_failed_try_and_counts_the_smaller_batch(
     assert low * whole.energy_j < cb.total_j <= whole.energy_j
 
 
+def test_a_new_train_after_one_that_raised_is_no_retry(tmp_path: Path) -> None:
+    # With auto_find_batch_size and the callback in callbacks=, nothing tells it that a train()
+    # that raised (not for memory) has ended: the next train() is a run of its own, not a try
+    # of the first with a smaller batch, and carries nothing of the first.
+    cb = CarbonctxCallback()
+    trainer = _trainer(tmp_path, cb, auto_find_batch_size=True, logging_steps=2, max_steps=6)
+    trainer.add_callback(Boom(3, ValueError("a bug")))
+    with pytest.raises(ValueError):
+        trainer.train()
+    first = cb.total_j
+    assert first > 0
+    trainer.callback_handler.callbacks = [
+        c for c in trainer.callback_handler.callbacks if not isinstance(c, Boom)
+    ]
+    with carbonctx.track("second") as second:
+        trainer.train()
+    hist = trainer.state.log_history
+    (final,) = [h for h in hist if "train_energy_j" in h]
+    assert cb.total_j == pytest.approx(final["train_energy_j"], rel=1e-9)
+    assert cb.total_j <= second.energy_j  # nothing of the first run
+    samples = [h["energy_j"] / h["energy_j_per_sample"] for h in hist if "loss" in h]
+    assert samples == pytest.approx([16.0] * 3)
+
+
+def test_a_run_resumed_with_another_batch_counts_its_own(tmp_path: Path) -> None:
+    # The checkpoint's trainer state holds the batch it was trained with (8); resumed with 4
+    # per device (no auto_find_batch_size), the Trainer uses 4, and so do the sample counts.
+    first = _trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=4)
+    first.train()
+    checkpoint = tmp_path / "out" / "checkpoint-4"
+    assert checkpoint.is_dir()
+    second = _trainer(tmp_path, per_device_train_batch_size=4, max_steps=12)
+    attach(second)
+    second.train(resume_from_checkpoint=str(checkpoint))
+    assert second.state.train_batch_size == 8  # (the checkpoint's)
+    logs = [h for h in second.state.log_history if "loss" in h and h["step"] > 4]
+    samples = [h["energy_j"] / h["energy_j_per_sample"] for h in logs]
+    assert samples == pytest.approx([16.0, 16.0])  # 4 steps of 4 per log
+
+
 @pytest.mark.parametrize("attached", [True, False])
 def test_an_evaluation_before_the_first_step_is_its_own(tmp_path: Path, attached: bool) -> None:
     # attach() sees it start; passed in callbacks=, its first batch says so.

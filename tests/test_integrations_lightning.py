@@ -244,6 +244,37 @@ def test_the_standalone_pytorch_lightning_package_is_enough(tmp_path: Path) -> N
     assert got["logged"] == pytest.approx(got["epochs"][-1], rel=1e-6)
 
 
+# Both distributions installed, and the program's Trainer the standalone one's, given the
+# callback alone (``callbacks=cb``: the Trainer wraps a Callback of its own package in a list).
+_ONLY = 'sys.modules["lightning"] = None  # as if only the pytorch-lightning distribution'
+_BOTH = _STANDALONE.replace(_ONLY, "# (both distributions)").replace(
+    "callbacks=[cb]", "callbacks=cb"
+)
+
+
+@pytest.mark.timeout(240)
+def test_with_both_distributions_a_standalone_trainer_takes_the_callback(tmp_path: Path) -> None:
+    pytest.importorskip("pytorch_lightning")
+    pytest.importorskip("lightning")
+    import json
+    import subprocess
+    import sys
+
+    assert "callbacks=cb," in _BOTH and _ONLY not in _BOTH
+    out = subprocess.run(
+        [sys.executable, "-c", _BOTH, str(tmp_path / "hw")],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["lightning"]  # both imported: the callback is a Callback of each
+    assert len(got["epochs"]) == 2 and all(e > 0 for e in got["epochs"])
+    assert got["logged"] == pytest.approx(got["epochs"][-1], rel=1e-6)
+
+
 _SPAWNED = """
 import sys, warnings
 import torch
@@ -270,7 +301,8 @@ if __name__ == "__main__":
         data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
         cb = CarbonctxCallback()
         trainer = L.Trainer(
-            accelerator="cpu", devices=1, strategy="ddp_spawn", max_epochs=1, callbacks=[cb],
+            accelerator="cpu", devices=int(sys.argv[3]), strategy=sys.argv[2], max_epochs=1,
+            callbacks=[cb],
             logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, default_root_dir=sys.argv[1],
         )
@@ -290,7 +322,7 @@ def test_a_fit_in_spawned_workers_says_the_callback_keeps_nothing_here(tmp_path:
     script = tmp_path / "spawned_fit.py"
     script.write_text(_SPAWNED)
     out = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "hw")],
+        [sys.executable, str(script), str(tmp_path / "hw"), "ddp_spawn", "1"],
         capture_output=True,
         text=True,
         timeout=220,
@@ -302,3 +334,30 @@ def test_a_fit_in_spawned_workers_says_the_callback_keeps_nothing_here(tmp_path:
     words = out.stdout.split()
     logged, kept = float(words[words.index("logged") + 1]), float(words[words.index("kept") + 1])
     assert logged > 0 and kept == 0.0  # what the warning says
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("strategy", "devices"), [("ddp", 2), ("auto", 1)])
+def test_a_fit_in_this_process_says_nothing_of_workers(
+    tmp_path: Path, strategy: str, devices: int
+) -> None:
+    # strategy="ddp" (what devices=N picks in a script) runs rank 0 in this process and starts
+    # the other ranks as new runs of the script, each with a callback of its own; a
+    # single-device fit is this process's: the callback keeps its figures, nothing to say.
+    import subprocess
+    import sys
+
+    script = tmp_path / "fit.py"
+    script.write_text(_SPAWNED)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "hw"), strategy, str(devices)],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "CarbonctxCallback: this fit runs in worker" not in out.stderr
+    words = out.stdout.split()
+    kept = [float(words[i + 1]) for i, w in enumerate(words) if w == "kept"]
+    assert len(kept) == devices and all(k > 0 for k in kept), out.stdout

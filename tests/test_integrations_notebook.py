@@ -81,6 +81,16 @@ def test_a_final_semicolon_hides_the_value_and_not_the_measurement(shell: Any) -
     assert isinstance(res.result, carbonctx.Measurement) and res.result.name == "hidden"
 
 
+def test_a_semicolon_in_a_string_or_a_comment_hides_nothing(shell: Any) -> None:
+    # Only a `;` that is the cell's last token hides the value (as IPython has it).
+    res, shown = _shown(shell, "%%carbonctx text\n'a;' + 'b;'\n")
+    assert res.success and "'a;b;'" in shown
+    res, shown = _shown(shell, "%%carbonctx comment\n6 * 7  # not hidden;\n")
+    assert res.success and "42" in shown
+    res, shown = _shown(shell, '%%carbonctx triple\n"""x\n;"""\n')
+    assert res.success and "'x\\n;'" in shown
+
+
 def test_a_cell_with_top_level_await_says_how_to_measure_it(shell: Any) -> None:
     res = shell.run_cell("%%carbonctx fetch\nimport asyncio\nawait asyncio.sleep(0)\n")
     assert isinstance(res.error_in_exec, SyntaxError)

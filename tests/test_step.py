@@ -289,9 +289,12 @@ def test_interleaved_asyncio_tasks_count_every_entry(sim: SimulatedMachine) -> N
 
 
 FORK_SCRIPT = """
-    import json, os
+    import json, os, threading
     import carbonctx
 
+    on = os.environ["STEP_OUTPUT"] == "on"
+    if on:  # entries with details (each thread's last tag is the parent's runtime's)
+        carbonctx.configure(output="out.jsonl")
     handle = carbonctx.step("s")
     for _ in range(3):
         with handle:
@@ -305,6 +308,9 @@ FORK_SCRIPT = """
                     pass
             carbonctx.flush()
             out = {"stats": {k: v.count for k, v in carbonctx.stats().items()}}
+            me = threading.get_ident()
+            if on and any((m.thread, m.parent) != (me, None) for m in carbonctx.recent()):
+                out["details"] = [(m.thread, m.parent) for m in carbonctx.recent()]
         except BaseException as e:  # report anything
             out = {"fatal": repr(e)}
         with open("child.json", "w") as f:
@@ -322,10 +328,15 @@ FORK_SCRIPT = """
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_measures_its_own_entries(sim: SimulatedMachine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("output", ["off", "on"])
+def test_a_forked_child_measures_its_own_entries(
+    sim: SimulatedMachine, tmp_path: Path, output: str
+) -> None:
     # The child leaves the entry it inherited without error (its parent's runtime is not its
-    # own: that entry is not counted), then measures its own entries with its own runtime.
-    r = run_script(tmp_path, sim, FORK_SCRIPT)
+    # own: that entry is not counted), then measures its own entries with its own runtime
+    # (with details: interned there, not taken from the tag its thread last found in the
+    # parent's).
+    r = run_script(tmp_path, sim, FORK_SCRIPT, {"STEP_OUTPUT": output})
     assert r.returncode == 0, r.stderr
     doc = last_json(r.stdout)
     assert doc["child"] == {"stats": {"s": 2}}, doc

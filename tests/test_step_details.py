@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,76 @@ def test_configure_while_an_entry_interns_its_details_loses_no_entry(
     assert first.finished
     _runtime.reset()
     assert len(by_name(old).get("s", [])) == 1
+
+
+def test_configure_while_an_entry_says_its_warnings_loses_no_entry(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    # Warnings due are said as an entry begins, by Python code (a `showwarning` hook, a write
+    # to stderr that lets other threads run), during which another thread may run
+    # `configure()`: the entry is then measured by the runtime current once they are said, not
+    # counted in the replaced one after it has shut down (here `configure()` runs inside the
+    # hook itself, at the moment another thread could).
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    carbonctx.configure(**sim.settings(), output=str(old))
+    with carbonctx.track("warm"):  # starts the runtime (no step entry yet)
+        pass
+    first = _runtime.current_runtime()
+    assert first is not None
+    handle = carbonctx.step("s")
+    shown: list[str] = []
+
+    def configure_meanwhile(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+        shown.append(str(message))
+        if len(shown) == 1:
+            carbonctx.configure(**sim.settings(), output=str(new))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = configure_meanwhile
+        first.note("test", "a degradation to say")
+        with handle:
+            pass
+    assert shown == ["a degradation to say"]  # said as the entry began
+    deadline = time.monotonic() + 30
+    while not first.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.finished
+    _runtime.reset()
+    in_old = by_name(old).get("s", [])
+    in_new = by_name(new).get("s", []) if new.exists() else []
+    assert len(in_old) + len(in_new) == 1
+
+
+def test_an_entry_of_the_same_handle_while_details_are_interned(
+    sim: SimulatedMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Interning an entry's details runs Python code (the runtime's `tag_of`; a collector's
+    # finalizer may run there too), which may enter the same handle on the same thread: both
+    # entries are measured, each with its own parent, and the outer one is left as usual.
+    path = tmp_path / "out.jsonl"
+    carbonctx.configure(**sim.settings(), output=str(path))
+    handle = carbonctx.step("s")
+    inner: list[int] = []
+    tag_of = _rt.Runtime.tag_of
+
+    def enter_meanwhile(self: _rt.Runtime, name: str, details: Any = None) -> int:
+        if details is not None and not inner:
+            inner.append(details[1] or 0)
+            with carbonctx.track("inside"), handle:
+                pass
+        return tag_of(self, name, details)
+
+    monkeypatch.setattr(_rt.Runtime, "tag_of", enter_meanwhile)
+    with handle:
+        pass
+    with handle:  # the thread's last tag, found again
+        pass
+    assert inner == [0]
+    assert carbonctx.flush()
+    assert carbonctx.stats()["s"].count == 3
+    _runtime.reset()
+    recs = by_name(path)
+    (inside,) = recs["inside"]
+    assert sorted(r["parent"] is None for r in recs["s"]) == [False, True, True]
+    assert [r["parent"] for r in recs["s"] if r["parent"] is not None] == [inside["id"]]

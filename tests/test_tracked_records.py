@@ -338,3 +338,80 @@ def test_a_tracked_call_warns_before_the_function_runs(tmp_path: Path, output: b
     assert said_before == [1, 1] and len(said) == 1  # before the first call's body; once
     assert "no energy source" in str(said[0].message)
     assert (said[0].filename, said[0].lineno) == (__file__, line)
+
+
+@pytest.mark.parametrize("output", [False, True])
+def test_configure_while_a_call_says_its_warnings_loses_no_call(
+    sim: SimulatedMachine, tmp_path: Path, output: bool
+) -> None:
+    # Warnings due are said as a call begins, by Python code (a `showwarning` hook, a write to
+    # stderr that lets other threads run), during which another thread may run `configure()`:
+    # the call is then measured by the runtime current once they are said (here `configure()`
+    # runs inside the hook itself, at the moment another thread could). Without output a call
+    # is a span; with it, a region of its own.
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    carbonctx.configure(**sim.settings(), output=str(a) if output else None)
+    with carbonctx.track("warm"):  # starts the runtime
+        pass
+    first = _runtime.current_runtime()
+    assert first is not None
+    shown: list[str] = []
+
+    def configure_meanwhile(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+        shown.append(str(message))
+        if len(shown) == 1:
+            carbonctx.configure(**sim.settings(), output=str(b))
+
+    @carbonctx.tracked(name="call")
+    def call() -> None:
+        pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = configure_meanwhile
+        first.note("test", "a degradation to say")
+        call()
+    assert shown == ["a degradation to say"]  # said as the call began
+    assert carbonctx.flush()
+    assert carbonctx.stats()["call"].count == 1  # measured by the runtime now current
+    _runtime.reset()
+    assert [r["name"] for r in read_jsonl(str(b))[0]] == ["call"]
+    if output:
+        assert [r["name"] for r in read_jsonl(str(a))[0]] == ["warm"]
+
+
+@pytest.mark.parametrize("kind", ["call", "step"])
+def test_configure_while_a_span_interns_its_name_loses_no_span(
+    sim: SimulatedMachine, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # Without records to write, a call (or a step's entry) is a span; its name, new to the
+    # runtime, is interned by Python code, during which another thread may run `configure()`:
+    # the span then begins in the runtime current after that, and is counted there (here
+    # `configure()` runs inside `tag_of` itself, at the moment another thread could).
+    carbonctx.configure(**sim.settings())
+    ran: list[str] = []
+    tag_of = _rt.Runtime.tag_of
+
+    def configure_meanwhile(self: _rt.Runtime, name: str, details: Any = None) -> int:
+        tag = tag_of(self, name, details)
+        if name == "s" and not ran:
+            ran.append(name)
+            carbonctx.configure(**sim.settings())
+        return tag
+
+    monkeypatch.setattr(_rt.Runtime, "tag_of", configure_meanwhile)
+    with carbonctx.track("warm"):  # starts the runtime
+        pass
+
+    @carbonctx.tracked(name="s")
+    def call() -> None:
+        pass
+
+    if kind == "call":
+        call()
+    else:
+        with carbonctx.step("s"):
+            pass
+    assert ran  # configure() ran while the name was being interned
+    assert carbonctx.flush()
+    assert carbonctx.stats()["s"].count == 1

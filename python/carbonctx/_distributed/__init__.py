@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         allreduce_sum,
         any_rank,
         engine,
+        failure,
         gather_objects,
         world,
     )
@@ -45,6 +46,7 @@ _LAZY = {
     "allreduce_sum": "collectives",
     "any_rank": "collectives",
     "engine": "collectives",
+    "failure": "collectives",
     "gather_objects": "collectives",
     "world": "collectives",
     "Gpu": "devices",
@@ -70,6 +72,7 @@ __all__ = [
     "distinguishes_ranks",
     "engine",
     "expand_path",
+    "failure",
     "gather_objects",
     "owned_gpus",
     "parse_slurm_tasks_per_node",

@@ -17,6 +17,15 @@ number of values**, as with any collective: a rank that skips a call leaves the 
 at it (torch gives up after its process group's timeout; MPI waits for ever). That is why a
 budget stop is decided with :func:`any_rank` at an epoch boundary that every rank reaches, and
 why these functions never skip the collective for an empty or all-zero input.
+
+**A collective that fails never raises into the caller's loop.** A peer that has died (gloo:
+"connection reset") or never arrives (the user's process group's timeout passes; torch's default
+is 30 minutes, set by ``init_process_group(timeout=...)``) makes the engine raise; then the
+values come back unchanged (this rank's own), :func:`failure` says why, one
+:class:`~carbonctx.CarbonctxWarning` says so, and every later call in this process is local
+(``engine()`` is ``"local"``, ``world()`` is ``(0, 1)``): a job whose peers are gone is not
+waited on again at every epoch end. (MPI has no such timeout: a rank that never arrives at an
+``Allreduce`` is waited on for ever, as by the program's own MPI calls.)
 """
 
 from __future__ import annotations
@@ -25,17 +34,48 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
-__all__ = ["Engine", "allreduce_sum", "any_rank", "engine", "gather_objects", "world"]
+__all__ = [
+    "Engine",
+    "allreduce_sum",
+    "any_rank",
+    "engine",
+    "failure",
+    "gather_objects",
+    "world",
+]
 
 Engine = Literal["torch", "mpi", "local"]
 T = TypeVar("T")
 
 _CPU_BACKENDS = ("gloo", "mpi", "ucc")
 
+#: Why a collective failed in this process (then every later one is local); None while none has.
+_FAILED: list[str] = []
+
+
+def failure() -> str | None:
+    """Why a collective failed in this process, or None: from then on the figures are this
+    process's own, not the job's."""
+    return _FAILED[0] if _FAILED else None
+
+
+def _failed(e: BaseException) -> None:
+    if _FAILED:
+        return
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    _FAILED.append(f"{type(e).__name__}: {text[:200]}")
+    from carbonctx.errors import warn
+
+    warn(
+        f"carbonctx: a collective over the job's ranks failed ({_FAILED[0]}): a peer rank has "
+        "gone or did not arrive in time. From now on this process's figures are its own, not "
+        "summed over the job, and budget decisions are not joint"
+    )
+
 
 def _torch_dist(modules: Mapping[str, Any]) -> Any | None:
     dist = modules.get("torch.distributed")
-    if dist is None:
+    if dist is None or _FAILED:
         return None
     try:
         if dist.is_available() and dist.is_initialized():
@@ -47,7 +87,7 @@ def _torch_dist(modules: Mapping[str, Any]) -> Any | None:
 
 def _mpi(modules: Mapping[str, Any]) -> Any | None:
     mpi = modules.get("mpi4py.MPI")
-    if mpi is None:
+    if mpi is None or _FAILED:
         return None
     try:
         if mpi.Is_initialized() and not mpi.Is_finalized():
@@ -96,20 +136,23 @@ def allreduce_sum(
 ) -> list[float]:
     """The sum over all ranks of each value, in float64; the same list on every rank."""
     data = [float(v) for v in values]
-    dist = _torch_dist(modules)
-    if dist is not None:
-        torch = modules["torch"]
-        t = torch.tensor(data, dtype=torch.float64, device=_torch_device(modules, dist))
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return [float(x) for x in t.cpu().tolist()]
-    mpi = _mpi(modules)
-    if mpi is not None:
-        import numpy as np
+    try:
+        dist = _torch_dist(modules)
+        if dist is not None:
+            torch = modules["torch"]
+            t = torch.tensor(data, dtype=torch.float64, device=_torch_device(modules, dist))
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            return [float(x) for x in t.cpu().tolist()]
+        mpi = _mpi(modules)
+        if mpi is not None:
+            import numpy as np
 
-        send = np.asarray(data, dtype=np.float64)
-        recv = np.zeros_like(send)
-        mpi.COMM_WORLD.Allreduce(send, recv, op=mpi.SUM)
-        return [float(x) for x in recv]
+            send = np.asarray(data, dtype=np.float64)
+            recv = np.zeros_like(send)
+            mpi.COMM_WORLD.Allreduce(send, recv, op=mpi.SUM)
+            return [float(x) for x in recv]
+    except Exception as e:  # a peer gone or late: never into the caller's loop
+        _failed(e)
     return data
 
 
@@ -121,12 +164,15 @@ def any_rank(flag: bool, *, modules: Mapping[str, Any] = sys.modules) -> bool:
 
 def gather_objects(obj: T, *, modules: Mapping[str, Any] = sys.modules) -> list[T]:
     """Every rank's ``obj`` (small, picklable), in rank order, on every rank."""
-    dist = _torch_dist(modules)
-    if dist is not None:
-        out: list[Any] = [None] * int(dist.get_world_size())
-        dist.all_gather_object(out, obj)
-        return out
-    mpi = _mpi(modules)
-    if mpi is not None:
-        return list(mpi.COMM_WORLD.allgather(obj))
+    try:
+        dist = _torch_dist(modules)
+        if dist is not None:
+            out: list[Any] = [None] * int(dist.get_world_size())
+            dist.all_gather_object(out, obj)
+            return out
+        mpi = _mpi(modules)
+        if mpi is not None:
+            return list(mpi.COMM_WORLD.allgather(obj))
+    except Exception as e:  # a peer gone or late: never into the caller's loop
+        _failed(e)
     return [obj]

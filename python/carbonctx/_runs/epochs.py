@@ -35,7 +35,11 @@ ranks at its end (one ``allreduce``), so ``run.actual``, ``run.forecast`` and th
 job's on every rank (``run.rank_actual`` is this rank's), and whether to stop is decided jointly
 (one more ``allreduce``): every rank stops at the same epoch boundary. The ranks share rank 0's
 run id; each writes its own log (``log_dir`` may use ``{rank}``, ``{node}``, ``{job}``; a plain
-directory gets a ``rank<N>`` folder per rank), with its own figures and the job's.
+directory gets a ``rank<N>`` folder per rank), with its own figures and the job's. Ranks whose
+loops differ in length (``epochs(n)`` with another ``n``) find it out as the loop starts, and
+every one of them keeps its own figures only, with a note. A collective that fails (a peer rank
+died, or did not arrive within the process group's timeout) never raises into the loop: from
+then on this rank's figures are its own, and the run's notes say from which epoch.
 """
 
 from __future__ import annotations

@@ -28,14 +28,18 @@ __all__ = [
 FIGURES = ("energy_j", "cpu_j", "dram_j", "gpu_j", "co2_g")
 
 
-def _figures(run: RunLog) -> dict[str, float]:
-    """One rank's figures over its epochs (the final record's where there is one)."""
-    out = dict.fromkeys(FIGURES, 0.0)
+Figures = dict[str, float | None]
+
+
+def _figures(run: RunLog) -> Figures:
+    """One rank's figures over its epochs (the final record's where there is one); CO2 is None
+    where the rank's is unknown."""
+    out: Figures = dict.fromkeys(FIGURES, 0.0)
     for e in run.epochs:
         for k in ("cpu_j", "dram_j", "gpu_j"):
-            out[k] += float(e.get(k) or 0.0)
+            out[k] = float(out[k] or 0.0) + float(e.get(k) or 0.0)
     out["energy_j"] = run.energy_j
-    out["co2_g"] = float(run.co2_g or 0.0)
+    out["co2_g"] = run.co2_g
     return out
 
 
@@ -49,9 +53,11 @@ def is_rank_log(run: RunLog) -> bool:
     return _rank_fields(run)["rank"] is not None
 
 
-def _add(into: dict[str, float], more: dict[str, float]) -> None:
+def _add(into: Figures, more: Figures) -> None:
+    """Add ``more`` into ``into``; a sum with an unknown part (CO2) is unknown, not understated."""
     for k in FIGURES:
-        into[k] = into.get(k, 0.0) + more[k]
+        a, b = into.get(k, 0.0), more[k]
+        into[k] = None if a is None or b is None else a + b
 
 
 @attrs.frozen(slots=True)
@@ -61,8 +67,8 @@ class JobReport:
     run: str
     job: str | None
     world_size: int | None
-    total: dict[str, float]
-    nodes: dict[str, dict[str, float]]
+    total: Figures
+    nodes: dict[str, Figures]
     ranks: dict[str, dict[str, Any]]
     complete: bool
     missing_ranks: tuple[int, ...] = ()
@@ -89,9 +95,10 @@ class JobReport:
         """The report's text: the job total, per node, per rank."""
 
         def fmt(f: dict[str, Any]) -> str:
+            co2 = "CO2 unknown" if f["co2_g"] is None else f"{f['co2_g']:.4f} gCO2e"
             return (
                 f"{f['energy_j']:12.2f} J  (CPU {f['cpu_j']:.2f} J, DRAM {f['dram_j']:.2f} J, "
-                f"GPU {f['gpu_j']:.2f} J)  {f['co2_g']:.4f} gCO2e"
+                f"GPU {f['gpu_j']:.2f} J)  {co2}"
             )
 
         head = f"job {self.job or '(no id)'}, run {self.run}: {len(self.ranks)} ranks"
@@ -99,7 +106,7 @@ class JobReport:
             head += f" (no log from ranks {', '.join(map(str, self.missing_ranks))})"
         out = [head, f"  job total  {fmt(self.total)}"]
         if self.first_forecast_j:
-            diff = self.total["energy_j"] / self.first_forecast_j - 1
+            diff = float(self.total["energy_j"] or 0.0) / self.first_forecast_j - 1
             out.append(
                 f"  first forecast of the job: {self.first_forecast_j:.2f} J "
                 f"(actual {diff:+.1%}{'' if self.complete else ', run incomplete'})"
@@ -118,8 +125,8 @@ class JobReport:
 
 def merge_job(run_id: str, logs: Sequence[RunLog]) -> JobReport:
     """The job's figures from its ranks' logs of one run."""
-    total = dict.fromkeys(FIGURES, 0.0)
-    nodes: dict[str, dict[str, float]] = {}
+    total: Figures = dict.fromkeys(FIGURES, 0.0)
+    nodes: dict[str, Figures] = {}
     ranks: dict[str, dict[str, Any]] = {}
     job = None
     world: int | None = None
@@ -153,20 +160,24 @@ def merge_job(run_id: str, logs: Sequence[RunLog]) -> JobReport:
 
 
 def merge_jobs(logs: Iterable[RunLog]) -> list[JobReport]:
-    """Every run of a distributed job among ``logs`` (those with rank fields), oldest first. A
-    run id given again (a job launched anew with the same ``run_id``) appends a second run to
-    each rank's log: the k-th run of a rank's file joins the k-th of the other ranks', so that
-    each launch is a job of its own (one rank's two launches are not taken for two copies of
-    one log, the later left out)."""
-    by_run: dict[tuple[str, int], list[RunLog]] = {}
-    seen: dict[tuple[str, str], int] = {}  # (file, run id): runs of that id read from it
+    """Every run of a distributed job among ``logs`` (those with rank fields), oldest first.
+
+    A run is its job's id and its run id together: two jobs whose runs share an id (one given
+    as ``epochs(run_id=...)``) are two reports, not one whose rank 0 is the first job's only.
+    A run id given again in one job (a job launched anew with the same ``run_id`` and job id)
+    appends a second run to each rank's log: the k-th run of a rank's file joins the k-th of
+    the other ranks', so each launch is a report of its own (a rank's two launches are not
+    taken for two copies of one log, the later left out)."""
+    by_run: dict[tuple[str, str, int], list[RunLog]] = {}
+    seen: dict[tuple[str, str, str], int] = {}  # (file, job, run id): runs of it read from it
     for log in logs:
         if not is_rank_log(log):
             continue
-        k = seen.get((log.path, log.run), 0)
-        seen[(log.path, log.run)] = k + 1
-        by_run.setdefault((log.run, k), []).append(log)
-    return [merge_job(run, group) for (run, _), group in by_run.items()]
+        job = str(_rank_fields(log)["job"] or "")
+        k = seen.get((log.path, job, log.run), 0)
+        seen[(log.path, job, log.run)] = k + 1
+        by_run.setdefault((job, log.run, k), []).append(log)
+    return [merge_job(run, group) for (_, run, _), group in by_run.items()]
 
 
 def merge_region_records(regions: Iterable[dict[str, Any]]) -> list[JobReport]:
@@ -180,7 +191,8 @@ def merge_region_records(regions: Iterable[dict[str, Any]]) -> list[JobReport]:
         job = by_job.setdefault(
             r.get("job"), {"ranks": {}, "nodes": {}, "total": dict.fromkeys(FIGURES, 0.0)}
         )
-        f = {k: float(r.get(k) or 0.0) for k in FIGURES}
+        f: Figures = {k: float(r.get(k) or 0.0) for k in FIGURES}
+        f["co2_g"] = None if r.get("co2_g") is None else float(r["co2_g"])
         key = str(r["rank"])
         node = str(r.get("node") or "")
         rank = job["ranks"].setdefault(

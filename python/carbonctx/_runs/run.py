@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from carbonctx import _config
-from carbonctx._distributed import Engine, any_rank, engine, expand_path, gather_objects
+from carbonctx._distributed import (
+    Engine,
+    any_rank,
+    engine,
+    expand_path,
+    failure,
+    gather_objects,
+)
 from carbonctx._measure import process
 from carbonctx._measure.ranks import rank_fields
 from carbonctx._measure.region import Region, Tracker
@@ -102,6 +109,7 @@ class Run:
         self._finished = False
         self._stop_requested: str | None = None
         self._notes: list[str] = []
+        self._alone_since = ""  # the epoch from which a failed collective left this rank alone
         self._log_dir = _config.log_dir(log_dir)
         self._run_id_given = run_id is not None
         self._log = RunLogWriter(None, self._note)
@@ -240,9 +248,27 @@ class Run:
         info = rt.rank_info if rt is not None else None
         self.engine = engine()
         if self.engine != "local":
-            ids = gather_objects(self.run_id)
-            if not self._run_id_given and ids:
-                self.run_id = str(ids[0])
+            joined = gather_objects((self.run_id, self.n))
+            if not self._run_id_given and joined:
+                self.run_id = str(joined[0][0])
+            self.engine = engine()  # "local" when that collective failed (a peer gone)
+            counts = [int(n) for _, n in joined]
+            if len(set(counts)) > 1:
+                # Every rank sees the same list: all of them leave the job's sums alike, so
+                # none waits at an epoch end the others never reach.
+                self.engine = "local"
+                self._note(
+                    "the job's ranks run loops of different lengths ("
+                    + ", ".join(f"rank {k}: {c}" for k, c in enumerate(counts))
+                    + " epochs): this run's figures are this rank's figures only, not summed "
+                    "over the job's ranks, and budget decisions are not joint (give every rank "
+                    "the same epochs(n))"
+                )
+        elif info is not None and info.distributed and failure() is not None:
+            self._note(
+                f"an earlier collective over the job's ranks failed ({failure()}): this run's "
+                "figures are this rank's figures only, and budget decisions are not joint"
+            )
         elif info is not None and info.distributed:
             self._note(
                 "this process is rank "
@@ -287,6 +313,16 @@ class Run:
         if joint:
             # Every rank reaches this point once per epoch: the sum is a collective.
             job_ep, parts = reduce_epoch(ep, m)
+            why = failure()
+            if why is not None:  # the sum failed (or an earlier one did): this rank's own
+                job_ep, parts = ep, {}
+            if why is not None and not self._alone_since:
+                self._alone_since = f"epoch {i}"
+                self._note(
+                    f"a collective over the job's ranks failed by epoch {i} ({why}): the run's "
+                    f"figures from epoch {i} on are this rank's figures only, not summed over "
+                    "the job's ranks, and its budget decisions are not joint"
+                )
         self._epochs.append(job_ep)
         self._job_parts.append(parts)
         fc: RunTotals | None = None

@@ -13,10 +13,11 @@ of its own and keeps, for each exporter to publish as it likes:
   counted in its CPU package's place is a ``cpu`` device, and that package is not
   (``carbonctx._results.counted``). The number of series is bounded: devices by the hardware,
   region names by ``max_regions`` (the first ones seen; the others keep their total only);
-* per region name, the exact totals of ``carbonctx.stats()``: the first ``max_names`` names
-  (1000; in the order the statistics first saw them) each on its own, the names past them
-  summed under :data:`OTHER` (a warning says so once), so that the number of series stays
-  bounded whatever names a program makes (``f"batch-{i}"``).
+* per region name, the exact totals of ``carbonctx.stats()``, kept across the runtimes
+  ``configure()`` replaces (each starts its statistics afresh; a counter never goes down): the
+  first ``max_names`` names (1000; in the order the meter first saw them, for good) each on its
+  own, the names past them summed under :data:`OTHER` (a warning says so once), so that the
+  number of series stays bounded whatever names a program makes (``f"batch-{i}"``).
 
 The named regions' devices come from the recent window (``carbonctx.recent()``), read at each
 update from where the last read stopped (by the window's numbering of its regions: ``@tracked``
@@ -62,7 +63,9 @@ def label(value: str) -> str:
     decoded from bytes that are not UTF-8 (``os.fsdecode``: a file's name, ``sys.argv``) holds
     lone surrogates, which no exposition format can encode: one such name would fail every
     scrape and every export. They are written as their escape (``\\udcff``); every other
-    character is kept (quotes, backslashes and newlines are the exposition's to escape)."""
+    character is kept (quotes, backslashes and newlines are the exposition's to escape). A
+    name that spells such an escape out (``"caf\\\\udce9"``) is the same label: the meter
+    sums the two in one series."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -119,6 +122,15 @@ class Meter:
         self.max_regions = max_regions
         self.max_names = max_names
         self._warned_names = False
+        # The region names' totals across runtimes: their labels in the order first seen (the
+        # first max_names have series of their own, for good), the totals of the runtimes
+        # replaced that have settled, those still resolving their last regions, and the runtime
+        # read last (one replaced between two reads is noticed even without the listener).
+        self._names_lock = threading.Lock()
+        self._order: dict[str, None] = {}
+        self._folded: dict[str, tuple[float, float]] = {}
+        self._stats_old: list[Runtime] = []
+        self._stats_rt: Runtime | None = None
         self.energy_j = dict.fromkeys(KINDS.values(), 0.0)
         self.co2_g = dict.fromkeys(KINDS.values(), 0.0)
         self.power_w = dict.fromkeys(KINDS.values(), math.nan)
@@ -273,6 +285,13 @@ class Meter:
         return end
 
     def _runtime_replaced(self, old: Runtime) -> None:
+        if self.names:
+            with self._names_lock:
+                self._fold_settled()  # (bounded between reads: those still resolving stay)
+                if all(r is not old for r in self._stats_old):
+                    self._stats_old.append(old)
+                if self._stats_rt is old:
+                    self._stats_rt = None  # (in the list now: never to be added again)
         with self._lock:
             if self._thread is not None:
                 # (Bounded: past a few within one interval the oldest are not read.)
@@ -308,25 +327,26 @@ class Meter:
 
     def snapshot(self) -> Snapshot:
         """The totals now: what the last update counted, and the named regions' totals (from
-        ``carbonctx.stats()``, which resolves the regions that have ended)."""
+        the statistics, which resolve the regions that have ended, of every runtime)."""
         named: dict[str, tuple[float, float]] = {}
-        rest = [0.0, 0.0, 0]
         if self.names:
-            for name, st in _stats().items():
-                if name == self.region:
+            totals = self._name_totals()
+            with self._names_lock:
+                for key in totals:
+                    self._order.setdefault(key, None)
+                order = list(self._order)
+            past = 0
+            for i, key in enumerate(order):
+                if key not in totals:
                     continue
-                key = label(name)  # (names that differ in undecodable bytes only: one series)
-                if key not in named and len(named) >= self.max_names:
-                    rest[0] += st.energy_j.total
-                    rest[1] += st.co2_g
-                    rest[2] += 1
+                if i < self.max_names:
+                    named[key] = totals[key]
                     continue
-                j0, g0 = named.get(key, (0.0, 0.0))
-                named[key] = (j0 + st.energy_j.total, g0 + st.co2_g)
-        if rest[2]:
-            j0, g0 = named.get(OTHER, (0.0, 0.0))
-            named[OTHER] = (j0 + rest[0], g0 + rest[1])
-            self._names_capped(int(rest[2]))
+                past += 1
+                j0, g0 = named.get(OTHER, (0.0, 0.0))
+                named[OTHER] = (j0 + totals[key][0], g0 + totals[key][1])
+            if past:
+                self._names_capped(past)
         with self._lock:
             return Snapshot(
                 self.rank,
@@ -341,10 +361,48 @@ class Meter:
                 named,
             )
 
+    def _name_totals(self) -> dict[str, tuple[float, float]]:
+        """Per label, the totals of every runtime the meter has known: those ``configure()``
+        replaced (summed once settled) and the current one's."""
+        with self._names_lock:
+            rt = process.current_runtime()
+            seen = self._stats_rt
+            if seen is not None and seen is not rt and all(r is not seen for r in self._stats_old):
+                self._stats_old.append(seen)  # replaced (or left in the parent of a fork)
+            self._stats_rt = rt
+            live = self._fold_settled()
+            totals = dict(self._folded)
+        for old in live:
+            self._add_stats(totals, _stats(old))
+        if rt is not None:
+            self._add_stats(totals, _stats(rt))
+        return totals
 
-def _stats() -> Mapping[str, Any]:
+    def _fold_settled(self) -> list[Runtime]:
+        """Add the replaced runtimes that have settled (their statistics are final) to the
+        folded totals, and forget them; those still resolving (under ``_names_lock``)."""
+        live = []
+        for old in self._stats_old:
+            if old.settled:
+                self._add_stats(self._folded, old.stats_now())
+            else:
+                live.append(old)
+        self._stats_old = live
+        return live
+
+    def _add_stats(self, into: dict[str, tuple[float, float]], stats: Mapping[str, Any]) -> None:
+        for name, st in stats.items():
+            if name == self.region:
+                continue
+            # (A name with undecodable bytes and one spelling its escape out: one series.)
+            key = label(name)
+            j0, g0 = into.get(key, (0.0, 0.0))
+            into[key] = (j0 + st.energy_j.total, g0 + st.co2_g)
+
+
+def _stats(rt: Runtime) -> Mapping[str, Any]:
     try:
-        return carbonctx.stats()
+        return rt.stats()
     except carbonctx.CarbonctxError:
         return {}
 

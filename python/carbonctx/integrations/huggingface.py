@@ -52,8 +52,7 @@ budget are the whole run's (what was spent after the checkpoint's last log and b
 interruption is not in the checkpoint, so not in them). With ``auto_find_batch_size`` the
 Trainer runs its loop again with a smaller batch after running out of memory: what the failed
 tries spent comes with the first log (and epoch) of the next, and samples are counted with the
-Trainer's batch (``state.train_batch_size``). Without :func:`attach`, a ``train()`` after one that
-ended in an exception is taken for such a try when ``auto_find_batch_size`` is set.
+Trainer's batch (``state.train_batch_size``).
 
 **Distributed jobs.** Under ``torch.distributed`` the figures are the job's (summed over ranks
 at every log, a collective: the Trainer logs on every rank at the same steps), so rank 0's
@@ -118,6 +117,7 @@ class CarbonctxCallback(TrainerCallback):
         self.epochs: list[dict[str, float]] = []
         self.load_best_model: dict[str, float] | None = None
         self._early = False
+        self._try_batch: int | None = None  # the Trainer's batch in the last try begun
         self._regions = Regions()
         self._reset()
 
@@ -205,10 +205,15 @@ class CarbonctxCallback(TrainerCallback):
         self._early = True
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        retry = getattr(args, "auto_find_batch_size", False) and self._open is not None
-        # The Trainer runs its training loop again with a smaller batch after running out of
+        # The Trainer runs its training loop again with a halved batch after running out of
         # memory (no on_train_end in between): what the failed try spent stays in the run.
+        # (Without attach(), a new train() after one that raised is told apart by its batch:
+        # it starts with the one that try had.)
+        batch, prev = getattr(state, "train_batch_size", None), self._try_batch
+        retry = getattr(args, "auto_find_batch_size", False) and self._open is not None
+        retry = retry and (self.attached or batch is None or prev is None or batch < prev)
         carried = self._retry() if retry and not self._early else None
+        self._try_batch = batch
         if carried is None and not self._early:
             self.begin()
         self._early = False
@@ -285,8 +290,10 @@ class CarbonctxCallback(TrainerCallback):
         self._epochs_begun += 1
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # (The Trainer's batch, smaller than the arguments' after auto_find_batch_size's retries.)
-        per_device = getattr(state, "train_batch_size", None) or args.train_batch_size
+        # The Trainer's batch, smaller than the arguments' after auto_find_batch_size's retries
+        # (only then: a checkpoint's state holds the batch it was trained with).
+        auto = getattr(args, "auto_find_batch_size", False)
+        per_device = (auto and getattr(state, "train_batch_size", None)) or args.train_batch_size
         batch = per_device * args.gradient_accumulation_steps * max(args.world_size, 1)
         if self._dataset_len is not None:
             batch = max(0, min(batch, self._dataset_len - self._epoch_samples))

@@ -2,8 +2,8 @@
 
 The callback works with either distribution of Lightning 2.x: ``lightning`` (``import
 lightning.pytorch as L``) or the standalone ``pytorch-lightning`` (``import pytorch_lightning as
-pl``), whichever is installed (``lightning`` when both are; a Trainer of either package then
-takes it).
+pl``), whichever is installed; with both installed, the callback is a ``Callback`` of both, so
+that a Trainer of either takes it.
 
 ::
 
@@ -79,6 +79,17 @@ from carbonctx.integrations._common import J_PER_KWH, Budget, Tally, figures
 
 __all__ = ["CarbonctxCallback"]
 
+# With both distributions installed, each Trainer checks for its own package's Callback
+# (``callbacks=cb`` without a list, LightningCLI): the callback is one of both then.
+_BASES: tuple[type, ...] = (Callback,)
+if Callback.__module__.startswith("lightning."):
+    try:
+        from pytorch_lightning import Callback as _StandaloneCallback
+    except ImportError:
+        pass
+    else:
+        _BASES = (Callback, _StandaloneCallback)
+
 
 def _batch_size(batch: Any) -> int:
     try:
@@ -87,7 +98,7 @@ def _batch_size(batch: Any) -> int:
         return 0
 
 
-class CarbonctxCallback(Callback):
+class CarbonctxCallback(*_BASES):  # type: ignore[misc]
     """Logs energy and CO2 per step, per validation run and per epoch (see the module's
     documentation). ``name`` prefixes the regions' names; ``tags`` go into every record.
 

@@ -55,13 +55,19 @@ impl NameTag {
         *self.tag.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The name's tag in `hub`'s runtime.
-    pub(crate) fn tag_in(&self, hub: &Bound<'_, RegionHub>) -> PyResult<u32> {
+    /// For a span: the name's tag in `hub`'s runtime, interned there if it is new; None where
+    /// that (Python code, during which another thread may run `configure()`) left another
+    /// runtime current: a span is ended in the runtime current at its end, so it is begun
+    /// anew (routed again) rather than dropped at its end.
+    #[inline]
+    pub(crate) fn tag_here(&self, hub: &Bound<'_, RegionHub>) -> PyResult<Option<u32>> {
         let (serial, tag) = self.cached();
         if serial == hub.get().serial {
-            return Ok(tag);
+            return Ok(Some(tag));
         }
-        self.new_tag(hub)
+        let tag = self.new_tag(hub)?;
+        let here = current_hub(hub.py()).is_some_and(|now| now.is(hub));
+        Ok(here.then_some(tag))
     }
 
     #[cold]
@@ -111,31 +117,37 @@ pub(crate) enum Route<'py> {
 
 /// Which way a region entered now is measured (see [`Route`]); `strict`: the caller's (None:
 /// the runtime's); `detail`: a bare region even where a span would do. Warnings due are issued
-/// first, as a `with` issues them.
+/// first, as a `with` issues them; that is Python code, during which another thread may run
+/// `configure()`: the hub is looked up again after it (a region, span or step entry counted in
+/// a runtime already shut down would be lost).
 pub(crate) fn route(py: Python<'_>, strict: Option<bool>, detail: bool) -> PyResult<Route<'_>> {
-    let Some(hub) = current_hub(py) else {
-        return Ok(Route::Python);
-    };
-    let h = hub.get();
-    let Some(sampler) = h.sampler.get().filter(|_| !h.dead.load(Ordering::Relaxed)) else {
-        return Ok(Route::Python);
-    };
-    if h.detailed || detail {
+    let mut said = false;
+    loop {
+        let Some(hub) = current_hub(py) else {
+            return Ok(Route::Python);
+        };
+        let h = hub.get();
+        let Some(sampler) = h.sampler.get().filter(|_| !h.dead.load(Ordering::Relaxed)) else {
+            return Ok(Route::Python);
+        };
+        let region = h.detailed || detail;
         let strict = strict.unwrap_or(h.strict);
-        if strict && sampler.get().inner.sources().is_empty() {
+        if region && strict && sampler.get().inner.sources().is_empty() {
             return Ok(Route::Tracker);
         }
-        if h.warn_due.load(Ordering::Relaxed) {
+        if !said && h.warn_due.load(Ordering::Relaxed) {
             // Said before the region runs, as a `with` says it (a long one would keep it until
-            // it ends).
+            // it ends); once (a warning said meanwhile waits for the next region).
             handle_due(py, h, SPAN_WARNINGS)?;
+            said = true;
+            continue;
         }
-        return Ok(Route::Region(Ready { hub, strict }));
+        return Ok(if region {
+            Route::Region(Ready { hub, strict })
+        } else {
+            Route::Span(hub)
+        });
     }
-    if h.warn_due.load(Ordering::Relaxed) {
-        handle_due(py, h, SPAN_WARNINGS)?; // before the region runs, as above
-    }
-    Ok(Route::Span(hub))
 }
 
 /// A call (or a step's entry) as a whole `Tracker`, entered (where strict checks may fail: it
@@ -353,7 +365,9 @@ impl SpanCall {
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         match route(py, self.strict, false)? {
             Route::Span(hub) => {
-                self.name.tag_in(&hub)?;
+                if self.name.tag_here(&hub)?.is_none() {
+                    return self.start(py); // the runtime was replaced meanwhile
+                }
                 let t0 = carbonctx_sampler::now_ns();
                 Ok(Some(PyInt::new(py, t0).into_any()))
             }

@@ -276,7 +276,9 @@ impl Step {
     fn enter_native(&self, py: Python<'_>) -> PyResult<bool> {
         let entry = match route(py, None, self.tags.is_some())? {
             Route::Span(hub) => {
-                let tag = self.name.tag_in(&hub)?;
+                let Some(tag) = self.name.tag_here(&hub)? else {
+                    return self.enter_native(py); // the runtime was replaced meanwhile
+                };
                 let serial = hub.get().serial;
                 let t0 = carbonctx_sampler::now_ns();
                 Entry::Span { t0, serial, tag }
