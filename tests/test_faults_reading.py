@@ -16,6 +16,7 @@ import pytest
 
 import carbonctx
 from carbonctx import _cli
+from carbonctx._measure import process as _runtime
 from carbonctx._output import reading
 from carbonctx._output.jsonl import read_jsonl_checked
 from carbonctx._runs.log import read_run_log, read_run_logs, read_runs_of_log
@@ -179,6 +180,31 @@ def test_two_runs_appended_to_one_log_are_two_runs(
     assert parts == pytest.approx(job["energy_j"], rel=0.01)  # each epoch counted once
 
 
+@pytest.mark.filterwarnings("ignore:.*neither torch.distributed nor MPI:carbonctx.CarbonctxWarning")
+def test_a_job_launched_again_with_its_run_id_is_a_second_job_not_a_lost_one(
+    sim: SimulatedMachine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each rank's log holds both launches; the second launch's figures were left out of the
+    # job (each rank's second run taken for a copy of its first).
+    for n in (1, 3):
+        for rank in (0, 1):
+            carbonctx.configure(**sim.settings())
+            carbonctx.configure(rank=rank, local_rank=0, world_size=2, node=f"n{rank}", job="j")
+            run = carbonctx.epochs(n, run_id="exp", log_dir=tmp_path / f"n{rank}", quiet=True)
+            for _ in run:
+                time.sleep(0.01)
+            _runtime.reset()
+    logs = sorted(tmp_path.rglob("exp.jsonl"))
+    assert len(logs) == 2  # one per rank
+    launches = [read_runs_of_log(p) for p in logs]
+    assert [[len(r.epochs) for r in runs] for runs in launches] == [[1, 3], [1, 3]]
+    assert _cli.main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    totals = [float(ln.split()[2]) for ln in out.splitlines() if ln.startswith("  job total")]
+    want = [launches[0][k].energy_j + launches[1][k].energy_j for k in (0, 1)]
+    assert totals == pytest.approx(want, abs=0.01), out
+
+
 def test_damaged_lines_are_counted_against_the_run_they_fell_in(tmp_path: Path) -> None:
     def start(run: str) -> dict[str, Any]:
         return {"kind": "run-start", "run": run, "name": "epoch", "epochs_planned": 1}
@@ -229,6 +255,13 @@ HUGE = 10**400  # JSON allows it; no float holds it
         ([CONTEXT, dict(BATCH, t0="1000000000"), LINE], []),
         ([CONTEXT, dict(BATCH, t0=HUGE), LINE], []),
         ([CONTEXT, {"kind": "batch", "pid": 7}, LINE], []),
+        # A context's figures are checked once, when it is read: a number in a string among
+        # its carbon factors or shares damages it, and a later batch does not bring back the
+        # context before it.
+        ([dict(CONTEXT, carbon={"pue": "1.2", "intensity_g_per_kwh": 300.0}), BATCH, LINE], []),
+        ([dict(CONTEXT, carbon={"pue": 1.2, "intensity_g_per_kwh": HUGE}), BATCH, LINE], []),
+        ([dict(CONTEXT, sources=[dict(SOURCE, share_rule="cores", share="1")]), BATCH], []),
+        ([CONTEXT, BATCH, dict(CONTEXT, offset="1000"), BATCH, LINE], []),
     ],
 )
 def test_compact_figures_must_be_numbers_a_float_holds(

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from carbonctx._carbon.service import IntensityService
+from carbonctx._config.carbon import carbon_settings
 from carbonctx.errors import ConfigurationError, IntensityWarning
 from intensity_server import FakeClock, FakeServer, service
 
@@ -250,3 +251,23 @@ def test_cli_shows_the_signal(
     doc = json.loads(out.getvalue())
     assert doc["signal_chosen"] == "marginal" and doc["current"]["signal"] == "average"
     assert "no configured provider gives a marginal" in doc["current"]["note"]
+
+
+@pytest.mark.parametrize("password", [" pass word ", "pässwörd\t"])
+def test_a_password_is_sent_as_given_spaces_and_all(
+    server: FakeServer,
+    tmp_path: Path,
+    client: httpx.Client,
+    clock: FakeClock,
+    password: str,
+) -> None:
+    # Basic auth carries any character: a password's spaces were stripped, or refused as
+    # unfit for an HTTP header, and the login failed with a password that is right.
+    server.watttime_login = (USER, password)
+    s = make(
+        server, tmp_path, client, clock, watttime_region="CAISO_NORTH", watttime_password=password
+    )
+    s.refresh(wait=True)
+    assert s.current().provider == "watttime"
+    env = {"CARBONCTX_WATTTIME_USERNAME": USER, "CARBONCTX_WATTTIME_PASSWORD": password}
+    assert carbon_settings(env=env).watttime_password == password

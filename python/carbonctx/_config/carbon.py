@@ -131,7 +131,7 @@ def carbon_settings(
     else:
         ids = ()
     wt_user = _secret(watttime_username, "watttime_username", env, "CARBONCTX_WATTTIME_USERNAME")
-    wt_pass = _secret(watttime_password, "watttime_password", env, "CARBONCTX_WATTTIME_PASSWORD")
+    wt_pass = _password(watttime_password, "watttime_password", env, "CARBONCTX_WATTTIME_PASSWORD")
     entsoe = _secret(entsoe_token, "entsoe_token", env, "CARBONCTX_ENTSOE_TOKEN")
     eia = _secret(eia_key, "eia_key", env, "CARBONCTX_EIA_KEY")
     em_api = (electricitymaps_api or env.get("CARBONCTX_ELECTRICITYMAPS_API", "") or "v3").strip()
@@ -236,6 +236,15 @@ def _secret(given: str | None, name: str, env: Mapping[str, str], var: str) -> s
     if given is not None:
         return check_token(given, name)
     return check_token(env.get(var, ""), var)
+
+
+def _password(given: str | None, name: str, env: Mapping[str, str], var: str) -> str | None:
+    """A password as it was given, spaces and all (it goes base64-encoded in HTTP Basic auth,
+    where any character may be, and stripping one would change it); blank is unset."""
+    value = env.get(var, "") if given is None else given
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name}: give a string")  # never quoting a credential
+    return value if value.strip() else None
 
 
 def _coordinate(

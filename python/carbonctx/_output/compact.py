@@ -128,8 +128,11 @@ def iter_expanded(
                     st = by_pid[pid] = _Pid()
                 if kind == "context":
                     # A newer writer's context may mean its lines differ: none is guessed at.
-                    st.ctx = rec if rec.get("format") == FORMAT else None
-                    st.foreign = None if st.ctx is not None else (rec.get("format"),)
+                    fmt = rec.get("format")
+                    st.ctx, st.foreign = None, None if fmt == FORMAT else (fmt,)
+                    if st.foreign is None:
+                        _check_context(rec)  # its figures, once rather than on every line
+                        st.ctx = rec
                 elif kind == "threads":
                     st.threads.update(rec.get("threads") or {})
                 else:
@@ -185,9 +188,13 @@ def _short(v: object) -> str:
 def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
     ctx = st.ctx
     assert ctx is not None
-    offset = _num(ctx["offset"])
-    t0 = st.base + _int(r["t"])
-    t1 = t0 + _int(r["dt"])
+    offset = ctx["offset"]
+    t, dt = r["t"], r["dt"]
+    # ``type(x) is int`` (not a bool, nor a number in a string), inline: this runs per line.
+    if type(t) is not int or type(dt) is not int:
+        raise TypeError("a region line whose times are not integers")
+    t0 = st.base + t
+    t1 = t0 + dt
     st.base = t1
     if "th" in r:
         st.th = r["th"]
@@ -199,15 +206,25 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
     sources: Sequence[dict[str, Any]] = ctx["sources"]
     for src, jv, uv in zip(sources, r["j"], r["u"], strict=True):
         failed = jv is None
-        j = None if failed else _int(jv) / 1e6
-        u = None if failed or uv is None else _num(uv)
+        if failed:
+            j = u = None
+        elif type(jv) is not int:
+            raise TypeError("a source's figure that is not an integer")
+        else:
+            j = jv / 1e6
+            if uv is None:
+                u = None
+            elif type(uv) is int or (type(uv) is float and math.isfinite(uv)):
+                u = float(uv)
+            else:
+                raise TypeError("a source's uncertainty that is not a number")
         dom = src["domain"]
         counted = counted_domain(src)
         if counted is not None:
             if failed:
                 missing.append(src["id"])
             else:
-                sums[counted] += int(jv)
+                sums[counted] += jv
                 if u is None:
                     u_known = False
                 else:
@@ -223,7 +240,7 @@ def _expand(r: dict[str, Any], st: _Pid) -> dict[str, Any]:
             "note": failed_note(src.get("note")) if failed else src.get("note"),
         }
         if src.get("share_rule") is not None:
-            share = _num(src.get("share", 1.0))
+            share = float(src.get("share", 1.0))
             d["share"] = share
             d["share_rule"] = src["share_rule"]
             d["node_joules"] = (
@@ -270,6 +287,23 @@ def _int(v: object) -> int:
     raise TypeError(f"{type(v).__name__} where an integer belongs")
 
 
+def _check_context(ctx: dict[str, Any]) -> None:
+    """Raises TypeError unless the figures of a context record that its lines are read with
+    are numbers a float holds (its offset, sources' shares, carbon factors)."""
+    _num(ctx["offset"])
+    for src in ctx["sources"]:
+        if src.get("share_rule") is not None:
+            _num(src.get("share", 1.0))
+    prov = ctx.get("carbon")
+    if prov is not None:
+        _num(prov["pue"])
+        _num(prov["intensity_g_per_kwh"])
+        alts = prov.get("alternatives")
+        for a in alts if isinstance(alts, list) else ():
+            if "signal" in a:
+                _num(a["intensity_g_per_kwh"])
+
+
 def _num(v: object) -> float:
     """A finite number as the writer wrote it (not one in a string)."""
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
@@ -291,8 +325,8 @@ def _carbon(
     carbon = r.get("carbon")
     if carbon is None and prov is not None:
         kwh = energy / J_PER_KWH
-        pue = _num(prov["pue"])
-        carbon = {"co2_g": kwh * _num(prov["intensity_g_per_kwh"]) * pue, "energy_kwh": kwh}
+        pue = prov["pue"]
+        carbon = {"co2_g": kwh * prov["intensity_g_per_kwh"] * pue, "energy_kwh": kwh}
         for k, v in prov.items():
             if k == "alternatives" and isinstance(v, list):
                 v = [_with_co2(a, kwh, pue) for a in v]
@@ -314,7 +348,7 @@ def _with_co2(alt: dict[str, Any], kwh: float, pue: float) -> dict[str, Any]:
     for k, v in alt.items():
         out[k] = v
         if k == "signal":
-            out["co2_g"] = kwh * _num(alt["intensity_g_per_kwh"]) * pue
+            out["co2_g"] = kwh * alt["intensity_g_per_kwh"] * pue
     return out
 
 

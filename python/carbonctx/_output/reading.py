@@ -67,7 +67,7 @@ def _lines(f: Any, skipped: Skipped, size: int) -> Iterator[tuple[int, bytes, bo
     number = 0
     left = size
     while left > 0:
-        chunk: bytes = f.readline(min(MAX_LINE_BYTES + 1, left))
+        chunk: bytes = f.readline(MAX_LINE_BYTES + 1 if left > MAX_LINE_BYTES else left)
         if not chunk:
             return
         left -= len(chunk)
@@ -219,10 +219,11 @@ def check_record(rec: Mapping[str, Any]) -> str | None:
                 continue
             if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
                 return f"a region whose {key!r} is a {type(v).__name__}"
-            if types is _NUMBER and not _finite(v):
-                return f"a region whose {key!r} is out of range"
-            if key in _NOT_NEGATIVE and isinstance(v, _NUMBER) and v < 0:
-                return f"a region whose {key!r} is negative"
+            if types is _NUMBER:
+                if not _finite(v):
+                    return f"a region whose {key!r} is out of range"
+                if v < 0 and key in _NOT_NEGATIVE:  # type: ignore[operator]  # a number here
+                    return f"a region whose {key!r} is negative"
         if rec["end"] < rec["start"]:
             return "a region that ends before it starts"
         if not all(isinstance(m, str) for m in rec.get("missing") or ()):

@@ -163,13 +163,21 @@ def merge_jobs(logs: Iterable[RunLog]) -> list[JobReport]:
     """Every run of a distributed job among ``logs`` (those with rank fields), oldest first.
 
     A run is its job's id and its run id together: two jobs whose runs share an id (one given
-    as ``epochs(run_id=...)``) are two reports, not one whose rank 0 is the first job's only."""
-    by_run: dict[tuple[str, str], list[RunLog]] = {}
+    as ``epochs(run_id=...)``) are two reports, not one whose rank 0 is the first job's only.
+    A run id given again in one job (a job launched anew with the same ``run_id`` and job id)
+    appends a second run to each rank's log: the k-th run of a rank's file joins the k-th of
+    the other ranks', so each launch is a report of its own (a rank's two launches are not
+    taken for two copies of one log, the later left out)."""
+    by_run: dict[tuple[str, str, int], list[RunLog]] = {}
+    seen: dict[tuple[str, str, str], int] = {}  # (file, job, run id): runs of it read from it
     for log in logs:
         if not is_rank_log(log):
             continue
-        by_run.setdefault((str(_rank_fields(log)["job"] or ""), log.run), []).append(log)
-    return [merge_job(run, group) for (_, run), group in by_run.items()]
+        job = str(_rank_fields(log)["job"] or "")
+        k = seen.get((log.path, job, log.run), 0)
+        seen[(log.path, job, log.run)] = k + 1
+        by_run.setdefault((job, log.run, k), []).append(log)
+    return [merge_job(run, group) for (_, run, _), group in by_run.items()]
 
 
 def merge_region_records(regions: Iterable[dict[str, Any]]) -> list[JobReport]:
