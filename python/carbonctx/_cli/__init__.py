@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from carbonctx._cli import demo, devices, intensity, report, run
-from carbonctx.errors import ConfigurationError
+from carbonctx.errors import CarbonctxWarning, ConfigurationError
 
 __all__ = ["main"]
 
@@ -37,9 +38,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    default = warnings.formatwarning
+
+    def plain(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        line: str | None = None,
+    ) -> str:
+        # carbonctx's own warnings said as a command says them, without the file, line and
+        # source line of the library code that raised them (noise to someone who typed a
+        # command); others as Python says them.
+        if issubclass(category, CarbonctxWarning):
+            return f"carbonctx: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = plain
+    try:
+        return _main(args)
+    finally:
+        warnings.formatwarning = default
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         rc = int(args.func(args))
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None when started with descriptor 1 closed
+            sys.stdout.flush()
     except ConfigurationError as e:
         print(f"carbonctx: {e}", file=sys.stderr)
         return 2
