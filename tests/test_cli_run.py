@@ -260,3 +260,56 @@ def test_ctrl_c_at_a_terminal_ends_the_command_and_the_region_is_recorded(
     assert os.waitstatus_to_exitcode(status) in (128 + signal.SIGINT, 1), said
     assert b"forwarded" not in said
     assert len(regions(out)) == 1
+
+
+# --------------------------------------------------------------- usage errors of every command
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["run", "--bogus", "--", "true"], "carbonctx run"),
+        (["demo", "--bogus"], "carbonctx demo"),
+        (["devices", "stray"], "carbonctx devices"),
+        (["intensity", "--bogus"], "carbonctx intensity"),
+    ],
+)
+def test_an_unknown_option_is_said_with_the_commands_own_usage(
+    argv: list[str], usage: str, tmp_path: Path
+) -> None:
+    r = subprocess.run(
+        [*CARBONCTX, *argv], capture_output=True, text=True, timeout=WAIT_S, check=False
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    assert f"usage: {usage} " in r.stderr
+    assert f"{usage}: error: unrecognized arguments: " in r.stderr
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "many"])
+@pytest.mark.parametrize("option", ["--epochs", "--steps"])
+def test_the_demo_refuses_a_count_below_one(option: str, bad: str, tmp_path: Path) -> None:
+    r = subprocess.run(
+        [*CARBONCTX, "demo", option, bad, "--simulate", "yes"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"argument {option}: takes a whole number, 1 or more" in r.stderr
+
+
+def test_the_demo_says_a_timeline_it_cannot_write_and_still_ends_well(tmp_path: Path) -> None:
+    short = ["--epochs", "1", "--steps", "3", "--simulate", "yes"]
+    r = subprocess.run(
+        [*CARBONCTX, "demo", *short, "--trace", str(tmp_path)],  # a directory, not a file
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and f"cannot write {tmp_path}" in r.stderr
+    assert "timeline:" not in r.stdout and "records:" in r.stdout

@@ -32,12 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for command in (devices, run, report, demo, intensity):
         command.register(sub)
+    for sp in sub.choices.values():
+        sp.set_defaults(_parser=sp)  # unknown options are said with the command's own usage
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     default = warnings.formatwarning
 
     def plain(
