@@ -9,6 +9,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -176,6 +177,26 @@ def test_warnings_are_said_as_a_commands_not_as_library_code(tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr
     assert b"carbonctx: warning: " in r.stderr
     assert b"CarbonctxWarning" not in r.stderr and b"carbonctx.track(" not in r.stderr
+
+
+def test_a_warning_that_names_carbonctx_itself_is_not_prefixed_twice() -> None:
+    """A provider that cannot be reached (a closed loopback port) warns, said once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"CARBONCTX_PROVIDERS": "gb", "CARBONCTX_GB_URL": f"http://127.0.0.1:{port}"}
+    r = subprocess.run(
+        [*CARBONCTX, "intensity", "--zone", "GB", "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["current"]["zone"] == "GB"
+    assert "carbonctx: warning: live carbon intensity for zone GB is unavailable" in r.stderr
+    assert "warning: carbonctx:" not in r.stderr
 
 
 # ------------------------------------------------------------- the command's streams and argv

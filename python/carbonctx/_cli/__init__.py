@@ -55,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # source line of the library code that raised them (noise to someone who typed a
         # command); others as Python says them.
         if issubclass(category, CarbonctxWarning):
-            return f"carbonctx: warning: {message}\n"
+            text = str(message).removeprefix("carbonctx: ")  # some say it themselves
+            return f"carbonctx: warning: {text}\n"
         return default(message, category, filename, lineno, line)
 
     warnings.formatwarning = plain
