@@ -163,6 +163,19 @@ def test_the_summary_names_an_output_set_by_the_environment(
     assert len(regions(out)) == 1
 
 
+def test_an_output_that_cannot_be_written_is_not_claimed(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    """``-o`` naming a directory: the command still runs and its status is passed on, the
+    warning says why, and the summary does not claim a file of records."""
+    r = run("-o", str(tmp_path), "--", "sh", "-c", "exit 4", env=sim.env())
+    assert r.returncode == 4
+    err = r.stderr.decode()
+    assert f"cannot write {tmp_path}" in err
+    assert f"records: {tmp_path}\n" not in err
+    assert "records: none" in err
+
+
 def test_warnings_are_said_as_a_commands_not_as_library_code(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

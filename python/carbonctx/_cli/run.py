@@ -109,14 +109,21 @@ def _status(rc: int) -> str:
     return f"was ended by {name} (exit status {128 - rc})"
 
 
+_USAGE = "carbonctx run [-h] [-o OUTPUT] [--name NAME] [--kill-after SECONDS] -- CMD [ARGS ...]"
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser(
         "run",
         help="measure a command",
+        usage=_USAGE,
         description="Run a command and measure the machine's energy while it runs. "
-        "Exit status is the command's (128 + N when signal N ended it). SIGTERM, SIGINT and "
-        "SIGHUP sent to carbonctx are forwarded to the command, which is killed if it has not "
-        "exited --kill-after seconds later; the region is recorded either way.",
+        "Exit status is the command's (128 + N when signal N ended it; 127 when it is not "
+        "found, 126 when it cannot be run); its standard streams and environment are its own. "
+        "SIGTERM, SIGINT and SIGHUP sent to carbonctx are forwarded to the command, which is "
+        "killed if it has not exited --kill-after seconds later; the region is recorded either "
+        "way. Under a launcher (torchrun, srun, mpirun) each carbonctx is a rank: its record "
+        "goes to the rank's file and holds the rank's part of its node.",
     )
     r.add_argument("-o", "--output", default=None, help="append a JSON Lines record here")
     r.add_argument("--name", default="run", help="region name (default: run)")
@@ -140,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         _say(
-            "usage: carbonctx run [-o OUTPUT] [--name NAME] -- CMD [ARGS...]\n"
+            f"usage: {_USAGE}\n"
             "carbonctx run: give a command after --, e.g. carbonctx run -- python train.py"
         )
         return 2
@@ -201,6 +208,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The file written: a rank's path has its rank added (out.rank1.jsonl), and the output may
     # come from CARBONCTX_OUTPUT rather than -o.
     recorder = rt.recorder if rt is not None else None
-    if recorder is not None:
+    if recorder is not None and r.recorded:
         _say(f"records: {recorder.path}")
+    elif recorder is not None:
+        _say(f"records: none; {recorder.path} could not be written (see the warning above)")
     return rc if rc >= 0 else 128 - rc
