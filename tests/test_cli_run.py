@@ -347,3 +347,27 @@ def test_the_demo_says_a_timeline_it_cannot_write_and_still_ends_well(tmp_path: 
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and f"cannot write {tmp_path}" in r.stderr
     assert "timeline:" not in r.stdout and "records:" in r.stdout
+
+
+def test_ctrl_c_in_a_command_other_than_run_ends_it_without_a_traceback(tmp_path: Path) -> None:
+    p = subprocess.Popen(
+        [*CARBONCTX, "demo", "--epochs", "100000", "--steps", "2", "--simulate", "yes"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None
+        for line in p.stdout:
+            if line.startswith("epoch "):
+                break
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=WAIT_S)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "interrupted" in err

@@ -74,6 +74,10 @@ def _main(args: argparse.Namespace) -> int:
     except ConfigurationError as e:
         print(f"carbonctx: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C (``carbonctx run`` takes it itself and passes on the command's status).
+        print("carbonctx: interrupted", file=sys.stderr)
+        return 128 + 2  # SIGINT, as a shell says it
     except BrokenPipeError:
         # The reader went away (``carbonctx report big.jsonl | head``): what it did not read
         # goes nowhere, without a traceback, and the status says so as a shell's would.
