@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from carbonctx._cli import demo, devices, intensity, report, run
-from carbonctx.errors import ConfigurationError
+from carbonctx.errors import CarbonctxWarning, ConfigurationError
 
 __all__ = ["main"]
 
@@ -31,18 +32,52 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for command in (devices, run, report, demo, intensity):
         command.register(sub)
+    for sp in sub.choices.values():
+        sp.set_defaults(_parser=sp)  # unknown options are said with the command's own usage
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    default = warnings.formatwarning
+
+    def plain(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        line: str | None = None,
+    ) -> str:
+        # carbonctx's own warnings said as a command says them, without the file, line and
+        # source line of the library code that raised them (noise to someone who typed a
+        # command); others as Python says them.
+        if issubclass(category, CarbonctxWarning):
+            text = str(message).removeprefix("carbonctx: ")  # some say it themselves
+            return f"carbonctx: warning: {text}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = plain
+    try:
+        return _main(args)
+    finally:
+        warnings.formatwarning = default
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         rc = int(args.func(args))
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None when started with descriptor 1 closed
+            sys.stdout.flush()
     except ConfigurationError as e:
         print(f"carbonctx: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C (``carbonctx run`` takes it itself and passes on the command's status).
+        print("carbonctx: interrupted", file=sys.stderr)
+        return 128 + 2  # SIGINT, as a shell says it
     except BrokenPipeError:
         # The reader went away (``carbonctx report big.jsonl | head``): what it did not read
         # goes nowhere, without a traceback, and the status says so as a shell's would.

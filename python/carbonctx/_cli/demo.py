@@ -17,6 +17,16 @@ from carbonctx.testing import SimulatedMachine, Wave
 __all__ = ["register", "run_demo"]
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"takes a whole number, 1 or more, not {text!r}")
+    return n
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser(
         "demo",
@@ -24,8 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Run a small training-like loop (NumPy) with tracked steps and epochs. "
         "Uses the machine's counters where it has them and simulated hardware otherwise.",
     )
-    demo.add_argument("--epochs", type=int, default=3)
-    demo.add_argument("--steps", type=int, default=150)
+    demo.add_argument("--epochs", type=_count, default=3, help="epochs (default: 3)")
+    demo.add_argument("--steps", type=_count, default=150, help="steps per epoch (default: 150)")
     demo.add_argument(
         "--simulate",
         choices=["auto", "yes", "no"],
@@ -118,8 +128,15 @@ def run_demo(
                     f"(chosen by: {z['rule']}; from: {p['dataset']}, {p['source']})"
                 )
             if trace:
-                carbonctx.write_trace(trace)
-                print(f"timeline: {os.path.abspath(trace)} (open it in https://ui.perfetto.dev)")
+                try:
+                    carbonctx.write_trace(trace)
+                except OSError as e:
+                    print(
+                        f"carbonctx demo: cannot write {trace}: {e}; no timeline", file=sys.stderr
+                    )
+                else:
+                    where = os.path.abspath(trace)
+                    print(f"timeline: {where} (open it in https://ui.perfetto.dev)")
             if output:
                 carbonctx.flush()
                 print(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -30,6 +33,23 @@ _SI_KERNEL = 0x80
 _WAKE_S = 0.5
 
 
+def _say(text: str) -> None:
+    """Print to stderr; a stderr that is gone (``carbonctx run -- cmd 2>&1 | head``, a full
+    disk, a closed descriptor) is given up on, so that this process's status stays the
+    command's, as it would be without carbonctx."""
+    if sys.stderr is None:
+        return  # started with descriptor 2 closed: print() would write to stdout instead
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:
+            pass
+
+
 def _wait(pid: int, kill_after: float) -> int:
     """Wait for the command, forwarding signals; its exit code (-N when signal N ended it)."""
     deadline: float | None = None
@@ -40,10 +60,9 @@ def _wait(pid: int, kill_after: float) -> int:
             return os.waitstatus_to_exitcode(status)
         now = time.monotonic()
         if deadline is not None and now >= deadline and not killed:
-            print(
+            _say(
                 f"carbonctx run: the command did not exit {kill_after:g} s after the signal; "
-                "killing it (SIGKILL)",
-                file=sys.stderr,
+                "killing it (SIGKILL)"
             )
             os.kill(pid, signal.SIGKILL)
             killed = True
@@ -60,27 +79,57 @@ def _wait(pid: int, kill_after: float) -> int:
             continue
         if deadline is None:
             deadline = time.monotonic() + kill_after
-        print(
+        _say(
             f"carbonctx run: forwarded {name} to the command; waiting up to {kill_after:g} s "
-            "for it to exit",
-            file=sys.stderr,
+            "for it to exit"
         )
+
+
+def _kill_after(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(
+            f"--kill-after takes a number of seconds, 0 or more, not {text!r} "
+            "(e.g. --kill-after 30)"
+        )
+    return v
+
+
+def _status(rc: int) -> str:
+    """How the command ended, as a shell would say it."""
+    if rc >= 0:
+        return f"exited with {rc}"
+    try:
+        name = signal.Signals(-rc).name
+    except ValueError:
+        name = f"signal {-rc}"
+    return f"was ended by {name} (exit status {128 - rc})"
+
+
+_USAGE = "carbonctx run [-h] [-o OUTPUT] [--name NAME] [--kill-after SECONDS] -- CMD [ARGS ...]"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser(
         "run",
         help="measure a command",
+        usage=_USAGE,
         description="Run a command and measure the machine's energy while it runs. "
-        "Exit status is the command's (128 + N when signal N ended it). SIGTERM, SIGINT and "
-        "SIGHUP sent to carbonctx are forwarded to the command, which is killed if it has not "
-        "exited --kill-after seconds later; the region is recorded either way.",
+        "Exit status is the command's (128 + N when signal N ended it; 127 when it is not "
+        "found, 126 when it cannot be run); its standard streams and environment are its own. "
+        "SIGTERM, SIGINT and SIGHUP sent to carbonctx are forwarded to the command, which is "
+        "killed if it has not exited --kill-after seconds later; the region is recorded either "
+        "way. Under a launcher (torchrun, srun, mpirun) each carbonctx is a rank: its record "
+        "goes to the rank's file and holds the rank's part of its node.",
     )
     r.add_argument("-o", "--output", default=None, help="append a JSON Lines record here")
     r.add_argument("--name", default="run", help="region name (default: run)")
     r.add_argument(
         "--kill-after",
-        type=float,
+        type=_kill_after,
         default=KILL_AFTER_S,
         metavar="SECONDS",
         help="after forwarding SIGTERM, SIGINT or SIGHUP to the command, wait this long for "
@@ -97,10 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        print(
-            "usage: carbonctx run [-o OUTPUT] [--name NAME] -- CMD [ARGS...]\n"
-            "carbonctx run: give a command after --, e.g. carbonctx run -- python train.py",
-            file=sys.stderr,
+        _say(
+            f"usage: {_USAGE}\n"
+            "carbonctx run: give a command after --, e.g. carbonctx run -- python train.py"
         )
         return 2
     carbonctx.configure(output=args.output, window=10)
@@ -121,40 +169,47 @@ def cmd_run(args: argparse.Namespace) -> int:
                     setsigdef=_RESTORED,
                 )
             except OSError as e:
-                print(f"carbonctx run: cannot start {cmd[0]!r}: {e}", file=sys.stderr)
-                return 127
+                _say(f"carbonctx run: cannot start {cmd[0]!r}: {e}")
+                # As a shell: 127 when there is no such command, 126 when there is one that
+                # cannot be run (not executable, a directory, a bad format).
+                return 127 if e.errno == errno.ENOENT else 126
             rc = _wait(pid, args.kill_after)
     finally:
         while signal.sigtimedwait(_WAITED, 0) is not None:
             pass  # signals that came after the command ended: this process is ending anyway
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     r = m.result()
+    shown = shlex.join(cmd)
+    rt = _process.current_runtime()
     if "sampler" in r.missing:
-        rt = _process.current_runtime()
         why = (rt.start_error if rt is not None else None) or "no sampler"
-        print(
-            f"\ncarbonctx: `{' '.join(cmd)}` exited with {rc}; it was not measured: {why}",
-            file=sys.stderr,
-        )
+        _say(f"\ncarbonctx: `{shown}` {_status(rc)}; it was not measured: {why}")
         return rc if rc >= 0 else 128 - rc
     rows = [
         [sid, s.method, f"{s.joules:.2f} J" if s.joules is not None else "missing"]
         for sid, s in r.by_source.items()
     ]
-    print(
-        f"\ncarbonctx: `{' '.join(cmd)}` exited with {rc} after {r.duration_s:.2f} s",
-        file=sys.stderr,
-    )
-    print("scope: the whole machine (every process), not the command alone", file=sys.stderr)
+    _say(f"\ncarbonctx: `{shown}` {_status(rc)} after {r.duration_s:.2f} s")
+    if r.rank is None:
+        _say("scope: the whole machine (every process), not the command alone")
+    else:
+        # Under a launcher (torchrun, srun, mpirun) each rank's carbonctx is a rank: its figures
+        # are the rank's part of its node, so that the ranks' records add up to each node once.
+        _say(
+            f"scope: rank {r.rank}'s part of node {r.node} (its own GPUs and a share of the "
+            "node's CPU and DRAM, every process), not the command alone"
+        )
     if rows:
-        print(format_table(["source", "method", "energy"], rows), file=sys.stderr)
+        _say(format_table(["source", "method", "energy"], rows))
     co2 = f"{r.co2_g:.3f} gCO2e" if r.co2_g is not None else "CO2 unknown"
     zone = f" (zone {r.zone}, {r.intensity:.0f} g/kWh)" if r.intensity is not None else ""
     est = " — includes an ESTIMATE" if r.estimated else ""
-    print(
-        f"total: {r.energy_j:.2f} J = {r.energy_kwh * 1e3:.4f} Wh, {co2}{zone}{est}",
-        file=sys.stderr,
-    )
-    if args.output:
-        print(f"records: {args.output}", file=sys.stderr)
+    _say(f"total: {r.energy_j:.2f} J = {r.energy_kwh * 1e3:.4f} Wh, {co2}{zone}{est}")
+    # The file written: a rank's path has its rank added (out.rank1.jsonl), and the output may
+    # come from CARBONCTX_OUTPUT rather than -o.
+    recorder = rt.recorder if rt is not None else None
+    if recorder is not None and r.recorded:
+        _say(f"records: {recorder.path}")
+    elif recorder is not None:
+        _say(f"records: none; {recorder.path} could not be written (see the warning above)")
     return rc if rc >= 0 else 128 - rc
