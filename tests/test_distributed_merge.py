@@ -10,7 +10,7 @@ from carbonctx._results.runs import RunLog
 from carbonctx._runs.merge import merge_jobs
 
 
-def rank_log(job: str, rank: int, energy_j: float, co2_g: float | None = 1.0) -> RunLog:
+def rank_log(job: str | None, rank: int, energy_j: float, co2_g: float | None = 1.0) -> RunLog:
     fields: dict[str, Any] = {
         "rank": rank,
         "local_rank": rank,
@@ -21,7 +21,7 @@ def rank_log(job: str, rank: int, energy_j: float, co2_g: float | None = 1.0) ->
     epoch = {"epoch": 0, "energy_j": energy_j, "cpu_j": energy_j, "dram_j": 0.0, "gpu_j": 0.0}
     final = {**fields, "actual": {"energy_j": energy_j, "co2_g": co2_g, "duration_s": 1.0}}
     return RunLog(
-        path=f"{job}/rank{rank}/exp.jsonl",
+        path=f"{job or 'nojob'}/rank{rank}/exp.jsonl",
         run="exp",
         name="epoch",
         epochs_planned=1,
@@ -50,3 +50,18 @@ def test_a_rank_without_co2_makes_the_jobs_co2_unknown() -> None:
     assert rep.to_dict()["job"]["co2_g"] is None
     text = "\n".join(rep.lines())
     assert "job total" in text and "CO2 unknown" in text
+
+
+def test_a_rank_with_zero_co2_is_known_not_unknown() -> None:
+    # 0 g (a zero-carbon zone, or no energy) is a figure, unlike None.
+    (rep,) = merge_jobs([rank_log("A", 0, 10.0, co2_g=0.0), rank_log("A", 1, 20.0, co2_g=2.5)])
+    assert rep.total["co2_g"] == 2.5 and rep.nodes["n0"]["co2_g"] == 2.5
+    assert rep.ranks["0"]["co2_g"] == 0.0
+    text = "\n".join(rep.lines())
+    assert "CO2 unknown" not in text and "2.5000 gCO2e" in text
+
+
+def test_rank_logs_without_a_job_id_are_still_merged_by_run() -> None:
+    (rep,) = merge_jobs([rank_log(None, 0, 10.0), rank_log(None, 1, 20.0)])
+    assert rep.job is None and sorted(rep.ranks) == ["0", "1"] and rep.complete
+    assert rep.total["energy_j"] == 30.0 and rep.total["co2_g"] == 2.0

@@ -26,10 +26,24 @@ values come back unchanged (this rank's own), :func:`failure` says why, one
 (``engine()`` is ``"local"``, ``world()`` is ``(0, 1)``): a job whose peers are gone is not
 waited on again at every epoch end. (MPI has no such timeout: a rank that never arrives at an
 ``Allreduce`` is waited on for ever, as by the program's own MPI calls.)
+
+**With torch, these collectives run on a process group of their own**, not on the user's: a
+gloo group over the same ranks (CPU tensors, whatever the user's backend), made by the first
+collective here (every rank makes it at the same point, as it must) with the user's group's
+timeout. A failure need not be seen by every rank alike: a rank may raise before it sends (then
+the others' collective waits for it), and a gloo timeout closes the group's connections. On the
+user's group, that would pair a later carbonctx collective on one rank with the user's own on
+another (torch matches collectives by their order in a group: a silently wrong sum, or a hang)
+or close the user's connections. On a group of its own, a failure stays in carbonctx: a peer
+left waiting at a carbonctx collective fails after the timeout and goes local too, and the
+user's collectives are never matched with carbonctx's. (Where no gloo group can be made, with
+torch's MPI backend or without gloo, the user's default group is used, as MPI's
+``COMM_WORLD`` is.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
@@ -51,6 +65,8 @@ _CPU_BACKENDS = ("gloo", "mpi", "ucc")
 
 #: Why a collective failed in this process (then every later one is local); None while none has.
 _FAILED: list[str] = []
+#: carbonctx's own process group, and the user's default group it was made over.
+_GROUP: list[tuple[Any, Any]] = []
 
 
 def failure() -> str | None:
@@ -131,6 +147,32 @@ def _torch_device(modules: Mapping[str, Any], dist: Any) -> Any:
     return torch.device("cpu")
 
 
+def _user_timeout(modules: Mapping[str, Any], dist: Any) -> Any:
+    """The user's default group's timeout (a ``timedelta``), or None (torch's default)."""
+    torch = modules["torch"]
+    world = dist.group.WORLD
+    for kind in ("cpu", "cuda"):
+        with contextlib.suppress(Exception):
+            return world._get_backend(torch.device(kind)).options._timeout
+    return None
+
+
+def _own_group(modules: Mapping[str, Any], dist: Any) -> Any | None:
+    """carbonctx's gloo group over the default group's ranks (made by the first collective
+    here, on every rank alike), or None where the default group serves (see the module)."""
+    world = getattr(getattr(dist, "group", None), "WORLD", None)
+    if world is None or not callable(getattr(dist, "new_group", None)):
+        return None
+    if _GROUP and _GROUP[0][0] is world:
+        return _GROUP[0][1]
+    if not dist.is_gloo_available() or "mpi" in str(dist.get_backend()).lower():
+        return None
+    # A collective on the default group (every rank must make it); it may raise: a failure.
+    group = dist.new_group(backend="gloo", timeout=_user_timeout(modules, dist))
+    _GROUP[:] = [(world, group)]
+    return group
+
+
 def allreduce_sum(
     values: Sequence[float], *, modules: Mapping[str, Any] = sys.modules
 ) -> list[float]:
@@ -140,8 +182,14 @@ def allreduce_sum(
         dist = _torch_dist(modules)
         if dist is not None:
             torch = modules["torch"]
-            t = torch.tensor(data, dtype=torch.float64, device=_torch_device(modules, dist))
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            group = _own_group(modules, dist)
+            if group is None:
+                device = _torch_device(modules, dist)
+                kw: dict[str, Any] = {}
+            else:
+                device, kw = torch.device("cpu"), {"group": group}
+            t = torch.tensor(data, dtype=torch.float64, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, **kw)
             return [float(x) for x in t.cpu().tolist()]
         mpi = _mpi(modules)
         if mpi is not None:
@@ -167,8 +215,9 @@ def gather_objects(obj: T, *, modules: Mapping[str, Any] = sys.modules) -> list[
     try:
         dist = _torch_dist(modules)
         if dist is not None:
+            group = _own_group(modules, dist)
             out: list[Any] = [None] * int(dist.get_world_size())
-            dist.all_gather_object(out, obj)
+            dist.all_gather_object(out, obj, **({} if group is None else {"group": group}))
             return out
         mpi = _mpi(modules)
         if mpi is not None:
