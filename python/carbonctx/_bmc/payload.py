@@ -5,6 +5,7 @@ number, or one sent as a string; never null, text, NaN or a negative number), an
 from __future__ import annotations
 
 import datetime
+import decimal
 import math
 import re
 from typing import Any
@@ -37,6 +38,20 @@ def _number(v: Any) -> float | None:
         return None
     x = float(v)
     return x if math.isfinite(x) and x >= 0 else None
+
+
+def _step(v: Any) -> float | None:
+    """The resolution a reading shows, in its unit: one unit of its last significant digit as
+    sent (``1234.567``: 0.001; ``1234`` or ``1234.0``: 1; trailing zeros say nothing, so the
+    finest of several readings is the counter's resolution). None where it is no reading."""
+    if _number(v) is None:
+        return None
+    text = v.strip() if isinstance(v, str) else repr(v)
+    try:
+        exp = decimal.Decimal(text).normalize().as_tuple().exponent
+    except decimal.InvalidOperation:
+        return None
+    return 10.0**exp if isinstance(exp, int) else None
 
 
 def _absent(doc: dict[str, Any]) -> bool:

@@ -59,6 +59,7 @@ from carbonctx._bmc.payload import (
     _links,
     _members,
     _number,
+    _step,
     _supplies_input,
     _time,
 )
@@ -99,12 +100,14 @@ class Reading:
     """One answer: watts (None: the BMC gave none), its energy counter in joules (None: it has
     none, or gave none this time), when the BMC says it read them (``ReadingTime``, POSIX
     seconds on its clock; None: not said), and the window a mean is over (seconds; None: not a
-    mean)."""
+    mean); ``energy_step_j`` is the counter's resolution as this reading shows it (J: one unit
+    of its last digit; None: unknown)."""
 
     watts: float | None
     energy_j: float | None = None
     read_at: float | None = None
     window_s: float | None = None
+    energy_step_j: float | None = None
 
 
 @attrs.frozen
@@ -446,7 +449,7 @@ class RedfishPower:
         if loc.kind == "sensors":
             # ReadingTime: the energy sensor's where there is one (it dates the counter).
             energy_path, power_path = loc.paths
-            energy = watts = at = None
+            energy = watts = at = step = None
             if power_path:
                 doc = self.t.get(power_path)
                 w = _number(doc.get("Reading"))
@@ -460,8 +463,10 @@ class RedfishPower:
                 if per is None:
                     per = ENERGY_UNITS.get(str(doc.get("ReadingType")), 0.0)
                 energy = None if e is None else e * per
+                q = _step(doc.get("Reading"))
+                step = None if q is None or not per else q * per
                 at = _time(doc.get("ReadingTime")) or at
-            return Reading(watts, energy, at)
+            return Reading(watts, energy, at, energy_step_j=step)
         total = 0.0
         for path in loc.paths:
             _, w = _excerpt(self.t.get(path), "InputPowerWatts")
@@ -473,9 +478,14 @@ class RedfishPower:
 
 def _environment(doc: dict[str, Any]) -> Reading:
     """An ``EnvironmentMetrics`` reading: ``PowerWatts``, and the energy counter in joules
-    (``EnergyJoules``, finer, else ``EnergykWh``)."""
+    (``EnergyJoules``, finer, else ``EnergykWh``) with the resolution its reading shows (a
+    ``EnergykWh`` sent to 0.001 kWh moves in steps of 3600 J)."""
     _, joules = _excerpt(doc, "EnergyJoules")
     _, kwh = _excerpt(doc, "EnergykWh")
     _, watts = _excerpt(doc, "PowerWatts")
-    energy = joules if joules is not None else None if kwh is None else kwh * J_PER_KWH
-    return Reading(watts, energy)
+    if joules is not None:
+        return Reading(watts, joules, energy_step_j=_step(doc["EnergyJoules"]["Reading"]))
+    if kwh is None:
+        return Reading(watts)
+    q = _step(doc["EnergykWh"]["Reading"])
+    return Reading(watts, kwh * J_PER_KWH, energy_step_j=None if q is None else q * J_PER_KWH)
