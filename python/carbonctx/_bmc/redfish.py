@@ -8,10 +8,11 @@ Where the reading is, in the order tried for the chosen chassis:
 2. the legacy ``Power`` resource: ``PowerControl[0].PowerConsumedWatts`` (the chassis's power
    now), else ``PowerControl[0].PowerMetrics.AverageConsumedWatts`` (a mean over the last
    ``IntervalInMin`` minutes, labelled as such), else the sum of its ``PowerSupplies``'
-   ``PowerInputWatts`` (those present);
+   ``PowerInputWatts`` (those present; not for a ``Blade`` or ``Sled``, whose supplies are
+   its enclosure's, shared by several nodes);
 3. ``PowerSubsystem`` (the successor of ``Power``): the ``InputPowerWatts.Reading`` of each of
    its ``PowerSupplies``' ``Metrics``, added up (the power the supplies draw from the wall; a
-   supply whose ``Status.State`` is ``Absent`` is left out);
+   supply whose ``Status.State`` is ``Absent`` is left out; not for a blade or sled);
 4. the chassis's ``Sensors``: one of ``ReadingType`` ``EnergykWh`` or ``EnergyJoules`` and one of
    ``Power``, of the whole chassis (``PhysicalContext`` ``Chassis``, ``ElectricalContext``
    ``Total``, or unstated), among the sensors whose names speak of power or energy (those
@@ -72,6 +73,8 @@ NODE_TYPES = ("RackMount", "Blade", "StandAlone", "Sled", "Tower", "Desktop")
 #: Types that are the node's chassis where it directly holds exactly one computer system
 #: (Cisco's CIMC calls a rack server's chassis ``Rack``): tried after the node types.
 HOLDER_TYPES = ("Rack", "Enclosure", "Other")
+#: Types whose power supplies are the enclosure's, shared by its nodes: their sum is not read.
+SHARED_SUPPLY_TYPES = ("Blade", "Sled")
 #: The search for the reading takes at most this many seconds of requests.
 SEARCH_S = 300.0
 #: Chassis read one by one, at most (a GPU server's BMC lists one per GPU, switch, retimer,
@@ -317,15 +320,20 @@ class RedfishPower:
                     if _environment(em) != Reading(None):
                         return loc
                     blank.append(loc)
+        # A blade's or sled's supplies feed every node of its enclosure (a multi-node chassis
+        # lists the shared supplies under each node): their sum is not this node's.
+        shared = doc.get("ChassisType") in SHARED_SUPPLY_TYPES
         power = _link(doc, "Power")
         if power is not None:
             tried.append(power)
             pw = self._get_or_none(power)
-            found = None if pw is None else self._locate_power(chassis, power, pw, blank)
+            found = None if pw is None else self._locate_power(chassis, power, pw, blank, shared)
             if found is not None:
                 return found
         sub = _link(doc, "PowerSubsystem")
-        if sub is not None:
+        if sub is not None and shared:
+            tried.append(f"{sub} (not its supplies: shared with the enclosure's other nodes)")
+        elif sub is not None:
             tried.append(sub)
             if (ps := self._get_or_none(sub)) is not None:
                 supplies = _link(ps, "PowerSupplies")
@@ -350,10 +358,10 @@ class RedfishPower:
         return None
 
     def _locate_power(
-        self, chassis: str, power: str, pw: dict[str, Any], blank: list[Locator]
+        self, chassis: str, power: str, pw: dict[str, Any], blank: list[Locator], shared: bool
     ) -> Locator | None:
         """In the legacy ``Power`` resource: ``PowerConsumedWatts``, else the average, else
-        the supplies' ``PowerInputWatts``."""
+        the supplies' ``PowerInputWatts`` (unless ``shared`` with other nodes)."""
         pc = _control(pw)
         if pc is not None:
             pm = pc.get("PowerMetrics")
@@ -374,7 +382,7 @@ class RedfishPower:
                     f"Power AverageConsumedWatts, a mean over{over}: it lags changes by about "
                     "half that and smooths them",
                 )
-        if _supplies_input(MAX_SUPPLIES, pw) is not None:
+        if not shared and _supplies_input(MAX_SUPPLIES, pw) is not None:
             return Locator(
                 "power-supplies", (power,), chassis, "Power: PowerInputWatts of its supplies"
             )

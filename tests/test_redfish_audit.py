@@ -1,0 +1,139 @@
+"""Vendors' answers the node's figure must not be misread from: an energy counter's resolution,
+and a multi-node enclosure's shared power supplies, against a real HTTPS server on 127.0.0.1
+(``redfish_server``) serving ``EnvironmentMetrics`` as BMCs do: ``EnergykWh.Reading`` is a
+cumulative counter in kWh, often sent to 0.001 kWh (3600 J) or whole kWh, beside
+``PowerWatts.Reading``.
+
+A counter read every 5 s (the default period) at 1 kW moves by one or two 3600 J steps between
+readings: its mean power between two updates is 720 W or 1440 W, not 1000 W. Such a mean is
+used only where the counter's resolution leaves it within ``COUNTER_MAX_ERROR``; the result
+says the resolution and the ± it leaves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+
+from carbonctx._bmc import BmcSource, RedfishError, RedfishPower, Transport
+
+pytest.importorskip("cryptography")
+from redfish_server import CHASSIS, RedfishServer, make_certificate
+
+ENV = f"{CHASSIS}/EnvironmentMetrics"
+PERIOD_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_certificate(tmp_path_factory.mktemp("bmc"))
+
+
+def _env(watts: float, energy: object, key: str = "EnergykWh") -> dict[str, object]:
+    return {
+        "@odata.id": ENV,
+        "@odata.type": "#EnvironmentMetrics.v1_3_0.EnvironmentMetrics",
+        "Id": "EnvironmentMetrics",
+        "PowerWatts": {"DataSourceUri": f"{CHASSIS}/Sensors/TotalPower", "Reading": watts},
+        key: {"DataSourceUri": f"{CHASSIS}/Sensors/TotalEnergy", "Reading": energy},
+    }
+
+
+def _pushed(srv: RedfishServer, cert: tuple[Path, Path], counter: list[object], key: str):
+    """The power the poller would push for each served counter value, read every 5 s."""
+    p = RedfishPower(Transport(srv.url, srv.user, srv.password, verify=str(cert[0])))
+    b = BmcSource(srv.url, None, None, verify=True, period_s=PERIOD_S, note=lambda k, m: None)
+    out = []
+    for i, value in enumerate(counter):
+        srv.docs[ENV] = _env(1000.0, value, key)
+        out.append(b._watts(p.read(), i * PERIOD_S))
+    p.t.close()
+    return b, out
+
+
+def test_a_kwh_counter_in_3600_j_steps_gives_way_to_the_power_reading(
+    cert: tuple[Path, Path],
+) -> None:
+    # 1 kW for 5 s is 5000 J: a counter sent to 0.001 kWh reads (truncated) as below.
+    kwh = [math.floor((1234.0 + i * 5000 / 3.6e6) * 1000) / 1000 for i in range(12)]
+    assert len({round(b - a, 3) for a, b in itertools.pairwise(kwh)}) == 2  # steps of 1 or 2
+    with RedfishServer(cert) as srv:
+        b, pushed = _pushed(srv, cert, kwh, "EnergykWh")
+    assert pushed == [1000.0] * len(kwh)  # never 720 W or 1440 W
+    assert b.counter_used is False
+    note = b.provenance()
+    assert "resolution 3600 J" in note and "power reading is used" in note
+
+
+def test_a_fine_counter_is_used_and_its_error_stated(cert: tuple[Path, Path]) -> None:
+    # EnergyJoules to the joule (EnvironmentMetrics v1.2): 4001 J per 5 s; PowerWatts says
+    # 1000 W, the counter 800.2 W: the counter is the better figure and is used.
+    joules = [5.0e9 + 4001 * i for i in range(6)]
+    with RedfishServer(cert) as srv:
+        b, pushed = _pushed(srv, cert, joules, "EnergyJoules")
+    assert pushed[:2] == [1000.0] * 2  # first sight; the first update only dates the counter
+    assert pushed[2:] == [pytest.approx(4001 / PERIOD_S)] * 4
+    assert b.counter_used is True
+    assert "within ±0.0 %" in b.provenance() and "resolution 1 J" in b.provenance()
+
+
+def test_a_sleds_shared_supplies_are_not_its_power(cert: tuple[Path, Path]) -> None:
+    # A multi-node enclosure (four sleds in 2U sharing two supplies) lists the shared supplies
+    # in each sled's ``Power`` resource (Power v1: ``PowerSupplies[].PowerInputWatts``), and
+    # ``PowerSubsystem`` the same: 1600 W is the whole enclosure's draw. The sled's own power
+    # is its chassis sensor (350 W).
+    coll, power, sub, sens = (
+        "/redfish/v1/Chassis",
+        f"{CHASSIS}/Power",
+        f"{CHASSIS}/PowerSubsystem",
+        f"{CHASSIS}/Sensors",
+    )
+    with RedfishServer(cert, layout="power") as srv:
+        srv.docs[coll] = {"@odata.id": coll, "Members": [{"@odata.id": CHASSIS}]}
+        srv.docs[CHASSIS] = {
+            "@odata.id": CHASSIS,
+            "@odata.type": "#Chassis.v1_21_0.Chassis",
+            "ChassisType": "Sled",
+            "Status": {"State": "Enabled"},
+            "Power": {"@odata.id": power},
+            "PowerSubsystem": {"@odata.id": sub},
+            "Sensors": {"@odata.id": sens},
+            "Links": {"ContainedBy": {"@odata.id": "/redfish/v1/Chassis/Enclosure"}},
+        }
+        srv.docs[power] = {
+            "@odata.id": power,
+            "@odata.type": "#Power.v1_5_0.Power",
+            "PowerControl": [],
+            "PowerSupplies": [
+                {"MemberId": "0", "PowerInputWatts": 800, "Status": {"State": "Enabled"}},
+                {"MemberId": "1", "PowerInputWatts": 800, "Status": {"State": "Enabled"}},
+            ],
+        }
+        srv.docs[sub] = {"@odata.id": sub, "PowerSupplies": {"@odata.id": f"{sub}/PowerSupplies"}}
+        srv.docs[f"{sub}/PowerSupplies"] = {
+            "@odata.id": f"{sub}/PowerSupplies",
+            "Members": [{"@odata.id": f"{sub}/PowerSupplies/0"}],
+        }
+        srv.docs[f"{sub}/PowerSupplies/0"] = {"Metrics": {"@odata.id": f"{sub}/PSU0/Metrics"}}
+        srv.docs[f"{sub}/PSU0/Metrics"] = {"InputPowerWatts": {"Reading": 800}}
+        srv.docs[sens] = {"@odata.id": sens, "Members": [{"@odata.id": f"{sens}/total_power"}]}
+        srv.docs[f"{sens}/total_power"] = {
+            "@odata.id": f"{sens}/total_power",
+            "ReadingType": "Power",
+            "ReadingUnits": "W",
+            "PhysicalContext": "Chassis",
+            "Reading": 350.0,
+        }
+        p = RedfishPower(Transport(srv.url, srv.user, srv.password, verify=str(cert[0])))
+        assert p.read().watts == 350.0
+        assert p.locator is not None and p.locator.kind == "sensors"
+        # Without a sensor of its own, the sled has no reading: the error says why.
+        srv.docs[CHASSIS].pop("Sensors")
+        p.locator = None
+        with pytest.raises(RedfishError, match="shared with the enclosure") as e:
+            p.read()
+        assert e.value.permanent
+        p.t.close()
