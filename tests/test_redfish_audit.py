@@ -137,3 +137,43 @@ def test_a_sleds_shared_supplies_are_not_its_power(cert: tuple[Path, Path]) -> N
             p.read()
         assert e.value.permanent
         p.t.close()
+
+
+def test_a_supply_out_of_service_without_a_figure_is_left_out(cert: tuple[Path, Path]) -> None:
+    # A redundant pair with one supply's input cord pulled: that supply is present but out of
+    # service (Resource schema ``Status.State`` ``UnavailableOffline``) and its input power is
+    # null; the other carries the node. One in service without a figure still gives no total.
+    power = f"{CHASSIS}/Power"
+    with RedfishServer(cert, layout="power") as srv:
+        srv.docs[power] = {
+            "@odata.id": power,
+            "@odata.type": "#Power.v1_7_1.Power",
+            "PowerSupplies": [
+                {"MemberId": "0", "PowerInputWatts": 420, "Status": {"State": "Enabled"}},
+                {
+                    "MemberId": "1",
+                    "PowerInputWatts": None,
+                    "Status": {"State": "UnavailableOffline", "Health": "Critical"},
+                },
+            ],
+        }
+        p = RedfishPower(Transport(srv.url, srv.user, srv.password, verify=str(cert[0])))
+        assert p.read().watts == 420.0
+        srv.docs[power]["PowerSupplies"][0]["PowerInputWatts"] = None
+        assert p.read().watts is None
+        p.t.close()
+    sub = f"{CHASSIS}/PowerSubsystem/PowerSupplies"
+    with RedfishServer(cert, layout="subsystem", power=lambda t: 500.0) as srv:
+        srv.docs[sub] = {
+            "@odata.id": sub,
+            "Members": [{"@odata.id": f"{sub}/{i}"} for i in range(3)],
+        }
+        srv.docs[f"{sub}/2"] = {
+            "@odata.id": f"{sub}/2",
+            "Status": {"State": "UnavailableOffline"},
+            "Metrics": {"@odata.id": f"{sub}/2/Metrics"},
+        }
+        srv.docs[f"{sub}/2/Metrics"] = {"InputPowerWatts": {"Reading": None}}
+        p = RedfishPower(Transport(srv.url, srv.user, srv.password, verify=str(cert[0])))
+        assert p.read().watts == pytest.approx(500.0)
+        p.t.close()

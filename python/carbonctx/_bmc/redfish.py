@@ -12,7 +12,7 @@ Where the reading is, in the order tried for the chosen chassis:
    its enclosure's, shared by several nodes);
 3. ``PowerSubsystem`` (the successor of ``Power``): the ``InputPowerWatts.Reading`` of each of
    its ``PowerSupplies``' ``Metrics``, added up (the power the supplies draw from the wall; a
-   supply whose ``Status.State`` is ``Absent`` is left out; not for a blade or sled);
+   supply whose ``Status.State`` is ``Absent`` or off-line is left out; not for a blade or sled);
 4. the chassis's ``Sensors``: one of ``ReadingType`` ``EnergykWh`` or ``EnergyJoules`` and one of
    ``Power``, of the whole chassis (``PhysicalContext`` ``Chassis``, ``ElectricalContext``
    ``Total``, or unstated), among the sensors whose names speak of power or energy (those
@@ -60,6 +60,7 @@ from carbonctx._bmc.payload import (
     _links,
     _members,
     _number,
+    _offline,
     _step,
     _supplies_input,
     _time,
@@ -340,8 +341,8 @@ class RedfishPower:
                 metrics = []
                 for m in self._collection(supplies, MAX_SUPPLIES) if supplies else []:
                     supply = self._get_or_none(m)
-                    if supply is None or _absent(supply):
-                        continue  # an empty bay draws nothing and reports nothing
+                    if supply is None or _offline(supply):
+                        continue  # an empty bay or a supply out of service draws nothing
                     if (link := _link(supply, "Metrics")) is not None:
                         metrics.append(link)
                 if metrics:
