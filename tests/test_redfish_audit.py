@@ -177,3 +177,24 @@ def test_a_supply_out_of_service_without_a_figure_is_left_out(cert: tuple[Path, 
         p = RedfishPower(Transport(srv.url, srv.user, srv.password, verify=str(cert[0])))
         assert p.read().watts == pytest.approx(500.0)
         p.t.close()
+
+
+def test_a_redirect_is_followed_on_the_bmc_only(cert: tuple[Path, Path]) -> None:
+    # A BMC may answer 301 with a ``Location`` (RFC 9110 15.4): on the same BMC (a moved or
+    # slash-ended path, even relative) it is followed; to another scheme or host (``http`` to
+    # ``https``, elsewhere) it is not, and the error says where to point redfish_url.
+    moved = f"{CHASSIS}/EnvironmentMetricsMoved"
+    with RedfishServer(cert) as srv:
+        srv.docs[moved] = _env(640.0, 12.5)
+        srv.modes[ENV] = f"redirect:{moved}"
+        p = RedfishPower(Transport(srv.url, srv.user, srv.password, verify=str(cert[0])))
+        assert p.read().watts == 640.0
+        srv.modes[ENV] = "redirect:EnvironmentMetricsMoved"  # relative to the chassis
+        assert p.read().watts == 640.0
+        srv.modes[ENV] = "redirect:http://127.0.0.1:9/redfish/v1/Chassis/1U/EnvironmentMetrics"
+        with pytest.raises(RedfishError, match=r"redirects to http://127\.0\.0\.1:9/") as e:
+            p.read()
+        assert e.value.permanent and "redfish_url" in e.value.message
+        assert srv.password not in e.value.message
+        assert not srv.requests("/redfish/v1/Chassis/1U/EnvironmentMetrics/")
+        p.t.close()
