@@ -198,3 +198,13 @@ def test_a_redirect_is_followed_on_the_bmc_only(cert: tuple[Path, Path]) -> None
         assert srv.password not in e.value.message
         assert not srv.requests("/redfish/v1/Chassis/1U/EnvironmentMetrics/")
         p.t.close()
+
+
+def test_a_reading_time_a_little_old_may_be_a_rarely_refreshed_sensor() -> None:
+    # A BMC that refreshes its sensors every 30 s gives a ReadingTime up to 30 s before the
+    # request: the note says that this, and not only a clock off, may be why it is not used.
+    b = BmcSource("https://127.0.0.1:1", None, None, verify=True, period_s=5.0, note=print)
+    b._push(300.0, 0, "request", -25.0)
+    assert "not been refreshed for that long" in b.provenance()
+    b.skew_s = -3 * 3600.0  # a clock hours off: that alone
+    assert "refreshed" not in b.provenance() and "-10800 s off" in b.provenance()

@@ -83,6 +83,9 @@ COUNTER_MAX_PERIODS = 4
 #: readings show: 0.001 kWh is 3600 J) is at most this part of the energy between its two
 #: updates, the most its mean can be off by; else the power reading (where there is one).
 COUNTER_MAX_ERROR = 0.05
+#: A BMC refreshes a sensor this rarely at most: a ReadingTime up to this much before its
+#: request may be an old sensor reading rather than a clock that is off.
+STALE_SENSOR_S = 120.0
 #: The longest wait between tries after repeated failures.
 MAX_BACKOFF_S = 300.0
 #: The node's timeline is kept at most this far behind the sampler's reads (``redfish_lag_s``;
@@ -215,10 +218,17 @@ class BmcSource:
         """What the result says of a BMC clock found too far off to be trusted."""
         if self.skew_s is None:
             return ""
+        # A time a little before the request may be a sensor the BMC refreshes rarely
+        # (every 10 to 60 s), not a clock that is off: the note says both.
+        stale = (
+            ", or its sensor had not been refreshed for that long"
+            if -STALE_SENSOR_S <= self.skew_s < 0
+            else ""
+        )
         return (
             f" The BMC's ReadingTime was found {self.skew_s:+.0f} s off this host's clock "
-            f"(more than its request took and {CLOCK_TOLERANCE_S:g} s): a time so far off "
-            "is not trusted, and its reading is taken to stand at its request instead."
+            f"(more than its request took and {CLOCK_TOLERANCE_S:g} s){stale}: a time so far "
+            "off is not trusted, and its reading is taken to stand at its request instead."
         )
 
     def describe(self) -> dict[str, Any]:
