@@ -19,8 +19,9 @@ service root wants the token or Basic credentials (401 with ``@Message.ExtendedI
 
 ``modes[path] = mode`` makes a path fail: ``"401"``, ``"404"``, ``"503"`` (with
 ``Retry-After: retry_after``), ``"malformed"`` (not JSON), ``"trickle"`` (headers, then a byte
-every ``trickle_s``), ``"null"`` (the reading is ``null``). ``docs[path]`` serves a document
-as given (a vendor's payload shape), before the layout's. The power served at monotonic time
+every ``trickle_s``), ``"null"`` (the reading is ``null``), ``"redirect:LOCATION"`` (301 to
+LOCATION). ``docs[path]`` serves a document as given (a vendor's payload shape), before the
+layout's. The power served at monotonic time
 ``t`` is ``power(t)``; every request is recorded (``log``: time, method, path, and headers with
 lower-case names).
 """
@@ -461,6 +462,9 @@ class RedfishServer:
                     return
                 if mode == "401":
                     self._unauthorized()
+                    return
+                if mode is not None and mode.startswith("redirect:"):  # "redirect:LOCATION"
+                    self._send(301, {}, {"Location": mode.split(":", 1)[1]})
                     return
                 if mode == "404":
                     self._send(404, _error("Base.1.8.ResourceMissingAtURI", "Not found."))

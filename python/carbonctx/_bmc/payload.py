@@ -5,6 +5,7 @@ number, or one sent as a string; never null, text, NaN or a negative number), an
 from __future__ import annotations
 
 import datetime
+import decimal
 import math
 import re
 from typing import Any
@@ -39,10 +40,35 @@ def _number(v: Any) -> float | None:
     return x if math.isfinite(x) and x >= 0 else None
 
 
+def _step(v: Any) -> float | None:
+    """The resolution a reading shows, in its unit: one unit of its last significant digit as
+    sent (``1234.567``: 0.001; ``1234`` or ``1234.0``: 1; trailing zeros say nothing, so the
+    finest of several readings is the counter's resolution). None where it is no reading."""
+    if _number(v) is None:
+        return None
+    text = v.strip() if isinstance(v, str) else repr(v)
+    try:
+        exp = decimal.Decimal(text).normalize().as_tuple().exponent
+    except decimal.InvalidOperation:
+        return None
+    return 10.0**exp if isinstance(exp, int) else None
+
+
 def _absent(doc: dict[str, Any]) -> bool:
     """The resource says it is not there (``Status.State`` ``Absent``)."""
     st = doc.get("Status")
     return isinstance(st, dict) and st.get("State") == "Absent"
+
+
+#: ``Status.State`` values (Resource schema) of a supply that delivers no power: not there,
+#: disabled, awaiting an action to start, or present but unusable (lost its input).
+OFFLINE = ("Absent", "Disabled", "StandbyOffline", "UnavailableOffline")
+
+
+def _offline(doc: dict[str, Any]) -> bool:
+    """The resource says it delivers nothing (``Status.State`` in ``OFFLINE``)."""
+    st = doc.get("Status")
+    return isinstance(st, dict) and st.get("State") in OFFLINE
 
 
 def _links(doc: dict[str, Any], key: str) -> list[str]:
@@ -93,16 +119,21 @@ def _time(v: Any) -> float | None:
 
 def _supplies_input(limit: int, doc: dict[str, Any]) -> float | None:
     """The sum of the legacy ``Power`` resource's ``PowerSupplies[].PowerInputWatts`` (the
-    power they draw from the wall), leaving out absent ones; None where one present supply
-    has no figure, or there is none (at most ``limit`` read)."""
+    power they draw from the wall), leaving out absent ones, and off-line ones without a
+    figure (a supply that lost its input: ``UnavailableOffline``, null); None where a supply
+    in service has no figure, or none has one (at most ``limit`` read)."""
     supplies = doc.get("PowerSupplies")
     if not isinstance(supplies, list):
         return None
     present = [s for s in supplies if isinstance(s, dict) and not _absent(s)]
     total = 0.0
+    counted = 0
     for s in present[:limit]:
         w = _number(s.get("PowerInputWatts"))
+        if w is None and _offline(s):
+            continue
         if w is None:
             return None
         total += w
-    return total if present else None
+        counted += 1
+    return total if counted else None

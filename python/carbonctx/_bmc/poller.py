@@ -9,7 +9,10 @@ sampler reads like any power sensor, and a thread that fetches the reading over 
   invented energy) until the BMC answers again.
 - With an energy counter (``EnergykWh``, or an energy sensor) the power pushed is the
   counter's mean power between its last two updates (unless it moves too rarely to follow the
-  power: ``COUNTER_MAX_PERIODS``); without one, the BMC's power reading.
+  power, ``COUNTER_MAX_PERIODS``, or in steps too coarse for its mean to be within
+  ``COUNTER_MAX_ERROR``: ``EnergykWh`` sent to 0.001 kWh moves by 3600 J, one or two steps
+  per reading at 1 kW every 5 s); without one, the BMC's power reading. The result says the
+  counter's resolution and the ± it leaves.
 - Where a reading is placed in time is the ``redfish_lag_s`` setting's choice (the request
   deadline where shorter). 0, the default: when it is read (pushed), so that nothing waits for
   the BMC; the provenance says how long before its read it stood. Above 0: at the instant it
@@ -40,6 +43,7 @@ sampler reads like any power sensor, and a thread that fetches the reading over 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +79,13 @@ NOTE_KEY = f"missing:{SOURCE_ID}"
 #: An energy counter that moves less often than every this many readings is too coarse to
 #: follow the power: the power reading is used instead (see ``BmcSource._watts``).
 COUNTER_MAX_PERIODS = 4
+#: An energy counter's mean power is used only where its resolution (the finest step its
+#: readings show: 0.001 kWh is 3600 J) is at most this part of the energy between its two
+#: updates, the most its mean can be off by; else the power reading (where there is one).
+COUNTER_MAX_ERROR = 0.05
+#: A BMC refreshes a sensor this rarely at most: a ReadingTime up to this much before its
+#: request may be an old sensor reading rather than a clock that is off.
+STALE_SENSOR_S = 120.0
 #: The longest wait between tries after repeated failures.
 MAX_BACKOFF_S = 300.0
 #: The node's timeline is kept at most this far behind the sampler's reads (``redfish_lag_s``;
@@ -154,6 +165,11 @@ class BmcSource:
         self._counter_w: float | None = None
         self._dated = False
         self._counter_dt = 0.0
+        #: The counter's resolution (J; None: not known), and how far its latest mean power
+        #: may be off by it (a fraction), and whether that mean is what is pushed.
+        self._step_j: float | None = None
+        self._counter_err = 0.0
+        self.counter_used: bool | None = None
         if verify is False:
             note(
                 "redfish-verify",
@@ -173,7 +189,7 @@ class BmcSource:
             f"{self.period_s:g} s and held between readings: a region shorter than a few "
             "readings gets the held power times its duration (interpolated, not measured on its "
             "own), one across a failed reading no figure. Node-wide; shown beside the "
-            f"components, never added to energy_j.{self._placement()}"
+            f"components, never added to energy_j.{self._counter()}{self._placement()}"
         )
 
     def _placement(self) -> str:
@@ -202,10 +218,17 @@ class BmcSource:
         """What the result says of a BMC clock found too far off to be trusted."""
         if self.skew_s is None:
             return ""
+        # A time a little before the request may be a sensor the BMC refreshes rarely
+        # (every 10 to 60 s), not a clock that is off: the note says both.
+        stale = (
+            ", or its sensor had not been refreshed for that long"
+            if -STALE_SENSOR_S <= self.skew_s < 0
+            else ""
+        )
         return (
             f" The BMC's ReadingTime was found {self.skew_s:+.0f} s off this host's clock "
-            f"(more than its request took and {CLOCK_TOLERANCE_S:g} s): a time so far off "
-            "is not trusted, and its reading is taken to stand at its request instead."
+            f"(more than its request took and {CLOCK_TOLERANCE_S:g} s){stale}: a time so far "
+            "off is not trusted, and its reading is taken to stand at its request instead."
         )
 
     def describe(self) -> dict[str, Any]:
@@ -337,6 +360,8 @@ class BmcSource:
         reading. The first update only dates the counter (its value was reached earlier)."""
         e = r.energy_j
         self._since = None
+        if r.energy_step_j is not None and r.energy_step_j > 0:
+            self._step_j = min(self._step_j or math.inf, r.energy_step_j)
         if e is not None:
             last = self._energy
             if last is None or e < last[1]:
@@ -347,12 +372,33 @@ class BmcSource:
                 if self._dated and t > last[0]:
                     self._counter_w = (e - last[1]) / (t - last[0])
                     self._counter_dt = t - last[0]
+                    self._counter_err = (self._step_j or 0.0) / (e - last[1])
                     self._since = last[0]
                 self._energy = (t, e)
                 self._dated = True
-        if self._counter_w is not None and (
-            r.watts is None or self._counter_dt <= COUNTER_MAX_PERIODS * self.period_s
-        ):
-            return self._counter_w
+        if self._counter_w is not None:
+            fine = self._counter_err <= COUNTER_MAX_ERROR
+            self.counter_used = r.watts is None or (
+                fine and self._counter_dt <= COUNTER_MAX_PERIODS * self.period_s
+            )
+            if self.counter_used:
+                return self._counter_w
         self._since = None
         return r.watts
+
+    def _counter(self) -> str:
+        """What the result says of the energy counter: its resolution, and whether its mean
+        power is used (and how far off that resolution may make it) or too coarse."""
+        if self.counter_used is None:
+            return ""
+        res = f" (resolution {self._step_j:g} J)" if self._step_j else ""
+        if self.counter_used:
+            return (
+                f" The power is the energy counter's mean between its last two updates"
+                f"{res}, which its resolution leaves within ±{self._counter_err * 100:.1f} %."
+            )
+        return (
+            f" The energy counter{res} moves too coarsely to follow the power (its mean "
+            f"between two updates could be off by ±{self._counter_err * 100:.0f} %, or it moved "
+            f"only after {self._counter_dt:.0f} s): the BMC's power reading is used."
+        )

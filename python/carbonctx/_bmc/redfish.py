@@ -8,10 +8,11 @@ Where the reading is, in the order tried for the chosen chassis:
 2. the legacy ``Power`` resource: ``PowerControl[0].PowerConsumedWatts`` (the chassis's power
    now), else ``PowerControl[0].PowerMetrics.AverageConsumedWatts`` (a mean over the last
    ``IntervalInMin`` minutes, labelled as such), else the sum of its ``PowerSupplies``'
-   ``PowerInputWatts`` (those present);
+   ``PowerInputWatts`` (those present; not for a ``Blade`` or ``Sled``, whose supplies are
+   its enclosure's, shared by several nodes);
 3. ``PowerSubsystem`` (the successor of ``Power``): the ``InputPowerWatts.Reading`` of each of
    its ``PowerSupplies``' ``Metrics``, added up (the power the supplies draw from the wall; a
-   supply whose ``Status.State`` is ``Absent`` is left out);
+   supply whose ``Status.State`` is ``Absent`` or off-line is left out; not for a blade or sled);
 4. the chassis's ``Sensors``: one of ``ReadingType`` ``EnergykWh`` or ``EnergyJoules`` and one of
    ``Power``, of the whole chassis (``PhysicalContext`` ``Chassis``, ``ElectricalContext``
    ``Total``, or unstated), among the sensors whose names speak of power or energy (those
@@ -59,6 +60,8 @@ from carbonctx._bmc.payload import (
     _links,
     _members,
     _number,
+    _offline,
+    _step,
     _supplies_input,
     _time,
 )
@@ -71,6 +74,8 @@ NODE_TYPES = ("RackMount", "Blade", "StandAlone", "Sled", "Tower", "Desktop")
 #: Types that are the node's chassis where it directly holds exactly one computer system
 #: (Cisco's CIMC calls a rack server's chassis ``Rack``): tried after the node types.
 HOLDER_TYPES = ("Rack", "Enclosure", "Other")
+#: Types whose power supplies are the enclosure's, shared by its nodes: their sum is not read.
+SHARED_SUPPLY_TYPES = ("Blade", "Sled")
 #: The search for the reading takes at most this many seconds of requests.
 SEARCH_S = 300.0
 #: Chassis read one by one, at most (a GPU server's BMC lists one per GPU, switch, retimer,
@@ -99,12 +104,14 @@ class Reading:
     """One answer: watts (None: the BMC gave none), its energy counter in joules (None: it has
     none, or gave none this time), when the BMC says it read them (``ReadingTime``, POSIX
     seconds on its clock; None: not said), and the window a mean is over (seconds; None: not a
-    mean)."""
+    mean); ``energy_step_j`` is the counter's resolution as this reading shows it (J: one unit
+    of its last digit; None: unknown)."""
 
     watts: float | None
     energy_j: float | None = None
     read_at: float | None = None
     window_s: float | None = None
+    energy_step_j: float | None = None
 
 
 @attrs.frozen
@@ -314,23 +321,28 @@ class RedfishPower:
                     if _environment(em) != Reading(None):
                         return loc
                     blank.append(loc)
+        # A blade's or sled's supplies feed every node of its enclosure (a multi-node chassis
+        # lists the shared supplies under each node): their sum is not this node's.
+        shared = doc.get("ChassisType") in SHARED_SUPPLY_TYPES
         power = _link(doc, "Power")
         if power is not None:
             tried.append(power)
             pw = self._get_or_none(power)
-            found = None if pw is None else self._locate_power(chassis, power, pw, blank)
+            found = None if pw is None else self._locate_power(chassis, power, pw, blank, shared)
             if found is not None:
                 return found
         sub = _link(doc, "PowerSubsystem")
-        if sub is not None:
+        if sub is not None and shared:
+            tried.append(f"{sub} (not its supplies: shared with the enclosure's other nodes)")
+        elif sub is not None:
             tried.append(sub)
             if (ps := self._get_or_none(sub)) is not None:
                 supplies = _link(ps, "PowerSupplies")
                 metrics = []
                 for m in self._collection(supplies, MAX_SUPPLIES) if supplies else []:
                     supply = self._get_or_none(m)
-                    if supply is None or _absent(supply):
-                        continue  # an empty bay draws nothing and reports nothing
+                    if supply is None or _offline(supply):
+                        continue  # an empty bay or a supply out of service draws nothing
                     if (link := _link(supply, "Metrics")) is not None:
                         metrics.append(link)
                 if metrics:
@@ -347,10 +359,10 @@ class RedfishPower:
         return None
 
     def _locate_power(
-        self, chassis: str, power: str, pw: dict[str, Any], blank: list[Locator]
+        self, chassis: str, power: str, pw: dict[str, Any], blank: list[Locator], shared: bool
     ) -> Locator | None:
         """In the legacy ``Power`` resource: ``PowerConsumedWatts``, else the average, else
-        the supplies' ``PowerInputWatts``."""
+        the supplies' ``PowerInputWatts`` (unless ``shared`` with other nodes)."""
         pc = _control(pw)
         if pc is not None:
             pm = pc.get("PowerMetrics")
@@ -371,7 +383,7 @@ class RedfishPower:
                     f"Power AverageConsumedWatts, a mean over{over}: it lags changes by about "
                     "half that and smooths them",
                 )
-        if _supplies_input(MAX_SUPPLIES, pw) is not None:
+        if not shared and _supplies_input(MAX_SUPPLIES, pw) is not None:
             return Locator(
                 "power-supplies", (power,), chassis, "Power: PowerInputWatts of its supplies"
             )
@@ -446,7 +458,7 @@ class RedfishPower:
         if loc.kind == "sensors":
             # ReadingTime: the energy sensor's where there is one (it dates the counter).
             energy_path, power_path = loc.paths
-            energy = watts = at = None
+            energy = watts = at = step = None
             if power_path:
                 doc = self.t.get(power_path)
                 w = _number(doc.get("Reading"))
@@ -460,8 +472,10 @@ class RedfishPower:
                 if per is None:
                     per = ENERGY_UNITS.get(str(doc.get("ReadingType")), 0.0)
                 energy = None if e is None else e * per
+                q = _step(doc.get("Reading"))
+                step = None if q is None or not per else q * per
                 at = _time(doc.get("ReadingTime")) or at
-            return Reading(watts, energy, at)
+            return Reading(watts, energy, at, energy_step_j=step)
         total = 0.0
         for path in loc.paths:
             _, w = _excerpt(self.t.get(path), "InputPowerWatts")
@@ -473,9 +487,14 @@ class RedfishPower:
 
 def _environment(doc: dict[str, Any]) -> Reading:
     """An ``EnvironmentMetrics`` reading: ``PowerWatts``, and the energy counter in joules
-    (``EnergyJoules``, finer, else ``EnergykWh``)."""
+    (``EnergyJoules``, finer, else ``EnergykWh``) with the resolution its reading shows (a
+    ``EnergykWh`` sent to 0.001 kWh moves in steps of 3600 J)."""
     _, joules = _excerpt(doc, "EnergyJoules")
     _, kwh = _excerpt(doc, "EnergykWh")
     _, watts = _excerpt(doc, "PowerWatts")
-    energy = joules if joules is not None else None if kwh is None else kwh * J_PER_KWH
-    return Reading(watts, energy)
+    if joules is not None:
+        return Reading(watts, joules, energy_step_j=_step(doc["EnergyJoules"]["Reading"]))
+    if kwh is None:
+        return Reading(watts)
+    q = _step(doc["EnergykWh"]["Reading"])
+    return Reading(watts, kwh * J_PER_KWH, energy_step_j=None if q is None else q * J_PER_KWH)

@@ -166,10 +166,13 @@ class Transport:
         return str(url)
 
     def request(
-        self, method: str, path: str, body: Any = None, *, authed: bool = True
+        self, method: str, path: str, body: Any = None, *, authed: bool = True, hops: int = 1
     ) -> tuple[int, Any, httpx.Headers]:
         """One request: (status, decoded JSON or None, headers) of a 2xx answer; anything else
-        is a RedfishError that says what the BMC said (never the credentials)."""
+        is a RedfishError that says what the BMC said (never the credentials). A GET that the
+        BMC redirects (301, 302, 307, 308: ``/redfish/v1`` to ``/redfish/v1/``) is followed
+        once where the new address is on this BMC (same scheme, host and port); elsewhere
+        (``http`` to ``https``) it is not, and the error says where to point ``redfish_url``."""
         import httpx
 
         url = self._url(method, path)
@@ -221,6 +224,21 @@ class Transport:
                 f"could not reach the BMC at {self.host} ({type(e).__name__}: {e})"
             ) from None
         data = b"".join(chunks)
+        where = headers.get("location", "")
+        if status in (301, 302, 307, 308) and method == "GET" and where:
+            where = str(httpx.URL(url).join(where))  # a relative Location is on this BMC
+            try:
+                self._url(method, where)
+            except RedfishError:
+                raise self.error(
+                    f"{method} {path}: HTTP {status}, the BMC redirects to {where[:200]}: not "
+                    "followed (the credentials go to this address only); give redfish_url "
+                    "the address it redirects to",
+                    status=status,
+                    permanent=True,
+                ) from None
+            if hops > 0:
+                return self.request(method, where, body, authed=authed, hops=hops - 1)
         if status >= 300:
             said = _said(data)
             quoted = f': "{said}"' if said else ""
