@@ -245,6 +245,36 @@ def test_warnings_are_said_as_a_commands_not_as_library_code(tmp_path: Path) -> 
     assert b"CarbonctxWarning" not in r.stderr and b"carbonctx.track(" not in r.stderr
 
 
+@pytest.mark.parametrize("ending", [RuntimeError("boom"), SystemExit(3), None])
+def test_the_command_format_of_warnings_ends_with_main(
+    ending: BaseException | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``main()`` says carbonctx's warnings as a command while it runs and gives the process
+    Python's own format back however it ends (a program that calls it keeps its warnings)."""
+    import warnings
+
+    from carbonctx._cli import devices, main
+    from carbonctx.errors import CarbonctxWarning
+
+    before = warnings.formatwarning
+    said: list[str] = []
+
+    def command(args: object) -> int:
+        said.append(warnings.formatwarning("no counter", CarbonctxWarning, "x.py", 1, "src"))
+        if ending is not None:
+            raise ending
+        return 0
+
+    monkeypatch.setattr(devices, "cmd_devices", command)
+    if ending is None:
+        assert main(["devices"]) == 0
+    else:
+        with pytest.raises(type(ending)):
+            main(["devices"])
+    assert said == ["carbonctx: warning: no counter\n"]
+    assert warnings.formatwarning is before
+
+
 def test_a_warning_that_names_carbonctx_itself_is_not_prefixed_twice() -> None:
     """A provider that cannot be reached (a closed loopback port) warns, said once."""
     with socket.socket() as s:
