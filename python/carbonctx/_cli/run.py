@@ -184,7 +184,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         usage=_USAGE,
         description="Run a command and measure the machine's energy while it runs. "
         "Exit status is the command's (128 + N when signal N ended it; 127 when it is not "
-        "found, 126 when it cannot be run); its standard streams and environment are its own. "
+        "found, 126 when it cannot be run; PATH is searched and a script without #! is run by sh, "
+        "as a shell does); its standard streams and environment are its own. "
         "SIGTERM, SIGINT and SIGHUP sent to carbonctx are forwarded to the command, which is "
         "killed if it has not exited --kill-after seconds later; the region is recorded either "
         "way. Under a launcher (torchrun, srun, mpirun) each carbonctx is a rank: its record "
