@@ -389,6 +389,7 @@ def test_ctrl_c_at_a_terminal_ends_the_command_and_the_region_is_recorded(
         (["demo", "--bogus"], "carbonctx demo"),
         (["devices", "stray"], "carbonctx devices"),
         (["intensity", "--bogus"], "carbonctx intensity"),
+        (["--bogus", "devices"], "carbonctx"),  # before the command: carbonctx's own
     ],
 )
 def test_an_unknown_option_is_said_with_the_commands_own_usage(
