@@ -56,6 +56,59 @@ def test_a_file_that_cannot_be_executed_exits_126(sim: SimulatedMachine, tmp_pat
         assert b"cannot start" in r.stderr and b"Traceback" not in r.stderr
 
 
+def test_a_script_without_a_shebang_is_run_by_sh_as_a_shell_runs_it(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    """A text file with the x bit and no ``#!`` line is a shell script (bash, env, nice and
+    timeout run it with sh); a file of bytes that is no binary this machine runs is refused."""
+    script = tmp_path / "job"
+    script.write_text('echo "ran with $# arguments: $*"\nexit 3\n')
+    script.chmod(0o755)
+    r = run("--", str(script), "a b", "c", env=sim.env())
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == b"ran with 2 arguments: a b c\n"
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"\x7fELF\x00\x00\x00 not a binary for this machine\n")
+    blob.chmod(0o755)
+    r = run("--", str(blob), env=sim.env())
+    assert r.returncode == 126 and b"cannot start" in r.stderr, r.stderr
+
+
+def test_path_is_searched_as_a_shell_searches_it(sim: SimulatedMachine, tmp_path: Path) -> None:
+    """A directory or a file without the x bit earlier on PATH is passed over for the command
+    further on; a name that is only a directory on PATH is not found (127), one that is only a
+    file without the x bit is found and cannot be run (126)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    (first / "tool").mkdir(parents=True)
+    (first / "other").write_text("echo no\n")
+    second.mkdir()
+    for name in ("tool", "other"):
+        (second / name).write_text(f"#!/bin/sh\necho {name} from second\n")
+        (second / name).chmod(0o755)
+    env = {**sim.env(), "PATH": f"{first}{os.pathsep}{second}{os.pathsep}{os.environ['PATH']}"}
+    for name in ("tool", "other"):
+        r = run("--", name, env=env)
+        assert (r.returncode, r.stdout) == (0, f"{name} from second\n".encode()), r.stderr
+    env["PATH"] = str(first)
+    r = run("--", "tool", env=env)
+    assert r.returncode == 127 and b"tool: command not found" in r.stderr, r.stderr
+    r = run("--", "other", env=env)
+    assert r.returncode == 126 and b"Permission denied" in r.stderr, r.stderr
+
+
+def test_a_script_whose_interpreter_is_missing_says_so(
+    sim: SimulatedMachine, tmp_path: Path
+) -> None:
+    """The kernel says ENOENT for a script whose ``#!`` program is missing; the script is
+    there, so that is said (127, as bash, dash and env give)."""
+    script = tmp_path / "train.sh"
+    script.write_text(f"#!{tmp_path / 'no-such-shell'}\necho hi\n")
+    script.chmod(0o755)
+    r = run("--", str(script), env=sim.env())
+    assert r.returncode == 127, r.stderr
+    assert b"no-such-shell" in r.stderr and b"was not found" in r.stderr, r.stderr
+
+
 def test_a_signal_death_is_said_by_name(sim: SimulatedMachine) -> None:
     kill = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
     r = run("--", sys.executable, "-c", kill, env=sim.env())
@@ -192,6 +245,36 @@ def test_warnings_are_said_as_a_commands_not_as_library_code(tmp_path: Path) -> 
     assert b"CarbonctxWarning" not in r.stderr and b"carbonctx.track(" not in r.stderr
 
 
+@pytest.mark.parametrize("ending", [RuntimeError("boom"), SystemExit(3), None])
+def test_the_command_format_of_warnings_ends_with_main(
+    ending: BaseException | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``main()`` says carbonctx's warnings as a command while it runs and gives the process
+    Python's own format back however it ends (a program that calls it keeps its warnings)."""
+    import warnings
+
+    from carbonctx._cli import devices, main
+    from carbonctx.errors import CarbonctxWarning
+
+    before = warnings.formatwarning
+    said: list[str] = []
+
+    def command(args: object) -> int:
+        said.append(warnings.formatwarning("no counter", CarbonctxWarning, "x.py", 1, "src"))
+        if ending is not None:
+            raise ending
+        return 0
+
+    monkeypatch.setattr(devices, "cmd_devices", command)
+    if ending is None:
+        assert main(["devices"]) == 0
+    else:
+        with pytest.raises(type(ending)):
+            main(["devices"])
+    assert said == ["carbonctx: warning: no counter\n"]
+    assert warnings.formatwarning is before
+
+
 def test_a_warning_that_names_carbonctx_itself_is_not_prefixed_twice() -> None:
     """A provider that cannot be reached (a closed loopback port) warns, said once."""
     with socket.socket() as s:
@@ -306,6 +389,7 @@ def test_ctrl_c_at_a_terminal_ends_the_command_and_the_region_is_recorded(
         (["demo", "--bogus"], "carbonctx demo"),
         (["devices", "stray"], "carbonctx devices"),
         (["intensity", "--bogus"], "carbonctx intensity"),
+        (["--bogus", "devices"], "carbonctx"),  # before the command: carbonctx's own
     ],
 )
 def test_an_unknown_option_is_said_with_the_commands_own_usage(

@@ -41,7 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        # Said with the usage of the parser that was given them: the command's, unless they
+        # came before the command's name (``carbonctx --bogus devices``).
+        given = list(sys.argv[1:] if argv is None else argv)
+        at = given.index(args.cmd) if args.cmd in given else len(given)
+        owner = parser if set(extra) & set(given[:at]) else getattr(args, "_parser", parser)
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
     default = warnings.formatwarning
 
     def plain(

@@ -50,6 +50,71 @@ def _say(text: str) -> None:
             pass
 
 
+def _find(name: str) -> str | None:
+    """The file a shell runs for ``name``: the first executable regular file on PATH (a
+    directory or a file without the x bit is skipped; the first of the latter is the answer
+    when there is nothing else, so that its "permission denied" is said); a name with a ``/``
+    is itself. None when there is no such command."""
+    if "/" in name:
+        return name
+    denied = None
+    for folder in os.get_exec_path(os.environ):
+        path = os.path.join(folder or ".", name)
+        if os.path.isfile(path):
+            if os.access(path, os.X_OK):
+                return path
+            denied = denied or path
+    return denied
+
+
+def _start(cmd: list[str], mask: set[int | signal.Signals]) -> int:
+    """Start the command as a shell would; its pid, or minus the status a shell would give
+    when it cannot be started (127 not found, 126 found but cannot be run), said on stderr."""
+    path = _find(cmd[0])
+    if path is None:
+        _say(f"carbonctx run: {cmd[0]}: command not found")
+        return -127
+    argv = cmd
+    try:
+        try:
+            return os.posix_spawn(path, argv, os.environ, setsigmask=mask, setsigdef=_RESTORED)
+        except OSError as e:
+            if e.errno != errno.ENOEXEC:
+                raise
+            # Neither a binary this machine runs nor a ``#!`` script: a text file is a shell
+            # script, run by sh (as shells, env, nice and timeout do); a binary is refused.
+            with open(path, "rb") as f:
+                head = f.read(80)
+            if b"\0" in head.split(b"\n", 1)[0]:
+                raise
+            argv = ["/bin/sh", path, *cmd[1:]]
+            return os.posix_spawn(argv[0], argv, os.environ, setsigmask=mask, setsigdef=_RESTORED)
+    except OSError as e:
+        why = e.strerror
+        if e.errno == errno.ENOENT and os.path.exists(path):
+            why = f"its interpreter ({_interpreter(path)}) was not found"
+        elif os.path.isdir(path):
+            why = "it is a directory"
+        _say(f"carbonctx run: cannot start {cmd[0]!r}: {why}")
+        # As a shell: 127 when there is no such command (or no interpreter for it), 126 when
+        # there is one that cannot be run (not executable, a directory, a binary of another
+        # kind, too long an argument list).
+        return -127 if e.errno == errno.ENOENT else -126
+
+
+def _interpreter(path: str) -> str:
+    """The ``#!`` line's program, for saying why a script could not start."""
+    try:
+        with open(path, "rb") as f:
+            line = f.readline(256)
+    except OSError:
+        return "its #! line"
+    if not line.startswith(b"#!"):
+        return "the loader it names"
+    parts = line[2:].split()
+    return repr(os.fsdecode(parts[0])) if parts else "an empty #! line"
+
+
 def _wait(pid: int, kill_after: float) -> int:
     """Wait for the command, forwarding signals; its exit code (-N when signal N ended it)."""
     deadline: float | None = None
@@ -119,7 +184,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         usage=_USAGE,
         description="Run a command and measure the machine's energy while it runs. "
         "Exit status is the command's (128 + N when signal N ended it; 127 when it is not "
-        "found, 126 when it cannot be run); its standard streams and environment are its own. "
+        "found, 126 when it cannot be run; PATH is searched and a script without #! is run by sh, "
+        "as a shell does); its standard streams and environment are its own. "
         "SIGTERM, SIGINT and SIGHUP sent to carbonctx are forwarded to the command, which is "
         "killed if it has not exited --kill-after seconds later; the region is recorded either "
         "way. Under a launcher (torchrun, srun, mpirun) each carbonctx is a rank: its record "
@@ -160,19 +226,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The region opens (and the sampler starts) before the command does, so that all of
         # the command is measured, its start-up included.
         with carbonctx.track(args.name, tags={"command": cmd}) as m:
-            try:
-                pid = os.posix_spawnp(
-                    cmd[0],
-                    cmd,
-                    os.environ,
-                    setsigmask=old_mask,
-                    setsigdef=_RESTORED,
-                )
-            except OSError as e:
-                _say(f"carbonctx run: cannot start {cmd[0]!r}: {e}")
-                # As a shell: 127 when there is no such command, 126 when there is one that
-                # cannot be run (not executable, a directory, a bad format).
-                return 127 if e.errno == errno.ENOENT else 126
+            pid = _start(cmd, old_mask)
+            if pid < 0:
+                return -pid
             rc = _wait(pid, args.kill_after)
     finally:
         while signal.sigtimedwait(_WAITED, 0) is not None:
