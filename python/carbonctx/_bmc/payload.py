@@ -43,13 +43,13 @@ def _number(v: Any) -> float | None:
 def _step(v: Any) -> float | None:
     """The resolution a reading shows, in its unit: one unit of its last significant digit as
     sent (``1234.567``: 0.001; ``1234`` or ``1234.0``: 1; trailing zeros say nothing, so the
-    finest of several readings is the counter's resolution). Digits past the 12th are a binary
+    finest of several readings is the counter's resolution). Digits past the 14th are a binary
     float's noise (``1234567 * 0.001`` sent as ``1234.5670000000002``), not a finer counter:
     they are left out. None where it is no reading."""
     x = _number(v)
     if x is None:
         return None
-    exp = decimal.Decimal(f"{x:.12g}").normalize().as_tuple().exponent
+    exp = decimal.Decimal(f"{x:.14g}").normalize().as_tuple().exponent
     return 10.0**exp if isinstance(exp, int) else None
 
 
