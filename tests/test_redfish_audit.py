@@ -77,7 +77,8 @@ def test_a_fine_counter_is_used_and_its_error_stated(cert: tuple[Path, Path]) ->
     assert pushed[:2] == [1000.0] * 2  # first sight; the first update only dates the counter
     assert pushed[2:] == [pytest.approx(4001 / PERIOD_S)] * 4
     assert b.counter_used is True
-    assert "within ±0.0 %" in b.provenance() and "resolution 1 J" in b.provenance()
+    # 1 J of 4001 J: said as such, not "0.0 %" (and a finer one as "within ±0.01 %").
+    assert "within ±0.025 %" in b.provenance() and "resolution 1 J" in b.provenance()
 
 
 def test_a_sleds_shared_supplies_are_not_its_power(cert: tuple[Path, Path]) -> None:
@@ -208,3 +209,86 @@ def test_a_reading_time_a_little_old_may_be_a_rarely_refreshed_sensor() -> None:
     assert "not been refreshed for that long" in b.provenance()
     b.skew_s = -3 * 3600.0  # a clock hours off: that alone
     assert "refreshed" not in b.provenance() and "-10800 s off" in b.provenance()
+
+
+def test_float_noise_in_a_kwh_counter_is_not_a_finer_resolution(cert: tuple[Path, Path]) -> None:
+    # A BMC that keeps watt-hours and sends ``wh * 0.001`` in shortest round-trip form sends
+    # some readings with a binary float's noise (1234.5670000000002): their 17 digits are not a
+    # counter finer than 0.001 kWh, which still moves in 3600 J steps at 1 kW every 5 s.
+    wh = [math.floor(1234000 + i * 5000 / 3600) for i in range(12)]
+    kwh = [w * 0.001 for w in wh]
+    assert any(len(repr(v)) > 12 for v in kwh)  # some carry the noise
+    with RedfishServer(cert) as srv:
+        b, pushed = _pushed(srv, cert, kwh, "EnergykWh")
+    assert pushed == [1000.0] * len(kwh)
+    assert b.counter_used is False and "resolution 3600 J" in b.provenance()
+
+
+def test_a_supply_is_counted_again_once_back_in_service(cert: tuple[Path, Path]) -> None:
+    # A redundant pair whose second supply lost its input when the reading was first located
+    # (``UnavailableOffline``, null), then plugged back in: the two share the load again and
+    # both are counted. One that goes off-line later is left out, not the whole total lost.
+    sub = f"{CHASSIS}/PowerSubsystem/PowerSupplies"
+    with RedfishServer(cert, layout="subsystem", power=lambda t: 500.0) as srv:
+        srv.docs[sub] = {
+            "@odata.id": sub,
+            "Members": [{"@odata.id": f"{sub}/{i}"} for i in range(3)],
+        }
+        srv.docs[f"{sub}/2"] = {
+            "@odata.id": f"{sub}/2",
+            "Status": {"State": "UnavailableOffline", "Health": "Critical"},
+            "Metrics": {"@odata.id": f"{sub}/2/Metrics"},
+        }
+        srv.docs[f"{sub}/2/Metrics"] = {"InputPowerWatts": {"Reading": None}}
+        p = RedfishPower(Transport(srv.url, srv.user, srv.password, verify=str(cert[0])))
+        assert p.read().watts == pytest.approx(500.0)
+        srv.docs[f"{sub}/2"]["Status"] = {"State": "Enabled", "Health": "OK"}
+        srv.docs[f"{sub}/2/Metrics"] = {"InputPowerWatts": {"Reading": 250.0}}
+        assert p.read().watts == pytest.approx(750.0)
+        # Back in service but no figure this time: no total (nothing invented).
+        srv.docs[f"{sub}/2/Metrics"] = {"InputPowerWatts": {"Reading": None}}
+        assert p.read().watts is None
+        srv.docs[f"{sub}/2"]["Status"] = {"State": "Disabled"}
+        assert p.read().watts == pytest.approx(500.0)
+        p.t.close()
+
+
+def test_a_sleds_legacy_supplies_alone_give_no_reading_and_say_why(
+    cert: tuple[Path, Path],
+) -> None:
+    # A sled whose only figure is its enclosure's supplies (legacy ``Power``, no
+    # ``PowerControl``, no ``PowerSubsystem`` nor sensors): no reading, and the error says why.
+    coll, power = "/redfish/v1/Chassis", f"{CHASSIS}/Power"
+    with RedfishServer(cert, layout="power") as srv:
+        srv.docs[coll] = {"@odata.id": coll, "Members": [{"@odata.id": CHASSIS}]}
+        srv.docs[CHASSIS] = {
+            "@odata.id": CHASSIS,
+            "ChassisType": "Blade",
+            "Power": {"@odata.id": power},
+        }
+        srv.docs[power] = {
+            "@odata.id": power,
+            "PowerSupplies": [{"MemberId": "0", "PowerInputWatts": 2400}],
+        }
+        p = RedfishPower(Transport(srv.url, srv.user, srv.password, verify=str(cert[0])))
+        with pytest.raises(RedfishError, match="not its supplies: shared") as e:
+            p.read()
+        assert e.value.permanent
+        p.t.close()
+
+
+def test_a_redirect_loop_is_followed_once_and_said(cert: tuple[Path, Path]) -> None:
+    # ENV redirects to a path that redirects back: one hop is followed, then the error says
+    # where it was sent again (no loop, no endless requests).
+    moved = f"{CHASSIS}/EnvironmentMetricsMoved"
+    with RedfishServer(cert) as srv:
+        srv.docs[ENV] = _env(640.0, 12.5)
+        p = RedfishPower(Transport(srv.url, srv.user, srv.password, verify=str(cert[0])))
+        assert p.read().watts == 640.0
+        srv.modes[ENV] = f"redirect:{moved}"
+        srv.modes[moved] = f"redirect:{ENV}"
+        before = len(srv.requests(ENV))
+        with pytest.raises(RedfishError, match=r"redirected again, to https://127\.0\.0\.1"):
+            p.read()
+        assert len(srv.requests(ENV)) == before + 1 and len(srv.requests(moved)) == 1
+        p.t.close()

@@ -43,15 +43,26 @@ def _number(v: Any) -> float | None:
 def _step(v: Any) -> float | None:
     """The resolution a reading shows, in its unit: one unit of its last significant digit as
     sent (``1234.567``: 0.001; ``1234`` or ``1234.0``: 1; trailing zeros say nothing, so the
-    finest of several readings is the counter's resolution). None where it is no reading."""
-    if _number(v) is None:
+    finest of several readings is the counter's resolution). Digits past the 14th are a binary
+    float's noise (``1234567 * 0.001`` sent as ``1234.5670000000002``), not a finer counter:
+    they are left out. None where it is no reading."""
+    x = _number(v)
+    if x is None:
         return None
-    text = v.strip() if isinstance(v, str) else repr(v)
-    try:
-        exp = decimal.Decimal(text).normalize().as_tuple().exponent
-    except decimal.InvalidOperation:
-        return None
+    exp = decimal.Decimal(f"{x:.14g}").normalize().as_tuple().exponent
     return 10.0**exp if isinstance(exp, int) else None
+
+
+def _counter(doc: dict[str, Any]) -> tuple[float | None, float | None]:
+    """An ``EnvironmentMetrics`` energy counter in joules (``EnergyJoules``, finer, else
+    ``EnergykWh``) and the resolution its reading shows (J; an ``EnergykWh`` sent to 0.001 kWh
+    moves in steps of 3600 J)."""
+    for key, per in (("EnergyJoules", 1.0), ("EnergykWh", 3.6e6)):
+        _, e = _excerpt(doc, key)
+        if e is not None:
+            q = _step(doc[key]["Reading"])
+            return e * per, None if q is None else q * per
+    return None, None
 
 
 def _absent(doc: dict[str, Any]) -> bool:

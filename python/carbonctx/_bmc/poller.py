@@ -393,9 +393,10 @@ class BmcSource:
             return ""
         res = f" (resolution {self._step_j:g} J)" if self._step_j else ""
         if self.counter_used:
+            pct = max(self._counter_err * 100, 0.01)  # 0.025, not 0.0; a finer one: 0.01
             return (
                 f" The power is the energy counter's mean between its last two updates"
-                f"{res}, which its resolution leaves within ±{self._counter_err * 100:.1f} %."
+                f"{res}, which its resolution leaves within ±{pct:.2g} %."
             )
         return (
             f" The energy counter{res} moves too coarsely to follow the power (its mean "

@@ -54,6 +54,7 @@ import attrs
 from carbonctx._bmc.payload import (
     _absent,
     _control,
+    _counter,
     _excerpt,
     _leaf,
     _link,
@@ -326,7 +327,7 @@ class RedfishPower:
         shared = doc.get("ChassisType") in SHARED_SUPPLY_TYPES
         power = _link(doc, "Power")
         if power is not None:
-            tried.append(power)
+            tried.append(f"{power} (not its supplies: shared)" if shared else power)
             pw = self._get_or_none(power)
             found = None if pw is None else self._locate_power(chassis, power, pw, blank, shared)
             if found is not None:
@@ -341,16 +342,16 @@ class RedfishPower:
                 metrics = []
                 for m in self._collection(supplies, MAX_SUPPLIES) if supplies else []:
                     supply = self._get_or_none(m)
-                    if supply is None or _offline(supply):
-                        continue  # an empty bay or a supply out of service draws nothing
+                    if supply is None or _absent(supply):
+                        continue  # an empty bay draws nothing (one off-line: read, it may return)
                     if (link := _link(supply, "Metrics")) is not None:
-                        metrics.append(link)
+                        metrics += [m, link]  # the supply beside its metrics
                 if metrics:
                     return Locator(
                         "supplies",
                         tuple(metrics),
                         chassis,
-                        f"PowerSubsystem: InputPowerWatts of {len(metrics)} power supplies",
+                        f"PowerSubsystem: InputPowerWatts of {len(metrics) // 2} power supplies",
                     )
         sensors = _link(doc, "Sensors")
         if sensors is not None:
@@ -476,25 +477,18 @@ class RedfishPower:
                 step = None if q is None or not per else q * per
                 at = _time(doc.get("ReadingTime")) or at
             return Reading(watts, energy, at, energy_step_j=step)
-        total = 0.0
-        for path in loc.paths:
-            _, w = _excerpt(self.t.get(path), "InputPowerWatts")
+        total, counted = 0.0, 0
+        for supply, path in zip(loc.paths[::2], loc.paths[1::2], strict=True):
+            _, w = _excerpt(self._get_or_none(path) or {}, "InputPowerWatts")
+            if w is None and _offline(self._get_or_none(supply) or {}):
+                continue  # out of service now (its input lost, disabled): draws nothing
             if w is None:
-                return Reading(None)  # one supply without a figure: no total
-            total += w
-        return Reading(total)
+                return Reading(None)  # one in service without a figure: no total
+            total, counted = total + w, counted + 1
+        return Reading(total if counted else None)
 
 
 def _environment(doc: dict[str, Any]) -> Reading:
-    """An ``EnvironmentMetrics`` reading: ``PowerWatts``, and the energy counter in joules
-    (``EnergyJoules``, finer, else ``EnergykWh``) with the resolution its reading shows (a
-    ``EnergykWh`` sent to 0.001 kWh moves in steps of 3600 J)."""
-    _, joules = _excerpt(doc, "EnergyJoules")
-    _, kwh = _excerpt(doc, "EnergykWh")
-    _, watts = _excerpt(doc, "PowerWatts")
-    if joules is not None:
-        return Reading(watts, joules, energy_step_j=_step(doc["EnergyJoules"]["Reading"]))
-    if kwh is None:
-        return Reading(watts)
-    q = _step(doc["EnergykWh"]["Reading"])
-    return Reading(watts, kwh * J_PER_KWH, energy_step_j=None if q is None else q * J_PER_KWH)
+    """An ``EnvironmentMetrics`` reading: ``PowerWatts``, and its energy counter (``_counter``)."""
+    energy, step = _counter(doc)
+    return Reading(_excerpt(doc, "PowerWatts")[1], energy, energy_step_j=step)

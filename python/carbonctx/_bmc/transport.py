@@ -166,17 +166,25 @@ class Transport:
         return str(url)
 
     def request(
-        self, method: str, path: str, body: Any = None, *, authed: bool = True, hops: int = 1
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        authed: bool = True,
+        hops: int = 1,
+        start: float | None = None,
     ) -> tuple[int, Any, httpx.Headers]:
         """One request: (status, decoded JSON or None, headers) of a 2xx answer; anything else
         is a RedfishError that says what the BMC said (never the credentials). A GET that the
         BMC redirects (301, 302, 307, 308: ``/redfish/v1`` to ``/redfish/v1/``) is followed
         once where the new address is on this BMC (same scheme, host and port); elsewhere
-        (``http`` to ``https``) it is not, and the error says where to point ``redfish_url``."""
+        (``http`` to ``https``) it is not, and the error says where to point ``redfish_url``. The
+        redirected request counts within the first one's deadline (``start``)."""
         import httpx
 
         url = self._url(method, path)
-        start = time.monotonic()
+        start = time.monotonic() if start is None else start
         lim = self.limits
 
         def left() -> float:
@@ -225,7 +233,8 @@ class Transport:
             ) from None
         data = b"".join(chunks)
         where = headers.get("location", "")
-        if status in (301, 302, 307, 308) and method == "GET" and where:
+        moved = status in (301, 302, 307, 308) and method == "GET" and where
+        if moved:
             where = str(httpx.URL(url).join(where))  # a relative Location is on this BMC
             try:
                 self._url(method, where)
@@ -238,7 +247,7 @@ class Transport:
                     permanent=True,
                 ) from None
             if hops > 0:
-                return self.request(method, where, body, authed=authed, hops=hops - 1)
+                return self.request(method, where, body, authed=authed, hops=hops - 1, start=start)
         if status >= 300:
             said = _said(data)
             quoted = f': "{said}"' if said else ""
@@ -249,7 +258,7 @@ class Transport:
                 403: "access refused for this account",
                 404: "no such resource",
                 503: "the service is unavailable",
-            }.get(status, "the request failed")
+            }.get(status, f"redirected again, to {where[:200]}" if moved else "the request failed")
             raise self.error(
                 f"{method} {path}: HTTP {status}, {what}{quoted}{tail}",
                 status=status,
