@@ -148,3 +148,18 @@ def test_posix_tz_strings_name_no_place(tmp_path: Path) -> None:
     tree = str(_tree(tmp_path / "zi", links_as_symlinks=True))
     for tz in ("EST5EDT", "CET-1CEST,M3.5.0,M10.5.0/3", "<+0530>-5:30"):
         assert resolve_zone(None, {"TZ": tz}, zoneinfo_dir=tree).rule == "world average", tz
+
+
+def test_tz_naming_a_file_reads_that_file(tmp_path: Path) -> None:
+    """``TZ=:/etc/localtime`` (containers set it to spare a stat per call) is that file's zone."""
+    tree = _tree(tmp_path / "zi", links_as_symlinks=True)
+    link = tmp_path / "localtime"
+    os.symlink("/usr/share/zoneinfo/Europe/Berlin", link)
+    choice = resolve_zone(None, {"TZ": f":{link}"}, zoneinfo_dir=str(tree))
+    assert choice == ZoneChoice("DE", "time zone Europe/Berlin")
+    copied = tmp_path / "copied"
+    copied.write_bytes((tree / "America/New_York").read_bytes())
+    choice = resolve_zone(
+        None, {"TZ": str(copied)}, timezone_file=tmp_path / "no", zoneinfo_dir=str(tree)
+    )
+    assert choice == ZoneChoice("US", "time zone America/New_York")

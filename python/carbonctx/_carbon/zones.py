@@ -223,6 +223,8 @@ def _tz_name(
     if tz:
         if "zoneinfo/" in tz:  # TZ=/usr/share/zoneinfo/Europe/Berlin
             tz = tz.split("zoneinfo/", 1)[1]
+        elif tz.startswith("/"):  # TZ=:/etc/localtime (set in containers to spare a stat)
+            return _tz_name({}, Path(tz), timezone_file, zoneinfo_dir)
         tz = _strip_tree(tz)
         return tz if "/" in tz else None  # POSIX rules ("CET-1CEST", "EST5EDT") name no place
     try:
