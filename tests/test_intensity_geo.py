@@ -245,3 +245,23 @@ def test_danish_coordinates_reach_the_price_area_provider(
     now = s.current()
     assert (now.g_per_kwh, now.source, now.zone) == (95.0, "live", "DK-DK2")
     s.close()
+
+
+def test_antimeridian_points_keep_their_country_and_state() -> None:
+    # Fiji and Chukotka lie on both sides of 180 degrees; so do the Aleutians (Alaska).
+    for lat, lon in ((-16.8, 179.99), (-16.8, -179.99), (-18.2, -178.8)):
+        assert zone_at(lat, lon).zone == "FJ", (lat, lon)
+    for lon in (179.9, 180.0, -180.0, -175.0):
+        assert zone_at(66.0, lon).zone == "RU", lon
+    assert zone_at(51.8, -176.6).zone == "US-AK"  # Adak, east of 180
+    kiska = zone_at(52.0, 179.5)  # west of 180: Alaska still, not the whole United States
+    assert kiska is not None and kiska.zone == "US-AK"
+
+
+@pytest.mark.parametrize("text", ["52,52", "52.52,13.40"])
+def test_a_comma_in_coordinates_is_explained(text: str, tmp_path: Path) -> None:
+    env = {"CARBONCTX_LATITUDE": text, "CARBONCTX_LONGITUDE": "13.4"}
+    with pytest.raises(ConfigurationError, match=r"CARBONCTX_LATITUDE=.*decimal point"):
+        IntensityService(env=env, cache_dir=tmp_path)
+    with pytest.raises(ConfigurationError, match="decimal point"):
+        carbonctx.configure(latitude=text, longitude=13.4)  # type: ignore[arg-type]

@@ -100,3 +100,24 @@ def test_regions_that_were_wrong_or_coarse(
         assert s.zone_choice.zone == zone
         if figure is not None:
             assert s.current().dataset.endswith(figure)
+
+
+@pytest.mark.parametrize(
+    ("region_name", "zone", "figure"),
+    [
+        # App Service's REGION_NAME is the display name; Azure Government and Azure China too.
+        ("USGov Virginia", "US-MIDA-PJM", "Virginia"),
+        ("USGov Texas", "US-TEX-ERCO", "Texas"),
+        ("USGov Arizona", "US-SW-AZPS", "Arizona"),
+        ("China North 3", "CN", "China"),
+        ("chinaeast2", "CN", "China"),
+    ],
+)
+def test_azure_government_and_china_regions(
+    region_name: str, zone: str, figure: str, tmp_path: Path
+) -> None:
+    env = {"REGION_NAME": region_name}
+    with IntensityService(env=env, cache_dir=tmp_path, background=False) as s:
+        assert s.zone_choice.zone == zone
+        assert s.zone_choice.cloud == "azure"
+        assert s.current().dataset.endswith(figure)

@@ -123,6 +123,10 @@ def _split(area: Area, latitude: float, longitude: float) -> Area:
         # Northern Ireland: on the island of Ireland's grid, not Great Britain's. No part of
         # Great Britain lies west of 5.4 degrees west between 53.9 and 55.2 degrees north.
         return Area("GB-NIR", "Northern Ireland")
+    if area.zone == "US" and longitude > 0:
+        # The Aleutian Islands west of the antimeridian (Amchitka, Kiska, Attu): Alaska, whose
+        # outline the state boundaries draw east of it only. No other US state lies east of 0.
+        return Area("US-AK", "Alaska (Aleutian Islands west of the antimeridian)")
     if area.zone == "DK":
         west = longitude < 11.0
         return Area(

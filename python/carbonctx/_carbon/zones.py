@@ -116,7 +116,16 @@ _TZ_FALLBACK: dict[str, str] = {
     "Australia/Perth": "AU",
     "Pacific/Auckland": "NZ",
     "Africa/Johannesburg": "ZA",
+    # Legacy names whose link now crosses a border (tzdata 2022b and later).
+    "Iceland": "IS",
+    "Atlantic/Reykjavik": "IS",
+    "Europe/Belfast": "GB",
 }
+
+# Names of no place: the zone rule passes them to the next rule (never a guessed country).
+_NO_PLACE = frozenset(
+    {"UTC", "UCT", "GMT", "GMT0", "GMT+0", "GMT-0", "Greenwich", "Universal", "Zulu"}
+)
 
 
 @attrs.frozen
@@ -207,23 +216,60 @@ def _zone_from_cloud(env: Mapping[str, str]) -> ZoneChoice | None:
     return None
 
 
-def _tz_name(env: Mapping[str, str], localtime: Path, timezone_file: Path) -> str | None:
+def _tz_name(
+    env: Mapping[str, str], localtime: Path, timezone_file: Path, zoneinfo_dir: str
+) -> str | None:
     tz = env.get("TZ", "").strip().lstrip(":")
     if tz:
         if "zoneinfo/" in tz:  # TZ=/usr/share/zoneinfo/Europe/Berlin
             tz = tz.split("zoneinfo/", 1)[1]
-        return tz if "/" in tz else None  # POSIX rules ("CET-1CEST") name no place
+        elif tz.startswith("/"):  # TZ=:/etc/localtime (set in containers to spare a stat)
+            return _tz_name({}, Path(tz), timezone_file, zoneinfo_dir)
+        tz = _strip_tree(tz)
+        return tz if "/" in tz else None  # POSIX rules ("CET-1CEST", "EST5EDT") name no place
     try:
         target = os.readlink(localtime)
     except OSError:
         target = ""
     if "zoneinfo/" in target:
-        return target.split("zoneinfo/", 1)[1]
+        return _strip_tree(target.split("zoneinfo/", 1)[1])
     try:
         name = timezone_file.read_text(encoding="utf-8").strip()
     except OSError:
+        name = ""
+    # /etc/localtime copied rather than linked (some images and minimal distributions): the
+    # zone whose compiled file has the same bytes.
+    return name or _tz_by_contents(localtime, zoneinfo_dir)
+
+
+def _strip_tree(name: str) -> str:
+    """``posix/Europe/Berlin`` and ``right/Europe/Berlin`` (leap-second tree) are that zone."""
+    for tree in ("posix/", "right/"):
+        if name.startswith(tree):
+            return name[len(tree) :]
+    return name
+
+
+def _tz_by_contents(localtime: Path, zoneinfo_dir: str) -> str | None:
+    try:
+        if localtime.is_symlink() or not localtime.is_file():
+            return None
+        data = localtime.read_bytes()
+    except OSError:
         return None
-    return name or None
+    if not data.startswith(b"TZif"):
+        return None
+    countries = _tz_countries(zoneinfo_dir)
+    found: dict[str, str] = {}  # country -> first zone name with these bytes
+    for name in sorted(countries):
+        path = Path(zoneinfo_dir) / name
+        try:
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                found.setdefault(countries[name], name)
+        except OSError:
+            continue
+    # Zones of two countries compiled to the same bytes (a link build): no guess.
+    return next(iter(found.values())) if len(found) == 1 else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -247,8 +293,45 @@ def _tz_countries(zoneinfo_dir: str) -> dict[str, str]:
 
 
 def country_for_tz(tz: str, zoneinfo_dir: str = "/usr/share/zoneinfo") -> str | None:
-    """ISO 3166 alpha-2 country of an IANA time zone name, or None."""
-    return _tz_countries(zoneinfo_dir).get(tz) or _TZ_FALLBACK.get(tz)
+    """ISO 3166 alpha-2 country of an IANA time zone name, or None (``UTC``, ``Etc/GMT+5``).
+
+    A backward-compatible link name (``Asia/Calcutta``, ``US/Eastern``) is followed one step at
+    a time, through the tz tree's symbolic links and the ``L`` lines of its ``tzdata.zi``, until
+    a name the tables place; a name the tables place is never followed (since 2022 some links
+    join zones across countries: ``Atlantic/Reykjavik`` links to ``Africa/Abidjan``)."""
+    countries = _tz_countries(zoneinfo_dir)
+    links = _tz_links(zoneinfo_dir)
+    seen: set[str] = set()
+    name: str | None = tz
+    while name is not None and name not in seen:
+        seen.add(name)
+        country = countries.get(name) or _TZ_FALLBACK.get(name)
+        if country or name.startswith("Etc/") or name in _NO_PLACE:
+            return country
+        name = _link_target(name, zoneinfo_dir) or links.get(name)
+    return None
+
+
+def _link_target(name: str, zoneinfo_dir: str) -> str | None:
+    """The zone a symbolic link in the tz tree points to, as a name relative to the tree."""
+    path = Path(zoneinfo_dir) / name
+    try:
+        target = os.readlink(path)
+    except (OSError, ValueError):
+        return None
+    resolved = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    root = os.path.normpath(zoneinfo_dir) + os.sep
+    return _strip_tree(resolved[len(root) :]) if resolved.startswith(root) else None
+
+
+@functools.lru_cache(maxsize=4)
+def _tz_links(zoneinfo_dir: str) -> dict[str, str]:
+    """link name -> target from ``tzdata.zi`` (``L TARGET LINK`` lines), where installed."""
+    try:
+        lines = (Path(zoneinfo_dir) / "tzdata.zi").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return {f[2]: f[1] for f in (line.split() for line in lines) if len(f) == 3 and f[0] == "L"}
 
 
 def resolve_zone(
@@ -278,7 +361,7 @@ def resolve_zone(
     cloud = _zone_from_cloud(env)
     if cloud is not None:
         return cloud
-    tz = _tz_name(env, Path(localtime), Path(timezone_file))
+    tz = _tz_name(env, Path(localtime), Path(timezone_file), zoneinfo_dir)
     if tz:
         country = country_for_tz(tz, zoneinfo_dir)
         if country:

@@ -262,8 +262,14 @@ def _coordinate(
     except (TypeError, ValueError):
         x = math.nan
     if not (math.isfinite(x) and -limit <= x <= limit):
+        comma = isinstance(value, str) and "," in value
         raise ConfigurationError(
-            f"{setting}={value!r}: give degrees between -{limit:g} and {limit:g}."
+            f"{setting}={value!r}: give degrees between -{limit:g} and {limit:g}"
+            + (
+                " with a decimal point (52.52, not 52,52), one number per setting."
+                if comma
+                else "."
+            )
         )
     return x
 
