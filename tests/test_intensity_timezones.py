@@ -110,6 +110,8 @@ def test_localtime_in_the_posix_and_right_trees(tmp_path: Path) -> None:
         assert choice == ZoneChoice("DE", "time zone Europe/Berlin"), sub
     choice = resolve_zone(None, {"TZ": "right/Asia/Kolkata"}, zoneinfo_dir=tree)
     assert choice == ZoneChoice("IN", "time zone Asia/Kolkata")
+    assert country_for_tz("posix/Asia/Kolkata", tree) == "IN"
+    assert country_for_tz("right/US/Eastern", tree) == "US"
 
 
 def test_copied_localtime_is_matched_by_its_bytes(tmp_path: Path) -> None:

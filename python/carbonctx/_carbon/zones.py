@@ -323,7 +323,7 @@ def country_for_tz(tz: str, zoneinfo_dir: str = "/usr/share/zoneinfo") -> str | 
     countries = _tz_countries(zoneinfo_dir)
     links = _tz_links(zoneinfo_dir)
     seen: set[str] = set()
-    name: str | None = tz
+    name: str | None = _strip_tree(tz)
     while name is not None and name not in seen:
         seen.add(name)
         country = countries.get(name) or _TZ_FALLBACK.get(name)
