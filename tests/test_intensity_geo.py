@@ -265,3 +265,12 @@ def test_a_comma_in_coordinates_is_explained(text: str, tmp_path: Path) -> None:
         IntensityService(env=env, cache_dir=tmp_path)
     with pytest.raises(ConfigurationError, match="decimal point"):
         carbonctx.configure(latitude=text, longitude=13.4)  # type: ignore[arg-type]
+
+
+def test_us_territories_east_of_0_degrees_are_not_alaska() -> None:
+    # Natural Earth draws Guam and the Northern Mariana Islands as their own countries; only the
+    # Aleutians west of 180 degrees are United States land east of 0 degrees.
+    assert zone_at(13.44, 144.79).zone == "GU"  # Hagatna, Guam
+    assert zone_at(15.18, 145.75).zone == "MP"  # Saipan
+    assert zone_at(-14.28, -170.70).zone == "AS"  # Pago Pago, American Samoa (west of 0)
+    assert zone_at(52.93, 173.18).zone == "US-AK"  # Attu

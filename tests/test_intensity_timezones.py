@@ -6,6 +6,7 @@ tzdata.zi with ``L`` link lines, backward names as symbolic links, compiled TZif
 from __future__ import annotations
 
 import os
+import tracemalloc
 from pathlib import Path
 
 from carbonctx._carbon.zones import ZoneChoice, country_for_tz, resolve_zone
@@ -109,6 +110,8 @@ def test_localtime_in_the_posix_and_right_trees(tmp_path: Path) -> None:
         assert choice == ZoneChoice("DE", "time zone Europe/Berlin"), sub
     choice = resolve_zone(None, {"TZ": "right/Asia/Kolkata"}, zoneinfo_dir=tree)
     assert choice == ZoneChoice("IN", "time zone Asia/Kolkata")
+    assert country_for_tz("posix/Asia/Kolkata", tree) == "IN"
+    assert country_for_tz("right/US/Eastern", tree) == "US"
 
 
 def test_copied_localtime_is_matched_by_its_bytes(tmp_path: Path) -> None:
@@ -163,3 +166,74 @@ def test_tz_naming_a_file_reads_that_file(tmp_path: Path) -> None:
         None, {"TZ": str(copied)}, timezone_file=tmp_path / "no", zoneinfo_dir=str(tree)
     )
     assert choice == ZoneChoice("US", "time zone America/New_York")
+
+
+def test_tz_naming_another_file_is_not_described_by_etc_timezone(tmp_path: Path) -> None:
+    """/etc/timezone names /etc/localtime's zone, not the zone of a file TZ names elsewhere."""
+    tree = _tree(tmp_path / "zi", links_as_symlinks=True)
+    timezone = tmp_path / "timezone"
+    timezone.write_text("Asia/Kolkata\n", encoding="utf-8")
+    copied = tmp_path / "copied"
+    copied.write_bytes((tree / "America/New_York").read_bytes())
+    choice = resolve_zone(
+        None,
+        {"TZ": f":{copied}"},
+        localtime=tmp_path / "localtime",
+        timezone_file=timezone,
+        zoneinfo_dir=str(tree),
+    )
+    assert choice == ZoneChoice("US", "time zone America/New_York")
+    # TZ naming /etc/localtime itself: /etc/timezone still describes it.
+    localtime = tmp_path / "localtime"
+    localtime.write_bytes(b"TZif2" + bytes(15) + b"not a zone of the tree")
+    choice = resolve_zone(
+        None,
+        {"TZ": f":{localtime}"},
+        localtime=localtime,
+        timezone_file=timezone,
+        zoneinfo_dir=str(tree),
+    )
+    assert choice == ZoneChoice("IN", "time zone Asia/Kolkata")
+
+
+def test_tz_naming_a_huge_file_a_fifo_or_a_device_reads_a_bounded_amount(
+    tmp_path: Path,
+) -> None:
+    """No zone, no hang, and no more read than a compiled zone's size (a sparse 512 MiB file)."""
+    tree = _tree(tmp_path / "zi", links_as_symlinks=True)
+    huge = tmp_path / "huge"
+    with huge.open("wb") as f:
+        f.write(b"TZif2")
+        f.truncate(512 << 20)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (huge, fifo, Path("/dev/zero")):
+        tracemalloc.start()
+        try:
+            choice = resolve_zone(
+                None,
+                {"TZ": f":{path}"},
+                timezone_file=tmp_path / "no",
+                zoneinfo_dir=str(tree),
+            )
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert choice.rule == "world average", path
+        assert peak < 16 << 20, (path, peak)
+
+
+def test_a_cycle_of_links_in_the_tree_names_no_country(tmp_path: Path) -> None:
+    tree = _tree(tmp_path / "zi", links_as_symlinks=True)
+    os.symlink("Loop2", tree / "US/Loop1")
+    os.symlink("../US/Loop1", tree / "US/Loop2")
+    (tree / "tzdata.zi").write_text(TZDATA_ZI + "L US/Zi2 US/Zi1\nL US/Zi1 US/Zi2\n")
+    assert country_for_tz("US/Loop1", str(tree)) is None
+    assert country_for_tz("US/Zi1", str(tree)) is None
+    localtime = tmp_path / "localtime"
+    os.symlink(tmp_path / "localtime2", localtime)
+    os.symlink(localtime, tmp_path / "localtime2")
+    choice = resolve_zone(
+        None, {}, localtime=localtime, timezone_file=tmp_path / "no", zoneinfo_dir=str(tree)
+    )
+    assert choice.rule == "world average"

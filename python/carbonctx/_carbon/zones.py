@@ -26,6 +26,7 @@ import csv
 import functools
 import os
 import re
+import stat
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -121,6 +122,9 @@ _TZ_FALLBACK: dict[str, str] = {
     "Atlantic/Reykjavik": "IS",
     "Europe/Belfast": "GB",
 }
+
+# The most bytes read from a file that may be a compiled zone (tzdata's largest: under 4 KiB).
+_TZIF_MAX = 1 << 20
 
 # Names of no place: the zone rule passes them to the next rule (never a guessed country).
 _NO_PLACE = frozenset(
@@ -224,19 +228,28 @@ def _tz_name(
         if "zoneinfo/" in tz:  # TZ=/usr/share/zoneinfo/Europe/Berlin
             tz = tz.split("zoneinfo/", 1)[1]
         elif tz.startswith("/"):  # TZ=:/etc/localtime (set in containers to spare a stat)
-            return _tz_name({}, Path(tz), timezone_file, zoneinfo_dir)
+            # /etc/timezone describes /etc/localtime only: another file is known by its own
+            # link or bytes.
+            named = timezone_file if Path(tz) == localtime else None
+            return _tz_of_file(Path(tz), named, zoneinfo_dir)
         tz = _strip_tree(tz)
         return tz if "/" in tz else None  # POSIX rules ("CET-1CEST", "EST5EDT") name no place
+    return _tz_of_file(localtime, timezone_file, zoneinfo_dir)
+
+
+def _tz_of_file(localtime: Path, timezone_file: Path | None, zoneinfo_dir: str) -> str | None:
     try:
         target = os.readlink(localtime)
-    except OSError:
+    except (OSError, ValueError):
         target = ""
     if "zoneinfo/" in target:
         return _strip_tree(target.split("zoneinfo/", 1)[1])
-    try:
-        name = timezone_file.read_text(encoding="utf-8").strip()
-    except OSError:
-        name = ""
+    name = ""
+    if timezone_file is not None:
+        try:
+            name = timezone_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
     # /etc/localtime copied rather than linked (some images and minimal distributions): the
     # zone whose compiled file has the same bytes.
     return name or _tz_by_contents(localtime, zoneinfo_dir)
@@ -251,13 +264,21 @@ def _strip_tree(name: str) -> str:
 
 
 def _tz_by_contents(localtime: Path, zoneinfo_dir: str) -> str | None:
+    # Opened without following a link and without blocking (a FIFO named by TZ), read only if a
+    # regular file no larger than any compiled zone (a few KiB; /dev/zero or a huge file is not).
     try:
-        if localtime.is_symlink() or not localtime.is_file():
-            return None
-        data = localtime.read_bytes()
+        fd = os.open(localtime, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except (OSError, ValueError):
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > _TZIF_MAX:
+                return None
+            data = f.read(_TZIF_MAX + 1)
     except OSError:
         return None
-    if not data.startswith(b"TZif"):
+    if len(data) > _TZIF_MAX or not data.startswith(b"TZif"):
         return None
     countries = _tz_countries(zoneinfo_dir)
     found: dict[str, str] = {}  # country -> first zone name with these bytes
@@ -302,7 +323,7 @@ def country_for_tz(tz: str, zoneinfo_dir: str = "/usr/share/zoneinfo") -> str | 
     countries = _tz_countries(zoneinfo_dir)
     links = _tz_links(zoneinfo_dir)
     seen: set[str] = set()
-    name: str | None = tz
+    name: str | None = _strip_tree(tz)
     while name is not None and name not in seen:
         seen.add(name)
         country = countries.get(name) or _TZ_FALLBACK.get(name)
