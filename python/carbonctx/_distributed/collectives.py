@@ -43,6 +43,7 @@ torch's MPI backend or without gloo, the user's default group is used, as MPI's
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import sys
 from collections.abc import Mapping, Sequence
@@ -169,6 +170,11 @@ def _own_group(modules: Mapping[str, Any], dist: Any) -> Any | None:
         return None
     # A collective on the default group (every rank must make it); it may raise: a failure.
     group = dist.new_group(backend="gloo", timeout=_user_timeout(modules, dist))
+    if not _GROUP:
+        # Let go of it before the interpreter tears down: a gloo group torch has already
+        # destroyed (`destroy_process_group()`) but still held here would be freed during the
+        # teardown, where its threads abort the process.
+        atexit.register(_GROUP.clear)
     _GROUP[:] = [(world, group)]
     return group
 
