@@ -11,8 +11,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +18,7 @@ import time
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,13 @@ import carbonctx  # noqa: E402
 from carbonctx._measure import process as _runtime  # noqa: E402
 from carbonctx.integrations import prometheus  # noqa: E402
 from carbonctx.testing import SimulatedMachine, Wave  # noqa: E402
+from test_integrations_prometheus import (  # noqa: E402  (its fixture and helpers)
+    PROMETHEUS,
+    _free_port,
+    _start,
+    _stop,
+    _until,
+)
 
 # As the other exporter tests: the exporter's regions are made on a thread of its own.
 IN_CHILD = os.environ.get("CARBONCTX_TEST_LABELS_CHILD") == "1"
@@ -80,20 +85,6 @@ def _get(url: str, accept: str | None = None) -> tuple[str, str]:
     req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
     with _LOOPBACK.open(req, timeout=10) as r:
         return r.headers["Content-Type"], r.read().decode()
-
-
-def _until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            got = check()
-        except (OSError, ValueError, KeyError, IndexError):
-            got = None
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _hostile_regions() -> dict[str, float]:
@@ -168,15 +159,6 @@ def test_a_push_carries_hostile_names(cpu_sim: SimulatedMachine) -> None:
     assert named == pytest.approx(totals)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-PROMETHEUS = shutil.which("prometheus")
-
-
 @child_only
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(
@@ -197,18 +179,16 @@ def test_a_real_prometheus_server_stores_hostile_names(
         f"scrape_configs:\n  - job_name: carbonctx\n    static_configs:\n"
         f"      - targets: ['127.0.0.1:{server.server_port}']\n"
     )
-    with open(tmp_path / "prometheus.log", "wb") as log:
-        prom = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address={web}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
+    prom = _start(
+        [
+            PROMETHEUS,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address={web}",
+        ],
+        tmp_path,
+        "prometheus",
+    )
 
     def named() -> dict[str, float]:
         q = urllib.parse.urlencode({"query": 'carbonctx_energy_joules_total{source="total"}'})
@@ -220,12 +200,7 @@ def test_a_real_prometheus_server_stores_hostile_names(
         got = _until("a scrape with every name", lambda: set(totals) <= set(n := named()) and n)
         health = json.loads(_get(f"http://{web}/api/v1/targets")[1])
     finally:
-        prom.terminate()
-        try:
-            prom.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            prom.kill()
-            prom.wait()
+        _stop(prom)
         server.shutdown()
         server.server_close()
     for name, j in totals.items():
