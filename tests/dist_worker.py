@@ -131,6 +131,24 @@ def rank_env(
     return env
 
 
+def script_job(work: Path, script: str, how: str, n: int = 2) -> list[tuple[int, str]]:
+    """Runs ``script`` (a worker's source; its arguments OUT_DIR and ``how``) as ``n`` ranks of
+    a gloo job on a simulated one-package machine, bounded: each rank's exit status and output."""
+    from carbonctx.testing import SimulatedMachine, Wave
+
+    sim = SimulatedMachine(work / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6))
+    sim.start()
+    try:
+        path = work / "worker.py"
+        path.write_text(script)
+        port = str(free_port())
+        envs = [rank_env(sim.env(), work, r, n, port, how) for r in range(n)]
+        cmds = [[sys.executable, str(path), str(work), how] for _ in range(n)]
+        return run_processes(cmds, envs, timeout=28.0)
+    finally:
+        sim.close()
+
+
 def torchrun_job(
     script: str,
     work: Path,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +68,7 @@ os._exit(0)  # no destroy_process_group: the peer may be gone
 
 
 def job(tmp_path: Path, how: str) -> dict[str, Any]:
-    sim = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6))
-    sim.start()
-    try:
-        path = tmp_path / "worker.py"
-        path.write_text(WORKER)
-        port = str(dist_worker.free_port())
-        envs = [dist_worker.rank_env(sim.env(), tmp_path, r, 2, port, how) for r in range(2)]
-        cmds = [[sys.executable, str(path), str(tmp_path), how] for _ in range(2)]
-        results = dist_worker.run_processes(cmds, envs, timeout=28.0)
-    finally:
-        sim.close()
+    results = dist_worker.script_job(tmp_path, WORKER, how)
     code0, out0 = results[0]
     assert code0 == 0, out0
     return dict(json.loads((tmp_path / "rank0.json").read_text()))

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import dist_worker
-from carbonctx.testing import SimulatedMachine, Wave
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("torch") is None, reason="needs torch (the test extra)"
@@ -62,17 +60,7 @@ os._exit(0)
 
 
 def job(tmp_path: Path, how: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    sim = SimulatedMachine(tmp_path / "hw", package=Wave(40.0, 120.0, 0.05), dram=Wave.constant(6))
-    sim.start()
-    try:
-        path = tmp_path / "worker.py"
-        path.write_text(WORKER)
-        port = str(dist_worker.free_port())
-        envs = [dist_worker.rank_env(sim.env(), tmp_path, r, 2, port, how) for r in range(2)]
-        cmds = [[sys.executable, str(path), str(tmp_path), how] for _ in range(2)]
-        results = dist_worker.run_processes(cmds, envs, timeout=28.0)
-    finally:
-        sim.close()
+    results = dist_worker.script_job(tmp_path, WORKER, how)
     for code, out in results:
         assert code == 0, out
     return tuple(  # type: ignore[return-value]
