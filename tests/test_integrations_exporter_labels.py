@@ -216,47 +216,25 @@ def test_an_otlp_export_carries_hostile_names(cpu_sim: SimulatedMachine) -> None
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
         ExportMetricsServiceRequest,
-        ExportMetricsServiceResponse,
     )
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
     from carbonctx.integrations import opentelemetry as otel
+    from test_integrations_opentelemetry import otlp_collector
 
     totals = _hostile_regions()
-    got: list[bytes] = []
-
-    class Collector(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            got.append(self.rfile.read(int(self.headers["Content-Length"])))
-            reply = ExportMetricsServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), Collector)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        exporter = OTLPMetricExporter(
-            endpoint=f"http://127.0.0.1:{httpd.server_port}/v1/metrics", timeout=10
-        )
+    with otlp_collector() as (endpoint, got):
+        exporter = OTLPMetricExporter(endpoint=endpoint, timeout=10)
         reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
         provider = MeterProvider(metric_readers=[reader])
         ins = otel.Instruments(provider, interval=60).start()
         ins.stop()
         provider.force_flush(timeout_millis=20_000)
         provider.shutdown()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert got, "no export reached the server"
     req = ExportMetricsServiceRequest()
-    req.ParseFromString(got[-1])
+    req.ParseFromString(got[-1][2])
     named = {}
     for rm in req.resource_metrics:
         for sm in rm.scope_metrics:

@@ -8,6 +8,7 @@ attributes of the Prometheus metrics.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import subprocess
@@ -173,16 +174,13 @@ def test_names_are_those_prometheus_exposes(cpu_sim: SimulatedMachine) -> None:
     assert {n: set(pts[0][0]) for n, (_, pts) in got.items()} == labels
 
 
-@child_only
-@pytest.mark.timeout(60)
-def test_otlp_http_export_reaches_a_server_that_decodes_it(cpu_sim: SimulatedMachine) -> None:
-    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+@contextlib.contextmanager
+def otlp_collector() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    """A loopback OTLP/HTTP receiver answering every export as a collector does: its metrics
+    endpoint, and each request it got (path, content type, body), while it runs."""
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-        ExportMetricsServiceRequest,
         ExportMetricsServiceResponse,
     )
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
     got: list[tuple[str, str, bytes]] = []
 
@@ -203,9 +201,24 @@ def test_otlp_http_export_reaches_a_server_that_decodes_it(cpu_sim: SimulatedMac
     httpd = http.server.HTTPServer(("127.0.0.1", 0), Collector)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        exporter = OTLPMetricExporter(
-            endpoint=f"http://127.0.0.1:{httpd.server_port}/v1/metrics", timeout=10
-        )
+        yield f"http://127.0.0.1:{httpd.server_port}/v1/metrics", got
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@child_only
+@pytest.mark.timeout(60)
+def test_otlp_http_export_reaches_a_server_that_decodes_it(cpu_sim: SimulatedMachine) -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    with otlp_collector() as (endpoint, got):
+        exporter = OTLPMetricExporter(endpoint=endpoint, timeout=10)
         reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
         provider = MeterProvider(metric_readers=[reader])
         with carbonctx.track("warm-up"):
@@ -220,9 +233,6 @@ def test_otlp_http_export_reaches_a_server_that_decodes_it(cpu_sim: SimulatedMac
         t1b = time.monotonic_ns()
         assert provider.force_flush(timeout_millis=20_000)
         provider.shutdown()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert got, "no export reached the server"
     path, ctype, body = got[-1]
     assert path == "/v1/metrics" and ctype == "application/x-protobuf"
