@@ -6,20 +6,9 @@ use std::fs;
 use std::path::Path;
 
 use carbonctx_sampler::powercap;
-use carbonctx_sampler::{CounterSpec, Domain, Error, Found, Method};
+use carbonctx_sampler::{CounterSpec, Domain, Error, Method};
 use carbonctx_sim::{SimMachine, SimSpec, SquareWave};
-use common_fs::{counter, fixture, roots_at};
-
-fn summary(found: &Found) -> Vec<(String, Domain, u32, String)> {
-    found
-        .sources
-        .iter()
-        .map(|s| {
-            let i = s.info();
-            (i.id.clone(), i.domain, i.index, i.label.clone())
-        })
-        .collect()
-}
+use common_fs::{counter, fixture, roots_at, summary};
 
 /// A minimal zone directory.
 fn zone(dir: &Path, name: &str, energy: &str, range: &str) {

@@ -10,18 +10,7 @@ use std::path::Path;
 
 use carbonctx_sampler::discover::{self, Options, TdpModelUse};
 use carbonctx_sampler::{powercap, Domain, Found, Reading, Roots};
-use common_fs::{fixture, roots_at};
-
-fn summary(found: &Found) -> Vec<(String, Domain, u32, String)> {
-    found
-        .sources
-        .iter()
-        .map(|s| {
-            let i = s.info();
-            (i.id.clone(), i.domain, i.index, i.label.clone())
-        })
-        .collect()
-}
+use common_fs::{fixture, roots_at, summary};
 
 fn row(id: &str, d: Domain, index: u32, label: &str) -> (String, Domain, u32, String) {
     (format!("powercap:{id}"), d, index, label.to_string())

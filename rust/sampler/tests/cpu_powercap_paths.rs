@@ -10,8 +10,8 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use carbonctx_sampler::{powercap, Domain, Found};
-use common_fs::{counter, roots_at};
+use carbonctx_sampler::{powercap, Domain};
+use common_fs::{counter, roots_at, summary};
 
 /// A zone's directory at `<root>/<rel>`, with its files.
 fn zone(root: &Path, rel: &str, name: &str, energy: u64) {
@@ -30,17 +30,6 @@ fn client_zones(base: &Path) {
     zone(base, "intel-rapl/intel-rapl:0/intel-rapl:0:1", "uncore", 30);
     zone(base, "intel-rapl/intel-rapl:1", "psys", 5000);
     fs::write(base.join("intel-rapl/enabled"), "0\n").unwrap();
-}
-
-fn summary(found: &Found) -> Vec<(String, Domain, u32, String)> {
-    found
-        .sources
-        .iter()
-        .map(|s| {
-            let i = s.info();
-            (i.id.clone(), i.domain, i.index, i.label.clone())
-        })
-        .collect()
 }
 
 fn expected() -> Vec<(String, Domain, u32, String)> {

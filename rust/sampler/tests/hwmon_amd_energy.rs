@@ -15,8 +15,8 @@ use std::time::Duration;
 use carbonctx_sampler::discover;
 use carbonctx_sampler::hwmon;
 use carbonctx_sampler::{Domain, Method, Reading};
-use common_fs::roots_at;
-use common_hwmon::{chip, is_root, options, read, summary};
+use common_fs::{roots_at, summary};
+use common_hwmon::{chip, is_root, options, read};
 
 const AMD_ENERGY: &str = "platform/amd_energy.0";
 

@@ -11,8 +11,8 @@ mod common_hwmon;
 use carbonctx_sampler::discover;
 use carbonctx_sampler::hwmon;
 use carbonctx_sampler::{Domain, Method, Reading};
-use common_fs::roots_at;
-use common_hwmon::{chip, options, read, summary};
+use common_fs::{roots_at, summary};
+use common_hwmon::{chip, options, read};
 
 const XE_CARD: &str = "pci0000:00/0000:00:01.0/0000:01:00.0/0000:02:01.0/0000:03:00.0";
 

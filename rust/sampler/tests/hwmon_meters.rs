@@ -15,8 +15,8 @@ use std::time::Duration;
 use carbonctx_sampler::discover::{self, TdpModelUse};
 use carbonctx_sampler::hwmon;
 use carbonctx_sampler::{Domain, Method, Reading};
-use common_fs::roots_at;
-use common_hwmon::{chip, options, read, summary};
+use common_fs::{roots_at, summary};
+use common_hwmon::{chip, options, read};
 
 const XE_CARD: &str = "pci0000:00/0000:00:01.0/0000:03:00.0";
 const AMD_ENERGY: &str = "platform/amd_energy.0";

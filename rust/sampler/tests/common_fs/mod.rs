@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use carbonctx_sampler::{Found, Reading, Roots};
+use carbonctx_sampler::{Domain, Found, Reading, Roots};
 
 /// A tree under `tests/fixtures`.
 pub fn fixture(name: &str) -> PathBuf {
@@ -34,4 +34,17 @@ pub fn counter(found: &mut Found, id: &str) -> u64 {
         Reading::Counter(v) => v,
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// Each source found: its id, domain, index and label.
+#[allow(dead_code)] // not every test file includes it for this
+pub fn summary(found: &Found) -> Vec<(String, Domain, u32, String)> {
+    found
+        .sources
+        .iter()
+        .map(|s| {
+            let i = s.info();
+            (i.id.clone(), i.domain, i.index, i.label.clone())
+        })
+        .collect()
 }

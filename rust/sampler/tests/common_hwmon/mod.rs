@@ -7,7 +7,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use carbonctx_sampler::discover::{Options, TdpModelUse};
-use carbonctx_sampler::{Domain, Found, Reading};
+use carbonctx_sampler::{Found, Reading};
 
 use crate::common_fs::roots_at;
 
@@ -37,17 +37,6 @@ pub fn chip(root: &Path, device_path: &str, n: u32, files: &[(bool, &str, &str)]
         fs::write(dir.join(name), content).unwrap();
     }
     hw
-}
-
-pub fn summary(found: &Found) -> Vec<(String, Domain, u32, String)> {
-    found
-        .sources
-        .iter()
-        .map(|s| {
-            let i = s.info();
-            (i.id.clone(), i.domain, i.index, i.label.clone())
-        })
-        .collect()
 }
 
 pub fn read(found: &mut Found, id: &str) -> Reading {
